@@ -1,0 +1,243 @@
+// Package testenv starts the real programs that tests cross a process
+// boundary into: redis-server and mosquitto, on free loopback ports, each in
+// its own temporary directory, stopped by PID when the test ends.
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("testenv: free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Need skips the test when one of the programs is missing and the run is not
+// CI; under CI (CI=true) a missing program fails the test, since .ci/run
+// installs them.
+func Need(t testing.TB, programs ...string) {
+	t.Helper()
+	for _, p := range programs {
+		if _, err := exec.LookPath(p); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("testenv: %s is not installed (.ci/run should install it)", p)
+			}
+			t.Skipf("testenv: %s is not installed; run make test to install it", p)
+		}
+	}
+}
+
+// Process is a started program whose output is kept.
+type Process struct {
+	Name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// start runs name with args, its output collected, and arranges for it to be
+// stopped when the test ends.
+func start(t testing.TB, dir, name string, args ...string) *Process {
+	t.Helper()
+	p := &Process{Name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(name, args...)
+	p.cmd.Dir = dir
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("testenv: start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, tail(p.Output(), 60))
+		}
+	})
+	return p
+}
+
+// PID returns the process ID.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// Output returns everything the program printed so far.
+func (p *Process) Output() string { return p.out.String() }
+
+// Exited reports whether the program has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Wait waits up to d for the program to end and returns its exit error.
+func (p *Process) Wait(d time.Duration) (error, bool) {
+	select {
+	case <-p.done:
+		return p.err, true
+	case <-time.After(d):
+		return nil, false
+	}
+}
+
+// Signal sends sig to the program.
+func (p *Process) Signal(sig syscall.Signal) error {
+	return syscall.Kill(p.PID(), sig)
+}
+
+// Stop ends the program: SIGTERM, then SIGKILL after five seconds.
+func (p *Process) Stop() {
+	if p.Exited() {
+		return
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	if _, ok := p.Wait(5 * time.Second); !ok {
+		_ = p.Signal(syscall.SIGKILL)
+		p.Wait(5 * time.Second)
+	}
+}
+
+// Kill ends the program with SIGKILL, as a crash would.
+func (p *Process) Kill() {
+	_ = p.Signal(syscall.SIGKILL)
+	p.Wait(5 * time.Second)
+}
+
+// WaitOutput waits up to d for the output to contain s.
+func (p *Process) WaitOutput(s string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if strings.Contains(p.Output(), s) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return strings.Contains(p.Output(), s)
+}
+
+// WaitPort waits up to d for addr to accept TCP connections, failing early if
+// the program ends.
+func (p *Process) WaitPort(addr string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if p.Exited() {
+			return fmt.Errorf("testenv: %s exited: %v\n%s", p.Name, p.err, tail(p.Output(), 30))
+		}
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("testenv: %s did not listen on %s within %s\n%s", p.Name, addr, d, tail(p.Output(), 30))
+}
+
+// Redis is a redis-server started for one test.
+type Redis struct {
+	*Process
+	Addr string
+	Port int
+	Dir  string
+	args []string
+	t    testing.TB
+}
+
+// StartRedis starts a redis-server with no persistence on a free port. Extra
+// arguments are passed on the command line ("--notify-keyspace-events", "KA").
+func StartRedis(t testing.TB, extra ...string) *Redis {
+	t.Helper()
+	Need(t, "redis-server")
+	port := FreePort(t)
+	dir := t.TempDir()
+	args := append([]string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}, extra...)
+	r := &Redis{Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, args: args, t: t}
+	r.Process = start(t, dir, "redis-server", args...)
+	if err := r.WaitPort(r.Addr, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Restart starts the same redis-server again, on the same port, after Stop or Kill.
+func (r *Redis) Restart() {
+	r.t.Helper()
+	r.Process.Stop()
+	r.Process = start(r.t, r.Dir, "redis-server", r.args...)
+	if err := r.WaitPort(r.Addr, 10*time.Second); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// CLI runs redis-cli against this server and returns its trimmed output.
+func (r *Redis) CLI(args ...string) string {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	full := append([]string{"-h", "127.0.0.1", "-p", fmt.Sprint(r.Port)}, args...)
+	out, err := exec.CommandContext(ctx, "redis-cli", full...).CombinedOutput()
+	if err != nil {
+		r.t.Fatalf("testenv: redis-cli %v: %v: %s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// WriteFile writes content to name inside dir and returns the path.
+func WriteFile(t testing.TB, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return path
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

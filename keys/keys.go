@@ -1,0 +1,145 @@
+// Package keys builds the Redis key names that make up mosquitto-guard's public
+// interface: operators read and write them with plain redis-cli, so their shape
+// must never change silently.
+//
+// A key is the configured prefix, a kind, a scope and the value, joined by ':'.
+// The value is always the last part and is taken verbatim, so any byte string
+// (':' , '*', spaces, newlines, 20 000-byte client IDs) maps to exactly one key
+// and no two values share one. Keys are only ever read with exact commands
+// (GET, PTTL, SET), never with glob patterns, so glob characters cannot widen
+// a match.
+package keys
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Scope says what a list entry matches.
+type Scope string
+
+// The four scopes of the allow and block lists.
+const (
+	ClientID Scope = "clientid"
+	IP       Scope = "ip"
+	CIDR     Scope = "cidr"
+	Username Scope = "username"
+)
+
+// Scopes lists every scope, in the order a refusal reports them.
+var Scopes = []Scope{ClientID, Username, IP, CIDR}
+
+// ParseScope returns the scope named s.
+func ParseScope(s string) (Scope, error) {
+	for _, sc := range Scopes {
+		if string(sc) == s {
+			return sc, nil
+		}
+	}
+	return "", fmt.Errorf("keys: unknown scope %q (expected clientid, ip, cidr or username)", s)
+}
+
+// Kind says which list a key belongs to.
+type Kind string
+
+// The key kinds.
+const (
+	Block    Kind = "block"
+	Allow    Kind = "allow"
+	User     Kind = "user"
+	Offences Kind = "offences"
+	Fail     Kind = "fail"
+)
+
+// Builder builds keys under one prefix.
+type Builder struct {
+	Prefix string
+}
+
+// List returns the key of value in the given list (allow or block) and scope.
+func (b Builder) List(kind Kind, scope Scope, value string) string {
+	return b.Prefix + string(kind) + ":" + string(scope) + ":" + value
+}
+
+// User returns the key holding the password hash of username.
+func (b Builder) User(username string) string {
+	return b.Prefix + string(User) + ":" + username
+}
+
+// Offences returns the key counting the automatic bans of a scope value.
+func (b Builder) Offences(scope Scope, value string) string {
+	return b.List(Offences, scope, value)
+}
+
+// Fail returns the rate-limit key of a scope value. redis_rate stores it
+// under its own "rate:" prefix in front of this name.
+func (b Builder) Fail(scope Scope, value string) string {
+	return b.List(Fail, scope, value)
+}
+
+// Split parses a list key back into kind, scope and value. ok is false when
+// key is not an allow or block key under this prefix.
+func (b Builder) Split(key string) (kind Kind, scope Scope, value string, ok bool) {
+	rest, found := strings.CutPrefix(key, b.Prefix)
+	if !found {
+		return "", "", "", false
+	}
+	k, rest, found := strings.Cut(rest, ":")
+	if !found || (Kind(k) != Block && Kind(k) != Allow) {
+		return "", "", "", false
+	}
+	s, value, found := strings.Cut(rest, ":")
+	if !found {
+		return "", "", "", false
+	}
+	sc, err := ParseScope(s)
+	if err != nil {
+		return "", "", "", false
+	}
+	return Kind(k), sc, value, true
+}
+
+// NormalizeIP parses a client address as the broker reports it and returns
+// its canonical form: IPv4 dotted quad, IPv6 in RFC 5952 lower-case form, an
+// IPv4-mapped IPv6 address as plain IPv4, any zone dropped.
+func NormalizeIP(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("keys: bad IP address %q: %w", s, err)
+	}
+	return a.Unmap().WithZone(""), nil
+}
+
+// Prefixes returns every network containing ip, most specific first:
+// 33 networks for IPv4 (/32 down to /0), 129 for IPv6.
+func Prefixes(ip netip.Addr) []netip.Prefix {
+	bits := ip.BitLen()
+	out := make([]netip.Prefix, 0, bits+1)
+	for n := bits; n >= 0; n-- {
+		p, _ := ip.Prefix(n) // cannot fail: 0 <= n <= BitLen
+		out = append(out, p)
+	}
+	return out
+}
+
+// ParseCIDR parses the value of a cidr key. It must be a network with its
+// host bits zero, in canonical form (203.0.113.0/24, 2001:db8::/32); the error
+// says what the canonical form would be.
+func ParseCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("keys: bad range %q: expected a network such as 203.0.113.0/24 or 2001:db8::/32", s)
+	}
+	if p.Addr().Is4In6() {
+		m := p.Bits() - 96
+		if m < 0 {
+			return netip.Prefix{}, fmt.Errorf("keys: bad range %q: an IPv4-mapped range must be at least /96", s)
+		}
+		p = netip.PrefixFrom(p.Addr().Unmap(), m)
+	}
+	if c := p.Masked(); c != p || c.String() != s {
+		return netip.Prefix{}, fmt.Errorf("keys: bad range %q: expected the canonical network %s", s, c)
+	}
+	return p, nil
+}

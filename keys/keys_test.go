@@ -1,0 +1,113 @@
+package keys
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestListKeysAreExact(t *testing.T) {
+	b := Builder{Prefix: "guard:"}
+	long := strings.Repeat("x", 20000)
+	cases := []struct {
+		scope Scope
+		value string
+		want  string
+	}{
+		{ClientID, "dev-1", "guard:block:clientid:dev-1"},
+		{ClientID, "a:b", "guard:block:clientid:a:b"},
+		{ClientID, "*", "guard:block:clientid:*"},
+		{ClientID, "with space\nand newline", "guard:block:clientid:with space\nand newline"},
+		{Username, "", "guard:block:username:"},
+		{IP, "192.0.2.1", "guard:block:ip:192.0.2.1"},
+		{CIDR, "203.0.113.0/24", "guard:block:cidr:203.0.113.0/24"},
+		{ClientID, long, "guard:block:clientid:" + long},
+	}
+	for _, c := range cases {
+		got := b.List(Block, c.scope, c.value)
+		assert.Equal(t, c.want, got)
+		kind, scope, value, ok := b.Split(got)
+		require.True(t, ok, "split %q", got)
+		assert.Equal(t, Block, kind)
+		assert.Equal(t, c.scope, scope)
+		assert.Equal(t, c.value, value, "round trip must be exact")
+	}
+	// Different values never share a key, even across scopes.
+	assert.NotEqual(t, b.List(Block, ClientID, "ip:1.2.3.4"), b.List(Block, IP, "1.2.3.4"))
+}
+
+func TestSplitRejectsForeignKeys(t *testing.T) {
+	b := Builder{Prefix: "guard:"}
+	for _, k := range []string{"other:block:ip:1.2.3.4", "guard:user:bob", "guard:block:country:FR", "guard:block", "guard:block:ip"} {
+		_, _, _, ok := b.Split(k)
+		assert.False(t, ok, k)
+	}
+}
+
+func TestNormalizeIP(t *testing.T) {
+	cases := map[string]string{
+		"192.0.2.7":              "192.0.2.7",
+		"::ffff:192.0.2.7":       "192.0.2.7",
+		"2001:DB8:0:0:0:0:0:1":   "2001:db8::1",
+		"2001:db8::1%eth0":       "2001:db8::1",
+		"::1":                    "::1",
+		"2001:0db8:0000::0:0001": "2001:db8::1",
+	}
+	for in, want := range cases {
+		a, err := NormalizeIP(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, a.String(), in)
+	}
+	for _, bad := range []string{"", "host.example", "1.2.3", "1.2.3.4:5"} {
+		_, err := NormalizeIP(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+func TestPrefixes(t *testing.T) {
+	v4 := Prefixes(netip.MustParseAddr("203.0.113.77"))
+	require.Len(t, v4, 33)
+	assert.Equal(t, "203.0.113.77/32", v4[0].String())
+	assert.Equal(t, "203.0.113.0/24", v4[8].String())
+	assert.Equal(t, "0.0.0.0/0", v4[32].String())
+	v6 := Prefixes(netip.MustParseAddr("2001:db8::1"))
+	require.Len(t, v6, 129)
+	assert.Equal(t, "2001:db8::/32", v6[96].String())
+}
+
+func TestParseCIDR(t *testing.T) {
+	good := map[string]string{
+		"203.0.113.0/24": "203.0.113.0/24",
+		"2001:db8::/32":  "2001:db8::/32",
+		"10.0.0.0/8":     "10.0.0.0/8",
+		"0.0.0.0/0":      "0.0.0.0/0",
+		"192.0.2.1/32":   "192.0.2.1/32",
+	}
+	for in, want := range good {
+		p, err := ParseCIDR(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, p.String())
+	}
+	for _, bad := range []string{"203.0.113.5/24", "203.0.113.0", "2001:DB8::/32", "2001:db8:0::/32", "1.2.3.0/33", "nonsense", "::ffff:1.2.3.0/120"} {
+		_, err := ParseCIDR(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+func FuzzSplitRoundTrip(f *testing.F) {
+	f.Add("dev-1")
+	f.Add("a:b:c")
+	f.Add("*?[]\n")
+	f.Fuzz(func(t *testing.T, v string) {
+		b := Builder{Prefix: "guard:"}
+		for _, sc := range Scopes {
+			_, scope, value, ok := b.Split(b.List(Allow, sc, v))
+			if !ok || scope != sc || value != v {
+				t.Fatalf("round trip of %q in %s failed", v, sc)
+			}
+		}
+	})
+}
