@@ -1,0 +1,144 @@
+package files
+
+import (
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// mosquittoPasswd runs the real tool in batch mode.
+func mosquittoPasswd(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("mosquitto_passwd", args...).CombinedOutput()
+	require.NoError(t, err, "mosquitto_passwd %v: %s", args, out)
+}
+
+func TestLoadMosquittoPasswdFile(t *testing.T) {
+	testenv.Need(t, "mosquitto_passwd")
+	path := filepath.Join(t.TempDir(), "passwd")
+	users := []struct{ name, alg, password string }{
+		{"alice", "sha512-pbkdf2", "alice-secret"},
+		{"bob", "sha512", "bob: has a colon"},
+		{"carol", "sha512-pbkdf2", "pässwörd-密码"},
+		{"dave", "sha512", ""},
+		{"user with spaces", "sha512-pbkdf2", " padded "},
+	}
+	mosquittoPasswd(t, "-H", users[0].alg, "-c", "-b", path, users[0].name, users[0].password)
+	for _, u := range users[1:] {
+		mosquittoPasswd(t, "-H", u.alg, "-b", path, u.name, u.password)
+	}
+
+	s, skipped, err := Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+	require.Empty(t, skipped)
+	require.Equal(t, len(users), s.Len())
+
+	for _, u := range users {
+		h, ok := s.Hash(u.name)
+		require.True(t, ok, u.name)
+		assert.Equal(t, u.alg, hashes.Format(h))
+
+		ok, err := s.Verify(u.name, []byte(u.password))
+		require.NoError(t, err)
+		assert.True(t, ok, "%s with the right password", u.name)
+
+		ok, err = s.Verify(u.name, []byte(u.password+"x"))
+		require.NoError(t, err)
+		assert.False(t, ok, "%s with a wrong password", u.name)
+	}
+
+	ok, err := s.Verify("mallory", []byte("alice-secret"))
+	require.NoError(t, err)
+	assert.False(t, ok, "unknown user")
+	ok, err = s.Verify("Alice", []byte("alice-secret"))
+	require.NoError(t, err)
+	assert.False(t, ok, "usernames are case-sensitive")
+
+	// The dummy costs what the last $7$ line costs.
+	assert.True(t, strings.HasPrefix(s.dummy, "$7$101$"), s.dummy)
+	require.NoError(t, hashes.Verifier{}.Validate(s.dummy))
+}
+
+func TestLoadMosquittoPasswdUpdate(t *testing.T) {
+	testenv.Need(t, "mosquitto_passwd")
+	path := filepath.Join(t.TempDir(), "passwd")
+	mosquittoPasswd(t, "-c", "-b", path, "alice", "old")
+	mosquittoPasswd(t, "-b", path, "alice", "new")
+	mosquittoPasswd(t, "-b", path, "bob", "bob")
+	mosquittoPasswd(t, "-D", path, "bob")
+
+	s, skipped, err := Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+	require.Empty(t, skipped)
+	require.Equal(t, 1, s.Len())
+	ok, _ := s.Verify("alice", []byte("new"))
+	assert.True(t, ok)
+	ok, _ = s.Verify("alice", []byte("old"))
+	assert.False(t, ok)
+	_, found := s.Hash("bob")
+	assert.False(t, found)
+}
+
+func TestLoadUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope")
+	s, skipped, err := Load(missing, hashes.Verifier{})
+	require.Error(t, err)
+	assert.Nil(t, s)
+	assert.Nil(t, skipped)
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+	assert.True(t, strings.HasPrefix(err.Error(), "files: "), err.Error())
+	assert.Contains(t, err.Error(), missing)
+
+	_, _, err = Load(dir, hashes.Verifier{})
+	require.Error(t, err, "a directory")
+}
+
+func TestLoadEmptyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "empty")
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	s, skipped, err := Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+	assert.Empty(t, skipped)
+	assert.Equal(t, 0, s.Len())
+	assert.True(t, strings.HasPrefix(s.dummy, "$7$101$"), "default cost")
+	ok, err := s.Verify("anyone", []byte("x"))
+	require.NoError(t, err)
+	assert.False(t, ok)
+}
+
+func TestStoreVerifyBrokenHash(t *testing.T) {
+	// Load never stores such a hash; a hand-built Store shows the error path.
+	s := &Store{users: map[string]string{"u": "$7$0$c2FsdA==$aGFzaA=="}, dummy: dummyHash("")}
+	ok, err := s.Verify("u", []byte("pw"))
+	assert.False(t, ok)
+	require.ErrorIs(t, err, hashes.ErrMalformed)
+	assert.True(t, strings.HasPrefix(err.Error(), "files: "), err.Error())
+}
+
+func TestStoreConcurrentVerify(t *testing.T) {
+	path := writeFile(t, "alice:"+hash7Password+"\nbob:"+hash6Password+"\n")
+	s, _, err := Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+	done := make(chan bool)
+	for i := 0; i < 8; i++ {
+		go func() {
+			ok1, _ := s.Verify("alice", []byte("password"))
+			ok2, _ := s.Verify("bob", []byte("password"))
+			ok3, _ := s.Verify("eve", []byte("password"))
+			done <- ok1 && ok2 && !ok3
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		assert.True(t, <-done)
+	}
+}

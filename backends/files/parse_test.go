@@ -1,0 +1,176 @@
+package files
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
+)
+
+// Both hash "password"; written by mosquitto_passwd 2.0.11.
+const (
+	hash7Password = "$7$101$W0DmyIJ2hz1HNTW0$zWoY14fpYyjdeS1Nu7IsYIIWvsX4Pp9jUt+TstAbXXQqE6bN1Iiao/Vp1k1oAVL6/xTh8lH4xkTEzOqfhsnUQw=="
+	hash6Password = "$6$fE3HhJ/EaUFJwxOb$xlgvK5uMo6YcPMqIrlo4+d+AfGaaynTfxCXJ3WdJv1CpPbwEQ/DHt6CwzEz2AE8I0W6hpvx4u5rcPhnk23BH0Q=="
+	// secret stands for a password typed in the clear by mistake.
+	secret = "Plaintext-Secret-Do-Not-Log"
+)
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "passwd")
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+	return path
+}
+
+func TestParseMalformedLines(t *testing.T) {
+	lines := []string{
+		"# a comment: with a colon " + secret,  //  1 comment
+		"",                                     //  2 blank
+		"alice:" + hash7Password,               //  3 ok
+		secret,                                 //  4 no ':'
+		":" + hash7Password,                    //  5 empty username
+		"   :" + secret,                        //  6 empty username
+		"bob:",                                 //  7 empty hash
+		"carol:" + secret,                      //  8 unsupported hash
+		"dave:$7$0$" + secret + "$" + secret,   //  9 malformed hash
+		"alice:" + hash6Password,               // 10 duplicate
+		"   \t  ",                              // 11 blank
+		"  # indented comment",                 // 12 comment
+		"erin:" + hash6Password + ":" + secret, // 13 text after a second ':'
+		"bad\xffname:" + hash6Password,         // 14 invalid UTF-8
+		"nul\x00name:" + hash6Password,         // 15 NUL
+		"  frank  :  " + hash6Password + "  ",  // 16 ok, trimmed
+		"dave:" + hash6Password,                // 17 ok: line 9 was not accepted
+		"dave:" + hash7Password,                // 18 duplicate of 17
+	}
+	path := writeFile(t, strings.Join(lines, "\n")+"\n")
+	s, skipped, err := Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+
+	wantLines := []int{4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 18}
+	var gotLines []int
+	for _, e := range skipped {
+		gotLines = append(gotLines, e.Line)
+		msg := e.Error()
+		assert.True(t, strings.HasPrefix(msg, fmt.Sprintf("password_file %s line %d: ", path, e.Line)), msg)
+		assert.NotContains(t, msg, secret)
+		assert.NotContains(t, msg, "W0DmyIJ2hz1HNTW0")
+		assert.NotContains(t, msg, "fE3HhJ/EaUFJwxOb")
+		assert.NotContains(t, msg, "xlgvK5uMo6YcPMqI")
+	}
+	assert.Equal(t, wantLines, gotLines)
+	reasons := map[int]string{}
+	for _, e := range skipped {
+		reasons[e.Line] = e.Reason
+	}
+	assert.Equal(t, "no ':' between username and hash", reasons[4])
+	assert.Equal(t, "empty username", reasons[5])
+	assert.Equal(t, "empty hash", reasons[7])
+	assert.Contains(t, reasons[8], "unsupported")
+	assert.Contains(t, reasons[9], "malformed")
+	assert.Equal(t, "duplicate username, line 3 is kept", reasons[10])
+	assert.Equal(t, "duplicate username, line 17 is kept", reasons[18])
+
+	assert.Equal(t, 3, s.Len())
+	for _, u := range []string{"alice", "frank", "dave"} {
+		ok, err := s.Verify(u, []byte("password"))
+		require.NoError(t, err)
+		assert.True(t, ok, u)
+	}
+	h, _ := s.Hash("alice")
+	assert.Equal(t, hash7Password, h, "the first alice is kept")
+	h, _ = s.Hash("dave")
+	assert.Equal(t, hash6Password, h)
+}
+
+func TestParseCRLFAndNoFinalNewline(t *testing.T) {
+	content := "# comment\r\n\r\nalice:" + hash7Password + "\r\nbob:" + hash6Password + "\r\nnocolon\r\ncarol:" + hash6Password
+	s, skipped, err := Load(writeFile(t, content), hashes.Verifier{})
+	require.NoError(t, err)
+	require.Len(t, skipped, 1)
+	assert.Equal(t, 5, skipped[0].Line)
+	assert.Equal(t, 3, s.Len())
+	for _, u := range []string{"alice", "bob", "carol"} {
+		h, ok := s.Hash(u)
+		require.True(t, ok)
+		assert.NotContains(t, h, "\r")
+		ok, err := s.Verify(u, []byte("password"))
+		require.NoError(t, err)
+		assert.True(t, ok, u)
+	}
+}
+
+func TestParseGoAuthHashes(t *testing.T) {
+	// A go-auth PBKDF2 hash whose utf-8 salt holds ':' and '#' (see
+	// package hashes' tests for where it comes from).
+	utf8Salted := "PBKDF2$sha512$1000$abcdEFGH:12#4 78$CTD9416JS5Djbma9LE+qcSB3re5+AkjURkGWPvBtMoEJfBCu6YbTQCfs1ClX/9wOD0Hf4YcIxVw7hIxRGd0AzA=="
+	bcrypt := "$2b$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
+	path := writeFile(t, "gina:"+utf8Salted+"\nhank:"+bcrypt+"\n")
+
+	s, skipped, err := Load(path, hashes.Verifier{SaltEncoding: hashes.SaltUTF8})
+	require.NoError(t, err)
+	require.Empty(t, skipped)
+	ok, err := s.Verify("gina", []byte("utf8-salted"))
+	require.NoError(t, err)
+	assert.True(t, ok)
+	ok, err = s.Verify("hank", []byte("U*U"))
+	require.NoError(t, err)
+	assert.True(t, ok)
+	assert.True(t, strings.HasPrefix(s.dummy, "$7$101$"), "no $7$ line: default cost")
+
+	// With base64 salts the first line does not validate.
+	_, skipped, err = Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+	require.Len(t, skipped, 1)
+	assert.Equal(t, 1, skipped[0].Line)
+	assert.NotContains(t, skipped[0].Error(), "abcdEFGH")
+}
+
+func TestDummyFollowsLastPBKDF2(t *testing.T) {
+	salt := base64.StdEncoding.EncodeToString(make([]byte, 12))
+	sum := base64.StdEncoding.EncodeToString(make([]byte, 64))
+	content := "a:$7$5000$" + salt + "$" + sum + "\nb:" + hash6Password + "\nc:$7$777$" + salt + "$" + sum + "\nd:" + hash6Password + "\n"
+	s, skipped, err := Load(writeFile(t, content), hashes.Verifier{})
+	require.NoError(t, err)
+	require.Empty(t, skipped)
+	assert.True(t, strings.HasPrefix(s.dummy, "$7$777$"), s.dummy)
+	require.NoError(t, hashes.Verifier{}.Validate(s.dummy))
+	assert.NotEqual(t, dummyHash(""), dummyHash(""), "random salts")
+}
+
+func TestLoadTenThousandUsers(t *testing.T) {
+	var sb strings.Builder
+	b := make([]byte, 12+64)
+	for i := 0; i < 10_000; i++ {
+		if i == 5000 {
+			fmt.Fprintf(&sb, "user%05d:%s\n", i, hash7Password)
+			continue
+		}
+		_, _ = rand.Read(b)
+		fmt.Fprintf(&sb, "user%05d:$7$101$%s$%s\n", i,
+			base64.StdEncoding.EncodeToString(b[:12]), base64.StdEncoding.EncodeToString(b[12:]))
+	}
+	path := writeFile(t, sb.String())
+
+	start := time.Now()
+	s, skipped, err := Load(path, hashes.Verifier{})
+	elapsed := time.Since(start)
+	require.NoError(t, err)
+	require.Empty(t, skipped)
+	assert.Equal(t, 10_000, s.Len())
+	assert.Less(t, elapsed, 2*time.Second, "Load must not run the hashes")
+	t.Logf("loaded 10 000 users in %v", elapsed)
+
+	ok, err := s.Verify("user05000", []byte("password"))
+	require.NoError(t, err)
+	assert.True(t, ok)
+}
