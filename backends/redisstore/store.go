@@ -1,0 +1,202 @@
+// Package redisstore is mosquitto-guard's Redis backend: the allow and block
+// lists and the users kept in Redis, read in one pipelined round trip per
+// CONNECT, on a single Redis or a Redis Cluster.
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// Options say how to reach Redis.
+type Options struct {
+	Addrs    []string // one address, or several seeds of a Redis Cluster
+	Username string
+	Password string
+	DB       int
+	Timeout  time.Duration // bound on dialling, reading, writing and waiting for a pooled connection
+}
+
+// Store reads and writes mosquitto-guard's keys. It is safe for concurrent use.
+type Store struct {
+	rdb redis.UniversalClient
+	kb  keys.Builder
+}
+
+// New returns a Store; it does not connect until first used, and reconnects
+// by itself after Redis comes back.
+func New(o Options, kb keys.Builder) *Store {
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:           o.Addrs,
+		Username:        o.Username,
+		Password:        o.Password,
+		DB:              o.DB,
+		DialTimeout:     o.Timeout,
+		ReadTimeout:     o.Timeout,
+		WriteTimeout:    o.Timeout,
+		PoolTimeout:     o.Timeout,
+		MaxRetries:      -1, // a retry would double the wait on the broker thread
+		DisableIdentity: true,
+		// No CLIENT SETINFO: some Redis-compatible servers refuse it.
+	})
+	return &Store{rdb: rdb, kb: kb}
+}
+
+// Client returns the underlying client, for the failed-auth limiter.
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+// Keys returns the key builder.
+func (s *Store) Keys() keys.Builder { return s.kb }
+
+// Close closes the connections.
+func (s *Store) Close() error { return s.rdb.Close() }
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redisstore: ping: %w", err)
+	}
+	return nil
+}
+
+// Query is what one CONNECT asks of Redis.
+type Query struct {
+	ClientID    string
+	IP          netip.Addr // the zero Addr when the client's address is unknown
+	Username    string
+	HasUsername bool
+	WantUser    bool // also fetch the user's password hash (the redis backend)
+}
+
+// Match is a list entry that matched.
+type Match struct {
+	Kind   keys.Kind
+	Scope  keys.Scope
+	Value  string
+	Key    string
+	Reason string        // the key's value
+	TTL    time.Duration // remaining lifetime; negative when the key never expires
+}
+
+// Origin says who wrote the entry: "auto" for the plugin's automatic bans
+// (their value starts with "auto:"), "operator" for anything else.
+func (m Match) Origin() string {
+	if strings.HasPrefix(m.Reason, "auto:") {
+		return "auto"
+	}
+	return "operator"
+}
+
+// Answer is what Redis said about one CONNECT.
+type Answer struct {
+	Allow    *Match // the first allow entry that matched, or nil
+	Block    *Match // the first block entry that matched, or nil
+	UserHash string // the password hash at the user key, when asked for
+	HasUser  bool   // the user key exists
+}
+
+type candidate struct {
+	scope keys.Scope
+	value string
+}
+
+// candidates lists the entries a client can match, most specific first:
+// client ID, username, IP, then every range containing the IP.
+func candidates(q Query) []candidate {
+	out := make([]candidate, 0, 3+129)
+	out = append(out, candidate{keys.ClientID, q.ClientID})
+	if q.HasUsername {
+		out = append(out, candidate{keys.Username, q.Username})
+	}
+	if q.IP.IsValid() {
+		out = append(out, candidate{keys.IP, q.IP.String()})
+		for _, p := range keys.Prefixes(q.IP) {
+			out = append(out, candidate{keys.CIDR, p.String()})
+		}
+	}
+	return out
+}
+
+// Lookup answers q in one pipelined round trip: a GET of every allow and
+// block key the client could match (and PTTL of the block keys, for the
+// expiry that refusals log), plus the user's hash when asked.
+func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
+	cands := candidates(q)
+	allow := make([]*redis.StringCmd, len(cands))
+	block := make([]*redis.StringCmd, len(cands))
+	ttl := make([]*redis.DurationCmd, len(cands))
+	var user *redis.StringCmd
+	pipe := s.rdb.Pipeline()
+	for i, c := range cands {
+		allow[i] = pipe.Get(ctx, s.kb.List(keys.Allow, c.scope, c.value))
+		bk := s.kb.List(keys.Block, c.scope, c.value)
+		block[i] = pipe.Get(ctx, bk)
+		ttl[i] = pipe.PTTL(ctx, bk)
+	}
+	if q.WantUser && q.HasUsername {
+		user = pipe.Get(ctx, s.kb.User(q.Username))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return Answer{}, fmt.Errorf("redisstore: lookup: %w", err)
+	}
+	var a Answer
+	for i, c := range cands {
+		if a.Allow == nil {
+			if v, ok, err := value(allow[i]); err != nil {
+				return Answer{}, err
+			} else if ok {
+				a.Allow = &Match{Kind: keys.Allow, Scope: c.scope, Value: c.value, Key: allow[i].Args()[1].(string), Reason: v, TTL: -1}
+			}
+		}
+		if a.Block == nil {
+			if v, ok, err := value(block[i]); err != nil {
+				return Answer{}, err
+			} else if ok {
+				a.Block = &Match{Kind: keys.Block, Scope: c.scope, Value: c.value, Key: block[i].Args()[1].(string), Reason: v, TTL: remaining(ttl[i])}
+			}
+		}
+	}
+	if user != nil {
+		v, ok, err := value(user)
+		if err != nil {
+			return Answer{}, err
+		}
+		a.UserHash, a.HasUser = v, ok
+	}
+	return a, nil
+}
+
+func value(cmd *redis.StringCmd) (string, bool, error) {
+	v, err := cmd.Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("redisstore: lookup: %w", err)
+	}
+	return v, true, nil
+}
+
+// remaining converts a PTTL answer: -1 (no expiry) stays negative; -2 (the
+// key expired between GET and PTTL) counts as just expiring.
+func remaining(cmd *redis.DurationCmd) time.Duration {
+	d, err := cmd.Result()
+	if err != nil {
+		return 0
+	}
+	switch {
+	case d == -1 || d == -1*time.Millisecond:
+		return -1
+	case d < 0:
+		return 0
+	}
+	return d
+}

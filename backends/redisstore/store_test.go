@@ -1,0 +1,132 @@
+package redisstore
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+func newStore(t *testing.T, prefix string) (*Store, *testenv.Redis) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	s := New(Options{Addrs: []string{r.Addr}, Timeout: time.Second}, keys.Builder{Prefix: prefix})
+	t.Cleanup(func() { s.Close() })
+	return s, r
+}
+
+func lookup(t *testing.T, s *Store, q Query) Answer {
+	t.Helper()
+	a, err := s.Lookup(context.Background(), q)
+	require.NoError(t, err)
+	return a
+}
+
+func TestLookupScopesInOrder(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	q := Query{ClientID: "dev-1", IP: netip.MustParseAddr("203.0.113.9"), Username: "bob", HasUsername: true}
+	assert.Nil(t, lookup(t, s, q).Block)
+
+	r.CLI("SET", "guard:block:cidr:203.0.112.0/23", "range")
+	a := lookup(t, s, q)
+	require.NotNil(t, a.Block)
+	assert.Equal(t, keys.CIDR, a.Block.Scope)
+	assert.Equal(t, "guard:block:cidr:203.0.112.0/23", a.Block.Key)
+	assert.Equal(t, "operator", a.Block.Origin())
+	assert.Less(t, a.Block.TTL, time.Duration(0), "no TTL")
+
+	r.CLI("SET", "guard:block:cidr:203.0.113.0/24", "narrower range")
+	assert.Equal(t, "guard:block:cidr:203.0.113.0/24", lookup(t, s, q).Block.Key, "most specific range first")
+	r.CLI("SET", "guard:block:ip:203.0.113.9", "auto: brute force", "EX", "100")
+	a = lookup(t, s, q)
+	assert.Equal(t, keys.IP, a.Block.Scope)
+	assert.Equal(t, "auto", a.Block.Origin())
+	assert.InDelta(t, 100*time.Second, a.Block.TTL, float64(2*time.Second))
+	r.CLI("SET", "guard:block:username:bob", "u")
+	assert.Equal(t, keys.Username, lookup(t, s, q).Block.Scope)
+	r.CLI("SET", "guard:block:clientid:dev-1", "c")
+	assert.Equal(t, keys.ClientID, lookup(t, s, q).Block.Scope)
+
+	assert.Nil(t, lookup(t, s, q).Allow)
+	r.CLI("SET", "guard:allow:cidr:0.0.0.0/0", "")
+	a = lookup(t, s, q)
+	require.NotNil(t, a.Allow)
+	assert.Equal(t, "guard:allow:cidr:0.0.0.0/0", a.Allow.Key)
+}
+
+func TestLookupUsernameOnlyWhenGiven(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	r.CLI("SET", "guard:block:username:", "empty username")
+	a := lookup(t, s, Query{ClientID: "x"})
+	assert.Nil(t, a.Block, "no username given: the username scope is not asked")
+}
+
+func TestLookupIPv6AndMapped(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	r.CLI("SET", "guard:block:cidr:2001:db8::/32", "v6 range")
+	a := lookup(t, s, Query{ClientID: "x", IP: netip.MustParseAddr("2001:db8:1:2::5")})
+	require.NotNil(t, a.Block)
+	assert.Equal(t, "guard:block:cidr:2001:db8::/32", a.Block.Key)
+
+	r.CLI("SET", "guard:block:ip:192.0.2.1", "v4")
+	ip, err := keys.NormalizeIP("::ffff:192.0.2.1")
+	require.NoError(t, err)
+	a = lookup(t, s, Query{ClientID: "x", IP: ip})
+	require.NotNil(t, a.Block, "an IPv4-mapped address counts as IPv4")
+}
+
+func TestLookupUser(t *testing.T) {
+	s, r := newStore(t, "p1:")
+	r.CLI("SET", "p1:user:carol", "$7$hash")
+	a := lookup(t, s, Query{ClientID: "x", Username: "carol", HasUsername: true, WantUser: true})
+	assert.True(t, a.HasUser)
+	assert.Equal(t, "$7$hash", a.UserHash)
+	a = lookup(t, s, Query{ClientID: "x", Username: "dave", HasUsername: true, WantUser: true})
+	assert.False(t, a.HasUser)
+}
+
+func TestLookupExactForHostileValues(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	r.CLI("SET", "guard:block:clientid:a*", "glob")
+	for _, id := range []string{"a", "ab", "a\\*", "*"} {
+		assert.Nil(t, lookup(t, s, Query{ClientID: id}).Block, id)
+	}
+	assert.NotNil(t, lookup(t, s, Query{ClientID: "a*"}).Block)
+	long := strings.Repeat("z", 20000)
+	r.CLI("SET", "guard:block:clientid:"+long, "long")
+	assert.NotNil(t, lookup(t, s, Query{ClientID: long}).Block)
+	assert.Nil(t, lookup(t, s, Query{ClientID: long[1:]}).Block)
+}
+
+func TestLookupFailsFastWhenRedisIsDown(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	r.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := s.Lookup(ctx, Query{ClientID: "x"})
+	assert.Error(t, err)
+	assert.Less(t, time.Since(start), time.Second)
+}
+
+func TestCheckRanges(t *testing.T) {
+	s, r := newStore(t, "g[1]:")
+	r.CLI("SET", "g[1]:block:cidr:10.0.0.0/8", "fine")
+	r.CLI("SET", "g[1]:block:cidr:10.1.2.3/8", "host bits")
+	r.CLI("SET", "g[1]:allow:cidr:not-a-range", "junk")
+	r.CLI("SET", "g1:block:cidr:junk", "another prefix: not ours")
+	bad, err := s.CheckRanges(context.Background())
+	require.NoError(t, err)
+	var got []string
+	for _, b := range bad {
+		got = append(got, b.Key)
+	}
+	assert.ElementsMatch(t, []string{"g[1]:block:cidr:10.1.2.3/8", "g[1]:allow:cidr:not-a-range"}, got)
+}

@@ -1,0 +1,95 @@
+package plugin
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse(nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"127.0.0.1:6379"}, c.RedisAddrs)
+	assert.Equal(t, 100*time.Millisecond, c.RedisTimeout)
+	assert.Equal(t, "guard:", c.KeyPrefix)
+	assert.Equal(t, BackendDefer, c.Backend)
+	assert.Equal(t, 5, c.Policy.Limit)
+	assert.Equal(t, time.Minute, c.Policy.Window)
+	assert.Equal(t, 10*time.Minute, c.Policy.BanTime)
+	assert.Equal(t, 24*time.Hour, c.Policy.BanMax)
+	assert.Equal(t, []keys.Scope{keys.IP}, c.FailScopes)
+	assert.False(t, c.DenyWhenRedisDown)
+	assert.Equal(t, "base64", c.SaltEncoding)
+}
+
+func TestParseValues(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "passwd")
+	require.NoError(t, os.WriteFile(pw, nil, 0o600))
+	c, err := Parse(map[string]string{
+		"redis_addr":        "10.0.0.1:7000, 10.0.0.2:7001",
+		"redis_db":          "3",
+		"redis_timeout":     "250ms",
+		"key_prefix":        "site1:",
+		"password_file":     pw,
+		"fail_limit":        "10",
+		"fail_window":       "5m",
+		"fail_scopes":       "ip, username clientid,ip",
+		"ban_time":          "1h",
+		"ban_max":           "168h",
+		"redis_unavailable": "deny",
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"10.0.0.1:7000", "10.0.0.2:7001"}, c.RedisAddrs)
+	assert.Equal(t, 3, c.RedisDB)
+	assert.Equal(t, BackendFiles, c.Backend, "password_file implies backend files")
+	assert.Equal(t, []keys.Scope{keys.IP, keys.Username, keys.ClientID}, c.FailScopes)
+	assert.Equal(t, 10, c.Policy.Limit)
+	assert.True(t, c.DenyWhenRedisDown)
+}
+
+func TestParseErrorsNameOptionValueAndForm(t *testing.T) {
+	cases := []struct {
+		opts map[string]string
+		want string
+	}{
+		{map[string]string{"fail_limit": "abc"}, `option fail_limit: bad value "abc": expected a whole number from 1 to 1000000`},
+		{map[string]string{"fail_limit": "0"}, `option fail_limit: bad value "0": expected a whole number`},
+		{map[string]string{"ban_time": "10"}, `option ban_time: bad value "10": expected a Go duration`},
+		{map[string]string{"fail_window": "-1m"}, `option fail_window: bad value "-1m"`},
+		{map[string]string{"redis_timeout": "0s"}, `option redis_timeout: bad value "0s"`},
+		{map[string]string{"backend": "ldap"}, `option backend: bad value "ldap": expected one of files, redis, defer`},
+		{map[string]string{"backend": "files"}, `option password_file: bad value "": expected the path of a mosquitto_passwd file`},
+		{map[string]string{"password_file": "/nonexistent/passwd"}, `option password_file: bad value "/nonexistent/passwd": expected a file readable by the broker's user (no such file or directory)`},
+		{map[string]string{"fail_scopes": "ip,country"}, `option fail_scopes: bad value "ip,country"`},
+		{map[string]string{"fail_scopes": "cidr"}, `option fail_scopes: bad value "cidr"`},
+		{map[string]string{"fail_scopes": ""}, `option fail_scopes: bad value ""`},
+		{map[string]string{"redis_unavailable": "maybe"}, `option redis_unavailable: bad value "maybe": expected allow or deny`},
+		{map[string]string{"redis_addr": "localhost"}, `option redis_addr: bad value "localhost": expected host:port`},
+		{map[string]string{"redis_addr": "h:99999"}, `option redis_addr: bad value "h:99999"`},
+		{map[string]string{"redis_db": "-1"}, `option redis_db: bad value "-1"`},
+		{map[string]string{"ban_time": "2h", "ban_max": "1h"}, `option ban_max: bad value "1h0m0s": expected a duration at least ban_time (2h0m0s)`},
+		{map[string]string{"hasher_salt_encoding": "hex"}, `option hasher_salt_encoding: bad value "hex": expected base64, or utf8`},
+		{map[string]string{"backend": "redis", "password_file": "/etc/passwd"}, `option password_file: bad value "/etc/passwd": expected no password_file unless backend is files`},
+	}
+	for _, c := range cases {
+		_, err := Parse(c.opts)
+		require.Error(t, err, "%v", c.opts)
+		assert.Contains(t, err.Error(), c.want)
+		var oe *OptionError
+		assert.True(t, errors.As(err, &oe), "%v: want an *OptionError", c.opts)
+	}
+}
+
+func TestParseUnknownOptionNeverEchoesValue(t *testing.T) {
+	_, err := Parse(map[string]string{"redis_pasword": "s3cret"})
+	require.ErrorIs(t, err, ErrUnknownOption)
+	assert.Contains(t, err.Error(), "option redis_pasword: unknown option")
+	assert.NotContains(t, err.Error(), "s3cret")
+}

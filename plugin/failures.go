@@ -1,0 +1,99 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// failure is one failed authentication, waiting to be counted.
+type failure struct {
+	clientID    string
+	ip          netip.Addr
+	username    string
+	hasUsername bool
+}
+
+// failureQueue counts failed authentications off the broker thread: the
+// failing client is refused whatever the count says, so nothing on the
+// broker thread needs to wait for it. The queue is bounded; when a flood
+// outruns Redis the excess is dropped and the drop is logged.
+type failureQueue struct {
+	g       *Guard
+	ch      chan failure
+	dropped atomic.Int64
+}
+
+const failureQueueSize = 4096
+
+func newFailureQueue(g *Guard) *failureQueue {
+	q := &failureQueue{g: g, ch: make(chan failure, failureQueueSize)}
+	g.wg.Add(1)
+	go q.run()
+	return q
+}
+
+func (q *failureQueue) add(f failure) {
+	select {
+	case q.ch <- f:
+	default:
+		q.dropped.Add(1)
+	}
+}
+
+func (q *failureQueue) run() {
+	defer q.g.wg.Done()
+	report := time.NewTicker(10 * time.Second)
+	defer report.Stop()
+	for {
+		select {
+		case <-q.g.stop:
+			return
+		case f := <-q.ch:
+			q.count(f)
+		case <-report.C:
+			if n := q.dropped.Swap(0); n > 0 {
+				q.g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted: the counting queue was full", n))
+			}
+		}
+	}
+}
+
+// count records f under every configured fail scope and logs any ban.
+func (q *failureQueue) count(f failure) {
+	g := q.g
+	for _, scope := range g.cfg.FailScopes {
+		var value string
+		switch scope {
+		case keys.IP:
+			if !f.ip.IsValid() {
+				continue
+			}
+			value = f.ip.String()
+		case keys.ClientID:
+			value = f.clientID
+		case keys.Username:
+			if !f.hasUsername {
+				continue
+			}
+			value = f.username
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ban, err := g.counter.Fail(ctx, scope, value)
+		cancel()
+		if err != nil {
+			g.health.down(err)
+			return
+		}
+		if ban != nil {
+			c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
+			g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: banned %s=%s after %d failed authentications within %s; last %s rule=%s origin=auto expires=%s offence=%d",
+				scope, quote(value), g.cfg.Policy.Limit+1, g.cfg.Policy.Window, describeClient(c, f.ip),
+				quote(ban.Key), expiry(g.now(), ban.Duration), ban.Offence))
+		}
+	}
+}
