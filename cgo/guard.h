@@ -1,0 +1,16 @@
+/* Declarations shared by the C and Go halves of the cgo skin. */
+#ifndef GUARD_H
+#define GUARD_H
+
+#include <stdint.h>
+#include <mosquitto_broker.h>
+#include <mosquitto.h>
+#include <mosquitto_plugin.h>
+
+int guard_register(mosquitto_plugin_id_t *id, uintptr_t handle);
+void guard_unregister(mosquitto_plugin_id_t *id);
+void guard_log(int level, const char *msg);
+const char *guard_opt_key(struct mosquitto_opt *opts, int i);
+const char *guard_opt_value(struct mosquitto_opt *opts, int i);
+
+#endif

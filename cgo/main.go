@@ -1,0 +1,149 @@
+// Command cgo is the thin skin that makes mosquitto-guard a Mosquitto 2.0
+// plugin (API v5): built with -buildmode=c-shared, its C half provides the
+// entry points and event trampolines, and these exported Go functions convert
+// the broker's C values and call the decision core in package plugin.
+//
+// Every exported function runs on the broker thread, recovers any panic
+// (a panic escaping into C would kill the broker) and, before returning,
+// writes out the log lines queued by goroutines, since no broker function
+// may be called from another thread.
+package main
+
+/*
+#cgo CFLAGS: -O2 -Wall
+// Broker symbols resolve from the mosquitto executable when it loads the
+// plugin; this lets `go build ./...` link the package as a program too.
+#cgo LDFLAGS: -Wl,--unresolved-symbols=ignore-in-object-files
+#include <stdlib.h>
+#include <string.h>
+#include "guard.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/mosquitto-guard/mosquitto-guard/plugin"
+)
+
+func main() {}
+
+//export guardInit
+func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.int, out *C.uintptr_t) (rc C.int) {
+	defer drainLogs()
+	defer recoverTo(&rc, C.MOSQ_ERR_UNKNOWN, "plugin_init")
+	options := map[string]string{}
+	for i := 0; i < int(n); i++ {
+		key := goString(C.guard_opt_key(opts, C.int(i)))
+		options[key] = goString(C.guard_opt_value(opts, C.int(i)))
+	}
+	cfg, err := plugin.Parse(options)
+	if err != nil {
+		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
+		return C.MOSQ_ERR_INVAL
+	}
+	g, err := plugin.New(cfg, enqueueLog)
+	if err != nil {
+		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
+		return C.MOSQ_ERR_INVAL
+	}
+	h := instances.add(&instance{id: id, guard: g})
+	if rc := C.guard_register(id, C.uintptr_t(h)); rc != C.MOSQ_ERR_SUCCESS {
+		instances.remove(h)
+		g.Close()
+		enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: cannot register callbacks (error %d)", int(rc)))
+		return rc
+	}
+	*out = C.uintptr_t(h)
+	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: ready (backend %s, key_prefix %q, fail_limit %d per %s on %v)",
+		cfg.Backend, cfg.KeyPrefix, cfg.Policy.Limit, cfg.Policy.Window, cfg.FailScopes))
+	return C.MOSQ_ERR_SUCCESS
+}
+
+//export guardCleanup
+func guardCleanup(h C.uintptr_t) (rc C.int) {
+	defer drainLogs()
+	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "plugin_cleanup")
+	in := instances.remove(uintptr(h))
+	if in == nil {
+		return C.MOSQ_ERR_SUCCESS
+	}
+	C.guard_unregister(in.id)
+	in.guard.Close()
+	return C.MOSQ_ERR_SUCCESS
+}
+
+//export guardBasicAuth
+func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char) (rc C.int) {
+	defer drainLogs()
+	// Fail closed: a client whose check blew up is not let in.
+	defer recoverTo(&rc, C.MOSQ_ERR_AUTH, "basic_auth")
+	in := instances.get(uintptr(h))
+	if in == nil {
+		return C.MOSQ_ERR_PLUGIN_DEFER
+	}
+	c := plugin.Client{
+		Handle:   uintptr(client),
+		ClientID: goString(id),
+		Address:  goString(addr),
+	}
+	if username != nil {
+		c.Username, c.HasUsername = C.GoString(username), true
+	}
+	if password != nil {
+		c.Password = C.GoBytes(unsafe.Pointer(password), C.int(C.strlen(password)))
+	}
+	d := in.guard.Authenticate(c)
+	clear(c.Password)
+	switch d.Result {
+	case plugin.Allow:
+		return C.MOSQ_ERR_SUCCESS
+	case plugin.Defer:
+		return C.MOSQ_ERR_PLUGIN_DEFER
+	}
+	return C.MOSQ_ERR_AUTH
+}
+
+//export guardReload
+func guardReload(h C.uintptr_t) (rc C.int) {
+	defer drainLogs()
+	defer recoverTo(&rc, C.MOSQ_ERR_PLUGIN_DEFER, "reload")
+	if in := instances.get(uintptr(h)); in != nil {
+		in.guard.Reload()
+	}
+	// Anything but DEFER would stop the broker re-registering its own checks.
+	return C.MOSQ_ERR_PLUGIN_DEFER
+}
+
+//export guardTick
+func guardTick(h C.uintptr_t) (rc C.int) {
+	defer drainLogs()
+	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
+	return C.MOSQ_ERR_SUCCESS
+}
+
+//export guardDisconnect
+func guardDisconnect(h, client C.uintptr_t) (rc C.int) {
+	defer drainLogs()
+	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "disconnect")
+	if in := instances.get(uintptr(h)); in != nil {
+		in.guard.Disconnected(uintptr(client))
+	}
+	return C.MOSQ_ERR_SUCCESS
+}
+
+func goString(s *C.char) string {
+	if s == nil {
+		return ""
+	}
+	return C.GoString(s)
+}
+
+// recoverTo turns a panic into a logged error and the fallback return code.
+func recoverTo(rc *C.int, fallback C.int, where string) {
+	if r := recover(); r != nil {
+		enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: internal error in %s: %v", where, r))
+		*rc = fallback
+	}
+}

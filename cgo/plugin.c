@@ -1,0 +1,120 @@
+/*
+ * The C half of the cgo skin: the three plugin entry points (cgo's //export
+ * cannot produce the `const int *` prototype that mosquitto_plugin_version
+ * has), the event trampolines, and the variadic log call Go cannot make.
+ * Every function here only converts and forwards; decisions are made in Go.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "guard.h"
+#include "_cgo_export.h"
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	for (int i = 0; i < supported_version_count; i++) {
+		if (supported_versions[i] == 5) {
+			return 5;
+		}
+	}
+	return -1;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, struct mosquitto_opt *options, int option_count)
+{
+	uintptr_t handle = 0;
+	int rc = guardInit(identifier, options, option_count, &handle);
+	if (rc == MOSQ_ERR_SUCCESS) {
+		*userdata = (void *)handle;
+	}
+	return rc;
+}
+
+int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
+{
+	(void)options;
+	(void)option_count;
+	return guardCleanup((uintptr_t)userdata);
+}
+
+static int on_basic_auth(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	return guardBasicAuth((uintptr_t)userdata, (uintptr_t)ed->client,
+			(char *)mosquitto_client_id(ed->client),
+			(char *)mosquitto_client_address(ed->client),
+			ed->username, ed->password);
+}
+
+static int on_reload(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	return guardReload((uintptr_t)userdata);
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	return guardTick((uintptr_t)userdata);
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	struct mosquitto_evt_disconnect *ed = event_data;
+	return guardDisconnect((uintptr_t)userdata, (uintptr_t)ed->client);
+}
+
+struct registration {
+	int event;
+	MOSQ_FUNC_generic_callback cb;
+};
+
+static const struct registration registrations[] = {
+	{MOSQ_EVT_BASIC_AUTH, on_basic_auth},
+	{MOSQ_EVT_RELOAD, on_reload},
+	{MOSQ_EVT_TICK, on_tick},
+	{MOSQ_EVT_DISCONNECT, on_disconnect},
+};
+
+#define NREG (int)(sizeof(registrations) / sizeof(registrations[0]))
+
+/* guard_register registers every callback; on failure it undoes what it did
+ * and returns the broker's error code. */
+int guard_register(mosquitto_plugin_id_t *id, uintptr_t handle)
+{
+	for (int i = 0; i < NREG; i++) {
+		int rc = mosquitto_callback_register(id, registrations[i].event, registrations[i].cb, NULL, (void *)handle);
+		if (rc != MOSQ_ERR_SUCCESS) {
+			for (int j = 0; j < i; j++) {
+				mosquitto_callback_unregister(id, registrations[j].event, registrations[j].cb, NULL);
+			}
+			return rc;
+		}
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+void guard_unregister(mosquitto_plugin_id_t *id)
+{
+	for (int i = 0; i < NREG; i++) {
+		mosquitto_callback_unregister(id, registrations[i].event, registrations[i].cb, NULL);
+	}
+}
+
+void guard_log(int level, const char *msg)
+{
+	mosquitto_log_printf(level, "%s", msg);
+}
+
+const char *guard_opt_key(struct mosquitto_opt *opts, int i)
+{
+	return opts[i].key;
+}
+
+const char *guard_opt_value(struct mosquitto_opt *opts, int i)
+{
+	return opts[i].value;
+}

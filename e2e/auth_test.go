@@ -1,0 +1,292 @@
+package e2e
+
+import (
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPasswords(t *testing.T) {
+	e := newEnv(t)
+	assert.EqualValues(t, accepted, e.connect(as("127.0.1.1", "dev-a", "alice", "alice-pw")))
+	assert.EqualValues(t, refused, e.connect(as("127.0.1.2", "dev-b", "alice", "not-it")))
+	line := e.logLine("mosquitto-guard: refused", `client_id="dev-b"`, "ip=127.0.1.2", `username="alice"`, "rule=bad-password")
+	assert.NotContains(t, line, "not-it", "a password must never be logged")
+	assert.EqualValues(t, refused, e.connect(as("127.0.1.3", "dev-c", "mallory", "x")))
+	e.logLine("refused", "ip=127.0.1.3", `username="mallory"`, "rule=unknown-user")
+	// No username: past the lists, Mosquitto's allow_anonymous false decides.
+	assert.EqualValues(t, refused, e.connect(client{ip: "127.0.1.4", id: "anon"}))
+	assert.NotContains(t, e.broker.Output(), "alice-pw")
+}
+
+func TestAnonymousDeferredToAllowAnonymous(t *testing.T) {
+	e := newEnv(t, "allow_anonymous true")
+	assert.EqualValues(t, accepted, e.connect(client{ip: "127.0.1.5", id: "anon"}))
+	e.redis.CLI("SET", "guard:block:ip:127.0.1.5", "no anonymous from here")
+	assert.EqualValues(t, refused, e.connect(client{ip: "127.0.1.5", id: "anon"}), "lists apply to anonymous clients too")
+}
+
+func TestBlockScopes(t *testing.T) {
+	e := newEnv(t)
+	cases := []struct {
+		name, key string
+		hit, miss client
+	}{
+		{"clientid", "guard:block:clientid:sensor-7",
+			as("127.0.2.1", "sensor-7", "alice", "alice-pw"), as("127.0.2.1", "sensor-8", "alice", "alice-pw")},
+		{"ip", "guard:block:ip:127.0.2.2",
+			as("127.0.2.2", "x1", "alice", "alice-pw"), as("127.0.2.3", "x1", "alice", "alice-pw")},
+		{"cidr", "guard:block:cidr:127.0.3.0/24",
+			as("127.0.3.77", "x2", "alice", "alice-pw"), as("127.0.4.77", "x2", "alice", "alice-pw")},
+		{"username", "guard:block:username:bob",
+			as("127.0.2.5", "x3", "bob", "bob-pw"), as("127.0.2.5", "x3", "alice", "alice-pw")},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			require.EqualValues(t, accepted, e.connect(c.hit), "before the ban")
+			e.redis.CLI("SET", c.key, "operator says no")
+			assert.EqualValues(t, refused, e.connect(c.hit))
+			assert.EqualValues(t, accepted, e.connect(c.miss), "a client the key does not name")
+			e.logLine("refused", `rule="`+c.key+`"`, "origin=operator", "expires=never", `reason="operator says no"`)
+			e.redis.CLI("DEL", c.key)
+			assert.EqualValues(t, accepted, e.connect(c.hit), "after DEL")
+		})
+	}
+}
+
+func TestAllowlist(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 2")
+	e.redis.CLI("SET", "guard:block:cidr:127.0.5.0/24", "whole lab")
+	e.redis.CLI("SET", "guard:allow:clientid:lab-gateway", "the gateway must stay up")
+	assert.EqualValues(t, refused, e.connect(as("127.0.5.1", "lab-sensor", "alice", "alice-pw")))
+	assert.EqualValues(t, accepted, e.connect(as("127.0.5.1", "lab-gateway", "alice", "alice-pw")), "allow wins over block")
+	// Allowed clients still need the right password, but are never counted or banned.
+	e.redis.CLI("SET", "guard:allow:ip:127.0.5.9", "")
+	for i := 0; i < 6; i++ {
+		assert.EqualValues(t, refused, e.connect(as("127.0.5.9", "c"+strconv.Itoa(i), "alice", "wrong")))
+	}
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, "0", e.redis.CLI("EXISTS", "guard:block:ip:127.0.5.9"))
+	e.redis.CLI("DEL", "guard:allow:ip:127.0.5.9", "guard:block:cidr:127.0.5.0/24")
+	assert.EqualValues(t, accepted, e.connect(as("127.0.5.9", "c", "alice", "alice-pw")))
+}
+
+func TestBanExpires(t *testing.T) {
+	e := newEnv(t)
+	c := as("127.0.6.1", "temp", "alice", "alice-pw")
+	e.redis.CLI("SET", "guard:block:ip:127.0.6.1", "cool down", "PX", "800")
+	assert.EqualValues(t, refused, e.connect(c))
+	line := e.logLine("refused", "ip=127.0.6.1", "origin=operator")
+	assert.Contains(t, line, "(in 1s)", "the expiry comes from the key's TTL")
+	time.Sleep(900 * time.Millisecond)
+	assert.EqualValues(t, accepted, e.connect(c))
+}
+
+func TestBruteForceIsBanned(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 3", "auth_opt_ban_time 10m", "auth_opt_ban_max 1h")
+	attacker, bystander := "127.0.7.1", "127.0.7.2"
+	for i := 0; i < 4; i++ {
+		require.EqualValues(t, refused, e.connect(as(attacker, "guess"+strconv.Itoa(i), "alice", "guess"+strconv.Itoa(i))))
+	}
+	key := "guard:block:ip:" + attacker
+	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("EXISTS", key) == "1" }, "no automatic ban at %s", key)
+	value := e.redis.CLI("GET", key)
+	assert.True(t, strings.HasPrefix(value, "auto: "), "value %q", value)
+	ttl, err := strconv.Atoi(e.redis.CLI("TTL", key))
+	require.NoError(t, err)
+	assert.InDelta(t, 600, ttl, 5)
+	assert.Equal(t, "1", e.redis.CLI("GET", "guard:offences:ip:"+attacker))
+	e.logLine("mosquitto-guard: banned ip=\"127.0.7.1\"", "origin=auto", "offence=1", `rule="`+key+`"`)
+
+	// Banned now, even with the right password; others are not.
+	assert.EqualValues(t, refused, e.connect(as(attacker, "real", "alice", "alice-pw")))
+	e.logLine("refused", "ip="+attacker, "origin=auto")
+	assert.EqualValues(t, accepted, e.connect(as(bystander, "real", "alice", "alice-pw")))
+	assert.Equal(t, "0", e.redis.CLI("EXISTS", "guard:block:ip:"+bystander))
+}
+
+func TestBanEscalates(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 1", "auth_opt_ban_time 1m", "auth_opt_ban_max 3m")
+	ip := "127.0.8.1"
+	key := "guard:block:ip:" + ip
+	for _, want := range []int{60, 120, 180, 180} {
+		e.redis.CLI("DEL", key) // the ban ran out
+		require.EqualValues(t, refused, e.connect(as(ip, "a", "alice", "x")))
+		require.EqualValues(t, refused, e.connect(as(ip, "b", "alice", "y")))
+		eventually(t, 3*time.Second, func() bool { return e.redis.CLI("EXISTS", key) == "1" }, "no ban")
+		ttl, _ := strconv.Atoi(e.redis.CLI("TTL", key))
+		assert.InDelta(t, want, ttl, 3, "ban length")
+		// Let the fail window's allowance come back before the next round.
+		e.redis.CLI("DEL", "rate:guard:fail:ip:"+ip)
+	}
+	assert.Equal(t, "4", e.redis.CLI("GET", "guard:offences:ip:"+ip))
+}
+
+func TestOddClientIDs(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_scopes clientid", "auth_opt_fail_limit 1")
+	long := strings.Repeat("L", 20000)
+	ids := []string{"*", "dev*", "a:b", "with space", "[x]?", "ünï-cødé", long}
+	for _, id := range ids {
+		require.EqualValues(t, accepted, e.connect(as("127.0.9.1", id, "alice", "alice-pw")), "id %.40q", id)
+	}
+	// Glob characters never widen a match: a ban of "dev*" refuses only "dev*".
+	e.redis.CLI("SET", "guard:block:clientid:dev*", "literal")
+	assert.EqualValues(t, refused, e.connect(as("127.0.9.1", "dev*", "alice", "alice-pw")))
+	assert.EqualValues(t, accepted, e.connect(as("127.0.9.1", "dev1", "alice", "alice-pw")))
+	assert.EqualValues(t, accepted, e.connect(as("127.0.9.1", "*", "alice", "alice-pw")))
+	// ':' cannot make a client ID look like another scope's key.
+	e.redis.CLI("SET", "guard:block:ip:127.0.9.2", "ip ban")
+	assert.EqualValues(t, accepted, e.connect(as("127.0.9.1", "ip:127.0.9.2", "alice", "alice-pw")))
+
+	// A 20 000-byte client ID is banned under exactly its own key.
+	require.EqualValues(t, refused, e.connect(as("127.0.9.3", long, "alice", "x")))
+	require.EqualValues(t, refused, e.connect(as("127.0.9.3", long, "alice", "y")))
+	key := "guard:block:clientid:" + long
+	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("EXISTS", key) == "1" }, "no ban of the long id")
+	assert.EqualValues(t, refused, e.connect(as("127.0.9.4", long, "alice", "alice-pw")))
+	assert.EqualValues(t, accepted, e.connect(as("127.0.9.4", long[:19999], "alice", "alice-pw")))
+	line := e.logLine("refused", "ip=127.0.9.4", "origin=auto")
+	assert.Less(t, len(line), 2000, "hostile values are cut in log lines")
+	assert.Contains(t, line, "(20000 bytes)")
+}
+
+func TestHostileBytesInLogs(t *testing.T) {
+	e := newEnv(t)
+	// Mosquitto itself refuses control characters in client IDs (malformed
+	// UTF-8 to it); a username with a quote and a backslash reaches the plugin.
+	assert.EqualValues(t, refused, e.connect(as("127.0.9.9", "q", `ev"il\name`, "x")))
+	line := e.logLine("refused", "ip=127.0.9.9")
+	assert.Contains(t, line, `username="ev\"il\\name"`)
+}
+
+func TestBadOptionStopsBroker(t *testing.T) {
+	testenv := []struct{ line, want string }{
+		{"auth_opt_fail_limit abc", `option fail_limit: bad value "abc": expected a whole number`},
+		{"auth_opt_ban_time 10", `option ban_time: bad value "10": expected a Go duration`},
+		{"auth_opt_backend ldap", `option backend: bad value "ldap": expected one of files, redis, defer`},
+		{"auth_opt_fali_limit 3", `option fali_limit: unknown option`},
+	}
+	for _, c := range testenv {
+		t.Run(c.line, func(t *testing.T) {
+			e := &env{t: t, dir: t.TempDir()}
+			e.passwd = e.dir + "/passwd"
+			e.addUser("alice", "alice-pw")
+			out := startExpectFail(t, e.conf(c.line))
+			assert.Contains(t, out, c.want)
+		})
+	}
+	t.Run("unreadable password file", func(t *testing.T) {
+		e := &env{t: t, dir: t.TempDir()}
+		e.passwd = e.dir + "/missing"
+		out := startExpectFail(t, e.conf())
+		assert.Contains(t, out, `option password_file: bad value "`+e.passwd+`"`)
+	})
+}
+
+func TestMalformedRangeKeyIsLogged(t *testing.T) {
+	e := newEnv(t)
+	e.redis.CLI("SET", "guard:block:cidr:127.0.10.5/24", "typo")
+	// Range keys are checked at start and every minute; restart to see it now.
+	e.broker.Stop()
+	e.broker = startBroker(t, e.conf())
+	e.logLine(`range key "guard:block:cidr:127.0.10.5/24" can never match`, "127.0.10.0/24")
+}
+
+func TestReloadReadsPasswordFile(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 1")
+	conn, code := e.dial(as("127.0.11.1", "alice-dev", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	assert.EqualValues(t, refused, e.connect(as("127.0.11.2", "carol-dev", "carol", "carol-pw")))
+
+	e.addUser("carol", "carol-pw")
+	e.addUser("alice", "rotated")
+	e.broker.Reload()
+	e.logLine("loaded 3 users")
+	assert.EqualValues(t, accepted, e.connect(as("127.0.11.2", "carol-dev", "carol", "carol-pw")))
+	// The broker re-checks connected clients after a reload and drops alice's
+	// old session: that is not an attack and must not ban her address.
+	assert.True(t, conn.Closed(3*time.Second), "alice's connection with the old password should be closed")
+	e.logLine("refused", "ip=127.0.11.1", "not counted")
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, "0", e.redis.CLI("EXISTS", "guard:block:ip:127.0.11.1"))
+	assert.EqualValues(t, accepted, e.connect(as("127.0.11.1", "alice-dev", "alice", "rotated")))
+}
+
+func TestRedisBackend(t *testing.T) {
+	e := newEnv(t, "auth_opt_backend redis")
+	hash := strings.SplitN(strings.TrimSpace(readFileLine(t, e.passwd, "alice:")), ":", 2)[1]
+	e.redis.CLI("SET", "guard:user:dave", hash)
+	assert.EqualValues(t, accepted, e.connect(as("127.0.12.1", "d", "dave", "alice-pw")))
+	assert.EqualValues(t, refused, e.connect(as("127.0.12.1", "d", "dave", "nope")))
+	assert.EqualValues(t, refused, e.connect(as("127.0.12.1", "d", "alice", "alice-pw")), "alice is only in the file")
+	e.logLine("refused", `username="alice"`, "rule=unknown-user")
+	e.redis.CLI("SET", "guard:user:eve", "$6$garbage")
+	assert.EqualValues(t, refused, e.connect(as("127.0.12.1", "e", "eve", "x")))
+	e.logLine("stored hash", `username="eve"`)
+}
+
+func TestDeferBackend(t *testing.T) {
+	e := &env{t: t, dir: t.TempDir()}
+	e.passwd = e.dir + "/passwd"
+	e.addUser("alice", "alice-pw")
+	e.redis = startRedis(t)
+	e.broker = startBroker(t, e.conf("auth_opt_backend defer", "password_file "+e.passwd))
+	assert.EqualValues(t, accepted, e.connect(as("127.0.13.1", "a", "alice", "alice-pw")), "mosquitto's password_file decides")
+	assert.EqualValues(t, refused, e.connect(as("127.0.13.1", "a", "alice", "bad")))
+	e.redis.CLI("SET", "guard:block:username:alice", "x")
+	assert.EqualValues(t, refused, e.connect(as("127.0.13.1", "a", "alice", "alice-pw")), "the lists still apply")
+}
+
+func TestRedisDown(t *testing.T) {
+	t.Run("allow", func(t *testing.T) {
+		e := newEnv(t)
+		e.redis.CLI("SET", "guard:block:ip:127.0.14.1", "x")
+		require.EqualValues(t, refused, e.connect(as("127.0.14.1", "a", "alice", "alice-pw")))
+		e.redis.Stop()
+		start := time.Now()
+		assert.EqualValues(t, accepted, e.connect(as("127.0.14.1", "a", "alice", "alice-pw")), "lists skipped while Redis is down")
+		assert.EqualValues(t, refused, e.connect(as("127.0.14.2", "a", "alice", "bad")), "credentials still checked")
+		assert.Less(t, time.Since(start), 2*time.Second)
+		e.logLine("unreachable", "redis_unavailable allow")
+		e.redis.Restart() // empty: no persistence
+		e.logLine("list checks resume")
+		e.redis.CLI("SET", "guard:block:ip:127.0.14.1", "x")
+		assert.EqualValues(t, refused, e.connect(as("127.0.14.1", "a", "alice", "alice-pw")), "checks resume")
+	})
+	t.Run("deny", func(t *testing.T) {
+		e := newEnv(t, "auth_opt_redis_unavailable deny")
+		require.EqualValues(t, accepted, e.connect(as("127.0.14.3", "a", "alice", "alice-pw")))
+		e.redis.Stop()
+		assert.EqualValues(t, refused, e.connect(as("127.0.14.3", "a", "alice", "alice-pw")))
+		e.logLine("refused", "ip=127.0.14.3", "rule=redis-unavailable")
+		e.redis.Restart()
+		e.logLine("list checks resume")
+		assert.EqualValues(t, accepted, e.connect(as("127.0.14.3", "a", "alice", "alice-pw")))
+	})
+	t.Run("unreachable at start", func(t *testing.T) {
+		e := &env{t: t, dir: t.TempDir()}
+		e.passwd = e.dir + "/passwd"
+		e.addUser("alice", "alice-pw")
+		e.redis = startRedis(t)
+		e.redis.Stop()
+		e.broker = startBroker(t, e.conf())
+		e.logLine("unreachable")
+		assert.EqualValues(t, accepted, e.connect(as("127.0.14.4", "a", "alice", "alice-pw")))
+		e.redis.Restart()
+		e.logLine("list checks resume")
+		e.redis.CLI("SET", "guard:block:username:alice", "x")
+		assert.EqualValues(t, refused, e.connect(as("127.0.14.4", "a", "alice", "alice-pw")))
+	})
+}
+
+func readFileLine(t *testing.T, path, prefix string) string {
+	t.Helper()
+	out, err := exec.Command("grep", "^"+prefix, path).Output()
+	require.NoError(t, err)
+	return string(out)
+}

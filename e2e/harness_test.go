@@ -1,0 +1,209 @@
+// Package e2e loads the built plugin into a real mosquitto, with a real
+// redis-server, and talks to it over real MQTT connections from distinct
+// 127.x source addresses.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// pluginPath is the .so under test: $GUARD_PLUGIN (make test sets it), or
+// one built by TestMain.
+var pluginPath string
+
+func TestMain(m *testing.M) {
+	pluginPath = os.Getenv("GUARD_PLUGIN")
+	if pluginPath == "" {
+		dir, err := os.MkdirTemp("", "guard-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		pluginPath = filepath.Join(dir, "mosquitto_guard.so")
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Dir(filepath.Dir(file))
+		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", pluginPath, "./cgo")
+		cmd.Dir = root
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: building the plugin:", err)
+			os.Exit(1)
+		}
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// env is one redis-server and one mosquitto loading the plugin.
+type env struct {
+	t      *testing.T
+	redis  *testenv.Redis
+	broker *testenv.Mosquitto
+	passwd string
+	dir    string
+}
+
+// users written to every test's password file with the real mosquitto_passwd.
+var users = map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
+
+// newEnv starts Redis and a broker whose config has the plugin lines plus extra.
+func newEnv(t *testing.T, extra ...string) *env {
+	t.Helper()
+	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server", "redis-cli")
+	e := &env{t: t, dir: t.TempDir()}
+	e.redis = testenv.StartRedis(t)
+	e.passwd = filepath.Join(e.dir, "passwd")
+	for u, p := range users {
+		e.addUser(u, p)
+	}
+	e.broker = testenv.StartMosquitto(t, e.conf(extra...))
+	require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 5*time.Second), "plugin did not report ready")
+	return e
+}
+
+// conf returns the broker config: the plugin with this env's Redis and
+// password file, then extra lines (which may override options).
+func (e *env) conf(extra ...string) string {
+	lines := []string{
+		"allow_anonymous false",
+		"auth_plugin " + pluginPath,
+		"auth_opt_redis_addr " + e.redisAddr(),
+	}
+	hasBackend := false
+	for _, l := range extra {
+		if strings.HasPrefix(l, "auth_opt_backend") {
+			hasBackend = true
+		}
+	}
+	if !hasBackend {
+		lines = append(lines, "auth_opt_password_file "+e.passwd)
+	}
+	return strings.Join(append(lines, extra...), "\n") + "\n"
+}
+
+func (e *env) redisAddr() string {
+	if e.redis == nil {
+		return "127.0.0.1:1"
+	}
+	return e.redis.Addr
+}
+
+// addUser adds or updates a user with the real mosquitto_passwd.
+func (e *env) addUser(user, pass string) {
+	e.t.Helper()
+	args := []string{"-b", e.passwd, user, pass}
+	if _, err := os.Stat(e.passwd); err != nil {
+		args = append([]string{"-c"}, args...)
+	}
+	out, err := exec.Command("mosquitto_passwd", args...).CombinedOutput()
+	require.NoError(e.t, err, "mosquitto_passwd: %s", out)
+}
+
+// client describes one connection attempt.
+type client struct {
+	ip, id     string
+	user, pass *string
+}
+
+func str(s string) *string { return &s }
+
+// as returns a client from ip with client ID id, user and password.
+func as(ip, id, user, pass string) client {
+	return client{ip: ip, id: id, user: str(user), pass: str(pass)}
+}
+
+// dial connects c and returns the connection (nil when refused) and the
+// CONNACK code.
+func (e *env) dial(c client) (*mqttc.Conn, byte) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, code, err := mqttc.Dial(ctx, mqttc.Options{
+		Addr: e.broker.Addr, SourceIP: c.ip, ClientID: c.id, Username: c.user, Password: c.pass,
+	})
+	require.NoError(e.t, err, "dial %s as %q", c.ip, c.id)
+	if conn != nil {
+		e.t.Cleanup(func() { conn.Close() })
+	}
+	return conn, code
+}
+
+// connect connects c and returns the CONNACK code, closing any connection.
+func (e *env) connect(c client) byte {
+	e.t.Helper()
+	conn, code := e.dial(c)
+	if conn != nil {
+		conn.Disconnect()
+	}
+	return code
+}
+
+const (
+	accepted = 0
+	refused  = 5 // MQTT 3.1.1 "not authorised"
+)
+
+// eventually polls cond for up to d.
+func eventually(t *testing.T, d time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.True(t, cond(), append([]any{msg}, args...)...)
+}
+
+// logLine waits for a broker log line containing every part and returns it.
+func (e *env) logLine(parts ...string) string {
+	e.t.Helper()
+	var found string
+	eventually(e.t, 5*time.Second, func() bool {
+		for _, l := range strings.Split(e.broker.Output(), "\n") {
+			ok := true
+			for _, p := range parts {
+				if !strings.Contains(l, p) {
+					ok = false
+					break
+				}
+			}
+			if ok {
+				found = l
+				return true
+			}
+		}
+		return false
+	}, "no log line with %q in:\n%s", parts, e.broker.Output())
+	return found
+}
+
+func startRedis(t *testing.T) *testenv.Redis { return testenv.StartRedis(t) }
+
+func startBroker(t *testing.T, conf string) *testenv.Mosquitto {
+	t.Helper()
+	m := testenv.StartMosquitto(t, conf)
+	require.True(t, m.WaitOutput("mosquitto-guard: ready", 5*time.Second), "plugin did not report ready")
+	return m
+}
+
+func startExpectFail(t *testing.T, conf string) string {
+	t.Helper()
+	return testenv.StartMosquittoExpectFail(t, conf, 10*time.Second)
+}
