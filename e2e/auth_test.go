@@ -4,11 +4,14 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 func TestPasswords(t *testing.T) {
@@ -289,4 +292,60 @@ func readFileLine(t *testing.T, path, prefix string) string {
 	out, err := exec.Command("grep", "^"+prefix, path).Output()
 	require.NoError(t, err)
 	return string(out)
+}
+
+// With per_listener_settings true the broker initialises the plugin once
+// per listener in one process, and Mosquitto 2.0.11 delivers no TICK: the
+// instances must not mix, and queued log lines must still come out.
+func TestPerListenerSettings(t *testing.T) {
+	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
+	e := &env{t: t, dir: t.TempDir()}
+	e.passwd = e.dir + "/passwd"
+	e.addUser("alice", "alice-pw")
+	e.redis = startRedis(t)
+	port2 := testenv.FreePort(t)
+	conf := strings.Join([]string{
+		"per_listener_settings true",
+		"listener {{PORT}} 127.0.0.1",
+		"allow_anonymous false",
+		"auth_plugin " + pluginPath,
+		"auth_opt_redis_addr " + e.redis.Addr,
+		"auth_opt_password_file " + e.passwd,
+		"auth_opt_fail_limit 1",
+		"listener " + strconv.Itoa(port2) + " 127.0.0.1",
+		"allow_anonymous false",
+		"auth_plugin " + pluginPath,
+		"auth_opt_redis_addr " + e.redis.Addr,
+		"auth_opt_password_file " + e.passwd,
+		"auth_opt_key_prefix second:",
+	}, "\n")
+	e.broker = testenv.StartMosquitto(t, conf)
+	require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 5*time.Second))
+	second := *e
+	second.broker = &testenv.Mosquitto{Process: e.broker.Process, Addr: "127.0.0.1:" + strconv.Itoa(port2)}
+	require.NoError(t, e.broker.WaitPort(second.broker.Addr, 5*time.Second))
+
+	assert.EqualValues(t, accepted, e.connect(as("127.0.15.1", "a", "alice", "alice-pw")))
+	assert.EqualValues(t, accepted, second.connect(as("127.0.15.1", "a", "alice", "alice-pw")))
+	e.redis.CLI("SET", "second:block:username:alice", "only on the second listener")
+	assert.EqualValues(t, accepted, e.connect(as("127.0.15.1", "a", "alice", "alice-pw")))
+	assert.EqualValues(t, refused, second.connect(as("127.0.15.1", "a", "alice", "alice-pw")))
+
+	// Counting runs in a goroutine; its ban line is queued and must be
+	// written by a later callback even without TICK.
+	e.connect(as("127.0.15.2", "x", "alice", "bad1"))
+	e.connect(as("127.0.15.2", "x", "alice", "bad2"))
+	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("EXISTS", "guard:block:ip:127.0.15.2") == "1" }, "no ban")
+	e.connect(as("127.0.15.3", "y", "alice", "alice-pw"))
+	e.logLine("mosquitto-guard: banned", "127.0.15.2")
+}
+
+// The broker stops promptly on SIGTERM: cleanup stops every goroutine.
+func TestCleanShutdown(t *testing.T) {
+	e := newEnv(t)
+	assert.EqualValues(t, accepted, e.connect(as("127.0.16.1", "a", "alice", "alice-pw")))
+	require.NoError(t, e.broker.Signal(syscall.SIGTERM))
+	err, done := e.broker.Wait(3 * time.Second)
+	require.True(t, done, "mosquitto did not stop within 3s")
+	assert.NoError(t, err)
 }

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -9,9 +10,7 @@ import (
 const rangeCheckEvery = time.Minute
 
 func (g *Guard) startBackground() {
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
+	g.spawn("range check", func() {
 		reported := map[string]bool{}
 		t := time.NewTicker(rangeCheckEvery)
 		defer t.Stop()
@@ -25,7 +24,7 @@ func (g *Guard) startBackground() {
 			case <-t.C:
 			}
 		}
-	}()
+	})
 }
 
 // checkRanges logs, once each, range keys that can never match.
@@ -42,4 +41,19 @@ func (g *Guard) checkRanges(reported map[string]bool) {
 			g.log(LevelWarning, "mosquitto-guard: range key "+quote(b.Key)+" can never match: "+b.Err.Error())
 		}
 	}
+}
+
+// spawn runs fn in a goroutine that Close waits for. A panic in it is logged
+// and swallowed: a panic escaping any goroutine would kill the broker.
+func (g *Guard) spawn(name string, fn func()) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer func() {
+			if r := recover(); r != nil {
+				g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in %s: %v", name, r))
+			}
+		}()
+		fn()
+	}()
 }

@@ -32,8 +32,7 @@ const failureQueueSize = 4096
 
 func newFailureQueue(g *Guard) *failureQueue {
 	q := &failureQueue{g: g, ch: make(chan failure, failureQueueSize)}
-	g.wg.Add(1)
-	go q.run()
+	g.spawn("failure counting", q.run)
 	return q
 }
 
@@ -46,7 +45,6 @@ func (q *failureQueue) add(f failure) {
 }
 
 func (q *failureQueue) run() {
-	defer q.g.wg.Done()
 	report := time.NewTicker(10 * time.Second)
 	defer report.Stop()
 	for {
@@ -54,13 +52,23 @@ func (q *failureQueue) run() {
 		case <-q.g.stop:
 			return
 		case f := <-q.ch:
-			q.count(f)
+			q.countSafely(f)
 		case <-report.C:
 			if n := q.dropped.Swap(0); n > 0 {
 				q.g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted: the counting queue was full", n))
 			}
 		}
 	}
+}
+
+// countSafely counts f; a panic is logged and the worker goes on.
+func (q *failureQueue) countSafely(f failure) {
+	defer func() {
+		if r := recover(); r != nil {
+			q.g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error counting a failure: %v", r))
+		}
+	}()
+	q.count(f)
 }
 
 // count records f under every configured fail scope and logs any ban.

@@ -86,7 +86,7 @@ func (f *fakeStore) Ping(context.Context) error {
 }
 
 func (f *fakeStore) CheckRanges(context.Context) ([]redisstore.BadRange, error) { return nil, nil }
-func (f *fakeStore) Close() error                                             { return nil }
+func (f *fakeStore) Close() error                                               { return nil }
 
 type fakeCounter struct {
 	mu    sync.Mutex
@@ -111,7 +111,11 @@ type logSink struct {
 	lines []string
 }
 
-func (l *logSink) log(_ Level, msg string) { l.mu.Lock(); l.lines = append(l.lines, msg); l.mu.Unlock() }
+func (l *logSink) log(_ Level, msg string) {
+	l.mu.Lock()
+	l.lines = append(l.lines, msg)
+	l.mu.Unlock()
+}
 func (l *logSink) all() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()

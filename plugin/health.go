@@ -47,9 +47,7 @@ func (h *health) down(err error) {
 	}
 	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s unreachable (%v); redis_unavailable %s until it is reachable again",
 		strings.Join(g.cfg.RedisAddrs, ","), err, mode))
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
+	g.spawn("redis probe", func() {
 		defer h.probing.Store(false)
 		t := time.NewTicker(probeEvery)
 		defer t.Stop()
@@ -68,5 +66,5 @@ func (h *health) down(err error) {
 				return
 			}
 		}
-	}()
+	})
 }

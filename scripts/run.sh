@@ -71,6 +71,8 @@ Try, in another terminal:
   redis-cli -p $redis_port DEL guard:block:ip:127.0.0.1                                 # lift it
 
 MSG
-mosquitto -c "$dir/mosquitto.conf" &
+# Line-buffered, so the log shows at once even when piped.
+line=""; command -v stdbuf >/dev/null && line="stdbuf -oL"
+$line mosquitto -c "$dir/mosquitto.conf" &
 mosquitto_pid=$!
 wait "$mosquitto_pid" || true
