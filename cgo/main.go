@@ -43,7 +43,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
 		return C.MOSQ_ERR_INVAL
 	}
-	g, err := plugin.New(cfg, enqueueLog)
+	g, err := plugin.New(cfg, plugin.Output{Log: enqueueLog, Publish: enqueuePublish})
 	if err != nil {
 		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
 		return C.MOSQ_ERR_INVAL
@@ -56,8 +56,8 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		return rc
 	}
 	*out = C.uintptr_t(h)
-	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: ready (backend %s, key_prefix %q, fail_limit %d per %s on %v)",
-		cfg.Backend, cfg.KeyPrefix, cfg.Policy.Limit, cfg.Policy.Window, cfg.FailScopes))
+	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: ready (backend %s, key_prefix %q, fail_limit %d per %s on %v, clientid_conflict %s)",
+		cfg.Backend, cfg.KeyPrefix, cfg.Policy.Limit, cfg.Policy.Window, cfg.FailScopes, cfg.Conflicts.Mode))
 	return C.MOSQ_ERR_SUCCESS
 }
 

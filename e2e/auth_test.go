@@ -170,7 +170,7 @@ func TestHostileBytesInLogs(t *testing.T) {
 func TestBadOptionStopsBroker(t *testing.T) {
 	testenv := []struct{ line, want string }{
 		{"auth_opt_fail_limit abc", `option fail_limit: bad value "abc": expected a whole number`},
-		{"auth_opt_ban_time 10", `option ban_time: bad value "10": expected a Go duration`},
+		{"auth_opt_ban_time 10", `option ban_time: bad value "10": expected a duration`},
 		{"auth_opt_backend ldap", `option backend: bad value "ldap": expected one of files, redis, defer`},
 		{"auth_opt_fali_limit 3", `option fali_limit: unknown option`},
 	}

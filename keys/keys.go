@@ -78,6 +78,33 @@ func (b Builder) Fail(scope Scope, value string) string {
 	return b.List(Fail, scope, value)
 }
 
+// Conn returns the hash of the live connections using clientID, one field
+// per broker instance.
+func (b Builder) Conn(clientID string) string { return b.Prefix + "conn:" + clientID }
+
+// Seen returns the hash of the principals that used clientID within the
+// conflict window, one field per principal.
+func (b Builder) Seen(clientID string) string { return b.Prefix + "seen:" + clientID }
+
+// Takeovers returns the counter of duplicate connections of clientID.
+func (b Builder) Takeovers(clientID string) string { return b.Prefix + "takeovers:" + clientID }
+
+// Fold returns the hash that folds repeats of one finding; id identifies the
+// finding (a hash of its client ID, principals and kind).
+func (b Builder) Fold(id string) string { return b.Prefix + "fold:" + id }
+
+// Findings returns the stream of conflict findings.
+func (b Builder) Findings() string { return b.Prefix + "findings" }
+
+// Brokers returns the sorted set of broker instances, scored by lease expiry (unix ms).
+func (b Builder) Brokers() string { return b.Prefix + "brokers" }
+
+// BrokerConns returns the set of client IDs a broker instance holds live.
+func (b Builder) BrokerConns(instance string) string { return b.Prefix + "brokerconns:" + instance }
+
+// AuditLast returns the key holding the time (unix ms) of the last guardctl audit.
+func (b Builder) AuditLast() string { return b.Prefix + "audit:last" }
+
 // Split parses a list key back into kind, scope and value. ok is false when
 // key is not an allow or block key under this prefix.
 func (b Builder) Split(key string) (kind Kind, scope Scope, value string, ok bool) {

@@ -40,10 +40,35 @@ type Config struct {
 	Policy     ratelimit.Policy // fail_limit, fail_window, ban_time, ban_max
 	FailScopes []keys.Scope     // fail_scopes: any of ip, clientid, username
 
+	Conflicts ConflictConfig // clientid_conflict and its companions
+
 	// DenyWhenRedisDown is redis_unavailable deny: refuse every client while
 	// Redis cannot be reached. Otherwise (allow) credentials are still checked
 	// and the Redis checks are skipped.
 	DenyWhenRedisDown bool
+}
+
+// ConflictMode is the clientid_conflict option.
+type ConflictMode string
+
+// The conflict modes.
+const (
+	ConflictOff  ConflictMode = "off"  // no tracking
+	ConflictFlag ConflictMode = "flag" // record findings only
+	ConflictDeny ConflictMode = "deny" // also refuse a client ID live under another principal
+)
+
+// ConflictConfig configures client-ID conflict detection.
+type ConflictConfig struct {
+	Mode           ConflictMode  // clientid_conflict
+	Window         time.Duration // conflict_window: how long a principal's use of a client ID is remembered
+	TakeoverLimit  int           // takeover_limit: duplicate connections of one principal before a finding
+	TakeoverWindow time.Duration // takeover_window
+	FindingsMax    int64         // findings_max: approximate length of the findings stream
+	FindingsTopic  string        // findings_topic: MQTT topic findings are published on ("" none)
+	Fold           time.Duration // findings_fold: repeats of a finding within this are folded into it
+	BrokerName     string        // broker_name: this broker, in findings
+	Lease          time.Duration // broker_lease: live connections of a broker that stops renewing expire after this
 }
 
 // OptionError is a bad option value. Its message names the option, the value
@@ -83,6 +108,20 @@ var options = map[string]struct {
 	"ban_time":             {"10m", durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Config) *time.Duration { return &c.Policy.BanTime })},
 	"ban_max":              {"24h", durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Config) *time.Duration { return &c.Policy.BanMax })},
 	"redis_unavailable":    {"allow", parseUnavailable},
+	"clientid_conflict":    {"flag", parseConflictMode},
+	"conflict_window":      {"31d", durationOption("conflict_window", time.Minute, 366*24*time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.Window })},
+	"takeover_limit":       {"3", intOption("takeover_limit", 1, 1_000_000, func(c *Config) *int { return &c.Conflicts.TakeoverLimit })},
+	"takeover_window":      {"1m", durationOption("takeover_window", time.Second, 24*time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.TakeoverWindow })},
+	"findings_max": {"10000", func(c *Config, v string) error {
+		var n int
+		err := intOption("findings_max", 10, 100_000_000, func(*Config) *int { return &n })(c, v)
+		c.Conflicts.FindingsMax = int64(n)
+		return err
+	}},
+	"findings_topic": {"", parseFindingsTopic},
+	"findings_fold":  {"1h", durationOption("findings_fold", time.Second, 366*24*time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.Fold })},
+	"broker_name":    {"", parseBrokerName},
+	"broker_lease":   {"30s", durationOption("broker_lease", time.Second, time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.Lease })},
 }
 
 // OptionNames returns the names of every option, sorted.
@@ -211,6 +250,55 @@ func parseFailScopes(c *Config, v string) error {
 	return nil
 }
 
+func parseConflictMode(c *Config, v string) error {
+	switch m := ConflictMode(v); m {
+	case ConflictOff, ConflictFlag, ConflictDeny:
+		c.Conflicts.Mode = m
+		return nil
+	}
+	return &OptionError{"clientid_conflict", v, "one of off, flag, deny"}
+}
+
+func parseFindingsTopic(c *Config, v string) error {
+	if strings.ContainsAny(v, "+#\x00") || len(v) > 65535 {
+		return &OptionError{"findings_topic", v, "an MQTT topic name without wildcards (+ #), or nothing"}
+	}
+	c.Conflicts.FindingsTopic = v
+	return nil
+}
+
+func parseBrokerName(c *Config, v string) error {
+	if v == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "mosquitto"
+		}
+		v = h
+	}
+	if len(v) > 255 || strings.ContainsAny(v, "\n\r") {
+		return &OptionError{"broker_name", v, "a name of at most 255 bytes on one line"}
+	}
+	c.Conflicts.BrokerName = v
+	return nil
+}
+
+// parseDuration is time.ParseDuration plus a day suffix: 31d, 1d12h.
+func parseDuration(v string) (time.Duration, error) {
+	days := time.Duration(0)
+	if i := strings.IndexByte(v, 'd'); i > 0 {
+		n, err := strconv.Atoi(v[:i])
+		if err != nil || n < 0 || n > 100_000 {
+			return 0, fmt.Errorf("bad days in %q", v)
+		}
+		days, v = time.Duration(n)*24*time.Hour, v[i+1:]
+		if v == "" {
+			return days, nil
+		}
+	}
+	d, err := time.ParseDuration(v)
+	return days + d, err
+}
+
 func intOption(name string, lo, hi int, field func(*Config) *int) optionParser {
 	return func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
@@ -224,9 +312,9 @@ func intOption(name string, lo, hi int, field func(*Config) *int) optionParser {
 
 func durationOption(name string, lo, hi time.Duration, field func(*Config) *time.Duration) optionParser {
 	return func(c *Config, v string) error {
-		d, err := time.ParseDuration(v)
+		d, err := parseDuration(v)
 		if err != nil || d < lo || d > hi {
-			return &OptionError{name, v, fmt.Sprintf("a Go duration from %s to %s, such as 90s, 10m or 1h30m", lo, hi)}
+			return &OptionError{name, v, fmt.Sprintf("a duration from %s to %s, such as 90s, 10m, 1h30m or 31d", lo, hi)}
 		}
 		*field(c) = d
 		return nil

@@ -61,7 +61,7 @@ func TestParseErrorsNameOptionValueAndForm(t *testing.T) {
 	}{
 		{map[string]string{"fail_limit": "abc"}, `option fail_limit: bad value "abc": expected a whole number from 1 to 1000000`},
 		{map[string]string{"fail_limit": "0"}, `option fail_limit: bad value "0": expected a whole number`},
-		{map[string]string{"ban_time": "10"}, `option ban_time: bad value "10": expected a Go duration`},
+		{map[string]string{"ban_time": "10"}, `option ban_time: bad value "10": expected a duration`},
 		{map[string]string{"fail_window": "-1m"}, `option fail_window: bad value "-1m"`},
 		{map[string]string{"redis_timeout": "0s"}, `option redis_timeout: bad value "0s"`},
 		{map[string]string{"backend": "ldap"}, `option backend: bad value "ldap": expected one of files, redis, defer`},

@@ -145,7 +145,7 @@ func newGuard(t *testing.T, opts map[string]string) (*Guard, *fakeStore, *fakeCo
 	cfg, err := Parse(opts)
 	require.NoError(t, err)
 	st, ct, ls := newFakeStore(), &fakeCounter{}, &logSink{}
-	g, err := NewWith(cfg, ls.log, st, ct)
+	g, err := NewWith(cfg, Output{Log: ls.log}, st, nil, ct)
 	require.NoError(t, err)
 	t.Cleanup(g.Close)
 	return g, st, ct, ls

@@ -74,6 +74,7 @@ type Query struct {
 	Username    string
 	HasUsername bool
 	WantUser    bool // also fetch the user's password hash (the redis backend)
+	WantConns   bool // also fetch the live connections of the client ID (clientid_conflict deny)
 }
 
 // Match is a list entry that matched.
@@ -101,6 +102,7 @@ type Answer struct {
 	Block    *Match // the first block entry that matched, or nil
 	UserHash string // the password hash at the user key, when asked for
 	HasUser  bool   // the user key exists
+	Live     []Conn // live connections of the client ID on every broker, when asked
 }
 
 type candidate struct {
@@ -134,6 +136,7 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	block := make([]*redis.StringCmd, len(cands))
 	ttl := make([]*redis.DurationCmd, len(cands))
 	var user *redis.StringCmd
+	var conns *redis.MapStringStringCmd
 	pipe := s.rdb.Pipeline()
 	for i, c := range cands {
 		allow[i] = pipe.Get(ctx, s.kb.List(keys.Allow, c.scope, c.value))
@@ -143,6 +146,9 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	}
 	if q.WantUser && q.HasUsername {
 		user = pipe.Get(ctx, s.kb.User(q.Username))
+	}
+	if q.WantConns {
+		conns = pipe.HGetAll(ctx, s.kb.Conn(q.ClientID))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return Answer{}, fmt.Errorf("redisstore: lookup: %w", err)
@@ -170,6 +176,12 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 			return Answer{}, err
 		}
 		a.UserHash, a.HasUser = v, ok
+	}
+	if conns != nil {
+		if err := conns.Err(); err != nil {
+			return Answer{}, fmt.Errorf("redisstore: lookup: %w", err)
+		}
+		a.Live = decodeConns(conns.Val())
 	}
 	return a, nil
 }

@@ -1,0 +1,165 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Conn is one connection of a client ID, as brokers record it in Redis.
+// Field order matters: the JSON encoding starts with the ID, which is how
+// the compare-and-delete scripts recognise an entry.
+type Conn struct {
+	ID             string `json:"id"`       // unique per connection: instance-sequence
+	Instance       string `json:"instance"` // the plugin instance that holds it
+	Broker         string `json:"broker"`   // broker_name, for people
+	Principal      string `json:"principal"`
+	IP             string `json:"ip"`
+	ConnectedMs    int64  `json:"connected_ms"`
+	DisconnectedMs int64  `json:"disconnected_ms,omitempty"`
+}
+
+func (c Conn) encode() string {
+	b, _ := json.Marshal(c) // cannot fail: plain strings and numbers
+	return string(b)
+}
+
+func (c Conn) prefix() string { return `{"id":` + strconv.Quote(c.ID) }
+
+func decodeConns(m map[string]string) []Conn {
+	out := make([]Conn, 0, len(m))
+	for _, v := range m {
+		var c Conn
+		if json.Unmarshal([]byte(v), &c) == nil && c.ID != "" {
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ConnectedMs > out[j].ConnectedMs })
+	return out
+}
+
+// casScript replaces (or, with an empty ARGV[3], deletes) field ARGV[1] of
+// hash KEYS[1] only if its value starts with ARGV[2]: a connection's
+// DISCONNECT must not erase the entry of the connection that took its place.
+var casScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+return 1`)
+
+// ClientIDState returns the live connections of clientID on every broker
+// and the principals that used it within the conflict window, newest first.
+func (s *Store) ClientIDState(ctx context.Context, clientID string) (live, seen []Conn, err error) {
+	pipe := s.rdb.Pipeline()
+	l := pipe.HGetAll(ctx, s.kb.Conn(clientID))
+	sn := pipe.HGetAll(ctx, s.kb.Seen(clientID))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, nil, fmt.Errorf("redisstore: client id state: %w", err)
+	}
+	return decodeConns(l.Val()), decodeConns(sn.Val()), nil
+}
+
+// RecordConnect records c as the live connection of clientID on its
+// instance, and its principal as a user of clientID for window.
+func (s *Store) RecordConnect(ctx context.Context, clientID string, c Conn, window time.Duration) error {
+	v := c.encode()
+	pipe := s.rdb.Pipeline()
+	pipe.HSet(ctx, s.kb.Conn(clientID), c.Instance, v)
+	pipe.SAdd(ctx, s.kb.BrokerConns(c.Instance), clientID)
+	pipe.HSet(ctx, s.kb.Seen(clientID), c.Principal, v)
+	pipe.PExpire(ctx, s.kb.Seen(clientID), window)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("redisstore: record connect: %w", err)
+	}
+	return nil
+}
+
+// RecordDisconnect removes c from the live connections of clientID, unless
+// another connection has replaced it, and records when its principal left.
+func (s *Store) RecordDisconnect(ctx context.Context, clientID string, c Conn) error {
+	removed, err := casScript.Run(ctx, s.rdb, []string{s.kb.Conn(clientID)}, c.Instance, c.prefix(), "").Int()
+	if err != nil {
+		return fmt.Errorf("redisstore: record disconnect: %w", err)
+	}
+	if removed == 1 {
+		if err := s.rdb.SRem(ctx, s.kb.BrokerConns(c.Instance), clientID).Err(); err != nil {
+			return fmt.Errorf("redisstore: record disconnect: %w", err)
+		}
+	}
+	if err := casScript.Run(ctx, s.rdb, []string{s.kb.Seen(clientID)}, c.Principal, c.prefix(), c.encode()).Err(); err != nil {
+		return fmt.Errorf("redisstore: record disconnect: %w", err)
+	}
+	return nil
+}
+
+// CountTakeover counts one duplicate connection of clientID and returns how
+// many there were within window (a fixed window from the first).
+func (s *Store) CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error) {
+	key := s.kb.Takeovers(clientID)
+	n, err := s.rdb.Incr(ctx, key).Result()
+	if err == nil && n == 1 {
+		err = s.rdb.PExpire(ctx, key, window).Err()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: count takeover: %w", err)
+	}
+	return n, nil
+}
+
+// RenewLease extends instance's lease to now+ttl and returns the instances
+// whose lease still runs and those whose lease ran out (dead brokers).
+func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Duration) (live map[string]bool, dead []string, err error) {
+	now := time.Now().UnixMilli()
+	key := s.kb.Brokers()
+	pipe := s.rdb.Pipeline()
+	pipe.ZAdd(ctx, key, redis.Z{Score: float64(now + ttl.Milliseconds()), Member: instance})
+	alive := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: strconv.FormatInt(now, 10), Max: "+inf"})
+	gone := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + strconv.FormatInt(now, 10), Count: 100})
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, nil, fmt.Errorf("redisstore: renew lease: %w", err)
+	}
+	live = map[string]bool{}
+	for _, m := range alive.Val() {
+		live[m] = true
+	}
+	return live, gone.Val(), nil
+}
+
+// Reap removes every live-connection entry of instance and its lease: for a
+// broker that died without cleaning up, or one shutting down (clients still
+// connected at shutdown get no DISCONNECT). Safe to run on several brokers at once.
+func (s *Store) Reap(ctx context.Context, instance string) error {
+	set := s.kb.BrokerConns(instance)
+	var cursor uint64
+	for {
+		ids, next, err := s.rdb.SScan(ctx, set, cursor, "", 500).Result()
+		if err != nil {
+			return fmt.Errorf("redisstore: reap: %w", err)
+		}
+		if len(ids) > 0 {
+			pipe := s.rdb.Pipeline()
+			for _, id := range ids {
+				pipe.HDel(ctx, s.kb.Conn(id), instance)
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				return fmt.Errorf("redisstore: reap: %w", err)
+			}
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	if err := s.rdb.Del(ctx, set).Err(); err != nil {
+		return fmt.Errorf("redisstore: reap: %w", err)
+	}
+	if err := s.rdb.ZRem(ctx, s.kb.Brokers(), instance).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("redisstore: reap: %w", err)
+	}
+	return nil
+}

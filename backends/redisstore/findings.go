@@ -1,0 +1,200 @@
+package redisstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Finding reason and severity, as AWS IoT Device Defender names them for its
+// CONFLICTING_CLIENT_IDS_CHECK.
+const (
+	ReasonDuplicateClientID = "DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS"
+	SeverityHigh            = "HIGH"
+)
+
+// Finding kinds.
+const (
+	KindCrossPrincipal = "cross-principal"      // another principal used the client ID within the window
+	KindDuplicate      = "duplicate-connection" // one principal's connections keep displacing each other
+)
+
+// Finding is one client-ID conflict. Repeats of the same finding (same
+// client ID, kind and principals) are folded: one stream entry per fold
+// period, with the count and first/last time kept in the fold hash.
+type Finding struct {
+	ID          string   `json:"id"` // stream entry ID
+	Reason      string   `json:"reason"`
+	Severity    string   `json:"severity"`
+	Kind        string   `json:"kind"`
+	Action      string   `json:"action"` // flagged, or refused (clientid_conflict deny)
+	ClientID    string   `json:"clientid"`
+	Principals  []string `json:"principals"`
+	Connections []Conn   `json:"connections"` // newest first
+	// DisplacedDisconnectedMs is when the displaced connection was
+	// disconnected (unix ms); 0 when none was.
+	DisplacedDisconnectedMs int64  `json:"disconnected_ms"`
+	TimeMs                  int64  `json:"time_ms"`
+	Count                   int64  `json:"count"` // occurrences folded into this finding
+	FirstSeenMs             int64  `json:"first_seen_ms"`
+	LastSeenMs              int64  `json:"last_seen_ms"`
+	Fold                    string `json:"fold"`
+}
+
+// FoldID identifies the repeats of one finding.
+func FoldID(kind, clientID string, principals []string) string {
+	h := sha256.New()
+	h.Write([]byte(kind))
+	h.Write([]byte{0})
+	h.Write([]byte(clientID))
+	for _, p := range principals {
+		h.Write([]byte{0})
+		h.Write([]byte(p))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// foldScript counts one occurrence in fold hash KEYS[1] (ARGV: now ms, fold
+// period ms, ttl ms) and returns {1, count} when it must be reported (first
+// time, or the last report is older than the fold period), else {0, count}.
+var foldScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local alerted = tonumber(redis.call('HGET', KEYS[1], 'alerted_ms') or '0')
+local n = redis.call('HINCRBY', KEYS[1], 'count', 1)
+if n == 1 then redis.call('HSET', KEYS[1], 'first_ms', ARGV[1]) end
+redis.call('HSET', KEYS[1], 'last_ms', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if now - alerted >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'alerted_ms', ARGV[1])
+  return {1, n}
+end
+return {0, n}`)
+
+// AddFinding folds f into its repeats and, when it is to be reported, appends
+// it to the findings stream (trimmed to about max entries). It returns
+// whether f was reported, with its ID and Count set.
+func (s *Store) AddFinding(ctx context.Context, f *Finding, period, ttl time.Duration, max int64) (bool, error) {
+	f.Fold = FoldID(f.Kind, f.ClientID, f.Principals)
+	res, err := foldScript.Run(ctx, s.rdb, []string{s.kb.Fold(f.Fold)}, f.TimeMs, period.Milliseconds(), ttl.Milliseconds()).Int64Slice()
+	if err != nil || len(res) != 2 {
+		return false, fmt.Errorf("redisstore: add finding: %v", err)
+	}
+	f.Count = res[1]
+	if res[0] == 0 {
+		return false, nil
+	}
+	id, err := s.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: s.kb.Findings(), MaxLen: max, Approx: true, Values: f.values(),
+	}).Result()
+	if err != nil {
+		return false, fmt.Errorf("redisstore: add finding: %w", err)
+	}
+	f.ID = id
+	return true, nil
+}
+
+func (f *Finding) values() []any {
+	var ips, brokers, connected []any
+	for _, c := range f.Connections {
+		ips = append(ips, c.IP)
+		brokers = append(brokers, c.Broker)
+		connected = append(connected, c.ConnectedMs)
+	}
+	return []any{
+		"reason", f.Reason, "severity", f.Severity, "kind", f.Kind, "action", f.Action,
+		"clientid", f.ClientID, "principals", jsonString(f.Principals),
+		"ips", jsonString(ips), "brokers", jsonString(brokers), "connected_ms", jsonString(connected),
+		"disconnected_ms", f.DisplacedDisconnectedMs, "connections", jsonString(f.Connections),
+		"time_ms", f.TimeMs, "count", f.Count, "fold", f.Fold,
+	}
+}
+
+func jsonString(v any) string {
+	if s, ok := v.([]any); ok && s == nil {
+		return "[]"
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// Findings returns the findings reported since the given time, newest first,
+// each with the count and first/last time of all its folded repeats.
+func (s *Store) Findings(ctx context.Context, since time.Time) ([]Finding, error) {
+	msgs, err := s.rdb.XRevRange(ctx, s.kb.Findings(), "+", strconv.FormatInt(since.UnixMilli(), 10)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: findings: %w", err)
+	}
+	out := make([]Finding, 0, len(msgs))
+	folds := map[string]*redis.MapStringStringCmd{}
+	pipe := s.rdb.Pipeline()
+	for _, m := range msgs {
+		f := parseFinding(m)
+		if _, ok := folds[f.Fold]; !ok && f.Fold != "" {
+			folds[f.Fold] = pipe.HGetAll(ctx, s.kb.Fold(f.Fold))
+		}
+		out = append(out, f)
+	}
+	if len(folds) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("redisstore: findings: %w", err)
+		}
+	}
+	for i := range out {
+		cmd, ok := folds[out[i].Fold]
+		if !ok {
+			continue
+		}
+		m := cmd.Val()
+		if n, err := strconv.ParseInt(m["count"], 10, 64); err == nil {
+			out[i].Count = n
+			out[i].FirstSeenMs, _ = strconv.ParseInt(m["first_ms"], 10, 64)
+			out[i].LastSeenMs, _ = strconv.ParseInt(m["last_ms"], 10, 64)
+		}
+	}
+	return out, nil
+}
+
+func parseFinding(m redis.XMessage) Finding {
+	str := func(k string) string { v, _ := m.Values[k].(string); return v }
+	num := func(k string) int64 { n, _ := strconv.ParseInt(str(k), 10, 64); return n }
+	f := Finding{
+		ID: m.ID, Reason: str("reason"), Severity: str("severity"), Kind: str("kind"), Action: str("action"),
+		ClientID: str("clientid"), DisplacedDisconnectedMs: num("disconnected_ms"), TimeMs: num("time_ms"),
+		Count: num("count"), Fold: str("fold"),
+	}
+	_ = json.Unmarshal([]byte(str("principals")), &f.Principals)
+	_ = json.Unmarshal([]byte(str("connections")), &f.Connections)
+	f.FirstSeenMs, f.LastSeenMs = f.TimeMs, f.TimeMs
+	return f
+}
+
+// LastAudit returns the time of the previous audit recorded by MarkAudit.
+func (s *Store) LastAudit(ctx context.Context) (time.Time, bool, error) {
+	v, err := s.rdb.Get(ctx, s.kb.AuditLast()).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return time.Time{}, false, nil
+	case err != nil:
+		return time.Time{}, false, fmt.Errorf("redisstore: last audit: %w", err)
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("redisstore: last audit: bad value %q at %s", v, s.kb.AuditLast())
+	}
+	return time.UnixMilli(ms), true, nil
+}
+
+// MarkAudit records t as the time of the last audit.
+func (s *Store) MarkAudit(ctx context.Context, t time.Time) error {
+	if err := s.rdb.Set(ctx, s.kb.AuditLast(), t.UnixMilli(), 0).Err(); err != nil {
+		return fmt.Errorf("redisstore: mark audit: %w", err)
+	}
+	return nil
+}

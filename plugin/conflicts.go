@@ -1,0 +1,254 @@
+package plugin
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+)
+
+// Anonymous is the principal of a client without a username.
+const Anonymous = "<anonymous>"
+
+// principalOf returns who a client is, for conflict detection: the
+// authenticated username, or Anonymous. (Certificate identities will be
+// principals too; they belong here.)
+func principalOf(c Client) string {
+	if !c.HasUsername {
+		return Anonymous
+	}
+	return c.Username
+}
+
+// RuleClientIDConflict refuses a client ID live under another principal.
+const RuleClientIDConflict = "clientid-conflict"
+
+// ConflictStore is what conflict detection asks of Redis; *redisstore.Store implements it.
+type ConflictStore interface {
+	ClientIDState(ctx context.Context, clientID string) (live, seen []redisstore.Conn, err error)
+	RecordConnect(ctx context.Context, clientID string, c redisstore.Conn, window time.Duration) error
+	RecordDisconnect(ctx context.Context, clientID string, c redisstore.Conn) error
+	CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error)
+	RenewLease(ctx context.Context, instance string, ttl time.Duration) (map[string]bool, []string, error)
+	Reap(ctx context.Context, instance string) error
+	AddFinding(ctx context.Context, f *redisstore.Finding, period, ttl time.Duration, max int64) (bool, error)
+}
+
+// Publisher publishes an MQTT message from the broker; it must be safe to
+// call from any goroutine (the cgo layer queues it for the broker thread).
+type Publisher func(topic string, payload []byte)
+
+// conflictEvent is work for the conflict worker, in broker order.
+type conflictEvent struct {
+	kind     eventKind
+	clientID string
+	conn     redisstore.Conn
+	other    *redisstore.Conn // connect: the local connection taken over; refused: the holder
+}
+
+type eventKind int
+
+const (
+	evConnect eventKind = iota
+	evDisconnect
+	evRefused
+)
+
+// conflicts detects client-ID conflicts off the broker thread: the broker
+// thread only updates the local connection table and queues events.
+type conflicts struct {
+	g        *Guard
+	cfg      ConflictConfig
+	store    ConflictStore
+	publish  Publisher
+	instance string
+	seq      atomic.Uint64
+	events   chan conflictEvent
+	dropped  atomic.Int64
+	live     atomic.Pointer[map[string]bool] // broker instances whose lease runs
+}
+
+const conflictQueueSize = 8192
+
+func newConflicts(g *Guard, store ConflictStore, publish Publisher) *conflicts {
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	c := &conflicts{
+		g: g, cfg: g.cfg.Conflicts, store: store, publish: publish,
+		instance: hex.EncodeToString(id[:]),
+		events:   make(chan conflictEvent, conflictQueueSize),
+	}
+	c.live.Store(&map[string]bool{})
+	return c
+}
+
+func (c *conflicts) enabled() bool { return c != nil && c.cfg.Mode != ConflictOff && c.cfg.Mode != "" }
+
+// newConn describes a new connection of this broker.
+func (c *conflicts) newConn(principal string, ip string, now time.Time) redisstore.Conn {
+	return redisstore.Conn{
+		ID:       c.instance + "-" + strconv.FormatUint(c.seq.Add(1), 10),
+		Instance: c.instance, Broker: c.cfg.BrokerName,
+		Principal: principal, IP: ip, ConnectedMs: now.UnixMilli(),
+	}
+}
+
+func (c *conflicts) enqueue(ev conflictEvent) {
+	select {
+	case c.events <- ev:
+	default:
+		c.dropped.Add(1)
+	}
+}
+
+// remoteHolder returns a live connection of clientID on another broker
+// under another principal, from the lookup's answer.
+func (c *conflicts) remoteHolder(live []redisstore.Conn, principal string) *redisstore.Conn {
+	alive := *c.live.Load()
+	for i := range live {
+		r := live[i]
+		if r.Instance != c.instance && alive[r.Instance] && r.Principal != principal {
+			return &r
+		}
+	}
+	return nil
+}
+
+// run is the worker: events in order, and the broker lease.
+func (c *conflicts) run() {
+	lease := time.NewTicker(c.cfg.Lease / 3)
+	defer lease.Stop()
+	report := time.NewTicker(10 * time.Second)
+	defer report.Stop()
+	c.renew()
+	for {
+		select {
+		case <-c.g.stop:
+			return
+		case ev := <-c.events:
+			c.handleSafely(ev)
+		case <-lease.C:
+			c.renew()
+		case <-report.C:
+			if n := c.dropped.Swap(0); n > 0 {
+				c.g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d connection events not tracked: the conflict queue was full", n))
+			}
+		}
+	}
+}
+
+func (c *conflicts) handleSafely(ev conflictEvent) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error tracking client IDs: %v", r))
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var err error
+	switch ev.kind {
+	case evConnect:
+		err = c.connected(ctx, ev)
+	case evDisconnect:
+		ev.conn.DisconnectedMs = c.g.now().UnixMilli()
+		err = c.store.RecordDisconnect(ctx, ev.clientID, ev.conn)
+	case evRefused:
+		f := newFinding(redisstore.KindCrossPrincipal, ev.clientID, []redisstore.Conn{ev.conn, *ev.other}, c.g.now().UnixMilli())
+		f.Action = "refused"
+		c.report(ctx, f)
+	}
+	if err != nil {
+		c.g.log(LevelWarning, "mosquitto-guard: client ID tracking: "+err.Error())
+	}
+}
+
+// connected applies the rules to a new connection and records it.
+func (c *conflicts) connected(ctx context.Context, ev conflictEvent) error {
+	live, seen, err := c.store.ClientIDState(ctx, ev.clientID)
+	if err != nil {
+		return err
+	}
+	now := c.g.now().UnixMilli()
+	cross, dup := evaluate(ev, live, seen, *c.live.Load(), now, c.cfg.Window)
+	if err := c.store.RecordConnect(ctx, ev.clientID, ev.conn, c.cfg.Window); err != nil {
+		return err
+	}
+	if cross != nil {
+		c.report(ctx, cross)
+	}
+	if dup != nil {
+		n, err := c.store.CountTakeover(ctx, ev.clientID, c.cfg.TakeoverWindow)
+		if err != nil {
+			return err
+		}
+		if n >= int64(c.cfg.TakeoverLimit) {
+			c.report(ctx, dup)
+		}
+	}
+	return nil
+}
+
+// report stores f (folding repeats) and, unless it was folded into an
+// earlier report, logs it and publishes it on findings_topic.
+func (c *conflicts) report(ctx context.Context, f *redisstore.Finding) {
+	reported, err := c.store.AddFinding(ctx, f, c.cfg.Fold, c.cfg.Window, c.cfg.FindingsMax)
+	note := ""
+	if err != nil {
+		reported, note = true, " (not stored: "+err.Error()+")"
+	}
+	if !reported {
+		return
+	}
+	c.g.log(LevelWarning, describeFinding(f)+note)
+	if c.cfg.FindingsTopic != "" && c.publish != nil {
+		payload, _ := json.Marshal(f)
+		c.publish(c.cfg.FindingsTopic, payload)
+	}
+}
+
+// renew extends this broker's lease, learns which brokers are alive, and
+// clears the live connections of brokers whose lease ran out.
+func (c *conflicts) renew() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	live, dead, err := c.store.RenewLease(ctx, c.instance, c.cfg.Lease)
+	if err != nil {
+		return // Redis down: health reports it; live brokers are kept as they were
+	}
+	c.live.Store(&live)
+	for _, d := range dead {
+		if err := c.store.Reap(ctx, d); err == nil {
+			c.g.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+quote(d)+": its lease ran out")
+		}
+	}
+}
+
+// close removes this broker's live connections from Redis: clients still
+// connected at shutdown get no DISCONNECT.
+func (c *conflicts) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = c.store.Reap(ctx, c.instance)
+}
+
+func describeFinding(f *redisstore.Finding) string {
+	var ips, brokers []string
+	for _, c := range f.Connections {
+		ips = append(ips, c.IP)
+		brokers = append(brokers, quote(c.Broker))
+	}
+	ps := make([]string, len(f.Principals))
+	for i, p := range f.Principals {
+		ps[i] = quote(p)
+	}
+	return fmt.Sprintf("mosquitto-guard: finding %s severity=%s kind=%s action=%s client_id=%s principals=[%s] ips=[%s] brokers=[%s] disconnected_ms=%d count=%d id=%s",
+		f.Reason, f.Severity, f.Kind, f.Action, quote(f.ClientID), strings.Join(ps, ","), strings.Join(ips, ","),
+		strings.Join(brokers, ","), f.DisplacedDisconnectedMs, f.Count, f.ID)
+}
