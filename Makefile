@@ -1,11 +1,12 @@
 # mosquitto-guard: build, test, run.
 #   make run    build the plugin, start a local redis-server and mosquitto with it on 127.0.0.1:1883
 #   make test   vet, format check, unit and end-to-end tests (real redis-server and mosquitto)
-#   make build  build/mosquitto_guard.so
+#   make build  build/mosquitto_guard.so and build/guardctl
 
 GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BUILD   := build
 PLUGIN  := $(BUILD)/mosquitto_guard.so
+GUARDCTL := $(BUILD)/guardctl
 GOFILES := $(shell find . -name '*.go' -not -path './build/*') $(wildcard cgo/*.c cgo/*.h) go.mod go.sum
 
 .PHONY: all build deps test unit vet fmt-check run clean
@@ -15,7 +16,11 @@ all: build
 deps:
 	@scripts/deps.sh
 
-build: deps $(PLUGIN)
+build: deps $(PLUGIN) $(GUARDCTL)
+
+$(GUARDCTL): $(GOFILES)
+	@mkdir -p $(BUILD)
+	$(GO) build -trimpath -o $@ ./cmd/guardctl
 
 $(PLUGIN): $(GOFILES)
 	@mkdir -p $(BUILD)

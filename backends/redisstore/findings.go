@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -50,13 +51,13 @@ type Finding struct {
 
 // FoldID identifies the repeats of one finding.
 func FoldID(kind, clientID string, principals []string) string {
+	// Each part is length-prefixed, so no two lists of parts hash alike.
 	h := sha256.New()
-	h.Write([]byte(kind))
-	h.Write([]byte{0})
-	h.Write([]byte(clientID))
-	for _, p := range principals {
-		h.Write([]byte{0})
-		h.Write([]byte(p))
+	for _, part := range append([]string{kind, clientID}, principals...) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		h.Write(n[:])
+		h.Write([]byte(part))
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }

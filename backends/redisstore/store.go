@@ -44,6 +44,7 @@ func New(o Options, kb keys.Builder) *Store {
 		WriteTimeout:    o.Timeout,
 		PoolTimeout:     o.Timeout,
 		MaxRetries:      -1, // a retry would double the wait on the broker thread
+		DialerRetries:   1,  // one dial attempt: fail fast, the health probe retries
 		DisableIdentity: true,
 		// No CLIENT SETINFO: some Redis-compatible servers refuse it.
 	})

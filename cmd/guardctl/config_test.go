@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bufio"
+	"flag"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+const sampleConf = `# mosquitto.conf
+listener 1883
+auth_plugin /usr/lib/mosquitto-guard/mosquitto_guard.so
+#auth_opt_redis_addr 10.0.0.1:6379
+  # auth_opt_key_prefix commented:
+auth_opt_redis_addr 10.0.0.2:6379
+auth_opt_redis_password   s3cret # not a comment   
+auth_opt_fail_limit 5
+plugin_opt_redis_username	guard
+plugin_opt_redis_db 3
+
+auth_opt_key_prefix first:
+auth_opt_key_prefix  second:
+auth_opt_redis_addr_extra 1.2.3.4:1
+auth_opt_redis_db
+`
+
+func TestParseConfig(t *testing.T) {
+	got, err := parseConfig(bufio.NewScanner(strings.NewReader(sampleConf)))
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{
+		"redis_addr":     "10.0.0.2:6379",
+		"redis_password": "s3cret # not a comment",
+		"redis_username": "guard",
+		"redis_db":       "",
+		"key_prefix":     "second:",
+	}, got)
+}
+
+func TestParseConfigNothing(t *testing.T) {
+	got, err := parseConfig(bufio.NewScanner(strings.NewReader("listener 1883\n# auth_opt_redis_db 2\n")))
+	require.NoError(t, err)
+	assert.Empty(t, got)
+}
+
+// resolved parses args as connection flags and returns the resolved options.
+func resolved(t *testing.T, env map[string]string, args ...string) (map[string]string, error) {
+	t.Helper()
+	var c connFlags
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c.register(fs)
+	require.NoError(t, fs.Parse(args))
+	return c.resolve(func(k string) string { return env[k] })
+}
+
+func TestResolvePrecedence(t *testing.T) {
+	conf := testenv.WriteFile(t, t.TempDir(), "mosquitto.conf",
+		"auth_opt_redis_addr 10.0.0.2:6379\nauth_opt_redis_password fromfile\nplugin_opt_redis_db 3\nauth_opt_key_prefix p:\n")
+
+	got, err := resolved(t, nil)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"redis_addr": "127.0.0.1:6379", "redis_username": "", "redis_password": "", "redis_db": "0", "key_prefix": "guard:"}, got, "defaults")
+
+	got, err = resolved(t, nil, "--config", conf)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"redis_addr": "10.0.0.2:6379", "redis_username": "", "redis_password": "fromfile", "redis_db": "3", "key_prefix": "p:"}, got, "the file beats the defaults")
+
+	env := map[string]string{passwordEnv: "fromenv"}
+	got, err = resolved(t, env, "--config", conf)
+	require.NoError(t, err)
+	assert.Equal(t, "fromenv", got["redis_password"], "the environment beats the file")
+
+	got, err = resolved(t, env, "--config", conf, "--redis-addr", "a:1,b:2", "--redis-db", "0", "--key-prefix", "", "--redis-password", "fromflag", "--redis-username", "u")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"redis_addr": "a:1,b:2", "redis_username": "u", "redis_password": "fromflag", "redis_db": "0", "key_prefix": ""}, got,
+		"flags given beat everything, even when they repeat a default or are empty")
+
+	_, err = resolved(t, nil, "--config", filepath.Join(t.TempDir(), "missing.conf"))
+	assert.ErrorContains(t, err, "missing.conf")
+}
+
+func TestStoreOptions(t *testing.T) {
+	vals := map[string]string{"redis_addr": "a:1, b:2", "redis_username": "u", "redis_password": "p", "redis_db": "4", "key_prefix": "x:"}
+	o, kb, err := storeOptions(vals)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a:1", "b:2"}, o.Addrs)
+	assert.Equal(t, "u", o.Username)
+	assert.Equal(t, "p", o.Password)
+	assert.Equal(t, 4, o.DB)
+	assert.Equal(t, 5*time.Second, o.Timeout)
+	assert.Equal(t, "x:", kb.Prefix)
+
+	for opt, bad := range map[string]string{"redis_addr": "nohost", "redis_db": "x"} {
+		v := map[string]string{"redis_addr": "a:1", "redis_db": "0"}
+		v[opt] = bad
+		_, _, err := storeOptions(v)
+		assert.ErrorContains(t, err, opt+`: bad value "`+bad+`"`)
+	}
+	_, _, err = storeOptions(map[string]string{"redis_addr": "a:1", "redis_db": "-1"})
+	assert.Error(t, err)
+	_, _, err = storeOptions(map[string]string{"redis_addr": "a:", "redis_db": "0"})
+	assert.Error(t, err, "no port")
+}
