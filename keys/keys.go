@@ -102,6 +102,11 @@ func (b Builder) Brokers() string { return b.Prefix + "brokers" }
 // BrokerConns returns the set of client IDs a broker instance holds live.
 func (b Builder) BrokerConns(instance string) string { return b.Prefix + "brokerconns:" + instance }
 
+// Changes returns the channel the plugin and guardctl publish the name of
+// every key they change on, so replicas update even where Redis keyspace
+// notifications are off.
+func (b Builder) Changes() string { return b.Prefix + "changes" }
+
 // AuditLast returns the key holding the time (unix ms) of the last guardctl audit.
 func (b Builder) AuditLast() string { return b.Prefix + "audit:last" }
 

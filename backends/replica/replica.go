@@ -1,0 +1,292 @@
+// Package replica keeps a local copy of mosquitto-guard's allow and block
+// keys (and, for the redis backend, its users), so that a CONNECT is decided
+// without a Redis round trip. Sync (sync.go) loads it with SCAN, keeps it
+// live from keyspace notifications and the guard's change channel, and
+// reloads it periodically as a safety net. Every entry carries its expiry,
+// to the millisecond, from the key's TTL: an expired entry never matches,
+// whether or not Redis has told us yet.
+package replica
+
+import (
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// Entry is one replicated key.
+type Entry struct {
+	Key     string
+	Value   string
+	Expires time.Time // zero: never
+}
+
+func (e *Entry) live(now time.Time) bool {
+	return e != nil && (e.Expires.IsZero() || now.Before(e.Expires))
+}
+
+// rangeSet holds the ranges of one list and address family, one map per
+// prefix length: a lookup probes only the lengths in use, so its cost does
+// not grow with the number of ranges (at most 33 probes for IPv4, 129 for IPv6).
+type rangeSet struct {
+	byLen map[int]map[netip.Prefix]*Entry
+	lens  []int // lengths in use, longest first
+}
+
+func (r *rangeSet) put(p netip.Prefix, e *Entry) {
+	if r.byLen == nil {
+		r.byLen = map[int]map[netip.Prefix]*Entry{}
+	}
+	m := r.byLen[p.Bits()]
+	if m == nil {
+		m = map[netip.Prefix]*Entry{}
+		r.byLen[p.Bits()] = m
+		r.lens = append(r.lens, p.Bits())
+		sort.Sort(sort.Reverse(sort.IntSlice(r.lens)))
+	}
+	m[p] = e
+}
+
+func (r *rangeSet) del(p netip.Prefix) {
+	m := r.byLen[p.Bits()]
+	if m == nil {
+		return
+	}
+	delete(m, p)
+	if len(m) == 0 {
+		delete(r.byLen, p.Bits())
+		for i, l := range r.lens {
+			if l == p.Bits() {
+				r.lens = append(r.lens[:i], r.lens[i+1:]...)
+				break
+			}
+		}
+	}
+}
+
+// match returns the most specific live range containing ip.
+func (r *rangeSet) match(ip netip.Addr, now time.Time) (*Entry, netip.Prefix) {
+	for _, l := range r.lens {
+		p, err := ip.Prefix(l)
+		if err != nil {
+			continue
+		}
+		if e := r.byLen[l][p]; e.live(now) {
+			return e, p
+		}
+	}
+	return nil, netip.Prefix{}
+}
+
+// Replica is the local copy. It is safe for concurrent use: the broker
+// thread reads, the sync goroutine writes.
+type Replica struct {
+	kb keys.Builder
+
+	mu     sync.RWMutex
+	exact  map[string]*Entry // allow/block keys of the clientid, ip and username scopes
+	ranges map[keys.Kind]*[2]rangeSet
+	users  map[string]*Entry // username -> hash, for the redis backend
+	count  int
+}
+
+// New returns an empty replica for keys under kb.
+func New(kb keys.Builder) *Replica {
+	r := &Replica{kb: kb}
+	r.reset()
+	return r
+}
+
+func (r *Replica) reset() {
+	r.exact = map[string]*Entry{}
+	r.ranges = map[keys.Kind]*[2]rangeSet{keys.Allow: {}, keys.Block: {}}
+	r.users = map[string]*Entry{}
+	r.count = 0
+}
+
+// Len returns the number of keys held.
+func (r *Replica) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.count
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
+}
+
+// Kind of key a replica holds, from its name.
+type keyClass int
+
+const (
+	classNone keyClass = iota
+	classList
+	classRange
+	classUser
+)
+
+// classify says what key is and, for ranges and users, its parsed value.
+func (r *Replica) classify(key string) (keyClass, keys.Kind, netip.Prefix, string, error) {
+	if u, ok := strings.CutPrefix(key, r.kb.User("")); ok {
+		return classUser, "", netip.Prefix{}, u, nil
+	}
+	kind, scope, value, ok := r.kb.Split(key)
+	if !ok {
+		return classNone, "", netip.Prefix{}, "", nil
+	}
+	if scope != keys.CIDR {
+		return classList, kind, netip.Prefix{}, value, nil
+	}
+	p, err := keys.ParseCIDR(value)
+	if err != nil {
+		return classNone, kind, netip.Prefix{}, value, err
+	}
+	return classRange, kind, p, value, nil
+}
+
+// Put stores key with value and expiry (zero: never). It returns an error
+// for a range key that can never match (malformed network).
+func (r *Replica) Put(key, value string, expires time.Time) error {
+	class, kind, p, user, err := r.classify(key)
+	if err != nil || class == classNone {
+		return err
+	}
+	e := &Entry{Key: key, Value: value, Expires: expires}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var had bool
+	switch class {
+	case classList:
+		_, had = r.exact[key]
+		r.exact[key] = e
+	case classRange:
+		rs := &r.ranges[kind][family(p.Addr())]
+		_, had = rs.byLen[p.Bits()][p]
+		rs.put(p, e)
+	case classUser:
+		_, had = r.users[user]
+		r.users[user] = e
+	}
+	if !had {
+		r.count++
+	}
+	return nil
+}
+
+// Delete removes key.
+func (r *Replica) Delete(key string) {
+	class, kind, p, user, _ := r.classify(key)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var had bool
+	switch class {
+	case classList:
+		_, had = r.exact[key]
+		delete(r.exact, key)
+	case classRange:
+		rs := &r.ranges[kind][family(p.Addr())]
+		_, had = rs.byLen[p.Bits()][p]
+		rs.del(p)
+	case classUser:
+		_, had = r.users[user]
+		delete(r.users, user)
+	}
+	if had {
+		r.count--
+	}
+}
+
+// Sweep drops entries that have expired, to free their memory; lookups
+// already ignore them.
+func (r *Replica) Sweep(now time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for k, e := range r.exact {
+		if !e.live(now) {
+			delete(r.exact, k)
+			n++
+		}
+	}
+	for _, kind := range []keys.Kind{keys.Allow, keys.Block} {
+		for f := range r.ranges[kind] {
+			rs := &r.ranges[kind][f]
+			for _, l := range append([]int(nil), rs.lens...) {
+				for p, e := range rs.byLen[l] {
+					if !e.live(now) {
+						rs.del(p)
+						n++
+					}
+				}
+			}
+		}
+	}
+	for u, e := range r.users {
+		if !e.live(now) {
+			delete(r.users, u)
+			n++
+		}
+	}
+	r.count -= n
+	return n
+}
+
+// Lookup answers q from the replica, exactly as redisstore.Store.Lookup
+// answers it from Redis: the first allow and block entries in the order
+// client ID, username, IP, narrowest range.
+func (r *Replica) Lookup(q redisstore.Query, now time.Time) redisstore.Answer {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var a redisstore.Answer
+	a.Allow = r.first(keys.Allow, q, now)
+	a.Block = r.first(keys.Block, q, now)
+	if q.WantUser && q.HasUsername {
+		if e := r.users[q.Username]; e.live(now) {
+			a.UserHash, a.HasUser = e.Value, true
+		}
+	}
+	return a
+}
+
+func (r *Replica) first(kind keys.Kind, q redisstore.Query, now time.Time) *redisstore.Match {
+	try := func(scope keys.Scope, value string) *redisstore.Match {
+		k := r.kb.List(kind, scope, value)
+		if e := r.exact[k]; e.live(now) {
+			return match(kind, scope, value, e, now)
+		}
+		return nil
+	}
+	if m := try(keys.ClientID, q.ClientID); m != nil {
+		return m
+	}
+	if q.HasUsername {
+		if m := try(keys.Username, q.Username); m != nil {
+			return m
+		}
+	}
+	if !q.IP.IsValid() {
+		return nil
+	}
+	if m := try(keys.IP, q.IP.String()); m != nil {
+		return m
+	}
+	if e, p := r.ranges[kind][family(q.IP)].match(q.IP, now); e != nil {
+		return match(kind, keys.CIDR, p.String(), e, now)
+	}
+	return nil
+}
+
+func match(kind keys.Kind, scope keys.Scope, value string, e *Entry, now time.Time) *redisstore.Match {
+	ttl := time.Duration(-1)
+	if !e.Expires.IsZero() {
+		ttl = e.Expires.Sub(now)
+	}
+	return &redisstore.Match{Kind: kind, Scope: scope, Value: value, Key: e.Key, Reason: e.Value, TTL: ttl}
+}

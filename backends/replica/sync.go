@@ -1,0 +1,290 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// Options configure a Sync.
+type Options struct {
+	DB          int           // the database number, for keyspace notification channels
+	Users       bool          // also replicate user:<name> keys (the redis backend)
+	ResyncEvery time.Duration // full reload as a safety net
+	// Log receives notices (level 0 info, 1 warning); from the sync goroutines.
+	Log func(warning bool, msg string)
+	// OnChange is called after a key changed in the replica (e nil: deleted).
+	OnChange func(key string, e *Entry)
+}
+
+// Sync keeps a Replica in step with Redis.
+type Sync struct {
+	r   *Replica
+	rdb redis.UniversalClient
+	kb  keys.Builder
+	o   Options
+
+	ready   atomic.Bool // loaded at least once
+	healthy atomic.Bool // subscribed and loaded: changes reach us
+
+	mu      sync.Mutex
+	dirty   map[string]struct{} // keys to refetch
+	loading map[string]struct{} // keys changed while a load runs (nil when none runs)
+	wake    chan struct{}
+}
+
+// NewSync returns a Sync for r; Run starts it.
+func NewSync(r *Replica, rdb redis.UniversalClient, o Options) *Sync {
+	if o.Log == nil {
+		o.Log = func(bool, string) {}
+	}
+	return &Sync{r: r, rdb: rdb, kb: r.kb, o: o, dirty: map[string]struct{}{}, wake: make(chan struct{}, 1)}
+}
+
+// Ready reports whether the replica has been loaded once.
+func (s *Sync) Ready() bool { return s.ready.Load() }
+
+// Healthy reports whether changes currently reach the replica.
+func (s *Sync) Healthy() bool { return s.healthy.Load() }
+
+// Run keeps the replica in step until ctx ends: subscribe, load, apply
+// changes, reload every ResyncEvery, and start over after a lost connection.
+func (s *Sync) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.applyLoop(ctx) }()
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.session(ctx)
+		s.healthy.Store(false)
+		if ctx.Err() != nil {
+			break
+		}
+		s.o.Log(true, "replica: "+err.Error()+"; retrying")
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+	wg.Wait()
+}
+
+// session subscribes, loads, and serves until the subscription breaks.
+func (s *Sync) session(ctx context.Context) error {
+	s.enableNotifications(ctx)
+	subs, err := s.subscribe(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, ps := range subs {
+			ps.Close()
+		}
+	}()
+	broken := make(chan error, len(subs))
+	for _, ps := range subs {
+		go s.receive(ctx, ps, broken)
+	}
+	if err := s.load(ctx); err != nil {
+		return err
+	}
+	s.healthy.Store(true)
+	t := time.NewTicker(s.o.ResyncEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-broken:
+			return err
+		case <-t.C:
+			if err := s.load(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// subscribe listens to keyspace notifications for our keys on every master
+// (they are per node), and to the change channel.
+func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
+	pattern := fmt.Sprintf("__keyspace@%d__:%s*", s.o.DB, globEscape(s.kb.Prefix))
+	var subs []*redis.PubSub
+	err := s.eachMaster(ctx, func(c *redis.Client) error {
+		ps := c.PSubscribe(ctx, pattern)
+		confirmations := 1
+		if len(subs) == 0 { // the change channel is broadcast: one subscription is enough
+			if err := ps.Subscribe(ctx, s.kb.Changes()); err != nil {
+				ps.Close()
+				return err
+			}
+			confirmations = 2
+		}
+		// Wait for the confirmations, so no change made after this is missed.
+		for i := 0; i < confirmations; i++ {
+			if _, err := ps.ReceiveTimeout(ctx, 5*time.Second); err != nil {
+				ps.Close()
+				return err
+			}
+		}
+		subs = append(subs, ps)
+		return nil
+	})
+	if err != nil {
+		for _, ps := range subs {
+			ps.Close()
+		}
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	return subs, nil
+}
+
+func (s *Sync) receive(ctx context.Context, ps *redis.PubSub, broken chan<- error) {
+	for {
+		msg, err := ps.ReceiveMessage(ctx)
+		if err != nil {
+			broken <- fmt.Errorf("subscription lost: %w", err)
+			return
+		}
+		key := msg.Payload // the change channel carries the key name
+		if msg.Pattern != "" {
+			_, key, _ = strings.Cut(msg.Channel, "__:")
+		}
+		s.markDirty(key)
+	}
+}
+
+func (s *Sync) markDirty(key string) {
+	if !s.wanted(key) {
+		return
+	}
+	s.mu.Lock()
+	s.dirty[key] = struct{}{}
+	if s.loading != nil {
+		s.loading[key] = struct{}{}
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// wanted says whether key is one the replica holds.
+func (s *Sync) wanted(key string) bool {
+	if _, _, _, ok := s.kb.Split(key); ok {
+		return true
+	}
+	return s.o.Users && strings.HasPrefix(key, s.kb.User(""))
+}
+
+// applyLoop refetches changed keys, in batches, and applies them.
+func (s *Sync) applyLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		}
+		s.mu.Lock()
+		batch := make([]string, 0, len(s.dirty))
+		for k := range s.dirty {
+			batch = append(batch, k)
+		}
+		s.dirty = map[string]struct{}{}
+		s.mu.Unlock()
+		for len(batch) > 0 {
+			n := min(len(batch), 500)
+			if err := s.refetch(ctx, batch[:n]); err != nil {
+				s.requeue(batch) // the session loop notices the broken connection
+				break
+			}
+			batch = batch[n:]
+		}
+	}
+}
+
+func (s *Sync) requeue(keys []string) {
+	s.mu.Lock()
+	for _, k := range keys {
+		s.dirty[k] = struct{}{}
+	}
+	s.mu.Unlock()
+	time.AfterFunc(200*time.Millisecond, func() {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	})
+}
+
+// refetch reads keys from Redis and applies them to the live replica.
+func (s *Sync) refetch(ctx context.Context, batch []string) error {
+	vals, err := s.fetch(ctx, batch)
+	if err != nil {
+		return err
+	}
+	for i, k := range batch {
+		v := vals[i]
+		if v == nil {
+			s.r.Delete(k)
+		} else if err := s.r.Put(k, v.Value, v.Expires); err != nil {
+			s.o.Log(true, "range key "+fmt.Sprintf("%q", k)+" can never match: "+err.Error())
+			continue
+		}
+		if s.o.OnChange != nil {
+			s.o.OnChange(k, v)
+		}
+	}
+	return nil
+}
+
+// fetch GETs and PTTLs keys in one pipeline; nil for a missing key.
+func (s *Sync) fetch(ctx context.Context, batch []string) ([]*Entry, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	now := time.Now()
+	pipe := s.rdb.Pipeline()
+	gets := make([]*redis.StringCmd, len(batch))
+	ttls := make([]*redis.DurationCmd, len(batch))
+	for i, k := range batch {
+		gets[i] = pipe.Get(ctx, k)
+		ttls[i] = pipe.PTTL(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	out := make([]*Entry, len(batch))
+	for i, k := range batch {
+		v, err := gets[i].Result()
+		if err != nil {
+			continue // missing (or of another type): not a list entry
+		}
+		e := &Entry{Key: k, Value: v}
+		if d, err := ttls[i].Result(); err == nil && d > 0 {
+			e.Expires = now.Add(d)
+		}
+		out[i] = e
+	}
+	return out, nil
+}
+
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
