@@ -10,6 +10,10 @@
 int guard_register(mosquitto_plugin_id_t *id, uintptr_t handle);
 void guard_unregister(mosquitto_plugin_id_t *id);
 void guard_log(int level, const char *msg);
+void guard_flagged_add(int delta);
+int guard_register_acl(mosquitto_plugin_id_t *id, uintptr_t handle, int fallback);
+void guard_kick(const char *client_id);
+const char *guard_self_path(void);
 const char *guard_opt_key(struct mosquitto_opt *opts, int i);
 const char *guard_opt_value(struct mosquitto_opt *opts, int i);
 

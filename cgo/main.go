@@ -13,7 +13,7 @@ package main
 #cgo CFLAGS: -O2 -Wall
 // Broker symbols resolve from the mosquitto executable when it loads the
 // plugin; this lets `go build ./...` link the package as a program too.
-#cgo LDFLAGS: -Wl,--unresolved-symbols=ignore-in-object-files
+#cgo LDFLAGS: -Wl,--unresolved-symbols=ignore-in-object-files -ldl
 #include <stdlib.h>
 #include <string.h>
 #include "guard.h"
@@ -43,7 +43,10 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
 		return C.MOSQ_ERR_INVAL
 	}
-	g, err := plugin.New(cfg, plugin.Output{Log: enqueueLog, Publish: enqueuePublish})
+	g, err := plugin.New(cfg, plugin.Output{
+		Log: enqueueLog, Publish: enqueuePublish, Kick: enqueueKick,
+		Flagged: func(delta int) { C.guard_flagged_add(C.int(delta)) },
+	})
 	if err != nil {
 		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
 		return C.MOSQ_ERR_INVAL
@@ -54,6 +57,21 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		g.Close()
 		enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: cannot register callbacks (error %d)", int(rc)))
 		return rc
+	}
+	mode, why := plugin.ResolveACLMode(cfg.ACLCheck, goString(C.guard_self_path()))
+	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: acl_check %s: %s", mode, why))
+	if mode != plugin.ACLOff {
+		fallback := C.int(C.MOSQ_ERR_PLUGIN_DEFER)
+		if mode == plugin.ACLAllow {
+			fallback = C.MOSQ_ERR_SUCCESS
+		}
+		if rc := C.guard_register_acl(id, C.uintptr_t(h), fallback); rc != C.MOSQ_ERR_SUCCESS {
+			C.guard_unregister(id)
+			instances.remove(h)
+			g.Close()
+			enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: cannot register the ACL check (error %d)", int(rc)))
+			return rc
+		}
 	}
 	*out = C.uintptr_t(h)
 	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: ready (backend %s, key_prefix %q, fail_limit %d per %s on %v, clientid_conflict %s)",
@@ -76,7 +94,7 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 
 //export guardBasicAuth
 func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char) (rc C.int) {
-	defer drainLogs()
+	defer drainAll()
 	// Fail closed: a client whose check blew up is not let in.
 	defer recoverTo(&rc, C.MOSQ_ERR_AUTH, "basic_auth")
 	in := instances.get(uintptr(h))
@@ -118,9 +136,21 @@ func guardReload(h C.uintptr_t) (rc C.int) {
 
 //export guardTick
 func guardTick(h C.uintptr_t) (rc C.int) {
-	defer drainLogs()
+	defer drainAll()
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
 	return C.MOSQ_ERR_SUCCESS
+}
+
+//export guardFlagged
+func guardFlagged(h, client C.uintptr_t) (flagged C.int) {
+	defer drainLogs() // log lines only: never a kick from inside an ACL check
+	// Fail closed while a ban is being enforced: a panic here refuses.
+	defer recoverTo(&flagged, 1, "acl_check")
+	in := instances.get(uintptr(h))
+	if in != nil && in.guard.Flagged(uintptr(client)) {
+		return 1
+	}
+	return 0
 }
 
 //export guardDisconnect

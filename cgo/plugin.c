@@ -4,6 +4,8 @@
  * has), the event trampolines, and the variadic log call Go cannot make.
  * Every function here only converts and forwards; decisions are made in Go.
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include "guard.h"
@@ -67,6 +69,50 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	return guardDisconnect((uintptr_t)userdata, (uintptr_t)ed->client);
 }
 
+/* Connections flagged banned, awaiting their kick, across instances. While
+ * none is, an ACL check answers without entering Go at all. */
+static int flagged_total = 0;
+/* What an ACL check of a connection that is not flagged returns:
+ * PLUGIN_DEFER when another ACL mechanism decides, SUCCESS when none exists. */
+static int acl_fallback = MOSQ_ERR_PLUGIN_DEFER;
+
+void guard_flagged_add(int delta)
+{
+	__atomic_add_fetch(&flagged_total, delta, __ATOMIC_RELAXED);
+}
+
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	struct mosquitto_evt_acl_check *ed = event_data;
+	if (__atomic_load_n(&flagged_total, __ATOMIC_RELAXED) > 0
+			&& guardFlagged((uintptr_t)userdata, (uintptr_t)ed->client)) {
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	return acl_fallback;
+}
+
+int guard_register_acl(mosquitto_plugin_id_t *id, uintptr_t handle, int fallback)
+{
+	acl_fallback = fallback;
+	return mosquitto_callback_register(id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, (void *)handle);
+}
+
+void guard_kick(const char *client_id)
+{
+	mosquitto_kick_client_by_clientid(client_id, false);
+}
+
+/* guard_self_path returns the path this plugin was loaded from. */
+const char *guard_self_path(void)
+{
+	Dl_info info;
+	if (dladdr((void *)mosquitto_plugin_version, &info) && info.dli_fname) {
+		return info.dli_fname;
+	}
+	return "";
+}
+
 struct registration {
 	int event;
 	MOSQ_FUNC_generic_callback cb;
@@ -102,6 +148,7 @@ void guard_unregister(mosquitto_plugin_id_t *id)
 	for (int i = 0; i < NREG; i++) {
 		mosquitto_callback_unregister(id, registrations[i].event, registrations[i].cb, NULL);
 	}
+	mosquitto_callback_unregister(id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL); /* NOT_FOUND when never registered */
 }
 
 void guard_log(int level, const char *msg)

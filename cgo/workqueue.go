@@ -29,6 +29,7 @@ type logLine struct {
 	msg     string
 	topic   string // set for a publish: msg is then the payload
 	publish bool
+	kick    bool // msg is the client ID to disconnect
 }
 
 const (
@@ -60,17 +61,37 @@ func enqueuePublish(topic string, payload []byte) {
 	logs.lines = append(logs.lines, logLine{topic: topic, msg: string(payload), publish: true})
 }
 
-// drainLogs writes queued lines; call only on the broker thread.
-func drainLogs() {
+// enqueueKick queues the disconnection of a client, without its will.
+func enqueueKick(clientID string) {
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	// Kicks enforce bans: they are never dropped for want of room.
+	logs.lines = append(logs.lines, logLine{msg: clientID, kick: true})
+}
+
+// drainLogs writes queued lines and publishes; call only on the broker thread.
+func drainLogs() { drain(false) }
+
+// drainAll also runs queued kicks. Only TICK and BASIC_AUTH call it: a kick
+// from inside a DISCONNECT or an ACL check could disconnect the very client
+// the broker is working on.
+func drainAll() { drain(true) }
+
+func drain(kicks bool) {
 	logs.mu.Lock()
 	if len(logs.lines) == 0 && logs.dropped == 0 {
 		logs.mu.Unlock()
 		return
 	}
-	n := min(len(logs.lines), drainMax)
-	batch := make([]logLine, n)
-	copy(batch, logs.lines[:n])
-	logs.lines = append(logs.lines[:0], logs.lines[n:]...)
+	var batch, kept []logLine
+	for _, l := range logs.lines {
+		if len(batch) < drainMax && (kicks || !l.kick) {
+			batch = append(batch, l)
+		} else {
+			kept = append(kept, l)
+		}
+	}
+	logs.lines = append(logs.lines[:0], kept...)
 	dropped := logs.dropped
 	logs.dropped = 0
 	logs.mu.Unlock()
@@ -80,6 +101,12 @@ func drainLogs() {
 	for _, l := range batch {
 		if l.publish {
 			publish(l.topic, l.msg)
+			continue
+		}
+		if l.kick {
+			cs := C.CString(l.msg)
+			C.guard_kick(cs)
+			C.free(unsafe.Pointer(cs))
 			continue
 		}
 		cs := C.CString(l.msg)

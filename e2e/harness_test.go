@@ -207,3 +207,18 @@ func startExpectFail(t *testing.T, conf string) string {
 	t.Helper()
 	return testenv.StartMosquittoExpectFail(t, conf, 10*time.Second)
 }
+
+// expect connects c until the CONNACK code is want, for up to 2 s: a change
+// made with redis-cli reaches the plugin's replica within a second.
+func (e *env) expect(c client, want byte, msgAndArgs ...any) {
+	e.t.Helper()
+	var got byte
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if got = e.connect(c); got == want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	require.Equal(e.t, want, got, msgAndArgs...)
+}

@@ -42,6 +42,10 @@ type Config struct {
 
 	Conflicts ConflictConfig // clientid_conflict and its companions
 
+	ReplicaResync time.Duration // replica_resync: full reload of the local list replica
+	AuthCache     int           // auth_cache: successful verifications remembered (0: off)
+	ACLCheck      ACLMode       // acl_check: refusing a banned connection's messages until its kick
+
 	// DenyWhenRedisDown is redis_unavailable deny: refuse every client while
 	// Redis cannot be reached. Otherwise (allow) credentials are still checked
 	// and the Redis checks are skipped.
@@ -70,6 +74,19 @@ type ConflictConfig struct {
 	BrokerName     string        // broker_name: this broker, in findings
 	Lease          time.Duration // broker_lease: live connections of a broker that stops renewing expire after this
 }
+
+// ACLMode says whether and how the plugin answers MOSQ_EVT_ACL_CHECK.
+// Mosquitto 2.0 denies a message when every ACL callback defers, once any is
+// registered; so the plugin must know whether another ACL mechanism exists.
+type ACLMode string
+
+// The ACL modes.
+const (
+	ACLAuto  ACLMode = "auto"  // read the broker's config: defer when acl_file is set, allow when no ACL exists, off when another plugin is loaded
+	ACLDefer ACLMode = "defer" // refuse banned connections, defer everything else (acl_file, dynamic security)
+	ACLAllow ACLMode = "allow" // refuse banned connections, allow everything else (no other ACL mechanism)
+	ACLOff   ACLMode = "off"   // no ACL callback: a banned connection can publish until its kick lands
+)
 
 // OptionError is a bad option value. Its message names the option, the value
 // and the expected form, in one line, as the broker log shows it.
@@ -121,6 +138,9 @@ var options = map[string]struct {
 	"findings_topic": {"", parseFindingsTopic},
 	"findings_fold":  {"1h", durationOption("findings_fold", time.Second, 366*24*time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.Fold })},
 	"broker_name":    {"", parseBrokerName},
+	"replica_resync": {"5m", durationOption("replica_resync", 10*time.Second, 24*time.Hour, func(c *Config) *time.Duration { return &c.ReplicaResync })},
+	"auth_cache":     {"100000", intOption("auth_cache", 0, 10_000_000, func(c *Config) *int { return &c.AuthCache })},
+	"acl_check":      {"auto", parseACLMode},
 	"broker_lease":   {"30s", durationOption("broker_lease", time.Second, time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.Lease })},
 }
 
@@ -257,6 +277,15 @@ func parseConflictMode(c *Config, v string) error {
 		return nil
 	}
 	return &OptionError{"clientid_conflict", v, "one of off, flag, deny"}
+}
+
+func parseACLMode(c *Config, v string) error {
+	switch m := ACLMode(v); m {
+	case ACLAuto, ACLDefer, ACLAllow, ACLOff:
+		c.ACLCheck = m
+		return nil
+	}
+	return &OptionError{"acl_check", v, "one of auto, defer, allow, off"}
 }
 
 func parseFindingsTopic(c *Config, v string) error {

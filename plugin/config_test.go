@@ -93,3 +93,15 @@ func TestParseUnknownOptionNeverEchoesValue(t *testing.T) {
 	assert.Contains(t, err.Error(), "option redis_pasword: unknown option")
 	assert.NotContains(t, err.Error(), "s3cret")
 }
+
+func TestEveryOptionHasADefaultThatParses(t *testing.T) {
+	c, err := Parse(nil)
+	require.NoError(t, err)
+	assert.Equal(t, 5*time.Minute, c.ReplicaResync)
+	assert.Equal(t, 100000, c.AuthCache)
+	assert.Equal(t, ACLAuto, c.ACLCheck)
+	assert.Equal(t, ConflictFlag, c.Conflicts.Mode)
+	assert.Equal(t, 31*24*time.Hour, c.Conflicts.Window)
+	assert.Equal(t, 30*time.Second, c.Conflicts.Lease)
+	assert.NotEmpty(t, c.Conflicts.BrokerName)
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
 // failure is one failed authentication, waiting to be counted.
@@ -61,6 +62,17 @@ func (q *failureQueue) run() {
 	}
 }
 
+// banned puts an automatic ban into the local replica at once, and tells
+// the other brokers' replicas, for Redis without keyspace notifications.
+func (g *Guard) banned(ban *ratelimit.Ban) {
+	if g.replica != nil {
+		_ = g.replica.Put(ban.Key, ban.Reason, ban.Expires)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = g.store.PublishChange(ctx, ban.Key)
+}
+
 // countSafely counts f; a panic is logged and the worker goes on.
 func (q *failureQueue) countSafely(f failure) {
 	defer func() {
@@ -98,6 +110,7 @@ func (q *failureQueue) count(f failure) {
 			return
 		}
 		if ban != nil {
+			g.banned(ban)
 			c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
 			g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: banned %s=%s after %d failed authentications within %s; last %s rule=%s origin=auto expires=%s offence=%d",
 				scope, quote(value), g.cfg.Policy.Limit+1, g.cfg.Policy.Window, describeClient(c, f.ip),

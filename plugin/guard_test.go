@@ -85,8 +85,9 @@ func (f *fakeStore) Ping(context.Context) error {
 	return nil
 }
 
-func (f *fakeStore) CheckRanges(context.Context) ([]redisstore.BadRange, error) { return nil, nil }
-func (f *fakeStore) Close() error                                               { return nil }
+func (f *fakeStore) LiveConns(context.Context, string) ([]redisstore.Conn, error) { return nil, nil }
+func (f *fakeStore) PublishChange(context.Context, string) error                  { return nil }
+func (f *fakeStore) Close() error                                                 { return nil }
 
 type fakeCounter struct {
 	mu    sync.Mutex
@@ -145,7 +146,7 @@ func newGuard(t *testing.T, opts map[string]string) (*Guard, *fakeStore, *fakeCo
 	cfg, err := Parse(opts)
 	require.NoError(t, err)
 	st, ct, ls := newFakeStore(), &fakeCounter{}, &logSink{}
-	g, err := NewWith(cfg, Output{Log: ls.log}, st, nil, ct)
+	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: st, Counter: ct})
 	require.NoError(t, err)
 	t.Cleanup(g.Close)
 	return g, st, ct, ls

@@ -65,6 +65,23 @@ func (s *Store) ClientIDState(ctx context.Context, clientID string) (live, seen 
 	return decodeConns(l.Val()), decodeConns(sn.Val()), nil
 }
 
+// LiveConns returns the live connections of clientID on every broker.
+func (s *Store) LiveConns(ctx context.Context, clientID string) ([]Conn, error) {
+	m, err := s.rdb.HGetAll(ctx, s.kb.Conn(clientID)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: live conns: %w", err)
+	}
+	return decodeConns(m), nil
+}
+
+// PublishChange tells every replica that key changed.
+func (s *Store) PublishChange(ctx context.Context, key string) error {
+	if err := s.rdb.Publish(ctx, s.kb.Changes(), key).Err(); err != nil {
+		return fmt.Errorf("redisstore: publish change: %w", err)
+	}
+	return nil
+}
+
 // RecordConnect records c as the live connection of clientID on its
 // instance, and its principal as a user of clientID for window.
 func (s *Store) RecordConnect(ctx context.Context, clientID string, c Conn, window time.Duration) error {

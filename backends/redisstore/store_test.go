@@ -115,18 +115,3 @@ func TestLookupFailsFastWhenRedisIsDown(t *testing.T) {
 	assert.Error(t, err)
 	assert.Less(t, time.Since(start), time.Second)
 }
-
-func TestCheckRanges(t *testing.T) {
-	s, r := newStore(t, "g[1]:")
-	r.CLI("SET", "g[1]:block:cidr:10.0.0.0/8", "fine")
-	r.CLI("SET", "g[1]:block:cidr:10.1.2.3/8", "host bits")
-	r.CLI("SET", "g[1]:allow:cidr:not-a-range", "junk")
-	r.CLI("SET", "g1:block:cidr:junk", "another prefix: not ours")
-	bad, err := s.CheckRanges(context.Background())
-	require.NoError(t, err)
-	var got []string
-	for _, b := range bad {
-		got = append(got, b.Key)
-	}
-	assert.ElementsMatch(t, []string{"g[1]:block:cidr:10.1.2.3/8", "g[1]:allow:cidr:not-a-range"}, got)
-}

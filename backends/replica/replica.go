@@ -108,6 +108,9 @@ func (r *Replica) reset() {
 	r.count = 0
 }
 
+// Keys returns the key builder.
+func (r *Replica) Keys() keys.Builder { return r.kb }
+
 // Len returns the number of keys held.
 func (r *Replica) Len() int {
 	r.mu.RLock()

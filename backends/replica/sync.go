@@ -23,6 +23,8 @@ type Options struct {
 	Log func(warning bool, msg string)
 	// OnChange is called after a key changed in the replica (e nil: deleted).
 	OnChange func(key string, e *Entry)
+	// OnLost is called when changes stop reaching the replica (Redis lost).
+	OnLost func(err error)
 }
 
 // Sync keeps a Replica in step with Redis.
@@ -68,7 +70,9 @@ func (s *Sync) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			break
 		}
-		s.o.Log(true, "replica: "+err.Error()+"; retrying")
+		if s.o.OnLost != nil {
+			s.o.OnLost(err)
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):

@@ -1,0 +1,95 @@
+package plugin
+
+import (
+	"container/list"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"sync"
+)
+
+// verifyCache remembers recent successful password verifications, so a
+// reconnect storm of legitimate devices does not spend the broker thread on
+// bcrypt, argon2 or PBKDF2 again. An entry is keyed by an HMAC of the
+// username and password under a secret made at start and never stored, so
+// the cache holds no password and nothing that can be checked offline
+// without that secret. It holds the hash it was verified against: a changed
+// password (file reload, new guard:user value) no longer matches it. The
+// cache is bounded (least recently used out) and cleared on reload.
+type verifyCache struct {
+	secret [32]byte
+	max    int
+
+	mu    sync.Mutex
+	items map[[32]byte]*list.Element
+	order *list.List // front: most recent
+}
+
+type cacheItem struct {
+	mac  [32]byte
+	hash string
+}
+
+func newVerifyCache(max int) *verifyCache {
+	c := &verifyCache{max: max, items: map[[32]byte]*list.Element{}, order: list.New()}
+	_, _ = rand.Read(c.secret[:])
+	return c
+}
+
+func (c *verifyCache) mac(username string, password []byte) [32]byte {
+	m := hmac.New(sha256.New, c.secret[:])
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(username)))
+	m.Write(n[:])
+	m.Write([]byte(username))
+	m.Write(password)
+	var out [32]byte
+	copy(out[:], m.Sum(nil))
+	return out
+}
+
+// hit reports whether username and password verified against hash before.
+func (c *verifyCache) hit(username string, password []byte, hash string) bool {
+	if c.max == 0 {
+		return false
+	}
+	k := c.mac(username, password)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.items[k]
+	if !ok || e.Value.(*cacheItem).hash != hash {
+		return false
+	}
+	c.order.MoveToFront(e)
+	return true
+}
+
+// add remembers a successful verification.
+func (c *verifyCache) add(username string, password []byte, hash string) {
+	if c.max == 0 {
+		return
+	}
+	k := c.mac(username, password)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.items[k]; ok {
+		e.Value.(*cacheItem).hash = hash
+		c.order.MoveToFront(e)
+		return
+	}
+	c.items[k] = c.order.PushFront(&cacheItem{mac: k, hash: hash})
+	for c.order.Len() > c.max {
+		old := c.order.Back()
+		c.order.Remove(old)
+		delete(c.items, old.Value.(*cacheItem).mac)
+	}
+}
+
+// clear forgets everything (on reload).
+func (c *verifyCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.items = map[[32]byte]*list.Element{}
+	c.order.Init()
+}
