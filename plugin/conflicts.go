@@ -32,9 +32,8 @@ const RuleClientIDConflict = "clientid-conflict"
 
 // ConflictStore is what conflict detection asks of Redis; *redisstore.Store implements it.
 type ConflictStore interface {
-	ClientIDState(ctx context.Context, clientID string) (live, seen []redisstore.Conn, err error)
-	RecordConnect(ctx context.Context, clientID string, c redisstore.Conn, window time.Duration) error
-	RecordDisconnect(ctx context.Context, clientID string, c redisstore.Conn) error
+	ClientIDStates(ctx context.Context, ids []string) (map[string]redisstore.State, error)
+	ApplyConnOps(ctx context.Context, ops []redisstore.ConnOp, window time.Duration) error
 	CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error)
 	RenewLease(ctx context.Context, instance string, ttl time.Duration) (map[string]bool, []string, error)
 	Reap(ctx context.Context, instance string) error
@@ -75,7 +74,10 @@ type conflicts struct {
 	live     atomic.Pointer[map[string]bool] // broker instances whose lease runs
 }
 
-const conflictQueueSize = 8192
+const (
+	conflictQueueSize = 65536 // events waiting for the worker
+	conflictBatchMax  = 512   // events handled per round trip
+)
 
 func newConflicts(g *Guard, store ConflictStore, publish Publisher) *conflicts {
 	var id [6]byte
@@ -133,7 +135,7 @@ func (c *conflicts) run() {
 		case <-c.g.stop:
 			return
 		case ev := <-c.events:
-			c.handleSafely(ev)
+			c.handleSafely(c.batch(ev))
 		case <-lease.C:
 			c.renew()
 		case <-report.C:
@@ -144,55 +146,130 @@ func (c *conflicts) run() {
 	}
 }
 
-func (c *conflicts) handleSafely(ev conflictEvent) {
+// batch collects ev and whatever else is queued, up to conflictBatchMax.
+func (c *conflicts) batch(ev conflictEvent) []conflictEvent {
+	b := []conflictEvent{ev}
+	for len(b) < conflictBatchMax {
+		select {
+		case ev := <-c.events:
+			b = append(b, ev)
+		default:
+			return b
+		}
+	}
+	return b
+}
+
+func (c *conflicts) handleSafely(batch []conflictEvent) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error tracking client IDs: %v", r))
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	var err error
-	switch ev.kind {
-	case evConnect:
-		err = c.connected(ctx, ev)
-	case evDisconnect:
-		ev.conn.DisconnectedMs = c.g.now().UnixMilli()
-		err = c.store.RecordDisconnect(ctx, ev.clientID, ev.conn)
-	case evRefused:
-		f := newFinding(redisstore.KindCrossPrincipal, ev.clientID, []redisstore.Conn{ev.conn, *ev.other}, c.g.now().UnixMilli())
-		f.Action = "refused"
-		c.report(ctx, f)
-	}
-	if err != nil {
-		c.g.log(LevelWarning, "mosquitto-guard: client ID tracking: "+err.Error())
+	if err := c.handle(ctx, batch); err != nil {
+		c.g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d events not recorded: %v", len(batch), err))
 	}
 }
 
-// connected applies the rules to a new connection and records it.
-func (c *conflicts) connected(ctx context.Context, ev conflictEvent) error {
-	live, seen, err := c.store.ClientIDState(ctx, ev.clientID)
+// handle applies the rules to a batch of events, in order: one round trip
+// reads what Redis knows of the batch's client IDs, one records the batch.
+// Events earlier in the batch are seen by later ones through an overlay.
+func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
+	var ids []string
+	for _, ev := range batch {
+		if ev.kind == evConnect {
+			ids = append(ids, ev.clientID)
+		}
+	}
+	states, err := c.store.ClientIDStates(ctx, ids)
 	if err != nil {
 		return err
 	}
 	now := c.g.now().UnixMilli()
-	cross, dup := evaluate(ev, live, seen, *c.live.Load(), now, c.cfg.Window)
-	if err := c.store.RecordConnect(ctx, ev.clientID, ev.conn, c.cfg.Window); err != nil {
+	alive := *c.live.Load()
+	overlay := map[string]*redisstore.State{}
+	stateOf := func(id string) *redisstore.State {
+		if st, ok := overlay[id]; ok {
+			return st
+		}
+		st := states[id]
+		st.Live, st.Seen = append([]redisstore.Conn(nil), st.Live...), append([]redisstore.Conn(nil), st.Seen...)
+		overlay[id] = &st
+		return &st
+	}
+	var ops []redisstore.ConnOp
+	var found, dups []*redisstore.Finding
+	for _, ev := range batch {
+		switch ev.kind {
+		case evConnect:
+			st := stateOf(ev.clientID)
+			cross, dup := evaluate(ev, st.Live, st.Seen, alive, now, c.cfg.Window)
+			if cross != nil {
+				found = append(found, cross)
+			}
+			if dup != nil {
+				dups = append(dups, dup)
+			}
+			ops = append(ops, redisstore.ConnOp{ClientID: ev.clientID, Conn: ev.conn})
+			st.Live = replaceBy(st.Live, ev.conn, func(x redisstore.Conn) bool { return x.Instance == ev.conn.Instance })
+			st.Seen = replaceBy(st.Seen, ev.conn, func(x redisstore.Conn) bool { return x.Principal == ev.conn.Principal })
+		case evDisconnect:
+			ev.conn.DisconnectedMs = now
+			ops = append(ops, redisstore.ConnOp{ClientID: ev.clientID, Conn: ev.conn, Disconnect: true})
+			if st, ok := overlay[ev.clientID]; ok {
+				st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.ID == ev.conn.ID })
+				if i := indexBy(st.Seen, func(x redisstore.Conn) bool { return x.ID == ev.conn.ID }); i >= 0 {
+					st.Seen[i] = ev.conn
+				}
+			}
+		case evRefused:
+			f := newFinding(redisstore.KindCrossPrincipal, ev.clientID, []redisstore.Conn{ev.conn, *ev.other}, now)
+			f.Action = "refused"
+			found = append(found, f)
+		}
+	}
+	if err := c.store.ApplyConnOps(ctx, ops, c.cfg.Window); err != nil {
 		return err
 	}
-	if cross != nil {
-		c.report(ctx, cross)
-	}
-	if dup != nil {
-		n, err := c.store.CountTakeover(ctx, ev.clientID, c.cfg.TakeoverWindow)
+	for _, d := range dups {
+		n, err := c.store.CountTakeover(ctx, d.ClientID, c.cfg.TakeoverWindow)
 		if err != nil {
 			return err
 		}
 		if n >= int64(c.cfg.TakeoverLimit) {
-			c.report(ctx, dup)
+			found = append(found, d)
 		}
 	}
+	for _, f := range found {
+		c.report(ctx, f)
+	}
 	return nil
+}
+
+func indexBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) int {
+	for i, x := range cs {
+		if match(x) {
+			return i
+		}
+	}
+	return -1
+}
+
+func replaceBy(cs []redisstore.Conn, c redisstore.Conn, match func(redisstore.Conn) bool) []redisstore.Conn {
+	if i := indexBy(cs, match); i >= 0 {
+		cs[i] = c
+		return cs
+	}
+	return append(cs, c)
+}
+
+func removeBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) []redisstore.Conn {
+	if i := indexBy(cs, match); i >= 0 {
+		return append(cs[:i], cs[i+1:]...)
+	}
+	return cs
 }
 
 // report stores f (folding repeats) and, unless it was folded into an

@@ -53,16 +53,84 @@ if not v or string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1`)
 
-// ClientIDState returns the live connections of clientID on every broker
-// and the principals that used it within the conflict window, newest first.
-func (s *Store) ClientIDState(ctx context.Context, clientID string) (live, seen []Conn, err error) {
+// State is what Redis knows of one client ID.
+type State struct {
+	Live []Conn // live connections on every broker, newest first
+	Seen []Conn // the latest connection of each principal within the window, newest first
+}
+
+// ClientIDStates reads the state of several client IDs in one round trip.
+func (s *Store) ClientIDStates(ctx context.Context, ids []string) (map[string]State, error) {
+	type cmds struct{ live, seen *redis.MapStringStringCmd }
+	pending := make(map[string]cmds, len(ids))
 	pipe := s.rdb.Pipeline()
-	l := pipe.HGetAll(ctx, s.kb.Conn(clientID))
-	sn := pipe.HGetAll(ctx, s.kb.Seen(clientID))
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, nil, fmt.Errorf("redisstore: client id state: %w", err)
+	for _, id := range ids {
+		if _, ok := pending[id]; !ok {
+			pending[id] = cmds{pipe.HGetAll(ctx, s.kb.Conn(id)), pipe.HGetAll(ctx, s.kb.Seen(id))}
+		}
 	}
-	return decodeConns(l.Val()), decodeConns(sn.Val()), nil
+	if len(pending) == 0 {
+		return map[string]State{}, nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("redisstore: client id state: %w", err)
+	}
+	out := make(map[string]State, len(pending))
+	for id, c := range pending {
+		out[id] = State{Live: decodeConns(c.live.Val()), Seen: decodeConns(c.seen.Val())}
+	}
+	return out, nil
+}
+
+// ConnOp is one connection event to record: a connect, or a disconnect
+// (Conn.DisconnectedMs set).
+type ConnOp struct {
+	ClientID   string
+	Conn       Conn
+	Disconnect bool
+}
+
+// ApplyConnOps records connection events in order, in one round trip (two
+// when a disconnect removed a live entry). A connect becomes the live entry
+// of its broker instance for the client ID and its principal's latest use
+// (remembered for window); a disconnect removes the live entry unless
+// another connection has replaced it (compare-and-delete script), and
+// records when its principal left.
+func (s *Store) ApplyConnOps(ctx context.Context, ops []ConnOp, window time.Duration) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	pipe := s.rdb.Pipeline()
+	removed := make([]*redis.Cmd, len(ops))
+	for i, op := range ops {
+		c, v := op.Conn, op.Conn.encode()
+		if !op.Disconnect {
+			pipe.HSet(ctx, s.kb.Conn(op.ClientID), c.Instance, v)
+			pipe.SAdd(ctx, s.kb.BrokerConns(c.Instance), op.ClientID)
+			pipe.HSet(ctx, s.kb.Seen(op.ClientID), c.Principal, v)
+			pipe.PExpire(ctx, s.kb.Seen(op.ClientID), window)
+			continue
+		}
+		removed[i] = casScript.Eval(ctx, pipe, []string{s.kb.Conn(op.ClientID)}, c.Instance, c.prefix(), "")
+		casScript.Eval(ctx, pipe, []string{s.kb.Seen(op.ClientID)}, c.Principal, c.prefix(), v)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("redisstore: record connections: %w", err)
+	}
+	srem := s.rdb.Pipeline()
+	for i, r := range removed {
+		if r != nil {
+			if n, _ := r.Int(); n == 1 {
+				srem.SRem(ctx, s.kb.BrokerConns(ops[i].Conn.Instance), ops[i].ClientID)
+			}
+		}
+	}
+	if srem.Len() > 0 {
+		if _, err := srem.Exec(ctx); err != nil {
+			return fmt.Errorf("redisstore: record connections: %w", err)
+		}
+	}
+	return nil
 }
 
 // LiveConns returns the live connections of clientID on every broker.
@@ -78,39 +146,6 @@ func (s *Store) LiveConns(ctx context.Context, clientID string) ([]Conn, error) 
 func (s *Store) PublishChange(ctx context.Context, key string) error {
 	if err := s.rdb.Publish(ctx, s.kb.Changes(), key).Err(); err != nil {
 		return fmt.Errorf("redisstore: publish change: %w", err)
-	}
-	return nil
-}
-
-// RecordConnect records c as the live connection of clientID on its
-// instance, and its principal as a user of clientID for window.
-func (s *Store) RecordConnect(ctx context.Context, clientID string, c Conn, window time.Duration) error {
-	v := c.encode()
-	pipe := s.rdb.Pipeline()
-	pipe.HSet(ctx, s.kb.Conn(clientID), c.Instance, v)
-	pipe.SAdd(ctx, s.kb.BrokerConns(c.Instance), clientID)
-	pipe.HSet(ctx, s.kb.Seen(clientID), c.Principal, v)
-	pipe.PExpire(ctx, s.kb.Seen(clientID), window)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("redisstore: record connect: %w", err)
-	}
-	return nil
-}
-
-// RecordDisconnect removes c from the live connections of clientID, unless
-// another connection has replaced it, and records when its principal left.
-func (s *Store) RecordDisconnect(ctx context.Context, clientID string, c Conn) error {
-	removed, err := casScript.Run(ctx, s.rdb, []string{s.kb.Conn(clientID)}, c.Instance, c.prefix(), "").Int()
-	if err != nil {
-		return fmt.Errorf("redisstore: record disconnect: %w", err)
-	}
-	if removed == 1 {
-		if err := s.rdb.SRem(ctx, s.kb.BrokerConns(c.Instance), clientID).Err(); err != nil {
-			return fmt.Errorf("redisstore: record disconnect: %w", err)
-		}
-	}
-	if err := casScript.Run(ctx, s.rdb, []string{s.kb.Seen(clientID)}, c.Principal, c.prefix(), c.encode()).Err(); err != nil {
-		return fmt.Errorf("redisstore: record disconnect: %w", err)
 	}
 	return nil
 }

@@ -15,12 +15,13 @@ func TestConnectDisconnectKeepsTheNewerConnection(t *testing.T) {
 	ctx := context.Background()
 	old := Conn{ID: "i1-1", Instance: "i1", Broker: "b", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1000}
 	nw := Conn{ID: "i1-2", Instance: "i1", Broker: "b", Principal: "alice", IP: "192.0.2.2", ConnectedMs: 2000}
-	require.NoError(t, s.RecordConnect(ctx, "dev:1", old, time.Hour))
-	require.NoError(t, s.RecordConnect(ctx, "dev:1", nw, time.Hour)) // takeover on the same broker
-	old.DisconnectedMs = 2001
-	require.NoError(t, s.RecordDisconnect(ctx, "dev:1", old)) // the old connection's DISCONNECT comes after
-
-	live, seen, err := s.ClientIDState(ctx, "dev:1")
+	old2 := old
+	old2.DisconnectedMs = 2001
+	// A takeover on the same broker: the old connection's DISCONNECT comes after the new CONNECT.
+	require.NoError(t, s.ApplyConnOps(ctx, []ConnOp{
+		{ClientID: "dev:1", Conn: old}, {ClientID: "dev:1", Conn: nw}, {ClientID: "dev:1", Conn: old2, Disconnect: true},
+	}, time.Hour))
+	live, seen, err := state(s, "dev:1")
 	require.NoError(t, err)
 	require.Len(t, live, 1)
 	assert.Equal(t, "i1-2", live[0].ID, "the old DISCONNECT must not remove the new connection")
@@ -29,8 +30,8 @@ func TestConnectDisconnectKeepsTheNewerConnection(t *testing.T) {
 	assert.Equal(t, "1", r.CLI("SCARD", "guard:brokerconns:i1"))
 
 	nw.DisconnectedMs = 3000
-	require.NoError(t, s.RecordDisconnect(ctx, "dev:1", nw))
-	live, seen, err = s.ClientIDState(ctx, "dev:1")
+	require.NoError(t, s.ApplyConnOps(ctx, []ConnOp{{ClientID: "dev:1", Conn: nw, Disconnect: true}}, time.Hour))
+	live, seen, err = state(s, "dev:1")
 	require.NoError(t, err)
 	assert.Empty(t, live)
 	assert.EqualValues(t, 3000, seen[0].DisconnectedMs)
@@ -44,8 +45,10 @@ func TestLeaseAndReap(t *testing.T) {
 	ctx := context.Background()
 	long := strings.Repeat("q", 20000)
 	for _, id := range []string{"a", "b*", long} {
-		require.NoError(t, s.RecordConnect(ctx, id, Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}, time.Hour))
-		require.NoError(t, s.RecordConnect(ctx, id, Conn{ID: "alive-1", Instance: "alive", Principal: "p", ConnectedMs: 1}, time.Hour))
+		require.NoError(t, s.ApplyConnOps(ctx, []ConnOp{
+			{ClientID: id, Conn: Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}},
+			{ClientID: id, Conn: Conn{ID: "alive-1", Instance: "alive", Principal: "p", ConnectedMs: 1}},
+		}, time.Hour))
 	}
 	live, _, err := s.RenewLease(ctx, "dead", 50*time.Millisecond)
 	require.NoError(t, err)
@@ -59,7 +62,7 @@ func TestLeaseAndReap(t *testing.T) {
 	require.NoError(t, s.Reap(ctx, "dead"))
 	require.NoError(t, s.Reap(ctx, "dead"), "reaping twice is harmless")
 	for _, id := range []string{"a", "b*", long} {
-		l, _, err := s.ClientIDState(ctx, id)
+		l, _, err := state(s, id)
 		require.NoError(t, err)
 		require.Len(t, l, 1)
 		assert.Equal(t, "alive", l[0].Instance)
@@ -81,4 +84,9 @@ func TestCountTakeover(t *testing.T) {
 	n, err := s.CountTakeover(ctx, "dev", 200*time.Millisecond)
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, n, "a new window")
+}
+
+func state(s *Store, id string) (live, seen []Conn, err error) {
+	m, err := s.ClientIDStates(context.Background(), []string{id})
+	return m[id].Live, m[id].Seen, err
 }
