@@ -31,7 +31,7 @@ func TestAnonymousDeferredToAllowAnonymous(t *testing.T) {
 	e := newEnv(t, "allow_anonymous true")
 	assert.EqualValues(t, accepted, e.connect(client{ip: "127.0.1.5", id: "anon"}))
 	e.redis.CLI("SET", "guard:block:ip:127.0.1.5", "no anonymous from here")
-	assert.EqualValues(t, refused, e.connect(client{ip: "127.0.1.5", id: "anon"}), "lists apply to anonymous clients too")
+	e.expect(client{ip: "127.0.1.5", id: "anon"}, refused, "lists apply to anonymous clients too")
 }
 
 func TestBlockScopes(t *testing.T) {

@@ -71,6 +71,7 @@ func TestOperatorBanKicksConnectedClients(t *testing.T) {
 		assert.NoError(t, bystander.Ping(ctx), "%s: others stay connected", c.name)
 		cancel()
 		e.redis.CLI("DEL", c.key)
+		e.expect(c.victim, accepted, "%s: the DEL reached the replica", c.name)
 	}
 	assert.True(t, quiet(watcher, 300*time.Millisecond), "a kick sends no will message")
 }
