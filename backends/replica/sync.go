@@ -282,13 +282,15 @@ func (s *Sync) fetch(ctx context.Context, batch []string) ([]*Entry, error) {
 	return out, nil
 }
 
+// globEscape quotes the glob characters of a key prefix for SCAN MATCH and
+// PSUBSCRIBE, byte by byte: a prefix need not be valid UTF-8.
 func globEscape(s string) string {
 	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
+	for i := 0; i < len(s); i++ {
+		if strings.IndexByte(`*?[]\`, s[i]) >= 0 {
 			b.WriteByte('\\')
 		}
-		b.WriteRune(r)
+		b.WriteByte(s[i])
 	}
 	return b.String()
 }

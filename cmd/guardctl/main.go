@@ -1,9 +1,17 @@
 // Command guardctl is the operator's tool for mosquitto-guard, the Mosquitto
-// security plugin: it reads what the plugin keeps in Redis.
+// security plugin: it reads and edits what the plugin keeps in Redis.
 //
-// Its first subcommand, audit, lists the client-ID conflict findings the
-// plugin reported (the analogue of AWS IoT Device Defender's
-// CONFLICTING_CLIENT_IDS_CHECK), for an on-demand look or a cron job:
+// ban, unban, allow and unallow write or delete one allow or block key,
+// checked and in the form the plugin matches, and publish its name on the
+// change channel so every broker's replica has it at once; list shows the
+// bans or the allowlist:
+//
+//	guardctl ban ip 203.0.113.7 --for 1h --reason scanner
+//	guardctl list --scope ip
+//
+// audit lists the client-ID conflict findings the plugin reported (the
+// analogue of AWS IoT Device Defender's CONFLICTING_CLIENT_IDS_CHECK), for an
+// on-demand look or a cron job:
 //
 //	guardctl audit --config /etc/mosquitto/mosquitto.conf
 //	guardctl audit --since-last --json --config /etc/mosquitto/mosquitto.conf
@@ -37,7 +45,12 @@ type command struct {
 
 // commands lists the subcommands by name; add new ones here.
 var commands = map[string]command{
-	"audit": {"list client-ID conflict findings (CONFLICTING_CLIENT_IDS_CHECK)", runAudit},
+	"audit":   {"list client-ID conflict findings (CONFLICTING_CLIENT_IDS_CHECK)", runAudit},
+	"ban":     {"ban a client ID, username, IP or range, for a time or for ever", editCommand(banEdit)},
+	"unban":   {"lift a ban", editCommand(unbanEdit)},
+	"allow":   {"exempt a client ID, username, IP or range from every ban", editCommand(allowEdit)},
+	"unallow": {"remove an allowlist entry", editCommand(unallowEdit)},
+	"list":    {"list the bans, or with --allow the allowlist", runList},
 }
 
 // quietLogger drops go-redis's own log lines: errors reach the user once,
@@ -73,7 +86,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // usage writes the list of subcommands to w.
 func usage(w io.Writer) {
-	fmt.Fprint(w, `guardctl reads what the mosquitto-guard plugin keeps in Redis.
+	fmt.Fprint(w, `guardctl reads and edits what the mosquitto-guard plugin keeps in Redis.
 
 Usage:
   guardctl <command> [flags]
@@ -89,6 +102,17 @@ Commands:
 		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprint(w, `
+Examples:
+  guardctl ban ip 203.0.113.7 --for 1h --reason "scanner"
+  guardctl ban cidr 198.51.100.0/24 --reason "abuse report 4711"
+  guardctl ban clientid 'dev*'           # the client ID "dev*", nothing else
+  guardctl allow clientid plant-gateway
+  guardctl list --scope ip
+  guardctl unban ip 203.0.113.7
+  guardctl audit --since-last --config /etc/mosquitto/mosquitto.conf
+
+Every command takes the connection flags: --config /etc/mosquitto/mosquitto.conf
+reads the Redis address and key prefix from the plugin's lines there.
 Run 'guardctl <command> -h' for a command's flags.
 Exit status: 0 ok, 1 runtime error (such as Redis unreachable), 2 usage error.
 `)

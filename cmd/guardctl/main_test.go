@@ -21,7 +21,8 @@ func TestRunDispatch(t *testing.T) {
 	var out, errb bytes.Buffer
 	assert.Equal(t, exitUsage, run(nil, &out, &errb), "no command")
 	assert.Empty(t, out.String())
-	assert.Contains(t, errb.String(), "Commands:\n  audit    list client-ID conflict findings")
+	assert.Contains(t, errb.String(), "Commands:\n  allow    exempt a client ID")
+	assert.Contains(t, errb.String(), "\n  audit    list client-ID conflict findings")
 
 	for _, h := range []string{"-h", "--help", "help"} {
 		out.Reset()
@@ -94,6 +95,12 @@ func TestBinary(t *testing.T) {
 		{args: []string{"audit", "--config", conf}, code: 0, stdout: "4 findings for 3 client IDs since "},
 		{args: []string{"audit", "--config", conf, "--key-prefix", "other:"}, code: 0, stdout: "no findings since "},
 		{args: []string{"audit", "--config", conf, "--redis-addr", closed}, code: 1, stderr: "guardctl: redis at " + closed, oneLine: true},
+		{args: []string{"ban", "--config", conf, "ip", "::ffff:192.0.2.1", "--for", "1h"}, code: 0, stdout: "banned conf:block:ip:192.0.2.1 until "},
+		{args: []string{"list", "--config", conf}, code: 0, stdout: "1 ban\nSCOPE  VALUE      ORIGIN    EXPIRES "},
+		{args: []string{"unban", "--config", conf, "ip", "192.0.2.1"}, code: 0, stdout: "unbanned conf:block:ip:192.0.2.1\n"},
+		{args: []string{"ban", "--config", conf, "cidr", "192.0.2.1/24"}, code: 2, stderr: "guardctl: ban: bad range \"192.0.2.1/24\": expected the canonical network 192.0.2.0/24\n", emptyOut: true},
+		{args: []string{"ban", "-h"}, code: 0, stdout: "--reason TEXT"},
+		{args: []string{"list", "--redis-addr", closed}, code: 1, stderr: "guardctl: redis at " + closed + ": ", oneLine: true, emptyOut: true},
 	} {
 		cmd := exec.Command(bin, tc.args...)
 		cmd.Env = append(os.Environ(), passwordEnv+"=")

@@ -1,0 +1,436 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// autoPrefix starts the value of the plugin's automatic bans; an operator's
+// reason must not, or the ban would be shown (and treated) as automatic.
+const autoPrefix = "auto:"
+
+// edit describes one of the commands that write or remove a list key: ban,
+// unban, allow, unallow.
+type edit struct {
+	name   string    // the command: "ban"
+	kind   keys.Kind // the list it edits
+	remove bool      // DEL rather than SET
+	done   string    // what the output says was done: "banned"
+}
+
+var (
+	banEdit     = edit{name: "ban", kind: keys.Block, done: "banned"}
+	unbanEdit   = edit{name: "unban", kind: keys.Block, remove: true, done: "unbanned"}
+	allowEdit   = edit{name: "allow", kind: keys.Allow, done: "allowed"}
+	unallowEdit = edit{name: "unallow", kind: keys.Allow, remove: true, done: "unallowed"}
+)
+
+const scopeUsage = `SCOPE and VALUE:
+  clientid ID       a client ID, taken exactly as given: any bytes; ':', '*',
+                    '?', '[' and spaces are literal, nothing is a pattern
+  username NAME     a username, taken exactly as given
+  ip ADDRESS        one IPv4 or IPv6 address, written in the form the plugin
+                    matches: ::ffff:192.0.2.1 as 192.0.2.1, IPv6 lower-case
+                    and shortened (RFC 5952), any %zone dropped
+  cidr NETWORK      a range with its host bits zero, in canonical form:
+                    203.0.113.0/24, 2001:db8::/32 (203.0.113.5/24 is refused,
+                    with the form expected)
+Flags may come before or after SCOPE VALUE; a VALUE starting with '-' goes
+after '--': guardctl CMD clientid -- -dev-1
+
+`
+
+// usage returns the text of guardctl <e.name> -h.
+func (e edit) usage() string {
+	what := "a ban"
+	if e.kind == keys.Allow {
+		what = "an allowlist entry"
+	}
+	scopes := strings.Replace(scopeUsage, "CMD", e.name, 1)
+	var b strings.Builder
+	if e.remove {
+		fmt.Fprintf(&b, "Usage: guardctl %s SCOPE VALUE [connection flags]\n\n", e.name)
+		fmt.Fprintf(&b, "Delete the key <prefix>%s:SCOPE:VALUE (%s)\n", e.kind, what)
+		b.WriteString("and publish its name on <prefix>changes, so every broker's replica drops it\n" +
+			"at once. Says whether the key existed; exits 0 either way.\n\n")
+		b.WriteString(scopes)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "Usage: guardctl %s SCOPE VALUE [--for DURATION] [--reason TEXT] [connection flags]\n\n", e.name)
+	fmt.Fprintf(&b, "Write the key <prefix>%s:SCOPE:VALUE (%s), its value the\n", e.kind, what)
+	b.WriteString("reason, and publish its name on <prefix>changes, so every broker's replica\n" +
+		"has it at once, even where Redis keyspace notifications are off.\n")
+	if e.kind == keys.Block {
+		b.WriteString("Clients matching the ban are refused from then on, and those connected are\n" +
+			"disconnected (allowlisted clients excepted: allow wins over block). An\n" +
+			"existing ban of the same key, automatic or not, is replaced: its reason and\n" +
+			"its end are those given now (without --for: for ever).\n")
+	} else {
+		b.WriteString("Clients matching it are exempt from every ban and from automatic banning\n" +
+			"(their password is still checked). An existing entry is replaced.\n")
+	}
+	b.WriteString("\n" + scopes)
+	fmt.Fprintf(&b, `Flags:
+  --for DURATION    remove the key after DURATION: a Go duration, or days with
+                    a d suffix: 90s, 10m, 1h30m, 7d, 1d12h (default: for ever)
+  --reason TEXT     the key's value, shown in the broker's log (default
+                    "operator: %s with guardctl by $USER"); must not be
+                    empty, nor start with "auto:", which marks the plugin's
+                    automatic bans
+
+`, e.done)
+	return b.String()
+}
+
+// footer returns the exit statuses and examples of guardctl <e.name> -h.
+func (e edit) footer() string {
+	var ex string
+	switch e {
+	case banEdit:
+		ex = `Examples:
+  guardctl ban ip 203.0.113.7 --for 1h --reason "scanner"
+  guardctl ban cidr 198.51.100.0/24 --reason "abuse report 4711"
+  guardctl ban username alice --for 7d --config /etc/mosquitto/mosquitto.conf
+  guardctl ban clientid 'dev*'          # only the client ID "dev*" itself
+`
+	case unbanEdit:
+		ex = `Examples:
+  guardctl unban ip 203.0.113.7
+  guardctl unban clientid 'sensor 17' --config /etc/mosquitto/mosquitto.conf
+`
+	case allowEdit:
+		ex = `Examples:
+  guardctl allow clientid plant-gateway
+  guardctl allow cidr 10.0.0.0/8 --reason "office network"
+  guardctl allow ip 192.0.2.50 --for 2h --reason "load test"
+`
+	case unallowEdit:
+		ex = `Examples:
+  guardctl unallow clientid plant-gateway
+`
+	}
+	return "\nExit status: 0 ok, 1 runtime error (such as Redis unreachable), 2 usage error.\n\n" + ex
+}
+
+// editFlags are the parsed arguments of ban, unban, allow or unallow.
+type editFlags struct {
+	conn      connFlags
+	ttl       ttlFlag // zero: for ever
+	reason    string
+	reasonSet bool
+	scope     keys.Scope
+	value     string // as written in the key: normalised for ip
+	given     string // VALUE as given
+}
+
+// ttlFlag is --for: a positive duration, days allowed, at least 1ms.
+type ttlFlag struct{ d time.Duration }
+
+func (f *ttlFlag) String() string {
+	if f.d == 0 {
+		return ""
+	}
+	return formatSince(f.d)
+}
+
+func (f *ttlFlag) Set(v string) error {
+	d, err := parseSince(v)
+	if err != nil {
+		return err
+	}
+	if d < time.Millisecond {
+		return fmt.Errorf("bad duration %q: expected at least 1ms", v)
+	}
+	f.d = d
+	return nil
+}
+
+// parseEditFlags parses the arguments of e. It returns flag.ErrHelp for -h,
+// and any other error for a usage error.
+func parseEditFlags(e edit, args []string) (*editFlags, error) {
+	a := &editFlags{}
+	fs := flag.NewFlagSet(e.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	if !e.remove {
+		fs.Var(&a.ttl, "for", "lifetime")
+		fs.StringVar(&a.reason, "reason", "", "reason")
+	}
+	a.conn.register(fs)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	fs.Visit(func(f *flag.Flag) { a.reasonSet = a.reasonSet || f.Name == "reason" })
+	switch {
+	case len(pos) < 2:
+		return nil, fmt.Errorf("expected SCOPE VALUE, got %s", plural(len(pos), "argument"))
+	case len(pos) > 2:
+		return nil, fmt.Errorf("unexpected argument %s after SCOPE VALUE (quote a VALUE holding spaces)", strconv.Quote(pos[2]))
+	}
+	if a.scope, err = keys.ParseScope(pos[0]); err != nil {
+		return nil, errors.New(strings.TrimPrefix(err.Error(), "keys: "))
+	}
+	a.given = pos[1]
+	if a.value, err = listValue(a.scope, pos[1]); err != nil {
+		return nil, err
+	}
+	if a.reasonSet {
+		if err := checkReason(a.reason); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// parseInterspersed parses the flags of args wherever they stand and returns
+// the other arguments, in order. Everything after "--" is an argument.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			pos = append(pos, args[i+1:]...)
+			i = len(args)
+		case len(a) > 1 && a[0] == '-':
+			flags = append(flags, a)
+			name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+			if strings.Contains(name, "=") {
+				continue
+			}
+			if f := fs.Lookup(name); f != nil && !isBoolFlag(f) && i+1 < len(args) {
+				i++
+				flags = append(flags, args[i])
+			}
+		default:
+			pos = append(pos, a)
+		}
+	}
+	if err := fs.Parse(flags); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 { // cannot happen: every element of flags is a flag or its value
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return pos, nil
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+// listValue checks VALUE for scope and returns it as the key holds it.
+func listValue(scope keys.Scope, value string) (string, error) {
+	if value == "" {
+		return "", fmt.Errorf("empty VALUE: expected %s", expected(scope))
+	}
+	switch scope {
+	case keys.IP:
+		ip, err := keys.NormalizeIP(value)
+		if err != nil {
+			hint := ""
+			if strings.Contains(value, "/") {
+				hint = "; for a range use scope cidr"
+			}
+			return "", fmt.Errorf("bad ip %s: expected %s%s", strconv.Quote(value), expected(scope), hint)
+		}
+		return ip.String(), nil
+	case keys.CIDR:
+		if _, err := keys.ParseCIDR(value); err != nil {
+			msg := strings.TrimPrefix(err.Error(), "keys: ")
+			if !strings.Contains(value, "/") {
+				msg += "; for one address use scope ip"
+			}
+			return "", errors.New(msg)
+		}
+	}
+	return value, nil
+}
+
+// expected says what a VALUE of scope must be.
+func expected(scope keys.Scope) string {
+	switch scope {
+	case keys.IP:
+		return "an IPv4 or IPv6 address such as 192.0.2.1 or 2001:db8::1"
+	case keys.CIDR:
+		return "a network such as 203.0.113.0/24 or 2001:db8::/32"
+	case keys.Username:
+		return "a username"
+	}
+	return "a client ID"
+}
+
+// checkReason refuses a --reason the plugin would misread.
+func checkReason(r string) error {
+	switch {
+	case r == "":
+		return errors.New("--reason: expected a text, not an empty one")
+	case strings.HasPrefix(r, autoPrefix):
+		return fmt.Errorf("--reason %s: must not start with %q, which marks the plugin's automatic bans", strconv.Quote(r), autoPrefix)
+	}
+	return nil
+}
+
+// defaultReason is the value written without --reason.
+func defaultReason(e edit, getenv func(string) string) string {
+	return "operator: " + e.done + " with guardctl by " + operator(getenv)
+}
+
+// operator names who runs guardctl: $USER, $LOGNAME or the account name.
+func operator(getenv func(string) string) string {
+	for _, v := range []string{"USER", "LOGNAME"} {
+		if u := getenv(v); u != "" {
+			return u
+		}
+	}
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username
+	}
+	return "an unknown user"
+}
+
+// runEdit is guardctl ban, unban, allow or unallow.
+func runEdit(e edit, args []string, stdout, stderr io.Writer) int {
+	a, err := parseEditFlags(e, args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, e.usage()+connUsage+e.footer())
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "guardctl: %s: %v\nRun 'guardctl %s -h' for usage.\n", e.name, err, e.name)
+		return exitUsage
+	}
+	if err := a.run(context.Background(), e, os.Getenv, stdout, stderr); err != nil {
+		fmt.Fprintf(stderr, "guardctl: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+// run connects, writes or deletes the key, publishes the change and says
+// what it did.
+func (a *editFlags) run(ctx context.Context, e edit, getenv func(string) string, stdout, stderr io.Writer) error {
+	st, addrs, err := a.conn.store(getenv)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	kb := st.Keys()
+	key := kb.List(e.kind, a.scope, a.value)
+	if a.value != a.given {
+		fmt.Fprintf(stderr, "guardctl: %s %s written as %s\n", a.scope, strconv.Quote(a.given), a.value)
+	}
+	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	defer cancel()
+	if e.remove {
+		existed, err := deleteKey(ctx, st.Client(), kb.Changes(), key)
+		if err != nil {
+			return redisError(addrs, err)
+		}
+		if existed {
+			_, err = fmt.Fprintf(stdout, "%s %s\n", e.done, showKey(key))
+		} else {
+			_, err = fmt.Fprintf(stdout, "%s did not exist; nothing to %s\n", showKey(key), e.name)
+		}
+		return err
+	}
+	reason := a.reason
+	if !a.reasonSet {
+		reason = defaultReason(e, getenv)
+	}
+	if err := setKey(ctx, st.Client(), kb.Changes(), key, reason, a.ttl.d); err != nil {
+		return redisError(addrs, err)
+	}
+	until := "for ever"
+	if a.ttl.d > 0 {
+		until = "until " + time.Now().Add(a.ttl.d).UTC().Round(time.Second).Format(time.RFC3339)
+	}
+	_, err = fmt.Fprintf(stdout, "%s %s %s\n", e.done, showKey(key), until)
+	return err
+}
+
+// redisError words an error met talking to Redis as audit does.
+func redisError(addrs string, err error) error {
+	return fmt.Errorf("redis at %s: %s", addrs, strings.TrimPrefix(err.Error(), "redis: "))
+}
+
+// showKey shows a key as it is when it is plain (printable ASCII, no space,
+// quote or backslash), else quoted in Go syntax, never cut.
+func showKey(k string) string {
+	for i := 0; i < len(k); i++ {
+		if b := k[i]; b <= ' ' || b >= 0x7f || b == '"' || b == '\\' {
+			return strconv.Quote(k)
+		}
+	}
+	return k
+}
+
+// setKey writes key = value, expiring after ttl (zero: never), and then
+// publishes key on the change channel.
+func setKey(ctx context.Context, rdb redis.UniversalClient, changes, key, value string, ttl time.Duration) error {
+	_, err := changeKey(ctx, rdb, changes, key, func(ctx context.Context, c cmdDoer) *redis.Cmd {
+		if ttl > 0 {
+			return c.Do(ctx, "set", key, value, "px", ttl.Milliseconds())
+		}
+		return c.Do(ctx, "set", key, value)
+	})
+	return err
+}
+
+// deleteKey deletes key, then publishes key on the change channel, and
+// reports whether the key existed.
+func deleteKey(ctx context.Context, rdb redis.UniversalClient, changes, key string) (bool, error) {
+	del, err := changeKey(ctx, rdb, changes, key, func(ctx context.Context, c cmdDoer) *redis.IntCmd {
+		return c.Del(ctx, key)
+	})
+	if err != nil {
+		return false, err
+	}
+	return del.Val() > 0, nil
+}
+
+// cmdDoer is what both a client and a pipeline offer.
+type cmdDoer interface {
+	redis.Cmdable
+	Do(ctx context.Context, args ...any) *redis.Cmd
+}
+
+// changeKey runs write (a command changing key) and then PUBLISHes key on
+// changes, so that replicas re-read it. On one Redis both go in one pipeline,
+// which Redis runs in order. On a cluster the key and the channel may belong
+// to different nodes, and a cluster pipeline sends to the nodes concurrently:
+// a replica could then re-read the key before the write, so the PUBLISH is
+// sent only once the write is done.
+func changeKey[C redis.Cmder](ctx context.Context, rdb redis.UniversalClient, changes, key string, write func(context.Context, cmdDoer) C) (C, error) {
+	if _, cluster := rdb.(*redis.ClusterClient); cluster {
+		cmd := write(ctx, rdb)
+		if err := cmd.Err(); err != nil {
+			return cmd, err
+		}
+		return cmd, rdb.Publish(ctx, changes, key).Err()
+	}
+	pipe := rdb.Pipeline()
+	cmd := write(ctx, pipe)
+	pipe.Publish(ctx, changes, key)
+	_, err := pipe.Exec(ctx)
+	return cmd, err
+}
+
+// editCommand returns the run function of e.
+func editCommand(e edit) func(args []string, stdout, stderr io.Writer) int {
+	return func(args []string, stdout, stderr io.Writer) int { return runEdit(e, args, stdout, stderr) }
+}
