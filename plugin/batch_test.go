@@ -37,24 +37,29 @@ func (m *memConflicts) ClientIDStates(_ context.Context, ids []string) (map[stri
 	return out, nil
 }
 
-func (m *memConflicts) ApplyConnOps(_ context.Context, ops []redisstore.ConnOp, _ time.Duration) error {
+func (m *memConflicts) WriteConns(_ context.Context, ws []redisstore.ConnWrite, _ time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, op := range ops {
-		st := m.states[op.ClientID]
+	for _, w := range ws {
+		st := m.states[w.ClientID]
 		if st == nil {
 			st = &redisstore.State{}
-			m.states[op.ClientID] = st
+			m.states[w.ClientID] = st
 		}
-		if op.Disconnect {
-			st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.ID == op.Conn.ID })
-			if i := indexBy(st.Seen, func(x redisstore.Conn) bool { return x.ID == op.Conn.ID }); i >= 0 {
-				st.Seen[i] = op.Conn
+		if w.SetLive {
+			st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.Instance == w.Instance })
+			if w.Live != nil {
+				st.Live = append(st.Live, *w.Live)
 			}
-			continue
 		}
-		st.Live = replaceBy(st.Live, op.Conn, func(x redisstore.Conn) bool { return x.Instance == op.Conn.Instance })
-		st.Seen = replaceBy(st.Seen, op.Conn, func(x redisstore.Conn) bool { return x.Principal == op.Conn.Principal })
+		if w.Seen != nil {
+			st.Seen = replaceBy(st.Seen, *w.Seen, func(x redisstore.Conn) bool { return x.Principal == w.Seen.Principal })
+		}
+		if w.Left != nil {
+			if i := indexBy(st.Seen, func(x redisstore.Conn) bool { return x.ID == w.Left.ID }); i >= 0 {
+				st.Seen[i] = *w.Left
+			}
+		}
 	}
 	return nil
 }

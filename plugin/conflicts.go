@@ -33,7 +33,7 @@ const RuleClientIDConflict = "clientid-conflict"
 // ConflictStore is what conflict detection asks of Redis; *redisstore.Store implements it.
 type ConflictStore interface {
 	ClientIDStates(ctx context.Context, ids []string) (map[string]redisstore.State, error)
-	ApplyConnOps(ctx context.Context, ops []redisstore.ConnOp, window time.Duration) error
+	WriteConns(ctx context.Context, ws []redisstore.ConnWrite, window time.Duration) error
 	CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error)
 	RenewLease(ctx context.Context, instance string, ttl time.Duration) (map[string]bool, []string, error)
 	Reap(ctx context.Context, instance string) error
@@ -72,11 +72,43 @@ type conflicts struct {
 	events   chan conflictEvent
 	dropped  atomic.Int64
 	live     atomic.Pointer[map[string]bool] // broker instances whose lease runs
+
+	// seen remembers which connection last wrote each principal's seen
+	// record (worker goroutine only): a device reconnecting all day needs
+	// its last use recorded every seenRefresh, not at every reconnect.
+	seen map[seenKey]seenMark
+	// current mirrors this instance's field of each client ID's live hash:
+	// the ID of the connection last written there.
+	current map[string]string
+	// quiet remembers client IDs whose last read showed only this principal
+	// on this broker: a reconnect within quietFor skips the read. Nothing is
+	// lost: a newcomer's own first connect reads, and sees the incumbent.
+	quiet map[string]quietMark
 }
+
+type quietMark struct {
+	principal string
+	at        int64 // unix ms
+}
+
+const quietFor = 10 * time.Second
+
+type seenKey struct{ clientID, principal string }
+
+type seenMark struct {
+	connID string
+	at     int64 // unix ms
+}
+
+const (
+	seenRefresh = 30 * time.Second
+	seenMemoMax = 200_000
+)
 
 const (
 	conflictQueueSize = 65536 // events waiting for the worker
 	conflictBatchMax  = 512   // events handled per round trip
+	conflictLinger    = 10 * time.Millisecond
 )
 
 func newConflicts(g *Guard, store ConflictStore, publish Publisher) *conflicts {
@@ -86,6 +118,9 @@ func newConflicts(g *Guard, store ConflictStore, publish Publisher) *conflicts {
 		g: g, cfg: g.cfg.Conflicts, store: store, publish: publish,
 		instance: hex.EncodeToString(id[:]),
 		events:   make(chan conflictEvent, conflictQueueSize),
+		seen:     map[seenKey]seenMark{},
+		current:  map[string]string{},
+		quiet:    map[string]quietMark{},
 	}
 	c.live.Store(&map[string]bool{})
 	return c
@@ -146,14 +181,20 @@ func (c *conflicts) run() {
 	}
 }
 
-// batch collects ev and whatever else is queued, up to conflictBatchMax.
+// batch collects ev and what follows within conflictLinger, up to
+// conflictBatchMax: under load a batch then holds many events of the same
+// client IDs, whose writes fold into one per client ID.
 func (c *conflicts) batch(ev conflictEvent) []conflictEvent {
 	b := []conflictEvent{ev}
+	linger := time.NewTimer(conflictLinger)
+	defer linger.Stop()
 	for len(b) < conflictBatchMax {
 		select {
 		case ev := <-c.events:
 			b = append(b, ev)
-		default:
+		case <-linger.C:
+			return b
+		case <-c.g.stop:
 			return b
 		}
 	}
@@ -174,12 +215,15 @@ func (c *conflicts) handleSafely(batch []conflictEvent) {
 }
 
 // handle applies the rules to a batch of events, in order: one round trip
-// reads what Redis knows of the batch's client IDs, one records the batch.
-// Events earlier in the batch are seen by later ones through an overlay.
+// reads what Redis knows of the batch's client IDs (those not known quiet),
+// one writes the batch's outcome: per client ID, this instance's final live
+// connection, and the principals' latest uses. Events earlier in the batch
+// are seen by later ones through an overlay.
 func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
+	now := c.g.now().UnixMilli()
 	var ids []string
 	for _, ev := range batch {
-		if ev.kind == evConnect {
+		if ev.kind == evConnect && !c.isQuiet(ev, now) {
 			ids = append(ids, ev.clientID)
 		}
 	}
@@ -187,7 +231,6 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 	if err != nil {
 		return err
 	}
-	now := c.g.now().UnixMilli()
 	alive := *c.live.Load()
 	overlay := map[string]*redisstore.State{}
 	stateOf := func(id string) *redisstore.State {
@@ -199,12 +242,26 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 		overlay[id] = &st
 		return &st
 	}
-	var ops []redisstore.ConnOp
+	live := map[string]*redisstore.ConnWrite{} // client ID -> its final live state
+	var order []string
+	var writes []redisstore.ConnWrite
+	setLive := func(id string, conn *redisstore.Conn) {
+		w, ok := live[id]
+		if !ok {
+			w = &redisstore.ConnWrite{ClientID: id, Instance: c.instance, SetLive: true}
+			live[id] = w
+			order = append(order, id)
+		}
+		w.Live = conn
+	}
 	var found, dups []*redisstore.Finding
 	for _, ev := range batch {
 		switch ev.kind {
 		case evConnect:
 			st := stateOf(ev.clientID)
+			if _, read := states[ev.clientID]; read {
+				c.noteQuiet(ev, st, alive, now)
+			}
 			cross, dup := evaluate(ev, st.Live, st.Seen, alive, now, c.cfg.Window)
 			if cross != nil {
 				found = append(found, cross)
@@ -212,16 +269,28 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 			if dup != nil {
 				dups = append(dups, dup)
 			}
-			ops = append(ops, redisstore.ConnOp{ClientID: ev.clientID, Conn: ev.conn})
-			st.Live = replaceBy(st.Live, ev.conn, func(x redisstore.Conn) bool { return x.Instance == ev.conn.Instance })
-			st.Seen = replaceBy(st.Seen, ev.conn, func(x redisstore.Conn) bool { return x.Principal == ev.conn.Principal })
+			conn := ev.conn
+			c.current[ev.clientID] = conn.ID
+			setLive(ev.clientID, &conn)
+			if !c.seenFresh(ev, now) {
+				writes = append(writes, redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Seen: &conn})
+			}
+			st.Live = replaceBy(st.Live, conn, func(x redisstore.Conn) bool { return x.Instance == conn.Instance })
+			st.Seen = replaceBy(st.Seen, conn, func(x redisstore.Conn) bool { return x.Principal == conn.Principal })
 		case evDisconnect:
-			ev.conn.DisconnectedMs = now
-			ops = append(ops, redisstore.ConnOp{ClientID: ev.clientID, Conn: ev.conn, Disconnect: true})
+			left := ev.conn
+			left.DisconnectedMs = now
+			if c.current[ev.clientID] == left.ID { // not already replaced by a takeover
+				delete(c.current, ev.clientID)
+				setLive(ev.clientID, nil)
+			}
+			if c.seen[seenKey{ev.clientID, left.Principal}].connID == left.ID {
+				writes = append(writes, redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Left: &left})
+			}
 			if st, ok := overlay[ev.clientID]; ok {
-				st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.ID == ev.conn.ID })
-				if i := indexBy(st.Seen, func(x redisstore.Conn) bool { return x.ID == ev.conn.ID }); i >= 0 {
-					st.Seen[i] = ev.conn
+				st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.ID == left.ID })
+				if i := indexBy(st.Seen, func(x redisstore.Conn) bool { return x.ID == left.ID }); i >= 0 {
+					st.Seen[i] = left
 				}
 			}
 		case evRefused:
@@ -230,7 +299,10 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 			found = append(found, f)
 		}
 	}
-	if err := c.store.ApplyConnOps(ctx, ops, c.cfg.Window); err != nil {
+	for _, id := range order {
+		writes = append(writes, *live[id])
+	}
+	if err := c.store.WriteConns(ctx, writes, c.cfg.Window); err != nil {
 		return err
 	}
 	for _, d := range dups {
@@ -246,6 +318,48 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 		c.report(ctx, f)
 	}
 	return nil
+}
+
+// isQuiet reports whether ev's client ID read back quiet for its principal
+// less than quietFor ago.
+func (c *conflicts) isQuiet(ev conflictEvent, now int64) bool {
+	m, ok := c.quiet[ev.clientID]
+	return ok && m.principal == ev.conn.Principal && now-m.at < quietFor.Milliseconds()
+}
+
+// noteQuiet records whether a read of ev's client ID showed only its
+// principal, with no live connection on another broker.
+func (c *conflicts) noteQuiet(ev conflictEvent, st *redisstore.State, alive map[string]bool, now int64) {
+	for _, x := range st.Seen {
+		if x.Principal != ev.conn.Principal {
+			delete(c.quiet, ev.clientID)
+			return
+		}
+	}
+	for _, x := range st.Live {
+		if x.Instance != c.instance && alive[x.Instance] {
+			delete(c.quiet, ev.clientID)
+			return
+		}
+	}
+	if len(c.quiet) >= seenMemoMax {
+		c.quiet = map[string]quietMark{}
+	}
+	c.quiet[ev.clientID] = quietMark{principal: ev.conn.Principal, at: now}
+}
+
+// seenFresh reports whether ev's principal had its use of the client ID
+// recorded less than seenRefresh ago; if not, ev's connection records it.
+func (c *conflicts) seenFresh(ev conflictEvent, now int64) bool {
+	k := seenKey{ev.clientID, ev.conn.Principal}
+	if m, ok := c.seen[k]; ok && now-m.at < seenRefresh.Milliseconds() {
+		return true
+	}
+	if len(c.seen) >= seenMemoMax {
+		c.seen = map[seenKey]seenMark{}
+	}
+	c.seen[k] = seenMark{connID: ev.conn.ID, at: now}
+	return false
 }
 
 func indexBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) int {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -46,7 +47,8 @@ func decodeConns(m map[string]string) []Conn {
 
 // casScript replaces (or, with an empty ARGV[3], deletes) field ARGV[1] of
 // hash KEYS[1] only if its value starts with ARGV[2]: a connection's
-// DISCONNECT must not erase the entry of the connection that took its place.
+// disconnect must not overwrite the record of a newer connection of the same
+// principal (possibly on another broker).
 var casScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v or string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
@@ -82,55 +84,61 @@ func (s *Store) ClientIDStates(ctx context.Context, ids []string) (map[string]St
 	return out, nil
 }
 
-// ConnOp is one connection event to record: a connect, or a disconnect
-// (Conn.DisconnectedMs set).
-type ConnOp struct {
-	ClientID   string
-	Conn       Conn
-	Disconnect bool
+// ConnWrite is what one batch of connection events changes for one client
+// ID on one broker instance. Only that instance writes its field of the
+// client ID's live hash, and it applies its events in order, so it writes
+// the final state of the batch, no compare-and-delete needed.
+type ConnWrite struct {
+	ClientID string
+	Instance string
+	SetLive  bool // write Live: the instance's live connection now (nil: none)
+	Live     *Conn
+	Seen     *Conn // record this connection as its principal's latest use
+	Left     *Conn // record this connection's disconnect, if it is still its principal's latest use
 }
 
-// ApplyConnOps records connection events in order, in one round trip (two
-// when a disconnect removed a live entry). A connect becomes the live entry
-// of its broker instance for the client ID and its principal's latest use
-// (remembered for window); a disconnect removes the live entry unless
-// another connection has replaced it (compare-and-delete script), and
-// records when its principal left.
-func (s *Store) ApplyConnOps(ctx context.Context, ops []ConnOp, window time.Duration) error {
-	if len(ops) == 0 {
+// WriteConns applies a batch of writes in one round trip.
+func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Duration) error {
+	if len(ws) == 0 {
 		return nil
 	}
-	pipe := s.rdb.Pipeline()
-	removed := make([]*redis.Cmd, len(ops))
-	for i, op := range ops {
-		c, v := op.Conn, op.Conn.encode()
-		if !op.Disconnect {
-			pipe.HSet(ctx, s.kb.Conn(op.ClientID), c.Instance, v)
-			pipe.SAdd(ctx, s.kb.BrokerConns(c.Instance), op.ClientID)
-			pipe.HSet(ctx, s.kb.Seen(op.ClientID), c.Principal, v)
-			pipe.PExpire(ctx, s.kb.Seen(op.ClientID), window)
-			continue
-		}
-		removed[i] = casScript.Eval(ctx, pipe, []string{s.kb.Conn(op.ClientID)}, c.Instance, c.prefix(), "")
-		casScript.Eval(ctx, pipe, []string{s.kb.Seen(op.ClientID)}, c.Principal, c.prefix(), v)
+	err := s.writeConns(ctx, ws, window, false)
+	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+		// The script cache was flushed (or this is a new node): send the
+		// script itself. Every write is idempotent, so replaying is safe.
+		err = s.writeConns(ctx, ws, window, true)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err != nil {
 		return fmt.Errorf("redisstore: record connections: %w", err)
 	}
-	srem := s.rdb.Pipeline()
-	for i, r := range removed {
-		if r != nil {
-			if n, _ := r.Int(); n == 1 {
-				srem.SRem(ctx, s.kb.BrokerConns(ops[i].Conn.Instance), ops[i].ClientID)
-			}
-		}
-	}
-	if srem.Len() > 0 {
-		if _, err := srem.Exec(ctx); err != nil {
-			return fmt.Errorf("redisstore: record connections: %w", err)
-		}
-	}
 	return nil
+}
+
+func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) error {
+	cas := casScript.EvalSha
+	if full {
+		cas = casScript.Eval
+	}
+	pipe := s.rdb.Pipeline()
+	for _, w := range ws {
+		switch {
+		case w.SetLive && w.Live != nil:
+			pipe.HSet(ctx, s.kb.Conn(w.ClientID), w.Instance, w.Live.encode())
+			pipe.SAdd(ctx, s.kb.BrokerConns(w.Instance), w.ClientID)
+		case w.SetLive:
+			pipe.HDel(ctx, s.kb.Conn(w.ClientID), w.Instance)
+			pipe.SRem(ctx, s.kb.BrokerConns(w.Instance), w.ClientID)
+		}
+		if w.Seen != nil {
+			pipe.HSet(ctx, s.kb.Seen(w.ClientID), w.Seen.Principal, w.Seen.encode())
+			pipe.PExpire(ctx, s.kb.Seen(w.ClientID), window)
+		}
+		if w.Left != nil {
+			cas(ctx, pipe, []string{s.kb.Seen(w.ClientID)}, w.Left.Principal, w.Left.prefix(), w.Left.encode())
+		}
+	}
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
 // LiveConns returns the live connections of clientID on every broker.

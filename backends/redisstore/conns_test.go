@@ -10,34 +10,39 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestConnectDisconnectKeepsTheNewerConnection(t *testing.T) {
+func TestWriteConns(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
 	old := Conn{ID: "i1-1", Instance: "i1", Broker: "b", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1000}
-	nw := Conn{ID: "i1-2", Instance: "i1", Broker: "b", Principal: "alice", IP: "192.0.2.2", ConnectedMs: 2000}
-	old2 := old
-	old2.DisconnectedMs = 2001
-	// A takeover on the same broker: the old connection's DISCONNECT comes after the new CONNECT.
-	require.NoError(t, s.ApplyConnOps(ctx, []ConnOp{
-		{ClientID: "dev:1", Conn: old}, {ClientID: "dev:1", Conn: nw}, {ClientID: "dev:1", Conn: old2, Disconnect: true},
-	}, time.Hour))
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "dev:1", Instance: "i1", SetLive: true, Live: &old, Seen: &old}}, time.Hour))
 	live, seen, err := state(s, "dev:1")
 	require.NoError(t, err)
 	require.Len(t, live, 1)
-	assert.Equal(t, "i1-2", live[0].ID, "the old DISCONNECT must not remove the new connection")
 	require.Len(t, seen, 1)
-	assert.Zero(t, seen[0].DisconnectedMs, "alice is still connected")
 	assert.Equal(t, "1", r.CLI("SCARD", "guard:brokerconns:i1"))
 
-	nw.DisconnectedMs = 3000
-	require.NoError(t, s.ApplyConnOps(ctx, []ConnOp{{ClientID: "dev:1", Conn: nw, Disconnect: true}}, time.Hour))
+	// Another broker's newer connection of alice: our disconnect must not overwrite its record.
+	other := Conn{ID: "i2-1", Instance: "i2", Principal: "alice", ConnectedMs: 1500}
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "dev:1", Instance: "i2", SetLive: true, Live: &other, Seen: &other}}, time.Hour))
+	left := old
+	left.DisconnectedMs = 2000
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "dev:1", Instance: "i1", SetLive: true, Left: &left}}, time.Hour))
+	live, seen, err = state(s, "dev:1")
+	require.NoError(t, err)
+	require.Len(t, live, 1)
+	assert.Equal(t, "i2-1", live[0].ID)
+	assert.Equal(t, "i2-1", seen[0].ID, "a stale disconnect leaves the newer record")
+	assert.Equal(t, "0", r.CLI("SCARD", "guard:brokerconns:i1"))
+
+	// Our own disconnect is recorded when the record is ours.
+	left2 := other
+	left2.DisconnectedMs = 3000
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "dev:1", Instance: "i2", SetLive: true, Left: &left2}}, time.Hour))
 	live, seen, err = state(s, "dev:1")
 	require.NoError(t, err)
 	assert.Empty(t, live)
 	assert.EqualValues(t, 3000, seen[0].DisconnectedMs)
-	assert.Equal(t, "0", r.CLI("SCARD", "guard:brokerconns:i1"))
-	ttl := r.CLI("TTL", "guard:seen:dev:1")
-	assert.NotEqual(t, "-1", ttl, "seen expires after the conflict window")
+	assert.NotEqual(t, "-1", r.CLI("TTL", "guard:seen:dev:1"), "seen expires after the conflict window")
 }
 
 func TestLeaseAndReap(t *testing.T) {
@@ -45,9 +50,9 @@ func TestLeaseAndReap(t *testing.T) {
 	ctx := context.Background()
 	long := strings.Repeat("q", 20000)
 	for _, id := range []string{"a", "b*", long} {
-		require.NoError(t, s.ApplyConnOps(ctx, []ConnOp{
-			{ClientID: id, Conn: Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}},
-			{ClientID: id, Conn: Conn{ID: "alive-1", Instance: "alive", Principal: "p", ConnectedMs: 1}},
+		dead, alive := Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}, Conn{ID: "alive-1", Instance: "alive", Principal: "p", ConnectedMs: 1}
+		require.NoError(t, s.WriteConns(ctx, []ConnWrite{
+			{ClientID: id, Instance: "dead", SetLive: true, Live: &dead}, {ClientID: id, Instance: "alive", SetLive: true, Live: &alive},
 		}, time.Hour))
 	}
 	live, _, err := s.RenewLease(ctx, "dead", 50*time.Millisecond)
@@ -89,4 +94,19 @@ func TestCountTakeover(t *testing.T) {
 func state(s *Store, id string) (live, seen []Conn, err error) {
 	m, err := s.ClientIDStates(context.Background(), []string{id})
 	return m[id].Live, m[id].Seen, err
+}
+
+// After SCRIPT FLUSH (a restarted or new node) the batch still applies.
+func TestWriteConnsSurvivesScriptFlush(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	c := Conn{ID: "i-1", Instance: "i", Principal: "p", ConnectedMs: 1}
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "x", Instance: "i", SetLive: true, Live: &c, Seen: &c}}, time.Hour))
+	r.CLI("SCRIPT", "FLUSH")
+	c.DisconnectedMs = 2
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "x", Instance: "i", SetLive: true, Left: &c}}, time.Hour))
+	live, seen, err := state(s, "x")
+	require.NoError(t, err)
+	assert.Empty(t, live)
+	assert.EqualValues(t, 2, seen[0].DisconnectedMs)
 }

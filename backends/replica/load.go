@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -72,6 +73,10 @@ func (s *Sync) load(ctx context.Context) error {
 	}
 
 	s.r.swap(fresh)
+	// The load's garbage (pipeline replies, the replaced maps) would keep
+	// the process's memory at twice the replica's size until the next GC
+	// cycles; give it back now.
+	debug.FreeOSMemory()
 	s.mu.Lock()
 	for k := range s.loading {
 		s.dirty[k] = struct{}{}

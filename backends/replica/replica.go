@@ -18,32 +18,44 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
-// Entry is one replicated key.
+// Entry is one replicated key, as the sync reads it.
 type Entry struct {
 	Key     string
 	Value   string
 	Expires time.Time // zero: never
 }
 
-func (e *Entry) live(now time.Time) bool {
-	return e != nil && (e.Expires.IsZero() || now.Before(e.Expires))
+// slot is how the replica stores an entry: 24 bytes beside its map key, so a
+// million keys fit in a little over 100 MB.
+type slot struct {
+	value string
+	exp   int64 // unix ms; 0: never
+}
+
+func (e slot) live(nowMs int64) bool { return e.exp == 0 || nowMs < e.exp }
+
+func toSlot(value string, expires time.Time) slot {
+	if expires.IsZero() {
+		return slot{value: value}
+	}
+	return slot{value: value, exp: expires.UnixMilli()}
 }
 
 // rangeSet holds the ranges of one list and address family, one map per
 // prefix length: a lookup probes only the lengths in use, so its cost does
 // not grow with the number of ranges (at most 33 probes for IPv4, 129 for IPv6).
 type rangeSet struct {
-	byLen map[int]map[netip.Prefix]*Entry
+	byLen map[int]map[netip.Prefix]slot
 	lens  []int // lengths in use, longest first
 }
 
-func (r *rangeSet) put(p netip.Prefix, e *Entry) {
+func (r *rangeSet) put(p netip.Prefix, e slot) {
 	if r.byLen == nil {
-		r.byLen = map[int]map[netip.Prefix]*Entry{}
+		r.byLen = map[int]map[netip.Prefix]slot{}
 	}
 	m := r.byLen[p.Bits()]
 	if m == nil {
-		m = map[netip.Prefix]*Entry{}
+		m = map[netip.Prefix]slot{}
 		r.byLen[p.Bits()] = m
 		r.lens = append(r.lens, p.Bits())
 		sort.Sort(sort.Reverse(sort.IntSlice(r.lens)))
@@ -69,17 +81,17 @@ func (r *rangeSet) del(p netip.Prefix) {
 }
 
 // match returns the most specific live range containing ip.
-func (r *rangeSet) match(ip netip.Addr, now time.Time) (*Entry, netip.Prefix) {
+func (r *rangeSet) match(ip netip.Addr, nowMs int64) (slot, netip.Prefix, bool) {
 	for _, l := range r.lens {
 		p, err := ip.Prefix(l)
 		if err != nil {
 			continue
 		}
-		if e := r.byLen[l][p]; e.live(now) {
-			return e, p
+		if e, ok := r.byLen[l][p]; ok && e.live(nowMs) {
+			return e, p, true
 		}
 	}
-	return nil, netip.Prefix{}
+	return slot{}, netip.Prefix{}, false
 }
 
 // Replica is the local copy. It is safe for concurrent use: the broker
@@ -88,9 +100,9 @@ type Replica struct {
 	kb keys.Builder
 
 	mu     sync.RWMutex
-	exact  map[string]*Entry // allow/block keys of the clientid, ip and username scopes
+	exact  map[string]slot // allow/block keys of the clientid, ip and username scopes
 	ranges map[keys.Kind]*[2]rangeSet
-	users  map[string]*Entry // username -> hash, for the redis backend
+	users  map[string]slot // username -> hash, for the redis backend
 	count  int
 }
 
@@ -102,9 +114,9 @@ func New(kb keys.Builder) *Replica {
 }
 
 func (r *Replica) reset() {
-	r.exact = map[string]*Entry{}
+	r.exact = map[string]slot{}
 	r.ranges = map[keys.Kind]*[2]rangeSet{keys.Allow: {}, keys.Block: {}}
-	r.users = map[string]*Entry{}
+	r.users = map[string]slot{}
 	r.count = 0
 }
 
@@ -161,7 +173,7 @@ func (r *Replica) Put(key, value string, expires time.Time) error {
 	if err != nil || class == classNone {
 		return err
 	}
-	e := &Entry{Key: key, Value: value, Expires: expires}
+	e := toSlot(value, expires)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var had bool
@@ -208,7 +220,8 @@ func (r *Replica) Delete(key string) {
 
 // Sweep drops entries that have expired, to free their memory; lookups
 // already ignore them.
-func (r *Replica) Sweep(now time.Time) int {
+func (r *Replica) Sweep(t time.Time) int {
+	now := t.UnixMilli()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
@@ -244,25 +257,26 @@ func (r *Replica) Sweep(now time.Time) int {
 // Lookup answers q from the replica, exactly as redisstore.Store.Lookup
 // answers it from Redis: the first allow and block entries in the order
 // client ID, username, IP, narrowest range.
-func (r *Replica) Lookup(q redisstore.Query, now time.Time) redisstore.Answer {
+func (r *Replica) Lookup(q redisstore.Query, t time.Time) redisstore.Answer {
+	now := t.UnixMilli()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var a redisstore.Answer
 	a.Allow = r.first(keys.Allow, q, now)
 	a.Block = r.first(keys.Block, q, now)
 	if q.WantUser && q.HasUsername {
-		if e := r.users[q.Username]; e.live(now) {
-			a.UserHash, a.HasUser = e.Value, true
+		if e, ok := r.users[q.Username]; ok && e.live(now) {
+			a.UserHash, a.HasUser = e.value, true
 		}
 	}
 	return a
 }
 
-func (r *Replica) first(kind keys.Kind, q redisstore.Query, now time.Time) *redisstore.Match {
+func (r *Replica) first(kind keys.Kind, q redisstore.Query, now int64) *redisstore.Match {
 	try := func(scope keys.Scope, value string) *redisstore.Match {
 		k := r.kb.List(kind, scope, value)
-		if e := r.exact[k]; e.live(now) {
-			return match(kind, scope, value, e, now)
+		if e, ok := r.exact[k]; ok && e.live(now) {
+			return match(kind, scope, value, k, e, now)
 		}
 		return nil
 	}
@@ -280,16 +294,17 @@ func (r *Replica) first(kind keys.Kind, q redisstore.Query, now time.Time) *redi
 	if m := try(keys.IP, q.IP.String()); m != nil {
 		return m
 	}
-	if e, p := r.ranges[kind][family(q.IP)].match(q.IP, now); e != nil {
-		return match(kind, keys.CIDR, p.String(), e, now)
+	if e, p, ok := r.ranges[kind][family(q.IP)].match(q.IP, now); ok {
+		v := p.String()
+		return match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
 	}
 	return nil
 }
 
-func match(kind keys.Kind, scope keys.Scope, value string, e *Entry, now time.Time) *redisstore.Match {
+func match(kind keys.Kind, scope keys.Scope, value, key string, e slot, now int64) *redisstore.Match {
 	ttl := time.Duration(-1)
-	if !e.Expires.IsZero() {
-		ttl = e.Expires.Sub(now)
+	if e.exp != 0 {
+		ttl = time.Duration(e.exp-now) * time.Millisecond
 	}
-	return &redisstore.Match{Kind: kind, Scope: scope, Value: value, Key: e.Key, Reason: e.Value, TTL: ttl}
+	return &redisstore.Match{Kind: kind, Scope: scope, Value: value, Key: key, Reason: e.value, TTL: ttl}
 }
