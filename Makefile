@@ -46,3 +46,9 @@ run: build
 
 clean:
 	rm -rf $(BUILD)
+
+# Benchmark, not part of make test: mosquitto alone vs mosquitto-guard, side by
+# side on loopback (about 5 minutes); see bench/README.md.
+.PHONY: bench
+bench:
+	@GO=$(GO) bench/run.sh
