@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"hash"
 	"sync"
 )
 
@@ -20,6 +21,7 @@ import (
 type verifyCache struct {
 	secret [32]byte
 	max    int
+	macs   sync.Pool // keyed HMAC states: keying one costs more than using it
 
 	mu    sync.Mutex
 	items map[[32]byte]*list.Element
@@ -34,18 +36,21 @@ type cacheItem struct {
 func newVerifyCache(max int) *verifyCache {
 	c := &verifyCache{max: max, items: map[[32]byte]*list.Element{}, order: list.New()}
 	_, _ = rand.Read(c.secret[:])
+	c.macs.New = func() any { return hmac.New(sha256.New, c.secret[:]) }
 	return c
 }
 
 func (c *verifyCache) mac(username string, password []byte) [32]byte {
-	m := hmac.New(sha256.New, c.secret[:])
+	m := c.macs.Get().(hash.Hash)
+	defer c.macs.Put(m)
+	m.Reset()
 	var n [8]byte
 	binary.BigEndian.PutUint64(n[:], uint64(len(username)))
 	m.Write(n[:])
 	m.Write([]byte(username))
 	m.Write(password)
 	var out [32]byte
-	copy(out[:], m.Sum(nil))
+	m.Sum(out[:0])
 	return out
 }
 

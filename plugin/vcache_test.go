@@ -63,3 +63,15 @@ func TestGuardUsesCache(t *testing.T) {
 	assert.Equal(t, Deny, g.Authenticate(cl(4, "192.0.2.1", "d", "dev", "pw1")).Result, "the old password no longer works")
 	assert.Equal(t, Allow, g.Authenticate(cl(5, "192.0.2.1", "d", "dev", "pw2")).Result)
 }
+
+// go test -bench VerifyCache ./plugin/: the cost a cache hit adds to a CONNECT.
+func BenchmarkVerifyCacheHit(b *testing.B) {
+	c := newVerifyCache(1000)
+	pw := []byte("device-secret")
+	c.add("sensor-17", pw, "$7$101$x$y")
+	for i := 0; i < b.N; i++ {
+		if !c.hit("sensor-17", pw, "$7$101$x$y") {
+			b.Fatal("miss")
+		}
+	}
+}
