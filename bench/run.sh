@@ -176,11 +176,12 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 		case $kind in
 		anon) echo "allow_anonymous true" ;;
 		passwd) echo "allow_anonymous false"; echo "password_file $file" ;;
-		guard)
+		guard | guard-off)
 			echo "allow_anonymous false"
 			echo "auth_plugin $plugin"
 			echo "auth_opt_redis_addr $redis"
 			echo "auth_opt_password_file $file"
+			[ "$kind" = guard-off ] && echo "auth_opt_clientid_conflict off"
 			;;
 		esac
 	} >"$conf"
@@ -190,7 +191,7 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 	pids+=("$BROKER_PID")
 	BROKER_ADDR=127.0.0.1:$port
 	wait_port "$port" "$BROKER_PID" || die "mosquitto $name did not start: $(tail -5 "$BROKER_LOG" "$BROKER_LOG.stderr" 2>/dev/null)"
-	if [ "$kind" = guard ]; then
+	if [ "$kind" = guard ] || [ "$kind" = guard-off ]; then
 		local w
 		w=$("$loadgen" waitlog -file "$BROKER_LOG" -regex 'mosquitto-guard: ready' -timeout "${READY_WAIT:-10s}" -pid "$BROKER_PID")
 		case $w in *'"found":true'*) ;; *) die "mosquitto-guard did not report ready: $(tail -5 "$BROKER_LOG")" ;; esac
@@ -259,6 +260,8 @@ measure() { # label round
 		connect a "$round" -src 127.1.0.0/16 -id-prefix a- -user bench -pass bench-pw ;;
 	b) start_broker b guard "$pw1" "$R1"; REDIS_OF_BROKER=$R1_PID
 		connect b "$round" -src 127.1.0.0/16 -id-prefix b- -user bench -pass bench-pw ;;
+	b-off) start_broker b-off guard-off "$pw1" "$R1"; REDIS_OF_BROKER=$R1_PID
+		connect b-off "$round" -src 127.1.0.0/16 -id-prefix b- -user bench -pass bench-pw ;;
 	c) start_broker c guard "$pw1" "$R2"; REDIS_OF_BROKER=$R2_PID
 		connect c "$round" -src 127.1.0.0/16 -id-prefix c- -user bench -pass bench-pw ;;
 	flood-a) start_broker flood-a passwd "$pw1"
@@ -269,18 +272,20 @@ measure() { # label round
 		connect a10k "$round" -src 127.1.0.0/16 -id-prefix 10k- -users "$users10k" -max-duration 60s ;;
 	b10k) start_broker b10k guard "$pw10k" "$R1"; REDIS_OF_BROKER=$R1_PID
 		connect b10k "$round" -src 127.1.0.0/16 -id-prefix 10k- -users "$users10k" -max-duration 60s ;;
+	b10k-off) start_broker b10k-off guard-off "$pw10k" "$R1"; REDIS_OF_BROKER=$R1_PID
+		connect b10k-off "$round" -src 127.1.0.0/16 -id-prefix 10k- -users "$users10k" -max-duration 60s ;;
 	esac
 	stop_broker
 }
 
 # --- connection rates, interleaved ----------------------------------------
-say "bench: $ROUNDS rounds of a0, a, b, c, flood-a, flood-b; $WORKERS workers, $WARMUP warm-up + $DURATION each; a fresh broker for each"
+say "bench: $ROUNDS rounds of a0, a, b, b-off, c, flood-a, flood-b; $WORKERS workers, $WARMUP warm-up + $DURATION each; a fresh broker for each"
 for r in $(seq "$ROUNDS"); do
-	for s in a0 a b c flood-a flood-b; do scenario "$s" "$r"; done
+	for s in a0 a b b-off c flood-a flood-b; do scenario "$s" "$r"; done
 done
 say "bench: $ROUNDS rounds of a', b': $USERS users connecting once each"
 for r in $(seq "$ROUNDS"); do
-	for s in a10k b10k; do scenario "$s" "$r"; done
+	for s in a10k b10k b10k-off; do scenario "$s" "$r"; done
 done
 [ "$REPLICA" = yes ] && say "bench: the plugin logs 'replica loaded': brokers were measured after it"
 

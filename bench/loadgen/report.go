@@ -27,9 +27,11 @@ var scenarios = []scenario{
 	{"a0", "mosquitto, allow_anonymous true, no auth: anonymous clients (physical limit)", "", 0},
 	{"a", "mosquitto password_file ($7$, mosquitto_passwd), 1 user reconnecting", "a0", 0},
 	{"b", "mosquitto-guard, auth_opt_password_file (same file), 1 user reconnecting", "a0", 0.95},
+	{"b-off", "(b) with auth_opt_clientid_conflict off: what client-ID tracking costs", "a0", 0},
 	{"c", "(b) with {keys} block keys in Redis, {ranges} of them ranges, none matching", "b", 0.95},
 	{"a10k", "(a') mosquitto password_file, {users} users, each connecting once", "a0", 0},
 	{"b10k", "(b') mosquitto-guard, the same {users}-user file, each connecting once", "a10k", 0.95},
+	{"b10k-off", "(b') with auth_opt_clientid_conflict off", "a10k", 0},
 	{"flood-a", "(d) wrong-password flood on (a), from 127.2.0.0/16", "a0", 0},
 	{"flood-b", "(d) flood of banned clients on (b): guard:block:cidr:127.2.0.0/16", "a0", 0.95},
 }
@@ -345,6 +347,8 @@ func display(label string) string {
 		return "a'"
 	case "b10k":
 		return "b'"
+	case "b10k-off":
+		return "b'-off"
 	}
 	return label
 }
