@@ -132,6 +132,19 @@ func (b Builder) Split(key string) (kind Kind, scope Scope, value string, ok boo
 	return Kind(k), sc, value, true
 }
 
+// GlobEscape quotes the glob characters of s (a key prefix) for SCAN MATCH,
+// KEYS and PSUBSCRIBE patterns, byte by byte: a prefix need not be valid UTF-8.
+func GlobEscape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if strings.IndexByte(`*?[]\`, s[i]) >= 0 {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
 // NormalizeIP parses a client address as the broker reports it and returns
 // its canonical form: IPv4 dotted quad, IPv6 in RFC 5952 lower-case form, an
 // IPv4-mapped IPv6 address as plain IPv4, any zone dropped.

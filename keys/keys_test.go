@@ -111,3 +111,9 @@ func FuzzSplitRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+func TestGlobEscapeIsByteExact(t *testing.T) {
+	assert.Equal(t, `guard:`, GlobEscape("guard:"))
+	assert.Equal(t, `g\[1\]\*\?\\:`, GlobEscape(`g[1]*?\:`))
+	assert.Equal(t, "\xff\\*", GlobEscape("\xff*"), "invalid UTF-8 is kept as it is")
+}

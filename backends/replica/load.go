@@ -33,7 +33,7 @@ func (s *Sync) load(ctx context.Context) error {
 	}
 	var patterns []string
 	for _, k := range kinds {
-		patterns = append(patterns, globEscape(s.kb.Prefix)+k+":*")
+		patterns = append(patterns, keys.GlobEscape(s.kb.Prefix)+k+":*")
 	}
 	var bad []string
 	for _, p := range patterns {

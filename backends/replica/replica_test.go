@@ -207,8 +207,3 @@ func TestSyncRecoversAfterRedisRestart(t *testing.T) {
 	require.NoError(t, rdb.Set(ctx, "guard:block:clientid:after", "x", 0).Err())
 	eventuallyBlocked(t, r, q("after", "", ""), true)
 }
-
-func TestGlobEscapeIsByteExact(t *testing.T) {
-	assert.Equal(t, `g\[1\]\*\?\\:`, globEscape(`g[1]*?\:`))
-	assert.Equal(t, "\xff\\*", globEscape("\xff*"), "invalid UTF-8 is kept as it is")
-}

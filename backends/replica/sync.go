@@ -121,7 +121,7 @@ func (s *Sync) session(ctx context.Context) error {
 // subscribe listens to keyspace notifications for our keys on every master
 // (they are per node), and to the change channel.
 func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
-	pattern := fmt.Sprintf("__keyspace@%d__:%s*", s.o.DB, globEscape(s.kb.Prefix))
+	pattern := fmt.Sprintf("__keyspace@%d__:%s*", s.o.DB, keys.GlobEscape(s.kb.Prefix))
 	var subs []*redis.PubSub
 	err := s.eachMaster(ctx, func(c *redis.Client) error {
 		ps := c.PSubscribe(ctx, pattern)
@@ -280,17 +280,4 @@ func (s *Sync) fetch(ctx context.Context, batch []string) ([]*Entry, error) {
 		out[i] = e
 	}
 	return out, nil
-}
-
-// globEscape quotes the glob characters of a key prefix for SCAN MATCH and
-// PSUBSCRIBE, byte by byte: a prefix need not be valid UTF-8.
-func globEscape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if strings.IndexByte(`*?[]\`, s[i]) >= 0 {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -194,7 +194,7 @@ func ping(ctx context.Context, st *redisstore.Store) error {
 // the plugin can never match are named on stderr.
 func collectList(ctx context.Context, st *redisstore.Store, kind keys.Kind, scope string, limit int, stderr io.Writer) (listing, error) {
 	kb := st.Keys()
-	pattern := globEscape(kb.Prefix) + string(kind) + ":"
+	pattern := keys.GlobEscape(kb.Prefix) + string(kind) + ":"
 	if scope != "" {
 		pattern += scope + ":"
 	}
@@ -432,18 +432,6 @@ func neverMatches(e listEntry) string {
 		}
 	}
 	return ""
-}
-
-// globEscape escapes the glob characters of s, byte by byte, for SCAN MATCH.
-func globEscape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if strings.IndexByte(`*?[]\`, s[i]) >= 0 {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // origin is "auto" for the plugin's automatic bans, else "operator".

@@ -329,9 +329,9 @@ func TestCompareEntries(t *testing.T) {
 }
 
 func TestGlobEscape(t *testing.T) {
-	assert.Equal(t, `guard:`, globEscape("guard:"))
-	assert.Equal(t, `t\*\[1\]\?\\:`, globEscape(`t*[1]?\:`))
-	assert.Equal(t, "\xff\\*\xfe", globEscape("\xff*\xfe"), "byte by byte: invalid UTF-8 stays as it is")
+	assert.Equal(t, `guard:`, keys.GlobEscape("guard:"))
+	assert.Equal(t, `t\*\[1\]\?\\:`, keys.GlobEscape(`t*[1]?\:`))
+	assert.Equal(t, "\xff\\*\xfe", keys.GlobEscape("\xff*\xfe"), "byte by byte: invalid UTF-8 stays as it is")
 }
 
 func TestNeverMatches(t *testing.T) {
