@@ -126,8 +126,6 @@ func newConflicts(g *Guard, store ConflictStore, publish Publisher) *conflicts {
 	return c
 }
 
-func (c *conflicts) enabled() bool { return c != nil && c.cfg.Mode != ConflictOff && c.cfg.Mode != "" }
-
 // newConn describes a new connection of this broker.
 func (c *conflicts) newConn(principal string, ip string, now time.Time) redisstore.Conn {
 	return redisstore.Conn{

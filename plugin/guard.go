@@ -49,7 +49,6 @@ type Guard struct {
 	cache     *verifyCache
 	out       Output
 	stopSync  context.CancelFunc
-	acl       atomic.Bool // ACL checks are answered: flag banned connections
 
 	mu      sync.Mutex
 	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT

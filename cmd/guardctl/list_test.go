@@ -355,44 +355,21 @@ func TestNeverMatches(t *testing.T) {
 }
 
 // startCluster starts a Redis Cluster of two masters and returns the
-// addresses to give guardctl and a client of each master. It makes the test
-// parallel.
+// addresses to give guardctl and a client of each master.
 func startCluster(t *testing.T) (addrs string, nodes []*redis.Client) {
 	t.Helper()
-	ctx := context.Background()
-	var rs []*testenv.Redis
-	for i := range 2 {
-		r := testenv.StartRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "200")
-		rs = append(rs, r)
-		c := client(t, r.Addr)
-		nodes = append(nodes, c)
-		require.NoError(t, c.Do(ctx, "cluster", "addslotsrange", i*8192, i*8192+8191).Err())
+	cl := testenv.StartRedisCluster(t, 2)
+	for _, r := range cl.Nodes {
+		nodes = append(nodes, client(t, r.Addr))
 	}
-	require.NoError(t, nodes[0].ClusterMeet(ctx, "127.0.0.1", strconv.Itoa(rs[1].Port)).Err())
-	// A master reports the cluster ok no sooner than 2 s after its start
-	// (CLUSTER_WRITABLE_DELAY): wait while the other tests run.
-	t.Parallel()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok := true
-		for _, c := range nodes {
-			info, err := c.ClusterInfo(ctx).Result()
-			ok = ok && err == nil && strings.Contains(info, "cluster_state:ok")
-		}
-		if ok {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "the cluster did not form")
-		time.Sleep(20 * time.Millisecond)
-	}
-	return rs[0].Addr + "," + rs[1].Addr, nodes
+	return cl.Addrs, nodes
 }
 
 func TestCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("forms a Redis Cluster")
 	}
-	addrs, nodes := startCluster(t) // parallel from there on: no t.Setenv
+	addrs, nodes := startCluster(t)
 	ctx := context.Background()
 	ps := subscribe(t, nodes[1], "k:changes")
 	// An empty --redis-password beats GUARD_REDIS_PASSWORD, which a parallel
