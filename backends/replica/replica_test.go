@@ -207,3 +207,29 @@ func TestSyncRecoversAfterRedisRestart(t *testing.T) {
 	require.NoError(t, rdb.Set(ctx, "guard:block:clientid:after", "x", 0).Err())
 	eventuallyBlocked(t, r, q("after", "", ""), true)
 }
+
+// Without keyspace notifications and without a change-channel message, a
+// raw redis-cli change arrives at the next periodic reload, and a deleted
+// key leaves the replica then too.
+func TestPeriodicReloadIsTheSafetyNet(t *testing.T) {
+	srv := testenv.StartRedis(t, "--rename-command", "CONFIG", "")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	require.NoError(t, rdb.Set(ctx, "guard:block:clientid:old", "x", 0).Err())
+	r := New(kb)
+	s := NewSync(r, rdb, Options{ResyncEvery: 300 * time.Millisecond})
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.Run(runCtx); close(done) }()
+	defer func() { cancel(); <-done }()
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	require.NotNil(t, r.Lookup(q("old", "", ""), time.Now()).Block)
+
+	require.NoError(t, rdb.Set(ctx, "guard:block:clientid:new", "x", 0).Err())
+	require.NoError(t, rdb.Del(ctx, "guard:block:clientid:old").Err())
+	time.Sleep(50 * time.Millisecond)
+	assert.Nil(t, r.Lookup(q("new", "", ""), time.Now()).Block, "no notification reaches it")
+	eventuallyBlocked(t, r, q("new", "", ""), true)
+	eventuallyBlocked(t, r, q("old", "", ""), false)
+}
