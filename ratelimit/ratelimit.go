@@ -4,13 +4,23 @@
 // # Policy
 //
 // Failures are counted per value of a scope (an IP address, a client ID or a
-// username) with github.com/go-redis/redis_rate: a key may fail Policy.Limit
-// times within Policy.Window (default 5 per minute). redis_rate is a GCRA
-// limiter, so the allowance refills steadily, one failure every
-// Window/Limit, rather than all at once at the end of a fixed window. The
-// failure that goes over the limit bans the key automatically for
+// username) with github.com/go-redis/redis_rate, a GCRA limiter, set to
+// Burst = Policy.Limit and Rate = 1 per Policy.Window: a key has an allowance
+// of Limit failures, which refills by one failure per Window. The failure
+// that finds the allowance empty bans the key automatically for
 // Policy.BanTime (default 10m); each repeat offence doubles the ban, up to
 // Policy.BanMax (default 24h): 10m, 20m, 40m, ... 24h.
+//
+// What that guarantees, for Limit L and Window W (proof in Limit's comment):
+//   - L+1 failures inside any span shorter than W always ban;
+//   - L failures at once never ban a key whose allowance is full;
+//   - a key that keeps failing more often than once per W is banned once its
+//     L spare failures are spent: over a long time a guesser gets L + t/W
+//     tries, where a fixed or sliding window (fail2ban's findtime) would give
+//     it L per W for ever.
+//
+// The usual reading of "L failures per W" (fail2ban's maxretry/findtime)
+// allows L*t/W tries in the long run; this allows L + t/W.
 //
 // # Keys
 //
@@ -73,8 +83,6 @@ type rediser interface {
 
 	Get(ctx context.Context, key string) *redis.StringCmd
 	SetArgs(ctx context.Context, key string, value interface{}, a redis.SetArgs) *redis.StatusCmd
-	Incr(ctx context.Context, key string) *redis.IntCmd
-	PExpire(ctx context.Context, key string, expiration time.Duration) *redis.BoolCmd
 }
 
 // Policy is the failed-auth policy.
@@ -144,8 +152,31 @@ func New(rdb rediser, kb keys.Builder, p Policy) *Limiter {
 		rate:   redis_rate.NewLimiter(rdb),
 		kb:     kb,
 		policy: p,
-		limit:  redis_rate.Limit{Rate: p.Limit, Burst: p.Limit, Period: p.Window},
+		limit:  p.RedisRate(),
 	}
+}
+
+// RedisRate is the redis_rate limit that enforces p: Burst = Limit, Rate = 1
+// per Window.
+//
+// Why these numbers: with emission interval T = Period/Rate = Window and
+// burst B = Limit, GCRA admits a request at time t only if TAT + T - B*T <= t,
+// and each admitted request moves TAT to max(TAT, t) + T. Take L+1 failures
+// at t1 <= ... <= t(L+1) with t(L+1) - t1 < Window. If the first L were all
+// admitted, TAT >= t1 + L*T after them, so the last is admitted only if
+// t1 + (L+1)T - L*T <= t(L+1), that is t(L+1) - t1 >= T = Window: false. So
+// one of the L+1 is refused, and that failure bans. With Rate = Limit (the
+// obvious choice, and the one used before) T is Window/L and up to 2L
+// failures fit in one window without a ban.
+func (p Policy) RedisRate() redis_rate.Limit {
+	p = p.withDefaults()
+	return redis_rate.Limit{Rate: 1, Burst: p.Limit, Period: p.Window}
+}
+
+// Rule describes what bans, as log lines and ban reasons state it, e.g.
+// "over 5 failed authentications (5 allowed, refilling 1 per 1m0s)".
+func (p Policy) Rule() string {
+	return fmt.Sprintf("over %d failed authentications (%d allowed, refilling 1 per %s)", p.Limit, p.Limit, p.Window)
 }
 
 // Policy returns the policy in force, defaults filled in.
@@ -208,9 +239,8 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 		Duration: d,
 		Expires:  now.Add(d),
 	}
-	b.Reason = fmt.Sprintf("%s%d failed authentications within %s (offence %d, %s) at %s",
-		ReasonPrefix, l.policy.Limit+1, l.policy.Window, offence, d,
-		now.UTC().Format(time.RFC3339))
+	b.Reason = fmt.Sprintf("%s%s (offence %d, %s) at %s",
+		ReasonPrefix, l.policy.Rule(), offence, d, now.UTC().Format(time.RFC3339))
 
 	err = l.rdb.SetArgs(ctx, b.Key, b.Reason, redis.SetArgs{Mode: "NX", TTL: d}).Err()
 	switch {
@@ -219,17 +249,74 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	case err != nil:
 		return nil, fmt.Errorf("ratelimit: write ban: %w", err)
 	}
-	if err := l.rdb.Incr(ctx, offKey).Err(); err != nil {
-		return b, fmt.Errorf("ratelimit: ban written, count offence: %w", err)
-	}
 	keep := d + l.policy.BanMax
 	if keep < d {
 		keep = math.MaxInt64 // absurd BanMax: forget offences never, rather than at once
 	}
-	if err := l.rdb.PExpire(ctx, offKey, keep).Err(); err != nil {
-		return b, fmt.Errorf("ratelimit: ban written, expire offences: %w", err)
+	// INCR and PEXPIRE in one MULTI on the one key: never a count without a TTL.
+	if err := incrExpire.Run(ctx, l.rdb, []string{offKey}, keep.Milliseconds()).Err(); err != nil {
+		return b, fmt.Errorf("ratelimit: ban written, count offence: %w", err)
 	}
 	return b, nil
+}
+
+// incrExpire counts one offence and sets its expiry in one atomic step.
+var incrExpire = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return n`)
+
+// Reset forgets the failures counted for value in scope (not its offences):
+// an operator who lifts an automatic ban early gives the key a full allowance
+// again, and the next ban still escalates.
+func (l *Limiter) Reset(ctx context.Context, scope keys.Scope, value string) error {
+	if err := l.rate.Reset(ctx, l.kb.Fail(scope, value)); err != nil {
+		return fmt.Errorf("ratelimit: reset: %w", err)
+	}
+	return nil
+}
+
+// Throttle is a username throttle that ThrottleFail wrote: not a ban (no
+// block key), a key that refuses the username's attempts from sources it
+// never authenticated from, until it expires by itself.
+type Throttle struct {
+	Username string
+	Key      string // the throttle key written, e.g. guard:throttle:username:bob
+	Reason   string
+	Duration time.Duration
+}
+
+// ThrottleFail counts one failed authentication of username from any
+// source, on every broker, with the same shape as Fail: limit failures
+// allowed, refilling 1 per Window. The failure that finds the allowance empty
+// writes the throttle key (SET NX, so one broker writes it and logs it) for as
+// long as the allowance needs to admit one more failure. It returns the
+// throttle written, or nil.
+func (l *Limiter) ThrottleFail(ctx context.Context, username string, limit int) (*Throttle, error) {
+	lim := redis_rate.Limit{Rate: 1, Burst: limit, Period: l.policy.Window}
+	res, err := l.rate.Allow(ctx, l.kb.ThrottleCount(username), lim)
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: count username failure: %w", err)
+	}
+	if res.Allowed > 0 {
+		return nil, nil
+	}
+	d := max(res.RetryAfter.Truncate(time.Millisecond), time.Second)
+	t := &Throttle{
+		Username: username,
+		Key:      l.kb.Throttle(username),
+		Duration: d,
+		Reason: fmt.Sprintf("%sover %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) at %s",
+			ReasonPrefix, limit, limit, l.policy.Window, time.Now().UTC().Format(time.RFC3339)),
+	}
+	err = l.rdb.SetArgs(ctx, t.Key, t.Reason, redis.SetArgs{Mode: "NX", TTL: d}).Err()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, nil // another broker started this episode
+	case err != nil:
+		return nil, fmt.Errorf("ratelimit: write throttle: %w", err)
+	}
+	return t, nil
 }
 
 // Ban is an automatic ban that Fail wrote.

@@ -162,7 +162,7 @@ func TestFirstBan(t *testing.T) {
 	assert.Equal(t, 1, b.Offence)
 	assert.Equal(t, 10*time.Second, b.Duration)
 	assert.WithinDuration(t, before.Add(10*time.Second), b.Expires, tolerance)
-	assert.True(t, strings.HasPrefix(b.Reason, "auto: 4 failed authentications within 1m0s (offence 1, 10s) at "), b.Reason)
+	assert.True(t, strings.HasPrefix(b.Reason, "auto: over 3 failed authentications (3 allowed, refilling 1 per 1m0s) (offence 1, 10s) at "), b.Reason)
 	_, err = time.Parse(time.RFC3339, b.Reason[strings.LastIndex(b.Reason, " ")+1:])
 	assert.NoError(t, err, "reason ends with an RFC 3339 time: %s", b.Reason)
 
@@ -438,4 +438,72 @@ func TestRedisDown(t *testing.T) {
 	cancel()
 	_, err = l.Fail(ctx, keys.IP, "192.0.2.7")
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+// The rule the log line states: fail_limit+1 failures inside one fail_window
+// always ban, however they are spread inside it. With redis_rate at Rate =
+// Burst = fail_limit (before), 4 failures spread over 1 s of a 2 s window
+// with fail_limit 3 did not ban.
+func TestLimitPlusOneInsideWindowBans(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	l := New(rdb, kb, Policy{Limit: 3, Window: 2 * time.Second, BanTime: time.Minute, BanMax: time.Hour})
+	var ban *Ban
+	for i := 0; i < 4; i++ {
+		if i > 0 {
+			time.Sleep(330 * time.Millisecond)
+		}
+		b, err := l.Fail(ctx, keys.IP, "192.0.2.44")
+		require.NoError(t, err)
+		if i < 3 {
+			require.Nil(t, b, "failure %d of 3 allowed", i+1)
+		}
+		ban = b
+	}
+	require.NotNil(t, ban, "4 failures within 1 s of a 2 s window must ban")
+}
+
+func TestResetForgetsFailuresNotOffences(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	l := New(rdb, kb, Policy{Limit: 2, Window: time.Minute, BanTime: time.Minute, BanMax: time.Hour})
+	b := failUntilBan(t, l, keys.IP, "192.0.2.9", 5)
+	require.NoError(t, rdb.Del(ctx, b.Key).Err())
+	require.NoError(t, l.Reset(ctx, keys.IP, "192.0.2.9"))
+	for i := 0; i < 2; i++ {
+		b, err := l.Fail(ctx, keys.IP, "192.0.2.9")
+		require.NoError(t, err)
+		require.Nil(t, b, "a full allowance again after the reset")
+	}
+	b = failUntilBan(t, l, keys.IP, "192.0.2.9", 1)
+	assert.Equal(t, 2, b.Offence, "offences are kept: the next ban escalates")
+	assertPTTL(t, rdb, kb.Offences(keys.IP, "192.0.2.9"), 2*time.Minute+time.Hour)
+}
+
+func TestThrottleFail(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	l := New(rdb, kb, Policy{Limit: 5, Window: 2 * time.Second, BanTime: time.Minute, BanMax: time.Hour})
+	for i := 0; i < 3; i++ {
+		th, err := l.ThrottleFail(ctx, "bob", 3)
+		require.NoError(t, err)
+		require.Nil(t, th)
+	}
+	th, err := l.ThrottleFail(ctx, "bob", 3)
+	require.NoError(t, err)
+	require.NotNil(t, th, "the 4th failure of the username throttles it")
+	assert.Equal(t, "guard:throttle:username:bob", th.Key)
+	assert.True(t, strings.HasPrefix(th.Reason, "auto: over 3 failed authentications of this username"), th.Reason)
+	assert.LessOrEqual(t, th.Duration, 2*time.Second)
+	th, err = l.ThrottleFail(ctx, "bob", 3)
+	require.NoError(t, err)
+	assert.Nil(t, th, "one episode is written once")
+	n, err := rdb.Exists(ctx, "guard:block:username:bob").Result()
+	require.NoError(t, err)
+	assert.Zero(t, n, "a throttle is not a ban")
+	require.Eventually(t, func() bool { return rdb.Exists(ctx, "guard:throttle:username:bob").Val() == 0 },
+		3*time.Second, 50*time.Millisecond, "the throttle lifts by itself")
 }
