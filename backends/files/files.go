@@ -6,38 +6,51 @@
 package files
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
 )
-
-// defaultDummyIterations is mosquitto_passwd's PBKDF2 iteration count, for
-// the dummy hash of a file that has no $7$ line.
-const defaultDummyIterations = "101"
 
 // Store is an immutable set of users loaded from one file; it is safe for
 // concurrent use.
 type Store struct {
 	users map[string]string
 	v     hashes.Verifier
-	// dummy is checked for unknown users so that they cost about as much
-	// time as known ones: a $7$ hash that no password matches.
+	// dummy is checked for unknown users so that they cost as much time as
+	// known ones: a hash that no password is known to match, of the class
+	// (format, cost parameters, salt and key lengths) that most users of the
+	// file have.
 	dummy string
 }
 
 // Load reads the password file at path, checking every hash with v. A file
 // that cannot be read is an error; skipped lines are returned, not fatal.
+//
+// The dummy hash for unknown users is v.DummyLike a hash of the class that
+// most users have; when classes tie for most users, the one whose first user
+// comes first in the file wins (with a tie, either choice leaves the other
+// users' timing distinguishable: keep a file to one class to leak nothing).
+// A file without users gets hashes.DefaultDummy, mosquitto_passwd's default
+// class.
 func Load(path string, v hashes.Verifier) (*Store, []LineError, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("files: read password_file %s: %w", path, err)
 	}
 	p, skipped := parse(data, path, v)
-	return &Store{users: p.users, v: v, dummy: dummyHash(p.lastPBKDF2)}, skipped, nil
+	return &Store{users: p.users, v: v, dummy: dummyLike(v, p.like)}, skipped, nil
+}
+
+// dummyLike is v.DummyLike(like), or the default dummy for no users.
+func dummyLike(v hashes.Verifier, like string) string {
+	if like != "" {
+		if d, err := v.DummyLike(like); err == nil {
+			return d
+		}
+		// Unreachable: like passed v's checks in parse.
+	}
+	return hashes.DefaultDummy()
 }
 
 // Hash returns the stored hash of username.
@@ -52,14 +65,15 @@ func (s *Store) Len() int {
 }
 
 // Verify looks username up and verifies password against its hash. An
-// unknown user is false with no error, after checking a dummy hash as costly
-// as the file's last $7$ hash (or mosquitto_passwd's default), so that
-// timing tells little about which users exist. An error comes only from a
-// hash that fails verification, which Load's checks make unlikely.
+// unknown user is false with no error, after verifying password against the
+// dummy hash (see Load), which costs what the most common class of the file
+// costs, so that timing tells little about which users exist. An error comes
+// only from a hash that fails verification, which Load's checks make
+// unlikely.
 func (s *Store) Verify(username string, password []byte) (bool, error) {
 	h, ok := s.users[username]
 	if !ok {
-		_, _ = s.v.Verify(s.dummy, password)
+		_, _ = s.v.Verify(s.dummy, password) // the result is thrown away
 		return false, nil
 	}
 	ok, err := s.v.Verify(h, password)
@@ -67,17 +81,4 @@ func (s *Store) Verify(username string, password []byte) (bool, error) {
 		return false, fmt.Errorf("files: verify: %w", err)
 	}
 	return ok, nil
-}
-
-// dummyHash builds a $7$ hash with the iteration count of like (a $7$ hash
-// that validated) or the default, and a random salt and hash.
-func dummyHash(like string) string {
-	iterations := defaultDummyIterations
-	if like != "" {
-		iterations = strings.Split(like, "$")[2]
-	}
-	b := make([]byte, 12+64)
-	_, _ = rand.Read(b) // never fails since Go 1.24
-	enc := base64.StdEncoding
-	return "$7$" + iterations + "$" + enc.EncodeToString(b[:12]) + "$" + enc.EncodeToString(b[12:])
 }

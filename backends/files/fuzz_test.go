@@ -9,7 +9,8 @@ import (
 )
 
 // FuzzParse checks that no file content panics the parser, that every
-// accepted user has a non-empty name and a hash that validates, and that a
+// accepted user has a non-empty name and a hash that validates, that the
+// dummy's model hash is a user's (or "" for no users), and that a
 // report never quotes a long enough part of what followed a line's ':'.
 // Run it with: go test -fuzz FuzzParse ./backends/files
 func FuzzParse(f *testing.F) {
@@ -30,6 +31,13 @@ func FuzzParse(f *testing.F) {
 			if err := v.Validate(hash); err != nil {
 				t.Fatalf("accepted hash fails Validate: %v", err)
 			}
+		}
+		likeIsAUser := false
+		for _, hash := range p.users {
+			likeIsAUser = likeIsAUser || hash == p.like
+		}
+		if likeIsAUser != (len(p.users) > 0) {
+			t.Fatal("the dummy's model is not one of the users' hashes")
 		}
 		if len(p.users)+len(skipped) > len(lines) {
 			t.Fatalf("%d users and %d reports from %d lines", len(p.users), len(skipped), len(lines))

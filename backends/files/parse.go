@@ -36,8 +36,10 @@ const blanks = " \t\r\n\v\f"
 // parsed is the outcome of parsing a whole password file.
 type parsed struct {
 	users map[string]string
-	// lastPBKDF2 is the hash of the last accepted $7$ line, or "".
-	lastPBKDF2 string
+	// like is a hash of the class (hashes.Verifier.Class) that most users
+	// have; of those tied for most, the class met first in the file. "" when
+	// there are no users.
+	like string
 }
 
 // parse reads data in mosquitto_passwd format: one username:hash per line,
@@ -49,6 +51,12 @@ type parsed struct {
 func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 	p := parsed{users: make(map[string]string)}
 	firstLine := make(map[string]int)
+	// Per hash class: its users, and the first of them in file order.
+	type classCount struct {
+		users, order int
+		hash         string
+	}
+	classes := make(map[string]*classCount)
 	var skipped []LineError
 	for n := 1; len(data) > 0; n++ {
 		var raw []byte
@@ -57,7 +65,7 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 		} else {
 			raw, data = data, nil
 		}
-		user, hash, reason := parseLine(string(raw), v)
+		user, hash, class, reason := parseLine(string(raw), v)
 		switch {
 		case reason == "" && user == "":
 			continue // blank or comment
@@ -72,41 +80,54 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 		}
 		firstLine[user] = n
 		p.users[user] = hash
-		if hashes.Format(hash) == "sha512-pbkdf2" {
-			p.lastPBKDF2 = hash
+		c := classes[class]
+		if c == nil {
+			c = &classCount{order: len(classes), hash: hash}
+			classes[class] = c
 		}
+		c.users++
+	}
+	var best *classCount
+	for _, c := range classes {
+		if best == nil || c.users > best.users || c.users == best.users && c.order < best.order {
+			best = c
+		}
+	}
+	if best != nil {
+		p.like = best.hash
 	}
 	return p, skipped
 }
 
-// parseLine returns the username and hash of one line, or a reason to skip
-// it; all three are empty for a blank or comment line. A reason is fixed
-// text and never quotes the line.
-func parseLine(line string, v hashes.Verifier) (user, hash, reason string) {
+// parseLine returns the username, hash and hash class of one line, or a
+// reason to skip it; all four are empty for a blank or comment line. A reason
+// is fixed text and never quotes the line.
+func parseLine(line string, v hashes.Verifier) (user, hash, class, reason string) {
 	line = strings.TrimSuffix(line, "\r")
 	trimmed := strings.TrimLeft(line, blanks)
 	if trimmed == "" || trimmed[0] == '#' {
-		return "", "", ""
+		return "", "", "", ""
 	}
 	before, after, found := strings.Cut(line, ":")
 	if !found {
-		return "", "", "no ':' between username and hash"
+		return "", "", "", "no ':' between username and hash"
 	}
 	user = strings.Trim(before, blanks)
 	hash = strings.Trim(after, blanks)
 	switch {
 	case user == "":
-		return "", "", "empty username"
+		return "", "", "", "empty username"
 	case len(user) > maxUsernameBytes:
-		return "", "", "username longer than 65535 bytes"
+		return "", "", "", "username longer than 65535 bytes"
 	case !utf8.ValidString(user) || strings.ContainsRune(user, 0):
-		return "", "", "username is not valid UTF-8 without NUL"
+		return "", "", "", "username is not valid UTF-8 without NUL"
 	case hash == "":
-		return "", "", "empty hash"
+		return "", "", "", "empty hash"
 	}
-	if err := v.Validate(hash); err != nil {
+	class, err := v.Class(hash) // Validate's checks and errors
+	if err != nil {
 		// hashes' errors are fixed text that never quotes the hash.
-		return "", "", "hash rejected (" + err.Error() + ")"
+		return "", "", "", "hash rejected (" + err.Error() + ")"
 	}
-	return user, hash, ""
+	return user, hash, class, ""
 }

@@ -125,7 +125,10 @@ func TestParseGoAuthHashes(t *testing.T) {
 	ok, err = s.Verify("hank", []byte("U*U"))
 	require.NoError(t, err)
 	assert.True(t, ok)
-	assert.True(t, strings.HasPrefix(s.dummy, "$7$101$"), "no $7$ line: default cost")
+	// One user each: the tie goes to the first line's class.
+	dc, err := hashes.Verifier{SaltEncoding: hashes.SaltUTF8}.Class(s.dummy)
+	require.NoError(t, err)
+	assert.Equal(t, "PBKDF2$sha512$1000$<16 utf8>$<64>", dc)
 
 	// With base64 salts the first line does not validate.
 	_, skipped, err = Load(path, hashes.Verifier{})
@@ -135,16 +138,41 @@ func TestParseGoAuthHashes(t *testing.T) {
 	assert.NotContains(t, skipped[0].Error(), "abcdEFGH")
 }
 
-func TestDummyFollowsLastPBKDF2(t *testing.T) {
+// TestDummyFollowsMostCommonClass: the dummy is of the class most users
+// have, whatever the order of the lines; a tie goes to the class met first.
+func TestDummyFollowsMostCommonClass(t *testing.T) {
 	salt := base64.StdEncoding.EncodeToString(make([]byte, 12))
 	sum := base64.StdEncoding.EncodeToString(make([]byte, 64))
-	content := "a:$7$5000$" + salt + "$" + sum + "\nb:" + hash6Password + "\nc:$7$777$" + salt + "$" + sum + "\nd:" + hash6Password + "\n"
-	s, skipped, err := Load(writeFile(t, content), hashes.Verifier{})
-	require.NoError(t, err)
-	require.Empty(t, skipped)
-	assert.True(t, strings.HasPrefix(s.dummy, "$7$777$"), s.dummy)
-	require.NoError(t, hashes.Verifier{}.Validate(s.dummy))
-	assert.NotEqual(t, dummyHash(""), dummyHash(""), "random salts")
+	h5000 := "$7$5000$" + salt + "$" + sum
+	h777 := "$7$777$" + salt + "$" + sum
+	for _, tc := range []struct {
+		name  string
+		lines []string
+		want  string
+	}{
+		{"majority last", []string{h5000, hash6Password, h777, h777, hash6Password, h777}, "$7$777$<12>$<64>"},
+		{"majority first", []string{hash6Password, hash6Password, h5000, h777}, "$6$<12>$<64>"},
+		{"tie: first class in the file", []string{h5000, h777, h777, h5000}, "$7$5000$<12>$<64>"},
+		{"tie: other order", []string{h777, h5000, h5000, h777}, "$7$777$<12>$<64>"},
+		{"one user", []string{hash6Password}, "$6$<12>$<64>"},
+		{"no users", nil, "$7$101$<12>$<64>"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var sb strings.Builder
+			for i, h := range tc.lines {
+				fmt.Fprintf(&sb, "u%d:%s\n", i, h)
+			}
+			s, skipped, err := Load(writeFile(t, sb.String()), hashes.Verifier{})
+			require.NoError(t, err)
+			require.Empty(t, skipped)
+			c, err := hashes.Verifier{}.Class(s.dummy)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, c, s.dummy)
+			for _, h := range tc.lines {
+				assert.NotEqual(t, h, s.dummy)
+			}
+		})
+	}
 }
 
 func TestLoadTenThousandUsers(t *testing.T) {

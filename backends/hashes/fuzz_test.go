@@ -9,8 +9,8 @@ import (
 // paths are the same as with the defaults.
 var fuzzLimits = limits{iterations: 20_000, argonMemory: 256, argonTime: 3, bcryptCost: 5}
 
-// FuzzVerify checks that no stored hash, however broken, panics, and that an
-// error is never a match. Run it with: go test -fuzz FuzzVerify ./backends/hashes
+// FuzzVerify checks that no stored hash, however broken, panics, that an
+// error is never a match, and that DummyLike keeps an accepted hash's class. Run it with: go test -fuzz FuzzVerify ./backends/hashes
 func FuzzVerify(f *testing.F) {
 	for _, tc := range mosquittoVectors {
 		f.Add(tc.encoded, []byte(tc.password), false)
@@ -41,6 +41,21 @@ func FuzzVerify(f *testing.F) {
 		// Tighter limits may refuse what the defaults accept, never the reverse.
 		if validateErr != nil && err == nil {
 			t.Fatalf("Validate refused (%v) what verify accepted", validateErr)
+		}
+
+		// An accepted hash has a class and a dummy of that class, never
+		// equal to it; a refused one has neither. (The dummy is not
+		// verified: the default limits allow costly parameters.)
+		class, classErr := v.Class(encoded)
+		dummy, dummyErr := v.DummyLike(encoded)
+		if (classErr == nil) != (validateErr == nil) || (dummyErr == nil) != (validateErr == nil) {
+			t.Fatalf("Validate %v, Class %v, DummyLike %v", validateErr, classErr, dummyErr)
+		}
+		if validateErr == nil {
+			dummyClass, err := v.Class(dummy)
+			if err != nil || dummyClass != class || dummy == encoded {
+				t.Fatalf("dummy of class %q (%v), want %q", dummyClass, err, class)
+			}
 		}
 	})
 }

@@ -41,7 +41,7 @@ func (v Verifier) parseGoAuthPBKDF2(encoded string, lim limits) (checker, error)
 	if err != nil {
 		return nil, err
 	}
-	salt, err := v.goAuthSalt(f[3], base64.StdEncoding, format)
+	salt, rawSalt, err := v.goAuthSalt(f[3], base64.StdEncoding, format)
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +52,8 @@ func (v Verifier) parseGoAuthPBKDF2(encoded string, lim limits) (checker, error)
 	if err := checkPBKDF2Work(iter, len(want), blockLen, format, lim); err != nil {
 		return nil, err
 	}
-	return pbkdf2Checker{newHash: newHash, salt: salt, want: want, iterations: iter}, nil
+	return pbkdf2Checker{newHash: newHash, salt: salt, want: want, iterations: iter,
+		form: pbkdf2Form{prefix: "PBKDF2$" + f[1] + "$", rawSalt: rawSalt}}, nil
 }
 
 func (v Verifier) parseGoAuthPHC(encoded string, lim limits) (checker, error) {
@@ -87,7 +88,7 @@ func (v Verifier) parseGoAuthPHC(encoded string, lim limits) (checker, error) {
 	if !ok {
 		return nil, malformed(format, "key length is not a decimal number")
 	}
-	salt, err := v.goAuthSalt(f[2], base64.RawStdEncoding, format)
+	salt, rawSalt, err := v.goAuthSalt(f[2], base64.RawStdEncoding, format)
 	if err != nil {
 		return nil, err
 	}
@@ -102,17 +103,26 @@ func (v Verifier) parseGoAuthPHC(encoded string, lim limits) (checker, error) {
 	if err := checkPBKDF2Work(iter, len(want), blockLen, format, lim); err != nil {
 		return nil, err
 	}
-	return pbkdf2Checker{newHash: newHash, salt: salt, want: want, iterations: iter}, nil
+	prefix := "pbkdf2-sha512$"
+	if strings.HasPrefix(encoded, "$") {
+		prefix = "$" + prefix
+	}
+	return pbkdf2Checker{newHash: newHash, salt: salt, want: want, iterations: iter,
+		form: pbkdf2Form{prefix: prefix, phc: true, rawSalt: rawSalt}}, nil
 }
 
-// goAuthSalt decodes a go-auth PBKDF2 salt field per the salt encoding.
-func (v Verifier) goAuthSalt(s string, enc *base64.Encoding, format string) ([]byte, error) {
+// goAuthSalt decodes a go-auth PBKDF2 salt field per the salt encoding, and
+// says whether that field is the raw salt.
+func (v Verifier) goAuthSalt(s string, enc *base64.Encoding, format string) ([]byte, bool, error) {
 	raw, err := v.utf8Salt()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
+	var salt []byte
 	if raw {
-		return rawField(s, format, "salt")
+		salt, err = rawField(s, format, "salt")
+	} else {
+		salt, err = decodeField(enc, s, format, "salt")
 	}
-	return decodeField(enc, s, format, "salt")
+	return salt, raw, err
 }

@@ -14,6 +14,10 @@
 // parameters that would tie up the broker (huge iteration counts, memory
 // costs or lengths) are refused as malformed. Error messages never quote the
 // stored hash, so they may be logged.
+//
+// For an unknown user, Verifier.DummyLike gives a hash that costs what a
+// known user's hash costs, so that failing on a name is as slow as failing on
+// a password (see dummy.go).
 package hashes
 
 import (
@@ -79,6 +83,11 @@ var defaultLimits = limits{
 // checker is a parsed hash, ready for the expensive comparison.
 type checker interface {
 	check(password []byte) (bool, error)
+	// class is the hash with its salt and digest replaced by their lengths
+	// (see Verifier.Class).
+	class() string
+	// dummy is a new hash of the same class with a random salt and digest.
+	dummy() string
 }
 
 // Verify reports whether password matches encoded. A malformed or

@@ -40,6 +40,19 @@ type pbkdf2Checker struct {
 	newHash    func() hash.Hash
 	salt, want []byte
 	iterations int
+	form       pbkdf2Form
+}
+
+// pbkdf2Form is how a PBKDF2 hash is written, for its class and its dummy.
+type pbkdf2Form struct {
+	// prefix comes before the parameters: "$7$", "PBKDF2$sha512$",
+	// "PBKDF2$sha256$", "$pbkdf2-sha512$" or "pbkdf2-sha512$".
+	prefix string
+	// phc: parameters "i=<iterations>,l=<key length>" and unpadded base64;
+	// otherwise "<iterations>" and padded base64.
+	phc bool
+	// rawSalt: the salt field is the salt itself (go-auth's utf-8 encoding).
+	rawSalt bool
 }
 
 func (c pbkdf2Checker) check(password []byte) (bool, error) {
@@ -92,7 +105,8 @@ func parseMosquittoPBKDF2(encoded string, lim limits) (checker, error) {
 	if len(want) != mosquittoHashLen {
 		return nil, malformed(format, "hash is not 64 bytes")
 	}
-	return pbkdf2Checker{newHash: sha512.New, salt: salt, want: want, iterations: iter}, nil
+	return pbkdf2Checker{newHash: sha512.New, salt: salt, want: want, iterations: iter,
+		form: pbkdf2Form{prefix: "$7$"}}, nil
 }
 
 func parseIterations(s, format string, lim limits) (int, error) {

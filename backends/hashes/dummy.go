@@ -1,0 +1,197 @@
+package hashes
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"sync"
+)
+
+// Dummy hashes keep a failed login for an unknown user from being faster
+// than one for a known user: the caller verifies the password against a
+// dummy of the class that a known user's hash would have, and throws the
+// result away. A hash's class is its format and everything that sets the
+// cost of verifying it: the iterations, bcrypt cost or argon2 m, t and p,
+// the PBKDF2 digest, the salt and key lengths, and the textual form (so that
+// the dummy parses the same way). Salt and digest are not part of it.
+
+// maxDummyClasses bounds the dummy cache. A broker sees a handful of classes
+// (one per tool and setting that wrote its hashes); past the bound, an
+// arbitrary entry is dropped for each new class.
+const maxDummyClasses = 64
+
+var dummies = struct {
+	sync.Mutex
+	byClass map[string]string
+}{byClass: make(map[string]string)}
+
+// Class names the class of encoded: encoded with its salt and digest each
+// replaced by "<n>", their length in bytes ("<n utf8>" for a go-auth salt
+// stored as itself), and its numbers in canonical decimal. For example
+//
+//	$7$101$<12>$<64>
+//	PBKDF2$sha512$100000$<16>$<64>
+//	$pbkdf2-sha512$i=100000,l=64$<16>$<64>
+//	$2b$10$<16><23>
+//	$argon2id$v=19$m=65536,t=3,p=4$<16>$<32>
+//
+// Two hashes of one class cost the same to verify. A class holds no salt or
+// digest, so it may be logged. Errors are those of Validate.
+func (v Verifier) Class(encoded string) (string, error) {
+	c, err := v.parse(encoded, defaultLimits)
+	if err != nil {
+		return "", err
+	}
+	return c.class(), nil
+}
+
+// DummyLike returns a hash of the same class as encoded (see Class) with a
+// random salt and a random digest, for an unknown user: verifying a password
+// against it with v costs what verifying against encoded costs. Its result
+// must be thrown away: no password is known to match a dummy, but a tiny
+// key (go-auth PBKDF2 allows one byte) matches some passwords by chance.
+//
+// Dummies are cached per class (up to 64 classes), so a call costs a parse
+// of encoded and a map look-up, never a hash computation, and repeated calls
+// for one class return the same dummy. DummyLike is safe for concurrent use.
+// A malformed or unsupported encoded is the error Validate would return.
+func (v Verifier) DummyLike(encoded string) (string, error) {
+	c, err := v.parse(encoded, defaultLimits)
+	if err != nil {
+		return "", err
+	}
+	class := c.class()
+	dummies.Lock()
+	defer dummies.Unlock()
+	if d, ok := dummies.byClass[class]; ok {
+		return d, nil
+	}
+	if len(dummies.byClass) >= maxDummyClasses {
+		for k := range dummies.byClass {
+			delete(dummies.byClass, k)
+			break
+		}
+	}
+	d := c.dummy() // random bytes and encoding only: microseconds
+	dummies.byClass[class] = d
+	return d, nil
+}
+
+// DefaultDummy returns a dummy of the class mosquitto_passwd 2.0 writes by
+// default ($7$, 101 iterations, 12-byte salt), for when no known user's hash
+// is at hand. Its format does not depend on a Verifier's salt encoding.
+func DefaultDummy() string {
+	d, err := Verifier{}.DummyLike(defaultTemplate)
+	if err != nil {
+		panic("hashes: default dummy template: " + err.Error())
+	}
+	return d
+}
+
+// defaultTemplate is a well-formed $7$ hash of mosquitto_passwd's default
+// class; all of its salt and digest bytes are zero.
+var defaultTemplate = "$7$101$" + base64.StdEncoding.EncodeToString(make([]byte, 12)) +
+	"$" + base64.StdEncoding.EncodeToString(make([]byte, mosquittoHashLen))
+
+// randomBytes returns n bytes from crypto/rand (which never fails since
+// Go 1.24).
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// rawSaltAlphabet is what a dummy's go-auth utf-8 salt is made of: never '$'
+// nor a blank, one byte per character.
+const rawSaltAlphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// randomText returns n random bytes of rawSaltAlphabet.
+func randomText(n int) string {
+	b := randomBytes(n)
+	for i := range b {
+		b[i] = rawSaltAlphabet[b[i]&63]
+	}
+	return string(b)
+}
+
+// lenTag is a field of a class: "<n>".
+func lenTag(n int) string {
+	return "<" + strconv.Itoa(n) + ">"
+}
+
+func (c sha512Checker) class() string {
+	return "$6$" + lenTag(len(c.salt)) + "$" + lenTag(len(c.want))
+}
+
+func (c sha512Checker) dummy() string {
+	enc := base64.StdEncoding
+	return "$6$" + enc.EncodeToString(randomBytes(len(c.salt))) + "$" + enc.EncodeToString(randomBytes(len(c.want)))
+}
+
+// params is the parameter field: "101" or "i=101,l=64".
+func (c pbkdf2Checker) params() string {
+	if c.form.phc {
+		return "i=" + strconv.Itoa(c.iterations) + ",l=" + strconv.Itoa(len(c.want))
+	}
+	return strconv.Itoa(c.iterations)
+}
+
+func (c pbkdf2Checker) encoding() *base64.Encoding {
+	if c.form.phc {
+		return base64.RawStdEncoding
+	}
+	return base64.StdEncoding
+}
+
+func (c pbkdf2Checker) class() string {
+	salt := lenTag(len(c.salt))
+	if c.form.rawSalt {
+		salt = "<" + strconv.Itoa(len(c.salt)) + " utf8>"
+	}
+	return c.form.prefix + c.params() + "$" + salt + "$" + lenTag(len(c.want))
+}
+
+func (c pbkdf2Checker) dummy() string {
+	enc := c.encoding()
+	salt := ""
+	if c.form.rawSalt {
+		salt = randomText(len(c.salt))
+	} else {
+		salt = enc.EncodeToString(randomBytes(len(c.salt)))
+	}
+	return c.form.prefix + c.params() + "$" + salt + "$" + enc.EncodeToString(randomBytes(len(c.want)))
+}
+
+// bcrypt's salt is 16 bytes and its stored digest 23, in bcrypt's own
+// unpadded base64.
+var bcryptEncoding = base64.NewEncoding(rawSaltAlphabet).WithPadding(base64.NoPadding)
+
+const (
+	bcryptSaltBytes   = 16
+	bcryptDigestBytes = 23
+	bcryptPrefixLen   = len("$2b$10$")
+)
+
+func (c bcryptChecker) class() string {
+	return string(c.encoded[:bcryptPrefixLen]) + lenTag(bcryptSaltBytes) + lenTag(bcryptDigestBytes)
+}
+
+func (c bcryptChecker) dummy() string {
+	return string(c.encoded[:bcryptPrefixLen]) +
+		bcryptEncoding.EncodeToString(randomBytes(bcryptSaltBytes)) +
+		bcryptEncoding.EncodeToString(randomBytes(bcryptDigestBytes))
+}
+
+func (c argon2Checker) params() string {
+	return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=%d$", c.memory, c.time, c.threads)
+}
+
+func (c argon2Checker) class() string {
+	return c.params() + lenTag(len(c.salt)) + "$" + lenTag(len(c.want))
+}
+
+func (c argon2Checker) dummy() string {
+	enc := base64.RawStdEncoding
+	return c.params() + enc.EncodeToString(randomBytes(len(c.salt))) + "$" + enc.EncodeToString(randomBytes(len(c.want)))
+}
