@@ -156,6 +156,23 @@ func NormalizeIP(s string) (netip.Addr, error) {
 	return a.Unmap().WithZone(""), nil
 }
 
+// ParseIPKey parses the value of an ip key. It must be an address in the
+// canonical form NormalizeIP gives the clients' addresses (192.0.2.1,
+// 2001:db8::1; IPv4-mapped written as IPv4, no zone): the plugin looks IPs
+// up in that form only, so a key written any other way can never match. The
+// error names the canonical form when s is an address written otherwise
+// (NormalizeIP(s) returns it).
+func ParseIPKey(s string) (netip.Addr, error) {
+	a, err := NormalizeIP(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("keys: bad IP address %q: expected an address such as 192.0.2.1 or 2001:db8::1", s)
+	}
+	if c := a.String(); c != s {
+		return netip.Addr{}, fmt.Errorf("keys: bad IP address %q: expected the canonical address %s", s, c)
+	}
+	return a, nil
+}
+
 // Prefixes returns every network containing ip, most specific first:
 // 33 networks for IPv4 (/32 down to /0), 129 for IPv6.
 func Prefixes(ip netip.Addr) []netip.Prefix {

@@ -67,6 +67,56 @@ func TestNormalizeIP(t *testing.T) {
 	}
 }
 
+func TestParseIPKey(t *testing.T) {
+	for _, good := range []string{"192.0.2.7", "0.0.0.0", "::1", "::", "2001:db8::1", "fe80::1", "2001:db8:0:1:1:1:1:1", "::102:304"} {
+		a, err := ParseIPKey(good)
+		require.NoError(t, err, good)
+		assert.Equal(t, good, a.String())
+		n, err := NormalizeIP(good)
+		require.NoError(t, err)
+		assert.Equal(t, n, a, "a canonical key matches the client address it names")
+	}
+	// Addresses written in another form: the error names the canonical one.
+	for in, want := range map[string]string{
+		"0:0:0:0:0:0:0:1":        "::1",
+		"::ffff:1.2.3.4":         "1.2.3.4",
+		"::FFFF:1.2.3.4":         "1.2.3.4",
+		"2001:DB8::1":            "2001:db8::1",
+		"2001:db8:0:0:0:0:0:1":   "2001:db8::1",
+		"2001:0db8::1":           "2001:db8::1",
+		"2001:db8::1%eth0":       "2001:db8::1",
+		"2001:db8:0:1:1:1:1:1%x": "2001:db8:0:1:1:1:1:1",
+	} {
+		_, err := ParseIPKey(in)
+		require.Error(t, err, in)
+		assert.Equal(t, `keys: bad IP address "`+in+`": expected the canonical address `+want, err.Error())
+	}
+	// No address at all (netip refuses IPv4 octets with leading zeros: 010
+	// is 8 to inet_aton, so no canonical form is guessed).
+	for _, bad := range []string{"", "not-an-ip", "127.000.0.1", "1.2.3", "1.2.3.4:5", "1.2.3.4/32", " 1.2.3.4", "1.2.3.4\n", "[::1]"} {
+		_, err := ParseIPKey(bad)
+		require.Error(t, err, "%q", bad)
+		assert.Contains(t, err.Error(), "expected an address such as 192.0.2.1 or 2001:db8::1", "%q", bad)
+	}
+}
+
+func FuzzParseIPKey(f *testing.F) {
+	for _, s := range []string{"192.0.2.1", "::1", "0:0:0:0:0:0:0:1", "::ffff:1.2.3.4", "2001:DB8::1", "x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := ParseIPKey(s)
+		if err != nil {
+			return
+		}
+		// Accepted: exactly the form the plugin looks up.
+		n, nerr := NormalizeIP(s)
+		if nerr != nil || n != a || a.String() != s {
+			t.Fatalf("ParseIPKey accepted %q, which a client address normalises to %v (%v)", s, n, nerr)
+		}
+	})
+}
+
 func TestPrefixes(t *testing.T) {
 	v4 := Prefixes(netip.MustParseAddr("203.0.113.77"))
 	require.Len(t, v4, 33)

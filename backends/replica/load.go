@@ -48,7 +48,7 @@ func (s *Sync) load(ctx context.Context) error {
 				for i, k := range batch {
 					if v := vals[i]; v != nil {
 						if err := fresh.Put(k, v.Value, v.Expires); err != nil {
-							bad = append(bad, fmt.Sprintf("range key %q can never match: %v", k, err))
+							bad = append(bad, err.Error()) // names the key and what was expected
 						}
 					}
 				}

@@ -8,6 +8,7 @@
 package replica
 
 import (
+	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -156,18 +157,35 @@ func (r *Replica) classify(key string) (keyClass, keys.Kind, netip.Prefix, strin
 	if !ok {
 		return classNone, "", netip.Prefix{}, "", nil
 	}
-	if scope != keys.CIDR {
-		return classList, kind, netip.Prefix{}, value, nil
+	switch scope {
+	case keys.IP:
+		if _, err := keys.ParseIPKey(value); err != nil {
+			return classNone, kind, netip.Prefix{}, value, r.ipKeyError(key, kind, value, err)
+		}
+	case keys.CIDR:
+		p, err := keys.ParseCIDR(value)
+		if err != nil {
+			return classNone, kind, netip.Prefix{}, value, fmt.Errorf("range key %q can never match: %w", key, err)
+		}
+		return classRange, kind, p, value, nil
 	}
-	p, err := keys.ParseCIDR(value)
-	if err != nil {
-		return classNone, kind, netip.Prefix{}, value, err
-	}
-	return classRange, kind, p, value, nil
+	return classList, kind, netip.Prefix{}, value, nil
 }
 
-// Put stores key with value and expiry (zero: never). It returns an error
-// for a range key that can never match (malformed network).
+// ipKeyError says why the ip key key can never match: the plugin looks
+// clients up by their canonical address only. It names the key expected
+// when value is an address written in another form.
+func (r *Replica) ipKeyError(key string, kind keys.Kind, value string, err error) error {
+	if a, nerr := keys.NormalizeIP(value); nerr == nil {
+		return fmt.Errorf("ip key %q can never match: expected %s", key, r.kb.List(kind, keys.IP, a.String()))
+	}
+	return fmt.Errorf("ip key %q can never match: %w", key, err)
+}
+
+// Put stores key with value and expiry (zero: never). A list key that can
+// never match, a range that is no canonical network or an ip key that is no
+// canonical address, is not stored: Put returns an error, whose text names
+// the key and the form expected, ready to log.
 func (r *Replica) Put(key, value string, expires time.Time) error {
 	class, kind, p, user, err := r.classify(key)
 	if err != nil || class == classNone {

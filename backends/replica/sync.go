@@ -242,7 +242,7 @@ func (s *Sync) refetch(ctx context.Context, batch []string) error {
 		if v == nil {
 			s.r.Delete(k)
 		} else if err := s.r.Put(k, v.Value, v.Expires); err != nil {
-			s.o.Log(true, "range key "+fmt.Sprintf("%q", k)+" can never match: "+err.Error())
+			s.o.Log(true, err.Error()) // names the key and what was expected
 			continue
 		}
 		if s.o.OnChange != nil {

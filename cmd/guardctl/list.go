@@ -411,27 +411,26 @@ func fetchEntries(ctx context.Context, rdb redis.UniversalClient, entries []list
 	return kept, notString, nil
 }
 
-// neverMatches says why the plugin can never match e, or "" when it can.
+// neverMatches says why the plugin can never match e, or "" when it can: an
+// ip key that is no canonical address (keys.ParseIPKey) or a range key that
+// is no canonical network (keys.ParseCIDR), as the plugin reports them too.
 func neverMatches(e listEntry) string {
+	var err error
 	switch e.Scope {
 	case keys.IP:
-		ip, err := keys.NormalizeIP(e.Value)
-		switch {
-		case err != nil:
-			return "not an IP address"
-		case ip.String() != e.Value:
-			return "expected the address written " + ip.String()
-		}
+		_, err = keys.ParseIPKey(e.Value)
 	case keys.CIDR:
-		if _, err := keys.ParseCIDR(e.Value); err != nil {
-			_, msg, _ := strings.Cut(err.Error(), ": expected ")
-			if msg == "" {
-				return strings.TrimPrefix(err.Error(), "keys: ")
-			}
-			return "expected " + msg
-		}
+		_, err = keys.ParseCIDR(e.Value)
 	}
-	return ""
+	if err == nil {
+		return ""
+	}
+	// The last one: the value, quoted before it, may hold ": expected " too.
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": expected "); i >= 0 {
+		return msg[i+2:]
+	}
+	return strings.TrimPrefix(msg, "keys: ")
 }
 
 // origin is "auto" for the plugin's automatic bans, else "operator".

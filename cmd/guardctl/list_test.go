@@ -342,16 +342,56 @@ func TestNeverMatches(t *testing.T) {
 	}{
 		{keys.IP, "192.0.2.1", ""},
 		{keys.IP, "2001:db8::1", ""},
-		{keys.IP, "::ffff:192.0.2.1", "expected the address written 192.0.2.1"},
-		{keys.IP, "2001:DB8::1", "expected the address written 2001:db8::1"},
-		{keys.IP, "host", "not an IP address"},
+		{keys.IP, "::ffff:192.0.2.1", "expected the canonical address 192.0.2.1"},
+		{keys.IP, "2001:DB8::1", "expected the canonical address 2001:db8::1"},
+		{keys.IP, "0:0:0:0:0:0:0:1", "expected the canonical address ::1"},
+		{keys.IP, "fe80::1%eth0", "expected the canonical address fe80::1"},
+		{keys.IP, "host", "expected an address such as 192.0.2.1 or 2001:db8::1"},
+		{keys.IP, "127.000.0.1", "expected an address such as 192.0.2.1 or 2001:db8::1"},
+		{keys.IP, "x: expected y", "expected an address such as 192.0.2.1 or 2001:db8::1"},
 		{keys.CIDR, "10.0.0.0/8", ""},
 		{keys.CIDR, "10.1.0.0/8", "expected the canonical network 10.0.0.0/8"},
 		{keys.CIDR, "x", "expected a network such as 203.0.113.0/24 or 2001:db8::/32"},
+		{keys.CIDR, "::ffff:1.2.3.0/90", `bad range "::ffff:1.2.3.0/90": an IPv4-mapped range must be at least /96`},
 		{keys.ClientID, "::ffff:192.0.2.1", ""},
 	} {
 		assert.Equal(t, tc.why, neverMatches(listEntry{Scope: tc.scope, Value: tc.value}), "%s %q", tc.scope, tc.value)
 	}
+}
+
+// guardctl list names the ip keys the plugin can never match, as it does
+// the range keys: with the canonical address expected when there is one.
+func TestListReportsNonCanonicalIPKeys(t *testing.T) {
+	t.Setenv(passwordEnv, "")
+	r := testenv.StartRedis(t)
+	c := client(t, r.Addr)
+	ctx := context.Background()
+	for _, k := range []string{
+		"guard:block:ip:0:0:0:0:0:0:0:1", "guard:block:ip:2001:DB8::1", "guard:block:ip:127.000.0.1",
+		"guard:block:ip:192.0.2.1", "guard:allow:ip:::ffff:1.2.3.4", "guard:allow:ip:not-an-ip",
+	} {
+		require.NoError(t, c.Set(ctx, k, "x", 0).Err())
+	}
+
+	code, _, errOut := ctl(t, r.Addr, "guard:", "list", "--scope", "ip")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, `guardctl: guard:block:ip:0:0:0:0:0:0:0:1 can never match: expected the canonical address ::1
+guardctl: guard:block:ip:127.000.0.1 can never match: expected an address such as 192.0.2.1 or 2001:db8::1
+guardctl: guard:block:ip:2001:DB8::1 can never match: expected the canonical address 2001:db8::1
+`, sortLines(errOut))
+
+	code, _, errOut = ctl(t, r.Addr, "guard:", "list", "--allow")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, `guardctl: guard:allow:ip:::ffff:1.2.3.4 can never match: expected the canonical address 1.2.3.4
+guardctl: guard:allow:ip:not-an-ip can never match: expected an address such as 192.0.2.1 or 2001:db8::1
+`, sortLines(errOut))
+}
+
+// sortLines sorts the lines of s, so a test need not depend on list order.
+func sortLines(s string) string {
+	lines := strings.SplitAfter(s, "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "")
 }
 
 // startCluster starts a Redis Cluster of two masters and returns the
