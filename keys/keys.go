@@ -7,10 +7,13 @@
 // (':' , '*', spaces, newlines, 20 000-byte client IDs) maps to exactly one key
 // and no two values share one. Keys are only ever read with exact commands
 // (GET, PTTL, SET), never with glob patterns, so glob characters cannot widen
-// a match.
+// a match. The keys of conflict tracking, which any client creates by
+// connecting, name long client IDs by a hash instead: see Tracking.
 package keys
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -78,16 +81,53 @@ func (b Builder) Fail(scope Scope, value string) string {
 	return b.List(Fail, scope, value)
 }
 
+// TrackingMax is the longest client ID or principal that conflict tracking
+// stores as it is; see Tracking.
+const TrackingMax = 256
+
+// trackingHashed starts the hashed form of Tracking.
+const trackingHashed = "sha256:"
+
+// Tracking returns the form in which conflict tracking stores a client ID or
+// a principal (username): in the names of its keys (conn, seen, takeovers),
+// the members of the brokerconns sets, the fields and JSON values of its
+// hashes and the findings stream. That is s itself when it is at most
+// TrackingMax bytes long and does not start with "sha256:"; otherwise
+// "sha256:" and the lower-case hex SHA-256 of s (71 bytes). Tracking data is
+// written by any client that connects and kept for conflict_window, so what
+// a client chooses (up to 65 535 bytes each) must not size it.
+//
+// The same value always has the same form, on every broker, so matching is
+// unaffected; and no two values share one: hashing whatever starts with
+// "sha256:" keeps a short client ID from posing as the hash of a long one.
+// So Tracking is not idempotent: the form of a hashed form is another hash.
+// The allow and block keys never use it: they name values exactly.
+func Tracking(s string) string {
+	if len(s) <= TrackingMax && !strings.HasPrefix(s, trackingHashed) {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return trackingHashed + hex.EncodeToString(sum[:])
+}
+
 // Conn returns the hash of the live connections using clientID, one field
-// per broker instance.
-func (b Builder) Conn(clientID string) string { return b.Prefix + "conn:" + clientID }
+// per broker instance. The key names the client ID in its Tracking form.
+func (b Builder) Conn(clientID string) string { return b.ConnTracked(Tracking(clientID)) }
+
+// ConnTracked is Conn for a client ID already in its Tracking form, as the
+// BrokerConns sets hold them.
+func (b Builder) ConnTracked(tracked string) string { return b.Prefix + "conn:" + tracked }
 
 // Seen returns the hash of the principals that used clientID within the
-// conflict window, one field per principal.
-func (b Builder) Seen(clientID string) string { return b.Prefix + "seen:" + clientID }
+// conflict window, one field per principal (in its Tracking form). The key
+// names the client ID in its Tracking form.
+func (b Builder) Seen(clientID string) string { return b.Prefix + "seen:" + Tracking(clientID) }
 
-// Takeovers returns the counter of duplicate connections of clientID.
-func (b Builder) Takeovers(clientID string) string { return b.Prefix + "takeovers:" + clientID }
+// Takeovers returns the counter of duplicate connections of clientID, named
+// by its Tracking form.
+func (b Builder) Takeovers(clientID string) string {
+	return b.Prefix + "takeovers:" + Tracking(clientID)
+}
 
 // Fold returns the hash that folds repeats of one finding; id identifies the
 // finding (a hash of its client ID, principals and kind).
@@ -99,7 +139,8 @@ func (b Builder) Findings() string { return b.Prefix + "findings" }
 // Brokers returns the sorted set of broker instances, scored by lease expiry (unix ms).
 func (b Builder) Brokers() string { return b.Prefix + "brokers" }
 
-// BrokerConns returns the set of client IDs a broker instance holds live.
+// BrokerConns returns the set of client IDs a broker instance holds live,
+// each in its Tracking form.
 func (b Builder) BrokerConns(instance string) string { return b.Prefix + "brokerconns:" + instance }
 
 // Changes returns the channel the plugin and guardctl publish the name of

@@ -1,6 +1,8 @@
 package keys
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/netip"
 	"strings"
 	"testing"
@@ -166,4 +168,45 @@ func TestGlobEscapeIsByteExact(t *testing.T) {
 	assert.Equal(t, `guard:`, GlobEscape("guard:"))
 	assert.Equal(t, `g\[1\]\*\?\\:`, GlobEscape(`g[1]*?\:`))
 	assert.Equal(t, "\xff\\*", GlobEscape("\xff*"), "invalid UTF-8 is kept as it is")
+}
+
+func TestTracking(t *testing.T) {
+	at := strings.Repeat("a", TrackingMax)
+	over := at + "b"
+	long := strings.Repeat("x", 65535)
+	hashOf := func(s string) string {
+		sum := sha256.Sum256([]byte(s))
+		return "sha256:" + hex.EncodeToString(sum[:])
+	}
+	for _, s := range []string{"", "dev-1", "a:b*", "line\nbreak", "<anonymous>", "sha256", at} {
+		assert.Equal(t, s, Tracking(s), "kept as it is: %.40q", s)
+	}
+	for _, s := range []string{over, long, "sha256:", "sha256:abc", hashOf(long)} {
+		got := Tracking(s)
+		assert.Equal(t, hashOf(s), got, "hashed: %.40q", s)
+		assert.Len(t, got, 71)
+	}
+	assert.Equal(t, Tracking(long), Tracking(strings.Repeat("x", 65535)), "the same value, the same form")
+	assert.NotEqual(t, Tracking(long), Tracking(long[1:]))
+	assert.NotEqual(t, Tracking(long), Tracking(Tracking(long)), "a short value never poses as the hash of a long one")
+}
+
+func TestTrackingKeys(t *testing.T) {
+	b := Builder{Prefix: "guard:"}
+	long := strings.Repeat("L", 65535)
+	h := Tracking(long)
+	assert.Equal(t, "guard:conn:"+h, b.Conn(long))
+	assert.Equal(t, "guard:seen:"+h, b.Seen(long))
+	assert.Equal(t, "guard:takeovers:"+h, b.Takeovers(long))
+	assert.Equal(t, b.Conn(long), b.ConnTracked(h), "a brokerconns member names its conn key")
+	for _, k := range []string{b.Conn(long), b.Seen(long), b.Takeovers(long)} {
+		assert.LessOrEqual(t, len(k), len("guard:takeovers:")+TrackingMax)
+	}
+	// Short client IDs keep their readable keys.
+	assert.Equal(t, "guard:conn:dev-1", b.Conn("dev-1"))
+	assert.Equal(t, "guard:seen:a:b", b.Seen("a:b"))
+	assert.Equal(t, "guard:takeovers:dev-1", b.Takeovers("dev-1"))
+	// The operator-facing keys name every value exactly.
+	assert.Equal(t, "guard:block:clientid:"+long, b.List(Block, ClientID, long))
+	assert.Equal(t, "guard:allow:username:"+long, b.List(Allow, Username, long))
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // Anonymous is the principal of a client without a username.
@@ -19,12 +20,14 @@ const Anonymous = "<anonymous>"
 
 // principalOf returns who a client is, for conflict detection: the
 // authenticated username, or Anonymous. (Certificate identities will be
-// principals too; they belong here.)
+// principals too; they belong here.) It is in its keys.Tracking form, the
+// form Redis holds and it is compared with: a username of up to 65 535
+// bytes must not size what tracking keeps.
 func principalOf(c Client) string {
 	if !c.HasUsername {
 		return Anonymous
 	}
-	return c.Username
+	return keys.Tracking(c.Username)
 }
 
 // RuleClientIDConflict refuses a client ID live under another principal.
@@ -84,6 +87,8 @@ type conflicts struct {
 	// on this broker: a reconnect within quietFor skips the read. Nothing is
 	// lost: a newcomer's own first connect reads, and sees the incumbent.
 	quiet map[string]quietMark
+	// seen and quiet outlive the connections: they hold client IDs in their
+	// keys.Tracking form, so that an entry's size does not depend on them.
 }
 
 type quietMark struct {
@@ -282,7 +287,7 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 				delete(c.current, ev.clientID)
 				setLive(ev.clientID, nil)
 			}
-			if c.seen[seenKey{ev.clientID, left.Principal}].connID == left.ID {
+			if c.seen[seenKey{keys.Tracking(ev.clientID), left.Principal}].connID == left.ID {
 				writes = append(writes, redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Left: &left})
 			}
 			if st, ok := overlay[ev.clientID]; ok {
@@ -321,7 +326,7 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 // isQuiet reports whether ev's client ID read back quiet for its principal
 // less than quietFor ago.
 func (c *conflicts) isQuiet(ev conflictEvent, now int64) bool {
-	m, ok := c.quiet[ev.clientID]
+	m, ok := c.quiet[keys.Tracking(ev.clientID)]
 	return ok && m.principal == ev.conn.Principal && now-m.at < quietFor.Milliseconds()
 }
 
@@ -330,26 +335,26 @@ func (c *conflicts) isQuiet(ev conflictEvent, now int64) bool {
 func (c *conflicts) noteQuiet(ev conflictEvent, st *redisstore.State, alive map[string]bool, now int64) {
 	for _, x := range st.Seen {
 		if x.Principal != ev.conn.Principal {
-			delete(c.quiet, ev.clientID)
+			delete(c.quiet, keys.Tracking(ev.clientID))
 			return
 		}
 	}
 	for _, x := range st.Live {
 		if x.Instance != c.instance && alive[x.Instance] {
-			delete(c.quiet, ev.clientID)
+			delete(c.quiet, keys.Tracking(ev.clientID))
 			return
 		}
 	}
 	if len(c.quiet) >= seenMemoMax {
 		c.quiet = map[string]quietMark{}
 	}
-	c.quiet[ev.clientID] = quietMark{principal: ev.conn.Principal, at: now}
+	c.quiet[keys.Tracking(ev.clientID)] = quietMark{principal: ev.conn.Principal, at: now}
 }
 
 // seenFresh reports whether ev's principal had its use of the client ID
 // recorded less than seenRefresh ago; if not, ev's connection records it.
 func (c *conflicts) seenFresh(ev conflictEvent, now int64) bool {
-	k := seenKey{ev.clientID, ev.conn.Principal}
+	k := seenKey{keys.Tracking(ev.clientID), ev.conn.Principal}
 	if m, ok := c.seen[k]; ok && now-m.at < seenRefresh.Milliseconds() {
 		return true
 	}

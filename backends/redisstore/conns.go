@@ -11,11 +11,18 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // Conn is one connection of a client ID, as brokers record it in Redis.
 // Field order matters: the JSON encoding starts with the ID, which is how
 // the compare-and-delete scripts recognise an entry.
+//
+// Principal is compared with the principals read back from Redis, so it
+// must be in its keys.Tracking form already. As a safeguard, Redis never
+// gets a principal, IP or broker name longer than keys.TrackingMax: such a
+// value is stored hashed.
 type Conn struct {
 	ID             string `json:"id"`       // unique per connection: instance-sequence
 	Instance       string `json:"instance"` // the plugin instance that holds it
@@ -26,10 +33,23 @@ type Conn struct {
 	DisconnectedMs int64  `json:"disconnected_ms,omitempty"`
 }
 
-func (c Conn) encode() string {
-	b, _ := json.Marshal(c) // cannot fail: plain strings and numbers
-	return string(b)
+// bounded returns c as Redis stores it: no string longer than
+// keys.TrackingMax. A value in its keys.Tracking form is unchanged.
+func (c Conn) bounded() Conn {
+	c.Principal, c.IP, c.Broker = bound(c.Principal), bound(c.IP), bound(c.Broker)
+	return c
 }
+
+// bound hashes a value longer than keys.TrackingMax, as keys.Tracking does;
+// it leaves shorter ones, which may be keys.Tracking forms already, alone.
+func bound(s string) string {
+	if len(s) > keys.TrackingMax {
+		return keys.Tracking(s)
+	}
+	return s
+}
+
+func (c Conn) encode() string { return jsonString(c.bounded()) }
 
 func (c Conn) prefix() string { return `{"id":` + strconv.Quote(c.ID) }
 
@@ -85,7 +105,8 @@ func (s *Store) ClientIDStates(ctx context.Context, ids []string) (map[string]St
 }
 
 // ConnWrite is what one batch of connection events changes for one client
-// ID on one broker instance. Only that instance writes its field of the
+// ID on one broker instance. ClientID is the client ID itself: Redis gets
+// its keys.Tracking form. Only that instance writes its field of the
 // client ID's live hash, and it applies its events in order, so it writes
 // the final state of the batch, no compare-and-delete needed.
 type ConnWrite struct {
@@ -124,17 +145,17 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		switch {
 		case w.SetLive && w.Live != nil:
 			pipe.HSet(ctx, s.kb.Conn(w.ClientID), w.Instance, w.Live.encode())
-			pipe.SAdd(ctx, s.kb.BrokerConns(w.Instance), w.ClientID)
+			pipe.SAdd(ctx, s.kb.BrokerConns(w.Instance), keys.Tracking(w.ClientID))
 		case w.SetLive:
 			pipe.HDel(ctx, s.kb.Conn(w.ClientID), w.Instance)
-			pipe.SRem(ctx, s.kb.BrokerConns(w.Instance), w.ClientID)
+			pipe.SRem(ctx, s.kb.BrokerConns(w.Instance), keys.Tracking(w.ClientID))
 		}
 		if w.Seen != nil {
-			pipe.HSet(ctx, s.kb.Seen(w.ClientID), w.Seen.Principal, w.Seen.encode())
+			pipe.HSet(ctx, s.kb.Seen(w.ClientID), bound(w.Seen.Principal), w.Seen.encode())
 			pipe.PExpire(ctx, s.kb.Seen(w.ClientID), window)
 		}
 		if w.Left != nil {
-			cas(ctx, pipe, []string{s.kb.Seen(w.ClientID)}, w.Left.Principal, w.Left.prefix(), w.Left.encode())
+			cas(ctx, pipe, []string{s.kb.Seen(w.ClientID)}, bound(w.Left.Principal), w.Left.prefix(), w.Left.encode())
 		}
 	}
 	_, err := pipe.Exec(ctx)
@@ -205,7 +226,7 @@ func (s *Store) Reap(ctx context.Context, instance string) error {
 		if len(ids) > 0 {
 			pipe := s.rdb.Pipeline()
 			for _, id := range ids {
-				pipe.HDel(ctx, s.kb.Conn(id), instance)
+				pipe.HDel(ctx, s.kb.ConnTracked(id), instance)
 			}
 			if _, err := pipe.Exec(ctx); err != nil {
 				return fmt.Errorf("redisstore: reap: %w", err)

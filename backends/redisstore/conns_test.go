@@ -2,12 +2,16 @@ package redisstore
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 func TestWriteConns(t *testing.T) {
@@ -109,4 +113,176 @@ func TestWriteConnsSurvivesScriptFlush(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, live)
 	assert.EqualValues(t, 2, seen[0].DisconnectedMs)
+}
+
+// Client IDs and usernames are the client's choice, up to 65 535 bytes each,
+// and tracking keeps them for the conflict window: keys, fields, members and
+// values stay bounded, and one long client ID still maps to one set of keys.
+func TestWriteConnsBoundsClientChosenValues(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	id := strings.Repeat("C", 65535)
+	h := keys.Tracking(id)
+	user := keys.Tracking(strings.Repeat("U", 65535)) // as the plugin passes a principal
+	raw := strings.Repeat("V", 65535)                 // a caller that forgot: hashed all the same
+	a := Conn{ID: "i1-1", Instance: "i1", Broker: "b", Principal: user, IP: "192.0.2.1", ConnectedMs: 1000}
+	b := Conn{ID: "i2-1", Instance: "i2", Broker: "b", Principal: raw, IP: "192.0.2.2", ConnectedMs: 1500}
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{
+		{ClientID: id, Instance: "i1", SetLive: true, Live: &a, Seen: &a},
+		{ClientID: id, Instance: "i2", SetLive: true, Live: &b, Seen: &b},
+	}, time.Hour))
+
+	assert.Equal(t, "2", r.CLI("HLEN", "guard:conn:"+h))
+	assert.Equal(t, "2", r.CLI("HLEN", "guard:seen:"+h))
+	assert.Equal(t, h, r.CLI("SMEMBERS", "guard:brokerconns:i1"))
+	assert.ElementsMatch(t, []string{user, keys.Tracking(raw)}, strings.Split(r.CLI("HKEYS", "guard:seen:"+h), "\n"))
+	assertBounded(t, s)
+
+	live, seen, err := state(s, id)
+	require.NoError(t, err)
+	require.Len(t, live, 2)
+	require.Len(t, seen, 2)
+	assert.Equal(t, keys.Tracking(raw), live[0].Principal)
+	assert.Equal(t, user, seen[1].Principal, "a principal in its Tracking form is stored as it is")
+	lc, err := s.LiveConns(ctx, id)
+	require.NoError(t, err)
+	assert.Len(t, lc, 2)
+
+	// The disconnect of the long principal finds its record.
+	left := b
+	left.DisconnectedMs = 2000
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: id, Instance: "i2", SetLive: true, Left: &left}}, time.Hour))
+	live, seen, err = state(s, id)
+	require.NoError(t, err)
+	assert.Len(t, live, 1)
+	assert.EqualValues(t, 2000, seen[0].DisconnectedMs)
+	assert.Equal(t, "0", r.CLI("SCARD", "guard:brokerconns:i2"))
+
+	// A short client ID that reads like the hash has keys of its own.
+	c := Conn{ID: "i1-2", Instance: "i1", Principal: "p", ConnectedMs: 3000}
+	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: h, Instance: "i1", SetLive: true, Live: &c, Seen: &c}}, time.Hour))
+	live, _, err = state(s, h)
+	require.NoError(t, err)
+	require.Len(t, live, 1)
+	assert.Equal(t, "i1-2", live[0].ID)
+	live, _, err = state(s, id)
+	require.NoError(t, err)
+	require.Len(t, live, 1)
+	assert.Equal(t, "i1-1", live[0].ID)
+
+	n, err := s.CountTakeover(ctx, id, time.Minute)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, n)
+	assert.Equal(t, "1", r.CLI("GET", "guard:takeovers:"+h))
+
+	// Reaping a broker clears its long client IDs by their stored form.
+	require.NoError(t, s.Reap(ctx, "i1"))
+	live, _, err = state(s, id)
+	require.NoError(t, err)
+	assert.Empty(t, live)
+	assertBounded(t, s)
+}
+
+// assertBounded checks that no key, hash field, set member or hash value
+// in Redis is sized by a client: keys, fields and members at most 300
+// bytes, values at most 1 KB.
+func assertBounded(t *testing.T, s *Store) {
+	t.Helper()
+	ctx := context.Background()
+	rdb := s.Client()
+	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
+	n := 0
+	for iter.Next(ctx) {
+		k := iter.Val()
+		n++
+		assert.LessOrEqual(t, len(k), 300, "key %.60q", k)
+		switch rdb.Type(ctx, k).Val() {
+		case "hash":
+			for f, v := range rdb.HGetAll(ctx, k).Val() {
+				assert.LessOrEqual(t, len(f), 300, "field of %.60q", k)
+				assert.LessOrEqual(t, len(v), 1024, "value of %.60q: %.60q", k, v)
+			}
+		case "set":
+			for _, m := range rdb.SMembers(ctx, k).Val() {
+				assert.LessOrEqual(t, len(m), 300, "member of %.60q", k)
+			}
+		}
+	}
+	require.NoError(t, iter.Err())
+	assert.NotZero(t, n)
+}
+
+// TestTrackingMemoryPerConnection measures what conflict tracking keeps in
+// Redis per connection when clients choose the largest values: live (conn
+// hash, seen hash, brokerconns member), then after the disconnect (the seen
+// entry, kept for the conflict window). Run with -v for the figures.
+func TestTrackingMemoryPerConnection(t *testing.T) {
+	const n = 2000
+	cases := []struct {
+		name       string
+		id         func(int) string
+		principal  string
+		live, kept int64 // bounds, bytes per connection
+	}{
+		{"65535-byte client ID and username (hashed)",
+			func(i int) string { return fmt.Sprintf("%05d", i) + strings.Repeat("C", 65530) },
+			keys.Tracking(strings.Repeat("U", 65535)), 2048, 1024},
+		{"256-byte client ID and username of '\"' (stored as they are; JSON doubles the username)",
+			func(i int) string { return fmt.Sprintf("%05d", i) + strings.Repeat(`\`, 251) },
+			strings.Repeat(`"`, 256), 4096, 2048},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := newStore(t, "guard:")
+			ctx := context.Background()
+			memory := func() int64 {
+				info := s.Client().Info(ctx, "memory").Val()
+				field := func(name string) int64 {
+					for _, l := range strings.Split(info, "\n") {
+						if v, ok := strings.CutPrefix(strings.TrimSpace(l), name+":"); ok {
+							n, _ := strconv.ParseInt(v, 10, 64)
+							return n
+						}
+					}
+					t.Fatalf("no %s", name)
+					return 0
+				}
+				return field("used_memory") - field("mem_clients_normal")
+			}
+			conn := func(i int) Conn {
+				return Conn{ID: fmt.Sprintf("0123456789ab-%d", i+1000), Instance: "0123456789ab", Broker: "broker-1",
+					Principal: tc.principal, IP: "192.0.2.1", ConnectedMs: 1_796_000_000_000 + int64(i)}
+			}
+			write := func(w func(i int) ConnWrite) {
+				for i := 0; i < n; i += 500 {
+					var ws []ConnWrite
+					for j := i; j < i+500 && j < n; j++ {
+						ws = append(ws, w(j))
+					}
+					require.NoError(t, s.WriteConns(ctx, ws, 31*24*time.Hour))
+				}
+			}
+			// Load the script and make the set before measuring.
+			warm := Conn{ID: "w-1", Instance: "0123456789ab", Principal: "p"}
+			require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "warm", Instance: "0123456789ab", SetLive: true, Live: &warm, Seen: &warm, Left: &warm}}, time.Hour))
+			time.Sleep(100 * time.Millisecond)
+
+			before := memory()
+			write(func(i int) ConnWrite {
+				c := conn(i)
+				return ConnWrite{ClientID: tc.id(i), Instance: c.Instance, SetLive: true, Live: &c, Seen: &c}
+			})
+			live := (memory() - before) / n
+			write(func(i int) ConnWrite {
+				c := conn(i)
+				c.DisconnectedMs = c.ConnectedMs + 1
+				return ConnWrite{ClientID: tc.id(i), Instance: c.Instance, SetLive: true, Left: &c}
+			})
+			kept := (memory() - before) / n
+			t.Logf("%s: %d bytes per live connection, %d bytes kept per client ID and principal after it", tc.name, live, kept)
+			assert.Less(t, live, tc.live)
+			assert.Less(t, kept, tc.kept)
+			assertBounded(t, s)
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -9,9 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // Finding reason and severity, as AWS IoT Device Defender names them for its
@@ -30,6 +34,11 @@ const (
 // Finding is one client-ID conflict. Repeats of the same finding (same
 // client ID, kind and principals) are folded: one stream entry per fold
 // period, with the count and first/last time kept in the fold hash.
+//
+// ClientID is the client ID itself when the plugin makes a finding (its log
+// line shows it, cut); the stream stores its keys.Tracking form, so that is
+// what Findings returns. Principals, like Conn.Principal, are in their
+// keys.Tracking form (longer ones are stored hashed).
 type Finding struct {
 	ID          string   `json:"id"` // stream entry ID
 	Reason      string   `json:"reason"`
@@ -49,7 +58,8 @@ type Finding struct {
 	Fold                    string `json:"fold"`
 }
 
-// FoldID identifies the repeats of one finding.
+// FoldID identifies the repeats of one finding. AddFinding passes the client
+// ID in its keys.Tracking form, as the stream has it.
 func FoldID(kind, clientID string, principals []string) string {
 	// Each part is length-prefixed, so no two lists of parts hash alike.
 	h := sha256.New()
@@ -82,7 +92,7 @@ return {0, n}`)
 // it to the findings stream (trimmed to about max entries). It returns
 // whether f was reported, with its ID and Count set.
 func (s *Store) AddFinding(ctx context.Context, f *Finding, period, ttl time.Duration, max int64) (bool, error) {
-	f.Fold = FoldID(f.Kind, f.ClientID, f.Principals)
+	f.Fold = FoldID(f.Kind, keys.Tracking(f.ClientID), boundAll(f.Principals))
 	res, err := foldScript.Run(ctx, s.rdb, []string{s.kb.Fold(f.Fold)}, f.TimeMs, period.Milliseconds(), ttl.Milliseconds()).Int64Slice()
 	if err != nil || len(res) != 2 {
 		return false, fmt.Errorf("redisstore: add finding: %v", err)
@@ -103,26 +113,43 @@ func (s *Store) AddFinding(ctx context.Context, f *Finding, period, ttl time.Dur
 
 func (f *Finding) values() []any {
 	var ips, brokers, connected []any
-	for _, c := range f.Connections {
+	conns := make([]Conn, len(f.Connections))
+	for i, c := range f.Connections {
+		c = c.bounded()
+		conns[i] = c
 		ips = append(ips, c.IP)
 		brokers = append(brokers, c.Broker)
 		connected = append(connected, c.ConnectedMs)
 	}
 	return []any{
 		"reason", f.Reason, "severity", f.Severity, "kind", f.Kind, "action", f.Action,
-		"clientid", f.ClientID, "principals", jsonString(f.Principals),
+		"clientid", keys.Tracking(f.ClientID), "principals", jsonString(boundAll(f.Principals)),
 		"ips", jsonString(ips), "brokers", jsonString(brokers), "connected_ms", jsonString(connected),
-		"disconnected_ms", f.DisplacedDisconnectedMs, "connections", jsonString(f.Connections),
+		"disconnected_ms", f.DisplacedDisconnectedMs, "connections", jsonString(conns),
 		"time_ms", f.TimeMs, "count", f.Count, "fold", f.Fold,
 	}
 }
 
+// boundAll returns values with each longer than keys.TrackingMax hashed (bound).
+func boundAll(values []string) []string {
+	out := make([]string, len(values))
+	for i, v := range values {
+		out[i] = bound(v)
+	}
+	return out
+}
+
+// jsonString encodes v as JSON, with <, > and & as they are: the values are
+// client-chosen, and escaping each as \u003c would make them six times larger.
 func jsonString(v any) string {
 	if s, ok := v.([]any); ok && s == nil {
 		return "[]"
 	}
-	b, _ := json.Marshal(v)
-	return string(b)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // cannot fail: plain strings, numbers and Conns
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // Findings returns the findings reported since the given time, newest first,

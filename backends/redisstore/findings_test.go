@@ -180,9 +180,9 @@ func TestFindingsHostileClientIDs(t *testing.T) {
 	require.Len(t, got, len(ids))
 	for i, id := range ids {
 		f := got[len(ids)-1-i]
-		assert.Equal(t, id, f.ClientID, "client ID %d round-trips exactly", i)
+		assert.Equal(t, keys.Tracking(id), f.ClientID, "client ID %d round-trips exactly (a long one as its hash)", i)
 		assert.Equal(t, int64(1), f.Count, "client ID %d has its own fold", i)
-		assert.Equal(t, FoldID(KindCrossPrincipal, id, []string{"alice"}), f.Fold)
+		assert.Equal(t, FoldID(KindCrossPrincipal, keys.Tracking(id), []string{"alice"}), f.Fold)
 	}
 }
 
@@ -209,4 +209,44 @@ func TestLastAuditRoundTrip(t *testing.T) {
 	r.CLI("SET", "fg:audit:last", "garbage")
 	_, _, err = s.LastAudit(ctx)
 	assert.ErrorContains(t, err, "bad value")
+}
+
+// A finding on a 65 535-byte client ID between principals of 65 535 bytes
+// is stored bounded, and its repeats still fold.
+func TestAddFindingBoundsLongValues(t *testing.T) {
+	s, r := findingsStore(t)
+	id := strings.Repeat("C", 65535)
+	user := keys.Tracking(strings.Repeat("U", 65535)) // as the plugin passes a principal
+	raw := strings.Repeat("V", 65535)                 // a caller that forgot: hashed all the same
+	mk := func(at int64) *Finding {
+		f := finding(id, at, "<anonymous>", user, raw)
+		f.Connections = append(f.Connections,
+			Conn{ID: "i2-1", Instance: "i2", Broker: "b2", Principal: user, IP: "192.0.2.2", ConnectedMs: at - 1},
+			Conn{ID: "i3-1", Instance: "i3", Broker: "b3", Principal: raw, IP: "192.0.2.3", ConnectedMs: at - 2})
+		return f
+	}
+	f := mk(t0)
+	require.True(t, add(t, s, f, 1000))
+	assert.Equal(t, id, f.ClientID, "the caller keeps the client ID itself, for its log line")
+	bounded := []string{"<anonymous>", user, keys.Tracking(raw)}
+	assert.Equal(t, FoldID(KindCrossPrincipal, keys.Tracking(id), bounded), f.Fold)
+	require.False(t, add(t, s, mk(t0+1), 1000), "a repeat on the same long client ID folds")
+
+	got, err := s.Findings(context.Background(), time.Now().Add(-time.Minute))
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.Equal(t, keys.Tracking(id), got[0].ClientID)
+	assert.Equal(t, bounded, got[0].Principals)
+	require.Len(t, got[0].Connections, 3)
+	assert.Equal(t, keys.Tracking(raw), got[0].Connections[2].Principal)
+	assert.Equal(t, int64(2), got[0].Count)
+
+	msgs, err := s.Client().XRange(context.Background(), "fg:findings", "-", "+").Result()
+	require.NoError(t, err)
+	size := 0
+	for k, v := range msgs[0].Values {
+		size += len(k) + len(fmt.Sprint(v))
+	}
+	assert.Less(t, size, 2048, "the stream entry")
+	assert.Contains(t, r.CLI("XRANGE", "fg:findings", "-", "+"), `["<anonymous>","sha256:`, "JSON keeps < and > as they are")
 }
