@@ -33,6 +33,17 @@ const (
 // Scopes lists every scope, in the order a refusal reports them.
 var Scopes = []Scope{ClientID, Username, IP, CIDR}
 
+// Proof reports whether a scope names what a client cannot choose: where the
+// connection comes from (ip, cidr). A client ID or a username is whatever the
+// client says: a claim.
+func (s Scope) Proof() bool { return s == IP || s == CIDR }
+
+// Exempts reports whether an allow entry of scope allow lifts a block entry
+// of scope block. An allow entry on proof (ip, cidr) lifts every block; one on
+// a claim (clientid, username) lifts only blocks on claims, never an ip or
+// cidr ban: anyone can claim a client ID or a username.
+func Exempts(allow, block Scope) bool { return allow.Proof() || !block.Proof() }
+
 // ParseScope returns the scope named s.
 func ParseScope(s string) (Scope, error) {
 	for _, sc := range Scopes {
@@ -79,6 +90,25 @@ func (b Builder) Offences(scope Scope, value string) string {
 // under its own "rate:" prefix in front of this name.
 func (b Builder) Fail(scope Scope, value string) string {
 	return b.List(Fail, scope, value)
+}
+
+// Throttle returns the key that throttles username: while it exists, the
+// username's attempts from sources it never authenticated from are refused
+// unchecked. It is not a ban; it expires by itself.
+func (b Builder) Throttle(username string) string {
+	return b.Prefix + "throttle:username:" + username
+}
+
+// ThrottleCount returns the rate-limit key counting a username's failures
+// from every source (redis_rate stores it under its own "rate:" prefix).
+func (b Builder) ThrottleCount(username string) string {
+	return b.Prefix + "fail:anysource:username:" + username
+}
+
+// Known returns the sorted set of the sources (ip:<ip>, clientid:<id>) that
+// authenticated as username, scored by the time of the last success (unix ms).
+func (b Builder) Known(username string) string {
+	return b.Prefix + "known:" + username
 }
 
 // TrackingMax is the longest client ID or principal that conflict tracking

@@ -99,11 +99,35 @@ func (m Match) Origin() string {
 
 // Answer is what Redis said about one CONNECT.
 type Answer struct {
-	Allow    *Match // the first allow entry that matched, or nil
-	Block    *Match // the first block entry that matched, or nil
+	Allow    *Match // the allow entry that counts (see Resolve), or nil
+	Block    *Match // the most specific block entry that Allow does not lift, or nil
+	Throttle *Match // the username's throttle key, when it is throttled
 	UserHash string // the password hash at the user key, when asked for
 	HasUser  bool   // the user key exists
 	Live     []Conn // live connections of the client ID on every broker, when asked
+}
+
+// Resolve picks, from the allow and block entries that matched a client
+// (each list most specific first), the allow entry that counts and the
+// block entry that refuses despite it. An allow entry on proof (ip, cidr)
+// is preferred to one on a claim (clientid, username); a block entry is
+// lifted only when keys.Exempts says the allow entry lifts it. The block
+// returned is the most specific one left.
+func Resolve(allows, blocks []*Match) (allow, block *Match) {
+	for _, m := range allows {
+		if m == nil {
+			continue
+		}
+		if allow == nil || (m.Scope.Proof() && !allow.Scope.Proof()) {
+			allow = m
+		}
+	}
+	for _, m := range blocks {
+		if m != nil && (allow == nil || !keys.Exempts(allow.Scope, m.Scope)) {
+			return allow, m
+		}
+	}
+	return allow, nil
 }
 
 type candidate struct {
@@ -148,6 +172,12 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	if q.WantUser && q.HasUsername {
 		user = pipe.Get(ctx, s.kb.User(q.Username))
 	}
+	var throttle *redis.StringCmd
+	var throttleTTL *redis.DurationCmd
+	if q.HasUsername {
+		throttle = pipe.Get(ctx, s.kb.Throttle(q.Username))
+		throttleTTL = pipe.PTTL(ctx, s.kb.Throttle(q.Username))
+	}
 	if q.WantConns {
 		conns = pipe.HGetAll(ctx, s.kb.Conn(q.ClientID))
 	}
@@ -155,20 +185,27 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 		return Answer{}, fmt.Errorf("redisstore: lookup: %w", err)
 	}
 	var a Answer
+	var allows, blocks []*Match
 	for i, c := range cands {
-		if a.Allow == nil {
-			if v, ok, err := value(allow[i]); err != nil {
-				return Answer{}, err
-			} else if ok {
-				a.Allow = &Match{Kind: keys.Allow, Scope: c.scope, Value: c.value, Key: allow[i].Args()[1].(string), Reason: v, TTL: -1}
-			}
+		if v, ok, err := value(allow[i]); err != nil {
+			return Answer{}, err
+		} else if ok {
+			allows = append(allows, &Match{Kind: keys.Allow, Scope: c.scope, Value: c.value, Key: allow[i].Args()[1].(string), Reason: v, TTL: -1})
 		}
-		if a.Block == nil {
-			if v, ok, err := value(block[i]); err != nil {
-				return Answer{}, err
-			} else if ok {
-				a.Block = &Match{Kind: keys.Block, Scope: c.scope, Value: c.value, Key: block[i].Args()[1].(string), Reason: v, TTL: remaining(ttl[i])}
-			}
+		if v, ok, err := value(block[i]); err != nil {
+			return Answer{}, err
+		} else if ok {
+			blocks = append(blocks, &Match{Kind: keys.Block, Scope: c.scope, Value: c.value, Key: block[i].Args()[1].(string), Reason: v, TTL: remaining(ttl[i])})
+		}
+	}
+	a.Allow, a.Block = Resolve(allows, blocks)
+	if throttle != nil {
+		v, ok, err := value(throttle)
+		if err != nil {
+			return Answer{}, err
+		}
+		if ok {
+			a.Throttle = &Match{Kind: keys.Block, Scope: keys.Username, Value: q.Username, Key: s.kb.Throttle(q.Username), Reason: v, TTL: remaining(throttleTTL)}
 		}
 	}
 	if user != nil {

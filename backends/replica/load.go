@@ -27,7 +27,7 @@ func (s *Sync) load(ctx context.Context) error {
 	}()
 
 	fresh := New(s.kb)
-	kinds := []string{string(keys.Block), string(keys.Allow)}
+	kinds := []string{string(keys.Block), string(keys.Allow), "throttle"}
 	if s.o.Users {
 		kinds = append(kinds, string(keys.User))
 	}

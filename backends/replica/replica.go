@@ -104,7 +104,9 @@ type Replica struct {
 	exact  map[string]slot // allow/block keys of the clientid, ip and username scopes
 	ranges map[keys.Kind]*[2]rangeSet
 	users  map[string]slot // username -> hash, for the redis backend
-	count  int
+	// throttles: username -> its throttle key's entry (guard:throttle:username:<u>)
+	throttles map[string]slot
+	count     int
 }
 
 // New returns an empty replica for keys under kb.
@@ -118,6 +120,7 @@ func (r *Replica) reset() {
 	r.exact = map[string]slot{}
 	r.ranges = map[keys.Kind]*[2]rangeSet{keys.Allow: {}, keys.Block: {}}
 	r.users = map[string]slot{}
+	r.throttles = map[string]slot{}
 	r.count = 0
 }
 
@@ -146,12 +149,16 @@ const (
 	classList
 	classRange
 	classUser
+	classThrottle
 )
 
 // classify says what key is and, for ranges and users, its parsed value.
 func (r *Replica) classify(key string) (keyClass, keys.Kind, netip.Prefix, string, error) {
 	if u, ok := strings.CutPrefix(key, r.kb.User("")); ok {
 		return classUser, "", netip.Prefix{}, u, nil
+	}
+	if u, ok := strings.CutPrefix(key, r.kb.Throttle("")); ok {
+		return classThrottle, "", netip.Prefix{}, u, nil
 	}
 	kind, scope, value, ok := r.kb.Split(key)
 	if !ok {
@@ -206,11 +213,41 @@ func (r *Replica) Put(key, value string, expires time.Time) error {
 	case classUser:
 		_, had = r.users[user]
 		r.users[user] = e
+	case classThrottle:
+		_, had = r.throttles[user]
+		r.throttles[user] = e
 	}
 	if !had {
 		r.count++
 	}
 	return nil
+}
+
+// Get returns the entry held for key, live or not.
+func (r *Replica) Get(key string) (Entry, bool) {
+	class, kind, p, user, _ := r.classify(key)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var e slot
+	var ok bool
+	switch class {
+	case classList:
+		e, ok = r.exact[key]
+	case classRange:
+		e, ok = r.ranges[kind][family(p.Addr())].byLen[p.Bits()][p]
+	case classUser:
+		e, ok = r.users[user]
+	case classThrottle:
+		e, ok = r.throttles[user]
+	}
+	if !ok {
+		return Entry{}, false
+	}
+	out := Entry{Key: key, Value: e.value}
+	if e.exp != 0 {
+		out.Expires = time.UnixMilli(e.exp)
+	}
+	return out, true
 }
 
 // Delete removes key.
@@ -230,6 +267,9 @@ func (r *Replica) Delete(key string) {
 	case classUser:
 		_, had = r.users[user]
 		delete(r.users, user)
+	case classThrottle:
+		_, had = r.throttles[user]
+		delete(r.throttles, user)
 	}
 	if had {
 		r.count--
@@ -268,6 +308,12 @@ func (r *Replica) Sweep(t time.Time) int {
 			n++
 		}
 	}
+	for u, e := range r.throttles {
+		if !e.live(now) {
+			delete(r.throttles, u)
+			n++
+		}
+	}
 	r.count -= n
 	return n
 }
@@ -280,8 +326,16 @@ func (r *Replica) Lookup(q redisstore.Query, t time.Time) redisstore.Answer {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var a redisstore.Answer
-	a.Allow = r.first(keys.Allow, q, now)
-	a.Block = r.first(keys.Block, q, now)
+	var allows, blocks [4]*redisstore.Match
+	r.matches(keys.Allow, q, now, &allows)
+	r.matches(keys.Block, q, now, &blocks)
+	a.Allow, a.Block = redisstore.Resolve(allows[:], blocks[:])
+	if q.HasUsername && len(r.throttles) > 0 {
+		if e, ok := r.throttles[q.Username]; ok && e.live(now) {
+			k := r.kb.Throttle(q.Username)
+			a.Throttle = match(keys.Block, keys.Username, q.Username, k, e, now)
+		}
+	}
 	if q.WantUser && q.HasUsername {
 		if e, ok := r.users[q.Username]; ok && e.live(now) {
 			a.UserHash, a.HasUser = e.value, true
@@ -290,7 +344,9 @@ func (r *Replica) Lookup(q redisstore.Query, t time.Time) redisstore.Answer {
 	return a
 }
 
-func (r *Replica) first(kind keys.Kind, q redisstore.Query, now int64) *redisstore.Match {
+// matches fills out with the entries of one list that match q, one per
+// scope, in the order client ID, username, IP, narrowest range.
+func (r *Replica) matches(kind keys.Kind, q redisstore.Query, now int64, out *[4]*redisstore.Match) {
 	try := func(scope keys.Scope, value string) *redisstore.Match {
 		k := r.kb.List(kind, scope, value)
 		if e, ok := r.exact[k]; ok && e.live(now) {
@@ -298,25 +354,18 @@ func (r *Replica) first(kind keys.Kind, q redisstore.Query, now int64) *redissto
 		}
 		return nil
 	}
-	if m := try(keys.ClientID, q.ClientID); m != nil {
-		return m
-	}
+	out[0] = try(keys.ClientID, q.ClientID)
 	if q.HasUsername {
-		if m := try(keys.Username, q.Username); m != nil {
-			return m
-		}
+		out[1] = try(keys.Username, q.Username)
 	}
 	if !q.IP.IsValid() {
-		return nil
+		return
 	}
-	if m := try(keys.IP, q.IP.String()); m != nil {
-		return m
-	}
+	out[2] = try(keys.IP, q.IP.String())
 	if e, p, ok := r.ranges[kind][family(q.IP)].match(q.IP, now); ok {
 		v := p.String()
-		return match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
+		out[3] = match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
 	}
-	return nil
 }
 
 func match(kind keys.Kind, scope keys.Scope, value, key string, e slot, now int64) *redisstore.Match {

@@ -117,7 +117,7 @@ type changes struct {
 	keys []string
 }
 
-func (c *changes) add(k string, _ *Entry) { c.mu.Lock(); c.keys = append(c.keys, k); c.mu.Unlock() }
+func (c *changes) add(k string, _, _ *Entry) { c.mu.Lock(); c.keys = append(c.keys, k); c.mu.Unlock() }
 
 func eventuallyBlocked(t *testing.T, r *Replica, qq redisstore.Query, want bool) {
 	t.Helper()

@@ -21,8 +21,9 @@ type Options struct {
 	ResyncEvery time.Duration // full reload as a safety net
 	// Log receives notices (level 0 info, 1 warning); from the sync goroutines.
 	Log func(warning bool, msg string)
-	// OnChange is called after a key changed in the replica (e nil: deleted).
-	OnChange func(key string, e *Entry)
+	// OnChange is called after a key changed in the replica (e nil: deleted);
+	// old is what the replica held before (nil: nothing).
+	OnChange func(key string, e, old *Entry)
 	// OnLost is called when changes stop reaching the replica (Redis lost).
 	OnLost func(err error)
 }
@@ -188,6 +189,9 @@ func (s *Sync) wanted(key string) bool {
 	if _, _, _, ok := s.kb.Split(key); ok {
 		return true
 	}
+	if strings.HasPrefix(key, s.kb.Throttle("")) {
+		return true
+	}
 	return s.o.Users && strings.HasPrefix(key, s.kb.User(""))
 }
 
@@ -239,6 +243,10 @@ func (s *Sync) refetch(ctx context.Context, batch []string) error {
 	}
 	for i, k := range batch {
 		v := vals[i]
+		var old *Entry
+		if e, ok := s.r.Get(k); ok {
+			old = &e
+		}
 		if v == nil {
 			s.r.Delete(k)
 		} else if err := s.r.Put(k, v.Value, v.Expires); err != nil {
@@ -246,7 +254,7 @@ func (s *Sync) refetch(ctx context.Context, batch []string) error {
 			continue
 		}
 		if s.o.OnChange != nil {
-			s.o.OnChange(k, v)
+			s.o.OnChange(k, v, old)
 		}
 	}
 	return nil
