@@ -67,7 +67,10 @@ func TestAllowlist(t *testing.T) {
 	e.redis.CLI("SET", "guard:block:cidr:127.0.5.0/24", "whole lab")
 	e.redis.CLI("SET", "guard:allow:clientid:lab-gateway", "the gateway must stay up")
 	e.expect(as("127.0.5.1", "lab-sensor", "alice", "alice-pw"), refused)
-	assert.EqualValues(t, accepted, e.connect(as("127.0.5.1", "lab-gateway", "alice", "alice-pw")), "allow wins over block")
+	assert.EqualValues(t, refused, e.connect(as("127.0.5.1", "lab-gateway", "alice", "alice-pw")), "a client ID is a claim: it never lifts a range ban")
+	e.redis.CLI("SET", "guard:block:clientid:lab-gateway", "retired")
+	time.Sleep(300 * time.Millisecond) // a redis-cli change reaches the replica within milliseconds
+	assert.EqualValues(t, accepted, e.connect(as("127.0.6.200", "lab-gateway", "alice", "alice-pw")), "it lifts a client-ID ban")
 	// Allowed clients still need the right password, but are never counted or banned.
 	e.redis.CLI("SET", "guard:allow:ip:127.0.5.9", "")
 	e.expect(as("127.0.5.9", "c", "alice", "alice-pw"), accepted, "the allow key reached the replica (it lifts the range ban)")

@@ -79,10 +79,13 @@ func TestOperatorBanKicksConnectedClients(t *testing.T) {
 func TestBanDoesNotKickAllowedOrAutoBanned(t *testing.T) {
 	e := newEnv(t, "auth_opt_fail_limit 1")
 	vip := e.dialWill(as("127.0.42.1", "vip", "alice", "alice-pw"))
-	e.redis.CLI("SET", "guard:allow:clientid:vip", "")
+	claimed := e.dialWill(as("127.0.42.3", "gateway", "alice", "alice-pw"))
+	e.redis.CLI("SET", "guard:allow:ip:127.0.42.1", "")
+	e.redis.CLI("SET", "guard:allow:clientid:gateway", "")
 	e.redis.CLI("SET", "guard:block:cidr:127.0.42.0/24", "the whole lab")
 	e.expect(as("127.0.42.2", "other", "alice", "alice-pw"), refused)
-	assert.False(t, vip.Closed(300*time.Millisecond), "an allowed client is not kicked")
+	assert.False(t, vip.Closed(300*time.Millisecond), "a client allowed by its address is not kicked")
+	assert.True(t, claimed.Closed(time.Second), "an allow entry on a client ID does not lift a range ban")
 
 	// An automatic ban (a brute force from a NAT address) does not kick the
 	// address's connected clients: they proved their password.

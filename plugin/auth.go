@@ -5,16 +5,20 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
+	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
 	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
-// Authenticate decides one CONNECT (MOSQ_EVT_BASIC_AUTH): allowlist, then
-// blocklist, then credentials. The lists come from the local replica; Redis
-// is asked (once, for at most redis_timeout) only until the replica is
-// loaded, and for live connections under clientid_conflict deny. A failure
-// is counted in the background.
+// Authenticate decides one CONNECT (MOSQ_EVT_BASIC_AUTH): lists, then the
+// failure limits, then credentials, then conflicts, then admit. The lists
+// come from the local replica; Redis is asked (once, for at most
+// redis_timeout) only until the replica is loaded, and for live connections
+// under clientid_conflict deny. A failure is counted locally at once and in
+// Redis in the background.
 func (g *Guard) Authenticate(c Client) Decision {
 	ip, _ := keys.NormalizeIP(c.Address)
 	reauth := g.reauth(c.Handle)
@@ -23,12 +27,22 @@ func (g *Guard) Authenticate(c Client) Decision {
 	if !redisOK && g.cfg.DenyWhenRedisDown {
 		return g.refuse(c, ip, Decision{Result: Deny, Rule: RuleRedisUnavailable}, false)
 	}
-	allowed := ans.Allow != nil
-	if !allowed && ans.Block != nil {
+	// ans.Block is the block entry left after the allow entry's exemptions:
+	// an allow on where the client comes from (ip, cidr) lifts every ban, one
+	// on what it claims (clientid, username) only bans on claims.
+	if ans.Block != nil {
 		return g.refuse(c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block}, false)
 	}
+	// exempt: the connection comes from an allowlisted address; its
+	// failures are neither limited nor counted.
+	exempt := ans.Allow != nil && ans.Allow.Scope.Proof()
 	result := Defer
 	if c.HasUsername && g.cfg.Backend != BackendDefer {
+		if !reauth && !exempt {
+			if d, refused := g.checkLimits(c, ip, ans); refused {
+				return d
+			}
+		}
 		rule, err := g.checkCredentials(c, ans, known)
 		if err != nil {
 			g.log(LevelError, fmt.Sprintf("mosquitto-guard: the stored hash of username=%s cannot be used: %v", quote(c.Username), err))
@@ -38,12 +52,15 @@ func (g *Guard) Authenticate(c Client) Decision {
 			// Only the client's own failures count: not an exempt client, not
 			// the broker re-checking a connected client after a reload, not a
 			// stored hash the operator got wrong, not a Redis that cannot be asked.
-			if !allowed && redisOK && !reauth && rule != RuleBadStoredHash && rule != RuleRedisUnavailable {
-				g.failures.add(failure{clientID: c.ClientID, ip: ip, username: c.Username, hasUsername: c.HasUsername})
+			if !exempt && !reauth && rule != RuleBadStoredHash && rule != RuleRedisUnavailable {
+				g.failed(c, ip, rule, redisOK)
 			}
 			return d
 		}
 		result = Allow
+		if !reauth && g.known != nil {
+			g.known.succeeded(c.Username, ip, c.ClientID, g.now())
+		}
 	}
 	if reauth {
 		return Decision{Result: result}
@@ -55,6 +72,92 @@ func (g *Guard) Authenticate(c Client) Decision {
 	}
 	g.admit(c, ip, result == Defer)
 	return Decision{Result: result}
+}
+
+// Rules of the failure limits.
+const (
+	// RuleFailLimit: fail_limit+1 passwords of one counted key were checked
+	// and failed faster than the allowance refills; until its ban arrives (or
+	// when Redis cannot count) no more are checked on this broker.
+	RuleFailLimit = "fail-limit"
+	// RuleUsernameThrottled: the username failed too often from every
+	// source, and this one never authenticated as it.
+	RuleUsernameThrottled = "username-throttled"
+)
+
+// checkLimits refuses, without checking the password, a client that one of
+// the failure limits stops: the local count of a key whose ban would apply
+// to it, or a throttle on its username when it is not a known source.
+func (g *Guard) checkLimits(c Client, ip netip.Addr, ans redisstore.Answer) (Decision, bool) {
+	now := g.now()
+	for _, k := range g.failKeys(c, ip) {
+		if ans.Allow != nil && keys.Exempts(ans.Allow.Scope, k.scope) {
+			continue // a ban of this key would not apply to this client
+		}
+		if g.local.Exhausted(k.local(), now) {
+			return g.refuse(c, ip, Decision{Result: Deny, Rule: RuleFailLimit, Detail: string(k.scope) + "=" + quote(k.value)}, false), true
+		}
+	}
+	// The username throttle: from Redis (every broker's count), or from this
+	// broker's own count while that is on its way.
+	if g.known != nil && (ans.Throttle != nil || g.localUser.Exhausted(c.Username, now)) &&
+		!g.known.known(c.Username, ip, c.ClientID, now) {
+		return g.refuseThrottled(c, ip, ans.Throttle), true
+	}
+	return Decision{}, false
+}
+
+// failKey is one key a failure is counted under: a scope of fail_scopes and
+// the client's value in it (an IPv6 address as its fail_ipv6_prefix network).
+type failKey struct {
+	scope keys.Scope
+	value string
+}
+
+func (k failKey) local() string { return string(k.scope) + ":" + k.value }
+
+// failKeys lists the keys c's failures count under, one per fail scope.
+func (g *Guard) failKeys(c Client, ip netip.Addr) []failKey {
+	out := make([]failKey, 0, len(g.cfg.FailScopes))
+	for _, scope := range g.cfg.FailScopes {
+		switch scope {
+		case keys.IP:
+			if !ip.IsValid() {
+				continue
+			}
+			if ip.Is6() && g.cfg.FailIPv6Prefix < 128 {
+				p, _ := ip.Prefix(g.cfg.FailIPv6Prefix) // cannot fail: 16..127 bits of an IPv6 address
+				out = append(out, failKey{keys.CIDR, p.String()})
+				continue
+			}
+			out = append(out, failKey{keys.IP, ip.String()})
+		case keys.ClientID:
+			out = append(out, failKey{keys.ClientID, c.ClientID})
+		case keys.Username:
+			out = append(out, failKey{keys.Username, c.Username})
+		}
+	}
+	return out
+}
+
+// failed counts one failed authentication: at once in the local count, and
+// in Redis in the background (when Redis answers). Every fail scope counts,
+// also for a client an allow entry on a claim (client ID, username) lets
+// past the bans on claims: its source IP is banned when it guesses.
+func (g *Guard) failed(c Client, ip netip.Addr, rule string, redisOK bool) {
+	fk := g.failKeys(c, ip)
+	now := g.now()
+	for _, k := range fk {
+		g.local.Fail(k.local(), now)
+	}
+	if rule == RuleBadPassword && g.known != nil {
+		g.localUser.Fail(c.Username, now)
+	}
+	if !redisOK {
+		return
+	}
+	g.failures.add(failure{clientID: c.ClientID, ip: ip, username: c.Username, hasUsername: c.HasUsername,
+		keys: fk, knownUser: rule == RuleBadPassword})
 }
 
 // checkConflict refuses a client whose client ID is live, here or on
@@ -138,9 +241,22 @@ func (g *Guard) checkCredentials(c Client, ans redisstore.Answer, known bool) (s
 			return RuleRedisUnavailable, nil
 		}
 		if !ans.HasUser {
+			// Spend what a known user costs: a hash of the class of the last
+			// known user's (or mosquitto_passwd's default), never matching.
+			dummy := hashes.DefaultDummy()
+			if ref := g.lastHash.Load(); ref != nil {
+				if d, err := g.verifier.DummyLike(*ref); err == nil {
+					dummy = d
+				}
+			}
+			g.cache.hit(c.Username, c.Password, dummy)
+			_, _ = g.verifier.Verify(dummy, c.Password)
 			return RuleUnknownUser, nil
 		}
 		hash = ans.UserHash
+		if ref := g.lastHash.Load(); ref == nil || *ref != hash {
+			g.lastHash.Store(&hash)
+		}
 	}
 	if g.cache.hit(c.Username, c.Password, hash) {
 		return "", nil
@@ -158,8 +274,13 @@ func (g *Guard) checkCredentials(c Client, ans redisstore.Answer, known bool) (s
 	return "", nil
 }
 
-// refuse logs a refusal and returns d.
+// refuse logs a refusal and returns d. The lines are limited per source and
+// rule (see logflood): a client that hammers the broker after its refusal
+// gets its first lines logged, then one summary line per 10 s.
 func (g *Guard) refuse(c Client, ip netip.Addr, d Decision, reauth bool) Decision {
+	if !g.floods.Allow(g.floodSource(c, ip), floodRule(d), g.now()) {
+		return d
+	}
 	var b strings.Builder
 	b.WriteString("mosquitto-guard: refused ")
 	b.WriteString(describeClient(c, ip))
@@ -169,9 +290,100 @@ func (g *Guard) refuse(c Client, ip netip.Addr, d Decision, reauth bool) Decisio
 	} else {
 		b.WriteString("rule=" + d.Rule)
 	}
+	if d.Detail != "" {
+		b.WriteByte(' ')
+		b.WriteString(d.Detail)
+	}
 	if reauth {
 		b.WriteString(" (re-authentication after reload; not counted)")
 	}
 	g.log(LevelNotice, b.String())
 	return d
+}
+
+// throttleLog keeps the refusals of a throttled username to one line per
+// episode (a throttle key's lifetime) on each broker, whatever the number
+// of attempts and sources: at most throttleLogMax usernames remembered.
+type throttleLog struct {
+	mu     sync.Mutex
+	logged map[string]int64 // username -> unix ms when its logged episode ends
+}
+
+const throttleLogMax = 10000
+
+// first reports whether this refusal is the first of its episode here.
+func (t *throttleLog) first(username string, now time.Time, ttl time.Duration) bool {
+	ms := now.UnixMilli()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if end, ok := t.logged[username]; ok && ms < end {
+		return false
+	}
+	if t.logged == nil || len(t.logged) >= throttleLogMax {
+		t.logged = map[string]int64{}
+	}
+	end := ms + 1000
+	if ttl > 0 {
+		end = ms + ttl.Milliseconds()
+	}
+	t.logged[username] = end
+	return true
+}
+
+// refuseThrottled refuses an attempt for a throttled username from a source
+// it never authenticated from, unchecked and uncounted.
+func (g *Guard) refuseThrottled(c Client, ip netip.Addr, m *redisstore.Match) Decision {
+	d := Decision{Result: Deny, Rule: RuleUsernameThrottled}
+	ttl := g.cfg.Policy.Window // only this broker's count knows yet: about a window
+	if m != nil {
+		ttl = m.TTL
+	}
+	if g.throttleLog.first(c.Username, g.now(), ttl) {
+		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s expires=%s (first refusal of this throttle here; the rest are not logged)",
+			describeClient(c, ip), RuleUsernameThrottled, expiry(g.now(), ttl)))
+	}
+	return d
+}
+
+// floodSource names a refusal's source for the log-flood limiter: the IP, an
+// IPv6 address by its fail_ipv6_prefix network (rotating addresses inside it
+// is one source).
+func (g *Guard) floodSource(c Client, ip netip.Addr) string {
+	switch {
+	case !ip.IsValid():
+		return "ip=" + quote(c.Address)
+	case ip.Is6() && g.cfg.FailIPv6Prefix < 128:
+		p, _ := ip.Prefix(g.cfg.FailIPv6Prefix)
+		return "cidr=" + p.String()
+	}
+	return "ip=" + ip.String()
+}
+
+// floodRule names a refusal's rule for the log-flood limiter, in at most
+// about 200 bytes.
+func floodRule(d Decision) string {
+	if d.Match != nil {
+		return "rule=" + quote(d.Match.Key)
+	}
+	return "rule=" + d.Rule
+}
+
+// flushFloods logs the summaries of the refusals the limiter held back.
+func (g *Guard) flushFloods() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+		}
+		for _, sm := range g.floods.Flush(g.now()) {
+			if sm.Overflow {
+				g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: %d more refusals from other sources in the last %s", sm.Suppressed, sm.Period.Round(time.Second)))
+				continue
+			}
+			g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: %d more refusals from %s %s in the last %s", sm.Suppressed, sm.Source, sm.Rule, sm.Period.Round(time.Second)))
+		}
+	}
 }

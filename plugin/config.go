@@ -39,6 +39,15 @@ type Config struct {
 
 	Policy     ratelimit.Policy // fail_limit, fail_window, ban_time, ban_max
 	FailScopes []keys.Scope     // fail_scopes: any of ip, clientid, username
+	// FailIPv6Prefix is fail_ipv6_prefix: IPv6 failures are counted, and
+	// banned, per network of this length (128: per address).
+	FailIPv6Prefix int
+	// UsernameFailLimit is username_fail_limit: failures of one username from
+	// every source allowed per fail_window before it is throttled (0: off).
+	UsernameFailLimit int
+	// KnownSourcesMax is known_sources_max: how many sources (IPs, client
+	// IDs) are remembered per username as known to it.
+	KnownSourcesMax int
 
 	Conflicts ConflictConfig // clientid_conflict and its companions
 
@@ -122,6 +131,9 @@ var options = map[string]struct {
 	"fail_limit":           {"5", intOption("fail_limit", 1, 1_000_000, func(c *Config) *int { return &c.Policy.Limit })},
 	"fail_window":          {"1m", durationOption("fail_window", time.Second, 24*time.Hour, func(c *Config) *time.Duration { return &c.Policy.Window })},
 	"fail_scopes":          {"ip", parseFailScopes},
+	"fail_ipv6_prefix":     {"64", intOption("fail_ipv6_prefix", 16, 128, func(c *Config) *int { return &c.FailIPv6Prefix })},
+	"username_fail_limit":  {"20", intOption("username_fail_limit", 0, 1_000_000, func(c *Config) *int { return &c.UsernameFailLimit })},
+	"known_sources_max":    {"100000", intOption("known_sources_max", 1, 10_000_000, func(c *Config) *int { return &c.KnownSourcesMax })},
 	"ban_time":             {"10m", durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Config) *time.Duration { return &c.Policy.BanTime })},
 	"ban_max":              {"24h", durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Config) *time.Duration { return &c.Policy.BanMax })},
 	"redis_unavailable":    {"allow", parseUnavailable},

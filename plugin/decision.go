@@ -75,6 +75,7 @@ type Decision struct {
 	Result Result
 	Rule   string            // the list key or one of the Rule constants; "" when nothing refused
 	Match  *redisstore.Match // the list entry that refused, if any
+	Detail string            // more for the log line, as key=value pairs
 }
 
 // quote renders a hostile client-supplied string for a log line: escaped,

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
@@ -17,6 +16,8 @@ type failure struct {
 	ip          netip.Addr
 	username    string
 	hasUsername bool
+	keys        []failKey // the keys it counts under, one per fail scope
+	knownUser   bool      // the username exists: its failures count toward its throttle
 }
 
 // failureQueue counts failed authentications off the broker thread: the
@@ -83,27 +84,13 @@ func (q *failureQueue) countSafely(f failure) {
 	q.count(f)
 }
 
-// count records f under every configured fail scope and logs any ban.
+// count records f under every key it counts under, and toward its
+// username's throttle, and logs any ban or throttle.
 func (q *failureQueue) count(f failure) {
 	g := q.g
-	for _, scope := range g.cfg.FailScopes {
-		var value string
-		switch scope {
-		case keys.IP:
-			if !f.ip.IsValid() {
-				continue
-			}
-			value = f.ip.String()
-		case keys.ClientID:
-			value = f.clientID
-		case keys.Username:
-			if !f.hasUsername {
-				continue
-			}
-			value = f.username
-		}
+	for _, k := range f.keys {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		ban, err := g.counter.Fail(ctx, scope, value)
+		ban, err := g.counter.Fail(ctx, k.scope, k.value)
 		cancel()
 		if err != nil {
 			g.health.down(err)
@@ -112,9 +99,36 @@ func (q *failureQueue) count(f failure) {
 		if ban != nil {
 			g.banned(ban)
 			c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
-			g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: banned %s=%s after %d failed authentications within %s; last %s rule=%s origin=auto expires=%s offence=%d",
-				scope, quote(value), g.cfg.Policy.Limit+1, g.cfg.Policy.Window, describeClient(c, f.ip),
+			g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: banned %s=%s: %s; last %s rule=%s origin=auto expires=%s offence=%d",
+				k.scope, quote(k.value), g.cfg.Policy.Rule(), describeClient(c, f.ip),
 				quote(ban.Key), expiry(g.now(), ban.Duration), ban.Offence))
 		}
 	}
+	if f.knownUser && g.cfg.UsernameFailLimit > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		th, err := g.counter.ThrottleFail(ctx, f.username, g.cfg.UsernameFailLimit)
+		cancel()
+		if err != nil {
+			g.health.down(err)
+			return
+		}
+		if th != nil {
+			g.throttled(th)
+		}
+	}
+}
+
+// throttled puts a new username throttle into the local replica and tells
+// the other brokers, and logs the start of the episode (once, on the broker
+// that wrote it).
+func (g *Guard) throttled(th *ratelimit.Throttle) {
+	expires := g.now().Add(th.Duration)
+	if g.replica != nil {
+		_ = g.replica.Put(th.Key, th.Reason, expires)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_ = g.store.PublishChange(ctx, th.Key)
+	cancel()
+	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: throttling username=%s: over %d failed authentications of it from any source (%d allowed, refilling 1 per %s); until %s its attempts from sources it never authenticated from are refused unchecked rule=%s",
+		quote(th.Username), g.cfg.UsernameFailLimit, g.cfg.UsernameFailLimit, g.cfg.Policy.Window, expiry(g.now(), th.Duration), RuleUsernameThrottled))
 }

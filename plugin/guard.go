@@ -13,6 +13,7 @@ import (
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/backends/replica"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logflood"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
@@ -29,6 +30,8 @@ type Store interface {
 // FailCounter counts failed authentications and bans; *ratelimit.Limiter implements it.
 type FailCounter interface {
 	Fail(ctx context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error)
+	ThrottleFail(ctx context.Context, username string, limit int) (*ratelimit.Throttle, error)
+	Reset(ctx context.Context, scope keys.Scope, value string) error
 }
 
 // Guard is one plugin instance.
@@ -39,16 +42,22 @@ type Guard struct {
 	counter  FailCounter
 	verifier hashes.Verifier
 	users    atomic.Pointer[files.Store]
+	lastHash atomic.Pointer[string] // redis backend: a known user's hash, the model of the unknown users' dummy
 	now      func() time.Time
 
-	health    health
-	failures  *failureQueue
-	conflicts *conflicts       // nil when clientid_conflict is off
-	replica   *replica.Replica // nil without a Redis client (unit tests)
-	sync      *replica.Sync
-	cache     *verifyCache
-	out       Output
-	stopSync  context.CancelFunc
+	health      health
+	failures    *failureQueue
+	local       *ratelimit.Local // this broker's own failure count, on the broker thread
+	localUser   *ratelimit.Local // the same for each username's failures from every source (the throttle)
+	known       *knownSources    // nil without Redis or with username_fail_limit 0
+	throttleLog throttleLog
+	floods      *logflood.Limiter // refusal lines per source and rule
+	conflicts   *conflicts        // nil when clientid_conflict is off
+	replica     *replica.Replica  // nil without a Redis client (unit tests)
+	sync        *replica.Sync
+	cache       *verifyCache
+	out         Output
+	stopSync    context.CancelFunc
 
 	mu      sync.Mutex
 	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT
@@ -125,8 +134,17 @@ func NewWith(cfg Config, out Output, d Deps) (*Guard, error) {
 			return nil, err
 		}
 	}
+	g.floods = logflood.New(logflood.DefaultMax, logflood.DefaultBurst, logflood.DefaultPeriod)
+	g.spawn("refusal log summaries", g.flushFloods)
+	g.local = ratelimit.NewLocal(cfg.Policy, ratelimit.DefaultLocalKeys)
+	userPolicy := cfg.Policy
+	userPolicy.Limit = max(cfg.UsernameFailLimit, 1)
+	g.localUser = ratelimit.NewLocal(userPolicy, ratelimit.DefaultLocalKeys)
 	g.health.init(g)
 	g.failures = newFailureQueue(g)
+	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
+		g.known = newKnownSources(g, d.Redis)
+	}
 	if d.Conflicts != nil && cfg.Conflicts.Mode != ConflictOff {
 		g.conflicts = newConflicts(g, d.Conflicts, out.Publish)
 		g.spawn("client ID tracking", g.conflicts.run)

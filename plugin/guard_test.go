@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
@@ -62,14 +64,12 @@ func (f *fakeStore) Lookup(ctx context.Context, q redisstore.Query) (redisstore.
 			cands = append(cands, [2]string{string(keys.CIDR), p.String()})
 		}
 	}
+	var allows, blocks []*redisstore.Match
 	for _, c := range cands {
-		if a.Allow == nil {
-			a.Allow = try(keys.Allow, keys.Scope(c[0]), c[1])
-		}
-		if a.Block == nil {
-			a.Block = try(keys.Block, keys.Scope(c[0]), c[1])
-		}
+		allows = append(allows, try(keys.Allow, keys.Scope(c[0]), c[1]))
+		blocks = append(blocks, try(keys.Block, keys.Scope(c[0]), c[1]))
 	}
+	a.Allow, a.Block = redisstore.Resolve(allows, blocks)
 	if q.WantUser {
 		a.UserHash, a.HasUser = f.keys[f.kb.User(q.Username)]
 	}
@@ -90,8 +90,11 @@ func (f *fakeStore) PublishChange(context.Context, string) error                
 func (f *fakeStore) Close() error                                                 { return nil }
 
 type fakeCounter struct {
-	mu    sync.Mutex
-	fails []string
+	mu     sync.Mutex
+	fails  []string
+	resets []string
+	// throttles lists the usernames whose failures were counted toward a throttle.
+	throttles []string
 }
 
 func (f *fakeCounter) Fail(_ context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error) {
@@ -99,6 +102,20 @@ func (f *fakeCounter) Fail(_ context.Context, scope keys.Scope, value string) (*
 	defer f.mu.Unlock()
 	f.fails = append(f.fails, string(scope)+"="+value)
 	return nil, nil
+}
+
+func (f *fakeCounter) ThrottleFail(_ context.Context, username string, _ int) (*ratelimit.Throttle, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.throttles = append(f.throttles, username)
+	return nil, nil
+}
+
+func (f *fakeCounter) Reset(_ context.Context, scope keys.Scope, value string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resets = append(f.resets, string(scope)+"="+value)
+	return nil
 }
 
 func (f *fakeCounter) counted() []string {
@@ -171,6 +188,10 @@ func TestDecisions(t *testing.T) {
 	st.set("guard:block:ip:192.0.2.66", "operator ban")
 	st.set("guard:block:cidr:198.51.100.0/24", "auto: brute force")
 	st.set("guard:allow:clientid:vip", "")
+	st.set("guard:block:clientid:vip", "lifted by its allow entry")
+	st.set("guard:allow:ip:192.0.2.77", "the office")
+	st.set("guard:block:username:alice", "")
+	st.set("guard:allow:username:alice", "")
 
 	cases := []struct {
 		name string
@@ -184,8 +205,11 @@ func TestDecisions(t *testing.T) {
 		{"blocked ip", cl(4, "192.0.2.66", "d", "alice", "alice-pw"), Deny, "guard:block:ip:192.0.2.66"},
 		{"blocked mapped ip", cl(5, "::ffff:192.0.2.66", "d", "alice", "alice-pw"), Deny, "guard:block:ip:192.0.2.66"},
 		{"blocked range", cl(6, "198.51.100.9", "e", "alice", "alice-pw"), Deny, "guard:block:cidr:198.51.100.0/24"},
-		{"allow wins", cl(7, "192.0.2.66", "vip", "alice", "alice-pw"), Allow, ""},
-		{"allow still checks password", cl(8, "192.0.2.66", "vip", "alice", "bad"), Deny, RuleBadPassword},
+		{"a claimed allow never lifts an ip ban", cl(7, "192.0.2.66", "vip", "alice", "alice-pw"), Deny, "guard:block:ip:192.0.2.66"},
+		{"a claimed allow lifts bans on claims", cl(11, "192.0.2.11", "vip", "alice", "alice-pw"), Allow, ""},
+		{"a claimed allow still checks the password, and counts", cl(8, "192.0.2.8", "vip", "alice", "bad"), Deny, RuleBadPassword},
+		{"an ip allow lifts every ban", cl(12, "192.0.2.77", "vip", "alice", "alice-pw"), Allow, ""},
+		{"an ip allow is not counted", cl(13, "192.0.2.77", "x", "alice", "bad"), Deny, RuleBadPassword},
 		{"anonymous defers", Client{Handle: 9, Address: "192.0.2.9", ClientID: "anon"}, Defer, ""},
 		{"anonymous blocked", Client{Handle: 10, Address: "192.0.2.66", ClientID: "anon"}, Deny, "guard:block:ip:192.0.2.66"},
 	}
@@ -194,11 +218,13 @@ func TestDecisions(t *testing.T) {
 		assert.Equal(t, c.want, d.Result, c.name)
 		assert.Equal(t, c.rule, d.Rule, c.name)
 	}
-	// Only credential failures of non-exempt clients are counted.
-	got := waitCounted(t, ct, 6)
+	// Only credential failures of clients not allowlisted by address are
+	// counted; one allowlisted by a claim counts like anyone.
+	got := waitCounted(t, ct, 9)
 	assert.ElementsMatch(t, []string{
 		"ip=192.0.2.2", "username=alice", "clientid=b",
 		"ip=192.0.2.3", "username=zed", "clientid=c",
+		"ip=192.0.2.8", "username=alice", "clientid=vip",
 	}, got)
 	logs := ls.all()
 	assert.Contains(t, logs, `refused client_id="d" ip=192.0.2.66 username="alice" rule="guard:block:ip:192.0.2.66" origin=operator expires=never reason="operator ban"`)
@@ -273,4 +299,70 @@ func TestQuoteCutsHostileValues(t *testing.T) {
 	assert.Less(t, len(q), 300)
 	assert.Contains(t, q, "(20000 bytes)")
 	assert.Equal(t, "ip=192.0.2.1", strings.Fields(describeClient(Client{Address: "192.0.2.1"}, netip.MustParseAddr("192.0.2.1")))[1])
+}
+
+// IPv6 failures count per fail_ipv6_prefix network: an attacker rotating
+// addresses inside one /64 is one key, and the local count stops it there.
+func TestIPv6FailuresCountPerPrefix(t *testing.T) {
+	g, _, ct, ls := newGuard(t, map[string]string{"fail_limit": "3"})
+	checked := 0
+	for i := 1; i <= 20; i++ {
+		d := g.Authenticate(cl(uintptr(100+i), fmt.Sprintf("2001:db8:0:7::%x", i), "c", "alice", "guess"))
+		require.Equal(t, Deny, d.Result)
+		if d.Rule == RuleBadPassword {
+			checked++
+		}
+	}
+	assert.Equal(t, 4, checked, "fail_limit+1 checks for the whole /64")
+	got := waitCounted(t, ct, 4)
+	for _, k := range got {
+		assert.Equal(t, "cidr=2001:db8:0:7::/64", k)
+	}
+	assert.Contains(t, ls.all(), `rule=fail-limit cidr="2001:db8:0:7::/64"`)
+	// Another /64 is another key.
+	assert.Equal(t, RuleBadPassword, g.Authenticate(cl(200, "2001:db8:0:8::1", "c", "alice", "guess")).Rule)
+
+	g128, _, ct128, _ := newGuard(t, map[string]string{"fail_ipv6_prefix": "128"})
+	g128.Authenticate(cl(1, "2001:db8::1", "c", "alice", "guess"))
+	assert.Equal(t, []string{"ip=2001:db8::1"}, waitCounted(t, ct128, 1))
+}
+
+// The local count holds while Redis cannot count: guessing stays bounded.
+func TestLocalLimitWithoutRedis(t *testing.T) {
+	g, st, ct, _ := newGuard(t, map[string]string{"fail_limit": "2"})
+	st.mu.Lock()
+	st.down = true
+	st.mu.Unlock()
+	g.health.down(errors.New("test: down"))
+	rules := map[string]int{}
+	for i := 0; i < 10; i++ {
+		rules[g.Authenticate(cl(uintptr(i+1), "192.0.2.50", "c", "alice", "guess")).Rule]++
+	}
+	assert.Equal(t, 3, rules[RuleBadPassword])
+	assert.Equal(t, 7, rules[RuleFailLimit])
+	assert.Empty(t, ct.counted(), "nothing reaches Redis while it is down")
+}
+
+// The redis backend answers an unknown user only after as much work as a
+// known one costs: no user enumeration by timing (before: no work at all).
+func TestRedisBackendUnknownUserCostsAsMuch(t *testing.T) {
+	g, st, _, _ := newGuard(t, map[string]string{"backend": "redis", "auth_cache": "0", "username_fail_limit": "0"})
+	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), 9)
+	require.NoError(t, err)
+	st.set("guard:user:alice", string(h))
+	timeOf := func(user string, i int) time.Duration {
+		start := time.Now()
+		d := g.Authenticate(cl(uintptr(1000+i), fmt.Sprintf("192.0.2.%d", 1+i%200), "c", user, "wrong"))
+		require.Equal(t, Deny, d.Result)
+		return time.Since(start)
+	}
+	timeOf("alice", 0) // the first known user gives the dummy its class
+	var known, unknown time.Duration
+	for i := 1; i <= 6; i++ {
+		known += timeOf("alice", 2*i)
+		unknown += timeOf(fmt.Sprintf("nobody-%d", i), 2*i+1)
+	}
+	ratio := float64(unknown) / float64(known)
+	t.Logf("unknown/known time: %.2f (%s / %s)", ratio, unknown, known)
+	assert.Greater(t, ratio, 0.5, "an unknown user must cost what a known one costs")
 }

@@ -27,8 +27,8 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 		if lc.flagged || !matches(lc, scope, value, prefix) {
 			continue
 		}
-		if g.replica.Lookup(queryOf(lc), g.now()).Allow != nil {
-			continue
+		if g.replica.Lookup(queryOf(lc), g.now()).Block == nil {
+			continue // an allow entry lifts this ban for this client
 		}
 		lc.flagged = true
 		hit = append(hit, lc)

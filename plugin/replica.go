@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/replica"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
 // startReplica starts keeping the local list replica in step with Redis,
@@ -56,17 +58,52 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 }
 
 // listChanged is called by the replica for every changed key: an
-// operator's new ban disconnects the matching connections.
-func (g *Guard) listChanged(key string, e *replica.Entry) {
-	if e == nil || strings.HasPrefix(e.Value, "auto:") {
-		return // lifted, or an automatic ban (its client was refused already)
+// operator's new ban disconnects the matching connections; an automatic ban
+// lifted before its time (guardctl unban, redis-cli DEL) gives its key a
+// full failure allowance again, here and in Redis.
+func (g *Guard) listChanged(key string, e, old *replica.Entry) {
+	if u, ok := strings.CutPrefix(key, g.replica.Keys().Throttle("")); ok {
+		if e != nil && g.known != nil {
+			g.known.prefetch(u, g.now()) // the username's devices are recognised from its first attempt on
+		}
+		return
 	}
 	kind, scope, value, ok := g.replica.Keys().Split(key)
 	if !ok || kind != keys.Block {
 		return
 	}
-	if !e.Expires.IsZero() && !g.now().Before(e.Expires) {
+	now := g.now()
+	if e == nil {
+		if old != nil && strings.HasPrefix(old.Value, ratelimit.ReasonPrefix) &&
+			(old.Expires.IsZero() || now.Before(old.Expires.Add(-liftSlack))) {
+			g.liftedEarly(scope, value)
+		}
+		return
+	}
+	if strings.HasPrefix(e.Value, ratelimit.ReasonPrefix) {
+		return // an automatic ban: its client was refused already
+	}
+	if !e.Expires.IsZero() && !now.Before(e.Expires) {
 		return
 	}
 	g.kickMatching(key, scope, value)
+}
+
+// liftSlack: a deletion this close to the entry's expiry is taken for the
+// expiry itself (Redis reports an expired key a little late).
+const liftSlack = 250 * time.Millisecond
+
+// liftedEarly resets the failure count of a key whose automatic ban an
+// operator lifted: otherwise its next failure would ban it again at once.
+func (g *Guard) liftedEarly(scope keys.Scope, value string) {
+	g.local.Reset(failKey{scope, value}.local())
+	g.spawn("failure count reset", func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := g.counter.Reset(ctx, scope, value); err != nil {
+			g.health.down(err)
+			return
+		}
+		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: automatic ban of %s=%s lifted before its time: its failure count starts again", scope, quote(value)))
+	})
 }

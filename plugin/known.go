@@ -1,0 +1,272 @@
+package plugin
+
+import (
+	"context"
+	"crypto/sha256"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// knownSources remembers, per username, the sources (IPs and client IDs) it
+// authenticated from with a verified password within conflict_window: while
+// the username is throttled, attempts from those sources still have their
+// password checked, so a fleet sharing one username keeps connecting through
+// an attack on it. A source proves nothing by itself (a client ID is a
+// claim), but it only reopens a password check, which counts as usual.
+//
+// In Redis: the sorted set guard:known:<username>, members "ip:<ip>" and
+// "clientid:<id>" (the ID in its keys.Tracking form: over 256 bytes, a hash), scored by
+// the last success (unix ms), at most known_sources_max members (the least
+// recently successful dropped first), expiring conflict_window after the last
+// write. Each broker writes its successes in the background, in pipelined
+// batches, each (username, source) at most once per knownRefresh.
+//
+// In memory: recent, this broker's own writes (at most knownRecentMax
+// entries of at most 80 bytes; cleared when full), and, for usernames being
+// throttled, the set loaded from Redis (at most knownLoadedMax members over
+// all usernames). Neither is consulted unless the username is throttled.
+type knownSources struct {
+	g      *Guard
+	rdb    redis.UniversalClient
+	kb     keys.Builder
+	max    int
+	window time.Duration
+	ch     chan knownWrite
+
+	mu          sync.Mutex
+	recent      map[string]int64 // recentKey(username, source) -> unix ms of the last success written
+	loaded      map[string]*knownSet
+	loadedTotal int
+}
+
+type knownWrite struct {
+	username, source string
+	ms               int64
+}
+
+type knownSet struct {
+	at      time.Time
+	members map[string]struct{}
+	loading bool
+}
+
+const (
+	knownRefresh     = time.Hour
+	knownRecentMax   = 200_000
+	knownLoadedMax   = 1_000_000
+	knownQueueSize   = 16384
+	knownBatchMax    = 512
+	knownReloadAfter = 5 * time.Second
+)
+
+func newKnownSources(g *Guard, rdb redis.UniversalClient) *knownSources {
+	k := &knownSources{
+		g: g, rdb: rdb, kb: keys.Builder{Prefix: g.cfg.KeyPrefix},
+		max: g.cfg.KnownSourcesMax, window: g.cfg.Conflicts.Window,
+		ch:     make(chan knownWrite, knownQueueSize),
+		recent: map[string]int64{}, loaded: map[string]*knownSet{},
+	}
+	g.spawn("known sources", k.run)
+	return k
+}
+
+// sourceIP and sourceClientID name the two kinds of source.
+func sourceIP(ip netip.Addr) string { return "ip:" + ip.String() }
+
+func sourceClientID(id string) string { return "clientid:" + keys.Tracking(id) }
+
+// recentKey is the map key of (username, source), at most 80 bytes.
+func recentKey(username, source string) string {
+	k := username + "\x00" + source
+	if len(k) <= 80 {
+		return k
+	}
+	h := sha256.Sum256([]byte(k))
+	return string(h[:])
+}
+
+// succeeded records that username authenticated from ip with clientID
+// (broker thread: only map work and a non-blocking send).
+func (k *knownSources) succeeded(username string, ip netip.Addr, clientID string, now time.Time) {
+	ms := now.UnixMilli()
+	if ip.IsValid() {
+		k.note(username, sourceIP(ip), ms)
+	}
+	k.note(username, sourceClientID(clientID), ms)
+}
+
+func (k *knownSources) note(username, source string, ms int64) {
+	rk := recentKey(username, source)
+	k.mu.Lock()
+	last, ok := k.recent[rk]
+	if ok && ms-last < knownRefresh.Milliseconds() {
+		k.mu.Unlock()
+		return
+	}
+	if len(k.recent) >= knownRecentMax {
+		clear(k.recent)
+	}
+	k.recent[rk] = ms
+	k.mu.Unlock()
+	select {
+	case k.ch <- knownWrite{username, source, ms}:
+	default: // a flood of new sources outruns Redis: this one is written on its next success
+		k.mu.Lock()
+		delete(k.recent, rk)
+		k.mu.Unlock()
+	}
+}
+
+// known reports whether ip or clientID is a known source of username: this
+// broker saw it succeed within conflict_window, or the set loaded from Redis
+// for this throttle episode holds it. An absent or stale set is loaded in the
+// background; until it arrives only this broker's own knowledge counts.
+func (k *knownSources) known(username string, ip netip.Addr, clientID string, now time.Time) bool {
+	sources := [2]string{"", sourceClientID(clientID)}
+	if ip.IsValid() {
+		sources[0] = sourceIP(ip)
+	}
+	cutoff := now.Add(-k.window).UnixMilli()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, s := range sources {
+		if s == "" {
+			continue
+		}
+		if ms, ok := k.recent[recentKey(username, s)]; ok && ms >= cutoff {
+			return true
+		}
+	}
+	set := k.loaded[username]
+	if set == nil || (!set.loading && now.Sub(set.at) > knownReloadAfter) {
+		k.startLoad(username, set, now)
+		set = k.loaded[username]
+	}
+	if set == nil {
+		return false // knownLoadedMax reached: only this broker's own knowledge counts
+	}
+	for _, s := range sources {
+		if _, ok := set.members[s]; ok && s != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// prefetch loads username's known sources as its throttle begins.
+func (k *knownSources) prefetch(username string, now time.Time) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if set := k.loaded[username]; set == nil || (!set.loading && now.Sub(set.at) > knownReloadAfter) {
+		k.startLoad(username, set, now)
+	}
+}
+
+// startLoad fetches username's known sources from Redis (k.mu held).
+func (k *knownSources) startLoad(username string, old *knownSet, now time.Time) {
+	if old == nil {
+		if k.loadedTotal >= knownLoadedMax {
+			return
+		}
+		old = &knownSet{}
+		k.loaded[username] = old
+	}
+	old.loading = true
+	old.at = now
+	k.g.spawn("known sources load", func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		min := strconv.FormatInt(time.Now().Add(-k.window).UnixMilli(), 10)
+		members, err := k.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+			Key: k.kb.Known(username), Start: min, Stop: "+inf", ByScore: true, Count: int64(k.max),
+		}).Result()
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		old.loading = false
+		if err != nil {
+			k.g.health.down(err)
+			return
+		}
+		set := make(map[string]struct{}, len(members))
+		for _, m := range members {
+			set[m] = struct{}{}
+		}
+		k.loadedTotal += len(set) - len(old.members)
+		old.members = set
+		old.at = time.Now()
+	})
+}
+
+// forgetLoaded drops the sets of episodes that have ended (none of their
+// usernames asked for a while).
+func (k *knownSources) forgetLoaded(now time.Time) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for u, s := range k.loaded {
+		if !s.loading && now.Sub(s.at) > 2*k.g.cfg.Policy.Window+knownReloadAfter {
+			k.loadedTotal -= len(s.members)
+			delete(k.loaded, u)
+		}
+	}
+}
+
+func (k *knownSources) run() {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	batch := make([]knownWrite, 0, knownBatchMax)
+	for {
+		select {
+		case <-k.g.stop:
+			return
+		case <-tick.C:
+			k.forgetLoaded(time.Now())
+			continue
+		case w := <-k.ch:
+			batch = append(batch[:0], w)
+		}
+	fill:
+		for len(batch) < knownBatchMax {
+			select {
+			case w := <-k.ch:
+				batch = append(batch, w)
+			default:
+				break fill
+			}
+		}
+		k.write(batch)
+	}
+}
+
+// write records a batch of successes in one pipelined round trip: one ZADD
+// per username with its new sources, then the trim to known_sources_max
+// (the least recently successful go first) and the expiry.
+func (k *knownSources) write(batch []knownWrite) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	byUser := map[string][]redis.Z{}
+	for _, w := range batch {
+		byUser[w.username] = append(byUser[w.username], redis.Z{Score: float64(w.ms), Member: w.source})
+	}
+	pipe := k.rdb.Pipeline()
+	for u, zs := range byUser {
+		key := k.kb.Known(u)
+		pipe.ZAdd(ctx, key, zs...)
+		pipe.ZRemRangeByRank(ctx, key, 0, int64(-k.max-1))
+		pipe.PExpire(ctx, key, k.window)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		k.g.health.down(err)
+		// Forget what was not written, so the next success writes it again.
+		k.mu.Lock()
+		for _, w := range batch {
+			delete(k.recent, recentKey(w.username, w.source))
+		}
+		k.mu.Unlock()
+	}
+}
