@@ -16,8 +16,9 @@ import (
 // username and password under a secret made at start and never stored, so
 // the cache holds no password and nothing that can be checked offline
 // without that secret. It holds the hash it was verified against: a changed
-// password (file reload, new guard:user value) no longer matches it. The
-// cache is bounded (least recently used out) and cleared on reload.
+// password (file reload, new guard:user value) no longer matches it, so the
+// cache is kept across reloads, when Mosquitto re-authenticates every client
+// at once. The cache is bounded (least recently used out).
 type verifyCache struct {
 	secret [32]byte
 	max    int
@@ -89,12 +90,4 @@ func (c *verifyCache) add(username string, password []byte, hash string) {
 		c.order.Remove(old)
 		delete(c.items, old.Value.(*cacheItem).mac)
 	}
-}
-
-// clear forgets everything (on reload).
-func (c *verifyCache) clear() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.items = map[[32]byte]*list.Element{}
-	c.order.Init()
 }

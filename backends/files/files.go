@@ -2,7 +2,8 @@
 // "username:hash" per line) and verifies passwords against it, with any hash
 // format that package hashes supports. Malformed lines are skipped and
 // reported, never accepted; the reports never quote a hash or whatever else
-// follows a line's ':'.
+// follows a line's ':'. A username on several lines gets its last line's
+// hash, as Mosquitto does, and is reported (the username quoted and cut).
 package files
 
 import (
@@ -25,7 +26,8 @@ type Store struct {
 }
 
 // Load reads the password file at path, checking every hash with v. A file
-// that cannot be read is an error; skipped lines are returned, not fatal.
+// that cannot be read is an error; skipped lines and duplicate usernames are
+// returned, not fatal.
 //
 // The dummy hash for unknown users is v.DummyLike a hash of the class that
 // most users have; when classes tie for most users, the one whose first user

@@ -10,7 +10,8 @@ import (
 
 // FuzzParse checks that no file content panics the parser, that every
 // accepted user has a non-empty name and a hash that validates, that the
-// dummy's model hash is a user's (or "" for no users), and that a
+// dummy's model hash is a user's (or "" for no users), that a username on
+// several lines gets its last line's hash, and that a
 // report never quotes a long enough part of what followed a line's ':'.
 // Run it with: go test -fuzz FuzzParse ./backends/files
 func FuzzParse(f *testing.F) {
@@ -42,13 +43,30 @@ func FuzzParse(f *testing.F) {
 		if len(p.users)+len(skipped) > len(lines) {
 			t.Fatalf("%d users and %d reports from %d lines", len(p.users), len(skipped), len(lines))
 		}
+		last := map[string]string{}
+		for _, l := range lines {
+			if u, h, _, reason := parseLine(string(l), v); u != "" && reason == "" {
+				last[u] = h
+			}
+		}
+		if len(last) != len(p.users) {
+			t.Fatalf("%d users, %d distinct accepted usernames", len(p.users), len(last))
+		}
+		for u, h := range last {
+			if p.users[u] != h {
+				t.Fatalf("user %q does not have its last line's hash", u)
+			}
+		}
 		for _, e := range skipped {
 			if e.Line < 1 || e.Line > len(lines) {
 				t.Fatalf("line %d out of range", e.Line)
 			}
 			_, after, found := bytes.Cut(lines[e.Line-1], []byte(":"))
 			after = bytes.TrimSpace(after)
-			if found && len(after) >= 24 && strings.Contains(e.Error(), string(after)) {
+			// A duplicate's report quotes its username (before the ':'),
+			// which may itself look like anything.
+			msg := strings.Replace(e.Error(), quoteUser(e.Username), "", 1)
+			if found && len(after) >= 24 && strings.Contains(msg, string(after)) {
 				t.Fatalf("report %q quotes the line's secret part", e.Error())
 			}
 		}

@@ -3,6 +3,7 @@ package files
 import (
 	"bytes"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -10,21 +11,46 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
 )
 
-// LineError reports one skipped line of a password file. Its text never
-// holds anything from after the line's first ':' (that may be a password
-// typed in the clear by mistake), nor any other content of the line.
+// LineError reports one skipped line of a password file, or a username
+// found on several lines. Its text never holds anything from after a line's
+// first ':' (that may be a password typed in the clear by mistake); the only
+// content of a line it may hold is a duplicate username, quoted and cut.
 type LineError struct {
 	// Path is the password file.
 	Path string
-	// Line is the 1-based line number.
+	// Line is the 1-based line number: the skipped line, or for a duplicate
+	// username the last line holding it, which is the one used.
 	Line int
-	// Reason says why the line was skipped, in fixed wording.
+	// Reason says why the line was skipped, in fixed wording, or for a
+	// duplicate which earlier lines hold the username.
 	Reason string
+	// Username is set for a duplicate username only.
+	Username string
 }
 
-// Error reads "password_file /path line 7: <why>".
+// Error reads "password_file /path line 7: <why>", or for a duplicate
+// username "password_file /path line 7: duplicate username "alice": <lines>".
 func (e LineError) Error() string {
+	if e.Username != "" {
+		return fmt.Sprintf("password_file %s line %d: duplicate username %s: %s", e.Path, e.Line, quoteUser(e.Username), e.Reason)
+	}
 	return fmt.Sprintf("password_file %s line %d: %s", e.Path, e.Line, e.Reason)
+}
+
+// maxQuotedUser is how much of a duplicate username a report quotes.
+const maxQuotedUser = 64
+
+// quoteUser quotes a username for a report: escaped, on one line, cut to
+// maxQuotedUser bytes (at a rune boundary) with a note of the full size.
+func quoteUser(u string) string {
+	if len(u) <= maxQuotedUser {
+		return strconv.Quote(u)
+	}
+	cut := maxQuotedUser
+	for cut > 0 && !utf8.RuneStart(u[cut]) {
+		cut--
+	}
+	return strconv.Quote(u[:cut]) + fmt.Sprintf("...(%d bytes)", len(u))
 }
 
 // maxUsernameBytes is the longest username MQTT can carry.
@@ -33,12 +59,15 @@ const maxUsernameBytes = 65535
 // blanks is what Mosquitto trims around a username and a hash (C's isspace).
 const blanks = " \t\r\n\v\f"
 
+// maxListedLines bounds the earlier line numbers one duplicate report lists.
+const maxListedLines = 5
+
 // parsed is the outcome of parsing a whole password file.
 type parsed struct {
 	users map[string]string
 	// like is a hash of the class (hashes.Verifier.Class) that most users
-	// have; of those tied for most, the class met first in the file. "" when
-	// there are no users.
+	// have; of those tied for most, the class met first in the file (a user
+	// is where its last line is). "" when there are no users.
 	like string
 }
 
@@ -46,17 +75,30 @@ type parsed struct {
 // split at the first ':'. Blank lines and lines whose first non-blank
 // character is '#' are skipped silently; a trailing "\r" is dropped; blanks
 // around the username and the hash are trimmed, as Mosquitto does. Lines
-// with no ':', an empty or invalid username, a hash that v does not accept,
-// or a username already accepted are skipped and reported.
+// with no ':', an empty or invalid username, or a hash that v does not
+// accept are skipped and reported.
+//
+// A username on several accepted lines gets the hash of its LAST line, as
+// Mosquitto's own password_file check does, and one report naming it and its
+// lines. Mosquitto 2.0.11's pwfile__parse (src/security_default.c) adds every
+// line with uthash's HASH_ADD_KEYPTR without looking for an existing entry;
+// HASH_ADD_TO_BKT (deps/uthash.h) puts a new item at the head of its bucket
+// and HASH_FIND_IN_BKT walks a bucket from its head, so
+// mosquitto_unpwd_check_default's HASH_FIND meets the last line first.
+// (HASH_EXPAND_BUCKETS re-links each bucket head first, which reverses
+// items of one bucket: in a file large enough for the table to double an odd
+// number of times between the two lines, Mosquitto itself uses the earlier
+// one. Its behaviour is the last line wherever it is consistent; a file
+// should hold each username once.) mosquitto-go-auth's files backend keeps
+// the last line too (a Go map assignment per line).
 func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
-	p := parsed{users: make(map[string]string)}
-	firstLine := make(map[string]int)
-	// Per hash class: its users, and the first of them in file order.
-	type classCount struct {
-		users, order int
-		hash         string
+	type entry struct {
+		hash, class string
+		line        int   // the last line holding the username: the one used
+		earlier     []int // up to maxListedLines earlier lines
+		dups        int   // how many earlier lines
 	}
-	classes := make(map[string]*classCount)
+	entries := make(map[string]*entry)
 	var skipped []LineError
 	for n := 1; len(data) > 0; n++ {
 		var raw []byte
@@ -73,20 +115,49 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 			skipped = append(skipped, LineError{Path: path, Line: n, Reason: reason})
 			continue
 		}
-		if first, dup := firstLine[user]; dup {
-			skipped = append(skipped, LineError{Path: path, Line: n,
-				Reason: "duplicate username, line " + strconv.Itoa(first) + " is kept"})
+		e := entries[user]
+		if e == nil {
+			entries[user] = &entry{hash: hash, class: class, line: n}
 			continue
 		}
-		firstLine[user] = n
-		p.users[user] = hash
-		c := classes[class]
+		if len(e.earlier) < maxListedLines {
+			e.earlier = append(e.earlier, e.line)
+		}
+		e.dups++
+		e.hash, e.class, e.line = hash, class, n
+	}
+
+	p := parsed{users: make(map[string]string, len(entries))}
+	type userAt struct {
+		user string
+		e    *entry
+	}
+	order := make([]userAt, 0, len(entries))
+	for u, e := range entries {
+		p.users[u] = e.hash
+		order = append(order, userAt{u, e})
+	}
+	// File order of the lines used: for the class tie-break and the reports.
+	sort.Slice(order, func(i, j int) bool { return order[i].e.line < order[j].e.line })
+	// Per hash class: its users, and the first of them in file order.
+	type classCount struct {
+		users, order int
+		hash         string
+	}
+	classes := make(map[string]*classCount)
+	for _, o := range order {
+		c := classes[o.e.class]
 		if c == nil {
-			c = &classCount{order: len(classes), hash: hash}
-			classes[class] = c
+			c = &classCount{order: len(classes), hash: o.e.hash}
+			classes[o.e.class] = c
 		}
 		c.users++
+		if o.e.dups > 0 {
+			skipped = append(skipped, LineError{Path: path, Line: o.e.line, Username: o.user,
+				Reason: duplicateReason(o.e.earlier, o.e.dups)})
+		}
 	}
+	sort.SliceStable(skipped, func(i, j int) bool { return skipped[i].Line < skipped[j].Line })
 	var best *classCount
 	for _, c := range classes {
 		if best == nil || c.users > best.users || c.users == best.users && c.order < best.order {
@@ -97,6 +168,28 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 		p.like = best.hash
 	}
 	return p, skipped
+}
+
+// duplicateReason reads "also on line 3; the last line is used" or "also on
+// lines 3, 5, 9 and 4 more; the last line is used".
+func duplicateReason(earlier []int, dups int) string {
+	var b strings.Builder
+	b.WriteString("also on line")
+	if dups > 1 {
+		b.WriteByte('s')
+	}
+	for i, l := range earlier {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte(' ')
+		b.WriteString(strconv.Itoa(l))
+	}
+	if more := dups - len(earlier); more > 0 {
+		b.WriteString(" and " + strconv.Itoa(more) + " more")
+	}
+	b.WriteString("; the last line is used, as Mosquitto does")
+	return b.String()
 }
 
 // parseLine returns the username, hash and hash class of one line, or a

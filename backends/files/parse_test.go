@@ -42,7 +42,7 @@ func TestParseMalformedLines(t *testing.T) {
 		"bob:",                                 //  7 empty hash
 		"carol:" + secret,                      //  8 unsupported hash
 		"dave:$7$0$" + secret + "$" + secret,   //  9 malformed hash
-		"alice:" + hash6Password,               // 10 duplicate
+		"alice:" + hash6Password,               // 10 duplicate of 3: this one is used
 		"   \t  ",                              // 11 blank
 		"  # indented comment",                 // 12 comment
 		"erin:" + hash6Password + ":" + secret, // 13 text after a second ':'
@@ -50,7 +50,7 @@ func TestParseMalformedLines(t *testing.T) {
 		"nul\x00name:" + hash6Password,         // 15 NUL
 		"  frank  :  " + hash6Password + "  ",  // 16 ok, trimmed
 		"dave:" + hash6Password,                // 17 ok: line 9 was not accepted
-		"dave:" + hash7Password,                // 18 duplicate of 17
+		"dave:" + hash7Password,                // 18 duplicate of 17: this one is used
 	}
 	path := writeFile(t, strings.Join(lines, "\n")+"\n")
 	s, skipped, err := Load(path, hashes.Verifier{})
@@ -77,8 +77,13 @@ func TestParseMalformedLines(t *testing.T) {
 	assert.Equal(t, "empty hash", reasons[7])
 	assert.Contains(t, reasons[8], "unsupported")
 	assert.Contains(t, reasons[9], "malformed")
-	assert.Equal(t, "duplicate username, line 3 is kept", reasons[10])
-	assert.Equal(t, "duplicate username, line 17 is kept", reasons[18])
+	assert.Equal(t, "also on line 3; the last line is used, as Mosquitto does", reasons[10])
+	assert.Equal(t, "also on line 17; the last line is used, as Mosquitto does", reasons[18])
+	for _, e := range skipped {
+		if e.Line == 10 {
+			assert.Equal(t, fmt.Sprintf(`password_file %s line 10: duplicate username "alice": also on line 3; the last line is used, as Mosquitto does`, path), e.Error())
+		}
+	}
 
 	assert.Equal(t, 3, s.Len())
 	for _, u := range []string{"alice", "frank", "dave"} {
@@ -87,9 +92,70 @@ func TestParseMalformedLines(t *testing.T) {
 		assert.True(t, ok, u)
 	}
 	h, _ := s.Hash("alice")
-	assert.Equal(t, hash7Password, h, "the first alice is kept")
+	assert.Equal(t, hash6Password, h, "the last alice is used, as Mosquitto does")
 	h, _ = s.Hash("dave")
-	assert.Equal(t, hash6Password, h)
+	assert.Equal(t, hash7Password, h)
+}
+
+// TestDuplicateUsernames: the last line of a username is used, as
+// Mosquitto 2.0.11 does (see parse); one report per duplicated username,
+// at its last line, naming the earlier lines (a bounded number of them) and
+// the username quoted and cut, never a hash.
+func TestDuplicateUsernames(t *testing.T) {
+	long := strings.Repeat("é", 100) // 200 bytes: cut at a rune boundary
+	var lines []string
+	for i := 0; i < 9; i++ { // lines 1-9: "many" nine times, the last with hash6
+		h := hash7Password
+		if i == 8 {
+			h = hash6Password
+		}
+		lines = append(lines, "many:"+h)
+	}
+	lines = append(lines,
+		"one:"+hash6Password,          // 10
+		"bad\"q\tuote:"+hash7Password, // 11
+		long+":"+hash6Password,        // 12
+		"one:"+hash7Password,          // 13: "one" is used from here
+		long+":"+hash7Password,        // 14
+		"bad\"q\tuote:"+hash6Password, // 15
+	)
+	path := writeFile(t, strings.Join(lines, "\n")+"\n")
+	s, skipped, err := Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+	assert.Equal(t, 4, s.Len())
+	for user, want := range map[string]string{"many": hash6Password, "one": hash7Password, long: hash7Password, "bad\"q\tuote": hash6Password} {
+		h, ok := s.Hash(user)
+		require.True(t, ok, user)
+		assert.Equal(t, want, h, "the last line of %q", user)
+	}
+	require.Len(t, skipped, 4)
+	msgs := map[int]string{}
+	for _, e := range skipped {
+		msgs[e.Line] = e.Error()
+		assert.NotContains(t, e.Error(), "W0DmyIJ2hz1HNTW0")
+		assert.NotContains(t, e.Error(), "fE3HhJ/EaUFJwxOb")
+	}
+	assert.Equal(t, fmt.Sprintf(`password_file %s line 9: duplicate username "many": also on lines 1, 2, 3, 4, 5 and 3 more; the last line is used, as Mosquitto does`, path), msgs[9])
+	assert.Equal(t, fmt.Sprintf(`password_file %s line 13: duplicate username "one": also on line 10; the last line is used, as Mosquitto does`, path), msgs[13])
+	assert.Equal(t, fmt.Sprintf(`password_file %s line 14: duplicate username "%s"...(200 bytes): also on line 12; the last line is used, as Mosquitto does`, path, strings.Repeat("é", 32)), msgs[14])
+	assert.Equal(t, fmt.Sprintf(`password_file %s line 15: duplicate username "bad\"q\tuote": also on line 11; the last line is used, as Mosquitto does`, path), msgs[15])
+	for _, e := range skipped {
+		assert.NotContains(t, e.Error(), "\t", "escaped, on one line")
+	}
+}
+
+// The dummy follows the class of the lines used: a username's earlier
+// lines do not count.
+func TestDummyCountsLinesUsed(t *testing.T) {
+	salt := base64.StdEncoding.EncodeToString(make([]byte, 12))
+	sum := base64.StdEncoding.EncodeToString(make([]byte, 64))
+	h5000 := "$7$5000$" + salt + "$" + sum
+	content := "a:" + h5000 + "\nb:" + h5000 + "\nc:" + hash6Password + "\na:" + hash6Password + "\n"
+	s, _, err := Load(writeFile(t, content), hashes.Verifier{})
+	require.NoError(t, err)
+	c, err := hashes.Verifier{}.Class(s.dummy)
+	require.NoError(t, err)
+	assert.Equal(t, "$6$<12>$<64>", c, "a's line 1 is not used: two $6$ users, one $7$")
 }
 
 func TestParseCRLFAndNoFinalNewline(t *testing.T) {
