@@ -39,7 +39,7 @@ unit:
 	$(GO) test -short ./...
 
 test: build vet fmt-check
-	GUARD_PLUGIN=$(CURDIR)/$(PLUGIN) $(GO) test -count=1 -timeout 20m ./...
+	GUARD_PLUGIN=$(CURDIR)/$(PLUGIN) $(GO) test -race -count=1 -timeout 20m ./...
 
 run: build
 	@scripts/run.sh $(CURDIR)/$(PLUGIN)
@@ -52,3 +52,20 @@ clean:
 .PHONY: bench
 bench:
 	@GO=$(GO) bench/run.sh
+
+# Standing proof, none of it part of make test (see bench/chaos/):
+#   make chaos  Redis stopped, killed, emptied, flapping, SIGHUP storms and a
+#               hostile CONNECT storm, under load (a few minutes); a table
+#   make fuzz   every parser of client or operator input under go test -fuzz,
+#               FUZZTIME (20s) each, about 4 minutes
+#   make soak   SOAK_N (1000000) distinct client IDs: broker RSS and Redis
+#               memory against the README's bounds (SOAK_N=100000: 1 minute)
+.PHONY: chaos fuzz soak
+FUZZTIME ?= 20s
+SOAK_N   ?= 1000000
+chaos:
+	@GO=$(GO) bench/chaos/run.sh
+fuzz:
+	@GO=$(GO) FUZZTIME=$(FUZZTIME) bench/chaos/fuzz.sh
+soak:
+	@GO=$(GO) SOAK_N=$(SOAK_N) bench/chaos/soak.sh
