@@ -23,7 +23,13 @@ type Store struct {
 	// (format, cost parameters, salt and key lengths) that most users of the
 	// file have.
 	dummy string
+	mixed int
 }
+
+// CheapHashes returns how many users have a hash that costs less than half
+// the most expensive one in the file: an attacker timing refusals can tell
+// them from unknown users. Rehash them (mosquitto_passwd) to leak nothing.
+func (s *Store) CheapHashes() int { return s.mixed }
 
 // Load reads the password file at path, checking every hash with v. A file
 // that cannot be read is an error; skipped lines and duplicate usernames are
@@ -41,7 +47,7 @@ func Load(path string, v hashes.Verifier) (*Store, []LineError, error) {
 		return nil, nil, fmt.Errorf("files: read password_file %s: %w", path, err)
 	}
 	p, skipped := parse(data, path, v)
-	return &Store{users: p.users, v: v, dummy: dummyLike(v, p.like)}, skipped, nil
+	return &Store{users: p.users, v: v, dummy: dummyLike(v, p.like), mixed: p.mixed}, skipped, nil
 }
 
 // dummyLike is v.DummyLike(like), or the default dummy for no users.

@@ -65,10 +65,14 @@ const maxListedLines = 5
 // parsed is the outcome of parsing a whole password file.
 type parsed struct {
 	users map[string]string
-	// like is a hash of the class (hashes.Verifier.Class) that most users
-	// have; of those tied for most, the class met first in the file (a user
-	// is where its last line is). "" when there are no users.
+	// like is a hash of the most expensive class (hashes.Verifier.Class and
+	// Work) in the file; of classes as expensive, the one most users have,
+	// then the one met first (a user is where its last line is). "" when
+	// there are no users.
 	like string
+	// mixed counts the users whose hash costs less than half the dummy's:
+	// timing can tell them from unknown users.
+	mixed int
 }
 
 // parse reads data in mosquitto_passwd format: one username:hash per line,
@@ -158,14 +162,26 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 		}
 	}
 	sort.SliceStable(skipped, func(i, j int) bool { return skipped[i].Line < skipped[j].Line })
+	// The dummy copies the most expensive class: an unknown user then costs
+	// what the slowest known user costs, so that no user of that class can be
+	// told from an absent one; users of cheaper classes still can (a file that
+	// mixes hash costs leaks which of its cheap-hash users exist), and that is
+	// reported (mixed). Ties: the class with most users, then the first met.
 	var best *classCount
+	var bestWork float64
 	for _, c := range classes {
-		if best == nil || c.users > best.users || c.users == best.users && c.order < best.order {
-			best = c
+		w, _ := v.Work(c.hash) // validated by Class already
+		if best == nil || w > bestWork || w == bestWork && (c.users > best.users || c.users == best.users && c.order < best.order) {
+			best, bestWork = c, w
 		}
 	}
 	if best != nil {
 		p.like = best.hash
+		for _, c := range classes {
+			if w, _ := v.Work(c.hash); w*2 < bestWork {
+				p.mixed += c.users
+			}
+		}
 	}
 	return p, skipped
 }

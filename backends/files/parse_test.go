@@ -150,12 +150,12 @@ func TestDummyCountsLinesUsed(t *testing.T) {
 	salt := base64.StdEncoding.EncodeToString(make([]byte, 12))
 	sum := base64.StdEncoding.EncodeToString(make([]byte, 64))
 	h5000 := "$7$5000$" + salt + "$" + sum
-	content := "a:" + h5000 + "\nb:" + h5000 + "\nc:" + hash6Password + "\na:" + hash6Password + "\n"
+	content := "a:" + h5000 + "\nb:" + hash6Password + "\nc:" + hash6Password + "\na:" + hash6Password + "\n"
 	s, _, err := Load(writeFile(t, content), hashes.Verifier{})
 	require.NoError(t, err)
 	c, err := hashes.Verifier{}.Class(s.dummy)
 	require.NoError(t, err)
-	assert.Equal(t, "$6$<12>$<64>", c, "a's line 1 is not used: two $6$ users, one $7$")
+	assert.Equal(t, "$6$<12>$<64>", c, "a's line 1 ($7$) is not used: only $6$ users")
 }
 
 func TestParseCRLFAndNoFinalNewline(t *testing.T) {
@@ -191,10 +191,10 @@ func TestParseGoAuthHashes(t *testing.T) {
 	ok, err = s.Verify("hank", []byte("U*U"))
 	require.NoError(t, err)
 	assert.True(t, ok)
-	// One user each: the tie goes to the first line's class.
+	// The dummy copies the more expensive class: bcrypt cost 5 over 1000 rounds.
 	dc, err := hashes.Verifier{SaltEncoding: hashes.SaltUTF8}.Class(s.dummy)
 	require.NoError(t, err)
-	assert.Equal(t, "PBKDF2$sha512$1000$<16 utf8>$<64>", dc)
+	assert.Equal(t, "$2b$05$<16><23>", dc)
 
 	// With base64 salts the first line does not validate.
 	_, skipped, err = Load(path, hashes.Verifier{})
@@ -206,22 +206,29 @@ func TestParseGoAuthHashes(t *testing.T) {
 
 // TestDummyFollowsMostCommonClass: the dummy is of the class most users
 // have, whatever the order of the lines; a tie goes to the class met first.
-func TestDummyFollowsMostCommonClass(t *testing.T) {
+// The dummy copies the most expensive class in the file, so that no user of
+// it can be told from an absent one by timing (the hostile test: one bcrypt
+// user in a file of $7$ users took 191 ms to refuse, an unknown user 0.7 ms);
+// among classes as costly, the one with most users, then the first met.
+func TestDummyFollowsMostExpensiveClass(t *testing.T) {
 	salt := base64.StdEncoding.EncodeToString(make([]byte, 12))
 	sum := base64.StdEncoding.EncodeToString(make([]byte, 64))
 	h5000 := "$7$5000$" + salt + "$" + sum
 	h777 := "$7$777$" + salt + "$" + sum
+	h777b := "$7$777$" + base64.StdEncoding.EncodeToString(make([]byte, 16)) + "$" + sum
+	bc := "$2b$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
 	for _, tc := range []struct {
 		name  string
 		lines []string
 		want  string
+		cheap int
 	}{
-		{"majority last", []string{h5000, hash6Password, h777, h777, hash6Password, h777}, "$7$777$<12>$<64>"},
-		{"majority first", []string{hash6Password, hash6Password, h5000, h777}, "$6$<12>$<64>"},
-		{"tie: first class in the file", []string{h5000, h777, h777, h5000}, "$7$5000$<12>$<64>"},
-		{"tie: other order", []string{h777, h5000, h5000, h777}, "$7$777$<12>$<64>"},
-		{"one user", []string{hash6Password}, "$6$<12>$<64>"},
-		{"no users", nil, "$7$101$<12>$<64>"},
+		{"the most expensive, however few", []string{h777, h777, h777, h5000, hash6Password}, "$7$5000$<12>$<64>", 4},
+		{"bcrypt among $7$", []string{hash6Password, h777, h777, bc}, "$2b$05$<16><23>", 3},
+		{"as costly: most users", []string{h777, h777b, h777b}, "$7$777$<16>$<64>", 0},
+		{"as costly, as many: first met", []string{h777b, h777}, "$7$777$<16>$<64>", 0},
+		{"one user", []string{hash6Password}, "$6$<12>$<64>", 0},
+		{"no users", nil, "$7$101$<12>$<64>", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var sb strings.Builder
@@ -234,6 +241,7 @@ func TestDummyFollowsMostCommonClass(t *testing.T) {
 			c, err := hashes.Verifier{}.Class(s.dummy)
 			require.NoError(t, err)
 			assert.Equal(t, tc.want, c, s.dummy)
+			assert.Equal(t, tc.cheap, s.CheapHashes())
 			for _, h := range tc.lines {
 				assert.NotEqual(t, h, s.dummy)
 			}
