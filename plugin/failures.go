@@ -2,10 +2,15 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
@@ -25,9 +30,10 @@ type failure struct {
 // broker thread needs to wait for it. The queue is bounded; when a flood
 // outruns Redis the excess is dropped and the drop is logged.
 type failureQueue struct {
-	g       *Guard
-	ch      chan failure
-	dropped atomic.Int64
+	g         *Guard
+	ch        chan failure
+	dropped   atomic.Int64 // not queued: the queue was full
+	uncounted atomic.Int64 // queued, but Redis did not count them
 }
 
 const failureQueueSize = 4096
@@ -59,6 +65,9 @@ func (q *failureQueue) run() {
 			if n := q.dropped.Swap(0); n > 0 {
 				q.g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted: the counting queue was full", n))
 			}
+			if n := q.uncounted.Swap(0); n > 0 {
+				q.g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted in redis: it did not answer (counted on this broker only)", n))
+			}
 		}
 	}
 }
@@ -71,7 +80,7 @@ func (g *Guard) banned(ban *ratelimit.Ban) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_ = g.store.PublishChange(ctx, ban.Key)
+	_ = g.bgStore.PublishChange(ctx, ban.Key)
 }
 
 // countSafely counts f; a panic is logged and the worker goes on.
@@ -84,18 +93,35 @@ func (q *failureQueue) countSafely(f failure) {
 	q.count(f)
 }
 
+// countTimeout bounds one attempt at counting one key of a failure. It
+// runs on the background client, so a Redis stall shorter than this (a
+// BGSAVE fork, a failover) delays the count rather than losing it.
+const countTimeout = 2 * time.Second
+
+// countRetryFor bounds how long one failure is retried while Redis refuses
+// the command before running it (down, restarting, loading): the worker
+// waits meanwhile and the queue (failureQueueSize) holds the failures that
+// follow.
+const countRetryFor = 30 * time.Second
+
 // count records f under every key it counts under, and toward its
-// username's throttle, and logs any ban or throttle.
+// username's throttle, and logs any ban or throttle. An attempt that surely
+// did not run in Redis is retried (see retry); one that may have run is
+// not: counting it twice could ban on fewer failures than fail_limit allows.
+// A retry after a count that ran but whose ban write did not is harmless:
+// a key over its limit is not counted again (redis_rate changes nothing when
+// it refuses), and the ban is written by the retry.
 func (q *failureQueue) count(f failure) {
 	g := q.g
 	for _, k := range f.keys {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		ban, err := g.counter.Fail(ctx, k.scope, k.value)
-		cancel()
-		if err != nil {
-			g.health.down(err)
-			return
-		}
+		var ban *ratelimit.Ban
+		err := q.retry(func(ctx context.Context) (err error) {
+			ban, err = g.counter.Fail(ctx, k.scope, k.value)
+			if ban != nil {
+				return nil // written; an offence left uncounted only shortens the next ban
+			}
+			return err
+		})
 		if ban != nil {
 			g.banned(ban)
 			c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
@@ -103,19 +129,76 @@ func (q *failureQueue) count(f failure) {
 				k.scope, quote(k.value), g.cfg.Policy.Rule(), describeClient(c, f.ip),
 				quote(ban.Key), expiry(g.now(), ban.Duration), ban.Offence))
 		}
+		if err != nil {
+			q.lost(err)
+			return
+		}
 	}
 	if f.knownUser && g.cfg.UsernameFailLimit > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		th, err := g.counter.ThrottleFail(ctx, f.username, g.cfg.UsernameFailLimit)
-		cancel()
+		var th *ratelimit.Throttle
+		err := q.retry(func(ctx context.Context) (err error) {
+			th, err = g.counter.ThrottleFail(ctx, f.username, g.cfg.UsernameFailLimit)
+			return err
+		})
 		if err != nil {
-			g.health.down(err)
+			q.lost(err)
 			return
 		}
 		if th != nil {
 			g.throttled(th)
 		}
 	}
+}
+
+// retry runs attempt, each try bounded by countTimeout, until it succeeds,
+// fails in a way that may have reached Redis, countRetryFor has passed, or
+// the guard stops. While Redis refuses, the health probe reports it.
+func (q *failureQueue) retry(attempt func(ctx context.Context) error) error {
+	deadline := time.Now().Add(countRetryFor)
+	wait := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), countTimeout)
+		err := attempt(ctx)
+		cancel()
+		if err == nil || !notRun(err) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		select {
+		case <-q.g.stop:
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// notRun reports whether err says the command never ran in Redis, so that
+// running it again cannot count it twice: the connection was never made
+// (dial refused or timed out), no pooled connection was free, or Redis
+// refused it unrun (still loading its dataset, a replica, no master, a
+// cluster without quorum or moving slots, too many clients).
+func notRun(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	if errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, syscall.ECONNREFUSED) {
+		return true
+	}
+	for _, prefix := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "max number of clients"} {
+		if redis.HasErrorPrefix(err, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// lost gives up on a failure that could not be counted: Redis is marked
+// down (the health probe says when it is back), and the loss is logged with
+// the next report of the queue.
+func (q *failureQueue) lost(err error) {
+	q.g.health.down(err)
+	q.uncounted.Add(1)
 }
 
 // throttled puts a new username throttle into the local replica and tells
@@ -127,7 +210,7 @@ func (g *Guard) throttled(th *ratelimit.Throttle) {
 		_ = g.replica.Put(th.Key, th.Reason, expires)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	_ = g.store.PublishChange(ctx, th.Key)
+	_ = g.bgStore.PublishChange(ctx, th.Key)
 	cancel()
 	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: throttling username=%s: over %d failed authentications of it from any source (%d allowed, refilling 1 per %s); until %s its attempts from sources it never authenticated from are refused unchecked rule=%s",
 		quote(th.Username), g.cfg.UsernameFailLimit, g.cfg.UsernameFailLimit, g.cfg.Policy.Window, expiry(g.now(), th.Duration), RuleUsernameThrottled))

@@ -38,7 +38,8 @@ type FailCounter interface {
 type Guard struct {
 	cfg      Config
 	log      Logger
-	store    Store
+	store    Store // the broker thread's calls, bounded by redis_timeout
+	bgStore  Store // background work's calls: longer deadlines (redisstore.Options.BackgroundTimeout)
 	counter  FailCounter
 	verifier hashes.Verifier
 	users    atomic.Pointer[files.Store]
@@ -80,11 +81,13 @@ type Output struct {
 }
 
 // Deps are the guard's connections to the outside; tests pass fakes.
+// Everything but Store serves background work.
 type Deps struct {
-	Store     Store
-	Conflicts ConflictStore         // nil: no conflict detection
-	Counter   FailCounter           // failed-auth counting and bans
-	Redis     redis.UniversalClient // nil: no replica, every lookup asks Store
+	Store      Store                 // the broker thread's lookups
+	Background Store                 // the same Redis for background work; nil: Store
+	Conflicts  ConflictStore         // nil: no conflict detection
+	Counter    FailCounter           // failed-auth counting and bans
+	Redis      redis.UniversalClient // nil: no replica, every lookup asks Store
 }
 
 // initialLoadWait bounds how long plugin_init waits for the replica's
@@ -94,13 +97,24 @@ const initialLoadWait = 10 * time.Second
 // New builds a Guard from cfg, connected to the Redis that cfg names. An
 // unreadable password file is an error; an unreachable Redis is not: it is
 // logged and retried in the background.
+//
+// Only the broker thread's lookups use the client bounded by redis_timeout;
+// failure counting, conflict tracking, the replica and the health probe use
+// the background client, so a Redis stall longer than redis_timeout fails
+// none of them. go-redis's own log lines go to the broker's log.
 func New(cfg Config, out Output) (*Guard, error) {
 	store := redisstore.New(redisstore.Options{
 		Addrs: cfg.RedisAddrs, Username: cfg.RedisUsername, Password: cfg.RedisPassword,
 		DB: cfg.RedisDB, Timeout: cfg.RedisTimeout,
+		Log: func(msg string) {
+			if out.Log != nil {
+				out.Log(LevelWarning, "mosquitto-guard: redis client: "+msg)
+			}
+		},
 	}, keys.Builder{Prefix: cfg.KeyPrefix})
-	counter := ratelimit.New(store.Client(), store.Keys(), cfg.Policy)
-	g, err := NewWith(cfg, out, Deps{Store: store, Conflicts: store, Counter: counter, Redis: store.Client()})
+	bg := store.Background()
+	counter := ratelimit.New(bg.Client(), bg.Keys(), cfg.Policy)
+	g, err := NewWith(cfg, out, Deps{Store: store, Background: bg, Conflicts: bg, Counter: counter, Redis: bg.Client()})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -120,6 +134,7 @@ func NewWith(cfg Config, out Output, d Deps) (*Guard, error) {
 		cfg:      cfg,
 		log:      out.Log,
 		store:    d.Store,
+		bgStore:  d.Background,
 		counter:  d.Counter,
 		cache:    newVerifyCache(cfg.AuthCache),
 		out:      out,
@@ -128,6 +143,9 @@ func NewWith(cfg Config, out Output, d Deps) (*Guard, error) {
 		conns:    map[uintptr]*liveConn{},
 		byID:     map[string]*liveConn{},
 		stop:     make(chan struct{}),
+	}
+	if g.bgStore == nil {
+		g.bgStore = d.Store
 	}
 	if cfg.Backend == BackendFiles {
 		if err := g.loadUsers(); err != nil {

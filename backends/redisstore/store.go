@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,47 +23,125 @@ type Options struct {
 	Username string
 	Password string
 	DB       int
-	Timeout  time.Duration // bound on dialling, reading, writing and waiting for a pooled connection
+	// Timeout bounds every wait of the broker thread's client (Lookup,
+	// LiveConns): dialling, reading, writing, waiting for a pooled
+	// connection. That client never retries: a retry would double the wait.
+	Timeout time.Duration
+	// BackgroundTimeout bounds one call of the background client (every
+	// other method, and Background().Client()); the caller's context may
+	// bound it further. Zero: DefaultBackgroundTimeout; never below Timeout.
+	BackgroundTimeout time.Duration
+	// Log, when set, receives go-redis's own log lines, which would
+	// otherwise go to stderr, at most one per LogEvery (see routeLogs).
+	Log func(msg string)
 }
 
+// DefaultBackgroundTimeout is the default Options.BackgroundTimeout: longer
+// than any stall Redis has in normal operation (a BGSAVE fork of a large
+// dataset, a failover), so that background work outlasts it.
+const DefaultBackgroundTimeout = 10 * time.Second
+
 // Store reads and writes mosquitto-guard's keys. It is safe for concurrent use.
+//
+// A Store holds two clients with separate connection pools. The broker
+// thread's (Lookup, LiveConns) waits at most Options.Timeout and never
+// retries. The background client serves everything else: conflict batches,
+// failure counting, replica loads, the health probe. Its calls are bounded
+// by their context and by Options.BackgroundTimeout, and retried by go-redis
+// when the command surely did not run (a failed dial, a pool timeout, a
+// Redis still loading): a Redis stall longer than redis_timeout then fails
+// no background work, and background work never holds a connection the
+// broker thread waits for.
 type Store struct {
-	rdb redis.UniversalClient
-	kb  keys.Builder
+	rdb     redis.UniversalClient // this view's client: the broker thread's, or the background one
+	clients *clients
+	kb      keys.Builder
+}
+
+type clients struct {
+	fast, bg redis.UniversalClient
+	unroute  func() // stops routing go-redis's lines to Options.Log
+	once     sync.Once
 }
 
 // New returns a Store; it does not connect until first used, and reconnects
 // by itself after Redis comes back.
 func New(o Options, kb keys.Builder) *Store {
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:           o.Addrs,
-		Username:        o.Username,
-		Password:        o.Password,
-		DB:              o.DB,
-		DialTimeout:     o.Timeout,
-		ReadTimeout:     o.Timeout,
-		WriteTimeout:    o.Timeout,
-		PoolTimeout:     o.Timeout,
-		MaxRetries:      -1, // a retry would double the wait on the broker thread
-		DialerRetries:   1,  // one dial attempt: fail fast, the health probe retries
-		DisableIdentity: true,
+	bgTimeout := o.BackgroundTimeout
+	if bgTimeout <= 0 {
+		bgTimeout = DefaultBackgroundTimeout
+	}
+	bgTimeout = max(bgTimeout, o.Timeout)
+	c := &clients{unroute: func() {}}
+	if o.Log != nil {
+		c.unroute = routeLogs(o.Log)
+	}
+	c.fast = redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:                 o.Addrs,
+		Username:              o.Username,
+		Password:              o.Password,
+		DB:                    o.DB,
+		DialTimeout:           o.Timeout,
+		ReadTimeout:           o.Timeout,
+		WriteTimeout:          o.Timeout,
+		PoolTimeout:           o.Timeout,
+		ContextTimeoutEnabled: true, // a caller's shorter deadline counts too
+		MaxRetries:            -1,   // a retry would double the wait on the broker thread
+		DialerRetries:         1,    // one dial attempt: fail fast, the health probe retries
+		DisableIdentity:       true,
 		// No CLIENT SETINFO: some Redis-compatible servers refuse it.
 	})
-	return &Store{rdb: rdb, kb: kb}
+	c.bg = redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:        o.Addrs,
+		Username:     o.Username,
+		Password:     o.Password,
+		DB:           o.DB,
+		DialTimeout:  bgTimeout,
+		ReadTimeout:  bgTimeout,
+		WriteTimeout: bgTimeout,
+		PoolTimeout:  bgTimeout,
+		// The caller's context bounds each call: the read deadline is the
+		// earlier of it and bgTimeout. So a read timeout means the context
+		// has expired, and go-redis does not retry it (a command that timed
+		// out may still run: retrying it could count a failure twice).
+		// What it does retry, with backoff inside the context, is what
+		// surely did not run: a refused dial, a pool timeout, LOADING.
+		ContextTimeoutEnabled: true,
+		MaxRetries:            3,
+		DisableIdentity:       true,
+	})
+	return &Store{rdb: c.fast, clients: c, kb: kb}
 }
 
-// Client returns the underlying client, for the failed-auth limiter.
+// Background returns the same store on the background client: its every
+// method, and its Client, wait up to Options.BackgroundTimeout (or their
+// context's deadline), never on the broker thread's connections.
+func (s *Store) Background() *Store {
+	return &Store{rdb: s.clients.bg, clients: s.clients, kb: s.kb}
+}
+
+// Client returns this view's client: the broker thread's for a Store from
+// New, the background one for Background().
 func (s *Store) Client() redis.UniversalClient { return s.rdb }
 
 // Keys returns the key builder.
 func (s *Store) Keys() keys.Builder { return s.kb }
 
-// Close closes the connections.
-func (s *Store) Close() error { return s.rdb.Close() }
+// Close closes both clients (of every view), once.
+func (s *Store) Close() error {
+	var err error
+	s.clients.once.Do(func() {
+		err = errors.Join(s.clients.fast.Close(), s.clients.bg.Close())
+		s.clients.unroute()
+	})
+	return err
+}
 
-// Ping checks that Redis answers.
+// Ping checks that Redis answers, on the background client: it runs off
+// the broker thread (the health probe), bounded by ctx alone, so a probe
+// may wait longer than redis_timeout.
 func (s *Store) Ping(ctx context.Context) error {
-	if err := s.rdb.Ping(ctx).Err(); err != nil {
+	if err := s.clients.bg.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redisstore: ping: %w", err)
 	}
 	return nil
