@@ -58,7 +58,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: cannot register callbacks (error %d)", int(rc)))
 		return rc
 	}
-	mode, why := plugin.ResolveACLMode(cfg.ACLCheck, goString(C.guard_self_path()))
+	mode, why := plugin.ResolveACLMode(cfg.ACLCheck, goString(C.guard_self_path()), nextACLInstance())
 	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: acl_check %s: %s", mode, why))
 	if mode != plugin.ACLOff {
 		fallback := C.int(C.MOSQ_ERR_PLUGIN_DEFER)

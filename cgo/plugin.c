@@ -72,30 +72,71 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 /* Connections flagged banned, awaiting their kick, across instances. While
  * none is, an ACL check answers without entering Go at all. */
 static int flagged_total = 0;
-/* What an ACL check of a connection that is not flagged returns:
- * PLUGIN_DEFER when another ACL mechanism decides, SUCCESS when none exists. */
-static int acl_fallback = MOSQ_ERR_PLUGIN_DEFER;
 
 void guard_flagged_add(int delta)
 {
 	__atomic_add_fetch(&flagged_total, delta, __ATOMIC_RELAXED);
 }
 
+/* One instance's ACL registration, its callback's userdata. fallback is what
+ * a check of a connection that is not flagged returns: PLUGIN_DEFER when
+ * another ACL mechanism decides, SUCCESS when none exists. It is per
+ * instance: with per_listener_settings true each listener has its own
+ * instance, its own ACL mechanisms and so its own answer. Registrations are
+ * made and removed on the broker thread (plugin_init, plugin_cleanup) and
+ * never change in between. */
+struct acl_reg {
+	mosquitto_plugin_id_t *id;
+	uintptr_t handle;
+	int fallback;
+	struct acl_reg *next;
+};
+
+static struct acl_reg *acl_regs = NULL;
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
 	(void)event;
 	struct mosquitto_evt_acl_check *ed = event_data;
+	const struct acl_reg *reg = userdata;
 	if (__atomic_load_n(&flagged_total, __ATOMIC_RELAXED) > 0
-			&& guardFlagged((uintptr_t)userdata, (uintptr_t)ed->client)) {
+			&& guardFlagged(reg->handle, (uintptr_t)ed->client)) {
 		return MOSQ_ERR_ACL_DENIED;
 	}
-	return acl_fallback;
+	return reg->fallback;
 }
 
 int guard_register_acl(mosquitto_plugin_id_t *id, uintptr_t handle, int fallback)
 {
-	acl_fallback = fallback;
-	return mosquitto_callback_register(id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, (void *)handle);
+	struct acl_reg *reg = malloc(sizeof(*reg));
+	if (!reg) {
+		return MOSQ_ERR_NOMEM;
+	}
+	reg->id = id;
+	reg->handle = handle;
+	reg->fallback = fallback;
+	int rc = mosquitto_callback_register(id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, reg);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		free(reg);
+		return rc;
+	}
+	reg->next = acl_regs;
+	acl_regs = reg;
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* unregister_acl removes id's ACL registration, if it has one. */
+static void unregister_acl(mosquitto_plugin_id_t *id)
+{
+	for (struct acl_reg **p = &acl_regs; *p; p = &(*p)->next) {
+		if ((*p)->id == id) {
+			struct acl_reg *reg = *p;
+			mosquitto_callback_unregister(id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+			*p = reg->next;
+			free(reg);
+			return;
+		}
+	}
 }
 
 void guard_kick(const char *client_id)
@@ -148,7 +189,7 @@ void guard_unregister(mosquitto_plugin_id_t *id)
 	for (int i = 0; i < NREG; i++) {
 		mosquitto_callback_unregister(id, registrations[i].event, registrations[i].cb, NULL);
 	}
-	mosquitto_callback_unregister(id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL); /* NOT_FOUND when never registered */
+	unregister_acl(id);
 }
 
 void guard_log(int level, const char *msg)

@@ -3,6 +3,7 @@ package plugin
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,22 +19,42 @@ import (
 //   - no acl_file, no other plugin: allow (Mosquitto would allow anyway);
 //   - another plugin loaded: off (it may or may not answer ACL checks;
 //     the operator says which with acl_check defer or allow).
-func ResolveACLMode(mode ACLMode, selfPath string) (ACLMode, string) {
+//
+// instance is how many times plugin_init ran in this process before this
+// one. With per_listener_settings true each listener has its own ACL
+// mechanisms, and the broker initialises the plugin once per listener that
+// loads it, in the order of the listener lines, the listener made of the
+// lines before the first listener line (with port) last. So the instance-th
+// plugin line of this plugin, counted in that order, is this instance's,
+// and only its listener's acl_file and plugin lines count. Should the count
+// not match the file (changed since the start), the whole file decides, as
+// without per_listener_settings.
+func ResolveACLMode(mode ACLMode, selfPath string, instance int) (ACLMode, string) {
 	if mode != ACLAuto {
 		return mode, "as configured"
 	}
-	conf := brokerConfigPath()
-	if conf == "" {
+	path := brokerConfigPath()
+	if path == "" {
 		return ACLAllow, "the broker runs without a config file, so without ACLs: banned connections are refused until their kick, all else allowed"
 	}
-	hasACL, others := scanBrokerConfig(conf, selfPath, map[string]bool{})
+	conf := scanBrokerConfig(path, selfPath)
+	where := ""
+	hasACL, others := conf.whole()
+	if conf.perListener {
+		if l, n, ok := conf.instance(instance); ok {
+			hasACL, others = l.hasACL, l.others
+			where = fmt.Sprintf("listener %d of %d (%s): ", n, len(conf.listeners()), l.name)
+		} else {
+			where = fmt.Sprintf("per_listener_settings true, but %s has no listener for plugin instance %d, so the whole file decides: ", path, instance+1)
+		}
+	}
 	switch {
 	case len(others) > 0:
-		return ACLOff, "another plugin is loaded (" + strings.Join(others, ", ") + "); set acl_check defer if it answers ACL checks, allow if nothing does, to refuse banned connections' messages before their kick"
+		return ACLOff, where + "another plugin is loaded (" + strings.Join(others, ", ") + "); set acl_check defer if it answers ACL checks, allow if nothing does, to refuse banned connections' messages before their kick"
 	case hasACL:
-		return ACLDefer, "acl_file is set: banned connections are refused until their kick, all else is left to acl_file"
+		return ACLDefer, where + "acl_file is set: banned connections are refused until their kick, all else is left to acl_file"
 	}
-	return ACLAllow, "no ACL mechanism is configured: banned connections are refused until their kick, all else allowed"
+	return ACLAllow, where + "no ACL mechanism is configured: banned connections are refused until their kick, all else allowed"
 }
 
 // brokerConfigPath returns the -c argument of this process.
@@ -51,16 +72,70 @@ func brokerConfigPath() string {
 	return ""
 }
 
-// scanBrokerConfig reports whether a config (and its include_dir files) sets
-// acl_file, and which plugins other than selfPath it loads.
-func scanBrokerConfig(path, selfPath string, seen map[string]bool) (hasACL bool, others []string) {
+// brokerConf is what a broker configuration says about ACL mechanisms.
+type brokerConf struct {
+	perListener bool
+	// sections[0] holds the lines before the first listener line; each
+	// listener line starts the next.
+	sections []*confSection
+}
+
+// confSection is one listener's lines (with per_listener_settings true,
+// its security settings).
+type confSection struct {
+	name   string   // its listener line, "default listener" for sections[0]
+	hasACL bool     // acl_file is set
+	selves int      // plugin lines that load this plugin
+	others []string // plugin lines that load another
+}
+
+// whole answers for the whole file, as without per_listener_settings.
+func (c *brokerConf) whole() (hasACL bool, others []string) {
+	for _, s := range c.sections {
+		hasACL = hasACL || s.hasACL
+		others = append(others, s.others...)
+	}
+	return hasACL, others
+}
+
+// listeners returns the sections in the order Mosquitto initialises their
+// plugins: the listener lines in order, then the default listener, which
+// exists only if something set it up (here: it loads this plugin).
+func (c *brokerConf) listeners() []*confSection {
+	out := append([]*confSection(nil), c.sections[1:]...)
+	if c.sections[0].selves > 0 {
+		out = append(out, c.sections[0])
+	}
+	return out
+}
+
+// instance returns the listener of the i-th plugin_init of this plugin
+// (0-based) and its 1-based position among the listeners.
+func (c *brokerConf) instance(i int) (*confSection, int, bool) {
+	for n, l := range c.listeners() {
+		if i < l.selves {
+			return l, n + 1, true
+		}
+		i -= l.selves
+	}
+	return nil, 0, false
+}
+
+// scanBrokerConfig reads a config and, in place, its include_dir files.
+func scanBrokerConfig(path, selfPath string) *brokerConf {
+	c := &brokerConf{sections: []*confSection{{name: "default listener"}}}
+	c.scan(path, selfPath, map[string]bool{})
+	return c
+}
+
+func (c *brokerConf) scan(path, selfPath string, seen map[string]bool) {
 	if seen[path] || len(seen) > 100 {
-		return false, nil
+		return
 	}
 	seen[path] = true
 	f, err := os.Open(path)
 	if err != nil {
-		return false, nil
+		return
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -70,24 +145,28 @@ func scanBrokerConfig(path, selfPath string, seen map[string]bool) (hasACL bool,
 			continue
 		}
 		value := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(sc.Text()), fields[0]))
+		cur := c.sections[len(c.sections)-1]
 		switch fields[0] {
+		case "per_listener_settings":
+			c.perListener = value == "true"
+		case "listener":
+			c.sections = append(c.sections, &confSection{name: "listener " + value})
 		case "acl_file":
-			hasACL = true
+			cur.hasACL = true
 		case "plugin", "auth_plugin":
-			if !samePath(value, selfPath) {
-				others = append(others, value)
+			if samePath(value, selfPath) {
+				cur.selves++
+			} else {
+				cur.others = append(cur.others, value)
 			}
 		case "include_dir":
 			files, _ := filepath.Glob(filepath.Join(value, "*.conf"))
 			sort.Strings(files)
 			for _, inc := range files {
-				a, o := scanBrokerConfig(inc, selfPath, seen)
-				hasACL = hasACL || a
-				others = append(others, o...)
+				c.scan(inc, selfPath, seen)
 			}
 		}
 	}
-	return hasACL, others
 }
 
 func samePath(a, b string) bool {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestScanBrokerConfig(t *testing.T) {
@@ -26,22 +27,71 @@ func TestScanBrokerConfig(t *testing.T) {
 		{"acl_file", "auth_plugin " + self + "\nacl_file /etc/mosquitto/acl\n", true, 0},
 		{"commented", "auth_plugin " + self + "\n#acl_file /etc/mosquitto/acl\n", false, 0},
 		{"dynsec", "plugin /usr/lib/mosquitto_dynamic_security.so\nauth_plugin " + self + "\n", false, 1},
+		{"listeners", "listener 1883\nauth_plugin " + self + "\nlistener 1884\nacl_file /x\n", true, 0},
 	}
 	for _, c := range cases {
-		acl, others := scanBrokerConfig(write(c.name+".conf", c.conf), self, map[string]bool{})
+		acl, others := scanBrokerConfig(write(c.name+".conf", c.conf), self).whole()
 		assert.Equal(t, c.acl, acl, c.name)
 		assert.Len(t, others, c.others, c.name)
 	}
 	inc := filepath.Join(dir, "conf.d")
 	os.Mkdir(inc, 0o755)
 	os.WriteFile(filepath.Join(inc, "acl.conf"), []byte("acl_file /x\n"), 0o644)
-	acl, _ := scanBrokerConfig(write("main.conf", "include_dir "+inc+"\nauth_plugin "+self+"\n"), self, map[string]bool{})
+	acl, _ := scanBrokerConfig(write("main.conf", "include_dir "+inc+"\nauth_plugin "+self+"\n"), self).whole()
 	assert.True(t, acl, "include_dir is followed")
+}
+
+// With per_listener_settings true each plugin instance gets its own
+// listener's answer: the listener lines in order, then the default listener
+// (the lines before the first listener line), as Mosquitto initialises them.
+func TestPerListenerInstances(t *testing.T) {
+	dir := t.TempDir()
+	self := filepath.Join(dir, "mosquitto_guard.so")
+	os.WriteFile(self, nil, 0o644)
+	inc := filepath.Join(dir, "conf.d")
+	os.Mkdir(inc, 0o755)
+	os.WriteFile(filepath.Join(inc, "b.conf"), []byte("listener 1886\nauth_plugin "+self+"\nplugin /usr/lib/other.so\n"), 0o644)
+	conf := filepath.Join(dir, "mosquitto.conf")
+	os.WriteFile(conf, []byte(`per_listener_settings true
+port 1883
+auth_plugin `+self+`
+listener 1884 127.0.0.1
+auth_plugin `+self+`
+acl_file /etc/mosquitto/acl
+listener 1885
+auth_plugin `+self+`
+listener 1887
+password_file /etc/mosquitto/passwd
+include_dir `+inc+`
+`), 0o644)
+	c := scanBrokerConfig(conf, self)
+	require.True(t, c.perListener)
+	type want struct {
+		name   string
+		pos    int
+		acl    bool
+		others int
+	}
+	for i, w := range []want{
+		{"listener 1884 127.0.0.1", 1, true, 0},
+		{"listener 1885", 2, false, 0},
+		{"listener 1886", 4, false, 1}, // from include_dir; 1887 (3) does not load the plugin
+		{"default listener", 5, false, 0},
+	} {
+		l, pos, ok := c.instance(i)
+		require.True(t, ok, "instance %d", i)
+		assert.Equal(t, w.name, l.name, "instance %d", i)
+		assert.Equal(t, w.pos, pos, "instance %d", i)
+		assert.Equal(t, w.acl, l.hasACL, "instance %d", i)
+		assert.Len(t, l.others, w.others, "instance %d", i)
+	}
+	_, _, ok := c.instance(4)
+	assert.False(t, ok, "no fifth instance")
 }
 
 func TestResolveACLModeKeepsExplicitModes(t *testing.T) {
 	for _, m := range []ACLMode{ACLDefer, ACLAllow, ACLOff} {
-		got, _ := ResolveACLMode(m, "")
+		got, _ := ResolveACLMode(m, "", 0)
 		assert.Equal(t, m, got)
 	}
 }
