@@ -163,10 +163,34 @@ func (g *Guard) failed(c Client, ip netip.Addr, rule string, redisOK bool) {
 // checkConflict refuses a client whose client ID is live, here or on
 // another broker, under another principal (clientid_conflict deny). The
 // holder stays connected; the same principal reconnecting is let through.
+//
+// A client this plugin admits itself claims the client ID: its connection
+// is recorded live in the same atomic step that looks for a holder (one
+// round trip, bounded by redis_timeout), so of two principals connecting
+// with one client ID at the same moment on two brokers exactly one is
+// refused. A client a later check decides (anonymous, backend defer) may
+// still be refused after this, so it only looks (ans.Live) and is recorded
+// once confirmed. When Redis fails to answer, the client is let in (and
+// flagged later if it conflicts), as when Redis is down.
 func (g *Guard) checkConflict(c Client, ip netip.Addr, ans redisstore.Answer, redisOK bool) (Decision, bool) {
 	principal := principalOf(c)
 	holder := g.localHolder(c.ClientID, principal)
-	if holder == nil && redisOK {
+	attempt := redisstore.Conn{}
+	claimed := false
+	switch {
+	case holder != nil || !redisOK || !g.health.up():
+	case g.claims(c):
+		cl := Claimer(g.conflicts.store)
+		if s, ok := g.store.(Claimer); ok {
+			cl = s // the broker thread's client: bounded by redis_timeout, no retries
+		}
+		var err error
+		attempt, holder, err = g.conflicts.claim(cl, c.ClientID, principal, addrString(c, ip), g.now(), g.cfg.RedisTimeout)
+		if err != nil {
+			g.health.down(err)
+		}
+		claimed = true
+	default:
 		holder = g.conflicts.remoteHolder(ans.Live, principal)
 	}
 	if holder == nil {
@@ -175,7 +199,9 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans redisstore.Answer, re
 	d := Decision{Result: Deny, Rule: RuleClientIDConflict}
 	g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s holder_principal=%s holder_ip=%s holder_broker=%s",
 		describeClient(c, ip), RuleClientIDConflict, quote(holder.Principal), holder.IP, quote(holder.Broker)))
-	attempt := g.conflicts.newConn(principal, addrString(c, ip), g.now())
+	if !claimed {
+		attempt = g.conflicts.newConn(principal, addrString(c, ip), g.now())
+	}
 	g.conflicts.enqueue(conflictEvent{kind: evRefused, clientID: c.ClientID, conn: attempt, other: holder})
 	return d, true
 }

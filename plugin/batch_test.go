@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -19,41 +20,31 @@ type memConflicts struct {
 	states   map[string]*redisstore.State
 	findings []*redisstore.Finding
 	takeover map[string]int64
+	leases   map[string]bool // instances that renewed their lease
 }
 
 func newMemConflicts() *memConflicts {
-	return &memConflicts{states: map[string]*redisstore.State{}, takeover: map[string]int64{}}
+	return &memConflicts{states: map[string]*redisstore.State{}, takeover: map[string]int64{}, leases: map[string]bool{}}
 }
 
-func (m *memConflicts) ClientIDStates(_ context.Context, ids []string) (map[string]redisstore.State, error) {
+// WriteConns applies each write atomically, in order, as Redis does.
+func (m *memConflicts) WriteConns(_ context.Context, ws []redisstore.ConnWrite, _ time.Duration) ([]redisstore.State, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := map[string]redisstore.State{}
-	for _, id := range ids {
-		if st, ok := m.states[id]; ok {
-			out[id] = redisstore.State{Live: append([]redisstore.Conn(nil), st.Live...), Seen: append([]redisstore.Conn(nil), st.Seen...)}
+	out := make([]redisstore.State, len(ws))
+	for i, w := range ws {
+		st := m.state(w.ClientID)
+		if w.Gone != nil {
+			st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.ID == w.Gone.ID })
 		}
-	}
-	return out, nil
-}
-
-func (m *memConflicts) WriteConns(_ context.Context, ws []redisstore.ConnWrite, _ time.Duration) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, w := range ws {
-		st := m.states[w.ClientID]
-		if st == nil {
-			st = &redisstore.State{}
-			m.states[w.ClientID] = st
-		}
-		if w.SetLive {
-			st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.Instance == w.Instance })
-			if w.Live != nil {
-				st.Live = append(st.Live, *w.Live)
-			}
+		if w.Live != nil {
+			st.Live = replaceBy(st.Live, *w.Live, func(x redisstore.Conn) bool { return x.Instance == w.Instance })
 		}
 		if w.Seen != nil {
 			st.Seen = replaceBy(st.Seen, *w.Seen, func(x redisstore.Conn) bool { return x.Principal == w.Seen.Principal })
+		}
+		if w.Read && w.Live != nil {
+			out[i] = redisstore.State{Live: append([]redisstore.Conn(nil), st.Live...), Seen: append([]redisstore.Conn(nil), st.Seen...)}
 		}
 		if w.Left != nil {
 			if i := indexBy(st.Seen, func(x redisstore.Conn) bool { return x.ID == w.Left.ID }); i >= 0 {
@@ -61,7 +52,33 @@ func (m *memConflicts) WriteConns(_ context.Context, ws []redisstore.ConnWrite, 
 			}
 		}
 	}
-	return nil
+	return out, nil
+}
+
+func (m *memConflicts) state(id string) *redisstore.State {
+	st := m.states[id]
+	if st == nil {
+		st = &redisstore.State{}
+		m.states[id] = st
+	}
+	return st
+}
+
+// Claim records c unless another principal holds id live on an instance in alive.
+func (m *memConflicts) Claim(_ context.Context, id string, c redisstore.Conn, alive []string) (*redisstore.Conn, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.state(id)
+	for _, x := range st.Live {
+		for _, a := range alive {
+			if x.Instance == a && x.Instance != c.Instance && x.Principal != c.Principal {
+				h := x
+				return &h, nil
+			}
+		}
+	}
+	st.Live = replaceBy(st.Live, c, func(x redisstore.Conn) bool { return x.Instance == c.Instance })
+	return nil, nil
 }
 
 func (m *memConflicts) CountTakeover(_ context.Context, id string, _ time.Duration) (int64, error) {
@@ -71,8 +88,15 @@ func (m *memConflicts) CountTakeover(_ context.Context, id string, _ time.Durati
 	return m.takeover[id], nil
 }
 
-func (m *memConflicts) RenewLease(context.Context, string, time.Duration) (map[string]bool, []string, error) {
-	return map[string]bool{}, nil, nil
+func (m *memConflicts) RenewLease(_ context.Context, instance string, _ time.Duration) (map[string]bool, []string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.leases[instance] = true
+	live := map[string]bool{}
+	for in := range m.leases {
+		live[in] = true
+	}
+	return live, nil, nil
 }
 func (m *memConflicts) Reap(context.Context, string) error { return nil }
 func (m *memConflicts) AddFinding(_ context.Context, f *redisstore.Finding, _, _ time.Duration, _ int64) (bool, error) {
@@ -80,6 +104,31 @@ func (m *memConflicts) AddFinding(_ context.Context, f *redisstore.Finding, _, _
 	defer m.mu.Unlock()
 	m.findings = append(m.findings, f)
 	return true, nil
+}
+
+// indexBy, replaceBy and removeBy edit memConflicts' lists.
+func indexBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) int {
+	for i, x := range cs {
+		if match(x) {
+			return i
+		}
+	}
+	return -1
+}
+
+func replaceBy(cs []redisstore.Conn, c redisstore.Conn, match func(redisstore.Conn) bool) []redisstore.Conn {
+	if i := indexBy(cs, match); i >= 0 {
+		cs[i] = c
+		return cs
+	}
+	return append(cs, c)
+}
+
+func removeBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) []redisstore.Conn {
+	if i := indexBy(cs, match); i >= 0 {
+		return append(cs[:i], cs[i+1:]...)
+	}
+	return cs
 }
 
 // Events for one client ID within one batch see each other, in order.
@@ -105,4 +154,59 @@ func TestBatchSeesEarlierEvents(t *testing.T) {
 	st := mem.states["dev"]
 	require.Len(t, st.Live, 1)
 	assert.Equal(t, bob.ID, st.Live[0].ID)
+}
+
+// Two brokers' workers recording the same client IDs for two principals at
+// the same moment: each connect's read comes from the step that records it,
+// so for every client ID one of the two sees the other, however the
+// batches interleave.
+func TestBatchesOfTwoBrokersSeeEachOther(t *testing.T) {
+	cfg, err := Parse(map[string]string{"backend": "defer"})
+	require.NoError(t, err)
+	mem := newMemConflicts()
+	var ws []*conflicts
+	for i := 0; i < 2; i++ {
+		g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: mem})
+		require.NoError(t, err)
+		defer g.Close()
+		ws = append(ws, g.conflicts)
+	}
+	const n = 200
+	var wg sync.WaitGroup
+	for side, w := range ws {
+		wg.Add(1)
+		go func(side int, w *conflicts) {
+			defer wg.Done()
+			p := []string{"alice", "bob"}[side]
+			for i := 0; i < n; i++ { // one event per batch, as under light load
+				ev := conflictEvent{kind: evConnect, clientID: "dev-" + strconv.Itoa(i), conn: w.newConn(p, "192.0.2.1", time.Now())}
+				assert.NoError(t, w.handle(context.Background(), []conflictEvent{ev}))
+			}
+		}(side, w)
+	}
+	wg.Wait()
+	flagged := map[string]bool{}
+	for _, f := range mem.findings {
+		assert.Equal(t, []string{"alice", "bob"}, f.Principals)
+		flagged[f.ClientID] = true
+	}
+	assert.Len(t, flagged, n)
+}
+
+// A client ID read back quiet is not read again on its next connect, but a
+// local takeover is still counted.
+func TestQuietTakeoverCounted(t *testing.T) {
+	cfg, err := Parse(map[string]string{"backend": "defer"})
+	require.NoError(t, err)
+	mem := newMemConflicts()
+	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: mem})
+	require.NoError(t, err)
+	defer g.Close()
+	c := g.conflicts
+	x1 := c.newConn("alice", "192.0.2.1", time.Now())
+	require.NoError(t, c.handle(context.Background(), []conflictEvent{{kind: evConnect, clientID: "dev", conn: x1}}))
+	x2 := c.newConn("alice", "192.0.2.2", time.Now())
+	require.True(t, c.isQuiet(conflictEvent{clientID: "dev", conn: x2}, time.Now().UnixMilli()))
+	require.NoError(t, c.handle(context.Background(), []conflictEvent{{kind: evConnect, clientID: "dev", conn: x2, other: &x1}}))
+	assert.EqualValues(t, 1, mem.takeover["dev"])
 }

@@ -35,12 +35,20 @@ const RuleClientIDConflict = "clientid-conflict"
 
 // ConflictStore is what conflict detection asks of Redis; *redisstore.Store implements it.
 type ConflictStore interface {
-	ClientIDStates(ctx context.Context, ids []string) (map[string]redisstore.State, error)
-	WriteConns(ctx context.Context, ws []redisstore.ConnWrite, window time.Duration) error
+	Claimer
+	WriteConns(ctx context.Context, ws []redisstore.ConnWrite, window time.Duration) ([]redisstore.State, error)
 	CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error)
 	RenewLease(ctx context.Context, instance string, ttl time.Duration) (map[string]bool, []string, error)
 	Reap(ctx context.Context, instance string) error
 	AddFinding(ctx context.Context, f *redisstore.Finding, period, ttl time.Duration, max int64) (bool, error)
+}
+
+// Claimer claims a client ID for a new connection in one atomic step
+// (clientid_conflict deny): it records the connection as live unless
+// another principal holds the ID live on a broker in alive, and returns that
+// holder. *redisstore.Store implements it.
+type Claimer interface {
+	Claim(ctx context.Context, clientID string, c redisstore.Conn, alive []string) (*redisstore.Conn, error)
 }
 
 // Publisher publishes an MQTT message from the broker; it must be safe to
@@ -75,6 +83,10 @@ type conflicts struct {
 	events   chan conflictEvent
 	dropped  atomic.Int64
 	live     atomic.Pointer[map[string]bool] // broker instances whose lease runs
+	// claimed is the connection the broker thread just claimed in Redis
+	// (checkConflict), for the admit that follows to take as its own, so
+	// that the live entry recorded is the one its disconnect removes.
+	claimed atomic.Pointer[redisstore.Conn]
 
 	// seen remembers which connection last wrote each principal's seen
 	// record (worker goroutine only): a device reconnecting all day needs
@@ -131,8 +143,13 @@ func newConflicts(g *Guard, store ConflictStore, publish Publisher) *conflicts {
 	return c
 }
 
-// newConn describes a new connection of this broker.
+// newConn describes a new connection of this broker: the one just claimed
+// for the same principal and IP (checkConflict, then admit, on the broker
+// thread), or a new one.
 func (c *conflicts) newConn(principal string, ip string, now time.Time) redisstore.Conn {
+	if p := c.claimed.Swap(nil); p != nil && p.Principal == principal && p.IP == ip {
+		return *p
+	}
 	return redisstore.Conn{
 		ID:       c.instance + "-" + strconv.FormatUint(c.seq.Add(1), 10),
 		Instance: c.instance, Broker: c.cfg.BrokerName,
@@ -159,6 +176,40 @@ func (c *conflicts) remoteHolder(live []redisstore.Conn, principal string) *redi
 		}
 	}
 	return nil
+}
+
+// claims reports whether c's client ID is claimed on the broker thread
+// under clientid_conflict deny: c is a client this plugin admits itself (a
+// username, checked by the files or redis backend). The others may still be
+// refused by a later check: they only look for a holder.
+func (g *Guard) claims(c Client) bool {
+	return c.HasUsername && g.cfg.Backend != BackendDefer
+}
+
+// claim claims clientID in Redis for a new connection of principal from ip
+// (clientid_conflict deny, on the broker thread, bounded by timeout): it
+// records the connection live unless another principal holds the ID live on
+// another broker whose lease runs, and returns that holder. The record and
+// the look are one atomic step on the client ID's live hash, so of two
+// brokers admitting one client ID for two principals at the same moment,
+// exactly one refuses. The connection claimed is the one admit records.
+func (c *conflicts) claim(cl Claimer, clientID, principal, ip string, now time.Time, timeout time.Duration) (conn redisstore.Conn, holder *redisstore.Conn, err error) {
+	conn = c.newConn(principal, ip, now)
+	alive := *c.live.Load()
+	instances := make([]string, 0, len(alive))
+	for in, ok := range alive {
+		if ok && in != c.instance {
+			instances = append(instances, in)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	holder, err = cl.Claim(ctx, clientID, conn, instances)
+	if err == nil && holder == nil {
+		cc := conn
+		c.claimed.Store(&cc)
+	}
+	return conn, holder, err
 }
 
 // run is the worker: events in order, and the broker lease.
@@ -217,53 +268,56 @@ func (c *conflicts) handleSafely(batch []conflictEvent) {
 	}
 }
 
-// handle applies the rules to a batch of events, in order: one round trip
-// reads what Redis knows of the batch's client IDs (those not known quiet),
-// one writes the batch's outcome: per client ID, this instance's final live
-// connection, and the principals' latest uses. Events earlier in the batch
-// are seen by later ones through an overlay.
+// handle applies the rules to a batch of events, in order, in one round
+// trip. Each connect records its connection (live, and its principal's use)
+// and reads the client ID's state in the same atomic step per key (unless
+// the client ID is known quiet), so that of two brokers recording one client
+// ID at the same moment the second always sees the first; each disconnect
+// removes its live entry and records its end, if still its own. Redis
+// applies a batch's writes to each key in batch order, so each connect's
+// read shows the events of the batch before it.
 func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 	now := c.g.now().UnixMilli()
-	var ids []string
-	for _, ev := range batch {
-		if ev.kind == evConnect && !c.isQuiet(ev, now) {
-			ids = append(ids, ev.clientID)
+	ws := make([]redisstore.ConnWrite, 0, len(batch))
+	at := make([]int, len(batch)) // the write of each connect
+	for i, ev := range batch {
+		switch ev.kind {
+		case evConnect:
+			conn := ev.conn
+			w := redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Live: &conn, Read: !c.isQuiet(ev, now)}
+			if !c.seenFresh(ev, now) {
+				w.Seen = &conn
+			}
+			c.current[ev.clientID] = conn.ID
+			at[i] = len(ws)
+			ws = append(ws, w)
+		case evDisconnect:
+			left := ev.conn
+			left.DisconnectedMs = now
+			w := redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Gone: &left}
+			if c.current[ev.clientID] == left.ID { // not already replaced by a takeover
+				delete(c.current, ev.clientID)
+				w.Unlist = true
+			}
+			if c.seen[seenKey{keys.Tracking(ev.clientID), left.Principal}].connID == left.ID {
+				w.Left = &left
+			}
+			ws = append(ws, w)
 		}
 	}
-	states, err := c.store.ClientIDStates(ctx, ids)
+	states, err := c.store.WriteConns(ctx, ws, c.cfg.Window)
 	if err != nil {
 		return err
 	}
 	alive := *c.live.Load()
-	overlay := map[string]*redisstore.State{}
-	stateOf := func(id string) *redisstore.State {
-		if st, ok := overlay[id]; ok {
-			return st
-		}
-		st := states[id]
-		st.Live, st.Seen = append([]redisstore.Conn(nil), st.Live...), append([]redisstore.Conn(nil), st.Seen...)
-		overlay[id] = &st
-		return &st
-	}
-	live := map[string]*redisstore.ConnWrite{} // client ID -> its final live state
-	var order []string
-	var writes []redisstore.ConnWrite
-	setLive := func(id string, conn *redisstore.Conn) {
-		w, ok := live[id]
-		if !ok {
-			w = &redisstore.ConnWrite{ClientID: id, Instance: c.instance, SetLive: true}
-			live[id] = w
-			order = append(order, id)
-		}
-		w.Live = conn
-	}
 	var found, dups []*redisstore.Finding
-	for _, ev := range batch {
+	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
-			st := stateOf(ev.clientID)
-			if _, read := states[ev.clientID]; read {
-				c.noteQuiet(ev, st, alive, now)
+			var st redisstore.State // a quiet client ID is not read: only a local takeover counts
+			if ws[at[i]].Read && at[i] < len(states) {
+				st = states[at[i]]
+				c.noteQuiet(ev, &st, alive, now)
 			}
 			cross, dup := evaluate(ev, st.Live, st.Seen, alive, now, c.cfg.Window)
 			if cross != nil {
@@ -272,41 +326,11 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 			if dup != nil {
 				dups = append(dups, dup)
 			}
-			conn := ev.conn
-			c.current[ev.clientID] = conn.ID
-			setLive(ev.clientID, &conn)
-			if !c.seenFresh(ev, now) {
-				writes = append(writes, redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Seen: &conn})
-			}
-			st.Live = replaceBy(st.Live, conn, func(x redisstore.Conn) bool { return x.Instance == conn.Instance })
-			st.Seen = replaceBy(st.Seen, conn, func(x redisstore.Conn) bool { return x.Principal == conn.Principal })
-		case evDisconnect:
-			left := ev.conn
-			left.DisconnectedMs = now
-			if c.current[ev.clientID] == left.ID { // not already replaced by a takeover
-				delete(c.current, ev.clientID)
-				setLive(ev.clientID, nil)
-			}
-			if c.seen[seenKey{keys.Tracking(ev.clientID), left.Principal}].connID == left.ID {
-				writes = append(writes, redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Left: &left})
-			}
-			if st, ok := overlay[ev.clientID]; ok {
-				st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.ID == left.ID })
-				if i := indexBy(st.Seen, func(x redisstore.Conn) bool { return x.ID == left.ID }); i >= 0 {
-					st.Seen[i] = left
-				}
-			}
 		case evRefused:
 			f := newFinding(redisstore.KindCrossPrincipal, ev.clientID, []redisstore.Conn{ev.conn, *ev.other}, now)
 			f.Action = "refused"
 			found = append(found, f)
 		}
-	}
-	for _, id := range order {
-		writes = append(writes, *live[id])
-	}
-	if err := c.store.WriteConns(ctx, writes, c.cfg.Window); err != nil {
-		return err
 	}
 	for _, d := range dups {
 		n, err := c.store.CountTakeover(ctx, d.ClientID, c.cfg.TakeoverWindow)
@@ -363,30 +387,6 @@ func (c *conflicts) seenFresh(ev conflictEvent, now int64) bool {
 	}
 	c.seen[k] = seenMark{connID: ev.conn.ID, at: now}
 	return false
-}
-
-func indexBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) int {
-	for i, x := range cs {
-		if match(x) {
-			return i
-		}
-	}
-	return -1
-}
-
-func replaceBy(cs []redisstore.Conn, c redisstore.Conn, match func(redisstore.Conn) bool) []redisstore.Conn {
-	if i := indexBy(cs, match); i >= 0 {
-		cs[i] = c
-		return cs
-	}
-	return append(cs, c)
-}
-
-func removeBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) []redisstore.Conn {
-	if i := indexBy(cs, match); i >= 0 {
-		return append(cs[:i], cs[i+1:]...)
-	}
-	return cs
 }
 
 // report stores f (folding repeats) and, unless it was folded into an

@@ -68,12 +68,75 @@ func decodeConns(m map[string]string) []Conn {
 // casScript replaces (or, with an empty ARGV[3], deletes) field ARGV[1] of
 // hash KEYS[1] only if its value starts with ARGV[2]: a connection's
 // disconnect must not overwrite the record of a newer connection of the same
-// principal (possibly on another broker).
+// principal (possibly on another broker), nor remove a newer live entry.
 var casScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v or string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1`)
+
+// liveScript records and reads a client ID's live connections in one atomic
+// step on its live hash KEYS[1] (guard:conn:<id>, one key: it holds on a
+// Redis Cluster too). It records ARGV[2] as the live connection of broker
+// instance ARGV[1] unless that field holds a newer connection of the
+// instance (connection IDs end in a sequence number, ARGV[3]; the broker
+// thread and the conflict worker both record, and the worker may come
+// late). ARGV[4] says what else it does:
+//   - empty: nothing more; returns 0;
+//   - 'read': returns the whole hash after recording;
+//   - 'claim': first looks for a connection of another principal than
+//     ARGV[5] held by another instance among ARGV[6...] (those whose lease
+//     runs); if there is one, records nothing and returns it, else records
+//     and returns an empty string.
+//
+// Two brokers recording at the same moment are thus ordered by Redis:
+// whichever comes second sees the first.
+var liveScript = redis.NewScript(`
+if ARGV[4] == 'claim' then
+  local alive = {}
+  for i = 6, #ARGV do alive[ARGV[i]] = true end
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if all[i] ~= ARGV[1] and alive[all[i]] then
+      local ok, c = pcall(cjson.decode, all[i + 1])
+      if ok and type(c) == 'table' and c.principal ~= ARGV[5] then return all[i + 1] end
+    end
+  end
+end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local mine = tonumber(ARGV[3])
+local theirs = cur and tonumber(string.match(cur, '^{"id":"[^"]*%-(%d+)"'))
+if not (mine and theirs and theirs > mine) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+if ARGV[4] == 'read' then return redis.call('HGETALL', KEYS[1]) end
+if ARGV[4] == 'claim' then return '' end
+return 0`)
+
+// seenScript records and reads a client ID's past users in one atomic step
+// on its seen hash KEYS[1] (guard:seen:<id>): it records ARGV[2] as the
+// latest use of principal ARGV[1] (unless ARGV[1] is empty), keeps the hash
+// ARGV[3] ms, and with ARGV[4] == '1' returns the whole hash after recording.
+// Two principals recording at the same moment: the second sees the first.
+var seenScript = redis.NewScript(`
+if ARGV[1] ~= '' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+if ARGV[4] == '1' then return redis.call('HGETALL', KEYS[1]) end
+return 0`)
+
+// seq returns the sequence number that ends connection ID id
+// (instance-sequence), or "" when it has none: such an entry is always
+// overwritten.
+func seq(id string) string {
+	i := strings.LastIndexByte(id, '-')
+	if i < 0 {
+		return ""
+	}
+	if _, err := strconv.ParseUint(id[i+1:], 10, 52); err != nil {
+		return ""
+	}
+	return id[i+1:]
+}
 
 // State is what Redis knows of one client ID.
 type State struct {
@@ -82,6 +145,8 @@ type State struct {
 }
 
 // ClientIDStates reads the state of several client IDs in one round trip.
+// It is a plain read, for tools and tests: conflict detection reads what it
+// records in the same step (WriteConns with Read, Claim).
 func (s *Store) ClientIDStates(ctx context.Context, ids []string) (map[string]State, error) {
 	type cmds struct{ live, seen *redis.MapStringStringCmd }
 	pending := make(map[string]cmds, len(ids))
@@ -104,62 +169,144 @@ func (s *Store) ClientIDStates(ctx context.Context, ids []string) (map[string]St
 	return out, nil
 }
 
-// ConnWrite is what one batch of connection events changes for one client
-// ID on one broker instance. ClientID is the client ID itself: Redis gets
-// its keys.Tracking form. Only that instance writes its field of the
-// client ID's live hash, and it applies its events in order, so it writes
-// the final state of the batch, no compare-and-delete needed.
+// ConnWrite is one connection event of a broker instance for one client ID.
+// ClientID is the client ID itself: Redis gets its keys.Tracking form. A
+// batch of writes is applied in its order; each key sees its writes in that
+// order (also on a Redis Cluster, where one key is on one node).
 type ConnWrite struct {
 	ClientID string
 	Instance string
-	SetLive  bool // write Live: the instance's live connection now (nil: none)
-	Live     *Conn
-	Seen     *Conn // record this connection as its principal's latest use
-	Left     *Conn // record this connection's disconnect, if it is still its principal's latest use
+	// Live: a new connection of Instance, recorded as its live one (and the
+	// client ID added to Instance's brokerconns set), unless a newer one of
+	// Instance is recorded already.
+	Live *Conn
+	// Gone: a connection of Instance that ended; its live entry is removed
+	// if it is still there.
+	Gone *Conn
+	// Unlist: Instance holds no live connection of ClientID any more: the
+	// client ID leaves Instance's brokerconns set.
+	Unlist bool
+	Seen   *Conn // record this connection as its principal's latest use
+	Left   *Conn // record this connection's disconnect, if it is still its principal's latest use
+	// Read (with Live): return the client ID's state, each part read in the
+	// same atomic step that records Live and Seen.
+	Read bool
 }
 
-// WriteConns applies a batch of writes in one round trip.
-func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Duration) error {
+// WriteConns applies a batch of writes in one round trip. It returns one
+// State per write: the state read for those with Read, zero for the others.
+func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Duration) ([]State, error) {
 	if len(ws) == 0 {
-		return nil
+		return nil, nil
 	}
-	err := s.writeConns(ctx, ws, window, false)
+	out, err := s.writeConns(ctx, ws, window, false)
 	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
 		// The script cache was flushed (or this is a new node): send the
-		// script itself. Every write is idempotent, so replaying is safe.
-		err = s.writeConns(ctx, ws, window, true)
+		// scripts themselves. Every write is idempotent, so replaying is safe,
+		// and what is read is read after the replayed writes.
+		out, err = s.writeConns(ctx, ws, window, true)
 	}
 	if err != nil {
-		return fmt.Errorf("redisstore: record connections: %w", err)
+		return nil, fmt.Errorf("redisstore: record connections: %w", err)
 	}
-	return nil
+	return out, nil
 }
 
-func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) error {
-	cas := casScript.EvalSha
-	if full {
-		cas = casScript.Eval
-	}
-	pipe := s.rdb.Pipeline()
-	for _, w := range ws {
-		switch {
-		case w.SetLive && w.Live != nil:
-			pipe.HSet(ctx, s.kb.Conn(w.ClientID), w.Instance, w.Live.encode())
-			pipe.SAdd(ctx, s.kb.BrokerConns(w.Instance), keys.Tracking(w.ClientID))
-		case w.SetLive:
-			pipe.HDel(ctx, s.kb.Conn(w.ClientID), w.Instance)
-			pipe.SRem(ctx, s.kb.BrokerConns(w.Instance), keys.Tracking(w.ClientID))
+func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) ([]State, error) {
+	run := func(sc *redis.Script) func(context.Context, redis.Scripter, []string, ...any) *redis.Cmd {
+		if full {
+			return sc.Eval
 		}
-		if w.Seen != nil {
-			pipe.HSet(ctx, s.kb.Seen(w.ClientID), bound(w.Seen.Principal), w.Seen.encode())
-			pipe.PExpire(ctx, s.kb.Seen(w.ClientID), window)
+		return sc.EvalSha
+	}
+	cas, live, seen := run(casScript), run(liveScript), run(seenScript)
+	type reads struct{ live, seen *redis.Cmd }
+	rs := make([]reads, len(ws))
+	pipe := s.rdb.Pipeline()
+	for i, w := range ws {
+		conn, seenKey, member := s.kb.Conn(w.ClientID), s.kb.Seen(w.ClientID), keys.Tracking(w.ClientID)
+		if w.Gone != nil {
+			cas(ctx, pipe, []string{conn}, w.Instance, w.Gone.prefix(), "")
+		}
+		if w.Unlist {
+			pipe.SRem(ctx, s.kb.BrokerConns(w.Instance), member)
+		}
+		if w.Live != nil {
+			mode := ""
+			if w.Read {
+				mode = "read"
+			}
+			rs[i].live = live(ctx, pipe, []string{conn}, w.Instance, w.Live.encode(), seq(w.Live.ID), mode)
+			pipe.SAdd(ctx, s.kb.BrokerConns(w.Instance), member)
+		}
+		if w.Seen != nil || (w.Read && w.Live != nil) {
+			field, value, read := "", "", "0"
+			if w.Seen != nil {
+				field, value = bound(w.Seen.Principal), w.Seen.encode()
+			}
+			if w.Read && w.Live != nil {
+				read = "1"
+			}
+			rs[i].seen = seen(ctx, pipe, []string{seenKey}, field, value, window.Milliseconds(), read)
 		}
 		if w.Left != nil {
-			cas(ctx, pipe, []string{s.kb.Seen(w.ClientID)}, bound(w.Left.Principal), w.Left.prefix(), w.Left.encode())
+			cas(ctx, pipe, []string{seenKey}, bound(w.Left.Principal), w.Left.prefix(), w.Left.encode())
 		}
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, err
+	}
+	out := make([]State, len(ws))
+	for i, w := range ws {
+		if !w.Read || w.Live == nil {
+			continue
+		}
+		out[i] = State{Live: decodeConns(hashOf(rs[i].live)), Seen: decodeConns(hashOf(rs[i].seen))}
+	}
+	return out, nil
+}
+
+// hashOf returns the hash a script (or HGETALL) returned as a flat list of
+// fields and values.
+func hashOf(cmd *redis.Cmd) map[string]string {
+	if cmd == nil {
+		return nil
+	}
+	list, _ := cmd.Val().([]any)
+	m := make(map[string]string, len(list)/2)
+	for i := 0; i+1 < len(list); i += 2 {
+		f, _ := list[i].(string)
+		v, _ := list[i+1].(string)
+		m[f] = v
+	}
+	return m
+}
+
+// Claim records c as its instance's live connection of clientID, unless
+// another principal holds the client ID live on an instance in alive (other
+// than c's): then it records nothing and returns that holder. Both happen in
+// one atomic step on the client ID's live hash, so of two brokers claiming
+// one client ID for two principals at the same moment, exactly one gets it.
+// c.Principal must be in its keys.Tracking form. One round trip (two when
+// Redis lost its script cache), bounded by ctx.
+func (s *Store) Claim(ctx context.Context, clientID string, c Conn, alive []string) (*Conn, error) {
+	args := make([]any, 0, 5+len(alive))
+	args = append(args, c.Instance, c.encode(), seq(c.ID), "claim", bound(c.Principal))
+	for _, a := range alive {
+		args = append(args, a)
+	}
+	v, err := liveScript.Run(ctx, s.rdb, []string{s.kb.Conn(clientID)}, args...).Text()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: claim client id: %w", err)
+	}
+	if v == "" {
+		return nil, nil
+	}
+	var h Conn
+	if err := json.Unmarshal([]byte(v), &h); err != nil {
+		return nil, fmt.Errorf("redisstore: claim client id: bad live entry: %w", err)
+	}
+	return &h, nil
 }
 
 // LiveConns returns the live connections of clientID on every broker.
@@ -179,14 +326,18 @@ func (s *Store) PublishChange(ctx context.Context, key string) error {
 	return nil
 }
 
+// takeoverScript counts one takeover in KEYS[1] and returns the count; the
+// first of a window (or a count found without an expiry) sets the window,
+// ARGV[1] ms. One step: a count can never be left without its expiry.
+var takeoverScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n`)
+
 // CountTakeover counts one duplicate connection of clientID and returns how
 // many there were within window (a fixed window from the first).
 func (s *Store) CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error) {
-	key := s.kb.Takeovers(clientID)
-	n, err := s.rdb.Incr(ctx, key).Result()
-	if err == nil && n == 1 {
-		err = s.rdb.PExpire(ctx, key, window).Err()
-	}
+	n, err := takeoverScript.Run(ctx, s.rdb, []string{s.kb.Takeovers(clientID)}, window.Milliseconds()).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: count takeover: %w", err)
 	}

@@ -18,7 +18,7 @@ func TestWriteConns(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
 	old := Conn{ID: "i1-1", Instance: "i1", Broker: "b", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1000}
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "dev:1", Instance: "i1", SetLive: true, Live: &old, Seen: &old}}, time.Hour))
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev:1", Instance: "i1", Live: &old, Seen: &old}}, time.Hour))
 	live, seen, err := state(s, "dev:1")
 	require.NoError(t, err)
 	require.Len(t, live, 1)
@@ -27,10 +27,10 @@ func TestWriteConns(t *testing.T) {
 
 	// Another broker's newer connection of alice: our disconnect must not overwrite its record.
 	other := Conn{ID: "i2-1", Instance: "i2", Principal: "alice", ConnectedMs: 1500}
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "dev:1", Instance: "i2", SetLive: true, Live: &other, Seen: &other}}, time.Hour))
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev:1", Instance: "i2", Live: &other, Seen: &other}}, time.Hour))
 	left := old
 	left.DisconnectedMs = 2000
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "dev:1", Instance: "i1", SetLive: true, Left: &left}}, time.Hour))
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev:1", Instance: "i1", Gone: &left, Unlist: true, Left: &left}}, time.Hour))
 	live, seen, err = state(s, "dev:1")
 	require.NoError(t, err)
 	require.Len(t, live, 1)
@@ -41,7 +41,7 @@ func TestWriteConns(t *testing.T) {
 	// Our own disconnect is recorded when the record is ours.
 	left2 := other
 	left2.DisconnectedMs = 3000
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "dev:1", Instance: "i2", SetLive: true, Left: &left2}}, time.Hour))
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev:1", Instance: "i2", Gone: &left2, Unlist: true, Left: &left2}}, time.Hour))
 	live, seen, err = state(s, "dev:1")
 	require.NoError(t, err)
 	assert.Empty(t, live)
@@ -55,8 +55,8 @@ func TestLeaseAndReap(t *testing.T) {
 	long := strings.Repeat("q", 20000)
 	for _, id := range []string{"a", "b*", long} {
 		dead, alive := Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}, Conn{ID: "alive-1", Instance: "alive", Principal: "p", ConnectedMs: 1}
-		require.NoError(t, s.WriteConns(ctx, []ConnWrite{
-			{ClientID: id, Instance: "dead", SetLive: true, Live: &dead}, {ClientID: id, Instance: "alive", SetLive: true, Live: &alive},
+		require.NoError(t, writeConns(ctx, s, []ConnWrite{
+			{ClientID: id, Instance: "dead", Live: &dead}, {ClientID: id, Instance: "alive", Live: &alive},
 		}, time.Hour))
 	}
 	live, _, err := s.RenewLease(ctx, "dead", 50*time.Millisecond)
@@ -95,6 +95,12 @@ func TestCountTakeover(t *testing.T) {
 	assert.EqualValues(t, 1, n, "a new window")
 }
 
+// writeConns is WriteConns for tests that read nothing back.
+func writeConns(ctx context.Context, s *Store, ws []ConnWrite, window time.Duration) error {
+	_, err := s.WriteConns(ctx, ws, window)
+	return err
+}
+
 func state(s *Store, id string) (live, seen []Conn, err error) {
 	m, err := s.ClientIDStates(context.Background(), []string{id})
 	return m[id].Live, m[id].Seen, err
@@ -105,10 +111,10 @@ func TestWriteConnsSurvivesScriptFlush(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
 	c := Conn{ID: "i-1", Instance: "i", Principal: "p", ConnectedMs: 1}
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "x", Instance: "i", SetLive: true, Live: &c, Seen: &c}}, time.Hour))
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "x", Instance: "i", Live: &c, Seen: &c}}, time.Hour))
 	r.CLI("SCRIPT", "FLUSH")
 	c.DisconnectedMs = 2
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "x", Instance: "i", SetLive: true, Left: &c}}, time.Hour))
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "x", Instance: "i", Gone: &c, Unlist: true, Left: &c}}, time.Hour))
 	live, seen, err := state(s, "x")
 	require.NoError(t, err)
 	assert.Empty(t, live)
@@ -127,9 +133,9 @@ func TestWriteConnsBoundsClientChosenValues(t *testing.T) {
 	raw := strings.Repeat("V", 65535)                 // a caller that forgot: hashed all the same
 	a := Conn{ID: "i1-1", Instance: "i1", Broker: "b", Principal: user, IP: "192.0.2.1", ConnectedMs: 1000}
 	b := Conn{ID: "i2-1", Instance: "i2", Broker: "b", Principal: raw, IP: "192.0.2.2", ConnectedMs: 1500}
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{
-		{ClientID: id, Instance: "i1", SetLive: true, Live: &a, Seen: &a},
-		{ClientID: id, Instance: "i2", SetLive: true, Live: &b, Seen: &b},
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{
+		{ClientID: id, Instance: "i1", Live: &a, Seen: &a},
+		{ClientID: id, Instance: "i2", Live: &b, Seen: &b},
 	}, time.Hour))
 
 	assert.Equal(t, "2", r.CLI("HLEN", "guard:conn:"+h))
@@ -151,7 +157,7 @@ func TestWriteConnsBoundsClientChosenValues(t *testing.T) {
 	// The disconnect of the long principal finds its record.
 	left := b
 	left.DisconnectedMs = 2000
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: id, Instance: "i2", SetLive: true, Left: &left}}, time.Hour))
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: id, Instance: "i2", Gone: &left, Unlist: true, Left: &left}}, time.Hour))
 	live, seen, err = state(s, id)
 	require.NoError(t, err)
 	assert.Len(t, live, 1)
@@ -160,7 +166,7 @@ func TestWriteConnsBoundsClientChosenValues(t *testing.T) {
 
 	// A short client ID that reads like the hash has keys of its own.
 	c := Conn{ID: "i1-2", Instance: "i1", Principal: "p", ConnectedMs: 3000}
-	require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: h, Instance: "i1", SetLive: true, Live: &c, Seen: &c}}, time.Hour))
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: h, Instance: "i1", Live: &c, Seen: &c}}, time.Hour))
 	live, _, err = state(s, h)
 	require.NoError(t, err)
 	require.Len(t, live, 1)
@@ -259,24 +265,24 @@ func TestTrackingMemoryPerConnection(t *testing.T) {
 					for j := i; j < i+500 && j < n; j++ {
 						ws = append(ws, w(j))
 					}
-					require.NoError(t, s.WriteConns(ctx, ws, 31*24*time.Hour))
+					require.NoError(t, writeConns(ctx, s, ws, 31*24*time.Hour))
 				}
 			}
 			// Load the script and make the set before measuring.
 			warm := Conn{ID: "w-1", Instance: "0123456789ab", Principal: "p"}
-			require.NoError(t, s.WriteConns(ctx, []ConnWrite{{ClientID: "warm", Instance: "0123456789ab", SetLive: true, Live: &warm, Seen: &warm, Left: &warm}}, time.Hour))
+			require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "warm", Instance: "0123456789ab", Live: &warm, Seen: &warm, Left: &warm}}, time.Hour))
 			time.Sleep(100 * time.Millisecond)
 
 			before := memory()
 			write(func(i int) ConnWrite {
 				c := conn(i)
-				return ConnWrite{ClientID: tc.id(i), Instance: c.Instance, SetLive: true, Live: &c, Seen: &c}
+				return ConnWrite{ClientID: tc.id(i), Instance: c.Instance, Live: &c, Seen: &c}
 			})
 			live := (memory() - before) / n
 			write(func(i int) ConnWrite {
 				c := conn(i)
 				c.DisconnectedMs = c.ConnectedMs + 1
-				return ConnWrite{ClientID: tc.id(i), Instance: c.Instance, SetLive: true, Left: &c}
+				return ConnWrite{ClientID: tc.id(i), Instance: c.Instance, Gone: &c, Unlist: true, Left: &c}
 			})
 			kept := (memory() - before) / n
 			t.Logf("%s: %d bytes per live connection, %d bytes kept per client ID and principal after it", tc.name, live, kept)
