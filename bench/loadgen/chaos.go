@@ -28,6 +28,7 @@ func init() {
 	commands["chaos"] = cmdChaos
 	commands["chaosreport"] = cmdChaosReport
 	commands["soak"] = cmdSoak
+	commands["soakreport"] = cmdSoakReport
 }
 
 // ChaosResult is the JSON line of one chaos scenario.
