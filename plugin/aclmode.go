@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -133,18 +132,19 @@ func (c *brokerConf) scan(path, selfPath string, seen map[string]bool) {
 		return
 	}
 	seen[path] = true
-	f, err := os.Open(path)
+	// The whole file, whatever its line lengths: Mosquitto reads lines of
+	// any length, and a bufio.Scanner stops at the first over 64 KiB, which
+	// would hide an acl_file line after it (and make auto answer allow).
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
 		if len(fields) < 2 || strings.HasPrefix(fields[0], "#") {
 			continue
 		}
-		value := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(sc.Text()), fields[0]))
+		value := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), fields[0]))
 		cur := c.sections[len(c.sections)-1]
 		switch fields[0] {
 		case "per_listener_settings":

@@ -3,6 +3,7 @@ package plugin
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -94,4 +95,16 @@ func TestResolveACLModeKeepsExplicitModes(t *testing.T) {
 		got, _ := ResolveACLMode(m, "", 0)
 		assert.Equal(t, m, got)
 	}
+}
+
+// A line over 64 KiB must not hide the acl_file after it (before: a
+// bufio.Scanner stopped there, and auto answered allow over the acl_file).
+func TestScanBrokerConfigLongLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mosquitto.conf")
+	conf := "# " + strings.Repeat("x", 70_000) + "\nacl_file /etc/mosquitto/acl\n"
+	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
+	c := scanBrokerConfig(path, "")
+	hasACL, _ := c.whole()
+	assert.True(t, hasACL, "acl_file after a 70 000-byte line")
 }
