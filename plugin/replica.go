@@ -30,8 +30,9 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 			}
 			g.log(level, "mosquitto-guard: "+msg)
 		},
-		OnChange: g.listChanged,
-		OnLost:   g.health.down,
+		OnChange:      g.listChanged,
+		OnManyChanges: g.recheckConns,
+		OnLost:        g.replicaLost,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	g.stopSync = cancel
@@ -63,7 +64,7 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 // full failure allowance again, here and in Redis.
 func (g *Guard) listChanged(key string, e, old *replica.Entry) {
 	if u, ok := strings.CutPrefix(key, g.replica.Keys().Throttle("")); ok {
-		if e != nil && g.known != nil {
+		if e != nil && g.known != nil && !strings.HasPrefix(u, "sha256:") { // a long username is prefetched at its first attempt
 			g.known.prefetch(u, g.now()) // the username's devices are recognised from its first attempt on
 		}
 		return
@@ -88,6 +89,56 @@ func (g *Guard) listChanged(key string, e, old *replica.Entry) {
 	}
 	g.kickMatching(key, scope, value)
 }
+
+// replicaLost is called when changes stopped reaching the replica. That
+// alone does not make Redis unavailable (redis_unavailable deny refusing
+// everyone): Redis may have cut only the subscription (CLIENT KILL, the
+// pubsub output buffer limit) or refused one load. Redis is marked down when
+// it does not answer a ping either; the sync then subscribes and reloads again.
+func (g *Guard) replicaLost(err error) {
+	if perr := g.health.ping(); perr != nil {
+		g.health.down(err)
+	}
+}
+
+// recheckConns is called when a reload changed too many keys to report
+// one by one: every connection the replica now blocks by an operator's ban
+// (not an automatic one, as in listChanged) is kicked, through kickMatching
+// once per such ban. It holds g.mu for at most recheckChunk connections at
+// a time, and looks them up in the replica unlocked.
+func (g *Guard) recheckConns() {
+	done := map[string]bool{} // bans kickMatching ran for
+	var chunk []*liveConn
+	check := func() {
+		now := g.now()
+		for _, lc := range chunk {
+			b := g.replica.Lookup(queryOf(lc), now).Block
+			if b == nil || done[b.Key] || strings.HasPrefix(b.Reason, ratelimit.ReasonPrefix) {
+				continue
+			}
+			done[b.Key] = true
+			g.kickMatching(b.Key, b.Scope, b.Value)
+		}
+		chunk = chunk[:0]
+	}
+	n := 0
+	g.mu.Lock()
+	for _, lc := range g.conns {
+		if !lc.flagged {
+			chunk = append(chunk, lc)
+		}
+		if n++; n%recheckChunk == 0 {
+			g.mu.Unlock()
+			check()
+			g.mu.Lock()
+		}
+	}
+	g.mu.Unlock()
+	check()
+}
+
+// recheckChunk bounds the connections recheckConns reads per hold of g.mu.
+const recheckChunk = 256
 
 // liftSlack: a deletion this close to the entry's expiry is taken for the
 // expiry itself (Redis reports an expired key a little late).

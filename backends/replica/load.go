@@ -3,8 +3,9 @@ package replica
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"runtime/debug"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -12,9 +13,16 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
+// maxReloadChanges: past this many keys changed by one reload, the Sync
+// reports them with one OnManyChanges call instead of one OnChange each.
+const maxReloadChanges = 1000
+
 // load reads every replicated key into a fresh replica and swaps it in.
 // Keys that change while it runs are refetched after the swap, so the
 // snapshot cannot bring back a value older than a change already applied.
+// A key of another type than string is skipped (logged once) and the rest
+// applied. Every reload after the first reports the keys it changed, as
+// notifications do: they are changes that did not reach the replica.
 func (s *Sync) load(ctx context.Context) error {
 	start := time.Now()
 	s.mu.Lock()
@@ -35,23 +43,32 @@ func (s *Sync) load(ctx context.Context) error {
 	for _, k := range kinds {
 		patterns = append(patterns, keys.GlobEscape(s.kb.Prefix)+k+":*")
 	}
-	var bad []string
+	var (
+		mu    sync.Mutex // the masters of a cluster are scanned concurrently
+		bad   []string
+		wrong []string
+	)
 	for _, p := range patterns {
 		err := s.eachMaster(ctx, func(c *redis.Client) error {
 			it := c.Scan(ctx, 0, p, 2000).Iterator()
 			batch := make([]string, 0, 2000)
 			flush := func() error {
-				vals, err := s.fetch(ctx, batch)
+				vals, wrongType, err := s.fetch(ctx, batch)
 				if err != nil {
 					return err
 				}
 				for i, k := range batch {
 					if v := vals[i]; v != nil {
 						if err := fresh.Put(k, v.Value, v.Expires); err != nil {
+							mu.Lock()
 							bad = append(bad, err.Error()) // names the key and what was expected
+							mu.Unlock()
 						}
 					}
 				}
+				mu.Lock()
+				wrong = append(wrong, wrongType...)
+				mu.Unlock()
 				batch = batch[:0]
 				return nil
 			}
@@ -72,6 +89,17 @@ func (s *Sync) load(ctx context.Context) error {
 		}
 	}
 
+	first := !s.ready.Load()
+	var changed []change
+	var many bool
+	switch {
+	case first:
+		// Clients let in before it (Redis down at start) are checked by one
+		// OnManyChanges rather than a report of every key.
+		many = fresh.Len() > 0
+	case s.o.OnChange != nil || s.o.OnManyChanges != nil:
+		changed, many = s.r.changes(fresh, time.Now(), maxReloadChanges)
+	}
 	s.r.swap(fresh)
 	// The load's garbage (pipeline replies, the replaced maps) would keep
 	// the process's memory at twice the replica's size until the next GC
@@ -86,21 +114,231 @@ func (s *Sync) load(ctx context.Context) error {
 	case s.wake <- struct{}{}:
 	default:
 	}
-	first := !s.ready.Swap(true)
+	s.ready.Store(true)
 	for _, b := range bad {
 		s.o.Log(true, b)
 	}
+	s.wrongTypes(wrong, true)
 	if first {
 		s.o.Log(false, fmt.Sprintf("replica loaded %d keys in %s", fresh.Len(), time.Since(start).Round(time.Millisecond)))
 	}
+	s.reportReload(changed, many, first)
 	return nil
 }
+
+// reportReload tells the plugin what a reload changed.
+func (s *Sync) reportReload(changed []change, many, first bool) {
+	if many {
+		if !first {
+			s.o.Log(false, fmt.Sprintf("replica: the reload changed more than %d keys", maxReloadChanges))
+		}
+		if s.o.OnManyChanges != nil {
+			s.o.OnManyChanges()
+		}
+		return
+	}
+	if s.o.OnChange == nil {
+		return
+	}
+	for _, c := range changed {
+		var e *Entry
+		if cur, ok := s.r.Get(c.key); ok {
+			e = &cur
+		}
+		s.o.OnChange(c.key, e, c.old)
+	}
+}
+
+// wrongTypes logs the keys under a replicated prefix that hold another type
+// than string, once each while they stay so: such a key is skipped (it is
+// no entry, as it is none for the plugin's direct lookups). all says keys
+// is every such key (a load): the others are forgotten.
+func (s *Sync) wrongTypes(keys []string, all bool) {
+	s.wrongMu.Lock()
+	defer s.wrongMu.Unlock()
+	if all || s.wrongLogged == nil {
+		prev := s.wrongLogged
+		s.wrongLogged = map[string]struct{}{}
+		for _, k := range keys {
+			if _, ok := prev[k]; ok && len(s.wrongLogged) < maxWrongRemembered {
+				s.wrongLogged[k] = struct{}{}
+			}
+		}
+	}
+	logged, more := 0, 0
+	for _, k := range keys {
+		if _, ok := s.wrongLogged[k]; ok {
+			continue
+		}
+		if len(s.wrongLogged) < maxWrongRemembered {
+			s.wrongLogged[k] = struct{}{}
+		}
+		if logged == maxWrongLines {
+			more++
+			continue
+		}
+		logged++
+		s.o.Log(true, fmt.Sprintf("replica: skipping key %q: it holds another type than a string (WRONGTYPE), so it bans or allows nothing", k))
+	}
+	if more > 0 {
+		s.o.Log(true, fmt.Sprintf("replica: skipping %d more keys of another type than string", more))
+	}
+}
+
+// wrongTypeFixed forgets that key held another type.
+func (s *Sync) wrongTypeFixed(key string) {
+	s.wrongMu.Lock()
+	delete(s.wrongLogged, key)
+	s.wrongMu.Unlock()
+}
+
+const (
+	maxWrongLines      = 20     // per load or batch of changes
+	maxWrongRemembered = 10_000 // keys not logged again
+)
 
 // swap replaces r's contents with fresh's.
 func (r *Replica) swap(fresh *Replica) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.exact, r.ranges, r.users, r.count = fresh.exact, fresh.ranges, fresh.users, fresh.count
+	r.exact, r.ranges, r.users, r.throttles, r.count = fresh.exact, fresh.ranges, fresh.users, fresh.throttles, fresh.count
+	r.gen++
+}
+
+// change is a key a reload changed, and what the replica held before.
+type change struct {
+	key string
+	old *Entry // nil: nothing (or an expired entry)
+}
+
+// sameSlot says whether a reload leaves an entry as it was: the same value
+// and, within a second, the same expiry (a reload reads the TTL afresh).
+func sameSlot(a, b slot) bool {
+	if a.value != b.value || (a.exp == 0) != (b.exp == 0) {
+		return false
+	}
+	d := a.exp - b.exp
+	return d < 1000 && d > -1000
+}
+
+func (e slot) entry(key string) *Entry {
+	out := &Entry{Key: key, Value: e.value}
+	if e.exp != 0 {
+		out.Expires = time.UnixMilli(e.exp)
+	}
+	return out
+}
+
+// changes lists the keys whose live entries differ between r and fresh
+// (fresh is not shared yet): added, changed or removed. It gives up, with
+// many true, past max keys. It holds r's read lock for at most walkChunk
+// entries at a time.
+func (r *Replica) changes(fresh *Replica, now time.Time, max int) (out []change, many bool) {
+	ms := now.UnixMilli()
+	add := func(key string, old slot, had bool) bool {
+		if len(out) >= max {
+			many = true
+			return false
+		}
+		c := change{key: key}
+		if had && old.live(ms) {
+			c.old = old.entry(key)
+		}
+		out = append(out, c)
+		return true
+	}
+	// differs says whether fresh's entry e is news: live, and not what r holds.
+	differs := func(e, old slot, had bool) bool {
+		return e.live(ms) && !(had && old.live(ms) && sameSlot(e, old))
+	}
+	type strMap struct {
+		fresh  map[string]slot
+		cur    func() map[string]slot
+		prefix string
+	}
+	strMaps := []strMap{
+		{fresh.exact, func() map[string]slot { return r.exact }, ""},
+		{fresh.users, func() map[string]slot { return r.users }, r.kb.User("")},
+		{fresh.throttles, func() map[string]slot { return r.throttles }, r.kb.Throttle("")},
+	}
+	type rangeMap struct {
+		fresh map[netip.Prefix]slot
+		cur   func() map[netip.Prefix]slot
+		kind  keys.Kind
+	}
+	var rangeMaps []rangeMap
+	for _, kind := range []keys.Kind{keys.Allow, keys.Block} {
+		for f := 0; f < 2; f++ {
+			lens := map[int]bool{}
+			for l := range fresh.ranges[kind][f].byLen {
+				lens[l] = true
+			}
+			r.mu.RLock()
+			for _, l := range r.ranges[kind][f].lens {
+				lens[l] = true
+			}
+			r.mu.RUnlock()
+			for l := range lens {
+				rangeMaps = append(rangeMaps, rangeMap{fresh.ranges[kind][f].byLen[l],
+					func() map[netip.Prefix]slot { return r.ranges[kind][f].byLen[l] }, kind})
+			}
+		}
+	}
+	ok := true
+	// Added or changed: fresh's live entries that r lacks or holds otherwise.
+	for _, m := range strMaps {
+		ok = ok && compare(r, m.fresh, m.cur, func(k string, e, old slot, had bool) bool {
+			return !differs(e, old, had) || add(m.prefix+k, old, had)
+		})
+	}
+	for _, m := range rangeMaps {
+		ok = ok && compare(r, m.fresh, m.cur, func(p netip.Prefix, e, old slot, had bool) bool {
+			return !differs(e, old, had) || add(r.kb.List(m.kind, keys.CIDR, p.String()), old, had)
+		})
+	}
+	// Removed: r's live entries that fresh lacks.
+	for _, m := range strMaps {
+		if ok {
+			walk(r, m.cur, func(k string, old slot) {
+				if _, in := m.fresh[k]; ok && !in && old.live(ms) {
+					ok = add(m.prefix+k, old, true)
+				}
+			}, func() {})
+		}
+	}
+	for _, m := range rangeMaps {
+		if ok {
+			walk(r, m.cur, func(p netip.Prefix, old slot) {
+				if _, in := m.fresh[p]; ok && !in && old.live(ms) {
+					ok = add(r.kb.List(m.kind, keys.CIDR, p.String()), old, true)
+				}
+			}, func() {})
+		}
+	}
+	if many {
+		return nil, true
+	}
+	return out, false
+}
+
+// compare calls fn for every entry of fresh with what r holds under the
+// same key, holding r's read lock for at most walkChunk entries at a time;
+// it stops (returning false) when fn returns false.
+func compare[K comparable](r *Replica, fresh map[K]slot, cur func() map[K]slot, fn func(k K, e, old slot, had bool) bool) bool {
+	n := 0
+	r.mu.RLock()
+	defer func() { r.mu.RUnlock() }()
+	for k, e := range fresh {
+		old, had := cur()[k]
+		if !fn(k, e, old, had) {
+			return false
+		}
+		if n++; n%walkChunk == 0 {
+			r.mu.RUnlock()
+			r.mu.RLock()
+		}
+	}
+	return true
 }
 
 // eachMaster runs fn on the single client, or on every master of a cluster.
@@ -126,12 +364,7 @@ func (s *Sync) enableNotifications(ctx context.Context) {
 			return nil
 		}
 		flags := cur["notify-keyspace-events"]
-		want := flags
-		for _, f := range []string{"K", "g", "$", "x"} {
-			if !strings.Contains(want, f) && !(f != "K" && strings.Contains(want, "A")) {
-				want += f
-			}
-		}
+		want := missingFlags(flags)
 		if want == flags {
 			return nil
 		}

@@ -104,9 +104,10 @@ type Replica struct {
 	exact  map[string]slot // allow/block keys of the clientid, ip and username scopes
 	ranges map[keys.Kind]*[2]rangeSet
 	users  map[string]slot // username -> hash, for the redis backend
-	// throttles: username -> its throttle key's entry (guard:throttle:username:<u>)
+	// throttles: username (keys.Tracking form) -> its throttle key's entry
 	throttles map[string]slot
 	count     int
+	gen       uint64 // counts swaps: a walk stops when its maps are replaced
 }
 
 // New returns an empty replica for keys under kb.
@@ -276,45 +277,85 @@ func (r *Replica) Delete(key string) {
 	}
 }
 
-// Sweep drops entries that have expired, to free their memory; lookups
-// already ignore them.
-func (r *Replica) Sweep(t time.Time) int {
-	now := t.UnixMilli()
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// walkChunk is how many entries a walk visits per hold of the read lock,
+// and the most expired entries Sweep drops per hold of the write lock: how
+// long a lookup on the broker thread can wait on either does not grow with
+// the number of entries.
+const walkChunk = 256
+
+// walk visits the entries of the map cur returns (called under the read
+// lock), holding r.mu's read lock for at most walkChunk of them at a time;
+// between runs with no lock held after each chunk and once at the end.
+// Entries added or removed while the lock is released may or may not be
+// visited (Go's rules for maps changed during a range loop); the walk stops
+// early when the replica's maps are replaced (swap).
+func walk[K comparable](r *Replica, cur func() map[K]slot, visit func(K, slot), between func()) {
+	r.mu.RLock()
+	gen := r.gen
 	n := 0
-	for k, e := range r.exact {
-		if !e.live(now) {
-			delete(r.exact, k)
-			n++
-		}
-	}
-	for _, kind := range []keys.Kind{keys.Allow, keys.Block} {
-		for f := range r.ranges[kind] {
-			rs := &r.ranges[kind][f]
-			for _, l := range append([]int(nil), rs.lens...) {
-				for p, e := range rs.byLen[l] {
-					if !e.live(now) {
-						rs.del(p)
-						n++
-					}
-				}
+	for k, e := range cur() {
+		visit(k, e)
+		if n++; n%walkChunk == 0 {
+			r.mu.RUnlock()
+			between()
+			r.mu.RLock()
+			if r.gen != gen {
+				break
 			}
 		}
 	}
-	for u, e := range r.users {
+	r.mu.RUnlock()
+	between()
+}
+
+// sweep drops the expired entries of the map cur returns, del removing one
+// from the live structure (both called under the write lock).
+func sweep[K comparable](r *Replica, now int64, cur func() map[K]slot, del func(K)) int {
+	n := 0
+	expired := make([]K, 0, walkChunk)
+	walk(r, cur, func(k K, e slot) {
 		if !e.live(now) {
-			delete(r.users, u)
-			n++
+			expired = append(expired, k)
+		}
+	}, func() {
+		if len(expired) == 0 {
+			return
+		}
+		r.mu.Lock()
+		m := cur()
+		for _, k := range expired {
+			if e, ok := m[k]; ok && !e.live(now) { // still there, still expired
+				del(k)
+				r.count--
+				n++
+			}
+		}
+		r.mu.Unlock()
+		expired = expired[:0]
+	})
+	return n
+}
+
+// Sweep drops entries that have expired, to free their memory; lookups
+// already ignore them. It never holds the replica's lock for more than
+// walkChunk entries at a time, so lookups running meanwhile wait at most
+// that long, whatever the number of entries.
+func (r *Replica) Sweep(t time.Time) int {
+	now := t.UnixMilli()
+	n := sweep(r, now, func() map[string]slot { return r.exact }, func(k string) { delete(r.exact, k) })
+	for _, kind := range []keys.Kind{keys.Allow, keys.Block} {
+		for f := 0; f < 2; f++ {
+			r.mu.RLock()
+			lens := append([]int(nil), r.ranges[kind][f].lens...)
+			r.mu.RUnlock()
+			for _, l := range lens {
+				n += sweep(r, now, func() map[netip.Prefix]slot { return r.ranges[kind][f].byLen[l] },
+					func(p netip.Prefix) { r.ranges[kind][f].del(p) })
+			}
 		}
 	}
-	for u, e := range r.throttles {
-		if !e.live(now) {
-			delete(r.throttles, u)
-			n++
-		}
-	}
-	r.count -= n
+	n += sweep(r, now, func() map[string]slot { return r.users }, func(u string) { delete(r.users, u) })
+	n += sweep(r, now, func() map[string]slot { return r.throttles }, func(u string) { delete(r.throttles, u) })
 	return n
 }
 
@@ -331,7 +372,7 @@ func (r *Replica) Lookup(q redisstore.Query, t time.Time) redisstore.Answer {
 	r.matches(keys.Block, q, now, &blocks)
 	a.Allow, a.Block = redisstore.Resolve(allows[:], blocks[:])
 	if q.HasUsername && len(r.throttles) > 0 {
-		if e, ok := r.throttles[q.Username]; ok && e.live(now) {
+		if e, ok := r.throttles[keys.Tracking(q.Username)]; ok && e.live(now) {
 			k := r.kb.Throttle(q.Username)
 			a.Throttle = match(keys.Block, keys.Username, q.Username, k, e, now)
 		}
@@ -354,9 +395,20 @@ func (r *Replica) matches(kind keys.Kind, q redisstore.Query, now int64, out *[4
 		}
 		return nil
 	}
-	out[0] = try(keys.ClientID, q.ClientID)
+	// A claim over 256 bytes is also looked up by its tracking form: the
+	// form automatic bans of it are written in (see plugin failKeys).
+	tryClaim := func(scope keys.Scope, value string) *redisstore.Match {
+		if m := try(scope, value); m != nil {
+			return m
+		}
+		if t := keys.Tracking(value); t != value {
+			return try(scope, t)
+		}
+		return nil
+	}
+	out[0] = tryClaim(keys.ClientID, q.ClientID)
 	if q.HasUsername {
-		out[1] = try(keys.Username, q.Username)
+		out[1] = tryClaim(keys.Username, q.Username)
 	}
 	if !q.IP.IsValid() {
 		return

@@ -22,8 +22,15 @@ type Options struct {
 	// Log receives notices (level 0 info, 1 warning); from the sync goroutines.
 	Log func(warning bool, msg string)
 	// OnChange is called after a key changed in the replica (e nil: deleted);
-	// old is what the replica held before (nil: nothing).
+	// old is what the replica held before (nil: nothing). Every reload but
+	// the first calls it, after the swap, for each key whose live entry the
+	// reload added, changed or removed (changes that no notification
+	// brought): at most maxReloadChanges calls, else one OnManyChanges.
 	OnChange func(key string, e, old *Entry)
+	// OnManyChanges is called instead of OnChange when a reload changed more
+	// than maxReloadChanges keys, and after a first load that found any key:
+	// any entry may have changed.
+	OnManyChanges func()
 	// OnLost is called when changes stop reaching the replica (Redis lost).
 	OnLost func(err error)
 }
@@ -42,6 +49,11 @@ type Sync struct {
 	dirty   map[string]struct{} // keys to refetch
 	loading map[string]struct{} // keys changed while a load runs (nil when none runs)
 	wake    chan struct{}
+
+	markRefused bool // the flush mark was refused (logged once); session goroutine only
+
+	wrongMu     sync.Mutex
+	wrongLogged map[string]struct{} // keys of another type already logged
 }
 
 // NewSync returns a Sync for r; Run starts it.
@@ -67,7 +79,9 @@ func (s *Sync) Run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := s.session(ctx)
-		s.healthy.Store(false)
+		if s.healthy.Swap(false) {
+			backoff = 100 * time.Millisecond // it worked: a new failure starts again from a short wait
+		}
 		if ctx.Err() != nil {
 			break
 		}
@@ -99,22 +113,45 @@ func (s *Sync) session(ctx context.Context) error {
 	for _, ps := range subs {
 		go s.receive(ctx, ps, broken)
 	}
+	marks, err := s.mark(ctx)
+	if err != nil {
+		return err
+	}
 	if err := s.load(ctx); err != nil {
 		return err
 	}
 	s.healthy.Store(true)
 	t := time.NewTicker(s.o.ResyncEvery)
 	defer t.Stop()
-	for {
+	check := time.NewTicker(flushCheckEvery)
+	defer check.Stop()
+	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-broken:
 			return err
 		case <-t.C:
-			if err := s.load(ctx); err != nil {
+			if marks == nil {
+				if marks, err = s.mark(ctx); err != nil {
+					return err
+				}
+			}
+		case <-check.C:
+			why := s.lost(ctx, marks)
+			if why == "" && n%notifyCheckEvery == 0 {
+				why = s.notificationsLost(ctx)
+			}
+			if why == "" {
+				continue
+			}
+			s.o.Log(true, "replica: "+why+": reloading")
+			if marks, err = s.mark(ctx); err != nil {
 				return err
 			}
+		}
+		if err := s.load(ctx); err != nil {
+			return err
 		}
 	}
 }
@@ -123,13 +160,24 @@ func (s *Sync) session(ctx context.Context) error {
 // (they are per node), and to the change channel.
 func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
 	pattern := fmt.Sprintf("__keyspace@%d__:%s*", s.o.DB, keys.GlobEscape(s.kb.Prefix))
-	var subs []*redis.PubSub
+	var (
+		mu      sync.Mutex // a cluster's masters are subscribed to concurrently
+		subs    []*redis.PubSub
+		changes bool // someone subscribes to the change channel
+	)
 	err := s.eachMaster(ctx, func(c *redis.Client) error {
 		ps := c.PSubscribe(ctx, pattern)
 		confirmations := 1
-		if len(subs) == 0 { // the change channel is broadcast: one subscription is enough
+		mu.Lock()
+		first := !changes // the change channel is broadcast: one subscription is enough
+		changes = true
+		mu.Unlock()
+		if first {
 			if err := ps.Subscribe(ctx, s.kb.Changes()); err != nil {
 				ps.Close()
+				mu.Lock()
+				changes = false
+				mu.Unlock()
 				return err
 			}
 			confirmations = 2
@@ -141,7 +189,9 @@ func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
 				return err
 			}
 		}
+		mu.Lock()
 		subs = append(subs, ps)
+		mu.Unlock()
 		return nil
 	})
 	if err != nil {
@@ -237,12 +287,16 @@ func (s *Sync) requeue(keys []string) {
 
 // refetch reads keys from Redis and applies them to the live replica.
 func (s *Sync) refetch(ctx context.Context, batch []string) error {
-	vals, err := s.fetch(ctx, batch)
+	vals, wrong, err := s.fetch(ctx, batch)
 	if err != nil {
 		return err
 	}
+	s.wrongTypes(wrong, false)
 	for i, k := range batch {
 		v := vals[i]
+		if v != nil {
+			s.wrongTypeFixed(k)
+		}
 		var old *Entry
 		if e, ok := s.r.Get(k); ok {
 			old = &e
@@ -260,8 +314,9 @@ func (s *Sync) refetch(ctx context.Context, batch []string) error {
 	return nil
 }
 
-// fetch GETs and PTTLs keys in one pipeline; nil for a missing key.
-func (s *Sync) fetch(ctx context.Context, batch []string) ([]*Entry, error) {
+// fetch GETs and PTTLs keys in one pipeline; nil for a missing key, and
+// for a key of another type than string, which wrong lists.
+func (s *Sync) fetch(ctx context.Context, batch []string) (out []*Entry, wrong []string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	now := time.Now()
@@ -272,14 +327,18 @@ func (s *Sync) fetch(ctx context.Context, batch []string) ([]*Entry, error) {
 		gets[i] = pipe.Get(ctx, k)
 		ttls[i] = pipe.PTTL(ctx, k)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("fetch: %w", err)
-	}
-	out := make([]*Entry, len(batch))
+	_, _ = pipe.Exec(ctx) // each command's own error is looked at below
+	out = make([]*Entry, len(batch))
 	for i, k := range batch {
 		v, err := gets[i].Result()
-		if err != nil {
-			continue // missing (or of another type): not a list entry
+		switch {
+		case errors.Is(err, redis.Nil):
+			continue // missing
+		case redis.HasErrorPrefix(err, "WRONGTYPE"):
+			wrong = append(wrong, k) // a hash, a list...: no entry
+			continue
+		case err != nil:
+			return nil, nil, fmt.Errorf("fetch: %w", err) // connection lost, LOADING, ...
 		}
 		e := &Entry{Key: k, Value: v}
 		if d, err := ttls[i].Result(); err == nil && d > 0 {
@@ -287,5 +346,5 @@ func (s *Sync) fetch(ctx context.Context, batch []string) ([]*Entry, error) {
 		}
 		out[i] = e
 	}
-	return out, nil
+	return out, wrong, nil
 }

@@ -1,0 +1,186 @@
+package replica
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// FLUSHALL and FLUSHDB send no keyspace notification, and a Redis that
+// restarts empty behind a proxy need not cut our connections: either way
+// the replica would keep entries Redis no longer has until the next reload.
+// So the Sync keeps a mark in every master, the key <prefix>epoch (on a
+// cluster <prefix>epoch:{N}, one per master, N the first tag whose slot the
+// master serves), holding a random value set with SET NX: every broker
+// adopts the value it finds. Every flushCheckEvery it reads each mark back;
+// a mark gone or changed means the keys were lost (or another broker saw it
+// first and set a new one): the Sync marks again and reloads.
+//
+// Bound: a flush is seen within flushCheckEvery plus one round trip, and the
+// replica holds Redis's keys once the reload that follows ends.
+const flushCheckEvery = 500 * time.Millisecond
+
+// notifyCheckEvery: every this many flush checks (5 s), the Sync also checks
+// that the keyspace notifications it turned on are still on, and turns them
+// on again and reloads if someone turned them off.
+const notifyCheckEvery = 10
+
+// maxMarkTries bounds the search for a tag whose slot a master serves: with
+// k masters a tag misses with probability 1-1/k.
+const maxMarkTries = 2000
+
+// mark is one master's flush mark.
+type mark struct {
+	c   *redis.Client
+	key string
+	val string
+}
+
+// mark sets (or adopts) the flush mark on every master. Where Redis refuses
+// the key (an ACL, a read-only replica) it logs why and returns no marks:
+// flushes are then noticed at the next periodic reload only.
+func (s *Sync) mark(ctx context.Context) ([]mark, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var buf [16]byte
+	_, _ = rand.Read(buf[:])
+	val := hex.EncodeToString(buf[:])
+	_, cluster := s.rdb.(*redis.ClusterClient)
+	var (
+		mu      sync.Mutex
+		marks   []mark
+		refused error
+	)
+	err := s.eachMaster(ctx, func(c *redis.Client) error {
+		for i := 0; i < maxMarkTries; i++ {
+			key := s.kb.Prefix + "epoch"
+			if cluster {
+				key = fmt.Sprintf("%sepoch:{%d}", s.kb.Prefix, i)
+			}
+			// SETNX then GET, not SET NX GET: that needs Redis 7.
+			err := c.SetNX(ctx, key, val, 0).Err()
+			var got string
+			if err == nil {
+				got, err = c.Get(ctx, key).Result()
+			}
+			if _, moved := redis.IsMovedError(err); moved {
+				continue // another master's slot
+			}
+			if _, ask := redis.IsAskError(err); ask {
+				continue
+			}
+			if isReply(err) && !transient(err) {
+				mu.Lock()
+				refused = err
+				mu.Unlock()
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			marks = append(marks, mark{c: c, key: key, val: got})
+			mu.Unlock()
+			return nil
+		}
+		mu.Lock()
+		refused = fmt.Errorf("no slot of master %s found in %d tries", c.Options().Addr, maxMarkTries)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("flush mark: %w", err)
+	}
+	if refused != nil {
+		if !s.markRefused {
+			s.o.Log(true, "replica: cannot keep the flush mark "+s.kb.Prefix+"epoch ("+refused.Error()+"); a FLUSHALL or FLUSHDB is noticed at the next reload, within "+s.o.ResyncEvery.String())
+		}
+		s.markRefused = true
+		return nil, nil
+	}
+	s.markRefused = false
+	return marks, nil
+}
+
+// transient says whether a Redis error reply passes by itself: the session
+// starts again. Other replies (NOPERM, READONLY, OOM, an unknown command)
+// stop the flush mark until the next periodic reload.
+func transient(err error) bool {
+	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) || redis.IsMasterDownError(err)
+}
+
+// isReply says whether err is an error reply from Redis (not a lost
+// connection, not a timeout, not a missing key).
+func isReply(err error) bool {
+	var re redis.Error
+	return err != nil && !errors.Is(err, redis.Nil) && errors.As(err, &re) &&
+		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
+}
+
+// lost says why the keys of some master are gone ("" when they are not):
+// its mark is missing or changed. A master that does not answer in time
+// says nothing: the subscription notices a lost connection.
+func (s *Sync) lost(ctx context.Context, marks []mark) string {
+	ctx, cancel := context.WithTimeout(ctx, flushCheckEvery)
+	defer cancel()
+	for _, m := range marks {
+		got, err := m.c.Get(ctx, m.key).Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			return fmt.Sprintf("the flush mark %s on %s is gone: the keys were flushed (FLUSHALL, FLUSHDB) or lost (Redis restarted empty)", m.key, m.c.Options().Addr)
+		case isReply(err) || (err == nil && got != m.val):
+			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, m.c.Options().Addr)
+		case errors.Is(err, redis.ErrClosed):
+			return "the cluster's masters changed" // the node's client was replaced
+		}
+	}
+	return ""
+}
+
+// notificationsLost says why changes stopped reaching us ("" when they
+// did not): someone turned the keyspace notifications the Sync needs off.
+// It turns them on again.
+func (s *Sync) notificationsLost(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, flushCheckEvery)
+	defer cancel()
+	var (
+		mu  sync.Mutex
+		why string
+	)
+	_ = s.eachMaster(ctx, func(c *redis.Client) error {
+		cur, err := c.ConfigGet(ctx, "notify-keyspace-events").Result()
+		if err != nil {
+			return nil // CONFIG refused: the change channel and the reloads carry the changes
+		}
+		if flags := cur["notify-keyspace-events"]; missingFlags(flags) != flags {
+			mu.Lock()
+			why = fmt.Sprintf("keyspace notifications were turned off on %s (notify-keyspace-events %q)", c.Options().Addr, flags)
+			mu.Unlock()
+		}
+		return nil
+	})
+	if why != "" {
+		s.enableNotifications(ctx)
+	}
+	return why
+}
+
+// missingFlags returns flags with the notification classes the replica
+// needs added (K: keyspace channel; g, $, x: generic, string and expiry
+// events; A stands for g$x and more).
+func missingFlags(flags string) string {
+	want := flags
+	for _, f := range []string{"K", "g", "$", "x"} {
+		if !strings.Contains(want, f) && !(f != "K" && strings.Contains(want, "A")) {
+			want += f
+		}
+	}
+	return want
+}
