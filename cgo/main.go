@@ -17,17 +17,24 @@ package main
 #include <stdlib.h>
 #include <string.h>
 #include "guard.h"
+
+int guard_client_persistent(uintptr_t client);
+int guard_client_subs(uintptr_t client);
 */
 import "C"
 
 import (
 	"fmt"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
 )
 
 func main() {}
+
+// reload tells the re-authentication walk after a reload from new CONNECTs.
+var reload plugin.ReloadWalk
 
 //export guardInit
 func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.int, out *C.uintptr_t) (rc C.int) {
@@ -43,8 +50,10 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
 		return C.MOSQ_ERR_INVAL
 	}
+	var self atomic.Uintptr // this instance's handle, known once it is registered
 	g, err := plugin.New(cfg, plugin.Output{
-		Log: enqueueLog, Publish: enqueuePublish, Kick: enqueueKick,
+		Log: enqueueLog, Publish: enqueuePublish,
+		Kick:    func(clientID string) { enqueueKick(self.Load(), clientID) },
 		Flagged: func(delta int) { C.guard_flagged_add(C.int(delta)) },
 	})
 	if err != nil {
@@ -52,6 +61,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		return C.MOSQ_ERR_INVAL
 	}
 	h := instances.add(&instance{id: id, guard: g})
+	self.Store(h)
 	if rc := C.guard_register(id, C.uintptr_t(h)); rc != C.MOSQ_ERR_SUCCESS {
 		instances.remove(h)
 		g.Close()
@@ -94,7 +104,14 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 
 //export guardBasicAuth
 func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char) (rc C.int) {
-	defer drainAll()
+	safe := false // a new CONNECT outside a reload: the queue's broker calls may run
+	defer func() {
+		if safe {
+			drainAll(uintptr(client))
+		} else {
+			drainLogs()
+		}
+	}()
 	// Fail closed: a client whose check blew up is not let in.
 	defer recoverTo(&rc, C.MOSQ_ERR_AUTH, "basic_auth")
 	in := instances.get(uintptr(h))
@@ -112,7 +129,16 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 	if password != nil {
 		c.Password = C.GoBytes(unsafe.Pointer(password), C.int(C.strlen(password)))
 	}
-	d := in.guard.Authenticate(c)
+	walk := reload.InWalk(
+		func(n uint64) bool { return in.guard.ReloadVisit(c.Handle, c.ClientID, n) },
+		func() int { return int(C.guard_client_subs(client)) })
+	var d plugin.Decision
+	if walk {
+		d = in.guard.Reauthenticate(c)
+	} else {
+		safe = true
+		d = in.guard.Authenticate(c)
+	}
 	clear(c.Password)
 	switch d.Result {
 	case plugin.Allow:
@@ -127,6 +153,7 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 func guardReload(h C.uintptr_t) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_PLUGIN_DEFER, "reload")
+	reload.Reloaded() // every client is re-authenticated next: see plugin.ReloadWalk
 	if in := instances.get(uintptr(h)); in != nil {
 		in.guard.Reload()
 	}
@@ -136,8 +163,9 @@ func guardReload(h C.uintptr_t) (rc C.int) {
 
 //export guardTick
 func guardTick(h C.uintptr_t) (rc C.int) {
-	defer drainAll()
+	defer drainAll(0)
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
+	reload.Tick()
 	return C.MOSQ_ERR_SUCCESS
 }
 
@@ -146,6 +174,7 @@ func guardFlagged(h, client C.uintptr_t) (flagged C.int) {
 	defer drainLogs() // log lines only: never a kick from inside an ACL check
 	// Fail closed while a ban is being enforced: a panic here refuses.
 	defer recoverTo(&flagged, 1, "acl_check")
+	reload.End() // the walk after a reload makes no ACL check
 	in := instances.get(uintptr(h))
 	if in != nil && in.guard.Flagged(uintptr(client)) {
 		return 1
@@ -158,7 +187,11 @@ func guardDisconnect(h, client C.uintptr_t) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "disconnect")
 	if in := instances.get(uintptr(h)); in != nil {
-		in.guard.Disconnected(uintptr(client))
+		if C.guard_client_persistent(client) != 0 {
+			in.guard.DisconnectedKeepSession(uintptr(client))
+		} else {
+			in.guard.Disconnected(uintptr(client))
+		}
 	}
 	return C.MOSQ_ERR_SUCCESS
 }

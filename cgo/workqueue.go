@@ -14,10 +14,12 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
 )
 
-// logQueue is the broker-thread work queue: log lines and MQTT publishes
-// made by goroutines wait in it until a callback drains them on the broker
-// thread, since no broker function is thread-safe. It is bounded; work
-// beyond the bound is counted and the count is logged instead.
+// logQueue is the broker-thread work queue: log lines, MQTT publishes and
+// kicks made by goroutines wait in it until a callback drains them on the
+// broker thread, since no broker function is thread-safe. Log lines and
+// publishes are bounded; work beyond the bound is counted and the count is
+// logged instead. Kicks are never dropped for want of room: there is at most
+// one per connection banned while connected (a connection is flagged once).
 type logQueue struct {
 	mu      sync.Mutex
 	lines   []logLine
@@ -29,7 +31,8 @@ type logLine struct {
 	msg     string
 	topic   string // set for a publish: msg is then the payload
 	publish bool
-	kick    bool // msg is the client ID to disconnect
+	kick    bool    // msg is the client ID to disconnect
+	inst    uintptr // the instance whose connection it was queued for
 }
 
 const (
@@ -61,23 +64,32 @@ func enqueuePublish(topic string, payload []byte) {
 	logs.lines = append(logs.lines, logLine{topic: topic, msg: string(payload), publish: true})
 }
 
-// enqueueKick queues the disconnection of a client, without its will.
-func enqueueKick(clientID string) {
+// enqueueKick queues the disconnection, without its will, of instance
+// inst's connection of clientID, banned while connected; safe from any goroutine.
+func enqueueKick(inst uintptr, clientID string) {
 	logs.mu.Lock()
 	defer logs.mu.Unlock()
 	// Kicks enforce bans: they are never dropped for want of room.
-	logs.lines = append(logs.lines, logLine{msg: clientID, kick: true})
+	logs.lines = append(logs.lines, logLine{kick: true, inst: inst, msg: clientID})
 }
 
-// drainLogs writes queued lines and publishes; call only on the broker thread.
-func drainLogs() { drain(false) }
+// drainLogs writes queued log lines, and only them; call only on the broker
+// thread. Every callback may: mosquitto_log_printf touches no client, and the
+// broker itself logs from inside its own walks over the clients.
+func drainLogs() { drain(false, 0) }
 
-// drainAll also runs queued kicks. Only TICK and BASIC_AUTH call it: a kick
-// from inside a DISCONNECT or an ACL check could disconnect the very client
-// the broker is working on.
-func drainAll() { drain(true) }
+// drainAll also runs the queued publishes and kicks. Call it only at a safe
+// point: TICK, or the BASIC_AUTH of a new connection outside a reload (see
+// plugin.ReloadWalk). Never from a DISCONNECT or an ACL check (the broker may be
+// working on, or walking, the very clients a kick would free), nor from the
+// re-authentication of every client that follows a reload (a kick there frees
+// the client the broker is about to disconnect itself: a double free).
+// current is the client whose BASIC_AUTH is running, 0 in TICK: a kick for it
+// waits, since the broker has not yet put it under its client ID (a kick by
+// ID now would hit the connection it is about to take over).
+func drainAll(current uintptr) { drain(true, current) }
 
-func drain(kicks bool) {
+func drain(all bool, current uintptr) {
 	logs.mu.Lock()
 	if len(logs.lines) == 0 && logs.dropped == 0 {
 		logs.mu.Unlock()
@@ -85,7 +97,7 @@ func drain(kicks bool) {
 	}
 	var batch, kept []logLine
 	for _, l := range logs.lines {
-		if len(batch) < drainMax && (kicks || !l.kick) {
+		if len(batch) < drainMax && (all || (!l.kick && !l.publish)) {
 			batch = append(batch, l)
 		} else {
 			kept = append(kept, l)
@@ -98,21 +110,53 @@ func drain(kicks bool) {
 	if dropped > 0 {
 		batch = append(batch, logLine{level: plugin.LevelWarning, msg: fmt.Sprintf("mosquitto-guard: %d log lines dropped: the broker-thread queue was full", dropped)})
 	}
+	var later []logLine
 	for _, l := range batch {
-		if l.publish {
+		switch {
+		case l.publish:
 			publish(l.topic, l.msg)
-			continue
-		}
-		if l.kick {
+		case l.kick:
+			if !kick(l.inst, l.msg, current) {
+				later = append(later, l)
+			}
+		default:
 			cs := C.CString(l.msg)
-			C.guard_kick(cs)
+			C.guard_log(mosqLevel(l.level), cs)
 			C.free(unsafe.Pointer(cs))
-			continue
 		}
-		cs := C.CString(l.msg)
-		C.guard_log(mosqLevel(l.level), cs)
-		C.free(unsafe.Pointer(cs))
 	}
+	if len(later) > 0 {
+		logs.mu.Lock()
+		logs.lines = append(logs.lines, later...)
+		logs.mu.Unlock()
+	}
+}
+
+// kick disconnects inst's connection of clientID if it is still the one
+// banned while connected (plugin.Guard.KickDue): a kick whose connection
+// ended is dropped, and never reaches a newer connection or an offline
+// session with the same client ID. It reports false, to be kept for the next
+// safe point, when that connection is current, the client whose BASIC_AUTH
+// is running: the broker has not yet put it under its client ID, and a kick
+// by ID now would hit the connection it is about to take over. The broker's
+// DISCONNECT for the kicked client comes back into Go, nested, before this
+// returns.
+func kick(inst uintptr, clientID string, current uintptr) bool {
+	in := instances.get(inst)
+	if in == nil {
+		return true
+	}
+	h, due := in.guard.KickDue(clientID)
+	if !due {
+		return true
+	}
+	if h == current {
+		return false
+	}
+	cs := C.CString(clientID)
+	C.guard_kick(cs)
+	C.free(unsafe.Pointer(cs))
+	return true
 }
 
 // publish sends a QoS 0 message to every subscriber of topic; the broker copies the payload.

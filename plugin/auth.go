@@ -19,9 +19,12 @@ import (
 // redis_timeout) only until the replica is loaded, and for live connections
 // under clientid_conflict deny. A failure is counted locally at once and in
 // Redis in the background.
-func (g *Guard) Authenticate(c Client) Decision {
+func (g *Guard) Authenticate(c Client) Decision { return g.authenticate(c, g.reauth(c.Handle)) }
+
+// authenticate is Authenticate; reauth: the broker re-checking a client it
+// holds after a reload (see Reauthenticate), never counted nor admitted.
+func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	ip, _ := keys.NormalizeIP(c.Address)
-	reauth := g.reauth(c.Handle)
 	ans, known := g.lookup(c, ip)
 	redisOK := g.health.up()
 	if !redisOK && g.cfg.DenyWhenRedisDown {

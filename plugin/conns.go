@@ -7,7 +7,8 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 )
 
-// liveConn is one connection this guard let through.
+// liveConn is one connection this guard let through, or, once it has ended,
+// the offline persistent session it left (offline).
 type liveConn struct {
 	handle      uintptr
 	clientID    string
@@ -18,6 +19,8 @@ type liveConn struct {
 	other       *redisstore.Conn // the connection of this broker it took over, if any
 	pending     bool             // deferred to a later check: confirmed after confirmDelay without DISCONNECT
 	flagged     bool             // banned while connected: its kick is on the way
+	offline     bool             // the connection ended; the broker keeps its session
+	visited     uint64           // the reload whose re-authentication walk visited it
 	since       time.Time
 }
 
@@ -26,16 +29,49 @@ type liveConn struct {
 // was let in.
 const confirmDelay = 500 * time.Millisecond
 
-// Disconnected forgets a connection (MOSQ_EVT_DISCONNECT).
-func (g *Guard) Disconnected(handle uintptr) {
+// offlineMax bounds the offline persistent sessions a guard remembers. They
+// are only needed to recognise the broker's re-authentication of a session
+// after a reload where no TICK tells the walk's end (per_listener_settings on
+// 2.0.11-2.0.14); past the bound, sessions that end are forgotten at once. An
+// entry costs about 300 bytes: 100 000 of them about 30 MB.
+const offlineMax = 100000
+
+// Disconnected forgets a connection (MOSQ_EVT_DISCONNECT) whose session
+// ends with it, or the offline session the broker is now dropping (the
+// second DISCONNECT of a pointer when the client ID connects again).
+func (g *Guard) Disconnected(handle uintptr) { g.disconnected(handle, false) }
+
+// DisconnectedKeepSession is Disconnected for a client that asked for a
+// persistent session (clean session false): its entry stays, offline, so
+// that the broker's re-authentication of that session after a reload is
+// recognised as one (never counted, never admitted). The broker frees an
+// expired session without telling plugins: the entry then stays until a new
+// client gets its pointer (see reauth) or offlineMax is reached.
+func (g *Guard) DisconnectedKeepSession(handle uintptr) { g.disconnected(handle, true) }
+
+func (g *Guard) disconnected(handle uintptr, keep bool) {
 	g.mu.Lock()
 	lc := g.conns[handle]
-	delete(g.conns, handle)
-	if lc != nil && g.byID[lc.clientID] == lc {
+	if lc == nil {
+		g.mu.Unlock()
+		return
+	}
+	if lc.offline { // the session itself ends now
+		g.dropLocked(lc)
+		g.mu.Unlock()
+		return
+	}
+	recorded := !lc.pending
+	flagged := lc.flagged
+	if g.byID[lc.clientID] == lc {
 		delete(g.byID, lc.clientID)
 	}
-	recorded := lc != nil && !lc.pending
-	flagged := lc != nil && lc.flagged
+	if keep && g.offline < offlineMax {
+		lc.offline, lc.flagged, lc.pending = true, false, false
+		g.offline++
+	} else {
+		delete(g.conns, handle)
+	}
 	g.mu.Unlock()
 	if flagged {
 		g.out.Flagged(-1)
@@ -45,14 +81,55 @@ func (g *Guard) Disconnected(handle uintptr) {
 	}
 }
 
-// reauth reports whether handle is a connection this guard already let
-// through: the broker re-runs authentication for every client after a
-// reload; a refusal then is not an attack, nor a success a new connection.
+// dropLocked removes an offline entry; g.mu held.
+func (g *Guard) dropLocked(lc *liveConn) {
+	delete(g.conns, lc.handle)
+	g.offline--
+	if lc.flagged { // flagged by a scan that did not skip offline entries
+		lc.flagged = false
+		g.out.Flagged(-1)
+	}
+}
+
+// reauth reports whether handle is a live connection this guard let
+// through: the broker calls BASIC_AUTH for a connected client only to
+// re-check it after a reload, so a refusal then is not an attack, nor a
+// success a new connection. An offline session's entry at the pointer of a
+// BASIC_AUTH outside a reload's walk is stale (the broker freed the session
+// without a DISCONNECT and reused its memory): it is removed, and the client
+// is new.
 func (g *Guard) reauth(handle uintptr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	_, ok := g.conns[handle]
-	return ok
+	lc := g.conns[handle]
+	if lc != nil && lc.offline {
+		g.dropLocked(lc)
+		return false
+	}
+	return lc != nil
+}
+
+// Reauthenticate decides the broker's re-check of a client it already holds,
+// connected or an offline session, in the walk over every client that
+// follows a reload (the cgo layer tells the walk from new CONNECTs): the
+// lists and the password are checked as for a CONNECT, but a refusal is not
+// counted, a success is not recorded, and nothing is admitted.
+func (g *Guard) Reauthenticate(c Client) Decision { return g.authenticate(c, true) }
+
+// ReloadVisit reports whether a BASIC_AUTH, during the reload whose number is
+// reload, is the broker re-checking a client this guard knows: a live
+// connection, or an offline session with the same client ID, not visited yet
+// by this reload's walk (the walk visits each client once). False means it
+// cannot be part of that walk as far as this guard knows.
+func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	lc := g.conns[handle]
+	if lc == nil || lc.visited == reload || (lc.offline && lc.clientID != clientID) {
+		return false
+	}
+	lc.visited = reload
+	return true
 }
 
 // admit records a connection let through; pending when a later check decides.
@@ -64,6 +141,9 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 		lc.conn = g.conflicts.newConn(principalOf(c), addrString(c, ip), now)
 	}
 	g.mu.Lock()
+	if old := g.conns[c.Handle]; old != nil && old.offline {
+		g.dropLocked(old) // stale: the pointer was freed and reused
+	}
 	if prev := g.byID[c.ClientID]; prev != nil && prev.handle != c.Handle {
 		o := prev.conn
 		lc.other = &o
@@ -79,6 +159,9 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 	}
 }
 
+// confirmBatch bounds the deferred connections confirmed per lock hold.
+const confirmBatch = 256
+
 // confirmLoop turns deferred connections still there after confirmDelay
 // into tracked ones.
 func (g *Guard) confirmLoop() {
@@ -91,20 +174,24 @@ func (g *Guard) confirmLoop() {
 		case <-t.C:
 		}
 		cutoff := g.now().Add(-confirmDelay)
-		var ready []*liveConn
-		g.mu.Lock()
-		i := 0
-		for ; i < len(g.pending) && g.pending[i].since.Before(cutoff); i++ {
-			lc := g.pending[i]
-			if g.conns[lc.handle] == lc {
-				lc.pending = false
-				ready = append(ready, lc)
+		for more := true; more; {
+			var ready []*liveConn
+			g.mu.Lock()
+			i := 0
+			for ; i < len(g.pending) && i < confirmBatch && g.pending[i].since.Before(cutoff); i++ {
+				lc := g.pending[i]
+				if g.conns[lc.handle] == lc && !lc.offline {
+					lc.pending = false
+					ready = append(ready, lc)
+				}
 			}
-		}
-		g.pending = append(g.pending[:0], g.pending[i:]...)
-		g.mu.Unlock()
-		for _, lc := range ready {
-			g.conflicts.enqueue(conflictEvent{kind: evConnect, clientID: lc.clientID, conn: lc.conn, other: lc.other})
+			more = i == confirmBatch
+			clear(g.pending[:i])
+			g.pending = g.pending[i:] // no copy under the lock; append reallocates
+			g.mu.Unlock()
+			for _, lc := range ready {
+				g.conflicts.enqueue(conflictEvent{kind: evConnect, clientID: lc.clientID, conn: lc.conn, other: lc.other})
+			}
 		}
 	}
 }

@@ -61,7 +61,8 @@ type Guard struct {
 	stopSync    context.CancelFunc
 
 	mu      sync.Mutex
-	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT
+	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT; offline sessions they left
+	offline int                   // offline sessions in conns, at most offlineMax
 	byID    map[string]*liveConn  // client ID -> its newest connection here
 	pending []*liveConn           // deferred connections not yet confirmed
 

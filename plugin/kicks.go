@@ -8,10 +8,20 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
+// kickScan bounds the connections kickMatching examines per hold of g.mu,
+// the lock that CONNECT, DISCONNECT and ACL checks take on the broker
+// thread: a range ban over 100 000 connections must not stall them.
+const kickScan = 256
+
 // kickMatching disconnects the connections a new block key matches,
 // unless an allow key exempts them. Until the kick lands (on the broker
 // thread, through the work queue) the connection is flagged, and ACL
 // checks refuse its messages.
+//
+// The table is scanned kickScan entries per lock hold, releasing g.mu in
+// between (Go allows a map to change while it is ranged over: entries added
+// meanwhile may be missed, and those are checked against the lists at their
+// CONNECT, after the replica had the key); the allow check runs unlocked.
 func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 	var prefix netip.Prefix
 	if scope == keys.CIDR {
@@ -21,21 +31,59 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 		}
 		prefix = p
 	}
-	var hit []*liveConn
+	if scope == keys.ClientID { // one lookup, no scan
+		g.mu.Lock()
+		lc := g.byID[value]
+		g.mu.Unlock()
+		if lc != nil {
+			g.kickCandidates(key, []*liveConn{lc})
+		}
+		return
+	}
+	cands := make([]*liveConn, 0, kickScan)
+	n := 0
 	g.mu.Lock()
 	for _, lc := range g.conns {
-		if lc.flagged || !matches(lc, scope, value, prefix) {
-			continue
+		if !lc.flagged && !lc.offline && matches(lc, scope, value, prefix) {
+			cands = append(cands, lc)
 		}
-		if g.replica.Lookup(queryOf(lc), g.now()).Block == nil {
-			continue // an allow entry lifts this ban for this client
+		if n++; n%kickScan == 0 {
+			g.mu.Unlock()
+			g.kickCandidates(key, cands)
+			cands = cands[:0]
+			g.mu.Lock()
 		}
-		lc.flagged = true
-		hit = append(hit, lc)
 	}
 	g.mu.Unlock()
+	g.kickCandidates(key, cands)
+}
+
+// kickCandidates flags and kicks the candidates no allow entry exempts and
+// that are still connected; g.mu not held. A candidate's identity fields
+// are fixed at admit: they are read without the lock.
+func (g *Guard) kickCandidates(key string, cands []*liveConn) {
+	if len(cands) == 0 {
+		return
+	}
+	now := g.now()
+	hit := cands[:0:0]
+	for _, lc := range cands {
+		if g.replica.Lookup(queryOf(lc), now).Block != nil { // an allow entry may lift this ban for this client
+			hit = append(hit, lc)
+		}
+	}
+	var kicked []*liveConn
+	g.mu.Lock()
 	for _, lc := range hit {
-		g.out.Flagged(1)
+		if lc.flagged || lc.offline || g.conns[lc.handle] != lc {
+			continue // flagged by another ban meanwhile, or gone
+		}
+		lc.flagged = true
+		kicked = append(kicked, lc)
+		g.out.Flagged(1) // under g.mu: Disconnected's -1 cannot come first
+	}
+	g.mu.Unlock()
+	for _, lc := range kicked {
 		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername}
 		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: kicking %s rule=%s origin=operator: banned while connected",
 			describeClient(c, lc.ip), quote(key)))
@@ -61,11 +109,28 @@ func queryOf(lc *liveConn) redisstore.Query {
 	return redisstore.Query{ClientID: lc.clientID, IP: lc.ip, Username: lc.username, HasUsername: lc.hasUsername}
 }
 
+// KickDue reports whether a kick queued for clientID is still to be run,
+// and the connection it would reach: this guard's live connection of that
+// client ID, banned while connected and not yet kicked (flagged). Mosquitto
+// 2.0 kicks by client ID only, so the queue asks at the last moment: a kick
+// whose connection ended is dropped rather than hitting a newer connection
+// with the same ID (not banned, hence not flagged) or the offline session
+// the connection left (not in byID). Broker thread only.
+func (g *Guard) KickDue(clientID string) (handle uintptr, due bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	lc := g.byID[clientID]
+	if lc == nil || lc.offline || !lc.flagged {
+		return 0, false
+	}
+	return lc.handle, true
+}
+
 // Flagged reports whether a connection was banned while connected and
 // awaits its kick (MOSQ_EVT_ACL_CHECK refuses its messages meanwhile).
 func (g *Guard) Flagged(handle uintptr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	lc := g.conns[handle]
-	return lc != nil && lc.flagged
+	return lc != nil && !lc.offline && lc.flagged
 }
