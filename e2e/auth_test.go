@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 func TestPasswords(t *testing.T) {
@@ -152,10 +153,12 @@ func TestOddClientIDs(t *testing.T) {
 	e.expect(as("127.0.9.2", "x", "alice", "alice-pw"), refused)
 	assert.EqualValues(t, accepted, e.connect(as("127.0.9.1", "ip:127.0.9.2", "alice", "alice-pw")))
 
-	// A 20 000-byte client ID is banned under exactly its own key.
+	// A 20 000-byte client ID is banned under exactly its own tracking form
+	// (its SHA-256: an automatic ban must not keep 20 000 bytes a key).
 	require.EqualValues(t, refused, e.connect(as("127.0.9.3", long, "alice", "x")))
 	require.EqualValues(t, refused, e.connect(as("127.0.9.3", long, "alice", "y")))
-	key := "guard:block:clientid:" + long
+	key := "guard:block:clientid:" + keys.Tracking(long)
+	require.Len(t, keys.Tracking(long), 71)
 	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("EXISTS", key) == "1" }, "no ban of the long id")
 	assert.EqualValues(t, refused, e.connect(as("127.0.9.4", long, "alice", "alice-pw")))
 	assert.EqualValues(t, accepted, e.connect(as("127.0.9.4", long[:19999], "alice", "alice-pw")))

@@ -294,3 +294,74 @@ func TestRefusalLogFloodLimited(t *testing.T) {
 	assert.EqualValues(t, refused, e.connect(as("127.3.10.2", "y", "alice", "wrong")))
 	e.logLine("refused", "ip=127.3.10.2 ", "rule=bad-password")
 }
+
+// Device IDs are no secret: claiming a known client ID from new addresses
+// during a throttle gets a shared budget of one failure per fail_window on a
+// broker, not a password check per attempt (before: 200 of 200 checked).
+func TestThrottleClaimedClientIDBudget(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 50", "auth_opt_fail_window 5s", "auth_opt_username_fail_limit 3")
+	device := as("127.3.11.1", "fleet-1", "bob", "bob-pw")
+	require.EqualValues(t, accepted, e.connect(device))
+	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("ZCARD", "guard:known:bob") == "2" }, "known sources recorded")
+	for i := 0; i < 6; i++ {
+		e.connect(as(fmt.Sprintf("127.3.12.%d", 1+i), "x", "bob", "guess"))
+	}
+	e.waitKey("guard:throttle:username:bob", true, 2*time.Second)
+	before := e.countLines("rule=bad-password", `username="bob"`)
+	for i := 0; i < 40; i++ {
+		e.connect(as(fmt.Sprintf("127.3.13.%d", 1+i), "fleet-1", "bob", "guess"+strconv.Itoa(i)))
+	}
+	checked := e.countLines("rule=bad-password", `username="bob"`) - before
+	assert.LessOrEqual(t, checked, 2, "passwords checked for sources known by client ID only")
+	assert.EqualValues(t, accepted, e.connect(device), "the device at its known address")
+}
+
+// A throttle must not tell which usernames exist: unknown usernames are
+// throttled the same way (before: never, so a fast refusal meant "exists").
+func TestThrottleUnknownUsernamesToo(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 50", "auth_opt_fail_window 5s", "auth_opt_username_fail_limit 3")
+	for _, u := range []string{"bob", "nosuchuser"} {
+		for i := 0; i < 6; i++ {
+			e.connect(as(fmt.Sprintf("127.3.14.%d", 1+i), "x", u, "guess"))
+		}
+		e.waitKey("guard:throttle:username:"+u, true, 2*time.Second)
+		assert.EqualValues(t, refused, e.connect(as("127.3.15.1", "y", u, "guess")))
+	}
+	e.logLine("refused", `username="nosuchuser"`, "rule=username-throttled")
+	e.logLine("refused", `username="bob"`, "rule=username-throttled")
+}
+
+// With fail_scopes clientid, a 65 000-byte client ID is counted and banned
+// by its tracking form: no counter, offence or ban key of 65 KB (before:
+// 200 such clients added 40 MB to Redis for a day), and the ban still works.
+func TestLongClaimsCountedByTrackingForm(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_scopes ip,clientid", "auth_opt_fail_limit 2")
+	long := strings.Repeat("L", 65000)
+	for i := 0; i < 5; i++ {
+		e.connect(as(fmt.Sprintf("127.3.16.%d", 1+i), long, "alice", "guess"))
+	}
+	var bans []string
+	eventually(t, 3*time.Second, func() bool {
+		bans = strings.Fields(e.redis.CLI("--scan", "--pattern", "guard:block:clientid:*"))
+		return len(bans) == 1
+	}, "no automatic client-ID ban")
+	assert.True(t, strings.HasPrefix(bans[0], "guard:block:clientid:sha256:"), bans[0])
+	for _, k := range strings.Fields(e.redis.CLI("--scan")) {
+		assert.Less(t, len(k), 300, "key %.80s...", k)
+	}
+	assert.EqualValues(t, refused, e.connect(as("127.3.17.1", long, "alice", "alice-pw")), "the ban refuses the long client ID from anywhere")
+	assert.EqualValues(t, accepted, e.connect(as("127.3.17.1", "short", "alice", "alice-pw")))
+}
+
+// clientid_conflict deny refusals are refusal lines like any other: bounded
+// per source (before: 500 of 500 logged).
+func TestConflictRefusalLogBounded(t *testing.T) {
+	e := newEnv(t, "auth_opt_clientid_conflict deny")
+	holder, _ := e.dial(as("127.3.18.1", "victim-dev", "alice", "alice-pw"))
+	require.NotNil(t, holder)
+	e.expect(as("127.3.18.2", "victim-dev", "bob", "bob-pw"), refused)
+	for i := 0; i < 100; i++ {
+		e.connect(as("127.3.18.2", "victim-dev", "bob", "bob-pw"))
+	}
+	assert.LessOrEqual(t, e.countLines("mosquitto-guard: refused", "ip=127.3.18.2 ", "rule=clientid-conflict"), 10)
+}

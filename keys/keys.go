@@ -95,20 +95,21 @@ func (b Builder) Fail(scope Scope, value string) string {
 // Throttle returns the key that throttles username: while it exists, the
 // username's attempts from sources it never authenticated from are refused
 // unchecked. It is not a ban; it expires by itself.
+// The username is in its Tracking form: unknown usernames are throttled too.
 func (b Builder) Throttle(username string) string {
-	return b.Prefix + "throttle:username:" + username
+	return b.Prefix + "throttle:username:" + Tracking(username)
 }
 
 // ThrottleCount returns the rate-limit key counting a username's failures
 // from every source (redis_rate stores it under its own "rate:" prefix).
 func (b Builder) ThrottleCount(username string) string {
-	return b.Prefix + "fail:anysource:username:" + username
+	return b.Prefix + "fail:anysource:username:" + Tracking(username)
 }
 
 // Known returns the sorted set of the sources (ip:<ip>, clientid:<id>) that
 // authenticated as username, scored by the time of the last success (unix ms).
 func (b Builder) Known(username string) string {
-	return b.Prefix + "known:" + username
+	return b.Prefix + "known:" + Tracking(username)
 }
 
 // TrackingMax is the longest client ID or principal that conflict tracking

@@ -41,10 +41,13 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	exempt := ans.Allow != nil && ans.Allow.Scope.Proof()
 	result := Defer
 	if c.HasUsername && g.cfg.Backend != BackendDefer {
+		var limits Decision
 		if !reauth && !exempt {
-			if d, refused := g.checkLimits(c, ip, ans); refused {
+			d, refused := g.checkLimits(c, ip, ans)
+			if refused {
 				return d
 			}
+			limits = d
 		}
 		rule, err := g.checkCredentials(c, ans, known)
 		if err != nil {
@@ -56,7 +59,7 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 			// the broker re-checking a connected client after a reload, not a
 			// stored hash the operator got wrong, not a Redis that cannot be asked.
 			if !exempt && !reauth && rule != RuleBadStoredHash && rule != RuleRedisUnavailable {
-				g.failed(c, ip, rule, redisOK)
+				g.failed(c, ip, redisOK, limits.claimedSource)
 			}
 			return d
 		}
@@ -103,11 +106,21 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans redisstore.Answer) (Dec
 	}
 	// The username throttle: from Redis (every broker's count), or from this
 	// broker's own count while that is on its way.
-	if g.known != nil && (ans.Throttle != nil || g.localUser.Exhausted(c.Username, now)) &&
-		!g.known.known(c.Username, ip, c.ClientID, now) {
-		return g.refuseThrottled(c, ip, ans.Throttle), true
+	if g.known == nil || (ans.Throttle == nil && !g.localUser.Exhausted(c.Username, now)) {
+		return Decision{}, false
 	}
-	return Decision{}, false
+	byIP, byClientID := g.known.known(c.Username, ip, c.ClientID, now)
+	switch {
+	case byIP:
+		return Decision{}, false
+	case byClientID && !g.localClaimed.Exhausted(c.Username, now):
+		// A client ID is a claim, and device IDs are no secret: a source
+		// known only by its client ID shares, with every other such source of
+		// the username, a budget of one failure per fail_window (two checks)
+		// on this broker. A roaming device with its password never fails.
+		return Decision{claimedSource: true}, false
+	}
+	return g.refuseThrottled(c, ip, ans.Throttle), true
 }
 
 // failKey is one key a failure is counted under: a scope of fail_scopes and
@@ -135,32 +148,40 @@ func (g *Guard) failKeys(c Client, ip netip.Addr) []failKey {
 			}
 			out = append(out, failKey{keys.IP, ip.String()})
 		case keys.ClientID:
-			out = append(out, failKey{keys.ClientID, c.ClientID})
+			// Claims over 256 bytes in their tracking form: the counter, the
+			// offences and an automatic ban must not keep 65 535 bytes a key.
+			out = append(out, failKey{keys.ClientID, keys.Tracking(c.ClientID)})
 		case keys.Username:
-			out = append(out, failKey{keys.Username, c.Username})
+			out = append(out, failKey{keys.Username, keys.Tracking(c.Username)})
 		}
 	}
 	return out
 }
 
-// failed counts one failed authentication: at once in the local count, and
-// in Redis in the background (when Redis answers). Every fail scope counts,
-// also for a client an allow entry on a claim (client ID, username) lets
-// past the bans on claims: its source IP is banned when it guesses.
-func (g *Guard) failed(c Client, ip netip.Addr, rule string, redisOK bool) {
+// failed counts one failed authentication: at once in the local counts,
+// and in Redis in the background (when Redis answers). Every fail scope
+// counts, also for a client an allow entry on a claim (client ID, username)
+// lets past the bans on claims: its source IP is banned when it guesses. The
+// username's count toward its throttle includes unknown usernames: a
+// throttled username must not tell an attacker that it exists. claimed: the
+// client passed a throttle as a source known only by its client ID.
+func (g *Guard) failed(c Client, ip netip.Addr, redisOK, claimed bool) {
 	fk := g.failKeys(c, ip)
 	now := g.now()
 	for _, k := range fk {
 		g.local.Fail(k.local(), now)
 	}
-	if rule == RuleBadPassword && g.known != nil {
+	if g.known != nil {
 		g.localUser.Fail(c.Username, now)
+		if claimed {
+			g.localClaimed.Fail(c.Username, now)
+		}
 	}
 	if !redisOK {
 		return
 	}
 	g.failures.add(failure{clientID: c.ClientID, ip: ip, username: c.Username, hasUsername: c.HasUsername,
-		keys: fk, knownUser: rule == RuleBadPassword})
+		keys: fk, throttle: g.known != nil})
 }
 
 // checkConflict refuses a client whose client ID is live, here or on
@@ -200,8 +221,10 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans redisstore.Answer, re
 		return Decision{}, false
 	}
 	d := Decision{Result: Deny, Rule: RuleClientIDConflict}
-	g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s holder_principal=%s holder_ip=%s holder_broker=%s",
-		describeClient(c, ip), RuleClientIDConflict, quote(holder.Principal), holder.IP, quote(holder.Broker)))
+	if g.floods.Allow(g.floodSource(c, ip), floodRule(d), g.now()) { // as every refusal line: bounded per source
+		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s holder_principal=%s holder_ip=%s holder_broker=%s",
+			describeClient(c, ip), RuleClientIDConflict, quote(holder.Principal), holder.IP, quote(holder.Broker)))
+	}
 	if !claimed {
 		attempt = g.conflicts.newConn(principal, addrString(c, ip), g.now())
 	}
@@ -221,7 +244,7 @@ func (g *Guard) lookup(c Client, ip netip.Addr) (ans redisstore.Answer, known bo
 	}
 	if g.sync != nil && g.sync.Ready() {
 		ans = g.replica.Lookup(q, g.now())
-		if q.WantConns && g.health.up() {
+		if q.WantConns && g.health.up() && !g.claims(c) { // claimed in checkConflict instead
 			ans.Live = g.liveConns(c.ClientID)
 		}
 		return ans, true
@@ -270,8 +293,10 @@ func (g *Guard) checkCredentials(c Client, ans redisstore.Answer, known bool) (s
 			return RuleRedisUnavailable, nil
 		}
 		if !ans.HasUser {
-			// Spend what a known user costs: a hash of the class of the last
-			// known user's (or mosquitto_passwd's default), never matching.
+			// Spend what a known user costs: a hash of the class of the most
+			// expensive known user's seen so far (or mosquitto_passwd's
+			// default), never matching. Only known users' hashes move it, so
+			// an attacker cannot make it cheaper.
 			dummy := hashes.DefaultDummy()
 			if ref := g.lastHash.Load(); ref != nil {
 				if d, err := g.verifier.DummyLike(*ref); err == nil {
@@ -283,12 +308,12 @@ func (g *Guard) checkCredentials(c Client, ans redisstore.Answer, known bool) (s
 			return RuleUnknownUser, nil
 		}
 		hash = ans.UserHash
-		if ref := g.lastHash.Load(); ref == nil || *ref != hash {
-			g.lastHash.Store(&hash)
-		}
 	}
 	if g.cache.hit(c.Username, c.Password, hash) {
 		return "", nil
+	}
+	if g.cfg.Backend == BackendRedis {
+		g.noteHash(hash)
 	}
 	ok, err := g.verifier.Verify(hash, c.Password)
 	if ok && err == nil {
@@ -415,4 +440,24 @@ func (g *Guard) flushFloods() {
 			g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: %d more refusals from %s %s in the last %s", sm.Suppressed, sm.Source, sm.Rule, sm.Period.Round(time.Second)))
 		}
 	}
+}
+
+// noteHash keeps the most expensive known user's hash seen (redis backend),
+// the model of the unknown users' dummy. Called on cache misses only, beside
+// a verification that costs far more than the parse.
+func (g *Guard) noteHash(hash string) {
+	ref := g.lastHash.Load()
+	if ref != nil && *ref == hash {
+		return
+	}
+	w, err := g.verifier.Work(hash)
+	if err != nil {
+		return
+	}
+	if ref != nil {
+		if cur, _ := g.verifier.Work(*ref); cur >= w {
+			return
+		}
+	}
+	g.lastHash.Store(&hash)
 }

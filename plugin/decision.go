@@ -76,6 +76,8 @@ type Decision struct {
 	Rule   string            // the list key or one of the Rule constants; "" when nothing refused
 	Match  *redisstore.Match // the list entry that refused, if any
 	Detail string            // more for the log line, as key=value pairs
+
+	claimedSource bool // checkLimits: let through a throttle as a source known by client ID only
 }
 
 // quote renders a hostile client-supplied string for a log line: escaped,

@@ -22,7 +22,7 @@ type failure struct {
 	username    string
 	hasUsername bool
 	keys        []failKey // the keys it counts under, one per fail scope
-	knownUser   bool      // the username exists: its failures count toward its throttle
+	throttle    bool      // count it toward the username's throttle
 }
 
 // failureQueue counts failed authentications off the broker thread: the
@@ -134,7 +134,7 @@ func (q *failureQueue) count(f failure) {
 			return
 		}
 	}
-	if f.knownUser && g.cfg.UsernameFailLimit > 0 {
+	if f.throttle && f.hasUsername {
 		var th *ratelimit.Throttle
 		err := q.retry(func(ctx context.Context) (err error) {
 			th, err = g.counter.ThrottleFail(ctx, f.username, g.cfg.UsernameFailLimit)

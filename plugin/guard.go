@@ -43,22 +43,23 @@ type Guard struct {
 	counter  FailCounter
 	verifier hashes.Verifier
 	users    atomic.Pointer[files.Store]
-	lastHash atomic.Pointer[string] // redis backend: a known user's hash, the model of the unknown users' dummy
+	lastHash atomic.Pointer[string] // redis backend: the most expensive known user's hash seen, the model of the unknown users' dummy
 	now      func() time.Time
 
-	health      health
-	failures    *failureQueue
-	local       *ratelimit.Local // this broker's own failure count, on the broker thread
-	localUser   *ratelimit.Local // the same for each username's failures from every source (the throttle)
-	known       *knownSources    // nil without Redis or with username_fail_limit 0
-	throttleLog throttleLog
-	floods      *logflood.Limiter // refusal lines per source and rule
-	conflicts   *conflicts        // nil when clientid_conflict is off
-	replica     *replica.Replica  // nil without a Redis client (unit tests)
-	sync        *replica.Sync
-	cache       *verifyCache
-	out         Output
-	stopSync    context.CancelFunc
+	health       health
+	failures     *failureQueue
+	local        *ratelimit.Local // this broker's own failure count, on the broker thread
+	localUser    *ratelimit.Local // the same for each username's failures from every source (the throttle)
+	localClaimed *ratelimit.Local // throttled usernames: failures of sources known by client ID only
+	known        *knownSources    // nil without Redis or with username_fail_limit 0
+	throttleLog  throttleLog
+	floods       *logflood.Limiter // refusal lines per source and rule
+	conflicts    *conflicts        // nil when clientid_conflict is off
+	replica      *replica.Replica  // nil without a Redis client (unit tests)
+	sync         *replica.Sync
+	cache        *verifyCache
+	out          Output
+	stopSync     context.CancelFunc
 
 	mu      sync.Mutex
 	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT; offline sessions they left
@@ -159,6 +160,7 @@ func NewWith(cfg Config, out Output, d Deps) (*Guard, error) {
 	userPolicy := cfg.Policy
 	userPolicy.Limit = max(cfg.UsernameFailLimit, 1)
 	g.localUser = ratelimit.NewLocal(userPolicy, ratelimit.DefaultLocalKeys)
+	g.localClaimed = ratelimit.NewLocal(ratelimit.Policy{Limit: 1, Window: cfg.Policy.Window}, ratelimit.DefaultLocalKeys)
 	g.health.init(g)
 	g.failures = newFailureQueue(g)
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
@@ -239,5 +241,8 @@ func (g *Guard) loadUsers() error {
 	}
 	g.users.Store(users)
 	g.log(LevelInfo, fmt.Sprintf("mosquitto-guard: loaded %d users from %s", users.Len(), g.cfg.PasswordFile))
+	if n := users.CheapHashes(); n > 0 {
+		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash far cheaper than the most expensive one, and timing can tell them from unknown users; rehash them with one format and cost", g.cfg.PasswordFile, n))
+	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
 	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
@@ -365,4 +366,29 @@ func TestRedisBackendUnknownUserCostsAsMuch(t *testing.T) {
 	ratio := float64(unknown) / float64(known)
 	t.Logf("unknown/known time: %.2f (%s / %s)", ratio, unknown, known)
 	assert.Greater(t, ratio, 0.5, "an unknown user must cost what a known one costs")
+}
+
+// An attacker cannot make the redis backend's dummy cheaper by probing a
+// cheap-hash user first (before: the dummy followed the last user checked).
+func TestRedisBackendDummyFollowsMostExpensive(t *testing.T) {
+	g, st, _, _ := newGuard(t, map[string]string{"backend": "redis", "auth_cache": "0", "username_fail_limit": "0"})
+	h, err := bcrypt.GenerateFromPassword([]byte("carol-pw"), 9)
+	require.NoError(t, err)
+	st.set("guard:user:carol", string(h))
+	st.set("guard:user:alice", hashes.DefaultDummy()) // a valid, cheap $7$ (101 rounds)
+	try := func(user string, i int) time.Duration {
+		start := time.Now()
+		g.Authenticate(cl(uintptr(2000+i), fmt.Sprintf("192.0.2.%d", 1+i%200), "c", user, "wrong"))
+		return time.Since(start)
+	}
+	try("carol", 0)
+	try("alice", 1) // the cheap user checked last
+	var carol, unknown time.Duration
+	for i := 1; i <= 4; i++ {
+		carol += try("carol", 2*i)
+		unknown += try(fmt.Sprintf("nobody-%d", i), 2*i+1)
+	}
+	ratio := float64(unknown) / float64(carol)
+	t.Logf("unknown/bcrypt-user time: %.2f", ratio)
+	assert.Greater(t, ratio, 0.5)
 }

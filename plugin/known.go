@@ -57,12 +57,15 @@ type knownSet struct {
 }
 
 const (
-	knownRefresh     = time.Hour
-	knownRecentMax   = 200_000
-	knownLoadedMax   = 1_000_000
-	knownQueueSize   = 16384
-	knownBatchMax    = 512
-	knownReloadAfter = 5 * time.Second
+	knownRefresh   = time.Hour
+	knownRecentMax = 200_000
+	knownLoadedMax = 1_000_000
+	// knownLoadedUsersMax bounds the throttled usernames whose sets are held
+	// (unknown usernames are throttled too, and have empty sets).
+	knownLoadedUsersMax = 10_000
+	knownQueueSize      = 16384
+	knownBatchMax       = 512
+	knownReloadAfter    = 5 * time.Second
 )
 
 func newKnownSources(g *Guard, rdb redis.UniversalClient) *knownSources {
@@ -123,40 +126,37 @@ func (k *knownSources) note(username, source string, ms int64) {
 	}
 }
 
-// known reports whether ip or clientID is a known source of username: this
-// broker saw it succeed within conflict_window, or the set loaded from Redis
-// for this throttle episode holds it. An absent or stale set is loaded in the
-// background; until it arrives only this broker's own knowledge counts.
-func (k *knownSources) known(username string, ip netip.Addr, clientID string, now time.Time) bool {
-	sources := [2]string{"", sourceClientID(clientID)}
+// known reports whether ip, and whether clientID, is a known source of
+// username: this broker saw it succeed within conflict_window, or the set
+// loaded from Redis for this throttle episode holds it. An absent or stale
+// set is loaded in the background; until it arrives only this broker's own
+// knowledge counts.
+func (k *knownSources) known(username string, ip netip.Addr, clientID string, now time.Time) (byIP, byClientID bool) {
+	var ipSrc string
 	if ip.IsValid() {
-		sources[0] = sourceIP(ip)
+		ipSrc = sourceIP(ip)
 	}
+	idSrc := sourceClientID(clientID)
 	cutoff := now.Add(-k.window).UnixMilli()
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	for _, s := range sources {
-		if s == "" {
-			continue
-		}
-		if ms, ok := k.recent[recentKey(username, s)]; ok && ms >= cutoff {
-			return true
-		}
+	recent := func(s string) bool {
+		ms, ok := k.recent[recentKey(username, s)]
+		return s != "" && ok && ms >= cutoff
 	}
+	byIP, byClientID = recent(ipSrc), recent(idSrc)
 	set := k.loaded[username]
 	if set == nil || (!set.loading && now.Sub(set.at) > knownReloadAfter) {
 		k.startLoad(username, set, now)
 		set = k.loaded[username]
 	}
-	if set == nil {
-		return false // knownLoadedMax reached: only this broker's own knowledge counts
+	if set != nil { // nil: knownLoadedMax reached, only this broker's own knowledge counts
+		_, inIP := set.members[ipSrc]
+		_, inID := set.members[idSrc]
+		byIP = byIP || (ipSrc != "" && inIP)
+		byClientID = byClientID || inID
 	}
-	for _, s := range sources {
-		if _, ok := set.members[s]; ok && s != "" {
-			return true
-		}
-	}
-	return false
+	return byIP, byClientID
 }
 
 // prefetch loads username's known sources as its throttle begins.
@@ -171,7 +171,7 @@ func (k *knownSources) prefetch(username string, now time.Time) {
 // startLoad fetches username's known sources from Redis (k.mu held).
 func (k *knownSources) startLoad(username string, old *knownSet, now time.Time) {
 	if old == nil {
-		if k.loadedTotal >= knownLoadedMax {
+		if k.loadedTotal >= knownLoadedMax || len(k.loaded) >= knownLoadedUsersMax {
 			return
 		}
 		old = &knownSet{}

@@ -219,8 +219,14 @@ type candidate struct {
 func candidates(q Query) []candidate {
 	out := make([]candidate, 0, 3+129)
 	out = append(out, candidate{keys.ClientID, q.ClientID})
+	if t := keys.Tracking(q.ClientID); t != q.ClientID {
+		out = append(out, candidate{keys.ClientID, t}) // automatic bans of a long client ID
+	}
 	if q.HasUsername {
 		out = append(out, candidate{keys.Username, q.Username})
+		if t := keys.Tracking(q.Username); t != q.Username {
+			out = append(out, candidate{keys.Username, t})
+		}
 	}
 	if q.IP.IsValid() {
 		out = append(out, candidate{keys.IP, q.IP.String()})
