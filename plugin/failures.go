@@ -23,6 +23,10 @@ type failure struct {
 	hasUsername bool
 	keys        []failKey // the keys it counts under, one per fail scope
 	throttle    bool      // count it toward the username's throttle
+	// reset, when set, is not a failure: an automatic ban of this key was
+	// lifted early, and its count is reset here, in order with the failures
+	// queued before and after it (see Guard.liftedEarly).
+	reset *failKey
 }
 
 // failureQueue counts failed authentications off the broker thread: the
@@ -49,6 +53,17 @@ func (q *failureQueue) add(f failure) {
 	case q.ch <- f:
 	default:
 		q.dropped.Add(1)
+	}
+}
+
+// addReset queues the reset of k's count behind the failures already queued;
+// with the queue full it waits up to a second (it runs on the replica's
+// goroutine, never the broker thread), then resets at once.
+func (q *failureQueue) addReset(k failKey) {
+	select {
+	case q.ch <- failure{reset: &k}:
+	case <-time.After(time.Second):
+		q.g.spawn("failure count reset", func() { q.g.resetCount(k) })
 	}
 }
 
@@ -113,6 +128,10 @@ const countRetryFor = 30 * time.Second
 // it refuses), and the ban is written by the retry.
 func (q *failureQueue) count(f failure) {
 	g := q.g
+	if f.reset != nil {
+		g.resetCount(*f.reset)
+		return
+	}
 	for _, k := range f.keys {
 		var ban *ratelimit.Ban
 		err := q.retry(func(ctx context.Context) (err error) {

@@ -96,12 +96,18 @@ type fakeCounter struct {
 	resets []string
 	// throttles lists the usernames whose failures were counted toward a throttle.
 	throttles []string
+	events    []string      // fails and resets, in order
+	gate      chan struct{} // when set, Fail waits for it
 }
 
 func (f *fakeCounter) Fail(_ context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error) {
+	if f.gate != nil {
+		<-f.gate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fails = append(f.fails, string(scope)+"="+value)
+	f.events = append(f.events, "fail "+string(scope)+"="+value)
 	return nil, nil
 }
 
@@ -116,6 +122,7 @@ func (f *fakeCounter) Reset(_ context.Context, scope keys.Scope, value string) e
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.resets = append(f.resets, string(scope)+"="+value)
+	f.events = append(f.events, "reset "+string(scope)+"="+value)
 	return nil
 }
 
@@ -391,4 +398,25 @@ func TestRedisBackendDummyFollowsMostExpensive(t *testing.T) {
 	ratio := float64(unknown) / float64(carol)
 	t.Logf("unknown/bcrypt-user time: %.2f", ratio)
 	assert.Greater(t, ratio, 0.5)
+}
+
+// An automatic ban lifted early resets its count after the failures queued
+// before the lift, never before them (hostile test: a reset run beside the
+// failure worker let an earlier failure land after it and ban again at once).
+func TestLiftResetOrderedAfterQueuedFailures(t *testing.T) {
+	g, _, ct, _ := newGuard(t, nil)
+	ct.gate = make(chan struct{})
+	g.Authenticate(cl(1, "192.0.2.60", "c", "alice", "guess")) // its count waits at the gate
+	time.Sleep(20 * time.Millisecond)
+	g.liftedEarly(keys.IP, "192.0.2.60")
+	time.Sleep(50 * time.Millisecond)
+	close(ct.gate)
+	require.Eventually(t, func() bool {
+		ct.mu.Lock()
+		defer ct.mu.Unlock()
+		return len(ct.events) == 2
+	}, 2*time.Second, 10*time.Millisecond)
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	assert.Equal(t, []string{"fail ip=192.0.2.60", "reset ip=192.0.2.60"}, ct.events)
 }

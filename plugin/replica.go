@@ -147,14 +147,20 @@ const liftSlack = 250 * time.Millisecond
 // liftedEarly resets the failure count of a key whose automatic ban an
 // operator lifted: otherwise its next failure would ban it again at once.
 func (g *Guard) liftedEarly(scope keys.Scope, value string) {
-	g.local.Reset(failKey{scope, value}.local())
-	g.spawn("failure count reset", func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := g.counter.Reset(ctx, scope, value); err != nil {
-			g.health.down(err)
-			return
-		}
-		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: automatic ban of %s=%s lifted before its time: its failure count starts again", scope, quote(value)))
-	})
+	k := failKey{scope, value}
+	g.local.Reset(k.local())
+	// Through the failure queue: a failure counted before the lift must not
+	// land after the reset and ban the key again at once.
+	g.failures.addReset(k)
+}
+
+// resetCount resets k's count in Redis (failure worker).
+func (g *Guard) resetCount(k failKey) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := g.counter.Reset(ctx, k.scope, k.value); err != nil {
+		g.health.down(err)
+		return
+	}
+	g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: automatic ban of %s=%s lifted before its time: its failure count starts again", k.scope, quote(k.value)))
 }
