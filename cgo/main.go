@@ -53,7 +53,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 	var self atomic.Uintptr // this instance's handle, known once it is registered
 	g, err := plugin.New(cfg, plugin.Output{
 		Log: enqueueLog, Publish: enqueuePublish,
-		Kick:    func(clientID string) { enqueueKick(self.Load(), clientID) },
+		Kick:    func(handle uintptr, clientID string) { enqueueKick(self.Load(), handle, clientID) },
 		Flagged: func(delta int) { C.guard_flagged_add(C.int(delta)) },
 	})
 	if err != nil {

@@ -131,9 +131,14 @@ static void unregister_acl(mosquitto_plugin_id_t *id)
 	for (struct acl_reg **p = &acl_regs; *p; p = &(*p)->next) {
 		if ((*p)->id == id) {
 			struct acl_reg *reg = *p;
-			mosquitto_callback_unregister(id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+			int rc = mosquitto_callback_unregister(id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 			*p = reg->next;
-			free(reg);
+			/* Free it only once the broker can no longer call back with it:
+			 * otherwise leak it (a few bytes, once) rather than risk a use
+			 * after free. */
+			if (rc == MOSQ_ERR_SUCCESS || rc == MOSQ_ERR_NOT_FOUND) {
+				free(reg);
+			}
 			return;
 		}
 	}

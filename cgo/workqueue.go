@@ -33,6 +33,7 @@ type logLine struct {
 	publish bool
 	kick    bool    // msg is the client ID to disconnect
 	inst    uintptr // the instance whose connection it was queued for
+	handle  uintptr // that connection (the broker's client pointer)
 }
 
 const (
@@ -66,11 +67,11 @@ func enqueuePublish(topic string, payload []byte) {
 
 // enqueueKick queues the disconnection, without its will, of instance
 // inst's connection of clientID, banned while connected; safe from any goroutine.
-func enqueueKick(inst uintptr, clientID string) {
+func enqueueKick(inst, handle uintptr, clientID string) {
 	logs.mu.Lock()
 	defer logs.mu.Unlock()
 	// Kicks enforce bans: they are never dropped for want of room.
-	logs.lines = append(logs.lines, logLine{kick: true, inst: inst, msg: clientID})
+	logs.lines = append(logs.lines, logLine{kick: true, inst: inst, handle: handle, msg: clientID})
 }
 
 // drainLogs writes queued log lines, and only them; call only on the broker
@@ -116,7 +117,7 @@ func drain(all bool, current uintptr) {
 		case l.publish:
 			publish(l.topic, l.msg)
 		case l.kick:
-			if !kick(l.inst, l.msg, current) {
+			if !kick(l.inst, l.handle, l.msg, current) {
 				later = append(later, l)
 			}
 		default:
@@ -141,16 +142,19 @@ func drain(all bool, current uintptr) {
 // by ID now would hit the connection it is about to take over. The broker's
 // DISCONNECT for the kicked client comes back into Go, nested, before this
 // returns.
-func kick(inst uintptr, clientID string, current uintptr) bool {
+func kick(inst, handle uintptr, clientID string, current uintptr) bool {
 	in := instances.get(inst)
 	if in == nil {
 		return true
 	}
-	h, due := in.guard.KickDue(clientID)
+	due, wait := in.guard.KickDue(handle, clientID)
+	if wait {
+		return false
+	}
 	if !due {
 		return true
 	}
-	if h == current {
+	if handle == current {
 		return false
 	}
 	cs := C.CString(clientID)

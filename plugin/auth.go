@@ -25,7 +25,7 @@ func (g *Guard) Authenticate(c Client) Decision { return g.authenticate(c, g.rea
 // holds after a reload (see Reauthenticate), never counted nor admitted.
 func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	ip, _ := keys.NormalizeIP(c.Address)
-	ans, known := g.lookup(c, ip)
+	ans, known := g.lookup(c, ip, reauth)
 	redisOK := g.health.up()
 	if !redisOK && g.cfg.DenyWhenRedisDown {
 		return g.refuse(c, ip, Decision{Result: Deny, Rule: RuleRedisUnavailable}, false)
@@ -108,6 +108,13 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans redisstore.Answer) (Dec
 	// broker's own count while that is on its way.
 	if g.known == nil || (ans.Throttle == nil && !g.localUser.Exhausted(c.Username, now)) {
 		return Decision{}, false
+	}
+	if !g.userExists(c, ans) {
+		// No source is known to a username that does not exist: refuse
+		// alike, without loading its (empty) set; a botnet keeping 10 000
+		// made-up usernames throttled must not crowd real fleets out of
+		// knownLoadedUsersMax.
+		return g.refuseThrottled(c, ip, ans.Throttle), true
 	}
 	byIP, byClientID := g.known.known(c.Username, ip, c.ClientID, now)
 	switch {
@@ -236,11 +243,14 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans redisstore.Answer, re
 // the replica once it is loaded, even while Redis is down: the last known
 // lists, with their expiry honoured locally. Before that it asks Redis. known
 // is false when neither could answer.
-func (g *Guard) lookup(c Client, ip netip.Addr) (ans redisstore.Answer, known bool) {
+// A re-authentication after a reload never asks for the live connections: it
+// admits nothing, and a round trip per client of the reload's walk would
+// stall the broker for as many round trips as it holds clients.
+func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans redisstore.Answer, known bool) {
 	q := redisstore.Query{
 		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername,
 		WantUser:  g.cfg.Backend == BackendRedis,
-		WantConns: g.conflicts != nil && g.cfg.Conflicts.Mode == ConflictDeny,
+		WantConns: g.conflicts != nil && g.cfg.Conflicts.Mode == ConflictDeny && !reauth,
 	}
 	if g.sync != nil && g.sync.Ready() {
 		ans = g.replica.Lookup(q, g.now())
@@ -460,4 +470,16 @@ func (g *Guard) noteHash(hash string) {
 		}
 	}
 	g.lastHash.Store(&hash)
+}
+
+// userExists reports whether c's username is a known user of the backend.
+func (g *Guard) userExists(c Client, ans redisstore.Answer) bool {
+	switch g.cfg.Backend {
+	case BackendFiles:
+		_, ok := g.users.Load().Hash(c.Username)
+		return ok
+	case BackendRedis:
+		return ans.HasUser
+	}
+	return false
 }

@@ -99,6 +99,8 @@ type conflicts struct {
 	// on this broker: a reconnect within quietFor skips the read. Nothing is
 	// lost: a newcomer's own first connect reads, and sees the incumbent.
 	quiet map[string]quietMark
+	// retry holds disconnect writes Redis did not take (worker goroutine only).
+	retry []redisstore.ConnWrite
 	// seen and quiet outlive the connections: they hold client IDs in their
 	// keys.Tracking form, so that an entry's size does not depend on them.
 }
@@ -305,8 +307,10 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 			ws = append(ws, w)
 		}
 	}
+	c.flushRetry(ctx)
 	states, err := c.store.WriteConns(ctx, ws, c.cfg.Window)
 	if err != nil {
+		c.keepForRetry(ws)
 		return err
 	}
 	alive := *c.live.Load()
@@ -409,9 +413,39 @@ func (c *conflicts) report(ctx context.Context, f *redisstore.Finding) {
 
 // renew extends this broker's lease, learns which brokers are alive, and
 // clears the live connections of brokers whose lease ran out.
+// keepForRetry keeps the disconnect writes of a batch Redis did not take:
+// a connection that ended must not stay "live" in guard:conn while this
+// broker's lease runs (clientid_conflict deny would refuse its device on
+// every other broker). They are final-state and compare-and-delete, so
+// writing them late is safe. At most conflictQueueSize are kept; the oldest
+// go first.
+func (c *conflicts) keepForRetry(ws []redisstore.ConnWrite) {
+	for _, w := range ws {
+		if w.Gone != nil {
+			c.retry = append(c.retry, w)
+		}
+	}
+	if over := len(c.retry) - conflictQueueSize; over > 0 {
+		c.retry = append(c.retry[:0], c.retry[over:]...)
+		c.dropped.Add(int64(over))
+	}
+}
+
+// flushRetry writes the kept disconnects, before a batch and at each lease
+// renewal, until Redis takes them.
+func (c *conflicts) flushRetry(ctx context.Context) {
+	if len(c.retry) == 0 {
+		return
+	}
+	if _, err := c.store.WriteConns(ctx, c.retry, c.cfg.Window); err == nil {
+		c.retry = c.retry[:0]
+	}
+}
+
 func (c *conflicts) renew() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	c.flushRetry(ctx)
 	live, dead, err := c.store.RenewLease(ctx, c.instance, c.cfg.Lease)
 	if err != nil {
 		return // Redis down: health reports it; live brokers are kept as they were

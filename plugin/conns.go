@@ -17,6 +17,7 @@ type liveConn struct {
 	ip          netip.Addr
 	conn        redisstore.Conn  // as recorded for conflict detection
 	other       *redisstore.Conn // the connection of this broker it took over, if any
+	displaced   *liveConn        // that connection, until lc ends (byID goes back to it if still here)
 	pending     bool             // deferred to a later check: confirmed after confirmDelay without DISCONNECT
 	flagged     bool             // banned while connected: its kick is on the way
 	offline     bool             // the connection ended; the broker keeps its session
@@ -65,7 +66,14 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 	flagged := lc.flagged
 	if g.byID[lc.clientID] == lc {
 		delete(g.byID, lc.clientID)
+		// A newer connection refused by a later check: the one it would
+		// have taken over is still here, and still names the client ID (a
+		// kick queued for it, or a client-ID ban, must still find it).
+		if d := lc.displaced; d != nil && g.conns[d.handle] == d && !d.offline {
+			g.byID[lc.clientID] = d
+		}
 	}
+	lc.displaced = nil
 	if keep && g.offline < offlineMax {
 		lc.offline, lc.flagged, lc.pending = true, false, false
 		g.offline++
@@ -147,6 +155,9 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 	if prev := g.byID[c.ClientID]; prev != nil && prev.handle != c.Handle {
 		o := prev.conn
 		lc.other = &o
+		// If lc is refused after all (a later check), prev names its
+		// client ID again. One level only: prev forgets its own.
+		lc.displaced, prev.displaced = prev, nil
 	}
 	g.conns[c.Handle] = lc
 	g.byID[c.ClientID] = lc

@@ -56,13 +56,14 @@ func (q *failureQueue) add(f failure) {
 	}
 }
 
-// addReset queues the reset of k's count behind the failures already queued;
-// with the queue full it waits up to a second (it runs on the replica's
-// goroutine, never the broker thread), then resets at once.
+// addReset queues the reset of k's count behind the failures already queued.
+// It never waits (it runs on the replica's goroutine, which must keep
+// applying changes): with the queue full, during a flood, it resets at once,
+// and a failure of k already queued may then land after the reset.
 func (q *failureQueue) addReset(k failKey) {
 	select {
 	case q.ch <- failure{reset: &k}:
-	case <-time.After(time.Second):
+	default:
 		q.g.spawn("failure count reset", func() { q.g.resetCount(k) })
 	}
 }

@@ -77,7 +77,9 @@ type Guard struct {
 type Output struct {
 	Log     Logger
 	Publish Publisher
-	Kick    func(clientID string) // disconnect a client without its will
+	// Kick disconnects, without its will, the connection handle (whose
+	// client ID is clientID) if plugin.Guard.KickDue still says so.
+	Kick func(handle uintptr, clientID string)
 	// Flagged is told how many connections are flagged banned, awaiting their kick.
 	Flagged func(delta int)
 }
@@ -127,7 +129,7 @@ func New(cfg Config, out Output) (*Guard, error) {
 // NewWith builds a Guard on the given dependencies.
 func NewWith(cfg Config, out Output, d Deps) (*Guard, error) {
 	if out.Kick == nil {
-		out.Kick = func(string) {}
+		out.Kick = func(uintptr, string) {}
 	}
 	if out.Flagged == nil {
 		out.Flagged = func(int) {}

@@ -87,7 +87,7 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername}
 		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: kicking %s rule=%s origin=operator: banned while connected",
 			describeClient(c, lc.ip), quote(key)))
-		g.out.Kick(lc.clientID)
+		g.out.Kick(lc.handle, lc.clientID)
 	}
 }
 
@@ -109,21 +109,30 @@ func queryOf(lc *liveConn) redisstore.Query {
 	return redisstore.Query{ClientID: lc.clientID, IP: lc.ip, Username: lc.username, HasUsername: lc.hasUsername}
 }
 
-// KickDue reports whether a kick queued for clientID is still to be run,
-// and the connection it would reach: this guard's live connection of that
-// client ID, banned while connected and not yet kicked (flagged). Mosquitto
-// 2.0 kicks by client ID only, so the queue asks at the last moment: a kick
-// whose connection ended is dropped rather than hitting a newer connection
-// with the same ID (not banned, hence not flagged) or the offline session
-// the connection left (not in byID). Broker thread only.
-func (g *Guard) KickDue(clientID string) (handle uintptr, due bool) {
+// KickDue says what to do with a kick queued for connection handle, whose
+// client ID is clientID: run it (due), keep it for the next safe point
+// (wait), or drop it. It is due while that very connection is there, banned
+// while connected and not yet kicked (flagged), and is the one its client ID
+// names here; Mosquitto 2.0 kicks by client ID only. So a kick whose
+// connection ended is dropped rather than hitting a newer connection with the
+// same ID (not banned, hence not flagged) or the offline session it left; and
+// while a newer connection with the same ID awaits a later check (deferred),
+// the kick waits: that one may still be refused, and the banned connection
+// then names its ID again (see disconnected). Broker thread only.
+func (g *Guard) KickDue(handle uintptr, clientID string) (due, wait bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.byID[clientID]
-	if lc == nil || lc.offline || !lc.flagged {
-		return 0, false
+	lc := g.conns[handle]
+	if lc == nil || lc.clientID != clientID || lc.offline || !lc.flagged {
+		return false, false
 	}
-	return lc.handle, true
+	switch holder := g.byID[clientID]; {
+	case holder == lc:
+		return true, false
+	case holder != nil && holder.pending:
+		return false, true
+	}
+	return false, false // taken over: its DISCONNECT is on the way
 }
 
 // Flagged reports whether a connection was banned while connected and

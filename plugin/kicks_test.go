@@ -21,7 +21,11 @@ type kickRecorder struct {
 	ids []string
 }
 
-func (k *kickRecorder) kick(id string) { k.mu.Lock(); k.ids = append(k.ids, id); k.mu.Unlock() }
+func (k *kickRecorder) kick(_ uintptr, id string) {
+	k.mu.Lock()
+	k.ids = append(k.ids, id)
+	k.mu.Unlock()
+}
 
 func (k *kickRecorder) all() []string {
 	k.mu.Lock()
@@ -57,19 +61,43 @@ func TestKickDueNamesTheConnection(t *testing.T) {
 	g.admit(Client{Handle: 1, ClientID: "dev", Username: "alice", HasUsername: true, Address: "192.0.2.1"}, netip.MustParseAddr("192.0.2.1"), false)
 	ban(t, g, keys.Username, "alice")
 	require.Equal(t, []string{"dev"}, kr.all())
-	h, due := g.KickDue("dev")
+	due, wait := g.KickDue(1, "dev")
 	assert.True(t, due)
-	assert.Equal(t, uintptr(1), h)
+	assert.False(t, wait)
 	assert.True(t, g.Flagged(1))
 
 	g.DisconnectedKeepSession(1) // ended; its session stays offline
-	_, due = g.KickDue("dev")
-	assert.False(t, due, "the connection ended: its offline session is not to be kicked")
+	due, wait = g.KickDue(1, "dev")
+	assert.False(t, due || wait, "the connection ended: its offline session is not to be kicked")
 	assert.False(t, g.Flagged(1))
 
 	g.admit(Client{Handle: 2, ClientID: "dev", Username: "bob", HasUsername: true}, netip.MustParseAddr("192.0.2.2"), false)
-	_, due = g.KickDue("dev")
-	assert.False(t, due, "a newer, unbanned connection with the same client ID is not to be kicked")
+	due, wait = g.KickDue(1, "dev")
+	assert.False(t, due || wait, "a newer, unbanned connection with the same client ID is not to be kicked")
+	due, wait = g.KickDue(2, "dev")
+	assert.False(t, due || wait, "nor is a kick for it due: it is not banned")
+}
+
+// A banned connection cannot escape its kick by sending, before the kick
+// runs, a CONNECT with its own client ID that a later check refuses (review:
+// the kick went by client ID, found the newer deferred connection, unbanned,
+// and was dropped; the banned one stayed connected and flagged for good).
+func TestKickSurvivesRefusedNewerConnection(t *testing.T) {
+	var kr kickRecorder
+	g := kickGuard(t, map[string]string{"backend": "defer"}, Output{Log: func(Level, string) {}, Kick: kr.kick})
+	g.admit(Client{Handle: 1, ClientID: "dev", Username: "alice", HasUsername: true}, netip.MustParseAddr("192.0.2.1"), false)
+	ban(t, g, keys.Username, "alice")
+	require.Equal(t, []string{"dev"}, kr.all())
+	// An anonymous CONNECT with the same client ID, deferred to allow_anonymous.
+	g.admit(Client{Handle: 2, ClientID: "dev"}, netip.MustParseAddr("192.0.2.9"), true)
+	due, wait := g.KickDue(1, "dev")
+	assert.False(t, due)
+	assert.True(t, wait, "the newer connection may still be refused: the kick waits")
+	g.Disconnected(2) // refused by the broker
+	due, wait = g.KickDue(1, "dev")
+	assert.True(t, due, "the banned connection names its client ID again: the kick runs")
+	assert.False(t, wait)
+	assert.True(t, g.Flagged(1))
 }
 
 // An offline session is re-authenticated after a reload, never counted nor
