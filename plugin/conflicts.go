@@ -281,7 +281,22 @@ func (c *conflicts) handleSafely(batch []conflictEvent) {
 func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 	now := c.g.now().UnixMilli()
 	ws := make([]redisstore.ConnWrite, 0, len(batch))
-	at := make([]int, len(batch)) // the write of each connect
+	at := make([]int, len(batch)) // the write of each connect; -1: folded away
+	// A connection that starts and ends within this batch, of a client ID
+	// read quiet less than quietFor ago (its principal alone on it, here)
+	// and whose principal's use is recorded fresh, leaves nothing for
+	// Redis to know: the pair is folded away (a device reconnecting in a
+	// loop costs no Redis command), and only its local takeover, if any,
+	// is evaluated. folded: the connections folded, and whether the client
+	// ID was listed live for this broker before (then the pair's end must
+	// unlist it).
+	ends := map[string]bool{}
+	for _, ev := range batch {
+		if ev.kind == evDisconnect {
+			ends[ev.conn.ID] = true
+		}
+	}
+	folded := map[string]bool{}
 	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
@@ -290,12 +305,30 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 			if !c.seenFresh(ev, now) {
 				w.Seen = &conn
 			}
+			// Not under clientid_conflict deny: there the broker thread
+			// wrote the live entry already (the claim), and its end must clear it.
+			if ends[conn.ID] && !w.Read && w.Seen == nil && c.g.cfg.Conflicts.Mode != ConflictDeny {
+				_, listed := c.current[ev.clientID]
+				folded[conn.ID] = listed
+				c.current[ev.clientID] = conn.ID
+				at[i] = -1
+				continue
+			}
 			c.current[ev.clientID] = conn.ID
 			at[i] = len(ws)
 			ws = append(ws, w)
 		case evDisconnect:
 			left := ev.conn
 			left.DisconnectedMs = now
+			if listed, ok := folded[left.ID]; ok {
+				if c.current[ev.clientID] == left.ID {
+					delete(c.current, ev.clientID)
+					if listed {
+						ws = append(ws, redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Unlist: true})
+					}
+				}
+				continue
+			}
 			w := redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Gone: &left}
 			if c.current[ev.clientID] == left.ID { // not already replaced by a takeover
 				delete(c.current, ev.clientID)
@@ -319,7 +352,7 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 		switch ev.kind {
 		case evConnect:
 			var st redisstore.State // a quiet client ID is not read: only a local takeover counts
-			if ws[at[i]].Read && at[i] < len(states) {
+			if at[i] >= 0 && at[i] < len(states) && ws[at[i]].Read {
 				st = states[at[i]]
 				c.noteQuiet(ev, &st, alive, now)
 			}
