@@ -126,8 +126,8 @@ const (
 
 const (
 	conflictQueueSize = 65536 // events waiting for the worker
-	conflictBatchMax  = 512   // events handled per round trip
-	conflictLinger    = 10 * time.Millisecond
+	conflictBatchMax  = 4096  // events handled per round trip
+	conflictLinger    = 100 * time.Millisecond
 )
 
 func newConflicts(g *Guard, store ConflictStore, publish Publisher) *conflicts {

@@ -64,7 +64,8 @@ const (
 	// (unknown usernames are throttled too, and have empty sets).
 	knownLoadedUsersMax = 10_000
 	knownQueueSize      = 16384
-	knownBatchMax       = 512
+	knownBatchMax       = 4096
+	knownLinger         = 100 * time.Millisecond
 	knownReloadAfter    = 5 * time.Second
 )
 
@@ -230,15 +231,21 @@ func (k *knownSources) run() {
 		case w := <-k.ch:
 			batch = append(batch[:0], w)
 		}
+		// Linger: a fleet reconnecting writes one pipelined batch per
+		// knownLinger, not one per success (Redis shares the broker's core).
+		linger := time.NewTimer(knownLinger)
 	fill:
 		for len(batch) < knownBatchMax {
 			select {
 			case w := <-k.ch:
 				batch = append(batch, w)
-			default:
+			case <-linger.C:
+				break fill
+			case <-k.g.stop:
 				break fill
 			}
 		}
+		linger.Stop()
 		k.write(batch)
 	}
 }

@@ -295,8 +295,28 @@ func (s *Store) Claim(ctx context.Context, clientID string, c Conn, alive []stri
 	for _, a := range alive {
 		args = append(args, a)
 	}
-	v, err := liveScript.Run(ctx, s.rdb, []string{s.kb.Conn(clientID)}, args...).Text()
-	if err != nil {
+	// The client ID joins this instance's brokerconns set in the same round
+	// trip (pipelined; another slot on a cluster): were the broker to crash
+	// right after the claim, the others' reap of its lease must find the
+	// live entry. A member whose claim is refused is harmless: the reap finds
+	// no field of this instance there.
+	claim := func(eval bool) (string, error) {
+		pipe := s.rdb.Pipeline()
+		pipe.SAdd(ctx, s.kb.BrokerConns(c.Instance), keys.Tracking(clientID))
+		var cmd *redis.Cmd
+		if eval {
+			cmd = liveScript.Eval(ctx, pipe, []string{s.kb.Conn(clientID)}, args...)
+		} else {
+			cmd = liveScript.EvalSha(ctx, pipe, []string{s.kb.Conn(clientID)}, args...)
+		}
+		_, _ = pipe.Exec(ctx)
+		return cmd.Text()
+	}
+	v, err := claim(false)
+	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+		v, err = claim(true)
+	}
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("redisstore: claim client id: %w", err)
 	}
 	if v == "" {
