@@ -365,3 +365,26 @@ func TestConflictRefusalLogBounded(t *testing.T) {
 	}
 	assert.LessOrEqual(t, e.countLines("mosquitto-guard: refused", "ip=127.3.18.2 ", "rule=clientid-conflict"), 10)
 }
+
+// Health never stays down for good: after Redis is stopped and continued ten
+// times (SIGSTOP/SIGCONT), a brute force is banned within 1 s as usual
+// (before, a down() racing the probe's success could leave the flag down,
+// silently ending automatic bans).
+func TestHealthRecoversAfterFlapping(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 3")
+	for i := 0; i < 10; i++ {
+		require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+		e.connect(as("127.3.19.1", "flap", "alice", "alice-pw")) // traffic meanwhile
+		time.Sleep(300 * time.Millisecond)
+		require.NoError(t, e.redis.Signal(syscall.SIGCONT))
+		time.Sleep(300 * time.Millisecond)
+	}
+	eventually(t, 3*time.Second, func() bool { return e.connect(as("127.3.19.1", "flap", "alice", "alice-pw")) == accepted }, "accepting again")
+	const ip = "127.3.19.2"
+	start := time.Now()
+	for i := 0; i < 5; i++ {
+		e.connect(as(ip, "guess", "alice", "guess"))
+	}
+	e.waitKey("guard:block:ip:"+ip, true, time.Second)
+	t.Logf("banned %s after the first guess", time.Since(start))
+}
