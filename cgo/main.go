@@ -131,7 +131,8 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 	}
 	walk := reload.InWalk(
 		func(n uint64) bool { return in.guard.ReloadVisit(c.Handle, c.ClientID, n) },
-		func() int { return int(C.guard_client_subs(client)) })
+		func() int { return int(C.guard_client_subs(client)) },
+		c.Address == "")
 	var d plugin.Decision
 	if walk {
 		d = in.guard.Reauthenticate(c)

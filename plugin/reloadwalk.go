@@ -57,17 +57,25 @@ func (w *ReloadWalk) End() {
 // InWalk classifies a BASIC_AUTH. known(n) says whether the instance knows
 // the client as a connection or an offline session not yet visited by walk
 // n, and marks it visited (Guard.ReloadVisit); subs gives the client's
-// subscription count. Neither is called when no walk may be under way.
-func (w *ReloadWalk) InWalk(known func(n uint64) bool, subs func() int) bool {
+// subscription count; noAddr says the client has no address (a session
+// restored from persistence, never connected since). Neither func is called
+// when no walk may be under way.
+//
+// Even with TICK, a client that is none of these is a new CONNECT: in 2.0.x
+// loop.c serves the websocket listeners (lws_service) after the walk and
+// before the TICK, so a new websocket client can be authenticated inside the
+// window; it is counted and admitted as any other (the walk is over by then,
+// so its queue may run too). The window stays open for the walk's clients.
+func (w *ReloadWalk) InWalk(known func(n uint64) bool, subs func() int, noAddr bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
 	case !w.open:
 		return false
+	case noAddr || known(w.n) || subs() > 0:
+		return true
 	case w.ticks:
-		return true
-	case known(w.n) || subs() > 0:
-		return true
+		return false
 	}
 	w.open = false
 	return false
