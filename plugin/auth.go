@@ -96,7 +96,11 @@ const (
 // to it, or a throttle on its username when it is not a known source.
 func (g *Guard) checkLimits(c Client, ip netip.Addr, ans redisstore.Answer) (Decision, bool) {
 	now := g.now()
-	for _, k := range g.failKeys(c, ip) {
+	var fk []failKey
+	if !g.local.Empty() { // no failure counted here lately: nothing to build
+		fk = g.failKeys(c, ip)
+	}
+	for _, k := range fk {
 		if ans.Allow != nil && keys.Exempts(ans.Allow.Scope, k.scope) {
 			continue // a ban of this key would not apply to this client
 		}
@@ -106,7 +110,7 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans redisstore.Answer) (Dec
 	}
 	// The username throttle: from Redis (every broker's count), or from this
 	// broker's own count while that is on its way.
-	if g.known == nil || (ans.Throttle == nil && !g.localUser.Exhausted(c.Username, now)) {
+	if g.known == nil || (ans.Throttle == nil && (g.localUser.Empty() || !g.localUser.Exhausted(c.Username, now))) {
 		return Decision{}, false
 	}
 	if !g.userExists(c, ans) {
@@ -145,15 +149,9 @@ func (g *Guard) failKeys(c Client, ip netip.Addr) []failKey {
 	for _, scope := range g.cfg.FailScopes {
 		switch scope {
 		case keys.IP:
-			if !ip.IsValid() {
-				continue
+			if ip.IsValid() {
+				out = append(out, g.sourceKey(ip))
 			}
-			if ip.Is6() && g.cfg.FailIPv6Prefix < 128 {
-				p, _ := ip.Prefix(g.cfg.FailIPv6Prefix) // cannot fail: 16..127 bits of an IPv6 address
-				out = append(out, failKey{keys.CIDR, p.String()})
-				continue
-			}
-			out = append(out, failKey{keys.IP, ip.String()})
 		case keys.ClientID:
 			// Claims over 256 bytes in their tracking form: the counter, the
 			// offences and an automatic ban must not keep 65 535 bytes a key.
@@ -413,14 +411,22 @@ func (g *Guard) refuseThrottled(c Client, ip netip.Addr, m *redisstore.Match) De
 // IPv6 address by its fail_ipv6_prefix network (rotating addresses inside it
 // is one source).
 func (g *Guard) floodSource(c Client, ip netip.Addr) string {
-	switch {
-	case !ip.IsValid():
+	if !ip.IsValid() {
 		return "ip=" + quote(c.Address)
-	case ip.Is6() && g.cfg.FailIPv6Prefix < 128:
-		p, _ := ip.Prefix(g.cfg.FailIPv6Prefix)
-		return "cidr=" + p.String()
 	}
-	return "ip=" + ip.String()
+	k := g.sourceKey(ip)
+	return string(k.scope) + "=" + k.value
+}
+
+// sourceKey is where a connection comes from, as failures are counted and
+// refusal lines limited: the IP, an IPv6 address by its fail_ipv6_prefix
+// network (an attacker rotating addresses inside it is one source).
+func (g *Guard) sourceKey(ip netip.Addr) failKey {
+	if ip.Is6() && g.cfg.FailIPv6Prefix < 128 {
+		p, _ := ip.Prefix(g.cfg.FailIPv6Prefix) // cannot fail: 16..127 bits of an IPv6 address
+		return failKey{keys.CIDR, p.String()}
+	}
+	return failKey{keys.IP, ip.String()}
 }
 
 // floodRule names a refusal's rule for the log-flood limiter, in at most

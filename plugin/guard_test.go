@@ -420,3 +420,17 @@ func TestLiftResetOrderedAfterQueuedFailures(t *testing.T) {
 	defer ct.mu.Unlock()
 	assert.Equal(t, []string{"fail ip=192.0.2.60", "reset ip=192.0.2.60"}, ct.events)
 }
+
+// The failure limits cost a CONNECT nothing while nothing has failed: no
+// key is built, nothing is allocated (they sit on every CONNECT's path).
+func TestLimitsFreeWhileNothingFailed(t *testing.T) {
+	g, _, _, _ := newGuard(t, nil)
+	c := cl(1, "192.0.2.1", "dev", "alice", "alice-pw")
+	ip := netip.MustParseAddr("192.0.2.1")
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, refused := g.checkLimits(c, ip, redisstore.Answer{}); refused {
+			t.Fatal("refused")
+		}
+	})
+	assert.Zero(t, allocs)
+}

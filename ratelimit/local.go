@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"crypto/sha256"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,7 +33,13 @@ type Local struct {
 
 	mu sync.Mutex
 	m  map[string]int64 // key -> GCRA theoretical arrival time (unix ns)
+	n  atomic.Int64     // len(m), read without the lock by Empty
 }
+
+// Empty reports, without taking the lock, whether no key has failed: then
+// no key is exhausted, and the broker thread skips building keys at all (the
+// common case: a CONNECT with no failure anywhere recently).
+func (l *Local) Empty() bool { return l.n.Load() == 0 }
 
 // DefaultLocalKeys is the default bound on the keys a Local holds.
 const DefaultLocalKeys = 65536
@@ -79,12 +86,14 @@ func (l *Local) Fail(key string, now time.Time) {
 		l.evict(n)
 	}
 	l.m[k] = max(tat, n) + l.period
+	l.n.Store(int64(len(l.m)))
 }
 
 // Reset forgets key (an operator lifted its ban).
 func (l *Local) Reset(key string) {
 	l.mu.Lock()
 	delete(l.m, localKey(key))
+	l.n.Store(int64(len(l.m)))
 	l.mu.Unlock()
 }
 

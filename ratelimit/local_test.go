@@ -82,3 +82,12 @@ func TestLocalBounded(t *testing.T) {
 	}
 	assert.True(t, l.Exhausted("ip:attacker", now))
 }
+
+func TestLocalEmpty(t *testing.T) {
+	l := NewLocal(Policy{Limit: 2, Window: time.Minute}, 0)
+	assert.True(t, l.Empty())
+	l.Fail("ip:a", time.Unix(1_700_000_000, 0))
+	assert.False(t, l.Empty())
+	l.Reset("ip:a")
+	assert.True(t, l.Empty())
+}
