@@ -135,13 +135,7 @@ func removeBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) []redissto
 
 // Events for one client ID within one batch see each other, in order.
 func TestBatchSeesEarlierEvents(t *testing.T) {
-	cfg, err := Parse(map[string]string{"backend": "defer"})
-	require.NoError(t, err)
-	mem := newMemConflicts()
-	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: mem})
-	require.NoError(t, err)
-	defer g.Close()
-	c := g.conflicts
+	c, mem := conflictWorker(t)
 	alice := c.newConn("alice", "192.0.2.1", time.Now())
 	bob := c.newConn("bob", "192.0.2.2", time.Now())
 	require.NoError(t, c.handle(context.Background(), []conflictEvent{
@@ -198,13 +192,7 @@ func TestBatchesOfTwoBrokersSeeEachOther(t *testing.T) {
 // A client ID read back quiet is not read again on its next connect, but a
 // local takeover is still counted.
 func TestQuietTakeoverCounted(t *testing.T) {
-	cfg, err := Parse(map[string]string{"backend": "defer"})
-	require.NoError(t, err)
-	mem := newMemConflicts()
-	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: mem})
-	require.NoError(t, err)
-	defer g.Close()
-	c := g.conflicts
+	c, mem := conflictWorker(t)
 	x1 := c.newConn("alice", "192.0.2.1", time.Now())
 	require.NoError(t, c.handle(context.Background(), []conflictEvent{{kind: evConnect, clientID: "dev", conn: x1}}))
 	x2 := c.newConn("alice", "192.0.2.2", time.Now())
@@ -220,13 +208,7 @@ func TestQuietTakeoverCounted(t *testing.T) {
 // A connection still open at the batch's end is written, and a takeover
 // between two folded connections is still counted.
 func TestQuietReconnectsFolded(t *testing.T) {
-	cfg, err := Parse(map[string]string{"backend": "defer"})
-	require.NoError(t, err)
-	mem := newMemConflicts()
-	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: mem})
-	require.NoError(t, err)
-	defer g.Close()
-	c := g.conflicts
+	c, mem := conflictWorker(t)
 	ctx := context.Background()
 	first := c.newConn("alice", "192.0.2.1", time.Now())
 	require.NoError(t, c.handle(ctx, []conflictEvent{{kind: evConnect, clientID: "dev", conn: first}, {kind: evDisconnect, clientID: "dev", conn: first}}))
@@ -247,4 +229,17 @@ func TestQuietReconnectsFolded(t *testing.T) {
 	assert.Equal(t, last.ID, st.Live[0].ID, "the open connection is recorded live")
 	require.NoError(t, c.handle(ctx, []conflictEvent{{kind: evDisconnect, clientID: "dev", conn: last}}))
 	assert.Empty(t, mem.states["dev"].Live, "and cleared at its end")
+}
+
+// conflictWorker is a guard's conflict worker on an in-memory store, for
+// driving handle directly.
+func conflictWorker(t *testing.T) (*conflicts, *memConflicts) {
+	t.Helper()
+	cfg, err := Parse(map[string]string{"backend": "defer"})
+	require.NoError(t, err)
+	mem := newMemConflicts()
+	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: mem})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	return g.conflicts, mem
 }
