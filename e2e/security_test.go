@@ -388,3 +388,23 @@ func TestHealthRecoversAfterFlapping(t *testing.T) {
 	e.waitKey("guard:block:ip:"+ip, true, time.Second)
 	t.Logf("banned %s after the first guess", time.Since(start))
 }
+
+// The known-source record of a username is bounded by known_sources_max,
+// the least recently successful sources dropped first.
+func TestKnownSourcesBounded(t *testing.T) {
+	e := newEnv(t, "auth_opt_known_sources_max 4")
+	for i := 1; i <= 10; i++ {
+		require.EqualValues(t, accepted, e.connect(as(fmt.Sprintf("127.3.20.%d", i), fmt.Sprintf("dev-%d", i), "bob", "bob-pw")))
+		time.Sleep(30 * time.Millisecond) // distinct success times
+	}
+	eventually(t, 3*time.Second, func() bool {
+		return e.redis.CLI("ZSCORE", "guard:known:bob", "ip:127.3.20.10") != ""
+	}, "the last device recorded")
+	assert.Equal(t, "4", e.redis.CLI("ZCARD", "guard:known:bob"))
+	members := e.redis.CLI("ZRANGE", "guard:known:bob", "0", "-1")
+	assert.Contains(t, members, "clientid:dev-10")
+	assert.NotContains(t, members, "dev-1\n")
+	ttl, err := strconv.Atoi(e.redis.CLI("TTL", "guard:known:bob"))
+	require.NoError(t, err)
+	assert.Greater(t, ttl, 30*24*3600, "kept conflict_window (31d)")
+}
