@@ -408,3 +408,26 @@ func TestKnownSourcesBounded(t *testing.T) {
 	require.NoError(t, err)
 	assert.Greater(t, ttl, 30*24*3600, "kept conflict_window (31d)")
 }
+
+// A FLUSHALL (or an empty restart of Redis) is no operator lifting a ban: it
+// must not give a guesser a fresh fail_limit+1 checks on the broker (README
+// attacker: 4 more checks per flush, and a log line blaming an early lift).
+func TestFlushDoesNotResetLocalCount(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 3", "auth_opt_username_fail_limit 0")
+	const ip = "127.3.21.1"
+	for round := 0; round < 3; round++ {
+		for i := 0; i < 8; i++ {
+			e.connect(as(ip, "g", "bob", "guess"))
+		}
+		if round == 0 {
+			e.waitKey("guard:block:ip:"+ip, true, 2*time.Second)
+		}
+		if round < 2 {
+			e.redis.CLI("FLUSHALL")
+			eventually(t, 3*time.Second, func() bool { return e.redis.CLI("EXISTS", "guard:epoch") == "1" }, "the flush noticed")
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	assert.LessOrEqual(t, e.countLines("rule=bad-password", "ip="+ip+" "), 4, "fail_limit+1 checks in the window, flushes or not")
+	assert.Zero(t, e.countLines("lifted before its time"), "a flush is not an operator's lift")
+}

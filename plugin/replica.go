@@ -30,9 +30,10 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 			}
 			g.log(level, "mosquitto-guard: "+msg)
 		},
-		OnChange:      g.listChanged,
-		OnManyChanges: g.recheckConns,
-		OnLost:        g.replicaLost,
+		OnChange:       func(key string, e, old *replica.Entry) { g.listChanged(key, e, old, true) },
+		OnReloadChange: func(key string, e, old *replica.Entry) { g.listChanged(key, e, old, false) },
+		OnManyChanges:  g.recheckConns,
+		OnLost:         g.replicaLost,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	g.stopSync = cancel
@@ -62,7 +63,12 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 // operator's new ban disconnects the matching connections; an automatic ban
 // lifted before its time (guardctl unban, redis-cli DEL) gives its key a
 // full failure allowance again, here and in Redis.
-func (g *Guard) listChanged(key string, e, old *replica.Entry) {
+//
+// notified: a notification told of the change. A reload's finding that an
+// automatic ban is gone does not reset its count: a FLUSHALL or an empty
+// restart of Redis is no operator lifting a ban, and resetting this broker's
+// own count then would give a guesser fail_limit+1 fresh checks per flush.
+func (g *Guard) listChanged(key string, e, old *replica.Entry, notified bool) {
 	if u, ok := strings.CutPrefix(key, g.replica.Keys().Throttle("")); ok {
 		if e != nil && g.known != nil && !strings.HasPrefix(u, "sha256:") { // a long username is prefetched at its first attempt
 			g.known.prefetch(u, g.now()) // the username's devices are recognised from its first attempt on
@@ -75,7 +81,7 @@ func (g *Guard) listChanged(key string, e, old *replica.Entry) {
 	}
 	now := g.now()
 	if e == nil {
-		if old != nil && strings.HasPrefix(old.Value, ratelimit.ReasonPrefix) &&
+		if notified && old != nil && strings.HasPrefix(old.Value, ratelimit.ReasonPrefix) &&
 			(old.Expires.IsZero() || now.Before(old.Expires.Add(-liftSlack))) {
 			g.liftedEarly(scope, value)
 		}

@@ -137,7 +137,11 @@ func (s *Sync) reportReload(changed []change, many, first bool) {
 		}
 		return
 	}
-	if s.o.OnChange == nil {
+	report := s.o.OnChange
+	if s.o.OnReloadChange != nil {
+		report = s.o.OnReloadChange
+	}
+	if report == nil {
 		return
 	}
 	for _, c := range changed {
@@ -145,7 +149,7 @@ func (s *Sync) reportReload(changed []change, many, first bool) {
 		if cur, ok := s.r.Get(c.key); ok {
 			e = &cur
 		}
-		s.o.OnChange(c.key, e, c.old)
+		report(c.key, e, c.old)
 	}
 }
 

@@ -27,6 +27,11 @@ type Options struct {
 	// reload added, changed or removed (changes that no notification
 	// brought): at most maxReloadChanges calls, else one OnManyChanges.
 	OnChange func(key string, e, old *Entry)
+	// OnReloadChange, when set, is called instead of OnChange for the
+	// changes a full reload found (no notification told of them: after a
+	// FLUSHALL, a restart of Redis, notifications off). A key a reload
+	// finds gone may have been flushed, not deleted by anyone.
+	OnReloadChange func(key string, e, old *Entry)
 	// OnManyChanges is called instead of OnChange when a reload changed more
 	// than maxReloadChanges keys, and after a first load that found any key:
 	// any entry may have changed.
