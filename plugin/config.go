@@ -185,7 +185,16 @@ func Parse(opts map[string]string) (Config, error) {
 			return Config{}, err
 		}
 	}
-	return c, c.validate()
+	err := c.validate()
+	var oe *OptionError
+	if errors.As(err, &oe) && oe.Option == "ban_max" {
+		if _, given := opts["ban_max"]; !given {
+			// Name what the user wrote: a ban_time above ban_max's default.
+			return c, &OptionError{"ban_time", strings.TrimSpace(opts["ban_time"]),
+				fmt.Sprintf("a duration at most ban_max (%s, its default; set ban_max too)", c.Policy.BanMax)}
+		}
+	}
+	return c, err
 }
 
 func (c *Config) validate() error {

@@ -105,3 +105,14 @@ func TestEveryOptionHasADefaultThatParses(t *testing.T) {
 	assert.Equal(t, 30*time.Second, c.Conflicts.Lease)
 	assert.NotEmpty(t, c.Conflicts.BrokerName)
 }
+
+// A ban_time above ban_max's default names ban_time, the option the user
+// wrote, not ban_max and a value the user never wrote.
+func TestBanTimeAboveDefaultMax(t *testing.T) {
+	_, err := Parse(map[string]string{"ban_time": "31d"})
+	require.Error(t, err)
+	assert.Equal(t, `option ban_time: bad value "31d": expected a duration at most ban_max (24h0m0s, its default; set ban_max too)`, err.Error())
+	_, err = Parse(map[string]string{"ban_time": "2h", "ban_max": "1h"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "option ban_max:")
+}

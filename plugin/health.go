@@ -79,7 +79,7 @@ func (h *health) down(err error) {
 	}
 	h.logged = false
 	g := h.g
-	mode := "allow: checking credentials only"
+	mode := "allow: the last known lists and the passwords still apply, failures are counted on this broker only"
 	if g.cfg.DenyWhenRedisDown {
 		mode = "deny: refusing every client"
 	}
