@@ -25,6 +25,7 @@ import "C"
 
 import (
 	"fmt"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"sync/atomic"
 	"unsafe"
 
@@ -45,7 +46,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		key := goString(C.guard_opt_key(opts, C.int(i)))
 		options[key] = goString(C.guard_opt_value(opts, C.int(i)))
 	}
-	cfg, err := plugin.Parse(options)
+	cfg, err := config.Parse(options)
 	if err != nil {
 		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
 		return C.MOSQ_ERR_INVAL
@@ -68,11 +69,11 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: cannot register callbacks (error %d)", int(rc)))
 		return rc
 	}
-	mode, why := plugin.ResolveACLMode(cfg.ACLCheck, goString(C.guard_self_path()), nextACLInstance())
+	mode, why := config.ResolveACLMode(cfg.ACLCheck, goString(C.guard_self_path()), nextACLInstance())
 	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: acl_check %s: %s", mode, why))
-	if mode != plugin.ACLOff {
+	if mode != config.ACLOff {
 		fallback := C.int(C.MOSQ_ERR_PLUGIN_DEFER)
-		if mode == plugin.ACLAllow {
+		if mode == config.ACLAllow {
 			fallback = C.MOSQ_ERR_SUCCESS
 		}
 		if rc := C.guard_register_acl(id, C.uintptr_t(h), fallback); rc != C.MOSQ_ERR_SUCCESS {

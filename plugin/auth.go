@@ -3,14 +3,15 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Authenticate decides one CONNECT (MOSQ_EVT_BASIC_AUTH): lists, then the
@@ -40,7 +41,7 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	// failures are neither limited nor counted.
 	exempt := ans.Allow != nil && ans.Allow.Scope.Proof()
 	result := Defer
-	if c.HasUsername && g.cfg.Backend != BackendDefer {
+	if c.HasUsername && g.cfg.Backend != config.BackendDefer {
 		var limits Decision
 		if !reauth && !exempt {
 			d, refused := g.checkLimits(c, ip, ans)
@@ -71,7 +72,7 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	if reauth {
 		return Decision{Result: result}
 	}
-	if g.cfg.Conflicts.Mode == ConflictDeny && g.conflicts != nil {
+	if g.cfg.Conflicts.Mode == config.ConflictDeny && g.conflicts != nil {
 		if d, refused := g.checkConflict(c, ip, ans, redisOK); refused {
 			return d
 		}
@@ -94,7 +95,7 @@ const (
 // checkLimits refuses, without checking the password, a client that one of
 // the failure limits stops: the local count of a key whose ban would apply
 // to it, or a throttle on its username when it is not a known source.
-func (g *Guard) checkLimits(c Client, ip netip.Addr, ans redisstore.Answer) (Decision, bool) {
+func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision, bool) {
 	now := g.now()
 	var fk []failKey
 	if !g.local.Empty() { // no failure counted here lately: nothing to build
@@ -201,10 +202,10 @@ func (g *Guard) failed(c Client, ip netip.Addr, redisOK, claimed bool) {
 // still be refused after this, so it only looks (ans.Live) and is recorded
 // once confirmed. When Redis fails to answer, the client is let in (and
 // flagged later if it conflicts), as when Redis is down.
-func (g *Guard) checkConflict(c Client, ip netip.Addr, ans redisstore.Answer, redisOK bool) (Decision, bool) {
+func (g *Guard) checkConflict(c Client, ip netip.Addr, ans store.Answer, redisOK bool) (Decision, bool) {
 	principal := principalOf(c)
 	holder := g.localHolder(c.ClientID, principal)
-	attempt := redisstore.Conn{}
+	attempt := store.Conn{}
 	claimed := false
 	switch {
 	case holder != nil || !redisOK || !g.health.up():
@@ -244,11 +245,11 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans redisstore.Answer, re
 // A re-authentication after a reload never asks for the live connections: it
 // admits nothing, and a round trip per client of the reload's walk would
 // stall the broker for as many round trips as it holds clients.
-func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans redisstore.Answer, known bool) {
-	q := redisstore.Query{
+func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, known bool) {
+	q := store.Query{
 		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername,
-		WantUser:  g.cfg.Backend == BackendRedis,
-		WantConns: g.conflicts != nil && g.cfg.Conflicts.Mode == ConflictDeny && !reauth,
+		WantUser:  g.cfg.Backend == config.BackendRedis,
+		WantConns: g.conflicts != nil && g.cfg.Conflicts.Mode == config.ConflictDeny && !reauth,
 	}
 	if g.sync != nil && g.sync.Ready() {
 		ans = g.replica.Lookup(q, g.now())
@@ -258,21 +259,21 @@ func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans redisstore.Ans
 		return ans, true
 	}
 	if !g.health.up() {
-		return redisstore.Answer{}, false
+		return store.Answer{}, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.RedisTimeout)
 	defer cancel()
 	ans, err := g.store.Lookup(ctx, q)
 	if err != nil {
 		g.health.down(err)
-		return redisstore.Answer{}, false
+		return store.Answer{}, false
 	}
 	return ans, true
 }
 
 // liveConns asks Redis for the client ID's live connections on other
 // brokers (clientid_conflict deny), bounded by redis_timeout.
-func (g *Guard) liveConns(clientID string) []redisstore.Conn {
+func (g *Guard) liveConns(clientID string) []store.Conn {
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.RedisTimeout)
 	defer cancel()
 	live, err := g.store.LiveConns(ctx, clientID)
@@ -285,10 +286,10 @@ func (g *Guard) liveConns(clientID string) []redisstore.Conn {
 
 // checkCredentials returns "" when the password is right, else the rule
 // that refused. known says whether ans holds what Redis knows.
-func (g *Guard) checkCredentials(c Client, ans redisstore.Answer, known bool) (string, error) {
+func (g *Guard) checkCredentials(c Client, ans store.Answer, known bool) (string, error) {
 	var hash string
 	switch g.cfg.Backend {
-	case BackendFiles:
+	case config.BackendFiles:
 		users := g.users.Load()
 		h, ok := users.Hash(c.Username)
 		if !ok {
@@ -296,7 +297,7 @@ func (g *Guard) checkCredentials(c Client, ans redisstore.Answer, known bool) (s
 			return RuleUnknownUser, nil
 		}
 		hash = h
-	case BackendRedis:
+	case config.BackendRedis:
 		if !known {
 			return RuleRedisUnavailable, nil
 		}
@@ -320,7 +321,7 @@ func (g *Guard) checkCredentials(c Client, ans redisstore.Answer, known bool) (s
 	if g.cache.hit(c.Username, c.Password, hash) {
 		return "", nil
 	}
-	if g.cfg.Backend == BackendRedis {
+	if g.cfg.Backend == config.BackendRedis {
 		g.noteHash(hash)
 	}
 	ok, err := g.verifier.Verify(hash, c.Password)
@@ -394,7 +395,7 @@ func (t *throttleLog) first(username string, now time.Time, ttl time.Duration) b
 
 // refuseThrottled refuses an attempt for a throttled username from a source
 // it never authenticated from, unchecked and uncounted.
-func (g *Guard) refuseThrottled(c Client, ip netip.Addr, m *redisstore.Match) Decision {
+func (g *Guard) refuseThrottled(c Client, ip netip.Addr, m *store.Match) Decision {
 	d := Decision{Result: Deny, Rule: RuleUsernameThrottled}
 	ttl := g.cfg.Policy.Window // only this broker's count knows yet: about a window
 	if m != nil {
@@ -479,12 +480,12 @@ func (g *Guard) noteHash(hash string) {
 }
 
 // userExists reports whether c's username is a known user of the backend.
-func (g *Guard) userExists(c Client, ans redisstore.Answer) bool {
+func (g *Guard) userExists(c Client, ans store.Answer) bool {
 	switch g.cfg.Backend {
-	case BackendFiles:
+	case config.BackendFiles:
 		_, ok := g.users.Load().Hash(c.Username)
 		return ok
-	case BackendRedis:
+	case config.BackendRedis:
 		return ans.HasUser
 	}
 	return false

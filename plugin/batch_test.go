@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"strconv"
 	"sync"
 	"testing"
@@ -10,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // memConflicts is an in-memory ConflictStore for unit tests of the worker's
@@ -18,38 +19,38 @@ import (
 type memConflicts struct {
 	mu       sync.Mutex
 	writes   int // ConnWrites received
-	states   map[string]*redisstore.State
-	findings []*redisstore.Finding
+	states   map[string]*store.State
+	findings []*store.Finding
 	takeover map[string]int64
 	leases   map[string]bool // instances that renewed their lease
 }
 
 func newMemConflicts() *memConflicts {
-	return &memConflicts{states: map[string]*redisstore.State{}, takeover: map[string]int64{}, leases: map[string]bool{}}
+	return &memConflicts{states: map[string]*store.State{}, takeover: map[string]int64{}, leases: map[string]bool{}}
 }
 
 // WriteConns applies each write atomically, in order, as Redis does.
-func (m *memConflicts) WriteConns(_ context.Context, ws []redisstore.ConnWrite, _ time.Duration) ([]redisstore.State, error) {
+func (m *memConflicts) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Duration) ([]store.State, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]redisstore.State, len(ws))
+	out := make([]store.State, len(ws))
 	m.writes += len(ws)
 	for i, w := range ws {
 		st := m.state(w.ClientID)
 		if w.Gone != nil {
-			st.Live = removeBy(st.Live, func(x redisstore.Conn) bool { return x.ID == w.Gone.ID })
+			st.Live = removeBy(st.Live, func(x store.Conn) bool { return x.ID == w.Gone.ID })
 		}
 		if w.Live != nil {
-			st.Live = replaceBy(st.Live, *w.Live, func(x redisstore.Conn) bool { return x.Instance == w.Instance })
+			st.Live = replaceBy(st.Live, *w.Live, func(x store.Conn) bool { return x.Instance == w.Instance })
 		}
 		if w.Seen != nil {
-			st.Seen = replaceBy(st.Seen, *w.Seen, func(x redisstore.Conn) bool { return x.Principal == w.Seen.Principal })
+			st.Seen = replaceBy(st.Seen, *w.Seen, func(x store.Conn) bool { return x.Principal == w.Seen.Principal })
 		}
 		if w.Read && w.Live != nil {
-			out[i] = redisstore.State{Live: append([]redisstore.Conn(nil), st.Live...), Seen: append([]redisstore.Conn(nil), st.Seen...)}
+			out[i] = store.State{Live: append([]store.Conn(nil), st.Live...), Seen: append([]store.Conn(nil), st.Seen...)}
 		}
 		if w.Left != nil {
-			if i := indexBy(st.Seen, func(x redisstore.Conn) bool { return x.ID == w.Left.ID }); i >= 0 {
+			if i := indexBy(st.Seen, func(x store.Conn) bool { return x.ID == w.Left.ID }); i >= 0 {
 				st.Seen[i] = *w.Left
 			}
 		}
@@ -57,17 +58,17 @@ func (m *memConflicts) WriteConns(_ context.Context, ws []redisstore.ConnWrite, 
 	return out, nil
 }
 
-func (m *memConflicts) state(id string) *redisstore.State {
+func (m *memConflicts) state(id string) *store.State {
 	st := m.states[id]
 	if st == nil {
-		st = &redisstore.State{}
+		st = &store.State{}
 		m.states[id] = st
 	}
 	return st
 }
 
 // Claim records c unless another principal holds id live on an instance in alive.
-func (m *memConflicts) Claim(_ context.Context, id string, c redisstore.Conn, alive []string) (*redisstore.Conn, error) {
+func (m *memConflicts) Claim(_ context.Context, id string, c store.Conn, alive []string) (*store.Conn, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.state(id)
@@ -79,7 +80,7 @@ func (m *memConflicts) Claim(_ context.Context, id string, c redisstore.Conn, al
 			}
 		}
 	}
-	st.Live = replaceBy(st.Live, c, func(x redisstore.Conn) bool { return x.Instance == c.Instance })
+	st.Live = replaceBy(st.Live, c, func(x store.Conn) bool { return x.Instance == c.Instance })
 	return nil, nil
 }
 
@@ -101,7 +102,7 @@ func (m *memConflicts) RenewLease(_ context.Context, instance string, _ time.Dur
 	return live, nil, nil
 }
 func (m *memConflicts) Reap(context.Context, string) error { return nil }
-func (m *memConflicts) AddFinding(_ context.Context, f *redisstore.Finding, _, _ time.Duration, _ int64) (bool, error) {
+func (m *memConflicts) AddFinding(_ context.Context, f *store.Finding, _, _ time.Duration, _ int64) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.findings = append(m.findings, f)
@@ -109,7 +110,7 @@ func (m *memConflicts) AddFinding(_ context.Context, f *redisstore.Finding, _, _
 }
 
 // indexBy, replaceBy and removeBy edit memConflicts' lists.
-func indexBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) int {
+func indexBy(cs []store.Conn, match func(store.Conn) bool) int {
 	for i, x := range cs {
 		if match(x) {
 			return i
@@ -118,7 +119,7 @@ func indexBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) int {
 	return -1
 }
 
-func replaceBy(cs []redisstore.Conn, c redisstore.Conn, match func(redisstore.Conn) bool) []redisstore.Conn {
+func replaceBy(cs []store.Conn, c store.Conn, match func(store.Conn) bool) []store.Conn {
 	if i := indexBy(cs, match); i >= 0 {
 		cs[i] = c
 		return cs
@@ -126,7 +127,7 @@ func replaceBy(cs []redisstore.Conn, c redisstore.Conn, match func(redisstore.Co
 	return append(cs, c)
 }
 
-func removeBy(cs []redisstore.Conn, match func(redisstore.Conn) bool) []redisstore.Conn {
+func removeBy(cs []store.Conn, match func(store.Conn) bool) []store.Conn {
 	if i := indexBy(cs, match); i >= 0 {
 		return append(cs[:i], cs[i+1:]...)
 	}
@@ -157,7 +158,7 @@ func TestBatchSeesEarlierEvents(t *testing.T) {
 // so for every client ID one of the two sees the other, however the
 // batches interleave.
 func TestBatchesOfTwoBrokersSeeEachOther(t *testing.T) {
-	cfg, err := Parse(map[string]string{"backend": "defer"})
+	cfg, err := config.Parse(map[string]string{"backend": "defer"})
 	require.NoError(t, err)
 	mem := newMemConflicts()
 	var ws []*conflicts
@@ -214,7 +215,7 @@ func TestQuietReconnectsFolded(t *testing.T) {
 	require.NoError(t, c.handle(ctx, []conflictEvent{{kind: evConnect, clientID: "dev", conn: first}, {kind: evDisconnect, clientID: "dev", conn: first}}))
 	before := mem.writes
 	var batch []conflictEvent
-	var last redisstore.Conn
+	var last store.Conn
 	for i := 0; i < 50; i++ {
 		last = c.newConn("alice", "192.0.2.1", time.Now())
 		batch = append(batch, conflictEvent{kind: evConnect, clientID: "dev", conn: last})
@@ -235,7 +236,7 @@ func TestQuietReconnectsFolded(t *testing.T) {
 // driving handle directly.
 func conflictWorker(t *testing.T) (*conflicts, *memConflicts) {
 	t.Helper()
-	cfg, err := Parse(map[string]string{"backend": "defer"})
+	cfg, err := config.Parse(map[string]string{"backend": "defer"})
 	require.NoError(t, err)
 	mem := newMemConflicts()
 	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: mem})

@@ -6,13 +6,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Anonymous is the principal of a client without a username.
@@ -33,22 +34,22 @@ func principalOf(c Client) string {
 // RuleClientIDConflict refuses a client ID live under another principal.
 const RuleClientIDConflict = "clientid-conflict"
 
-// ConflictStore is what conflict detection asks of Redis; *redisstore.Store implements it.
+// ConflictStore is what conflict detection asks of Redis; *store.Store implements it.
 type ConflictStore interface {
 	Claimer
-	WriteConns(ctx context.Context, ws []redisstore.ConnWrite, window time.Duration) ([]redisstore.State, error)
+	WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error)
 	CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error)
 	RenewLease(ctx context.Context, instance string, ttl time.Duration) (map[string]bool, []string, error)
 	Reap(ctx context.Context, instance string) error
-	AddFinding(ctx context.Context, f *redisstore.Finding, period, ttl time.Duration, max int64) (bool, error)
+	AddFinding(ctx context.Context, f *store.Finding, period, ttl time.Duration, max int64) (bool, error)
 }
 
 // Claimer claims a client ID for a new connection in one atomic step
 // (clientid_conflict deny): it records the connection as live unless
 // another principal holds the ID live on a broker in alive, and returns that
-// holder. *redisstore.Store implements it.
+// holder. *store.Store implements it.
 type Claimer interface {
-	Claim(ctx context.Context, clientID string, c redisstore.Conn, alive []string) (*redisstore.Conn, error)
+	Claim(ctx context.Context, clientID string, c store.Conn, alive []string) (*store.Conn, error)
 }
 
 // Publisher publishes an MQTT message from the broker; it must be safe to
@@ -59,8 +60,8 @@ type Publisher func(topic string, payload []byte)
 type conflictEvent struct {
 	kind     eventKind
 	clientID string
-	conn     redisstore.Conn
-	other    *redisstore.Conn // connect: the local connection taken over; refused: the holder
+	conn     store.Conn
+	other    *store.Conn // connect: the local connection taken over; refused: the holder
 }
 
 type eventKind int
@@ -75,7 +76,7 @@ const (
 // thread only updates the local connection table and queues events.
 type conflicts struct {
 	g        *Guard
-	cfg      ConflictConfig
+	cfg      config.ConflictConfig
 	store    ConflictStore
 	publish  Publisher
 	instance string
@@ -86,7 +87,7 @@ type conflicts struct {
 	// claimed is the connection the broker thread just claimed in Redis
 	// (checkConflict), for the admit that follows to take as its own, so
 	// that the live entry recorded is the one its disconnect removes.
-	claimed atomic.Pointer[redisstore.Conn]
+	claimed atomic.Pointer[store.Conn]
 
 	// seen remembers which connection last wrote each principal's seen
 	// record (worker goroutine only): a device reconnecting all day needs
@@ -100,7 +101,7 @@ type conflicts struct {
 	// lost: a newcomer's own first connect reads, and sees the incumbent.
 	quiet map[string]quietMark
 	// retry holds disconnect writes Redis did not take (worker goroutine only).
-	retry []redisstore.ConnWrite
+	retry []store.ConnWrite
 	// seen and quiet outlive the connections: they hold client IDs in their
 	// keys.Tracking form, so that an entry's size does not depend on them.
 }
@@ -148,11 +149,11 @@ func newConflicts(g *Guard, store ConflictStore, publish Publisher) *conflicts {
 // newConn describes a new connection of this broker: the one just claimed
 // for the same principal and IP (checkConflict, then admit, on the broker
 // thread), or a new one.
-func (c *conflicts) newConn(principal string, ip string, now time.Time) redisstore.Conn {
+func (c *conflicts) newConn(principal string, ip string, now time.Time) store.Conn {
 	if p := c.claimed.Swap(nil); p != nil && p.Principal == principal && p.IP == ip {
 		return *p
 	}
-	return redisstore.Conn{
+	return store.Conn{
 		ID:       c.instance + "-" + strconv.FormatUint(c.seq.Add(1), 10),
 		Instance: c.instance, Broker: c.cfg.BrokerName,
 		Principal: principal, IP: ip, ConnectedMs: now.UnixMilli(),
@@ -169,7 +170,7 @@ func (c *conflicts) enqueue(ev conflictEvent) {
 
 // remoteHolder returns a live connection of clientID on another broker
 // under another principal, from the lookup's answer.
-func (c *conflicts) remoteHolder(live []redisstore.Conn, principal string) *redisstore.Conn {
+func (c *conflicts) remoteHolder(live []store.Conn, principal string) *store.Conn {
 	alive := *c.live.Load()
 	for i := range live {
 		r := live[i]
@@ -185,7 +186,7 @@ func (c *conflicts) remoteHolder(live []redisstore.Conn, principal string) *redi
 // username, checked by the files or redis backend). The others may still be
 // refused by a later check: they only look for a holder.
 func (g *Guard) claims(c Client) bool {
-	return c.HasUsername && g.cfg.Backend != BackendDefer
+	return c.HasUsername && g.cfg.Backend != config.BackendDefer
 }
 
 // claim claims clientID in Redis for a new connection of principal from ip
@@ -195,7 +196,7 @@ func (g *Guard) claims(c Client) bool {
 // the look are one atomic step on the client ID's live hash, so of two
 // brokers admitting one client ID for two principals at the same moment,
 // exactly one refuses. The connection claimed is the one admit records.
-func (c *conflicts) claim(cl Claimer, clientID, principal, ip string, now time.Time, timeout time.Duration) (conn redisstore.Conn, holder *redisstore.Conn, err error) {
+func (c *conflicts) claim(cl Claimer, clientID, principal, ip string, now time.Time, timeout time.Duration) (conn store.Conn, holder *store.Conn, err error) {
 	conn = c.newConn(principal, ip, now)
 	alive := *c.live.Load()
 	instances := make([]string, 0, len(alive))
@@ -280,7 +281,7 @@ func (c *conflicts) handleSafely(batch []conflictEvent) {
 // read shows the events of the batch before it.
 func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 	now := c.g.now().UnixMilli()
-	ws := make([]redisstore.ConnWrite, 0, len(batch))
+	ws := make([]store.ConnWrite, 0, len(batch))
 	at := make([]int, len(batch)) // the write of each connect; -1: folded away
 	// A connection that starts and ends within this batch, of a client ID
 	// read quiet less than quietFor ago (its principal alone on it, here)
@@ -301,13 +302,13 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 		switch ev.kind {
 		case evConnect:
 			conn := ev.conn
-			w := redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Live: &conn, Read: !c.isQuiet(ev, now)}
+			w := store.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Live: &conn, Read: !c.isQuiet(ev, now)}
 			if !c.seenFresh(ev, now) {
 				w.Seen = &conn
 			}
 			// Not under clientid_conflict deny: there the broker thread
 			// wrote the live entry already (the claim), and its end must clear it.
-			if ends[conn.ID] && !w.Read && w.Seen == nil && c.g.cfg.Conflicts.Mode != ConflictDeny {
+			if ends[conn.ID] && !w.Read && w.Seen == nil && c.g.cfg.Conflicts.Mode != config.ConflictDeny {
 				_, listed := c.current[ev.clientID]
 				folded[conn.ID] = listed
 				c.current[ev.clientID] = conn.ID
@@ -324,12 +325,12 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 				if c.current[ev.clientID] == left.ID {
 					delete(c.current, ev.clientID)
 					if listed {
-						ws = append(ws, redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Unlist: true})
+						ws = append(ws, store.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Unlist: true})
 					}
 				}
 				continue
 			}
-			w := redisstore.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Gone: &left}
+			w := store.ConnWrite{ClientID: ev.clientID, Instance: c.instance, Gone: &left}
 			if c.current[ev.clientID] == left.ID { // not already replaced by a takeover
 				delete(c.current, ev.clientID)
 				w.Unlist = true
@@ -347,11 +348,11 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 		return err
 	}
 	alive := *c.live.Load()
-	var found, dups []*redisstore.Finding
+	var found, dups []*store.Finding
 	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
-			var st redisstore.State // a quiet client ID is not read: only a local takeover counts
+			var st store.State // a quiet client ID is not read: only a local takeover counts
 			if at[i] >= 0 && at[i] < len(states) && ws[at[i]].Read {
 				st = states[at[i]]
 				c.noteQuiet(ev, &st, alive, now)
@@ -364,7 +365,7 @@ func (c *conflicts) handle(ctx context.Context, batch []conflictEvent) error {
 				dups = append(dups, dup)
 			}
 		case evRefused:
-			f := newFinding(redisstore.KindCrossPrincipal, ev.clientID, []redisstore.Conn{ev.conn, *ev.other}, now)
+			f := newFinding(store.KindCrossPrincipal, ev.clientID, []store.Conn{ev.conn, *ev.other}, now)
 			f.Action = "refused"
 			found = append(found, f)
 		}
@@ -393,7 +394,7 @@ func (c *conflicts) isQuiet(ev conflictEvent, now int64) bool {
 
 // noteQuiet records whether a read of ev's client ID showed only its
 // principal, with no live connection on another broker.
-func (c *conflicts) noteQuiet(ev conflictEvent, st *redisstore.State, alive map[string]bool, now int64) {
+func (c *conflicts) noteQuiet(ev conflictEvent, st *store.State, alive map[string]bool, now int64) {
 	for _, x := range st.Seen {
 		if x.Principal != ev.conn.Principal {
 			delete(c.quiet, keys.Tracking(ev.clientID))
@@ -428,7 +429,7 @@ func (c *conflicts) seenFresh(ev conflictEvent, now int64) bool {
 
 // report stores f (folding repeats) and, unless it was folded into an
 // earlier report, logs it and publishes it on findings_topic.
-func (c *conflicts) report(ctx context.Context, f *redisstore.Finding) {
+func (c *conflicts) report(ctx context.Context, f *store.Finding) {
 	reported, err := c.store.AddFinding(ctx, f, c.cfg.Fold, c.cfg.Window, c.cfg.FindingsMax)
 	note := ""
 	if err != nil {
@@ -452,7 +453,7 @@ func (c *conflicts) report(ctx context.Context, f *redisstore.Finding) {
 // every other broker). They are final-state and compare-and-delete, so
 // writing them late is safe. At most conflictQueueSize are kept; the oldest
 // go first.
-func (c *conflicts) keepForRetry(ws []redisstore.ConnWrite) {
+func (c *conflicts) keepForRetry(ws []store.ConnWrite) {
 	for _, w := range ws {
 		if w.Gone != nil {
 			c.retry = append(c.retry, w)
@@ -499,7 +500,7 @@ func (c *conflicts) close() {
 	_ = c.store.Reap(ctx, c.instance)
 }
 
-func describeFinding(f *redisstore.Finding) string {
+func describeFinding(f *store.Finding) string {
 	var ips, brokers []string
 	for _, c := range f.Connections {
 		ips = append(ips, c.IP)

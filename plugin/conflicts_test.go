@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"testing"
 	"time"
 
@@ -10,14 +11,14 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // denyBroker is one guard in clientid_conflict deny mode with the redis
 // backend (alice and bob), tracking client IDs in store.
 func denyBroker(t *testing.T, store ConflictStore, name string) (*Guard, *logSink) {
 	t.Helper()
-	cfg, err := Parse(map[string]string{"backend": "redis", "clientid_conflict": "deny", "broker_name": name})
+	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "deny", "broker_name": name})
 	require.NoError(t, err)
 	st, ls := newFakeStore(), &logSink{}
 	for u, p := range map[string]string{"alice": "alice-pw", "bob": "bob-pw"} {
@@ -52,7 +53,7 @@ func TestDenyClaimsTheClientID(t *testing.T) {
 
 	require.Equal(t, Allow, a.Authenticate(cl(1, "192.0.2.1", "door", "alice", "alice-pw")).Result)
 	mem.mu.Lock()
-	live := append([]redisstore.Conn(nil), mem.states["door"].Live...)
+	live := append([]store.Conn(nil), mem.states["door"].Live...)
 	mem.mu.Unlock()
 	require.Len(t, live, 1, "claimed on the broker thread, before the worker runs")
 	a.mu.Lock()
@@ -85,7 +86,7 @@ func TestDenyClaimsTheClientID(t *testing.T) {
 // within redis_timeout.
 type failingClaims struct{ *memConflicts }
 
-func (failingClaims) Claim(context.Context, string, redisstore.Conn, []string) (*redisstore.Conn, error) {
+func (failingClaims) Claim(context.Context, string, store.Conn, []string) (*store.Conn, error) {
 	return nil, errors.New("i/o timeout")
 }
 

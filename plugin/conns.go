@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // liveConn is one connection this guard let through, or, once it has ended,
@@ -15,13 +15,13 @@ type liveConn struct {
 	username    string
 	hasUsername bool
 	ip          netip.Addr
-	conn        redisstore.Conn  // as recorded for conflict detection
-	other       *redisstore.Conn // the connection of this broker it took over, if any
-	displaced   *liveConn        // that connection, until lc ends (byID goes back to it if still here)
-	pending     bool             // deferred to a later check: confirmed after confirmDelay without DISCONNECT
-	flagged     bool             // banned while connected: its kick is on the way
-	offline     bool             // the connection ended; the broker keeps its session
-	visited     uint64           // the reload whose re-authentication walk visited it
+	conn        store.Conn  // as recorded for conflict detection
+	other       *store.Conn // the connection of this broker it took over, if any
+	displaced   *liveConn   // that connection, until lc ends (byID goes back to it if still here)
+	pending     bool        // deferred to a later check: confirmed after confirmDelay without DISCONNECT
+	flagged     bool        // banned while connected: its kick is on the way
+	offline     bool        // the connection ended; the broker keeps its session
+	visited     uint64      // the reload whose re-authentication walk visited it
 	since       time.Time
 }
 
@@ -209,7 +209,7 @@ func (g *Guard) confirmLoop() {
 
 // localHolder returns this broker's live connection of clientID if another
 // principal holds it.
-func (g *Guard) localHolder(clientID, principal string) *redisstore.Conn {
+func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if lc := g.byID[clientID]; lc != nil && lc.conn.Principal != principal {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Level is a log level; the cgo layer maps it to Mosquitto's.
@@ -73,9 +73,9 @@ const (
 // Decision is the outcome of one authentication, with what decided it.
 type Decision struct {
 	Result Result
-	Rule   string            // the list key or one of the Rule constants; "" when nothing refused
-	Match  *redisstore.Match // the list entry that refused, if any
-	Detail string            // more for the log line, as key=value pairs
+	Rule   string       // the list key or one of the Rule constants; "" when nothing refused
+	Match  *store.Match // the list entry that refused, if any
+	Detail string       // more for the log line, as key=value pairs
 
 	claimedSource bool // checkLimits: let through a throttle as a source known by client ID only
 }
@@ -118,6 +118,6 @@ func expiry(now time.Time, ttl time.Duration) string {
 }
 
 // describeMatch renders the rule, origin, expiry and reason of a list entry.
-func describeMatch(m *redisstore.Match, now time.Time) string {
+func describeMatch(m *store.Match, now time.Time) string {
 	return fmt.Sprintf("rule=%s origin=%s expires=%s reason=%s", quote(m.Key), m.Origin(), expiry(now, m.TTL), quote(m.Reason))
 }

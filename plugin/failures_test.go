@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"net"
 	"os"
 	"sync"
@@ -71,7 +72,7 @@ func TestNotRun(t *testing.T) {
 // until counted; one whose count may have run is not counted again.
 func TestFailureCountRetries(t *testing.T) {
 	newGuardWith := func(ct FailCounter) (*Guard, *logSink) {
-		cfg, err := Parse(map[string]string{"password_file": passwdFile(t)})
+		cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t)})
 		require.NoError(t, err)
 		ls := &logSink{}
 		g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: newFakeStore(), Counter: ct})

@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,17 +12,17 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
-	"github.com/mosquitto-guard/mosquitto-guard/backends/replica"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logflood"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
 )
 
-// Store is what the guard asks of Redis; *redisstore.Store implements it.
+// Store is what the guard asks of Redis; *store.Store implements it.
 type Store interface {
-	Lookup(ctx context.Context, q redisstore.Query) (redisstore.Answer, error)
-	LiveConns(ctx context.Context, clientID string) ([]redisstore.Conn, error)
+	Lookup(ctx context.Context, q store.Query) (store.Answer, error)
+	LiveConns(ctx context.Context, clientID string) ([]store.Conn, error)
 	PublishChange(ctx context.Context, key string) error
 	Ping(ctx context.Context) error
 	Close() error
@@ -36,10 +37,10 @@ type FailCounter interface {
 
 // Guard is one plugin instance.
 type Guard struct {
-	cfg      Config
+	cfg      config.Options
 	log      Logger
 	store    Store // the broker thread's calls, bounded by redis_timeout
-	bgStore  Store // background work's calls: longer deadlines (redisstore.Options.BackgroundTimeout)
+	bgStore  Store // background work's calls: longer deadlines (store.Options.BackgroundTimeout)
 	counter  FailCounter
 	verifier hashes.Verifier
 	users    atomic.Pointer[files.Store]
@@ -106,8 +107,8 @@ const initialLoadWait = 10 * time.Second
 // failure counting, conflict tracking, the replica and the health probe use
 // the background client, so a Redis stall longer than redis_timeout fails
 // none of them. go-redis's own log lines go to the broker's log.
-func New(cfg Config, out Output) (*Guard, error) {
-	store := redisstore.New(redisstore.Options{
+func New(cfg config.Options, out Output) (*Guard, error) {
+	store := store.New(store.Options{
 		Addrs: cfg.RedisAddrs, Username: cfg.RedisUsername, Password: cfg.RedisPassword,
 		DB: cfg.RedisDB, Timeout: cfg.RedisTimeout,
 		Log: func(msg string) {
@@ -127,7 +128,7 @@ func New(cfg Config, out Output) (*Guard, error) {
 }
 
 // NewWith builds a Guard on the given dependencies.
-func NewWith(cfg Config, out Output, d Deps) (*Guard, error) {
+func NewWith(cfg config.Options, out Output, d Deps) (*Guard, error) {
 	if out.Kick == nil {
 		out.Kick = func(uintptr, string) {}
 	}
@@ -151,7 +152,7 @@ func NewWith(cfg Config, out Output, d Deps) (*Guard, error) {
 	if g.bgStore == nil {
 		g.bgStore = d.Store
 	}
-	if cfg.Backend == BackendFiles {
+	if cfg.Backend == config.BackendFiles {
 		if err := g.loadUsers(); err != nil {
 			return nil, err
 		}
@@ -168,7 +169,7 @@ func NewWith(cfg Config, out Output, d Deps) (*Guard, error) {
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
 		g.known = newKnownSources(g, d.Redis)
 	}
-	if d.Conflicts != nil && cfg.Conflicts.Mode != ConflictOff {
+	if d.Conflicts != nil && cfg.Conflicts.Mode != config.ConflictOff {
 		g.conflicts = newConflicts(g, d.Conflicts, out.Publish)
 		g.spawn("client ID tracking", g.conflicts.run)
 		g.spawn("deferred confirmation", g.confirmLoop)
@@ -209,7 +210,7 @@ func (g *Guard) Close() {
 // bound to the hash it was verified against, so a changed password misses,
 // and a removed user is refused as unknown before the cache is asked.
 func (g *Guard) Reload() {
-	if g.cfg.Backend != BackendFiles {
+	if g.cfg.Backend != config.BackendFiles {
 		return
 	}
 	if err := g.loadUsers(); err != nil {
@@ -223,7 +224,7 @@ func (g *Guard) loadUsers() error {
 	const maxReports = 20
 	users, skipped, err := files.Load(g.cfg.PasswordFile, g.verifier)
 	if err != nil {
-		return &OptionError{"password_file", g.cfg.PasswordFile, "a readable mosquitto_passwd file (" + err.Error() + ")"}
+		return &config.OptionError{Option: "password_file", Value: g.cfg.PasswordFile, Expected: "a readable mosquitto_passwd file (" + err.Error() + ")"}
 	}
 	for i, s := range skipped {
 		if i == maxReports {

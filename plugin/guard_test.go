@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,9 +19,9 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // fakeStore answers lookups from a map of keys, like Redis would; pure unit
@@ -39,18 +40,18 @@ func newFakeStore() *fakeStore {
 
 func (f *fakeStore) set(k, v string) { f.mu.Lock(); f.keys[k] = v; f.mu.Unlock() }
 
-func (f *fakeStore) Lookup(ctx context.Context, q redisstore.Query) (redisstore.Answer, error) {
+func (f *fakeStore) Lookup(ctx context.Context, q store.Query) (store.Answer, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.asks++
 	if f.down {
-		return redisstore.Answer{}, errors.New("connection refused")
+		return store.Answer{}, errors.New("connection refused")
 	}
-	var a redisstore.Answer
-	try := func(kind keys.Kind, scope keys.Scope, v string) *redisstore.Match {
+	var a store.Answer
+	try := func(kind keys.Kind, scope keys.Scope, v string) *store.Match {
 		k := f.kb.List(kind, scope, v)
 		if r, ok := f.keys[k]; ok {
-			return &redisstore.Match{Kind: kind, Scope: scope, Value: v, Key: k, Reason: r, TTL: -1}
+			return &store.Match{Kind: kind, Scope: scope, Value: v, Key: k, Reason: r, TTL: -1}
 		}
 		return nil
 	}
@@ -65,12 +66,12 @@ func (f *fakeStore) Lookup(ctx context.Context, q redisstore.Query) (redisstore.
 			cands = append(cands, [2]string{string(keys.CIDR), p.String()})
 		}
 	}
-	var allows, blocks []*redisstore.Match
+	var allows, blocks []*store.Match
 	for _, c := range cands {
 		allows = append(allows, try(keys.Allow, keys.Scope(c[0]), c[1]))
 		blocks = append(blocks, try(keys.Block, keys.Scope(c[0]), c[1]))
 	}
-	a.Allow, a.Block = redisstore.Resolve(allows, blocks)
+	a.Allow, a.Block = store.Resolve(allows, blocks)
 	if q.WantUser {
 		a.UserHash, a.HasUser = f.keys[f.kb.User(q.Username)]
 	}
@@ -86,9 +87,9 @@ func (f *fakeStore) Ping(context.Context) error {
 	return nil
 }
 
-func (f *fakeStore) LiveConns(context.Context, string) ([]redisstore.Conn, error) { return nil, nil }
-func (f *fakeStore) PublishChange(context.Context, string) error                  { return nil }
-func (f *fakeStore) Close() error                                                 { return nil }
+func (f *fakeStore) LiveConns(context.Context, string) ([]store.Conn, error) { return nil, nil }
+func (f *fakeStore) PublishChange(context.Context, string) error             { return nil }
+func (f *fakeStore) Close() error                                            { return nil }
 
 type fakeCounter struct {
 	mu     sync.Mutex
@@ -168,7 +169,7 @@ func newGuard(t *testing.T, opts map[string]string) (*Guard, *fakeStore, *fakeCo
 	if _, ok := opts["backend"]; !ok {
 		opts["password_file"] = passwdFile(t)
 	}
-	cfg, err := Parse(opts)
+	cfg, err := config.Parse(opts)
 	require.NoError(t, err)
 	st, ct, ls := newFakeStore(), &fakeCounter{}, &logSink{}
 	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: st, Counter: ct})
@@ -428,7 +429,7 @@ func TestLimitsFreeWhileNothingFailed(t *testing.T) {
 	c := cl(1, "192.0.2.1", "dev", "alice", "alice-pw")
 	ip := netip.MustParseAddr("192.0.2.1")
 	allocs := testing.AllocsPerRun(100, func() {
-		if _, refused := g.checkLimits(c, ip, redisstore.Answer{}); refused {
+		if _, refused := g.checkLimits(c, ip, store.Answer{}); refused {
 			t.Fatal("refused")
 		}
 	})

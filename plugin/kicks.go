@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // kickScan bounds the connections kickMatching examines per hold of g.mu,
@@ -105,8 +105,8 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 	return false
 }
 
-func queryOf(lc *liveConn) redisstore.Query {
-	return redisstore.Query{ClientID: lc.clientID, IP: lc.ip, Username: lc.username, HasUsername: lc.hasUsername}
+func queryOf(lc *liveConn) store.Query {
+	return store.Query{ClientID: lc.clientID, IP: lc.ip, Username: lc.username, HasUsername: lc.hasUsername}
 }
 
 // KickDue says what to do with a kick queued for connection handle, whose

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"fmt"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"net/netip"
 	"slices"
 	"sync"
@@ -11,8 +12,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/replica"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
 )
 
 // kickRecorder collects a guard's kicks.
@@ -36,7 +37,7 @@ func (k *kickRecorder) all() []string {
 // kickGuard is a guard with a replica of its own, for kickMatching.
 func kickGuard(t testing.TB, opts map[string]string, out Output) *Guard {
 	t.Helper()
-	cfg, err := Parse(opts)
+	cfg, err := config.Parse(opts)
 	require.NoError(t, err)
 	g, err := NewWith(cfg, out, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
 	require.NoError(t, err)

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"fmt"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,7 +54,7 @@ func (l *levelSink) reset() {
 // filesGuard is a files-backend guard on the password file at path.
 func filesGuard(t *testing.T, path string) (*Guard, *levelSink) {
 	t.Helper()
-	cfg, err := Parse(map[string]string{"backend": "files", "password_file": path})
+	cfg, err := config.Parse(map[string]string{"backend": "files", "password_file": path})
 	require.NoError(t, err)
 	ls := &levelSink{}
 	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})

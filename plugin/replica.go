@@ -3,14 +3,15 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/replica"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
+	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
 )
 
 // startReplica starts keeping the local list replica in step with Redis,
@@ -21,7 +22,7 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 	g.replica = replica.New(kb)
 	g.sync = replica.NewSync(g.replica, rdb, replica.Options{
 		DB:          g.cfg.RedisDB,
-		Users:       g.cfg.Backend == BackendRedis,
+		Users:       g.cfg.Backend == config.BackendRedis,
 		ResyncEvery: g.cfg.ReplicaResync,
 		Log: func(warning bool, msg string) {
 			level := LevelInfo

@@ -4,7 +4,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // evaluate applies the conflict rules to a new connection ev.conn of
@@ -16,12 +16,12 @@ import (
 //     principal's connection with this ID was live (taken over on this
 //     broker, or live on another one). It is reported only once it repeats
 //     takeover_limit times in takeover_window.
-func evaluate(ev conflictEvent, live, seen []redisstore.Conn, alive map[string]bool, now int64, window time.Duration) (cross, dup *redisstore.Finding) {
+func evaluate(ev conflictEvent, live, seen []store.Conn, alive map[string]bool, now int64, window time.Duration) (cross, dup *store.Finding) {
 	me := ev.conn
-	isLive := map[string]bool{}            // connection IDs live now
-	others := map[string]redisstore.Conn{} // principal -> its latest connection
-	var sameLive *redisstore.Conn
-	consider := func(c redisstore.Conn, live bool) {
+	isLive := map[string]bool{}       // connection IDs live now
+	others := map[string]store.Conn{} // principal -> its latest connection
+	var sameLive *store.Conn
+	consider := func(c store.Conn, live bool) {
 		if live {
 			isLive[c.ID] = true
 		}
@@ -63,7 +63,7 @@ func evaluate(ev conflictEvent, live, seen []redisstore.Conn, alive map[string]b
 	}
 
 	if len(others) > 0 {
-		conns := []redisstore.Conn{me}
+		conns := []store.Conn{me}
 		var displaced int64
 		for _, c := range others {
 			conns = append(conns, c)
@@ -74,11 +74,11 @@ func evaluate(ev conflictEvent, live, seen []redisstore.Conn, alive map[string]b
 				displaced = c.DisconnectedMs
 			}
 		}
-		cross = newFinding(redisstore.KindCrossPrincipal, ev.clientID, conns, now)
+		cross = newFinding(store.KindCrossPrincipal, ev.clientID, conns, now)
 		cross.DisplacedDisconnectedMs = displaced
 	}
 	if sameLive != nil {
-		dup = newFinding(redisstore.KindDuplicate, ev.clientID, []redisstore.Conn{me, *sameLive}, now)
+		dup = newFinding(store.KindDuplicate, ev.clientID, []store.Conn{me, *sameLive}, now)
 		if ev.other != nil && sameLive.ID == ev.other.ID {
 			dup.DisplacedDisconnectedMs = now
 		}
@@ -87,8 +87,8 @@ func evaluate(ev conflictEvent, live, seen []redisstore.Conn, alive map[string]b
 }
 
 // newFinding builds a finding over conns (the new connection first).
-func newFinding(kind, clientID string, conns []redisstore.Conn, now int64) *redisstore.Finding {
-	sorted := append([]redisstore.Conn(nil), conns...)
+func newFinding(kind, clientID string, conns []store.Conn, now int64) *store.Finding {
+	sorted := append([]store.Conn(nil), conns...)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].ConnectedMs > sorted[j].ConnectedMs })
 	seen := map[string]bool{}
 	var principals []string
@@ -99,8 +99,8 @@ func newFinding(kind, clientID string, conns []redisstore.Conn, now int64) *redi
 		}
 	}
 	sort.Strings(principals)
-	return &redisstore.Finding{
-		Reason: redisstore.ReasonDuplicateClientID, Severity: redisstore.SeverityHigh,
+	return &store.Finding{
+		Reason: store.ReasonDuplicateClientID, Severity: store.SeverityHigh,
 		Kind: kind, Action: "flagged", ClientID: clientID,
 		Principals: principals, Connections: sorted, TimeMs: now,
 	}

@@ -7,11 +7,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-func conn(id, instance, principal string, connected, disconnected int64) redisstore.Conn {
-	return redisstore.Conn{ID: id, Instance: instance, Broker: "b-" + instance, Principal: principal,
+func conn(id, instance, principal string, connected, disconnected int64) store.Conn {
+	return store.Conn{ID: id, Instance: instance, Broker: "b-" + instance, Principal: principal,
 		IP: "192.0.2.1", ConnectedMs: connected, DisconnectedMs: disconnected}
 }
 
@@ -24,43 +24,43 @@ func TestEvaluateRules(t *testing.T) {
 
 	cases := []struct {
 		name            string
-		other           *redisstore.Conn
-		live, seen      []redisstore.Conn
+		other           *store.Conn
+		live, seen      []store.Conn
 		wantCross       []string // principals, nil for no finding
 		wantDup         bool
 		wantDisplacedMs int64
 	}{
 		{name: "first use", wantCross: nil},
 		{name: "same principal reconnecting later",
-			seen: []redisstore.Conn{conn("A-1", "A", "bob", now-day, now-day+10)}},
+			seen: []store.Conn{conn("A-1", "A", "bob", now-day, now-day+10)}},
 		{name: "another principal within the window",
-			seen:      []redisstore.Conn{conn("A-1", "A", "alice", now-2*day, now-day)},
+			seen:      []store.Conn{conn("A-1", "A", "alice", now-2*day, now-day)},
 			wantCross: []string{"alice", "bob"}, wantDisplacedMs: now - day},
 		{name: "another principal outside the window",
-			seen: []redisstore.Conn{conn("A-1", "A", "alice", now-40*day, now-40*day+5)}},
+			seen: []store.Conn{conn("A-1", "A", "alice", now-40*day, now-40*day+5)}},
 		{name: "takeover of another principal on this broker",
 			other:     ptr(conn("A-1", "A", "alice", now-1000, 0)),
-			seen:      []redisstore.Conn{conn("A-1", "A", "alice", now-1000, 0)},
+			seen:      []store.Conn{conn("A-1", "A", "alice", now-1000, 0)},
 			wantCross: []string{"alice", "bob"}, wantDisplacedMs: now},
 		{name: "another principal live on another broker",
-			live:      []redisstore.Conn{conn("B-1", "B", "alice", now-1000, 0)},
-			seen:      []redisstore.Conn{conn("B-1", "B", "alice", now-1000, 0)},
+			live:      []store.Conn{conn("B-1", "B", "alice", now-1000, 0)},
+			seen:      []store.Conn{conn("B-1", "B", "alice", now-1000, 0)},
 			wantCross: []string{"alice", "bob"}},
 		{name: "live entry of a dead broker is a ghost, but the use is remembered",
-			live:      []redisstore.Conn{conn("C-1", "C", "alice", now-1000, 0)},
-			seen:      []redisstore.Conn{conn("C-1", "C", "alice", now-1000, 0)},
+			live:      []store.Conn{conn("C-1", "C", "alice", now-1000, 0)},
+			seen:      []store.Conn{conn("C-1", "C", "alice", now-1000, 0)},
 			wantCross: []string{"alice", "bob"}},
 		{name: "same principal taking over on this broker",
 			other:   ptr(conn("A-1", "A", "bob", now-1000, 0)),
-			seen:    []redisstore.Conn{conn("A-1", "A", "bob", now-1000, 0)},
+			seen:    []store.Conn{conn("A-1", "A", "bob", now-1000, 0)},
 			wantDup: true, wantDisplacedMs: now},
 		{name: "same principal live on another broker",
-			live:    []redisstore.Conn{conn("B-1", "B", "bob", now-1000, 0)},
+			live:    []store.Conn{conn("B-1", "B", "bob", now-1000, 0)},
 			wantDup: true},
 		{name: "same principal on a dead broker: no duplicate",
-			live: []redisstore.Conn{conn("C-1", "C", "bob", now-1000, 0)}},
+			live: []store.Conn{conn("C-1", "C", "bob", now-1000, 0)}},
 		{name: "three principals",
-			seen:      []redisstore.Conn{conn("A-1", "A", "alice", now-3*day, now-3*day+1), conn("B-7", "B", "carol", now-day, now-day+1)},
+			seen:      []store.Conn{conn("A-1", "A", "alice", now-3*day, now-3*day+1), conn("B-7", "B", "carol", now-day, now-day+1)},
 			wantCross: []string{"alice", "bob", "carol"}, wantDisplacedMs: now - day + 1},
 	}
 	for _, c := range cases {
@@ -71,9 +71,9 @@ func TestEvaluateRules(t *testing.T) {
 			} else {
 				require.NotNil(t, cross)
 				assert.Equal(t, c.wantCross, cross.Principals)
-				assert.Equal(t, redisstore.KindCrossPrincipal, cross.Kind)
-				assert.Equal(t, redisstore.ReasonDuplicateClientID, cross.Reason)
-				assert.Equal(t, redisstore.SeverityHigh, cross.Severity)
+				assert.Equal(t, store.KindCrossPrincipal, cross.Kind)
+				assert.Equal(t, store.ReasonDuplicateClientID, cross.Reason)
+				assert.Equal(t, store.SeverityHigh, cross.Severity)
 				assert.Equal(t, "dev-1", cross.ClientID)
 				assert.Equal(t, me, cross.Connections[0], "newest first")
 				assert.Equal(t, c.wantDisplacedMs, cross.DisplacedDisconnectedMs)
@@ -81,7 +81,7 @@ func TestEvaluateRules(t *testing.T) {
 			if c.wantDup {
 				require.NotNil(t, dup)
 				assert.Equal(t, []string{"bob"}, dup.Principals)
-				assert.Equal(t, redisstore.KindDuplicate, dup.Kind)
+				assert.Equal(t, store.KindDuplicate, dup.Kind)
 				assert.Len(t, dup.Connections, 2)
 				if c.wantCross == nil {
 					assert.Equal(t, c.wantDisplacedMs, dup.DisplacedDisconnectedMs)
@@ -93,21 +93,9 @@ func TestEvaluateRules(t *testing.T) {
 	}
 }
 
-func ptr(c redisstore.Conn) *redisstore.Conn { return &c }
+func ptr(c store.Conn) *store.Conn { return &c }
 
 func TestPrincipal(t *testing.T) {
 	assert.Equal(t, "alice", principalOf(Client{Username: "alice", HasUsername: true}))
 	assert.Equal(t, Anonymous, principalOf(Client{}))
-}
-
-func TestParseDurationDays(t *testing.T) {
-	for in, want := range map[string]time.Duration{"31d": 744 * time.Hour, "1d12h": 36 * time.Hour, "90s": 90 * time.Second} {
-		d, err := parseDuration(in)
-		require.NoError(t, err, in)
-		assert.Equal(t, want, d, in)
-	}
-	for _, bad := range []string{"d", "xd", "1d1", "-1d"} {
-		_, err := parseDuration(bad)
-		assert.Error(t, err, bad)
-	}
 }

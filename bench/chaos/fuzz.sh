@@ -15,15 +15,15 @@ SECONDS=0
 
 # package:target  what it reads
 targets=(
-	"./plugin:FuzzParse|option values (auth_opt_*), plugin.Parse"
-	"./plugin:FuzzScanBrokerConfig|mosquitto.conf, read for acl_check auto"
+	"./config:FuzzParse|option values (auth_opt_*), config.Parse"
+	"./config:FuzzScanBrokerConfig|mosquitto.conf, read for acl_check auto"
 	"./keys:FuzzParseIPKey|ip keys, keys.ParseIPKey"
 	"./keys:FuzzParseCIDR|cidr keys, keys.ParseCIDR"
 	"./keys:FuzzNormalizeIP|client addresses, keys.NormalizeIP"
 	"./backends/hashes:FuzzVerify|stored password hashes"
 	"./backends/files:FuzzParse|password file lines"
-	"./backends/redisstore:FuzzConns|connection records in Redis"
-	"./backends/redisstore:FuzzFinding|findings stream entries"
+	"./store:FuzzConns|connection records in Redis"
+	"./store:FuzzFinding|findings stream entries"
 )
 
 out="$root/build/fuzz"

@@ -17,7 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // defaultSince is the window of an on-demand audit, and of the first
@@ -202,14 +202,14 @@ type report struct {
 
 // clientFindings are the findings of one client ID, newest first.
 type clientFindings struct {
-	ClientID string               `json:"clientid"`
-	Findings []redisstore.Finding `json:"findings"`
+	ClientID string          `json:"clientid"`
+	Findings []store.Finding `json:"findings"`
 }
 
 // redisNow returns the time by the Redis clock, the one stamping the stream
 // entries, to the millisecond. As the first command, it dials: the dial is
 // bounded as a whole, since go-redis retries failed dials on its own.
-func redisNow(ctx context.Context, st *redisstore.Store) (time.Time, error) {
+func redisNow(ctx context.Context, st *store.Store) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
 	defer cancel()
 	now, err := st.Client().Time(ctx).Result()
@@ -220,7 +220,7 @@ func redisNow(ctx context.Context, st *redisstore.Store) (time.Time, error) {
 // the flags ask for up to now (by the Redis clock). Entries added from now
 // on are left to the next audit, so successive --since-last audits neither
 // miss nor repeat an entry.
-func (a *auditFlags) collect(ctx context.Context, st *redisstore.Store, now time.Time, stderr io.Writer) (report, error) {
+func (a *auditFlags) collect(ctx context.Context, st *store.Store, now time.Time, stderr io.Writer) (report, error) {
 	since := now.Add(-a.since.d)
 	if a.sinceLast {
 		last, ok, err := st.LastAudit(ctx)
@@ -251,9 +251,9 @@ func (a *auditFlags) collect(ctx context.Context, st *redisstore.Store, now time
 
 // group sorts findings newest first (by time, then stream entry) and groups
 // them by client ID, the client ID with the newest finding first.
-func group(findings []redisstore.Finding) []clientFindings {
+func group(findings []store.Finding) []clientFindings {
 	sorted := slices.Clone(findings)
-	slices.SortStableFunc(sorted, func(x, y redisstore.Finding) int {
+	slices.SortStableFunc(sorted, func(x, y store.Finding) int {
 		if c := cmp.Compare(y.TimeMs, x.TimeMs); c != 0 {
 			return c
 		}
@@ -268,7 +268,7 @@ func group(findings []redisstore.Finding) []clientFindings {
 			f.Principals = []string{}
 		}
 		if f.Connections == nil {
-			f.Connections = []redisstore.Conn{}
+			f.Connections = []store.Conn{}
 		}
 		i, ok := index[f.ClientID]
 		if !ok {

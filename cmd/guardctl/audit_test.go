@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 func TestParseSince(t *testing.T) {
@@ -79,12 +79,12 @@ func TestAuditUsageListsEveryFlag(t *testing.T) {
 	assert.Contains(t, out.String(), "Only a\n                    --since-last audit that succeeds records its time")
 }
 
-func f(id, clientID string, timeMs int64) redisstore.Finding {
-	return redisstore.Finding{ID: id, ClientID: clientID, TimeMs: timeMs}
+func f(id, clientID string, timeMs int64) store.Finding {
+	return store.Finding{ID: id, ClientID: clientID, TimeMs: timeMs}
 }
 
 func TestGroupOrdering(t *testing.T) {
-	in := []redisstore.Finding{
+	in := []store.Finding{
 		f("100-0", "a", 1000),
 		f("101-0", "b", 3000),
 		f("102-0", "a", 5000),

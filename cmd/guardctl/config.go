@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Connection defaults (those of the plugin), the Redis timeout, and the
@@ -95,7 +95,7 @@ func (c *connFlags) resolve(getenv func(string) string) (map[string]string, erro
 
 // store opens a Store with the resolved connection options; addrs names
 // the Redis addresses for error messages.
-func (c *connFlags) store(getenv func(string) string) (st *redisstore.Store, addrs string, err error) {
+func (c *connFlags) store(getenv func(string) string) (st *store.Store, addrs string, err error) {
 	vals, err := c.resolve(getenv)
 	if err != nil {
 		return nil, "", err
@@ -104,12 +104,12 @@ func (c *connFlags) store(getenv func(string) string) (st *redisstore.Store, add
 	if err != nil {
 		return nil, "", err
 	}
-	return redisstore.New(o, kb), strings.Join(o.Addrs, ","), nil
+	return store.New(o, kb), strings.Join(o.Addrs, ","), nil
 }
 
 // storeOptions checks the values of connOptions and turns them into Store options.
-func storeOptions(vals map[string]string) (redisstore.Options, keys.Builder, error) {
-	o := redisstore.Options{Username: vals["redis_username"], Password: vals["redis_password"], Timeout: redisTimeout}
+func storeOptions(vals map[string]string) (store.Options, keys.Builder, error) {
+	o := store.Options{Username: vals["redis_username"], Password: vals["redis_password"], Timeout: redisTimeout}
 	for _, a := range strings.Split(vals["redis_addr"], ",") {
 		a = strings.TrimSpace(a)
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {

@@ -11,32 +11,32 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // t0 is when the test findings happened (their TimeMs); Redis stamps the
 // stream entries, which the audit window applies to, with the real time.
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
-func openStore(t *testing.T, addr, prefix, password string) *redisstore.Store {
+func openStore(t *testing.T, addr, prefix, password string) *store.Store {
 	t.Helper()
-	s := redisstore.New(redisstore.Options{Addrs: []string{addr}, Password: password, Timeout: time.Second}, keys.Builder{Prefix: prefix})
+	s := store.New(store.Options{Addrs: []string{addr}, Password: password, Timeout: time.Second}, keys.Builder{Prefix: prefix})
 	t.Cleanup(func() { s.Close() })
 	return s
 }
 
 // testFinding is a finding at t0+at between the given principals, one
 // connection each, from the given IPs and brokers.
-func testFinding(kind, action, clientID string, at time.Duration, principals, ips, brokers []string) *redisstore.Finding {
+func testFinding(kind, action, clientID string, at time.Duration, principals, ips, brokers []string) *store.Finding {
 	ms := t0.Add(at).UnixMilli()
-	f := &redisstore.Finding{
-		Reason: redisstore.ReasonDuplicateClientID, Severity: redisstore.SeverityHigh,
+	f := &store.Finding{
+		Reason: store.ReasonDuplicateClientID, Severity: store.SeverityHigh,
 		Kind: kind, Action: action, ClientID: clientID, Principals: principals, TimeMs: ms,
 	}
 	for i := range ips {
-		f.Connections = append(f.Connections, redisstore.Conn{
+		f.Connections = append(f.Connections, store.Conn{
 			ID: brokers[i] + "-1", Instance: brokers[i], Broker: brokers[i],
 			Principal: principals[i%len(principals)], IP: ips[i], ConnectedMs: ms - int64(i)*1000,
 		})
@@ -46,7 +46,7 @@ func testFinding(kind, action, clientID string, at time.Duration, principals, ip
 
 // addFindings stores the test findings. It returns a millisecond later,
 // since an audit leaves entries of its own millisecond to the next one.
-func addFindings(t *testing.T, s *redisstore.Store, fs ...*redisstore.Finding) {
+func addFindings(t *testing.T, s *store.Store, fs ...*store.Finding) {
 	t.Helper()
 	for _, f := range fs {
 		_, err := s.AddFinding(context.Background(), f, time.Minute, time.Hour, 1000)
@@ -60,17 +60,17 @@ func addFindings(t *testing.T, s *redisstore.Store, fs ...*redisstore.Finding) {
 //	sensor-1  cross-principal alice+mallory  at 0s (reported), 10s, 20s (folded), 2m (reported)
 //	pump-7    duplicate-connection carol     at 30s (reported, refused)
 //	evil\nid  cross-principal                at 1m (reported)
-func fixture(t *testing.T, s *redisstore.Store) {
+func fixture(t *testing.T, s *store.Store) {
 	t.Helper()
-	sensor := func(at time.Duration) *redisstore.Finding {
-		return testFinding(redisstore.KindCrossPrincipal, "flagged", "sensor-1", at,
+	sensor := func(at time.Duration) *store.Finding {
+		return testFinding(store.KindCrossPrincipal, "flagged", "sensor-1", at,
 			[]string{"alice", "mallory"}, []string{"203.0.113.5", "192.0.2.10"}, []string{"broker-b", "broker-a"})
 	}
 	addFindings(t, s,
 		sensor(0), sensor(10*time.Second), sensor(20*time.Second),
-		testFinding(redisstore.KindDuplicate, "refused", "pump-7", 30*time.Second,
+		testFinding(store.KindDuplicate, "refused", "pump-7", 30*time.Second,
 			[]string{"carol"}, []string{"198.51.100.7", "198.51.100.7"}, []string{"broker-a", "broker-a"}),
-		testFinding(redisstore.KindCrossPrincipal, "flagged", "evil\nid\x00"+strings.Repeat("A", 100), time.Minute,
+		testFinding(store.KindCrossPrincipal, "flagged", "evil\nid\x00"+strings.Repeat("A", 100), time.Minute,
 			[]string{"alice", "eve,admin"}, []string{"2001:db8::1"}, []string{"broker-a"}),
 		sensor(2*time.Minute),
 	)
@@ -130,8 +130,8 @@ func TestAuditJSON(t *testing.T) {
 	var doc struct {
 		Since, Until int64
 		Clients      []struct {
-			ClientID string               `json:"clientid"`
-			Findings []redisstore.Finding `json:"findings"`
+			ClientID string          `json:"clientid"`
+			Findings []store.Finding `json:"findings"`
 		}
 	}
 	require.NoError(t, json.Unmarshal([]byte(out), &doc))
@@ -147,8 +147,8 @@ func TestAuditJSON(t *testing.T) {
 	for _, c := range doc.Clients {
 		for _, f := range c.Findings {
 			assert.Equal(t, c.ClientID, f.ClientID)
-			assert.Equal(t, redisstore.ReasonDuplicateClientID, f.Reason)
-			assert.Equal(t, redisstore.SeverityHigh, f.Severity)
+			assert.Equal(t, store.ReasonDuplicateClientID, f.Reason)
+			assert.Equal(t, store.SeverityHigh, f.Severity)
 			assert.NotEmpty(t, f.ID)
 			got = append(got, row{c.ClientID, time.UnixMilli(f.TimeMs).Sub(t0), f.Count})
 		}
@@ -188,7 +188,7 @@ func TestAuditSinceLast(t *testing.T) {
 	assert.WithinDuration(t, time.Now(), mark1, 2*time.Second)
 
 	time.Sleep(2 * time.Millisecond) // a later stream entry than the mark
-	addFindings(t, s, testFinding(redisstore.KindCrossPrincipal, "flagged", "late", 3*time.Minute,
+	addFindings(t, s, testFinding(store.KindCrossPrincipal, "flagged", "late", 3*time.Minute,
 		[]string{"dave", "erin"}, []string{"192.0.2.99"}, []string{"broker-c"}))
 	code, out, errOut = audit(t, r.Addr, "t:", "--since-last")
 	require.Equal(t, exitOK, code, errOut)
@@ -213,7 +213,7 @@ func TestAuditSinceLast(t *testing.T) {
 	assert.Equal(t, mark3, mustLast(t, s))
 }
 
-func mustLast(t *testing.T, s *redisstore.Store) time.Time {
+func mustLast(t *testing.T, s *store.Store) time.Time {
 	t.Helper()
 	at, ok, err := s.LastAudit(context.Background())
 	require.NoError(t, err)

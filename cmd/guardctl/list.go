@@ -21,8 +21,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // defaultLimit is how many entries guardctl list shows without --limit.
@@ -183,7 +183,7 @@ func (l *listFlags) run(ctx context.Context, getenv func(string) string, stdout,
 
 // ping checks that Redis answers. As the first command, it dials: the dial
 // is bounded as a whole, since go-redis retries failed dials on its own.
-func ping(ctx context.Context, st *redisstore.Store) error {
+func ping(ctx context.Context, st *store.Store) error {
 	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
 	defer cancel()
 	return st.Client().Ping(ctx).Err()
@@ -192,7 +192,7 @@ func ping(ctx context.Context, st *redisstore.Store) error {
 // collectList finds the keys of kind (and scope, unless empty), keeps the
 // first limit of them in order and reads their values and expiries. Keys
 // the plugin can never match are named on stderr.
-func collectList(ctx context.Context, st *redisstore.Store, kind keys.Kind, scope string, limit int, stderr io.Writer) (listing, error) {
+func collectList(ctx context.Context, st *store.Store, kind keys.Kind, scope string, limit int, stderr io.Writer) (listing, error) {
 	kb := st.Keys()
 	pattern := keys.GlobEscape(kb.Prefix) + string(kind) + ":"
 	if scope != "" {
@@ -435,7 +435,7 @@ func neverMatches(e listEntry) string {
 
 // origin is "auto" for the plugin's automatic bans, else "operator".
 func (e listEntry) origin() string {
-	return redisstore.Match{Reason: e.Reason}.Origin()
+	return store.Match{Reason: e.Reason}.Origin()
 }
 
 // noun names n entries of ls's list.

@@ -1,4 +1,4 @@
-package redisstore
+package store
 
 import (
 	"context"
@@ -160,7 +160,7 @@ func (s *Store) ClientIDStates(ctx context.Context, ids []string) (map[string]St
 		return map[string]State{}, nil
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, fmt.Errorf("redisstore: client id state: %w", err)
+		return nil, fmt.Errorf("store: client id state: %w", err)
 	}
 	out := make(map[string]State, len(pending))
 	for id, c := range pending {
@@ -207,7 +207,7 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		out, err = s.writeConns(ctx, ws, window, true)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("redisstore: record connections: %w", err)
+		return nil, fmt.Errorf("store: record connections: %w", err)
 	}
 	return out, nil
 }
@@ -317,14 +317,14 @@ func (s *Store) Claim(ctx context.Context, clientID string, c Conn, alive []stri
 		v, err = claim(true)
 	}
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("redisstore: claim client id: %w", err)
+		return nil, fmt.Errorf("store: claim client id: %w", err)
 	}
 	if v == "" {
 		return nil, nil
 	}
 	var h Conn
 	if err := json.Unmarshal([]byte(v), &h); err != nil {
-		return nil, fmt.Errorf("redisstore: claim client id: bad live entry: %w", err)
+		return nil, fmt.Errorf("store: claim client id: bad live entry: %w", err)
 	}
 	return &h, nil
 }
@@ -333,7 +333,7 @@ func (s *Store) Claim(ctx context.Context, clientID string, c Conn, alive []stri
 func (s *Store) LiveConns(ctx context.Context, clientID string) ([]Conn, error) {
 	m, err := s.rdb.HGetAll(ctx, s.kb.Conn(clientID)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("redisstore: live conns: %w", err)
+		return nil, fmt.Errorf("store: live conns: %w", err)
 	}
 	return decodeConns(m), nil
 }
@@ -341,7 +341,7 @@ func (s *Store) LiveConns(ctx context.Context, clientID string) ([]Conn, error) 
 // PublishChange tells every replica that key changed.
 func (s *Store) PublishChange(ctx context.Context, key string) error {
 	if err := s.rdb.Publish(ctx, s.kb.Changes(), key).Err(); err != nil {
-		return fmt.Errorf("redisstore: publish change: %w", err)
+		return fmt.Errorf("store: publish change: %w", err)
 	}
 	return nil
 }
@@ -359,7 +359,7 @@ return n`)
 func (s *Store) CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error) {
 	n, err := takeoverScript.Run(ctx, s.rdb, []string{s.kb.Takeovers(clientID)}, window.Milliseconds()).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("redisstore: count takeover: %w", err)
+		return 0, fmt.Errorf("store: count takeover: %w", err)
 	}
 	return n, nil
 }
@@ -374,7 +374,7 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 	alive := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: strconv.FormatInt(now, 10), Max: "+inf"})
 	gone := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + strconv.FormatInt(now, 10), Count: 100})
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, nil, fmt.Errorf("redisstore: renew lease: %w", err)
+		return nil, nil, fmt.Errorf("store: renew lease: %w", err)
 	}
 	live = map[string]bool{}
 	for _, m := range alive.Val() {
@@ -392,7 +392,7 @@ func (s *Store) Reap(ctx context.Context, instance string) error {
 	for {
 		ids, next, err := s.rdb.SScan(ctx, set, cursor, "", 500).Result()
 		if err != nil {
-			return fmt.Errorf("redisstore: reap: %w", err)
+			return fmt.Errorf("store: reap: %w", err)
 		}
 		if len(ids) > 0 {
 			pipe := s.rdb.Pipeline()
@@ -400,7 +400,7 @@ func (s *Store) Reap(ctx context.Context, instance string) error {
 				pipe.HDel(ctx, s.kb.ConnTracked(id), instance)
 			}
 			if _, err := pipe.Exec(ctx); err != nil {
-				return fmt.Errorf("redisstore: reap: %w", err)
+				return fmt.Errorf("store: reap: %w", err)
 			}
 		}
 		if cursor = next; cursor == 0 {
@@ -408,10 +408,10 @@ func (s *Store) Reap(ctx context.Context, instance string) error {
 		}
 	}
 	if err := s.rdb.Del(ctx, set).Err(); err != nil {
-		return fmt.Errorf("redisstore: reap: %w", err)
+		return fmt.Errorf("store: reap: %w", err)
 	}
 	if err := s.rdb.ZRem(ctx, s.kb.Brokers(), instance).Err(); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("redisstore: reap: %w", err)
+		return fmt.Errorf("store: reap: %w", err)
 	}
 	return nil
 }

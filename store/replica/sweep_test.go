@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // filled returns a replica of n entries (a tenth of them ranges), every
@@ -35,7 +35,7 @@ func filled(n int, now time.Time) *Replica {
 // clients up back to back, and returns the lookup latencies seen while it
 // ran, sorted, and how long the sweep took.
 func lookupsDuringSweep(r *Replica, now time.Time) ([]time.Duration, time.Duration, int) {
-	qs := make([]redisstore.Query, 4096)
+	qs := make([]store.Query, 4096)
 	for i := range qs {
 		qs[i] = q("dev", fmt.Sprintf("10.0.%d.%d", i>>8&255, i&255), "bob")
 	}
@@ -93,7 +93,7 @@ func TestSweepDoesNotStallLookups(t *testing.T) {
 // BenchmarkLookupDuringSweep reports the worst and 99.99th percentile
 // lookup latency while Sweep runs over a million entries, half expired:
 //
-//	go test ./backends/replica -run '^$' -bench LookupDuringSweep -benchtime 3x
+//	go test ./store/replica -run '^$' -bench LookupDuringSweep -benchtime 3x
 func BenchmarkLookupDuringSweep(b *testing.B) {
 	now := time.Now()
 	var worst, p9999 time.Duration

@@ -1,4 +1,4 @@
-package plugin
+package config
 
 import (
 	"errors"
@@ -23,8 +23,8 @@ const (
 	BackendDefer Backend = "defer" // no credential check: PLUGIN_DEFER
 )
 
-// Config is the plugin's configuration, parsed from its mosquitto.conf options.
-type Config struct {
+// Options is the plugin's configuration, parsed from its mosquitto.conf options.
+type Options struct {
 	RedisAddrs    []string      // redis_addr: one host:port, or several (comma-separated) for a Redis Cluster
 	RedisUsername string        // redis_username: Redis ACL user
 	RedisPassword string        // redis_password: never logged
@@ -112,7 +112,7 @@ func (e *OptionError) Error() string {
 // ErrUnknownOption is wrapped by the error for an option this plugin does not know.
 var ErrUnknownOption = errors.New("unknown option")
 
-type optionParser func(c *Config, v string) error
+type optionParser func(c *Options, v string) error
 
 // options lists every option with its default (applied when absent) and parser.
 var options = map[string]struct {
@@ -120,40 +120,40 @@ var options = map[string]struct {
 	parse optionParser
 }{
 	"redis_addr":           {"127.0.0.1:6379", parseRedisAddr},
-	"redis_username":       {"", func(c *Config, v string) error { c.RedisUsername = v; return nil }},
-	"redis_password":       {"", func(c *Config, v string) error { c.RedisPassword = v; return nil }},
-	"redis_db":             {"0", intOption("redis_db", 0, 1<<16, func(c *Config) *int { return &c.RedisDB })},
-	"redis_timeout":        {"100ms", durationOption("redis_timeout", time.Millisecond, 10*time.Second, func(c *Config) *time.Duration { return &c.RedisTimeout })},
-	"key_prefix":           {"guard:", func(c *Config, v string) error { c.KeyPrefix = v; return nil }},
+	"redis_username":       {"", func(c *Options, v string) error { c.RedisUsername = v; return nil }},
+	"redis_password":       {"", func(c *Options, v string) error { c.RedisPassword = v; return nil }},
+	"redis_db":             {"0", intOption("redis_db", 0, 1<<16, func(c *Options) *int { return &c.RedisDB })},
+	"redis_timeout":        {"100ms", durationOption("redis_timeout", time.Millisecond, 10*time.Second, func(c *Options) *time.Duration { return &c.RedisTimeout })},
+	"key_prefix":           {"guard:", func(c *Options, v string) error { c.KeyPrefix = v; return nil }},
 	"backend":              {"", parseBackend},
-	"password_file":        {"", func(c *Config, v string) error { c.PasswordFile = v; return nil }},
+	"password_file":        {"", func(c *Options, v string) error { c.PasswordFile = v; return nil }},
 	"hasher_salt_encoding": {"base64", parseSaltEncoding},
-	"fail_limit":           {"5", intOption("fail_limit", 1, 1_000_000, func(c *Config) *int { return &c.Policy.Limit })},
-	"fail_window":          {"1m", durationOption("fail_window", time.Second, 24*time.Hour, func(c *Config) *time.Duration { return &c.Policy.Window })},
+	"fail_limit":           {"5", intOption("fail_limit", 1, 1_000_000, func(c *Options) *int { return &c.Policy.Limit })},
+	"fail_window":          {"1m", durationOption("fail_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.Window })},
 	"fail_scopes":          {"ip", parseFailScopes},
-	"fail_ipv6_prefix":     {"64", intOption("fail_ipv6_prefix", 16, 128, func(c *Config) *int { return &c.FailIPv6Prefix })},
-	"username_fail_limit":  {"20", intOption("username_fail_limit", 0, 1_000_000, func(c *Config) *int { return &c.UsernameFailLimit })},
-	"known_sources_max":    {"100000", intOption("known_sources_max", 1, 10_000_000, func(c *Config) *int { return &c.KnownSourcesMax })},
-	"ban_time":             {"10m", durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Config) *time.Duration { return &c.Policy.BanTime })},
-	"ban_max":              {"24h", durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Config) *time.Duration { return &c.Policy.BanMax })},
+	"fail_ipv6_prefix":     {"64", intOption("fail_ipv6_prefix", 16, 128, func(c *Options) *int { return &c.FailIPv6Prefix })},
+	"username_fail_limit":  {"20", intOption("username_fail_limit", 0, 1_000_000, func(c *Options) *int { return &c.UsernameFailLimit })},
+	"known_sources_max":    {"100000", intOption("known_sources_max", 1, 10_000_000, func(c *Options) *int { return &c.KnownSourcesMax })},
+	"ban_time":             {"10m", durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanTime })},
+	"ban_max":              {"24h", durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanMax })},
 	"redis_unavailable":    {"allow", parseUnavailable},
 	"clientid_conflict":    {"flag", parseConflictMode},
-	"conflict_window":      {"31d", durationOption("conflict_window", time.Minute, 366*24*time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.Window })},
-	"takeover_limit":       {"3", intOption("takeover_limit", 1, 1_000_000, func(c *Config) *int { return &c.Conflicts.TakeoverLimit })},
-	"takeover_window":      {"1m", durationOption("takeover_window", time.Second, 24*time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.TakeoverWindow })},
-	"findings_max": {"10000", func(c *Config, v string) error {
+	"conflict_window":      {"31d", durationOption("conflict_window", time.Minute, 366*24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Window })},
+	"takeover_limit":       {"3", intOption("takeover_limit", 1, 1_000_000, func(c *Options) *int { return &c.Conflicts.TakeoverLimit })},
+	"takeover_window":      {"1m", durationOption("takeover_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.TakeoverWindow })},
+	"findings_max": {"10000", func(c *Options, v string) error {
 		var n int
-		err := intOption("findings_max", 10, 100_000_000, func(*Config) *int { return &n })(c, v)
+		err := intOption("findings_max", 10, 100_000_000, func(*Options) *int { return &n })(c, v)
 		c.Conflicts.FindingsMax = int64(n)
 		return err
 	}},
 	"findings_topic": {"", parseFindingsTopic},
-	"findings_fold":  {"1h", durationOption("findings_fold", time.Second, 366*24*time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.Fold })},
+	"findings_fold":  {"1h", durationOption("findings_fold", time.Second, 366*24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Fold })},
 	"broker_name":    {"", parseBrokerName},
-	"replica_resync": {"5m", durationOption("replica_resync", 10*time.Second, 24*time.Hour, func(c *Config) *time.Duration { return &c.ReplicaResync })},
-	"auth_cache":     {"100000", intOption("auth_cache", 0, 10_000_000, func(c *Config) *int { return &c.AuthCache })},
+	"replica_resync": {"5m", durationOption("replica_resync", 10*time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.ReplicaResync })},
+	"auth_cache":     {"100000", intOption("auth_cache", 0, 10_000_000, func(c *Options) *int { return &c.AuthCache })},
 	"acl_check":      {"auto", parseACLMode},
-	"broker_lease":   {"30s", durationOption("broker_lease", time.Second, time.Hour, func(c *Config) *time.Duration { return &c.Conflicts.Lease })},
+	"broker_lease":   {"30s", durationOption("broker_lease", time.Second, time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Lease })},
 }
 
 // OptionNames returns the names of every option, sorted.
@@ -166,23 +166,23 @@ func OptionNames() []string {
 	return names
 }
 
-// Parse builds a Config from the plugin's options (names without their
+// Parse builds an Options from the plugin's options (names without their
 // auth_opt_ or plugin_opt_ prefix): defaults first, then each given value,
 // then the checks that span several options. The first problem is returned.
-func Parse(opts map[string]string) (Config, error) {
+func Parse(opts map[string]string) (Options, error) {
 	for name := range opts {
 		if _, ok := options[name]; !ok {
-			return Config{}, fmt.Errorf("option %s: %w (known options: %s)", name, ErrUnknownOption, strings.Join(OptionNames(), ", "))
+			return Options{}, fmt.Errorf("option %s: %w (known options: %s)", name, ErrUnknownOption, strings.Join(OptionNames(), ", "))
 		}
 	}
-	var c Config
+	var c Options
 	for _, name := range OptionNames() {
 		v, given := opts[name]
 		if !given {
 			v = options[name].def
 		}
 		if err := options[name].parse(&c, strings.TrimSpace(v)); err != nil {
-			return Config{}, err
+			return Options{}, err
 		}
 	}
 	err := c.validate()
@@ -197,7 +197,7 @@ func Parse(opts map[string]string) (Config, error) {
 	return c, err
 }
 
-func (c *Config) validate() error {
+func (c *Options) validate() error {
 	if c.Policy.BanMax < c.Policy.BanTime {
 		return &OptionError{"ban_max", c.Policy.BanMax.String(), fmt.Sprintf("a duration at least ban_time (%s)", c.Policy.BanTime)}
 	}
@@ -225,7 +225,7 @@ func (c *Config) validate() error {
 	return nil
 }
 
-func parseRedisAddr(c *Config, v string) error {
+func parseRedisAddr(c *Options, v string) error {
 	const want = "host:port, or several host:port separated by commas for a Redis Cluster"
 	c.RedisAddrs = nil
 	for _, a := range strings.Split(v, ",") {
@@ -242,7 +242,7 @@ func parseRedisAddr(c *Config, v string) error {
 	return nil
 }
 
-func parseBackend(c *Config, v string) error {
+func parseBackend(c *Options, v string) error {
 	switch Backend(v) {
 	case BackendFiles, BackendRedis, BackendDefer, "":
 		c.Backend = Backend(v)
@@ -251,7 +251,7 @@ func parseBackend(c *Config, v string) error {
 	return &OptionError{"backend", v, "one of files, redis, defer"}
 }
 
-func parseSaltEncoding(c *Config, v string) error {
+func parseSaltEncoding(c *Options, v string) error {
 	if v != "base64" && v != "utf8" && v != "utf-8" {
 		return &OptionError{"hasher_salt_encoding", v, "base64, or utf8 (also spelt utf-8, as in mosquitto-go-auth)"}
 	}
@@ -259,7 +259,7 @@ func parseSaltEncoding(c *Config, v string) error {
 	return nil
 }
 
-func parseUnavailable(c *Config, v string) error {
+func parseUnavailable(c *Options, v string) error {
 	switch v {
 	case "allow":
 		c.DenyWhenRedisDown = false
@@ -271,7 +271,7 @@ func parseUnavailable(c *Config, v string) error {
 	return nil
 }
 
-func parseFailScopes(c *Config, v string) error {
+func parseFailScopes(c *Options, v string) error {
 	const want = "a list of ip, clientid, username separated by commas or spaces"
 	c.FailScopes = nil
 	seen := map[keys.Scope]bool{}
@@ -291,7 +291,7 @@ func parseFailScopes(c *Config, v string) error {
 	return nil
 }
 
-func parseConflictMode(c *Config, v string) error {
+func parseConflictMode(c *Options, v string) error {
 	switch m := ConflictMode(v); m {
 	case ConflictOff, ConflictFlag, ConflictDeny:
 		c.Conflicts.Mode = m
@@ -300,7 +300,7 @@ func parseConflictMode(c *Config, v string) error {
 	return &OptionError{"clientid_conflict", v, "one of off, flag, deny"}
 }
 
-func parseACLMode(c *Config, v string) error {
+func parseACLMode(c *Options, v string) error {
 	switch m := ACLMode(v); m {
 	case ACLAuto, ACLDefer, ACLAllow, ACLOff:
 		c.ACLCheck = m
@@ -309,7 +309,7 @@ func parseACLMode(c *Config, v string) error {
 	return &OptionError{"acl_check", v, "one of auto, defer, allow, off"}
 }
 
-func parseFindingsTopic(c *Config, v string) error {
+func parseFindingsTopic(c *Options, v string) error {
 	if strings.ContainsAny(v, "+#\x00") || len(v) > 65535 {
 		return &OptionError{"findings_topic", v, "an MQTT topic name without wildcards (+ #), or nothing"}
 	}
@@ -317,7 +317,7 @@ func parseFindingsTopic(c *Config, v string) error {
 	return nil
 }
 
-func parseBrokerName(c *Config, v string) error {
+func parseBrokerName(c *Options, v string) error {
 	if v == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -332,8 +332,8 @@ func parseBrokerName(c *Config, v string) error {
 	return nil
 }
 
-// parseDuration is time.ParseDuration plus a day suffix: 31d, 1d12h.
-func parseDuration(v string) (time.Duration, error) {
+// ParseDuration is time.ParseDuration plus a day suffix: 31d, 1d12h.
+func ParseDuration(v string) (time.Duration, error) {
 	days := time.Duration(0)
 	if i := strings.IndexByte(v, 'd'); i > 0 {
 		n, err := strconv.Atoi(v[:i])
@@ -349,8 +349,8 @@ func parseDuration(v string) (time.Duration, error) {
 	return days + d, err
 }
 
-func intOption(name string, lo, hi int, field func(*Config) *int) optionParser {
-	return func(c *Config, v string) error {
+func intOption(name string, lo, hi int, field func(*Options) *int) optionParser {
+	return func(c *Options, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < lo || n > hi {
 			return &OptionError{name, v, fmt.Sprintf("a whole number from %d to %d", lo, hi)}
@@ -360,9 +360,9 @@ func intOption(name string, lo, hi int, field func(*Config) *int) optionParser {
 	}
 }
 
-func durationOption(name string, lo, hi time.Duration, field func(*Config) *time.Duration) optionParser {
-	return func(c *Config, v string) error {
-		d, err := parseDuration(v)
+func durationOption(name string, lo, hi time.Duration, field func(*Options) *time.Duration) optionParser {
+	return func(c *Options, v string) error {
+		d, err := ParseDuration(v)
 		if err != nil || d < lo || d > hi {
 			return &OptionError{name, v, fmt.Sprintf("a duration from %s to %s, such as 90s, 10m, 1h30m or 31d", lo, hi)}
 		}

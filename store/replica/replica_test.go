@@ -13,15 +13,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 var kb = keys.Builder{Prefix: "guard:"}
 
-func q(id, ip, user string) redisstore.Query {
-	qq := redisstore.Query{ClientID: id, Username: user, HasUsername: user != ""}
+func q(id, ip, user string) store.Query {
+	qq := store.Query{ClientID: id, Username: user, HasUsername: user != ""}
 	if ip != "" {
 		qq.IP = netip.MustParseAddr(ip)
 	}
@@ -119,7 +119,7 @@ type changes struct {
 
 func (c *changes) add(k string, _, _ *Entry) { c.mu.Lock(); c.keys = append(c.keys, k); c.mu.Unlock() }
 
-func eventuallyBlocked(t *testing.T, r *Replica, qq redisstore.Query, want bool) {
+func eventuallyBlocked(t *testing.T, r *Replica, qq store.Query, want bool) {
 	t.Helper()
 	require.Eventually(t, func() bool { return (r.Lookup(qq, time.Now()).Block != nil) == want }, 2*time.Second, time.Millisecond)
 }
@@ -147,7 +147,7 @@ func TestSyncFollowsRedis(t *testing.T) {
 
 	require.NoError(t, rdb.Set(ctx, "guard:user:carol", "$7$hash", 0).Err())
 	require.Eventually(t, func() bool {
-		return r.Lookup(redisstore.Query{Username: "carol", HasUsername: true, WantUser: true}, time.Now()).HasUser
+		return r.Lookup(store.Query{Username: "carol", HasUsername: true, WantUser: true}, time.Now()).HasUser
 	}, 2*time.Second, time.Millisecond)
 	require.NoError(t, rdb.Set(ctx, "other:block:ip:198.51.100.7", "not ours", 0).Err())
 	time.Sleep(50 * time.Millisecond)

@@ -1,4 +1,4 @@
-package plugin
+package config
 
 import (
 	"errors"
@@ -115,4 +115,16 @@ func TestBanTimeAboveDefaultMax(t *testing.T) {
 	_, err = Parse(map[string]string{"ban_time": "2h", "ban_max": "1h"})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "option ban_max:")
+}
+
+func TestParseDurationDays(t *testing.T) {
+	for in, want := range map[string]time.Duration{"31d": 744 * time.Hour, "1d12h": 36 * time.Hour, "90s": 90 * time.Second} {
+		d, err := ParseDuration(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, d, in)
+	}
+	for _, bad := range []string{"d", "xd", "1d1", "-1d"} {
+		_, err := ParseDuration(bad)
+		assert.Error(t, err, bad)
+	}
 }

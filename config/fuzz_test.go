@@ -1,4 +1,4 @@
-package plugin
+package config
 
 import (
 	"errors"
@@ -11,9 +11,9 @@ import (
 // FuzzParse feeds the plugin's option parser two option values as an
 // operator could write them in mosquitto.conf (auth_opt_<name> <value>):
 // it must never panic; a refusal is an *OptionError (or an unknown option)
-// whose message is one line, whatever the value holds; an accepted Config
+// whose message is one line, whatever the value holds; an accepted Options
 // keeps the invariants the rest of the plugin relies on.
-// Run it with: go test -run '^$' -fuzz '^FuzzParse$' ./plugin
+// Run it with: go test -run '^$' -fuzz '^FuzzParse$' ./config
 func FuzzParse(f *testing.F) {
 	for _, s := range [][4]string{
 		{"fail_limit", "5", "fail_window", "1m"},
@@ -79,7 +79,7 @@ func FuzzParse(f *testing.F) {
 // file without include_dir, it must see exactly the acl_file and plugin
 // lines a line-by-line reading finds, whatever the length of the lines
 // before them (Mosquitto itself reads lines of any length).
-// Run it with: go test -run '^$' -fuzz '^FuzzScanBrokerConfig$' ./plugin
+// Run it with: go test -run '^$' -fuzz '^FuzzScanBrokerConfig$' ./config
 func FuzzScanBrokerConfig(f *testing.F) {
 	f.Add([]byte("listener 1883\nauth_plugin /x/mosquitto_guard.so\n"))
 	f.Add([]byte("acl_file /etc/mosquitto/acl\r\nplugin /usr/lib/dynsec.so\r\n"))

@@ -1,4 +1,4 @@
-package redisstore
+package store
 
 import (
 	"fmt"
@@ -16,7 +16,7 @@ import (
 // longer than keys.TrackingMax), and whatever else a hash holds (written by
 // another version, by hand, or corrupted) decodes without panicking to
 // records that have an ID, newest first.
-// Run it with: go test -run '^$' -fuzz '^FuzzConns$' ./backends/redisstore
+// Run it with: go test -run '^$' -fuzz '^FuzzConns$' ./store
 func FuzzConns(f *testing.F) {
 	f.Add("b1-1", "alice", "192.0.2.1", "edge-1", int64(1700000000000), `{"id":"x","connected_ms":"1"}`)
 	f.Add("b1-2", "<>&\"\\", "::1", "", int64(-1), `{"id":"","ip":"1"}`)
@@ -56,7 +56,7 @@ func FuzzConns(f *testing.F) {
 // (values as Redis returns them, all strings) reads back as the finding with
 // its client ID and principals in keys.Tracking form; and an entry with any
 // other values (another writer, corruption) reads without panicking.
-// Run it with: go test -run '^$' -fuzz '^FuzzFinding$' ./backends/redisstore
+// Run it with: go test -run '^$' -fuzz '^FuzzFinding$' ./store
 func FuzzFinding(f *testing.F) {
 	f.Add("dev-1", "alice", "bob", "192.0.2.1", int64(1700000000000), `["a",1]`, `[{"id":1}]`, "12")
 	f.Add(string(make([]byte, 400)), "", "\xff", "::1", int64(0), `null`, `{}`, "-9223372036854775809")

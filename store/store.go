@@ -1,7 +1,7 @@
-// Package redisstore is mosquitto-guard's Redis backend: the allow and block
+// Package store is mosquitto-guard's Redis backend: the allow and block
 // lists and the users kept in Redis, read in one pipelined round trip per
 // CONNECT, on a single Redis or a Redis Cluster.
-package redisstore
+package store
 
 import (
 	"context"
@@ -142,7 +142,7 @@ func (s *Store) Close() error {
 // may wait longer than redis_timeout.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.clients.bg.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redisstore: ping: %w", err)
+		return fmt.Errorf("store: ping: %w", err)
 	}
 	return nil
 }
@@ -267,7 +267,7 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 		conns = pipe.HGetAll(ctx, s.kb.Conn(q.ClientID))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return Answer{}, fmt.Errorf("redisstore: lookup: %w", err)
+		return Answer{}, fmt.Errorf("store: lookup: %w", err)
 	}
 	var a Answer
 	var allows, blocks []*Match
@@ -302,7 +302,7 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	}
 	if conns != nil {
 		if err := conns.Err(); err != nil {
-			return Answer{}, fmt.Errorf("redisstore: lookup: %w", err)
+			return Answer{}, fmt.Errorf("store: lookup: %w", err)
 		}
 		a.Live = decodeConns(conns.Val())
 	}
@@ -315,7 +315,7 @@ func value(cmd *redis.StringCmd) (string, bool, error) {
 	case errors.Is(err, redis.Nil):
 		return "", false, nil
 	case err != nil:
-		return "", false, fmt.Errorf("redisstore: lookup: %w", err)
+		return "", false, fmt.Errorf("store: lookup: %w", err)
 	}
 	return v, true, nil
 }

@@ -15,8 +15,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/redisstore"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Entry is one replicated key, as the sync reads it.
@@ -359,18 +359,18 @@ func (r *Replica) Sweep(t time.Time) int {
 	return n
 }
 
-// Lookup answers q from the replica, exactly as redisstore.Store.Lookup
+// Lookup answers q from the replica, exactly as store.Store.Lookup
 // answers it from Redis: the first allow and block entries in the order
 // client ID, username, IP, narrowest range.
-func (r *Replica) Lookup(q redisstore.Query, t time.Time) redisstore.Answer {
+func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 	now := t.UnixMilli()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	var a redisstore.Answer
-	var allows, blocks [4]*redisstore.Match
+	var a store.Answer
+	var allows, blocks [4]*store.Match
 	r.matches(keys.Allow, q, now, &allows)
 	r.matches(keys.Block, q, now, &blocks)
-	a.Allow, a.Block = redisstore.Resolve(allows[:], blocks[:])
+	a.Allow, a.Block = store.Resolve(allows[:], blocks[:])
 	if q.HasUsername && len(r.throttles) > 0 {
 		if e, ok := r.throttles[keys.Tracking(q.Username)]; ok && e.live(now) {
 			k := r.kb.Throttle(q.Username)
@@ -387,8 +387,8 @@ func (r *Replica) Lookup(q redisstore.Query, t time.Time) redisstore.Answer {
 
 // matches fills out with the entries of one list that match q, one per
 // scope, in the order client ID, username, IP, narrowest range.
-func (r *Replica) matches(kind keys.Kind, q redisstore.Query, now int64, out *[4]*redisstore.Match) {
-	try := func(scope keys.Scope, value string) *redisstore.Match {
+func (r *Replica) matches(kind keys.Kind, q store.Query, now int64, out *[4]*store.Match) {
+	try := func(scope keys.Scope, value string) *store.Match {
 		k := r.kb.List(kind, scope, value)
 		if e, ok := r.exact[k]; ok && e.live(now) {
 			return match(kind, scope, value, k, e, now)
@@ -397,7 +397,7 @@ func (r *Replica) matches(kind keys.Kind, q redisstore.Query, now int64, out *[4
 	}
 	// A claim over 256 bytes is also looked up by its tracking form: the
 	// form automatic bans of it are written in (see plugin failKeys).
-	tryClaim := func(scope keys.Scope, value string) *redisstore.Match {
+	tryClaim := func(scope keys.Scope, value string) *store.Match {
 		if m := try(scope, value); m != nil {
 			return m
 		}
@@ -420,10 +420,10 @@ func (r *Replica) matches(kind keys.Kind, q redisstore.Query, now int64, out *[4
 	}
 }
 
-func match(kind keys.Kind, scope keys.Scope, value, key string, e slot, now int64) *redisstore.Match {
+func match(kind keys.Kind, scope keys.Scope, value, key string, e slot, now int64) *store.Match {
 	ttl := time.Duration(-1)
 	if e.exp != 0 {
 		ttl = time.Duration(e.exp-now) * time.Millisecond
 	}
-	return &redisstore.Match{Kind: kind, Scope: scope, Value: value, Key: key, Reason: e.value, TTL: ttl}
+	return &store.Match{Kind: kind, Scope: scope, Value: value, Key: key, Reason: e.value, TTL: ttl}
 }

@@ -1,4 +1,4 @@
-package redisstore
+package store
 
 import (
 	"bytes"
@@ -95,7 +95,7 @@ func (s *Store) AddFinding(ctx context.Context, f *Finding, period, ttl time.Dur
 	f.Fold = FoldID(f.Kind, keys.Tracking(f.ClientID), boundAll(f.Principals))
 	res, err := foldScript.Run(ctx, s.rdb, []string{s.kb.Fold(f.Fold)}, f.TimeMs, period.Milliseconds(), ttl.Milliseconds()).Int64Slice()
 	if err != nil || len(res) != 2 {
-		return false, fmt.Errorf("redisstore: add finding: %v", err)
+		return false, fmt.Errorf("store: add finding: %v", err)
 	}
 	f.Count = res[1]
 	if res[0] == 0 {
@@ -105,7 +105,7 @@ func (s *Store) AddFinding(ctx context.Context, f *Finding, period, ttl time.Dur
 		Stream: s.kb.Findings(), MaxLen: max, Approx: true, Values: f.values(),
 	}).Result()
 	if err != nil {
-		return false, fmt.Errorf("redisstore: add finding: %w", err)
+		return false, fmt.Errorf("store: add finding: %w", err)
 	}
 	f.ID = id
 	return true, nil
@@ -157,7 +157,7 @@ func jsonString(v any) string {
 func (s *Store) Findings(ctx context.Context, since time.Time) ([]Finding, error) {
 	msgs, err := s.rdb.XRevRange(ctx, s.kb.Findings(), "+", strconv.FormatInt(since.UnixMilli(), 10)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("redisstore: findings: %w", err)
+		return nil, fmt.Errorf("store: findings: %w", err)
 	}
 	out := make([]Finding, 0, len(msgs))
 	folds := map[string]*redis.MapStringStringCmd{}
@@ -171,7 +171,7 @@ func (s *Store) Findings(ctx context.Context, since time.Time) ([]Finding, error
 	}
 	if len(folds) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, fmt.Errorf("redisstore: findings: %w", err)
+			return nil, fmt.Errorf("store: findings: %w", err)
 		}
 	}
 	for i := range out {
@@ -210,11 +210,11 @@ func (s *Store) LastAudit(ctx context.Context) (time.Time, bool, error) {
 	case errors.Is(err, redis.Nil):
 		return time.Time{}, false, nil
 	case err != nil:
-		return time.Time{}, false, fmt.Errorf("redisstore: last audit: %w", err)
+		return time.Time{}, false, fmt.Errorf("store: last audit: %w", err)
 	}
 	ms, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("redisstore: last audit: bad value %q at %s", v, s.kb.AuditLast())
+		return time.Time{}, false, fmt.Errorf("store: last audit: bad value %q at %s", v, s.kb.AuditLast())
 	}
 	return time.UnixMilli(ms), true, nil
 }
@@ -222,7 +222,7 @@ func (s *Store) LastAudit(ctx context.Context) (time.Time, bool, error) {
 // MarkAudit records t as the time of the last audit.
 func (s *Store) MarkAudit(ctx context.Context, t time.Time) error {
 	if err := s.rdb.Set(ctx, s.kb.AuditLast(), t.UnixMilli(), 0).Err(); err != nil {
-		return fmt.Errorf("redisstore: mark audit: %w", err)
+		return fmt.Errorf("store: mark audit: %w", err)
 	}
 	return nil
 }
