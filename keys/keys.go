@@ -112,6 +112,16 @@ func (b Builder) Known(username string) string {
 	return b.Prefix + "known:" + Tracking(username)
 }
 
+// AutoBanMarker starts the value of every key the plugin writes itself: an
+// automatic ban ("auto: over 5 failed authentications ...") or a username
+// throttle. An operator's reason never starts with it (guardctl refuses
+// one that does), so the origin of a ban is told by its value alone.
+const AutoBanMarker = "auto:"
+
+// IsAutoBan reports whether a list entry's value marks the plugin's own
+// automatic ban (or throttle), rather than an operator's entry.
+func IsAutoBan(value string) bool { return strings.HasPrefix(value, AutoBanMarker) }
+
 // TrackingMax is the longest client ID or principal that conflict tracking
 // stores as it is; see Tracking.
 const TrackingMax = 256

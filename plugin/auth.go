@@ -3,13 +3,14 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -52,7 +53,7 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 		}
 		rule, err := g.checkCredentials(c, ans, known)
 		if err != nil {
-			g.log(LevelError, fmt.Sprintf("mosquitto-guard: the stored hash of username=%s cannot be used: %v", quote(c.Username), err))
+			g.log(LevelError, fmt.Sprintf("mosquitto-guard: the stored hash of username=%s cannot be used: %v", logval.Quote(c.Username), err))
 		}
 		if rule != "" {
 			d := g.refuse(c, ip, Decision{Result: Deny, Rule: rule}, reauth)
@@ -106,7 +107,7 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision
 			continue // a ban of this key would not apply to this client
 		}
 		if g.local.Exhausted(k.local(), now) {
-			return g.refuse(c, ip, Decision{Result: Deny, Rule: RuleFailLimit, Detail: string(k.scope) + "=" + quote(k.value)}, false), true
+			return g.refuse(c, ip, Decision{Result: Deny, Rule: RuleFailLimit, Detail: string(k.scope) + "=" + logval.Quote(k.value)}, false), true
 		}
 	}
 	// The username throttle: from Redis (every broker's count), or from this
@@ -229,7 +230,7 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans store.Answer, redisOK
 	d := Decision{Result: Deny, Rule: RuleClientIDConflict}
 	if g.floods.Allow(g.floodSource(c, ip), floodRule(d), g.now()) { // as every refusal line: bounded per source
 		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s holder_principal=%s holder_ip=%s holder_broker=%s",
-			describeClient(c, ip), RuleClientIDConflict, quote(holder.Principal), holder.IP, quote(holder.Broker)))
+			describeClient(c, ip), RuleClientIDConflict, logval.Quote(holder.Principal), holder.IP, logval.Quote(holder.Broker)))
 	}
 	if !claimed {
 		attempt = g.conflicts.newConn(principal, addrString(c, ip), g.now())
@@ -413,7 +414,7 @@ func (g *Guard) refuseThrottled(c Client, ip netip.Addr, m *store.Match) Decisio
 // is one source).
 func (g *Guard) floodSource(c Client, ip netip.Addr) string {
 	if !ip.IsValid() {
-		return "ip=" + quote(c.Address)
+		return "ip=" + logval.Quote(c.Address)
 	}
 	k := g.sourceKey(ip)
 	return string(k.scope) + "=" + k.value
@@ -434,7 +435,7 @@ func (g *Guard) sourceKey(ip netip.Addr) failKey {
 // about 200 bytes.
 func floodRule(d Decision) string {
 	if d.Match != nil {
-		return "rule=" + quote(d.Match.Key)
+		return "rule=" + logval.Quote(d.Match.Key)
 	}
 	return "rule=" + d.Rule
 }

@@ -6,12 +6,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -487,7 +488,7 @@ func (c *conflicts) renew() {
 	c.live.Store(&live)
 	for _, d := range dead {
 		if err := c.store.Reap(ctx, d); err == nil {
-			c.g.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+quote(d)+": its lease ran out")
+			c.g.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+logval.Quote(d)+": its lease ran out")
 		}
 	}
 }
@@ -504,13 +505,13 @@ func describeFinding(f *store.Finding) string {
 	var ips, brokers []string
 	for _, c := range f.Connections {
 		ips = append(ips, c.IP)
-		brokers = append(brokers, quote(c.Broker))
+		brokers = append(brokers, logval.Quote(c.Broker))
 	}
 	ps := make([]string, len(f.Principals))
 	for i, p := range f.Principals {
-		ps[i] = quote(p)
+		ps[i] = logval.Quote(p)
 	}
 	return fmt.Sprintf("mosquitto-guard: finding %s severity=%s kind=%s action=%s client_id=%s principals=[%s] ips=[%s] brokers=[%s] disconnected_ms=%d count=%d id=%s",
-		f.Reason, f.Severity, f.Kind, f.Action, quote(f.ClientID), strings.Join(ps, ","), strings.Join(ips, ","),
+		f.Reason, f.Severity, f.Kind, f.Action, logval.Quote(f.ClientID), strings.Join(ps, ","), strings.Join(ips, ","),
 		strings.Join(brokers, ","), f.DisplacedDisconnectedMs, f.Count, f.ID)
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -80,29 +81,19 @@ type Decision struct {
 	claimedSource bool // checkLimits: let through a throttle as a source known by client ID only
 }
 
-// quote renders a hostile client-supplied string for a log line: escaped,
-// on one line, and cut to a readable length with a note of the full size.
-func quote(s string) string {
-	const max = 200
-	if len(s) <= max {
-		return strconv.Quote(s)
-	}
-	return strconv.Quote(s[:max]) + fmt.Sprintf("...(%d bytes)", len(s))
-}
-
 func describeClient(c Client, ip netip.Addr) string {
 	var b strings.Builder
 	b.WriteString("client_id=")
-	b.WriteString(quote(c.ClientID))
+	b.WriteString(logval.Quote(c.ClientID))
 	b.WriteString(" ip=")
 	if ip.IsValid() {
 		b.WriteString(ip.String())
 	} else {
-		b.WriteString(quote(c.Address))
+		b.WriteString(logval.Quote(c.Address))
 	}
 	b.WriteString(" username=")
 	if c.HasUsername {
-		b.WriteString(quote(c.Username))
+		b.WriteString(logval.Quote(c.Username))
 	} else {
 		b.WriteString("<none>")
 	}
@@ -119,5 +110,5 @@ func expiry(now time.Time, ttl time.Duration) string {
 
 // describeMatch renders the rule, origin, expiry and reason of a list entry.
 func describeMatch(m *store.Match, now time.Time) string {
-	return fmt.Sprintf("rule=%s origin=%s expires=%s reason=%s", quote(m.Key), m.Origin(), expiry(now, m.TTL), quote(m.Reason))
+	return fmt.Sprintf("rule=%s origin=%s expires=%s reason=%s", logval.Quote(m.Key), m.Origin(), expiry(now, m.TTL), logval.Quote(m.Reason))
 }

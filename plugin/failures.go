@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
@@ -146,8 +147,8 @@ func (q *failureQueue) count(f failure) {
 			g.banned(ban)
 			c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
 			g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: banned %s=%s: %s; last %s rule=%s origin=auto expires=%s offence=%d",
-				k.scope, quote(k.value), g.cfg.Policy.Rule(), describeClient(c, f.ip),
-				quote(ban.Key), expiry(g.now(), ban.Duration), ban.Offence))
+				k.scope, logval.Quote(k.value), g.cfg.Policy.Rule(), describeClient(c, f.ip),
+				logval.Quote(ban.Key), expiry(g.now(), ban.Duration), ban.Offence))
 		}
 		if err != nil {
 			q.lost(err)
@@ -233,5 +234,5 @@ func (g *Guard) throttled(th *ratelimit.Throttle) {
 	_ = g.bgStore.PublishChange(ctx, th.Key)
 	cancel()
 	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: throttling username=%s: over %d failed authentications of it from any source (%d allowed, refilling 1 per %s); until %s its attempts from sources it never authenticated from are refused unchecked rule=%s",
-		quote(th.Username), g.cfg.UsernameFailLimit, g.cfg.UsernameFailLimit, g.cfg.Policy.Window, expiry(g.now(), th.Duration), RuleUsernameThrottled))
+		logval.Quote(th.Username), g.cfg.UsernameFailLimit, g.cfg.UsernameFailLimit, g.cfg.Policy.Window, expiry(g.now(), th.Duration), RuleUsernameThrottled))
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -19,6 +18,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
@@ -303,8 +304,8 @@ func TestDeferBackend(t *testing.T) {
 }
 
 func TestQuoteCutsHostileValues(t *testing.T) {
-	assert.Equal(t, `"a\nb\"c"`, quote("a\nb\"c"))
-	q := quote(strings.Repeat("x", 20000))
+	assert.Equal(t, `"a\nb\"c"`, logval.Quote("a\nb\"c"))
+	q := logval.Quote(strings.Repeat("x", 20000))
 	assert.Less(t, len(q), 300)
 	assert.Contains(t, q, "(20000 bytes)")
 	assert.Equal(t, "ip=192.0.2.1", strings.Fields(describeClient(Client{Address: "192.0.2.1"}, netip.MustParseAddr("192.0.2.1")))[1])

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -86,7 +87,7 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 	for _, lc := range kicked {
 		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername}
 		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: kicking %s rule=%s origin=operator: banned while connected",
-			describeClient(c, lc.ip), quote(key)))
+			describeClient(c, lc.ip), logval.Quote(key)))
 		g.out.Kick(lc.handle, lc.clientID)
 	}
 }

@@ -3,14 +3,14 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
-	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
 )
 
@@ -82,13 +82,13 @@ func (g *Guard) listChanged(key string, e, old *replica.Entry, notified bool) {
 	}
 	now := g.now()
 	if e == nil {
-		if notified && old != nil && strings.HasPrefix(old.Value, ratelimit.ReasonPrefix) &&
+		if notified && old != nil && keys.IsAutoBan(old.Value) &&
 			(old.Expires.IsZero() || now.Before(old.Expires.Add(-liftSlack))) {
 			g.liftedEarly(scope, value)
 		}
 		return
 	}
-	if strings.HasPrefix(e.Value, ratelimit.ReasonPrefix) {
+	if keys.IsAutoBan(e.Value) {
 		return // an automatic ban: its client was refused already
 	}
 	if !e.Expires.IsZero() && !now.Before(e.Expires) {
@@ -120,7 +120,7 @@ func (g *Guard) recheckConns() {
 		now := g.now()
 		for _, lc := range chunk {
 			b := g.replica.Lookup(queryOf(lc), now).Block
-			if b == nil || done[b.Key] || strings.HasPrefix(b.Reason, ratelimit.ReasonPrefix) {
+			if b == nil || done[b.Key] || keys.IsAutoBan(b.Reason) {
 				continue
 			}
 			done[b.Key] = true
@@ -169,5 +169,5 @@ func (g *Guard) resetCount(k failKey) {
 		g.health.down(err)
 		return
 	}
-	g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: automatic ban of %s=%s lifted before its time: its failure count starts again", k.scope, quote(k.value)))
+	g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: automatic ban of %s=%s lifted before its time: its failure count starts again", k.scope, logval.Quote(k.value)))
 }

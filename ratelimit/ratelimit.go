@@ -33,7 +33,7 @@
 //	guard:offences:ip:192.0.2.7     how many automatic bans the key has had, expiring BanMax after the ban
 //
 // The block key is the same one operators write by hand; automatic bans are
-// told apart by their value, which always starts with "auto: ". An existing
+// told apart by their value, which always starts with keys.AutoBanMarker ("auto:"). An existing
 // block key, whether an operator's permanent ban or another broker's
 // automatic one, is never overwritten.
 //
@@ -48,18 +48,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
-
-// ReasonPrefix starts the value of every block key that Fail writes; the
-// plugin tells automatic bans from an operator's by it.
-const ReasonPrefix = "auto: "
 
 // The policy defaults, used by New for zero (or negative) fields.
 const (
@@ -239,8 +235,8 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 		Duration: d,
 		Expires:  now.Add(d),
 	}
-	b.Reason = fmt.Sprintf("%s%s (offence %d, %s) at %s",
-		ReasonPrefix, l.policy.Rule(), offence, d, now.UTC().Format(time.RFC3339))
+	b.Reason = fmt.Sprintf("%s %s (offence %d, %s) at %s",
+		keys.AutoBanMarker, l.policy.Rule(), offence, d, now.UTC().Format(time.RFC3339))
 
 	err = l.rdb.SetArgs(ctx, b.Key, b.Reason, redis.SetArgs{Mode: "NX", TTL: d}).Err()
 	switch {
@@ -306,8 +302,8 @@ func (l *Limiter) ThrottleFail(ctx context.Context, username string, limit int) 
 		Username: username,
 		Key:      l.kb.Throttle(username),
 		Duration: d,
-		Reason: fmt.Sprintf("%sover %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) at %s",
-			ReasonPrefix, limit, limit, l.policy.Window, time.Now().UTC().Format(time.RFC3339)),
+		Reason: fmt.Sprintf("%s over %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) at %s",
+			keys.AutoBanMarker, limit, limit, l.policy.Window, time.Now().UTC().Format(time.RFC3339)),
 	}
 	err = l.rdb.SetArgs(ctx, t.Key, t.Reason, redis.SetArgs{Mode: "NX", TTL: d}).Err()
 	switch {
@@ -324,28 +320,17 @@ type Ban struct {
 	Scope    keys.Scope
 	Value    string
 	Key      string // the block key written, e.g. guard:block:ip:192.0.2.7
-	Reason   string // the value stored at Key; starts with ReasonPrefix
+	Reason   string // the value stored at Key; starts with keys.AutoBanMarker
 	Offence  int    // 1 for the first ban of this key
 	Duration time.Duration
 	Expires  time.Time // by the local clock, when the ban was written
 }
-
-// maxLogValue is how many bytes of a value String shows.
-const maxLogValue = 200
 
 // String describes the ban for logs. The value is client-supplied, so it is
 // quoted and, past 200 bytes, cut with a note of its full length; Key, which
 // embeds the value, is left out.
 func (b Ban) String() string {
 	return fmt.Sprintf("automatic ban of %s %s for %s until %s (offence %d)",
-		b.Scope, quoteValue(b.Value), b.Duration,
+		b.Scope, logval.Quote(b.Value), b.Duration,
 		b.Expires.UTC().Format(time.RFC3339), b.Offence)
-}
-
-// quoteValue quotes v for a log line, cut at maxLogValue bytes.
-func quoteValue(v string) string {
-	if len(v) <= maxLogValue {
-		return strconv.Quote(v)
-	}
-	return strconv.Quote(v[:maxLogValue]) + "... (" + strconv.Itoa(len(v)) + " bytes)"
 }

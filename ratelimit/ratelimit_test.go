@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
@@ -87,7 +88,7 @@ func TestBanString(t *testing.T) {
 
 	b.Value = strings.Repeat("x", 20000)
 	s = b.String()
-	assert.Contains(t, s, `"`+strings.Repeat("x", 200)+`"... (20000 bytes)`)
+	assert.Contains(t, s, `"`+strings.Repeat("x", 200)+`"...(20000 bytes)`)
 	assert.NotContains(t, s, strings.Repeat("x", 201))
 	assert.Less(t, len(s), 400)
 }
@@ -345,7 +346,7 @@ func TestOddValues(t *testing.T) {
 			got, err := rdb.Get(ctx, b.Key).Result()
 			require.NoError(t, err)
 			assert.Equal(t, b.Reason, got)
-			assert.True(t, strings.HasPrefix(got, ReasonPrefix))
+			assert.True(t, keys.IsAutoBan(got))
 
 			want := append(slices.Clone(before),
 				kb.List(keys.Block, keys.ClientID, v.value),
@@ -354,7 +355,7 @@ func TestOddValues(t *testing.T) {
 			sort.Strings(want)
 			assert.Equal(t, want, allKeys(t, rdb), "only this value's keys were written")
 			for _, k := range before {
-				assert.Equal(t, "operator", rdb.Get(ctx, k).Val(), "bystander %s untouched", quoteValue(k))
+				assert.Equal(t, "operator", rdb.Get(ctx, k).Val(), "bystander %s untouched", logval.Quote(k))
 			}
 		})
 	}

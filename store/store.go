@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -168,9 +167,9 @@ type Match struct {
 }
 
 // Origin says who wrote the entry: "auto" for the plugin's automatic bans
-// (their value starts with "auto:"), "operator" for anything else.
+// (their value starts with keys.AutoBanMarker), "operator" for anything else.
 func (m Match) Origin() string {
-	if strings.HasPrefix(m.Reason, "auto:") {
+	if keys.IsAutoBan(m.Reason) {
 		return "auto"
 	}
 	return "operator"

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 )
 
 // LineError reports one skipped line of a password file, or a username
@@ -32,26 +33,13 @@ type LineError struct {
 // username "password_file /path line 7: duplicate username "alice": <lines>".
 func (e LineError) Error() string {
 	if e.Username != "" {
-		return fmt.Sprintf("password_file %s line %d: duplicate username %s: %s", e.Path, e.Line, quoteUser(e.Username), e.Reason)
+		return fmt.Sprintf("password_file %s line %d: duplicate username %s: %s", e.Path, e.Line, logval.QuoteN(e.Username, maxQuotedUser), e.Reason)
 	}
 	return fmt.Sprintf("password_file %s line %d: %s", e.Path, e.Line, e.Reason)
 }
 
 // maxQuotedUser is how much of a duplicate username a report quotes.
 const maxQuotedUser = 64
-
-// quoteUser quotes a username for a report: escaped, on one line, cut to
-// maxQuotedUser bytes (at a rune boundary) with a note of the full size.
-func quoteUser(u string) string {
-	if len(u) <= maxQuotedUser {
-		return strconv.Quote(u)
-	}
-	cut := maxQuotedUser
-	for cut > 0 && !utf8.RuneStart(u[cut]) {
-		cut--
-	}
-	return strconv.Quote(u[:cut]) + fmt.Sprintf("...(%d bytes)", len(u))
-}
 
 // maxUsernameBytes is the longest username MQTT can carry.
 const maxUsernameBytes = 65535

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode/utf8"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -317,7 +317,7 @@ func renderTable(w io.Writer, r report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tCLIENT ID\tKIND\tACTION\tPRINCIPALS\tCOUNT\tFIRST SEEN\tLAST SEEN\tIPS\tBROKERS")
 	for _, c := range r.Clients {
-		id := quoteCut(c.ClientID, maxCell)
+		id := logval.Fit(c.ClientID, maxCell)
 		for _, f := range c.Findings {
 			var ips, brokers []string
 			for _, conn := range f.Connections {
@@ -364,7 +364,7 @@ func list(values []string) string {
 func cell(s string) string {
 	for i := 0; i < len(s); i++ {
 		if b := s[i]; b <= ' ' || b >= 0x7f || b == ',' || b == '"' || b == '\\' {
-			return quoteCut(s, maxCell)
+			return logval.Fit(s, maxCell)
 		}
 	}
 	switch {
@@ -374,23 +374,4 @@ func cell(s string) string {
 		return s[:maxCell-3] + "..."
 	}
 	return s
-}
-
-// quoteCut quotes s with strconv.Quote; when that is longer than limit bytes
-// it quotes the longest prefix of whole characters that fits in limit-3 and
-// appends "..." after the closing quote.
-func quoteCut(s string, limit int) string {
-	if q := strconv.Quote(s); len(q) <= limit {
-		return q
-	}
-	q := `""`
-	for i := 0; i < len(s); {
-		_, n := utf8.DecodeRuneInString(s[i:])
-		next := strconv.Quote(s[:i+n])
-		if len(next) > limit-3 {
-			break
-		}
-		q, i = next, i+n
-	}
-	return q + "..."
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -145,20 +146,20 @@ func TestCells(t *testing.T) {
 }
 
 func TestQuoteCut(t *testing.T) {
-	assert.Equal(t, `"dev-1"`, quoteCut("dev-1", 60))
-	assert.Equal(t, `"a:b*c"`, quoteCut("a:b*c", 60))
+	assert.Equal(t, `"dev-1"`, logval.Fit("dev-1", 60))
+	assert.Equal(t, `"a:b*c"`, logval.Fit("a:b*c", 60))
 	long := strings.Repeat("x", 20_000)
-	got := quoteCut(long, 60)
+	got := logval.Fit(long, 60)
 	assert.Equal(t, `"`+strings.Repeat("x", 55)+`"...`, got)
 	assert.Len(t, got, 60)
 
 	// Multi-byte characters are never split.
-	got = quoteCut(strings.Repeat("é", 40), 60)
+	got = logval.Fit(strings.Repeat("é", 40), 60)
 	assert.Equal(t, `"`+strings.Repeat("é", 27)+`"...`, got)
 	assert.LessOrEqual(t, len(got), 60)
 
 	for _, s := range []string{strings.Repeat("\n", 100), strings.Repeat("\xff", 100), strings.Repeat("a\x00", 100), strings.Repeat("😀", 100)} {
-		got := quoteCut(s, 60)
+		got := logval.Fit(s, 60)
 		assert.LessOrEqual(t, len(got), 60, "%q", got)
 		assert.True(t, strings.HasSuffix(got, `"...`), "%q", got)
 		assert.NotContains(t, got, "\n")

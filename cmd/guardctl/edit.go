@@ -17,10 +17,6 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
-// autoPrefix starts the value of the plugin's automatic bans; an operator's
-// reason must not, or the ban would be shown (and treated) as automatic.
-const autoPrefix = "auto:"
-
 // edit describes one of the commands that write or remove a list key: ban,
 // unban, allow, unallow.
 type edit struct {
@@ -279,8 +275,8 @@ func checkReason(r string) error {
 	switch {
 	case r == "":
 		return errors.New("--reason: expected a text, not an empty one")
-	case strings.HasPrefix(r, autoPrefix):
-		return fmt.Errorf("--reason %s: must not start with %q, which marks the plugin's automatic bans", strconv.Quote(r), autoPrefix)
+	case keys.IsAutoBan(r):
+		return fmt.Errorf("--reason %s: must not start with %q, which marks the plugin's automatic bans", strconv.Quote(r), keys.AutoBanMarker)
 	}
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -480,7 +481,7 @@ func renderListTable(w io.Writer, ls listing) error {
 		if !e.Expires.IsZero() {
 			expires = e.Expires.UTC().Round(time.Second).Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Scope, cell(e.Value), e.origin(), expires, quoteCut(e.Reason, maxCell))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Scope, cell(e.Value), e.origin(), expires, logval.Fit(e.Reason, maxCell))
 	}
 	return tw.Flush()
 }
