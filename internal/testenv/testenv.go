@@ -32,8 +32,14 @@ func FreePort(t testing.TB) int {
 // Need skips the test when one of the programs is missing and the run is not
 // CI; under CI (CI=true) a missing program fails the test, since .ci/run
 // installs them.
+//
+// Under -short (make unit) it always skips: the unit run is the fast one that
+// needs nothing but Go, and starts no process.
 func Need(t testing.TB, programs ...string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("testenv: -short: needs %v; make test runs it", programs)
+	}
 	for _, p := range programs {
 		if _, err := exec.LookPath(p); err != nil {
 			if os.Getenv("CI") != "" {
