@@ -144,7 +144,7 @@ func (r *confReader) load(path string) ([]byte, error) {
 	}
 	fh, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
+		return nil, err // names the file
 	}
 	defer fh.Close()
 	// Only a regular file: a FIFO or a device could block or never end.
@@ -153,11 +153,11 @@ func (r *confReader) load(path string) ([]byte, error) {
 		if err == nil && st.IsDir() {
 			what = "a directory" // Mosquitto: "Config file %s is a directory."
 		}
-		return nil, fmt.Errorf("config file %s: %s", path, what)
+		return nil, fmt.Errorf("%s: %s", path, what)
 	}
 	data, err := io.ReadAll(io.LimitReader(fh, maxConfigBytes-r.bytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	r.bytes += int64(len(data))
 	if r.bytes > maxConfigBytes {
