@@ -24,11 +24,12 @@ int guard_client_subs(uintptr_t client);
 import "C"
 
 import (
+	"errors"
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
 )
 
@@ -48,7 +49,15 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 	}
 	cfg, err := config.Parse(options)
 	if err != nil {
-		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
+		// One line per problem, all before the broker stops: a config is
+		// fixed in one restart, not one per option.
+		var errs config.Errors
+		if !errors.As(err, &errs) {
+			errs = config.Errors{err}
+		}
+		for _, e := range errs {
+			enqueueLog(plugin.LevelError, "mosquitto-guard: "+e.Error())
+		}
 		return C.MOSQ_ERR_INVAL
 	}
 	var self atomic.Uintptr // this instance's handle, known once it is registered

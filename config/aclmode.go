@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 )
 
@@ -36,15 +35,23 @@ func ResolveACLMode(mode ACLMode, selfPath string, instance int) (ACLMode, strin
 	if path == "" {
 		return ACLAllow, "the broker runs without a config file, so without ACLs: banned connections are refused until their kick, all else allowed"
 	}
-	conf := scanBrokerConfig(path, selfPath)
+	// The broker started with this file, so an error means it changed
+	// since: what can still be read decides.
+	conf, _ := ReadBrokerConfig(path)
+	return conf.aclMode(selfPath, instance)
+}
+
+// aclMode answers acl_check auto for the instance-th plugin_init of the
+// plugin at selfPath.
+func (c *BrokerConfig) aclMode(selfPath string, instance int) (ACLMode, string) {
 	where := ""
-	hasACL, others := conf.whole()
-	if conf.perListener {
-		if l, n, ok := conf.instance(instance); ok {
-			hasACL, others = l.hasACL, l.others
-			where = fmt.Sprintf("listener %d of %d (%s): ", n, len(conf.listeners()), l.name)
+	hasACL, others := c.whole(selfPath)
+	if c.PerListenerSettings {
+		if l, n, ok := c.instance(selfPath, instance); ok {
+			hasACL, others = l.ACLFile != "", l.others(selfPath)
+			where = fmt.Sprintf("listener %d of %d (%s): ", n, len(c.Listeners), l.Name)
 		} else {
-			where = fmt.Sprintf("per_listener_settings true, but %s has no listener for plugin instance %d, so the whole file decides: ", path, instance+1)
+			where = fmt.Sprintf("per_listener_settings true, but %s has no listener for plugin instance %d, so the whole file decides: ", c.Path, instance+1)
 		}
 	}
 	switch {
@@ -71,102 +78,39 @@ func brokerConfigPath() string {
 	return ""
 }
 
-// brokerConf is what a broker configuration says about ACL mechanisms.
-type brokerConf struct {
-	perListener bool
-	// sections[0] holds the lines before the first listener line; each
-	// listener line starts the next.
-	sections []*confSection
-}
-
-// confSection is one listener's lines (with per_listener_settings true,
-// its security settings).
-type confSection struct {
-	name   string   // its listener line, "default listener" for sections[0]
-	hasACL bool     // acl_file is set
-	selves int      // plugin lines that load this plugin
-	others []string // plugin lines that load another
-}
-
-// whole answers for the whole file, as without per_listener_settings.
-func (c *brokerConf) whole() (hasACL bool, others []string) {
-	for _, s := range c.sections {
-		hasACL = hasACL || s.hasACL
-		others = append(others, s.others...)
+// whole answers for the whole file, as without per_listener_settings: any
+// acl_file, and every plugin line that is not selfPath's.
+func (c *BrokerConfig) whole(selfPath string) (hasACL bool, others []string) {
+	for _, l := range c.all {
+		hasACL = hasACL || l.ACLFile != ""
+		others = append(others, l.others(selfPath)...)
 	}
 	return hasACL, others
 }
 
-// listeners returns the sections in the order Mosquitto initialises their
-// plugins: the listener lines in order, then the default listener, which
-// exists only if something set it up (here: it loads this plugin).
-func (c *brokerConf) listeners() []*confSection {
-	out := append([]*confSection(nil), c.sections[1:]...)
-	if c.sections[0].selves > 0 {
-		out = append(out, c.sections[0])
-	}
-	return out
-}
-
-// instance returns the listener of the i-th plugin_init of this plugin
-// (0-based) and its 1-based position among the listeners.
-func (c *brokerConf) instance(i int) (*confSection, int, bool) {
-	for n, l := range c.listeners() {
-		if i < l.selves {
+// instance returns the listener of the i-th plugin_init of the plugin at
+// selfPath (0-based) and its 1-based position among the listeners: Mosquitto
+// initialises each listener's plugins in turn, in the order of Listeners.
+func (c *BrokerConfig) instance(selfPath string, i int) (*Listener, int, bool) {
+	for n, l := range c.Listeners {
+		selves := len(l.Plugins) - len(l.others(selfPath))
+		if i < selves {
 			return l, n + 1, true
 		}
-		i -= l.selves
+		i -= selves
 	}
 	return nil, 0, false
 }
 
-// scanBrokerConfig reads a config and, in place, its include_dir files.
-func scanBrokerConfig(path, selfPath string) *brokerConf {
-	c := &brokerConf{sections: []*confSection{{name: "default listener"}}}
-	c.scan(path, selfPath, map[string]bool{})
-	return c
-}
-
-func (c *brokerConf) scan(path, selfPath string, seen map[string]bool) {
-	if seen[path] || len(seen) > 100 {
-		return
-	}
-	seen[path] = true
-	// The whole file, whatever its line lengths: Mosquitto reads lines of
-	// any length, and a bufio.Scanner stops at the first over 64 KiB, which
-	// would hide an acl_file line after it (and make auto answer allow).
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) < 2 || strings.HasPrefix(fields[0], "#") {
-			continue
-		}
-		value := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), fields[0]))
-		cur := c.sections[len(c.sections)-1]
-		switch fields[0] {
-		case "per_listener_settings":
-			c.perListener = value == "true"
-		case "listener":
-			c.sections = append(c.sections, &confSection{name: "listener " + value})
-		case "acl_file":
-			cur.hasACL = true
-		case "plugin", "auth_plugin":
-			if samePath(value, selfPath) {
-				cur.selves++
-			} else {
-				cur.others = append(cur.others, value)
-			}
-		case "include_dir":
-			files, _ := filepath.Glob(filepath.Join(value, "*.conf"))
-			sort.Strings(files)
-			for _, inc := range files {
-				c.scan(inc, selfPath, seen)
-			}
+// others returns the paths of l's plugins that are not selfPath.
+func (l *Listener) others(selfPath string) []string {
+	var out []string
+	for _, p := range l.Plugins {
+		if !samePath(p.Path, selfPath) {
+			out = append(out, p.Path)
 		}
 	}
+	return out
 }
 
 func samePath(a, b string) bool {

@@ -10,6 +10,14 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// readConf reads a broker config that must have no error.
+func readConf(t *testing.T, path string) *BrokerConfig {
+	t.Helper()
+	c, err := ReadBrokerConfig(path)
+	require.NoError(t, err)
+	return c
+}
+
 func TestScanBrokerConfig(t *testing.T) {
 	dir := t.TempDir()
 	self := filepath.Join(dir, "mosquitto_guard.so")
@@ -31,14 +39,14 @@ func TestScanBrokerConfig(t *testing.T) {
 		{"listeners", "listener 1883\nauth_plugin " + self + "\nlistener 1884\nacl_file /x\n", true, 0},
 	}
 	for _, c := range cases {
-		acl, others := scanBrokerConfig(write(c.name+".conf", c.conf), self).whole()
+		acl, others := readConf(t, write(c.name+".conf", c.conf)).whole(self)
 		assert.Equal(t, c.acl, acl, c.name)
 		assert.Len(t, others, c.others, c.name)
 	}
 	inc := filepath.Join(dir, "conf.d")
 	os.Mkdir(inc, 0o755)
 	os.WriteFile(filepath.Join(inc, "acl.conf"), []byte("acl_file /x\n"), 0o644)
-	acl, _ := scanBrokerConfig(write("main.conf", "include_dir "+inc+"\nauth_plugin "+self+"\n"), self).whole()
+	acl, _ := readConf(t, write("main.conf", "include_dir "+inc+"\nauth_plugin "+self+"\n")).whole(self)
 	assert.True(t, acl, "include_dir is followed")
 }
 
@@ -65,8 +73,8 @@ listener 1887
 password_file /etc/mosquitto/passwd
 include_dir `+inc+`
 `), 0o644)
-	c := scanBrokerConfig(conf, self)
-	require.True(t, c.perListener)
+	c := readConf(t, conf)
+	require.True(t, c.PerListenerSettings)
 	type want struct {
 		name   string
 		pos    int
@@ -79,14 +87,14 @@ include_dir `+inc+`
 		{"listener 1886", 4, false, 1}, // from include_dir; 1887 (3) does not load the plugin
 		{"default listener", 5, false, 0},
 	} {
-		l, pos, ok := c.instance(i)
+		l, pos, ok := c.instance(self, i)
 		require.True(t, ok, "instance %d", i)
-		assert.Equal(t, w.name, l.name, "instance %d", i)
+		assert.Equal(t, w.name, l.Name, "instance %d", i)
 		assert.Equal(t, w.pos, pos, "instance %d", i)
-		assert.Equal(t, w.acl, l.hasACL, "instance %d", i)
-		assert.Len(t, l.others, w.others, "instance %d", i)
+		assert.Equal(t, w.acl, l.ACLFile != "", "instance %d", i)
+		assert.Len(t, l.others(self), w.others, "instance %d", i)
 	}
-	_, _, ok := c.instance(4)
+	_, _, ok := c.instance(self, 4)
 	assert.False(t, ok, "no fifth instance")
 }
 
@@ -104,7 +112,7 @@ func TestScanBrokerConfigLongLine(t *testing.T) {
 	path := filepath.Join(dir, "mosquitto.conf")
 	conf := "# " + strings.Repeat("x", 70_000) + "\nacl_file /etc/mosquitto/acl\n"
 	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
-	c := scanBrokerConfig(path, "")
-	hasACL, _ := c.whole()
+	c := readConf(t, path)
+	hasACL, _ := c.whole("")
 	assert.True(t, hasACL, "acl_file after a 70 000-byte line")
 }

@@ -32,7 +32,7 @@ func FuzzParse(f *testing.F) {
 		f.Add(s[0], s[1], s[2], s[3])
 	}
 	names := map[string]bool{}
-	for _, n := range OptionNames() {
+	for _, n := range optionNames() {
 		names[n] = true
 	}
 	f.Fuzz(func(t *testing.T, n1, v1, n2, v2 string) {
@@ -46,18 +46,24 @@ func FuzzParse(f *testing.F) {
 		}
 		c, err := Parse(opts)
 		if err != nil {
-			var oe *OptionError
-			switch {
-			case errors.As(err, &oe):
-				if !names[oe.Option] {
-					t.Fatalf("error names option %q, which does not exist", oe.Option)
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) == 0 {
+				t.Fatalf("error %v is no list of problems", err)
+			}
+			for _, err := range errs {
+				var oe *OptionError
+				switch {
+				case errors.As(err, &oe):
+					if !names[oe.Option] {
+						t.Fatalf("error names option %q, which does not exist", oe.Option)
+					}
+				case errors.Is(err, errUnknownOption):
+				default:
+					t.Fatalf("error %v is neither an OptionError nor an unknown option", err)
 				}
 				if strings.ContainsAny(err.Error(), "\n\r") {
 					t.Fatalf("error message is not one line: %q", err.Error())
 				}
-			case errors.Is(err, ErrUnknownOption):
-			default:
-				t.Fatalf("error %v is neither an OptionError nor an unknown option", err)
 			}
 			return
 		}
@@ -75,10 +81,12 @@ func FuzzParse(f *testing.F) {
 }
 
 // FuzzScanBrokerConfig feeds the reader of the broker's own configuration
-// (acl_check auto) arbitrary file contents: it must not panic, and, for a
-// file without include_dir, it must see exactly the acl_file and plugin
-// lines a line-by-line reading finds, whatever the length of the lines
-// before them (Mosquitto itself reads lines of any length).
+// (acl_check auto, guardctl --config) arbitrary file contents: it must not
+// panic, and, for a file without include_dir, it must see exactly the
+// acl_file and plugin lines a line-by-line reading by Mosquitto's rules
+// finds (a comment starts with '#' in the first byte; words are separated
+// by spaces only), whatever the length of the lines before them (Mosquitto
+// itself reads lines of any length).
 // Run it with: go test -run '^$' -fuzz '^FuzzScanBrokerConfig$' ./config
 func FuzzScanBrokerConfig(f *testing.F) {
 	f.Add([]byte("listener 1883\nauth_plugin /x/mosquitto_guard.so\n"))
@@ -86,6 +94,7 @@ func FuzzScanBrokerConfig(f *testing.F) {
 	f.Add([]byte("#acl_file x\n  acl_file\t y \n\x00\xff\nplugin\n"))
 	f.Add([]byte("include_dir /nonexistent-dir\nacl_file a"))
 	f.Add([]byte("auth_plugin  /x/mosquitto_guard.so  \nauth_plugin ./rel.so\n\n\n"))
+	f.Add([]byte("per_listener_settings true\nlistener 1 a\nauth_plugin x\nauth_opt_k\tv\nlistener 2\nacl_file y\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
 		self := filepath.Join(dir, "mosquitto_guard.so")
@@ -93,18 +102,26 @@ func FuzzScanBrokerConfig(f *testing.F) {
 		if err := os.WriteFile(conf, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		hasACL, others := scanBrokerConfig(conf, self).whole()
+		c, err := ReadBrokerConfig(conf)
+		if c == nil {
+			t.Fatalf("no BrokerConfig (error %v)", err)
+		}
+		hasACL, others := c.whole(self)
 		if strings.Contains(string(data), "include_dir") {
 			return
 		}
 		wantACL, wantOthers := false, 0
 		for _, line := range strings.Split(string(data), "\n") {
-			fields := strings.Fields(line)
-			if len(fields) < 2 || strings.HasPrefix(fields[0], "#") {
+			line, _, _ = strings.Cut(line, "\x00")
+			if line == "" || line[0] == '#' || line[0] == '\r' {
 				continue
 			}
-			value := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(strings.TrimSuffix(line, "\r")), fields[0]))
-			switch fields[0] {
+			words := strings.Split(strings.TrimLeft(strings.TrimRight(line, "\r"), " "), " ")
+			value := strings.Trim(strings.Join(words[1:], " "), " \t\n\v\f\r")
+			if value == "" {
+				continue
+			}
+			switch words[0] {
 			case "acl_file":
 				wantACL = true
 			case "plugin", "auth_plugin":

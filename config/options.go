@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -98,7 +99,8 @@ const (
 )
 
 // OptionError is a bad option value. Its message names the option, the value
-// and the expected form, in one line, as the broker log shows it.
+// and the expected form, in one line, as the broker log shows it; the value
+// of a secret option (redis_password) is never shown.
 type OptionError struct {
 	Option   string
 	Value    string
@@ -106,19 +108,27 @@ type OptionError struct {
 }
 
 func (e *OptionError) Error() string {
-	return fmt.Sprintf("option %s: bad value %s: expected %s", e.Option, strconv.Quote(e.Value), e.Expected)
+	v := strconv.Quote(e.Value)
+	if secretOptions[e.Option] {
+		v = "(not shown)"
+	}
+	return fmt.Sprintf("option %s: bad value %s: expected %s", e.Option, v, e.Expected)
 }
 
-// ErrUnknownOption is wrapped by the error for an option this plugin does not know.
-var ErrUnknownOption = errors.New("unknown option")
+// secretOptions are never echoed in an error.
+var secretOptions = map[string]bool{"redis_password": true}
 
 type optionParser func(c *Options, v string) error
 
-// options lists every option with its default (applied when absent) and parser.
-var options = map[string]struct {
+// option is one plugin option: its default, applied when it is absent, and its parser.
+type option struct {
 	def   string
 	parse optionParser
-}{
+}
+
+// options lists every option. The failure policy's defaults are ratelimit's,
+// which its Policy also falls back to: one source for both.
+var options = map[string]option{
 	"redis_addr":           {"127.0.0.1:6379", parseRedisAddr},
 	"redis_username":       {"", func(c *Options, v string) error { c.RedisUsername = v; return nil }},
 	"redis_password":       {"", func(c *Options, v string) error { c.RedisPassword = v; return nil }},
@@ -128,14 +138,14 @@ var options = map[string]struct {
 	"backend":              {"", parseBackend},
 	"password_file":        {"", func(c *Options, v string) error { c.PasswordFile = v; return nil }},
 	"hasher_salt_encoding": {"base64", parseSaltEncoding},
-	"fail_limit":           {"5", intOption("fail_limit", 1, 1_000_000, func(c *Options) *int { return &c.Policy.Limit })},
-	"fail_window":          {"1m", durationOption("fail_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.Window })},
+	"fail_limit":           {strconv.Itoa(ratelimit.DefaultLimit), intOption("fail_limit", 1, 1_000_000, func(c *Options) *int { return &c.Policy.Limit })},
+	"fail_window":          {ratelimit.DefaultWindow.String(), durationOption("fail_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.Window })},
 	"fail_scopes":          {"ip", parseFailScopes},
 	"fail_ipv6_prefix":     {"64", intOption("fail_ipv6_prefix", 16, 128, func(c *Options) *int { return &c.FailIPv6Prefix })},
 	"username_fail_limit":  {"20", intOption("username_fail_limit", 0, 1_000_000, func(c *Options) *int { return &c.UsernameFailLimit })},
 	"known_sources_max":    {"100000", intOption("known_sources_max", 1, 10_000_000, func(c *Options) *int { return &c.KnownSourcesMax })},
-	"ban_time":             {"10m", durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanTime })},
-	"ban_max":              {"24h", durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanMax })},
+	"ban_time":             {ratelimit.DefaultBanTime.String(), durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanTime })},
+	"ban_max":              {ratelimit.DefaultBanMax.String(), durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanMax })},
 	"redis_unavailable":    {"allow", parseUnavailable},
 	"clientid_conflict":    {"flag", parseConflictMode},
 	"conflict_window":      {"31d", durationOption("conflict_window", time.Minute, 366*24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Window })},
@@ -156,8 +166,19 @@ var options = map[string]struct {
 	"broker_lease":   {"30s", durationOption("broker_lease", time.Second, time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Lease })},
 }
 
-// OptionNames returns the names of every option, sorted.
-func OptionNames() []string {
+// redisOptions say where the plugin's keys are: what guardctl needs too.
+var redisOptions = []string{"key_prefix", "redis_addr", "redis_db", "redis_password", "redis_username"}
+
+// RedisOptionNames returns the names of the options that say where the
+// plugin's keys are (the Redis, its credentials, database and key prefix).
+func RedisOptionNames() []string { return slices.Clone(redisOptions) }
+
+// Default returns an option's default value as written in mosquitto.conf
+// ("" for an unknown option, and for those whose default is computed).
+func Default(name string) string { return options[name].def }
+
+// optionNames returns the names of every option, sorted.
+func optionNames() []string {
 	names := make([]string, 0, len(options))
 	for n := range options {
 		names = append(names, n)
@@ -168,38 +189,68 @@ func OptionNames() []string {
 
 // Parse builds an Options from the plugin's options (names without their
 // auth_opt_ or plugin_opt_ prefix): defaults first, then each given value,
-// then the checks that span several options. The first problem is returned.
+// then the checks that span several options. It reports every problem at
+// once: the error is an Errors, unknown options first (each naming what
+// replaces it when mosquitto-go-auth knows it), then bad values in the order
+// of their names, then the checks across options.
 func Parse(opts map[string]string) (Options, error) {
-	for name := range opts {
-		if _, ok := options[name]; !ok {
-			return Options{}, fmt.Errorf("option %s: %w (known options: %s)", name, ErrUnknownOption, strings.Join(OptionNames(), ", "))
+	errs := unknownOptions(opts)
+	c, bad, failed := parseOptions(opts, optionNames())
+	errs = append(errs, bad...)
+	if err := c.combine(opts, failed); err != nil {
+		errs = append(errs, err)
+	} else if !failed["password_file"] {
+		if err := c.checkPasswordFile(); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	var c Options
-	for _, name := range OptionNames() {
+	if len(errs) > 0 {
+		return Options{}, errs
+	}
+	return c, nil
+}
+
+// ParseRedis parses only the options RedisOptionNames lists, as Parse does,
+// with the same defaults, ignoring all others: for guardctl, which must reach
+// the plugin's keys without needing to read its password_file.
+func ParseRedis(opts map[string]string) (Options, error) {
+	c, errs, _ := parseOptions(opts, redisOptions)
+	if len(errs) > 0 {
+		return Options{}, errs
+	}
+	return c, nil
+}
+
+// parseOptions parses the named options, each given value or its default.
+// failed holds the names of those that were bad.
+func parseOptions(opts map[string]string, names []string) (c Options, errs Errors, failed map[string]bool) {
+	failed = map[string]bool{}
+	for _, name := range names {
 		v, given := opts[name]
 		if !given {
 			v = options[name].def
 		}
 		if err := options[name].parse(&c, strings.TrimSpace(v)); err != nil {
-			return Options{}, err
+			errs = append(errs, err)
+			failed[name] = true
 		}
 	}
-	err := c.validate()
-	var oe *OptionError
-	if errors.As(err, &oe) && oe.Option == "ban_max" {
-		if _, given := opts["ban_max"]; !given {
-			// Name what the user wrote: a ban_time above ban_max's default.
-			return c, &OptionError{"ban_time", strings.TrimSpace(opts["ban_time"]),
-				fmt.Sprintf("a duration at most ban_max (%s, its default; set ban_max too)", c.Policy.BanMax)}
-		}
-	}
-	return c, err
+	return c, errs, failed
 }
 
-func (c *Options) validate() error {
-	if c.Policy.BanMax < c.Policy.BanTime {
+// combine applies the checks across options whose values parsed, and sets
+// the backend when none is given.
+func (c *Options) combine(opts map[string]string, failed map[string]bool) error {
+	if !failed["ban_time"] && !failed["ban_max"] && c.Policy.BanMax < c.Policy.BanTime {
+		if _, given := opts["ban_max"]; !given {
+			// Name what the user wrote: a ban_time above ban_max's default.
+			return &OptionError{"ban_time", strings.TrimSpace(opts["ban_time"]),
+				fmt.Sprintf("a duration at most ban_max (%s, its default; set ban_max too)", c.Policy.BanMax)}
+		}
 		return &OptionError{"ban_max", c.Policy.BanMax.String(), fmt.Sprintf("a duration at least ban_time (%s)", c.Policy.BanTime)}
+	}
+	if failed["backend"] {
+		return nil
 	}
 	if c.Backend == "" {
 		c.Backend = BackendDefer
@@ -207,166 +258,24 @@ func (c *Options) validate() error {
 			c.Backend = BackendFiles
 		}
 	}
-	switch c.Backend {
-	case BackendFiles:
-		if c.PasswordFile == "" {
-			return &OptionError{"password_file", "", "the path of a mosquitto_passwd file (backend files needs one)"}
-		}
-		f, err := os.Open(c.PasswordFile)
-		if err != nil {
-			return &OptionError{"password_file", c.PasswordFile, "a file readable by the broker's user (" + errors.Unwrap(err).Error() + ")"}
-		}
-		f.Close()
-	default:
-		if c.PasswordFile != "" {
-			return &OptionError{"password_file", c.PasswordFile, "no password_file unless backend is files (backend is " + string(c.Backend) + ")"}
-		}
+	switch {
+	case c.Backend == BackendFiles && c.PasswordFile == "":
+		return &OptionError{"password_file", "", "the path of a mosquitto_passwd file (backend files needs one)"}
+	case c.Backend != BackendFiles && c.PasswordFile != "":
+		return &OptionError{"password_file", c.PasswordFile, "no password_file unless backend is files (backend is " + string(c.Backend) + ")"}
 	}
 	return nil
 }
 
-func parseRedisAddr(c *Options, v string) error {
-	const want = "host:port, or several host:port separated by commas for a Redis Cluster"
-	c.RedisAddrs = nil
-	for _, a := range strings.Split(v, ",") {
-		a = strings.TrimSpace(a)
-		i := strings.LastIndexByte(a, ':')
-		if i <= 0 {
-			return &OptionError{"redis_addr", v, want}
-		}
-		if p, err := strconv.Atoi(a[i+1:]); err != nil || p < 1 || p > 65535 {
-			return &OptionError{"redis_addr", v, want}
-		}
-		c.RedisAddrs = append(c.RedisAddrs, a)
-	}
-	return nil
-}
-
-func parseBackend(c *Options, v string) error {
-	switch Backend(v) {
-	case BackendFiles, BackendRedis, BackendDefer, "":
-		c.Backend = Backend(v)
+// checkPasswordFile opens the files backend's file, as the broker's user.
+func (c *Options) checkPasswordFile() error {
+	if c.Backend != BackendFiles {
 		return nil
 	}
-	return &OptionError{"backend", v, "one of files, redis, defer"}
-}
-
-func parseSaltEncoding(c *Options, v string) error {
-	if v != "base64" && v != "utf8" && v != "utf-8" {
-		return &OptionError{"hasher_salt_encoding", v, "base64, or utf8 (also spelt utf-8, as in mosquitto-go-auth)"}
+	f, err := os.Open(c.PasswordFile)
+	if err != nil {
+		return &OptionError{"password_file", c.PasswordFile, "a file readable by the broker's user (" + errors.Unwrap(err).Error() + ")"}
 	}
-	c.SaltEncoding = v
+	f.Close()
 	return nil
-}
-
-func parseUnavailable(c *Options, v string) error {
-	switch v {
-	case "allow":
-		c.DenyWhenRedisDown = false
-	case "deny":
-		c.DenyWhenRedisDown = true
-	default:
-		return &OptionError{"redis_unavailable", v, "allow or deny"}
-	}
-	return nil
-}
-
-func parseFailScopes(c *Options, v string) error {
-	const want = "a list of ip, clientid, username separated by commas or spaces"
-	c.FailScopes = nil
-	seen := map[keys.Scope]bool{}
-	for _, f := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
-		s, err := keys.ParseScope(f)
-		if err != nil || s == keys.CIDR {
-			return &OptionError{"fail_scopes", v, want}
-		}
-		if !seen[s] {
-			seen[s] = true
-			c.FailScopes = append(c.FailScopes, s)
-		}
-	}
-	if len(c.FailScopes) == 0 {
-		return &OptionError{"fail_scopes", v, want}
-	}
-	return nil
-}
-
-func parseConflictMode(c *Options, v string) error {
-	switch m := ConflictMode(v); m {
-	case ConflictOff, ConflictFlag, ConflictDeny:
-		c.Conflicts.Mode = m
-		return nil
-	}
-	return &OptionError{"clientid_conflict", v, "one of off, flag, deny"}
-}
-
-func parseACLMode(c *Options, v string) error {
-	switch m := ACLMode(v); m {
-	case ACLAuto, ACLDefer, ACLAllow, ACLOff:
-		c.ACLCheck = m
-		return nil
-	}
-	return &OptionError{"acl_check", v, "one of auto, defer, allow, off"}
-}
-
-func parseFindingsTopic(c *Options, v string) error {
-	if strings.ContainsAny(v, "+#\x00") || len(v) > 65535 {
-		return &OptionError{"findings_topic", v, "an MQTT topic name without wildcards (+ #), or nothing"}
-	}
-	c.Conflicts.FindingsTopic = v
-	return nil
-}
-
-func parseBrokerName(c *Options, v string) error {
-	if v == "" {
-		h, err := os.Hostname()
-		if err != nil || h == "" {
-			h = "mosquitto"
-		}
-		v = h
-	}
-	if len(v) > 255 || strings.ContainsAny(v, "\n\r") {
-		return &OptionError{"broker_name", v, "a name of at most 255 bytes on one line"}
-	}
-	c.Conflicts.BrokerName = v
-	return nil
-}
-
-// ParseDuration is time.ParseDuration plus a day suffix: 31d, 1d12h.
-func ParseDuration(v string) (time.Duration, error) {
-	days := time.Duration(0)
-	if i := strings.IndexByte(v, 'd'); i > 0 {
-		n, err := strconv.Atoi(v[:i])
-		if err != nil || n < 0 || n > 100_000 {
-			return 0, fmt.Errorf("bad days in %q", v)
-		}
-		days, v = time.Duration(n)*24*time.Hour, v[i+1:]
-		if v == "" {
-			return days, nil
-		}
-	}
-	d, err := time.ParseDuration(v)
-	return days + d, err
-}
-
-func intOption(name string, lo, hi int, field func(*Options) *int) optionParser {
-	return func(c *Options, v string) error {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < lo || n > hi {
-			return &OptionError{name, v, fmt.Sprintf("a whole number from %d to %d", lo, hi)}
-		}
-		*field(c) = n
-		return nil
-	}
-}
-
-func durationOption(name string, lo, hi time.Duration, field func(*Options) *time.Duration) optionParser {
-	return func(c *Options, v string) error {
-		d, err := ParseDuration(v)
-		if err != nil || d < lo || d > hi {
-			return &OptionError{name, v, fmt.Sprintf("a duration from %s to %s, such as 90s, 10m, 1h30m or 31d", lo, hi)}
-		}
-		*field(c) = d
-		return nil
-	}
 }

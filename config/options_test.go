@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
 func TestParseDefaults(t *testing.T) {
@@ -89,7 +90,7 @@ func TestParseErrorsNameOptionValueAndForm(t *testing.T) {
 
 func TestParseUnknownOptionNeverEchoesValue(t *testing.T) {
 	_, err := Parse(map[string]string{"redis_pasword": "s3cret"})
-	require.ErrorIs(t, err, ErrUnknownOption)
+	require.ErrorIs(t, err, errUnknownOption)
 	assert.Contains(t, err.Error(), "option redis_pasword: unknown option")
 	assert.NotContains(t, err.Error(), "s3cret")
 }
@@ -127,4 +128,26 @@ func TestParseDurationDays(t *testing.T) {
 		_, err := ParseDuration(bad)
 		assert.Error(t, err, bad)
 	}
+}
+
+// One parser of days for the plugin and guardctl audit --since: digits only
+// before the d, nothing negative after it, no overflow.
+func TestParseDurationStrict(t *testing.T) {
+	for in, want := range map[string]time.Duration{"0d": 0, "100000d": 100000 * 24 * time.Hour, "0d1s": time.Second, "1.5h": 90 * time.Minute} {
+		d, err := ParseDuration(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, d, in)
+	}
+	for _, bad := range []string{"+1d", "1d-5h", "100001d", "106752d", "100000d2562047h", " 1d", "1d ", "1.5d", "31D", "1dd", "d5h"} {
+		_, err := ParseDuration(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+// ratelimit's defaults are the options' defaults: one source.
+func TestPolicyDefaultsAreRatelimits(t *testing.T) {
+	c, err := Parse(nil)
+	require.NoError(t, err)
+	assert.Equal(t, ratelimit.Policy{Limit: ratelimit.DefaultLimit, Window: ratelimit.DefaultWindow,
+		BanTime: ratelimit.DefaultBanTime, BanMax: ratelimit.DefaultBanMax}, c.Policy)
 }

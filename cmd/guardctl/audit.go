@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -84,31 +84,15 @@ func (s *sinceFlag) Set(v string) error {
 	return nil
 }
 
-// parseSince parses a positive Go duration that may start with a number of
+// parseSince parses a positive duration in the plugin's own form
+// (config.ParseDuration): a Go duration that may start with a number of
 // days: 31d, 1d12h, 12h, 90m.
 func parseSince(s string) (time.Duration, error) {
-	var days int64
-	rest := s
-	if i := strings.IndexByte(s, 'd'); i >= 0 {
-		n, err := strconv.ParseInt(s[:i], 10, 64)
-		if err != nil || n < 0 || s[:i][0] == '+' {
-			return 0, fmt.Errorf("bad duration %q: expected e.g. 31d, 12h or 1d12h", s)
-		}
-		days, rest = n, s[i+1:]
-	}
-	var d time.Duration
-	if rest != "" || days == 0 {
-		var err error
-		if d, err = time.ParseDuration(rest); err != nil || d < 0 {
-			return 0, fmt.Errorf("bad duration %q: expected e.g. 31d, 12h or 1d12h", s)
-		}
-	}
-	const day = int64(24 * time.Hour)
-	if days > (math.MaxInt64-int64(max(d, 0)))/day {
-		return 0, fmt.Errorf("bad duration %q: too long", s)
-	}
-	d += time.Duration(days * day)
-	if d <= 0 {
+	d, err := config.ParseDuration(s)
+	switch {
+	case err != nil || d < 0:
+		return 0, fmt.Errorf("bad duration %q: expected e.g. 31d, 12h or 1d12h", s)
+	case d == 0:
 		return 0, fmt.Errorf("bad duration %q: must be positive", s)
 	}
 	return d, nil

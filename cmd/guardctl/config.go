@@ -1,47 +1,49 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
-	"net"
-	"os"
-	"slices"
-	"strconv"
+	"maps"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// Connection defaults (those of the plugin), the Redis timeout, and the
-// environment variable that can hold the password.
+// The Redis timeout, and the environment variable that can hold the password.
 const (
-	defaultRedisAddr = "127.0.0.1:6379"
-	defaultKeyPrefix = "guard:"
-	redisTimeout     = 5 * time.Second
-	passwordEnv      = "GUARD_REDIS_PASSWORD"
+	redisTimeout = 5 * time.Second
+	passwordEnv  = "GUARD_REDIS_PASSWORD"
+)
+
+// The connection defaults: the plugin's, from its option table.
+var (
+	defaultRedisAddr = config.Default("redis_addr")
+	defaultKeyPrefix = config.Default("key_prefix")
 )
 
 // connOptions are the plugin options guardctl needs to reach its keys, named
 // as in mosquitto.conf (without the auth_opt_ or plugin_opt_ prefix).
-var connOptions = []string{"redis_addr", "redis_username", "redis_password", "redis_db", "key_prefix"}
+var connOptions = config.RedisOptionNames()
 
 // connUsage documents the flags registered by connFlags.register.
-const connUsage = `Connection (a flag beats GUARD_REDIS_PASSWORD, which beats --config, which
+var connUsage = `Connection (a flag beats GUARD_REDIS_PASSWORD, which beats --config, which
 beats the defaults):
   --config FILE          read redis_addr, redis_username, redis_password, redis_db
-                         and key_prefix from the plugin's auth_opt_NAME or
-                         plugin_opt_NAME lines in this mosquitto.conf
+                         and key_prefix from mosquitto-guard's auth_opt_NAME or
+                         plugin_opt_NAME lines in this mosquitto.conf or the
+                         files of its include_dir, read as Mosquitto reads them
                          (e.g. /etc/mosquitto/mosquitto.conf)
   --redis-addr ADDRS     host:port, or several separated by commas for a Redis
-                         Cluster (default 127.0.0.1:6379)
+                         Cluster (default ` + defaultRedisAddr + `)
   --redis-username NAME  Redis ACL user
   --redis-password PASS  Redis password; better set GUARD_REDIS_PASSWORD, since
                          command lines show in ps
-  --redis-db N           Redis database (default 0)
-  --key-prefix PREFIX    prefix of mosquitto-guard's keys (default guard:)
+  --redis-db N           Redis database (default ` + config.Default("redis_db") + `)
+  --key-prefix PREFIX    prefix of mosquitto-guard's keys (default ` + defaultKeyPrefix + `)
 `
 
 // connFlags are the connection flags shared by the subcommands.
@@ -64,18 +66,34 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 
 // resolve merges defaults, --config, the password environment variable and
 // the flags given (in increasing precedence) into the values of connOptions.
+// Should --config load mosquitto-guard more than once (per_listener_settings)
+// with settings that still differ after that, it is an error naming them:
+// guardctl cannot tell which one is meant.
 func (c *connFlags) resolve(getenv func(string) string) (map[string]string, error) {
-	vals := map[string]string{
-		"redis_addr": defaultRedisAddr, "redis_username": "", "redis_password": "",
-		"redis_db": "0", "key_prefix": defaultKeyPrefix,
+	if c.config == "" {
+		return c.merge(nil, getenv), nil
 	}
-	if c.config != "" {
-		fromFile, err := readConfigFile(c.config)
-		if err != nil {
-			return nil, err
+	plugins, err := guardPlugins(c.config)
+	if err != nil {
+		return nil, err
+	}
+	vals := c.merge(plugins[0].Options, getenv)
+	for _, p := range plugins[1:] {
+		if !maps.Equal(vals, c.merge(p.Options, getenv)) {
+			return nil, c.conflict(plugins, getenv)
 		}
-		for k, v := range fromFile {
-			vals[k] = v
+	}
+	return vals, nil
+}
+
+// merge layers the defaults, an instance's options, the environment and the
+// flags given. Values are trimmed, as the plugin trims them.
+func (c *connFlags) merge(fromFile map[string]string, getenv func(string) string) map[string]string {
+	vals := map[string]string{}
+	for _, name := range connOptions {
+		vals[name] = config.Default(name)
+		if v, ok := fromFile[name]; ok {
+			vals[name] = strings.TrimSpace(v)
 		}
 	}
 	if p := getenv(passwordEnv); p != "" {
@@ -90,7 +108,54 @@ func (c *connFlags) resolve(getenv func(string) string) (map[string]string, erro
 			vals[opt] = f.Value.String()
 		}
 	})
-	return vals, nil
+	return vals
+}
+
+// conflict describes the instances whose connection options differ, never
+// showing a password.
+func (c *connFlags) conflict(plugins []*config.Plugin, getenv func(string) string) error {
+	var each []string
+	for _, p := range plugins {
+		vals := c.merge(p.Options, getenv)
+		desc := fmt.Sprintf("%s (%s): redis_addr %s, redis_db %s, key_prefix %q", p.Where(), p.Listener.Name,
+			vals["redis_addr"], vals["redis_db"], vals["key_prefix"])
+		if vals["redis_username"] != "" {
+			desc += ", redis_username " + vals["redis_username"]
+		}
+		each = append(each, desc)
+	}
+	return fmt.Errorf("config %s: mosquitto-guard is loaded %d times with different Redis settings: %s; "+
+		"say which with --redis-addr, --redis-db and --key-prefix instead of --config",
+		c.config, len(plugins), strings.Join(each, "; "))
+}
+
+// guardPlugins returns mosquitto-guard's plugin lines in the broker config
+// at path, read as Mosquitto reads it: those whose file name starts with
+// mosquitto_guard, or else the only plugin line there is.
+func guardPlugins(path string) ([]*config.Plugin, error) {
+	conf, err := config.ReadBrokerConfig(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err) // each line names its file
+	}
+	var guard []*config.Plugin
+	for _, p := range conf.Plugins {
+		if strings.HasPrefix(filepath.Base(p.Path), "mosquitto_guard") {
+			guard = append(guard, p)
+		}
+	}
+	switch {
+	case len(guard) > 0:
+		return guard, nil
+	case len(conf.Plugins) == 1:
+		return conf.Plugins, nil
+	case len(conf.Plugins) == 0:
+		return nil, fmt.Errorf("config %s: no auth_plugin or plugin line, here or in its include_dir files, to read mosquitto-guard's options from", path)
+	}
+	var all []string
+	for _, p := range conf.Plugins {
+		all = append(all, p.Path+" ("+p.Where()+")")
+	}
+	return nil, fmt.Errorf("config %s: none of its plugins is named mosquitto_guard*: %s", path, strings.Join(all, ", "))
 }
 
 // store opens a Store with the resolved connection options; addrs names
@@ -107,61 +172,16 @@ func (c *connFlags) store(getenv func(string) string) (st *store.Store, addrs st
 	return store.New(o, kb), strings.Join(o.Addrs, ","), nil
 }
 
-// storeOptions checks the values of connOptions and turns them into Store options.
+// storeOptions checks the values of connOptions as the plugin checks its
+// options (config.ParseRedis) and turns them into Store options.
 func storeOptions(vals map[string]string) (store.Options, keys.Builder, error) {
-	o := store.Options{Username: vals["redis_username"], Password: vals["redis_password"], Timeout: redisTimeout}
-	for _, a := range strings.Split(vals["redis_addr"], ",") {
-		a = strings.TrimSpace(a)
-		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
-			return o, keys.Builder{}, fmt.Errorf("redis_addr: bad value %s: expected host:port, or several separated by commas", strconv.Quote(vals["redis_addr"]))
-		}
-		o.Addrs = append(o.Addrs, a)
-	}
-	db, err := strconv.Atoi(vals["redis_db"])
-	if err != nil || db < 0 {
-		return o, keys.Builder{}, fmt.Errorf("redis_db: bad value %s: expected a database number", strconv.Quote(vals["redis_db"]))
-	}
-	o.DB = db
-	return o, keys.Builder{Prefix: vals["key_prefix"]}, nil
-}
-
-// readConfigFile returns the connOptions set in a mosquitto.conf.
-func readConfigFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
+	cfg, err := config.ParseRedis(vals)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return store.Options{}, keys.Builder{}, err
 	}
-	defer f.Close()
-	opts, err := parseConfig(bufio.NewScanner(f))
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+	o := store.Options{
+		Addrs: cfg.RedisAddrs, Username: cfg.RedisUsername, Password: cfg.RedisPassword,
+		DB: cfg.RedisDB, Timeout: redisTimeout,
 	}
-	return opts, nil
-}
-
-// parseConfig reads mosquitto.conf lines and returns the connOptions set by
-// auth_opt_NAME or plugin_opt_NAME lines; a later line beats an earlier one.
-// As in Mosquitto, a comment is a line starting with '#', and the value is
-// the rest of the line (trimmed), so "secret # x" is a value, not a comment.
-func parseConfig(sc *bufio.Scanner) (map[string]string, error) {
-	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
-	out := map[string]string{}
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		key, value := line, ""
-		if i := strings.IndexAny(line, " \t"); i >= 0 {
-			key, value = line[:i], line[i+1:]
-		}
-		name, ok := strings.CutPrefix(key, "auth_opt_")
-		if !ok {
-			name, ok = strings.CutPrefix(key, "plugin_opt_")
-		}
-		if ok && slices.Contains(connOptions, name) {
-			out[name] = strings.TrimSpace(value)
-		}
-	}
-	return out, sc.Err()
+	return o, keys.Builder{Prefix: cfg.KeyPrefix}, nil
 }

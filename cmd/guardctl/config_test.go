@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"io"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +13,9 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
+// sampleConf is read as Mosquitto reads it: a comment starts with '#' in
+// the first byte; an option's value is the rest of the line after one
+// space; the later of two lines wins; only mosquitto-guard's options count.
 const sampleConf = `# mosquitto.conf
 listener 1883
 auth_plugin /usr/lib/mosquitto-guard/mosquitto_guard.so
@@ -23,31 +24,42 @@ auth_plugin /usr/lib/mosquitto-guard/mosquitto_guard.so
 auth_opt_redis_addr 10.0.0.2:6379
 auth_opt_redis_password   s3cret # not a comment   
 auth_opt_fail_limit 5
-plugin_opt_redis_username	guard
+plugin_opt_redis_username guard
 plugin_opt_redis_db 3
 
 auth_opt_key_prefix first:
 auth_opt_key_prefix  second:
 auth_opt_redis_addr_extra 1.2.3.4:1
-auth_opt_redis_db
 `
 
 func TestParseConfig(t *testing.T) {
-	got, err := parseConfig(bufio.NewScanner(strings.NewReader(sampleConf)))
+	conf := testenv.WriteFile(t, t.TempDir(), "mosquitto.conf", sampleConf)
+	got, err := resolved(t, nil, "--config", conf)
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{
 		"redis_addr":     "10.0.0.2:6379",
 		"redis_password": "s3cret # not a comment",
 		"redis_username": "guard",
-		"redis_db":       "",
+		"redis_db":       "3",
 		"key_prefix":     "second:",
 	}, got)
 }
 
+// A file without a plugin line is an error now, not a silent fall back to
+// the defaults (issue 9).
 func TestParseConfigNothing(t *testing.T) {
-	got, err := parseConfig(bufio.NewScanner(strings.NewReader("listener 1883\n# auth_opt_redis_db 2\n")))
-	require.NoError(t, err)
-	assert.Empty(t, got)
+	conf := testenv.WriteFile(t, t.TempDir(), "mosquitto.conf", "listener 1883\n# auth_opt_redis_db 2\n")
+	_, err := resolved(t, nil, "--config", conf)
+	assert.ErrorContains(t, err, "no auth_plugin or plugin line, here or in its include_dir files")
+}
+
+// Lines Mosquitto refuses are refused, with their file and line: a tab does
+// not separate an option from its value, and an option needs a value.
+func TestParseConfigRefusesWhatMosquittoRefuses(t *testing.T) {
+	conf := testenv.WriteFile(t, t.TempDir(), "mosquitto.conf",
+		"auth_plugin /x/mosquitto_guard.so\nplugin_opt_redis_username\tguard\nauth_opt_redis_db\n")
+	_, err := resolved(t, nil, "--config", conf)
+	assert.ErrorContains(t, err, conf+`:2: empty redis_username\tguard value (a tab does not separate an option from its value); `+conf+":3: empty redis_db value")
 }
 
 // resolved parses args as connection flags and returns the resolved options.
@@ -63,7 +75,7 @@ func resolved(t *testing.T, env map[string]string, args ...string) (map[string]s
 
 func TestResolvePrecedence(t *testing.T) {
 	conf := testenv.WriteFile(t, t.TempDir(), "mosquitto.conf",
-		"auth_opt_redis_addr 10.0.0.2:6379\nauth_opt_redis_password fromfile\nplugin_opt_redis_db 3\nauth_opt_key_prefix p:\n")
+		"auth_plugin /usr/lib/mosquitto-guard/mosquitto_guard.so\nauth_opt_redis_addr 10.0.0.2:6379\nauth_opt_redis_password fromfile\nplugin_opt_redis_db 3\nauth_opt_key_prefix p:\n")
 
 	got, err := resolved(t, nil)
 	require.NoError(t, err)

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// debianLayout writes Debian 12's /etc/mosquitto/mosquitto.conf (package
+// mosquitto 2.0.11), its include_dir pointed at dir/conf.d, with guardConf
+// as conf.d/guard.conf, and returns the main file's path.
+func debianLayout(t *testing.T, dir, guardConf string) string {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755))
+	main := filepath.Join(dir, "mosquitto.conf")
+	files := map[string]string{
+		main: `# Place your local configuration in /etc/mosquitto/conf.d/
+#
+# A full description of the configuration file is at
+# /usr/share/doc/mosquitto/examples/mosquitto.conf.example
+
+pid_file /run/mosquitto/mosquitto.pid
+
+persistence true
+persistence_location /var/lib/mosquitto/
+
+log_dest file /var/log/mosquitto/mosquitto.log
+
+include_dir ` + filepath.Join(dir, "conf.d") + "\n",
+		filepath.Join(dir, "conf.d", "README"):     "Any files placed in this directory that have a .conf ending will be loaded\n",
+		filepath.Join(dir, "conf.d", "guard.conf"): guardConf,
+	}
+	for p, text := range files {
+		require.NoError(t, os.WriteFile(p, []byte(text), 0o644))
+	}
+	return main
+}
+
+// Issue 9: with the plugin's lines in conf.d/guard.conf, --config on the
+// main file found nothing and fell back to 127.0.0.1:6379 and guard:.
+func TestConfigDebianLayout(t *testing.T) {
+	main := debianLayout(t, t.TempDir(), `listener 1883
+allow_anonymous false
+auth_plugin /usr/lib/mosquitto-guard/mosquitto_guard.so
+auth_opt_redis_addr 10.1.2.3:6380
+auth_opt_redis_db 2
+auth_opt_key_prefix site7:
+auth_opt_password_file /etc/mosquitto/passwd-the-operator-cannot-read
+`)
+	got, err := resolved(t, nil, "--config", main)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{
+		"redis_addr": "10.1.2.3:6380", "redis_username": "", "redis_password": "", "redis_db": "2", "key_prefix": "site7:",
+	}, got)
+	o, kb, err := storeOptions(got)
+	require.NoError(t, err, "password_file is not opened")
+	assert.Equal(t, []string{"10.1.2.3:6380"}, o.Addrs)
+	assert.Equal(t, 2, o.DB)
+	assert.Equal(t, "site7:", kb.Prefix)
+}
+
+// mosquitto-guard's line is the one whose file name starts with
+// mosquitto_guard, or else the only plugin line.
+func TestConfigFindsGuardsPlugin(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(text), 0o644))
+		return p
+	}
+	both := write("both.conf", "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\nplugin_opt_config_file /var/lib/dynsec.json\n"+
+		"auth_plugin /opt/guard/mosquitto_guard-1.2.so\nauth_opt_key_prefix g:\n")
+	got, err := resolved(t, nil, "--config", both)
+	require.NoError(t, err)
+	assert.Equal(t, "g:", got["key_prefix"])
+
+	renamed := write("renamed.conf", "auth_plugin /opt/guard.so\nauth_opt_key_prefix r:\n")
+	got, err = resolved(t, nil, "--config", renamed)
+	require.NoError(t, err)
+	assert.Equal(t, "r:", got["key_prefix"], "the only plugin")
+
+	two := write("two.conf", "auth_plugin /opt/a.so\nauth_plugin /opt/b.so\n")
+	_, err = resolved(t, nil, "--config", two)
+	assert.EqualError(t, err, "config "+two+": none of its plugins is named mosquitto_guard*: /opt/a.so ("+two+":1), /opt/b.so ("+two+":2)")
+}
+
+// per_listener_settings loads the plugin once per listener: the same
+// settings are one Redis; different ones are an error naming each, unless
+// the flags given make them the same. No password is shown.
+func TestConfigSeveralInstances(t *testing.T) {
+	dir := t.TempDir()
+	same := filepath.Join(dir, "same.conf")
+	require.NoError(t, os.WriteFile(same, []byte(`per_listener_settings true
+listener 1883
+auth_plugin /usr/lib/mosquitto_guard.so
+auth_opt_redis_addr 10.0.0.1:6379
+listener 8883
+auth_plugin /usr/lib/mosquitto_guard.so
+auth_opt_redis_addr  10.0.0.1:6379 
+`), 0o644))
+	got, err := resolved(t, nil, "--config", same)
+	require.NoError(t, err)
+	assert.Equal(t, "10.0.0.1:6379", got["redis_addr"])
+
+	differ := filepath.Join(dir, "differ.conf")
+	require.NoError(t, os.WriteFile(differ, []byte(`per_listener_settings true
+listener 1883
+auth_plugin /usr/lib/mosquitto_guard.so
+auth_opt_redis_password pw-one
+listener 8883 127.0.0.1
+auth_plugin /usr/lib/mosquitto_guard.so
+auth_opt_key_prefix second:
+auth_opt_redis_password pw-two
+`), 0o644))
+	_, err = resolved(t, nil, "--config", differ)
+	require.Error(t, err)
+	assert.Equal(t, "config "+differ+": mosquitto-guard is loaded 2 times with different Redis settings: "+
+		differ+`:3 (listener 1883): redis_addr 127.0.0.1:6379, redis_db 0, key_prefix "guard:"; `+
+		differ+`:6 (listener 8883 127.0.0.1): redis_addr 127.0.0.1:6379, redis_db 0, key_prefix "second:"; `+
+		"say which with --redis-addr, --redis-db and --key-prefix instead of --config", err.Error())
+	assert.NotContains(t, err.Error(), "pw-")
+
+	got, err = resolved(t, map[string]string{passwordEnv: "pw"}, "--config", differ, "--key-prefix", "second:")
+	require.NoError(t, err, "the flags make them one")
+	assert.Equal(t, "second:", got["key_prefix"])
+	assert.Equal(t, "pw", got["redis_password"])
+}
+
+// An option line Mosquitto would refuse, in an include_dir file, is named
+// with its file and line.
+func TestConfigIncludedFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	main := debianLayout(t, dir, "auth_opt_redis_addr 10.0.0.1:6379\n")
+	_, err := resolved(t, nil, "--config", main)
+	assert.EqualError(t, err, "config: "+filepath.Join(dir, "conf.d", "guard.conf")+
+		":1: auth_opt_redis_addr: no auth_plugin or plugin line before it in this file")
+
+	vals, err := resolved(t, nil, "--config", debianLayout(t, t.TempDir(), "auth_plugin /usr/lib/mosquitto_guard.so\nauth_opt_redis_db 99999999\n"))
+	require.NoError(t, err, "resolve reads; the values are checked as the plugin checks them")
+	_, _, err = storeOptions(vals)
+	assert.EqualError(t, err, `option redis_db: bad value "99999999": expected a whole number from 0 to 65536`)
+}

@@ -1,0 +1,88 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// errUnknownOption is wrapped by the error for an option this plugin does not know.
+var errUnknownOption = errors.New("unknown option")
+
+// unknownOptions returns an error for each option not in the table, sorted
+// by name. None echoes a value: a password may sit in a misspelt option.
+func unknownOptions(opts map[string]string) Errors {
+	var names []string
+	for name := range opts {
+		if _, ok := options[name]; !ok {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	var errs Errors
+	for _, name := range names {
+		errs = append(errs, fmt.Errorf("option %s: %w%s", quoteOdd(name), errUnknownOption, unknownHint(name)))
+	}
+	return errs
+}
+
+// unknownHint says what to write instead of an unknown option.
+func unknownHint(name string) string {
+	if h := goAuthHint(name); h != "" {
+		return " (mosquitto-go-auth): " + h
+	}
+	if n := closest(name, optionNames()); n != "" {
+		return " (did you mean " + n + "?)"
+	}
+	return " (known options: " + strings.Join(optionNames(), ", ") + ")"
+}
+
+// quoteOdd quotes a name holding anything but printable characters, so
+// that a log line stays one line of text.
+func quoteOdd(s string) string {
+	if q := strconv.Quote(s); q[1:len(q)-1] != s {
+		return q
+	}
+	return s
+}
+
+// closest returns the name at most two edits from s, if exactly one is.
+func closest(s string, names []string) string {
+	found := ""
+	for _, n := range names {
+		if editDistance(s, n, 2) <= 2 {
+			if found != "" {
+				return ""
+			}
+			found = n
+		}
+	}
+	return found
+}
+
+// editDistance is the Levenshtein distance of a and b, or more than limit
+// once it is certain to exceed it.
+func editDistance(a, b string, limit int) int {
+	if d := len(a) - len(b); d > limit || -d > limit {
+		return limit + 1
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
