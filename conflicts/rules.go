@@ -1,0 +1,107 @@
+package conflicts
+
+import (
+	"sort"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// evaluate applies the conflict rules to a new connection ev.conn of
+// ev.clientID, given the live connections and past users Redis knows of,
+// the broker instances alive, and now (unix ms). It returns:
+//   - cross: a cross-principal finding, when another principal used the
+//     client ID within window (or holds it live);
+//   - dup: a duplicate-connection finding candidate, when the same
+//     principal's connection with this ID was live (taken over on this
+//     broker, or live on another one). It is reported only once it repeats
+//     takeover_limit times in takeover_window.
+func evaluate(ev event, live, seen []store.Conn, alive map[string]bool, now int64, window time.Duration) (cross, dup *store.Finding) {
+	me := ev.conn
+	isLive := map[string]bool{}       // connection IDs live now
+	others := map[string]store.Conn{} // principal -> its latest connection
+	var sameLive *store.Conn
+	consider := func(c store.Conn, live bool) {
+		if live {
+			isLive[c.ID] = true
+		}
+		if c.Principal == me.Principal {
+			if live && sameLive == nil {
+				cc := c
+				sameLive = &cc
+			}
+			return
+		}
+		last := c.ConnectedMs
+		switch {
+		case live:
+			last = now
+		case c.DisconnectedMs > 0:
+			last = c.DisconnectedMs
+		}
+		if last < now-window.Milliseconds() {
+			return
+		}
+		if prev, ok := others[c.Principal]; !ok || c.ConnectedMs > prev.ConnectedMs {
+			others[c.Principal] = c
+		}
+	}
+	// Remote live connections count when their broker's lease runs; this
+	// broker's own entries are superseded by the local table (ev.other).
+	for _, c := range live {
+		if c.Instance != me.Instance && alive[c.Instance] && c.ID != me.ID {
+			consider(c, true)
+		}
+	}
+	if ev.other != nil {
+		consider(*ev.other, true)
+	}
+	for _, c := range seen {
+		if c.ID != me.ID && !isLive[c.ID] {
+			consider(c, false)
+		}
+	}
+
+	if len(others) > 0 {
+		conns := []store.Conn{me}
+		var displaced int64
+		for _, c := range others {
+			conns = append(conns, c)
+			switch {
+			case ev.other != nil && c.ID == ev.other.ID:
+				displaced = now // the broker closes it as this client takes over
+			case !isLive[c.ID] && c.DisconnectedMs > displaced && displaced != now:
+				displaced = c.DisconnectedMs
+			}
+		}
+		cross = newFinding(store.KindCrossPrincipal, ev.clientID, conns, now)
+		cross.DisplacedDisconnectedMs = displaced
+	}
+	if sameLive != nil {
+		dup = newFinding(store.KindDuplicate, ev.clientID, []store.Conn{me, *sameLive}, now)
+		if ev.other != nil && sameLive.ID == ev.other.ID {
+			dup.DisplacedDisconnectedMs = now
+		}
+	}
+	return cross, dup
+}
+
+// newFinding builds a finding over conns (the new connection first).
+func newFinding(kind, clientID string, conns []store.Conn, now int64) *store.Finding {
+	sorted := append([]store.Conn(nil), conns...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].ConnectedMs > sorted[j].ConnectedMs })
+	seen := map[string]bool{}
+	var principals []string
+	for _, c := range conns {
+		if !seen[c.Principal] {
+			seen[c.Principal] = true
+			principals = append(principals, c.Principal)
+		}
+	}
+	sort.Strings(principals)
+	return &store.Finding{
+		Reason: store.ReasonDuplicateClientID, Severity: store.SeverityHigh,
+		Kind: kind, Action: "flagged", ClientID: clientID,
+		Principals: principals, Connections: sorted, TimeMs: now,
+	}
+}
