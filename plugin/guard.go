@@ -42,10 +42,10 @@ type Guard struct {
 	now     func() time.Time
 	out     Output
 
-	creds        *credentials
-	health       *health
-	refusals     *refusals
-	failures     *failureQueue
+	creds        *credentials       // the backend's users, the password checks and their cache
+	health       *health            // whether Redis answers
+	refusals     *refusals          // the refusal log lines, bounded
+	failures     *failureQueue      // failures counted in Redis, in the background
 	local        *ratelimit.Local   // this broker's own failure count, on the broker thread
 	localUser    *ratelimit.Local   // the same for each username's failures from every source (the throttle)
 	localClaimed *ratelimit.Local   // throttled usernames: failures of sources known by client ID only
