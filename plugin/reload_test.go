@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 )
 
 // levelSink keeps log lines with their level.
