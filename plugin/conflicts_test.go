@@ -3,7 +3,6 @@ package plugin
 import (
 	"context"
 	"errors"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"testing"
 	"time"
 
@@ -11,12 +10,16 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // denyBroker is one guard in clientid_conflict deny mode with the redis
-// backend (alice and bob), tracking client IDs in store.
-func denyBroker(t *testing.T, store ConflictStore, name string) (*Guard, *logSink) {
+// backend (alice and bob), tracking client IDs in cs.
+func denyBroker(t *testing.T, cs conflicts.Store, name string) (*Guard, *logSink) {
 	t.Helper()
 	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "deny", "broker_name": name})
 	require.NoError(t, err)
@@ -26,35 +29,43 @@ func denyBroker(t *testing.T, store ConflictStore, name string) (*Guard, *logSin
 		require.NoError(t, err)
 		st.set("guard:user:"+u, string(h))
 	}
-	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: st, Counter: &fakeCounter{}, Conflicts: store})
+	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: st, Counter: &fakeCounter{}, Conflicts: cs})
 	require.NoError(t, err)
 	t.Cleanup(g.Close)
 	return g, ls
 }
 
-// seeEachOther renews every guard's lease, then lets each learn the others'.
-func seeEachOther(gs ...*Guard) {
-	for _, g := range gs {
-		g.conflicts.renew()
-	}
-	for _, g := range gs {
-		g.conflicts.renew()
-	}
+// tracking waits until g's conflict worker runs, and so has renewed its
+// lease and learnt the brokers whose lease ran before: the worker handles
+// events only after its first renewal, and records a connection's use (its
+// seen entry) only there. A warm-up connection of its own (client ID id,
+// handle h) says so.
+func tracking(t *testing.T, g *Guard, st *store.Store, h uintptr, id string) {
+	t.Helper()
+	require.Equal(t, Allow, g.Authenticate(cl(h, "192.0.2.200", id, "alice", "alice-pw")).Result)
+	require.Eventually(t, func() bool {
+		s, err := st.ClientIDStates(context.Background(), []string{id})
+		return err == nil && len(s[id].Seen) > 0
+	}, 5*time.Second, 10*time.Millisecond, "the conflict worker of %s runs", id)
 }
 
 // In deny mode a client this plugin admits claims its client ID in the step
 // that looks for a holder, and the connection claimed is the one recorded
-// and later removed: the admitted connection's own.
+// and later removed: the admitted connection's own. On a real Redis: the
+// claim is store's atomic script.
 func TestDenyClaimsTheClientID(t *testing.T) {
-	mem := newMemConflicts()
-	a, _ := denyBroker(t, mem, "broker-a")
-	b, logs := denyBroker(t, mem, "broker-b")
-	seeEachOther(a, b)
+	r := testenv.StartRedis(t)
+	st := store.New(store.Options{Addrs: []string{r.Addr}, Timeout: time.Second}, keys.Builder{Prefix: "guard:"})
+	t.Cleanup(func() { st.Close() }) // after the guards' Close (cleanups run last first)
+	ctx := context.Background()
+	a, _ := denyBroker(t, st, "broker-a")
+	tracking(t, a, st, 100, "warm-up-a")
+	b, logs := denyBroker(t, st, "broker-b")
+	tracking(t, b, st, 101, "warm-up-b") // b knows a's lease
 
 	require.Equal(t, Allow, a.Authenticate(cl(1, "192.0.2.1", "door", "alice", "alice-pw")).Result)
-	mem.mu.Lock()
-	live := append([]store.Conn(nil), mem.states["door"].Live...)
-	mem.mu.Unlock()
+	live, err := st.LiveConns(ctx, "door")
+	require.NoError(t, err)
 	require.Len(t, live, 1, "claimed on the broker thread, before the worker runs")
 	a.mu.Lock()
 	admitted := a.conns[1].conn
@@ -66,7 +77,7 @@ func TestDenyClaimsTheClientID(t *testing.T) {
 	assert.Equal(t, RuleClientIDConflict, d.Rule)
 	assert.Contains(t, logs.all(), `holder_principal="alice" holder_ip=192.0.2.1 holder_broker="broker-a"`)
 	b.mu.Lock()
-	assert.Empty(t, b.conns, "the refused client is not admitted")
+	assert.Nil(t, b.conns[2], "the refused client is not admitted")
 	b.mu.Unlock()
 
 	// The same principal on another broker is a reconnect.
@@ -75,26 +86,38 @@ func TestDenyClaimsTheClientID(t *testing.T) {
 	a.Disconnected(1)
 	b.Disconnected(3)
 	assert.Eventually(t, func() bool {
-		mem.mu.Lock()
-		defer mem.mu.Unlock()
-		return len(mem.states["door"].Live) == 0
+		live, err := st.LiveConns(ctx, "door")
+		return err == nil && len(live) == 0
 	}, 2*time.Second, 10*time.Millisecond, "alice's live entries removed")
 	assert.Equal(t, Allow, b.Authenticate(cl(4, "192.0.2.2", "door", "bob", "bob-pw")).Result)
 }
 
-// failingClaims is a store whose claims fail, as when Redis does not answer
-// within redis_timeout.
-type failingClaims struct{ *memConflicts }
+// failingClaims is a conflict store whose claims fail, as when Redis does
+// not answer within redis_timeout; the worker's calls find nothing.
+type failingClaims struct{}
 
 func (failingClaims) Claim(context.Context, string, store.Conn, []string) (*store.Conn, error) {
 	return nil, errors.New("i/o timeout")
+}
+func (failingClaims) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Duration) ([]store.State, error) {
+	return make([]store.State, len(ws)), nil
+}
+func (failingClaims) CountTakeover(context.Context, string, time.Duration) (int64, error) {
+	return 0, nil
+}
+func (failingClaims) RenewLease(context.Context, string, time.Duration) (map[string]bool, []string, error) {
+	return map[string]bool{}, nil, nil
+}
+func (failingClaims) Reap(context.Context, string) error { return nil }
+func (failingClaims) AddFinding(context.Context, *store.Finding, time.Duration, time.Duration, int64) (bool, error) {
+	return false, nil
 }
 
 // A claim Redis does not answer lets the client in (to be flagged later if
 // it conflicts), as when Redis is down, and marks Redis down so that the
 // next CONNECTs do not wait for it too.
 func TestDenyClaimFailureLetsIn(t *testing.T) {
-	a, _ := denyBroker(t, failingClaims{newMemConflicts()}, "broker-a")
+	a, _ := denyBroker(t, failingClaims{}, "broker-a")
 	assert.Equal(t, Allow, a.Authenticate(cl(1, "192.0.2.1", "door", "alice", "alice-pw")).Result)
 	assert.False(t, a.health.up())
 }

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -84,8 +85,8 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 	if flagged {
 		g.out.Flagged(-1)
 	}
-	if recorded && g.conflicts != nil {
-		g.conflicts.enqueue(conflictEvent{kind: evDisconnect, clientID: lc.clientID, conn: lc.conn})
+	if recorded && g.tracker != nil {
+		g.tracker.Disconnected(lc.clientID, lc.conn)
 	}
 }
 
@@ -117,13 +118,6 @@ func (g *Guard) reauth(handle uintptr) bool {
 	return lc != nil
 }
 
-// Reauthenticate decides the broker's re-check of a client it already holds,
-// connected or an offline session, in the walk over every client that
-// follows a reload (the cgo layer tells the walk from new CONNECTs): the
-// lists and the password are checked as for a CONNECT, but a refusal is not
-// counted, a success is not recorded, and nothing is admitted.
-func (g *Guard) Reauthenticate(c Client) Decision { return g.authenticate(c, true) }
-
 // ReloadVisit reports whether a BASIC_AUTH, during the reload whose number is
 // reload, is the broker re-checking a client this guard knows: a live
 // connection, or an offline session with the same client ID, not visited yet
@@ -140,13 +134,15 @@ func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool
 	return true
 }
 
-// admit records a connection let through; pending when a later check decides.
+// admit records a connection let through; pending when a later check
+// decides. Conflict tracking hears of it now, or of a pending one once
+// confirmLoop finds it still there.
 func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 	now := g.now()
 	lc := &liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
 		ip: ip, pending: pending, since: now}
-	if g.conflicts != nil {
-		lc.conn = g.conflicts.newConn(principalOf(c), addrString(c, ip), now)
+	if g.tracker != nil {
+		lc.conn = g.tracker.NewConn(conflicts.Principal(c.HasUsername, c.Username), addrString(c, ip), now)
 	}
 	g.mu.Lock()
 	if old := g.conns[c.Handle]; old != nil && old.offline {
@@ -161,12 +157,12 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 	}
 	g.conns[c.Handle] = lc
 	g.byID[c.ClientID] = lc
-	if pending && g.conflicts != nil {
+	if pending && g.tracker != nil {
 		g.pending = append(g.pending, lc)
 	}
 	g.mu.Unlock()
-	if !pending && g.conflicts != nil {
-		g.conflicts.enqueue(conflictEvent{kind: evConnect, clientID: c.ClientID, conn: lc.conn, other: lc.other})
+	if !pending && g.tracker != nil {
+		g.tracker.Connected(c.ClientID, lc.conn, lc.other)
 	}
 }
 
@@ -201,7 +197,7 @@ func (g *Guard) confirmLoop() {
 			g.pending = g.pending[i:] // no copy under the lock; append reallocates
 			g.mu.Unlock()
 			for _, lc := range ready {
-				g.conflicts.enqueue(conflictEvent{kind: evConnect, clientID: lc.clientID, conn: lc.conn, other: lc.other})
+				g.tracker.Connected(lc.clientID, lc.conn, lc.other)
 			}
 		}
 	}

@@ -35,17 +35,33 @@ type failure struct {
 // broker thread needs to wait for it. The queue is bounded; when a flood
 // outruns Redis the excess is dropped and the drop is logged.
 type failureQueue struct {
-	g         *Guard
+	failureDeps
 	ch        chan failure
 	dropped   atomic.Int64 // not queued: the queue was full
 	uncounted atomic.Int64 // queued, but Redis did not count them
 }
 
+// failureDeps are what the failure worker needs of the guard.
+type failureDeps struct {
+	counter   FailCounter
+	policy    ratelimit.Policy // fail_limit and the rest: named in the ban lines
+	userLimit int              // username_fail_limit
+	log       Logger
+	now       func() time.Time
+	down      func(error) // Redis failed to answer (health)
+	// listed puts a ban or throttle this broker wrote into the local replica
+	// and tells the other brokers.
+	listed func(key, reason string, expires time.Time)
+	spawn  func(name string, fn func()) // a goroutine the guard's Close waits for
+	stop   <-chan struct{}              // closed when the guard closes
+}
+
 const failureQueueSize = 4096
 
-func newFailureQueue(g *Guard) *failureQueue {
-	q := &failureQueue{g: g, ch: make(chan failure, failureQueueSize)}
-	g.spawn("failure counting", q.run)
+// newFailureQueue starts the failure worker.
+func newFailureQueue(d failureDeps) *failureQueue {
+	q := &failureQueue{failureDeps: d, ch: make(chan failure, failureQueueSize)}
+	d.spawn("failure counting", q.run)
 	return q
 }
 
@@ -65,7 +81,7 @@ func (q *failureQueue) addReset(k failKey) {
 	select {
 	case q.ch <- failure{reset: &k}:
 	default:
-		q.g.spawn("failure count reset", func() { q.g.resetCount(k) })
+		q.spawn("failure count reset", func() { q.resetCount(k) })
 	}
 }
 
@@ -74,37 +90,26 @@ func (q *failureQueue) run() {
 	defer report.Stop()
 	for {
 		select {
-		case <-q.g.stop:
+		case <-q.stop:
 			return
 		case f := <-q.ch:
 			q.countSafely(f)
 		case <-report.C:
 			if n := q.dropped.Swap(0); n > 0 {
-				q.g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted: the counting queue was full", n))
+				q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted: the counting queue was full", n))
 			}
 			if n := q.uncounted.Swap(0); n > 0 {
-				q.g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted in redis: it did not answer (counted on this broker only)", n))
+				q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted in redis: it did not answer (counted on this broker only)", n))
 			}
 		}
 	}
-}
-
-// banned puts an automatic ban into the local replica at once, and tells
-// the other brokers' replicas, for Redis without keyspace notifications.
-func (g *Guard) banned(ban *ratelimit.Ban) {
-	if g.replica != nil {
-		_ = g.replica.Put(ban.Key, ban.Reason, ban.Expires)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_ = g.bgStore.PublishChange(ctx, ban.Key)
 }
 
 // countSafely counts f; a panic is logged and the worker goes on.
 func (q *failureQueue) countSafely(f failure) {
 	defer func() {
 		if r := recover(); r != nil {
-			q.g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error counting a failure: %v", r))
+			q.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error counting a failure: %v", r))
 		}
 	}()
 	q.count(f)
@@ -129,26 +134,21 @@ const countRetryFor = 30 * time.Second
 // a key over its limit is not counted again (redis_rate changes nothing when
 // it refuses), and the ban is written by the retry.
 func (q *failureQueue) count(f failure) {
-	g := q.g
 	if f.reset != nil {
-		g.resetCount(*f.reset)
+		q.resetCount(*f.reset)
 		return
 	}
 	for _, k := range f.keys {
 		var ban *ratelimit.Ban
 		err := q.retry(func(ctx context.Context) (err error) {
-			ban, err = g.counter.Fail(ctx, k.scope, k.value)
+			ban, err = q.counter.Fail(ctx, k.scope, k.value)
 			if ban != nil {
 				return nil // written; an offence left uncounted only shortens the next ban
 			}
 			return err
 		})
 		if ban != nil {
-			g.banned(ban)
-			c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
-			g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: banned %s=%s: %s; last %s rule=%s origin=auto expires=%s offence=%d",
-				k.scope, logval.Quote(k.value), g.cfg.Policy.Rule(), describeClient(c, f.ip),
-				logval.Quote(ban.Key), expiry(g.now(), ban.Duration), ban.Offence))
+			q.banned(ban, f, k)
 		}
 		if err != nil {
 			q.lost(err)
@@ -158,7 +158,7 @@ func (q *failureQueue) count(f failure) {
 	if f.throttle && f.hasUsername {
 		var th *ratelimit.Throttle
 		err := q.retry(func(ctx context.Context) (err error) {
-			th, err = g.counter.ThrottleFail(ctx, f.username, g.cfg.UsernameFailLimit)
+			th, err = q.counter.ThrottleFail(ctx, f.username, q.userLimit)
 			return err
 		})
 		if err != nil {
@@ -166,7 +166,7 @@ func (q *failureQueue) count(f failure) {
 			return
 		}
 		if th != nil {
-			g.throttled(th)
+			q.throttled(th)
 		}
 	}
 }
@@ -185,7 +185,7 @@ func (q *failureQueue) retry(attempt func(ctx context.Context) error) error {
 			return err
 		}
 		select {
-		case <-q.g.stop:
+		case <-q.stop:
 			return err
 		case <-time.After(wait):
 		}
@@ -218,21 +218,36 @@ func notRun(err error) bool {
 // down (the health probe says when it is back), and the loss is logged with
 // the next report of the queue.
 func (q *failureQueue) lost(err error) {
-	q.g.health.down(err)
+	q.down(err)
 	q.uncounted.Add(1)
 }
 
-// throttled puts a new username throttle into the local replica and tells
-// the other brokers, and logs the start of the episode (once, on the broker
-// that wrote it).
-func (g *Guard) throttled(th *ratelimit.Throttle) {
-	expires := g.now().Add(th.Duration)
-	if g.replica != nil {
-		_ = g.replica.Put(th.Key, th.Reason, expires)
+// banned spreads an automatic ban this broker wrote, and logs it with the
+// failure f that caused it, under its key k.
+func (q *failureQueue) banned(ban *ratelimit.Ban, f failure, k failKey) {
+	q.listed(ban.Key, ban.Reason, ban.Expires)
+	c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
+	q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: banned %s=%s: %s; last %s rule=%s origin=auto expires=%s offence=%d",
+		k.scope, logval.Quote(k.value), q.policy.Rule(), describeClient(c, f.ip),
+		logval.Quote(ban.Key), expiry(q.now(), ban.Duration), ban.Offence))
+}
+
+// throttled spreads a new username throttle, and logs the start of the
+// episode (once, on the broker that wrote it).
+func (q *failureQueue) throttled(th *ratelimit.Throttle) {
+	q.listed(th.Key, th.Reason, q.now().Add(th.Duration))
+	q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: throttling username=%s: over %d failed authentications of it from any source (%d allowed, refilling 1 per %s); until %s its attempts from sources it never authenticated from are refused unchecked rule=%s",
+		logval.Quote(th.Username), q.userLimit, q.userLimit, q.policy.Window, expiry(q.now(), th.Duration), RuleUsernameThrottled))
+}
+
+// resetCount resets k's count in Redis, whose automatic ban was lifted
+// early (see Guard.liftedEarly).
+func (q *failureQueue) resetCount(k failKey) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := q.counter.Reset(ctx, k.scope, k.value); err != nil {
+		q.down(err)
+		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	_ = g.bgStore.PublishChange(ctx, th.Key)
-	cancel()
-	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: throttling username=%s: over %d failed authentications of it from any source (%d allowed, refilling 1 per %s); until %s its attempts from sources it never authenticated from are refused unchecked rule=%s",
-		logval.Quote(th.Username), g.cfg.UsernameFailLimit, g.cfg.UsernameFailLimit, g.cfg.Policy.Window, expiry(g.now(), th.Duration), RuleUsernameThrottled))
+	q.log(LevelNotice, fmt.Sprintf("mosquitto-guard: automatic ban of %s=%s lifted before its time: its failure count starts again", k.scope, logval.Quote(k.value)))
 }

@@ -3,7 +3,6 @@ package plugin
 import (
 	"context"
 	"errors"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"net"
 	"os"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )

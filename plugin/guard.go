@@ -3,16 +3,14 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/backends/files"
-	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logflood"
+	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
@@ -37,29 +35,24 @@ type FailCounter interface {
 
 // Guard is one plugin instance.
 type Guard struct {
-	cfg      config.Options
-	log      Logger
-	store    Store // the broker thread's calls, bounded by redis_timeout
-	bgStore  Store // background work's calls: longer deadlines (store.Options.BackgroundTimeout)
-	counter  FailCounter
-	verifier hashes.Verifier
-	users    atomic.Pointer[files.Store]
-	lastHash atomic.Pointer[string] // redis backend: the most expensive known user's hash seen, the model of the unknown users' dummy
-	now      func() time.Time
+	cfg     config.Options
+	log     Logger
+	store   Store // the broker thread's calls, bounded by redis_timeout
+	bgStore Store // background work's calls: longer deadlines (store.Options.BackgroundTimeout)
+	now     func() time.Time
+	out     Output
 
-	health       health
-	failures     *failureQueue
-	local        *ratelimit.Local // this broker's own failure count, on the broker thread
-	localUser    *ratelimit.Local // the same for each username's failures from every source (the throttle)
-	localClaimed *ratelimit.Local // throttled usernames: failures of sources known by client ID only
-	known        *knownSources    // nil without Redis or with username_fail_limit 0
-	throttleLog  throttleLog
-	floods       *logflood.Limiter // refusal lines per source and rule
-	conflicts    *conflicts        // nil when clientid_conflict is off
-	replica      *replica.Replica  // nil without a Redis client (unit tests)
+	creds        *credentials       // the backend's users, the password checks and their cache
+	health       *health            // whether Redis answers
+	refusals     *refusals          // the refusal log lines, bounded
+	failures     *failureQueue      // failures counted in Redis, in the background
+	local        *ratelimit.Local   // this broker's own failure count, on the broker thread
+	localUser    *ratelimit.Local   // the same for each username's failures from every source (the throttle)
+	localClaimed *ratelimit.Local   // throttled usernames: failures of sources known by client ID only
+	known        *knownSources      // nil without Redis or with username_fail_limit 0
+	tracker      *conflicts.Tracker // nil when clientid_conflict is off
+	replica      *replica.Replica   // nil without a Redis client (unit tests)
 	sync         *replica.Sync
-	cache        *verifyCache
-	out          Output
 	stopSync     context.CancelFunc
 
 	mu      sync.Mutex
@@ -90,7 +83,7 @@ type Output struct {
 type Deps struct {
 	Store      Store                 // the broker thread's lookups
 	Background Store                 // the same Redis for background work; nil: Store
-	Conflicts  ConflictStore         // nil: no conflict detection
+	Conflicts  conflicts.Store       // nil: no conflict detection
 	Counter    FailCounter           // failed-auth counting and bans
 	Redis      redis.UniversalClient // nil: no replica, every lookup asks Store
 }
@@ -136,42 +129,47 @@ func NewWith(cfg config.Options, out Output, d Deps) (*Guard, error) {
 		out.Flagged = func(int) {}
 	}
 	g := &Guard{
-		cfg:      cfg,
-		log:      out.Log,
-		store:    d.Store,
-		bgStore:  d.Background,
-		counter:  d.Counter,
-		cache:    newVerifyCache(cfg.AuthCache),
-		out:      out,
-		verifier: hashes.Verifier{SaltEncoding: hashes.SaltEncoding(cfg.SaltEncoding)},
-		now:      time.Now,
-		conns:    map[uintptr]*liveConn{},
-		byID:     map[string]*liveConn{},
-		stop:     make(chan struct{}),
+		cfg:     cfg,
+		log:     out.Log,
+		store:   d.Store,
+		bgStore: d.Background,
+		out:     out,
+		now:     time.Now,
+		conns:   map[uintptr]*liveConn{},
+		byID:    map[string]*liveConn{},
+		stop:    make(chan struct{}),
 	}
 	if g.bgStore == nil {
 		g.bgStore = d.Store
 	}
+	g.creds = &credentials{backend: cfg.Backend, passwordFile: cfg.PasswordFile, log: g.log,
+		verifier: hashes.Verifier{SaltEncoding: hashes.SaltEncoding(cfg.SaltEncoding)},
+		cache:    newVerifyCache(cfg.AuthCache)}
 	if cfg.Backend == config.BackendFiles {
-		if err := g.loadUsers(); err != nil {
+		if err := g.creds.load(); err != nil {
 			return nil, err
 		}
 	}
-	g.floods = logflood.New(logflood.DefaultMax, logflood.DefaultBurst, logflood.DefaultPeriod)
-	g.spawn("refusal log summaries", g.flushFloods)
+	g.refusals = newRefusals(g.log, g.now, cfg.FailIPv6Prefix, cfg.Policy.Window)
+	g.spawn("refusal log summaries", func() { g.refusals.run(g.stop) })
 	g.local = ratelimit.NewLocal(cfg.Policy, ratelimit.DefaultLocalKeys)
 	userPolicy := cfg.Policy
 	userPolicy.Limit = max(cfg.UsernameFailLimit, 1)
 	g.localUser = ratelimit.NewLocal(userPolicy, ratelimit.DefaultLocalKeys)
 	g.localClaimed = ratelimit.NewLocal(ratelimit.Policy{Limit: 1, Window: cfg.Policy.Window}, ratelimit.DefaultLocalKeys)
-	g.health.init(g)
-	g.failures = newFailureQueue(g)
+	g.health = newHealth(healthDeps{probe: g.store.Ping, timeout: cfg.RedisTimeout, log: g.log,
+		addrs: cfg.RedisAddrs, deny: cfg.DenyWhenRedisDown})
+	g.spawn("redis health", func() { g.health.run(g.stop) })
+	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
+		log: g.log, now: g.now, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop})
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
-		g.known = newKnownSources(g, d.Redis)
+		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
+			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window,
+			down: g.health.down, spawn: g.spawn, stop: g.stop})
 	}
 	if d.Conflicts != nil && cfg.Conflicts.Mode != config.ConflictOff {
-		g.conflicts = newConflicts(g, d.Conflicts, out.Publish)
-		g.spawn("client ID tracking", g.conflicts.run)
+		g.tracker = newTracker(cfg, d.Conflicts, d.Store, g.log, out.Publish, g.now)
+		g.spawn("client ID tracking", func() { g.tracker.Run(g.stop) })
 		g.spawn("deferred confirmation", g.confirmLoop)
 	}
 	if d.Redis != nil {
@@ -192,8 +190,8 @@ func (g *Guard) Close() {
 		g.stopSync()
 	}
 	g.wg.Wait()
-	if g.conflicts != nil {
-		g.conflicts.close()
+	if g.tracker != nil {
+		g.tracker.Close()
 	}
 	g.store.Close()
 }
@@ -213,39 +211,22 @@ func (g *Guard) Reload() {
 	if g.cfg.Backend != config.BackendFiles {
 		return
 	}
-	if err := g.loadUsers(); err != nil {
-		g.log(LevelError, fmt.Sprintf("mosquitto-guard: %v; keeping the %d users loaded before", err, g.users.Load().Len()))
+	if err := g.creds.load(); err != nil {
+		g.log(LevelError, fmt.Sprintf("mosquitto-guard: %v; keeping the %d users loaded before", err, g.creds.users.Load().Len()))
 	}
 }
 
-// loadUsers loads the password file, logging at most maxReports of its
-// skipped lines and duplicate usernames plus a count of the rest.
-func (g *Guard) loadUsers() error {
-	const maxReports = 20
-	users, skipped, err := files.Load(g.cfg.PasswordFile, g.verifier)
-	if err != nil {
-		return &config.OptionError{Option: "password_file", Value: g.cfg.PasswordFile, Expected: "a readable mosquitto_passwd file (" + err.Error() + ")"}
-	}
-	for i, s := range skipped {
-		if i == maxReports {
-			g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s: %d more skipped lines or duplicate usernames not logged",
-				g.cfg.PasswordFile, len(skipped)-i))
-			break
-		}
-		if s.Username != "" {
-			g.log(LevelWarning, "mosquitto-guard: "+s.Error())
-		} else {
-			g.log(LevelWarning, "mosquitto-guard: skipped "+s.Error())
-		}
-	}
-	if prev := g.users.Load(); prev != nil && prev.Len() > 0 && users.Len() == 0 {
-		return fmt.Errorf("password_file %s: no user in it (%d lines skipped; a file meant to hold no user takes effect at restart)",
-			g.cfg.PasswordFile, len(skipped))
-	}
-	g.users.Store(users)
-	g.log(LevelInfo, fmt.Sprintf("mosquitto-guard: loaded %d users from %s", users.Len(), g.cfg.PasswordFile))
-	if n := users.CheapHashes(); n > 0 {
-		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash far cheaper than the most expensive one, and timing can tell them from unknown users; rehash them with one format and cost", g.cfg.PasswordFile, n))
-	}
-	return nil
+// spawn runs fn in a goroutine that Close waits for. A panic in it is logged
+// and swallowed: a panic escaping any goroutine would kill the broker.
+func (g *Guard) spawn(name string, fn func()) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer func() {
+			if r := recover(); r != nil {
+				g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in %s: %v", name, r))
+			}
+		}()
+		fn()
+	}()
 }

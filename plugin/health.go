@@ -20,11 +20,20 @@ import (
 // healthTimeout (700 ms); one that answers again within healthEvery (200 ms)
 // plus its answer. Each change of state is logged once.
 type health struct {
-	g    *Guard
+	healthDeps
 	isUp atomic.Bool
 
 	mu     sync.Mutex // orders the log lines of state changes
 	logged bool       // the state last logged: true up
+}
+
+// healthDeps are what the health probe needs of the guard.
+type healthDeps struct {
+	probe   func(ctx context.Context) error // asks Redis (the broker thread's client)
+	timeout time.Duration                   // redis_timeout
+	log     Logger
+	addrs   []string // redis_addr, for the log lines
+	deny    bool     // redis_unavailable deny, for the log lines
 }
 
 const (
@@ -32,30 +41,32 @@ const (
 	healthTimeout = 500 * time.Millisecond
 )
 
-func (h *health) init(g *Guard) {
-	h.g = g
-	h.logged = true
+// newHealth asks Redis once, and logs the answer; run keeps asking.
+func newHealth(d healthDeps) *health {
+	h := &health{healthDeps: d, logged: true}
 	if err := h.ping(); err != nil {
 		h.down(err)
 	} else {
 		h.isUp.Store(true)
-		g.log(LevelInfo, "mosquitto-guard: connected to redis at "+strings.Join(g.cfg.RedisAddrs, ","))
+		h.log(LevelInfo, "mosquitto-guard: connected to redis at "+strings.Join(h.addrs, ","))
 	}
-	g.spawn("redis health", h.run)
+	return h
 }
 
+// ping asks Redis, bounded by redis_timeout (at least healthTimeout).
 func (h *health) ping() error {
-	ctx, cancel := context.WithTimeout(context.Background(), max(h.g.cfg.RedisTimeout, healthTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), max(h.timeout, healthTimeout))
 	defer cancel()
-	return h.g.store.Ping(ctx)
+	return h.probe(ctx)
 }
 
-func (h *health) run() {
+// run pings Redis every healthEvery until stop.
+func (h *health) run(stop <-chan struct{}) {
 	t := time.NewTicker(healthEvery)
 	defer t.Stop()
 	for {
 		select {
-		case <-h.g.stop:
+		case <-stop:
 			return
 		case <-t.C:
 		}
@@ -78,13 +89,12 @@ func (h *health) down(err error) {
 		return
 	}
 	h.logged = false
-	g := h.g
 	mode := "allow: the last known lists and the passwords still apply, failures are counted on this broker only"
-	if g.cfg.DenyWhenRedisDown {
+	if h.deny {
 		mode = "deny: refusing every client"
 	}
-	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s unreachable (%v); redis_unavailable %s until it is reachable again",
-		strings.Join(g.cfg.RedisAddrs, ","), err, mode))
+	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s unreachable (%v); redis_unavailable %s until it is reachable again",
+		strings.Join(h.addrs, ","), err, mode))
 }
 
 func (h *health) upAgain() {
@@ -95,5 +105,5 @@ func (h *health) upAgain() {
 		return
 	}
 	h.logged = true
-	h.g.log(LevelNotice, "mosquitto-guard: redis at "+strings.Join(h.g.cfg.RedisAddrs, ",")+" is back: list checks resume")
+	h.log(LevelNotice, "mosquitto-guard: redis at "+strings.Join(h.addrs, ",")+" is back: list checks resume")
 }

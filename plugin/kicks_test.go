@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"net/netip"
 	"slices"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
 )

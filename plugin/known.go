@@ -32,17 +32,25 @@ import (
 // throttled, the set loaded from Redis (at most knownLoadedMax members over
 // all usernames). Neither is consulted unless the username is throttled.
 type knownSources struct {
-	g      *Guard
-	rdb    redis.UniversalClient
-	kb     keys.Builder
-	max    int
-	window time.Duration
-	ch     chan knownWrite
+	knownDeps
+	ch chan knownWrite
 
 	mu          sync.Mutex
 	recent      map[string]int64 // recentKey(username, source) -> unix ms of the last success written
 	loaded      map[string]*knownSet
 	loadedTotal int
+}
+
+// knownDeps are what known sources need of the guard.
+type knownDeps struct {
+	rdb        redis.UniversalClient
+	kb         keys.Builder
+	max        int           // known_sources_max
+	window     time.Duration // conflict_window: how long a source stays known
+	failWindow time.Duration // fail_window: a throttle episode's set is dropped 2 of them after its last use
+	down       func(error)   // Redis failed to answer (health)
+	spawn      func(name string, fn func())
+	stop       <-chan struct{}
 }
 
 type knownWrite struct {
@@ -69,14 +77,14 @@ const (
 	knownReloadAfter    = 5 * time.Second
 )
 
-func newKnownSources(g *Guard, rdb redis.UniversalClient) *knownSources {
+// newKnownSources starts the writer of known sources.
+func newKnownSources(d knownDeps) *knownSources {
 	k := &knownSources{
-		g: g, rdb: rdb, kb: keys.Builder{Prefix: g.cfg.KeyPrefix},
-		max: g.cfg.KnownSourcesMax, window: g.cfg.Conflicts.Window,
-		ch:     make(chan knownWrite, knownQueueSize),
-		recent: map[string]int64{}, loaded: map[string]*knownSet{},
+		knownDeps: d,
+		ch:        make(chan knownWrite, knownQueueSize),
+		recent:    map[string]int64{}, loaded: map[string]*knownSet{},
 	}
-	g.spawn("known sources", k.run)
+	d.spawn("known sources", k.run)
 	return k
 }
 
@@ -180,7 +188,7 @@ func (k *knownSources) startLoad(username string, old *knownSet, now time.Time) 
 	}
 	old.loading = true
 	old.at = now
-	k.g.spawn("known sources load", func() {
+	k.spawn("known sources load", func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		min := strconv.FormatInt(time.Now().Add(-k.window).UnixMilli(), 10)
@@ -191,7 +199,7 @@ func (k *knownSources) startLoad(username string, old *knownSet, now time.Time) 
 		defer k.mu.Unlock()
 		old.loading = false
 		if err != nil {
-			k.g.health.down(err)
+			k.down(err)
 			return
 		}
 		set := make(map[string]struct{}, len(members))
@@ -210,7 +218,7 @@ func (k *knownSources) forgetLoaded(now time.Time) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for u, s := range k.loaded {
-		if !s.loading && now.Sub(s.at) > 2*k.g.cfg.Policy.Window+knownReloadAfter {
+		if !s.loading && now.Sub(s.at) > 2*k.failWindow+knownReloadAfter {
 			k.loadedTotal -= len(s.members)
 			delete(k.loaded, u)
 		}
@@ -223,7 +231,7 @@ func (k *knownSources) run() {
 	batch := make([]knownWrite, 0, knownBatchMax)
 	for {
 		select {
-		case <-k.g.stop:
+		case <-k.stop:
 			return
 		case <-tick.C:
 			k.forgetLoaded(time.Now())
@@ -241,7 +249,7 @@ func (k *knownSources) run() {
 				batch = append(batch, w)
 			case <-linger.C:
 				break fill
-			case <-k.g.stop:
+			case <-k.stop:
 				break fill
 			}
 		}
@@ -268,7 +276,7 @@ func (k *knownSources) write(batch []knownWrite) {
 		pipe.PExpire(ctx, key, k.window)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		k.g.health.down(err)
+		k.down(err)
 		// Forget what was not written, so the next success writes it again.
 		k.mu.Lock()
 		for _, w := range batch {

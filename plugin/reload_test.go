@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"fmt"
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 )
 
 // levelSink keeps log lines with their level.
@@ -78,7 +79,7 @@ func TestReloadWithNoUserKeepsUsers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "passwd")
 	require.NoError(t, os.WriteFile(path, []byte(bcryptLine(t, "alice", "pw-a")+bcryptLine(t, "bob", "pw-b")), 0o600))
 	g, ls := filesGuard(t, path)
-	require.Equal(t, 2, g.users.Load().Len())
+	require.Equal(t, 2, g.creds.users.Load().Len())
 
 	for name, content := range map[string]string{
 		"garbage": "this is not a password file\nalice\n:x\nbob:not-a-hash\n\x00\xff\n",
@@ -89,7 +90,7 @@ func TestReloadWithNoUserKeepsUsers(t *testing.T) {
 			ls.reset()
 			require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
 			g.Reload()
-			assert.Equal(t, 2, g.users.Load().Len())
+			assert.Equal(t, 2, g.creds.users.Load().Len())
 			assert.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "a", "alice", "pw-a")).Result)
 			assert.Equal(t, Allow, g.Authenticate(cl(2, "192.0.2.2", "b", "bob", "pw-b")).Result)
 			assert.Len(t, ls.with(LevelError, "password_file "+path+": no user in it", "keeping the 2 users loaded before"), 1, ls.lines)
@@ -100,7 +101,7 @@ func TestReloadWithNoUserKeepsUsers(t *testing.T) {
 	ls.reset()
 	require.NoError(t, os.WriteFile(path, []byte(bcryptLine(t, "carol", "pw-c")), 0o600))
 	g.Reload()
-	assert.Equal(t, 1, g.users.Load().Len(), "a file with users replaces the users")
+	assert.Equal(t, 1, g.creds.users.Load().Len(), "a file with users replaces the users")
 	assert.Equal(t, Deny, g.Authenticate(cl(3, "192.0.2.1", "a", "alice", "pw-a")).Result)
 	assert.Equal(t, Allow, g.Authenticate(cl(4, "192.0.2.3", "c", "carol", "pw-c")).Result)
 	assert.Len(t, ls.with(LevelInfo, "loaded 1 users"), 1)
@@ -112,7 +113,7 @@ func TestStartWithNoUser(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "passwd")
 	require.NoError(t, os.WriteFile(path, []byte("# nobody yet\n"), 0o600))
 	g, ls := filesGuard(t, path)
-	assert.Equal(t, 0, g.users.Load().Len())
+	assert.Equal(t, 0, g.creds.users.Load().Len())
 	assert.Len(t, ls.with(LevelInfo, "loaded 0 users"), 1)
 	// From no users to no users: nothing to keep.
 	g.Reload()
@@ -160,15 +161,15 @@ func TestReloadKeepsCache(t *testing.T) {
 	for i, u := range []string{"alice", "bob", "carol"} {
 		require.Equal(t, Allow, g.Authenticate(cl(uintptr(i+1), "192.0.2.1", u, u, "pw-"+u[:1])).Result)
 	}
-	require.Equal(t, 3, g.cache.order.Len())
-	hashOf := func(u string) string { h, _ := g.users.Load().Hash(u); return h }
+	require.Equal(t, 3, g.creds.cache.order.Len())
+	hashOf := func(u string) string { h, _ := g.creds.users.Load().Hash(u); return h }
 	aliceHash := hashOf("alice")
 
 	// bob's password changes, carol is removed, alice is unchanged.
 	require.NoError(t, os.WriteFile(path, []byte(alice+bcryptLine(t, "bob", "pw-b2")), 0o600))
 	g.Reload()
-	assert.True(t, g.cache.hit("alice", []byte("pw-a"), aliceHash), "alice's re-authentication needs no hash")
-	assert.False(t, g.cache.hit("bob", []byte("pw-b"), hashOf("bob")), "bob's old password is bound to his old hash")
+	assert.True(t, g.creds.cache.hit("alice", []byte("pw-a"), aliceHash), "alice's re-authentication needs no hash")
+	assert.False(t, g.creds.cache.hit("bob", []byte("pw-b"), hashOf("bob")), "bob's old password is bound to his old hash")
 	// The broker's re-authentication of the three connections (handles 1-3).
 	assert.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "alice", "alice", "pw-a")).Result)
 	assert.Equal(t, RuleBadPassword, g.Authenticate(cl(2, "192.0.2.1", "bob", "bob", "pw-b")).Rule)

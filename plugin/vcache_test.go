@@ -50,7 +50,7 @@ func TestGuardUsesCache(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte("dev:"+string(h)+"\n"), 0o600))
 	g, _, _, _ := newGuard(t, map[string]string{"backend": "files", "password_file": path})
 	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "d", "dev", "pw1")).Result)
-	assert.Equal(t, 1, g.cache.order.Len())
+	assert.Equal(t, 1, g.creds.cache.order.Len())
 	require.Equal(t, Allow, g.Authenticate(cl(2, "192.0.2.1", "d", "dev", "pw1")).Result)
 	assert.Equal(t, Deny, g.Authenticate(cl(3, "192.0.2.1", "d", "dev", "pw2")).Result)
 

@@ -1,4 +1,4 @@
-package plugin
+package conflicts
 
 import (
 	"sort"
@@ -16,7 +16,7 @@ import (
 //     principal's connection with this ID was live (taken over on this
 //     broker, or live on another one). It is reported only once it repeats
 //     takeover_limit times in takeover_window.
-func evaluate(ev conflictEvent, live, seen []store.Conn, alive map[string]bool, now int64, window time.Duration) (cross, dup *store.Finding) {
+func evaluate(ev event, live, seen []store.Conn, alive map[string]bool, now int64, window time.Duration) (cross, dup *store.Finding) {
 	me := ev.conn
 	isLive := map[string]bool{}       // connection IDs live now
 	others := map[string]store.Conn{} // principal -> its latest connection

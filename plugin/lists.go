@@ -2,17 +2,62 @@ package plugin
 
 import (
 	"context"
-	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
 )
+
+// lookup answers the list checks (and the redis backend's user hash) from
+// the replica once it is loaded, even while Redis is down: the last known
+// lists, with their expiry honoured locally. Before that it asks Redis. known
+// is false when neither could answer.
+// A re-authentication after a reload never asks for the live connections: it
+// admits nothing, and a round trip per client of the reload's walk would
+// stall the broker for as many round trips as it holds clients.
+func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, known bool) {
+	q := store.Query{
+		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername,
+		WantUser:  g.cfg.Backend == config.BackendRedis,
+		WantConns: g.tracker != nil && g.cfg.Conflicts.Mode == config.ConflictDeny && !reauth,
+	}
+	if g.sync != nil && g.sync.Ready() {
+		ans = g.replica.Lookup(q, g.now())
+		if q.WantConns && g.health.up() && !claims(c, g.cfg.Backend) { // claimed in checkConflict instead
+			ans.Live = g.liveConns(c.ClientID)
+		}
+		return ans, true
+	}
+	if !g.health.up() {
+		return store.Answer{}, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.RedisTimeout)
+	defer cancel()
+	ans, err := g.store.Lookup(ctx, q)
+	if err != nil {
+		g.health.down(err)
+		return store.Answer{}, false
+	}
+	return ans, true
+}
+
+// listed puts an entry this broker wrote itself (an automatic ban, a
+// username throttle) into the local replica at once, and tells the other
+// brokers' replicas, for Redis without keyspace notifications.
+func (g *Guard) listed(key, reason string, expires time.Time) {
+	if g.replica != nil {
+		_ = g.replica.Put(key, reason, expires)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = g.bgStore.PublishChange(ctx, key)
+}
 
 // startReplica starts keeping the local list replica in step with Redis,
 // and waits (bounded) for its first load so that the broker starts with
@@ -159,15 +204,4 @@ func (g *Guard) liftedEarly(scope keys.Scope, value string) {
 	// Through the failure queue: a failure counted before the lift must not
 	// land after the reset and ban the key again at once.
 	g.failures.addReset(k)
-}
-
-// resetCount resets k's count in Redis (failure worker).
-func (g *Guard) resetCount(k failKey) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := g.counter.Reset(ctx, k.scope, k.value); err != nil {
-		g.health.down(err)
-		return
-	}
-	g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: automatic ban of %s=%s lifted before its time: its failure count starts again", k.scope, logval.Quote(k.value)))
 }

@@ -1,12 +1,14 @@
-package plugin
+package conflicts
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -65,7 +67,7 @@ func TestEvaluateRules(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cross, dup := evaluate(conflictEvent{clientID: "dev-1", conn: me, other: c.other}, c.live, c.seen, alive, now, window)
+			cross, dup := evaluate(event{clientID: "dev-1", conn: me, other: c.other}, c.live, c.seen, alive, now, window)
 			if c.wantCross == nil {
 				assert.Nil(t, cross)
 			} else {
@@ -96,6 +98,9 @@ func TestEvaluateRules(t *testing.T) {
 func ptr(c store.Conn) *store.Conn { return &c }
 
 func TestPrincipal(t *testing.T) {
-	assert.Equal(t, "alice", principalOf(Client{Username: "alice", HasUsername: true}))
-	assert.Equal(t, Anonymous, principalOf(Client{}))
+	assert.Equal(t, "alice", Principal(true, "alice"))
+	assert.Equal(t, Anonymous, Principal(false, ""))
+	long := strings.Repeat("u", 70000)
+	assert.Equal(t, keys.Tracking(long), Principal(true, long), "in the form Redis holds")
+	assert.LessOrEqual(t, len(Principal(true, long)), keys.TrackingMax)
 }

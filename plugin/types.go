@@ -1,17 +1,8 @@
-// Package plugin is mosquitto-guard's decision core: it takes a client's
-// client ID, address, username and password as plain Go values and decides
-// allow, deny or defer, with the rule that decided. It knows nothing of cgo
-// or of the broker; the cgo package is a thin skin around it.
 package plugin
 
 import (
-	"fmt"
-	"net/netip"
 	"strconv"
-	"strings"
-	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -29,6 +20,10 @@ const (
 // Logger receives log lines. It must be safe to call from any goroutine: the
 // cgo layer queues the lines and writes them on the broker thread.
 type Logger func(level Level, msg string)
+
+// Publisher publishes an MQTT message from the broker; it must be safe to
+// call from any goroutine (the cgo layer queues it for the broker thread).
+type Publisher func(topic string, payload []byte)
 
 // Result is what the broker is told.
 type Result int
@@ -69,6 +64,16 @@ const (
 	RuleUnknownUser      = "unknown-user"
 	RuleBadStoredHash    = "bad-stored-hash"
 	RuleRedisUnavailable = "redis-unavailable"
+	// RuleFailLimit: fail_limit+1 passwords of one counted key were checked
+	// and failed faster than the allowance refills; until its ban arrives (or
+	// when Redis cannot count) no more are checked on this broker.
+	RuleFailLimit = "fail-limit"
+	// RuleUsernameThrottled: the username failed too often from every
+	// source, and this one never authenticated as it.
+	RuleUsernameThrottled = "username-throttled"
+	// RuleClientIDConflict refuses a client ID live under another principal
+	// (clientid_conflict deny).
+	RuleClientIDConflict = "clientid-conflict"
 )
 
 // Decision is the outcome of one authentication, with what decided it.
@@ -79,36 +84,4 @@ type Decision struct {
 	Detail string       // more for the log line, as key=value pairs
 
 	claimedSource bool // checkLimits: let through a throttle as a source known by client ID only
-}
-
-func describeClient(c Client, ip netip.Addr) string {
-	var b strings.Builder
-	b.WriteString("client_id=")
-	b.WriteString(logval.Quote(c.ClientID))
-	b.WriteString(" ip=")
-	if ip.IsValid() {
-		b.WriteString(ip.String())
-	} else {
-		b.WriteString(logval.Quote(c.Address))
-	}
-	b.WriteString(" username=")
-	if c.HasUsername {
-		b.WriteString(logval.Quote(c.Username))
-	} else {
-		b.WriteString("<none>")
-	}
-	return b.String()
-}
-
-// expiry renders when an entry ends, from its remaining lifetime.
-func expiry(now time.Time, ttl time.Duration) string {
-	if ttl < 0 {
-		return "never"
-	}
-	return now.Add(ttl).UTC().Format(time.RFC3339) + " (in " + ttl.Round(time.Second).String() + ")"
-}
-
-// describeMatch renders the rule, origin, expiry and reason of a list entry.
-func describeMatch(m *store.Match, now time.Time) string {
-	return fmt.Sprintf("rule=%s origin=%s expires=%s reason=%s", logval.Quote(m.Key), m.Origin(), expiry(now, m.TTL), logval.Quote(m.Reason))
 }

@@ -1,0 +1,119 @@
+package conflicts
+
+import (
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// Of two brokers claiming one client ID for two principals, the second is
+// given the first's connection as holder, and records nothing; the same
+// principal, or a holder on a broker whose lease ran out, is no holder.
+func TestClaim(t *testing.T) {
+	mem := newMemStore()
+	opts := testOptions()
+	opts.Deny = true
+	a, clk, _ := tracker(t, mem, opts)
+	b, _, _ := tracker(t, mem, opts)
+	a.renew()
+	b.renew() // b knows a's lease; a does not know b's yet
+
+	conn, holder, err := a.Claim("door", "alice", "192.0.2.1", clk.now())
+	require.NoError(t, err)
+	require.Nil(t, holder)
+	assert.Equal(t, []store.Conn{conn}, mem.live("door"), "recorded live at once")
+	assert.Equal(t, conn, a.NewConn("alice", "192.0.2.1", clk.now()), "the next NewConn is the claimed connection")
+	assert.NotEqual(t, conn, a.NewConn("alice", "192.0.2.1", clk.now()), "once only")
+
+	attempt, holder, err := b.Claim("door", "bob", "192.0.2.2", clk.now())
+	require.NoError(t, err)
+	require.NotNil(t, holder)
+	assert.Equal(t, conn, *holder)
+	assert.Equal(t, "bob", attempt.Principal)
+	assert.Len(t, mem.live("door"), 1, "the refused claim records nothing")
+	assert.NotEqual(t, attempt.ID, b.NewConn("bob", "192.0.2.2", clk.now()).ID, "a refused claim is not taken by NewConn")
+	assert.Equal(t, conn, *b.RemoteHolder(mem.live("door"), "bob"))
+	assert.Nil(t, b.RemoteHolder(mem.live("door"), "alice"), "the same principal is no holder")
+	assert.Nil(t, a.RemoteHolder(mem.live("door"), "bob"), "nor is this broker's own connection")
+
+	onB, holder, err := b.Claim("door", "alice", "192.0.2.3", clk.now())
+	require.NoError(t, err)
+	assert.Nil(t, holder, "the same principal on another broker is a reconnect")
+
+	// a's lease runs out: only b's connection holds the client ID now.
+	c, _, _ := tracker(t, mem, opts)
+	mem.mu.Lock()
+	delete(mem.leases, a.instance)
+	mem.mu.Unlock()
+	c.renew()
+	_, holder, err = c.Claim("door", "carol", "192.0.2.4", clk.now())
+	require.NoError(t, err)
+	require.NotNil(t, holder)
+	assert.Equal(t, onB, *holder, "a broker whose lease ran out holds nothing")
+	mem.mu.Lock()
+	delete(mem.leases, b.instance)
+	mem.mu.Unlock()
+	c.renew()
+	_, holder, err = c.Claim("door", "carol", "192.0.2.4", clk.now())
+	require.NoError(t, err)
+	assert.Nil(t, holder)
+}
+
+// A claim Redis does not answer returns its error and claims nothing.
+func TestClaimFailure(t *testing.T) {
+	mem := newMemStore()
+	a, clk, _ := tracker(t, mem, testOptions())
+	mem.setDown(true)
+	conn, holder, err := a.Claim("door", "alice", "192.0.2.1", clk.now())
+	assert.Error(t, err)
+	assert.Nil(t, holder)
+	assert.NotEqual(t, conn.ID, a.NewConn("alice", "192.0.2.1", clk.now()).ID)
+}
+
+// Run handles events in broker order until stopped; Close then clears this
+// broker's live connections. A finding is logged at warning level and
+// published on findings_topic.
+func TestRunReportsAndCloses(t *testing.T) {
+	mem := newMemStore()
+	opts := testOptions()
+	opts.FindingsTopic = "guard/findings"
+	var mu sync.Mutex
+	var published []string
+	ls := &logSink{}
+	tr := New(opts, Deps{Store: mem, Log: ls.log, Publish: func(topic string, payload []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		var f store.Finding
+		assert.NoError(t, json.Unmarshal(payload, &f))
+		published = append(published, topic+" "+f.ClientID)
+	}})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { tr.Run(stop); close(done) }()
+
+	alice := tr.NewConn("alice", "192.0.2.1", time.Now())
+	tr.Connected("dev", alice, nil)
+	tr.Disconnected("dev", alice)
+	tr.Connected("dev", tr.NewConn("bob", "192.0.2.2", time.Now()), nil)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(published) == 1
+	}, 2*time.Second, 10*time.Millisecond)
+	assert.Equal(t, []string{"guard/findings dev"}, published)
+	assert.Contains(t, ls.all(), `1 mosquitto-guard: finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS severity=HIGH kind=cross-principal action=flagged client_id="dev" principals=["alice","bob"] ips=[192.0.2.2,192.0.2.1]`)
+
+	close(stop)
+	<-done
+	tr.Close()
+	mem.mu.Lock()
+	defer mem.mu.Unlock()
+	assert.Equal(t, []string{tr.instance}, mem.reaped)
+	assert.True(t, mem.leases[tr.instance], "Run renewed the lease first")
+}

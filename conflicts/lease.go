@@ -1,0 +1,35 @@
+package conflicts
+
+import (
+	"context"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+)
+
+// renew extends this broker's lease, learns which brokers are alive, and
+// clears the live connections of brokers whose lease ran out. The
+// disconnects kept for retry are written first.
+func (t *Tracker) renew() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	t.flushRetry(ctx)
+	live, dead, err := t.store.RenewLease(ctx, t.instance, t.opts.Lease)
+	if err != nil {
+		return // Redis down: the plugin's health check reports it; live brokers are kept as they were
+	}
+	t.live.Store(&live)
+	for _, d := range dead {
+		if err := t.store.Reap(ctx, d); err == nil {
+			t.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+logval.Quote(d)+": its lease ran out")
+		}
+	}
+}
+
+// Close removes this broker's live connections from Redis: clients still
+// connected at shutdown get no DISCONNECT. Call it once Run has returned.
+func (t *Tracker) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = t.store.Reap(ctx, t.instance)
+}

@@ -1,0 +1,254 @@
+package conflicts
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// Options configure a Tracker; the plugin fills them from its
+// clientid_conflict options.
+type Options struct {
+	// Deny is clientid_conflict deny: the broker thread claims a client ID
+	// (Claim) before admitting it, so the live entry is Redis's already
+	// when the worker sees the connect.
+	Deny           bool
+	Window         time.Duration // conflict_window: how long a principal's use of a client ID is remembered
+	TakeoverLimit  int           // takeover_limit: duplicate connections of one principal before a finding
+	TakeoverWindow time.Duration // takeover_window
+	FindingsMax    int64         // findings_max: approximate length of the findings stream
+	FindingsTopic  string        // findings_topic: MQTT topic findings are published on ("" none)
+	Fold           time.Duration // findings_fold: repeats of a finding within this are folded into it
+	BrokerName     string        // broker_name: this broker, in findings
+	Lease          time.Duration // broker_lease: live connections of a broker that stops renewing expire after this
+	ClaimTimeout   time.Duration // redis_timeout: bound on a claim, on the broker thread
+}
+
+// Store is what conflict tracking asks of Redis; *store.Store implements it.
+type Store interface {
+	Claimer
+	WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error)
+	CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error)
+	RenewLease(ctx context.Context, instance string, ttl time.Duration) (map[string]bool, []string, error)
+	Reap(ctx context.Context, instance string) error
+	AddFinding(ctx context.Context, f *store.Finding, period, ttl time.Duration, max int64) (bool, error)
+}
+
+// Claimer claims a client ID for a new connection in one atomic step
+// (clientid_conflict deny): it records the connection as live unless
+// another principal holds the ID live on a broker in alive, and returns that
+// holder. *store.Store implements it.
+type Claimer interface {
+	Claim(ctx context.Context, clientID string, c store.Conn, alive []string) (*store.Conn, error)
+}
+
+// Level is how much a log line matters; the plugin maps it to its own.
+type Level int
+
+// The levels a Tracker logs at.
+const (
+	LevelNotice  Level = iota // a dead broker's live connections cleared
+	LevelWarning              // a finding; events not tracked
+	LevelError                // an internal error
+)
+
+// Deps are a Tracker's connections to the outside; tests pass fakes.
+type Deps struct {
+	Store Store // the worker's writes and reads, with background deadlines
+	// Claimer serves Claim, on the broker thread: a client bounded by
+	// Options.ClaimTimeout, without retries. Nil: Store.
+	Claimer Claimer
+	// Log receives the log lines; it must be safe to call from any goroutine.
+	Log func(level Level, msg string)
+	// Now is the clock of the worker's reads and writes; nil: time.Now.
+	Now func() time.Time
+	// Publish sends a finding on Options.FindingsTopic; it must be safe to
+	// call from any goroutine. Nil: findings are not published.
+	Publish func(topic string, payload []byte)
+}
+
+// event is work for the worker, in broker order.
+type event struct {
+	kind     eventKind
+	clientID string
+	conn     store.Conn
+	other    *store.Conn // connect: the local connection taken over; refused: the holder
+}
+
+type eventKind int
+
+const (
+	evConnect eventKind = iota
+	evDisconnect
+	evRefused
+)
+
+// Tracker detects client-ID conflicts off the broker thread: the broker
+// thread only describes connections (NewConn) and queues events.
+type Tracker struct {
+	opts     Options
+	store    Store
+	claimer  Claimer
+	log      func(Level, string)
+	now      func() time.Time
+	publish  func(topic string, payload []byte)
+	instance string
+	seq      atomic.Uint64
+	events   chan event
+	dropped  atomic.Int64
+	live     atomic.Pointer[map[string]bool] // broker instances whose lease runs
+	// claimed is the connection the broker thread just claimed in Redis
+	// (Claim), for the NewConn that follows to take as its own, so that the
+	// live entry recorded is the one its disconnect removes.
+	claimed atomic.Pointer[store.Conn]
+
+	// seen remembers which connection last wrote each principal's seen
+	// record (worker goroutine only): a device reconnecting all day needs
+	// its last use recorded every seenRefresh, not at every reconnect.
+	seen map[seenKey]seenMark
+	// current mirrors this instance's field of each client ID's live hash:
+	// the ID of the connection last written there.
+	current map[string]string
+	// quiet remembers client IDs whose last read showed only this principal
+	// on this broker: a reconnect within quietFor skips the read. Nothing is
+	// lost: a newcomer's own first connect reads, and sees the incumbent.
+	quiet map[string]quietMark
+	// retry holds disconnect writes Redis did not take (worker goroutine only).
+	retry []store.ConnWrite
+	// seen and quiet outlive the connections: they hold client IDs in their
+	// keys.Tracking form, so that an entry's size does not depend on them.
+}
+
+const (
+	queueSize = 65536 // events waiting for the worker
+	batchMax  = 4096  // events handled per round trip
+	linger    = 100 * time.Millisecond
+)
+
+// New builds a Tracker with a broker instance ID of its own; Run starts its worker.
+func New(opts Options, d Deps) *Tracker {
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	t := &Tracker{
+		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish,
+		instance: hex.EncodeToString(id[:]),
+		events:   make(chan event, queueSize),
+		seen:     map[seenKey]seenMark{},
+		current:  map[string]string{},
+		quiet:    map[string]quietMark{},
+	}
+	if t.claimer == nil {
+		t.claimer = d.Store
+	}
+	if t.log == nil {
+		t.log = func(Level, string) {}
+	}
+	if t.now == nil {
+		t.now = time.Now
+	}
+	t.live.Store(&map[string]bool{})
+	return t
+}
+
+// NewConn describes a new connection of this broker: the one just claimed
+// for the same principal and IP (Claim, then NewConn, on the broker
+// thread), or a new one.
+func (t *Tracker) NewConn(principal string, ip string, now time.Time) store.Conn {
+	if p := t.claimed.Swap(nil); p != nil && p.Principal == principal && p.IP == ip {
+		return *p
+	}
+	return store.Conn{
+		ID:       t.instance + "-" + strconv.FormatUint(t.seq.Add(1), 10),
+		Instance: t.instance, Broker: t.opts.BrokerName,
+		Principal: principal, IP: ip, ConnectedMs: now.UnixMilli(),
+	}
+}
+
+// Connected queues a connection this broker let through; other is the
+// connection of this broker it took the client ID over from, if any.
+func (t *Tracker) Connected(clientID string, conn store.Conn, other *store.Conn) {
+	t.enqueue(event{kind: evConnect, clientID: clientID, conn: conn, other: other})
+}
+
+// Disconnected queues the end of a connection queued by Connected.
+func (t *Tracker) Disconnected(clientID string, conn store.Conn) {
+	t.enqueue(event{kind: evDisconnect, clientID: clientID, conn: conn})
+}
+
+// Refused queues a connection refused because holder, under another
+// principal, holds its client ID (clientid_conflict deny): a finding.
+func (t *Tracker) Refused(clientID string, attempt store.Conn, holder *store.Conn) {
+	t.enqueue(event{kind: evRefused, clientID: clientID, conn: attempt, other: holder})
+}
+
+// enqueue never waits: a full queue drops the event, and the drop is logged.
+func (t *Tracker) enqueue(ev event) {
+	select {
+	case t.events <- ev:
+	default:
+		t.dropped.Add(1)
+	}
+}
+
+// Run is the worker, until stop is closed: events in order, and the broker
+// lease. A panic in the handling of a batch is logged and the worker goes on.
+func (t *Tracker) Run(stop <-chan struct{}) {
+	lease := time.NewTicker(t.opts.Lease / 3)
+	defer lease.Stop()
+	report := time.NewTicker(10 * time.Second)
+	defer report.Stop()
+	t.renew()
+	for {
+		select {
+		case <-stop:
+			return
+		case ev := <-t.events:
+			t.handleSafely(t.batch(ev, stop))
+		case <-lease.C:
+			t.renew()
+		case <-report.C:
+			if n := t.dropped.Swap(0); n > 0 {
+				t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d connection events not tracked: the conflict queue was full", n))
+			}
+		}
+	}
+}
+
+// batch collects ev and what follows within linger, up to batchMax: under
+// load a batch then holds many events of the same client IDs, whose writes
+// fold into one per client ID.
+func (t *Tracker) batch(ev event, stop <-chan struct{}) []event {
+	b := []event{ev}
+	timer := time.NewTimer(linger)
+	defer timer.Stop()
+	for len(b) < batchMax {
+		select {
+		case ev := <-t.events:
+			b = append(b, ev)
+		case <-timer.C:
+			return b
+		case <-stop:
+			return b
+		}
+	}
+	return b
+}
+
+func (t *Tracker) handleSafely(batch []event) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error tracking client IDs: %v", r))
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := t.handle(ctx, batch); err != nil {
+		t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d events not recorded: %v", len(batch), err))
+	}
+}

@@ -1,0 +1,92 @@
+package plugin
+
+import (
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// Authenticate decides one CONNECT (MOSQ_EVT_BASIC_AUTH): the lists, the
+// failure limits, the credentials (a failure counted), client-ID conflicts,
+// then admit. The lists come from the local replica; Redis is asked (once,
+// for at most redis_timeout) only until the replica is loaded, and for live
+// connections under clientid_conflict deny. A failure is counted locally at
+// once and in Redis in the background.
+func (g *Guard) Authenticate(c Client) Decision { return g.authenticate(c, g.reauth(c.Handle)) }
+
+// Reauthenticate decides the broker's re-check of a client it already holds,
+// connected or an offline session, in the walk over every client that
+// follows a reload (the cgo layer tells the walk from new CONNECTs): the
+// lists and the password are checked as for a CONNECT, but a refusal is not
+// counted, a success is not recorded, and nothing is admitted.
+func (g *Guard) Reauthenticate(c Client) Decision { return g.authenticate(c, true) }
+
+// authenticate is Authenticate, step by step; reauth: the broker re-checking
+// a client it holds after a reload (see Reauthenticate), never counted nor
+// admitted.
+func (g *Guard) authenticate(c Client, reauth bool) Decision {
+	ip, _ := keys.NormalizeIP(c.Address)
+
+	// Lists (lists.go): the entries that apply to c, from the replica or,
+	// until it is loaded, from Redis.
+	ans, known := g.lookup(c, ip, reauth)
+	redisOK := g.health.up()
+	if !redisOK && g.cfg.DenyWhenRedisDown {
+		return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: RuleRedisUnavailable}, false)
+	}
+	// ans.Block is the block entry left after the allow entry's exemptions:
+	// an allow on where the client comes from (ip, cidr) lifts every ban, one
+	// on what it claims (clientid, username) only bans on claims.
+	if ans.Block != nil {
+		return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block}, false)
+	}
+	// exempt: the connection comes from an allowlisted address; its
+	// failures are neither limited nor counted.
+	exempt := ans.Allow != nil && ans.Allow.Scope.Proof()
+
+	// Only a username the files or redis backend knows is checked here; any
+	// other client is left to a later check (Defer).
+	result := Defer
+	if c.HasUsername && g.cfg.Backend != config.BackendDefer {
+		// Failure limits (limits.go): a source or username that failed too
+		// often is refused before its password is checked.
+		var limits Decision
+		if !reauth && !exempt {
+			d, refused := g.checkLimits(c, ip, ans)
+			if refused {
+				return d
+			}
+			limits = d
+		}
+		// Credentials (credentials.go): the password against the backend.
+		if rule := g.creds.check(c, ans, known); rule != "" {
+			d := g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: rule}, reauth)
+			// Failure counting (limits.go, failures.go): only the client's
+			// own failures count: not an exempt client, not the broker
+			// re-checking a connected client after a reload, not a stored
+			// hash the operator got wrong, not a Redis that cannot be asked.
+			if !exempt && !reauth && rule != RuleBadStoredHash && rule != RuleRedisUnavailable {
+				g.failed(c, ip, redisOK, limits.claimedSource)
+			}
+			return d
+		}
+		result = Allow
+		// Known sources (known.go): where the username succeeded from, to
+		// let its devices through a throttle of it.
+		if !reauth && g.known != nil {
+			g.known.succeeded(c.Username, ip, c.ClientID, g.now())
+		}
+	}
+	if reauth {
+		return Decision{Result: result}
+	}
+
+	// Client-ID conflicts (conflicts.go): under clientid_conflict deny, a
+	// client ID live under another principal is refused.
+	if d, refused := g.checkConflict(c, ip, ans, redisOK); refused {
+		return d
+	}
+	// Admit (conns.go): the connection joins this broker's table, and
+	// conflict tracking hears of it.
+	g.admit(c, ip, result == Defer)
+	return Decision{Result: result}
+}

@@ -1,0 +1,144 @@
+package plugin
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/mosquitto-guard/mosquitto-guard/backends/files"
+	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// credentials checks usernames and passwords against the backend: the
+// password file (files), or the hashes the lookup read from Redis (redis).
+type credentials struct {
+	backend      config.Backend
+	passwordFile string
+	verifier     hashes.Verifier
+	cache        *verifyCache
+	log          Logger
+	users        atomic.Pointer[files.Store] // files backend: the users loaded
+	lastHash     atomic.Pointer[string]      // redis backend: the most expensive known user's hash seen, the model of the unknown users' dummy
+}
+
+// check returns "" when c's password is right, else the rule that refused.
+// known says whether ans holds what Redis knows. A stored hash that cannot
+// be used is logged at error level: the operator got it wrong.
+func (cr *credentials) check(c Client, ans store.Answer, known bool) string {
+	var hash string
+	switch cr.backend {
+	case config.BackendFiles:
+		users := cr.users.Load()
+		h, ok := users.Hash(c.Username)
+		if !ok {
+			users.Verify(c.Username, c.Password) // spend the same time as for a known user
+			return RuleUnknownUser
+		}
+		hash = h
+	case config.BackendRedis:
+		if !known {
+			return RuleRedisUnavailable
+		}
+		if !ans.HasUser {
+			// Spend what a known user costs: a hash of the class of the most
+			// expensive known user's seen so far (or mosquitto_passwd's
+			// default), never matching. Only known users' hashes move it, so
+			// an attacker cannot make it cheaper.
+			dummy := hashes.DefaultDummy()
+			if ref := cr.lastHash.Load(); ref != nil {
+				if d, err := cr.verifier.DummyLike(*ref); err == nil {
+					dummy = d
+				}
+			}
+			cr.cache.hit(c.Username, c.Password, dummy)
+			_, _ = cr.verifier.Verify(dummy, c.Password)
+			return RuleUnknownUser
+		}
+		hash = ans.UserHash
+	}
+	if cr.cache.hit(c.Username, c.Password, hash) {
+		return ""
+	}
+	if cr.backend == config.BackendRedis {
+		cr.noteHash(hash)
+	}
+	ok, err := cr.verifier.Verify(hash, c.Password)
+	if ok && err == nil {
+		cr.cache.add(c.Username, c.Password, hash)
+	}
+	switch {
+	case err != nil:
+		cr.log(LevelError, fmt.Sprintf("mosquitto-guard: the stored hash of username=%s cannot be used: %v", logval.Quote(c.Username), err))
+		return RuleBadStoredHash
+	case !ok:
+		return RuleBadPassword
+	}
+	return ""
+}
+
+// noteHash keeps the most expensive known user's hash seen (redis backend),
+// the model of the unknown users' dummy. Called on cache misses only, beside
+// a verification that costs far more than the parse.
+func (cr *credentials) noteHash(hash string) {
+	ref := cr.lastHash.Load()
+	if ref != nil && *ref == hash {
+		return
+	}
+	w, err := cr.verifier.Work(hash)
+	if err != nil {
+		return
+	}
+	if ref != nil {
+		if cur, _ := cr.verifier.Work(*ref); cur >= w {
+			return
+		}
+	}
+	cr.lastHash.Store(&hash)
+}
+
+// exists reports whether c's username is a known user of the backend.
+func (cr *credentials) exists(c Client, ans store.Answer) bool {
+	switch cr.backend {
+	case config.BackendFiles:
+		_, ok := cr.users.Load().Hash(c.Username)
+		return ok
+	case config.BackendRedis:
+		return ans.HasUser
+	}
+	return false
+}
+
+// load loads the password file, logging at most maxReports of its skipped
+// lines and duplicate usernames plus a count of the rest. A file that yields
+// no user where users were loaded before is an error, and changes nothing.
+func (cr *credentials) load() error {
+	const maxReports = 20
+	users, skipped, err := files.Load(cr.passwordFile, cr.verifier)
+	if err != nil {
+		return &config.OptionError{Option: "password_file", Value: cr.passwordFile, Expected: "a readable mosquitto_passwd file (" + err.Error() + ")"}
+	}
+	for i, s := range skipped {
+		if i == maxReports {
+			cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s: %d more skipped lines or duplicate usernames not logged",
+				cr.passwordFile, len(skipped)-i))
+			break
+		}
+		if s.Username != "" {
+			cr.log(LevelWarning, "mosquitto-guard: "+s.Error())
+		} else {
+			cr.log(LevelWarning, "mosquitto-guard: skipped "+s.Error())
+		}
+	}
+	if prev := cr.users.Load(); prev != nil && prev.Len() > 0 && users.Len() == 0 {
+		return fmt.Errorf("password_file %s: no user in it (%d lines skipped; a file meant to hold no user takes effect at restart)",
+			cr.passwordFile, len(skipped))
+	}
+	cr.users.Store(users)
+	cr.log(LevelInfo, fmt.Sprintf("mosquitto-guard: loaded %d users from %s", users.Len(), cr.passwordFile))
+	if n := users.CheapHashes(); n > 0 {
+		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash far cheaper than the most expensive one, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
+	}
+	return nil
+}

@@ -1,0 +1,119 @@
+package plugin
+
+import (
+	"net/netip"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// checkLimits refuses, without checking the password, a client that one of
+// the failure limits stops: the local count of a key whose ban would apply
+// to it, or a throttle on its username when it is not a known source.
+func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision, bool) {
+	now := g.now()
+	var fk []failKey
+	if !g.local.Empty() { // no failure counted here lately: nothing to build
+		fk = g.failKeys(c, ip)
+	}
+	for _, k := range fk {
+		if ans.Allow != nil && keys.Exempts(ans.Allow.Scope, k.scope) {
+			continue // a ban of this key would not apply to this client
+		}
+		if g.local.Exhausted(k.local(), now) {
+			return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: RuleFailLimit, Detail: string(k.scope) + "=" + logval.Quote(k.value)}, false), true
+		}
+	}
+	// The username throttle: from Redis (every broker's count), or from this
+	// broker's own count while that is on its way.
+	if g.known == nil || (ans.Throttle == nil && (g.localUser.Empty() || !g.localUser.Exhausted(c.Username, now))) {
+		return Decision{}, false
+	}
+	if !g.creds.exists(c, ans) {
+		// No source is known to a username that does not exist: refuse
+		// alike, without loading its (empty) set; a botnet keeping 10 000
+		// made-up usernames throttled must not crowd real fleets out of
+		// knownLoadedUsersMax.
+		return g.refusals.throttled(c, ip, ans.Throttle), true
+	}
+	byIP, byClientID := g.known.known(c.Username, ip, c.ClientID, now)
+	switch {
+	case byIP:
+		return Decision{}, false
+	case byClientID && !g.localClaimed.Exhausted(c.Username, now):
+		// A client ID is a claim, and device IDs are no secret: a source
+		// known only by its client ID shares, with every other such source of
+		// the username, a budget of one failure per fail_window (two checks)
+		// on this broker. A roaming device with its password never fails.
+		return Decision{claimedSource: true}, false
+	}
+	return g.refusals.throttled(c, ip, ans.Throttle), true
+}
+
+// failed counts one failed authentication: at once in the local counts,
+// and in Redis in the background (when Redis answers). Every fail scope
+// counts, also for a client an allow entry on a claim (client ID, username)
+// lets past the bans on claims: its source IP is banned when it guesses. The
+// username's count toward its throttle includes unknown usernames: a
+// throttled username must not tell an attacker that it exists. claimed: the
+// client passed a throttle as a source known only by its client ID.
+func (g *Guard) failed(c Client, ip netip.Addr, redisOK, claimed bool) {
+	fk := g.failKeys(c, ip)
+	now := g.now()
+	for _, k := range fk {
+		g.local.Fail(k.local(), now)
+	}
+	if g.known != nil {
+		g.localUser.Fail(c.Username, now)
+		if claimed {
+			g.localClaimed.Fail(c.Username, now)
+		}
+	}
+	if !redisOK {
+		return
+	}
+	g.failures.add(failure{clientID: c.ClientID, ip: ip, username: c.Username, hasUsername: c.HasUsername,
+		keys: fk, throttle: g.known != nil})
+}
+
+// failKey is one key a failure is counted under: a scope of fail_scopes and
+// the client's value in it (an IPv6 address as its fail_ipv6_prefix network).
+type failKey struct {
+	scope keys.Scope
+	value string
+}
+
+func (k failKey) local() string { return string(k.scope) + ":" + k.value }
+
+// failKeys lists the keys c's failures count under, one per fail scope.
+func (g *Guard) failKeys(c Client, ip netip.Addr) []failKey {
+	out := make([]failKey, 0, len(g.cfg.FailScopes))
+	for _, scope := range g.cfg.FailScopes {
+		switch scope {
+		case keys.IP:
+			if ip.IsValid() {
+				out = append(out, sourceKey(ip, g.cfg.FailIPv6Prefix))
+			}
+		case keys.ClientID:
+			// Claims over 256 bytes in their tracking form: the counter, the
+			// offences and an automatic ban must not keep 65 535 bytes a key.
+			out = append(out, failKey{keys.ClientID, keys.Tracking(c.ClientID)})
+		case keys.Username:
+			out = append(out, failKey{keys.Username, keys.Tracking(c.Username)})
+		}
+	}
+	return out
+}
+
+// sourceKey is where a connection comes from, as failures are counted and
+// refusal lines limited: the IP, an IPv6 address by its network of
+// ipv6Prefix bits (fail_ipv6_prefix: an attacker rotating addresses inside
+// it is one source).
+func sourceKey(ip netip.Addr, ipv6Prefix int) failKey {
+	if ip.Is6() && ipv6Prefix < 128 {
+		p, _ := ip.Prefix(ipv6Prefix) // cannot fail: 16..127 bits of an IPv6 address
+		return failKey{keys.CIDR, p.String()}
+	}
+	return failKey{keys.IP, ip.String()}
+}
