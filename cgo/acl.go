@@ -3,7 +3,7 @@ package main
 // aclInstances counts the plugin_init calls that reached the ACL
 // registration. With per_listener_settings true the broker initialises the
 // plugin once per listener that loads it, in config order (see
-// plugin.ResolveACLMode), and a failed init stops the broker's start: so
+// config.ResolveACLMode), and a failed init stops the broker's start: so
 // the n-th call is the n-th listener's instance. Broker thread only.
 var aclInstances int
 
