@@ -1,6 +1,3 @@
-// Package store is mosquitto-guard's Redis backend: the allow and block
-// lists and the users kept in Redis, read in one pipelined round trip per
-// CONNECT, on a single Redis or a Redis Cluster.
 package store
 
 import (
