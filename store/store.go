@@ -165,8 +165,11 @@ type Match struct {
 
 // Origin says who wrote the entry: "auto" for the plugin's automatic bans
 // (their value starts with keys.AutoBanMarker), "operator" for anything else.
-func (m Match) Origin() string {
-	if keys.IsAutoBan(m.Reason) {
+func (m Match) Origin() string { return origin(m.Reason) }
+
+// origin names who wrote an entry with the value reason.
+func origin(reason string) string {
+	if keys.IsAutoBan(reason) {
 		return "auto"
 	}
 	return "operator"

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Options configure a Sync.
@@ -170,7 +171,7 @@ func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
 		subs    []*redis.PubSub
 		changes bool // someone subscribes to the change channel
 	)
-	err := s.eachMaster(ctx, func(c *redis.Client) error {
+	err := store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 		ps := c.PSubscribe(ctx, pattern)
 		confirmations := 1
 		mu.Lock()
