@@ -73,9 +73,6 @@ func NewSync(r *Replica, rdb redis.UniversalClient, o Options) *Sync {
 // Ready reports whether the replica has been loaded once.
 func (s *Sync) Ready() bool { return s.ready.Load() }
 
-// Healthy reports whether changes currently reach the replica.
-func (s *Sync) Healthy() bool { return s.healthy.Load() }
-
 // Run keeps the replica in step until ctx ends: subscribe, load, apply
 // changes, reload every ResyncEvery, and start over after a lost connection.
 func (s *Sync) Run(ctx context.Context) {
