@@ -338,14 +338,6 @@ func (s *Store) LiveConns(ctx context.Context, clientID string) ([]Conn, error) 
 	return decodeConns(m), nil
 }
 
-// PublishChange tells every replica that key changed.
-func (s *Store) PublishChange(ctx context.Context, key string) error {
-	if err := s.rdb.Publish(ctx, s.kb.Changes(), key).Err(); err != nil {
-		return fmt.Errorf("store: publish change: %w", err)
-	}
-	return nil
-}
-
 // takeoverScript counts one takeover in KEYS[1] and returns the count; the
 // first of a window (or a count found without an expiry) sets the window,
 // ARGV[1] ms. One step: a count can never be left without its expiry.

@@ -1,6 +1,3 @@
-// Package store is mosquitto-guard's Redis backend: the allow and block
-// lists and the users kept in Redis, read in one pipelined round trip per
-// CONNECT, on a single Redis or a Redis Cluster.
 package store
 
 import (
@@ -168,8 +165,11 @@ type Match struct {
 
 // Origin says who wrote the entry: "auto" for the plugin's automatic bans
 // (their value starts with keys.AutoBanMarker), "operator" for anything else.
-func (m Match) Origin() string {
-	if keys.IsAutoBan(m.Reason) {
+func (m Match) Origin() string { return origin(m.Reason) }
+
+// origin names who wrote an entry with the value reason.
+func origin(reason string) string {
+	if keys.IsAutoBan(reason) {
 		return "auto"
 	}
 	return "operator"

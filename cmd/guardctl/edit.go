@@ -12,9 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // edit describes one of the commands that write or remove a list key: ban,
@@ -325,15 +324,13 @@ func (a *editFlags) run(ctx context.Context, e edit, getenv func(string) string,
 		return err
 	}
 	defer st.Close()
-	kb := st.Keys()
-	key := kb.List(e.kind, a.scope, a.value)
 	if a.value != a.given {
 		fmt.Fprintf(stderr, "guardctl: %s %s written as %s\n", a.scope, strconv.Quote(a.given), a.value)
 	}
 	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
 	defer cancel()
 	if e.remove {
-		existed, err := deleteKey(ctx, st.Client(), kb.Changes(), key)
+		key, existed, err := st.DeleteEntry(ctx, e.kind, a.scope, a.value)
 		if err != nil {
 			return redisError(addrs, err)
 		}
@@ -348,7 +345,8 @@ func (a *editFlags) run(ctx context.Context, e edit, getenv func(string) string,
 	if !a.reasonSet {
 		reason = defaultReason(e, getenv)
 	}
-	if err := setKey(ctx, st.Client(), kb.Changes(), key, reason, a.ttl.d); err != nil {
+	key, err := st.SetEntry(ctx, e.kind, a.scope, a.value, reason, a.ttl.d)
+	if err != nil {
 		return redisError(addrs, err)
 	}
 	until := "for ever"
@@ -359,8 +357,13 @@ func (a *editFlags) run(ctx context.Context, e edit, getenv func(string) string,
 	return err
 }
 
-// redisError words an error met talking to Redis as audit does.
+// redisError words an error met talking to Redis as audit does: the
+// error go-redis gave, without the store's wording around it.
 func redisError(addrs string, err error) error {
+	var re *store.RedisError
+	if errors.As(err, &re) {
+		err = re.Err
+	}
 	return fmt.Errorf("redis at %s: %s", addrs, strings.TrimPrefix(err.Error(), "redis: "))
 }
 
@@ -373,57 +376,6 @@ func showKey(k string) string {
 		}
 	}
 	return k
-}
-
-// setKey writes key = value, expiring after ttl (zero: never), and then
-// publishes key on the change channel.
-func setKey(ctx context.Context, rdb redis.UniversalClient, changes, key, value string, ttl time.Duration) error {
-	_, err := changeKey(ctx, rdb, changes, key, func(ctx context.Context, c cmdDoer) *redis.Cmd {
-		if ttl > 0 {
-			return c.Do(ctx, "set", key, value, "px", ttl.Milliseconds())
-		}
-		return c.Do(ctx, "set", key, value)
-	})
-	return err
-}
-
-// deleteKey deletes key, then publishes key on the change channel, and
-// reports whether the key existed.
-func deleteKey(ctx context.Context, rdb redis.UniversalClient, changes, key string) (bool, error) {
-	del, err := changeKey(ctx, rdb, changes, key, func(ctx context.Context, c cmdDoer) *redis.IntCmd {
-		return c.Del(ctx, key)
-	})
-	if err != nil {
-		return false, err
-	}
-	return del.Val() > 0, nil
-}
-
-// cmdDoer is what both a client and a pipeline offer.
-type cmdDoer interface {
-	redis.Cmdable
-	Do(ctx context.Context, args ...any) *redis.Cmd
-}
-
-// changeKey runs write (a command changing key) and then PUBLISHes key on
-// changes, so that replicas re-read it. On one Redis both go in one pipeline,
-// which Redis runs in order. On a cluster the key and the channel may belong
-// to different nodes, and a cluster pipeline sends to the nodes concurrently:
-// a replica could then re-read the key before the write, so the PUBLISH is
-// sent only once the write is done.
-func changeKey[C redis.Cmder](ctx context.Context, rdb redis.UniversalClient, changes, key string, write func(context.Context, cmdDoer) C) (C, error) {
-	if _, cluster := rdb.(*redis.ClusterClient); cluster {
-		cmd := write(ctx, rdb)
-		if err := cmd.Err(); err != nil {
-			return cmd, err
-		}
-		return cmd, rdb.Publish(ctx, changes, key).Err()
-	}
-	pipe := rdb.Pipeline()
-	cmd := write(ctx, pipe)
-	pipe.Publish(ctx, changes, key)
-	_, err := pipe.Exec(ctx)
-	return cmd, err
 }
 
 // editCommand returns the run function of e.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -9,17 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
@@ -28,12 +22,6 @@ import (
 
 // defaultLimit is how many entries guardctl list shows without --limit.
 const defaultLimit = 1000
-
-// scanCount and fetchBatch size the SCAN pages and the GET+PTTL pipelines.
-const (
-	scanCount  = 1000
-	fetchBatch = 500
-)
 
 const listUsage = `Usage: guardctl list [--allow] [--scope SCOPE] [--limit N] [--json] [connection flags]
 
@@ -132,28 +120,6 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// listing is the result of one guardctl list.
-type listing struct {
-	Kind    keys.Kind
-	Prefix  string
-	Scope   string // "" for every scope
-	Entries []listEntry
-	Total   int // entries found, shown or not (keys gone or holding no string left out)
-	More    int // entries found but not shown, beyond --limit
-}
-
-// listEntry is one allow or block key.
-type listEntry struct {
-	Key     string
-	Scope   keys.Scope
-	Value   string
-	Reason  string
-	Expires time.Time // zero: never
-
-	addr netip.Addr   // ip scope, when the value is an address: its place in the order
-	pfx  netip.Prefix // cidr scope, likewise
-}
-
 // run connects, collects the entries and writes them.
 func (l *listFlags) run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer) error {
 	st, addrs, err := l.conn.store(getenv)
@@ -168,10 +134,11 @@ func (l *listFlags) run(ctx context.Context, getenv func(string) string, stdout,
 	if l.allow {
 		kind = keys.Allow
 	}
-	ls, err := collectList(ctx, st, kind, l.scope, l.limit, stderr)
+	ls, err := st.List(ctx, kind, keys.Scope(l.scope), l.limit)
 	if err != nil {
 		return redisError(addrs, err)
 	}
+	warnList(stderr, ls)
 	render := renderListTable
 	if l.json {
 		render = renderListJSON
@@ -190,259 +157,29 @@ func ping(ctx context.Context, st *store.Store) error {
 	return st.Client().Ping(ctx).Err()
 }
 
-// collectList finds the keys of kind (and scope, unless empty), keeps the
-// first limit of them in order and reads their values and expiries. Keys
-// the plugin can never match are named on stderr.
-func collectList(ctx context.Context, st *store.Store, kind keys.Kind, scope string, limit int, stderr io.Writer) (listing, error) {
-	kb := st.Keys()
-	pattern := keys.GlobEscape(kb.Prefix) + string(kind) + ":"
-	if scope != "" {
-		pattern += scope + ":"
+// warnList names on stderr the keys ls leaves out and the entries the
+// plugin can never match.
+func warnList(w io.Writer, ls store.Listing) {
+	for _, k := range ls.UnknownScope {
+		fmt.Fprintf(w, "guardctl: %s is no list key (unknown scope), which the plugin ignores; not shown\n", showKey(k))
 	}
-	pattern += "*"
-
-	top := topN{limit: limit}
-	var odd []string // the first keys under the pattern that are no list key (unknown scope)
-	nodd := 0
-	var mu sync.Mutex
-	err := scanKeys(ctx, st.Client(), pattern, func(key string) {
-		e, ok := newEntry(kb, key)
-		mu.Lock()
-		defer mu.Unlock()
-		if !ok {
-			if nodd++; len(odd) < 10 {
-				odd = append(odd, key)
-			}
-			return
-		}
-		top.add(e)
-	})
-	if err != nil {
-		return listing{}, err
+	if ls.UnknownScopeMore > 0 {
+		fmt.Fprintf(w, "guardctl: and %d more keys of unknown scope\n", ls.UnknownScopeMore)
 	}
-	for _, k := range odd {
-		fmt.Fprintf(stderr, "guardctl: %s is no list key (unknown scope), which the plugin ignores; not shown\n", showKey(k))
+	for _, k := range ls.NotString {
+		fmt.Fprintf(w, "guardctl: %s holds no string; not shown\n", showKey(k))
 	}
-	if nodd > len(odd) {
-		fmt.Fprintf(stderr, "guardctl: and %d more keys of unknown scope\n", nodd-len(odd))
-	}
-	chosen, total := top.result()
-	entries, notString, err := fetchEntries(ctx, st.Client(), chosen)
-	if err != nil {
-		return listing{}, err
-	}
-	for _, k := range notString {
-		fmt.Fprintf(stderr, "guardctl: %s holds no string; not shown\n", showKey(k))
-	}
-	for _, e := range entries {
-		if why := neverMatches(e); why != "" {
-			fmt.Fprintf(stderr, "guardctl: %s can never match: %s\n", showKey(e.Key), why)
+	for _, e := range ls.Entries {
+		if why := e.NeverMatches(); why != "" {
+			fmt.Fprintf(w, "guardctl: %s can never match: %s\n", showKey(e.Key), why)
 		}
 	}
-	more := total - len(chosen)
-	return listing{Kind: kind, Prefix: kb.Prefix, Scope: scope, Entries: entries, Total: len(entries) + more, More: more}, nil
 }
 
-// newEntry parses a key found by SCAN; ok is false when it is no list key.
-func newEntry(kb keys.Builder, key string) (e listEntry, ok bool) {
-	_, scope, value, ok := kb.Split(key)
-	if !ok {
-		return listEntry{}, false
-	}
-	e = listEntry{Key: key, Scope: scope, Value: value}
-	switch scope {
-	case keys.IP:
-		e.addr, _ = netip.ParseAddr(value)
-	case keys.CIDR:
-		e.pfx, _ = netip.ParsePrefix(value)
-	}
-	return e, true
-}
-
-// compareEntries orders entries by scope, then value: addresses and ranges
-// in address order (then by prefix length), ahead of values that do not
-// parse, which, like client IDs and usernames, go in byte order.
-func compareEntries(a, b listEntry) int {
-	if c := cmp.Compare(a.Scope, b.Scope); c != 0 {
-		return c
-	}
-	switch av, bv := a.addr.IsValid(), b.addr.IsValid(); {
-	case av && bv:
-		if c := a.addr.Compare(b.addr); c != 0 {
-			return c
-		}
-	case av != bv:
-		return boolOrder(av)
-	}
-	switch av, bv := a.pfx.IsValid(), b.pfx.IsValid(); {
-	case av && bv:
-		if c := cmp.Or(a.pfx.Addr().Compare(b.pfx.Addr()), cmp.Compare(a.pfx.Bits(), b.pfx.Bits())); c != 0 {
-			return c
-		}
-	case av != bv:
-		return boolOrder(av)
-	}
-	return strings.Compare(a.Value, b.Value)
-}
-
-// boolOrder puts true first.
-func boolOrder(first bool) int {
-	if first {
-		return -1
-	}
-	return 1
-}
-
-// topN keeps the first limit entries, in order, of all it is given, in
-// memory proportional to limit whatever the number of keys.
-type topN struct {
-	limit int
-	kept  []listEntry
-	total int
-}
-
-func (t *topN) add(e listEntry) {
-	t.kept = append(t.kept, e)
-	t.total++
-	if len(t.kept)-t.limit >= max(t.limit, 1024) {
-		t.compact()
-	}
-}
-
-// compact sorts the kept entries, drops the duplicates SCAN may return
-// (while the Redis dictionary is being rehashed) and keeps limit of them.
-func (t *topN) compact() {
-	slices.SortFunc(t.kept, compareEntries)
-	n := len(t.kept)
-	t.kept = slices.CompactFunc(t.kept, func(a, b listEntry) bool { return a.Key == b.Key })
-	t.total -= n - len(t.kept)
-	clear(t.kept[len(t.kept):n])
-	if len(t.kept) > t.limit {
-		clear(t.kept[t.limit:])
-		t.kept = t.kept[:t.limit]
-	}
-}
-
-// result returns the first limit entries in order, and how many entries
-// there were.
-func (t *topN) result() ([]listEntry, int) {
-	t.compact()
-	return t.kept, t.total
-}
-
-// scanKeys calls fn with every string key matching pattern, on each master
-// of a cluster. On a cluster fn is called from one goroutine per master at
-// once.
-func scanKeys(ctx context.Context, rdb redis.UniversalClient, pattern string, fn func(key string)) error {
-	scan := func(ctx context.Context, c *redis.Client) error {
-		found := false
-		err := scanPages(ctx, c, pattern, "string", func(key string) { found = true; fn(key) })
-		var rerr redis.Error
-		if !found && errors.As(err, &rerr) {
-			// A server without SCAN TYPE (before Redis 6.0): scan every
-			// type; fetchEntries leaves out what holds no string.
-			return scanPages(ctx, c, pattern, "", fn)
-		}
-		return err
-	}
-	switch c := rdb.(type) {
-	case *redis.Client:
-		return scan(ctx, c)
-	case *redis.ClusterClient:
-		return c.ForEachMaster(ctx, scan)
-	}
-	return fmt.Errorf("unsupported Redis client %T", rdb)
-}
-
-// scanPages runs SCAN MATCH pattern (TYPE typ, unless empty) to the end.
-func scanPages(ctx context.Context, c *redis.Client, pattern, typ string, fn func(key string)) error {
-	var cmd *redis.ScanCmd
-	if typ != "" {
-		cmd = c.ScanType(ctx, 0, pattern, scanCount, typ)
-	} else {
-		cmd = c.Scan(ctx, 0, pattern, scanCount)
-	}
-	it := cmd.Iterator()
-	for it.Next(ctx) {
-		fn(it.Val())
-	}
-	return it.Err()
-}
-
-// fetchEntries reads the reason and remaining lifetime of entries, in
-// pipelines of GET and PTTL. Entries whose key is gone by now are dropped;
-// so are keys that hold no string, which are returned apart.
-func fetchEntries(ctx context.Context, rdb redis.UniversalClient, entries []listEntry) (kept []listEntry, notString []string, err error) {
-	kept = make([]listEntry, 0, len(entries))
-	for batch := range slices.Chunk(entries, fetchBatch) {
-		pipe := rdb.Pipeline()
-		gets := make([]*redis.StringCmd, len(batch))
-		ttls := make([]*redis.DurationCmd, len(batch))
-		for i, e := range batch {
-			gets[i] = pipe.Get(ctx, e.Key)
-			ttls[i] = pipe.PTTL(ctx, e.Key)
-		}
-		_, _ = pipe.Exec(ctx) // each command's error is looked at below
-		now := time.Now()
-		for i, e := range batch {
-			reason, err := gets[i].Result()
-			switch {
-			case errors.Is(err, redis.Nil):
-				continue
-			case err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE"):
-				notString = append(notString, e.Key)
-				continue
-			case err != nil:
-				return nil, nil, err
-			}
-			ttl, err := ttls[i].Result()
-			if err != nil {
-				return nil, nil, err
-			}
-			switch {
-			case ttl == -2*time.Millisecond || ttl == -2: // gone between GET and PTTL
-				continue
-			case ttl >= 0:
-				e.Expires = now.Add(ttl)
-			}
-			e.Reason = reason
-			kept = append(kept, e)
-		}
-	}
-	return kept, notString, nil
-}
-
-// neverMatches says why the plugin can never match e, or "" when it can: an
-// ip key that is no canonical address (keys.ParseIPKey) or a range key that
-// is no canonical network (keys.ParseCIDR), as the plugin reports them too.
-func neverMatches(e listEntry) string {
-	var err error
-	switch e.Scope {
-	case keys.IP:
-		_, err = keys.ParseIPKey(e.Value)
-	case keys.CIDR:
-		_, err = keys.ParseCIDR(e.Value)
-	}
-	if err == nil {
-		return ""
-	}
-	// The last one: the value, quoted before it, may hold ": expected " too.
-	msg := err.Error()
-	if i := strings.LastIndex(msg, ": expected "); i >= 0 {
-		return msg[i+2:]
-	}
-	return strings.TrimPrefix(msg, "keys: ")
-}
-
-// origin is "auto" for the plugin's automatic bans, else "operator".
-func (e listEntry) origin() string {
-	return store.Match{Reason: e.Reason}.Origin()
-}
-
-// noun names n entries of ls's list.
-func (ls listing) noun(n int) string {
+// noun names n entries of the list kind.
+func noun(kind keys.Kind, n int) string {
 	one, many := "ban", "bans"
-	if ls.Kind == keys.Allow {
+	if kind == keys.Allow {
 		one, many = "allowlist entry", "allowlist entries"
 	}
 	if n == 1 {
@@ -452,10 +189,10 @@ func (ls listing) noun(n int) string {
 }
 
 // renderListTable writes ls as a table under a summary line.
-func renderListTable(w io.Writer, ls listing) error {
+func renderListTable(w io.Writer, ls store.Listing) error {
 	scope := ""
 	if ls.Scope != "" {
-		scope = " with scope " + ls.Scope
+		scope = " with scope " + string(ls.Scope)
 	}
 	var err error
 	switch {
@@ -467,9 +204,9 @@ func renderListTable(w io.Writer, ls listing) error {
 		_, err = fmt.Fprintf(w, "no %s%s\n", none, scope)
 		return err
 	case ls.More > 0:
-		_, err = fmt.Fprintf(w, "%s%s, the first %d shown; %d more not shown (--limit)\n", ls.noun(ls.Total), scope, len(ls.Entries), ls.More)
+		_, err = fmt.Fprintf(w, "%s%s, the first %d shown; %d more not shown (--limit)\n", noun(ls.Kind, ls.Total), scope, len(ls.Entries), ls.More)
 	default:
-		_, err = fmt.Fprintf(w, "%s%s\n", ls.noun(len(ls.Entries)), scope)
+		_, err = fmt.Fprintf(w, "%s%s\n", noun(ls.Kind, len(ls.Entries)), scope)
 	}
 	if err != nil {
 		return err
@@ -481,7 +218,7 @@ func renderListTable(w io.Writer, ls listing) error {
 		if !e.Expires.IsZero() {
 			expires = e.Expires.UTC().Round(time.Second).Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Scope, cell(e.Value), e.origin(), expires, logval.Fit(e.Reason, maxCell))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Scope, cell(e.Value), e.Origin(), expires, logval.Fit(e.Reason, maxCell))
 	}
 	return tw.Flush()
 }
@@ -498,10 +235,10 @@ type jsonEntry struct {
 }
 
 // renderListJSON writes ls as one JSON document.
-func renderListJSON(w io.Writer, ls listing) error {
+func renderListJSON(w io.Writer, ls store.Listing) error {
 	entries := make([]jsonEntry, 0, len(ls.Entries))
 	for _, e := range ls.Entries {
-		je := jsonEntry{Key: e.Key, Scope: e.Scope, Value: e.Value, Origin: e.origin(), Reason: e.Reason}
+		je := jsonEntry{Key: e.Key, Scope: e.Scope, Value: e.Value, Origin: e.Origin(), Reason: e.Reason}
 		if !utf8.ValidString(e.Value) {
 			je.ValueBase64 = base64.StdEncoding.EncodeToString([]byte(e.Value))
 		}
@@ -516,7 +253,7 @@ func renderListJSON(w io.Writer, ls listing) error {
 	return enc.Encode(struct {
 		List    keys.Kind   `json:"list"`
 		Prefix  string      `json:"prefix"`
-		Scope   string      `json:"scope,omitempty"`
+		Scope   keys.Scope  `json:"scope,omitempty"`
 		Total   int         `json:"total"`
 		More    int         `json:"more"`
 		Entries []jsonEntry `json:"entries"`

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // listDoc is the document of guardctl list --json.
@@ -274,89 +272,6 @@ clientid  dev-00002  operator  never    "r"
 	assert.Equal(t, n-defaultLimit, doc.More)
 	require.Len(t, doc.Entries, defaultLimit)
 	assert.Equal(t, "dev-00999", doc.Entries[defaultLimit-1].Value)
-}
-
-func TestTopN(t *testing.T) {
-	kb := keys.Builder{Prefix: "g:"}
-	var all []listEntry
-	for i := range 3000 {
-		e, ok := newEntry(kb, kb.List(keys.Block, keys.IP, fmt.Sprintf("10.%d.%d.%d", i/65536, i/256%256, i%256)))
-		require.True(t, ok)
-		all = append(all, e)
-	}
-	in := slices.Clone(all)
-	// SCAN may repeat a key. Repeats of the first entries are always
-	// caught; a repeat of a key beyond the limit may be counted twice.
-	in = append(in, all[5], all[0], all[6])
-	rand.Shuffle(len(in), func(i, j int) { in[i], in[j] = in[j], in[i] })
-	top := topN{limit: 7}
-	for _, e := range in {
-		top.add(e)
-		assert.LessOrEqual(t, len(top.kept), 7+1024, "memory bounded by the limit")
-	}
-	got, total := top.result()
-	require.Len(t, got, 7)
-	for i, e := range got {
-		assert.Equal(t, all[i].Key, e.Key, "the first in address order")
-	}
-	assert.Equal(t, 3000, total, "duplicates seen together are counted once")
-}
-
-func TestCompareEntries(t *testing.T) {
-	kb := keys.Builder{Prefix: "g:"}
-	var in []listEntry
-	for _, k := range []string{
-		"g:block:username:bob", "g:block:username:alice",
-		"g:block:ip:not-an-ip", "g:block:ip:2001:db8::1", "g:block:ip:10.0.0.2", "g:block:ip:9.0.0.1", "g:block:ip:::ffff:1.2.3.4",
-		"g:block:cidr:10.0.0.0/16", "g:block:cidr:10.0.0.0/8", "g:block:cidr:9.0.0.0/8", "g:block:cidr:bad", "g:block:cidr:2001:db8::/32",
-		"g:block:clientid:b", "g:block:clientid:B", "g:block:clientid:a b",
-	} {
-		e, ok := newEntry(kb, k)
-		require.True(t, ok, k)
-		in = append(in, e)
-	}
-	slices.SortFunc(in, compareEntries)
-	var got []string
-	for _, e := range in {
-		got = append(got, string(e.Scope)+" "+e.Value)
-	}
-	assert.Equal(t, []string{
-		"cidr 9.0.0.0/8", "cidr 10.0.0.0/8", "cidr 10.0.0.0/16", "cidr 2001:db8::/32", "cidr bad",
-		"clientid B", "clientid a b", "clientid b",
-		"ip 9.0.0.1", "ip 10.0.0.2", "ip ::ffff:1.2.3.4", "ip 2001:db8::1", "ip not-an-ip",
-		"username alice", "username bob",
-	}, got)
-}
-
-func TestGlobEscape(t *testing.T) {
-	assert.Equal(t, `guard:`, keys.GlobEscape("guard:"))
-	assert.Equal(t, `t\*\[1\]\?\\:`, keys.GlobEscape(`t*[1]?\:`))
-	assert.Equal(t, "\xff\\*\xfe", keys.GlobEscape("\xff*\xfe"), "byte by byte: invalid UTF-8 stays as it is")
-}
-
-func TestNeverMatches(t *testing.T) {
-	for _, tc := range []struct {
-		scope keys.Scope
-		value string
-		why   string
-	}{
-		{keys.IP, "192.0.2.1", ""},
-		{keys.IP, "2001:db8::1", ""},
-		{keys.IP, "::ffff:192.0.2.1", "expected the canonical address 192.0.2.1"},
-		{keys.IP, "2001:DB8::1", "expected the canonical address 2001:db8::1"},
-		{keys.IP, "0:0:0:0:0:0:0:1", "expected the canonical address ::1"},
-		{keys.IP, "fe80::1%eth0", "expected the canonical address fe80::1"},
-		{keys.IP, "host", "expected an address such as 192.0.2.1 or 2001:db8::1"},
-		{keys.IP, "127.000.0.1", "expected an address such as 192.0.2.1 or 2001:db8::1"},
-		{keys.IP, "x: expected y", "expected an address such as 192.0.2.1 or 2001:db8::1"},
-		{keys.CIDR, "10.0.0.0/8", ""},
-		{keys.CIDR, "10.1.0.0/8", "expected the canonical network 10.0.0.0/8"},
-		{keys.CIDR, "x", "expected a network such as 203.0.113.0/24 or 2001:db8::/32"},
-		{keys.CIDR, "::ffff:1.2.3.0/90", `bad range "::ffff:1.2.3.0/90": an IPv4-mapped range must be at least /96`},
-		{keys.ClientID, "::ffff:192.0.2.1", ""},
-	} {
-		assert.Equal(t, tc.why, neverMatches(listEntry{Scope: tc.scope, Value: tc.value}), "%s %q", tc.scope, tc.value)
-	}
 }
 
 // guardctl list names the ip keys the plugin can never match, as it does

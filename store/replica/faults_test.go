@@ -16,6 +16,10 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
+// Healthy reports whether changes currently reach the replica (only the
+// tests ask).
+func (s *Sync) Healthy() bool { return s.healthy.Load() }
+
 // logs collects a Sync's log lines.
 type logs struct {
 	mu    sync.Mutex

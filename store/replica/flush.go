@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // FLUSHALL and FLUSHDB send no keyspace notification, and a Redis that
@@ -58,7 +60,7 @@ func (s *Sync) mark(ctx context.Context) ([]mark, error) {
 		marks   []mark
 		refused error
 	)
-	err := s.eachMaster(ctx, func(c *redis.Client) error {
+	err := store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 		for i := 0; i < maxMarkTries; i++ {
 			key := s.kb.Prefix + "epoch"
 			if cluster {
@@ -154,7 +156,7 @@ func (s *Sync) notificationsLost(ctx context.Context) string {
 		mu  sync.Mutex
 		why string
 	)
-	_ = s.eachMaster(ctx, func(c *redis.Client) error {
+	_ = store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 		cur, err := c.ConfigGet(ctx, "notify-keyspace-events").Result()
 		if err != nil {
 			return nil // CONFIG refused: the change channel and the reloads carry the changes

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // maxReloadChanges: past this many keys changed by one reload, the Sync
@@ -49,7 +50,7 @@ func (s *Sync) load(ctx context.Context) error {
 		wrong []string
 	)
 	for _, p := range patterns {
-		err := s.eachMaster(ctx, func(c *redis.Client) error {
+		err := store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 			it := c.Scan(ctx, 0, p, 2000).Iterator()
 			batch := make([]string, 0, 2000)
 			flush := func() error {
@@ -345,23 +346,12 @@ func compare[K comparable](r *Replica, fresh map[K]slot, cur func() map[K]slot, 
 	return true
 }
 
-// eachMaster runs fn on the single client, or on every master of a cluster.
-func (s *Sync) eachMaster(ctx context.Context, fn func(*redis.Client) error) error {
-	switch c := s.rdb.(type) {
-	case *redis.Client:
-		return fn(c)
-	case *redis.ClusterClient:
-		return c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return fn(m) })
-	}
-	return fmt.Errorf("unsupported client %T", s.rdb)
-}
-
 // enableNotifications turns on the keyspace notifications the replica
 // needs (K: keyspace channel; g, $, x: generic, string and expiry events),
 // keeping whatever else is on. Where CONFIG is not allowed, the change
 // channel and the periodic reload still keep the replica in step.
 func (s *Sync) enableNotifications(ctx context.Context) {
-	_ = s.eachMaster(ctx, func(c *redis.Client) error {
+	_ = store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 		cur, err := c.ConfigGet(ctx, "notify-keyspace-events").Result()
 		if err != nil {
 			s.o.Log(true, "replica: cannot read notify-keyspace-events ("+err.Error()+"); relying on the change channel and a reload every "+s.o.ResyncEvery.String())

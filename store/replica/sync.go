@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Options configure a Sync.
@@ -71,9 +72,6 @@ func NewSync(r *Replica, rdb redis.UniversalClient, o Options) *Sync {
 
 // Ready reports whether the replica has been loaded once.
 func (s *Sync) Ready() bool { return s.ready.Load() }
-
-// Healthy reports whether changes currently reach the replica.
-func (s *Sync) Healthy() bool { return s.healthy.Load() }
 
 // Run keeps the replica in step until ctx ends: subscribe, load, apply
 // changes, reload every ResyncEvery, and start over after a lost connection.
@@ -170,7 +168,7 @@ func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
 		subs    []*redis.PubSub
 		changes bool // someone subscribes to the change channel
 	)
-	err := s.eachMaster(ctx, func(c *redis.Client) error {
+	err := store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 		ps := c.PSubscribe(ctx, pattern)
 		confirmations := 1
 		mu.Lock()

@@ -1,0 +1,87 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// SetEntry writes the entry of value in the list kind (keys.Allow or
+// keys.Block) and scope: the key keys.Builder.List names, holding reason,
+// expiring after ttl (zero: never; else at least 1ms, kept to the
+// millisecond). An existing entry of the same key, automatic or not, is
+// replaced. The change is then published (PublishChange), so every
+// broker's replica has it at once, even where Redis keyspace notifications
+// are off. It returns the key written.
+//
+// value must be in the form the plugin matches: an ip value a canonical
+// address (keys.ParseIPKey), a cidr value a canonical network
+// (keys.ParseCIDR); SetEntry refuses, writing nothing, an entry that could
+// never match. It does not look at reason: keeping keys.AutoBanMarker to
+// the plugin's own bans is the caller's part. A Redis error is a
+// *RedisError.
+func (s *Store) SetEntry(ctx context.Context, kind keys.Kind, scope keys.Scope, value, reason string, ttl time.Duration) (string, error) {
+	if err := checkList(kind, scope); err != nil {
+		return "", fmt.Errorf("store: set entry: %w", err)
+	}
+	if err := matchable(scope, value); err != nil {
+		return "", fmt.Errorf("store: set entry: %w", err)
+	}
+	if ttl < 0 || (ttl > 0 && ttl < time.Millisecond) {
+		return "", fmt.Errorf("store: set entry: expiry %s: expected zero (never) or at least 1ms", ttl)
+	}
+	key := s.kb.List(kind, scope, value)
+	if err := s.rdb.Set(ctx, key, reason, ttl.Truncate(time.Millisecond)).Err(); err != nil {
+		return "", &RedisError{Op: "set entry", Err: err}
+	}
+	return key, s.PublishChange(ctx, key)
+}
+
+// DeleteEntry deletes the entry of value in the list kind and scope, then
+// publishes the change (PublishChange) whether or not the key existed: a
+// replica that missed an earlier deletion catches up. It returns the key
+// and whether it existed. Any value is taken: deleting an entry the plugin
+// could never match is harmless. A Redis error is a *RedisError.
+func (s *Store) DeleteEntry(ctx context.Context, kind keys.Kind, scope keys.Scope, value string) (key string, existed bool, err error) {
+	if err := checkList(kind, scope); err != nil {
+		return "", false, fmt.Errorf("store: delete entry: %w", err)
+	}
+	key = s.kb.List(kind, scope, value)
+	n, err := s.rdb.Del(ctx, key).Result()
+	if err != nil {
+		return "", false, &RedisError{Op: "delete entry", Err: err}
+	}
+	return key, n > 0, s.PublishChange(ctx, key)
+}
+
+// PublishChange tells every replica that key changed: the one way the
+// plugin (its automatic bans and throttles) and SetEntry and DeleteEntry
+// publish a change. The change must be done when it is called (its reply
+// received): on a Redis Cluster the key and the channel may belong to
+// different nodes, and a replica re-reads the key as soon as it gets the
+// message. A Redis error is a *RedisError.
+func (s *Store) PublishChange(ctx context.Context, key string) error {
+	if err := s.rdb.Publish(ctx, s.kb.Changes(), key).Err(); err != nil {
+		return &RedisError{Op: "publish change", Err: err}
+	}
+	return nil
+}
+
+// checkList checks that kind and scope name an allow or block list.
+func checkList(kind keys.Kind, scope keys.Scope) error {
+	if err := checkKind(kind); err != nil {
+		return err
+	}
+	_, err := keys.ParseScope(string(scope))
+	return err
+}
+
+// checkKind checks that kind is keys.Allow or keys.Block.
+func checkKind(kind keys.Kind) error {
+	if kind != keys.Allow && kind != keys.Block {
+		return fmt.Errorf("%q is no list (expected allow or block)", kind)
+	}
+	return nil
+}
