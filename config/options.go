@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
@@ -72,17 +73,14 @@ const (
 	ConflictDeny ConflictMode = "deny" // also refuse a client ID live under another principal
 )
 
-// ConflictConfig configures client-ID conflict detection.
+// ConflictConfig configures client-ID conflict detection: clientid_conflict,
+// and the tracker's own options (conflict_window, takeover_limit,
+// takeover_window, findings_max, findings_topic, findings_fold, broker_name,
+// broker_lease), whose Deny and ClaimTimeout Parse sets from
+// clientid_conflict and redis_timeout.
 type ConflictConfig struct {
-	Mode           ConflictMode  // clientid_conflict
-	Window         time.Duration // conflict_window: how long a principal's use of a client ID is remembered
-	TakeoverLimit  int           // takeover_limit: duplicate connections of one principal before a finding
-	TakeoverWindow time.Duration // takeover_window
-	FindingsMax    int64         // findings_max: approximate length of the findings stream
-	FindingsTopic  string        // findings_topic: MQTT topic findings are published on ("" none)
-	Fold           time.Duration // findings_fold: repeats of a finding within this are folded into it
-	BrokerName     string        // broker_name: this broker, in findings
-	Lease          time.Duration // broker_lease: live connections of a broker that stops renewing expire after this
+	Mode ConflictMode // clientid_conflict
+	conflicts.Options
 }
 
 // ACLMode says whether and how the plugin answers MOSQ_EVT_ACL_CHECK.
@@ -197,6 +195,8 @@ func Parse(opts map[string]string) (Options, error) {
 	errs := unknownOptions(opts)
 	c, bad, failed := parseOptions(opts, optionNames())
 	errs = append(errs, bad...)
+	c.Conflicts.Deny = c.Conflicts.Mode == ConflictDeny
+	c.Conflicts.ClaimTimeout = c.RedisTimeout
 	if err := c.combine(opts, failed); err != nil {
 		errs = append(errs, err)
 	} else if !failed["password_file"] {

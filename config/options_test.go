@@ -151,3 +151,16 @@ func TestPolicyDefaultsAreRatelimits(t *testing.T) {
 	assert.Equal(t, ratelimit.Policy{Limit: ratelimit.DefaultLimit, Window: ratelimit.DefaultWindow,
 		BanTime: ratelimit.DefaultBanTime, BanMax: ratelimit.DefaultBanMax}, c.Policy)
 }
+
+// The conflict tracker's options come out of Parse whole: Deny follows
+// clientid_conflict, ClaimTimeout redis_timeout.
+func TestParseConflictTrackerOptions(t *testing.T) {
+	c, err := Parse(map[string]string{"clientid_conflict": "deny", "redis_timeout": "250ms", "takeover_limit": "7"})
+	require.NoError(t, err)
+	assert.True(t, c.Conflicts.Deny)
+	assert.Equal(t, 250*time.Millisecond, c.Conflicts.ClaimTimeout)
+	assert.Equal(t, 7, c.Conflicts.TakeoverLimit)
+	c, err = Parse(map[string]string{"clientid_conflict": "flag"})
+	require.NoError(t, err)
+	assert.False(t, c.Conflicts.Deny)
+}

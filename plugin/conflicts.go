@@ -78,18 +78,12 @@ func (g *Guard) liveConns(clientID string) []store.Conn {
 // options on st; claims go through claimer (the broker thread's client,
 // bounded by redis_timeout, without retries) when it can claim.
 func newTracker(cfg config.Options, st conflicts.Store, claimer Store, log Logger, publish Publisher, now func() time.Time) *conflicts.Tracker {
-	cc := cfg.Conflicts
 	d := conflicts.Deps{Store: st, Now: now, Publish: publish,
 		Log: func(l conflicts.Level, msg string) { log(levelOf(l), msg) }}
 	if cl, ok := claimer.(conflicts.Claimer); ok {
 		d.Claimer = cl
 	}
-	return conflicts.New(conflicts.Options{
-		Deny: cc.Mode == config.ConflictDeny, Window: cc.Window,
-		TakeoverLimit: cc.TakeoverLimit, TakeoverWindow: cc.TakeoverWindow,
-		FindingsMax: cc.FindingsMax, FindingsTopic: cc.FindingsTopic, Fold: cc.Fold,
-		BrokerName: cc.BrokerName, Lease: cc.Lease, ClaimTimeout: cfg.RedisTimeout,
-	}, d)
+	return conflicts.New(cfg.Conflicts.Options, d)
 }
 
 // levelOf maps a conflicts log level to the plugin's.
