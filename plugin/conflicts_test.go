@@ -44,8 +44,8 @@ func tracking(t *testing.T, g *Guard, st *store.Store, h uintptr, id string) {
 	t.Helper()
 	require.Equal(t, Allow, g.Authenticate(cl(h, "192.0.2.200", id, "alice", "alice-pw")).Result)
 	require.Eventually(t, func() bool {
-		s, err := st.ClientIDStates(context.Background(), []string{id})
-		return err == nil && len(s[id].Seen) > 0
+		n, err := st.Client().Exists(context.Background(), st.Keys().Seen(id)).Result()
+		return err == nil && n == 1
 	}, 5*time.Second, 10*time.Millisecond, "the conflict worker of %s runs", id)
 }
 

@@ -144,31 +144,6 @@ type State struct {
 	Seen []Conn // the latest connection of each principal within the window, newest first
 }
 
-// ClientIDStates reads the state of several client IDs in one round trip.
-// It is a plain read, for tools and tests: conflict detection reads what it
-// records in the same step (WriteConns with Read, Claim).
-func (s *Store) ClientIDStates(ctx context.Context, ids []string) (map[string]State, error) {
-	type cmds struct{ live, seen *redis.MapStringStringCmd }
-	pending := make(map[string]cmds, len(ids))
-	pipe := s.rdb.Pipeline()
-	for _, id := range ids {
-		if _, ok := pending[id]; !ok {
-			pending[id] = cmds{pipe.HGetAll(ctx, s.kb.Conn(id)), pipe.HGetAll(ctx, s.kb.Seen(id))}
-		}
-	}
-	if len(pending) == 0 {
-		return map[string]State{}, nil
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, fmt.Errorf("store: client id state: %w", err)
-	}
-	out := make(map[string]State, len(pending))
-	for id, c := range pending {
-		out[id] = State{Live: decodeConns(c.live.Val()), Seen: decodeConns(c.seen.Val())}
-	}
-	return out, nil
-}
-
 // ConnWrite is one connection event of a broker instance for one client ID.
 // ClientID is the client ID itself: Redis gets its keys.Tracking form. A
 // batch of writes is applied in its order; each key sees its writes in that

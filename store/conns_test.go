@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -102,7 +103,7 @@ func writeConns(ctx context.Context, s *Store, ws []ConnWrite, window time.Durat
 }
 
 func state(s *Store, id string) (live, seen []Conn, err error) {
-	m, err := s.ClientIDStates(context.Background(), []string{id})
+	m, err := s.clientIDStates(context.Background(), []string{id})
 	return m[id].Live, m[id].Seen, err
 }
 
@@ -291,4 +292,29 @@ func TestTrackingMemoryPerConnection(t *testing.T) {
 			assertBounded(t, s)
 		})
 	}
+}
+
+// clientIDStates reads the state of several client IDs in one round trip:
+// a plain read, for the tests (conflict detection reads what it records in
+// the same step: WriteConns with Read, Claim).
+func (s *Store) clientIDStates(ctx context.Context, ids []string) (map[string]State, error) {
+	type cmds struct{ live, seen *redis.MapStringStringCmd }
+	pending := make(map[string]cmds, len(ids))
+	pipe := s.rdb.Pipeline()
+	for _, id := range ids {
+		if _, ok := pending[id]; !ok {
+			pending[id] = cmds{pipe.HGetAll(ctx, s.kb.Conn(id)), pipe.HGetAll(ctx, s.kb.Seen(id))}
+		}
+	}
+	if len(pending) == 0 {
+		return map[string]State{}, nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("store: client id state: %w", err)
+	}
+	out := make(map[string]State, len(pending))
+	for id, c := range pending {
+		out[id] = State{Live: decodeConns(c.live.Val()), Seen: decodeConns(c.seen.Val())}
+	}
+	return out, nil
 }
