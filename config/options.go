@@ -76,8 +76,9 @@ const (
 // ConflictConfig configures client-ID conflict detection: clientid_conflict,
 // and the tracker's own options (conflict_window, takeover_limit,
 // takeover_window, findings_max, findings_topic, findings_fold, broker_name,
-// broker_lease), whose Deny and ClaimTimeout Parse sets from
-// clientid_conflict and redis_timeout.
+// broker_lease). Its Deny and ClaimTimeout are left unset: the plugin derives
+// them from Mode and redis_timeout when it builds the tracker, so that each
+// setting is held once.
 type ConflictConfig struct {
 	Mode ConflictMode // clientid_conflict
 	conflicts.Options
@@ -195,8 +196,6 @@ func Parse(opts map[string]string) (Options, error) {
 	errs := unknownOptions(opts)
 	c, bad, failed := parseOptions(opts, optionNames())
 	errs = append(errs, bad...)
-	c.Conflicts.Deny = c.Conflicts.Mode == ConflictDeny
-	c.Conflicts.ClaimTimeout = c.RedisTimeout
 	if err := c.combine(opts, failed); err != nil {
 		errs = append(errs, err)
 	} else if !failed["password_file"] {

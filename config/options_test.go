@@ -152,15 +152,13 @@ func TestPolicyDefaultsAreRatelimits(t *testing.T) {
 		BanTime: ratelimit.DefaultBanTime, BanMax: ratelimit.DefaultBanMax}, c.Policy)
 }
 
-// The conflict tracker's options come out of Parse whole: Deny follows
-// clientid_conflict, ClaimTimeout redis_timeout.
+// The conflict tracker's options come out of Parse in conflicts.Options;
+// Deny and ClaimTimeout are the plugin's to derive (from Mode, redis_timeout).
 func TestParseConflictTrackerOptions(t *testing.T) {
-	c, err := Parse(map[string]string{"clientid_conflict": "deny", "redis_timeout": "250ms", "takeover_limit": "7"})
+	c, err := Parse(map[string]string{"clientid_conflict": "deny", "takeover_limit": "7", "broker_lease": "45s"})
 	require.NoError(t, err)
-	assert.True(t, c.Conflicts.Deny)
-	assert.Equal(t, 250*time.Millisecond, c.Conflicts.ClaimTimeout)
+	assert.Equal(t, ConflictDeny, c.Conflicts.Mode)
 	assert.Equal(t, 7, c.Conflicts.TakeoverLimit)
-	c, err = Parse(map[string]string{"clientid_conflict": "flag"})
-	require.NoError(t, err)
-	assert.False(t, c.Conflicts.Deny)
+	assert.Equal(t, 45*time.Second, c.Conflicts.Lease)
+	assert.False(t, c.Conflicts.Deny, "held once, as Mode")
 }

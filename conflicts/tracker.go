@@ -13,7 +13,9 @@ import (
 )
 
 // Options configure a Tracker; the plugin fills them from its
-// clientid_conflict options.
+// clientid_conflict options. Lease and ClaimTimeout must be positive (the
+// plugin's options ensure it: broker_lease at least 1s, redis_timeout at
+// least 1ms).
 type Options struct {
 	// Deny is clientid_conflict deny: the broker thread claims a client ID
 	// (Claim) before admitting it, so the live entry is Redis's already
@@ -58,7 +60,8 @@ const (
 	LevelError                // an internal error
 )
 
-// Deps are a Tracker's connections to the outside; tests pass fakes.
+// Deps are a Tracker's connections to the outside; tests pass fakes. Store
+// is required; the rest may be nil.
 type Deps struct {
 	Store Store // the worker's writes and reads, with background deadlines
 	// Claimer serves Claim, on the broker thread: a client bounded by

@@ -83,7 +83,12 @@ func newTracker(cfg config.Options, st conflicts.Store, claimer Store, log Logge
 	if cl, ok := claimer.(conflicts.Claimer); ok {
 		d.Claimer = cl
 	}
-	return conflicts.New(cfg.Conflicts.Options, d)
+	// Deny and the claim's bound follow clientid_conflict and redis_timeout,
+	// read here, once: the options hold each setting in one place.
+	o := cfg.Conflicts.Options
+	o.Deny = cfg.Conflicts.Mode == config.ConflictDeny
+	o.ClaimTimeout = cfg.RedisTimeout
+	return conflicts.New(o, d)
 }
 
 // levelOf maps a conflicts log level to the plugin's.

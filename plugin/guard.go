@@ -150,7 +150,10 @@ func NewWith(cfg config.Options, out Output, d Deps) (*Guard, error) {
 			return nil, err
 		}
 	}
-	g.refusals = newRefusals(g.log, g.now, cfg.FailIPv6Prefix, cfg.Policy.Window)
+	// The parts below read the clock through clock, so that a test setting
+	// g.now after NewWith moves them all.
+	clock := func() time.Time { return g.now() }
+	g.refusals = newRefusals(g.log, clock, cfg.FailIPv6Prefix, cfg.Policy.Window)
 	g.spawn("refusal log summaries", func() { g.refusals.run(g.stop) })
 	g.local = ratelimit.NewLocal(cfg.Policy, ratelimit.DefaultLocalKeys)
 	userPolicy := cfg.Policy
@@ -161,14 +164,14 @@ func NewWith(cfg config.Options, out Output, d Deps) (*Guard, error) {
 		addrs: cfg.RedisAddrs, deny: cfg.DenyWhenRedisDown})
 	g.spawn("redis health", func() { g.health.run(g.stop) })
 	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
-		log: g.log, now: g.now, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop})
+		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop})
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
 		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
 			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window,
 			down: g.health.down, spawn: g.spawn, stop: g.stop})
 	}
 	if d.Conflicts != nil && cfg.Conflicts.Mode != config.ConflictOff {
-		g.tracker = newTracker(cfg, d.Conflicts, d.Store, g.log, out.Publish, g.now)
+		g.tracker = newTracker(cfg, d.Conflicts, d.Store, g.log, out.Publish, clock)
 		g.spawn("client ID tracking", func() { g.tracker.Run(g.stop) })
 		g.spawn("deferred confirmation", g.confirmLoop)
 	}
