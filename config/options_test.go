@@ -162,3 +162,20 @@ func TestParseConflictTrackerOptions(t *testing.T) {
 	assert.Equal(t, 45*time.Second, c.Conflicts.Lease)
 	assert.False(t, c.Conflicts.Deny, "held once, as Mode")
 }
+
+// findings_topic is published to by mosquitto_broker_publish, which checks
+// nothing: a name MQTT forbids or discourages is refused at start, not sent
+// out at run time (before: invalid UTF-8 and control characters passed).
+func TestFindingsTopicIsAnMQTTTopicName(t *testing.T) {
+	for _, good := range []string{"", "guard/findings", "$SYS/guard", "caf\u00e9/\u00fc", "a b", "a/\u00a0b"} {
+		c, err := Parse(map[string]string{"findings_topic": good})
+		require.NoError(t, err, "%q", good)
+		assert.Equal(t, good, c.Conflicts.FindingsTopic)
+	}
+	for _, bad := range []string{"a/+", "a/#", "a\x00b", "\xff\xfe", "a\xc3", "a\x01b", "a\x1fb", "a\x7fb", "a\u0085b", "a\u009fb", "a\tb"} {
+		_, err := Parse(map[string]string{"findings_topic": bad})
+		var oe *OptionError
+		require.True(t, errors.As(err, &oe), "%q must be refused", bad)
+		assert.Equal(t, "findings_topic", oe.Option, "%q", bad)
+	}
+}

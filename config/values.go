@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
@@ -101,13 +102,22 @@ func parseACLMode(c *Options, v string) error {
 	return &OptionError{"acl_check", v, "one of auto, defer, allow, off"}
 }
 
+// parseFindingsTopic accepts an MQTT topic name the broker will publish to:
+// mosquitto_broker_publish checks none of this, so a bad name would only
+// show at run time, in every subscriber's client. A topic name is UTF-8
+// without U+0000, and should hold no control character (MQTT 5.0 1.5.4):
+// C0 and C1 are refused with DEL, and the wildcards + and #.
 func parseFindingsTopic(c *Options, v string) error {
-	if strings.ContainsAny(v, "+#\x00") || len(v) > 65535 {
-		return &OptionError{"findings_topic", v, "an MQTT topic name without wildcards (+ #), or nothing"}
+	const want = "an MQTT topic name (UTF-8, at most 65535 bytes, without wildcards + # or control characters), or nothing"
+	if len(v) > 65535 || !utf8.ValidString(v) || strings.ContainsAny(v, "+#") || strings.ContainsFunc(v, isControl) {
+		return &OptionError{"findings_topic", v, want}
 	}
 	c.Conflicts.FindingsTopic = v
 	return nil
 }
+
+// isControl says whether r is in U+0000-U+001F or U+007F-U+009F.
+func isControl(r rune) bool { return r <= 0x1f || (r >= 0x7f && r <= 0x9f) }
 
 func parseBrokerName(c *Options, v string) error {
 	if v == "" {
