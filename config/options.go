@@ -107,15 +107,30 @@ type OptionError struct {
 }
 
 func (e *OptionError) Error() string {
-	v := strconv.Quote(e.Value)
-	if secretOptions[e.Option] {
-		v = "(not shown)"
-	}
-	return fmt.Sprintf("option %s: bad value %s: expected %s", e.Option, v, e.Expected)
+	return fmt.Sprintf("option %s: bad value %s: expected %s", e.Option, ShownValue(e.Option, e.Value), e.Expected)
 }
 
 // secretOptions are never echoed in an error.
 var secretOptions = map[string]bool{"redis_password": true}
+
+// credentialOptions may be given a URL's user:password@host by mistake
+// (redis://:pw@host:6379/0): what comes before their last '@' is not shown.
+var credentialOptions = map[string]bool{"redis_addr": true, "redis_username": true}
+
+// ShownValue is an option's value quoted as a message may show it: a
+// secret option's never, and of one that may carry credentials only what
+// follows the last '@', behind "***".
+func ShownValue(option, v string) string {
+	switch {
+	case secretOptions[option]:
+		return "(not shown)"
+	case credentialOptions[option]:
+		if i := strings.LastIndexByte(v, '@'); i >= 0 {
+			v = "***" + v[i:]
+		}
+	}
+	return strconv.Quote(v)
+}
 
 type optionParser func(c *Options, v string) error
 

@@ -179,3 +179,23 @@ func TestFindingsTopicIsAnMQTTTopicName(t *testing.T) {
 		assert.Equal(t, "findings_topic", oe.Option, "%q", bad)
 	}
 }
+
+// A redis:// URL or user:password@host in redis_addr is refused without its
+// password reaching the log (before: the error quoted the whole value, and
+// "pw@host:6379" was accepted, to be shown in every dial error).
+func TestRedisAddrCredentialsNotShown(t *testing.T) {
+	for v, shown := range map[string]string{
+		"redis://:S3cretPass@127.0.0.1:26379/0": `"***@127.0.0.1:26379/0"`,
+		"S3cretPass@127.0.0.1:26379":            `"***@127.0.0.1:26379"`,
+		"guard:S3cretPass@h:1, b@S3cret@h:2":    `"***@h:2"`,
+	} {
+		_, err := Parse(map[string]string{"redis_addr": v})
+		require.Error(t, err, v)
+		assert.Contains(t, err.Error(), "option redis_addr: bad value "+shown+": expected host:port", v)
+		assert.Contains(t, err.Error(), "set redis_username and redis_password", v)
+		assert.NotContains(t, err.Error(), "S3cret", v)
+	}
+	_, err := ParseRedis(map[string]string{"redis_addr": "redis://:S3cretPass@127.0.0.1:26379/0"})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "S3cret", "guardctl's parse too")
+}

@@ -18,9 +18,14 @@ import (
 
 // parseRedisAddr accepts what go-redis can dial: host:port (an IPv6 host in
 // brackets) with a port from 1 to 65535, or several, comma-separated.
+// A user or password ("user:pw@host:port", a redis:// URL) is refused, so
+// that it never reaches a dial error in the log; its error hides it too.
 func parseRedisAddr(c *Options, v string) error {
 	const want = "host:port, or several host:port separated by commas for a Redis Cluster"
 	c.RedisAddrs = nil
+	if strings.Contains(v, "@") {
+		return &OptionError{"redis_addr", v, want + ", without a user or password (set redis_username and redis_password)"}
+	}
 	for _, a := range strings.Split(v, ",") {
 		a = strings.TrimSpace(a)
 		host, port, err := net.SplitHostPort(a)

@@ -34,6 +34,7 @@ func TestEveryBadOptionLoggedAtOnce(t *testing.T) {
 		"auth_opt_pg_password pg-pw-s3cret",
 		"auth_opt_redis_pasword typo-pw-s3cret",
 		"auth_opt_redis_password real-pw-s3cret",
+		"auth_opt_redis_addr redis://:url-pw-s3cret@127.0.0.1:26379/0",
 		"auth_opt_fail_limit lots",
 		"plugin_opt_ban_time forever",
 	))
@@ -48,6 +49,7 @@ func TestEveryBadOptionLoggedAtOnce(t *testing.T) {
 		"cache_password":      "not needed: auth_cache",
 		"pg_password":         "not supported:",
 		"redis_pasword":       "did you mean redis_password?",
+		"redis_addr":          `bad value "***@127.0.0.1:26379/0": expected host:port`,
 		"fail_limit":          `bad value "lots": expected a whole number`,
 		"ban_time":            `bad value "forever": expected a duration`,
 	}
