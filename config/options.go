@@ -211,13 +211,7 @@ func Parse(opts map[string]string) (Options, error) {
 	errs := unknownOptions(opts)
 	c, bad, failed := parseOptions(opts, optionNames())
 	errs = append(errs, bad...)
-	if err := c.combine(opts, failed); err != nil {
-		errs = append(errs, err)
-	} else if !failed["password_file"] {
-		if err := c.checkPasswordFile(); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, c.combine(opts, failed)...)
 	if len(errs) > 0 {
 		return Options{}, errs
 	}
@@ -253,16 +247,35 @@ func parseOptions(opts map[string]string, names []string) (c Options, errs Error
 }
 
 // combine applies the checks across options whose values parsed, and sets
-// the backend when none is given.
-func (c *Options) combine(opts map[string]string, failed map[string]bool) error {
-	if !failed["ban_time"] && !failed["ban_max"] && c.Policy.BanMax < c.Policy.BanTime {
-		if _, given := opts["ban_max"]; !given {
-			// Name what the user wrote: a ban_time above ban_max's default.
-			return &OptionError{"ban_time", strings.TrimSpace(opts["ban_time"]),
-				fmt.Sprintf("a duration at most ban_max (%s, its default; set ban_max too)", c.Policy.BanMax)}
+// the backend when none is given. Each check runs whatever another found, so
+// that one start names every problem.
+func (c *Options) combine(opts map[string]string, failed map[string]bool) Errors {
+	var errs Errors
+	for _, err := range []error{c.checkBanTimes(opts, failed), c.checkBackend(failed)} {
+		if err != nil {
+			errs = append(errs, err)
 		}
-		return &OptionError{"ban_max", c.Policy.BanMax.String(), fmt.Sprintf("a duration at least ban_time (%s)", c.Policy.BanTime)}
 	}
+	return errs
+}
+
+// checkBanTimes checks that ban_time is at most ban_max.
+func (c *Options) checkBanTimes(opts map[string]string, failed map[string]bool) error {
+	if failed["ban_time"] || failed["ban_max"] || c.Policy.BanMax >= c.Policy.BanTime {
+		return nil
+	}
+	if _, given := opts["ban_max"]; !given {
+		// Name what the user wrote: a ban_time above ban_max's default.
+		return &OptionError{"ban_time", strings.TrimSpace(opts["ban_time"]),
+			fmt.Sprintf("a duration at most ban_max (%s, its default; set ban_max too)", c.Policy.BanMax)}
+	}
+	return &OptionError{"ban_max", c.Policy.BanMax.String(), fmt.Sprintf("a duration at least ban_time (%s)", c.Policy.BanTime)}
+}
+
+// checkBackend sets the backend when none is given and checks password_file
+// against it: a backend that did not parse leaves nothing to check; with
+// backend files and a path, the file is opened.
+func (c *Options) checkBackend(failed map[string]bool) error {
 	if failed["backend"] {
 		return nil
 	}
@@ -278,7 +291,7 @@ func (c *Options) combine(opts map[string]string, failed map[string]bool) error 
 	case c.Backend != BackendFiles && c.PasswordFile != "":
 		return &OptionError{"password_file", c.PasswordFile, "no password_file unless backend is files (backend is " + string(c.Backend) + ")"}
 	}
-	return nil
+	return c.checkPasswordFile()
 }
 
 // checkPasswordFile opens the files backend's file, as the broker's user.

@@ -199,3 +199,32 @@ func TestRedisAddrCredentialsNotShown(t *testing.T) {
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "S3cret", "guardctl's parse too")
 }
+
+// The checks across options all run: a bad ban_time does not hide the
+// password_file problem for the next start (before: combine stopped at its
+// first error, and the password file was not opened after any error).
+func TestCrossOptionErrorsAtOnce(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "passwd")
+	cases := []struct {
+		opts map[string]string
+		want []string
+	}{
+		{map[string]string{"ban_time": "48h", "backend": "files"}, []string{"ban_time", "password_file"}},
+		{map[string]string{"ban_time": "48h", "backend": "files", "password_file": missing}, []string{"ban_time", "password_file"}},
+		{map[string]string{"ban_time": "2h", "ban_max": "1h", "password_file": missing}, []string{"ban_max", "password_file"}},
+		{map[string]string{"fail_limit": "x", "password_file": missing}, []string{"fail_limit", "password_file"}},
+		{map[string]string{"ban_time": "48h", "backend": "redis", "password_file": "/etc/passwd"}, []string{"ban_time", "password_file"}},
+	}
+	for _, c := range cases {
+		_, err := Parse(c.opts)
+		var errs Errors
+		require.True(t, errors.As(err, &errs), "%v: %v", c.opts, err)
+		var got []string
+		for _, e := range errs {
+			var oe *OptionError
+			require.True(t, errors.As(e, &oe), "%v", e)
+			got = append(got, oe.Option)
+		}
+		assert.Equal(t, c.want, got, "%v: %v", c.opts, err)
+	}
+}

@@ -75,6 +75,19 @@ func TestEveryBadOptionLoggedAtOnce(t *testing.T) {
 	assert.NotContains(t, out, "mosquitto-guard: ready")
 }
 
+// The checks across options are logged together too: a ban_time above
+// ban_max and an unreadable password_file in one start (before: the broker
+// named ban_time, and the password file only at the next start).
+func TestCrossOptionErrorsLoggedAtOnce(t *testing.T) {
+	testenv.Need(t, "mosquitto")
+	e := &env{t: t, dir: t.TempDir()}
+	missing := filepath.Join(e.dir, "no-such-passwd")
+	out := startExpectFail(t, e.conf("auth_opt_backend files", "auth_opt_ban_time 48h", "auth_opt_password_file "+missing))
+	assert.Contains(t, out, `mosquitto-guard: option ban_time: bad value "48h": expected a duration at most ban_max`)
+	assert.Contains(t, out, `mosquitto-guard: option password_file: bad value "`+missing+`": expected a file readable by the broker's user`)
+	assert.NotContains(t, out, "mosquitto-guard: ready")
+}
+
 // The reader guardctl and acl_check auto use sees the test harness's own
 // broker config as the broker does: the plugin's line and its options.
 func TestHarnessConfigReadsBack(t *testing.T) {
