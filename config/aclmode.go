@@ -27,18 +27,51 @@ import (
 // and only its listener's acl_file and plugin lines count. Should the count
 // not match the file (changed since the start), the whole file decides, as
 // without per_listener_settings.
+//
+// Only a whole read may answer allow or defer: the plugin's ACL callback is
+// registered before acl_file's, so its allow ends every check, and a file
+// the plugin could not read (made unreadable to the broker's user after the
+// broker read it as root, a FIFO such as /dev/stdin, past the reader's
+// bounds) may hold the acl_file. Any error reading the config answers off:
+// no ACL callback, so whatever the broker has decides, and the reason names
+// what could not be read and asks for acl_check to be set.
 func ResolveACLMode(mode ACLMode, selfPath string, instance int) (ACLMode, string) {
 	if mode != ACLAuto {
 		return mode, "as configured"
 	}
-	path := brokerConfigPath()
+	return autoACLMode(brokerConfigPath(), selfPath, instance)
+}
+
+// autoACLMode answers acl_check auto for a broker started with the config
+// file at path ("": none).
+func autoACLMode(path, selfPath string, instance int) (ACLMode, string) {
 	if path == "" {
 		return ACLAllow, "the broker runs without a config file, so without ACLs: banned connections are refused until their kick, all else allowed"
 	}
-	// The broker started with this file, so an error means it changed
-	// since: what can still be read decides.
-	conf, _ := ReadBrokerConfig(path)
+	conf, err := ReadBrokerConfig(path)
+	if err != nil {
+		return ACLOff, incompleteRead(err)
+	}
 	return conf.aclMode(selfPath, instance)
+}
+
+// maxReasonErrors bounds the read errors a reason quotes, to keep the log
+// line short: the first ones say what to look at.
+const maxReasonErrors = 3
+
+// incompleteRead is the reason for off when the config was not read whole.
+func incompleteRead(err error) string {
+	errs, ok := err.(Errors)
+	if !ok {
+		errs = Errors{err}
+	}
+	quoted := errs[:min(len(errs), maxReasonErrors)].Error()
+	if more := len(errs) - maxReasonErrors; more > 0 {
+		quoted += fmt.Sprintf("; and %d more", more)
+	}
+	return "the broker's config could not be read whole here (" + quoted + "), so whether acl_file or another plugin decides is unknown: " +
+		"no ACL check is registered, banned connections' messages flow until their kick; " +
+		"set acl_check defer if acl_file or another plugin answers ACL checks, allow if nothing does"
 }
 
 // aclMode answers acl_check auto for the instance-th plugin_init of the

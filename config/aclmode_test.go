@@ -1,9 +1,11 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -115,4 +117,45 @@ func TestScanBrokerConfigLongLine(t *testing.T) {
 	c := readConf(t, path)
 	hasACL, _ := c.whole("")
 	assert.True(t, hasACL, "acl_file after a 70 000-byte line")
+}
+
+// acl_check auto answers off, never allow or defer, when the config was not
+// read whole: the part not read may hold the acl_file, and the plugin's
+// allow would end every check before acl_file's (finding 1: a FIFO config,
+// the file bound, an include the broker's user cannot read).
+func TestAutoACLModeOffWhenReadIncomplete(t *testing.T) {
+	dir := t.TempDir()
+	self := filepath.Join(dir, "mosquitto_guard.so")
+	require.NoError(t, os.WriteFile(self, nil, 0o644))
+	fifo := filepath.Join(dir, "stdin.conf")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	many := filepath.Join(dir, "conf.d")
+	files := map[string]string{"main.conf": "auth_plugin " + self + "\ninclude_dir " + many + "\n", "conf.d/zz.conf": "acl_file /etc/mosquitto/acl\n"}
+	for i := range maxConfigFiles - 1 { // with main.conf, zz.conf is one too many
+		files[fmt.Sprintf("conf.d/f%04d.conf", i)] = "# nothing\n"
+	}
+	writeFiles(t, dir, files)
+	for _, c := range []struct{ path, why string }{
+		{fifo, "stdin.conf: not a regular file"},
+		{filepath.Join(dir, "main.conf"), "zz.conf and any file after it: not read: more than 1000 config files"},
+		{filepath.Join(dir, "missing.conf"), "no such file or directory"},
+	} {
+		mode, why := autoACLMode(c.path, self, 0)
+		assert.Equal(t, ACLOff, mode, c.path)
+		assert.Contains(t, why, "could not be read whole here (", c.path)
+		assert.Contains(t, why, c.why, c.path)
+		assert.Contains(t, why, "set acl_check defer if acl_file or another plugin answers ACL checks, allow if nothing does", c.path)
+	}
+	mode, _ := autoACLMode(filepath.Join(dir, "conf.d", "zz.conf"), self, 0)
+	assert.Equal(t, ACLDefer, mode, "a whole read still decides")
+}
+
+// The reason quotes the first read errors only, and how many more there are.
+func TestIncompleteReadQuotesFew(t *testing.T) {
+	var errs Errors
+	for i := range 5 {
+		errs = append(errs, fmt.Errorf("e%d", i))
+	}
+	why := incompleteRead(errs)
+	assert.Contains(t, why, "(e0; e1; e2; and 2 more)")
 }

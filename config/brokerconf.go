@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // Bounds on what ReadBrokerConfig reads: Mosquitto has none, but a reader
@@ -80,8 +81,9 @@ func (p *Plugin) Where() string { return fmt.Sprintf("%s:%d", p.File, p.Line) }
 // includes. A relative include_dir is relative to the working directory, as
 // for Mosquitto. The BrokerConfig is never nil: it holds every line read.
 // The error, an Errors, lists each line Mosquitto would refuse among those it
-// reads here (and each file it cannot read), so a config Mosquitto starts
-// with gives none.
+// reads here (and each file it cannot read; past a bound, the first file
+// not read), so a config Mosquitto starts with gives none, unless it is past
+// the bounds or cannot be read by this process.
 func ReadBrokerConfig(path string) (*BrokerConfig, error) {
 	r := &confReader{
 		conf:   &BrokerConfig{Path: path},
@@ -106,6 +108,7 @@ type confReader struct {
 	security    bool        // a security setting was read (cur_security_options set)
 	files       int
 	bytes       int64
+	bounded     bool // a bound was met: no more files are read
 	errs        Errors
 }
 
@@ -121,8 +124,11 @@ func (r *confReader) errorf(f *fileState, n int, format string, args ...any) {
 	r.errs = append(r.errs, fmt.Errorf("%s:%d: "+format, append([]any{f.path, n}, args...)...))
 }
 
-// readFile reads one file at include level level.
+// readFile reads one file at include level level; none once a bound is met.
 func (r *confReader) readFile(path string, level int) {
+	if r.bounded {
+		return
+	}
 	data, err := r.load(path)
 	if err != nil {
 		r.errs = append(r.errs, err)
@@ -139,9 +145,12 @@ func (r *confReader) readFile(path string, level int) {
 func (r *confReader) load(path string) ([]byte, error) {
 	r.files++
 	if r.files > maxConfigFiles {
-		return nil, fmt.Errorf("%s: not read: more than %d config files", path, maxConfigFiles)
+		r.bounded = true
+		return nil, fmt.Errorf("%s and any file after it: not read: more than %d config files", path, maxConfigFiles)
 	}
-	fh, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO without a writer returns at once rather
+	// than blocking the broker's start; reading a regular file ignores it.
+	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err // names the file
 	}
@@ -160,7 +169,8 @@ func (r *confReader) load(path string) ([]byte, error) {
 	}
 	r.bytes += int64(len(data))
 	if r.bytes > maxConfigBytes {
-		return nil, fmt.Errorf("%s: not read: config files over %d bytes in all", path, maxConfigBytes)
+		r.bounded = true
+		return nil, fmt.Errorf("%s and any file after it: not read: config files over %d bytes in all", path, maxConfigBytes)
 	}
 	return data, nil
 }
