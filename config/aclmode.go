@@ -9,8 +9,8 @@ import (
 )
 
 // ResolveACLMode turns acl_check auto into defer, allow or off, with the
-// reason, by reading the broker's own configuration (the -c argument of
-// this process). Mosquitto 2.0 denies a message when every registered ACL
+// reason, by reading the broker's own configuration (every -c argument of
+// this process, in order, as the broker read them). Mosquitto 2.0 denies a message when every registered ACL
 // callback defers, so the plugin may only defer when another ACL mechanism
 // exists, and may only allow when none does:
 //   - acl_file set, no other plugin: defer (acl_file decides);
@@ -39,16 +39,16 @@ func ResolveACLMode(mode ACLMode, selfPath string, instance int) (ACLMode, strin
 	if mode != ACLAuto {
 		return mode, "as configured"
 	}
-	return autoACLMode(brokerConfigPath(), selfPath, instance)
+	return autoACLMode(brokerConfigPaths(), selfPath, instance)
 }
 
 // autoACLMode answers acl_check auto for a broker started with the config
-// file at path ("": none).
-func autoACLMode(path, selfPath string, instance int) (ACLMode, string) {
-	if path == "" {
+// files at paths (none: no -c).
+func autoACLMode(paths []string, selfPath string, instance int) (ACLMode, string) {
+	if len(paths) == 0 {
 		return ACLAllow, "the broker runs without a config file, so without ACLs: banned connections are refused until their kick, all else allowed"
 	}
-	conf, err := ReadBrokerConfig(path)
+	conf, err := ReadBrokerConfig(paths...)
 	if err != nil {
 		return ACLOff, incompleteRead(err)
 	}
@@ -84,7 +84,7 @@ func (c *BrokerConfig) aclMode(selfPath string, instance int) (ACLMode, string) 
 			hasACL, others = l.ACLFile != "", l.others(selfPath)
 			where = fmt.Sprintf("listener %d of %d (%s): ", n, len(c.Listeners), l.Name)
 		} else {
-			where = fmt.Sprintf("per_listener_settings true, but %s has no listener for plugin instance %d, so the whole file decides: ", c.Path, instance+1)
+			where = fmt.Sprintf("per_listener_settings true, but %s has no listener for plugin instance %d, so the whole config decides: ", strings.Join(c.Paths, ", "), instance+1)
 		}
 	}
 	switch {
@@ -96,19 +96,35 @@ func (c *BrokerConfig) aclMode(selfPath string, instance int) (ACLMode, string) 
 	return ACLAllow, where + "no ACL mechanism is configured: banned connections are refused until their kick, all else allowed"
 }
 
-// brokerConfigPath returns the -c argument of this process.
-func brokerConfigPath() string {
+// brokerConfigPaths returns the -c arguments of this process, in order.
+func brokerConfigPaths() []string {
 	b, err := os.ReadFile("/proc/self/cmdline")
 	if err != nil {
-		return ""
+		return nil
 	}
-	args := bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0})
-	for i := 0; i+1 < len(args); i++ {
-		if a := string(args[i]); a == "-c" || a == "--config-file" {
-			return string(args[i+1])
+	var args []string
+	for _, a := range bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0}) {
+		args = append(args, string(a))
+	}
+	return configArgs(args)
+}
+
+// configArgs returns the config files in mosquitto's command line args, as
+// config__parse_args finds them: each -c or --config-file takes the next
+// argument, and so does -p or --port (a port, skipped); the program's name
+// is args[0].
+func configArgs(args []string) []string {
+	var paths []string
+	for i := 1; i+1 < len(args); i++ {
+		switch args[i] {
+		case "-c", "--config-file":
+			paths = append(paths, args[i+1])
+			i++
+		case "-p", "--port":
+			i++
 		}
 	}
-	return ""
+	return paths
 }
 
 // whole answers for the whole file, as without per_listener_settings: any

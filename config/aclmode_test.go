@@ -140,13 +140,13 @@ func TestAutoACLModeOffWhenReadIncomplete(t *testing.T) {
 		{filepath.Join(dir, "main.conf"), "zz.conf and any file after it: not read: more than 1000 config files"},
 		{filepath.Join(dir, "missing.conf"), "no such file or directory"},
 	} {
-		mode, why := autoACLMode(c.path, self, 0)
+		mode, why := autoACLMode([]string{c.path}, self, 0)
 		assert.Equal(t, ACLOff, mode, c.path)
 		assert.Contains(t, why, "could not be read whole here (", c.path)
 		assert.Contains(t, why, c.why, c.path)
 		assert.Contains(t, why, "set acl_check defer if acl_file or another plugin answers ACL checks, allow if nothing does", c.path)
 	}
-	mode, _ := autoACLMode(filepath.Join(dir, "conf.d", "zz.conf"), self, 0)
+	mode, _ := autoACLMode([]string{filepath.Join(dir, "conf.d", "zz.conf")}, self, 0)
 	assert.Equal(t, ACLDefer, mode, "a whole read still decides")
 }
 
@@ -158,4 +158,56 @@ func TestIncompleteReadQuotesFew(t *testing.T) {
 	}
 	why := incompleteRead(errs)
 	assert.Contains(t, why, "(e0; e1; e2; and 2 more)")
+}
+
+// mosquitto -c a.conf -c b.conf reads both, in order, into one config
+// (before: only the first -c was read, and an acl_file in b.conf was missed:
+// auto answered allow over it).
+func TestSeveralConfigFiles(t *testing.T) {
+	dir := t.TempDir()
+	self := filepath.Join(dir, "mosquitto_guard.so")
+	writeFiles(t, dir, map[string]string{
+		"mosquitto_guard.so": "",
+		"a.conf":             "per_listener_settings true\nlistener 1883\nauth_plugin " + self + "\n",
+		"b.conf":             "listener 1884\nauth_plugin " + self + "\nacl_file /etc/mosquitto/acl\ninclude_dir " + filepath.Join(dir, "b.d") + "\n",
+		"b.d/x.conf":         "listener 1885\nauth_plugin /usr/lib/other.so\n",
+		"open.conf":          "auth_plugin " + self + "\n",
+		"acl.conf":           "acl_file /etc/mosquitto/acl\n",
+	})
+	a, b := filepath.Join(dir, "a.conf"), filepath.Join(dir, "b.conf")
+	c, err := ReadBrokerConfig(a, b)
+	require.NoError(t, err)
+	assert.Equal(t, []string{a, b}, c.Paths)
+	assert.True(t, c.PerListenerSettings, "carried over to the second file")
+	var names []string
+	for _, l := range c.Listeners {
+		names = append(names, l.Name)
+	}
+	assert.Equal(t, []string{"listener 1883", "listener 1884", "listener 1885"}, names, "the second file's include_dir is followed")
+	mode, why := autoACLMode([]string{a, b}, self, 1)
+	assert.Equal(t, ACLDefer, mode, why)
+	assert.Contains(t, why, "listener 2 of 3 (listener 1884)")
+
+	open, acl := filepath.Join(dir, "open.conf"), filepath.Join(dir, "acl.conf")
+	mode, why = autoACLMode([]string{open, acl}, self, 0)
+	assert.Equal(t, ACLDefer, mode, "the acl_file in the second -c: %s", why)
+	_, err = ReadBrokerConfig(acl, acl)
+	assert.ErrorContains(t, err, "acl.conf:1: duplicate acl_file value", "one config, as for mosquitto")
+}
+
+func TestConfigArgs(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"mosquitto"}, nil},
+		{[]string{"mosquitto", "-c", "a.conf"}, []string{"a.conf"}},
+		{[]string{"mosquitto", "-c", "a.conf", "-v", "--config-file", "b.conf", "-d"}, []string{"a.conf", "b.conf"}},
+		{[]string{"mosquitto", "-p", "-c", "-c", "a.conf"}, []string{"a.conf"}},
+		{[]string{"mosquitto", "-c", "-c"}, []string{"-c"}},
+		{[]string{"mosquitto", "-v", "-c"}, nil},
+		{[]string{"-c", "x"}, nil},
+	} {
+		assert.Equal(t, c.want, configArgs(c.args), "%q", c.args)
+	}
 }

@@ -33,7 +33,9 @@ const (
 //   - with per_listener_settings true, acl_file and plugin lines belong to
 //     the current listener, else to the whole broker.
 type BrokerConfig struct {
-	Path string // the main file
+	// Paths are the main files, in the order read: mosquitto reads each of
+	// its -c arguments in turn into the same settings.
+	Paths []string
 
 	// PerListenerSettings is per_listener_settings: each listener has its
 	// own plugins and acl_file.
@@ -77,20 +79,27 @@ type Plugin struct {
 // Where names the line, as "file:line".
 func (p *Plugin) Where() string { return fmt.Sprintf("%s:%d", p.File, p.Line) }
 
-// ReadBrokerConfig reads the mosquitto.conf at path and the files it
-// includes. A relative include_dir is relative to the working directory, as
-// for Mosquitto. The BrokerConfig is never nil: it holds every line read.
-// The error, an Errors, lists each line Mosquitto would refuse among those it
-// reads here (and each file it cannot read; past a bound, the first file
-// not read), so a config Mosquitto starts with gives none, unless it is past
-// the bounds or cannot be read by this process.
-func ReadBrokerConfig(path string) (*BrokerConfig, error) {
+// ReadBrokerConfig reads the mosquitto.conf at each path and the files they
+// include. Several paths are read as mosquitto reads several -c arguments
+// (config__parse_args calls config__read for each): in order, into the same
+// settings, so per_listener_settings, the listeners and whether a security
+// setting was seen carry over, and each file is a main file, following its
+// own include_dir lines. A relative path or include_dir is relative to the
+// working directory, as for Mosquitto. The BrokerConfig is never nil: it
+// holds every line read. The error, an Errors, lists each line Mosquitto
+// would refuse among those it reads here (and each file it cannot read;
+// past a bound, the first file not read), so a config Mosquitto starts with
+// gives none, unless it is past the bounds or cannot be read by this
+// process.
+func ReadBrokerConfig(paths ...string) (*BrokerConfig, error) {
 	r := &confReader{
-		conf:   &BrokerConfig{Path: path},
+		conf:   &BrokerConfig{Paths: paths},
 		global: &Listener{Name: "every listener"},
 		deflt:  &Listener{Name: "default listener"},
 	}
-	r.readFile(path, 0)
+	for _, path := range paths {
+		r.readFile(path, 0)
+	}
 	r.finish()
 	if len(r.errs) > 0 {
 		return r.conf, r.errs

@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,4 +70,95 @@ func TestACLAutoOffWhenConfigReadIncomplete(t *testing.T) {
 	assert.Contains(t, line, "set acl_check defer if acl_file or another plugin answers ACL checks")
 	w := e.subscribe("127.8.4.9", "#")
 	expectACLFileDecides(t, e, w, "127.8.4.1")
+}
+
+// Finding 2: mosquitto -c a.conf -c b.conf reads both files; the plugin read
+// only the first. With the acl_file in b.conf, auto answered allow, and
+// alice's message on u reached bob. Now every -c is read, in order, as one
+// config: auto answers defer and acl_file decides.
+func TestACLAutoReadsEveryConfigFile(t *testing.T) {
+	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
+	e := &env{t: t, dir: t.TempDir()}
+	e.passwd = filepath.Join(e.dir, "passwd")
+	e.addUser("alice", "alice-pw")
+	e.addUser("bob", "bob-pw")
+	e.redis = startRedis(t)
+	port := testenv.FreePort(t)
+	a := testenv.WriteFile(t, e.dir, "a.conf", fmt.Sprintf("listener %d 127.0.0.1\nlog_dest stderr\nlog_type all\nuser root\n", port)+e.conf())
+	acl := testenv.WriteFile(t, e.dir, "acl", aclFileText)
+	b := testenv.WriteFile(t, e.dir, "b.conf", "acl_file "+acl+"\n")
+	e.broker = &testenv.Mosquitto{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	out := startMosquittoArgs(t, e.broker.Addr, "-c", a, "-c", b)
+
+	require.True(t, out.wait("mosquitto-guard: ready", 5*time.Second), out.String())
+	assert.Contains(t, out.String(), "mosquitto-guard: acl_check defer: acl_file is set")
+	w := e.subscribe("127.8.5.9", "#")
+	expectACLFileDecides(t, e, w, "127.8.5.1")
+}
+
+// output collects a process's output for several goroutines.
+type output struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
+
+// wait waits up to d for s in the output.
+func (o *output) wait(s string, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(o.String(), s) {
+			return true
+		}
+	}
+	return strings.Contains(o.String(), s)
+}
+
+// startMosquittoArgs starts mosquitto with args (testenv passes one -c
+// only), stopped by its PID when the test ends, and waits for addr to
+// accept connections. The config should log to stderr, which mosquitto
+// does not buffer.
+func startMosquittoArgs(t *testing.T, addr string, args ...string) *output {
+	t.Helper()
+	out := &output{}
+	cmd := exec.Command("mosquitto", args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("mosquitto output:\n%s", out)
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return out
+		}
+		select {
+		case <-done:
+			t.Fatalf("mosquitto exited:\n%s", out)
+		default:
+		}
+		require.True(t, time.Now().Before(deadline), "mosquitto did not listen on %s:\n%s", addr, out)
+	}
 }
