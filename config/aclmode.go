@@ -4,15 +4,15 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 )
 
 // ResolveACLMode turns acl_check auto into defer, allow or off, with the
 // reason, by reading the broker's own configuration (every -c argument of
-// this process, in order, as the broker read them). Mosquitto 2.0 denies a message when every registered ACL
-// callback defers, so the plugin may only defer when another ACL mechanism
-// exists, and may only allow when none does:
+// this process, in order, as the broker read them). Mosquitto 2.0 denies a
+// message when every registered ACL callback defers, so the plugin may only
+// defer when another ACL mechanism exists, and may only allow when none
+// does:
 //   - acl_file set, no other plugin: defer (acl_file decides);
 //   - no acl_file, no other plugin: allow (Mosquitto would allow anyway);
 //   - another plugin loaded: off (it may or may not answer ACL checks;
@@ -35,16 +35,22 @@ import (
 // bounds) may hold the acl_file. Any error reading the config answers off:
 // no ACL callback, so whatever the broker has decides, and the reason names
 // what could not be read and asks for acl_check to be set.
-func ResolveACLMode(mode ACLMode, selfPath string, instance int) (ACLMode, string) {
+//
+// isSelf says whether a plugin line's path names this plugin as the
+// broker's dynamic loader resolves it: a name without '/' is searched for
+// (LD_LIBRARY_PATH, the cache, the default directories), and a symlink or
+// another path to the same file is the same object. The caller, which is
+// the loaded plugin, asks the loader (see cgo's isSelf).
+func ResolveACLMode(mode ACLMode, isSelf func(path string) bool, instance int) (ACLMode, string) {
 	if mode != ACLAuto {
 		return mode, "as configured"
 	}
-	return autoACLMode(brokerConfigPaths(), selfPath, instance)
+	return autoACLMode(brokerConfigPaths(), isSelf, instance)
 }
 
 // autoACLMode answers acl_check auto for a broker started with the config
 // files at paths (none: no -c).
-func autoACLMode(paths []string, selfPath string, instance int) (ACLMode, string) {
+func autoACLMode(paths []string, isSelf func(string) bool, instance int) (ACLMode, string) {
 	if len(paths) == 0 {
 		return ACLAllow, "the broker runs without a config file, so without ACLs: banned connections are refused until their kick, all else allowed"
 	}
@@ -52,7 +58,7 @@ func autoACLMode(paths []string, selfPath string, instance int) (ACLMode, string
 	if err != nil {
 		return ACLOff, incompleteRead(err)
 	}
-	return conf.aclMode(selfPath, instance)
+	return conf.aclMode(isSelf, instance)
 }
 
 // maxReasonErrors bounds the read errors a reason quotes, to keep the log
@@ -75,13 +81,13 @@ func incompleteRead(err error) string {
 }
 
 // aclMode answers acl_check auto for the instance-th plugin_init of the
-// plugin at selfPath.
-func (c *BrokerConfig) aclMode(selfPath string, instance int) (ACLMode, string) {
+// plugin whose lines isSelf knows.
+func (c *BrokerConfig) aclMode(isSelf func(string) bool, instance int) (ACLMode, string) {
 	where := ""
-	hasACL, others := c.whole(selfPath)
+	hasACL, others := c.whole(isSelf)
 	if c.PerListenerSettings {
-		if l, n, ok := c.instance(selfPath, instance); ok {
-			hasACL, others = l.ACLFile != "", l.others(selfPath)
+		if l, n, ok := c.instance(isSelf, instance); ok {
+			hasACL, others = l.ACLFile != "", l.others(isSelf)
 			where = fmt.Sprintf("listener %d of %d (%s): ", n, len(c.Listeners), l.Name)
 		} else {
 			where = fmt.Sprintf("per_listener_settings true, but %s has no listener for plugin instance %d, so the whole config decides: ", strings.Join(c.Paths, ", "), instance+1)
@@ -128,21 +134,21 @@ func configArgs(args []string) []string {
 }
 
 // whole answers for the whole file, as without per_listener_settings: any
-// acl_file, and every plugin line that is not selfPath's.
-func (c *BrokerConfig) whole(selfPath string) (hasACL bool, others []string) {
+// acl_file, and every plugin line that is not this plugin's.
+func (c *BrokerConfig) whole(isSelf func(string) bool) (hasACL bool, others []string) {
 	for _, l := range c.all {
 		hasACL = hasACL || l.ACLFile != ""
-		others = append(others, l.others(selfPath)...)
+		others = append(others, l.others(isSelf)...)
 	}
 	return hasACL, others
 }
 
-// instance returns the listener of the i-th plugin_init of the plugin at
-// selfPath (0-based) and its 1-based position among the listeners: Mosquitto
+// instance returns the listener of the i-th plugin_init of this plugin
+// (0-based) and its 1-based position among the listeners: Mosquitto
 // initialises each listener's plugins in turn, in the order of Listeners.
-func (c *BrokerConfig) instance(selfPath string, i int) (*Listener, int, bool) {
+func (c *BrokerConfig) instance(isSelf func(string) bool, i int) (*Listener, int, bool) {
 	for n, l := range c.Listeners {
-		selves := len(l.Plugins) - len(l.others(selfPath))
+		selves := len(l.Plugins) - len(l.others(isSelf))
 		if i < selves {
 			return l, n + 1, true
 		}
@@ -151,25 +157,14 @@ func (c *BrokerConfig) instance(selfPath string, i int) (*Listener, int, bool) {
 	return nil, 0, false
 }
 
-// others returns the paths of l's plugins that are not selfPath.
-func (l *Listener) others(selfPath string) []string {
+// others returns the paths of l's plugins that are not this plugin; with
+// no isSelf, every one.
+func (l *Listener) others(isSelf func(string) bool) []string {
 	var out []string
 	for _, p := range l.Plugins {
-		if !samePath(p.Path, selfPath) {
+		if isSelf == nil || !isSelf(p.Path) {
 			out = append(out, p.Path)
 		}
 	}
 	return out
-}
-
-func samePath(a, b string) bool {
-	if b == "" {
-		return false
-	}
-	ra, err1 := filepath.EvalSymlinks(a)
-	rb, err2 := filepath.EvalSymlinks(b)
-	if err1 != nil || err2 != nil {
-		return filepath.Clean(a) == filepath.Clean(b)
-	}
-	return ra == rb
 }

@@ -68,7 +68,7 @@ auth_opt_password_file /etc/mosquitto/passwd
 	assert.Equal(t, filepath.Join(dir, "conf.d", "guard.conf")+":3", p.Where())
 	assert.Equal(t, "every listener", p.Listener.Name)
 	assert.Equal(t, "/etc/mosquitto/acl", p.Listener.ACLFile, "acl.conf, read before guard.conf")
-	mode, why := c.aclMode("/usr/lib/mosquitto-guard/mosquitto_guard.so", 0)
+	mode, why := c.aclMode(pathIs("/usr/lib/mosquitto-guard/mosquitto_guard.so"), 0)
 	assert.Equal(t, ACLDefer, mode, why)
 }
 

@@ -162,3 +162,54 @@ func startMosquittoArgs(t *testing.T, addr string, args ...string) *output {
 		require.True(t, time.Now().Before(deadline), "mosquitto did not listen on %s:\n%s", addr, out)
 	}
 }
+
+// Finding 4: a plugin line giving the plugin by bare name is found by the
+// dynamic loader's search (here LD_LIBRARY_PATH), as dlopen finds it.
+// Before, the name was compared as a path with the loaded file's, so the
+// plugin took itself for another plugin: auto answered off, and with
+// per_listener_settings no listener matched its instances. Now it knows
+// itself, and each listener gets its own answer.
+func TestACLAutoKnowsItselfByBareName(t *testing.T) {
+	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
+	e := &env{t: t, dir: t.TempDir()}
+	e.passwd = filepath.Join(e.dir, "passwd")
+	e.addUser("alice", "alice-pw")
+	e.addUser("bob", "bob-pw")
+	e.redis = startRedis(t)
+	t.Setenv("LD_LIBRARY_PATH", filepath.Dir(pluginPath))
+	acl := testenv.WriteFile(t, e.dir, "acl", aclFileText)
+	plugin := strings.Join([]string{
+		"auth_plugin " + filepath.Base(pluginPath),
+		"auth_opt_redis_addr " + e.redis.Addr,
+		"auth_opt_password_file " + e.passwd,
+	}, "\n")
+	port2 := testenv.FreePort(t)
+	e.broker = startBroker(t, "per_listener_settings true\nlistener {{PORT}} 127.0.0.1\n"+plugin+"\nacl_file "+acl+
+		fmt.Sprintf("\nlistener %d 127.0.0.1\n", port2)+plugin+"\n")
+
+	e.logLine("acl_check defer: listener 1 of 2", "acl_file is set")
+	e.logLine("acl_check allow: listener 2 of 2", "no ACL mechanism is configured")
+	assert.NotContains(t, e.broker.Output(), "another plugin is loaded")
+	w := e.subscribe("127.8.6.9", "#")
+	expectACLFileDecides(t, e, w, "127.8.6.1")
+}
+
+// Another plugin, loaded before this one or after it, is still another
+// plugin to the loader's answer: auto answers off and names it.
+func TestACLAutoOffWithAnotherPlugin(t *testing.T) {
+	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
+	const dynsec = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+	if _, err := os.Stat(dynsec); err != nil {
+		t.Skipf("no %s", dynsec)
+	}
+	e := &env{t: t, dir: t.TempDir()}
+	e.passwd = filepath.Join(e.dir, "passwd")
+	e.addUser("alice", "alice-pw")
+	e.redis = startRedis(t)
+	state := testenv.WriteFile(t, e.dir, "dynsec.json", `{"clients":[],"groups":[],"roles":[]}`)
+	other := "plugin " + dynsec + "\nplugin_opt_config_file " + state
+	for _, conf := range []string{other + "\n" + e.conf(), e.conf(other)} {
+		e.broker = startBroker(t, conf)
+		e.logLine("mosquitto-guard: acl_check off: another plugin is loaded (" + dynsec + ")")
+	}
+}
