@@ -187,6 +187,13 @@ var redisOptions = []string{"key_prefix", "redis_addr", "redis_db", "redis_passw
 // plugin's keys are (the Redis, its credentials, database and key prefix).
 func RedisOptionNames() []string { return slices.Clone(redisOptions) }
 
+// IsOption says whether name (without its auth_opt_ or plugin_opt_
+// prefix) is one of the plugin's options.
+func IsOption(name string) bool {
+	_, ok := options[name]
+	return ok
+}
+
 // Default returns an option's default value as written in mosquitto.conf
 // ("" for an unknown option, and for those whose default is computed).
 func Default(name string) string { return options[name].def }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -131,7 +132,8 @@ func (c *connFlags) conflict(plugins []*config.Plugin, getenv func(string) strin
 
 // guardPlugins returns mosquitto-guard's plugin lines in the broker config
 // at path, read as Mosquitto reads it: those whose file name starts with
-// mosquitto_guard, or else the only plugin line there is.
+// mosquitto_guard, or else the only plugin line there is, if its options
+// are mosquitto-guard's (see lonePlugin).
 func guardPlugins(path string) ([]*config.Plugin, error) {
 	conf, err := config.ReadBrokerConfig(path)
 	if err != nil {
@@ -147,6 +149,9 @@ func guardPlugins(path string) ([]*config.Plugin, error) {
 	case len(guard) > 0:
 		return guard, nil
 	case len(conf.Plugins) == 1:
+		if err := lonePlugin(conf.Plugins[0]); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
 		return conf.Plugins, nil
 	case len(conf.Plugins) == 0:
 		return nil, fmt.Errorf("config %s: no auth_plugin or plugin line, here or in its include_dir files, to read mosquitto-guard's options from", path)
@@ -156,6 +161,35 @@ func guardPlugins(path string) ([]*config.Plugin, error) {
 		all = append(all, p.Path+" ("+p.Where()+")")
 	}
 	return nil, fmt.Errorf("config %s: none of its plugins is named mosquitto_guard*: %s", path, strings.Join(all, ", "))
+}
+
+// lonePlugin accepts the only plugin line of a config, not named
+// mosquitto_guard*, as mosquitto-guard's (renamed) only when its options
+// say so: at least one of mosquitto-guard's, and none it does not know.
+// Another plugin alone (mosquitto_dynamic_security.so and its config_file)
+// would otherwise give the defaults, 127.0.0.1:6379 and guard:, silently:
+// "no bans" from the wrong Redis.
+func lonePlugin(p *config.Plugin) error {
+	var known, unknown []string
+	for name := range p.Options {
+		if config.IsOption(name) {
+			known = append(known, name)
+		} else {
+			unknown = append(unknown, name)
+		}
+	}
+	sort.Strings(unknown)
+	why := ""
+	switch {
+	case len(unknown) > 0:
+		why = "has options mosquitto-guard does not know (" + strings.Join(unknown, ", ") + ")"
+	case len(known) == 0:
+		why = "has none of mosquitto-guard's options"
+	default:
+		return nil
+	}
+	return fmt.Errorf("its only plugin, %s (%s), is not named mosquitto_guard* and %s, so it is not read as mosquitto-guard's; "+
+		"give the Redis settings with --redis-addr, --redis-db and --key-prefix instead of --config", p.Path, p.Where(), why)
 }
 
 // store opens a Store with the resolved connection options; addrs names

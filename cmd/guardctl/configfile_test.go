@@ -63,7 +63,9 @@ auth_opt_password_file /etc/mosquitto/passwd-the-operator-cannot-read
 }
 
 // mosquitto-guard's line is the one whose file name starts with
-// mosquitto_guard, or else the only plugin line.
+// mosquitto_guard, or else the only plugin line, if its options are
+// mosquitto-guard's (before: a dynamic-security plugin alone was taken for
+// it, and guardctl silently used the default Redis).
 func TestConfigFindsGuardsPlugin(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, text string) string {
@@ -81,6 +83,20 @@ func TestConfigFindsGuardsPlugin(t *testing.T) {
 	got, err = resolved(t, nil, "--config", renamed)
 	require.NoError(t, err)
 	assert.Equal(t, "r:", got["key_prefix"], "the only plugin")
+
+	for name, c := range map[string]struct{ conf, why string }{
+		"dynsec.conf": {"plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\nplugin_opt_config_file /var/lib/dynsec.json\n",
+			"has options mosquitto-guard does not know (config_file)"},
+		"bare.conf":  {"auth_plugin /opt/other.so\n", "has none of mosquitto-guard's options"},
+		"mixed.conf": {"auth_plugin /opt/other.so\nauth_opt_redis_addr 10.0.0.9:6379\nauth_opt_backends redis\n", "has options mosquitto-guard does not know (backends)"},
+	} {
+		path := write(name, c.conf)
+		_, err := resolved(t, nil, "--config", path)
+		require.Error(t, err, "%s: another plugin alone must not give the default Redis", name)
+		assert.Contains(t, err.Error(), "config "+path+": its only plugin, ", name)
+		assert.Contains(t, err.Error(), " ("+path+":1), is not named mosquitto_guard* and "+c.why, name)
+		assert.Contains(t, err.Error(), "--redis-addr", name)
+	}
 
 	two := write("two.conf", "auth_plugin /opt/a.so\nauth_plugin /opt/b.so\n")
 	_, err = resolved(t, nil, "--config", two)
