@@ -70,14 +70,26 @@ type Plugin struct {
 	Path string
 	// Options holds its auth_opt_NAME and plugin_opt_NAME lines by NAME, with
 	// the values plugin_init gets; of two lines with one NAME, the later.
-	Options  map[string]string
-	File     string    // the file holding the line
-	Line     int       // its line number there
-	Listener *Listener // whose settings it belongs to
+	Options map[string]string
+	// OptionLines holds the line number of each option in Options, in File
+	// (an option belongs to a plugin line of its own file).
+	OptionLines map[string]int
+	File        string    // the file holding the line
+	Line        int       // its line number there
+	Listener    *Listener // whose settings it belongs to
 }
 
 // Where names the line, as "file:line".
 func (p *Plugin) Where() string { return fmt.Sprintf("%s:%d", p.File, p.Line) }
+
+// OptionWhere names the line of option name, as "file:line"; the plugin's
+// line if the option is not given.
+func (p *Plugin) OptionWhere(name string) string {
+	if n, ok := p.OptionLines[name]; ok {
+		return fmt.Sprintf("%s:%d", p.File, n)
+	}
+	return p.Where()
+}
 
 // ReadBrokerConfig reads the mosquitto.conf at each path and the files they
 // include. Several paths are read as mosquitto reads several -c arguments
@@ -252,7 +264,7 @@ func (r *confReader) plugin(f *fileState, n int, rest string) {
 		f.plugin = nil
 		return
 	}
-	p := &Plugin{Path: path, Options: map[string]string{}, File: f.path, Line: n, Listener: sec}
+	p := &Plugin{Path: path, Options: map[string]string{}, OptionLines: map[string]int{}, File: f.path, Line: n, Listener: sec}
 	sec.Plugins = append(sec.Plugins, p)
 	f.plugin = p
 }
@@ -274,7 +286,7 @@ func (r *confReader) option(f *fileState, n int, word, rest string) {
 		// behind a tab, which does not separate words.
 		r.errorf(f, n, "empty %s value (a tab does not separate an option from its value)", strings.ReplaceAll(name, "\t", `\t`))
 	default:
-		f.plugin.Options[name] = value
+		f.plugin.Options[name], f.plugin.OptionLines[name] = value, n
 	}
 }
 
