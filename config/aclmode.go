@@ -25,7 +25,7 @@ import (
 // lines before the first listener line (with port) last. So the instance-th
 // plugin line of this plugin, counted in that order, is this instance's,
 // and only its listener's acl_file and plugin lines count. Should the count
-// not match the file (changed since the start), the whole file decides, as
+// not match the file (changed since the start), the whole config decides, as
 // without per_listener_settings.
 //
 // Only a whole read may answer allow or defer: the plugin's ACL callback is
