@@ -69,7 +69,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: cannot register callbacks (error %d)", int(rc)))
 		return rc
 	}
-	mode, why := config.ResolveACLMode(cfg.ACLCheck, goString(C.guard_self_path()), nextACLInstance())
+	mode, why := config.ResolveACLMode(cfg.ACLCheck, isSelf, nextACLInstance())
 	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: acl_check %s: %s", mode, why))
 	if mode != config.ACLOff {
 		fallback := C.int(C.MOSQ_ERR_PLUGIN_DEFER)

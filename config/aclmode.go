@@ -4,15 +4,15 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 )
 
 // ResolveACLMode turns acl_check auto into defer, allow or off, with the
-// reason, by reading the broker's own configuration (the -c argument of
-// this process). Mosquitto 2.0 denies a message when every registered ACL
-// callback defers, so the plugin may only defer when another ACL mechanism
-// exists, and may only allow when none does:
+// reason, by reading the broker's own configuration (every -c argument of
+// this process, in order, as the broker read them). Mosquitto 2.0 denies a
+// message when every registered ACL callback defers, so the plugin may only
+// defer when another ACL mechanism exists, and may only allow when none
+// does:
 //   - acl_file set, no other plugin: defer (acl_file decides);
 //   - no acl_file, no other plugin: allow (Mosquitto would allow anyway);
 //   - another plugin loaded: off (it may or may not answer ACL checks;
@@ -25,33 +25,72 @@ import (
 // lines before the first listener line (with port) last. So the instance-th
 // plugin line of this plugin, counted in that order, is this instance's,
 // and only its listener's acl_file and plugin lines count. Should the count
-// not match the file (changed since the start), the whole file decides, as
+// not match the file (changed since the start), the whole config decides, as
 // without per_listener_settings.
-func ResolveACLMode(mode ACLMode, selfPath string, instance int) (ACLMode, string) {
+//
+// Only a whole read may answer allow or defer: the plugin's ACL callback is
+// registered before acl_file's, so its allow ends every check, and a file
+// the plugin could not read (made unreadable to the broker's user after the
+// broker read it as root, a FIFO such as /dev/stdin, past the reader's
+// bounds) may hold the acl_file. Any error reading the config answers off:
+// no ACL callback, so whatever the broker has decides, and the reason names
+// what could not be read and asks for acl_check to be set.
+//
+// isSelf says whether a plugin line's path names this plugin as the
+// broker's dynamic loader resolves it: a name without '/' is searched for
+// (LD_LIBRARY_PATH, the cache, the default directories), and a symlink or
+// another path to the same file is the same object. The caller, which is
+// the loaded plugin, asks the loader (see cgo's isSelf).
+func ResolveACLMode(mode ACLMode, isSelf func(path string) bool, instance int) (ACLMode, string) {
 	if mode != ACLAuto {
 		return mode, "as configured"
 	}
-	path := brokerConfigPath()
-	if path == "" {
+	return autoACLMode(brokerConfigPaths(), isSelf, instance)
+}
+
+// autoACLMode answers acl_check auto for a broker started with the config
+// files at paths (none: no -c).
+func autoACLMode(paths []string, isSelf func(string) bool, instance int) (ACLMode, string) {
+	if len(paths) == 0 {
 		return ACLAllow, "the broker runs without a config file, so without ACLs: banned connections are refused until their kick, all else allowed"
 	}
-	// The broker started with this file, so an error means it changed
-	// since: what can still be read decides.
-	conf, _ := ReadBrokerConfig(path)
-	return conf.aclMode(selfPath, instance)
+	conf, err := ReadBrokerConfig(paths...)
+	if err != nil {
+		return ACLOff, incompleteRead(err)
+	}
+	return conf.aclMode(isSelf, instance)
+}
+
+// maxReasonErrors bounds the read errors a reason quotes, to keep the log
+// line short: the first ones say what to look at.
+const maxReasonErrors = 3
+
+// incompleteRead is the reason for off when the config was not read whole.
+func incompleteRead(err error) string {
+	errs, ok := err.(Errors)
+	if !ok {
+		errs = Errors{err}
+	}
+	quoted := errs[:min(len(errs), maxReasonErrors)].Error()
+	if more := len(errs) - maxReasonErrors; more > 0 {
+		quoted += fmt.Sprintf("; and %d more", more)
+	}
+	return "the broker's config could not be read whole here (" + quoted + "), so whether acl_file or another plugin decides is unknown: " +
+		"no ACL check is registered, banned connections' messages flow until their kick; " +
+		"set acl_check defer if acl_file or another plugin answers ACL checks, allow if nothing does"
 }
 
 // aclMode answers acl_check auto for the instance-th plugin_init of the
-// plugin at selfPath.
-func (c *BrokerConfig) aclMode(selfPath string, instance int) (ACLMode, string) {
+// plugin whose lines isSelf knows.
+func (c *BrokerConfig) aclMode(isSelf func(string) bool, instance int) (ACLMode, string) {
 	where := ""
-	hasACL, others := c.whole(selfPath)
+	hasACL, others := c.whole(isSelf)
 	if c.PerListenerSettings {
-		if l, n, ok := c.instance(selfPath, instance); ok {
-			hasACL, others = l.ACLFile != "", l.others(selfPath)
+		if l, n, ok := c.instance(isSelf, instance); ok {
+			hasACL, others = l.ACLFile != "", l.others(isSelf)
 			where = fmt.Sprintf("listener %d of %d (%s): ", n, len(c.Listeners), l.Name)
 		} else {
-			where = fmt.Sprintf("per_listener_settings true, but %s has no listener for plugin instance %d, so the whole file decides: ", c.Path, instance+1)
+			where = fmt.Sprintf("per_listener_settings true, but %s has no listener for plugin instance %d, so the whole config decides: ", strings.Join(c.Paths, ", "), instance+1)
 		}
 	}
 	switch {
@@ -63,37 +102,53 @@ func (c *BrokerConfig) aclMode(selfPath string, instance int) (ACLMode, string) 
 	return ACLAllow, where + "no ACL mechanism is configured: banned connections are refused until their kick, all else allowed"
 }
 
-// brokerConfigPath returns the -c argument of this process.
-func brokerConfigPath() string {
+// brokerConfigPaths returns the -c arguments of this process, in order.
+func brokerConfigPaths() []string {
 	b, err := os.ReadFile("/proc/self/cmdline")
 	if err != nil {
-		return ""
+		return nil
 	}
-	args := bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0})
-	for i := 0; i+1 < len(args); i++ {
-		if a := string(args[i]); a == "-c" || a == "--config-file" {
-			return string(args[i+1])
+	var args []string
+	for _, a := range bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0}) {
+		args = append(args, string(a))
+	}
+	return configArgs(args)
+}
+
+// configArgs returns the config files in mosquitto's command line args, as
+// config__parse_args finds them: each -c or --config-file takes the next
+// argument, and so does -p or --port (a port, skipped); the program's name
+// is args[0].
+func configArgs(args []string) []string {
+	var paths []string
+	for i := 1; i+1 < len(args); i++ {
+		switch args[i] {
+		case "-c", "--config-file":
+			paths = append(paths, args[i+1])
+			i++
+		case "-p", "--port":
+			i++
 		}
 	}
-	return ""
+	return paths
 }
 
 // whole answers for the whole file, as without per_listener_settings: any
-// acl_file, and every plugin line that is not selfPath's.
-func (c *BrokerConfig) whole(selfPath string) (hasACL bool, others []string) {
+// acl_file, and every plugin line that is not this plugin's.
+func (c *BrokerConfig) whole(isSelf func(string) bool) (hasACL bool, others []string) {
 	for _, l := range c.all {
 		hasACL = hasACL || l.ACLFile != ""
-		others = append(others, l.others(selfPath)...)
+		others = append(others, l.others(isSelf)...)
 	}
 	return hasACL, others
 }
 
-// instance returns the listener of the i-th plugin_init of the plugin at
-// selfPath (0-based) and its 1-based position among the listeners: Mosquitto
+// instance returns the listener of the i-th plugin_init of this plugin
+// (0-based) and its 1-based position among the listeners: Mosquitto
 // initialises each listener's plugins in turn, in the order of Listeners.
-func (c *BrokerConfig) instance(selfPath string, i int) (*Listener, int, bool) {
+func (c *BrokerConfig) instance(isSelf func(string) bool, i int) (*Listener, int, bool) {
 	for n, l := range c.Listeners {
-		selves := len(l.Plugins) - len(l.others(selfPath))
+		selves := len(l.Plugins) - len(l.others(isSelf))
 		if i < selves {
 			return l, n + 1, true
 		}
@@ -102,25 +157,14 @@ func (c *BrokerConfig) instance(selfPath string, i int) (*Listener, int, bool) {
 	return nil, 0, false
 }
 
-// others returns the paths of l's plugins that are not selfPath.
-func (l *Listener) others(selfPath string) []string {
+// others returns the paths of l's plugins that are not this plugin; with
+// no isSelf, every one.
+func (l *Listener) others(isSelf func(string) bool) []string {
 	var out []string
 	for _, p := range l.Plugins {
-		if !samePath(p.Path, selfPath) {
+		if isSelf == nil || !isSelf(p.Path) {
 			out = append(out, p.Path)
 		}
 	}
 	return out
-}
-
-func samePath(a, b string) bool {
-	if b == "" {
-		return false
-	}
-	ra, err1 := filepath.EvalSymlinks(a)
-	rb, err2 := filepath.EvalSymlinks(b)
-	if err1 != nil || err2 != nil {
-		return filepath.Clean(a) == filepath.Clean(b)
-	}
-	return ra == rb
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // Bounds on what ReadBrokerConfig reads: Mosquitto has none, but a reader
@@ -32,7 +33,9 @@ const (
 //   - with per_listener_settings true, acl_file and plugin lines belong to
 //     the current listener, else to the whole broker.
 type BrokerConfig struct {
-	Path string // the main file
+	// Paths are the main files, in the order read: mosquitto reads each of
+	// its -c arguments in turn into the same settings.
+	Paths []string
 
 	// PerListenerSettings is per_listener_settings: each listener has its
 	// own plugins and acl_file.
@@ -67,28 +70,48 @@ type Plugin struct {
 	Path string
 	// Options holds its auth_opt_NAME and plugin_opt_NAME lines by NAME, with
 	// the values plugin_init gets; of two lines with one NAME, the later.
-	Options  map[string]string
-	File     string    // the file holding the line
-	Line     int       // its line number there
-	Listener *Listener // whose settings it belongs to
+	Options map[string]string
+	// OptionLines holds the line number of each option in Options, in File
+	// (an option belongs to a plugin line of its own file).
+	OptionLines map[string]int
+	File        string    // the file holding the line
+	Line        int       // its line number there
+	Listener    *Listener // whose settings it belongs to
 }
 
 // Where names the line, as "file:line".
 func (p *Plugin) Where() string { return fmt.Sprintf("%s:%d", p.File, p.Line) }
 
-// ReadBrokerConfig reads the mosquitto.conf at path and the files it
-// includes. A relative include_dir is relative to the working directory, as
-// for Mosquitto. The BrokerConfig is never nil: it holds every line read.
-// The error, an Errors, lists each line Mosquitto would refuse among those it
-// reads here (and each file it cannot read), so a config Mosquitto starts
-// with gives none.
-func ReadBrokerConfig(path string) (*BrokerConfig, error) {
+// OptionWhere names the line of option name, as "file:line"; the plugin's
+// line if the option is not given.
+func (p *Plugin) OptionWhere(name string) string {
+	if n, ok := p.OptionLines[name]; ok {
+		return fmt.Sprintf("%s:%d", p.File, n)
+	}
+	return p.Where()
+}
+
+// ReadBrokerConfig reads the mosquitto.conf at each path and the files they
+// include. Several paths are read as mosquitto reads several -c arguments
+// (config__parse_args calls config__read for each): in order, into the same
+// settings, so per_listener_settings, the listeners and whether a security
+// setting was seen carry over, and each file is a main file, following its
+// own include_dir lines. A relative path or include_dir is relative to the
+// working directory, as for Mosquitto. The BrokerConfig is never nil: it
+// holds every line read. The error, an Errors, lists each line Mosquitto
+// would refuse among those it reads here (and each file it cannot read;
+// past a bound, the first file not read), so a config Mosquitto starts with
+// gives none, unless it is past the bounds or cannot be read by this
+// process.
+func ReadBrokerConfig(paths ...string) (*BrokerConfig, error) {
 	r := &confReader{
-		conf:   &BrokerConfig{Path: path},
+		conf:   &BrokerConfig{Paths: paths},
 		global: &Listener{Name: "every listener"},
 		deflt:  &Listener{Name: "default listener"},
 	}
-	r.readFile(path, 0)
+	for _, path := range paths {
+		r.readFile(path, 0)
+	}
 	r.finish()
 	if len(r.errs) > 0 {
 		return r.conf, r.errs
@@ -106,6 +129,7 @@ type confReader struct {
 	security    bool        // a security setting was read (cur_security_options set)
 	files       int
 	bytes       int64
+	bounded     bool // a bound was met: no more files are read
 	errs        Errors
 }
 
@@ -121,8 +145,11 @@ func (r *confReader) errorf(f *fileState, n int, format string, args ...any) {
 	r.errs = append(r.errs, fmt.Errorf("%s:%d: "+format, append([]any{f.path, n}, args...)...))
 }
 
-// readFile reads one file at include level level.
+// readFile reads one file at include level level; none once a bound is met.
 func (r *confReader) readFile(path string, level int) {
+	if r.bounded {
+		return
+	}
 	data, err := r.load(path)
 	if err != nil {
 		r.errs = append(r.errs, err)
@@ -139,9 +166,12 @@ func (r *confReader) readFile(path string, level int) {
 func (r *confReader) load(path string) ([]byte, error) {
 	r.files++
 	if r.files > maxConfigFiles {
-		return nil, fmt.Errorf("%s: not read: more than %d config files", path, maxConfigFiles)
+		r.bounded = true
+		return nil, fmt.Errorf("%s and any file after it: not read: more than %d config files", path, maxConfigFiles)
 	}
-	fh, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO without a writer returns at once rather
+	// than blocking the broker's start; reading a regular file ignores it.
+	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err // names the file
 	}
@@ -160,7 +190,8 @@ func (r *confReader) load(path string) ([]byte, error) {
 	}
 	r.bytes += int64(len(data))
 	if r.bytes > maxConfigBytes {
-		return nil, fmt.Errorf("%s: not read: config files over %d bytes in all", path, maxConfigBytes)
+		r.bounded = true
+		return nil, fmt.Errorf("%s and any file after it: not read: config files over %d bytes in all", path, maxConfigBytes)
 	}
 	return data, nil
 }
@@ -233,7 +264,7 @@ func (r *confReader) plugin(f *fileState, n int, rest string) {
 		f.plugin = nil
 		return
 	}
-	p := &Plugin{Path: path, Options: map[string]string{}, File: f.path, Line: n, Listener: sec}
+	p := &Plugin{Path: path, Options: map[string]string{}, OptionLines: map[string]int{}, File: f.path, Line: n, Listener: sec}
 	sec.Plugins = append(sec.Plugins, p)
 	f.plugin = p
 }
@@ -255,7 +286,7 @@ func (r *confReader) option(f *fileState, n int, word, rest string) {
 		// behind a tab, which does not separate words.
 		r.errorf(f, n, "empty %s value (a tab does not separate an option from its value)", strings.ReplaceAll(name, "\t", `\t`))
 	default:
-		f.plugin.Options[name] = value
+		f.plugin.Options[name], f.plugin.OptionLines[name] = value, n
 	}
 }
 

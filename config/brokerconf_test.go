@@ -66,9 +66,12 @@ auth_opt_password_file /etc/mosquitto/passwd
 		"redis_addr": "10.1.2.3:6380", "key_prefix": "site7:", "redis_db": "2", "password_file": "/etc/mosquitto/passwd",
 	}, p.Options)
 	assert.Equal(t, filepath.Join(dir, "conf.d", "guard.conf")+":3", p.Where())
+	assert.Equal(t, map[string]int{"redis_addr": 4, "key_prefix": 5, "redis_db": 6, "password_file": 7}, p.OptionLines)
+	assert.Equal(t, filepath.Join(dir, "conf.d", "guard.conf")+":6", p.OptionWhere("redis_db"))
+	assert.Equal(t, p.Where(), p.OptionWhere("fail_limit"), "not given: the plugin's line")
 	assert.Equal(t, "every listener", p.Listener.Name)
 	assert.Equal(t, "/etc/mosquitto/acl", p.Listener.ACLFile, "acl.conf, read before guard.conf")
-	mode, why := c.aclMode("/usr/lib/mosquitto-guard/mosquitto_guard.so", 0)
+	mode, why := c.aclMode(pathIs("/usr/lib/mosquitto-guard/mosquitto_guard.so"), 0)
 	assert.Equal(t, ACLDefer, mode, why)
 }
 

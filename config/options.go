@@ -107,15 +107,30 @@ type OptionError struct {
 }
 
 func (e *OptionError) Error() string {
-	v := strconv.Quote(e.Value)
-	if secretOptions[e.Option] {
-		v = "(not shown)"
-	}
-	return fmt.Sprintf("option %s: bad value %s: expected %s", e.Option, v, e.Expected)
+	return fmt.Sprintf("option %s: bad value %s: expected %s", e.Option, ShownValue(e.Option, e.Value), e.Expected)
 }
 
 // secretOptions are never echoed in an error.
 var secretOptions = map[string]bool{"redis_password": true}
+
+// credentialOptions may be given a URL's user:password@host by mistake
+// (redis://:pw@host:6379/0): what comes before their last '@' is not shown.
+var credentialOptions = map[string]bool{"redis_addr": true, "redis_username": true}
+
+// ShownValue is an option's value quoted as a message may show it: a
+// secret option's never, and of one that may carry credentials only what
+// follows the last '@', behind "***".
+func ShownValue(option, v string) string {
+	switch {
+	case secretOptions[option]:
+		return "(not shown)"
+	case credentialOptions[option]:
+		if i := strings.LastIndexByte(v, '@'); i >= 0 {
+			v = "***" + v[i:]
+		}
+	}
+	return strconv.Quote(v)
+}
 
 type optionParser func(c *Options, v string) error
 
@@ -172,6 +187,13 @@ var redisOptions = []string{"key_prefix", "redis_addr", "redis_db", "redis_passw
 // plugin's keys are (the Redis, its credentials, database and key prefix).
 func RedisOptionNames() []string { return slices.Clone(redisOptions) }
 
+// IsOption says whether name (without its auth_opt_ or plugin_opt_
+// prefix) is one of the plugin's options.
+func IsOption(name string) bool {
+	_, ok := options[name]
+	return ok
+}
+
 // Default returns an option's default value as written in mosquitto.conf
 // ("" for an unknown option, and for those whose default is computed).
 func Default(name string) string { return options[name].def }
@@ -196,13 +218,7 @@ func Parse(opts map[string]string) (Options, error) {
 	errs := unknownOptions(opts)
 	c, bad, failed := parseOptions(opts, optionNames())
 	errs = append(errs, bad...)
-	if err := c.combine(opts, failed); err != nil {
-		errs = append(errs, err)
-	} else if !failed["password_file"] {
-		if err := c.checkPasswordFile(); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, c.combine(opts, failed)...)
 	if len(errs) > 0 {
 		return Options{}, errs
 	}
@@ -238,16 +254,35 @@ func parseOptions(opts map[string]string, names []string) (c Options, errs Error
 }
 
 // combine applies the checks across options whose values parsed, and sets
-// the backend when none is given.
-func (c *Options) combine(opts map[string]string, failed map[string]bool) error {
-	if !failed["ban_time"] && !failed["ban_max"] && c.Policy.BanMax < c.Policy.BanTime {
-		if _, given := opts["ban_max"]; !given {
-			// Name what the user wrote: a ban_time above ban_max's default.
-			return &OptionError{"ban_time", strings.TrimSpace(opts["ban_time"]),
-				fmt.Sprintf("a duration at most ban_max (%s, its default; set ban_max too)", c.Policy.BanMax)}
+// the backend when none is given. Each check runs whatever another found, so
+// that one start names every problem.
+func (c *Options) combine(opts map[string]string, failed map[string]bool) Errors {
+	var errs Errors
+	for _, err := range []error{c.checkBanTimes(opts, failed), c.checkBackend(failed)} {
+		if err != nil {
+			errs = append(errs, err)
 		}
-		return &OptionError{"ban_max", c.Policy.BanMax.String(), fmt.Sprintf("a duration at least ban_time (%s)", c.Policy.BanTime)}
 	}
+	return errs
+}
+
+// checkBanTimes checks that ban_time is at most ban_max.
+func (c *Options) checkBanTimes(opts map[string]string, failed map[string]bool) error {
+	if failed["ban_time"] || failed["ban_max"] || c.Policy.BanMax >= c.Policy.BanTime {
+		return nil
+	}
+	if _, given := opts["ban_max"]; !given {
+		// Name what the user wrote: a ban_time above ban_max's default.
+		return &OptionError{"ban_time", strings.TrimSpace(opts["ban_time"]),
+			fmt.Sprintf("a duration at most ban_max (%s, its default; set ban_max too)", c.Policy.BanMax)}
+	}
+	return &OptionError{"ban_max", c.Policy.BanMax.String(), fmt.Sprintf("a duration at least ban_time (%s)", c.Policy.BanTime)}
+}
+
+// checkBackend sets the backend when none is given and checks password_file
+// against it: a backend that did not parse leaves nothing to check; with
+// backend files and a path, the file is opened.
+func (c *Options) checkBackend(failed map[string]bool) error {
 	if failed["backend"] {
 		return nil
 	}
@@ -263,7 +298,7 @@ func (c *Options) combine(opts map[string]string, failed map[string]bool) error 
 	case c.Backend != BackendFiles && c.PasswordFile != "":
 		return &OptionError{"password_file", c.PasswordFile, "no password_file unless backend is files (backend is " + string(c.Backend) + ")"}
 	}
-	return nil
+	return c.checkPasswordFile()
 }
 
 // checkPasswordFile opens the files backend's file, as the broker's user.

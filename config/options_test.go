@@ -162,3 +162,69 @@ func TestParseConflictTrackerOptions(t *testing.T) {
 	assert.Equal(t, 45*time.Second, c.Conflicts.Lease)
 	assert.False(t, c.Conflicts.Deny, "held once, as Mode")
 }
+
+// findings_topic is published to by mosquitto_broker_publish, which checks
+// nothing: a name MQTT forbids or discourages is refused at start, not sent
+// out at run time (before: invalid UTF-8 and control characters passed).
+func TestFindingsTopicIsAnMQTTTopicName(t *testing.T) {
+	for _, good := range []string{"", "guard/findings", "$SYS/guard", "caf\u00e9/\u00fc", "a b", "a/\u00a0b"} {
+		c, err := Parse(map[string]string{"findings_topic": good})
+		require.NoError(t, err, "%q", good)
+		assert.Equal(t, good, c.Conflicts.FindingsTopic)
+	}
+	for _, bad := range []string{"a/+", "a/#", "a\x00b", "\xff\xfe", "a\xc3", "a\x01b", "a\x1fb", "a\x7fb", "a\u0085b", "a\u009fb", "a\tb"} {
+		_, err := Parse(map[string]string{"findings_topic": bad})
+		var oe *OptionError
+		require.True(t, errors.As(err, &oe), "%q must be refused", bad)
+		assert.Equal(t, "findings_topic", oe.Option, "%q", bad)
+	}
+}
+
+// A redis:// URL or user:password@host in redis_addr is refused without its
+// password reaching the log (before: the error quoted the whole value, and
+// "pw@host:6379" was accepted, to be shown in every dial error).
+func TestRedisAddrCredentialsNotShown(t *testing.T) {
+	for v, shown := range map[string]string{
+		"redis://:S3cretPass@127.0.0.1:26379/0": `"***@127.0.0.1:26379/0"`,
+		"S3cretPass@127.0.0.1:26379":            `"***@127.0.0.1:26379"`,
+		"guard:S3cretPass@h:1, b@S3cret@h:2":    `"***@h:2"`,
+	} {
+		_, err := Parse(map[string]string{"redis_addr": v})
+		require.Error(t, err, v)
+		assert.Contains(t, err.Error(), "option redis_addr: bad value "+shown+": expected host:port", v)
+		assert.Contains(t, err.Error(), "set redis_username and redis_password", v)
+		assert.NotContains(t, err.Error(), "S3cret", v)
+	}
+	_, err := ParseRedis(map[string]string{"redis_addr": "redis://:S3cretPass@127.0.0.1:26379/0"})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "S3cret", "guardctl's parse too")
+}
+
+// The checks across options all run: a bad ban_time does not hide the
+// password_file problem for the next start (before: combine stopped at its
+// first error, and the password file was not opened after any error).
+func TestCrossOptionErrorsAtOnce(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "passwd")
+	cases := []struct {
+		opts map[string]string
+		want []string
+	}{
+		{map[string]string{"ban_time": "48h", "backend": "files"}, []string{"ban_time", "password_file"}},
+		{map[string]string{"ban_time": "48h", "backend": "files", "password_file": missing}, []string{"ban_time", "password_file"}},
+		{map[string]string{"ban_time": "2h", "ban_max": "1h", "password_file": missing}, []string{"ban_max", "password_file"}},
+		{map[string]string{"fail_limit": "x", "password_file": missing}, []string{"fail_limit", "password_file"}},
+		{map[string]string{"ban_time": "48h", "backend": "redis", "password_file": "/etc/passwd"}, []string{"ban_time", "password_file"}},
+	}
+	for _, c := range cases {
+		_, err := Parse(c.opts)
+		var errs Errors
+		require.True(t, errors.As(err, &errs), "%v: %v", c.opts, err)
+		var got []string
+		for _, e := range errs {
+			var oe *OptionError
+			require.True(t, errors.As(e, &oe), "%v", e)
+			got = append(got, oe.Option)
+		}
+		assert.Equal(t, c.want, got, "%v: %v", c.opts, err)
+	}
+}

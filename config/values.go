@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
@@ -17,9 +18,14 @@ import (
 
 // parseRedisAddr accepts what go-redis can dial: host:port (an IPv6 host in
 // brackets) with a port from 1 to 65535, or several, comma-separated.
+// A user or password ("user:pw@host:port", a redis:// URL) is refused, so
+// that it never reaches a dial error in the log; its error hides it too.
 func parseRedisAddr(c *Options, v string) error {
 	const want = "host:port, or several host:port separated by commas for a Redis Cluster"
 	c.RedisAddrs = nil
+	if strings.Contains(v, "@") {
+		return &OptionError{"redis_addr", v, want + ", without a user or password (set redis_username and redis_password)"}
+	}
 	for _, a := range strings.Split(v, ",") {
 		a = strings.TrimSpace(a)
 		host, port, err := net.SplitHostPort(a)
@@ -101,13 +107,22 @@ func parseACLMode(c *Options, v string) error {
 	return &OptionError{"acl_check", v, "one of auto, defer, allow, off"}
 }
 
+// parseFindingsTopic accepts an MQTT topic name the broker will publish to:
+// mosquitto_broker_publish checks none of this, so a bad name would only
+// show at run time, in every subscriber's client. A topic name is UTF-8
+// without U+0000, and should hold no control character (MQTT 5.0 1.5.4):
+// C0 and C1 are refused with DEL, and the wildcards + and #.
 func parseFindingsTopic(c *Options, v string) error {
-	if strings.ContainsAny(v, "+#\x00") || len(v) > 65535 {
-		return &OptionError{"findings_topic", v, "an MQTT topic name without wildcards (+ #), or nothing"}
+	const want = "an MQTT topic name (UTF-8, at most 65535 bytes, without wildcards + # or control characters), or nothing"
+	if len(v) > 65535 || !utf8.ValidString(v) || strings.ContainsAny(v, "+#") || strings.ContainsFunc(v, isControl) {
+		return &OptionError{"findings_topic", v, want}
 	}
 	c.Conflicts.FindingsTopic = v
 	return nil
 }
+
+// isControl says whether r is in U+0000-U+001F or U+007F-U+009F.
+func isControl(r rune) bool { return r <= 0x1f || (r >= 0x7f && r <= 0x9f) }
 
 func parseBrokerName(c *Options, v string) error {
 	if v == "" {

@@ -34,6 +34,7 @@ func TestEveryBadOptionLoggedAtOnce(t *testing.T) {
 		"auth_opt_pg_password pg-pw-s3cret",
 		"auth_opt_redis_pasword typo-pw-s3cret",
 		"auth_opt_redis_password real-pw-s3cret",
+		"auth_opt_redis_addr redis://:url-pw-s3cret@127.0.0.1:26379/0",
 		"auth_opt_fail_limit lots",
 		"plugin_opt_ban_time forever",
 	))
@@ -48,6 +49,7 @@ func TestEveryBadOptionLoggedAtOnce(t *testing.T) {
 		"cache_password":      "not needed: auth_cache",
 		"pg_password":         "not supported:",
 		"redis_pasword":       "did you mean redis_password?",
+		"redis_addr":          `bad value "***@127.0.0.1:26379/0": expected host:port`,
 		"fail_limit":          `bad value "lots": expected a whole number`,
 		"ban_time":            `bad value "forever": expected a duration`,
 	}
@@ -70,6 +72,19 @@ func TestEveryBadOptionLoggedAtOnce(t *testing.T) {
 	}
 	assert.NotContains(t, out, "s3cret", "no password value in the log")
 	assert.NotContains(t, out, "10.9.8.7", "no value of an unknown option in the log")
+	assert.NotContains(t, out, "mosquitto-guard: ready")
+}
+
+// The checks across options are logged together too: a ban_time above
+// ban_max and an unreadable password_file in one start (before: the broker
+// named ban_time, and the password file only at the next start).
+func TestCrossOptionErrorsLoggedAtOnce(t *testing.T) {
+	testenv.Need(t, "mosquitto")
+	e := &env{t: t, dir: t.TempDir()}
+	missing := filepath.Join(e.dir, "no-such-passwd")
+	out := startExpectFail(t, e.conf("auth_opt_backend files", "auth_opt_ban_time 48h", "auth_opt_password_file "+missing))
+	assert.Contains(t, out, `mosquitto-guard: option ban_time: bad value "48h": expected a duration at most ban_max`)
+	assert.Contains(t, out, `mosquitto-guard: option password_file: bad value "`+missing+`": expected a file readable by the broker's user`)
 	assert.NotContains(t, out, "mosquitto-guard: ready")
 }
 

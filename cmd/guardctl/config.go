@@ -1,10 +1,11 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
-	"maps"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -66,72 +67,132 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 
 // resolve merges defaults, --config, the password environment variable and
 // the flags given (in increasing precedence) into the values of connOptions.
-// Should --config load mosquitto-guard more than once (per_listener_settings)
-// with settings that still differ after that, it is an error naming them:
-// guardctl cannot tell which one is meant.
+// With --config, each of mosquitto-guard's lines is checked as the plugin
+// checks its options, an error naming the file and line of a bad value read
+// there. Should the config load mosquitto-guard more than once
+// (per_listener_settings) with settings that still differ after the flags,
+// it is an error naming the options that differ: guardctl cannot tell
+// which one is meant.
 func (c *connFlags) resolve(getenv func(string) string) (map[string]string, error) {
 	if c.config == "" {
-		return c.merge(nil, getenv), nil
+		vals, _ := c.merge(nil, getenv)
+		return vals, nil
 	}
 	plugins, err := guardPlugins(c.config)
 	if err != nil {
 		return nil, err
 	}
-	vals := c.merge(plugins[0].Options, getenv)
-	for _, p := range plugins[1:] {
-		if !maps.Equal(vals, c.merge(p.Options, getenv)) {
-			return nil, c.conflict(plugins, getenv)
-		}
+	each := make([]map[string]string, len(plugins))
+	var errs config.Errors
+	for i, p := range plugins {
+		vals, fromFile := c.merge(p.Options, getenv)
+		errs = append(errs, checkInstance(p, vals, fromFile)...)
+		each[i] = vals
 	}
-	return vals, nil
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	if differ := differing(each); len(differ) > 0 {
+		return nil, c.conflict(plugins, each, differ)
+	}
+	return each[0], nil
 }
 
 // merge layers the defaults, an instance's options, the environment and the
-// flags given. Values are trimmed, as the plugin trims them.
-func (c *connFlags) merge(fromFile map[string]string, getenv func(string) string) map[string]string {
-	vals := map[string]string{}
+// flags given. Values are trimmed, as the plugin trims them. fromFile holds
+// the names whose value is the instance's own.
+func (c *connFlags) merge(opts map[string]string, getenv func(string) string) (vals map[string]string, fromFile map[string]bool) {
+	vals, fromFile = map[string]string{}, map[string]bool{}
 	for _, name := range connOptions {
 		vals[name] = config.Default(name)
-		if v, ok := fromFile[name]; ok {
-			vals[name] = strings.TrimSpace(v)
+		if v, ok := opts[name]; ok {
+			vals[name], fromFile[name] = strings.TrimSpace(v), true
 		}
 	}
 	if p := getenv(passwordEnv); p != "" {
-		vals["redis_password"] = p
-	}
-	flagOption := map[string]string{
-		"redis-addr": "redis_addr", "redis-username": "redis_username", "redis-password": "redis_password",
-		"redis-db": "redis_db", "key-prefix": "key_prefix",
+		vals["redis_password"], fromFile["redis_password"] = p, false
 	}
 	c.fs.Visit(func(f *flag.Flag) {
 		if opt, ok := flagOption[f.Name]; ok {
-			vals[opt] = f.Value.String()
+			vals[opt], fromFile[opt] = f.Value.String(), false
 		}
 	})
-	return vals
+	return vals, fromFile
 }
 
-// conflict describes the instances whose connection options differ, never
-// showing a password.
-func (c *connFlags) conflict(plugins []*config.Plugin, getenv func(string) string) error {
-	var each []string
-	for _, p := range plugins {
-		vals := c.merge(p.Options, getenv)
-		desc := fmt.Sprintf("%s (%s): redis_addr %s, redis_db %s, key_prefix %q", p.Where(), p.Listener.Name,
-			vals["redis_addr"], vals["redis_db"], vals["key_prefix"])
-		if vals["redis_username"] != "" {
-			desc += ", redis_username " + vals["redis_username"]
-		}
-		each = append(each, desc)
+// flagOption maps each connection flag to the option it sets.
+var flagOption = map[string]string{
+	"redis-addr": "redis_addr", "redis-username": "redis_username", "redis-password": "redis_password",
+	"redis-db": "redis_db", "key-prefix": "key_prefix",
+}
+
+// checkInstance checks an instance's merged values as the plugin does; an
+// error about a value read from the file starts with that option line's
+// file:line, so that the line to fix is named.
+func checkInstance(p *config.Plugin, vals map[string]string, fromFile map[string]bool) config.Errors {
+	_, err := config.ParseRedis(vals)
+	var errs config.Errors
+	if !errors.As(err, &errs) {
+		return nil
 	}
-	return fmt.Errorf("config %s: mosquitto-guard is loaded %d times with different Redis settings: %s; "+
-		"say which with --redis-addr, --redis-db and --key-prefix instead of --config",
-		c.config, len(plugins), strings.Join(each, "; "))
+	for i, e := range errs {
+		var oe *config.OptionError
+		if errors.As(e, &oe) && fromFile[oe.Option] {
+			errs[i] = fmt.Errorf("%s: %w", p.OptionWhere(oe.Option), e)
+		}
+	}
+	return errs
+}
+
+// differing returns the names of the options whose values are not the same
+// in every instance, in connOptions' order.
+func differing(each []map[string]string) []string {
+	var names []string
+	for _, name := range connOptions {
+		for _, vals := range each[1:] {
+			if vals[name] != each[0][name] {
+				names = append(names, name)
+				break
+			}
+		}
+	}
+	return names
+}
+
+// conflict describes the instances whose connection options differ: which
+// options, each instance's values of those but never a password, and the
+// flags that settle them.
+func (c *connFlags) conflict(plugins []*config.Plugin, each []map[string]string, differ []string) error {
+	var descs, flags []string
+	for i, p := range plugins {
+		desc := fmt.Sprintf("%s (%s)", p.Where(), p.Listener.Name)
+		var shown []string
+		for _, name := range differ {
+			if name != "redis_password" {
+				shown = append(shown, name+" "+config.ShownValue(name, each[i][name]))
+			}
+		}
+		if len(shown) > 0 {
+			desc += ": " + strings.Join(shown, ", ")
+		}
+		descs = append(descs, desc)
+	}
+	for _, name := range differ {
+		flag := "--" + strings.ReplaceAll(name, "_", "-")
+		if name == "redis_password" {
+			flag += " or " + passwordEnv
+		}
+		flags = append(flags, flag)
+	}
+	return fmt.Errorf("config %s: mosquitto-guard is loaded %d times with different %s: %s; "+
+		"say which with %s, which beat --config",
+		c.config, len(plugins), strings.Join(differ, ", "), strings.Join(descs, "; "), strings.Join(flags, ", "))
 }
 
 // guardPlugins returns mosquitto-guard's plugin lines in the broker config
 // at path, read as Mosquitto reads it: those whose file name starts with
-// mosquitto_guard, or else the only plugin line there is.
+// mosquitto_guard, or else the only plugin line there is, if its options
+// are mosquitto-guard's (see lonePlugin).
 func guardPlugins(path string) ([]*config.Plugin, error) {
 	conf, err := config.ReadBrokerConfig(path)
 	if err != nil {
@@ -147,6 +208,9 @@ func guardPlugins(path string) ([]*config.Plugin, error) {
 	case len(guard) > 0:
 		return guard, nil
 	case len(conf.Plugins) == 1:
+		if err := lonePlugin(conf.Plugins[0]); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
 		return conf.Plugins, nil
 	case len(conf.Plugins) == 0:
 		return nil, fmt.Errorf("config %s: no auth_plugin or plugin line, here or in its include_dir files, to read mosquitto-guard's options from", path)
@@ -156,6 +220,35 @@ func guardPlugins(path string) ([]*config.Plugin, error) {
 		all = append(all, p.Path+" ("+p.Where()+")")
 	}
 	return nil, fmt.Errorf("config %s: none of its plugins is named mosquitto_guard*: %s", path, strings.Join(all, ", "))
+}
+
+// lonePlugin accepts the only plugin line of a config, not named
+// mosquitto_guard*, as mosquitto-guard's (renamed) only when its options
+// say so: at least one of mosquitto-guard's, and none it does not know.
+// Another plugin alone (mosquitto_dynamic_security.so and its config_file)
+// would otherwise give the defaults, 127.0.0.1:6379 and guard:, silently:
+// "no bans" from the wrong Redis.
+func lonePlugin(p *config.Plugin) error {
+	var known, unknown []string
+	for name := range p.Options {
+		if config.IsOption(name) {
+			known = append(known, name)
+		} else {
+			unknown = append(unknown, name)
+		}
+	}
+	sort.Strings(unknown)
+	why := ""
+	switch {
+	case len(unknown) > 0:
+		why = "has options mosquitto-guard does not know (" + strings.Join(unknown, ", ") + ")"
+	case len(known) == 0:
+		why = "has none of mosquitto-guard's options"
+	default:
+		return nil
+	}
+	return fmt.Errorf("its only plugin, %s (%s), is not named mosquitto_guard* and %s, so it is not read as mosquitto-guard's; "+
+		"give the Redis settings with --redis-addr, --redis-db and --key-prefix instead of --config", p.Path, p.Where(), why)
 }
 
 // store opens a Store with the resolved connection options; addrs names

@@ -63,7 +63,9 @@ auth_opt_password_file /etc/mosquitto/passwd-the-operator-cannot-read
 }
 
 // mosquitto-guard's line is the one whose file name starts with
-// mosquitto_guard, or else the only plugin line.
+// mosquitto_guard, or else the only plugin line, if its options are
+// mosquitto-guard's (before: a dynamic-security plugin alone was taken for
+// it, and guardctl silently used the default Redis).
 func TestConfigFindsGuardsPlugin(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, text string) string {
@@ -81,6 +83,20 @@ func TestConfigFindsGuardsPlugin(t *testing.T) {
 	got, err = resolved(t, nil, "--config", renamed)
 	require.NoError(t, err)
 	assert.Equal(t, "r:", got["key_prefix"], "the only plugin")
+
+	for name, c := range map[string]struct{ conf, why string }{
+		"dynsec.conf": {"plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\nplugin_opt_config_file /var/lib/dynsec.json\n",
+			"has options mosquitto-guard does not know (config_file)"},
+		"bare.conf":  {"auth_plugin /opt/other.so\n", "has none of mosquitto-guard's options"},
+		"mixed.conf": {"auth_plugin /opt/other.so\nauth_opt_redis_addr 10.0.0.9:6379\nauth_opt_backends redis\n", "has options mosquitto-guard does not know (backends)"},
+	} {
+		path := write(name, c.conf)
+		_, err := resolved(t, nil, "--config", path)
+		require.Error(t, err, "%s: another plugin alone must not give the default Redis", name)
+		assert.Contains(t, err.Error(), "config "+path+": its only plugin, ", name)
+		assert.Contains(t, err.Error(), " ("+path+":1), is not named mosquitto_guard* and "+c.why, name)
+		assert.Contains(t, err.Error(), "--redis-addr", name)
+	}
 
 	two := write("two.conf", "auth_plugin /opt/a.so\nauth_plugin /opt/b.so\n")
 	_, err = resolved(t, nil, "--config", two)
@@ -117,16 +133,58 @@ auth_opt_redis_password pw-two
 `), 0o644))
 	_, err = resolved(t, nil, "--config", differ)
 	require.Error(t, err)
-	assert.Equal(t, "config "+differ+": mosquitto-guard is loaded 2 times with different Redis settings: "+
-		differ+`:3 (listener 1883): redis_addr 127.0.0.1:6379, redis_db 0, key_prefix "guard:"; `+
-		differ+`:6 (listener 8883 127.0.0.1): redis_addr 127.0.0.1:6379, redis_db 0, key_prefix "second:"; `+
-		"say which with --redis-addr, --redis-db and --key-prefix instead of --config", err.Error())
+	assert.Equal(t, "config "+differ+": mosquitto-guard is loaded 2 times with different key_prefix, redis_password: "+
+		differ+`:3 (listener 1883): key_prefix "guard:"; `+
+		differ+`:6 (listener 8883 127.0.0.1): key_prefix "second:"; `+
+		"say which with --key-prefix, --redis-password or "+passwordEnv+", which beat --config", err.Error())
 	assert.NotContains(t, err.Error(), "pw-")
 
 	got, err = resolved(t, map[string]string{passwordEnv: "pw"}, "--config", differ, "--key-prefix", "second:")
 	require.NoError(t, err, "the flags make them one")
 	assert.Equal(t, "second:", got["key_prefix"])
 	assert.Equal(t, "pw", got["redis_password"])
+}
+
+// Two instances that differ only in redis_password: the error says so and
+// names the way to settle it (before: two identical-looking descriptions,
+// and flags none of which settles a password).
+func TestConfigInstancesDifferInPassword(t *testing.T) {
+	differ := filepath.Join(t.TempDir(), "differ.conf")
+	require.NoError(t, os.WriteFile(differ, []byte(`per_listener_settings true
+listener 1883
+auth_plugin /usr/lib/mosquitto_guard.so
+auth_opt_redis_addr redis.internal:6379
+auth_opt_redis_password pw-one
+listener 8883
+auth_plugin /usr/lib/mosquitto_guard.so
+auth_opt_redis_addr redis.internal:6379
+auth_opt_redis_password pw-two
+`), 0o644))
+	_, err := resolved(t, nil, "--config", differ)
+	require.Error(t, err)
+	assert.Equal(t, "config "+differ+": mosquitto-guard is loaded 2 times with different redis_password: "+
+		differ+":3 (listener 1883); "+differ+":7 (listener 8883); "+
+		"say which with --redis-password or "+passwordEnv+", which beat --config", err.Error())
+	assert.NotContains(t, err.Error(), "pw-")
+
+	got, err := resolved(t, map[string]string{passwordEnv: "pw-two"}, "--config", differ)
+	require.NoError(t, err, "the environment settles it")
+	assert.Equal(t, "redis.internal:6379", got["redis_addr"])
+}
+
+// A bad value read from the config is named with the file and line of its
+// option line (before: "option redis_db: bad value" with no place); one
+// given by a flag is not.
+func TestConfigBadValueNamesItsLine(t *testing.T) {
+	main := debianLayout(t, t.TempDir(), "auth_plugin /usr/lib/mosquitto_guard.so\nplugin_opt_redis_db x\nauth_opt_redis_addr redis://:S3cret@10.0.0.1:6379/0\n")
+	guard := filepath.Join(filepath.Dir(main), "conf.d", "guard.conf")
+	_, err := resolved(t, nil, "--config", main)
+	require.Error(t, err)
+	assert.Equal(t, guard+`:3: option redis_addr: bad value "***@10.0.0.1:6379/0": expected host:port, or several host:port separated by commas for a Redis Cluster, without a user or password (set redis_username and redis_password); `+
+		guard+`:2: option redis_db: bad value "x": expected a whole number from 0 to 65536`, err.Error())
+
+	_, err = resolved(t, nil, "--config", main, "--redis-db", "1", "--redis-addr", "nohost")
+	assert.EqualError(t, err, `option redis_addr: bad value "nohost": expected host:port, or several host:port separated by commas for a Redis Cluster`)
 }
 
 // An option line Mosquitto would refuse, in an include_dir file, is named
@@ -138,8 +196,8 @@ func TestConfigIncludedFileErrors(t *testing.T) {
 	assert.EqualError(t, err, "config: "+filepath.Join(dir, "conf.d", "guard.conf")+
 		":1: auth_opt_redis_addr: no auth_plugin or plugin line before it in this file")
 
-	vals, err := resolved(t, nil, "--config", debianLayout(t, t.TempDir(), "auth_plugin /usr/lib/mosquitto_guard.so\nauth_opt_redis_db 99999999\n"))
-	require.NoError(t, err, "resolve reads; the values are checked as the plugin checks them")
-	_, _, err = storeOptions(vals)
-	assert.EqualError(t, err, `option redis_db: bad value "99999999": expected a whole number from 0 to 65536`)
+	dir = t.TempDir()
+	_, err = resolved(t, nil, "--config", debianLayout(t, dir, "auth_plugin /usr/lib/mosquitto_guard.so\nauth_opt_redis_db 99999999\n"))
+	assert.EqualError(t, err, filepath.Join(dir, "conf.d", "guard.conf")+`:2: option redis_db: bad value "99999999": expected a whole number from 0 to 65536`,
+		"the values are checked as the plugin checks them, the line named")
 }
