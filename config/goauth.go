@@ -19,7 +19,7 @@ const (
 )
 
 var goAuthOptions = map[string]string{
-	"backends":                 "use backend instead: files or redis (one backend; mosquitto-go-auth's other backends are not supported)",
+	"backends":                 "use backend instead: files or redis (one backend; mosquitto-go-auth's other backends are not supported, and it cannot stay loaded beside this plugin: one Go plugin per broker process)",
 	"files_password_path":      "use password_file instead (the same file: its hashes are read as they are)",
 	"files_acl_path":           "not read by this plugin: set Mosquitto's own acl_file to that file (see the README for what differs), or every client may publish and subscribe anywhere",
 	"redis_host":               hintAddr,
@@ -34,7 +34,7 @@ var goAuthOptions = map[string]string{
 	"exhaust_backend_first":    "not needed: there is one backend",
 	"retry_count":              "not needed: redis_timeout bounds each Redis wait, and redis_unavailable says what happens while Redis does not answer",
 	"use_clientid_as_username": "not supported: passwords are checked for the username the client sends",
-	"plugin_path":              "not supported: load that plugin with its own auth_plugin line, and set backend defer here",
+	"plugin_path":              "not supported: mosquitto-go-auth's custom Go backends load only into mosquitto-go-auth, which cannot share a broker process with this plugin (one Go plugin per process)",
 	"log_level":                hintLog,
 	"log_dest":                 hintLog,
 	"log_file":                 hintLog,
@@ -86,7 +86,7 @@ func goAuthHint(name string) string {
 			return hintReg
 		case b != "files" && b != "redis" && b != "plugin":
 			return "not supported: passwords are read from a file (backend files) or Redis (backend redis); " +
-				"to keep mosquitto-go-auth's " + b + " backend, keep it loaded for that and set backend defer here"
+				"move the " + b + " backend's users there (mosquitto-go-auth cannot stay loaded beside this plugin: one Go plugin per broker process)"
 		}
 	}
 	return ""

@@ -91,13 +91,13 @@ func TestParseReportsEveryProblemAtOnce(t *testing.T) {
 		lines = append(lines, e.Error())
 	}
 	assert.Equal(t, []string{
-		"option backends: unknown option (mosquitto-go-auth): use backend instead: files or redis (one backend; mosquitto-go-auth's other backends are not supported)",
+		"option backends: unknown option (mosquitto-go-auth): use backend instead: files or redis (one backend; mosquitto-go-auth's other backends are not supported, and it cannot stay loaded beside this plugin: one Go plugin per broker process)",
 		"option cache_password: unknown option (mosquitto-go-auth): " + hintCache,
 		"option files_acl_path: unknown option (mosquitto-go-auth): not read by this plugin: set Mosquitto's own acl_file to that file (see the README for what differs), or every client may publish and subscribe anywhere",
 		"option files_password_path: unknown option (mosquitto-go-auth): use password_file instead (the same file: its hashes are read as they are)",
 		"option hasher_iterations: unknown option (mosquitto-go-auth): " + hintHasher,
 		"option log_level: unknown option (mosquitto-go-auth): " + hintLog,
-		"option pg_password: unknown option (mosquitto-go-auth): not supported: passwords are read from a file (backend files) or Redis (backend redis); to keep mosquitto-go-auth's pg backend, keep it loaded for that and set backend defer here",
+		"option pg_password: unknown option (mosquitto-go-auth): not supported: passwords are read from a file (backend files) or Redis (backend redis); move the pg backend's users there (mosquitto-go-auth cannot stay loaded beside this plugin: one Go plugin per broker process)",
 		"option redis_host: unknown option (mosquitto-go-auth): " + hintAddr,
 		"option redis_pasword: unknown option (did you mean redis_password?)",
 		"option redis_port: unknown option (mosquitto-go-auth): " + hintAddr,

@@ -91,7 +91,7 @@ type ACLMode string
 
 // The ACL modes.
 const (
-	ACLAuto  ACLMode = "auto"  // read the broker's config: defer when acl_file is set, allow when no ACL exists, off when another plugin is loaded
+	ACLAuto  ACLMode = "auto"  // read the broker's config: off when another plugin is loaded or the config cannot be read whole, else defer when acl_file is set, allow when no ACL exists
 	ACLDefer ACLMode = "defer" // refuse banned connections, defer everything else (acl_file, dynamic security)
 	ACLAllow ACLMode = "allow" // refuse banned connections, allow everything else (no other ACL mechanism)
 	ACLOff   ACLMode = "off"   // no ACL callback: a banned connection can publish until its kick lands

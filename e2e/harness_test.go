@@ -1,6 +1,3 @@
-// Package e2e loads the built plugin into a real mosquitto, with a real
-// redis-server, and talks to it over real MQTT connections from distinct
-// 127.x source addresses.
 package e2e
 
 import (

@@ -9,4 +9,8 @@
 // (GET, PTTL, SET), never with glob patterns, so glob characters cannot widen
 // a match. The keys of conflict tracking, which any client creates by
 // connecting, name long client IDs by a hash instead: see Tracking.
+//
+// The value of a block key the plugin writes itself starts with
+// AutoBanMarker ("auto:"); that marker is how every reader tells an
+// automatic ban from an operator's.
 package keys

@@ -11,7 +11,7 @@
 // Policy.BanTime (default 10m); each repeat offence doubles the ban, up to
 // Policy.BanMax (default 24h): 10m, 20m, 40m, ... 24h.
 //
-// What that guarantees, for Limit L and Window W (proof in Limit's comment):
+// What that guarantees, for Limit L and Window W (proof in Policy.RedisRate's comment):
 //   - L+1 failures inside any span shorter than W always ban;
 //   - L failures at once never ban a key whose allowance is full;
 //   - a key that keeps failing more often than once per W is banned once its
@@ -41,4 +41,12 @@
 // a Limiter works on Redis Cluster, where the three keys live in different
 // slots, as well as on a single server or a Ring. No command takes a pattern
 // built from a value.
+//
+// # Beside the Redis count
+//
+// Local (local.go) is one broker's own count of the same shape, consulted on
+// the broker thread before any password check, so that parallel guesses are
+// bounded while Redis counts, and while Redis is down. ThrottleFail counts a
+// username's failures from every source toward its throttle
+// (username_fail_limit), which is no ban: it expires by itself.
 package ratelimit

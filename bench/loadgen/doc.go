@@ -13,4 +13,6 @@
 //	loadgen procmem      VmRSS and VmHWM of a process
 //	loadgen freeport     a free TCP port on 127.0.0.1
 //	loadgen report       the markdown table from the JSON lines of a run
+//	loadgen chaos        faults under CONNECT load (make chaos); chaosreport its table
+//	loadgen soak         many distinct client IDs against the memory bounds (make soak); soakreport its table
 package main

@@ -14,6 +14,9 @@ func TestNeedSkipsUnderShort(t *testing.T) {
 	if os.Getenv("GUARD_NEED_HELPER") != "" {
 		t.Skip("the helper run")
 	}
+	if testing.Short() {
+		t.Skip("starts a process (this test binary): make test runs it")
+	}
 	cmd := exec.Command(os.Args[0], "-test.short", "-test.v", "-test.run", "^TestNeedHelper$")
 	cmd.Env = append(os.Environ(), "GUARD_NEED_HELPER=1", "CI=")
 	out, err := cmd.CombinedOutput()
