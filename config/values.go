@@ -75,7 +75,7 @@ func parseFailScopes(c *Options, v string) error {
 	seen := map[keys.Scope]bool{}
 	for _, f := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
 		s, err := keys.ParseScope(f)
-		if err != nil || s == keys.CIDR {
+		if err != nil || s == keys.CIDR || s == keys.Cert {
 			return &OptionError{"fail_scopes", v, want}
 		}
 		if !seen[s] {

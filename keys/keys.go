@@ -11,21 +11,26 @@ import (
 // Scope says what a list entry matches.
 type Scope string
 
-// The four scopes of the allow and block lists.
+// The five scopes of the allow and block lists.
 const (
 	ClientID Scope = "clientid"
 	IP       Scope = "ip"
 	CIDR     Scope = "cidr"
 	Username Scope = "username"
+	// Cert is a client certificate, by its ID: the lower-case hex SHA-256 of
+	// its DER encoding (AWS IoT's certificate ID; what `openssl x509 -noout
+	// -fingerprint -sha256` prints, without colons, lower-cased).
+	Cert Scope = "cert"
 )
 
 // Scopes lists every scope, in the order a refusal reports them.
-var Scopes = []Scope{ClientID, Username, IP, CIDR}
+var Scopes = []Scope{ClientID, Username, Cert, IP, CIDR}
 
 // Proof reports whether a scope names what a client cannot choose: where the
-// connection comes from (ip, cidr). A client ID or a username is whatever the
-// client says: a claim.
-func (s Scope) Proof() bool { return s == IP || s == CIDR }
+// connection comes from (ip, cidr) or the certificate the TLS handshake
+// verified (cert). A client ID or a username is whatever the client says: a
+// claim.
+func (s Scope) Proof() bool { return s == IP || s == CIDR || s == Cert }
 
 // Exempts reports whether an allow entry of scope allow lifts a block entry
 // of scope block. An allow entry on proof (ip, cidr) lifts every block; one on
@@ -40,7 +45,49 @@ func ParseScope(s string) (Scope, error) {
 			return sc, nil
 		}
 	}
-	return "", fmt.Errorf("keys: unknown scope %q (expected clientid, ip, cidr or username)", s)
+	return "", fmt.Errorf("keys: unknown scope %q (expected clientid, ip, cidr, username or cert)", s)
+}
+
+// CertIDLen is the length of a certificate ID: 64 hex digits.
+const CertIDLen = 2 * sha256.Size
+
+// CertID returns the certificate ID of a DER-encoded certificate.
+func CertID(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+// ParseCertID returns the certificate ID s names: 64 hex digits, upper or
+// lower case, optionally in pairs separated by colons (as openssl prints a
+// fingerprint), with or without openssl's "sha256 Fingerprint=" in front.
+// The ID is returned in lower case, the form keys hold.
+func ParseCertID(s string) (string, error) {
+	v := strings.TrimSpace(s)
+	if i := strings.IndexByte(v, '='); i >= 0 && strings.HasSuffix(strings.ToLower(v[:i]), "fingerprint") {
+		v = v[i+1:]
+	}
+	v = strings.ToLower(strings.ReplaceAll(v, ":", ""))
+	if len(v) != CertIDLen {
+		return "", fmt.Errorf("keys: certificate ID %q: expected 64 hex digits (the SHA-256 of the certificate's DER)", s)
+	}
+	if _, err := hex.DecodeString(v); err != nil {
+		return "", fmt.Errorf("keys: certificate ID %q: expected 64 hex digits (the SHA-256 of the certificate's DER)", s)
+	}
+	return v, nil
+}
+
+// IsCertID reports whether v is a certificate ID in the form keys hold: 64
+// lower-case hex digits.
+func IsCertID(v string) bool {
+	if len(v) != CertIDLen {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Kind says which list a key belongs to.

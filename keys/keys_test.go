@@ -210,3 +210,30 @@ func TestTrackingKeys(t *testing.T) {
 	assert.Equal(t, "guard:block:clientid:"+long, b.List(Block, ClientID, long))
 	assert.Equal(t, "guard:allow:username:"+long, b.List(Allow, Username, long))
 }
+
+func TestCertID(t *testing.T) {
+	der := []byte("not really DER, but any bytes hash")
+	id := CertID(der)
+	assert.True(t, IsCertID(id))
+	upper := strings.ToUpper(id)
+	var pairs []string
+	for i := 0; i < len(upper); i += 2 {
+		pairs = append(pairs, upper[i:i+2])
+	}
+	for _, in := range []string{id, upper, strings.Join(pairs, ":"), "sha256 Fingerprint=" + strings.Join(pairs, ":"), " " + id + "\n"} {
+		got, err := ParseCertID(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, id, got, in)
+	}
+	for _, bad := range []string{"", id[:63], id + "0", strings.Replace(id, id[:1], "g", 1), "cert.pem"} {
+		_, err := ParseCertID(bad)
+		assert.Error(t, err, bad)
+		assert.False(t, IsCertID(bad), bad)
+	}
+	assert.True(t, Cert.Proof(), "a verified certificate is proof")
+	assert.True(t, Exempts(Cert, IP), "an allow entry on a certificate lifts an IP ban")
+	assert.False(t, Exempts(ClientID, Cert), "a claimed client ID does not lift a certificate ban")
+	s, err := ParseScope("cert")
+	require.NoError(t, err)
+	assert.Equal(t, Cert, s)
+}

@@ -107,7 +107,7 @@ func TestList(t *testing.T) {
 		msg   string
 	}{
 		{keys.User, "", `store: list: "user" is no list (expected allow or block)`},
-		{keys.Block, "host", `store: list: keys: unknown scope "host" (expected clientid, ip, cidr or username)`},
+		{keys.Block, "host", `store: list: keys: unknown scope "host" (expected clientid, ip, cidr, username or cert)`},
 	} {
 		_, err := s.List(ctx, tc.kind, tc.scope, 10)
 		assert.EqualError(t, err, tc.msg)
