@@ -13,6 +13,8 @@ have mosquitto_pub || need+=(mosquitto-clients)
 have redis-server || need+=(redis-server)
 have redis-cli || need+=(redis-tools)
 have gcc || need+=(gcc)
+# The tests make their CA, server and client certificates with openssl.
+have openssl || need+=(openssl)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
