@@ -1,0 +1,216 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// tlsEnv is an env whose only listener is TLS with require_certificate
+// true: every client presents a certificate signed by ca, and still sends
+// a username and password, so Mosquitto calls the plugin's BASIC_AUTH.
+type tlsEnv struct {
+	*env
+	ca *testenv.CA
+}
+
+// newTLSEnv makes a CA and a server certificate for 127.0.0.1, then starts
+// Redis and the broker with the plugin, as newEnv does, on a TLS listener.
+func newTLSEnv(t *testing.T, extra ...string) *tlsEnv {
+	t.Helper()
+	ca := testenv.NewCA(t)
+	cert, key := ca.Server(t)
+	lines := []string{
+		"listener " + testenv.PortPlaceholder + " 127.0.0.1",
+		"cafile " + ca.CertPath,
+		"certfile " + cert,
+		"keyfile " + key,
+		"require_certificate true",
+	}
+	return &tlsEnv{env: newEnv(t, append(lines, extra...)...), ca: ca}
+}
+
+// dialCert connects c over TLS presenting cert, and returns the connection
+// (nil when refused) and the CONNACK code.
+func (e *tlsEnv) dialCert(c client, cert *testenv.ClientCert) (*mqttc.Conn, byte) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, code, err := mqttc.Dial(ctx, mqttc.Options{
+		Addr: e.broker.Addr, SourceIP: c.ip, ClientID: c.id, Username: c.user, Password: c.pass,
+		TLS: e.ca.TLSConfig(e.t, cert),
+	})
+	require.NoError(e.t, err, "dial %s as %q with certificate %s", c.ip, c.id, cert.Subject)
+	if conn != nil {
+		e.t.Cleanup(func() { conn.Close() })
+	}
+	return conn, code
+}
+
+// connectCert connects c with cert and returns the CONNACK code, closing any
+// connection.
+func (e *tlsEnv) connectCert(c client, cert *testenv.ClientCert) byte {
+	e.t.Helper()
+	conn, code := e.dialCert(c, cert)
+	if conn != nil {
+		conn.Disconnect()
+	}
+	return code
+}
+
+// expectCert connects c with cert until the CONNACK code is want, for up to
+// 2 s: a change made in Redis reaches the plugin's replica within a second.
+func (e *tlsEnv) expectCert(c client, cert *testenv.ClientCert, want byte, msgAndArgs ...any) {
+	e.t.Helper()
+	var got byte
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if got = e.connectCert(c, cert); got == want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	require.Equal(e.t, want, got, msgAndArgs...)
+}
+
+// certKey returns the Redis key of kind ("block" or "allow") for cert.
+func certKey(kind string, cert *testenv.ClientCert) string {
+	return "guard:" + kind + ":cert:" + cert.ID
+}
+
+// A ban by certificate ID refuses that certificate whatever else the client
+// sends, names the certificate in the refusal line, and leaves the others
+// alone: same client ID, username, password and address.
+func TestCertBanRefusesThatCertificate(t *testing.T) {
+	e := newTLSEnv(t)
+	stolen := e.ca.Client(t, "device-stolen")
+	other := e.ca.Client(t, "device-other")
+	dev := as("127.0.50.1", "cert-dev-1", "alice", "alice-pw")
+	require.EqualValues(t, accepted, e.connectCert(dev, stolen), "not banned yet")
+
+	e.redis.CLI("SET", certKey("block", stolen), "stolen device")
+	e.expectCert(dev, stolen, refused, "the banned certificate")
+	line := e.logLine("mosquitto-guard: refused", "cert_id="+stolen.ID, `rule="`+certKey("block", stolen)+`"`)
+	assert.Contains(t, line, `client_id="cert-dev-1"`)
+	assert.Contains(t, line, "origin=operator")
+	assert.Contains(t, line, `reason="stolen device"`)
+	assert.Contains(t, line, `cert_subject="`)
+	assert.Contains(t, line, "device-stolen", "the subject's common name")
+	t.Logf("refusal line: %s", line)
+
+	assert.EqualValues(t, accepted, e.connectCert(dev, other), "another certificate, all else equal")
+	assert.EqualValues(t, refused, e.connectCert(as("127.0.50.2", "cert-dev-2", "bob", "bob-pw"), stolen),
+		"the banned certificate with another client ID, user and address")
+
+	e.redis.CLI("DEL", certKey("block", stolen))
+	e.expectCert(dev, stolen, accepted, "the DEL reached the replica")
+}
+
+// A certificate ban kicks the connected clients holding it, within a
+// second, and no one else.
+func TestCertBanKicksHolder(t *testing.T) {
+	e := newTLSEnv(t)
+	revoked := e.ca.Client(t, "device-revoked")
+	kept := e.ca.Client(t, "device-kept")
+	victim, code := e.dialCert(as("127.0.51.1", "cert-kick-1", "alice", "alice-pw"), revoked)
+	require.EqualValues(t, accepted, code)
+	// Same user, same address, another certificate.
+	bystander, code := e.dialCert(as("127.0.51.1", "cert-kick-2", "alice", "alice-pw"), kept)
+	require.EqualValues(t, accepted, code)
+
+	start := time.Now()
+	e.redis.CLI("SET", certKey("block", revoked), "revoked", "EX", "60")
+	assert.True(t, victim.Closed(time.Second), "the holder was not kicked within a second")
+	t.Logf("kicked %s after the SET", time.Since(start).Round(time.Millisecond))
+	line := e.logLine("kicking", `client_id="cert-kick-1"`, `rule="`+certKey("block", revoked)+`"`, "origin=operator")
+	assert.Contains(t, line, "cert_id="+revoked.ID)
+	assert.Contains(t, line, `cert_subject="`)
+	assert.Contains(t, line, "device-revoked")
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	assert.NoError(t, bystander.Ping(ctx), "another certificate stays connected")
+	e.expectCert(as("127.0.51.1", "cert-kick-1", "alice", "alice-pw"), revoked, refused, "and cannot come back")
+}
+
+// An allow entry on a certificate is proof, like one on an address: it lifts
+// an IP ban for that certificate only.
+func TestCertAllowBeatsIPBan(t *testing.T) {
+	e := newTLSEnv(t)
+	trusted := e.ca.Client(t, "device-trusted")
+	stranger := e.ca.Client(t, "device-stranger")
+	dev := as("127.0.52.1", "cert-allow-1", "alice", "alice-pw")
+
+	e.redis.CLI("SET", "guard:block:ip:127.0.52.1", "noisy NAT")
+	e.expectCert(dev, trusted, refused, "the IP ban applies")
+	e.redis.CLI("SET", certKey("allow", trusted), "")
+	e.expectCert(dev, trusted, accepted, "the allow entry on the certificate beats the IP ban")
+	assert.EqualValues(t, refused, e.connectCert(dev, stranger), "another certificate from the banned address")
+
+	// The allow entry lifts the ban, not the password check.
+	assert.EqualValues(t, refused, e.connectCert(as("127.0.52.1", "cert-allow-1", "alice", "wrong"), trusted),
+		"an allowed certificate with a wrong password")
+}
+
+// Two certificates with one client ID are two principals, whatever username
+// they send: the seed's finding, with the principals "cert:<id>".
+func TestCertConflictCrossPrincipal(t *testing.T) {
+	e := newTLSEnv(t)
+	a := e.ca.Client(t, "device-a")
+	b := e.ca.Client(t, "device-b")
+	require.EqualValues(t, accepted, e.connectCert(as("127.0.53.1", "cert-shared-1", "alice", "alice-pw"), a))
+	e.waitLive("cert-shared-1", 0)
+	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("HLEN", "guard:seen:cert-shared-1") == "1" },
+		"the first certificate not remembered")
+	require.EqualValues(t, accepted, e.connectCert(as("127.0.53.2", "cert-shared-1", "alice", "alice-pw"), b),
+		"flag mode only records")
+
+	f := e.waitFindings(1)[0]
+	assert.Equal(t, "DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", f["reason"])
+	assert.Equal(t, "cross-principal", f["kind"])
+	assert.Equal(t, "cert-shared-1", f["clientid"])
+	var principals []string
+	require.NoError(t, json.Unmarshal([]byte(f["principals"]), &principals), "principals %q", f["principals"])
+	assert.ElementsMatch(t, []string{"cert:" + a.ID, "cert:" + b.ID}, principals,
+		"the two certificates, not the one username they share")
+	e.logLine("finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", `client_id="cert-shared-1"`, "cert:"+a.ID, "cert:"+b.ID)
+
+	// The same certificate reconnecting is a normal reconnect.
+	require.EqualValues(t, accepted, e.connectCert(as("127.0.53.3", "cert-own-1", "alice", "alice-pw"), a))
+	require.EqualValues(t, accepted, e.connectCert(as("127.0.53.4", "cert-own-1", "bob", "bob-pw"), a))
+	time.Sleep(300 * time.Millisecond)
+	assert.Len(t, e.findings(), 1, "one certificate under two usernames is one principal")
+}
+
+// guardctl bans a certificate given as a PEM file, by the ID it computes,
+// and unbans it by that ID.
+func TestCertGuardctlBanByPEM(t *testing.T) {
+	bin := buildGuardctl(t)
+	e := newTLSEnv(t)
+	lost := e.ca.Client(t, "device-lost")
+	other := e.ca.Client(t, "device-found")
+	dev := as("127.0.54.1", "cert-ctl-1", "alice", "alice-pw")
+	require.EqualValues(t, accepted, e.connectCert(dev, lost))
+
+	out, err := exec.Command(bin, "ban", "cert", lost.CertPath, "--reason", "lost in transit",
+		"--config", e.broker.ConfPath).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), lost.ID, "guardctl names the ID it banned")
+	assert.Equal(t, "lost in transit", e.redis.CLI("GET", certKey("block", lost)))
+	e.expectCert(dev, lost, refused, "the certificate guardctl banned")
+	e.logLine("refused", "cert_id="+lost.ID, `reason="lost in transit"`)
+	assert.EqualValues(t, accepted, e.connectCert(dev, other))
+
+	out, err = exec.Command(bin, "unban", "cert", strings.ToUpper(lost.ID), "--config", e.broker.ConfPath).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	e.expectCert(dev, lost, accepted, "unbanned by its ID (upper case, as some tools print it)")
+}
