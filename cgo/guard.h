@@ -17,4 +17,11 @@ const char *guard_self_path(void);
 const char *guard_opt_key(struct mosquitto_opt *opts, int i);
 const char *guard_opt_value(struct mosquitto_opt *opts, int i);
 
+/* guard_client_cert's results other than a DER length (cert.c). */
+#define GUARD_CERT_NONE 0
+#define GUARD_CERT_NO_CRYPTO (-1)
+#define GUARD_CERT_TOO_BIG (-2)
+#define GUARD_CERT_FAILED (-3)
+int guard_client_cert(uintptr_t client, unsigned char **der, int max);
+
 #endif

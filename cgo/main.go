@@ -130,6 +130,9 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 	if password != nil {
 		c.Password = C.GoBytes(unsafe.Pointer(password), C.int(C.strlen(password)))
 	}
+	// The certificate the TLS handshake verified (require_certificate
+	// true), in a new CONNECT and in the re-check after a reload alike.
+	c.CertID, c.CertSubject = clientCert(client)
 	walk := reload.InWalk(
 		func(n uint64) bool { return in.guard.ReloadVisit(c.Handle, c.ClientID, n) },
 		func() int { return int(C.guard_client_subs(client)) },

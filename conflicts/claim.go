@@ -2,25 +2,62 @@ package conflicts
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// Anonymous is the principal of a client without a username.
+// Anonymous is the principal of a client without a username or a
+// certificate.
 const Anonymous = "<anonymous>"
 
+// CertPrefix starts the principal of a client with a certificate:
+// "cert:" and the certificate's ID (keys.CertID), as AWS IoT names a
+// certificate principal by its ID.
+const CertPrefix = "cert:"
+
+// usernamePrefix starts the principal of a username that could pose as
+// another kind of principal: one starting with CertPrefix or with
+// usernamePrefix itself, or equal to Anonymous.
+const usernamePrefix = "username:"
+
 // Principal returns who a client is, for conflict detection: its
-// authenticated username, or Anonymous. (Certificate identities will be
-// principals too; they belong here.) It is in its keys.Tracking form, the
-// form Redis holds and it is compared with: a username of up to 65 535
-// bytes must not size what tracking keeps.
-func Principal(hasUsername bool, username string) string {
-	if !hasUsername {
+// certificate, CertPrefix+certID, when it has one (certID: keys.CertID of
+// the certificate the TLS handshake verified; its username is then only a
+// claim beside it), else its authenticated username, else Anonymous.
+//
+// No username poses as another principal: a username starting with
+// CertPrefix or "username:", or equal to Anonymous, is "username:" and the
+// username; every other username is itself, as before certificates. So
+// two clients have one principal only when they have one certificate, or
+// neither a certificate and one username (or none).
+//
+// It is in its keys.Tracking form, the form Redis holds and it is compared
+// with: a username of up to 65 535 bytes must not size what tracking keeps.
+func Principal(certID string, hasUsername bool, username string) string {
+	switch {
+	case certID != "":
+		return keys.Tracking(CertPrefix + certID)
+	case !hasUsername:
 		return Anonymous
+	case username == Anonymous || strings.HasPrefix(username, CertPrefix) || strings.HasPrefix(username, usernamePrefix):
+		return keys.Tracking(usernamePrefix + username)
 	}
 	return keys.Tracking(username)
+}
+
+// PrincipalKind names the kind of a principal Principal returned: "cert",
+// "anonymous" or "username".
+func PrincipalKind(principal string) string {
+	switch {
+	case strings.HasPrefix(principal, CertPrefix):
+		return "cert"
+	case principal == Anonymous:
+		return "anonymous"
+	}
+	return "username"
 }
 
 // Claim claims clientID in Redis for a new connection of principal from ip

@@ -107,7 +107,7 @@ func TestRunReportsAndCloses(t *testing.T) {
 		return len(published) == 1
 	}, 2*time.Second, 10*time.Millisecond)
 	assert.Equal(t, []string{"guard/findings dev"}, published)
-	assert.Contains(t, ls.all(), `1 mosquitto-guard: finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS severity=HIGH kind=cross-principal action=flagged client_id="dev" principals=["alice","bob"] ips=[192.0.2.2,192.0.2.1]`)
+	assert.Contains(t, ls.all(), `1 mosquitto-guard: finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS severity=HIGH kind=cross-principal action=flagged client_id="dev" principals=["alice","bob"] principal_kinds=[username,username] ips=[192.0.2.2,192.0.2.1]`)
 
 	close(stop)
 	<-done

@@ -36,10 +36,12 @@ func describeFinding(f *store.Finding) string {
 		brokers = append(brokers, logval.Quote(c.Broker))
 	}
 	ps := make([]string, len(f.Principals))
+	kinds := make([]string, len(f.Principals))
 	for i, p := range f.Principals {
 		ps[i] = logval.Quote(p)
+		kinds[i] = PrincipalKind(p)
 	}
-	return fmt.Sprintf("mosquitto-guard: finding %s severity=%s kind=%s action=%s client_id=%s principals=[%s] ips=[%s] brokers=[%s] disconnected_ms=%d count=%d id=%s",
-		f.Reason, f.Severity, f.Kind, f.Action, logval.Quote(f.ClientID), strings.Join(ps, ","), strings.Join(ips, ","),
+	return fmt.Sprintf("mosquitto-guard: finding %s severity=%s kind=%s action=%s client_id=%s principals=[%s] principal_kinds=[%s] ips=[%s] brokers=[%s] disconnected_ms=%d count=%d id=%s",
+		f.Reason, f.Severity, f.Kind, f.Action, logval.Quote(f.ClientID), strings.Join(ps, ","), strings.Join(kinds, ","), strings.Join(ips, ","),
 		strings.Join(brokers, ","), f.DisplacedDisconnectedMs, f.Count, f.ID)
 }

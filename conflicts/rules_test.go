@@ -98,9 +98,28 @@ func TestEvaluateRules(t *testing.T) {
 func ptr(c store.Conn) *store.Conn { return &c }
 
 func TestPrincipal(t *testing.T) {
-	assert.Equal(t, "alice", Principal(true, "alice"))
-	assert.Equal(t, Anonymous, Principal(false, ""))
+	assert.Equal(t, "alice", Principal("", true, "alice"))
+	assert.Equal(t, Anonymous, Principal("", false, ""))
 	long := strings.Repeat("u", 70000)
-	assert.Equal(t, keys.Tracking(long), Principal(true, long), "in the form Redis holds")
-	assert.LessOrEqual(t, len(Principal(true, long)), keys.TrackingMax)
+	assert.Equal(t, keys.Tracking(long), Principal("", true, long), "in the form Redis holds")
+	assert.LessOrEqual(t, len(Principal("", true, long)), keys.TrackingMax)
+
+	id := keys.CertID([]byte("device"))
+	assert.Equal(t, "cert:"+id, Principal(id, true, "alice"), "a certificate is the principal, even with a username")
+	assert.Equal(t, "cert:"+id, Principal(id, false, ""))
+	assert.Equal(t, "cert", PrincipalKind(Principal(id, true, "alice")))
+	assert.Equal(t, "username", PrincipalKind(Principal("", true, "alice")))
+	assert.Equal(t, "anonymous", PrincipalKind(Principal("", false, "")))
+
+	// No username poses as a certificate, as anonymous, or as another username.
+	seen := map[string]string{}
+	for _, u := range []string{"cert:" + id, "username:cert:" + id, "username:username:cert:" + id, Anonymous, "username:" + Anonymous, "alice", "username:alice"} {
+		p := Principal("", true, u)
+		assert.Equal(t, "username", PrincipalKind(p), u)
+		assert.NotEqual(t, Principal(id, false, ""), p, u)
+		assert.NotEqual(t, Anonymous, p, u)
+		prev, dup := seen[p]
+		assert.False(t, dup, "%q and %q share principal %q", prev, u, p)
+		seen[p] = u
+	}
 }

@@ -26,7 +26,7 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans store.Answer, redisOK
 	if g.cfg.Conflicts.Mode != config.ConflictDeny || g.tracker == nil {
 		return Decision{}, false
 	}
-	principal := conflicts.Principal(c.HasUsername, c.Username)
+	principal := principalOf(c)
 	holder := g.localHolder(c.ClientID, principal)
 	attempt := store.Conn{}
 	claimed := false

@@ -3,8 +3,10 @@ package plugin
 import (
 	"net/netip"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -15,6 +17,8 @@ type liveConn struct {
 	clientID    string
 	username    string
 	hasUsername bool
+	certID      string // the client certificate's ID, "" without one
+	certSubject string // its subject, for kick lines (logval.Max bytes of it)
 	ip          netip.Addr
 	conn        store.Conn  // as recorded for conflict detection
 	other       *store.Conn // the connection of this broker it took over, if any
@@ -140,9 +144,9 @@ func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool
 func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 	now := g.now()
 	lc := &liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
-		ip: ip, pending: pending, since: now}
+		certID: c.CertID, certSubject: subjectKept(c.CertSubject), ip: ip, pending: pending, since: now}
 	if g.tracker != nil {
-		lc.conn = g.tracker.NewConn(conflicts.Principal(c.HasUsername, c.Username), addrString(c, ip), now)
+		lc.conn = g.tracker.NewConn(principalOf(c), addrString(c, ip), now)
 	}
 	g.mu.Lock()
 	if old := g.conns[c.Handle]; old != nil && old.offline {
@@ -213,6 +217,26 @@ func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 		return &o
 	}
 	return nil
+}
+
+// principalOf returns c's principal for conflict detection: its
+// certificate when it has one, else its username (conflicts.Principal).
+func principalOf(c Client) string {
+	return conflicts.Principal(c.CertID, c.HasUsername, c.Username)
+}
+
+// subjectKept cuts a certificate subject to what a log line quotes of it
+// (logval.Max bytes, at a character boundary): a connection keeps no more
+// of it than its kick line shows.
+func subjectKept(s string) string {
+	if len(s) <= logval.Max {
+		return s
+	}
+	cut := logval.Max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
 }
 
 func addrString(c Client, ip netip.Addr) string {

@@ -60,6 +60,9 @@ func (f *fakeStore) Lookup(ctx context.Context, q store.Query) (store.Answer, er
 	if q.HasUsername {
 		cands = append(cands, [2]string{string(keys.Username), q.Username})
 	}
+	if keys.IsCertID(q.Cert) {
+		cands = append(cands, [2]string{string(keys.Cert), q.Cert})
+	}
 	if q.IP.IsValid() {
 		cands = append(cands, [2]string{string(keys.IP), q.IP.String()})
 		for _, p := range keys.Prefixes(q.IP) {

@@ -85,7 +85,8 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 	}
 	g.mu.Unlock()
 	for _, lc := range kicked {
-		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername}
+		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername,
+			CertID: lc.certID, CertSubject: lc.certSubject}
 		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: kicking %s rule=%s origin=operator: banned while connected",
 			describeClient(c, lc.ip), logval.Quote(key)))
 		g.out.Kick(lc.handle, lc.clientID)
@@ -102,12 +103,14 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 		return lc.ip.IsValid() && lc.ip.String() == value
 	case keys.CIDR:
 		return lc.ip.IsValid() && prefix.Contains(lc.ip)
+	case keys.Cert:
+		return lc.certID != "" && lc.certID == value
 	}
 	return false
 }
 
 func queryOf(lc *liveConn) store.Query {
-	return store.Query{ClientID: lc.clientID, IP: lc.ip, Username: lc.username, HasUsername: lc.hasUsername}
+	return store.Query{ClientID: lc.clientID, IP: lc.ip, Username: lc.username, HasUsername: lc.hasUsername, Cert: lc.certID}
 }
 
 // KickDue says what to do with a kick queued for connection handle, whose

@@ -23,7 +23,7 @@ import (
 // stall the broker for as many round trips as it holds clients.
 func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, known bool) {
 	q := store.Query{
-		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername,
+		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername, Cert: c.CertID,
 		WantUser:  g.cfg.Backend == config.BackendRedis,
 		WantConns: g.tracker != nil && g.cfg.Conflicts.Mode == config.ConflictDeny && !reauth,
 	}

@@ -150,7 +150,9 @@ func (t *throttleLog) first(username string, now time.Time, ttl time.Duration) b
 	return true
 }
 
-// describeClient renders who a client is, every client-supplied value quoted.
+// describeClient renders who a client is, every client-supplied value
+// quoted; a client with a certificate is named by it too (its ID and
+// subject), so that a line says which device a refusal or kick was.
 func describeClient(c Client, ip netip.Addr) string {
 	var b strings.Builder
 	b.WriteString("client_id=")
@@ -166,6 +168,12 @@ func describeClient(c Client, ip netip.Addr) string {
 		b.WriteString(logval.Quote(c.Username))
 	} else {
 		b.WriteString("<none>")
+	}
+	if c.CertID != "" {
+		b.WriteString(" cert_id=")
+		b.WriteString(logval.Quote(c.CertID)) // 64 hex digits from the cgo layer; quoted should a caller pass anything else
+		b.WriteString(" cert_subject=")
+		b.WriteString(logval.Quote(c.CertSubject))
 	}
 	return b.String()
 }

@@ -56,6 +56,8 @@ type Client struct {
 	Username    string
 	HasUsername bool
 	Password    []byte
+	CertID      string // the client certificate's ID (keys.CertID of its DER); "" without one
+	CertSubject string // its subject, as text; hostile like every string here
 }
 
 // Rules that are not list entries.

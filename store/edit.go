@@ -18,7 +18,8 @@ import (
 //
 // value must be in the form the plugin matches: an ip value a canonical
 // address (keys.ParseIPKey), a cidr value a canonical network
-// (keys.ParseCIDR); SetEntry refuses, writing nothing, an entry that could
+// (keys.ParseCIDR), a cert value a certificate ID in lower case
+// (keys.IsCertID; keys.ParseCertID makes one); SetEntry refuses, writing nothing, an entry that could
 // never match. It does not look at reason: keeping keys.AutoBanMarker to
 // the plugin's own bans is the caller's part. A Redis error is a
 // *RedisError.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +66,7 @@ func TestSetEntry(t *testing.T) {
 		{keys.Block, keys.IP, "192.0.2.1", "scanner", 90 * time.Minute, "p:block:ip:192.0.2.1"},
 		{keys.Block, keys.CIDR, "2001:db8::/32", "range", 1500*time.Millisecond + 700*time.Microsecond, "p:block:cidr:2001:db8::/32"},
 		{keys.Allow, keys.Username, "a:b*", "", 0, "p:allow:username:a:b*"},
+		{keys.Block, keys.Cert, keys.CertID([]byte("c")), "revoked", time.Hour, "p:block:cert:" + keys.CertID([]byte("c"))},
 	} {
 		require.NoError(t, rdb.FlushAll(ctx).Err())
 		key, err := s.SetEntry(ctx, tc.kind, tc.scope, tc.value, tc.reason, tc.ttl)
@@ -108,6 +110,8 @@ func TestSetEntryRefuses(t *testing.T) {
 		{keys.Block, keys.IP, "::ffff:192.0.2.1", 0, `store: set entry: keys: bad IP address "::ffff:192.0.2.1": expected the canonical address 192.0.2.1`},
 		{keys.Block, keys.IP, "host", 0, `store: set entry: keys: bad IP address "host": expected an address such as`},
 		{keys.Allow, keys.CIDR, "10.1.2.3/8", 0, `store: set entry: keys: bad range "10.1.2.3/8": expected the canonical network 10.0.0.0/8`},
+		{keys.Block, keys.Cert, "AB:CD", 0, `store: set entry: keys: certificate ID "AB:CD": expected 64 lower-case hex digits`},
+		{keys.Allow, keys.Cert, strings.ToUpper(keys.CertID(nil)), 0, `expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)`},
 		{keys.User, keys.ClientID, "x", 0, `store: set entry: "user" is no list (expected allow or block)`},
 		{keys.Block, "host", "x", 0, `store: set entry: keys: unknown scope "host"`},
 		{keys.Block, keys.ClientID, "x", -time.Second, `store: set entry: expiry -1s: expected zero (never) or at least 1ms`},

@@ -52,7 +52,8 @@ func (e Entry) Origin() string { return origin(e.Reason) }
 
 // NeverMatches says why the plugin can never match e, or "" when it can: an
 // ip key that is no canonical address (keys.ParseIPKey) or a range key that
-// is no canonical network (keys.ParseCIDR), as the plugin reports them too.
+// is no canonical network (keys.ParseCIDR) or a cert key that is no
+// certificate ID in lower case (keys.IsCertID), as the plugin reports them too.
 // The reason is what the value should be ("expected the canonical network
 // 10.0.0.0/8"), without the value itself.
 func (e Entry) NeverMatches() string { return neverMatches(e.Scope, e.Value) }
@@ -71,7 +72,9 @@ func neverMatches(scope keys.Scope, value string) string {
 }
 
 // matchable returns nil when the plugin can match an entry of scope with
-// value, else the error of keys.ParseIPKey or keys.ParseCIDR.
+// value, else the error of keys.ParseIPKey or keys.ParseCIDR, or for the
+// cert scope why the value is no certificate ID as keys hold it: the plugin
+// looks a certificate up by keys.CertID, 64 lower-case hex digits, only.
 func matchable(scope keys.Scope, value string) error {
 	var err error
 	switch scope {
@@ -79,8 +82,19 @@ func matchable(scope keys.Scope, value string) error {
 		_, err = keys.ParseIPKey(value)
 	case keys.CIDR:
 		_, err = keys.ParseCIDR(value)
+	case keys.Cert:
+		err = certKeyError(value)
 	}
 	return err
+}
+
+// certKeyError returns nil when value is a certificate ID in the form keys
+// hold, else an error saying what is expected.
+func certKeyError(value string) error {
+	if keys.IsCertID(value) {
+		return nil
+	}
+	return fmt.Errorf("keys: certificate ID %q: expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)", value)
 }
 
 // Listing is what List found.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -248,6 +249,9 @@ func TestNeverMatches(t *testing.T) {
 		{keys.CIDR, "x", "expected a network such as 203.0.113.0/24 or 2001:db8::/32"},
 		{keys.CIDR, "::ffff:1.2.3.0/90", `bad range "::ffff:1.2.3.0/90": an IPv4-mapped range must be at least /96`},
 		{keys.ClientID, "::ffff:192.0.2.1", ""},
+		{keys.Cert, keys.CertID([]byte("c")), ""},
+		{keys.Cert, strings.ToUpper(keys.CertID([]byte("c"))), "expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)"},
+		{keys.Cert, "cert.pem", "expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)"},
 	} {
 		assert.Equal(t, tc.why, Entry{Scope: tc.scope, Value: tc.value}.NeverMatches(), "%s %q", tc.scope, tc.value)
 	}

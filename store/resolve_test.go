@@ -16,6 +16,7 @@ func TestResolve(t *testing.T) {
 	allowIP, allowCIDR := m(keys.Allow, keys.IP), m(keys.Allow, keys.CIDR)
 	blockID, blockUser := m(keys.Block, keys.ClientID), m(keys.Block, keys.Username)
 	blockIP, blockCIDR := m(keys.Block, keys.IP), m(keys.Block, keys.CIDR)
+	allowCert, blockCert := m(keys.Allow, keys.Cert), m(keys.Block, keys.Cert)
 	cases := []struct {
 		name          string
 		allows        []*Match
@@ -30,6 +31,9 @@ func TestResolve(t *testing.T) {
 		{"ip allow lifts everything", []*Match{nil, nil, allowIP}, []*Match{blockID, blockUser, blockIP, blockCIDR}, allowIP, nil},
 		{"range allow lifts everything", []*Match{nil, nil, nil, allowCIDR}, []*Match{blockID, nil, blockIP}, allowCIDR, nil},
 		{"proof preferred to claim", []*Match{allowID, nil, allowIP}, []*Match{nil, nil, blockIP}, allowIP, nil},
+		{"cert allow lifts everything", []*Match{nil, nil, allowCert}, []*Match{blockID, blockUser, blockCert, blockIP, blockCIDR}, allowCert, nil},
+		{"claim allow never lifts a cert ban", []*Match{allowID, allowUser}, []*Match{blockID, blockUser, blockCert}, allowID, blockCert},
+		{"cert allow preferred to claim", []*Match{allowID, nil, allowCert}, []*Match{blockID, nil, nil, blockIP}, allowCert, nil},
 	}
 	for _, c := range cases {
 		a, b := Resolve(c.allows, c.blocks)

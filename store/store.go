@@ -149,8 +149,11 @@ type Query struct {
 	IP          netip.Addr // the zero Addr when the client's address is unknown
 	Username    string
 	HasUsername bool
-	WantUser    bool // also fetch the user's password hash (the redis backend)
-	WantConns   bool // also fetch the live connections of the client ID (clientid_conflict deny)
+	// Cert is the client certificate's ID (keys.CertID), "" without one;
+	// only a value keys.IsCertID accepts is looked up.
+	Cert      string
+	WantUser  bool // also fetch the user's password hash (the redis backend)
+	WantConns bool // also fetch the live connections of the client ID (clientid_conflict deny)
 }
 
 // Match is a list entry that matched.
@@ -187,8 +190,8 @@ type Answer struct {
 
 // Resolve picks, from the allow and block entries that matched a client
 // (each list most specific first), the allow entry that counts and the
-// block entry that refuses despite it. An allow entry on proof (ip, cidr)
-// is preferred to one on a claim (clientid, username); a block entry is
+// block entry that refuses despite it. An allow entry on proof (ip, cidr,
+// cert) is preferred to one on a claim (clientid, username); a block entry is
 // lifted only when keys.Exempts says the allow entry lifts it. The block
 // returned is the most specific one left.
 func Resolve(allows, blocks []*Match) (allow, block *Match) {
@@ -214,9 +217,9 @@ type candidate struct {
 }
 
 // candidates lists the entries a client can match, most specific first:
-// client ID, username, IP, then every range containing the IP.
+// client ID, username, certificate, IP, then every range containing the IP.
 func candidates(q Query) []candidate {
-	out := make([]candidate, 0, 3+129)
+	out := make([]candidate, 0, 4+129)
 	out = append(out, candidate{keys.ClientID, q.ClientID})
 	if t := keys.Tracking(q.ClientID); t != q.ClientID {
 		out = append(out, candidate{keys.ClientID, t}) // automatic bans of a long client ID
@@ -226,6 +229,9 @@ func candidates(q Query) []candidate {
 		if t := keys.Tracking(q.Username); t != q.Username {
 			out = append(out, candidate{keys.Username, t})
 		}
+	}
+	if keys.IsCertID(q.Cert) {
+		out = append(out, candidate{keys.Cert, q.Cert})
 	}
 	if q.IP.IsValid() {
 		out = append(out, candidate{keys.IP, q.IP.String()})

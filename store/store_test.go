@@ -61,6 +61,44 @@ func TestLookupScopesInOrder(t *testing.T) {
 	assert.Equal(t, "guard:allow:cidr:0.0.0.0/0", a.Allow.Key)
 }
 
+func TestLookupCert(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	id := keys.CertID([]byte("device certificate"))
+	q := Query{ClientID: "dev-1", IP: netip.MustParseAddr("203.0.113.9"), Username: "bob", HasUsername: true, Cert: id}
+	assert.Nil(t, lookup(t, s, q).Block)
+
+	r.CLI("SET", "guard:block:cert:"+id, "revoked", "EX", "100")
+	a := lookup(t, s, q)
+	require.NotNil(t, a.Block)
+	assert.Equal(t, keys.Cert, a.Block.Scope)
+	assert.Equal(t, "guard:block:cert:"+id, a.Block.Key)
+	assert.Equal(t, "revoked", a.Block.Reason)
+	assert.InDelta(t, 100*time.Second, a.Block.TTL, float64(2*time.Second))
+	other := q
+	other.Cert = keys.CertID([]byte("another certificate"))
+	assert.Nil(t, lookup(t, s, other).Block, "another certificate passes")
+	none := q
+	none.Cert = ""
+	assert.Nil(t, lookup(t, s, none).Block, "no certificate passes")
+
+	r.CLI("SET", "guard:allow:clientid:dev-1", "claimed")
+	a = lookup(t, s, q)
+	require.NotNil(t, a.Block, "a claim's allow does not lift a certificate ban")
+	assert.Equal(t, keys.Cert, a.Block.Scope)
+
+	r.CLI("SET", "guard:block:ip:203.0.113.9", "ip ban")
+	r.CLI("SET", "guard:allow:cert:"+other.Cert, "trusted device")
+	a = lookup(t, s, other)
+	assert.Nil(t, a.Block, "an allow on the certificate lifts the ip ban")
+	require.NotNil(t, a.Allow)
+	assert.Equal(t, "guard:allow:cert:"+other.Cert, a.Allow.Key, "proof preferred to the claim")
+
+	upper := q
+	upper.Cert = strings.ToUpper(id)
+	r.CLI("SET", "guard:block:cert:"+upper.Cert, "never matches")
+	assert.Equal(t, keys.IP, lookup(t, s, upper).Block.Scope, "only a certificate ID in lower case is looked up")
+}
+
 func TestLookupUsernameOnlyWhenGiven(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	r.CLI("SET", "guard:block:username:", "empty username")

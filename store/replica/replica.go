@@ -94,7 +94,7 @@ type Replica struct {
 	kb keys.Builder
 
 	mu     sync.RWMutex
-	exact  map[string]slot // allow/block keys of the clientid, ip and username scopes
+	exact  map[string]slot // allow/block keys of the clientid, ip, username and cert scopes
 	ranges map[keys.Kind]*[2]rangeSet
 	users  map[string]slot // username -> hash, for the redis backend
 	// throttles: username (keys.Tracking form) -> its throttle key's entry
@@ -169,6 +169,11 @@ func (r *Replica) classify(key string) (keyClass, keys.Kind, netip.Prefix, strin
 			return classNone, kind, netip.Prefix{}, value, fmt.Errorf("range key %q can never match: %w", key, err)
 		}
 		return classRange, kind, p, value, nil
+	case keys.Cert:
+		// Clients are looked up by keys.CertID only: 64 lower-case hex digits.
+		if !keys.IsCertID(value) {
+			return classNone, kind, netip.Prefix{}, value, fmt.Errorf("cert key %q can never match: expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)", key)
+		}
 	}
 	return classList, kind, netip.Prefix{}, value, nil
 }
@@ -354,13 +359,13 @@ func (r *Replica) Sweep(t time.Time) int {
 
 // Lookup answers q from the replica, exactly as store.Store.Lookup
 // answers it from Redis: the first allow and block entries in the order
-// client ID, username, IP, narrowest range.
+// client ID, username, certificate, IP, narrowest range.
 func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 	now := t.UnixMilli()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var a store.Answer
-	var allows, blocks [4]*store.Match
+	var allows, blocks [5]*store.Match
 	r.matches(keys.Allow, q, now, &allows)
 	r.matches(keys.Block, q, now, &blocks)
 	a.Allow, a.Block = store.Resolve(allows[:], blocks[:])
@@ -379,8 +384,8 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 }
 
 // matches fills out with the entries of one list that match q, one per
-// scope, in the order client ID, username, IP, narrowest range.
-func (r *Replica) matches(kind keys.Kind, q store.Query, now int64, out *[4]*store.Match) {
+// scope, in the order client ID, username, certificate, IP, narrowest range.
+func (r *Replica) matches(kind keys.Kind, q store.Query, now int64, out *[5]*store.Match) {
 	try := func(scope keys.Scope, value string) *store.Match {
 		k := r.kb.List(kind, scope, value)
 		if e, ok := r.exact[k]; ok && e.live(now) {
@@ -403,13 +408,16 @@ func (r *Replica) matches(kind keys.Kind, q store.Query, now int64, out *[4]*sto
 	if q.HasUsername {
 		out[1] = tryClaim(keys.Username, q.Username)
 	}
+	if keys.IsCertID(q.Cert) { // as store.candidates: an exact key, never a tracking form
+		out[2] = try(keys.Cert, q.Cert)
+	}
 	if !q.IP.IsValid() {
 		return
 	}
-	out[2] = try(keys.IP, q.IP.String())
+	out[3] = try(keys.IP, q.IP.String())
 	if e, p, ok := r.ranges[kind][family(q.IP)].match(q.IP, now); ok {
 		v := p.String()
-		out[3] = match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
+		out[4] = match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
 	}
 }
 

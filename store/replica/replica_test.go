@@ -59,6 +59,44 @@ func TestLookupMatchesRedisOrder(t *testing.T) {
 	assert.Equal(t, 5, r.Len())
 }
 
+func TestLookupCert(t *testing.T) {
+	r := New(kb)
+	now := time.Now()
+	id, other := keys.CertID([]byte("device")), keys.CertID([]byte("other"))
+	withCert := func(cert string) store.Query {
+		qq := q("d", "203.0.113.9", "bob")
+		qq.Cert = cert
+		return qq
+	}
+	require.NoError(t, r.Put("guard:block:cert:"+id, "revoked", now.Add(time.Minute)))
+	err := r.Put("guard:block:cert:"+strings.ToUpper(other), "upper", time.Time{})
+	require.Error(t, err, "a cert key in another form can never match")
+	assert.Contains(t, err.Error(), "expected 64 lower-case hex digits")
+	require.Error(t, r.Put("guard:block:cert:cert.pem", "path", time.Time{}))
+	assert.Equal(t, 1, r.Len())
+
+	a := r.Lookup(withCert(id), now)
+	require.NotNil(t, a.Block)
+	assert.Equal(t, keys.Cert, a.Block.Scope)
+	assert.Equal(t, "guard:block:cert:"+id, a.Block.Key)
+	assert.InDelta(t, time.Minute, a.Block.TTL, float64(time.Millisecond))
+	assert.Nil(t, r.Lookup(withCert(other), now).Block)
+	assert.Nil(t, r.Lookup(withCert(""), now).Block)
+	assert.Nil(t, r.Lookup(withCert(strings.ToUpper(id)), now).Block, "only a lower-case ID is looked up")
+
+	require.NoError(t, r.Put("guard:allow:clientid:d", "claim", time.Time{}))
+	assert.Equal(t, keys.Cert, r.Lookup(withCert(id), now).Block.Scope, "a claim's allow does not lift a cert ban")
+	require.NoError(t, r.Put("guard:block:username:bob", "u", time.Time{}))
+	assert.Equal(t, keys.Cert, r.Lookup(withCert(id), now).Block.Scope, "the claim's allow lifts the username ban only")
+
+	require.NoError(t, r.Put("guard:block:ip:203.0.113.9", "ip", time.Time{}))
+	require.NoError(t, r.Put("guard:allow:cert:"+other, "trusted", time.Time{}))
+	a = r.Lookup(withCert(other), now)
+	assert.Nil(t, a.Block, "an allow on the certificate lifts every ban")
+	require.NotNil(t, a.Allow)
+	assert.Equal(t, keys.Cert, a.Allow.Scope)
+}
+
 func TestExpiryToTheMillisecond(t *testing.T) {
 	r := New(kb)
 	now := time.Now()

@@ -1,0 +1,63 @@
+/*
+ * The client certificate, as DER bytes, without a build dependency on
+ * OpenSSL: mosquitto_client_certificate returns an X509 * (a new reference)
+ * only on a broker built with TLS, which has libcrypto loaded; i2d_X509 and
+ * X509_free are looked up there, once, with dlsym. Broker thread only.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include "guard.h"
+
+typedef int (*i2d_x509_fn)(void *x, unsigned char **out);
+typedef void (*x509_free_fn)(void *x);
+
+static int cert_resolved; /* 0: not yet; 1: found; -1: missing */
+static i2d_x509_fn cert_i2d;
+static x509_free_fn cert_free;
+
+/* cert_symbols resolves i2d_X509 and X509_free at first use: 1 when both
+ * are there. Without X509_free the certificate is never asked for: its
+ * reference could not be released. */
+static int cert_symbols(void)
+{
+	if (cert_resolved == 0) {
+		cert_i2d = (i2d_x509_fn)dlsym(RTLD_DEFAULT, "i2d_X509");
+		cert_free = (x509_free_fn)dlsym(RTLD_DEFAULT, "X509_free");
+		cert_resolved = (cert_i2d != NULL && cert_free != NULL) ? 1 : -1;
+	}
+	return cert_resolved == 1;
+}
+
+/* guard_client_cert stores in *der a malloc'd copy of the DER encoding of
+ * the client's certificate (the caller frees it) and returns its length.
+ * Otherwise *der is NULL and it returns GUARD_CERT_NONE (no certificate),
+ * GUARD_CERT_NO_CRYPTO (i2d_X509 or X509_free not found), GUARD_CERT_TOO_BIG
+ * (DER over max bytes) or GUARD_CERT_FAILED (no encoding, or no memory). */
+int guard_client_cert(uintptr_t client, unsigned char **der, int max)
+{
+	*der = NULL;
+	if (!cert_symbols()) {
+		return GUARD_CERT_NO_CRYPTO;
+	}
+	void *x = mosquitto_client_certificate((const struct mosquitto *)client);
+	if (x == NULL) {
+		return GUARD_CERT_NONE;
+	}
+	int rc = GUARD_CERT_FAILED;
+	int n = cert_i2d(x, NULL);
+	if (n > max) {
+		rc = GUARD_CERT_TOO_BIG;
+	} else if (n > 0) {
+		unsigned char *buf = malloc((size_t)n);
+		unsigned char *p = buf; /* i2d_X509 advances p past what it wrote */
+		if (buf != NULL && cert_i2d(x, &p) == n) {
+			*der = buf;
+			rc = n;
+		} else {
+			free(buf);
+		}
+	}
+	cert_free(x);
+	return rc;
+}
