@@ -99,7 +99,7 @@ func TestCertBanRefusesThatCertificate(t *testing.T) {
 
 	e.redis.CLI("SET", certKey("block", stolen), "stolen device")
 	e.expectCert(dev, stolen, refused, "the banned certificate")
-	line := e.logLine("mosquitto-guard: refused", "cert_id="+stolen.ID, `rule="`+certKey("block", stolen)+`"`)
+	line := e.logLine("mosquitto-guard: refused", `cert_id="`+stolen.ID+`"`, `rule="`+certKey("block", stolen)+`"`)
 	assert.Contains(t, line, `client_id="cert-dev-1"`)
 	assert.Contains(t, line, "origin=operator")
 	assert.Contains(t, line, `reason="stolen device"`)
@@ -132,7 +132,7 @@ func TestCertBanKicksHolder(t *testing.T) {
 	assert.True(t, victim.Closed(time.Second), "the holder was not kicked within a second")
 	t.Logf("kicked %s after the SET", time.Since(start).Round(time.Millisecond))
 	line := e.logLine("kicking", `client_id="cert-kick-1"`, `rule="`+certKey("block", revoked)+`"`, "origin=operator")
-	assert.Contains(t, line, "cert_id="+revoked.ID)
+	assert.Contains(t, line, `cert_id="`+revoked.ID+`"`)
 	assert.Contains(t, line, `cert_subject="`)
 	assert.Contains(t, line, "device-revoked")
 
@@ -182,7 +182,8 @@ func TestCertConflictCrossPrincipal(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(f["principals"]), &principals), "principals %q", f["principals"])
 	assert.ElementsMatch(t, []string{"cert:" + a.ID, "cert:" + b.ID}, principals,
 		"the two certificates, not the one username they share")
-	e.logLine("finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", `client_id="cert-shared-1"`, "cert:"+a.ID, "cert:"+b.ID)
+	e.logLine("finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", "kind=cross-principal", `client_id="cert-shared-1"`,
+		`"cert:`+a.ID+`"`, `"cert:`+b.ID+`"`, "principal_kinds=[cert,cert]")
 
 	// The same certificate reconnecting is a normal reconnect.
 	require.EqualValues(t, accepted, e.connectCert(as("127.0.53.3", "cert-own-1", "alice", "alice-pw"), a))
@@ -207,7 +208,7 @@ func TestCertGuardctlBanByPEM(t *testing.T) {
 	assert.Contains(t, string(out), lost.ID, "guardctl names the ID it banned")
 	assert.Equal(t, "lost in transit", e.redis.CLI("GET", certKey("block", lost)))
 	e.expectCert(dev, lost, refused, "the certificate guardctl banned")
-	e.logLine("refused", "cert_id="+lost.ID, `reason="lost in transit"`)
+	e.logLine("refused", `cert_id="`+lost.ID+`"`, `reason="lost in transit"`)
 	assert.EqualValues(t, accepted, e.connectCert(dev, other))
 
 	out, err = exec.Command(bin, "unban", "cert", strings.ToUpper(lost.ID), "--config", e.broker.ConfPath).CombinedOutput()
