@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,6 +43,11 @@ const scopeUsage = `SCOPE and VALUE:
   cidr NETWORK      a range with its host bits zero, in canonical form:
                     203.0.113.0/24, 2001:db8::/32 (203.0.113.5/24 is refused,
                     with the form expected)
+  cert ID|FILE      a client certificate: its ID, the SHA-256 of its DER in
+                    hex (as openssl x509 -noout -fingerprint -sha256 prints
+                    it; colons and upper case are taken), or the path of a
+                    PEM file holding it (the first CERTIFICATE block is
+                    used), whose ID is computed
 Flags may come before or after SCOPE VALUE; a VALUE starting with '-' goes
 after '--': guardctl CMD clientid -- -dev-1
 
@@ -99,17 +105,21 @@ func (e edit) footer() string {
   guardctl ban cidr 198.51.100.0/24 --reason "abuse report 4711"
   guardctl ban username alice --for 7d --config /etc/mosquitto/mosquitto.conf
   guardctl ban clientid 'dev*'          # only the client ID "dev*" itself
+  guardctl ban cert /etc/fleet/dev-17.pem --reason "device stolen"
+  guardctl ban cert 7c00eaf1c8b25a4ae1609a14c1188535a9e626602a51fd34d3ea1458419ebfb0
 `
 	case unbanEdit:
 		ex = `Examples:
   guardctl unban ip 203.0.113.7
   guardctl unban clientid 'sensor 17' --config /etc/mosquitto/mosquitto.conf
+  guardctl unban cert /etc/fleet/dev-17.pem
 `
 	case allowEdit:
 		ex = `Examples:
   guardctl allow clientid plant-gateway
   guardctl allow cidr 10.0.0.0/8 --reason "office network"
   guardctl allow ip 192.0.2.50 --for 2h --reason "load test"
+  guardctl allow cert gateway.pem --reason "plant gateway"   # lifts every ban
 `
 	case unallowEdit:
 		ex = `Examples:
@@ -252,8 +262,55 @@ func listValue(scope keys.Scope, value string) (string, error) {
 			}
 			return "", errors.New(msg)
 		}
+	case keys.Cert:
+		return certValue(value)
 	}
 	return value, nil
+}
+
+// certFileMax bounds the PEM file guardctl reads for a certificate's ID.
+const certFileMax = 1 << 20
+
+// certValue returns the certificate ID value names: that of the
+// certificate in the file value names when there is one (a regular file),
+// else the ID value spells (keys.ParseCertID).
+func certValue(value string) (string, error) {
+	if fi, err := os.Stat(value); err == nil && fi.Mode().IsRegular() {
+		return certFileID(value)
+	}
+	id, err := keys.ParseCertID(value)
+	if err != nil {
+		return "", fmt.Errorf("bad cert %s: expected %s", strconv.Quote(value), expected(keys.Cert))
+	}
+	return id, nil
+}
+
+// certFileID returns the ID of the first certificate in the PEM file path
+// (its first CERTIFICATE block; other blocks, a key among them, are passed
+// over), read up to certFileMax bytes.
+func certFileID(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, certFileMax+1))
+	if err != nil {
+		return "", err
+	}
+	if len(data) > certFileMax {
+		return "", fmt.Errorf("cert file %s: over %d bytes; expected a PEM certificate", strconv.Quote(path), certFileMax)
+	}
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return "", fmt.Errorf("cert file %s: no PEM CERTIFICATE block; expected a PEM certificate (-----BEGIN CERTIFICATE-----)", strconv.Quote(path))
+		}
+		if block.Type == "CERTIFICATE" {
+			return keys.CertID(block.Bytes), nil
+		}
+	}
 }
 
 // expected says what a VALUE of scope must be.
@@ -265,6 +322,8 @@ func expected(scope keys.Scope) string {
 		return "a network such as 203.0.113.0/24 or 2001:db8::/32"
 	case keys.Username:
 		return "a username"
+	case keys.Cert:
+		return "a certificate ID (64 hex digits, the SHA-256 of the certificate's DER, colons allowed) or the path of a PEM certificate file"
 	}
 	return "a client ID"
 }

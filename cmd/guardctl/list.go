@@ -32,13 +32,15 @@ then value (addresses and ranges in address order). ORIGIN is auto for the
 plugin's automatic bans (reason starting with "auto:"), else operator.
 Values and reasons are untrusted: the table shows a value quoted (Go syntax)
 when it holds odd bytes, every reason quoted, both cut to 60 bytes ("..."
-after). Keys that hold no string are left out; keys the plugin can never
-match (an ip or cidr value not in canonical form) are named on stderr.
+after), but a certificate ID is shown whole. Keys that hold no string are
+left out; keys the plugin can never match (an ip or cidr value not in
+canonical form, a cert value not 64 lower-case hex digits) are named on
+stderr.
 
 Flags:
   --allow           the allowlist instead of the bans
-  --scope SCOPE     only the entries of one scope: clientid, ip, cidr or
-                    username
+  --scope SCOPE     only the entries of one scope: clientid, ip, cidr,
+                    username or cert
   --limit N         show the first N entries at most (default 1000) and say
                     how many more there are
   --json            one JSON document instead of the table:
@@ -58,6 +60,7 @@ unreachable), 2 usage error.
 Examples:
   guardctl list --config /etc/mosquitto/mosquitto.conf
   guardctl list --scope ip --limit 50
+  guardctl list --scope cert
   guardctl list --allow --json
 `
 
@@ -218,7 +221,11 @@ func renderListTable(w io.Writer, ls store.Listing) error {
 		if !e.Expires.IsZero() {
 			expires = e.Expires.UTC().Round(time.Second).Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Scope, cell(e.Value), e.Origin(), expires, logval.Fit(e.Reason, maxCell))
+		value := cell(e.Value)
+		if e.Scope == keys.Cert && keys.IsCertID(e.Value) {
+			value = e.Value // 64 hex digits: shown whole, to be copied into unban
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Scope, value, e.Origin(), expires, logval.Fit(e.Reason, maxCell))
 	}
 	return tw.Flush()
 }

@@ -87,6 +87,7 @@ Examples:
   guardctl ban ip 203.0.113.7 --for 1h --reason "scanner"
   guardctl ban cidr 198.51.100.0/24 --reason "abuse report 4711"
   guardctl ban clientid 'dev*'           # the client ID "dev*", nothing else
+  guardctl ban cert dev-17.pem --reason "device stolen"   # or its SHA-256 ID
   guardctl allow clientid plant-gateway
   guardctl list --scope ip
   guardctl unban ip 203.0.113.7
