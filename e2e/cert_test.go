@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -91,6 +92,7 @@ func certKey(kind string, cert *testenv.ClientCert) string {
 // sends, names the certificate in the refusal line, and leaves the others
 // alone: same client ID, username, password and address.
 func TestCertBanRefusesThatCertificate(t *testing.T) {
+	testenv.Need(t, "mosquitto_pub")
 	e := newTLSEnv(t)
 	stolen := e.ca.Client(t, "device-stolen")
 	other := e.ca.Client(t, "device-other")
@@ -110,6 +112,20 @@ func TestCertBanRefusesThatCertificate(t *testing.T) {
 	assert.EqualValues(t, accepted, e.connectCert(dev, other), "another certificate, all else equal")
 	assert.EqualValues(t, refused, e.connectCert(as("127.0.50.2", "cert-dev-2", "bob", "bob-pw"), stolen),
 		"the banned certificate with another client ID, user and address")
+
+	// What the README tells an operator to try, with mosquitto_pub.
+	pub := func(cert *testenv.ClientCert) (string, error) {
+		out, err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(e.broker.Port),
+			"--cafile", e.ca.CertPath, "--cert", cert.CertPath, "--key", cert.KeyPath,
+			"-u", "alice", "-P", "alice-pw", "-i", "cert-dev-pub", "-t", "t/cert", "-m", "hello").CombinedOutput()
+		return string(out), err
+	}
+	out, err := pub(stolen)
+	assert.Error(t, err, "mosquitto_pub with the banned certificate: %s", out)
+	assert.Contains(t, out, "not authorised")
+	t.Logf("mosquitto_pub with the banned certificate: %s", strings.TrimSpace(out))
+	out, err = pub(other)
+	assert.NoError(t, err, "mosquitto_pub with another certificate: %s", out)
 
 	e.redis.CLI("DEL", certKey("block", stolen))
 	e.expectCert(dev, stolen, accepted, "the DEL reached the replica")
@@ -210,6 +226,10 @@ func TestCertGuardctlBanByPEM(t *testing.T) {
 	e.expectCert(dev, lost, refused, "the certificate guardctl banned")
 	e.logLine("refused", `cert_id="`+lost.ID+`"`, `reason="lost in transit"`)
 	assert.EqualValues(t, accepted, e.connectCert(dev, other))
+	out, err = exec.Command(bin, "list", "--scope", "cert", "--config", e.broker.ConfPath).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), lost.ID, "list shows the certificate ID whole")
+	assert.NotContains(t, string(out), other.ID)
 
 	out, err = exec.Command(bin, "unban", "cert", strings.ToUpper(lost.ID), "--config", e.broker.ConfPath).CombinedOutput()
 	require.NoError(t, err, "%s", out)
