@@ -13,23 +13,23 @@ import (
 // certificate.
 const Anonymous = "<anonymous>"
 
-// CertPrefix starts the principal of a client with a certificate:
+// certPrefix starts the principal of a client with a certificate:
 // "cert:" and the certificate's ID (keys.CertID), as AWS IoT names a
 // certificate principal by its ID.
-const CertPrefix = "cert:"
+const certPrefix = "cert:"
 
 // usernamePrefix starts the principal of a username that could pose as
-// another kind of principal: one starting with CertPrefix or with
+// another kind of principal: one starting with certPrefix or with
 // usernamePrefix itself, or equal to Anonymous.
 const usernamePrefix = "username:"
 
 // Principal returns who a client is, for conflict detection: its
-// certificate, CertPrefix+certID, when it has one (certID: keys.CertID of
+// certificate, certPrefix+certID, when it has one (certID: keys.CertID of
 // the certificate the TLS handshake verified; its username is then only a
 // claim beside it), else its authenticated username, else Anonymous.
 //
 // No username poses as another principal: a username starting with
-// CertPrefix or "username:", or equal to Anonymous, is "username:" and the
+// certPrefix or "username:", or equal to Anonymous, is "username:" and the
 // username; every other username is itself, as before certificates. So
 // two clients have one principal only when they have one certificate, or
 // neither a certificate and one username (or none).
@@ -39,20 +39,20 @@ const usernamePrefix = "username:"
 func Principal(certID string, hasUsername bool, username string) string {
 	switch {
 	case certID != "":
-		return keys.Tracking(CertPrefix + certID)
+		return keys.Tracking(certPrefix + certID)
 	case !hasUsername:
 		return Anonymous
-	case username == Anonymous || strings.HasPrefix(username, CertPrefix) || strings.HasPrefix(username, usernamePrefix):
+	case username == Anonymous || strings.HasPrefix(username, certPrefix) || strings.HasPrefix(username, usernamePrefix):
 		return keys.Tracking(usernamePrefix + username)
 	}
 	return keys.Tracking(username)
 }
 
-// PrincipalKind names the kind of a principal Principal returned: "cert",
+// principalKind names the kind of a principal Principal returned: "cert",
 // "anonymous" or "username".
-func PrincipalKind(principal string) string {
+func principalKind(principal string) string {
 	switch {
-	case strings.HasPrefix(principal, CertPrefix):
+	case strings.HasPrefix(principal, certPrefix):
 		return "cert"
 	case principal == Anonymous:
 		return "anonymous"

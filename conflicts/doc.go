@@ -1,7 +1,8 @@
 // Package conflicts tracks client IDs across brokers and reports conflicts:
-// a client ID used by another principal (username) within conflict_window,
-// or the same principal's connections taking it over from each other more
-// than takeover_limit times in takeover_window.
+// a client ID used by another principal (a certificate, cert:<id>, or a
+// username: see Principal) within conflict_window, or the same principal's
+// connections taking it over from each other more than takeover_limit times
+// in takeover_window.
 //
 // The broker thread calls only what costs no Redis round trip (NewConn,
 // Connected, Disconnected, Refused, RemoteHolder) or what is bounded by

@@ -39,7 +39,7 @@ func describeFinding(f *store.Finding) string {
 	kinds := make([]string, len(f.Principals))
 	for i, p := range f.Principals {
 		ps[i] = logval.Quote(p)
-		kinds[i] = PrincipalKind(p)
+		kinds[i] = principalKind(p)
 	}
 	return fmt.Sprintf("mosquitto-guard: finding %s severity=%s kind=%s action=%s client_id=%s principals=[%s] principal_kinds=[%s] ips=[%s] brokers=[%s] disconnected_ms=%d count=%d id=%s",
 		f.Reason, f.Severity, f.Kind, f.Action, logval.Quote(f.ClientID), strings.Join(ps, ","), strings.Join(kinds, ","), strings.Join(ips, ","),

@@ -107,15 +107,15 @@ func TestPrincipal(t *testing.T) {
 	id := keys.CertID([]byte("device"))
 	assert.Equal(t, "cert:"+id, Principal(id, true, "alice"), "a certificate is the principal, even with a username")
 	assert.Equal(t, "cert:"+id, Principal(id, false, ""))
-	assert.Equal(t, "cert", PrincipalKind(Principal(id, true, "alice")))
-	assert.Equal(t, "username", PrincipalKind(Principal("", true, "alice")))
-	assert.Equal(t, "anonymous", PrincipalKind(Principal("", false, "")))
+	assert.Equal(t, "cert", principalKind(Principal(id, true, "alice")))
+	assert.Equal(t, "username", principalKind(Principal("", true, "alice")))
+	assert.Equal(t, "anonymous", principalKind(Principal("", false, "")))
 
 	// No username poses as a certificate, as anonymous, or as another username.
 	seen := map[string]string{}
 	for _, u := range []string{"cert:" + id, "username:cert:" + id, "username:username:cert:" + id, Anonymous, "username:" + Anonymous, "alice", "username:alice"} {
 		p := Principal("", true, u)
-		assert.Equal(t, "username", PrincipalKind(p), u)
+		assert.Equal(t, "username", principalKind(p), u)
 		assert.NotEqual(t, Principal(id, false, ""), p, u)
 		assert.NotEqual(t, Anonymous, p, u)
 		prev, dup := seen[p]
