@@ -283,3 +283,85 @@ func TestCertBanPropagatesToEveryBroker(t *testing.T) {
 	a.expectCert(as("127.0.56.3", "cert-fleet-3", "alice", "alice-pw"), fleet, accepted)
 	b.expectCert(as("127.0.56.3", "cert-fleet-3", "alice", "alice-pw"), fleet, accepted)
 }
+
+// A username cannot pose as a certificate: a client on a plain listener
+// whose username is "cert:<id>" is the principal "username:cert:<id>", and
+// the certificate's holder taking its client ID over is a cross-principal
+// finding between the two.
+func TestCertPrincipalNotForgedByUsername(t *testing.T) {
+	plain := testenv.FreePort(t)
+	e := newTLSEnv(t, "auth_opt_backend redis", fmt.Sprintf("listener %d 127.0.0.1", plain))
+	device := e.ca.Client(t, "device-real")
+	hash := strings.SplitN(strings.TrimSpace(readFileLine(t, e.passwd, "alice:")), ":", 2)[1]
+	poser := "cert:" + device.ID
+	e.redis.CLI("SET", "guard:user:alice", hash)
+	e.redis.CLI("SET", "guard:user:"+poser, hash)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var conn *mqttc.Conn
+	var code byte
+	eventually(t, 2*time.Second, func() bool {
+		var err error
+		conn, code, err = mqttc.Dial(ctx, mqttc.Options{Addr: fmt.Sprintf("127.0.0.1:%d", plain), SourceIP: "127.0.57.1",
+			ClientID: "cert-pose-1", Username: str(poser), Password: str("alice-pw")})
+		require.NoError(t, err)
+		return code == accepted
+	}, "the user %q not accepted on the plain listener", poser)
+	conn.Disconnect()
+	e.waitLive("cert-pose-1", 0)
+	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("HLEN", "guard:seen:cert-pose-1") == "1" }, "the poser not remembered")
+	require.EqualValues(t, accepted, e.connectCert(as("127.0.57.2", "cert-pose-1", "alice", "alice-pw"), device))
+
+	f := e.waitFindings(1)[0]
+	assert.Equal(t, "cross-principal", f["kind"])
+	var principals []string
+	require.NoError(t, json.Unmarshal([]byte(f["principals"]), &principals), "principals %q", f["principals"])
+	assert.ElementsMatch(t, []string{"username:" + poser, poser}, principals)
+	line := e.logLine("finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", `client_id="cert-pose-1"`)
+	assert.True(t, strings.Contains(line, "principal_kinds=[cert,username]") || strings.Contains(line, "principal_kinds=[username,cert]"), line)
+}
+
+// A reload makes Mosquitto authenticate every connected client again; the
+// plugin reads each one's certificate there too. Under per_listener_settings
+// true (no TICK on Mosquitto 2.0.11-2.0.14) a certificate ban's kick waits
+// for a safe point, and the reload's re-check refuses the holder, naming
+// the certificate; a holder whose certificate is allowed stays, though its
+// address is banned.
+func TestCertReloadRecheck(t *testing.T) {
+	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server", "redis-cli")
+	ca := testenv.NewCA(t)
+	e := &tlsEnv{env: &env{t: t, dir: t.TempDir()}, ca: ca}
+	e.passwd = e.dir + "/passwd"
+	e.addUser("alice", "alice-pw")
+	e.redis = startRedis(t)
+	conf := "per_listener_settings true\n" + strings.Join(tlsListener(t, ca), "\n") + "\n" + e.conf()
+	e.broker = startBroker(t, conf)
+
+	banned, allowed := ca.Client(t, "device-banned"), ca.Client(t, "device-allowed")
+	e.redis.CLI("SET", "guard:block:ip:127.0.59.2", "noisy NAT")
+	e.redis.CLI("SET", certKey("allow", allowed), "")
+	e.expectCert(as("127.0.59.2", "cert-reload-2", "alice", "alice-pw"), allowed, accepted)
+	kept, code := e.dialCert(as("127.0.59.2", "cert-reload-2", "alice", "alice-pw"), allowed)
+	require.EqualValues(t, accepted, code)
+	victim, code := e.dialCert(as("127.0.59.1", "cert-reload-1", "alice", "alice-pw"), banned)
+	require.EqualValues(t, accepted, code)
+
+	e.redis.CLI("SET", certKey("block", banned), "revoked")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	eventually(t, 5*time.Second, func() bool {
+		require.NoError(t, victim.Publish(ctx, "t", []byte("x")))
+		return strings.Contains(e.broker.Output(), `kicking client_id="cert-reload-1"`)
+	}, "the ban did not flag the connection")
+	require.False(t, victim.Closed(200*time.Millisecond), "no TICK, no CONNECT: the kick must still be pending")
+
+	e.broker.Reload()
+	require.True(t, e.broker.WaitOutput("Reloading config.", 5*time.Second))
+	assert.True(t, victim.Closed(2*time.Second), "the banned certificate is disconnected by the re-authentication")
+	e.logLine("refused", `client_id="cert-reload-1"`, `cert_id="`+banned.ID+`"`, `rule="`+certKey("block", banned)+`"`)
+	assert.False(t, kept.Closed(300*time.Millisecond), "the allowed certificate stays through the re-check")
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
+	defer cancel2()
+	assert.NoError(t, kept.Ping(ctx2))
+}
