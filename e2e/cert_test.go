@@ -17,9 +17,10 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
-// tlsEnv is an env whose only listener is TLS with require_certificate
-// true: every client presents a certificate signed by ca, and still sends
-// a username and password, so Mosquitto calls the plugin's BASIC_AUTH.
+// tlsEnv is an env whose listener at broker.Addr is TLS with
+// require_certificate true: every client there presents a certificate
+// signed by ca, and still sends a username and password, so Mosquitto calls
+// the plugin's BASIC_AUTH.
 type tlsEnv struct {
 	*env
 	ca *testenv.CA
@@ -36,6 +37,7 @@ func newTLSEnv(t *testing.T, extra ...string) *tlsEnv {
 // tlsListener returns the lines of a TLS listener with require_certificate
 // true, a server certificate for 127.0.0.1 and ca for its clients.
 func tlsListener(t *testing.T, ca *testenv.CA) []string {
+	t.Helper()
 	cert, key := ca.Server(t)
 	return []string{
 		"listener " + testenv.PortPlaceholder + " 127.0.0.1",
