@@ -18,3 +18,20 @@ int guard_client_subs(uintptr_t client)
 {
 	return mosquitto_client_sub_count((const struct mosquitto *)client);
 }
+
+/* The client's ID, address and username (NULL when it has none), for a
+ * client first seen at an ACL check. */
+const char *guard_client_id(uintptr_t client)
+{
+	return mosquitto_client_id((const struct mosquitto *)client);
+}
+
+const char *guard_client_address(uintptr_t client)
+{
+	return mosquitto_client_address((const struct mosquitto *)client);
+}
+
+const char *guard_client_username(uintptr_t client)
+{
+	return mosquitto_client_username((const struct mosquitto *)client);
+}

@@ -24,4 +24,15 @@ const char *guard_opt_value(struct mosquitto_opt *opts, int i);
 #define GUARD_CERT_FAILED (-3)
 int guard_client_cert(uintptr_t client, unsigned char **der, int max);
 
+/* A client's identity, for its first sight at an ACL check (clients.c). */
+const char *guard_client_id(uintptr_t client);
+const char *guard_client_address(uintptr_t client);
+const char *guard_client_username(uintptr_t client);
+
+/* The connections seen (seen.c). */
+int guard_seen_has(uintptr_t p);
+int guard_seen_add(uintptr_t p);
+void guard_seen_del(uintptr_t p);
+size_t guard_seen_len(void);
+
 #endif

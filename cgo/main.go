@@ -142,6 +142,10 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 		d = in.guard.Reauthenticate(c)
 	} else {
 		safe = true
+		// Seen: its ACL checks need no first sight (seen.c). Only a new
+		// CONNECT enters the set, never the walk, which also visits offline
+		// sessions the broker may free without a DISCONNECT.
+		C.guard_seen_add(client)
 		d = in.guard.Authenticate(c)
 	}
 	clear(c.Password)
@@ -182,6 +186,31 @@ func guardFlagged(h, client C.uintptr_t) (flagged C.int) {
 	reload.End() // the walk after a reload makes no ACL check
 	in := instances.get(uintptr(h))
 	if in != nil && in.guard.Flagged(uintptr(client)) {
+		return 1
+	}
+	return 0
+}
+
+//export guardFirstSight
+func guardFirstSight(h, client C.uintptr_t) (deny C.int) {
+	defer drainLogs() // log lines only: the kick waits for a safe point
+	// Fail closed: a client whose check blew up gets its messages refused.
+	defer recoverTo(&deny, 1, "acl_check (first sight)")
+	reload.End() // the walk after a reload makes no ACL check
+	in := instances.get(uintptr(h))
+	if in == nil {
+		return 0
+	}
+	c := plugin.Client{
+		Handle:   uintptr(client),
+		ClientID: goString(C.guard_client_id(client)),
+		Address:  goString(C.guard_client_address(client)),
+	}
+	if u := C.guard_client_username(client); u != nil {
+		c.Username, c.HasUsername = C.GoString(u), true
+	}
+	c.CertID, c.CertSubject = clientCert(client)
+	if in.guard.FirstSight(c).Result == plugin.Deny {
 		return 1
 	}
 	return 0

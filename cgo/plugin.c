@@ -66,7 +66,9 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 {
 	(void)event;
 	struct mosquitto_evt_disconnect *ed = event_data;
-	return guardDisconnect((uintptr_t)userdata, (uintptr_t)ed->client);
+	int rc = guardDisconnect((uintptr_t)userdata, (uintptr_t)ed->client);
+	guard_seen_del((uintptr_t)ed->client); /* the pointer may be freed and reused now */
+	return rc;
 }
 
 /* Connections flagged banned, awaiting their kick, across instances. While
@@ -99,6 +101,14 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	(void)event;
 	struct mosquitto_evt_acl_check *ed = event_data;
 	const struct acl_reg *reg = userdata;
+	/* A client never seen at BASIC_AUTH (use_identity_as_username or
+	 * use_subject_as_username): this check is the plugin's first sight. */
+	if (!guard_seen_has((uintptr_t)ed->client)) {
+		guard_seen_add((uintptr_t)ed->client);
+		if (guardFirstSight(reg->handle, (uintptr_t)ed->client)) {
+			return MOSQ_ERR_ACL_DENIED;
+		}
+	}
 	if (__atomic_load_n(&flagged_total, __ATOMIC_RELAXED) > 0
 			&& guardFlagged(reg->handle, (uintptr_t)ed->client)) {
 		return MOSQ_ERR_ACL_DENIED;

@@ -1,0 +1,73 @@
+package plugin
+
+import (
+	"net/netip"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// FirstSight decides a connection the plugin first sees at one of its ACL
+// checks (MOSQ_EVT_ACL_CHECK) because Mosquitto 2.0 never called BASIC_AUTH
+// for it: a listener with use_identity_as_username or
+// use_subject_as_username, where the certificate is the client's whole
+// authentication. The lists are checked as at a CONNECT (certificate,
+// client ID, username, IP, range; allow entries as there); a client they
+// ban, or that clientid_conflict deny refuses, is refused now: this ACL
+// check and every later one until its kick, which runs at the next safe
+// point (a TICK, within about 100 ms). Either way the connection is
+// recorded, for kicks by later bans and for conflict detection. No
+// password is checked and no failure counted: there is none.
+//
+// The window this leaves: a banned device completes its TLS handshake and
+// CONNECT, and holds the connection, doing nothing (each PUBLISH and
+// SUBSCRIBE refused), until the kick. Broker thread only.
+func (g *Guard) FirstSight(c Client) Decision {
+	ip, _ := keys.NormalizeIP(c.Address)
+	ans, _ := g.lookup(c, ip, false)
+	redisOK := g.health.up()
+	d := Decision{Result: Allow}
+	switch {
+	case !redisOK && g.cfg.DenyWhenRedisDown:
+		d = Decision{Result: Deny, Rule: RuleRedisUnavailable}
+	case ans.Block != nil:
+		d = Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block}
+	default:
+		if cd, refused := g.checkConflict(c, ip, ans, redisOK); refused {
+			// checkConflict logged it; only the kick is left.
+			g.admitFlagged(c, ip)
+			return cd
+		}
+	}
+	if d.Result != Deny {
+		g.admit(c, ip, false)
+		return d
+	}
+	d.Detail = "seen=first-acl-check (no BASIC_AUTH on this listener: kicked at the next safe point)"
+	g.refusals.refuse(c, ip, d, false)
+	g.admitFlagged(c, ip)
+	return d
+}
+
+// admitFlagged records a connection refused at its first sight, flagged:
+// ACL checks refuse its messages until its kick, queued here. It is not
+// reported to conflict tracking (pending, never confirmed): it was refused.
+func (g *Guard) admitFlagged(c Client, ip netip.Addr) {
+	lc := &liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
+		certID: c.CertID, certSubject: subjectKept(c.CertSubject), ip: ip, pending: true, flagged: true, since: g.now()}
+	g.mu.Lock()
+	if old := g.conns[c.Handle]; old != nil {
+		if !old.offline {
+			g.mu.Unlock()
+			return // seen already after all
+		}
+		g.dropLocked(old) // stale: the pointer was freed and reused
+	}
+	if prev := g.byID[c.ClientID]; prev != nil && prev.handle != c.Handle {
+		lc.displaced, prev.displaced = prev, nil
+	}
+	g.conns[c.Handle] = lc
+	g.byID[c.ClientID] = lc
+	g.out.Flagged(1) // under g.mu: Disconnected's -1 cannot come first
+	g.mu.Unlock()
+	g.out.Kick(c.Handle, c.ClientID)
+}
