@@ -61,3 +61,19 @@ int guard_client_cert(uintptr_t client, unsigned char **der, int max)
 	cert_free(x);
 	return rc;
 }
+
+/* guard_client_has_cert: the client has a certificate now, so its TLS
+ * session is up: a connected client of a require_certificate listener (a
+ * context whose socket is closed, an offline session, has none). */
+int guard_client_has_cert(uintptr_t client)
+{
+	if (!cert_symbols()) {
+		return 0;
+	}
+	void *x = mosquitto_client_certificate((const struct mosquitto *)client);
+	if (x == NULL) {
+		return 0;
+	}
+	cert_free(x);
+	return 1;
+}

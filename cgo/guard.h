@@ -34,5 +34,15 @@ int guard_seen_has(uintptr_t p);
 int guard_seen_add(uintptr_t p);
 void guard_seen_del(uintptr_t p);
 size_t guard_seen_len(void);
+size_t guard_seen_cap(void);
+int guard_denied_add(uintptr_t p);
+int guard_denied_take(uintptr_t p);
+int guard_client_has_cert(uintptr_t client);
+
+/* guardFirstSight's answers. */
+#define GUARD_FIRST_NONE 0  /* not a connected client with a certificate: nothing seen */
+#define GUARD_FIRST_ALLOW 1 /* seen, let through */
+#define GUARD_FIRST_DENY 2  /* seen, refused (flagged; its kick queued) */
+#define GUARD_FIRST_ERROR 3 /* the check blew up: refused, not seen (the next check looks again) */
 
 #endif

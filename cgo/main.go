@@ -146,6 +146,7 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 		// CONNECT enters the set, never the walk, which also visits offline
 		// sessions the broker may free without a DISCONNECT.
 		C.guard_seen_add(client)
+		C.guard_denied_take(client) // a new client at a freed pointer: not the banned one
 		d = in.guard.Authenticate(c)
 	}
 	clear(c.Password)
@@ -192,15 +193,29 @@ func guardFlagged(h, client C.uintptr_t) (flagged C.int) {
 }
 
 //export guardFirstSight
-func guardFirstSight(h, client C.uintptr_t) (deny C.int) {
+func guardFirstSight(h, client C.uintptr_t) (rc C.int) {
 	defer drainLogs() // log lines only: the kick waits for a safe point
-	// Fail closed: a client whose check blew up gets its messages refused.
-	defer recoverTo(&deny, 1, "acl_check (first sight)")
+	// Fail closed, and unseen: this check is refused, the next looks again.
+	defer recoverTo(&rc, C.GUARD_FIRST_ERROR, "acl_check (first sight)")
 	reload.End() // the walk after a reload makes no ACL check
 	in := instances.get(uintptr(h))
 	if in == nil {
-		return 0
+		return C.GUARD_FIRST_NONE
 	}
+	c := identityOf(client)
+	if c.CertID == "" {
+		return C.GUARD_FIRST_NONE // not connected after all: nothing to see
+	}
+	if in.guard.FirstSight(c).Result == plugin.Deny {
+		return C.GUARD_FIRST_DENY
+	}
+	return C.GUARD_FIRST_ALLOW
+}
+
+// identityOf reads what the broker knows of a client that no BASIC_AUTH
+// announced: its ID, address, username (the certificate's identity on a
+// use_identity_as_username listener) and certificate.
+func identityOf(client C.uintptr_t) plugin.Client {
 	c := plugin.Client{
 		Handle:   uintptr(client),
 		ClientID: goString(C.guard_client_id(client)),
@@ -210,17 +225,21 @@ func guardFirstSight(h, client C.uintptr_t) (deny C.int) {
 		c.Username, c.HasUsername = C.GoString(u), true
 	}
 	c.CertID, c.CertSubject = clientCert(client)
-	if in.guard.FirstSight(c).Result == plugin.Deny {
-		return 1
-	}
-	return 0
+	return c
 }
 
 //export guardDisconnect
-func guardDisconnect(h, client C.uintptr_t) (rc C.int) {
+func guardDisconnect(h, client C.uintptr_t, unseen C.int) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "disconnect")
 	if in := instances.get(uintptr(h)); in != nil {
+		// A client with a certificate leaving before any ACL check: if the
+		// lists ban it, the will the broker sends next is refused.
+		if unseen != 0 {
+			if c := identityOf(client); c.CertID != "" && in.guard.LeftUnseen(c) {
+				C.guard_denied_add(client)
+			}
+		}
 		if C.guard_client_persistent(client) != 0 {
 			in.guard.DisconnectedKeepSession(uintptr(client))
 		} else {

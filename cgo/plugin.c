@@ -66,8 +66,12 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 {
 	(void)event;
 	struct mosquitto_evt_disconnect *ed = event_data;
-	int rc = guardDisconnect((uintptr_t)userdata, (uintptr_t)ed->client);
-	guard_seen_del((uintptr_t)ed->client); /* the pointer may be freed and reused now */
+	uintptr_t c = (uintptr_t)ed->client;
+	/* A client that leaves unseen (no ACL check yet) may still send a will:
+	 * its certificate is readable until the socket closes, after this. */
+	int unseen = !guard_seen_has(c) && guard_client_has_cert(c);
+	int rc = guardDisconnect((uintptr_t)userdata, c, unseen);
+	guard_seen_del(c); /* the pointer may be freed and reused now */
 	return rc;
 }
 
@@ -101,12 +105,26 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	(void)event;
 	struct mosquitto_evt_acl_check *ed = event_data;
 	const struct acl_reg *reg = userdata;
+	uintptr_t c = (uintptr_t)ed->client;
 	/* A client never seen at BASIC_AUTH (use_identity_as_username or
-	 * use_subject_as_username): this check is the plugin's first sight. */
-	if (!guard_seen_has((uintptr_t)ed->client)) {
-		guard_seen_add((uintptr_t)ed->client);
-		if (guardFirstSight(reg->handle, (uintptr_t)ed->client)) {
-			return MOSQ_ERR_ACL_DENIED;
+	 * use_subject_as_username): this check is the plugin's first sight, if
+	 * it is connected (it has a certificate; see seen.c). */
+	if (!guard_seen_has(c)) {
+		int connected = guard_client_has_cert(c);
+		if (guard_denied_take(c) && !connected) {
+			return MOSQ_ERR_ACL_DENIED; /* the will of a client banned at its DISCONNECT */
+		}
+		if (connected) {
+			switch (guardFirstSight(reg->handle, c)) {
+			case GUARD_FIRST_ALLOW:
+				guard_seen_add(c);
+				break;
+			case GUARD_FIRST_DENY:
+				guard_seen_add(c);
+				return MOSQ_ERR_ACL_DENIED;
+			case GUARD_FIRST_ERROR:
+				return MOSQ_ERR_ACL_DENIED;
+			}
 		}
 	}
 	if (__atomic_load_n(&flagged_total, __ATOMIC_RELAXED) > 0

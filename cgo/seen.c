@@ -1,16 +1,28 @@
 /*
- * The connections the plugin has seen: a set of client pointers, for
- * listeners with use_identity_as_username or use_subject_as_username, whose
- * clients never reach BASIC_AUTH in Mosquitto 2.0. An ACL check of a client
- * not in the set is the plugin's first sight of it (guardFirstSight). A
- * pointer enters at a new CONNECT's BASIC_AUTH or at that first sight, and
- * leaves at its DISCONNECT, before the broker can free and reuse it; it
- * never enters from the re-check walk after a reload, which also visits
- * offline sessions the broker may free without a DISCONNECT.
+ * Two sets of client pointers, for listeners with use_identity_as_username
+ * or use_subject_as_username, whose clients never reach BASIC_AUTH in
+ * Mosquitto 2.0.
  *
- * Open addressing with linear probing and tombstones, grown at half load:
- * one slot per connected client at most twice over (16 bytes a client).
- * Broker thread only: every caller is a broker callback.
+ * seen: the connections the plugin has seen. An ACL check of a connected
+ * client (one with a certificate: its TLS session is up) not in it is the
+ * plugin's first sight of it (guardFirstSight). A pointer enters at a new
+ * CONNECT's BASIC_AUTH or after a first sight ran, and leaves at its
+ * DISCONNECT. The broker makes ACL checks on contexts that are not
+ * connected (a will, after the DISCONNECT event; messages queued for an
+ * offline session): those have no certificate, are never first-sighted and
+ * never enter, so no pointer the broker may free without a DISCONNECT stays
+ * in the set for a new client to inherit.
+ *
+ * denied: clients banned at their DISCONNECT before any ACL check (seen
+ * there, their certificate still readable): the will check that follows is
+ * refused. An entry is consumed by a connected client's check at the same
+ * pointer (a new client: its own check decides) and by a new CONNECT's
+ * BASIC_AUTH.
+ *
+ * Open addressing with linear probing and tombstones, rebuilt at half load
+ * (tombstones included) to four times the live entries: one slot per
+ * connected client at most eight times over, 8 bytes a slot, whatever the
+ * churn. Broker thread only: every caller is a broker callback.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,10 +30,14 @@
 
 #define TOMB ((uintptr_t)1)
 
-static uintptr_t *slots = NULL;
-static size_t cap = 0;   /* a power of two, or 0 */
-static size_t used = 0;  /* live entries and tombstones */
-static size_t live = 0;
+struct set {
+	uintptr_t *slots;
+	size_t cap;  /* a power of two, or 0 */
+	size_t used; /* live entries and tombstones */
+	size_t live;
+};
+
+static struct set seen, denied;
 
 static size_t hash(uintptr_t p)
 {
@@ -32,18 +48,18 @@ static size_t hash(uintptr_t p)
 	return (size_t)x;
 }
 
-static int grow(void)
+static int rebuild(struct set *s)
 {
-	size_t ncap = cap ? cap * 2 : 1024;
-	while (live * 2 >= ncap) {
+	size_t ncap = 1024;
+	while (ncap < s->live * 4) {
 		ncap *= 2;
 	}
 	uintptr_t *n = calloc(ncap, sizeof(*n));
 	if (!n) {
 		return 0;
 	}
-	for (size_t i = 0; i < cap; i++) {
-		uintptr_t p = slots[i];
+	for (size_t i = 0; i < s->cap; i++) {
+		uintptr_t p = s->slots[i];
 		if (p > TOMB) {
 			size_t j = hash(p) & (ncap - 1);
 			while (n[j]) {
@@ -52,68 +68,74 @@ static int grow(void)
 			n[j] = p;
 		}
 	}
-	free(slots);
-	slots = n;
-	cap = ncap;
-	used = live;
+	free(s->slots);
+	s->slots = n;
+	s->cap = ncap;
+	s->used = s->live;
 	return 1;
 }
 
-int guard_seen_has(uintptr_t p)
+static int has(const struct set *s, uintptr_t p)
 {
-	if (!cap || p <= TOMB) {
+	if (!s->cap || p <= TOMB) {
 		return 0;
 	}
-	for (size_t i = hash(p) & (cap - 1);; i = (i + 1) & (cap - 1)) {
-		if (slots[i] == p) {
+	for (size_t i = hash(p) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+		if (s->slots[i] == p) {
 			return 1;
 		}
-		if (!slots[i]) {
+		if (!s->slots[i]) {
 			return 0;
 		}
 	}
 }
 
-/* guard_seen_add adds p; 0 when memory ran out (p is then unseen, and its
- * next ACL check looks again: checked twice rather than never). */
-int guard_seen_add(uintptr_t p)
+/* add adds p; 0 when memory ran out. */
+static int add(struct set *s, uintptr_t p)
 {
-	if (p <= TOMB || guard_seen_has(p)) {
+	if (p <= TOMB || has(s, p)) {
 		return 1;
 	}
-	if ((used + 1) * 2 > cap && !grow()) {
+	if ((s->used + 1) * 2 > s->cap && !rebuild(s)) {
 		return 0;
 	}
-	size_t i = hash(p) & (cap - 1);
-	while (slots[i] > TOMB) {
-		i = (i + 1) & (cap - 1);
+	size_t i = hash(p) & (s->cap - 1);
+	while (s->slots[i] > TOMB) {
+		i = (i + 1) & (s->cap - 1);
 	}
-	if (!slots[i]) {
-		used++;
+	if (!s->slots[i]) {
+		s->used++;
 	}
-	slots[i] = p;
-	live++;
+	s->slots[i] = p;
+	s->live++;
 	return 1;
 }
 
-void guard_seen_del(uintptr_t p)
+/* del removes p; 1 when it was there. */
+static int del(struct set *s, uintptr_t p)
 {
-	if (!cap || p <= TOMB) {
-		return;
+	if (!s->cap || p <= TOMB) {
+		return 0;
 	}
-	for (size_t i = hash(p) & (cap - 1);; i = (i + 1) & (cap - 1)) {
-		if (slots[i] == p) {
-			slots[i] = TOMB;
-			live--;
-			return;
+	for (size_t i = hash(p) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+		if (s->slots[i] == p) {
+			s->slots[i] = TOMB;
+			s->live--;
+			return 1;
 		}
-		if (!slots[i]) {
-			return;
+		if (!s->slots[i]) {
+			return 0;
 		}
 	}
 }
 
-size_t guard_seen_len(void)
-{
-	return live;
-}
+int guard_seen_has(uintptr_t p) { return has(&seen, p); }
+/* guard_seen_add: 0 when memory ran out (p is then unseen, and its next
+ * ACL check looks again: checked twice rather than never). */
+int guard_seen_add(uintptr_t p) { return add(&seen, p); }
+void guard_seen_del(uintptr_t p) { del(&seen, p); }
+size_t guard_seen_len(void) { return seen.live; }
+size_t guard_seen_cap(void) { return seen.cap; }
+
+int guard_denied_add(uintptr_t p) { return add(&denied, p); }
+int guard_denied_take(uintptr_t p) { return del(&denied, p); }

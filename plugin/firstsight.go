@@ -71,3 +71,19 @@ func (g *Guard) admitFlagged(c Client, ip netip.Addr) {
 	g.mu.Unlock()
 	g.out.Kick(c.Handle, c.ClientID)
 }
+
+// LeftUnseen checks a client that ends before the plugin saw it (no
+// BASIC_AUTH on its listener, no ACL check yet) against the lists, at its
+// DISCONNECT: a client they ban is refused its will, the ACL check the
+// broker makes next, and the refusal is logged. It reports whether the
+// client is banned. Nothing is recorded: the connection is over.
+func (g *Guard) LeftUnseen(c Client) bool {
+	ip, _ := keys.NormalizeIP(c.Address)
+	ans, _ := g.lookup(c, ip, true) // no live connections asked: nothing is admitted
+	if ans.Block == nil {
+		return false
+	}
+	g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block,
+		Detail: "seen=disconnect (its will is refused)"}, false)
+	return true
+}
