@@ -39,7 +39,7 @@ func clientCert(client C.uintptr_t) (id, subject string) {
 	switch {
 	case n == C.GUARD_CERT_NO_CRYPTO:
 		noCryptoOnce.Do(func() {
-			enqueueLog(plugin.LevelNotice, "mosquitto-guard: i2d_X509 or X509_free not found in the broker (built without TLS?): client certificates are not read, and the cert scope matches no client")
+			enqueueLog(plugin.LevelWarning, "mosquitto-guard: i2d_X509 or X509_free not found in the broker (built without TLS?): client certificates are not read, and the cert scope matches no client")
 		})
 		return "", ""
 	case n == C.GUARD_CERT_TOO_BIG:

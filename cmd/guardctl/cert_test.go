@@ -90,9 +90,9 @@ func TestEditCert(t *testing.T) {
 	assert.Equal(t, key, nextMessage(t, ps))
 	noMessage(t, ps)
 
-	// By PEM file: the first CERTIFICATE block, past a key block.
+	// By PEM file: its one CERTIFICATE block, past a key block.
 	path := writePEM(t, "dev-17.pem", &pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte("not a key")},
-		&pem.Block{Type: "CERTIFICATE", Bytes: dev}, &pem.Block{Type: "CERTIFICATE", Bytes: gw})
+		&pem.Block{Type: "CERTIFICATE", Bytes: dev})
 	code, out, errOut = ctl(t, r.Addr, "p:", "unban", "cert", path)
 	require.Equal(t, exitOK, code, errOut)
 	assert.Equal(t, "unbanned "+key+"\n", out)
@@ -132,6 +132,11 @@ func TestEditCertRefused(t *testing.T) {
 	c := client(t, r.Addr)
 	id := certID([]byte("x"))
 	keyOnly := writePEM(t, "key.pem", &pem.Block{Type: "PRIVATE KEY", Bytes: []byte("k")})
+	// A chain or bundle: which is the device's? Refused, naming them (the
+	// CA's ID would match no client). A block X.509 cannot parse: refused.
+	dev, gw := selfSigned(t, "dev-17"), selfSigned(t, "gateway")
+	bundle := writePEM(t, "bundle.pem", &pem.Block{Type: "CERTIFICATE", Bytes: gw}, &pem.Block{Type: "CERTIFICATE", Bytes: dev})
+	junk := writePEM(t, "junk.pem", &pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")})
 	notPEM := filepath.Join(t.TempDir(), "cert.der")
 	require.NoError(t, os.WriteFile(notPEM, []byte("DER bytes"), 0o600))
 	const want = "expected a certificate ID (64 hex digits, the SHA-256 of the certificate's DER, colons allowed) or the path of a PEM certificate file"
@@ -145,6 +150,8 @@ func TestEditCertRefused(t *testing.T) {
 		{[]string{"ban", "cert", "missing.pem"}, `bad cert "missing.pem": ` + want},
 		{[]string{"unban", "cert", keyOnly}, fmt.Sprintf("cert file %q: no PEM CERTIFICATE block; expected a PEM certificate (-----BEGIN CERTIFICATE-----)", keyOnly)},
 		{[]string{"ban", "cert", notPEM}, fmt.Sprintf("cert file %q: no PEM CERTIFICATE block", notPEM)},
+		{[]string{"ban", "cert", bundle}, fmt.Sprintf(`cert file %q: 2 certificates ("CN=gateway", "CN=dev-17"); expected a file holding the device's certificate alone, or its ID`, bundle)},
+		{[]string{"ban", "cert", junk}, fmt.Sprintf("cert file %q: a CERTIFICATE block X.509 cannot parse", junk)},
 		{[]string{"ban", "cert", ""}, "empty VALUE: " + want},
 	} {
 		code, out, errOut := ctl(t, r.Addr, "e:", tc.args...)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -271,23 +272,26 @@ func listValue(scope keys.Scope, value string) (string, error) {
 // certFileMax bounds the PEM file guardctl reads for a certificate's ID.
 const certFileMax = 1 << 20
 
-// certValue returns the certificate ID value names: that of the
-// certificate in the file value names when there is one (a regular file),
-// else the ID value spells (keys.ParseCertID).
+// certValue returns the certificate ID value names: the ID it spells
+// (keys.ParseCertID), or else that of the certificate in the file it names.
+// An ID wins over a file of the same name: a ban by ID must not depend on
+// the working directory.
 func certValue(value string) (string, error) {
+	if id, err := keys.ParseCertID(value); err == nil {
+		return id, nil
+	}
 	if fi, err := os.Stat(value); err == nil && fi.Mode().IsRegular() {
 		return certFileID(value)
 	}
-	id, err := keys.ParseCertID(value)
-	if err != nil {
-		return "", fmt.Errorf("bad cert %s: expected %s", strconv.Quote(value), expected(keys.Cert))
-	}
-	return id, nil
+	return "", fmt.Errorf("bad cert %s: expected %s", strconv.Quote(value), expected(keys.Cert))
 }
 
-// certFileID returns the ID of the first certificate in the PEM file path
-// (its first CERTIFICATE block; other blocks, a key among them, are passed
-// over), read up to certFileMax bytes.
+// certFileID returns the ID of the one certificate in the PEM file path
+// (other blocks, a key among them, are passed over), read up to
+// certFileMax bytes. A block that is no certificate X.509 can parse is
+// refused, and so is a file of several certificates (a chain, a bundle):
+// guessing which one is the device's would ban the wrong one, the CA's
+// perhaps, and match no client.
 func certFileID(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -301,16 +305,34 @@ func certFileID(path string) (string, error) {
 	if len(data) > certFileMax {
 		return "", fmt.Errorf("cert file %s: over %d bytes; expected a PEM certificate", strconv.Quote(path), certFileMax)
 	}
+	var certs []*x509.Certificate
 	for rest := data; ; {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
-			return "", fmt.Errorf("cert file %s: no PEM CERTIFICATE block; expected a PEM certificate (-----BEGIN CERTIFICATE-----)", strconv.Quote(path))
+			break
 		}
-		if block.Type == "CERTIFICATE" {
-			return keys.CertID(block.Bytes), nil
+		if block.Type != "CERTIFICATE" {
+			continue
 		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return "", fmt.Errorf("cert file %s: a CERTIFICATE block X.509 cannot parse (%v)", strconv.Quote(path), err)
+		}
+		certs = append(certs, c)
 	}
+	switch len(certs) {
+	case 0:
+		return "", fmt.Errorf("cert file %s: no PEM CERTIFICATE block; expected a PEM certificate (-----BEGIN CERTIFICATE-----)", strconv.Quote(path))
+	case 1:
+		return keys.CertID(certs[0].Raw), nil
+	}
+	var subjects []string
+	for _, c := range certs {
+		subjects = append(subjects, strconv.Quote(c.Subject.String()))
+	}
+	return "", fmt.Errorf("cert file %s: %d certificates (%s); expected a file holding the device's certificate alone, or its ID",
+		strconv.Quote(path), len(certs), strings.Join(subjects, ", "))
 }
 
 // expected says what a VALUE of scope must be.
