@@ -1,16 +1,11 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,12 +43,7 @@ func expectACLFileDecides(t *testing.T, e *env, w *mqttc.Conn, ip string) {
 // message on u reached bob. Now an incomplete read answers off, logged with
 // what was not read, and acl_file decides.
 func TestACLAutoOffWhenConfigReadIncomplete(t *testing.T) {
-	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
-	e := &env{t: t, dir: t.TempDir()}
-	e.passwd = filepath.Join(e.dir, "passwd")
-	e.addUser("alice", "alice-pw")
-	e.addUser("bob", "bob-pw")
-	e.redis = startRedis(t)
+	e := envWithoutBroker(t)
 	inc := filepath.Join(e.dir, "conf.d")
 	require.NoError(t, os.Mkdir(inc, 0o755))
 	// The main file and 999 includes make 1000 files: zz.conf is the 1001st.
@@ -77,90 +67,19 @@ func TestACLAutoOffWhenConfigReadIncomplete(t *testing.T) {
 // alice's message on u reached bob. Now every -c is read, in order, as one
 // config: auto answers defer and acl_file decides.
 func TestACLAutoReadsEveryConfigFile(t *testing.T) {
-	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
-	e := &env{t: t, dir: t.TempDir()}
-	e.passwd = filepath.Join(e.dir, "passwd")
-	e.addUser("alice", "alice-pw")
-	e.addUser("bob", "bob-pw")
-	e.redis = startRedis(t)
+	e := envWithoutBroker(t)
 	port := testenv.FreePort(t)
 	a := testenv.WriteFile(t, e.dir, "a.conf", fmt.Sprintf("listener %d 127.0.0.1\nlog_dest stderr\nlog_type all\nuser root\n", port)+e.conf())
 	acl := testenv.WriteFile(t, e.dir, "acl", aclFileText)
 	b := testenv.WriteFile(t, e.dir, "b.conf", "acl_file "+acl+"\n")
 	e.broker = &testenv.Mosquitto{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	out := startMosquittoArgs(t, e.broker.Addr, "-c", a, "-c", b)
+	out := testenv.StartProcess(t, e.dir, "mosquitto", "-c", a, "-c", b) // the config logs to stderr, which mosquitto does not buffer
+	require.NoError(t, out.WaitPort(e.broker.Addr, 10*time.Second), out.Output())
 
-	require.True(t, out.wait("mosquitto-guard: ready", 5*time.Second), out.String())
-	assert.Contains(t, out.String(), "mosquitto-guard: acl_check defer: acl_file is set")
+	require.True(t, out.WaitOutput("mosquitto-guard: ready", 5*time.Second), out.Output())
+	assert.Contains(t, out.Output(), "mosquitto-guard: acl_check defer: acl_file is set")
 	w := e.subscribe("127.8.5.9", "#")
 	expectACLFileDecides(t, e, w, "127.8.5.1")
-}
-
-// output collects a process's output for several goroutines.
-type output struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
-
-// wait waits up to d for s in the output.
-func (o *output) wait(s string, d time.Duration) bool {
-	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if strings.Contains(o.String(), s) {
-			return true
-		}
-	}
-	return strings.Contains(o.String(), s)
-}
-
-// startMosquittoArgs starts mosquitto with args (testenv passes one -c
-// only), stopped by its PID when the test ends, and waits for addr to
-// accept connections. The config should log to stderr, which mosquitto
-// does not buffer.
-func startMosquittoArgs(t *testing.T, addr string, args ...string) *output {
-	t.Helper()
-	out := &output{}
-	cmd := exec.Command("mosquitto", args...)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("mosquitto output:\n%s", out)
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-			c.Close()
-			return out
-		}
-		select {
-		case <-done:
-			t.Fatalf("mosquitto exited:\n%s", out)
-		default:
-		}
-		require.True(t, time.Now().Before(deadline), "mosquitto did not listen on %s:\n%s", addr, out)
-	}
 }
 
 // Finding 4: a plugin line giving the plugin by bare name is found by the
@@ -170,12 +89,7 @@ func startMosquittoArgs(t *testing.T, addr string, args ...string) *output {
 // per_listener_settings no listener matched its instances. Now it knows
 // itself, and each listener gets its own answer.
 func TestACLAutoKnowsItselfByBareName(t *testing.T) {
-	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
-	e := &env{t: t, dir: t.TempDir()}
-	e.passwd = filepath.Join(e.dir, "passwd")
-	e.addUser("alice", "alice-pw")
-	e.addUser("bob", "bob-pw")
-	e.redis = startRedis(t)
+	e := envWithoutBroker(t)
 	t.Setenv("LD_LIBRARY_PATH", filepath.Dir(pluginPath))
 	acl := testenv.WriteFile(t, e.dir, "acl", aclFileText)
 	plugin := strings.Join([]string{
@@ -202,10 +116,7 @@ func TestACLAutoOffWithAnotherPlugin(t *testing.T) {
 	if _, err := os.Stat(dynsec); err != nil {
 		t.Skipf("no %s", dynsec)
 	}
-	e := &env{t: t, dir: t.TempDir()}
-	e.passwd = filepath.Join(e.dir, "passwd")
-	e.addUser("alice", "alice-pw")
-	e.redis = startRedis(t)
+	e := envWithoutBroker(t)
 	state := testenv.WriteFile(t, e.dir, "dynsec.json", `{"clients":[],"groups":[],"roles":[]}`)
 	other := "plugin " + dynsec + "\nplugin_opt_config_file " + state
 	for _, conf := range []string{other + "\n" + e.conf(), e.conf(other)} {

@@ -80,6 +80,20 @@ func newEnv(t *testing.T, extra ...string) *env {
 	return e
 }
 
+// envWithoutBroker is newEnv's Redis and password file (the users), for a
+// test that starts the broker its own way.
+func envWithoutBroker(t *testing.T) *env {
+	t.Helper()
+	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server", "redis-cli")
+	e := &env{t: t, dir: t.TempDir()}
+	e.redis = testenv.StartRedis(t)
+	e.passwd = filepath.Join(e.dir, "passwd")
+	for u, p := range users {
+		e.addUser(u, p)
+	}
+	return e
+}
+
 // conf returns the broker config: the plugin with this env's Redis and
 // password file, then extra lines (which may override options).
 func (e *env) conf(extra ...string) string {

@@ -82,6 +82,15 @@ func start(t testing.TB, dir, name string, args ...string) *Process {
 	return p
 }
 
+// StartProcess starts name with args in dir, as the helpers here start
+// redis-server and mosquitto: output kept, stopped by its PID when the test
+// ends, killed with the test binary. For a command line they do not make
+// (mosquitto with several -c files).
+func StartProcess(t testing.TB, dir, name string, args ...string) *Process {
+	t.Helper()
+	return start(t, dir, name, args...)
+}
+
 // PID returns the process ID.
 func (p *Process) PID() int { return p.cmd.Process.Pid }
 
