@@ -175,34 +175,28 @@ const confirmBatch = 256
 
 // confirmLoop turns deferred connections still there after confirmDelay
 // into tracked ones.
-func (g *Guard) confirmLoop() {
-	t := time.NewTicker(confirmDelay / 5)
-	defer t.Stop()
-	for {
-		select {
-		case <-g.stop:
-			return
-		case <-t.C:
+func (g *Guard) confirmLoop() { every(g.stop, confirmDelay/5, g.confirmDue) }
+
+// confirmDue confirms the deferred connections older than confirmDelay.
+func (g *Guard) confirmDue() {
+	cutoff := g.now().Add(-confirmDelay)
+	for more := true; more; {
+		var ready []*liveConn
+		g.mu.Lock()
+		i := 0
+		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].since.Before(cutoff); i++ {
+			lc := g.pending[i]
+			if g.conns[lc.handle] == lc && !lc.offline {
+				lc.pending = false
+				ready = append(ready, lc)
+			}
 		}
-		cutoff := g.now().Add(-confirmDelay)
-		for more := true; more; {
-			var ready []*liveConn
-			g.mu.Lock()
-			i := 0
-			for ; i < len(g.pending) && i < confirmBatch && g.pending[i].since.Before(cutoff); i++ {
-				lc := g.pending[i]
-				if g.conns[lc.handle] == lc && !lc.offline {
-					lc.pending = false
-					ready = append(ready, lc)
-				}
-			}
-			more = i == confirmBatch
-			clear(g.pending[:i])
-			g.pending = g.pending[i:] // no copy under the lock; append reallocates
-			g.mu.Unlock()
-			for _, lc := range ready {
-				g.tracker.Connected(lc.clientID, lc.conn, lc.other)
-			}
+		more = i == confirmBatch
+		clear(g.pending[:i])
+		g.pending = g.pending[i:] // no copy under the lock; append reallocates
+		g.mu.Unlock()
+		for _, lc := range ready {
+			g.tracker.Connected(lc.clientID, lc.conn, lc.other)
 		}
 	}
 }

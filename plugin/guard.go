@@ -221,6 +221,21 @@ func (g *Guard) Reload() {
 
 // spawn runs fn in a goroutine that Close waits for. A panic in it is logged
 // and swallowed: a panic escaping any goroutine would kill the broker.
+// every calls fn every d until stop is closed (not at once: first after d).
+// The one ticker loop of the guard's background work.
+func every(stop <-chan struct{}, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			fn()
+		}
+	}
+}
+
 func (g *Guard) spawn(name string, fn func()) {
 	g.wg.Add(1)
 	go func() {

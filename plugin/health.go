@@ -62,20 +62,13 @@ func (h *health) ping() error {
 
 // run pings Redis every healthEvery until stop.
 func (h *health) run(stop <-chan struct{}) {
-	t := time.NewTicker(healthEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(stop, healthEvery, func() {
 		if err := h.ping(); err != nil {
 			h.down(err)
 		} else {
 			h.upAgain()
 		}
-	}
+	})
 }
 
 func (h *health) up() bool { return h.isUp.Load() }

@@ -84,18 +84,7 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 	ctx, cancel := context.WithCancel(context.Background())
 	g.stopSync = cancel
 	g.spawn("replica", func() { g.sync.Run(ctx) })
-	g.spawn("replica sweep", func() {
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
-		for {
-			select {
-			case <-g.stop:
-				return
-			case <-t.C:
-				g.replica.Sweep(g.now())
-			}
-		}
-	})
+	g.spawn("replica sweep", func() { every(g.stop, time.Minute, func() { g.replica.Sweep(g.now()) }) })
 	if !g.health.up() {
 		return // lookups skip Redis until it is back; the replica loads then
 	}

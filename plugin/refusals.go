@@ -103,14 +103,7 @@ func floodRule(d Decision) string {
 
 // run logs, until stop, the summaries of the refusals the limiter held back.
 func (r *refusals) run(stop <-chan struct{}) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(stop, time.Second, func() {
 		for _, sm := range r.floods.Flush(r.now()) {
 			if sm.Overflow {
 				r.log(LevelNotice, fmt.Sprintf("mosquitto-guard: %d more refusals from other sources in the last %s", sm.Suppressed, sm.Period.Round(time.Second)))
@@ -118,7 +111,7 @@ func (r *refusals) run(stop <-chan struct{}) {
 			}
 			r.log(LevelNotice, fmt.Sprintf("mosquitto-guard: %d more refusals from %s %s in the last %s", sm.Suppressed, sm.Source, sm.Rule, sm.Period.Round(time.Second)))
 		}
-	}
+	})
 }
 
 // throttleLog keeps the refusals of a throttled username to one line per
