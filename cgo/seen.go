@@ -1,0 +1,16 @@
+package main
+
+/*
+#include "guard.h"
+*/
+import "C"
+
+// The seen set (seen.c) from Go, for its tests: the broker-facing calls
+// are made from C (plugin.c) and from guardBasicAuth.
+
+func seenAdd(p uintptr) bool { return C.guard_seen_add(C.uintptr_t(p)) != 0 }
+func seenHas(p uintptr) bool { return C.guard_seen_has(C.uintptr_t(p)) != 0 }
+func seenDel(p uintptr)      { C.guard_seen_del(C.uintptr_t(p)) }
+
+// seenSize returns the set's live entries and its slots.
+func seenSize() (live, slots int) { return int(C.guard_seen_len()), int(C.guard_seen_cap()) }
