@@ -144,6 +144,8 @@ func TestClosest(t *testing.T) {
 	assert.Equal(t, "fail_limit", closest("fali_limit", names))
 	assert.Equal(t, "ban_time", closest("bantime", names))
 	assert.Equal(t, "", closest("completely_else", names))
+	// The nearest wins: redis_addr at one edit, not redis_db at two.
+	assert.Equal(t, "redis_addr", closest("redis_adr", names))
 	assert.Equal(t, 3, editDistance("kitten", "sitting", 5))
 	assert.Greater(t, editDistance("a", "abcdef", 2), 2)
 }

@@ -23,9 +23,16 @@ func unknownOptions(opts map[string]string) Errors {
 	sort.Strings(names)
 	var errs Errors
 	for _, name := range names {
-		errs = append(errs, fmt.Errorf("option %s: %w%s", quoteOdd(name), errUnknownOption, unknownHint(name)))
+		errs = append(errs, UnknownOption(name))
 	}
 	return errs
+}
+
+// UnknownOption is the error for name, an option this plugin does not
+// know, with what to write instead when that can be told. It never echoes
+// a value.
+func UnknownOption(name string) error {
+	return fmt.Errorf("option %s: %w%s", quoteOdd(name), errUnknownOption, unknownHint(name))
 }
 
 // unknownHint says what to write instead of an unknown option.
@@ -48,16 +55,20 @@ func quoteOdd(s string) string {
 	return s
 }
 
-// closest returns the name at most two edits from s, if exactly one is.
+// closest returns the name nearest to s, at most two edits away, if no
+// other is as near ("redis_adr": redis_addr at one edit, not redis_db at two).
 func closest(s string, names []string) string {
-	found := ""
+	found, best, tie := "", 3, false
 	for _, n := range names {
-		if editDistance(s, n, 2) <= 2 {
-			if found != "" {
-				return ""
-			}
-			found = n
+		switch d := editDistance(s, n, 2); {
+		case d < best:
+			found, best, tie = n, d, false
+		case d == best:
+			tie = true
 		}
+	}
+	if tie || found == "" {
+		return ""
 	}
 	return found
 }

@@ -129,11 +129,22 @@ var flagOption = map[string]string{
 // checkInstance checks an instance's merged values as the plugin does; an
 // error about a value read from the file starts with that option line's
 // file:line, so that the line to fix is named.
+//
+// An option the plugin does not know is an error too, as it is to the broker
+// at start: a misspelt redis_addr must not send guardctl to the default
+// Redis while the broker refuses to start, or reads another line.
 func checkInstance(p *config.Plugin, vals map[string]string, fromFile map[string]bool) config.Errors {
+	var unknown config.Errors
+	for name := range p.Options {
+		if !config.IsOption(name) {
+			unknown = append(unknown, fmt.Errorf("%s: %w", p.OptionWhere(name), config.UnknownOption(name)))
+		}
+	}
+	sort.Slice(unknown, func(i, j int) bool { return unknown[i].Error() < unknown[j].Error() })
 	_, err := config.ParseRedis(vals)
 	var errs config.Errors
 	if !errors.As(err, &errs) {
-		return nil
+		return unknown
 	}
 	for i, e := range errs {
 		var oe *config.OptionError
@@ -141,7 +152,7 @@ func checkInstance(p *config.Plugin, vals map[string]string, fromFile map[string
 			errs[i] = fmt.Errorf("%s: %w", p.OptionWhere(oe.Option), e)
 		}
 	}
-	return errs
+	return append(unknown, errs...)
 }
 
 // differing returns the names of the options whose values are not the same

@@ -15,7 +15,8 @@ import (
 
 // sampleConf is read as Mosquitto reads it: a comment starts with '#' in
 // the first byte; an option's value is the rest of the line after one
-// space; the later of two lines wins; only mosquitto-guard's options count.
+// space; the later of two lines wins; only the Redis options are taken (a
+// name this plugin does not know is an error: TestConfigUnknownOptionNamesItsLine).
 const sampleConf = `# mosquitto.conf
 listener 1883
 auth_plugin /usr/lib/mosquitto-guard/mosquitto_guard.so
@@ -29,7 +30,6 @@ plugin_opt_redis_db 3
 
 auth_opt_key_prefix first:
 auth_opt_key_prefix  second:
-auth_opt_redis_addr_extra 1.2.3.4:1
 `
 
 func TestParseConfig(t *testing.T) {

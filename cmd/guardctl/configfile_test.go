@@ -201,3 +201,22 @@ func TestConfigIncludedFileErrors(t *testing.T) {
 	assert.EqualError(t, err, filepath.Join(dir, "conf.d", "guard.conf")+`:2: option redis_db: bad value "99999999": expected a whole number from 0 to 65536`,
 		"the values are checked as the plugin checks them, the line named")
 }
+
+// A misspelt option in the plugin's lines is an error naming its line and
+// the option meant, not a silent fall-back to the default Redis (the
+// broker refuses to start with it): found by a README-only attacker, whose
+// bans went to 127.0.0.1:6379.
+func TestConfigUnknownOptionNamesItsLine(t *testing.T) {
+	main := debianLayout(t, t.TempDir(), "auth_plugin /usr/lib/mosquitto_guard.so\nauth_opt_redis_adr 10.0.0.1:6379\n")
+	guard := filepath.Join(filepath.Dir(main), "conf.d", "guard.conf")
+	_, err := resolved(t, nil, "--config", main)
+	assert.EqualError(t, err, guard+":2: option redis_adr: unknown option (did you mean redis_addr?)")
+}
+
+// A name that starts like a Redis option is no Redis option: refused, never
+// read as redis_addr.
+func TestConfigLookalikeOptionRefused(t *testing.T) {
+	main := debianLayout(t, t.TempDir(), "auth_plugin /usr/lib/mosquitto_guard.so\nauth_opt_redis_addr 10.0.0.2:6379\nauth_opt_redis_addr_extra 1.2.3.4:1\n")
+	_, err := resolved(t, nil, "--config", main)
+	assert.ErrorContains(t, err, "guard.conf:3: option redis_addr_extra: unknown option")
+}
