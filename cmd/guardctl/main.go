@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -57,12 +58,38 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return exitOK
 	}
+	args = commandFirst(args)
 	cmd, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(stderr, "guardctl: unknown command %q; run 'guardctl -h' for the list\n", args[0])
 		return exitUsage
 	}
 	return cmd.run(args[1:], stdout, stderr)
+}
+
+// connValueFlags are the connection flags that take a value.
+var connValueFlags = map[string]bool{"config": true, "redis-addr": true, "redis-username": true,
+	"redis-password": true, "redis-db": true, "key-prefix": true}
+
+// commandFirst moves connection flags written before the command after it
+// (guardctl --config FILE ban ...), where the command's flag set reads them.
+// Anything else is left as it is.
+func commandFirst(args []string) []string {
+	i := 0
+	for i < len(args) && strings.HasPrefix(args[i], "-") {
+		name, _, hasValue := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
+		if !connValueFlags[name] {
+			return args
+		}
+		i++
+		if !hasValue {
+			i++
+		}
+	}
+	if i == 0 || i >= len(args) {
+		return args
+	}
+	return append(append([]string{args[i]}, args[i+1:]...), args[:i]...)
 }
 
 // usage writes the list of subcommands to w.

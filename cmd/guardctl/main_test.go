@@ -125,3 +125,22 @@ func TestBinary(t *testing.T) {
 		}
 	}
 }
+
+// Connection flags may come before the command, as the README's "every
+// command takes --config" invites: guardctl --config FILE ban ... (a
+// README-only attacker got "unknown command" and no ban).
+func TestConnectionFlagsBeforeCommand(t *testing.T) {
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{"--config", "m.conf", "ban", "ip", "1.2.3.4"}, []string{"ban", "ip", "1.2.3.4", "--config", "m.conf"}},
+		{[]string{"-config=m.conf", "--redis-db", "2", "list"}, []string{"list", "-config=m.conf", "--redis-db", "2"}},
+		{[]string{"ban", "ip", "1.2.3.4"}, []string{"ban", "ip", "1.2.3.4"}},
+		{[]string{"--bogus", "ban"}, []string{"--bogus", "ban"}},
+		{[]string{"--config", "m.conf"}, []string{"--config", "m.conf"}},
+	} {
+		assert.Equal(t, tc.want, commandFirst(tc.in), "%q", tc.in)
+	}
+	var out, errb bytes.Buffer
+	code := run([]string{"--redis-addr", "nohost", "list"}, &out, &errb)
+	assert.Equal(t, exitError, code, errb.String())
+	assert.Contains(t, errb.String(), `option redis_addr: bad value "nohost"`, "the flag reached the command")
+}
