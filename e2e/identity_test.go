@@ -78,3 +78,30 @@ func TestIdentityListenerBannedPublishDropped(t *testing.T) {
 	assert.Error(t, err, "nothing delivered; got %q", payload)
 	assert.True(t, dev.Closed(time.Second), "and it is kicked")
 }
+
+// A banned certificate taking over another device's client ID on an
+// identity listener (the broker asks no plugin at CONNECT) is a finding:
+// its connection is recorded even though it is refused and kicked. Found by
+// a README-only attacker: no finding was written.
+func TestIdentityBannedTakeoverIsAFinding(t *testing.T) {
+	e := newIdentityEnv(t)
+	victim := e.ca.Client(t, "takeover-victim")
+	banned := e.ca.Client(t, "takeover-banned")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	v, code := e.dialCert(client{ip: "127.0.54.1", id: "plant-1"}, victim)
+	require.EqualValues(t, accepted, code)
+	require.NoError(t, v.Subscribe(ctx, "fleet/#", 0))
+	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("HLEN", "guard:seen:plant-1") == "1" }, "the victim not remembered")
+
+	e.redis.CLI("SET", certKey("block", banned), "stolen device", "EX", "60")
+	time.Sleep(300 * time.Millisecond)
+	b, code := e.dialCert(client{ip: "127.0.54.2", id: "plant-1"}, banned)
+	require.EqualValues(t, accepted, code)
+	assert.Error(t, b.Subscribe(ctx, "fleet/#", 0))
+	assert.True(t, b.Closed(time.Second), "kicked")
+	f := e.waitFindings(1)[0]
+	assert.Equal(t, "plant-1", f["clientid"])
+	assert.Contains(t, f["principals"], "cert:"+victim.ID)
+	assert.Contains(t, f["principals"], "cert:"+banned.ID)
+}

@@ -48,25 +48,20 @@ func (g *Guard) FirstSight(c Client) Decision {
 	return d
 }
 
-// admitFlagged records a connection refused at its first sight, flagged:
-// ACL checks refuse its messages until its kick, queued here. It is not
-// reported to conflict tracking (pending, never confirmed): it was refused.
+// admitFlagged records a connection refused at its first sight and flags
+// it: ACL checks refuse its messages until its kick, queued here. Conflict
+// tracking hears of it like any connection: it is one (the broker let it in
+// and it may have taken over a client ID), so a banned certificate taking
+// another's client ID is a finding too.
 func (g *Guard) admitFlagged(c Client, ip netip.Addr) {
-	lc := &liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
-		certID: c.CertID, certSubject: subjectKept(c.CertSubject), ip: ip, pending: true, flagged: true, since: g.now()}
+	g.admit(c, ip, false)
 	g.mu.Lock()
-	if old := g.conns[c.Handle]; old != nil {
-		if !old.offline {
-			g.mu.Unlock()
-			return // seen already after all
-		}
-		g.dropLocked(old) // stale: the pointer was freed and reused
+	lc := g.conns[c.Handle]
+	if lc == nil || lc.flagged {
+		g.mu.Unlock()
+		return
 	}
-	if prev := g.byID[c.ClientID]; prev != nil && prev.handle != c.Handle {
-		lc.displaced, prev.displaced = prev, nil
-	}
-	g.conns[c.Handle] = lc
-	g.byID[c.ClientID] = lc
+	lc.flagged = true
 	g.out.Flagged(1) // under g.mu: Disconnected's -1 cannot come first
 	g.mu.Unlock()
 	g.out.Kick(c.Handle, c.ClientID)
