@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -107,7 +108,8 @@ func TestRunReportsAndCloses(t *testing.T) {
 		return len(published) == 1
 	}, 2*time.Second, 10*time.Millisecond)
 	assert.Equal(t, []string{"guard/findings dev"}, published)
-	assert.Contains(t, ls.all(), `1 mosquitto-guard: finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS severity=HIGH kind=cross-principal action=flagged client_id="dev" principals=["alice","bob"] principal_kinds=[username,username] ips=[192.0.2.2,192.0.2.1]`)
+	assert.Contains(t, ls.all(), `1 mosquitto-guard: event=finding reason=DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS severity=HIGH kind=cross-principal action=flagged count=`)
+	assert.Contains(t, ls.all(), `ips=192.0.2.2,192.0.2.1 principal_kinds=username,username client_id="dev" principals="[\"alice\",\"bob\"]"`)
 
 	close(stop)
 	<-done
@@ -116,4 +118,24 @@ func TestRunReportsAndCloses(t *testing.T) {
 	defer mem.mu.Unlock()
 	assert.Equal(t, []string{tr.instance}, mem.reaped)
 	assert.True(t, mem.leases[tr.instance], "Run renewed the lease first")
+}
+
+// TestFindingLineShape: a finding line parses as logline's shape whatever
+// the client ID and principals hold, and gives them back.
+func TestFindingLineShape(t *testing.T) {
+	hostile := `x" kind=none` + "\nmosquitto-guard: event=finding "
+	f := &store.Finding{Reason: "DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", Severity: "HIGH", Kind: "cross-principal",
+		Action: "flagged", ClientID: hostile, Principals: []string{"alice", hostile}, Count: 2, ID: "1-0",
+		Connections: []store.Conn{{IP: "192.0.2.1", Broker: "eu 1"}, {IP: "2001:db8::1", Broker: hostile}}}
+	line := describeFinding(f)
+	fl, err := logline.Parse(line)
+	require.NoError(t, err, line)
+	assert.Equal(t, []string{"event", "reason", "severity", "kind", "action", "count", "id", "disconnected_ms",
+		"ips", "principal_kinds", "client_id", "principals", "brokers"}, fl.Keys)
+	assert.Equal(t, hostile, fl.Get("client_id"))
+	assert.Equal(t, "cross-principal", fl.Get("kind"))
+	var ps []string
+	require.NoError(t, json.Unmarshal([]byte(fl.Get("principals")), &ps))
+	assert.Equal(t, f.Principals, ps)
+	assert.Equal(t, "192.0.2.1,2001:db8::1", fl.Get("ips"))
 }

@@ -3,10 +3,9 @@ package conflicts
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -28,20 +27,32 @@ func (t *Tracker) report(ctx context.Context, f *store.Finding) {
 	}
 }
 
-// describeFinding is a finding's log line; every client-supplied value quoted.
+// describeFinding is a finding's log line: the fields the plugin decides
+// first, then what clients chose (the client ID, the principals), quoted.
+// Lists are JSON arrays in one quoted value; ips is comma-separated.
 func describeFinding(f *store.Finding) string {
-	var ips, brokers []string
+	ips := make([]string, 0, len(f.Connections))
+	brokers := make([]string, 0, len(f.Connections))
 	for _, c := range f.Connections {
 		ips = append(ips, c.IP)
-		brokers = append(brokers, logval.Quote(c.Broker))
+		brokers = append(brokers, c.Broker)
 	}
-	ps := make([]string, len(f.Principals))
 	kinds := make([]string, len(f.Principals))
 	for i, p := range f.Principals {
-		ps[i] = logval.Quote(p)
 		kinds[i] = principalKind(p)
 	}
-	return fmt.Sprintf("mosquitto-guard: finding %s severity=%s kind=%s action=%s client_id=%s principals=[%s] principal_kinds=[%s] ips=[%s] brokers=[%s] disconnected_ms=%d count=%d id=%s",
-		f.Reason, f.Severity, f.Kind, f.Action, logval.Quote(f.ClientID), strings.Join(ps, ","), strings.Join(kinds, ","), strings.Join(ips, ","),
-		strings.Join(brokers, ","), f.DisplacedDisconnectedMs, f.Count, f.ID)
+	return logline.Event("finding").Tok("reason", f.Reason).Tok("severity", f.Severity).Tok("kind", f.Kind).
+		Tok("action", f.Action).Int("count", f.Count).Tok("id", f.ID).Int("disconnected_ms", f.DisplacedDisconnectedMs).
+		Tok("ips", strings.Join(ips, ",")).Tok("principal_kinds", strings.Join(kinds, ",")).
+		Str("client_id", f.ClientID).StrN("principals", jsonList(f.Principals), findingListMax).
+		StrN("brokers", jsonList(brokers), findingListMax).String()
+}
+
+// findingListMax bounds the principals and brokers of a finding's log line
+// (each principal is at most 256 bytes in its tracking form).
+const findingListMax = 2000
+
+func jsonList(v []string) string {
+	b, _ := json.Marshal(v) // strings always marshal
+	return string(b)
 }

@@ -19,7 +19,7 @@ func TestPasswords(t *testing.T) {
 	e := newEnv(t)
 	assert.EqualValues(t, accepted, e.connect(as("127.0.1.1", "dev-a", "alice", "alice-pw")))
 	assert.EqualValues(t, refused, e.connect(as("127.0.1.2", "dev-b", "alice", "not-it")))
-	line := e.logLine("mosquitto-guard: refused", `client_id="dev-b"`, "ip=127.0.1.2", `username="alice"`, "rule=bad-password")
+	line := e.logLine("event=refused", `client_id="dev-b"`, "ip=127.0.1.2", `username="alice"`, "rule=bad-password")
 	assert.NotContains(t, line, "not-it", "a password must never be logged")
 	assert.EqualValues(t, refused, e.connect(as("127.0.1.3", "dev-c", "mallory", "x")))
 	e.logLine("refused", "ip=127.0.1.3", `username="mallory"`, "rule=unknown-user")
@@ -90,7 +90,7 @@ func TestBanExpires(t *testing.T) {
 	e.redis.CLI("SET", "guard:block:ip:127.0.6.1", "cool down", "PX", "800")
 	e.expect(c, refused)
 	line := e.logLine("refused", "ip=127.0.6.1", "origin=operator")
-	assert.Contains(t, line, "(in 1s)", "the expiry comes from the key's TTL")
+	assert.Contains(t, line, "expires_in=1s", "the expiry comes from the key's TTL")
 	time.Sleep(900 * time.Millisecond)
 	assert.EqualValues(t, accepted, e.connect(c))
 }
@@ -109,7 +109,7 @@ func TestBruteForceIsBanned(t *testing.T) {
 	require.NoError(t, err)
 	assert.InDelta(t, 600, ttl, 5)
 	assert.Equal(t, "1", e.redis.CLI("GET", "guard:offences:ip:"+attacker))
-	e.logLine("mosquitto-guard: banned ip=\"127.0.7.1\"", "origin=auto", "offence=1", `rule="`+key+`"`)
+	e.logLine("event=banned ip=127.0.7.1 scope=ip", `value="127.0.7.1"`, "origin=auto", "offence=1", `rule="`+key+`"`)
 
 	// Banned now, even with the right password; others are not.
 	assert.EqualValues(t, refused, e.connect(as(attacker, "real", "alice", "alice-pw")))
@@ -164,7 +164,7 @@ func TestOddClientIDs(t *testing.T) {
 	assert.EqualValues(t, accepted, e.connect(as("127.0.9.4", long[:19999], "alice", "alice-pw")))
 	line := e.logLine("refused", "ip=127.0.9.4", "origin=auto")
 	assert.Less(t, len(line), 2000, "hostile values are cut in log lines")
-	assert.Contains(t, line, "(20000 bytes)")
+	assert.Contains(t, line, "client_id_bytes=20000")
 }
 
 func TestHostileBytesInLogs(t *testing.T) {
@@ -226,7 +226,7 @@ func TestReloadReadsPasswordFile(t *testing.T) {
 	// The broker re-checks connected clients after a reload and drops alice's
 	// old session: that is not an attack and must not ban her address.
 	assert.True(t, conn.Closed(3*time.Second), "alice's connection with the old password should be closed")
-	e.logLine("refused", "ip=127.0.11.1", "not counted")
+	e.logLine("refused", "ip=127.0.11.1", "reauth=true")
 	time.Sleep(300 * time.Millisecond)
 	assert.Equal(t, "0", e.redis.CLI("EXISTS", "guard:block:ip:127.0.11.1"))
 	assert.EqualValues(t, accepted, e.connect(as("127.0.11.1", "alice-dev", "alice", "rotated")))
@@ -357,7 +357,7 @@ func TestPerListenerSettings(t *testing.T) {
 	e.connect(as("127.0.15.2", "x", "alice", "bad2"))
 	eventually(t, 3*time.Second, func() bool { return e.redis.CLI("EXISTS", "guard:block:ip:127.0.15.2") == "1" }, "no ban")
 	e.connect(as("127.0.15.3", "y", "alice", "alice-pw"))
-	e.logLine("mosquitto-guard: banned", "127.0.15.2")
+	e.logLine("event=banned", "127.0.15.2")
 }
 
 // The broker stops promptly on SIGTERM: cleanup stops every goroutine.

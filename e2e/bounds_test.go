@@ -233,7 +233,7 @@ func TestTrackingBoundedLongClientIDs(t *testing.T) {
 	require.EqualValues(t, accepted, e.connect(as("127.0.42.1", id0, longUser, "pw")))
 	eventually(t, 5*time.Second, func() bool { return e.redis.CLI("EXISTS", "guard:takeovers:"+tracked(id0)) == "1" },
 		"takeover of the long client ID not counted under its hashed key")
-	e.logLine("finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", "kind=duplicate-connection", `client_id="00000CCCC`, "(65535 bytes)")
+	e.logLine("event=finding reason=DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", "kind=duplicate-connection", `client_id="00000CCCC`, "client_id_bytes=65535")
 
 	// Cross-principal on a 1000-byte client ID is still found.
 	id1000 := strings.Repeat("K", 1000)
@@ -251,7 +251,7 @@ func TestTrackingBoundedLongClientIDs(t *testing.T) {
 		return false
 	}, "no cross-principal finding for the 1000-byte client ID")
 	assert.JSONEq(t, `["alice","bob"]`, found["principals"])
-	line := e.logLine("finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", "kind=cross-principal", `client_id="KKKK`, "(1000 bytes)")
+	line := e.logLine("event=finding reason=DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", "kind=cross-principal", `client_id="KKKK`, "client_id_bytes=1000")
 	assert.Less(t, len(line), 2000)
 
 	// Cross-principal between a long username and alice: the principal is

@@ -74,7 +74,7 @@ func TestConflictCrossPrincipal(t *testing.T) {
 	assert.JSONEq(t, `["alice","bob"]`, f["principals"])
 	assert.JSONEq(t, `["127.0.20.2","127.0.20.1"]`, f["ips"], "newest first")
 	assert.NotEqual(t, "0", f["disconnected_ms"], "alice's disconnect time")
-	e.logLine("finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", "kind=cross-principal", `client_id="shared-1"`, `principals=["alice","bob"]`)
+	e.logLine("event=finding reason=DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", "kind=cross-principal", `client_id="shared-1"`, `principals="[\"alice\",\"bob\"]"`)
 
 	// The same principal reconnecting is a normal reconnect.
 	require.EqualValues(t, accepted, e.connect(as("127.0.20.3", "own-1", "alice", "alice-pw")))
@@ -103,7 +103,7 @@ func TestConflictTakeoversFolded(t *testing.T) {
 	assert.Equal(t, "duplicate-connection", f["kind"])
 	assert.JSONEq(t, `["alice"]`, f["principals"])
 	assert.NotEqual(t, "0", f["disconnected_ms"])
-	assert.Equal(t, 1, strings.Count(e.broker.Output(), "finding DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS"), "folded repeats are not logged again")
+	assert.Equal(t, 1, strings.Count(e.broker.Output(), "event=finding reason=DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS"), "folded repeats are not logged again")
 }
 
 func TestConflictDeny(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
@@ -77,6 +79,8 @@ func newEnv(t *testing.T, extra ...string) *env {
 	}
 	e.broker = testenv.StartMosquitto(t, e.conf(extra...))
 	require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 5*time.Second), "plugin did not report ready")
+	broker := e.broker
+	t.Cleanup(func() { checkEventLines(t, broker.Output()) })
 	return e
 }
 
@@ -194,22 +198,53 @@ func (e *env) logLine(parts ...string) string {
 	e.t.Helper()
 	var found string
 	eventually(e.t, 5*time.Second, func() bool {
-		for _, l := range strings.Split(e.broker.Output(), "\n") {
-			ok := true
-			for _, p := range parts {
-				if !strings.Contains(l, p) {
-					ok = false
-					break
-				}
-			}
-			if ok {
-				found = l
-				return true
+		found = findLine(e.broker.Output(), parts...)
+		return found != ""
+	}, "no log line with %q in:\n%s", parts, e.broker.Output())
+	if strings.Contains(found, logline.Prefix+"event=") {
+		_, err := logline.Parse(found)
+		require.NoError(e.t, err, "an event line not in logline's shape: %s", found)
+	}
+	return found
+}
+
+// findLine returns the first line of out that contains every part, or "".
+func findLine(out string, parts ...string) string {
+	for _, l := range strings.Split(out, "\n") {
+		ok := true
+		for _, p := range parts {
+			if !strings.Contains(l, p) {
+				ok = false
+				break
 			}
 		}
-		return false
-	}, "no log line with %q in:\n%s", parts, e.broker.Output())
-	return found
+		if ok {
+			return l
+		}
+	}
+	return ""
+}
+
+// hasLine reports whether a line of out contains every part.
+func hasLine(out string, parts ...string) bool { return findLine(out, parts...) != "" }
+
+// checkEventLines fails t for any line of out written in the shapes before
+// logline's, or starting like an event line and not parsing as one: every
+// refusal, ban, throttle, kick and finding line a test provokes in a real
+// broker is held to the shape.
+func checkEventLines(t *testing.T, out string) {
+	t.Helper()
+	old := regexp.MustCompile(`mosquitto-guard: (refused|banned|throttling|kicking|finding|automatic ban of) |mosquitto-guard: \d+ more refusals from `)
+	for _, l := range strings.Split(out, "\n") {
+		if old.MatchString(l) {
+			t.Errorf("a line in the shape before logline's: %s", l)
+		}
+		if strings.Contains(l, logline.Prefix+"event=") {
+			if _, err := logline.Parse(l); err != nil {
+				t.Errorf("an event line not in logline's shape (%v): %s", err, l)
+			}
+		}
+	}
 }
 
 func startRedis(t *testing.T) *testenv.Redis { return testenv.StartRedis(t) }

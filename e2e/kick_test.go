@@ -66,7 +66,7 @@ func TestOperatorBanKicksConnectedClients(t *testing.T) {
 		e.redis.CLI("SET", c.key, "operator ban", "EX", "60")
 		assert.True(t, conn.Closed(time.Second), "%s: not kicked within a second", c.name)
 		t.Logf("%s: kicked %s after the SET", c.name, time.Since(start).Round(time.Millisecond))
-		e.logLine("kicking", `client_id="`+c.victim.id+`"`, `rule="`+c.key+`"`, "origin=operator")
+		e.logLine("event=kicked", `client_id="`+c.victim.id+`"`, `rule="`+c.key+`"`, "origin=operator")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		assert.NoError(t, bystander.Ping(ctx), "%s: others stay connected", c.name)
 		cancel()
@@ -167,7 +167,7 @@ func TestBannedConnectionRefusedUntilKicked(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // the replica has it within milliseconds
 	require.NoError(t, p.Publish(ctx, "news/2", []byte("after the ban")))
 	assert.True(t, quiet(w, 300*time.Millisecond), "a banned connection's publish is refused before its kick")
-	e.logLine("kicking", `client_id="rogue"`)
+	e.logLine("event=kicked", `client_id="rogue"`)
 	e.logLine("Denied PUBLISH from rogue")
 	require.NoError(t, ctx.Err())
 

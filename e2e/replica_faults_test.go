@@ -53,7 +53,7 @@ func TestWrongTypeKeyIsSkipped(t *testing.T) {
 		}
 	}
 	e.expect(as("127.0.60.2", "wt-banned", "alice", "alice-pw"), refused, "the reload applied the rest")
-	e.logLine(`refused client_id="wt-banned"`, `rule="guard:block:clientid:wt-banned"`)
+	e.logLine("event=refused", `client_id="wt-banned"`, `rule="guard:block:clientid:wt-banned"`)
 	e.logLine(`replica: skipping key "guard:block:ip:127.0.60.9"`, "WRONGTYPE")
 	e.logLine(`replica: skipping key "guard:block:clientid:hashy"`)
 	assert.Equal(t, 1, strings.Count(e.broker.Output(), `skipping key "guard:block:ip:127.0.60.9"`), "one line")
@@ -105,7 +105,7 @@ func TestReloadedBanKicks(t *testing.T) {
 	e.reloadReplica()
 	assert.True(t, victim.Closed(3*time.Second), "the reloaded ban did not kick its client")
 	assert.True(t, inRange.Closed(time.Second), "the reloaded range ban did not kick its client")
-	e.logLine("kicking", "rk-victim", "guard:block:clientid:rk-victim")
+	e.logLine("event=kicked", "rk-victim", "guard:block:clientid:rk-victim")
 	assert.False(t, auto.Closed(300*time.Millisecond), "an automatic ban kicked")
 	assert.False(t, allowed.Closed(100*time.Millisecond), "an allow entry was not respected")
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
@@ -124,7 +125,7 @@ func TestFailLimitPlusOneInsideWindowBans(t *testing.T) {
 		e.connect(as(ip, "c"+strconv.Itoa(i), "alice", "guess"))
 	}
 	e.waitKey("guard:block:ip:"+ip, true, 2*time.Second)
-	e.logLine(`banned ip="`+ip+`": over 3 failed authentications (3 allowed, refilling 1 per 2s)`, "origin=auto")
+	e.logLine("event=banned ip="+ip+" scope=ip", `reason="over 3 failed authentications (3 allowed, refilling 1 per 2s)"`, "origin=auto")
 	assert.Contains(t, e.redis.CLI("GET", "guard:block:ip:"+ip), "auto: over 3 failed authentications (3 allowed, refilling 1 per 2s) (offence 1, 10m0s)")
 }
 
@@ -151,8 +152,8 @@ func TestUsernameThrottle(t *testing.T) {
 	assert.EqualValues(t, accepted, e.connect(device), "the known device")
 	assert.EqualValues(t, accepted, e.connect(roaming), "a known client ID from a new IP")
 	assert.EqualValues(t, accepted, e.connect(as("127.3.5.2", "a", "alice", "alice-pw")), "other usernames")
-	assert.Equal(t, 1, e.countLines("throttling username=\"bob\""), "logged once per episode")
-	assert.Equal(t, 1, e.countLines("mosquitto-guard: refused", "rule=username-throttled"), "refusals logged once per episode")
+	assert.Equal(t, 1, e.countLines("event=throttled", `username="bob"`), "logged once per episode")
+	assert.Equal(t, 1, e.countLines("event=refused", "rule=username-throttled"), "refusals logged once per episode")
 
 	e.waitKey("guard:throttle:username:bob", false, 5*time.Second)
 	e.expect(as("127.3.5.1", "new", "bob", "bob-pw"), accepted, "the throttle lifts by itself")
@@ -183,7 +184,7 @@ func TestLiftedBanResetsFailures(t *testing.T) {
 	}
 	e.waitKey(key, true, 2*time.Second)
 	e.redis.CLI("DEL", key)
-	e.logLine("automatic ban of ip=\"" + ip + "\" lifted before its time")
+	e.logLine("event=auto_ban_lifted scope=ip", `value="`+ip+`"`)
 	e.expect(as(ip, "c", "alice", "alice-pw"), accepted)
 	for i := 0; i < 3; i++ {
 		assert.EqualValues(t, refused, e.connect(as(ip, "c", "alice", "guess")))
@@ -260,7 +261,7 @@ func TestIPv6FailuresPerPrefix(t *testing.T) {
 	}
 	e.waitKey("guard:block:cidr:::/64", true, 2*time.Second)
 	assert.Equal(t, "0", e.redis.CLI("EXISTS", "guard:block:ip:::1"))
-	e.logLine(`banned cidr="::/64"`)
+	e.logLine("event=banned", "scope=cidr", `value="::/64"`)
 	assert.EqualValues(t, refused, dial("alice-pw"))
 }
 
@@ -274,20 +275,22 @@ func TestRefusalLogFloodLimited(t *testing.T) {
 	for i := 0; i < 300; i++ {
 		e.connect(as(ip, "x"+strconv.Itoa(i), "alice", "alice-pw"))
 	}
-	lines := e.countLines("mosquitto-guard: refused", "ip="+ip+" ")
+	lines := e.countLines("event=refused", "ip="+ip+" ")
 	assert.LessOrEqual(t, lines, 10, "refusal lines for one source and rule within 10 s")
 	assert.GreaterOrEqual(t, lines, 1, "the first refusal is always logged")
 	var line string
 	eventually(t, 13*time.Second, func() bool { // the summary comes when the 10 s window ends
 		for _, l := range strings.Split(e.broker.Output(), "\n") {
-			if strings.Contains(l, "more refusals from ip="+ip) && strings.Contains(l, `rule="guard:block:ip:`+ip+`"`) {
+			if strings.Contains(l, "event=refusals_suppressed ip="+ip+" ") && strings.Contains(l, `rule="guard:block:ip:`+ip+`"`) {
 				line = l
 				return true
 			}
 		}
 		return false
 	}, "no summary line")
-	n, err := strconv.Atoi(strings.Fields(strings.SplitN(line, "mosquitto-guard: ", 2)[1])[0])
+	f, err := logline.Parse(line)
+	require.NoError(t, err, line)
+	n, err := strconv.Atoi(f.Get("suppressed"))
 	require.NoError(t, err, line)
 	assert.Equal(t, 301, lines+n, "every refusal is logged or counted")
 	// Another source is not held back by this one.
@@ -363,7 +366,7 @@ func TestConflictRefusalLogBounded(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		e.connect(as("127.3.18.2", "victim-dev", "bob", "bob-pw"))
 	}
-	assert.LessOrEqual(t, e.countLines("mosquitto-guard: refused", "ip=127.3.18.2 ", "rule=clientid-conflict"), 10)
+	assert.LessOrEqual(t, e.countLines("event=refused", "ip=127.3.18.2 ", "rule=clientid-conflict"), 10)
 }
 
 // Health never stays down for good: after Redis is stopped and continued ten
@@ -429,5 +432,5 @@ func TestFlushDoesNotResetLocalCount(t *testing.T) {
 		}
 	}
 	assert.LessOrEqual(t, e.countLines("rule=bad-password", "ip="+ip+" "), 4, "fail_limit+1 checks in the window, flushes or not")
-	assert.Zero(t, e.countLines("lifted before its time"), "a flush is not an operator's lift")
+	assert.Zero(t, e.countLines("event=auto_ban_lifted"), "a flush is not an operator's lift")
 }

@@ -56,7 +56,7 @@ func TestRedisStallKeepsBackgroundWork(t *testing.T) {
 
 	e.waitKey("guard:block:ip:127.8.0.2", true, 3*time.Second)
 	e.waitLive("stall-dev", 0)
-	e.logLine("mosquitto-guard: banned", "127.8.0.2")
+	e.logLine("event=banned", "127.8.0.2")
 	assert.Zero(t, e.countLines("not recorded"), "no connection event was dropped")
 }
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
@@ -227,17 +227,23 @@ func (q *failureQueue) lost(err error) {
 func (q *failureQueue) banned(ban *ratelimit.Ban, f failure, k failKey) {
 	q.listed(ban.Key, ban.Reason, ban.Expires)
 	c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
-	q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: banned %s=%s: %s; last %s rule=%s origin=auto expires=%s offence=%d",
-		k.scope, logval.Quote(k.value), q.policy.Rule(), describeClient(c, f.ip),
-		logval.Quote(ban.Key), expiry(q.now(), ban.Duration), ban.Offence))
+	// ip is the last failing client's; scope and value name the key banned
+	// (an IPv6 network, a client ID, a username: not always that ip).
+	l := clientLine("banned", c, f.ip).Tok("scope", string(k.scope)).Str("rule", ban.Key).Tok("origin", "auto").
+		Expires(q.now(), ban.Duration).Int("offence", int64(ban.Offence))
+	clientFields(l, c).Str("value", k.value).Str("reason", q.policy.Rule())
+	q.log(LevelWarning, l.String())
 }
 
 // throttled spreads a new username throttle, and logs the start of the
 // episode (once, on the broker that wrote it).
 func (q *failureQueue) throttled(th *ratelimit.Throttle) {
 	q.listed(th.Key, th.Reason, q.now().Add(th.Duration))
-	q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: throttling username=%s: over %d failed authentications of it from any source (%d allowed, refilling 1 per %s); until %s its attempts from sources it never authenticated from are refused unchecked rule=%s",
-		logval.Quote(th.Username), q.userLimit, q.userLimit, q.policy.Window, expiry(q.now(), th.Duration), RuleUsernameThrottled))
+	// Until it ends, the username's attempts from sources it never
+	// authenticated from are refused unchecked.
+	q.log(LevelWarning, logline.Event("throttled").Tok("rule", RuleUsernameThrottled).Expires(q.now(), th.Duration).
+		Int("limit", int64(q.userLimit)).Dur("window", q.policy.Window).Str("username", th.Username).
+		Str("reason", fmt.Sprintf("over %d failed authentications of it from any source (%d allowed, refilling 1 per %s)", q.userLimit, q.userLimit, q.policy.Window)).String())
 }
 
 // resetCount resets k's count in Redis, whose automatic ban was lifted
@@ -249,5 +255,6 @@ func (q *failureQueue) resetCount(k failKey) {
 		q.down(err)
 		return
 	}
-	q.log(LevelNotice, fmt.Sprintf("mosquitto-guard: automatic ban of %s=%s lifted before its time: its failure count starts again", k.scope, logval.Quote(k.value)))
+	// Its automatic ban was lifted before its time: its failure count starts again.
+	q.log(LevelNotice, logline.Event("auto_ban_lifted").Tok("scope", string(k.scope)).Tok("count", "reset").Str("value", k.value).String())
 }

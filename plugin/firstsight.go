@@ -42,7 +42,7 @@ func (g *Guard) FirstSight(c Client) Decision {
 		g.admit(c, ip, false)
 		return d
 	}
-	d.Detail = "seen=first-acl-check (no BASIC_AUTH on this listener: kicked at the next safe point)"
+	d.Detail = "seen=first-acl-check" // no BASIC_AUTH on this listener: kicked at the next safe point
 	g.refusals.refuse(c, ip, d, false)
 	g.admitFlagged(c, ip)
 	return d
@@ -78,7 +78,7 @@ func (g *Guard) LeftUnseen(c Client) bool {
 	if ans.Block == nil {
 		return false
 	}
-	g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block,
-		Detail: "seen=disconnect (its will is refused)"}, false)
+	// Its will is refused.
+	g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block, Detail: "seen=disconnect"}, false)
 	return true
 }

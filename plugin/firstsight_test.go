@@ -41,7 +41,7 @@ func TestFirstSight(t *testing.T) {
 	assert.Equal(t, []string{"dev-1"}, kr.all(), "kicked")
 	due, _ := g.KickDue(1, "dev-1")
 	assert.True(t, due, "the kick is due when the queue runs it")
-	assert.True(t, strings.Contains(ls.all(), `refused client_id="dev-1" ip=192.0.2.1 username="CN=dev-1" cert_id=`) &&
+	assert.True(t, strings.Contains(ls.all(), `event=refused ip=192.0.2.1 rule="guard:block:`) && strings.Contains(ls.all(), `client_id="dev-1" username="CN=dev-1" cert_subject=`) &&
 		strings.Contains(ls.all(), "seen=first-acl-check"), ls.all())
 	g.Disconnected(1)
 	assert.EqualValues(t, 0, flagged.Load(), "the flag ends with the connection")

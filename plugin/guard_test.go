@@ -142,6 +142,7 @@ type logSink struct {
 }
 
 func (l *logSink) log(_ Level, msg string) {
+	checkEventLine(msg)
 	l.mu.Lock()
 	l.lines = append(l.lines, msg)
 	l.mu.Unlock()
@@ -241,7 +242,7 @@ func TestDecisions(t *testing.T) {
 		"ip=192.0.2.8", "username=alice", "clientid=vip",
 	}, got)
 	logs := ls.all()
-	assert.Contains(t, logs, `refused client_id="d" ip=192.0.2.66 username="alice" rule="guard:block:ip:192.0.2.66" origin=operator expires=never reason="operator ban"`)
+	assert.Contains(t, logs, `event=refused ip=192.0.2.66 rule="guard:block:ip:192.0.2.66" origin=operator expires=never client_id="d" username="alice" reason="operator ban"`)
 	assert.Contains(t, logs, `origin=auto`)
 	assert.NotContains(t, logs, "alice-pw")
 	assert.NotContains(t, logs, "nope")
@@ -253,7 +254,7 @@ func TestReauthAfterReloadIsNotCounted(t *testing.T) {
 	// The broker re-checks connection 42 after a reload: the password changed.
 	assert.Equal(t, Deny, g.Authenticate(cl(42, "192.0.2.1", "a", "alice", "old")).Result)
 	assert.Empty(t, waitCounted(t, ct, 1))
-	assert.Contains(t, ls.all(), "not counted")
+	assert.Contains(t, ls.all(), "reauth=true")
 	// After DISCONNECT the pointer may be reused by a new client: counted then.
 	g.Disconnected(42)
 	assert.Equal(t, Deny, g.Authenticate(cl(42, "192.0.2.1", "a", "alice", "old")).Result)
@@ -312,7 +313,6 @@ func TestQuoteCutsHostileValues(t *testing.T) {
 	q := logval.Quote(strings.Repeat("x", 20000))
 	assert.Less(t, len(q), 300)
 	assert.Contains(t, q, "(20000 bytes)")
-	assert.Equal(t, "ip=192.0.2.1", strings.Fields(describeClient(Client{Address: "192.0.2.1"}, netip.MustParseAddr("192.0.2.1")))[1])
 }
 
 // IPv6 failures count per fail_ipv6_prefix network: an attacker rotating
@@ -332,7 +332,7 @@ func TestIPv6FailuresCountPerPrefix(t *testing.T) {
 	for _, k := range got {
 		assert.Equal(t, "cidr=2001:db8:0:7::/64", k)
 	}
-	assert.Contains(t, ls.all(), `rule=fail-limit cidr="2001:db8:0:7::/64"`)
+	assert.Contains(t, ls.all(), `fail_scope=cidr fail_value="2001:db8:0:7::/64"`)
 	// Another /64 is another key.
 	assert.Equal(t, RuleBadPassword, g.Authenticate(cl(200, "2001:db8:0:8::1", "c", "alice", "guess")).Rule)
 

@@ -1,10 +1,8 @@
 package plugin
 
 import (
-	"fmt"
 	"net/netip"
 
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -87,8 +85,9 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 	for _, lc := range kicked {
 		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername,
 			CertID: lc.certID, CertSubject: lc.certSubject}
-		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: kicking %s rule=%s origin=operator: banned while connected",
-			describeClient(c, lc.ip), logval.Quote(key)))
+		// Banned while connected (an operator's ban: automatic ones do not kick).
+		l := clientLine("kicked", c, lc.ip).Str("rule", key).Tok("origin", "operator")
+		g.log(LevelNotice, clientFields(l, c).String())
 		g.out.Kick(lc.handle, lc.clientID)
 	}
 }

@@ -115,7 +115,7 @@ func TestOfflineSessionReauth(t *testing.T) {
 	}
 	assert.Equal(t, Allow, g.Reauthenticate(cl(7, "192.0.2.7", "s", "alice", "alice-pw")).Result)
 	assert.Empty(t, waitCounted(t, ct, 1), "a re-authentication is never counted")
-	assert.Contains(t, ls.all(), "not counted")
+	assert.Contains(t, ls.all(), "reauth=true")
 	g.mu.Lock()
 	assert.Nil(t, g.byID["s"], "a re-authentication is never admitted")
 	g.mu.Unlock()

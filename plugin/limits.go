@@ -3,7 +3,7 @@ package plugin
 import (
 	"net/netip"
 
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -22,7 +22,7 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision
 			continue // a ban of this key would not apply to this client
 		}
 		if g.local.Exhausted(k.local(), now) {
-			return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: RuleFailLimit, Detail: string(k.scope) + "=" + logval.Quote(k.value)}, false), true
+			return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: RuleFailLimit, Detail: logline.Pairs().Tok("fail_scope", string(k.scope)).Str("fail_value", k.value).Body()}, false), true
 		}
 	}
 	// The username throttle: from Redis (every broker's count), or from this

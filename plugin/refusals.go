@@ -1,14 +1,12 @@
 package plugin
 
 import (
-	"fmt"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logflood"
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -35,23 +33,20 @@ func (r *refusals) refuse(c Client, ip netip.Addr, d Decision, reauth bool) Deci
 	if !r.floods.Allow(r.source(c, ip), floodRule(d), r.now()) {
 		return d
 	}
-	var b strings.Builder
-	b.WriteString("mosquitto-guard: refused ")
-	b.WriteString(describeClient(c, ip))
-	b.WriteByte(' ')
+	l := clientLine("refused", c, ip)
 	if d.Match != nil {
-		b.WriteString(describeMatch(d.Match, r.now()))
+		matchFields(l, d.Match, r.now())
 	} else {
-		b.WriteString("rule=" + d.Rule)
-	}
-	if d.Detail != "" {
-		b.WriteByte(' ')
-		b.WriteString(d.Detail)
+		l.Tok("rule", d.Rule)
 	}
 	if reauth {
-		b.WriteString(" (re-authentication after reload; not counted)")
+		l.Tok("reauth", "true") // the re-check after a reload: not counted
 	}
-	r.log(LevelNotice, b.String())
+	clientFields(l, c)
+	if d.Match != nil {
+		l.Str("reason", d.Match.Reason)
+	}
+	r.log(LevelNotice, l.Raw(d.Detail).String())
 	return d
 }
 
@@ -65,8 +60,9 @@ func (r *refusals) throttled(c Client, ip netip.Addr, m *store.Match) Decision {
 		ttl = m.TTL
 	}
 	if r.throttles.first(c.Username, r.now(), ttl) {
-		r.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s expires=%s (first refusal of this throttle here; the rest are not logged)",
-			describeClient(c, ip), RuleUsernameThrottled, expiry(r.now(), ttl)))
+		// The first refusal of this throttle here; the rest are not logged.
+		l := clientLine("refused", c, ip).Tok("rule", RuleUsernameThrottled).Expires(r.now(), ttl).Tok("logged", "first-of-throttle")
+		r.log(LevelNotice, clientFields(l, c).String())
 	}
 	return d
 }
@@ -76,8 +72,9 @@ func (r *refusals) throttled(c Client, ip netip.Addr, m *store.Match) Decision {
 func (r *refusals) conflict(c Client, ip netip.Addr, holder *store.Conn) {
 	d := Decision{Result: Deny, Rule: RuleClientIDConflict}
 	if r.floods.Allow(r.source(c, ip), floodRule(d), r.now()) { // as every refusal line: bounded per source
-		r.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s holder_principal=%s holder_ip=%s holder_broker=%s",
-			describeClient(c, ip), RuleClientIDConflict, logval.Quote(holder.Principal), holder.IP, logval.Quote(holder.Broker)))
+		l := clientLine("refused", c, ip).Tok("rule", RuleClientIDConflict).Tok("holder_ip", holder.IP)
+		clientFields(l, c).Str("holder_principal", holder.Principal).Str("holder_broker", holder.Broker)
+		r.log(LevelNotice, l.String())
 	}
 }
 
@@ -86,30 +83,32 @@ func (r *refusals) conflict(c Client, ip netip.Addr, holder *store.Conn) {
 // is one source).
 func (r *refusals) source(c Client, ip netip.Addr) string {
 	if !ip.IsValid() {
-		return "ip=" + logval.Quote(c.Address)
+		return logline.Pairs().Str("ip", c.Address).Body()
 	}
 	k := sourceKey(ip, r.ipv6Prefix)
-	return string(k.scope) + "=" + k.value
+	return logline.Pairs().Tok(string(k.scope), k.value).Body()
 }
 
 // floodRule names a refusal's rule for the log-flood limiter, in at most
 // about 200 bytes.
 func floodRule(d Decision) string {
 	if d.Match != nil {
-		return "rule=" + logval.Quote(d.Match.Key)
+		return logline.Pairs().Str("rule", d.Match.Key).Body()
 	}
-	return "rule=" + d.Rule
+	return logline.Pairs().Tok("rule", d.Rule).Body()
 }
 
 // run logs, until stop, the summaries of the refusals the limiter held back.
 func (r *refusals) run(stop <-chan struct{}) {
 	every(stop, time.Second, func() {
 		for _, sm := range r.floods.Flush(r.now()) {
+			l := logline.Event("refusals_suppressed")
 			if sm.Overflow {
-				r.log(LevelNotice, fmt.Sprintf("mosquitto-guard: %d more refusals from other sources in the last %s", sm.Suppressed, sm.Period.Round(time.Second)))
-				continue
+				l.Tok("source", "other")
+			} else {
+				l.Raw(sm.Source).Raw(sm.Rule) // ip=... (or cidr=...) and rule=..., rendered by source and floodRule
 			}
-			r.log(LevelNotice, fmt.Sprintf("mosquitto-guard: %d more refusals from %s %s in the last %s", sm.Suppressed, sm.Source, sm.Rule, sm.Period.Round(time.Second)))
+			r.log(LevelNotice, l.Int("suppressed", int64(sm.Suppressed)).Dur("period", sm.Period).String())
 		}
 	})
 }
@@ -143,43 +142,38 @@ func (t *throttleLog) first(username string, now time.Time, ttl time.Duration) b
 	return true
 }
 
-// describeClient renders who a client is, every client-supplied value
-// quoted; a client with a certificate is named by it too (its ID and
-// subject), so that a line says which device a refusal or kick was.
-func describeClient(c Client, ip netip.Addr) string {
-	var b strings.Builder
-	b.WriteString("client_id=")
-	b.WriteString(logval.Quote(c.ClientID))
-	b.WriteString(" ip=")
+// clientLine starts an event line about a client: the event, then its IP
+// (the address the broker gave when it is not an IP), before any value the
+// client chose. Fields the plugin decides follow; clientFields ends them.
+func clientLine(event string, c Client, ip netip.Addr) *logline.Line {
+	l := logline.Event(event)
 	if ip.IsValid() {
-		b.WriteString(ip.String())
-	} else {
-		b.WriteString(logval.Quote(c.Address))
+		return l.Tok("ip", ip.String())
 	}
-	b.WriteString(" username=")
+	return l.Str("ip", c.Address)
+}
+
+// clientFields adds who a client says it is, every value quoted and cut; a
+// client with a certificate is named by it too (its ID and subject), so
+// that a line says which device a refusal or kick was.
+func clientFields(l *logline.Line, c Client) *logline.Line {
+	if c.CertID != "" {
+		l.Str("cert_id", c.CertID) // 64 hex digits from the cgo layer; quoted should a caller pass anything else
+	}
+	l.Str("client_id", c.ClientID)
 	if c.HasUsername {
-		b.WriteString(logval.Quote(c.Username))
+		l.Str("username", c.Username)
 	} else {
-		b.WriteString("<none>")
+		l.Tok("username", "<none>")
 	}
 	if c.CertID != "" {
-		b.WriteString(" cert_id=")
-		b.WriteString(logval.Quote(c.CertID)) // 64 hex digits from the cgo layer; quoted should a caller pass anything else
-		b.WriteString(" cert_subject=")
-		b.WriteString(logval.Quote(c.CertSubject))
+		l.Str("cert_subject", c.CertSubject)
 	}
-	return b.String()
+	return l
 }
 
-// expiry renders when an entry ends, from its remaining lifetime.
-func expiry(now time.Time, ttl time.Duration) string {
-	if ttl < 0 {
-		return "never"
-	}
-	return now.Add(ttl).UTC().Format(time.RFC3339) + " (in " + ttl.Round(time.Second).String() + ")"
-}
-
-// describeMatch renders the rule, origin, expiry and reason of a list entry.
-func describeMatch(m *store.Match, now time.Time) string {
-	return fmt.Sprintf("rule=%s origin=%s expires=%s reason=%s", logval.Quote(m.Key), m.Origin(), expiry(now, m.TTL), logval.Quote(m.Reason))
+// matchFields adds the rule, origin and expiry of a list entry (its reason,
+// which an operator wrote, goes after the client's values).
+func matchFields(l *logline.Line, m *store.Match, now time.Time) *logline.Line {
+	return l.Str("rule", m.Key).Tok("origin", m.Origin()).Expires(now, m.TTL)
 }

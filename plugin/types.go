@@ -83,7 +83,7 @@ type Decision struct {
 	Result Result
 	Rule   string       // the list key or one of the Rule constants; "" when nothing refused
 	Match  *store.Match // the list entry that refused, if any
-	Detail string       // more for the log line, as key=value pairs
+	Detail string       // more for the log line: key=value pairs rendered by logline (Pairs), last on the line
 
 	claimedSource bool // checkLimits: let through a throttle as a source known by client ID only
 }

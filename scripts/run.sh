@@ -4,7 +4,7 @@
 set -euo pipefail
 plugin=${1:?usage: run.sh path/to/mosquitto_guard.so}
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir="$root/build/run"
+dir=${GUARD_RUN_DIR:-$root/build/run} # the README walk-through test runs it in its own
 redis_port=${GUARD_RUN_REDIS_PORT:-6390}
 mqtt_port=${GUARD_RUN_MQTT_PORT:-1883}
 mkdir -p "$dir/redis"

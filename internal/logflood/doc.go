@@ -7,11 +7,11 @@
 // that one summary line stands for them:
 //
 //	if lim.Allow("ip=203.0.113.7", `rule="guard:block:ip:203.0.113.7"`, time.Now()) {
-//		log("refused ...")
+//		log("event=refused ...")
 //	}
 //	// every second, from a goroutine:
 //	for _, s := range lim.Flush(time.Now()) {
-//		log(fmt.Sprintf("%d more refusals from %s %s in the last %s", s.Suppressed, s.Source, s.Rule, s.Period))
+//		log(fmt.Sprintf("event=refusals_suppressed %s %s suppressed=%d period=%s", s.Source, s.Rule, s.Suppressed, s.Period))
 //	}
 //
 // # Windows
@@ -32,8 +32,8 @@
 //     any time T a key writes at most (Burst+1)·(T/Period+1) lines.
 //   - Keys: at most Max (default 10 000) are held at once. A key that finds
 //     the limiter full is counted in one overflow bucket, limited like a
-//     single key and summarised with Overflow set ("N more refusals from
-//     other sources"); its lines lose the first-line-always guarantee. So
+//     single key and summarised with Overflow set (plugin's line:
+//     "event=refusals_suppressed source=other suppressed=N"); its lines lose the first-line-always guarantee. So
 //     over any time T the limiter writes at most
 //     (Max+1)·(Burst+1)·(T/Period+1) lines, however many sources there are.
 //   - Memory: a held key costs about 130 bytes (its map slot and state; the

@@ -13,19 +13,19 @@ func Example() {
 	for i := 0; i < 100; i++ { // a banned IP hammering the broker
 		now := start.Add(time.Duration(i) * 50 * time.Millisecond)
 		if lim.Allow("ip=203.0.113.7", "rule=guard:block:ip:203.0.113.7", now) {
-			fmt.Println("refused ip=203.0.113.7 rule=guard:block:ip:203.0.113.7")
+			fmt.Println("event=refused ip=203.0.113.7 rule=guard:block:ip:203.0.113.7")
 		}
 	}
 	for _, s := range lim.Flush(start.Add(10 * time.Second)) {
 		if s.Overflow {
-			fmt.Printf("%d more refusals from other sources in the last %s\n", s.Suppressed, s.Period)
+			fmt.Printf("event=refusals_suppressed source=other suppressed=%d period=%s\n", s.Suppressed, s.Period)
 			continue
 		}
-		fmt.Printf("%d more refusals from %s %s in the last %s\n", s.Suppressed, s.Source, s.Rule, s.Period)
+		fmt.Printf("event=refusals_suppressed %s %s suppressed=%d period=%s\n", s.Source, s.Rule, s.Suppressed, s.Period)
 	}
 	// Output:
-	// refused ip=203.0.113.7 rule=guard:block:ip:203.0.113.7
-	// refused ip=203.0.113.7 rule=guard:block:ip:203.0.113.7
-	// refused ip=203.0.113.7 rule=guard:block:ip:203.0.113.7
-	// 97 more refusals from ip=203.0.113.7 rule=guard:block:ip:203.0.113.7 in the last 10s
+	// event=refused ip=203.0.113.7 rule=guard:block:ip:203.0.113.7
+	// event=refused ip=203.0.113.7 rule=guard:block:ip:203.0.113.7
+	// event=refused ip=203.0.113.7 rule=guard:block:ip:203.0.113.7
+	// event=refusals_suppressed ip=203.0.113.7 rule=guard:block:ip:203.0.113.7 suppressed=97 period=10s
 }
