@@ -4,4 +4,8 @@
 // started by the tests and stopped by PID. make test runs them with the .so
 // it built ($GUARD_PLUGIN); without it, TestMain builds one. Under -short
 // (make unit) nothing here runs.
+//
+// deb_test.go builds the Debian package (packaging/build-deb.sh) from that
+// .so, installs it into a scratch root with dpkg, and loads the installed
+// .so into a real mosquitto.
 package e2e

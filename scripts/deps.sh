@@ -15,6 +15,13 @@ have redis-cli || need+=(redis-tools)
 have gcc || need+=(gcc)
 # The tests make their CA, server and client certificates with openssl.
 have openssl || need+=(openssl)
+# make deb: dpkg-shlibdeps computes the libc6 dependency; strip (binutils,
+# with gcc). The package's test checks it with lintian and groff (groff-base,
+# a dependency of lintian's man-db).
+have dpkg-shlibdeps || need+=(dpkg-dev)
+have strip || need+=(binutils)
+have lintian || need+=(lintian)
+have groff || need+=(groff-base)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
