@@ -124,8 +124,8 @@ func TestGCRAPeek(t *testing.T) {
 		fullIn  time.Duration
 	}{
 		{"", 3, 0},
-		{"900", 3, 0},          // long past: full
-		{"1000.25", 3, 0},      // now
+		{"900", 3, 0},     // long past: full
+		{"1000.25", 3, 0}, // now
 		{"1000.26", 2, 10 * time.Millisecond},
 		{"1010.25", 2, 10 * time.Second},
 		{"1010.26", 1, 10*time.Second + 10*time.Millisecond},
