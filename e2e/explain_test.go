@@ -210,7 +210,7 @@ func TestExplainEntriesEndToEnd(t *testing.T) {
 	out = explain("--ip", "192.0.2.55", "--clientid", "nobody", "--username", "carol")
 	assert.Equal(t, "accepted: no entry", verdictLine(t, out))
 	assert.Contains(t, out, "Entries: none matches")
-	assert.Contains(t, out, "ip 192.0.2.55: 1 counted (refilling 1 per 1m), 4 more allowed: the 5th failure from now bans")
+	assert.Contains(t, out, "ip 192.0.2.55: 1 counted, 4 more allowed: the 5th failure from now bans (refilling 1 per 1m, full again in ")
 	assert.Regexp(t, `live: 1 connection\n\s+BROKER\s+PRINCIPAL\s+IP\s+SINCE\s*\n\s+eu-1\s+"carol"\s+192\.0\.2\.55\s+`, out)
 
 	out = explain("--ip", "198.51.100.20", "--clientid", "plant-gw")
@@ -276,7 +276,7 @@ func TestExplainFailuresEndToEnd(t *testing.T) {
 	assert.Equal(t, 2, k.Allowed)
 	assert.Equal(t, 3, k.BanAt)
 	out := guardctlRun(t, bin, nil, append([]string{"explain", "--ip", ip}, conf...)...)
-	assert.Contains(t, out, "ip 127.0.40.1: 1 counted (refilling 1 per 1m), 2 more allowed: the 3rd failure from now bans; full again in 1m")
+	assert.Regexp(t, `ip 127\.0\.40\.1: 1 counted, 2 more allowed: the 3rd failure from now bans \(refilling 1 per 1m, full again in (1m|5\ds)\)`, out)
 	assert.Contains(t, out, "offences 0; the next automatic ban: 30s")
 
 	fail(k.BanAt - 1)
@@ -352,8 +352,8 @@ func TestExplainThrottleEndToEnd(t *testing.T) {
 	assert.Equal(t, 2, x.Throttle.Counter.Allowed)
 	assert.Equal(t, 3, x.Throttle.Counter.ThrottleAt)
 	out := guardctlRun(t, bin, nil, append([]string{"explain"}, conf...)...)
-	assert.Contains(t, out, "Username \"alice\":\n  not throttled\n  failures from any source: 1 counted of 3 (refilling 1 per 1m), "+
-		"2 more allowed: the 3rd failure from now throttles it\n")
+	assert.Regexp(t, `Username "alice":\n  not throttled\n  failures from any source: 1 counted of 3, `+
+		`2 more allowed: the 3rd failure from now throttles it \(refilling 1 per 1m, full again in (1m|5\ds)\)\n`, out)
 
 	fail(x.Throttle.Counter.ThrottleAt - 1)
 	x = state(3)

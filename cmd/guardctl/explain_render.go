@@ -71,7 +71,7 @@ func renderExplainText(w io.Writer, x *explanation) error {
 		who = append(who, "cert_id="+f.cert)
 	}
 	fmt.Fprintf(w, "Client: %s\n", strings.Join(who, " "))
-	writeLimits(w, x.limits)
+	writeLimits(w, x.limits, f.conn.config)
 
 	fmt.Fprintln(w)
 	if len(x.allows)+len(x.blocks) == 0 {
@@ -108,7 +108,7 @@ func renderExplainText(w io.Writer, x *explanation) error {
 	return nil
 }
 
-func writeLimits(w io.Writer, l limits) {
+func writeLimits(w io.Writer, l limits, confPath string) {
 	var vals, from []string
 	for _, name := range limitOptions {
 		vals = append(vals, name+" "+l.show(name))
@@ -117,9 +117,12 @@ func writeLimits(w io.Writer, l limits) {
 		}
 	}
 	fmt.Fprintf(w, "Limits: %s\n", strings.Join(vals, ", "))
-	if len(from) == 0 {
-		fmt.Fprintln(w, "  (all the plugin's defaults)")
-	} else {
+	switch {
+	case len(from) == 0 && confPath == "":
+		fmt.Fprintln(w, "  (the plugin's defaults; --config reads the broker's)")
+	case len(from) == 0:
+		fmt.Fprintln(w, "  (the plugin's defaults: the config sets none of them)")
+	default:
 		fmt.Fprintf(w, "  (%s; the rest the plugin's defaults)\n", strings.Join(from, "; "))
 	}
 }
@@ -144,13 +147,8 @@ func writeFailures(w io.Writer, x *explanation) {
 		}
 	}
 	for _, fs := range x.failures {
-		fmt.Fprintf(w, "  %s %s: %d counted (refilling 1 per %s), %s; ", fs.Scope, valueText(fs.Scope, fs.Value),
-			fs.Counted, confDur(fs.Window), moreBefore(fs.Allowed, "bans"))
-		if fs.FullIn > 0 {
-			fmt.Fprintf(w, "full again in %s\n", human(fs.FullIn))
-		} else {
-			fmt.Fprintln(w, "full")
-		}
+		fmt.Fprintf(w, "  %s %s: %d counted, %s (%s)\n", fs.Scope, valueText(fs.Scope, fs.Value),
+			fs.Counted, moreBefore(fs.Allowed, "bans"), refill(fs.Count))
 		if b := x.bannedBy(fs); b != nil {
 			fmt.Fprintf(w, "    banned now by %s (%s, %s): its attempts are refused unchecked and not counted\n", showText(b.Key), b.Origin(), left(b.TTL))
 		}
@@ -163,6 +161,15 @@ func writeFailures(w io.Writer, x *explanation) {
 		}
 		fmt.Fprintf(w, "    offences %d%s; the next automatic ban: %s\n", fs.Offences, forget, human(fs.NextBan))
 	}
+}
+
+// refill says how a count's allowance refills, and when it is full again.
+func refill(c ratelimit.Count) string {
+	s := "refilling 1 per " + confDur(c.Window)
+	if c.FullIn > 0 {
+		s += ", full again in " + human(c.FullIn)
+	}
+	return s
 }
 
 // moreBefore says how many more failures pass before the one that bans
@@ -187,8 +194,8 @@ func writeThrottle(w io.Writer, x *explanation) {
 		return
 	}
 	c := x.counter
-	fmt.Fprintf(w, "  failures from any source: %d counted of %d (refilling 1 per %s), %s\n",
-		c.Counted, c.Limit, confDur(c.Window), moreBefore(c.Allowed, "throttles it"))
+	fmt.Fprintf(w, "  failures from any source: %d counted of %d, %s (%s)\n",
+		c.Counted, c.Limit, moreBefore(c.Allowed, "throttles it"), refill(*c))
 }
 
 func writeClientID(w io.Writer, x *explanation) {
