@@ -214,11 +214,30 @@ func optionNames() []string {
 // once: the error is an Errors, unknown options first (each naming what
 // replaces it when mosquitto-go-auth knows it), then bad values in the order
 // of their names, then the checks across options.
-func Parse(opts map[string]string) (Options, error) {
+func Parse(opts map[string]string) (Options, error) { return parse(opts, true) }
+
+// ParseOffline is Parse without opening password_file: for guardctl, which
+// reads the plugin's options (its limits among them) as another user than
+// the broker's, and never a password. Every other check is Parse's.
+func ParseOffline(opts map[string]string) (Options, error) { return parse(opts, false) }
+
+// CheckOption checks one value of the option name as Parse does, alone
+// (the checks across options are left out): the error names the option,
+// the value and the expected form. An unknown name is an error too.
+func CheckOption(name, value string) error {
+	o, ok := options[name]
+	if !ok {
+		return UnknownOption(name)
+	}
+	var c Options
+	return o.parse(&c, strings.TrimSpace(value))
+}
+
+func parse(opts map[string]string, openFiles bool) (Options, error) {
 	errs := unknownOptions(opts)
 	c, bad, failed := parseOptions(opts, optionNames())
 	errs = append(errs, bad...)
-	errs = append(errs, c.combine(opts, failed)...)
+	errs = append(errs, c.combine(opts, failed, openFiles)...)
 	if len(errs) > 0 {
 		return Options{}, errs
 	}
@@ -256,9 +275,9 @@ func parseOptions(opts map[string]string, names []string) (c Options, errs Error
 // combine applies the checks across options whose values parsed, and sets
 // the backend when none is given. Each check runs whatever another found, so
 // that one start names every problem.
-func (c *Options) combine(opts map[string]string, failed map[string]bool) Errors {
+func (c *Options) combine(opts map[string]string, failed map[string]bool, openFiles bool) Errors {
 	var errs Errors
-	for _, err := range []error{c.checkBanTimes(opts, failed), c.checkBackend(failed)} {
+	for _, err := range []error{c.checkBanTimes(opts, failed), c.checkBackend(failed, openFiles)} {
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -281,8 +300,8 @@ func (c *Options) checkBanTimes(opts map[string]string, failed map[string]bool) 
 
 // checkBackend sets the backend when none is given and checks password_file
 // against it: a backend that did not parse leaves nothing to check; with
-// backend files and a path, the file is opened.
-func (c *Options) checkBackend(failed map[string]bool) error {
+// backend files and a path, the file is opened (with openFiles).
+func (c *Options) checkBackend(failed map[string]bool, openFiles bool) error {
 	if failed["backend"] {
 		return nil
 	}
@@ -297,6 +316,8 @@ func (c *Options) checkBackend(failed map[string]bool) error {
 		return &OptionError{"password_file", "", "the path of a mosquitto_passwd file (backend files needs one)"}
 	case c.Backend != BackendFiles && c.PasswordFile != "":
 		return &OptionError{"password_file", c.PasswordFile, "no password_file unless backend is files (backend is " + string(c.Backend) + ")"}
+	case !openFiles:
+		return nil
 	}
 	return c.checkPasswordFile()
 }

@@ -228,3 +228,31 @@ func TestCrossOptionErrorsAtOnce(t *testing.T) {
 		assert.Equal(t, c.want, got, "%v: %v", c.opts, err)
 	}
 }
+
+// ParseOffline checks everything Parse checks but opening password_file,
+// which guardctl, running as another user, may not be able to read.
+func TestParseOffline(t *testing.T) {
+	unreadable := map[string]string{"password_file": "/nonexistent/passwd", "fail_limit": "7"}
+	_, err := Parse(unreadable)
+	require.Error(t, err)
+	c, err := ParseOffline(unreadable)
+	require.NoError(t, err)
+	assert.Equal(t, 7, c.Policy.Limit)
+	assert.Equal(t, BackendFiles, c.Backend)
+
+	_, err = ParseOffline(map[string]string{"fail_limit": "x", "ban_time": "2d", "backend": "redis", "password_file": "/p", "bogus": "1"})
+	require.Error(t, err)
+	msg := err.Error()
+	for _, want := range []string{"fail_limit", "ban_time", "password_file", "bogus"} {
+		assert.Contains(t, msg, want)
+	}
+}
+
+func TestCheckOption(t *testing.T) {
+	assert.NoError(t, CheckOption("fail_limit", " 3 "))
+	assert.EqualError(t, CheckOption("fail_window", "5x"),
+		`option fail_window: bad value "5x": expected a duration from 1s to 24h0m0s, such as 90s, 10m, 1h30m or 31d`)
+	assert.EqualError(t, CheckOption("fail_scopes", "cidr"),
+		`option fail_scopes: bad value "cidr": expected a list of ip, clientid, username separated by commas or spaces`)
+	assert.Error(t, CheckOption("fail_limt", "3"))
+}

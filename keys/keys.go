@@ -323,3 +323,33 @@ func ParseCIDR(s string) (netip.Prefix, error) {
 	}
 	return p, nil
 }
+
+// FailKey returns the scope and value a failed authentication is counted
+// under for the fail scope s (one of fail_scopes), and its automatic ban
+// written as: for ip, the client's IP, or for an IPv6 address its network of
+// ipv6Prefix bits as a cidr value (128: the address itself: an attacker
+// holding a /64 gets one allowance, not 2^64); for clientid and username,
+// the value in its Tracking form (an over-long claim must not make a key of
+// 65 535 bytes). ok is false when the client has no value in s (no IP).
+// The plugin counts by it, and guardctl explain reads the same keys.
+func FailKey(s Scope, ip netip.Addr, ipv6Prefix int, clientID, username string) (scope Scope, value string, ok bool) {
+	switch s {
+	case IP:
+		if !ip.IsValid() {
+			return "", "", false
+		}
+		ip = ip.Unmap() // as NormalizeIP gives it: an IPv4-mapped address counts as IPv4
+		if ip.Is6() && ipv6Prefix < 128 {
+			p, err := ip.Prefix(ipv6Prefix)
+			if err == nil {
+				return CIDR, p.String(), true
+			}
+		}
+		return IP, ip.String(), true
+	case ClientID:
+		return ClientID, Tracking(clientID), true
+	case Username:
+		return Username, Tracking(username), true
+	}
+	return "", "", false
+}

@@ -237,3 +237,37 @@ func TestCertID(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Cert, s)
 }
+
+func TestFailKey(t *testing.T) {
+	long := strings.Repeat("u", 300)
+	cases := []struct {
+		scope      Scope
+		ip         string
+		prefix     int
+		id, user   string
+		wantScope  Scope
+		wantValue  string
+		wantCounts bool
+	}{
+		{IP, "192.0.2.7", 64, "c", "u", IP, "192.0.2.7", true},
+		{IP, "::ffff:192.0.2.7", 64, "c", "u", IP, "192.0.2.7", true}, // mapped counts as IPv4
+		{IP, "2001:db8:1:2:3:4:5:6", 64, "c", "u", CIDR, "2001:db8:1:2::/64", true},
+		{IP, "2001:db8:1:2:3:4:5:6", 48, "c", "u", CIDR, "2001:db8:1::/48", true},
+		{IP, "2001:db8:1:2:3:4:5:6", 128, "c", "u", IP, "2001:db8:1:2:3:4:5:6", true},
+		{IP, "", 64, "c", "u", "", "", false},
+		{ClientID, "192.0.2.7", 64, "dev 1", "u", ClientID, "dev 1", true},
+		{ClientID, "", 64, long, "u", ClientID, Tracking(long), true},
+		{Username, "", 64, "c", long, Username, Tracking(long), true},
+		{CIDR, "192.0.2.7", 64, "c", "u", "", "", false},
+	}
+	for _, c := range cases {
+		var ip netip.Addr
+		if c.ip != "" {
+			ip = netip.MustParseAddr(c.ip)
+		}
+		s, v, ok := FailKey(c.scope, ip, c.prefix, c.id, c.user)
+		assert.Equal(t, c.wantCounts, ok, "%s %s", c.scope, c.ip)
+		assert.Equal(t, c.wantScope, s, "%s %s", c.scope, c.ip)
+		assert.Equal(t, c.wantValue, v, "%s %s", c.scope, c.ip)
+	}
+}

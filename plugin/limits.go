@@ -86,21 +86,13 @@ type failKey struct {
 
 func (k failKey) local() string { return string(k.scope) + ":" + k.value }
 
-// failKeys lists the keys c's failures count under, one per fail scope.
+// failKeys lists the keys c's failures count under, one per fail scope
+// (keys.FailKey, which guardctl explain reads by too).
 func (g *Guard) failKeys(c Client, ip netip.Addr) []failKey {
 	out := make([]failKey, 0, len(g.cfg.FailScopes))
 	for _, scope := range g.cfg.FailScopes {
-		switch scope {
-		case keys.IP:
-			if ip.IsValid() {
-				out = append(out, sourceKey(ip, g.cfg.FailIPv6Prefix))
-			}
-		case keys.ClientID:
-			// Claims over 256 bytes in their tracking form: the counter, the
-			// offences and an automatic ban must not keep 65 535 bytes a key.
-			out = append(out, failKey{keys.ClientID, keys.Tracking(c.ClientID)})
-		case keys.Username:
-			out = append(out, failKey{keys.Username, keys.Tracking(c.Username)})
+		if s, v, ok := keys.FailKey(scope, ip, g.cfg.FailIPv6Prefix, c.ClientID, c.Username); ok {
+			out = append(out, failKey{s, v})
 		}
 	}
 	return out
@@ -111,9 +103,6 @@ func (g *Guard) failKeys(c Client, ip netip.Addr) []failKey {
 // ipv6Prefix bits (fail_ipv6_prefix: an attacker rotating addresses inside
 // it is one source).
 func sourceKey(ip netip.Addr, ipv6Prefix int) failKey {
-	if ip.Is6() && ipv6Prefix < 128 {
-		p, _ := ip.Prefix(ipv6Prefix) // cannot fail: 16..127 bits of an IPv6 address
-		return failKey{keys.CIDR, p.String()}
-	}
-	return failKey{keys.IP, ip.String()}
+	s, v, _ := keys.FailKey(keys.IP, ip, ipv6Prefix, "", "")
+	return failKey{s, v}
 }

@@ -35,6 +35,7 @@ type rediser interface {
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
 
 	Get(ctx context.Context, key string) *redis.StringCmd
+	Pipeline() redis.Pipeliner // Peek's reads, in one round trip
 	SetArgs(ctx context.Context, key string, value interface{}, a redis.SetArgs) *redis.StatusCmd
 }
 
@@ -60,6 +61,12 @@ func (p Policy) BanDuration(offence int) time.Duration {
 		return p.BanMax
 	}
 	return p.BanTime << shift
+}
+
+// banTTL is the expiry the ban of the n-th offence is written with:
+// BanDuration to the millisecond, at least 1ms (the smallest Redis keeps).
+func (p Policy) banTTL(offence int) time.Duration {
+	return max(p.BanDuration(offence).Truncate(time.Millisecond), time.Millisecond)
 }
 
 // String describes the policy, e.g.
@@ -180,8 +187,7 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 		return nil, fmt.Errorf("ratelimit: read offences: %w", err)
 	}
 	offence := max(n, 0) + 1
-	d := l.policy.BanDuration(offence).Truncate(time.Millisecond)
-	d = max(d, time.Millisecond) // the smallest expiry Redis keeps
+	d := l.policy.banTTL(offence)
 
 	now := time.Now()
 	b := &Ban{

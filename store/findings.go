@@ -160,33 +160,43 @@ func (s *Store) Findings(ctx context.Context, since time.Time) ([]Finding, error
 		return nil, fmt.Errorf("store: findings: %w", err)
 	}
 	out := make([]Finding, 0, len(msgs))
+	for _, m := range msgs {
+		out = append(out, parseFinding(m))
+	}
+	if err := s.addFolds(ctx, out); err != nil {
+		return nil, fmt.Errorf("store: findings: %w", err)
+	}
+	return out, nil
+}
+
+// addFolds sets the count and first and last time of each finding from its
+// fold hash (all its repeats), in one round trip.
+func (s *Store) addFolds(ctx context.Context, fs []Finding) error {
 	folds := map[string]*redis.MapStringStringCmd{}
 	pipe := s.rdb.Pipeline()
-	for _, m := range msgs {
-		f := parseFinding(m)
+	for _, f := range fs {
 		if _, ok := folds[f.Fold]; !ok && f.Fold != "" {
 			folds[f.Fold] = pipe.HGetAll(ctx, s.kb.Fold(f.Fold))
 		}
-		out = append(out, f)
 	}
 	if len(folds) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, fmt.Errorf("store: findings: %w", err)
+			return err
 		}
 	}
-	for i := range out {
-		cmd, ok := folds[out[i].Fold]
+	for i := range fs {
+		cmd, ok := folds[fs[i].Fold]
 		if !ok {
 			continue
 		}
 		m := cmd.Val()
 		if n, err := strconv.ParseInt(m["count"], 10, 64); err == nil {
-			out[i].Count = n
-			out[i].FirstSeenMs, _ = strconv.ParseInt(m["first_ms"], 10, 64)
-			out[i].LastSeenMs, _ = strconv.ParseInt(m["last_ms"], 10, 64)
+			fs[i].Count = n
+			fs[i].FirstSeenMs, _ = strconv.ParseInt(m["first_ms"], 10, 64)
+			fs[i].LastSeenMs, _ = strconv.ParseInt(m["last_ms"], 10, 64)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 func parseFinding(m redis.XMessage) Finding {

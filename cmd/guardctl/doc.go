@@ -16,5 +16,12 @@
 //	guardctl audit --config /etc/mosquitto/mosquitto.conf
 //	guardctl audit --since-last --json --config /etc/mosquitto/mosquitto.conf
 //
+// explain says why a client would be refused or accepted, from what Redis
+// holds and without writing to it: the entries it matches and which one
+// decides (store.Resolve, as at CONNECT), its failure counts, its username's
+// throttle and its client ID's conflict state:
+//
+//	guardctl explain --clientid sensor-17 --username alice --ip 203.0.113.7
+//
 // Exit status: 0 ok, 1 runtime error (such as Redis unreachable), 2 usage error.
 package main

@@ -413,6 +413,7 @@ func TestRunUsageListsCommands(t *testing.T) {
   allow    exempt a client ID, username, IP or range from every ban
   audit    list client-ID conflict findings (CONFLICTING_CLIENT_IDS_CHECK)
   ban      ban a client ID, username, IP or range, for a time or for ever
+  explain  say why a client would be refused or accepted, from what Redis holds
   list     list the bans, or with --allow the allowlist
   unallow  remove an allowlist entry
   unban    lift a ban

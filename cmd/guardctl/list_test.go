@@ -370,4 +370,15 @@ func TestCluster(t *testing.T) {
 	code, out, _ = kctl("list", "--limit", "1")
 	require.Equal(t, exitOK, code)
 	assert.True(t, strings.HasPrefix(out, "19 bans, the first 1 shown; 18 more not shown (--limit)\n"), out)
+
+	// explain reads keys of many slots (and TIME, and the findings stream)
+	// across the masters.
+	code, _, errOut = kctl("ban", "cidr", "203.0.113.0/24", "--reason", "range")
+	require.Equal(t, exitOK, code, errOut)
+	code, out, errOut = kctl("explain", "--clientid", "dev-03", "--username", "u", "--ip", "203.0.113.7")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "\nVerdict: refused by k:block:clientid:dev-03 (operator, ")
+	assert.Regexp(t, `outranked\s+k:block:cidr:203\.0\.113\.0/24\s`, out)
+	assert.Contains(t, out, "ip 203.0.113.7: 0 counted")
+	assert.Contains(t, out, "findings: none (all 0 findings read)")
 }

@@ -28,6 +28,7 @@ type command struct {
 // commands lists the subcommands by name; add new ones here.
 var commands = map[string]command{
 	"audit":   {"list client-ID conflict findings (CONFLICTING_CLIENT_IDS_CHECK)", runAudit},
+	"explain": {"say why a client would be refused or accepted, from what Redis holds", runExplain},
 	"ban":     {"ban a client ID, username, IP or range, for a time or for ever", editCommand(banEdit)},
 	"unban":   {"lift a ban", editCommand(unbanEdit)},
 	"allow":   {"exempt a client ID, username, IP or range from every ban", editCommand(allowEdit)},
