@@ -16,9 +16,7 @@ import (
 // manPending are commands guardctl.1 documents before guardctl has them, each
 // with where it is being added; delete an entry once that is merged (the
 // command is then checked as every other).
-var manPending = map[string]string{
-	"explain": "issue 11 section 1, branch i11-explain",
-}
+var manPending = map[string]string{}
 
 // flagName matches a long flag in help text, or in roff once \- is -.
 var flagName = regexp.MustCompile(`--([a-z][a-z0-9-]*)`)

@@ -63,7 +63,7 @@ JSON: {"identity": {"clientid", "ip", "username", "cert"} (those given;
 "limits": {"fail_limit", "fail_window_ms", "ban_time_ms", "ban_max_ms",
 "fail_scopes", "fail_ipv6_prefix", "username_fail_limit",
 "conflict_window_ms", "backend", "clientid_conflict" (null without
---config), "from": {option: "default" | "--flag" | "file:line"}},
+--config), "from": {option: "default" | "--FLAG" | "file:line"}},
 "entries": [{"key", "list": "allow"|"block", "scope", "value", "origin":
 "auto"|"operator", "reason", "set_ms": unix ms or null (unknown), "ttl_ms":
 ms or null (permanent), "role": "decides"|"outranked"|"lifted"|"counts"|
