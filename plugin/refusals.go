@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logflood"
@@ -23,6 +24,7 @@ type refusals struct {
 	window     time.Duration // fail_window: a throttle's episode while only this broker's count knows it
 	floods     *logflood.Limiter
 	throttles  throttleLog
+	suppressed atomic.Uint64 // refusals not logged one by one, for the metrics
 }
 
 func newRefusals(log Logger, now func() time.Time, ipv6Prefix int, window time.Duration) *refusals {
@@ -33,6 +35,7 @@ func newRefusals(log Logger, now func() time.Time, ipv6Prefix int, window time.D
 // refuse logs a refusal and returns d.
 func (r *refusals) refuse(c Client, ip netip.Addr, d Decision, reauth bool) Decision {
 	if !r.floods.Allow(r.source(c, ip), floodRule(d), r.now()) {
+		r.suppressed.Add(1)
 		return d
 	}
 	var b strings.Builder
@@ -67,6 +70,8 @@ func (r *refusals) throttled(c Client, ip netip.Addr, m *store.Match) Decision {
 	if r.throttles.first(c.Username, r.now(), ttl) {
 		r.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s expires=%s (first refusal of this throttle here; the rest are not logged)",
 			describeClient(c, ip), RuleUsernameThrottled, expiry(r.now(), ttl)))
+	} else {
+		r.suppressed.Add(1)
 	}
 	return d
 }
@@ -78,6 +83,8 @@ func (r *refusals) conflict(c Client, ip netip.Addr, holder *store.Conn) {
 	if r.floods.Allow(r.source(c, ip), floodRule(d), r.now()) { // as every refusal line: bounded per source
 		r.log(LevelNotice, fmt.Sprintf("mosquitto-guard: refused %s rule=%s holder_principal=%s holder_ip=%s holder_broker=%s",
 			describeClient(c, ip), RuleClientIDConflict, logval.Quote(holder.Principal), holder.IP, logval.Quote(holder.Broker)))
+	} else {
+		r.suppressed.Add(1)
 	}
 }
 
