@@ -146,7 +146,9 @@ func TestMetricsEndToEnd(t *testing.T) {
 	assert.Equal(t, float64(made), value(after, "mosquitto_guard_connect_seconds"))
 	assert.Equal(t, 1, strings.Count(e.broker.Output(), "mosquitto-guard: metrics on "), "not reopened")
 	require.EqualValues(t, accepted, e.connect(as("127.9.0.10", "a10", "alice", "alice-pw")))
-	assert.Equal(t, float64(made+1), value(scrape(t, addr), "mosquitto_guard_connect_seconds"))
+	after = scrape(t, addr)
+	assert.Equal(t, float64(made+1), connects(after), "a CONNECT after the reload is counted")
+	assert.Equal(t, float64(made+1), value(after, "mosquitto_guard_connect_seconds"))
 	held.Disconnect()
 
 	// Redis stops: redis_up goes 0 within the health probe's bound (700 ms;
