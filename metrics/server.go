@@ -7,7 +7,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -41,18 +40,17 @@ const Path = "/metrics"
 type Server struct {
 	ln   *limitListener
 	srv  *http.Server
-	port int
 	done chan struct{} // closed when the serving goroutine returns
 	once sync.Once
 }
 
-// live holds the ports this process serves metrics on: with
+// live holds the addresses this process serves metrics on: with
 // per_listener_settings true the broker starts the plugin once per listener,
 // and a second instance given the same metrics_addr is told so.
 var live = struct {
 	sync.Mutex
-	ports map[int]int
-}{ports: map[int]int{}}
+	addrs map[*Server]*net.TCPAddr
+}{addrs: map[*Server]*net.TCPAddr{}}
 
 // Listen opens a TCP listener on addr (host:port), at once, so that an
 // address that cannot be listened on is an error now, not in a goroutine
@@ -62,24 +60,18 @@ func Listen(addr string) (*Server, error) {
 	if err != nil {
 		return nil, listenError(addr, err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
+	s := &Server{ln: newLimitListener(ln, MaxConns), done: make(chan struct{})}
 	live.Lock()
-	live.ports[port]++
+	live.addrs[s] = ln.Addr().(*net.TCPAddr)
 	live.Unlock()
-	return &Server{ln: newLimitListener(ln, MaxConns), port: port, done: make(chan struct{})}, nil
+	return s, nil
 }
 
 // listenError says why addr cannot be listened on.
 func listenError(addr string, err error) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
-		if _, p, perr := net.SplitHostPort(addr); perr == nil {
-			n, _ := strconv.Atoi(p)
-			live.Lock()
-			ours := live.ports[n] > 0
-			live.Unlock()
-			if ours {
-				return fmt.Errorf("port %d already serves the metrics of another instance of this plugin in this broker: with per_listener_settings true each listener's plugin needs its own metrics_addr, or none", n)
-			}
+		if a, rerr := net.ResolveTCPAddr("tcp", addr); rerr == nil && servedHere(a) {
+			return fmt.Errorf("port %d already serves the metrics of another instance of this plugin in this broker: with per_listener_settings true each listener's plugin needs its own metrics_addr, or none", a.Port)
 		}
 		return errors.New("address already in use")
 	}
@@ -88,6 +80,19 @@ func listenError(addr string, err error) error {
 		return op.Err // bind: cannot assign requested address; lookup x: no such host; ...
 	}
 	return err
+}
+
+// servedHere says whether a server of this process listens where a would:
+// the same port on the same address, or on every address.
+func servedHere(a *net.TCPAddr) bool {
+	live.Lock()
+	defer live.Unlock()
+	for _, b := range live.addrs {
+		if b.Port == a.Port && (b.IP.Equal(a.IP) || b.IP.IsUnspecified() || a.IP == nil || a.IP.IsUnspecified()) {
+			return true
+		}
+	}
+	return false
 }
 
 // Addr returns the address listened on.
@@ -148,9 +153,7 @@ func (s *Server) Close() {
 			_ = s.ln.Close()
 		}
 		live.Lock()
-		if live.ports[s.port]--; live.ports[s.port] <= 0 {
-			delete(live.ports, s.port)
-		}
+		delete(live.addrs, s)
 		live.Unlock()
 	})
 }

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -104,9 +105,24 @@ func TestListenErrorsSayWhy(t *testing.T) {
 	_, err = Listen(s.Addr().String())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "already serves the metrics of another instance of this plugin in this broker: with per_listener_settings true each listener's plugin needs its own metrics_addr")
+	// Another address with our port, held by someone else, is not ours.
+	port := s.Addr().(*net.TCPAddr).Port
+	other, err := net.Listen("tcp", fmt.Sprintf("127.0.0.2:%d", port))
+	require.NoError(t, err)
+	defer other.Close()
+	_, err = Listen(other.Addr().String())
+	assert.Equal(t, "address already in use", err.Error())
 	s.Close()
 	_, err = Listen(busy.Addr().String())
 	assert.Equal(t, "address already in use", err.Error(), "another process's port is not ours")
+
+	// An instance on every address holds the port on each of them.
+	all, err := Listen(":0")
+	require.NoError(t, err)
+	defer all.Close()
+	_, err = Listen(fmt.Sprintf("127.0.0.1:%d", all.Addr().(*net.TCPAddr).Port))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "another instance of this plugin")
 }
 
 // At most MaxConns connections are open at once: one more waits until one
