@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
@@ -28,6 +29,10 @@ func main() {}
 
 // reload tells the re-authentication walk after a reload from new CONNECTs.
 var reload plugin.ReloadWalk
+
+// timed counts the instances with a CONNECT histogram (metrics_addr): while
+// there is none, BASIC_AUTH does not read the clock.
+var timed atomic.Int32
 
 //export guardInit
 func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.int, out *C.uintptr_t) (rc C.int) {
@@ -85,6 +90,9 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		}
 	}
 	*out = C.uintptr_t(h)
+	if g.Timed() {
+		timed.Add(1)
+	}
 	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: ready (backend %s, key_prefix %q, fail_limit %d per %s on %v, clientid_conflict %s)",
 		cfg.Backend, cfg.KeyPrefix, cfg.Policy.Limit, cfg.Policy.Window, cfg.FailScopes, cfg.Conflicts.Mode))
 	return C.MOSQ_ERR_SUCCESS
@@ -99,12 +107,27 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 		return C.MOSQ_ERR_SUCCESS
 	}
 	C.guard_unregister(in.id)
-	in.guard.Close()
+	if in.guard.Timed() {
+		timed.Add(-1)
+	}
+	in.guard.Close() // closes its metrics endpoint: the port is free again
 	return C.MOSQ_ERR_SUCCESS
 }
 
 //export guardBasicAuth
 func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char) (rc C.int) {
+	// The CONNECT histogram: from here to the return, the queue's drain
+	// included (this defer runs last); a new CONNECT's only, not the walk's.
+	var start time.Time
+	var observe *plugin.Guard
+	if timed.Load() > 0 {
+		start = time.Now()
+		defer func() {
+			if observe != nil {
+				observe.ObserveConnect(time.Since(start))
+			}
+		}()
+	}
 	safe := false // a new CONNECT outside a reload: the queue's broker calls may run
 	defer func() {
 		if safe {
@@ -147,6 +170,9 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 		// sessions the broker may free without a DISCONNECT.
 		C.guard_seen_add(client)
 		C.guard_denied_take(client) // a new client at a freed pointer: not the banned one
+		if !start.IsZero() && in.guard.Timed() {
+			observe = in.guard
+		}
 		d = in.guard.Authenticate(c)
 	}
 	clear(c.Password)

@@ -57,6 +57,10 @@ type Options struct {
 	AuthCache     int           // auth_cache: successful verifications remembered (0: off)
 	ACLCheck      ACLMode       // acl_check: refusing a banned connection's messages until its kick
 
+	// MetricsAddr is metrics_addr: the host:port the Prometheus endpoint
+	// listens on; "" for none.
+	MetricsAddr string
+
 	// DenyWhenRedisDown is redis_unavailable deny: refuse every client while
 	// Redis cannot be reached. Otherwise (allow) credentials are still checked
 	// and the Redis checks are skipped.
@@ -178,6 +182,7 @@ var options = map[string]option{
 	"auth_cache":     {"100000", intOption("auth_cache", 0, 10_000_000, func(c *Options) *int { return &c.AuthCache })},
 	"acl_check":      {"auto", parseACLMode},
 	"broker_lease":   {"30s", durationOption("broker_lease", time.Second, time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Lease })},
+	"metrics_addr":   {"", parseMetricsAddr},
 }
 
 // redisOptions say where the plugin's keys are: what guardctl needs too.

@@ -21,6 +21,9 @@ func (t *Tracker) report(ctx context.Context, f *store.Finding) {
 		return
 	}
 	t.log(LevelWarning, describeFinding(f)+note)
+	if t.reported != nil {
+		t.reported(f.Kind)
+	}
 	if t.opts.FindingsTopic != "" && t.publish != nil {
 		payload, _ := json.Marshal(f)
 		t.publish(t.opts.FindingsTopic, payload)

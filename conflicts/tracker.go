@@ -74,6 +74,10 @@ type Deps struct {
 	// Publish sends a finding on Options.FindingsTopic; it must be safe to
 	// call from any goroutine. Nil: findings are not published.
 	Publish func(topic string, payload []byte)
+	// Reported is told the kind (store.Kind...) of each finding reported:
+	// logged, and published; not one folded into an earlier report. Called
+	// from the worker; nil: nobody is told.
+	Reported func(kind string)
 }
 
 // event is work for the worker, in broker order.
@@ -101,6 +105,7 @@ type Tracker struct {
 	log      func(Level, string)
 	now      func() time.Time
 	publish  func(topic string, payload []byte)
+	reported func(kind string)
 	instance string
 	seq      atomic.Uint64
 	events   chan event
@@ -139,7 +144,7 @@ func New(opts Options, d Deps) *Tracker {
 	var id [6]byte
 	_, _ = rand.Read(id[:])
 	t := &Tracker{
-		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish,
+		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported,
 		instance: hex.EncodeToString(id[:]),
 		events:   make(chan event, queueSize),
 		seen:     map[seenKey]seenMark{},

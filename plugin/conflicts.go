@@ -76,9 +76,10 @@ func (g *Guard) liveConns(clientID string) []store.Conn {
 
 // newTracker builds the conflict tracker of cfg's clientid_conflict
 // options on st; claims go through claimer (the broker thread's client,
-// bounded by redis_timeout, without retries) when it can claim.
-func newTracker(cfg config.Options, st conflicts.Store, claimer Store, log Logger, publish Publisher, now func() time.Time) *conflicts.Tracker {
-	d := conflicts.Deps{Store: st, Now: now, Publish: publish,
+// bounded by redis_timeout, without retries) when it can claim; reported
+// hears the kind of each finding reported.
+func newTracker(cfg config.Options, st conflicts.Store, claimer Store, log Logger, publish Publisher, now func() time.Time, reported func(kind string)) *conflicts.Tracker {
+	d := conflicts.Deps{Store: st, Now: now, Publish: publish, Reported: reported,
 		Log: func(l conflicts.Level, msg string) { log(levelOf(l), msg) }}
 	if cl, ok := claimer.(conflicts.Claimer); ok {
 		d.Claimer = cl

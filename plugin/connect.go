@@ -10,8 +10,16 @@ import (
 // then admit. The lists come from the local replica; Redis is asked (once,
 // for at most redis_timeout) only until the replica is loaded, and for live
 // connections under clientid_conflict deny. A failure is counted locally at
-// once and in Redis in the background.
-func (g *Guard) Authenticate(c Client) Decision { return g.authenticate(c, g.reauth(c.Handle)) }
+// once and in Redis in the background. Each decision is counted in the
+// metrics, by its rule; a re-check after a reload is not.
+func (g *Guard) Authenticate(c Client) Decision {
+	reauth := g.reauth(c.Handle)
+	d := g.authenticate(c, reauth)
+	if !reauth {
+		g.metrics.decided(d)
+	}
+	return d
+}
 
 // Reauthenticate decides the broker's re-check of a client it already holds,
 // connected or an offline session, in the walk over every client that

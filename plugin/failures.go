@@ -37,8 +37,9 @@ type failure struct {
 type failureQueue struct {
 	failureDeps
 	ch        chan failure
-	dropped   atomic.Int64 // not queued: the queue was full
-	uncounted atomic.Int64 // queued, but Redis did not count them
+	dropped   atomic.Int64  // not queued: the queue was full
+	uncounted atomic.Int64  // queued, but Redis did not count them
+	lostTotal atomic.Uint64 // both, since start, for the metrics
 }
 
 // failureDeps are what the failure worker needs of the guard.
@@ -54,6 +55,7 @@ type failureDeps struct {
 	listed func(key, reason string, expires time.Time)
 	spawn  func(name string, fn func()) // a goroutine the guard's Close waits for
 	stop   <-chan struct{}              // closed when the guard closes
+	m      *guardMetrics                // nil: no metrics
 }
 
 const failureQueueSize = 4096
@@ -70,6 +72,7 @@ func (q *failureQueue) add(f failure) {
 	case q.ch <- f:
 	default:
 		q.dropped.Add(1)
+		q.lostTotal.Add(1)
 	}
 }
 
@@ -220,12 +223,14 @@ func notRun(err error) bool {
 func (q *failureQueue) lost(err error) {
 	q.down(err)
 	q.uncounted.Add(1)
+	q.lostTotal.Add(1)
 }
 
 // banned spreads an automatic ban this broker wrote, and logs it with the
 // failure f that caused it, under its key k.
 func (q *failureQueue) banned(ban *ratelimit.Ban, f failure, k failKey) {
 	q.listed(ban.Key, ban.Reason, ban.Expires)
+	q.m.banned(k.scope)
 	c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
 	// ip is the last failing client's; scope and value name the key banned
 	// (an IPv6 network, a client ID, a username: not always that ip).
@@ -239,6 +244,7 @@ func (q *failureQueue) banned(ban *ratelimit.Ban, f failure, k failKey) {
 // episode (once, on the broker that wrote it).
 func (q *failureQueue) throttled(th *ratelimit.Throttle) {
 	q.listed(th.Key, th.Reason, q.now().Add(th.Duration))
+	q.m.throttled()
 	// Until it ends, the username's attempts from sources it never
 	// authenticated from are refused unchecked.
 	q.log(LevelWarning, logline.Event("throttled").Tok("rule", RuleUsernameThrottled).Expires(q.now(), th.Duration).

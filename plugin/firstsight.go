@@ -34,14 +34,17 @@ func (g *Guard) FirstSight(c Client) Decision {
 	default:
 		if cd, refused := g.checkConflict(c, ip, ans, redisOK); refused {
 			// checkConflict logged it; only the kick is left.
+			g.metrics.connect(ruleClientIDConflict)
 			g.admitFlagged(c, ip)
 			return cd
 		}
 	}
 	if d.Result != Deny {
+		g.metrics.connect(ruleCertificate)
 		g.admit(c, ip, false)
 		return d
 	}
+	g.metrics.connect(refusedBy(d))
 	d.Detail = "seen=first-acl-check" // no BASIC_AUTH on this listener: kicked at the next safe point
 	g.refusals.refuse(c, ip, d, false)
 	g.admitFlagged(c, ip)
@@ -64,6 +67,7 @@ func (g *Guard) admitFlagged(c Client, ip netip.Addr) {
 	lc.flagged = true
 	g.out.Flagged(1) // under g.mu: Disconnected's -1 cannot come first
 	g.mu.Unlock()
+	g.metrics.kicked(1)
 	g.out.Kick(c.Handle, c.ClientID)
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/metrics"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
@@ -54,6 +55,8 @@ type Guard struct {
 	replica      *replica.Replica   // nil without a Redis client (unit tests)
 	sync         *replica.Sync
 	stopSync     context.CancelFunc
+	metrics      *guardMetrics   // nil without metrics_addr
+	metricsSrv   *metrics.Server // its endpoint
 
 	mu      sync.Mutex
 	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT; offline sessions they left
@@ -120,8 +123,22 @@ func New(cfg config.Options, out Output) (*Guard, error) {
 	return g, nil
 }
 
-// NewWith builds a Guard on the given dependencies.
-func NewWith(cfg config.Options, out Output, d Deps) (*Guard, error) {
+// NewWith builds a Guard on the given dependencies. With metrics_addr set,
+// the metrics endpoint is opened first: an address that cannot be listened
+// on is an error (an *config.OptionError) before anything else is started.
+func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
+	var srv *metrics.Server
+	if cfg.MetricsAddr != "" {
+		if srv, err = metrics.Listen(cfg.MetricsAddr); err != nil {
+			return nil, &config.OptionError{Option: "metrics_addr", Value: cfg.MetricsAddr,
+				Expected: "a host:port this broker can listen on (" + err.Error() + ")"}
+		}
+		defer func() {
+			if err != nil {
+				srv.Close()
+			}
+		}()
+	}
 	if out.Kick == nil {
 		out.Kick = func(uintptr, string) {}
 	}
@@ -141,6 +158,9 @@ func NewWith(cfg config.Options, out Output, d Deps) (*Guard, error) {
 	}
 	if g.bgStore == nil {
 		g.bgStore = d.Store
+	}
+	if srv != nil {
+		g.metrics = newGuardMetrics(cfg.Backend)
 	}
 	g.creds = &credentials{backend: cfg.Backend, passwordFile: cfg.PasswordFile, log: g.log,
 		verifier: hashes.Verifier{SaltEncoding: hashes.SaltEncoding(cfg.SaltEncoding)},
@@ -164,19 +184,25 @@ func NewWith(cfg config.Options, out Output, d Deps) (*Guard, error) {
 		addrs: cfg.RedisAddrs, deny: cfg.DenyWhenRedisDown})
 	g.spawn("redis health", func() { g.health.run(g.stop) })
 	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
-		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop})
+		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop, m: g.metrics})
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
 		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
 			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window,
 			down: g.health.down, spawn: g.spawn, stop: g.stop})
 	}
 	if d.Conflicts != nil && cfg.Conflicts.Mode != config.ConflictOff {
-		g.tracker = newTracker(cfg, d.Conflicts, d.Store, g.log, out.Publish, clock)
+		g.tracker = newTracker(cfg, d.Conflicts, d.Store, g.log, out.Publish, clock, g.metrics.found)
 		g.spawn("client ID tracking", func() { g.tracker.Run(g.stop) })
 		g.spawn("deferred confirmation", g.confirmLoop)
 	}
 	if d.Redis != nil {
 		g.startReplica(d.Redis)
+	}
+	if srv != nil {
+		g.metrics.watch(g)
+		g.metricsSrv = srv
+		srv.Serve(g.metrics.reg, func(msg string) { g.log(LevelError, "mosquitto-guard: "+msg) })
+		g.log(LevelNotice, "mosquitto-guard: metrics on http://"+srv.Addr().String()+metrics.Path)
 	}
 	return g, nil
 }
@@ -189,6 +215,9 @@ func (g *Guard) Close() {
 	default:
 	}
 	close(g.stop)
+	if g.metricsSrv != nil {
+		g.metricsSrv.Close() // the port is free again on return
+	}
 	if g.stopSync != nil {
 		g.stopSync()
 	}

@@ -82,6 +82,7 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 		g.out.Flagged(1) // under g.mu: Disconnected's -1 cannot come first
 	}
 	g.mu.Unlock()
+	g.metrics.kicked(len(kicked))
 	for _, lc := range kicked {
 		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername,
 			CertID: lc.certID, CertSubject: lc.certSubject}

@@ -3,6 +3,7 @@ package plugin
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logflood"
@@ -21,6 +22,7 @@ type refusals struct {
 	window     time.Duration // fail_window: a throttle's episode while only this broker's count knows it
 	floods     *logflood.Limiter
 	throttles  throttleLog
+	suppressed atomic.Uint64 // refusals not logged one by one, for the metrics
 }
 
 func newRefusals(log Logger, now func() time.Time, ipv6Prefix int, window time.Duration) *refusals {
@@ -31,6 +33,7 @@ func newRefusals(log Logger, now func() time.Time, ipv6Prefix int, window time.D
 // refuse logs a refusal and returns d.
 func (r *refusals) refuse(c Client, ip netip.Addr, d Decision, reauth bool) Decision {
 	if !r.floods.Allow(r.source(c, ip), floodRule(d), r.now()) {
+		r.suppressed.Add(1)
 		return d
 	}
 	l := clientLine("refused", c, ip)
@@ -63,6 +66,8 @@ func (r *refusals) throttled(c Client, ip netip.Addr, m *store.Match) Decision {
 		// The first refusal of this throttle here; the rest are not logged.
 		l := clientLine("refused", c, ip).Tok("rule", RuleUsernameThrottled).Expires(r.now(), ttl).Tok("logged", "first-of-throttle")
 		r.log(LevelNotice, clientFields(l, c).String())
+	} else {
+		r.suppressed.Add(1)
 	}
 	return d
 }
@@ -75,6 +80,8 @@ func (r *refusals) conflict(c Client, ip netip.Addr, holder *store.Conn) {
 		l := clientLine("refused", c, ip).Tok("rule", RuleClientIDConflict).Tok("holder_ip", holder.IP)
 		clientFields(l, c).Str("holder_principal", holder.Principal).Str("holder_broker", holder.Broker)
 		r.log(LevelNotice, l.String())
+	} else {
+		r.suppressed.Add(1)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"hash"
 	"sync"
+	"sync/atomic"
 )
 
 // verifyCache remembers recent successful password verifications, so a
@@ -27,6 +28,8 @@ type verifyCache struct {
 	mu    sync.Mutex
 	items map[[32]byte]*list.Element
 	order *list.List // front: most recent
+
+	hits, misses atomic.Uint64 // for the metrics
 }
 
 type cacheItem struct {
@@ -65,9 +68,11 @@ func (c *verifyCache) hit(username string, password []byte, hash string) bool {
 	defer c.mu.Unlock()
 	e, ok := c.items[k]
 	if !ok || e.Value.(*cacheItem).hash != hash {
+		c.misses.Add(1)
 		return false
 	}
 	c.order.MoveToFront(e)
+	c.hits.Add(1)
 	return true
 }
 

@@ -102,6 +102,7 @@ func (s *Sync) load(ctx context.Context) error {
 		changed, many = s.r.changes(fresh, time.Now(), maxReloadChanges)
 	}
 	s.r.swap(fresh)
+	s.applied.Store(time.Now().UnixNano())
 	// The load's garbage (pipeline replies, the replaced maps) would keep
 	// the process's memory at twice the replica's size until the next GC
 	// cycles; give it back now.
@@ -207,6 +208,7 @@ func (r *Replica) swap(fresh *Replica) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.exact, r.ranges, r.users, r.throttles, r.count = fresh.exact, fresh.ranges, fresh.users, fresh.throttles, fresh.count
+	r.lists = fresh.lists
 	r.gen++
 }
 

@@ -100,7 +100,16 @@ type Replica struct {
 	// throttles: username (keys.Tracking form) -> its throttle key's entry
 	throttles map[string]slot
 	count     int
+	lists     [2]int // list keys held (exact and ranges), by listIndex: block, allow
 	gen       uint64 // counts swaps: a walk stops when its maps are replaced
+}
+
+// listIndex is a list's index in Replica.lists.
+func listIndex(kind keys.Kind) int {
+	if kind == keys.Allow {
+		return 1
+	}
+	return 0
 }
 
 // New returns an empty replica for keys under kb.
@@ -116,6 +125,7 @@ func (r *Replica) reset() {
 	r.users = map[string]slot{}
 	r.throttles = map[string]slot{}
 	r.count = 0
+	r.lists = [2]int{}
 }
 
 // Keys returns the key builder.
@@ -126,6 +136,14 @@ func (r *Replica) Len() int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.count
+}
+
+// Lists returns the number of block and allow keys held (exact keys and
+// ranges; expired ones until Sweep drops them), for the metrics: O(1).
+func (r *Replica) Lists() (block, allow int) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.lists[0], r.lists[1]
 }
 
 func family(a netip.Addr) int {
@@ -218,6 +236,9 @@ func (r *Replica) Put(key, value string, expires time.Time) error {
 	}
 	if !had {
 		r.count++
+		if class == classList || class == classRange {
+			r.lists[listIndex(kind)]++
+		}
 	}
 	return nil
 }
@@ -272,6 +293,9 @@ func (r *Replica) Delete(key string) {
 	}
 	if had {
 		r.count--
+		if class == classList || class == classRange {
+			r.lists[listIndex(kind)]--
+		}
 	}
 }
 
@@ -340,7 +364,12 @@ func sweep[K comparable](r *Replica, now int64, cur func() map[K]slot, del func(
 // that long, whatever the number of entries.
 func (r *Replica) Sweep(t time.Time) int {
 	now := t.UnixMilli()
-	n := sweep(r, now, func() map[string]slot { return r.exact }, func(k string) { delete(r.exact, k) })
+	n := sweep(r, now, func() map[string]slot { return r.exact }, func(k string) {
+		delete(r.exact, k)
+		if kind, _, _, ok := r.kb.Split(k); ok {
+			r.lists[listIndex(kind)]--
+		}
+	})
 	for _, kind := range []keys.Kind{keys.Allow, keys.Block} {
 		for f := 0; f < 2; f++ {
 			r.mu.RLock()
@@ -348,7 +377,7 @@ func (r *Replica) Sweep(t time.Time) int {
 			r.mu.RUnlock()
 			for _, l := range lens {
 				n += sweep(r, now, func() map[netip.Prefix]slot { return r.ranges[kind][f].byLen[l] },
-					func(p netip.Prefix) { r.ranges[kind][f].del(p) })
+					func(p netip.Prefix) { r.ranges[kind][f].del(p); r.lists[listIndex(kind)]-- })
 			}
 		}
 	}

@@ -48,8 +48,9 @@ type Sync struct {
 	kb  keys.Builder
 	o   Options
 
-	ready   atomic.Bool // loaded at least once
-	healthy atomic.Bool // subscribed and loaded: changes reach us
+	ready   atomic.Bool  // loaded at least once
+	healthy atomic.Bool  // subscribed and loaded: changes reach us
+	applied atomic.Int64 // unix ns of the last change applied or load finished; 0: none yet
 
 	mu      sync.Mutex
 	dirty   map[string]struct{} // keys to refetch
@@ -72,6 +73,21 @@ func NewSync(r *Replica, rdb redis.UniversalClient, o Options) *Sync {
 
 // Ready reports whether the replica has been loaded once.
 func (s *Sync) Ready() bool { return s.ready.Load() }
+
+// InStep reports whether changes reach the replica: it is subscribed to
+// Redis's notifications and loaded since.
+func (s *Sync) InStep() bool { return s.healthy.Load() }
+
+// LastApplied returns when the replica last applied a change from Redis or
+// finished a full load (one every ResyncEvery while Redis answers, whatever
+// changed); zero before the first load.
+func (s *Sync) LastApplied() time.Time {
+	ns := s.applied.Load()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
 
 // Run keeps the replica in step until ctx ends: subscribe, load, apply
 // changes, reload every ResyncEvery, and start over after a lost connection.
@@ -310,6 +326,7 @@ func (s *Sync) refetch(ctx context.Context, batch []string) error {
 			s.o.Log(true, err.Error()) // names the key and what was expected
 			continue
 		}
+		s.applied.Store(time.Now().UnixNano())
 		if s.o.OnChange != nil {
 			s.o.OnChange(k, v, old)
 		}
