@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Hostile tests of guardctl explain: each sets up Redis, asks explain, and
+// connects a real client from the same address to a real broker; explain's
+// verdict must be what the broker does.
+
+// attackEnv starts Redis, lets setup write to it, then starts the broker
+// (conf lines extra): its replica loads what setup wrote, so the first
+// CONNECT already sees it.
+func attackEnv(t *testing.T, setup func(ctx context.Context, rdb *redis.Client), extra ...string) *env {
+	t.Helper()
+	e := envWithoutBroker(t)
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	setup(context.Background(), rdb)
+	e.broker = startBroker(t, e.conf(extra...))
+	broker := e.broker
+	t.Cleanup(func() { checkEventLines(t, broker.Output()) })
+	return e
+}
+
+// An allow entry on proof (ip, cidr, cert) exempts its client from the
+// failure limits, the username throttle among them (plugin.authenticate
+// skips checkLimits for an exempt client): the broker accepts alice from an
+// allowlisted address while alice is throttled. explain must not say the
+// client is refused unchecked.
+func TestAttackExplainThrottleUnderProofAllow(t *testing.T) {
+	bin := buildGuardctl(t)
+	e := attackEnv(t, func(ctx context.Context, rdb *redis.Client) {
+		require.NoError(t, rdb.Set(ctx, "guard:allow:ip:127.0.61.1", "office vpn", 0).Err())
+		require.NoError(t, rdb.Set(ctx, "guard:throttle:username:alice", "ops: throttled by hand", 0).Err())
+	}, "auth_opt_username_fail_limit 3")
+
+	// The control: from an address without the allow entry, the throttle refuses.
+	require.EqualValues(t, refused, e.connect(as("127.0.61.2", "dev-b", "alice", "alice-pw")), "throttled alice from an unknown source")
+	// The broker: the allowlisted address passes the throttle.
+	require.EqualValues(t, accepted, e.connect(as("127.0.61.1", "dev-a", "alice", "alice-pw")), "an allow entry on ip exempts from the throttle")
+
+	out := guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath,
+		"--ip", "127.0.61.1", "--username", "alice", "--clientid", "dev-a")
+	assert.NotContains(t, out, "it is refused unchecked",
+		"explain says the broker refuses a client the broker accepts:\n%s", out)
+}
+
+// With username_fail_limit 0 the plugin keeps no throttle and ignores a
+// throttle key left in Redis (from when the limit was on, or written by
+// hand): the broker accepts alice from any source. explain, reading the
+// same mosquitto.conf, must not say she is refused unchecked.
+func TestAttackExplainThrottleKeyIgnoredWhenLimitOff(t *testing.T) {
+	bin := buildGuardctl(t)
+	e := attackEnv(t, func(ctx context.Context, rdb *redis.Client) {
+		require.NoError(t, rdb.Set(ctx, "guard:throttle:username:alice", "left over", 0).Err())
+	}, "auth_opt_username_fail_limit 0")
+
+	require.EqualValues(t, accepted, e.connect(as("127.0.62.1", "dev-a", "alice", "alice-pw")), "no throttle with username_fail_limit 0")
+
+	out := guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath,
+		"--ip", "127.0.62.1", "--username", "alice", "--clientid", "dev-a")
+	assert.NotContains(t, out, "it is refused unchecked",
+		"explain says the broker refuses a client the broker accepts:\n%s", out)
+}
+
+// An automatic ban that an allow entry lifts does not refuse: explain's
+// verdict says so, and its failure section must not say the opposite
+// ("banned now ...: its attempts are refused unchecked").
+func TestAttackExplainLiftedBanNotRefusedInFailures(t *testing.T) {
+	bin := buildGuardctl(t)
+	e := attackEnv(t, func(ctx context.Context, rdb *redis.Client) {
+		require.NoError(t, rdb.Set(ctx, "guard:block:ip:127.0.63.1",
+			"auto: over 5 failed authentications (5 allowed, refilling 1 per 1m0s) (offence 1, 10m0s) at 2030-01-01T00:00:00Z", 0).Err())
+		require.NoError(t, rdb.Set(ctx, "guard:allow:cidr:127.0.63.0/24", "lab", 0).Err())
+	})
+
+	require.EqualValues(t, accepted, e.connect(as("127.0.63.1", "dev-a", "alice", "alice-pw")), "the cidr allow lifts the ip ban")
+
+	out := guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath, "--ip", "127.0.63.1")
+	assert.Contains(t, verdictLine(t, out), "accepted")
+	assert.NotContains(t, out, "refused unchecked",
+		"explain's failure section says a lifted ban refuses:\n%s", out)
+}
+
+// The broker gives a client that sends an empty client ID (clean session)
+// an ID of its own (auto-...) before the plugin sees it, so an entry on the
+// empty client ID never refuses anyone. explain --clientid "" must not
+// say it does.
+func TestAttackExplainEmptyClientID(t *testing.T) {
+	bin := buildGuardctl(t)
+	e := attackEnv(t, func(ctx context.Context, rdb *redis.Client) {
+		require.NoError(t, rdb.Set(ctx, "guard:block:clientid:", "no empty ids", 0).Err())
+	})
+
+	require.EqualValues(t, accepted, e.connect(as("127.0.64.1", "", "alice", "alice-pw")), "the broker names an empty client ID itself")
+
+	out := guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath,
+		"--ip", "127.0.64.1", "--username", "alice", "--clientid", "")
+	assert.NotContains(t, verdictLine(t, out), "refused",
+		"explain refuses a client the broker accepts:\n%s", out)
+}
+
+// A key of another type than string under a list prefix bans nothing: the
+// replica skips it (and logs it). explain must still answer for a client
+// it would match, as the broker does.
+func TestAttackExplainWrongTypeKey(t *testing.T) {
+	bin := buildGuardctl(t)
+	e := attackEnv(t, func(ctx context.Context, rdb *redis.Client) {
+		require.NoError(t, rdb.SAdd(ctx, "guard:block:cidr:127.0.65.0/24", "oops").Err())
+	})
+
+	require.EqualValues(t, accepted, e.connect(as("127.0.65.1", "dev-a", "alice", "alice-pw")), "a set bans nothing")
+
+	out := guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath, "--ip", "127.0.65.1")
+	assert.Contains(t, verdictLine(t, out), "accepted", "%s", out)
+}
