@@ -22,6 +22,8 @@ have dpkg-shlibdeps || need+=(dpkg-dev)
 have strip || need+=(binutils)
 have lintian || need+=(lintian)
 have groff || need+=(groff-base)
+# The README walk-through test runs its commands on a terminal with script.
+have script || need+=(bsdutils)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
