@@ -66,8 +66,14 @@ func racePairs(t *testing.T, a, b *env, n int) [][2]byte {
 
 // raceBrokers starts two brokers on one Redis and waits until each one's
 // lease view holds the other (broker_lease 3s: renewed every second).
+//
+// redis_timeout is 2 s here: these tests are about atomicity, not timeouts,
+// and on a loaded machine a claim over 100 ms times out, which lets the
+// client in as redis_unavailable allow says (seen: one pair both accepted,
+// "store: claim client id: i/o timeout", while make test shared 2 cores with
+// other work). TestStall* and TestRedisDown* test the timeouts.
 func raceBrokers(t *testing.T, extra ...string) (a, b *env) {
-	a, b = twoBrokers(t, append([]string{"auth_opt_broker_lease 3s"}, extra...)...)
+	a, b = twoBrokers(t, append([]string{"auth_opt_broker_lease 3s", "auth_opt_redis_timeout 2s"}, extra...)...)
 	eventually(t, 5*time.Second, func() bool { return a.redis.CLI("ZCARD", "guard:brokers") == "2" }, "both brokers hold a lease")
 	time.Sleep(1500 * time.Millisecond) // broker-a's next renewal sees broker-b
 	return a, b
