@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -15,10 +16,23 @@ import (
 
 // Options say how to reach Redis.
 type Options struct {
-	Addrs    []string // one address, or several seeds of a Redis Cluster
+	// Addrs is one address, or several seeds of a Redis Cluster; with
+	// SentinelMaster, the sentinels.
+	Addrs    []string
 	Username string
 	Password string
 	DB       int
+	// TLS, when set, is used for every connection: to Redis, to a
+	// cluster's nodes, and to the sentinels too (go-redis dials them with
+	// the same configuration).
+	TLS *tls.Config
+	// SentinelMaster, when set, is the name the sentinels at Addrs monitor
+	// the master by: both clients follow that master through failovers
+	// (go-redis's failover client, writes and reads on the master only).
+	// SentinelUsername and SentinelPassword are the sentinels' own.
+	SentinelMaster   string
+	SentinelUsername string
+	SentinelPassword string
 	// Timeout bounds every wait of the broker thread's client (Lookup,
 	// LiveConns): dialling, reading, writing, waiting for a pooled
 	// connection. That client never retries: a retry would double the wait.
@@ -56,7 +70,8 @@ type Store struct {
 
 type clients struct {
 	fast, bg redis.UniversalClient
-	unroute  func() // stops routing go-redis's lines to Options.Log
+	addrs    []string // Options.Addrs
+	unroute  func()   // stops routing go-redis's lines to Options.Log
 	once     sync.Once
 }
 
@@ -68,7 +83,7 @@ func New(o Options, kb keys.Builder) *Store {
 		bgTimeout = DefaultBackgroundTimeout
 	}
 	bgTimeout = max(bgTimeout, o.Timeout)
-	c := &clients{unroute: func() {}}
+	c := &clients{addrs: o.Addrs, unroute: func() {}}
 	if o.Log != nil {
 		c.unroute = routeLogs(o.Log)
 	}
@@ -77,6 +92,10 @@ func New(o Options, kb keys.Builder) *Store {
 		Username:              o.Username,
 		Password:              o.Password,
 		DB:                    o.DB,
+		TLSConfig:             o.TLS,
+		MasterName:            o.SentinelMaster,
+		SentinelUsername:      o.SentinelUsername,
+		SentinelPassword:      o.SentinelPassword,
 		DialTimeout:           o.Timeout,
 		ReadTimeout:           o.Timeout,
 		WriteTimeout:          o.Timeout,
@@ -88,14 +107,18 @@ func New(o Options, kb keys.Builder) *Store {
 		// No CLIENT SETINFO: some Redis-compatible servers refuse it.
 	})
 	c.bg = redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:        o.Addrs,
-		Username:     o.Username,
-		Password:     o.Password,
-		DB:           o.DB,
-		DialTimeout:  bgTimeout,
-		ReadTimeout:  bgTimeout,
-		WriteTimeout: bgTimeout,
-		PoolTimeout:  bgTimeout,
+		Addrs:            o.Addrs,
+		Username:         o.Username,
+		Password:         o.Password,
+		DB:               o.DB,
+		TLSConfig:        o.TLS,
+		MasterName:       o.SentinelMaster,
+		SentinelUsername: o.SentinelUsername,
+		SentinelPassword: o.SentinelPassword,
+		DialTimeout:      bgTimeout,
+		ReadTimeout:      bgTimeout,
+		WriteTimeout:     bgTimeout,
+		PoolTimeout:      bgTimeout,
 		// The caller's context bounds each call: the read deadline is the
 		// earlier of it and bgTimeout. So a read timeout means the context
 		// has expired, and go-redis does not retry it (a command that timed
