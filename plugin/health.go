@@ -3,7 +3,6 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,8 +31,8 @@ type healthDeps struct {
 	probe   func(ctx context.Context) error // asks Redis (the broker thread's client)
 	timeout time.Duration                   // redis_timeout
 	log     Logger
-	addrs   []string // redis_addr, for the log lines
-	deny    bool     // redis_unavailable deny, for the log lines
+	where   string // the Redis (config.Options.RedisWhere), for the log lines
+	deny    bool   // redis_unavailable deny, for the log lines
 }
 
 const (
@@ -48,7 +47,7 @@ func newHealth(d healthDeps) *health {
 		h.down(err)
 	} else {
 		h.isUp.Store(true)
-		h.log(LevelInfo, "mosquitto-guard: connected to redis at "+strings.Join(h.addrs, ","))
+		h.log(LevelInfo, "mosquitto-guard: connected to redis at "+h.where)
 	}
 	return h
 }
@@ -87,7 +86,7 @@ func (h *health) down(err error) {
 		mode = "deny: refusing every client"
 	}
 	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s unreachable (%v); redis_unavailable %s until it is reachable again",
-		strings.Join(h.addrs, ","), err, mode))
+		h.where, err, mode))
 }
 
 func (h *health) upAgain() {
@@ -98,5 +97,5 @@ func (h *health) upAgain() {
 		return
 	}
 	h.logged = true
-	h.log(LevelNotice, "mosquitto-guard: redis at "+strings.Join(h.addrs, ",")+" is back: list checks resume")
+	h.log(LevelNotice, "mosquitto-guard: redis at "+h.where+" is back: list checks resume")
 }

@@ -17,6 +17,14 @@ const scanCount = 1000
 // a cluster fn runs on every master at once, one goroutine each, and
 // EachMaster returns the first error. The clients New makes are of these
 // two types; any other is an error.
+//
+// With Sentinel (Options.SentinelMaster) rdb is a *redis.Client whose every
+// connection goes to the master the sentinels name when it is dialled: fn
+// gets that client, so each of its commands, and a subscription it makes,
+// reaches the master of the moment. After a failover, connections to the
+// old master are closed (go-redis on the sentinels' +switch-master; the
+// sentinels kill the clients of a demoted master too), so a subscription
+// breaks and is made again on the new master.
 func EachMaster(ctx context.Context, rdb redis.UniversalClient, fn func(context.Context, *redis.Client) error) error {
 	switch c := rdb.(type) {
 	case *redis.Client:
@@ -58,3 +66,16 @@ func scanPages(ctx context.Context, c *redis.Client, pattern, typ string, fn fun
 	}
 	return it.Err()
 }
+
+// NodeName names the Redis that c reaches, for log lines: its address, or
+// for a client that follows a Sentinel master (whose Options().Addr is a
+// placeholder) "the Sentinel master".
+func NodeName(c *redis.Client) string {
+	if a := c.Options().Addr; a != failoverAddr {
+		return a
+	}
+	return "the Sentinel master"
+}
+
+// failoverAddr is the Addr go-redis gives a failover client's options.
+const failoverAddr = "FailoverClient"
