@@ -70,8 +70,8 @@ type Store struct {
 
 type clients struct {
 	fast, bg redis.UniversalClient
-	addrs    []string // Options.Addrs
-	unroute  func()   // stops routing go-redis's lines to Options.Log
+	o        Options
+	unroute  func() // stops routing go-redis's lines to Options.Log
 	once     sync.Once
 }
 
@@ -83,30 +83,34 @@ func New(o Options, kb keys.Builder) *Store {
 		bgTimeout = DefaultBackgroundTimeout
 	}
 	bgTimeout = max(bgTimeout, o.Timeout)
-	c := &clients{addrs: o.Addrs, unroute: func() {}}
+	c := &clients{o: o, unroute: func() {}}
 	if o.Log != nil {
 		c.unroute = routeLogs(o.Log)
 	}
-	c.fast = redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:                 o.Addrs,
-		Username:              o.Username,
-		Password:              o.Password,
-		DB:                    o.DB,
-		TLSConfig:             o.TLS,
-		MasterName:            o.SentinelMaster,
-		SentinelUsername:      o.SentinelUsername,
-		SentinelPassword:      o.SentinelPassword,
-		DialTimeout:           o.Timeout,
-		ReadTimeout:           o.Timeout,
-		WriteTimeout:          o.Timeout,
-		PoolTimeout:           o.Timeout,
-		ContextTimeoutEnabled: true, // a caller's shorter deadline counts too
-		MaxRetries:            -1,   // a retry would double the wait on the broker thread
-		DialerRetries:         1,    // one dial attempt: fail fast, the health probe retries
-		DisableIdentity:       true,
-		// No CLIENT SETINFO: some Redis-compatible servers refuse it.
-	})
-	c.bg = redis.NewUniversalClient(&redis.UniversalOptions{
+	fast := o.universal(o.Timeout)
+	fast.ContextTimeoutEnabled = true // a caller's shorter deadline counts too
+	fast.MaxRetries = -1              // a retry would double the wait on the broker thread
+	fast.DialerRetries = 1            // one dial attempt: fail fast, the health probe retries
+	c.fast = redis.NewUniversalClient(fast)
+	bg := o.universal(bgTimeout)
+	// The caller's context bounds each call: the read deadline is the
+	// earlier of it and bgTimeout. So a read timeout means the context
+	// has expired, and go-redis does not retry it (a command that timed
+	// out may still run: retrying it could count a failure twice).
+	// What it does retry, with backoff inside the context, is what
+	// surely did not run: a refused dial, a pool timeout, LOADING.
+	bg.ContextTimeoutEnabled = true
+	bg.MaxRetries = 3
+	c.bg = redis.NewUniversalClient(bg)
+	return &Store{rdb: c.fast, clients: c, kb: kb}
+}
+
+// universal returns go-redis's options for o, every wait bounded by
+// timeout. With SentinelMaster, go-redis makes a failover client: commands
+// go to the master only (ReadOnly and RouteRandomly stay off: a replica may
+// lag a ban).
+func (o Options) universal(timeout time.Duration) *redis.UniversalOptions {
+	return &redis.UniversalOptions{
 		Addrs:            o.Addrs,
 		Username:         o.Username,
 		Password:         o.Password,
@@ -115,21 +119,12 @@ func New(o Options, kb keys.Builder) *Store {
 		MasterName:       o.SentinelMaster,
 		SentinelUsername: o.SentinelUsername,
 		SentinelPassword: o.SentinelPassword,
-		DialTimeout:      bgTimeout,
-		ReadTimeout:      bgTimeout,
-		WriteTimeout:     bgTimeout,
-		PoolTimeout:      bgTimeout,
-		// The caller's context bounds each call: the read deadline is the
-		// earlier of it and bgTimeout. So a read timeout means the context
-		// has expired, and go-redis does not retry it (a command that timed
-		// out may still run: retrying it could count a failure twice).
-		// What it does retry, with backoff inside the context, is what
-		// surely did not run: a refused dial, a pool timeout, LOADING.
-		ContextTimeoutEnabled: true,
-		MaxRetries:            3,
-		DisableIdentity:       true,
-	})
-	return &Store{rdb: c.fast, clients: c, kb: kb}
+		DialTimeout:      timeout,
+		ReadTimeout:      timeout,
+		WriteTimeout:     timeout,
+		PoolTimeout:      timeout,
+		DisableIdentity:  true, // no CLIENT SETINFO: some Redis-compatible servers refuse it
+	}
 }
 
 // Background returns the same store on the background client: its every

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // TLSFault is what a failed first connection says of the TLS settings:
@@ -44,10 +46,11 @@ func (e *TLSError) Error() string { return "store: tls: " + e.Err.Error() }
 func (e *TLSError) Unwrap() error { return e.Err }
 
 // CheckTLS makes one connection (through the sentinels with
-// Options.SentinelMaster) and a PING within ctx, on the background client,
-// and returns a *TLSError when the TLS settings are what failed it. Any
-// other failure (Redis down, a timeout, a refused AUTH) returns nil: it is
-// no TLS fault, and the plugin's health probe reports it.
+// Options.SentinelMaster) and a PING within ctx, with a client of its own
+// that neither retries nor redials (a refused dial returns at once), and
+// returns a *TLSError when the TLS settings are what failed it. Any other
+// failure (Redis down, a timeout, a refused AUTH) returns nil: it is no
+// TLS fault, and the plugin's health probe reports it.
 //
 // A server that speaks no TLS does not answer a ClientHello: Redis waits
 // for the end of a line that never comes. So when the PING times out,
@@ -55,15 +58,25 @@ func (e *TLSError) Unwrap() error { return e.Err }
 // most): one that answers is a TLSNotTLS fault. So CheckTLS takes at most
 // ctx's time plus plainProbeTimeout.
 func (s *Store) CheckTLS(ctx context.Context) error {
-	err := s.clients.bg.Ping(ctx).Err()
+	timeout := plainProbeTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), time.Millisecond)
+	}
+	o := s.clients.o.universal(timeout)
+	o.ContextTimeoutEnabled = true
+	o.MaxRetries = -1
+	o.DialerRetries = 1
+	rdb := redis.NewUniversalClient(o)
+	err := rdb.Ping(ctx).Err()
+	rdb.Close()
 	if f := tlsFault(err); f != 0 {
 		return &TLSError{Fault: f, Err: err}
 	}
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
 		return nil
 	}
-	plain := make(chan string, len(s.clients.addrs))
-	for _, a := range s.clients.addrs {
+	plain := make(chan string, len(s.clients.o.Addrs))
+	for _, a := range s.clients.o.Addrs {
 		go func() {
 			if speaksPlain(a) {
 				plain <- a
@@ -72,7 +85,7 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 			}
 		}()
 	}
-	for range s.clients.addrs {
+	for range s.clients.o.Addrs {
 		if a := <-plain; a != "" {
 			return &TLSError{Fault: TLSNotTLS, Err: fmt.Errorf("%s answers in plain text, not TLS (no TLS answer: %w)", a, err)}
 		}
