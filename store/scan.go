@@ -71,10 +71,17 @@ func scanPages(ctx context.Context, c *redis.Client, pattern, typ string, fn fun
 // for a client that follows a Sentinel master (whose Options().Addr is a
 // placeholder) "the Sentinel master".
 func NodeName(c *redis.Client) string {
-	if a := c.Options().Addr; a != failoverAddr {
-		return a
+	if FollowsSentinel(c) {
+		return "the Sentinel master"
 	}
-	return "the Sentinel master"
+	return c.Options().Addr
+}
+
+// FollowsSentinel says whether rdb is a client that follows the master the
+// sentinels name (Options.SentinelMaster).
+func FollowsSentinel(rdb redis.UniversalClient) bool {
+	c, ok := rdb.(*redis.Client)
+	return ok && c.Options().Addr == failoverAddr
 }
 
 // failoverAddr is the Addr go-redis gives a failover client's options.
