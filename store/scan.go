@@ -20,11 +20,11 @@ const scanCount = 1000
 //
 // With Sentinel (Options.SentinelMaster) rdb is a *redis.Client whose every
 // connection goes to the master the sentinels name when it is dialled: fn
-// gets that client, so each of its commands, and a subscription it makes,
-// reaches the master of the moment. After a failover, connections to the
-// old master are closed (go-redis on the sentinels' +switch-master; the
-// sentinels kill the clients of a demoted master too), so a subscription
-// breaks and is made again on the new master.
+// gets that client, so each of its commands reaches the master of the
+// moment (go-redis closes its pooled connections to the old master on the
+// sentinels' +switch-master). A subscription it makes, though, stays on the
+// server it was made on until that server drops it: the replica checks
+// (FollowsSentinel, replica.Sync) that the master has not changed.
 func EachMaster(ctx context.Context, rdb redis.UniversalClient, fn func(context.Context, *redis.Client) error) error {
 	switch c := rdb.(type) {
 	case *redis.Client:
