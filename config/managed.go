@@ -250,7 +250,7 @@ func (c *Options) checkSentinel(opts map[string]string, failed map[string]bool) 
 // crypto/tls gave (which names certificates and hosts, never a key).
 func TLSOptionError(cfg Options, te *store.TLSError) error {
 	t, where := cfg.RedisTLS, cfg.RedisWhere()
-	why := " (" + te.Err.Error() + ")"
+	why := " (" + store.OneLine(te.Err) + ")"
 	switch te.Fault {
 	case store.TLSUnknownAuthority:
 		want := "the PEM file of the CA that signed the certificate of the Redis at " + where

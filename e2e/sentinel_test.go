@@ -233,14 +233,20 @@ func TestGuardctlSentinelTLS(t *testing.T) {
 	e.expect(as("127.0.72.2", "flags-ctl", "alice", "alice-pw"), refused)
 	assert.Contains(t, s.Master().CLI("GET", "guard:block:ip:127.0.72.1"), "via --config")
 
-	// Without TLS, the sentinels do not answer: guardctl says so and fails.
-	out, err := exec.Command(bin, "list", "--redis-addr", s.Addrs, "--redis-sentinel-master", s.Name).CombinedOutput()
+	// Without the CA, no sentinel's certificate verifies: guardctl says so
+	// in one line (go-redis joins one error per sentinel) and fails.
+	out, err := exec.Command(bin, "list", "--redis-addr", s.Addrs, "--redis-sentinel-master", s.Name, "--redis-tls", "on").CombinedOutput()
 	require.Error(t, err)
-	assert.Contains(t, string(out), `guardctl: redis at master "`+s.Name+`" of the sentinels `+s.Addrs)
+	assert.Equal(t, `guardctl: redis at master "`+s.Name+`" of the sentinels `+s.Addrs+
+		": all sentinels specified in configuration are unreachable: tls: failed to verify certificate: x509: certificate signed by unknown authority\n", string(out))
 
 	// A wrong CA for the sentinels stops the broker at start, naming redis_tls_ca.
 	other := testenv.NewCA(t)
 	fail := startExpectFail(t, e.conf("auth_opt_redis_addr "+s.Addrs,
 		"auth_opt_redis_sentinel_master "+s.Name, "auth_opt_redis_tls on", "auth_opt_redis_tls_ca "+other.CertPath))
-	assert.Contains(t, fail, `mosquitto-guard: option redis_tls_ca: bad value "`+other.CertPath+`": expected the PEM file of the CA that signed the certificate of the Redis at master "`+s.Name+`" of the sentinels `)
+	line := lastLine(fail, "mosquitto-guard: option")
+	assert.Contains(t, line, `mosquitto-guard: option redis_tls_ca: bad value "`+other.CertPath+`": expected the PEM file of the CA that signed the certificate of the Redis at master "`+s.Name+`" of the sentinels `)
+	assert.Contains(t, line, "x509: certificate signed by unknown authority")
+	assert.NotContains(t, fail, "\ntls: ", "one line, though go-redis joins one error per sentinel")
+	assert.Equal(t, 1, strings.Count(fail, "mosquitto-guard: option"))
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // health tracks whether Redis answers. The hot path asks no Redis question
@@ -86,7 +88,7 @@ func (h *health) down(err error) {
 		mode = "deny: refusing every client"
 	}
 	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s unreachable (%v); redis_unavailable %s until it is reachable again",
-		h.where, err, mode))
+		h.where, store.OneLine(err), mode))
 }
 
 func (h *health) upAgain() {

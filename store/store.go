@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -357,4 +359,18 @@ func remaining(cmd *redis.DurationCmd) time.Duration {
 		return 0
 	}
 	return d
+}
+
+// OneLine is err's text on one line, for a log line or a message: go-redis
+// joins one error per sentinel when none answers, one per line, the first
+// behind its own prefix. A line that repeats one before (or the end of
+// one before) is dropped, and the rest joined with "; ".
+func OneLine(err error) string {
+	var out []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !slices.ContainsFunc(out, func(o string) bool { return o == l || strings.HasSuffix(o, ": "+l) }) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "; ")
 }

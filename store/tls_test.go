@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -78,4 +80,11 @@ func TestCheckTLS(t *testing.T) {
 	down := testenv.StartRedisTLS(t, &testenv.RedisTLS{CA: ca})
 	down.Stop()
 	assert.NoError(t, checkTLS(t, tlsStore(t, down.Addr, ca.TLSConfig(t, nil))), "Redis down is no TLS fault")
+}
+
+// go-redis joins one error per sentinel: OneLine makes one line of them.
+func TestOneLine(t *testing.T) {
+	err := fmt.Errorf("redis: all sentinels are unreachable: %w", errors.Join(errors.New("x509: a"), errors.New("x509: a"), errors.New("dial: b")))
+	assert.Equal(t, "redis: all sentinels are unreachable: x509: a; dial: b", OneLine(err))
+	assert.Equal(t, "plain", OneLine(errors.New("plain")))
 }
