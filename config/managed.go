@@ -134,12 +134,35 @@ func (c *Options) checkRedisTLS(failed map[string]bool) Errors {
 	return errs
 }
 
+// maxPEMFile bounds what readPEM reads: a CA bundle is some 200 KB.
+const maxPEMFile = 4 << 20
+
+// readPEM reads a TLS file: a regular file (a FIFO or a device named by
+// mistake would block the broker's start, or never end) of at most
+// maxPEMFile bytes. Its error says why, without the path it repeats.
+func readPEM(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil:
+		return nil, errors.New(pathError(err))
+	case !fi.Mode().IsRegular():
+		return nil, errors.New("not a regular file")
+	case fi.Size() > maxPEMFile:
+		return nil, fmt.Errorf("larger than %d MiB", maxPEMFile>>20)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, errors.New(pathError(err))
+	}
+	return b, nil
+}
+
 // readCAs reads a PEM file of CA certificates.
 func readCAs(path string) (*x509.CertPool, error) {
 	const want = "a PEM file of CA certificates readable by the broker's user"
-	b, err := os.ReadFile(path)
+	b, err := readPEM(path)
 	if err != nil {
-		return nil, &OptionError{"redis_tls_ca", path, want + " (" + pathError(err) + ")"}
+		return nil, &OptionError{"redis_tls_ca", path, want + " (" + err.Error() + ")"}
 	}
 	certs, err := pemCertificates(b)
 	if err != nil {
@@ -156,15 +179,15 @@ func readCAs(path string) (*x509.CertPool, error) {
 // files, never what the key file holds.
 func readKeyPair(certPath, keyPath string) (tls.Certificate, Errors) {
 	var errs Errors
-	certPEM, err := os.ReadFile(certPath)
+	certPEM, err := readPEM(certPath)
 	if err != nil {
-		errs = append(errs, &OptionError{"redis_tls_cert", certPath, "a PEM file of a client certificate readable by the broker's user (" + pathError(err) + ")"})
+		errs = append(errs, &OptionError{"redis_tls_cert", certPath, "a PEM file of a client certificate readable by the broker's user (" + err.Error() + ")"})
 	} else if _, err := pemCertificates(certPEM); err != nil {
 		errs = append(errs, &OptionError{"redis_tls_cert", certPath, "a PEM file of a client certificate (" + err.Error() + ")"})
 	}
-	keyPEM, err := os.ReadFile(keyPath)
+	keyPEM, err := readPEM(keyPath)
 	if err != nil {
-		errs = append(errs, &OptionError{"redis_tls_key", keyPath, "a PEM file of the client certificate's private key readable by the broker's user (" + pathError(err) + ")"})
+		errs = append(errs, &OptionError{"redis_tls_key", keyPath, "a PEM file of the client certificate's private key readable by the broker's user (" + err.Error() + ")"})
 	} else if !hasPrivateKey(keyPEM) {
 		errs = append(errs, &OptionError{"redis_tls_key", keyPath, "a PEM file of the client certificate's private key (no PRIVATE KEY block in it)"})
 	}

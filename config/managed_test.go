@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,6 +123,8 @@ func TestRedisTLSErrors(t *testing.T) {
 	notPEM := filepath.Join(dir, "notpem")
 	require.NoError(t, os.WriteFile(notPEM, []byte("hello\n"), 0o600))
 	unreadable := filepath.Join(dir, "missing.pem")
+	fifo := filepath.Join(dir, "fifo")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600)) // opening it would block the start until a writer comes
 	cases := []struct {
 		opts map[string]string
 		want []string
@@ -136,6 +139,11 @@ func TestRedisTLSErrors(t *testing.T) {
 			`option redis_tls_cert: bad value "": expected the PEM file of the client certificate whose key is redis_tls_key`}},
 		{map[string]string{"redis_tls": "on", "redis_tls_ca": unreadable}, []string{
 			`option redis_tls_ca: bad value "` + unreadable + `": expected a PEM file of CA certificates readable by the broker's user (no such file or directory)`}},
+		{map[string]string{"redis_tls": "on", "redis_tls_ca": dir}, []string{
+			`option redis_tls_ca: bad value "` + dir + `": expected a PEM file of CA certificates readable by the broker's user (not a regular file)`}},
+		{map[string]string{"redis_tls": "on", "redis_tls_cert": fifo, "redis_tls_key": "/dev/zero"}, []string{
+			`option redis_tls_cert: bad value "` + fifo + `": expected a PEM file of a client certificate readable by the broker's user (not a regular file)`,
+			`option redis_tls_key: bad value "/dev/zero": expected a PEM file of the client certificate's private key readable by the broker's user (not a regular file)`}},
 		{map[string]string{"redis_tls": "on", "redis_tls_ca": notPEM}, []string{
 			`option redis_tls_ca: bad value "` + notPEM + `": expected a PEM file of CA certificates readable by the broker's user (no CERTIFICATE block in it)`}},
 		{map[string]string{"redis_tls": "on", "redis_tls_ca": f.key}, []string{
