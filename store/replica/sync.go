@@ -57,6 +57,7 @@ type Sync struct {
 	wake    chan struct{}
 
 	markRefused bool // the flush mark was refused (logged once); session goroutine only
+	infoRefused bool // INFO was refused: no failover check (logged once); session goroutine only
 
 	wrongMu     sync.Mutex
 	wrongLogged map[string]struct{} // keys of another type already logged
@@ -366,7 +367,9 @@ func (s *Sync) fetch(ctx context.Context, batch []string) (out []*Entry, wrong [
 // masterID identifies the master a client that follows a Sentinel master
 // reaches: its run_id. "" for any other client: a Redis that restarts
 // breaks the subscription by itself, and a cluster's nodes have clients of
-// their own.
+// their own. "" too where INFO is refused (an ACL without @dangerous): then
+// a failover reaches the replica when the old master drops the
+// subscription (the sentinels demote it), which is logged once.
 func (s *Sync) masterID(ctx context.Context) (string, error) {
 	if !store.FollowsSentinel(s.rdb) {
 		return "", nil
@@ -374,9 +377,17 @@ func (s *Sync) masterID(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, flushCheckEvery)
 	defer cancel()
 	info, err := s.rdb.Info(ctx, "server").Result()
+	if isReply(err) && !transient(err) {
+		if !s.infoRefused {
+			s.o.Log(true, "replica: cannot read the Sentinel master's run_id ("+err.Error()+"); after a failover, changes reach the replica once the sentinels demote the old master")
+		}
+		s.infoRefused = true
+		return "", nil
+	}
 	if err != nil {
 		return "", fmt.Errorf("master run_id: %w", err)
 	}
+	s.infoRefused = false
 	for _, l := range strings.Split(info, "\n") {
 		if id, ok := strings.CutPrefix(strings.TrimSpace(l), "run_id:"); ok {
 			return id, nil
