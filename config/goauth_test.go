@@ -172,7 +172,9 @@ func TestParseRedis(t *testing.T) {
 	o, err = ParseRedis(map[string]string{"redis_addr": "[::1]:6379, 10.0.0.1:7000"})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"[::1]:6379", "10.0.0.1:7000"}, o.RedisAddrs)
-	assert.Equal(t, []string{"key_prefix", "redis_addr", "redis_db", "redis_password", "redis_username"}, RedisOptionNames())
+	assert.Equal(t, []string{"key_prefix", "redis_addr", "redis_db", "redis_password",
+		"redis_sentinel_master", "redis_sentinel_password", "redis_sentinel_username",
+		"redis_tls", "redis_tls_ca", "redis_tls_cert", "redis_tls_key", "redis_tls_server_name", "redis_username"}, RedisOptionNames())
 	assert.Equal(t, "127.0.0.1:6379", Default("redis_addr"))
 	assert.Equal(t, "guard:", Default("key_prefix"))
 }

@@ -32,6 +32,10 @@ type Options struct {
 	RedisPassword string        // redis_password: never logged
 	RedisDB       int           // redis_db
 	RedisTimeout  time.Duration // redis_timeout: bound on any Redis wait on the broker thread
+	RedisTLS      RedisTLS      // redis_tls and its files
+	// Sentinel is redis_sentinel_master and its credentials: with a master
+	// name, RedisAddrs are the sentinels.
+	Sentinel Sentinel
 
 	KeyPrefix string // key_prefix: prefix of every key read or written
 
@@ -115,7 +119,7 @@ func (e *OptionError) Error() string {
 }
 
 // secretOptions are never echoed in an error.
-var secretOptions = map[string]bool{"redis_password": true}
+var secretOptions = map[string]bool{"redis_password": true, "redis_sentinel_password": true}
 
 // credentialOptions may be given a URL's user:password@host by mistake
 // (redis://:pw@host:6379/0): what comes before their last '@' is not shown.
@@ -183,13 +187,26 @@ var options = map[string]option{
 	"acl_check":      {"auto", parseACLMode},
 	"broker_lease":   {"30s", durationOption("broker_lease", time.Second, time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Lease })},
 	"metrics_addr":   {"", parseMetricsAddr},
+
+	// Managed Redis: TLS and Sentinel (managed.go).
+	"redis_tls":               {"off", parseOnOff("redis_tls", func(c *Options) *bool { return &c.RedisTLS.On })},
+	"redis_tls_ca":            {"", func(c *Options, v string) error { c.RedisTLS.CA = v; return nil }},
+	"redis_tls_cert":          {"", func(c *Options, v string) error { c.RedisTLS.Cert = v; return nil }},
+	"redis_tls_key":           {"", func(c *Options, v string) error { c.RedisTLS.Key = v; return nil }},
+	"redis_tls_server_name":   {"", parseServerName},
+	"redis_sentinel_master":   {"", parseSentinelMaster},
+	"redis_sentinel_username": {"", func(c *Options, v string) error { c.Sentinel.Username = v; return nil }},
+	"redis_sentinel_password": {"", func(c *Options, v string) error { c.Sentinel.Password = v; return nil }},
 }
 
 // redisOptions say where the plugin's keys are: what guardctl needs too.
-var redisOptions = []string{"key_prefix", "redis_addr", "redis_db", "redis_password", "redis_username"}
+var redisOptions = []string{"key_prefix", "redis_addr", "redis_db", "redis_password",
+	"redis_sentinel_master", "redis_sentinel_password", "redis_sentinel_username",
+	"redis_tls", "redis_tls_ca", "redis_tls_cert", "redis_tls_key", "redis_tls_server_name", "redis_username"}
 
 // RedisOptionNames returns the names of the options that say where the
-// plugin's keys are (the Redis, its credentials, database and key prefix).
+// plugin's keys are (the Redis, its credentials, database and key prefix,
+// TLS and Sentinel).
 func RedisOptionNames() []string { return slices.Clone(redisOptions) }
 
 // IsOption says whether name (without its auth_opt_ or plugin_opt_
@@ -253,7 +270,8 @@ func parse(opts map[string]string, openFiles bool) (Options, error) {
 // with the same defaults, ignoring all others: for guardctl, which must reach
 // the plugin's keys without needing to read its password_file.
 func ParseRedis(opts map[string]string) (Options, error) {
-	c, errs, _ := parseOptions(opts, redisOptions)
+	c, errs, failed := parseOptions(opts, redisOptions)
+	errs = append(errs, c.redisChecks(opts, failed)...)
 	if len(errs) > 0 {
 		return Options{}, errs
 	}
@@ -287,7 +305,13 @@ func (c *Options) combine(opts map[string]string, failed map[string]bool, openFi
 			errs = append(errs, err)
 		}
 	}
-	return errs
+	return append(errs, c.redisChecks(opts, failed)...)
+}
+
+// redisChecks are the checks across the options that say how to reach
+// Redis, which guardctl runs too (ParseRedis).
+func (c *Options) redisChecks(opts map[string]string, failed map[string]bool) Errors {
+	return append(c.checkRedisTLS(failed), c.checkSentinel(opts, failed)...)
 }
 
 // checkBanTimes checks that ban_time is at most ban_max.

@@ -20,11 +20,20 @@ import (
 // brackets) with a port from 1 to 65535, or several, comma-separated.
 // A user or password ("user:pw@host:port", a redis:// URL) is refused, so
 // that it never reaches a dial error in the log; its error hides it too.
+// A URL is refused by its scheme, naming the options that replace it:
+// rediss:// would otherwise be a plain connection to a TLS port.
 func parseRedisAddr(c *Options, v string) error {
-	const want = "host:port, or several host:port separated by commas for a Redis Cluster"
+	const want = "host:port, or several host:port separated by commas (a Redis Cluster's nodes, or the sentinels with redis_sentinel_master)"
 	c.RedisAddrs = nil
 	if strings.Contains(v, "@") {
 		return &OptionError{"redis_addr", v, want + ", without a user or password (set redis_username and redis_password)"}
+	}
+	if scheme, _, ok := strings.Cut(v, "://"); ok {
+		hint := "no URL: set redis_db for a database"
+		if strings.EqualFold(scheme, "rediss") {
+			hint = "no URL: for TLS set redis_tls on (and redis_tls_ca, redis_tls_server_name as needed)"
+		}
+		return &OptionError{"redis_addr", v, want + "; " + hint}
 	}
 	for _, a := range strings.Split(v, ",") {
 		a = strings.TrimSpace(a)

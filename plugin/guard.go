@@ -96,7 +96,8 @@ type Deps struct {
 const initialLoadWait = 10 * time.Second
 
 // New builds a Guard from cfg, connected to the Redis that cfg names. An
-// unreadable password file is an error; an unreachable Redis is not: it is
+// unreadable password file is an error, and so is a TLS setting that Redis
+// proves wrong at once (checkTLS); an unreachable Redis is not: it is
 // logged and retried in the background.
 //
 // Only the broker thread's lookups use the client bounded by redis_timeout;
@@ -104,15 +105,17 @@ const initialLoadWait = 10 * time.Second
 // the background client, so a Redis stall longer than redis_timeout fails
 // none of them. go-redis's own log lines go to the broker's log.
 func New(cfg config.Options, out Output) (*Guard, error) {
-	store := store.New(store.Options{
-		Addrs: cfg.RedisAddrs, Username: cfg.RedisUsername, Password: cfg.RedisPassword,
-		DB: cfg.RedisDB, Timeout: cfg.RedisTimeout,
-		Log: func(msg string) {
-			if out.Log != nil {
-				out.Log(LevelWarning, "mosquitto-guard: redis client: "+msg)
-			}
-		},
-	}, keys.Builder{Prefix: cfg.KeyPrefix})
+	o := cfg.StoreOptions()
+	o.Log = func(msg string) {
+		if out.Log != nil {
+			out.Log(LevelWarning, "mosquitto-guard: redis client: "+msg)
+		}
+	}
+	store := store.New(o, keys.Builder{Prefix: cfg.KeyPrefix})
+	if err := checkTLS(store, cfg); err != nil {
+		store.Close()
+		return nil, err
+	}
 	bg := store.Background()
 	counter := ratelimit.New(bg.Client(), bg.Keys(), cfg.Policy)
 	g, err := NewWith(cfg, out, Deps{Store: store, Background: bg, Conflicts: bg, Counter: counter, Redis: bg.Client()})
@@ -181,7 +184,7 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	g.localUser = ratelimit.NewLocal(userPolicy, ratelimit.DefaultLocalKeys)
 	g.localClaimed = ratelimit.NewLocal(ratelimit.Policy{Limit: 1, Window: cfg.Policy.Window}, ratelimit.DefaultLocalKeys)
 	g.health = newHealth(healthDeps{probe: g.store.Ping, timeout: cfg.RedisTimeout, log: g.log,
-		addrs: cfg.RedisAddrs, deny: cfg.DenyWhenRedisDown})
+		where: cfg.RedisWhere(), deny: cfg.DenyWhenRedisDown})
 	g.spawn("redis health", func() { g.health.run(g.stop) })
 	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
 		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop, m: g.metrics})

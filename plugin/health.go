@@ -3,10 +3,11 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // health tracks whether Redis answers. The hot path asks no Redis question
@@ -32,8 +33,8 @@ type healthDeps struct {
 	probe   func(ctx context.Context) error // asks Redis (the broker thread's client)
 	timeout time.Duration                   // redis_timeout
 	log     Logger
-	addrs   []string // redis_addr, for the log lines
-	deny    bool     // redis_unavailable deny, for the log lines
+	where   string // the Redis (config.Options.RedisWhere), for the log lines
+	deny    bool   // redis_unavailable deny, for the log lines
 }
 
 const (
@@ -48,7 +49,7 @@ func newHealth(d healthDeps) *health {
 		h.down(err)
 	} else {
 		h.isUp.Store(true)
-		h.log(LevelInfo, "mosquitto-guard: connected to redis at "+strings.Join(h.addrs, ","))
+		h.log(LevelInfo, "mosquitto-guard: connected to redis at "+h.where)
 	}
 	return h
 }
@@ -87,7 +88,7 @@ func (h *health) down(err error) {
 		mode = "deny: refusing every client"
 	}
 	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s unreachable (%v); redis_unavailable %s until it is reachable again",
-		strings.Join(h.addrs, ","), err, mode))
+		h.where, store.OneLine(err), mode))
 }
 
 func (h *health) upAgain() {
@@ -98,5 +99,5 @@ func (h *health) upAgain() {
 		return
 	}
 	h.logged = true
-	h.log(LevelNotice, "mosquitto-guard: redis at "+strings.Join(h.addrs, ",")+" is back: list checks resume")
+	h.log(LevelNotice, "mosquitto-guard: redis at "+h.where+" is back: list checks resume")
 }

@@ -17,6 +17,14 @@ const scanCount = 1000
 // a cluster fn runs on every master at once, one goroutine each, and
 // EachMaster returns the first error. The clients New makes are of these
 // two types; any other is an error.
+//
+// With Sentinel (Options.SentinelMaster) rdb is a *redis.Client whose every
+// connection goes to the master the sentinels name when it is dialled: fn
+// gets that client, so each of its commands reaches the master of the
+// moment (go-redis closes its pooled connections to the old master on the
+// sentinels' +switch-master). A subscription it makes, though, stays on the
+// server it was made on until that server drops it: the replica checks
+// (FollowsSentinel, replica.Sync) that the master has not changed.
 func EachMaster(ctx context.Context, rdb redis.UniversalClient, fn func(context.Context, *redis.Client) error) error {
 	switch c := rdb.(type) {
 	case *redis.Client:
@@ -58,3 +66,23 @@ func scanPages(ctx context.Context, c *redis.Client, pattern, typ string, fn fun
 	}
 	return it.Err()
 }
+
+// NodeName names the Redis that c reaches, for log lines: its address, or
+// for a client that follows a Sentinel master (whose Options().Addr is a
+// placeholder) "the Sentinel master".
+func NodeName(c *redis.Client) string {
+	if FollowsSentinel(c) {
+		return "the Sentinel master"
+	}
+	return c.Options().Addr
+}
+
+// FollowsSentinel says whether rdb is a client that follows the master the
+// sentinels name (Options.SentinelMaster).
+func FollowsSentinel(rdb redis.UniversalClient) bool {
+	c, ok := rdb.(*redis.Client)
+	return ok && c.Options().Addr == failoverAddr
+}
+
+// failoverAddr is the Addr go-redis gives a failover client's options.
+const failoverAddr = "FailoverClient"

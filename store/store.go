@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,10 +18,23 @@ import (
 
 // Options say how to reach Redis.
 type Options struct {
-	Addrs    []string // one address, or several seeds of a Redis Cluster
+	// Addrs is one address, or several seeds of a Redis Cluster; with
+	// SentinelMaster, the sentinels.
+	Addrs    []string
 	Username string
 	Password string
 	DB       int
+	// TLS, when set, is used for every connection: to Redis, to a
+	// cluster's nodes, and to the sentinels too (go-redis dials them with
+	// the same configuration).
+	TLS *tls.Config
+	// SentinelMaster, when set, is the name the sentinels at Addrs monitor
+	// the master by: both clients follow that master through failovers
+	// (go-redis's failover client, writes and reads on the master only).
+	// SentinelUsername and SentinelPassword are the sentinels' own.
+	SentinelMaster   string
+	SentinelUsername string
+	SentinelPassword string
 	// Timeout bounds every wait of the broker thread's client (Lookup,
 	// LiveConns): dialling, reading, writing, waiting for a pooled
 	// connection. That client never retries: a retry would double the wait.
@@ -56,6 +72,7 @@ type Store struct {
 
 type clients struct {
 	fast, bg redis.UniversalClient
+	o        Options
 	unroute  func() // stops routing go-redis's lines to Options.Log
 	once     sync.Once
 }
@@ -68,45 +85,48 @@ func New(o Options, kb keys.Builder) *Store {
 		bgTimeout = DefaultBackgroundTimeout
 	}
 	bgTimeout = max(bgTimeout, o.Timeout)
-	c := &clients{unroute: func() {}}
+	c := &clients{o: o, unroute: func() {}}
 	if o.Log != nil {
 		c.unroute = routeLogs(o.Log)
 	}
-	c.fast = redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:                 o.Addrs,
-		Username:              o.Username,
-		Password:              o.Password,
-		DB:                    o.DB,
-		DialTimeout:           o.Timeout,
-		ReadTimeout:           o.Timeout,
-		WriteTimeout:          o.Timeout,
-		PoolTimeout:           o.Timeout,
-		ContextTimeoutEnabled: true, // a caller's shorter deadline counts too
-		MaxRetries:            -1,   // a retry would double the wait on the broker thread
-		DialerRetries:         1,    // one dial attempt: fail fast, the health probe retries
-		DisableIdentity:       true,
-		// No CLIENT SETINFO: some Redis-compatible servers refuse it.
-	})
-	c.bg = redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:        o.Addrs,
-		Username:     o.Username,
-		Password:     o.Password,
-		DB:           o.DB,
-		DialTimeout:  bgTimeout,
-		ReadTimeout:  bgTimeout,
-		WriteTimeout: bgTimeout,
-		PoolTimeout:  bgTimeout,
-		// The caller's context bounds each call: the read deadline is the
-		// earlier of it and bgTimeout. So a read timeout means the context
-		// has expired, and go-redis does not retry it (a command that timed
-		// out may still run: retrying it could count a failure twice).
-		// What it does retry, with backoff inside the context, is what
-		// surely did not run: a refused dial, a pool timeout, LOADING.
-		ContextTimeoutEnabled: true,
-		MaxRetries:            3,
-		DisableIdentity:       true,
-	})
+	fast := o.universal(o.Timeout)
+	fast.ContextTimeoutEnabled = true // a caller's shorter deadline counts too
+	fast.MaxRetries = -1              // a retry would double the wait on the broker thread
+	fast.DialerRetries = 1            // one dial attempt: fail fast, the health probe retries
+	c.fast = redis.NewUniversalClient(fast)
+	bg := o.universal(bgTimeout)
+	// The caller's context bounds each call: the read deadline is the
+	// earlier of it and bgTimeout. So a read timeout means the context
+	// has expired, and go-redis does not retry it (a command that timed
+	// out may still run: retrying it could count a failure twice).
+	// What it does retry, with backoff inside the context, is what
+	// surely did not run: a refused dial, a pool timeout, LOADING.
+	bg.ContextTimeoutEnabled = true
+	bg.MaxRetries = 3
+	c.bg = redis.NewUniversalClient(bg)
 	return &Store{rdb: c.fast, clients: c, kb: kb}
+}
+
+// universal returns go-redis's options for o, every wait bounded by
+// timeout. With SentinelMaster, go-redis makes a failover client: commands
+// go to the master only (ReadOnly and RouteRandomly stay off: a replica may
+// lag a ban).
+func (o Options) universal(timeout time.Duration) *redis.UniversalOptions {
+	return &redis.UniversalOptions{
+		Addrs:            o.Addrs,
+		Username:         o.Username,
+		Password:         o.Password,
+		DB:               o.DB,
+		TLSConfig:        o.TLS,
+		MasterName:       o.SentinelMaster,
+		SentinelUsername: o.SentinelUsername,
+		SentinelPassword: o.SentinelPassword,
+		DialTimeout:      timeout,
+		ReadTimeout:      timeout,
+		WriteTimeout:     timeout,
+		PoolTimeout:      timeout,
+		DisableIdentity:  true, // no CLIENT SETINFO: some Redis-compatible servers refuse it
+	}
 }
 
 // Background returns the same store on the background client: its every
@@ -339,4 +359,18 @@ func remaining(cmd *redis.DurationCmd) time.Duration {
 		return 0
 	}
 	return d
+}
+
+// OneLine is err's text on one line, for a log line or a message: go-redis
+// joins one error per sentinel when none answers, one per line, the first
+// behind its own prefix. A line that repeats one before (or the end of
+// one before) is dropped, and the rest joined with "; ".
+func OneLine(err error) string {
+	var out []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !slices.ContainsFunc(out, func(o string) bool { return o == l || strings.HasSuffix(o, ": "+l) }) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "; ")
 }

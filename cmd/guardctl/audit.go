@@ -159,7 +159,7 @@ func (a *auditFlags) run(ctx context.Context, getenv func(string) string, stdout
 	defer st.Close()
 	now, err := redisNow(ctx, st)
 	if err != nil {
-		return fmt.Errorf("redis at %s: %s", addrs, strings.TrimPrefix(err.Error(), "redis: "))
+		return redisError(addrs, err)
 	}
 	rep, err := a.collect(ctx, st, now, stderr)
 	if err != nil {

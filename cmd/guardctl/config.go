@@ -14,10 +14,12 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// The Redis timeout, and the environment variable that can hold the password.
+// The Redis timeout, and the environment variables that can hold the
+// passwords.
 const (
-	redisTimeout = 5 * time.Second
-	passwordEnv  = "GUARD_REDIS_PASSWORD"
+	redisTimeout        = 5 * time.Second
+	passwordEnv         = "GUARD_REDIS_PASSWORD"
+	sentinelPasswordEnv = "GUARD_REDIS_SENTINEL_PASSWORD"
 )
 
 // The connection defaults: the plugin's, from its option table.
@@ -31,20 +33,36 @@ var (
 var connOptions = config.RedisOptionNames()
 
 // connUsage documents the flags registered by connFlags.register.
-var connUsage = `Connection (a flag beats GUARD_REDIS_PASSWORD, which beats --config, which
-beats the defaults):
-  --config FILE          read redis_addr, redis_username, redis_password, redis_db
-                         and key_prefix from mosquitto-guard's auth_opt_NAME or
-                         plugin_opt_NAME lines in this mosquitto.conf or the
-                         files of its include_dir, read as Mosquitto reads them
+var connUsage = `Connection (a flag beats GUARD_REDIS_PASSWORD and GUARD_REDIS_SENTINEL_PASSWORD,
+which beat --config, which beats the defaults):
+  --config FILE          read redis_addr, redis_username, redis_password, redis_db,
+                         key_prefix and the TLS and Sentinel options below from
+                         mosquitto-guard's auth_opt_NAME or plugin_opt_NAME
+                         lines in this mosquitto.conf or the files of its
+                         include_dir, read as Mosquitto reads them
                          (e.g. /etc/mosquitto/mosquitto.conf)
   --redis-addr ADDRS     host:port, or several separated by commas for a Redis
-                         Cluster (default ` + defaultRedisAddr + `)
+                         Cluster or the sentinels (default ` + defaultRedisAddr + `)
   --redis-username NAME  Redis ACL user
   --redis-password PASS  Redis password; better set GUARD_REDIS_PASSWORD, since
                          command lines show in ps
   --redis-db N           Redis database (default ` + config.Default("redis_db") + `)
   --key-prefix PREFIX    prefix of mosquitto-guard's keys (default ` + defaultKeyPrefix + `)
+  --redis-tls on|off     speak TLS to Redis (and to the sentinels) (default off)
+  --redis-tls-ca FILE    PEM file of the CAs that sign Redis's certificate
+                         (default: the system's)
+  --redis-tls-cert FILE, --redis-tls-key FILE
+                         a client certificate and its key, for mutual TLS
+  --redis-tls-server-name NAME
+                         the name checked in Redis's certificate (default: the
+                         host dialled)
+  --redis-sentinel-master NAME
+                         follow the master the sentinels monitor as NAME;
+                         --redis-addr then lists the sentinels
+  --redis-sentinel-username NAME, --redis-sentinel-password PASS
+                         the sentinels' own credentials; better set
+                         ` + sentinelPasswordEnv + ` for the password
+Each is the plugin option of the same name with _ for -; --config reads them.
 `
 
 // connFlags are the connection flags shared by the subcommands.
@@ -52,18 +70,39 @@ type connFlags struct {
 	fs                                       *flag.FlagSet
 	config, addr, username, password, prefix string
 	db                                       int
+	managed                                  map[string]*string // TLS and Sentinel flags, by option name
+}
+
+// managedFlags are the TLS and Sentinel options, each a flag named as the
+// option with - for _, taking its value as written in mosquitto.conf.
+var managedFlags = []struct{ option, usage string }{
+	{"redis_tls", "speak TLS to Redis: on or off"},
+	{"redis_tls_ca", "PEM file of the CAs that sign Redis's certificate"},
+	{"redis_tls_cert", "client certificate (PEM), for mutual TLS"},
+	{"redis_tls_key", "the client certificate's key (PEM)"},
+	{"redis_tls_server_name", "name checked in Redis's certificate"},
+	{"redis_sentinel_master", "the Sentinel master's name; --redis-addr lists the sentinels"},
+	{"redis_sentinel_username", "the sentinels' ACL user"},
+	{"redis_sentinel_password", "the sentinels' password (or env " + sentinelPasswordEnv + ")"},
 }
 
 // register adds the connection flags to fs.
 func (c *connFlags) register(fs *flag.FlagSet) {
 	c.fs = fs
 	fs.StringVar(&c.config, "config", "", "mosquitto.conf to read the plugin's options from")
-	fs.StringVar(&c.addr, "redis-addr", defaultRedisAddr, "Redis host:port, comma-separated for a cluster")
+	fs.StringVar(&c.addr, "redis-addr", defaultRedisAddr, "Redis host:port, comma-separated for a cluster or the sentinels")
 	fs.StringVar(&c.username, "redis-username", "", "Redis ACL user")
 	fs.StringVar(&c.password, "redis-password", "", "Redis password (or env "+passwordEnv+")")
 	fs.IntVar(&c.db, "redis-db", 0, "Redis database")
 	fs.StringVar(&c.prefix, "key-prefix", defaultKeyPrefix, "key prefix")
+	c.managed = map[string]*string{}
+	for _, f := range managedFlags {
+		c.managed[f.option] = fs.String(flagName(f.option), config.Default(f.option), f.usage)
+	}
 }
+
+// flagName is the flag of a connection option: redis_tls_ca, --redis-tls-ca.
+func flagName(option string) string { return strings.ReplaceAll(option, "_", "-") }
 
 // resolve merges defaults, --config, the password environment variable and
 // the flags given (in increasing precedence) into the values of connOptions.
@@ -109,8 +148,10 @@ func (c *connFlags) merge(opts map[string]string, getenv func(string) string) (v
 			vals[name], fromFile[name] = strings.TrimSpace(v), true
 		}
 	}
-	if p := getenv(passwordEnv); p != "" {
-		vals["redis_password"], fromFile["redis_password"] = p, false
+	for option, env := range passwordEnvs {
+		if p := getenv(env); p != "" {
+			vals[option], fromFile[option] = p, false
+		}
 	}
 	c.fs.Visit(func(f *flag.Flag) {
 		if opt, ok := flagOption[f.Name]; ok {
@@ -121,10 +162,20 @@ func (c *connFlags) merge(opts map[string]string, getenv func(string) string) (v
 }
 
 // flagOption maps each connection flag to the option it sets.
-var flagOption = map[string]string{
-	"redis-addr": "redis_addr", "redis-username": "redis_username", "redis-password": "redis_password",
-	"redis-db": "redis_db", "key-prefix": "key_prefix",
-}
+var flagOption = func() map[string]string {
+	m := map[string]string{
+		"redis-addr": "redis_addr", "redis-username": "redis_username", "redis-password": "redis_password",
+		"redis-db": "redis_db", "key-prefix": "key_prefix",
+	}
+	for _, f := range managedFlags {
+		m[flagName(f.option)] = f.option
+	}
+	return m
+}()
+
+// passwordEnvs are the environment variables that may hold a password,
+// by option: a password on a command line shows in ps.
+var passwordEnvs = map[string]string{"redis_password": passwordEnv, "redis_sentinel_password": sentinelPasswordEnv}
 
 // checkInstance checks an instance's merged values as the plugin does; an
 // error about a value read from the file starts with that option line's
@@ -179,7 +230,7 @@ func (c *connFlags) conflict(plugins []*config.Plugin, each []map[string]string,
 		desc := fmt.Sprintf("%s (%s)", p.Where(), p.Listener.Name)
 		var shown []string
 		for _, name := range differ {
-			if name != "redis_password" {
+			if passwordEnvs[name] == "" {
 				shown = append(shown, name+" "+config.ShownValue(name, each[i][name]))
 			}
 		}
@@ -189,9 +240,9 @@ func (c *connFlags) conflict(plugins []*config.Plugin, each []map[string]string,
 		descs = append(descs, desc)
 	}
 	for _, name := range differ {
-		flag := "--" + strings.ReplaceAll(name, "_", "-")
-		if name == "redis_password" {
-			flag += " or " + passwordEnv
+		flag := "--" + flagName(name)
+		if env := passwordEnvs[name]; env != "" {
+			flag += " or " + env
 		}
 		flags = append(flags, flag)
 	}
@@ -263,17 +314,19 @@ func lonePlugin(p *config.Plugin) error {
 }
 
 // store opens a Store with the resolved connection options; addrs names
-// the Redis addresses for error messages.
+// the Redis (its addresses, or the Sentinel master and its sentinels) for
+// error messages.
 func (c *connFlags) store(getenv func(string) string) (st *store.Store, addrs string, err error) {
 	vals, err := c.resolve(getenv)
 	if err != nil {
 		return nil, "", err
 	}
-	o, kb, err := storeOptions(vals)
+	cfg, err := config.ParseRedis(vals)
 	if err != nil {
 		return nil, "", err
 	}
-	return store.New(o, kb), strings.Join(o.Addrs, ","), nil
+	o, kb := storeOptionsOf(cfg)
+	return store.New(o, kb), cfg.RedisWhere(), nil
 }
 
 // storeOptions checks the values of connOptions as the plugin checks its
@@ -283,9 +336,14 @@ func storeOptions(vals map[string]string) (store.Options, keys.Builder, error) {
 	if err != nil {
 		return store.Options{}, keys.Builder{}, err
 	}
-	o := store.Options{
-		Addrs: cfg.RedisAddrs, Username: cfg.RedisUsername, Password: cfg.RedisPassword,
-		DB: cfg.RedisDB, Timeout: redisTimeout,
-	}
-	return o, keys.Builder{Prefix: cfg.KeyPrefix}, nil
+	o, kb := storeOptionsOf(cfg)
+	return o, kb, nil
+}
+
+// storeOptionsOf are the plugin's store options for cfg, with guardctl's
+// timeout: an operator's command may wait longer than a CONNECT.
+func storeOptionsOf(cfg config.Options) (store.Options, keys.Builder) {
+	o := cfg.StoreOptions()
+	o.Timeout = redisTimeout
+	return o, keys.Builder{Prefix: cfg.KeyPrefix}
 }

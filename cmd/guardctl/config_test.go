@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
@@ -36,13 +37,23 @@ func TestParseConfig(t *testing.T) {
 	conf := testenv.WriteFile(t, t.TempDir(), "mosquitto.conf", sampleConf)
 	got, err := resolved(t, nil, "--config", conf)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{
+	assert.Equal(t, withManaged(map[string]string{
 		"redis_addr":     "10.0.0.2:6379",
 		"redis_password": "s3cret # not a comment",
 		"redis_username": "guard",
 		"redis_db":       "3",
 		"key_prefix":     "second:",
-	}, got)
+	}), got)
+}
+
+// withManaged adds the TLS and Sentinel options at their defaults to vals.
+func withManaged(vals map[string]string) map[string]string {
+	for _, f := range managedFlags {
+		if _, ok := vals[f.option]; !ok {
+			vals[f.option] = config.Default(f.option)
+		}
+	}
+	return vals
 }
 
 // A file without a plugin line is an error now, not a silent fall back to
@@ -79,11 +90,11 @@ func TestResolvePrecedence(t *testing.T) {
 
 	got, err := resolved(t, nil)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"redis_addr": "127.0.0.1:6379", "redis_username": "", "redis_password": "", "redis_db": "0", "key_prefix": "guard:"}, got, "defaults")
+	assert.Equal(t, withManaged(map[string]string{"redis_addr": "127.0.0.1:6379", "redis_username": "", "redis_password": "", "redis_db": "0", "key_prefix": "guard:"}), got, "defaults")
 
 	got, err = resolved(t, nil, "--config", conf)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"redis_addr": "10.0.0.2:6379", "redis_username": "", "redis_password": "fromfile", "redis_db": "3", "key_prefix": "p:"}, got, "the file beats the defaults")
+	assert.Equal(t, withManaged(map[string]string{"redis_addr": "10.0.0.2:6379", "redis_username": "", "redis_password": "fromfile", "redis_db": "3", "key_prefix": "p:"}), got, "the file beats the defaults")
 
 	env := map[string]string{passwordEnv: "fromenv"}
 	got, err = resolved(t, env, "--config", conf)
@@ -92,7 +103,7 @@ func TestResolvePrecedence(t *testing.T) {
 
 	got, err = resolved(t, env, "--config", conf, "--redis-addr", "a:1,b:2", "--redis-db", "0", "--key-prefix", "", "--redis-password", "fromflag", "--redis-username", "u")
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"redis_addr": "a:1,b:2", "redis_username": "u", "redis_password": "fromflag", "redis_db": "0", "key_prefix": ""}, got,
+	assert.Equal(t, withManaged(map[string]string{"redis_addr": "a:1,b:2", "redis_username": "u", "redis_password": "fromflag", "redis_db": "0", "key_prefix": ""}), got,
 		"flags given beat everything, even when they repeat a default or are empty")
 
 	_, err = resolved(t, nil, "--config", filepath.Join(t.TempDir(), "missing.conf"))
@@ -120,4 +131,50 @@ func TestStoreOptions(t *testing.T) {
 	assert.Error(t, err)
 	_, _, err = storeOptions(map[string]string{"redis_addr": "a:", "redis_db": "0"})
 	assert.Error(t, err, "no port")
+}
+
+// The TLS and Sentinel options: flags named as the options, read from
+// --config too, checked as the plugin checks them; the sentinels' password
+// from the environment; flags before the command are moved after it.
+func TestManagedRedisFlags(t *testing.T) {
+	ca := testenv.WriteFile(t, t.TempDir(), "ca.pem", "not a certificate\n")
+	got, err := resolved(t, map[string]string{sentinelPasswordEnv: "fromenv"},
+		"--redis-addr", "10.0.0.1:26379,10.0.0.2:26379", "--redis-sentinel-master", "mymaster",
+		"--redis-sentinel-username", "sent", "--redis-tls", "on", "--redis-tls-server-name", "redis.example")
+	require.NoError(t, err)
+	assert.Equal(t, "mymaster", got["redis_sentinel_master"])
+	assert.Equal(t, "fromenv", got["redis_sentinel_password"])
+	assert.Equal(t, "on", got["redis_tls"])
+	o, _, err := storeOptions(got)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"10.0.0.1:26379", "10.0.0.2:26379"}, o.Addrs)
+	assert.Equal(t, "mymaster", o.SentinelMaster)
+	assert.Equal(t, "sent", o.SentinelUsername)
+	assert.Equal(t, "fromenv", o.SentinelPassword)
+	require.NotNil(t, o.TLS)
+	assert.Equal(t, "redis.example", o.TLS.ServerName)
+	assert.Equal(t, 5*time.Second, o.Timeout, "guardctl's own timeout")
+
+	got, err = resolved(t, map[string]string{sentinelPasswordEnv: "fromenv"}, "--redis-sentinel-password", "fromflag", "--redis-sentinel-master", "m")
+	require.NoError(t, err)
+	assert.Equal(t, "fromflag", got["redis_sentinel_password"], "a flag beats the environment")
+
+	conf := testenv.WriteFile(t, t.TempDir(), "mosquitto.conf", "auth_plugin /x/mosquitto_guard.so\n"+
+		"auth_opt_redis_tls on\nauth_opt_redis_tls_ca "+ca+"\nauth_opt_redis_sentinel_master mymaster\n")
+	_, err = resolved(t, nil, "--config", conf)
+	assert.EqualError(t, err, conf+`:3: option redis_tls_ca: bad value "`+ca+`": expected a PEM file of CA certificates readable by the broker's user (no CERTIFICATE block in it)`,
+		"checked as the plugin checks it, naming the line")
+	got, err = resolved(t, nil, "--config", conf, "--redis-tls-ca", "")
+	require.NoError(t, err, "a flag beats the file")
+	assert.Equal(t, "mymaster", got["redis_sentinel_master"])
+	assert.Equal(t, "on", got["redis_tls"])
+
+	for _, args := range [][]string{{"--redis-tls", "yes"}, {"--redis-tls-ca", ca}} {
+		got, err := resolved(t, nil, args...)
+		require.NoError(t, err)
+		_, _, err = storeOptions(got)
+		assert.Error(t, err, "%v", args)
+	}
+	assert.Equal(t, []string{"ban", "ip", "1.2.3.4", "--redis-tls", "on", "--redis-sentinel-master", "m"},
+		commandFirst([]string{"--redis-tls", "on", "--redis-sentinel-master", "m", "ban", "ip", "1.2.3.4"}))
 }

@@ -52,9 +52,9 @@ auth_opt_password_file /etc/mosquitto/passwd-the-operator-cannot-read
 `)
 	got, err := resolved(t, nil, "--config", main)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{
+	assert.Equal(t, withManaged(map[string]string{
 		"redis_addr": "10.1.2.3:6380", "redis_username": "", "redis_password": "", "redis_db": "2", "key_prefix": "site7:",
-	}, got)
+	}), got)
 	o, kb, err := storeOptions(got)
 	require.NoError(t, err, "password_file is not opened")
 	assert.Equal(t, []string{"10.1.2.3:6380"}, o.Addrs)
@@ -180,11 +180,11 @@ func TestConfigBadValueNamesItsLine(t *testing.T) {
 	guard := filepath.Join(filepath.Dir(main), "conf.d", "guard.conf")
 	_, err := resolved(t, nil, "--config", main)
 	require.Error(t, err)
-	assert.Equal(t, guard+`:3: option redis_addr: bad value "***@10.0.0.1:6379/0": expected host:port, or several host:port separated by commas for a Redis Cluster, without a user or password (set redis_username and redis_password); `+
+	assert.Equal(t, guard+`:3: option redis_addr: bad value "***@10.0.0.1:6379/0": expected host:port, or several host:port separated by commas (a Redis Cluster's nodes, or the sentinels with redis_sentinel_master), without a user or password (set redis_username and redis_password); `+
 		guard+`:2: option redis_db: bad value "x": expected a whole number from 0 to 65536`, err.Error())
 
 	_, err = resolved(t, nil, "--config", main, "--redis-db", "1", "--redis-addr", "nohost")
-	assert.EqualError(t, err, `option redis_addr: bad value "nohost": expected host:port, or several host:port separated by commas for a Redis Cluster`)
+	assert.EqualError(t, err, `option redis_addr: bad value "nohost": expected host:port, or several host:port separated by commas (a Redis Cluster's nodes, or the sentinels with redis_sentinel_master)`)
 }
 
 // An option line Mosquitto would refuse, in an include_dir file, is named

@@ -445,7 +445,7 @@ func redisError(addrs string, err error) error {
 	if errors.As(err, &re) {
 		err = re.Err
 	}
-	return fmt.Errorf("redis at %s: %s", addrs, strings.TrimPrefix(err.Error(), "redis: "))
+	return fmt.Errorf("redis at %s: %s", addrs, strings.TrimPrefix(store.OneLine(err), "redis: "))
 }
 
 // showKey shows a key as it is when it is plain (printable ASCII, no space,

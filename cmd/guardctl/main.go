@@ -69,8 +69,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 // connValueFlags are the connection flags that take a value.
-var connValueFlags = map[string]bool{"config": true, "redis-addr": true, "redis-username": true,
-	"redis-password": true, "redis-db": true, "key-prefix": true}
+var connValueFlags = func() map[string]bool {
+	m := map[string]bool{"config": true}
+	for f := range flagOption {
+		m[f] = true
+	}
+	return m
+}()
 
 // commandFirst moves connection flags written before the command after it
 // (guardctl --config FILE ban ...), where the command's flag set reads them.

@@ -2,10 +2,16 @@ package testenv
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,6 +77,28 @@ func (ca *CA) Server(t testing.TB) (certPath, keyPath string) {
 	certPath, keyPath = ca.sign(t, "server", "127.0.0.1",
 		"subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
 	return certPath, keyPath
+}
+
+// ServerFor makes a server certificate whose subjectAltName holds names
+// (an IP address as IP:, any other name as DNS:), good for client
+// authentication too: redis-server presents its tls-cert-file when it
+// connects to a master (replication) or a sentinel to the servers, so one
+// certificate serves both ends. It returns the certificate's and key's paths.
+func (ca *CA) ServerFor(t testing.TB, names ...string) (certPath, keyPath string) {
+	t.Helper()
+	if len(names) == 0 {
+		t.Fatalf("testenv: ServerFor needs a name")
+	}
+	var alt []string
+	for _, n := range names {
+		if net.ParseIP(n) != nil {
+			alt = append(alt, "IP:"+n)
+		} else {
+			alt = append(alt, "DNS:"+n)
+		}
+	}
+	return ca.sign(t, "server", names[0],
+		"subjectAltName="+strings.Join(alt, ",")+"\nextendedKeyUsage=serverAuth,clientAuth\n")
 }
 
 // Client makes a client certificate with the common name cn. Every call
@@ -160,4 +188,62 @@ func openssl(t testing.TB, args ...string) string {
 		t.Fatalf("testenv: openssl %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// ExpiredServer makes a server certificate for names, as ServerFor does,
+// that expired an hour ago (openssl x509 cannot date one in the past, so
+// it is signed here in Go with the CA's key).
+func (ca *CA) ExpiredServer(t testing.TB, names ...string) (certPath, keyPath string) {
+	t.Helper()
+	caPEM, err := os.ReadFile(ca.CertPath)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	caCert, err := parseCertPEM(caPEM)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	caKeyPEM, err := os.ReadFile(ca.KeyPath)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	blk, _ := pem.Decode(caKeyPEM)
+	if blk == nil {
+		t.Fatalf("testenv: no PEM in %s", ca.KeyPath)
+	}
+	caKey, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatalf("testenv: %s: %v", ca.KeyPath, err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2000 + ca.serial.Add(1)),
+		Subject:      pkix.Name{CommonName: names[0]},
+		NotBefore:    time.Now().Add(-48 * time.Hour),
+		NotAfter:     time.Now().Add(-time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	dir := t.TempDir()
+	certPath = WriteFile(t, dir, "expired.crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	keyPath = WriteFile(t, dir, "expired.key", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})))
+	return certPath, keyPath
 }

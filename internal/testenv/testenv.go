@@ -177,6 +177,7 @@ type Redis struct {
 	Port int
 	Dir  string
 	args []string
+	cli  []string // redis-cli's arguments before the command's (TLS)
 	t    testing.TB
 }
 
@@ -211,7 +212,7 @@ func (r *Redis) CLI(args ...string) string {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	full := append([]string{"-h", "127.0.0.1", "-p", fmt.Sprint(r.Port)}, args...)
+	full := append(append([]string{"-h", "127.0.0.1", "-p", fmt.Sprint(r.Port)}, r.cli...), args...)
 	out, err := exec.CommandContext(ctx, "redis-cli", full...).CombinedOutput()
 	if err != nil {
 		r.t.Fatalf("testenv: redis-cli %v: %v: %s", args, err, out)

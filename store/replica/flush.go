@@ -93,7 +93,7 @@ func (s *Sync) mark(ctx context.Context) ([]mark, error) {
 			return nil
 		}
 		mu.Lock()
-		refused = fmt.Errorf("no slot of master %s found in %d tries", c.Options().Addr, maxMarkTries)
+		refused = fmt.Errorf("no slot of master %s found in %d tries", store.NodeName(c), maxMarkTries)
 		mu.Unlock()
 		return nil
 	})
@@ -136,9 +136,9 @@ func (s *Sync) lost(ctx context.Context, marks []mark) string {
 		got, err := m.c.Get(ctx, m.key).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
-			return fmt.Sprintf("the flush mark %s on %s is gone: the keys were flushed (FLUSHALL, FLUSHDB) or lost (Redis restarted empty)", m.key, m.c.Options().Addr)
+			return fmt.Sprintf("the flush mark %s on %s is gone: the keys were flushed (FLUSHALL, FLUSHDB) or lost (Redis restarted empty)", m.key, store.NodeName(m.c))
 		case isReply(err) || (err == nil && got != m.val):
-			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, m.c.Options().Addr)
+			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, store.NodeName(m.c))
 		case errors.Is(err, redis.ErrClosed):
 			return "the cluster's masters changed" // the node's client was replaced
 		}
@@ -163,7 +163,7 @@ func (s *Sync) notificationsLost(ctx context.Context) string {
 		}
 		if flags := cur["notify-keyspace-events"]; missingFlags(flags) != flags {
 			mu.Lock()
-			why = fmt.Sprintf("keyspace notifications were turned off on %s (notify-keyspace-events %q)", c.Options().Addr, flags)
+			why = fmt.Sprintf("keyspace notifications were turned off on %s (notify-keyspace-events %q)", store.NodeName(c), flags)
 			mu.Unlock()
 		}
 		return nil

@@ -58,6 +58,7 @@ type Sync struct {
 	wake    chan struct{}
 
 	markRefused bool // the flush mark was refused (logged once); session goroutine only
+	infoRefused bool // INFO was refused: no failover check (logged once); session goroutine only
 
 	wrongMu     sync.Mutex
 	wrongLogged map[string]struct{} // keys of another type already logged
@@ -116,8 +117,13 @@ func (s *Sync) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-// session subscribes, loads, and serves until the subscription breaks.
+// session subscribes, loads, and serves until the subscription breaks, or
+// the Sentinel master changes.
 func (s *Sync) session(ctx context.Context) error {
+	master, err := s.masterID(ctx)
+	if err != nil {
+		return err
+	}
 	s.enableNotifications(ctx)
 	subs, err := s.subscribe(ctx)
 	if err != nil {
@@ -139,6 +145,9 @@ func (s *Sync) session(ctx context.Context) error {
 	if err := s.load(ctx); err != nil {
 		return err
 	}
+	if err := s.masterMoved(ctx, master); err != nil {
+		return err // a failover while subscribing: the subscription may be on the old master
+	}
 	s.healthy.Store(true)
 	t := time.NewTicker(s.o.ResyncEvery)
 	defer t.Stop()
@@ -157,6 +166,9 @@ func (s *Sync) session(ctx context.Context) error {
 				}
 			}
 		case <-check.C:
+			if err := s.masterMoved(ctx, master); err != nil {
+				return err
+			}
 			why := s.lost(ctx, marks)
 			if why == "" && n%notifyCheckEvery == 0 {
 				why = s.notificationsLost(ctx)
@@ -367,4 +379,57 @@ func (s *Sync) fetch(ctx context.Context, batch []string) (out []*Entry, wrong [
 		out[i] = e
 	}
 	return out, wrong, nil
+}
+
+// masterID identifies the master a client that follows a Sentinel master
+// reaches: its run_id. "" for any other client: a Redis that restarts
+// breaks the subscription by itself, and a cluster's nodes have clients of
+// their own. "" too where INFO is refused (an ACL without @dangerous): then
+// a failover reaches the replica when the old master drops the
+// subscription (the sentinels demote it), which is logged once.
+func (s *Sync) masterID(ctx context.Context) (string, error) {
+	if !store.FollowsSentinel(s.rdb) {
+		return "", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, flushCheckEvery)
+	defer cancel()
+	info, err := s.rdb.Info(ctx, "server").Result()
+	if isReply(err) && !transient(err) {
+		if !s.infoRefused {
+			s.o.Log(true, "replica: cannot read the Sentinel master's run_id ("+err.Error()+"); after a failover, changes reach the replica once the sentinels demote the old master")
+		}
+		s.infoRefused = true
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("master run_id: %w", err)
+	}
+	s.infoRefused = false
+	for _, l := range strings.Split(info, "\n") {
+		if id, ok := strings.CutPrefix(strings.TrimSpace(l), "run_id:"); ok {
+			return id, nil
+		}
+	}
+	return "", errors.New("master run_id: not in INFO server")
+}
+
+// masterMoved returns an error when the Sentinel master is no longer the
+// one (id) the session subscribed to. After a failover go-redis sends new
+// commands to the new master at once (the sentinels' +switch-master), but
+// a subscription stays on the old one until that server drops it, which an
+// old master still alive does only when the sentinels demote it (up to
+// their 10 s INFO period): until then no notification of a change made on
+// the new master would arrive. Checked every flushCheckEvery, so a session
+// follows a failover within that time of go-redis learning of it. A master
+// that does not answer says nothing: the subscription notices.
+func (s *Sync) masterMoved(ctx context.Context, id string) error {
+	if id == "" {
+		return nil
+	}
+	now, err := s.masterID(ctx)
+	if err != nil || now == id {
+		return nil
+	}
+	s.o.Log(false, "replica: the Sentinel master changed (a failover): subscribing to the new master and reloading")
+	return errors.New("the Sentinel master changed")
 }
