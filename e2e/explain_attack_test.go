@@ -49,6 +49,15 @@ func TestAttackExplainThrottleUnderProofAllow(t *testing.T) {
 		"--ip", "127.0.61.1", "--username", "alice", "--clientid", "dev-a")
 	assert.NotContains(t, out, "it is refused unchecked",
 		"explain says the broker refuses a client the broker accepts:\n%s", out)
+	assert.Contains(t, out, "the username is throttled, but not for this client: guard:allow:ip:127.0.61.1 exempts this client")
+	x := explainJSON(t, bin, nil, "--config", e.broker.ConfPath, "--ip", "127.0.61.1", "--username", "alice", "--clientid", "dev-a")
+	require.NotNil(t, x.Throttle)
+	assert.True(t, x.Throttle.Throttled)
+	assert.False(t, x.Throttle.Applies)
+	// From the other address explain still says the throttle refuses, as the broker did.
+	out = guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath,
+		"--ip", "127.0.61.2", "--username", "alice", "--clientid", "dev-b")
+	assert.Contains(t, out, "it is refused unchecked", "the throttle applies without the allow entry:\n%s", out)
 }
 
 // With username_fail_limit 0 the plugin keeps no throttle and ignores a
@@ -67,6 +76,31 @@ func TestAttackExplainThrottleKeyIgnoredWhenLimitOff(t *testing.T) {
 		"--ip", "127.0.62.1", "--username", "alice", "--clientid", "dev-a")
 	assert.NotContains(t, out, "it is refused unchecked",
 		"explain says the broker refuses a client the broker accepts:\n%s", out)
+	assert.Contains(t, out, "but not for this client: username_fail_limit is 0: the plugin keeps no throttle and ignores throttle keys")
+}
+
+// Under backend defer the plugin checks no password, so it holds no client
+// to the failure limits or the throttle (authenticate skips checkLimits):
+// mosquitto's own password_file decides, and accepts alice. explain must
+// not say she is refused unchecked.
+func TestAttackExplainThrottleKeyIgnoredUnderBackendDefer(t *testing.T) {
+	bin := buildGuardctl(t)
+	e := envWithoutBroker(t)
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	require.NoError(t, rdb.Set(context.Background(), "guard:throttle:username:alice", "ops: throttled by hand", 0).Err())
+	e.broker = startBroker(t, e.conf("auth_opt_backend defer", "auth_opt_username_fail_limit 3", "password_file "+e.passwd))
+
+	require.EqualValues(t, accepted, e.connect(as("127.0.66.1", "dev-a", "alice", "alice-pw")), "backend defer throttles no one")
+
+	out := guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath,
+		"--ip", "127.0.66.1", "--username", "alice", "--clientid", "dev-a")
+	assert.NotContains(t, out, "it is refused unchecked",
+		"explain says the broker refuses a client the broker accepts:\n%s", out)
+	assert.Contains(t, out, "but not for this client: backend defer checks no password")
+	x := explainJSON(t, bin, nil, "--config", e.broker.ConfPath, "--ip", "127.0.66.1", "--username", "alice")
+	require.NotNil(t, x.Throttle)
+	assert.False(t, x.Throttle.Applies)
 }
 
 // An automatic ban that an allow entry lifts does not refuse: explain's

@@ -53,6 +53,8 @@ type explained struct {
 	} `json:"failures"`
 	Throttle *struct {
 		Throttled bool
+		Applies   bool
+		Ignored   string
 		Origin    string
 		SetMs     *int64 `json:"set_ms"`
 		TTLMs     *int64 `json:"ttl_ms"`

@@ -74,9 +74,11 @@ ms or null (permanent), "role": "decides"|"outranked"|"lifted"|"counts"|
 [{"scope", "value", "counter", "counted", "allowed", "ban_at",
 "full_in_ms", "banned_by": key or null, "offences",
 "offences_forget_ms": ms, null (none) or -1 (never), "next_ban_ms"}]},
-"throttle": null or {"username", "key", "throttled", "origin", "reason",
-"set_ms", "ttl_ms", "limit", "counter": null (off) or {"key", "counted",
-"allowed", "throttle_at", "full_in_ms"}},
+"throttle": null or {"username", "key", "throttled", "applies": false
+when the plugin would not hold this client to a throttle, "ignored": why
+(username_fail_limit 0, backend defer, an allow entry on proof), "origin",
+"reason", "set_ms", "ttl_ms", "limit", "counter": null (off) or {"key",
+"counted", "allowed", "throttle_at", "full_in_ms"}},
 "clientid_state": null or {"clientid", "tracking", "live": [{"broker",
 "instance", "principal", "ip", "since_ms", "lease_runs"}], "seen":
 [{"principal", "ip", "broker", "connected_ms", "disconnected_ms"}],
@@ -235,7 +237,7 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 	}
 	// The decision is the plugin's own: the code its CONNECT path runs.
 	x.allow, x.block = store.Resolve(x.allows, x.blocks)
-	if x.allow != nil && x.allow.Scope.Proof() {
+	if store.Exempt(x.allow) {
 		x.exempt = x.allow
 	}
 
@@ -294,6 +296,24 @@ func (x *explanation) role(m *store.Match) (role string, by *store.Match) {
 		return "lifted", x.allow
 	}
 	return "outranked", nil
+}
+
+// throttleIgnored says why the plugin would not hold this client to its
+// username's throttle, as plugin.authenticate and checkLimits decide; ""
+// when it would (then only a source that authenticated as the username
+// within conflict_window passes).
+func (x *explanation) throttleIgnored(show func(string) string) string {
+	switch {
+	case x.limits.UsernameFailLimit <= 0:
+		// plugin.NewWith keeps no known sources then, and checkLimits
+		// looks at no throttle.
+		return "username_fail_limit is 0: the plugin keeps no throttle and ignores throttle keys"
+	case !x.limits.Backend.Checks(x.flags.hasUsername):
+		return "backend defer checks no password: no failure limit or throttle applies"
+	case x.exempt != nil:
+		return show(x.exempt.Key) + " exempts this client from the failure limits and the throttle (an allow entry on proof)"
+	}
+	return ""
 }
 
 // lifted returns the block entries the allow entry that counts lifts.

@@ -95,7 +95,11 @@ func renderExplainText(w io.Writer, x *explanation) error {
 	}
 	fmt.Fprintf(w, "\nVerdict: %s\n", x.verdict(showText))
 	if x.block == nil && x.throttle != nil {
-		fmt.Fprintf(w, "  but the username is throttled: unless this source authenticated as it within conflict_window, it is refused unchecked (see Username)\n")
+		if why := x.throttleIgnored(showText); why != "" {
+			fmt.Fprintf(w, "  the username is throttled, but not for this client: %s (see Username)\n", why)
+		} else {
+			fmt.Fprintf(w, "  but the username is throttled: unless this source authenticated as it within conflict_window, it is refused unchecked (see Username)\n")
+		}
 	}
 
 	writeFailures(w, x)
@@ -183,10 +187,15 @@ func moreBefore(allowed int, what string) string {
 
 func writeThrottle(w io.Writer, x *explanation) {
 	fmt.Fprintf(w, "\nUsername %s:\n", logval.Quote(x.flags.username))
-	if th := x.throttle; th != nil {
+	why := x.throttleIgnored(showText)
+	switch th := x.throttle; {
+	case th != nil && why != "":
+		fmt.Fprintf(w, "  throttled by %s (%s, %s, set %s), but not for this client: %s\n",
+			showText(th.Key), th.Origin(), left(th.TTL), setText(th), why)
+	case th != nil:
 		fmt.Fprintf(w, "  throttled by %s (%s, %s, set %s): its attempts from sources that did not authenticate as it within conflict_window are refused unchecked\n",
 			showText(th.Key), th.Origin(), left(th.TTL), setText(th))
-	} else {
+	default:
 		fmt.Fprintln(w, "  not throttled")
 	}
 	if x.counter == nil {
@@ -333,6 +342,8 @@ type (
 		Username  string       `json:"username"`
 		Key       string       `json:"key"`
 		Throttled bool         `json:"throttled"`
+		Applies   bool         `json:"applies"`
+		Ignored   string       `json:"ignored,omitempty"`
 		Origin    string       `json:"origin,omitempty"`
 		Reason    string       `json:"reason,omitempty"`
 		SetMs     *int64       `json:"set_ms"`
@@ -473,7 +484,9 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 	}
 
 	if f.hasUsername {
-		th := &jsonThrottle{Username: f.username, Key: x.kb.Throttle(f.username), Limit: l.UsernameFailLimit}
+		th := &jsonThrottle{Username: f.username, Key: x.kb.Throttle(f.username), Limit: l.UsernameFailLimit,
+			Ignored: x.throttleIgnored(raw)}
+		th.Applies = th.Ignored == ""
 		if x.throttle != nil {
 			th.Key, th.Throttled, th.Origin, th.Reason = x.throttle.Key, true, x.throttle.Origin(), x.throttle.Reason
 			th.SetMs, th.TTLMs = setMs(x.throttle), ttlMs(x.throttle)
