@@ -120,6 +120,12 @@ func TestAttackExplainLiftedBanNotRefusedInFailures(t *testing.T) {
 	assert.Contains(t, verdictLine(t, out), "accepted")
 	assert.NotContains(t, out, "refused unchecked",
 		"explain's failure section says a lifted ban refuses:\n%s", out)
+	assert.Contains(t, out, "    banned now by guard:block:ip:127.0.63.1 (auto, permanent), lifted for this client by guard:allow:cidr:127.0.63.0/24: the ban does not refuse it\n")
+	x := explainJSON(t, bin, nil, "--config", e.broker.ConfPath, "--ip", "127.0.63.1")
+	require.Len(t, x.Failures.Keys, 1)
+	require.NotNil(t, x.Failures.Keys[0].BannedBy)
+	require.NotNil(t, x.Failures.Keys[0].BanLiftedBy)
+	assert.Equal(t, "guard:allow:cidr:127.0.63.0/24", *x.Failures.Keys[0].BanLiftedBy)
 }
 
 // The broker gives a client that sends an empty client ID (clean session)

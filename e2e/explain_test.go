@@ -45,6 +45,7 @@ type explained struct {
 			Counted, Allowed      int
 			BanAt                 int     `json:"ban_at"`
 			BannedBy              *string `json:"banned_by"`
+			BanLiftedBy           *string `json:"ban_lifted_by"`
 			Offences              int
 			NextBanMs             int64  `json:"next_ban_ms"`
 			FullInMs              int64  `json:"full_in_ms"`

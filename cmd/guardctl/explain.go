@@ -72,7 +72,8 @@ ms or null (permanent), "role": "decides"|"outranked"|"lifted"|"counts"|
 "lifted": [key]},
 "failures": {"exempt_by": key or null, "keys":
 [{"scope", "value", "counter", "counted", "allowed", "ban_at",
-"full_in_ms", "banned_by": key or null, "offences",
+"full_in_ms", "banned_by": key or null, "ban_lifted_by": the allow
+entry that lifts that ban for this client, or null, "offences",
 "offences_forget_ms": ms, null (none) or -1 (never), "next_ban_ms"}]},
 "throttle": null or {"username", "key", "throttled", "applies": false
 when the plugin would not hold this client to a throttle, "ignored": why

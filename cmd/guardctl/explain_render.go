@@ -154,7 +154,12 @@ func writeFailures(w io.Writer, x *explanation) {
 		fmt.Fprintf(w, "  %s %s: %d counted, %s (%s)\n", fs.Scope, valueText(fs.Scope, fs.Value),
 			fs.Counted, moreBefore(fs.Allowed, "bans"), refill(fs.Count))
 		if b := x.bannedBy(fs); b != nil {
-			fmt.Fprintf(w, "    banned now by %s (%s, %s): its attempts are refused unchecked and not counted\n", showText(b.Key), b.Origin(), left(b.TTL))
+			if role, by := x.role(b); role == "lifted" {
+				fmt.Fprintf(w, "    banned now by %s (%s, %s), lifted for this client by %s: the ban does not refuse it\n",
+					showText(b.Key), b.Origin(), left(b.TTL), showText(by.Key))
+			} else {
+				fmt.Fprintf(w, "    banned now by %s (%s, %s): its attempts are refused unchecked and not counted\n", showText(b.Key), b.Origin(), left(b.TTL))
+			}
 		}
 		forget := ""
 		switch {
@@ -334,6 +339,7 @@ type (
 		BanAt            int        `json:"ban_at"`
 		FullInMs         int64      `json:"full_in_ms"`
 		BannedBy         *string    `json:"banned_by"`
+		BanLiftedBy      *string    `json:"ban_lifted_by"`
 		Offences         int        `json:"offences"`
 		OffencesForgetMs *int64     `json:"offences_forget_ms"`
 		NextBanMs        int64      `json:"next_ban_ms"`
@@ -473,6 +479,9 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 			BanAt: fs.Allowed + 1, FullInMs: fs.FullIn.Milliseconds(), Offences: fs.Offences, NextBanMs: fs.NextBan.Milliseconds()}
 		if b := x.bannedBy(fs); b != nil {
 			k.BannedBy = strPtr(b.Key)
+			if role, by := x.role(b); role == "lifted" {
+				k.BanLiftedBy = strPtr(by.Key)
+			}
 		}
 		switch {
 		case fs.Forget > 0:
