@@ -144,6 +144,22 @@ func TestAttackExplainEmptyClientID(t *testing.T) {
 		"--ip", "127.0.64.1", "--username", "alice", "--clientid", "")
 	assert.NotContains(t, verdictLine(t, out), "refused",
 		"explain refuses a client the broker accepts:\n%s", out)
+	assert.Equal(t, "accepted: no entry", verdictLine(t, out))
+	assert.Contains(t, out, "the client ID is empty, and the plugin never sees an empty one: the broker gives the client an ID of its own")
+	assert.Contains(t, guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath, "--ip", "127.0.64.1", "--clientid", "",
+		"--fail-scopes", "ip,clientid"), "\n  clientid: the broker assigns the ID, a new one each time: no count builds up\n")
+	assert.NotContains(t, out, "guard:block:clientid:", "an entry the plugin never matches is not listed")
+	x := explainJSON(t, bin, nil, "--config", e.broker.ConfPath, "--ip", "127.0.64.1", "--clientid", "", "--fail-scopes", "ip,clientid")
+	assert.Empty(t, x.Entries)
+	assert.Nil(t, x.ClientID, "no client ID state for an ID the broker replaces")
+	require.Len(t, x.Failures.Keys, 1, "no count under the empty client ID")
+	assert.Equal(t, "ip", x.Failures.Keys[0].Scope)
+
+	// The other half of what explain says: with allow_zero_length_clientid
+	// false the broker itself refuses the empty ID (MQTT 3.1.1 "identifier
+	// rejected"), before the plugin sees the client.
+	e2 := attackEnv(t, func(context.Context, *redis.Client) {}, "allow_zero_length_clientid false")
+	require.EqualValues(t, 2, e2.connect(as("127.0.64.2", "", "alice", "alice-pw")), "identifier rejected by the broker")
 }
 
 // A key of another type than string under a list prefix bans nothing: the

@@ -42,7 +42,8 @@ in-memory failure count, which may refuse a source (rule=fail-limit) a
 little before Redis bans it.
 
 Identity (at least one; give what the client sends):
-  --clientid ID     its client ID, exactly (any bytes; may be empty)
+  --clientid ID     its client ID, exactly (any bytes; empty: the broker
+                    assigns one, or refuses, before the plugin sees it)
   --ip IP           the address it connects from: IPv4, or IPv6 (an
                     IPv4-mapped ::ffff:192.0.2.1 counts as 192.0.2.1)
   --username NAME   its username, exactly (may be empty)
@@ -59,7 +60,9 @@ a flag beats both; the output says which value came from where):
   --conflict-window D
 
 JSON: {"identity": {"clientid", "ip", "username", "cert"} (those given;
-"clientid_base64"/"username_base64" too when not valid UTF-8),
+"clientid_base64"/"username_base64" too when not valid UTF-8;
+"clientid_assigned": true for an empty client ID, which the broker
+replaces, or refuses, before the plugin sees it),
 "limits": {"fail_limit", "fail_window_ms", "ban_time_ms", "ban_max_ms",
 "fail_scopes", "fail_ipv6_prefix", "username_fail_limit",
 "conflict_window_ms", "backend", "clientid_conflict" (null without
@@ -228,8 +231,9 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 		return fn(ctx)
 	}
 	q := store.Query{ClientID: e.clientID, IP: e.ip, Username: e.username, HasUsername: e.hasUsername, Cert: e.cert}
+	withID := e.seesClientID()
 	err := step(func(ctx context.Context) error {
-		m, err := st.Matching(ctx, q, e.hasClientID)
+		m, err := st.Matching(ctx, q, withID)
 		x.allows, x.blocks, x.throttle = m.Allows, m.Blocks, m.Throttle
 		return err
 	})
@@ -244,7 +248,7 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 
 	rl := ratelimit.New(st.Client(), st.Keys(), lim.Policy)
 	for _, scope := range lim.FailScopes {
-		if (scope == keys.ClientID && !e.hasClientID) || (scope == keys.Username && !e.hasUsername) {
+		if (scope == keys.ClientID && !withID) || (scope == keys.Username && !e.hasUsername) {
 			continue
 		}
 		s, v, ok := keys.FailKey(scope, e.ip, lim.FailIPv6Prefix, e.clientID, e.username)
@@ -270,7 +274,7 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 			return nil, err
 		}
 	}
-	if e.hasClientID {
+	if withID {
 		err := step(func(ctx context.Context) error {
 			cs, err := st.ClientIDState(ctx, e.clientID, lim.ConflictWindow, x.now, explainFindingsScan)
 			x.clientID = &cs
@@ -282,6 +286,20 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 	}
 	return x, nil
 }
+
+// seesClientID says whether the plugin sees the client ID given. An empty
+// one never reaches it: Mosquitto (handle_connect.c) assigns the client an
+// ID of its own (auto_id_prefix, then a random UUID) under MQTT 3.1.1 with
+// clean session or MQTT 5 when allow_zero_length_clientid is true, its
+// default, and otherwise refuses the CONNECT itself (MQTT 3.1 always). So no
+// entry or count on a client ID applies to it.
+func (e *explainFlags) seesClientID() bool { return e.hasClientID && e.clientID != "" }
+
+// assignedIDNote says what the broker does with an empty client ID.
+const assignedIDNote = `the client ID is empty, and the plugin never sees an empty one: the broker gives the client an ID of its own ` +
+	`(auto_id_prefix, "auto-" by default, then a random UUID) under MQTT 3.1.1 with clean session or MQTT 5 ` +
+	`when allow_zero_length_clientid is true (the default), and otherwise refuses the CONNECT itself (MQTT 3.1 always); ` +
+	`no clientid entry or count applies`
 
 // role says what an entry does in the decision, and the allow entry that
 // lifts it (role "lifted").

@@ -102,6 +102,10 @@ func renderExplainText(w io.Writer, x *explanation) error {
 		}
 	}
 
+	if f.hasClientID && !f.seesClientID() {
+		fmt.Fprintf(w, "  %s\n", assignedIDNote)
+	}
+
 	writeFailures(w, x)
 	if f.hasUsername {
 		writeThrottle(w, x)
@@ -144,6 +148,8 @@ func writeFailures(w io.Writer, x *explanation) {
 		switch {
 		case scope == keys.ClientID && !f.hasClientID:
 			fmt.Fprintln(w, "  clientid: no --clientid given")
+		case scope == keys.ClientID && !f.seesClientID():
+			fmt.Fprintln(w, "  clientid: the broker assigns the ID, a new one each time: no count builds up")
 		case scope == keys.Username && !f.hasUsername:
 			fmt.Fprintln(w, "  username: no --username given")
 		case scope == keys.IP && !f.ip.IsValid():
@@ -288,6 +294,7 @@ type (
 	jsonIdentity struct {
 		ClientID       *string `json:"clientid,omitempty"`
 		ClientIDBase64 string  `json:"clientid_base64,omitempty"`
+		ClientIDAssign bool    `json:"clientid_assigned,omitempty"`
 		IP             string  `json:"ip,omitempty"`
 		Username       *string `json:"username,omitempty"`
 		UsernameBase64 string  `json:"username_base64,omitempty"`
@@ -441,6 +448,7 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 	}
 	if f.hasClientID {
 		doc.Identity.ClientID, doc.Identity.ClientIDBase64 = strPtr(f.clientID), b64(f.clientID)
+		doc.Identity.ClientIDAssign = !f.seesClientID()
 	}
 	if f.ip.IsValid() {
 		doc.Identity.IP = f.ip.String()
