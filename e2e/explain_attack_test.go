@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -175,4 +176,9 @@ func TestAttackExplainWrongTypeKey(t *testing.T) {
 
 	out := guardctlRun(t, bin, nil, "explain", "--config", e.broker.ConfPath, "--ip", "127.0.65.1")
 	assert.Contains(t, verdictLine(t, out), "accepted", "%s", out)
+	assert.Equal(t, "accepted: no entry", verdictLine(t, out))
+	assert.Contains(t, out, "  guard:block:cidr:127.0.65.0/24: bans nothing: holds a set, not a string (the plugin skips it, and logs it once)\n")
+	assert.Contains(t, out, "ip 127.0.65.1: 0 counted", "explain carries on past the key")
+	assert.True(t, e.broker.WaitOutput(`replica: skipping key "guard:block:cidr:127.0.65.0/24": it holds another type than a string`, 5*time.Second),
+		"the plugin says the same")
 }

@@ -71,6 +71,8 @@ replaces, or refuses, before the plugin sees it),
 "auto"|"operator", "reason", "set_ms": unix ms or null (unknown), "ttl_ms":
 ms or null (permanent), "role": "decides"|"outranked"|"lifted"|"counts"|
 "unused", "lifted_by": key (role lifted)}],
+"ignored": [{"key", "type", "line"}] (keys of another type than string
+where an entry would be: the plugin skips them),
 "verdict": {"result": "refused"|"accepted", "line", "block", "allow",
 "lifted": [key]},
 "failures": {"exempt_by": key or null, "keys":
@@ -214,6 +216,7 @@ type explanation struct {
 	allows, blocks []*store.Match // most specific first
 	allow, block   *store.Match   // store.Resolve's answer
 	throttle       *store.Match
+	ignored        []store.Ignored // keys of another type than string: the plugin skips them
 
 	exempt   *store.Match // the allow entry on proof that keeps failures from counting
 	failures []ratelimit.State
@@ -234,7 +237,7 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 	withID := e.seesClientID()
 	err := step(func(ctx context.Context) error {
 		m, err := st.Matching(ctx, q, withID)
-		x.allows, x.blocks, x.throttle = m.Allows, m.Blocks, m.Throttle
+		x.allows, x.blocks, x.throttle, x.ignored = m.Allows, m.Blocks, m.Throttle, m.Ignored
 		return err
 	})
 	if err != nil {
@@ -300,6 +303,20 @@ const assignedIDNote = `the client ID is empty, and the plugin never sees an emp
 	`(auto_id_prefix, "auto-" by default, then a random UUID) under MQTT 3.1.1 with clean session or MQTT 5 ` +
 	`when allow_zero_length_clientid is true (the default), and otherwise refuses the CONNECT itself (MQTT 3.1 always); ` +
 	`no clientid entry or count applies`
+
+// ignoredText says what a key of another type does: nothing, as the
+// replica skips it (replica.Sync.fetch, which logs "it holds another type
+// than a string (WRONGTYPE), so it bans or allows nothing").
+func ignoredText(g store.Ignored) string {
+	what := "bans"
+	switch {
+	case g.Throttle:
+		what = "throttles"
+	case g.Kind == keys.Allow:
+		what = "allows"
+	}
+	return fmt.Sprintf("%s nothing: holds a %s, not a string (the plugin skips it, and logs it once)", what, g.Type)
+}
 
 // role says what an entry does in the decision, and the allow entry that
 // lifts it (role "lifted").

@@ -93,6 +93,12 @@ func renderExplainText(w io.Writer, x *explanation) error {
 		}
 		tw.Flush()
 	}
+	if len(x.ignored) > 0 {
+		fmt.Fprintln(w, "Ignored, of another type than string:")
+		for _, g := range x.ignored {
+			fmt.Fprintf(w, "  %s: %s\n", showText(g.Key), ignoredText(g))
+		}
+	}
 	fmt.Fprintf(w, "\nVerdict: %s\n", x.verdict(showText))
 	if x.block == nil && x.throttle != nil {
 		if why := x.throttleIgnored(showText); why != "" {
@@ -286,6 +292,7 @@ type (
 		Identity jsonIdentity   `json:"identity"`
 		Limits   jsonLimits     `json:"limits"`
 		Entries  []jsonMatch    `json:"entries"`
+		Ignored  []jsonIgnored  `json:"ignored"`
 		Verdict  jsonVerdict    `json:"verdict"`
 		Failures jsonFailures   `json:"failures"`
 		Throttle *jsonThrottle  `json:"throttle"`
@@ -325,6 +332,11 @@ type (
 		TTLMs       *int64     `json:"ttl_ms"`
 		Role        string     `json:"role"`
 		LiftedBy    string     `json:"lifted_by,omitempty"`
+	}
+	jsonIgnored struct {
+		Key  string `json:"key"`
+		Type string `json:"type"`
+		Line string `json:"line"`
 	}
 	jsonVerdict struct {
 		Result string   `json:"result"`
@@ -441,6 +453,7 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 			From: l.From,
 		},
 		Entries:  []jsonMatch{},
+		Ignored:  []jsonIgnored{},
 		Failures: jsonFailures{Keys: []jsonFailureKey{}},
 	}
 	if f.conn.config != "" {
@@ -466,6 +479,9 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 			jm.LiftedBy = by.Key
 		}
 		doc.Entries = append(doc.Entries, jm)
+	}
+	for _, g := range x.ignored {
+		doc.Ignored = append(doc.Ignored, jsonIgnored{Key: g.Key, Type: g.Type, Line: ignoredText(g)})
 	}
 	raw := func(s string) string { return s }
 	doc.Verdict = jsonVerdict{Result: "accepted", Line: x.verdict(raw), Lifted: []string{}}
