@@ -25,6 +25,13 @@ const (
 	BackendDefer Backend = "defer" // no credential check: PLUGIN_DEFER
 )
 
+// Checks reports whether the plugin checks the password of a client that
+// sent a username or not (hasUsername): backend defer checks none, and a
+// client without a username is left to a later check. Only a client whose
+// password is checked is held to the failure limits and the username
+// throttle, has its failures counted, and claims its client ID.
+func (b Backend) Checks(hasUsername bool) bool { return hasUsername && b != BackendDefer }
+
 // Options is the plugin's configuration, parsed from its mosquitto.conf options.
 type Options struct {
 	RedisAddrs    []string      // redis_addr: one host:port, or several (comma-separated) for a Redis Cluster

@@ -45,6 +45,7 @@ type explained struct {
 			Counted, Allowed      int
 			BanAt                 int     `json:"ban_at"`
 			BannedBy              *string `json:"banned_by"`
+			BanLiftedBy           *string `json:"ban_lifted_by"`
 			Offences              int
 			NextBanMs             int64  `json:"next_ban_ms"`
 			FullInMs              int64  `json:"full_in_ms"`
@@ -53,6 +54,8 @@ type explained struct {
 	} `json:"failures"`
 	Throttle *struct {
 		Throttled bool
+		Applies   bool
+		Ignored   string
 		Origin    string
 		SetMs     *int64 `json:"set_ms"`
 		TTLMs     *int64 `json:"ttl_ms"`
@@ -176,10 +179,19 @@ func TestExplainEntriesEndToEnd(t *testing.T) {
 	_, _, err = st.RenewLease(ctx, "i", time.Hour)
 	require.NoError(t, err)
 
-	require.Equal(t, "OK", r.CLI("ACL", "SETUSER", "reader", "on", ">reader-pw", "~*", "resetchannels",
-		"-@all", "+@read", "+@connection", "+time"))
-	require.Contains(t, r.CLI("--user", "reader", "--pass", "reader-pw", "--no-auth-warning", "SET", "x", "1"), "NOPERM",
+	// A key of another type than string: read with TYPE, under the same user.
+	require.NoError(t, rdb.SAdd(ctx, "guard:block:cidr:203.0.113.0/25", "oops").Err())
+
+	// The ACL guardctl explain -h and the README name: reads of the
+	// prefix's keys and redis_rate's, TIME and PING; nothing else.
+	require.Equal(t, "OK", r.CLI("ACL", "SETUSER", "reader", "on", ">reader-pw", "~guard:*", "~rate:guard:*", "resetchannels",
+		"-@all", "+@read", "+time", "+ping"))
+	require.Contains(t, r.CLI("--user", "reader", "--pass", "reader-pw", "--no-auth-warning", "SET", "guard:x", "1"), "NOPERM",
 		"the user cannot write")
+	require.Equal(t, "OK", r.CLI("ACL", "LOG", "RESET"))
+	t.Cleanup(func() {
+		assert.Equal(t, "", r.CLI("ACL", "LOG"), "explain ran no command and read no key the ACL denies")
+	})
 	before := snapshot(t, rdb)
 	env := []string{"GUARD_REDIS_PASSWORD=reader-pw"}
 	conn := []string{"--redis-addr", r.Addr, "--redis-username", "reader"}
@@ -193,6 +205,7 @@ func TestExplainEntriesEndToEnd(t *testing.T) {
 	assert.Regexp(t, `(?m)^  outranked  guard:block:cidr:203\.0\.0\.0/16\s+operator\s+unknown\s+permanent\s+"narrower"$`, out)
 	assert.Regexp(t, `(?m)^  outranked  guard:block:cidr:203\.0\.0\.0/8 `, out)
 	assert.NotContains(t, out, "203.0.114.0", "a range not containing the IP")
+	assert.Contains(t, out, "\nIgnored, of another type than string:\n  guard:block:cidr:203.0.113.0/25: bans nothing: holds a set, not a string")
 	assert.Equal(t, verdictLine(t, out), verdictLine(t, explain("--ip", "::ffff:203.0.113.7")), "IPv4-mapped counts as IPv4")
 
 	x := explainJSON(t, bin, env, append(conn, "--ip", "203.0.113.7")...)

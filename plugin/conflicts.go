@@ -58,7 +58,7 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans store.Answer, redisOK
 // username, checked by the files or redis backend). The others may still be
 // refused by a later check: they only look for a holder.
 func claims(c Client, backend config.Backend) bool {
-	return c.HasUsername && backend != config.BackendDefer
+	return backend.Checks(c.HasUsername)
 }
 
 // liveConns asks Redis for the client ID's live connections on other

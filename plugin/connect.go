@@ -1,8 +1,8 @@
 package plugin
 
 import (
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Authenticate decides one CONNECT (MOSQ_EVT_BASIC_AUTH): the lists, the
@@ -49,12 +49,12 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	}
 	// exempt: the connection comes from an allowlisted address; its
 	// failures are neither limited nor counted.
-	exempt := ans.Allow != nil && ans.Allow.Scope.Proof()
+	exempt := store.Exempt(ans.Allow)
 
 	// Only a username the files or redis backend knows is checked here; any
 	// other client is left to a later check (Defer).
 	result := Defer
-	if c.HasUsername && g.cfg.Backend != config.BackendDefer {
+	if g.cfg.Backend.Checks(c.HasUsername) {
 		// Failure limits (limits.go): a source or username that failed too
 		// often is refused before its password is checked.
 		var limits Decision

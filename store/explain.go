@@ -21,6 +21,19 @@ import (
 type Matching struct {
 	Allows, Blocks []*Match // TTL negative: the entry never expires
 	Throttle       *Match   // the username's throttle key, when it is throttled
+	// Ignored are the keys among those read that hold another type than a
+	// string: the plugin's replica skips such a key (and logs it), so it
+	// allows, bans or throttles nothing.
+	Ignored []Ignored
+}
+
+// Ignored is a key of another type than string where an entry would be.
+type Ignored struct {
+	Kind keys.Kind // the list it is under; a throttle key is under block
+	Key  string
+	Type string // what TYPE answers: "set", "hash", "list", ...
+	// Throttle: the key is the username's throttle key.
+	Throttle bool
 }
 
 // Matching reads the entries q matches, each with its remaining lifetime,
@@ -53,17 +66,23 @@ func (s *Store) Matching(ctx context.Context, q Query, withClientID bool) (Match
 	if q.HasUsername {
 		throttle = get(pipe, s.kb.Throttle(q.Username))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return Matching{}, fmt.Errorf("store: matching: %w", err)
-	}
-	match := func(kind keys.Kind, scope keys.Scope, value string, r read) (*Match, error) {
-		v, ok, err := value1(r.get)
-		if err != nil || !ok {
-			return nil, err
-		}
-		return &Match{Kind: kind, Scope: scope, Value: value, Key: r.get.Args()[1].(string), Reason: v, TTL: remaining(r.ttl)}, nil
-	}
+	_, _ = pipe.Exec(ctx) // each GET's own error is looked at below (a WRONGTYPE is no entry)
 	var m Matching
+	match := func(kind keys.Kind, scope keys.Scope, value string, r read) (*Match, error) {
+		key := r.get.Args()[1].(string)
+		v, err := r.get.Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			return nil, nil
+		case redis.HasErrorPrefix(err, "WRONGTYPE"):
+			// As the replica (replica.Sync.fetch): no entry.
+			m.Ignored = append(m.Ignored, Ignored{Kind: kind, Key: key})
+			return nil, nil
+		case err != nil:
+			return nil, fmt.Errorf("store: matching: %s: %w", key, err)
+		}
+		return &Match{Kind: kind, Scope: scope, Value: value, Key: key, Reason: v, TTL: remaining(r.ttl)}, nil
+	}
 	for i, c := range cands {
 		a, err := match(keys.Allow, c.scope, c.value, allow[i])
 		if err != nil {
@@ -86,18 +105,33 @@ func (s *Store) Matching(ctx context.Context, q Query, withClientID bool) (Match
 			return Matching{}, err
 		}
 		m.Throttle = th
+		if n := len(m.Ignored); n > 0 && m.Ignored[n-1].Key == s.kb.Throttle(q.Username) {
+			m.Ignored[n-1].Throttle = true
+		}
+	}
+	if err := s.typesOf(ctx, m.Ignored); err != nil {
+		return Matching{}, err
 	}
 	return m, nil
 }
 
-// value1 is value for Matching: a key that holds no string is an error
-// naming it, as the plugin's lookup would fail on it.
-func value1(cmd *redis.StringCmd) (string, bool, error) {
-	v, ok, err := value(cmd)
-	if err != nil {
-		return "", false, fmt.Errorf("store: matching: %s: %w", cmd.Args()[1], errors.Unwrap(err))
+// typesOf fills in the type of each ignored key, in one round trip.
+func (s *Store) typesOf(ctx context.Context, ign []Ignored) error {
+	if len(ign) == 0 {
+		return nil
 	}
-	return v, ok, nil
+	pipe := s.rdb.Pipeline()
+	types := make([]*redis.StatusCmd, len(ign))
+	for i, g := range ign {
+		types[i] = pipe.Type(ctx, g.Key)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("store: matching: type: %w", err)
+	}
+	for i := range ign {
+		ign[i].Type = types[i].Val() // "none" if it went meanwhile
+	}
+	return nil
 }
 
 // ClientIDState is what Redis holds about one client ID's use.

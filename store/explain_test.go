@@ -70,9 +70,21 @@ func TestMatching(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"g:block:clientid:" + keys.Tracking(long)}, keysOf(m.Blocks))
 
+	// A key of another type than string is no entry, as the replica skips
+	// it: it is listed as ignored, with its type, and the rest is read.
 	r.CLI("HSET", "g:block:ip:10.9.9.9", "a", "b")
-	_, err = s.Matching(ctx, Query{IP: netip.MustParseAddr("10.9.9.9")}, false)
-	assert.ErrorContains(t, err, "g:block:ip:10.9.9.9: WRONGTYPE")
+	r.CLI("SADD", "g:allow:ip:10.9.9.9", "x")
+	r.CLI("RPUSH", "g:throttle:username:bob", "x")
+	m, err = s.Matching(ctx, Query{IP: netip.MustParseAddr("10.9.9.9"), Username: "bob", HasUsername: true}, false)
+	require.NoError(t, err)
+	assert.Empty(t, m.Allows)
+	assert.Equal(t, []string{"g:block:cidr:10.0.0.0/8"}, keysOf(m.Blocks), "the entries after it are read")
+	assert.Nil(t, m.Throttle)
+	assert.Equal(t, []Ignored{
+		{Kind: keys.Allow, Key: "g:allow:ip:10.9.9.9", Type: "set"},
+		{Kind: keys.Block, Key: "g:block:ip:10.9.9.9", Type: "hash"},
+		{Kind: keys.Block, Key: "g:throttle:username:bob", Type: "list", Throttle: true},
+	}, m.Ignored)
 }
 
 func TestClientIDState(t *testing.T) {

@@ -231,6 +231,13 @@ func Resolve(allows, blocks []*Match) (allow, block *Match) {
 	return allow, nil
 }
 
+// Exempt reports whether allow, the allow entry Resolve picked (nil for
+// none), exempts its client from the failure limits (the local counts and
+// the username throttle) and from failure counting: an allow entry on proof
+// (ip, cidr, cert) does; one on a claim (clientid, username) does not, since
+// anyone can claim a name.
+func Exempt(allow *Match) bool { return allow != nil && allow.Scope.Proof() }
+
 type candidate struct {
 	scope keys.Scope
 	value string

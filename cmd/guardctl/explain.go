@@ -35,14 +35,17 @@ automatic ban, the offences so far and the next ban's length); whether the
 username is throttled; and the client ID's live connections, the principals
 that used it within conflict_window and its conflict findings.
 
-It reads Redis only, never writes (it works as a Redis user that may only
-read), and needs no broker. "accepted" means no list entry refuses the
+It reads Redis only, never writes, and needs no broker. A Redis user with
+this ACL is enough (key_prefix guard: shown; add +select for a redis_db
+other than 0):
+  ACL SETUSER explain on >PASSWORD resetchannels ~guard:* ~rate:guard:* -@all +@read +time +ping "accepted" means no list entry refuses the
 client: its password is still checked. Not shown: each broker's own
 in-memory failure count, which may refuse a source (rule=fail-limit) a
 little before Redis bans it.
 
 Identity (at least one; give what the client sends):
-  --clientid ID     its client ID, exactly (any bytes; may be empty)
+  --clientid ID     its client ID, exactly (any bytes; empty: the broker
+                    assigns one, or refuses, before the plugin sees it)
   --ip IP           the address it connects from: IPv4, or IPv6 (an
                     IPv4-mapped ::ffff:192.0.2.1 counts as 192.0.2.1)
   --username NAME   its username, exactly (may be empty)
@@ -59,7 +62,9 @@ a flag beats both; the output says which value came from where):
   --conflict-window D
 
 JSON: {"identity": {"clientid", "ip", "username", "cert"} (those given;
-"clientid_base64"/"username_base64" too when not valid UTF-8),
+"clientid_base64"/"username_base64" too when not valid UTF-8;
+"clientid_assigned": true for an empty client ID, which the broker
+replaces, or refuses, before the plugin sees it),
 "limits": {"fail_limit", "fail_window_ms", "ban_time_ms", "ban_max_ms",
 "fail_scopes", "fail_ipv6_prefix", "username_fail_limit",
 "conflict_window_ms", "backend", "clientid_conflict" (null without
@@ -68,15 +73,20 @@ JSON: {"identity": {"clientid", "ip", "username", "cert"} (those given;
 "auto"|"operator", "reason", "set_ms": unix ms or null (unknown), "ttl_ms":
 ms or null (permanent), "role": "decides"|"outranked"|"lifted"|"counts"|
 "unused", "lifted_by": key (role lifted)}],
+"ignored": [{"key", "type", "line"}] (keys of another type than string
+where an entry would be: the plugin skips them),
 "verdict": {"result": "refused"|"accepted", "line", "block", "allow",
 "lifted": [key]},
 "failures": {"exempt_by": key or null, "keys":
 [{"scope", "value", "counter", "counted", "allowed", "ban_at",
-"full_in_ms", "banned_by": key or null, "offences",
+"full_in_ms", "banned_by": key or null, "ban_lifted_by": the allow
+entry that lifts that ban for this client, or null, "offences",
 "offences_forget_ms": ms, null (none) or -1 (never), "next_ban_ms"}]},
-"throttle": null or {"username", "key", "throttled", "origin", "reason",
-"set_ms", "ttl_ms", "limit", "counter": null (off) or {"key", "counted",
-"allowed", "throttle_at", "full_in_ms"}},
+"throttle": null or {"username", "key", "throttled", "applies": false
+when the plugin would not hold this client to a throttle, "ignored": why
+(username_fail_limit 0, backend defer, an allow entry on proof), "origin",
+"reason", "set_ms", "ttl_ms", "limit", "counter": null (off) or {"key",
+"counted", "allowed", "throttle_at", "full_in_ms"}},
 "clientid_state": null or {"clientid", "tracking", "live": [{"broker",
 "instance", "principal", "ip", "since_ms", "lease_runs"}], "seen":
 [{"principal", "ip", "broker", "connected_ms", "disconnected_ms"}],
@@ -208,6 +218,7 @@ type explanation struct {
 	allows, blocks []*store.Match // most specific first
 	allow, block   *store.Match   // store.Resolve's answer
 	throttle       *store.Match
+	ignored        []store.Ignored // keys of another type than string: the plugin skips them
 
 	exempt   *store.Match // the allow entry on proof that keeps failures from counting
 	failures []ratelimit.State
@@ -225,9 +236,10 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 		return fn(ctx)
 	}
 	q := store.Query{ClientID: e.clientID, IP: e.ip, Username: e.username, HasUsername: e.hasUsername, Cert: e.cert}
+	withID := e.seesClientID()
 	err := step(func(ctx context.Context) error {
-		m, err := st.Matching(ctx, q, e.hasClientID)
-		x.allows, x.blocks, x.throttle = m.Allows, m.Blocks, m.Throttle
+		m, err := st.Matching(ctx, q, withID)
+		x.allows, x.blocks, x.throttle, x.ignored = m.Allows, m.Blocks, m.Throttle, m.Ignored
 		return err
 	})
 	if err != nil {
@@ -235,13 +247,13 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 	}
 	// The decision is the plugin's own: the code its CONNECT path runs.
 	x.allow, x.block = store.Resolve(x.allows, x.blocks)
-	if x.allow != nil && x.allow.Scope.Proof() {
+	if store.Exempt(x.allow) {
 		x.exempt = x.allow
 	}
 
 	rl := ratelimit.New(st.Client(), st.Keys(), lim.Policy)
 	for _, scope := range lim.FailScopes {
-		if (scope == keys.ClientID && !e.hasClientID) || (scope == keys.Username && !e.hasUsername) {
+		if (scope == keys.ClientID && !withID) || (scope == keys.Username && !e.hasUsername) {
 			continue
 		}
 		s, v, ok := keys.FailKey(scope, e.ip, lim.FailIPv6Prefix, e.clientID, e.username)
@@ -267,7 +279,7 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 			return nil, err
 		}
 	}
-	if e.hasClientID {
+	if withID {
 		err := step(func(ctx context.Context) error {
 			cs, err := st.ClientIDState(ctx, e.clientID, lim.ConflictWindow, x.now, explainFindingsScan)
 			x.clientID = &cs
@@ -278,6 +290,34 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 		}
 	}
 	return x, nil
+}
+
+// seesClientID says whether the plugin sees the client ID given. An empty
+// one never reaches it: Mosquitto (handle_connect.c) assigns the client an
+// ID of its own (auto_id_prefix, then a random UUID) under MQTT 3.1.1 with
+// clean session or MQTT 5 when allow_zero_length_clientid is true, its
+// default, and otherwise refuses the CONNECT itself (MQTT 3.1 always). So no
+// entry or count on a client ID applies to it.
+func (e *explainFlags) seesClientID() bool { return e.hasClientID && e.clientID != "" }
+
+// assignedIDNote says what the broker does with an empty client ID.
+const assignedIDNote = `the client ID is empty, and the plugin never sees an empty one: the broker gives the client an ID of its own ` +
+	`(auto_id_prefix, "auto-" by default, then a random UUID) under MQTT 3.1.1 with clean session or MQTT 5 ` +
+	`when allow_zero_length_clientid is true (the default), and otherwise refuses the CONNECT itself (MQTT 3.1 always); ` +
+	`no clientid entry or count applies`
+
+// ignoredText says what a key of another type does: nothing, as the
+// replica skips it (replica.Sync.fetch, which logs "it holds another type
+// than a string (WRONGTYPE), so it bans or allows nothing").
+func ignoredText(g store.Ignored) string {
+	what := "bans"
+	switch {
+	case g.Throttle:
+		what = "throttles"
+	case g.Kind == keys.Allow:
+		what = "allows"
+	}
+	return fmt.Sprintf("%s nothing: holds a %s, not a string (the plugin skips it, and logs it once)", what, g.Type)
 }
 
 // role says what an entry does in the decision, and the allow entry that
@@ -294,6 +334,24 @@ func (x *explanation) role(m *store.Match) (role string, by *store.Match) {
 		return "lifted", x.allow
 	}
 	return "outranked", nil
+}
+
+// throttleIgnored says why the plugin would not hold this client to its
+// username's throttle, as plugin.authenticate and checkLimits decide; ""
+// when it would (then only a source that authenticated as the username
+// within conflict_window passes).
+func (x *explanation) throttleIgnored(show func(string) string) string {
+	switch {
+	case x.limits.UsernameFailLimit <= 0:
+		// plugin.NewWith keeps no known sources then, and checkLimits
+		// looks at no throttle.
+		return "username_fail_limit is 0: the plugin keeps no throttle and ignores throttle keys"
+	case !x.limits.Backend.Checks(x.flags.hasUsername):
+		return "backend defer checks no password: no failure limit or throttle applies"
+	case x.exempt != nil:
+		return show(x.exempt.Key) + " exempts this client from the failure limits and the throttle (an allow entry on proof)"
+	}
+	return ""
 }
 
 // lifted returns the block entries the allow entry that counts lifts.

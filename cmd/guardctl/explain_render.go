@@ -93,9 +93,23 @@ func renderExplainText(w io.Writer, x *explanation) error {
 		}
 		tw.Flush()
 	}
+	if len(x.ignored) > 0 {
+		fmt.Fprintln(w, "Ignored, of another type than string:")
+		for _, g := range x.ignored {
+			fmt.Fprintf(w, "  %s: %s\n", showText(g.Key), ignoredText(g))
+		}
+	}
 	fmt.Fprintf(w, "\nVerdict: %s\n", x.verdict(showText))
 	if x.block == nil && x.throttle != nil {
-		fmt.Fprintf(w, "  but the username is throttled: unless this source authenticated as it within conflict_window, it is refused unchecked (see Username)\n")
+		if why := x.throttleIgnored(showText); why != "" {
+			fmt.Fprintf(w, "  the username is throttled, but not for this client: %s (see Username)\n", why)
+		} else {
+			fmt.Fprintf(w, "  but the username is throttled: unless this source authenticated as it within conflict_window, it is refused unchecked (see Username)\n")
+		}
+	}
+
+	if f.hasClientID && !f.seesClientID() {
+		fmt.Fprintf(w, "  %s\n", assignedIDNote)
 	}
 
 	writeFailures(w, x)
@@ -140,6 +154,8 @@ func writeFailures(w io.Writer, x *explanation) {
 		switch {
 		case scope == keys.ClientID && !f.hasClientID:
 			fmt.Fprintln(w, "  clientid: no --clientid given")
+		case scope == keys.ClientID && !f.seesClientID():
+			fmt.Fprintln(w, "  clientid: the broker assigns the ID, a new one each time: no count builds up")
 		case scope == keys.Username && !f.hasUsername:
 			fmt.Fprintln(w, "  username: no --username given")
 		case scope == keys.IP && !f.ip.IsValid():
@@ -150,7 +166,12 @@ func writeFailures(w io.Writer, x *explanation) {
 		fmt.Fprintf(w, "  %s %s: %d counted, %s (%s)\n", fs.Scope, valueText(fs.Scope, fs.Value),
 			fs.Counted, moreBefore(fs.Allowed, "bans"), refill(fs.Count))
 		if b := x.bannedBy(fs); b != nil {
-			fmt.Fprintf(w, "    banned now by %s (%s, %s): its attempts are refused unchecked and not counted\n", showText(b.Key), b.Origin(), left(b.TTL))
+			if role, by := x.role(b); role == "lifted" {
+				fmt.Fprintf(w, "    banned now by %s (%s, %s), lifted for this client by %s: the ban does not refuse it\n",
+					showText(b.Key), b.Origin(), left(b.TTL), showText(by.Key))
+			} else {
+				fmt.Fprintf(w, "    banned now by %s (%s, %s): its attempts are refused unchecked and not counted\n", showText(b.Key), b.Origin(), left(b.TTL))
+			}
 		}
 		forget := ""
 		switch {
@@ -183,10 +204,15 @@ func moreBefore(allowed int, what string) string {
 
 func writeThrottle(w io.Writer, x *explanation) {
 	fmt.Fprintf(w, "\nUsername %s:\n", logval.Quote(x.flags.username))
-	if th := x.throttle; th != nil {
+	why := x.throttleIgnored(showText)
+	switch th := x.throttle; {
+	case th != nil && why != "":
+		fmt.Fprintf(w, "  throttled by %s (%s, %s, set %s), but not for this client: %s\n",
+			showText(th.Key), th.Origin(), left(th.TTL), setText(th), why)
+	case th != nil:
 		fmt.Fprintf(w, "  throttled by %s (%s, %s, set %s): its attempts from sources that did not authenticate as it within conflict_window are refused unchecked\n",
 			showText(th.Key), th.Origin(), left(th.TTL), setText(th))
-	} else {
+	default:
 		fmt.Fprintln(w, "  not throttled")
 	}
 	if x.counter == nil {
@@ -266,6 +292,7 @@ type (
 		Identity jsonIdentity   `json:"identity"`
 		Limits   jsonLimits     `json:"limits"`
 		Entries  []jsonMatch    `json:"entries"`
+		Ignored  []jsonIgnored  `json:"ignored"`
 		Verdict  jsonVerdict    `json:"verdict"`
 		Failures jsonFailures   `json:"failures"`
 		Throttle *jsonThrottle  `json:"throttle"`
@@ -274,6 +301,7 @@ type (
 	jsonIdentity struct {
 		ClientID       *string `json:"clientid,omitempty"`
 		ClientIDBase64 string  `json:"clientid_base64,omitempty"`
+		ClientIDAssign bool    `json:"clientid_assigned,omitempty"`
 		IP             string  `json:"ip,omitempty"`
 		Username       *string `json:"username,omitempty"`
 		UsernameBase64 string  `json:"username_base64,omitempty"`
@@ -305,6 +333,11 @@ type (
 		Role        string     `json:"role"`
 		LiftedBy    string     `json:"lifted_by,omitempty"`
 	}
+	jsonIgnored struct {
+		Key  string `json:"key"`
+		Type string `json:"type"`
+		Line string `json:"line"`
+	}
 	jsonVerdict struct {
 		Result string   `json:"result"`
 		Line   string   `json:"line"`
@@ -325,6 +358,7 @@ type (
 		BanAt            int        `json:"ban_at"`
 		FullInMs         int64      `json:"full_in_ms"`
 		BannedBy         *string    `json:"banned_by"`
+		BanLiftedBy      *string    `json:"ban_lifted_by"`
 		Offences         int        `json:"offences"`
 		OffencesForgetMs *int64     `json:"offences_forget_ms"`
 		NextBanMs        int64      `json:"next_ban_ms"`
@@ -333,6 +367,8 @@ type (
 		Username  string       `json:"username"`
 		Key       string       `json:"key"`
 		Throttled bool         `json:"throttled"`
+		Applies   bool         `json:"applies"`
+		Ignored   string       `json:"ignored,omitempty"`
 		Origin    string       `json:"origin,omitempty"`
 		Reason    string       `json:"reason,omitempty"`
 		SetMs     *int64       `json:"set_ms"`
@@ -417,6 +453,7 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 			From: l.From,
 		},
 		Entries:  []jsonMatch{},
+		Ignored:  []jsonIgnored{},
 		Failures: jsonFailures{Keys: []jsonFailureKey{}},
 	}
 	if f.conn.config != "" {
@@ -424,6 +461,7 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 	}
 	if f.hasClientID {
 		doc.Identity.ClientID, doc.Identity.ClientIDBase64 = strPtr(f.clientID), b64(f.clientID)
+		doc.Identity.ClientIDAssign = !f.seesClientID()
 	}
 	if f.ip.IsValid() {
 		doc.Identity.IP = f.ip.String()
@@ -441,6 +479,9 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 			jm.LiftedBy = by.Key
 		}
 		doc.Entries = append(doc.Entries, jm)
+	}
+	for _, g := range x.ignored {
+		doc.Ignored = append(doc.Ignored, jsonIgnored{Key: g.Key, Type: g.Type, Line: ignoredText(g)})
 	}
 	raw := func(s string) string { return s }
 	doc.Verdict = jsonVerdict{Result: "accepted", Line: x.verdict(raw), Lifted: []string{}}
@@ -462,6 +503,9 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 			BanAt: fs.Allowed + 1, FullInMs: fs.FullIn.Milliseconds(), Offences: fs.Offences, NextBanMs: fs.NextBan.Milliseconds()}
 		if b := x.bannedBy(fs); b != nil {
 			k.BannedBy = strPtr(b.Key)
+			if role, by := x.role(b); role == "lifted" {
+				k.BanLiftedBy = strPtr(by.Key)
+			}
 		}
 		switch {
 		case fs.Forget > 0:
@@ -473,7 +517,9 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 	}
 
 	if f.hasUsername {
-		th := &jsonThrottle{Username: f.username, Key: x.kb.Throttle(f.username), Limit: l.UsernameFailLimit}
+		th := &jsonThrottle{Username: f.username, Key: x.kb.Throttle(f.username), Limit: l.UsernameFailLimit,
+			Ignored: x.throttleIgnored(raw)}
+		th.Applies = th.Ignored == ""
 		if x.throttle != nil {
 			th.Key, th.Throttled, th.Origin, th.Reason = x.throttle.Key, true, x.throttle.Origin(), x.throttle.Reason
 			th.SetMs, th.TTLMs = setMs(x.throttle), ttlMs(x.throttle)
