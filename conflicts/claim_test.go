@@ -1,6 +1,7 @@
 package conflicts
 
 import (
+	"context"
 	"encoding/json"
 	"sync"
 	"testing"
@@ -113,7 +114,7 @@ func TestRunReportsAndCloses(t *testing.T) {
 
 	close(stop)
 	<-done
-	tr.Close()
+	tr.Close(context.Background())
 	mem.mu.Lock()
 	defer mem.mu.Unlock()
 	assert.Equal(t, []string{tr.instance}, mem.reaped)

@@ -28,8 +28,10 @@ func (t *Tracker) renew() {
 
 // Close removes this broker's live connections from Redis: clients still
 // connected at shutdown get no DISCONNECT. Call it once Run has returned.
-func (t *Tracker) Close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+// ctx bounds it: past it, the broker's lease running out clears them on
+// the other brokers (within broker_lease).
+func (t *Tracker) Close(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_ = t.store.Reap(ctx, t.instance)
 }

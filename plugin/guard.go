@@ -224,11 +224,48 @@ func (g *Guard) Close() {
 	if g.stopSync != nil {
 		g.stopSync()
 	}
-	g.wg.Wait()
-	if g.tracker != nil {
-		g.tracker.Close()
+	// The broker waits for this at exit (plugin cleanup), after it has
+	// stopped serving: bounded by closeBound in all, however Redis behaves.
+	ctx, cancel := context.WithTimeout(context.Background(), closeBound)
+	defer cancel()
+	if !waitGroup(ctx, &g.wg) {
+		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: stopping without waiting more than %s for background work on redis", closeBound))
 	}
-	g.store.Close()
+	if g.tracker != nil && g.health.up() {
+		g.tracker.Close(ctx) // Redis down: the lease running out clears this broker's connections
+	}
+	// go-redis's Close of a Sentinel client waits for a dial to the
+	// sentinels in progress (about 1 s seen with them down): bounded too.
+	closed := make(chan struct{})
+	go func() {
+		g.store.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+	}
+}
+
+// closeBound bounds Close: background work still waiting on a Redis that
+// does not answer (a dial, a retry) is not waited for past it. The process
+// is exiting; a Go shared library is never unloaded, so the goroutines left
+// behind end with it.
+const closeBound = 1500 * time.Millisecond
+
+// waitGroup waits for wg until ctx is done, and reports whether it ended.
+func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // Reload re-reads the password file (on SIGHUP). A file that cannot be
