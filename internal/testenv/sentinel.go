@@ -225,7 +225,8 @@ func (s *Sentinels) WaitMaster(old string, d time.Duration) *Redis {
 			addr = a
 		}
 		if agreed {
-			if n := s.Node(addr); strings.HasPrefix(n.CLI("ROLE"), "master") {
+			n := s.Node(addr)
+			if role, err := n.TryCLI("ROLE"); err == nil && strings.HasPrefix(role, "master") {
 				return n
 			}
 		}

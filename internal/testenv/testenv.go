@@ -207,17 +207,29 @@ func (r *Redis) Restart() {
 	}
 }
 
-// CLI runs redis-cli against this server and returns its trimmed output.
+// CLI runs redis-cli against this server and returns its trimmed output;
+// an error fails the test.
 func (r *Redis) CLI(args ...string) string {
 	r.t.Helper()
+	out, err := r.TryCLI(args...)
+	if err != nil {
+		r.t.Fatalf("testenv: %v", err)
+	}
+	return out
+}
+
+// TryCLI is CLI returning its error, for a server that may close the
+// connection meanwhile (a master Sentinel is turning into a replica drops
+// its clients).
+func (r *Redis) TryCLI(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	full := append(append([]string{"-h", "127.0.0.1", "-p", fmt.Sprint(r.Port)}, r.cli...), args...)
 	out, err := exec.CommandContext(ctx, "redis-cli", full...).CombinedOutput()
 	if err != nil {
-		r.t.Fatalf("testenv: redis-cli %v: %v: %s", args, err, out)
+		return "", fmt.Errorf("redis-cli %v: %v: %s", args, err, out)
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(string(out)), nil
 }
 
 // WriteFile writes content to name inside dir and returns the path.
