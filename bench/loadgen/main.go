@@ -17,6 +17,7 @@ var commands = map[string]func(args []string) error{
 	"procmem":     cmdProcMem,
 	"freeport":    cmdFreePort,
 	"report":      cmdReport,
+	"fleet":       cmdFleet,
 }
 
 func main() {
