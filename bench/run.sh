@@ -58,18 +58,19 @@ fi
 command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) is missing"
 cores=$(nproc --all)
 [ "$cores" -ge 2 ] || die "needs 2 cores (broker on core 0, load generator on core 1); this machine has $cores"
-# Held connections are a descriptor on each side (broker, load generator):
-# room for the storm's devices or the memory row's, whichever is more.
-need_fds=$((2 * (STORM_N > CONNS ? STORM_N : CONNS) + 10000))
+# A held connection is a descriptor in the broker and one in the load
+# generator (Go raises its own soft limit to the hard one): room for the
+# storm's devices or the memory row's, whichever is more, and some spare.
+need_fds=$(((STORM_N > CONNS ? STORM_N : CONNS) + 1000))
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need_fds" ]; then
 	[ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need_fds" ] && { ulimit -Hn "$need_fds" 2>/dev/null || true; }
 	ulimit -n "$need_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 fi
 fds=$(ulimit -n)
 if [ "$fds" != unlimited ] && [ "$fds" -lt "$need_fds" ]; then
-	max_n=$(((fds - 10000) / 2))
+	max_n=$((fds - 1000))
 	[ "$max_n" -ge 100 ] || die "open files limit $fds: too low for the storm and memory rows (raise ulimit -n)"
-	say "bench: open files limit $fds (the hard limit): storm and memory rows cut to $max_n devices"
+	say "bench: open files limit $fds (the hard limit; raising it needs CAP_SYS_RESOURCE): storm and memory rows cut to $max_n devices"
 	STORM_N=$((STORM_N < max_n ? STORM_N : max_n))
 	CONNS=$((CONNS < max_n ? CONNS : max_n))
 fi

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -38,6 +39,8 @@ import (
 //	miss:  a new user and a new client ID every CONNECT (bench row b'):
 //	       mosquitto_passwd's $7$ hash (PBKDF2-SHA512, 101 iterations)
 //	       verified, the verification cached, the client ID new to tracking.
+//	held:  miss, the clients staying connected: live-B/conn is the Go heap
+//	       each live connection keeps (see hold).
 //
 // Each CONNECT's DISCONNECT (guard.Disconnected and the seen set, what
 // guardDisconnect does for a clean-session client without a certificate:
@@ -71,6 +74,63 @@ func BenchmarkBasicAuth(b *testing.B) {
 			ab.disconnect(clients[b.N])
 			ab.measure(b, func(i int) authClient { return clients[i] })
 		})
+		b.Run("held/clientid_conflict="+conflict, func(b *testing.B) {
+			ab := newAuthBench(b, redis, dir, hash, b.N, conflict)
+			clients := make([]authClient, b.N)
+			for i := range clients {
+				clients[i] = ab.client(i, fmt.Sprintf("held-%d-u%07d", b.N, i))
+			}
+			ab.hold(b, clients)
+		})
+	}
+}
+
+// hold connects every client and keeps them connected, then reports the
+// Go heap they keep alive (HeapAlloc after a collection, once the guard's
+// background work has settled) per live connection: what a fleet of idle
+// devices costs the plugin's heap, the verification cache's entries
+// included (each device its own user). The process's RSS takes more: the
+// collector lets the heap grow to about twice the live heap (GOGC 100)
+// before it collects.
+func (ab *authBench) hold(b *testing.B, clients []authClient) {
+	live := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	rc := &redisCounter{r: ab.redis}
+	before := live()
+	b.ResetTimer()
+	for _, c := range clients {
+		ab.connect(b, c)
+	}
+	b.StopTimer()
+	for last, i := rc.read(b), 0; i < 20; i++ { // the background work settles
+		time.Sleep(500 * time.Millisecond)
+		now := rc.read(b)
+		if now-last < 5 {
+			break
+		}
+		last = now
+	}
+	after := live()
+	b.ReportMetric(float64(int64(after)-int64(before))/float64(len(clients)), "live-B/conn")
+	// BENCH_HEAP_PROFILE: the heap profile now, the clients held (make
+	// bench-alloc reads its inuse_space, with -test.memprofilerate 1).
+	if path := os.Getenv("BENCH_HEAP_PROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
+	for _, c := range clients {
+		ab.disconnect(c)
 	}
 }
 

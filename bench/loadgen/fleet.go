@@ -37,6 +37,7 @@ type FleetResult struct {
 	Round int    `json:"round"`
 	Mode  string `json:"mode"`
 	N     int    `json:"n"`
+	Users int    `json:"users"` // users in -users (the broker's password file)
 
 	// The hold phase: N devices connecting, Workers at a time, and staying.
 	Held        int     `json:"held"`
@@ -242,7 +243,7 @@ func cmdFleet(args []string) error {
 			brokerPID = fixed.pids[i]
 		}
 	}
-	res := FleetResult{Cmd: "fleet", Label: *label, Round: *round, Mode: *mode, N: *n, Workers: *workers}
+	res := FleetResult{Cmd: "fleet", Label: *label, Round: *round, Mode: *mode, N: *n, Users: len(users), Workers: *workers}
 	rss := func() int64 {
 		if brokerPID == 0 {
 			return 0
