@@ -467,6 +467,9 @@ setup="Load: $WORKERS concurrent workers, each connect → CONNACK → DISCONNEC
 source addresses taken in turn from 127.1.0.0/16 (floods: 127.2.0.0/16); $WARMUP warm-up, then $DURATION measured (a'/b': until each of the $USERS users has connected once); \
 $ROUNDS rounds, interleaved (a0, a, b, c, flood-a, flood-b, then again; then a', b' likewise), medians reported; a fresh broker for every run. \
 Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
+[ "$ONLY" = storm ] && setup="The reconnect storm alone (BENCH_ONLY=storm): $STORM_N devices, $STORM_ROUNDS rounds. \
+Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
+[ -n "${BENCH_GUARD_ENV:-}" ] && setup="$setup The guard's brokers ran with the environment $BENCH_GUARD_ENV."
 command="make bench   (= bench/run.sh; results in ${out#"$root/"})"
 [ "$ONLY" = storm ] && command="make bench-storm   (= BENCH_ONLY=storm BENCH_STORM_N=$STORM_N bench/run.sh; results in ${out#"$root/"})"
 "$loadgen" report -results "$results" -command "$command" \

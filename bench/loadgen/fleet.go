@@ -19,9 +19,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,20 +51,33 @@ type FleetResult struct {
 	HWMKB       int64   `json:"vmhwm_kb,omitempty"`
 
 	// The storm.
-	Backoff     string   `json:"backoff,omitempty"`
-	Reconnected int      `json:"reconnected"`
-	DownSeconds float64  `json:"down_s"`      // first drop → the restarted broker accepting TCP
-	StormS      float64  `json:"storm_s"`     // the restarted broker accepting → the last device's CONNACK
-	FromDropS   float64  `json:"from_drop_s"` // first drop → the last device's CONNACK
-	P50         *float64 `json:"p50_ms,omitempty"`
-	P99         *float64 `json:"p99_ms,omitempty"`
-	Max         *float64 `json:"max_ms,omitempty"`
-	Attempts    int      `json:"attempts"` // reconnect attempts, all devices (≥ Reconnected)
+	Backoff     string  `json:"backoff,omitempty"`
+	Reconnected int     `json:"reconnected"`
+	StartupMS   float64 `json:"startup_ms,omitempty"` // CPU of the broker's start, taken off its CPU in the storm
+	DownSeconds float64 `json:"down_s"`               // first drop → the restarted broker accepting TCP
+	StormS      float64 `json:"storm_s"`              // the restarted broker accepting → the last device's CONNACK
+	FromDropS   float64 `json:"from_drop_s"`          // first drop → the last device's CONNACK
+	// Seconds from the restarted broker up to half, 90 % and 99 % of the
+	// devices connected.
+	Done50S float64 `json:"done50_s"`
+	Done90S float64 `json:"done90_s"`
+	Done99S float64 `json:"done99_s"`
+	// ListenOverflows: the kernel's TcpExtListenOverflows over the storm
+	// (SYNs dropped on a full accept queue; the client retries after 1 s,
+	// then 3 s...). Counted for the network namespace: other programs' too.
+	ListenOverflows int64    `json:"listen_overflows"`
+	P50             *float64 `json:"p50_ms,omitempty"`
+	P99             *float64 `json:"p99_ms,omitempty"`
+	Max             *float64 `json:"max_ms,omitempty"`
+	Attempts        int      `json:"attempts"` // reconnect attempts, all devices (≥ Reconnected)
 	// Failed attempts by kind: refused (TCP), timeout, closed (no CONNACK),
 	// connack (a CONNACK refusing), other.
-	Failures   map[string]int     `json:"failures,omitempty"`
-	CPU        map[string]float64 `json:"cpu_pct,omitempty"`
-	Cost       map[string]cpuCost `json:"cpu_per_connect,omitempty"` // per device reconnected, failed attempts' cost included
+	Failures map[string]int     `json:"failures,omitempty"`
+	CPU      map[string]float64 `json:"cpu_pct,omitempty"`
+	// Cost per device reconnected, failed attempts included: the restarted
+	// broker from its exec, less a start's cost (StartupMS); Redis from the
+	// first drop.
+	Cost       map[string]cpuCost `json:"cpu_per_connect,omitempty"`
 	RedisCmds  *float64           `json:"redis_cmds_per_connect,omitempty"`
 	RedisReads *float64           `json:"redis_reads_per_connect,omitempty"`
 
@@ -266,9 +281,13 @@ func cmdFleet(args []string) error {
 	}()
 
 	// The hold phase.
+	var startup cpuReading // the broker's CPU before any device: what its start cost
+	haveStartup := false
 	if brokerPID != 0 {
 		time.Sleep(*settle)
 		res.RSSIdleKB = rss()
+		startup, err = readCPU(brokerPID)
+		haveStartup = err == nil
 	}
 	var holdFail failures
 	var next, held atomic.Int64
@@ -319,7 +338,7 @@ func cmdFleet(args []string) error {
 	}
 	if *mode == "storm" && res.Held > 0 {
 		res.Backoff = backoff{*bmin, *bmax}.String()
-		if err := storm(&res, devs, raddr, fixed, *redisAddr, *readyFile, *pidFile, backoff{*bmin, *bmax}, *timeout, *maxDur); err != nil {
+		if err := storm(&res, devs, raddr, fixed, startup, haveStartup, *redisAddr, *readyFile, *pidFile, backoff{*bmin, *bmax}, *timeout, *maxDur); err != nil {
 			return err
 		}
 	}
@@ -328,20 +347,42 @@ func cmdFleet(args []string) error {
 
 // storm signals readiness, waits for the broker's restart, and measures
 // the fleet's reconnection.
-func storm(res *FleetResult, devs []*device, raddr *net.TCPAddr, fixed *cpuMeter, redisAddr, readyFile, pidFile string,
-	bo backoff, timeout, maxDur time.Duration) error {
+//
+// Moments: the first drop is when the first device's read ends; the
+// restarted broker is up at the earliest moment a device's TCP connect to it
+// completed (with thousands of devices retrying, within a fraction of a
+// millisecond of the listener opening; a probe of its own would wait behind
+// the devices' SYNs for the accept queue); the storm ends at the last
+// device's CONNACK.
+//
+// CPU: the restarted broker is a new process, so what it used by the end is
+// all since its exec; what a start costs (the same configuration, the same
+// files) is taken off as the first broker measured it before any device
+// connected (startup: its CPU then). Redis is read at the first drop and at
+// the end.
+func storm(res *FleetResult, devs []*device, raddr *net.TCPAddr, fixed *cpuMeter, startup cpuReading, haveStartup bool,
+	redisAddr, readyFile, pidFile string, bo backoff, timeout, maxDur time.Duration) error {
 	var (
 		firstDrop atomic.Int64 // unix ns
-		upAt      atomic.Int64 // unix ns: the restarted broker accepting
+		upAt      atomic.Int64 // unix ns: the first TCP connect to the restarted broker
 		done      atomic.Int64
 		attempts  atomic.Int64
 		fails     failures
 		latMu     sync.Mutex
 		lats      []time.Duration
+		doneAt    []int64 // unix ns of each device's CONNACK
 		lastAt    atomic.Int64
 		allDone   = make(chan struct{})
 		closeOnce sync.Once
 	)
+	earliest := func(v *atomic.Int64, t int64) {
+		for {
+			cur := v.Load()
+			if (cur != 0 && cur <= t) || v.CompareAndSwap(cur, t) {
+				return
+			}
+		}
+	}
 	live := res.Held
 	stop := make(chan struct{})
 	defer close(stop)
@@ -356,7 +397,7 @@ func storm(res *FleetResult, devs []*device, raddr *net.TCPAddr, fixed *cpuMeter
 		go func() {
 			var b [1]byte
 			_, _ = c.Read(b[:]) // blocks until the broker goes away
-			firstDrop.CompareAndSwap(0, time.Now().UnixNano())
+			earliest(&firstDrop, time.Now().UnixNano())
 			c.Close()
 			d.set(nil)
 			r := rand.New(rand.NewPCG(uint64(d.idx), 2))
@@ -371,6 +412,12 @@ func storm(res *FleetResult, devs []*device, raddr *net.TCPAddr, fixed *cpuMeter
 				}
 				attempts.Add(1)
 				nc, lat, kind, err := dialHeld(d.src, raddr, d.pkt, timeout)
+				if nc != nil || kind == "connack" {
+					// A CONNACK: the restarted broker (the old one answers
+					// none once stopping) was up when CONNECT was written,
+					// right after this connect completed.
+					earliest(&upAt, time.Now().Add(-lat).UnixNano())
+				}
 				if err != nil {
 					fails.add(kind, err)
 					continue
@@ -381,6 +428,9 @@ func storm(res *FleetResult, devs []*device, raddr *net.TCPAddr, fixed *cpuMeter
 				lats = append(lats, lat)
 				latMu.Unlock()
 				lastAt.Store(now.UnixNano())
+				latMu.Lock()
+				doneAt = append(doneAt, now.UnixNano())
+				latMu.Unlock()
 				if done.Add(1) == int64(live) {
 					closeOnce.Do(func() { close(allDone) })
 				}
@@ -393,33 +443,7 @@ func storm(res *FleetResult, devs []*device, raddr *net.TCPAddr, fixed *cpuMeter
 	}
 	fmt.Fprintf(os.Stderr, "  %-10s round %d: %d held; waiting for the broker's restart\n", res.Label, res.Round, live)
 
-	// The restarted broker accepting: a probe that saw the port refused
-	// after the first drop, then connected.
-	probeDeadline := time.Now().Add(maxDur)
-	sawDown := false
-	for upAt.Load() == 0 {
-		if time.Now().After(probeDeadline) {
-			res.Incomplete = fmt.Sprintf("the broker did not come back within %s", maxDur)
-			return nil
-		}
-		if firstDrop.Load() == 0 {
-			time.Sleep(time.Millisecond)
-			continue
-		}
-		c, err := net.DialTimeout("tcp", raddr.String(), 100*time.Millisecond)
-		if err != nil {
-			sawDown = true
-			time.Sleep(time.Millisecond)
-			continue
-		}
-		c.Close()
-		if sawDown {
-			upAt.Store(time.Now().UnixNano())
-		} else {
-			time.Sleep(time.Millisecond) // the old broker, still closing
-		}
-	}
-	// The restarted broker's PID, written by bench/run.sh before it starts.
+	// Redis from the first drop on.
 	meter := &cpuMeter{redisAddr: redisAddr}
 	for i, name := range fixed.names {
 		if name != "broker" { // the broker before the restart
@@ -427,39 +451,62 @@ func storm(res *FleetResult, devs []*device, raddr *net.TCPAddr, fixed *cpuMeter
 			meter.pids = append(meter.pids, fixed.pids[i])
 		}
 	}
-	for wait := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		b, err := os.ReadFile(pidFile)
-		if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && perr == nil && pid > 0 {
-			meter.names = append(meter.names, "broker")
-			meter.pids = append(meter.pids, pid)
-			break
-		}
+	for wait := time.Now().Add(maxDur); firstDrop.Load() == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(wait) {
-			res.ErrSample = append(res.ErrSample, "no broker PID in "+pidFile+": its CPU is not reported")
-			break
+			res.Incomplete = fmt.Sprintf("the broker did not go away within %s", maxDur)
+			return nil
 		}
 	}
 	meter.begin()
+	overflows0 := listenOverflows()
 	select {
 	case <-allDone:
 	case <-time.After(maxDur):
-		res.Incomplete = fmt.Sprintf("only %d of %d devices reconnected within %s of the restart", done.Load(), live, maxDur)
+		res.Incomplete = fmt.Sprintf("only %d of %d devices reconnected within %s of the first drop", done.Load(), live, maxDur)
 	}
 	res.CPU = meter.end()
+	res.ListenOverflows = listenOverflows() - overflows0
 	res.Reconnected = int(done.Load())
 	res.Attempts = int(attempts.Load())
 	res.Cost = meter.costs(res.Reconnected)
 	if c, r, ok := meter.redisPerConnect(res.Reconnected); ok {
 		res.RedisCmds, res.RedisReads = &c, &r
 	}
+	// The restarted broker: all it used since its exec, less a start's cost.
+	b, err := os.ReadFile(pidFile)
+	pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+	switch {
+	case err != nil || perr != nil || pid <= 0:
+		res.ErrSample = append(res.ErrSample, "no broker PID in "+pidFile+": its CPU is not reported")
+	case !haveStartup:
+		res.ErrSample = append(res.ErrSample, "the first broker's startup CPU is unknown (-pids broker=PID): the restarted broker's CPU is not reported")
+	default:
+		if end, err := readCPU(pid); err == nil {
+			res.Cost["broker"] = costOf(startup, end, res.Reconnected)
+			res.StartupMS = round3(ms(startup.proc))
+			if wall := time.Duration(time.Now().UnixNano() - firstDrop.Load()); wall > 0 {
+				res.CPU["broker"] = math.Round(1000*float64(end.proc-startup.proc)/float64(wall)) / 10
+			}
+		}
+	}
 	fd, up, last := firstDrop.Load(), upAt.Load(), lastAt.Load()
-	res.DownSeconds = round3(float64(up-fd) / 1e9)
-	if last > 0 {
+	if up > 0 {
+		res.DownSeconds = round3(float64(up-fd) / 1e9)
+	}
+	if last > 0 && up > 0 {
 		res.StormS = round3(float64(last-up) / 1e9)
 		res.FromDropS = round3(float64(last-fd) / 1e9)
 	}
 	latMu.Lock()
 	res.P50, res.P99, res.Max = latencyStats(lats)
+	if up > 0 && len(doneAt) > 0 {
+		slices.Sort(doneAt)
+		at := func(q float64) float64 {
+			i := max(0, min(len(doneAt)-1, int(math.Ceil(q*float64(live)))-1))
+			return round3(float64(doneAt[i]-up) / 1e9)
+		}
+		res.Done50S, res.Done90S, res.Done99S = at(0.5), at(0.9), at(0.99)
+	}
 	latMu.Unlock()
 	fails.mu.Lock()
 	res.Failures = fails.kinds
@@ -472,4 +519,27 @@ func storm(res *FleetResult, devs []*device, raddr *net.TCPAddr, fixed *cpuMeter
 	fmt.Fprintf(os.Stderr, "  %-10s round %d: %d of %d reconnected in %.2f s after the broker accepted again (down %.2f s); p99 CONNACK %s ms; %d attempts%s\n",
 		res.Label, res.Round, res.Reconnected, live, res.StormS, res.DownSeconds, fmtF(deref(res.P99), 1), res.Attempts, cost)
 	return nil
+}
+
+// listenOverflows reads TcpExtListenOverflows from /proc/net/netstat (0
+// when it cannot).
+func listenOverflows() int64 {
+	b, err := os.ReadFile("/proc/net/netstat")
+	if err != nil {
+		return 0
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		if !strings.HasPrefix(lines[i], "TcpExt:") || !strings.HasPrefix(lines[i+1], "TcpExt:") {
+			continue
+		}
+		names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		for j := range names {
+			if names[j] == "ListenOverflows" && j < len(vals) {
+				n, _ := strconv.ParseInt(vals[j], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
 }
