@@ -51,7 +51,7 @@ clean:
 
 # Benchmark, not part of make test: mosquitto alone vs mosquitto-guard, side by
 # side on loopback (about 8 minutes); see bench/README.md.
-.PHONY: bench bench-storm bench-alloc
+.PHONY: bench bench-storm bench-alloc bench-profile
 bench:
 	@GO=$(GO) bench/run.sh
 
@@ -64,6 +64,12 @@ bench-storm:
 # client-ID tracking on and off), and their top sites; see bench/README.md.
 bench-alloc:
 	@GO=$(GO) bench/alloc.sh
+
+# Instructions per CONNECT of the broker thread under callgrind, by where
+# they go (hash, cgo, allocation, guard code...): a0, b, b-off, a', b',
+# b'-off; a few minutes. Needs valgrind.
+bench-profile:
+	@GO=$(GO) bench/profile.sh
 
 # Standing proof, none of it part of make test (see bench/chaos/):
 #   make chaos  Redis stopped, killed, emptied, flapping, SIGHUP storms and a

@@ -164,3 +164,54 @@ func TestIssue12Targets(t *testing.T) {
 		}
 	}
 }
+
+// cgSelf sums self costs, not the inclusive cost line after calls=, and
+// follows callgrind's name compression; cgCategory sorts by object and name.
+func TestCallgrindSelf(t *testing.T) {
+	out := `events: Ir
+ob=(1) /usr/sbin/mosquitto
+fl=(1) ???
+fn=(1) handle__connect
+0 100
+cob=(2) /work/build/mosquitto_guard.so
+cfi=(2) x.go
+cfn=(2) crypto/internal/fips140/sha512.blockAVX2
+calls=1 0
+0 5000
++1 20
+ob=(2)
+fl=(2)
+fn=(2)
+0 4000
+fn=(3) runtime.mallocgc
+0 300
+ob=(3) /usr/lib/x86_64-linux-gnu/libc.so.6
+fn=(4) malloc
+0 7
+`
+	f := filepath.Join(t.TempDir(), "cg.out")
+	if err := os.WriteFile(f, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	self, objOf, err := cgSelf(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"handle__connect": 120, "crypto/internal/fips140/sha512.blockAVX2": 4000, "runtime.mallocgc": 300, "malloc": 7}
+	for fn, ir := range want {
+		if self[fn] != ir {
+			t.Errorf("%s: self %d, want %d", fn, self[fn], ir)
+		}
+	}
+	cats := map[string]string{
+		"handle__connect":                          "mosquitto",
+		"crypto/internal/fips140/sha512.blockAVX2": "password hash: Go crypto (sha512, sha256, pbkdf2, hmac)",
+		"runtime.mallocgc":                         "Go runtime: allocation, GC, write barriers",
+		"malloc":                                   "libc",
+	}
+	for fn, c := range cats {
+		if got := cgCategory(fn, objOf[fn]); got != c {
+			t.Errorf("%s (in %s): %q, want %q", fn, objOf[fn], got, c)
+		}
+	}
+}

@@ -18,6 +18,7 @@ var commands = map[string]func(args []string) error{
 	"freeport":    cmdFreePort,
 	"report":      cmdReport,
 	"fleet":       cmdFleet,
+	"callgrind":   cmdCallgrind,
 }
 
 func main() {
