@@ -62,10 +62,26 @@ clean:
 	rm -rf $(BUILD)
 
 # Benchmark, not part of make test: mosquitto alone vs mosquitto-guard, side by
-# side on loopback (about 5 minutes); see bench/README.md.
-.PHONY: bench
+# side on loopback (about 8 minutes); see bench/README.md.
+.PHONY: bench bench-storm bench-alloc bench-profile
 bench:
 	@GO=$(GO) bench/run.sh
+
+# The reconnect storm alone, STORM_N (100000) devices: a few minutes.
+STORM_N ?= 100000
+bench-storm:
+	@GO=$(GO) BENCH_ONLY=storm BENCH_STORM_N=$(STORM_N) bench/run.sh
+
+# Allocations of one CONNECT from the cgo boundary (cache hit, cache miss;
+# client-ID tracking on and off), and their top sites; see bench/README.md.
+bench-alloc:
+	@GO=$(GO) bench/alloc.sh
+
+# Instructions per CONNECT of the broker thread under callgrind, by where
+# they go (hash, cgo, allocation, guard code...): a0, b, b-off, a', b',
+# b'-off; a few minutes. Needs valgrind.
+bench-profile:
+	@GO=$(GO) bench/profile.sh
 
 # Standing proof, none of it part of make test (see bench/chaos/):
 #   make chaos  Redis stopped, killed, emptied, flapping, SIGHUP storms and a

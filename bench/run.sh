@@ -11,7 +11,11 @@
 # (10000), BENCH_MEM_KEYS (1000000), BENCH_MEM_RANGES (100000),
 # BENCH_PROP_TRIALS (50), BENCH_KICK_TRIALS (20), BENCH_LOAD_WAIT (60),
 # BENCH_NOISE_MAX (25: % of a core other processes may take during a
-# measurement), BENCH_NOISE_RETRIES (2: repeats of a measurement above it).
+# measurement), BENCH_NOISE_RETRIES (2: repeats of a measurement above it),
+# BENCH_STORM_N (10000: devices of the reconnect storm), BENCH_STORM_ROUNDS
+# (BENCH_ROUNDS), BENCH_CONNS (8000: live connections of the memory row),
+# BENCH_ALLOC (1: the allocation benchmark of cgo/, 0: skipped), BENCH_ONLY
+# ("": everything; "storm": only the reconnect storm, as make bench-storm).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +37,12 @@ KICK_TRIALS=${BENCH_KICK_TRIALS:-20}
 LOAD_WAIT=${BENCH_LOAD_WAIT:-60}
 NOISE_MAX=${BENCH_NOISE_MAX:-25}
 NOISE_RETRIES=${BENCH_NOISE_RETRIES:-2}
+STORM_N=${BENCH_STORM_N:-10000}
+STORM_ROUNDS=${BENCH_STORM_ROUNDS:-$ROUNDS}
+CONNS=${BENCH_CONNS:-8000}
+ALLOC=${BENCH_ALLOC:-1}
+ONLY=${BENCH_ONLY:-}
+case $ONLY in "" | storm) ;; *) echo "BENCH_ONLY: \"\" or storm, not $ONLY" >&2; exit 2 ;; esac
 GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 
 say() { printf '[%3ds] %s\n' "$SECONDS" "$*" >&2; }
@@ -48,6 +58,22 @@ fi
 command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) is missing"
 cores=$(nproc --all)
 [ "$cores" -ge 2 ] || die "needs 2 cores (broker on core 0, load generator on core 1); this machine has $cores"
+# A held connection is a descriptor in the broker and one in the load
+# generator (Go raises its own soft limit to the hard one): room for the
+# storm's devices or the memory row's, whichever is more, and some spare.
+need_fds=$(((STORM_N > CONNS ? STORM_N : CONNS) + 1000))
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need_fds" ]; then
+	[ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need_fds" ] && { ulimit -Hn "$need_fds" 2>/dev/null || true; }
+	ulimit -n "$need_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+fi
+fds=$(ulimit -n)
+if [ "$fds" != unlimited ] && [ "$fds" -lt "$need_fds" ]; then
+	max_n=$((fds - 1000))
+	[ "$max_n" -ge 100 ] || die "open files limit $fds: too low for the storm and memory rows (raise ulimit -n)"
+	say "bench: open files limit $fds (the hard limit; raising it needs CAP_SYS_RESOURCE): storm and memory rows cut to $max_n devices"
+	STORM_N=$((STORM_N < max_n ? STORM_N : max_n))
+	CONNS=$((CONNS < max_n ? CONNS : max_n))
+fi
 
 say "bench: make build"
 make --no-print-directory build GO="$GO" >&2
@@ -136,37 +162,59 @@ start_redis() { # name -> sets REDIS_PORT REDIS_PID
 	REDIS_PORT=$port
 	wait_port "$port" "$REDIS_PID" || die "redis-server $name did not start: $(tail -5 "$out/$name/redis.log")"
 }
-start_redis redis-main
-R1=127.0.0.1:$REDIS_PORT R1_PORT=$REDIS_PORT R1_PID=$REDIS_PID
-start_redis redis-keys
-R2=127.0.0.1:$REDIS_PORT R2_PORT=$REDIS_PORT R2_PID=$REDIS_PID
-say "bench: redis-server $R1 (pid $R1_PID) and $R2 (pid $R2_PID, the block keys), on core 0"
+start_redis redis-storm
+R3=127.0.0.1:$REDIS_PORT R3_PORT=$REDIS_PORT R3_PID=$REDIS_PID
+if [ -z "$ONLY" ]; then
+	start_redis redis-main
+	R1=127.0.0.1:$REDIS_PORT R1_PORT=$REDIS_PORT R1_PID=$REDIS_PID
+	start_redis redis-keys
+	R2=127.0.0.1:$REDIS_PORT R2_PORT=$REDIS_PORT R2_PID=$REDIS_PID
+	say "bench: redis-server $R1 (pid $R1_PID), $R2 (pid $R2_PID, the block keys) and $R3 (pid $R3_PID, storm and memory rows), on core 0"
+fi
 
 # --- password files ---------------------------------------------------------
-pw1="$out/passwd-1"
-mosquitto_passwd -c -b "$pw1" bench bench-pw >/dev/null
-chmod 644 "$pw1"
-pw10k="$out/passwd-10k"
-users10k="$out/users-10k.txt"
-say "bench: $USERS users in mosquitto_passwd's \$7\$ format"
-"$loadgen" genpasswd -n "$USERS" -out "$pw10k" -plain "$users10k" >>"$results"
+if [ -z "$ONLY" ]; then
+	pw1="$out/passwd-1"
+	mosquitto_passwd -c -b "$pw1" bench bench-pw >/dev/null
+	chmod 644 "$pw1"
+	pw10k="$out/passwd-10k"
+	users10k="$out/users-10k.txt"
+	say "bench: $USERS users in mosquitto_passwd's \$7\$ format"
+	"$loadgen" genpasswd -n "$USERS" -out "$pw10k" -plain "$users10k" >>"$results"
+fi
+# users_for N: a password file and its user:password list of at least N
+# users (the $USERS of a'/b' when enough) -> USERS_PW USERS_PLAIN
+users_for() {
+	if [ -z "$ONLY" ] && [ "$1" -le "$USERS" ]; then
+		USERS_PW=$pw10k USERS_PLAIN=$users10k
+		return
+	fi
+	USERS_PW="$out/passwd-$1" USERS_PLAIN="$out/users-$1.txt"
+	if [ ! -f "$USERS_PW" ]; then
+		say "bench: $1 users in mosquitto_passwd's \$7\$ format"
+		"$loadgen" genpasswd -n "$1" -out "$USERS_PW" -plain "$USERS_PLAIN" >/dev/null
+	fi
+}
 
-# Keys: 100 000 for (c) in the second Redis; one range banning the flood's
-# source addresses in the first.
-say "bench: $KEYS block keys ($RANGES ranges) into $R2"
-lg loadkeys keys 300 -label keys -redis "$R2" -n "$KEYS" -ranges "$RANGES" -flush >/dev/null
-redis-cli -p "$R1_PORT" SET guard:block:cidr:127.2.0.0/16 "bench: flood source" >/dev/null
+if [ -z "$ONLY" ]; then
+	# Keys: 100 000 for (c) in the second Redis; one range banning the flood's
+	# source addresses in the first.
+	say "bench: $KEYS block keys ($RANGES ranges) into $R2"
+	lg loadkeys keys 300 -label keys -redis "$R2" -n "$KEYS" -ranges "$RANGES" -flush >/dev/null
+	redis-cli -p "$R1_PORT" SET guard:block:cidr:127.2.0.0/16 "bench: flood source" >/dev/null
+fi
 
 # --- brokers -------------------------------------------------------------
 # kind: anon | passwd FILE | guard FILE REDIS. Logging: mosquitto's default
 # log_type (error, warning, notice, information), to a file, the same for all.
 REPLICA=unknown # does the plugin log "replica loaded"? learnt from the first guard broker
 nbroker=0
-start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
+start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG BROKER_CONF
 	local name=$1 kind=$2 file=${3:-} redis=${4:-} port conf
 	nbroker=$((nbroker + 1))
 	port=$("$loadgen" freeport)
 	conf="$out/brokers/$nbroker-$name.conf"
+	BROKER_CONF=$conf
 	BROKER_LOG="$out/brokers/$nbroker-$name.log"
 	mkdir -p "$out/brokers"
 	{
@@ -186,7 +234,9 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 		esac
 	} >"$conf"
 	BROKER_T0=$(date +%s%N)
-	taskset -c 0 mosquitto -c "$conf" >>"$BROKER_LOG.stderr" 2>&1 &
+	BROKER_ENV=()
+	case $kind in guard*) [ -n "${BENCH_GUARD_ENV:-}" ] && read -r -a BROKER_ENV <<<"$BENCH_GUARD_ENV" ;; esac
+	taskset -c 0 env "${BROKER_ENV[@]}" mosquitto -c "$conf" >>"$BROKER_LOG.stderr" 2>&1 &
 	BROKER_PID=$!
 	pids+=("$BROKER_PID")
 	BROKER_ADDR=127.0.0.1:$port
@@ -207,6 +257,17 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 		fi
 	fi
 }
+# restart_broker: the broker just started, stopped by PID and started again
+# with the same configuration (same port); its new PID is written to $1
+# before it starts.
+restart_broker() { # pidfile
+	stop_pid "$BROKER_PID"
+	taskset -c 0 env "${BROKER_ENV[@]}" mosquitto -c "$BROKER_CONF" >>"$BROKER_LOG.stderr" 2>&1 &
+	BROKER_PID=$!
+	echo "$BROKER_PID" >"$1"
+	pids+=("$BROKER_PID")
+	wait_port "${BROKER_ADDR##*:}" "$BROKER_PID" || die "mosquitto did not start again: $(tail -5 "$BROKER_LOG" "$BROKER_LOG.stderr" 2>/dev/null)"
+}
 stop_broker() {
 	stop_pid "$BROKER_PID"
 	# A saturated broker logs ~3 lines per connection: keep the ends only.
@@ -217,12 +278,13 @@ stop_broker() {
 }
 
 connect() { # label round [loadgen connect flags...]: on the broker just started
-	local label=$1 round=$2 redis_pid=${REDIS_OF_BROKER:-}
+	local label=$1 round=$2 redis_pid=${REDIS_OF_BROKER:-} redis_flag=()
 	shift 2
 	local pidsflag="broker=$BROKER_PID"
 	[ -n "$redis_pid" ] && pidsflag="$pidsflag,redis=$redis_pid"
+	[ -n "${REDIS_ADDR_OF_BROKER:-}" ] && redis_flag=(-redis "$REDIS_ADDR_OF_BROKER")
 	LG_APPEND=no lg connect "$label" 180 -addr "$BROKER_ADDR" -label "$label" -round "$round" -workers "$WORKERS" \
-		-warmup "$WARMUP" -duration "$DURATION" -pids "$pidsflag" "$@" >/dev/null
+		-warmup "$WARMUP" -duration "$DURATION" -pids "$pidsflag" "${redis_flag[@]}" "$@" >/dev/null
 }
 
 # scenario: one measurement, on a fresh broker. When other processes took more
@@ -252,32 +314,78 @@ scenario() { # label round
 
 measure() { # label round
 	local label=$1 round=$2
-	REDIS_OF_BROKER=""
+	REDIS_OF_BROKER="" REDIS_ADDR_OF_BROKER=""
 	case $label in
 	a0) start_broker a0 anon
 		connect a0 "$round" -src 127.1.0.0/16 -id-prefix a0- ;;
 	a) start_broker a passwd "$pw1"
 		connect a "$round" -src 127.1.0.0/16 -id-prefix a- -user bench -pass bench-pw ;;
-	b) start_broker b guard "$pw1" "$R1"; REDIS_OF_BROKER=$R1_PID
+	b) start_broker b guard "$pw1" "$R1"; REDIS_OF_BROKER=$R1_PID REDIS_ADDR_OF_BROKER=$R1
 		connect b "$round" -src 127.1.0.0/16 -id-prefix b- -user bench -pass bench-pw ;;
-	b-off) start_broker b-off guard-off "$pw1" "$R1"; REDIS_OF_BROKER=$R1_PID
+	b-off) start_broker b-off guard-off "$pw1" "$R1"; REDIS_OF_BROKER=$R1_PID REDIS_ADDR_OF_BROKER=$R1
 		connect b-off "$round" -src 127.1.0.0/16 -id-prefix b- -user bench -pass bench-pw ;;
-	c) start_broker c guard "$pw1" "$R2"; REDIS_OF_BROKER=$R2_PID
+	c) start_broker c guard "$pw1" "$R2"; REDIS_OF_BROKER=$R2_PID REDIS_ADDR_OF_BROKER=$R2
 		connect c "$round" -src 127.1.0.0/16 -id-prefix c- -user bench -pass bench-pw ;;
 	flood-a) start_broker flood-a passwd "$pw1"
 		connect flood-a "$round" -src 127.2.0.0/16 -id-prefix flood- -user bench -pass wrong-pw -expect refuse ;;
-	flood-b) start_broker flood-b guard "$pw1" "$R1"; REDIS_OF_BROKER=$R1_PID
+	flood-b) start_broker flood-b guard "$pw1" "$R1"; REDIS_OF_BROKER=$R1_PID REDIS_ADDR_OF_BROKER=$R1
 		connect flood-b "$round" -src 127.2.0.0/16 -id-prefix flood- -user bench -pass wrong-pw -expect refuse ;;
 	a10k) start_broker a10k passwd "$pw10k"
 		connect a10k "$round" -src 127.1.0.0/16 -id-prefix 10k- -users "$users10k" -max-duration 60s ;;
-	b10k) start_broker b10k guard "$pw10k" "$R1"; REDIS_OF_BROKER=$R1_PID
+	b10k) start_broker b10k guard "$pw10k" "$R1"; REDIS_OF_BROKER=$R1_PID REDIS_ADDR_OF_BROKER=$R1
 		connect b10k "$round" -src 127.1.0.0/16 -id-prefix 10k- -users "$users10k" -max-duration 60s ;;
-	b10k-off) start_broker b10k-off guard-off "$pw10k" "$R1"; REDIS_OF_BROKER=$R1_PID
+	b10k-off) start_broker b10k-off guard-off "$pw10k" "$R1"; REDIS_OF_BROKER=$R1_PID REDIS_ADDR_OF_BROKER=$R1
 		connect b10k-off "$round" -src 127.1.0.0/16 -id-prefix 10k- -users "$users10k" -max-duration 60s ;;
 	esac
 	stop_broker
 }
 
+# --- the reconnect storm -----------------------------------------------------
+# storm: STORM_N devices, each its own user and client ID, held connected to a
+# fresh broker; then the broker is stopped by PID and started again on the
+# same port, and every device reconnects at once (loadgen fleet -mode storm:
+# bounded jittered backoff, see bench/README.md). The guard's Redis is
+# emptied first, so every round starts alike.
+STORM_BOUND=$((600 + STORM_N / 100))
+storm() { # label round
+	local label=$1 round=$2 dir="$out/storm" lgpid rc=0
+	local ready="$dir/ready-$1-$2" pidf="$dir/pid-$1-$2" tmp="$dir/$1-$2.json"
+	mkdir -p "$dir"
+	redis-cli -p "$R3_PORT" FLUSHALL >/dev/null
+	case $label in
+	storm-a) start_broker "$label" passwd "$USERS_PW" ;;
+	storm-b) start_broker "$label" guard "$USERS_PW" "$R3" ;;
+	storm-b-off) start_broker "$label" guard-off "$USERS_PW" "$R3" ;;
+	esac
+	local fixed="broker=$BROKER_PID" redisflag=()
+	case $label in storm-b*) fixed="$fixed,redis=$R3_PID" redisflag=(-redis "$R3") ;; esac
+	local cmd=(timeout "$STORM_BOUND" taskset -c 1 env GOMAXPROCS=1 "$loadgen" fleet -mode storm -addr "$BROKER_ADDR"
+		-users "$USERS_PLAIN" -n "$STORM_N" -id-prefix storm- -src 127.5.0.0/16 -label "$label" -round "$round"
+		-pids "$fixed" "${redisflag[@]}" -settle 300ms -ready-file "$ready" -pid-file "$pidf")
+	if [ -z "${recorded[fleet/$label]:-}" ]; then
+		recorded[fleet/$label]=1
+		printf '%s\n' "${cmd[*]}" | sed "s|$root/||g" >>"$commands"
+	fi
+	"${cmd[@]}" >"$tmp" &
+	lgpid=$!
+	pids+=("$lgpid")
+	while [ ! -f "$ready" ] && kill -0 "$lgpid" 2>/dev/null; do sleep 0.05; done
+	[ -f "$ready" ] && restart_broker "$pidf"
+	wait "$lgpid" || rc=$?
+	forget "$lgpid"
+	stop_broker
+	[ "$rc" = 0 ] || die "loadgen fleet $label round $round failed (exit $rc)"
+	cat "$tmp" >>"$results"
+}
+run_storms() {
+	users_for "$STORM_N"
+	say "bench: $STORM_ROUNDS rounds of the reconnect storm: $STORM_N devices on password_file, the guard, the guard with tracking off"
+	for r in $(seq "$STORM_ROUNDS"); do
+		for s in storm-a storm-b storm-b-off; do storm "$s" "$r"; done
+	done
+}
+
+if [ -z "$ONLY" ]; then
 # --- connection rates, interleaved ----------------------------------------
 say "bench: $ROUNDS rounds of a0, a, b, b-off, c, flood-a, flood-b; $WORKERS workers, $WARMUP warm-up + $DURATION each; a fresh broker for each"
 for r in $(seq "$ROUNDS"); do
@@ -288,6 +396,25 @@ for r in $(seq "$ROUNDS"); do
 	for s in a10k b10k b10k-off; do scenario "$s" "$r"; done
 done
 [ "$REPLICA" = yes ] && say "bench: the plugin logs 'replica loaded': brokers were measured after it"
+
+# --- memory per connection --------------------------------------------------
+# The broker's VmRSS idle and holding CONNS live idle connections (each its
+# own user and client ID), without the plugin (password_file) and with it
+# (the same file, auth_opt_password_file).
+users_for "$CONNS"
+say "bench: memory per connection: $CONNS connections held, mosquitto password_file vs the guard"
+for s in mem-a mem-b; do
+	redis-cli -p "$R3_PORT" FLUSHALL >/dev/null
+	case $s in
+	mem-a) start_broker "$s" passwd "$USERS_PW" ;;
+	mem-b) start_broker "$s" guard "$USERS_PW" "$R3" ;;
+	esac
+	lg fleet "$s" 600 -mode hold -addr "$BROKER_ADDR" -users "$USERS_PLAIN" -n "$CONNS" -id-prefix mem- -src 127.6.0.0/16 \
+		-label "$s" -pids "broker=$BROKER_PID" -settle 2s >/dev/null
+	stop_broker
+done
+
+run_storms
 
 # --- ban propagation and kick ---------------------------------------------
 say "bench: ban propagation ($PROP_TRIALS trials) and kick ($KICK_TRIALS trials)"
@@ -318,15 +445,36 @@ lg procmem rss-1m-later 10 -label rss-1m-later -pid "$BROKER_PID" >/dev/null
 stop_broker
 stop_pid "$R1_PID"
 stop_pid "$R2_PID"
+else
+	run_storms
+fi
+stop_pid "$R3_PID"
+
+# --- allocations on the decision path -------------------------------------------
+alloc_flag=()
+if [ -z "$ONLY" ] && [ "$ALLOC" = 1 ]; then
+	say "bench: allocations per CONNECT: go test -run XXX -bench BasicAuth -benchmem ./cgo"
+	echo "$GO test -count=1 -run XXX -bench BasicAuth -benchmem -benchtime 2000x ./cgo" >>"$commands"
+	if "$GO" test -count=1 -run XXX -bench BasicAuth -benchmem -benchtime 2000x ./cgo >"$out/alloc.txt" 2>&1; then
+		alloc_flag=(-alloc "$out/alloc.txt")
+	else
+		say "bench: the allocation benchmark failed: $(tail -3 "$out/alloc.txt")"
+	fi
+fi
 
 # --- the table ---------------------------------------------------------------
 setup="Load: $WORKERS concurrent workers, each connect → CONNACK → DISCONNECT in a loop (MQTT 3.1.1, clean session, one client ID per worker; per user in a'/b'), \
 source addresses taken in turn from 127.1.0.0/16 (floods: 127.2.0.0/16); $WARMUP warm-up, then $DURATION measured (a'/b': until each of the $USERS users has connected once); \
 $ROUNDS rounds, interleaved (a0, a, b, c, flood-a, flood-b, then again; then a', b' likewise), medians reported; a fresh broker for every run. \
 Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
-"$loadgen" report -results "$results" -command "make bench   (= bench/run.sh; results in ${out#"$root/"})" \
+[ "$ONLY" = storm ] && setup="The reconnect storm alone (BENCH_ONLY=storm): $STORM_N devices, $STORM_ROUNDS rounds. \
+Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
+[ -n "${BENCH_GUARD_ENV:-}" ] && setup="$setup The guard's brokers ran with the environment $BENCH_GUARD_ENV."
+command="make bench   (= bench/run.sh; results in ${out#"$root/"})"
+[ "$ONLY" = storm ] && command="make bench-storm   (= BENCH_ONLY=storm BENCH_STORM_N=$STORM_N bench/run.sh; results in ${out#"$root/"})"
+"$loadgen" report -results "$results" -command "$command" \
 	-runtime "$SECONDS" -loadavg-start "$loadavg_start" -setup "$setup" -retried "$retried" -noise-max "$NOISE_MAX" \
-	-users "$USERS" -keys "$KEYS" -ranges "$RANGES" >"$out/results.md"
+	-users "$USERS" -keys "$KEYS" -ranges "$RANGES" "${alloc_flag[@]}" >"$out/results.md"
 {
 	echo
 	echo "Load generator commands (first of each kind; paths relative to the repository):"

@@ -16,26 +16,32 @@ import (
 
 // ConnectResult is the JSON line of `loadgen connect`.
 type ConnectResult struct {
-	Cmd       string             `json:"cmd"`
-	Label     string             `json:"label"`
-	Round     int                `json:"round"`
-	Workers   int                `json:"workers"`
-	Src       string             `json:"src"`
-	Mode      string             `json:"mode"` // "duration" or "once"
-	Seconds   float64            `json:"seconds"`
-	Attempts  int                `json:"attempts"` // measured attempts
-	Accepted  int                `json:"accepted"`
-	Refused   int                `json:"refused"` // any non-zero CONNACK code
-	Errors    int                `json:"errors"`  // no CONNACK: dial, timeout, closed
-	Expect    string             `json:"expect"`
-	Unexpect  int                `json:"unexpected"` // CONNACKs other than expected, and errors
-	Rate      float64            `json:"connects_per_s"`
-	P50       *float64           `json:"p50_ms"`
-	P99       *float64           `json:"p99_ms"`
-	Max       *float64           `json:"max_ms"`
-	CPU       map[string]float64 `json:"cpu_pct"` // % of one core during the measured window
-	ErrSample []string           `json:"error_sample,omitempty"`
-	Warmup    int                `json:"warmup_attempts"`
+	Cmd      string             `json:"cmd"`
+	Label    string             `json:"label"`
+	Round    int                `json:"round"`
+	Workers  int                `json:"workers"`
+	Src      string             `json:"src"`
+	Mode     string             `json:"mode"` // "duration" or "once"
+	Seconds  float64            `json:"seconds"`
+	Attempts int                `json:"attempts"` // measured attempts
+	Accepted int                `json:"accepted"`
+	Refused  int                `json:"refused"` // any non-zero CONNACK code
+	Errors   int                `json:"errors"`  // no CONNACK: dial, timeout, closed
+	Expect   string             `json:"expect"`
+	Unexpect int                `json:"unexpected"` // CONNACKs other than expected, and errors
+	Rate     float64            `json:"connects_per_s"`
+	P50      *float64           `json:"p50_ms"`
+	P99      *float64           `json:"p99_ms"`
+	Max      *float64           `json:"max_ms"`
+	CPU      map[string]float64 `json:"cpu_pct"` // % of one core during the measured window
+	// Cost: each -pids process's CPU time (whole process, main thread) in
+	// the measured window per CONNACK (accepted or refused) in it.
+	Cost map[string]cpuCost `json:"cpu_per_connect,omitempty"`
+	// Redis commands and reads (round trips) per CONNACK, with -redis.
+	RedisCmds  *float64 `json:"redis_cmds_per_connect,omitempty"`
+	RedisReads *float64 `json:"redis_reads_per_connect,omitempty"`
+	ErrSample  []string `json:"error_sample,omitempty"`
+	Warmup     int      `json:"warmup_attempts"`
 }
 
 type credential struct{ user, pass string }
@@ -56,6 +62,7 @@ func cmdConnect(args []string) error {
 	idPrefix := fs.String("id-prefix", "bench-", "client ID prefix; duration mode adds w<worker>")
 	expect := fs.String("expect", "accept", "accept, refuse or any: what counts as unexpected")
 	pids := fs.String("pids", "", "processes whose CPU use to report: name=pid,...")
+	redisAddr := fs.String("redis", "", "a redis-server (host:port) whose INFO stats counters to report per CONNACK")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound on one connection attempt")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -78,6 +85,7 @@ func cmdConnect(args []string) error {
 	if err != nil {
 		return err
 	}
+	meter.redisAddr = *redisAddr
 	var users []credential
 	if *usersFile != "" {
 		if users, err = readUsers(*usersFile); err != nil {
@@ -148,6 +156,10 @@ func cmdConnect(args []string) error {
 	res.CPU = meter.end()
 
 	res.Attempts = res.Accepted + res.Refused + res.Errors
+	res.Cost = meter.costs(res.Accepted + res.Refused)
+	if c, r, ok := meter.redisPerConnect(res.Accepted + res.Refused); ok {
+		res.RedisCmds, res.RedisReads = &c, &r
+	}
 	if !lastDone.IsZero() {
 		res.Seconds = round3(lastDone.Sub(measureFrom).Seconds())
 	}
@@ -163,6 +175,12 @@ func cmdConnect(args []string) error {
 		if v, ok := res.CPU[k]; ok {
 			cpu = append(cpu, fmt.Sprintf("%s %.0f%%", k, v))
 		}
+	}
+	if b, ok := res.Cost["broker"]; ok {
+		cpu = append(cpu, fmt.Sprintf("broker thread %.1f µs/connect (±%.2f), process %.1f µs", b.ThreadUS, b.ThreadErrUS, b.ProcessUS))
+	}
+	if r, ok := res.Cost["redis"]; ok {
+		cpu = append(cpu, fmt.Sprintf("redis %.1f µs", r.ProcessUS))
 	}
 	fmt.Fprintf(os.Stderr, "  %-8s round %d: %6.0f connects/s  p50 %s ms  p99 %s ms  accepted %d refused %d errors %d  cpu: %s\n",
 		res.Label, res.Round, res.Rate, fmtF(deref(res.P50), 2), fmtF(deref(res.P99), 2), res.Accepted, res.Refused, res.Errors, strings.Join(cpu, ", "))

@@ -9,6 +9,8 @@
 //	loadgen kick         SET guard:block:clientid:<id> → connected client closed
 //	loadgen loadkeys     fill Redis with N block keys, M of them ranges
 //	loadgen genpasswd    N users in mosquitto_passwd's $7$ format
+//	loadgen fleet        N devices held connected: the broker's RSS (hold), or a
+//	                     reconnect storm after the broker's restart (storm)
 //	loadgen waitlog      wait for a line in a log file
 //	loadgen procmem      VmRSS and VmHWM of a process
 //	loadgen freeport     a free TCP port on 127.0.0.1

@@ -17,6 +17,8 @@ var commands = map[string]func(args []string) error{
 	"procmem":     cmdProcMem,
 	"freeport":    cmdFreePort,
 	"report":      cmdReport,
+	"fleet":       cmdFleet,
+	"callgrind":   cmdCallgrind,
 }
 
 func main() {

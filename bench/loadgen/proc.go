@@ -41,31 +41,6 @@ func latencyStats(lat []time.Duration) (p50, p99, pmax *float64) {
 // every architecture Linux builds for today.
 const clockTick = 100
 
-// procCPU returns the CPU time (user + system) process pid has used.
-func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, field 2, is in parentheses and may hold spaces.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad times", pid)
-	}
-	return time.Duration(ut+st) * time.Second / clockTick, nil
-}
-
 // selfCPU returns the CPU time this process has used.
 func selfCPU() time.Duration {
 	var ru syscall.Rusage
@@ -75,14 +50,21 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// cpuMeter samples the CPU time of named processes, and of this one.
+// cpuMeter samples the CPU time of named processes (and of their main
+// threads), and of this one, over a measured window.
 type cpuMeter struct {
-	names []string
-	pids  []int
-	start []time.Duration
-	self  time.Duration
-	busy  time.Duration // all cores, from /proc/stat
-	t0    time.Time
+	names      []string
+	pids       []int
+	start, fin []cpuReading
+	ok         []bool // read at both ends
+	self       time.Duration
+	busy       time.Duration // all cores, from /proc/stat
+	t0         time.Time
+	wall       time.Duration
+
+	redisAddr          string // when set: INFO stats counters at both ends
+	redis0, redis1     redisCounters
+	redisOK0, redisOK1 bool
 }
 
 // machineBusy returns the CPU time all cores have spent not idle (steal
@@ -129,35 +111,78 @@ func (m *cpuMeter) begin() {
 	m.t0 = time.Now()
 	m.self = selfCPU()
 	m.busy = machineBusy()
-	m.start = make([]time.Duration, len(m.pids))
+	m.start = make([]cpuReading, len(m.pids))
+	m.fin = make([]cpuReading, len(m.pids))
+	m.ok = make([]bool, len(m.pids))
 	for i, pid := range m.pids {
-		m.start[i], _ = procCPU(pid)
+		r, err := readCPU(pid)
+		m.start[i], m.ok[i] = r, err == nil
+	}
+	if m.redisAddr != "" {
+		var err error
+		m.redis0, err = readRedisCounters(m.redisAddr)
+		m.redisOK0 = err == nil
 	}
 }
 
 // end returns the percentage of one core each process used since begin;
 // "loadgen" is this process, "other" everything else the machine's cores
 // did (other processes, kernel threads, steal). A process that could not be
-// read is left out.
+// read at both ends is left out.
 func (m *cpuMeter) end() map[string]float64 {
-	wall := time.Since(m.t0)
+	m.wall = time.Since(m.t0)
+	for i, pid := range m.pids {
+		r, err := readCPU(pid)
+		m.fin[i] = r
+		m.ok[i] = m.ok[i] && err == nil
+	}
+	if m.redisAddr != "" {
+		var err error
+		m.redis1, err = readRedisCounters(m.redisAddr)
+		m.redisOK1 = err == nil
+	}
 	out := map[string]float64{}
-	if wall <= 0 {
+	if m.wall <= 0 {
 		return out
 	}
-	pct := func(d time.Duration) float64 { return math.Round(1000*float64(d)/float64(wall)) / 10 }
+	pct := func(d time.Duration) float64 { return math.Round(1000*float64(d)/float64(m.wall)) / 10 }
 	ours := selfCPU() - m.self
 	out["loadgen"] = pct(ours)
-	for i, pid := range m.pids {
-		if t, err := procCPU(pid); err == nil {
-			out[m.names[i]] = pct(t - m.start[i])
-			ours += t - m.start[i]
+	for i := range m.pids {
+		if m.ok[i] {
+			d := m.fin[i].proc - m.start[i].proc
+			out[m.names[i]] = pct(d)
+			ours += d
 		}
 	}
 	if m.busy > 0 {
 		out["other"] = pct(max(0, machineBusy()-m.busy-ours))
 	}
 	return out
+}
+
+// costs returns, after end, what each named process used per CONNACK (n
+// of them in the window).
+func (m *cpuMeter) costs(n int) map[string]cpuCost {
+	out := map[string]cpuCost{}
+	for i, name := range m.names {
+		if m.ok[i] {
+			out[name] = costOf(m.start[i], m.fin[i], n)
+		}
+	}
+	return out
+}
+
+// redisPerConnect returns, after end, the Redis commands and reads (client
+// requests read off a socket: round trips, a pipeline counting once) per
+// CONNACK; ok is false without both readings. The INFO of begin, counted
+// by the second, is taken off.
+func (m *cpuMeter) redisPerConnect(n int) (cmds, reads float64, ok bool) {
+	if !m.redisOK0 || !m.redisOK1 || n <= 0 {
+		return 0, 0, false
+	}
+	d := func(a, b int64) float64 { return round3(float64(max(0, b-a-1)) / float64(n)) }
+	return d(m.redis0.Commands, m.redis1.Commands), d(m.redis0.Reads, m.redis1.Reads), true
 }
 
 // procStatus returns the given fields of /proc/PID/status, in kB.

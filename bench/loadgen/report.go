@@ -98,6 +98,7 @@ func cmdReport(args []string) error {
 	keys := fs.Int("keys", 100000, "block keys of c, for the descriptions")
 	ranges := fs.Int("ranges", 10000, "ranges among them, for the descriptions")
 	noiseMax := fs.Float64("noise-max", 25, "the other load (% of a core) above which run.sh repeats a measurement")
+	allocFile := fs.String("alloc", "", "the output of go test -bench BasicAuth -benchmem ./cgo, if run")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -116,6 +117,7 @@ func cmdReport(args []string) error {
 		waits   = map[string]WaitLogResult{}
 		mems    = map[string]ProcMemResult{}
 		keyLoad = map[string]LoadKeysResult{}
+		fleets  = map[string][]FleetResult{}
 	)
 	for i, m := range maps {
 		switch str(m, "cmd") {
@@ -138,6 +140,11 @@ func cmdReport(args []string) error {
 			var p ProcMemResult
 			if json.Unmarshal(raws[i], &p) == nil {
 				mems[p.Label] = p
+			}
+		case "fleet":
+			var fr FleetResult
+			if json.Unmarshal(raws[i], &fr) == nil {
+				fleets[fr.Label] = append(fleets[fr.Label], fr)
 			}
 		case "loadkeys":
 			var l LoadKeysResult
@@ -164,9 +171,18 @@ func cmdReport(args []string) error {
 
 	// Connection rates.
 	med := map[string]float64{}
-	w("### Connections\n\n")
-	w("| id | scenario | connects/s | p50 ms | p99 ms | CPU %%: broker / redis / loadgen / other | saturated | ratio | target | result |\n")
-	w("|---|---|---:|---:|---:|---:|---|---:|---|---|\n")
+	costs := map[string]connCost{}
+	for _, s := range scenarios {
+		if rs := conns[s.label]; len(rs) > 0 {
+			costs[s.label] = medianCost(rs)
+		}
+	}
+	stormOnly := len(conns) == 0 && len(fleets) > 0
+	if !stormOnly {
+		w("### Connections\n\n")
+		w("| id | scenario | connects/s | p50 ms | p99 ms | CPU %%: broker / redis / loadgen / other | saturated | ratio | µs per CONNECT: broker thread / process / redis | broker thread vs base | target | result |\n")
+		w("|---|---|---:|---:|---:|---:|---|---:|---:|---|---|---|\n")
+	}
 	noisy, noisiest := 0, 0.0
 	for _, s := range scenarios {
 		rs := conns[s.label]
@@ -207,132 +223,159 @@ func cmdReport(args []string) error {
 		}
 		cpu := fmt.Sprintf("%s / %s / %s / %s", fmtF(median(bcpu), 0), dash(fmtF(median(rcpu), 0)), fmtF(median(lcpu), 0), fmtF(median(ocpu), 0))
 		name := strings.NewReplacer("{users}", thousands(*users), "{keys}", thousands(*keys), "{ranges}", thousands(*ranges)).Replace(s.name)
-		w("| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", display(s.label), name, med[s.label],
+		c := costs[s.label]
+		w("| %s | %s | %.0f | %s | %s | %s | %s | %s | %s / %s / %s | %s | %s | %s |\n", display(s.label), name, med[s.label],
 			fmtF(median(p50), 2), fmtF(median(p99), 2), cpu, saturated(median(bcpu), median(rcpu), median(lcpu)),
-			ratioText, target, result)
+			ratioText, fmtF(c.thread, 1), fmtF(c.proc, 1), dash(fmtF(c.redis, 1)), vsBase(c.thread, costs[s.base].thread, s.base), target, result)
 		if s.target > 0 {
 			targets = append(targets, [3]string{fmt.Sprintf("(%s)/(%s) ≥ %.2f", display(s.label), display(s.base), s.target), fmtF(ratio, 2), result})
 		}
 	}
-	w("\nMedians over the rounds; connects/s counts CONNACKs (accepted or refused) in the measured window; " +
-		"latency is from writing CONNECT to reading CONNACK; CPU is %% of one core over the measured window " +
-		"(other: whatever else the machine ran meanwhile, steal included); saturated: which of the pinned cores was " +
-		"the limit (broker + redis share core 0; ≥ 90 %% counts as saturated).\n\n")
-	if *retried > 0 {
-		w("%d measurements were repeated (on a fresh broker) because other processes took more than %.0f %% of a core "+
-			"meanwhile; the quietest attempt is kept, the others are in results-discarded.jsonl.\n\n", *retried, *noiseMax)
-	}
-	if noisy > 0 {
-		w("**Warning**: other load on the machine during %d of the measurements kept (up to %.0f %% of a core, more than %.0f %%): "+
-			"those numbers are lower and noisier than on a quiet machine; rerun when nothing else runs.\n\n", noisy, noisiest, *noiseMax)
-	}
-	w("Per round, connects/s (rounds interleaved: one round of every scenario, then the next round):\n\n")
-	w("| id | rounds | accepted / refused / errors (all rounds) |\n|---|---|---|\n")
-	for _, s := range scenarios {
-		rs := conns[s.label]
-		if len(rs) == 0 {
-			continue
+	if !stormOnly {
+		w("\nMedians over the rounds; connects/s counts CONNACKs (accepted or refused) in the measured window; " +
+			"latency is from writing CONNECT to reading CONNACK; CPU is %% of one core over the measured window " +
+			"(other: whatever else the machine ran meanwhile, steal included); saturated: which of the pinned cores was " +
+			"the limit (broker + redis share core 0; ≥ 90 %% counts as saturated).\n\n")
+		if *retried > 0 {
+			w("%d measurements were repeated (on a fresh broker) because other processes took more than %.0f %% of a core "+
+				"meanwhile; the quietest attempt is kept, the others are in results-discarded.jsonl.\n\n", *retried, *noiseMax)
 		}
-		var rates []string
-		acc, ref, errs := 0, 0, 0
-		for _, r := range rs {
-			rates = append(rates, fmt.Sprintf("%.0f", r.Rate))
-			acc += r.Accepted
-			ref += r.Refused
-			errs += r.Errors
+		if noisy > 0 {
+			w("**Warning**: other load on the machine during %d of the measurements kept (up to %.0f %% of a core, more than %.0f %%): "+
+				"those numbers are lower and noisier than on a quiet machine; rerun when nothing else runs.\n\n", noisy, noisiest, *noiseMax)
 		}
-		note := ""
-		for _, r := range rs {
-			if len(r.ErrSample) > 0 {
-				note = "; e.g. " + strings.Join(r.ErrSample, "; ")
-				break
+		w("Per round, connects/s (rounds interleaved: one round of every scenario, then the next round):\n\n")
+		w("| id | rounds | accepted / refused / errors (all rounds) |\n|---|---|---|\n")
+		for _, s := range scenarios {
+			rs := conns[s.label]
+			if len(rs) == 0 {
+				continue
+			}
+			var rates []string
+			acc, ref, errs := 0, 0, 0
+			for _, r := range rs {
+				rates = append(rates, fmt.Sprintf("%.0f", r.Rate))
+				acc += r.Accepted
+				ref += r.Refused
+				errs += r.Errors
+			}
+			note := ""
+			for _, r := range rs {
+				if len(r.ErrSample) > 0 {
+					note = "; e.g. " + strings.Join(r.ErrSample, "; ")
+					break
+				}
+			}
+			w("| %s | %s | %d / %d / %d%s |\n", display(s.label), strings.Join(rates, ", "), acc, ref, errs, note)
+		}
+		costTable(w, costs)
+	}
+	mem := memorySection(w, fleets)
+	storms := stormSection(w, fleets)
+	var allocs []allocBench
+	if *allocFile != "" {
+		if allocs, err = readAllocBench(*allocFile); err == nil && len(allocs) > 0 {
+			allocSection(w, allocs)
+		}
+	}
+	if !stormOnly {
+
+		// Ban propagation and kick.
+		w("\n### Ban propagation\n\n")
+		w("| measurement | trials | done | p50 ms | p99 ms | max ms | target | result |\n|---|---:|---:|---:|---:|---:|---|---|\n")
+		for _, b := range []struct {
+			cmd, name, target string
+			limit             float64
+		}{
+			{"propagation", "SET guard:block:clientid:<id> → first refused CONNECT of a client reconnecting with that id", "p99 ≤ 100 ms", 100},
+			{"kick", "SET guard:block:clientid:<id> → connected client with that id closed by the broker", "p99 ≤ 1 s", 1000},
+		} {
+			r, ok := ban[b.cmd]
+			if !ok {
+				w("| %s | | | | | | %s | **MISS** (not run) |\n", b.name, b.target)
+				targets = append(targets, [3]string{b.cmd + " " + b.target, "not run", "**MISS**"})
+				continue
+			}
+			result := passMiss(r.Implemented && r.Timeouts == 0 && r.P99 != nil && *r.P99 <= b.limit)
+			measured := fmtF(deref(r.P99), 1) + " ms"
+			if !r.Implemented {
+				result, measured = "**MISS** (not implemented)", "not implemented"
+			} else if r.Timeouts > 0 {
+				result += fmt.Sprintf(" (%d trials timed out)", r.Timeouts)
+			}
+			w("| %s | %d | %d | %s | %s | %s | %s | %s |\n", b.name, r.Trials, r.Done,
+				fmtF(deref(r.P50), 1), fmtF(deref(r.P99), 1), fmtF(deref(r.Max), 1), b.target, result)
+			if r.Note != "" {
+				w("|  %s: %s | | | | | | | |\n", b.cmd, r.Note)
+			}
+			targets = append(targets, [3]string{b.cmd + " " + b.target, measured, result})
+		}
+
+		// Memory and load time.
+		kl, klOK := keyLoad["keys-mem"]
+		w("\n### The plugin with %s block keys\n\n", thousands(kl.Keys))
+		empty, e1 := mems["rss-empty"]
+		full, e2 := mems["rss-1m"]
+		wl := waits["replica-1m"]
+		loadTime, loadText := math.NaN(), "n/a (no `mosquitto-guard: replica loaded N keys in D` line within 60 s)"
+		if wl.Found && len(wl.Groups) >= 2 {
+			if d, err := time.ParseDuration(wl.Groups[1]); err == nil {
+				loadTime = d.Seconds()
+				loadText = fmt.Sprintf("%s for %s keys (the line was in the log %.1f s after the broker was started)", d.Round(time.Millisecond), wl.Groups[0], wl.Since)
 			}
 		}
-		w("| %s | %s | %d / %d / %d%s |\n", display(s.label), strings.Join(rates, ", "), acc, ref, errs, note)
-	}
+		w("| measurement | value |\n|---|---|\n")
+		if klOK {
+			w("| keys written (loadgen loadkeys, pipelined) | %s (%s ranges) in %.1f s; DBSIZE %d |\n", thousands(kl.Keys), thousands(kl.Ranges), kl.Seconds, kl.DBSize)
+		}
+		delta := math.NaN()
+		if e1 {
+			w("| mosquitto VmRSS, plugin loaded, empty Redis | %.1f MB (VmHWM %.1f MB) |\n", mb(empty.RSSKB), mb(empty.HWMKB))
+		}
+		if e2 {
+			w("| mosquitto VmRSS, plugin loaded, %s keys in Redis, 1 s after the load | %.1f MB (VmHWM %.1f MB) |\n", thousands(kl.Keys), mb(full.RSSKB), mb(full.HWMKB))
+		}
+		if e1 && e2 {
+			delta = mb(full.RSSKB - empty.RSSKB)
+			w("| RSS increase | %+.1f MB |\n", delta)
+		}
+		if later, ok := mems["rss-1m-later"]; ok {
+			w("| mosquitto VmRSS, 5 s later | %.1f MB |\n", mb(later.RSSKB))
+		}
+		w("| load time, as the plugin logs it | %s |\n", loadText)
+		memOK := !math.IsNaN(loadTime) && loadTime <= 10 && !math.IsNaN(delta) && delta <= 300
+		memResult := passMiss(memOK)
+		if math.IsNaN(loadTime) {
+			memResult = "**MISS** (n/a: not implemented)"
+		}
+		w("| target: loaded in ≤ 10 s with ≤ 300 MB more RSS | %s |\n", memResult)
+		targets = append(targets, [3]string{thousands(kl.Keys) + " keys loaded ≤ 10 s, RSS ≤ +300 MB",
+			fmt.Sprintf("%s, %s MB", fmtSeconds(loadTime), fmtF(delta, 1)), memResult})
 
-	// Ban propagation and kick.
-	w("\n### Ban propagation\n\n")
-	w("| measurement | trials | done | p50 ms | p99 ms | max ms | target | result |\n|---|---:|---:|---:|---:|---:|---|---|\n")
-	for _, b := range []struct {
-		cmd, name, target string
-		limit             float64
-	}{
-		{"propagation", "SET guard:block:clientid:<id> → first refused CONNECT of a client reconnecting with that id", "p99 ≤ 100 ms", 100},
-		{"kick", "SET guard:block:clientid:<id> → connected client with that id closed by the broker", "p99 ≤ 1 s", 1000},
-	} {
-		r, ok := ban[b.cmd]
-		if !ok {
-			w("| %s | | | | | | %s | **MISS** (not run) |\n", b.name, b.target)
-			targets = append(targets, [3]string{b.cmd + " " + b.target, "not run", "**MISS**"})
-			continue
-		}
-		result := passMiss(r.Implemented && r.Timeouts == 0 && r.P99 != nil && *r.P99 <= b.limit)
-		measured := fmtF(deref(r.P99), 1) + " ms"
-		if !r.Implemented {
-			result, measured = "**MISS** (not implemented)", "not implemented"
-		} else if r.Timeouts > 0 {
-			result += fmt.Sprintf(" (%d trials timed out)", r.Timeouts)
-		}
-		w("| %s | %d | %d | %s | %s | %s | %s | %s |\n", b.name, r.Trials, r.Done,
-			fmtF(deref(r.P50), 1), fmtF(deref(r.P99), 1), fmtF(deref(r.Max), 1), b.target, result)
-		if r.Note != "" {
-			w("|  %s: %s | | | | | | | |\n", b.cmd, r.Note)
-		}
-		targets = append(targets, [3]string{b.cmd + " " + b.target, measured, result})
 	}
-
-	// Memory and load time.
-	kl, klOK := keyLoad["keys-mem"]
-	w("\n### The plugin with %s block keys\n\n", thousands(kl.Keys))
-	empty, e1 := mems["rss-empty"]
-	full, e2 := mems["rss-1m"]
-	wl := waits["replica-1m"]
-	loadTime, loadText := math.NaN(), "n/a (no `mosquitto-guard: replica loaded N keys in D` line within 60 s)"
-	if wl.Found && len(wl.Groups) >= 2 {
-		if d, err := time.ParseDuration(wl.Groups[1]); err == nil {
-			loadTime = d.Seconds()
-			loadText = fmt.Sprintf("%s for %s keys (the line was in the log %.1f s after the broker was started)", d.Round(time.Millisecond), wl.Groups[0], wl.Since)
-		}
-	}
-	w("| measurement | value |\n|---|---|\n")
-	if klOK {
-		w("| keys written (loadgen loadkeys, pipelined) | %s (%s ranges) in %.1f s; DBSIZE %d |\n", thousands(kl.Keys), thousands(kl.Ranges), kl.Seconds, kl.DBSize)
-	}
-	delta := math.NaN()
-	if e1 {
-		w("| mosquitto VmRSS, plugin loaded, empty Redis | %.1f MB (VmHWM %.1f MB) |\n", mb(empty.RSSKB), mb(empty.HWMKB))
-	}
-	if e2 {
-		w("| mosquitto VmRSS, plugin loaded, %s keys in Redis, 1 s after the load | %.1f MB (VmHWM %.1f MB) |\n", thousands(kl.Keys), mb(full.RSSKB), mb(full.HWMKB))
-	}
-	if e1 && e2 {
-		delta = mb(full.RSSKB - empty.RSSKB)
-		w("| RSS increase | %+.1f MB |\n", delta)
-	}
-	if later, ok := mems["rss-1m-later"]; ok {
-		w("| mosquitto VmRSS, 5 s later | %.1f MB |\n", mb(later.RSSKB))
-	}
-	w("| load time, as the plugin logs it | %s |\n", loadText)
-	memOK := !math.IsNaN(loadTime) && loadTime <= 10 && !math.IsNaN(delta) && delta <= 300
-	memResult := passMiss(memOK)
-	if math.IsNaN(loadTime) {
-		memResult = "**MISS** (n/a: not implemented)"
-	}
-	w("| target: loaded in ≤ 10 s with ≤ 300 MB more RSS | %s |\n", memResult)
-	targets = append(targets, [3]string{thousands(kl.Keys) + " keys loaded ≤ 10 s, RSS ≤ +300 MB",
-		fmt.Sprintf("%s, %s MB", fmtSeconds(loadTime), fmtF(delta, 1)), memResult})
+	issue12 := issue12Targets(med, costs, storms, mem, allocs, len(allocs) > 0, stormOnly)
 
 	// Summary.
-	w("\n### Targets\n\n| target | measured | result |\n|---|---|---|\n")
 	pass := 0
-	for _, t := range targets {
+	if !stormOnly {
+		w("\n### Targets\n\n| target | measured | result |\n|---|---|---|\n")
+		for _, t := range targets {
+			if strings.HasPrefix(t[2], "**PASS**") {
+				pass++
+			}
+			w("| %s | %s | %s |\n", t[0], t[1], t[2])
+		}
+		w("\n%d of %d targets met.\n\n", pass, len(targets))
+	}
+	w("\n### Issue 12's targets (this run's numbers)\n\n| target | measured | result |\n|---|---|---|\n")
+	pass = 0
+	for _, t := range issue12 {
 		if strings.HasPrefix(t[2], "**PASS**") {
 			pass++
 		}
 		w("| %s | %s | %s |\n", t[0], t[1], t[2])
 	}
-	w("\n%d of %d targets met.\n\n", pass, len(targets))
+	w("\n%d of %d met.\n\n", pass, len(issue12))
 	w("Command: `%s`\n\n", *command)
 	if *runtimeS > 0 {
 		w("Total runtime: %s\n", (time.Duration(*runtimeS) * time.Second).String())

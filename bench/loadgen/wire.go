@@ -21,6 +21,12 @@ import (
 // connectPacket is an MQTT 3.1.1 CONNECT with a clean session, keep-alive
 // 60 s, and a username and password when user is not nil.
 func connectPacket(clientID string, user, pass *string) []byte {
+	return connectPacketKeepAlive(clientID, user, pass, 60)
+}
+
+// connectPacketKeepAlive is connectPacket with keep-alive ka seconds (0:
+// none, the broker never times the connection out).
+func connectPacketKeepAlive(clientID string, user, pass *string, ka uint16) []byte {
 	str := func(b []byte, s string) []byte {
 		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
 		return append(b, s...)
@@ -33,7 +39,7 @@ func connectPacket(clientID string, user, pass *string) []byte {
 		flags |= 0x40
 	}
 	body := str(nil, "MQTT")
-	body = append(body, 4, flags, 0, 60)
+	body = append(body, 4, flags, byte(ka>>8), byte(ka))
 	body = str(body, clientID)
 	if user != nil {
 		body = str(body, *user)

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# make bench-profile: where the broker thread's work goes per CONNECT, in
+# instructions (valgrind --tool=callgrind), which do not move with whatever
+# else the machine runs: a0 (anonymous), b and b-off (the guard, one user
+# reconnecting: verification cached), a' (password_file) and b', b'-off (the
+# guard), PROFILE_USERS (2000) users each connecting once. Kernel time (system
+# calls, context switches) is not counted: the cost columns of make bench
+# have it. Files in build/profile/<time>/. See bench/README.md.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
+USERS=${PROFILE_USERS:-2000}
+HIT=${PROFILE_HIT_DURATION:-15s}
+scripts/deps.sh
+command -v valgrind >/dev/null || { echo "profile: valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+make --no-print-directory build GO="$GO" >&2
+out="$root/build/profile/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$out"
+loadgen="$root/build/bench/loadgen"
+"$GO" build -trimpath -o "$loadgen" ./bench/loadgen
+pin0=() pin1=()
+if command -v taskset >/dev/null && [ "$(nproc --all)" -ge 2 ]; then pin0=(taskset -c 0) pin1=(taskset -c 1); fi
+
+pids=()
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do
+		for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$p" 2>/dev/null || true
+	done
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+stop() { # pid
+	kill -TERM "$1" 2>/dev/null || true
+	for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+	kill -KILL "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+mosquitto_passwd -c -b "$out/passwd-1" bench bench-pw >/dev/null
+"$loadgen" genpasswd -n "$USERS" -out "$out/passwd-n" -plain "$out/users-n.txt" >/dev/null
+rport=$("$loadgen" freeport)
+"${pin0[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$out" \
+	--logfile "$out/redis.log" --daemonize no &
+pids+=($!)
+for _ in $(seq 100); do redis-cli -p "$rport" PING >/dev/null 2>&1 && break; sleep 0.1; done
+
+# run label display kind passwd-file loadgen-args...: one broker under
+# callgrind, counters zeroed once it is ready, dumped after the load.
+args=()
+run() {
+	local label=$1 display=$2 kind=$3 pw=$4 port conf mp
+	shift 4
+	port=$("$loadgen" freeport)
+	conf="$out/$label.conf"
+	{
+		echo "listener $port 127.0.0.1"
+		echo "user $(id -un)"
+		echo "log_dest file $out/$label.log"
+		case $kind in
+		anon) echo "allow_anonymous true" ;;
+		passwd) echo "allow_anonymous false"; echo "password_file $pw" ;;
+		guard | guard-off)
+			echo "allow_anonymous false"
+			echo "auth_plugin $root/build/mosquitto_guard.so"
+			echo "auth_opt_redis_addr 127.0.0.1:$rport"
+			echo "auth_opt_password_file $pw"
+			[ "$kind" = guard-off ] && echo "auth_opt_clientid_conflict off"
+			;;
+		esac
+	} >"$conf"
+	redis-cli -p "$rport" FLUSHALL >/dev/null
+	# Callgrind 3.19 fails an assertion on the Go runtime's preemption
+	# signals: GODEBUG=asyncpreemptoff=1.
+	"${pin0[@]}" env GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --separate-threads=yes \
+		--callgrind-out-file="$out/$label.cg.%p" mosquitto -c "$conf" >"$out/$label.valgrind.log" 2>&1 &
+	mp=$!
+	pids+=("$mp")
+	for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+	if [ "$kind" != anon ] && [ "$kind" != passwd ]; then
+		"$loadgen" waitlog -file "$out/$label.log" -regex 'mosquitto-guard: replica loaded' -timeout 60s -pid "$mp" >/dev/null
+	fi
+	sleep 1
+	callgrind_control -z "$mp" >/dev/null
+	timeout 900 "${pin1[@]}" env GOMAXPROCS=1 "$loadgen" connect -addr "127.0.0.1:$port" -label "$label" -warmup 0s -workers 8 \
+		-timeout 30s -src 127.1.0.0/16 -redis "127.0.0.1:$rport" "$@" >"$out/$label.json"
+	callgrind_control -d "$mp" >/dev/null
+	sleep 1
+	stop "$mp"
+	local n
+	n=$(grep -o '"accepted":[0-9]*' "$out/$label.json" | cut -d: -f2)
+	local files=("$out/$label.cg.$mp.1-01") f
+	for f in "$out/$label.cg.$mp".1-0[2-9] "$out/$label.cg.$mp".1-[1-9][0-9]; do [ -f "$f" ] && files+=("$f"); done
+	args+=("$display=$n:$(IFS=,; echo "${files[*]}")")
+	echo "profile: $display: $n CONNECTs" >&2
+}
+
+hit=(-user bench -pass bench-pw -duration "$HIT" -id-prefix hit-)
+once=(-users "$out/users-n.txt" -max-duration 900s -id-prefix once-)
+run a0 a0 anon "" -duration "$HIT" -id-prefix anon-
+run b b guard "$out/passwd-1" "${hit[@]}"
+run b-off b-off guard-off "$out/passwd-1" "${hit[@]}"
+run a10k "a'" passwd "$out/passwd-n" "${once[@]}"
+run b10k "b'" guard "$out/passwd-n" "${once[@]}"
+run b10k-off "b'-off" guard-off "$out/passwd-n" "${once[@]}"
+
+{
+	echo "## Instructions per CONNECT (callgrind), $(date -u +%Y-%m-%d), $(mosquitto -h 2>/dev/null | head -1)"
+	echo
+	echo "a0: anonymous; b, b-off: the guard, one user reconnecting ($HIT each; verification cached); a', b', b'-off: $USERS users each connecting once (\$7\$, a miss each). 8 workers; user space only."
+	echo
+	"$loadgen" callgrind -top 25 "${args[@]}"
+} | tee "$out/results.md"

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/plugin"
+)
+
+// The decision of one CONNECT from the cgo boundary: guardBasicAuth called
+// as plugin.c's on_basic_auth calls it (the client's ID, address, username
+// and password as C strings), on a guard built by plugin.New against a real
+// redis-server, with its replica loaded, its password file and its
+// background goroutines, as in a broker. B/op and allocs/op are what the Go
+// heap takes per BASIC_AUTH: the broker thread's own allocations and, in
+// the same window, those of the goroutines working for the guard (conflict
+// tracking, known sources); the thread's own, alone, are in a memory profile
+// (-memprofile, -memprofilerate 1) under guardBasicAuth. Once the loop is
+// over and the guard's background work has settled (Redis's command count
+// still for 200 ms), three more figures per CONNECT count everything, the
+// DISCONNECTs and the background work included: cycle-B/op,
+// cycle-allocs/op and redis-cmds/op.
+//
+//	hit:   one user reconnecting with the same client ID (bench row b): its
+//	       verification cached, the lists in the replica, no Redis round trip
+//	       on the broker thread.
+//	miss:  a new user and a new client ID every CONNECT (bench row b'):
+//	       mosquitto_passwd's $7$ hash (PBKDF2-SHA512, 101 iterations)
+//	       verified, the verification cached, the client ID new to tracking.
+//	held:  miss, the clients staying connected: live-B/conn is the Go heap
+//	       each live connection keeps (see hold).
+//
+// Each CONNECT's DISCONNECT (guard.Disconnected and the seen set, what
+// guardDisconnect does for a clean-session client without a certificate:
+// guardDisconnect itself asks the broker for the session flag) runs outside
+// the measured time and B/op, allocs/op. The test binary has no
+// libcrypto, so clientCert returns at its first check; in a TLS-capable
+// broker it asks mosquitto_client_certificate, which returns NULL for a
+// client without a certificate.
+//
+// Run: go test -run XXX -bench BasicAuth -benchmem ./cgo (make bench-alloc).
+func BenchmarkBasicAuth(b *testing.B) {
+	testenv.Need(b, "redis-server", "mosquitto_passwd")
+	redis := testenv.StartRedis(b)
+	dir := b.TempDir()
+	hash := passwdHash(b, dir)
+	for _, conflict := range []string{"flag", "off"} {
+		b.Run("hit/clientid_conflict="+conflict, func(b *testing.B) {
+			ab := newAuthBench(b, redis, dir, hash, 1, conflict)
+			c := ab.client(0, "bench-w00")
+			ab.connect(b, c) // verified once: cached from now on
+			ab.disconnect(c)
+			ab.measure(b, func(int) authClient { return c })
+		})
+		b.Run("miss/clientid_conflict="+conflict, func(b *testing.B) {
+			ab := newAuthBench(b, redis, dir, hash, b.N+1, conflict)
+			clients := make([]authClient, b.N+1)
+			for i := range clients {
+				clients[i] = ab.client(i, fmt.Sprintf("fleet-%d-u%07d", b.N, i))
+			}
+			ab.connect(b, clients[b.N]) // the first CONNECT's one-off work
+			ab.disconnect(clients[b.N])
+			ab.measure(b, func(i int) authClient { return clients[i] })
+		})
+		b.Run("held/clientid_conflict="+conflict, func(b *testing.B) {
+			ab := newAuthBench(b, redis, dir, hash, b.N, conflict)
+			clients := make([]authClient, b.N)
+			for i := range clients {
+				clients[i] = ab.client(i, fmt.Sprintf("held-%d-u%07d", b.N, i))
+			}
+			ab.hold(b, clients)
+		})
+	}
+}
+
+// hold connects every client and keeps them connected, then reports the
+// Go heap they keep alive (HeapAlloc after a collection, once the guard's
+// background work has settled) per live connection: what a fleet of idle
+// devices costs the plugin's heap, the verification cache's entries
+// included (each device its own user). The process's RSS takes more: the
+// collector lets the heap grow to about twice the live heap (GOGC 100)
+// before it collects.
+func (ab *authBench) hold(b *testing.B, clients []authClient) {
+	live := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	rc := &redisCounter{r: ab.redis}
+	before := live()
+	b.ResetTimer()
+	for _, c := range clients {
+		ab.connect(b, c)
+	}
+	b.StopTimer()
+	for last, i := rc.read(b), 0; i < 20; i++ { // the background work settles
+		time.Sleep(500 * time.Millisecond)
+		now := rc.read(b)
+		if now-last < 5 {
+			break
+		}
+		last = now
+	}
+	after := live()
+	b.ReportMetric(float64(int64(after)-int64(before))/float64(len(clients)), "live-B/conn")
+	// BENCH_HEAP_PROFILE: the heap profile now, the clients held (make
+	// bench-alloc reads its inuse_space, with -test.memprofilerate 1).
+	if path := os.Getenv("BENCH_HEAP_PROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
+	for _, c := range clients {
+		ab.disconnect(c)
+	}
+}
+
+// authBench is one guard instance registered as the broker would have it.
+type authBench struct {
+	h       _Ctype_uintptr_t
+	in      *instance
+	redis   *testenv.Redis
+	logged  atomic.Int64 // the guard's log lines
+	lastLog atomic.Pointer[string]
+}
+
+// authClient is one CONNECT's arguments, as C strings in Go memory (NUL
+// terminated, holding no Go pointer: what C.GoString and C.strlen accept).
+type authClient struct {
+	handle                       _Ctype_uintptr_t
+	id, addr, username, password *_Ctype_char
+}
+
+func cChars(s string) *_Ctype_char {
+	b := append([]byte(s), 0)
+	return (*_Ctype_char)(unsafe.Pointer(&b[0]))
+}
+
+// passwdHash returns a $7$ hash of "bench-pw" made by mosquitto_passwd.
+func passwdHash(b *testing.B, dir string) string {
+	f := filepath.Join(dir, "one")
+	if out, err := exec.Command("mosquitto_passwd", "-c", "-b", f, "u", "bench-pw").CombinedOutput(); err != nil {
+		b.Fatalf("mosquitto_passwd: %v: %s", err, out)
+	}
+	line, err := os.ReadFile(f)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, hash, ok := strings.Cut(strings.TrimSpace(string(line)), ":")
+	if !ok || !strings.HasPrefix(hash, "$7$") {
+		b.Fatalf("mosquitto_passwd wrote %q", line)
+	}
+	return hash
+}
+
+// newAuthBench writes a password file of users u0000000... (one hash for
+// all: what a verification costs does not depend on the user), empties
+// Redis, and starts a guard on them.
+func newAuthBench(b *testing.B, redis *testenv.Redis, dir, hash string, users int, conflict string) *authBench {
+	var sb strings.Builder
+	for i := 0; i < users; i++ {
+		fmt.Fprintf(&sb, "u%07d:%s\n", i, hash)
+	}
+	pw := filepath.Join(dir, "passwd-"+strconv.Itoa(users))
+	if err := os.WriteFile(pw, []byte(sb.String()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	redis.CLI("FLUSHALL")
+	cfg, err := config.Parse(map[string]string{"redis_addr": redis.Addr, "password_file": pw, "clientid_conflict": conflict})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Log lines are counted, not queued: draining the queue calls
+	// mosquitto_log_printf, which only a broker has.
+	ab := &authBench{redis: redis}
+	g, err := plugin.New(cfg, plugin.Output{Log: func(_ plugin.Level, msg string) {
+		ab.logged.Add(1)
+		ab.lastLog.Store(&msg)
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := &instance{guard: g}
+	h := instances.add(in)
+	b.Cleanup(func() {
+		instances.remove(h)
+		g.Close()
+	})
+	// clientCert's one-off "no libcrypto" line, queued now and dropped.
+	clientCert(0)
+	logs.mu.Lock()
+	logs.lines, logs.dropped = nil, 0
+	logs.mu.Unlock()
+	ab.h, ab.in = _Ctype_uintptr_t(h), in
+	return ab
+}
+
+func (ab *authBench) client(i int, clientID string) authClient {
+	return authClient{
+		handle:   _Ctype_uintptr_t(0x7f0000001000 + 0x400*uintptr(i)), // a broker's client pointers: distinct, aligned
+		id:       cChars(clientID),
+		addr:     cChars(fmt.Sprintf("127.1.%d.%d", i/250%250, 1+i%250)),
+		username: cChars(fmt.Sprintf("u%07d", i)),
+		password: cChars("bench-pw"),
+	}
+}
+
+func (ab *authBench) connect(b *testing.B, c authClient) {
+	if rc := guardBasicAuth(ab.h, c.handle, c.id, c.addr, c.username, c.password); rc != 0 {
+		b.Fatalf("guardBasicAuth = %d, want MOSQ_ERR_SUCCESS", rc)
+	}
+}
+
+// disconnect is guardDisconnect for a clean-session client without a
+// certificate, then plugin.c's removal from the seen set.
+func (ab *authBench) disconnect(c authClient) {
+	ab.in.guard.Disconnected(uintptr(c.handle))
+	seenDel(uintptr(c.handle))
+}
+
+// measure runs b.N CONNECTs, each followed, outside the measured time and
+// allocations, by its DISCONNECT; then waits for the guard's background work
+// to settle and reports what the cycles cost in all.
+func (ab *authBench) measure(b *testing.B, client func(i int) authClient) {
+	rc := &redisCounter{r: ab.redis}
+	// The guard's own idle traffic (its health probe), to take off.
+	idle0, t0 := rc.read(b), time.Now()
+	time.Sleep(500 * time.Millisecond)
+	idleRate := float64(rc.read(b)-idle0) / time.Since(t0).Seconds()
+	logged0 := ab.logged.Load()
+	var m0, m1 runtime.MemStats
+	cmds0, start := rc.read(b), time.Now()
+	runtime.ReadMemStats(&m0)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c := client(i)
+		ab.connect(b, c)
+		b.StopTimer()
+		ab.disconnect(c)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	// Settled: no more Redis commands in 500 ms than the idle guard sends
+	// (its batches linger 100 ms); at most 10 s.
+	last := rc.read(b)
+	for i := 0; i < 20; i++ {
+		time.Sleep(500 * time.Millisecond)
+		now := rc.read(b)
+		if float64(now-last) <= idleRate*0.5+2 {
+			break
+		}
+		last = now
+	}
+	runtime.ReadMemStats(&m1)
+	n := float64(b.N)
+	cmds := float64(rc.read(b)-cmds0) - idleRate*time.Since(start).Seconds()
+	b.ReportMetric(max(0, cmds)/n, "redis-cmds/op")
+	b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/n, "cycle-allocs/op")
+	b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/n, "cycle-B/op")
+	if n := ab.logged.Load() - logged0; n > 0 {
+		b.Logf("%d log lines while measuring (their cost is in the figures), the last: %s", n, *ab.lastLog.Load())
+	}
+	logs.mu.Lock()
+	queued := len(logs.lines)
+	logs.mu.Unlock()
+	if queued > 0 { // cannot be: drainAll would have called the broker
+		b.Fatalf("%d lines queued for the broker", queued)
+	}
+}
+
+// redisCounter reads Redis's total_commands_processed, less the INFO
+// commands it sent itself.
+type redisCounter struct {
+	r     *testenv.Redis
+	reads int64
+}
+
+func (rc *redisCounter) read(b *testing.B) int64 {
+	v := redisCommands(b, rc.r) - rc.reads
+	rc.reads++
+	return v
+}
+
+// redisCommands returns Redis's total_commands_processed. The commands of
+// the guard's background work done after the loop are not counted.
+func redisCommands(b *testing.B, r *testenv.Redis) int64 {
+	for _, l := range strings.Split(r.CLI("INFO", "stats"), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "total_commands_processed:"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return n
+		}
+	}
+	b.Fatal("INFO stats: no total_commands_processed")
+	return 0
+}
