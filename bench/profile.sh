@@ -3,7 +3,8 @@
 # instructions (valgrind --tool=callgrind), which do not move with whatever
 # else the machine runs: a0 (anonymous), b and b-off (the guard, one user
 # reconnecting: verification cached), a' (password_file) and b', b'-off (the
-# guard), PROFILE_USERS (2000) users each connecting once. Kernel time (system
+# guard), PROFILE_USERS (2000) users each connecting once; b-metrics is b with
+# metrics_addr set (what counting costs). PROFILE_ONLY="b b-metrics" runs those rows only. Kernel time (system
 # calls, context switches) is not counted: the cost columns of make bench
 # have it. Files in build/profile/<time>/. See bench/README.md.
 set -euo pipefail
@@ -13,6 +14,7 @@ cd "$root"
 GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 USERS=${PROFILE_USERS:-2000}
 HIT=${PROFILE_HIT_DURATION:-15s}
+ONLY=${PROFILE_ONLY:-} # rows to run, by name: "b b-metrics"; empty: all
 scripts/deps.sh
 command -v valgrind >/dev/null || { echo "profile: valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 make --no-print-directory build GO="$GO" >&2
@@ -57,6 +59,7 @@ args=()
 run() {
 	local label=$1 display=$2 kind=$3 pw=$4 port conf mp
 	shift 4
+	if [ -n "$ONLY" ] && [[ " $ONLY " != *" $display "* ]]; then return; fi
 	port=$("$loadgen" freeport)
 	conf="$out/$label.conf"
 	{
@@ -66,12 +69,13 @@ run() {
 		case $kind in
 		anon) echo "allow_anonymous true" ;;
 		passwd) echo "allow_anonymous false"; echo "password_file $pw" ;;
-		guard | guard-off)
+		guard | guard-off | guard-metrics)
 			echo "allow_anonymous false"
 			echo "auth_plugin $root/build/mosquitto_guard.so"
 			echo "auth_opt_redis_addr 127.0.0.1:$rport"
 			echo "auth_opt_password_file $pw"
 			[ "$kind" = guard-off ] && echo "auth_opt_clientid_conflict off"
+			[ "$kind" = guard-metrics ] && echo "auth_opt_metrics_addr 127.0.0.1:$("$loadgen" freeport)"
 			;;
 		esac
 	} >"$conf"
@@ -106,6 +110,7 @@ once=(-users "$out/users-n.txt" -max-duration 900s -id-prefix once-)
 run a0 a0 anon "" -duration "$HIT" -id-prefix anon-
 run b b guard "$out/passwd-1" "${hit[@]}"
 run b-off b-off guard-off "$out/passwd-1" "${hit[@]}"
+run b-metrics b-metrics guard-metrics "$out/passwd-1" "${hit[@]}"
 run a10k "a'" passwd "$out/passwd-n" "${once[@]}"
 run b10k "b'" guard "$out/passwd-n" "${once[@]}"
 run b10k-off "b'-off" guard-off "$out/passwd-n" "${once[@]}"
