@@ -187,18 +187,38 @@ func (s *Sync) session(ctx context.Context) error {
 	}
 }
 
+// patterns are the keyspace channels of the key families the replica holds
+// (wanted): the lists, throttles and, for the redis backend, users. Not the
+// whole prefix: conflict tracking and known sources write three keys per new
+// client ID (guard:conn:, guard:seen:, guard:known:, each with an expiry
+// that Redis notifies), and every broker's replica used to receive and drop
+// all three.
+func (s *Sync) patterns() []string {
+	families := []string{s.kb.List(keys.Block, "", ""), s.kb.List(keys.Allow, "", ""), s.kb.Throttle("")}
+	if s.o.Users {
+		families = append(families, s.kb.User(""))
+	}
+	var ps []string
+	for _, f := range families {
+		// List(kind, "", "") ends "block::": the scope's own ':' is part of the pattern's '*'.
+		f = strings.TrimSuffix(f, ":")
+		ps = append(ps, fmt.Sprintf("__keyspace@%d__:%s*", s.o.DB, keys.GlobEscape(f)))
+	}
+	return ps
+}
+
 // subscribe listens to keyspace notifications for our keys on every master
 // (they are per node), and to the change channel.
 func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
-	pattern := fmt.Sprintf("__keyspace@%d__:%s*", s.o.DB, keys.GlobEscape(s.kb.Prefix))
+	patterns := s.patterns()
 	var (
 		mu      sync.Mutex // a cluster's masters are subscribed to concurrently
 		subs    []*redis.PubSub
 		changes bool // someone subscribes to the change channel
 	)
 	err := store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
-		ps := c.PSubscribe(ctx, pattern)
-		confirmations := 1
+		ps := c.PSubscribe(ctx, patterns...)
+		confirmations := len(patterns)
 		mu.Lock()
 		first := !changes // the change channel is broadcast: one subscription is enough
 		changes = true
@@ -211,7 +231,7 @@ func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
 				mu.Unlock()
 				return err
 			}
-			confirmations = 2
+			confirmations++
 		}
 		// Wait for the confirmations, so no change made after this is missed.
 		for i := 0; i < confirmations; i++ {
