@@ -29,37 +29,38 @@ static int cert_symbols(void)
 	return cert_resolved == 1;
 }
 
-/* guard_client_cert stores in *der a malloc'd copy of the DER encoding of
- * the client's certificate (the caller frees it) and returns its length.
- * Otherwise *der is NULL and it returns GUARD_CERT_NONE (no certificate),
- * GUARD_CERT_NO_CRYPTO (i2d_X509 or X509_free not found), GUARD_CERT_TOO_BIG
- * (DER over max bytes) or GUARD_CERT_FAILED (no encoding, or no memory). */
-int guard_client_cert(uintptr_t client, unsigned char **der, int max)
+/* guard_client_cert returns a malloc'd copy of the DER encoding of the
+ * client's certificate (the caller frees it) and its length. Otherwise der
+ * is NULL and n is GUARD_CERT_NONE (no certificate), GUARD_CERT_NO_CRYPTO
+ * (i2d_X509 or X509_free not found), GUARD_CERT_TOO_BIG (DER over max bytes)
+ * or GUARD_CERT_FAILED (no encoding, or no memory). */
+struct guard_der guard_client_cert(uintptr_t client, int max)
 {
-	*der = NULL;
+	struct guard_der r = {NULL, GUARD_CERT_NONE};
 	if (!cert_symbols()) {
-		return GUARD_CERT_NO_CRYPTO;
+		r.n = GUARD_CERT_NO_CRYPTO;
+		return r;
 	}
 	void *x = mosquitto_client_certificate((const struct mosquitto *)client);
 	if (x == NULL) {
-		return GUARD_CERT_NONE;
+		return r;
 	}
-	int rc = GUARD_CERT_FAILED;
+	r.n = GUARD_CERT_FAILED;
 	int n = cert_i2d(x, NULL);
 	if (n > max) {
-		rc = GUARD_CERT_TOO_BIG;
+		r.n = GUARD_CERT_TOO_BIG;
 	} else if (n > 0) {
 		unsigned char *buf = malloc((size_t)n);
 		unsigned char *p = buf; /* i2d_X509 advances p past what it wrote */
 		if (buf != NULL && cert_i2d(x, &p) == n) {
-			*der = buf;
-			rc = n;
+			r.der = buf;
+			r.n = n;
 		} else {
 			free(buf);
 		}
 	}
 	cert_free(x);
-	return rc;
+	return r;
 }
 
 /* guard_client_has_cert: the client has a certificate now, so its TLS

@@ -34,8 +34,8 @@ var (
 // ID, the hash of the bytes the handshake verified, is what lists match.
 // Broker thread only, inside a callback.
 func clientCert(client C.uintptr_t) (id, subject string) {
-	var der *C.uchar
-	n := C.guard_client_cert(client, &der, certMax)
+	r := C.guard_client_cert(client, certMax)
+	der, n := r.der, r.n
 	switch {
 	case n == C.GUARD_CERT_NO_CRYPTO:
 		noCryptoOnce.Do(func() {

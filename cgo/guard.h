@@ -22,7 +22,13 @@ const char *guard_opt_value(struct mosquitto_opt *opts, int i);
 #define GUARD_CERT_NO_CRYPTO (-1)
 #define GUARD_CERT_TOO_BIG (-2)
 #define GUARD_CERT_FAILED (-3)
-int guard_client_cert(uintptr_t client, unsigned char **der, int max);
+/* guard_client_cert's answer, returned by value: an out-parameter in Go's
+ * memory would make every CONNECT allocate it on Go's heap. */
+struct guard_der {
+	unsigned char *der; /* malloc'd, the caller frees it; NULL unless n > 0 */
+	int n;              /* its length, or one of GUARD_CERT_* */
+};
+struct guard_der guard_client_cert(uintptr_t client, int max);
 
 /* A client's identity, for its first sight at an ACL check (clients.c). */
 const char *guard_client_id(uintptr_t client);

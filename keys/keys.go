@@ -112,6 +112,18 @@ func (b Builder) List(kind Kind, scope Scope, value string) string {
 	return b.Prefix + string(kind) + ":" + string(scope) + ":" + value
 }
 
+// AppendList appends List(kind, scope, value) to dst: a lookup can build its
+// key in a buffer of its own and index a map with string(b), which Go does
+// without allocating.
+func (b Builder) AppendList(dst []byte, kind Kind, scope Scope, value string) []byte {
+	dst = append(dst, b.Prefix...)
+	dst = append(dst, kind...)
+	dst = append(dst, ':')
+	dst = append(dst, scope...)
+	dst = append(dst, ':')
+	return append(dst, value...)
+}
+
 // User returns the key holding the password hash of username.
 func (b Builder) User(username string) string {
 	return b.Prefix + string(User) + ":" + username

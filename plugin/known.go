@@ -95,28 +95,41 @@ func sourceClientID(id string) string { return "clientid:" + keys.Tracking(id) }
 
 // recentKey is the map key of (username, source), at most 80 bytes.
 func recentKey(username, source string) string {
-	k := username + "\x00" + source
-	if len(k) <= 80 {
-		return k
+	return string(appendRecentKey(nil, username, []byte(source)))
+}
+
+// appendRecentKey appends recentKey(username, source) to dst.
+func appendRecentKey(dst []byte, username string, source []byte) []byte {
+	if len(username)+1+len(source) <= 80 {
+		dst = append(dst, username...)
+		dst = append(dst, 0)
+		return append(dst, source...)
 	}
-	h := sha256.Sum256([]byte(k))
-	return string(h[:])
+	h := sha256.New()
+	h.Write([]byte(username))
+	h.Write([]byte{0})
+	h.Write(source)
+	return h.Sum(dst)
 }
 
 // succeeded records that username authenticated from ip with clientID
-// (broker thread: only map work and a non-blocking send).
+// (broker thread: only map work and a non-blocking send). A source
+// refreshed within knownRefresh, the case of a device reconnecting, costs
+// no allocation: its keys are built in buffers on the stack.
 func (k *knownSources) succeeded(username string, ip netip.Addr, clientID string, now time.Time) {
 	ms := now.UnixMilli()
+	var src [64]byte
 	if ip.IsValid() {
-		k.note(username, sourceIP(ip), ms)
+		k.note(username, ip.AppendTo(append(src[:0], "ip:"...)), ms) // sourceIP(ip)
 	}
-	k.note(username, sourceClientID(clientID), ms)
+	k.note(username, append(append(src[:0], "clientid:"...), keys.Tracking(clientID)...), ms) // sourceClientID
 }
 
-func (k *knownSources) note(username, source string, ms int64) {
-	rk := recentKey(username, source)
+func (k *knownSources) note(username string, source []byte, ms int64) {
+	var buf [96]byte
+	rk := appendRecentKey(buf[:0], username, source)
 	k.mu.Lock()
-	last, ok := k.recent[rk]
+	last, ok := k.recent[string(rk)]
 	if ok && ms-last < knownRefresh.Milliseconds() {
 		k.mu.Unlock()
 		return
@@ -124,13 +137,14 @@ func (k *knownSources) note(username, source string, ms int64) {
 	if len(k.recent) >= knownRecentMax {
 		clear(k.recent)
 	}
-	k.recent[rk] = ms
+	key := string(rk)
+	k.recent[key] = ms
 	k.mu.Unlock()
 	select {
-	case k.ch <- knownWrite{username, source, ms}:
+	case k.ch <- knownWrite{username, string(source), ms}:
 	default: // a flood of new sources outruns Redis: this one is written on its next success
 		k.mu.Lock()
-		delete(k.recent, rk)
+		delete(k.recent, key)
 		k.mu.Unlock()
 	}
 }

@@ -40,21 +40,32 @@ type cacheItem struct {
 func newVerifyCache(max int) *verifyCache {
 	c := &verifyCache{max: max, items: map[[32]byte]*list.Element{}, order: list.New()}
 	_, _ = rand.Read(c.secret[:])
-	c.macs.New = func() any { return hmac.New(sha256.New, c.secret[:]) }
+	c.macs.New = func() any { return &macState{h: hmac.New(sha256.New, c.secret[:])} }
 	return c
 }
 
+// macState is a keyed HMAC with buffers of its own: bytes handed to the
+// hash.Hash interface escape to the heap, so the input is copied into buf
+// and the sum written to sum, both reused, and a cache hit allocates
+// nothing.
+type macState struct {
+	h   hash.Hash
+	buf []byte
+	sum []byte
+}
+
 func (c *verifyCache) mac(username string, password []byte) [32]byte {
-	m := c.macs.Get().(hash.Hash)
+	m := c.macs.Get().(*macState)
 	defer c.macs.Put(m)
-	m.Reset()
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(len(username)))
-	m.Write(n[:])
-	m.Write([]byte(username))
-	m.Write(password)
+	m.h.Reset()
+	m.buf = binary.BigEndian.AppendUint64(m.buf[:0], uint64(len(username)))
+	m.buf = append(m.buf, username...)
+	m.buf = append(m.buf, password...)
+	m.h.Write(m.buf)
+	clear(m.buf) // the password is not kept past the call
+	m.sum = m.h.Sum(m.sum[:0])
 	var out [32]byte
-	m.Sum(out[:0])
+	copy(out[:], m.sum)
 	return out
 }
 

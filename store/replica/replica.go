@@ -414,11 +414,17 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 
 // matches fills out with the entries of one list that match q, one per
 // scope, in the order client ID, username, certificate, IP, narrowest range.
+//
+// Keys are built in buf and looked up as r.exact[string(b)], which Go does
+// without allocating: a CONNECT that matches nothing allocates nothing here
+// (a key over len(buf) bytes takes one allocation); a match builds its key
+// and value strings once.
 func (r *Replica) matches(kind keys.Kind, q store.Query, now int64, out *[5]*store.Match) {
+	var buf [256]byte
 	try := func(scope keys.Scope, value string) *store.Match {
-		k := r.kb.List(kind, scope, value)
-		if e, ok := r.exact[k]; ok && e.live(now) {
-			return match(kind, scope, value, k, e, now)
+		b := r.kb.AppendList(buf[:0], kind, scope, value)
+		if e, ok := r.exact[string(b)]; ok && e.live(now) {
+			return match(kind, scope, value, string(b), e, now)
 		}
 		return nil
 	}
@@ -443,7 +449,12 @@ func (r *Replica) matches(kind keys.Kind, q store.Query, now int64, out *[5]*sto
 	if !q.IP.IsValid() {
 		return
 	}
-	out[3] = try(keys.IP, q.IP.String())
+	// The IP appended in its canonical form (netip's String), not built
+	// as a string first.
+	b := q.IP.AppendTo(r.kb.AppendList(buf[:0], kind, keys.IP, ""))
+	if e, ok := r.exact[string(b)]; ok && e.live(now) {
+		out[3] = match(kind, keys.IP, q.IP.String(), string(b), e, now)
+	}
 	if e, p, ok := r.ranges[kind][family(q.IP)].match(q.IP, now); ok {
 		v := p.String()
 		out[4] = match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
