@@ -15,7 +15,8 @@
 # BENCH_STORM_N (10000: devices of the reconnect storm), BENCH_STORM_ROUNDS
 # (BENCH_ROUNDS), BENCH_CONNS (8000: live connections of the memory row),
 # BENCH_ALLOC (1: the allocation benchmark of cgo/, 0: skipped), BENCH_ONLY
-# ("": everything; "storm": only the reconnect storm, as make bench-storm).
+# ("": everything; "storm": only the reconnect storm, as make bench-storm;
+# "memory": only the memory row, e.g. with BENCH_GUARD_ENV="GOGC=50").
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,7 +43,7 @@ STORM_ROUNDS=${BENCH_STORM_ROUNDS:-$ROUNDS}
 CONNS=${BENCH_CONNS:-8000}
 ALLOC=${BENCH_ALLOC:-1}
 ONLY=${BENCH_ONLY:-}
-case $ONLY in "" | storm) ;; *) echo "BENCH_ONLY: \"\" or storm, not $ONLY" >&2; exit 2 ;; esac
+case $ONLY in "" | storm | memory) ;; *) echo "BENCH_ONLY: \"\", storm or memory, not $ONLY" >&2; exit 2 ;; esac
 GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 
 say() { printf '[%3ds] %s\n' "$SECONDS" "$*" >&2; }
@@ -385,6 +386,25 @@ run_storms() {
 	done
 }
 
+# --- memory per connection --------------------------------------------------
+# The broker's VmRSS idle and holding CONNS live idle connections (each its
+# own user and client ID), without the plugin (password_file) and with it
+# (the same file, auth_opt_password_file).
+run_memory() {
+	users_for "$CONNS"
+	say "bench: memory per connection: $CONNS connections held, mosquitto password_file vs the guard"
+	for s in mem-a mem-b; do
+		redis-cli -p "$R3_PORT" FLUSHALL >/dev/null
+		case $s in
+		mem-a) start_broker "$s" passwd "$USERS_PW" ;;
+		mem-b) start_broker "$s" guard "$USERS_PW" "$R3" ;;
+		esac
+		lg fleet "$s" 600 -mode hold -addr "$BROKER_ADDR" -users "$USERS_PLAIN" -n "$CONNS" -id-prefix mem- -src 127.6.0.0/16 \
+			-label "$s" -pids "broker=$BROKER_PID" -settle 2s >/dev/null
+		stop_broker
+	done
+}
+
 if [ -z "$ONLY" ]; then
 # --- connection rates, interleaved ----------------------------------------
 say "bench: $ROUNDS rounds of a0, a, b, b-off, c, flood-a, flood-b; $WORKERS workers, $WARMUP warm-up + $DURATION each; a fresh broker for each"
@@ -397,22 +417,7 @@ for r in $(seq "$ROUNDS"); do
 done
 [ "$REPLICA" = yes ] && say "bench: the plugin logs 'replica loaded': brokers were measured after it"
 
-# --- memory per connection --------------------------------------------------
-# The broker's VmRSS idle and holding CONNS live idle connections (each its
-# own user and client ID), without the plugin (password_file) and with it
-# (the same file, auth_opt_password_file).
-users_for "$CONNS"
-say "bench: memory per connection: $CONNS connections held, mosquitto password_file vs the guard"
-for s in mem-a mem-b; do
-	redis-cli -p "$R3_PORT" FLUSHALL >/dev/null
-	case $s in
-	mem-a) start_broker "$s" passwd "$USERS_PW" ;;
-	mem-b) start_broker "$s" guard "$USERS_PW" "$R3" ;;
-	esac
-	lg fleet "$s" 600 -mode hold -addr "$BROKER_ADDR" -users "$USERS_PLAIN" -n "$CONNS" -id-prefix mem- -src 127.6.0.0/16 \
-		-label "$s" -pids "broker=$BROKER_PID" -settle 2s >/dev/null
-	stop_broker
-done
+run_memory
 
 run_storms
 
@@ -445,8 +450,10 @@ lg procmem rss-1m-later 10 -label rss-1m-later -pid "$BROKER_PID" >/dev/null
 stop_broker
 stop_pid "$R1_PID"
 stop_pid "$R2_PID"
-else
+elif [ "$ONLY" = storm ]; then
 	run_storms
+else
+	run_memory
 fi
 stop_pid "$R3_PID"
 
@@ -471,6 +478,8 @@ Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs w
 Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
 [ -n "${BENCH_GUARD_ENV:-}" ] && setup="$setup The guard's brokers ran with the environment $BENCH_GUARD_ENV."
 command="make bench   (= bench/run.sh; results in ${out#"$root/"})"
+[ "$ONLY" = memory ] && setup="The memory row alone (BENCH_ONLY=memory): $CONNS connections held. mosquitto-guard runs with its default options."
+[ "$ONLY" = memory ] && command="BENCH_ONLY=memory bench/run.sh   (results in ${out#"$root/"})"
 [ "$ONLY" = storm ] && command="make bench-storm   (= BENCH_ONLY=storm BENCH_STORM_N=$STORM_N bench/run.sh; results in ${out#"$root/"})"
 "$loadgen" report -results "$results" -command "$command" \
 	-runtime "$SECONDS" -loadavg-start "$loadavg_start" -setup "$setup" -retried "$retried" -noise-max "$NOISE_MAX" \
