@@ -22,7 +22,9 @@ func TestVerifyCacheHitAllocatesNothing(t *testing.T) {
 	pw := []byte("alice-pw")
 	c.add("alice", pw, "$7$hash")
 	require.True(t, c.hit("alice", pw, "$7$hash"))
-	assert.Zero(t, testing.AllocsPerRun(100, func() { c.hit("alice", pw, "$7$hash") }))
+	if !raceEnabled { // make test runs -race; make unit and go test without it count
+		assert.Zero(t, testing.AllocsPerRun(100, func() { c.hit("alice", pw, "$7$hash") }))
+	}
 	// The same MAC as one computed in three writes, as before.
 	old := hmac.New(sha256.New, c.secret[:])
 	old.Write(binary.BigEndian.AppendUint64(nil, uint64(len("alice"))))
