@@ -15,6 +15,7 @@ GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 USERS=${PROFILE_USERS:-2000}
 HIT=${PROFILE_HIT_DURATION:-15s}
 ONLY=${PROFILE_ONLY:-} # rows to run, by name: "b b-metrics"; empty: all
+# PROFILE_GUARD_ENV: environment of the guard's brokers only, e.g. "GOGC=50".
 scripts/deps.sh
 command -v valgrind >/dev/null || { echo "profile: valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 make --no-print-directory build GO="$GO" >&2
@@ -82,7 +83,9 @@ run() {
 	redis-cli -p "$rport" FLUSHALL >/dev/null
 	# Callgrind 3.19 fails an assertion on the Go runtime's preemption
 	# signals: GODEBUG=asyncpreemptoff=1.
-	"${pin0[@]}" env GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --separate-threads=yes \
+	local genv=()
+	case $kind in guard*) [ -n "${PROFILE_GUARD_ENV:-}" ] && read -r -a genv <<<"$PROFILE_GUARD_ENV" ;; esac
+	"${pin0[@]}" env GODEBUG=asyncpreemptoff=1 "${genv[@]}" valgrind --tool=callgrind --separate-threads=yes \
 		--callgrind-out-file="$out/$label.cg.%p" mosquitto -c "$conf" >"$out/$label.valgrind.log" 2>&1 &
 	mp=$!
 	pids+=("$mp")
