@@ -38,10 +38,10 @@ that used it within conflict_window and its conflict findings.
 It reads Redis only, never writes, and needs no broker. A Redis user with
 this ACL is enough (key_prefix guard: shown; add +select for a redis_db
 other than 0):
-  ACL SETUSER explain on >PASSWORD resetchannels ~guard:* ~rate:guard:* -@all +@read +time +ping "accepted" means no list entry refuses the
-client: its password is still checked. Not shown: each broker's own
-in-memory failure count, which may refuse a source (rule=fail-limit) a
-little before Redis bans it.
+  ACL SETUSER explain on >PASSWORD resetchannels ~guard:* ~rate:guard:* -@all +@read +time +ping
+"accepted" means no list entry refuses the client: its password is still
+checked. Not shown: each broker's own in-memory failure count, which may
+refuse a source (rule=fail-limit) a little before Redis bans it.
 
 Identity (at least one; give what the client sends):
   --clientid ID     its client ID, exactly (any bytes; empty: the broker
