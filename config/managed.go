@@ -207,14 +207,17 @@ func readKeyPair(certPath, keyPath string) (tls.Certificate, Errors) {
 	return pair, nil
 }
 
-// pemCertificates returns every CERTIFICATE block of b, parsed.
-func pemCertificates(b []byte) ([]*x509.Certificate, error) {
+// PEMCertificates returns every CERTIFICATE block of b, parsed; other
+// blocks (a key among them) are passed over. The error names the first
+// block X.509 cannot parse. guardctl reads a device's certificate file with
+// it too.
+func PEMCertificates(b []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for {
 		var blk *pem.Block
 		blk, b = pem.Decode(b)
 		if blk == nil {
-			break
+			return certs, nil
 		}
 		if blk.Type != "CERTIFICATE" {
 			continue
@@ -225,10 +228,15 @@ func pemCertificates(b []byte) ([]*x509.Certificate, error) {
 		}
 		certs = append(certs, c)
 	}
-	if len(certs) == 0 {
-		return nil, errors.New("no CERTIFICATE block in it")
+}
+
+// pemCertificates is PEMCertificates with none an error.
+func pemCertificates(b []byte) ([]*x509.Certificate, error) {
+	certs, err := PEMCertificates(b)
+	if err == nil && len(certs) == 0 {
+		err = errors.New("no CERTIFICATE block in it")
 	}
-	return certs, nil
+	return certs, err
 }
 
 // hasPrivateKey says whether b holds a PEM block of a private key.

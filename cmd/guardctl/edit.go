@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -305,21 +304,9 @@ func certFileID(path string) (string, error) {
 	if len(data) > certFileMax {
 		return "", fmt.Errorf("cert file %s: over %d bytes; expected a PEM certificate", strconv.Quote(path), certFileMax)
 	}
-	var certs []*x509.Certificate
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return "", fmt.Errorf("cert file %s: a CERTIFICATE block X.509 cannot parse (%v)", strconv.Quote(path), err)
-		}
-		certs = append(certs, c)
+	certs, err := config.PEMCertificates(data)
+	if err != nil {
+		return "", fmt.Errorf("cert file %s: a CERTIFICATE block X.509 cannot parse (%v)", strconv.Quote(path), err)
 	}
 	switch len(certs) {
 	case 0:
