@@ -68,21 +68,19 @@ type sample struct {
 }
 
 type chaosEnv struct {
-	out, plugin     string
-	redis           *redisProc
-	broker          *brokerProc
-	raddr           *net.TCPAddr
-	user, pass      string
-	workers         int
-	interval        time.Duration // per worker, between attempt starts
-	timeout, slow   time.Duration
-	legit           *addrPool
-	hostile         *addrPool
-	pre, during     time.Duration // load before the fault; fault length
-	post            time.Duration // load after the fault
-	nextIP          uint64
-	mu              sync.Mutex
-	hostileAttempts int
+	out, plugin   string
+	redis         *redisProc
+	broker        *brokerProc
+	raddr         *net.TCPAddr
+	user, pass    string
+	workers       int
+	interval      time.Duration // per worker, between attempt starts
+	timeout, slow time.Duration
+	legit         *addrPool
+	hostile       *addrPool
+	pre, during   time.Duration // load before the fault; fault length
+	post          time.Duration // load after the fault
+	nextIP        uint64
 }
 
 // load runs the paced valid load from now until d has passed, while fault

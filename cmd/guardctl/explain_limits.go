@@ -4,7 +4,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -203,6 +202,3 @@ func confDur(d time.Duration) string {
 	}
 	return s
 }
-
-// counts says whether failures are counted under scope.
-func (l limits) counts(scope keys.Scope) bool { return slices.Contains(l.FailScopes, scope) }
