@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/batchq"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -108,7 +109,7 @@ type Tracker struct {
 	reported func(kind string)
 	instance string
 	seq      atomic.Uint64
-	events   chan event
+	events   *batchq.Queue[event]
 	dropped  atomic.Int64
 	live     atomic.Pointer[map[string]bool] // broker instances whose lease runs
 	// claimed is the connection the broker thread just claimed in Redis
@@ -133,6 +134,10 @@ type Tracker struct {
 	// keys.Tracking form, so that an entry's size does not depend on them.
 }
 
+// The queue between the broker thread and the worker holds at most
+// queueSize events (about 170 bytes each with their strings: 11 MB at most,
+// and only while that many wait); the worker takes them in batches of at
+// most batchMax, linger after the first of a batch arrives.
 const (
 	queueSize = 65536 // events waiting for the worker
 	batchMax  = 4096  // events handled per round trip
@@ -146,7 +151,7 @@ func New(opts Options, d Deps) *Tracker {
 	t := &Tracker{
 		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported,
 		instance: hex.EncodeToString(id[:]),
-		events:   make(chan event, queueSize),
+		events:   batchq.New[event](queueSize, batchMax),
 		seen:     map[seenKey]seenMark{},
 		current:  map[string]string{},
 		quiet:    map[string]quietMark{},
@@ -195,11 +200,10 @@ func (t *Tracker) Refused(clientID string, attempt store.Conn, holder *store.Con
 	t.enqueue(event{kind: evRefused, clientID: clientID, conn: attempt, other: holder})
 }
 
-// enqueue never waits: a full queue drops the event, and the drop is logged.
+// enqueue never waits: a full queue drops the event, and the drop is
+// logged. Only the event that finds the queue empty wakes the worker.
 func (t *Tracker) enqueue(ev event) {
-	select {
-	case t.events <- ev:
-	default:
+	if !t.events.Put(ev) {
 		t.dropped.Add(1)
 	}
 }
@@ -216,8 +220,22 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 		select {
 		case <-stop:
 			return
-		case ev := <-t.events:
-			t.handleSafely(t.batch(ev, stop))
+		case <-t.events.Ready():
+			// Linger, deaf to the queue: the events of the next linger
+			// wake nobody, and under load a batch holds many events of the
+			// same client IDs, whose writes fold into one per client ID.
+			if !batchq.Linger(linger, stop) {
+				return
+			}
+			for {
+				b := t.events.Take()
+				if len(b) > 0 {
+					t.handleSafely(b)
+				}
+				if len(b) < batchMax {
+					break
+				}
+			}
 		case <-lease.C:
 			t.renew()
 		case <-report.C:
@@ -226,26 +244,6 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			}
 		}
 	}
-}
-
-// batch collects ev and what follows within linger, up to batchMax: under
-// load a batch then holds many events of the same client IDs, whose writes
-// fold into one per client ID.
-func (t *Tracker) batch(ev event, stop <-chan struct{}) []event {
-	b := []event{ev}
-	timer := time.NewTimer(linger)
-	defer timer.Stop()
-	for len(b) < batchMax {
-		select {
-		case ev := <-t.events:
-			b = append(b, ev)
-		case <-timer.C:
-			return b
-		case <-stop:
-			return b
-		}
-	}
-	return b
 }
 
 func (t *Tracker) handleSafely(batch []event) {

@@ -43,9 +43,9 @@ func TestKnownSourcesRefreshAllocatesNothing(t *testing.T) {
 	ip := netip.MustParseAddr("192.0.2.7")
 	now := time.Now()
 	k.succeeded("alice", ip, "dev-1", now)
-	require.Len(t, k.ch, 2, "the first success of each source is written")
+	require.Equal(t, 2, k.queue.Len(), "the first success of each source is written")
 	assert.Zero(t, testing.AllocsPerRun(100, func() { k.succeeded("alice", ip, "dev-1", now) }))
-	assert.Len(t, k.ch, 2, "a refresh within knownRefresh writes nothing")
+	assert.Equal(t, 2, k.queue.Len(), "a refresh within knownRefresh writes nothing")
 	// The keys are those recentKey names, short and hashed alike.
 	long := string(make([]byte, 100))
 	k.succeeded(long, ip, "dev-1", now)

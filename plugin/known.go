@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/batchq"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -33,7 +34,7 @@ import (
 // all usernames). Neither is consulted unless the username is throttled.
 type knownSources struct {
 	knownDeps
-	ch chan knownWrite
+	queue *batchq.Queue[knownWrite]
 
 	mu          sync.Mutex
 	recent      map[string]int64 // recentKey(username, source) -> unix ms of the last success written
@@ -81,7 +82,7 @@ const (
 func newKnownSources(d knownDeps) *knownSources {
 	k := &knownSources{
 		knownDeps: d,
-		ch:        make(chan knownWrite, knownQueueSize),
+		queue:     batchq.New[knownWrite](knownQueueSize, knownBatchMax),
 		recent:    map[string]int64{}, loaded: map[string]*knownSet{},
 	}
 	d.spawn("known sources", k.run)
@@ -140,9 +141,8 @@ func (k *knownSources) note(username string, source []byte, ms int64) {
 	key := string(rk)
 	k.recent[key] = ms
 	k.mu.Unlock()
-	select {
-	case k.ch <- knownWrite{username, string(source), ms}:
-	default: // a flood of new sources outruns Redis: this one is written on its next success
+	if !k.queue.Put(knownWrite{username, string(source), ms}) {
+		// a flood of new sources outruns Redis: this one is written on its next success
 		k.mu.Lock()
 		delete(k.recent, key)
 		k.mu.Unlock()
@@ -242,7 +242,6 @@ func (k *knownSources) forgetLoaded(now time.Time) {
 func (k *knownSources) run() {
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
-	batch := make([]knownWrite, 0, knownBatchMax)
 	for {
 		select {
 		case <-k.stop:
@@ -250,25 +249,23 @@ func (k *knownSources) run() {
 		case <-tick.C:
 			k.forgetLoaded(time.Now())
 			continue
-		case w := <-k.ch:
-			batch = append(batch[:0], w)
+		case <-k.queue.Ready():
 		}
-		// Linger: a fleet reconnecting writes one pipelined batch per
-		// knownLinger, not one per success (Redis shares the broker's core).
-		linger := time.NewTimer(knownLinger)
-	fill:
-		for len(batch) < knownBatchMax {
-			select {
-			case w := <-k.ch:
-				batch = append(batch, w)
-			case <-linger.C:
-				break fill
-			case <-k.stop:
-				break fill
+		// Linger, deaf to the queue: a fleet reconnecting writes one
+		// pipelined batch per knownLinger, not one per success (Redis
+		// shares the broker's core), and its successes wake nobody.
+		if !batchq.Linger(knownLinger, k.stop) {
+			return
+		}
+		for {
+			batch := k.queue.Take()
+			if len(batch) > 0 {
+				k.write(batch)
+			}
+			if len(batch) < knownBatchMax {
+				break
 			}
 		}
-		linger.Stop()
-		k.write(batch)
 	}
 }
 

@@ -1,0 +1,89 @@
+package conflicts
+
+import (
+	"context"
+	"fmt"
+	"runtime/metrics"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// schedEvents counts goroutines made to run, as the runtime samples them
+// (one transition in 8 is timed into /sched/latencies).
+func schedEvents() uint64 {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	var n uint64
+	for _, c := range s[0].Value.Float64Histogram().Counts {
+		n += c
+	}
+	return n
+}
+
+type batchCounter struct {
+	*memStore
+	mu      sync.Mutex
+	batches []int
+}
+
+func (b *batchCounter) WriteConns(ctx context.Context, ws []store.ConnWrite, w time.Duration) ([]store.State, error) {
+	b.mu.Lock()
+	b.batches = append(b.batches, len(ws))
+	b.mu.Unlock()
+	return b.memStore.WriteConns(ctx, ws, w)
+}
+
+func (b *batchCounter) total() (events, batches int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, n := range b.batches {
+		events += n
+	}
+	return events, len(b.batches)
+}
+
+// The broker thread wakes the worker once per batch, not once per
+// connection: a fleet connecting through one linger is one wake-up. (With
+// a channel, every event made the worker runnable: a futex wake-up and a
+// scheduler round on the broker's core per CONNECT.)
+func TestEventsWakeWorkerOncePerBatch(t *testing.T) {
+	st := &batchCounter{memStore: newMemStore()}
+	c, clk, _ := tracker(t, st, testOptions())
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { c.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	time.Sleep(50 * time.Millisecond) // the worker parked, its lease renewed
+
+	// Events spaced as CONNECTs come (a worker that keeps up parks between
+	// them), by spinning: the test's own goroutine must not park either.
+	const n, gap = 300, 100 * time.Microsecond
+	conns := make([]store.Conn, n)
+	for i := range conns {
+		conns[i] = c.NewConn(fmt.Sprintf("user-%d", i), "192.0.2.1", clk.now())
+	}
+	before := schedEvents()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%d", i)
+	}
+	for i := range conns {
+		c.Connected(ids[i], conns[i], nil)
+		for t0 := time.Now(); time.Since(t0) < gap; {
+		}
+	}
+	woken := schedEvents() - before
+	require.Eventually(t, func() bool { ev, _ := st.total(); return ev == n },
+		5*time.Second, 10*time.Millisecond, "every event reaches Redis")
+	// A wake per event: n/8 sampled (37); once per batch (and the linger's
+	// timer): about batches/4.
+	_, batches := st.total()
+	assert.Less(t, woken, uint64(batches+2), "goroutines made runnable (1 in 8 sampled) while %d events were queued in %d batches", n, batches)
+	assert.Less(t, batches, n/20, "events batched")
+}

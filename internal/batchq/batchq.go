@@ -1,0 +1,112 @@
+// Package batchq is a bounded queue between the broker thread and a
+// goroutine that handles its items in batches, built so that the broker
+// thread wakes that goroutine once per batch, not once per item.
+//
+// A buffered channel wakes its receiver at every send: a goroutine parked
+// in a receive (or in a select that includes the channel) is made runnable
+// by each item, and on a broker whose main thread is busy with CONNECTs that
+// is a futex wake-up and a scheduler round per CONNECT. Here only the Put
+// that finds the queue empty signals; the consumer then lingers (sleeps,
+// deaf to further Puts) and takes what gathered in one go.
+//
+// Memory follows the backlog, not the bound: a channel of N slots holds N
+// items' worth of memory from the start, and touches every slot as its
+// ring turns; this queue grows to what waits and gives back all but one
+// batch's worth once drained.
+package batchq
+
+import (
+	"sync"
+	"time"
+)
+
+// Queue holds at most Max items of type T, in order.
+type Queue[T any] struct {
+	max   int
+	batch int
+	wake  chan struct{}
+
+	mu    sync.Mutex
+	items []T
+	spare []T // the last batch handed out, reused once the consumer asks again
+}
+
+// New returns a queue of at most max items handed out in batches of at
+// most batch. It panics unless 0 < batch <= max.
+func New[T any](max, batch int) *Queue[T] {
+	if batch <= 0 || batch > max {
+		panic("batchq: need 0 < batch <= max")
+	}
+	return &Queue[T]{max: max, batch: batch, wake: make(chan struct{}, 1)}
+}
+
+// Put appends v and reports whether it did: a full queue drops v. It never
+// blocks, and it signals the consumer only when the queue was empty.
+func (q *Queue[T]) Put(v T) bool {
+	q.mu.Lock()
+	if len(q.items) >= q.max {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, v)
+	first := len(q.items) == 1
+	q.mu.Unlock()
+	if first {
+		select {
+		case q.wake <- struct{}{}:
+		default: // a signal is pending already
+		}
+	}
+	return true
+}
+
+// Ready is the consumer's signal: something was put into an empty queue.
+// A signal may find the queue empty (taken meanwhile); Take then returns
+// nothing.
+func (q *Queue[T]) Ready() <-chan struct{} { return q.wake }
+
+// Take returns up to the batch size of the oldest items, in order. The
+// slice is the caller's until its next Take, which reuses it. Once Take
+// returns a short batch (fewer than the batch size) the queue was emptied,
+// and the next Put signals Ready; after a full batch the caller must Take
+// again without waiting for a signal.
+func (q *Queue[T]) Take() []T {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	buf := q.spare
+	clear(buf) // the consumer is done with them: no references kept for the GC
+	if cap(buf) > q.batch {
+		buf = nil // a burst's buffer is not kept past it
+	}
+	if len(q.items) <= q.batch {
+		out := q.items
+		q.items, q.spare = buf[:0], out
+		return out
+	}
+	out := append(buf[:0], q.items[:q.batch]...)
+	n := copy(q.items, q.items[q.batch:])
+	clear(q.items[n:])
+	q.items = q.items[:n]
+	q.spare = out
+	return out
+}
+
+// Len returns how many items wait.
+func (q *Queue[T]) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+// Linger waits d, or until stop is closed (it then reports false), without
+// listening to the queue: the items Put meanwhile wake nobody.
+func Linger(d time.Duration, stop <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-stop:
+		return false
+	}
+}

@@ -1,0 +1,71 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"runtime/metrics"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// schedEvents counts goroutines made to run, as the runtime samples them
+// (one transition in 8 is timed into /sched/latencies).
+func schedEvents() uint64 {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	var n uint64
+	for _, c := range s[0].Value.Float64Histogram().Counts {
+		n += c
+	}
+	return n
+}
+
+// Successes from new sources, spaced as CONNECTs come, wake the writer of
+// known sources once per batch, not once per success (with a channel, each
+// one made the parked writer runnable: a futex wake-up per CONNECT on the
+// broker's core), and all of them reach Redis.
+func TestKnownSourcesWakeWriterOncePerBatch(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	k := newKnownSources(knownDeps{rdb: rdb, kb: keys.Builder{Prefix: "guard:"}, max: 1000, window: time.Hour,
+		failWindow: time.Minute, down: func(error) {}, stop: stop,
+		spawn: func(_ string, fn func()) { go func() { fn(); close(done) }() }})
+	defer func() { close(stop); <-done }()
+	time.Sleep(50 * time.Millisecond) // the writer parked
+
+	const n, gap = 300, 100 * time.Microsecond
+	ips := make([]netip.Addr, n)
+	ids := make([]string, n)
+	for i := range ips {
+		ips[i] = netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})
+		if i >= 256 {
+			ips[i] = netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
+		}
+		ids[i] = fmt.Sprintf("dev-%d", i)
+	}
+	now := time.Now()
+	before := schedEvents()
+	for i := range ips {
+		k.succeeded("fleet", ips[i], ids[i], now) // a new IP and client ID each: two writes
+		for t0 := time.Now(); time.Since(t0) < gap; {
+		}
+	}
+	woken := schedEvents() - before
+	// A wake per success: 2n/8 sampled (75); once per batch: a handful.
+	assert.Less(t, woken, uint64(2*n/8/4), "goroutines made runnable (1 in 8 sampled) while %d successes were noted", n)
+	require.Eventually(t, func() bool {
+		c, err := rdb.ZCard(context.Background(), "guard:known:fleet").Result()
+		return err == nil && c == 2*n
+	}, 5*time.Second, 10*time.Millisecond, "every new source reaches Redis")
+}
