@@ -11,6 +11,10 @@ int guard_register(mosquitto_plugin_id_t *id, uintptr_t handle);
 void guard_unregister(mosquitto_plugin_id_t *id);
 void guard_log(int level, const char *msg);
 void guard_flagged_add(int delta);
+/* TICK enters Go only while this is set (plugin.c; set from workqueue.go). */
+extern int guard_tick_work;
+int guard_on_tick(int event, void *event_data, void *userdata);
+int guard_on_reload(int event, void *event_data, void *userdata);
 int guard_register_acl(mosquitto_plugin_id_t *id, uintptr_t handle, int fallback);
 void guard_kick(const char *client_id);
 const char *guard_self_path(void);

@@ -9,6 +9,7 @@ import "C"
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
@@ -43,10 +44,15 @@ const (
 
 var logs logQueue
 
+// tickWork tells the broker's next TICK to come into Go: the queue holds
+// work (plugin.c's guard_on_tick skips Go while the flag is clear).
+func tickWork() { atomic.StoreInt32((*int32)(unsafe.Pointer(&C.guard_tick_work)), 1) }
+
 // enqueueLog is the plugin.Logger handed to the core; safe from any goroutine.
 func enqueueLog(level plugin.Level, msg string) {
 	logs.mu.Lock()
 	defer logs.mu.Unlock()
+	tickWork()
 	if len(logs.lines) >= logQueueMax {
 		logs.dropped++
 		return
@@ -58,6 +64,7 @@ func enqueueLog(level plugin.Level, msg string) {
 func enqueuePublish(topic string, payload []byte) {
 	logs.mu.Lock()
 	defer logs.mu.Unlock()
+	tickWork()
 	if len(logs.lines) >= logQueueMax {
 		logs.dropped++
 		return
@@ -71,6 +78,7 @@ func enqueueKick(inst, handle uintptr, clientID string) {
 	logs.mu.Lock()
 	defer logs.mu.Unlock()
 	// Kicks enforce bans: they are never dropped for want of room.
+	tickWork()
 	logs.lines = append(logs.lines, logLine{kick: true, inst: inst, handle: handle, msg: clientID})
 }
 
@@ -105,6 +113,9 @@ func drain(all bool, current uintptr) {
 		}
 	}
 	logs.lines = append(logs.lines[:0], kept...)
+	if len(kept) > 0 {
+		tickWork() // what this callback may not run waits for the next TICK
+	}
 	dropped := logs.dropped
 	logs.dropped = 0
 	logs.mu.Unlock()
@@ -129,6 +140,7 @@ func drain(all bool, current uintptr) {
 	if len(later) > 0 {
 		logs.mu.Lock()
 		logs.lines = append(logs.lines, later...)
+		tickWork()
 		logs.mu.Unlock()
 	}
 }
