@@ -85,10 +85,7 @@ func (c *Conn) prefixOf(enc string) string {
 func decodeConns(m map[string]string) []Conn {
 	out := make([]Conn, 0, len(m))
 	for _, v := range m {
-		var c Conn
-		if decodeConn(v, &c) == nil && c.ID != "" {
-			out = append(out, c)
-		}
+		out = appendDecoded(out, v)
 	}
 	sortNewestFirst(out)
 	return out
@@ -104,12 +101,19 @@ func decodeConnList(list []any) []Conn {
 	out := make([]Conn, 0, len(list)/2)
 	for i := 1; i < len(list); i += 2 {
 		v, _ := list[i].(string)
-		var c Conn
-		if decodeConn(v, &c) == nil && c.ID != "" {
-			out = append(out, c)
-		}
+		out = appendDecoded(out, v)
 	}
 	sortNewestFirst(out)
+	return out
+}
+
+// appendDecoded appends the Conn v holds, if it decodes and has an ID.
+// It decodes in place: a Conn of its own would escape to the heap.
+func appendDecoded(out []Conn, v string) []Conn {
+	out = append(out, Conn{})
+	if c := &out[len(out)-1]; decodeConn(v, c) != nil || c.ID == "" {
+		return out[:len(out)-1]
+	}
 	return out
 }
 
@@ -314,9 +318,11 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			left = string(buf)
 		}
 		if w.Gone != nil {
-			prefix := w.Gone.prefix()
+			var prefix string
 			if w.Left != nil && w.Left.ID == w.Gone.ID {
 				prefix = w.Left.prefixOf(left)
+			} else {
+				prefix = w.Gone.prefix()
 			}
 			eval(ctx, pipe, casArgs, full, conn, inst, prefix, "")
 		}
