@@ -95,25 +95,24 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
 	ws := make([]store.ConnWrite, 0, len(batch))
 	at := make([]int, len(batch))
-	ends := map[string]bool{}
-	for _, ev := range batch {
-		if ev.kind == evDisconnect {
-			ends[ev.conn.ID] = true
-		}
-	}
-	folded := map[string]bool{}
+	conns := make([]store.Conn, len(batch)) // what ws points to: one allocation per batch
+	var ends, folded map[string]bool        // made when first needed: new client IDs never fold
 	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
-			conn := ev.conn
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: &conn, Read: !t.isQuiet(ev, now)}
+			conns[i] = ev.conn
+			conn := &conns[i]
+			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: conn, Read: !t.isQuiet(ev, now)}
 			if !t.seenFresh(ev, now) {
-				w.Seen = &conn
+				w.Seen = conn
 			}
 			// Not under clientid_conflict deny: there the broker thread
 			// wrote the live entry already (the claim), and its end must clear it.
-			if ends[conn.ID] && !w.Read && w.Seen == nil && !t.opts.Deny {
+			if !w.Read && w.Seen == nil && !t.opts.Deny && endsOf(batch, &ends)[conn.ID] {
 				_, listed := t.current[ev.clientID]
+				if folded == nil {
+					folded = map[string]bool{}
+				}
 				folded[conn.ID] = listed
 				t.current[ev.clientID] = conn.ID
 				at[i] = -1
@@ -123,7 +122,8 @@ func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
 			at[i] = len(ws)
 			ws = append(ws, w)
 		case evDisconnect:
-			left := ev.conn
+			conns[i] = ev.conn
+			left := &conns[i]
 			left.DisconnectedMs = now
 			if listed, ok := folded[left.ID]; ok {
 				if t.current[ev.clientID] == left.ID {
@@ -134,18 +134,32 @@ func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
 				}
 				continue
 			}
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Gone: &left}
+			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Gone: left}
 			if t.current[ev.clientID] == left.ID { // not already replaced by a takeover
 				delete(t.current, ev.clientID)
 				w.Unlist = true
 			}
 			if t.seen[seenKey{keys.Tracking(ev.clientID), left.Principal}].connID == left.ID {
-				w.Left = &left
+				w.Left = left
 			}
 			ws = append(ws, w)
 		}
 	}
 	return ws, at
+}
+
+// endsOf returns the IDs of the connections that end in batch, made once
+// in *ends.
+func endsOf(batch []event, ends *map[string]bool) map[string]bool {
+	if *ends == nil {
+		*ends = map[string]bool{}
+		for _, ev := range batch {
+			if ev.kind == evDisconnect {
+				(*ends)[ev.conn.ID] = true
+			}
+		}
+	}
+	return *ends
 }
 
 // isQuiet reports whether ev's client ID read back quiet for its principal
@@ -199,6 +213,16 @@ func (t *Tracker) seenFresh(ev event, now int64) bool {
 func (t *Tracker) keepForRetry(ws []store.ConnWrite) {
 	for _, w := range ws {
 		if w.Gone != nil {
+			// Copies of their own: w points into its batch's array,
+			// which a kept write must not hold on to.
+			gone := *w.Gone
+			if w.Left == w.Gone {
+				w.Left = &gone
+			} else if w.Left != nil {
+				left := *w.Left
+				w.Left = &left
+			}
+			w.Gone = &gone
 			t.retry = append(t.retry, w)
 		}
 	}

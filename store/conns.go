@@ -1,11 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,31 +49,89 @@ func bound(s string) string {
 	return s
 }
 
-func (c Conn) encode() string { return jsonString(c.bounded()) }
+// encode returns c's JSON as Redis stores it: bounded, as jsonString
+// writes it.
+func (c Conn) encode() string {
+	var a [256]byte
+	return string(c.appendBounded(a[:0]))
+}
 
-func (c Conn) prefix() string { return `{"id":` + strconv.Quote(c.ID) }
+// appendBounded appends encode's bytes.
+func (c *Conn) appendBounded(dst []byte) []byte {
+	b := c.bounded()
+	return appendConn(dst, &b)
+}
 
+// prefix is how encode's bytes start: the compare-and-delete scripts match
+// it to recognise c's entry.
+func (c Conn) prefix() string {
+	if plainID(c.ID) {
+		return `{"id":"` + c.ID + `"`
+	}
+	return `{"id":` + strconv.Quote(c.ID)
+}
+
+// prefixOf is c.prefix() for enc, c's encoding: a part of it when the two
+// agree, without allocating.
+func (c *Conn) prefixOf(enc string) string {
+	if n := len(`{"id":"`) + len(c.ID) + 1; plainID(c.ID) && len(enc) >= n {
+		return enc[:n]
+	}
+	return c.prefix()
+}
+
+// decodeConns decodes a hash of connections (field to JSON), skipping
+// entries without an ID, newest first.
 func decodeConns(m map[string]string) []Conn {
 	out := make([]Conn, 0, len(m))
 	for _, v := range m {
-		var c Conn
-		if json.Unmarshal([]byte(v), &c) == nil && c.ID != "" {
-			out = append(out, c)
-		}
+		out = appendDecoded(out, v)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ConnectedMs > out[j].ConnectedMs })
+	sortNewestFirst(out)
 	return out
+}
+
+// decodeConnList is decodeConns for a hash as a script (or HGETALL)
+// returns it, a flat list of fields and values, without building a map:
+// a hash's fields are distinct, so its values are the list's odd elements.
+func decodeConnList(list []any) []Conn {
+	if len(list) < 2 {
+		return []Conn{}
+	}
+	out := make([]Conn, 0, len(list)/2)
+	for i := 1; i < len(list); i += 2 {
+		v, _ := list[i].(string)
+		out = appendDecoded(out, v)
+	}
+	sortNewestFirst(out)
+	return out
+}
+
+// appendDecoded appends the Conn v holds, if it decodes and has an ID.
+// It decodes in place: a Conn of its own would escape to the heap.
+func appendDecoded(out []Conn, v string) []Conn {
+	out = append(out, Conn{})
+	if c := &out[len(out)-1]; decodeConn(v, c) != nil || c.ID == "" {
+		return out[:len(out)-1]
+	}
+	return out
+}
+
+func sortNewestFirst(cs []Conn) {
+	slices.SortStableFunc(cs, func(a, b Conn) int { return cmp.Compare(b.ConnectedMs, a.ConnectedMs) })
 }
 
 // casScript replaces (or, with an empty ARGV[3], deletes) field ARGV[1] of
 // hash KEYS[1] only if its value starts with ARGV[2]: a connection's
 // disconnect must not overwrite the record of a newer connection of the same
 // principal (possibly on another broker), nor remove a newer live entry.
-var casScript = redis.NewScript(`
+var casScript = redis.NewScript(casSrc)
+
+const casSrc = `
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v or string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
-return 1`)
+return 1`
 
 // liveScript records and reads a client ID's live connections in one atomic
 // step on its live hash KEYS[1] (guard:conn:<id>, one key: it holds on a
@@ -90,39 +148,56 @@ return 1`)
 //     and returns an empty string.
 //
 // Two brokers recording at the same moment are thus ordered by Redis:
-// whichever comes second sees the first.
-var liveScript = redis.NewScript(`
-if ARGV[4] == 'claim' then
+// whichever comes second sees the first. With 'read' or 'claim' the hash is
+// read once (HGETALL) and what is returned is that read with the record
+// applied: what an HGETALL after the HSET would return, one command less.
+var liveScript = redis.NewScript(liveSrc)
+
+const liveSrc = `
+local all, cur
+if ARGV[4] == 'claim' or ARGV[4] == 'read' then
   local alive = {}
-  for i = 6, #ARGV do alive[ARGV[i]] = true end
-  local all = redis.call('HGETALL', KEYS[1])
+  if ARGV[4] == 'claim' then
+    for i = 6, #ARGV do alive[ARGV[i]] = true end
+  end
+  all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
-    if all[i] ~= ARGV[1] and alive[all[i]] then
+    if all[i] == ARGV[1] then
+      cur = i
+    elseif alive[all[i]] then
       local ok, c = pcall(cjson.decode, all[i + 1])
       if ok and type(c) == 'table' and c.principal ~= ARGV[5] then return all[i + 1] end
     end
   end
+else
+  cur = redis.call('HGET', KEYS[1], ARGV[1])
 end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local v = cur
+if all then v = cur and all[cur + 1] end
 local mine = tonumber(ARGV[3])
-local theirs = cur and tonumber(string.match(cur, '^{"id":"[^"]*%-(%d+)"'))
-if not (mine and theirs and theirs > mine) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-if ARGV[4] == 'read' then return redis.call('HGETALL', KEYS[1]) end
+local theirs = v and tonumber(string.match(v, '^{"id":"[^"]*%-(%d+)"'))
+if not (mine and theirs and theirs > mine) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  if all and cur then all[cur + 1] = ARGV[2] elseif all then all[#all + 1] = ARGV[1]; all[#all + 1] = ARGV[2] end
+end
+if ARGV[4] == 'read' then return all end
 if ARGV[4] == 'claim' then return '' end
-return 0`)
+return 0`
 
 // seenScript records and reads a client ID's past users in one atomic step
 // on its seen hash KEYS[1] (guard:seen:<id>): it records ARGV[2] as the
 // latest use of principal ARGV[1] (unless ARGV[1] is empty), keeps the hash
 // ARGV[3] ms, and with ARGV[4] == '1' returns the whole hash after recording.
 // Two principals recording at the same moment: the second sees the first.
-var seenScript = redis.NewScript(`
+var seenScript = redis.NewScript(seenSrc)
+
+const seenSrc = `
 if ARGV[1] ~= '' then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 if ARGV[4] == '1' then return redis.call('HGETALL', KEYS[1]) end
-return 0`)
+return 0`
 
 // seq returns the sequence number that ends connection ID id
 // (instance-sequence), or "" when it has none: such an entry is always
@@ -187,45 +262,100 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 	return out, nil
 }
 
-func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) ([]State, error) {
-	run := func(sc *redis.Script) func(context.Context, redis.Scripter, []string, ...any) *redis.Cmd {
-		if full {
-			return sc.Eval
-		}
-		return sc.EvalSha
+// The scripts' sources and hashes, boxed once: a batch passes them with
+// every call.
+var (
+	casArgs  = scriptArgs{src: casSrc, sha: casScript.Hash()}
+	liveArgs = scriptArgs{src: liveSrc, sha: liveScript.Hash()}
+	seenArgs = scriptArgs{src: seenSrc, sha: seenScript.Hash()}
+)
+
+type scriptArgs struct{ src, sha any }
+
+// eval queues script sc on one key: EVALSHA, or with full EVAL and the
+// source. The arguments are Redis's own, so that one allocation (Do's)
+// holds them all, and so that a ClusterClient routes on the key.
+func eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, key any, argv ...any) *redis.Cmd {
+	args := make([]any, 0, 4+len(argv))
+	if full {
+		args = append(args, "eval", sc.src)
+	} else {
+		args = append(args, "evalsha", sc.sha)
 	}
-	cas, live, seen := run(casScript), run(liveScript), run(seenScript)
+	args = append(args, "1", key)
+	return pipe.Do(ctx, append(args, argv...)...)
+}
+
+func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) ([]State, error) {
 	type reads struct{ live, seen *redis.Cmd }
 	rs := make([]reads, len(ws))
+	ttl := any(strconv.FormatInt(window.Milliseconds(), 10))
+	var (
+		instance     string
+		inst, setKey any // instance and its brokerconns set, boxed once per instance
+		buf          []byte
+	)
 	pipe := s.rdb.Pipeline()
-	for i, w := range ws {
-		conn, seenKey, member := s.kb.Conn(w.ClientID), s.kb.Seen(w.ClientID), keys.Tracking(w.ClientID)
+	for i := range ws {
+		w := &ws[i]
+		if inst == nil || w.Instance != instance {
+			instance, inst, setKey = w.Instance, w.Instance, s.kb.BrokerConns(w.Instance)
+		}
+		tracked := keys.Tracking(w.ClientID)
+		var conn, seenKey, member any
+		if w.Gone != nil || w.Live != nil {
+			conn = s.kb.ConnTracked(tracked)
+		}
+		if w.Seen != nil || w.Left != nil || (w.Read && w.Live != nil) {
+			seenKey = s.kb.Seen(w.ClientID)
+		}
+		if w.Unlist || w.Live != nil {
+			member = tracked
+		}
+		var left string // w.Left as stored
+		if w.Left != nil {
+			buf = w.Left.appendBounded(buf[:0])
+			left = string(buf)
+		}
 		if w.Gone != nil {
-			cas(ctx, pipe, []string{conn}, w.Instance, w.Gone.prefix(), "")
+			var prefix string
+			if w.Left != nil && w.Left.ID == w.Gone.ID {
+				prefix = w.Left.prefixOf(left)
+			} else {
+				prefix = w.Gone.prefix()
+			}
+			eval(ctx, pipe, casArgs, full, conn, inst, prefix, "")
 		}
 		if w.Unlist {
-			pipe.SRem(ctx, s.kb.BrokerConns(w.Instance), member)
+			pipe.Do(ctx, "srem", setKey, member)
 		}
+		var live string // w.Live as stored
 		if w.Live != nil {
 			mode := ""
 			if w.Read {
 				mode = "read"
 			}
-			rs[i].live = live(ctx, pipe, []string{conn}, w.Instance, w.Live.encode(), seq(w.Live.ID), mode)
-			pipe.SAdd(ctx, s.kb.BrokerConns(w.Instance), member)
+			buf = w.Live.appendBounded(buf[:0])
+			live = string(buf)
+			rs[i].live = eval(ctx, pipe, liveArgs, full, conn, inst, live, seq(w.Live.ID), mode)
+			pipe.Do(ctx, "sadd", setKey, member)
 		}
 		if w.Seen != nil || (w.Read && w.Live != nil) {
 			field, value, read := "", "", "0"
 			if w.Seen != nil {
-				field, value = bound(w.Seen.Principal), w.Seen.encode()
+				field, value = bound(w.Seen.Principal), live
+				if w.Live == nil || *w.Seen != *w.Live {
+					buf = w.Seen.appendBounded(buf[:0])
+					value = string(buf)
+				}
 			}
 			if w.Read && w.Live != nil {
 				read = "1"
 			}
-			rs[i].seen = seen(ctx, pipe, []string{seenKey}, field, value, window.Milliseconds(), read)
+			rs[i].seen = eval(ctx, pipe, seenArgs, full, seenKey, field, value, ttl, read)
 		}
 		if w.Left != nil {
-			cas(ctx, pipe, []string{seenKey}, bound(w.Left.Principal), w.Left.prefix(), w.Left.encode())
+			eval(ctx, pipe, casArgs, full, seenKey, bound(w.Left.Principal), w.Left.prefixOf(left), left)
 		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
@@ -236,25 +366,19 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		if !w.Read || w.Live == nil {
 			continue
 		}
-		out[i] = State{Live: decodeConns(hashOf(rs[i].live)), Seen: decodeConns(hashOf(rs[i].seen))}
+		out[i] = State{Live: connsOf(rs[i].live), Seen: connsOf(rs[i].seen)}
 	}
 	return out, nil
 }
 
-// hashOf returns the hash a script (or HGETALL) returned as a flat list of
-// fields and values.
-func hashOf(cmd *redis.Cmd) map[string]string {
+// connsOf decodes the hash a script returned as a flat list of fields and
+// values.
+func connsOf(cmd *redis.Cmd) []Conn {
 	if cmd == nil {
-		return nil
+		return decodeConnList(nil)
 	}
 	list, _ := cmd.Val().([]any)
-	m := make(map[string]string, len(list)/2)
-	for i := 0; i+1 < len(list); i += 2 {
-		f, _ := list[i].(string)
-		v, _ := list[i+1].(string)
-		m[f] = v
-	}
-	return m
+	return decodeConnList(list)
 }
 
 // Claim records c as its instance's live connection of clientID, unless
@@ -298,7 +422,7 @@ func (s *Store) Claim(ctx context.Context, clientID string, c Conn, alive []stri
 		return nil, nil
 	}
 	var h Conn
-	if err := json.Unmarshal([]byte(v), &h); err != nil {
+	if err := decodeConn(v, &h); err != nil {
 		return nil, fmt.Errorf("store: claim client id: bad live entry: %w", err)
 	}
 	return &h, nil

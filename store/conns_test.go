@@ -318,3 +318,40 @@ func (s *Store) clientIDStates(ctx context.Context, ids []string) (map[string]St
 	}
 	return out, nil
 }
+
+// A connect's read is the live hash as an HGETALL after its record returns
+// it (the script reads the hash once and applies its record to what it
+// read): its own entry replaced, a newer one of its instance kept, the
+// other instances' entries as they are.
+func TestWriteConnsReadIsHashAfterRecord(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	other := Conn{ID: "i2-4", Instance: "i2", Principal: "bob", ConnectedMs: 1}
+	newer := Conn{ID: "i1-5", Instance: "i1", Principal: "alice", ConnectedMs: 2}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "d", Instance: "i2", Live: &other}, {ClientID: "d", Instance: "i1", Live: &newer}}, time.Hour))
+	hash := func() []Conn {
+		var list []any
+		for _, v := range strings.Split(r.CLI("HGETALL", "guard:conn:d"), "\n") {
+			list = append(list, v)
+		}
+		return decodeConnList(list)
+	}
+	for _, tc := range []struct {
+		c    Conn
+		want []string
+	}{
+		{Conn{ID: "i1-3", Instance: "i1", Principal: "alice", ConnectedMs: 3}, []string{"i1-5", "i2-4"}}, // older: not recorded
+		{Conn{ID: "i1-7", Instance: "i1", Principal: "alice", ConnectedMs: 4}, []string{"i1-7", "i2-4"}},
+		{Conn{ID: "i3-1", Instance: "i3", Principal: "carol", ConnectedMs: 5}, []string{"i3-1", "i1-7", "i2-4"}},
+	} {
+		c := tc.c
+		st, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "d", Instance: c.Instance, Live: &c, Read: true}}, time.Hour)
+		require.NoError(t, err)
+		var ids []string
+		for _, x := range st[0].Live {
+			ids = append(ids, x.ID)
+		}
+		assert.Equal(t, tc.want, ids, "after %s", c.ID)
+		assert.Equal(t, hash(), st[0].Live, "the reply is the hash after %s", c.ID)
+	}
+}

@@ -1,0 +1,117 @@
+package conflicts
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// BenchmarkWorkerNewClientIDs is the worker's cost per new client ID: one
+// op is one connect and one disconnect of a client ID Redis never saw,
+// through Tracker.handle against a real redis-server, in batches of the
+// given number of events (half connects of new client IDs, half the
+// disconnects of the previous batch's connections). Beside Go's ns/op,
+// B/op and allocs/op it reports Redis's CPU per op (INFO cpu) and the
+// commands Redis ran per op (INFO commandstats, those run by scripts
+// included), and this process's CPU per op (getrusage: the worker, go-redis
+// and the GC, without the wait for Redis that ns/op includes).
+func BenchmarkWorkerNewClientIDs(b *testing.B) {
+	for _, size := range []int{64, 256} {
+		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) { benchWorker(b, size) })
+	}
+}
+
+func benchWorker(b *testing.B, size int) {
+	r := testenv.StartRedis(b)
+	s := store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})
+	b.Cleanup(func() { s.Close() })
+	tr := New(testOptions(), Deps{Store: s})
+	now := time.Now()
+
+	// Every batch, built beforehand: what the broker thread does (NewConn) is not the worker's.
+	half := size / 2
+	var batches [][]event
+	var prev []event
+	for done := 0; done < b.N+half; done += half {
+		batch := make([]event, 0, size)
+		for _, ev := range prev {
+			batch = append(batch, event{kind: evDisconnect, clientID: ev.clientID, conn: ev.conn})
+		}
+		prev = prev[:0:0]
+		for i := 0; i < half && done+i < b.N; i++ {
+			id := "device-" + strconv.Itoa(done+i) + "-" + strconv.FormatInt(now.UnixNano(), 36)
+			ev := event{kind: evConnect, clientID: id, conn: tr.NewConn("user-"+strconv.Itoa(done+i), "192.0.2.7", now)}
+			batch = append(batch, ev)
+			prev = append(prev, ev)
+		}
+		if len(batch) > 0 {
+			batches = append(batches, batch)
+		}
+	}
+	ctx := context.Background()
+	// Warm the script cache and the connection pool.
+	warm := tr.NewConn("warm", "192.0.2.7", now)
+	if err := tr.handle(ctx, []event{{kind: evConnect, clientID: "warm", conn: warm}, {kind: evDisconnect, clientID: "warm", conn: warm}}); err != nil {
+		b.Fatal(err)
+	}
+	cpu0, cmds0 := redisCost(b, r)
+	self0 := selfCPU(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for _, batch := range batches {
+		if err := tr.handle(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	self1 := selfCPU(b)
+	cpu1, cmds1 := redisCost(b, r)
+	b.ReportMetric((self1-self0)*1e6/float64(b.N), "go-cpu-us/op")
+	b.ReportMetric((cpu1-cpu0)*1e6/float64(b.N), "redis-us/op")
+	b.ReportMetric(float64(cmds1-cmds0)/float64(b.N), "redis-cmds/op")
+}
+
+// redisCost returns Redis's CPU time so far (user and system, seconds) and
+// the commands it ran, INFO's own left out.
+func redisCost(b *testing.B, r *testenv.Redis) (cpu float64, cmds int64) {
+	for _, line := range strings.Split(r.CLI("INFO", "cpu"), "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		if k == "used_cpu_user" || k == "used_cpu_sys" {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatalf("INFO cpu: %q", line)
+			}
+			cpu += f
+		}
+	}
+	for _, line := range strings.Split(r.CLI("INFO", "commandstats"), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(k, "cmdstat_") || k == "cmdstat_info" {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
+		n, err := strconv.ParseInt(calls, 10, 64)
+		if err != nil {
+			b.Fatalf("INFO commandstats: %q", line)
+		}
+		cmds += n
+	}
+	return cpu, cmds
+}
+
+// selfCPU returns this process's CPU time so far, user and system, in seconds.
+func selfCPU(b *testing.B) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
