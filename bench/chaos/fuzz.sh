@@ -24,6 +24,8 @@ targets=(
 	"./backends/files:FuzzParse|password file lines"
 	"./store:FuzzConns|connection records in Redis"
 	"./store:FuzzFinding|findings stream entries"
+	"./store:FuzzConnEncode|connection records written (byte-identical to encoding/json)"
+	"./store:FuzzConnDecode|connection records read (the fast path agrees with json.Unmarshal)"
 )
 
 out="$root/build/fuzz"
