@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"container/list"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -20,25 +19,35 @@ import (
 // password (file reload, new guard:user value) no longer matches it, so the
 // cache is kept across reloads, when Mosquitto re-authenticates every client
 // at once. The cache is bounded (least recently used out).
+//
+// The entries live in one slice, linked by index into a list from most to
+// least recently used, found through a map from the MAC's first 8 bytes:
+// no allocation per entry, and one pointer (its hash) for the collector to
+// follow; TestVerifyCacheEntryBytes bounds an entry's bytes.
+// Two MACs sharing their first 8 bytes are told apart by the whole MAC kept
+// in the entry: the newer replaces the older, which is then a miss, as if
+// evicted.
 type verifyCache struct {
 	secret [32]byte
 	max    int
 	macs   sync.Pool // keyed HMAC states: keying one costs more than using it
 
-	mu    sync.Mutex
-	items map[[32]byte]*list.Element
-	order *list.List // front: most recent
+	mu         sync.Mutex
+	index      map[uint64]int32 // the MAC's first 8 bytes -> its entry
+	entries    []cacheEntry
+	head, tail int32 // most and least recently used; none: -1
 
 	hits, misses atomic.Uint64 // for the metrics
 }
 
-type cacheItem struct {
-	mac  [32]byte
-	hash string
+type cacheEntry struct {
+	mac        [32]byte
+	hash       string
+	prev, next int32 // toward head, toward tail; none: -1
 }
 
 func newVerifyCache(max int) *verifyCache {
-	c := &verifyCache{max: max, items: map[[32]byte]*list.Element{}, order: list.New()}
+	c := &verifyCache{max: max, index: map[uint64]int32{}, head: -1, tail: -1}
 	_, _ = rand.Read(c.secret[:])
 	c.macs.New = func() any { return &macState{h: hmac.New(sha256.New, c.secret[:])} }
 	return c
@@ -77,12 +86,12 @@ func (c *verifyCache) hit(username string, password []byte, hash string) bool {
 	k := c.mac(username, password)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.items[k]
-	if !ok || e.Value.(*cacheItem).hash != hash {
+	i, ok := c.find(k)
+	if !ok || c.entries[i].hash != hash {
 		c.misses.Add(1)
 		return false
 	}
-	c.order.MoveToFront(e)
+	c.toFront(i)
 	c.hits.Add(1)
 	return true
 }
@@ -95,15 +104,76 @@ func (c *verifyCache) add(username string, password []byte, hash string) {
 	k := c.mac(username, password)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.items[k]; ok {
-		e.Value.(*cacheItem).hash = hash
-		c.order.MoveToFront(e)
+	if i, ok := c.index[key64(k)]; ok { // the same MAC, or one sharing its index key: replaced
+		e := &c.entries[i]
+		e.mac, e.hash = k, hash
+		c.toFront(i)
 		return
 	}
-	c.items[k] = c.order.PushFront(&cacheItem{mac: k, hash: hash})
-	for c.order.Len() > c.max {
-		old := c.order.Back()
-		c.order.Remove(old)
-		delete(c.items, old.Value.(*cacheItem).mac)
+	var i int32
+	if len(c.entries) < c.max {
+		i = int32(len(c.entries))
+		c.entries = append(c.entries, cacheEntry{prev: -1, next: -1})
+	} else { // full: the least recently used entry is reused
+		i = c.tail
+		c.unlink(i)
+		delete(c.index, key64(c.entries[i].mac))
 	}
+	c.entries[i].mac, c.entries[i].hash = k, hash
+	c.index[key64(k)] = i
+	c.pushFront(i)
+}
+
+// len returns the number of entries.
+func (c *verifyCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.index)
+}
+
+// key64 is the index key of a MAC: its first 8 bytes.
+func key64(k [32]byte) uint64 { return binary.LittleEndian.Uint64(k[:8]) }
+
+// find returns the entry of MAC k (c.mu held).
+func (c *verifyCache) find(k [32]byte) (int32, bool) {
+	i, ok := c.index[key64(k)]
+	if !ok || c.entries[i].mac != k {
+		return 0, false
+	}
+	return i, true
+}
+
+// toFront makes entry i the most recently used (c.mu held).
+func (c *verifyCache) toFront(i int32) {
+	if c.head == i {
+		return
+	}
+	c.unlink(i)
+	c.pushFront(i)
+}
+
+func (c *verifyCache) unlink(i int32) {
+	e := &c.entries[i]
+	if e.prev >= 0 {
+		c.entries[e.prev].next = e.next
+	} else {
+		c.head = e.next
+	}
+	if e.next >= 0 {
+		c.entries[e.next].prev = e.prev
+	} else {
+		c.tail = e.prev
+	}
+	e.prev, e.next = -1, -1
+}
+
+func (c *verifyCache) pushFront(i int32) {
+	e := &c.entries[i]
+	e.prev, e.next = -1, c.head
+	if c.head >= 0 {
+		c.entries[c.head].prev = i
+	} else {
+		c.tail = i
+	}
+	c.head = i
 }
