@@ -85,8 +85,8 @@ func TestVerifyCacheLRUOrder(t *testing.T) {
 		c.add(u, pw, "$h")
 	}
 	require.True(t, c.hit("a", pw, "$h")) // order now a, c, b
-	c.add("b", pw, "$h2")                  // an add of a present entry refreshes it: b, a, c
-	c.add("d", pw, "$h")                   // c out
+	c.add("b", pw, "$h2")                 // an add of a present entry refreshes it: b, a, c
+	c.add("d", pw, "$h")                  // c out
 	assert.False(t, c.hit("c", pw, "$h"), "least recently used out")
 	for _, u := range []string{"a", "d"} {
 		assert.True(t, c.hit(u, pw, "$h"), u)
