@@ -24,9 +24,11 @@ import (
 // least recently used, found through a map from the MAC's first 8 bytes:
 // no allocation per entry, and one pointer (its hash) for the collector to
 // follow; TestVerifyCacheEntryBytes bounds an entry's bytes.
-// Two MACs sharing their first 8 bytes are told apart by the whole MAC kept
-// in the entry: the newer replaces the older, which is then a miss, as if
-// evicted.
+// Two MACs sharing their first 8 bytes are told apart by the 16 kept in the
+// entry: the newer replaces the older, which is then a miss, as if evicted.
+// A password other than the one verified matches an entry only if its HMAC
+// shares 128 bits with the verified one's: without the secret, a chance of
+// 2⁻¹²⁸ a try, and each try is a CONNECT.
 type verifyCache struct {
 	secret [32]byte
 	max    int
@@ -41,7 +43,7 @@ type verifyCache struct {
 }
 
 type cacheEntry struct {
-	mac        [32]byte
+	mac        [16]byte // the first half of the HMAC-SHA256 (128 bits, as in RFC 4868's truncation)
 	hash       string
 	prev, next int32 // toward head, toward tail; none: -1
 }
@@ -78,12 +80,18 @@ func (c *verifyCache) mac(username string, password []byte) [32]byte {
 	return out
 }
 
+// key is what an entry keeps of the MAC of username and password.
+func (c *verifyCache) key(username string, password []byte) [16]byte {
+	m := c.mac(username, password)
+	return [16]byte(m[:16])
+}
+
 // hit reports whether username and password verified against hash before.
 func (c *verifyCache) hit(username string, password []byte, hash string) bool {
 	if c.max == 0 {
 		return false
 	}
-	k := c.mac(username, password)
+	k := c.key(username, password)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	i, ok := c.find(k)
@@ -101,7 +109,7 @@ func (c *verifyCache) add(username string, password []byte, hash string) {
 	if c.max == 0 {
 		return
 	}
-	k := c.mac(username, password)
+	k := c.key(username, password)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if i, ok := c.index[key64(k)]; ok { // the same MAC, or one sharing its index key: replaced
@@ -132,10 +140,10 @@ func (c *verifyCache) len() int {
 }
 
 // key64 is the index key of a MAC: its first 8 bytes.
-func key64(k [32]byte) uint64 { return binary.LittleEndian.Uint64(k[:8]) }
+func key64(k [16]byte) uint64 { return binary.LittleEndian.Uint64(k[:8]) }
 
 // find returns the entry of MAC k (c.mu held).
-func (c *verifyCache) find(k [32]byte) (int32, bool) {
+func (c *verifyCache) find(k [16]byte) (int32, bool) {
 	i, ok := c.index[key64(k)]
 	if !ok || c.entries[i].mac != k {
 		return 0, false
