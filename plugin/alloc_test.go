@@ -4,7 +4,9 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -55,4 +57,47 @@ func TestKnownSourcesRefreshAllocatesNothing(t *testing.T) {
 	_, hashed := k.recent[recentKey(long, sourceIP(ip))]
 	k.mu.Unlock()
 	assert.True(t, short && byID && hashed)
+}
+
+// A (username, source) this broker wrote costs the recent map at most 40
+// bytes: a fixed-size key, no string. Before: the key's string (up to 80
+// bytes) and its map slot, about 80 bytes an entry.
+func TestKnownSourcesRecentEntryBytes(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector changes what the heap holds")
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	k := newKnownSources(knownDeps{max: 100, window: time.Hour, failWindow: time.Minute,
+		spawn: func(string, func()) {}, stop: stop})
+	const users = 10000
+	names, ids := make([]string, users), make([]string, users)
+	for i := range names {
+		names[i] = fmt.Sprintf("u%07d", i)
+		ids[i] = "held-5000-" + names[i]
+	}
+	ip := netip.MustParseAddr("192.0.2.7")
+	now := time.Now()
+	drain := func() {
+		for len(k.ch) > 0 {
+			<-k.ch
+		}
+	}
+	before := liveHeap()
+	for i, u := range names {
+		k.succeeded(u, ip, ids[i], now) // two sources a user, as a fleet of devices
+		if i%1000 == 999 {
+			drain() // the writer's part, not measured here
+		}
+	}
+	drain()
+	per := float64(liveHeap()-before) / (2 * users)
+	k.mu.Lock()
+	n := len(k.recent)
+	k.mu.Unlock()
+	require.Equal(t, 2*users, n)
+	runtime.KeepAlive(names)
+	runtime.KeepAlive(ids)
+	t.Logf("%.0f bytes per recent entry", per)
+	assert.LessOrEqual(t, per, 40.0)
 }
