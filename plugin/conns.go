@@ -286,9 +286,16 @@ func subjectKept(s string) string {
 	return s[:cut]
 }
 
+// addrString is the address conflict tracking records: the IP's text, or
+// the broker's address when it is not an IP. The broker's text is reused
+// when it is the IP's text already (no allocation).
 func addrString(c Client, ip netip.Addr) string {
-	if ip.IsValid() {
-		return ip.String()
+	if !ip.IsValid() {
+		return c.Address
 	}
-	return c.Address
+	var buf [64]byte
+	if string(ip.AppendTo(buf[:0])) == c.Address {
+		return c.Address
+	}
+	return ip.String()
 }
