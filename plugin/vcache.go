@@ -21,23 +21,23 @@ import (
 // at once. The cache is bounded (least recently used out).
 //
 // The entries live in one slice, linked by index into a list from most to
-// least recently used, found through a map from the MAC's first 8 bytes:
-// no allocation per entry, and one pointer (its hash) for the collector to
-// follow; TestVerifyCacheEntryBytes bounds an entry's bytes.
-// Two MACs sharing their first 8 bytes are told apart by the 16 kept in the
-// entry: the newer replaces the older, which is then a miss, as if evicted.
-// A password other than the one verified matches an entry only if its HMAC
-// shares 128 bits with the verified one's: without the secret, a chance of
-// 2⁻¹²⁸ a try, and each try is a CONNECT.
+// least recently used, and are found through an open-addressing table of
+// their indexes (linear probing from the MAC's first bytes, which are
+// uniform and no client can aim, at most half full): no allocation per
+// entry, one pointer (its hash) for the collector to follow, about 60 bytes
+// (TestVerifyCacheEntryBytes). An entry keeps the first 128 bits of the
+// HMAC: a password other than the one verified matches it only if its HMAC
+// shares them, without the secret a chance of 2⁻¹²⁸ a try, and each try is a
+// CONNECT.
 type verifyCache struct {
 	secret [32]byte
 	max    int
 	macs   sync.Pool // keyed HMAC states: keying one costs more than using it
 
 	mu         sync.Mutex
-	index      map[uint64]int32 // the MAC's first 8 bytes -> its entry
-	entries    []cacheEntry
-	head, tail int32 // most and least recently used; none: -1
+	table      []int32      // entry index + 1 (0: empty slot); a power of two long, at least twice the entries
+	entries    []cacheEntry // all in use: a full cache reuses its least recently used
+	head, tail int32        // most and least recently used; none: -1
 
 	hits, misses atomic.Uint64 // for the metrics
 }
@@ -49,7 +49,7 @@ type cacheEntry struct {
 }
 
 func newVerifyCache(max int) *verifyCache {
-	c := &verifyCache{max: max, index: map[uint64]int32{}, head: -1, tail: -1}
+	c := &verifyCache{max: max, head: -1, tail: -1}
 	_, _ = rand.Read(c.secret[:])
 	c.macs.New = func() any { return &macState{h: hmac.New(sha256.New, c.secret[:])} }
 	return c
@@ -94,12 +94,10 @@ func (c *verifyCache) hit(username string, password []byte, hash string) bool {
 	k := c.key(username, password)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	i, ok := c.find(k)
-	if !ok || c.entries[i].hash != hash {
+	if !c.hitKey(k, hash) {
 		c.misses.Add(1)
 		return false
 	}
-	c.toFront(i)
 	c.hits.Add(1)
 	return true
 }
@@ -112,23 +110,42 @@ func (c *verifyCache) add(username string, password []byte, hash string) {
 	k := c.key(username, password)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if i, ok := c.index[key64(k)]; ok { // the same MAC, or one sharing its index key: replaced
-		e := &c.entries[i]
-		e.mac, e.hash = k, hash
+	c.addKey(k, hash)
+}
+
+// hitKey is hit for the key k (c.mu held).
+func (c *verifyCache) hitKey(k [16]byte, hash string) bool {
+	_, i, ok := c.find(k)
+	if !ok || c.entries[i].hash != hash {
+		return false
+	}
+	c.toFront(i)
+	return true
+}
+
+// addKey is add for the key k (c.mu held).
+func (c *verifyCache) addKey(k [16]byte, hash string) {
+	slot, i, ok := c.find(k)
+	if ok {
+		c.entries[i].hash = hash
 		c.toFront(i)
 		return
 	}
-	var i int32
 	if len(c.entries) < c.max {
+		if 2*(len(c.entries)+1) > len(c.table) {
+			c.grow()
+			slot, _, _ = c.find(k)
+		}
 		i = int32(len(c.entries))
 		c.entries = append(c.entries, cacheEntry{prev: -1, next: -1})
-	} else { // full: the least recently used entry is reused
+	} else { // full: the least recently used entry's place is taken
 		i = c.tail
 		c.unlink(i)
-		delete(c.index, key64(c.entries[i].mac))
+		c.remove(i)
+		slot, _, _ = c.find(k) // the removal moved slots
 	}
 	c.entries[i].mac, c.entries[i].hash = k, hash
-	c.index[key64(k)] = i
+	c.table[slot] = i + 1
 	c.pushFront(i)
 }
 
@@ -136,19 +153,56 @@ func (c *verifyCache) add(username string, password []byte, hash string) {
 func (c *verifyCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.index)
+	return len(c.entries)
 }
 
-// key64 is the index key of a MAC: its first 8 bytes.
-func key64(k [16]byte) uint64 { return binary.LittleEndian.Uint64(k[:8]) }
+// home is the slot the probe for k starts at.
+func (c *verifyCache) home(k [16]byte) int {
+	return int(binary.LittleEndian.Uint64(k[:8]) & uint64(len(c.table)-1))
+}
 
-// find returns the entry of MAC k (c.mu held).
-func (c *verifyCache) find(k [16]byte) (int32, bool) {
-	i, ok := c.index[key64(k)]
-	if !ok || c.entries[i].mac != k {
-		return 0, false
+// find returns the slot of k and its entry, or the empty slot where k
+// would go (c.mu held; the table is never full).
+func (c *verifyCache) find(k [16]byte) (slot int, entry int32, ok bool) {
+	if len(c.table) == 0 {
+		return 0, 0, false
 	}
-	return i, true
+	mask := len(c.table) - 1
+	for s := c.home(k); ; s = (s + 1) & mask {
+		v := c.table[s]
+		if v == 0 {
+			return s, 0, false
+		}
+		if c.entries[v-1].mac == k {
+			return s, v - 1, true
+		}
+	}
+}
+
+// grow doubles the table (at least 16 slots) and places every entry again.
+func (c *verifyCache) grow() {
+	c.table = make([]int32, max(16, 2*len(c.table)))
+	for i := range c.entries {
+		s, _, _ := c.find(c.entries[i].mac)
+		c.table[s] = int32(i) + 1
+	}
+}
+
+// remove takes entry i out of the table, moving back the entries after it
+// in its run that may no longer be found past the hole (c.mu held).
+func (c *verifyCache) remove(i int32) {
+	hole, _, _ := c.find(c.entries[i].mac)
+	mask := len(c.table) - 1
+	for s := (hole + 1) & mask; c.table[s] != 0; s = (s + 1) & mask {
+		h := c.home(c.entries[c.table[s]-1].mac)
+		// The entry at s stays if its home lies cyclically in (hole, s].
+		if (hole < s && hole < h && h <= s) || (s < hole && (hole < h || h <= s)) {
+			continue
+		}
+		c.table[hole] = c.table[s]
+		hole = s
+	}
+	c.table[hole] = 0
 }
 
 // toFront makes entry i the most recently used (c.mu held).
