@@ -14,6 +14,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/stretchr/testify/assert"
+
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
@@ -156,7 +158,7 @@ func cChars(s string) *_Ctype_char {
 }
 
 // passwdHash returns a $7$ hash of "bench-pw" made by mosquitto_passwd.
-func passwdHash(b *testing.B, dir string) string {
+func passwdHash(b testing.TB, dir string) string {
 	f := filepath.Join(dir, "one")
 	if out, err := exec.Command("mosquitto_passwd", "-c", "-b", f, "u", "bench-pw").CombinedOutput(); err != nil {
 		b.Fatalf("mosquitto_passwd: %v: %s", err, out)
@@ -175,7 +177,7 @@ func passwdHash(b *testing.B, dir string) string {
 // newAuthBench writes a password file of users u0000000... (one hash for
 // all: what a verification costs does not depend on the user), empties
 // Redis, and starts a guard on them.
-func newAuthBench(b *testing.B, redis *testenv.Redis, dir, hash string, users int, conflict string) *authBench {
+func newAuthBench(b testing.TB, redis *testenv.Redis, dir, hash string, users int, conflict string) *authBench {
 	var sb strings.Builder
 	for i := 0; i < users; i++ {
 		fmt.Fprintf(&sb, "u%07d:%s\n", i, hash)
@@ -224,7 +226,7 @@ func (ab *authBench) client(i int, clientID string) authClient {
 	}
 }
 
-func (ab *authBench) connect(b *testing.B, c authClient) {
+func (ab *authBench) connect(b testing.TB, c authClient) {
 	if rc := guardBasicAuth(ab.h, c.handle, c.id, c.addr, c.username, c.password); rc != 0 {
 		b.Fatalf("guardBasicAuth = %d, want MOSQ_ERR_SUCCESS", rc)
 	}
@@ -315,4 +317,35 @@ func redisCommands(b *testing.B, r *testenv.Redis) int64 {
 	}
 	b.Fatal("INFO stats: no total_commands_processed")
 	return 0
+}
+
+// Issue 12: a cache-hit CONNECT from the cgo boundary allocates one
+// object, the connection's record, with conflict tracking off: its client
+// ID, address and username are the strings of its last CONNECT, and its
+// password's copy a reused buffer. Before: 5 (three strings copied from C,
+// the password's copy, the record). Its DISCONNECT is left out.
+func TestBasicAuthHitAllocs(t *testing.T) {
+	testenv.Need(t, "redis-server", "mosquitto_passwd")
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	redis := testenv.StartRedis(t)
+	dir := t.TempDir()
+	ab := newAuthBench(t, redis, dir, passwdHash(t, dir), 1, "off")
+	c := ab.client(0, "bench-w00")
+	ab.connect(t, c) // verified once: cached from now on
+	ab.disconnect(c)
+	const runs = 200
+	var m0, m1 runtime.MemStats
+	var total uint64
+	for i := 0; i < runs; i++ {
+		runtime.ReadMemStats(&m0)
+		ab.connect(t, c)
+		runtime.ReadMemStats(&m1)
+		total += m1.Mallocs - m0.Mallocs
+		ab.disconnect(c)
+	}
+	n := float64(total) / runs
+	t.Logf("%.2f objects per CONNECT", n)
+	assert.LessOrEqual(t, n, 1.5) // a background health check may fall in the window
 }

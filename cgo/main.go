@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
@@ -142,16 +141,12 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 	if in == nil {
 		return C.MOSQ_ERR_PLUGIN_DEFER
 	}
-	c := plugin.Client{
-		Handle:   uintptr(client),
-		ClientID: goString(id),
-		Address:  goString(addr),
-	}
-	if username != nil {
-		c.Username, c.HasUsername = C.GoString(username), true
-	}
+	c := plugin.Client{Handle: uintptr(client), HasUsername: username != nil}
+	c.ClientID, c.Address, c.Username = connStrings.get(cBytes(id), cBytes(addr), cBytes(username), c.HasUsername)
 	if password != nil {
-		c.Password = C.GoBytes(unsafe.Pointer(password), C.int(C.strlen(password)))
+		pb := copyPassword(password)
+		defer pb.release() // cleared, even after a panic
+		c.Password = pb.b
 	}
 	// The certificate the TLS handshake verified (require_certificate
 	// true), in a new CONNECT and in the re-check after a reload alike.
@@ -175,7 +170,6 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 		}
 		d = in.guard.Authenticate(c)
 	}
-	clear(c.Password)
 	switch d.Result {
 	case plugin.Allow:
 		return C.MOSQ_ERR_SUCCESS

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"net/netip"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -11,24 +12,39 @@ import (
 )
 
 // liveConn is one connection this guard let through, or, once it has ended,
-// the offline persistent session it left (offline).
+// the offline persistent session it left (offline). It takes 112 bytes
+// (TestLiveConnBytes): its conflict-tracking connection is kept as its
+// number and start, and rebuilt when the tracker is told (connOf); what few
+// clients have (a certificate, an address that is not an IP) is in a
+// record of its own.
 type liveConn struct {
-	handle      uintptr
-	clientID    string
-	username    string
+	handle    uintptr
+	clientID  string
+	username  string
+	*connRare            // certID, certSubject, addr: never nil (noRare when none)
+	ip        netip.Addr // invalid: the address is connRare's addr
+	displaced *liveConn  // the connection it took over, until lc ends (byID goes back to it if still here)
+	// other is the tracking connection of the one it took over, kept for
+	// a pending connection's Connected at its confirmation; nil otherwise.
+	other       *store.Conn
+	seq         uint64 // its tracking connection's number (conflicts.Tracker.ConnAt); 0 without tracking
+	sinceMs     int64  // admitted at, unix ms; its tracking connection's ConnectedMs
+	visited     uint32 // the reload whose re-authentication walk visited it (its low 32 bits)
 	hasUsername bool
+	pending     bool // deferred to a later check: confirmed after confirmDelay without DISCONNECT
+	flagged     bool // banned while connected: its kick is on the way
+	offline     bool // the connection ended; the broker keeps its session
+}
+
+// connRare is what few connections have. It is never written after admit.
+type connRare struct {
 	certID      string // the client certificate's ID, "" without one
 	certSubject string // its subject, for kick lines (logval.Max bytes of it)
-	ip          netip.Addr
-	conn        store.Conn  // as recorded for conflict detection
-	other       *store.Conn // the connection of this broker it took over, if any
-	displaced   *liveConn   // that connection, until lc ends (byID goes back to it if still here)
-	pending     bool        // deferred to a later check: confirmed after confirmDelay without DISCONNECT
-	flagged     bool        // banned while connected: its kick is on the way
-	offline     bool        // the connection ended; the broker keeps its session
-	visited     uint64      // the reload whose re-authentication walk visited it
-	since       time.Time
+	addr        string // the broker's address text, when not an IP (conflict tracking records it)
 }
+
+// noRare is the connRare of a connection without any; never written.
+var noRare = &connRare{}
 
 // confirmDelay: a client this plugin deferred and a later check refused is
 // disconnected within the same broker loop; one still there after this
@@ -39,7 +55,8 @@ const confirmDelay = 500 * time.Millisecond
 // are only needed to recognise the broker's re-authentication of a session
 // after a reload where no TICK tells the walk's end (per_listener_settings on
 // 2.0.11-2.0.14); past the bound, sessions that end are forgotten at once. An
-// entry costs about 300 bytes: 100 000 of them about 30 MB.
+// entry costs about 200 bytes (its 112-byte record, its slot in g.conns, its
+// client ID and username): 100 000 of them about 20 MB.
 const offlineMax = 100000
 
 // Disconnected forgets a connection (MOSQ_EVT_DISCONNECT) whose session
@@ -90,7 +107,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		g.out.Flagged(-1)
 	}
 	if recorded && g.tracker != nil {
-		g.tracker.Disconnected(lc.clientID, lc.conn)
+		g.tracker.Disconnected(lc.clientID, g.connOf(lc))
 	}
 }
 
@@ -131,10 +148,10 @@ func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	lc := g.conns[handle]
-	if lc == nil || lc.visited == reload || (lc.offline && lc.clientID != clientID) {
+	if lc == nil || lc.visited == uint32(reload) || (lc.offline && lc.clientID != clientID) {
 		return false
 	}
-	lc.visited = reload
+	lc.visited = uint32(reload)
 	return true
 }
 
@@ -144,17 +161,28 @@ func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool
 func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 	now := g.now()
 	lc := &liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
-		certID: c.CertID, certSubject: subjectKept(c.CertSubject), ip: ip, pending: pending, since: now}
-	if g.tracker != nil {
-		lc.conn = g.tracker.NewConn(principalOf(c), addrString(c, ip), now)
+		connRare: noRare, ip: ip, pending: pending, sinceMs: now.UnixMilli()}
+	if c.CertID != "" || c.CertSubject != "" || !ip.IsValid() {
+		lc.connRare = &connRare{certID: c.CertID, certSubject: subjectKept(c.CertSubject)}
+		if !ip.IsValid() {
+			lc.addr = c.Address
+		}
 	}
+	var conn store.Conn
+	if g.tracker != nil {
+		conn = g.tracker.NewConn(principalOf(c), addrString(c, ip), now)
+		lc.seq, lc.sinceMs = connSeq(conn), conn.ConnectedMs
+	}
+	var other *store.Conn
 	g.mu.Lock()
 	if old := g.conns[c.Handle]; old != nil && old.offline {
 		g.dropLocked(old) // stale: the pointer was freed and reused
 	}
 	if prev := g.byID[c.ClientID]; prev != nil && prev.handle != c.Handle {
-		o := prev.conn
-		lc.other = &o
+		if g.tracker != nil {
+			o := g.connOf(prev)
+			other = &o
+		}
 		// If lc is refused after all (a later check), prev names its
 		// client ID again. One level only: prev forgets its own.
 		lc.displaced, prev.displaced = prev, nil
@@ -162,12 +190,33 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 	g.conns[c.Handle] = lc
 	g.byID[c.ClientID] = lc
 	if pending && g.tracker != nil {
+		lc.other = other
 		g.pending = append(g.pending, lc)
 	}
 	g.mu.Unlock()
 	if !pending && g.tracker != nil {
-		g.tracker.Connected(c.ClientID, lc.conn, lc.other)
+		g.tracker.Connected(c.ClientID, conn, other)
 	}
+}
+
+// connOf is lc's conflict-tracking connection, as NewConn described it at
+// admit (g.tracker set): its identity fields never change, so it is read
+// with or without g.mu.
+func (g *Guard) connOf(lc *liveConn) store.Conn {
+	ip := lc.addr
+	if lc.ip.IsValid() {
+		ip = lc.ip.String()
+	}
+	return g.tracker.ConnAt(lc.seq, conflicts.Principal(lc.certID, lc.hasUsername, lc.username), ip, lc.sinceMs)
+}
+
+// connSeq is the number in a tracking connection's ID (instance-number).
+func connSeq(c store.Conn) uint64 {
+	if len(c.ID) <= len(c.Instance) {
+		return 0
+	}
+	n, _ := strconv.ParseUint(c.ID[len(c.Instance)+1:], 10, 64)
+	return n
 }
 
 // confirmBatch bounds the deferred connections confirmed per lock hold.
@@ -179,24 +228,29 @@ func (g *Guard) confirmLoop() { every(g.stop, confirmDelay/5, g.confirmDue) }
 
 // confirmDue confirms the deferred connections older than confirmDelay.
 func (g *Guard) confirmDue() {
-	cutoff := g.now().Add(-confirmDelay)
+	cutoff := g.now().Add(-confirmDelay).UnixMilli()
+	type confirmed struct {
+		clientID string
+		conn     store.Conn
+		other    *store.Conn
+	}
 	for more := true; more; {
-		var ready []*liveConn
+		var ready []confirmed
 		g.mu.Lock()
 		i := 0
-		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].since.Before(cutoff); i++ {
+		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].sinceMs < cutoff; i++ {
 			lc := g.pending[i]
 			if g.conns[lc.handle] == lc && !lc.offline {
-				lc.pending = false
-				ready = append(ready, lc)
+				ready = append(ready, confirmed{lc.clientID, g.connOf(lc), lc.other})
+				lc.pending, lc.other = false, nil
 			}
 		}
 		more = i == confirmBatch
 		clear(g.pending[:i])
 		g.pending = g.pending[i:] // no copy under the lock; append reallocates
 		g.mu.Unlock()
-		for _, lc := range ready {
-			g.tracker.Connected(lc.clientID, lc.conn, lc.other)
+		for _, r := range ready {
+			g.tracker.Connected(r.clientID, r.conn, r.other)
 		}
 	}
 }
@@ -206,8 +260,8 @@ func (g *Guard) confirmDue() {
 func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if lc := g.byID[clientID]; lc != nil && lc.conn.Principal != principal {
-		o := lc.conn
+	if lc := g.byID[clientID]; lc != nil && conflicts.Principal(lc.certID, lc.hasUsername, lc.username) != principal {
+		o := g.connOf(lc)
 		return &o
 	}
 	return nil
@@ -233,9 +287,16 @@ func subjectKept(s string) string {
 	return s[:cut]
 }
 
+// addrString is the address conflict tracking records: the IP's text, or
+// the broker's address when it is not an IP. The broker's text is reused
+// when it is the IP's text already (no allocation).
 func addrString(c Client, ip netip.Addr) string {
-	if ip.IsValid() {
-		return ip.String()
+	if !ip.IsValid() {
+		return c.Address
 	}
-	return c.Address
+	var buf [64]byte
+	if string(ip.AppendTo(buf[:0])) == c.Address {
+		return c.Address
+	}
+	return ip.String()
 }

@@ -2,7 +2,8 @@ package plugin
 
 import (
 	"context"
-	"crypto/sha256"
+	"encoding/binary"
+	"hash/maphash"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -29,7 +30,7 @@ import (
 // batches, each (username, source) at most once per knownRefresh.
 //
 // In memory: recent, this broker's own writes (at most knownRecentMax
-// entries of at most 80 bytes; cleared when full), and, for usernames being
+// entries of 16 bytes; cleared when full), and, for usernames being
 // throttled, the set loaded from Redis (at most knownLoadedMax members over
 // all usernames). Neither is consulted unless the username is throttled.
 type knownSources struct {
@@ -37,7 +38,7 @@ type knownSources struct {
 	queue *batchq.Queue[knownWrite]
 
 	mu          sync.Mutex
-	recent      map[string]int64 // recentKey(username, source) -> unix ms of the last success written
+	recent      map[uint64]int64 // recentKey(username, source) -> unix ms of the last success written
 	loaded      map[string]*knownSet
 	loadedTotal int
 }
@@ -83,7 +84,7 @@ func newKnownSources(d knownDeps) *knownSources {
 	k := &knownSources{
 		knownDeps: d,
 		queue:     batchq.New[knownWrite](knownQueueSize, knownBatchMax),
-		recent:    map[string]int64{}, loaded: map[string]*knownSet{},
+		recent:    map[uint64]int64{}, loaded: map[string]*knownSet{},
 	}
 	d.spawn("known sources", k.run)
 	return k
@@ -94,23 +95,32 @@ func sourceIP(ip netip.Addr) string { return "ip:" + ip.String() }
 
 func sourceClientID(id string) string { return "clientid:" + keys.Tracking(id) }
 
-// recentKey is the map key of (username, source), at most 80 bytes.
-func recentKey(username, source string) string {
-	return string(appendRecentKey(nil, username, []byte(source)))
+// recentKey is the map key of (username, source): 64 bits of a hash keyed
+// by a seed drawn at start (8 bytes a key, where the strings took up to 80).
+// Two pairs sharing a key are harmless: the second pair's success would not
+// be written to Redis for up to knownRefresh, and its source would count as
+// known on this broker, which only reopens a password check that counts as
+// usual (see knownSources). Nor can anyone aim for one: the seed is secret
+// and per process, so a collision is chance, about n²/2⁶⁵ for n keys (one in
+// 10⁹ at knownRecentMax).
+func recentKey(username, source string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(recentSeed)
+	writeRecentUser(&h, username)
+	h.WriteString(source)
+	return h.Sum64()
 }
 
-// appendRecentKey appends recentKey(username, source) to dst.
-func appendRecentKey(dst []byte, username string, source []byte) []byte {
-	if len(username)+1+len(source) <= 80 {
-		dst = append(dst, username...)
-		dst = append(dst, 0)
-		return append(dst, source...)
-	}
-	h := sha256.New()
-	h.Write([]byte(username))
-	h.Write([]byte{0})
-	h.Write(source)
-	return h.Sum(dst)
+// recentSeed keys recentKey.
+var recentSeed = maphash.MakeSeed()
+
+// writeRecentUser writes username with its length, so that no username
+// and source run into another pair's.
+func writeRecentUser(h *maphash.Hash, username string) {
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(username)))
+	h.Write(n[:])
+	h.WriteString(username)
 }
 
 // succeeded records that username authenticated from ip with clientID
@@ -127,10 +137,13 @@ func (k *knownSources) succeeded(username string, ip netip.Addr, clientID string
 }
 
 func (k *knownSources) note(username string, source []byte, ms int64) {
-	var buf [96]byte
-	rk := appendRecentKey(buf[:0], username, source)
+	var h maphash.Hash
+	h.SetSeed(recentSeed)
+	writeRecentUser(&h, username)
+	h.Write(source)
+	key := h.Sum64() // recentKey(username, string(source))
 	k.mu.Lock()
-	last, ok := k.recent[string(rk)]
+	last, ok := k.recent[key]
 	if ok && ms-last < knownRefresh.Milliseconds() {
 		k.mu.Unlock()
 		return
@@ -138,7 +151,6 @@ func (k *knownSources) note(username string, source []byte, ms int64) {
 	if len(k.recent) >= knownRecentMax {
 		clear(k.recent)
 	}
-	key := string(rk)
 	k.recent[key] = ms
 	k.mu.Unlock()
 	if !k.queue.Put(knownWrite{username, string(source), ms}) {

@@ -161,7 +161,7 @@ func TestReloadKeepsCache(t *testing.T) {
 	for i, u := range []string{"alice", "bob", "carol"} {
 		require.Equal(t, Allow, g.Authenticate(cl(uintptr(i+1), "192.0.2.1", u, u, "pw-"+u[:1])).Result)
 	}
-	require.Equal(t, 3, g.creds.cache.order.Len())
+	require.Equal(t, 3, g.creds.cache.len())
 	hashOf := func(u string) string { h, _ := g.creds.users.Load().Hash(u); return h }
 	aliceHash := hashOf("alice")
 

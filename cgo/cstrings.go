@@ -1,0 +1,102 @@
+package main
+
+/*
+#include <string.h>
+*/
+import "C"
+
+import (
+	"hash/maphash"
+	"sync"
+	"unsafe"
+)
+
+// cBytes views a NUL-terminated C string's bytes, valid only while the
+// callback runs (the broker frees them after): copy what is kept.
+func cBytes(s *C.char) []byte {
+	if s == nil {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(s)), int(C.strlen(s)))
+}
+
+// connectStrings makes the Go strings of a CONNECT's client ID, address and
+// username: one allocation holds the three, and a client that connected
+// recently with the same three gets the strings made then, without any.
+// A reconnect storm of the same devices then copies nothing from C, and a
+// live connection's client ID and username share one allocation.
+//
+// The strings made are kept in internSlots slots, a slot chosen by a hash
+// of the bytes (keyed per process): a new CONNECT takes the slot's place.
+// Only strings of at most internMax bytes are kept, so the slots hold at
+// most internSlots*internMax bytes (256 KiB) beside their own 32 KiB. A
+// string is never changed once made: sharing one is safe wherever it goes.
+type connectStrings struct {
+	seed maphash.Seed
+
+	mu    sync.Mutex
+	buf   []byte
+	slots [internSlots]internSlot
+}
+
+type internSlot struct {
+	s              string // client ID, address and username end to end
+	idLen, addrLen uint32
+	hasUsername    bool
+}
+
+const (
+	internSlots = 1024
+	internMax   = 256
+)
+
+// connStrings serves guardBasicAuth, on the broker thread.
+var connStrings = &connectStrings{seed: maphash.MakeSeed()}
+
+// get returns id, addr and username (absent: hasUsername false) as Go
+// strings.
+func (t *connectStrings) get(id, addr, username []byte, hasUsername bool) (clientID, address, user string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(append(append(t.buf[:0], id...), addr...), username...)
+	idLen, addrLen := uint32(len(id)), uint32(len(addr))
+	var s string
+	if len(t.buf) > internMax {
+		s = string(t.buf)
+		t.buf = t.buf[:0:0] // a long CONNECT's bytes are not kept either
+	} else {
+		slot := &t.slots[maphash.Bytes(t.seed, t.buf)%internSlots]
+		if slot.s != string(t.buf) || slot.idLen != idLen || slot.addrLen != addrLen || slot.hasUsername != hasUsername {
+			*slot = internSlot{s: string(t.buf), idLen: idLen, addrLen: addrLen, hasUsername: hasUsername}
+		}
+		s = slot.s
+	}
+	return s[:idLen], s[idLen : idLen+addrLen], s[idLen+addrLen:]
+}
+
+// passwordBuf holds a CONNECT's password while it is checked; cleared
+// after, and reused (passwords).
+type passwordBuf struct{ b []byte }
+
+// passwords reuses password buffers: a CONNECT's password is not kept past
+// its check, so its copy need not be a new allocation.
+var passwords = sync.Pool{New: func() any { return new(passwordBuf) }}
+
+// passwordMaxKept: a buffer grown past this by a long password is dropped,
+// not kept for the next.
+const passwordMaxKept = 1024
+
+// copyPassword copies a C password into a buffer of passwords.
+func copyPassword(p *C.char) *passwordBuf {
+	pb := passwords.Get().(*passwordBuf)
+	pb.b = append(pb.b[:0], cBytes(p)...)
+	return pb
+}
+
+// release clears the password and returns its buffer.
+func (pb *passwordBuf) release() {
+	clear(pb.b)
+	if cap(pb.b) <= passwordMaxKept {
+		passwords.Put(pb)
+	}
+}

@@ -1,0 +1,67 @@
+package plugin
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// Issue 12: a live connection's record is 112 bytes. Before: 256 and more
+// (a whole store.Conn, a time.Time, the certificate's strings in every
+// record), with the tracking connection's ID and IP strings beside it.
+func TestLiveConnBytes(t *testing.T) {
+	assert.LessOrEqual(t, unsafe.Sizeof(liveConn{}), uintptr(112))
+	assert.Equal(t, uintptr(0), unsafe.Sizeof(liveConn{})%8)
+}
+
+// claimRecorder is a conflict store whose claims succeed and are recorded.
+type claimRecorder struct {
+	failingClaims
+	mu     sync.Mutex
+	claims []store.Conn
+}
+
+func (r *claimRecorder) Claim(_ context.Context, _ string, c store.Conn, _ []string) (*store.Conn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.claims = append(r.claims, c)
+	return nil, nil
+}
+
+// The tracking connection a record rebuilds (connOf: at DISCONNECT, at a
+// takeover, at a deferred connection's confirmation) is the one claimed
+// and recorded at admit, field for field: for a username, a certificate
+// (its principal), and an address that is not an IP (kept as it came).
+func TestConnOfIsTheAdmittedConn(t *testing.T) {
+	rec := &claimRecorder{}
+	g, _ := denyBroker(t, rec, "broker-a")
+	cert := certCl(2, "192.0.2.2", "cam", "bob", "bob-pw", "der-2", "CN="+strings.Repeat("x", 300))
+	unix := cl(3, "/run/mosquitto.sock", "door-3", "alice", "alice-pw")
+	v6 := cl(4, "::ffff:192.0.2.4", "door-4", "alice", "alice-pw")
+	for i, c := range []Client{cl(1, "192.0.2.1", "door", "alice", "alice-pw"), cert, unix, v6} {
+		require.Equal(t, Allow, g.Authenticate(c).Result, c.ClientID)
+		rec.mu.Lock()
+		require.Len(t, rec.claims, i+1)
+		claimed := rec.claims[i]
+		rec.mu.Unlock()
+		g.mu.Lock()
+		lc := g.conns[c.Handle]
+		g.mu.Unlock()
+		assert.Equal(t, claimed, g.connOf(lc), c.ClientID)
+		assert.Equal(t, c.CertID, lc.certID)
+	}
+	assert.Equal(t, "/run/mosquitto.sock", rec.claims[2].IP)
+	assert.Equal(t, "192.0.2.4", rec.claims[3].IP)
+	assert.Len(t, g.conns[2].certSubject, 200, "a subject is kept as far as a log line shows it")
+	assert.Same(t, noRare, g.conns[1].connRare, "a client without a certificate has no record of its own")
+	assert.Empty(t, noRare.certID+noRare.certSubject+noRare.addr, "noRare is never written")
+	// Distinct connections, distinct IDs.
+	assert.NotEqual(t, rec.claims[0].ID, rec.claims[1].ID)
+}
