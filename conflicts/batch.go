@@ -29,9 +29,10 @@ const (
 
 // handle applies the rules to a batch of events, in order, in one round
 // trip. Each connect records its connection (live, and its principal's use)
-// and reads the client ID's state in the same atomic step per key (unless
-// the client ID is known quiet), so that of two brokers recording one client
-// ID at the same moment the second always sees the first; each disconnect
+// and reads the client ID's state right after, per key (a script under
+// deny, plain commands in order under flag; unless the client ID is known
+// quiet), so that of two brokers recording one client ID at the same moment
+// the second always sees the first; each disconnect
 // removes its live entry and records its end, if still its own. Redis
 // applies a batch's writes to each key in batch order, so each connect's
 // read shows the events of the batch before it.

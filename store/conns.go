@@ -151,6 +151,8 @@ return 1`
 // whichever comes second sees the first. With 'read' or 'claim' the hash is
 // read once (HGETALL) and what is returned is that read with the record
 // applied: what an HGETALL after the HSET would return, one command less.
+// A ConnWrite with Sole (clientid_conflict flag) does without it: plain
+// HSET, then HGETALL.
 var liveScript = redis.NewScript(liveSrc)
 
 const liveSrc = `
@@ -189,6 +191,7 @@ return 0`
 // latest use of principal ARGV[1] (unless ARGV[1] is empty), keeps the hash
 // ARGV[3] ms, and with ARGV[4] == '1' returns the whole hash after recording.
 // Two principals recording at the same moment: the second sees the first.
+// A ConnWrite with Sole does the same with plain commands (see writeConns).
 var seenScript = redis.NewScript(seenSrc)
 
 const seenSrc = `
