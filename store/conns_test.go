@@ -376,7 +376,7 @@ func TestWriteConnsSoleStoresTheSame(t *testing.T) {
 			{{ClientID: "dev", Instance: "i1", Live: &long, Seen: &long, Read: true, Sole: sole},
 				{ClientID: "dev", Instance: "i1", Gone: &b, Left: &b}},
 			{{ClientID: "dev", Instance: "i1", Gone: &long, Unlist: true, Left: &long, Sole: sole},
-				{ClientID: "dev2", Instance: "i1", Live: &a, Read: true, Sole: sole}},
+				{ClientID: "dev2", Instance: "i1", Live: &a, Seen: &a, Read: true, Sole: sole}},
 		} {
 			st, err := s.WriteConns(ctx, ws, time.Hour)
 			require.NoError(t, err)
@@ -392,11 +392,15 @@ func TestWriteConnsSoleStoresTheSame(t *testing.T) {
 			case "set":
 				v += fmt.Sprint(s.rdb.SMembers(ctx, k).Val())
 			}
-			ttl := s.rdb.PTTL(ctx, k).Val()
-			dump[k] = fmt.Sprintf("%s ttl>%v:%v", v, time.Hour-time.Minute, ttl > time.Hour-time.Minute || ttl < 0)
-			if ttl < 0 {
-				dump[k] += fmt.Sprint(ttl)
+			switch ttl := s.rdb.PTTL(ctx, k).Val(); {
+			case ttl < 0:
+				v += " no expiry"
+			case ttl > time.Hour-time.Minute:
+				v += " expires in the window"
+			default:
+				v += " expires early: " + ttl.String()
 			}
+			dump[k] = v
 		}
 		return dump, states
 	}
