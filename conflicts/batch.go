@@ -29,9 +29,10 @@ const (
 
 // handle applies the rules to a batch of events, in order, in one round
 // trip. Each connect records its connection (live, and its principal's use)
-// and reads the client ID's state in the same atomic step per key (unless
-// the client ID is known quiet), so that of two brokers recording one client
-// ID at the same moment the second always sees the first; each disconnect
+// and reads the client ID's state right after, per key (a script under
+// deny, plain commands in order under flag; unless the client ID is known
+// quiet), so that of two brokers recording one client ID at the same moment
+// the second always sees the first; each disconnect
 // removes its live entry and records its end, if still its own. Redis
 // applies a batch's writes to each key in batch order, so each connect's
 // read shows the events of the batch before it.
@@ -102,7 +103,9 @@ func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
 		case evConnect:
 			conns[i] = ev.conn
 			conn := &conns[i]
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: conn, Read: !t.isQuiet(ev, now)}
+			// Sole under clientid_conflict flag: this worker alone writes this
+			// instance's live field, in event order (see store.ConnWrite.Sole).
+			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: conn, Read: !t.isQuiet(ev, now), Sole: !t.opts.Deny}
 			if !t.seenFresh(ev, now) {
 				w.Seen = conn
 			}
@@ -138,6 +141,13 @@ func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
 			if t.current[ev.clientID] == left.ID { // not already replaced by a takeover
 				delete(t.current, ev.clientID)
 				w.Unlist = true
+				// Under clientid_conflict flag the field holds left, or an
+				// older connection of this instance (left's write not
+				// taken), which has ended too, or nothing (reaped): a plain
+				// HDEL. Otherwise a newer connection was recorded there or
+				// folded away (then the field may still hold left): the
+				// compare-and-delete, as under deny.
+				w.Sole = !t.opts.Deny
 			}
 			if t.seen[seenKey{keys.Tracking(ev.clientID), left.Principal}].connID == left.ID {
 				w.Left = left
@@ -207,8 +217,8 @@ func (t *Tracker) seenFresh(ev event, now int64) bool {
 // keepForRetry keeps the disconnect writes of a batch Redis did not take:
 // a connection that ended must not stay "live" in guard:conn while this
 // broker's lease runs (clientid_conflict deny would refuse its device on
-// every other broker). They are final-state and compare-and-delete, so
-// writing them late is safe. At most queueSize are kept; the oldest go
+// every other broker). They are final-state and compare-and-delete (not
+// Sole any more), so writing them late is safe. At most queueSize are kept; the oldest go
 // first.
 func (t *Tracker) keepForRetry(ws []store.ConnWrite) {
 	for _, w := range ws {
@@ -223,6 +233,9 @@ func (t *Tracker) keepForRetry(ws []store.ConnWrite) {
 				w.Left = &left
 			}
 			w.Gone = &gone
+			// Compare-and-delete when retried: a newer connection of the
+			// client ID may be recorded by then.
+			w.Sole = false
 			t.retry = append(t.retry, w)
 		}
 	}

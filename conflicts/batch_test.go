@@ -166,6 +166,7 @@ func TestDisconnectRetried(t *testing.T) {
 	c.handleSafely([]event{{kind: evDisconnect, clientID: "dev", conn: x}})
 	assert.Contains(t, ls.all(), "client ID tracking: 1 events not recorded: connection refused")
 	assert.Len(t, c.retry, 1)
+	assert.False(t, c.retry[0].Sole, "a kept disconnect is compare-and-delete: a newer connection may be recorded by its retry")
 	c.renew() // Redis still down: kept
 	assert.Len(t, c.retry, 1)
 

@@ -151,6 +151,8 @@ return 1`
 // whichever comes second sees the first. With 'read' or 'claim' the hash is
 // read once (HGETALL) and what is returned is that read with the record
 // applied: what an HGETALL after the HSET would return, one command less.
+// A ConnWrite with Sole (clientid_conflict flag) does without it: plain
+// HSET, then HGETALL.
 var liveScript = redis.NewScript(liveSrc)
 
 const liveSrc = `
@@ -189,6 +191,7 @@ return 0`
 // latest use of principal ARGV[1] (unless ARGV[1] is empty), keeps the hash
 // ARGV[3] ms, and with ARGV[4] == '1' returns the whole hash after recording.
 // Two principals recording at the same moment: the second sees the first.
+// A ConnWrite with Sole does the same with plain commands (see writeConns).
 var seenScript = redis.NewScript(seenSrc)
 
 const seenSrc = `
@@ -238,9 +241,29 @@ type ConnWrite struct {
 	Unlist bool
 	Seen   *Conn // record this connection as its principal's latest use
 	Left   *Conn // record this connection's disconnect, if it is still its principal's latest use
-	// Read (with Live): return the client ID's state, each part read in the
-	// same atomic step that records Live and Seen.
+	// Read (with Live): return the client ID's state, each part read after
+	// recording Live and Seen, on each key in the same atomic step (a
+	// script) or, with Sole, right after the write in this connection's
+	// order.
 	Read bool
+	// Sole: Instance's field of ClientID's live hash is written by this
+	// writer alone, in batch order (clientid_conflict flag: no Claim from
+	// the broker thread; a reap by any broker only deletes it). Then no
+	// script is needed where nothing else can interleave:
+	//   - Live is recorded with a plain HSET: no newer connection of
+	//     Instance can be there already (the sequence guard of liveScript
+	//     cannot trigger), and Read reads with HGETALL after it;
+	//   - Gone is removed with a plain HDEL: the caller sets Sole on a
+	//     Gone write only when Gone is the last connection of Instance
+	//     it wrote there (or meant to: a write Redis did not take leaves an
+	//     older connection of Instance, which has ended, or nothing);
+	//     a write kept to be retried later must not have Sole, since a
+	//     newer connection may be recorded by then;
+	//   - Seen is recorded with plain PEXPIRE, HSET, PEXPIRE (and HGETALL
+	//     with Read), see writeConns.
+	// Left stays a script: another broker can record a newer use of the
+	// same principal.
+	Sole bool
 }
 
 // WriteConns applies a batch of writes in one round trip. It returns one
@@ -324,7 +347,11 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			} else {
 				prefix = w.Gone.prefix()
 			}
-			eval(ctx, pipe, casArgs, full, conn, inst, prefix, "")
+			if w.Sole {
+				pipe.Do(ctx, "hdel", conn, inst)
+			} else {
+				eval(ctx, pipe, casArgs, full, conn, inst, prefix, "")
+			}
 		}
 		if w.Unlist {
 			pipe.Do(ctx, "srem", setKey, member)
@@ -337,7 +364,14 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			}
 			buf = w.Live.appendBounded(buf[:0])
 			live = string(buf)
-			rs[i].live = eval(ctx, pipe, liveArgs, full, conn, inst, live, seq(w.Live.ID), mode)
+			if w.Sole {
+				pipe.Do(ctx, "hset", conn, inst, live)
+				if w.Read {
+					rs[i].live = pipe.Do(ctx, "hgetall", conn)
+				}
+			} else {
+				rs[i].live = eval(ctx, pipe, liveArgs, full, conn, inst, live, seq(w.Live.ID), mode)
+			}
 			pipe.Do(ctx, "sadd", setKey, member)
 		}
 		if w.Seen != nil || (w.Read && w.Live != nil) {
@@ -352,7 +386,28 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			if w.Read && w.Live != nil {
 				read = "1"
 			}
-			rs[i].seen = eval(ctx, pipe, seenArgs, full, seenKey, field, value, ttl, read)
+			switch {
+			case !w.Sole:
+				rs[i].seen = eval(ctx, pipe, seenArgs, full, seenKey, field, value, ttl, read)
+			case field != "":
+				// seenScript's HSET and PEXPIRE, plain. A PEXPIRE first: of a
+				// hash whose last record is a window old, the TTL may end
+				// between the HSET and the PEXPIRE after it (the two are not
+				// one step any more), taking this record with it; with its
+				// TTL renewed first (window >= 1 min) it cannot. A hash
+				// that is not there is made by the HSET and gets its TTL
+				// from the second PEXPIRE. Same bytes, same TTL as the script.
+				pipe.Do(ctx, "pexpire", seenKey, ttl)
+				pipe.Do(ctx, "hset", seenKey, field, value)
+				pipe.Do(ctx, "pexpire", seenKey, ttl)
+			}
+			if w.Sole && read == "1" {
+				// After this connection's HSET, in its order: of two
+				// principals recording at the same moment, whichever
+				// HGETALL runs last runs after both HSETs, so the second
+				// sees the first, as with the script.
+				rs[i].seen = pipe.Do(ctx, "hgetall", seenKey)
+			}
 		}
 		if w.Left != nil {
 			eval(ctx, pipe, casArgs, full, seenKey, bound(w.Left.Principal), w.Left.prefixOf(left), left)
@@ -372,10 +427,19 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 }
 
 // connsOf decodes the hash a script returned as a flat list of fields and
-// values.
+// values, or HGETALL as a map (RESP3) or such a list (RESP2).
 func connsOf(cmd *redis.Cmd) []Conn {
 	if cmd == nil {
 		return decodeConnList(nil)
+	}
+	if m, ok := cmd.Val().(map[any]any); ok {
+		out := make([]Conn, 0, len(m))
+		for _, v := range m {
+			s, _ := v.(string)
+			out = appendDecoded(out, s)
+		}
+		sortNewestFirst(out)
+		return out
 	}
 	list, _ := cmd.Val().([]any)
 	return decodeConnList(list)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,14 +13,27 @@ import (
 
 // The cost of a new client ID to the conflict worker, through WriteConns as
 // the worker calls it (a connect that records and reads, then its
-// disconnect, in batches of 64): at most 15 Redis commands (those the
-// scripts run included; there were 16) and at most 64 Go allocations,
-// this test's own setup included (there were 122 with encoding/json and
-// go-redis's Script wrappers; now 57).
+// disconnect, in batches of 64). Under clientid_conflict flag (Sole): at
+// most 1 script call (EVALSHA: the seen record's compare-and-set at the
+// disconnect; there were 4), at most 12 Redis commands (those the scripts
+// run included; there were 15, 16 before that) and at most 64 Go
+// allocations, this test's own setup included. Under deny (not Sole): the
+// 4 script calls and 15 commands as before.
 func TestWriteConnsCostPerNewClientID(t *testing.T) {
+	for _, tc := range []struct {
+		sole                    bool
+		maxScripts, maxCommands float64
+	}{{true, 1, 12}, {false, 4, 15}} {
+		t.Run(fmt.Sprintf("sole=%v", tc.sole), func(t *testing.T) {
+			testWriteConnsCost(t, tc.sole, tc.maxScripts, tc.maxCommands)
+		})
+	}
+}
+
+func testWriteConnsCost(t *testing.T, sole bool, maxScripts, maxCommands float64) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
-	const batch, maxCommands, maxAllocs = 64, 15, 64
+	const batch, maxAllocs = 64, 64
 	n := 0
 	round := func() {
 		conns := make([]Conn, batch)
@@ -28,7 +42,7 @@ func TestWriteConnsCostPerNewClientID(t *testing.T) {
 			n++
 			conns[i] = Conn{ID: "0123456789ab-" + strconv.Itoa(n), Instance: "0123456789ab", Broker: "edge-1",
 				Principal: "user-" + strconv.Itoa(n), IP: "192.0.2.1", ConnectedMs: 1700000000000}
-			ws = append(ws, ConnWrite{ClientID: "device-" + strconv.Itoa(n), Instance: conns[i].Instance, Live: &conns[i], Seen: &conns[i], Read: true})
+			ws = append(ws, ConnWrite{ClientID: "device-" + strconv.Itoa(n), Instance: conns[i].Instance, Live: &conns[i], Seen: &conns[i], Read: true, Sole: sole})
 		}
 		if _, err := s.WriteConns(ctx, ws, time.Hour); err != nil {
 			t.Fatal(err)
@@ -36,20 +50,28 @@ func TestWriteConnsCostPerNewClientID(t *testing.T) {
 		ws = ws[:0]
 		for i := range conns {
 			conns[i].DisconnectedMs = 1700000001000
-			ws = append(ws, ConnWrite{ClientID: "device-" + strconv.Itoa(n-batch+1+i), Instance: conns[i].Instance, Gone: &conns[i], Unlist: true, Left: &conns[i]})
+			ws = append(ws, ConnWrite{ClientID: "device-" + strconv.Itoa(n-batch+1+i), Instance: conns[i].Instance, Gone: &conns[i], Unlist: true, Left: &conns[i], Sole: sole})
 		}
 		if _, err := s.WriteConns(ctx, ws, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}
 	round() // scripts loaded, connection made
-	before := commandsRun(t, r)
+	before, scriptsBefore := commandsRun(t, r)
 	round()
-	if per := float64(commandsRun(t, r)-before) / batch; per > maxCommands {
-		t.Errorf("%.2f Redis commands per new client ID, want at most %d", per, maxCommands)
+	after, scriptsAfter := commandsRun(t, r)
+	if per := float64(scriptsAfter-scriptsBefore) / batch; per > maxScripts {
+		t.Errorf("%.2f script calls per new client ID, want at most %v", per, maxScripts)
+	}
+	if per := float64(after-before) / batch; per > maxCommands {
+		t.Errorf("%.2f Redis commands per new client ID, want at most %v", per, maxCommands)
+	} else {
+		t.Logf("%.2f Redis commands, %.2f script calls per new client ID", per, float64(scriptsAfter-scriptsBefore)/batch)
 	}
 	if per := testing.AllocsPerRun(5, round) / batch; per > maxAllocs {
 		t.Errorf("%.1f allocations per new client ID, want at most %d", per, maxAllocs)
+	} else {
+		t.Logf("%.1f allocations per new client ID", per)
 	}
 	live, seen, err := state(s, "device-1")
 	if err != nil || len(live) != 0 || len(seen) != 1 || seen[0].DisconnectedMs == 0 {
@@ -58,9 +80,9 @@ func TestWriteConnsCostPerNewClientID(t *testing.T) {
 }
 
 // commandsRun returns the commands Redis ran (INFO commandstats, those run
-// by scripts included), INFO's own left out.
-func commandsRun(t *testing.T, r *testenv.Redis) int64 {
-	var n int64
+// by scripts included), INFO's own left out, and of them the script calls
+// (EVALSHA and EVAL).
+func commandsRun(t *testing.T, r *testenv.Redis) (n, scripts int64) {
 	for _, line := range strings.Split(r.CLI("INFO", "commandstats"), "\n") {
 		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok || !strings.HasPrefix(k, "cmdstat_") || k == "cmdstat_info" {
@@ -72,6 +94,9 @@ func commandsRun(t *testing.T, r *testenv.Redis) int64 {
 			t.Fatalf("INFO commandstats: %q", line)
 		}
 		n += c
+		if k == "cmdstat_evalsha" || k == "cmdstat_eval" {
+			scripts += c
+		}
 	}
-	return n
+	return n, scripts
 }

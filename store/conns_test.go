@@ -355,3 +355,58 @@ func TestWriteConnsReadIsHashAfterRecord(t *testing.T) {
 		assert.Equal(t, hash(), st[0].Live, "the reply is the hash after %s", c.ID)
 	}
 }
+
+// With Sole (clientid_conflict flag: plain commands instead of scripts) the
+// same events store the same bytes, with the same expiry, and read back the
+// same states as with the scripts.
+func TestWriteConnsSoleStoresTheSame(t *testing.T) {
+	ctx := context.Background()
+	run := func(sole bool) (map[string]string, []State) {
+		s, _ := newStore(t, "guard:")
+		a := Conn{ID: "i1-1", Instance: "i1", Broker: "edge-1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1000}
+		b := Conn{ID: "i1-2", Instance: "i1", Broker: "edge-1", Principal: "bob", IP: "192.0.2.2", ConnectedMs: 2000}
+		long := Conn{ID: "i1-3", Instance: "i1", Broker: "edge-1", Principal: strings.Repeat("p", 300), IP: "192.0.2.3", ConnectedMs: 3000}
+		other := Conn{ID: "i2-1", Instance: "i2", Broker: "edge-2", Principal: "carol", IP: "192.0.2.4", ConnectedMs: 1500}
+		var states []State
+		for _, ws := range [][]ConnWrite{
+			{{ClientID: "dev", Instance: "i2", Live: &other, Seen: &other, Read: true}},
+			{{ClientID: "dev", Instance: "i1", Live: &a, Seen: &a, Read: true, Sole: sole}},
+			{{ClientID: "dev", Instance: "i1", Live: &b, Seen: &b, Read: true, Sole: sole},
+				{ClientID: "dev", Instance: "i1", Gone: &a, Left: &a}},
+			{{ClientID: "dev", Instance: "i1", Live: &long, Seen: &long, Read: true, Sole: sole},
+				{ClientID: "dev", Instance: "i1", Gone: &b, Left: &b}},
+			{{ClientID: "dev", Instance: "i1", Gone: &long, Unlist: true, Left: &long, Sole: sole},
+				{ClientID: "dev2", Instance: "i1", Live: &a, Seen: &a, Read: true, Sole: sole}},
+		} {
+			st, err := s.WriteConns(ctx, ws, time.Hour)
+			require.NoError(t, err)
+			states = append(states, st...)
+		}
+		dump := map[string]string{}
+		for _, k := range []string{s.kb.Conn("dev"), s.kb.Seen("dev"), s.kb.Conn("dev2"), s.kb.Seen("dev2"), s.kb.BrokerConns("i1"), s.kb.BrokerConns("i2")} {
+			typ := s.rdb.Type(ctx, k).Val()
+			v := typ
+			switch typ {
+			case "hash":
+				v += fmt.Sprint(s.rdb.HGetAll(ctx, k).Val())
+			case "set":
+				v += fmt.Sprint(s.rdb.SMembers(ctx, k).Val())
+			}
+			switch ttl := s.rdb.PTTL(ctx, k).Val(); {
+			case ttl < 0:
+				v += " no expiry"
+			case ttl > time.Hour-time.Minute:
+				v += " expires in the window"
+			default:
+				v += " expires early: " + ttl.String()
+			}
+			dump[k] = v
+		}
+		return dump, states
+	}
+	scriptDump, scriptStates := run(false)
+	soleDump, soleStates := run(true)
+	assert.Equal(t, scriptDump, soleDump)
+	assert.Equal(t, scriptStates, soleStates)
+	assert.Contains(t, scriptDump[keys.Builder{Prefix: "guard:"}.Seen("dev")], "carol")
+}
