@@ -80,7 +80,16 @@ func (q *Queue[T]) Take() []T {
 	}
 	if len(q.items) <= q.batch {
 		out := q.items
-		q.items, q.spare = buf[:0], out
+		if cap(out) > q.batch {
+			// The last of a burst: hand it out in the batch buffer and let
+			// the burst's array go now, not at the next Take (which only
+			// comes with the next item, however long that takes).
+			out = append(buf[:0], q.items...)
+			q.items = nil
+		} else {
+			q.items = buf[:0]
+		}
+		q.spare = out
 		return out
 	}
 	out := append(buf[:0], q.items[:q.batch]...)
