@@ -83,3 +83,15 @@ func TestAttackI12NoLostWakeUp(t *testing.T) {
 	}
 	assert.Less(t, time.Duration(worst.Load()), 200*time.Millisecond, "worst wait from Put to Take")
 }
+
+// The stated bound is on memory too: a full queue of max 128-byte items
+// (the tracker's events) holds an array of max slots, not the 73600 that
+// append's growth reaches (9.4 MB where 8 MB is stated).
+func TestAttackI12FullQueueArrayWithinBound(t *testing.T) {
+	const max = 65536
+	q := New[[128]byte](max, 4096)
+	for q.Put([128]byte{}) {
+	}
+	assert.Equal(t, max, q.Len())
+	assert.LessOrEqual(t, cap(q.items), max+64, "slots held by a full queue (64: one page of rounding)")
+}
