@@ -48,6 +48,13 @@ func (q *Queue[T]) Put(v T) bool {
 		q.mu.Unlock()
 		return false
 	}
+	if n := len(q.items); n == cap(q.items) && n+n/4+256 > q.max {
+		// append would grow past the bound (by a quarter and more, or
+		// double while small): grow to the bound itself.
+		grown := make([]T, n, q.max)
+		copy(grown, q.items)
+		q.items = grown
+	}
 	q.items = append(q.items, v)
 	first := len(q.items) == 1
 	q.mu.Unlock()
