@@ -240,6 +240,11 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 				if len(b) < batchMax {
 					break
 				}
+				select {
+				case <-stop: // a backlog: the batch in hand was the last
+					return
+				default:
+				}
 			}
 		case <-lease.C:
 			t.renew()

@@ -270,6 +270,11 @@ func (k *knownSources) run() {
 			if len(batch) < knownBatchMax {
 				break
 			}
+			select {
+			case <-k.stop: // a backlog: the batch in hand was the last
+				return
+			default:
+			}
 		}
 	}
 }
