@@ -235,6 +235,11 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			// wake nobody, and under load a batch holds many events of the
 			// same client IDs, whose writes fold into one per client ID.
 			if !batchq.Linger(linger, stop) {
+				// Stopping: what gathered is still handled (Close waits
+				// for it, bounded), as a batch cut short by stop always was.
+				if b := t.events.Take(); len(b) > 0 {
+					t.handleSafely(b)
+				}
 				return
 			}
 			for {
@@ -244,6 +249,11 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 				}
 				if len(b) < batchMax {
 					break
+				}
+				select {
+				case <-stop: // a backlog: the batch in hand was the last
+					return
+				default:
 				}
 			}
 		case <-lease.C:

@@ -267,6 +267,11 @@ func (k *knownSources) run() {
 		// pipelined batch per knownLinger, not one per success (Redis
 		// shares the broker's core), and its successes wake nobody.
 		if !batchq.Linger(knownLinger, k.stop) {
+			// Stopping: the successes gathered are still written, as a
+			// batch cut short by stop always was.
+			if batch := k.queue.Take(); len(batch) > 0 {
+				k.write(batch)
+			}
 			return
 		}
 		for {
@@ -276,6 +281,11 @@ func (k *knownSources) run() {
 			}
 			if len(batch) < knownBatchMax {
 				break
+			}
+			select {
+			case <-k.stop: // a backlog: the batch in hand was the last
+				return
+			default:
 			}
 		}
 	}

@@ -48,6 +48,13 @@ func (q *Queue[T]) Put(v T) bool {
 		q.mu.Unlock()
 		return false
 	}
+	if n := len(q.items); n == cap(q.items) && n+n/4+256 > q.max {
+		// append would grow past the bound (by a quarter and more, or
+		// double while small): grow to the bound itself.
+		grown := make([]T, n, q.max)
+		copy(grown, q.items)
+		q.items = grown
+	}
 	q.items = append(q.items, v)
 	first := len(q.items) == 1
 	q.mu.Unlock()
@@ -80,7 +87,16 @@ func (q *Queue[T]) Take() []T {
 	}
 	if len(q.items) <= q.batch {
 		out := q.items
-		q.items, q.spare = buf[:0], out
+		if cap(out) > q.batch {
+			// The last of a burst: hand it out in the batch buffer and let
+			// the burst's array go now, not at the next Take (which only
+			// comes with the next item, however long that takes).
+			out = append(buf[:0], q.items...)
+			q.items = nil
+		} else {
+			q.items = buf[:0]
+		}
+		q.spare = out
 		return out
 	}
 	out := append(buf[:0], q.items[:q.batch]...)
