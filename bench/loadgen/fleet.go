@@ -48,6 +48,12 @@ type FleetResult struct {
 	HoldRate    float64 `json:"hold_connects_per_s"`
 	RSSIdleKB   int64   `json:"rss_idle_kb,omitempty"` // the broker, before the first device (after -settle)
 	RSSHeldKB   int64   `json:"rss_held_kb,omitempty"` // holding the devices (after -settle)
+	// Idle VmRSS split (/proc/PID/status): anonymous memory (heaps, stacks)
+	// and pages mapped from files (the binaries and libraries' code and
+	// read-only data: page cache, shared, which the kernel can drop and
+	// read again).
+	RSSIdleAnonKB int64 `json:"rss_idle_anon_kb,omitempty"`
+	RSSIdleFileKB int64 `json:"rss_idle_file_kb,omitempty"`
 	HWMKB       int64   `json:"vmhwm_kb,omitempty"`
 
 	// The storm.
@@ -286,6 +292,9 @@ func cmdFleet(args []string) error {
 	if brokerPID != 0 {
 		time.Sleep(*settle)
 		res.RSSIdleKB = rss()
+		if st, err := procStatus(brokerPID, "RssAnon", "RssFile"); err == nil {
+			res.RSSIdleAnonKB, res.RSSIdleFileKB = st["RssAnon"], st["RssFile"]
+		}
 		startup, err = readCPU(brokerPID)
 		haveStartup = err == nil
 	}
