@@ -54,7 +54,7 @@ type FleetResult struct {
 	// read again).
 	RSSIdleAnonKB int64 `json:"rss_idle_anon_kb,omitempty"`
 	RSSIdleFileKB int64 `json:"rss_idle_file_kb,omitempty"`
-	HWMKB       int64   `json:"vmhwm_kb,omitempty"`
+	HWMKB         int64 `json:"vmhwm_kb,omitempty"`
 
 	// The storm.
 	Backoff     string  `json:"backoff,omitempty"`
