@@ -15,6 +15,16 @@ void guard_flagged_add(int delta);
 extern int guard_tick_work;
 int guard_on_tick(int event, void *event_data, void *userdata);
 int guard_on_reload(int event, void *event_data, void *userdata);
+/* DISCONNECTs held for Go (plugin.c). */
+#define GUARD_PENDING_MAX 1024
+struct guard_pending {
+	uintptr_t handle; /* the instance */
+	uintptr_t client;
+	int persistent; /* the client's session outlives the connection */
+};
+int guard_disconnect_hold(uintptr_t handle, uintptr_t client, int persistent);
+int guard_pending_take(struct guard_pending *dst);
+int guard_client_persistent(uintptr_t client);
 int guard_register_acl(mosquitto_plugin_id_t *id, uintptr_t handle, int fallback);
 void guard_kick(const char *client_id);
 const char *guard_self_path(void);

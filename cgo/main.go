@@ -101,6 +101,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 func guardCleanup(h C.uintptr_t) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "plugin_cleanup")
+	handleHeld() // the DISCONNECTs held since the last callback come first
 	in := instances.remove(uintptr(h))
 	if in == nil {
 		return C.MOSQ_ERR_SUCCESS
@@ -137,6 +138,7 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 	}()
 	// Fail closed: a client whose check blew up is not let in.
 	defer recoverTo(&rc, C.MOSQ_ERR_AUTH, "basic_auth")
+	handleHeld() // the DISCONNECTs held since the last callback come first
 	in := instances.get(uintptr(h))
 	if in == nil {
 		return C.MOSQ_ERR_PLUGIN_DEFER
@@ -183,6 +185,7 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 func guardReload(h C.uintptr_t) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_PLUGIN_DEFER, "reload")
+	handleHeld()      // the DISCONNECTs held since the last callback come first
 	reload.Reloaded() // every client is re-authenticated next: see plugin.ReloadWalk
 	if in := instances.get(uintptr(h)); in != nil {
 		in.guard.Reload()
@@ -195,6 +198,7 @@ func guardReload(h C.uintptr_t) (rc C.int) {
 func guardTick(h C.uintptr_t) (rc C.int) {
 	defer drainAll(0)
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
+	handleHeld() // the DISCONNECTs held since the last callback come first
 	reload.Tick()
 	return C.MOSQ_ERR_SUCCESS
 }
@@ -204,6 +208,7 @@ func guardFlagged(h, client C.uintptr_t) (flagged C.int) {
 	defer drainLogs() // log lines only: never a kick from inside an ACL check
 	// Fail closed while a ban is being enforced: a panic here refuses.
 	defer recoverTo(&flagged, 1, "acl_check")
+	handleHeld() // the DISCONNECTs held since the last callback come first
 	reload.End() // the walk after a reload makes no ACL check
 	in := instances.get(uintptr(h))
 	if in != nil && in.guard.Flagged(uintptr(client)) {
@@ -217,6 +222,7 @@ func guardFirstSight(h, client C.uintptr_t) (rc C.int) {
 	defer drainLogs() // log lines only: the kick waits for a safe point
 	// Fail closed, and unseen: this check is refused, the next looks again.
 	defer recoverTo(&rc, C.GUARD_FIRST_ERROR, "acl_check (first sight)")
+	handleHeld() // the DISCONNECTs held since the last callback come first
 	reload.End() // the walk after a reload makes no ACL check
 	in := instances.get(uintptr(h))
 	if in == nil {
@@ -252,6 +258,7 @@ func identityOf(client C.uintptr_t) plugin.Client {
 func guardDisconnect(h, client C.uintptr_t, unseen C.int) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "disconnect")
+	handleHeld() // the DISCONNECTs held since the last callback come first
 	if in := instances.get(uintptr(h)); in != nil {
 		// A client with a certificate leaving before any ACL check: if the
 		// lists ban it, the will the broker sends next is refused.

@@ -77,6 +77,44 @@ int guard_on_tick(int event, void *event_data, void *userdata)
 	return guardTick((uintptr_t)userdata);
 }
 
+/* DISCONNECTs held for Go. A callback into Go costs the broker thread a
+ * scheduler round trip and, on Go 1.26, often a wake-up of Go's sysmon
+ * thread on its core; a connection that comes and goes would pay it twice.
+ * So a DISCONNECT only records what Go needs (which instance, which client,
+ * whether its session stays) and the next callback that enters Go handles
+ * the held ones first, in order, before anything else (guardPending): no
+ * decision in Go ever sees a connection whose DISCONNECT came before it. A
+ * TICK enters Go while any is held, so one waits at most until the end of
+ * the broker's loop iteration. At most GUARD_PENDING_MAX are held (24 KiB);
+ * past that, and for a client leaving unseen with a certificate (its will
+ * may need refusing now), the DISCONNECT enters Go at once, the held ones
+ * first. Broker thread only. */
+static struct guard_pending pending[GUARD_PENDING_MAX];
+static int npending;
+
+int guard_pending_take(struct guard_pending *dst)
+{
+	int n = npending;
+	for (int i = 0; i < n; i++)
+		dst[i] = pending[i];
+	npending = 0;
+	return n;
+}
+
+/* guard_disconnect_hold holds a DISCONNECT, and reports whether there was
+ * room. */
+int guard_disconnect_hold(uintptr_t handle, uintptr_t client, int persistent)
+{
+	if (npending == GUARD_PENDING_MAX)
+		return 0;
+	pending[npending].handle = handle;
+	pending[npending].client = client;
+	pending[npending].persistent = persistent;
+	npending++;
+	__atomic_store_n(&guard_tick_work, 1, __ATOMIC_SEQ_CST);
+	return 1;
+}
+
 static int on_disconnect(int event, void *event_data, void *userdata)
 {
 	(void)event;
@@ -85,7 +123,9 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	/* A client that leaves unseen (no ACL check yet) may still send a will:
 	 * its certificate is readable until the socket closes, after this. */
 	int unseen = !guard_seen_has(c) && guard_client_has_cert(c);
-	int rc = guardDisconnect((uintptr_t)userdata, c, unseen);
+	int rc = MOSQ_ERR_SUCCESS;
+	if (unseen || !guard_disconnect_hold((uintptr_t)userdata, c, guard_client_persistent(c)))
+		rc = guardDisconnect((uintptr_t)userdata, c, unseen);
 	guard_seen_del(c); /* the pointer may be freed and reused now */
 	return rc;
 }

@@ -14,3 +14,11 @@ import "C"
 func tickFromBroker(h uintptr) { C.guard_tick_from(C.uintptr_t(h)) }
 
 func reloadFromBroker(h uintptr) { C.guard_reload_from(C.uintptr_t(h)) }
+
+func holdDisconnect(h, client uintptr, persistent bool) bool {
+	p := C.int(0)
+	if persistent {
+		p = 1
+	}
+	return C.guard_disconnect_hold(C.uintptr_t(h), C.uintptr_t(client), p) != 0
+}

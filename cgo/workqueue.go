@@ -152,8 +152,8 @@ func drain(all bool, current uintptr) {
 // safe point, when that connection is current, the client whose BASIC_AUTH
 // is running: the broker has not yet put it under its client ID, and a kick
 // by ID now would hit the connection it is about to take over. The broker's
-// DISCONNECT for the kicked client comes back into Go, nested, before this
-// returns.
+// DISCONNECT for the kicked client comes back, nested, and is held in C
+// (plugin.c); it is handled before this returns.
 func kick(inst, handle uintptr, clientID string, current uintptr) bool {
 	in := instances.get(inst)
 	if in == nil {
@@ -172,6 +172,7 @@ func kick(inst, handle uintptr, clientID string, current uintptr) bool {
 	cs := C.CString(clientID)
 	C.guard_kick(cs)
 	C.free(unsafe.Pointer(cs))
+	handleHeld() // the kicked client's DISCONNECT, held while it came back: handled now, as the kick's
 	return true
 }
 
