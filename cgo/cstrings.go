@@ -12,12 +12,19 @@ import (
 )
 
 // cBytes views a NUL-terminated C string's bytes, valid only while the
-// callback runs (the broker frees them after): copy what is kept.
+// callback runs (the broker frees them after): copy what is kept. The
+// length is found in Go: a call to C's strlen costs a cgo transition (a
+// few hundred instructions) for what is a few dozen bytes.
 func cBytes(s *C.char) []byte {
 	if s == nil {
 		return nil
 	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(s)), int(C.strlen(s)))
+	p := unsafe.Pointer(s)
+	n := 0
+	for *(*byte)(unsafe.Add(p, n)) != 0 {
+		n++
+	}
+	return unsafe.Slice((*byte)(p), n)
 }
 
 // connectStrings makes the Go strings of a CONNECT's client ID, address and

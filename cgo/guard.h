@@ -24,6 +24,7 @@ struct guard_pending {
 };
 int guard_disconnect_hold(uintptr_t handle, uintptr_t client, int persistent);
 int guard_pending_take(struct guard_pending *dst);
+extern int guard_npending; /* how many are held */
 int guard_client_persistent(uintptr_t client);
 int guard_register_acl(mosquitto_plugin_id_t *id, uintptr_t handle, int fallback);
 void guard_kick(const char *client_id);

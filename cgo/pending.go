@@ -20,6 +20,9 @@ var heldBuf [C.GUARD_PENDING_MAX]C.struct_guard_pending
 // decision sees a connection whose DISCONNECT came before it; a panic in
 // one is logged and the others are still handled.
 func handleHeld() {
+	if C.guard_npending == 0 { // read, not called: no cgo transition when none is held
+		return
+	}
 	n := int(C.guard_pending_take(&heldBuf[0]))
 	for i := 0; i < n; i++ {
 		p := heldBuf[i]

@@ -90,14 +90,14 @@ int guard_on_tick(int event, void *event_data, void *userdata)
  * may need refusing now), the DISCONNECT enters Go at once, the held ones
  * first. Broker thread only. */
 static struct guard_pending pending[GUARD_PENDING_MAX];
-static int npending;
+int guard_npending; /* read by Go (handleHeld) without a call into C */
 
 int guard_pending_take(struct guard_pending *dst)
 {
-	int n = npending;
+	int n = guard_npending;
 	for (int i = 0; i < n; i++)
 		dst[i] = pending[i];
-	npending = 0;
+	guard_npending = 0;
 	return n;
 }
 
@@ -105,12 +105,12 @@ int guard_pending_take(struct guard_pending *dst)
  * room. */
 int guard_disconnect_hold(uintptr_t handle, uintptr_t client, int persistent)
 {
-	if (npending == GUARD_PENDING_MAX)
+	if (guard_npending == GUARD_PENDING_MAX)
 		return 0;
-	pending[npending].handle = handle;
-	pending[npending].client = client;
-	pending[npending].persistent = persistent;
-	npending++;
+	pending[guard_npending].handle = handle;
+	pending[guard_npending].client = client;
+	pending[guard_npending].persistent = persistent;
+	guard_npending++;
 	__atomic_store_n(&guard_tick_work, 1, __ATOMIC_SEQ_CST);
 	return 1;
 }
