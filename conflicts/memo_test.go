@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -79,4 +80,27 @@ func TestTrackerBytesPerClientID(t *testing.T) {
 	assert.LessOrEqual(t, connected, 210.0)
 	assert.LessOrEqual(t, left, 210.0)
 	runtime.KeepAlive(tr)
+}
+
+// The worker builds the IDs Redis records (instance-seq, as StoreConn
+// builds one) for a whole batch in one string: each ID is cut from it at
+// its own length, whatever the number of digits, and the batch's
+// connections cost two allocations (their array and the IDs).
+func TestStoreConnsIDs(t *testing.T) {
+	tr, clk, _ := tracker(t, newMemStore(), testOptions())
+	var batch []event
+	for _, seq := range []uint64{1, 10, 9, 99, 100, 18446744073709551615, 7} {
+		c := tr.NewConn("alice", "192.0.2.1", clk.now())
+		c.Seq = seq
+		batch = append(batch, event{kind: evConnect, clientID: "dev", conn: c})
+	}
+	conns := tr.storeConns(batch)
+	require.Len(t, conns, len(batch))
+	for i, ev := range batch {
+		assert.Equal(t, tr.StoreConn(ev.conn), conns[i])
+		assert.Equal(t, tr.instance+"-"+strconv.FormatUint(ev.conn.Seq, 10), conns[i].ID)
+	}
+	if !raceEnabled {
+		assert.Equal(t, 2.0, testing.AllocsPerRun(100, func() { tr.storeConns(batch) }))
+	}
 }
