@@ -2,24 +2,56 @@ package conflicts
 
 import (
 	"context"
+	"encoding/binary"
+	"hash/maphash"
+	"strconv"
+	"strings"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
+// memoKey names a (client ID, principal) pair, or a client ID alone (its
+// principal ""), in the worker's seen and quiet maps: two 64-bit maphash
+// sums of it under two seeds of this process's own, never shown. Two pairs
+// share a key with probability 2^-128, about 6e-29 for any two of the
+// seenMemoMax entries a map holds at most (n²/2^129); an attacker cannot
+// aim at one without the seeds. Were it to happen, one pair would be taken
+// for the other for one window: a principal's use not recorded or its end
+// not written for up to seenRefresh (seen), or one read skipped within
+// quietFor (quiet). Keyed so, an entry holds no string: 16 bytes, whatever
+// the client sends. current, whose mistake would outlast a window, keeps
+// the client ID itself.
+type memoKey struct{ a, b uint64 }
+
+// memo is the memoKey of clientID and principal.
+func (t *Tracker) memo(clientID, principal string) memoKey {
+	return memoKey{memoSum(t.seeds[0], clientID, principal), memoSum(t.seeds[1], clientID, principal)}
+}
+
+// memoSum hashes the pair, the client ID with its length so that no pair
+// runs into another.
+func memoSum(seed maphash.Seed, clientID, principal string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(seed)
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(clientID)))
+	_, _ = h.Write(n[:])
+	_, _ = h.WriteString(clientID)
+	_, _ = h.WriteString(principal)
+	return h.Sum64()
+}
+
 type quietMark struct {
-	principal string
-	at        int64 // unix ms
+	who memoKey // the client ID and the principal it read quiet for
+	at  int64   // unix ms
 }
 
 const quietFor = 10 * time.Second
 
-type seenKey struct{ clientID, principal string }
-
 type seenMark struct {
-	connID string
-	at     int64 // unix ms
+	seq uint64 // the connection (Conn.Seq) that recorded the use
+	at  int64  // unix ms
 }
 
 const (
@@ -38,7 +70,8 @@ const (
 // read shows the events of the batch before it.
 func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	now := t.now().UnixMilli()
-	ws, at := t.writes(batch, now)
+	conns := t.storeConns(batch)
+	ws, at := t.writes(batch, conns, now)
 	t.flushRetry(ctx)
 	states, err := t.store.WriteConns(ctx, ws, t.opts.Window)
 	if err != nil {
@@ -55,7 +88,12 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 				st = states[at[i]]
 				t.noteQuiet(ev, &st, alive, now)
 			}
-			cross, dup := evaluate(ev, st.Live, st.Seen, alive, now, t.opts.Window)
+			var other *store.Conn
+			if ev.other != nil {
+				o := t.StoreConn(*ev.other)
+				other = &o
+			}
+			cross, dup := evaluate(ev.clientID, conns[i], other, st.Live, st.Seen, alive, now, t.opts.Window)
 			if cross != nil {
 				found = append(found, cross)
 			}
@@ -63,7 +101,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 				dups = append(dups, dup)
 			}
 		case evRefused:
-			f := newFinding(store.KindCrossPrincipal, ev.clientID, []store.Conn{ev.conn, *ev.other}, now)
+			f := newFinding(store.KindCrossPrincipal, ev.clientID, []store.Conn{conns[i], *ev.holder}, now)
 			f.Action = "refused"
 			found = append(found, f)
 		}
@@ -83,8 +121,39 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	return nil
 }
 
+// storeConns is the batch's connections as Redis records them. Their IDs
+// are cut from one string built for the batch: one allocation for all.
+func (t *Tracker) storeConns(batch []event) []store.Conn {
+	conns := make([]store.Conn, len(batch))
+	var b strings.Builder
+	b.Grow(len(batch) * (len(t.instance) + 21)) // '-' and up to 20 digits
+	for i := range batch {
+		b.WriteString(t.instance)
+		b.WriteByte('-')
+		var n [20]byte
+		b.Write(strconv.AppendUint(n[:0], batch[i].conn.Seq, 10))
+	}
+	ids := b.String()
+	for i := range batch {
+		n := len(t.instance) + 1 + digits(batch[i].conn.Seq)
+		conns[i] = t.storeConn(batch[i].conn, ids[:n])
+		ids = ids[n:]
+	}
+	return conns
+}
+
+// digits is the length of n in decimal.
+func digits(n uint64) int {
+	d := 1
+	for ; n >= 10; n /= 10 {
+		d++
+	}
+	return d
+}
+
 // writes turns a batch into its writes, and the index of each connect's
-// write in them (-1: folded away).
+// write in them (-1: folded away); conns are the batch's connections
+// (storeConns), which the writes point to.
 //
 // A connection that starts and ends within this batch, of a client ID read
 // quiet less than quietFor ago (its principal alone on it, here) and whose
@@ -93,43 +162,43 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 // command), and only its local takeover, if any, is evaluated. folded: the
 // connections folded, and whether the client ID was listed live for this
 // broker before (then the pair's end must unlist it).
-func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
+func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.ConnWrite, []int) {
 	ws := make([]store.ConnWrite, 0, len(batch))
 	at := make([]int, len(batch))
-	conns := make([]store.Conn, len(batch)) // what ws points to: one allocation per batch
-	var ends, folded map[string]bool        // made when first needed: new client IDs never fold
+	var ends, folded map[uint64]bool // made when first needed: new client IDs never fold
 	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
-			conns[i] = ev.conn
 			conn := &conns[i]
+			seq := ev.conn.Seq
 			// Sole under clientid_conflict flag: this worker alone writes this
 			// instance's live field, in event order (see store.ConnWrite.Sole).
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: conn, Read: !t.isQuiet(ev, now), Sole: !t.opts.Deny}
-			if !t.seenFresh(ev, now) {
+			pair := t.memo(ev.clientID, ev.conn.Principal)
+			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: conn, Read: !t.isQuiet(ev.clientID, pair, now), Sole: !t.opts.Deny}
+			if !t.seenFresh(pair, seq, now) {
 				w.Seen = conn
 			}
 			// Not under clientid_conflict deny: there the broker thread
 			// wrote the live entry already (the claim), and its end must clear it.
-			if !w.Read && w.Seen == nil && !t.opts.Deny && endsOf(batch, &ends)[conn.ID] {
+			if !w.Read && w.Seen == nil && !t.opts.Deny && endsOf(batch, &ends)[seq] {
 				_, listed := t.current[ev.clientID]
 				if folded == nil {
-					folded = map[string]bool{}
+					folded = map[uint64]bool{}
 				}
-				folded[conn.ID] = listed
-				t.current[ev.clientID] = conn.ID
+				folded[seq] = listed
+				t.current[ev.clientID] = seq
 				at[i] = -1
 				continue
 			}
-			t.current[ev.clientID] = conn.ID
+			t.current[ev.clientID] = seq
 			at[i] = len(ws)
 			ws = append(ws, w)
 		case evDisconnect:
-			conns[i] = ev.conn
 			left := &conns[i]
 			left.DisconnectedMs = now
-			if listed, ok := folded[left.ID]; ok {
-				if t.current[ev.clientID] == left.ID {
+			seq := ev.conn.Seq
+			if listed, ok := folded[seq]; ok {
+				if t.current[ev.clientID] == seq {
 					delete(t.current, ev.clientID)
 					if listed {
 						ws = append(ws, store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Unlist: true})
@@ -138,7 +207,7 @@ func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
 				continue
 			}
 			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Gone: left}
-			if t.current[ev.clientID] == left.ID { // not already replaced by a takeover
+			if t.current[ev.clientID] == seq { // not already replaced by a takeover
 				delete(t.current, ev.clientID)
 				w.Unlist = true
 				// Under clientid_conflict flag the field holds left, or an
@@ -149,7 +218,7 @@ func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
 				// compare-and-delete, as under deny.
 				w.Sole = !t.opts.Deny
 			}
-			if t.seen[seenKey{keys.Tracking(ev.clientID), left.Principal}].connID == left.ID {
+			if t.seen[t.memo(ev.clientID, ev.conn.Principal)].seq == seq {
 				w.Left = left
 			}
 			ws = append(ws, w)
@@ -158,59 +227,60 @@ func (t *Tracker) writes(batch []event, now int64) ([]store.ConnWrite, []int) {
 	return ws, at
 }
 
-// endsOf returns the IDs of the connections that end in batch, made once
-// in *ends.
-func endsOf(batch []event, ends *map[string]bool) map[string]bool {
+// endsOf returns the numbers of the connections that end in batch, made
+// once in *ends.
+func endsOf(batch []event, ends *map[uint64]bool) map[uint64]bool {
 	if *ends == nil {
-		*ends = map[string]bool{}
+		*ends = map[uint64]bool{}
 		for _, ev := range batch {
 			if ev.kind == evDisconnect {
-				(*ends)[ev.conn.ID] = true
+				(*ends)[ev.conn.Seq] = true
 			}
 		}
 	}
 	return *ends
 }
 
-// isQuiet reports whether ev's client ID read back quiet for its principal
-// less than quietFor ago.
-func (t *Tracker) isQuiet(ev event, now int64) bool {
-	m, ok := t.quiet[keys.Tracking(ev.clientID)]
-	return ok && m.principal == ev.conn.Principal && now-m.at < quietFor.Milliseconds()
+// isQuiet reports whether clientID read back quiet less than quietFor ago
+// for the principal of pair (the memo of clientID and the principal).
+func (t *Tracker) isQuiet(clientID string, pair memoKey, now int64) bool {
+	m, ok := t.quiet[t.memo(clientID, "")]
+	return ok && m.who == pair && now-m.at < quietFor.Milliseconds()
 }
 
 // noteQuiet records whether a read of ev's client ID showed only its
 // principal, with no live connection on another broker.
 func (t *Tracker) noteQuiet(ev event, st *store.State, alive map[string]bool, now int64) {
+	id := t.memo(ev.clientID, "")
 	for _, x := range st.Seen {
 		if x.Principal != ev.conn.Principal {
-			delete(t.quiet, keys.Tracking(ev.clientID))
+			delete(t.quiet, id)
 			return
 		}
 	}
 	for _, x := range st.Live {
 		if x.Instance != t.instance && alive[x.Instance] {
-			delete(t.quiet, keys.Tracking(ev.clientID))
+			delete(t.quiet, id)
 			return
 		}
 	}
 	if len(t.quiet) >= seenMemoMax {
-		t.quiet = map[string]quietMark{}
+		t.quiet = map[memoKey]quietMark{}
 	}
-	t.quiet[keys.Tracking(ev.clientID)] = quietMark{principal: ev.conn.Principal, at: now}
+	t.quiet[id] = quietMark{who: t.memo(ev.clientID, ev.conn.Principal), at: now}
 }
 
-// seenFresh reports whether ev's principal had its use of the client ID
-// recorded less than seenRefresh ago; if not, ev's connection records it.
-func (t *Tracker) seenFresh(ev event, now int64) bool {
-	k := seenKey{keys.Tracking(ev.clientID), ev.conn.Principal}
-	if m, ok := t.seen[k]; ok && now-m.at < seenRefresh.Milliseconds() {
+// seenFresh reports whether the principal of pair (the memo of a client ID
+// and a principal) had its use of the client ID recorded less than
+// seenRefresh ago; if not, connection seq records it.
+func (t *Tracker) seenFresh(pair memoKey, seq uint64, now int64) bool {
+	if m, ok := t.seen[pair]; ok && now-m.at < seenRefresh.Milliseconds() {
 		return true
 	}
 	if len(t.seen) >= seenMemoMax {
-		t.seen = map[seenKey]seenMark{}
+		t.seen = map[memoKey]seenMark{}
 	}
-	t.seen[k] = seenMark{connID: ev.conn.ID, at: now}
+	t.seen[pair] = seenMark{seq: seq, at: now}
 	return false
 }
 
@@ -223,13 +293,16 @@ func (t *Tracker) seenFresh(ev event, now int64) bool {
 func (t *Tracker) keepForRetry(ws []store.ConnWrite) {
 	for _, w := range ws {
 		if w.Gone != nil {
-			// Copies of their own: w points into its batch's array,
-			// which a kept write must not hold on to.
+			// Copies of their own: w points into its batch's array, and
+			// its ID into the batch's IDs, which a kept write must not
+			// hold on to.
 			gone := *w.Gone
+			gone.ID = strings.Clone(gone.ID)
 			if w.Left == w.Gone {
 				w.Left = &gone
 			} else if w.Left != nil {
 				left := *w.Left
+				left.ID = strings.Clone(left.ID)
 				w.Left = &left
 			}
 			w.Gone = &gone

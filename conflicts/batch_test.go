@@ -8,8 +8,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Events for one client ID within one batch see each other, in order.
@@ -29,7 +27,7 @@ func TestBatchSeesEarlierEvents(t *testing.T) {
 	assert.NotZero(t, mem.findings[0].DisplacedDisconnectedMs, "alice's disconnect, from earlier in the batch")
 	st := mem.states["dev"]
 	require.Len(t, st.Live, 1)
-	assert.Equal(t, bob.ID, st.Live[0].ID)
+	assert.Equal(t, c.StoreConn(bob).ID, st.Live[0].ID)
 }
 
 // Two brokers' workers recording the same client IDs for two principals at
@@ -73,7 +71,7 @@ func TestQuietTakeoverCounted(t *testing.T) {
 	x1 := c.NewConn("alice", "192.0.2.1", clk.now())
 	require.NoError(t, c.handle(context.Background(), []event{{kind: evConnect, clientID: "dev", conn: x1}}))
 	x2 := c.NewConn("alice", "192.0.2.2", clk.now())
-	require.True(t, c.isQuiet(event{clientID: "dev", conn: x2}, clk.now().UnixMilli()))
+	require.True(t, c.isQuiet("dev", c.memo("dev", x2.Principal), clk.now().UnixMilli()))
 	require.NoError(t, c.handle(context.Background(), []event{{kind: evConnect, clientID: "dev", conn: x2, other: &x1}}))
 	assert.EqualValues(t, 1, mem.takeover["dev"])
 }
@@ -86,17 +84,17 @@ func TestQuietExpires(t *testing.T) {
 	ctx := context.Background()
 	x := c.NewConn("alice", "192.0.2.1", clk.now())
 	require.NoError(t, c.handle(ctx, []event{{kind: evConnect, clientID: "dev", conn: x}}))
-	assert.True(t, c.isQuiet(event{clientID: "dev", conn: x}, clk.now().UnixMilli()))
-	assert.False(t, c.isQuiet(event{clientID: "dev", conn: store.Conn{Principal: "bob"}}, clk.now().UnixMilli()), "quiet for its principal only")
+	assert.True(t, c.isQuiet("dev", c.memo("dev", "alice"), clk.now().UnixMilli()))
+	assert.False(t, c.isQuiet("dev", c.memo("dev", "bob"), clk.now().UnixMilli()), "quiet for its principal only")
 	clk.advance(quietFor)
-	assert.False(t, c.isQuiet(event{clientID: "dev", conn: x}, clk.now().UnixMilli()))
+	assert.False(t, c.isQuiet("dev", c.memo("dev", "alice"), clk.now().UnixMilli()))
 
 	y := c.NewConn("bob", "192.0.2.2", clk.now())
 	require.NoError(t, c.handle(ctx, []event{{kind: evConnect, clientID: "dev", conn: y}}))
 	require.Len(t, mem.findings, 1, "bob's read sees alice")
 	z := c.NewConn("alice", "192.0.2.1", clk.now())
 	require.NoError(t, c.handle(ctx, []event{{kind: evConnect, clientID: "dev", conn: z}}))
-	assert.False(t, c.isQuiet(event{clientID: "dev", conn: z}, clk.now().UnixMilli()), "two principals: never quiet")
+	assert.False(t, c.isQuiet("dev", c.memo("dev", z.Principal), clk.now().UnixMilli()), "two principals: never quiet")
 }
 
 // A device reconnecting in a loop, its client ID read quiet and its use
@@ -113,7 +111,7 @@ func TestQuietReconnectsFolded(t *testing.T) {
 	require.NoError(t, c.handle(ctx, []event{{kind: evConnect, clientID: "dev", conn: first}, {kind: evDisconnect, clientID: "dev", conn: first}}))
 	before := mem.writes
 	var batch []event
-	var last store.Conn
+	var last Conn
 	for i := 0; i < 50; i++ {
 		last = c.NewConn("alice", "192.0.2.1", clk.now())
 		batch = append(batch, event{kind: evConnect, clientID: "dev", conn: last})
@@ -125,7 +123,7 @@ func TestQuietReconnectsFolded(t *testing.T) {
 	assert.LessOrEqual(t, mem.writes-before, 1, "49 folded pairs, one connection left open")
 	st := mem.states["dev"]
 	require.Len(t, st.Live, 1)
-	assert.Equal(t, last.ID, st.Live[0].ID, "the open connection is recorded live")
+	assert.Equal(t, c.StoreConn(last).ID, st.Live[0].ID, "the open connection is recorded live")
 	require.NoError(t, c.handle(ctx, []event{{kind: evDisconnect, clientID: "dev", conn: last}}))
 	assert.Empty(t, mem.states["dev"].Live, "and cleared at its end")
 }

@@ -68,7 +68,10 @@ func principalKind(principal string) string {
 // client ID's live hash, so of two brokers admitting one client ID for two
 // principals at the same moment, exactly one refuses. The connection
 // claimed is the one the next NewConn for principal and ip returns.
-func (t *Tracker) Claim(clientID, principal, ip string, now time.Time) (conn store.Conn, holder *store.Conn, err error) {
+//
+// The claim allocates (the connection's ID, what Redis answers): it is
+// clientid_conflict deny's round trip on the broker thread anyway.
+func (t *Tracker) Claim(clientID, principal, ip string, now time.Time) (conn Conn, holder *store.Conn, err error) {
 	conn = t.NewConn(principal, ip, now)
 	alive := *t.live.Load()
 	instances := make([]string, 0, len(alive))
@@ -79,7 +82,7 @@ func (t *Tracker) Claim(clientID, principal, ip string, now time.Time) (conn sto
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), t.opts.ClaimTimeout)
 	defer cancel()
-	holder, err = t.claimer.Claim(ctx, clientID, conn, instances)
+	holder, err = t.claimer.Claim(ctx, clientID, t.StoreConn(conn), instances)
 	if err == nil && holder == nil {
 		cc := conn
 		t.claimed.Store(&cc)

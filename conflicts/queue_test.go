@@ -64,7 +64,7 @@ func TestEventsWakeWorkerOncePerBatch(t *testing.T) {
 	// Events spaced as CONNECTs come (a worker that keeps up parks between
 	// them), by spinning: the test's own goroutine must not park either.
 	const n, gap = 300, 100 * time.Microsecond
-	conns := make([]store.Conn, n)
+	conns := make([]Conn, n)
 	for i := range conns {
 		conns[i] = c.NewConn(fmt.Sprintf("user-%d", i), "192.0.2.1", clk.now())
 	}

@@ -7,17 +7,17 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// evaluate applies the conflict rules to a new connection ev.conn of
-// ev.clientID, given the live connections and past users Redis knows of,
-// the broker instances alive, and now (unix ms). It returns:
+// evaluate applies the conflict rules to a new connection me of clientID
+// (other: the connection of this broker it took over, if any), given the
+// live connections and past users Redis knows of, the broker instances
+// alive, and now (unix ms). It returns:
 //   - cross: a cross-principal finding, when another principal used the
 //     client ID within window (or holds it live);
 //   - dup: a duplicate-connection finding candidate, when the same
 //     principal's connection with this ID was live (taken over on this
 //     broker, or live on another one). It is reported only once it repeats
 //     takeover_limit times in takeover_window.
-func evaluate(ev event, live, seen []store.Conn, alive map[string]bool, now int64, window time.Duration) (cross, dup *store.Finding) {
-	me := ev.conn
+func evaluate(clientID string, me store.Conn, other *store.Conn, live, seen []store.Conn, alive map[string]bool, now int64, window time.Duration) (cross, dup *store.Finding) {
 	isLive := map[string]bool{}       // connection IDs live now
 	others := map[string]store.Conn{} // principal -> its latest connection
 	var sameLive *store.Conn
@@ -47,14 +47,14 @@ func evaluate(ev event, live, seen []store.Conn, alive map[string]bool, now int6
 		}
 	}
 	// Remote live connections count when their broker's lease runs; this
-	// broker's own entries are superseded by the local table (ev.other).
+	// broker's own entries are superseded by the local table (other).
 	for _, c := range live {
 		if c.Instance != me.Instance && alive[c.Instance] && c.ID != me.ID {
 			consider(c, true)
 		}
 	}
-	if ev.other != nil {
-		consider(*ev.other, true)
+	if other != nil {
+		consider(*other, true)
 	}
 	for _, c := range seen {
 		if c.ID != me.ID && !isLive[c.ID] {
@@ -68,18 +68,18 @@ func evaluate(ev event, live, seen []store.Conn, alive map[string]bool, now int6
 		for _, c := range others {
 			conns = append(conns, c)
 			switch {
-			case ev.other != nil && c.ID == ev.other.ID:
+			case other != nil && c.ID == other.ID:
 				displaced = now // the broker closes it as this client takes over
 			case !isLive[c.ID] && c.DisconnectedMs > displaced && displaced != now:
 				displaced = c.DisconnectedMs
 			}
 		}
-		cross = newFinding(store.KindCrossPrincipal, ev.clientID, conns, now)
+		cross = newFinding(store.KindCrossPrincipal, clientID, conns, now)
 		cross.DisplacedDisconnectedMs = displaced
 	}
 	if sameLive != nil {
-		dup = newFinding(store.KindDuplicate, ev.clientID, []store.Conn{me, *sameLive}, now)
-		if ev.other != nil && sameLive.ID == ev.other.ID {
+		dup = newFinding(store.KindDuplicate, clientID, []store.Conn{me, *sameLive}, now)
+		if other != nil && sameLive.ID == other.ID {
 			dup.DisplacedDisconnectedMs = now
 		}
 	}

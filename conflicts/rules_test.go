@@ -67,7 +67,7 @@ func TestEvaluateRules(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cross, dup := evaluate(event{clientID: "dev-1", conn: me, other: c.other}, c.live, c.seen, alive, now, window)
+			cross, dup := evaluate("dev-1", me, c.other, c.live, c.seen, alive, now, window)
 			if c.wantCross == nil {
 				assert.Nil(t, cross)
 			} else {

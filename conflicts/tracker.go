@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -81,12 +82,24 @@ type Deps struct {
 	Reported func(kind string)
 }
 
+// Conn is a connection of this broker as the broker thread describes it
+// (NewConn): its number, its ID being instance-Seq, which the worker builds
+// (StoreConn) when it writes, so that describing a connection allocates
+// nothing on the broker thread.
+type Conn struct {
+	Seq         uint64 // 1, 2, ...: the connection's number on this instance
+	Principal   string // Principal's form
+	IP          string
+	ConnectedMs int64 // unix ms
+}
+
 // event is work for the worker, in broker order.
 type event struct {
 	kind     eventKind
 	clientID string
-	conn     store.Conn
-	other    *store.Conn // connect: the local connection taken over; refused: the holder
+	conn     Conn
+	other    *Conn       // connect: the local connection taken over
+	holder   *store.Conn // refused: the holder
 }
 
 type eventKind int
@@ -115,29 +128,38 @@ type Tracker struct {
 	// claimed is the connection the broker thread just claimed in Redis
 	// (Claim), for the NewConn that follows to take as its own, so that the
 	// live entry recorded is the one its disconnect removes.
-	claimed atomic.Pointer[store.Conn]
+	claimed atomic.Pointer[Conn]
 
+	// The worker goroutine's own (no lock): what it remembers of each
+	// client ID, to spare Redis commands. Connections are their numbers
+	// (Conn.Seq; 0: none), not their ID strings.
+	//
 	// seen remembers which connection last wrote each principal's seen
-	// record (worker goroutine only): a device reconnecting all day needs
-	// its last use recorded every seenRefresh, not at every reconnect.
-	seen map[seenKey]seenMark
+	// record: a device reconnecting all day needs its last use recorded
+	// every seenRefresh, not at every reconnect.
+	seen map[memoKey]seenMark
 	// current mirrors this instance's field of each client ID's live hash:
-	// the ID of the connection last written there.
-	current map[string]string
+	// the connection last written there. It is keyed by the client ID
+	// itself, not a hash: a collision there would leave a connection that
+	// ended listed live. Its entries last as long as their connections,
+	// whose client ID strings the broker's side holds anyway.
+	current map[string]uint64
 	// quiet remembers client IDs whose last read showed only this principal
 	// on this broker: a reconnect within quietFor skips the read. Nothing is
 	// lost: a newcomer's own first connect reads, and sees the incumbent.
-	quiet map[string]quietMark
-	// retry holds disconnect writes Redis did not take (worker goroutine only).
+	quiet map[memoKey]quietMark
+	// seen and quiet outlive the connections: they hold no string, only
+	// memoKeys (128-bit hashes, see memoKey), so that an entry's size
+	// depends on nothing a client sends.
+	seeds [2]maphash.Seed // memoKey's
+	// retry holds disconnect writes Redis did not take.
 	retry []store.ConnWrite
-	// seen and quiet outlive the connections: they hold client IDs in their
-	// keys.Tracking form, so that an entry's size does not depend on them.
 }
 
 // The queue between the broker thread and the worker holds at most
-// queueSize events (about 170 bytes each with their strings: 11 MB at most,
-// and only while that many wait); the worker takes them in batches of at
-// most batchMax, linger after the first of a batch arrives.
+// queueSize events (88 bytes each, their strings the broker side's: 6 MB
+// at most, and only while that many wait); the worker takes them in
+// batches of at most batchMax, linger after the first of a batch arrives.
 const (
 	queueSize = 65536 // events waiting for the worker
 	batchMax  = 4096  // events handled per round trip
@@ -152,9 +174,10 @@ func New(opts Options, d Deps) *Tracker {
 		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported,
 		instance: hex.EncodeToString(id[:]),
 		events:   batchq.New[event](queueSize, batchMax),
-		seen:     map[seenKey]seenMark{},
-		current:  map[string]string{},
-		quiet:    map[string]quietMark{},
+		seen:     map[memoKey]seenMark{},
+		current:  map[string]uint64{},
+		quiet:    map[memoKey]quietMark{},
+		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 	}
 	if t.claimer == nil {
 		t.claimer = d.Store
@@ -171,43 +194,51 @@ func New(opts Options, d Deps) *Tracker {
 
 // NewConn describes a new connection of this broker: the one just claimed
 // for the same principal and IP (Claim, then NewConn, on the broker
-// thread), or a new one.
-func (t *Tracker) NewConn(principal string, ip string, now time.Time) store.Conn {
+// thread), or a new one. It allocates nothing: a caller holding many
+// connections may keep its Seq and ConnectedMs and rebuild it when it
+// tells the tracker.
+func (t *Tracker) NewConn(principal string, ip string, now time.Time) Conn {
 	if p := t.claimed.Swap(nil); p != nil && p.Principal == principal && p.IP == ip {
 		return *p
 	}
-	return t.ConnAt(t.seq.Add(1), principal, ip, now.UnixMilli())
+	return Conn{Seq: t.seq.Add(1), Principal: principal, IP: ip, ConnectedMs: now.UnixMilli()}
 }
 
-// ConnAt is the connection NewConn described as number seq (its ID:
-// instance-seq) of principal from ip, connected at ms (unix ms): a caller
-// holding many connections keeps those three numbers and rebuilds the
-// connection when it tells the tracker. One allocation: the ID.
-func (t *Tracker) ConnAt(seq uint64, principal, ip string, ms int64) store.Conn {
+// StoreConn is c as Redis records it: its ID is instance-Seq. One
+// allocation, the ID.
+func (t *Tracker) StoreConn(c Conn) store.Conn {
 	var buf [64]byte
-	id := strconv.AppendUint(append(append(buf[:0], t.instance...), '-'), seq, 10)
+	return t.storeConn(c, string(t.appendID(buf[:0], c.Seq)))
+}
+
+// appendID appends the ID of this instance's connection number seq.
+func (t *Tracker) appendID(b []byte, seq uint64) []byte {
+	return strconv.AppendUint(append(append(b, t.instance...), '-'), seq, 10)
+}
+
+// storeConn is c with id, its ID.
+func (t *Tracker) storeConn(c Conn, id string) store.Conn {
 	return store.Conn{
-		ID:       string(id),
-		Instance: t.instance, Broker: t.opts.BrokerName,
-		Principal: principal, IP: ip, ConnectedMs: ms,
+		ID: id, Instance: t.instance, Broker: t.opts.BrokerName,
+		Principal: c.Principal, IP: c.IP, ConnectedMs: c.ConnectedMs,
 	}
 }
 
 // Connected queues a connection this broker let through; other is the
 // connection of this broker it took the client ID over from, if any.
-func (t *Tracker) Connected(clientID string, conn store.Conn, other *store.Conn) {
+func (t *Tracker) Connected(clientID string, conn Conn, other *Conn) {
 	t.enqueue(event{kind: evConnect, clientID: clientID, conn: conn, other: other})
 }
 
 // Disconnected queues the end of a connection queued by Connected.
-func (t *Tracker) Disconnected(clientID string, conn store.Conn) {
+func (t *Tracker) Disconnected(clientID string, conn Conn) {
 	t.enqueue(event{kind: evDisconnect, clientID: clientID, conn: conn})
 }
 
 // Refused queues a connection refused because holder, under another
 // principal, holds its client ID (clientid_conflict deny): a finding.
-func (t *Tracker) Refused(clientID string, attempt store.Conn, holder *store.Conn) {
-	t.enqueue(event{kind: evRefused, clientID: clientID, conn: attempt, other: holder})
+func (t *Tracker) Refused(clientID string, attempt Conn, holder *store.Conn) {
+	t.enqueue(event{kind: evRefused, clientID: clientID, conn: attempt, holder: holder})
 }
 
 // enqueue never waits: a full queue drops the event, and the drop is

@@ -28,7 +28,7 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans store.Answer, redisOK
 	}
 	principal := principalOf(c)
 	holder := g.localHolder(c.ClientID, principal)
-	attempt := store.Conn{}
+	attempt := conflicts.Conn{}
 	claimed := false
 	switch {
 	case holder != nil || !redisOK || !g.health.up():

@@ -68,7 +68,7 @@ func TestDenyClaimsTheClientID(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, live, 1, "claimed on the broker thread, before the worker runs")
 	a.mu.Lock()
-	admitted := a.connOf(a.conns[1])
+	admitted := a.tracker.StoreConn(a.connOf(a.conns[1]))
 	a.mu.Unlock()
 	assert.Equal(t, admitted, live[0], "admit records the claimed connection")
 

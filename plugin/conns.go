@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"net/netip"
-	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -26,8 +25,8 @@ type liveConn struct {
 	displaced *liveConn  // the connection it took over, until lc ends (byID goes back to it if still here)
 	// other is the tracking connection of the one it took over, kept for
 	// a pending connection's Connected at its confirmation; nil otherwise.
-	other       *store.Conn
-	seq         uint64 // its tracking connection's number (conflicts.Tracker.ConnAt); 0 without tracking
+	other       *conflicts.Conn
+	seq         uint64 // its tracking connection's number (conflicts.Conn.Seq); 0 without tracking
 	sinceMs     int64  // admitted at, unix ms; its tracking connection's ConnectedMs
 	visited     uint32 // the reload whose re-authentication walk visited it (its low 32 bits)
 	hasUsername bool
@@ -168,12 +167,12 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 			lc.addr = c.Address
 		}
 	}
-	var conn store.Conn
+	var conn conflicts.Conn
 	if g.tracker != nil {
 		conn = g.tracker.NewConn(principalOf(c), addrString(c, ip), now)
-		lc.seq, lc.sinceMs = connSeq(conn), conn.ConnectedMs
+		lc.seq, lc.sinceMs = conn.Seq, conn.ConnectedMs
 	}
-	var other *store.Conn
+	var other *conflicts.Conn
 	g.mu.Lock()
 	if old := g.conns[c.Handle]; old != nil && old.offline {
 		g.dropLocked(old) // stale: the pointer was freed and reused
@@ -202,21 +201,13 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 // connOf is lc's conflict-tracking connection, as NewConn described it at
 // admit (g.tracker set): its identity fields never change, so it is read
 // with or without g.mu.
-func (g *Guard) connOf(lc *liveConn) store.Conn {
+func (g *Guard) connOf(lc *liveConn) conflicts.Conn {
 	ip := lc.addr
 	if lc.ip.IsValid() {
 		ip = lc.ip.String()
 	}
-	return g.tracker.ConnAt(lc.seq, conflicts.Principal(lc.certID, lc.hasUsername, lc.username), ip, lc.sinceMs)
-}
-
-// connSeq is the number in a tracking connection's ID (instance-number).
-func connSeq(c store.Conn) uint64 {
-	if len(c.ID) <= len(c.Instance) {
-		return 0
-	}
-	n, _ := strconv.ParseUint(c.ID[len(c.Instance)+1:], 10, 64)
-	return n
+	return conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username),
+		IP: ip, ConnectedMs: lc.sinceMs}
 }
 
 // confirmBatch bounds the deferred connections confirmed per lock hold.
@@ -231,8 +222,8 @@ func (g *Guard) confirmDue() {
 	cutoff := g.now().Add(-confirmDelay).UnixMilli()
 	type confirmed struct {
 		clientID string
-		conn     store.Conn
-		other    *store.Conn
+		conn     conflicts.Conn
+		other    *conflicts.Conn
 	}
 	for more := true; more; {
 		var ready []confirmed
@@ -261,7 +252,7 @@ func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if lc := g.byID[clientID]; lc != nil && conflicts.Principal(lc.certID, lc.hasUsername, lc.username) != principal {
-		o := g.connOf(lc)
+		o := g.tracker.StoreConn(g.connOf(lc))
 		return &o
 	}
 	return nil

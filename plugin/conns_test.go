@@ -54,7 +54,7 @@ func TestConnOfIsTheAdmittedConn(t *testing.T) {
 		g.mu.Lock()
 		lc := g.conns[c.Handle]
 		g.mu.Unlock()
-		assert.Equal(t, claimed, g.connOf(lc), c.ClientID)
+		assert.Equal(t, claimed, g.tracker.StoreConn(g.connOf(lc)), c.ClientID)
 		assert.Equal(t, c.CertID, lc.certID)
 	}
 	assert.Equal(t, "/run/mosquitto.sock", rec.claims[2].IP)

@@ -1,0 +1,5 @@
+//go:build !race
+
+package conflicts
+
+const raceEnabled = false
