@@ -1,0 +1,45 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// With per_listener_settings true, Mosquitto 2.0.11-2.0.14 sends no TICK.
+// A DISCONNECT held in C (plugin.c) then waits for the next callback into
+// Go: on a quiet broker, the next CONNECT, which may never come. The
+// device's live entry in Redis must still go at its DISCONNECT.
+func TestAttackI12bPerListenerDisconnectClearsLive(t *testing.T) {
+	e := perListenerEnv(t)
+	conn, code := e.dial(as("127.0.81.1", "pl-live-1", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	e.waitLive("pl-live-1", 1)
+	require.NoError(t, conn.Disconnect())
+	e.logLine("Client pl-live-1 disconnected")
+	e.waitLive("pl-live-1", 0)
+}
+
+// clientid_conflict deny across two brokers: a client ID that left broker-a
+// (per_listener_settings true, so no TICK on 2.0.11) and comes back on
+// broker-b under another principal (the device re-provisioned) must be
+// admitted there: its old connection must not look live.
+func TestAttackI12bPerListenerDenyAfterMove(t *testing.T) {
+	deny := []string{"auth_opt_clientid_conflict deny", "auth_opt_broker_lease 2s"}
+	a := perListenerEnv(t, append([]string{"auth_opt_broker_name broker-a"}, deny...)...)
+	b := &env{t: t, dir: a.dir, redis: a.redis, passwd: a.passwd}
+	b.broker = startBroker(t, b.conf(append([]string{"auth_opt_broker_name broker-b"}, deny...)...))
+
+	conn, code := a.dial(as("127.0.82.1", "mover-1", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	a.waitLive("mover-1", 1)
+	require.NoError(t, conn.Disconnect())
+	a.logLine("Client mover-1 disconnected")
+	// The lease (2 s) is renewed while broker-a lives: wait past it.
+	time.Sleep(3 * time.Second)
+	assert.EqualValues(t, accepted, b.connect(as("127.0.82.2", "mover-1", "bob", "bob-pw")),
+		"the device left broker-a 3 s ago; broker-b refused it: %s",
+		findLine(b.broker.Output(), "rule=clientid-conflict"))
+}
