@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -42,4 +43,25 @@ func TestAttackI12bPerListenerDenyAfterMove(t *testing.T) {
 	assert.EqualValues(t, accepted, b.connect(as("127.0.82.2", "mover-1", "bob", "bob-pw")),
 		"the device left broker-a 3 s ago; broker-b refused it: %s",
 		findLine(b.broker.Output(), "rule=clientid-conflict"))
+}
+
+// A connection banned while connected has its messages refused until its
+// kick. Its will is one of its messages: a client that sees its publishes
+// refused and drops the connection (the broker sends the will) must not get
+// the will out. per_listener_settings true on 2.0.11 holds the kick (no
+// TICK) so the window is wide.
+func TestAttackI12bFlaggedConnectionWillRefused(t *testing.T) {
+	e := perListenerEnv(t)
+	watcher := e.subscribe("127.0.83.9", "wills/#")
+	victim := e.dialWill(as("127.0.83.1", "flag-will-1", "alice", "alice-pw"))
+	e.redis.CLI("SET", "guard:block:username:alice", "revoked")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	eventually(t, 5*time.Second, func() bool {
+		require.NoError(t, victim.Publish(ctx, "t", []byte("x")))
+		return hasLine(e.broker.Output(), "event=kicked", `client_id="flag-will-1"`)
+	}, "the ban did not flag the connection")
+	require.NoError(t, victim.Close()) // a network drop: the broker sends the will
+	e.logLine("Client flag-will-1 closed its connection")
+	assert.True(t, quiet(watcher, 500*time.Millisecond), "the will of a connection banned while connected was delivered")
 }
