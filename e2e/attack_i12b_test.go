@@ -2,11 +2,16 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
 )
 
 // With per_listener_settings true, Mosquitto 2.0.11-2.0.14 sends no TICK.
@@ -64,4 +69,32 @@ func TestAttackI12bFlaggedConnectionWillRefused(t *testing.T) {
 	require.NoError(t, victim.Close()) // a network drop: the broker sends the will
 	e.logLine("Client flag-will-1 closed its connection")
 	assert.True(t, quiet(watcher, 500*time.Millisecond), "the will of a connection banned while connected was delivered")
+}
+
+// More DISCONNECTs in one broker loop iteration than plugin.c holds
+// (GUARD_PENDING_MAX, 1024): every one still reaches the guard, and every
+// live entry goes from Redis.
+func TestAttackI12bMassDisconnectPastTheBound(t *testing.T) {
+	e := newEnv(t)
+	const n = 1300
+	conns := make([]*mqttc.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: fmt.Sprintf("127.0.%d.%d", 84+i/250, 1+i%250),
+			ClientID: fmt.Sprintf("mass-%d", i), Username: str("alice"), Password: str("alice-pw")})
+		cancel()
+		require.NoError(t, err)
+		require.EqualValues(t, accepted, code)
+		conns = append(conns, c)
+	}
+	liveKeys := func() int {
+		out := e.redis.CLI("--no-raw", "EVAL", `return #redis.call('KEYS', 'guard:conn:mass-*')`, "0")
+		k, _ := strconv.Atoi(strings.TrimPrefix(out, "(integer) "))
+		return k
+	}
+	eventually(t, 10*time.Second, func() bool { return liveKeys() == n }, "not all %d connections tracked", n)
+	for _, c := range conns {
+		c.Close()
+	}
+	eventually(t, 10*time.Second, func() bool { return liveKeys() == 0 }, "live entries left after every client left: %d", liveKeys())
 }
