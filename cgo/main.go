@@ -267,6 +267,12 @@ func guardDisconnect(h, client C.uintptr_t, unseen C.int) (rc C.int) {
 				C.guard_denied_add(client)
 			}
 		}
+		// A connection banned while connected whose kick has not run: its
+		// messages are refused until it is gone, and the will the broker
+		// sends next (a dropped connection) is one of them.
+		if in.guard.Flagged(uintptr(client)) {
+			C.guard_denied_add(client)
+		}
 		if C.guard_client_persistent(client) != 0 {
 			in.guard.DisconnectedKeepSession(uintptr(client))
 		} else {

@@ -60,6 +60,13 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
  * walk are the process's. */
 int guard_tick_work = 1;
 
+/* Set by the first TICK: until then a DISCONNECT is not held (below). With
+ * per_listener_settings true Mosquitto 2.0.11-2.0.14 never sends TICK, and a
+ * held DISCONNECT would wait for the next CONNECT, which may never come: the
+ * connection would stay live in Go (its conflict-tracking entry in Redis,
+ * its metrics) after it left. Broker thread only. */
+static int tick_seen = 0;
+
 int guard_on_reload(int event, void *event_data, void *userdata)
 {
 	(void)event;
@@ -72,6 +79,7 @@ int guard_on_tick(int event, void *event_data, void *userdata)
 {
 	(void)event;
 	(void)event_data;
+	tick_seen = 1;
 	if (!__atomic_exchange_n(&guard_tick_work, 0, __ATOMIC_SEQ_CST))
 		return MOSQ_ERR_SUCCESS;
 	return guardTick((uintptr_t)userdata);
@@ -85,10 +93,21 @@ int guard_on_tick(int event, void *event_data, void *userdata)
  * the held ones first, in order, before anything else (guardPending): no
  * decision in Go ever sees a connection whose DISCONNECT came before it. A
  * TICK enters Go while any is held, so one waits at most until the end of
- * the broker's loop iteration. At most GUARD_PENDING_MAX are held (24 KiB);
+ * the broker's loop iteration; until a TICK has come (tick_seen), none is
+ * held. At most GUARD_PENDING_MAX are held (24 KiB);
  * past that, and for a client leaving unseen with a certificate (its will
- * may need refusing now), the DISCONNECT enters Go at once, the held ones
+ * may need refusing now) or any while a connection is flagged (a flagged
+ * one's will is refused), the DISCONNECT enters Go at once, the held ones
  * first. Broker thread only. */
+/* Connections flagged banned, awaiting their kick, across instances. While
+ * none is, an ACL check answers without entering Go at all. */
+static int flagged_total = 0;
+
+void guard_flagged_add(int delta)
+{
+	__atomic_add_fetch(&flagged_total, delta, __ATOMIC_RELAXED);
+}
+
 static struct guard_pending pending[GUARD_PENDING_MAX];
 int guard_npending; /* read by Go (handleHeld) without a call into C */
 
@@ -123,20 +142,15 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	/* A client that leaves unseen (no ACL check yet) may still send a will:
 	 * its certificate is readable until the socket closes, after this. */
 	int unseen = !guard_seen_has(c) && guard_client_has_cert(c);
+	/* While a connection is flagged (banned, its kick on the way), Go
+	 * looks at once: a flagged one leaving is refused its will, the ACL
+	 * check that follows. */
+	int flagged = __atomic_load_n(&flagged_total, __ATOMIC_RELAXED) > 0;
 	int rc = MOSQ_ERR_SUCCESS;
-	if (unseen || !guard_disconnect_hold((uintptr_t)userdata, c, guard_client_persistent(c)))
+	if (unseen || flagged || !tick_seen || !guard_disconnect_hold((uintptr_t)userdata, c, guard_client_persistent(c)))
 		rc = guardDisconnect((uintptr_t)userdata, c, unseen);
 	guard_seen_del(c); /* the pointer may be freed and reused now */
 	return rc;
-}
-
-/* Connections flagged banned, awaiting their kick, across instances. While
- * none is, an ACL check answers without entering Go at all. */
-static int flagged_total = 0;
-
-void guard_flagged_add(int delta)
-{
-	__atomic_add_fetch(&flagged_total, delta, __ATOMIC_RELAXED);
 }
 
 /* One instance's ACL registration, its callback's userdata. fallback is what
