@@ -27,7 +27,12 @@ import (
 // the last success (unix ms), at most known_sources_max members (the least
 // recently successful dropped first), expiring conflict_window after the last
 // write. Each broker writes its successes in the background, in pipelined
-// batches, each (username, source) at most once per knownRefresh.
+// batches, each (username, source) at most once per refresh (knownRefresh,
+// or a quarter of conflict_window if that is shorter). A score is thus at
+// most one refresh older than the source's last success, and sources are
+// read back with scores from conflict_window plus one refresh ago: every
+// source that succeeded within conflict_window is known (and one may stay
+// known up to a refresh longer).
 //
 // In memory: recent, this broker's own writes (at most knownRecentMax
 // entries of 16 bytes; cleared when full), and, for usernames being
@@ -35,7 +40,8 @@ import (
 // all usernames). Neither is consulted unless the username is throttled.
 type knownSources struct {
 	knownDeps
-	queue *batchq.Queue[knownWrite]
+	queue   *batchq.Queue[knownWrite]
+	refresh time.Duration // how often a (username, source) is written again
 
 	mu          sync.Mutex
 	recent      map[uint64]int64 // recentKey(username, source) -> unix ms of the last success written
@@ -85,6 +91,7 @@ func newKnownSources(d knownDeps) *knownSources {
 		knownDeps: d,
 		queue:     batchq.New[knownWrite](knownQueueSize, knownBatchMax),
 		recent:    map[uint64]int64{}, loaded: map[string]*knownSet{},
+		refresh: min(knownRefresh, d.window/4),
 	}
 	d.spawn("known sources", k.run)
 	return k
@@ -98,7 +105,7 @@ func sourceClientID(id string) string { return "clientid:" + keys.Tracking(id) }
 // recentKey is the map key of (username, source): 64 bits of a hash keyed
 // by a seed drawn at start (8 bytes a key, where the strings took up to 80).
 // Two pairs sharing a key are harmless: the second pair's success would not
-// be written to Redis for up to knownRefresh, and its source would count as
+// be written to Redis for up to a refresh, and its source would count as
 // known on this broker, which only reopens a password check that counts as
 // usual (see knownSources). Nor can anyone aim for one: the seed is secret
 // and per process, so a collision is chance, about n²/2⁶⁵ for n keys (one in
@@ -125,7 +132,7 @@ func writeRecentUser(h *maphash.Hash, username string) {
 
 // succeeded records that username authenticated from ip with clientID
 // (broker thread: only map work and a non-blocking send). A source
-// refreshed within knownRefresh, the case of a device reconnecting, costs
+// refreshed within its refresh, the case of a device reconnecting, costs
 // no allocation: its keys are built in buffers on the stack.
 func (k *knownSources) succeeded(username string, ip netip.Addr, clientID string, now time.Time) {
 	ms := now.UnixMilli()
@@ -144,7 +151,7 @@ func (k *knownSources) note(username string, source []byte, ms int64) {
 	key := h.Sum64() // recentKey(username, string(source))
 	k.mu.Lock()
 	last, ok := k.recent[key]
-	if ok && ms-last < knownRefresh.Milliseconds() {
+	if ok && ms-last < k.refresh.Milliseconds() {
 		k.mu.Unlock()
 		return
 	}
@@ -172,7 +179,7 @@ func (k *knownSources) known(username string, ip netip.Addr, clientID string, no
 		ipSrc = sourceIP(ip)
 	}
 	idSrc := sourceClientID(clientID)
-	cutoff := now.Add(-k.window).UnixMilli()
+	cutoff := now.Add(-k.window - k.refresh).UnixMilli() // a score is up to a refresh behind its last success
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	recent := func(s string) bool {
@@ -217,7 +224,7 @@ func (k *knownSources) startLoad(username string, old *knownSet, now time.Time) 
 	k.spawn("known sources load", func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		min := strconv.FormatInt(time.Now().Add(-k.window).UnixMilli(), 10)
+		min := strconv.FormatInt(time.Now().Add(-k.window-k.refresh).UnixMilli(), 10)
 		members, err := k.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
 			Key: k.kb.Known(username), Start: min, Stop: "+inf", ByScore: true, Count: int64(k.max),
 		}).Result()
