@@ -85,20 +85,6 @@ int guard_on_tick(int event, void *event_data, void *userdata)
 	return guardTick((uintptr_t)userdata);
 }
 
-/* DISCONNECTs held for Go. A callback into Go costs the broker thread a
- * scheduler round trip and, on Go 1.26, often a wake-up of Go's sysmon
- * thread on its core; a connection that comes and goes would pay it twice.
- * So a DISCONNECT only records what Go needs (which instance, which client,
- * whether its session stays) and the next callback that enters Go handles
- * the held ones first, in order, before anything else (guardPending): no
- * decision in Go ever sees a connection whose DISCONNECT came before it. A
- * TICK enters Go while any is held, so one waits at most until the end of
- * the broker's loop iteration; until a TICK has come (tick_seen), none is
- * held. At most GUARD_PENDING_MAX are held (24 KiB);
- * past that, and for a client leaving unseen with a certificate (its will
- * may need refusing now) or any while a connection is flagged (a flagged
- * one's will is refused), the DISCONNECT enters Go at once, the held ones
- * first. Broker thread only. */
 /* Connections flagged banned, awaiting their kick, across instances. While
  * none is, an ACL check answers without entering Go at all. */
 static int flagged_total = 0;
@@ -108,6 +94,20 @@ void guard_flagged_add(int delta)
 	__atomic_add_fetch(&flagged_total, delta, __ATOMIC_RELAXED);
 }
 
+/* DISCONNECTs held for Go. A callback into Go costs the broker thread a
+ * scheduler round trip and, on Go 1.26, often a wake-up of Go's sysmon
+ * thread on its core; a connection that comes and goes would pay it twice.
+ * So a DISCONNECT only records what Go needs (which instance, which client,
+ * whether its session stays) and the next callback that enters Go handles
+ * the held ones first, in order, before anything else (handleHeld, pending.go): no
+ * decision in Go ever sees a connection whose DISCONNECT came before it. A
+ * TICK enters Go while any is held, so one waits at most until the end of
+ * the broker's loop iteration. Until a TICK has come (tick_seen: with
+ * per_listener_settings, 2.0.11-2.0.14 deliver none), none is held. At
+ * most GUARD_PENDING_MAX are held (24 KiB); past that, for a client leaving
+ * unseen with a certificate (its will may need refusing now), and for any
+ * while a connection is flagged (a flagged one's will is refused), the
+ * DISCONNECT enters Go at once, the held ones first. Broker thread only. */
 static struct guard_pending pending[GUARD_PENDING_MAX];
 int guard_npending; /* read by Go (handleHeld) without a call into C */
 
