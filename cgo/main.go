@@ -17,6 +17,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +38,7 @@ var timed atomic.Int32
 func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.int, out *C.uintptr_t) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_UNKNOWN, "plugin_init")
+	raiseProcs(os.Getenv)
 	options := map[string]string{}
 	for i := 0; i < int(n); i++ {
 		key := goString(C.guard_opt_key(opts, C.int(i)))

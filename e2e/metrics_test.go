@@ -241,3 +241,27 @@ func TestMetricsPerListener(t *testing.T) {
 	assert.Equal(t, 1.0, value(f2, "mosquitto_guard_connects_total", "result", "refused", "rule", "bad-password"))
 	assert.Equal(t, 2.0, value(f2, "mosquitto_guard_connect_seconds"))
 }
+
+// A broker given one CPU (taskset) runs the plugin's Go with GOMAXPROCS 2,
+// so that Go's sysmon leaves the broker thread its P between callbacks;
+// the operator's GOMAXPROCS wins. Read from the runtime's own metric.
+func TestGoMaxProcsOnOneCPU(t *testing.T) {
+	testenv.Need(t, "taskset", "mosquitto", "redis-server")
+	r := testenv.StartRedis(t)
+	dir := t.TempDir()
+	pw := testenv.WriteFile(t, dir, "passwd", "")
+	for _, c := range []struct {
+		env  []string
+		want float64
+	}{{nil, 2}, {[]string{"GOMAXPROCS=1"}, 1}} {
+		port, maddr := testenv.FreePort(t), "127.0.0.1:"+strconv.Itoa(testenv.FreePort(t))
+		conf := testenv.WriteFile(t, dir, "gmp.conf", fmt.Sprintf("listener %d 127.0.0.1\nuser root\nallow_anonymous false\n"+
+			"auth_plugin %s\nauth_opt_redis_addr %s\nauth_opt_password_file %s\nauth_opt_metrics_addr %s\n",
+			port, pluginPath, r.Addr, pw, maddr))
+		args := append(append([]string{"-c", "0", "env"}, c.env...), "mosquitto", "-c", conf)
+		p := testenv.StartProcess(t, dir, "taskset", args...)
+		require.NoError(t, p.WaitPort(maddr, 10*time.Second), p.Output())
+		assert.Equal(t, c.want, value(scrape(t, maddr), "go_sched_gomaxprocs_threads"), "env %v", c.env)
+		p.Stop()
+	}
+}
