@@ -360,3 +360,47 @@ func TestBasicAuthHitAllocs(t *testing.T) {
 		})
 	}
 }
+
+// Issue 12: the cache-miss path allocates a bounded, stated amount. A new
+// user ($7$, PBKDF2-SHA512) and a new client ID, tracking on: at most
+// missAllocsMax objects and missBytesMax bytes per CONNECT, measured around
+// each BASIC_AUTH (19 objects, 2.5 KB when the bound was set). make bench's
+// row (BenchmarkBasicAuth/miss) also counts what the guard's goroutines
+// allocate meanwhile for the CONNECTs before (tracking's writes): its bound
+// is 80 objects and 10 KiB (60 and 6.2 KB measured).
+const (
+	missAllocsMax = 32
+	missBytesMax  = 4 << 10
+)
+
+func TestBasicAuthMissAllocs(t *testing.T) {
+	testenv.Need(t, "redis-server", "mosquitto_passwd")
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	redis := testenv.StartRedis(t)
+	dir := t.TempDir()
+	const runs = 300
+	ab := newAuthBench(t, redis, dir, passwdHash(t, dir), runs+1, "flag")
+	clients := make([]authClient, runs+1)
+	for i := range clients {
+		clients[i] = ab.client(i, fmt.Sprintf("miss-u%07d", i))
+	}
+	ab.connect(t, clients[runs]) // the first CONNECT's one-off work
+	ab.disconnect(clients[runs])
+	time.Sleep(300 * time.Millisecond)
+	var m0, m1 runtime.MemStats
+	var objects, bytes uint64
+	for i := 0; i < runs; i++ {
+		runtime.ReadMemStats(&m0)
+		ab.connect(t, clients[i])
+		runtime.ReadMemStats(&m1)
+		objects += m1.Mallocs - m0.Mallocs
+		bytes += m1.TotalAlloc - m0.TotalAlloc
+		ab.disconnect(clients[i])
+	}
+	n, b := float64(objects)/runs, float64(bytes)/runs
+	t.Logf("%.1f objects, %.0f bytes per CONNECT", n, b)
+	assert.LessOrEqual(t, n, float64(missAllocsMax))
+	assert.LessOrEqual(t, b, float64(missBytesMax))
+}
