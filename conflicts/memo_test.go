@@ -79,6 +79,14 @@ func TestTrackerBytesPerClientID(t *testing.T) {
 	t.Logf("%.0f bytes per client ID connected, %.0f once it left", connected, left)
 	assert.LessOrEqual(t, connected, 210.0)
 	assert.LessOrEqual(t, left, 210.0)
+
+	// quietFor later the sweep forgets the quiet marks, and their memory.
+	clk.advance(quietFor)
+	tr.sweepQuiet(clk.now().UnixMilli())
+	swept := float64(liveHeap()-empty) / n
+	t.Logf("%.0f bytes per client ID after the quiet marks' sweep", swept)
+	assert.Empty(t, tr.quiet)
+	assert.LessOrEqual(t, swept, left-40, "the sweep gave back the quiet marks' memory")
 	runtime.KeepAlive(tr)
 }
 

@@ -256,6 +256,8 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 	defer lease.Stop()
 	report := time.NewTicker(10 * time.Second)
 	defer report.Stop()
+	sweep := time.NewTicker(quietFor)
+	defer sweep.Stop()
 	t.renew()
 	for {
 		select {
@@ -289,6 +291,8 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			}
 		case <-lease.C:
 			t.renew()
+		case <-sweep.C:
+			t.sweepQuiet(t.now().UnixMilli())
 		case <-report.C:
 			if n := t.dropped.Swap(0); n > 0 {
 				t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d connection events not tracked: the conflict queue was full", n))
