@@ -191,10 +191,10 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			// Not under clientid_conflict deny: there the broker thread
 			// wrote the live entry already (the claim), and its end must clear it.
 			if !t.opts.Deny {
-				e, ends := endsOf(batch, &ends)[seq]
+				e, ending := endsOf(batch, &ends)[seq]
 				_, listed := t.current[ev.clientID]
 				switch {
-				case ends && !w.Read && w.Seen == nil:
+				case ending && !w.Read && w.Seen == nil:
 					if folded == nil {
 						folded = map[uint64]bool{}
 					}
@@ -202,7 +202,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 					t.current[ev.clientID] = seq
 					at[i] = -1
 					continue
-				case ends && e.alone && !listed:
+				case ending && e.alone && !listed: // foldEnded's conditions 2 and 3
 					t.foldEnded(&w, &conns[e.at], now)
 					if folded == nil {
 						folded = map[uint64]bool{}
