@@ -162,10 +162,20 @@ func digits(n uint64) int {
 // command), and only its local takeover, if any, is evaluated. folded: the
 // connections folded, and whether the client ID was listed live for this
 // broker before (then the pair's end must unlist it).
+//
+// Under clientid_conflict flag, a connection that starts and ends within
+// this batch and still needs its read or its principal's use recorded (a
+// new or not quiet client ID) is written once, as ended (store.ConnWrite
+// Ended): the live hash read as it is, the principal's use recorded with
+// the connection's final record (DisconnectedMs set) and read back; no live
+// field, no brokerconns member, no compare-and-set at its end (5 commands
+// instead of 12 for a new client ID). See foldEnded for when, and why it is
+// the same as writing the pair.
 func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.ConnWrite, []int) {
 	ws := make([]store.ConnWrite, 0, len(batch))
 	at := make([]int, len(batch))
-	var ends, folded map[uint64]bool // made when first needed: new client IDs never fold
+	var ends map[uint64]end
+	var folded map[uint64]bool
 	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
@@ -180,15 +190,29 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			}
 			// Not under clientid_conflict deny: there the broker thread
 			// wrote the live entry already (the claim), and its end must clear it.
-			if !w.Read && w.Seen == nil && !t.opts.Deny && endsOf(batch, &ends)[seq] {
+			if !t.opts.Deny {
+				e, ending := endsOf(batch, &ends)[seq]
 				_, listed := t.current[ev.clientID]
-				if folded == nil {
-					folded = map[uint64]bool{}
+				switch {
+				case ending && !w.Read && w.Seen == nil:
+					if folded == nil {
+						folded = map[uint64]bool{}
+					}
+					folded[seq] = listed
+					t.current[ev.clientID] = seq
+					at[i] = -1
+					continue
+				case ending && e.alone && !listed: // foldEnded's conditions 2 and 3
+					t.foldEnded(&w, &conns[e.at], now)
+					if folded == nil {
+						folded = map[uint64]bool{}
+					}
+					folded[seq] = false // not listed: its end has nothing to unlist
+					t.current[ev.clientID] = seq
+					at[i] = len(ws)
+					ws = append(ws, w)
+					continue
 				}
-				folded[seq] = listed
-				t.current[ev.clientID] = seq
-				at[i] = -1
-				continue
 			}
 			t.current[ev.clientID] = seq
 			at[i] = len(ws)
@@ -227,14 +251,89 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 	return ws, at
 }
 
-// endsOf returns the numbers of the connections that end in batch, made
-// once in *ends.
-func endsOf(batch []event, ends *map[uint64]bool) map[uint64]bool {
+// foldEnded makes w, the write of a connect whose disconnect, left (its
+// connection as that disconnect records it), is in this batch too, the one
+// write of the pair (store.ConnWrite Ended): the client ID's live hash read
+// without recording this connection there, its principal's use (if w
+// records it) recorded with its final record. writes calls it only when
+// the following hold, each needed for the pair's writes to be the same:
+//
+//  1. clientid_conflict flag, not deny: under deny the broker thread's
+//     claim wrote the live field already, and only the disconnect's own
+//     write clears it.
+//  2. This instance holds no live field of the client ID before the connect
+//     (t.current has no entry for it): otherwise an older connection of
+//     this instance may be recorded and listed there, and only the pair's
+//     writes (the HSET over it, then the HDEL and SREM) remove it.
+//  3. The disconnect that follows in the batch is this connection's own,
+//     with no other connect of the client ID on this instance between the
+//     two (a takeover, end.alone): otherwise the other connection's writes
+//     and reads come between, and the field and the seen record must be as
+//     the pair leaves them at that point; that is today's path.
+//  4. The seen record. Written as a pair, the connect's HSET records the
+//     connection unconditionally, and the disconnect's compare-and-set
+//     sets DisconnectedMs only if the principal's field still holds this
+//     connection (t.seen still names it: w.Seen is set, and no other
+//     connect of the pair comes between, by 3). Folded, one HSET records
+//     the final record: the outcome of the pair when nothing of another
+//     broker runs between its two writes, an order Redis may take for the
+//     pair anyway. Another broker recording a newer use of the same
+//     principal between the two keeps its record with the pair (the CAS
+//     does nothing), and with the fold when its HSET runs after ours; when
+//     it runs before ours, ours overwrites it, as the pair's connect HSET
+//     does when it lands after theirs: an outcome the pair has too, in
+//     that order. The record is the bytes the CAS would have stored (left,
+//     DisconnectedMs now, the batch's now as the disconnect's). Were t.seen
+//     reset between the two (seenMemoMax), the pair would leave the
+//     record without its end; the fold records it: the truer record.
+//
+// Evaluation is unchanged: the read shows the live hash without this
+// instance's field, and the seen hash with this connection's record ended;
+// evaluate skips live entries of this instance (c.Instance != me.Instance;
+// the local takeover comes from the event) and seen entries of this
+// connection (c.ID != me.ID), and noteQuiet skips both likewise, so the
+// State it gets for this connect counts the same connections. Another
+// broker will not see this connection live: as a pair it was live in Redis
+// only between the HSET and the HDEL of one pipeline, after the connection
+// had ended already, so a read there saw a connection that was over; it
+// sees the principal's use in the seen hash, recorded before this write's
+// read of it (and within the window: DisconnectedMs is now), so of two
+// brokers' short connections of two principals the one read last still
+// sees the other. A batch Redis does not take leaves nothing live to clear:
+// no write of the pair is kept for a retry.
+func (t *Tracker) foldEnded(w *store.ConnWrite, left *store.Conn, now int64) {
+	left.DisconnectedMs = now // as the disconnect sets it
+	if w.Seen != nil {
+		w.Seen = left
+	}
+	w.Ended = true
+}
+
+// end is a connection that ends in a batch: the index of its disconnect,
+// and whether no other connect of its client ID comes between its connect
+// and its disconnect.
+type end struct {
+	at    int
+	alone bool
+}
+
+// endsOf returns the connections that end in batch, by number, made once
+// in *ends.
+func endsOf(batch []event, ends *map[uint64]end) map[uint64]end {
 	if *ends == nil {
-		*ends = map[uint64]bool{}
-		for _, ev := range batch {
-			if ev.kind == evDisconnect {
-				(*ends)[ev.conn.Seq] = true
+		*ends = make(map[uint64]end, len(batch)/2)
+		open := make(map[string]uint64, len(batch)/2) // client ID: its latest connect in batch, no other since
+		for i, ev := range batch {
+			switch ev.kind {
+			case evConnect:
+				open[ev.clientID] = ev.conn.Seq
+			case evDisconnect:
+				seq, ok := open[ev.clientID]
+				alone := ok && seq == ev.conn.Seq
+				if alone {
+					delete(open, ev.clientID)
+				}
+				(*ends)[ev.conn.Seq] = end{at: i, alone: alone}
 			}
 		}
 	}

@@ -47,7 +47,7 @@ func (m *memStore) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Du
 		if w.Gone != nil {
 			st.Live = removeBy(st.Live, func(x store.Conn) bool { return x.ID == w.Gone.ID })
 		}
-		if w.Live != nil {
+		if w.Live != nil && !w.Ended {
 			st.Live = replaceBy(st.Live, *w.Live, func(x store.Conn) bool { return x.Instance == w.Instance })
 		}
 		if w.Seen != nil {

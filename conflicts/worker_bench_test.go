@@ -22,14 +22,18 @@ import (
 // B/op and allocs/op it reports Redis's CPU per op (INFO cpu) and the
 // commands Redis ran per op (INFO commandstats, those run by scripts
 // included), and this process's CPU per op (getrusage: the worker, go-redis
-// and the GC, without the wait for Redis that ns/op includes).
+// and the GC, without the wait for Redis that ns/op includes). With
+// short: each disconnect in the batch of its connect, right after it (a
+// device that connects and leaves within the worker's linger).
 func BenchmarkWorkerNewClientIDs(b *testing.B) {
-	for _, size := range []int{64, 256} {
-		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) { benchWorker(b, size) })
+	for _, short := range []bool{false, true} {
+		for _, size := range []int{64, 256} {
+			b.Run(fmt.Sprintf("short=%v/batch=%d", short, size), func(b *testing.B) { benchWorker(b, size, short) })
+		}
 	}
 }
 
-func benchWorker(b *testing.B, size int) {
+func benchWorker(b *testing.B, size int, short bool) {
 	r := testenv.StartRedis(b)
 	s := store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})
 	b.Cleanup(func() { s.Close() })
@@ -50,17 +54,25 @@ func benchWorker(b *testing.B, size int) {
 			id := "device-" + strconv.Itoa(done+i) + "-" + strconv.FormatInt(now.UnixNano(), 36)
 			ev := event{kind: evConnect, clientID: id, conn: tr.NewConn("user-"+strconv.Itoa(done+i), "192.0.2.7", now)}
 			batch = append(batch, ev)
-			prev = append(prev, ev)
+			if short {
+				batch = append(batch, event{kind: evDisconnect, clientID: ev.clientID, conn: ev.conn})
+			} else {
+				prev = append(prev, ev)
+			}
 		}
 		if len(batch) > 0 {
 			batches = append(batches, batch)
 		}
 	}
 	ctx := context.Background()
-	// Warm the script cache and the connection pool.
+	// Warm the script cache (the disconnect in a batch of its own: a pair
+	// in one batch is folded, its end's script not loaded) and the
+	// connection pool.
 	warm := tr.NewConn("warm", "192.0.2.7", now)
-	if err := tr.handle(ctx, []event{{kind: evConnect, clientID: "warm", conn: warm}, {kind: evDisconnect, clientID: "warm", conn: warm}}); err != nil {
-		b.Fatal(err)
+	for _, ev := range []event{{kind: evConnect, clientID: "warm", conn: warm}, {kind: evDisconnect, clientID: "warm", conn: warm}} {
+		if err := tr.handle(ctx, []event{ev}); err != nil {
+			b.Fatal(err)
+		}
 	}
 	cpu0, cmds0 := redisCost(b, r)
 	self0 := selfCPU(b)

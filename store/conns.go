@@ -264,6 +264,15 @@ type ConnWrite struct {
 	// Left stays a script: another broker can record a newer use of the
 	// same principal.
 	Sole bool
+	// Ended (with Live): Live's connection has ended already, its
+	// disconnect folded into this write by the caller (clientid_conflict
+	// flag only: under deny the broker thread's claim wrote the live field,
+	// and only the disconnect's own write clears it). Live is then neither
+	// recorded nor listed in Instance's brokerconns set; Read reads the live
+	// hash as it is (HGETALL); Seen, the connection's final record
+	// (DisconnectedMs set), is recorded and read back as for any connect.
+	// No Gone, Unlist or Left is needed after it: nothing of it is live.
+	Ended bool
 }
 
 // WriteConns applies a batch of writes in one round trip. It returns one
@@ -332,7 +341,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		if w.Seen != nil || w.Left != nil || (w.Read && w.Live != nil) {
 			seenKey = s.kb.Seen(w.ClientID)
 		}
-		if w.Unlist || w.Live != nil {
+		if w.Unlist || (w.Live != nil && !w.Ended) {
 			member = tracked
 		}
 		var left string // w.Left as stored
@@ -357,7 +366,11 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			pipe.Do(ctx, "srem", setKey, member)
 		}
 		var live string // w.Live as stored
-		if w.Live != nil {
+		if w.Live != nil && w.Ended {
+			if w.Read {
+				rs[i].live = pipe.Do(ctx, "hgetall", conn)
+			}
+		} else if w.Live != nil {
 			mode := ""
 			if w.Read {
 				mode = "read"
@@ -378,7 +391,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			field, value, read := "", "", "0"
 			if w.Seen != nil {
 				field, value = bound(w.Seen.Principal), live
-				if w.Live == nil || *w.Seen != *w.Live {
+				if w.Live == nil || w.Ended || *w.Seen != *w.Live { // Ended: Live not encoded
 					buf = w.Seen.appendBounded(buf[:0])
 					value = string(buf)
 				}
