@@ -48,11 +48,12 @@ fmt-check:
 unit:
 	$(GO) test -short $$($(GO) list ./... | grep -v '/cgo$$')
 
-# The allocation counts run again without -race, under which sync.Pool drops
-# items on purpose (a second or two).
+# The allocation and heap-size tests run again without -race, under which
+# they skip (sync.Pool drops items on purpose, the detector allocates): a
+# few seconds.
 test: build vet fmt-check
 	GUARD_PLUGIN=$(CURDIR)/$(PLUGIN) $(GO) test -race -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -run 'AllocatesNothing' ./plugin ./store/replica
+	$(GO) test -count=1 -run 'AllocatesNothing|Allocs|Bytes|ConnectStrings|StoreConnsIDs' ./plugin ./store/replica ./cgo ./conflicts ./store
 
 # The .deb from make build's binaries, stripped; see packaging/build-deb.sh.
 deb: build
