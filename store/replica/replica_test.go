@@ -220,9 +220,12 @@ func TestSyncLoadsExistingKeys(t *testing.T) {
 	b := r.Lookup(q("a", "10.9.3.3", ""), time.Now()).Block
 	require.NotNil(t, b)
 	assert.InDelta(t, 100*time.Second, b.TTL, float64(2*time.Second))
-	mu.Lock()
-	assert.Contains(t, strings.Join(logs, "\n"), "replica loaded 5001 keys in")
-	mu.Unlock()
+	// The line is written after the replica is marked ready: wait for it.
+	assert.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Contains(strings.Join(logs, "\n"), "replica loaded 5001 keys in")
+	}, 5*time.Second, 5*time.Millisecond, "the load's log line")
 }
 
 // Where CONFIG is refused (managed Redis), the change channel still works.
