@@ -3,7 +3,6 @@ package conflicts
 import (
 	"context"
 	"fmt"
-	"runtime/metrics"
 	"sync"
 	"testing"
 	"time"
@@ -11,20 +10,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
-
-// schedEvents counts goroutines made to run, as the runtime samples them
-// (one transition in 8 is timed into /sched/latencies).
-func schedEvents() uint64 {
-	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
-	metrics.Read(s)
-	var n uint64
-	for _, c := range s[0].Value.Float64Histogram().Counts {
-		n += c
-	}
-	return n
-}
 
 type batchCounter struct {
 	*memStore
@@ -68,7 +56,7 @@ func TestEventsWakeWorkerOncePerBatch(t *testing.T) {
 	for i := range conns {
 		conns[i] = c.NewConn(fmt.Sprintf("user-%d", i), "192.0.2.1", clk.now())
 	}
-	before := schedEvents()
+	before := testenv.SchedEvents()
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("dev-%d", i)
@@ -78,7 +66,7 @@ func TestEventsWakeWorkerOncePerBatch(t *testing.T) {
 		for t0 := time.Now(); time.Since(t0) < gap; {
 		}
 	}
-	woken := schedEvents() - before
+	woken := testenv.SchedEvents() - before
 	require.Eventually(t, func() bool { ev, _ := st.total(); return ev == n },
 		5*time.Second, 10*time.Millisecond, "every event reaches Redis")
 	// A wake per event: n/8 sampled (37); once per batch (and the linger's

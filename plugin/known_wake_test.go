@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"runtime/metrics"
 	"testing"
 	"time"
 
@@ -15,18 +14,6 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
-
-// schedEvents counts goroutines made to run, as the runtime samples them
-// (one transition in 8 is timed into /sched/latencies).
-func schedEvents() uint64 {
-	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
-	metrics.Read(s)
-	var n uint64
-	for _, c := range s[0].Value.Float64Histogram().Counts {
-		n += c
-	}
-	return n
-}
 
 // Successes from new sources, spaced as CONNECTs come, wake the writer of
 // known sources once per batch, not once per success (with a channel, each
@@ -55,13 +42,13 @@ func TestKnownSourcesWakeWriterOncePerBatch(t *testing.T) {
 		ids[i] = fmt.Sprintf("dev-%d", i)
 	}
 	now := time.Now()
-	before := schedEvents()
+	before := testenv.SchedEvents()
 	for i := range ips {
 		k.succeeded("fleet", ips[i], ids[i], now) // a new IP and client ID each: two writes
 		for t0 := time.Now(); time.Since(t0) < gap; {
 		}
 	}
-	woken := schedEvents() - before
+	woken := testenv.SchedEvents() - before
 	// A wake per success: 2n/8 sampled (75); once per batch: a handful.
 	assert.Less(t, woken, uint64(2*n/8/4), "goroutines made runnable (1 in 8 sampled) while %d successes were noted", n)
 	require.Eventually(t, func() bool {
