@@ -67,7 +67,7 @@ clean:
 
 # Benchmark, not part of make test: mosquitto alone vs mosquitto-guard, side by
 # side on loopback (about 8 minutes); see bench/README.md.
-.PHONY: bench bench-storm bench-alloc bench-profile
+.PHONY: bench bench-storm bench-alloc bench-profile bench-cgocall
 bench:
 	@GO=$(GO) bench/run.sh
 
@@ -86,6 +86,11 @@ bench-alloc:
 # b'-off; a few minutes. Needs valgrind.
 bench-profile:
 	@GO=$(GO) bench/profile.sh
+
+# The Go runtime's own cost of a callback from a C thread, without Mosquitto
+# or the plugin: context switches of Go's threads per call (a second).
+bench-cgocall:
+	@GO=$(GO) bench/cgocall/run.sh
 
 # Standing proof, none of it part of make test (see bench/chaos/):
 #   make chaos  Redis stopped, killed, emptied, flapping, SIGHUP storms and a

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The Go runtime's own cost of callbacks from a C thread (bench/cgocall):
+# a C program calls an empty exported Go function every 50 and 150 µs,
+# pinned to one core, with GOMAXPROCS 1 and 2, and prints how often Go's
+# other threads (sysmon, idle Ms) switch per call. Mosquitto calls the
+# plugin this way; this is the floor the plugin cannot go below per
+# callback into Go. Usage: bench/cgocall/run.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
+"$GO" build -buildmode=c-shared -o "$out/libcgocall.so" .
+gcc -O2 -I"$out" -o "$out/main" caller/caller.c -L"$out" -lcgocall -Wl,-rpath,"$out"
+for procs in 1 2; do
+	for gap in 50 150; do
+		printf 'GOMAXPROCS=%s: ' "$procs"
+		GOMAXPROCS=$procs taskset -c 0 "$out/main" "$gap"
+	done
+done
