@@ -6,32 +6,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
-
-	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // A success noted just before the guard stops is still written: the writer
 // lingering when stop closes writes what it gathered, as the channel-based
 // writer did (its fill loop broke on stop and the batch was written).
 func TestAttackI12KnownSourcesWrittenAtStop(t *testing.T) {
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	k := newKnownSources(knownDeps{rdb: rdb, kb: keys.Builder{Prefix: "guard:"}, max: 1000, window: time.Hour,
-		failWindow: time.Minute, down: func(error) {}, stop: stop,
-		spawn: func(_ string, fn func()) { go func() { fn(); close(done) }() }})
+	k, rdb, halt := knownOnRedis(t, time.Hour)
 	time.Sleep(20 * time.Millisecond) // the writer parked
 
 	k.succeeded("alice", netip.MustParseAddr("192.0.2.7"), "dev-1", time.Now())
 	time.Sleep(10 * time.Millisecond) // the writer woke and lingers (knownLinger is 100 ms)
-	close(stop)
 	select {
-	case <-done:
+	case <-halt():
 	case <-time.After(2 * time.Second):
 		t.Fatal("the writer did not stop")
 	}

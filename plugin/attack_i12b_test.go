@@ -2,15 +2,10 @@ package plugin
 
 import (
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
-
-	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // A source that succeeded within conflict_window is known, whatever the
@@ -21,15 +16,7 @@ import (
 // last write: with conflict_window 10m, a device that succeeded 5 minutes
 // ago, and first 15 minutes ago, is not known.
 func TestAttackI12bKnownWithinShortWindow(t *testing.T) {
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	k := newKnownSources(knownDeps{rdb: rdb, kb: keys.Builder{Prefix: "guard:"}, max: 1000, window: 10 * time.Minute,
-		failWindow: time.Minute, down: func(error) {}, stop: stop,
-		spawn: func(_ string, fn func()) { wg.Add(1); go func() { defer wg.Done(); fn() }() }})
-	defer func() { close(stop); wg.Wait() }()
+	k, _, _ := knownOnRedis(t, 10*time.Minute)
 
 	ip := netip.MustParseAddr("192.0.2.7")
 	now := time.Now()

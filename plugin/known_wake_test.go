@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,15 +21,7 @@ import (
 // one made the parked writer runnable: a futex wake-up per CONNECT on the
 // broker's core), and all of them reach Redis.
 func TestKnownSourcesWakeWriterOncePerBatch(t *testing.T) {
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	k := newKnownSources(knownDeps{rdb: rdb, kb: keys.Builder{Prefix: "guard:"}, max: 1000, window: time.Hour,
-		failWindow: time.Minute, down: func(error) {}, stop: stop,
-		spawn: func(_ string, fn func()) { go func() { fn(); close(done) }() }})
-	defer func() { close(stop); <-done }()
+	k, rdb, _ := knownOnRedis(t, time.Hour)
 	time.Sleep(50 * time.Millisecond) // the writer parked
 
 	const n, gap = 300, 100 * time.Microsecond
@@ -55,4 +48,28 @@ func TestKnownSourcesWakeWriterOncePerBatch(t *testing.T) {
 		c, err := rdb.ZCard(context.Background(), "guard:known:fleet").Result()
 		return err == nil && c == 2*n
 	}, 5*time.Second, 10*time.Millisecond, "every new source reaches Redis")
+}
+
+// knownOnRedis starts known sources (conflict_window window) on a real
+// redis-server. halt closes their stop channel (once) and returns a channel
+// closed when every goroutine they spawned has returned; the test's cleanup
+// halts them and waits.
+func knownOnRedis(t *testing.T, window time.Duration) (k *knownSources, rdb *redis.Client, halt func() <-chan struct{}) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	rdb = redis.NewClient(&redis.Options{Addr: r.Addr})
+	stop := make(chan struct{})
+	var once sync.Once
+	var wg sync.WaitGroup
+	halt = func() <-chan struct{} {
+		once.Do(func() { close(stop) })
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		return done
+	}
+	t.Cleanup(func() { <-halt(); _ = rdb.Close() })
+	k = newKnownSources(knownDeps{rdb: rdb, kb: keys.Builder{Prefix: "guard:"}, max: 1000, window: window,
+		failWindow: time.Minute, down: func(error) {}, stop: stop,
+		spawn: func(_ string, fn func()) { wg.Add(1); go func() { defer wg.Done(); fn() }() }})
+	return k, rdb, halt
 }
