@@ -58,6 +58,7 @@ size_t guard_seen_len(void);
 size_t guard_seen_cap(void);
 int guard_denied_add(uintptr_t p);
 int guard_denied_take(uintptr_t p);
+int guard_seen_connect(uintptr_t p);
 int guard_client_has_cert(uintptr_t client);
 
 /* guardFirstSight's answers. */

@@ -58,3 +58,18 @@ func TestHeldDisconnects(t *testing.T) {
 	assert.True(t, holdDisconnect(uintptr(ab.h), 0x1000, false), "room again once handled")
 	handleHeld()
 }
+
+// A new CONNECT at a pointer the denied set names (a banned client that
+// left) is seen, and no longer denied: the set names the one that left.
+func TestConnectClearsDenied(t *testing.T) {
+	testenv.Need(t, "redis-server", "mosquitto_passwd")
+	redis := testenv.StartRedis(t)
+	dir := t.TempDir()
+	ab := newAuthBench(t, redis, dir, passwdHash(t, dir), 1, "off")
+	c := ab.client(0, "dev-a")
+	require.True(t, deniedAdd(uintptr(c.handle)))
+	ab.connect(t, c)
+	assert.True(t, seenHas(uintptr(c.handle)))
+	assert.False(t, deniedTake(uintptr(c.handle)), "still denied after a new CONNECT at its pointer")
+	ab.disconnect(c)
+}

@@ -167,8 +167,9 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 		// Seen: its ACL checks need no first sight (seen.c). Only a new
 		// CONNECT enters the set, never the walk, which also visits offline
 		// sessions the broker may free without a DISCONNECT.
-		C.guard_seen_add(client)
-		C.guard_denied_take(client) // a new client at a freed pointer: not the banned one
+		// And a new client at a freed pointer is not the banned one the
+		// denied set may name.
+		C.guard_seen_connect(client)
 		if !start.IsZero() && in.guard.Timed() {
 			observe = in.guard
 		}

@@ -139,3 +139,12 @@ size_t guard_seen_cap(void) { return seen.cap; }
 
 int guard_denied_add(uintptr_t p) { return add(&denied, p); }
 int guard_denied_take(uintptr_t p) { return del(&denied, p); }
+
+/* guard_seen_connect: a new CONNECT at p is seen, and not the banned client
+ * a freed p may have belonged to. One call from Go for both: each call from
+ * Go into C is a cgo transition on the broker thread. */
+int guard_seen_connect(uintptr_t p)
+{
+	del(&denied, p);
+	return add(&seen, p);
+}

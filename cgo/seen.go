@@ -14,3 +14,6 @@ func seenDel(p uintptr)      { C.guard_seen_del(C.uintptr_t(p)) }
 
 // seenSize returns the set's live entries and its slots.
 func seenSize() (live, slots int) { return int(C.guard_seen_len()), int(C.guard_seen_cap()) }
+
+func deniedAdd(p uintptr) bool  { return C.guard_denied_add(C.uintptr_t(p)) != 0 }
+func deniedTake(p uintptr) bool { return C.guard_denied_take(C.uintptr_t(p)) != 0 }
