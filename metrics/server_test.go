@@ -2,31 +2,31 @@ package metrics
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // serve listens on a free loopback port and serves a registry with one
 // counter, up_total 7.
-func serve(t *testing.T) (*Server, *prometheus.Registry) {
+func serve(t *testing.T) (*Server, *Registry) {
 	t.Helper()
 	s, err := Listen("127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(s.Close)
-	reg := prometheus.NewRegistry()
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "up_total", Help: "A test counter."})
-	c.Add(7)
-	reg.MustRegister(c)
+	reg := NewRegistry()
+	reg.Counter("up_total", "A test counter.").Add(7)
 	s.Serve(reg, func(msg string) { t.Errorf("unexpected log line: %s", msg) })
 	return s, reg
 }
@@ -65,7 +65,7 @@ func TestServesOnlyGetMetrics(t *testing.T) {
 func TestCloseFreesThePort(t *testing.T) {
 	s, err := Listen("127.0.0.1:0")
 	require.NoError(t, err)
-	s.Serve(prometheus.NewRegistry(), func(string) {})
+	s.Serve(NewRegistry(), func(string) {})
 	addr := s.Addr().String()
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
@@ -129,8 +129,8 @@ func TestListenErrorsSayWhy(t *testing.T) {
 // closes. A connection that sends no request is closed after
 // readHeaderTimeout, so idle connections cannot hold the slots for ever.
 func TestConnectionsBounded(t *testing.T) {
-	readHeaderTimeout, idleTimeout = 300*time.Millisecond, 300*time.Millisecond
-	defer func() { readHeaderTimeout, idleTimeout = ReadHeaderTimeout, IdleTimeout }()
+	readHeaderTimeout = 300 * time.Millisecond
+	defer func() { readHeaderTimeout = ReadHeaderTimeout }()
 	s, _ := serve(t)
 	addr := s.Addr().String()
 	var idle []net.Conn
@@ -164,23 +164,20 @@ func TestConnectionsBounded(t *testing.T) {
 	assert.Equal(t, "HTTP/1.1 200 OK\r\n", line)
 }
 
-// blocking is a collector whose Collect waits for release.
-type blocking struct {
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (b *blocking) Describe(ch chan<- *prometheus.Desc) {}
-func (b *blocking) Collect(ch chan<- prometheus.Metric) {
-	b.entered <- struct{}{}
-	<-b.release
-}
-
 // At most MaxInFlight scrapes run at once; one more is answered 503 at once.
+// Scrapes write the registry one at a time: the first blocks in a family's
+// write, the second waits for it.
 func TestScrapesInFlightBounded(t *testing.T) {
 	s, reg := serve(t)
-	b := &blocking{entered: make(chan struct{}), release: make(chan struct{})}
-	reg.MustRegister(b)
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	reg.Add("blocking", "gauge", "Blocks its scrape until released.", func(e *Emitter) {
+		select {
+		case entered <- struct{}{}:
+			<-release
+		default:
+		}
+		e.Sample("", 1)
+	})
 	url := "http://" + s.Addr().String() + "/metrics"
 	var wg sync.WaitGroup
 	for i := 0; i < MaxInFlight; i++ {
@@ -193,13 +190,121 @@ func TestScrapesInFlightBounded(t *testing.T) {
 				resp.Body.Close()
 			}
 		}()
-		<-b.entered
 	}
+	<-entered
+	require.Eventually(t, func() bool { return len(s.inFlight) == MaxInFlight }, 5*time.Second, time.Millisecond)
 	start := time.Now()
 	code, body := get(t, "GET", url)
 	assert.Equal(t, 503, code)
 	assert.True(t, strings.Contains(body, "Limit of concurrent requests reached"), body)
 	assert.Less(t, time.Since(start), time.Second)
-	close(b.release)
+	close(release)
 	wg.Wait()
+}
+
+// raw sends req over a new connection, in pieces of size step (0: at once),
+// and returns the whole answer.
+func raw(t *testing.T, addr string, req string, step int) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(5*time.Second)))
+	if step == 0 {
+		step = len(req)
+	}
+	for i := 0; i < len(req); i += step {
+		if _, err := c.Write([]byte(req[i:min(i+step, len(req))])); err != nil {
+			break // the server answered and closed (431)
+		}
+	}
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+// What a hand-written HTTP/1.x server must get right, on the wire.
+func TestRawRequests(t *testing.T) {
+	s, _ := serve(t)
+	addr := s.Addr().String()
+	big := "GET /metrics HTTP/1.1\r\nX: " + strings.Repeat("a", MaxHeaderBytes) + "\r\n\r\n"
+	for _, c := range []struct {
+		req    string
+		step   int
+		status string
+		body   bool // the exposition follows
+	}{
+		{"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n", 0, "200 OK", true},
+		{"GET /metrics HTTP/1.0\r\n\r\n", 0, "200 OK", true},
+		{"GET /metrics?x=1&y HTTP/1.1\r\n\r\n", 0, "200 OK", true},
+		{"GET http://broker:9466/metrics HTTP/1.1\r\n\r\n", 0, "200 OK", true},
+		{"GET /metrics HTTP/1.1\n\n", 0, "200 OK", true},
+		{"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 1, "200 OK", true}, // a byte at a time
+		{"HEAD /metrics HTTP/1.1\r\n\r\n", 0, "200 OK", false},
+		{"GET http://broker:9466 HTTP/1.1\r\n\r\n", 0, "404 Not Found", false},
+		{"GET /metrics/../metrics HTTP/1.1\r\n\r\n", 0, "404 Not Found", false},
+		{"get /metrics HTTP/1.1\r\n\r\n", 0, "404 Not Found", false},
+		{"GET /metrics HTTP/2.0\r\n\r\n", 0, "400 Bad Request", false},
+		{"GET /metrics\r\n\r\n", 0, "400 Bad Request", false},
+		{"GET  HTTP/1.1\r\n\r\n", 0, "400 Bad Request", false},
+		{"\x00\xff\xfe garbage \x01\r\n\r\n", 0, "400 Bad Request", false},
+		{"\r\n\r\n", 0, "400 Bad Request", false},
+		{big, 0, "431 Request Header Fields Too Large", false},
+		{big, 1000, "431 Request Header Fields Too Large", false},
+	} {
+		got := raw(t, addr, c.req, c.step)
+		line, rest, _ := strings.Cut(got, "\r\n")
+		assert.Equal(t, "HTTP/1.1 "+c.status, line, "%q", c.req)
+		assert.Contains(t, rest, "Connection: close\r\n")
+		assert.Equal(t, c.body, strings.Contains(rest, "up_total 7"), "%q: %q", c.req, got)
+		if c.status == "200 OK" {
+			assert.Contains(t, rest, "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n")
+		}
+	}
+	// HEAD says the GET's length.
+	getLen := regexp.MustCompile(`Content-Length: (\d+)`).FindStringSubmatch(raw(t, addr, "GET /metrics HTTP/1.1\r\n\r\n", 0))
+	headLen := regexp.MustCompile(`Content-Length: (\d+)`).FindStringSubmatch(raw(t, addr, "HEAD /metrics HTTP/1.1\r\n\r\n", 0))
+	require.Len(t, getLen, 2)
+	assert.Equal(t, getLen, headLen)
+}
+
+// A client that closes before its headers end gets nothing, and its slot
+// is free again.
+func TestHalfRequestClosed(t *testing.T) {
+	s, _ := serve(t)
+	addr := s.Addr().String()
+	for i := 0; i < 3*MaxConns; i++ {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		_, _ = c.Write([]byte("GET /metr"))
+		c.Close()
+	}
+	code, _ := get(t, "GET", "http://"+addr+"/metrics")
+	assert.Equal(t, 200, code)
+}
+
+// Whatever bytes a client sends, readRequest answers with one of its
+// statuses, and never says 200 for a request that does not name Path.
+func FuzzRequest(f *testing.F) {
+	for _, s := range []string{"GET /metrics HTTP/1.1\r\n\r\n", "HEAD /metrics?a HTTP/1.0\n\n",
+		"GET http://x/metrics HTTP/1.1\r\n\r\n", "\r\n\r\n", "GET / HTTP/1.1\r\n", "\n\r\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, status := readRequest(iotest.OneByteReader(bytes.NewReader(b)))
+		switch status {
+		case 0, 400, 404, 431:
+		case 200:
+			if !bytes.Contains(b, []byte(Path)) {
+				t.Fatalf("200 for %q", b)
+			}
+			if req.head != bytes.HasPrefix(b, []byte("HEAD ")) {
+				t.Fatalf("head %v for %q", req.head, b)
+			}
+		default:
+			t.Fatalf("status %d for %q", status, b)
+		}
+		if _, s2 := readRequest(bytes.NewReader(b)); s2 != status {
+			t.Fatalf("%d read at once, %d a byte at a time, for %q", s2, status, b)
+		}
+	})
 }

@@ -3,11 +3,9 @@ package plugin
 import (
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/metrics"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -129,58 +127,48 @@ var connectBuckets = []float64{
 // guardMetrics holds what the guard counts as it goes; nil when
 // metrics_addr is not set (each method then does nothing).
 type guardMetrics struct {
-	reg         *prometheus.Registry
-	connects    [nRules]prometheus.Counter // each with its rule's one result
-	deferRule   ruleID                     // what a Defer is here: backend defer, or no username
-	connectTime prometheus.Histogram
-	bans        [len(banScopes)]prometheus.Counter
-	throttles   prometheus.Counter
-	kicks       prometheus.Counter
-	findings    [len(findingKinds)]prometheus.Counter
+	reg         *metrics.Registry
+	connects    [nRules]metrics.Counter // each with its rule's one result
+	deferRule   ruleID                  // what a Defer is here: backend defer, or no username
+	connectTime *metrics.Histogram
+	bans        [len(banScopes)]metrics.Counter
+	throttles   *metrics.Counter
+	kicks       *metrics.Counter
+	findings    [len(findingKinds)]metrics.Counter
 }
 
 // newGuardMetrics makes the counters, every series of them at 0.
 func newGuardMetrics(backend config.Backend) *guardMetrics {
-	m := &guardMetrics{reg: prometheus.NewRegistry(), deferRule: ruleNoUsername}
+	m := &guardMetrics{reg: metrics.NewRegistry(), deferRule: ruleNoUsername}
 	if backend == config.BackendDefer {
 		m.deferRule = ruleBackendDefer
 	}
-	connects := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "mosquitto_guard_connects_total",
-		Help: "CONNECTs decided by the plugin, by result and by the rule that decided (a scope of the block entry that refused, or a reason); the re-checks after a reload are not counted.",
-	}, []string{"result", "rule"})
-	for r := ruleID(0); r < nRules; r++ {
-		m.connects[r] = connects.WithLabelValues(resultNames[resultOf(r)], ruleNames[r])
-	}
-	m.connectTime = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "mosquitto_guard_connect_seconds",
-		Help:    "Time each CONNECT spends in the plugin on the broker thread (MOSQ_EVT_BASIC_AUTH, from entry to return).",
-		Buckets: connectBuckets,
-	})
-	bans := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "mosquitto_guard_bans_total",
-		Help: "Automatic bans this broker wrote, by the scope of the key banned.",
-	}, []string{"origin", "scope"})
-	for i, s := range banScopes {
-		m.bans[i] = bans.WithLabelValues("auto", string(s))
-	}
-	m.throttles = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "mosquitto_guard_throttles_total",
-		Help: "Username throttles this broker started (username_fail_limit).",
-	})
-	m.kicks = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "mosquitto_guard_kicks_total",
-		Help: "Connections this broker disconnected because a ban matched them while connected (or at first sight on an identity listener).",
-	})
-	findings := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "mosquitto_guard_findings_total",
-		Help: "Client-ID conflict findings this broker reported (logged), by kind; repeats folded into an earlier report are not counted.",
-	}, []string{"kind"})
-	for i, k := range findingKinds {
-		m.findings[i] = findings.WithLabelValues(k)
-	}
-	m.reg.MustRegister(connects, m.connectTime, bans, m.throttles, m.kicks, findings,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.Add("mosquitto_guard_connects_total", "counter",
+		"CONNECTs decided by the plugin, by result and by the rule that decided (a scope of the block entry that refused, or a reason); the re-checks after a reload are not counted.",
+		func(e *metrics.Emitter) {
+			for r := ruleID(0); r < nRules; r++ {
+				e.Sample("", float64(m.connects[r].Load()), "result", resultNames[resultOf(r)], "rule", ruleNames[r])
+			}
+		})
+	m.connectTime = m.reg.Histogram("mosquitto_guard_connect_seconds",
+		"Time each CONNECT spends in the plugin on the broker thread (MOSQ_EVT_BASIC_AUTH, from entry to return).",
+		connectBuckets)
+	m.reg.Add("mosquitto_guard_bans_total", "counter", "Automatic bans this broker wrote, by the scope of the key banned.",
+		func(e *metrics.Emitter) {
+			for i, s := range banScopes {
+				e.Sample("", float64(m.bans[i].Load()), "origin", "auto", "scope", string(s))
+			}
+		})
+	m.throttles = m.reg.Counter("mosquitto_guard_throttles_total", "Username throttles this broker started (username_fail_limit).")
+	m.kicks = m.reg.Counter("mosquitto_guard_kicks_total",
+		"Connections this broker disconnected because a ban matched them while connected (or at first sight on an identity listener).")
+	m.reg.Add("mosquitto_guard_findings_total", "counter",
+		"Client-ID conflict findings this broker reported (logged), by kind; repeats folded into an earlier report are not counted.",
+		func(e *metrics.Emitter) {
+			for i, k := range findingKinds {
+				e.Sample("", float64(m.findings[i].Load()), "kind", k)
+			}
+		})
 	return m
 }
 
@@ -227,7 +215,7 @@ func (m *guardMetrics) throttled() {
 
 func (m *guardMetrics) kicked(n int) {
 	if m != nil && n > 0 {
-		m.kicks.Add(float64(n))
+		m.kicks.Add(uint64(n))
 	}
 }
 
@@ -243,65 +231,48 @@ func (m *guardMetrics) found(kind string) {
 	}
 }
 
-// watch registers the gauges and counters read from the guard's state
-// when scraped: Redis health, the replica, the verification cache, the
-// failures not counted in Redis, the refusal lines held back.
+// watch adds the gauges and counters read from the guard's state when
+// scraped (Redis health, the replica, the verification cache, the failures
+// not counted in Redis, the refusal lines held back), then the runtime's
+// and the process's.
 func (m *guardMetrics) watch(g *Guard) {
-	m.reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "mosquitto_guard_redis_up",
-			Help: "1 while Redis answers the plugin's health probe (every 200 ms), else 0.",
-		}, func() float64 { return b2f(g.health.up()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "mosquitto_guard_auth_cache_hits_total",
-			Help: "Password checks answered by the verification cache (auth_cache), without hashing.",
-		}, func() float64 { return float64(g.creds.cache.hits.Load()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "mosquitto_guard_auth_cache_misses_total",
-			Help: "Password checks the verification cache could not answer: the password was hashed.",
-		}, func() float64 { return float64(g.creds.cache.misses.Load()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "mosquitto_guard_refusal_lines_suppressed_total",
-			Help: "Refusals not logged one by one under the bound on refusal lines (summed up in a later line, or, for a throttled username, after the first of its episode).",
-		}, func() float64 { return float64(g.refusals.suppressed.Load()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "mosquitto_guard_failures_uncounted_total",
-			Help: "Failed authentications not counted in Redis (the counting queue was full, or Redis did not answer); this broker's own count still has them.",
-		}, func() float64 { return float64(g.failures.lostTotal.Load()) }),
-	)
-	if g.replica == nil || g.sync == nil {
-		return
+	m.reg.GaugeFunc("mosquitto_guard_redis_up", "1 while Redis answers the plugin's health probe (every 200 ms), else 0.",
+		func() float64 { return b2f(g.health.up()) })
+	m.reg.CounterFunc("mosquitto_guard_auth_cache_hits_total",
+		"Password checks answered by the verification cache (auth_cache), without hashing.",
+		func() float64 { return float64(g.creds.cache.hits.Load()) })
+	m.reg.CounterFunc("mosquitto_guard_auth_cache_misses_total",
+		"Password checks the verification cache could not answer: the password was hashed.",
+		func() float64 { return float64(g.creds.cache.misses.Load()) })
+	m.reg.CounterFunc("mosquitto_guard_refusal_lines_suppressed_total",
+		"Refusals not logged one by one under the bound on refusal lines (summed up in a later line, or, for a throttled username, after the first of its episode).",
+		func() float64 { return float64(g.refusals.suppressed.Load()) })
+	m.reg.CounterFunc("mosquitto_guard_failures_uncounted_total",
+		"Failed authentications not counted in Redis (the counting queue was full, or Redis did not answer); this broker's own count still has them.",
+		func() float64 { return float64(g.failures.lostTotal.Load()) })
+	if g.replica != nil && g.sync != nil {
+		m.reg.Add("mosquitto_guard_replica_keys", "gauge",
+			"List keys held in the local replica, by list (expired ones until the sweep each minute).",
+			func(e *metrics.Emitter) {
+				block, allow := g.replica.Lists()
+				e.Sample("", float64(block), "list", string(keys.Block))
+				e.Sample("", float64(allow), "list", string(keys.Allow))
+			})
+		started := time.Now()
+		m.reg.GaugeFunc("mosquitto_guard_replica_lag_seconds",
+			"Seconds since the local replica last applied a change from Redis or finished a full load (one each replica_resync); since start before its first load.",
+			func() float64 {
+				last := g.sync.LastApplied()
+				if last.IsZero() {
+					last = started
+				}
+				return time.Since(last).Seconds()
+			})
+		m.reg.GaugeFunc("mosquitto_guard_replica_in_step",
+			"1 while changes reach the local replica (subscribed to Redis and loaded since), else 0.",
+			func() float64 { return b2f(g.sync.InStep()) })
 	}
-	for _, list := range []keys.Kind{keys.Block, keys.Allow} {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "mosquitto_guard_replica_keys",
-			Help:        "List keys held in the local replica, by list (expired ones until the sweep each minute).",
-			ConstLabels: prometheus.Labels{"list": string(list)},
-		}, func() float64 {
-			block, allow := g.replica.Lists()
-			if list == keys.Allow {
-				return float64(allow)
-			}
-			return float64(block)
-		}))
-	}
-	started := time.Now()
-	m.reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "mosquitto_guard_replica_lag_seconds",
-			Help: "Seconds since the local replica last applied a change from Redis or finished a full load (one each replica_resync); since start before its first load.",
-		}, func() float64 {
-			last := g.sync.LastApplied()
-			if last.IsZero() {
-				last = started
-			}
-			return time.Since(last).Seconds()
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "mosquitto_guard_replica_in_step",
-			Help: "1 while changes reach the local replica (subscribed to Redis and loaded since), else 0.",
-		}, func() float64 { return b2f(g.sync.InStep()) }),
-	)
+	m.reg.Runtime()
 }
 
 func b2f(b bool) float64 {
@@ -320,6 +291,6 @@ func (g *Guard) Timed() bool { return g.metrics != nil }
 // callback. Not for the re-checks after a reload.
 func (g *Guard) ObserveConnect(d time.Duration) {
 	if g.metrics != nil {
-		g.metrics.connectTime.Observe(d.Seconds())
+		g.metrics.connectTime.Observe(d)
 	}
 }

@@ -26,6 +26,7 @@ targets=(
 	"./store:FuzzFinding|findings stream entries"
 	"./store:FuzzConnEncode|connection records written (byte-identical to encoding/json)"
 	"./store:FuzzConnDecode|connection records read (the fast path agrees with json.Unmarshal)"
+	"./metrics:FuzzRequest|HTTP requests to the metrics endpoint (metrics_addr)"
 )
 
 out="$root/build/fuzz"
