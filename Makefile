@@ -14,7 +14,7 @@ GUARDCTL := $(BUILD)/guardctl
 # plugin calls fails at dlopen, not at the call), guardctl a PIE. lintian
 # checks it in the package (e2e/deb_test.go).
 HARDEN  := CGO_CFLAGS="-O2 -g -D_FORTIFY_SOURCE=2"
-LDHARD  := -linkmode=external -extldflags=-Wl,-z,relro,-z,now
+LDHARD  := -linkmode=external -extldflags=-Wl,-z,relro,-z,now,-z,pack-relative-relocs
 GOFILES := $(shell find . -name '*.go' -not -path './build/*') $(wildcard cgo/*.c cgo/*.h) go.mod go.sum
 
 .PHONY: all build deps test unit vet fmt-check run clean deb
