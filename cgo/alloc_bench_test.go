@@ -319,13 +319,14 @@ func redisCommands(b *testing.B, r *testenv.Redis) int64 {
 	return 0
 }
 
-// Issue 12: a cache-hit CONNECT from the cgo boundary allocates one
-// object, the connection's record, with conflict tracking off or on: its
-// client ID, address and username are the strings of its last CONNECT, its
-// password's copy a reused buffer, and its tracking connection a number
-// whose ID the tracker's worker builds. Before: 5 (three strings copied
-// from C, the password's copy, the record), then 1 without tracking and 2
-// with it (the tracking connection's ID). Its DISCONNECT is left out.
+// Issue 12: a cache-hit CONNECT from the cgo boundary allocates nothing,
+// with conflict tracking off or on: its client ID, address and username are
+// the strings of its last CONNECT, its password's copy a reused buffer, its
+// record one that ended (plugin/records.go), and its tracking connection a
+// number whose ID the tracker's worker builds. Before: 5 (three strings
+// copied from C, the password's copy, the record), then 1 without tracking
+// and 2 with it (the tracking connection's ID), then 1 (the record). Its
+// DISCONNECT is left out.
 func TestBasicAuthHitAllocs(t *testing.T) {
 	testenv.Need(t, "redis-server", "mosquitto_passwd")
 	if raceEnabled {
@@ -344,19 +345,28 @@ func TestBasicAuthHitAllocs(t *testing.T) {
 			// not during the runs (it lingers 100ms after a first event:
 			// the runs take less).
 			time.Sleep(300 * time.Millisecond)
-			const runs = 200
-			var m0, m1 runtime.MemStats
-			var total uint64
-			for i := 0; i < runs; i++ {
-				runtime.ReadMemStats(&m0)
-				ab.connect(t, c)
-				runtime.ReadMemStats(&m1)
-				total += m1.Mallocs - m0.Mallocs
-				ab.disconnect(c)
+			run := func() float64 {
+				const runs = 200
+				var m0, m1 runtime.MemStats
+				var total uint64
+				for i := 0; i < runs; i++ {
+					runtime.ReadMemStats(&m0)
+					ab.connect(t, c)
+					runtime.ReadMemStats(&m1)
+					total += m1.Mallocs - m0.Mallocs
+					ab.disconnect(c)
+				}
+				return float64(total) / runs
 			}
-			n := float64(total) / runs
+			// The least of three runs: the counts are the process's, and
+			// the guard's background goroutines (the health check)
+			// allocate now and then within the window.
+			n := run()
+			for range 2 {
+				n = min(n, run())
+			}
 			t.Logf("%.2f objects per CONNECT", n)
-			assert.LessOrEqual(t, n, 1.5) // a background health check may fall in the window
+			assert.Less(t, n, 0.5)
 		})
 	}
 }

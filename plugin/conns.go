@@ -15,7 +15,8 @@ import (
 // (TestLiveConnBytes): its conflict-tracking connection is kept as its
 // number and start, and rebuilt when the tracker is told (connOf); what few
 // clients have (a certificate, an address that is not an IP) is in a
-// record of its own.
+// record of its own. A record that ended is reused by a later admit, once
+// nothing can still hold it (records.go): a CONNECT allocates none.
 type liveConn struct {
 	handle    uintptr
 	clientID  string
@@ -30,7 +31,7 @@ type liveConn struct {
 	sinceMs     int64  // admitted at, unix ms; its tracking connection's ConnectedMs
 	visited     uint32 // the reload whose re-authentication walk visited it (its low 32 bits)
 	hasUsername bool
-	pending     bool // deferred to a later check: confirmed after confirmDelay without DISCONNECT
+	pending     bool // deferred to a later check: confirmed after confirmDelay without DISCONNECT (with tracking: in g.pending until then, offline or not)
 	flagged     bool // banned while connected: its kick is on the way
 	offline     bool // the connection ended; the broker keeps its session
 }
@@ -95,18 +96,28 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		}
 	}
 	lc.displaced = nil
+	// What the tracker is told is read now: once g.mu is released, the
+	// record may be reused.
+	clientID, tracked := lc.clientID, recorded && g.tracker != nil
+	var conn conflicts.Conn
+	if tracked {
+		conn = g.connOf(lc)
+	}
 	if keep && g.offline < offlineMax {
-		lc.offline, lc.flagged, lc.pending = true, false, false
+		// pending stays: a deferred record stays in g.pending until
+		// confirmDue passes it, and is not reused before (records.go).
+		lc.offline, lc.flagged = true, false
 		g.offline++
 	} else {
 		delete(g.conns, handle)
+		g.releaseLocked(lc)
 	}
 	g.mu.Unlock()
 	if flagged {
 		g.out.Flagged(-1)
 	}
-	if recorded && g.tracker != nil {
-		g.tracker.Disconnected(lc.clientID, g.connOf(lc))
+	if tracked {
+		g.tracker.Disconnected(clientID, conn)
 	}
 }
 
@@ -118,6 +129,7 @@ func (g *Guard) dropLocked(lc *liveConn) {
 		lc.flagged = false
 		g.out.Flagged(-1)
 	}
+	g.releaseLocked(lc)
 }
 
 // reauth reports whether handle is a live connection this guard let
@@ -159,21 +171,23 @@ func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool
 // confirmLoop finds it still there.
 func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
 	now := g.now()
-	lc := &liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
+	rec := liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
 		connRare: noRare, ip: ip, pending: pending, sinceMs: now.UnixMilli()}
 	if c.CertID != "" || c.CertSubject != "" || !ip.IsValid() {
-		lc.connRare = &connRare{certID: c.CertID, certSubject: subjectKept(c.CertSubject)}
+		rec.connRare = &connRare{certID: c.CertID, certSubject: subjectKept(c.CertSubject)}
 		if !ip.IsValid() {
-			lc.addr = c.Address
+			rec.addr = c.Address
 		}
 	}
 	var conn conflicts.Conn
 	if g.tracker != nil {
 		conn = g.tracker.NewConn(principalOf(c), addrString(c, ip), now)
-		lc.seq, lc.sinceMs = conn.Seq, conn.ConnectedMs
+		rec.seq, rec.sinceMs = conn.Seq, conn.ConnectedMs
 	}
 	var other *conflicts.Conn
 	g.mu.Lock()
+	lc := g.newRecLocked() // a record that ended, if any (records.go)
+	*lc = rec
 	if old := g.conns[c.Handle]; old != nil && old.offline {
 		g.dropLocked(old) // stale: the pointer was freed and reused
 	}
@@ -233,8 +247,10 @@ func (g *Guard) confirmDue() {
 			lc := g.pending[i]
 			if g.conns[lc.handle] == lc && !lc.offline {
 				ready = append(ready, confirmed{lc.clientID, g.connOf(lc), lc.other})
-				lc.pending, lc.other = false, nil
 			}
+			// Out of g.pending: an offline one may be reused once it is
+			// dropped; one that ended is the garbage collector's.
+			lc.pending, lc.other = false, nil
 		}
 		more = i == confirmBatch
 		clear(g.pending[:i])

@@ -63,6 +63,7 @@ type Guard struct {
 	offline int                   // offline sessions in conns, at most offlineMax
 	byID    map[string]*liveConn  // client ID -> its newest connection here
 	pending []*liveConn           // deferred connections not yet confirmed
+	recs    records               // ended records kept for reuse (records.go)
 
 	stop chan struct{}
 	wg   sync.WaitGroup

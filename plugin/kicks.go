@@ -30,8 +30,12 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 		}
 		prefix = p
 	}
+	// The candidates are read outside g.mu: no record is reused until
+	// scanDone (records.go).
+	defer g.scanDone()
 	if scope == keys.ClientID { // one lookup, no scan
 		g.mu.Lock()
+		g.scanStartLocked()
 		lc := g.byID[value]
 		g.mu.Unlock()
 		if lc != nil {
@@ -42,6 +46,7 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 	cands := make([]*liveConn, 0, kickScan)
 	n := 0
 	g.mu.Lock()
+	g.scanStartLocked()
 	for _, lc := range g.conns {
 		if !lc.flagged && !lc.offline && matches(lc, scope, value, prefix) {
 			cands = append(cands, lc)
@@ -58,8 +63,10 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 }
 
 // kickCandidates flags and kicks the candidates no allow entry exempts and
-// that are still connected; g.mu not held. A candidate's identity fields
-// are fixed at admit: they are read without the lock.
+// that are still connected; g.mu not held, inside a scan (scanStartLocked:
+// no record is reused meanwhile, so a candidate still in g.conns is the
+// connection it was picked as). A candidate's identity fields are fixed at
+// admit: they are read without the lock.
 func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 	if len(cands) == 0 {
 		return
@@ -71,6 +78,7 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 			hit = append(hit, lc)
 		}
 	}
+	g.scanPause()
 	var kicked []*liveConn
 	g.mu.Lock()
 	for _, lc := range hit {

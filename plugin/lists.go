@@ -146,11 +146,13 @@ func (g *Guard) replicaLost(err error) {
 // one by one: every connection the replica now blocks by an operator's ban
 // (not an automatic one, as in listChanged) is kicked, through kickMatching
 // once per such ban. It holds g.mu for at most recheckChunk connections at
-// a time, and looks them up in the replica unlocked.
+// a time, and looks them up in the replica unlocked (a scan: no record is
+// reused meanwhile, records.go).
 func (g *Guard) recheckConns() {
 	done := map[string]bool{} // bans kickMatching ran for
 	var chunk []*liveConn
 	check := func() {
+		g.scanPause()
 		now := g.now()
 		for _, lc := range chunk {
 			b := g.replica.Lookup(queryOf(lc), now).Block
@@ -162,8 +164,10 @@ func (g *Guard) recheckConns() {
 		}
 		chunk = chunk[:0]
 	}
+	defer g.scanDone()
 	n := 0
 	g.mu.Lock()
+	g.scanStartLocked()
 	for _, lc := range g.conns {
 		if !lc.flagged {
 			chunk = append(chunk, lc)
