@@ -200,6 +200,13 @@ func TestAttackSlowlorisDripClosedAtHeaderTimeout(t *testing.T) {
 	_, err = c.Read(make([]byte, 1))
 	assert.True(t, closed || err != nil, "still open")
 	assert.Less(t, time.Since(start), 3*time.Second)
+	// The handler is done (it read readHeaderTimeout) before the deferred
+	// restore writes it: under s.mu, as untrack takes it.
+	require.Eventually(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.conns) == 0
+	}, 3*time.Second, 5*time.Millisecond)
 }
 
 // Close with every kind of client attached (stalled writers, dripping
