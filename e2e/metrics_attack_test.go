@@ -200,3 +200,40 @@ func TestMetricsAttackStalledScrapersAcrossReloadAndStop(t *testing.T) {
 	require.NoError(t, err, "the metrics port is free once the broker stopped")
 	l.Close()
 }
+
+// The guard's own exposition (some 8 KB) to a client whose window is small
+// (a scraper across a WAN) and whose bytes after its headers (a GET's body,
+// a pipelined request) arrive after the server read them: the server closes
+// with those bytes unread (or they reach the closed socket), the kernel
+// resets the connection and drops what it had not yet sent. Fails: the
+// response is cut short (see metrics' TestAttackUnreadRequestBytes...);
+// net/http shut down its side and drained for 500 ms before closing.
+func TestMetricsAttackUnreadBodyCutsTheScrape(t *testing.T) {
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	e := newEnv(t, "auth_opt_metrics_addr "+addr)
+	e.logLine("mosquitto-guard: metrics on http://" + addr + "/metrics")
+	c := dialSmall(t, addr)
+	defer c.Close()
+	_, err := c.Write([]byte("GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n"))
+	require.NoError(t, err)
+	time.Sleep(50 * time.Millisecond) // the body follows its headers a moment later, as over a network
+	_, err = c.Write([]byte("body"))
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	var got []byte
+	buf := make([]byte, 256)
+	for {
+		time.Sleep(time.Millisecond)
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			assert.ErrorIs(t, err, io.EOF, "after %d bytes", len(got))
+			break
+		}
+	}
+	head, body, ok := strings.Cut(string(got), "\r\n\r\n")
+	require.True(t, ok, "%q", got)
+	_, cl, _ := strings.Cut(head, "Content-Length: ")
+	cl, _, _ = strings.Cut(cl, "\r\n")
+	assert.Equal(t, cl, strconv.Itoa(len(body)), "the exposition is cut short")
+}
