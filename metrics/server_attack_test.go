@@ -353,3 +353,16 @@ func serverGoroutines() int {
 	}
 	return strings.Count(s, "\n\n") + 1
 }
+
+// A response to HEAD has no body, whatever its status (RFC 9110 9.3.2):
+// net/http sent none for the 404 and 503 either.
+func TestAttackHeadAnswersHaveNoBody(t *testing.T) {
+	s := serveReg(t, bigRegistry(0))
+	addr := s.Addr().String()
+	for _, req := range []string{"HEAD /metrics HTTP/1.1\r\n\r\n", "HEAD /nothing HTTP/1.1\r\n\r\n", "HEAD /metrics/ HTTP/1.0\r\n\r\n"} {
+		got := raw(t, addr, req, 0)
+		_, body, ok := strings.Cut(got, "\r\n\r\n")
+		assert.True(t, ok, "%q", got)
+		assert.Empty(t, body, "%q answered with a body", req)
+	}
+}
