@@ -237,3 +237,40 @@ func TestMetricsAttackUnreadBodyCutsTheScrape(t *testing.T) {
 	cl, _, _ = strings.Cut(cl, "\r\n")
 	assert.Equal(t, cl, strconv.Itoa(len(body)), "the exposition is cut short")
 }
+
+// Scrapes by the thousand (bounded: 3000, or 30 s) leave the plugin's
+// runtime no bigger: the memory it maps from the OS after a warm-up stays
+// where it was, within 1 MB.
+func TestMetricsAttackScrapesLeaveNoMemoryBehind(t *testing.T) {
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	e := newEnv(t, "auth_opt_metrics_addr "+addr)
+	e.logLine("mosquitto-guard: metrics on http://" + addr + "/metrics")
+	get := func() {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		require.NoError(t, err)
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		_, _ = c.Write([]byte("GET /metrics HTTP/1.1\r\n\r\n"))
+		_, _ = io.Copy(io.Discard, c)
+	}
+	for i := 0; i < 200; i++ {
+		get()
+	}
+	sys0 := value(scrape(t, addr), "go_memstats_sys_bytes")
+	deadline := time.Now().Add(30 * time.Second)
+	var wg sync.WaitGroup
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 1500 && time.Now().Before(deadline); i++ {
+				get()
+			}
+		}()
+	}
+	wg.Wait()
+	fams := scrape(t, addr)
+	sys1 := value(fams, "go_memstats_sys_bytes")
+	t.Logf("go_memstats_sys_bytes %v -> %v, heap %v", sys0, sys1, value(fams, "go_memstats_heap_alloc_bytes"))
+	assert.Less(t, sys1-sys0, float64(1<<20))
+}
