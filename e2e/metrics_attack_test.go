@@ -239,8 +239,11 @@ func TestMetricsAttackUnreadBodyCutsTheScrape(t *testing.T) {
 }
 
 // Scrapes by the thousand (bounded: 3000, or 30 s) leave the plugin's
-// runtime no bigger: the memory it maps from the OS after a warm-up stays
-// where it was, within 1 MB.
+// runtime no bigger: the memory it maps from the OS after a warm-up grows
+// by less than 8 MiB. The Go runtime maps in 4 MiB steps as its heap goal
+// moves (a scrape leaves 8 KiB of request buffer as garbage: one step was
+// seen in one run of three), so the bound is two steps; a leak of 3 KB per
+// scrape would pass it.
 func TestMetricsAttackScrapesLeaveNoMemoryBehind(t *testing.T) {
 	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
 	e := newEnv(t, "auth_opt_metrics_addr "+addr)
@@ -272,5 +275,5 @@ func TestMetricsAttackScrapesLeaveNoMemoryBehind(t *testing.T) {
 	fams := scrape(t, addr)
 	sys1 := value(fams, "go_memstats_sys_bytes")
 	t.Logf("go_memstats_sys_bytes %v -> %v, heap %v", sys0, sys1, value(fams, "go_memstats_heap_alloc_bytes"))
-	assert.Less(t, sys1-sys0, float64(1<<20))
+	assert.Less(t, sys1-sys0, float64(8<<20))
 }

@@ -45,6 +45,14 @@ type limitConn struct {
 	release func()
 }
 
+// CloseWrite ends the sending side of a TCP connection (linger).
+func (c *limitConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)

@@ -192,15 +192,16 @@ func (s *Server) handle(c net.Conn, reg *Registry) {
 		return // nothing to answer: the client went, or sent nothing in time
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(WriteTimeout))
+	defer linger(c)
 	if status != 200 {
-		_, _ = c.Write(response(status, "text/plain; charset=utf-8", statusText[status]+"\n", false))
+		_, _ = c.Write(response(status, "text/plain; charset=utf-8", statusText[status]+"\n", req.head))
 		return
 	}
 	select {
 	case s.inFlight <- struct{}{}:
 		defer func() { <-s.inFlight }()
 	default:
-		_, _ = c.Write(response(503, "text/plain; charset=utf-8", "Limit of concurrent requests reached (2), try again later.\n", false))
+		_, _ = c.Write(response(503, "text/plain; charset=utf-8", "Limit of concurrent requests reached (2), try again later.\n", req.head))
 		return
 	}
 	b := bufs.Get().(*bytes.Buffer)
@@ -208,6 +209,25 @@ func (s *Server) handle(c net.Conn, reg *Registry) {
 	b.Reset()
 	reg.WriteTo(b)
 	_, _ = c.Write(response(200, contentType, b.String(), req.head))
+}
+
+// The bounds of linger: what a client still sends after its response.
+const (
+	LingerTimeout = 500 * time.Millisecond
+	LingerBytes   = 256 << 10
+)
+
+// linger ends c's sending side and reads and discards what the client still
+// sends (a body, pipelined requests), up to LingerBytes or LingerTimeout,
+// before c is closed: closing a socket with unread bytes makes the kernel
+// reset the connection, and the client loses the part of the response not
+// yet sent. net/http does the same.
+func linger(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(LingerTimeout))
+	_, _ = io.CopyN(io.Discard, c, LingerBytes)
 }
 
 // contentType is the text format's, version 0.0.4.
@@ -228,7 +248,7 @@ func response(status int, ctype, body string, head bool) []byte {
 }
 
 type request struct {
-	head bool // HEAD: the headers only
+	head bool // HEAD: the headers only, whatever the status
 }
 
 // readRequest reads a request's line and headers from r, at most
@@ -242,7 +262,7 @@ func readRequest(r io.Reader) (request, int) {
 	n, end := 0, -1
 	for end < 0 {
 		if n == len(buf) {
-			return request{}, 431
+			return request{head: isHead(buf)}, 431
 		}
 		m, err := r.Read(buf[n:])
 		from := max(n-3, 0) // the end may straddle two reads
@@ -259,7 +279,7 @@ func readRequest(r io.Reader) (request, int) {
 	method, rest, ok1 := bytes.Cut(line, []byte(" "))
 	target, proto, ok2 := bytes.Cut(rest, []byte(" "))
 	if !ok1 || !ok2 || (string(proto) != "HTTP/1.1" && string(proto) != "HTTP/1.0") || len(target) == 0 {
-		return request{}, 400
+		return request{head: isHead(buf)}, 400
 	}
 	path, _, _ := bytes.Cut(target, []byte("?"))
 	if p, ok := bytes.CutPrefix(path, []byte("http://")); ok { // absolute form
@@ -271,10 +291,14 @@ func readRequest(r io.Reader) (request, int) {
 	}
 	m := string(method)
 	if string(path) != Path || (m != "GET" && m != "HEAD") {
-		return request{}, 404
+		return request{head: m == "HEAD"}, 404
 	}
 	return request{head: m == "HEAD"}, 200
 }
+
+// isHead says whether a request starts as a HEAD's: its answer, whatever
+// its status, has no body.
+func isHead(b []byte) bool { return bytes.HasPrefix(b, []byte("HEAD ")) }
 
 // headerEnd is where b's headers end (the blank line), or -1: CRLF CRLF,
 // or LF LF (bare LF line ends, which HTTP/1.1 servers tolerate).

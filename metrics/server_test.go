@@ -308,3 +308,44 @@ func FuzzRequest(f *testing.F) {
 		}
 	})
 }
+
+// A client that goes on sending after its request holds its slot for at
+// most LingerTimeout after the response: the server then closes.
+func TestLingerBounded(t *testing.T) {
+	s, _ := serve(t)
+	c, err := net.Dial("tcp", s.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Write([]byte("GET /metrics HTTP/1.1\r\n\r\n"))
+	require.NoError(t, err)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // a drip that never ends, well under LingerBytes
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+				if _, err := c.Write([]byte("x")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, "HTTP/1.1 200 OK\r\n", line)
+	start := time.Now()
+	_, err = io.Copy(io.Discard, r) // the response, then the server's FIN
+	require.NoError(t, err)
+	assert.Less(t, time.Since(start), LingerTimeout/2, "the response ends at once (the server's FIN)")
+	// The slot (the accept loop holds one more, for the next connection):
+	// still held while the server reads the drip, free within
+	// LingerTimeout.
+	assert.Equal(t, 2, len(s.ln.sem), "lingering")
+	assert.Eventually(t, func() bool { return len(s.ln.sem) == 1 }, 2*LingerTimeout, 10*time.Millisecond,
+		"the connection's slot is free within LingerTimeout")
+	assert.GreaterOrEqual(t, time.Since(start), LingerTimeout/2, "it lingered")
+}
