@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
+)
+
+// Hostile review of record reuse (fdf57db), on a real broker: while
+// churners connect and disconnect as fast as they can (client IDs shared
+// among them, so they take each other over; half with persistent sessions,
+// half leaving without DISCONNECT), each round connects targets that one
+// operator ban matches and bystanders it does not, sets the ban, sometimes
+// sends SIGHUP, and checks that every target is disconnected within the
+// README's bound (about 100 ms, checked at 1 s as the other kick tests do)
+// and no bystander or churner is: no CONNECT of a churner is refused, no
+// bystander loses its connection, and every event=kicked line of the
+// broker's log names a target.
+func TestAttackRecordsChurnBans(t *testing.T) {
+	e := newEnv(t)
+	dial := func(ip, id, user, pass string, persistent bool) (*mqttc.Conn, byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: ip, ClientID: id,
+			Username: str(user), Password: str(pass), Persistent: persistent})
+	}
+
+	// Churners: bob from 127.78.w.k, client IDs churn-0..5 shared.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var churns, churnRefused, churnErrs atomic.Int64
+	var refusedMu sync.Mutex
+	var refusedWhat []string
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("churn-%d", (w*7+i)%6)
+				c, code, err := dial(fmt.Sprintf("127.78.%d.%d", w, 1+i%200), id, "bob", "bob-pw", i%2 == 0)
+				if err != nil {
+					churnErrs.Add(1)
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				churns.Add(1)
+				if code != accepted {
+					churnRefused.Add(1)
+					refusedMu.Lock()
+					refusedWhat = append(refusedWhat, fmt.Sprintf("%s code %d", id, code))
+					refusedMu.Unlock()
+					continue
+				}
+				time.Sleep(time.Duration(i%5) * time.Millisecond)
+				if i%3 == 0 {
+					c.Close() // no DISCONNECT
+				} else {
+					c.Disconnect()
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	})
+
+	targets := map[string]bool{}
+	var worst time.Duration
+	kinds := []string{"ip", "cidr", "username", "clientid"}
+	const rounds = 32
+	var lateAccepted, lateRefused atomic.Int64
+	for r := range rounds {
+		kind := kinds[r%len(kinds)]
+		type member struct {
+			id   string
+			conn *mqttc.Conn
+		}
+		var tgts, bys []member
+		var key string
+		// Each target and bystander connects, leaves and connects again
+		// first: its records come from the ones that ended.
+		connect := func(ip, id, user, pass string, persistent bool) *mqttc.Conn {
+			for range 2 {
+				c, code, err := dial(ip, id, user, pass, persistent)
+				require.NoError(t, err)
+				require.EqualValues(t, accepted, code, "round %d: %s refused before the ban", r, id)
+				c.Disconnect()
+			}
+			c, code, err := dial(ip, id, user, pass, persistent)
+			require.NoError(t, err)
+			require.EqualValues(t, accepted, code, "round %d: %s refused before the ban", r, id)
+			t.Cleanup(func() { c.Close() })
+			return c
+		}
+		for i := range 5 {
+			id := fmt.Sprintf("tgt-%d-%d", r, i)
+			ip, user, pass := fmt.Sprintf("127.77.%d.%d", r, 1+i), "bob", "bob-pw"
+			switch kind {
+			case "ip":
+				ip = fmt.Sprintf("127.77.%d.1", r)
+			case "username":
+				user, pass = "alice", "alice-pw"
+			case "clientid":
+				if i > 0 {
+					continue
+				}
+			}
+			c := connect(ip, id, user, pass, i%2 == 0)
+			if i%2 == 1 { // taken over by itself from the next address: the record of the first ends
+				c2, code, err := dial(fmt.Sprintf("127.76.%d.%d", r, 1+i), id, user, pass, true)
+				if kind == "ip" || kind == "cidr" {
+					c2.Close()
+					c2, code, err = dial(ip, id, user, pass, true)
+				}
+				require.NoError(t, err)
+				require.EqualValues(t, accepted, code)
+				assert.True(t, c.Closed(time.Second), "round %d: the taken-over %s is still connected", r, id)
+				t.Cleanup(func() { c2.Close() })
+				c = c2
+			}
+			tgts = append(tgts, member{id, c})
+			targets[id] = true
+			bid := fmt.Sprintf("by-%d-%d", r, i)
+			bys = append(bys, member{bid, connect(fmt.Sprintf("127.79.%d.%d", r, 1+i), bid, "bob", "bob-pw", i%2 == 1)})
+		}
+		switch kind {
+		case "ip":
+			key = fmt.Sprintf("guard:block:ip:127.77.%d.1", r)
+		case "cidr":
+			key = fmt.Sprintf("guard:block:cidr:127.77.%d.0/24", r)
+		case "username":
+			key = "guard:block:username:alice"
+		case "clientid":
+			key = fmt.Sprintf("guard:block:clientid:tgt-%d-0", r)
+		}
+		if r%3 == 1 || r%5 == 0 {
+			e.broker.Reload()
+		}
+		// Matching clients connecting while the ban is set: each is refused,
+		// or disconnected within the bound.
+		late := func(j int) (ip, id, user, pass string) {
+			ip, id, user, pass = fmt.Sprintf("127.77.%d.%d", r, 100+j), fmt.Sprintf("late-%d-%d", r, j), "bob", "bob-pw"
+			switch kind {
+			case "ip":
+				ip = fmt.Sprintf("127.77.%d.1", r)
+			case "username":
+				user, pass = "alice", "alice-pw"
+			case "clientid":
+				id = fmt.Sprintf("tgt-%d-0", r)
+			}
+			return
+		}
+		var lw sync.WaitGroup
+		lw.Add(1)
+		go func() {
+			defer lw.Done()
+			for j := range 8 {
+				ip, id, user, pass := late(j)
+				targets[id] = true
+				c, code, err := dial(ip, id, user, pass, j%2 == 0)
+				if err != nil {
+					continue
+				}
+				if code != accepted {
+					lateRefused.Add(1)
+					continue
+				}
+				lateAccepted.Add(1)
+				lw.Add(1)
+				go func() {
+					defer lw.Done()
+					defer c.Close()
+					assert.True(t, c.Closed(1500*time.Millisecond), "round %d (%s): %s connected around the ban and stayed", r, kind, id)
+				}()
+				time.Sleep(3 * time.Millisecond)
+			}
+		}()
+		time.Sleep(5 * time.Millisecond)
+		start := time.Now()
+		e.redis.CLI("SET", key, "operator ban", "EX", "60")
+		if r%3 == 2 {
+			e.broker.Reload()
+		}
+		var cw sync.WaitGroup
+		var mu sync.Mutex
+		for _, m := range tgts {
+			cw.Add(1)
+			go func() {
+				defer cw.Done()
+				closed := m.conn.Closed(time.Second)
+				took := time.Since(start)
+				mu.Lock()
+				defer mu.Unlock()
+				assert.True(t, closed, "round %d (%s): target %s not disconnected within 1 s of the ban", r, kind, m.id)
+				worst = max(worst, took)
+			}()
+		}
+		cw.Wait()
+		lw.Wait()
+		for _, m := range bys {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			assert.NoError(t, m.conn.Ping(ctx), "round %d (%s): bystander %s lost its connection", r, kind, m.id)
+			cancel()
+			m.conn.Disconnect()
+		}
+		e.redis.CLI("DEL", key)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("churn connects: %d (dial errors %d); slowest target disconnect: %s; late matching clients accepted %d, refused %d",
+		churns.Load(), churnErrs.Load(), worst.Round(time.Millisecond), lateAccepted.Load(), lateRefused.Load())
+	refusedMu.Lock()
+	assert.Zero(t, churnRefused.Load(), "churners no ban matches were refused: %v", refusedWhat)
+	refusedMu.Unlock()
+	assert.Positive(t, churns.Load())
+
+	kicked := regexp.MustCompile(`event=kicked .*?client_id="([^"]*)"`)
+	n := 0
+	for _, m := range kicked.FindAllStringSubmatch(e.broker.Output(), -1) {
+		n++
+		assert.True(t, targets[m[1]], "kicked %q, which no ban matched", m[1])
+	}
+	t.Logf("kicked lines: %d", n)
+	assert.NotContains(t, e.broker.Output(), "internal error")
+	// Still serving.
+	assert.EqualValues(t, accepted, e.connect(as("127.0.77.1", "after", "bob", "bob-pw")))
+}
