@@ -351,3 +351,101 @@ func TestAttackRecordsWideBanDuringChurn(t *testing.T) {
 	t.Logf("kicked lines: %d", n)
 	assert.NotContains(t, e.broker.Output(), "internal error")
 }
+
+// SIGHUPs every 20 ms for 3 s while churners with shared client IDs and
+// persistent sessions come and go (records reused under the reload walks,
+// offline sessions at pointers the broker reuses) and a client ID ban stands
+// for one of them: no other churner is refused or kicked, bystanders stay,
+// and the banned client ID never stays connected past the bound.
+func TestAttackRecordsReloadStorm(t *testing.T) {
+	for _, mode := range []string{"default", "per_listener_settings"} {
+		t.Run(mode, func(t *testing.T) {
+			var e *env
+			if mode == "default" {
+				e = newEnv(t)
+			} else {
+				e = perListenerEnv(t)
+			}
+			dial := func(ip, id string, persistent bool) (*mqttc.Conn, byte, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				return mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: ip, ClientID: id,
+					Username: str("bob"), Password: str("bob-pw"), Persistent: persistent})
+			}
+			var bys []*mqttc.Conn
+			for i := range 20 {
+				c, code, err := dial(fmt.Sprintf("127.92.0.%d", 1+i), fmt.Sprintf("stay-%d", i), i%2 == 0)
+				require.NoError(t, err)
+				require.EqualValues(t, accepted, code)
+				t.Cleanup(func() { c.Close() })
+				bys = append(bys, c)
+			}
+			e.redis.CLI("SET", "guard:block:clientid:storm-banned", "operator ban", "EX", "60")
+			time.Sleep(100 * time.Millisecond)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			var churns, bannedStayed atomic.Int64
+			for w := range 3 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						id := fmt.Sprintf("storm-%d", (w+i)%5)
+						banned := w == 0 && i%4 == 0
+						if banned {
+							id = "storm-banned"
+						}
+						c, code, err := dial(fmt.Sprintf("127.93.%d.%d", w, 1+i%200), id, i%2 == 0)
+						if err != nil {
+							continue
+						}
+						churns.Add(1)
+						if banned {
+							if code == accepted && !c.Closed(time.Second) {
+								bannedStayed.Add(1)
+								c.Close()
+							}
+							continue
+						}
+						if !assert.EqualValues(t, accepted, code, "%s refused", id) {
+							continue
+						}
+						time.Sleep(time.Duration(i%3) * time.Millisecond)
+						if i%3 == 0 {
+							c.Close()
+						} else {
+							c.Disconnect()
+						}
+					}
+				}()
+			}
+			deadline := time.Now().Add(3 * time.Second)
+			reloads := 0
+			for time.Now().Before(deadline) {
+				e.broker.Reload()
+				reloads++
+				time.Sleep(20 * time.Millisecond)
+			}
+			close(stop)
+			wg.Wait()
+			for i, c := range bys {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				assert.NoError(t, c.Ping(ctx), "bystander stay-%d lost its connection", i)
+				cancel()
+			}
+			assert.Zero(t, bannedStayed.Load(), "the banned client ID stayed connected")
+			kicked := regexp.MustCompile(`event=kicked .*?client_id="([^"]*)"`)
+			for _, m := range kicked.FindAllStringSubmatch(e.broker.Output(), -1) {
+				assert.Equal(t, "storm-banned", m[1], "kicked a client no ban matches")
+			}
+			assert.NotContains(t, e.broker.Output(), "internal error")
+			assert.EqualValues(t, accepted, e.connect(as("127.0.93.1", "after-storm", "bob", "bob-pw")))
+			t.Logf("%s: %d reloads, %d churn connects", mode, reloads, churns.Load())
+		})
+	}
+}

@@ -331,3 +331,32 @@ func TestAttackRecordsModel(t *testing.T) {
 	}
 	require.EqualValues(t, flagged, flaggedSum.Load(), "Flagged count vs flagged records")
 }
+
+// A panic inside a scan (the kick's output, outside g.mu) unwinds through
+// scanDone: the count of scans goes back to zero and the records that ended
+// meanwhile are reusable; the next scan and the next CONNECT work.
+func TestAttackRecordsScanPanic(t *testing.T) {
+	var once sync.Once
+	g := kickGuard(t, map[string]string{"backend": "defer", "clientid_conflict": "off"}, Output{Log: func(Level, string) {},
+		Kick: func(uintptr, string) { once.Do(func() { panic("kick output") }) }})
+	a := admitRC(g, rc(1, "dev-a", "alice"), false)
+	admitRC(g, rc(2, "dev-b", "bob"), false)
+	pauseOnce(g, func() { g.Disconnected(2) })
+	require.NoError(t, g.replica.Put("guard:block:username:alice", "", time.Time{}))
+	func() {
+		defer func() { require.NotNil(t, recover(), "the output's panic") }()
+		g.kickMatching("guard:block:username:alice", keys.Username, "alice")
+	}()
+	locked := make(chan struct{})
+	go func() { g.mu.Lock(); close(locked) }()
+	select {
+	case <-locked:
+	case <-time.After(2 * time.Second):
+		t.Fatal("g.mu still held after a panic in a scan")
+	}
+	defer g.mu.Unlock()
+	require.Zero(t, g.recs.scans)
+	require.Empty(t, g.recs.limbo)
+	require.Len(t, g.recs.free, 1, "the record that ended during the scan")
+	require.True(t, a.flagged)
+}
