@@ -228,7 +228,12 @@ func TestAttackRecordsModel(t *testing.T) {
 				reused++
 			}
 			g.mu.Unlock()
-			g.admit(attackClient(h, id), netip.MustParseAddr(attackClient(h, id).Address), r.IntN(3) == 0)
+			c := attackClient(h, id)
+			if strings.HasPrefix(id, "bad-") && r.IntN(4) == 0 {
+				g.admitFlagged(c, netip.MustParseAddr(c.Address)) // first sight of a banned certificate
+			} else {
+				g.admit(c, netip.MustParseAddr(c.Address), r.IntN(3) == 0)
+			}
 			model[h] = &attackModel{id: id}
 		case op < 70 && m != nil && !m.offline: // DISCONNECT, keeping the session or not
 			if r.IntN(2) == 0 {
