@@ -1,0 +1,77 @@
+package plugin
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
+)
+
+// claimHookStore is a fakeStore that claims client IDs (clientid_conflict
+// deny) and runs hook during the claim's round trip.
+type claimHookStore struct {
+	*fakeStore
+	hook func()
+}
+
+func (s *claimHookStore) Claim(context.Context, string, store.Conn, []string) (*store.Conn, error) {
+	if s.hook != nil {
+		s.hook()
+	}
+	return nil, nil // no holder: the client is admitted
+}
+
+// Found by the record-reuse review (not caused by it: ef09c6c, before
+// fdf57db, fails the same): an operator's ban that reaches the replica
+// between a CONNECT's list check and its admit is missed for good. The
+// kick scan (kickMatching) does not see the client (not in g.conns yet),
+// and the CONNECT had read the lists before the ban. The banned client then
+// stays connected, unflagged, until it leaves. kickMatching's comment
+// assumes "entries added meanwhile ... are checked against the lists at
+// their CONNECT, after the replica had the key": not so for a CONNECT
+// whose check ran before.
+//
+// The window is what the broker thread does between lookup and admit: under
+// clientid_conflict deny, the claim's Redis round trip (up to
+// redis_timeout); with any mode, a cache-miss password verification (a
+// full hash). Here the ban lands during the claim, as the replica's
+// goroutine would deliver it (Put, then OnChange → listChanged). Fails.
+func TestAttackBanDuringConnectIsMissed(t *testing.T) {
+	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "deny"})
+	require.NoError(t, err)
+	st := &claimHookStore{fakeStore: newFakeStore()}
+	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
+	require.NoError(t, err)
+	st.set("guard:user:alice", string(h))
+	var kr kickRecorder
+	g, err := NewWith(cfg, Output{Log: func(Level, string) {}, Kick: kr.kick}, Deps{Store: st, Counter: &fakeCounter{}, Conflicts: failingClaims{}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	g.replica = replica.New(keys.Builder{Prefix: "guard:"})
+
+	const key = "guard:block:username:alice"
+	st.hook = func() {
+		st.set(key, "operator ban") // Redis has it
+		require.NoError(t, g.replica.Put(key, "operator ban", time.Time{}))
+		e, ok := g.replica.Get(key)
+		require.True(t, ok)
+		g.listChanged(key, &e, nil, true) // the replica's OnChange
+	}
+	c := cl(1, "192.0.2.1", "door-1", "alice", "alice-pw")
+	require.Equal(t, Allow, g.Authenticate(c).Result, "the list check ran before the ban")
+	st.hook = nil
+
+	assert.True(t, g.Flagged(c.Handle), "a client banned while its CONNECT was being decided is neither flagged nor kicked")
+	assert.Equal(t, []string{"door-1"}, kr.all(), "its kick")
+	// The next CONNECT of the same client is refused: only the connection
+	// that raced the ban stays.
+	assert.Equal(t, Deny, g.Authenticate(cl(2, "192.0.2.1", "door-1", "alice", "alice-pw")).Result)
+}
