@@ -75,3 +75,35 @@ func TestAttackBanDuringConnectIsMissed(t *testing.T) {
 	// that raced the ban stays.
 	assert.Equal(t, Deny, g.Authenticate(cl(2, "192.0.2.1", "door-1", "alice", "alice-pw")).Result)
 }
+
+// The same gap at a certificate's first sight (an identity listener: no
+// BASIC_AUTH, the first ACL check decides): a ban on the certificate that
+// lands during the claim flags and kicks it, and that first ACL check is
+// refused too.
+func TestBanDuringFirstSightIsNotMissed(t *testing.T) {
+	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "deny"})
+	require.NoError(t, err)
+	st := &claimHookStore{fakeStore: newFakeStore()}
+	var kr kickRecorder
+	g, err := NewWith(cfg, Output{Log: func(Level, string) {}, Kick: kr.kick}, Deps{Store: st, Counter: &fakeCounter{}, Conflicts: failingClaims{}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	g.replica = replica.New(keys.Builder{Prefix: "guard:"})
+
+	key := "guard:block:cert:" + keys.CertID([]byte("stolen"))
+	st.hook = func() {
+		st.set(key, "stolen device")
+		require.NoError(t, g.replica.Put(key, "stolen device", time.Time{}))
+		e, ok := g.replica.Get(key)
+		require.True(t, ok)
+		g.listChanged(key, &e, nil, true)
+	}
+	dev := certCl(1, "192.0.2.1", "dev-1", "CN=dev-1", "", "stolen", "CN=dev-1")
+	dev.Password = nil
+	d := g.FirstSight(dev)
+	st.hook = nil
+	assert.Equal(t, Deny, d.Result, "the first ACL check, decided after the ban was in the replica")
+	assert.Equal(t, key, d.Rule)
+	assert.True(t, g.Flagged(dev.Handle))
+	assert.Equal(t, []string{"dev-1"}, kr.all(), "its kick")
+}

@@ -33,6 +33,7 @@ func (g *Guard) Reauthenticate(c Client) Decision { return g.authenticate(c, tru
 // admitted.
 func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	ip, _ := keys.NormalizeIP(c.Address)
+	scans := g.scans.Load() // before the lists are read (banRaced)
 
 	// Lists (lists.go): the entries that apply to c, from the replica or,
 	// until it is loaded, from Redis.
@@ -96,5 +97,6 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	// Admit (conns.go): the connection joins this broker's table, and
 	// conflict tracking hears of it.
 	g.admit(c, ip, result == Defer)
+	g.banRaced(c, ip, scans)
 	return Decision{Result: result}
 }

@@ -23,6 +23,7 @@ import (
 // SUBSCRIBE refused), until the kick. Broker thread only.
 func (g *Guard) FirstSight(c Client) Decision {
 	ip, _ := keys.NormalizeIP(c.Address)
+	scans := g.scans.Load() // before the lists are read (banRaced)
 	ans, _ := g.lookup(c, ip, false)
 	redisOK := g.health.up()
 	d := Decision{Result: Allow}
@@ -42,6 +43,9 @@ func (g *Guard) FirstSight(c Client) Decision {
 	if d.Result != Deny {
 		g.metrics.connect(ruleCertificate)
 		g.admit(c, ip, false)
+		if b := g.banRaced(c, ip, scans); b != nil { // flagged and kicked: this ACL check too is refused
+			return Decision{Result: Deny, Rule: b.Key, Match: b}
+		}
 		return d
 	}
 	g.metrics.connect(refusedBy(d))

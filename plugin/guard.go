@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -64,6 +65,10 @@ type Guard struct {
 	byID    map[string]*liveConn  // client ID -> its newest connection here
 	pending []*liveConn           // deferred connections not yet confirmed
 	recs    records               // ended records kept for reuse (records.go)
+	// scans counts the kick scans started (scanStartLocked, under g.mu): a
+	// CONNECT that sees it move between its list check and its admit may
+	// have been missed by one (banRaced).
+	scans atomic.Uint64
 
 	stop chan struct{}
 	wg   sync.WaitGroup

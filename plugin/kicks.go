@@ -19,8 +19,9 @@ const kickScan = 256
 //
 // The table is scanned kickScan entries per lock hold, releasing g.mu in
 // between (Go allows a map to change while it is ranged over: entries added
-// meanwhile may be missed, and those are checked against the lists at their
-// CONNECT, after the replica had the key); the allow check runs unlocked.
+// meanwhile may be missed: their CONNECT read g.scans before this scan
+// started, so banRaced looks them up again after their admit); the allow
+// check runs unlocked.
 func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 	var prefix netip.Prefix
 	if scope == keys.CIDR {
@@ -99,6 +100,40 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 		g.log(LevelNotice, clientFields(l, c).String())
 		g.out.Kick(lc.handle, lc.clientID)
 	}
+}
+
+// banRaced closes the gap between a CONNECT's list check and its admit: an
+// operator's ban that reached the replica in between (a password hashed, a
+// claim's Redis round trip under clientid_conflict deny) was not seen by the
+// check, and its kick scan may have run before the client was in g.conns.
+// scans is g.scans read before the check: unchanged, no scan started since
+// (one that starts later finds the client in g.conns, admit being ordered
+// with it by g.mu), and this costs one atomic load. Changed, c is looked up
+// again and, when an operator's ban blocks it, flagged and kicked as
+// kickCandidates does; the ban is returned (nil otherwise).
+func (g *Guard) banRaced(c Client, ip netip.Addr, scans uint64) *store.Match {
+	if g.scans.Load() == scans || g.replica == nil {
+		return nil
+	}
+	b := g.replica.Lookup(store.Query{ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername,
+		Cert: c.CertID}, g.now()).Block
+	if b == nil || keys.IsAutoBan(b.Reason) { // automatic bans do not kick connected clients
+		return nil
+	}
+	g.mu.Lock()
+	lc := g.conns[c.Handle]
+	if lc == nil || lc.flagged || lc.offline {
+		g.mu.Unlock()
+		return nil
+	}
+	lc.flagged = true
+	g.out.Flagged(1) // under g.mu: Disconnected's -1 cannot come first
+	g.mu.Unlock()
+	g.metrics.kicked(1)
+	l := clientLine("kicked", c, ip).Str("rule", b.Key).Tok("origin", "operator")
+	g.log(LevelNotice, clientFields(l, c).String())
+	g.out.Kick(c.Handle, c.ClientID)
+	return b
 }
 
 func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) bool {

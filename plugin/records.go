@@ -77,7 +77,10 @@ func (g *Guard) releaseLocked(lc *liveConn) {
 // scanStartLocked raises the count of scans that read records outside g.mu
 // (g.mu held); scanDone, called without g.mu, lowers it and, after the last
 // one, makes the records ended meanwhile reusable.
-func (g *Guard) scanStartLocked() { g.recs.scans++ }
+func (g *Guard) scanStartLocked() {
+	g.recs.scans++
+	g.scans.Add(1) // after the replica has the ban the scan is for (banRaced)
+}
 
 func (g *Guard) scanDone() {
 	g.mu.Lock()
