@@ -11,15 +11,14 @@ import (
 // between collections: about (1 + GOGC/100) times what is live. Each live
 // connection keeps about 650 bytes live (its record, its strings, its
 // user's verification, its tracking memos: go test -bench BasicAuth/held
-// ./cgo), which Go's default of 100 made about 1.5 KB of RSS per
-// connection; 50 makes it about 1.25 KB, 25 about 1 KB. The price is
-// collections more often while CONNECTs allocate (cache misses: about 6
-// KB each; hits allocate nothing), on the broker's other threads, which
-// share its core: measured on 8 000 new users connecting, about 7 µs more
-// CPU per CONNECT at 50, 24 µs (a tenth of the CONNECT's whole cost, a
-// reconnect storm's throughput) at 25, none on the main thread (README,
-// Benchmark, the GC settings table). 50 takes most of the memory for little
-// CPU; GOGC=25 in the broker's environment takes the rest.
+// ./cgo): in the memory row (8 000 held) 1.55 KB of RSS per connection at
+// Go's default of 100, 1.2 KB at 50, 0.97 KB at 25. The price is
+// collections more often while CONNECTs allocate (a cache miss about 6 KB;
+// a hit next to nothing), on the broker's other threads, which share its
+// core: 7 µs more CPU per cache-miss CONNECT at 50, 14 at 25; its main
+// thread unchanged within the noise (README, Benchmark, the GC settings
+// table). 50 takes most of the memory for half the CPU; GOGC=25 in the
+// broker's environment takes the rest.
 const gcPercent = 50
 
 var gcOnce sync.Once
