@@ -281,6 +281,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 					t.handleSafely(b)
 				}
 				if len(b) < batchMax {
+					t.events.Release() // drained: a burst's buffers go
 					break
 				}
 				select {

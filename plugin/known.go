@@ -287,6 +287,7 @@ func (k *knownSources) run() {
 				k.write(batch)
 			}
 			if len(batch) < knownBatchMax {
+				k.queue.Release() // drained: a burst's buffers go
 				break
 			}
 			select {

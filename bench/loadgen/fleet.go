@@ -55,6 +55,15 @@ type FleetResult struct {
 	RSSIdleAnonKB int64 `json:"rss_idle_anon_kb,omitempty"`
 	RSSIdleFileKB int64 `json:"rss_idle_file_kb,omitempty"`
 	HWMKB         int64 `json:"vmhwm_kb,omitempty"`
+	// The same split holding the devices.
+	RSSHeldAnonKB int64 `json:"rss_held_anon_kb,omitempty"`
+	RSSHeldFileKB int64 `json:"rss_held_file_kb,omitempty"`
+	// The broker's CPU per device held, from before the first device to
+	// the RSS sample (-settle after the last): the whole process (its Go
+	// collector and a plugin's goroutines among its threads) and its main
+	// thread, in µs.
+	HoldCPUUs     float64 `json:"hold_cpu_us,omitempty"`
+	HoldMainCPUUs float64 `json:"hold_main_cpu_us,omitempty"`
 
 	// The storm.
 	Backoff     string  `json:"backoff,omitempty"`
@@ -341,8 +350,13 @@ func cmdFleet(args []string) error {
 	if brokerPID != 0 {
 		time.Sleep(*settle)
 		res.RSSHeldKB = rss()
-		if st, err := procStatus(brokerPID, "VmHWM"); err == nil {
+		if st, err := procStatus(brokerPID, "VmHWM", "RssAnon", "RssFile"); err == nil {
 			res.HWMKB = st["VmHWM"]
+			res.RSSHeldAnonKB, res.RSSHeldFileKB = st["RssAnon"], st["RssFile"]
+		}
+		if end, err := readCPU(brokerPID); err == nil && haveStartup && res.Held > 0 {
+			per := func(d time.Duration) float64 { return round3(float64(d.Microseconds()) / float64(res.Held)) }
+			res.HoldCPUUs, res.HoldMainCPUUs = per(end.proc-startup.proc), per(end.main-startup.main)
 		}
 	}
 	if *mode == "storm" && res.Held > 0 {

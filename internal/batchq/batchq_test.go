@@ -130,3 +130,39 @@ func TestLinger(t *testing.T) {
 	close(stop)
 	assert.False(t, Linger(time.Hour, stop))
 }
+
+// Issue 12: once drained and its last batch released, the queue keeps at
+// most keepMax items' worth in each buffer, whatever the bursts before.
+// Before: a burst of connections (3000 events, a batch short of full)
+// left two arrays of 3000 slots held until the next burst.
+func TestDrainedQueueKeepsLittle(t *testing.T) {
+	q := New[*int](65536, 4096)
+	for burst := 0; burst < 3; burst++ {
+		for i := 0; i < 3000; i++ {
+			v := i
+			q.Put(&v)
+		}
+		b := q.Take()
+		require.Len(t, b, 3000)
+		assert.LessOrEqual(t, cap(q.items), keepMax, "burst %d: the buffer being filled, drained", burst)
+		q.Release()
+		assert.LessOrEqual(t, cap(q.spare), keepMax, "burst %d: the batch handed out, released", burst)
+	}
+	// A trickle reuses its buffers: no allocation once they are there.
+	for i := 0; i < 2; i++ {
+		q.Put(nil)
+		q.Take()
+		q.Release()
+	}
+	v := 1
+	assert.Zero(t, testing.AllocsPerRun(100, func() {
+		for i := 0; i < 10; i++ {
+			q.Put(&v)
+		}
+		q.Take()
+		q.Release()
+	}))
+	for _, p := range q.spare[:cap(q.spare)] {
+		assert.Nil(t, p, "released: no references kept")
+	}
+}
