@@ -294,6 +294,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			t.renew()
 		case <-sweep.C:
 			t.sweepQuiet(t.now().UnixMilli())
+			t.events.Trim() // idle here: a burst's buffers go
 		case <-report.C:
 			if n := t.dropped.Swap(0); n > 0 {
 				t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d connection events not tracked: the conflict queue was full", n))

@@ -267,6 +267,7 @@ func (k *knownSources) run() {
 			return
 		case <-tick.C:
 			k.forgetLoaded(time.Now())
+			k.queue.Trim() // idle here: a burst's buffers go
 			continue
 		case <-k.queue.Ready():
 		}
