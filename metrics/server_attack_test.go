@@ -78,13 +78,11 @@ func TestAttackZeroWindowFreesSlotAfterWriteTimeout(t *testing.T) {
 	}
 	s := serveReg(t, bigRegistry(8<<20))
 	addr := s.Addr().String()
-	var stalled []net.Conn
 	for i := 0; i < MaxInFlight; i++ {
 		c := dialSmallWindow(t, addr)
 		defer c.Close()
 		_, err := c.Write([]byte("GET /metrics HTTP/1.1\r\n\r\n"))
 		require.NoError(t, err)
-		stalled = append(stalled, c)
 	}
 	require.Eventually(t, func() bool { return inFlightNow(s) == MaxInFlight }, 5*time.Second, 5*time.Millisecond)
 	start := time.Now()
