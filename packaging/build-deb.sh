@@ -178,6 +178,7 @@ shlibs=${shlibs#shlibs:Depends=}
 # pack-relative-relocs: 1.4 MB less to map), which needs the loader of glibc
 # 2.36 (GLIBC_ABI_DT_RELR). That is a version needed without a symbol, which
 # dpkg-shlibdeps does not see: raise its floor.
+command -v readelf >/dev/null || die "readelf (binutils) not found: it tells whether the plugin needs glibc 2.36"
 if readelf -V "$pkg/usr/lib/$name/mosquitto_guard.so" | grep -q 'Name: GLIBC_ABI_DT_RELR'; then
 	[[ $shlibs =~ ^libc6\ \(\>=\ ([0-9.]+)\)$ ]] || die "dpkg-shlibdeps: unexpected libc6 dependency: $shlibs"
 	dpkg --compare-versions "${BASH_REMATCH[1]}" ge 2.36 || shlibs="libc6 (>= 2.36)"
