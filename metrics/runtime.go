@@ -14,9 +14,9 @@ import (
 // runtime.ReadMemStats). Each name is one client_golang's default Go
 // collector wrote for the same value (TestAttackGoSeriesNamesAreClientGolangs;
 // go_threads is the threads the runtime has now, client_golang's those it
-// ever created: the same, as Go does not end its threads), so dashboards keep
-// working; that collector's other series (go_gc_duration_seconds, twenty
-// more go_memstats_*) are not written.
+// ever created: the same unless a goroutine that locked its thread exits,
+// which the plugin's do not), so dashboards keep working; that collector's
+// other series are not written (README, Metrics, lists them).
 var goMetrics = []struct {
 	name, typ, help, runtime string
 }{
@@ -42,14 +42,14 @@ func (r *Registry) Runtime() {
 	for i, m := range goMetrics {
 		samples[i].Name = m.runtime
 	}
-	value := func(i int) float64 {
+	value := func(i int) (float64, bool) {
 		switch v := samples[i].Value; v.Kind() {
 		case rtm.KindUint64:
-			return float64(v.Uint64())
+			return float64(v.Uint64()), true
 		case rtm.KindFloat64:
-			return v.Float64()
+			return v.Float64(), true
 		}
-		return 0 // a name this Go does not have: KindBad
+		return 0, false // a name this Go does not have (KindBad): no sample rather than a false 0
 	}
 	r.Add("go_info", "gauge", "Information about the Go environment.", func(e *Emitter) {
 		e.Sample("", 1, "version", runtime.Version())
@@ -59,7 +59,9 @@ func (r *Registry) Runtime() {
 			if i == 0 {
 				rtm.Read(samples)
 			}
-			e.Sample("", value(i))
+			if v, ok := value(i); ok {
+				e.Sample("", v)
+			}
 		})
 	}
 	var ps procStat

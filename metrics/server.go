@@ -201,7 +201,7 @@ func (s *Server) handle(c net.Conn, reg *Registry) {
 	case s.inFlight <- struct{}{}:
 		defer func() { <-s.inFlight }()
 	default:
-		_, _ = c.Write(response(503, "text/plain; charset=utf-8", "Limit of concurrent requests reached (2), try again later.\n", req.head))
+		_, _ = c.Write(response(503, "text/plain; charset=utf-8", busyText, req.head))
 		return
 	}
 	b := bufs.Get().(*bytes.Buffer)
@@ -229,6 +229,9 @@ func linger(c net.Conn) {
 	_ = c.SetReadDeadline(time.Now().Add(LingerTimeout))
 	_, _ = io.CopyN(io.Discard, c, LingerBytes)
 }
+
+// busyText is the 503's body, promhttp's words.
+var busyText = fmt.Sprintf("Limit of concurrent requests reached (%d), try again later.\n", MaxInFlight)
 
 // contentType is the text format's, version 0.0.4.
 const contentType = "text/plain; version=0.0.4; charset=utf-8"
@@ -313,7 +316,9 @@ func headerEnd(b []byte) int {
 
 // Close stops serving: the listener and every connection are closed at
 // once (the port is free again when Close returns), without waiting for
-// scrapes under way. Calling it again does nothing.
+// scrapes under way: one may still read the registry's gauge functions
+// after Close returns (their state must stay readable: the guard's does).
+// Calling it again does nothing.
 func (s *Server) Close() {
 	s.once.Do(func() {
 		s.mu.Lock()
