@@ -31,11 +31,11 @@ import (
 // (Guard.ReloadVisit reads the records), and a kick runs at the next
 // callback (the churn makes them).
 //
-// clientid_conflict deny FAILS (pre-existing, ef09c6c fails the same): a
-// matching client whose CONNECT is decided while the ban arrives stays
-// connected, its list check before the ban and its admit after the kick
-// scan, the claim's Redis round trip in between (unit test:
-// TestAttackBanDuringConnectIsMissed).
+// clientid_conflict deny: a matching client whose CONNECT is decided while
+// the ban arrives (its list check before the ban, its admit after the kick
+// scan, the claim's Redis round trip in between) is kicked too; ef09c6c
+// left it connected in 3 to 7 of 32 rounds (unit test:
+// TestBanDuringConnectIsKicked).
 func TestAttackRecordsChurnBans(t *testing.T) {
 	t.Run("default", func(t *testing.T) { attackRecordsChurnBans(t, newEnv(t)) })
 	t.Run("per_listener_settings", func(t *testing.T) { attackRecordsChurnBans(t, perListenerEnv(t)) })

@@ -139,7 +139,7 @@ func readResponse(t *testing.T, c net.Conn) (status string, length int, body []b
 // reset the connection and drop what the server had not yet sent. The
 // response must still arrive whole, as net/http's did (it reads and
 // discards up to 256 KB of a request's remains before closing).
-func TestAttackUnreadRequestBytesTruncateResponse(t *testing.T) {
+func TestAttackUnreadRequestBytesKeepResponseWhole(t *testing.T) {
 	reg := bigRegistry(12 << 10) // about the guard's own exposition
 	s := serveReg(t, reg)
 	addr := s.Addr().String()

@@ -29,22 +29,20 @@ func (s *claimHookStore) Claim(context.Context, string, store.Conn, []string) (*
 	return nil, nil // no holder: the client is admitted
 }
 
-// Found by the record-reuse review (not caused by it: ef09c6c, before
-// fdf57db, fails the same): an operator's ban that reaches the replica
-// between a CONNECT's list check and its admit is missed for good. The
-// kick scan (kickMatching) does not see the client (not in g.conns yet),
-// and the CONNECT had read the lists before the ban. The banned client then
-// stays connected, unflagged, until it leaves. kickMatching's comment
-// assumes "entries added meanwhile ... are checked against the lists at
-// their CONNECT, after the replica had the key": not so for a CONNECT
-// whose check ran before.
+// Found by the record-reuse review (older than it: ef09c6c failed the
+// same): an operator's ban that reaches the replica between a CONNECT's
+// list check and its admit was missed for good. The kick scan
+// (kickMatching) did not see the client (not in g.conns yet), and the
+// CONNECT had read the lists before the ban: the banned client stayed
+// connected, unflagged, until it left. Now banRaced looks it up again after
+// admit and kicks it.
 //
 // The window is what the broker thread does between lookup and admit: under
 // clientid_conflict deny, the claim's Redis round trip (up to
 // redis_timeout); with any mode, a cache-miss password verification (a
 // full hash). Here the ban lands during the claim, as the replica's
-// goroutine would deliver it (Put, then OnChange → listChanged). Fails.
-func TestAttackBanDuringConnectIsMissed(t *testing.T) {
+// goroutine would deliver it (Put, then OnChange → listChanged).
+func TestBanDuringConnectIsKicked(t *testing.T) {
 	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "deny"})
 	require.NoError(t, err)
 	st := &claimHookStore{fakeStore: newFakeStore()}
