@@ -105,3 +105,42 @@ func TestBanDuringFirstSightIsNotMissed(t *testing.T) {
 	assert.True(t, g.Flagged(dev.Handle))
 	assert.Equal(t, []string{"dev-1"}, kr.all(), "its kick")
 }
+
+// A ban that reaches the replica while the CONNECT's password is checked
+// (a cache miss hashes it, some ms) refuses that CONNECT, as its list check
+// would have had it come a little earlier: no CONNACK, no admit, no kick.
+// Before, it was admitted (then, with banRaced, kicked at the next tick).
+func TestBanDuringPasswordCheckRefuses(t *testing.T) {
+	cfg, err := config.Parse(map[string]string{"backend": "redis"})
+	require.NoError(t, err)
+	st := newFakeStore()
+	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
+	require.NoError(t, err)
+	st.set("guard:user:alice", string(h))
+	var kr kickRecorder
+	g, err := NewWith(cfg, Output{Log: func(Level, string) {}, Kick: kr.kick}, Deps{Store: st, Counter: &fakeCounter{}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	g.replica = replica.New(keys.Builder{Prefix: "guard:"})
+
+	const key = "guard:block:ip:192.0.2.1"
+	g.afterCredentials = func() {
+		g.afterCredentials = nil
+		st.set(key, "operator ban")
+		require.NoError(t, g.replica.Put(key, "operator ban", time.Time{}))
+		e, ok := g.replica.Get(key)
+		require.True(t, ok)
+		g.listChanged(key, &e, nil, true)
+	}
+	c := cl(1, "192.0.2.1", "door-1", "alice", "alice-pw")
+	d := g.Authenticate(c)
+	assert.Equal(t, Deny, d.Result, "refused: the ban was in the replica before the CONNECT was answered")
+	assert.Equal(t, key, d.Rule)
+	assert.False(t, g.Flagged(c.Handle))
+	assert.Empty(t, kr.all(), "nothing to kick: it was never let in")
+	g.mu.Lock()
+	assert.Nil(t, g.conns[c.Handle], "not admitted")
+	g.mu.Unlock()
+	// Without a ban meanwhile, the same client is let in.
+	assert.Equal(t, Allow, g.Authenticate(cl(2, "192.0.2.2", "door-2", "alice", "alice-pw")).Result)
+}

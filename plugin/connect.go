@@ -88,6 +88,18 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	if reauth {
 		return Decision{Result: result}
 	}
+	if g.afterCredentials != nil {
+		g.afterCredentials() // tests: a ban arriving while the password was checked
+	}
+	// A ban that came while the password was checked (kicks.go, banRaced):
+	// the lists are read again, and the CONNECT refused as its list check
+	// would now refuse it.
+	if s := g.scans.Load(); s != scans {
+		scans = s
+		if b := g.blockNow(c, ip); b != nil {
+			return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: b.Key, Match: b}, false)
+		}
+	}
 
 	// Client-ID conflicts (conflicts.go): under clientid_conflict deny, a
 	// client ID live under another principal is refused.

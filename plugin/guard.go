@@ -69,6 +69,9 @@ type Guard struct {
 	// CONNECT that sees it move between its list check and its admit may
 	// have been missed by one (banRaced).
 	scans atomic.Uint64
+	// afterCredentials, when set (tests), runs after a CONNECT's password
+	// check, before its second look at the lists.
+	afterCredentials func()
 
 	stop chan struct{}
 	wg   sync.WaitGroup

@@ -103,20 +103,22 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 }
 
 // banRaced closes the gap between a CONNECT's list check and its admit: an
-// operator's ban that reached the replica in between (a password hashed, a
-// claim's Redis round trip under clientid_conflict deny) was not seen by the
+// operator's ban that reached the replica in between was not seen by the
 // check, and its kick scan may have run before the client was in g.conns.
+// One that came while the password was hashed refuses the CONNECT
+// (authenticate reads the lists again before the claim); what is left is
+// the claim's Redis round trip under clientid_conflict deny, and a few
+// instructions: the client is admitted, then flagged and kicked.
 // scans is g.scans read before the check: unchanged, no scan started since
 // (one that starts later finds the client in g.conns, admit being ordered
 // with it by g.mu), and this costs one atomic load. Changed, c is looked up
 // again and, when an operator's ban blocks it, flagged and kicked as
 // kickCandidates does; the ban is returned (nil otherwise).
 func (g *Guard) banRaced(c Client, ip netip.Addr, scans uint64) *store.Match {
-	if g.scans.Load() == scans || g.replica == nil {
+	if g.scans.Load() == scans {
 		return nil
 	}
-	b := g.replica.Lookup(store.Query{ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername,
-		Cert: c.CertID}, g.now()).Block
+	b := g.blockNow(c, ip)
 	if b == nil || keys.IsAutoBan(b.Reason) { // automatic bans do not kick connected clients
 		return nil
 	}
@@ -134,6 +136,17 @@ func (g *Guard) banRaced(c Client, ip netip.Addr, scans uint64) *store.Match {
 	g.log(LevelNotice, clientFields(l, c).String())
 	g.out.Kick(c.Handle, c.ClientID)
 	return b
+}
+
+// blockNow is the block entry the replica now holds against c, after the
+// allow entries' exemptions; nil without one (or without a replica: kick
+// scans, which make a CONNECT look again, come from its changes).
+func (g *Guard) blockNow(c Client, ip netip.Addr) *store.Match {
+	if g.replica == nil {
+		return nil
+	}
+	return g.replica.Lookup(store.Query{ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername,
+		Cert: c.CertID}, g.now()).Block
 }
 
 func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) bool {
