@@ -350,6 +350,17 @@ func TestAttackRecordsWideBanDuringChurn(t *testing.T) {
 		assert.Zero(t, missed.Load(), "round %d: clients in the banned range still connected 1 s after the ban", round)
 		t.Logf("round %d: %d in range kicked within %s; newcomers meanwhile %d", round, n-n/3, took.Round(time.Millisecond), newcomers.Load())
 		e.redis.CLI("DEL", key)
+		// The next round's clients connect from the same range: once the
+		// replica has the DEL (a notification away; a CI run's first dial
+		// came before it and was refused).
+		require.Eventually(t, func() bool {
+			c, code, err := dial("127.90.9.9", fmt.Sprintf("probe-%d", round))
+			if err != nil {
+				return false
+			}
+			c.Close()
+			return code == accepted
+		}, 5*time.Second, 10*time.Millisecond, "round %d: the ban's DEL never reached the replica", round)
 	}
 	kicked := regexp.MustCompile(`event=kicked .*?client_id="([^"]*)"`)
 	n := 0
