@@ -75,3 +75,28 @@ func TestEventsWakeWorkerOncePerBatch(t *testing.T) {
 	assert.Less(t, woken, uint64(batches+2), "goroutines made runnable (1 in 8 sampled) while %d events were queued in %d batches", n, batches)
 	assert.Less(t, batches, n/20, "events batched")
 }
+
+// Run's tick sweeps the quiet marks and trims the queue: after a burst of
+// connections that ended with a large batch, both are gone within a tick
+// (sweepEvery, shortened here), whether or not anything else happens.
+func TestRunTicksSweepAndTrim(t *testing.T) {
+	was := sweepEvery
+	sweepEvery = 50 * time.Millisecond
+	defer func() { sweepEvery = was }()
+	c, clk, _ := tracker(t, newMemStore(), testOptions())
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { c.Run(stop); close(done) }()
+	for i := 0; i < 3000; i++ { // one linger's worth: a batch of 3000
+		c.Connected(fmt.Sprintf("dev-%d", i), c.NewConn("alice", "192.0.2.1", clk.now()), nil)
+	}
+	require.Eventually(t, func() bool { _, h := c.events.Caps(); return h >= 3000 },
+		5*time.Second, 5*time.Millisecond, "the burst handled in one batch")
+	clk.advance(2 * quietFor) // the quiet marks are old now
+	require.Eventually(t, func() bool { f, h := c.events.Caps(); return f <= 256 && h <= 256 },
+		5*time.Second, 10*time.Millisecond, "the tick trims the buffers")
+	time.Sleep(3 * sweepEvery) // a tick since the clock moved
+	close(stop)
+	<-done
+	assert.Empty(t, c.quiet, "the tick swept the quiet marks")
+}

@@ -249,6 +249,10 @@ func (t *Tracker) enqueue(ev event) {
 	}
 }
 
+// sweepEvery is how often Run sweeps the quiet marks and trims its queue's
+// buffers (a test shortens it).
+var sweepEvery = quietFor
+
 // Run is the worker, until stop is closed: events in order, and the broker
 // lease. A panic in the handling of a batch is logged and the worker goes on.
 func (t *Tracker) Run(stop <-chan struct{}) {
@@ -256,7 +260,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 	defer lease.Stop()
 	report := time.NewTicker(10 * time.Second)
 	defer report.Stop()
-	sweep := time.NewTicker(quietFor)
+	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	t.renew()
 	for {

@@ -152,6 +152,14 @@ func (q *Queue[T]) Trim() {
 	}
 }
 
+// Caps returns the capacities of the two buffers, in items: the one being
+// filled and the last batch handed out (tests of the consumers' Trim).
+func (q *Queue[T]) Caps() (filling, handedOut int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return cap(q.items), cap(q.spare)
+}
+
 // Len returns how many items wait.
 func (q *Queue[T]) Len() int {
 	q.mu.Lock()
