@@ -258,8 +258,12 @@ func (k *knownSources) forgetLoaded(now time.Time) {
 	}
 }
 
+// knownTick is how often the writer forgets ended episodes and trims its
+// queue's buffers (a test shortens it).
+var knownTick = 10 * time.Second
+
 func (k *knownSources) run() {
-	tick := time.NewTicker(10 * time.Second)
+	tick := time.NewTicker(knownTick)
 	defer tick.Stop()
 	for {
 		select {

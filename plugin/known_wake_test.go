@@ -73,3 +73,24 @@ func knownOnRedis(t *testing.T, window time.Duration) (k *knownSources, rdb *red
 		spawn: func(_ string, fn func()) { wg.Add(1); go func() { defer wg.Done(); fn() }() }})
 	return k, rdb, halt
 }
+
+// The writer's tick trims its queue: a burst of successes that ended with a
+// large batch leaves no large buffer behind once a tick (knownTick,
+// shortened here) has passed.
+func TestKnownSourcesTickTrims(t *testing.T) {
+	was := knownTick
+	knownTick = 50 * time.Millisecond
+	defer func() { knownTick = was }()
+	k, rdb, _ := knownOnRedis(t, time.Hour)
+	now := time.Now()
+	const n = 400 // 800 writes (a new IP and client ID each; known sources keep 1000), within one linger
+	for i := 0; i < n; i++ {
+		k.succeeded("fleet", netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), fmt.Sprintf("dev-%d", i), now)
+	}
+	require.Eventually(t, func() bool {
+		c, err := rdb.ZCard(context.Background(), "guard:known:fleet").Result()
+		return err == nil && c == 2*n
+	}, 10*time.Second, 10*time.Millisecond, "every new source reaches Redis")
+	require.Eventually(t, func() bool { f, h := k.queue.Caps(); return f <= 256 && h <= 256 },
+		5*time.Second, 10*time.Millisecond, "the tick trims the buffers")
+}
