@@ -50,6 +50,12 @@ const char *guard_client_id(uintptr_t client);
 const char *guard_client_address(uintptr_t client);
 const char *guard_client_username(uintptr_t client);
 
+/* The broker's signal handlers given SA_ONSTACK (signals.c). */
+int guard_signals_onstack(void);
+int guard_signal_flags(int sig);
+void guard_signals_test_plain(void);
+void guard_signals_test_restore(void);
+
 /* The connections seen (seen.c). */
 int guard_seen_has(uintptr_t p);
 int guard_seen_add(uintptr_t p);

@@ -41,6 +41,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	(void)event;
+	guard_signals_onstack(); /* signals.c: once done, one atomic load */
 	struct mosquitto_evt_basic_auth *ed = event_data;
 	return guardBasicAuth((uintptr_t)userdata, (uintptr_t)ed->client,
 			(char *)mosquitto_client_id(ed->client),
@@ -80,6 +81,7 @@ int guard_on_tick(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	tick_seen = 1;
+	guard_signals_onstack();
 	if (!__atomic_exchange_n(&guard_tick_work, 0, __ATOMIC_SEQ_CST))
 		return MOSQ_ERR_SUCCESS;
 	return guardTick((uintptr_t)userdata);

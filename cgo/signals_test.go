@@ -1,0 +1,28 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// Handlers installed as the broker installs them (signal(), no
+// SA_ONSTACK) get SA_ONSTACK, and nothing else of them changes; with all
+// five there the work is done, and a second call is one atomic load.
+func TestSignalsOnstack(t *testing.T) {
+	signalsPlain()
+	defer signalsRestore()
+	before := map[int]int{}
+	for _, s := range brokerSignals() {
+		f := signalFlags(s)
+		before[int(s)] = f
+		assert.Zero(t, f&saOnstack(), "signal %d: installed without SA_ONSTACK, as the broker does", s)
+	}
+	assert.True(t, signalsOnstack(), "all five handlers are there")
+	for _, s := range brokerSignals() {
+		f := signalFlags(s)
+		assert.NotZero(t, f&saOnstack(), "signal %d: SA_ONSTACK added", s)
+		assert.Equal(t, before[int(s)], f&^saOnstack(), "signal %d: its other flags kept", s)
+	}
+	assert.True(t, signalsOnstack())
+}
