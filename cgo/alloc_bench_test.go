@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -399,18 +400,28 @@ func TestBasicAuthMissAllocs(t *testing.T) {
 	ab.connect(t, clients[runs]) // the first CONNECT's one-off work
 	ab.disconnect(clients[runs])
 	time.Sleep(300 * time.Millisecond)
+	// ReadMemStats counts every goroutine's allocations: tracking's worker
+	// writes a batch every 100 ms, and on a loaded machine (make test runs
+	// packages side by side) more of them fall inside the windows. The
+	// least of five rounds of 60 is the broker thread's (one CI run saw 56.8
+	// objects a CONNECT over all 300 at once, 18.2 here alone).
+	const rounds = 5
 	var m0, m1 runtime.MemStats
-	var objects, bytes uint64
-	for i := 0; i < runs; i++ {
-		runtime.ReadMemStats(&m0)
-		ab.connect(t, clients[i])
-		runtime.ReadMemStats(&m1)
-		objects += m1.Mallocs - m0.Mallocs
-		bytes += m1.TotalAlloc - m0.TotalAlloc
-		ab.disconnect(clients[i])
+	n, b := math.Inf(1), math.Inf(1)
+	for r := 0; r < rounds; r++ {
+		var objects, bytes uint64
+		for i := r * runs / rounds; i < (r+1)*runs/rounds; i++ {
+			runtime.ReadMemStats(&m0)
+			ab.connect(t, clients[i])
+			runtime.ReadMemStats(&m1)
+			objects += m1.Mallocs - m0.Mallocs
+			bytes += m1.TotalAlloc - m0.TotalAlloc
+			ab.disconnect(clients[i])
+		}
+		n = min(n, float64(objects)/(runs/rounds))
+		b = min(b, float64(bytes)/(runs/rounds))
 	}
-	n, b := float64(objects)/runs, float64(bytes)/runs
-	t.Logf("%.1f objects, %.0f bytes per CONNECT", n, b)
+	t.Logf("%.1f objects, %.0f bytes per CONNECT (least of %d rounds)", n, b, rounds)
 	assert.LessOrEqual(t, n, float64(missAllocsMax))
 	assert.LessOrEqual(t, b, float64(missBytesMax))
 }
