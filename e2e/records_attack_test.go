@@ -358,7 +358,9 @@ func TestAttackRecordsWideBanDuringChurn(t *testing.T) {
 			if err != nil {
 				return false
 			}
-			c.Close()
+			if c != nil { // nil when refused
+				c.Close()
+			}
 			return code == accepted
 		}, 5*time.Second, 10*time.Millisecond, "round %d: the ban's DEL never reached the replica", round)
 	}
