@@ -62,17 +62,9 @@ func (g *Guard) FirstSight(c Client) Decision {
 // another's client ID is a finding too.
 func (g *Guard) admitFlagged(c Client, ip netip.Addr) {
 	g.admit(c, ip, false)
-	g.mu.Lock()
-	lc := g.conns[c.Handle]
-	if lc == nil || lc.flagged {
-		g.mu.Unlock()
-		return
+	if g.flagOne(c.Handle) {
+		g.out.Kick(c.Handle, c.ClientID)
 	}
-	lc.flagged = true
-	g.out.Flagged(1) // under g.mu: Disconnected's -1 cannot come first
-	g.mu.Unlock()
-	g.metrics.kicked(1)
-	g.out.Kick(c.Handle, c.ClientID)
 }
 
 // LeftUnseen checks a client that ends before the plugin saw it (no

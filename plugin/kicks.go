@@ -122,20 +122,30 @@ func (g *Guard) banRaced(c Client, ip netip.Addr, scans uint64) *store.Match {
 	if b == nil || keys.IsAutoBan(b.Reason) { // automatic bans do not kick connected clients
 		return nil
 	}
+	if !g.flagOne(c.Handle) {
+		return nil
+	}
+	l := clientLine("kicked", c, ip).Str("rule", b.Key).Tok("origin", "operator")
+	g.log(LevelNotice, clientFields(l, c).String())
+	g.out.Kick(c.Handle, c.ClientID)
+	return b
+}
+
+// flagOne flags the connection at handle, just admitted, unless it is gone
+// or flagged already, and counts its kick; the caller queues the kick. It
+// reports whether it flagged it.
+func (g *Guard) flagOne(handle uintptr) bool {
 	g.mu.Lock()
-	lc := g.conns[c.Handle]
+	lc := g.conns[handle]
 	if lc == nil || lc.flagged || lc.offline {
 		g.mu.Unlock()
-		return nil
+		return false
 	}
 	lc.flagged = true
 	g.out.Flagged(1) // under g.mu: Disconnected's -1 cannot come first
 	g.mu.Unlock()
 	g.metrics.kicked(1)
-	l := clientLine("kicked", c, ip).Str("rule", b.Key).Tok("origin", "operator")
-	g.log(LevelNotice, clientFields(l, c).String())
-	g.out.Kick(c.Handle, c.ClientID)
-	return b
+	return true
 }
 
 // blockNow is the block entry the replica now holds against c, after the
