@@ -1,6 +1,7 @@
 package main
 
 import (
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -25,4 +26,23 @@ func TestSignalsOnstack(t *testing.T) {
 		assert.Equal(t, before[int(s)], f&^saOnstack(), "signal %d: its other flags kept", s)
 	}
 	assert.True(t, signalsOnstack())
+}
+
+// An idle broker makes no callback for a while: the goroutine watchSignals
+// starts at plugin_init gives the handlers SA_ONSTACK within a few of its
+// periods of their installation, without any callback.
+func TestWatchSignalsWithoutCallbacks(t *testing.T) {
+	signalsPlain()
+	defer signalsRestore()
+	signalsOnce = sync.Once{}
+	defer func() { signalsOnce = sync.Once{} }()
+	watchSignals()
+	assert.Eventually(t, func() bool {
+		for _, s := range brokerSignals() {
+			if signalFlags(s)&saOnstack() == 0 {
+				return false
+			}
+		}
+		return true
+	}, 20*signalsEvery, signalsEvery/2, "the handlers got SA_ONSTACK from the watcher")
 }
