@@ -371,8 +371,14 @@ storm() { # label round
 	lgpid=$!
 	pids+=("$lgpid")
 	while [ ! -f "$ready" ] && kill -0 "$lgpid" 2>/dev/null; do sleep 0.05; done
-	[ -f "$ready" ] && restart_broker "$pidf"
+	if [ -f "$ready" ]; then
+		# What the guard asks of Redis during the storm, by command (kept
+		# beside the results; the table counts them in total).
+		case $label in storm-b*) redis-cli -p "$R3_PORT" CONFIG RESETSTAT >/dev/null ;; esac
+		restart_broker "$pidf"
+	fi
 	wait "$lgpid" || rc=$?
+	case $label in storm-b*) redis-cli -p "$R3_PORT" INFO commandstats >"$dir/commandstats-$label-$round.txt" ;; esac
 	forget "$lgpid"
 	stop_broker
 	[ "$rc" = 0 ] || die "loadgen fleet $label round $round failed (exit $rc)"
