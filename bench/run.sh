@@ -225,12 +225,13 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 		case $kind in
 		anon) echo "allow_anonymous true" ;;
 		passwd) echo "allow_anonymous false"; echo "password_file $file" ;;
-		guard | guard-off)
+		guard | guard-off | guard-q100)
 			echo "allow_anonymous false"
 			echo "auth_plugin $plugin"
 			echo "auth_opt_redis_addr $redis"
 			echo "auth_opt_password_file $file"
 			[ "$kind" = guard-off ] && echo "auth_opt_clientid_conflict off"
+			[ "$kind" = guard-q100 ] && echo "auth_opt_listen_backlog 0"
 			;;
 		esac
 	} >"$conf"
@@ -242,7 +243,7 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 	pids+=("$BROKER_PID")
 	BROKER_ADDR=127.0.0.1:$port
 	wait_port "$port" "$BROKER_PID" || die "mosquitto $name did not start: $(tail -5 "$BROKER_LOG" "$BROKER_LOG.stderr" 2>/dev/null)"
-	if [ "$kind" = guard ] || [ "$kind" = guard-off ]; then
+	if [ "$kind" != anon ] && [ "$kind" != passwd ]; then
 		local w
 		w=$("$loadgen" waitlog -file "$BROKER_LOG" -regex 'mosquitto-guard: ready' -timeout "${READY_WAIT:-10s}" -pid "$BROKER_PID")
 		case $w in *'"found":true'*) ;; *) die "mosquitto-guard did not report ready: $(tail -5 "$BROKER_LOG")" ;; esac
@@ -357,6 +358,7 @@ storm() { # label round
 	storm-a) start_broker "$label" passwd "$USERS_PW" ;;
 	storm-b) start_broker "$label" guard "$USERS_PW" "$R3" ;;
 	storm-b-off) start_broker "$label" guard-off "$USERS_PW" "$R3" ;;
+	storm-b-q100) start_broker "$label" guard-q100 "$USERS_PW" "$R3" ;;
 	esac
 	local fixed="broker=$BROKER_PID" redisflag=()
 	case $label in storm-b*) fixed="$fixed,redis=$R3_PID" redisflag=(-redis "$R3") ;; esac
@@ -386,9 +388,9 @@ storm() { # label round
 }
 run_storms() {
 	users_for "$STORM_N"
-	say "bench: $STORM_ROUNDS rounds of the reconnect storm: $STORM_N devices on password_file, the guard, the guard with tracking off"
+	say "bench: $STORM_ROUNDS rounds of the reconnect storm: $STORM_N devices on password_file, the guard, the guard with tracking off, the guard with Mosquitto's listen backlog"
 	for r in $(seq "$STORM_ROUNDS"); do
-		for s in storm-a storm-b storm-b-off; do storm "$s" "$r"; done
+		for s in storm-a storm-b storm-b-off storm-b-q100; do storm "$s" "$r"; done
 	done
 }
 

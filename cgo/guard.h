@@ -56,6 +56,18 @@ int guard_signal_flags(int sig);
 void guard_signals_test_plain(void);
 void guard_signals_test_restore(void);
 
+/* The broker's listen backlog (backlog.c). */
+struct guard_backlog {
+	int want;   /* listen_backlog asked for; 0: the broker's left */
+	int raised; /* listeners given it; -1: not yet */
+	int failed; /* listen() failures; -1: /proc/self/fd unreadable */
+	int err;    /* the first failure's errno */
+};
+void guard_backlog_configure(int backlog);
+void guard_backlog_raise(void);
+struct guard_backlog guard_backlog_result(void);
+void guard_backlog_test_reset(void);
+
 /* The connections seen (seen.c). */
 int guard_seen_has(uintptr_t p);
 int guard_seen_add(uintptr_t p);

@@ -92,6 +92,9 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		}
 	}
 	*out = C.uintptr_t(h)
+	// After plugin.New: its metrics endpoint is a listener of its own, not
+	// the broker's, and keeps its backlog.
+	configureBacklog(cfg.ListenBacklog)
 	if g.Timed() {
 		timed.Add(1)
 	}
@@ -204,6 +207,7 @@ func guardTick(h C.uintptr_t) (rc C.int) {
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
 	handleHeld() // the DISCONNECTs held since the last callback come first
 	reload.Tick()
+	logBacklog()
 	return C.MOSQ_ERR_SUCCESS
 }
 

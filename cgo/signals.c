@@ -46,8 +46,13 @@ int guard_signals_onstack(void)
 		}
 		ready++;
 	}
-	if (ready == n)
-		__atomic_store_n(&guard_signals_done, 1, __ATOMIC_RELEASE);
+	if (ready == n && !__atomic_exchange_n(&guard_signals_done, 1, __ATOMIC_ACQ_REL)) {
+		/* Mosquitto installs these right after it starts its listeners
+		 * (mosquitto.c: listeners__start, mux__init, signal__setup): they
+		 * exist now, and get listen_backlog (backlog.c), once. */
+		guard_backlog_raise();
+		__atomic_store_n(&guard_tick_work, 1, __ATOMIC_SEQ_CST); /* a TICK into Go logs it */
+	}
 	return ready == n;
 }
 

@@ -16,10 +16,14 @@ import (
 // runs Go (signals.c says why). Its callbacks into the plugin add it at
 // their first call (BASIC_AUTH, TICK); an idle broker may make none for a
 // long time, so a goroutine looks every signalsEvery from plugin_init until
-// the handlers are there, for at most signalsFor (then the callbacks alone).
+// the handlers are there: for signalsFor, then every signalsLate (a broker
+// reading a large persistence file starts late). Their arrival also tells
+// that the broker's listeners exist (backlog.c): the goroutine then logs
+// what listen_backlog did.
 const (
 	signalsEvery = 10 * time.Millisecond
 	signalsFor   = 60 * time.Second
+	signalsLate  = time.Second
 )
 
 var signalsOnce sync.Once
@@ -28,9 +32,15 @@ var signalsOnce sync.Once
 func watchSignals() {
 	signalsOnce.Do(func() {
 		go func() {
-			for start := time.Now(); time.Since(start) < signalsFor; time.Sleep(signalsEvery) {
+			for start := time.Now(); ; {
 				if C.guard_signals_onstack() != 0 {
+					logBacklog()
 					return
+				}
+				if time.Since(start) < signalsFor {
+					time.Sleep(signalsEvery)
+				} else {
+					time.Sleep(signalsLate)
 				}
 			}
 		}()

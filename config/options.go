@@ -68,6 +68,11 @@ type Options struct {
 	AuthCache     int           // auth_cache: successful verifications remembered (0: off)
 	ACLCheck      ACLMode       // acl_check: refusing a banned connection's messages until its kick
 
+	// ListenBacklog is listen_backlog: the backlog the broker's TCP
+	// listeners are given once they exist, in place of Mosquitto's fixed
+	// 100 (0: left at that).
+	ListenBacklog int
+
 	// MetricsAddr is metrics_addr: the host:port the Prometheus endpoint
 	// listens on; "" for none.
 	MetricsAddr string
@@ -194,6 +199,7 @@ var options = map[string]option{
 	"acl_check":      {"auto", parseACLMode},
 	"broker_lease":   {"30s", durationOption("broker_lease", time.Second, time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Lease })},
 	"metrics_addr":   {"", parseMetricsAddr},
+	"listen_backlog": {"4096", parseListenBacklog},
 
 	// Managed Redis: TLS and Sentinel (managed.go).
 	"redis_tls":               {"off", parseOnOff("redis_tls", func(c *Options) *bool { return &c.RedisTLS.On })},

@@ -197,3 +197,14 @@ func durationOption(name string, lo, hi time.Duration, field func(*Options) *tim
 		return nil
 	}
 }
+
+// parseListenBacklog accepts 0 (Mosquitto's own backlog of 100 left as it
+// is) or 100 to 65535: lower would only make a reconnecting fleet wait.
+func parseListenBacklog(c *Options, v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || (n != 0 && (n < 100 || n > 65535)) {
+		return &OptionError{"listen_backlog", v, "0 (Mosquitto's own backlog of 100 kept) or a whole number from 100 to 65535"}
+	}
+	c.ListenBacklog = n
+	return nil
+}

@@ -1,0 +1,166 @@
+/*
+ * The broker's listen backlog (listen_backlog).
+ *
+ * Mosquitto 2.0 listens on its TCP listeners with a backlog of 100
+ * (net.c: listen(sock, 100)) and has no option for it. When a fleet
+ * reconnects at once, after a broker restart or a network outage, devices
+ * complete their handshakes faster than the broker thread accepts and
+ * authenticates them; once 101 wait to be accepted, the kernel drops every
+ * further SYN (a listen overflow), and each of those devices waits for TCP
+ * to send its SYN again: after 1 s, then 3 s, then 7 s. A fleet that the
+ * broker could take in two seconds takes three to five, and its p99 with it.
+ *
+ * Linux lets listen() be called again on a listening socket to change its
+ * backlog (the kernel caps it at net.core.somaxconn, 4096 since Linux 5.4).
+ * guard_backlog_raise does that for the broker's TCP listeners, once they
+ * exist. Mosquitto starts its listeners after it has loaded the plugins and
+ * installs its signal handlers right after (mosquitto.c: listeners__start,
+ * mux__init, signal__setup, then the main loop; 2.0.11 to 2.0.22), so
+ * signals.c calls it when those handlers first appear: from the watcher
+ * goroutine (every 10 ms), or from the first BASIC_AUTH or TICK, whichever
+ * comes first.
+ *
+ * Which sockets: those of this process that listen (SO_ACCEPTCONN) on TCP
+ * (SO_PROTOCOL), IPv4 or IPv6, websockets listeners among them; not a unix
+ * socket (Mosquitto's own backlog of 10 stays), and not a listening socket
+ * that was already open when an instance was configured (the plugin's own
+ * metrics endpoint; it is told by its inode, not its number, which may be
+ * reused). Nothing else changes: the sockets keep their options, addresses
+ * and queued connections.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include "guard.h"
+
+#define GUARD_BACKLOG_OWN_MAX 16
+
+static pthread_mutex_t backlog_mu = PTHREAD_MUTEX_INITIALIZER;
+static int backlog_want = 0; /* the highest listen_backlog of the instances; 0: leave the broker's */
+static ino_t backlog_own[GUARD_BACKLOG_OWN_MAX];
+static int backlog_own_n = 0;
+static int backlog_raised = -1; /* sockets raised by the raise; -1: not done */
+static int backlog_failed = 0;  /* sockets whose listen() failed */
+static int backlog_errno = 0;   /* the first failure's errno */
+
+/* tcp_listener reports whether fd is a TCP socket that listens; its inode in *ino. */
+static int tcp_listener(int fd, ino_t *ino)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+		return 0;
+	int v = 0;
+	socklen_t l = sizeof v;
+	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &l) != 0 || !v)
+		return 0;
+	v = 0;
+	l = sizeof v;
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &v, &l) != 0 || v != IPPROTO_TCP)
+		return 0;
+	*ino = st.st_ino;
+	return 1;
+}
+
+/* each_listener calls fn for every TCP listener of the process, as
+ * /proc/self/fd lists them; -1 if it cannot be read. */
+static int each_listener(void (*fn)(int fd, ino_t ino))
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (d == NULL)
+		return -1;
+	int self = dirfd(d);
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		char *end;
+		long fd = strtol(e->d_name, &end, 10);
+		if (end == e->d_name || *end != '\0' || fd < 0 || fd == self)
+			continue;
+		ino_t ino;
+		if (tcp_listener((int)fd, &ino))
+			fn((int)fd, ino);
+	}
+	closedir(d);
+	return 0;
+}
+
+static int own(ino_t ino)
+{
+	for (int i = 0; i < backlog_own_n; i++)
+		if (backlog_own[i] == ino)
+			return 1;
+	return 0;
+}
+
+static void note_own(int fd, ino_t ino)
+{
+	(void)fd;
+	if (!own(ino) && backlog_own_n < GUARD_BACKLOG_OWN_MAX)
+		backlog_own[backlog_own_n++] = ino;
+}
+
+static void raise_one(int fd, ino_t ino)
+{
+	if (own(ino))
+		return;
+	if (listen(fd, backlog_want) == 0) {
+		backlog_raised++;
+	} else {
+		if (backlog_failed++ == 0)
+			backlog_errno = errno;
+	}
+}
+
+/* guard_backlog_configure records an instance's listen_backlog (the highest
+ * of the instances counts) and the listening sockets already open, which
+ * are not the broker's listeners: Mosquitto opens those after every
+ * plugin_init. Called at the end of plugin_init. */
+void guard_backlog_configure(int backlog)
+{
+	pthread_mutex_lock(&backlog_mu);
+	if (backlog > backlog_want)
+		backlog_want = backlog;
+	each_listener(note_own);
+	pthread_mutex_unlock(&backlog_mu);
+}
+
+/* guard_backlog_raise gives the broker's TCP listeners the configured
+ * backlog; signals.c calls it once, when Mosquitto's listeners exist. */
+void guard_backlog_raise(void)
+{
+	pthread_mutex_lock(&backlog_mu);
+	backlog_raised = 0;
+	backlog_failed = 0;
+	backlog_errno = 0;
+	if (backlog_want > 0 && each_listener(raise_one) != 0) {
+		backlog_failed = -1;
+		backlog_errno = errno;
+	}
+	pthread_mutex_unlock(&backlog_mu);
+}
+
+/* guard_backlog_result: what the raise did (for the log line): the backlog
+ * asked for, the sockets raised (-1: not yet), failed (-1: /proc/self/fd
+ * unreadable), and the first failure's errno. */
+struct guard_backlog guard_backlog_result(void)
+{
+	pthread_mutex_lock(&backlog_mu);
+	struct guard_backlog r = {backlog_want, backlog_raised, backlog_failed, backlog_errno};
+	pthread_mutex_unlock(&backlog_mu);
+	return r;
+}
+
+/* Tests only: forget the configuration and the result. */
+void guard_backlog_test_reset(void)
+{
+	pthread_mutex_lock(&backlog_mu);
+	backlog_want = 0;
+	backlog_own_n = 0;
+	backlog_raised = -1;
+	backlog_failed = 0;
+	backlog_errno = 0;
+	pthread_mutex_unlock(&backlog_mu);
+}
