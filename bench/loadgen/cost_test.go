@@ -132,7 +132,8 @@ func TestIssue12Targets(t *testing.T) {
 		"b10k-off": {thread: 104, proc: 110, redis: 3, redisReads: 0.1, redisCmds: 3},
 	}
 	med := map[string]float64{"a0": 1000, "b": 960}
-	storms := map[string]stormSummary{"storm-a": {storm: 2.0, proc: 100}, "storm-b": {storm: 2.2, proc: 120}, "storm-b-off": {storm: 2.05, proc: 110}}
+	storms := map[string]stormSummary{"storm-a": {storm: 2.0, proc: 100}, "storm-b": {storm: 2.2, proc: 120}, "storm-b-off": {storm: 2.05, proc: 110},
+		"storm-b-q100": {storm: 3.0, proc: 118, overflows: 900}}
 	mem := memSummary{ok: true, share: 0.4, idleCost: 13}
 	allocs := []allocBench{{name: "hit/clientid_conflict=flag", allocsOp: 0, bOp: 0}, {name: "miss/clientid_conflict=flag", allocsOp: 100, bOp: 7000}}
 	got := map[string]string{}
@@ -156,6 +157,12 @@ func TestIssue12Targets(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%s: %q, want %q", k, got[k], v)
 		}
+	}
+	// The guard with Mosquitto's backlog is shown beside the storm target,
+	// never counted as one.
+	ref := "(for reference, not a target) the same with the guard's listen_backlog 0, Mosquitto's own 100: storm-b-q100 / password_file"
+	if got[ref] != "–" {
+		t.Errorf("%s: %q, want a reference row", ref, got[ref])
 	}
 	// Nothing measured: every target says so.
 	for _, r := range issue12Targets(map[string]float64{}, map[string]connCost{}, map[string]stormSummary{}, memSummary{}, nil, false, false) {
