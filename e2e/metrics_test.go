@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,6 +164,24 @@ func TestMetricsEndToEnd(t *testing.T) {
 	l, err := net.Listen("tcp", addr)
 	require.NoError(t, err, "the metrics port is free once the broker stopped")
 	l.Close()
+}
+
+// A Redis that hangs (SIGSTOP) keeps the replica's subscription open and
+// silent: replica_in_step goes 0 with redis_up, since no change can be
+// known to arrive, and 1 again once Redis answers. Before, it stayed 1.
+func TestMetricsReplicaInStepFrozenRedis(t *testing.T) {
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	e := newEnv(t, "auth_opt_metrics_addr "+addr)
+	e.logLine("mosquitto-guard: metrics on http://" + addr + "/metrics")
+	eventually(t, 3*time.Second, func() bool { return value(scrape(t, addr), "mosquitto_guard_replica_in_step") == 1 }, "in step at start")
+	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+	defer e.redis.Signal(syscall.SIGCONT)
+	eventually(t, 3*time.Second, func() bool {
+		f := scrape(t, addr)
+		return value(f, "mosquitto_guard_redis_up") == 0 && value(f, "mosquitto_guard_replica_in_step") == 0
+	}, "replica_in_step stayed 1 with Redis frozen")
+	require.NoError(t, e.redis.Signal(syscall.SIGCONT))
+	eventually(t, 3*time.Second, func() bool { return value(scrape(t, addr), "mosquitto_guard_replica_in_step") == 1 }, "in step again")
 }
 
 // A metrics_addr another process listens on stops the broker at start with

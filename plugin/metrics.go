@@ -268,9 +268,12 @@ func (m *guardMetrics) watch(g *Guard) {
 				}
 				return time.Since(last).Seconds()
 			})
+		// A Redis that does not answer (hung, or frozen with SIGSTOP) keeps
+		// the subscription's socket open and silent: in step is then not
+		// known, and not claimed.
 		m.reg.GaugeFunc("mosquitto_guard_replica_in_step",
-			"1 while changes reach the local replica (subscribed to Redis and loaded since), else 0.",
-			func() float64 { return b2f(g.sync.InStep()) })
+			"1 while changes reach the local replica (subscribed to Redis and loaded since, and Redis answering), else 0.",
+			func() float64 { return b2f(g.sync.InStep() && g.health.up()) })
 	}
 	m.reg.Runtime()
 }
