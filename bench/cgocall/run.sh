@@ -4,7 +4,8 @@
 # pinned to one core, with GOMAXPROCS 1 and 2, and prints how often Go's
 # other threads (sysmon, idle Ms) switch per call. Mosquitto calls the
 # plugin this way; this is the floor the plugin cannot go below per
-# callback into Go. Usage: bench/cgocall/run.sh
+# callback into Go. Usage: bench/cgocall/run.sh (CGOCALL_PROCS="1 2 4 8" for
+# other GOMAXPROCS; 4 and 8 were no better than 2 on 2026-12-02)
 set -euo pipefail
 cd "$(dirname "$0")"
 out=$(mktemp -d)
@@ -12,7 +13,7 @@ trap 'rm -rf "$out"' EXIT
 GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 "$GO" build -buildmode=c-shared -o "$out/libcgocall.so" .
 gcc -O2 -I"$out" -o "$out/main" caller/caller.c -L"$out" -lcgocall -Wl,-rpath,"$out"
-for procs in 1 2; do
+for procs in ${CGOCALL_PROCS:-1 2}; do
 	for gap in 50 150; do
 		printf 'GOMAXPROCS=%s: ' "$procs"
 		GOMAXPROCS=$procs taskset -c 0 "$out/main" "$gap"
