@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -152,10 +153,16 @@ func (p *Process) WaitOutput(s string, d time.Duration) bool {
 	return strings.Contains(p.Output(), s)
 }
 
-// WaitPort waits up to d for addr to accept TCP connections, failing early if
-// the program ends.
+// WaitPort waits up to d for addr to accept TCP connections on a socket of
+// this program's own, failing early if the program ends. A free port can
+// be taken by another test's server between FreePort and the program's
+// bind: the program then exits ("Address already in use"), and a dial
+// alone would have been answered by the other server (a CI run's replica
+// test talked to another test's ACL-restricted Redis so).
 func (p *Process) WaitPort(addr string, d time.Duration) error {
 	deadline := time.Now().Add(d)
+	_, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
 	for time.Now().Before(deadline) {
 		if p.Exited() {
 			return fmt.Errorf("testenv: %s exited: %v\n%s", p.Name, p.err, tail(p.Output(), 30))
@@ -163,11 +170,48 @@ func (p *Process) WaitPort(addr string, d time.Duration) error {
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return nil
+			if owns, known := listens(p.PID(), port); owns || !known {
+				return nil
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("testenv: %s did not listen on %s within %s\n%s", p.Name, addr, d, tail(p.Output(), 30))
+}
+
+// listens reports whether process pid holds a TCP socket listening on
+// port, from /proc/net/tcp{,6} and /proc/PID/fd; known is false when those
+// cannot be read.
+func listens(pid, port int) (owns, known bool) {
+	inodes := map[string]bool{}
+	read := false
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		read = true
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) < 10 || fs[3] != "0A" { // 0A: LISTEN
+				continue
+			}
+			i := strings.LastIndexByte(fs[1], ':')
+			if n, err := strconv.ParseUint(fs[1][i+1:], 16, 16); err == nil && int(n) == port {
+				inodes["socket:["+fs[9]+"]"] = true
+			}
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if !read || err != nil {
+		return false, false
+	}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && inodes[l] {
+			return true, true
+		}
+	}
+	return false, true
 }
 
 // Redis is a redis-server started for one test.
@@ -186,15 +230,24 @@ type Redis struct {
 func StartRedis(t testing.TB, extra ...string) *Redis {
 	t.Helper()
 	Need(t, "redis-server")
-	port := FreePort(t)
 	dir := t.TempDir()
-	args := append([]string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}, extra...)
-	r := &Redis{Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, args: args, t: t}
-	r.Process = start(t, dir, "redis-server", args...)
-	if err := r.WaitPort(r.Addr, 10*time.Second); err != nil {
-		t.Fatal(err)
+	// Another test may take the free port before redis-server binds it:
+	// then it starts again on another (at most three tries), as
+	// StartMosquitto does.
+	for try := 0; ; try++ {
+		port := FreePort(t)
+		args := append([]string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}, extra...)
+		r := &Redis{Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, args: args, t: t}
+		r.Process = start(t, dir, "redis-server", args...)
+		err := r.WaitPort(r.Addr, 10*time.Second)
+		if err == nil {
+			return r
+		}
+		r.Process.Stop()
+		if try == 2 || !strings.Contains(r.Output(), "Address already in use") {
+			t.Fatal(err)
+		}
 	}
-	return r
 }
 
 // Restart starts the same redis-server again, on the same port, after Stop or Kill.
