@@ -60,6 +60,7 @@ void guard_signals_test_restore(void);
 struct guard_backlog {
 	int want;   /* listen_backlog asked for; 0: the broker's left */
 	int raised; /* listeners given it; -1: not yet */
+	int kept;   /* listeners whose backlog was as large already */
 	int failed; /* listen() failures; -1: /proc/self/fd unreadable */
 	int err;    /* the first failure's errno */
 };
@@ -67,6 +68,7 @@ void guard_backlog_configure(int backlog);
 void guard_backlog_raise(void);
 struct guard_backlog guard_backlog_result(void);
 void guard_backlog_test_reset(void);
+long guard_backlog_of(int fd);
 
 /* The connections seen (seen.c). */
 int guard_seen_has(uintptr_t p);

@@ -197,6 +197,7 @@ func guardReload(h C.uintptr_t) (rc C.int) {
 	if in := instances.get(uintptr(h)); in != nil {
 		in.guard.Reload()
 	}
+	reraiseBacklog() // a listener capped at net.core.somaxconn gets the rest once it is raised
 	// Anything but DEFER would stop the broker re-registering its own checks.
 	return C.MOSQ_ERR_PLUGIN_DEFER
 }
