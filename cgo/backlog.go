@@ -96,7 +96,7 @@ func somaxconn() int {
 }
 
 // Test helpers (cgo is not allowed in _test.go files).
-func backlogRaise()     { C.guard_backlog_raise() }
+func backlogRaise() { C.guard_backlog_raise() }
 func backlogTestReset() {
 	C.guard_backlog_test_reset()
 	backlogLogged.Lock()
