@@ -41,6 +41,7 @@
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -54,27 +55,41 @@
 #define GUARD_TCP_LISTEN 10            /* the kernel's TCP_LISTEN state */
 
 static pthread_mutex_t backlog_mu = PTHREAD_MUTEX_INITIALIZER;
-static int backlog_want = 0; /* the highest listen_backlog of the instances; 0: leave the broker's */
+static int backlog_want = 0;  /* the highest listen_backlog of the instances: the ceiling; 0: leave the broker's */
+static int backlog_level = 0; /* what the broker drains in backlog.go's wait, as last measured; 0: not yet */
 static ino_t backlog_own[GUARD_BACKLOG_OWN_MAX];
 static int backlog_own_n = 0;
-static int backlog_raised = -1; /* sockets raised by the raise; -1: not done */
-static int backlog_kept = 0;    /* sockets whose backlog was as large already */
-static int backlog_failed = 0;  /* sockets whose listen() failed */
+static int backlog_raised = -1; /* listeners the last raise found below the ceiling; -1: none done */
+static int backlog_kept = 0;    /* listeners with a backlog of their own as large as the ceiling */
+static int backlog_failed = 0;  /* listen() failures of the last raise or apply */
 static int backlog_errno = 0;   /* the first failure's errno */
 
 /* The broker's listeners found by a raise (backlog_mu held). */
 static struct {
 	int fd;
 	ino_t ino;
-	long backlog; /* as sock_diag tells it; -1: not known */
+	long own; /* its backlog when first found, as sock_diag tells it; -1: not known */
+	long set; /* the backlog last given; 0: none */
 } found[GUARD_BACKLOG_LISTENERS_MAX];
 static int nfound;
 
-/* tcp_listener reports whether fd is a TCP socket that listens; its inode in *ino. */
+/* The broker's CONNECTs, for backlog.go's measure of its rate. */
+uint64_t guard_connects = 0; /* BASIC_AUTH callbacks (plugin.c), relaxed atomic */
+
+/* tcp_listener reports whether fd is a TCP socket that listens; its inode
+ * in *ino. What fd is comes from its /proc/self/fd link ("socket:[N]"):
+ * nothing else is touched (an fstat of a file on a hung network file
+ * system would wait). */
 static int tcp_listener(int fd, ino_t *ino)
 {
-	struct stat st;
-	if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+	char path[64], link[64];
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, link, sizeof link - 1);
+	if (n <= 0)
+		return 0;
+	link[n] = '\0';
+	unsigned long long inode;
+	if (sscanf(link, "socket:[%llu]", &inode) != 1)
 		return 0;
 	int v = 0;
 	socklen_t l = sizeof v;
@@ -84,7 +99,7 @@ static int tcp_listener(int fd, ino_t *ino)
 	l = sizeof v;
 	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &v, &l) != 0 || v != IPPROTO_TCP)
 		return 0;
-	*ino = st.st_ino;
+	*ino = (ino_t)inode;
 	return 1;
 }
 
@@ -125,14 +140,28 @@ static void note_own(int fd, ino_t ino)
 		backlog_own[backlog_own_n++] = ino;
 }
 
+/* Listeners found before (a reload finds them again): their own backlog
+ * and what was given, by inode. */
+static struct {
+	ino_t ino;
+	long own, set;
+} known[GUARD_BACKLOG_LISTENERS_MAX];
+static int nknown;
+
 static void note_found(int fd, ino_t ino)
 {
-	if (!own(ino) && nfound < GUARD_BACKLOG_LISTENERS_MAX) {
-		found[nfound].fd = fd;
-		found[nfound].ino = ino;
-		found[nfound].backlog = -1;
-		nfound++;
-	}
+	if (own(ino) || nfound >= GUARD_BACKLOG_LISTENERS_MAX)
+		return;
+	found[nfound].fd = fd;
+	found[nfound].ino = ino;
+	found[nfound].own = -1;
+	found[nfound].set = 0;
+	for (int i = 0; i < nknown; i++)
+		if (known[i].ino == ino) {
+			found[nfound].own = known[i].own;
+			found[nfound].set = known[i].set;
+		}
+	nfound++;
 }
 
 /* diag_backlogs asks sock_diag for the listening TCP sockets of family and
@@ -172,8 +201,8 @@ static void diag_backlogs(int family)
 				continue;
 			struct inet_diag_msg *m = NLMSG_DATA(h);
 			for (int i = 0; i < nfound; i++)
-				if (found[i].ino == (ino_t)m->idiag_inode)
-					found[i].backlog = m->idiag_wqueue; /* a listener's: its backlog */
+				if (found[i].ino == (ino_t)m->idiag_inode && found[i].set == 0)
+					found[i].own = m->idiag_wqueue; /* a listener's: its backlog */
 		}
 	}
 done:
@@ -181,9 +210,9 @@ done:
 }
 
 /* guard_backlog_configure records an instance's listen_backlog (the highest
- * of the instances counts) and the listening sockets already open, which
- * are not the broker's listeners: Mosquitto opens those after every
- * plugin_init. Called at the end of plugin_init. */
+ * of the instances counts), the listening sockets already open, which are
+ * not the broker's listeners (Mosquitto opens those after every
+ * plugin_init). */
 void guard_backlog_configure(int backlog)
 {
 	pthread_mutex_lock(&backlog_mu);
@@ -193,8 +222,39 @@ void guard_backlog_configure(int backlog)
 	pthread_mutex_unlock(&backlog_mu);
 }
 
-/* guard_backlog_raise gives the broker's TCP listeners the configured
- * backlog; signals.c calls it once, when Mosquitto's listeners exist. */
+/* apply gives each listener found the level (at most the ceiling), never
+ * less than its own backlog; force: call listen() even where the level was
+ * given already (a reload: net.core.somaxconn may have been raised, and the
+ * kernel caps at listen()). backlog_mu held. */
+static void apply(int level, int force)
+{
+	if (level > backlog_want)
+		level = backlog_want;
+	for (int i = 0; i < nfound; i++) {
+		long t = level;
+		if (found[i].own >= t)
+			t = found[i].own; /* never lowered below its own */
+		if (found[i].own >= backlog_want || t <= 0 || (t == found[i].set && !force) || (found[i].set == 0 && t == found[i].own))
+			continue;
+		if (listen(found[i].fd, (int)t) == 0) {
+			found[i].set = t;
+		} else if (backlog_failed++ == 0) {
+			backlog_errno = errno;
+		}
+	}
+	nknown = 0;
+	for (int i = 0; i < nfound; i++) {
+		known[nknown].ino = found[i].ino;
+		known[nknown].own = found[i].own;
+		known[nknown].set = found[i].set;
+		nknown++;
+	}
+}
+
+/* guard_backlog_raise finds the broker's TCP listeners and gives them the
+ * level measured so far (none yet: they keep Mosquitto's 100 until
+ * backlog.go has measured the broker); signals.c calls it once Mosquitto's
+ * listeners exist, a reload again. */
 void guard_backlog_raise(void)
 {
 	pthread_mutex_lock(&backlog_mu);
@@ -213,42 +273,43 @@ void guard_backlog_raise(void)
 		}
 	}
 	for (int i = 0; i < nfound; i++) {
-		if (found[i].backlog >= backlog_want) {
-			backlog_kept++; /* never lowered */
-		} else if (listen(found[i].fd, backlog_want) == 0) {
+		if (found[i].own >= backlog_want)
+			backlog_kept++;
+		else
 			backlog_raised++;
-		} else if (backlog_failed++ == 0) {
-			backlog_errno = errno;
-		}
 	}
+	if (backlog_failed >= 0)
+		apply(backlog_level, 1);
 	pthread_mutex_unlock(&backlog_mu);
 }
 
-/* Tests only: the backlog sock_diag tells for listening socket fd, -1 if
- * it tells none. */
-long guard_backlog_of(int fd)
+/* guard_backlog_apply gives the listeners found a new level (backlog.go's
+ * measure); it returns the listeners whose backlog changed. */
+int guard_backlog_apply(int level)
 {
-	struct stat st;
-	if (fstat(fd, &st) != 0)
-		return -1;
 	pthread_mutex_lock(&backlog_mu);
-	int saved = nfound;
-	nfound = 1;
-	found[0].fd = fd;
-	found[0].ino = st.st_ino;
-	found[0].backlog = -1;
-	diag_backlogs(AF_INET);
-	diag_backlogs(AF_INET6);
-	long b = found[0].backlog;
-	nfound = saved;
+	backlog_level = level;
+	long before[GUARD_BACKLOG_LISTENERS_MAX];
+	for (int i = 0; i < nfound; i++)
+		before[i] = found[i].set;
+	apply(level, 0);
+	int changed = 0;
+	for (int i = 0; i < nfound; i++)
+		changed += found[i].set != before[i];
 	pthread_mutex_unlock(&backlog_mu);
-	return b;
+	return changed;
 }
 
-/* guard_backlog_result: what the last raise did (for the log line): the
- * backlog asked for, the sockets raised (-1: not yet), kept (as large
- * already), failed (-1: /proc/self/fd unreadable), and the first failure's
- * errno. */
+/* guard_backlog_connects is the CONNECTs the broker has handled
+ * (BASIC_AUTH callbacks), for backlog.go's measure of its rate. */
+uint64_t guard_backlog_connects(void)
+{
+	return __atomic_load_n(&guard_connects, __ATOMIC_RELAXED);
+}
+
+/* guard_backlog_result: what the last raise found (for the log line): the
+ * ceiling, the listeners below it (-1: no raise yet), those as large already,
+ * failed (-1: /proc/self/fd unreadable), and the first failure's errno. */
 struct guard_backlog guard_backlog_result(void)
 {
 	pthread_mutex_lock(&backlog_mu);
@@ -262,11 +323,38 @@ void guard_backlog_test_reset(void)
 {
 	pthread_mutex_lock(&backlog_mu);
 	backlog_want = 0;
+	backlog_level = 0;
 	backlog_own_n = 0;
 	backlog_raised = -1;
 	backlog_kept = 0;
 	backlog_failed = 0;
 	backlog_errno = 0;
 	nfound = 0;
+	nknown = 0;
 	pthread_mutex_unlock(&backlog_mu);
 }
+
+/* Tests only: the backlog sock_diag tells for listening socket fd, -1 if
+ * it tells none. */
+long guard_backlog_of(int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		return -1;
+	pthread_mutex_lock(&backlog_mu);
+	int saved = nfound;
+	typeof(found[0]) keep = found[0];
+	nfound = 1;
+	found[0].fd = fd;
+	found[0].ino = st.st_ino;
+	found[0].own = -1;
+	found[0].set = 0;
+	diag_backlogs(AF_INET);
+	diag_backlogs(AF_INET6);
+	long b = found[0].own;
+	found[0] = keep;
+	nfound = saved;
+	pthread_mutex_unlock(&backlog_mu);
+	return b;
+}
+

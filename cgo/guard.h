@@ -59,13 +59,16 @@ void guard_signals_test_restore(void);
 /* The broker's listen backlog (backlog.c). */
 struct guard_backlog {
 	int want;   /* listen_backlog asked for; 0: the broker's left */
-	int raised; /* listeners given it; -1: not yet */
+	int raised; /* listeners below it; -1: not found yet */
 	int kept;   /* listeners whose backlog was as large already */
 	int failed; /* listen() failures; -1: /proc/self/fd unreadable */
 	int err;    /* the first failure's errno */
 };
 void guard_backlog_configure(int backlog);
 void guard_backlog_raise(void);
+int guard_backlog_apply(int level);
+uint64_t guard_backlog_connects(void);
+extern uint64_t guard_connects; /* BASIC_AUTH callbacks, counted in plugin.c */
 struct guard_backlog guard_backlog_result(void);
 void guard_backlog_test_reset(void);
 long guard_backlog_of(int fd);

@@ -42,6 +42,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	(void)event;
 	guard_signals_onstack(); /* signals.c: once done, one atomic load */
+	__atomic_add_fetch(&guard_connects, 1, __ATOMIC_RELAXED); /* backlog.go's measure */
 	struct mosquitto_evt_basic_auth *ed = event_data;
 	return guardBasicAuth((uintptr_t)userdata, (uintptr_t)ed->client,
 			(char *)mosquitto_client_id(ed->client),

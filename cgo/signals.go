@@ -34,7 +34,7 @@ func watchSignals() {
 		go func() {
 			for start := time.Now(); ; {
 				if C.guard_signals_onstack() != 0 {
-					logBacklog()
+					runBacklog() // the listeners exist: their queue is sized from now on
 					return
 				}
 				if time.Since(start) < signalsFor {
