@@ -37,9 +37,9 @@ import (
 // CONNECTs).
 const (
 	backlogWait     = time.Second // a device's wait, at most about
-	backlogMin      = 100             // Mosquitto's own: never less
-	backlogMinCount = 20              // CONNECTs that close a window
-	backlogMaxSpan  = time.Second     // a window closes after this whatever its count
+	backlogMin      = 100         // Mosquitto's own: never less
+	backlogMinCount = 20          // CONNECTs that close a window
+	backlogMaxSpan  = time.Second // a window closes after this whatever its count
 	backlogFast     = 10 * time.Millisecond
 	backlogFastFor  = time.Minute // after the listeners open: a storm comes first
 	backlogSlow     = 100 * time.Millisecond

@@ -84,7 +84,6 @@ func TestAttackBacklogLowersWebsocketsListener(t *testing.T) {
 	}
 }
 
-
 // What a queued connection holds (README, A fleet reconnecting): a hostile
 // tester showed that the first README's "a few KB, 4096 of them about 16
 // MB" held only for devices that send a CONNECT and wait: a queued
