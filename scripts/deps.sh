@@ -24,6 +24,12 @@ have lintian || need+=(lintian)
 have groff || need+=(groff-base)
 # The README walk-through test runs its commands on a terminal with script.
 have script || need+=(bsdutils)
+# The listen_backlog tests read listeners' queues with ss and run a broker in
+# a network namespace of its own (ip, sysctl, unshare).
+have ss || need+=(iproute2)
+have ip || need+=(iproute2)
+have sysctl || need+=(procps)
+have unshare || need+=(util-linux)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
