@@ -98,5 +98,5 @@ func TestRunTicksSweepAndTrim(t *testing.T) {
 	time.Sleep(3 * sweepEvery) // a tick since the clock moved
 	close(stop)
 	<-done
-	assert.Empty(t, c.quiet, "the tick swept the quiet marks")
+	assert.Zero(t, c.quietMarks(), "the tick swept the quiet marks")
 }

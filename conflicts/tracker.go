@@ -131,27 +131,12 @@ type Tracker struct {
 	claimed atomic.Pointer[Conn]
 
 	// The worker goroutine's own (no lock): what it remembers of each
-	// client ID, to spare Redis commands. Connections are their numbers
-	// (Conn.Seq; 0: none), not their ID strings.
-	//
-	// seen remembers which connection last wrote each principal's seen
-	// record: a device reconnecting all day needs its last use recorded
-	// every seenRefresh, not at every reconnect.
-	seen map[memoKey]seenMark
-	// current mirrors this instance's field of each client ID's live hash:
-	// the connection last written there. It is keyed by the client ID
-	// itself, not a hash: a collision there would leave a connection that
-	// ended listed live. Its entries last as long as their connections,
-	// whose client ID strings the broker's side holds anyway.
-	current map[string]uint64
-	// quiet remembers client IDs whose last read showed only this principal
-	// on this broker: a reconnect within quietFor skips the read. Nothing is
-	// lost: a newcomer's own first connect reads, and sees the incumbent.
-	quiet map[memoKey]quietMark
-	// seen and quiet outlive the connections: they hold no string, only
-	// memoKeys (128-bit hashes, see memoKey), so that an entry's size
-	// depends on nothing a client sends.
-	seeds [2]maphash.Seed // memoKey's
+	// client ID (memo.go).
+	ids    map[memoKey]idMemo   // by client ID
+	others map[pairKey]seenMark // seen marks of principals not their client ID's who; nil when none
+	listed int                  // entries of ids with a connection listed (cur != 0)
+	peak   int                  // the most entries ids held since it was built
+	seeds  [2]maphash.Seed      // memoKey's
 	// retry holds disconnect writes Redis did not take.
 	retry []store.ConnWrite
 }
@@ -174,9 +159,7 @@ func New(opts Options, d Deps) *Tracker {
 		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported,
 		instance: hex.EncodeToString(id[:]),
 		events:   batchq.New[event](queueSize, batchMax),
-		seen:     map[memoKey]seenMark{},
-		current:  map[string]uint64{},
-		quiet:    map[memoKey]quietMark{},
+		ids:      map[memoKey]idMemo{},
 		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 	}
 	if t.claimer == nil {
@@ -249,7 +232,7 @@ func (t *Tracker) enqueue(ev event) {
 	}
 }
 
-// sweepEvery is how often Run sweeps the quiet marks and trims its queue's
+// sweepEvery is how often Run sweeps the memos and trims its queue's
 // buffers (a test shortens it).
 var sweepEvery = quietFor
 
@@ -297,7 +280,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 		case <-lease.C:
 			t.renew()
 		case <-sweep.C:
-			t.sweepQuiet(t.now().UnixMilli())
+			t.sweep(t.now().UnixMilli())
 			t.events.Trim() // idle here: a burst's buffers go
 		case <-report.C:
 			if n := t.dropped.Swap(0); n > 0 {
