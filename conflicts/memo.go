@@ -105,7 +105,8 @@ func secondOf(now int64) int64 {
 // ms), as stamp states. A mark ahead of now (the clock went back) is young,
 // as it was.
 func young(at stamp, now int64, d time.Duration) bool {
-	return at != 0 && secondOf(now)-int64(at) < int64(d/time.Second)
+	// now-at < (its seconds apart + 1) s, whatever the ms in the two seconds
+	return at != 0 && (secondOf(now)-int64(at)+1)*1000 <= d.Milliseconds()
 }
 
 // idMemo is what the worker remembers of one client ID: 32 bytes, its slot
