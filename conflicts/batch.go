@@ -171,7 +171,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			left.DisconnectedMs = now
 			seq := ev.conn.Seq
 			id := t.idKey(ev.clientID)
-			e, ok := t.ids[id]
+			e, ok := t.lookMemo(id)
 			unlist := e.cur == seq // not already replaced by a takeover
 			if unlist && seq != 0 {
 				e.cur = 0
@@ -181,7 +181,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			// but the mark forgets the number of a connection that ended.
 			ownsSeen := t.endSeen(id, &e, t.whoTag(ev.conn.Principal), seq)
 			if ok {
-				t.ids[id] = e
+				t.putMemo(id, e)
 			}
 			if listed, ok := folded[seq]; ok {
 				if unlist && listed {

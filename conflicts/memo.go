@@ -44,16 +44,16 @@ func (t *Tracker) memo(clientID, principal string) memoKey {
 
 func (t *Tracker) idKey(clientID string) memoKey { return t.memo(clientID, "") }
 
-// whoTag names a principal within one client ID's entry: 64 bits of a
-// keyed hash. Two principals of one client ID share a tag with probability
-// 2^-64; then one is taken for the other in the memos for one window, as a
+// whoTag names a principal within one client ID's entry: 62 bits of a
+// keyed hash (packedMemo keeps its mode in the other two). Two principals
+// of one client ID share a tag with probability 2^-62; then one is taken for the other in the memos for one window, as a
 // memoKey collision was before: a use not recorded for up to seenRefresh,
 // or one read skipped within quietFor (the read of the next connect after
 // it sees the other principal). A disconnect's end (Left) written for the
 // wrong principal changes nothing: Redis sets it only if the principal's
 // record still names that connection.
 func (t *Tracker) whoTag(principal string) uint64 {
-	return maphash.String(t.seeds[1], principal)
+	return maphash.String(t.seeds[1], principal) &^ modeMask
 }
 
 // memoSum hashes the pair, the client ID with its length so that no pair
@@ -109,8 +109,8 @@ func young(at stamp, now int64, d time.Duration) bool {
 	return at != 0 && (secondOf(now)-int64(at)+1)*1000 <= d.Milliseconds()
 }
 
-// idMemo is what the worker remembers of one client ID: 32 bytes, its slot
-// 48 (where current, seen and quiet took 24, 32 and 40 in three maps).
+// idMemo is what the worker remembers of one client ID, as the worker
+// works on it; ids holds it packed (packedMemo).
 type idMemo struct {
 	// cur mirrors this instance's field of the client ID's live hash: the
 	// connection last written there, until its disconnect (0: none).
@@ -130,6 +130,74 @@ type idMemo struct {
 	// within quietFor skips the read. Nothing is lost: a newcomer's own
 	// first connect reads, and sees the incumbent.
 	quietAt stamp
+}
+
+// packedMemo is an idMemo as ids holds it: 24 bytes, its map slot 40
+// (where current, seen and quiet took 24, 32 and 40 in three maps). Its
+// two connection numbers take one field, s, and the low 2 bits of who
+// (whoTag leaves them 0) say how (mode...): a client ID's listed
+// connection is, most often, the one that recorded its principal's use,
+// or that one has ended (0), or none is listed. Only when both are
+// connections, and two (a connection taken over by another of the same
+// principal within seenRefresh, still open), is the one owed its end in
+// Tracker.owed, until the entry leaves that mode (pack): at most one
+// entry there per listed client ID.
+type packedMemo struct {
+	s       uint64
+	tag     uint64 // who | mode
+	seenAt  stamp
+	quietAt stamp
+}
+
+// The modes of a packedMemo: what its s is.
+const (
+	modeBoth  = 0 // cur and seenSeq (0, 0 in the zero packedMemo)
+	modeCur   = 1 // cur; seenSeq 0
+	modeSeen  = 2 // seenSeq; cur 0
+	modeSplit = 3 // cur; seenSeq is owed[id]
+	modeMask  = 3
+)
+
+// pack is e packed, for id's entry, which was; it keeps owed in step.
+func (t *Tracker) pack(id memoKey, e idMemo, was packedMemo) packedMemo {
+	p := packedMemo{s: e.cur, tag: e.who, seenAt: e.seenAt, quietAt: e.quietAt}
+	switch {
+	case e.cur == e.seenSeq:
+	case e.seenSeq == 0:
+		p.tag |= modeCur
+	case e.cur == 0:
+		p.s, p.tag = e.seenSeq, p.tag|modeSeen
+	default:
+		p.tag |= modeSplit
+		if t.owed == nil {
+			t.owed = map[memoKey]uint64{}
+		}
+		t.owed[id] = e.seenSeq
+		return p
+	}
+	if was.tag&modeMask == modeSplit {
+		delete(t.owed, id)
+		if len(t.owed) == 0 {
+			t.owed = nil // its tables go
+		}
+	}
+	return p
+}
+
+// unpack is id's entry p as the worker works on it.
+func (t *Tracker) unpack(id memoKey, p packedMemo) idMemo {
+	e := idMemo{who: p.tag &^ modeMask, seenAt: p.seenAt, quietAt: p.quietAt}
+	switch p.tag & modeMask {
+	case modeBoth:
+		e.cur, e.seenSeq = p.s, p.s
+	case modeCur:
+		e.cur = p.s
+	case modeSeen:
+		e.seenSeq = p.s
+	case modeSplit:
+		e.cur, e.seenSeq = p.s, t.owed[id]
+	}
+	return e
 }
 
 // seenMark is a seen mark of a principal not its client ID's who (others).
@@ -160,12 +228,25 @@ const (
 )
 
 // memoOf is id's entry, or a new one (the zero idMemo: no marks).
-func (t *Tracker) memoOf(id memoKey) idMemo { return t.ids[id] }
+func (t *Tracker) memoOf(id memoKey) idMemo {
+	e, _ := t.lookMemo(id)
+	return e
+}
+
+// lookMemo is id's entry, if there is one.
+func (t *Tracker) lookMemo(id memoKey) (idMemo, bool) {
+	p, ok := t.ids[id]
+	if !ok {
+		return idMemo{}, false
+	}
+	return t.unpack(id, p), true
+}
 
 // putMemo stores e as id's entry. A new entry beyond seenMemoMax entries
 // of unlisted client IDs first drops those (pruneUnlisted).
 func (t *Tracker) putMemo(id memoKey, e idMemo) {
-	if _, ok := t.ids[id]; !ok {
+	was, ok := t.ids[id]
+	if !ok {
 		if len(t.ids)-t.listed >= seenMemoMax {
 			t.pruneUnlisted()
 		}
@@ -173,7 +254,7 @@ func (t *Tracker) putMemo(id memoKey, e idMemo) {
 			t.peak = len(t.ids) + 1
 		}
 	}
-	t.ids[id] = e
+	t.ids[id] = t.pack(id, e, was)
 }
 
 // list makes seq the connection listed live for id (e, put by the caller).
@@ -192,7 +273,7 @@ func (e *idMemo) quietLive(now int64) bool {
 // isQuiet reports whether clientID read back quiet less than quietFor ago
 // for principal.
 func (t *Tracker) isQuiet(clientID, principal string, now int64) bool {
-	e, ok := t.ids[t.idKey(clientID)]
+	e, ok := t.lookMemo(t.idKey(clientID))
 	return ok && e.who == t.whoTag(principal) && e.quietLive(now)
 }
 
@@ -279,7 +360,7 @@ func (t *Tracker) setWho(id memoKey, e *idMemo, who uint64) {
 // principal, with no live connection on another broker.
 func (t *Tracker) noteQuiet(ev event, st *store.State, alive map[string]bool, now int64) {
 	id := t.idKey(ev.clientID)
-	e, ok := t.ids[id]
+	e, ok := t.lookMemo(id)
 	quiet := true
 	for _, x := range st.Seen {
 		if x.Principal != ev.conn.Principal {
@@ -298,7 +379,7 @@ func (t *Tracker) noteQuiet(ev event, st *store.State, alive map[string]bool, no
 	if !quiet {
 		if ok && e.quietAt != 0 {
 			e.quietAt = 0
-			t.ids[id] = e
+			t.putMemo(id, e)
 		}
 		return
 	}

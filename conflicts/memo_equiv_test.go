@@ -157,6 +157,32 @@ func (o *oldMemos) writes(batch []event, conns []store.Conn, now int64) ([]store
 	return ws, at
 }
 
+// checkMemos checks what the memos keep in step: listed counts the
+// entries listing a connection, owed holds a number for each split entry
+// and for nothing else, and no pair has a seen mark both in its entry and
+// in others.
+func checkMemos(t *testing.T, tr *Tracker) {
+	t.Helper()
+	listed, split := 0, 0
+	for id, p := range tr.ids {
+		e := tr.unpack(id, p)
+		if e.cur != 0 {
+			listed++
+		}
+		if p.tag&modeMask == modeSplit {
+			split++
+			require.NotZero(t, tr.owed[id])
+			require.NotEqual(t, e.cur, e.seenSeq)
+		}
+		if e.seenAt != 0 {
+			_, both := tr.others[pairKey{id, e.who}]
+			require.False(t, both, "a pair's seen mark in its entry and in others")
+		}
+	}
+	require.Equal(t, listed, tr.listed)
+	require.Len(t, tr.owed, split)
+}
+
 // capStore is a memStore that keeps the last writes it took and the
 // states it read back.
 type capStore struct {
@@ -253,6 +279,7 @@ func TestMemosAsBefore(t *testing.T) {
 						ref.noteQuiet(ev, &cs.states[at[i]], *tr.live.Load(), now)
 					}
 				}
+				checkMemos(t, tr)
 			}
 		}
 	}

@@ -16,13 +16,13 @@ func (e *idMemo) forgettable(now int64) bool {
 // entries go, so ids is built again once it holds under a quarter of its
 // peak (shrink): a fleet gone leaves a quarter of its slots at most.
 func (t *Tracker) sweep(now int64) {
-	for id, e := range t.ids {
-		switch {
-		case e.forgettable(now):
+	for id, p := range t.ids {
+		switch e := t.unpack(id, p); {
+		case e.forgettable(now): // nothing listed: not in owed
 			delete(t.ids, id)
 		case e.quietAt != 0 && !e.quietLive(now):
-			e.quietAt = 0
-			t.ids[id] = e
+			p.quietAt = 0
+			t.ids[id] = p
 		}
 	}
 	for pk, m := range t.others {
@@ -42,8 +42,8 @@ func (t *Tracker) sweep(now int64) {
 // connections listed or not; the listed ones' are kept now, so more ends
 // are recorded, never fewer.
 func (t *Tracker) pruneUnlisted() {
-	for id, e := range t.ids {
-		if e.cur == 0 {
+	for id, p := range t.ids {
+		if t.unpack(id, p).cur == 0 { // nothing listed: not in owed
 			delete(t.ids, id)
 		}
 	}
@@ -55,7 +55,7 @@ func (t *Tracker) shrink() {
 	if t.peak < memoShrinkMin || len(t.ids) >= t.peak/4 {
 		return
 	}
-	ids := make(map[memoKey]idMemo, len(t.ids))
+	ids := make(map[memoKey]packedMemo, len(t.ids))
 	for id, e := range t.ids {
 		ids[id] = e
 	}

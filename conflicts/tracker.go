@@ -132,11 +132,12 @@ type Tracker struct {
 
 	// The worker goroutine's own (no lock): what it remembers of each
 	// client ID (memo.go).
-	ids    map[memoKey]idMemo   // by client ID
-	others map[pairKey]seenMark // seen marks of principals not their client ID's who; nil when none
-	listed int                  // entries of ids with a connection listed (cur != 0)
-	peak   int                  // the most entries ids held since it was built
-	seeds  [2]maphash.Seed      // memoKey's
+	ids    map[memoKey]packedMemo // by client ID
+	owed   map[memoKey]uint64     // by client ID: the connection owed its end, of a modeSplit entry; nil when none
+	others map[pairKey]seenMark   // seen marks of principals not their client ID's who; nil when none
+	listed int                    // entries of ids with a connection listed (cur != 0)
+	peak   int                    // the most entries ids held since it was built
+	seeds  [2]maphash.Seed        // memoKey's
 	// retry holds disconnect writes Redis did not take.
 	retry []store.ConnWrite
 }
@@ -159,7 +160,7 @@ func New(opts Options, d Deps) *Tracker {
 		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported,
 		instance: hex.EncodeToString(id[:]),
 		events:   batchq.New[event](queueSize, batchMax),
-		ids:      map[memoKey]idMemo{},
+		ids:      map[memoKey]packedMemo{},
 		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 	}
 	if t.claimer == nil {
