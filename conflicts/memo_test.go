@@ -135,3 +135,49 @@ func TestStoreConnsIDs(t *testing.T) {
 		assert.Equal(t, 2.0, testing.AllocsPerRun(100, func() { tr.storeConns(batch) }))
 	}
 }
+
+// Issue 12: the memos stay bounded under a flood of new client IDs, each
+// connecting and leaving: at most seenMemoMax entries of client IDs with
+// nothing listed here, whatever the flood; a client ID still connected
+// keeps its entry through it (its disconnect still unlists it and records
+// its end), and once the flood's marks stop counting the sweep forgets
+// them and gives their memory back (the map built again).
+func TestMemosBoundedUnderFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a flood of 200 000 client IDs")
+	}
+	clk := newClock()
+	tr := New(testOptions(), Deps{Store: &nullStore{}, Now: clk.now})
+	ctx := context.Background()
+	held := tr.NewConn("alice", "192.0.2.1", clk.now())
+	require.NoError(t, tr.handle(ctx, []event{{kind: evConnect, clientID: "held", conn: held}}))
+	const flood = seenMemoMax + 5000
+	most := 0
+	for i := 0; i < flood; i += batchMax / 2 {
+		var batch []event
+		for j := i; j < min(i+batchMax/2, flood); j++ {
+			id := "flood-" + strconv.Itoa(j)
+			c := tr.NewConn("mallory", "203.0.113.9", clk.now())
+			batch = append(batch, event{kind: evConnect, clientID: id, conn: c}, event{kind: evDisconnect, clientID: id, conn: c})
+		}
+		require.NoError(t, tr.handle(ctx, batch))
+		require.LessOrEqual(t, len(tr.ids)-tr.listed, seenMemoMax)
+		most = max(most, len(tr.ids))
+	}
+	assert.Greater(t, most, seenMemoMax/2, "the flood filled the memos")
+	assert.Equal(t, 1, tr.listed)
+	e, ok := tr.lookMemo(tr.idKey("held"))
+	require.True(t, ok, "the held client ID's entry outlived the flood")
+	assert.Equal(t, held.Seq, e.cur)
+
+	clk.advance(seenRefresh)
+	tr.sweep(clk.now().UnixMilli())
+	assert.Len(t, tr.ids, 1, "the flood's entries forgotten")
+	assert.Less(t, tr.peak, memoShrinkMin, "the map built again")
+	// The held connection's disconnect unlists it and records its end.
+	ws, _ := tr.writes([]event{{kind: evDisconnect, clientID: "held", conn: held}}, tr.storeConns([]event{{kind: evDisconnect, clientID: "held", conn: held}}), clk.now().UnixMilli())
+	require.Len(t, ws, 1)
+	assert.True(t, ws[0].Unlist)
+	assert.NotNil(t, ws[0].Left, "its end recorded")
+	assert.Zero(t, tr.listed)
+}
