@@ -12,7 +12,10 @@ func (e *idMemo) forgettable(now int64) bool {
 // with nothing listed, no connection owed its end and no mark that counts
 // (a later connect finds what it would have found in them: no mark; a
 // later disconnect has another number). Worker goroutine only, every
-// sweepEvery; one pass over the entries. Go maps keep their tables when
+// sweepEvery; one pass over the entries, those of listed client IDs
+// included (the quiet marks' sweep before passed over at most seenMemoMax;
+// the map holds no pointer, so the collector does not scan it, where
+// current's strings were scanned at every cycle). Go maps keep their tables when
 // entries go, so ids is built again once it holds under a quarter of its
 // peak (shrink): a fleet gone leaves a quarter of its slots at most.
 func (t *Tracker) sweep(now int64) {
