@@ -299,9 +299,23 @@ func (k *knownSources) forgetLoaded(now time.Time) {
 // queue's buffers (a test shortens it).
 var knownTick = 10 * time.Second
 
+// knownIdleTrim: the writer trims its queue's buffers once no batch has
+// come for this long (a burst is over), not only at its tick (issue 12: a
+// fleet's burst of successes left up to two batches of 40-byte writes
+// held for up to knownTick).
+// Only buffers larger than knownTrimAbove (batchq's keepMax, which Trim
+// keeps) arm it: a light load's batches cost no wake-up more.
+const (
+	knownIdleTrim  = 5 * knownLinger
+	knownTrimAbove = 256
+)
+
 func (k *knownSources) run() {
 	tick := time.NewTicker(knownTick)
 	defer tick.Stop()
+	idle := time.NewTimer(knownIdleTrim)
+	idle.Stop() // armed after a batch
+	defer idle.Stop()
 	for {
 		select {
 		case <-k.stop:
@@ -309,6 +323,9 @@ func (k *knownSources) run() {
 		case <-tick.C:
 			k.forgetLoaded(time.Now())
 			k.queue.Trim() // idle here: a burst's buffers go
+			continue
+		case <-idle.C:
+			k.queue.Trim() // no batch for knownIdleTrim: a burst's buffers go
 			continue
 		case <-k.queue.Ready():
 		}
@@ -337,6 +354,9 @@ func (k *knownSources) run() {
 				return
 			default:
 			}
+		}
+		if f, h := k.queue.Caps(); max(f, h) > knownTrimAbove {
+			idle.Reset(knownIdleTrim) // a burst's buffers are held: trim them if it is over
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"runtime"
@@ -89,4 +90,24 @@ func TestKnownRecentSecondsI12(t *testing.T) {
 			assert.False(t, byIP || byID, "%v: not known %v after its last written success", frac, at)
 		}
 	}
+}
+
+// Issue 12: a burst's buffers go within knownIdleTrim of its end, without
+// the tick (knownTick, 10 s here).
+func TestKnownSourcesIdleTrims(t *testing.T) {
+	require.Greater(t, knownTick, 5*time.Second)
+	k, rdb, _ := knownOnRedis(t, time.Hour)
+	now := time.Now()
+	const n = 400 // 800 writes, within one linger
+	for i := 0; i < n; i++ {
+		k.succeeded("fleet", netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), fmt.Sprintf("dev-%d", i), now)
+	}
+	require.Eventually(t, func() bool {
+		c, err := rdb.ZCard(context.Background(), "guard:known:fleet").Result()
+		return err == nil && c == 2*n
+	}, 10*time.Second, 10*time.Millisecond, "every new source reaches Redis")
+	start := time.Now()
+	require.Eventually(t, func() bool { f, h := k.queue.Caps(); return f <= 256 && h <= 256 },
+		knownIdleTrim+time.Second, 10*time.Millisecond, "the buffers trimmed once idle")
+	t.Logf("trimmed %v after the burst reached Redis", time.Since(start).Round(time.Millisecond))
 }
