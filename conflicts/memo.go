@@ -270,13 +270,6 @@ func (e *idMemo) quietLive(now int64) bool {
 	return young(e.quietAt, now, quietFor)
 }
 
-// isQuiet reports whether clientID read back quiet less than quietFor ago
-// for principal.
-func (t *Tracker) isQuiet(clientID, principal string, now int64) bool {
-	e, ok := t.lookMemo(t.idKey(clientID))
-	return ok && e.who == t.whoTag(principal) && e.quietLive(now)
-}
-
 // seenFresh reports whether principal who had its use of client ID id
 // (its entry e, put by the caller) recorded less than seenRefresh ago; if
 // not, connection seq records it. The pair's mark is in e when e is who's,

@@ -31,6 +31,13 @@ func liveHeap() int64 {
 	return int64(m.HeapAlloc)
 }
 
+// isQuiet reports whether clientID read back quiet less than quietFor ago
+// for principal: whether its next connect skips its read (writes).
+func (t *Tracker) isQuiet(clientID, principal string, now int64) bool {
+	e, ok := t.lookMemo(t.idKey(clientID))
+	return ok && e.who == t.whoTag(principal) && e.quietLive(now)
+}
+
 // quietMarks counts the quiet marks the worker keeps.
 func (t *Tracker) quietMarks() int {
 	n := 0

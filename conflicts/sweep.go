@@ -8,7 +8,7 @@ func (e *idMemo) forgettable(now int64) bool {
 }
 
 // sweep forgets what no longer counts: the quiet marks older than
-// quietFor, which isQuiet ignores anyway, and the entries of client IDs
+// quietFor, which a connect ignores anyway (quietLive), and the entries of client IDs
 // with nothing listed, no connection owed its end and no mark that counts
 // (a later connect finds what it would have found in them: no mark; a
 // later disconnect has another number). Worker goroutine only, every
