@@ -14,7 +14,7 @@ import (
 // Redis. Connections are their numbers (Conn.Seq; 0: none), not their ID
 // strings.
 //
-// One entry per client ID (Tracker.ids, idMemo) holds what were three map
+// One entry per client ID (Tracker.ids, packedMemo) holds what were three map
 // entries (issue 12: 235 bytes of a held connection's 647 were those three
 // maps' slots): the connection listed live for this instance (current), the
 // seen mark of one principal, and the quiet mark. The seen marks of the
@@ -30,10 +30,10 @@ import (
 // connection whose client ID string the broker's side holds. This key now
 // carries current too, whose mistake would outlast a window (a connection
 // that ended left listed live until the client ID connects again on this
-// broker, or the broker's lease lapses): at 1.5e-27 a broker (10^4 new
-// client IDs a second for a century: 3e13 keys, each against the map's
-// 1e6) meets it with a chance below 1e-13, against the string key's 16
-// bytes that were the same size.
+// broker, or the broker's lease lapses): a broker taking 10^4 new client
+// IDs a second for a century (3e13 keys, each against the map's 1e6)
+// meets it with a chance of about 1e-19; the string key it replaces took
+// the same 16 bytes of slot.
 type memoKey struct{ a, b uint64 }
 
 // memo is the memoKey of clientID and principal; idKey, the client ID's
@@ -46,8 +46,9 @@ func (t *Tracker) idKey(clientID string) memoKey { return t.memo(clientID, "") }
 
 // whoTag names a principal within one client ID's entry: 62 bits of a
 // keyed hash (packedMemo keeps its mode in the other two). Two principals
-// of one client ID share a tag with probability 2^-62; then one is taken for the other in the memos for one window, as a
-// memoKey collision was before: a use not recorded for up to seenRefresh,
+// of one client ID share a tag with probability 2^-62; then one is taken
+// for the other in the memos for one window, as a memoKey collision was
+// before: a use not recorded for up to seenRefresh,
 // or one read skipped within quietFor (the read of the next connect after
 // it sees the other principal). A disconnect's end (Left) written for the
 // wrong principal changes nothing: Redis sets it only if the principal's
