@@ -2,61 +2,10 @@ package conflicts
 
 import (
 	"context"
-	"encoding/binary"
-	"hash/maphash"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/store"
-)
-
-// memoKey names a (client ID, principal) pair, or a client ID alone (its
-// principal ""), in the worker's seen and quiet maps: two 64-bit maphash
-// sums of it under two seeds of this process's own, never shown. Two pairs
-// share a key with probability 2^-128, about 6e-29 for any two of the
-// seenMemoMax entries a map holds at most (n²/2^129); an attacker cannot
-// aim at one without the seeds. Were it to happen, one pair would be taken
-// for the other for one window: a principal's use not recorded or its end
-// not written for up to seenRefresh (seen), or one read skipped within
-// quietFor (quiet). Keyed so, an entry holds no string: 16 bytes, whatever
-// the client sends. current, whose mistake would outlast a window, keeps
-// the client ID itself.
-type memoKey struct{ a, b uint64 }
-
-// memo is the memoKey of clientID and principal.
-func (t *Tracker) memo(clientID, principal string) memoKey {
-	return memoKey{memoSum(t.seeds[0], clientID, principal), memoSum(t.seeds[1], clientID, principal)}
-}
-
-// memoSum hashes the pair, the client ID with its length so that no pair
-// runs into another.
-func memoSum(seed maphash.Seed, clientID, principal string) uint64 {
-	var h maphash.Hash
-	h.SetSeed(seed)
-	var n [8]byte
-	binary.LittleEndian.PutUint64(n[:], uint64(len(clientID)))
-	_, _ = h.Write(n[:])
-	_, _ = h.WriteString(clientID)
-	_, _ = h.WriteString(principal)
-	return h.Sum64()
-}
-
-type quietMark struct {
-	who memoKey // the client ID and the principal it read quiet for
-	at  int64   // unix ms
-}
-
-const quietFor = 10 * time.Second
-
-type seenMark struct {
-	seq uint64 // the connection (Conn.Seq) that recorded the use
-	at  int64  // unix ms
-}
-
-const (
-	seenRefresh = 30 * time.Second
-	seenMemoMax = 200_000
 )
 
 // handle applies the rules to a batch of events, in order, in one round
@@ -181,25 +130,27 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 		case evConnect:
 			conn := &conns[i]
 			seq := ev.conn.Seq
+			id, who := t.idKey(ev.clientID), t.whoTag(ev.conn.Principal)
+			e := t.memoOf(id)
 			// Sole under clientid_conflict flag: this worker alone writes this
 			// instance's live field, in event order (see store.ConnWrite.Sole).
-			pair := t.memo(ev.clientID, ev.conn.Principal)
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: conn, Read: !t.isQuiet(ev.clientID, pair, now), Sole: !t.opts.Deny}
-			if !t.seenFresh(pair, seq, now) {
+			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: conn, Read: !(e.who == who && e.quietLive(now)), Sole: !t.opts.Deny}
+			if !t.seenFresh(id, &e, who, seq, now) {
 				w.Seen = conn
 			}
+			listed := e.cur != 0
+			t.list(&e, seq)
+			t.putMemo(id, e)
 			// Not under clientid_conflict deny: there the broker thread
 			// wrote the live entry already (the claim), and its end must clear it.
 			if !t.opts.Deny {
 				e, ending := endsOf(batch, &ends)[seq]
-				_, listed := t.current[ev.clientID]
 				switch {
 				case ending && !w.Read && w.Seen == nil:
 					if folded == nil {
 						folded = map[uint64]bool{}
 					}
 					folded[seq] = listed
-					t.current[ev.clientID] = seq
 					at[i] = -1
 					continue
 				case ending && e.alone && !listed: // foldEnded's conditions 2 and 3
@@ -208,31 +159,38 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 						folded = map[uint64]bool{}
 					}
 					folded[seq] = false // not listed: its end has nothing to unlist
-					t.current[ev.clientID] = seq
 					at[i] = len(ws)
 					ws = append(ws, w)
 					continue
 				}
 			}
-			t.current[ev.clientID] = seq
 			at[i] = len(ws)
 			ws = append(ws, w)
 		case evDisconnect:
 			left := &conns[i]
 			left.DisconnectedMs = now
 			seq := ev.conn.Seq
+			id := t.idKey(ev.clientID)
+			e, ok := t.lookMemo(id)
+			unlist := e.cur == seq // not already replaced by a takeover
+			if unlist && seq != 0 {
+				e.cur = 0
+				t.listed--
+			}
+			// Asked of a folded connection too: the answer is not used then,
+			// but the mark forgets the number of a connection that ended.
+			ownsSeen := t.endSeen(id, &e, t.whoTag(ev.conn.Principal), seq)
+			if ok {
+				t.putMemo(id, e)
+			}
 			if listed, ok := folded[seq]; ok {
-				if t.current[ev.clientID] == seq {
-					delete(t.current, ev.clientID)
-					if listed {
-						ws = append(ws, store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Unlist: true})
-					}
+				if unlist && listed {
+					ws = append(ws, store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Unlist: true})
 				}
 				continue
 			}
 			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Gone: left}
-			if t.current[ev.clientID] == seq { // not already replaced by a takeover
-				delete(t.current, ev.clientID)
+			if unlist {
 				w.Unlist = true
 				// Under clientid_conflict flag the field holds left, or an
 				// older connection of this instance (left's write not
@@ -242,7 +200,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 				// compare-and-delete, as under deny.
 				w.Sole = !t.opts.Deny
 			}
-			if t.seen[t.memo(ev.clientID, ev.conn.Principal)].seq == seq {
+			if ownsSeen {
 				w.Left = left
 			}
 			ws = append(ws, w)
@@ -262,7 +220,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 //     claim wrote the live field already, and only the disconnect's own
 //     write clears it.
 //  2. This instance holds no live field of the client ID before the connect
-//     (t.current has no entry for it): otherwise an older connection of
+//     (its memo lists none: idMemo.cur): otherwise an older connection of
 //     this instance may be recorded and listed there, and only the pair's
 //     writes (the HSET over it, then the HDEL and SREM) remove it.
 //  3. The disconnect that follows in the batch is this connection's own,
@@ -273,7 +231,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 //  4. The seen record. Written as a pair, the connect's HSET records the
 //     connection unconditionally, and the disconnect's compare-and-set
 //     sets DisconnectedMs only if the principal's field still holds this
-//     connection (t.seen still names it: w.Seen is set, and no other
+//     connection (its seen mark still names it: w.Seen is set, and no other
 //     connect of the pair comes between, by 3). Folded, one HSET records
 //     the final record: the outcome of the pair when nothing of another
 //     broker runs between its two writes, an order Redis may take for the
@@ -283,7 +241,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 //     it runs before ours, ours overwrites it, as the pair's connect HSET
 //     does when it lands after theirs: an outcome the pair has too, in
 //     that order. The record is the bytes the CAS would have stored (left,
-//     DisconnectedMs now, the batch's now as the disconnect's). Were t.seen
+//     DisconnectedMs now, the batch's now as the disconnect's). Were the seen mark
 //     reset between the two (seenMemoMax), the pair would leave the
 //     record without its end; the fold records it: the truer record.
 //
@@ -338,49 +296,6 @@ func endsOf(batch []event, ends *map[uint64]end) map[uint64]end {
 		}
 	}
 	return *ends
-}
-
-// isQuiet reports whether clientID read back quiet less than quietFor ago
-// for the principal of pair (the memo of clientID and the principal).
-func (t *Tracker) isQuiet(clientID string, pair memoKey, now int64) bool {
-	m, ok := t.quiet[t.memo(clientID, "")]
-	return ok && m.who == pair && now-m.at < quietFor.Milliseconds()
-}
-
-// noteQuiet records whether a read of ev's client ID showed only its
-// principal, with no live connection on another broker.
-func (t *Tracker) noteQuiet(ev event, st *store.State, alive map[string]bool, now int64) {
-	id := t.memo(ev.clientID, "")
-	for _, x := range st.Seen {
-		if x.Principal != ev.conn.Principal {
-			delete(t.quiet, id)
-			return
-		}
-	}
-	for _, x := range st.Live {
-		if x.Instance != t.instance && alive[x.Instance] {
-			delete(t.quiet, id)
-			return
-		}
-	}
-	if len(t.quiet) >= seenMemoMax {
-		t.quiet = map[memoKey]quietMark{}
-	}
-	t.quiet[id] = quietMark{who: t.memo(ev.clientID, ev.conn.Principal), at: now}
-}
-
-// seenFresh reports whether the principal of pair (the memo of a client ID
-// and a principal) had its use of the client ID recorded less than
-// seenRefresh ago; if not, connection seq records it.
-func (t *Tracker) seenFresh(pair memoKey, seq uint64, now int64) bool {
-	if m, ok := t.seen[pair]; ok && now-m.at < seenRefresh.Milliseconds() {
-		return true
-	}
-	if len(t.seen) >= seenMemoMax {
-		t.seen = map[memoKey]seenMark{}
-	}
-	t.seen[pair] = seenMark{seq: seq, at: now}
-	return false
 }
 
 // keepForRetry keeps the disconnect writes of a batch Redis did not take:

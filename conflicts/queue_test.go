@@ -98,5 +98,26 @@ func TestRunTicksSweepAndTrim(t *testing.T) {
 	time.Sleep(3 * sweepEvery) // a tick since the clock moved
 	close(stop)
 	<-done
-	assert.Empty(t, c.quiet, "the tick swept the quiet marks")
+	assert.Zero(t, c.quietMarks(), "the tick swept the quiet marks")
+}
+
+// Issue 12: a burst's buffers go within idleTrim of its end, not at the
+// next sweep (sweepEvery, 10 s here): a broker that just took a fleet's
+// connections holds no queue buffers past them for long.
+func TestRunTrimsWhenIdle(t *testing.T) {
+	require.Greater(t, sweepEvery, 5*time.Second)
+	c, clk, _ := tracker(t, newMemStore(), testOptions())
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { c.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	for i := 0; i < 3000; i++ { // one linger's worth: a batch of 3000
+		c.Connected(fmt.Sprintf("dev-%d", i), c.NewConn("alice", "192.0.2.1", clk.now()), nil)
+	}
+	require.Eventually(t, func() bool { _, h := c.events.Caps(); return h >= 3000 },
+		5*time.Second, 5*time.Millisecond, "the burst handled in one batch")
+	start := time.Now()
+	require.Eventually(t, func() bool { f, h := c.events.Caps(); return f <= 256 && h <= 256 },
+		idleTrim+time.Second, 10*time.Millisecond, "the buffers trimmed once idle")
+	t.Logf("trimmed %v after the burst was handled", time.Since(start).Round(time.Millisecond))
 }

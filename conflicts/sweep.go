@@ -1,31 +1,66 @@
 package conflicts
 
-// sweepQuiet forgets the quiet marks older than quietFor, which isQuiet
-// ignores anyway, by building the map again: a Go map keeps its table when
-// entries are deleted, so this is what gives their memory back. Without it
-// every client ID that connected once kept its mark (about 80 bytes) until
-// seenMemoMax cleared them all; now a fleet of long-lived connections keeps
-// none after quietFor. Worker goroutine only, every quietFor; it costs one
-// pass over at most seenMemoMax marks.
-//
-// The seen memos are not swept: a live connection's memo tells its
-// disconnect to record its end in Redis (Left), which the principal's last
-// use, and so the conflict window, is reckoned from.
-func (t *Tracker) sweepQuiet(now int64) {
-	kept := 0
-	for _, m := range t.quiet {
-		if now-m.at < quietFor.Milliseconds() {
-			kept++
+// forgettable reports whether e is as good as no entry at now: nothing
+// listed, no connection owed its end, its marks older than they count.
+func (e *idMemo) forgettable(now int64) bool {
+	return e.cur == 0 && e.seenSeq == 0 && !e.quietLive(now) &&
+		!young(e.seenAt, now, seenRefresh)
+}
+
+// sweep forgets what no longer counts: the quiet marks older than
+// quietFor, which a connect ignores anyway (quietLive), and the entries of client IDs
+// with nothing listed, no connection owed its end and no mark that counts
+// (a later connect finds what it would have found in them: no mark; a
+// later disconnect has another number). Worker goroutine only, every
+// sweepEvery; one pass over the entries, those of listed client IDs
+// included (the quiet marks' sweep before passed over at most seenMemoMax;
+// the map holds no pointer, so the collector does not scan it, where
+// current's strings were scanned at every cycle). Go maps keep their tables when
+// entries go, so ids is built again once it holds under a quarter of its
+// peak (shrink): a fleet gone leaves a quarter of its slots at most.
+func (t *Tracker) sweep(now int64) {
+	for id, p := range t.ids {
+		switch e := t.unpack(id, p); {
+		case e.forgettable(now): // nothing listed: not in owed
+			delete(t.ids, id)
+		case e.quietAt != 0 && !e.quietLive(now):
+			p.quietAt = 0
+			t.ids[id] = p
 		}
 	}
-	if kept == len(t.quiet) {
+	for pk, m := range t.others {
+		if m.seq == 0 && !young(m.at, now, seenRefresh) {
+			delete(t.others, pk)
+		}
+	}
+	if len(t.others) == 0 {
+		t.others = nil // its tables go
+	}
+	t.shrink()
+}
+
+// pruneUnlisted drops the entries of client IDs with nothing listed here
+// (seenMemoMax of them reached: a flood of new client IDs). Before, the
+// seen and the quiet memos were each dropped whole at seenMemoMax,
+// connections listed or not; the listed ones' are kept now, so more ends
+// are recorded, never fewer.
+func (t *Tracker) pruneUnlisted() {
+	for id, p := range t.ids {
+		if t.unpack(id, p).cur == 0 { // nothing listed: not in owed
+			delete(t.ids, id)
+		}
+	}
+	t.shrink()
+}
+
+// shrink builds ids again when it holds under a quarter of its peak.
+func (t *Tracker) shrink() {
+	if t.peak < memoShrinkMin || len(t.ids) >= t.peak/4 {
 		return
 	}
-	q := make(map[memoKey]quietMark, kept)
-	for k, m := range t.quiet {
-		if now-m.at < quietFor.Milliseconds() {
-			q[k] = m
-		}
+	ids := make(map[memoKey]packedMemo, len(t.ids))
+	for id, e := range t.ids {
+		ids[id] = e
 	}
-	t.quiet = q
+	t.ids, t.peak = ids, len(ids)
 }

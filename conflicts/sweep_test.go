@@ -23,11 +23,11 @@ func TestSweepQuiet(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		connect(fmt.Sprintf("old-%d", i))
 	}
-	require.Len(t, c.quiet, 1000)
+	require.Equal(t, 1000, c.quietMarks())
 	clk.advance(quietFor - time.Second)
 	connect("young")
 	clk.advance(2 * time.Second) // the old ones are past quietFor now
-	c.sweepQuiet(clk.now().UnixMilli())
-	assert.Len(t, c.quiet, 1, "only the young mark is left")
-	assert.True(t, c.isQuiet("young", c.memo("young", "alice"), clk.now().UnixMilli()))
+	c.sweep(clk.now().UnixMilli())
+	assert.Equal(t, 1, c.quietMarks(), "only the young mark is left")
+	assert.True(t, c.isQuiet("young", "alice", clk.now().UnixMilli()))
 }

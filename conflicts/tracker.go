@@ -131,27 +131,13 @@ type Tracker struct {
 	claimed atomic.Pointer[Conn]
 
 	// The worker goroutine's own (no lock): what it remembers of each
-	// client ID, to spare Redis commands. Connections are their numbers
-	// (Conn.Seq; 0: none), not their ID strings.
-	//
-	// seen remembers which connection last wrote each principal's seen
-	// record: a device reconnecting all day needs its last use recorded
-	// every seenRefresh, not at every reconnect.
-	seen map[memoKey]seenMark
-	// current mirrors this instance's field of each client ID's live hash:
-	// the connection last written there. It is keyed by the client ID
-	// itself, not a hash: a collision there would leave a connection that
-	// ended listed live. Its entries last as long as their connections,
-	// whose client ID strings the broker's side holds anyway.
-	current map[string]uint64
-	// quiet remembers client IDs whose last read showed only this principal
-	// on this broker: a reconnect within quietFor skips the read. Nothing is
-	// lost: a newcomer's own first connect reads, and sees the incumbent.
-	quiet map[memoKey]quietMark
-	// seen and quiet outlive the connections: they hold no string, only
-	// memoKeys (128-bit hashes, see memoKey), so that an entry's size
-	// depends on nothing a client sends.
-	seeds [2]maphash.Seed // memoKey's
+	// client ID (memo.go).
+	ids    map[memoKey]packedMemo // by client ID
+	owed   map[memoKey]uint64     // by client ID: the connection owed its end, of a modeSplit entry; nil when none
+	others map[pairKey]seenMark   // seen marks of principals not their client ID's who; nil when none
+	listed int                    // entries of ids with a connection listed (cur != 0)
+	peak   int                    // the most entries ids held since it was built
+	seeds  [2]maphash.Seed        // memoKey's
 	// retry holds disconnect writes Redis did not take.
 	retry []store.ConnWrite
 }
@@ -174,9 +160,7 @@ func New(opts Options, d Deps) *Tracker {
 		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported,
 		instance: hex.EncodeToString(id[:]),
 		events:   batchq.New[event](queueSize, batchMax),
-		seen:     map[memoKey]seenMark{},
-		current:  map[string]uint64{},
-		quiet:    map[memoKey]quietMark{},
+		ids:      map[memoKey]packedMemo{},
 		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 	}
 	if t.claimer == nil {
@@ -249,7 +233,20 @@ func (t *Tracker) enqueue(ev event) {
 	}
 }
 
-// sweepEvery is how often Run sweeps the quiet marks and trims its queue's
+// idleTrim: Run trims its queue's buffers once no batch has come for this
+// long (a burst is over; under load a batch comes every linger or so), so
+// that a burst's buffers (up to two batches of 88-byte events: 720 KB) go
+// within idleTrim of its end, not at the next sweep (issue 12: they were
+// 43 of the 685 bytes of heap a held connection was measured to keep, make
+// bench's memory row being read a second after the connections).
+// Only buffers larger than trimAbove (batchq's keepMax, which Trim keeps)
+// arm it: a light load's batches cost no wake-up more.
+const (
+	idleTrim  = 5 * linger
+	trimAbove = 256
+)
+
+// sweepEvery is how often Run sweeps the memos and trims its queue's
 // buffers (a test shortens it).
 var sweepEvery = quietFor
 
@@ -262,6 +259,9 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 	defer report.Stop()
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
+	idle := time.NewTimer(idleTrim)
+	idle.Stop() // armed after a batch
+	defer idle.Stop()
 	t.renew()
 	for {
 		select {
@@ -294,10 +294,15 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 				default:
 				}
 			}
+			if f, h := t.events.Caps(); max(f, h) > trimAbove {
+				idle.Reset(idleTrim) // a burst's buffers are held: trim them if it is over
+			}
+		case <-idle.C:
+			t.events.Trim() // no batch for idleTrim: a burst's buffers go
 		case <-lease.C:
 			t.renew()
 		case <-sweep.C:
-			t.sweepQuiet(t.now().UnixMilli())
+			t.sweep(t.now().UnixMilli())
 			t.events.Trim() // idle here: a burst's buffers go
 		case <-report.C:
 			if n := t.dropped.Swap(0); n > 0 {

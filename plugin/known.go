@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"hash/maphash"
+	"math"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -35,7 +36,7 @@ import (
 // known up to a refresh longer).
 //
 // In memory: recent, this broker's own writes (at most knownRecentMax
-// entries of 16 bytes; cleared when full), and, for usernames being
+// entries of 12 bytes; cleared when full), and, for usernames being
 // throttled, the set loaded from Redis (at most knownLoadedMax members over
 // all usernames). Neither is consulted unless the username is throttled.
 type knownSources struct {
@@ -44,7 +45,7 @@ type knownSources struct {
 	refresh time.Duration // how often a (username, source) is written again
 
 	mu          sync.Mutex
-	recent      map[uint64]int64 // recentKey(username, source) -> unix ms of the last success written
+	recent      map[recentID]knownStamp // recentKey(username, source) -> the last success written
 	loaded      map[string]*knownSet
 	loadedTotal int
 }
@@ -90,7 +91,7 @@ func newKnownSources(d knownDeps) *knownSources {
 	k := &knownSources{
 		knownDeps: d,
 		queue:     batchq.New[knownWrite](knownQueueSize, knownBatchMax),
-		recent:    map[uint64]int64{}, loaded: map[string]*knownSet{},
+		recent:    map[recentID]knownStamp{}, loaded: map[string]*knownSet{},
 		refresh: min(knownRefresh, d.window/4),
 	}
 	d.spawn("known sources", k.run)
@@ -103,20 +104,55 @@ func sourceIP(ip netip.Addr) string { return "ip:" + ip.String() }
 func sourceClientID(id string) string { return "clientid:" + keys.Tracking(id) }
 
 // recentKey is the map key of (username, source): 64 bits of a hash keyed
-// by a seed drawn at start (8 bytes a key, where the strings took up to 80).
+// by a seed drawn at start (8 bytes a key, where the strings took up to 80),
+// held as two 32-bit halves (recentID) so that a map slot, key and stamp,
+// is 12 bytes, not 16: a held device's two sources cost about 54 bytes of
+// map, not 74 (issue 12).
 // Two pairs sharing a key are harmless: the second pair's success would not
 // be written to Redis for up to a refresh, and its source would count as
 // known on this broker, which only reopens a password check that counts as
 // usual (see knownSources). Nor can anyone aim for one: the seed is secret
 // and per process, so a collision is chance, about n²/2⁶⁵ for n keys (one in
 // 10⁹ at knownRecentMax).
-func recentKey(username, source string) uint64 {
+func recentKey(username, source string) recentID {
 	var h maphash.Hash
 	h.SetSeed(recentSeed)
 	writeRecentUser(&h, username)
 	h.WriteString(source)
-	return h.Sum64()
+	return recentIDOf(h.Sum64())
 }
+
+// recentID is a recentKey: its 64 bits, 4-byte aligned.
+type recentID [2]uint32
+
+func recentIDOf(sum uint64) recentID { return recentID{uint32(sum), uint32(sum >> 32)} }
+
+// knownStamp is the time of a success in recent: its unix second, floored
+// (4 bytes, where unix ms took 8). A stamp is up to a second before the
+// success, never after it, so against the ms kept before:
+//   - a (username, source) is written again once its stamp is a refresh
+//     old: up to a second before a refresh has passed since its last
+//     written success, at most one more write per refresh;
+//   - this broker's own knowledge (known) counts a source while its stamp
+//     is within conflict_window and a refresh: it may stop counting up to a
+//     second sooner, which the refresh's slack covers (refresh >= 15 s, as
+//     conflict_window >= 1 min): a source that succeeded within
+//     conflict_window is still known.
+//
+// A clock before 1970 stamps 0, one past 2106 the last second uint32 holds.
+type knownStamp uint32
+
+// knownStampOf is the stamp of ms (unix ms).
+func knownStampOf(ms int64) knownStamp {
+	s := ms / 1000
+	if ms%1000 < 0 {
+		s--
+	}
+	return knownStamp(max(0, min(s, math.MaxUint32)))
+}
+
+// ms is the earliest unix ms st stands for.
+func (st knownStamp) ms() int64 { return int64(st) * 1000 }
 
 // recentSeed keys recentKey.
 var recentSeed = maphash.MakeSeed()
@@ -148,17 +184,18 @@ func (k *knownSources) note(username string, source []byte, ms int64) {
 	h.SetSeed(recentSeed)
 	writeRecentUser(&h, username)
 	h.Write(source)
-	key := h.Sum64() // recentKey(username, string(source))
+	key := recentIDOf(h.Sum64()) // recentKey(username, string(source))
 	k.mu.Lock()
 	last, ok := k.recent[key]
-	if ok && ms-last < k.refresh.Milliseconds() {
+	// Within the refresh whatever the ms in the two seconds (see knownStamp).
+	if ok && knownStampOf(ms).ms()-last.ms()+1000 <= k.refresh.Milliseconds() {
 		k.mu.Unlock()
 		return
 	}
 	if len(k.recent) >= knownRecentMax {
 		clear(k.recent)
 	}
-	k.recent[key] = ms
+	k.recent[key] = knownStampOf(ms)
 	k.mu.Unlock()
 	if !k.queue.Put(knownWrite{username, string(source), ms}) {
 		// a flood of new sources outruns Redis: this one is written on its next success
@@ -183,8 +220,8 @@ func (k *knownSources) known(username string, ip netip.Addr, clientID string, no
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	recent := func(s string) bool {
-		ms, ok := k.recent[recentKey(username, s)]
-		return s != "" && ok && ms >= cutoff
+		st, ok := k.recent[recentKey(username, s)]
+		return s != "" && ok && st.ms() >= cutoff
 	}
 	byIP, byClientID = recent(ipSrc), recent(idSrc)
 	set := k.loaded[username]
@@ -262,9 +299,23 @@ func (k *knownSources) forgetLoaded(now time.Time) {
 // queue's buffers (a test shortens it).
 var knownTick = 10 * time.Second
 
+// knownIdleTrim: the writer trims its queue's buffers once no batch has
+// come for this long (a burst is over), not only at its tick (issue 12: a
+// fleet's burst of successes left up to two batches of 40-byte writes
+// held for up to knownTick).
+// Only buffers larger than knownTrimAbove (batchq's keepMax, which Trim
+// keeps) arm it: a light load's batches cost no wake-up more.
+const (
+	knownIdleTrim  = 5 * knownLinger
+	knownTrimAbove = 256
+)
+
 func (k *knownSources) run() {
 	tick := time.NewTicker(knownTick)
 	defer tick.Stop()
+	idle := time.NewTimer(knownIdleTrim)
+	idle.Stop() // armed after a batch
+	defer idle.Stop()
 	for {
 		select {
 		case <-k.stop:
@@ -272,6 +323,9 @@ func (k *knownSources) run() {
 		case <-tick.C:
 			k.forgetLoaded(time.Now())
 			k.queue.Trim() // idle here: a burst's buffers go
+			continue
+		case <-idle.C:
+			k.queue.Trim() // no batch for knownIdleTrim: a burst's buffers go
 			continue
 		case <-k.queue.Ready():
 		}
@@ -300,6 +354,9 @@ func (k *knownSources) run() {
 				return
 			default:
 			}
+		}
+		if f, h := k.queue.Caps(); max(f, h) > knownTrimAbove {
+			idle.Reset(knownIdleTrim) // a burst's buffers are held: trim them if it is over
 		}
 	}
 }

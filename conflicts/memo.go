@@ -1,0 +1,385 @@
+package conflicts
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+	"math"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// What the worker remembers of each client ID (the worker goroutine's own,
+// no lock), to spare Redis commands and to know what a disconnect owes
+// Redis. Connections are their numbers (Conn.Seq; 0: none), not their ID
+// strings.
+//
+// One entry per client ID (Tracker.ids, packedMemo) holds what were three map
+// entries (issue 12: 235 bytes of a held connection's 647 were those three
+// maps' slots): the connection listed live for this instance (current), the
+// seen mark of one principal, and the quiet mark. The seen marks of the
+// client ID's other principals, a rare case (a client ID shared, or taken
+// over by another principal), are in Tracker.others, keyed by the pair.
+
+// memoKey names a client ID in the worker's memos: two 64-bit maphash sums
+// of it under two seeds of this process's own, never shown. Two client IDs
+// share a key with probability 2^-128, about 6e-29 for any two of the
+// seenMemoMax+live entries a map holds (n²/2^129, n = 1e6: 1.5e-27); an
+// attacker cannot aim at one without the seeds. Keyed so, an entry holds no
+// string: 16 bytes, whatever the client sends, and it may outlive the
+// connection whose client ID string the broker's side holds. This key now
+// carries current too, whose mistake would outlast a window (a connection
+// that ended left listed live until the client ID connects again on this
+// broker, or the broker's lease lapses): a broker taking 10^4 new client
+// IDs a second for a century (3e13 keys, each against the map's 1e6)
+// meets it with a chance of about 1e-19; the string key it replaces took
+// the same 16 bytes of slot.
+type memoKey struct{ a, b uint64 }
+
+// memo is the memoKey of clientID and principal; idKey, the client ID's
+// own (its principal "").
+func (t *Tracker) memo(clientID, principal string) memoKey {
+	return memoKey{memoSum(t.seeds[0], clientID, principal), memoSum(t.seeds[1], clientID, principal)}
+}
+
+func (t *Tracker) idKey(clientID string) memoKey { return t.memo(clientID, "") }
+
+// whoTag names a principal within one client ID's entry: 62 bits of a
+// keyed hash (packedMemo keeps its mode in the other two). Two principals
+// of one client ID share a tag with probability 2^-62; then one is taken
+// for the other in the memos for one window, as a memoKey collision was
+// before: a use not recorded for up to seenRefresh,
+// or one read skipped within quietFor (the read of the next connect after
+// it sees the other principal). A disconnect's end (Left) written for the
+// wrong principal changes nothing: Redis sets it only if the principal's
+// record still names that connection.
+func (t *Tracker) whoTag(principal string) uint64 {
+	return maphash.String(t.seeds[1], principal) &^ modeMask
+}
+
+// memoSum hashes the pair, the client ID with its length so that no pair
+// runs into another.
+func memoSum(seed maphash.Seed, clientID, principal string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(seed)
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(clientID)))
+	_, _ = h.Write(n[:])
+	_, _ = h.WriteString(clientID)
+	_, _ = h.WriteString(principal)
+	return h.Sum64()
+}
+
+// stamp is a time in the memos: unix seconds, 0 none (the marks are 4
+// bytes, not 8). Seconds, not milliseconds: a mark counts while
+// young(stamp, now, d), which holds only if it was made less than d ago in
+// milliseconds (both floored to the second, the mark's at most as far from
+// now as it was), so a mark stops counting up to a second before d has
+// passed, never after. The marks only spare Redis commands (a read, a
+// seen record), so the second costs at most one command a mark would have
+// spared: it never skips one. A clock before 1970-01-01T00:00:01 stamps
+// none (a command sent), one past 2106 the last second uint32 holds.
+type stamp uint32
+
+// stampOf is the stamp of now (unix ms).
+func stampOf(now int64) stamp {
+	s := secondOf(now)
+	switch {
+	case s < 0:
+		return 0
+	case s > math.MaxUint32:
+		return math.MaxUint32
+	}
+	return stamp(s)
+}
+
+// secondOf is the unix second of now (unix ms), floored.
+func secondOf(now int64) int64 {
+	s := now / 1000
+	if now%1000 < 0 {
+		s--
+	}
+	return s
+}
+
+// young reports whether at is a mark made less than d before now (unix
+// ms), as stamp states. A mark ahead of now (the clock went back) is young,
+// as it was.
+func young(at stamp, now int64, d time.Duration) bool {
+	// now-at < (its seconds apart + 1) s, whatever the ms in the two seconds
+	return at != 0 && (secondOf(now)-int64(at)+1)*1000 <= d.Milliseconds()
+}
+
+// idMemo is what the worker remembers of one client ID, as the worker
+// works on it; ids holds it packed (packedMemo).
+type idMemo struct {
+	// cur mirrors this instance's field of the client ID's live hash: the
+	// connection last written there, until its disconnect (0: none).
+	cur uint64
+	// who is the principal (whoTag) whose seen and quiet marks these are.
+	who uint64
+	// The seen mark: seenSeq is the connection that last recorded who's use
+	// of the client ID, until it ends (then 0: no later connection has its
+	// number, so 0 answers its disconnect's question as well); seenAt when
+	// (0: no mark). A device reconnecting all day needs its last
+	// use recorded every seenRefresh, not at every reconnect, and the
+	// disconnect of the connection that recorded it records its end (Left).
+	seenSeq uint64
+	seenAt  stamp
+	// quietAt: when a read of the client ID last showed only who on it, with
+	// no live connection on another broker (0: none). A reconnect
+	// within quietFor skips the read. Nothing is lost: a newcomer's own
+	// first connect reads, and sees the incumbent.
+	quietAt stamp
+}
+
+// packedMemo is an idMemo as ids holds it: 24 bytes, its map slot 40
+// (where current, seen and quiet took 24, 32 and 40 in three maps). Its
+// two connection numbers take one field, s, and the low 2 bits of who
+// (whoTag leaves them 0) say how (mode...): a client ID's listed
+// connection is, most often, the one that recorded its principal's use,
+// or that one has ended (0), or none is listed. Only when both are
+// connections, and two (a connection taken over by another of the same
+// principal within seenRefresh, still open), is the one owed its end in
+// Tracker.owed, until the entry leaves that mode (pack): at most one
+// entry there per listed client ID.
+type packedMemo struct {
+	s       uint64
+	tag     uint64 // who | mode
+	seenAt  stamp
+	quietAt stamp
+}
+
+// The modes of a packedMemo: what its s is.
+const (
+	modeBoth  = 0 // cur and seenSeq (0, 0 in the zero packedMemo)
+	modeCur   = 1 // cur; seenSeq 0
+	modeSeen  = 2 // seenSeq; cur 0
+	modeSplit = 3 // cur; seenSeq is owed[id]
+	modeMask  = 3
+)
+
+// pack is e packed, for id's entry, which was; it keeps owed in step.
+func (t *Tracker) pack(id memoKey, e idMemo, was packedMemo) packedMemo {
+	p := packedMemo{s: e.cur, tag: e.who, seenAt: e.seenAt, quietAt: e.quietAt}
+	switch {
+	case e.cur == e.seenSeq:
+	case e.seenSeq == 0:
+		p.tag |= modeCur
+	case e.cur == 0:
+		p.s, p.tag = e.seenSeq, p.tag|modeSeen
+	default:
+		p.tag |= modeSplit
+		if t.owed == nil {
+			t.owed = map[memoKey]uint64{}
+		}
+		t.owed[id] = e.seenSeq
+		return p
+	}
+	if was.tag&modeMask == modeSplit {
+		delete(t.owed, id)
+		if len(t.owed) == 0 {
+			t.owed = nil // its tables go
+		}
+	}
+	return p
+}
+
+// unpack is id's entry p as the worker works on it.
+func (t *Tracker) unpack(id memoKey, p packedMemo) idMemo {
+	e := idMemo{who: p.tag &^ modeMask, seenAt: p.seenAt, quietAt: p.quietAt}
+	switch p.tag & modeMask {
+	case modeBoth:
+		e.cur, e.seenSeq = p.s, p.s
+	case modeCur:
+		e.cur = p.s
+	case modeSeen:
+		e.seenSeq = p.s
+	case modeSplit:
+		e.cur, e.seenSeq = p.s, t.owed[id]
+	}
+	return e
+}
+
+// seenMark is a seen mark of a principal not its client ID's who (others).
+type seenMark struct {
+	seq uint64 // as idMemo.seenSeq
+	at  stamp
+}
+
+// pairKey names a (client ID, principal) pair in others.
+type pairKey struct {
+	id  memoKey
+	who uint64
+}
+
+const (
+	quietFor    = 10 * time.Second
+	seenRefresh = 30 * time.Second
+	// seenMemoMax bounds the entries kept of client IDs with no connection
+	// listed here (a flood of new client IDs), and the seen marks of others:
+	// reaching it drops them all (those still owed an end do not get it
+	// recorded: a seen record left without its DisconnectedMs, its window
+	// reckoned from its start). Entries of listed connections are bounded by
+	// the connections, whose client IDs the broker's side holds anyway.
+	seenMemoMax = 200_000
+	// memoShrinkMin: ids is rebuilt when under a quarter of the entries it
+	// held at most since it was last built, once that was at least this.
+	memoShrinkMin = 1024
+)
+
+// memoOf is id's entry, or a new one (the zero idMemo: no marks).
+func (t *Tracker) memoOf(id memoKey) idMemo {
+	e, _ := t.lookMemo(id)
+	return e
+}
+
+// lookMemo is id's entry, if there is one.
+func (t *Tracker) lookMemo(id memoKey) (idMemo, bool) {
+	p, ok := t.ids[id]
+	if !ok {
+		return idMemo{}, false
+	}
+	return t.unpack(id, p), true
+}
+
+// putMemo stores e as id's entry. A new entry beyond seenMemoMax entries
+// of unlisted client IDs first drops those (pruneUnlisted).
+func (t *Tracker) putMemo(id memoKey, e idMemo) {
+	was, ok := t.ids[id]
+	if !ok {
+		if len(t.ids)-t.listed >= seenMemoMax {
+			t.pruneUnlisted()
+		}
+		if len(t.ids) >= t.peak {
+			t.peak = len(t.ids) + 1
+		}
+	}
+	t.ids[id] = t.pack(id, e, was)
+}
+
+// list makes seq the connection listed live for id (e, put by the caller).
+func (t *Tracker) list(e *idMemo, seq uint64) {
+	if e.cur == 0 {
+		t.listed++
+	}
+	e.cur = seq
+}
+
+// quietLive reports whether e's quiet mark is younger than quietFor.
+func (e *idMemo) quietLive(now int64) bool {
+	return young(e.quietAt, now, quietFor)
+}
+
+// seenFresh reports whether principal who had its use of client ID id
+// (its entry e, put by the caller) recorded less than seenRefresh ago; if
+// not, connection seq records it. The pair's mark is in e when e is who's,
+// else in others; a pair new to both takes e when e holds no mark of
+// another principal (no seen mark, no quiet mark younger than quietFor:
+// an older one is as good as none).
+func (t *Tracker) seenFresh(id memoKey, e *idMemo, who, seq uint64, now int64) bool {
+	at := stampOf(now)
+	if e.who == who && e.seenAt != 0 {
+		if young(e.seenAt, now, seenRefresh) {
+			return true
+		}
+		e.seenSeq, e.seenAt = seq, at
+		return false
+	}
+	pk := pairKey{id, who}
+	m, ok := t.others[pk]
+	if ok && young(m.at, now, seenRefresh) {
+		return true
+	}
+	if e.seenAt == 0 && (e.who == who || !e.quietLive(now)) {
+		if ok {
+			delete(t.others, pk)
+		}
+		if e.who != who {
+			e.quietAt = 0
+		}
+		e.who, e.seenSeq, e.seenAt = who, seq, at
+		return false
+	}
+	t.putOther(pk, seenMark{seq: seq, at: at})
+	return false
+}
+
+// endSeen is told that connection seq of principal who and client ID id
+// (its entry e, put by the caller if ok) ended: it reports whether the
+// pair's seen mark names seq (then its end is recorded, Left), and then
+// forgets the number.
+func (t *Tracker) endSeen(id memoKey, e *idMemo, who, seq uint64) bool {
+	if e.who == who && e.seenAt != 0 {
+		if e.seenSeq == seq {
+			e.seenSeq = 0
+			return true
+		}
+		return false
+	}
+	pk := pairKey{id, who}
+	if m, ok := t.others[pk]; ok && m.seq == seq {
+		m.seq = 0
+		t.others[pk] = m
+		return true
+	}
+	return false
+}
+
+// putOther records a seen mark in others; reaching seenMemoMax drops them
+// all first.
+func (t *Tracker) putOther(pk pairKey, m seenMark) {
+	if t.others == nil || len(t.others) >= seenMemoMax {
+		t.others = map[pairKey]seenMark{}
+	}
+	t.others[pk] = m
+}
+
+// setWho makes who the principal of e, client ID id's entry: the seen mark
+// of the principal it was goes to others, and who's, if there, comes back.
+func (t *Tracker) setWho(id memoKey, e *idMemo, who uint64) {
+	if e.seenAt != 0 {
+		t.putOther(pairKey{id, e.who}, seenMark{seq: e.seenSeq, at: e.seenAt})
+	}
+	e.seenSeq, e.seenAt = 0, 0
+	pk := pairKey{id, who}
+	if m, ok := t.others[pk]; ok {
+		delete(t.others, pk)
+		e.seenSeq, e.seenAt = m.seq, m.at
+	}
+	e.who = who
+}
+
+// noteQuiet records whether a read of ev's client ID showed only its
+// principal, with no live connection on another broker.
+func (t *Tracker) noteQuiet(ev event, st *store.State, alive map[string]bool, now int64) {
+	id := t.idKey(ev.clientID)
+	e, ok := t.lookMemo(id)
+	quiet := true
+	for _, x := range st.Seen {
+		if x.Principal != ev.conn.Principal {
+			quiet = false
+			break
+		}
+	}
+	for _, x := range st.Live {
+		if !quiet {
+			break
+		}
+		if x.Instance != t.instance && alive[x.Instance] {
+			quiet = false
+		}
+	}
+	if !quiet {
+		if ok && e.quietAt != 0 {
+			e.quietAt = 0
+			t.putMemo(id, e)
+		}
+		return
+	}
+	if who := t.whoTag(ev.conn.Principal); e.who != who {
+		t.setWho(id, &e, who)
+	}
+	e.quietAt = stampOf(now)
+	t.putMemo(id, e)
+}
