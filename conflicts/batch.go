@@ -2,6 +2,7 @@ package conflicts
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -21,6 +22,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	now := t.now().UnixMilli()
 	conns := t.storeConns(batch)
 	ws, at := t.writes(batch, conns, now)
+	defer t.releaseScratch(conns, ws, at)
 	t.flushRetry(ctx)
 	states, err := t.store.WriteConns(ctx, ws, t.opts.Window)
 	if err != nil {
@@ -70,10 +72,43 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	return nil
 }
 
+// scratch is a batch's working arrays and maps, kept by the worker for
+// the next batch (Tracker.sc). Nothing outside a batch's handling holds
+// them: WriteConns returns before handle does, kept retries copy what they
+// keep (keepForRetry), findings copy their connections; the connections'
+// ID strings are the batch's own, never reused.
+type scratch struct {
+	conns  []store.Conn
+	ws     []store.ConnWrite
+	at     []int
+	ends   map[uint64]end
+	open   map[string]uint64
+	folded map[uint64]bool
+}
+
+// trimScratch gives back a burst's arrays and maps: those of more than
+// trimAbove entries. Worker goroutine only, between batches.
+func (t *Tracker) trimScratch() {
+	if cap(t.sc.conns) > trimAbove || cap(t.sc.ws) > trimAbove || len(t.sc.ends) > trimAbove || len(t.sc.open) > trimAbove || len(t.sc.folded) > trimAbove {
+		t.sc = scratch{}
+	}
+}
+
+// releaseScratch keeps a handled batch's arrays for the next one, with no
+// string or pointer of the batch left in them.
+func (t *Tracker) releaseScratch(conns []store.Conn, ws []store.ConnWrite, at []int) {
+	clear(conns)
+	clear(ws)
+	t.sc.conns, t.sc.ws, t.sc.at = conns[:0], ws[:0], at[:0]
+	clear(t.sc.ends)
+	clear(t.sc.open)
+	clear(t.sc.folded)
+}
+
 // storeConns is the batch's connections as Redis records them. Their IDs
 // are cut from one string built for the batch: one allocation for all.
 func (t *Tracker) storeConns(batch []event) []store.Conn {
-	conns := make([]store.Conn, len(batch))
+	conns := slices.Grow(t.sc.conns[:0], len(batch))[:len(batch)]
 	var b strings.Builder
 	b.Grow(len(batch) * (len(t.instance) + 21)) // '-' and up to 20 digits
 	for i := range batch {
@@ -121,10 +156,10 @@ func digits(n uint64) int {
 // instead of 12 for a new client ID). See foldEnded for when, and why it is
 // the same as writing the pair.
 func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.ConnWrite, []int) {
-	ws := make([]store.ConnWrite, 0, len(batch))
-	at := make([]int, len(batch))
-	var ends map[uint64]end
-	var folded map[uint64]bool
+	ws := slices.Grow(t.sc.ws[:0], len(batch))
+	at := slices.Grow(t.sc.at[:0], len(batch))[:len(batch)]
+	endsDone := false // t.endsOnce
+	folded := t.sc.folded
 	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
@@ -144,11 +179,12 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			// Not under clientid_conflict deny: there the broker thread
 			// wrote the live entry already (the claim), and its end must clear it.
 			if !t.opts.Deny {
-				e, ending := endsOf(batch, &ends)[seq]
+				e, ending := t.endsOnce(batch, &endsDone)[seq]
 				switch {
 				case ending && !w.Read && w.Seen == nil:
 					if folded == nil {
 						folded = map[uint64]bool{}
+						t.sc.folded = folded
 					}
 					folded[seq] = listed
 					at[i] = -1
@@ -157,6 +193,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 					t.foldEnded(&w, &conns[e.at], now)
 					if folded == nil {
 						folded = map[uint64]bool{}
+						t.sc.folded = folded
 					}
 					folded[seq] = false // not listed: its end has nothing to unlist
 					at[i] = len(ws)
@@ -276,26 +313,47 @@ type end struct {
 }
 
 // endsOf returns the connections that end in batch, by number, made once
-// in *ends.
+// in *ends (the equivalence tests' copy of the writes before the memo
+// table uses it; writes fills the worker's scratch maps with fillEnds).
 func endsOf(batch []event, ends *map[uint64]end) map[uint64]end {
 	if *ends == nil {
 		*ends = make(map[uint64]end, len(batch)/2)
-		open := make(map[string]uint64, len(batch)/2) // client ID: its latest connect in batch, no other since
-		for i, ev := range batch {
-			switch ev.kind {
-			case evConnect:
-				open[ev.clientID] = ev.conn.Seq
-			case evDisconnect:
-				seq, ok := open[ev.clientID]
-				alone := ok && seq == ev.conn.Seq
-				if alone {
-					delete(open, ev.clientID)
-				}
-				(*ends)[ev.conn.Seq] = end{at: i, alone: alone}
-			}
-		}
+		fillEnds(batch, *ends, make(map[string]uint64, len(batch)/2))
 	}
 	return *ends
+}
+
+// fillEnds records in ends the connections that end in batch, by number;
+// open is a scratch map (client ID: its latest connect in batch, no other
+// since), empty on entry.
+func fillEnds(batch []event, ends map[uint64]end, open map[string]uint64) {
+	for i, ev := range batch {
+		switch ev.kind {
+		case evConnect:
+			open[ev.clientID] = ev.conn.Seq
+		case evDisconnect:
+			seq, ok := open[ev.clientID]
+			alone := ok && seq == ev.conn.Seq
+			if alone {
+				delete(open, ev.clientID)
+			}
+			ends[ev.conn.Seq] = end{at: i, alone: alone}
+		}
+	}
+}
+
+// endsOnce is endsOf on the worker's scratch maps: filled at the batch's
+// first call (*done false), read after.
+func (t *Tracker) endsOnce(batch []event, done *bool) map[uint64]end {
+	if !*done {
+		if t.sc.ends == nil {
+			t.sc.ends = make(map[uint64]end, len(batch)/2)
+			t.sc.open = make(map[string]uint64, len(batch)/2)
+		}
+		fillEnds(batch, t.sc.ends, t.sc.open)
+		*done = true
+	}
+	return t.sc.ends
 }
 
 // keepForRetry keeps the disconnect writes of a batch Redis did not take:

@@ -191,10 +191,28 @@ type capStore struct {
 	states []store.State
 }
 
+// WriteConns keeps deep copies: the worker reuses a batch's arrays for
+// the next batch once WriteConns has returned (Tracker.sc).
 func (c *capStore) WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error) {
 	st, err := c.memStore.WriteConns(ctx, ws, window)
-	c.ws, c.states = slices.Clone(ws), st
+	c.ws, c.states = deepWrites(ws), st
 	return st, err
+}
+
+// deepWrites copies ws and the connections it points to.
+func deepWrites(ws []store.ConnWrite) []store.ConnWrite {
+	out := slices.Clone(ws)
+	cp := func(c *store.Conn) *store.Conn {
+		if c == nil {
+			return nil
+		}
+		d := *c
+		return &d
+	}
+	for i := range out {
+		out[i].Live, out[i].Gone, out[i].Seen, out[i].Left = cp(out[i].Live), cp(out[i].Gone), cp(out[i].Seen), cp(out[i].Left)
+	}
+	return out
 }
 
 // The one entry per client ID changes none of the worker's writes: random
@@ -270,8 +288,9 @@ func TestMemosAsBefore(t *testing.T) {
 					latest[id] = &c
 					live = append(live, open{id, c})
 				}
-				conns := tr.storeConns(batch)
+				conns := slices.Clone(tr.storeConns(batch)) // the worker's scratch is its own
 				want, at := ref.writes(batch, conns, now)
+				want = deepWrites(want)
 				require.NoError(t, tr.handle(ctx, batch))
 				require.Equal(t, want, cs.ws, "seed %d deny %v round %d: %s", seed, deny, round, fmt.Sprint(batch))
 				for i, ev := range batch {

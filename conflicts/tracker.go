@@ -140,6 +140,11 @@ type Tracker struct {
 	seeds  [2]maphash.Seed        // memoKey's
 	// retry holds disconnect writes Redis did not take.
 	retry []store.ConnWrite
+	// sc holds a batch's arrays and maps for the next batch: a steady load
+	// (a fleet reconnecting) allocated them afresh at every batch, about
+	// 1 KB of garbage per connection. At most batchMax long; given back
+	// with the queue's buffers once idle (trimScratch).
+	sc scratch
 }
 
 // The queue between the broker thread and the worker holds at most
@@ -294,16 +299,18 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 				default:
 				}
 			}
-			if f, h := t.events.Caps(); max(f, h) > trimAbove {
+			if f, h := t.events.Caps(); max(f, h, cap(t.sc.conns)) > trimAbove {
 				idle.Reset(idleTrim) // a burst's buffers are held: trim them if it is over
 			}
 		case <-idle.C:
 			t.events.Trim() // no batch for idleTrim: a burst's buffers go
+			t.trimScratch()
 		case <-lease.C:
 			t.renew()
 		case <-sweep.C:
 			t.sweep(t.now().UnixMilli())
 			t.events.Trim() // idle here: a burst's buffers go
+			t.trimScratch()
 		case <-report.C:
 			if n := t.dropped.Swap(0); n > 0 {
 				t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d connection events not tracked: the conflict queue was full", n))
