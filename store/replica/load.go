@@ -208,7 +208,7 @@ func (r *Replica) swap(fresh *Replica) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.exact, r.ranges, r.users, r.throttles, r.count = fresh.exact, fresh.ranges, fresh.users, fresh.throttles, fresh.count
-	r.lists = fresh.lists
+	r.lists, r.exactN = fresh.lists, fresh.exactN
 	r.gen++
 }
 
