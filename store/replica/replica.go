@@ -95,7 +95,7 @@ type Replica struct {
 
 	mu     sync.RWMutex
 	exact  map[string]slot // allow/block keys of the clientid, ip, username and cert scopes
-	ranges map[keys.Kind]*[2]rangeSet
+	ranges *[2][2]rangeSet // by listIndex and family; an array, not a map by kind: a lookup reads it twice
 	users  map[string]slot // username -> hash, for the redis backend
 	// throttles: username (keys.Tracking form) -> its throttle key's entry
 	throttles map[string]slot
@@ -158,7 +158,7 @@ func New(kb keys.Builder) *Replica {
 
 func (r *Replica) reset() {
 	r.exact = map[string]slot{}
-	r.ranges = map[keys.Kind]*[2]rangeSet{keys.Allow: {}, keys.Block: {}}
+	r.ranges = &[2][2]rangeSet{}
 	r.users = map[string]slot{}
 	r.throttles = map[string]slot{}
 	r.count = 0
@@ -263,7 +263,7 @@ func (r *Replica) Put(key, value string, expires time.Time) error {
 		_, had = r.exact[key]
 		r.exact[key] = e
 	case classRange:
-		rs := &r.ranges[kind][family(p.Addr())]
+		rs := &r.ranges[listIndex(kind)][family(p.Addr())]
 		_, had = rs.byLen[p.Bits()][p]
 		rs.put(p, e)
 	case classUser:
@@ -296,7 +296,7 @@ func (r *Replica) Get(key string) (Entry, bool) {
 	case classList:
 		e, ok = r.exact[key]
 	case classRange:
-		e, ok = r.ranges[kind][family(p.Addr())].byLen[p.Bits()][p]
+		e, ok = r.ranges[listIndex(kind)][family(p.Addr())].byLen[p.Bits()][p]
 	case classUser:
 		e, ok = r.users[user]
 	case classThrottle:
@@ -323,7 +323,7 @@ func (r *Replica) Delete(key string) {
 		_, had = r.exact[key]
 		delete(r.exact, key)
 	case classRange:
-		rs := &r.ranges[kind][family(p.Addr())]
+		rs := &r.ranges[listIndex(kind)][family(p.Addr())]
 		_, had = rs.byLen[p.Bits()][p]
 		rs.del(p)
 	case classUser:
@@ -419,11 +419,11 @@ func (r *Replica) Sweep(t time.Time) int {
 	for _, kind := range []keys.Kind{keys.Allow, keys.Block} {
 		for f := 0; f < 2; f++ {
 			r.mu.RLock()
-			lens := append([]int(nil), r.ranges[kind][f].lens...)
+			lens := append([]int(nil), r.ranges[listIndex(kind)][f].lens...)
 			r.mu.RUnlock()
 			for _, l := range lens {
-				n += sweep(r, now, func() map[netip.Prefix]slot { return r.ranges[kind][f].byLen[l] },
-					func(p netip.Prefix) { r.ranges[kind][f].del(p); r.lists[listIndex(kind)]-- })
+				n += sweep(r, now, func() map[netip.Prefix]slot { return r.ranges[listIndex(kind)][f].byLen[l] },
+					func(p netip.Prefix) { r.ranges[listIndex(kind)][f].del(p); r.lists[listIndex(kind)]-- })
 			}
 		}
 	}
@@ -513,7 +513,7 @@ func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, now int64, o
 			out[3] = match(kind, keys.IP, q.IP.String(), string(b), e, now)
 		}
 	}
-	if e, p, ok := r.ranges[kind][family(q.IP)].match(q.IP, now); ok {
+	if e, p, ok := r.ranges[listIndex(kind)][family(q.IP)].match(q.IP, now); ok {
 		v := p.String()
 		out[4] = match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
 	}
