@@ -13,10 +13,11 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// Issue 12: a lookup skips the scopes of a list that holds no exact key
-// (exactN). A count one short would hide a ban, so after every Put, Delete,
-// Sweep and swap of a random run the counts equal a recount of the exact
-// keys held, and every lookup answers as one that tries every scope.
+// Issue 12: a lookup skips a list that holds no key (lists) and the scopes
+// of a list that hold no exact key (exactN). A count one short would hide a
+// ban, so after every Put, Delete, Sweep and swap of a random run the
+// counts equal a recount of the keys held, and every lookup answers as one
+// that reads every list and scope.
 func TestExactCountsFollowTheKeys(t *testing.T) {
 	rng := rand.New(rand.NewPCG(12, 34))
 	cert := fmt.Sprintf("%064x", 7)
@@ -46,19 +47,28 @@ func TestExactCountsFollowTheKeys(t *testing.T) {
 	base := time.Now()
 	now := base
 
-	recount := func(r *Replica) (n [2][exactScopes]int) {
+	recount := func(r *Replica) (n [2][exactScopes]int, lists [2]int) {
 		for k := range r.exact {
 			kind, sc, _, ok := r.kb.Split(k)
 			require.True(t, ok, k)
 			n[listIndex(kind)][exactIndex(sc)]++
+			lists[listIndex(kind)]++
 		}
-		return n
+		for li := range r.ranges {
+			for f := range r.ranges[li] {
+				for _, m := range r.ranges[li][f].byLen {
+					lists[li] += len(m)
+				}
+			}
+		}
+		return n, lists
 	}
-	// every: Lookup with every scope tried, as before exactN.
+	// every: Lookup with every list and scope read, as before the counts.
 	every := func(r *Replica, qq store.Query) store.Answer {
 		r.mu.Lock()
-		saved := r.exactN
+		saved, savedLists := r.exactN, r.lists
 		for i := range r.exactN {
+			r.lists[i] = 1
 			for j := range r.exactN[i] {
 				r.exactN[i][j] = 1
 			}
@@ -66,12 +76,14 @@ func TestExactCountsFollowTheKeys(t *testing.T) {
 		r.mu.Unlock()
 		a := r.Lookup(qq, now)
 		r.mu.Lock()
-		r.exactN = saved
+		r.exactN, r.lists = saved, savedLists
 		r.mu.Unlock()
 		return a
 	}
 	check := func(r *Replica, step int, op string) {
-		require.Equal(t, recount(r), r.exactN, "step %d (%s)", step, op)
+		n, lists := recount(r)
+		require.Equal(t, n, r.exactN, "step %d (%s)", step, op)
+		require.Equal(t, lists, r.lists, "step %d (%s)", step, op)
 		for _, qq := range queries {
 			require.Equal(t, every(r, qq), r.Lookup(qq, now), "step %d (%s): %+v", step, op, qq)
 		}

@@ -440,17 +440,25 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var a store.Answer
-	var allows, blocks [5]*store.Match
-	// The address in its canonical form (netip's String), formatted once
-	// for both lists, and only when one holds an ip key.
-	var ipBuf [64]byte
-	var ip []byte
-	if q.IP.IsValid() && r.exactN[0][exactIP]+r.exactN[1][exactIP] > 0 {
-		ip = q.IP.AppendTo(ipBuf[:0])
+	// A list that holds no key (lists: exact keys and ranges) is not read.
+	if r.lists[0]+r.lists[1] > 0 {
+		var allows, blocks [5]*store.Match
+		var buf [256]byte
+		// The address in its canonical form (netip's String), formatted
+		// once for both lists, and only when one holds an ip key.
+		var ipBuf [64]byte
+		var ip []byte
+		if q.IP.IsValid() && r.exactN[0][exactIP]+r.exactN[1][exactIP] > 0 {
+			ip = q.IP.AppendTo(ipBuf[:0])
+		}
+		if r.lists[listIndex(keys.Allow)] > 0 {
+			r.matches(keys.Allow, q, ip, &buf, now, &allows)
+		}
+		if r.lists[listIndex(keys.Block)] > 0 {
+			r.matches(keys.Block, q, ip, &buf, now, &blocks)
+		}
+		a.Allow, a.Block = store.Resolve(allows[:], blocks[:])
 	}
-	r.matches(keys.Allow, q, ip, now, &allows)
-	r.matches(keys.Block, q, ip, now, &blocks)
-	a.Allow, a.Block = store.Resolve(allows[:], blocks[:])
 	if q.HasUsername && len(r.throttles) > 0 {
 		if e, ok := r.throttles[keys.Tracking(q.Username)]; ok && e.live(now) {
 			k := r.kb.Throttle(q.Username)
@@ -470,13 +478,13 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 // ip is q.IP's canonical text (nil when no list holds an ip key).
 //
 // A scope of which the list holds no exact key is skipped (exactN). Keys
-// are built in buf and looked up as r.exact[string(b)], which Go does
+// are built in buf (the caller's: zeroing one costs as much as a lookup
+// that finds nothing) and looked up as r.exact[string(b)], which Go does
 // without allocating: a CONNECT that matches nothing allocates nothing here
 // (a key over len(buf) bytes takes one allocation); a match builds its key
 // and value strings once.
-func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, now int64, out *[5]*store.Match) {
+func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, buf *[256]byte, now int64, out *[5]*store.Match) {
 	held := &r.exactN[listIndex(kind)]
-	var buf [256]byte
 	try := func(scope keys.Scope, value string) *store.Match {
 		b := r.kb.AppendList(buf[:0], kind, scope, value)
 		if e, ok := r.exact[string(b)]; ok && e.live(now) {
