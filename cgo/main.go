@@ -153,15 +153,15 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 		defer pb.release() // cleared, even after a panic
 		c.Password = pb.b
 	}
-	// The certificate the TLS handshake verified (require_certificate
-	// true), in a new CONNECT and in the re-check after a reload alike.
-	c.CertID, c.CertSubject = clientCert(client)
 	walk := reload.InWalk(
 		func(n uint64) bool { return in.guard.ReloadVisit(c.Handle, c.ClientID, n) },
 		func() int { return int(C.guard_client_subs(client)) },
 		c.Address == "")
+	// The certificate the TLS handshake verified (require_certificate
+	// true), in a new CONNECT and in the re-check after a reload alike.
 	var d plugin.Decision
 	if walk {
+		c.CertID, c.CertSubject = clientCert(client)
 		d = in.guard.Reauthenticate(c)
 	} else {
 		safe = true
@@ -169,8 +169,9 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 		// CONNECT enters the set, never the walk, which also visits offline
 		// sessions the broker may free without a DISCONNECT.
 		// And a new client at a freed pointer is not the banned one the
-		// denied set may name.
-		C.guard_seen_connect(client)
+		// denied set may name. One call into C for this and the
+		// certificate: each is a cgo transition (~200 instructions).
+		c.CertID, c.CertSubject = certOf(C.guard_connect_cert(client, certMax))
 		if !start.IsZero() && in.guard.Timed() {
 			observe = in.guard
 		}
