@@ -34,7 +34,12 @@ var (
 // ID, the hash of the bytes the handshake verified, is what lists match.
 // Broker thread only, inside a callback.
 func clientCert(client C.uintptr_t) (id, subject string) {
-	r := C.guard_client_cert(client, certMax)
+	return certOf(C.guard_client_cert(client, certMax))
+}
+
+// certOf is clientCert for guard_client_cert's answer r (also
+// guard_connect_cert's): it frees r's DER.
+func certOf(r C.struct_guard_der) (id, subject string) {
 	der, n := r.der, r.n
 	switch {
 	case n == C.GUARD_CERT_NO_CRYPTO:

@@ -85,25 +85,42 @@ func (t *connectStrings) get(id, addr, username []byte, hasUsername bool) (clien
 // after, and reused (passwords).
 type passwordBuf struct{ b []byte }
 
-// passwords reuses password buffers: a CONNECT's password is not kept past
-// its check, so its copy need not be a new allocation.
-var passwords = sync.Pool{New: func() any { return new(passwordBuf) }}
+// passwords keeps one cleared password buffer for the next CONNECT: a
+// password is not kept past its check, so its copy need not be a new
+// allocation. BASIC_AUTH runs on the broker thread, one at a time, so one
+// spare buffer serves every CONNECT; a lock and a pointer cost less than a
+// sync.Pool, which also dropped its buffers at every collection.
+var passwords struct {
+	mu    sync.Mutex
+	spare *passwordBuf
+}
 
 // passwordMaxKept: a buffer grown past this by a long password is dropped,
 // not kept for the next.
 const passwordMaxKept = 1024
 
-// copyPassword copies a C password into a buffer of passwords.
+// copyPassword copies a C password into the spare buffer, or a new one.
 func copyPassword(p *C.char) *passwordBuf {
-	pb := passwords.Get().(*passwordBuf)
+	passwords.mu.Lock()
+	pb := passwords.spare
+	passwords.spare = nil
+	passwords.mu.Unlock()
+	if pb == nil {
+		pb = new(passwordBuf)
+	}
 	pb.b = append(pb.b[:0], cBytes(p)...)
 	return pb
 }
 
-// release clears the password and returns its buffer.
+// release clears the password and keeps its buffer as the spare.
 func (pb *passwordBuf) release() {
 	clear(pb.b)
-	if cap(pb.b) <= passwordMaxKept {
-		passwords.Put(pb)
+	if cap(pb.b) > passwordMaxKept {
+		return
 	}
+	passwords.mu.Lock()
+	if passwords.spare == nil {
+		passwords.spare = pb
+	}
+	passwords.mu.Unlock()
 }

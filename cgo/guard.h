@@ -44,6 +44,7 @@ struct guard_der {
 	int n;              /* its length, or one of GUARD_CERT_* */
 };
 struct guard_der guard_client_cert(uintptr_t client, int max);
+struct guard_der guard_connect_cert(uintptr_t client, int max);
 
 /* A client's identity, for its first sight at an ACL check (clients.c). */
 const char *guard_client_id(uintptr_t client);

@@ -7,6 +7,7 @@ import "C"
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
 )
@@ -19,33 +20,65 @@ type instance struct {
 }
 
 // registry maps the handle given to the broker as userdata to its instance:
-// the broker gets an integer, never a Go pointer.
+// the broker gets an integer, never a Go pointer. Every callback looks its
+// instance up, so get reads a copy made at each change (instances come and
+// go at start, reload and stop only) without a lock: one atomic load and a
+// scan of as many entries as the broker initialised the plugin (one, or one
+// per listener), where the lock, its deferred unlock and a map lookup cost
+// about 80 instructions per callback.
 type registry struct {
-	mu   sync.Mutex
+	mu   sync.Mutex // serialises add and remove
 	next uintptr
-	m    map[uintptr]*instance
+	all  atomic.Pointer[[]registered] // replaced, never changed
 }
 
-var instances = &registry{m: map[uintptr]*instance{}}
+type registered struct {
+	h  uintptr
+	in *instance
+}
+
+var instances = &registry{}
 
 func (r *registry) add(in *instance) uintptr {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.next++
-	r.m[r.next] = in
+	var all []registered
+	if cur := r.all.Load(); cur != nil {
+		all = append(all, *cur...)
+	}
+	all = append(all, registered{r.next, in})
+	r.all.Store(&all)
 	return r.next
 }
 
 func (r *registry) get(h uintptr) *instance {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.m[h]
+	if all := r.all.Load(); all != nil {
+		for _, e := range *all {
+			if e.h == h {
+				return e.in
+			}
+		}
+	}
+	return nil
 }
 
 func (r *registry) remove(h uintptr) *instance {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	in := r.m[h]
-	delete(r.m, h)
+	cur := r.all.Load()
+	if cur == nil {
+		return nil
+	}
+	var in *instance
+	all := make([]registered, 0, len(*cur))
+	for _, e := range *cur {
+		if e.h == h {
+			in = e.in
+			continue
+		}
+		all = append(all, e)
+	}
+	r.all.Store(&all)
 	return in
 }

@@ -32,9 +32,9 @@ import (
 type verifyCache struct {
 	secret [32]byte
 	max    int
-	macs   sync.Pool // keyed HMAC states: keying one costs more than using it
 
 	mu         sync.Mutex
+	macs       *macState    // the keyed HMAC, made once (c.mu held to use it)
 	table      []int32      // entry index + 1 (0: empty slot); a power of two long, at least twice the entries
 	entries    []cacheEntry // all in use: a full cache reuses its least recently used
 	head, tail int32        // most and least recently used; none: -1
@@ -51,9 +51,18 @@ type cacheEntry struct {
 func newVerifyCache(max int) *verifyCache {
 	c := &verifyCache{max: max, head: -1, tail: -1}
 	_, _ = rand.Read(c.secret[:])
-	c.macs.New = func() any { return &macState{h: hmac.New(sha256.New, c.secret[:])} }
+	c.macs = &macState{h: newMAC(c.secret[:])}
 	return c
 }
+
+// newMAC keys an HMAC-SHA256 (a variable: tests count the calls). It is
+// called once per cache: crypto/hmac saves the hash states after the keyed
+// pads at the first Reset and restores them at each use after, so a MAC
+// costs two SHA-256 blocks (username and password up to 47 bytes together),
+// where keying it anew costs four. The one state is used under c.mu: the
+// cache serves the broker thread, one CONNECT at a time, where a sync.Pool
+// cost more than the lock and lost its states at every collection.
+var newMAC = func(key []byte) hash.Hash { return hmac.New(sha256.New, key) }
 
 // macState is a keyed HMAC with buffers of its own: bytes handed to the
 // hash.Hash interface escape to the heap, so the input is copied into buf
@@ -65,9 +74,16 @@ type macState struct {
 	sum []byte
 }
 
+// mac returns the HMAC of username and password.
 func (c *verifyCache) mac(username string, password []byte) [32]byte {
-	m := c.macs.Get().(*macState)
-	defer c.macs.Put(m)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.macLocked(username, password)
+}
+
+// macLocked is mac with c.mu held.
+func (c *verifyCache) macLocked(username string, password []byte) [32]byte {
+	m := c.macs
 	m.h.Reset()
 	m.buf = binary.BigEndian.AppendUint64(m.buf[:0], uint64(len(username)))
 	m.buf = append(m.buf, username...)
@@ -80,9 +96,10 @@ func (c *verifyCache) mac(username string, password []byte) [32]byte {
 	return out
 }
 
-// key is what an entry keeps of the MAC of username and password.
-func (c *verifyCache) key(username string, password []byte) [16]byte {
-	m := c.mac(username, password)
+// keyLocked is what an entry keeps of the MAC of username and password
+// (c.mu held).
+func (c *verifyCache) keyLocked(username string, password []byte) [16]byte {
+	m := c.macLocked(username, password)
 	return [16]byte(m[:16])
 }
 
@@ -91,10 +108,9 @@ func (c *verifyCache) hit(username string, password []byte, hash string) bool {
 	if c.max == 0 {
 		return false
 	}
-	k := c.key(username, password)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.hitKey(k, hash) {
+	if !c.hitKey(c.keyLocked(username, password), hash) {
 		c.misses.Add(1)
 		return false
 	}
@@ -107,10 +123,9 @@ func (c *verifyCache) add(username string, password []byte, hash string) {
 	if c.max == 0 {
 		return
 	}
-	k := c.key(username, password)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.addKey(k, hash)
+	c.addKey(c.keyLocked(username, password), hash)
 }
 
 // hitKey is hit for the key k (c.mu held).

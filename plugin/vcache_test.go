@@ -2,10 +2,13 @@ package plugin
 
 import (
 	"fmt"
+	"hash"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -42,6 +45,38 @@ func TestVerifyCacheHoldsNoPassword(t *testing.T) {
 	}
 	d := newVerifyCache(10)
 	assert.NotEqual(t, c.mac("alice", []byte("hunter2")), d.mac("alice", []byte("hunter2")), "a secret per process")
+}
+
+// Issue 12: the MAC is keyed once per cache, not per CONNECT nor after each
+// collection (a sync.Pool of keyed states lost them at every GC, and each
+// new one cost two SHA-256 blocks more for the pads). Its result is the
+// same HMAC before and after the collections.
+func TestVerifyCacheKeysItsMACOnce(t *testing.T) {
+	var keyed atomic.Int32
+	orig := newMAC
+	newMAC = func(key []byte) hash.Hash { keyed.Add(1); return orig(key) }
+	defer func() { newMAC = orig }()
+	c := newVerifyCache(10)
+	pw := []byte("alice-pw")
+	want := c.mac("alice", pw)
+	c.add("alice", pw, "$h")
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ { // concurrent users share the one state safely (go test -race)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if i%10 == 0 {
+					runtime.GC()
+				}
+				assert.True(t, c.hit("alice", pw, "$h"))
+				assert.False(t, c.hit("alice", []byte("alice-pW"), "$h"))
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, int32(1), keyed.Load(), "HMAC keyings")
+	assert.Equal(t, want, c.mac("alice", pw))
 }
 
 // A reconnect storm of one bcrypt user verifies once; a password change

@@ -208,7 +208,7 @@ func (r *Replica) swap(fresh *Replica) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.exact, r.ranges, r.users, r.throttles, r.count = fresh.exact, fresh.ranges, fresh.users, fresh.throttles, fresh.count
-	r.lists = fresh.lists
+	r.lists, r.exactN = fresh.lists, fresh.exactN
 	r.gen++
 }
 
@@ -277,17 +277,17 @@ func (r *Replica) changes(fresh *Replica, now time.Time, max int) (out []change,
 	for _, kind := range []keys.Kind{keys.Allow, keys.Block} {
 		for f := 0; f < 2; f++ {
 			lens := map[int]bool{}
-			for l := range fresh.ranges[kind][f].byLen {
+			for l := range fresh.ranges[listIndex(kind)][f].byLen {
 				lens[l] = true
 			}
 			r.mu.RLock()
-			for _, l := range r.ranges[kind][f].lens {
+			for _, l := range r.ranges[listIndex(kind)][f].lens {
 				lens[l] = true
 			}
 			r.mu.RUnlock()
 			for l := range lens {
-				rangeMaps = append(rangeMaps, rangeMap{fresh.ranges[kind][f].byLen[l],
-					func() map[netip.Prefix]slot { return r.ranges[kind][f].byLen[l] }, kind})
+				rangeMaps = append(rangeMaps, rangeMap{fresh.ranges[listIndex(kind)][f].byLen[l],
+					func() map[netip.Prefix]slot { return r.ranges[listIndex(kind)][f].byLen[l] }, kind})
 			}
 		}
 	}

@@ -95,13 +95,17 @@ type Replica struct {
 
 	mu     sync.RWMutex
 	exact  map[string]slot // allow/block keys of the clientid, ip, username and cert scopes
-	ranges map[keys.Kind]*[2]rangeSet
+	ranges *[2][2]rangeSet // by listIndex and family; an array, not a map by kind: a lookup reads it twice
 	users  map[string]slot // username -> hash, for the redis backend
 	// throttles: username (keys.Tracking form) -> its throttle key's entry
 	throttles map[string]slot
 	count     int
 	lists     [2]int // list keys held (exact and ranges), by listIndex: block, allow
-	gen       uint64 // counts swaps: a walk stops when its maps are replaced
+	// exactN counts the exact keys held (expired ones until Sweep drops
+	// them) by listIndex and exactIndex: a lookup skips a scope of a list
+	// that holds none, without building its key or formatting the address.
+	exactN [2][exactScopes]int
+	gen    uint64 // counts swaps: a walk stops when its maps are replaced
 }
 
 // listIndex is a list's index in Replica.lists.
@@ -110,6 +114,39 @@ func listIndex(kind keys.Kind) int {
 		return 1
 	}
 	return 0
+}
+
+// The scopes of the exact keys, by their index in Replica.exactN.
+const (
+	exactClientID = iota
+	exactUsername
+	exactCert
+	exactIP
+	exactScopes // their number
+)
+
+// exactIndex is scope's index in Replica.exactN; -1 for a scope no exact
+// key has (cidr: the ranges).
+func exactIndex(scope keys.Scope) int {
+	switch scope {
+	case keys.ClientID:
+		return exactClientID
+	case keys.Username:
+		return exactUsername
+	case keys.Cert:
+		return exactCert
+	case keys.IP:
+		return exactIP
+	}
+	return -1
+}
+
+// countExact adds d to the count of the exact key of kind and scope (r.mu
+// held for writing).
+func (r *Replica) countExact(kind keys.Kind, scope keys.Scope, d int) {
+	if i := exactIndex(scope); i >= 0 {
+		r.exactN[listIndex(kind)][i] += d
+	}
 }
 
 // New returns an empty replica for keys under kb.
@@ -121,11 +158,12 @@ func New(kb keys.Builder) *Replica {
 
 func (r *Replica) reset() {
 	r.exact = map[string]slot{}
-	r.ranges = map[keys.Kind]*[2]rangeSet{keys.Allow: {}, keys.Block: {}}
+	r.ranges = &[2][2]rangeSet{}
 	r.users = map[string]slot{}
 	r.throttles = map[string]slot{}
 	r.count = 0
 	r.lists = [2]int{}
+	r.exactN = [2][exactScopes]int{}
 }
 
 // Keys returns the key builder.
@@ -164,36 +202,37 @@ const (
 	classThrottle
 )
 
-// classify says what key is and, for ranges and users, its parsed value.
-func (r *Replica) classify(key string) (keyClass, keys.Kind, netip.Prefix, string, error) {
+// classify says what key is and, for list keys, their scope; for ranges
+// and users, its parsed value.
+func (r *Replica) classify(key string) (keyClass, keys.Kind, keys.Scope, netip.Prefix, string, error) {
 	if u, ok := strings.CutPrefix(key, r.kb.User("")); ok {
-		return classUser, "", netip.Prefix{}, u, nil
+		return classUser, "", "", netip.Prefix{}, u, nil
 	}
 	if u, ok := strings.CutPrefix(key, r.kb.Throttle("")); ok {
-		return classThrottle, "", netip.Prefix{}, u, nil
+		return classThrottle, "", "", netip.Prefix{}, u, nil
 	}
 	kind, scope, value, ok := r.kb.Split(key)
 	if !ok {
-		return classNone, "", netip.Prefix{}, "", nil
+		return classNone, "", "", netip.Prefix{}, "", nil
 	}
 	switch scope {
 	case keys.IP:
 		if _, err := keys.ParseIPKey(value); err != nil {
-			return classNone, kind, netip.Prefix{}, value, r.ipKeyError(key, kind, value, err)
+			return classNone, kind, scope, netip.Prefix{}, value, r.ipKeyError(key, kind, value, err)
 		}
 	case keys.CIDR:
 		p, err := keys.ParseCIDR(value)
 		if err != nil {
-			return classNone, kind, netip.Prefix{}, value, fmt.Errorf("range key %q can never match: %w", key, err)
+			return classNone, kind, scope, netip.Prefix{}, value, fmt.Errorf("range key %q can never match: %w", key, err)
 		}
-		return classRange, kind, p, value, nil
+		return classRange, kind, scope, p, value, nil
 	case keys.Cert:
 		// Clients are looked up by keys.CertID only: 64 lower-case hex digits.
 		if !keys.IsCertID(value) {
-			return classNone, kind, netip.Prefix{}, value, fmt.Errorf("cert key %q can never match: expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)", key)
+			return classNone, kind, scope, netip.Prefix{}, value, fmt.Errorf("cert key %q can never match: expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)", key)
 		}
 	}
-	return classList, kind, netip.Prefix{}, value, nil
+	return classList, kind, scope, netip.Prefix{}, value, nil
 }
 
 // ipKeyError says why the ip key key can never match: the plugin looks
@@ -211,7 +250,7 @@ func (r *Replica) ipKeyError(key string, kind keys.Kind, value string, err error
 // canonical address, is not stored: Put returns an error, whose text names
 // the key and the form expected, ready to log.
 func (r *Replica) Put(key, value string, expires time.Time) error {
-	class, kind, p, user, err := r.classify(key)
+	class, kind, scope, p, user, err := r.classify(key)
 	if err != nil || class == classNone {
 		return err
 	}
@@ -224,7 +263,7 @@ func (r *Replica) Put(key, value string, expires time.Time) error {
 		_, had = r.exact[key]
 		r.exact[key] = e
 	case classRange:
-		rs := &r.ranges[kind][family(p.Addr())]
+		rs := &r.ranges[listIndex(kind)][family(p.Addr())]
 		_, had = rs.byLen[p.Bits()][p]
 		rs.put(p, e)
 	case classUser:
@@ -239,13 +278,16 @@ func (r *Replica) Put(key, value string, expires time.Time) error {
 		if class == classList || class == classRange {
 			r.lists[listIndex(kind)]++
 		}
+		if class == classList {
+			r.countExact(kind, scope, 1)
+		}
 	}
 	return nil
 }
 
 // Get returns the entry held for key, live or not.
 func (r *Replica) Get(key string) (Entry, bool) {
-	class, kind, p, user, _ := r.classify(key)
+	class, kind, _, p, user, _ := r.classify(key)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var e slot
@@ -254,7 +296,7 @@ func (r *Replica) Get(key string) (Entry, bool) {
 	case classList:
 		e, ok = r.exact[key]
 	case classRange:
-		e, ok = r.ranges[kind][family(p.Addr())].byLen[p.Bits()][p]
+		e, ok = r.ranges[listIndex(kind)][family(p.Addr())].byLen[p.Bits()][p]
 	case classUser:
 		e, ok = r.users[user]
 	case classThrottle:
@@ -272,7 +314,7 @@ func (r *Replica) Get(key string) (Entry, bool) {
 
 // Delete removes key.
 func (r *Replica) Delete(key string) {
-	class, kind, p, user, _ := r.classify(key)
+	class, kind, scope, p, user, _ := r.classify(key)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var had bool
@@ -281,7 +323,7 @@ func (r *Replica) Delete(key string) {
 		_, had = r.exact[key]
 		delete(r.exact, key)
 	case classRange:
-		rs := &r.ranges[kind][family(p.Addr())]
+		rs := &r.ranges[listIndex(kind)][family(p.Addr())]
 		_, had = rs.byLen[p.Bits()][p]
 		rs.del(p)
 	case classUser:
@@ -295,6 +337,9 @@ func (r *Replica) Delete(key string) {
 		r.count--
 		if class == classList || class == classRange {
 			r.lists[listIndex(kind)]--
+		}
+		if class == classList {
+			r.countExact(kind, scope, -1)
 		}
 	}
 }
@@ -366,18 +411,19 @@ func (r *Replica) Sweep(t time.Time) int {
 	now := t.UnixMilli()
 	n := sweep(r, now, func() map[string]slot { return r.exact }, func(k string) {
 		delete(r.exact, k)
-		if kind, _, _, ok := r.kb.Split(k); ok {
+		if kind, scope, _, ok := r.kb.Split(k); ok {
 			r.lists[listIndex(kind)]--
+			r.countExact(kind, scope, -1)
 		}
 	})
 	for _, kind := range []keys.Kind{keys.Allow, keys.Block} {
 		for f := 0; f < 2; f++ {
 			r.mu.RLock()
-			lens := append([]int(nil), r.ranges[kind][f].lens...)
+			lens := append([]int(nil), r.ranges[listIndex(kind)][f].lens...)
 			r.mu.RUnlock()
 			for _, l := range lens {
-				n += sweep(r, now, func() map[netip.Prefix]slot { return r.ranges[kind][f].byLen[l] },
-					func(p netip.Prefix) { r.ranges[kind][f].del(p); r.lists[listIndex(kind)]-- })
+				n += sweep(r, now, func() map[netip.Prefix]slot { return r.ranges[listIndex(kind)][f].byLen[l] },
+					func(p netip.Prefix) { r.ranges[listIndex(kind)][f].del(p); r.lists[listIndex(kind)]-- })
 			}
 		}
 	}
@@ -394,10 +440,25 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var a store.Answer
-	var allows, blocks [5]*store.Match
-	r.matches(keys.Allow, q, now, &allows)
-	r.matches(keys.Block, q, now, &blocks)
-	a.Allow, a.Block = store.Resolve(allows[:], blocks[:])
+	// A list that holds no key (lists: exact keys and ranges) is not read.
+	if r.lists[0]+r.lists[1] > 0 {
+		var allows, blocks [5]*store.Match
+		var buf [256]byte
+		// The address in its canonical form (netip's String), formatted
+		// once for both lists, and only when one holds an ip key.
+		var ipBuf [64]byte
+		var ip []byte
+		if q.IP.IsValid() && r.exactN[0][exactIP]+r.exactN[1][exactIP] > 0 {
+			ip = q.IP.AppendTo(ipBuf[:0])
+		}
+		if r.lists[listIndex(keys.Allow)] > 0 {
+			r.matches(keys.Allow, q, ip, &buf, now, &allows)
+		}
+		if r.lists[listIndex(keys.Block)] > 0 {
+			r.matches(keys.Block, q, ip, &buf, now, &blocks)
+		}
+		a.Allow, a.Block = store.Resolve(allows[:], blocks[:])
+	}
 	if q.HasUsername && len(r.throttles) > 0 {
 		if e, ok := r.throttles[keys.Tracking(q.Username)]; ok && e.live(now) {
 			k := r.kb.Throttle(q.Username)
@@ -413,14 +474,17 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 }
 
 // matches fills out with the entries of one list that match q, one per
-// scope, in the order client ID, username, certificate, IP, narrowest range.
+// scope, in the order client ID, username, certificate, IP, narrowest range;
+// ip is q.IP's canonical text (nil when no list holds an ip key).
 //
-// Keys are built in buf and looked up as r.exact[string(b)], which Go does
+// A scope of which the list holds no exact key is skipped (exactN). Keys
+// are built in buf (the caller's: zeroing one costs as much as a lookup
+// that finds nothing) and looked up as r.exact[string(b)], which Go does
 // without allocating: a CONNECT that matches nothing allocates nothing here
 // (a key over len(buf) bytes takes one allocation); a match builds its key
 // and value strings once.
-func (r *Replica) matches(kind keys.Kind, q store.Query, now int64, out *[5]*store.Match) {
-	var buf [256]byte
+func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, buf *[256]byte, now int64, out *[5]*store.Match) {
+	held := &r.exactN[listIndex(kind)]
 	try := func(scope keys.Scope, value string) *store.Match {
 		b := r.kb.AppendList(buf[:0], kind, scope, value)
 		if e, ok := r.exact[string(b)]; ok && e.live(now) {
@@ -439,23 +503,25 @@ func (r *Replica) matches(kind keys.Kind, q store.Query, now int64, out *[5]*sto
 		}
 		return nil
 	}
-	out[0] = tryClaim(keys.ClientID, q.ClientID)
-	if q.HasUsername {
+	if held[exactClientID] > 0 {
+		out[0] = tryClaim(keys.ClientID, q.ClientID)
+	}
+	if q.HasUsername && held[exactUsername] > 0 {
 		out[1] = tryClaim(keys.Username, q.Username)
 	}
-	if keys.IsCertID(q.Cert) { // as store.candidates: an exact key, never a tracking form
+	if held[exactCert] > 0 && keys.IsCertID(q.Cert) { // as store.candidates: an exact key, never a tracking form
 		out[2] = try(keys.Cert, q.Cert)
 	}
 	if !q.IP.IsValid() {
 		return
 	}
-	// The IP appended in its canonical form (netip's String), not built
-	// as a string first.
-	b := q.IP.AppendTo(r.kb.AppendList(buf[:0], kind, keys.IP, ""))
-	if e, ok := r.exact[string(b)]; ok && e.live(now) {
-		out[3] = match(kind, keys.IP, q.IP.String(), string(b), e, now)
+	if held[exactIP] > 0 {
+		b := append(r.kb.AppendList(buf[:0], kind, keys.IP, ""), ip...)
+		if e, ok := r.exact[string(b)]; ok && e.live(now) {
+			out[3] = match(kind, keys.IP, q.IP.String(), string(b), e, now)
+		}
 	}
-	if e, p, ok := r.ranges[kind][family(q.IP)].match(q.IP, now); ok {
+	if e, p, ok := r.ranges[listIndex(kind)][family(q.IP)].match(q.IP, now); ok {
 		v := p.String()
 		out[4] = match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
 	}

@@ -127,7 +127,7 @@ func TestRangeLookupDoesNotGrowWithRanges(t *testing.T) {
 	for i := 0; i < 10000; i++ {
 		require.NoError(t, r.Put(fmt.Sprintf("guard:block:cidr:10.%d.%d.0/24", i/256, i%256), "", time.Time{}))
 	}
-	rs := r.ranges[keys.Block][0]
+	rs := r.ranges[listIndex(keys.Block)][0]
 	assert.Equal(t, []int{24}, rs.lens, "one map per prefix length in use")
 	assert.NotNil(t, r.Lookup(q("a", "10.3.7.9", ""), time.Now()).Block)
 }
