@@ -63,6 +63,7 @@ static int backlog_raised = -1; /* listeners the last raise found below the ceil
 static int backlog_kept = 0;    /* listeners with a backlog of their own as large as the ceiling */
 static int backlog_failed = 0;  /* listen() failures of the last raise or apply */
 static int backlog_errno = 0;   /* the first failure's errno */
+static int backlog_raises = 0;  /* raises done: the log line is made again only after one */
 
 /* The broker's listeners found by a raise (backlog_mu held). */
 static struct {
@@ -280,6 +281,7 @@ void guard_backlog_raise(void)
 	}
 	if (backlog_failed >= 0)
 		apply(backlog_level, 1);
+	backlog_raises++;
 	pthread_mutex_unlock(&backlog_mu);
 }
 
@@ -313,7 +315,7 @@ uint64_t guard_backlog_connects(void)
 struct guard_backlog guard_backlog_result(void)
 {
 	pthread_mutex_lock(&backlog_mu);
-	struct guard_backlog r = {backlog_want, backlog_raised, backlog_kept, backlog_failed, backlog_errno};
+	struct guard_backlog r = {backlog_want, backlog_raised, backlog_kept, backlog_failed, backlog_errno, backlog_raises};
 	pthread_mutex_unlock(&backlog_mu);
 	return r;
 }
@@ -329,6 +331,7 @@ void guard_backlog_test_reset(void)
 	backlog_kept = 0;
 	backlog_failed = 0;
 	backlog_errno = 0;
+	backlog_raises = 0;
 	nfound = 0;
 	nknown = 0;
 	pthread_mutex_unlock(&backlog_mu);

@@ -130,19 +130,25 @@ func runBacklog() {
 // raised meanwhile, a listener that failed now taken).
 var backlogLogged struct {
 	sync.Mutex
-	line string
+	line   string
+	raises int // the raises the line was made after
 }
 
 // logBacklog writes the last raise's log line, when it has been done and
-// differs from the line logged before. Any goroutine.
+// differs from the line logged before; it makes the line only once after
+// each raise (the sizer calls it every round). Any goroutine.
 func logBacklog() {
 	r := C.guard_backlog_result()
 	if r.raised < 0 && r.failed >= 0 {
 		return // not yet
 	}
-	line, level := backlogLine(int(r.want), int(r.raised), int(r.kept), int(r.failed), syscall.Errno(r.err), somaxconn())
 	backlogLogged.Lock()
 	defer backlogLogged.Unlock()
+	if int(r.raises) == backlogLogged.raises {
+		return
+	}
+	backlogLogged.raises = int(r.raises)
+	line, level := backlogLine(int(r.want), int(r.raised), int(r.kept), int(r.failed), syscall.Errno(r.err), somaxconn())
 	if line == "" || line == backlogLogged.line {
 		return
 	}
@@ -204,7 +210,7 @@ func backlogApply(level int) int { return int(C.guard_backlog_apply(C.int(level)
 func backlogTestReset() {
 	C.guard_backlog_test_reset()
 	backlogLogged.Lock()
-	backlogLogged.line = ""
+	backlogLogged.line, backlogLogged.raises = "", 0
 	backlogLogged.Unlock()
 }
 func backlogResult() (want, raised, kept, failed int) {

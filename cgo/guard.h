@@ -64,6 +64,7 @@ struct guard_backlog {
 	int kept;   /* listeners whose backlog was as large already */
 	int failed; /* listen() failures; -1: /proc/self/fd unreadable */
 	int err;    /* the first failure's errno */
+	int raises; /* raises done so far */
 };
 void guard_backlog_configure(int backlog);
 void guard_backlog_raise(void);
