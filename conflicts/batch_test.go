@@ -2,6 +2,7 @@ package conflicts
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"testing"
@@ -199,4 +200,42 @@ func TestBatchReusesScratch(t *testing.T) {
 	assert.LessOrEqual(t, allocs, 4.0, "the IDs' string, and no array or map of the batch's")
 	tr.trimScratch()
 	assert.Zero(t, cap(tr.sc.conns), "a burst's arrays given back once idle")
+}
+
+// A full queue spills the disconnects of connections whose connects it
+// took, and the worker handles them once the queue is drained: none stays
+// listed (nor live in Redis). The disconnect of a connect the queue
+// dropped is dropped with it. Before, a flood dropped the disconnects: a
+// queue's worth of connections stayed live for the broker's life.
+func TestFullQueueSpillsDisconnects(t *testing.T) {
+	mem := newMemStore()
+	clk := newClock()
+	tr := New(testOptions(), Deps{Store: mem, Now: clk.now})
+	ctx := context.Background()
+	conns := make([]Conn, queueSize+10)
+	for i := range conns {
+		conns[i] = tr.NewConn("alice", "192.0.2.1", clk.now())
+		tr.Connected(fmt.Sprintf("flood-%d", i), conns[i], nil)
+	}
+	require.EqualValues(t, 10, tr.dropped.Load(), "10 connects past the queue dropped")
+	for i, c := range conns {
+		tr.Disconnected(fmt.Sprintf("flood-%d", i), c)
+	}
+	require.EqualValues(t, 20, tr.dropped.Load(), "and their disconnects with them")
+	tr.spill.Lock()
+	require.Len(t, tr.spill.evs, queueSize, "the others spilled")
+	tr.spill.Unlock()
+	for b := tr.events.Take(); len(b) > 0; b = tr.events.Take() {
+		require.NoError(t, tr.handle(ctx, b))
+	}
+	require.Equal(t, queueSize, tr.listed, "the connects handled: listed")
+	tr.drainSpill()
+	assert.Zero(t, tr.listed, "the spilled disconnects unlisted every one")
+	mem.mu.Lock()
+	live := 0
+	for _, st := range mem.states {
+		live += len(st.Live)
+	}
+	mem.mu.Unlock()
+	assert.Zero(t, live, "nothing live in Redis")
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -140,6 +141,22 @@ type Tracker struct {
 	seeds  [2]maphash.Seed        // memoKey's
 	// retry holds disconnect writes Redis did not take.
 	retry []store.ConnWrite
+	// spill holds the disconnects a full queue could not take, of
+	// connections whose connects it did take: lost, each would leave its
+	// connection live in Redis for the broker's life (clientid_conflict
+	// deny would refuse its client ID to every other principal on every
+	// broker; a hostile tester's flood). They are handled once the queue
+	// is drained (drainSpill), after every connect queued before them.
+	// dropped remembers the connects the queue dropped: their disconnects
+	// need nothing. Each at most spillMax (about 6 MB and 1.5 MB at most);
+	// dropped is forgotten all at once when full (a disconnect of one of
+	// those is then spilled for nothing, and handled harmlessly); a
+	// disconnect past a full spill is dropped and counted, as before.
+	spill struct {
+		sync.Mutex
+		evs     []event
+		dropped map[uint64]struct{}
+	}
 	// sc holds a batch's arrays and maps for the next batch: a steady load
 	// (a fleet reconnecting) allocated them afresh at every batch, about
 	// 1 KB of garbage per connection. At most batchMax long; given back
@@ -231,10 +248,46 @@ func (t *Tracker) Refused(clientID string, attempt Conn, holder *store.Conn) {
 }
 
 // enqueue never waits: a full queue drops the event, and the drop is
-// logged. Only the event that finds the queue empty wakes the worker.
+// logged; a disconnect of a connection whose connect it took goes to the
+// spill instead (Tracker.spill). Only the event that finds the queue empty
+// wakes the worker.
 func (t *Tracker) enqueue(ev event) {
-	if !t.events.Put(ev) {
-		t.dropped.Add(1)
+	if t.events.Put(ev) {
+		return
+	}
+	t.spill.Lock()
+	defer t.spill.Unlock()
+	switch ev.kind {
+	case evConnect:
+		if t.spill.dropped == nil || len(t.spill.dropped) >= spillMax {
+			t.spill.dropped = make(map[uint64]struct{})
+		}
+		t.spill.dropped[ev.conn.Seq] = struct{}{}
+	case evDisconnect:
+		if _, ok := t.spill.dropped[ev.conn.Seq]; ok {
+			delete(t.spill.dropped, ev.conn.Seq) // its connect was dropped: nothing to undo
+		} else if len(t.spill.evs) < spillMax {
+			t.spill.evs = append(t.spill.evs, ev)
+			return
+		}
+	}
+	t.dropped.Add(1)
+}
+
+// spillMax bounds the spill and the dropped connects each.
+const spillMax = queueSize
+
+// drainSpill handles the spilled disconnects, in batches; the worker calls
+// it once the queue is drained.
+func (t *Tracker) drainSpill() {
+	t.spill.Lock()
+	evs := t.spill.evs
+	t.spill.evs = nil
+	t.spill.Unlock()
+	for len(evs) > 0 {
+		n := min(len(evs), batchMax)
+		t.handleSafely(evs[:n])
+		evs = evs[n:]
 	}
 }
 
@@ -291,6 +344,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 				}
 				if len(b) < batchMax {
 					t.events.Release() // drained: a burst's buffers go
+					t.drainSpill()     // every connect queued before them handled
 					break
 				}
 				select {
