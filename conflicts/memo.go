@@ -77,16 +77,21 @@ func memoSum(seed maphash.Seed, clientID, principal string) uint64 {
 // now as it was), so a mark stops counting up to a second before d has
 // passed, never after. The marks only spare Redis commands (a read, a
 // seen record), so the second costs at most one command a mark would have
-// spared: it never skips one. A clock before 1970-01-01T00:00:01 stamps
-// none (a command sent), one past 2106 the last second uint32 holds.
+// spared: it never skips one. A clock before 1970-01-01T00:00:01 (a host
+// without a real-time clock, or one set wrong) stamps second 1, so that a
+// mark is still a mark (a connection that recorded its principal's use is
+// remembered as its recorder, and its end written: a hostile tester found
+// stamp 0, none, there); no mark counts as young while the clock is there
+// (young), so nothing is spared then. One past 2106 stamps the last second
+// uint32 holds.
 type stamp uint32
 
 // stampOf is the stamp of now (unix ms).
 func stampOf(now int64) stamp {
 	s := secondOf(now)
 	switch {
-	case s < 0:
-		return 0
+	case s < 1:
+		return 1
 	case s > math.MaxUint32:
 		return math.MaxUint32
 	}
@@ -106,8 +111,9 @@ func secondOf(now int64) int64 {
 // ms), as stamp states. A mark ahead of now (the clock went back) is young,
 // as it was.
 func young(at stamp, now int64, d time.Duration) bool {
-	// now-at < (its seconds apart + 1) s, whatever the ms in the two seconds
-	return at != 0 && (secondOf(now)-int64(at)+1)*1000 <= d.Milliseconds()
+	// now-at < (its seconds apart + 1) s, whatever the ms in the two seconds;
+	// none while the clock is before 1970-01-01T00:00:01 (stampOf)
+	return at != 0 && secondOf(now) >= 1 && (secondOf(now)-int64(at)+1)*1000 <= d.Milliseconds()
 }
 
 // idMemo is what the worker remembers of one client ID, as the worker
