@@ -175,11 +175,14 @@ func (s *Sync) notificationsLost(ctx context.Context) string {
 }
 
 // missingFlags returns flags with the notification classes the replica
-// needs added (K: keyspace channel; g, $, x: generic, string and expiry
-// events; A stands for g$x and more).
+// needs added (K: keyspace channel; g, $, x, e: generic, string, expiry and
+// eviction events; A stands for g$xe and more). Eviction: a Redis under
+// maxmemory drops keys by its policy, an allow key among them, and without
+// e the replica kept applying it until the next reload (a hostile tester's
+// finding: a banned client let in by an evicted allow).
 func missingFlags(flags string) string {
 	want := flags
-	for _, f := range []string{"K", "g", "$", "x"} {
+	for _, f := range []string{"K", "g", "$", "x", "e"} {
 		if !strings.Contains(want, f) && !(f != "K" && strings.Contains(want, "A")) {
 			want += f
 		}
