@@ -170,13 +170,45 @@ func (p *Process) WaitPort(addr string, d time.Duration) error {
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			if owns, known := listens(p.PID(), port); owns || !known {
+			// The program's own, or a child's (a shell that runs mosquitto):
+			// start puts each program in a process group of its own.
+			if owns, known := groupListens(p.PID(), port); owns || !known {
 				return nil
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("testenv: %s did not listen on %s within %s\n%s", p.Name, addr, d, tail(p.Output(), 30))
+}
+
+// groupListens is listens for every process of process group pgid.
+func groupListens(pgid, port int) (owns, known bool) {
+	owns, known = listens(pgid, port)
+	if owns || !known {
+		return owns, known
+	}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return false, true
+	}
+	for _, e := range procs {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == pgid {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces, so after its ')'.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 2 && f[2] == strconv.Itoa(pgid) {
+			if o, _ := listens(pid, port); o {
+				return true, true
+			}
+		}
+	}
+	return false, true
 }
 
 // listens reports whether process pid holds a TCP socket listening on

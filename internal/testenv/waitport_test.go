@@ -3,6 +3,8 @@ package testenv
 import (
 	"net"
 	"os"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,4 +47,17 @@ func TestStartRedisOwnsItsPort(t *testing.T) {
 	owns, known := listens(r.PID(), r.Port)
 	assert.True(t, known)
 	assert.True(t, owns)
+}
+
+// A shell that runs the server as its child is started once the child
+// listens: start gives each program a process group of its own, and the
+// group's sockets count (the README walk-through runs mosquitto so).
+func TestWaitPortCountsChildren(t *testing.T) {
+	Need(t, "bash", "redis-server")
+	port := FreePort(t)
+	p := StartProcess(t, t.TempDir(), "bash", "-c", "redis-server --port "+strconv.Itoa(port)+" --bind 127.0.0.1 --save '' --appendonly no & wait")
+	t.Cleanup(func() { _ = syscall.Kill(-p.PID(), syscall.SIGKILL) }) // the group: bash and its redis-server
+	start := time.Now()
+	require.NoError(t, p.WaitPort("127.0.0.1:"+strconv.Itoa(port), 10*time.Second))
+	assert.Less(t, time.Since(start), 5*time.Second)
 }
