@@ -66,7 +66,8 @@ func backlogLevel(n uint64, span time.Duration, ceiling int) int {
 // level is given when it moved by a quarter or more.
 type backlogSizer struct {
 	ceiling  int
-	level    int // the level given; 0: none yet
+	level    int     // the level given; 0: none yet
+	rate     float64 // CONNECTs per second over the last window
 	connects uint64
 	since    time.Time
 	started  bool
@@ -84,6 +85,7 @@ func (s *backlogSizer) sample(connects uint64, now time.Time) (int, bool) {
 		return 0, false
 	}
 	s.connects, s.since = connects, now
+	s.rate = float64(n) / span.Seconds()
 	l := backlogLevel(n, span, s.ceiling)
 	if s.level != 0 && l*4 < s.level*5 && l*5 > s.level*4 {
 		return 0, false // within a quarter of the level given
@@ -114,6 +116,8 @@ func runBacklog() {
 				logBacklog()
 				if l, ok := s.sample(uint64(C.guard_backlog_connects()), time.Now()); ok {
 					C.guard_backlog_apply(C.int(l))
+					// Debug only (log_type debug or all): it moves with the load.
+					enqueueLog(plugin.LevelDebug, fmt.Sprintf("mosquitto-guard: listen backlog %d (%.0f CONNECTs/s)", l, s.rate))
 				}
 				if time.Since(start) < backlogFastFor {
 					time.Sleep(backlogFast)

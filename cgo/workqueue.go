@@ -198,6 +198,8 @@ func mosqLevel(l plugin.Level) C.int {
 		return C.MOSQ_LOG_NOTICE
 	case plugin.LevelWarning:
 		return C.MOSQ_LOG_WARNING
+	case plugin.LevelDebug:
+		return C.MOSQ_LOG_DEBUG
 	}
 	return C.MOSQ_LOG_ERR
 }

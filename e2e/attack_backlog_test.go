@@ -96,7 +96,8 @@ func TestAttackBacklogLowersWebsocketsListener(t *testing.T) {
 func TestAttackBacklogQueuedMemory(t *testing.T) {
 	testenv.Need(t, "ss")
 	e := newEnv(t)
-	burst(t, e, 60, "alice", "alice-pw") // the broker's rate measured: the queue raised
+	burst(t, e, 60, "alice", "alice-pw")                // the broker's rate measured: the queue raised
+	queue := min(300, loggedBacklog(e.broker.Output())) // what it holds (the level moves with the load)
 	rmem, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rmem")
 	require.NoError(t, err)
 	rcvbuf, err := strconv.Atoi(strings.Fields(string(rmem))[1])
@@ -112,7 +113,7 @@ func TestAttackBacklogQueuedMemory(t *testing.T) {
 				c.Close()
 			}
 		}()
-		for i := 0; i < 300; i++ {
+		for i := 0; i < queue; i++ {
 			c, err := net.DialTimeout("tcp", e.broker.Addr, time.Second)
 			if err != nil {
 				break
@@ -121,7 +122,7 @@ func TestAttackBacklogQueuedMemory(t *testing.T) {
 			_ = c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
 			_, _ = c.Write(payload)
 		}
-		require.Len(t, conns, 300, "all queued")
+		require.Len(t, conns, queue, "all queued")
 		time.Sleep(300 * time.Millisecond)
 		// The broker's side of each queued connection, as the kernel
 		// accounts it: skmem r, the receive queue's memory.
@@ -136,7 +137,7 @@ func TestAttackBacklogQueuedMemory(t *testing.T) {
 				total += r
 			}
 		}
-		require.Equal(t, 300, queued, "every connection waits unaccepted:\n%s", out)
+		require.Equal(t, queue, queued, "every connection waits unaccepted:\n%s", out)
 		return queued, total / queued
 	}
 	_, small := held(200)
@@ -186,6 +187,7 @@ pubs=""
 for i in $(seq 150); do mosquitto_pub -h 127.0.0.1 -p 1883 -u alice -P alice-pw -i m$i -t t -m m & pubs="$pubs $!"; done
 wait $pubs
 sleep 0.3
+echo "LEVEL1 $(grep -o 'listen backlog [0-9]*' mosquitto.log | tail -1 | awk '{print $3}')"
 echo "BEFORE $(ss -ltnH 'sport = :1883' | awk '{print $3}')"
 sysctl -qw net.core.somaxconn=4096
 kill -HUP $MP
@@ -196,6 +198,7 @@ pubs=""
 for i in $(seq 150); do mosquitto_pub -h 127.0.0.1 -p 1883 -u alice -P alice-pw -i n$i -t t -m m & pubs="$pubs $!"; done
 wait $pubs
 sleep 0.3
+echo "LEVEL2 $(grep -o 'listen backlog [0-9]*' mosquitto.log | tail -1 | awk '{print $3}')"
 echo "AFTER $(ss -ltnH 'sport = :1883' | awk '{print $3}')"
 `)
 	p := testenv.StartProcess(t, e.dir, "unshare", "-n", "bash", script)
@@ -211,13 +214,23 @@ echo "AFTER $(ss -ltnH 'sport = :1883' | awk '{print $3}')"
 	}
 	require.NotEmpty(t, lines, "%s", log)
 	require.Contains(t, lines[0], "the kernel caps it at net.core.somaxconn 128: raise that sysctl, then reload (SIGHUP) or restart the broker", "%s", log)
-	require.Contains(t, p.Output(), "BEFORE 128\n", "capped at listen()")
-	// The rest: the level the broker's measured time per CONNECT gives
-	// (the mosquitto_pub connects above), no longer capped at 128.
-	var after int
-	_, err = fmt.Sscanf(p.Output()[strings.Index(p.Output(), "AFTER "):], "AFTER %d", &after)
-	require.NoError(t, err, p.Output())
-	assert.Greater(t, after, 128, "the reload gave the rest once the sysctl was raised")
+	// The levels the plugin chose from each burst's rate (its debug lines;
+	// they move with the machine's load; none logged: Mosquitto's 100).
+	field := func(name string) int {
+		out := p.Output()
+		i := strings.Index(out, name+" ")
+		require.GreaterOrEqual(t, i, 0, out)
+		n := 100
+		_, _ = fmt.Sscanf(out[i+len(name)+1:], "%d", &n)
+		return n
+	}
+	level1, before, level2, after := field("LEVEL1"), field("BEFORE"), field("LEVEL2"), field("AFTER")
+	t.Logf("levels %d then %d; the listener's backlog %d under somaxconn 128, %d after it was raised and a reload", level1, level2, before, after)
+	assert.Equal(t, min(level1, 128), before, "capped at listen()")
+	assert.Equal(t, level2, after, "the reload gave the level, no longer capped")
+	if level2 <= 128 {
+		t.Logf("the second burst's level (%d) is under the old cap here: the remedy is shown by the equality alone", level2)
+	}
 	assert.NotContains(t, lines[len(lines)-1], "caps it", "the line after the reload: no cap any more")
 }
 

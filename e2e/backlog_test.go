@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -55,13 +57,19 @@ func TestListenBacklog(t *testing.T) {
 			burst(t, e, 60, "alice", "alice-pw") // the broker's rate measured
 
 			const n = 300
+			level := loggedBacklog(e.broker.Output())
 			require.NoError(t, e.broker.Signal(syscall.SIGSTOP))
 			got := testenv.Handshakes(e.broker.Addr, n, time.Second)
 			got2 := testenv.Handshakes("127.0.0.1:"+strconv.Itoa(port2), n, time.Second)
 			require.NoError(t, e.broker.Signal(syscall.SIGCONT))
 			if c.raised {
-				assert.Equal(t, n, got, "first listener: every handshake waits in the queue")
-				assert.Equal(t, n, got2, "second listener too")
+				// What the plugin chose from the burst's rate (its debug
+				// line; it moves with the machine's load), and each
+				// listener holds that many.
+				t.Logf("level %d: %d and %d of %d handshakes held", level, got, got2, n)
+				require.Greater(t, level, 101, "the burst raised the queue above Mosquitto's 100:\n%s", e.broker.Output())
+				assertHeld(t, level, n, got, "first listener")
+				assertHeld(t, level, n, got2, "second listener")
 			} else {
 				assert.Less(t, got, 150, "Mosquitto's backlog of 100")
 				assert.Less(t, got2, 150, "Mosquitto's backlog of 100")
@@ -89,13 +97,14 @@ func TestListenBacklogSizedToTheBroker(t *testing.T) {
 	e.broker = testenv.StartMosquitto(t, e.conf("auth_opt_auth_cache 0"))
 	require.True(t, e.broker.WaitOutput("mosquitto-guard: listen_backlog 4096 on 1 listening sockets", 5*time.Second), e.broker.Output())
 	perConnect := burst(t, e, 60, "dev", "dev-pw")
+	level := loggedBacklog(e.broker.Output())
 
 	const n = 1000
 	require.NoError(t, e.broker.Signal(syscall.SIGSTOP))
 	got := testenv.Handshakes(e.broker.Addr, n, time.Second)
 	require.NoError(t, e.broker.Signal(syscall.SIGCONT))
-	t.Logf("%s a CONNECT (the burst's wall time over its CONNECTs): %d of %d handshakes queued", perConnect, got, n)
-	assert.GreaterOrEqual(t, got, 101, "Mosquitto's 100 at least")
+	t.Logf("%s a CONNECT (the burst's wall time over its CONNECTs): level %d, %d of %d handshakes queued", perConnect, level, got, n)
+	assertHeld(t, level, n, got, "the listener")
 	assert.Less(t, got, n, "far less than 4096")
 	assert.LessOrEqual(t, time.Duration(got)*perConnect, time.Second, "the queue holds about 0.5 s of the broker's work")
 }
@@ -129,4 +138,30 @@ func burst(t *testing.T, e *env, n int, user, pass string) time.Duration {
 	require.Zero(t, failed.Load(), "every device of the burst connected")
 	time.Sleep(200 * time.Millisecond)
 	return per
+}
+
+// loggedBacklog is the last level the plugin gave the listeners, from its
+// debug lines ("listen backlog N (R CONNECTs/s)"); Mosquitto's 100 when it
+// gave none.
+func loggedBacklog(out string) int {
+	level := 100
+	for _, l := range strings.Split(out, "\n") {
+		if i := strings.Index(l, "mosquitto-guard: listen backlog "); i >= 0 {
+			var n int
+			if _, err := fmt.Sscanf(l[i+len("mosquitto-guard: listen backlog "):], "%d", &n); err == nil {
+				level = n
+			}
+		}
+	}
+	return level
+}
+
+// assertHeld checks that a stopped broker's listener at level held what
+// the kernel's queue holds: level + 1 handshakes (at most n dialled), give
+// or take a few whose final ACK raced the queue filling.
+func assertHeld(t *testing.T, level, n, got int, what string) {
+	t.Helper()
+	want := min(level+1, n)
+	assert.GreaterOrEqual(t, got, want-2, "%s: level %d", what, level)
+	assert.LessOrEqual(t, got, want+5, "%s: level %d", what, level)
 }

@@ -15,6 +15,7 @@ const (
 	LevelNotice
 	LevelWarning
 	LevelError
+	LevelDebug // Mosquitto's debug: shown with log_type debug or all
 )
 
 // Logger receives log lines. It must be safe to call from any goroutine: the
