@@ -237,7 +237,14 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 				// compare-and-delete, as under deny.
 				w.Sole = !t.opts.Deny
 			}
-			if ownsSeen {
+			// Its end is its principal's latest use: written when it
+			// recorded that use, and when it lasted seenRefresh or more
+			// without recording it (it found the use freshly recorded by
+			// the connection before it): else that record, of an end
+			// before it began, would stand for as long as it lasted. A
+			// shorter one leaves the record at most 2 * seenRefresh older
+			// than its end.
+			if ownsSeen || now-ev.conn.ConnectedMs >= seenRefresh.Milliseconds() {
 				w.Left = left
 			}
 			ws = append(ws, w)

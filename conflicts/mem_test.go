@@ -56,9 +56,14 @@ func (m *memStore) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Du
 		if w.Read && w.Live != nil {
 			out[i] = store.State{Live: append([]store.Conn(nil), st.Live...), Seen: append([]store.Conn(nil), st.Seen...)}
 		}
-		if w.Left != nil {
-			if i := indexBy(st.Seen, func(x store.Conn) bool { return x.ID == w.Left.ID }); i >= 0 {
-				st.Seen[i] = *w.Left
+		if w.Left != nil { // store's leftScript
+			i := indexBy(st.Seen, func(x store.Conn) bool { return x.Principal == w.Left.Principal })
+			switch {
+			case i < 0:
+				st.Seen = append(st.Seen, *w.Left) // expired meanwhile: the end recorded
+			case st.Seen[i].ID == w.Left.ID,
+				st.Seen[i].DisconnectedMs != 0 && st.Seen[i].DisconnectedMs < w.Left.DisconnectedMs:
+				st.Seen[i] = *w.Left // its own, or an end before this one
 			}
 		}
 	}

@@ -148,7 +148,9 @@ func (o *oldMemos) writes(batch []event, conns []store.Conn, now int64) ([]store
 				// compare-and-delete, as under deny.
 				w.Sole = !o.t.opts.Deny
 			}
-			if o.seen[o.t.memo(ev.clientID, ev.conn.Principal)].seq == seq {
+			// The end of one that lasted seenRefresh is written too, as
+			// the worker now does (a hostile tester: otherwise lost).
+			if o.seen[o.t.memo(ev.clientID, ev.conn.Principal)].seq == seq || now-ev.conn.ConnectedMs >= seenRefresh.Milliseconds() {
 				w.Left = left
 			}
 			ws = append(ws, w)

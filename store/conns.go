@@ -133,6 +133,30 @@ if not v or string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1`
 
+// leftScript records a connection's end in its principal's field ARGV[1]
+// of seen hash KEYS[1]: its final record ARGV[3] (prefix ARGV[2]), ended at
+// ARGV[5] (unix ms), with the hash's TTL renewed to the window ARGV[4]. It
+// writes when the field holds this connection, or holds nothing (the hash
+// expired while the connection lasted longer than the window), or holds
+// another connection of the principal that ended before this one did (a
+// quick reconnect that found the principal's use freshly recorded by the
+// connection before it, and then lasted): the field then tells the
+// principal's latest use. It keeps a record of a connection still live (it
+// writes its own end) and one that ended later. The ended time is read from
+// the record's own field: an encoded string escapes every quote, so a
+// client's bytes inside one cannot look like the field.
+var leftScript = redis.NewScript(leftSrc)
+
+const leftSrc = `
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then
+  local d = string.match(v, '"disconnected_ms":(%-?%d+)')
+  if not d or tonumber(d) >= tonumber(ARGV[5]) then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1`
+
 // liveScript records and reads a client ID's live connections in one atomic
 // step on its live hash KEYS[1] (guard:conn:<id>, one key: it holds on a
 // Redis Cluster too). It records ARGV[2] as the live connection of broker
@@ -240,7 +264,7 @@ type ConnWrite struct {
 	// client ID leaves Instance's brokerconns set.
 	Unlist bool
 	Seen   *Conn // record this connection as its principal's latest use
-	Left   *Conn // record this connection's disconnect, if it is still its principal's latest use
+	Left   *Conn // record this connection's disconnect as its principal's latest use, unless a live or later-ended connection's is there (leftScript)
 	// Read (with Live): return the client ID's state, each part read after
 	// recording Live and Seen, on each key in the same atomic step (a
 	// script) or, with Sole, right after the write in this connection's
@@ -300,6 +324,7 @@ var (
 	casArgs  = scriptArgs{src: casSrc, sha: casScript.Hash()}
 	liveArgs = scriptArgs{src: liveSrc, sha: liveScript.Hash()}
 	seenArgs = scriptArgs{src: seenSrc, sha: seenScript.Hash()}
+	leftArgs = scriptArgs{src: leftSrc, sha: leftScript.Hash()}
 )
 
 type scriptArgs struct{ src, sha any }
@@ -423,7 +448,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			}
 		}
 		if w.Left != nil {
-			eval(ctx, pipe, casArgs, full, seenKey, bound(w.Left.Principal), w.Left.prefixOf(left), left)
+			eval(ctx, pipe, leftArgs, full, seenKey, bound(w.Left.Principal), w.Left.prefixOf(left), left, ttl, strconv.FormatInt(w.Left.DisconnectedMs, 10))
 		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil {

@@ -481,8 +481,64 @@ func TestWriteConnsEnded(t *testing.T) {
 		assert.Equal(t, pairLive, fold.state.Live, "the live hash but for its own field")
 		assert.Equal(t, []Conn{end.bounded(), other}, fold.state.Seen, "sole=%v", sole)
 		if sole {
-			assert.EqualValues(t, 12, pair.cmds)
+			assert.EqualValues(t, 13, pair.cmds, "12, and the end's PEXPIRE")
 			assert.EqualValues(t, 5, fold.cmds)
 		}
 	}
+}
+
+// A connection's end (Left) is its principal's latest use: written over
+// its own record, over nothing (the seen hash expired while it lasted
+// longer than the window: before, its end was lost), and over another
+// connection's record that ended before it (a quick reconnect that found
+// the use freshly recorded: before, the older end stood for as long as it
+// lasted); kept: a live record of another connection, and one that ended
+// later. The hash's TTL is renewed to the window from the end. A
+// principal's bytes that spell the ended field cannot fool the script.
+func TestWriteConnsLeftIsTheLatestUse(t *testing.T) {
+	ctx := context.Background()
+	s, r := newStore(t, "guard:")
+	key := s.kb.Seen("dev")
+	ended := func(id string, p string, at, end int64) Conn {
+		return Conn{ID: id, Instance: "i1", Broker: "edge-1", Principal: p, IP: "192.0.2.1", ConnectedMs: at, DisconnectedMs: end}
+	}
+	left := func(c Conn) {
+		_, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "dev", Instance: "i1", Left: &c}}, time.Hour)
+		require.NoError(t, err)
+	}
+	seen := func(p string) Conn {
+		st, err := s.rdb.HGet(ctx, key, bound(p)).Result()
+		require.NoError(t, err)
+		cs := appendDecoded(nil, st)
+		require.Len(t, cs, 1)
+		return cs[0]
+	}
+	// Nothing there: recorded, with the window's TTL.
+	left(ended("i1-1", "alice", 1000, 5000))
+	assert.Equal(t, int64(5000), seen("alice").DisconnectedMs)
+	ttl := r.CLI("PTTL", key)
+	assert.Greater(t, len(ttl), 6, "a TTL of about an hour: %s", ttl)
+	// Another connection of alice that ended before: replaced.
+	left(ended("i1-2", "alice", 4000, 9000))
+	assert.Equal(t, "i1-2", seen("alice").ID)
+	// One that ended before the stored end: kept.
+	left(ended("i1-3", "alice", 2000, 7000))
+	assert.Equal(t, "i1-2", seen("alice").ID)
+	// A live record of another connection: kept (it writes its own end).
+	live := ended("i2-9", "alice", 9500, 0)
+	_, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "dev", Instance: "i2", Seen: &live}}, time.Hour)
+	require.NoError(t, err)
+	left(ended("i1-4", "alice", 8000, 12000))
+	assert.Equal(t, "i2-9", seen("alice").ID)
+	// Its own record: replaced by its end.
+	left(ended("i2-9", "alice", 9500, 13000))
+	assert.Equal(t, int64(13000), seen("alice").DisconnectedMs)
+	// A principal whose bytes spell an early end: a live record of it is
+	// still live to the script.
+	sly := `x","disconnected_ms":1,"y":"`
+	liveSly := ended("i3-1", sly, 20000, 0)
+	_, err = s.WriteConns(ctx, []ConnWrite{{ClientID: "dev", Instance: "i3", Seen: &liveSly}}, time.Hour)
+	require.NoError(t, err)
+	left(ended("i3-0", sly, 10000, 15000))
+	assert.Equal(t, "i3-1", seen(sly).ID, "kept: live, whatever its bytes say")
 }
