@@ -45,14 +45,18 @@ func (t *Tracker) memo(clientID, principal string) memoKey {
 func (t *Tracker) idKey(clientID string) memoKey { return t.memo(clientID, "") }
 
 // whoTag names a principal within one client ID's entry: 62 bits of a
-// keyed hash (packedMemo keeps its mode in the other two). Two principals
-// of one client ID share a tag with probability 2^-62; then one is taken
-// for the other in the memos for one window, as a memoKey collision was
-// before: a use not recorded for up to seenRefresh,
-// or one read skipped within quietFor (the read of the next connect after
-// it sees the other principal). A disconnect's end (Left) written for the
-// wrong principal changes nothing: Redis sets it only if the principal's
-// record still names that connection.
+// keyed hash of the principal alone (packedMemo keeps its mode in the other
+// two). Two principals share a tag with probability 2^-62 a pair (n²/2^63
+// among n principals: about 1e-7 at a million), and then for the life of
+// the process, on every client ID they share (a hostile tester's reading:
+// not for one window, as this said). One is then taken for the other in
+// that client ID's entry: a use not recorded for up to seenRefresh, or
+// one read skipped within quietFor; the next read sees the other principal
+// by its name (noteQuiet and the rules compare principals, not tags) and
+// drops the quiet mark, so a conflict between the two is found one read
+// later. A disconnect's end (Left) sent or not for the wrong principal
+// changes nothing wrong: Redis's leftScript keeps the latest use by the
+// records themselves.
 func (t *Tracker) whoTag(principal string) uint64 {
 	return maphash.String(t.seeds[1], principal) &^ modeMask
 }
