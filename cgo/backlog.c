@@ -237,6 +237,9 @@ static void apply(int level, int force)
 			t = found[i].own; /* never lowered below its own */
 		if (found[i].own >= backlog_want || t <= 0 || (t == found[i].set && !force) || (found[i].set == 0 && t == found[i].own))
 			continue;
+		ino_t ino;
+		if (!tcp_listener(found[i].fd, &ino) || ino != found[i].ino)
+			continue; /* closed, its number reused since (at the broker's exit): not ours to touch */
 		if (listen(found[i].fd, (int)t) == 0) {
 			found[i].set = t;
 		} else if (backlog_failed++ == 0) {

@@ -224,3 +224,28 @@ func TestBacklogLine(t *testing.T) {
 		assert.Equal(t, c.level, level, c.line)
 	}
 }
+
+// A listener's number reused since it was found (a socket closed at the
+// broker's exit, the number taken by another socket) is not touched: an
+// unconnected socket given listen() would start listening.
+func TestBacklogSkipsAReusedNumber(t *testing.T) {
+	backlogTestReset()
+	defer backlogTestReset()
+	configureBacklog(1024)
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	require.NoError(t, syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	require.NoError(t, syscall.Listen(fd, 100))
+	backlogRaise()
+	require.NoError(t, syscall.Close(fd))
+	nfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer syscall.Close(nfd)
+	if nfd != fd {
+		t.Skipf("the number %d was not reused (got %d)", fd, nfd)
+	}
+	backlogApply(1024)
+	v, err := syscall.GetsockoptInt(nfd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
+	require.NoError(t, err)
+	assert.Zero(t, v, "the new socket does not listen")
+}
