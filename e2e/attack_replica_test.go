@@ -117,13 +117,11 @@ func TestAttackReplicaBanWhileClientsChurn(t *testing.T) {
 			}
 		}(w)
 	}
-	c := as("127.0.92.5", "ch-probe", "bob", "bob-pw")
 	for round := 0; round < 12; round++ {
 		key := keys[round%len(keys)]
+		c := as("127.0.92.5", "ch-probe", "bob", "bob-pw")
 		if key == "guard:block:clientid:ch-5" {
 			c = as("127.0.92.5", "ch-5", "bob", "bob-pw")
-		} else {
-			c = as("127.0.92.5", "ch-probe", "bob", "bob-pw")
 		}
 		e.redis.CLI("SET", key, "churn")
 		e.expect(c, refused, "round %d: %s", round, key)
