@@ -31,7 +31,8 @@
  * Send-Q). Nothing else changes: the sockets keep their options, addresses
  * and queued connections.
  *
- * A reload (SIGHUP) gives it again: a listener the kernel capped at
+ * A reload (SIGHUP) gives it again to the listeners found
+ * (guard_backlog_reapply): a listener the kernel capped at
  * net.core.somaxconn gets the rest once that sysctl is raised.
  */
 #include <dirent.h>
@@ -258,7 +259,7 @@ static void apply(int level, int force)
 /* guard_backlog_raise finds the broker's TCP listeners and gives them the
  * level measured so far (none yet: they keep Mosquitto's 100 until
  * backlog.go has measured the broker); signals.c calls it once Mosquitto's
- * listeners exist, a reload again. */
+ * listeners exist. */
 void guard_backlog_raise(void)
 {
 	pthread_mutex_lock(&backlog_mu);
@@ -284,6 +285,22 @@ void guard_backlog_raise(void)
 	}
 	if (backlog_failed >= 0)
 		apply(backlog_level, 1);
+	backlog_raises++;
+	pthread_mutex_unlock(&backlog_mu);
+}
+
+/* guard_backlog_reapply gives the listeners found the level again, each
+ * with listen() (a reload: net.core.somaxconn may have been raised, and the
+ * kernel caps at listen()). It does not look for listeners again: Mosquitto
+ * 2.0 opens none after its start, and a look reads every descriptor, each
+ * client's among them (100 000 of them on a busy broker), on the broker
+ * thread that runs the reload. */
+void guard_backlog_reapply(void)
+{
+	pthread_mutex_lock(&backlog_mu);
+	backlog_failed = 0;
+	backlog_errno = 0;
+	apply(backlog_level, 1);
 	backlog_raises++;
 	pthread_mutex_unlock(&backlog_mu);
 }

@@ -160,12 +160,13 @@ func logBacklog() {
 	enqueueLog(level, line)
 }
 
-// reraiseBacklog finds the listeners again and gives them the level (a
-// reload: a listener the kernel capped gets the rest once
-// net.core.somaxconn is raised), if they have been found before.
+// reraiseBacklog gives the listeners found the level again (a reload: a
+// listener the kernel capped gets the rest once net.core.somaxconn is
+// raised), if they have been found. One listen() per listener, on the
+// broker thread: no look at the process's descriptors.
 func reraiseBacklog() {
-	if r := C.guard_backlog_result(); r.raised >= 0 || r.failed != 0 {
-		C.guard_backlog_raise()
+	if r := C.guard_backlog_result(); r.raised >= 0 {
+		C.guard_backlog_reapply()
 		logBacklog()
 	}
 }

@@ -147,6 +147,12 @@ func TestBacklogRaiseAgain(t *testing.T) {
 	assert.Equal(t, 1024, backlogOf(fd))
 	backlogApply(300)
 	assert.Equal(t, 300, backlogOf(fd), "and can be lowered to the level, down to its own")
+	// A reload looks at no descriptor (a busy broker's are its clients',
+	// read on the broker thread): a listener opened since is not found.
+	late, _ := listenLikeMosquitto(t, 100)
+	reraiseBacklog()
+	assert.Equal(t, 300, backlogOf(fd))
+	assert.Equal(t, 100, backlogOf(late), "not looked for at a reload")
 }
 
 // The level: what the broker takes in backlogWait/2 at its rate over the

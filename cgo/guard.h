@@ -68,6 +68,7 @@ struct guard_backlog {
 };
 void guard_backlog_configure(int backlog);
 void guard_backlog_raise(void);
+void guard_backlog_reapply(void);
 int guard_backlog_apply(int level);
 uint64_t guard_backlog_connects(void);
 extern uint64_t guard_connects; /* BASIC_AUTH callbacks, counted in plugin.c */
