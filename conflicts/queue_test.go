@@ -110,7 +110,9 @@ func TestRunTrimsWhenIdle(t *testing.T) {
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { c.Run(stop); close(done) }()
-	defer func() { close(stop); <-done }()
+	var once sync.Once
+	end := func() { once.Do(func() { close(stop); <-done }) }
+	defer end()
 	for i := 0; i < 3000; i++ { // one linger's worth: a batch of 3000
 		c.Connected(fmt.Sprintf("dev-%d", i), c.NewConn("alice", "192.0.2.1", clk.now()), nil)
 	}
@@ -120,4 +122,7 @@ func TestRunTrimsWhenIdle(t *testing.T) {
 	require.Eventually(t, func() bool { f, h := c.events.Caps(); return f <= 256 && h <= 256 },
 		idleTrim+time.Second, 10*time.Millisecond, "the buffers trimmed once idle")
 	t.Logf("trimmed %v after the burst was handled", time.Since(start).Round(time.Millisecond))
+	end() // the worker's own fields, read once it has stopped
+	assert.Zero(t, cap(c.sc.conns), "the batch's scratch arrays trimmed with them")
+	assert.Zero(t, cap(c.sc.ws))
 }
