@@ -76,7 +76,7 @@ static struct {
 static int nfound;
 
 /* The broker's CONNECTs, for backlog.go's measure of its rate. */
-uint64_t guard_connects = 0; /* BASIC_AUTH callbacks (plugin.c), relaxed atomic */
+uint64_t guard_connects = 0; /* CONNECTs admitted, or passed on with a username (plugin.c), relaxed atomic */
 
 /* tcp_listener reports whether fd is a TCP socket that listens; its inode
  * in *ino. What fd is comes from its /proc/self/fd link ("socket:[N]"):

@@ -106,7 +106,9 @@ func TestListenBacklogSizedToTheBroker(t *testing.T) {
 	t.Logf("%s a CONNECT (the burst's wall time over its CONNECTs): level %d, %d of %d handshakes queued", perConnect, level, got, n)
 	assertHeld(t, level, n, got, "the listener")
 	assert.Less(t, got, n, "far less than 4096")
-	assert.LessOrEqual(t, time.Duration(got)*perConnect, time.Second, "the queue holds about 0.5 s of the broker's work")
+	if level > 100 { // at Mosquitto's own 100 the queue is no longer than without the plugin
+		assert.LessOrEqual(t, time.Duration(got)*perConnect, time.Second, "the queue holds about 0.5 s of the broker's work")
+	}
 }
 
 // burst connects n devices at once (user, pass; client IDs of their own),
