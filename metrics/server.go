@@ -22,7 +22,8 @@ const (
 	MaxHeaderBytes    = 8 << 10          // its request line and headers
 )
 
-// The timeouts a test shortens.
+// The timeouts a test shortens: read by Listen, so a test restoring them
+// races with no handler of a server already made.
 var (
 	readHeaderTimeout = ReadHeaderTimeout
 )
@@ -37,6 +38,8 @@ type Server struct {
 	once     sync.Once
 	inFlight chan struct{} // MaxInFlight slots
 	served   atomic.Bool   // Serve was called: done will be closed
+
+	headerTimeout time.Duration // readHeaderTimeout when made
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{} // open connections, closed by Close
@@ -60,7 +63,7 @@ func Listen(addr string) (*Server, error) {
 		return nil, listenError(addr, err)
 	}
 	s := &Server{ln: newLimitListener(ln, MaxConns), done: make(chan struct{}), inFlight: make(chan struct{}, MaxInFlight),
-		conns: map[net.Conn]struct{}{}}
+		conns: map[net.Conn]struct{}{}, headerTimeout: readHeaderTimeout}
 	live.Lock()
 	live.addrs[s] = ln.Addr().(*net.TCPAddr)
 	live.Unlock()
@@ -186,7 +189,7 @@ var bufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 func (s *Server) handle(c net.Conn, reg *Registry) {
 	defer s.untrack(c)
 	defer func() { _ = recover() }()
-	_ = c.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+	_ = c.SetReadDeadline(time.Now().Add(s.headerTimeout))
 	req, status := readRequest(c)
 	if status == 0 {
 		return // nothing to answer: the client went, or sent nothing in time

@@ -198,8 +198,7 @@ func TestAttackSlowlorisDripClosedAtHeaderTimeout(t *testing.T) {
 	_, err = c.Read(make([]byte, 1))
 	assert.True(t, closed || err != nil, "still open")
 	assert.Less(t, time.Since(start), 3*time.Second)
-	// The handler is done (it read readHeaderTimeout) before the deferred
-	// restore writes it: under s.mu, as untrack takes it.
+	// And the server let go of the connection.
 	require.Eventually(t, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
