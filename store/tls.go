@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -55,8 +56,18 @@ func (e *TLSError) Unwrap() error { return e.Err }
 // A server that speaks no TLS does not answer a ClientHello: Redis waits
 // for the end of a line that never comes. So when the PING times out,
 // every address is asked a plain-text PING, at once (plainProbeTimeout at
-// most): one that answers is a TLSNotTLS fault. So CheckTLS takes at most
-// ctx's time plus plainProbeTimeout.
+// most): one that answers is a TLSNotTLS fault.
+//
+// Under TLS 1.3 a server checks the client's certificate after the client
+// has finished its handshake, so a refusal reaches the client only as the
+// server's alert to the PING. A server that closes while the PING is still
+// unread in its socket resets the connection, and the reset can take the
+// alert with it: the PING then fails with a reset or an EOF, which says
+// nothing. So when it does, every address is asked again, by a handshake
+// after which nothing is sent (refusedAfterHandshake, plainProbeTimeout at
+// most): with nothing unread the server's close carries its alert. A close
+// without an alert stays no fault. So CheckTLS takes at most ctx's time
+// plus plainProbeTimeout.
 func (s *Store) CheckTLS(ctx context.Context) error {
 	timeout := plainProbeTimeout
 	if d, ok := ctx.Deadline(); ok {
@@ -72,7 +83,13 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 	if f := tlsFault(err); f != 0 {
 		return &TLSError{Fault: f, Err: err}
 	}
-	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+	if err == nil {
+		return nil
+	}
+	if closedByPeer(err) && s.clients.o.TLS != nil {
+		return s.probeRefused(err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
 		return nil
 	}
 	plain := make(chan string, len(s.clients.o.Addrs))
@@ -93,7 +110,62 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 	return nil
 }
 
-// plainProbeTimeout bounds speaksPlain.
+// closedByPeer says whether err is the connection's end at the other side:
+// an EOF or a reset.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// probeRefused asks every address, at once, whether it refuses this
+// client once the handshake is done (refusedAfterHandshake): a *TLSError
+// (TLSRefused) when one does, nil otherwise. first is the PING's error.
+func (s *Store) probeRefused(first error) error {
+	addrs := s.clients.o.Addrs
+	found := make(chan error, len(addrs))
+	for _, a := range addrs {
+		go func() { found <- refusedAfterHandshake(a, s.clients.o.TLS) }()
+	}
+	var refusal error
+	for range addrs {
+		if err := <-found; err != nil && refusal == nil {
+			refusal = err
+		}
+	}
+	if refusal == nil {
+		return nil
+	}
+	return &TLSError{Fault: TLSRefused, Err: fmt.Errorf("%w (the PING before it: %v)", refusal, first)}
+}
+
+// refusedAfterHandshake dials addr, completes a TLS handshake with cfg,
+// sends nothing, and listens for the server's first word, within
+// plainProbeTimeout in all. It returns the server's alert, if that is its
+// word: a Redis that refuses the client's certificate says so and closes,
+// and with nothing of the client's unread its close cannot reset the
+// connection before the alert is read. It returns nil when the handshake
+// fails, when the server stays silent, sends data, or closes without an
+// alert: a close alone may be a TLS proxy whose Redis is down, which is no
+// TLS fault.
+func refusedAfterHandshake(addr string, cfg *tls.Config) error {
+	ctx, cancel := context.WithTimeout(context.Background(), plainProbeTimeout)
+	defer cancel()
+	d := tls.Dialer{Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	deadline, _ := ctx.Deadline()
+	_ = c.SetReadDeadline(deadline)
+	var b [1]byte
+	if _, err = c.Read(b[:]); err != nil && tlsFault(err) == TLSRefused {
+		return fmt.Errorf("%s: %w", addr, err)
+	}
+	return nil
+}
+
+// plainProbeTimeout bounds speaksPlain and refusedAfterHandshake.
 const plainProbeTimeout = 500 * time.Millisecond
 
 // speaksPlain says whether the server at addr answers a plain-text PING
