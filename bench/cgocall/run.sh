@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The Go runtime's own cost of callbacks from a C thread (bench/cgocall):
 # a C program calls an empty exported Go function every 50 and 150 µs,
-# pinned to one core, with GOMAXPROCS 1 and 2, and prints how often Go's
-# other threads (sysmon, idle Ms) switch per call. Mosquitto calls the
+# pinned to one core, with GOMAXPROCS 1 and 2, and prints per call how
+# often Go's other threads (sysmon, idle Ms) switch, the CPU they use, and
+# how long the call takes the calling thread (its wall time: on one core,
+# Go's threads run inside it). Mosquitto calls the
 # plugin this way; this is the floor the plugin cannot go below per
 # callback into Go. Usage: bench/cgocall/run.sh (CGOCALL_PROCS="1 2 4 8" for
 # other GOMAXPROCS; 4 and 8 were no better than 2 on 2026-12-02)
