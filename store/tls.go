@@ -143,16 +143,24 @@ func (s *Store) probeRefused(first error) error {
 // plainProbeTimeout in all. It returns the server's alert, if that is its
 // word: a Redis that refuses the client's certificate says so and closes,
 // and with nothing of the client's unread its close cannot reset the
-// connection before the alert is read. It returns nil when the handshake
-// fails, when the server stays silent, sends data, or closes without an
-// alert: a close alone may be a TLS proxy whose Redis is down, which is no
-// TLS fault.
+// connection before the alert is read. Under TLS 1.2 the refusal is an
+// alert that ends the handshake, and the PING's can be lost to a reset the
+// same way (the client's flight after its Certificate is unread): so an
+// alert that fails this handshake is returned too. It returns nil when the
+// handshake fails otherwise, when the server stays silent, sends data, or
+// closes without an alert: a close alone may be a TLS proxy whose Redis is
+// down, which is no TLS fault.
 func refusedAfterHandshake(addr string, cfg *tls.Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), plainProbeTimeout)
 	defer cancel()
 	d := tls.Dialer{Config: cfg}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
+		if tlsFault(err) == TLSRefused {
+			// Under TLS 1.2 the refusal ends the handshake itself; the
+			// PING's was lost to a reset, this one was told.
+			return fmt.Errorf("%s: %w", addr, err)
+		}
 		return nil
 	}
 	defer c.Close()
