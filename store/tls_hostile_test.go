@@ -1,9 +1,13 @@
 package store
 
 import (
+	"bufio"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // serve accepts on a fresh loopback port and runs handle on each
@@ -61,5 +66,106 @@ func TestCheckTLSHostileTLS12RefusalLostToAReset(t *testing.T) {
 	var te *TLSError
 	require.ErrorAs(t, err, &te, "a refused client certificate is a TLS fault")
 	assert.Equal(t, TLSRefused, te.Fault)
+	t.Logf("%v", err)
+}
+
+// respServer answers a sentinel's commands: the master for
+// get-master-addr-by-name, an empty list of other sentinels, and the
+// subscription go-redis makes.
+func respServer(c net.Conn, master string) {
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "*") {
+			return
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+		var args []string
+		for range n {
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+			a, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			args = append(args, strings.TrimSpace(a))
+		}
+		cmd := strings.ToLower(strings.Join(args, " "))
+		host, port, _ := net.SplitHostPort(master)
+		var reply string
+		switch {
+		case strings.HasPrefix(cmd, "sentinel get-master-addr-by-name"):
+			reply = fmt.Sprintf("*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(host), host, len(port), port)
+		case strings.HasPrefix(cmd, "sentinel"):
+			reply = "*0\r\n"
+		case strings.HasPrefix(cmd, "subscribe"):
+			for i, ch := range args[1:] {
+				reply += fmt.Sprintf("*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:%d\r\n", len(ch), ch, i+1)
+			}
+		case cmd == "ping":
+			reply = "+PONG\r\n"
+		default:
+			reply = "-ERR unknown command\r\n"
+		}
+		if _, err := c.Write([]byte(reply)); err != nil {
+			return
+		}
+	}
+}
+
+// Through sentinels, the PING goes to the master they name, not to an
+// address of redis_addr. A master that refuses the client certificate (its
+// alert lost to a reset, as TestCheckTLSRefusalLostToAReset) behind
+// sentinels that take any TLS client is still a refusal: the probe must ask
+// the master, not only the sentinels.
+func TestCheckTLSHostileSentinelMasterRefusalLostToAReset(t *testing.T) {
+	ca := testenv.NewCA(t)
+	master := lossyTLS(t, ca, true)
+	certPath, keyPath := ca.Server(t)
+	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+	require.NoError(t, err)
+	sentinel := serve(t, func(_ int, raw net.Conn) {
+		tc := tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{cert}})
+		respServer(tc, master)
+	})
+	s := New(Options{Addrs: []string{sentinel}, SentinelMaster: "mymaster", Timeout: time.Second, TLS: ca.TLSConfig(t, nil)}, keys.Builder{Prefix: "guard:"})
+	t.Cleanup(func() { s.Close() })
+	err = checkTLS(t, s)
+	var te *TLSError
+	require.ErrorAs(t, err, &te, "the master refuses this client")
+	assert.Equal(t, TLSRefused, te.Fault)
+	t.Logf("%v", err)
+}
+
+// Through sentinels on TLS, a master on a port without TLS that waits for
+// the end of a line (as Redis does) is a TLSNotTLS fault: the plain-text
+// probe must ask the master the PING went to, not only the sentinels.
+func TestCheckTLSHostileSentinelMasterNotTLS(t *testing.T) {
+	ca := testenv.NewCA(t)
+	master := serve(t, func(_ int, c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == "PING\r\n" {
+				_, _ = c.Write([]byte("+PONG\r\n"))
+			}
+		}
+	})
+	certPath, keyPath := ca.Server(t)
+	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+	require.NoError(t, err)
+	sentinel := serve(t, func(_ int, raw net.Conn) {
+		respServer(tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{cert}}), master)
+	})
+	s := New(Options{Addrs: []string{sentinel}, SentinelMaster: "mymaster", Timeout: time.Second, TLS: ca.TLSConfig(t, nil)}, keys.Builder{Prefix: "guard:"})
+	t.Cleanup(func() { s.Close() })
+	err = checkTLS(t, s)
+	var te *TLSError
+	require.ErrorAs(t, err, &te, "the master speaks no TLS")
+	assert.Equal(t, TLSNotTLS, te.Fault)
 	t.Logf("%v", err)
 }
