@@ -2,6 +2,7 @@ package store
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -67,6 +68,26 @@ func TestCheckTLSHostileTLS12RefusalLostToAReset(t *testing.T) {
 	require.ErrorAs(t, err, &te, "a refused client certificate is a TLS fault")
 	assert.Equal(t, TLSRefused, te.Fault)
 	t.Logf("%v", err)
+}
+
+// Cluster seeds that take the connection and never finish a handshake (a
+// load balancer whose backends hang): CheckTLS stays within its context
+// plus the probe's 0.5 s whatever the number of seeds.
+func TestCheckTLSHostileSilentClusterSeeds(t *testing.T) {
+	ca := testenv.NewCA(t)
+	var addrs []string
+	for range 3 {
+		addrs = append(addrs, serve(t, func(_ int, c net.Conn) { _, _ = io.Copy(io.Discard, c) }))
+	}
+	s := New(Options{Addrs: addrs, Timeout: time.Second, TLS: ca.TLSConfig(t, nil)}, keys.Builder{Prefix: "guard:"})
+	t.Cleanup(func() { s.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	assert.NoError(t, s.CheckTLS(ctx))
+	took := time.Since(start)
+	t.Logf("took %v", took)
+	assert.Less(t, took, 2600*time.Millisecond, "its context (2 s) plus the probe's 0.5 s")
 }
 
 // respServer answers a sentinel's commands: the master for
@@ -167,5 +188,40 @@ func TestCheckTLSHostileSentinelMasterNotTLS(t *testing.T) {
 	var te *TLSError
 	require.ErrorAs(t, err, &te, "the master speaks no TLS")
 	assert.Equal(t, TLSNotTLS, te.Fault)
+	t.Logf("%v", err)
+}
+
+// A TLS Redis at maxclients takes the connection and drops it, before or
+// during the handshake: a Redis overloaded, no TLS fault.
+func TestCheckTLSHostileMaxclients(t *testing.T) {
+	ca := testenv.NewCA(t)
+	for _, auth := range []bool{false, true} {
+		r := testenv.StartRedisTLS(t, &testenv.RedisTLS{CA: ca, AuthClients: auth}, "--maxclients", "1")
+		client := ca.Client(t, "guard")
+		held := tlsStore(t, r.Addr, ca.TLSConfig(t, client))
+		_, err := held.Client().Ping(context.Background()).Result()
+		require.NoError(t, err)
+		for range 5 {
+			assert.NoError(t, checkTLS(t, tlsStore(t, r.Addr, ca.TLSConfig(t, client))), "tls-auth-clients %v: a Redis at maxclients", auth)
+		}
+	}
+}
+
+// Real sentinels and nodes on TLS: CheckTLS, which dials through a dialer
+// of its own, finds a good configuration good, through the sentinels to
+// the master; and a client without a certificate refused by mutual TLS.
+func TestCheckTLSHostileRealSentinels(t *testing.T) {
+	ca := testenv.NewCA(t)
+	sn := testenv.StartSentinel(t, testenv.SentinelOptions{Replicas: 1, Sentinels: 1, Quorum: 1, TLS: &testenv.RedisTLS{CA: ca, AuthClients: true}})
+	store := func(cfg *tls.Config) *Store {
+		s := New(Options{Addrs: strings.Split(sn.Addrs, ","), SentinelMaster: sn.Name, Timeout: time.Second, TLS: cfg}, keys.Builder{Prefix: "guard:"})
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	assert.NoError(t, checkTLS(t, store(ca.TLSConfig(t, ca.Client(t, "guard")))))
+	err := checkTLS(t, store(ca.TLSConfig(t, nil)))
+	var te *TLSError
+	require.ErrorAs(t, err, &te)
+	assert.Equal(t, TLSRefused, te.Fault)
 	t.Logf("%v", err)
 }
