@@ -226,6 +226,9 @@ func speaksPlain(addr string) bool {
 	return err == nil && (b[0] == '+' || b[0] == '-')
 }
 
+// alertInternalError is TLS's internal_error alert (RFC 8446, 6.2).
+const alertInternalError = 80
+
 // tlsFault classifies err; 0 when it is no TLS fault.
 func tlsFault(err error) TLSFault {
 	var (
@@ -250,7 +253,12 @@ func tlsFault(err error) TLSFault {
 	case errors.As(err, &netError) && netError.Op == "remote error":
 		// crypto/tls reports an alert from the server so: with TLS 1.3
 		// the server checks the client's certificate after the client
-		// has finished, and its alert comes with the first reply.
+		// has finished, and its alert comes with the first reply. But an
+		// internal_error is the server's own failure (a proxy whose
+		// certificate is not loaded yet), which a retry may mend.
+		if netError.Err.Error() == tls.AlertError(alertInternalError).Error() {
+			return 0
+		}
 		return TLSRefused
 	}
 	return 0

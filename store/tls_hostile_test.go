@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -224,4 +225,21 @@ func TestCheckTLSHostileRealSentinels(t *testing.T) {
 	require.ErrorAs(t, err, &te)
 	assert.Equal(t, TLSRefused, te.Fault)
 	t.Logf("%v", err)
+}
+
+// A TLS server that fails on its side (a TLS-terminating proxy whose
+// certificate is not loaded yet, an OpenSSL out of memory) sends an
+// internal_error alert: that says nothing against this client's
+// certificate, no TLS fault of its settings, and the broker must start.
+func TestCheckTLSHostileServerInternalError(t *testing.T) {
+	ca := testenv.NewCA(t)
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		addr := serve(t, func(_ int, raw net.Conn) {
+			tc := tls.Server(raw, &tls.Config{MaxVersion: version, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return nil, errors.New("certificate not loaded yet")
+			}})
+			_ = tc.Handshake()
+		})
+		assert.NoError(t, checkTLS(t, tlsStore(t, addr, ca.TLSConfig(t, ca.Client(t, "guard")))), "TLS version %x", version)
+	}
 }
