@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -56,7 +58,9 @@ func (e *TLSError) Unwrap() error { return e.Err }
 // A server that speaks no TLS does not answer a ClientHello: Redis waits
 // for the end of a line that never comes. So when the PING times out,
 // every address is asked a plain-text PING, at once (plainProbeTimeout at
-// most): one that answers is a TLSNotTLS fault.
+// most): one that answers is a TLSNotTLS fault. Every address means those
+// of Options.Addrs and those the PING dialled (a sentinels' master, a
+// cluster's nodes), here and below.
 //
 // Under TLS 1.3 a server checks the client's certificate after the client
 // has finished its handshake, so a refusal reaches the client only as the
@@ -77,6 +81,24 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 	o.ContextTimeoutEnabled = true
 	o.MaxRetries = -1
 	o.DialerRetries = 1
+	// Every address dialled, for the probes: through sentinels the PING
+	// goes to the master they name, in a cluster to the nodes CLUSTER
+	// SLOTS names, none of them in Addrs.
+	var (
+		mu      sync.Mutex
+		dialled []string
+	)
+	if o.TLSConfig != nil {
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: o.TLSConfig}
+		o.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			mu.Lock()
+			if !slices.Contains(dialled, addr) {
+				dialled = append(dialled, addr)
+			}
+			mu.Unlock()
+			return d.DialContext(ctx, network, addr)
+		}
+	}
 	rdb := redis.NewUniversalClient(o)
 	err := rdb.Ping(ctx).Err()
 	rdb.Close()
@@ -86,14 +108,22 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 	if err == nil {
 		return nil
 	}
+	mu.Lock()
+	addrs := slices.Clone(s.clients.o.Addrs)
+	for _, a := range dialled {
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	mu.Unlock()
 	if closedByPeer(err) && s.clients.o.TLS != nil {
-		return s.probeRefused(err)
+		return probeRefused(addrs, s.clients.o.TLS, err)
 	}
 	if !errors.Is(err, context.DeadlineExceeded) {
 		return nil
 	}
-	plain := make(chan string, len(s.clients.o.Addrs))
-	for _, a := range s.clients.o.Addrs {
+	plain := make(chan string, len(addrs))
+	for _, a := range addrs {
 		go func() {
 			if speaksPlain(a) {
 				plain <- a
@@ -102,7 +132,7 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 			}
 		}()
 	}
-	for range s.clients.o.Addrs {
+	for range addrs {
 		if a := <-plain; a != "" {
 			return &TLSError{Fault: TLSNotTLS, Err: fmt.Errorf("%s answers in plain text, not TLS (no TLS answer: %w)", a, err)}
 		}
@@ -118,13 +148,12 @@ func closedByPeer(err error) bool {
 }
 
 // probeRefused asks every address, at once, whether it refuses this
-// client once the handshake is done (refusedAfterHandshake): a *TLSError
-// (TLSRefused) when one does, nil otherwise. first is the PING's error.
-func (s *Store) probeRefused(first error) error {
-	addrs := s.clients.o.Addrs
+// client (refusedAfterHandshake): a *TLSError (TLSRefused) when one does,
+// nil otherwise. first is the PING's error.
+func probeRefused(addrs []string, cfg *tls.Config, first error) error {
 	found := make(chan error, len(addrs))
 	for _, a := range addrs {
-		go func() { found <- refusedAfterHandshake(a, s.clients.o.TLS) }()
+		go func() { found <- refusedAfterHandshake(a, cfg) }()
 	}
 	var refusal error
 	for range addrs {
@@ -143,16 +172,24 @@ func (s *Store) probeRefused(first error) error {
 // plainProbeTimeout in all. It returns the server's alert, if that is its
 // word: a Redis that refuses the client's certificate says so and closes,
 // and with nothing of the client's unread its close cannot reset the
-// connection before the alert is read. It returns nil when the handshake
-// fails, when the server stays silent, sends data, or closes without an
-// alert: a close alone may be a TLS proxy whose Redis is down, which is no
-// TLS fault.
+// connection before the alert is read. Under TLS 1.2 the refusal is an
+// alert that ends the handshake, and the PING's can be lost to a reset the
+// same way (the client's flight after its Certificate is unread): so an
+// alert that fails this handshake is returned too. It returns nil when the
+// handshake fails otherwise, when the server stays silent, sends data, or
+// closes without an alert: a close alone may be a TLS proxy whose Redis is
+// down, which is no TLS fault.
 func refusedAfterHandshake(addr string, cfg *tls.Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), plainProbeTimeout)
 	defer cancel()
 	d := tls.Dialer{Config: cfg}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
+		if tlsFault(err) == TLSRefused {
+			// Under TLS 1.2 the refusal ends the handshake itself; the
+			// PING's was lost to a reset, this one was told.
+			return fmt.Errorf("%s: %w", addr, err)
+		}
 		return nil
 	}
 	defer c.Close()
@@ -189,6 +226,9 @@ func speaksPlain(addr string) bool {
 	return err == nil && (b[0] == '+' || b[0] == '-')
 }
 
+// alertInternalError is TLS's internal_error alert (RFC 8446, 6.2).
+const alertInternalError = 80
+
 // tlsFault classifies err; 0 when it is no TLS fault.
 func tlsFault(err error) TLSFault {
 	var (
@@ -213,7 +253,12 @@ func tlsFault(err error) TLSFault {
 	case errors.As(err, &netError) && netError.Op == "remote error":
 		// crypto/tls reports an alert from the server so: with TLS 1.3
 		// the server checks the client's certificate after the client
-		// has finished, and its alert comes with the first reply.
+		// has finished, and its alert comes with the first reply. But an
+		// internal_error is the server's own failure (a proxy whose
+		// certificate is not loaded yet), which a retry may mend.
+		if netError.Err.Error() == tls.AlertError(alertInternalError).Error() {
+			return 0
+		}
 		return TLSRefused
 	}
 	return 0
