@@ -14,6 +14,7 @@
 # measurement), BENCH_NOISE_RETRIES (2: repeats of a measurement above it),
 # BENCH_STORM_N (10000: devices of the reconnect storm), BENCH_STORM_ROUNDS
 # (BENCH_ROUNDS), BENCH_CONNS (8000: live connections of the memory row),
+# BENCH_PAIRS (10: paired slices of a0, b, b-off; 0: none), BENCH_PAIR_DURATION (2s),
 # BENCH_ALLOC (1: the allocation benchmark of cgo/, 0: skipped), BENCH_ONLY
 # ("": everything; "storm": only the reconnect storm, as make bench-storm;
 # "memory": only the memory row, e.g. with BENCH_GUARD_ENV="GOGC=50").
@@ -43,6 +44,8 @@ STORM_ROUNDS=${BENCH_STORM_ROUNDS:-$ROUNDS}
 CONNS=${BENCH_CONNS:-8000}
 ALLOC=${BENCH_ALLOC:-1}
 ONLY=${BENCH_ONLY:-}
+PAIRS=${BENCH_PAIRS:-10}
+PAIR_DURATION=${BENCH_PAIR_DURATION:-2s}
 case $ONLY in "" | storm | memory) ;; *) echo "BENCH_ONLY: \"\", storm or memory, not $ONLY" >&2; exit 2 ;; esac
 GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 
@@ -413,12 +416,49 @@ run_memory() {
 	done
 }
 
+# --- cache hits in paired slices ------------------------------------------
+# a0, b and b-off on three brokers started once and kept running (the guards
+# on R1), measured in turn for PAIR_DURATION each after a 0.5 s warm-up, the
+# order reversed every other pair: a ratio of two slices a few seconds apart
+# cancels the drift of a shared machine's speed (loadgen report_pairs.go).
+run_pairs() {
+	[ "$PAIRS" -gt 0 ] || return 0
+	say "bench: cache hits in $PAIRS paired slices: a0, b, b-off kept running, $PAIR_DURATION each in turn"
+	local -A addr=() pid=() log=()
+	local l i order
+	start_broker pair-a0 anon
+	addr[a0]=$BROKER_ADDR pid[a0]=$BROKER_PID log[a0]=$BROKER_LOG
+	start_broker pair-b guard "$pw1" "$R1"
+	addr[b]=$BROKER_ADDR pid[b]=$BROKER_PID log[b]=$BROKER_LOG
+	start_broker pair-b-off guard-off "$pw1" "$R1"
+	addr[b-off]=$BROKER_ADDR pid[b-off]=$BROKER_PID log[b-off]=$BROKER_LOG
+	for i in $(seq "$PAIRS"); do
+		order="a0 b b-off"
+		[ $((i % 2)) = 0 ] && order="b-off b a0"
+		for l in $order; do
+			local pidsflag="broker=${pid[$l]}" extra=(-user bench -pass bench-pw -redis "$R1")
+			if [ "$l" = a0 ]; then
+				extra=()
+			else
+				pidsflag="$pidsflag,redis=$R1_PID"
+			fi
+			LG_APPEND=no lg connect "pair-$l" 60 -addr "${addr[$l]}" -label "pair-$l" -round "$i" -workers "$WORKERS" \
+				-warmup 0.5s -duration "$PAIR_DURATION" -pids "$pidsflag" -src 127.1.0.0/16 -id-prefix "pair-$l-" "${extra[@]}" >/dev/null &&
+				printf '%s\n' "$LG_LINE" >>"$results"
+		done
+	done
+	for l in a0 b b-off; do
+		BROKER_PID=${pid[$l]} BROKER_LOG=${log[$l]} stop_broker
+	done
+}
+
 if [ -z "$ONLY" ]; then
 # --- connection rates, interleaved ----------------------------------------
 say "bench: $ROUNDS rounds of a0, a, b, b-off, c, flood-a, flood-b; $WORKERS workers, $WARMUP warm-up + $DURATION each; a fresh broker for each"
 for r in $(seq "$ROUNDS"); do
 	for s in a0 a b b-off c flood-a flood-b; do scenario "$s" "$r"; done
 done
+run_pairs
 say "bench: $ROUNDS rounds of a', b': $USERS users connecting once each"
 for r in $(seq "$ROUNDS"); do
 	for s in a10k b10k b10k-off; do scenario "$s" "$r"; done

@@ -137,7 +137,7 @@ func TestIssue12Targets(t *testing.T) {
 	mem := memSummary{ok: true, share: 0.4, idleCost: 13}
 	allocs := []allocBench{{name: "hit/clientid_conflict=flag", allocsOp: 0, bOp: 0}, {name: "miss/clientid_conflict=flag", allocsOp: 100, bOp: 7000}}
 	got := map[string]string{}
-	for _, r := range issue12Targets(med, costs, storms, mem, allocs, true, false) {
+	for _, r := range issue12Targets(med, costs, pairSummary{}, storms, mem, allocs, true, false) {
 		got[r[0]] = r[2]
 	}
 	want := map[string]string{
@@ -165,7 +165,7 @@ func TestIssue12Targets(t *testing.T) {
 		t.Errorf("%s: %q, want a reference row", ref, got[ref])
 	}
 	// Nothing measured: every target says so.
-	for _, r := range issue12Targets(map[string]float64{}, map[string]connCost{}, map[string]stormSummary{}, memSummary{}, nil, false, false) {
+	for _, r := range issue12Targets(map[string]float64{}, map[string]connCost{}, pairSummary{}, map[string]stormSummary{}, memSummary{}, nil, false, false) {
 		if !strings.Contains(r[2], "not measured") && !strings.Contains(r[2], "stated") {
 			t.Errorf("%s: %s without a measurement", r[0], r[2])
 		}

@@ -270,6 +270,8 @@ func cmdReport(args []string) error {
 		}
 		costTable(w, costs)
 	}
+	pairs := summarizePairs(conns)
+	pairsSection(w, pairs)
 	mem := memorySection(w, fleets)
 	storms := stormSection(w, fleets)
 	var allocs []allocBench
@@ -353,7 +355,7 @@ func cmdReport(args []string) error {
 			fmt.Sprintf("%s, %s MB", fmtSeconds(loadTime), fmtF(delta, 1)), memResult})
 
 	}
-	issue12 := issue12Targets(med, costs, storms, mem, allocs, len(allocs) > 0, stormOnly)
+	issue12 := issue12Targets(med, costs, pairs, storms, mem, allocs, len(allocs) > 0, stormOnly)
 
 	// Summary.
 	pass := 0
