@@ -22,13 +22,13 @@ const pairPrefix = "pair-"
 
 // pairSummary is what the paired slices say of the cache-hit targets.
 type pairSummary struct {
-	n                    int       // complete pairs
-	tput, thread, track  []float64 // per pair: b/a0 connects/s; b − a0 broker thread µs; b/b-off process µs
-	a0, b, boff          []float64 // per pair: connects/s
-	tputMed, threadMed   float64
-	trackMed             float64
-	threadErr            float64 // the largest ± of a slice's broker thread (b's plus a0's)
-	sliceSeconds, warmup string
+	n                   int       // complete pairs
+	tput, thread, track []float64 // per pair: b/a0 connects/s; b − a0 broker thread µs; b/b-off process µs
+	a0, b, boff         []float64 // per pair: connects/s
+	tputMed, threadMed  float64
+	trackMed            float64
+	threadErr           float64 // the largest ± of a slice's broker thread (b's plus a0's)
+	sliceSeconds        string
 }
 
 func (p pairSummary) ok() bool { return p.n > 0 }
