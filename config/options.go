@@ -3,13 +3,13 @@ package config
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/backends/files"
 	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
@@ -364,14 +364,20 @@ func (c *Options) checkBackend(failed map[string]bool, openFiles bool) error {
 	return c.checkPasswordFile()
 }
 
-// checkPasswordFile opens the files backend's file, as the broker's user.
+// checkPasswordFile opens the files backend's file, as the broker's user:
+// a regular file of at most files.MaxFileBytes (files.Open, which never
+// blocks on a named pipe).
 func (c *Options) checkPasswordFile() error {
 	if c.Backend != BackendFiles {
 		return nil
 	}
-	f, err := os.Open(c.PasswordFile)
+	f, err := files.Open(c.PasswordFile)
 	if err != nil {
-		return &OptionError{"password_file", c.PasswordFile, "a file readable by the broker's user (" + errors.Unwrap(err).Error() + ")"}
+		why := err.Error()
+		if u := errors.Unwrap(err); u != nil {
+			why = u.Error() // the *PathError's cause, without the path the line names already
+		}
+		return &OptionError{"password_file", c.PasswordFile, fmt.Sprintf("a regular file of at most %d MiB readable by the broker's user (%s)", files.MaxFileBytes>>20, why)}
 	}
 	f.Close()
 	return nil

@@ -67,7 +67,7 @@ func TestParseErrorsNameOptionValueAndForm(t *testing.T) {
 		{map[string]string{"redis_timeout": "0s"}, `option redis_timeout: bad value "0s"`},
 		{map[string]string{"backend": "ldap"}, `option backend: bad value "ldap": expected one of files, redis, defer`},
 		{map[string]string{"backend": "files"}, `option password_file: bad value "": expected the path of a mosquitto_passwd file`},
-		{map[string]string{"password_file": "/nonexistent/passwd"}, `option password_file: bad value "/nonexistent/passwd": expected a file readable by the broker's user (no such file or directory)`},
+		{map[string]string{"password_file": "/nonexistent/passwd"}, `option password_file: bad value "/nonexistent/passwd": expected a regular file of at most 256 MiB readable by the broker's user (no such file or directory)`},
 		{map[string]string{"fail_scopes": "ip,country"}, `option fail_scopes: bad value "ip,country"`},
 		{map[string]string{"fail_scopes": "cidr"}, `option fail_scopes: bad value "cidr"`},
 		{map[string]string{"fail_scopes": ""}, `option fail_scopes: bad value ""`},

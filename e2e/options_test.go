@@ -84,7 +84,7 @@ func TestCrossOptionErrorsLoggedAtOnce(t *testing.T) {
 	missing := filepath.Join(e.dir, "no-such-passwd")
 	out := startExpectFail(t, e.conf("auth_opt_backend files", "auth_opt_ban_time 48h", "auth_opt_password_file "+missing))
 	assert.Contains(t, out, `mosquitto-guard: option ban_time: bad value "48h": expected a duration at most ban_max`)
-	assert.Contains(t, out, `mosquitto-guard: option password_file: bad value "`+missing+`": expected a file readable by the broker's user`)
+	assert.Contains(t, out, `mosquitto-guard: option password_file: bad value "`+missing+`": expected a regular file of at most 256 MiB readable by the broker's user`)
 	assert.NotContains(t, out, "mosquitto-guard: ready")
 }
 

@@ -1,8 +1,11 @@
 package files
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"syscall"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
 )
@@ -36,12 +39,69 @@ func (s *Store) CheapHashes() int { return s.mixed }
 // A file without users gets hashes.DefaultDummy, mosquitto_passwd's default
 // class.
 func Load(path string, v hashes.Verifier) (*Store, []LineError, error) {
-	data, err := os.ReadFile(path)
+	data, err := Read(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("files: read password_file %s: %w", path, err)
 	}
 	p, skipped := parse(data, path, v)
 	return &Store{users: p.users, v: v, dummy: dummyLike(v, p.like), mixed: p.mixed}, skipped, nil
+}
+
+// MaxFileBytes bounds a password file: about two million users of
+// mosquitto_passwd's $7$ lines (some 130 bytes each). The file is read
+// whole, at start and at each SIGHUP on the broker thread: a larger one is
+// a mistake (a disk image, a log) that would stall the broker and take its
+// size in memory.
+const MaxFileBytes = 256 << 20
+
+// ErrNotRegular and ErrTooLarge say why Open refused a file.
+var (
+	ErrNotRegular = errors.New("not a regular file")
+	ErrTooLarge   = fmt.Errorf("larger than %d MiB", MaxFileBytes>>20)
+)
+
+// Open opens the password file at path for reading: a regular file of at
+// most MaxFileBytes. It never blocks: a named pipe without a writer (which
+// os.Open would wait on for ever, at the broker's start or on its thread at
+// a SIGHUP) or a device is ErrNotRegular, at once.
+func Open(path string) (*os.File, error) {
+	// O_NONBLOCK: opening a FIFO returns at once; reading a regular file
+	// ignores it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		f.Close()
+		return nil, err
+	case !st.Mode().IsRegular():
+		f.Close()
+		return nil, ErrNotRegular
+	case st.Size() > MaxFileBytes:
+		f.Close()
+		return nil, ErrTooLarge
+	}
+	return f, nil
+}
+
+// Read reads the password file at path (Open), at most MaxFileBytes of it
+// even if it grows meanwhile.
+func Read(path string) ([]byte, error) {
+	f, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxFileBytes {
+		return nil, ErrTooLarge
+	}
+	return data, nil
 }
 
 // dummyLike is v.DummyLike(like), or the default dummy for no users.

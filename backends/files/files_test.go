@@ -6,7 +6,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -141,4 +143,37 @@ func TestStoreConcurrentVerify(t *testing.T) {
 	for i := 0; i < 8; i++ {
 		assert.True(t, <-done)
 	}
+}
+
+// A named pipe, a device, a directory or a file over MaxFileBytes is
+// refused at once: os.Open on a pipe without a writer would wait for ever,
+// at the broker's start or on its thread at a SIGHUP, and a huge file would
+// be read whole into memory there.
+func TestOpenRefusesWhatIsNotABoundedRegularFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	huge := filepath.Join(dir, "huge")
+	require.NoError(t, os.WriteFile(huge, nil, 0o600))
+	require.NoError(t, os.Truncate(huge, MaxFileBytes+1)) // sparse: no disk used
+	atLimit := filepath.Join(dir, "at-limit")
+	require.NoError(t, os.WriteFile(atLimit, nil, 0o600))
+	require.NoError(t, os.Truncate(atLimit, MaxFileBytes))
+
+	for path, want := range map[string]error{fifo: ErrNotRegular, "/dev/zero": ErrNotRegular, dir: ErrNotRegular, huge: ErrTooLarge} {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := Load(path, hashes.Verifier{})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			assert.ErrorIs(t, err, want, path)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Load(%s) still blocked after 5 s", path)
+		}
+	}
+	f, err := Open(atLimit)
+	require.NoError(t, err, "a file of exactly MaxFileBytes is taken")
+	f.Close()
 }
