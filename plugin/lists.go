@@ -78,8 +78,11 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 		},
 		OnChange:       func(key string, e, old *replica.Entry) { g.listChanged(key, e, old, true) },
 		OnReloadChange: func(key string, e, old *replica.Entry) { g.listChanged(key, e, old, false) },
-		OnManyChanges:  g.recheckConns,
-		OnLost:         g.replicaLost,
+		OnManyChanges: func() {
+			g.seedUnknownUsersDummy()
+			g.recheckConns()
+		},
+		OnLost: g.replicaLost,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	g.stopSync = cancel
@@ -104,6 +107,10 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 // restart of Redis is no operator lifting a ban, and resetting this broker's
 // own count then would give a guesser fail_limit+1 fresh checks per flush.
 func (g *Guard) listChanged(key string, e, old *replica.Entry, notified bool) {
+	if g.cfg.Backend == config.BackendRedis && e != nil && strings.HasPrefix(key, g.replica.Keys().User("")) {
+		g.creds.noteHash(e.Value) // a user added or changed: the unknown users' dummy follows the most expensive
+		return
+	}
 	if u, ok := strings.CutPrefix(key, g.replica.Keys().Throttle("")); ok {
 		if e != nil && g.known != nil && !strings.HasPrefix(u, "sha256:") { // a long username is prefetched at its first attempt
 			g.known.prefetch(u, g.now()) // the username's devices are recognised from its first attempt on
@@ -148,6 +155,21 @@ func (g *Guard) replicaLost(err error) {
 // once per such ban. It holds g.mu for at most recheckChunk connections at
 // a time, and looks them up in the replica unlocked (a scan: no record is
 // reused meanwhile, records.go).
+// seedUnknownUsersDummy makes the redis backend's unknown users cost what its
+// most expensive known user costs from the replica's load on, not only once
+// such a user has been checked: before, a fresh broker answered an unknown
+// username at once (the default dummy, ~1 ms) where a bcrypt-11 user took
+// ~170 ms, telling every probed username apart until the first real check.
+// On the sync goroutine: parsing each hash's cost is microseconds.
+func (g *Guard) seedUnknownUsersDummy() {
+	if g.cfg.Backend != config.BackendRedis {
+		return
+	}
+	for _, h := range g.replica.UserHashes() {
+		g.creds.noteHash(h)
+	}
+}
+
 func (g *Guard) recheckConns() {
 	done := map[string]bool{} // bans kickMatching ran for
 	var chunk []*liveConn

@@ -169,6 +169,22 @@ func (r *Replica) reset() {
 // Keys returns the key builder.
 func (r *Replica) Keys() keys.Builder { return r.kb }
 
+// UserHashes returns the stored hash of every user held (the redis
+// backend's guard:user: keys), expired ones left out: a copy, taken under
+// the read lock.
+func (r *Replica) UserHashes() []string {
+	now := time.Now().UnixMilli()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]string, 0, len(r.users))
+	for _, e := range r.users {
+		if e.live(now) {
+			out = append(out, e.value)
+		}
+	}
+	return out
+}
+
 // Len returns the number of keys held.
 func (r *Replica) Len() int {
 	r.mu.RLock()
