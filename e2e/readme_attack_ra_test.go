@@ -105,3 +105,51 @@ func TestReadmeAttackRedisBackendUnknownUserCheapAfterStart(t *testing.T) {
 	assert.Greater(t, unknown[1], known/2,
 		"an unknown user answered in %v, a known one in %v: the username is told apart before the first check of a known user", unknown[1], known)
 }
+
+// README, Reloads: "If the password file is unreadable, or yields no user
+// where users were loaded before (truncated, or replaced by garbage), the
+// users loaded before are kept and an error is logged; connected clients stay
+// connected." Replace it with 1 GiB of garbage (a sparse file of NULs: a
+// disk-full truncation, a wrong path) and send SIGHUP: the plugin reads the
+// whole file into memory on the broker thread (redis_tls_* files stop at 4
+// MiB; password_file has no bound), so the broker answers no CONNECT for
+// seconds and its memory grows by gigabytes.
+func TestReadmeAttackPasswordFileGarbageReloadUnbounded(t *testing.T) {
+	e := newEnv(t)
+	require.Equal(t, byte(accepted), e.connect(as("127.0.0.1", "before", "alice", "alice-pw")))
+	rss := func() int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.broker.PID()))
+		require.NoError(t, err)
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+				var kb int64
+				fmt.Sscan(f[1], &kb)
+				return kb * 1024
+			}
+		}
+		return 0
+	}
+	before := rss()
+	garbage := e.passwd + ".new"
+	require.NoError(t, os.WriteFile(garbage, nil, 0o600))
+	require.NoError(t, os.Truncate(garbage, 1<<30))
+	require.NoError(t, os.Rename(garbage, e.passwd))
+	e.broker.Reload()
+	require.True(t, e.broker.WaitOutput("Reloading config.", 2*time.Second))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	conn, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: "127.0.0.1",
+		ClientID: "after", Username: str("alice"), Password: str("alice-pw"), Timeout: 2 * time.Second})
+	if conn != nil {
+		conn.Close()
+	}
+	grown := rss() - before
+	t.Logf("CONNECT after the reload: err %v in %v; RSS grew %d MB", err, time.Since(start).Round(time.Millisecond), grown>>20)
+	assert.NoError(t, err, "no CONNACK within 2 s of a SIGHUP with a 1 GiB garbage password_file")
+	if err == nil {
+		assert.Equal(t, byte(accepted), code, "the users loaded before are kept")
+	}
+	assert.Less(t, grown, int64(64<<20), "reading a garbage password_file grew the broker by %d MB", grown>>20)
+}
