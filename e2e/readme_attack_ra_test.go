@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// README, Options: "At start every bad value ... is logged, one line each,
+// naming the option, the value and the expected form ..., and then the broker
+// stops". redis_tls_ca refuses a path that is not a regular file ("not a
+// regular file") or is larger than 4 MiB; password_file does not: a named
+// pipe hangs the broker at start forever, with no line (and /dev/zero grows
+// its memory by about 300 MB a second until the OOM killer).
+func TestReadmeAttackPasswordFileFifoHangsStart(t *testing.T) {
+	testenv.Need(t, "mosquitto")
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "passwd")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o644))
+	out := testenv.StartMosquittoExpectFail(t, strings.Join([]string{
+		"allow_anonymous false",
+		"auth_plugin " + pluginPath,
+		"auth_opt_redis_addr 127.0.0.1:1",
+		"auth_opt_password_file " + fifo,
+	}, "\n")+"\n", 5*time.Second)
+	assert.Contains(t, out, "mosquitto-guard: option password_file: bad value")
+}
+
+// README, Options table: password_file is "re-read on SIGHUP"; Backends:
+// "Re-read on SIGHUP; if the file has become unreadable, the users loaded
+// before are kept and the error is logged." Replace the file with a named
+// pipe and send SIGHUP: the reload blocks the broker thread in open/read, and
+// no CONNECT is answered at all (every client of the broker, not only the
+// plugin's) until something writes to the pipe.
+func TestReadmeAttackPasswordFileFifoHangsReload(t *testing.T) {
+	e := newEnv(t)
+	require.Equal(t, byte(accepted), e.connect(as("127.0.0.1", "before", "alice", "alice-pw")))
+	require.NoError(t, os.Remove(e.passwd))
+	require.NoError(t, syscall.Mkfifo(e.passwd, 0o644))
+	t.Cleanup(func() {
+		// Unblock the reader (a writer that closes at once: EOF), so the
+		// broker can stop.
+		if f, err := os.OpenFile(e.passwd, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+	})
+	e.broker.Reload()
+	require.True(t, e.broker.WaitOutput("Reloading config.", 2*time.Second))
+	time.Sleep(300 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	conn, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: "127.0.0.1",
+		ClientID: "after", Username: str("alice"), Password: str("alice-pw"), Timeout: 3 * time.Second})
+	if conn != nil {
+		conn.Close()
+	}
+	require.NoError(t, err, "no CONNACK within 3 s of a SIGHUP with password_file a named pipe (waited %v): the broker thread hangs in the reload", time.Since(start))
+	assert.Equal(t, byte(accepted), code, "the users loaded before are kept")
+}
+
+// README, Automatic bans, Timing: "An unknown user costs what a known one
+// costs, in every backend: ... the redis backend one of the most expensive
+// class among the known users it has checked". The plugin holds every
+// guard:user: hash in its replica from the start, yet until it has checked a
+// known user's password an unknown username is answered at once: on a fresh
+// broker (after any restart) a CONNECT for an unknown user took about 1 ms, a
+// wrong password for a bcrypt-12 user about 320 ms, so every username probed
+// before the first real check is told apart.
+func TestReadmeAttackRedisBackendUnknownUserCheapAfterStart(t *testing.T) {
+	e := envWithoutBroker(t)
+	h, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
+	require.NoError(t, err)
+	e.redis.CLI("SET", "guard:user:alice", string(h))
+	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
+	timed := func(user string, i int) time.Duration {
+		start := time.Now()
+		code := e.connect(as(fmt.Sprintf("127.0.71.%d", i), fmt.Sprintf("probe-%d", i), user, "guess"))
+		took := time.Since(start)
+		require.Equal(t, byte(refused), code)
+		return took
+	}
+	var unknown []time.Duration
+	for i := 1; i <= 3; i++ {
+		unknown = append(unknown, timed(fmt.Sprintf("nosuch-%d", i), i))
+	}
+	slices.Sort(unknown)
+	known := timed("alice", 10)
+	t.Logf("fresh broker: unknown users %v, known user %v", unknown, known)
+	assert.Greater(t, unknown[1], known/2,
+		"an unknown user answered in %v, a known one in %v: the username is told apart before the first check of a known user", unknown[1], known)
+}
+
+// README, Reloads: "If the password file is unreadable, or yields no user
+// where users were loaded before (truncated, or replaced by garbage), the
+// users loaded before are kept and an error is logged; connected clients stay
+// connected." Replace it with 1 GiB of garbage (a sparse file of NULs: a
+// disk-full truncation, a wrong path) and send SIGHUP: the plugin reads the
+// whole file into memory on the broker thread (redis_tls_* files stop at 4
+// MiB; password_file has no bound), so the broker answers no CONNECT for
+// seconds and its memory grows by gigabytes.
+func TestReadmeAttackPasswordFileGarbageReloadUnbounded(t *testing.T) {
+	e := newEnv(t)
+	require.Equal(t, byte(accepted), e.connect(as("127.0.0.1", "before", "alice", "alice-pw")))
+	rss := func() int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.broker.PID()))
+		require.NoError(t, err)
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+				var kb int64
+				fmt.Sscan(f[1], &kb)
+				return kb * 1024
+			}
+		}
+		return 0
+	}
+	before := rss()
+	garbage := e.passwd + ".new"
+	require.NoError(t, os.WriteFile(garbage, nil, 0o600))
+	require.NoError(t, os.Truncate(garbage, 1<<30))
+	require.NoError(t, os.Rename(garbage, e.passwd))
+	e.broker.Reload()
+	require.True(t, e.broker.WaitOutput("Reloading config.", 2*time.Second))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	conn, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: "127.0.0.1",
+		ClientID: "after", Username: str("alice"), Password: str("alice-pw"), Timeout: 2 * time.Second})
+	if conn != nil {
+		conn.Close()
+	}
+	grown := rss() - before
+	t.Logf("CONNECT after the reload: err %v in %v; RSS grew %d MB", err, time.Since(start).Round(time.Millisecond), grown>>20)
+	assert.NoError(t, err, "no CONNACK within 2 s of a SIGHUP with a 1 GiB garbage password_file")
+	if err == nil {
+		assert.Equal(t, byte(accepted), code, "the users loaded before are kept")
+	}
+	assert.Less(t, grown, int64(64<<20), "reading a garbage password_file grew the broker by %d MB", grown>>20)
+}
