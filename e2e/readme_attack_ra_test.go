@@ -153,3 +153,33 @@ func TestReadmeAttackPasswordFileGarbageReloadUnbounded(t *testing.T) {
 	}
 	assert.Less(t, grown, int64(64<<20), "reading a garbage password_file grew the broker by %d MB", grown>>20)
 }
+
+// The same for a user added while the broker runs: its hash reaches the
+// replica by a keyspace notification (OnChange), and from then on an
+// unknown user costs what it costs, before anyone has logged in as it.
+func TestRedisBackendUnknownUserFollowsAUserAddedLater(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
+	h, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
+	require.NoError(t, err)
+	e.redis.CLI("SET", "guard:user:alice", string(h))
+	// The notification lands within milliseconds; a known user's refusal
+	// then takes the bcrypt time, which tells that the replica has it.
+	timed := func(user string, i int) time.Duration {
+		start := time.Now()
+		code := e.connect(as(fmt.Sprintf("127.0.72.%d", i), fmt.Sprintf("later-%d", i), user, "guess"))
+		took := time.Since(start)
+		require.Equal(t, byte(refused), code)
+		return took
+	}
+	time.Sleep(200 * time.Millisecond)
+	var unknown []time.Duration
+	for i := 1; i <= 3; i++ {
+		unknown = append(unknown, timed(fmt.Sprintf("nosuch-%d", i), i))
+	}
+	slices.Sort(unknown)
+	known := timed("alice", 10)
+	t.Logf("user added later: unknown users %v, known user %v", unknown, known)
+	assert.Greater(t, unknown[1], known/2, "an unknown user answered in %v, the user added later in %v", unknown[1], known)
+}
