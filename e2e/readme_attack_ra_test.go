@@ -61,14 +61,8 @@ func TestReadmeAttackPasswordFileFifoHangsReload(t *testing.T) {
 	require.True(t, e.broker.WaitOutput("Reloading config.", 2*time.Second))
 	time.Sleep(300 * time.Millisecond)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
 	start := time.Now()
-	conn, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: "127.0.0.1",
-		ClientID: "after", Username: str("alice"), Password: str("alice-pw"), Timeout: 3 * time.Second})
-	if conn != nil {
-		conn.Close()
-	}
+	code, err := connectWithin(e, 3*time.Second)
 	require.NoError(t, err, "no CONNACK within 3 s of a SIGHUP with password_file a named pipe (waited %v): the broker thread hangs in the reload", time.Since(start))
 	assert.Equal(t, byte(accepted), code, "the users loaded before are kept")
 }
@@ -88,22 +82,10 @@ func TestReadmeAttackRedisBackendUnknownUserCheapAfterStart(t *testing.T) {
 	e.redis.CLI("SET", "guard:user:alice", string(h))
 	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
 		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
-	timed := func(user string, i int) time.Duration {
-		start := time.Now()
-		code := e.connect(as(fmt.Sprintf("127.0.71.%d", i), fmt.Sprintf("probe-%d", i), user, "guess"))
-		took := time.Since(start)
-		require.Equal(t, byte(refused), code)
-		return took
-	}
-	var unknown []time.Duration
-	for i := 1; i <= 3; i++ {
-		unknown = append(unknown, timed(fmt.Sprintf("nosuch-%d", i), i))
-	}
-	slices.Sort(unknown)
-	known := timed("alice", 10)
+	unknown, known := unknownAndKnown(t, e, "127.0.71")
 	t.Logf("fresh broker: unknown users %v, known user %v", unknown, known)
-	assert.Greater(t, unknown[1], known/2,
-		"an unknown user answered in %v, a known one in %v: the username is told apart before the first check of a known user", unknown[1], known)
+	assert.Greater(t, unknown, known/2,
+		"an unknown user answered in %v, a known one in %v: the username is told apart before the first check of a known user", unknown, known)
 }
 
 // README, Reloads: "If the password file is unreadable, or yields no user
@@ -137,14 +119,8 @@ func TestReadmeAttackPasswordFileGarbageReloadUnbounded(t *testing.T) {
 	e.broker.Reload()
 	require.True(t, e.broker.WaitOutput("Reloading config.", 2*time.Second))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	start := time.Now()
-	conn, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: "127.0.0.1",
-		ClientID: "after", Username: str("alice"), Password: str("alice-pw"), Timeout: 2 * time.Second})
-	if conn != nil {
-		conn.Close()
-	}
+	code, err := connectWithin(e, 2*time.Second)
 	grown := rss() - before
 	t.Logf("CONNECT after the reload: err %v in %v; RSS grew %d MB", err, time.Since(start).Round(time.Millisecond), grown>>20)
 	assert.NoError(t, err, "no CONNACK within 2 s of a SIGHUP with a 1 GiB garbage password_file")
@@ -166,20 +142,41 @@ func TestRedisBackendUnknownUserFollowsAUserAddedLater(t *testing.T) {
 	e.redis.CLI("SET", "guard:user:alice", string(h))
 	// The notification lands within milliseconds; a known user's refusal
 	// then takes the bcrypt time, which tells that the replica has it.
+	time.Sleep(200 * time.Millisecond)
+	unknown, known := unknownAndKnown(t, e, "127.0.72")
+	t.Logf("user added later: unknown users %v, known user %v", unknown, known)
+	assert.Greater(t, unknown, known/2, "an unknown user answered in %v, the user added later in %v", unknown, known)
+}
+
+// connectWithin connects alice (client ID "after") and returns the CONNACK's
+// code, or an error when none came within d.
+func connectWithin(e *env, d time.Duration) (byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	conn, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: "127.0.0.1",
+		ClientID: "after", Username: str("alice"), Password: str("alice-pw"), Timeout: d})
+	if conn != nil {
+		conn.Close()
+	}
+	return code, err
+}
+
+// unknownAndKnown times refused CONNECTs with a wrong password, each from its
+// own address under net (a /24's first three bytes): the median of three
+// unknown users, then the known user alice.
+func unknownAndKnown(t *testing.T, e *env, net string) (unknown, known time.Duration) {
+	t.Helper()
 	timed := func(user string, i int) time.Duration {
 		start := time.Now()
-		code := e.connect(as(fmt.Sprintf("127.0.72.%d", i), fmt.Sprintf("later-%d", i), user, "guess"))
+		code := e.connect(as(fmt.Sprintf("%s.%d", net, i), fmt.Sprintf("probe-%d", i), user, "guess"))
 		took := time.Since(start)
 		require.Equal(t, byte(refused), code)
 		return took
 	}
-	time.Sleep(200 * time.Millisecond)
-	var unknown []time.Duration
+	var u []time.Duration
 	for i := 1; i <= 3; i++ {
-		unknown = append(unknown, timed(fmt.Sprintf("nosuch-%d", i), i))
+		u = append(u, timed(fmt.Sprintf("nosuch-%d", i), i))
 	}
-	slices.Sort(unknown)
-	known := timed("alice", 10)
-	t.Logf("user added later: unknown users %v, known user %v", unknown, known)
-	assert.Greater(t, unknown[1], known/2, "an unknown user answered in %v, the user added later in %v", unknown[1], known)
+	slices.Sort(u)
+	return u[1], timed("alice", 10)
 }
