@@ -180,3 +180,33 @@ func unknownAndKnown(t *testing.T, e *env, net string) (unknown, known time.Dura
 	slices.Sort(u)
 	return u[1], timed("alice", 10)
 }
+
+// README, Timing: the redis backend's unknown users cost the most expensive
+// class "among the users its replica holds". An operator who lowers a user's
+// cost (rehashes a bcrypt-11 user with bcrypt-4, or deletes the user) leaves
+// the dummy at the old class: every unknown username is then answered ~150
+// ms slower than every known one, which tells them apart as surely as the
+// leak the dummy closes, and an operator's typo (a hash of absurd cost) can
+// only be undone by restarting every broker.
+func TestHostileRedisBackendDummyStaysAtARemovedUsersCost(t *testing.T) {
+	e := envWithoutBroker(t)
+	heavy, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
+	require.NoError(t, err)
+	e.redis.CLI("SET", "guard:user:alice", string(heavy))
+	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
+	unknown, known := unknownAndKnown(t, e, "127.0.73")
+	t.Logf("bcrypt-11 alice: unknown users %v, alice %v", unknown, known)
+
+	light, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 4)
+	require.NoError(t, err)
+	e.redis.CLI("SET", "guard:user:alice", string(light))
+	e.redis.CLI("SET", "guard:user:heavy", string(heavy))
+	time.Sleep(200 * time.Millisecond)
+	e.redis.CLI("DEL", "guard:user:heavy")
+	time.Sleep(200 * time.Millisecond) // the notifications land within milliseconds
+	unknown, known = unknownAndKnown(t, e, "127.0.74")
+	t.Logf("alice rehashed to bcrypt-4, the only bcrypt-11 user deleted: unknown users %v, alice %v", unknown, known)
+	assert.Less(t, unknown, known+50*time.Millisecond,
+		"an unknown user answered in %v, the only user held (bcrypt-4) in %v: the dummy kept a removed user's cost", unknown, known)
+}
