@@ -82,20 +82,47 @@ func (cr *credentials) check(c Client, ans store.Answer, known bool) string {
 // the model of the unknown users' dummy. Called on cache misses only, beside
 // a verification that costs far more than the parse.
 func (cr *credentials) noteHash(hash string) {
-	ref := cr.lastHash.Load()
-	if ref != nil && *ref == hash {
-		return
-	}
 	w, err := cr.verifier.Work(hash)
 	if err != nil {
 		return
 	}
-	if ref != nil {
-		if cur, _ := cr.verifier.Work(*ref); cur >= w {
+	for {
+		ref := cr.lastHash.Load()
+		if ref != nil {
+			if *ref == hash {
+				return
+			}
+			if cur, _ := cr.verifier.Work(*ref); cur >= w {
+				return
+			}
+		}
+		// Compare and swap: a more expensive hash stored meanwhile (the
+		// sync goroutine and the broker thread both call this) is not
+		// overwritten.
+		if cr.lastHash.CompareAndSwap(ref, &hash) {
 			return
 		}
 	}
-	cr.lastHash.Store(&hash)
+}
+
+// isModel reports whether hash is the unknown users' model (redis backend).
+func (cr *credentials) isModel(hash string) bool {
+	ref := cr.lastHash.Load()
+	return ref != nil && *ref == hash
+}
+
+// resetHashes makes the most expensive of hashes the unknown users' model,
+// in place of the one before (none usable: mosquitto_passwd's default): for
+// a reload, or when the model's user was deleted or rehashed.
+func (cr *credentials) resetHashes(hashes []string) {
+	var best *string
+	var bestWork float64
+	for _, h := range hashes {
+		if w, err := cr.verifier.Work(h); err == nil && (best == nil || w > bestWork) {
+			best, bestWork = &h, w // a copy: the slice is not kept
+		}
+	}
+	cr.lastHash.Store(best)
 }
 
 // exists reports whether c's username is a known user of the backend.

@@ -107,8 +107,16 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 // restart of Redis is no operator lifting a ban, and resetting this broker's
 // own count then would give a guesser fail_limit+1 fresh checks per flush.
 func (g *Guard) listChanged(key string, e, old *replica.Entry, notified bool) {
-	if g.cfg.Backend == config.BackendRedis && e != nil && strings.HasPrefix(key, g.replica.Keys().User("")) {
-		g.creds.noteHash(e.Value) // a user added or changed: the unknown users' dummy follows the most expensive
+	if g.cfg.Backend == config.BackendRedis && strings.HasPrefix(key, g.replica.Keys().User("")) {
+		switch {
+		case old != nil && g.creds.isModel(old.Value) && (e == nil || e.Value != old.Value):
+			// The model's user deleted or rehashed: the dummy follows the
+			// users held now, not a removed one's cost (one scan, only for
+			// that user's change).
+			g.creds.resetHashes(g.replica.UserHashes())
+		case e != nil:
+			g.creds.noteHash(e.Value) // a user added or changed: the unknown users' dummy follows the most expensive
+		}
 		return
 	}
 	if u, ok := strings.CutPrefix(key, g.replica.Keys().Throttle("")); ok {
@@ -149,12 +157,6 @@ func (g *Guard) replicaLost(err error) {
 	}
 }
 
-// recheckConns is called when a reload changed too many keys to report
-// one by one: every connection the replica now blocks by an operator's ban
-// (not an automatic one, as in listChanged) is kicked, through kickMatching
-// once per such ban. It holds g.mu for at most recheckChunk connections at
-// a time, and looks them up in the replica unlocked (a scan: no record is
-// reused meanwhile, records.go).
 // seedUnknownUsersDummy makes the redis backend's unknown users cost what its
 // most expensive known user costs from the replica's load on, not only once
 // such a user has been checked: before, a fresh broker answered an unknown
@@ -165,11 +167,15 @@ func (g *Guard) seedUnknownUsersDummy() {
 	if g.cfg.Backend != config.BackendRedis {
 		return
 	}
-	for _, h := range g.replica.UserHashes() {
-		g.creds.noteHash(h)
-	}
+	g.creds.resetHashes(g.replica.UserHashes()) // a reload replaces the users: a deleted one's cost goes with it
 }
 
+// recheckConns is called when a reload changed too many keys to report
+// one by one: every connection the replica now blocks by an operator's ban
+// (not an automatic one, as in listChanged) is kicked, through kickMatching
+// once per such ban. It holds g.mu for at most recheckChunk connections at
+// a time, and looks them up in the replica unlocked (a scan: no record is
+// reused meanwhile, records.go).
 func (g *Guard) recheckConns() {
 	done := map[string]bool{} // bans kickMatching ran for
 	var chunk []*liveConn
