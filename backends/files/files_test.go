@@ -177,3 +177,28 @@ func TestOpenRefusesWhatIsNotABoundedRegularFile(t *testing.T) {
 	require.NoError(t, err, "a file of exactly MaxFileBytes is taken")
 	f.Close()
 }
+
+// A regular file whose read waits (the kernel's /proc/kmsg, tracefs's
+// trace_pipe) passes Open's checks, and Go parks a read of a pollable file
+// opened O_NONBLOCK until it has data: "never blocks" held for the open
+// only, and such a path (a typo, or a symlink swapped in) hung the start or,
+// at a SIGHUP, the broker thread. Read must return at once with an error.
+func TestReadNeverWaitsOnAPseudoFile(t *testing.T) {
+	f, err := os.Open("/proc/kmsg")
+	if err != nil {
+		t.Skipf("/proc/kmsg: %v (needs root)", err)
+	}
+	f.Close()
+	link := filepath.Join(t.TempDir(), "passwd")
+	require.NoError(t, os.Symlink("/proc/kmsg", link))
+	done := make(chan error, 1)
+	go func() {
+		_, err := Read(link)
+		done <- err
+	}()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Read of a symlink to /proc/kmsg still blocked after 3 s")
+	}
+}
