@@ -3,7 +3,6 @@ package files
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"syscall"
 
@@ -86,22 +85,56 @@ func Open(path string) (*os.File, error) {
 	return f, nil
 }
 
+// ErrWouldWait says that reading the file would wait for data: a pseudo-file
+// such as /proc/kmsg, regular by its mode but no file on a disk.
+var ErrWouldWait = errors.New("a read would wait (not a file on a disk)")
+
 // Read reads the password file at path (Open), at most MaxFileBytes of it
-// even if it grows meanwhile.
+// even if it grows meanwhile. It never waits either: Go parks a read of a
+// pollable file opened O_NONBLOCK until data comes, so the reads are raw
+// ones, and a read that would wait is ErrWouldWait.
 func Read(path string) ([]byte, error) {
 	f, err := Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	st, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > MaxFileBytes {
-		return nil, ErrTooLarge
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
 	}
-	return data, nil
+	data := make([]byte, 0, st.Size()+512) // Open bounded the size
+	for {
+		if len(data) == cap(data) {
+			data = append(data, 0)[:len(data)]
+		}
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, rerr = syscall.Read(int(fd), data[len(data):cap(data)])
+			return true // done: never wait on Go's poller
+		}); err != nil {
+			return nil, err
+		}
+		switch {
+		case rerr == syscall.EINTR:
+			continue
+		case rerr == syscall.EAGAIN:
+			return nil, ErrWouldWait
+		case rerr != nil:
+			return nil, rerr
+		case n == 0:
+			return data, nil
+		}
+		data = data[:len(data)+n]
+		if len(data) > MaxFileBytes {
+			return nil, ErrTooLarge
+		}
+	}
 }
 
 // dummyLike is v.DummyLike(like), or the default dummy for no users.
