@@ -60,6 +60,9 @@ func parseArgon2id(encoded string, lim limits) (checker, error) {
 	if t < 1 || t > int64(lim.argonTime) {
 		return nil, malformed(format, "time out of range")
 	}
+	if m*t > lim.argonWork {
+		return nil, malformed(format, "memory times time out of range")
+	}
 	if p < 1 || p > 255 {
 		return nil, malformed(format, "threads out of range")
 	}

@@ -7,7 +7,7 @@ import (
 
 // fuzzLimits keep every input the fuzzer builds cheap to verify; the parse
 // paths are the same as with the defaults.
-var fuzzLimits = limits{iterations: 20_000, argonMemory: 256, argonTime: 3, bcryptCost: 5}
+var fuzzLimits = limits{iterations: 20_000, argonMemory: 256, argonTime: 3, argonWork: 256 * 3, bcryptCost: 5}
 
 // FuzzVerify checks that no stored hash, however broken, panics, that an
 // error is never a match, and that DummyLike keeps an accepted hash's class. Run it with: go test -fuzz FuzzVerify ./backends/hashes

@@ -40,6 +40,7 @@ const (
 	maxIterations   = 10_000_000 // PBKDF2 iterations (times 64-byte blocks for long keys)
 	maxArgonMemory  = 1 << 20    // argon2 memory in KiB: 1 GiB
 	maxArgonTime    = 100        // argon2 passes
+	maxArgonWork    = 2 << 20    // argon2 memory in KiB times passes: 2 GiB-passes, about a bcrypt-16 (some 6 s)
 	maxBcryptCost   = 16         // about as slow as 10 000 000 PBKDF2-SHA512 iterations
 	maxFieldBytes   = 1024       // decoded salt or hash
 	maxEncodedField = 2048       // encoded salt or hash, checked before decoding
@@ -50,6 +51,7 @@ type limits struct {
 	iterations  int
 	argonMemory uint32
 	argonTime   uint32
+	argonWork   int64 // memory in KiB times passes
 	bcryptCost  int
 }
 
@@ -57,6 +59,7 @@ var defaultLimits = limits{
 	iterations:  maxIterations,
 	argonMemory: maxArgonMemory,
 	argonTime:   maxArgonTime,
+	argonWork:   maxArgonWork,
 	bcryptCost:  maxBcryptCost,
 }
 

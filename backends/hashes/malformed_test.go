@@ -133,12 +133,14 @@ func TestLimitsInclusive(t *testing.T) {
 		"PBKDF2$sha512$10000000$" + pbSalt + "$" + b64Of32,
 		"$pbkdf2-sha512$i=5000000,l=65$" + phSalt + "$" + base64.RawStdEncoding.EncodeToString(make([]byte, 65)),
 		"$2b$16$" + bcTail,
-		"$argon2id$v=19$m=1048576,t=100,p=255$" + arSalt + "$" + arHash,
+		"$argon2id$v=19$m=1048576,t=2,p=255$" + arSalt + "$" + arHash,
+		"$argon2id$v=19$m=20971,t=100,p=255$" + arSalt + "$" + arHash,
 		"$argon2id$v=19$m=1,t=1,p=1$" + arSalt + "$" + arHash,
 		"$7$1$" + base64.StdEncoding.EncodeToString(make([]byte, 1024)) + "$" + s7Hash,
 	} {
 		assert.NoError(t, v.Validate(h), h)
 	}
+	assert.ErrorIs(t, v.Validate("$argon2id$v=19$m=1048576,t=3,p=1$"+arSalt+"$"+arHash), ErrMalformed, "memory times passes over the bound")
 	assert.ErrorIs(t, v.Validate("$pbkdf2-sha512$i=5000001,l=65$"+phSalt+"$"+base64.RawStdEncoding.EncodeToString(make([]byte, 65))), ErrMalformed)
 }
 
