@@ -210,3 +210,37 @@ func TestHostileRedisBackendDummyStaysAtARemovedUsersCost(t *testing.T) {
 	assert.Less(t, unknown, known+50*time.Millisecond,
 		"an unknown user answered in %v, the only user held (bcrypt-4) in %v: the dummy kept a removed user's cost", unknown, known)
 }
+
+// A password_file that is a pseudo-file whose read waits (/proc/kmsg, as
+// root) passed files.Open and then hung the read: at start with no line, at
+// a SIGHUP on the broker thread. At start the broker now stops with one line
+// naming password_file; at a SIGHUP the users loaded before are kept and the
+// broker answers at once.
+func TestHostilePasswordFileReadThatWaits(t *testing.T) {
+	testenv.Need(t, "mosquitto")
+	f, err := os.Open("/proc/kmsg")
+	if err != nil {
+		t.Skipf("/proc/kmsg: %v (needs root)", err)
+	}
+	f.Close()
+	link := filepath.Join(t.TempDir(), "passwd")
+	require.NoError(t, os.Symlink("/proc/kmsg", link))
+	out := testenv.StartMosquittoExpectFail(t, strings.Join([]string{
+		"allow_anonymous false",
+		"auth_plugin " + pluginPath,
+		"auth_opt_redis_addr 127.0.0.1:1",
+		"auth_opt_password_file " + link,
+	}, "\n")+"\n", 5*time.Second)
+	assert.Equal(t, 1, strings.Count(out, "option password_file: bad value"), out)
+
+	e := newEnv(t)
+	require.Equal(t, byte(accepted), e.connect(as("127.0.0.1", "before", "alice", "alice-pw")))
+	require.NoError(t, os.Remove(e.passwd))
+	require.NoError(t, os.Symlink("/proc/kmsg", e.passwd))
+	e.broker.Reload()
+	require.True(t, e.broker.WaitOutput("Reloading config.", 2*time.Second))
+	code, err := connectWithin(e, 2*time.Second)
+	require.NoError(t, err, "no CONNACK within 2 s of a SIGHUP with password_file -> /proc/kmsg")
+	assert.Equal(t, byte(accepted), code)
+	assert.True(t, e.broker.WaitOutput("keeping the 2 users loaded before", 2*time.Second))
+}
