@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
@@ -243,4 +244,37 @@ func TestHostilePasswordFileReadThatWaits(t *testing.T) {
 	require.NoError(t, err, "no CONNACK within 2 s of a SIGHUP with password_file -> /proc/kmsg")
 	assert.Equal(t, byte(accepted), code)
 	assert.True(t, e.broker.WaitOutput("keeping the 2 users loaded before", 2*time.Second))
+}
+
+// The dummy is seeded by the replica's first load, but on the sync
+// goroutine after the replica is marked ready: the broker's start waits for
+// ready only, so with many users (200 000: some 230 ms to rank their hashes)
+// the first unknown users after the start are answered with the default
+// dummy (0.5 to 1.4 ms) where alice, bcrypt-11, takes 160 ms.
+func TestHostileRedisBackendUnknownUsersCheapWhileSeeding(t *testing.T) {
+	e := envWithoutBroker(t)
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	cheap := "$7$101$AAAAAAAAAAAAAAAA$" + strings.Repeat("A", 86) + "=="
+	for i := 0; i < 200_000; i += 10_000 {
+		p := rdb.Pipeline()
+		for j := i; j < i+10_000; j++ {
+			p.Set(ctx, fmt.Sprintf("guard:user:u%d", j), cheap, 0)
+		}
+		_, err := p.Exec(ctx)
+		require.NoError(t, err)
+	}
+	heavy, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
+	require.NoError(t, err)
+	e.redis.CLI("SET", "guard:user:alice", string(heavy))
+	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
+	start := time.Now()
+	code := e.connect(as("127.0.76.1", "first", "nosuch", "guess"))
+	first := time.Since(start)
+	require.Equal(t, byte(refused), code)
+	unknown, known := unknownAndKnown(t, e, "127.0.77")
+	t.Logf("200 000 users: the first unknown user %v, then unknown users %v, alice %v", first, unknown, known)
+	assert.Greater(t, first, known/2, "the first unknown user after the start answered in %v, alice in %v", first, known)
 }
