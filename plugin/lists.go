@@ -95,6 +95,13 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 	for !g.sync.Ready() && time.Now().Before(deadline) && g.health.up() {
 		time.Sleep(2 * time.Millisecond)
 	}
+	if g.sync.Ready() {
+		// The load seeds the unknown users' dummy too, but on the sync
+		// goroutine after ready: with 200 000 users the first CONNECTs would
+		// get the default dummy for some 230 ms. Seed it before the broker
+		// answers anyone.
+		g.seedUnknownUsersDummy()
+	}
 }
 
 // listChanged is called by the replica for every changed key: an
