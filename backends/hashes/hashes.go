@@ -40,7 +40,7 @@ const (
 	maxIterations   = 10_000_000 // PBKDF2 iterations (times 64-byte blocks for long keys)
 	maxArgonMemory  = 1 << 20    // argon2 memory in KiB: 1 GiB
 	maxArgonTime    = 100        // argon2 passes
-	maxArgonWork    = 2 << 20    // argon2 memory in KiB times passes: 2 GiB-passes, about a bcrypt-16 (some 6 s)
+	maxArgonWork    = 2 << 20    // argon2 memory in KiB times passes: 2 GiB-passes, about a bcrypt-16 (some 5 s)
 	maxBcryptCost   = 16         // about as slow as 10 000 000 PBKDF2-SHA512 iterations
 	maxFieldBytes   = 1024       // decoded salt or hash
 	maxEncodedField = 2048       // encoded salt or hash, checked before decoding
