@@ -1,12 +1,14 @@
 package config
 
 import (
+	"errors"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/fileread"
 )
 
 // Bounds on what ReadBrokerConfig reads: Mosquitto has none, but a reader
@@ -184,15 +186,17 @@ func (r *confReader) load(path string) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("%s: %s", path, what)
 	}
-	data, err := io.ReadAll(io.LimitReader(fh, maxConfigBytes-r.bytes+1))
+	// Raw reads: a pseudo-file such as /proc/kmsg is regular by its mode,
+	// and Go's reads of it would wait for data.
+	data, err := fileread.ReadAll(fh, maxConfigBytes-r.bytes)
+	if errors.Is(err, fileread.ErrTooLarge) {
+		r.bounded = true
+		return nil, fmt.Errorf("%s and any file after it: not read: config files over %d bytes in all", path, maxConfigBytes)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	r.bytes += int64(len(data))
-	if r.bytes > maxConfigBytes {
-		r.bounded = true
-		return nil, fmt.Errorf("%s and any file after it: not read: config files over %d bytes in all", path, maxConfigBytes)
-	}
 	return data, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/fileread"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -141,20 +142,12 @@ const maxPEMFile = 4 << 20
 // mistake would block the broker's start, or never end) of at most
 // maxPEMFile bytes. Its error says why, without the path it repeats.
 func readPEM(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
-	switch {
-	case err != nil:
-		return nil, errors.New(pathError(err))
-	case !fi.Mode().IsRegular():
-		return nil, errors.New("not a regular file")
-	case fi.Size() > maxPEMFile:
-		return nil, fmt.Errorf("larger than %d MiB", maxPEMFile>>20)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
+	b, err := fileread.Read(path, maxPEMFile) // never waits: a pseudo-file such as /proc/kmsg is refused too
+	var pe *os.PathError
+	if errors.As(err, &pe) {
 		return nil, errors.New(pathError(err))
 	}
-	return b, nil
+	return b, err
 }
 
 // readCAs reads a PEM file of CA certificates.

@@ -237,3 +237,27 @@ func TestTLSOptionError(t *testing.T) {
 		assert.Contains(t, TLSOptionError(c, &store.TLSError{Fault: fault, Err: cause}).Error(), want)
 	}
 }
+
+// A TLS file linked to a pseudo-file that is regular by its mode but whose
+// reads wait (/proc/kmsg) is refused at once: before, readPEM's os.ReadFile
+// waited for kernel messages for ever, and the broker's start with it.
+func TestReadPEMNeverWaitsOnAPseudoFile(t *testing.T) {
+	f, err := os.Open("/proc/kmsg")
+	if err != nil {
+		t.Skipf("/proc/kmsg: %v (needs root)", err)
+	}
+	f.Close()
+	link := filepath.Join(t.TempDir(), "ca.pem")
+	require.NoError(t, os.Symlink("/proc/kmsg", link))
+	done := make(chan error, 1)
+	go func() {
+		_, err := readPEM(link)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		assert.Error(t, err)
+	case <-time.After(3 * time.Second):
+		t.Fatal("readPEM of a symlink to /proc/kmsg still waiting after 3 s")
+	}
+}

@@ -1,12 +1,11 @@
 package files
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"syscall"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/fileread"
 )
 
 // Store is an immutable set of users loaded from one file; it is safe for
@@ -53,89 +52,23 @@ func Load(path string, v hashes.Verifier) (*Store, []LineError, error) {
 // size in memory.
 const MaxFileBytes = 256 << 20
 
-// ErrNotRegular and ErrTooLarge say why Open refused a file.
+// ErrNotRegular, ErrTooLarge and ErrWouldWait say why Open or Read
+// refused a file (fileread's).
 var (
-	ErrNotRegular = errors.New("not a regular file")
-	ErrTooLarge   = fmt.Errorf("larger than %d MiB", MaxFileBytes>>20)
+	ErrNotRegular = fileread.ErrNotRegular
+	ErrTooLarge   = fileread.ErrTooLarge
+	ErrWouldWait  = fileread.ErrWouldWait
 )
 
 // Open opens the password file at path for reading: a regular file of at
 // most MaxFileBytes. It never blocks: a named pipe without a writer (which
 // os.Open would wait on for ever, at the broker's start or on its thread at
 // a SIGHUP) or a device is ErrNotRegular, at once.
-func Open(path string) (*os.File, error) {
-	// O_NONBLOCK: opening a FIFO returns at once; reading a regular file
-	// ignores it.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	st, err := f.Stat()
-	switch {
-	case err != nil:
-		f.Close()
-		return nil, err
-	case !st.Mode().IsRegular():
-		f.Close()
-		return nil, ErrNotRegular
-	case st.Size() > MaxFileBytes:
-		f.Close()
-		return nil, ErrTooLarge
-	}
-	return f, nil
-}
-
-// ErrWouldWait says that reading the file would wait for data: a pseudo-file
-// such as /proc/kmsg, regular by its mode but no file on a disk.
-var ErrWouldWait = errors.New("a read would wait (not a file on a disk)")
+func Open(path string) (*os.File, error) { return fileread.Open(path, MaxFileBytes) }
 
 // Read reads the password file at path (Open), at most MaxFileBytes of it
-// even if it grows meanwhile. It never waits either: Go parks a read of a
-// pollable file opened O_NONBLOCK until data comes, so the reads are raw
-// ones, and a read that would wait is ErrWouldWait.
-func Read(path string) ([]byte, error) {
-	f, err := Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	data := make([]byte, 0, st.Size()+512) // Open bounded the size
-	for {
-		if len(data) == cap(data) {
-			data = append(data, 0)[:len(data)]
-		}
-		var n int
-		var rerr error
-		if err := rc.Read(func(fd uintptr) bool {
-			n, rerr = syscall.Read(int(fd), data[len(data):cap(data)])
-			return true // done: never wait on Go's poller
-		}); err != nil {
-			return nil, err
-		}
-		switch {
-		case rerr == syscall.EINTR:
-			continue
-		case rerr == syscall.EAGAIN:
-			return nil, ErrWouldWait
-		case rerr != nil:
-			return nil, rerr
-		case n == 0:
-			return data, nil
-		}
-		data = data[:len(data)+n]
-		if len(data) > MaxFileBytes {
-			return nil, ErrTooLarge
-		}
-	}
-}
+// even if it grows meanwhile, and never waits for data (fileread.ReadAll).
+func Read(path string) ([]byte, error) { return fileread.Read(path, MaxFileBytes) }
 
 // dummyLike is v.DummyLike(like), or the default dummy for no users.
 func dummyLike(v hashes.Verifier, like string) string {
