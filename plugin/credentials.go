@@ -82,6 +82,9 @@ func (cr *credentials) check(c Client, ans store.Answer, known bool) string {
 // the model of the unknown users' dummy. Called on cache misses only, beside
 // a verification that costs far more than the parse.
 func (cr *credentials) noteHash(hash string) {
+	if cr.isModel(hash) {
+		return // the common case, a user's own hash already the model: no parse
+	}
 	w, err := cr.verifier.Work(hash)
 	if err != nil {
 		return
