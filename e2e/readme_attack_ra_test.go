@@ -78,11 +78,7 @@ func TestReadmeAttackPasswordFileFifoHangsReload(t *testing.T) {
 // before the first real check is told apart.
 func TestReadmeAttackRedisBackendUnknownUserCheapAfterStart(t *testing.T) {
 	e := envWithoutBroker(t)
-	h, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
-	require.NoError(t, err)
-	e.redis.CLI("SET", "guard:user:alice", string(h))
-	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
-		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
+	startRedisBackend(t, e, "alice-secret")
 	unknown, known := unknownAndKnown(t, e, "127.0.71")
 	t.Logf("fresh broker: unknown users %v, known user %v", unknown, known)
 	assert.Greater(t, unknown, known/2,
@@ -136,11 +132,8 @@ func TestReadmeAttackPasswordFileGarbageReloadUnbounded(t *testing.T) {
 // unknown user costs what it costs, before anyone has logged in as it.
 func TestRedisBackendUnknownUserFollowsAUserAddedLater(t *testing.T) {
 	e := envWithoutBroker(t)
-	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
-		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
-	h, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
-	require.NoError(t, err)
-	e.redis.CLI("SET", "guard:user:alice", string(h))
+	startRedisBackend(t, e, "")
+	setUser(t, e, "alice", "alice-secret", 11)
 	// The notification lands within milliseconds; a known user's refusal
 	// then takes the bcrypt time, which tells that the replica has it.
 	time.Sleep(200 * time.Millisecond)
@@ -191,18 +184,12 @@ func unknownAndKnown(t *testing.T, e *env, net string) (unknown, known time.Dura
 // only be undone by restarting every broker.
 func TestHostileRedisBackendDummyStaysAtARemovedUsersCost(t *testing.T) {
 	e := envWithoutBroker(t)
-	heavy, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
-	require.NoError(t, err)
-	e.redis.CLI("SET", "guard:user:alice", string(heavy))
-	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
-		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
+	startRedisBackend(t, e, "alice-secret")
 	unknown, known := unknownAndKnown(t, e, "127.0.73")
 	t.Logf("bcrypt-11 alice: unknown users %v, alice %v", unknown, known)
 
-	light, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 4)
-	require.NoError(t, err)
-	e.redis.CLI("SET", "guard:user:alice", string(light))
-	e.redis.CLI("SET", "guard:user:heavy", string(heavy))
+	setUser(t, e, "alice", "alice-secret", 4)
+	setUser(t, e, "heavy", "heavy-secret", 11)
 	time.Sleep(200 * time.Millisecond)
 	e.redis.CLI("DEL", "guard:user:heavy")
 	time.Sleep(200 * time.Millisecond) // the notifications land within milliseconds
@@ -265,11 +252,7 @@ func TestHostileRedisBackendUnknownUsersCheapWhileSeeding(t *testing.T) {
 		_, err := p.Exec(ctx)
 		require.NoError(t, err)
 	}
-	heavy, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
-	require.NoError(t, err)
-	e.redis.CLI("SET", "guard:user:alice", string(heavy))
-	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
-		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
+	startRedisBackend(t, e, "alice-secret")
 	start := time.Now()
 	code := e.connect(as("127.0.76.1", "first", "nosuch", "guess"))
 	first := time.Since(start)
@@ -277,4 +260,24 @@ func TestHostileRedisBackendUnknownUsersCheapWhileSeeding(t *testing.T) {
 	unknown, known := unknownAndKnown(t, e, "127.0.77")
 	t.Logf("200 000 users: the first unknown user %v, then unknown users %v, alice %v", first, unknown, known)
 	assert.Greater(t, first, known/2, "the first unknown user after the start answered in %v, alice in %v", first, known)
+}
+
+// startRedisBackend starts e's broker on the redis backend, failure limits
+// out of the way of timing tests, with alice (bcrypt-11, password pw)
+// stored first unless pw is "".
+func startRedisBackend(t *testing.T, e *env, pw string) {
+	t.Helper()
+	if pw != "" {
+		setUser(t, e, "alice", pw, 11)
+	}
+	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
+}
+
+// setUser stores user's bcrypt hash of pw at the given cost in e's Redis.
+func setUser(t *testing.T, e *env, user, pw string, cost int) {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
+	require.NoError(t, err)
+	e.redis.CLI("SET", "guard:user:"+user, string(h))
 }
