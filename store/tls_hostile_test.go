@@ -144,20 +144,7 @@ func respServer(c net.Conn, master string) {
 func TestCheckTLSHostileSentinelMasterRefusalLostToAReset(t *testing.T) {
 	ca := testenv.NewCA(t)
 	master := lossyTLS(t, ca, true)
-	certPath, keyPath := ca.Server(t)
-	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
-	require.NoError(t, err)
-	sentinel := serve(t, func(_ int, raw net.Conn) {
-		tc := tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{cert}})
-		respServer(tc, master)
-	})
-	s := New(Options{Addrs: []string{sentinel}, SentinelMaster: "mymaster", Timeout: time.Second, TLS: ca.TLSConfig(t, nil)}, keys.Builder{Prefix: "guard:"})
-	t.Cleanup(func() { s.Close() })
-	err = checkTLS(t, s)
-	var te *TLSError
-	require.ErrorAs(t, err, &te, "the master refuses this client")
-	assert.Equal(t, TLSRefused, te.Fault)
-	t.Logf("%v", err)
+	assert.Equal(t, TLSRefused, checkBehindSentinel(t, ca, master), "the master refuses this client")
 }
 
 // Through sentinels on TLS, a master on a port without TLS that waits for
@@ -177,6 +164,14 @@ func TestCheckTLSHostileSentinelMasterNotTLS(t *testing.T) {
 			}
 		}
 	})
+	assert.Equal(t, TLSNotTLS, checkBehindSentinel(t, ca, master), "the master speaks no TLS")
+}
+
+// checkBehindSentinel runs CheckTLS through a TLS sentinel (certified by
+// ca, taking any client) that names master, and returns the fault it
+// reports (0 for none).
+func checkBehindSentinel(t *testing.T, ca *testenv.CA, master string) TLSFault {
+	t.Helper()
 	certPath, keyPath := ca.Server(t)
 	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
 	require.NoError(t, err)
@@ -186,10 +181,12 @@ func TestCheckTLSHostileSentinelMasterNotTLS(t *testing.T) {
 	s := New(Options{Addrs: []string{sentinel}, SentinelMaster: "mymaster", Timeout: time.Second, TLS: ca.TLSConfig(t, nil)}, keys.Builder{Prefix: "guard:"})
 	t.Cleanup(func() { s.Close() })
 	err = checkTLS(t, s)
-	var te *TLSError
-	require.ErrorAs(t, err, &te, "the master speaks no TLS")
-	assert.Equal(t, TLSNotTLS, te.Fault)
 	t.Logf("%v", err)
+	var te *TLSError
+	if errors.As(err, &te) {
+		return te.Fault
+	}
+	return 0
 }
 
 // A TLS Redis at maxclients takes the connection and drops it, before or
