@@ -2,7 +2,6 @@ package hashes
 
 import (
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -19,30 +18,18 @@ import (
 // while it takes some 260 ms against bcrypt-10's 72 ms: beside a bcrypt-10
 // user, the dummy is the bcrypt-10 and that user is told apart from every
 // absent one (no "mixes hash costs" warning either: Work calls it cheaper).
+//
+// The times are this machine's (without the race detector, which slows
+// bcrypt more than argon2: a CI run under -race timed the bcrypt-10 at
+// 1.03 s against the argon2id's 0.63 s); the test compares Work alone.
 func TestReadmeAttack2WorkIgnoresArgon2Lanes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("times real hashes")
-	}
 	var v Verifier
 	argon := "$argon2id$v=19$m=8,t=100,p=255$c2FsdHNhbHRzYWx0c2FsdA$" + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 	b, err := bcrypt.GenerateFromPassword([]byte("secret"), 10)
 	require.NoError(t, err)
-	timed := func(h string) time.Duration {
-		best := time.Duration(1 << 62)
-		for i := 0; i < 3; i++ {
-			start := time.Now()
-			_, err := v.Verify(h, []byte("guess"))
-			require.NoError(t, err)
-			best = min(best, time.Since(start))
-		}
-		return best
-	}
-	ta, tb := timed(argon), timed(string(b))
 	wa, err := v.Work(argon)
 	require.NoError(t, err)
 	wb, err := v.Work(string(b))
 	require.NoError(t, err)
-	t.Logf("argon2id m=8,t=100,p=255: %v, Work %.0f; bcrypt-10: %v, Work %.0f", ta, wa, tb, wb)
-	require.Greater(t, ta, 2*tb, "the argon2id hash is not the more expensive here")
-	assert.Greater(t, wa, wb, "Work ranks the argon2id hash (%v) below the bcrypt-10 (%v): the dummy would be the cheaper", ta, tb)
+	assert.Greater(t, wa, wb, "Work ranks argon2id m=8,t=100,p=255 (2 040 KiB a pass) below a bcrypt-10: the dummy would be the cheaper")
 }
