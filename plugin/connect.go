@@ -67,7 +67,7 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 			limits = d
 		}
 		// Credentials (credentials.go): the password against the backend.
-		if rule := g.creds.check(c, ans, known); rule != "" {
+		if rule := g.creds.check(c, ans, known, reauth); rule != "" {
 			d := g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: rule}, reauth)
 			// Failure counting (limits.go, failures.go): only the client's
 			// own failures count: not an exempt client, not the broker

@@ -21,12 +21,19 @@ type credentials struct {
 	log          Logger
 	users        atomic.Pointer[files.Store] // files backend: the users loaded
 	lastHash     atomic.Pointer[string]      // redis backend: the most expensive known user's hash seen, the model of the unknown users' dummy
+	// seeded: the redis backend's model has been taken from a full load of
+	// the users (seedUnknownUsersDummy). Until then no password is checked
+	// (check): the class of an unknown user's dummy is not known yet.
+	seeded atomic.Bool
+	// unseededLogged: the refusals for want of a seeded model were logged.
+	unseededLogged atomic.Bool
 }
 
 // check returns "" when c's password is right, else the rule that refused.
-// known says whether ans holds what Redis knows. A stored hash that cannot
+// known says whether ans holds what Redis knows; reauth, that the broker is
+// re-checking a client it holds after a reload. A stored hash that cannot
 // be used is logged at error level: the operator got it wrong.
-func (cr *credentials) check(c Client, ans store.Answer, known bool) string {
+func (cr *credentials) check(c Client, ans store.Answer, known, reauth bool) string {
 	var hash string
 	switch cr.backend {
 	case config.BackendFiles:
@@ -39,6 +46,21 @@ func (cr *credentials) check(c Client, ans store.Answer, known bool) string {
 		hash = h
 	case config.BackendRedis:
 		if !known {
+			return RuleRedisUnavailable
+		}
+		if !cr.seeded.Load() && !reauth {
+			// Until the users are loaded (a broker started while Redis did
+			// not answer, or whose first load outlasted the start's wait),
+			// the class of the most expensive user is not known: an unknown
+			// user's dummy of the default class would answer in a
+			// millisecond where a bcrypt-11 user takes 160, telling every
+			// username probed apart. Known and unknown users alike are
+			// refused unchecked, as while Redis is down, for as long as the
+			// first load takes (about 3 s for 200 000 users). Not counted
+			// as a failure. A reload's re-check is no probe: it goes on.
+			if !cr.unseededLogged.Swap(true) {
+				cr.log(LevelWarning, "mosquitto-guard: backend redis: passwords are checked once the replica has loaded the users; until then clients are refused with rule=redis-unavailable")
+			}
 			return RuleRedisUnavailable
 		}
 		if !ans.HasUser {

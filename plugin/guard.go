@@ -93,11 +93,15 @@ type Output struct {
 // Deps are the guard's connections to the outside; tests pass fakes.
 // Everything but Store serves background work.
 type Deps struct {
-	Store      Store                 // the broker thread's lookups
-	Background Store                 // the same Redis for background work; nil: Store
-	Conflicts  conflicts.Store       // nil: no conflict detection
-	Counter    FailCounter           // failed-auth counting and bans
-	Redis      redis.UniversalClient // nil: no replica, every lookup asks Store
+	Store      Store           // the broker thread's lookups
+	Background Store           // the same Redis for background work; nil: Store
+	Conflicts  conflicts.Store // nil: no conflict detection
+	Counter    FailCounter     // failed-auth counting and bans
+	// Redis is the replica's client. Nil: no replica, every lookup asks
+	// Store, and the redis backend's unknown-user dummy follows only the
+	// users whose passwords it has checked (no load to take their class
+	// from; plugin.New always gives one).
+	Redis redis.UniversalClient
 }
 
 // initialLoadWait bounds how long plugin_init waits for the replica's
@@ -209,6 +213,8 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	}
 	if d.Redis != nil {
 		g.startReplica(d.Redis)
+	} else {
+		g.creds.seeded.Store(true) // no load will seed it (Deps.Redis)
 	}
 	if srv != nil {
 		g.metrics.watch(g)

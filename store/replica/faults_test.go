@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,4 +302,39 @@ func TestSyncOnCluster(t *testing.T) {
 	cl.Nodes[1].CLI("FLUSHALL")
 	require.Eventually(t, func() bool { return r.Len() < before && r.Len() > 0 }, 2*time.Second, 5*time.Millisecond)
 	t.Logf("%d keys before, %d after flushing one master of three", before, r.Len())
+}
+
+// OnFirstLoad runs once, after the first load is in the replica and before
+// Ready: what the plugin sets up there (the redis backend's unknown-user
+// dummy) holds from the first lookup of the replica on; it ran after Ready
+// before, leaving the first CONNECTs some 230 ms (200 000 users) with the
+// default dummy. An empty first load calls it too (OnManyChanges is not
+// called then), and later loads do not.
+func TestOnFirstLoadRunsOnceBeforeReady(t *testing.T) {
+	for _, keys := range []int{0, 3} {
+		srv := testenv.StartRedis(t)
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+		t.Cleanup(func() { rdb.Close() })
+		for i := 0; i < keys; i++ {
+			srv.CLI("SET", fmt.Sprintf("guard:user:u%d", i), "$7$x")
+		}
+		r := New(kb)
+		var calls atomic.Int32
+		var s *Sync
+		var readyAtCall, lenAtCall atomic.Int32
+		s = NewSync(r, rdb, Options{Users: true, ResyncEvery: 200 * time.Millisecond, OnFirstLoad: func() {
+			if calls.Add(1) == 1 {
+				readyAtCall.Store(map[bool]int32{false: 0, true: 1}[s.Ready()])
+				lenAtCall.Store(int32(len(r.UserHashes())))
+			}
+		}})
+		run(t, s)
+		require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+		first := s.LastApplied()
+		time.Sleep(700 * time.Millisecond) // three more loads (ResyncEvery)
+		require.True(t, s.LastApplied().After(first), "%d keys: loaded again since", keys)
+		assert.Equal(t, int32(1), calls.Load(), "%d keys: once", keys)
+		assert.Equal(t, int32(0), readyAtCall.Load(), "%d keys: before Ready", keys)
+		assert.Equal(t, int32(keys), lenAtCall.Load(), "%d keys: with the load in the replica", keys)
+	}
 }

@@ -116,6 +116,9 @@ func (s *Sync) load(ctx context.Context) error {
 	case s.wake <- struct{}{}:
 	default:
 	}
+	if first && s.o.OnFirstLoad != nil {
+		s.o.OnFirstLoad()
+	}
 	s.ready.Store(true)
 	for _, b := range bad {
 		s.o.Log(true, b)

@@ -37,6 +37,10 @@ type Options struct {
 	// than maxReloadChanges keys, and after a first load that found any key:
 	// any entry may have changed.
 	OnManyChanges func()
+	// OnFirstLoad, when set, is called once, after the first full load is
+	// in the replica and before Ready reports true: what must hold from the
+	// first lookup of the replica on is set up there.
+	OnFirstLoad func()
 	// OnLost is called when changes stop reaching the replica (Redis lost).
 	OnLost func(err error)
 }
