@@ -63,6 +63,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 		Log: enqueueLog, Publish: enqueuePublish,
 		Kick:    func(handle uintptr, clientID string) { enqueueKick(self.Load(), handle, clientID) },
 		Flagged: func(delta int) { C.guard_flagged_add(C.int(delta)) },
+		Wake:    tickWork,
 	})
 	if err != nil {
 		enqueueLog(plugin.LevelError, "mosquitto-guard: "+err.Error())
@@ -219,6 +220,9 @@ func guardTick(h C.uintptr_t) (rc C.int) {
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
 	handleHeld() // the DISCONNECTs held since the last callback come first
 	reload.Tick()
+	if in := instances.get(uintptr(h)); in != nil {
+		in.guard.Tick() // a password_file read since the last CONNECT
+	}
 	logBacklog()
 	return C.MOSQ_ERR_SUCCESS
 }

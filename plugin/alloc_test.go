@@ -133,7 +133,7 @@ func admitAllocs(g *Guard, c Client) float64 {
 	var total uint64
 	for i := 0; i < runs; i++ {
 		runtime.ReadMemStats(&m0)
-		g.admit(c, ip, false)
+		g.admit(c, ip, false, false)
 		runtime.ReadMemStats(&m1)
 		total += m1.Mallocs - m0.Mallocs
 		g.Disconnected(c.Handle)

@@ -13,6 +13,7 @@ import (
 // once and in Redis in the background. Each decision is counted in the
 // metrics, by its rule; a re-check after a reload is not.
 func (g *Guard) Authenticate(c Client) Decision {
+	g.applyUsers(false) // a password file read since the last CONNECT or TICK
 	reauth := g.reauth(c.Handle)
 	d := g.authenticate(c, reauth)
 	if !reauth {
@@ -108,7 +109,7 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	}
 	// Admit (conns.go): the connection joins this broker's table, and
 	// conflict tracking hears of it.
-	g.admit(c, ip, result == Defer)
+	g.admit(c, ip, result == Defer, false)
 	g.banRaced(c, ip, scans)
 	return Decision{Result: result}
 }

@@ -41,6 +41,7 @@ type connRare struct {
 	certID      string // the client certificate's ID, "" without one
 	certSubject string // its subject, for kick lines (logval.Max bytes of it)
 	addr        string // the broker's address text, when not an IP (conflict tracking records it)
+	sighted     bool   // admitted at its first sight (FirstSight): no password of it was checked
 }
 
 // noRare is the connRare of a connection without any; never written.
@@ -167,14 +168,15 @@ func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool
 }
 
 // admit records a connection let through; pending when a later check
-// decides. Conflict tracking hears of it now, or of a pending one once
-// confirmLoop finds it still there.
-func (g *Guard) admit(c Client, ip netip.Addr, pending bool) {
+// decides; sighted when it is admitted at its first sight (FirstSight), with
+// no password checked. Conflict tracking hears of it now, or of a pending
+// one once confirmLoop finds it still there.
+func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
 	now := g.now()
 	rec := liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
 		connRare: noRare, ip: ip, pending: pending, sinceMs: now.UnixMilli()}
-	if c.CertID != "" || c.CertSubject != "" || !ip.IsValid() {
-		rec.connRare = &connRare{certID: c.CertID, certSubject: subjectKept(c.CertSubject)}
+	if c.CertID != "" || c.CertSubject != "" || !ip.IsValid() || sighted {
+		rec.connRare = &connRare{certID: c.CertID, certSubject: subjectKept(c.CertSubject), sighted: sighted}
 		if !ip.IsValid() {
 			rec.addr = c.Address
 		}

@@ -162,14 +162,25 @@ func (cr *credentials) exists(c Client, ans store.Answer) bool {
 	return false
 }
 
-// load loads the password file, logging at most maxReports of its skipped
-// lines and duplicate usernames plus a count of the rest. A file that yields
-// no user where users were loaded before is an error, and changes nothing.
+// load loads the password file and makes it the users checked (read, then
+// apply): at start, and for a reload whose read ended in time.
 func (cr *credentials) load() error {
+	users, err := cr.read()
+	if err != nil {
+		return err
+	}
+	cr.apply(users)
+	return nil
+}
+
+// read reads the password file, logging at most maxReports of its skipped
+// lines and duplicate usernames plus a count of the rest. A file that yields
+// no user where users were loaded before is an error. It changes nothing.
+func (cr *credentials) read() (*files.Store, error) {
 	const maxReports = 20
 	users, skipped, err := files.Load(cr.passwordFile, cr.verifier)
 	if err != nil {
-		return &config.OptionError{Option: "password_file", Value: cr.passwordFile, Expected: "a readable mosquitto_passwd file (" + err.Error() + ")"}
+		return nil, &config.OptionError{Option: "password_file", Value: cr.passwordFile, Expected: "a readable mosquitto_passwd file (" + err.Error() + ")"}
 	}
 	for i, s := range skipped {
 		if i == maxReports {
@@ -184,13 +195,17 @@ func (cr *credentials) load() error {
 		}
 	}
 	if prev := cr.users.Load(); prev != nil && prev.Len() > 0 && users.Len() == 0 {
-		return fmt.Errorf("password_file %s: no user in it (%d lines skipped; a file meant to hold no user takes effect at restart)",
+		return nil, fmt.Errorf("password_file %s: no user in it (%d lines skipped; a file meant to hold no user takes effect at restart)",
 			cr.passwordFile, len(skipped))
 	}
+	return users, nil
+}
+
+// apply makes users the users checked from now on.
+func (cr *credentials) apply(users *files.Store) {
 	cr.users.Store(users)
 	cr.log(LevelInfo, fmt.Sprintf("mosquitto-guard: loaded %d users from %s", users.Len(), cr.passwordFile))
 	if n := users.CheapHashes(); n > 0 {
 		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash far cheaper than the most expensive one, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
 	}
-	return nil
 }

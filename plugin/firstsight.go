@@ -42,7 +42,7 @@ func (g *Guard) FirstSight(c Client) Decision {
 	}
 	if d.Result != Deny {
 		g.metrics.connect(ruleCertificate)
-		g.admit(c, ip, false)
+		g.admit(c, ip, false, true)
 		if b := g.banRaced(c, ip, scans); b != nil { // flagged and kicked: this ACL check too is refused
 			return Decision{Result: Deny, Rule: b.Key, Match: b}
 		}
@@ -61,7 +61,7 @@ func (g *Guard) FirstSight(c Client) Decision {
 // and it may have taken over a client ID), so a banned certificate taking
 // another's client ID is a finding too.
 func (g *Guard) admitFlagged(c Client, ip netip.Addr) {
-	g.admit(c, ip, false)
+	g.admit(c, ip, false, true)
 	if g.flagOne(c.Handle) {
 		g.out.Kick(c.Handle, c.ClientID)
 	}

@@ -45,6 +45,7 @@ type Guard struct {
 	out     Output
 
 	creds        *credentials       // the backend's users, the password checks and their cache
+	reloads      *userReloads       // files backend: password files read off the broker thread (userreload.go); nil otherwise
 	health       *health            // whether Redis answers
 	refusals     *refusals          // the refusal log lines, bounded
 	failures     *failureQueue      // failures counted in Redis, in the background
@@ -88,6 +89,10 @@ type Output struct {
 	Kick func(handle uintptr, clientID string)
 	// Flagged is told how many connections are flagged banned, awaiting their kick.
 	Flagged func(delta int)
+	// Wake says the broker thread has work of the guard's (a password file
+	// read to apply): its next TICK calls Guard.Tick. Nil: the next CONNECT
+	// or TICK that reaches the guard does it.
+	Wake func()
 }
 
 // Deps are the guard's connections to the outside; tests pass fakes.
@@ -185,6 +190,8 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 		if err := g.creds.load(); err != nil {
 			return nil, err
 		}
+		g.reloads = newUserReloads()
+		g.spawn("password_file reload", g.reloadLoop)
 	}
 	// The parts below read the clock through clock, so that a test setting
 	// g.now after NewWith moves them all.
@@ -283,9 +290,10 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {
 	}
 }
 
-// Reload re-reads the password file (on SIGHUP). A file that cannot be
-// read, or that yields no user where users were loaded before (truncated, or
-// replaced by lines that are not users), keeps the users loaded before and
+// Reload re-reads the password file (on SIGHUP), off the broker thread,
+// which waits at most reloadWait for it (userreload.go). A file that cannot
+// be read, or that yields no user where users were loaded before (truncated,
+// or replaced by lines that are not users), keeps the users loaded before and
 // says so at error level: Mosquitto re-authenticates every client right after
 // a reload and would otherwise disconnect them all.
 //
@@ -298,9 +306,7 @@ func (g *Guard) Reload() {
 	if g.cfg.Backend != config.BackendFiles {
 		return
 	}
-	if err := g.creds.load(); err != nil {
-		g.log(LevelError, fmt.Sprintf("mosquitto-guard: %v; keeping the %d users loaded before", err, g.creds.users.Load().Len()))
-	}
+	g.reloadUsers()
 }
 
 // spawn runs fn in a goroutine that Close waits for. A panic in it is logged

@@ -44,23 +44,33 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 		}
 		return
 	}
+	g.scanConns(func(lc *liveConn) bool { return matches(lc, scope, value, prefix) },
+		func(cands []*liveConn) { g.kickCandidates(key, cands) })
+}
+
+// scanConns calls each with the live connections pred picks (not flagged,
+// not offline), at most kickScan at a time, g.mu held for kickScan entries
+// at most and released while each runs. It starts a scan
+// (scanStartLocked), so that no record is reused meanwhile: the caller ends
+// it (scanDone) once done with the candidates. pred runs under g.mu.
+func (g *Guard) scanConns(pred func(*liveConn) bool, each func([]*liveConn)) {
 	cands := make([]*liveConn, 0, kickScan)
 	n := 0
 	g.mu.Lock()
 	g.scanStartLocked()
 	for _, lc := range g.conns {
-		if !lc.flagged && !lc.offline && matches(lc, scope, value, prefix) {
+		if !lc.flagged && !lc.offline && pred(lc) {
 			cands = append(cands, lc)
 		}
 		if n++; n%kickScan == 0 {
 			g.mu.Unlock()
-			g.kickCandidates(key, cands)
+			each(cands)
 			cands = cands[:0]
 			g.mu.Lock()
 		}
 	}
 	g.mu.Unlock()
-	g.kickCandidates(key, cands)
+	each(cands)
 }
 
 // kickCandidates flags and kicks the candidates no allow entry exempts and
@@ -79,6 +89,17 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 			hit = append(hit, lc)
 		}
 	}
+	// Banned while connected (an operator's ban: automatic ones do not kick).
+	g.kick(key, true, hit)
+}
+
+// kick flags the connections of hit still connected and not flagged, and
+// kicks them, each logged as kicked by rule (a list key when isKey, else one
+// of the Rule constants); g.mu not held, inside a scan.
+func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
+	if len(hit) == 0 {
+		return
+	}
 	g.scanPause()
 	var kicked []*liveConn
 	g.mu.Lock()
@@ -95,8 +116,13 @@ func (g *Guard) kickCandidates(key string, cands []*liveConn) {
 	for _, lc := range kicked {
 		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername,
 			CertID: lc.certID, CertSubject: lc.certSubject}
-		// Banned while connected (an operator's ban: automatic ones do not kick).
-		l := clientLine("kicked", c, lc.ip).Str("rule", key).Tok("origin", "operator")
+		l := clientLine("kicked", c, lc.ip)
+		if isKey {
+			l.Str("rule", rule)
+		} else {
+			l.Tok("rule", rule)
+		}
+		l.Tok("origin", "operator")
 		g.log(LevelNotice, clientFields(l, c).String())
 		g.out.Kick(lc.handle, lc.clientID)
 	}

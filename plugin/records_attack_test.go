@@ -232,7 +232,7 @@ func TestAttackRecordsModel(t *testing.T) {
 			if strings.HasPrefix(id, "bad-") && r.IntN(4) == 0 {
 				g.admitFlagged(c, netip.MustParseAddr(c.Address)) // first sight of a banned certificate
 			} else {
-				g.admit(c, netip.MustParseAddr(c.Address), r.IntN(3) == 0)
+				g.admit(c, netip.MustParseAddr(c.Address), r.IntN(3) == 0, false)
 			}
 			model[h] = &attackModel{id: id}
 		case op < 70 && m != nil && !m.offline: // DISCONNECT, keeping the session or not

@@ -77,6 +77,10 @@ const (
 	// RuleClientIDConflict refuses a client ID live under another principal
 	// (clientid_conflict deny).
 	RuleClientIDConflict = "clientid-conflict"
+	// RuleUserChanged disconnects a client whose user a password file read
+	// after the broker's re-check removed or rehashed (a kick, not a
+	// refusal: userreload.go).
+	RuleUserChanged = "user-changed"
 )
 
 // Decision is the outcome of one authentication, with what decided it.
