@@ -15,32 +15,25 @@ import (
 // it ran on the broker thread. A file read within reloadWait is applied
 // before the broker re-checks its clients, as before; a longer one is read
 // on, applied at the first CONNECT or TICK after it, and the clients whose
-// user it removed or rehashed are then disconnected (kickChangedUsers). A
-// test shortens it.
-var reloadWait = 100 * time.Millisecond
+// user it removed or rehashed are then disconnected (kickChangedUsers).
+const reloadWait = 100 * time.Millisecond
 
 // userReloads hands password files read off the broker thread (reloadLoop)
 // to the broker thread (applyUsers). At most one read waits to be applied:
-// the next read waits until it is, so that what it changed is measured from
-// the users in force.
+// the next read starts once it is applied and its kicks are done, so that
+// SIGHUPs in a burst cost one read each at most, one at a time.
 type userReloads struct {
-	req     chan chan struct{}         // reads asked for, each with the channel closed when it ends
-	next    atomic.Pointer[readUsers] // a read done, not applied yet
-	applied chan appliedUsers          // next was applied (at most one: cap 1)
+	req     chan chan struct{}          // reads asked for, each with the channel closed when it ends
+	next    atomic.Pointer[files.Store] // a password file read, not applied yet
+	applied chan appliedUsers           // next was applied (at most one: cap 1)
 }
 
-// readUsers is a password file read, and the usernames of the users in
-// force when it was read that it removes or rehashes.
-type readUsers struct {
-	users   *files.Store
-	changed map[string]struct{}
-}
-
-// appliedUsers is a read applied; walk: the broker's re-check of every
-// client (the walk after a reload) followed it, so nobody needs kicking.
+// appliedUsers is a read applied in place of prev; walk: the broker's
+// re-check of every client (the walk after a reload) followed it, so nobody
+// needs kicking.
 type appliedUsers struct {
-	read *readUsers
-	walk bool
+	users, prev *files.Store
+	walk        bool
 }
 
 // reloadsQueued bounds the reads asked for and not started: SIGHUPs past it
@@ -83,13 +76,14 @@ func (g *Guard) applyUsers(walk bool) {
 	if r == nil {
 		return
 	}
-	u := r.next.Swap(nil)
-	if u == nil {
+	users := r.next.Swap(nil)
+	if users == nil {
 		return
 	}
-	g.creds.apply(u.users)
+	prev := g.creds.users.Load()
+	g.creds.apply(users)
 	select {
-	case r.applied <- appliedUsers{read: u, walk: walk}:
+	case r.applied <- appliedUsers{users: users, prev: prev, walk: walk}:
 	default: // cannot happen: one read is applied at a time
 	}
 }
@@ -130,8 +124,8 @@ func (g *Guard) reloadLoop() {
 		case <-g.stop:
 			return
 		case a := <-r.applied:
-			if !a.walk && len(a.read.changed) > 0 {
-				g.kickChangedUsers(a.read.changed)
+			if !a.walk {
+				g.kickChangedUsers(a.prev, a.users)
 			}
 		}
 	}
@@ -152,7 +146,7 @@ func (g *Guard) readUsers() (ok bool) {
 		g.log(LevelError, fmt.Sprintf("mosquitto-guard: %v; keeping the %d users loaded before", err, g.creds.users.Load().Len()))
 		return false
 	}
-	g.reloads.next.Store(&readUsers{users: users, changed: users.Changed(g.creds.users.Load())})
+	g.reloads.next.Store(users)
 	if g.out.Wake != nil {
 		g.out.Wake() // applied at the next TICK, not only at the next CONNECT
 	}
@@ -160,17 +154,25 @@ func (g *Guard) readUsers() (ok bool) {
 }
 
 // kickChangedUsers disconnects the live connections whose password this
-// guard checked as one of the changed usernames (the files backend checks
-// every client that sends a username, except one admitted at its first
-// sight, which sent none of its own: sighted): a file read after the
-// broker's re-check removed their user or changed its hash, and Mosquitto
-// would have disconnected them in that re-check had the file been read in
-// time. Each is logged as kicked with rule=user-changed; it may connect
-// again and be checked against the file in force.
-func (g *Guard) kickChangedUsers(changed map[string]struct{}) {
+// guard checked as a user that users, put in force in place of prev, no
+// longer has or has with another hash: the files backend checks every
+// client that sends a username, except one admitted at its first sight,
+// which sent none of its own (sighted). Every connection admitted before
+// users was put in force was checked against prev: prev was in force since
+// the apply before, whose kicks (or the broker's re-check, for an apply
+// before its walk) left only clients that prev lets in. Mosquitto would
+// have disconnected them in its re-check after the reload had the file been
+// read in time. Each is logged as kicked with rule=user-changed; it may
+// connect again and be checked against users. Two map lookups per
+// connection, nothing per user.
+func (g *Guard) kickChangedUsers(prev, users *files.Store) {
 	defer g.scanDone()
 	g.scanConns(func(lc *liveConn) bool {
-		_, ok := changed[lc.username]
-		return ok && lc.hasUsername && !lc.sighted
+		if !lc.hasUsername || lc.sighted {
+			return false
+		}
+		was, _ := prev.Hash(lc.username)
+		now, ok := users.Hash(lc.username)
+		return !ok || now != was
 	}, func(cands []*liveConn) { g.kick(RuleUserChanged, false, cands) })
 }

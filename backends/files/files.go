@@ -92,22 +92,6 @@ func (s *Store) Len() int {
 	return len(s.users)
 }
 
-// Changed returns the usernames of old (nil: none) that s no longer has, or
-// has with another hash: a client verified against old as one of them may
-// not pass against s. Users new in s are not in it. O(old's users).
-func (s *Store) Changed(old *Store) map[string]struct{} {
-	changed := map[string]struct{}{}
-	if old == nil {
-		return changed
-	}
-	for u, h := range old.users {
-		if nh, ok := s.users[u]; !ok || nh != h {
-			changed[u] = struct{}{}
-		}
-	}
-	return changed
-}
-
 // Verify looks username up and verifies password against its hash. An
 // unknown user is false with no error, after verifying password against the
 // dummy hash (see Load), which costs what the most common class of the file
