@@ -24,9 +24,9 @@ var reloadWait = 100 * time.Millisecond
 // the next read waits until it is, so that what it changed is measured from
 // the users in force.
 type userReloads struct {
-	req     chan chan struct{}         // reads asked for, each with the channel closed when it ends
+	req     chan chan struct{}        // reads asked for, each with the channel closed when it ends
 	next    atomic.Pointer[readUsers] // a read done, not applied yet
-	applied chan appliedUsers          // next was applied (at most one: cap 1)
+	applied chan appliedUsers         // next was applied (at most one: cap 1)
 }
 
 // readUsers is a password file read, and the usernames of the users in
