@@ -119,7 +119,17 @@ func (g *Guard) reloadLoop() {
 				more = false
 			}
 		}
-		ok := g.readUsers()
+		// The read is not waited for by Close (spawn): the broker's exit
+		// would wait up to closeBound for a file that takes seconds to
+		// parse, and nothing needs it once the guard stops.
+		read := make(chan bool, 1)
+		go func() { read <- g.readUsers() }()
+		var ok bool
+		select {
+		case <-g.stop:
+			return
+		case ok = <-read:
+		}
 		for _, d := range dones {
 			close(d)
 		}
