@@ -27,6 +27,13 @@ type userReloads struct {
 	req     chan chan struct{}        // reads asked for, each with the channel closed when it ends
 	next    atomic.Pointer[readUsers] // a read done, not applied yet
 	applied chan appliedUsers         // next was applied (at most one: cap 1)
+	// kicking is the usernames a read applied outside a reload changed,
+	// from its apply until its kicks are done; fresh, the connections
+	// admitted meanwhile as one of them: checked against the users
+	// applied, kickChangedUsers leaves them (its scan ranges g.conns while
+	// CONNECTs add to it). g.mu guards both.
+	kicking map[string]struct{}
+	fresh   map[*liveConn]struct{}
 }
 
 // readUsers is a password file read, and the usernames of the users in
@@ -88,6 +95,11 @@ func (g *Guard) applyUsers(walk bool) {
 		return
 	}
 	g.creds.apply(u.users)
+	if !walk && len(u.changed) > 0 {
+		g.mu.Lock()
+		r.kicking, r.fresh = u.changed, nil
+		g.mu.Unlock()
+	}
 	select {
 	case r.applied <- appliedUsers{read: u, walk: walk}:
 	default: // cannot happen: one read is applied at a time
@@ -177,10 +189,35 @@ func (g *Guard) readUsers() (ok bool) {
 // would have disconnected them in that re-check had the file been read in
 // time. Each is logged as kicked with rule=user-changed; it may connect
 // again and be checked against the file in force.
+//
+// A connection admitted after the apply was checked against the users
+// applied: it is left (noteAdmitLocked).
 func (g *Guard) kickChangedUsers(changed map[string]struct{}) {
 	defer g.scanDone()
+	r := g.reloads
 	g.scanConns(func(lc *liveConn) bool {
 		_, ok := changed[lc.username]
-		return ok && lc.hasUsername && !lc.sighted
+		_, fresh := r.fresh[lc]
+		return ok && lc.hasUsername && !lc.sighted && !fresh
 	}, func(cands []*liveConn) { g.kick(RuleUserChanged, false, cands) })
+	g.mu.Lock()
+	r.kicking, r.fresh = nil, nil
+	g.mu.Unlock()
+}
+
+// noteAdmitLocked records lc, just admitted, as checked against the users
+// applied when its username is one whose kicks are under way
+// (kickChangedUsers); g.mu held. One nil check when none are.
+func (g *Guard) noteAdmitLocked(lc *liveConn) {
+	r := g.reloads
+	if r == nil || r.kicking == nil || !lc.hasUsername {
+		return
+	}
+	if _, ok := r.kicking[lc.username]; !ok {
+		return
+	}
+	if r.fresh == nil {
+		r.fresh = map[*liveConn]struct{}{}
+	}
+	r.fresh[lc] = struct{}{}
 }
