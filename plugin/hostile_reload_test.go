@@ -103,3 +103,35 @@ func TestHostileReloadCloseDoesNotWaitForAPasswordFileRead(t *testing.T) {
 	assert.Less(t, took, 300*time.Millisecond, "the broker's exit waited for the password file read")
 	assert.NotContains(t, ls.all(), "background work on redis")
 }
+
+// TestHostileReloadSIGHUPDuringAReadDoesNotWaitForNothing: a SIGHUP while a
+// read is under way cannot have its file read before the broker re-checks
+// its clients: its read starts only once the one under way is applied, on
+// the broker thread that SIGHUP holds. It held the broker thread the full
+// 100 ms all the same, every client stalled, for each SIGHUP of a storm.
+// The file is still read again, and the last one is in force in the end.
+func TestHostileReloadSIGHUPDuringAReadDoesNotWaitForNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "passwd")
+	writeUsers(t, path, 0, strings.TrimSpace(alicePasswd))
+	cfg, err := config.Parse(map[string]string{"password_file": path})
+	require.NoError(t, err)
+	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+
+	writeUsers(t, path, 200_000, strings.TrimSpace(alicePasswd)) // about 1 s to read
+	g.Reload()
+	writeUsers(t, path, 10, strings.TrimSpace(alicePasswd))
+	start := time.Now()
+	g.Reload() // the first read is still under way
+	took := time.Since(start)
+	t.Logf("a SIGHUP during a read held the broker thread %v", took)
+	assert.Less(t, took, 50*time.Millisecond)
+
+	deadline := time.Now().Add(20 * time.Second)
+	for g.creds.users.Load().Len() != 11 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		g.Tick()
+	}
+	assert.Equal(t, 11, g.creds.users.Load().Len(), "the last file is in force")
+}
