@@ -26,6 +26,7 @@ var reloadWait = 100 * time.Millisecond
 type userReloads struct {
 	req     chan chan struct{}        // reads asked for, each with the channel closed when it ends
 	next    atomic.Pointer[readUsers] // a read done, not applied yet
+	reading atomic.Bool               // a read is under way (reloadLoop)
 	applied chan appliedUsers         // next was applied (at most one: cap 1)
 	// kicking is the usernames a read applied outside a reload changed,
 	// from its apply until its kicks are done; fresh, the connections
@@ -63,11 +64,20 @@ func newUserReloads() *userReloads {
 func (g *Guard) reloadUsers() {
 	r := g.reloads
 	g.applyUsers(true) // a read done since: the re-check that follows sees it
+	// A read under way began before this SIGHUP: the one this SIGHUP asks
+	// for starts once that one is applied, on this thread, after Reload
+	// returns: waiting for it would stall every client for nothing.
+	busy := r.reading.Load()
 	done := make(chan struct{})
 	select {
 	case r.req <- done:
 	default:
 		return // a read queued already starts after this SIGHUP
+	}
+	if busy {
+		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s: a read is under way; the file is read again once it is in force, and the broker re-checks its clients against the users loaded before",
+			g.creds.passwordFile))
+		return
 	}
 	t := time.NewTimer(reloadWait)
 	defer t.Stop()
@@ -135,6 +145,7 @@ func (g *Guard) reloadLoop() {
 		// would wait up to closeBound for a file that takes seconds to
 		// parse, and nothing needs it once the guard stops.
 		read := make(chan bool, 1)
+		r.reading.Store(true)
 		go func() { read <- g.readUsers() }()
 		var ok bool
 		select {
@@ -142,6 +153,7 @@ func (g *Guard) reloadLoop() {
 			return
 		case ok = <-read:
 		}
+		r.reading.Store(false)
 		for _, d := range dones {
 			close(d)
 		}
