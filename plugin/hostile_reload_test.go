@@ -3,6 +3,7 @@ package plugin
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -134,4 +135,38 @@ func TestHostileReloadSIGHUPDuringAReadDoesNotWaitForNothing(t *testing.T) {
 		g.Tick()
 	}
 	assert.Equal(t, 11, g.creds.users.Load().Len(), "the last file is in force")
+}
+
+// TestHostileReloadRemovedThenUnreadable: alice removed from a large file
+// (read late), then the file deleted and SIGHUP sent again before the first
+// read is in force. The first read is applied and kicks alice; the second
+// fails and keeps the users of the first; bob stays.
+func TestHostileReloadRemovedThenUnreadable(t *testing.T) {
+	const bobHash = "bob:$7$101$aG9zdGlsZXNhbHQx$nk2/DCqP+dJuWJioCRCzp9TU/eATNzoO0CVzPwFnfNZUJF/gb1ZhoL/W7gr5xBX/QnL2os8PEA02zhP6R+UqXg=="
+	path := filepath.Join(t.TempDir(), "passwd")
+	writeUsers(t, path, 0, strings.TrimSpace(alicePasswd), bobHash)
+	cfg, err := config.Parse(map[string]string{"password_file": path})
+	require.NoError(t, err)
+	var kr kickRecorder
+	ls := &logSink{}
+	g, err := NewWith(cfg, Output{Log: ls.log, Kick: kr.kick}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "dev-alice", "alice", "alice-pw")).Result)
+	require.Equal(t, Allow, g.Authenticate(cl(2, "192.0.2.2", "dev-bob", "bob", "alice-pw")).Result)
+
+	writeUsers(t, path, 200_000, bobHash)
+	g.Reload()
+	require.NoError(t, os.Remove(path))
+	g.Reload()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(ls.all(), "keeping the 200001 users") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		g.Tick()
+	}
+	require.Contains(t, ls.all(), "keeping the 200001 users")
+	time.Sleep(100 * time.Millisecond)
+	assert.Equal(t, []string{"dev-alice"}, kr.all())
+	assert.Equal(t, 200_001, g.creds.users.Load().Len())
+	assert.Equal(t, RuleUnknownUser, g.Authenticate(cl(3, "192.0.2.3", "dev-alice-2", "alice", "alice-pw")).Rule)
 }
