@@ -49,6 +49,12 @@ func TestRegistry(t *testing.T) {
 	assert.Nil(t, r.get(ha))
 	assert.Nil(t, r.remove(ha))
 	assert.Same(t, b, r.get(hb))
+	c := &instance{}
+	hc := r.add(c)
+	var seen []*instance // each visits every instance: guardTick ticks them all
+	r.each(func(in *instance) { seen = append(seen, in) })
+	assert.Equal(t, []*instance{b, c}, seen)
+	r.remove(hc)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	wg.Add(1)

@@ -63,6 +63,15 @@ func (r *registry) get(h uintptr) *instance {
 	return nil
 }
 
+// each calls fn for every instance registered.
+func (r *registry) each(fn func(*instance)) {
+	if all := r.all.Load(); all != nil {
+		for _, e := range *all {
+			fn(e.in)
+		}
+	}
+}
+
 func (r *registry) remove(h uintptr) *instance {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -220,9 +220,10 @@ func guardTick(h C.uintptr_t) (rc C.int) {
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
 	handleHeld() // the DISCONNECTs held since the last callback come first
 	reload.Tick()
-	if in := instances.get(uintptr(h)); in != nil {
-		in.guard.Tick() // a password_file read since the last CONNECT
-	}
+	// A password_file read since the last CONNECT, of any instance: the
+	// flag that lets a TICK into Go is the process's, and the first
+	// instance's TICK clears it for the others (plugin.c).
+	instances.each(func(in *instance) { in.guard.Tick() })
 	logBacklog()
 	return C.MOSQ_ERR_SUCCESS
 }

@@ -204,6 +204,7 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
 	}
 	g.conns[c.Handle] = lc
 	g.byID[c.ClientID] = lc
+	g.noteAdmitLocked(lc) // a password file's kicks under way leave it (userreload.go)
 	if pending && g.tracker != nil {
 		lc.other = other
 		g.pending = append(g.pending, lc)

@@ -25,7 +25,15 @@ const reloadWait = 100 * time.Millisecond
 type userReloads struct {
 	req     chan chan struct{}          // reads asked for, each with the channel closed when it ends
 	next    atomic.Pointer[files.Store] // a password file read, not applied yet
+	reading atomic.Bool                 // a read is under way (reloadLoop)
 	applied chan appliedUsers           // next was applied (at most one: cap 1)
+	// kicking is the apply (outside a reload) whose kicks are under way,
+	// from the apply until they are done; fresh, the connections admitted
+	// meanwhile as a user it changed: checked against the users applied,
+	// kickChangedUsers leaves them (its scan ranges g.conns while CONNECTs
+	// add to it). g.mu guards both.
+	kicking *appliedUsers
+	fresh   map[*liveConn]struct{}
 }
 
 // appliedUsers is a read applied in place of prev; walk: the broker's
@@ -49,11 +57,20 @@ func newUserReloads() *userReloads {
 func (g *Guard) reloadUsers() {
 	r := g.reloads
 	g.applyUsers(true) // a read done since: the re-check that follows sees it
+	// A read under way began before this SIGHUP: the one this SIGHUP asks
+	// for starts once that one is applied, on this thread, after Reload
+	// returns: waiting for it would stall every client for nothing.
+	busy := r.reading.Load()
 	done := make(chan struct{})
 	select {
 	case r.req <- done:
 	default:
 		return // a read queued already starts after this SIGHUP
+	}
+	if busy {
+		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s: a read is under way; the file is read again once it is in force, and the broker re-checks its clients against the users loaded before",
+			g.creds.passwordFile))
+		return
 	}
 	t := time.NewTimer(reloadWait)
 	defer t.Stop()
@@ -80,10 +97,15 @@ func (g *Guard) applyUsers(walk bool) {
 	if users == nil {
 		return
 	}
-	prev := g.creds.users.Load()
+	a := appliedUsers{users: users, prev: g.creds.users.Load(), walk: walk}
 	g.creds.apply(users)
+	if !walk {
+		g.mu.Lock()
+		r.kicking, r.fresh = &a, nil
+		g.mu.Unlock()
+	}
 	select {
-	case r.applied <- appliedUsers{users: users, prev: prev, walk: walk}:
+	case r.applied <- a:
 	default: // cannot happen: one read is applied at a time
 	}
 }
@@ -113,7 +135,19 @@ func (g *Guard) reloadLoop() {
 				more = false
 			}
 		}
-		ok := g.readUsers()
+		// The read is not waited for by Close (spawn): the broker's exit
+		// would wait up to closeBound for a file that takes seconds to
+		// parse, and nothing needs it once the guard stops.
+		read := make(chan bool, 1)
+		r.reading.Store(true)
+		go func() { read <- g.readUsers() }()
+		var ok bool
+		select {
+		case <-g.stop:
+			return
+		case ok = <-read:
+		}
+		r.reading.Store(false)
 		for _, d := range dones {
 			close(d)
 		}
@@ -125,7 +159,7 @@ func (g *Guard) reloadLoop() {
 			return
 		case a := <-r.applied:
 			if !a.walk {
-				g.kickChangedUsers(a.prev, a.users)
+				g.kickChangedUsers(a)
 			}
 		}
 	}
@@ -154,25 +188,51 @@ func (g *Guard) readUsers() (ok bool) {
 }
 
 // kickChangedUsers disconnects the live connections whose password this
-// guard checked as a user that users, put in force in place of prev, no
-// longer has or has with another hash: the files backend checks every
-// client that sends a username, except one admitted at its first sight,
-// which sent none of its own (sighted). Every connection admitted before
-// users was put in force was checked against prev: prev was in force since
-// the apply before, whose kicks (or the broker's re-check, for an apply
-// before its walk) left only clients that prev lets in. Mosquitto would
-// have disconnected them in its re-check after the reload had the file been
-// read in time. Each is logged as kicked with rule=user-changed; it may
-// connect again and be checked against users. Two map lookups per
-// connection, nothing per user.
-func (g *Guard) kickChangedUsers(prev, users *files.Store) {
+// guard checked as a user that a.users, put in force in place of a.prev, no
+// longer has or has with another hash (changed): the files backend checks
+// every client that sends a username, except one admitted at its first
+// sight, which sent none of its own (sighted). Every connection admitted
+// before a.users was put in force was checked against a.prev: a.prev was in
+// force since the apply before, whose kicks (or the broker's re-check, for
+// an apply before its walk) left only clients that a.prev lets in. One
+// admitted since was checked against a.users: it is left (fresh,
+// noteAdmitLocked). Mosquitto would have disconnected the others in its
+// re-check after the reload had the file been read in time. Each is logged
+// as kicked with rule=user-changed; it may connect again and be checked
+// against a.users. Two map lookups per connection, nothing per user.
+func (g *Guard) kickChangedUsers(a appliedUsers) {
 	defer g.scanDone()
+	r := g.reloads
 	g.scanConns(func(lc *liveConn) bool {
-		if !lc.hasUsername || lc.sighted {
-			return false
-		}
-		was, _ := prev.Hash(lc.username)
-		now, ok := users.Hash(lc.username)
-		return !ok || now != was
+		_, fresh := r.fresh[lc]
+		return !fresh && a.changed(lc)
 	}, func(cands []*liveConn) { g.kick(RuleUserChanged, false, cands) })
+	g.mu.Lock()
+	r.kicking, r.fresh = nil, nil
+	g.mu.Unlock()
+}
+
+// changed reports whether lc is a connection whose password was checked as
+// a user that a.users no longer has, or has with another hash than a.prev.
+func (a *appliedUsers) changed(lc *liveConn) bool {
+	if !lc.hasUsername || lc.sighted {
+		return false
+	}
+	was, _ := a.prev.Hash(lc.username)
+	now, ok := a.users.Hash(lc.username)
+	return !ok || now != was
+}
+
+// noteAdmitLocked records lc, just admitted, as checked against the users
+// applied when it is one of the connections whose kicks are under way
+// (kickChangedUsers); g.mu held. One nil check when none are.
+func (g *Guard) noteAdmitLocked(lc *liveConn) {
+	r := g.reloads
+	if r == nil || r.kicking == nil || !r.kicking.changed(lc) {
+		return
+	}
+	if r.fresh == nil {
+		r.fresh = map[*liveConn]struct{}{}
+	}
+	r.fresh[lc] = struct{}{}
 }
