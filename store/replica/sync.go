@@ -62,6 +62,7 @@ type Sync struct {
 	wake    chan struct{}
 
 	markRefused bool // the flush mark was refused (logged once); session goroutine only
+	subRefused  bool // the subscription was refused (logged once); session goroutine only
 	infoRefused bool // INFO was refused: no failover check (logged once); session goroutine only
 
 	wrongMu     sync.Mutex
@@ -130,8 +131,21 @@ func (s *Sync) session(ctx context.Context) error {
 	}
 	s.enableNotifications(ctx)
 	subs, err := s.subscribe(ctx)
-	if err != nil {
+	switch {
+	case isReply(err) && !transient(err):
+		// Refused, not lost: a Redis 7 ACL user gets no channel unless
+		// given one (acl-pubsub-default resetchannels). Returning would
+		// retry forever and never load: the lists stay unknown and the
+		// redis backend checks no password at all. Load without the
+		// subscription instead; changes then arrive with each reload.
+		if !s.subRefused {
+			s.subRefused = true
+			s.o.Log(true, fmt.Sprintf("replica: Redis refused the subscription to keyspace notifications and %s (%v): changes reach the replica at each reload only (replica_resync); give the plugin's Redis user the channels (ACL: &* or allchannels)", s.kb.Changes(), err))
+		}
+	case err != nil:
 		return err
+	default:
+		s.subRefused = false
 	}
 	defer func() {
 		for _, ps := range subs {
@@ -152,7 +166,7 @@ func (s *Sync) session(ctx context.Context) error {
 	if err := s.masterMoved(ctx, master); err != nil {
 		return err // a failover while subscribing: the subscription may be on the old master
 	}
-	s.healthy.Store(true)
+	s.healthy.Store(len(subs) > 0) // unsubscribed: changes wait for the next reload
 	t := time.NewTicker(s.o.ResyncEvery)
 	defer t.Stop()
 	check := time.NewTicker(flushCheckEvery)
