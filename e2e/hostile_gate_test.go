@@ -61,3 +61,33 @@ func TestHostileGateRedisUserWithoutChannelsRefusesEveryoneForever(t *testing.T)
 	t.Logf("redis-unavailable refusals: %d; replica loaded: %v", strings.Count(out, "rule=redis-unavailable"), strings.Contains(out, "replica loaded"))
 	assert.Equal(t, byte(accepted), code, "alice with her right password, 15 s after start, Redis answering every GET")
 }
+
+// TestHostileGateLoadRefusedIsLogged: a Redis user that may GET the
+// plugin's keys but not SCAN them (an ACL without @keyspace's SCAN, a proxy
+// that forwards no SCAN) keeps the replica from ever loading, so the redis
+// backend refuses every client (rule=redis-unavailable) for as long as the
+// broker runs: it cannot know the users' hash class, and checking passwords
+// without it would tell usernames apart. That refusal is the gate's price;
+// but the operator must be told why, and the refusal Redis gave was logged
+// nowhere: the only line said passwords are checked "once the replica has
+// loaded the users".
+func TestHostileGateLoadRefusedIsLogged(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("SET", "guard:user:alice", "$7$101$AAAAAAAAAAAAAAAA$"+strings.Repeat("A", 86)+"==")
+	e.redis.CLI("ACL", "SETUSER", "guard", "on", ">guard-pw", "~guard:*", "~rate:guard:*", "&*", "+@all", "-scan")
+	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+	stopped := true
+	t.Cleanup(func() {
+		if stopped {
+			_ = e.redis.Signal(syscall.SIGCONT)
+		}
+	})
+	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+		"auth_opt_redis_username guard", "auth_opt_redis_password guard-pw"))
+	require.NoError(t, e.redis.Signal(syscall.SIGCONT))
+	stopped = false
+	assert.Equal(t, byte(refused), e.connect(as("127.0.0.1", "a1", "alice", "x")))
+	assert.True(t, e.broker.WaitOutput("NOPERM", 5*time.Second), "the refusal that keeps the replica from loading is logged")
+	time.Sleep(3 * time.Second) // several retries
+	assert.Equal(t, 1, strings.Count(e.broker.Output(), "NOPERM"), "once, not at every retry")
+}
