@@ -102,13 +102,22 @@ func (s *Sync) Run(ctx context.Context) {
 	wg.Add(1)
 	go func() { defer wg.Done(); s.applyLoop(ctx) }()
 	backoff := 100 * time.Millisecond
+	refused := "" // the last refusal logged: each new one once
 	for ctx.Err() == nil {
 		err := s.session(ctx)
 		if s.healthy.Swap(false) {
 			backoff = 100 * time.Millisecond // it worked: a new failure starts again from a short wait
+			refused = ""
 		}
 		if ctx.Err() != nil {
 			break
+		}
+		// Redis refusing a command (an ACL's NOPERM, a proxy without SCAN)
+		// is no outage that ends by itself: until the first load the redis
+		// backend checks no password, so say why the load does not happen.
+		if isReply(err) && !transient(err) && err.Error() != refused {
+			refused = err.Error()
+			s.o.Log(true, fmt.Sprintf("replica: Redis refused a command the replica needs (%v); retrying until it is allowed", err))
 		}
 		if s.o.OnLost != nil {
 			s.o.OnLost(err)
