@@ -140,6 +140,12 @@ func (cr *credentials) isModel(hash string) bool {
 // in place of the one before (none usable: mosquitto_passwd's default): for
 // a reload, or when the model's user was deleted or rehashed.
 func (cr *credentials) resetHashes(hashes []string) {
+	cr.lastHash.Store(cr.mostExpensive(hashes))
+}
+
+// mostExpensive returns the hash of hashes that costs most to verify (nil:
+// none usable).
+func (cr *credentials) mostExpensive(hashes []string) *string {
 	var best *string
 	var bestWork float64
 	for _, h := range hashes {
@@ -147,7 +153,7 @@ func (cr *credentials) resetHashes(hashes []string) {
 			best, bestWork = &h, w // a copy: the slice is not kept
 		}
 	}
-	cr.lastHash.Store(best)
+	return best
 }
 
 // exists reports whether c's username is a known user of the backend.

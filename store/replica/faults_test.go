@@ -338,3 +338,41 @@ func TestOnFirstLoadRunsOnceBeforeReady(t *testing.T) {
 		assert.Equal(t, int32(keys), lenAtCall.Load(), "%d keys: with the load in the replica", keys)
 	}
 }
+
+// BeforeManySwap sees a reload's fresh replica before it replaces the live
+// one, when the reload changed more than maxReloadChanges keys (users back
+// after a FLUSHALL, with no notification): the plugin raises the unknown
+// users' dummy there, where OnManyChanges came only after the swap and a
+// forced GC (a hostile tester: 336 unknown usernames told apart from a
+// bcrypt-11 user in that window, 200 000 users). Not for the first load,
+// nor for a reload of few changes.
+func TestBeforeManySwapSeesTheUsersBeforeTheSwap(t *testing.T) {
+	// No CONFIG (a managed Redis): notifications stay off, and the users
+	// arrive by a reload only.
+	srv := testenv.StartRedis(t, "--rename-command", "CONFIG", "")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	r := New(kb)
+	var calls atomic.Int32
+	var freshLen, liveLen atomic.Int32
+	s := NewSync(r, rdb, Options{Users: true, ResyncEvery: 200 * time.Millisecond, OnManyChanges: func() {}, BeforeManySwap: func(fresh *Replica) {
+		calls.Add(1)
+		freshLen.Store(int32(len(fresh.UserHashes())))
+		liveLen.Store(int32(len(r.UserHashes())))
+	}})
+	run(t, s)
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
+	assert.Zero(t, calls.Load(), "not for the first load nor for reloads that changed nothing")
+
+	ctx := context.Background()
+	p := rdb.Pipeline()
+	for i := 0; i <= maxReloadChanges; i++ {
+		p.Set(ctx, fmt.Sprintf("guard:user:u%d", i), "$7$x", 0)
+	}
+	_, err := p.Exec(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return calls.Load() > 0 }, 5*time.Second, 10*time.Millisecond)
+	assert.Equal(t, int32(maxReloadChanges+1), freshLen.Load(), "the fresh replica holds the users")
+	assert.Zero(t, liveLen.Load(), "called before the swap")
+}

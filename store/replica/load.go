@@ -101,6 +101,9 @@ func (s *Sync) load(ctx context.Context) error {
 	case s.o.OnChange != nil || s.o.OnManyChanges != nil:
 		changed, many = s.r.changes(fresh, time.Now(), maxReloadChanges)
 	}
+	if many && !first && s.o.BeforeManySwap != nil {
+		s.o.BeforeManySwap(fresh)
+	}
 	s.r.swap(fresh)
 	s.applied.Store(time.Now().UnixNano())
 	// The load's garbage (pipeline replies, the replaced maps) would keep

@@ -41,6 +41,13 @@ type Options struct {
 	// in the replica and before Ready reports true: what must hold from the
 	// first lookup of the replica on is set up there.
 	OnFirstLoad func()
+	// BeforeManySwap, when set, is called with a reload's fresh replica
+	// before it replaces the live one, when OnManyChanges will follow (not
+	// for the first load: OnFirstLoad): what must cover the new entries from
+	// their first lookup on is set up there. OnManyChanges comes only after
+	// the swap and the memory's release, some hundreds of milliseconds with
+	// 200 000 users.
+	BeforeManySwap func(fresh *Replica)
 	// OnLost is called when changes stop reaching the replica (Redis lost).
 	OnLost func(err error)
 }
@@ -62,6 +69,7 @@ type Sync struct {
 	wake    chan struct{}
 
 	markRefused bool // the flush mark was refused (logged once); session goroutine only
+	subRefused  bool // the subscription was refused (logged once); session goroutine only
 	infoRefused bool // INFO was refused: no failover check (logged once); session goroutine only
 
 	wrongMu     sync.Mutex
@@ -101,13 +109,22 @@ func (s *Sync) Run(ctx context.Context) {
 	wg.Add(1)
 	go func() { defer wg.Done(); s.applyLoop(ctx) }()
 	backoff := 100 * time.Millisecond
+	refused := "" // the last refusal logged: each new one once
 	for ctx.Err() == nil {
 		err := s.session(ctx)
 		if s.healthy.Swap(false) {
 			backoff = 100 * time.Millisecond // it worked: a new failure starts again from a short wait
+			refused = ""
 		}
 		if ctx.Err() != nil {
 			break
+		}
+		// Redis refusing a command (an ACL's NOPERM, a proxy without SCAN)
+		// is no outage that ends by itself: until the first load the redis
+		// backend checks no password, so say why the load does not happen.
+		if isReply(err) && !transient(err) && err.Error() != refused {
+			refused = err.Error()
+			s.o.Log(true, fmt.Sprintf("replica: Redis refused a command the replica needs (%v); retrying until it is allowed", err))
 		}
 		if s.o.OnLost != nil {
 			s.o.OnLost(err)
@@ -130,8 +147,21 @@ func (s *Sync) session(ctx context.Context) error {
 	}
 	s.enableNotifications(ctx)
 	subs, err := s.subscribe(ctx)
-	if err != nil {
+	switch {
+	case isReply(err) && !transient(err):
+		// Refused, not lost: a Redis 7 ACL user gets no channel unless
+		// given one (acl-pubsub-default resetchannels). Returning would
+		// retry forever and never load: the lists stay unknown and the
+		// redis backend checks no password at all. Load without the
+		// subscription instead; changes then arrive with each reload.
+		if !s.subRefused {
+			s.subRefused = true
+			s.o.Log(true, fmt.Sprintf("replica: Redis refused the subscription to keyspace notifications and %s (%v): changes reach the replica at each reload only (replica_resync); give the plugin's Redis user the channels (ACL: &* or allchannels)", s.kb.Changes(), err))
+		}
+	case err != nil:
 		return err
+	default:
+		s.subRefused = false
 	}
 	defer func() {
 		for _, ps := range subs {
@@ -152,7 +182,7 @@ func (s *Sync) session(ctx context.Context) error {
 	if err := s.masterMoved(ctx, master); err != nil {
 		return err // a failover while subscribing: the subscription may be on the old master
 	}
-	s.healthy.Store(true)
+	s.healthy.Store(len(subs) > 0) // unsubscribed: changes wait for the next reload
 	t := time.NewTicker(s.o.ResyncEvery)
 	defer t.Stop()
 	check := time.NewTicker(flushCheckEvery)
