@@ -65,6 +65,14 @@ func TestHostileGateRedisUserWithoutChannelsRefusesEveryoneForever(t *testing.T)
 	}
 	t.Logf("redis-unavailable refusals: %d; replica loaded: %v", strings.Count(out, "rule=redis-unavailable"), strings.Contains(out, "replica loaded"))
 	assert.Equal(t, byte(accepted), code, "alice with her right password, 15 s after start, Redis answering every GET")
+
+	// Unsubscribed, the replica hears of a ban only at its next reload
+	// (replica_resync, 5 min): a CONNECT asks Redis instead, as it did
+	// before the replica could load in this case, so a ban applies at once.
+	e.redis.CLI("SET", "guard:block:clientid:alice-banned", "operator")
+	assert.Equal(t, byte(refused), e.connect(as("127.0.0.1", "alice-banned", "alice", "alice-secret")),
+		"a ban set while Redis refuses the subscription applies to the next CONNECT")
+	assert.Contains(t, e.broker.Output(), `rule="guard:block:clientid:alice-banned"`)
 }
 
 // TestHostileGateLoadRefusedIsLogged: a Redis user that may GET the

@@ -16,8 +16,11 @@ import (
 
 // lookup answers the list checks (and the redis backend's user hash) from
 // the replica once it is loaded, even while Redis is down: the last known
-// lists, with their expiry honoured locally. Before that it asks Redis. known
-// is false when neither could answer.
+// lists, with their expiry honoured locally. Before that it asks Redis, and
+// so it does while Redis refuses the replica's subscription (the replica
+// then learns of a ban only at its next reload, replica_resync: a CONNECT
+// asks Redis, as before the replica could load in that case). known is false
+// when neither could answer.
 // A re-authentication after a reload never asks for the live connections: it
 // admits nothing, and a round trip per client of the reload's walk would
 // stall the broker for as many round trips as it holds clients.
@@ -27,7 +30,7 @@ func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, 
 		WantUser:  g.cfg.Backend == config.BackendRedis,
 		WantConns: g.tracker != nil && g.cfg.Conflicts.Mode == config.ConflictDeny && !reauth,
 	}
-	if g.sync != nil && g.sync.Ready() {
+	if g.sync != nil && g.sync.Ready() && !(g.sync.Unsubscribed() && g.health.up()) {
 		ans = g.replica.Lookup(q, g.now())
 		if q.WantConns && g.health.up() && !claims(c, g.cfg.Backend) { // claimed in checkConflict instead
 			ans.Live = g.liveConns(c.ClientID)

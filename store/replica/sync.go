@@ -61,6 +61,7 @@ type Sync struct {
 
 	ready   atomic.Bool  // loaded at least once
 	healthy atomic.Bool  // subscribed and loaded: changes reach us
+	unsub   atomic.Bool  // Redis refused the subscription: changes come with reloads only
 	applied atomic.Int64 // unix ns of the last change applied or load finished; 0: none yet
 
 	mu      sync.Mutex
@@ -86,6 +87,12 @@ func NewSync(r *Replica, rdb redis.UniversalClient, o Options) *Sync {
 
 // Ready reports whether the replica has been loaded once.
 func (s *Sync) Ready() bool { return s.ready.Load() }
+
+// Unsubscribed reports whether Redis refused the replica's subscription
+// (an ACL user without channels): the replica then learns of changes only
+// at its reloads (ResyncEvery), and a lookup that needs them fresh asks
+// Redis.
+func (s *Sync) Unsubscribed() bool { return s.unsub.Load() }
 
 // InStep reports whether changes reach the replica: it is subscribed to
 // Redis's notifications and loaded since.
@@ -154,6 +161,7 @@ func (s *Sync) session(ctx context.Context) error {
 		// retry forever and never load: the lists stay unknown and the
 		// redis backend checks no password at all. Load without the
 		// subscription instead; changes then arrive with each reload.
+		s.unsub.Store(true)
 		if !s.subRefused {
 			s.subRefused = true
 			s.o.Log(true, fmt.Sprintf("replica: Redis refused the subscription to keyspace notifications and %s (%v): changes reach the replica at each reload only (replica_resync); give the plugin's Redis user the channels (ACL: &* or allchannels)", s.kb.Changes(), err))
@@ -162,6 +170,7 @@ func (s *Sync) session(ctx context.Context) error {
 		return err
 	default:
 		s.subRefused = false
+		s.unsub.Store(false)
 	}
 	defer func() {
 		for _, ps := range subs {
