@@ -90,15 +90,16 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 		// default dummy while the seed parses every user's hash (some
 		// 230 ms with 200 000 users).
 		OnFirstLoad: g.seedUnknownUsersDummy,
-		// A reload that changes many keys (the users back after a
-		// FLUSHALL, with no notification) swaps them in, frees memory, then
-		// re-ranks them in OnManyChanges: meanwhile unknown users got the
+		// A reload that changes keys no notification told of (the users
+		// back after a FLUSHALL; a costlier user added while notifications
+		// are off) swaps them in, frees memory, then re-ranks them in
+		// OnManyChanges or OnReloadChange: meanwhile unknown users got the
 		// model of the users before (none after a flush: the default
 		// dummy), 336 of them told from a bcrypt-11 user in one test. The
 		// model is raised to the fresh users' most expensive before the
 		// swap, so that it covers the users held before and after it.
-		BeforeManySwap: g.raiseUnknownUsersDummy,
-		OnLost:         g.replicaLost,
+		BeforeReloadSwap: g.raiseUnknownUsersDummy,
+		OnLost:           g.replicaLost,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	g.stopSync = cancel

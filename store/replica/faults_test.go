@@ -339,14 +339,15 @@ func TestOnFirstLoadRunsOnceBeforeReady(t *testing.T) {
 	}
 }
 
-// BeforeManySwap sees a reload's fresh replica before it replaces the live
-// one, when the reload changed more than maxReloadChanges keys (users back
-// after a FLUSHALL, with no notification): the plugin raises the unknown
-// users' dummy there, where OnManyChanges came only after the swap and a
-// forced GC (a hostile tester: 336 unknown usernames told apart from a
-// bcrypt-11 user in that window, 200 000 users). Not for the first load,
-// nor for a reload of few changes.
-func TestBeforeManySwapSeesTheUsersBeforeTheSwap(t *testing.T) {
+// BeforeReloadSwap sees a reload's fresh replica before it replaces the
+// live one, when the reload changed keys (users back after a FLUSHALL, with
+// no notification): the plugin raises the unknown users' dummy there, where
+// OnManyChanges came only after the swap and a forced GC (a hostile tester:
+// 336 unknown usernames told apart from a bcrypt-11 user in that window,
+// 200 000 users). A reload of a few changes (one costlier user added while
+// notifications are off) calls it too. Not for the first load, nor for a
+// reload that changed nothing.
+func TestBeforeReloadSwapSeesTheUsersBeforeTheSwap(t *testing.T) {
 	// No CONFIG (a managed Redis): notifications stay off, and the users
 	// arrive by a reload only.
 	srv := testenv.StartRedis(t, "--rename-command", "CONFIG", "")
@@ -355,7 +356,7 @@ func TestBeforeManySwapSeesTheUsersBeforeTheSwap(t *testing.T) {
 	r := New(kb)
 	var calls atomic.Int32
 	var freshLen, liveLen atomic.Int32
-	s := NewSync(r, rdb, Options{Users: true, ResyncEvery: 200 * time.Millisecond, OnManyChanges: func() {}, BeforeManySwap: func(fresh *Replica) {
+	s := NewSync(r, rdb, Options{Users: true, ResyncEvery: 200 * time.Millisecond, OnManyChanges: func() {}, BeforeReloadSwap: func(fresh *Replica) {
 		calls.Add(1)
 		freshLen.Store(int32(len(fresh.UserHashes())))
 		liveLen.Store(int32(len(r.UserHashes())))
@@ -375,4 +376,11 @@ func TestBeforeManySwapSeesTheUsersBeforeTheSwap(t *testing.T) {
 	require.Eventually(t, func() bool { return calls.Load() > 0 }, 5*time.Second, 10*time.Millisecond)
 	assert.Equal(t, int32(maxReloadChanges+1), freshLen.Load(), "the fresh replica holds the users")
 	assert.Zero(t, liveLen.Load(), "called before the swap")
+
+	// One user more: a reload of one change.
+	require.Eventually(t, func() bool { return len(r.UserHashes()) == maxReloadChanges+1 }, 5*time.Second, 10*time.Millisecond)
+	srv.CLI("SET", "guard:user:costly", "$7$y")
+	require.Eventually(t, func() bool { return freshLen.Load() == maxReloadChanges+2 }, 5*time.Second, 10*time.Millisecond,
+		"a reload of one change calls it with the new user")
+	assert.Equal(t, int32(maxReloadChanges+1), liveLen.Load(), "called before the swap")
 }

@@ -101,8 +101,8 @@ func (s *Sync) load(ctx context.Context) error {
 	case s.o.OnChange != nil || s.o.OnManyChanges != nil:
 		changed, many = s.r.changes(fresh, time.Now(), maxReloadChanges)
 	}
-	if many && !first && s.o.BeforeManySwap != nil {
-		s.o.BeforeManySwap(fresh)
+	if !first && (many || len(changed) > 0) && s.o.BeforeReloadSwap != nil {
+		s.o.BeforeReloadSwap(fresh)
 	}
 	s.r.swap(fresh)
 	s.applied.Store(time.Now().UnixNano())

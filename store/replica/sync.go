@@ -41,13 +41,13 @@ type Options struct {
 	// in the replica and before Ready reports true: what must hold from the
 	// first lookup of the replica on is set up there.
 	OnFirstLoad func()
-	// BeforeManySwap, when set, is called with a reload's fresh replica
-	// before it replaces the live one, when OnManyChanges will follow (not
+	// BeforeReloadSwap, when set, is called with a reload's fresh replica
+	// before it replaces the live one, when the reload changed any key (not
 	// for the first load: OnFirstLoad): what must cover the new entries from
-	// their first lookup on is set up there. OnManyChanges comes only after
-	// the swap and the memory's release, some hundreds of milliseconds with
-	// 200 000 users.
-	BeforeManySwap func(fresh *Replica)
+	// their first lookup on is set up there. OnReloadChange and
+	// OnManyChanges come only after the swap and the memory's release, some
+	// hundreds of milliseconds with 200 000 users.
+	BeforeReloadSwap func(fresh *Replica)
 	// OnLost is called when changes stop reaching the replica (Redis lost).
 	OnLost func(err error)
 }
