@@ -1,0 +1,63 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// redisCalls returns how many times Redis ran cmd since its last CONFIG
+// RESETSTAT (INFO commandstats).
+func (e *env) redisCalls(cmd string) int {
+	e.t.Helper()
+	m := regexp.MustCompile(`cmdstat_` + cmd + `:calls=(\d+)`).FindStringSubmatch(e.redis.CLI("INFO", "commandstats"))
+	if m == nil {
+		return 0
+	}
+	n, err := strconv.Atoi(m[1])
+	require.NoError(e.t, err)
+	return n
+}
+
+// TestHostileTodayUnsubscribedReloadWalkAsksRedisPerClient: while Redis
+// refuses the replica's subscription (an ACL user without channels),
+// lookup asks Redis for every CONNECT's lists (e0c2846) and for every
+// re-check of the walk that follows a SIGHUP too: one pipelined round trip
+// per client held, on the broker thread, which serves no one meanwhile.
+// lookup's own comment rules that out for the walk (it asks no live
+// connections then for that reason), and the replica is loaded: the walk
+// can be answered from it as when subscribed, where kicks follow the
+// replica anyway. 300 clients held: the walk must not make 300 lookups.
+func TestHostileTodayUnsubscribedReloadWalkAsksRedisPerClient(t *testing.T) {
+	e := envWithoutBroker(t)
+	// Every command on the plugin's keys; channels as Redis 7 gives by default.
+	e.redis.CLI("ACL", "SETUSER", "guard", "on", ">guard-pw", "~guard:*", "~rate:guard:*", "+@all")
+	e.broker = startBroker(t, e.conf("auth_opt_redis_username guard", "auth_opt_redis_password guard-pw"))
+	require.True(t, e.broker.WaitOutput("refused the subscription", 10*time.Second))
+	require.True(t, e.broker.WaitOutput("replica loaded", 10*time.Second))
+
+	const n = 300
+	for i := 0; i < n; i++ {
+		_, code := e.dial(as("127.0.47.1", fmt.Sprintf("dev-%d", i), "alice", "alice-pw"))
+		require.EqualValues(t, accepted, code)
+	}
+	e.redis.CLI("CONFIG", "RESETSTAT")
+	before := strings.Count(e.broker.Output(), "Reloading config.")
+	start := time.Now()
+	e.broker.Reload()
+	eventually(t, 10*time.Second, func() bool { return strings.Count(e.broker.Output(), "Reloading config.") > before }, "no reload")
+	// One CONNECT after the SIGHUP: answered once the walk is over.
+	require.EqualValues(t, accepted, e.connect(as("127.0.47.2", "after", "bob", "bob-pw")))
+	took := time.Since(start)
+	pttl := e.redisCalls("pttl")
+	t.Logf("SIGHUP with %d clients held: %d PTTL (one per list candidate of each lookup), %d GET; next CONNECT answered %v after it",
+		n, pttl, e.redisCalls("get"), took)
+	// The CONNECT after the walk is one lookup; allow a few more.
+	assert.Less(t, pttl, n/2, "the walk after a SIGHUP asked Redis for each client's lists, on the broker thread")
+}
