@@ -61,3 +61,40 @@ func TestHostileTodayUnsubscribedReloadWalkAsksRedisPerClient(t *testing.T) {
 	// The CONNECT after the walk is one lookup; allow a few more.
 	assert.Less(t, pttl, n/2, "the walk after a SIGHUP asked Redis for each client's lists, on the broker thread")
 }
+
+// TestHostileTodayChannelsGrantedLaterAreNeverUsed: the refusal line tells
+// the operator to give the plugin's Redis user the channels (&*). Once they
+// are given, the replica must subscribe: until it does, every CONNECT pays a
+// Redis round trip on the broker thread and mosquitto_guard_replica_in_step
+// stays 0. The session that found the subscription refused never tried it
+// again, not even at its reloads (replica_resync, 10 s here): only a lost
+// connection or a restart ended it.
+func TestHostileTodayChannelsGrantedLaterAreNeverUsed(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("ACL", "SETUSER", "guard", "on", ">guard-pw", "~guard:*", "~rate:guard:*", "+@all")
+	e.broker = startBroker(t, e.conf("auth_opt_redis_username guard", "auth_opt_redis_password guard-pw",
+		"auth_opt_replica_resync 10s"))
+	require.True(t, e.broker.WaitOutput("refused the subscription", 10*time.Second))
+	require.True(t, e.broker.WaitOutput("replica loaded", 10*time.Second))
+
+	e.redis.CLI("ACL", "SETUSER", "guard", "&*") // the fix the log line asks for
+	granted := time.Now()
+	asks := func() int { // PTTLs of one CONNECT: its lookup asked Redis
+		e.redis.CLI("CONFIG", "RESETSTAT")
+		require.EqualValues(t, accepted, e.connect(as("127.0.48.1", "probe", "alice", "alice-pw")))
+		return e.redisCalls("pttl")
+	}
+	deadline := granted.Add(15 * time.Second) // past a reload
+	n := asks()
+	for n > 0 && time.Now().Before(deadline) {
+		time.Sleep(500 * time.Millisecond)
+		n = asks()
+	}
+	t.Logf("channels granted %v ago; a CONNECT's lookup made %d PTTL", time.Since(granted).Round(time.Millisecond), n)
+	assert.Zero(t, n, "15 s after the channels were granted, CONNECTs still ask Redis: the replica never subscribed")
+	// And the subscription works: a ban set now reaches the replica at once.
+	e.redis.CLI("SET", "guard:block:clientid:banned-now", "operator")
+	eventually(t, 2*time.Second, func() bool {
+		return e.connect(as("127.0.48.2", "banned-now", "alice", "alice-pw")) == refused
+	}, "a ban set after the subscription came back")
+}
