@@ -169,8 +169,7 @@ func (s *Sync) session(ctx context.Context) error {
 	case err != nil:
 		return err
 	default:
-		s.subRefused = false
-		s.unsub.Store(false)
+		s.subRefused = false // unsub is cleared once the load below is in
 	}
 	defer func() {
 		for _, ps := range subs {
@@ -192,6 +191,10 @@ func (s *Sync) session(ctx context.Context) error {
 		return err // a failover while subscribing: the subscription may be on the old master
 	}
 	s.healthy.Store(len(subs) > 0) // unsubscribed: changes wait for the next reload
+	// Subscribed again: lookups may use the replica once it holds what
+	// Redis held when the subscription began (not before the load: a ban
+	// set since the last reload would be missed meanwhile).
+	s.unsub.Store(len(subs) == 0)
 	t := time.NewTicker(s.o.ResyncEvery)
 	defer t.Stop()
 	check := time.NewTicker(flushCheckEvery)
@@ -212,6 +215,9 @@ func (s *Sync) session(ctx context.Context) error {
 			if err := s.masterMoved(ctx, master); err != nil {
 				return err
 			}
+			if len(subs) == 0 && n%notifyCheckEvery == 0 && s.subscribable(ctx) {
+				return errSubscribable // a new session subscribes, then loads
+			}
 			why := s.lost(ctx, marks)
 			if why == "" && n%notifyCheckEvery == 0 {
 				why = s.notificationsLost(ctx)
@@ -228,6 +234,26 @@ func (s *Sync) session(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// errSubscribable ends a session that runs without the subscription Redis
+// refused, once Redis allows it (the operator gave the channels): the next
+// session subscribes and reloads.
+var errSubscribable = errors.New("Redis now allows the subscription: subscribing and reloading")
+
+// subscribable reports whether Redis now allows the subscription it refused
+// (tried every notifyCheckEvery flush checks, 5 s); the test subscription is
+// closed at once. Session goroutine only.
+func (s *Sync) subscribable(ctx context.Context) bool {
+	subs, err := s.subscribe(ctx)
+	for _, ps := range subs {
+		ps.Close()
+	}
+	if err != nil {
+		return false
+	}
+	s.o.Log(false, "replica: "+errSubscribable.Error())
+	return true
 }
 
 // patterns are the keyspace channels of the key families the replica holds
