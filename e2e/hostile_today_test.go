@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -97,4 +98,25 @@ func TestHostileTodayChannelsGrantedLaterAreNeverUsed(t *testing.T) {
 	eventually(t, 2*time.Second, func() bool {
 		return e.connect(as("127.0.48.2", "banned-now", "alice", "alice-pw")) == refused
 	}, "a ban set after the subscription came back")
+}
+
+// TestHostileTodayUnsubscribedReloadWalkKeepsAClientTheStaleReplicaWouldRefuse:
+// the walk after a SIGHUP is answered from the replica while the
+// subscription is refused, which may be a reload behind Redis: a ban lifted
+// since its load must not disconnect the client Redis let in.
+func TestHostileTodayUnsubscribedReloadWalkKeepsAClientTheStaleReplicaWouldRefuse(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("ACL", "SETUSER", "guard", "on", ">guard-pw", "~guard:*", "~rate:guard:*", "+@all")
+	e.redis.CLI("SET", "guard:block:clientid:lifted", "operator")
+	e.broker = startBroker(t, e.conf("auth_opt_redis_username guard", "auth_opt_redis_password guard-pw"))
+	require.True(t, e.broker.WaitOutput("refused the subscription", 10*time.Second))
+	require.True(t, e.broker.WaitOutput("replica loaded 1 keys", 10*time.Second))
+	e.redis.CLI("DEL", "guard:block:clientid:lifted") // the replica hears of it at its next reload (5 min)
+	conn, code := e.dial(as("127.0.49.1", "lifted", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code, "the CONNECT asks Redis: the ban is lifted")
+	e.reloaded()
+	require.EqualValues(t, accepted, e.connect(as("127.0.49.2", "after", "bob", "bob-pw"))) // the walk is over
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	assert.NoError(t, conn.Ping(ctx), "the walk disconnected a client Redis let in, on a ban lifted since the replica's load")
 }
