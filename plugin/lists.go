@@ -26,19 +26,29 @@ import (
 // stall the broker for as many round trips as it holds clients. For the same
 // reason it is answered from a loaded replica even while the subscription
 // is refused (300 clients held: 300 lookups, 11 137 PTTL, before): the
-// replica is what kicks the clients it holds then too.
+// replica is what kicks the clients it holds then too. The replica may then
+// be a reload behind Redis, so a re-check it would refuse (a ban lifted
+// since, for the redis backend a user added since) asks Redis: a client let
+// in by Redis is not disconnected by a stale replica, and the common pass
+// costs no round trip.
 func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, known bool) {
 	q := store.Query{
 		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername, Cert: c.CertID,
 		WantUser:  g.cfg.Backend == config.BackendRedis,
 		WantConns: g.tracker != nil && g.cfg.Conflicts.Mode == config.ConflictDeny && !reauth,
 	}
-	if g.sync != nil && g.sync.Ready() && (reauth || !g.sync.Unsubscribed() || !g.health.up()) {
-		ans = g.replica.Lookup(q, g.now())
-		if q.WantConns && g.health.up() && !claims(c, g.cfg.Backend) { // claimed in checkConflict instead
-			ans.Live = g.liveConns(c.ClientID)
+	if g.sync != nil && g.sync.Ready() {
+		inStep := !g.sync.Unsubscribed() || !g.health.up()
+		if inStep || reauth {
+			ans = g.replica.Lookup(q, g.now())
+			stale := !inStep && (ans.Block != nil || (q.WantUser && q.HasUsername && !ans.HasUser))
+			if !stale {
+				if q.WantConns && g.health.up() && !claims(c, g.cfg.Backend) { // claimed in checkConflict instead
+					ans.Live = g.liveConns(c.ClientID)
+				}
+				return ans, true
+			}
 		}
-		return ans, true
 	}
 	if !g.health.up() {
 		return store.Answer{}, false
