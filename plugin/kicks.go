@@ -57,6 +57,12 @@ func (g *Guard) scanConns(pred func(*liveConn) bool, each func([]*liveConn)) {
 	cands := make([]*liveConn, 0, kickScan)
 	n := 0
 	g.mu.Lock()
+	locked := true
+	defer func() { // a panic in pred must not leave g.mu held: the broker thread takes it
+		if locked {
+			g.mu.Unlock()
+		}
+	}()
 	g.scanStartLocked()
 	for _, lc := range g.conns {
 		if !lc.flagged && !lc.offline && pred(lc) {
@@ -64,12 +70,15 @@ func (g *Guard) scanConns(pred func(*liveConn) bool, each func([]*liveConn)) {
 		}
 		if n++; n%kickScan == 0 {
 			g.mu.Unlock()
+			locked = false
 			each(cands)
 			cands = cands[:0]
 			g.mu.Lock()
+			locked = true
 		}
 	}
 	g.mu.Unlock()
+	locked = false
 	each(cands)
 }
 

@@ -159,7 +159,7 @@ func (g *Guard) reloadLoop() {
 			return
 		case a := <-r.applied:
 			if !a.walk {
-				g.kickChangedUsers(a)
+				g.kickChangedUsersSafely(a)
 			}
 		}
 	}
@@ -201,15 +201,28 @@ func (g *Guard) readUsers() (ok bool) {
 // as kicked with rule=user-changed; it may connect again and be checked
 // against a.users. Two map lookups per connection, nothing per user.
 func (g *Guard) kickChangedUsers(a appliedUsers) {
-	defer g.scanDone()
 	r := g.reloads
+	defer func() { // whatever happens, the kick window closes: fresh stops growing
+		g.mu.Lock()
+		r.kicking, r.fresh = nil, nil
+		g.mu.Unlock()
+	}()
+	defer g.scanDone()
 	g.scanConns(func(lc *liveConn) bool {
 		_, fresh := r.fresh[lc]
 		return !fresh && a.changed(lc)
 	}, func(cands []*liveConn) { g.kick(RuleUserChanged, false, cands) })
-	g.mu.Lock()
-	r.kicking, r.fresh = nil, nil
-	g.mu.Unlock()
+}
+
+// kickChangedUsersSafely is kickChangedUsers with a panic logged as an
+// error: the reload loop goes on, and later SIGHUPs are still read.
+func (g *Guard) kickChangedUsersSafely(a appliedUsers) {
+	defer func() {
+		if p := recover(); p != nil {
+			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error disconnecting the clients of users the password file changed: %v", p))
+		}
+	}()
+	g.kickChangedUsers(a)
 }
 
 // changed reports whether lc is a connection whose password was checked as

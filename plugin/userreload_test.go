@@ -105,3 +105,39 @@ func TestReloadOfASmallPasswordFileAppliesBeforeTheReCheck(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	assert.Empty(t, kr.all())
 }
+
+// A panic while the late file's kicks scan the connections (here: no
+// stores, so the comparison dereferences nil) held g.mu for ever, the lock
+// every CONNECT takes on the broker thread, and left the kick window open
+// (its fresh set growing with every CONNECT of a changed user). Now the
+// scan lets go of g.mu, the window closes, the panic is logged and the
+// reload loop would go on.
+func TestKickChangedUsersPanicLeavesNoLockHeld(t *testing.T) {
+	ls := &logSink{}
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t)})
+	require.NoError(t, err)
+	g, err := NewWith(cfg, Output{Log: ls.log, Kick: func(uintptr, string) {}}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "dev-alice", "alice", "alice-pw")).Result)
+	a := appliedUsers{}
+	g.mu.Lock()
+	g.reloads.kicking = &a
+	g.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		g.kickChangedUsersSafely(a)
+		g.Authenticate(cl(2, "192.0.2.2", "dev-alice-2", "alice", "alice-pw"))
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a CONNECT after the panic is still waiting for g.mu")
+	}
+	assert.Contains(t, ls.all(), "internal error disconnecting the clients")
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	assert.Nil(t, g.reloads.kicking, "the kick window closed")
+}

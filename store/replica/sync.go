@@ -239,7 +239,7 @@ func (s *Sync) session(ctx context.Context) error {
 // errSubscribable ends a session that runs without the subscription Redis
 // refused, once Redis allows it (the operator gave the channels): the next
 // session subscribes and reloads.
-var errSubscribable = errors.New("Redis now allows the subscription: subscribing and reloading")
+var errSubscribable = errors.New("the subscription is allowed now: subscribing and reloading")
 
 // subscribable reports whether Redis now allows the subscription it refused
 // (tried every notifyCheckEvery flush checks, 5 s); the test subscription is
