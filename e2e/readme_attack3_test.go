@@ -3,11 +3,15 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
 )
@@ -72,5 +76,51 @@ func TestReadmeAttack3SustainedThrottleAcrossBrokers(t *testing.T) {
 				t.Logf("%s %.120s", e.broker.Addr, l)
 			}
 		}
+	}
+}
+
+// README (Redis keys, guardctl): "All guardctl commands take --config
+// /etc/mosquitto/mosquitto.conf ... A bad value, or an option the plugin
+// does not know (a misspelt redis_adr, which the broker would refuse too),
+// is named with its file and line".
+//
+// Measured on 149c3de with the README's own example (auth_opt_redis_adr on
+// line 3): list, audit, ban, unban and allow say "m.conf:3: option
+// redis_adr: unknown option (did you mean redis_addr?)"; explain says
+// "option redis_adr: unknown option (did you mean redis_addr?)", no file,
+// no line.
+func TestReadmeAttack3GuardctlNamesFileAndLineOfAnUnknownOption(t *testing.T) {
+	bin := buildGuardctl(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "m.conf")
+	require.NoError(t, os.WriteFile(conf, []byte("listener 1883 127.0.0.1\nauth_plugin "+pluginPath+"\nauth_opt_redis_adr 127.0.0.1:1\n"), 0o644))
+	for _, args := range [][]string{
+		{"list"}, {"audit"}, {"ban", "ip", "192.0.2.1"}, {"unban", "ip", "192.0.2.1"}, {"allow", "ip", "192.0.2.1"},
+		{"explain", "--ip", "192.0.2.1"},
+	} {
+		out, err := exec.Command(bin, append(args, "--config", conf)...).CombinedOutput()
+		assert.Error(t, err, "guardctl %v: %s", args, out)
+		assert.Contains(t, string(out), conf+":3: option redis_adr: unknown option", "guardctl %v", args)
+		t.Logf("guardctl %s: %s", args[0], strings.TrimSpace(string(out)))
+	}
+}
+
+// The same promise for a bad value: auth_opt_fail_limit abc, which stops the
+// broker at start. Measured on 149c3de: explain names it ("m.conf:3: option
+// fail_limit: bad value \"abc\" ..."); list, audit, ban, unban and allow say
+// nothing of it and go on to Redis.
+func TestReadmeAttack3GuardctlNamesABadValue(t *testing.T) {
+	bin := buildGuardctl(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "m.conf")
+	require.NoError(t, os.WriteFile(conf, []byte("listener 1883 127.0.0.1\nauth_plugin "+pluginPath+
+		"\nauth_opt_fail_limit abc\nauth_opt_redis_addr 127.0.0.1:1\n"), 0o644))
+	for _, args := range [][]string{
+		{"explain", "--ip", "192.0.2.1"},
+		{"list"}, {"audit"}, {"ban", "ip", "192.0.2.1"}, {"unban", "ip", "192.0.2.1"}, {"allow", "ip", "192.0.2.1"},
+	} {
+		out, _ := exec.Command(bin, append(args, "--config", conf)...).CombinedOutput()
+		assert.Contains(t, string(out), conf+`:3: option fail_limit: bad value "abc"`, "guardctl %v", args)
+		t.Logf("guardctl %s: %s", args[0], strings.TrimSpace(string(out)))
 	}
 }
