@@ -124,3 +124,49 @@ func TestReadmeAttack3GuardctlNamesABadValue(t *testing.T) {
 		t.Logf("guardctl %s: %s", args[0], strings.TrimSpace(string(out)))
 	}
 }
+
+// README (Log lines): "So that a client hammering the broker after its
+// refusal cannot fill a disk ..., refusal lines are limited per source ...
+// and rule: the first 10 in 10 s are logged ... This bounds the plugin's
+// own lines only" (Mosquitto's own lines aside). A stored hash that is
+// malformed is "not counted" (no ban ever stops the hammering) and "logged
+// as an error".
+//
+// Measured on 149c3de: one client, one address, redis backend, the user
+// carol stored as "not-a-hash": 7 626 attempts in 3 s wrote 10 refusal
+// lines (bounded) and 7 626 lines "the stored hash of username=\"carol\"
+// cannot be used: ..." (one per attempt, never suppressed; 936 KB of the
+// plugin's own lines in 3 s, about 0.3 MB/s, for as long as the client
+// keeps on: these failures are never counted, so no ban ever stops it). A
+// stored bcrypt of cost 17 does the same ("cost out of range", 30 lines for
+// 20 attempts). The bound asserted: the same 11 lines as the refusals.
+func TestReadmeAttack3BadStoredHashFloodLines(t *testing.T) {
+	e := newEnv(t, "auth_opt_backend redis")
+	e.redis.CLI("SET", "guard:user:carol", "not-a-hash")
+	e.redis.CLI("SET", "guard:user:heavy", "$2b$17$"+strings.Repeat("a", 53))
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	n := 0
+	for time.Since(start) < 3*time.Second {
+		e.connect(as("127.0.147.1", "ra3-bsh", "carol", "guess"))
+		n++
+	}
+	for i := 0; i < 20; i++ {
+		e.connect(as("127.0.147.2", "ra3-bsh", "heavy", "guess"))
+	}
+	pb := 0
+	for _, l := range strings.Split(e.broker.Output(), "\n") {
+		if strings.Contains(l, "mosquitto-guard:") {
+			pb += len(l) + 1
+		}
+	}
+	t.Logf("plugin bytes: %d; heavy lines: %d", pb, e.countLines("heavy"))
+	time.Sleep(500 * time.Millisecond)
+	out := e.broker.Output()
+	refusals := e.countLines("event=refused", "ip=127.0.147.1")
+	errs := e.countLines("mosquitto-guard", "carol", "cannot be used")
+	plugin := e.countLines("mosquitto-guard:")
+	t.Logf("%d attempts in 3 s: %d refusal lines, %d 'cannot be used' lines, %d plugin lines, %d bytes of log", n, refusals, errs, plugin, len(out))
+	assert.LessOrEqual(t, refusals, 11)
+	assert.LessOrEqual(t, errs, 11, "the plugin's error line per attempt is not bounded")
+}
