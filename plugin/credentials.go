@@ -2,7 +2,10 @@ package plugin
 
 import (
 	"fmt"
+	"hash/maphash"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/backends/files"
 	"github.com/mosquitto-guard/mosquitto-guard/backends/hashes"
@@ -27,6 +30,42 @@ type credentials struct {
 	seeded atomic.Bool
 	// unseededLogged: the refusals for want of a seeded model were logged.
 	unseededLogged atomic.Bool
+	badHashes      badHashLines
+}
+
+// badHashLines holds back the error line of a stored hash that cannot be
+// used: a client retrying as its user wrote one line per attempt (7 626
+// lines, 936 KB, in 3 s from one client; such refusals are not counted, so
+// no ban stops it). A username's line is written at most once per
+// badHashEvery; at most badHashMax usernames are remembered (by a keyed
+// 64-bit hash of the name: 16 bytes each), all forgotten at once when full.
+type badHashLines struct {
+	mu   sync.Mutex
+	seed maphash.Seed
+	last map[uint64]time.Time
+}
+
+const (
+	badHashEvery = 10 * time.Minute
+	badHashMax   = 4096
+)
+
+// due reports whether username's line is due now, and notes it if so.
+func (b *badHashLines) due(username string, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.last == nil || len(b.last) >= badHashMax {
+		if b.last == nil {
+			b.seed = maphash.MakeSeed()
+		}
+		b.last = map[uint64]time.Time{}
+	}
+	k := maphash.String(b.seed, username)
+	if t, ok := b.last[k]; ok && now.Sub(t) < badHashEvery {
+		return false
+	}
+	b.last[k] = now
+	return true
 }
 
 // check returns "" when c's password is right, else the rule that refused.
@@ -92,7 +131,10 @@ func (cr *credentials) check(c Client, ans store.Answer, known, reauth bool) str
 	}
 	switch {
 	case err != nil:
-		cr.log(LevelError, fmt.Sprintf("mosquitto-guard: the stored hash of username=%s cannot be used: %v", logval.Quote(c.Username), err))
+		if cr.badHashes.due(c.Username, time.Now()) {
+			cr.log(LevelError, fmt.Sprintf("mosquitto-guard: the stored hash of username=%s cannot be used: %v (said at most once per %v for a user)",
+				logval.Quote(c.Username), err, badHashEvery))
+		}
 		return RuleBadStoredHash
 	case !ok:
 		return RuleBadPassword
