@@ -177,33 +177,62 @@ var flagOption = func() map[string]string {
 // by option: a password on a command line shows in ps.
 var passwordEnvs = map[string]string{"redis_password": passwordEnv, "redis_sentinel_password": sentinelPasswordEnv}
 
-// checkInstance checks an instance's merged values as the plugin does; an
-// error about a value read from the file starts with that option line's
-// file:line, so that the line to fix is named.
-//
-// An option the plugin does not know is an error too, as it is to the broker
-// at start: a misspelt redis_addr must not send guardctl to the default
-// Redis while the broker refuses to start, or reads another line.
+// checkInstance checks an instance's options whole, with the values given
+// on the command line or in the environment over them (the connection
+// values merged: vals; fromFile, those read from the file), as the broker
+// checks them at start (checkWhole).
 func checkInstance(p *config.Plugin, vals map[string]string, fromFile map[string]bool) config.Errors {
-	var unknown config.Errors
-	for name := range p.Options {
-		if !config.IsOption(name) {
-			unknown = append(unknown, fmt.Errorf("%s: %w", p.OptionWhere(name), config.UnknownOption(name)))
+	merged := map[string]string{}
+	for k, v := range p.Options {
+		merged[k] = v
+	}
+	given := map[string]bool{}
+	for k, v := range vals {
+		if !fromFile[k] {
+			merged[k] = v
+			_, inFile := p.Options[k]
+			given[k] = inFile
 		}
 	}
-	sort.Slice(unknown, func(i, j int) bool { return unknown[i].Error() < unknown[j].Error() })
-	_, err := config.ParseRedis(vals)
+	return checkWhole(p, merged, given)
+}
+
+// checkWhole checks merged, an instance's options with the values given on
+// the command line or in the environment over them (given: the names of
+// the file's options so replaced), as the broker checks them at start
+// (config.ParseOffline: no file is opened). Every error about a value read
+// from the file, and every option the plugin does not know, starts with
+// that line's file:line, so that the line to fix is named: every command
+// refuses what the broker refuses, the same way. A misspelt redis_addr must
+// not send guardctl to the default Redis while the broker refuses to start.
+func checkWhole(p *config.Plugin, merged map[string]string, given map[string]bool) config.Errors {
+	_, err := config.ParseOffline(merged)
 	var errs config.Errors
 	if !errors.As(err, &errs) {
-		return unknown
+		if err != nil {
+			return config.Errors{err}
+		}
+		return nil
 	}
-	for i, e := range errs {
-		var oe *config.OptionError
-		if errors.As(e, &oe) && fromFile[oe.Option] {
-			errs[i] = fmt.Errorf("%s: %w", p.OptionWhere(oe.Option), e)
+	unknown := map[string]string{} // an unknown option's error text: its name
+	for name := range p.Options {
+		if !config.IsOption(name) {
+			unknown[config.UnknownOption(name).Error()] = name
 		}
 	}
-	return append(unknown, errs...)
+	for i, e := range errs {
+		if name, ok := unknown[e.Error()]; ok {
+			errs[i] = fmt.Errorf("%s: %w", p.OptionWhere(name), e)
+			continue
+		}
+		var oe *config.OptionError
+		if errors.As(e, &oe) && !given[oe.Option] {
+			if _, inFile := p.Options[oe.Option]; inFile {
+				errs[i] = fmt.Errorf("%s: %w", p.OptionWhere(oe.Option), e)
+			}
+		}
+	}
+	return errs
 }
 
 // differing returns the names of the options whose values are not the same

@@ -127,19 +127,14 @@ func limitsOf(opts map[string]string, given limitValues, p *config.Plugin) (limi
 	}
 	o, err := config.ParseOffline(merged)
 	if err != nil {
-		var errs config.Errors
-		if !errors.As(err, &errs) || p == nil {
+		if p == nil {
 			return limits{}, err
 		}
-		for i, e := range errs {
-			var oe *config.OptionError
-			if errors.As(e, &oe) && opts != nil && given[oe.Option] == "" {
-				if _, inFile := opts[oe.Option]; inFile {
-					errs[i] = fmt.Errorf("%s: %w", p.OptionWhere(oe.Option), e)
-				}
-			}
+		over := map[string]bool{}
+		for k, v := range given {
+			over[k] = v != ""
 		}
-		return limits{}, errs
+		return limits{}, checkWhole(p, merged, over)
 	}
 	l := limits{
 		Policy: o.Policy, FailScopes: o.FailScopes, FailIPv6Prefix: o.FailIPv6Prefix,
