@@ -24,6 +24,9 @@ type Store interface {
 	Lookup(ctx context.Context, q store.Query) (store.Answer, error)
 	LiveConns(ctx context.Context, clientID string) ([]store.Conn, error)
 	PublishChange(ctx context.Context, key string) error
+	// ClaimThrottle writes username's throttle key unless it exists
+	// (store.Store.ClaimThrottle): the guess a lapsed throttle admits.
+	ClaimThrottle(ctx context.Context, username, reason string, ttl time.Duration) (bool, error)
 	Ping(ctx context.Context) error
 	Close() error
 }

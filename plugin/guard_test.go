@@ -91,6 +91,20 @@ func (f *fakeStore) Ping(context.Context) error {
 	return nil
 }
 
+func (f *fakeStore) ClaimThrottle(_ context.Context, username, reason string, _ time.Duration) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return false, errors.New("connection refused")
+	}
+	k := f.kb.Throttle(username)
+	if _, ok := f.keys[k]; ok {
+		return false, nil
+	}
+	f.keys[k] = reason
+	return true, nil
+}
+
 func (f *fakeStore) LiveConns(context.Context, string) ([]store.Conn, error) { return nil, nil }
 func (f *fakeStore) PublishChange(context.Context, string) error             { return nil }
 func (f *fakeStore) Close() error                                            { return nil }

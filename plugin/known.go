@@ -238,6 +238,16 @@ func (k *knownSources) known(username string, ip netip.Addr, clientID string, no
 	return byIP, byClientID
 }
 
+// episode reports whether a throttle episode of username is on record
+// here: its throttle began (prefetch) or was met (known) lately, its known
+// sources loaded since (forgotten 2 × fail_window plus knownReloadAfter
+// after the last load, forgetLoaded).
+func (k *knownSources) episode(username string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.loaded[username] != nil
+}
+
 // prefetch loads username's known sources as its throttle begins.
 func (k *knownSources) prefetch(username string, now time.Time) {
 	k.mu.Lock()

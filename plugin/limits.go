@@ -1,7 +1,10 @@
 package plugin
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
@@ -27,8 +30,11 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision
 	}
 	// The username throttle: from Redis (every broker's count), or from this
 	// broker's own count while that is on its way.
-	if g.known == nil || (ans.Throttle == nil && (g.localUser.Empty() || !g.localUser.Exhausted(c.Username, now))) {
+	if g.known == nil {
 		return Decision{}, false
+	}
+	if ans.Throttle == nil && (g.localUser.Empty() || !g.localUser.Exhausted(c.Username, now)) {
+		return g.lapsedThrottle(c, ip, ans, now)
 	}
 	if !g.creds.exists(c, ans) {
 		// No source is known to a username that does not exist: refuse
@@ -49,6 +55,54 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision
 		return Decision{claimedSource: true}, false
 	}
 	return g.refusals.throttled(c, ip, ans.Throttle), true
+}
+
+// lapsedThrottle decides a CONNECT of a username that is not throttled now
+// but whose throttle episode is on record here (knownSources.episode): its
+// throttle lapsed on every broker at once, and each broker's own count would
+// admit one guess before the throttle that guess brings back reached the
+// others, N guesses per fail_window with N brokers (a README-only
+// attacker's measure: 10 passwords checked on each of two brokers). A
+// source that is not known claims the guess in Redis first
+// (Store.ClaimThrottle: the throttle key written unless it exists, for one
+// fail_window, one round trip bounded by redis_timeout on the broker
+// thread): the broker that writes it checks the password, the others refuse
+// as throttled, and the key throttles every broker from then on. Known
+// sources go on as usual. Redis not answering: this broker's own count
+// decides, as before. Whether the username exists changes nothing here but
+// which sources are known.
+func (g *Guard) lapsedThrottle(c Client, ip netip.Addr, ans store.Answer, now time.Time) (Decision, bool) {
+	if !g.health.up() || !g.known.episode(c.Username) {
+		return Decision{}, false
+	}
+	if g.creds.exists(c, ans) {
+		if byIP, byClientID := g.known.known(c.Username, ip, c.ClientID, now); byIP || byClientID {
+			return Decision{}, false
+		}
+	}
+	ttl := g.cfg.Policy.Window
+	reason := fmt.Sprintf("%s one guess claimed after a throttle of this username lapsed, at %s", keys.AutoBanMarker, now.UTC().Format(time.RFC3339))
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.RedisTimeout)
+	defer cancel()
+	claimed, err := g.store.ClaimThrottle(ctx, c.Username, reason, ttl)
+	if err != nil {
+		g.health.down(err)
+		return Decision{}, false
+	}
+	if claimed {
+		// This broker's lookups see it at once; the others by its
+		// notification, or by the changes channel (published in the
+		// background: no second round trip here).
+		key := g.replica.Keys().Throttle(c.Username)
+		_ = g.replica.Put(key, reason, now.Add(ttl))
+		g.spawn("throttle claim publish", func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = g.bgStore.PublishChange(ctx, key)
+		})
+		return Decision{}, false
+	}
+	return g.refusals.throttled(c, ip, nil), true
 }
 
 // failed counts one failed authentication: at once in the local counts,

@@ -426,6 +426,9 @@ func (benchStore) LiveConns(context.Context, string) ([]store.Conn, error) { ret
 func (benchStore) PublishChange(context.Context, string) error             { return nil }
 func (benchStore) Ping(context.Context) error                              { return nil }
 func (benchStore) Close() error                                            { return nil }
+func (benchStore) ClaimThrottle(context.Context, string, string, time.Duration) (bool, error) {
+	return false, nil
+}
 
 // BenchmarkConnectCounting is what the metrics add to one CONNECT: its
 // count and the observation of its time (0 allocs/op), and the two clock

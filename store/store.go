@@ -381,3 +381,19 @@ func OneLine(err error) string {
 	}
 	return strings.Join(out, "; ")
 }
+
+// ClaimThrottle writes username's throttle key (keys.Builder.Throttle) with
+// reason for ttl, unless it exists: the one guess a throttled username's
+// lapsed allowance admits goes to the broker that writes it, and the key
+// throttles the username on every broker from then on. Reports whether this
+// call wrote it. One round trip, bounded by ctx.
+func (s *Store) ClaimThrottle(ctx context.Context, username, reason string, ttl time.Duration) (bool, error) {
+	err := s.rdb.SetArgs(ctx, s.kb.Throttle(username), reason, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("store: claim throttle: %w", err)
+	}
+	return true, nil
+}
