@@ -1,0 +1,47 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+)
+
+// TestHostileClaimNewDevicesAfterAThrottleLapses: README ("Many sources,
+// one username: the throttle"): a throttle "lifts by itself", and what it
+// stops is failures ("for as long as its allowance needs to admit one more
+// failure"). After an attack on bob has ended and its throttle has lapsed,
+// two new devices (unknown sources) with bob's right password connect one
+// after the other: nothing has failed since the lapse, so both must be
+// admitted. Measured on a9aa9ef: the first is admitted, and its claim
+// (a throttle key written for one fail_window, kept though its password
+// was right) refuses the second as username-throttled; a batch of K new
+// devices after an attack gets in one per fail_window across all brokers.
+func TestHostileClaimNewDevicesAfterAThrottleLapses(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 100000", "auth_opt_fail_window 2s", "auth_opt_username_fail_limit 2")
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	for i := 0; i < 4; i++ {
+		e.connect(as(fmt.Sprintf("127.0.171.%d", 1+i), fmt.Sprint("hc-atk-", i), "bob", "wrong"))
+	}
+	e.logLine("event=throttled")
+	// The attack is over: wait for the throttle to lapse.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		n, err := rdb.Exists(ctx, "guard:throttle:username:bob").Result()
+		require.NoError(t, err)
+		if n == 0 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the throttle never lapsed")
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // the lapse reached the broker's replica
+	require.EqualValues(t, accepted, e.connect(as("127.0.172.1", "hc-new-1", "bob", "bob-pw")), "first new device")
+	require.EqualValues(t, accepted, e.connect(as("127.0.172.2", "hc-new-2", "bob", "bob-pw")),
+		"second new device: nothing failed since the throttle lapsed")
+}
