@@ -80,6 +80,9 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 			return d
 		}
 		result = Allow
+		if limits.throttleClaim != "" {
+			g.releaseClaim(c, limits.throttleClaim)
+		}
 		// Known sources (known.go): where the username succeeded from, to
 		// let its devices through a throttle of it.
 		if !reauth && g.known != nil {

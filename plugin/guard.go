@@ -27,6 +27,9 @@ type Store interface {
 	// ClaimThrottle writes username's throttle key unless it exists
 	// (store.Store.ClaimThrottle): the guess a lapsed throttle admits.
 	ClaimThrottle(ctx context.Context, username, reason string, ttl time.Duration) (bool, error)
+	// ReleaseThrottle deletes it if it still holds reason
+	// (store.Store.ReleaseThrottle): the claimed guess was right.
+	ReleaseThrottle(ctx context.Context, username, reason string) (bool, error)
 	Ping(ctx context.Context) error
 	Close() error
 }

@@ -105,6 +105,20 @@ func (f *fakeStore) ClaimThrottle(_ context.Context, username, reason string, _ 
 	return true, nil
 }
 
+func (f *fakeStore) ReleaseThrottle(_ context.Context, username, reason string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return false, errors.New("connection refused")
+	}
+	k := f.kb.Throttle(username)
+	if v, ok := f.keys[k]; !ok || v != reason {
+		return false, nil
+	}
+	delete(f.keys, k)
+	return true, nil
+}
+
 func (f *fakeStore) LiveConns(context.Context, string) ([]store.Conn, error) { return nil, nil }
 func (f *fakeStore) PublishChange(context.Context, string) error             { return nil }
 func (f *fakeStore) Close() error                                            { return nil }

@@ -100,9 +100,28 @@ func (g *Guard) lapsedThrottle(c Client, ip netip.Addr, ans store.Answer, now ti
 			defer cancel()
 			_ = g.bgStore.PublishChange(ctx, key)
 		})
-		return Decision{}, false
+		return Decision{throttleClaim: reason}, false
 	}
 	return g.refusals.throttled(c, ip, nil), true
+}
+
+// releaseClaim lifts the throttle key c's CONNECT claimed (lapsedThrottle)
+// once its password proved right: the claim throttled the username for one
+// fail_window so that no other guess would be checked meanwhile, but
+// nothing failed, and a throttle stops failures: a batch of new devices
+// after an attack must not get in one per fail_window. Here at once (the
+// replica, unless a change came meanwhile); in Redis and on the other
+// brokers in the background, unless a failure's throttle replaced it.
+func (g *Guard) releaseClaim(c Client, reason string) {
+	key := g.replica.Keys().Throttle(c.Username)
+	g.replica.DeleteIf(key, reason)
+	g.spawn("throttle claim release", func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if ok, err := g.bgStore.ReleaseThrottle(ctx, c.Username, reason); err == nil && ok {
+			_ = g.bgStore.PublishChange(ctx, key)
+		}
+	})
 }
 
 // failed counts one failed authentication: at once in the local counts,

@@ -426,6 +426,9 @@ func (benchStore) LiveConns(context.Context, string) ([]store.Conn, error) { ret
 func (benchStore) PublishChange(context.Context, string) error             { return nil }
 func (benchStore) Ping(context.Context) error                              { return nil }
 func (benchStore) Close() error                                            { return nil }
+func (benchStore) ReleaseThrottle(context.Context, string, string) (bool, error) {
+	return false, nil
+}
 func (benchStore) ClaimThrottle(context.Context, string, string, time.Duration) (bool, error) {
 	return false, nil
 }

@@ -90,5 +90,6 @@ type Decision struct {
 	Match  *store.Match // the list entry that refused, if any
 	Detail string       // more for the log line: key=value pairs rendered by logline (Pairs), last on the line
 
-	claimedSource bool // checkLimits: let through a throttle as a source known by client ID only
+	claimedSource bool   // checkLimits: let through a throttle as a source known by client ID only
+	throttleClaim string // checkLimits: the throttle key's value this CONNECT claimed (lapsedThrottle)
 }

@@ -397,3 +397,18 @@ func (s *Store) ClaimThrottle(ctx context.Context, username, reason string, ttl 
 	}
 	return true, nil
 }
+
+// releaseScript deletes KEYS[1] if its value is ARGV[1].
+var releaseScript = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
+
+// ReleaseThrottle deletes username's throttle key if it still holds reason,
+// the value a ClaimThrottle wrote: the claimed guess was the right
+// password, so nothing failed and no throttle is due. A throttle written
+// since (a failure's count) is kept. Reports whether it deleted the key.
+func (s *Store) ReleaseThrottle(ctx context.Context, username, reason string) (bool, error) {
+	n, err := releaseScript.Run(ctx, s.rdb, []string{s.kb.Throttle(username)}, reason).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: release throttle: %w", err)
+	}
+	return n == 1, nil
+}

@@ -333,6 +333,36 @@ func (r *Replica) Delete(key string) {
 	class, kind, scope, p, user, _ := r.classify(key)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.deleteLocked(key, class, kind, scope, p, user)
+}
+
+// DeleteIf removes key if the value held for it is value (a change
+// arriving meanwhile is kept), and reports whether it did.
+func (r *Replica) DeleteIf(key, value string) bool {
+	class, kind, scope, p, user, _ := r.classify(key)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var e slot
+	var ok bool
+	switch class {
+	case classList:
+		e, ok = r.exact[key]
+	case classRange:
+		e, ok = r.ranges[listIndex(kind)][family(p.Addr())].byLen[p.Bits()][p]
+	case classUser:
+		e, ok = r.users[user]
+	case classThrottle:
+		e, ok = r.throttles[user]
+	}
+	if !ok || e.value != value {
+		return false
+	}
+	r.deleteLocked(key, class, kind, scope, p, user)
+	return true
+}
+
+// deleteLocked removes key (r.mu held).
+func (r *Replica) deleteLocked(key string, class keyClass, kind keys.Kind, scope keys.Scope, p netip.Prefix, user string) {
 	var had bool
 	switch class {
 	case classList:
