@@ -50,3 +50,43 @@ func TestHostileClaimNewDevicesAfterAThrottleLapses(t *testing.T) {
 	require.EqualValues(t, accepted, e.connect(as("127.0.172.2", "hc-new-2", "bob", "bob-pw")),
 		"second new device: nothing failed since the throttle lapsed")
 }
+
+// TestHostileClaimMadeUpThrottlesCrowdOutAFleet: README ("Many sources, one
+// username"): "When a throttle starts, each broker loads the username's set
+// into memory", and checkLimits' own word: "a botnet keeping 10 000 made-up
+// usernames throttled must not crowd real fleets out of
+// knownLoadedUsersMax". A botnet throttles 10 000 made-up usernames (here
+// their throttle keys written as the plugin writes them, which every
+// broker's replica takes in by notification), then attacks bob. Bob's
+// device, which authenticated on broker A, reconnects from its known
+// address to broker B: it must be let through. Measured on a9aa9ef:
+// refused as username-throttled; listChanged prefetches every throttled
+// username, made-up or not, so the 10 000 fill knownLoadedUsersMax, bob's
+// set is never loaded on B, and with no episode on record the lapsed
+// throttle's claim (lapsedThrottle) is skipped too: back to one guess per
+// fail_window per broker.
+func TestHostileClaimMadeUpThrottlesCrowdOutAFleet(t *testing.T) {
+	a, b := twoBrokers(t, "auth_opt_fail_limit 100000", "auth_opt_fail_window 10s", "auth_opt_username_fail_limit 2")
+	device := as("127.0.173.1", "hc-fleet-1", "bob", "bob-pw")
+	require.EqualValues(t, accepted, a.connect(device))
+	eventually(t, 3*time.Second, func() bool { return a.redis.CLI("ZCARD", "guard:known:bob") == "2" }, "known sources recorded")
+
+	rdb := redis.NewClient(&redis.Options{Addr: a.redis.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	for i := 0; i < 10_000; i++ {
+		pipe.Set(ctx, fmt.Sprintf("guard:throttle:username:madeup-%d", i),
+			"auto: over 2 failed authentications of it from any source", time.Minute)
+	}
+	_, err := pipe.Exec(ctx)
+	require.NoError(t, err)
+	time.Sleep(2 * time.Second) // the notifications reached both brokers
+
+	for i := 0; i < 4; i++ {
+		a.connect(as(fmt.Sprintf("127.0.174.%d", 1+i), "hc-atk", "bob", "wrong"))
+	}
+	a.waitKey("guard:throttle:username:bob", true, 2*time.Second)
+	time.Sleep(500 * time.Millisecond) // B's replica has the throttle, and loaded bob's set if it could
+	require.EqualValues(t, accepted, b.connect(device), "bob's device at its known address, on broker B")
+}
