@@ -38,31 +38,50 @@ type credentials struct {
 // lines, 936 KB, in 3 s from one client; such refusals are not counted, so
 // no ban stops it). A username's line is written at most once per
 // badHashEvery; at most badHashMax usernames are remembered (by a keyed
-// 64-bit hash of the name: 16 bytes each), all forgotten at once when full.
+// 64-bit hash of the name: 16 bytes each). When full, those logged more
+// than badHashEvery ago are forgotten (at most once per badHashSweep); if
+// none is, a new username's line waits: at most badHashMax lines per
+// badHashEvery, however many users have unusable hashes (forgetting all at
+// once let 5 000 such users cycled twice write 10 000 lines in a minute).
 type badHashLines struct {
-	mu   sync.Mutex
-	seed maphash.Seed
-	last map[uint64]time.Time
+	mu    sync.Mutex
+	seed  maphash.Seed
+	last  map[uint64]time.Time
+	swept time.Time
 }
 
 const (
 	badHashEvery = 10 * time.Minute
 	badHashMax   = 4096
+	badHashSweep = time.Minute
 )
 
 // due reports whether username's line is due now, and notes it if so.
 func (b *badHashLines) due(username string, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.last == nil || len(b.last) >= badHashMax {
-		if b.last == nil {
-			b.seed = maphash.MakeSeed()
-		}
+	if b.last == nil {
+		b.seed = maphash.MakeSeed()
 		b.last = map[uint64]time.Time{}
 	}
 	k := maphash.String(b.seed, username)
-	if t, ok := b.last[k]; ok && now.Sub(t) < badHashEvery {
+	t, ok := b.last[k]
+	if ok && now.Sub(t) < badHashEvery {
 		return false
+	}
+	if !ok && len(b.last) >= badHashMax {
+		if now.Sub(b.swept) < badHashSweep {
+			return false
+		}
+		b.swept = now
+		for h, t := range b.last {
+			if now.Sub(t) >= badHashEvery {
+				delete(b.last, h)
+			}
+		}
+		if len(b.last) >= badHashMax {
+			return false
+		}
 	}
 	b.last[k] = now
 	return true

@@ -30,4 +30,14 @@ func TestHostileClaimBadHashLinesPastTheirBound(t *testing.T) {
 	if len(b.last) > badHashMax {
 		t.Fatalf("%d usernames remembered, bound %d", len(b.last), badHashMax)
 	}
+	// Ten minutes on, the lines are due again (up to the bound).
+	later := 0
+	for i := 0; i < 5000; i++ {
+		if b.due(fmt.Sprint("device-", i), now.Add(11*time.Minute)) {
+			later++
+		}
+	}
+	if later != badHashMax {
+		t.Fatalf("%d lines 11 minutes later, want %d", later, badHashMax)
+	}
 }
