@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,4 +90,34 @@ func TestHostileClaimMadeUpThrottlesCrowdOutAFleet(t *testing.T) {
 	a.waitKey("guard:throttle:username:bob", true, 2*time.Second)
 	time.Sleep(500 * time.Millisecond) // B's replica has the throttle, and loaded bob's set if it could
 	require.EqualValues(t, accepted, b.connect(device), "bob's device at its known address, on broker B")
+}
+
+// TestHostileClaimRedisHungAtTheLapse: README: the claim is "one round trip
+// on the broker thread, bounded by redis_timeout, only in that moment".
+// Redis hangs (SIGSTOP) just as bob's throttle lapses, and 20 unknown
+// sources try bob: the first CONNECT waits at most redis_timeout for the
+// claim, the rest go on without Redis (its health is down).
+func TestHostileClaimRedisHungAtTheLapse(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	e := newEnv(t, "auth_opt_fail_limit 100000", "auth_opt_fail_window 2s", "auth_opt_username_fail_limit 2",
+		"auth_opt_redis_timeout 200ms")
+	for i := 0; i < 4; i++ {
+		e.connect(as(fmt.Sprintf("127.0.175.%d", 1+i), "hc-atk", "bob", "wrong"))
+	}
+	e.waitKey("guard:throttle:username:bob", true, 2*time.Second)
+	e.waitKey("guard:throttle:username:bob", false, 10*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+	defer func() { _ = e.redis.Signal(syscall.SIGCONT) }()
+	var total, worst time.Duration
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		e.connect(as(fmt.Sprintf("127.0.176.%d", 1+i), "hc-atk2", "bob", fmt.Sprint("guess-", i)))
+		d := time.Since(start)
+		total += d
+		worst = max(worst, d)
+	}
+	t.Logf("20 CONNECTs at the lapse with Redis hung: %s in all, the slowest %s", total.Round(time.Millisecond), worst.Round(time.Millisecond))
+	require.Less(t, worst, timeout+400*time.Millisecond, "one CONNECT")
+	require.Less(t, total, 3*timeout+20*100*time.Millisecond, "20 CONNECTs")
 }
