@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -48,7 +49,22 @@ type knownSources struct {
 	recent      map[recentID]knownStamp // recentKey(username, source) -> the last success written
 	loaded      map[string]*knownSet
 	loadedTotal int
+	// episodes records the usernames met throttled here lately, made-up
+	// ones included, apart from the loaded sets (which only existing
+	// usernames get, bounded by knownLoadedUsersMax: a botnet's throttled
+	// made-up usernames must neither crowd a fleet's set out nor switch
+	// the lapse claim off for it): a keyed 64-bit hash of the username's
+	// Tracking form (the throttle key's own) -> when met, unix ms. At most
+	// episodesMax (16 bytes each); when full, those older than
+	// episodeFor go, and while none can, a new episode is not recorded
+	// (its lapse is decided by each broker's own count, as before).
+	episodes  map[uint64]int64
+	nEpisodes atomic.Int32 // len(episodes): a CONNECT reads this, no lock, while none is
+	epSeed    maphash.Seed
 }
+
+// episodesMax bounds knownSources.episodes.
+const episodesMax = 100_000
 
 // knownDeps are what known sources need of the guard.
 type knownDeps struct {
@@ -92,7 +108,8 @@ func newKnownSources(d knownDeps) *knownSources {
 		knownDeps: d,
 		queue:     batchq.New[knownWrite](knownQueueSize, knownBatchMax),
 		recent:    map[recentID]knownStamp{}, loaded: map[string]*knownSet{},
-		refresh: min(knownRefresh, d.window/4),
+		refresh:  min(knownRefresh, d.window/4),
+		episodes: map[uint64]int64{}, epSeed: maphash.MakeSeed(),
 	}
 	d.spawn("known sources", k.run)
 	return k
@@ -238,14 +255,45 @@ func (k *knownSources) known(username string, ip netip.Addr, clientID string, no
 	return byIP, byClientID
 }
 
-// episode reports whether a throttle episode of username is on record
-// here: its throttle began (prefetch) or was met (known) lately, its known
-// sources loaded since (forgotten 2 × fail_window plus knownReloadAfter
-// after the last load, forgetLoaded).
-func (k *knownSources) episode(username string) bool {
+// episodeFor is how long an episode stays on record after its username was
+// last met throttled: a throttle lapses, and then for two fail_windows a
+// source that is not known claims its guess (Guard.lapsedThrottle).
+func (k *knownSources) episodeFor() time.Duration { return 2*k.failWindow + knownReloadAfter }
+
+// noteEpisode records that the username whose Tracking form is tracked is
+// throttled now (its throttle key seen, or met by a CONNECT).
+func (k *knownSources) noteEpisode(tracked string, now time.Time) {
+	h := maphash.String(k.epSeed, tracked)
+	ms := now.UnixMilli()
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.loaded[username] != nil
+	if _, ok := k.episodes[h]; !ok && len(k.episodes) >= episodesMax {
+		cutoff := ms - k.episodeFor().Milliseconds()
+		for e, at := range k.episodes {
+			if at < cutoff {
+				delete(k.episodes, e)
+			}
+		}
+		if len(k.episodes) >= episodesMax {
+			return
+		}
+	}
+	k.episodes[h] = ms
+	k.nEpisodes.Store(int32(len(k.episodes)))
+}
+
+// episode reports whether username was met throttled here within
+// episodeFor: its throttle may have lapsed since. One atomic load while no
+// episode is on record (every CONNECT asks).
+func (k *knownSources) episode(username string, now time.Time) bool {
+	if k.nEpisodes.Load() == 0 {
+		return false
+	}
+	h := maphash.String(k.epSeed, keys.Tracking(username))
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	at, ok := k.episodes[h]
+	return ok && now.UnixMilli()-at < k.episodeFor().Milliseconds()
 }
 
 // prefetch loads username's known sources as its throttle begins.
@@ -303,6 +351,13 @@ func (k *knownSources) forgetLoaded(now time.Time) {
 			delete(k.loaded, u)
 		}
 	}
+	cutoff := now.UnixMilli() - k.episodeFor().Milliseconds()
+	for e, at := range k.episodes {
+		if at < cutoff {
+			delete(k.episodes, e)
+		}
+	}
+	k.nEpisodes.Store(int32(len(k.episodes)))
 }
 
 // knownTick is how often the writer forgets ended episodes and trims its

@@ -36,6 +36,7 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision
 	if ans.Throttle == nil && (g.localUser.Empty() || !g.localUser.Exhausted(c.Username, now)) {
 		return g.lapsedThrottle(c, ip, ans, now)
 	}
+	g.known.noteEpisode(keys.Tracking(c.Username), now) // its lapse is claimed (lapsedThrottle)
 	if !g.creds.exists(c, ans) {
 		// No source is known to a username that does not exist: refuse
 		// alike, without loading its (empty) set; a botnet keeping 10 000
@@ -72,12 +73,18 @@ func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision
 // decides, as before. Whether the username exists changes nothing here but
 // which sources are known.
 func (g *Guard) lapsedThrottle(c Client, ip netip.Addr, ans store.Answer, now time.Time) (Decision, bool) {
-	if !g.health.up() || !g.known.episode(c.Username) {
+	if !g.health.up() || !g.known.episode(c.Username, now) {
 		return Decision{}, false
 	}
 	if g.creds.exists(c, ans) {
-		if byIP, byClientID := g.known.known(c.Username, ip, c.ClientID, now); byIP || byClientID {
+		byIP, byClientID := g.known.known(c.Username, ip, c.ClientID, now)
+		switch {
+		case byIP:
 			return Decision{}, false
+		case byClientID && !g.localClaimed.Exhausted(c.Username, now):
+			// As under the throttle (checkLimits): sources known only by
+			// their client ID share one failure per fail_window here.
+			return Decision{claimedSource: true}, false
 		}
 	}
 	ttl := g.cfg.Policy.Window

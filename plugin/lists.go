@@ -150,8 +150,16 @@ func (g *Guard) listChanged(key string, e, old *replica.Entry, notified bool) {
 		return
 	}
 	if u, ok := strings.CutPrefix(key, g.replica.Keys().Throttle("")); ok {
-		if e != nil && g.known != nil && !strings.HasPrefix(u, "sha256:") { // a long username is prefetched at its first attempt
-			g.known.prefetch(u, g.now()) // the username's devices are recognised from its first attempt on
+		if e != nil && g.known != nil {
+			now := g.now()
+			g.known.noteEpisode(u, now) // u is the Tracking form: made-up and long usernames too
+			// Only an existing username's known sources are loaded: a
+			// botnet keeping 10 000 made-up usernames throttled must not
+			// crowd a fleet's set out of knownLoadedUsersMax. A long
+			// username is prefetched at its first attempt.
+			if !strings.HasPrefix(u, "sha256:") && g.userExists(u) {
+				g.known.prefetch(u, now) // the username's devices are recognised from its first attempt on
+			}
 		}
 		return
 	}
@@ -185,6 +193,19 @@ func (g *Guard) replicaLost(err error) {
 	if perr := g.health.ping(); perr != nil {
 		g.health.down(err)
 	}
+}
+
+// userExists reports whether username is a user of the backend, from what
+// this broker holds (the password file, or the replica's users).
+func (g *Guard) userExists(username string) bool {
+	switch g.cfg.Backend {
+	case config.BackendFiles:
+		_, ok := g.creds.users.Load().Hash(username)
+		return ok
+	case config.BackendRedis:
+		return g.replica.Lookup(store.Query{Username: username, HasUsername: true, WantUser: true}, g.now()).HasUser
+	}
+	return false
 }
 
 // seedUnknownUsersDummy makes the redis backend's unknown users cost what its
