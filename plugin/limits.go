@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"time"
 
@@ -88,7 +89,10 @@ func (g *Guard) lapsedThrottle(c Client, ip netip.Addr, ans store.Answer, now ti
 		}
 	}
 	ttl := g.cfg.Policy.Window
-	reason := fmt.Sprintf("%s one guess claimed after a throttle of this username lapsed, at %s", keys.AutoBanMarker, now.UTC().Format(time.RFC3339))
+	// The value names this claim alone (its release deletes only its own):
+	// a random number beside the time.
+	reason := fmt.Sprintf("%s one guess claimed after a throttle of this username lapsed, at %s (claim %016x)",
+		keys.AutoBanMarker, now.UTC().Format(time.RFC3339), rand.Uint64())
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.RedisTimeout)
 	defer cancel()
 	claimed, err := g.store.ClaimThrottle(ctx, c.Username, reason, ttl)
