@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
@@ -36,17 +33,8 @@ func TestHostileGateRedisUserWithoutChannelsRefusesEveryoneForever(t *testing.T)
 	// The broker waits 10 s at start for a first load that never comes
 	// (longer than the harness waits for it to listen): start it while
 	// Redis hangs, as TestReadmeAttack2... does, so it does not wait.
-	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
-	stopped := true
-	t.Cleanup(func() {
-		if stopped {
-			_ = e.redis.Signal(syscall.SIGCONT)
-		}
-	})
-	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+	e.startBrokerWhileRedisHangs(t, e.conf("auth_opt_backend redis",
 		"auth_opt_redis_username guard", "auth_opt_redis_password guard-pw"))
-	require.NoError(t, e.redis.Signal(syscall.SIGCONT))
-	stopped = false
 
 	// Well past any first load of one user.
 	deadline := time.Now().Add(15 * time.Second)
@@ -88,17 +76,8 @@ func TestHostileGateLoadRefusedIsLogged(t *testing.T) {
 	e := envWithoutBroker(t)
 	e.redis.CLI("SET", "guard:user:alice", "$7$101$AAAAAAAAAAAAAAAA$"+strings.Repeat("A", 86)+"==")
 	e.redis.CLI("ACL", "SETUSER", "guard", "on", ">guard-pw", "~guard:*", "~rate:guard:*", "&*", "+@all", "-scan")
-	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
-	stopped := true
-	t.Cleanup(func() {
-		if stopped {
-			_ = e.redis.Signal(syscall.SIGCONT)
-		}
-	})
-	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+	e.startBrokerWhileRedisHangs(t, e.conf("auth_opt_backend redis",
 		"auth_opt_redis_username guard", "auth_opt_redis_password guard-pw"))
-	require.NoError(t, e.redis.Signal(syscall.SIGCONT))
-	stopped = false
 	assert.Equal(t, byte(refused), e.connect(as("127.0.0.1", "a1", "alice", "x")))
 	assert.True(t, e.broker.WaitOutput("NOPERM", 5*time.Second), "the refusal that keeps the replica from loading is logged")
 	time.Sleep(3 * time.Second) // several retries
@@ -121,18 +100,7 @@ func TestHostileGateReloadFromEmptyLeavesTheDefaultDummy(t *testing.T) {
 	h, err := bcrypt.GenerateFromPassword([]byte("alice-secret"), 11)
 	require.NoError(t, err)
 	e.redis.CLI("SET", "guard:user:alice", string(h))
-	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
-	defer rdb.Close()
-	ctx := context.Background()
-	cheapHash := "$7$101$AAAAAAAAAAAAAAAA$" + strings.Repeat("A", 86) + "=="
-	for i := 0; i < 200_000; i += 10_000 {
-		p := rdb.Pipeline()
-		for j := i; j < i+10_000; j++ {
-			p.Set(ctx, fmt.Sprintf("guard:user:u%d", j), cheapHash, 0)
-		}
-		_, err := p.Exec(ctx)
-		require.NoError(t, err)
-	}
+	e.storeCheapUsers(200_000)
 	e.redis.CLI("SAVE")
 	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
 		"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 0"))

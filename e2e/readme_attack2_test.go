@@ -1,15 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"regexp"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
@@ -32,29 +28,9 @@ func TestReadmeAttack2RedisBackendUnknownUserCheapAfterRedisHungAtStart(t *testi
 	e.redis.CLI("SET", "guard:user:alice", string(h))
 	// 200 000 other users (cheap hashes): the replica's load and the
 	// ranking of their hashes take a few hundred milliseconds.
-	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
-	defer rdb.Close()
-	ctx := context.Background()
-	cheapHash := "$7$101$AAAAAAAAAAAAAAAA$" + strings.Repeat("A", 86) + "=="
-	for i := 0; i < 200_000; i += 10_000 {
-		p := rdb.Pipeline()
-		for j := i; j < i+10_000; j++ {
-			p.Set(ctx, fmt.Sprintf("guard:user:u%d", j), cheapHash, 0)
-		}
-		_, err := p.Exec(ctx)
-		require.NoError(t, err)
-	}
-	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
-	stopped := true
-	t.Cleanup(func() {
-		if stopped {
-			_ = e.redis.Signal(syscall.SIGCONT)
-		}
-	})
-	e.broker = startBroker(t, e.conf("auth_opt_backend redis",
+	e.storeCheapUsers(200_000)
+	e.startBrokerWhileRedisHangs(t, e.conf("auth_opt_backend redis",
 		"auth_opt_fail_limit 1000", "auth_opt_username_fail_limit 0"))
-	require.NoError(t, e.redis.Signal(syscall.SIGCONT))
-	stopped = false
 
 	// Probe unknown usernames as an attacker would, as fast as the broker
 	// answers, for 3 s after Redis is back.

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
@@ -240,18 +239,7 @@ func TestHostilePasswordFileReadThatWaits(t *testing.T) {
 // dummy (0.5 to 1.4 ms) where alice, bcrypt-11, takes 160 ms.
 func TestHostileRedisBackendUnknownUsersCheapWhileSeeding(t *testing.T) {
 	e := envWithoutBroker(t)
-	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
-	defer rdb.Close()
-	ctx := context.Background()
-	cheap := "$7$101$AAAAAAAAAAAAAAAA$" + strings.Repeat("A", 86) + "=="
-	for i := 0; i < 200_000; i += 10_000 {
-		p := rdb.Pipeline()
-		for j := i; j < i+10_000; j++ {
-			p.Set(ctx, fmt.Sprintf("guard:user:u%d", j), cheap, 0)
-		}
-		_, err := p.Exec(ctx)
-		require.NoError(t, err)
-	}
+	e.storeCheapUsers(200_000)
 	startRedisBackend(t, e, "alice-secret")
 	start := time.Now()
 	code := e.connect(as("127.0.76.1", "first", "nosuch", "guess"))

@@ -306,18 +306,7 @@ func (r *Replica) Get(key string) (Entry, bool) {
 	class, kind, _, p, user, _ := r.classify(key)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	var e slot
-	var ok bool
-	switch class {
-	case classList:
-		e, ok = r.exact[key]
-	case classRange:
-		e, ok = r.ranges[listIndex(kind)][family(p.Addr())].byLen[p.Bits()][p]
-	case classUser:
-		e, ok = r.users[user]
-	case classThrottle:
-		e, ok = r.throttles[user]
-	}
+	e, ok := r.slotLocked(key, class, kind, p, user)
 	if !ok {
 		return Entry{}, false
 	}
@@ -326,6 +315,26 @@ func (r *Replica) Get(key string) (Entry, bool) {
 		out.Expires = time.UnixMilli(e.exp)
 	}
 	return out, true
+}
+
+// slotLocked returns the slot held for key, classified (classify); r.mu
+// held, for reading at least.
+func (r *Replica) slotLocked(key string, class keyClass, kind keys.Kind, p netip.Prefix, user string) (slot, bool) {
+	switch class {
+	case classList:
+		e, ok := r.exact[key]
+		return e, ok
+	case classRange:
+		e, ok := r.ranges[listIndex(kind)][family(p.Addr())].byLen[p.Bits()][p]
+		return e, ok
+	case classUser:
+		e, ok := r.users[user]
+		return e, ok
+	case classThrottle:
+		e, ok := r.throttles[user]
+		return e, ok
+	}
+	return slot{}, false
 }
 
 // Delete removes key.
@@ -342,19 +351,7 @@ func (r *Replica) DeleteIf(key, value string) bool {
 	class, kind, scope, p, user, _ := r.classify(key)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var e slot
-	var ok bool
-	switch class {
-	case classList:
-		e, ok = r.exact[key]
-	case classRange:
-		e, ok = r.ranges[listIndex(kind)][family(p.Addr())].byLen[p.Bits()][p]
-	case classUser:
-		e, ok = r.users[user]
-	case classThrottle:
-		e, ok = r.throttles[user]
-	}
-	if !ok || e.value != value {
+	if e, ok := r.slotLocked(key, class, kind, p, user); !ok || e.value != value {
 		return false
 	}
 	r.deleteLocked(key, class, kind, scope, p, user)
