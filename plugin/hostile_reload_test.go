@@ -31,12 +31,8 @@ const aliceRehashed = "alice:$7$101$aG9zdGlsZXNhbHQx$nk2/DCqP+dJuWJioCRCzp9TU/eA
 func TestHostileReloadKicksNoClientCheckedAgainstTheNewFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "passwd")
 	writeUsers(t, path, 0, strings.TrimSpace(alicePasswd))
-	cfg, err := config.Parse(map[string]string{"password_file": path})
-	require.NoError(t, err)
 	var kr kickRecorder
-	g, err := NewWith(cfg, Output{Log: func(Level, string) {}, Kick: kr.kick}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
+	g := filesGuardOut(t, path, Output{Log: func(Level, string) {}, Kick: kr.kick})
 
 	const old = 3000 // alice's connections checked against her old hash
 	for i := 0; i < old; i++ {
@@ -114,11 +110,7 @@ func TestHostileReloadCloseDoesNotWaitForAPasswordFileRead(t *testing.T) {
 func TestHostileReloadSIGHUPDuringAReadDoesNotWaitForNothing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "passwd")
 	writeUsers(t, path, 0, strings.TrimSpace(alicePasswd))
-	cfg, err := config.Parse(map[string]string{"password_file": path})
-	require.NoError(t, err)
-	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
+	g := filesGuardOut(t, path, Output{Log: func(Level, string) {}})
 
 	writeUsers(t, path, 200_000, strings.TrimSpace(alicePasswd)) // about 1 s to read
 	g.Reload()
@@ -145,13 +137,9 @@ func TestHostileReloadRemovedThenUnreadable(t *testing.T) {
 	const bobHash = "bob:$7$101$aG9zdGlsZXNhbHQx$nk2/DCqP+dJuWJioCRCzp9TU/eATNzoO0CVzPwFnfNZUJF/gb1ZhoL/W7gr5xBX/QnL2os8PEA02zhP6R+UqXg=="
 	path := filepath.Join(t.TempDir(), "passwd")
 	writeUsers(t, path, 0, strings.TrimSpace(alicePasswd), bobHash)
-	cfg, err := config.Parse(map[string]string{"password_file": path})
-	require.NoError(t, err)
 	var kr kickRecorder
 	ls := &logSink{}
-	g, err := NewWith(cfg, Output{Log: ls.log, Kick: kr.kick}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
+	g := filesGuardOut(t, path, Output{Log: ls.log, Kick: kr.kick})
 	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "dev-alice", "alice", "alice-pw")).Result)
 	require.Equal(t, Allow, g.Authenticate(cl(2, "192.0.2.2", "dev-bob", "bob", "alice-pw")).Result)
 

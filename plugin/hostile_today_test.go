@@ -11,8 +11,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 )
 
 // TestHostileTodayKickWindowHandleReuse: while a late password file's kicks
@@ -24,12 +22,8 @@ import (
 func TestHostileTodayKickWindowHandleReuse(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "passwd")
 	writeUsers(t, path, 0, strings.TrimSpace(alicePasswd))
-	cfg, err := config.Parse(map[string]string{"password_file": path})
-	require.NoError(t, err)
 	var kr kickRecorder
-	g, err := NewWith(cfg, Output{Log: func(Level, string) {}, Kick: kr.kick}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
+	g := filesGuardOut(t, path, Output{Log: func(Level, string) {}, Kick: kr.kick})
 
 	const old = 3000
 	for i := 0; i < old; i++ {

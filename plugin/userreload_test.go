@@ -16,6 +16,18 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 )
 
+// filesGuardOut is a guard of the files backend on the password file at path,
+// with out, a fake store and a fake counter; closed at the test's end.
+func filesGuardOut(t *testing.T, path string, out Output) *Guard {
+	t.Helper()
+	cfg, err := config.Parse(map[string]string{"password_file": path})
+	require.NoError(t, err)
+	g, err := NewWith(cfg, out, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	return g
+}
+
 // writeUsers writes a password file of lines and n filler users (one cheap
 // hash for all, never used): 200 000 of them take about a second to read.
 func writeUsers(t *testing.T, path string, n int, lines ...string) {
@@ -48,13 +60,9 @@ func TestReloadOfALargePasswordFileHoldsNoBrokerThread(t *testing.T) {
 	const bobPasswd = "bob:$7$101$JHG1ljPsz3QJNFOu$lCoMje0h7QEhScblT+CNTTGsf0WEpBT5y83IaKC6M/4RZMxmrHL3odUEBnCPfbCFoUI3q30ZDM/q/hY5CYhKzg=="
 	path := filepath.Join(t.TempDir(), "passwd")
 	writeUsers(t, path, 0, strings.TrimSpace(alicePasswd), bobPasswd)
-	cfg, err := config.Parse(map[string]string{"password_file": path})
-	require.NoError(t, err)
 	var kr kickRecorder
 	ls := &logSink{}
-	g, err := NewWith(cfg, Output{Log: ls.log, Kick: kr.kick}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
+	g := filesGuardOut(t, path, Output{Log: ls.log, Kick: kr.kick})
 
 	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "dev-alice", "alice", "alice-pw")).Result)
 	require.Equal(t, Allow, g.Authenticate(cl(2, "192.0.2.2", "dev-bob", "bob", "alice-pw")).Result)
@@ -90,12 +98,8 @@ func TestReloadOfALargePasswordFileHoldsNoBrokerThread(t *testing.T) {
 func TestReloadOfASmallPasswordFileAppliesBeforeTheReCheck(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "passwd")
 	writeUsers(t, path, 0, strings.TrimSpace(alicePasswd))
-	cfg, err := config.Parse(map[string]string{"password_file": path})
-	require.NoError(t, err)
 	var kr kickRecorder
-	g, err := NewWith(cfg, Output{Log: func(Level, string) {}, Kick: kr.kick}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
+	g := filesGuardOut(t, path, Output{Log: func(Level, string) {}, Kick: kr.kick})
 	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "dev-alice", "alice", "alice-pw")).Result)
 	writeUsers(t, path, 10)
 	g.Reload()
@@ -114,11 +118,7 @@ func TestReloadOfASmallPasswordFileAppliesBeforeTheReCheck(t *testing.T) {
 // reload loop would go on.
 func TestKickChangedUsersPanicLeavesNoLockHeld(t *testing.T) {
 	ls := &logSink{}
-	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t)})
-	require.NoError(t, err)
-	g, err := NewWith(cfg, Output{Log: ls.log, Kick: func(uintptr, string) {}}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
+	g := filesGuardOut(t, passwdFile(t), Output{Log: ls.log, Kick: func(uintptr, string) {}})
 	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "dev-alice", "alice", "alice-pw")).Result)
 	a := appliedUsers{}
 	g.mu.Lock()
