@@ -63,7 +63,7 @@ func StartRedisTLS(t testing.TB, o *RedisTLS, extra ...string) *Redis {
 		args = append(args, "--"+s[0], s[1])
 	}
 	args = append(args, extra...)
-	r := &Redis{Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, args: args, cli: cli, t: t}
+	r := newRedis(t, port, dir, args, cli)
 	r.Process = start(t, dir, "redis-server", args...)
 	if err := r.WaitPort(r.Addr, 10*time.Second); err != nil {
 		t.Fatal(err)

@@ -114,7 +114,7 @@ func startSentinel(t testing.TB, o SentinelOptions, masterPort int) *Redis {
 	fmt.Fprintf(&conf, "sentinel parallel-syncs %s 1\n", o.Name)
 	path := WriteFile(t, dir, "sentinel.conf", conf.String())
 	args := []string{filepath.Base(path), "--sentinel"}
-	r := &Redis{Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, args: args, cli: cli, t: t}
+	r := newRedis(t, port, dir, args, cli)
 	r.Process = start(t, dir, "redis-server", args...)
 	if err := r.WaitPort(r.Addr, 10*time.Second); err != nil {
 		t.Fatal(err)

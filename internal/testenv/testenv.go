@@ -255,6 +255,84 @@ type Redis struct {
 	args []string
 	cli  []string // redis-cli's arguments before the command's (TLS)
 	t    testing.TB
+
+	mu   sync.Mutex
+	hold *os.File // a socket bound to Port while the server is down (Stop, Kill)
+}
+
+// newRedis makes the Redis for a server about to start on port. Its port,
+// once stopped or killed, is held until the test's end (after its other
+// cleanups, sentinels included, which were registered later).
+func newRedis(t testing.TB, port int, dir string, args, cli []string) *Redis {
+	r := &Redis{Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, args: args, cli: cli, t: t}
+	t.Cleanup(r.releasePort)
+	return r
+}
+
+// Stop ends the redis-server (SIGTERM, as Process.Stop) and holds its port
+// until Restart or the test's end.
+func (r *Redis) Stop() {
+	r.Process.Stop()
+	r.holdPort()
+}
+
+// Kill ends the redis-server with SIGKILL, as a crash would, and holds its
+// port until Restart or the test's end.
+//
+// Why hold it: a test that kills a Sentinel master goes on running with
+// its sentinels, which take any redis-server that appears on the dead
+// master's address for their old master come back, and make it their
+// replica within about 10 s: its keys are replaced by theirs. A test of
+// another package, run at the same time (go test ./...), that was handed
+// that port by FreePort lost its keys so (TestSyncFollowsSentinelFailover,
+// 3 fresh-clone CI runs of 9). A socket bound to the port, not listening,
+// keeps FreePort's bind to port 0 off it (the kernel picks a port nobody
+// has bound), and connections to it are refused, as to a dead server.
+func (r *Redis) Kill() {
+	r.Process.Kill()
+	r.holdPort()
+}
+
+// holdPort binds a socket to the server's port, without listening. Without
+// SO_REUSEADDR first, so that no bind at all can take the port; with it
+// when the dead server's connections in TIME_WAIT refuse the first (binds
+// to port 0 still skip a port bound so).
+func (r *Redis) holdPort() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hold != nil {
+		return
+	}
+	sa := &syscall.SockaddrInet4{Port: r.Port, Addr: [4]byte{127, 0, 0, 1}}
+	var err error
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, reuse := range []bool{false, true} {
+			fd, e := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+			if e != nil {
+				r.t.Logf("testenv: cannot hold port %d: %v", r.Port, e)
+				return
+			}
+			if reuse {
+				_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			}
+			if err = syscall.Bind(fd, sa); err == nil {
+				r.hold = os.NewFile(uintptr(fd), fmt.Sprintf("port %d held", r.Port))
+				return
+			}
+			_ = syscall.Close(fd)
+		}
+	}
+	r.t.Logf("testenv: cannot hold port %d of the stopped redis-server: %v", r.Port, err)
+}
+
+// releasePort lets the port go (Restart, the test's end).
+func (r *Redis) releasePort() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hold != nil {
+		_ = r.hold.Close()
+		r.hold = nil
+	}
 }
 
 // StartRedis starts a redis-server with no persistence on a free port. Extra
@@ -269,7 +347,7 @@ func StartRedis(t testing.TB, extra ...string) *Redis {
 	for try := 0; ; try++ {
 		port := FreePort(t)
 		args := append([]string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}, extra...)
-		r := &Redis{Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, args: args, t: t}
+		r := newRedis(t, port, dir, args, nil)
 		r.Process = start(t, dir, "redis-server", args...)
 		err := r.WaitPort(r.Addr, 10*time.Second)
 		if err == nil {
@@ -286,6 +364,7 @@ func StartRedis(t testing.TB, extra ...string) *Redis {
 func (r *Redis) Restart() {
 	r.t.Helper()
 	r.Process.Stop()
+	r.releasePort()
 	r.Process = start(r.t, r.Dir, "redis-server", r.args...)
 	if err := r.WaitPort(r.Addr, 10*time.Second); err != nil {
 		r.t.Fatal(err)

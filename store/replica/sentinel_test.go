@@ -50,10 +50,17 @@ func TestSyncFollowsSentinelFailover(t *testing.T) {
 	require.Eventually(t, func() bool { return r.Lookup(q("after", "", ""), time.Now()).Block != nil }, time.Second, 5*time.Millisecond,
 		"a change on the new master reaches the replica within 1 s of the failover")
 	t.Logf("a change on the new master reached the replica %s after the failover", time.Since(failedOver).Round(time.Millisecond))
-	// Within the failover's bound (2 s): two fresh-clone CI runs of 8
-	// found it missing at this moment, with other packages' tests on the
-	// CPUs (it passes alone, 12 of 12 under -race); not explained yet.
-	assert.Eventually(t, func() bool { return r.Lookup(q("a", "", ""), time.Now()).Block != nil }, 2*time.Second, 10*time.Millisecond,
-		"what was replicated before stays")
+	// Three fresh-clone CI runs of nine found it missing here: a test of
+	// another package had killed a Sentinel master whose port FreePort then
+	// gave to one of these nodes, and that test's sentinels made the node
+	// their replica (its keys flushed). testenv now holds a killed server's
+	// port (TestStoppedRedisPortStaysHeld); the roles below say if a node
+	// ever follows a master not of this test again.
+	if !assert.NotNil(t, r.Lookup(q("a", "", ""), time.Now()).Block, "what was replicated before stays") {
+		for _, n := range sn.Nodes {
+			role, _ := n.TryCLI("ROLE")
+			t.Logf("node %s: ROLE %q", n.Addr, role)
+		}
+	}
 	assert.Equal(t, 1, l.count("replica: the Sentinel master changed (a failover)"), "%q", l.lines)
 }
