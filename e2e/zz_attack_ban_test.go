@@ -17,6 +17,7 @@
 //     long as fail_window: 19 to 20 checks in 16 s against 10 to 11 at one.
 //
 // The rest pass: they are the attacks whose figures matched the README.
+
 package e2e
 
 import (
