@@ -211,14 +211,17 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	g.localClaimed = ratelimit.NewLocal(ratelimit.Policy{Limit: 1, Window: cfg.Policy.Window}, ratelimit.DefaultLocalKeys)
 	g.health = newHealth(healthDeps{probe: g.store.Ping, timeout: cfg.RedisTimeout, log: g.log,
 		where: cfg.RedisWhere(), deny: cfg.DenyWhenRedisDown})
-	g.spawn("redis health", func() { g.health.run(g.stop) })
 	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
 		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop, m: g.metrics})
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
 		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
 			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window,
 			down: g.health.down, spawn: g.spawn, stop: g.stop})
+		// Redis back: it may have come back empty (a restart), so the
+		// successes written before are written again at their next one.
+		g.health.back = func() { g.known.forgetWritten(g.now()) }
 	}
+	g.spawn("redis health", func() { g.health.run(g.stop) })
 	if d.Conflicts != nil && cfg.Conflicts.Mode != config.ConflictOff {
 		g.tracker = newTracker(cfg, d.Conflicts, d.Store, g.log, out.Publish, clock, g.metrics.found)
 		g.spawn("client ID tracking", func() { g.tracker.Run(g.stop) })

@@ -26,6 +26,10 @@ type health struct {
 
 	mu     sync.Mutex // orders the log lines of state changes
 	logged bool       // the state last logged: true up
+
+	// back, if set (before run starts), is called when Redis answers
+	// again after it was seen down, under mu: it must not block.
+	back func()
 }
 
 // healthDeps are what the health probe needs of the guard.
@@ -100,4 +104,7 @@ func (h *health) upAgain() {
 	}
 	h.logged = true
 	h.log(LevelNotice, "mosquitto-guard: redis at "+h.where+" is back: list checks resume")
+	if h.back != nil {
+		h.back()
+	}
 }

@@ -45,8 +45,15 @@ type knownSources struct {
 	queue   *batchq.Queue[knownWrite]
 	refresh time.Duration // how often a (username, source) is written again
 
+	// writtenFrom (unix ms): a success in recent stamped before it is not
+	// known to be in Redis (a write failed, or Redis may have come back
+	// empty since): its next success writes it again. recent keeps it all
+	// the same: it is this broker's own knowledge, which must outlive a
+	// Redis that does not answer.
+	writtenFrom atomic.Int64
+
 	mu          sync.Mutex
-	recent      map[recentID]knownStamp // recentKey(username, source) -> the last success written
+	recent      map[recentID]knownStamp // recentKey(username, source) -> its last success, as written (or tried)
 	loaded      map[string]*knownSet
 	loadedTotal int
 	// episodes records the usernames met throttled here lately, made-up
@@ -204,8 +211,9 @@ func (k *knownSources) note(username string, source []byte, ms int64) {
 	key := recentIDOf(h.Sum64()) // recentKey(username, string(source))
 	k.mu.Lock()
 	last, ok := k.recent[key]
-	// Within the refresh whatever the ms in the two seconds (see knownStamp).
-	if ok && knownStampOf(ms).ms()-last.ms()+1000 <= k.refresh.Milliseconds() {
+	// Within the refresh whatever the ms in the two seconds (see knownStamp),
+	// and written since Redis last lost what it held.
+	if ok && knownStampOf(ms).ms()-last.ms()+1000 <= k.refresh.Milliseconds() && last.ms() >= k.writtenFrom.Load() {
 		k.mu.Unlock()
 		return
 	}
@@ -215,10 +223,24 @@ func (k *knownSources) note(username string, source []byte, ms int64) {
 	k.recent[key] = knownStampOf(ms)
 	k.mu.Unlock()
 	if !k.queue.Put(knownWrite{username, string(source), ms}) {
-		// a flood of new sources outruns Redis: this one is written on its next success
-		k.mu.Lock()
-		delete(k.recent, key)
-		k.mu.Unlock()
+		// A flood of new sources outruns Redis: this one is written on its
+		// next success (it stays known here meanwhile).
+		k.forgetWritten(time.UnixMilli(ms + 1))
+	}
+}
+
+// forgetWritten makes every success recorded in recent before now count as
+// not written to Redis: each is written again at its next success. Called
+// when a write fails, when Redis comes back after being down, and when the
+// replica finds Redis restarted or flushed (Guard.replicaLost,
+// replicaFlushed). It never moves back.
+func (k *knownSources) forgetWritten(now time.Time) {
+	ms := now.UnixMilli()
+	for {
+		cur := k.writtenFrom.Load()
+		if cur >= ms || k.writtenFrom.CompareAndSwap(cur, ms) {
+			return
+		}
 	}
 }
 
@@ -445,11 +467,14 @@ func (k *knownSources) write(batch []knownWrite) {
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		k.down(err)
-		// Forget what was not written, so the next success writes it again.
-		k.mu.Lock()
+		// What was not written is written again at its next success; it
+		// stays this broker's own knowledge meanwhile (a README-only
+		// attacker: deleting it from recent refused a device the broker
+		// had just let in, as throttled, while Redis was down).
+		var last int64
 		for _, w := range batch {
-			delete(k.recent, recentKey(w.username, w.source))
+			last = max(last, w.ms)
 		}
-		k.mu.Unlock()
+		k.forgetWritten(time.UnixMilli(last + 1))
 	}
 }

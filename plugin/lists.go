@@ -113,6 +113,7 @@ func (g *Guard) startReplica(rdb redis.UniversalClient) {
 		// swap, so that it covers the users held before and after it.
 		BeforeReloadSwap: g.raiseUnknownUsersDummy,
 		OnLost:           g.replicaLost,
+		OnFlushed:        g.replicaFlushed,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	g.stopSync = cancel
@@ -190,8 +191,21 @@ func (g *Guard) listChanged(key string, e, old *replica.Entry, notified bool) {
 // pubsub output buffer limit) or refused one load. Redis is marked down when
 // it does not answer a ping either; the sync then subscribes and reloads again.
 func (g *Guard) replicaLost(err error) {
+	if g.known != nil {
+		// The replica's session broke: Redis may restart empty, faster than
+		// the health probe looks (a kill and restart within 200 ms).
+		g.known.forgetWritten(g.now())
+	}
 	if perr := g.health.ping(); perr != nil {
 		g.health.down(err)
+	}
+}
+
+// replicaFlushed is called when the replica finds Redis's keys flushed or
+// lost (its flush mark gone): the known sources went with them.
+func (g *Guard) replicaFlushed() {
+	if g.known != nil {
+		g.known.forgetWritten(g.now())
 	}
 }
 

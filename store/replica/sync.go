@@ -50,6 +50,10 @@ type Options struct {
 	BeforeReloadSwap func(fresh *Replica)
 	// OnLost is called when changes stop reaching the replica (Redis lost).
 	OnLost func(err error)
+	// OnFlushed is called when a flush check finds the keys of a master
+	// flushed or lost (its flush mark gone or changed), before the reload:
+	// keys the replica does not hold (known sources) went with them.
+	OnFlushed func()
 }
 
 // Sync keeps a Replica in step with Redis.
@@ -219,6 +223,9 @@ func (s *Sync) session(ctx context.Context) error {
 				return errSubscribable // a new session subscribes, then loads
 			}
 			why := s.lost(ctx, marks)
+			if why != "" && s.o.OnFlushed != nil {
+				s.o.OnFlushed()
+			}
 			if why == "" && n%notifyCheckEvery == 0 {
 				why = s.notificationsLost(ctx)
 			}
