@@ -787,3 +787,24 @@ func TestZZUnknownUserTiming(t *testing.T) {
 	k, u = measure(r, "redis, $7$ 5000 rounds")
 	assert.InDelta(t, float64(k), float64(u), float64(k)/10+float64(100*time.Microsecond), "redis 5000 rounds")
 }
+
+// TestZZRehashReadInTimeDisconnectsAndRefusesTheOldPassword: a small file
+// (read within the 100 ms) that changes alice's password: README, "A file
+// read within the 100 ms is in force before Mosquitto re-checks its
+// clients". alice, connected with the old password (and cached), is
+// disconnected by that re-check; the old password is refused at once.
+func TestZZRehashReadInTimeDisconnectsAndRefusesTheOldPassword(t *testing.T) {
+	e := newEnv(t)
+	alice, code := e.dial(as("127.0.84.1", "alice-dev", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	require.EqualValues(t, accepted, e.connect(as("127.0.84.2", "alice-2", "alice", "alice-pw")), "cached")
+	e.addUser("alice", "alice-NEW")
+	start := time.Now()
+	e.reloaded()
+	assert.EqualValues(t, refused, e.connect(as("127.0.84.3", "alice-3", "alice", "alice-pw")), "old password right after the reload")
+	assert.True(t, alice.Closed(2*time.Second), "alice with the old password stays connected")
+	t.Logf("alice disconnected %v after SIGHUP", time.Since(start).Round(time.Millisecond))
+	assert.EqualValues(t, accepted, e.connect(as("127.0.84.4", "alice-4", "alice", "alice-NEW")))
+	assert.NotContains(t, e.broker.Output(), "alice-pw")
+	assert.NotContains(t, e.broker.Output(), "alice-NEW")
+}
