@@ -808,3 +808,36 @@ func TestZZRehashReadInTimeDisconnectsAndRefusesTheOldPassword(t *testing.T) {
 	assert.NotContains(t, e.broker.Output(), "alice-pw")
 	assert.NotContains(t, e.broker.Output(), "alice-NEW")
 }
+
+// TestZZUnsubscribedReloadWalkWhileRedisHangs: the plugin's Redis user has
+// no channel, so each lookup asks Redis (README: "while Redis answers, each
+// CONNECT asks Redis for its lists"); Redis hangs (SIGSTOP) and a SIGHUP
+// makes Mosquitto re-check 100 clients at once. README: redis_timeout
+// bounds any wait on the broker thread, and "any Redis error or timeout
+// seen anywhere in the plugin marks it down at once": the walk must not
+// wait 100 ms per client.
+func TestZZUnsubscribedReloadWalkWhileRedisHangs(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("ACL", "SETUSER", "guard", "on", ">guard-pw", "~guard:*", "~rate:guard:*", "+@all")
+	e.broker = startBroker(t, e.conf("auth_opt_redis_username guard", "auth_opt_redis_password guard-pw"))
+	require.True(t, e.broker.WaitOutput("replica loaded", 10*time.Second))
+	const n = 100
+	for i := 0; i < n; i++ {
+		_, code := e.dial(as(fmt.Sprintf("127.0.85.%d", 1+i%250), fmt.Sprintf("c%d", i), "bob", "bob-pw"))
+		require.EqualValues(t, accepted, code)
+	}
+	probe, code := e.dial(as("127.0.85.251", "probe", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+	t.Cleanup(func() { _ = e.redis.Signal(syscall.SIGCONT) })
+	start := time.Now()
+	e.reloaded()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	require.NoError(t, probe.Ping(ctx))
+	took := time.Since(start)
+	s := time.Now()
+	_, code = e.dial(as("127.0.85.252", "late", "alice", "alice-pw"))
+	t.Logf("SIGHUP with %d clients, Redis hung, unsubscribed: PING answered %v after; next CONNACK %v (code %d)", n, took.Round(time.Millisecond), time.Since(s).Round(time.Millisecond), code)
+	assert.Less(t, took, time.Second)
+}
