@@ -252,7 +252,7 @@ func (cr *credentials) read() (*files.Store, error) {
 	for i, s := range skipped {
 		if i == maxReports {
 			cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s: %d more skipped lines or duplicate usernames not logged",
-				cr.passwordFile, len(skipped)-i))
+				cr.passwordFile, users.Skipped()-i))
 			break
 		}
 		if s.Username != "" {
@@ -263,7 +263,7 @@ func (cr *credentials) read() (*files.Store, error) {
 	}
 	if prev := cr.users.Load(); prev != nil && prev.Len() > 0 && users.Len() == 0 {
 		return nil, fmt.Errorf("password_file %s: no user in it (%d lines skipped; a file meant to hold no user takes effect at restart)",
-			cr.passwordFile, len(skipped))
+			cr.passwordFile, users.Skipped())
 	}
 	return users, nil
 }

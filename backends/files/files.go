@@ -17,9 +17,15 @@ type Store struct {
 	// known ones: a hash that no password is known to match, of the class
 	// (format, cost parameters, salt and key lengths) that most users of the
 	// file have.
-	dummy string
-	mixed int
+	dummy   string
+	mixed   int
+	skipped int // reports of the file's parse, Load returning the first MaxLineErrors
 }
+
+// Skipped returns how many lines of the file were skipped and usernames
+// found on several lines: all of them, where Load returned the first
+// MaxLineErrors.
+func (s *Store) Skipped() int { return s.skipped }
 
 // CheapHashes returns how many users have a hash that costs less than half
 // the most expensive one in the file: an attacker timing refusals can tell
@@ -28,7 +34,8 @@ func (s *Store) CheapHashes() int { return s.mixed }
 
 // Load reads the password file at path, checking every hash with v. A file
 // that cannot be read is an error; skipped lines and duplicate usernames are
-// returned, not fatal.
+// returned (the first MaxLineErrors, in file order; Store.Skipped counts
+// them all), not fatal.
 //
 // The dummy hash for unknown users is v.DummyLike a hash of the class that
 // most users have; when classes tie for most users, the one whose first user
@@ -42,7 +49,7 @@ func Load(path string, v hashes.Verifier) (*Store, []LineError, error) {
 		return nil, nil, fmt.Errorf("files: read password_file %s: %w", path, err)
 	}
 	p, skipped := parse(data, path, v)
-	return &Store{users: p.users, v: v, dummy: dummyLike(v, p.like), mixed: p.mixed}, skipped, nil
+	return &Store{users: p.users, v: v, dummy: dummyLike(v, p.like), mixed: p.mixed, skipped: p.skipped}, skipped, nil
 }
 
 // MaxFileBytes bounds a password file: about two million users of
