@@ -103,9 +103,6 @@ func (cr *credentials) check(c Client, ans store.Answer, known, reauth bool) str
 		}
 		hash = h
 	case config.BackendRedis:
-		if !known {
-			return RuleRedisUnavailable
-		}
 		if !cr.seeded.Load() && !reauth {
 			// Until the users are loaded (a broker started while Redis did
 			// not answer, or whose first load outlasted the start's wait),
@@ -116,9 +113,15 @@ func (cr *credentials) check(c Client, ans store.Answer, known, reauth bool) str
 			// refused unchecked, as while Redis is down, for as long as the
 			// first load takes (about 3 s for 200 000 users). Not counted
 			// as a failure. A reload's re-check is no probe: it goes on.
+			// Warned whether or not Redis answers now: a broker started
+			// while Redis was down refused every client with no line
+			// saying why (a README-only attacker).
 			if !cr.unseededLogged.Swap(true) {
 				cr.log(LevelWarning, "mosquitto-guard: backend redis: passwords are checked once the replica has loaded the users; until then clients are refused with rule=redis-unavailable")
 			}
+			return RuleRedisUnavailable
+		}
+		if !known {
 			return RuleRedisUnavailable
 		}
 		if !ans.HasUser {
