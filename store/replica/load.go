@@ -359,10 +359,27 @@ func compare[K comparable](r *Replica, fresh map[K]slot, cur func() map[K]slot, 
 // keeping whatever else is on. Where CONFIG is not allowed, the change
 // channel and the periodic reload still keep the replica in step.
 func (s *Sync) enableNotifications(ctx context.Context) {
+	// A refusal (CONFIG not allowed) is logged once until it changes or
+	// passes; a Redis that does not answer is not logged here at all: the
+	// health probe says so once, and the session retries every few
+	// seconds (a README-only attacker counted this line once a second
+	// while Redis was down).
+	refused := func(what string, err error) {
+		if !isReply(err) {
+			return
+		}
+		s.notifyMu.Lock()
+		defer s.notifyMu.Unlock()
+		if s.notifyRefused == err.Error() {
+			return
+		}
+		s.notifyRefused = err.Error()
+		s.o.Log(true, "replica: cannot "+what+" ("+err.Error()+"); relying on the change channel and a reload every "+s.o.ResyncEvery.String())
+	}
 	_ = store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 		cur, err := c.ConfigGet(ctx, "notify-keyspace-events").Result()
 		if err != nil {
-			s.o.Log(true, "replica: cannot read notify-keyspace-events ("+err.Error()+"); relying on the change channel and a reload every "+s.o.ResyncEvery.String())
+			refused("read notify-keyspace-events", err)
 			return nil
 		}
 		flags := cur["notify-keyspace-events"]
@@ -371,7 +388,7 @@ func (s *Sync) enableNotifications(ctx context.Context) {
 			return nil
 		}
 		if err := c.ConfigSet(ctx, "notify-keyspace-events", want).Err(); err != nil {
-			s.o.Log(true, "replica: cannot turn on keyspace notifications ("+err.Error()+"); relying on the change channel and a reload every "+s.o.ResyncEvery.String())
+			refused("turn on keyspace notifications", err)
 			return nil
 		}
 		s.o.Log(false, fmt.Sprintf("replica: turned on keyspace notifications (notify-keyspace-events %q, was %q)", want, flags))

@@ -77,6 +77,9 @@ type Sync struct {
 	subRefused  bool // the subscription was refused (logged once); session goroutine only
 	infoRefused bool // INFO was refused: no failover check (logged once); session goroutine only
 
+	notifyMu      sync.Mutex // a cluster's masters are asked concurrently
+	notifyRefused string     // the last CONFIG refusal logged by enableNotifications
+
 	wrongMu     sync.Mutex
 	wrongLogged map[string]struct{} // keys of another type already logged
 }

@@ -1,0 +1,49 @@
+package replica
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// While Redis does not answer, the sessions that retry it log nothing of
+// their own about notifications (the health probe says Redis is down,
+// once): a README-only attacker counted "cannot read
+// notify-keyspace-events" once a second.
+func TestNotificationsNotLoggedWhileRedisIsDown(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	var l logs
+	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: l.add})
+	run(t, s)
+	time.Sleep(1500 * time.Millisecond) // sessions at 0, 0.1, 0.3, 0.7 and 1.5 s
+	assert.Zero(t, l.count("notify-keyspace-events"), "%q", l.lines)
+	assert.Zero(t, l.count("keyspace notifications"), "%q", l.lines)
+}
+
+// A Redis that refuses CONFIG (an ACL) is told of once, not at every new
+// session.
+func TestNotificationsRefusalLoggedOnce(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "noconfig", "on", ">pw", "~*", "&*", "+@all", "-config")
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Username: "noconfig", Password: "pw"})
+	t.Cleanup(func() { _ = rdb.Close() })
+	var l logs
+	var lost atomic.Int32
+	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: l.add, OnLost: func(error) { lost.Add(1) }})
+	run(t, s)
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	for i := int32(0); i < 3; i++ { // three more sessions: their subscriptions cut
+		r.CLI("CLIENT", "KILL", "TYPE", "pubsub")
+		require.Eventually(t, func() bool { return lost.Load() > i }, 5*time.Second, 10*time.Millisecond)
+		require.Eventually(t, func() bool { return r.CLI("PUBSUB", "NUMPAT") != "0" }, 5*time.Second, 10*time.Millisecond)
+	}
+	assert.Equal(t, 1, l.count("cannot read notify-keyspace-events"), "%q", l.lines)
+}
