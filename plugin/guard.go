@@ -215,7 +215,7 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop, m: g.metrics})
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
 		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
-			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window,
+			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window, userLimit: cfg.UsernameFailLimit,
 			down: g.health.down, spawn: g.spawn, stop: g.stop})
 		// Redis back: it may have come back empty (a restart), so the
 		// successes written before are written again at their next one.

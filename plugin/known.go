@@ -80,6 +80,7 @@ type knownDeps struct {
 	max        int           // known_sources_max
 	window     time.Duration // conflict_window: how long a source stays known
 	failWindow time.Duration // fail_window: a throttle episode's set is dropped 2 of them after its last use
+	userLimit  int           // username_fail_limit: with failWindow, how long an episode stays on record (episodeFor)
 	down       func(error)   // Redis failed to answer (health)
 	spawn      func(name string, fn func())
 	stop       <-chan struct{}
@@ -278,9 +279,18 @@ func (k *knownSources) known(username string, ip netip.Addr, clientID string, no
 }
 
 // episodeFor is how long an episode stays on record after its username was
-// last met throttled: a throttle lapses, and then for two fail_windows a
-// source that is not known claims its guess (Guard.lapsedThrottle).
-func (k *knownSources) episodeFor() time.Duration { return 2*k.failWindow + knownReloadAfter }
+// last met throttled: a throttle lapses, and then a source that is not
+// known claims its guess (Guard.lapsedThrottle) until the username's count
+// in Redis has expired (username_fail_limit × fail_window after its last
+// failure: its allowance whole again), and for at least two fail_windows
+// and knownReloadAfter. Shorter, an attacker pausing past it between
+// bursts met each broker's own refilled count: with two brokers, 39 to 44
+// passwords checked in 78 s where one per fail_window was the bound (a
+// README-only attacker; username_fail_limit 6, fail_window 5 s, bursts
+// 26 s apart, when episodes lasted 2 × fail_window + 5 s).
+func (k *knownSources) episodeFor() time.Duration {
+	return max(2*k.failWindow+knownReloadAfter, time.Duration(k.userLimit)*k.failWindow)
+}
 
 // noteEpisode records that the username whose Tracking form is tracked is
 // throttled now (its throttle key seen, or met by a CONNECT).
