@@ -20,13 +20,13 @@ func (e *idMemo) forgettable(now int64) bool {
 // built again once it holds under a quarter of its peak (shrink): a fleet
 // gone leaves a quarter of its slots at most.
 func (t *Tracker) sweep(now int64) {
-	for id, p := range t.ids.all() {
+	for id, p := range t.ids.All() {
 		switch e := t.unpack(id, p); {
 		case e.forgettable(now): // nothing listed: not in owed
-			t.ids.del(id)
+			t.ids.Del(id)
 		case e.quietAt != 0 && !e.quietLive(now):
 			p.quietAt = 0
-			t.ids.put(id, p) // there already: no rebuild under the loop
+			t.ids.Put(id, p) // there already: no rebuild under the loop
 		}
 	}
 	for pk, m := range t.others {
@@ -46,9 +46,9 @@ func (t *Tracker) sweep(now int64) {
 // connections listed or not; the listed ones' are kept now, so more ends
 // are recorded, never fewer.
 func (t *Tracker) pruneUnlisted() {
-	for id, p := range t.ids.all() {
+	for id, p := range t.ids.All() {
 		if t.unpack(id, p).cur == 0 { // nothing listed: not in owed
-			t.ids.del(id)
+			t.ids.Del(id)
 		}
 	}
 	t.shrink()
@@ -57,9 +57,9 @@ func (t *Tracker) pruneUnlisted() {
 // shrink builds ids again when it holds under a quarter of its peak: a
 // mapping sized for what it holds (none when empty), the old one unmapped.
 func (t *Tracker) shrink() {
-	if t.peak < memoShrinkMin || t.ids.len() >= t.peak/4 {
+	if t.peak < memoShrinkMin || t.ids.Len() >= t.peak/4 {
 		return
 	}
-	t.ids.rehash(t.ids.len())
-	t.peak = t.ids.len()
+	t.ids.Rehash(t.ids.Len())
+	t.peak = t.ids.Len()
 }
