@@ -273,6 +273,7 @@ func (g *Guard) Close() {
 	case <-closed:
 	case <-ctx.Done():
 	}
+	g.creds.cache.free() // its mapping (vcache.go): no CONNECT comes after the cleanup
 }
 
 // closeBound bounds Close: background work still waiting on a Redis that
