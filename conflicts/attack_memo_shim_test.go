@@ -6,4 +6,4 @@ func sweepMemos(t *Tracker, now int64) { t.sweep(now) }
 var attackDebug = false
 
 // memoEntries counts what the memos keep of client IDs.
-func memoEntries(t *Tracker) int { return len(t.ids) + len(t.others) }
+func memoEntries(t *Tracker) int { return t.ids.Len() + len(t.others) }

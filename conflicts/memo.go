@@ -21,25 +21,38 @@ import (
 // client ID's other principals, a rare case (a client ID shared, or taken
 // over by another principal), are in Tracker.others, keyed by the pair.
 
+// Tracker.ids is an offheap.Table (issue 12): a Go map held an entry in
+// about 98 bytes of live heap at 8 000 client IDs (its 40-byte slot in
+// tables 2.4 times that), and the collector lets the heap grow past what is
+// live by GOGC percent, about twice that in the broker's RSS at Go's
+// default. The table's slots are the same 40 bytes, in memory mapped from
+// the system, at most 3/4 of them used, at least 3/8 after a growth: 53 to
+// 107 bytes of RSS an entry, none of it counted toward the collector's goal
+// nor scanned. The worker goroutine alone uses it; Run unmaps it when it
+// returns. Its entries are bounded by seenMemoMax unlisted, plus one per
+// connection listed here (putMemo).
+
 // memoKey names a client ID in the worker's memos: two 64-bit maphash sums
-// of it under two seeds of this process's own, never shown. Two client IDs
-// share a key with probability 2^-128, about 6e-29 for any two of the
-// seenMemoMax+live entries a map holds (n²/2^129, n = 1e6: 1.5e-27); an
-// attacker cannot aim at one without the seeds. Keyed so, an entry holds no
+// of it under two seeds of this process's own, never shown, the first's
+// low bit set (127 bits). Two client IDs share a key with probability
+// 2^-127, about 1.2e-28 for any two of the seenMemoMax+live entries a
+// table holds (n²/2^128, n = 1e6: 2.9e-27); an attacker cannot aim at one
+// without the seeds. Keyed so, an entry holds no
 // string: 16 bytes, whatever the client sends, and it may outlive the
 // connection whose client ID string the broker's side holds. This key now
 // carries current too, whose mistake would outlast a window (a connection
 // that ended left listed live until the client ID connects again on this
 // broker, or the broker's lease lapses): a broker taking 10^4 new client
 // IDs a second for a century (3e13 keys, each against the map's 1e6)
-// meets it with a chance of about 1e-19; the string key it replaces took
+// meets it with a chance of about 2e-19; the string key it replaces took
 // the same 16 bytes of slot.
 type memoKey struct{ a, b uint64 }
 
 // memo is the memoKey of clientID and principal; idKey, the client ID's
 // own (its principal "").
 func (t *Tracker) memo(clientID, principal string) memoKey {
-	return memoKey{memoSum(t.seeds[0], clientID, principal), memoSum(t.seeds[1], clientID, principal)}
+	// a's low bit set: no key is one of ids's marks (a 0: empty, tombstone).
+	return memoKey{memoSum(t.seeds[0], clientID, principal) | 1, memoSum(t.seeds[1], clientID, principal)}
 }
 
 func (t *Tracker) idKey(clientID string) memoKey { return t.memo(clientID, "") }
@@ -143,8 +156,8 @@ type idMemo struct {
 	quietAt stamp
 }
 
-// packedMemo is an idMemo as ids holds it: 24 bytes, its map slot 40
-// (where current, seen and quiet took 24, 32 and 40 in three maps). Its
+// packedMemo is an idMemo as ids holds it: 24 bytes, its slot 40 with its
+// key (where current, seen and quiet took 24, 32 and 40 in three maps). Its
 // two connection numbers take one field, s, and the low 2 bits of who
 // (whoTag leaves them 0) say how (mode...): a client ID's listed
 // connection is, most often, the one that recorded its principal's use,
@@ -246,7 +259,7 @@ func (t *Tracker) memoOf(id memoKey) idMemo {
 
 // lookMemo is id's entry, if there is one.
 func (t *Tracker) lookMemo(id memoKey) (idMemo, bool) {
-	p, ok := t.ids[id]
+	p, ok := t.ids.Get(id)
 	if !ok {
 		return idMemo{}, false
 	}
@@ -256,16 +269,16 @@ func (t *Tracker) lookMemo(id memoKey) (idMemo, bool) {
 // putMemo stores e as id's entry. A new entry beyond seenMemoMax entries
 // of unlisted client IDs first drops those (pruneUnlisted).
 func (t *Tracker) putMemo(id memoKey, e idMemo) {
-	was, ok := t.ids[id]
+	was, ok := t.ids.Get(id)
 	if !ok {
-		if len(t.ids)-t.listed >= seenMemoMax {
+		if t.ids.Len()-t.listed >= seenMemoMax {
 			t.pruneUnlisted()
 		}
-		if len(t.ids) >= t.peak {
-			t.peak = len(t.ids) + 1
+		if t.ids.Len() >= t.peak {
+			t.peak = t.ids.Len() + 1
 		}
 	}
-	t.ids[id] = t.pack(id, e, was)
+	t.ids.Put(id, t.pack(id, e, was))
 }
 
 // list makes seq the connection listed live for id (e, put by the caller).

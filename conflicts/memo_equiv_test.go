@@ -166,7 +166,7 @@ func (o *oldMemos) writes(batch []event, conns []store.Conn, now int64) ([]store
 func checkMemos(t *testing.T, tr *Tracker) {
 	t.Helper()
 	listed, split := 0, 0
-	for id, p := range tr.ids {
+	for id, p := range tr.ids.All() {
 		e := tr.unpack(id, p)
 		if e.cur != 0 {
 			listed++

@@ -14,18 +14,19 @@ func (e *idMemo) forgettable(now int64) bool {
 // later disconnect has another number). Worker goroutine only, every
 // sweepEvery; one pass over the entries, those of listed client IDs
 // included (the quiet marks' sweep before passed over at most seenMemoMax;
-// the map holds no pointer, so the collector does not scan it, where
-// current's strings were scanned at every cycle). Go maps keep their tables when
-// entries go, so ids is built again once it holds under a quarter of its
-// peak (shrink): a fleet gone leaves a quarter of its slots at most.
+// the table is off the Go heap and holds no pointer, so the collector
+// neither scans nor counts it, where current's strings were scanned at
+// every cycle). The table keeps its mapping when entries go, so ids is
+// built again once it holds under a quarter of its peak (shrink): a fleet
+// gone leaves a quarter of its slots at most.
 func (t *Tracker) sweep(now int64) {
-	for id, p := range t.ids {
+	for id, p := range t.ids.All() {
 		switch e := t.unpack(id, p); {
 		case e.forgettable(now): // nothing listed: not in owed
-			delete(t.ids, id)
+			t.ids.Del(id)
 		case e.quietAt != 0 && !e.quietLive(now):
 			p.quietAt = 0
-			t.ids[id] = p
+			t.ids.Put(id, p) // there already: no rebuild under the loop
 		}
 	}
 	for pk, m := range t.others {
@@ -45,22 +46,20 @@ func (t *Tracker) sweep(now int64) {
 // connections listed or not; the listed ones' are kept now, so more ends
 // are recorded, never fewer.
 func (t *Tracker) pruneUnlisted() {
-	for id, p := range t.ids {
+	for id, p := range t.ids.All() {
 		if t.unpack(id, p).cur == 0 { // nothing listed: not in owed
-			delete(t.ids, id)
+			t.ids.Del(id)
 		}
 	}
 	t.shrink()
 }
 
-// shrink builds ids again when it holds under a quarter of its peak.
+// shrink builds ids again when it holds under a quarter of its peak: a
+// mapping sized for what it holds (none when empty), the old one unmapped.
 func (t *Tracker) shrink() {
-	if t.peak < memoShrinkMin || len(t.ids) >= t.peak/4 {
+	if t.peak < memoShrinkMin || t.ids.Len() >= t.peak/4 {
 		return
 	}
-	ids := make(map[memoKey]packedMemo, len(t.ids))
-	for id, e := range t.ids {
-		ids[id] = e
-	}
-	t.ids, t.peak = ids, len(ids)
+	t.ids.Rehash(t.ids.Len())
+	t.peak = t.ids.Len()
 }

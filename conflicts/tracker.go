@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/batchq"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/offheap"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -133,12 +134,12 @@ type Tracker struct {
 
 	// The worker goroutine's own (no lock): what it remembers of each
 	// client ID (memo.go).
-	ids    map[memoKey]packedMemo // by client ID
-	owed   map[memoKey]uint64     // by client ID: the connection owed its end, of a modeSplit entry; nil when none
-	others map[pairKey]seenMark   // seen marks of principals not their client ID's who; nil when none
-	listed int                    // entries of ids with a connection listed (cur != 0)
-	peak   int                    // the most entries ids held since it was built
-	seeds  [2]maphash.Seed        // memoKey's
+	ids    *offheap.Table[memoKey, packedMemo] // by client ID; off the Go heap (memo.go)
+	owed   map[memoKey]uint64                  // by client ID: the connection owed its end, of a modeSplit entry; nil when none
+	others map[pairKey]seenMark                // seen marks of principals not their client ID's who; nil when none
+	listed int                                 // entries of ids with a connection listed (cur != 0)
+	peak   int                                 // the most entries ids held since it was built
+	seeds  [2]maphash.Seed                     // memoKey's
 	// retry holds disconnect writes Redis did not take.
 	retry []store.ConnWrite
 	// spill holds the disconnects a full queue could not take, of
@@ -182,8 +183,9 @@ func New(opts Options, d Deps) *Tracker {
 		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported,
 		instance: hex.EncodeToString(id[:]),
 		events:   batchq.New[event](queueSize, batchMax),
-		ids:      map[memoKey]packedMemo{},
 		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		// b is a keyed hash of its own; {0, 1} no key (Tracker.memo)
+		ids: offheap.NewTable[memoKey, packedMemo](func(k memoKey) uint64 { return k.b }, memoKey{0, 1}),
 	}
 	if t.claimer == nil {
 		t.claimer = d.Store
@@ -311,6 +313,9 @@ var sweepEvery = quietFor
 // Run is the worker, until stop is closed: events in order, and the broker
 // lease. A panic in the handling of a batch is logged and the worker goes on.
 func (t *Tracker) Run(stop <-chan struct{}) {
+	// Only the worker maps the memos (putMemo): unmapped when it returns,
+	// at the plugin's cleanup (Guard.Close stops it).
+	defer t.ids.Free()
 	lease := time.NewTicker(t.opts.Lease / 3)
 	defer lease.Stop()
 	report := time.NewTicker(10 * time.Second)

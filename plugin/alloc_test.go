@@ -58,9 +58,9 @@ func TestKnownSourcesRefreshAllocatesNothing(t *testing.T) {
 	long := string(make([]byte, 100))
 	k.succeeded(long, ip, "dev-1", now)
 	k.mu.Lock()
-	_, short := k.recent[recentKey("alice", sourceIP(ip))]
-	_, byID := k.recent[recentKey("alice", sourceClientID("dev-1"))]
-	_, hashed := k.recent[recentKey(long, sourceIP(ip))]
+	_, short := k.recent.Get(recentKey("alice", sourceIP(ip)))
+	_, byID := k.recent.Get(recentKey("alice", sourceClientID("dev-1")))
+	_, hashed := k.recent.Get(recentKey(long, sourceIP(ip)))
 	k.mu.Unlock()
 	assert.True(t, short && byID && hashed)
 }
@@ -99,7 +99,7 @@ func TestKnownSourcesRecentEntryBytes(t *testing.T) {
 	drain()
 	per := float64(liveHeap()-before) / (2 * users)
 	k.mu.Lock()
-	n := len(k.recent)
+	n := k.recent.Len()
 	k.mu.Unlock()
 	require.Equal(t, 2*users, n)
 	runtime.KeepAlive(names)

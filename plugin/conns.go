@@ -87,13 +87,13 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 	}
 	recorded := !lc.pending
 	flagged := lc.flagged
-	if g.byID[lc.clientID] == lc {
-		delete(g.byID, lc.clientID)
+	if g.byID.get(lc.clientID) == lc {
+		g.byID.del(lc.clientID)
 		// A newer connection refused by a later check: the one it would
 		// have taken over is still here, and still names the client ID (a
 		// kick queued for it, or a client-ID ban, must still find it).
 		if d := lc.displaced; d != nil && g.conns[d.handle] == d && !d.offline {
-			g.byID[lc.clientID] = d
+			g.byID.set(d) // d.clientID is lc's
 		}
 	}
 	lc.displaced = nil
@@ -193,7 +193,7 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
 	if old := g.conns[c.Handle]; old != nil && old.offline {
 		g.dropLocked(old) // stale: the pointer was freed and reused
 	}
-	if prev := g.byID[c.ClientID]; prev != nil && prev.handle != c.Handle {
+	if prev := g.byID.get(c.ClientID); prev != nil && prev.handle != c.Handle {
 		if g.tracker != nil {
 			o := g.connOf(prev)
 			other = &o
@@ -203,7 +203,7 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
 		lc.displaced, prev.displaced = prev, nil
 	}
 	g.conns[c.Handle] = lc
-	g.byID[c.ClientID] = lc
+	g.byID.set(lc)        // lc.clientID is c.ClientID
 	g.noteAdmitLocked(lc) // a password file's kicks under way leave it (userreload.go)
 	if pending && g.tracker != nil {
 		lc.other = other
@@ -270,7 +270,7 @@ func (g *Guard) confirmDue() {
 func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if lc := g.byID[clientID]; lc != nil && conflicts.Principal(lc.certID, lc.hasUsername, lc.username) != principal {
+	if lc := g.byID.get(clientID); lc != nil && conflicts.Principal(lc.certID, lc.hasUsername, lc.username) != principal {
 		o := g.tracker.StoreConn(g.connOf(lc))
 		return &o
 	}

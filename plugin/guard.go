@@ -69,7 +69,7 @@ type Guard struct {
 	mu      sync.Mutex
 	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT; offline sessions they left
 	offline int                   // offline sessions in conns, at most offlineMax
-	byID    map[string]*liveConn  // client ID -> its newest connection here
+	byID    idIndex               // client ID -> its newest connection here (byid.go)
 	pending []*liveConn           // deferred connections not yet confirmed
 	recs    records               // ended records kept for reuse (records.go)
 	// scans counts the kick scans started (scanStartLocked, under g.mu): a
@@ -180,7 +180,7 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 		out:     out,
 		now:     time.Now,
 		conns:   map[uintptr]*liveConn{},
-		byID:    map[string]*liveConn{},
+		byID:    newIDIndex(),
 		stop:    make(chan struct{}),
 	}
 	if g.bgStore == nil {
@@ -276,6 +276,7 @@ func (g *Guard) Close() {
 	case <-closed:
 	case <-ctx.Done():
 	}
+	g.creds.cache.free() // its mapping (vcache.go): no CONNECT comes after the cleanup
 }
 
 // closeBound bounds Close: background work still waiting on a Redis that

@@ -37,7 +37,7 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 	if scope == keys.ClientID { // one lookup, no scan
 		g.mu.Lock()
 		g.scanStartLocked()
-		lc := g.byID[value]
+		lc := g.byID.get(value)
 		g.mu.Unlock()
 		if lc != nil {
 			g.kickCandidates(key, []*liveConn{lc})
@@ -231,7 +231,7 @@ func (g *Guard) KickDue(handle uintptr, clientID string) (due, wait bool) {
 	if lc == nil || lc.clientID != clientID || lc.offline || !lc.flagged {
 		return false, false
 	}
-	switch holder := g.byID[clientID]; {
+	switch holder := g.byID.get(clientID); {
 	case holder == lc:
 		return true, false
 	case holder != nil && holder.pending:

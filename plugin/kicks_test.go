@@ -117,7 +117,7 @@ func TestOfflineSessionReauth(t *testing.T) {
 	assert.Empty(t, waitCounted(t, ct, 1), "a re-authentication is never counted")
 	assert.Contains(t, ls.all(), "reauth=true")
 	g.mu.Lock()
-	assert.Nil(t, g.byID["s"], "a re-authentication is never admitted")
+	assert.Nil(t, g.byID.get("s"), "a re-authentication is never admitted")
 	g.mu.Unlock()
 
 	// The session expired unseen; a new client got its pointer.

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/batchq"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/offheap"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -37,7 +38,7 @@ import (
 // known up to a refresh longer).
 //
 // In memory: recent, this broker's own writes (at most knownRecentMax
-// entries of 12 bytes; cleared when full), and, for usernames being
+// entries of 12 bytes, off the Go heap: newRecent; cleared when full), and, for usernames being
 // throttled, the set loaded from Redis (at most knownLoadedMax members over
 // all usernames). Neither is consulted unless the username is throttled.
 type knownSources struct {
@@ -53,7 +54,7 @@ type knownSources struct {
 	writtenFrom atomic.Int64
 
 	mu          sync.Mutex
-	recent      map[recentID]knownStamp // recentKey(username, source) -> its last success, as written (or tried)
+	recent      *offheap.Table[recentID, knownStamp] // recentKey(username, source) -> its last success, as written (or tried); off the Go heap
 	loaded      map[string]*knownSet
 	loadedTotal int
 	// episodes records the usernames met throttled here lately, made-up
@@ -115,7 +116,7 @@ func newKnownSources(d knownDeps) *knownSources {
 	k := &knownSources{
 		knownDeps: d,
 		queue:     batchq.New[knownWrite](knownQueueSize, knownBatchMax),
-		recent:    map[recentID]knownStamp{}, loaded: map[string]*knownSet{},
+		recent:    newRecent(), loaded: map[string]*knownSet{},
 		refresh:  min(knownRefresh, d.window/4),
 		episodes: map[uint64]int64{}, epSeed: maphash.MakeSeed(),
 	}
@@ -130,15 +131,14 @@ func sourceClientID(id string) string { return "clientid:" + keys.Tracking(id) }
 
 // recentKey is the map key of (username, source): 64 bits of a hash keyed
 // by a seed drawn at start (8 bytes a key, where the strings took up to 80),
-// held as two 32-bit halves (recentID) so that a map slot, key and stamp,
-// is 12 bytes, not 16: a held device's two sources cost about 54 bytes of
-// map, not 74 (issue 12).
+// held as two 32-bit halves (recentID) so that a slot, key and stamp, is
+// 12 bytes, not 16 (issue 12; the slots are off the Go heap: newRecent).
 // Two pairs sharing a key are harmless: the second pair's success would not
 // be written to Redis for up to a refresh, and its source would count as
 // known on this broker, which only reopens a password check that counts as
 // usual (see knownSources). Nor can anyone aim for one: the seed is secret
-// and per process, so a collision is chance, about n²/2⁶⁵ for n keys (one in
-// 10⁹ at knownRecentMax).
+// and per process, so a collision is chance, about n²/2⁶⁴ for n keys of 63
+// bits (recentID; one in 5·10⁸ at knownRecentMax).
 func recentKey(username, source string) recentID {
 	var h maphash.Hash
 	h.SetSeed(recentSeed)
@@ -147,10 +147,30 @@ func recentKey(username, source string) recentID {
 	return recentIDOf(h.Sum64())
 }
 
-// recentID is a recentKey: its 64 bits, 4-byte aligned.
+// recentID is a recentKey: its 64 bits, 4-byte aligned, bit 1 set (63
+// bits: recentID{0, 0} and {1, 0} mark recent's empty and deleted slots).
 type recentID [2]uint32
 
-func recentIDOf(sum uint64) recentID { return recentID{uint32(sum), uint32(sum >> 32)} }
+func recentIDOf(sum uint64) recentID { return recentID{uint32(sum) | 2, uint32(sum >> 32)} }
+
+// newRecent is knownSources.recent: a hash table mapped off the Go heap
+// (offheap.Table, issue 12), where a Go map of these 12-byte slots held
+// about 54 bytes of live heap per held device (its two sources), which the
+// collector's headroom about doubles in RSS; here 16 to 32 bytes of
+// mapping a source. Its probes start at the key's high half, the low
+// half's fixed bit out of the way; the slot's key and stamp are its whole
+// 12 bytes. At most knownRecentMax entries (note clears it when full); k.mu
+// guards it; run unmaps it when it returns (the plugin's cleanup).
+func newRecent() *offheap.Table[recentID, knownStamp] {
+	return offheap.NewTable[recentID, knownStamp](func(k recentID) uint64 { return uint64(k[1]) | uint64(k[0])<<32 }, recentID{1, 0})
+}
+
+// freeRecent unmaps recent, empty after (a later note maps it again).
+func (k *knownSources) freeRecent() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.recent.Free()
+}
 
 // knownStamp is the time of a success in recent: its unix second, floored
 // (4 bytes, where unix ms took 8). A stamp is up to a second before the
@@ -211,17 +231,17 @@ func (k *knownSources) note(username string, source []byte, ms int64) {
 	h.Write(source)
 	key := recentIDOf(h.Sum64()) // recentKey(username, string(source))
 	k.mu.Lock()
-	last, ok := k.recent[key]
+	last, ok := k.recent.Get(key)
 	// Within the refresh whatever the ms in the two seconds (see knownStamp),
 	// and written since Redis last lost what it held.
 	if ok && knownStampOf(ms).ms()-last.ms()+1000 <= k.refresh.Milliseconds() && last.ms() >= k.writtenFrom.Load() {
 		k.mu.Unlock()
 		return
 	}
-	if len(k.recent) >= knownRecentMax {
-		clear(k.recent)
+	if k.recent.Len() >= knownRecentMax {
+		k.recent.Clear()
 	}
-	k.recent[key] = knownStampOf(ms)
+	k.recent.Put(key, knownStampOf(ms))
 	k.mu.Unlock()
 	if !k.queue.Put(knownWrite{username, string(source), ms}) {
 		// A flood of new sources outruns Redis: this one is written on its
@@ -260,7 +280,7 @@ func (k *knownSources) known(username string, ip netip.Addr, clientID string, no
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	recent := func(s string) bool {
-		st, ok := k.recent[recentKey(username, s)]
+		st, ok := k.recent.Get(recentKey(username, s))
 		return s != "" && ok && st.ms() >= cutoff
 	}
 	byIP, byClientID = recent(ipSrc), recent(idSrc)
@@ -408,6 +428,7 @@ const (
 )
 
 func (k *knownSources) run() {
+	defer k.freeRecent()
 	tick := time.NewTicker(knownTick)
 	defer tick.Stop()
 	idle := time.NewTimer(knownIdleTrim)

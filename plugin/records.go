@@ -48,7 +48,7 @@ func (g *Guard) newRecLocked() *liveConn {
 // lc for reuse when nothing can hold it any more (see above). lc's fields
 // stay as they are until no scan can read them.
 func (g *Guard) releaseLocked(lc *liveConn) {
-	if h := g.byID[lc.clientID]; h != nil {
+	if h := g.byID.get(lc.clientID); h != nil {
 		if h == lc {
 			return // still the newest of its client ID (cannot be): never reused
 		}

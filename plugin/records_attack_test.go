@@ -124,7 +124,7 @@ func checkRecordsLocked(t *testing.T, g *Guard, model map[uintptr]*attackModel, 
 	if offline != g.offline {
 		fail("g.offline %d, %d offline entries", g.offline, offline)
 	}
-	for id, lc := range g.byID {
+	for id, lc := range g.byID.all() {
 		if g.conns[lc.handle] != lc || lc.offline || lc.clientID != id {
 			fail("byID[%q] is %q at %d offline=%v, conns there %p, it %p", id, lc.clientID, lc.handle, lc.offline, g.conns[lc.handle], lc)
 		}

@@ -133,8 +133,8 @@ func TestDisplacedRecordNotGivenBack(t *testing.T) {
 	require.Same(t, a, x, "the record is reused")
 	g.Disconnected(2) // refused by the broker
 	g.mu.Lock()
-	assert.Nil(t, g.byID["dev"], "the client ID is no one's")
-	assert.Same(t, x, g.byID["other"])
+	assert.Nil(t, g.byID.get("dev"), "the client ID is no one's")
+	assert.Same(t, x, g.byID.get("other"))
 	g.mu.Unlock()
 	due, wait := g.KickDue(3, "other")
 	assert.False(t, due || wait)
@@ -242,7 +242,7 @@ func TestRecordsBound(t *testing.T) {
 	assert.Empty(t, g.recs.limbo)
 	g.mu.Unlock()
 	assert.Empty(t, g.conns)
-	assert.Empty(t, g.byID)
+	assert.Zero(t, g.byID.len())
 }
 
 // Scans and kicks running while connections come and go at few pointers

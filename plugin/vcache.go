@@ -6,8 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"hash"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/offheap"
 )
 
 // verifyCache remembers recent successful password verifications, so a
@@ -20,36 +23,46 @@ import (
 // cache is kept across reloads, when Mosquitto re-authenticates every client
 // at once. The cache is bounded (least recently used out).
 //
-// The entries live in one slice, linked by index into a list from most to
+// The entries live in one array, linked by index into a list from most to
 // least recently used, and are found through an open-addressing table of
 // their indexes (linear probing from the MAC's first bytes, which are
 // uniform and no client can aim, at most half full): no allocation per
-// entry, one pointer (its hash) for the collector to follow, about 60 bytes
-// (TestVerifyCacheEntryBytes). An entry keeps the first 128 bits of the
-// HMAC: a password other than the one verified matches it only if its HMAC
-// shares them, without the secret a chance of 2⁻¹²⁸ a try, and each try is a
-// CONNECT.
+// entry. Both are mapped off the Go heap (offheap.Slice, issue 12), where
+// they held about 53 bytes of live heap per entry, which the collector's
+// headroom about doubles in RSS: an entry is 40 bytes and its 2 to 4 table
+// slots 8 to 16 (TestVerifyCacheEntryBytes), none of it the collector's.
+// An entry keeps the first 128 bits of the HMAC: a password other than the
+// one verified matches it only if its HMAC shares them, without the secret
+// a chance of 2⁻¹²⁸ a try, and each try is a CONNECT. For the same reason it
+// keeps 128 bits of a keyed hash of the password hash it was verified
+// against (hashSum), not the string: a changed hash matches the old one's
+// sum with a chance of 2⁻¹²⁸, and no one can aim at it without the seeds.
 type verifyCache struct {
 	secret [32]byte
 	max    int
 
-	mu         sync.Mutex
-	macs       *macState    // the keyed HMAC, made once (c.mu held to use it)
-	table      []int32      // entry index + 1 (0: empty slot); a power of two long, at least twice the entries
-	entries    []cacheEntry // all in use: a full cache reuses its least recently used
-	head, tail int32        // most and least recently used; none: -1
+	hashSeeds [2]maphash.Seed // hashSum's
+
+	mu sync.Mutex
+	// Both mapped off the Go heap, at most max entries and 4 max table
+	// slots (grown as entries come); unmapped by free (the plugin's cleanup).
+	macs       *macState                  // the keyed HMAC, made once (c.mu held to use it)
+	table      *offheap.Slice[int32]      // entry index + 1 (0: empty slot); a power of two long, at least twice the entries
+	entries    *offheap.Slice[cacheEntry] // all in use: a full cache reuses its least recently used
+	head, tail int32                      // most and least recently used; none: -1
 
 	hits, misses atomic.Uint64 // for the metrics
 }
 
 type cacheEntry struct {
-	mac        [16]byte // the first half of the HMAC-SHA256 (128 bits, as in RFC 4868's truncation)
-	hash       string
-	prev, next int32 // toward head, toward tail; none: -1
+	mac        [16]byte  // the first half of the HMAC-SHA256 (128 bits, as in RFC 4868's truncation)
+	hash       [2]uint64 // hashSum of the hash verified against
+	prev, next int32     // toward head, toward tail; none: -1
 }
 
 func newVerifyCache(max int) *verifyCache {
-	c := &verifyCache{max: max, head: -1, tail: -1}
+	c := &verifyCache{max: max, head: -1, tail: -1, hashSeeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		table: offheap.NewSlice[int32](), entries: offheap.NewSlice[cacheEntry]()}
 	_, _ = rand.Read(c.secret[:])
 	c.macs = &macState{h: newMAC(c.secret[:])}
 	return c
@@ -128,10 +141,16 @@ func (c *verifyCache) add(username string, password []byte, hash string) {
 	c.addKey(c.keyLocked(username, password), hash)
 }
 
+// hashSum is what an entry keeps of the hash it was verified against: two
+// 64-bit keyed hashes of it.
+func (c *verifyCache) hashSum(hash string) [2]uint64 {
+	return [2]uint64{maphash.String(c.hashSeeds[0], hash), maphash.String(c.hashSeeds[1], hash)}
+}
+
 // hitKey is hit for the key k (c.mu held).
 func (c *verifyCache) hitKey(k [16]byte, hash string) bool {
 	_, i, ok := c.find(k)
-	if !ok || c.entries[i].hash != hash {
+	if !ok || c.entries.S[i].hash != c.hashSum(hash) {
 		return false
 	}
 	c.toFront(i)
@@ -140,27 +159,31 @@ func (c *verifyCache) hitKey(k [16]byte, hash string) bool {
 
 // addKey is add for the key k (c.mu held).
 func (c *verifyCache) addKey(k [16]byte, hash string) {
+	sum := c.hashSum(hash)
 	slot, i, ok := c.find(k)
 	if ok {
-		c.entries[i].hash = hash
+		c.entries.S[i].hash = sum
 		c.toFront(i)
 		return
 	}
-	if len(c.entries) < c.max {
-		if 2*(len(c.entries)+1) > len(c.table) {
+	if n := len(c.entries.S); n < c.max {
+		if 2*(n+1) > len(c.table.S) {
 			c.grow()
 			slot, _, _ = c.find(k)
 		}
-		i = int32(len(c.entries))
-		c.entries = append(c.entries, cacheEntry{prev: -1, next: -1})
+		if n == cap(c.entries.S) { // mapped anew: an append would move it onto the Go heap
+			c.entries.Grow(min(c.max, max(256, 2*n)))
+		}
+		i = int32(n)
+		c.entries.S = append(c.entries.S, cacheEntry{prev: -1, next: -1})
 	} else { // full: the least recently used entry's place is taken
 		i = c.tail
 		c.unlink(i)
 		c.remove(i)
 		slot, _, _ = c.find(k) // the removal moved slots
 	}
-	c.entries[i].mac, c.entries[i].hash = k, hash
-	c.table[slot] = i + 1
+	c.entries.S[i].mac, c.entries.S[i].hash = k, sum
+	c.table.S[slot] = i + 1
 	c.pushFront(i)
 }
 
@@ -168,56 +191,70 @@ func (c *verifyCache) addKey(k [16]byte, hash string) {
 func (c *verifyCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.entries)
+	return len(c.entries.S)
+}
+
+// free unmaps the entries and the table (the plugin's cleanup): the cache
+// is empty after, and maps them again if used.
+func (c *verifyCache) free() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.entries.Free()
+	c.table.Free()
+	c.head, c.tail = -1, -1
 }
 
 // home is the slot the probe for k starts at.
 func (c *verifyCache) home(k [16]byte) int {
-	return int(binary.LittleEndian.Uint64(k[:8]) & uint64(len(c.table)-1))
+	return int(binary.LittleEndian.Uint64(k[:8]) & uint64(len(c.table.S)-1))
 }
 
 // find returns the slot of k and its entry, or the empty slot where k
 // would go (c.mu held; the table is never full).
 func (c *verifyCache) find(k [16]byte) (slot int, entry int32, ok bool) {
-	if len(c.table) == 0 {
+	if len(c.table.S) == 0 {
 		return 0, 0, false
 	}
-	mask := len(c.table) - 1
+	mask := len(c.table.S) - 1
 	for s := c.home(k); ; s = (s + 1) & mask {
-		v := c.table[s]
+		v := c.table.S[s]
 		if v == 0 {
 			return s, 0, false
 		}
-		if c.entries[v-1].mac == k {
+		if c.entries.S[v-1].mac == k {
 			return s, v - 1, true
 		}
 	}
 }
 
-// grow doubles the table (at least 16 slots) and places every entry again.
+// grow doubles the table (at least 1024 slots: a page) and places every
+// entry again.
 func (c *verifyCache) grow() {
-	c.table = make([]int32, max(16, 2*len(c.table)))
-	for i := range c.entries {
-		s, _, _ := c.find(c.entries[i].mac)
-		c.table[s] = int32(i) + 1
+	n := max(1024, 2*len(c.table.S))
+	c.table.Free()
+	c.table.Grow(n)
+	c.table.S = c.table.S[:n] // zeroed: all empty
+	for i := range c.entries.S {
+		s, _, _ := c.find(c.entries.S[i].mac)
+		c.table.S[s] = int32(i) + 1
 	}
 }
 
 // remove takes entry i out of the table, moving back the entries after it
 // in its run that may no longer be found past the hole (c.mu held).
 func (c *verifyCache) remove(i int32) {
-	hole, _, _ := c.find(c.entries[i].mac)
-	mask := len(c.table) - 1
-	for s := (hole + 1) & mask; c.table[s] != 0; s = (s + 1) & mask {
-		h := c.home(c.entries[c.table[s]-1].mac)
+	hole, _, _ := c.find(c.entries.S[i].mac)
+	mask := len(c.table.S) - 1
+	for s := (hole + 1) & mask; c.table.S[s] != 0; s = (s + 1) & mask {
+		h := c.home(c.entries.S[c.table.S[s]-1].mac)
 		// The entry at s stays if its home lies cyclically in (hole, s].
 		if (hole < s && hole < h && h <= s) || (s < hole && (hole < h || h <= s)) {
 			continue
 		}
-		c.table[hole] = c.table[s]
+		c.table.S[hole] = c.table.S[s]
 		hole = s
 	}
-	c.table[hole] = 0
+	c.table.S[hole] = 0
 }
 
 // toFront makes entry i the most recently used (c.mu held).
@@ -230,14 +267,14 @@ func (c *verifyCache) toFront(i int32) {
 }
 
 func (c *verifyCache) unlink(i int32) {
-	e := &c.entries[i]
+	e := &c.entries.S[i]
 	if e.prev >= 0 {
-		c.entries[e.prev].next = e.next
+		c.entries.S[e.prev].next = e.next
 	} else {
 		c.head = e.next
 	}
 	if e.next >= 0 {
-		c.entries[e.next].prev = e.prev
+		c.entries.S[e.next].prev = e.prev
 	} else {
 		c.tail = e.prev
 	}
@@ -245,10 +282,10 @@ func (c *verifyCache) unlink(i int32) {
 }
 
 func (c *verifyCache) pushFront(i int32) {
-	e := &c.entries[i]
+	e := &c.entries.S[i]
 	e.prev, e.next = -1, c.head
 	if c.head >= 0 {
-		c.entries[c.head].prev = i
+		c.entries.S[c.head].prev = i
 	} else {
 		c.tail = i
 	}
