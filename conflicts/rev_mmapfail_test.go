@@ -24,7 +24,7 @@ func revChild(t *testing.T, name string, body func(t *testing.T)) {
 		body(t)
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v")
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v", "-test.timeout=60s")
 	cmd.Env = append(os.Environ(), "REV_CHILD="+name)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "child:\n%s", out)

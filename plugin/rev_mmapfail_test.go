@@ -24,7 +24,7 @@ func revChild(t *testing.T, name string, body func(t *testing.T)) {
 		body(t)
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v")
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v", "-test.timeout=60s")
 	cmd.Env = append(os.Environ(), "REV_CHILD="+name)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "child:\n%s", out)
@@ -102,5 +102,52 @@ func TestRevKnownNoteMmapFailureReleasesLock(t *testing.T) {
 		require.True(t, k.mu.TryLock(), "k.mu is still held after note's panic: the broker thread's next note or known blocks forever")
 		defer k.mu.Unlock()
 		require.Equal(t, n, k.recent.Len(), "recent changed by a failed growth")
+	})
+}
+
+// The verification cache's table growth frees the old table before mapping
+// the new one: when that mapping fails, every entry is unreachable until a
+// later add grows it. That must cost misses only: no wrong password and no
+// changed hash hits, nothing panics after, and the next add that can map
+// finds every entry again. Before the fix that next add spun for good on
+// the broker thread with c.mu held: grow sized the new table from the old
+// one's length (0 after the failure: 1024 slots for 131 073 entries), and
+// find never met an empty slot (the child's -test.timeout ends it).
+func TestRevVerifyCacheMmapFailure(t *testing.T) {
+	revChild(t, "TestRevVerifyCacheMmapFailure", func(t *testing.T) {
+		c := newVerifyCache(1 << 20)
+		pw := func(i int) []byte { return []byte("pw-" + strconv.Itoa(i)) }
+		user := func(i int) string { return "u" + strconv.Itoa(i) }
+		n := 0
+		for ; ; n++ {
+			c.add(user(n), pw(n), "$h1")
+			if len(c.table.S) >= 1<<18 && 2*(len(c.entries.S)+1) > len(c.table.S) {
+				n++
+				break
+			}
+		}
+		p := underASLimit(t, 256<<10, func() { c.add(user(n), pw(n), "$h1") })
+		require.NotNil(t, p, "the mapping did not fail: the test proves nothing")
+		t.Logf("add panicked: %v (%d entries)", p, c.len())
+		for i := 0; i < n; i += 997 {
+			require.False(t, c.hit(user(i), pw(i+1), "$h1"), "a wrong password hit")
+			require.False(t, c.hit(user(i), pw(i), "$h2"), "a changed hash hit")
+		}
+		c.add(user(n), pw(n), "$h1") // maps now
+		c.mu.Lock()
+		used := 0
+		for _, v := range c.table.S {
+			if v != 0 {
+				used++
+			}
+		}
+		require.Equal(t, len(c.entries.S), used)
+		c.mu.Unlock()
+		for i := 0; i <= n; i++ {
+			require.True(t, c.hit(user(i), pw(i), "$h1"), "entry %d lost", i)
+			require.False(t, c.hit(user(i), pw(i+1), "$h1"))
+			require.False(t, c.hit(user(i), pw(i), "$h2"))
+		}
+		c.free()
 	})
 }
