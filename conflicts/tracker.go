@@ -367,7 +367,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 		case <-lease.C:
 			t.renew()
 		case <-sweep.C:
-			t.sweep(t.now().UnixMilli())
+			t.sweepSafely(t.now().UnixMilli())
 			t.events.Trim() // idle here: a burst's buffers go
 			t.trimScratch()
 		case <-report.C:
@@ -376,6 +376,18 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			}
 		}
 	}
+}
+
+// sweepSafely is sweep, a panic in it logged: its shrink maps a new table,
+// and a mapping that fails (out of memory) panics; the table is as it was,
+// and the worker goes on (a panic leaving Run would end the tracking).
+func (t *Tracker) sweepSafely(now int64) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error sweeping the client ID memos: %v", r))
+		}
+	}()
+	t.sweep(now)
 }
 
 func (t *Tracker) handleSafely(batch []event) {

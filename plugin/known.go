@@ -230,24 +230,35 @@ func (k *knownSources) note(username string, source []byte, ms int64) {
 	writeRecentUser(&h, username)
 	h.Write(source)
 	key := recentIDOf(h.Sum64()) // recentKey(username, string(source))
-	k.mu.Lock()
-	last, ok := k.recent.Get(key)
-	// Within the refresh whatever the ms in the two seconds (see knownStamp),
-	// and written since Redis last lost what it held.
-	if ok && knownStampOf(ms).ms()-last.ms()+1000 <= k.refresh.Milliseconds() && last.ms() >= k.writtenFrom.Load() {
-		k.mu.Unlock()
+	if !k.remember(key, ms) {
 		return
 	}
-	if k.recent.Len() >= knownRecentMax {
-		k.recent.Clear()
-	}
-	k.recent.Put(key, knownStampOf(ms))
-	k.mu.Unlock()
 	if !k.queue.Put(knownWrite{username, string(source), ms}) {
 		// A flood of new sources outruns Redis: this one is written on its
 		// next success (it stays known here meanwhile).
 		k.forgetWritten(time.UnixMilli(ms + 1))
 	}
+}
+
+// remember records key's success at ms in recent, and reports whether it
+// is to be written (not written within the refresh). k.mu is released by a
+// defer: recent's growth maps memory, and a mapping that fails panics,
+// which the cgo layer recovers; a lock left held would then block the
+// broker thread at its next note or known.
+func (k *knownSources) remember(key recentID, ms int64) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	last, ok := k.recent.Get(key)
+	// Within the refresh whatever the ms in the two seconds (see knownStamp),
+	// and written since Redis last lost what it held.
+	if ok && knownStampOf(ms).ms()-last.ms()+1000 <= k.refresh.Milliseconds() && last.ms() >= k.writtenFrom.Load() {
+		return false
+	}
+	if k.recent.Len() >= knownRecentMax {
+		k.recent.Clear()
+	}
+	k.recent.Put(key, knownStampOf(ms))
+	return true
 }
 
 // forgetWritten makes every success recorded in recent before now count as

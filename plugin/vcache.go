@@ -227,12 +227,21 @@ func (c *verifyCache) find(k [16]byte) (slot int, entry int32, ok bool) {
 	}
 }
 
-// grow doubles the table (at least 1024 slots: a page) and places every
-// entry again.
+// grow doubles the table (at least 1024 slots: a page, and at least twice
+// the entries and the one to come) and places every entry again. The new
+// table is mapped before the old one is unmapped: a mapping that fails
+// (out of memory) panics with the cache as it was, where freeing first
+// left the entries with no table, and the next grow, sized from that empty
+// table, one too small for them, in which find never met an empty slot.
 func (c *verifyCache) grow() {
 	n := max(1024, 2*len(c.table.S))
+	for n < 2*(len(c.entries.S)+1) {
+		n *= 2
+	}
+	next := offheap.NewSlice[int32]()
+	next.Grow(n)
 	c.table.Free()
-	c.table.Grow(n)
+	c.table = next
 	c.table.S = c.table.S[:n] // zeroed: all empty
 	for i := range c.entries.S {
 		s, _, _ := c.find(c.entries.S[i].mac)

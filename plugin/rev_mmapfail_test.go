@@ -1,0 +1,160 @@
+//go:build !race
+
+// Not under the race detector: ThreadSanitizer's own allocator maps
+// memory and aborts the process when the address space is capped
+// (underASLimit). The failures these tests reproduce are in code the race
+// detector does not change.
+
+package plugin
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// revChild runs body in a child process of this test binary (the test
+// named name, with REV_CHILD set): a test that caps the address space must
+// not take the other tests down with it. The child's failure is the test's.
+func revChild(t *testing.T, name string, body func(t *testing.T)) {
+	t.Helper()
+	if os.Getenv("REV_CHILD") == name {
+		body(t)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v", "-test.timeout=60s")
+	cmd.Env = append(os.Environ(), "REV_CHILD="+name)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "child:\n%s", out)
+	require.Contains(t, string(out), "--- PASS: "+name, "child:\n%s", out)
+}
+
+// vmSize is this process's address space in bytes (/proc/self/status).
+func vmSize(t *testing.T) uint64 {
+	f, err := os.Open("/proc/self/status")
+	require.NoError(t, err)
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmSize:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			require.NoError(t, err)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmSize")
+	return 0
+}
+
+// underASLimit runs fn with the address space capped at what the process
+// maps now plus slack: a new mapping larger than slack fails with ENOMEM,
+// as it does on a broker at its RLIMIT_AS or out of memory. It returns
+// what fn panicked with, if anything (the cgo layer's recoverTo does the
+// same for the broker thread's calls).
+func underASLimit(t *testing.T, slack uint64, fn func()) (panicked any) {
+	t.Helper()
+	var old syscall.Rlimit
+	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_AS, &old))
+	runtime.GC()
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no heap growth in the window
+	lim := syscall.Rlimit{Cur: vmSize(t) + slack, Max: old.Max}
+	require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_AS, &lim))
+	func() {
+		defer func() { panicked = recover() }()
+		fn()
+	}()
+	require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_AS, &old))
+	return panicked
+}
+
+// A mapping that fails in knownSources.note (recent's growth, on the
+// broker thread, at a CONNECT's success) panics with k.mu held: the cgo
+// layer recovers the panic, but the lock stays held, and the next CONNECT
+// that succeeds (note) or is throttled (known) blocks the broker thread for
+// good. A broker at its memory limit must refuse or go on, never hang.
+func TestRevKnownNoteMmapFailureReleasesLock(t *testing.T) {
+	revChild(t, "TestRevKnownNoteMmapFailureReleasesLock", func(t *testing.T) {
+		stop := make(chan struct{})
+		defer close(stop)
+		k := newKnownSources(knownDeps{max: 100, window: time.Hour, failWindow: time.Minute,
+			spawn: func(string, func()) {}, stop: stop})
+		// Fill recent to the entry before its next growth, which maps
+		// twice its slots (12 bytes each): a mapping of megabytes.
+		k.mu.Lock()
+		for i := uint32(0); ; i++ {
+			k.recent.Put(recentID{i<<2 | 2, i*2654435761 + 1}, knownStampOf(time.Now().UnixMilli()))
+			slots := k.recent.Mapped() / 12
+			if k.recent.Len() >= 50_000 && (k.recent.Len()+1)*4 > slots*3 {
+				break
+			}
+		}
+		n := k.recent.Len()
+		k.mu.Unlock()
+		for len(k.queue.Take()) > 0 {
+		}
+		p := underASLimit(t, 1<<20, func() {
+			k.note("victim", []byte("ip:192.0.2.1"), time.Now().UnixMilli())
+		})
+		require.NotNil(t, p, "the mapping did not fail: the test proves nothing")
+		t.Logf("note panicked (recovered as the cgo layer does): %v", p)
+		require.True(t, k.mu.TryLock(), "k.mu is still held after note's panic: the broker thread's next note or known blocks forever")
+		defer k.mu.Unlock()
+		require.Equal(t, n, k.recent.Len(), "recent changed by a failed growth")
+	})
+}
+
+// The verification cache's table growth frees the old table before mapping
+// the new one: when that mapping fails, every entry is unreachable until a
+// later add grows it. That must cost misses only: no wrong password and no
+// changed hash hits, nothing panics after, and the next add that can map
+// finds every entry again. Before the fix that next add spun for good on
+// the broker thread with c.mu held: grow sized the new table from the old
+// one's length (0 after the failure: 1024 slots for 131 073 entries), and
+// find never met an empty slot (the child's -test.timeout ends it).
+func TestRevVerifyCacheMmapFailure(t *testing.T) {
+	revChild(t, "TestRevVerifyCacheMmapFailure", func(t *testing.T) {
+		c := newVerifyCache(1 << 20)
+		pw := func(i int) []byte { return []byte("pw-" + strconv.Itoa(i)) }
+		user := func(i int) string { return "u" + strconv.Itoa(i) }
+		n := 0
+		for ; ; n++ {
+			c.add(user(n), pw(n), "$h1")
+			if len(c.table.S) >= 1<<18 && 2*(len(c.entries.S)+1) > len(c.table.S) {
+				n++
+				break
+			}
+		}
+		p := underASLimit(t, 1<<20, func() { c.add(user(n), pw(n), "$h1") })
+		require.NotNil(t, p, "the mapping did not fail: the test proves nothing")
+		t.Logf("add panicked: %v (%d entries)", p, c.len())
+		for i := 0; i < n; i += 997 {
+			require.False(t, c.hit(user(i), pw(i+1), "$h1"), "a wrong password hit")
+			require.False(t, c.hit(user(i), pw(i), "$h2"), "a changed hash hit")
+		}
+		c.add(user(n), pw(n), "$h1") // maps now
+		c.mu.Lock()
+		used := 0
+		for _, v := range c.table.S {
+			if v != 0 {
+				used++
+			}
+		}
+		require.Equal(t, len(c.entries.S), used)
+		c.mu.Unlock()
+		for i := 0; i <= n; i++ {
+			require.True(t, c.hit(user(i), pw(i), "$h1"), "entry %d lost", i)
+			require.False(t, c.hit(user(i), pw(i+1), "$h1"))
+			require.False(t, c.hit(user(i), pw(i), "$h2"))
+		}
+		c.free()
+	})
+}
