@@ -8,52 +8,14 @@
 package plugin
 
 import (
-	"bufio"
-	"os"
-	"os/exec"
-	"runtime"
-	"runtime/debug"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
-
-// revChild runs body in a child process of this test binary (the test
-// named name, with REV_CHILD set): a test that caps the address space must
-// not take the other tests down with it. The child's failure is the test's.
-func revChild(t *testing.T, name string, body func(t *testing.T)) {
-	t.Helper()
-	if os.Getenv("REV_CHILD") == name {
-		body(t)
-		return
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v", "-test.timeout=60s")
-	cmd.Env = append(os.Environ(), "REV_CHILD="+name)
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "child:\n%s", out)
-	require.Contains(t, string(out), "--- PASS: "+name, "child:\n%s", out)
-}
-
-// vmSize is this process's address space in bytes (/proc/self/status).
-func vmSize(t *testing.T) uint64 {
-	f, err := os.Open("/proc/self/status")
-	require.NoError(t, err)
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmSize:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			require.NoError(t, err)
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmSize")
-	return 0
-}
 
 // underASLimit runs fn with the address space capped at what the process
 // maps now plus slack: a new mapping larger than slack fails with ENOMEM,
@@ -62,18 +24,11 @@ func vmSize(t *testing.T) uint64 {
 // same for the broker thread's calls).
 func underASLimit(t *testing.T, slack uint64, fn func()) (panicked any) {
 	t.Helper()
-	var old syscall.Rlimit
-	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_AS, &old))
-	runtime.GC()
-	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no heap growth in the window
-	lim := syscall.Rlimit{Cur: vmSize(t) + slack, Max: old.Max}
-	require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_AS, &lim))
-	func() {
-		defer func() { panicked = recover() }()
-		fn()
-	}()
-	require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_AS, &old))
-	return panicked
+	lift := testenv.CapAddressSpace(t, slack)
+	defer lift()
+	defer func() { panicked = recover() }()
+	fn()
+	return nil
 }
 
 // A mapping that fails in knownSources.note (recent's growth, on the
@@ -82,7 +37,7 @@ func underASLimit(t *testing.T, slack uint64, fn func()) (panicked any) {
 // that succeeds (note) or is throttled (known) blocks the broker thread for
 // good. A broker at its memory limit must refuse or go on, never hang.
 func TestRevKnownNoteMmapFailureReleasesLock(t *testing.T) {
-	revChild(t, "TestRevKnownNoteMmapFailureReleasesLock", func(t *testing.T) {
+	testenv.InChild(t, func(t *testing.T) {
 		stop := make(chan struct{})
 		defer close(stop)
 		k := newKnownSources(knownDeps{max: 100, window: time.Hour, failWindow: time.Minute,
@@ -121,7 +76,7 @@ func TestRevKnownNoteMmapFailureReleasesLock(t *testing.T) {
 // one's length (0 after the failure: 1024 slots for 131 073 entries), and
 // find never met an empty slot (the child's -test.timeout ends it).
 func TestRevVerifyCacheMmapFailure(t *testing.T) {
-	revChild(t, "TestRevVerifyCacheMmapFailure", func(t *testing.T) {
+	testenv.InChild(t, func(t *testing.T) {
 		c := newVerifyCache(1 << 20)
 		pw := func(i int) []byte { return []byte("pw-" + strconv.Itoa(i)) }
 		user := func(i int) string { return "u" + strconv.Itoa(i) }
