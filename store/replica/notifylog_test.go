@@ -47,3 +47,20 @@ func TestNotificationsRefusalLoggedOnce(t *testing.T) {
 	}
 	assert.Equal(t, 1, l.count("cannot read notify-keyspace-events"), "%q", l.lines)
 }
+
+// A FLUSHALL, which sends no keyspace notification, is told to OnFlushed
+// (the known sources written to that Redis went with it) once the flush
+// check finds the mark gone: within flushCheckEvery and a round trip.
+func TestOnFlushedCalledAtAFlush(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	var flushed atomic.Int32
+	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: (&logs{}).add, OnFlushed: func() { flushed.Add(1) }})
+	run(t, s)
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	time.Sleep(2 * flushCheckEvery)
+	assert.Zero(t, flushed.Load(), "no flush yet")
+	r.CLI("FLUSHALL")
+	assert.Eventually(t, func() bool { return flushed.Load() > 0 }, 2*flushCheckEvery+time.Second, 10*time.Millisecond)
+}
