@@ -59,6 +59,8 @@ type Guard struct {
 	localUser    *ratelimit.Local   // the same for each username's failures from every source (the throttle)
 	localClaimed *ratelimit.Local   // throttled usernames: failures of sources known by client ID only
 	known        *knownSources      // nil without Redis or with username_fail_limit 0
+	knownLost    chan struct{}      // Redis lost its keys: the live connections' known sources are written again (rewriteKnownLoop)
+	knownRetry   atomic.Bool        // a rewrite failed: again once Redis answers
 	tracker      *conflicts.Tracker // nil when clientid_conflict is off
 	replica      *replica.Replica   // nil without a Redis client (unit tests)
 	sync         *replica.Sync
@@ -218,8 +220,17 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window, userLimit: cfg.UsernameFailLimit,
 			down: g.health.down, spawn: g.spawn, stop: g.stop})
 		// Redis back: it may have come back empty (a restart), so the
-		// successes written before are written again at their next one.
-		g.health.back = func() { g.known.forgetWritten(g.now()) }
+		// successes written before are written again at their next one,
+		// and a rewrite of the live connections' sources that failed is
+		// tried again.
+		g.health.back = func() {
+			g.known.forgetWritten(g.now())
+			if g.knownRetry.Swap(false) {
+				g.knownLostNow()
+			}
+		}
+		g.knownLost = make(chan struct{}, 1)
+		g.spawn("known sources rewrite", g.rewriteKnownLoop)
 	}
 	g.spawn("redis health", func() { g.health.run(g.stop) })
 	if d.Conflicts != nil && cfg.Conflicts.Mode != config.ConflictOff {

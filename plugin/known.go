@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"hash/maphash"
 	"math"
 	"net/netip"
@@ -494,21 +495,7 @@ func (k *knownSources) run() {
 // per username with its new sources, then the trim to known_sources_max
 // (the least recently successful go first) and the expiry.
 func (k *knownSources) write(batch []knownWrite) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	byUser := map[string][]redis.Z{}
-	for _, w := range batch {
-		byUser[w.username] = append(byUser[w.username], redis.Z{Score: float64(w.ms), Member: w.source})
-	}
-	pipe := k.rdb.Pipeline()
-	for u, zs := range byUser {
-		key := k.kb.Known(u)
-		pipe.ZAdd(ctx, key, zs...)
-		pipe.ZRemRangeByRank(ctx, key, 0, int64(-k.max-1))
-		pipe.PExpire(ctx, key, k.window)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		k.down(err)
+	if err := k.exec(batch, false); err != nil {
 		// What was not written is written again at its next success; it
 		// stays this broker's own knowledge meanwhile (a README-only
 		// attacker: deleting it from recent refused a device the broker
@@ -518,5 +505,112 @@ func (k *knownSources) write(batch []knownWrite) {
 			last = max(last, w.ms)
 		}
 		k.forgetWritten(time.UnixMilli(last + 1))
+	}
+}
+
+// exec sends batch in one pipelined round trip (write); gt: a member's
+// score is only raised (ZADD GT, Redis 6.2), never lowered (rewrite).
+func (k *knownSources) exec(batch []knownWrite, gt bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	byUser := map[string][]redis.Z{}
+	for _, w := range batch {
+		byUser[w.username] = append(byUser[w.username], redis.Z{Score: float64(w.ms), Member: w.source})
+	}
+	pipe := k.rdb.Pipeline()
+	for u, zs := range byUser {
+		key := k.kb.Known(u)
+		if gt {
+			pipe.ZAddGT(ctx, key, zs...)
+		} else {
+			pipe.ZAdd(ctx, key, zs...)
+		}
+		pipe.ZRemRangeByRank(ctx, key, 0, int64(-k.max-1))
+		pipe.PExpire(ctx, key, k.window)
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil {
+		k.down(err)
+	}
+	return err
+}
+
+// rewriteKnown writes again the known sources of this broker's live
+// connections, after Redis lost its keys (a FLUSHALL, an empty restart:
+// replicaFlushed). Without it a device that stays connected through the
+// loss was known to no other broker until it reconnected, and another
+// broker refused it during a throttle of its username (a README-only
+// attacker: 4 of 4 runs after a FLUSHALL, 3 of 3 after an empty restart).
+//
+// A live connection is a known source of its username when this guard
+// checked its password: a backend that checks passwords, a username, not
+// admitted at its first sight, not deferred; and admitted within
+// conflict_window and a refresh (an older one is past the window a read
+// asks for, as it would have been in Redis). Each is written with its
+// admit time as the score, only raised (ZADD GT): a later success another
+// broker wrote meanwhile is kept. g.mu is held for kickScan connections at
+// a time; each kickScan connections are one pipelined round trip, off the
+// broker thread. It returns the first write's error: the caller retries
+// the whole once Redis answers (the sources it wrote before are written
+// again, harmlessly).
+func (g *Guard) rewriteKnown() error {
+	if !g.cfg.Backend.Checks(true) {
+		return nil
+	}
+	cutoff := g.now().Add(-g.cfg.Conflicts.Window - g.known.refresh).UnixMilli()
+	var err error
+	defer g.scanDone()
+	g.scanConns(func(lc *liveConn) bool {
+		return err == nil && lc.hasUsername && !lc.sighted && !lc.pending && lc.sinceMs >= cutoff
+	}, func(cands []*liveConn) {
+		if len(cands) == 0 || err != nil {
+			return
+		}
+		batch := make([]knownWrite, 0, 2*len(cands))
+		for _, lc := range cands { // identity fields, fixed at admit: read without g.mu
+			if lc.ip.IsValid() {
+				batch = append(batch, knownWrite{lc.username, sourceIP(lc.ip), lc.sinceMs})
+			}
+			batch = append(batch, knownWrite{lc.username, sourceClientID(lc.clientID), lc.sinceMs})
+		}
+		err = g.known.exec(batch, true)
+	})
+	return err
+}
+
+// rewriteKnownLoop runs rewriteKnown each time Redis lost its keys
+// (knownLost), and again once Redis answers when one failed (knownRetry,
+// health.back). A loss told while a rewrite runs starts one more after it;
+// more are one.
+func (g *Guard) rewriteKnownLoop() {
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-g.knownLost:
+		}
+		if err := g.rewriteKnownSafely(); err != nil {
+			g.knownRetry.Store(true)
+		}
+	}
+}
+
+// rewriteKnownSafely is rewriteKnown with a panic logged as an error and
+// returned: the loop goes on.
+func (g *Guard) rewriteKnownSafely() (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error writing the known sources again: %v", p))
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return g.rewriteKnown()
+}
+
+// knownLostNow asks rewriteKnownLoop for a rewrite (never blocks).
+func (g *Guard) knownLostNow() {
+	select {
+	case g.knownLost <- struct{}{}:
+	default:
 	}
 }

@@ -206,6 +206,7 @@ func (g *Guard) replicaLost(err error) {
 func (g *Guard) replicaFlushed() {
 	if g.known != nil {
 		g.known.forgetWritten(g.now())
+		g.knownLostNow() // and the live connections' sources are written again now
 	}
 }
 

@@ -108,7 +108,34 @@ func (s *Sync) mark(ctx context.Context) ([]mark, error) {
 		return nil, nil
 	}
 	s.markRefused = false
+	s.noteMarks(marks)
 	return marks, nil
+}
+
+// noteMarks compares marks with the values this Sync saw on the same keys
+// before, in this session or an earlier one, and calls OnFlushed once if
+// any changed: that master's keys were lost. A flush check finds a FLUSHALL
+// (the mark gone: mark sets a new one); an empty restart cuts the session,
+// and the next one sets a new mark, which no check of the old session saw
+// (issue 12: the known sources of devices connected through it were then
+// not written again until each reconnected). A Redis restarted with its
+// data, or a subscription cut, keeps the mark: nothing is called. seen holds
+// one entry per mark key met, at most maxMarkTries (the cluster's tags).
+// Session goroutine only.
+func (s *Sync) noteMarks(marks []mark) {
+	if s.seen == nil {
+		s.seen = map[string]string{}
+	}
+	changed := false
+	for _, m := range marks {
+		if old, ok := s.seen[m.key]; ok && old != m.val {
+			changed = true
+		}
+		s.seen[m.key] = m.val
+	}
+	if changed && s.o.OnFlushed != nil {
+		s.o.OnFlushed()
+	}
 }
 
 // transient says whether a Redis error reply passes by itself: the session

@@ -64,3 +64,34 @@ func TestOnFlushedCalledAtAFlush(t *testing.T) {
 	r.CLI("FLUSHALL")
 	assert.Eventually(t, func() bool { return flushed.Load() > 0 }, 2*flushCheckEvery+time.Second, 10*time.Millisecond)
 }
+
+// An empty restart cuts the session; the next one finds the flush mark
+// with another value than it saw (it sets a new one) and tells OnFlushed:
+// before, only a flush check inside a live session did, so an empty
+// restart was never told (the known sources of devices connected through
+// it were not written again). A cut subscription, Redis's keys kept, is
+// not a flush.
+func TestOnFlushedCalledAtAnEmptyRestart(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	var flushed, lost atomic.Int32
+	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: (&logs{}).add,
+		OnFlushed: func() { flushed.Add(1) }, OnLost: func(error) { lost.Add(1) }})
+	run(t, s)
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+
+	r.CLI("CLIENT", "KILL", "TYPE", "pubsub") // the session ends, the keys stay
+	require.Eventually(t, func() bool { return lost.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, s.InStep, 5*time.Second, 10*time.Millisecond)
+	time.Sleep(2 * flushCheckEvery)
+	assert.Zero(t, flushed.Load(), "a cut subscription is no flush")
+
+	r.Kill()
+	r.Restart() // no persistence: empty
+	start := time.Now()
+	require.Eventually(t, func() bool { return flushed.Load() > 0 }, 10*time.Second, 10*time.Millisecond, "the empty restart not told")
+	t.Logf("OnFlushed %s after the restart", time.Since(start).Round(time.Millisecond))
+	time.Sleep(2 * flushCheckEvery)
+	assert.EqualValues(t, 1, flushed.Load(), "told once")
+}

@@ -50,9 +50,12 @@ type Options struct {
 	BeforeReloadSwap func(fresh *Replica)
 	// OnLost is called when changes stop reaching the replica (Redis lost).
 	OnLost func(err error)
-	// OnFlushed is called when a flush check finds the keys of a master
-	// flushed or lost (its flush mark gone or changed), before the reload:
-	// keys the replica does not hold (known sources) went with them.
+	// OnFlushed is called when a master's flush mark is found with another
+	// value than the one this Sync saw there before (noteMarks): its keys
+	// were flushed (FLUSHALL, FLUSHDB) or lost (Redis restarted empty),
+	// found by a flush check or by the next session after a lost
+	// connection, before the reload. Keys the replica does not hold (known
+	// sources) went with them.
 	OnFlushed func()
 }
 
@@ -73,9 +76,10 @@ type Sync struct {
 	loading map[string]struct{} // keys changed while a load runs (nil when none runs)
 	wake    chan struct{}
 
-	markRefused bool // the flush mark was refused (logged once); session goroutine only
-	subRefused  bool // the subscription was refused (logged once); session goroutine only
-	infoRefused bool // INFO was refused: no failover check (logged once); session goroutine only
+	markRefused bool              // the flush mark was refused (logged once); session goroutine only
+	seen        map[string]string // each flush mark's key -> the value last seen there (noteMarks); session goroutine only
+	subRefused  bool              // the subscription was refused (logged once); session goroutine only
+	infoRefused bool              // INFO was refused: no failover check (logged once); session goroutine only
 
 	notifyMu      sync.Mutex // a cluster's masters are asked concurrently
 	notifyRefused string     // the last CONFIG refusal logged by enableNotifications
@@ -225,10 +229,7 @@ func (s *Sync) session(ctx context.Context) error {
 			if len(subs) == 0 && n%notifyCheckEvery == 0 && s.subscribable(ctx) {
 				return errSubscribable // a new session subscribes, then loads
 			}
-			why := s.lost(ctx, marks)
-			if why != "" && s.o.OnFlushed != nil {
-				s.o.OnFlushed()
-			}
+			why := s.lost(ctx, marks) // a flush: the mark below differs (noteMarks)
 			if why == "" && n%notifyCheckEvery == 0 {
 				why = s.notificationsLost(ctx)
 			}

@@ -1,0 +1,124 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// rewriteGuard is a files-backend guard on a real redis-server, with the
+// users u0..u(users-1), each with password "pw".
+func rewriteGuard(t *testing.T, users int) (*Guard, *testenv.Redis, *redis.Client) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	line := bcryptLine(t, "u", "pw")
+	hash := strings.TrimSpace(strings.TrimPrefix(line, "u:"))
+	var sb strings.Builder
+	for i := 0; i < users; i++ {
+		fmt.Fprintf(&sb, "u%d:%s\n", i, hash)
+	}
+	path := filepath.Join(t.TempDir(), "passwd")
+	require.NoError(t, os.WriteFile(path, []byte(sb.String()), 0o600))
+	cfg, err := config.Parse(map[string]string{"redis_addr": r.Addr, "password_file": path})
+	require.NoError(t, err)
+	g, err := New(cfg, Output{Log: func(Level, string) {}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	require.Eventually(t, g.sync.Ready, 5*time.Second, 10*time.Millisecond)
+	return g, r, rdb
+}
+
+// rewriteClient is device i of rewriteGuard: user u<i>, its own IP and
+// client ID.
+func rewriteClient(i int, pass string) Client {
+	return Client{Handle: uintptr(0x1000 + 16*i), ClientID: fmt.Sprintf("dev-%d", i),
+		Address: fmt.Sprintf("127.7.%d.%d", i/250, 1+i%250), Username: fmt.Sprintf("u%d", i), HasUsername: true, Password: []byte(pass)}
+}
+
+// knownCount is how many of devices 0..n-1 have both their sources in
+// guard:known:u<i>.
+func knownCount(t *testing.T, rdb *redis.Client, n int) int {
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.FloatCmd, 0, 2*n)
+	for i := 0; i < n; i++ {
+		c := rewriteClient(i, "")
+		cmds = append(cmds, pipe.ZScore(ctx, "guard:known:"+c.Username, "ip:"+c.Address),
+			pipe.ZScore(ctx, "guard:known:"+c.Username, "clientid:"+c.ClientID))
+	}
+	_, _ = pipe.Exec(ctx)
+	got := 0
+	for i := 0; i < n; i++ {
+		if cmds[2*i].Err() == nil && cmds[2*i+1].Err() == nil {
+			got++
+		}
+	}
+	return got
+}
+
+// After a FLUSHALL or an empty restart, the known sources of the devices
+// that stay connected through it are written again at once (rewriteKnown),
+// not at each one's next success: a README-only attacker found a device
+// connected through a flush missing from guard:known:<user> (0 members 5 s
+// later), and another broker refused it during a throttle of its username.
+// A device that left, or whose password was not checked here, is not
+// written.
+func TestKnownSourcesOfLiveConnectionsWrittenAgainAfterALoss(t *testing.T) {
+	const n = 1000
+	g, r, rdb := rewriteGuard(t, n+1)
+	for i := 0; i < n+1; i++ {
+		require.Equal(t, Allow, g.Authenticate(rewriteClient(i, "pw")).Result)
+	}
+	g.Disconnected(rewriteClient(n, "").Handle) // left: not written again
+	anon := Client{Handle: 0x9000000, ClientID: "anon-dev", Address: "127.8.0.1"}
+	require.Equal(t, Defer, g.Authenticate(anon).Result) // no username: no password checked here
+	require.Eventually(t, func() bool { return knownCount(t, rdb, n+1) == n+1 }, 5*time.Second, 10*time.Millisecond, "first written")
+	scores := rdb.ZRangeWithScores(context.Background(), "guard:known:u0", 0, -1).Val()
+
+	for _, loss := range []struct {
+		name string
+		do   func()
+	}{
+		{"FLUSHALL", func() { r.CLI("FLUSHALL") }},
+		{"an empty restart", func() { r.Kill(); r.Restart() }},
+	} {
+		loss.do()
+		start := time.Now()
+		require.Eventually(t, func() bool { return knownCount(t, rdb, n) == n }, 5*time.Second, 10*time.Millisecond,
+			"after %s, the live devices' sources written again", loss.name)
+		t.Logf("after %s: %d live devices' sources written again in %s", loss.name, n, time.Since(start).Round(time.Millisecond))
+		assert.Zero(t, knownCount(t, rdb, n+1)-n, "the device that left is not written again")
+		assert.Zero(t, rdb.Exists(context.Background(), "guard:known:").Val(), "nor the one without a username")
+		again := rdb.ZRangeWithScores(context.Background(), "guard:known:u0", 0, -1).Val()
+		require.Len(t, again, len(scores))
+		for j := range again { // the success's ms, and its admit's: within a second
+			assert.Equal(t, scores[j].Member, again[j].Member)
+			assert.InDelta(t, scores[j].Score, again[j].Score, 1000, "scored by the success, as first written")
+		}
+	}
+}
+
+// A rewrite only raises a score (ZADD GT): a later success another broker
+// wrote meanwhile is kept.
+func TestKnownRewriteKeepsALaterScore(t *testing.T) {
+	k, rdb, _ := knownOnRedis(t, time.Hour)
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	require.NoError(t, rdb.ZAdd(ctx, "guard:known:bob", redis.Z{Score: float64(now), Member: "ip:192.0.2.1"}).Err())
+	require.NoError(t, k.exec([]knownWrite{{"bob", "ip:192.0.2.1", now - 5000}, {"bob", "clientid:d", now - 5000}}, true))
+	assert.Equal(t, float64(now), rdb.ZScore(ctx, "guard:known:bob", "ip:192.0.2.1").Val(), "the later score kept")
+	assert.Equal(t, float64(now-5000), rdb.ZScore(ctx, "guard:known:bob", "clientid:d").Val())
+}
