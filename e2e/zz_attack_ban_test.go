@@ -263,6 +263,11 @@ func TestZZThrottleAfterRedisReturns(t *testing.T) {
 		e.countLines("event=throttled"), refusals)
 	require.NotEmpty(t, refusals)
 	assert.Less(t, refusals[len(refusals)-1], 2*2*time.Second, "username_fail_limit × fail_window of the last failure")
+	// README (the throttle): while Redis is down no throttle key is
+	// written, and the first refusal on each broker tells of the episode.
+	// Its ttl is then one fail_window: at most one line per window.
+	n := e.countLines("logged=first-of-throttle")
+	assert.True(t, n >= 1 && n <= 2, "the episode told while Redis was down: %d lines", n)
 	zzNoPassword(t, e)
 }
 
