@@ -94,6 +94,17 @@ func (s *Store) Hash(username string) (string, bool) {
 	return h, ok
 }
 
+// HashOrDummy returns the stored hash of username and false, or, for an
+// unknown user, the dummy hash (see Load) and true: a caller verifies the
+// password against either by one call, which costs the same for both
+// (Verify does the same).
+func (s *Store) HashOrDummy(username string) (hash string, unknown bool) {
+	if h, ok := s.users[username]; ok {
+		return h, false
+	}
+	return s.dummy, true
+}
+
 // Len returns the number of users loaded.
 func (s *Store) Len() int {
 	return len(s.users)

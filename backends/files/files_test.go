@@ -202,3 +202,23 @@ func TestReadNeverWaitsOnAPseudoFile(t *testing.T) {
 		t.Fatal("Read of a symlink to /proc/kmsg still blocked after 3 s")
 	}
 }
+
+// HashOrDummy gives a known user's hash, and for an unknown user the dummy
+// that Verify checks: the caller verifies both by one call (the plugin's
+// credentials.check, from one stack).
+func TestStoreHashOrDummy(t *testing.T) {
+	path := writeFile(t, "alice:"+hash7Password+"\n")
+	s, _, err := Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+	h, unknown := s.HashOrDummy("alice")
+	assert.False(t, unknown)
+	assert.Equal(t, hash7Password, h)
+	h, unknown = s.HashOrDummy("nobody")
+	assert.True(t, unknown)
+	assert.Equal(t, s.dummy, h)
+	want, err := hashes.Verifier{}.Class(hash7Password)
+	require.NoError(t, err)
+	got, err := hashes.Verifier{}.Class(h)
+	require.NoError(t, err)
+	assert.Equal(t, want, got, "the dummy is of alice's class")
+}
