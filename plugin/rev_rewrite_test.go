@@ -109,3 +109,27 @@ func TestKnownRewriteAnErrorReplyNeitherFlapsRedisNorStopsTheRest(t *testing.T) 
 	t.Logf("%d of %d good devices written again", written, n-len(bad))
 	assert.Equal(t, n-len(bad), written, "one bad key must not stop the others")
 }
+
+// A rewrite refused by a reply that passes (OOM: a Redis full under
+// noeviction) does not mark Redis down, so health.back never wakes the
+// loop: it is tried again on its backoff, and written once Redis takes
+// writes again (within knownRetryMin and the backoff's doublings).
+func TestKnownRewriteRetriedAfterAnOOM(t *testing.T) {
+	const n = 300
+	g, r, rdb, lines := revGuard(t, n, nil)
+	for i := 0; i < n; i++ {
+		require.Equal(t, Allow, g.Authenticate(rewriteClient(i, "pw")).Result)
+	}
+	require.Eventually(t, func() bool { return knownCount(t, rdb, n) == n }, 5*time.Second, 10*time.Millisecond)
+	r.CLI("CONFIG", "SET", "maxmemory", "1")
+	require.NoError(t, rdb.FlushAll(context.Background()).Err())
+	g.replicaFlushed()
+	time.Sleep(1500 * time.Millisecond) // a first try and a retry refused
+	assert.Zero(t, knownCount(t, rdb, n))
+	assert.True(t, g.health.up(), "an OOM is an answer")
+	r.CLI("CONFIG", "SET", "maxmemory", "0")
+	start := time.Now()
+	require.Eventually(t, func() bool { return knownCount(t, rdb, n) == n }, 10*time.Second, 20*time.Millisecond, "retried once Redis takes writes")
+	t.Logf("written %s after Redis took writes again", time.Since(start).Round(time.Millisecond))
+	assert.Equal(t, 1, countLines(lines(), "writing again the known sources"), "the failure logged once")
+}
