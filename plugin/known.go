@@ -588,14 +588,17 @@ func (g *Guard) rewriteKnown() error {
 		return nil
 	}
 	cutoff := g.now().Add(-g.cfg.Conflicts.Window - g.known.refresh).UnixMilli()
-	var err error // the first error; the scan stops at one that is no reply (Redis not answering)
+	var (
+		err        error // the error returned (see below)
+		unanswered bool  // an error that is no reply (Redis not answering): the scan stops
+	)
 	stop := func() bool {
 		select {
 		case <-g.stop:
 			return true
 		default:
 		}
-		return err != nil && !isRedisReply(err)
+		return unanswered
 	}
 	defer g.scanDone()
 	g.scanConns(func(lc *liveConn) bool {
@@ -614,9 +617,13 @@ func (g *Guard) rewriteKnown() error {
 		// An error reply on one username's key (WRONGTYPE) fails that
 		// command only: the pipeline's others were written, and the
 		// batches after it are written too.
-		if e := g.known.exec(batch, true); e != nil && (err == nil || isRedisReply(err)) {
+		// A retryable error is kept over one that is not: a batch refused
+		// with OOM is retried even when a later batch met a WRONGTYPE.
+		e := g.known.exec(batch, true)
+		if e != nil && (err == nil || !rewriteRetryable(err)) {
 			err = e
 		}
+		unanswered = unanswered || (e != nil && !isRedisReply(e))
 	})
 	return err
 }
