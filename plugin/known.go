@@ -3,11 +3,13 @@ package plugin
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"math"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/internal/batchq"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/offheap"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // knownSources remembers, per username, the sources (IPs and client IDs) it
@@ -529,10 +532,37 @@ func (k *knownSources) exec(batch []knownWrite, gt bool) error {
 		pipe.PExpire(ctx, key, k.window)
 	}
 	_, err := pipe.Exec(ctx)
-	if err != nil {
+	if err != nil && !(gt && isRedisReply(err)) {
+		// A rewrite's error reply (a key of another type; ZADD GT on a
+		// Redis before 6.2) is an answer: Redis is not down.
 		k.down(err)
 	}
 	return err
+}
+
+// isRedisReply says whether err is an error reply from Redis: it answered
+// (not a lost connection, not a timeout, not a missing key).
+func isRedisReply(err error) bool {
+	var re redis.Error
+	return err != nil && !errors.Is(err, redis.Nil) && errors.As(err, &re) &&
+		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
+}
+
+// rewriteRetryable says whether a rewrite that failed with err is worth
+// trying again as is: a lost connection or a timeout, or a reply that
+// passes by itself (OOM, LOADING, BUSY, a cluster in motion). Another reply
+// (WRONGTYPE, a syntax error) would fail the same way.
+func rewriteRetryable(err error) bool {
+	if !isRedisReply(err) {
+		return true
+	}
+	msg := err.Error()
+	for _, p := range []string{"OOM", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // rewriteKnown writes again the known sources of this broker's live
@@ -558,12 +588,23 @@ func (g *Guard) rewriteKnown() error {
 		return nil
 	}
 	cutoff := g.now().Add(-g.cfg.Conflicts.Window - g.known.refresh).UnixMilli()
-	var err error
+	var (
+		err        error // the error returned (see below)
+		unanswered bool  // an error that is no reply (Redis not answering): the scan stops
+	)
+	stop := func() bool {
+		select {
+		case <-g.stop:
+			return true
+		default:
+		}
+		return unanswered
+	}
 	defer g.scanDone()
 	g.scanConns(func(lc *liveConn) bool {
-		return err == nil && lc.hasUsername && !lc.sighted && !lc.pending && lc.sinceMs >= cutoff
+		return lc.hasUsername && !lc.sighted && !lc.pending && lc.sinceMs >= cutoff && !stop()
 	}, func(cands []*liveConn) {
-		if len(cands) == 0 || err != nil {
+		if len(cands) == 0 || stop() {
 			return
 		}
 		batch := make([]knownWrite, 0, 2*len(cands))
@@ -573,27 +614,73 @@ func (g *Guard) rewriteKnown() error {
 			}
 			batch = append(batch, knownWrite{lc.username, sourceClientID(lc.clientID), lc.sinceMs})
 		}
-		err = g.known.exec(batch, true)
+		// An error reply on one username's key (WRONGTYPE) fails that
+		// command only: the pipeline's others were written, and the
+		// batches after it are written too.
+		// A retryable error is kept over one that is not: a batch refused
+		// with OOM is retried even when a later batch met a WRONGTYPE.
+		e := g.known.exec(batch, true)
+		if e != nil && (err == nil || !rewriteRetryable(err)) {
+			err = e
+		}
+		unanswered = unanswered || (e != nil && !isRedisReply(e))
 	})
 	return err
 }
 
 // rewriteKnownLoop runs rewriteKnown each time Redis lost its keys
-// (knownLost), and again once Redis answers when one failed (knownRetry,
-// health.back). A loss told while a rewrite runs starts one more after it;
-// more are one.
+// (knownLost). One that failed in a way that may pass (rewriteRetryable) is
+// tried again once Redis answers (health.back wakes it), and in any case
+// after a backoff (knownRetryMin doubling to knownRetryMax) while Redis is
+// up: health.back alone missed a failure recorded after Redis was back (a
+// panic, an error reply, which does not mark Redis down, or a failure
+// that lost the race with the probe). A loss told while a rewrite runs
+// starts one more after it; more are one. The first failure of a series
+// is logged.
 func (g *Guard) rewriteKnownLoop() {
+	var retry <-chan time.Time
+	backoff := knownRetryMin
+	failing := false
 	for {
 		select {
 		case <-g.stop:
 			return
 		case <-g.knownLost:
+		case <-retry:
+			if !g.health.up() {
+				retry = time.After(backoff) // health.back wakes it sooner
+				continue
+			}
 		}
-		if err := g.rewriteKnownSafely(); err != nil {
-			g.knownRetry.Store(true)
+		retry = nil
+		err := g.rewriteKnownSafely()
+		switch {
+		case err == nil:
+			g.knownRetry.Store(false)
+			backoff, failing = knownRetryMin, false
+			continue
+		case !failing:
+			failing = true
+			g.log(LevelWarning, "mosquitto-guard: writing again the known sources of the live connections after redis lost its keys failed ("+
+				store.OneLine(err)+"); each is written at its next success")
 		}
+		if !rewriteRetryable(err) {
+			g.knownRetry.Store(false)
+			backoff, failing = knownRetryMin, false
+			continue
+		}
+		g.knownRetry.Store(true)
+		retry = time.After(backoff)
+		backoff = min(2*backoff, knownRetryMax)
 	}
 }
+
+// knownRetryMin and knownRetryMax bound the wait before a failed rewrite
+// is tried again (rewriteKnownLoop).
+const (
+	knownRetryMin = time.Second
+	knownRetryMax = 30 * time.Second
+)
 
 // rewriteKnownSafely is rewriteKnown with a panic logged as an error and
 // returned: the loop goes on.

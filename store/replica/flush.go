@@ -155,22 +155,27 @@ func isReply(err error) bool {
 
 // lost says why the keys of some master are gone ("" when they are not):
 // its mark is missing or changed. A master that does not answer in time
-// says nothing: the subscription notices a lost connection.
-func (s *Sync) lost(ctx context.Context, marks []mark) string {
+// says nothing: the subscription notices a lost connection. flushed: the
+// mark was read, gone or with another value (not an error reply such as
+// MOVED, nor a replaced node's client): the keys were lost, whether or not
+// the mark can be set again (mark: OnFlushed).
+func (s *Sync) lost(ctx context.Context, marks []mark) (why string, flushed bool) {
 	ctx, cancel := context.WithTimeout(ctx, flushCheckEvery)
 	defer cancel()
 	for _, m := range marks {
 		got, err := m.c.Get(ctx, m.key).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
-			return fmt.Sprintf("the flush mark %s on %s is gone: the keys were flushed (FLUSHALL, FLUSHDB) or lost (Redis restarted empty)", m.key, store.NodeName(m.c))
-		case isReply(err) || (err == nil && got != m.val):
-			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, store.NodeName(m.c))
+			return fmt.Sprintf("the flush mark %s on %s is gone: the keys were flushed (FLUSHALL, FLUSHDB) or lost (Redis restarted empty)", m.key, store.NodeName(m.c)), true
+		case err == nil && got != m.val:
+			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, store.NodeName(m.c)), true
+		case isReply(err):
+			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, store.NodeName(m.c)), false
 		case errors.Is(err, redis.ErrClosed):
-			return "the cluster's masters changed" // the node's client was replaced
+			return "the cluster's masters changed", false // the node's client was replaced
 		}
 	}
-	return ""
+	return "", false
 }
 
 // notificationsLost says why changes stopped reaching us ("" when they

@@ -229,7 +229,7 @@ func (s *Sync) session(ctx context.Context) error {
 			if len(subs) == 0 && n%notifyCheckEvery == 0 && s.subscribable(ctx) {
 				return errSubscribable // a new session subscribes, then loads
 			}
-			why := s.lost(ctx, marks) // a flush: the mark below differs (noteMarks)
+			why, flushed := s.lost(ctx, marks) // a flush: the mark below differs (noteMarks)
 			if why == "" && n%notifyCheckEvery == 0 {
 				why = s.notificationsLost(ctx)
 			}
@@ -239,6 +239,11 @@ func (s *Sync) session(ctx context.Context) error {
 			s.o.Log(true, "replica: "+why+": reloading")
 			if marks, err = s.mark(ctx); err != nil {
 				return err
+			}
+			if flushed && marks == nil && s.o.OnFlushed != nil {
+				// The mark is refused now (OOM under noeviction, an ACL):
+				// noteMarks cannot tell, yet the keys were lost.
+				s.o.OnFlushed()
 			}
 		}
 		if err := s.load(ctx); err != nil {
