@@ -218,7 +218,7 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
 		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
 			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window, userLimit: cfg.UsernameFailLimit,
-			down: g.health.down, spawn: g.spawn, stop: g.stop})
+			down: g.health.down, log: g.log, spawn: g.spawn, stop: g.stop})
 		// Redis back: it may have come back empty (a restart), so the
 		// successes written before are written again at their next one,
 		// and a rewrite of the live connections' sources that failed is

@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,8 +15,9 @@ import (
 // once the replica is loaded, so nothing there would notice a Redis that hangs
 // (SIGSTOP, a stuck failover) rather than refusing: one goroutine pings it
 // every healthEvery, whatever the state, and any Redis error seen anywhere in
-// the plugin marks it down at once. While it is down the hot path skips Redis
-// entirely, and redis_unavailable deny refuses every client.
+// the plugin marks it down at once (but a WRONGTYPE reply: see down). While
+// it is down the hot path skips Redis entirely, and redis_unavailable deny
+// refuses every client.
 //
 // Bounds: a Redis that stops answering is seen within healthEvery +
 // healthTimeout (700 ms); one that answers again within healthEvery (200 ms)
@@ -26,6 +28,8 @@ type health struct {
 
 	mu     sync.Mutex // orders the log lines of state changes
 	logged bool       // the state last logged: true up
+
+	wrongAt atomic.Int64 // unix ms of the last WRONGTYPE logged (wrongType)
 
 	// back, if set (before run starts), is called when Redis answers
 	// again after it was seen down, under mu: it must not block.
@@ -79,7 +83,16 @@ func (h *health) run(stop <-chan struct{}) {
 func (h *health) up() bool { return h.isUp.Load() }
 
 // down records that Redis failed to answer, from any part of the plugin.
+// A WRONGTYPE reply is an answer about one key (an operator's key of
+// another type under the plugin's prefix): Redis is not marked down, and it
+// is logged at most once per wrongTypeLogEvery. Marked down, each use of
+// that key took Redis down until the probe saw it up again, refusing every
+// client meanwhile under redis_unavailable deny (TestWrongTypeIsNoOutage).
 func (h *health) down(err error) {
+	if isWrongType(err) {
+		h.wrongType(err)
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.isUp.Store(false)
@@ -107,4 +120,23 @@ func (h *health) upAgain() {
 	if h.back != nil {
 		h.back()
 	}
+}
+
+// wrongTypeLogEvery: WRONGTYPE replies are logged at most once per this.
+const wrongTypeLogEvery = 10 * time.Minute
+
+// isWrongType says whether err is Redis's WRONGTYPE reply.
+func isWrongType(err error) bool {
+	return isRedisReply(err) && strings.HasPrefix(err.Error(), "WRONGTYPE")
+}
+
+// wrongType logs a WRONGTYPE reply, at most once per wrongTypeLogEvery.
+func (h *health) wrongType(err error) {
+	now := time.Now().UnixMilli()
+	last := h.wrongAt.Load()
+	if (last != 0 && now-last < wrongTypeLogEvery.Milliseconds()) || !h.wrongAt.CompareAndSwap(last, now) {
+		return
+	}
+	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s holds a key of another type where the plugin expects its own (%v): delete or rename it (said at most once per %v)",
+		h.where, store.OneLine(err), wrongTypeLogEvery))
 }

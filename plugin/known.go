@@ -73,6 +73,8 @@ type knownSources struct {
 	episodes  map[uint64]int64
 	nEpisodes atomic.Int32 // len(episodes): a CONNECT reads this, no lock, while none is
 	epSeed    maphash.Seed
+
+	refusedAt atomic.Int64 // unix ms of the last refusal logged (refusedBy)
 }
 
 // episodesMax bounds knownSources.episodes.
@@ -87,6 +89,7 @@ type knownDeps struct {
 	failWindow time.Duration // fail_window: a throttle episode's set is dropped 2 of them after its last use
 	userLimit  int           // username_fail_limit: with failWindow, how long an episode stays on record (episodeFor)
 	down       func(error)   // Redis failed to answer (health)
+	log        func(Level, string)
 	spawn      func(name string, fn func())
 	stop       <-chan struct{}
 }
@@ -499,6 +502,9 @@ func (k *knownSources) run() {
 // (the least recently successful go first) and the expiry.
 func (k *knownSources) write(batch []knownWrite) {
 	if err := k.exec(batch, false); err != nil {
+		if isRedisReply(err) {
+			k.refusedBy(err)
+		}
 		// What was not written is written again at its next success; it
 		// stays this broker's own knowledge meanwhile (a README-only
 		// attacker: deleting it from recent refused a device the broker
@@ -532,12 +538,32 @@ func (k *knownSources) exec(batch []knownWrite, gt bool) error {
 		pipe.PExpire(ctx, key, k.window)
 	}
 	_, err := pipe.Exec(ctx)
-	if err != nil && !(gt && isRedisReply(err)) {
-		// A rewrite's error reply (a key of another type; ZADD GT on a
-		// Redis before 6.2) is an answer: Redis is not down.
+	if err != nil && !isRedisReply(err) {
+		// An error reply (a key of another type; OOM; ZADD GT on a Redis
+		// before 6.2) is an answer: Redis is not down. Marked down, each
+		// success of a user whose key had another type took Redis down
+		// until the probe saw it up, refusing every client meanwhile
+		// under redis_unavailable deny.
 		k.down(err)
 	}
 	return err
+}
+
+// refusedLogEvery: the writer's refusals by Redis (error replies) are
+// logged at most once per this.
+const refusedLogEvery = 10 * time.Minute
+
+// refusedBy logs that Redis refused a batch of known sources (at most once
+// per refusedLogEvery): it answered, so it is not down, but the operator
+// must hear of it (a guard:known:<user> key of another type, a Redis out of
+// memory).
+func (k *knownSources) refusedBy(err error) {
+	now := time.Now().UnixMilli()
+	last := k.refusedAt.Load()
+	if k.log == nil || (last != 0 && now-last < refusedLogEvery.Milliseconds()) || !k.refusedAt.CompareAndSwap(last, now) {
+		return
+	}
+	k.log(LevelWarning, "mosquitto-guard: redis refused writing known sources ("+store.OneLine(err)+"); each is written again at its next success (said at most once per "+refusedLogEvery.String()+")")
 }
 
 // isRedisReply says whether err is an error reply from Redis: it answered

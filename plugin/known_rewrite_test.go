@@ -3,9 +3,6 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,31 +10,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // rewriteGuard is a files-backend guard on a real redis-server, with the
-// users u0..u(users-1), each with password "pw".
+// users u0..u(users-1), each with password "pw" (revGuard).
 func rewriteGuard(t *testing.T, users int) (*Guard, *testenv.Redis, *redis.Client) {
 	t.Helper()
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	line := bcryptLine(t, "u", "pw")
-	hash := strings.TrimSpace(strings.TrimPrefix(line, "u:"))
-	var sb strings.Builder
-	for i := 0; i < users; i++ {
-		fmt.Fprintf(&sb, "u%d:%s\n", i, hash)
-	}
-	path := filepath.Join(t.TempDir(), "passwd")
-	require.NoError(t, os.WriteFile(path, []byte(sb.String()), 0o600))
-	cfg, err := config.Parse(map[string]string{"redis_addr": r.Addr, "password_file": path})
-	require.NoError(t, err)
-	g, err := New(cfg, Output{Log: func(Level, string) {}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
-	require.Eventually(t, g.sync.Ready, 5*time.Second, 10*time.Millisecond)
+	g, r, rdb, _ := revGuard(t, users, nil)
 	return g, r, rdb
 }
 
@@ -121,4 +101,32 @@ func TestKnownRewriteKeepsALaterScore(t *testing.T) {
 	require.NoError(t, k.exec([]knownWrite{{"bob", "ip:192.0.2.1", now - 5000}, {"bob", "clientid:d", now - 5000}}, true))
 	assert.Equal(t, float64(now), rdb.ZScore(ctx, "guard:known:bob", "ip:192.0.2.1").Val(), "the later score kept")
 	assert.Equal(t, float64(now-5000), rdb.ZScore(ctx, "guard:known:bob", "clientid:d").Val())
+}
+
+// An error reply to the writer of known sources (a guard:known:<user> key
+// of another type) is an answer: Redis is not marked down. Before, each
+// success of that user marked it down until the probe saw it up again,
+// and with redis_unavailable deny every client was refused meanwhile (the
+// hostile review of f15e57f found it for the rewrite and left the writer).
+func TestKnownWriteErrorReplyDoesNotMarkRedisDown(t *testing.T) {
+	g, _, rdb, lines := revGuard(t, 1, nil)
+	ctx := context.Background()
+	require.NoError(t, rdb.Set(ctx, "guard:known:u0", "not a set", 0).Err())
+	downs, wasUp := 0, true
+	for i := 0; i < 20; i++ { // a new source each: each is written
+		c := rewriteClient(0, "pw")
+		c.Handle, c.Address, c.ClientID = uintptr(0x5000+16*i), fmt.Sprintf("127.9.0.%d", 1+i), fmt.Sprintf("dev-w%d", i)
+		require.Equal(t, Allow, g.Authenticate(c).Result)
+		for t0 := time.Now(); time.Since(t0) < 150*time.Millisecond; time.Sleep(2 * time.Millisecond) {
+			up := g.health.up()
+			if wasUp && !up {
+				downs++
+			}
+			wasUp = up
+		}
+	}
+	t.Logf("20 writes refused with WRONGTYPE: Redis seen down %d times", downs)
+	assert.Zero(t, downs, "Redis answered: it is not down")
+	assert.Zero(t, countLines(lines(), "unreachable"))
+	assert.Equal(t, 1, countLines(lines(), "redis refused writing known sources"), "told once: %q", lines())
 }

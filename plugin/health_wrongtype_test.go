@@ -1,0 +1,39 @@
+package plugin
+
+import (
+	"context"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// A WRONGTYPE reply (a key of another type where the plugin expects its
+// own) is no outage: Redis answered. Marked down, every use of that key took
+// Redis down until the next probe, and under redis_unavailable deny every
+// client was refused meanwhile. It is logged once; another error still
+// marks Redis down.
+func TestWrongTypeIsNoOutage(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx := context.Background()
+	require.NoError(t, rdb.Set(ctx, "guard:fail:ip:192.0.2.1", "x", 0).Err())
+	wrong := rdb.ZAdd(ctx, "guard:fail:ip:192.0.2.1", redis.Z{Member: "m"}).Err()
+	require.Error(t, wrong)
+	var lines []string
+	h := newHealth(healthDeps{probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		log: func(_ Level, s string) { lines = append(lines, s) }, where: r.Addr, deny: true})
+	require.True(t, h.up())
+	for i := 0; i < 5; i++ {
+		h.down(wrong)
+		assert.True(t, h.up(), "WRONGTYPE is an answer")
+	}
+	assert.Equal(t, 1, countLines(lines, "a key of another type"), "%q", lines)
+	assert.Zero(t, countLines(lines, "unreachable"))
+	h.down(context.DeadlineExceeded)
+	assert.False(t, h.up(), "no answer is an outage")
+}
