@@ -221,7 +221,7 @@ func TestZZRedisBackendMixedCostsWarned(t *testing.T) {
 			told := !e.zzCompare(backend+": a bob (101 rounds), b made-up (alice: 20 000 rounds)", 200, refused,
 				func(i int) client { return as(ip(i), "b", "bob", "zzguess") },
 				func(i int) client { return as(ip(i), "u", fmt.Sprintf("nobody%d", i), "zzguess") })
-			t.Logf("%s: bob told from made-up usernames: %v", backend, told)
+			t.Logf("%s: bob told from made-up usernames: %v; %s", backend, told, findLine(e.broker.Output(), "mixes hash costs"))
 			assert.True(t, strings.Contains(e.broker.Output(), "mixes hash costs"),
 				"%s backend: users whose hash is far cheaper than the most expensive one are told from unknown users, and no warning says so", backend)
 			if backend == "redis" {

@@ -221,22 +221,60 @@ func (cr *credentials) isModel(hash string) bool {
 
 // resetHashes makes the most expensive of hashes the unknown users' model,
 // in place of the one before (none usable: mosquitto_passwd's default): for
-// a reload, or when the model's user was deleted or rehashed.
-func (cr *credentials) resetHashes(hashes []string) {
-	cr.lastHash.Store(cr.mostExpensive(hashes))
+// a reload, or when the model's user was deleted or rehashed. It returns
+// how many of hashes cost less than half the model: users a timing attacker
+// tells from unknown ones, as in a password file that mixes hash costs.
+func (cr *credentials) resetHashes(hashes []string) (cheap int) {
+	best, cheap := cr.rank(hashes)
+	cr.lastHash.Store(best)
+	return cheap
 }
 
 // mostExpensive returns the hash of hashes that costs most to verify (nil:
 // none usable).
 func (cr *credentials) mostExpensive(hashes []string) *string {
-	var best *string
+	best, _ := cr.rank(hashes)
+	return best
+}
+
+// rank returns the hash of hashes that costs most to verify (nil: none
+// usable) and how many cost less than half of it (the files backend's
+// measure, files.Store.CheapHashes).
+func (cr *credentials) rank(hashes []string) (best *string, cheap int) {
+	works := make([]float64, len(hashes))
 	var bestWork float64
-	for _, h := range hashes {
-		if w, err := cr.verifier.Work(h); err == nil && (best == nil || w > bestWork) {
+	for i, h := range hashes {
+		w, err := cr.verifier.Work(h)
+		if err != nil {
+			works[i] = -1
+			continue
+		}
+		works[i] = w
+		if best == nil || w > bestWork {
 			best, bestWork = &h, w // a copy: the slice is not kept
 		}
 	}
-	return best
+	for _, w := range works {
+		if w >= 0 && w*2 < bestWork {
+			cheap++
+		}
+	}
+	return best, cheap
+}
+
+// cheaperThanModel reports whether hash costs less than half the unknown
+// users' model (redis backend): its user is told from unknown users.
+func (cr *credentials) cheaperThanModel(hash string) bool {
+	ref := cr.lastHash.Load()
+	if ref == nil {
+		return false
+	}
+	w, err := cr.verifier.Work(hash)
+	if err != nil {
+		return false
+	}
+	m, err := cr.verifier.Work(*ref)
+	return err == nil && w*2 < m
 }
 
 // exists reports whether c's username is a known user of the backend.
