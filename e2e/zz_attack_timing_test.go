@@ -296,3 +296,117 @@ func TestZZDeferBackendUnknownUserTiming(t *testing.T) {
 	require.True(t, o.broker.WaitOutput("mosquitto-guard: ready", 10*time.Second))
 	assert.NotContains(t, o.broker.Output(), "backend defer: passwords are left")
 }
+
+// TestZZLapsedThrottleClaimAlike: README, the throttle: once a username's
+// throttle lapses, "a source that is not known claims the guess in Redis
+// first" (one round trip on the broker thread), for made-up usernames too
+// ("Made-up usernames have episodes too"). An attacker probing alice and a
+// made-up username, interleaved, through several lapses (fail_window 2 s):
+// the passwords checked per username (the broker's lines) and the timing of
+// the unchecked refusals must not tell them apart.
+func TestZZLapsedThrottleClaimAlike(t *testing.T) {
+	for _, backend := range []string{"files", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			e := zzTimingEnv(t, backend, 5000, map[string]string{"alice": "alice-pw"},
+				"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 2", "auth_opt_fail_window 2s")
+			ip := func(i int) string { return fmt.Sprintf("127.0.96.%d", 1+i%250) }
+			var da, dm []time.Duration
+			start := time.Now()
+			for i := 0; time.Since(start) < 9*time.Second; i++ {
+				for j := 0; j < 2; j++ {
+					if (i+j)%2 == 0 {
+						code, d := e.zzTimed(as(ip(i), fmt.Sprintf("a-%d", i), "alice", "zzguess"))
+						require.EqualValues(t, refused, code)
+						da = append(da, d)
+					} else {
+						code, d := e.zzTimed(as(ip(i), fmt.Sprintf("m-%d", i), "nobody-zz", "zzguess"))
+						require.EqualValues(t, refused, code)
+						dm = append(dm, d)
+					}
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			out := e.broker.Output()
+			count := func(rule, prefix string) int {
+				n := 0
+				for _, l := range strings.Split(out, "\n") {
+					if strings.Contains(l, "event=refused") && strings.Contains(l, rule) && strings.Contains(l, `client_id="`+prefix) {
+						n++
+					}
+				}
+				return n
+			}
+			ca, cm := count("rule=bad-password", "a-"), count("rule=unknown-user", "m-")
+			t.Logf("%s: %d probes each over 9 s; passwords checked: alice %d, made-up %d", backend, len(da), ca, cm)
+			// The unchecked refusals: the faster part of each, below half
+			// of the slowest decile (a check costs some 4 ms here).
+			fast := func(d []time.Duration) []time.Duration {
+				s := append([]time.Duration(nil), d...)
+				sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+				cut := s[len(s)*9/10] / 2
+				var out []time.Duration
+				for _, x := range s {
+					if x < cut {
+						out = append(out, x)
+					}
+				}
+				return out
+			}
+			fa, fm := fast(da), fast(dm)
+			require.Greater(t, len(fa), 200)
+			require.Greater(t, len(fm), 200)
+			t.Logf("%s: unchecked refusals, deciles 10/25/50/75/90: alice %s; made-up %s", backend, zzDeciles(fa), zzDeciles(fm))
+			ma, mm := fa[len(fa)/2], fm[len(fm)/2]
+			assert.InDelta(t, float64(ma), float64(mm), float64(ma)/10+float64(100*time.Microsecond), "unchecked refusals' medians")
+			assert.InDelta(t, ca, cm, 2, "passwords checked per username")
+			zzNoPassword(t, e)
+		})
+	}
+}
+
+// TestZZThrottleKnownSourceTellsUsernames: README, the throttle: while a
+// username is throttled "its attempts are refused without a password check,
+// except from a known source: an IP or a client ID that authenticated as
+// that username". A made-up username has no known source, so it is always
+// refused unchecked. An attacker who shares an address with a device (a
+// carrier NAT, an office) or knows a device's client ID ("device IDs are
+// rarely secret") throttles candidate usernames, then probes each from that
+// address or with that client ID: a checked (slow) refusal says the
+// username exists and that device is one of its.
+//
+// Finding, not fixed (a design choice of the throttle): three runs, alice's
+// first two probes by client ID checked (3.1 to 5.0 ms) then refused
+// unchecked, every probe from her address checked (2.8 to 4.1 ms); the
+// made-up username always 0.23 to 0.9 ms. Bounded by the client-ID budget
+// (two checks per fail_window per broker) and, from a shared address, by
+// fail_limit (whose ban then falls on the devices behind it too).
+func TestZZThrottleKnownSourceTellsUsernames(t *testing.T) {
+	t.Skip("finding: a throttled username's known sources (an address shared with a device, a device's client ID) get checked refusals, 2.8-5.0 ms, where a made-up username is refused unchecked, 0.23-0.9 ms (3 runs): the throttle tells which usernames exist and own that device; needs a design decision")
+	e := zzTimingEnv(t, "files", 5000, map[string]string{"alice": "alice-pw"},
+		"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 3", "auth_opt_fail_window 1m")
+	require.EqualValues(t, accepted, e.connect(as("127.0.97.1", "sensor-1", "alice", "alice-pw")))
+	for k, u := range []string{"alice", "nobody-zz"} {
+		for i := 0; i < 6; i++ {
+			require.EqualValues(t, refused, e.connect(as(fmt.Sprintf("127.0.97.%d", 100+k*10+i), "x", u, "zzguess")))
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	probe := func(ip, id, u string) time.Duration {
+		code, d := e.zzTimed(as(ip, id, u, "zzguess"))
+		require.EqualValues(t, refused, code)
+		return d
+	}
+	// By client ID, from a new address: the budget is one failure per
+	// fail_window (two checks); by the shared address: every time.
+	var byID, byIDMade, byIP, byIPMade []time.Duration
+	for i := 0; i < 3; i++ {
+		byID = append(byID, probe(fmt.Sprintf("127.0.97.%d", 50+i), "sensor-1", "alice"))
+		byIDMade = append(byIDMade, probe(fmt.Sprintf("127.0.97.%d", 60+i), "sensor-1", "nobody-zz"))
+		byIP = append(byIP, probe("127.0.97.1", fmt.Sprintf("p%d", i), "alice"))
+		byIPMade = append(byIPMade, probe("127.0.97.1", fmt.Sprintf("q%d", i), "nobody-zz"))
+	}
+	t.Logf("throttled, probing with alice's client ID: alice %v, made-up %v", byID, byIDMade)
+	t.Logf("throttled, probing from alice's address: alice %v, made-up %v", byIP, byIPMade)
+	assert.InDelta(t, float64(byID[0]), float64(byIDMade[0]), float64(byID[0])/10+float64(100*time.Microsecond), "by client ID")
+	assert.InDelta(t, float64(byIP[0]), float64(byIPMade[0]), float64(byIP[0])/10+float64(100*time.Microsecond), "by address")
+}
