@@ -410,3 +410,34 @@ func TestZZThrottleKnownSourceTellsUsernames(t *testing.T) {
 	assert.InDelta(t, float64(byID[0]), float64(byIDMade[0]), float64(byID[0])/10+float64(100*time.Microsecond), "by client ID")
 	assert.InDelta(t, float64(byIP[0]), float64(byIPMade[0]), float64(byIP[0])/10+float64(100*time.Microsecond), "by address")
 }
+
+// TestZZNearlyAsCostlyUsersWarned: the files backend warns of users whose
+// hash costs "far" less than the most expensive one (under half). A user at
+// 60% of it is told apart as well as one at 1%: an unknown username costs
+// the full hash, some 40% more, far past the 10% + 0.1 ms a timing attacker
+// needs. bob's $7$ at 12 000 rounds beside alice's 20 000: bob against
+// made-up usernames, and the warning, in both backends.
+func TestZZNearlyAsCostlyUsersWarned(t *testing.T) {
+	for _, backend := range []string{"files", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			e := envWithoutBroker(t)
+			alice, bob := mosquittoHash("alice-pw", 20000), mosquittoHash("bob-pw", 12000)
+			e.zzWriteUsers(0, "alice:"+alice, "bob:"+bob)
+			e.redis.CLI("SET", "guard:user:alice", alice)
+			e.redis.CLI("SET", "guard:user:bob", bob)
+			extra := []string{"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 0"}
+			if backend == "redis" {
+				extra = append(extra, "auth_opt_backend redis")
+			}
+			e.broker = startBroker(t, e.conf(extra...))
+			require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+			ip := func(i int) string { return fmt.Sprintf("127.0.98.%d", 1+i%250) }
+			told := !e.zzCompare(backend+": a bob (12 000 rounds), b made-up (alice: 20 000 rounds)", 200, refused,
+				func(i int) client { return as(ip(i), "b", "bob", "zzguess") },
+				func(i int) client { return as(ip(i), "u", fmt.Sprintf("nobody%d", i), "zzguess") })
+			t.Logf("%s: bob told from made-up usernames: %v; %s", backend, told, findLine(e.broker.Output(), "mixes hash costs"))
+			assert.True(t, !told || strings.Contains(e.broker.Output(), "mixes hash costs"),
+				"%s backend: bob is told from unknown users, and no warning says so", backend)
+		})
+	}
+}
