@@ -222,7 +222,7 @@ func (cr *credentials) isModel(hash string) bool {
 // resetHashes makes the most expensive of hashes the unknown users' model,
 // in place of the one before (none usable: mosquitto_passwd's default): for
 // a reload, or when the model's user was deleted or rehashed. It returns
-// how many of hashes cost less than half the model: users a timing attacker
+// how many of hashes cost less than the model by more than a tenth: users a timing attacker
 // tells from unknown ones, as in a password file that mixes hash costs.
 func (cr *credentials) resetHashes(hashes []string) (cheap int) {
 	best, cheap := cr.rank(hashes)
@@ -238,12 +238,12 @@ func (cr *credentials) mostExpensive(hashes []string) *string {
 }
 
 // rank returns the hash of hashes that costs most to verify (nil: none
-// usable) and how many cost less than half of it (the files backend's
-// measure, files.Store.CheapHashes).
-func (cr *credentials) rank(hashes []string) (best *string, cheap int) {
-	works := make([]float64, len(hashes))
+// usable) and how many cost less than it by more than a tenth (the files
+// backend's measure, files.Store.CheapHashes).
+func (cr *credentials) rank(hs []string) (best *string, cheap int) {
+	works := make([]float64, len(hs))
 	var bestWork float64
-	for i, h := range hashes {
+	for i, h := range hs {
 		w, err := cr.verifier.Work(h)
 		if err != nil {
 			works[i] = -1
@@ -255,15 +255,15 @@ func (cr *credentials) rank(hashes []string) (best *string, cheap int) {
 		}
 	}
 	for _, w := range works {
-		if w >= 0 && w*2 < bestWork {
+		if w >= 0 && hashes.ToldApart(w, bestWork) {
 			cheap++
 		}
 	}
 	return best, cheap
 }
 
-// cheaperThanModel reports whether hash costs less than half the unknown
-// users' model (redis backend): its user is told from unknown users.
+// cheaperThanModel reports whether hash costs less than the unknown users'
+// model by more than a tenth (redis backend): its user is told from unknown users.
 func (cr *credentials) cheaperThanModel(hash string) bool {
 	ref := cr.lastHash.Load()
 	if ref == nil {
@@ -274,7 +274,7 @@ func (cr *credentials) cheaperThanModel(hash string) bool {
 		return false
 	}
 	m, err := cr.verifier.Work(*ref)
-	return err == nil && w*2 < m
+	return err == nil && hashes.ToldApart(w, m)
 }
 
 // exists reports whether c's username is a known user of the backend.
@@ -333,6 +333,6 @@ func (cr *credentials) apply(users *files.Store) {
 	cr.users.Store(users)
 	cr.log(LevelInfo, fmt.Sprintf("mosquitto-guard: loaded %d users from %s", users.Len(), cr.passwordFile))
 	if n := users.CheapHashes(); n > 0 {
-		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash far cheaper than the most expensive one, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
+		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash cheaper than the most expensive one by more than a tenth, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
 	}
 }
