@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // A network attacker's view of user enumeration, around the timing fix of
@@ -438,6 +439,40 @@ func TestZZNearlyAsCostlyUsersWarned(t *testing.T) {
 			t.Logf("%s: bob told from made-up usernames: %v; %s", backend, told, findLine(e.broker.Output(), "mixes hash costs"))
 			assert.True(t, !told || strings.Contains(e.broker.Output(), "mixes hash costs"),
 				"%s backend: bob is told from unknown users, and no warning says so", backend)
+		})
+	}
+}
+
+// TestZZOtherFormatRankedAlikeWarned: the dummy copies the class Work ranks
+// most expensive, and Work ranks formats only roughly: a bcrypt-8 (alice)
+// and a $7$ of 34 560 rounds (bob) have the same Work, but not the same
+// cost. Whichever is the dummy, the other format's user is told from
+// made-up usernames, and the operator must hear of it.
+func TestZZOtherFormatRankedAlikeWarned(t *testing.T) {
+	b, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), 8)
+	require.NoError(t, err)
+	for _, backend := range []string{"files", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			e := envWithoutBroker(t)
+			alice, bob := string(b), mosquittoHash("bob-pw", 34560)
+			e.zzWriteUsers(0, "alice:"+alice, "bob:"+bob)
+			e.redis.CLI("SET", "guard:user:alice", alice)
+			e.redis.CLI("SET", "guard:user:bob", bob)
+			extra := []string{"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 0"}
+			if backend == "redis" {
+				extra = append(extra, "auth_opt_backend redis")
+			}
+			e.broker = startBroker(t, e.conf(extra...))
+			require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+			ip := func(i int) string { return fmt.Sprintf("127.0.99.%d", 1+i%250) }
+			made := func(i int) client { return as(ip(i), "u", fmt.Sprintf("nobody%d", i), "zzguess") }
+			toldA := !e.zzCompare(backend+": a alice (bcrypt-8), b made-up", 200, refused,
+				func(i int) client { return as(ip(i), "a", "alice", "zzguess") }, made)
+			toldB := !e.zzCompare(backend+": a bob ($7$ 34 560 rounds), b made-up", 200, refused,
+				func(i int) client { return as(ip(i), "b", "bob", "zzguess") }, made)
+			t.Logf("%s: told from made-up usernames: alice %v, bob %v; %s", backend, toldA, toldB, findLine(e.broker.Output(), "mixes hash costs"))
+			assert.True(t, strings.Contains(e.broker.Output(), "mixes hash costs"),
+				"%s backend: two formats that Work ranks alike, and no warning", backend)
 		})
 	}
 }

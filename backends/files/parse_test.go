@@ -231,6 +231,9 @@ func TestDummyFollowsMostExpensiveClass(t *testing.T) {
 		// TestZZNearlyAsCostlyUsersWarned: 12 000 rounds beside 20 000, 7.5
 		// against 12.0 ms); within a tenth it is not counted.
 		{"three fifths as costly", []string{"$7$20000$" + salt + "$" + sum, "$7$12000$" + salt + "$" + sum}, "$7$20000$<12>$<64>", 1},
+		// Another format ranked as costly by Work: formats are ranked only
+		// roughly (bcrypt-10 and $7$ 138 240 rounds: one Work, 58 and 76 ms).
+		{"another format ranked within a tenth", []string{bc, "$7$4200$" + salt + "$" + sum}, "$2b$05$<16><23>", 1},
 		{"within a tenth", []string{"$7$20000$" + salt + "$" + sum, "$7$19000$" + salt + "$" + sum}, "$7$20000$<12>$<64>", 0},
 		{"one user", []string{hash6Password}, "$6$<12>$<64>", 0},
 		{"no users", nil, "$7$101$<12>$<64>", 0},
