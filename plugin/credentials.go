@@ -241,40 +241,50 @@ func (cr *credentials) mostExpensive(hashes []string) *string {
 // usable) and how many cost less than it by more than a tenth (the files
 // backend's measure, files.Store.CheapHashes).
 func (cr *credentials) rank(hs []string) (best *string, cheap int) {
-	works := make([]float64, len(hs))
-	var bestWork float64
+	type cost struct {
+		work float64
+		kind string
+	}
+	costs := make([]cost, len(hs))
+	bestAt := -1
 	for i, h := range hs {
-		w, err := cr.verifier.Work(h)
+		w, kind, err := cr.verifier.WorkKind(h)
 		if err != nil {
-			works[i] = -1
+			costs[i].work = -1
 			continue
 		}
-		works[i] = w
-		if best == nil || w > bestWork {
-			best, bestWork = &h, w // a copy: the slice is not kept
+		costs[i] = cost{w, kind}
+		if bestAt < 0 || w > costs[bestAt].work {
+			bestAt = i
 		}
 	}
-	for _, w := range works {
-		if w >= 0 && hashes.ToldApart(w, bestWork) {
+	if bestAt < 0 {
+		return nil, 0
+	}
+	m := costs[bestAt]
+	for _, c := range costs {
+		if c.work >= 0 && hashes.ToldApart(c.work, c.kind, m.work, m.kind) {
 			cheap++
 		}
 	}
-	return best, cheap
+	h := hs[bestAt] // a copy: the slice is not kept
+	return &h, cheap
 }
 
-// cheaperThanModel reports whether hash costs less than the unknown users'
-// model by more than a tenth (redis backend): its user is told from unknown users.
+// cheaperThanModel reports whether hash's user is told from unknown users
+// by timing (hashes.ToldApart): it costs less than the unknown users' model
+// by more than a tenth, or is of another kind (redis backend).
 func (cr *credentials) cheaperThanModel(hash string) bool {
 	ref := cr.lastHash.Load()
 	if ref == nil {
 		return false
 	}
-	w, err := cr.verifier.Work(hash)
+	w, kind, err := cr.verifier.WorkKind(hash)
 	if err != nil {
 		return false
 	}
-	m, err := cr.verifier.Work(*ref)
-	return err == nil && hashes.ToldApart(w, m)
+	m, mKind, err := cr.verifier.WorkKind(*ref)
+	return err == nil && hashes.ToldApart(w, kind, m, mKind)
 }
 
 // exists reports whether c's username is a known user of the backend.
@@ -333,6 +343,6 @@ func (cr *credentials) apply(users *files.Store) {
 	cr.users.Store(users)
 	cr.log(LevelInfo, fmt.Sprintf("mosquitto-guard: loaded %d users from %s", users.Len(), cr.passwordFile))
 	if n := users.CheapHashes(); n > 0 {
-		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash cheaper than the most expensive one by more than a tenth, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
+		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash cheaper than the most expensive one by more than a tenth, or of another format, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
 	}
 }

@@ -152,7 +152,7 @@ func (g *Guard) listChanged(key string, e, old *replica.Entry, notified bool) {
 			if notified && g.creds.cheaperThanModel(e.Value) {
 				// One line per operator's change (a reload's changes are
 				// counted by the next full load's line instead).
-				g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: backend redis: %s mixes hash costs: its hash is cheaper than the most expensive user's by more than a tenth, and timing can tell it from unknown users; rehash it with the others' format and cost",
+				g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: backend redis: %s mixes hash costs: its hash is cheaper than the most expensive user's by more than a tenth, or of another format, and timing can tell it from unknown users; rehash it with the others' format and cost",
 					logval.Quote(key)))
 			}
 		}
@@ -247,7 +247,7 @@ func (g *Guard) seedUnknownUsersDummy() {
 		// a cheaper user costs less than an unknown one, and timing tells it
 		// apart (a README-only attacker: $7$ 101 rounds beside 20 000, 0.6
 		// against 11.9 ms at the median, e2e TestZZRedisBackendMixedCostsWarned).
-		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: backend redis: %s mixes hash costs: %d users have a hash cheaper than the most expensive one by more than a tenth, and timing can tell them from unknown users; rehash them with one format and cost",
+		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: backend redis: %s mixes hash costs: %d users have a hash cheaper than the most expensive one by more than a tenth, or of another format, and timing can tell them from unknown users; rehash them with one format and cost",
 			g.replica.Keys().User("*"), n))
 	}
 	g.creds.seeded.Store(true)

@@ -186,8 +186,9 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 	}
 	if best != nil {
 		p.like = best.hash
+		_, bestKind, _ := v.WorkKind(best.hash)
 		for _, c := range classes {
-			if w, _ := v.Work(c.hash); hashes.ToldApart(w, bestWork) {
+			if w, kind, _ := v.WorkKind(c.hash); hashes.ToldApart(w, kind, bestWork, bestKind) {
 				p.mixed += c.users
 			}
 		}
