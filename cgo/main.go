@@ -99,6 +99,9 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 	if g.Timed() {
 		timed.Add(1)
 	}
+	if cfg.Backend == config.BackendDefer && config.BrokerChecksPasswords() {
+		enqueueLog(plugin.LevelWarning, "mosquitto-guard: backend defer: passwords are left to Mosquitto's own password_file, which answers a username it does not have at once, without hashing: timing tells which usernames exist, and failures are not counted; set auth_opt_password_file to the same file (backend files) instead")
+	}
 	enqueueLog(plugin.LevelNotice, fmt.Sprintf("mosquitto-guard: ready (backend %s, key_prefix %q, fail_limit %d per %s on %v, clientid_conflict %s)",
 		cfg.Backend, cfg.KeyPrefix, cfg.Policy.Limit, cfg.Policy.Window, cfg.FailScopes, cfg.Conflicts.Mode))
 	return C.MOSQ_ERR_SUCCESS

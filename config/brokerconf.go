@@ -60,9 +60,12 @@ type BrokerConfig struct {
 // Listener is one set of security settings: a listener's with
 // per_listener_settings true, else the whole broker's.
 type Listener struct {
-	Name    string    // "listener 1884 127.0.0.1", "default listener" or "every listener"
-	ACLFile string    // its acl_file, "" if none
-	Plugins []*Plugin // its plugin lines, in order
+	Name    string // "listener 1884 127.0.0.1", "default listener" or "every listener"
+	ACLFile string // its acl_file, "" if none
+	// PasswordFile is its password_file, "" if none: Mosquitto's own
+	// password check, which backend defer leaves the passwords to.
+	PasswordFile string
+	Plugins      []*Plugin // its plugin lines, in order
 
 	setUp bool // for the default listener: something makes Mosquitto create it
 }
@@ -233,7 +236,11 @@ func (r *confReader) line(f *fileState, n int, line string) {
 			sec.ACLFile = path
 		}
 	case word == "password_file", word == "psk_file":
-		r.securityLine(f, n, word).setUp = true
+		sec := r.securityLine(f, n, word)
+		sec.setUp = true
+		if word == "password_file" {
+			sec.PasswordFile = trimBlanks(rest)
+		}
 	case slices.Contains([]string{"allow_anonymous", "allow_zero_length_clientid", "auto_id_prefix", "check_retain_source"}, word):
 		r.securityLine(f, n, word)
 	case word == "per_listener_settings":

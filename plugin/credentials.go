@@ -221,22 +221,70 @@ func (cr *credentials) isModel(hash string) bool {
 
 // resetHashes makes the most expensive of hashes the unknown users' model,
 // in place of the one before (none usable: mosquitto_passwd's default): for
-// a reload, or when the model's user was deleted or rehashed.
-func (cr *credentials) resetHashes(hashes []string) {
-	cr.lastHash.Store(cr.mostExpensive(hashes))
+// a reload, or when the model's user was deleted or rehashed. It returns
+// how many of hashes cost less than the model by more than a tenth: users a timing attacker
+// tells from unknown ones, as in a password file that mixes hash costs.
+func (cr *credentials) resetHashes(hashes []string) (cheap int) {
+	best, cheap := cr.rank(hashes)
+	cr.lastHash.Store(best)
+	return cheap
 }
 
 // mostExpensive returns the hash of hashes that costs most to verify (nil:
 // none usable).
 func (cr *credentials) mostExpensive(hashes []string) *string {
-	var best *string
-	var bestWork float64
-	for _, h := range hashes {
-		if w, err := cr.verifier.Work(h); err == nil && (best == nil || w > bestWork) {
-			best, bestWork = &h, w // a copy: the slice is not kept
+	best, _ := cr.rank(hashes)
+	return best
+}
+
+// rank returns the hash of hashes that costs most to verify (nil: none
+// usable) and how many cost less than it by more than a tenth (the files
+// backend's measure, files.Store.CheapHashes).
+func (cr *credentials) rank(hs []string) (best *string, cheap int) {
+	type cost struct {
+		work float64
+		kind string
+	}
+	costs := make([]cost, len(hs))
+	bestAt := -1
+	for i, h := range hs {
+		w, kind, err := cr.verifier.WorkKind(h)
+		if err != nil {
+			costs[i].work = -1
+			continue
+		}
+		costs[i] = cost{w, kind}
+		if bestAt < 0 || w > costs[bestAt].work {
+			bestAt = i
 		}
 	}
-	return best
+	if bestAt < 0 {
+		return nil, 0
+	}
+	m := costs[bestAt]
+	for _, c := range costs {
+		if c.work >= 0 && hashes.ToldApart(c.work, c.kind, m.work, m.kind) {
+			cheap++
+		}
+	}
+	h := hs[bestAt] // a copy: the slice is not kept
+	return &h, cheap
+}
+
+// cheaperThanModel reports whether hash's user is told from unknown users
+// by timing (hashes.ToldApart): it costs less than the unknown users' model
+// by more than a tenth, or is of another kind (redis backend).
+func (cr *credentials) cheaperThanModel(hash string) bool {
+	ref := cr.lastHash.Load()
+	if ref == nil {
+		return false
+	}
+	w, kind, err := cr.verifier.WorkKind(hash)
+	if err != nil {
+		return false
+	}
+	m, mKind, err := cr.verifier.WorkKind(*ref)
+	return err == nil && hashes.ToldApart(w, kind, m, mKind)
 }
 
 // exists reports whether c's username is a known user of the backend.
@@ -295,6 +343,6 @@ func (cr *credentials) apply(users *files.Store) {
 	cr.users.Store(users)
 	cr.log(LevelInfo, fmt.Sprintf("mosquitto-guard: loaded %d users from %s", users.Len(), cr.passwordFile))
 	if n := users.CheapHashes(); n > 0 {
-		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash far cheaper than the most expensive one, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
+		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash cheaper than the most expensive one by more than a tenth, or of another format, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
 	}
 }

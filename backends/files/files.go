@@ -27,8 +27,8 @@ type Store struct {
 // MaxLineErrors.
 func (s *Store) Skipped() int { return s.skipped }
 
-// CheapHashes returns how many users have a hash that costs less than half
-// the most expensive one in the file: an attacker timing refusals can tell
+// CheapHashes returns how many users have a hash that costs less than the
+// most expensive one in the file, by more than a tenth (hashes.ToldApart): an attacker timing refusals can tell
 // them from unknown users. Rehash them (mosquitto_passwd) to leak nothing.
 func (s *Store) CheapHashes() int { return s.mixed }
 

@@ -66,7 +66,8 @@ type parsed struct {
 	// then the one met first (a user is where its last line is). "" when
 	// there are no users.
 	like string
-	// mixed counts the users whose hash costs less than half the dummy's:
+	// mixed counts the users whose hash costs less than the dummy's by more
+	// than a tenth (hashes.ToldApart):
 	// timing can tell them from unknown users.
 	mixed int
 	// skipped counts every report (skipped lines, duplicate usernames), of
@@ -185,8 +186,9 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 	}
 	if best != nil {
 		p.like = best.hash
+		_, bestKind, _ := v.WorkKind(best.hash)
 		for _, c := range classes {
-			if w, _ := v.Work(c.hash); w*2 < bestWork {
+			if w, kind, _ := v.WorkKind(c.hash); hashes.ToldApart(w, kind, bestWork, bestKind) {
 				p.mixed += c.users
 			}
 		}

@@ -227,6 +227,14 @@ func TestDummyFollowsMostExpensiveClass(t *testing.T) {
 		{"bcrypt among $7$", []string{hash6Password, h777, h777, bc}, "$2b$05$<16><23>", 3},
 		{"as costly: most users", []string{h777, h777b, h777b}, "$7$777$<16>$<64>", 0},
 		{"as costly, as many: first met", []string{h777b, h777}, "$7$777$<16>$<64>", 0},
+		// A hash a tenth cheaper or more is told apart (e2e
+		// TestZZNearlyAsCostlyUsersWarned: 12 000 rounds beside 20 000, 7.5
+		// against 12.0 ms); within a tenth it is not counted.
+		{"three fifths as costly", []string{"$7$20000$" + salt + "$" + sum, "$7$12000$" + salt + "$" + sum}, "$7$20000$<12>$<64>", 1},
+		// Another format ranked as costly by Work: formats are ranked only
+		// roughly (bcrypt-10 and $7$ 138 240 rounds: one Work, 58 and 76 ms).
+		{"another format ranked within a tenth", []string{bc, "$7$4200$" + salt + "$" + sum}, "$2b$05$<16><23>", 1},
+		{"within a tenth", []string{"$7$20000$" + salt + "$" + sum, "$7$19000$" + salt + "$" + sum}, "$7$20000$<12>$<64>", 0},
 		{"one user", []string{hash6Password}, "$6$<12>$<64>", 0},
 		{"no users", nil, "$7$101$<12>$<64>", 0},
 	} {
