@@ -375,16 +375,20 @@ func TestZZLapsedThrottleClaimAlike(t *testing.T) {
 // address or with that client ID: a checked (slow) refusal says the
 // username exists and that device is one of its.
 //
-// Finding, not fixed (a design choice of the throttle): three runs, alice's
-// first two probes by client ID checked (3.1 to 5.0 ms) then refused
-// unchecked, every probe from her address checked (2.8 to 4.1 ms); the
-// made-up username always 0.23 to 0.9 ms. Bounded by the client-ID budget
-// (two checks per fail_window per broker) and, from a shared address, by
-// fail_limit (whose ban then falls on the devices behind it too).
+// Found by the README-only timing attack (three runs): alice's first two
+// probes by client ID checked (3.1 to 5.0 ms) then refused unchecked, every
+// probe from her address checked (2.8 to 4.1 ms); the made-up username
+// always 0.23 to 0.9 ms. Not fixed: a made-up username has no source to
+// know, so hiding it would mean checking every throttled username's
+// guesses from anywhere, which is what the throttle is for. Stated in the
+// README (Known limits); this test holds the code to the bound stated
+// there: by a client ID, at most two checks per fail_window on a broker;
+// from a known address, every attempt checked, as for any source, which
+// fail_limit bounds.
 func TestZZThrottleKnownSourceTellsUsernames(t *testing.T) {
-	t.Skip("finding: a throttled username's known sources (an address shared with a device, a device's client ID) get checked refusals, 2.8-5.0 ms, where a made-up username is refused unchecked, 0.23-0.9 ms (3 runs): the throttle tells which usernames exist and own that device; needs a design decision")
+	mopt, maddr := zzMetrics(t)
 	e := zzTimingEnv(t, "files", 5000, map[string]string{"alice": "alice-pw"},
-		"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 3", "auth_opt_fail_window 1m")
+		mopt, "auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 3", "auth_opt_fail_window 1m")
 	require.EqualValues(t, accepted, e.connect(as("127.0.97.1", "sensor-1", "alice", "alice-pw")))
 	for k, u := range []string{"alice", "nobody-zz"} {
 		for i := 0; i < 6; i++ {
@@ -392,24 +396,25 @@ func TestZZThrottleKnownSourceTellsUsernames(t *testing.T) {
 		}
 	}
 	time.Sleep(300 * time.Millisecond)
-	probe := func(ip, id, u string) time.Duration {
-		code, d := e.zzTimed(as(ip, id, u, "zzguess"))
-		require.EqualValues(t, refused, code)
-		return d
+	// checked is how many of n probes had their password checked.
+	checked := func(n int, c func(i int) client) int {
+		before := zzChecked(t, maddr)
+		for i := 0; i < n; i++ {
+			require.EqualValues(t, refused, e.connect(c(i)))
+		}
+		return zzChecked(t, maddr) - before
 	}
-	// By client ID, from a new address: the budget is one failure per
-	// fail_window (two checks); by the shared address: every time.
-	var byID, byIDMade, byIP, byIPMade []time.Duration
-	for i := 0; i < 3; i++ {
-		byID = append(byID, probe(fmt.Sprintf("127.0.97.%d", 50+i), "sensor-1", "alice"))
-		byIDMade = append(byIDMade, probe(fmt.Sprintf("127.0.97.%d", 60+i), "sensor-1", "nobody-zz"))
-		byIP = append(byIP, probe("127.0.97.1", fmt.Sprintf("p%d", i), "alice"))
-		byIPMade = append(byIPMade, probe("127.0.97.1", fmt.Sprintf("q%d", i), "nobody-zz"))
-	}
-	t.Logf("throttled, probing with alice's client ID: alice %v, made-up %v", byID, byIDMade)
-	t.Logf("throttled, probing from alice's address: alice %v, made-up %v", byIP, byIPMade)
-	assert.InDelta(t, float64(byID[0]), float64(byIDMade[0]), float64(byID[0])/10+float64(100*time.Microsecond), "by client ID")
-	assert.InDelta(t, float64(byIP[0]), float64(byIPMade[0]), float64(byIP[0])/10+float64(100*time.Microsecond), "by address")
+	byID := checked(4, func(i int) client { return as(fmt.Sprintf("127.0.97.%d", 50+i), "sensor-1", "alice", "zzguess") })
+	byIDMade := checked(4, func(i int) client { return as(fmt.Sprintf("127.0.97.%d", 60+i), "sensor-1", "nobody-zz", "zzguess") })
+	byIP := checked(4, func(i int) client { return as("127.0.97.1", fmt.Sprintf("p%d", i), "alice", "zzguess") })
+	byIPMade := checked(4, func(i int) client { return as("127.0.97.1", fmt.Sprintf("q%d", i), "nobody-zz", "zzguess") })
+	t.Logf("throttled, 4 probes each: checked with alice's client ID %d (made-up username %d); from alice's address %d (made-up %d)",
+		byID, byIDMade, byIP, byIPMade)
+	assert.LessOrEqual(t, byID, 2, "by a client ID: two checks per fail_window")
+	assert.Zero(t, byIDMade, "a made-up username has no known source")
+	assert.Equal(t, 4, byIP, "a known address goes on as usual (fail_limit bounds it)")
+	assert.Zero(t, byIPMade)
+	zzNoPassword(t, e)
 }
 
 // TestZZNearlyAsCostlyUsersWarned: the files backend warns of users whose

@@ -61,6 +61,8 @@ type Guard struct {
 	known        *knownSources      // nil without Redis or with username_fail_limit 0
 	knownLost    chan struct{}      // Redis lost its keys: the live connections' known sources are written again (rewriteKnownLoop)
 	knownRetry   atomic.Bool        // a rewrite failed: again once Redis answers
+	cheapAt      atomic.Int64       // unix ms of the last warnCheapUser line
+	cheapMore    atomic.Int64       // the keys warnCheapUser met since, unlogged
 	tracker      *conflicts.Tracker // nil when clientid_conflict is off
 	replica      *replica.Replica   // nil without a Redis client (unit tests)
 	sync         *replica.Sync

@@ -150,10 +150,9 @@ func (g *Guard) listChanged(key string, e, old *replica.Entry, notified bool) {
 		case e != nil:
 			g.creds.noteHash(e.Value) // a user added or changed: the unknown users' dummy follows the most expensive
 			if notified && g.creds.cheaperThanModel(e.Value) {
-				// One line per operator's change (a reload's changes are
-				// counted by the next full load's line instead).
-				g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: backend redis: %s mixes hash costs: its hash is cheaper than the most expensive user's by more than a tenth, or of another format, and timing can tell it from unknown users; rehash it with the others' format and cost",
-					logval.Quote(key)))
+				// An operator's change (a reload's changes are counted by
+				// the next full load's line instead).
+				g.warnCheapUser(key)
 			}
 		}
 		return
@@ -321,4 +320,27 @@ func (g *Guard) liftedEarly(scope keys.Scope, value string) {
 	// Through the failure queue: a failure counted before the lift must not
 	// land after the reset and ban the key again at once.
 	g.failures.addReset(k)
+}
+
+// cheapUserLogEvery bounds the redis backend's lines about one user key
+// whose hash is cheaper than the most expensive user's (warnCheapUser): a
+// script setting 100 000 such users logs one line per this, which counts
+// the keys met since the line before, not one line per key.
+const cheapUserLogEvery = time.Minute
+
+// warnCheapUser says that key was set with a hash timing tells from unknown
+// users', at most once per cheapUserLogEvery.
+func (g *Guard) warnCheapUser(key string) {
+	now := g.now().UnixMilli()
+	last := g.cheapAt.Load()
+	if (last != 0 && now-last < cheapUserLogEvery.Milliseconds()) || !g.cheapAt.CompareAndSwap(last, now) {
+		g.cheapMore.Add(1)
+		return
+	}
+	more := ""
+	if n := g.cheapMore.Swap(0); n > 0 {
+		more = fmt.Sprintf(" (and %d more user keys since the last such line)", n)
+	}
+	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: backend redis: %s mixes hash costs: its hash is cheaper than the most expensive user's by more than a tenth, or of another format, and timing can tell it from unknown users%s; rehash it with the others' format and cost (said at most once per %v)",
+		logval.Quote(key), more, cheapUserLogEvery))
 }

@@ -1,0 +1,52 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// The redis backend's line about a user key set with a hash cheaper than
+// the most expensive user's is bounded: a script setting 200 such users
+// logs one line, not one per key (the line came with the README-only
+// timing attack's fix, one per key).
+func TestCheapUserKeysLoggedOncePerMinute(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx := context.Background()
+	costly, err := bcrypt.GenerateFromPassword([]byte("pw"), 10)
+	require.NoError(t, err)
+	cheap, err := bcrypt.GenerateFromPassword([]byte("pw"), 4)
+	require.NoError(t, err)
+	require.NoError(t, rdb.Set(ctx, "guard:user:model", costly, 0).Err())
+	cfg, err := config.Parse(map[string]string{"backend": "redis", "redis_addr": r.Addr})
+	require.NoError(t, err)
+	var (
+		mu    sync.Mutex
+		lines []string
+	)
+	g, err := New(cfg, Output{Log: func(_ Level, s string) { mu.Lock(); lines = append(lines, s); mu.Unlock() }})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	require.Eventually(t, g.sync.Ready, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, g.sync.InStep, 5*time.Second, 10*time.Millisecond)
+	for i := 0; i < 200; i++ {
+		require.NoError(t, rdb.Set(ctx, fmt.Sprintf("guard:user:cheap%d", i), cheap, 0).Err())
+	}
+	require.Eventually(t, func() bool { return len(g.replica.UserHashes()) == 201 }, 5*time.Second, 10*time.Millisecond, "every key in the replica")
+	time.Sleep(100 * time.Millisecond) // the last changes' callbacks
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, 1, countLines(lines, "mixes hash costs"), "%d lines", countLines(lines, "mixes hash costs"))
+}
