@@ -207,17 +207,7 @@ func TestZZLookAlikeAndLongUsernamesCostAlike(t *testing.T) {
 func TestZZRedisBackendMixedCostsWarned(t *testing.T) {
 	for _, backend := range []string{"files", "redis"} {
 		t.Run(backend, func(t *testing.T) {
-			e := envWithoutBroker(t)
-			alice, bob := mosquittoHash("alice-pw", 20000), zzHash(t, "bob-pw")
-			e.zzWriteUsers(0, "alice:"+alice, "bob:"+bob)
-			e.redis.CLI("SET", "guard:user:alice", alice)
-			e.redis.CLI("SET", "guard:user:bob", bob)
-			extra := []string{"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 0"}
-			if backend == "redis" {
-				extra = append(extra, "auth_opt_backend redis")
-			}
-			e.broker = startBroker(t, e.conf(extra...))
-			require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+			e := zzAliceAndBob(t, backend, mosquittoHash("alice-pw", 20000), zzHash(t, "bob-pw"))
 			ip := func(i int) string { return fmt.Sprintf("127.0.93.%d", 1+i%250) }
 			told := !e.zzCompare(backend+": a bob (101 rounds), b made-up (alice: 20 000 rounds)", 200, refused,
 				func(i int) client { return as(ip(i), "b", "bob", "zzguess") },
@@ -426,17 +416,7 @@ func TestZZThrottleKnownSourceTellsUsernames(t *testing.T) {
 func TestZZNearlyAsCostlyUsersWarned(t *testing.T) {
 	for _, backend := range []string{"files", "redis"} {
 		t.Run(backend, func(t *testing.T) {
-			e := envWithoutBroker(t)
-			alice, bob := mosquittoHash("alice-pw", 20000), mosquittoHash("bob-pw", 12000)
-			e.zzWriteUsers(0, "alice:"+alice, "bob:"+bob)
-			e.redis.CLI("SET", "guard:user:alice", alice)
-			e.redis.CLI("SET", "guard:user:bob", bob)
-			extra := []string{"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 0"}
-			if backend == "redis" {
-				extra = append(extra, "auth_opt_backend redis")
-			}
-			e.broker = startBroker(t, e.conf(extra...))
-			require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+			e := zzAliceAndBob(t, backend, mosquittoHash("alice-pw", 20000), mosquittoHash("bob-pw", 12000))
 			ip := func(i int) string { return fmt.Sprintf("127.0.98.%d", 1+i%250) }
 			told := !e.zzCompare(backend+": a bob (12 000 rounds), b made-up (alice: 20 000 rounds)", 200, refused,
 				func(i int) client { return as(ip(i), "b", "bob", "zzguess") },
@@ -458,17 +438,7 @@ func TestZZOtherFormatRankedAlikeWarned(t *testing.T) {
 	require.NoError(t, err)
 	for _, backend := range []string{"files", "redis"} {
 		t.Run(backend, func(t *testing.T) {
-			e := envWithoutBroker(t)
-			alice, bob := string(b), mosquittoHash("bob-pw", 34560)
-			e.zzWriteUsers(0, "alice:"+alice, "bob:"+bob)
-			e.redis.CLI("SET", "guard:user:alice", alice)
-			e.redis.CLI("SET", "guard:user:bob", bob)
-			extra := []string{"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 0"}
-			if backend == "redis" {
-				extra = append(extra, "auth_opt_backend redis")
-			}
-			e.broker = startBroker(t, e.conf(extra...))
-			require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+			e := zzAliceAndBob(t, backend, string(b), mosquittoHash("bob-pw", 34560))
 			ip := func(i int) string { return fmt.Sprintf("127.0.99.%d", 1+i%250) }
 			made := func(i int) client { return as(ip(i), "u", fmt.Sprintf("nobody%d", i), "zzguess") }
 			toldA := !e.zzCompare(backend+": a alice (bcrypt-8), b made-up", 200, refused,
@@ -480,4 +450,22 @@ func TestZZOtherFormatRankedAlikeWarned(t *testing.T) {
 				"%s backend: two formats that Work ranks alike, and no warning", backend)
 		})
 	}
+}
+
+// zzAliceAndBob starts a broker whose users alice and bob have the hashes
+// given, in the password file and in Redis, with backend files or redis,
+// failure limits out of the way.
+func zzAliceAndBob(t *testing.T, backend, alice, bob string) *env {
+	t.Helper()
+	e := envWithoutBroker(t)
+	e.zzWriteUsers(0, "alice:"+alice, "bob:"+bob)
+	e.redis.CLI("SET", "guard:user:alice", alice)
+	e.redis.CLI("SET", "guard:user:bob", bob)
+	extra := []string{"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 0"}
+	if backend == "redis" {
+		extra = append(extra, "auth_opt_backend redis")
+	}
+	e.broker = startBroker(t, e.conf(extra...))
+	require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+	return e
 }

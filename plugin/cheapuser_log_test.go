@@ -3,7 +3,6 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
@@ -30,23 +28,12 @@ func TestCheapUserKeysLoggedOncePerMinute(t *testing.T) {
 	cheap, err := bcrypt.GenerateFromPassword([]byte("pw"), 4)
 	require.NoError(t, err)
 	require.NoError(t, rdb.Set(ctx, "guard:user:model", costly, 0).Err())
-	cfg, err := config.Parse(map[string]string{"backend": "redis", "redis_addr": r.Addr})
-	require.NoError(t, err)
-	var (
-		mu    sync.Mutex
-		lines []string
-	)
-	g, err := New(cfg, Output{Log: func(_ Level, s string) { mu.Lock(); lines = append(lines, s); mu.Unlock() }})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
-	require.Eventually(t, g.sync.Ready, 5*time.Second, 10*time.Millisecond)
+	g, lines := loggedGuard(t, map[string]string{"backend": "redis", "redis_addr": r.Addr})
 	require.Eventually(t, g.sync.InStep, 5*time.Second, 10*time.Millisecond)
 	for i := 0; i < 200; i++ {
 		require.NoError(t, rdb.Set(ctx, fmt.Sprintf("guard:user:cheap%d", i), cheap, 0).Err())
 	}
 	require.Eventually(t, func() bool { return len(g.replica.UserHashes()) == 201 }, 5*time.Second, 10*time.Millisecond, "every key in the replica")
 	time.Sleep(100 * time.Millisecond) // the last changes' callbacks
-	mu.Lock()
-	defer mu.Unlock()
-	assert.Equal(t, 1, countLines(lines, "mixes hash costs"), "%d lines", countLines(lines, "mixes hash costs"))
+	assert.Equal(t, 1, countLines(lines(), "mixes hash costs"), "%d lines", countLines(lines(), "mixes hash costs"))
 }

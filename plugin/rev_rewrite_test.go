@@ -37,6 +37,14 @@ func revGuard(t *testing.T, users int, extra map[string]string) (*Guard, *testen
 	for k, v := range extra {
 		opts[k] = v
 	}
+	g, lines := loggedGuard(t, opts)
+	return g, r, rdb, lines
+}
+
+// loggedGuard is a guard (New) on opts, with the log lines it wrote, once
+// its replica is loaded.
+func loggedGuard(t *testing.T, opts map[string]string) (*Guard, func() []string) {
+	t.Helper()
 	cfg, err := config.Parse(opts)
 	require.NoError(t, err)
 	var (
@@ -47,7 +55,7 @@ func revGuard(t *testing.T, users int, extra map[string]string) (*Guard, *testen
 	require.NoError(t, err)
 	t.Cleanup(g.Close)
 	require.Eventually(t, g.sync.Ready, 5*time.Second, 10*time.Millisecond)
-	return g, r, rdb, func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), lines...) }
+	return g, func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), lines...) }
 }
 
 func countLines(lines []string, sub string) int {
