@@ -406,6 +406,13 @@ func zzStorm(t *testing.T, n int) {
 	}
 	t.Logf("%d connections admitted with the old password during the storm; %d late applies; %d kicks; left connected: %v",
 		len(conns), strings.Count(out, "not read within"), strings.Count(out, "rule=user-changed"), left)
+	for _, id := range left { // what the broker said of each, to tell a lost kick from a missed one
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, " "+id+" ") || strings.Contains(l, `"`+id+`"`) || strings.HasSuffix(l, " "+id) {
+				t.Logf("%s: %s", id, l)
+			}
+		}
+	}
 	assert.Empty(t, left, "connections admitted with the old password are still connected after the new file is in force")
 }
 

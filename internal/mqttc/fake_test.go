@@ -241,3 +241,57 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Fatalf("%d goroutines, %d before", n, before)
 	}
 }
+
+// Closed sees a close or a reset already in the socket even when its wait is
+// over before the read begins: on a loaded machine the goroutine can be
+// descheduled past a 10 ms deadline between setting it and reading, and Go
+// then answers "timeout" without looking at the socket (an e2e storm test
+// saw a kicked client as connected that way). Closed(0) is that case made
+// certain; a PUBLISH before the close is still kept for Next.
+func TestClosedSeesACloseAlreadyThereWhenTheWaitIsOver(t *testing.T) {
+	for _, name := range []string{"close", "reset", "publish-then-close"} {
+		t.Run(name, func(t *testing.T) {
+			addr := fakeBroker(t, func(c *net.TCPConn) {
+				_, _ = c.Write([]byte{0x20, 2, 0, 0}) // CONNACK
+				switch name {
+				case "reset":
+					_ = c.SetLinger(0)
+				case "publish-then-close":
+					_, _ = c.Write([]byte{0x30, 4, 0, 1, 't', 'p'})
+				}
+			})
+			conn, code, err := Dial(context.Background(), Options{Addr: addr, ClientID: "x"})
+			if err != nil || code != 0 {
+				t.Fatalf("Dial = %d, %v", code, err)
+			}
+			defer conn.Close()
+			time.Sleep(100 * time.Millisecond) // the close is in the socket
+			if !conn.Closed(0) {
+				t.Fatal("Closed(0) = false for a connection the peer closed 100 ms ago")
+			}
+			if name == "publish-then-close" {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				if topic, _, err := conn.Next(ctx); err != nil || topic != "t" {
+					t.Fatalf("Next = %q, %v; want the PUBLISH read before the close", topic, err)
+				}
+			}
+		})
+	}
+	// Still open: Closed(0) says so at once.
+	release := make(chan struct{})
+	addr := fakeBroker(t, func(c *net.TCPConn) { _, _ = c.Write([]byte{0x20, 2, 0, 0}); <-release })
+	defer close(release)
+	conn, _, err := Dial(context.Background(), Options{Addr: addr, ClientID: "y"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	if conn.Closed(0) || conn.Closed(20*time.Millisecond) {
+		t.Fatal("Closed = true for a connection still open")
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Closed on an open connection took %v", d)
+	}
+}

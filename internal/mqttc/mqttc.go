@@ -258,7 +258,37 @@ func (c *Conn) Close() error {
 // EOF or a reset); true if it did. PUBLISH packets received meanwhile are
 // kept for Next, other packets (an MQTT 5 DISCONNECT among them) are skipped.
 // It is false after the Conn was closed locally.
+//
+// A close already in the socket counts however short d is: the wait can be
+// over before the read even begins (the goroutine descheduled past a 10 ms
+// deadline on a loaded machine), and Go then answers "timeout" without
+// looking at the socket. So a wait that times out looks once more, without
+// a deadline and without waiting (peek); bytes found unread are read with a
+// wait of at least closedRetry, at most closedTries times.
 func (c *Conn) Closed(d time.Duration) bool {
+	for try := 0; try < closedTries; try++ {
+		closed, timedOut := c.waitClosed(d)
+		if !timedOut {
+			return closed
+		}
+		switch c.peek() {
+		case peekClosed:
+			return true
+		case peekNothing:
+			return false
+		}
+		d = max(d, closedRetry) // bytes wait unread: they can be read now
+	}
+	return false
+}
+
+const (
+	closedTries = 3
+	closedRetry = 100 * time.Millisecond
+)
+
+// waitClosed is one wait of Closed: closed, or timedOut when d passed first.
+func (c *Conn) waitClosed(d time.Duration) (closed, timedOut bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	release := c.guard(ctx)
@@ -266,13 +296,57 @@ func (c *Conn) Closed(d time.Duration) bool {
 	for i := 0; i < maxPackets; i++ {
 		first, body, err := c.readPacket()
 		if err != nil {
-			return isClosed(err)
+			return isClosed(err), errors.Is(err, os.ErrDeadlineExceeded)
 		}
 		if err := c.handle(first, body); err != nil {
-			return isClosed(err)
+			return isClosed(err), false
 		}
 	}
-	return false
+	return false, false
+}
+
+type peekState int
+
+const (
+	peekNothing peekState = iota // no byte and no close waits (or the socket cannot be looked at)
+	peekClosed                   // the peer closed or reset the connection, every byte before read
+	peekData                     // bytes wait unread
+)
+
+// peek looks, without waiting and whatever deadline was set, at what the
+// socket holds (MSG_PEEK: nothing is consumed). Under TLS it looks at the
+// TCP socket: a TLS close is bytes first (an alert), then the close.
+func (c *Conn) peek() peekState {
+	nc := c.nc
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return peekNothing
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil || nc.SetReadDeadline(time.Time{}) != nil { // a passed deadline would refuse the look
+		return peekNothing
+	}
+	state := peekNothing
+	var b [1]byte
+	err = raw.Read(func(fd uintptr) bool {
+		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case rerr == nil && n == 0:
+			state = peekClosed
+		case rerr == nil:
+			state = peekData
+		case isClosed(rerr):
+			state = peekClosed
+		}
+		return true // one look: never wait
+	})
+	if err != nil {
+		return peekNothing
+	}
+	return state
 }
 
 // LocalAddr returns the connection's local address.
