@@ -36,7 +36,7 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 	defer g.scanDone()
 	if scope == keys.ClientID { // one lookup, no scan
 		g.mu.Lock()
-		g.scanStartLocked()
+		g.scanStartLocked(true)
 		lc := g.byID.get(value)
 		g.mu.Unlock()
 		if lc != nil {
@@ -44,16 +44,17 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 		}
 		return
 	}
-	g.scanConns(func(lc *liveConn) bool { return matches(lc, scope, value, prefix) },
+	g.scanConns(true, func(lc *liveConn) bool { return matches(lc, scope, value, prefix) },
 		func(cands []*liveConn) { g.kickCandidates(key, cands) })
 }
 
 // scanConns calls each with the live connections pred picks (not flagged,
 // not offline), at most kickScan at a time, g.mu held for kickScan entries
 // at most and released while each runs. It starts a scan
-// (scanStartLocked), so that no record is reused meanwhile: the caller ends
-// it (scanDone) once done with the candidates. pred runs under g.mu.
-func (g *Guard) scanConns(pred func(*liveConn) bool, each func([]*liveConn)) {
+// (scanStartLocked; ban: one for a list entry), so that no record is reused
+// meanwhile: the caller ends it (scanDone) once done with the candidates.
+// pred runs under g.mu.
+func (g *Guard) scanConns(ban bool, pred func(*liveConn) bool, each func([]*liveConn)) {
 	cands := make([]*liveConn, 0, kickScan)
 	n := 0
 	g.mu.Lock()
@@ -63,7 +64,7 @@ func (g *Guard) scanConns(pred func(*liveConn) bool, each func([]*liveConn)) {
 			g.mu.Unlock()
 		}
 	}()
-	g.scanStartLocked()
+	g.scanStartLocked(ban)
 	for _, lc := range g.conns {
 		if !lc.flagged && !lc.offline && pred(lc) {
 			cands = append(cands, lc)

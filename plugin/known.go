@@ -627,7 +627,7 @@ func (g *Guard) rewriteKnown() error {
 		return unanswered
 	}
 	defer g.scanDone()
-	g.scanConns(func(lc *liveConn) bool {
+	g.scanConns(false, func(lc *liveConn) bool {
 		return lc.hasUsername && !lc.sighted && !lc.pending && lc.sinceMs >= cutoff && !stop()
 	}, func(cands []*liveConn) {
 		if len(cands) == 0 || stop() {

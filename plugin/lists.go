@@ -290,7 +290,7 @@ func (g *Guard) recheckConns() {
 	defer g.scanDone()
 	n := 0
 	g.mu.Lock()
-	g.scanStartLocked()
+	g.scanStartLocked(true)
 	for _, lc := range g.conns {
 		if !lc.flagged {
 			chunk = append(chunk, lc)

@@ -76,10 +76,15 @@ func (g *Guard) releaseLocked(lc *liveConn) {
 
 // scanStartLocked raises the count of scans that read records outside g.mu
 // (g.mu held); scanDone, called without g.mu, lowers it and, after the last
-// one, makes the records ended meanwhile reusable.
-func (g *Guard) scanStartLocked() {
+// one, makes the records ended meanwhile reusable. ban: the scan kicks for
+// a list entry, and a CONNECT that overlaps it reads the lists again
+// (g.scans, banRaced); the other scans (a password file's changed users,
+// the known-source rewrite) spare it that.
+func (g *Guard) scanStartLocked(ban bool) {
 	g.recs.scans++
-	g.scans.Add(1) // after the replica has the ban the scan is for (banRaced)
+	if ban {
+		g.scans.Add(1) // after the replica has the ban the scan is for (banRaced)
+	}
 }
 
 func (g *Guard) scanDone() {

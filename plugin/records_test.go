@@ -226,7 +226,7 @@ func TestRecordsBound(t *testing.T) {
 		admitRC(g, rc(uintptr(100+i), fmt.Sprint("mass-", i), "u"), false)
 	}
 	g.mu.Lock()
-	g.scanStartLocked()
+	g.scanStartLocked(false)
 	g.mu.Unlock()
 	for i := range mass {
 		g.Disconnected(uintptr(100 + i))

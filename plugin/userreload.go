@@ -208,7 +208,7 @@ func (g *Guard) kickChangedUsers(a appliedUsers) {
 		g.mu.Unlock()
 	}()
 	defer g.scanDone()
-	g.scanConns(func(lc *liveConn) bool {
+	g.scanConns(false, func(lc *liveConn) bool {
 		_, fresh := r.fresh[lc]
 		return !fresh && a.changed(lc)
 	}, func(cands []*liveConn) { g.kick(RuleUserChanged, false, cands) })
