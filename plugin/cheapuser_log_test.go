@@ -37,3 +37,25 @@ func TestCheapUserKeysLoggedOncePerMinute(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // the last changes' callbacks
 	assert.Equal(t, 1, countLines(lines(), "mixes hash costs"), "%d lines", countLines(lines(), "mixes hash costs"))
 }
+
+// The next line after a minute counts the keys met since the line before,
+// and a line after a quiet minute has no count.
+func TestCheapUserLineCountsTheKeysSinceTheLastOne(t *testing.T) {
+	var lines []string
+	now := time.Unix(1_800_000_000, 0)
+	g := &Guard{now: func() time.Time { return now }, log: func(_ Level, s string) { lines = append(lines, s) }}
+	for i := 0; i < 5; i++ {
+		g.warnCheapUser(fmt.Sprintf("guard:user:c%d", i))
+	}
+	require.Len(t, lines, 1)
+	assert.NotContains(t, lines[0], "more user keys")
+	now = now.Add(cheapUserLogEvery)
+	g.warnCheapUser("guard:user:late")
+	require.Len(t, lines, 2)
+	assert.Contains(t, lines[1], `"guard:user:late"`)
+	assert.Contains(t, lines[1], "(and 4 more user keys since the last such line)")
+	now = now.Add(cheapUserLogEvery)
+	g.warnCheapUser("guard:user:alone")
+	require.Len(t, lines, 3)
+	assert.NotContains(t, lines[2], "more user keys", "no key came between")
+}
