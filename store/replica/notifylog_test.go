@@ -52,13 +52,7 @@ func TestNotificationsRefusalLoggedOnce(t *testing.T) {
 // (the known sources written to that Redis went with it) once the flush
 // check finds the mark gone: within flushCheckEvery and a round trip.
 func TestOnFlushedCalledAtAFlush(t *testing.T) {
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	var flushed atomic.Int32
-	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: (&logs{}).add, OnFlushed: func() { flushed.Add(1) }})
-	run(t, s)
-	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	r, _, flushed := flushedSync(t, nil)
 	time.Sleep(2 * flushCheckEvery)
 	assert.Zero(t, flushed.Load(), "no flush yet")
 	r.CLI("FLUSHALL")
@@ -72,14 +66,8 @@ func TestOnFlushedCalledAtAFlush(t *testing.T) {
 // it were not written again). A cut subscription, Redis's keys kept, is
 // not a flush.
 func TestOnFlushedCalledAtAnEmptyRestart(t *testing.T) {
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	var flushed, lost atomic.Int32
-	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: (&logs{}).add,
-		OnFlushed: func() { flushed.Add(1) }, OnLost: func(error) { lost.Add(1) }})
-	run(t, s)
-	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	var lost atomic.Int32
+	r, s, flushed := flushedSync(t, func(error) { lost.Add(1) })
 
 	r.CLI("CLIENT", "KILL", "TYPE", "pubsub") // the session ends, the keys stay
 	require.Eventually(t, func() bool { return lost.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
@@ -94,4 +82,19 @@ func TestOnFlushedCalledAtAnEmptyRestart(t *testing.T) {
 	t.Logf("OnFlushed %s after the restart", time.Since(start).Round(time.Millisecond))
 	time.Sleep(2 * flushCheckEvery)
 	assert.EqualValues(t, 1, flushed.Load(), "told once")
+}
+
+// flushedSync is a Sync on a redis-server of its own, ready, counting its
+// OnFlushed calls; onLost, if set, is its OnLost.
+func flushedSync(t *testing.T, onLost func(error)) (*testenv.Redis, *Sync, *atomic.Int32) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	flushed := new(atomic.Int32)
+	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: (&logs{}).add,
+		OnFlushed: func() { flushed.Add(1) }, OnLost: onLost})
+	run(t, s)
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	return r, s, flushed
 }

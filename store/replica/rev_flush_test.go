@@ -1,15 +1,11 @@
 package replica
 
 import (
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // Hostile review of f15e57f: a flush check that finds the mark gone is a
@@ -19,13 +15,7 @@ import (
 // moved the call into mark, which a refused mark never reaches: the known
 // sources were neither forgotten nor written again.
 func TestOnFlushedCalledAtAFlushWhoseMarkIsRefused(t *testing.T) {
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	var flushed atomic.Int32
-	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: (&logs{}).add, OnFlushed: func() { flushed.Add(1) }})
-	run(t, s)
-	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	r, _, flushed := flushedSync(t, nil)
 	time.Sleep(2 * flushCheckEvery)
 	require.Zero(t, flushed.Load())
 	r.CLI("CONFIG", "SET", "maxmemory", "1") // noeviction: every write refused with OOM
