@@ -1,0 +1,435 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Hostile tests of the known sources' rewrite after Redis loses its keys
+// (rewriteKnown, rewriteKnownLoop: f15e57f..683a63c).
+
+// atkClient is device i of a fleet of users atkUsers: user u<i%users>, its
+// own IP and client ID.
+func atkClient(i, users int) Client {
+	return Client{Handle: uintptr(0x100000 + 16*i), ClientID: fmt.Sprintf("atk-%d", i),
+		Address:  fmt.Sprintf("127.%d.%d.%d", 1+(i>>16)&0x3f, (i>>8)&0xff, i&0xff),
+		Username: fmt.Sprintf("u%d", i%users), HasUsername: true, Password: []byte("pw")}
+}
+
+// atkMissing is how many of devices 0..n-1 lack a source in Redis.
+func atkMissing(rdb *redis.Client, n, users int) int {
+	ctx := context.Background()
+	missing := 0
+	for lo := 0; lo < n; lo += 10000 {
+		hi := min(n, lo+10000)
+		pipe := rdb.Pipeline()
+		cmds := make([]*redis.FloatCmd, 0, 2*(hi-lo))
+		for i := lo; i < hi; i++ {
+			c := atkClient(i, users)
+			cmds = append(cmds, pipe.ZScore(ctx, "guard:known:"+c.Username, "ip:"+c.Address),
+				pipe.ZScore(ctx, "guard:known:"+c.Username, "clientid:"+c.ClientID))
+		}
+		_, _ = pipe.Exec(ctx)
+		for i := 0; i < len(cmds); i += 2 {
+			if cmds[i].Err() != nil || cmds[i+1].Err() != nil {
+				missing++
+			}
+		}
+	}
+	return missing
+}
+
+// rewriteWatch counts the rewrite's round trips (pipelines holding a ZADD
+// GT) on the guard's background client, and the most in flight at once.
+type rewriteWatch struct {
+	inFlight, maxInFlight, batches atomic.Int64
+	lastEnd                        atomic.Int64 // unix ms
+}
+
+func (w *rewriteWatch) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (w *rewriteWatch) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+
+func (w *rewriteWatch) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		gt := false
+		for _, c := range cmds {
+			if a := c.Args(); len(a) > 2 && strings.EqualFold(fmt.Sprint(a[0]), "zadd") && strings.EqualFold(fmt.Sprint(a[2]), "gt") {
+				gt = true
+				break
+			}
+		}
+		if !gt {
+			return next(ctx, cmds)
+		}
+		n := w.inFlight.Add(1)
+		for m := w.maxInFlight.Load(); n > m && !w.maxInFlight.CompareAndSwap(m, n); m = w.maxInFlight.Load() {
+		}
+		w.batches.Add(1)
+		err := next(ctx, cmds)
+		w.inFlight.Add(-1)
+		w.lastEnd.Store(time.Now().UnixMilli())
+		return err
+	}
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// Scale: ATK_N live, password-checked connections (default 100 000), a
+// FLUSHALL every 200-500 ms for 10 s. At most one rewrite round trip in
+// flight; the broker thread's CONNECT (Authenticate of a reconnecting
+// device) measured before and during; goroutines sampled; after the last
+// flush, every live device's sources are written again.
+func TestAtkRewriteScaleUnderFlushStorm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	n := 100_000
+	if s := os.Getenv("ATK_N"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	const users = 100
+	g, r, rdb, lines := revGuard(t, users, map[string]string{"known_sources_max": "100000"})
+	t0 := time.Now()
+	var (
+		phase    atomic.Value
+		downsMu  sync.Mutex
+		downs    []string
+		stopDown = make(chan struct{})
+	)
+	phase.Store("admit")
+	go func() {
+		wasUp, since := true, time.Now()
+		for {
+			select {
+			case <-stopDown:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			up := g.health.up()
+			if wasUp && !up {
+				since = time.Now()
+			}
+			if !wasUp && up {
+				downsMu.Lock()
+				downs = append(downs, fmt.Sprintf("%s: down %s at +%s", phase.Load(), time.Since(since).Round(time.Millisecond), since.Sub(t0).Round(time.Millisecond)))
+				downsMu.Unlock()
+			}
+			wasUp = up
+		}
+	}()
+	defer func() {
+		close(stopDown)
+		downsMu.Lock()
+		t.Logf("Redis seen down %d times: %q", len(downs), downs)
+		downsMu.Unlock()
+	}()
+	for i := 0; i < n; i++ {
+		if d := g.Authenticate(atkClient(i, users)); d.Result != Allow {
+			t.Fatalf("device %d: %v", i, d)
+		}
+	}
+	t.Logf("%d devices admitted in %s", n, time.Since(t0).Round(time.Millisecond))
+	// The writer's queue drops what outruns it (written at the next
+	// success): a first flush's rewrite writes them all.
+	time.Sleep(time.Second)
+	t.Logf("before a flush: %d of %d devices missing in Redis", atkMissing(rdb, n, users), n)
+	phase.Store("first rewrite")
+	r.CLI("FLUSHALL")
+	t1 := time.Now()
+	require.Eventually(t, func() bool { return atkMissing(rdb, n, users) == 0 }, 120*time.Second, 100*time.Millisecond, "written by one rewrite")
+	t.Logf("one rewrite of %d devices: all written %s after the FLUSHALL", n, time.Since(t1).Round(time.Millisecond))
+	w := &rewriteWatch{}
+	g.known.rdb.AddHook(w)
+
+	// A reconnecting device on the broker thread: its Authenticate time.
+	probe := func(d time.Duration) []time.Duration {
+		var lat []time.Duration
+		end := time.Now().Add(d)
+		for i := 0; time.Now().Before(end); i++ {
+			c := atkClient(n+i%1000, users)
+			s := time.Now()
+			res := g.Authenticate(c)
+			lat = append(lat, time.Since(s))
+			if res.Result != Allow {
+				t.Errorf("probe %d: %v", i, res)
+				return lat
+			}
+			g.Disconnected(c.Handle)
+			time.Sleep(2 * time.Millisecond)
+		}
+		return lat
+	}
+	phase.Store("baseline")
+	base := probe(5 * time.Second)
+	phase.Store("storm")
+	g0 := runtime.NumGoroutine()
+
+	var (
+		stormDone atomic.Bool
+		flushes   int
+		lastFlush time.Time
+		maxG      atomic.Int64
+		heapMax   atomic.Uint64
+		wg        sync.WaitGroup
+	)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
+			r.CLI("FLUSHALL")
+			lastFlush = time.Now()
+			flushes++
+			time.Sleep(time.Duration(200+rand.IntN(300)) * time.Millisecond)
+		}
+		stormDone.Store(true)
+	}()
+	go func() {
+		defer wg.Done()
+		for !stormDone.Load() {
+			if n := int64(runtime.NumGoroutine()); n > maxG.Load() {
+				maxG.Store(n)
+			}
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > heapMax.Load() {
+				heapMax.Store(ms.HeapInuse)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+	storm := probe(10 * time.Second)
+	wg.Wait()
+	phase.Store("after")
+	t.Logf("baseline CONNECT p50 %s p99 %s max %s (%d); storm p50 %s p99 %s max %s (%d)",
+		pct(base, .5), pct(base, .99), pct(base, 1), len(base), pct(storm, .5), pct(storm, .99), pct(storm, 1), len(storm))
+	t.Logf("%d FLUSHALLs; rewrite round trips %d, at most %d in flight; goroutines %d before, at most %d during; heap in use at most %d MB",
+		flushes, w.batches.Load(), w.maxInFlight.Load(), g0, maxG.Load(), heapMax.Load()>>20)
+	assert.LessOrEqual(t, w.maxInFlight.Load(), int64(1), "one rewrite at a time")
+
+	var missing int
+	ok := assert.Eventually(t, func() bool { missing = atkMissing(rdb, n, users); return missing == 0 }, 120*time.Second, time.Second,
+		"every live device written again after the last flush")
+	t.Logf("after the last flush: %d of %d devices missing, done in %s (last rewrite round trip %s after the flush)", missing, n,
+		time.Since(lastFlush).Round(time.Millisecond), time.UnixMilli(w.lastEnd.Load()).Sub(lastFlush).Round(time.Millisecond))
+	_ = ok
+	for _, l := range lines() {
+		if strings.Contains(l, "unreachable") || strings.Contains(l, "back") || strings.Contains(l, "known") {
+			t.Logf("line: %s", l)
+		}
+	}
+	t.Logf("lines: unreachable %d, writing again failed %d", countLines(lines(), "unreachable"), countLines(lines(), "writing again the known sources"))
+}
+
+// Redis hung (SIGSTOP) mid-rewrite for longer than a round trip's 5 s
+// deadline, then SIGCONT: the broker thread is not held meanwhile, and
+// every live device is written again once Redis answers.
+func TestAtkRewriteRedisHungMidRewrite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	const n, users = 40_000, 100
+	g, r, rdb, lines := revGuard(t, users, nil)
+	for i := 0; i < n; i++ {
+		require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
+	}
+	w := &rewriteWatch{}
+	g.known.rdb.AddHook(w)
+	r.CLI("FLUSHALL")
+	require.Eventually(t, func() bool { return w.batches.Load() >= 5 }, 5*time.Second, time.Millisecond, "rewrite started")
+	require.NoError(t, r.Signal(syscall.SIGSTOP))
+	stopped := time.Now()
+	var lat []time.Duration
+	for i := 0; time.Since(stopped) < 7*time.Second; i++ {
+		c := atkClient(n+i%1000, users)
+		s := time.Now()
+		res := g.Authenticate(c)
+		lat = append(lat, time.Since(s))
+		require.Equal(t, Allow, res.Result)
+		g.Disconnected(c.Handle)
+		time.Sleep(5 * time.Millisecond)
+	}
+	g.mu.Lock()
+	scans := g.recs.scans
+	g.mu.Unlock()
+	require.NoError(t, r.Signal(syscall.SIGCONT))
+	cont := time.Now()
+	t.Logf("Redis hung 7 s mid-rewrite (after %d round trips): CONNECT p50 %s p99 %s max %s (%d); scans open at its end %d",
+		w.batches.Load(), pct(lat, .5), pct(lat, .99), pct(lat, 1), len(lat), scans)
+	var missing int
+	assert.Eventually(t, func() bool { missing = atkMissing(rdb, n, users); return missing == 0 }, 40*time.Second, 200*time.Millisecond)
+	t.Logf("after SIGCONT: %d of %d missing, %s; round trips %d; lines %q", missing, n, time.Since(cont).Round(time.Millisecond),
+		w.batches.Load(), lines())
+}
+
+// Close during a rewrite, Redis up, and Redis hung: Close returns within
+// its bound, no rewrite round trip starts after it returned, the guard's
+// goroutines end, and nothing is logged after it.
+func TestAtkRewriteCloseDuringRewrite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	for _, hung := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hung=%v", hung), func(t *testing.T) {
+			const n, users = 40_000, 100
+			before := runtime.NumGoroutine()
+			g, r, _, lines := revGuard(t, users, nil)
+			for i := 0; i < n; i++ {
+				require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
+			}
+			w := &rewriteWatch{}
+			g.known.rdb.AddHook(w)
+			r.CLI("FLUSHALL")
+			require.Eventually(t, func() bool { return w.batches.Load() >= 5 }, 5*time.Second, time.Millisecond, "rewrite started")
+			if hung {
+				require.NoError(t, r.Signal(syscall.SIGSTOP))
+				time.Sleep(300 * time.Millisecond)
+			}
+			s := time.Now()
+			g.Close()
+			took := time.Since(s)
+			atClose, linesAtClose := w.batches.Load(), len(lines())
+			if hung {
+				require.NoError(t, r.Signal(syscall.SIGCONT))
+			}
+			time.Sleep(6 * time.Second) // past a round trip's 5 s deadline
+			after := runtime.NumGoroutine()
+			t.Logf("Close took %s (bound 1.5 s); round trips at its return %d, 6 s later %d; goroutines before the guard %d, 6 s after Close %d; lines after Close %q",
+				took.Round(time.Millisecond), atClose, w.batches.Load(), before, after, lines()[linesAtClose:])
+			assert.Less(t, took, 2*time.Second)
+			assert.Equal(t, atClose, w.batches.Load(), "no round trip after Close")
+			assert.Empty(t, lines()[linesAtClose:], "nothing logged after Close")
+			if after > before+2 {
+				buf := make([]byte, 1<<20)
+				t.Logf("goroutines:\n%s", buf[:runtime.Stack(buf, true)])
+			}
+		})
+	}
+}
+
+// Redis restarted empty mid-rewrite, and Redis flapping (SIGSTOP, or a
+// kill and an empty restart, every 600 ms for 6 s) while rewrites run:
+// once it stays up, every live device is written again.
+func TestAtkRewriteRestartAndFlapMidRewrite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	const n, users = 40_000, 100
+	g, r, rdb, lines := revGuard(t, users, nil)
+	for i := 0; i < n; i++ {
+		require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
+	}
+	w := &rewriteWatch{}
+	g.known.rdb.AddHook(w)
+	r.CLI("FLUSHALL")
+	require.Eventually(t, func() bool { return w.batches.Load() >= 5 }, 5*time.Second, time.Millisecond, "rewrite started")
+	r.Kill()
+	r.Restart()
+	up := time.Now()
+	var missing int
+	assert.Eventually(t, func() bool { missing = atkMissing(rdb, n, users); return missing == 0 }, 40*time.Second, 200*time.Millisecond)
+	t.Logf("restarted empty mid-rewrite: %d of %d missing %s after the restart", missing, n, time.Since(up).Round(time.Millisecond))
+
+	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); {
+		if rand.IntN(2) == 0 {
+			require.NoError(t, r.Signal(syscall.SIGSTOP))
+			time.Sleep(300 * time.Millisecond)
+			require.NoError(t, r.Signal(syscall.SIGCONT))
+		} else {
+			r.Kill()
+			time.Sleep(100 * time.Millisecond)
+			r.Restart()
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	up = time.Now()
+	assert.Eventually(t, func() bool { missing = atkMissing(rdb, n, users); return missing == 0 }, 60*time.Second, 200*time.Millisecond)
+	t.Logf("after 6 s of flapping: %d of %d missing %s after it ended; round trips %d", missing, n, time.Since(up).Round(time.Millisecond), w.batches.Load())
+	for _, l := range lines() {
+		if strings.Contains(l, "known sources") {
+			t.Logf("line: %s", l)
+		}
+	}
+}
+
+// Claims are not proof: a rewrite writes the sources of password-checked
+// connections only. Not a client without a username (deferred), not one
+// admitted at its first sight that claims a username (no BASIC_AUTH on its
+// listener), not one refused for a wrong password; and a rewrite running
+// while those connect and leave writes none of them either.
+func TestAtkRewriteWritesNoClaim(t *testing.T) {
+	const n, users, m = 20_000, 10, 300
+	g, r, rdb, _ := revGuard(t, users, nil)
+	for i := 0; i < n; i++ {
+		require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
+	}
+	claim := func(kind, i int) Client {
+		return Client{Handle: uintptr(0x9000000 + 0x100000*kind + 16*i), ClientID: fmt.Sprintf("claim-%d-%d", kind, i),
+			Address: fmt.Sprintf("127.99.%d.%d", kind, 1+i%250), Username: fmt.Sprintf("u%d", i%users), HasUsername: kind != 0,
+			Password: []byte("wrong")}
+	}
+	connectClaims := func(round int) {
+		for i := 0; i < m; i++ {
+			a := claim(0, i) // no username: deferred
+			require.Equal(t, Defer, g.Authenticate(a).Result)
+			s := claim(1, i) // first sight, claiming u<i>
+			s.Password = nil
+			require.Equal(t, Allow, g.FirstSight(s).Result)
+			b := claim(2, i) // a wrong password
+			require.Equal(t, Deny, g.Authenticate(b).Result)
+			if round > 0 && i%2 == 0 { // some leave mid-rewrite
+				g.Disconnected(a.Handle)
+				g.Disconnected(s.Handle)
+			}
+		}
+	}
+	connectClaims(0)
+	w := &rewriteWatch{}
+	g.known.rdb.AddHook(w)
+	r.CLI("FLUSHALL")
+	require.Eventually(t, func() bool { return w.batches.Load() >= 2 }, 5*time.Second, time.Millisecond, "rewrite started")
+	connectClaims(1)
+	require.Eventually(t, func() bool { return atkMissing(rdb, n, users) == 0 }, 30*time.Second, 200*time.Millisecond)
+	time.Sleep(time.Second)
+	ctx := context.Background()
+	keys, err := rdb.Keys(ctx, "guard:known:*").Result()
+	require.NoError(t, err)
+	var claims []string
+	total := 0
+	for _, k := range keys {
+		ms, err := rdb.ZRange(ctx, k, 0, -1).Result()
+		require.NoError(t, err)
+		total += len(ms)
+		for _, mem := range ms {
+			if strings.Contains(mem, "127.99.") || strings.Contains(mem, "claim-") {
+				claims = append(claims, k+" "+mem)
+			}
+		}
+	}
+	t.Logf("after a rewrite: %d members in %d keys (%d devices checked: %d expected); %d claims written", total, len(keys), n, 2*n, len(claims))
+	assert.Empty(t, claims, "no source of a connection whose password was not checked")
+	assert.Equal(t, 2*n, total)
+}
