@@ -680,6 +680,14 @@ func (g *Guard) rewriteKnownLoop() {
 		}
 		retry = nil
 		err := g.rewriteKnownSafely()
+		select {
+		case <-g.stop:
+			// Stopping: a round trip in flight when Close gave up waiting
+			// (Redis hung) fails on the client Close closed. That is the
+			// shutdown's doing, not Redis's: nothing to log, nothing to retry.
+			return
+		default:
+		}
 		switch {
 		case err == nil:
 			g.knownRetry.Store(false)
