@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -600,4 +601,127 @@ func TestAtkRewriteDuringAPasswordReload(t *testing.T) {
 	assert.Equal(t, old9, atkMissing(rdb, n, users), "every other device written again")
 	assert.Zero(t, count("clientid:late-pw-"))
 	assert.Equal(t, okNew, count("clientid:late-pw2-"))
+}
+
+// A rewrite over a table that held many connections and holds few now (a
+// Go map does not shrink): scanConns counts the entries it met, so a lock
+// hold may range many empty slots. The broker thread's wait for g.mu while
+// such rewrites run.
+func TestAtkRewriteSparseTableLockHold(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	const n, keep, users = 300_000, 600, 100
+	g, r, rdb, _ := revGuard(t, users, nil)
+	for i := 0; i < n; i++ {
+		require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
+	}
+	for i := keep; i < n; i++ {
+		g.Disconnected(atkClient(i, users).Handle)
+	}
+	w := &rewriteWatch{}
+	g.known.rdb.AddHook(w)
+	var (
+		mu   sync.Mutex
+		wait []time.Duration
+		stop = make(chan struct{})
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Microsecond):
+			}
+			s := time.Now()
+			g.mu.Lock()
+			d := time.Since(s)
+			g.mu.Unlock()
+			mu.Lock()
+			wait = append(wait, d)
+			mu.Unlock()
+		}
+	}()
+	take := func() []time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		l := wait
+		wait = nil
+		return l
+	}
+	// Interleaved: 600 ms windows without a loss, and with one (its
+	// rewrite), ten of each (2 shared cores: timing is noisy).
+	var base, storm []time.Duration
+	for i := 0; i < 10; i++ {
+		take()
+		time.Sleep(600 * time.Millisecond)
+		base = append(base, take()...)
+		switch os.Getenv("ATK_WINDOW") {
+		case "gc": // a collection alone, no loss
+			runtime.GC()
+		case "cli": // the test's own redis-cli, no loss
+			r.CLI("PING")
+		case "flush": // a FLUSHALL through the test's client, no redis-cli
+			require.NoError(t, rdb.FlushAll(context.Background()).Err())
+		case "freeos": // what the replica's reload does after its swap
+			debug.FreeOSMemory()
+		case "rewrite": // a rewrite alone, no FLUSHALL, no reload of the replica
+			g.knownLostNow()
+		default:
+			r.CLI("FLUSHALL")
+		}
+		time.Sleep(600 * time.Millisecond)
+		storm = append(storm, take()...)
+	}
+	close(stop)
+	<-done
+	wait = storm
+	t.Logf("%d connections held of %d admitted: g.mu wait baseline p99 %s max %s (%d); 10 rewrites (%d round trips) p99 %s max %s (%d); missing %d",
+		keep, n, pct(base, .99), pct(base, 1), len(base), w.batches.Load(), pct(wait, .99), pct(wait, 1), len(wait), atkMissing(rdb, keep, users))
+}
+
+// scanHolds runs scanConns over g's table and returns the longest time
+// between two calls of its each (g.mu held between them) and the whole
+// scan's time.
+func scanHolds(g *Guard) (longest, total time.Duration) {
+	start := time.Now()
+	last := start
+	g.scanConns(func(*liveConn) bool { return true }, func([]*liveConn) {
+		now := time.Now()
+		longest = max(longest, now.Sub(last))
+		last = time.Now()
+	})
+	g.scanDone()
+	return longest, time.Since(start)
+}
+
+// The scan's lock holds on a sparse table (many admitted, few left) and a
+// dense one of the same live size.
+func TestAtkScanHoldSparseTable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	const n, keep, users = 300_000, 600, 100
+	sparse, _, _, _ := revGuard(t, users, nil)
+	for i := 0; i < n; i++ {
+		require.Equal(t, Allow, sparse.Authenticate(atkClient(i, users)).Result)
+	}
+	for i := keep; i < n; i++ {
+		sparse.Disconnected(atkClient(i, users).Handle)
+	}
+	dense, _, _, _ := revGuard(t, users, nil)
+	for i := 0; i < keep; i++ {
+		require.Equal(t, Allow, dense.Authenticate(atkClient(i, users)).Result)
+	}
+	var sh, st, dh, dt []time.Duration
+	for i := 0; i < 20; i++ {
+		h, tt := scanHolds(sparse)
+		sh, st = append(sh, h), append(st, tt)
+		h, tt = scanHolds(dense)
+		dh, dt = append(dh, h), append(dt, tt)
+	}
+	t.Logf("%d live of %d admitted: longest hold median %s max %s, scan median %s; dense %d: longest hold median %s max %s, scan median %s",
+		keep, n, pct(sh, .5), pct(sh, 1), pct(st, .5), keep, pct(dh, .5), pct(dh, 1), pct(dt, .5))
 }
