@@ -94,6 +94,17 @@ func (w *rewriteWatch) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 	}
 }
 
+// atkLoad skips a load test under -short, and under the race detector
+// (make test) unless ATK_LOAD is set: hundreds of thousands of CONNECTs
+// there take minutes. Run them with
+// go test -count=1 -run Atk ./plugin (ATK_N=500000 for the largest).
+func atkLoad(t *testing.T) {
+	t.Helper()
+	if testing.Short() || (raceEnabled && os.Getenv("ATK_LOAD") == "") {
+		t.Skip("load test: go test -count=1 -run Atk ./plugin")
+	}
+}
+
 func pct(d []time.Duration, p float64) time.Duration {
 	if len(d) == 0 {
 		return 0
@@ -109,9 +120,7 @@ func pct(d []time.Duration, p float64) time.Duration {
 // device) measured before and during; goroutines sampled; after the last
 // flush, every live device's sources are written again.
 func TestAtkRewriteScaleUnderFlushStorm(t *testing.T) {
-	if testing.Short() {
-		t.Skip("load test")
-	}
+	atkLoad(t)
 	n := 100_000
 	if s := os.Getenv("ATK_N"); s != "" {
 		n, _ = strconv.Atoi(s)
@@ -298,9 +307,7 @@ func TestAtkRewriteScaleUnderFlushStorm(t *testing.T) {
 // deadline, then SIGCONT: the broker thread is not held meanwhile, and
 // every live device is written again once Redis answers.
 func TestAtkRewriteRedisHungMidRewrite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("load test")
-	}
+	atkLoad(t)
 	const n, users = 40_000, 100
 	g, r, rdb, lines := revGuard(t, users, nil)
 	for i := 0; i < n; i++ {
@@ -344,9 +351,7 @@ func TestAtkRewriteRedisHungMidRewrite(t *testing.T) {
 // each is written at its next success" after Close had returned: a failure
 // of the shutdown's own making, told as a Redis failure.
 func TestAtkRewriteCloseDuringRewrite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("load test")
-	}
+	atkLoad(t)
 	for _, hung := range []bool{false, true} {
 		t.Run(fmt.Sprintf("hung=%v", hung), func(t *testing.T) {
 			const n, users = 40_000, 100
@@ -399,9 +404,7 @@ func TestAtkRewriteCloseDuringRewrite(t *testing.T) {
 // kill and an empty restart, every 600 ms for 6 s) while rewrites run:
 // once it stays up, every live device is written again.
 func TestAtkRewriteRestartAndFlapMidRewrite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("load test")
-	}
+	atkLoad(t)
 	const n, users = 40_000, 100
 	g, r, rdb, lines := revGuard(t, users, nil)
 	for i := 0; i < n; i++ {
@@ -608,9 +611,7 @@ func TestAtkRewriteDuringAPasswordReload(t *testing.T) {
 // hold may range many empty slots. The broker thread's wait for g.mu while
 // such rewrites run.
 func TestAtkRewriteSparseTableLockHold(t *testing.T) {
-	if testing.Short() {
-		t.Skip("load test")
-	}
+	atkLoad(t)
 	const n, keep, users = 300_000, 600, 100
 	g, r, rdb, _ := revGuard(t, users, nil)
 	for i := 0; i < n; i++ {
@@ -700,9 +701,7 @@ func scanHolds(g *Guard) (longest, total time.Duration) {
 // The scan's lock holds on a sparse table (many admitted, few left) and a
 // dense one of the same live size.
 func TestAtkScanHoldSparseTable(t *testing.T) {
-	if testing.Short() {
-		t.Skip("load test")
-	}
+	atkLoad(t)
 	const n, keep, users = 300_000, 600, 100
 	sparse, _, _, _ := revGuard(t, users, nil)
 	for i := 0; i < n; i++ {
