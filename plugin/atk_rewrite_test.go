@@ -351,7 +351,8 @@ func TestAtkRewriteRedisHungMidRewrite(t *testing.T) {
 // each is written at its next success" after Close had returned: a failure
 // of the shutdown's own making, told as a Redis failure.
 func TestAtkRewriteCloseDuringRewrite(t *testing.T) {
-	atkLoad(t)
+	// Not a load test (atkLoad): it guards a fixed defect, and takes about
+	// 21 s under the race detector.
 	for _, hung := range []bool{false, true} {
 		t.Run(fmt.Sprintf("hung=%v", hung), func(t *testing.T) {
 			const n, users = 40_000, 100
