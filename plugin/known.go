@@ -576,14 +576,15 @@ func isRedisReply(err error) bool {
 
 // rewriteRetryable says whether a rewrite that failed with err is worth
 // trying again as is: a lost connection or a timeout, or a reply that
-// passes by itself (OOM, LOADING, BUSY, a cluster in motion). Another reply
+// passes by itself (OOM, LOADING, BUSY, a cluster in motion, a failover:
+// READONLY from the old master, NOREPLICAS). Another reply
 // (WRONGTYPE, a syntax error) would fail the same way.
 func rewriteRetryable(err error) bool {
 	if !isRedisReply(err) {
 		return true
 	}
 	msg := err.Error()
-	for _, p := range []string{"OOM", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK"} {
+	for _, p := range []string{"OOM", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK", "READONLY", "NOREPLICAS"} {
 		if strings.HasPrefix(msg, p) {
 			return true
 		}

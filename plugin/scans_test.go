@@ -33,3 +33,23 @@ func TestOnlyBanScansMoveTheBanCounter(t *testing.T) {
 	defer g.mu.Unlock()
 	assert.Zero(t, g.recs.scans, "every scan ended")
 }
+
+// A rewrite refused by a Redis that is failing over (Sentinel: the old
+// master, now a replica, answers READONLY; min-replicas-to-write answers
+// NOREPLICAS) is tried again: the refusal passes once the new master is
+// found. Before, both were dropped with a warning, and the devices held
+// stayed unknown to the other brokers until their next success (a hostile
+// tester's note). WRONGTYPE, an answer about one key, is not retried.
+func TestRewriteRetriedAfterAFailoverRefusal(t *testing.T) {
+	for _, msg := range []string{"READONLY You can't write against a read only replica.", "NOREPLICAS Not enough good replicas to write.",
+		"OOM command not allowed", "LOADING Redis is loading the dataset in memory"} {
+		assert.True(t, rewriteRetryable(replyErr(msg)), msg)
+	}
+	assert.False(t, rewriteRetryable(replyErr("WRONGTYPE Operation against a key holding the wrong kind of value")))
+}
+
+// replyErr is an error reply from Redis (go-redis's redis.Error).
+type replyErr string
+
+func (e replyErr) Error() string { return string(e) }
+func (replyErr) RedisError()     {}
