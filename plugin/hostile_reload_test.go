@@ -52,7 +52,8 @@ func TestHostileReloadKicksNoClientCheckedAgainstTheNewFile(t *testing.T) {
 		h++
 	}
 
-	writeUsers(t, path, 60_000, aliceRehashed) // read late: ~0.3 s
+	g.reloads.slow = 300 * time.Millisecond // read late (past reloadWait) on any machine
+	writeUsers(t, path, 60_000, aliceRehashed)
 	g.Reload()
 	deadline := time.Now().Add(20 * time.Second)
 	for g.creds.users.Load().Len() != 60_001 && time.Now().Before(deadline) {

@@ -46,6 +46,7 @@ func TestHostileTodayKickWindowHandleReuse(t *testing.T) {
 			next++
 		}
 	}
+	g.reloads.slow = 300 * time.Millisecond // read late (past reloadWait) on any machine
 	writeUsers(t, path, 60_000, aliceRehashed)
 	g.Reload()
 	deadline := time.Now().Add(20 * time.Second)

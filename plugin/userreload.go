@@ -34,6 +34,9 @@ type userReloads struct {
 	// add to it). g.mu guards both.
 	kicking *appliedUsers
 	fresh   map[*liveConn]struct{}
+	// slow, when set (tests), is added to each read: a read that must be
+	// late is late on a fast machine too.
+	slow time.Duration
 }
 
 // appliedUsers is a read applied in place of prev; walk: the broker's
@@ -175,6 +178,9 @@ func (g *Guard) readUsers() (ok bool) {
 			ok = false
 		}
 	}()
+	if d := g.reloads.slow; d > 0 {
+		time.Sleep(d)
+	}
 	users, err := g.creds.read()
 	if err != nil {
 		g.log(LevelError, fmt.Sprintf("mosquitto-guard: %v; keeping the %d users loaded before", err, g.creds.users.Load().Len()))
