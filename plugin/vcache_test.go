@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"fmt"
-	"hash"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -51,11 +50,11 @@ func TestVerifyCacheHoldsNoPassword(t *testing.T) {
 // Issue 12: the MAC is keyed once per cache, not per CONNECT nor after each
 // collection (a sync.Pool of keyed states lost them at every GC, and each
 // new one cost two SHA-256 blocks more for the pads). Its result is the
-// same HMAC before and after the collections.
+// same MAC before and after the collections.
 func TestVerifyCacheKeysItsMACOnce(t *testing.T) {
 	var keyed atomic.Int32
 	orig := newMAC
-	newMAC = func(key []byte) hash.Hash { keyed.Add(1); return orig(key) }
+	newMAC = func(key []byte) *cmac { keyed.Add(1); return orig(key) }
 	defer func() { newMAC = orig }()
 	c := newVerifyCache(10)
 	pw := []byte("alice-pw")
@@ -76,7 +75,7 @@ func TestVerifyCacheKeysItsMACOnce(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	assert.Equal(t, int32(1), keyed.Load(), "HMAC keyings")
+	assert.Equal(t, int32(1), keyed.Load(), "MAC keyings")
 	assert.Equal(t, want, c.mac("alice", pw))
 }
 
