@@ -86,7 +86,7 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 		// Known sources (known.go): where the username succeeded from, to
 		// let its devices through a throttle of it.
 		if !reauth && g.known != nil {
-			g.known.succeeded(c.Username, ip, c.ClientID, g.now())
+			g.known.succeededFrom(c.Username, ip, c.Address, c.ClientID, g.now())
 		}
 	}
 	if reauth {
