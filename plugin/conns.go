@@ -173,7 +173,11 @@ func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool
 // no password checked. Conflict tracking hears of it now, or of a pending
 // one once confirmLoop finds it still there.
 func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
-	now := g.now()
+	g.admitAt(c, ip, pending, sighted, g.now())
+}
+
+// admitAt is admit with the time now read.
+func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time.Time) {
 	rec := liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
 		connRare: noRare, ip: ip, pending: pending, sinceMs: now.UnixMilli()}
 	if c.CertID != "" || c.CertSubject != "" || !ip.IsValid() || sighted {
