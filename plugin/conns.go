@@ -88,8 +88,8 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 	}
 	recorded := !lc.pending
 	flagged := lc.flagged
-	if g.byID.get(lc.clientID) == lc {
-		g.byID.del(lc.clientID)
+	if h, at := g.byID.lookup(lc.clientID); h == lc {
+		g.byID.delAt(at)
 		// A newer connection refused by a later check: the one it would
 		// have taken over is still here, and still names the client ID (a
 		// kick queued for it, or a client-ID ban, must still find it).
@@ -198,7 +198,8 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 	if old := g.conns[c.Handle]; old != nil && old.offline {
 		g.dropLocked(old) // stale: the pointer was freed and reused
 	}
-	if prev := g.byID.get(c.ClientID); prev != nil && prev.handle != c.Handle {
+	prev, at := g.byID.lookup(c.ClientID) // nothing changes the index until putAt
+	if prev != nil && prev.handle != c.Handle {
 		if g.tracker != nil {
 			o := g.connOf(prev)
 			other = &o
@@ -208,7 +209,7 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 		lc.displaced, prev.displaced = prev, nil
 	}
 	g.conns[c.Handle] = lc
-	g.byID.set(lc)        // lc.clientID is c.ClientID
+	g.byID.putAt(at, lc)  // lc.clientID is c.ClientID
 	g.noteAdmitLocked(lc) // a password file's kicks under way leave it (userreload.go)
 	if pending && g.tracker != nil {
 		lc.other = other
