@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -293,4 +295,33 @@ func TestCloseFreesVerifyCache(t *testing.T) {
 	defer c.mu.Unlock()
 	assert.Zero(t, c.entries.Mapped()+c.table.Mapped(), "the cache is still mapped")
 	assert.Empty(t, c.entries.S)
+}
+
+// Issue 12: hashSum's memo answers by the string's identity: the same
+// bytes at another address, and other bytes at any address, are hashed
+// anew, so a changed stored hash still misses; a string met again gives
+// the same sum without hashing.
+func TestVerifyCacheSumMemo(t *testing.T) {
+	c := newVerifyCache(10)
+	pw := []byte("pw")
+	h1 := strings.Repeat("$7$101$salt$hash", 6)
+	c.add("alice", pw, h1)
+	require.True(t, c.hit("alice", pw, h1))
+	same := strings.Clone(h1) // the same bytes elsewhere
+	require.NotSame(t, unsafe.StringData(h1), unsafe.StringData(same))
+	assert.True(t, c.hit("alice", pw, same))
+	changed := []byte(h1)
+	changed[len(changed)-1] ^= 1
+	assert.False(t, c.hit("alice", pw, string(changed)), "a changed hash of the same length")
+	assert.False(t, c.hit("alice", pw, h1[:len(h1)-1]), "a prefix of the hash: same pointer, other length")
+	assert.True(t, c.hit("alice", pw, h1))
+	c.mu.Lock()
+	for _, h := range []string{h1, same, string(changed), h1[:5], ""} {
+		assert.Equal(t, c.hashSum(h), c.sumLocked(h), "%q", h)
+		assert.Equal(t, c.hashSum(h), c.sumLocked(h), "%q, again", h)
+	}
+	c.mu.Unlock()
+	if !raceEnabled {
+		assert.Zero(t, testing.AllocsPerRun(100, func() { c.hit("alice", pw, h1) }))
+	}
 }
