@@ -88,13 +88,18 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 	}
 	recorded := !lc.pending
 	flagged := lc.flagged
-	if h, at := g.byID.lookup(lc.clientID); h == lc {
+	// holder: the client ID's entry once lc is out of it, for
+	// releaseHolderLocked (no second lookup of the client ID).
+	holder, at := g.byID.lookup(lc.clientID)
+	if holder == lc {
 		g.byID.delAt(at)
+		holder = nil
 		// A newer connection refused by a later check: the one it would
 		// have taken over is still here, and still names the client ID (a
 		// kick queued for it, or a client-ID ban, must still find it).
 		if d := lc.displaced; d != nil && g.conns[d.handle] == d && !d.offline {
 			g.byID.set(d) // d.clientID is lc's
+			holder = d
 		}
 	}
 	lc.displaced = nil
@@ -112,7 +117,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		g.offline++
 	} else {
 		delete(g.conns, handle)
-		g.releaseLocked(lc)
+		g.releaseHolderLocked(lc, holder)
 	}
 	g.mu.Unlock()
 	if flagged {
