@@ -228,8 +228,8 @@ func (ab *authBench) client(i int, clientID string) authClient {
 }
 
 func (ab *authBench) connect(b testing.TB, c authClient) {
-	if rc := guardBasicAuth(ab.h, c.handle, c.id, c.addr, c.username, c.password); rc != 0 {
-		b.Fatalf("guardBasicAuth = %d, want MOSQ_ERR_SUCCESS", rc)
+	if rc := basicAuth(ab.h, c.handle, c.id, c.addr, c.username, c.password); rc != 0 {
+		b.Fatalf("guard_basic_auth = %d, want MOSQ_ERR_SUCCESS", rc)
 	}
 }
 

@@ -63,15 +63,6 @@ struct guard_der guard_client_cert(uintptr_t client, int max)
 	return r;
 }
 
-/* guard_connect_cert is guard_seen_connect(client), then
- * guard_client_cert(client, max): what guardBasicAuth asks of C for a new
- * CONNECT, in one call from Go (one cgo transition, not two). */
-struct guard_der guard_connect_cert(uintptr_t client, int max)
-{
-	guard_seen_connect(client);
-	return guard_client_cert(client, max);
-}
-
 /* guard_client_has_cert: the client has a certificate now, so its TLS
  * session is up: a connected client of a require_certificate listener (a
  * context whose socket is closed, an offline session, has none). */

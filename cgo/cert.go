@@ -18,7 +18,7 @@ import (
 
 // certMax bounds the DER of a client certificate read: a larger one is
 // taken for none (and said once). Real device certificates are 1-2 KiB.
-const certMax = 64 << 10
+const certMax = C.GUARD_CERT_MAX
 
 var (
 	noCryptoOnce sync.Once
@@ -37,10 +37,17 @@ func clientCert(client C.uintptr_t) (id, subject string) {
 	return certOf(C.guard_client_cert(client, certMax))
 }
 
-// certOf is clientCert for guard_client_cert's answer r (also
-// guard_connect_cert's): it frees r's DER.
+// certOf is clientCert for guard_client_cert's answer r: it frees r's DER.
 func certOf(r C.struct_guard_der) (id, subject string) {
-	der, n := r.der, r.n
+	if r.der != nil {
+		defer C.free(unsafe.Pointer(r.der))
+	}
+	return certFrom(r.der, r.n)
+}
+
+// certFrom is certOf for a DER of n bytes at der (or a GUARD_CERT_*
+// result), which the caller frees.
+func certFrom(der *C.uchar, n C.int) (id, subject string) {
 	switch {
 	case n == C.GUARD_CERT_NO_CRYPTO:
 		noCryptoOnce.Do(func() {
@@ -60,7 +67,6 @@ func certOf(r C.struct_guard_der) (id, subject string) {
 	case n <= 0 || der == nil:
 		return "", ""
 	}
-	defer C.free(unsafe.Pointer(der))
 	b := C.GoBytes(unsafe.Pointer(der), n)
 	return keys.CertID(b), certSubject(b)
 }

@@ -44,7 +44,10 @@ struct guard_der {
 	int n;              /* its length, or one of GUARD_CERT_* */
 };
 struct guard_der guard_client_cert(uintptr_t client, int max);
-struct guard_der guard_connect_cert(uintptr_t client, int max);
+/* The largest DER of a client certificate read (cert.go's certMax). */
+#define GUARD_CERT_MAX (64 << 10)
+/* on_basic_auth's call into Go (plugin.c). */
+int guard_basic_auth(uintptr_t handle, uintptr_t client, const char *id, const char *addr, char *username, char *password);
 
 /* A client's identity, for its first sight at an ACL check (clients.c). */
 const char *guard_client_id(uintptr_t client);

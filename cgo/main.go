@@ -124,8 +124,12 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 	return C.MOSQ_ERR_SUCCESS
 }
 
+// der and derLen are the client's certificate as guard_client_cert read it
+// (plugin.c's guard_basic_auth frees it after); fresh is set for a new
+// CONNECT, which guard_basic_auth then enters in the seen set.
+//
 //export guardBasicAuth
-func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char) (rc C.int) {
+func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char, der *C.uchar, derLen C.int, fresh *C.int) (rc C.int) {
 	// The CONNECT histogram: from here to the return, the queue's drain
 	// included (this defer runs last); a new CONNECT's only, not the walk's.
 	var start time.Time
@@ -167,8 +171,8 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 	// The certificate the TLS handshake verified (require_certificate
 	// true), in a new CONNECT and in the re-check after a reload alike.
 	var d plugin.Decision
+	c.CertID, c.CertSubject = certFrom(der, derLen)
 	if walk {
-		c.CertID, c.CertSubject = clientCert(client)
 		d = in.guard.Reauthenticate(c)
 	} else {
 		safe = true
@@ -176,9 +180,9 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char)
 		// CONNECT enters the set, never the walk, which also visits offline
 		// sessions the broker may free without a DISCONNECT.
 		// And a new client at a freed pointer is not the banned one the
-		// denied set may name. One call into C for this and the
-		// certificate: each is a cgo transition (~200 instructions).
-		c.CertID, c.CertSubject = certOf(C.guard_connect_cert(client, certMax))
+		// denied set may name. Done in C when this returns
+		// (guard_basic_auth): a call into C from here is a cgo transition.
+		*fresh = 1
 		if !start.IsZero() && in.guard.Timed() {
 			observe = in.guard
 		}

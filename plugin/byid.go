@@ -60,13 +60,36 @@ func (x *idIndex) get(id string) *liveConn {
 	return nil
 }
 
+// idSlot is where lookup found a client ID's entry, or where it would go.
+type idSlot struct {
+	s  int
+	ok bool
+}
+
+// lookup returns id's entry (nil if none) and its slot, for a putAt or
+// delAt of id with nothing changing the index meanwhile: one hash of the
+// client ID for both (issue 12: admit and DISCONNECT each hashed it twice).
+func (x *idIndex) lookup(id string) (*liveConn, idSlot) {
+	s, ok := x.find(id)
+	if !ok {
+		return nil, idSlot{s, false}
+	}
+	return x.slots[s], idSlot{s, true}
+}
+
 // set makes lc its client ID's entry, in place of the one there.
 func (x *idIndex) set(lc *liveConn) {
-	s, ok := x.find(lc.clientID)
-	if ok {
-		x.slots[s] = lc
+	_, at := x.lookup(lc.clientID)
+	x.putAt(at, lc)
+}
+
+// putAt is set for lc, whose clientID lookup found at at.
+func (x *idIndex) putAt(at idSlot, lc *liveConn) {
+	if at.ok {
+		x.slots[at.s] = lc
 		return
 	}
+	s := at.s
 	if (x.live+1)*4 > len(x.slots)*3 {
 		x.resize(x.live + 1)
 		s, _ = x.find(lc.clientID)
@@ -77,10 +100,14 @@ func (x *idIndex) set(lc *liveConn) {
 
 // del deletes id's entry, if any.
 func (x *idIndex) del(id string) {
-	hole, ok := x.find(id)
-	if !ok {
-		return
+	if _, at := x.lookup(id); at.ok {
+		x.delAt(at)
 	}
+}
+
+// delAt deletes the entry lookup found at at.
+func (x *idIndex) delAt(at idSlot) {
+	hole := at.s
 	mask := len(x.slots) - 1
 	for s := (hole + 1) & mask; x.slots[s] != nil; s = (s + 1) & mask {
 		h := x.home(x.slots[s].clientID)

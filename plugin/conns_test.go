@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -64,4 +66,25 @@ func TestConnOfIsTheAdmittedConn(t *testing.T) {
 	assert.Empty(t, noRare.certID+noRare.certSubject+noRare.addr, "noRare is never written")
 	// Distinct connections, distinct IDs.
 	assert.NotEqual(t, rec.claims[0].ID, rec.claims[1].ID)
+}
+
+// The broker's address is taken for ip's canonical text only where it is
+// that text: what tracking records and the known sources' keys are the same
+// as formatting ip gives, for every form of address the broker may report.
+func TestIPTextIsCanonical(t *testing.T) {
+	for _, addr := range []string{
+		"192.0.2.1", "0.0.0.0", "255.255.255.255", "127.1.200.3",
+		"::ffff:192.0.2.1", "::FFFF:192.0.2.1", "2001:db8::1", "2001:DB8:0:0:0:0:0:1",
+		"fe80::1%eth0", "::1", "::", "::ffff:0.0.0.0", "64:ff9b::192.0.2.1", "::192.0.2.1",
+	} {
+		ip, err := keys.NormalizeIP(addr)
+		require.NoError(t, err, addr)
+		want := ip.String()
+		assert.Equal(t, want, addrString(Client{Address: addr}, ip), addr)
+		assert.Equal(t, want, string(appendIPText(nil, ip, addr)), addr)
+		assert.Equal(t, "ip:"+want, string(appendIPText([]byte("ip:"), ip, addr)), addr)
+	}
+	assert.Equal(t, "host.example", addrString(Client{Address: "host.example"}, netip.Addr{}), "not an IP: the broker's text")
+	ip := netip.MustParseAddr("192.0.2.1")
+	assert.Equal(t, "ip:192.0.2.1", string(appendIPText([]byte("ip:"), ip, "")), "no text given: formatted")
 }

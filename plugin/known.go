@@ -223,10 +223,17 @@ func writeRecentUser(h *maphash.Hash, username string) {
 // refreshed within its refresh, the case of a device reconnecting, costs
 // no allocation: its keys are built in buffers on the stack.
 func (k *knownSources) succeeded(username string, ip netip.Addr, clientID string, now time.Time) {
+	k.succeededFrom(username, ip, "", clientID, now)
+}
+
+// succeededFrom is succeeded for a CONNECT whose address, as the broker
+// gave it, is addr: ip's text is taken from it when it is that text
+// already (appendIPText), not formatted again.
+func (k *knownSources) succeededFrom(username string, ip netip.Addr, addr, clientID string, now time.Time) {
 	ms := now.UnixMilli()
 	var src [64]byte
 	if ip.IsValid() {
-		k.note(username, ip.AppendTo(append(src[:0], "ip:"...)), ms) // sourceIP(ip)
+		k.note(username, appendIPText(append(src[:0], "ip:"...), ip, addr), ms) // sourceIP(ip)
 	}
 	k.note(username, append(append(src[:0], "clientid:"...), keys.Tracking(clientID)...), ms) // sourceClientID
 }

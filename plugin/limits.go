@@ -16,7 +16,11 @@ import (
 // the failure limits stops: the local count of a key whose ban would apply
 // to it, or a throttle on its username when it is not a known source.
 func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision, bool) {
-	now := g.now()
+	return g.checkLimitsAt(c, ip, ans, g.now())
+}
+
+// checkLimitsAt is checkLimits with the time now read.
+func (g *Guard) checkLimitsAt(c Client, ip netip.Addr, ans store.Answer, now time.Time) (Decision, bool) {
 	var fk []failKey
 	if !g.local.Empty() { // no failure counted here lately: nothing to build
 		fk = g.failKeys(c, ip)

@@ -34,6 +34,14 @@ import (
 // in by Redis is not disconnected by a stale replica, and the common pass
 // costs no round trip.
 func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, known bool) {
+	ans, known, _ = g.lookupAt(c, ip, reauth, g.now())
+	return ans, known
+}
+
+// lookupAt is lookup with the time now read (a CONNECT reads the clock once
+// for its checks, issue 12); local: answered from the replica, without a
+// round trip to Redis (after which now is stale by up to redis_timeout).
+func (g *Guard) lookupAt(c Client, ip netip.Addr, reauth bool, now time.Time) (ans store.Answer, known, local bool) {
 	q := store.Query{
 		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername, Cert: c.CertID,
 		WantUser:  g.cfg.Backend == config.BackendRedis,
@@ -42,27 +50,28 @@ func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, 
 	if g.sync != nil && g.sync.Ready() {
 		inStep := !g.sync.Unsubscribed() || !g.health.up()
 		if inStep || reauth {
-			ans = g.replica.Lookup(q, g.now())
+			ans = g.replica.Lookup(q, now)
 			stale := !inStep && (ans.Block != nil || (q.WantUser && q.HasUsername && !ans.HasUser))
 			if !stale {
 				if q.WantConns && g.health.up() && !claims(c, g.cfg.Backend) { // claimed in checkConflict instead
 					ans.Live = g.liveConns(c.ClientID)
+					return ans, true, false // a round trip to Redis
 				}
-				return ans, true
+				return ans, true, true
 			}
 		}
 	}
 	if !g.health.up() {
-		return store.Answer{}, false
+		return store.Answer{}, false, true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.RedisTimeout)
 	defer cancel()
 	ans, err := g.store.Lookup(ctx, q)
 	if err != nil {
 		g.health.down(err)
-		return store.Answer{}, false
+		return store.Answer{}, false, false
 	}
-	return ans, true
+	return ans, true, false
 }
 
 // listed puts an entry this broker wrote itself (an automatic ban, a

@@ -48,7 +48,13 @@ func (g *Guard) newRecLocked() *liveConn {
 // lc for reuse when nothing can hold it any more (see above). lc's fields
 // stay as they are until no scan can read them.
 func (g *Guard) releaseLocked(lc *liveConn) {
-	if h := g.byID.get(lc.clientID); h != nil {
+	g.releaseHolderLocked(lc, g.byID.get(lc.clientID))
+}
+
+// releaseHolderLocked is releaseLocked where the caller has h, lc's client
+// ID's entry in g.byID (nil: none), at hand.
+func (g *Guard) releaseHolderLocked(lc *liveConn, h *liveConn) {
+	if h != nil {
 		if h == lc {
 			return // still the newest of its client ID (cannot be): never reused
 		}

@@ -1,22 +1,21 @@
 package plugin
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
-	"hash"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/offheap"
 )
 
 // verifyCache remembers recent successful password verifications, so a
 // reconnect storm of legitimate devices does not spend the broker thread on
-// bcrypt, argon2 or PBKDF2 again. An entry is keyed by an HMAC of the
-// username and password under a secret made at start and never stored, so
+// bcrypt, argon2 or PBKDF2 again. An entry is keyed by a MAC (AES-CMAC,
+// cmac.go) of the username and password under a secret made at start and
+// never stored, so
 // the cache holds no password and nothing that can be checked offline
 // without that secret. It holds the hash it was verified against: a changed
 // password (file reload, new guard:user value) no longer matches it, so the
@@ -31,8 +30,8 @@ import (
 // they held about 53 bytes of live heap per entry, which the collector's
 // headroom about doubles in RSS: an entry is 40 bytes and its 2 to 4 table
 // slots 8 to 16 (TestVerifyCacheEntryBytes), none of it the collector's.
-// An entry keeps the first 128 bits of the HMAC: a password other than the
-// one verified matches it only if its HMAC shares them, without the secret
+// An entry keeps the 128-bit MAC: a password other than the one verified
+// matches it only if its MAC is the same, without the secret
 // a chance of 2⁻¹²⁸ a try, and each try is a CONNECT. For the same reason it
 // keeps 128 bits of a keyed hash of the password hash it was verified
 // against (hashSum), not the string: a changed hash matches the old one's
@@ -46,16 +45,17 @@ type verifyCache struct {
 	mu sync.Mutex
 	// Both mapped off the Go heap, at most max entries and 4 max table
 	// slots (grown as entries come); unmapped by free (the plugin's cleanup).
-	macs       *macState                  // the keyed HMAC, made once (c.mu held to use it)
+	macs       *macState                  // the keyed MAC, made once (c.mu held to use it)
 	table      *offheap.Slice[int32]      // entry index + 1 (0: empty slot); a power of two long, at least twice the entries
 	entries    *offheap.Slice[cacheEntry] // all in use: a full cache reuses its least recently used
 	head, tail int32                      // most and least recently used; none: -1
+	sums       [sumMemoSlots]sumMemo      // hashSum's recent answers (sumLocked)
 
 	hits, misses atomic.Uint64 // for the metrics
 }
 
 type cacheEntry struct {
-	mac        [16]byte  // the first half of the HMAC-SHA256 (128 bits, as in RFC 4868's truncation)
+	mac        [16]byte  // the AES-CMAC of username and password (all its 128 bits)
 	hash       [2]uint64 // hashSum of the hash verified against
 	prev, next int32     // toward head, toward tail; none: -1
 }
@@ -64,56 +64,42 @@ func newVerifyCache(max int) *verifyCache {
 	c := &verifyCache{max: max, head: -1, tail: -1, hashSeeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 		table: offheap.NewSlice[int32](), entries: offheap.NewSlice[cacheEntry]()}
 	_, _ = rand.Read(c.secret[:])
-	c.macs = &macState{h: newMAC(c.secret[:])}
+	c.macs = &macState{m: newMAC(c.secret[:])}
 	return c
 }
 
-// newMAC keys an HMAC-SHA256 (a variable: tests count the calls). It is
-// called once per cache: crypto/hmac saves the hash states after the keyed
-// pads at the first Reset and restores them at each use after, so a MAC
-// costs two SHA-256 blocks (username and password up to 47 bytes together),
-// where keying it anew costs four. The one state is used under c.mu: the
+// newMAC keys the cache's MAC, AES-CMAC (cmac.go), under the secret (a
+// variable: tests count the calls). It is called once per cache: the key
+// schedule and CMAC's two subkeys are made once and used under c.mu. The
 // cache serves the broker thread, one CONNECT at a time, where a sync.Pool
 // cost more than the lock and lost its states at every collection.
-var newMAC = func(key []byte) hash.Hash { return hmac.New(sha256.New, key) }
+var newMAC = func(key []byte) *cmac { return newCMAC(key) }
 
-// macState is a keyed HMAC with buffers of its own: bytes handed to the
-// hash.Hash interface escape to the heap, so the input is copied into buf
-// and the sum written to sum, both reused, and a cache hit allocates
-// nothing.
+// macState is the keyed MAC with a buffer of its own: the input is copied
+// into buf, reused, and a cache hit allocates nothing.
 type macState struct {
-	h   hash.Hash
+	m   *cmac
 	buf []byte
-	sum []byte
 }
 
-// mac returns the HMAC of username and password.
-func (c *verifyCache) mac(username string, password []byte) [32]byte {
+// mac returns the MAC of username and password.
+func (c *verifyCache) mac(username string, password []byte) [16]byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.macLocked(username, password)
+	return c.keyLocked(username, password)
 }
 
-// macLocked is mac with c.mu held.
-func (c *verifyCache) macLocked(username string, password []byte) [32]byte {
+// keyLocked is what an entry keeps of username and password: their
+// AES-CMAC, all 128 bits of it (c.mu held). The username goes in with its
+// length, so that no username and password run into another pair's.
+func (c *verifyCache) keyLocked(username string, password []byte) [16]byte {
 	m := c.macs
-	m.h.Reset()
 	m.buf = binary.BigEndian.AppendUint64(m.buf[:0], uint64(len(username)))
 	m.buf = append(m.buf, username...)
 	m.buf = append(m.buf, password...)
-	m.h.Write(m.buf)
+	out := m.m.sum(m.buf)
 	clear(m.buf) // the password is not kept past the call
-	m.sum = m.h.Sum(m.sum[:0])
-	var out [32]byte
-	copy(out[:], m.sum)
 	return out
-}
-
-// keyLocked is what an entry keeps of the MAC of username and password
-// (c.mu held).
-func (c *verifyCache) keyLocked(username string, password []byte) [16]byte {
-	m := c.macLocked(username, password)
-	return [16]byte(m[:16])
 }
 
 // hit reports whether username and password verified against hash before.
@@ -147,10 +133,39 @@ func (c *verifyCache) hashSum(hash string) [2]uint64 {
 	return [2]uint64{maphash.String(c.hashSeeds[0], hash), maphash.String(c.hashSeeds[1], hash)}
 }
 
+// sumMemo is one of hashSum's answers, for the string s itself.
+type sumMemo struct {
+	s   string
+	sum [2]uint64
+}
+
+// sumMemoSlots bounds the memo: at most that many stored hashes (about
+// 100 bytes each, most of them held by the users loaded anyway) kept alive
+// by it, in 8 KiB of slots.
+const sumMemoSlots = 256
+
+// sumLocked is hashSum(hash), remembered by the string's identity (c.mu
+// held): two keyed hashes of a 100-byte stored hash cost a cache hit 0.25 k
+// instructions, for a string the users loaded hold from one check to the
+// next (issue 12). A slot holds the string it answered for, so the string
+// stays alive and unchanged (Go strings are immutable) while it is there:
+// the same data pointer and length are the same bytes. A slot is chosen by
+// the pointer, not the bytes, so nothing is hashed to find it; a string
+// with other bytes, or the same bytes elsewhere, is hashed anew.
+func (c *verifyCache) sumLocked(hash string) [2]uint64 {
+	p := unsafe.StringData(hash)
+	m := &c.sums[(uintptr(unsafe.Pointer(p))>>4)&(sumMemoSlots-1)]
+	if len(m.s) == len(hash) && unsafe.StringData(m.s) == p && len(hash) > 0 {
+		return m.sum
+	}
+	m.s, m.sum = hash, c.hashSum(hash)
+	return m.sum
+}
+
 // hitKey is hit for the key k (c.mu held).
 func (c *verifyCache) hitKey(k [16]byte, hash string) bool {
 	_, i, ok := c.find(k)
-	if !ok || c.entries.S[i].hash != c.hashSum(hash) {
+	if !ok || c.entries.S[i].hash != c.sumLocked(hash) {
 		return false
 	}
 	c.toFront(i)
@@ -159,7 +174,7 @@ func (c *verifyCache) hitKey(k [16]byte, hash string) bool {
 
 // addKey is add for the key k (c.mu held).
 func (c *verifyCache) addKey(k [16]byte, hash string) {
-	sum := c.hashSum(hash)
+	sum := c.sumLocked(hash)
 	slot, i, ok := c.find(k)
 	if ok {
 		c.entries.S[i].hash = sum
@@ -202,6 +217,7 @@ func (c *verifyCache) free() {
 	c.entries.Free()
 	c.table.Free()
 	c.head, c.tail = -1, -1
+	c.sums = [sumMemoSlots]sumMemo{} // the strings are not kept alive
 }
 
 // home is the slot the probe for k starts at.

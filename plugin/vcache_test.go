@@ -2,14 +2,15 @@ package plugin
 
 import (
 	"fmt"
-	"hash"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -51,11 +52,11 @@ func TestVerifyCacheHoldsNoPassword(t *testing.T) {
 // Issue 12: the MAC is keyed once per cache, not per CONNECT nor after each
 // collection (a sync.Pool of keyed states lost them at every GC, and each
 // new one cost two SHA-256 blocks more for the pads). Its result is the
-// same HMAC before and after the collections.
+// same MAC before and after the collections.
 func TestVerifyCacheKeysItsMACOnce(t *testing.T) {
 	var keyed atomic.Int32
 	orig := newMAC
-	newMAC = func(key []byte) hash.Hash { keyed.Add(1); return orig(key) }
+	newMAC = func(key []byte) *cmac { keyed.Add(1); return orig(key) }
 	defer func() { newMAC = orig }()
 	c := newVerifyCache(10)
 	pw := []byte("alice-pw")
@@ -76,7 +77,7 @@ func TestVerifyCacheKeysItsMACOnce(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	assert.Equal(t, int32(1), keyed.Load(), "HMAC keyings")
+	assert.Equal(t, int32(1), keyed.Load(), "MAC keyings")
 	assert.Equal(t, want, c.mac("alice", pw))
 }
 
@@ -294,4 +295,33 @@ func TestCloseFreesVerifyCache(t *testing.T) {
 	defer c.mu.Unlock()
 	assert.Zero(t, c.entries.Mapped()+c.table.Mapped(), "the cache is still mapped")
 	assert.Empty(t, c.entries.S)
+}
+
+// Issue 12: hashSum's memo answers by the string's identity: the same
+// bytes at another address, and other bytes at any address, are hashed
+// anew, so a changed stored hash still misses; a string met again gives
+// the same sum without hashing.
+func TestVerifyCacheSumMemo(t *testing.T) {
+	c := newVerifyCache(10)
+	pw := []byte("pw")
+	h1 := strings.Repeat("$7$101$salt$hash", 6)
+	c.add("alice", pw, h1)
+	require.True(t, c.hit("alice", pw, h1))
+	same := strings.Clone(h1) // the same bytes elsewhere
+	require.NotSame(t, unsafe.StringData(h1), unsafe.StringData(same))
+	assert.True(t, c.hit("alice", pw, same))
+	changed := []byte(h1)
+	changed[len(changed)-1] ^= 1
+	assert.False(t, c.hit("alice", pw, string(changed)), "a changed hash of the same length")
+	assert.False(t, c.hit("alice", pw, h1[:len(h1)-1]), "a prefix of the hash: same pointer, other length")
+	assert.True(t, c.hit("alice", pw, h1))
+	c.mu.Lock()
+	for _, h := range []string{h1, same, string(changed), h1[:5], ""} {
+		assert.Equal(t, c.hashSum(h), c.sumLocked(h), "%q", h)
+		assert.Equal(t, c.hashSum(h), c.sumLocked(h), "%q, again", h)
+	}
+	c.mu.Unlock()
+	if !raceEnabled {
+		assert.Zero(t, testing.AllocsPerRun(100, func() { c.hit("alice", pw, h1) }))
+	}
 }
