@@ -189,35 +189,8 @@ func TestAtkRewriteScaleUnderFlushStorm(t *testing.T) {
 		time.UnixMilli(w.lastEnd.Load()).Sub(t1).Round(time.Millisecond), atkMissing(rdb, n, users))
 
 	// The broker thread's wait for g.mu, probed every millisecond.
-	var (
-		lockMu   sync.Mutex
-		lockWait []time.Duration
-		lockStop = make(chan struct{})
-	)
-	go func() {
-		for {
-			select {
-			case <-lockStop:
-				return
-			case <-time.After(time.Millisecond):
-			}
-			s := time.Now()
-			g.mu.Lock()
-			d := time.Since(s)
-			g.mu.Unlock()
-			lockMu.Lock()
-			lockWait = append(lockWait, d)
-			lockMu.Unlock()
-		}
-	}()
-	lockTake := func() []time.Duration {
-		lockMu.Lock()
-		defer lockMu.Unlock()
-		l := lockWait
-		lockWait = nil
-		return l
-	}
-	defer close(lockStop)
+	lockTake, lockStop := lockWaits(g, time.Millisecond)
+	defer lockStop()
 
 	// A reconnecting device on the broker thread: its Authenticate time.
 	probe := func(d time.Duration) []time.Duration {
@@ -623,36 +596,7 @@ func TestAtkRewriteSparseTableLockHold(t *testing.T) {
 	}
 	w := &rewriteWatch{}
 	g.known.rdb.AddHook(w)
-	var (
-		mu   sync.Mutex
-		wait []time.Duration
-		stop = make(chan struct{})
-		done = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(200 * time.Microsecond):
-			}
-			s := time.Now()
-			g.mu.Lock()
-			d := time.Since(s)
-			g.mu.Unlock()
-			mu.Lock()
-			wait = append(wait, d)
-			mu.Unlock()
-		}
-	}()
-	take := func() []time.Duration {
-		mu.Lock()
-		defer mu.Unlock()
-		l := wait
-		wait = nil
-		return l
-	}
+	take, stop := lockWaits(g, 200*time.Microsecond)
 	// Interleaved: 600 ms windows without a loss, and with one (its
 	// rewrite), ten of each (2 shared cores: timing is noisy).
 	var base, storm []time.Duration
@@ -677,9 +621,8 @@ func TestAtkRewriteSparseTableLockHold(t *testing.T) {
 		time.Sleep(600 * time.Millisecond)
 		storm = append(storm, take()...)
 	}
-	close(stop)
-	<-done
-	wait = storm
+	stop()
+	wait := storm
 	t.Logf("%d connections held of %d admitted: g.mu wait baseline p99 %s max %s (%d); 10 rewrites (%d round trips) p99 %s max %s (%d); missing %d",
 		keep, n, pct(base, .99), pct(base, 1), len(base), w.batches.Load(), pct(wait, .99), pct(wait, 1), len(wait), atkMissing(rdb, keep, users))
 }
@@ -751,4 +694,41 @@ func TestAtkRewriteRoundTripsPer256Connections(t *testing.T) {
 	t.Logf("%d checked devices among %d deferred clients: %d round trips (%d connections each on average), all written %s after the FLUSHALL",
 		n, anon, w.batches.Load(), n/max(1, int(w.batches.Load())), time.Since(t0).Round(time.Millisecond))
 	assert.LessOrEqual(t, w.batches.Load(), int64((n+kickScan-1)/kickScan), "one round trip per 256 connections")
+}
+
+// lockWaits probes, every period until stop (which waits for the probe to
+// end), how long taking g.mu waits, as the broker thread's would; take
+// returns the waits since the last take.
+func lockWaits(g *Guard, period time.Duration) (take func() []time.Duration, stop func()) {
+	var (
+		mu    sync.Mutex
+		waits []time.Duration
+		quit  = make(chan struct{})
+		done  = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(period):
+			}
+			s := time.Now()
+			g.mu.Lock()
+			d := time.Since(s)
+			g.mu.Unlock()
+			mu.Lock()
+			waits = append(waits, d)
+			mu.Unlock()
+		}
+	}()
+	take = func() []time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		l := waits
+		waits = nil
+		return l
+	}
+	return take, func() { close(quit); <-done }
 }
