@@ -282,14 +282,7 @@ func TestAtkRewriteScaleUnderFlushStorm(t *testing.T) {
 func TestAtkRewriteRedisHungMidRewrite(t *testing.T) {
 	atkLoad(t)
 	const n, users = 40_000, 100
-	g, r, rdb, lines := revGuard(t, users, nil)
-	for i := 0; i < n; i++ {
-		require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
-	}
-	w := &rewriteWatch{}
-	g.known.rdb.AddHook(w)
-	r.CLI("FLUSHALL")
-	require.Eventually(t, func() bool { return w.batches.Load() >= 5 }, 5*time.Second, time.Millisecond, "rewrite started")
+	g, r, rdb, lines, w := rewriting(t, n, users)
 	require.NoError(t, r.Signal(syscall.SIGSTOP))
 	stopped := time.Now()
 	var lat []time.Duration
@@ -330,14 +323,7 @@ func TestAtkRewriteCloseDuringRewrite(t *testing.T) {
 		t.Run(fmt.Sprintf("hung=%v", hung), func(t *testing.T) {
 			const n, users = 40_000, 100
 			before := runtime.NumGoroutine()
-			g, r, _, lines := revGuard(t, users, nil)
-			for i := 0; i < n; i++ {
-				require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
-			}
-			w := &rewriteWatch{}
-			g.known.rdb.AddHook(w)
-			r.CLI("FLUSHALL")
-			require.Eventually(t, func() bool { return w.batches.Load() >= 5 }, 5*time.Second, time.Millisecond, "rewrite started")
+			g, r, _, lines, w := rewriting(t, n, users)
 			if hung {
 				require.NoError(t, r.Signal(syscall.SIGSTOP))
 				time.Sleep(300 * time.Millisecond)
@@ -380,14 +366,7 @@ func TestAtkRewriteCloseDuringRewrite(t *testing.T) {
 func TestAtkRewriteRestartAndFlapMidRewrite(t *testing.T) {
 	atkLoad(t)
 	const n, users = 40_000, 100
-	g, r, rdb, lines := revGuard(t, users, nil)
-	for i := 0; i < n; i++ {
-		require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
-	}
-	w := &rewriteWatch{}
-	g.known.rdb.AddHook(w)
-	r.CLI("FLUSHALL")
-	require.Eventually(t, func() bool { return w.batches.Load() >= 5 }, 5*time.Second, time.Millisecond, "rewrite started")
+	_, r, rdb, lines, w := rewriting(t, n, users)
 	r.Kill()
 	r.Restart()
 	up := time.Now()
@@ -731,4 +710,20 @@ func lockWaits(g *Guard, period time.Duration) (take func() []time.Duration, sto
 		return l
 	}
 	return take, func() { close(quit); <-done }
+}
+
+// rewriting is revGuard (users users) holding n password-checked devices
+// (atkClient), its rewrite round trips watched, after a FLUSHALL whose
+// rewrite has made 5 round trips.
+func rewriting(t *testing.T, n, users int) (*Guard, *testenv.Redis, *redis.Client, func() []string, *rewriteWatch) {
+	t.Helper()
+	g, r, rdb, lines := revGuard(t, users, nil)
+	for i := 0; i < n; i++ {
+		require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
+	}
+	w := &rewriteWatch{}
+	g.known.rdb.AddHook(w)
+	r.CLI("FLUSHALL")
+	require.Eventually(t, func() bool { return w.batches.Load() >= 5 }, 5*time.Second, time.Millisecond, "rewrite started")
+	return g, r, rdb, lines, w
 }
