@@ -563,9 +563,10 @@ func TestAtkRewriteDuringAPasswordReload(t *testing.T) {
 // Go map does not shrink): scanConns counts the entries it met, so a lock
 // hold may range many empty slots. The broker thread's wait for g.mu while
 // such rewrites run.
-func TestAtkRewriteSparseTableLockHold(t *testing.T) {
-	atkLoad(t)
-	const n, keep, users = 300_000, 600, 100
+// sparseGuard is a guard that admitted n clients (atkClient, users users)
+// and kept the first keep: its connection table grew to n and holds keep.
+func sparseGuard(t *testing.T, n, keep, users int) (*Guard, *testenv.Redis, *redis.Client) {
+	t.Helper()
 	g, r, rdb, _ := revGuard(t, users, nil)
 	for i := 0; i < n; i++ {
 		require.Equal(t, Allow, g.Authenticate(atkClient(i, users)).Result)
@@ -573,6 +574,13 @@ func TestAtkRewriteSparseTableLockHold(t *testing.T) {
 	for i := keep; i < n; i++ {
 		g.Disconnected(atkClient(i, users).Handle)
 	}
+	return g, r, rdb
+}
+
+func TestAtkRewriteSparseTableLockHold(t *testing.T) {
+	atkLoad(t)
+	const n, keep, users = 300_000, 600, 100
+	g, r, rdb := sparseGuard(t, n, keep, users)
 	w := &rewriteWatch{}
 	g.known.rdb.AddHook(w)
 	take, stop := lockWaits(g, 200*time.Microsecond)
@@ -626,13 +634,7 @@ func scanHolds(g *Guard) (longest, total time.Duration) {
 func TestAtkScanHoldSparseTable(t *testing.T) {
 	atkLoad(t)
 	const n, keep, users = 300_000, 600, 100
-	sparse, _, _, _ := revGuard(t, users, nil)
-	for i := 0; i < n; i++ {
-		require.Equal(t, Allow, sparse.Authenticate(atkClient(i, users)).Result)
-	}
-	for i := keep; i < n; i++ {
-		sparse.Disconnected(atkClient(i, users).Handle)
-	}
+	sparse, _, _ := sparseGuard(t, n, keep, users)
 	dense, _, _, _ := revGuard(t, users, nil)
 	for i := 0; i < keep; i++ {
 		require.Equal(t, Allow, dense.Authenticate(atkClient(i, users)).Result)
