@@ -39,6 +39,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_UNKNOWN, "plugin_init")
 	raiseProcs(os.Getenv)
+	setYield()
 	watchSignals()
 	options := map[string]string{}
 	for i := 0; i < int(n); i++ {
@@ -130,6 +131,7 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 //
 //export guardBasicAuth
 func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char, der *C.uchar, derLen C.int, fresh *C.int) (rc C.int) {
+	yieldSometimes() // Go's scheduler on this P now and then: see yield.go
 	// The CONNECT histogram: from here to the return, the queue's drain
 	// included (this defer runs last); a new CONNECT's only, not the walk's.
 	var start time.Time

@@ -1,13 +1,35 @@
 // Command cgocall is a c-shared library with one empty exported function,
 // for run.sh: what a callback from a C thread into Go costs the Go
 // runtime's other threads, without Mosquitto or the plugin (see run.sh).
+// With CGOCALL_YIELD set, the function yields to Go's scheduler at most
+// every 5 ms, as the plugin's CONNECT callback does (cgo/yield.go).
 package main
 
 import "C"
 
-var n int
+import (
+	"os"
+	"runtime"
+	"time"
+)
+
+var (
+	n         int
+	yield     = os.Getenv("CGOCALL_YIELD") != ""
+	base      = time.Now()
+	lastYield time.Duration
+)
 
 //export Work
-func Work(x C.int) C.int { n += int(x); return C.int(n) }
+func Work(x C.int) C.int {
+	if yield {
+		if now := time.Since(base); now-lastYield >= 5*time.Millisecond {
+			lastYield = now
+			runtime.Gosched()
+		}
+	}
+	n += int(x)
+	return C.int(n)
+}
 
 func main() {}

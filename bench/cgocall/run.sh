@@ -4,7 +4,8 @@
 # pinned to one core, with GOMAXPROCS 1 and 2, and prints per call how
 # often Go's other threads (sysmon, idle Ms) switch, the CPU they use, and
 # how long the call takes the calling thread (its wall time: on one core,
-# Go's threads run inside it). Mosquitto calls the
+# Go's threads run inside it), without and with a yield to Go's scheduler
+# at most every 5 ms from the callback (cgo/yield.go). Mosquitto calls the
 # plugin this way; this is the floor the plugin cannot go below per
 # callback into Go. Usage: bench/cgocall/run.sh (CGOCALL_PROCS="1 2 4 8" for
 # other GOMAXPROCS; 4 and 8 were no better than 2 on 2026-12-02)
@@ -17,7 +18,9 @@ GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 gcc -O2 -I"$out" -o "$out/main" caller/caller.c -L"$out" -lcgocall -Wl,-rpath,"$out"
 for procs in ${CGOCALL_PROCS:-1 2}; do
 	for gap in 50 150; do
-		printf 'GOMAXPROCS=%s: ' "$procs"
-		GOMAXPROCS=$procs taskset -c 0 "$out/main" "$gap"
+		for yield in "" 1; do
+			printf 'GOMAXPROCS=%s, %s: ' "$procs" "$([ -n "$yield" ] && echo 'yield every 5 ms' || echo 'no yield')"
+			CGOCALL_YIELD=$yield GOMAXPROCS=$procs taskset -c 0 "$out/main" "$gap"
+		done
 	done
 done
