@@ -1,0 +1,125 @@
+package plugin
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A hostile tester's attacks on issue 12's cache-hit cuts (branch atk-hit).
+
+// The hash-sum memo (sumLocked, 7308f7c) against the collector reusing a
+// dropped stored hash's memory for a new hash of the same length: each
+// round stores a new hash (same length, other bytes) for a new password,
+// drops the old string, pushes the memo's slots out with other strings so
+// that the old one is freed, and collects. Whenever a new hash lands at an
+// address an earlier one had, the memo must still give the new string's
+// own sum, and the old password must miss.
+func TestAtkHitMemoAddressReuse(t *testing.T) {
+	c := newVerifyCache(1000)
+	const rounds = 4000
+	const hashLen = 112
+	seen := map[uintptr]int{} // address -> round of the hash there
+	reused, reusedSameSlot := 0, 0
+	prevPW := []byte("pw-start")
+	c.add("alice", prevPW, strings.Repeat("s", hashLen))
+	var filler []string
+	for r := 0; r < rounds; r++ {
+		b := make([]byte, hashLen)
+		copy(b, fmt.Sprintf("$7$101$%08d$", r))
+		for i := 16; i < hashLen; i++ {
+			b[i] = byte('A' + (r+i)%26)
+		}
+		h := string(b)
+		p := uintptr(unsafe.Pointer(unsafe.StringData(h)))
+		if _, ok := seen[p]; ok {
+			reused++
+			c.mu.Lock()
+			if m := &c.sums[(p>>4)&(sumMemoSlots-1)]; len(m.s) == hashLen {
+				reusedSameSlot++
+			}
+			c.mu.Unlock()
+		}
+		seen[p] = r
+		pw := []byte(fmt.Sprintf("pw-%d", r))
+		require.False(t, c.hit("alice", prevPW, h), "round %d: the old password hit the new hash", r)
+		c.add("alice", pw, h)
+		require.True(t, c.hit("alice", pw, h))
+		c.mu.Lock()
+		require.Equal(t, c.hashSum(h), c.sumLocked(h), "round %d: the memo's sum is another string's", r)
+		c.mu.Unlock()
+		prevPW = pw
+		// Push other strings through the memo so that old hashes leave it.
+		filler = filler[:0]
+		for i := 0; i < 64; i++ {
+			f := strings.Repeat(string(rune('a'+i%26)), hashLen)
+			filler = append(filler, f)
+			c.mu.Lock()
+			c.sumLocked(f)
+			c.mu.Unlock()
+		}
+		if r%8 == 7 {
+			runtime.GC()
+		}
+	}
+	t.Logf("%d rounds: %d new hashes at an address an earlier one had (%d with a %d-byte string in that memo slot); no stale sum, no old password hit", rounds, reused, reusedSameSlot, hashLen)
+	require.NotZero(t, reused, "the collector never reused an address: the attack did not get its chance")
+}
+
+// The client-ID index (bf4bc4b) with hostile client IDs: 64 KiB, NUL
+// bytes, invalid UTF-8, one a prefix of another, IDs that differ in their
+// last byte only; lookup/putAt/delAt as admit and DISCONNECT use them,
+// with the index growing and shrinking between, against a map.
+func TestAtkHitIDIndexHostileIDs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(12, 7))
+	big := strings.Repeat("x", 64<<10)
+	base := []string{"", "\x00", "\x00\x00", "a\x00b", "\xff\xfe", "\xc3", "\xc3\xa9", big, big + "y", big[:len(big)-1],
+		big[:len(big)-1] + "\x00", "dev", "dev\x00", "de", "Dev"}
+	ids := append([]string(nil), base...)
+	for i := 0; i < 3000; i++ {
+		ids = append(ids, fmt.Sprintf("fleet-%d\xff", i))
+	}
+	x := newIDIndex()
+	model := map[string]*liveConn{}
+	for step := 0; step < 60000; step++ {
+		id := ids[rng.IntN(len(ids))]
+		if step > 40000 && rng.IntN(4) != 0 { // the fleet leaves: shrink
+			id = ids[rng.IntN(len(base))]
+		}
+		switch rng.IntN(3) {
+		case 0: // admit: lookup then putAt
+			lc := &liveConn{clientID: strings.Clone(id)}
+			prev, at := x.lookup(lc.clientID)
+			require.Same(t, model[id], prev)
+			x.putAt(at, lc)
+			model[id] = lc
+		case 1: // DISCONNECT: lookup then delAt
+			h, at := x.lookup(id)
+			require.Same(t, model[id], h)
+			if at.ok {
+				x.delAt(at)
+				delete(model, id)
+			}
+		default:
+			for id := range model {
+				if rng.IntN(3) == 0 {
+					x.del(id)
+					delete(model, id)
+				}
+				break
+			}
+		}
+		if step%5000 == 0 || step == 59999 {
+			require.Equal(t, len(model), x.len())
+			for id, lc := range model {
+				require.Same(t, lc, x.get(id), "client ID of %d bytes", len(id))
+			}
+		}
+	}
+	t.Logf("60 000 steps over %d client IDs (64 KiB, NUL, invalid UTF-8, prefixes): the index agrees with a map; %d slots at the end", len(ids), len(x.slots))
+}
