@@ -1,13 +1,19 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // A hostile tester's attacks on issue 12's cache-hit cuts (branch atk-hit).
@@ -22,7 +28,8 @@ func hitSrc(i int) string { return fmt.Sprintf("127.0.%d.%d", 60+i/200, 1+i%200)
 // warms the cache with the new password many times (the memo holds the new
 // string, the old one's string is dropped by the reload and its memory
 // free for the collector to reuse). The old password must be refused on
-// the first CONNECT after the reload is in force, never by a stale hit.
+// the first CONNECT after the reload is in force, never by a stale hit, and
+// a client connected with it is disconnected by the re-check.
 func TestAtkHitFileRotationOldPasswordRefused(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a broker")
@@ -37,6 +44,10 @@ func TestAtkHitFileRotationOldPasswordRefused(t *testing.T) {
 			require.EqualValues(t, accepted, e.connect(as(hitSrc(n), fmt.Sprintf("w%d", n), "alice", prev)), "round %d warm", r)
 			n++
 		}
+		// A device connected with the current password across the reload.
+		held, code := e.dial(as(hitSrc(n), fmt.Sprintf("h%d", r), "alice", prev))
+		require.EqualValues(t, accepted, code)
+		n++
 		next := fmt.Sprintf("rot-%02d-pw", r)
 		line := passwdLine(t, "alice", next)
 		bob := passwdLine(t, "bob", "bob-pw")
@@ -46,6 +57,7 @@ func TestAtkHitFileRotationOldPasswordRefused(t *testing.T) {
 		eventually(t, 5*time.Second, func() bool {
 			return strings.Count(e.broker.Output(), "loaded 2 users from") > mark
 		}, "round %d: reload", r)
+		require.True(t, held.Closed(3*time.Second), "round %d: a client connected with the old password stayed after the reload", r)
 		// From here on the old password is refused: every try, no stale hit.
 		for i := 0; i < 5; i++ {
 			require.EqualValues(t, refused, e.connect(as(hitSrc(n), fmt.Sprintf("o%d", n), "alice", prev)), "round %d: old password %q let in after the reload", r, prev)
@@ -98,4 +110,96 @@ func TestAtkHitRedisUserRotationOldPasswordRefused(t *testing.T) {
 		}
 		prev = next
 	}
+}
+
+// plugin.c's guard_basic_auth (0f1abc1) enters a new CONNECT in the seen
+// set after Go returns, where Go did before its checks. A churn on a
+// require_certificate listener (BASIC_AUTH runs, and every ACL check of an
+// unseen connected client would be a first sight): accepted and refused
+// CONNECTs, takeovers of a few client IDs, abrupt closes and DISCONNECTs,
+// publishes (ACL checks), so that contexts are freed and their pointers
+// reused. Then a ban of one certificate: every live holder of it is kicked,
+// no other connection is, no first sight ever ran for a BASIC_AUTH client,
+// and once all leave no live entry stays in Redis.
+func TestAtkHitSeenSetChurnThenCertBan(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a broker")
+	}
+	e := newTLSEnv(t, "auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 1000000")
+	certs := []*testenv.ClientCert{e.ca.Client(t, "hit-victim"), e.ca.Client(t, "hit-bystander")}
+	type live struct {
+		c    *mqttc.Conn
+		cert int
+	}
+	open := map[string]live{} // client ID -> its newest connection
+	rng := rand.New(rand.NewPCG(0x0f1abc1, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	accepted0, refused0 := 0, 0
+	for i := 0; i < 400; i++ {
+		id := fmt.Sprintf("hit-%d", rng.IntN(12))
+		cert := rng.IntN(2)
+		switch op := rng.IntN(10); {
+		case op < 4: // connect (a takeover when the ID is live)
+			c, code := e.dialCert(as(hitSrc(i), id, "alice", "alice-pw"), certs[cert])
+			require.EqualValues(t, accepted, code)
+			accepted0++
+			if old, ok := open[id]; ok {
+				require.True(t, old.c.Closed(2*time.Second), "takeover of %s", id)
+			}
+			open[id] = live{c, cert}
+		case op < 6: // refused, with the ID of a live one: nothing happens to it
+			require.EqualValues(t, refused, e.connectCert(as(hitSrc(i), id, "alice", "wrong"), certs[cert]))
+			refused0++
+		case op < 8: // leave
+			if l, ok := open[id]; ok {
+				if rng.IntN(2) == 0 {
+					l.c.Close()
+				} else {
+					l.c.Disconnect()
+				}
+				delete(open, id)
+			}
+		default: // an ACL check
+			if l, ok := open[id]; ok {
+				require.NoError(t, l.c.Publish(ctx, "hit/t", []byte("x")), "%s", id)
+			}
+		}
+	}
+	victims, bystanders := 0, 0
+	for _, l := range open {
+		if l.cert == 0 {
+			victims++
+		} else {
+			bystanders++
+		}
+	}
+	t.Logf("churn: %d accepted, %d refused; live: %d with the victim's certificate, %d others", accepted0, refused0, victims, bystanders)
+	require.NotZero(t, victims)
+	require.NotZero(t, bystanders)
+	e.redis.CLI("SET", certKey("block", certs[0]), "revoked", "EX", "60")
+	for id, l := range open {
+		if l.cert == 0 {
+			require.True(t, l.c.Closed(2*time.Second), "%s holds the banned certificate and was not kicked", id)
+		}
+	}
+	for id, l := range open {
+		if l.cert == 1 {
+			require.NoError(t, l.c.Ping(ctx), "%s holds another certificate and was disconnected", id)
+			require.NoError(t, l.c.Publish(ctx, "hit/t", []byte("x")), "%s", id)
+		}
+	}
+	out := e.broker.Output()
+	kicked := strings.Count(out, "event=kicked")
+	require.Equal(t, victims, kicked, "kicked lines")
+	require.NotContains(t, out, " seen=", "a first sight ran for a client that went through BASIC_AUTH")
+	for _, l := range open {
+		l.c.Close()
+	}
+	liveKeys := func() int {
+		o := e.redis.CLI("--no-raw", "EVAL", `return #redis.call('KEYS', 'guard:conn:*')`, "0")
+		k, _ := strconv.Atoi(strings.TrimPrefix(o, "(integer) "))
+		return k
+	}
+	eventually(t, 10*time.Second, func() bool { return liveKeys() == 0 }, "live entries left after every client left: %d", liveKeys())
 }

@@ -3,12 +3,15 @@ package plugin
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"runtime"
 	"strings"
 	"testing"
 	"unsafe"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // A hostile tester's attacks on issue 12's cache-hit cuts (branch atk-hit).
@@ -122,4 +125,41 @@ func TestAtkHitIDIndexHostileIDs(t *testing.T) {
 		}
 	}
 	t.Logf("60 000 steps over %d client IDs (64 KiB, NUL, invalid UTF-8, prefixes): the index agrees with a map; %d slots at the end", len(ids), len(x.slots))
+}
+
+// The IPv4 text taken from the broker's (c62ef38) against the forms an
+// address may come in: an IPv4-mapped IPv6 address (a dual-stack socket:
+// Mosquitto's own listeners set IPV6_V6ONLY, libwebsockets' may not), in
+// lower and upper case, and the plain dotted quad. One device is one
+// known source and one conflict-tracking address whichever form the broker
+// gives, and bans by ip and by cidr refuse every form.
+func TestAtkHitIPFormsOneSource(t *testing.T) {
+	g, st, _, _ := newGuard(t, nil)
+	forms := []string{"192.0.2.7", "::ffff:192.0.2.7", "::FFFF:192.0.2.7", "::ffff:c000:207"}
+	for i, a := range forms {
+		c := cl(uintptr(0x1000+i), a, fmt.Sprintf("dev-%d", i), "alice", "alice-pw")
+		require.Equal(t, Allow, g.Authenticate(c).Result, a)
+		require.Equal(t, "192.0.2.7", addrString(c, mustIP(t, a)), a)
+	}
+	for _, a := range forms { // the known-source key (succeededFrom's)
+		require.Equal(t, "ip:192.0.2.7", string(appendIPText([]byte("ip:"), mustIP(t, a), a)), a)
+	}
+	for _, key := range []string{"guard:block:ip:192.0.2.7", "guard:block:cidr:192.0.2.0/24"} {
+		st.set(key, "atk")
+		for i, a := range forms {
+			d := g.Authenticate(cl(uintptr(0x2000+i), a, fmt.Sprintf("b-%d", i), "alice", "alice-pw"))
+			require.Equal(t, Deny, d.Result, "%s from %s", key, a)
+			require.Equal(t, key, d.Rule, a)
+		}
+		st.mu.Lock()
+		delete(st.keys, key)
+		st.mu.Unlock()
+	}
+}
+
+func mustIP(t *testing.T, s string) netip.Addr {
+	t.Helper()
+	ip, err := keys.NormalizeIP(s)
+	require.NoError(t, err)
+	return ip
 }
