@@ -1,17 +1,22 @@
 package plugin
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // A hostile tester's attacks on issue 12's cache-hit cuts (branch atk-hit).
@@ -162,4 +167,52 @@ func mustIP(t *testing.T, s string) netip.Addr {
 	ip, err := keys.NormalizeIP(s)
 	require.NoError(t, err)
 	return ip
+}
+
+// slowStore is a fakeStore whose Lookup takes d on the guard's clock: a
+// slow round trip to Redis on the broker thread.
+type slowStore struct {
+	*fakeStore
+	advance func()
+}
+
+func (s *slowStore) Lookup(ctx context.Context, q store.Query) (store.Answer, error) {
+	s.advance()
+	return s.fakeStore.Lookup(ctx, q)
+}
+
+// One clock read for a CONNECT's checks (b3ed7a5), against a slow Redis:
+// the fail-limit window is judged at the time after the lists' round trip,
+// not before it. A source that failed fail_limit+1 times at t0 and comes
+// back just before the window ends, through a lookup that takes it past the
+// end, has its password checked; the same CONNECT with a fast lookup is
+// still refused (the control).
+func TestAtkHitClockAfterSlowLookup(t *testing.T) {
+	for _, slow := range []bool{false, true} {
+		cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_limit": "2", "fail_window": "10s"})
+		require.NoError(t, err)
+		var mu sync.Mutex
+		at := time.Unix(1_800_000_000, 0)
+		now := func() time.Time { mu.Lock(); defer mu.Unlock(); return at }
+		step := func(d time.Duration) { mu.Lock(); at = at.Add(d); mu.Unlock() }
+		st := &slowStore{fakeStore: newFakeStore(), advance: func() {}}
+		g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: st, Counter: &fakeCounter{}})
+		require.NoError(t, err)
+		g.now = now
+		for i := 0; i < 3; i++ {
+			g.Authenticate(cl(uintptr(i+1), "192.0.2.90", "c", "alice", "guess"))
+		}
+		require.Equal(t, RuleFailLimit, g.Authenticate(cl(9, "192.0.2.90", "c", "alice", "alice-pw")).Rule, "the limit holds within the window")
+		step(9900 * time.Millisecond)
+		if slow {
+			st.advance = func() { step(300 * time.Millisecond) }
+		}
+		d := g.Authenticate(cl(10, "192.0.2.90", "c", "alice", "alice-pw"))
+		if slow {
+			require.Equal(t, Allow, d.Result, "the window ended during the round trip: judged on a stale clock (%s)", d.Rule)
+		} else {
+			require.Equal(t, RuleFailLimit, d.Rule, "control: still inside the window")
+		}
+		g.Close()
+	}
 }
