@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -200,6 +202,61 @@ func TestAtkHitSeenSetChurnThenCertBan(t *testing.T) {
 		o := e.redis.CLI("--no-raw", "EVAL", `return #redis.call('KEYS', 'guard:conn:*')`, "0")
 		k, _ := strconv.Atoi(strings.TrimPrefix(o, "(integer) "))
 		return k
+	}
+	eventually(t, 10*time.Second, func() bool { return liveKeys() == 0 }, "live entries left after every client left: %d", liveKeys())
+}
+
+// The client-ID index's one hash (bf4bc4b) with hostile client IDs through
+// the real broker: two of 65 000 bytes differing in their last byte, one
+// spelled as the other's tracking form ("sha256:" and its hex), a
+// takeover chain of each. Each is its own client ID everywhere: a
+// takeover of one never ends the other, a ban of one kicks its holder
+// only, and once all leave no live entry stays in Redis.
+func TestAtkHitHostileClientIDs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a broker")
+	}
+	e := newEnv(t)
+	prefix := strings.Repeat("L", 65000)
+	big1, big2 := prefix+"1", prefix+"2"
+	sum := sha256.Sum256([]byte(big1))
+	forged := "sha256:" + hex.EncodeToString(sum[:]) // big1's tracking form, as a client ID
+	ids := []string{big1, big2, forged, "short-\u00e9"}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	held := map[string]*mqttc.Conn{}
+	n := 0
+	for round := 0; round < 4; round++ { // a takeover chain of each, interleaved
+		for _, id := range ids {
+			c, code := e.dial(as(hitSrc(n), id, "alice", "alice-pw"))
+			n++
+			require.EqualValues(t, accepted, code, "%d-byte client ID", len(id))
+			if old := held[id]; old != nil {
+				require.True(t, old.Closed(2*time.Second), "takeover of a %d-byte client ID", len(id))
+			}
+			held[id] = c
+		}
+		for _, id := range ids {
+			require.NoError(t, held[id].Ping(ctx), "%d-byte client ID after round %d", len(id), round)
+		}
+	}
+	// The tracking keys: one per client ID, big1's and forged's apart.
+	liveKeys := func() int {
+		o := e.redis.CLI("--no-raw", "EVAL", `return #redis.call('KEYS', 'guard:conn:*')`, "0")
+		k, _ := strconv.Atoi(strings.TrimPrefix(o, "(integer) "))
+		return k
+	}
+	eventually(t, 5*time.Second, func() bool { return liveKeys() == len(ids) }, "live keys: %d, want %d", liveKeys(), len(ids))
+	// A ban of big1 by its own ID kicks its holder, not forged's nor big2's.
+	e.redis.CLI("SET", "guard:block:clientid:"+big1, "atk", "EX", "60")
+	require.True(t, held[big1].Closed(2*time.Second), "the 65 001-byte client ID's holder was not kicked")
+	for _, id := range ids[1:] {
+		require.NoError(t, held[id].Ping(ctx), "%d-byte client ID kicked by another's ban", len(id))
+	}
+	require.EqualValues(t, refused, e.connect(as(hitSrc(n), big1, "alice", "alice-pw")))
+	require.EqualValues(t, accepted, e.connect(as(hitSrc(n+1), forged, "alice", "alice-pw")), "the forged tracking form is not big1")
+	for _, id := range ids[1:] {
+		held[id].Close()
 	}
 	eventually(t, 10*time.Second, func() bool { return liveKeys() == 0 }, "live entries left after every client left: %d", liveKeys())
 }
