@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -257,6 +258,89 @@ func TestAtkHitHostileClientIDs(t *testing.T) {
 	require.EqualValues(t, accepted, e.connect(as(hitSrc(n+1), forged, "alice", "alice-pw")), "the forged tracking form is not big1")
 	for _, id := range ids[1:] {
 		held[id].Close()
+	}
+	eventually(t, 10*time.Second, func() bool { return liveKeys() == 0 }, "live entries left after every client left: %d", liveKeys())
+}
+
+// Four clients at once churning over 16 client IDs (takeovers, refusals,
+// abrupt closes, DISCONNECTs in the same loop iterations, freed contexts'
+// pointers reused), 2 000 operations in all: conflict tracking's live
+// entries in Redis follow the connections exactly (no admitted-but-lost
+// nor ended-but-live entry), and go to none once all leave.
+func TestAtkHitChurnTrackingExact(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a broker")
+	}
+	e := newEnv(t, "auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 1000000")
+	const workers, ops = 4, 500
+	var mu sync.Mutex
+	open := map[string]*mqttc.Conn{}
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 99))
+			for i := 0; i < ops; i++ {
+				id := fmt.Sprintf("churn-%d", rng.IntN(16))
+				src := fmt.Sprintf("127.0.%d.%d", 100+w, 1+i%200)
+				pw := "alice-pw"
+				if rng.IntN(4) == 0 {
+					pw = "wrong"
+				}
+				dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				c, code, err := mqttc.Dial(dctx, mqttc.Options{Addr: e.broker.Addr, SourceIP: src, ClientID: id, Username: str("alice"), Password: str(pw)})
+				cancel()
+				if err != nil {
+					errs <- err
+					return
+				}
+				if (code == accepted) != (pw == "alice-pw") {
+					errs <- fmt.Errorf("%s with %s: CONNACK %d", id, pw, code)
+					return
+				}
+				if c == nil {
+					continue
+				}
+				if rng.IntN(3) == 0 {
+					if rng.IntN(2) == 0 {
+						c.Close()
+					} else {
+						c.Disconnect()
+					}
+					continue
+				}
+				mu.Lock()
+				open[id+"/"+strconv.Itoa(w)+"/"+strconv.Itoa(i)] = c
+				mu.Unlock()
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	// What is still up: at most one per client ID (takeovers closed the rest).
+	time.Sleep(time.Second) // the last takeovers' closes reach their clients
+	want := map[string]bool{}
+	for k, c := range open {
+		if !c.Closed(50 * time.Millisecond) {
+			id := strings.SplitN(k, "/", 2)[0]
+			require.False(t, want[id], "two live connections of %s", id)
+			want[id] = true
+		}
+	}
+	liveKeys := func() int {
+		o := e.redis.CLI("--no-raw", "EVAL", `return #redis.call('KEYS', 'guard:conn:churn-*')`, "0")
+		k, _ := strconv.Atoi(strings.TrimPrefix(o, "(integer) "))
+		return k
+	}
+	eventually(t, 10*time.Second, func() bool { return liveKeys() == len(want) }, "live keys %d, live client IDs %d", liveKeys(), len(want))
+	t.Logf("%d CONNECTs by %d clients at once: %d client IDs live, %d live keys", workers*ops, workers, len(want), liveKeys())
+	for _, c := range open {
+		c.Close()
 	}
 	eventually(t, 10*time.Second, func() bool { return liveKeys() == 0 }, "live entries left after every client left: %d", liveKeys())
 }
