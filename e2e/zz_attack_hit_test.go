@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -343,4 +344,73 @@ func TestAtkHitChurnTrackingExact(t *testing.T) {
 		c.Close()
 	}
 	eventually(t, 10*time.Second, func() bool { return liveKeys() == 0 }, "live entries left after every client left: %d", liveKeys())
+}
+
+// rawConnect is an MQTT 3.1.1 CONNECT (clean session, username, password).
+func rawConnect(id, user, pass string) []byte {
+	str := func(b []byte, s string) []byte { return append(append(b, byte(len(s)>>8), byte(len(s))), s...) }
+	body := str(nil, "MQTT")
+	body = append(body, 4, 0xC2, 0, 60)
+	body = str(str(str(body, id), user), pass)
+	pkt := []byte{0x10}
+	for n := len(body); ; {
+		b := byte(n % 128)
+		if n /= 128; n > 0 {
+			pkt = append(pkt, b|0x80)
+			continue
+		}
+		pkt = append(pkt, b)
+		break
+	}
+	return append(pkt, body...)
+}
+
+// Clients that send their CONNECT and go before the CONNACK (a reset, or a
+// plain close), some taking over a live client ID: the plugin admits them
+// at BASIC_AUTH, then the broker drops them, in the same loop iteration or
+// the next. Every one of them leaves: no live entry stays in Redis for a
+// client that is gone, and the taken-over holders' entries go with them.
+func TestAtkHitGoneBeforeConnack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a broker")
+	}
+	e := newEnv(t, "auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 1000000")
+	const n = 300
+	var holders []*mqttc.Conn
+	for i := 0; i < 10; i++ {
+		c, code := e.dial(as(hitSrc(i), fmt.Sprintf("gone-%d", i), "alice", "alice-pw"))
+		require.EqualValues(t, accepted, code)
+		holders = append(holders, c)
+	}
+	for i := 0; i < n; i++ {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(hitSrc(i))}, Timeout: 2 * time.Second}
+		c, err := d.Dial("tcp", e.broker.Addr)
+		require.NoError(t, err)
+		_, err = c.Write(rawConnect(fmt.Sprintf("gone-%d", i%20), "alice", "alice-pw"))
+		require.NoError(t, err)
+		if i%2 == 0 {
+			c.(*net.TCPConn).SetLinger(0) // a reset
+		}
+		c.Close()
+	}
+	liveKeys := func() int {
+		o := e.redis.CLI("--no-raw", "EVAL", `return #redis.call('KEYS', 'guard:conn:gone-*')`, "0")
+		k, _ := strconv.Atoi(strings.TrimPrefix(o, "(integer) "))
+		return k
+	}
+	// The holders of gone-0..9 may have been taken over by a CONNECT that
+	// then went: either way, once they close, nothing is live.
+	time.Sleep(500 * time.Millisecond)
+	still := 0
+	for _, c := range holders {
+		if !c.Closed(10 * time.Millisecond) {
+			still++
+		}
+	}
+	eventually(t, 10*time.Second, func() bool { return liveKeys() == still }, "live keys %d, holders still up %d", liveKeys(), still)
+	for _, c := range holders {
+		c.Close()
+	}
+	eventually(t, 10*time.Second, func() bool { return liveKeys() == 0 }, "live entries left after every client left: %d", liveKeys())
+	t.Logf("%d CONNECTs gone before their CONNACK (half reset), %d holders left up: tracking exact", n, still)
 }
