@@ -169,5 +169,8 @@ func pairedMeasured(med float64, per []float64, prec int, signed bool, rounds st
 		lo = fmt.Sprintf("%+.*f to %+.*f", prec, slices.Min(per), prec, slices.Max(per))
 	}
 	hi = fmt.Sprintf("median of %d paired slices, %s; interleaved rounds: %s", len(per), lo, rounds)
+	if strings.HasPrefix(rounds, "n/a") { // BENCH_ONLY=pairs
+		hi = fmt.Sprintf("median of %d paired slices, %s; no interleaved rounds", len(per), lo)
+	}
 	return strings.TrimSpace(m + " (" + hi + ")")
 }

@@ -105,6 +105,14 @@ func TestPairsShowWhatTheYieldSaves(t *testing.T) {
 	if p.tputMed != 1000.0/1100 || p.threadMed != 10 || p.trackMed != 50.0/48 {
 		t.Errorf("the targets' medians moved: %v, %v, %v", p.tputMed, p.threadMed, p.trackMed)
 	}
+	// The paired slices alone (BENCH_ONLY=pairs): no rounds to give beside them.
+	for _, r := range issue12Targets(map[string]float64{}, map[string]connCost{}, p, map[string]stormSummary{}, memSummary{}, nil, false, false) {
+		if strings.Contains(r[0], "b / a0") || strings.Contains(r[0], "a0 + 2") || strings.Contains(r[0], "b / b-off") {
+			if !strings.HasSuffix(r[1], "; no interleaved rounds)") || strings.Contains(r[1], "NaN") {
+				t.Errorf("%s without rounds: %q", r[0], r[1])
+			}
+		}
+	}
 	var out strings.Builder
 	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, p)
 	s := out.String()
