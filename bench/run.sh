@@ -220,10 +220,11 @@ fi
 # --- brokers -------------------------------------------------------------
 # kind: anon | passwd FILE | guard FILE REDIS. Logging: mosquitto's default
 # log_type (error, warning, notice, information), to a file, the same for all.
-# A guard broker's environment: BENCH_GUARD_ENV, then BROKER_EXTRA_ENV (set
-# for one call: BROKER_EXTRA_ENV=MOSQUITTO_GUARD_NO_YIELD=1 start_broker ...).
+# A guard broker's environment: BENCH_GUARD_ENV, then BROKER_EXTRA_ENV (a
+# shell variable, not exported, set around one call, see run_pairs).
 REPLICA=unknown # does the plugin log "replica loaded"? learnt from the first guard broker
 nbroker=0
+BROKER_EXTRA_ENV=""
 start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG BROKER_CONF
 	local name=$1 kind=$2 file=${3:-} redis=${4:-} port conf
 	nbroker=$((nbroker + 1))
@@ -450,7 +451,9 @@ run_pairs() {
 	addr[b]=$BROKER_ADDR pid[b]=$BROKER_PID log[b]=$BROKER_LOG
 	start_broker pair-b-off guard-off "$pw1" "$R1"
 	addr[b-off]=$BROKER_ADDR pid[b-off]=$BROKER_PID log[b-off]=$BROKER_LOG
-	BROKER_EXTRA_ENV=MOSQUITTO_GUARD_NO_YIELD=1 start_broker pair-b-noyield guard "$pw1" "$R1"
+	BROKER_EXTRA_ENV=MOSQUITTO_GUARD_NO_YIELD=1
+	start_broker pair-b-noyield guard "$pw1" "$R1"
+	BROKER_EXTRA_ENV=""
 	addr[b-noyield]=$BROKER_ADDR pid[b-noyield]=$BROKER_PID log[b-noyield]=$BROKER_LOG
 	for i in $(seq "$PAIRS"); do
 		order="a0 b b-off b-noyield"
