@@ -31,6 +31,7 @@ type pairSummary struct {
 	trackMed            float64
 	threadErr           float64 // the largest ± of a slice's broker thread (b's plus a0's)
 	sliceSeconds        string
+	other               []float64 // per slice of the pairs: other processes' CPU, % of a core
 
 	// b against b-noyield (MOSQUITTO_GUARD_NO_YIELD=1), per pair, NaN in a
 	// pair without a b-noyield slice (results from before it): b/b-noyield
@@ -81,11 +82,13 @@ func summarizePairs(conns map[string][]ConnectResult) pairSummary {
 			p.threadErr = e
 		}
 		p.sliceSeconds = fmtF(y.Seconds, 1)
+		p.other = append(p.other, cpuOf(x.CPU, "other"), cpuOf(y.CPU, "other"), cpuOf(z.CPU, "other"))
 		tp, pr, th := math.NaN(), math.NaN(), math.NaN()
 		if n, ok := noyield[r]; ok && n.Rate > 0 && n.Cost["broker"].ProcessUS > 0 && n.Cost["broker"].ThreadUS > 0 {
 			nb := n.Cost["broker"]
 			p.nyN++
 			tp, pr, th = y.Rate/n.Rate, yb.ProcessUS/nb.ProcessUS, yb.ThreadUS/nb.ThreadUS
+			p.other = append(p.other, cpuOf(n.CPU, "other"))
 		}
 		p.nyTput, p.nyProc, p.nyThread = append(p.nyTput, tp), append(p.nyProc, pr), append(p.nyThread, th)
 	}
@@ -157,6 +160,10 @@ func pairsSection(w func(string, ...any), p pairSummary) {
 		"drifts over tens of seconds: the interleaved rounds above (a fresh broker each) compare measurements that far "+
 		"apart, and their ratios move with it. Issue 12's cache-hit targets below are judged on these medians; the "+
 		"rounds' figures are given beside them.\n", brokers, p.sliceSeconds, order)
+	if o := known(p.other); len(o) > 0 {
+		w("\nOther processes (the machine is shared) took %s %% of a core during a slice (median %s %%): "+
+			"a pair with much of it compares slices that shared the machine unevenly.\n", spread(o, 0), fmtF(median(o), 0))
+	}
 }
 
 // pairedMeasured formats a paired median with its spread and the
