@@ -14,10 +14,11 @@
 # measurement), BENCH_NOISE_RETRIES (2: repeats of a measurement above it),
 # BENCH_STORM_N (10000: devices of the reconnect storm), BENCH_STORM_ROUNDS
 # (BENCH_ROUNDS), BENCH_CONNS (8000: live connections of the memory row),
-# BENCH_PAIRS (10: paired slices of a0, b, b-off; 0: none), BENCH_PAIR_DURATION (2s),
+# BENCH_PAIRS (10: paired slices of a0, b, b-off, b-noyield; 0: none), BENCH_PAIR_DURATION (2s),
 # BENCH_ALLOC (1: the allocation benchmark of cgo/, 0: skipped), BENCH_ONLY
 # ("": everything; "storm": only the reconnect storm, as make bench-storm;
-# "memory": only the memory row, e.g. with BENCH_GUARD_ENV="GOGC=50").
+# "memory": only the memory row, e.g. with BENCH_GUARD_ENV="GOGC=50";
+# "pairs": only the paired slices, e.g. BENCH_PAIRS=4).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,7 +47,7 @@ ALLOC=${BENCH_ALLOC:-1}
 ONLY=${BENCH_ONLY:-}
 PAIRS=${BENCH_PAIRS:-10}
 PAIR_DURATION=${BENCH_PAIR_DURATION:-2s}
-case $ONLY in "" | storm | memory) ;; *) echo "BENCH_ONLY: \"\", storm or memory, not $ONLY" >&2; exit 2 ;; esac
+case $ONLY in "" | storm | memory | pairs) ;; *) echo "BENCH_ONLY: \"\", storm, memory or pairs, not $ONLY" >&2; exit 2 ;; esac
 GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 
 say() { printf '[%3ds] %s\n' "$SECONDS" "$*" >&2; }
@@ -168,7 +169,11 @@ start_redis() { # name -> sets REDIS_PORT REDIS_PID
 }
 start_redis redis-storm
 R3=127.0.0.1:$REDIS_PORT R3_PORT=$REDIS_PORT R3_PID=$REDIS_PID
-if [ -z "$ONLY" ]; then
+if [ "$ONLY" = pairs ]; then
+	start_redis redis-main
+	R1=127.0.0.1:$REDIS_PORT R1_PORT=$REDIS_PORT R1_PID=$REDIS_PID
+	say "bench: redis-server $R1 (pid $R1_PID), on core 0"
+elif [ -z "$ONLY" ]; then
 	start_redis redis-main
 	R1=127.0.0.1:$REDIS_PORT R1_PORT=$REDIS_PORT R1_PID=$REDIS_PID
 	start_redis redis-keys
@@ -177,10 +182,12 @@ if [ -z "$ONLY" ]; then
 fi
 
 # --- password files ---------------------------------------------------------
-if [ -z "$ONLY" ]; then
+if [ -z "$ONLY" ] || [ "$ONLY" = pairs ]; then
 	pw1="$out/passwd-1"
 	mosquitto_passwd -c -b "$pw1" bench bench-pw >/dev/null
 	chmod 644 "$pw1"
+fi
+if [ -z "$ONLY" ]; then
 	pw10k="$out/passwd-10k"
 	users10k="$out/users-10k.txt"
 	say "bench: $USERS users in mosquitto_passwd's \$7\$ format"
@@ -205,14 +212,19 @@ if [ -z "$ONLY" ]; then
 	# source addresses in the first.
 	say "bench: $KEYS block keys ($RANGES ranges) into $R2"
 	lg loadkeys keys 300 -label keys -redis "$R2" -n "$KEYS" -ranges "$RANGES" -flush >/dev/null
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = pairs ]; then
 	redis-cli -p "$R1_PORT" SET guard:block:cidr:127.2.0.0/16 "bench: flood source" >/dev/null
 fi
 
 # --- brokers -------------------------------------------------------------
 # kind: anon | passwd FILE | guard FILE REDIS. Logging: mosquitto's default
 # log_type (error, warning, notice, information), to a file, the same for all.
+# A guard broker's environment: BENCH_GUARD_ENV, then BROKER_EXTRA_ENV (a
+# shell variable, not exported, set around one call, see run_pairs).
 REPLICA=unknown # does the plugin log "replica loaded"? learnt from the first guard broker
 nbroker=0
+BROKER_EXTRA_ENV=""
 start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG BROKER_CONF
 	local name=$1 kind=$2 file=${3:-} redis=${4:-} port conf
 	nbroker=$((nbroker + 1))
@@ -241,6 +253,11 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 	BROKER_T0=$(date +%s%N)
 	BROKER_ENV=()
 	case $kind in guard*) [ -n "${BENCH_GUARD_ENV:-}" ] && read -r -a BROKER_ENV <<<"$BENCH_GUARD_ENV" ;; esac
+	if [ -n "${BROKER_EXTRA_ENV:-}" ]; then
+		local extra_env=()
+		read -r -a extra_env <<<"$BROKER_EXTRA_ENV"
+		BROKER_ENV+=("${extra_env[@]}")
+	fi
 	taskset -c 0 env "${BROKER_ENV[@]}" mosquitto -c "$conf" >>"$BROKER_LOG.stderr" 2>&1 &
 	BROKER_PID=$!
 	pids+=("$BROKER_PID")
@@ -417,13 +434,15 @@ run_memory() {
 }
 
 # --- cache hits in paired slices ------------------------------------------
-# a0, b and b-off on three brokers started once and kept running (the guards
-# on R1), measured in turn for PAIR_DURATION each after a 0.5 s warm-up, the
-# order reversed every other pair: a ratio of two slices a few seconds apart
-# cancels the drift of a shared machine's speed (loadgen report_pairs.go).
+# a0, b, b-off and b-noyield (b with MOSQUITTO_GUARD_NO_YIELD=1: the yield
+# of cgo/yield.go off) on four brokers started once and kept running (the
+# guards on R1), measured in turn for PAIR_DURATION each after a 0.5 s
+# warm-up, the order reversed every other pair: a ratio of two slices a few
+# seconds apart cancels the drift of a shared machine's speed (loadgen
+# report_pairs.go).
 run_pairs() {
 	[ "$PAIRS" -gt 0 ] || return 0
-	say "bench: cache hits in $PAIRS paired slices: a0, b, b-off kept running, $PAIR_DURATION each in turn"
+	say "bench: cache hits in $PAIRS paired slices: a0, b, b-off, b-noyield kept running, $PAIR_DURATION each in turn"
 	local -A addr=() pid=() log=()
 	local l i order
 	start_broker pair-a0 anon
@@ -432,9 +451,13 @@ run_pairs() {
 	addr[b]=$BROKER_ADDR pid[b]=$BROKER_PID log[b]=$BROKER_LOG
 	start_broker pair-b-off guard-off "$pw1" "$R1"
 	addr[b-off]=$BROKER_ADDR pid[b-off]=$BROKER_PID log[b-off]=$BROKER_LOG
+	BROKER_EXTRA_ENV=MOSQUITTO_GUARD_NO_YIELD=1
+	start_broker pair-b-noyield guard "$pw1" "$R1"
+	BROKER_EXTRA_ENV=""
+	addr[b-noyield]=$BROKER_ADDR pid[b-noyield]=$BROKER_PID log[b-noyield]=$BROKER_LOG
 	for i in $(seq "$PAIRS"); do
-		order="a0 b b-off"
-		[ $((i % 2)) = 0 ] && order="b-off b a0"
+		order="a0 b b-off b-noyield"
+		[ $((i % 2)) = 0 ] && order="b-noyield b-off b a0"
 		for l in $order; do
 			local pidsflag="broker=${pid[$l]}" extra=(-user bench -pass bench-pw -redis "$R1")
 			if [ "$l" = a0 ]; then
@@ -447,7 +470,7 @@ run_pairs() {
 				printf '%s\n' "$LG_LINE" >>"$results"
 		done
 	done
-	for l in a0 b b-off; do
+	for l in a0 b b-off b-noyield; do
 		BROKER_PID=${pid[$l]} BROKER_LOG=${log[$l]} stop_broker
 	done
 }
@@ -500,6 +523,9 @@ stop_pid "$R1_PID"
 stop_pid "$R2_PID"
 elif [ "$ONLY" = storm ]; then
 	run_storms
+elif [ "$ONLY" = pairs ]; then
+	run_pairs
+	stop_pid "$R1_PID"
 else
 	run_memory
 fi
@@ -528,6 +554,10 @@ Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs w
 command="make bench   (= bench/run.sh; results in ${out#"$root/"})"
 [ "$ONLY" = memory ] && setup="The memory row alone (BENCH_ONLY=memory): $CONNS connections held. mosquitto-guard runs with its default options."
 [ "$ONLY" = memory ] && command="BENCH_ONLY=memory bench/run.sh   (results in ${out#"$root/"})"
+[ "$ONLY" = pairs ] && setup="The paired slices alone (BENCH_ONLY=pairs): $PAIRS pairs of a0, b, b-off, b-noyield, $WORKERS workers, $PAIR_DURATION each. \
+Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
+[ "$ONLY" = pairs ] && [ -n "${BENCH_GUARD_ENV:-}" ] && setup="$setup The guard's brokers ran with the environment $BENCH_GUARD_ENV."
+[ "$ONLY" = pairs ] && command="BENCH_ONLY=pairs BENCH_PAIRS=$PAIRS bench/run.sh   (results in ${out#"$root/"})"
 [ "$ONLY" = storm ] && command="make bench-storm   (= BENCH_ONLY=storm BENCH_STORM_N=$STORM_N bench/run.sh; results in ${out#"$root/"})"
 "$loadgen" report -results "$results" -command "$command" \
 	-runtime "$SECONDS" -loadavg-start "$loadavg_start" -setup "$setup" -retried "$retried" -noise-max "$NOISE_MAX" \

@@ -178,7 +178,13 @@ func cmdReport(args []string) error {
 		}
 	}
 	stormOnly := len(conns) == 0 && len(fleets) > 0
-	if !stormOnly {
+	// The paired slices alone (BENCH_ONLY=pairs): their table and the
+	// targets they measure, nothing else.
+	pairsOnly := len(conns) > 0 && len(fleets) == 0
+	for l := range conns {
+		pairsOnly = pairsOnly && strings.HasPrefix(l, pairPrefix)
+	}
+	if !stormOnly && !pairsOnly {
 		w("### Connections\n\n")
 		w("| id | scenario | connects/s | p50 ms | p99 ms | CPU %%: broker / redis / loadgen / other | saturated | ratio | µs per CONNECT: broker thread / process / redis | broker thread vs base | target | result |\n")
 		w("|---|---|---:|---:|---:|---:|---|---:|---:|---|---|---|\n")
@@ -231,7 +237,7 @@ func cmdReport(args []string) error {
 			targets = append(targets, [3]string{fmt.Sprintf("(%s)/(%s) ≥ %.2f", display(s.label), display(s.base), s.target), fmtF(ratio, 2), result})
 		}
 	}
-	if !stormOnly {
+	if !stormOnly && !pairsOnly {
 		w("\nMedians over the rounds; connects/s counts CONNACKs (accepted or refused) in the measured window; " +
 			"latency is from writing CONNECT to reading CONNACK; CPU is %% of one core over the measured window " +
 			"(other: whatever else the machine ran meanwhile, steal included); saturated: which of the pinned cores was " +
@@ -280,7 +286,7 @@ func cmdReport(args []string) error {
 			allocSection(w, allocs)
 		}
 	}
-	if !stormOnly {
+	if !stormOnly && !pairsOnly {
 
 		// Ban propagation and kick.
 		w("\n### Ban propagation\n\n")
@@ -356,10 +362,13 @@ func cmdReport(args []string) error {
 
 	}
 	issue12 := issue12Targets(med, costs, pairs, storms, mem, allocs, len(allocs) > 0, stormOnly)
+	if pairsOnly {
+		issue12 = slices.DeleteFunc(issue12, func(t [3]string) bool { return strings.HasSuffix(t[2], "(not measured)") })
+	}
 
 	// Summary.
 	pass := 0
-	if !stormOnly {
+	if !stormOnly && !pairsOnly {
 		w("\n### Targets\n\n| target | measured | result |\n|---|---|---|\n")
 		for _, t := range targets {
 			if strings.HasPrefix(t[2], "**PASS**") {

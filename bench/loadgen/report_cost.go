@@ -425,6 +425,9 @@ func issue12Targets(med map[string]float64, costs map[string]connCost, pairs pai
 		tr := ratio(med["b"], med["a0"])
 		d := costs["b"].thread - costs["a0"].thread
 		dText := fmt.Sprintf("%+.2f µs (%s vs %s µs, ± %s)", d, fmtF(costs["b"].thread, 2), fmtF(costs["a0"].thread, 2), fmtF(costs["b"].threadErr+costs["a0"].threadErr, 2))
+		if math.IsNaN(d) {
+			dText = "n/a"
+		}
 		tk := ratio(costs["b"].proc, costs["b-off"].proc)
 		tkText := fmt.Sprintf("%s (%s vs %s µs)", fmtF(tk, 3), fmtF(costs["b"].proc, 1), fmtF(costs["b-off"].proc, 1))
 		if pairs.ok() {

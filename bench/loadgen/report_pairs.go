@@ -8,7 +8,8 @@ import (
 )
 
 // Paired slices: the cache-hit scenarios a0, b and b-off measured on three
-// brokers started once and kept running, in short slices taken in turn (one
+// brokers started once and kept running (and b-noyield, b with the yield of
+// cgo/yield.go turned off, beside them, for what the yield saves), in short slices taken in turn (one
 // pair = one slice of each, the order reversed every other pair). A ratio
 // of two slices a few seconds apart cancels the drift of a shared
 // machine's speed, which the interleaved rounds (a fresh broker each, tens
@@ -17,7 +18,8 @@ import (
 // them b's broker thread took less CPU per CONNECT than anonymous
 // Mosquitto's, which it cannot.
 
-// pairPrefix starts the label of a paired slice: pair-a0, pair-b, pair-b-off.
+// pairPrefix starts the label of a paired slice: pair-a0, pair-b, pair-b-off,
+// pair-b-noyield.
 const pairPrefix = "pair-"
 
 // pairSummary is what the paired slices say of the cache-hit targets.
@@ -29,11 +31,21 @@ type pairSummary struct {
 	trackMed            float64
 	threadErr           float64 // the largest ± of a slice's broker thread (b's plus a0's)
 	sliceSeconds        string
+	other               []float64 // per slice of the pairs: other processes' CPU, % of a core
+
+	// b against b-noyield (MOSQUITTO_GUARD_NO_YIELD=1), per pair, NaN in a
+	// pair without a b-noyield slice (results from before it): b/b-noyield
+	// connects/s, process CPU per CONNECT, broker thread CPU per CONNECT.
+	// Not judged: what the yield saves, beside the targets.
+	nyN                           int // pairs with a b-noyield slice
+	nyTput, nyProc, nyThread      []float64
+	nyTputMed, nyProcMed, nyThMed float64
 }
 
 func (p pairSummary) ok() bool { return p.n > 0 }
 
-// summarizePairs pairs the slices of each round that has all three.
+// summarizePairs pairs the slices of each round that has all three of a0,
+// b and b-off; b-noyield's slice of the round, if any, goes beside them.
 func summarizePairs(conns map[string][]ConnectResult) pairSummary {
 	byRound := func(label string) map[int]ConnectResult {
 		m := map[int]ConnectResult{}
@@ -42,7 +54,7 @@ func summarizePairs(conns map[string][]ConnectResult) pairSummary {
 		}
 		return m
 	}
-	a0, b, boff := byRound("a0"), byRound("b"), byRound("b-off")
+	a0, b, boff, noyield := byRound("a0"), byRound("b"), byRound("b-off"), byRound("b-noyield")
 	var rounds []int
 	for r := range b {
 		if _, ok := a0[r]; !ok {
@@ -70,9 +82,30 @@ func summarizePairs(conns map[string][]ConnectResult) pairSummary {
 			p.threadErr = e
 		}
 		p.sliceSeconds = fmtF(y.Seconds, 1)
+		p.other = append(p.other, cpuOf(x.CPU, "other"), cpuOf(y.CPU, "other"), cpuOf(z.CPU, "other"))
+		tp, pr, th := math.NaN(), math.NaN(), math.NaN()
+		if n, ok := noyield[r]; ok && n.Rate > 0 && n.Cost["broker"].ProcessUS > 0 && n.Cost["broker"].ThreadUS > 0 {
+			nb := n.Cost["broker"]
+			p.nyN++
+			tp, pr, th = y.Rate/n.Rate, yb.ProcessUS/nb.ProcessUS, yb.ThreadUS/nb.ThreadUS
+			p.other = append(p.other, cpuOf(n.CPU, "other"))
+		}
+		p.nyTput, p.nyProc, p.nyThread = append(p.nyTput, tp), append(p.nyProc, pr), append(p.nyThread, th)
 	}
 	p.tputMed, p.threadMed, p.trackMed = median(p.tput), median(p.thread), median(p.track)
+	p.nyTputMed, p.nyProcMed, p.nyThMed = median(known(p.nyTput)), median(known(p.nyProc)), median(known(p.nyThread))
 	return p
+}
+
+// known is v without its NaNs.
+func known(v []float64) []float64 {
+	var k []float64
+	for _, x := range v {
+		if !math.IsNaN(x) {
+			k = append(k, x)
+		}
+	}
+	return k
 }
 
 // spread is "lo to hi" of v.
@@ -88,20 +121,49 @@ func pairsSection(w func(string, ...any), p pairSummary) {
 	if !p.ok() {
 		return
 	}
-	w("\n### Cache hits in paired slices: a0, b and b-off side by side\n\n")
-	w("| pair | a0 connects/s | b | b-off | b / a0 | b's broker thread − a0's, µs per CONNECT | b / b-off, process CPU per CONNECT |\n")
-	w("|---:|---:|---:|---:|---:|---:|---:|\n")
-	for i := 0; i < p.n; i++ {
-		w("| %d | %.0f | %.0f | %.0f | %s | %+.1f | %s |\n", i+1, p.a0[i], p.b[i], p.boff[i], fmtF(p.tput[i], 3), p.thread[i], fmtF(p.track[i], 3))
+	ny := p.nyN > 0
+	title, head, rule := "a0, b and b-off", "", ""
+	if ny {
+		title = "a0, b, b-off and b-noyield"
+		head = " b / b-noyield connects/s | b / b-noyield, process CPU per CONNECT | b / b-noyield, broker thread CPU per CONNECT |"
+		rule = "---:|---:|---:|"
 	}
-	w("| **median** | %.0f | %.0f | %.0f | **%s** | **%+.1f** | **%s** |\n", median(p.a0), median(p.b), median(p.boff),
+	w("\n### Cache hits in paired slices: %s side by side\n\n", title)
+	w("| pair | a0 connects/s | b | b-off | b / a0 | b's broker thread − a0's, µs per CONNECT | b / b-off, process CPU per CONNECT |%s\n", head)
+	w("|---:|---:|---:|---:|---:|---:|---:|%s\n", rule)
+	for i := 0; i < p.n; i++ {
+		w("| %d | %.0f | %.0f | %.0f | %s | %+.1f | %s |", i+1, p.a0[i], p.b[i], p.boff[i], fmtF(p.tput[i], 3), p.thread[i], fmtF(p.track[i], 3))
+		if ny {
+			w(" %s | %s | %s |", fmtF(p.nyTput[i], 3), fmtF(p.nyProc[i], 3), fmtF(p.nyThread[i], 3))
+		}
+		w("\n")
+	}
+	w("| **median** | %.0f | %.0f | %.0f | **%s** | **%+.1f** | **%s** |", median(p.a0), median(p.b), median(p.boff),
 		fmtF(p.tputMed, 3), p.threadMed, fmtF(p.trackMed, 3))
-	w("\nThree brokers (a0, b, b-off; the guards on the same Redis) started once and kept running, pinned as above; "+
-		"in each pair the load generator measures each in turn for %s s after its own warm-up, in the order a0, b, b-off "+
+	if ny {
+		w(" **%s** | **%s** | **%s** |", fmtF(p.nyTputMed, 3), fmtF(p.nyProcMed, 3), fmtF(p.nyThMed, 3))
+	}
+	w("\n")
+	if ny {
+		w("\nb-noyield is b (the same Redis, the same password file) started with MOSQUITTO_GUARD_NO_YIELD=1: the broker "+
+			"thread's yield to Go's scheduler (cgo/yield.go) turned off, so b / b-noyield is what the yield saves (below 1: "+
+			"less CPU per CONNECT with it; above 1: more connects/s); not judged, the medians of the %d pairs with a "+
+			"b-noyield slice.\n", p.nyN)
+	}
+	brokers, order := "Three brokers (a0, b, b-off", "a0, b, b-off"
+	if ny {
+		brokers, order = "Four brokers (a0, b, b-off, b-noyield", "a0, b, b-off, b-noyield"
+	}
+	w("\n%s; the guards on the same Redis) started once and kept running, pinned as above; "+
+		"in each pair the load generator measures each in turn for %s s after its own warm-up, in the order %s "+
 		"and then reversed in the next pair, so that a ratio compares slices a few seconds apart. A shared machine's speed "+
 		"drifts over tens of seconds: the interleaved rounds above (a fresh broker each) compare measurements that far "+
 		"apart, and their ratios move with it. Issue 12's cache-hit targets below are judged on these medians; the "+
-		"rounds' figures are given beside them.\n", p.sliceSeconds)
+		"rounds' figures are given beside them.\n", brokers, p.sliceSeconds, order)
+	if o := known(p.other); len(o) > 0 {
+		w("\nOther processes (the machine is shared) took %s %% of a core during a slice (median %s %%): "+
+			"a pair with much of it compares slices that shared the machine unevenly.\n", spread(o, 0), fmtF(median(o), 0))
+	}
 }
 
 // pairedMeasured formats a paired median with its spread and the
@@ -114,5 +176,8 @@ func pairedMeasured(med float64, per []float64, prec int, signed bool, rounds st
 		lo = fmt.Sprintf("%+.*f to %+.*f", prec, slices.Min(per), prec, slices.Max(per))
 	}
 	hi = fmt.Sprintf("median of %d paired slices, %s; interleaved rounds: %s", len(per), lo, rounds)
+	if strings.HasPrefix(rounds, "n/a") { // BENCH_ONLY=pairs
+		hi = fmt.Sprintf("median of %d paired slices, %s; no interleaved rounds", len(per), lo)
+	}
 	return strings.TrimSpace(m + " (" + hi + ")")
 }

@@ -69,3 +69,72 @@ func TestPairsJudgeTheCacheHitTargets(t *testing.T) {
 		t.Errorf("section:\n%s", out.String())
 	}
 }
+
+// b-noyield's slices go beside the pairs: b / b-noyield per pair (n/a in a
+// pair without one) and their medians in the median row, under the table
+// what b-noyield is; the pairs and the targets' medians are as without it.
+func TestPairsShowWhatTheYieldSaves(t *testing.T) {
+	conns := map[string][]ConnectResult{}
+	add := func(r ConnectResult) { conns[r.Label] = append(conns[r.Label], r) }
+	// b: 1000 connects/s, thread 40, process 50 µs. b-noyield in pairs 1 to
+	// 3 (4 has none): rates 1000, 800, 1250; thread 40, 50, 32; process
+	// 50, 62.5, 40. b / b-noyield: connects/s 1, 1.25, 0.8 (median 1);
+	// thread 1, 0.8, 1.25 (median 1); process 1, 0.8, 1.25 (median 1). Pair
+	// 5 lacks a0: not a pair, its b-noyield slice not counted.
+	for i, v := range [][3]float64{{1000, 40, 50}, {800, 50, 62.5}, {1250, 32, 40}, {}, {2000, 10, 10}} {
+		r := i + 1
+		if r != 5 {
+			add(pairSlice("a0", r, 1100, 30, 30))
+		}
+		add(pairSlice("b", r, 1000, 40, 50))
+		add(pairSlice("b-off", r, 1000, 40, 48))
+		if v[0] > 0 {
+			add(pairSlice("b-noyield", r, v[0], v[1], v[2]))
+			conns[pairPrefix+"b-noyield"][len(conns[pairPrefix+"b-noyield"])-1].CPU = map[string]float64{"other": 10 * float64(r)}
+		}
+	}
+	p := summarizePairs(conns)
+	if p.n != 4 || p.nyN != 3 {
+		t.Fatalf("%d pairs, %d with b-noyield; want 4, 3", p.n, p.nyN)
+	}
+	if p.nyTputMed != 1 || p.nyThMed != 1 || p.nyProcMed != 1 {
+		t.Errorf("b / b-noyield medians: connects/s %v, thread %v, process %v; want 1, 1, 1", p.nyTputMed, p.nyThMed, p.nyProcMed)
+	}
+	if p.nyTput[1] != 1.25 || p.nyThread[1] != 0.8 || p.nyProc[2] != 1.25 {
+		t.Errorf("pair ratios: connects/s %v, thread %v, process %v", p.nyTput, p.nyThread, p.nyProc)
+	}
+	if p.tputMed != 1000.0/1100 || p.threadMed != 10 || p.trackMed != 50.0/48 {
+		t.Errorf("the targets' medians moved: %v, %v, %v", p.tputMed, p.threadMed, p.trackMed)
+	}
+	// The paired slices alone (BENCH_ONLY=pairs): no rounds to give beside them.
+	for _, r := range issue12Targets(map[string]float64{}, map[string]connCost{}, p, map[string]stormSummary{}, memSummary{}, nil, false, false) {
+		if strings.Contains(r[0], "b / a0") || strings.Contains(r[0], "a0 + 2") || strings.Contains(r[0], "b / b-off") {
+			if !strings.HasSuffix(r[1], "; no interleaved rounds)") || strings.Contains(r[1], "NaN") {
+				t.Errorf("%s without rounds: %q", r[0], r[1])
+			}
+		}
+	}
+	var out strings.Builder
+	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, p)
+	s := out.String()
+	for _, want := range []string{
+		"| b / b-noyield connects/s | b / b-noyield, process CPU per CONNECT | b / b-noyield, broker thread CPU per CONNECT |\n",
+		"|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+		"| 2 | 1100 | 1000 | 1000 | 0.909 | +10.0 | 1.042 | 1.250 | 0.800 | 0.800 |\n",
+		"| 4 | 1100 | 1000 | 1000 | 0.909 | +10.0 | 1.042 | n/a | n/a | n/a |\n",
+		"| **median** | 1100 | 1000 | 1000 | **0.909** | **+10.0** | **1.042** | **1.000** | **1.000** | **1.000** |\n",
+		"\nb-noyield is b (", "MOSQUITTO_GUARD_NO_YIELD=1", "in the order a0, b, b-off, b-noyield",
+		"took 10 to 30 % of a core during a slice (median 20 %)", // pair 5 not a pair: its 50 left out
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("section lacks %q:\n%s", want, s)
+		}
+	}
+	// Without b-noyield slices the table is as it was.
+	delete(conns, pairPrefix+"b-noyield")
+	out.Reset()
+	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, summarizePairs(conns))
+	if strings.Contains(out.String(), "noyield") || !strings.Contains(out.String(), "| 1.042 |\n") {
+		t.Errorf("section without b-noyield:\n%s", out.String())
+	}
+}
