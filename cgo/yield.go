@@ -33,9 +33,25 @@ import (
 // What it costs: one yield per yieldEvery at most (200 a second), each a
 // hand-off of the broker thread's P and back: 37 µs on average off the
 // broker thread under the bench load, 1.8 ms at most seen; the guard's own
-// goroutines run in that time. A wait on the broker thread, bounded as any
-// goroutine's turn is by Go's preemption (10 ms).
-const yieldEvery = 5 * time.Millisecond
+// goroutines run in that time. But the broker's goroutine waits at the tail
+// of Go's global run queue: with more runnable goroutines than Ps (a
+// replica reload, a password file re-read, GC workers) it waits behind
+// each of them, up to a 10 ms turn apiece (20 ms with sysmon asleep): 20
+// to 40 ms a yield with two or three busy goroutines and GOMAXPROCS 2. So
+// after a yield that took w the next waits yieldBackoff times w if that is
+// longer than yieldEvery (capped at yieldBackoffMax): a hand-off (w up to
+// 250 µs) keeps the 5 ms rhythm, and the broker thread never spends more
+// than a twentieth of its time in yields, one wait at a time; under such a
+// load, when sysmon is busy anyway, it nearly never yields (a 20 ms yield:
+// the next after 400 ms). Before, a yield longer than
+// yieldEvery made the next CONNECT yield again: every CONNECT waited a turn
+// and the broker thread made 30 to 60 times fewer callbacks
+// (cgo/atk_yield_test.go, TestAtkYieldCallbackWaitVsBaseline).
+const (
+	yieldEvery      = 5 * time.Millisecond
+	yieldBackoff    = 20
+	yieldBackoffMax = 10 * time.Second
+)
 
 // noYield turns the yield off (MOSQUITTO_GUARD_NO_YIELD set to anything but
 // empty in the broker's environment): the baseline that
@@ -45,8 +61,8 @@ var noYield = os.Getenv("MOSQUITTO_GUARD_NO_YIELD") != ""
 
 var (
 	yieldOn   atomic.Bool  // set at init: GOMAXPROCS >= 2 and not noYield
-	yieldBase = time.Now() // the monotonic clock's origin for lastYield
-	lastYield atomic.Int64 // ns since yieldBase of the last yield
+	yieldBase = time.Now() // the monotonic clock's origin for nextYield
+	nextYield atomic.Int64 // ns since yieldBase before which no yield
 	gosched   = runtimeGosched
 )
 
@@ -60,15 +76,17 @@ func setYield() {
 }
 
 // yieldSometimes yields the broker thread's P to Go's scheduler if it has
-// not for yieldEvery. Broker thread (guardBasicAuth).
+// not for yieldEvery, nor for yieldBackoff times the last yield's length.
+// Broker thread (guardBasicAuth).
 func yieldSometimes() {
 	if !yieldOn.Load() {
 		return
 	}
 	now := int64(time.Since(yieldBase))
-	if now-lastYield.Load() < int64(yieldEvery) {
+	if now < nextYield.Load() {
 		return
 	}
-	lastYield.Store(now)
 	gosched()
+	end := int64(time.Since(yieldBase))
+	nextYield.Store(end + min(max(int64(yieldEvery), (end-now)*yieldBackoff), int64(yieldBackoffMax)))
 }
