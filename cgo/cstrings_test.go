@@ -24,6 +24,13 @@ func TestConnectStrings(t *testing.T) {
 	again := get("dev-1", "192.0.2.1", "alice", true)
 	assert.Equal(t, first, again)
 	assert.Same(t, unsafe.StringData(first[0]), unsafe.StringData(again[0]), "reused")
+	// The client ID and the username are one object, which a live
+	// connection keeps; the address is not in it (issue 12).
+	idStart := uintptr(unsafe.Pointer(unsafe.StringData(first[0])))
+	assert.Equal(t, idStart+uintptr(len(first[0])), uintptr(unsafe.Pointer(unsafe.StringData(first[2]))), "username right after the client ID")
+	if a := uintptr(unsafe.Pointer(unsafe.StringData(first[1]))); a >= idStart && a < idStart+uintptr(len(first[0])+len(first[2])+1) {
+		t.Errorf("the address shares the client ID's allocation")
+	}
 	id, addr, user := []byte("dev-1"), []byte("192.0.2.1"), []byte("alice")
 	if !raceEnabled {
 		assert.Zero(t, testing.AllocsPerRun(100, func() { cs.get(id, addr, user, true) }))
