@@ -12,25 +12,23 @@ import (
 )
 
 // liveConn is one connection this guard let through, or, once it has ended,
-// the offline persistent session it left (offline). It takes 112 bytes
-// (TestLiveConnBytes): its conflict-tracking connection is kept as its
-// number and start, and rebuilt when the tracker is told (connOf); what few
-// clients have (a certificate, an address that is not an IP) is in a
-// record of its own. A record that ended is reused by a later admit, once
+// the offline persistent session it left (offline). It takes 96 bytes
+// (TestLiveConnBytes; 112 before issue 12's last round): its conflict-tracking connection is kept as its
+// number and start, and rebuilt when the tracker is told (connOf); its IP
+// as 16 bytes (ipAddr: a netip.Addr takes 24); what few
+// clients have (a certificate, an address that is not a plain IP) is in a
+// record of its own, and what a deferred one waits with in g.pending. A record that ended is reused by a later admit, once
 // nothing can still hold it (records.go): a CONNECT allocates none.
 type liveConn struct {
-	handle    uintptr
-	clientID  string
-	username  string
-	*connRare            // certID, certSubject, addr: never nil (noRare when none)
-	ip        netip.Addr // invalid: the address is connRare's addr
-	displaced *liveConn  // the connection it took over, until lc ends (byID goes back to it if still here)
-	// other is the tracking connection of the one it took over, kept for
-	// a pending connection's Connected at its confirmation; nil otherwise.
-	other       *conflicts.Conn
-	seq         uint64 // its tracking connection's number (conflicts.Conn.Seq); 0 without tracking
-	sinceMs     int64  // admitted at, unix ms; its tracking connection's ConnectedMs
-	visited     uint32 // the reload whose re-authentication walk visited it (its low 32 bits)
+	handle      uintptr
+	clientID    string
+	username    string
+	*connRare             // certID, certSubject, addr: never nil (noRare when none)
+	ip16        [16]byte  // the IP, 16-byte form (packIP), unless connRare's ownIP
+	displaced   *liveConn // the connection it took over, until lc ends (byID goes back to it if still here)
+	seq         uint64    // its tracking connection's number (conflicts.Conn.Seq); 0 without tracking
+	sinceMs     int64     // admitted at, unix ms; its tracking connection's ConnectedMs
+	visited     uint32    // the reload whose re-authentication walk visited it (its low 32 bits)
 	hasUsername bool
 	pending     bool // deferred to a later check: confirmed after confirmDelay without DISCONNECT (with tracking: in g.pending until then, offline or not)
 	flagged     bool // banned while connected: its kick is on the way
@@ -39,10 +37,31 @@ type liveConn struct {
 
 // connRare is what few connections have. It is never written after admit.
 type connRare struct {
-	certID      string // the client certificate's ID, "" without one
-	certSubject string // its subject, for kick lines (logval.Max bytes of it)
-	addr        string // the broker's address text, when not an IP (conflict tracking records it)
-	sighted     bool   // admitted at its first sight (FirstSight): no password of it was checked
+	certID      string     // the client certificate's ID, "" without one
+	certSubject string     // its subject, for kick lines (logval.Max bytes of it)
+	addr        string     // the broker's address text, when not an IP (conflict tracking records it)
+	ip          netip.Addr // the IP when ownIP: none (the address is addr), or one packIP cannot keep
+	ownIP       bool       // ip is the connection's IP, not liveConn's ip16
+	sighted     bool       // admitted at its first sight (FirstSight): no password of it was checked
+}
+
+// packIP returns ip's 16 bytes for liveConn's ip16, and false when they
+// would not give ip back (invalid, with a zone, or IPv4-mapped IPv6: the
+// guard's addresses are none of these, keys.NormalizeIP): that ip is kept
+// in connRare.
+func packIP(ip netip.Addr) ([16]byte, bool) {
+	if !ip.IsValid() || ip.Zone() != "" || ip.Is4In6() {
+		return [16]byte{}, false
+	}
+	return ip.As16(), true
+}
+
+// ipAddr is lc's IP; invalid when its address is not one (connRare's addr).
+func (lc *liveConn) ipAddr() netip.Addr {
+	if lc.ownIP {
+		return lc.connRare.ip
+	}
+	return netip.AddrFrom16(lc.ip16).Unmap()
 }
 
 // noRare is the connRare of a connection without any; never written.
@@ -57,8 +76,8 @@ const confirmDelay = 500 * time.Millisecond
 // are only needed to recognise the broker's re-authentication of a session
 // after a reload where no TICK tells the walk's end (per_listener_settings on
 // 2.0.11-2.0.14); past the bound, sessions that end are forgotten at once. An
-// entry costs about 200 bytes (its 112-byte record, its slot in g.conns, its
-// client ID and username): 100 000 of them about 20 MB.
+// entry costs about 160 bytes (its 96-byte record, its slot in g.conns, its
+// client ID and username): 100 000 of them about 16 MB.
 const offlineMax = 100000
 
 // Disconnected forgets a connection (MOSQ_EVT_DISCONNECT) whose session
@@ -183,10 +202,14 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
 
 // admitAt is admit with the time now read.
 func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time.Time) {
+	ip16, packed := packIP(ip)
 	rec := liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
-		connRare: noRare, ip: ip, pending: pending, sinceMs: now.UnixMilli()}
-	if c.CertID != "" || c.CertSubject != "" || !ip.IsValid() || sighted {
+		connRare: noRare, ip16: ip16, pending: pending, sinceMs: now.UnixMilli()}
+	if c.CertID != "" || c.CertSubject != "" || !packed || sighted {
 		rec.connRare = &connRare{certID: c.CertID, certSubject: subjectKept(c.CertSubject), sighted: sighted}
+		if !packed {
+			rec.ip, rec.ownIP = ip, true
+		}
 		if !ip.IsValid() {
 			rec.addr = c.Address
 		}
@@ -217,8 +240,7 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 	g.byID.putAt(at, lc)  // lc.clientID is c.ClientID
 	g.noteAdmitLocked(lc) // a password file's kicks under way leave it (userreload.go)
 	if pending && g.tracker != nil {
-		lc.other = other
-		g.pending = append(g.pending, lc)
+		g.pending = append(g.pending, pendingConn{lc, other})
 	}
 	g.mu.Unlock()
 	if !pending && g.tracker != nil {
@@ -231,11 +253,19 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 // with or without g.mu.
 func (g *Guard) connOf(lc *liveConn) conflicts.Conn {
 	ip := lc.addr
-	if lc.ip.IsValid() {
-		ip = lc.ip.String()
+	if a := lc.ipAddr(); a.IsValid() {
+		ip = a.String()
 	}
 	return conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username),
 		IP: ip, ConnectedMs: lc.sinceMs}
+}
+
+// pendingConn is a deferred connection in g.pending, with the tracking
+// connection of the one it took over (nil: none), for its Connected at its
+// confirmation. It is kept here, not in the record: few records wait.
+type pendingConn struct {
+	lc    *liveConn
+	other *conflicts.Conn
 }
 
 // confirmBatch bounds the deferred connections confirmed per lock hold.
@@ -257,14 +287,14 @@ func (g *Guard) confirmDue() {
 		var ready []confirmed
 		g.mu.Lock()
 		i := 0
-		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].sinceMs < cutoff; i++ {
-			lc := g.pending[i]
+		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].lc.sinceMs < cutoff; i++ {
+			lc := g.pending[i].lc
 			if g.conns[lc.handle] == lc && !lc.offline {
-				ready = append(ready, confirmed{lc.clientID, g.connOf(lc), lc.other})
+				ready = append(ready, confirmed{lc.clientID, g.connOf(lc), g.pending[i].other})
 			}
 			// Out of g.pending: an offline one may be reused once it is
 			// dropped; one that ended is the garbage collector's.
-			lc.pending, lc.other = false, nil
+			lc.pending = false
 		}
 		more = i == confirmBatch
 		clear(g.pending[:i])

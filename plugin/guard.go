@@ -74,7 +74,7 @@ type Guard struct {
 	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT; offline sessions they left
 	offline int                   // offline sessions in conns, at most offlineMax
 	byID    idIndex               // client ID -> its newest connection here (byid.go)
-	pending []*liveConn           // deferred connections not yet confirmed
+	pending []pendingConn         // deferred connections not yet confirmed
 	recs    records               // ended records kept for reuse (records.go)
 	// scans counts the kick scans started (scanStartLocked, under g.mu): a
 	// CONNECT that sees it move between its list check and its admit may

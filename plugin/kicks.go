@@ -126,7 +126,7 @@ func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
 	for _, lc := range kicked {
 		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername,
 			CertID: lc.certID, CertSubject: lc.certSubject}
-		l := clientLine("kicked", c, lc.ip)
+		l := clientLine("kicked", c, lc.ipAddr())
 		if isKey {
 			l.Str("rule", rule)
 		} else {
@@ -202,9 +202,11 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 	case keys.Username:
 		return lc.hasUsername && lc.username == value
 	case keys.IP:
-		return lc.ip.IsValid() && lc.ip.String() == value
+		ip := lc.ipAddr()
+		return ip.IsValid() && ip.String() == value
 	case keys.CIDR:
-		return lc.ip.IsValid() && prefix.Contains(lc.ip)
+		ip := lc.ipAddr()
+		return ip.IsValid() && prefix.Contains(ip)
 	case keys.Cert:
 		return lc.certID != "" && lc.certID == value
 	}
@@ -212,7 +214,7 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 }
 
 func queryOf(lc *liveConn) store.Query {
-	return store.Query{ClientID: lc.clientID, IP: lc.ip, Username: lc.username, HasUsername: lc.hasUsername, Cert: lc.certID}
+	return store.Query{ClientID: lc.clientID, IP: lc.ipAddr(), Username: lc.username, HasUsername: lc.hasUsername, Cert: lc.certID}
 }
 
 // KickDue says what to do with a kick queued for connection handle, whose

@@ -640,8 +640,8 @@ func (g *Guard) rewriteKnown() error {
 		}
 		batch := make([]knownWrite, 0, 2*len(cands))
 		for _, lc := range cands { // identity fields, fixed at admit: read without g.mu
-			if lc.ip.IsValid() {
-				batch = append(batch, knownWrite{lc.username, sourceIP(lc.ip), lc.sinceMs})
+			if ip := lc.ipAddr(); ip.IsValid() {
+				batch = append(batch, knownWrite{lc.username, sourceIP(ip), lc.sinceMs})
 			}
 			batch = append(batch, knownWrite{lc.username, sourceClientID(lc.clientID), lc.sinceMs})
 		}

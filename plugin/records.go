@@ -16,8 +16,8 @@ package plugin
 // At most recMax records are kept (free and limbo together); more that end
 // are left to the garbage collector.
 
-// recMax bounds the records kept for reuse: 1024 records of 112 bytes
-// (TestLiveConnBytes), 112 KiB, and the two lists' 16 KiB of pointers
+// recMax bounds the records kept for reuse: 1024 records of 96 bytes
+// (TestLiveConnBytes), 96 KiB, and the two lists' 16 KiB of pointers
 // (allocated at the first release, TestRecordsBound). A
 // broker whose connections come and go at a few thousand a second reuses
 // them; a mass disconnect keeps no more than this.

@@ -132,8 +132,8 @@ func checkRecordsLocked(t *testing.T, g *Guard, model map[uintptr]*attackModel, 
 			fail("byID[%q] displaced names a record in %s", id, kept[d])
 		}
 	}
-	for _, lc := range g.pending {
-		if kept[lc] != "" {
+	for _, p := range g.pending {
+		if lc := p.lc; kept[lc] != "" {
 			fail("g.pending holds a record in %s", kept[lc])
 		}
 	}
@@ -328,7 +328,8 @@ func TestAttackRecordsModel(t *testing.T) {
 			if b.scope == keys.CIDR {
 				pfx = netip.MustParsePrefix(b.value)
 			}
-			probe := liveConn{clientID: c.ClientID, username: c.Username, hasUsername: true, ip: ip, connRare: noRare}
+			probe := liveConn{clientID: c.ClientID, username: c.Username, hasUsername: true, connRare: noRare}
+			probe.ip16, _ = packIP(ip)
 			if matches(&probe, b.scope, b.value, pfx) && !lc.flagged {
 				t.Errorf("%q at %d matches standing ban %s and is not flagged", lc.clientID, h, attackBanKey(i))
 			}
