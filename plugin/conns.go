@@ -95,7 +95,7 @@ func (g *Guard) DisconnectedKeepSession(handle uintptr) { g.disconnected(handle,
 
 func (g *Guard) disconnected(handle uintptr, keep bool) {
 	g.mu.Lock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc == nil {
 		g.mu.Unlock()
 		return
@@ -116,7 +116,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		// A newer connection refused by a later check: the one it would
 		// have taken over is still here, and still names the client ID (a
 		// kick queued for it, or a client-ID ban, must still find it).
-		if d := lc.displaced; d != nil && g.conns[d.handle] == d && !d.offline {
+		if d := lc.displaced; d != nil && g.conns.get(d.handle) == d && !d.offline {
 			g.byID.set(d) // d.clientID is lc's
 			holder = d
 		}
@@ -135,7 +135,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		lc.offline, lc.flagged = true, false
 		g.offline++
 	} else {
-		delete(g.conns, handle)
+		g.conns.del(handle)
 		g.releaseHolderLocked(lc, holder)
 	}
 	g.mu.Unlock()
@@ -149,7 +149,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 
 // dropLocked removes an offline entry; g.mu held.
 func (g *Guard) dropLocked(lc *liveConn) {
-	delete(g.conns, lc.handle)
+	g.conns.del(lc.handle)
 	g.offline--
 	if lc.flagged { // flagged by a scan that did not skip offline entries
 		lc.flagged = false
@@ -168,7 +168,7 @@ func (g *Guard) dropLocked(lc *liveConn) {
 func (g *Guard) reauth(handle uintptr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc != nil && lc.offline {
 		g.dropLocked(lc)
 		return false
@@ -184,7 +184,7 @@ func (g *Guard) reauth(handle uintptr) bool {
 func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc == nil || lc.visited == uint32(reload) || (lc.offline && lc.clientID != clientID) {
 		return false
 	}
@@ -223,7 +223,7 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 	g.mu.Lock()
 	lc := g.newRecLocked() // a record that ended, if any (records.go)
 	*lc = rec
-	if old := g.conns[c.Handle]; old != nil && old.offline {
+	if old := g.conns.get(c.Handle); old != nil && old.offline {
 		g.dropLocked(old) // stale: the pointer was freed and reused
 	}
 	prev, at := g.byID.lookup(c.ClientID) // nothing changes the index until putAt
@@ -236,7 +236,7 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 		// client ID again. One level only: prev forgets its own.
 		lc.displaced, prev.displaced = prev, nil
 	}
-	g.conns[c.Handle] = lc
+	g.conns.put(lc)
 	g.byID.putAt(at, lc)  // lc.clientID is c.ClientID
 	g.noteAdmitLocked(lc) // a password file's kicks under way leave it (userreload.go)
 	if pending && g.tracker != nil {
@@ -289,7 +289,7 @@ func (g *Guard) confirmDue() {
 		i := 0
 		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].lc.sinceMs < cutoff; i++ {
 			lc := g.pending[i].lc
-			if g.conns[lc.handle] == lc && !lc.offline {
+			if g.conns.get(lc.handle) == lc && !lc.offline {
 				ready = append(ready, confirmed{lc.clientID, g.connOf(lc), g.pending[i].other})
 			}
 			// Out of g.pending: an offline one may be reused once it is

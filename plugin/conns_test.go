@@ -35,7 +35,7 @@ func TestLiveConnIP(t *testing.T) {
 	} {
 		g, _, _, _ := newGuard(t, nil)
 		g.admit(Client{Handle: 1, ClientID: "dev", Address: "somewhere"}, ip, false, false)
-		lc := g.conns[1]
+		lc := g.conns.get(1)
 		require.NotNil(t, lc)
 		assert.Equal(t, ip, lc.ipAddr(), "%v", ip)
 		_, plain := packIP(ip)
@@ -74,15 +74,15 @@ func TestConnOfIsTheAdmittedConn(t *testing.T) {
 		claimed := rec.claims[i]
 		rec.mu.Unlock()
 		g.mu.Lock()
-		lc := g.conns[c.Handle]
+		lc := g.conns.get(c.Handle)
 		g.mu.Unlock()
 		assert.Equal(t, claimed, g.tracker.StoreConn(g.connOf(lc)), c.ClientID)
 		assert.Equal(t, c.CertID, lc.certID)
 	}
 	assert.Equal(t, "/run/mosquitto.sock", rec.claims[2].IP)
 	assert.Equal(t, "192.0.2.4", rec.claims[3].IP)
-	assert.Len(t, g.conns[2].certSubject, 200, "a subject is kept as far as a log line shows it")
-	assert.Same(t, noRare, g.conns[1].connRare, "a client without a certificate has no record of its own")
+	assert.Len(t, g.conns.get(2).certSubject, 200, "a subject is kept as far as a log line shows it")
+	assert.Same(t, noRare, g.conns.get(1).connRare, "a client without a certificate has no record of its own")
 	assert.Empty(t, noRare.certID+noRare.certSubject+noRare.addr, "noRare is never written")
 	// Distinct connections, distinct IDs.
 	assert.NotEqual(t, rec.claims[0].ID, rec.claims[1].ID)

@@ -59,13 +59,23 @@ func (g *Guard) scanConns(ban bool, pred func(*liveConn) bool, each func([]*live
 	n := 0
 	g.mu.Lock()
 	locked := true
-	defer func() { // a panic in pred must not leave g.mu held: the broker thread takes it
+	w := g.conns.walk() // every record there throughout is visited (connTable)
+	// A panic in pred or each must not leave g.mu held (the broker thread
+	// takes it), nor the walk open.
+	defer func() {
+		if w.open() {
+			if !locked {
+				g.mu.Lock()
+				locked = true
+			}
+			w.done()
+		}
 		if locked {
 			g.mu.Unlock()
 		}
 	}()
 	g.scanStartLocked(ban)
-	for _, lc := range g.conns {
+	for lc := w.next(); lc != nil; lc = w.next() {
 		if !lc.flagged && !lc.offline && pred(lc) {
 			cands = append(cands, lc)
 		}
@@ -78,6 +88,7 @@ func (g *Guard) scanConns(ban bool, pred func(*liveConn) bool, each func([]*live
 			locked = true
 		}
 	}
+	w.done()
 	g.mu.Unlock()
 	locked = false
 	each(cands)
@@ -114,7 +125,7 @@ func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
 	var kicked []*liveConn
 	g.mu.Lock()
 	for _, lc := range hit {
-		if lc.flagged || lc.offline || g.conns[lc.handle] != lc {
+		if lc.flagged || lc.offline || g.conns.get(lc.handle) != lc {
 			continue // flagged by another ban meanwhile, or gone
 		}
 		lc.flagged = true
@@ -172,7 +183,7 @@ func (g *Guard) banRaced(c Client, ip netip.Addr, scans uint64) *store.Match {
 // reports whether it flagged it.
 func (g *Guard) flagOne(handle uintptr) bool {
 	g.mu.Lock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc == nil || lc.flagged || lc.offline {
 		g.mu.Unlock()
 		return false
@@ -230,7 +241,7 @@ func queryOf(lc *liveConn) store.Query {
 func (g *Guard) KickDue(handle uintptr, clientID string) (due, wait bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc == nil || lc.clientID != clientID || lc.offline || !lc.flagged {
 		return false, false
 	}
@@ -248,6 +259,6 @@ func (g *Guard) KickDue(handle uintptr, clientID string) (due, wait bool) {
 func (g *Guard) Flagged(handle uintptr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	return lc != nil && !lc.offline && lc.flagged
 }

@@ -2,7 +2,7 @@ package plugin
 
 // A connection's record (liveConn) is recycled when it ends, so that a
 // CONNECT of a cached client allocates nothing. Records are compared by
-// pointer (g.conns[lc.handle] == lc) and read without g.mu by the scans
+// pointer (g.conns.get(lc.handle) == lc) and read without g.mu by the scans
 // (kickMatching, recheckConns), so a record goes back into use only once
 // nothing can still hold it:
 //   - it left g.conns (releaseLocked is called where it is deleted);

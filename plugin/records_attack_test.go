@@ -95,11 +95,12 @@ func checkRecordsLocked(t *testing.T, g *Guard, model map[uintptr]*attackModel, 
 	if len(g.recs.free)+len(g.recs.limbo) > recMax {
 		fail("%d records kept, bound %d", len(g.recs.free)+len(g.recs.limbo), recMax)
 	}
-	if len(g.conns) != len(model) {
-		fail("conns has %d entries, the model %d", len(g.conns), len(model))
+	if g.conns.len() != len(model) {
+		fail("conns has %d entries, the model %d", g.conns.len(), len(model))
 	}
 	offline := 0
-	for h, lc := range g.conns {
+	for lc := range g.conns.all() {
+		h := lc.handle
 		m := model[h]
 		switch {
 		case m == nil:
@@ -125,8 +126,8 @@ func checkRecordsLocked(t *testing.T, g *Guard, model map[uintptr]*attackModel, 
 		fail("g.offline %d, %d offline entries", g.offline, offline)
 	}
 	for id, lc := range g.byID.all() {
-		if g.conns[lc.handle] != lc || lc.offline || lc.clientID != id {
-			fail("byID[%q] is %q at %d offline=%v, conns there %p, it %p", id, lc.clientID, lc.handle, lc.offline, g.conns[lc.handle], lc)
+		if g.conns.get(lc.handle) != lc || lc.offline || lc.clientID != id {
+			fail("byID[%q] is %q at %d offline=%v, conns there %p, it %p", id, lc.clientID, lc.handle, lc.offline, g.conns.get(lc.handle), lc)
 		}
 		if d := lc.displaced; d != nil && kept[d] != "" {
 			fail("byID[%q] displaced names a record in %s", id, kept[d])
@@ -239,7 +240,7 @@ func TestAttackRecordsModel(t *testing.T) {
 			if r.IntN(2) == 0 {
 				g.DisconnectedKeepSession(h)
 				g.mu.Lock()
-				_, still := g.conns[h]
+				still := g.conns.get(h) != nil
 				g.mu.Unlock()
 				if still {
 					m.offline = true
@@ -311,7 +312,8 @@ func TestAttackRecordsModel(t *testing.T) {
 	require.Empty(t, g.recs.limbo, "records left in limbo after the scans")
 	checkRecordsLocked(t, g, model, steps)
 	flagged := 0
-	for h, lc := range g.conns {
+	for lc := range g.conns.all() {
+		h := lc.handle
 		if lc.flagged {
 			flagged++
 		}

@@ -29,7 +29,7 @@ func admitRC(g *Guard, c Client, pending bool) *liveConn {
 	g.admit(c, netip.MustParseAddr(c.Address), pending, false)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.conns[c.Handle]
+	return g.conns.get(c.Handle)
 }
 
 // pauseOnce makes g's next scan, while it holds records outside g.mu, run f.
@@ -60,7 +60,7 @@ func TestAdmitDisconnectAllocsNothing(t *testing.T) {
 // A kick scan reads its candidates outside g.mu. A candidate that ends
 // meanwhile while a new client connects at another pointer: the new
 // client does not get the candidate's record (it would pass the scan's
-// g.conns[lc.handle] == lc and be kicked in its place), and the record is
+// g.conns.get(lc.handle) == lc and be kicked in its place), and the record is
 // reused once the scan is over.
 func TestKickScanSparesANewClient(t *testing.T) {
 	for _, ban := range []struct {
@@ -241,7 +241,7 @@ func TestRecordsBound(t *testing.T) {
 	assert.Equal(t, recMax, len(g.recs.free))
 	assert.Empty(t, g.recs.limbo)
 	g.mu.Unlock()
-	assert.Empty(t, g.conns)
+	assert.Zero(t, g.conns.len())
 	assert.Zero(t, g.byID.len())
 }
 
