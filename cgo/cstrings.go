@@ -66,8 +66,9 @@ const (
 var connStrings = &connectStrings{seed: maphash.MakeSeed()}
 
 // get returns id, addr and username (absent: hasUsername false) as Go
-// strings.
-func (t *connectStrings) get(id, addr, username []byte, hasUsername bool) (clientID, address, user string) {
+// strings, and ids: the client ID and username end to end, of which
+// clientID and user are slices (plugin.Client's IDs).
+func (t *connectStrings) get(id, addr, username []byte, hasUsername bool) (clientID, address, user, ids string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.buf = append(append(append(t.buf[:0], id...), username...), addr...)
@@ -83,7 +84,7 @@ func (t *connectStrings) get(id, addr, username []byte, hasUsername bool) (clien
 		}
 		s, a = slot.s, slot.addr
 	}
-	return s[:idLen], a, s[idLen:]
+	return s[:idLen], a, s[idLen:], s
 }
 
 // passwordBuf holds a CONNECT's password while it is checked; cleared

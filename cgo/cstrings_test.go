@@ -14,7 +14,11 @@ import (
 func TestConnectStrings(t *testing.T) {
 	cs := &connectStrings{seed: connStrings.seed}
 	get := func(id, addr, user string, has bool) [3]string {
-		a, b, c := cs.get([]byte(id), []byte(addr), []byte(user), has)
+		a, b, c, ids := cs.get([]byte(id), []byte(addr), []byte(user), has)
+		assert.Equal(t, a+c, ids)
+		if ids != "" {
+			assert.Same(t, unsafe.StringData(a), unsafe.StringData(ids), "ids is the string of which both are slices")
+		}
 		return [3]string{a, b, c}
 	}
 	assert.Equal(t, [3]string{"ab", "c", "d"}, get("ab", "c", "d", true))

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
@@ -12,27 +13,71 @@ import (
 )
 
 // liveConn is one connection this guard let through, or, once it has ended,
-// the offline persistent session it left (offline). It takes 96 bytes
-// (TestLiveConnBytes; 112 before issue 12's last round): its conflict-tracking connection is kept as its
-// number and start, and rebuilt when the tracker is told (connOf); its IP
-// as 16 bytes (ipAddr: a netip.Addr takes 24); what few
-// clients have (a certificate, an address that is not a plain IP) is in a
-// record of its own, and what a deferred one waits with in g.pending. A record that ended is reused by a later admit, once
-// nothing can still hold it (records.go): a CONNECT allocates none.
+// the offline persistent session it left (offline). It takes 80 bytes
+// (TestLiveConnBytes; 112 before issue 12's last round): its
+// conflict-tracking connection is kept as its number and start, and
+// rebuilt when the tracker is told (connOf); its IP as 16 bytes (ipAddr: a
+// netip.Addr takes 24); its username as a length (setIDs); what few clients
+// have (a certificate, an address that is not a plain IP) is in a record
+// of its own; what a deferred one waits with is in g.pending, and the
+// connection it took over in g.displaced. A record that ended is reused by
+// a later admit, once nothing can still hold it (records.go): a CONNECT
+// allocates none.
 type liveConn struct {
 	handle      uintptr
-	clientID    string
-	username    string
-	*connRare             // certID, certSubject, addr: never nil (noRare when none)
-	ip16        [16]byte  // the IP, 16-byte form (packIP), unless connRare's ownIP
-	displaced   *liveConn // the connection it took over, until lc ends (byID goes back to it if still here)
-	seq         uint64    // its tracking connection's number (conflicts.Conn.Seq); 0 without tracking
-	sinceMs     int64     // admitted at, unix ms; its tracking connection's ConnectedMs
-	visited     uint32    // the reload whose re-authentication walk visited it (its low 32 bits)
+	clientID    string   // its bytes are followed by the username's, in one object (setIDs)
+	*connRare            // certID, certSubject, addr: never nil (noRare when none)
+	ip16        [16]byte // the IP, 16-byte form (packIP), unless connRare's ownIP
+	seq         uint64   // its tracking connection's number (conflicts.Conn.Seq); 0 without tracking
+	sinceMs     int64    // admitted at, unix ms; its tracking connection's ConnectedMs
+	userLen     uint32   // the username's length (username)
+	visited     uint32   // the reload whose re-authentication walk visited it (its low 32 bits)
 	hasUsername bool
 	pending     bool // deferred to a later check: confirmed after confirmDelay without DISCONNECT (with tracking: in g.pending until then, offline or not)
 	flagged     bool // banned while connected: its kick is on the way
 	offline     bool // the connection ended; the broker keeps its session
+}
+
+// displacedBy is the connection lc took over (g.displaced), nil if none;
+// g.mu held.
+func (g *Guard) displacedBy(lc *liveConn) *liveConn {
+	if len(g.displaced) == 0 {
+		return nil
+	}
+	return g.displaced[lc]
+}
+
+// setDisplaced records that lc took over d (nil: none, or no longer);
+// g.mu held.
+func (g *Guard) setDisplaced(lc, d *liveConn) {
+	switch {
+	case d != nil:
+		if g.displaced == nil {
+			g.displaced = map[*liveConn]*liveConn{}
+		}
+		g.displaced[lc] = d
+	case len(g.displaced) > 0:
+		delete(g.displaced, lc)
+	}
+}
+
+// setIDs sets lc's client ID and username from ids, the two end to end in
+// one string (idsOf), the client ID its first n bytes. The record keeps
+// the client ID and the username's length, not a second string header
+// (issue 12: 80 bytes, Go's size class 80, where 88 was class 96).
+func (lc *liveConn) setIDs(ids string, n int) {
+	lc.clientID, lc.userLen = ids[:n], uint32(len(ids)-n)
+}
+
+// username is lc's username ("" when it has none: hasUsername): the
+// userLen bytes after the client ID's, in the object that holds both
+// (setIDs), which the client ID keeps alive. A record whose clientID was
+// set otherwise has userLen 0.
+func (lc *liveConn) username() string {
+	if lc.userLen == 0 {
+		return ""
+	}
+	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(unsafe.StringData(lc.clientID)), len(lc.clientID))), lc.userLen)
 }
 
 // connRare is what few connections have. It is never written after admit.
@@ -76,8 +121,8 @@ const confirmDelay = 500 * time.Millisecond
 // are only needed to recognise the broker's re-authentication of a session
 // after a reload where no TICK tells the walk's end (per_listener_settings on
 // 2.0.11-2.0.14); past the bound, sessions that end are forgotten at once. An
-// entry costs about 160 bytes (its 96-byte record, its slot in g.conns, its
-// client ID and username): 100 000 of them about 16 MB.
+// entry costs about 130 bytes (its 80-byte record, its slot in g.conns, its
+// client ID and username): 100 000 of them about 13 MB.
 const offlineMax = 100000
 
 // Disconnected forgets a connection (MOSQ_EVT_DISCONNECT) whose session
@@ -116,12 +161,12 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		// A newer connection refused by a later check: the one it would
 		// have taken over is still here, and still names the client ID (a
 		// kick queued for it, or a client-ID ban, must still find it).
-		if d := lc.displaced; d != nil && g.conns.get(d.handle) == d && !d.offline {
-			g.byID.set(d) // d.clientID is lc's
+		if d := g.displacedBy(lc); d != nil && g.conns.get(d.handle) == d && !d.offline {
+			g.byID.set(d) // d's client ID is lc's
 			holder = d
 		}
 	}
-	lc.displaced = nil
+	g.setDisplaced(lc, nil)
 	// What the tracker is told is read now: once g.mu is released, the
 	// record may be reused.
 	clientID, tracked := lc.clientID, recorded && g.tracker != nil
@@ -203,8 +248,9 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
 // admitAt is admit with the time now read.
 func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time.Time) {
 	ip16, packed := packIP(ip)
-	rec := liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
+	rec := liveConn{handle: c.Handle, hasUsername: c.HasUsername,
 		connRare: noRare, ip16: ip16, pending: pending, sinceMs: now.UnixMilli()}
+	rec.setIDs(idsOf(c), len(c.ClientID))
 	if c.CertID != "" || c.CertSubject != "" || !packed || sighted {
 		rec.connRare = &connRare{certID: c.CertID, certSubject: subjectKept(c.CertSubject), sighted: sighted}
 		if !packed {
@@ -234,10 +280,11 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 		}
 		// If lc is refused after all (a later check), prev names its
 		// client ID again. One level only: prev forgets its own.
-		lc.displaced, prev.displaced = prev, nil
+		g.setDisplaced(lc, prev)
+		g.setDisplaced(prev, nil)
 	}
 	g.conns.put(lc)
-	g.byID.putAt(at, lc)  // lc.clientID is c.ClientID
+	g.byID.putAt(at, lc)  // lc's client ID is c.ClientID
 	g.noteAdmitLocked(lc) // a password file's kicks under way leave it (userreload.go)
 	if pending && g.tracker != nil {
 		g.pending = append(g.pending, pendingConn{lc, other})
@@ -248,6 +295,20 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 	}
 }
 
+// idsOf is c's client ID and username end to end: c.IDs when it is that
+// (cgo makes it so: a connection then copies nothing), else a copy made
+// now.
+func idsOf(c Client) string {
+	n := len(c.ClientID)
+	if len(c.IDs) == n+len(c.Username) && c.IDs[:n] == c.ClientID && c.IDs[n:] == c.Username {
+		return c.IDs
+	}
+	if c.Username == "" {
+		return c.ClientID
+	}
+	return c.ClientID + c.Username
+}
+
 // connOf is lc's conflict-tracking connection, as NewConn described it at
 // admit (g.tracker set): its identity fields never change, so it is read
 // with or without g.mu.
@@ -256,7 +317,7 @@ func (g *Guard) connOf(lc *liveConn) conflicts.Conn {
 	if a := lc.ipAddr(); a.IsValid() {
 		ip = a.String()
 	}
-	return conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username),
+	return conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username()),
 		IP: ip, ConnectedMs: lc.sinceMs}
 }
 
@@ -311,7 +372,7 @@ func (g *Guard) confirmDue() {
 func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if lc := g.byID.get(clientID); lc != nil && conflicts.Principal(lc.certID, lc.hasUsername, lc.username) != principal {
+	if lc := g.byID.get(clientID); lc != nil && conflicts.Principal(lc.certID, lc.hasUsername, lc.username()) != principal {
 		o := g.tracker.StoreConn(g.connOf(lc))
 		return &o
 	}

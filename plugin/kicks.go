@@ -135,7 +135,7 @@ func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
 	g.mu.Unlock()
 	g.metrics.kicked(len(kicked))
 	for _, lc := range kicked {
-		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername,
+		c := Client{ClientID: lc.clientID, Username: lc.username(), HasUsername: lc.hasUsername,
 			CertID: lc.certID, CertSubject: lc.certSubject}
 		l := clientLine("kicked", c, lc.ipAddr())
 		if isKey {
@@ -211,7 +211,7 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 	case keys.ClientID:
 		return lc.clientID == value
 	case keys.Username:
-		return lc.hasUsername && lc.username == value
+		return lc.hasUsername && lc.username() == value
 	case keys.IP:
 		ip := lc.ipAddr()
 		return ip.IsValid() && ip.String() == value
@@ -225,7 +225,7 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 }
 
 func queryOf(lc *liveConn) store.Query {
-	return store.Query{ClientID: lc.clientID, IP: lc.ipAddr(), Username: lc.username, HasUsername: lc.hasUsername, Cert: lc.certID}
+	return store.Query{ClientID: lc.clientID, IP: lc.ipAddr(), Username: lc.username(), HasUsername: lc.hasUsername, Cert: lc.certID}
 }
 
 // KickDue says what to do with a kick queued for connection handle, whose

@@ -8,16 +8,16 @@ package plugin
 //   - it left g.conns (releaseLocked is called where it is deleted);
 //   - it is not in g.pending (a deferred record, with conflict tracking, is
 //     never recycled: the garbage collector takes it);
-//   - no record's displaced names it (the one that can is the newest record
-//     of its client ID, byID: cleared at release);
+//   - no record's displaced (g.displaced) names it (the one that can is the
+//     newest record of its client ID, byID: cleared at release);
 //   - no scan holds record pointers outside g.mu (g.recs.scans): records
 //     ended during a scan wait in limbo until the last scan is over.
 //
 // At most recMax records are kept (free and limbo together); more that end
 // are left to the garbage collector.
 
-// recMax bounds the records kept for reuse: 1024 records of 96 bytes
-// (TestLiveConnBytes), 96 KiB, and the two lists' 16 KiB of pointers
+// recMax bounds the records kept for reuse: 1024 records of 80 bytes
+// (TestLiveConnBytes), 80 KiB, and the two lists' 16 KiB of pointers
 // (allocated at the first release, TestRecordsBound). A
 // broker whose connections come and go at a few thousand a second reuses
 // them; a mass disconnect keeps no more than this.
@@ -58,8 +58,8 @@ func (g *Guard) releaseHolderLocked(lc *liveConn, h *liveConn) {
 		if h == lc {
 			return // still the newest of its client ID (cannot be): never reused
 		}
-		if h.displaced == lc {
-			h.displaced = nil // it cannot name its client ID again: it ended
+		if g.displacedBy(h) == lc {
+			g.setDisplaced(h, nil) // it cannot name its client ID again: it ended
 		}
 	}
 	if lc.pending && g.tracker != nil {

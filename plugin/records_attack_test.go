@@ -115,21 +115,26 @@ func checkRecordsLocked(t *testing.T, g *Guard, model map[uintptr]*attackModel, 
 		if lc.offline {
 			offline++
 		}
-		if d := lc.displaced; d != nil && kept[d] != "" {
+		if d := g.displacedBy(lc); d != nil && kept[d] != "" {
 			fail("conns[%d] (%q) displaced names a record in %s", h, lc.clientID, kept[d])
 		}
-		if lc.clientID != attackClient(h, lc.clientID).ClientID || lc.username != attackClient(h, lc.clientID).Username {
-			fail("conns[%d] mixes clients: %q user %q", h, lc.clientID, lc.username)
+		if lc.clientID != attackClient(h, lc.clientID).ClientID || lc.username() != attackClient(h, lc.clientID).Username {
+			fail("conns[%d] mixes clients: %q user %q", h, lc.clientID, lc.username())
 		}
 	}
 	if offline != g.offline {
 		fail("g.offline %d, %d offline entries", g.offline, offline)
 	}
+	for lc, d := range g.displaced {
+		if g.conns.get(lc.handle) != lc || kept[lc] != "" || kept[d] != "" {
+			fail("g.displaced holds %q at %d (in conns: %v, %s) -> %q (%s)", lc.clientID, lc.handle, g.conns.get(lc.handle) == lc, kept[lc], d.clientID, kept[d])
+		}
+	}
 	for id, lc := range g.byID.all() {
 		if g.conns.get(lc.handle) != lc || lc.offline || lc.clientID != id {
 			fail("byID[%q] is %q at %d offline=%v, conns there %p, it %p", id, lc.clientID, lc.handle, lc.offline, g.conns.get(lc.handle), lc)
 		}
-		if d := lc.displaced; d != nil && kept[d] != "" {
+		if d := g.displacedBy(lc); d != nil && kept[d] != "" {
 			fail("byID[%q] displaced names a record in %s", id, kept[d])
 		}
 	}
@@ -330,7 +335,8 @@ func TestAttackRecordsModel(t *testing.T) {
 			if b.scope == keys.CIDR {
 				pfx = netip.MustParsePrefix(b.value)
 			}
-			probe := liveConn{clientID: c.ClientID, username: c.Username, hasUsername: true, connRare: noRare}
+			probe := liveConn{hasUsername: true, connRare: noRare}
+			probe.setIDs(idsOf(c), len(c.ClientID))
 			probe.ip16, _ = packIP(ip)
 			if matches(&probe, b.scope, b.value, pfx) && !lc.flagged {
 				t.Errorf("%q at %d matches standing ban %s and is not flagged", lc.clientID, h, attackBanKey(i))

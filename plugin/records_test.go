@@ -77,7 +77,7 @@ func TestKickScanSparesANewClient(t *testing.T) {
 			pauseOnce(g, func() {
 				g.Disconnected(1)
 				b = admitRC(g, rc(2, "dev-b", "bob"), false)
-				assert.Equal(t, "alice", a.username, "the scan's candidate still names its client")
+				assert.Equal(t, "alice", a.username(), "the scan's candidate still names its client")
 			})
 			key := "guard:block:" + string(ban.scope) + ":" + ban.value
 			require.NoError(t, g.replica.Put(key, "", time.Time{}))
@@ -127,7 +127,9 @@ func TestDisplacedRecordNotGivenBack(t *testing.T) {
 	g := kickGuard(t, map[string]string{"backend": "defer", "clientid_conflict": "off"}, Output{Log: func(Level, string) {}, Kick: kr.kick})
 	a := admitRC(g, rc(1, "dev", "alice"), false)
 	newer := admitRC(g, Client{Handle: 2, ClientID: "dev", Address: "192.0.2.2"}, true) // deferred
-	require.Same(t, a, newer.displaced)
+	g.mu.Lock()
+	require.Same(t, a, g.displacedBy(newer))
+	g.mu.Unlock()
 	g.Disconnected(1)
 	x := admitRC(g, rc(3, "other", "carol"), false)
 	require.Same(t, a, x, "the record is reused")

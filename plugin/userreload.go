@@ -237,8 +237,8 @@ func (a *appliedUsers) changed(lc *liveConn) bool {
 	if !lc.hasUsername || lc.sighted {
 		return false
 	}
-	was, _ := a.prev.Hash(lc.username)
-	now, ok := a.users.Hash(lc.username)
+	was, _ := a.prev.Hash(lc.username())
+	now, ok := a.users.Hash(lc.username())
 	return !ok || now != was
 }
 
