@@ -14,7 +14,11 @@ import (
 func TestConnectStrings(t *testing.T) {
 	cs := &connectStrings{seed: connStrings.seed}
 	get := func(id, addr, user string, has bool) [3]string {
-		a, b, c := cs.get([]byte(id), []byte(addr), []byte(user), has)
+		a, b, c, ids := cs.get([]byte(id), []byte(addr), []byte(user), has)
+		assert.Equal(t, a+c, ids)
+		if ids != "" {
+			assert.Same(t, unsafe.StringData(a), unsafe.StringData(ids), "ids is the string of which both are slices")
+		}
 		return [3]string{a, b, c}
 	}
 	assert.Equal(t, [3]string{"ab", "c", "d"}, get("ab", "c", "d", true))
@@ -24,6 +28,13 @@ func TestConnectStrings(t *testing.T) {
 	again := get("dev-1", "192.0.2.1", "alice", true)
 	assert.Equal(t, first, again)
 	assert.Same(t, unsafe.StringData(first[0]), unsafe.StringData(again[0]), "reused")
+	// The client ID and the username are one object, which a live
+	// connection keeps; the address is not in it (issue 12).
+	idStart := uintptr(unsafe.Pointer(unsafe.StringData(first[0])))
+	assert.Equal(t, idStart+uintptr(len(first[0])), uintptr(unsafe.Pointer(unsafe.StringData(first[2]))), "username right after the client ID")
+	if a := uintptr(unsafe.Pointer(unsafe.StringData(first[1]))); a >= idStart && a < idStart+uintptr(len(first[0])+len(first[2])+1) {
+		t.Errorf("the address shares the client ID's allocation")
+	}
 	id, addr, user := []byte("dev-1"), []byte("192.0.2.1"), []byte("alice")
 	if !raceEnabled {
 		assert.Zero(t, testing.AllocsPerRun(100, func() { cs.get(id, addr, user, true) }))

@@ -160,7 +160,7 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char,
 		return C.MOSQ_ERR_PLUGIN_DEFER
 	}
 	c := plugin.Client{Handle: uintptr(client), HasUsername: username != nil}
-	c.ClientID, c.Address, c.Username = connStrings.get(cBytes(id), cBytes(addr), cBytes(username), c.HasUsername)
+	c.ClientID, c.Address, c.Username, c.IDs = connStrings.get(cBytes(id), cBytes(addr), cBytes(username), c.HasUsername)
 	if password != nil {
 		pb := copyPassword(password)
 		defer pb.release() // cleared, even after a panic

@@ -139,7 +139,7 @@ func TestBanDuringPasswordCheckRefuses(t *testing.T) {
 	assert.False(t, g.Flagged(c.Handle))
 	assert.Empty(t, kr.all(), "nothing to kick: it was never let in")
 	g.mu.Lock()
-	assert.Nil(t, g.conns[c.Handle], "not admitted")
+	assert.Nil(t, g.conns.get(c.Handle), "not admitted")
 	g.mu.Unlock()
 	// Without a ban meanwhile, the same client is let in.
 	assert.Equal(t, Allow, g.Authenticate(cl(2, "192.0.2.2", "door-2", "alice", "alice-pw")).Result)

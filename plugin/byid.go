@@ -18,7 +18,7 @@ import (
 // keyed by a seed of this process's own, so no client can aim at a run of
 // slots. A deletion moves back the entries after it in its run (no
 // tombstones), so nothing may iterate it while it changes (none does: the
-// scans range g.conns). Its entries are at most g.conns' (each a record
+// scans walk g.conns, connTable). Its entries are at most g.conns' (each a record
 // there): bounded as the connections and offlineMax are. g.mu guards it.
 type idIndex struct {
 	seed  maphash.Seed

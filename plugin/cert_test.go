@@ -115,7 +115,7 @@ func TestCertPrincipal(t *testing.T) {
 	first := certCl(1, "192.0.2.1", "door", "alice", "alice-pw", "first", "CN=first")
 	require.Equal(t, Allow, g.Authenticate(first).Result)
 	g.mu.Lock()
-	assert.Equal(t, "cert:"+first.CertID, g.connOf(g.conns[1]).Principal)
+	assert.Equal(t, "cert:"+first.CertID, g.connOf(g.conns.get(1)).Principal)
 	g.mu.Unlock()
 
 	// The same username with another certificate is another principal.

@@ -68,7 +68,7 @@ func TestDenyClaimsTheClientID(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, live, 1, "claimed on the broker thread, before the worker runs")
 	a.mu.Lock()
-	admitted := a.tracker.StoreConn(a.connOf(a.conns[1]))
+	admitted := a.tracker.StoreConn(a.connOf(a.conns.get(1)))
 	a.mu.Unlock()
 	assert.Equal(t, admitted, live[0], "admit records the claimed connection")
 
@@ -78,7 +78,7 @@ func TestDenyClaimsTheClientID(t *testing.T) {
 	assert.Contains(t, logs.all(), `rule=clientid-conflict holder_ip=192.0.2.1 client_id="door"`)
 	assert.Contains(t, logs.all(), `holder_principal="alice" holder_broker="broker-a"`)
 	b.mu.Lock()
-	assert.Nil(t, b.conns[2], "the refused client is not admitted")
+	assert.Nil(t, b.conns.get(2), "the refused client is not admitted")
 	b.mu.Unlock()
 
 	// The same principal on another broker is a reconnect.

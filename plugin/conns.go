@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
@@ -12,37 +13,100 @@ import (
 )
 
 // liveConn is one connection this guard let through, or, once it has ended,
-// the offline persistent session it left (offline). It takes 112 bytes
-// (TestLiveConnBytes): its conflict-tracking connection is kept as its
-// number and start, and rebuilt when the tracker is told (connOf); what few
-// clients have (a certificate, an address that is not an IP) is in a
-// record of its own. A record that ended is reused by a later admit, once
-// nothing can still hold it (records.go): a CONNECT allocates none.
+// the offline persistent session it left (offline). It takes 80 bytes
+// (TestLiveConnBytes; 112 before issue 12's last round): its
+// conflict-tracking connection is kept as its number and start, and
+// rebuilt when the tracker is told (connOf); its IP as 16 bytes (ipAddr: a
+// netip.Addr takes 24); its username as a length (setIDs); what few clients
+// have (a certificate, an address that is not a plain IP) is in a record
+// of its own; what a deferred one waits with is in g.pending, and the
+// connection it took over in g.displaced. A record that ended is reused by
+// a later admit, once nothing can still hold it (records.go): a CONNECT
+// allocates none.
 type liveConn struct {
-	handle    uintptr
-	clientID  string
-	username  string
+	handle      uintptr
+	clientID    string   // its bytes are followed by the username's, in one object (setIDs)
 	*connRare            // certID, certSubject, addr: never nil (noRare when none)
-	ip        netip.Addr // invalid: the address is connRare's addr
-	displaced *liveConn  // the connection it took over, until lc ends (byID goes back to it if still here)
-	// other is the tracking connection of the one it took over, kept for
-	// a pending connection's Connected at its confirmation; nil otherwise.
-	other       *conflicts.Conn
-	seq         uint64 // its tracking connection's number (conflicts.Conn.Seq); 0 without tracking
-	sinceMs     int64  // admitted at, unix ms; its tracking connection's ConnectedMs
-	visited     uint32 // the reload whose re-authentication walk visited it (its low 32 bits)
+	ip16        [16]byte // the IP, 16-byte form (packIP), unless connRare's ownIP
+	seq         uint64   // its tracking connection's number (conflicts.Conn.Seq); 0 without tracking
+	sinceMs     int64    // admitted at, unix ms; its tracking connection's ConnectedMs
+	userLen     uint32   // the username's length (username)
+	visited     uint32   // the reload whose re-authentication walk visited it (its low 32 bits)
 	hasUsername bool
 	pending     bool // deferred to a later check: confirmed after confirmDelay without DISCONNECT (with tracking: in g.pending until then, offline or not)
 	flagged     bool // banned while connected: its kick is on the way
 	offline     bool // the connection ended; the broker keeps its session
 }
 
+// displacedBy is the connection lc took over (g.displaced), nil if none;
+// g.mu held.
+func (g *Guard) displacedBy(lc *liveConn) *liveConn {
+	if len(g.displaced) == 0 {
+		return nil
+	}
+	return g.displaced[lc]
+}
+
+// setDisplaced records that lc took over d (nil: none, or no longer);
+// g.mu held.
+func (g *Guard) setDisplaced(lc, d *liveConn) {
+	switch {
+	case d != nil:
+		if g.displaced == nil {
+			g.displaced = map[*liveConn]*liveConn{}
+		}
+		g.displaced[lc] = d
+	case len(g.displaced) > 0:
+		delete(g.displaced, lc)
+	}
+}
+
+// setIDs sets lc's client ID and username from ids, the two end to end in
+// one string (idsOf), the client ID its first n bytes. The record keeps
+// the client ID and the username's length, not a second string header
+// (issue 12: 80 bytes, Go's size class 80, where 88 was class 96).
+func (lc *liveConn) setIDs(ids string, n int) {
+	lc.clientID, lc.userLen = ids[:n], uint32(len(ids)-n)
+}
+
+// username is lc's username ("" when it has none: hasUsername): the
+// userLen bytes after the client ID's, in the object that holds both
+// (setIDs), which the client ID keeps alive. A record whose clientID was
+// set otherwise has userLen 0.
+func (lc *liveConn) username() string {
+	if lc.userLen == 0 {
+		return ""
+	}
+	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(unsafe.StringData(lc.clientID)), len(lc.clientID))), lc.userLen)
+}
+
 // connRare is what few connections have. It is never written after admit.
 type connRare struct {
-	certID      string // the client certificate's ID, "" without one
-	certSubject string // its subject, for kick lines (logval.Max bytes of it)
-	addr        string // the broker's address text, when not an IP (conflict tracking records it)
-	sighted     bool   // admitted at its first sight (FirstSight): no password of it was checked
+	certID      string     // the client certificate's ID, "" without one
+	certSubject string     // its subject, for kick lines (logval.Max bytes of it)
+	addr        string     // the broker's address text, when not an IP (conflict tracking records it)
+	ip          netip.Addr // the IP when ownIP: none (the address is addr), or one packIP cannot keep
+	ownIP       bool       // ip is the connection's IP, not liveConn's ip16
+	sighted     bool       // admitted at its first sight (FirstSight): no password of it was checked
+}
+
+// packIP returns ip's 16 bytes for liveConn's ip16, and false when they
+// would not give ip back (invalid, with a zone, or IPv4-mapped IPv6: the
+// guard's addresses are none of these, keys.NormalizeIP): that ip is kept
+// in connRare.
+func packIP(ip netip.Addr) ([16]byte, bool) {
+	if !ip.IsValid() || ip.Zone() != "" || ip.Is4In6() {
+		return [16]byte{}, false
+	}
+	return ip.As16(), true
+}
+
+// ipAddr is lc's IP; invalid when its address is not one (connRare's addr).
+func (lc *liveConn) ipAddr() netip.Addr {
+	if lc.ownIP {
+		return lc.connRare.ip
+	}
+	return netip.AddrFrom16(lc.ip16).Unmap()
 }
 
 // noRare is the connRare of a connection without any; never written.
@@ -57,8 +121,8 @@ const confirmDelay = 500 * time.Millisecond
 // are only needed to recognise the broker's re-authentication of a session
 // after a reload where no TICK tells the walk's end (per_listener_settings on
 // 2.0.11-2.0.14); past the bound, sessions that end are forgotten at once. An
-// entry costs about 200 bytes (its 112-byte record, its slot in g.conns, its
-// client ID and username): 100 000 of them about 20 MB.
+// entry costs about 130 bytes (its 80-byte record, its slot in g.conns, its
+// client ID and username): 100 000 of them about 13 MB.
 const offlineMax = 100000
 
 // Disconnected forgets a connection (MOSQ_EVT_DISCONNECT) whose session
@@ -76,7 +140,7 @@ func (g *Guard) DisconnectedKeepSession(handle uintptr) { g.disconnected(handle,
 
 func (g *Guard) disconnected(handle uintptr, keep bool) {
 	g.mu.Lock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc == nil {
 		g.mu.Unlock()
 		return
@@ -97,12 +161,12 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		// A newer connection refused by a later check: the one it would
 		// have taken over is still here, and still names the client ID (a
 		// kick queued for it, or a client-ID ban, must still find it).
-		if d := lc.displaced; d != nil && g.conns[d.handle] == d && !d.offline {
-			g.byID.set(d) // d.clientID is lc's
+		if d := g.displacedBy(lc); d != nil && g.conns.get(d.handle) == d && !d.offline {
+			g.byID.set(d) // d's client ID is lc's
 			holder = d
 		}
 	}
-	lc.displaced = nil
+	g.setDisplaced(lc, nil)
 	// What the tracker is told is read now: once g.mu is released, the
 	// record may be reused.
 	clientID, tracked := lc.clientID, recorded && g.tracker != nil
@@ -116,7 +180,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		lc.offline, lc.flagged = true, false
 		g.offline++
 	} else {
-		delete(g.conns, handle)
+		g.conns.del(handle)
 		g.releaseHolderLocked(lc, holder)
 	}
 	g.mu.Unlock()
@@ -130,7 +194,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 
 // dropLocked removes an offline entry; g.mu held.
 func (g *Guard) dropLocked(lc *liveConn) {
-	delete(g.conns, lc.handle)
+	g.conns.del(lc.handle)
 	g.offline--
 	if lc.flagged { // flagged by a scan that did not skip offline entries
 		lc.flagged = false
@@ -149,7 +213,7 @@ func (g *Guard) dropLocked(lc *liveConn) {
 func (g *Guard) reauth(handle uintptr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc != nil && lc.offline {
 		g.dropLocked(lc)
 		return false
@@ -165,7 +229,7 @@ func (g *Guard) reauth(handle uintptr) bool {
 func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc == nil || lc.visited == uint32(reload) || (lc.offline && lc.clientID != clientID) {
 		return false
 	}
@@ -183,10 +247,15 @@ func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
 
 // admitAt is admit with the time now read.
 func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time.Time) {
-	rec := liveConn{handle: c.Handle, clientID: c.ClientID, username: c.Username, hasUsername: c.HasUsername,
-		connRare: noRare, ip: ip, pending: pending, sinceMs: now.UnixMilli()}
-	if c.CertID != "" || c.CertSubject != "" || !ip.IsValid() || sighted {
+	ip16, packed := packIP(ip)
+	rec := liveConn{handle: c.Handle, hasUsername: c.HasUsername,
+		connRare: noRare, ip16: ip16, pending: pending, sinceMs: now.UnixMilli()}
+	rec.setIDs(idsOf(c), len(c.ClientID))
+	if c.CertID != "" || c.CertSubject != "" || !packed || sighted {
 		rec.connRare = &connRare{certID: c.CertID, certSubject: subjectKept(c.CertSubject), sighted: sighted}
+		if !packed {
+			rec.ip, rec.ownIP = ip, true
+		}
 		if !ip.IsValid() {
 			rec.addr = c.Address
 		}
@@ -200,7 +269,7 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 	g.mu.Lock()
 	lc := g.newRecLocked() // a record that ended, if any (records.go)
 	*lc = rec
-	if old := g.conns[c.Handle]; old != nil && old.offline {
+	if old := g.conns.get(c.Handle); old != nil && old.offline {
 		g.dropLocked(old) // stale: the pointer was freed and reused
 	}
 	prev, at := g.byID.lookup(c.ClientID) // nothing changes the index until putAt
@@ -211,14 +280,14 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 		}
 		// If lc is refused after all (a later check), prev names its
 		// client ID again. One level only: prev forgets its own.
-		lc.displaced, prev.displaced = prev, nil
+		g.setDisplaced(lc, prev)
+		g.setDisplaced(prev, nil)
 	}
-	g.conns[c.Handle] = lc
-	g.byID.putAt(at, lc)  // lc.clientID is c.ClientID
+	g.conns.put(lc)
+	g.byID.putAt(at, lc)  // lc's client ID is c.ClientID
 	g.noteAdmitLocked(lc) // a password file's kicks under way leave it (userreload.go)
 	if pending && g.tracker != nil {
-		lc.other = other
-		g.pending = append(g.pending, lc)
+		g.pending = append(g.pending, pendingConn{lc, other})
 	}
 	g.mu.Unlock()
 	if !pending && g.tracker != nil {
@@ -226,16 +295,38 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 	}
 }
 
+// idsOf is c's client ID and username end to end: c.IDs when it is that
+// (cgo makes it so: a connection then copies nothing), else a copy made
+// now.
+func idsOf(c Client) string {
+	n := len(c.ClientID)
+	if len(c.IDs) == n+len(c.Username) && c.IDs[:n] == c.ClientID && c.IDs[n:] == c.Username {
+		return c.IDs
+	}
+	if c.Username == "" {
+		return c.ClientID
+	}
+	return c.ClientID + c.Username
+}
+
 // connOf is lc's conflict-tracking connection, as NewConn described it at
 // admit (g.tracker set): its identity fields never change, so it is read
 // with or without g.mu.
 func (g *Guard) connOf(lc *liveConn) conflicts.Conn {
 	ip := lc.addr
-	if lc.ip.IsValid() {
-		ip = lc.ip.String()
+	if a := lc.ipAddr(); a.IsValid() {
+		ip = a.String()
 	}
-	return conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username),
+	return conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username()),
 		IP: ip, ConnectedMs: lc.sinceMs}
+}
+
+// pendingConn is a deferred connection in g.pending, with the tracking
+// connection of the one it took over (nil: none), for its Connected at its
+// confirmation. It is kept here, not in the record: few records wait.
+type pendingConn struct {
+	lc    *liveConn
+	other *conflicts.Conn
 }
 
 // confirmBatch bounds the deferred connections confirmed per lock hold.
@@ -257,14 +348,14 @@ func (g *Guard) confirmDue() {
 		var ready []confirmed
 		g.mu.Lock()
 		i := 0
-		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].sinceMs < cutoff; i++ {
-			lc := g.pending[i]
-			if g.conns[lc.handle] == lc && !lc.offline {
-				ready = append(ready, confirmed{lc.clientID, g.connOf(lc), lc.other})
+		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].lc.sinceMs < cutoff; i++ {
+			lc := g.pending[i].lc
+			if g.conns.get(lc.handle) == lc && !lc.offline {
+				ready = append(ready, confirmed{lc.clientID, g.connOf(lc), g.pending[i].other})
 			}
 			// Out of g.pending: an offline one may be reused once it is
 			// dropped; one that ended is the garbage collector's.
-			lc.pending, lc.other = false, nil
+			lc.pending = false
 		}
 		more = i == confirmBatch
 		clear(g.pending[:i])
@@ -281,7 +372,7 @@ func (g *Guard) confirmDue() {
 func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if lc := g.byID.get(clientID); lc != nil && conflicts.Principal(lc.certID, lc.hasUsername, lc.username) != principal {
+	if lc := g.byID.get(clientID); lc != nil && conflicts.Principal(lc.certID, lc.hasUsername, lc.username()) != principal {
 		o := g.tracker.StoreConn(g.connOf(lc))
 		return &o
 	}

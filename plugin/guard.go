@@ -71,11 +71,15 @@ type Guard struct {
 	metricsSrv   *metrics.Server // its endpoint
 
 	mu      sync.Mutex
-	conns   map[uintptr]*liveConn // connections this guard let through, until DISCONNECT; offline sessions they left
-	offline int                   // offline sessions in conns, at most offlineMax
-	byID    idIndex               // client ID -> its newest connection here (byid.go)
-	pending []*liveConn           // deferred connections not yet confirmed
-	recs    records               // ended records kept for reuse (records.go)
+	conns   connTable // connections this guard let through, until DISCONNECT; offline sessions they left
+	offline int       // offline sessions in conns, at most offlineMax
+	byID    idIndex   // client ID -> its newest connection here (byid.go)
+	// displaced: a connection -> the one it took over, until either ends
+	// (byID goes back to that one if it is still here when the newer one
+	// ends). Few: a takeover's, until the old connection's DISCONNECT.
+	displaced map[*liveConn]*liveConn
+	pending   []pendingConn // deferred connections not yet confirmed
+	recs      records       // ended records kept for reuse (records.go)
 	// scans counts the kick scans started (scanStartLocked, under g.mu): a
 	// CONNECT that sees it move between its list check and its admit may
 	// have been missed by one (banRaced).
@@ -183,7 +187,7 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 		bgStore: d.Background,
 		out:     out,
 		now:     time.Now,
-		conns:   map[uintptr]*liveConn{},
+		conns:   newConnTable(),
 		byID:    newIDIndex(),
 		stop:    make(chan struct{}),
 	}

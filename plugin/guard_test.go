@@ -213,8 +213,11 @@ func newGuard(t *testing.T, opts map[string]string) (*Guard, *fakeStore, *fakeCo
 	return g, st, ct, ls
 }
 
+// cl is a CONNECT as cgo makes it: the client ID and username slices of
+// one string (IDs).
 func cl(h uintptr, ip, id, user, pass string) Client {
-	return Client{Handle: h, Address: ip, ClientID: id, Username: user, HasUsername: true, Password: []byte(pass)}
+	ids := id + user
+	return Client{Handle: h, Address: ip, ClientID: ids[:len(id)], Username: ids[len(id):], IDs: ids, HasUsername: true, Password: []byte(pass)}
 }
 
 func waitCounted(t *testing.T, ct *fakeCounter, n int) []string {

@@ -59,13 +59,23 @@ func (g *Guard) scanConns(ban bool, pred func(*liveConn) bool, each func([]*live
 	n := 0
 	g.mu.Lock()
 	locked := true
-	defer func() { // a panic in pred must not leave g.mu held: the broker thread takes it
+	w := g.conns.walk() // every record there throughout is visited (connTable)
+	// A panic in pred or each must not leave g.mu held (the broker thread
+	// takes it), nor the walk open.
+	defer func() {
+		if w.open() {
+			if !locked {
+				g.mu.Lock()
+				locked = true
+			}
+			w.done()
+		}
 		if locked {
 			g.mu.Unlock()
 		}
 	}()
 	g.scanStartLocked(ban)
-	for _, lc := range g.conns {
+	for lc := w.next(); lc != nil; lc = w.next() {
 		if !lc.flagged && !lc.offline && pred(lc) {
 			cands = append(cands, lc)
 		}
@@ -78,6 +88,7 @@ func (g *Guard) scanConns(ban bool, pred func(*liveConn) bool, each func([]*live
 			locked = true
 		}
 	}
+	w.done()
 	g.mu.Unlock()
 	locked = false
 	each(cands)
@@ -114,7 +125,7 @@ func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
 	var kicked []*liveConn
 	g.mu.Lock()
 	for _, lc := range hit {
-		if lc.flagged || lc.offline || g.conns[lc.handle] != lc {
+		if lc.flagged || lc.offline || g.conns.get(lc.handle) != lc {
 			continue // flagged by another ban meanwhile, or gone
 		}
 		lc.flagged = true
@@ -124,9 +135,9 @@ func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
 	g.mu.Unlock()
 	g.metrics.kicked(len(kicked))
 	for _, lc := range kicked {
-		c := Client{ClientID: lc.clientID, Username: lc.username, HasUsername: lc.hasUsername,
+		c := Client{ClientID: lc.clientID, Username: lc.username(), HasUsername: lc.hasUsername,
 			CertID: lc.certID, CertSubject: lc.certSubject}
-		l := clientLine("kicked", c, lc.ip)
+		l := clientLine("kicked", c, lc.ipAddr())
 		if isKey {
 			l.Str("rule", rule)
 		} else {
@@ -172,7 +183,7 @@ func (g *Guard) banRaced(c Client, ip netip.Addr, scans uint64) *store.Match {
 // reports whether it flagged it.
 func (g *Guard) flagOne(handle uintptr) bool {
 	g.mu.Lock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc == nil || lc.flagged || lc.offline {
 		g.mu.Unlock()
 		return false
@@ -200,11 +211,13 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 	case keys.ClientID:
 		return lc.clientID == value
 	case keys.Username:
-		return lc.hasUsername && lc.username == value
+		return lc.hasUsername && lc.username() == value
 	case keys.IP:
-		return lc.ip.IsValid() && lc.ip.String() == value
+		ip := lc.ipAddr()
+		return ip.IsValid() && ip.String() == value
 	case keys.CIDR:
-		return lc.ip.IsValid() && prefix.Contains(lc.ip)
+		ip := lc.ipAddr()
+		return ip.IsValid() && prefix.Contains(ip)
 	case keys.Cert:
 		return lc.certID != "" && lc.certID == value
 	}
@@ -212,7 +225,7 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 }
 
 func queryOf(lc *liveConn) store.Query {
-	return store.Query{ClientID: lc.clientID, IP: lc.ip, Username: lc.username, HasUsername: lc.hasUsername, Cert: lc.certID}
+	return store.Query{ClientID: lc.clientID, IP: lc.ipAddr(), Username: lc.username(), HasUsername: lc.hasUsername, Cert: lc.certID}
 }
 
 // KickDue says what to do with a kick queued for connection handle, whose
@@ -228,7 +241,7 @@ func queryOf(lc *liveConn) store.Query {
 func (g *Guard) KickDue(handle uintptr, clientID string) (due, wait bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	if lc == nil || lc.clientID != clientID || lc.offline || !lc.flagged {
 		return false, false
 	}
@@ -246,6 +259,6 @@ func (g *Guard) KickDue(handle uintptr, clientID string) (due, wait bool) {
 func (g *Guard) Flagged(handle uintptr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns[handle]
+	lc := g.conns.get(handle)
 	return lc != nil && !lc.offline && lc.flagged
 }

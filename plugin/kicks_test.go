@@ -124,7 +124,7 @@ func TestOfflineSessionReauth(t *testing.T) {
 	assert.Equal(t, Deny, g.Authenticate(cl(7, "192.0.2.8", "new", "alice", "guess")).Result)
 	assert.Equal(t, []string{"ip=192.0.2.8"}, waitCounted(t, ct, 1), "a new client at a freed session's pointer is counted")
 	g.mu.Lock()
-	assert.Nil(t, g.conns[7], "the stale session entry is gone")
+	assert.Nil(t, g.conns.get(7), "the stale session entry is gone")
 	assert.Zero(t, g.offline)
 	g.mu.Unlock()
 
@@ -133,7 +133,7 @@ func TestOfflineSessionReauth(t *testing.T) {
 	g.DisconnectedKeepSession(8)
 	g.Disconnected(8)
 	g.mu.Lock()
-	assert.Nil(t, g.conns[8])
+	assert.Nil(t, g.conns.get(8))
 	g.mu.Unlock()
 }
 
@@ -192,7 +192,7 @@ func BenchmarkBrokerWaitDuringKickMatching(b *testing.B) {
 	for range b.N {
 		b.StopTimer()
 		g.mu.Lock()
-		for _, lc := range g.conns {
+		for lc := range g.conns.all() {
 			lc.flagged = false
 		}
 		g.mu.Unlock()

@@ -640,10 +640,10 @@ func (g *Guard) rewriteKnown() error {
 		}
 		batch := make([]knownWrite, 0, 2*len(cands))
 		for _, lc := range cands { // identity fields, fixed at admit: read without g.mu
-			if lc.ip.IsValid() {
-				batch = append(batch, knownWrite{lc.username, sourceIP(lc.ip), lc.sinceMs})
+			if ip := lc.ipAddr(); ip.IsValid() {
+				batch = append(batch, knownWrite{lc.username(), sourceIP(ip), lc.sinceMs})
 			}
-			batch = append(batch, knownWrite{lc.username, sourceClientID(lc.clientID), lc.sinceMs})
+			batch = append(batch, knownWrite{lc.username(), sourceClientID(lc.clientID), lc.sinceMs})
 		}
 		// An error reply on one username's key (WRONGTYPE) fails that
 		// command only: the pipeline's others were written, and the

@@ -300,7 +300,16 @@ func (g *Guard) recheckConns() {
 	n := 0
 	g.mu.Lock()
 	g.scanStartLocked(true)
-	for _, lc := range g.conns {
+	w := g.conns.walk() // every record there throughout is visited (connTable)
+	// The walk is closed after a panic in check too.
+	defer func() {
+		if w.open() {
+			g.mu.Lock()
+			w.done()
+			g.mu.Unlock()
+		}
+	}()
+	for lc := w.next(); lc != nil; lc = w.next() {
 		if !lc.flagged {
 			chunk = append(chunk, lc)
 		}
@@ -310,6 +319,7 @@ func (g *Guard) recheckConns() {
 			g.mu.Lock()
 		}
 	}
+	w.done()
 	g.mu.Unlock()
 	check()
 }

@@ -2,22 +2,22 @@ package plugin
 
 // A connection's record (liveConn) is recycled when it ends, so that a
 // CONNECT of a cached client allocates nothing. Records are compared by
-// pointer (g.conns[lc.handle] == lc) and read without g.mu by the scans
+// pointer (g.conns.get(lc.handle) == lc) and read without g.mu by the scans
 // (kickMatching, recheckConns), so a record goes back into use only once
 // nothing can still hold it:
 //   - it left g.conns (releaseLocked is called where it is deleted);
 //   - it is not in g.pending (a deferred record, with conflict tracking, is
 //     never recycled: the garbage collector takes it);
-//   - no record's displaced names it (the one that can is the newest record
-//     of its client ID, byID: cleared at release);
+//   - no record's displaced (g.displaced) names it (the one that can is the
+//     newest record of its client ID, byID: cleared at release);
 //   - no scan holds record pointers outside g.mu (g.recs.scans): records
 //     ended during a scan wait in limbo until the last scan is over.
 //
 // At most recMax records are kept (free and limbo together); more that end
 // are left to the garbage collector.
 
-// recMax bounds the records kept for reuse: 1024 records of 112 bytes
-// (TestLiveConnBytes), 112 KiB, and the two lists' 16 KiB of pointers
+// recMax bounds the records kept for reuse: 1024 records of 80 bytes
+// (TestLiveConnBytes), 80 KiB, and the two lists' 16 KiB of pointers
 // (allocated at the first release, TestRecordsBound). A
 // broker whose connections come and go at a few thousand a second reuses
 // them; a mass disconnect keeps no more than this.
@@ -58,8 +58,8 @@ func (g *Guard) releaseHolderLocked(lc *liveConn, h *liveConn) {
 		if h == lc {
 			return // still the newest of its client ID (cannot be): never reused
 		}
-		if h.displaced == lc {
-			h.displaced = nil // it cannot name its client ID again: it ended
+		if g.displacedBy(h) == lc {
+			g.setDisplaced(h, nil) // it cannot name its client ID again: it ended
 		}
 	}
 	if lc.pending && g.tracker != nil {

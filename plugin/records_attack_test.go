@@ -95,11 +95,12 @@ func checkRecordsLocked(t *testing.T, g *Guard, model map[uintptr]*attackModel, 
 	if len(g.recs.free)+len(g.recs.limbo) > recMax {
 		fail("%d records kept, bound %d", len(g.recs.free)+len(g.recs.limbo), recMax)
 	}
-	if len(g.conns) != len(model) {
-		fail("conns has %d entries, the model %d", len(g.conns), len(model))
+	if g.conns.len() != len(model) {
+		fail("conns has %d entries, the model %d", g.conns.len(), len(model))
 	}
 	offline := 0
-	for h, lc := range g.conns {
+	for lc := range g.conns.all() {
+		h := lc.handle
 		m := model[h]
 		switch {
 		case m == nil:
@@ -114,26 +115,31 @@ func checkRecordsLocked(t *testing.T, g *Guard, model map[uintptr]*attackModel, 
 		if lc.offline {
 			offline++
 		}
-		if d := lc.displaced; d != nil && kept[d] != "" {
+		if d := g.displacedBy(lc); d != nil && kept[d] != "" {
 			fail("conns[%d] (%q) displaced names a record in %s", h, lc.clientID, kept[d])
 		}
-		if lc.clientID != attackClient(h, lc.clientID).ClientID || lc.username != attackClient(h, lc.clientID).Username {
-			fail("conns[%d] mixes clients: %q user %q", h, lc.clientID, lc.username)
+		if lc.clientID != attackClient(h, lc.clientID).ClientID || lc.username() != attackClient(h, lc.clientID).Username {
+			fail("conns[%d] mixes clients: %q user %q", h, lc.clientID, lc.username())
 		}
 	}
 	if offline != g.offline {
 		fail("g.offline %d, %d offline entries", g.offline, offline)
 	}
-	for id, lc := range g.byID.all() {
-		if g.conns[lc.handle] != lc || lc.offline || lc.clientID != id {
-			fail("byID[%q] is %q at %d offline=%v, conns there %p, it %p", id, lc.clientID, lc.handle, lc.offline, g.conns[lc.handle], lc)
+	for lc, d := range g.displaced {
+		if g.conns.get(lc.handle) != lc || kept[lc] != "" || kept[d] != "" {
+			fail("g.displaced holds %q at %d (in conns: %v, %s) -> %q (%s)", lc.clientID, lc.handle, g.conns.get(lc.handle) == lc, kept[lc], d.clientID, kept[d])
 		}
-		if d := lc.displaced; d != nil && kept[d] != "" {
+	}
+	for id, lc := range g.byID.all() {
+		if g.conns.get(lc.handle) != lc || lc.offline || lc.clientID != id {
+			fail("byID[%q] is %q at %d offline=%v, conns there %p, it %p", id, lc.clientID, lc.handle, lc.offline, g.conns.get(lc.handle), lc)
+		}
+		if d := g.displacedBy(lc); d != nil && kept[d] != "" {
 			fail("byID[%q] displaced names a record in %s", id, kept[d])
 		}
 	}
-	for _, lc := range g.pending {
-		if kept[lc] != "" {
+	for _, p := range g.pending {
+		if lc := p.lc; kept[lc] != "" {
 			fail("g.pending holds a record in %s", kept[lc])
 		}
 	}
@@ -239,7 +245,7 @@ func TestAttackRecordsModel(t *testing.T) {
 			if r.IntN(2) == 0 {
 				g.DisconnectedKeepSession(h)
 				g.mu.Lock()
-				_, still := g.conns[h]
+				still := g.conns.get(h) != nil
 				g.mu.Unlock()
 				if still {
 					m.offline = true
@@ -311,7 +317,8 @@ func TestAttackRecordsModel(t *testing.T) {
 	require.Empty(t, g.recs.limbo, "records left in limbo after the scans")
 	checkRecordsLocked(t, g, model, steps)
 	flagged := 0
-	for h, lc := range g.conns {
+	for lc := range g.conns.all() {
+		h := lc.handle
 		if lc.flagged {
 			flagged++
 		}
@@ -328,7 +335,9 @@ func TestAttackRecordsModel(t *testing.T) {
 			if b.scope == keys.CIDR {
 				pfx = netip.MustParsePrefix(b.value)
 			}
-			probe := liveConn{clientID: c.ClientID, username: c.Username, hasUsername: true, ip: ip, connRare: noRare}
+			probe := liveConn{hasUsername: true, connRare: noRare}
+			probe.setIDs(idsOf(c), len(c.ClientID))
+			probe.ip16, _ = packIP(ip)
 			if matches(&probe, b.scope, b.value, pfx) && !lc.flagged {
 				t.Errorf("%q at %d matches standing ban %s and is not flagged", lc.clientID, h, attackBanKey(i))
 			}

@@ -29,7 +29,7 @@ func admitRC(g *Guard, c Client, pending bool) *liveConn {
 	g.admit(c, netip.MustParseAddr(c.Address), pending, false)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.conns[c.Handle]
+	return g.conns.get(c.Handle)
 }
 
 // pauseOnce makes g's next scan, while it holds records outside g.mu, run f.
@@ -60,7 +60,7 @@ func TestAdmitDisconnectAllocsNothing(t *testing.T) {
 // A kick scan reads its candidates outside g.mu. A candidate that ends
 // meanwhile while a new client connects at another pointer: the new
 // client does not get the candidate's record (it would pass the scan's
-// g.conns[lc.handle] == lc and be kicked in its place), and the record is
+// g.conns.get(lc.handle) == lc and be kicked in its place), and the record is
 // reused once the scan is over.
 func TestKickScanSparesANewClient(t *testing.T) {
 	for _, ban := range []struct {
@@ -77,7 +77,7 @@ func TestKickScanSparesANewClient(t *testing.T) {
 			pauseOnce(g, func() {
 				g.Disconnected(1)
 				b = admitRC(g, rc(2, "dev-b", "bob"), false)
-				assert.Equal(t, "alice", a.username, "the scan's candidate still names its client")
+				assert.Equal(t, "alice", a.username(), "the scan's candidate still names its client")
 			})
 			key := "guard:block:" + string(ban.scope) + ":" + ban.value
 			require.NoError(t, g.replica.Put(key, "", time.Time{}))
@@ -127,7 +127,9 @@ func TestDisplacedRecordNotGivenBack(t *testing.T) {
 	g := kickGuard(t, map[string]string{"backend": "defer", "clientid_conflict": "off"}, Output{Log: func(Level, string) {}, Kick: kr.kick})
 	a := admitRC(g, rc(1, "dev", "alice"), false)
 	newer := admitRC(g, Client{Handle: 2, ClientID: "dev", Address: "192.0.2.2"}, true) // deferred
-	require.Same(t, a, newer.displaced)
+	g.mu.Lock()
+	require.Same(t, a, g.displacedBy(newer))
+	g.mu.Unlock()
 	g.Disconnected(1)
 	x := admitRC(g, rc(3, "other", "carol"), false)
 	require.Same(t, a, x, "the record is reused")
@@ -241,7 +243,7 @@ func TestRecordsBound(t *testing.T) {
 	assert.Equal(t, recMax, len(g.recs.free))
 	assert.Empty(t, g.recs.limbo)
 	g.mu.Unlock()
-	assert.Empty(t, g.conns)
+	assert.Zero(t, g.conns.len())
 	assert.Zero(t, g.byID.len())
 }
 

@@ -56,6 +56,11 @@ type Client struct {
 	Address     string // peer IP as text, possibly IPv6 or IPv4-mapped IPv6
 	Username    string
 	HasUsername bool
+	// IDs is ClientID and Username end to end, one string of which the
+	// two are slices, when the caller made them so (cgo): a connection
+	// let through keeps it, one object, and copies nothing. "" otherwise
+	// (admit then makes it).
+	IDs         string
 	Password    []byte
 	CertID      string // the client certificate's ID (keys.CertID of its DER); "" without one
 	CertSubject string // its subject, as text; hostile like every string here

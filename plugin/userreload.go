@@ -30,7 +30,7 @@ type userReloads struct {
 	// kicking is the apply (outside a reload) whose kicks are under way,
 	// from the apply until they are done; fresh, the connections admitted
 	// meanwhile as a user it changed: checked against the users applied,
-	// kickChangedUsers leaves them (its scan ranges g.conns while CONNECTs
+	// kickChangedUsers leaves them (its scan walks g.conns while CONNECTs
 	// add to it). g.mu guards both.
 	kicking *appliedUsers
 	fresh   map[*liveConn]struct{}
@@ -237,8 +237,8 @@ func (a *appliedUsers) changed(lc *liveConn) bool {
 	if !lc.hasUsername || lc.sighted {
 		return false
 	}
-	was, _ := a.prev.Hash(lc.username)
-	now, ok := a.users.Hash(lc.username)
+	was, _ := a.prev.Hash(lc.username())
+	now, ok := a.users.Hash(lc.username())
 	return !ok || now != was
 }
 
