@@ -55,8 +55,8 @@ const (
 
 // noYield turns the yield off (MOSQUITTO_GUARD_NO_YIELD set to anything but
 // empty in the broker's environment): the baseline that
-// TestYieldKeepsSysmonAsleep and make bench-cgocall compare with. Read
-// once, at load.
+// TestYieldKeepsSysmonAsleep and make bench's b-noyield slices compare
+// with. Read once, at load.
 var noYield = os.Getenv("MOSQUITTO_GUARD_NO_YIELD") != ""
 
 var (
