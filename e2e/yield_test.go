@@ -42,24 +42,41 @@ func TestYieldKeepsSysmonAsleep(t *testing.T) {
 		brokers[yield] = b
 	}
 	os.Unsetenv("MOSQUITTO_GUARD_NO_YIELD")
-	worst := map[bool][]float64{}
+	// Under a CPU load from other processes the yields take longer and
+	// back off (yieldBackoff), and sysmon polls again: a round is measured
+	// again (at most three times) while others took more than half a core,
+	// and judged on its quietest try; a round never quiet is not judged.
+	judged := 0
 	for round := 0; round < 2; round++ {
-		for _, yield := range []bool{false, true} {
-			connects, busiest := yieldLoad(t, brokers[yield], round)
-			t.Logf("round %d, yield %v: %d CONNECTs (%.0f a second); the busiest thread but the main one woke %.0f times a second", round, yield, connects, float64(connects)/1.5, busiest)
-			worst[yield] = append(worst[yield], busiest)
+		busiest := map[bool]float64{}
+		quiet := false
+		for try := 0; try < 3 && !quiet; try++ {
+			others := 0.0
+			for _, yield := range []bool{false, true} {
+				connects, b, o := yieldLoad(t, brokers[yield], round)
+				t.Logf("round %d, try %d, yield %v: %d CONNECTs (%.0f a second); the busiest thread but the main one woke %.0f times a second; other processes took %.2f of a core", round, try, yield, connects, float64(connects)/1.5, b, o)
+				busiest[yield], others = b, max(others, o)
+			}
+			quiet = others <= 0.5
 		}
+		if !quiet {
+			t.Logf("round %d: the machine was busy with other work at every try: not judged", round)
+			continue
+		}
+		judged++
+		assert.Less(t, busiest[true], 1000.0, "round %d: a thread of the broker woke %.0f times a second with the yield (sysmon polling); %.0f without", round, busiest[true], busiest[false])
 	}
-	for i := range worst[true] {
-		assert.Less(t, worst[true][i], 1000.0, "round %d: a thread of the broker woke %.0f times a second with the yield (sysmon polling)", i, worst[true][i])
+	if judged == 0 {
+		t.Skip("the machine was busy with other work in every round")
 	}
 }
 
 // yieldLoad runs 8 clients reconnecting in a loop to b for 1.5 s and
-// returns the CONNECTs and the most voluntary
-// context switches a second of any thread of b but its main one, over the
-// last second of the load.
-func yieldLoad(t *testing.T, b *testenv.Mosquitto, round int) (int64, float64) {
+// returns the CONNECTs, the most voluntary context switches a second of
+// any thread of b but its main one over the last second of the load, and
+// the CPU that processes other than this test and b took meanwhile, in
+// cores.
+func yieldLoad(t *testing.T, b *testenv.Mosquitto, round int) (int64, float64, float64) {
 	t.Helper()
 	var n atomic.Int64
 	stop := make(chan struct{})
@@ -89,9 +106,11 @@ func yieldLoad(t *testing.T, b *testenv.Mosquitto, round int) (int64, float64) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	before := threadSwitches(t, b.PID())
+	busy0, self0, broker0 := machineTicks(t), procTicks(os.Getpid()), procTicks(b.PID())
 	start := time.Now()
 	time.Sleep(time.Second)
 	after := threadSwitches(t, b.PID())
+	busy1, self1, broker1 := machineTicks(t), procTicks(os.Getpid()), procTicks(b.PID())
 	d := time.Since(start).Seconds()
 	close(stop)
 	wg.Wait()
@@ -102,7 +121,42 @@ func yieldLoad(t *testing.T, b *testenv.Mosquitto, round int) (int64, float64) {
 		}
 		busiest = max(busiest, float64(v-before[tid])/d)
 	}
-	return n.Load(), busiest
+	others := float64((busy1-busy0)-(self1-self0)-(broker1-broker0)) / clockTicks / d
+	return n.Load(), busiest, others
+}
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc's CPU times.
+const clockTicks = 100
+
+// machineTicks is the CPU time all processes took, from /proc/stat.
+func machineTicks(t *testing.T) int64 {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/stat")
+	require.NoError(t, err)
+	f := strings.Fields(strings.SplitN(string(raw), "\n", 2)[0]) // cpu user nice system idle iowait irq softirq steal
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 || i >= 8 {
+			continue // idle, iowait; guest time is counted in user already
+		}
+		x, _ := strconv.ParseInt(v, 10, 64)
+		busy += x
+	}
+	return busy
+}
+
+// procTicks is the CPU time a process took (user and system), from
+// /proc/PID/stat; 0 if it is gone.
+func procTicks(pid int) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // after "pid (comm) ": state is f[0]
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	k, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + k
 }
 
 // threadSwitches returns each thread's voluntary context switches.
