@@ -32,16 +32,8 @@ func TestYieldKeepsSysmonAsleep(t *testing.T) {
 	e := envWithoutBroker(t)
 	brokers := map[bool]*testenv.Mosquitto{}
 	for _, yield := range []bool{false, true} {
-		if !yield {
-			t.Setenv("MOSQUITTO_GUARD_NO_YIELD", "1")
-		} else {
-			os.Unsetenv("MOSQUITTO_GUARD_NO_YIELD") // t.Setenv restores it at the end
-		}
-		b := testenv.StartMosquitto(t, e.conf())
-		require.True(t, b.WaitOutput("mosquitto-guard: ready", 5*time.Second))
-		brokers[yield] = b
+		brokers[yield] = atkYieldBroker(t, e.conf(), yield, 0)
 	}
-	os.Unsetenv("MOSQUITTO_GUARD_NO_YIELD")
 	// Under a CPU load from other processes the yields take longer and
 	// back off (yieldBackoff), and sysmon polls again: a round is measured
 	// again (at most three times) while others took more than half a core,
