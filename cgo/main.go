@@ -40,6 +40,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 	defer recoverTo(&rc, C.MOSQ_ERR_UNKNOWN, "plugin_init")
 	raiseProcs(os.Getenv)
 	setYield()
+	startHeapRelease()
 	watchSignals()
 	options := map[string]string{}
 	for i := 0; i < int(n); i++ {

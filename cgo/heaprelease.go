@@ -1,0 +1,155 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime/debug"
+	"runtime/metrics"
+	"sync"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/plugin"
+)
+
+// After a burst of CONNECTs is over, the plugin hands the Go heap's free
+// pages back to the system (issue 12: memory per connection). Without it,
+// a broker holding 8 000 idle devices that had each connected once (a
+// verification, ~6 KB of garbage apiece) kept the heap the collector had
+// grown for that garbage, twice what stays live (GOGC 100), mapped for as
+// long as the devices stayed idle: make bench's memory row measured the
+// plugin's share at about 1.4 KB per live connection, of which about 0.2
+// KB is the connections' own Go heap. Go's own background scavenger gives
+// back only what lies above the next collection's goal, and with no
+// allocation no collection comes (but Go's forced one every 2 minutes,
+// which leaves the goal at twice the live heap again).
+//
+// The rule, checked every releaseTick by a goroutine of its own (never on
+// the broker thread): the plugin's process allocated less than releaseQuiet
+// in the last tick (a burst is over: a cache-miss CONNECT allocates ~6 KB,
+// so under ~170 a second; cache hits allocate nothing, 88 bytes with
+// client-ID tracking), at least releaseChurn since the last release
+// (there was a burst), and the heap holds at least max(releaseMin, live /
+// releaseLiveShare) that a collection would free, has freed but not given
+// back, or holds in spans no object uses (a large live heap: a release's
+// collection costs in proportion to it, so it must give back as much). Then debug.FreeOSMemory: a collection, then every free page back.
+// Its cost is bounded: the next release waits max(releaseEvery,
+// releaseBackoff times how long this one took), so releases take at most a
+// hundredth of one core (a 100 ms release of a large heap: the next after
+// 10 s at the soonest).
+//
+// What it does not bound: the peak. During a burst the heap grows to the
+// collector's goal as before (GOGC; README, Installing); the release
+// brings the RSS back to what is live once the burst is over, for as long
+// as the broker stays quiet, and the next burst's garbage takes it up to
+// the goal again. MOSQUITTO_GUARD_NO_RELEASE=1 turns it off (make bench's
+// baseline).
+const (
+	releaseTick       = 250 * time.Millisecond
+	releaseQuiet      = 256 << 10 // bytes allocated in a tick, at most (1 MB a second)
+	releaseChurn      = 8 << 20   // bytes allocated since the last release, at least
+	releaseMin        = 1 << 20   // bytes a release could give back, at least
+	releaseLiveShare  = 8         // ... and at least the live heap over this
+	releaseEvery      = 10 * time.Second
+	releaseBackoff    = 100
+	releaseBackoffMax = 10 * time.Minute
+)
+
+// noRelease turns the release off (MOSQUITTO_GUARD_NO_RELEASE set to
+// anything but empty in the broker's environment). Read once, at load.
+var noRelease = os.Getenv("MOSQUITTO_GUARD_NO_RELEASE") != ""
+
+var releaseOnce sync.Once
+
+// startHeapRelease starts the release loop once per process (every
+// instance shares the runtime); guardInit.
+func startHeapRelease() {
+	if noRelease {
+		return
+	}
+	releaseOnce.Do(func() {
+		r := newHeapRelease(readHeap, debug.FreeOSMemory, time.Now)
+		go r.loop(time.NewTicker(releaseTick).C)
+	})
+}
+
+// heapSample is what a release decision reads of the Go heap.
+type heapSample struct {
+	allocs uint64 // bytes allocated since the process started
+	free   uint64 // heap pages free and not given back
+	unused uint64 // bytes of spans in use that no object takes
+	inUse  uint64 // bytes in heap objects, garbage not yet swept among them
+	live   uint64 // bytes the last collection found live
+}
+
+var heapNames = []string{"/gc/heap/allocs:bytes", "/memory/classes/heap/free:bytes", "/memory/classes/heap/unused:bytes",
+	"/memory/classes/heap/objects:bytes", "/gc/heap/live:bytes"}
+
+// readHeap reads a heapSample from runtime/metrics (no stop of the world).
+func readHeap() heapSample {
+	s := make([]metrics.Sample, len(heapNames))
+	for i, n := range heapNames {
+		s[i].Name = n
+	}
+	metrics.Read(s)
+	return heapSample{allocs: s[0].Value.Uint64(), free: s[1].Value.Uint64(), unused: s[2].Value.Uint64(),
+		inUse: s[3].Value.Uint64(), live: s[4].Value.Uint64()}
+}
+
+// heapRelease is the release rule's state; read, free and now are
+// runtime/metrics, debug.FreeOSMemory and time.Now but in tests.
+type heapRelease struct {
+	read  func() heapSample
+	free  func()
+	now   func() time.Time
+	last  uint64    // allocs at the last step
+	churn uint64    // bytes allocated since the last release
+	next  time.Time // no release before
+	count int       // releases done
+	took  time.Duration
+	// liveAfter is the live heap the release's collection found.
+	liveAfter uint64
+}
+
+func newHeapRelease(read func() heapSample, free func(), now func() time.Time) *heapRelease {
+	return &heapRelease{read: read, free: free, now: now, last: read().allocs}
+}
+
+func (r *heapRelease) loop(tick <-chan time.Time) {
+	for range tick {
+		r.safeStep()
+	}
+}
+
+// safeStep is step, a panic recovered: never the broker's end.
+func (r *heapRelease) safeStep() {
+	defer func() { _ = recover() }()
+	if r.step() {
+		// Debug only (log_type debug or all): it follows the load.
+		enqueueLog(plugin.LevelDebug, fmt.Sprintf("mosquitto-guard: heap released after a burst in %v (live %.1f MB); the next not before %s",
+			r.took.Round(time.Microsecond), float64(r.liveAfter)/(1<<20), r.next.Format(time.TimeOnly)))
+	}
+}
+
+// step applies the rule once (a tick); it reports whether it released.
+func (r *heapRelease) step() bool {
+	s := r.read()
+	d := s.allocs - r.last
+	r.last = s.allocs
+	r.churn += d
+	if d >= releaseQuiet || r.churn < releaseChurn || r.now().Before(r.next) {
+		return false
+	}
+	if s.free+s.unused+s.inUse-min(s.inUse, s.live) < max(releaseMin, s.live/releaseLiveShare) {
+		return false
+	}
+	start := r.now()
+	r.free()
+	end := r.now()
+	r.took = end.Sub(start)
+	r.next = end.Add(min(max(releaseEvery, releaseBackoff*r.took), releaseBackoffMax))
+	r.churn = 0
+	after := r.read()
+	r.last, r.liveAfter = after.allocs, after.live // the release's own allocation is not churn
+	r.count++
+	return true
+}

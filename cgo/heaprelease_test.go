@@ -1,0 +1,127 @@
+package main
+
+import (
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeHeap drives heapRelease's rule: the test sets what the heap reads,
+// and the clock moves by took during each release.
+type fakeHeap struct {
+	s     heapSample
+	at    time.Time
+	took  time.Duration
+	frees int
+}
+
+func (f *fakeHeap) release() *heapRelease {
+	return newHeapRelease(func() heapSample { return f.s }, func() { f.frees++; f.at = f.at.Add(f.took) }, func() time.Time { return f.at })
+}
+
+// tick moves the clock by a tick with alloc bytes allocated in it.
+func (f *fakeHeap) tick(r *heapRelease, alloc uint64) bool {
+	f.at = f.at.Add(releaseTick)
+	f.s.allocs += alloc
+	return r.step()
+}
+
+// The rule: a release only once a burst (releaseChurn allocated) is over
+// (a tick under releaseQuiet), only when there is enough to give back,
+// and not again before releaseEvery or releaseBackoff times its length.
+func TestHeapReleaseRule(t *testing.T) {
+	f := &fakeHeap{at: time.Unix(1e9, 0), took: 2 * time.Millisecond}
+	f.s = heapSample{allocs: 100 << 20, free: 1 << 20, inUse: 30 << 20, live: 10 << 20}
+	r := f.release()
+
+	// Quiet, but no burst since the start: nothing.
+	for i := 0; i < 8; i++ {
+		assert.False(t, f.tick(r, 1<<10))
+	}
+	// A burst: 4 MB a tick; no release while it goes on.
+	for i := 0; i < 4; i++ {
+		assert.False(t, f.tick(r, 4<<20), "a release during the burst")
+	}
+	// One tick at the quiet bound is still the burst.
+	assert.False(t, f.tick(r, releaseQuiet))
+	// Quiet now, but too little to give back (under releaseMin).
+	f.s.inUse, f.s.free = 10<<20+300<<10, 300<<10 // 300 KB garbage, 300 KB free, 300 KB unused < releaseMin
+	f.s.unused = 300 << 10
+	assert.False(t, f.tick(r, 0), "released with 3 MB to give back")
+	f.s.inUse = 30 << 20
+	assert.True(t, f.tick(r, releaseQuiet-1), "no release after the burst")
+	assert.Equal(t, 1, f.frees)
+	// Another burst at once: not before releaseEvery.
+	for i := 0; i < 4; i++ {
+		assert.False(t, f.tick(r, 4<<20))
+	}
+	for f.at.Add(releaseTick).Before(r.next) {
+		assert.False(t, f.tick(r, 0), "a release within releaseEvery of the last")
+	}
+	assert.True(t, f.tick(r, 0))
+	assert.Equal(t, 2, f.frees)
+
+	// A slow release (a large heap): the next waits releaseBackoff times it.
+	f.took = time.Second
+	for i := 0; i < 4; i++ {
+		f.tick(r, 4<<20)
+	}
+	for f.at.Add(releaseTick).Before(r.next) {
+		require.False(t, f.tick(r, 0))
+	}
+	require.True(t, f.tick(r, 0))
+	require.Equal(t, 3, f.frees)
+	start := f.at
+	f.took = 0
+	for i := 0; i < 4; i++ {
+		f.tick(r, 4<<20)
+	}
+	for !f.tick(r, 0) {
+		require.Less(t, f.at.Sub(start), releaseBackoffMax+time.Minute)
+	}
+	assert.GreaterOrEqual(t, f.at.Sub(start), releaseBackoff*time.Second, "the release after a 1 s one came too soon")
+
+	// A large live heap: the share it must give back grows with it.
+	f.s.live, f.s.inUse, f.s.free, f.s.unused = 800<<20, 850<<20, 30<<20, 10<<20 // 90 MB < 800/8
+	f.at = f.at.Add(releaseBackoffMax)
+	for i := 0; i < 4; i++ {
+		f.tick(r, 4<<20)
+	}
+	assert.False(t, f.tick(r, 0), "released 90 MB of an 800 MB live heap")
+	f.s.free = 60 << 20
+	assert.True(t, f.tick(r, 0))
+}
+
+// The real thing: after a burst of garbage over a live heap, the loop's
+// step gives the free pages back to the system.
+func TestHeapReleaseGivesPagesBack(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // the burst's garbage stays until the release
+	released := func() uint64 {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/released:bytes"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	r := newHeapRelease(readHeap, debug.FreeOSMemory, time.Now)
+	keep := make([][]byte, 0, 1<<10)
+	for i := 0; i < 1<<10; i++ {
+		keep = append(keep, make([]byte, 4<<10)) // 4 MB live
+	}
+	var sink []byte
+	for i := 0; i < 16<<10; i++ {
+		sink = make([]byte, 4<<10) // 64 MB of garbage: the burst
+	}
+	_ = sink
+	debug.SetGCPercent(100)
+	require.False(t, r.step(), "released in the burst's tick")
+	before := released()
+	require.True(t, r.step(), "no release after the burst")
+	got := released() - before
+	t.Logf("released %.1f MB in %v; live %.1f MB", float64(got)/(1<<20), r.took, float64(r.liveAfter)/(1<<20))
+	assert.Greater(t, got, uint64(32<<20), "the release gave back %d bytes", got)
+	runtime.KeepAlive(keep)
+}
