@@ -417,15 +417,22 @@ run_storms() {
 # --- memory per connection --------------------------------------------------
 # The broker's VmRSS idle and holding CONNS live idle connections (each its
 # own user and client ID), without the plugin (password_file) and with it
-# (the same file, auth_opt_password_file).
+# (the same file, auth_opt_password_file), and with it but its heap's
+# release after a burst off (MOSQUITTO_GUARD_NO_RELEASE=1: the baseline of
+# cgo/heaprelease.go).
 run_memory() {
 	users_for "$CONNS"
 	say "bench: memory per connection: $CONNS connections held, mosquitto password_file vs the guard"
-	for s in mem-a mem-b; do
+	for s in mem-a mem-b mem-b-norelease; do
 		redis-cli -p "$R3_PORT" FLUSHALL >/dev/null
 		case $s in
 		mem-a) start_broker "$s" passwd "$USERS_PW" ;;
 		mem-b) start_broker "$s" guard "$USERS_PW" "$R3" ;;
+		mem-b-norelease)
+			BROKER_EXTRA_ENV=MOSQUITTO_GUARD_NO_RELEASE=1
+			start_broker "$s" guard "$USERS_PW" "$R3"
+			BROKER_EXTRA_ENV=""
+			;;
 		esac
 		lg fleet "$s" 600 -mode hold -addr "$BROKER_ADDR" -users "$USERS_PLAIN" -n "$CONNS" -id-prefix mem- -src 127.6.0.0/16 \
 			-label "$s" -pids "broker=$BROKER_PID" -settle 2s >/dev/null

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -220,5 +221,46 @@ fn=(4) malloc
 		if got := cgCategory(fn, objOf[fn]); got != c {
 			t.Errorf("%s (in %s): %q, want %q", fn, objOf[fn], got, c)
 		}
+	}
+}
+
+// The memory row alone (BENCH_ONLY=memory): its two targets and the
+// release's reference row, and no storm target "not measured"; the peak
+// per connection from VmHWM beside the held RSS.
+func TestMemoryOnlyTargetsAndPeak(t *testing.T) {
+	fr := func(idle, held, hwm int64) FleetResult {
+		return FleetResult{N: 1000, Users: 1000, Held: 1000, RSSIdleKB: idle, RSSHeldKB: held, HWMKB: hwm, RSSIdleAnonKB: idle / 2}
+	}
+	fleets := map[string][]FleetResult{
+		"mem-a":           {fr(10000, 10800, 11000)},
+		"mem-b":           {fr(20000, 21200, 23000)},
+		"mem-b-norelease": {fr(20000, 22000, 23100)},
+	}
+	var out strings.Builder
+	mem := memorySection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, fleets)
+	if !mem.ok || !mem.okNoRelease {
+		t.Fatalf("not measured: %+v", mem)
+	}
+	near := func(got, want float64) bool { return math.Abs(got-want) < 1e-9 }
+	if !near(mem.share, 1.2-0.8) || !near(mem.peakShare, 3.0-1.0) || !near(mem.shareNoRelease, 2.0-0.8) || !near(mem.peakNoRelease, 3.1-1.0) {
+		t.Errorf("shares %+v", mem)
+	}
+	if !strings.Contains(out.String(), "MOSQUITTO_GUARD_NO_RELEASE=1") {
+		t.Errorf("no row without the release:\n%s", out.String())
+	}
+	got := map[string]string{}
+	for _, r := range issue12Targets(map[string]float64{}, map[string]connCost{}, pairSummary{}, map[string]stormSummary{}, mem, nil, false, true) {
+		got[r[0]] = r[2]
+	}
+	if got["memory: the plugin's share ≤ 0.5 KB per live connection"] != "**PASS**" || got["memory: the plugin's idle cost ≤ 12 MB"] != "**PASS**" {
+		t.Errorf("memory targets: %v", got)
+	}
+	for k := range got {
+		if strings.Contains(k, "storm") || strings.Contains(k, "cache") {
+			t.Errorf("a memory-only run reports %q", k)
+		}
+	}
+	if got["(for reference, not a target) the same without the heap's release after the burst (MOSQUITTO_GUARD_NO_RELEASE=1)"] != "–" {
+		t.Errorf("no reference row for the release: %v", got)
 	}
 }
