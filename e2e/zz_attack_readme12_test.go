@@ -13,7 +13,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -962,4 +964,215 @@ func TestZZR12AllowEntriesKickAsTheyRefuse(t *testing.T) {
 		require.Equal(t, tc.want, refusedNow, "allow %q, ban %q (via reload %v): refused at CONNECT", tc.allow, tc.ban, tc.viaReload)
 		require.Equal(t, tc.want, kicked, "allow %q, ban %q (via reload %v): kicked", tc.allow, tc.ban, tc.viaReload)
 	}
+}
+
+// TestZZR12BanDuringTakeoverChains: 6 workers take client IDs "tk-0" ..
+// "tk-3" over from each other as fast as they can (each new connection
+// displaces the last, on the broker and in the plugin's index and
+// g.displaced), while a ban of "tk-1" and of username "bob" lands. A second
+// after the bans, no connection on "tk-1" and none as bob is open (each was
+// kicked, displaced, or refused), and alice's on the other client IDs are
+// untouched by the client-ID ban.
+func TestZZR12BanDuringTakeoverChains(t *testing.T) {
+	e := newEnv(t)
+	addr := e.broker.Addr
+	type held struct {
+		c        *mqttc.Conn
+		id, user string
+		at       time.Time
+	}
+	var mu sync.Mutex
+	var all []held
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, h := range all {
+			h.c.Close()
+		}
+	})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				user := "alice"
+				if (w+i)%3 == 0 {
+					user = "bob"
+				}
+				id := fmt.Sprintf("tk-%d", (w+i)%4)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: addr, SourceIP: fmt.Sprintf("127.12.12.%d", 1+w),
+					ClientID: id, Username: str(user), Password: str(users[user])})
+				cancel()
+				if err != nil || c == nil {
+					continue
+				}
+				if code != accepted {
+					c.Close()
+					continue
+				}
+				mu.Lock()
+				all = append(all, held{c, id, user, time.Now()})
+				mu.Unlock()
+			}
+		}(w)
+	}
+	time.Sleep(700 * time.Millisecond)
+	e.redis.CLI("SET", "guard:block:clientid:tk-1", "r12")
+	e.redis.CLI("SET", "guard:block:username:bob", "r12")
+	banAt := time.Now()
+	time.Sleep(700 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	time.Sleep(time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	open, after := 0, 0
+	for _, h := range all {
+		if h.id != "tk-1" && h.user != "bob" {
+			continue
+		}
+		if h.at.After(banAt.Add(200 * time.Millisecond)) {
+			after++
+		}
+		if !h.c.Closed(10 * time.Millisecond) {
+			open++
+			t.Errorf("open a second after the bans: client ID %q as %s, accepted %v after the bans", h.id, h.user, h.at.Sub(banAt).Round(time.Millisecond))
+		}
+	}
+	require.Zero(t, after, "connections on tk-1 or as bob accepted more than 200 ms after the bans")
+	require.Zero(t, open)
+	// The live holders of tk-0, tk-2, tk-3 as alice: the newest of each may be open.
+	live := map[string]int{}
+	for _, h := range all {
+		if h.id != "tk-1" && h.user == "alice" && !h.c.Closed(10*time.Millisecond) {
+			live[h.id]++
+		}
+	}
+	for id, n := range live {
+		require.LessOrEqual(t, n, 1, "client ID %s open on %d connections", id, n)
+	}
+	t.Logf("%d connections in all; alice's live: %v", len(all), live)
+}
+
+// r12UnixConn is an MQTT 3.1.1 client on a unix socket listener (mqttc
+// dials TCP only).
+type r12UnixConn struct{ nc net.Conn }
+
+// r12UnixDial connects to the unix socket path as id (user and pass when
+// user is not nil) and returns the connection (nil when refused) and the
+// CONNACK code.
+func r12UnixDial(t *testing.T, path, id string, user, pass *string) (*r12UnixConn, byte) {
+	t.Helper()
+	nc, err := net.DialTimeout("unix", path, 5*time.Second)
+	require.NoError(t, err)
+	str16 := func(b []byte, s string) []byte { return append(append(b, byte(len(s)>>8), byte(len(s))), s...) }
+	flags := byte(0x02)
+	if user != nil {
+		flags |= 0x80
+	}
+	if pass != nil {
+		flags |= 0x40
+	}
+	body := append(str16(nil, "MQTT"), 4, flags, 0, 60)
+	body = str16(body, id)
+	if user != nil {
+		body = str16(body, *user)
+	}
+	if pass != nil {
+		body = str16(body, *pass)
+	}
+	pkt := []byte{0x10}
+	for n := len(body); ; {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			pkt = append(pkt, b|0x80)
+			continue
+		}
+		pkt = append(pkt, b)
+		break
+	}
+	pkt = append(pkt, body...)
+	require.NoError(t, nc.SetDeadline(time.Now().Add(5*time.Second)))
+	_, err = nc.Write(pkt)
+	require.NoError(t, err)
+	ack := make([]byte, 4)
+	_, err = io.ReadFull(nc, ack)
+	require.NoError(t, err, "no CONNACK on the unix socket")
+	require.Equal(t, byte(0x20), ack[0])
+	require.NoError(t, nc.SetDeadline(time.Time{}))
+	if ack[3] != 0 {
+		nc.Close()
+		return nil, ack[3]
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &r12UnixConn{nc}, 0
+}
+
+// closed reports whether the broker closes c within d.
+func (c *r12UnixConn) closed(d time.Duration) bool {
+	_ = c.nc.SetReadDeadline(time.Now().Add(d))
+	var b [64]byte
+	for {
+		_, err := c.nc.Read(b[:])
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		return !(errors.As(err, &ne) && ne.Timeout())
+	}
+}
+
+// TestZZR12UnixSocketClients: a client on a unix socket listener has no IP
+// (Mosquitto gives the socket's path as its address; the record keeps it
+// beside, not in, its 16-byte IP). A client-ID or username ban kicks it and
+// refuses it after (README: "client ID, username, IP and range bans
+// alike"), and its kicked line names its address as its refused lines do
+// (before, ip="" where the refusal said ip="/path/to/socket"); an ip or
+// range ban that covers every address kicks nobody there nor refuses it
+// (it has none), and the broker answers all along.
+func TestZZR12UnixSocketClients(t *testing.T) {
+	dir, err := os.MkdirTemp("", "r12sock")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := dir + "/m.sock"
+	e := newEnv(t, "listener 0 "+sock)
+	alice, alicePw := str("alice"), str("alice-pw")
+	c, code := r12UnixDial(t, sock, "ux-1", alice, alicePw)
+	require.EqualValues(t, accepted, code)
+	d, code := r12UnixDial(t, sock, "ux-2", str("bob"), str("bob-pw"))
+	require.EqualValues(t, accepted, code)
+
+	e.redis.CLI("SET", "guard:block:cidr:0.0.0.0/0", "r12")
+	e.redis.CLI("SET", "guard:block:cidr:::/0", "r12")
+	require.False(t, c.closed(700*time.Millisecond), "a unix socket client kicked by a range ban")
+	e.redis.CLI("DEL", "guard:block:cidr:0.0.0.0/0", "guard:block:cidr:::/0")
+
+	e.redis.CLI("SET", "guard:block:clientid:ux-1", "r12")
+	require.True(t, c.closed(2*time.Second), "a unix socket client not kicked by its client ID's ban")
+	require.False(t, d.closed(300*time.Millisecond), "ux-2 kicked by the ban of ux-1")
+	_, code = r12UnixDial(t, sock, "ux-1", alice, alicePw)
+	require.EqualValues(t, refused, code)
+	// The kicked line names the client's address as its refused lines do
+	// (the socket's path: Mosquitto's address for the client), not ip="".
+	kickedLine := e.logLine("event=kicked ", `client_id="ux-1"`)
+	refusedLine := e.logLine("event=refused ", `client_id="ux-1"`)
+	addrOf := func(l string) string {
+		i := strings.Index(l, "ip=")
+		require.GreaterOrEqual(t, i, 0, l)
+		return strings.Fields(l[i:])[0]
+	}
+	require.Equal(t, addrOf(refusedLine), addrOf(kickedLine), "the kicked line's ip against the refused line's:\n%s\n%s", kickedLine, refusedLine)
+	require.NotEqual(t, `ip=""`, addrOf(kickedLine), kickedLine)
+	e.redis.CLI("SET", "guard:block:username:bob", "r12")
+	require.True(t, d.closed(2*time.Second), "a unix socket client not kicked by its username's ban")
+	e.expect(as("127.12.13.1", "tcp-1", "alice", "alice-pw"), accepted)
 }
