@@ -1176,3 +1176,83 @@ func TestZZR12UnixSocketClients(t *testing.T) {
 	require.True(t, d.closed(2*time.Second), "a unix socket client not kicked by its username's ban")
 	e.expect(as("127.12.13.1", "tcp-1", "alice", "alice-pw"), accepted)
 }
+
+// TestZZR12ReusedHandlesAllKicked: the connection table is keyed by the
+// broker's pointer to a client, which the allocator hands out again as
+// soon as a client is freed, and a DISCONNECT is held in C until the next
+// callback into Go. A client that connects and leaves at once, then one
+// that connects and stays (likely on the freed pointer), 300 times over:
+// a ban of the stayers' range kicks every one of them, and none of the
+// leavers' range is live in guard:conn afterwards.
+func TestZZR12ReusedHandlesAllKicked(t *testing.T) {
+	e := newEnv(t)
+	addr := e.broker.Addr
+	dial := func(ip, id string) *mqttc.Conn {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: addr, SourceIP: ip, ClientID: id, Username: str("alice"), Password: str("alice-pw")})
+		require.NoError(t, err)
+		require.EqualValues(t, accepted, code)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	n := 300
+	stayers := make([]*mqttc.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		l := dial(fmt.Sprintf("127.12.14.%d", 1+i%250), fmt.Sprintf("leave-%d", i))
+		if i%2 == 0 {
+			l.Disconnect()
+		} else {
+			l.Close() // no DISCONNECT packet: the broker sees the socket close
+		}
+		stayers = append(stayers, dial(fmt.Sprintf("127.12.15.%d", 1+i%250), fmt.Sprintf("stay-%d", i)))
+	}
+	e.redis.CLI("SET", "guard:block:cidr:127.12.15.0/24", "r12")
+	deadline := time.Now().Add(2 * time.Second)
+	open := 0
+	for i, c := range stayers {
+		if !c.Closed(max(time.Until(deadline), 10*time.Millisecond)) {
+			open++
+			t.Errorf("stay-%d not kicked", i)
+		}
+	}
+	require.Zero(t, open)
+	eventually(t, 5*time.Second, func() bool {
+		for _, k := range strings.Fields(e.redis.CLI("--scan", "--pattern", "guard:conn:*")) {
+			if e.redis.CLI("HLEN", k) != "0" {
+				return false
+			}
+		}
+		return true
+	}, "live entries left in guard:conn")
+}
+
+// TestZZR12UnixSocketGuessesCountOnlyByUsername: what README Known limits
+// says of clients on a unix socket listener: they have no IP, so under
+// fail_scopes ip their failures are never counted toward a ban (fail_limit
+// 3 here: 22 wrong passwords, none refused by rule=fail-limit, no ban
+// written); the username throttle counts them (it throttles bob at its
+// 20th failure), and their lines name the socket's path as ip.
+func TestZZR12UnixSocketGuessesCountOnlyByUsername(t *testing.T) {
+	dir, err := os.MkdirTemp("", "r12sock")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := dir + "/m.sock"
+	e := newEnv(t, "listener 0 "+sock, "auth_opt_fail_limit 3")
+	for i := 0; i < 22; i++ {
+		_, code := r12UnixDial(t, sock, fmt.Sprintf("g-%d", i), str("bob"), str("wrong"))
+		require.EqualValues(t, refused, code)
+	}
+	l := e.logLine("event=throttled ", `username="bob"`)
+	require.Contains(t, l, "limit=20", l)
+	out := e.broker.Output()
+	require.False(t, hasLine(out, "rule=fail-limit"), "a unix socket client's failures counted by fail_limit:\n%s", out)
+	require.False(t, hasLine(out, "event=banned"), "a ban written:\n%s", out)
+	require.Empty(t, strings.TrimSpace(e.redis.CLI("--scan", "--pattern", "guard:block:*")))
+	require.True(t, hasLine(out, "event=refused ip="+strconvQuote(sock)+" rule=bad-password"), "the refusal's ip is not the socket's path:\n%s", out)
+	// Alice over the socket is not throttled.
+	_, code := r12UnixDial(t, sock, "a-1", str("alice"), str("alice-pw"))
+	require.EqualValues(t, accepted, code)
+}
+
+func strconvQuote(s string) string { return fmt.Sprintf("%q", s) }
