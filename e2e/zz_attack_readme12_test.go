@@ -1253,6 +1253,15 @@ func TestZZR12UnixSocketGuessesCountOnlyByUsername(t *testing.T) {
 	// Alice over the socket is not throttled.
 	_, code := r12UnixDial(t, sock, "a-1", str("alice"), str("alice-pw"))
 	require.EqualValues(t, accepted, code)
+
+	// With the clientid scope on, one client ID guessing over the socket is banned.
+	sock2 := dir + "/m2.sock"
+	e2 := newEnv(t, "listener 0 "+sock2, "auth_opt_fail_limit 3", "auth_opt_fail_scopes ip clientid")
+	for i := 0; i < 5; i++ {
+		r12UnixDial(t, sock2, "guesser", str("alice"), str("wrong"))
+	}
+	eventually(t, 3*time.Second, func() bool { return e2.redis.CLI("EXISTS", "guard:block:clientid:guesser") == "1" },
+		"no clientid ban for a unix socket guesser under fail_scopes ip clientid:\n%s", e2.broker.Output())
 }
 
 func strconvQuote(s string) string { return fmt.Sprintf("%q", s) }
