@@ -969,7 +969,8 @@ func TestZZR12AllowEntriesKickAsTheyRefuse(t *testing.T) {
 // TestZZR12BanDuringTakeoverChains: 6 workers take client IDs "tk-0" ..
 // "tk-3" over from each other as fast as they can (each new connection
 // displaces the last, on the broker and in the plugin's index and
-// g.displaced), while a ban of "tk-1" and of username "bob" lands. A second
+// g.displaced), the broker gets a SIGHUP every 80 ms (its re-check of
+// every client), and a ban of "tk-1" and of username "bob" lands. A second
 // after the bans, no connection on "tk-1" and none as bob is open (each was
 // kicked, displaced, or refused), and alice's on the other client IDs are
 // untouched by the client-ID ban.
@@ -1024,6 +1025,18 @@ func TestZZR12BanDuringTakeoverChains(t *testing.T) {
 			}
 		}(w)
 	}
+	wg.Add(1)
+	go func() { // SIGHUPs all through: Mosquitto re-checks every client while they take over
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(80 * time.Millisecond):
+				e.broker.Reload()
+			}
+		}
+	}()
 	time.Sleep(700 * time.Millisecond)
 	e.redis.CLI("SET", "guard:block:clientid:tk-1", "r12")
 	e.redis.CLI("SET", "guard:block:username:bob", "r12")
@@ -1060,6 +1073,20 @@ func TestZZR12BanDuringTakeoverChains(t *testing.T) {
 		require.LessOrEqual(t, n, 1, "client ID %s open on %d connections", id, n)
 	}
 	t.Logf("%d connections in all; alice's live: %v", len(all), live)
+	// Every connection closed: no live entry is left in guard:conn (the
+	// re-checks admitted nothing), and no re-check refused alice.
+	for _, h := range all {
+		h.c.Close()
+	}
+	eventually(t, 5*time.Second, func() bool {
+		for _, k := range strings.Fields(e.redis.CLI("--scan", "--pattern", "guard:conn:*")) {
+			if e.redis.CLI("HLEN", k) != "0" {
+				return false
+			}
+		}
+		return true
+	}, "live entries left in guard:conn")
+	require.False(t, hasLine(e.broker.Output(), "event=refused", "reauth=true", `username="alice"`), "a re-check refused alice")
 }
 
 // r12UnixConn is an MQTT 3.1.1 client on a unix socket listener (mqttc
@@ -1265,3 +1292,40 @@ func TestZZR12UnixSocketGuessesCountOnlyByUsername(t *testing.T) {
 }
 
 func strconvQuote(s string) string { return fmt.Sprintf("%q", s) }
+
+// TestZZR12PerListenerKicksAtTheNextConnect: README Known limits, "with
+// per_listener_settings true Mosquitto 2.0.11 to 2.0.14 sends no tick, so
+// they [kicks] wait for the next new CONNECT". Two listeners, each its own
+// plugin instance (its own connection table); a client of each as alice;
+// a ban of alice; then one new CONNECT, on the first listener only: both
+// kicks land (the next new CONNECT, whichever listener it comes to).
+func TestZZR12PerListenerKicksAtTheNextConnect(t *testing.T) {
+	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server", "redis-cli")
+	e := &env{t: t, dir: t.TempDir()}
+	e.passwd = e.dir + "/passwd"
+	e.addUser("alice", "alice-pw")
+	e.addUser("bob", "bob-pw")
+	e.redis = startRedis(t)
+	p2 := testenv.FreePort(t)
+	conf := "per_listener_settings true\nlistener {{PORT}} 127.0.0.1\n" + e.conf() +
+		fmt.Sprintf("listener %d 127.0.0.1\n", p2) + e.conf()
+	e.broker = startBroker(t, conf)
+	addr2 := fmt.Sprintf("127.0.0.1:%d", p2)
+	eventually(t, 5*time.Second, func() bool { return strings.Count(e.broker.Output(), "mosquitto-guard: ready") >= 2 }, "two instances")
+	c1 := r12Client{name: "l1", addr: e.broker.Addr, ip: "127.12.16.1", id: "pl-1", user: str("alice"), pass: str("alice-pw")}
+	c2 := r12Client{name: "l2", addr: addr2, ip: "127.12.16.2", id: "pl-2", user: str("alice"), pass: str("alice-pw")}
+	k1, code := c1.dial(t)
+	require.EqualValues(t, accepted, code)
+	k2, code := c2.dial(t)
+	require.EqualValues(t, accepted, code)
+	e.redis.CLI("SET", "guard:block:username:alice", "r12")
+	time.Sleep(500 * time.Millisecond) // the ban in both replicas; no tick
+	b := r12Client{name: "b", addr: e.broker.Addr, ip: "127.12.16.3", id: "pl-b", user: str("bob"), pass: str("bob-pw")}
+	bc, code := b.dial(t)
+	require.EqualValues(t, accepted, code)
+	defer bc.Close()
+	one, two := k1.Closed(time.Second), k2.Closed(time.Second)
+	t.Logf("after one CONNECT on listener 1: listener 1's client kicked %v, listener 2's %v", one, two)
+	require.True(t, one, "listener 1's banned client not kicked at the next CONNECT")
+	require.True(t, two, "listener 2's banned client not kicked at the next CONNECT (it came to listener 1)")
+}
