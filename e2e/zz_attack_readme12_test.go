@@ -180,6 +180,9 @@ func TestZZR12AmbiguousSplitsKickTheRightHolder(t *testing.T) {
 // refuses the clients without one, and whatever a ban does at CONNECT it
 // does to a live client.
 func TestZZR12EmptyVersusNoUsername(t *testing.T) {
+	if os.Getenv("ATK_LOAD") != "1" {
+		t.Skip("ATK_LOAD=1: exercised, holds; kept out of make test's time")
+	}
 	e := newEnv(t, "allow_anonymous true")
 	for _, u := range []string{"u", "1u"} {
 		e.addUser(u, u+"-pw")
@@ -357,6 +360,9 @@ func TestZZR12DenyHolderPrincipalThroughSplits(t *testing.T) {
 // one whose client ID ends in "ob", nor "bob"'s); rehashing "bob" kicks only
 // bob's, and each kicked line names its own client ID and username.
 func TestZZR12UserChangedKicksThroughSplits(t *testing.T) {
+	if os.Getenv("ATK_LOAD") != "1" {
+		t.Skip("ATK_LOAD=1: exercised, holds; kept out of make test's time")
+	}
 	e := newEnv(t)
 	for _, u := range []string{"ob", "b"} {
 		e.addUser(u, u+"-pw")
@@ -561,9 +567,9 @@ func TestZZR12BanScanWhileTheTableGrows(t *testing.T) {
 // (and values that are not 1) leave the plugin whole: it connects, refuses,
 // kicks and survives a SIGHUP under a burst of CONNECTs.
 func TestZZR12NoYieldEnvStillGuards(t *testing.T) {
-	values := []string{"1", ""}
+	values := []string{"1"}
 	if os.Getenv("ATK_LOAD") == "1" {
-		values = append(values, "0", "yes")
+		values = append(values, "", "0", "yes")
 	}
 	for _, v := range values {
 		t.Run("NO_YIELD="+v, func(t *testing.T) {
@@ -670,6 +676,9 @@ func TestZZR12UserChangedLateReadKicksThroughSplits(t *testing.T) {
 // exactly the clients a new CONNECT is refused for, and a username ban
 // kicks the holder.
 func TestZZR12UseUsernameAsClientID(t *testing.T) {
+	if os.Getenv("ATK_LOAD") != "1" {
+		t.Skip("ATK_LOAD=1: exercised, holds; kept out of make test's time")
+	}
 	e := newEnv(t, "use_username_as_clientid true")
 	mk := func(name, ip, id, user string) r12Client {
 		return r12Client{name: name, addr: e.broker.Addr, ip: ip, id: id, user: str(user), pass: str(user + "-pw")}
