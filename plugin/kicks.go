@@ -135,8 +135,10 @@ func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
 	g.mu.Unlock()
 	g.metrics.kicked(len(kicked))
 	for _, lc := range kicked {
+		// Address: a client without an IP (a unix socket listener's) is
+		// named by the broker's address for it, as its refused lines do.
 		c := Client{ClientID: lc.clientID, Username: lc.username(), HasUsername: lc.hasUsername,
-			CertID: lc.certID, CertSubject: lc.certSubject}
+			CertID: lc.certID, CertSubject: lc.certSubject, Address: lc.addr}
 		l := clientLine("kicked", c, lc.ipAddr())
 		if isKey {
 			l.Str("rule", rule)
