@@ -60,6 +60,59 @@ func TestKnownSourcesRefreshAllocatesNothing(t *testing.T) {
 	assert.True(t, short && byID && hashed)
 }
 
+// Issue 12: a success from a new source allocates nothing on the broker
+// thread either: the source to write is queued by its IP or client ID, and
+// the writer makes its text, the same text (sourceIP, sourceClientID).
+// make bench's row b takes its addresses in turn, so that every CONNECT of
+// its first 65 534 is a new IP source. Before: 1 object a success (the
+// source's text; 2 with a new client ID too).
+func TestKnownSourcesNewSourceAllocatesNothing(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	k := newKnownSources(knownDeps{max: 100, window: time.Hour, failWindow: time.Minute,
+		spawn: func(string, func()) {}, stop: stop})
+	now := time.Now()
+	ips := make([]netip.Addr, 1000)
+	ids := make([]string, len(ips))
+	for i := range ips {
+		ips[i] = netip.AddrFrom4([4]byte{192, 0, byte(i >> 8), byte(i)})
+		ids[i] = fmt.Sprintf("dev-%d", i)
+	}
+	i := 0
+	if !raceEnabled {
+		// The queue's array doubles a few times in the runs: amortized,
+		// under one object a run.
+		assert.Zero(t, testing.AllocsPerRun(400, func() {
+			k.succeeded("alice", ips[i], ids[i], now)
+			i++
+		}))
+	}
+	for ; i < len(ips); i++ {
+		k.succeeded("alice", ips[i], ids[i], now)
+	}
+	var got []string
+	for b := k.queue.Take(); len(b) > 0; b = k.queue.Take() {
+		for _, w := range b {
+			require.Equal(t, "alice", w.username)
+			require.Equal(t, now.UnixMilli(), w.ms)
+			got = append(got, w.source())
+		}
+	}
+	var want []string
+	for i := range ips {
+		want = append(want, sourceIP(ips[i]), sourceClientID(ids[i]))
+	}
+	assert.Equal(t, want, got, "every new source queued, in order, as its text")
+	// And recent knows each by the key of its text.
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for i := range ips {
+		_, byIP := k.recent.Get(recentKey("alice", sourceIP(ips[i])))
+		_, byID := k.recent.Get(recentKey("alice", sourceClientID(ids[i])))
+		require.True(t, byIP && byID, "%d", i)
+	}
+}
+
 // A (username, source) this broker wrote costs the recent map at most 48
 // bytes (39 measured): a fixed-size key, no string. Before: the key's string (up to 80
 // bytes) and its map slot, about 80 bytes an entry.
