@@ -79,6 +79,8 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 // ID strings are the batch's own, never reused.
 type scratch struct {
 	conns  []store.Conn
+	text   []byte // the batch's IDs and formatted IPs, before their one string (storeConns)
+	ipEnd  []int  // where each connection's text ends in it
 	ws     []store.ConnWrite
 	at     []int
 	ends   map[uint64]end
@@ -89,7 +91,7 @@ type scratch struct {
 // trimScratch gives back a burst's arrays and maps: those of more than
 // trimAbove entries. Worker goroutine only, between batches.
 func (t *Tracker) trimScratch() {
-	if cap(t.sc.conns) > trimAbove || cap(t.sc.ws) > trimAbove || len(t.sc.ends) > trimAbove || len(t.sc.open) > trimAbove || len(t.sc.folded) > trimAbove {
+	if cap(t.sc.conns) > trimAbove || cap(t.sc.ipEnd) > trimAbove || cap(t.sc.ws) > trimAbove || len(t.sc.ends) > trimAbove || len(t.sc.open) > trimAbove || len(t.sc.folded) > trimAbove {
 		t.sc = scratch{}
 	}
 }
@@ -105,23 +107,35 @@ func (t *Tracker) releaseScratch(conns []store.Conn, ws []store.ConnWrite, at []
 	clear(t.sc.folded)
 }
 
-// storeConns is the batch's connections as Redis records them. Their IDs
-// are cut from one string built for the batch: one allocation for all.
+// storeConns is the batch's connections as Redis records them. Their IDs,
+// and the IP texts of those described by their 16 bytes (Conn.Addr: a
+// DISCONNECT's, formatted here, off the broker thread), are cut from one
+// string built for the batch, of their exact length (written first in the
+// worker's scratch buffer): one allocation for all.
 func (t *Tracker) storeConns(batch []event) []store.Conn {
 	conns := slices.Grow(t.sc.conns[:0], len(batch))[:len(batch)]
-	var b strings.Builder
-	b.Grow(len(batch) * (len(t.instance) + 21)) // '-' and up to 20 digits
+	b := t.sc.text[:0]
+	ipEnd := slices.Grow(t.sc.ipEnd[:0], len(batch))[:len(batch)]
 	for i := range batch {
-		b.WriteString(t.instance)
-		b.WriteByte('-')
-		var n [20]byte
-		b.Write(strconv.AppendUint(n[:0], batch[i].conn.Seq, 10))
+		c := &batch[i].conn
+		b = strconv.AppendUint(append(append(b, t.instance...), '-'), c.Seq, 10)
+		if c.ipFormatted() {
+			b = c.appendIP(b)
+		}
+		ipEnd[i] = len(b)
 	}
-	ids := b.String()
+	s := string(b)
+	t.sc.text, t.sc.ipEnd = b[:0], ipEnd[:0]
+	start := 0
 	for i := range batch {
-		n := len(t.instance) + 1 + digits(batch[i].conn.Seq)
-		conns[i] = t.storeConn(batch[i].conn, ids[:n])
-		ids = ids[n:]
+		c := &batch[i].conn
+		n := start + len(t.instance) + 1 + digits(c.Seq)
+		id, ip := s[start:n], c.IP
+		if c.ipFormatted() {
+			ip = s[n:ipEnd[i]]
+		}
+		conns[i] = t.storeConn(*c, id, ip)
+		start = ipEnd[i]
 	}
 	return conns
 }
@@ -373,15 +387,15 @@ func (t *Tracker) keepForRetry(ws []store.ConnWrite) {
 	for _, w := range ws {
 		if w.Gone != nil {
 			// Copies of their own: w points into its batch's array, and
-			// its ID into the batch's IDs, which a kept write must not
-			// hold on to.
+			// its ID (and its IP, when formatted from Conn.Addr) into the
+			// batch's string, which a kept write must not hold on to.
 			gone := *w.Gone
-			gone.ID = strings.Clone(gone.ID)
+			gone.ID, gone.IP = strings.Clone(gone.ID), strings.Clone(gone.IP)
 			if w.Left == w.Gone {
 				w.Left = &gone
 			} else if w.Left != nil {
 				left := *w.Left
-				left.ID = strings.Clone(left.ID)
+				left.ID, left.IP = strings.Clone(left.ID), strings.Clone(left.IP)
 				w.Left = &left
 			}
 			w.Gone = &gone

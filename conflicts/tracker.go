@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash/maphash"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -87,13 +88,32 @@ type Deps struct {
 // Conn is a connection of this broker as the broker thread describes it
 // (NewConn): its number, its ID being instance-Seq, which the worker builds
 // (StoreConn) when it writes, so that describing a connection allocates
-// nothing on the broker thread.
+// nothing on the broker thread. Its address is IP, the text Redis records,
+// or, when IP is "", Addr, whose canonical text (netip.Addr.AppendTo) the
+// worker writes where it builds the record: a caller holding the IP in 16
+// bytes describes the connection again (at its DISCONNECT) without
+// formatting it (issue 12: 88 bytes and an object a DISCONNECT on the
+// broker thread).
 type Conn struct {
 	Seq         uint64 // 1, 2, ...: the connection's number on this instance
 	Principal   string // Principal's form
 	IP          string
-	ConnectedMs int64 // unix ms
+	Addr        netip.Addr // the IP when IP is "" (invalid: no address)
+	ConnectedMs int64      // unix ms
 }
+
+// appendIP appends c's address text, as Redis records it: IP, or Addr's
+// canonical text when IP is "".
+func (c *Conn) appendIP(b []byte) []byte {
+	if c.IP == "" && c.Addr.IsValid() {
+		return c.Addr.AppendTo(b)
+	}
+	return append(b, c.IP...)
+}
+
+// ipFormatted says whether c's address text is formatted from Addr (it is
+// not a string c holds already).
+func (c *Conn) ipFormatted() bool { return c.IP == "" && c.Addr.IsValid() }
 
 // event is work for the worker, in broker order.
 type event struct {
@@ -149,7 +169,7 @@ type Tracker struct {
 	// broker; a hostile tester's flood). They are handled once the queue
 	// is drained (drainSpill), after every connect queued before them.
 	// dropped remembers the connects the queue dropped: their disconnects
-	// need nothing. Each at most spillMax (about 6 MB and 1.5 MB at most);
+	// need nothing. Each at most spillMax (about 7.3 MB and 1.5 MB at most);
 	// dropped is forgotten all at once when full (a disconnect of one of
 	// those is then spilled for nothing, and handled harmlessly); a
 	// disconnect past a full spill is dropped and counted, as before.
@@ -166,9 +186,10 @@ type Tracker struct {
 }
 
 // The queue between the broker thread and the worker holds at most
-// queueSize events (88 bytes each, their strings the broker side's: 6 MB
-// at most, and only while that many wait); the worker takes them in
-// batches of at most batchMax, linger after the first of a batch arrives.
+// queueSize events (112 bytes each, 88 before Conn.Addr; their strings the
+// broker side's: 7.3 MB at most, and only while that many wait); the
+// worker takes them in batches of at most batchMax, linger after the first
+// of a batch arrives.
 const (
 	queueSize = 65536 // events waiting for the worker
 	batchMax  = 4096  // events handled per round trip
@@ -212,11 +233,18 @@ func (t *Tracker) NewConn(principal string, ip string, now time.Time) Conn {
 	return Conn{Seq: t.seq.Add(1), Principal: principal, IP: ip, ConnectedMs: now.UnixMilli()}
 }
 
-// StoreConn is c as Redis records it: its ID is instance-Seq. One
-// allocation, the ID.
+// StoreConn is c as Redis records it: its ID is instance-Seq, its IP its
+// address text (appendIP). One allocation, the ID and, when formatted from
+// Addr, the IP's text.
 func (t *Tracker) StoreConn(c Conn) store.Conn {
-	var buf [64]byte
-	return t.storeConn(c, string(t.appendID(buf[:0], c.Seq)))
+	var buf [128]byte
+	b := t.appendID(buf[:0], c.Seq)
+	if !c.ipFormatted() {
+		return t.storeConn(c, string(b), c.IP)
+	}
+	n := len(b)
+	s := string(c.appendIP(b))
+	return t.storeConn(c, s[:n], s[n:])
 }
 
 // appendID appends the ID of this instance's connection number seq.
@@ -224,11 +252,11 @@ func (t *Tracker) appendID(b []byte, seq uint64) []byte {
 	return strconv.AppendUint(append(append(b, t.instance...), '-'), seq, 10)
 }
 
-// storeConn is c with id, its ID.
-func (t *Tracker) storeConn(c Conn, id string) store.Conn {
+// storeConn is c with id, its ID, and ip, its address text.
+func (t *Tracker) storeConn(c Conn, id, ip string) store.Conn {
 	return store.Conn{
 		ID: id, Instance: t.instance, Broker: t.opts.BrokerName,
-		Principal: c.Principal, IP: c.IP, ConnectedMs: c.ConnectedMs,
+		Principal: c.Principal, IP: ip, ConnectedMs: c.ConnectedMs,
 	}
 }
 
@@ -295,7 +323,7 @@ func (t *Tracker) drainSpill() {
 
 // idleTrim: Run trims its queue's buffers once no batch has come for this
 // long (a burst is over; under load a batch comes every linger or so), so
-// that a burst's buffers (up to two batches of 88-byte events: 720 KB) go
+// that a burst's buffers (up to two batches of 112-byte events: 920 KB) go
 // within idleTrim of its end, not at the next sweep (issue 12: they were
 // 43 of the 685 bytes of heap a held connection was measured to keep, make
 // bench's memory row being read a second after the connections).

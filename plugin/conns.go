@@ -311,14 +311,17 @@ func idsOf(c Client) string {
 
 // connOf is lc's conflict-tracking connection, as NewConn described it at
 // admit (g.tracker set): its identity fields never change, so it is read
-// with or without g.mu.
+// with or without g.mu. Its IP goes as its 16 bytes (conflicts.Conn.Addr),
+// whose text the tracker's worker writes, the same text admit gave
+// (addrString: the IP's canonical text): a DISCONNECT formatted it here,
+// an object on the broker thread (issue 12).
 func (g *Guard) connOf(lc *liveConn) conflicts.Conn {
-	ip := lc.addr
-	if a := lc.ipAddr(); a.IsValid() {
-		ip = a.String()
+	c := conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username()),
+		Addr: lc.ipAddr(), ConnectedMs: lc.sinceMs}
+	if !c.Addr.IsValid() {
+		c.IP = lc.addr
 	}
-	return conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username()),
-		IP: ip, ConnectedMs: lc.sinceMs}
+	return c
 }
 
 // pendingConn is a deferred connection in g.pending, with the tracking

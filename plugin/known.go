@@ -94,9 +94,39 @@ type knownDeps struct {
 	stop       <-chan struct{}
 }
 
+// knownWrite is a success to write: (username, source) at ms. The broker
+// thread names its source without making its text (issue 12: the text
+// was an allocation on the broker thread at each new source, every CONNECT
+// of make bench's row b, whose addresses go in turn): an IP source by its
+// IP, a client-ID source by the client ID as the client gave it; the
+// writer makes the text (sourceText). Sources made off the broker thread
+// (rewriteKnown) come as their text.
 type knownWrite struct {
-	username, source string
-	ms               int64
+	username string
+	text     string     // the source's text (kind sourceText), or the client ID (kind sourceID)
+	ip       netip.Addr // the IP (kind sourceIPAddr)
+	ms       int64
+	kind     sourceKind
+}
+
+// sourceKind says what a knownWrite names its source by.
+type sourceKind uint8
+
+const (
+	sourceText   sourceKind = iota // text is the source (sourceIP, sourceClientID)
+	sourceIPAddr                   // ip: the source sourceIP(ip)
+	sourceID                       // text is a client ID: the source sourceClientID(text)
+)
+
+// source is w's source as Redis records it (a member of guard:known:<username>).
+func (w *knownWrite) source() string {
+	switch w.kind {
+	case sourceIPAddr:
+		return sourceIP(w.ip)
+	case sourceID:
+		return sourceClientID(w.text)
+	}
+	return w.text
 }
 
 type knownSet struct {
@@ -166,13 +196,13 @@ func recentIDOf(sum uint64) recentID { return recentID{uint32(sum) | 2, uint32(s
 // collector's headroom about doubles in RSS; here 16 to 32 bytes of
 // mapping a source. Its probes start at the key's high half, the low
 // half's fixed bit out of the way; the slot's key and stamp are its whole
-// 12 bytes. At most knownRecentMax entries (note clears it when full); k.mu
+// 12 bytes. At most knownRecentMax entries (rememberLocked clears it when full); k.mu
 // guards it; run unmaps it when it returns (the plugin's cleanup).
 func newRecent() *offheap.Table[recentID, knownStamp] {
 	return offheap.NewTable[recentID, knownStamp](func(k recentID) uint64 { return uint64(k[1]) | uint64(k[0])<<32 }, recentID{1, 0})
 }
 
-// freeRecent unmaps recent, empty after (a later note maps it again).
+// freeRecent unmaps recent, empty after (a later success maps it again).
 func (k *knownSources) freeRecent() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -219,49 +249,73 @@ func writeRecentUser(h *maphash.Hash, username string) {
 }
 
 // succeeded records that username authenticated from ip with clientID
-// (broker thread: only map work and a non-blocking send). A source
-// refreshed within its refresh, the case of a device reconnecting, costs
-// no allocation: its keys are built in buffers on the stack.
+// (broker thread: only map work and a non-blocking send). It allocates
+// nothing: its keys are built in buffers on the stack, and a source to
+// write is queued by its IP or client ID, its text made by the writer.
 func (k *knownSources) succeeded(username string, ip netip.Addr, clientID string, now time.Time) {
 	k.succeededFrom(username, ip, "", clientID, now)
 }
 
 // succeededFrom is succeeded for a CONNECT whose address, as the broker
 // gave it, is addr: ip's text is taken from it when it is that text
-// already (appendIPText), not formatted again.
+// already (appendIPText), not formatted again. Both sources are looked up
+// under one hold of k.mu, one after the other: for a fleet each is a
+// random slot of recent, a miss of the CPU's caches, and the two misses
+// overlap (issue 12: recent's find was the guard's top symbol on the
+// broker thread in perf under make bench's row b).
 func (k *knownSources) succeededFrom(username string, ip netip.Addr, addr, clientID string, now time.Time) {
 	ms := now.UnixMilli()
 	var src [64]byte
+	var ipKey recentID
 	if ip.IsValid() {
-		k.note(username, appendIPText(append(src[:0], "ip:"...), ip, addr), ms) // sourceIP(ip)
+		ipKey = noteKey(username, appendIPText(append(src[:0], "ip:"...), ip, addr)) // sourceIP(ip)
 	}
-	k.note(username, append(append(src[:0], "clientid:"...), keys.Tracking(clientID)...), ms) // sourceClientID
+	idKey := noteKey(username, append(append(src[:0], "clientid:"...), keys.Tracking(clientID)...)) // sourceClientID
+	byIP, byID := k.rememberBoth(ipKey, idKey, ms)
+	if byIP {
+		k.queueWrite(knownWrite{username: username, ip: ip, ms: ms, kind: sourceIPAddr})
+	}
+	if byID {
+		k.queueWrite(knownWrite{username: username, text: clientID, ms: ms, kind: sourceID})
+	}
 }
 
-func (k *knownSources) note(username string, source []byte, ms int64) {
+// noteKey is recentKey(username, string(source)).
+func noteKey(username string, source []byte) recentID {
 	var h maphash.Hash
 	h.SetSeed(recentSeed)
 	writeRecentUser(&h, username)
 	h.Write(source)
-	key := recentIDOf(h.Sum64()) // recentKey(username, string(source))
-	if !k.remember(key, ms) {
-		return
-	}
-	if !k.queue.Put(knownWrite{username, string(source), ms}) {
+	return recentIDOf(h.Sum64())
+}
+
+// queueWrite queues w, a success remembered as to be written.
+func (k *knownSources) queueWrite(w knownWrite) {
+	if !k.queue.Put(w) {
 		// A flood of new sources outruns Redis: this one is written on its
 		// next success (it stays known here meanwhile).
-		k.forgetWritten(time.UnixMilli(ms + 1))
+		k.forgetWritten(time.UnixMilli(w.ms + 1))
 	}
 }
 
-// remember records key's success at ms in recent, and reports whether it
-// is to be written (not written within the refresh). k.mu is released by a
-// defer: recent's growth maps memory, and a mapping that fails panics,
-// which the cgo layer recovers; a lock left held would then block the
-// broker thread at its next note or known.
-func (k *knownSources) remember(key recentID, ms int64) bool {
+// rememberBoth records the success at ms of ipKey (unless it is zero: no
+// IP) and of idKey in recent, under one hold of k.mu, and reports whether
+// each is to be written (rememberLocked). k.mu is released by a defer:
+// recent's growth maps memory, and a mapping that fails panics, which the
+// cgo layer recovers; a lock left held would then block the broker thread
+// at its next success or known.
+func (k *knownSources) rememberBoth(ipKey, idKey recentID, ms int64) (byIP, byID bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if ipKey != (recentID{}) {
+		byIP = k.rememberLocked(ipKey, ms)
+	}
+	return byIP, k.rememberLocked(idKey, ms)
+}
+
+// rememberLocked records key's success at ms in recent, and reports
+// whether it is to be written (not written within the refresh); k.mu held.
+func (k *knownSources) rememberLocked(key recentID, ms int64) bool {
 	last, ok := k.recent.Get(key)
 	// Within the refresh whatever the ms in the two seconds (see knownStamp),
 	// and written since Redis last lost what it held.
@@ -443,8 +497,9 @@ var knownTick = 10 * time.Second
 
 // knownIdleTrim: the writer trims its queue's buffers once no batch has
 // come for this long (a burst is over), not only at its tick (issue 12: a
-// fleet's burst of successes left up to two batches of 40-byte writes
-// held for up to knownTick).
+// fleet's burst of successes left up to two batches of writes, 72 bytes
+// each (40 before they named their sources by IP or client ID), held for
+// up to knownTick).
 // Only buffers larger than knownTrimAbove (batchq's keepMax, which Trim
 // keeps) arm it: a light load's batches cost no wake-up more.
 const (
@@ -531,7 +586,7 @@ func (k *knownSources) exec(batch []knownWrite, gt bool) error {
 	defer cancel()
 	byUser := map[string][]redis.Z{}
 	for _, w := range batch {
-		byUser[w.username] = append(byUser[w.username], redis.Z{Score: float64(w.ms), Member: w.source})
+		byUser[w.username] = append(byUser[w.username], redis.Z{Score: float64(w.ms), Member: w.source()})
 	}
 	pipe := k.rdb.Pipeline()
 	for u, zs := range byUser {
@@ -641,9 +696,9 @@ func (g *Guard) rewriteKnown() error {
 		batch := make([]knownWrite, 0, 2*len(cands))
 		for _, lc := range cands { // identity fields, fixed at admit: read without g.mu
 			if ip := lc.ipAddr(); ip.IsValid() {
-				batch = append(batch, knownWrite{lc.username(), sourceIP(ip), lc.sinceMs})
+				batch = append(batch, knownWrite{username: lc.username(), ip: ip, ms: lc.sinceMs, kind: sourceIPAddr})
 			}
-			batch = append(batch, knownWrite{lc.username(), sourceClientID(lc.clientID), lc.sinceMs})
+			batch = append(batch, knownWrite{username: lc.username(), text: lc.clientID, ms: lc.sinceMs, kind: sourceID})
 		}
 		// An error reply on one username's key (WRONGTYPE) fails that
 		// command only: the pipeline's others were written, and the

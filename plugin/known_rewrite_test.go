@@ -98,7 +98,7 @@ func TestKnownRewriteKeepsALaterScore(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().UnixMilli()
 	require.NoError(t, rdb.ZAdd(ctx, "guard:known:bob", redis.Z{Score: float64(now), Member: "ip:192.0.2.1"}).Err())
-	require.NoError(t, k.exec([]knownWrite{{"bob", "ip:192.0.2.1", now - 5000}, {"bob", "clientid:d", now - 5000}}, true))
+	require.NoError(t, k.exec([]knownWrite{{username: "bob", text: "ip:192.0.2.1", ms: now - 5000}, {username: "bob", text: "clientid:d", ms: now - 5000}}, true))
 	assert.Equal(t, float64(now), rdb.ZScore(ctx, "guard:known:bob", "ip:192.0.2.1").Val(), "the later score kept")
 	assert.Equal(t, float64(now-5000), rdb.ZScore(ctx, "guard:known:bob", "clientid:d").Val())
 }

@@ -8,6 +8,7 @@
 package plugin
 
 import (
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -31,7 +32,7 @@ func underASLimit(t *testing.T, slack uint64, fn func()) (panicked any) {
 	return nil
 }
 
-// A mapping that fails in knownSources.note (recent's growth, on the
+// A mapping that fails in knownSources.succeeded (recent's growth, on the
 // broker thread, at a CONNECT's success) panics with k.mu held: the cgo
 // layer recovers the panic, but the lock stays held, and the next CONNECT
 // that succeeds (note) or is throttled (known) blocks the broker thread for
@@ -57,11 +58,11 @@ func TestRevKnownNoteMmapFailureReleasesLock(t *testing.T) {
 		for len(k.queue.Take()) > 0 {
 		}
 		p := underASLimit(t, 1<<20, func() {
-			k.note("victim", []byte("ip:192.0.2.1"), time.Now().UnixMilli())
+			k.succeeded("victim", netip.MustParseAddr("192.0.2.1"), "dev", time.Now())
 		})
 		require.NotNil(t, p, "the mapping did not fail: the test proves nothing")
-		t.Logf("note panicked (recovered as the cgo layer does): %v", p)
-		require.True(t, k.mu.TryLock(), "k.mu is still held after note's panic: the broker thread's next note or known blocks forever")
+		t.Logf("succeeded panicked (recovered as the cgo layer does): %v", p)
+		require.True(t, k.mu.TryLock(), "k.mu is still held after succeeded's panic: the broker thread's next success or known blocks forever")
 		defer k.mu.Unlock()
 		require.Equal(t, n, k.recent.Len(), "recent changed by a failed growth")
 	})

@@ -41,7 +41,7 @@ type Queue[T any] struct {
 // (1.2 k more instructions per cache-hit CONNECT on the broker's other
 // threads, callgrind). Without any of it a burst of connections left two
 // batches' worth held while the broker sat idle (the conflict tracker's
-// queue: 88 bytes an event, 4096 a batch, up to 720 KB).
+// queue: 112 bytes an event, 4096 a batch, up to 920 KB).
 const keepMax = 256
 
 // New returns a queue of at most max items handed out in batches of at
