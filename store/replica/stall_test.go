@@ -6,14 +6,9 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"sort"
-	"strconv"
-	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -22,98 +17,15 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
-// threadSched reads the calling thread's schedstat (ns on a CPU, ns
-// runnable and waiting for one) with a raw system call: the broker thread
-// emulated below must not leave its P to read it.
-type threadSched struct{ fd int }
-
-func openThreadSched(t *testing.T) threadSched {
-	fd, err := syscall.Open("/proc/thread-self/schedstat", syscall.O_RDONLY, 0)
-	require.NoError(t, err)
-	return threadSched{fd}
-}
-
-func (s threadSched) read() (cpu, delay time.Duration) {
-	var buf [128]byte
-	n, _, errno := syscall.RawSyscall6(syscall.SYS_PREAD64, uintptr(s.fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0, 0, 0)
-	if errno != 0 {
-		return 0, 0
-	}
-	f := strings.Fields(string(buf[:n]))
-	if len(f) < 2 {
-		return 0, 0
-	}
-	c, _ := strconv.ParseInt(f[0], 10, 64)
-	d, _ := strconv.ParseInt(f[1], 10, 64)
-	return time.Duration(c), time.Duration(d)
-}
-
-// brokerThread emulates Mosquitto's thread calling into the plugin: a
-// goroutine locked to its thread spends gap in a system call (the thread in
-// Mosquitto's C code, its P in the system-call state, which Go's sysmon
-// hands to waiting goroutines), then looks a client up in r (a CONNECT's
-// replica lookup), until stop. A round's wait is the time the thread slept
-// beyond gap: asleep, neither in the system call nor runnable, it waited in
-// Go's scheduler for a P (or on a lock). The kernel's own delays (run
-// delay: other processes on a shared machine) are left out; only Go's
-// waits count.
-func brokerThread(t *testing.T, r *Replica, gap time.Duration, stop *atomic.Bool) <-chan []time.Duration {
-	out := make(chan []time.Duration, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		ts := openThreadSched(t)
-		defer syscall.Close(ts.fd)
-		req := syscall.Timespec{Nsec: gap.Nanoseconds()}
-		qq := q("dev-7", "198.51.100.7", "bob")
-		var waits []time.Duration
-		for !stop.Load() {
-			c0, d0 := ts.read()
-			s := time.Now()
-			_, _, _ = syscall.Syscall(syscall.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&req)), 0, 0)
-			r.Lookup(qq, s)
-			wall := time.Since(s)
-			c1, d1 := ts.read()
-			waits = append(waits, max(0, wall-(c1-c0)-(d1-d0)-gap))
-		}
-		out <- waits
-	}()
-	return out
-}
-
-type waitStats struct {
-	n, over  int // rounds, and those that waited over 5 ms
-	p99, max time.Duration
-}
-
-func statsOf(w []time.Duration) waitStats {
-	s := append([]time.Duration(nil), w...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	st := waitStats{n: len(s)}
-	if len(s) == 0 {
-		return st
-	}
-	st.p99, st.max = s[len(s)*99/100], s[len(s)-1]
-	for _, x := range s {
-		if x > 5*time.Millisecond {
-			st.over++
-		}
-	}
-	return st
-}
-
-func (s waitStats) String() string {
-	return fmt.Sprintf("%d rounds, p99 %v, max %v, %d over 5 ms", s.n, s.p99.Round(time.Microsecond), s.max.Round(time.Microsecond), s.over)
-}
-
 // reloadWaits syncs a replica of n block keys from a real Redis and
-// measures the emulated broker thread's waits (a round every 200 µs) with
+// measures the emulated broker thread's waits (testenv.BrokerThread: a
+// replica lookup after 200 µs in a system call, round after round) with
 // GOMAXPROCS procs: for idle with no reload, then for d of full reloads one
 // after another (the subscription killed, as after Redis was flushed or
 // restarted; a reload of every replica_resync does the same work). noGC:
 // the collector off while measuring, so that only the reload's own hold of
 // a P counts, not the runtime's mark workers.
-func reloadWaits(t *testing.T, n, procs int, noGC bool, idle, d time.Duration) (still, reload waitStats, reloads int) {
+func reloadWaits(t *testing.T, n, procs int, noGC bool, idle, d time.Duration) (still, reload testenv.Waits, reloads int) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
 	srv := testenv.StartRedis(t)
 	srv.CLI("EVAL", fmt.Sprintf("for i=1,%d do redis.call('SET','guard:block:clientid:dev-'..i,'r') end return 1", n), "0")
@@ -132,21 +44,23 @@ func reloadWaits(t *testing.T, n, procs int, noGC bool, idle, d time.Duration) (
 		defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	}
 
+	qq := q("dev-7", "198.51.100.7", "bob")
+	lookup := func() { r.Lookup(qq, time.Now()) } // a CONNECT's replica lookup
 	var stop atomic.Bool
-	ch := brokerThread(t, r, 200*time.Microsecond, &stop)
+	ch := testenv.BrokerThread(t, 200*time.Microsecond, &stop, lookup)
 	time.Sleep(idle)
 	stop.Store(true)
-	still = statsOf(<-ch)
+	still = <-ch
 
 	stop.Store(false)
-	ch = brokerThread(t, r, 200*time.Microsecond, &stop)
+	ch = testenv.BrokerThread(t, 200*time.Microsecond, &stop, lookup)
 	for end := time.Now().Add(d); time.Now().Before(end); reloads++ {
 		s.healthy.Store(false)
 		srv.CLI("CLIENT", "KILL", "TYPE", "pubsub")
 		require.Eventually(t, s.Healthy, 60*time.Second, time.Millisecond)
 	}
 	stop.Store(true)
-	return still, statsOf(<-ch), reloads
+	return still, <-ch, reloads
 }
 
 // A full reload held a P for long stretches: its loops (fetching and
@@ -162,20 +76,33 @@ func reloadWaits(t *testing.T, n, procs int, noGC bool, idle, d time.Duration) (
 //
 // Measured here with GOMAXPROCS 1 (the P the broker thread needs is then
 // always the one the reload holds) and the collector off (its mark workers
-// are the runtime's, not the reload's): 100 000 keys, 3 s of reloads (3 of
-// them), waits over 5 ms: 42 and 43 before, 4 and 5 after; max 17-19 ms
-// before, 8-9 ms after (the rest: this shared machine's other processes).
+// are the runtime's, not the reload's): 100 000 keys, 3 s of reloads (2 or
+// 3 of them). Waits over 5 ms per reload, shared 2-core machine
+// (2026-12-03): before, 11 to 20 (max 16-48 ms); after, 0.3 to 5.5 (max
+// 5-10 ms), once 16 while other tests loaded the machine: with one P, a
+// kernel that preempts the thread holding it makes the broker thread wait
+// too. So the bound is 8 per reload, and a second attempt is made when the
+// first misses it; before the fix both miss it.
 //
 // Not under the race detector (make test runs it again without).
 func TestReloadLeavesTheBrokerThreadAP(t *testing.T) {
 	if raceEnabled {
 		t.Skip("timing: the race detector slows the reload's chunks several times")
 	}
-	still, reload, reloads := reloadWaits(t, 100_000, 1, true, time.Second, 3*time.Second)
-	t.Logf("no reload: %v", still)
-	t.Logf("%d reloads: %v", reloads, reload)
-	require.Positive(t, reloads)
-	assert.LessOrEqual(t, reload.over, 4*reloads, "the broker thread waited over 5 ms for a P %d times in %d reloads", reload.over, reloads)
+	const perReload = 8
+	var over, reloads int
+	for attempt := 1; attempt <= 2; attempt++ {
+		var still, reload testenv.Waits
+		still, reload, reloads = reloadWaits(t, 100_000, 1, true, time.Second, 3*time.Second)
+		over = reload.Over(5 * time.Millisecond)
+		t.Logf("attempt %d: no reload: %v", attempt, still)
+		t.Logf("attempt %d: %d reloads: %v", attempt, reloads, reload)
+		require.Positive(t, reloads)
+		if over <= perReload*reloads {
+			return
+		}
+	}
+	t.Errorf("the broker thread waited over 5 ms for a P %d times in %d reloads (bound %d a reload), twice", over, reloads, perReload)
 }
 
 // The same at the plugin's own setting (GOMAXPROCS 2, the collector on)
@@ -193,5 +120,5 @@ func TestReloadLeavesTheBrokerThreadAPLarge(t *testing.T) {
 	t.Logf("no reload: %v", still)
 	t.Logf("%d reloads: %v", reloads, reload)
 	require.Positive(t, reloads)
-	assert.Less(t, reload.max, 25*time.Millisecond, "the broker thread waited %v for a P during a reload", reload.max)
+	assert.Less(t, reload.Max(), 25*time.Millisecond, "the broker thread waited %v for a P during a reload", reload.Max())
 }
