@@ -52,11 +52,12 @@ unit:
 	$(GO) test -short $$($(GO) list ./... | grep -v '/cgo$$')
 
 # The allocation and heap-size tests run again without -race, under which
-# they skip (sync.Pool drops items on purpose, the detector allocates): a
-# few seconds.
+# they skip (sync.Pool drops items on purpose, the detector allocates), and
+# the timing tests of the replica reload and the password file's read (the
+# detector slows them): a few seconds.
 test: build vet fmt-check
 	GUARD_PLUGIN=$(CURDIR)/$(PLUGIN) $(GO) test -race -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -run 'AllocatesNothing|Allocs|Bytes|ConnectStrings|StoreConnsIDs' ./plugin ./store/replica ./cgo ./conflicts ./store
+	$(GO) test -count=1 -run 'AllocatesNothing|Allocs|Bytes|ConnectStrings|StoreConnsIDs|LeavesTheBrokerThread' ./plugin ./store/replica ./cgo ./conflicts ./store ./backends/files
 
 # The .deb from make build's binaries, stripped; see packaging/build-deb.sh.
 deb: build

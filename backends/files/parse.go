@@ -3,6 +3,7 @@ package files
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,6 +59,10 @@ const maxListedLines = 5
 // (MaxFileBytes) is meant to bound both.
 const MaxLineErrors = 100
 
+// yieldLines is how many lines parse handles between two yields to Go's
+// scheduler: a few hundred µs of work.
+const yieldLines = 256
+
 // parsed is the outcome of parsing a whole password file.
 type parsed struct {
 	users map[string]string
@@ -95,6 +100,12 @@ type parsed struct {
 // one. Its behaviour is the last line wherever it is consistent; a file
 // should hold each username once.) mosquitto-go-auth's files backend keeps
 // the last line too (a Go map assignment per line).
+//
+// It runs off the broker thread (the plugin's reloadLoop) but yields to Go's
+// scheduler every yieldLines lines: a loop that never yields holds its P
+// for Go's whole 10 ms time slice, while the broker thread, coming back
+// into Go from Mosquitto's code with its P taken meanwhile, waits for one
+// (TestLoadLeavesTheBrokerThreadAP).
 func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 	type entry struct {
 		hash, class string
@@ -103,9 +114,19 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 		dups        int   // how many earlier lines
 	}
 	entries := make(map[string]*entry)
+	// accepted lists the accepted lines in file order: the users in the
+	// order of the lines used (their last), without sorting them.
+	type userLine struct {
+		user string
+		line int
+	}
+	var accepted []userLine
 	var skipped []LineError
 	lineErrs, dupErrs := 0, 0
 	for n := 1; len(data) > 0; n++ {
+		if n%yieldLines == 0 {
+			runtime.Gosched()
+		}
 		var raw []byte
 		if i := bytes.IndexByte(data, '\n'); i >= 0 {
 			raw, data = data[:i], data[i+1:]
@@ -122,6 +143,7 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 			}
 			continue
 		}
+		accepted = append(accepted, userLine{user, n})
 		e := entries[user]
 		if e == nil {
 			entries[user] = &entry{hash: hash, class: class, line: n}
@@ -139,20 +161,27 @@ func parse(data []byte, path string, v hashes.Verifier) (parsed, []LineError) {
 		user string
 		e    *entry
 	}
-	order := make([]userAt, 0, len(entries))
-	for u, e := range entries {
-		p.users[u] = e.hash
-		order = append(order, userAt{u, e})
-	}
 	// File order of the lines used: for the class tie-break and the reports.
-	sort.Slice(order, func(i, j int) bool { return order[i].e.line < order[j].e.line })
+	order := make([]userAt, 0, len(entries))
+	for i, a := range accepted {
+		if i%yieldLines == yieldLines-1 {
+			runtime.Gosched()
+		}
+		if e := entries[a.user]; e.line == a.line {
+			p.users[a.user] = e.hash
+			order = append(order, userAt{a.user, e})
+		}
+	}
 	// Per hash class: its users, and the first of them in file order.
 	type classCount struct {
 		users, order int
 		hash         string
 	}
 	classes := make(map[string]*classCount)
-	for _, o := range order {
+	for i, o := range order {
+		if i%yieldLines == yieldLines-1 {
+			runtime.Gosched()
+		}
 		c := classes[o.e.class]
 		if c == nil {
 			c = &classCount{order: len(classes), hash: o.e.hash}

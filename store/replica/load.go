@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"runtime/debug"
+	"runtime"
 	"sync"
 	"time"
 
@@ -35,7 +35,7 @@ func (s *Sync) load(ctx context.Context) error {
 		s.mu.Unlock()
 	}()
 
-	fresh := New(s.kb)
+	fresh := s.r.sizedLike()
 	kinds := []string{string(keys.Block), string(keys.Allow), "throttle"}
 	if s.o.Users {
 		kinds = append(kinds, string(keys.User))
@@ -52,8 +52,14 @@ func (s *Sync) load(ctx context.Context) error {
 	for _, p := range patterns {
 		err := store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 			it := c.Scan(ctx, 0, p, 2000).Iterator()
-			batch := make([]string, 0, 2000)
+			// Keys are fetched and stored walkChunk at a time, with a
+			// yield to Go's scheduler after each batch (see walkChunk):
+			// parsing a pipeline's replies from a socket that has them
+			// all never blocks, and a pipeline of 2 000 keys held a P for
+			// Go's whole 10 ms time slice.
+			batch := make([]string, 0, walkChunk)
 			flush := func() error {
+				defer runtime.Gosched()
 				vals, wrongType, err := s.fetch(ctx, batch)
 				if err != nil {
 					return err
@@ -106,10 +112,14 @@ func (s *Sync) load(ctx context.Context) error {
 	}
 	s.r.swap(fresh)
 	s.applied.Store(time.Now().UnixNano())
-	// The load's garbage (pipeline replies, the replaced maps) would keep
-	// the process's memory at twice the replica's size until the next GC
-	// cycles; give it back now.
-	debug.FreeOSMemory()
+	// The replaced maps and the load's garbage are left to the collector
+	// and to Go's background scavenger, which hands freed memory back to
+	// the system a little at a time. debug.FreeOSMemory here (until
+	// 2026-12-03) forced a full collection and then scavenged the whole
+	// heap in one call that cannot be preempted: 26 to 39 ms on one of the
+	// two Ps with 300 000 keys, while the other ran mark workers, and the
+	// broker thread, coming back from Mosquitto's code, waited for a P that
+	// long (TestReloadLeavesTheBrokerThreadAP).
 	s.mu.Lock()
 	for k := range s.loading {
 		s.dirty[k] = struct{}{}
@@ -348,6 +358,7 @@ func compare[K comparable](r *Replica, fresh map[K]slot, cur func() map[K]slot, 
 		}
 		if n++; n%walkChunk == 0 {
 			r.mu.RUnlock()
+			runtime.Gosched() // see walkChunk
 			r.mu.RLock()
 		}
 	}

@@ -3,6 +3,7 @@ package replica
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -154,6 +155,20 @@ func New(kb keys.Builder) *Replica {
 	r := &Replica{kb: kb}
 	r.reset()
 	return r
+}
+
+// sizedLike returns an empty replica for the same keys with room for as
+// many entries as r holds now: a reload's maps are built at their size
+// rather than grown by doubling (each growth a copy and garbage).
+func (r *Replica) sizedLike() *Replica {
+	r.mu.RLock()
+	exact, users, throttles := len(r.exact), len(r.users), len(r.throttles)
+	r.mu.RUnlock()
+	fresh := New(r.kb)
+	fresh.exact = make(map[string]slot, exact)
+	fresh.users = make(map[string]slot, users)
+	fresh.throttles = make(map[string]slot, throttles)
+	return fresh
 }
 
 func (r *Replica) reset() {
@@ -391,6 +406,13 @@ func (r *Replica) deleteLocked(key string, class keyClass, kind keys.Kind, scope
 // and the most expired entries Sweep drops per hold of the write lock: how
 // long a lookup on the broker thread can wait on either does not grow with
 // the number of entries.
+//
+// The loops of a full reload and of a walk also let Go's scheduler run
+// other goroutines after each walkChunk entries (runtime.Gosched; a few
+// tens of µs of work): the broker thread, coming back into Go from
+// Mosquitto's code with its P taken meanwhile (sysmon hands it to waiting
+// goroutines), queues for a P, and a loop that never yields holds one for
+// Go's whole 10 ms time slice (TestReloadLeavesTheBrokerThreadAP).
 const walkChunk = 256
 
 // walk visits the entries of the map cur returns (called under the read
@@ -408,6 +430,7 @@ func walk[K comparable](r *Replica, cur func() map[K]slot, visit func(K, slot), 
 		if n++; n%walkChunk == 0 {
 			r.mu.RUnlock()
 			between()
+			runtime.Gosched() // see walkChunk
 			r.mu.RLock()
 			if r.gen != gen {
 				break
