@@ -310,7 +310,20 @@ func TestZZAtkReleaseLargeHeap(t *testing.T) {
 		t.Logf("release %-5v: median p99 %v, median max %v, max %v; CPU %.1f µs a churn CONNECT", rel, atkMedian(p99s), atkMedian(maxs), worst[i],
 			float64(cpu.Microseconds())/float64(max(churn, 1)))
 	}
+	// SIGTERM where a long release falls: a burst, then 350 ms (the quiet
+	// tick at 250 to 500 ms; a release of this heap lasts 100 to 350 ms).
+	next := &atomic.Int64{}
+	next.Store(int64(nusers / 2))
 	for _, rel := range []bool{false, true} {
+		atkRelBurst(brokers[rel], next, burst)
+		time.Sleep(350 * time.Millisecond)
+		s := time.Now()
+		require.NoError(t, brokers[rel].Signal(syscall.SIGTERM))
+		err, ok := brokers[rel].Wait(10 * time.Second)
+		t.Logf("release %v: SIGTERM after a burst: exited %v (%v) after %v; releases %v", rel, ok, err, time.Since(s).Round(time.Millisecond),
+			atkRelReleases(brokers[rel].Output()))
+		assert.True(t, ok, "the broker did not exit within 10 s of SIGTERM")
+		assert.NoError(t, err)
 		assert.NotContains(t, brokers[rel].Output(), "panic")
 	}
 }
@@ -413,4 +426,117 @@ func TestZZAtkReleaseChurn(t *testing.T) {
 		t.Logf("release %-5v: median p99 %v, median max %v; CPU %.1f µs a churn CONNECT; RSS max %.1f MB, mean %.1f MB; %d releases",
 			rel, atkMedian(p99s), atkMedian(maxs), float64(cpu.Microseconds())/float64(max(churn, 1)), float64(rssMax)/(1<<20), float64(rssMean)/(1<<20), releases)
 	}
+}
+
+// atkRelCosts returns the costs (CPU counted) the broker logged for its
+// releases.
+func atkRelCosts(out string) []time.Duration {
+	var d []time.Duration
+	for _, l := range strings.Split(out, "\n") {
+		if _, rest, ok := strings.Cut(l, "heap released after a burst in "); ok {
+			if _, c, ok := strings.Cut(rest, "(cost "); ok {
+				if v, err := time.ParseDuration(strings.Fields(c)[0]); err == nil {
+					d = append(d, v)
+				}
+			}
+		}
+	}
+	return d
+}
+
+// The broker thread during a release, isolated: a large heap (ATK_USERS,
+// default 300 000 users), one burst of 1 500 cache-miss CONNECTs, then
+// nothing but a cache-hit CONNECT every 2 ms for 1.5 s (the release falls
+// in it); the same on the broker without the release. Rounds alternate;
+// the release's broker is given its backoff (100 times the logged cost)
+// before the next. The probe's p99 and max after the burst, each way.
+func TestZZAtkReleaseStall(t *testing.T) {
+	atkNeedLoad(t)
+	nusers := 300_000
+	if v, err := strconv.Atoi(os.Getenv("ATK_USERS")); err == nil {
+		nusers = v
+	}
+	e := envWithoutBroker(t)
+	brokers := map[bool]*testenv.Mosquitto{}
+	for _, rel := range []bool{false, true} {
+		p := atkRelUsers(t, e, fmt.Sprintf("passwd-%v", rel), nusers)
+		brokers[rel] = atkRelBroker(t, e.conf("auth_opt_password_file "+p, "log_type all"), rel)
+	}
+	nexts := map[bool]*atomic.Int64{false: {}, true: {}}
+	worst := map[bool][]time.Duration{}
+	p99 := map[bool][]time.Duration{}
+	for r := 0; r < 4; r++ {
+		// Past the last release's backoff.
+		costs := atkRelCosts(brokers[true].Output())
+		if len(costs) > 0 {
+			time.Sleep(min(releaseBackoffE2E*costs[len(costs)-1]+500*time.Millisecond, 90*time.Second))
+		}
+		order := []bool{false, true}
+		if r%2 == 1 {
+			order = []bool{true, false}
+		}
+		for _, rel := range order {
+			b := brokers[rel]
+			before := len(atkRelReleases(b.Output()))
+			atkRelBurst(b, nexts[rel], 1500)
+			stop := make(chan struct{})
+			time.AfterFunc(1500*time.Millisecond, func() { close(stop) })
+			_, lat, failed := atkRelProbe(b, 2*time.Millisecond, stop)
+			time.Sleep(200 * time.Millisecond)
+			rels := atkRelReleases(b.Output())[before:]
+			s := atkSummary(lat)
+			t.Logf("round %d, release %-5v: after the burst %v, failed %d; releases in it %v (costs %v)", r, rel, s, failed, rels, atkRelCosts(b.Output())[before:])
+			assert.Zero(t, failed)
+			worst[rel], p99[rel] = append(worst[rel], s.max), append(p99[rel], s.p99)
+		}
+	}
+	for _, rel := range []bool{false, true} {
+		t.Logf("release %-5v: median p99 %v, median max %v, max %v", rel, atkMedian(p99[rel]), atkMedian(worst[rel]), slicesMax(worst[rel]))
+	}
+	// Not clearly worse than without (a shared machine: loose), and no
+	// CONNECT held past 50 ms.
+	assert.LessOrEqual(t, atkMedian(p99[true]), 2*atkMedian(p99[false])+5*time.Millisecond, "p99 with the release")
+	assert.LessOrEqual(t, atkMedian(worst[true]), 2*atkMedian(worst[false])+5*time.Millisecond, "max with the release")
+	assert.LessOrEqual(t, slicesMax(worst[true]), 50*time.Millisecond, "a CONNECT waited past 50 ms after a burst with the release")
+}
+
+// releaseBackoffE2E is cgo's releaseBackoff.
+const releaseBackoffE2E = 100
+
+// The start's release with a very large heap (ATK_USERS, default 1 000 000
+// users: ~230 MB of RSS, a release of ~1.2 s seen): cache-hit CONNECTs
+// every 2 ms from the ready line for 3 s, with the release and without;
+// then a broker given SIGTERM 500 ms after its ready line (in its start's
+// release) exits cleanly within 10 s.
+func TestZZAtkReleaseStartStall(t *testing.T) {
+	atkNeedLoad(t)
+	nusers := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("ATK_USERS")); err == nil {
+		nusers = v
+	}
+	e := envWithoutBroker(t)
+	p := atkRelUsers(t, e, "passwd-big", nusers)
+	conf := e.conf("auth_opt_password_file "+p, "log_type all")
+	stats := map[bool]atkStats{}
+	for _, rel := range []bool{false, true} {
+		b := atkRelBroker(t, conf, rel)
+		stop := make(chan struct{})
+		time.AfterFunc(3*time.Second, func() { close(stop) })
+		_, lat, failed := atkRelProbe(b, 2*time.Millisecond, stop)
+		time.Sleep(200 * time.Millisecond)
+		stats[rel] = atkSummary(lat)
+		t.Logf("release %-5v: from the ready line, 3 s: %v, failed %d; releases %v (costs %v)", rel, stats[rel], failed, atkRelReleases(b.Output()), atkRelCosts(b.Output()))
+		assert.Zero(t, failed)
+		b.Stop()
+	}
+	assert.LessOrEqual(t, stats[true].max, 2*stats[false].max+20*time.Millisecond, "the start's release held a CONNECT")
+	b := atkRelBroker(t, conf, true)
+	time.Sleep(500 * time.Millisecond)
+	s := time.Now()
+	require.NoError(t, b.Signal(syscall.SIGTERM))
+	err, ok := b.Wait(10 * time.Second)
+	t.Logf("SIGTERM 500 ms after the ready line: exited %v (%v) after %v", ok, err, time.Since(s).Round(time.Millisecond))
+	assert.True(t, ok, "the broker did not exit within 10 s of SIGTERM")
+	assert.NoError(t, err)
+	assert.NotContains(t, b.Output(), "panic")
 }
