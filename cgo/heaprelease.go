@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
@@ -33,10 +34,14 @@ import (
 // back, or holds in spans no object uses (a large live heap: a release's
 // collection costs in proportion to it, so it must give back as much). Then debug.FreeOSMemory: a collection, then every free page back.
 // Its cost is bounded: the next release waits max(releaseEvery,
-// releaseBackoff times how long this one took), so releases take at most a
+// releaseBackoff times what this one cost), so releases take at most a
 // hundredth of one core (a 100 ms release of a large heap: the next after
 // 10 s at the soonest; 5 ms for 4 000 devices' heap: after a second), and
-// each needs releaseChurn of new allocation since the last.
+// each needs releaseChurn of new allocation since the last. Its cost is
+// the longer of its length and the CPU the process spent meanwhile: the
+// collection marks on every idle P, so a release on a quiet broker takes
+// up to GOMAXPROCS times its length in CPU (1.2 to 2 times seen with
+// GOMAXPROCS 2: TestAtkReleaseBackoffCountsCPU).
 //
 // What it does not bound: the peak. During a burst the heap grows to the
 // collector's goal as before (GOGC; README, Installing); the release
@@ -102,11 +107,13 @@ type heapRelease struct {
 	read  func() heapSample
 	free  func()
 	now   func() time.Time
-	last  uint64    // allocs at the last step
-	churn uint64    // bytes allocated since the last release
-	next  time.Time // no release before
-	count int       // releases done
-	took  time.Duration
+	cpu   func() time.Duration // the process's CPU time (processCPU)
+	last  uint64               // allocs at the last step
+	churn uint64               // bytes allocated since the last release
+	next  time.Time            // no release before
+	count int                  // releases done
+	took  time.Duration        // the last release's cost: the longer of its length and its CPU
+	wall  time.Duration        // the last release's length
 	// liveAfter is the live heap the release's collection found.
 	liveAfter uint64
 }
@@ -117,7 +124,18 @@ type heapRelease struct {
 // keeps, and the memory row's idle reading is not inflated by garbage that
 // a later release would take away.
 func newHeapRelease(read func() heapSample, free func(), now func() time.Time) *heapRelease {
-	return &heapRelease{read: read, free: free, now: now, last: read().allocs, churn: releaseChurn}
+	return &heapRelease{read: read, free: free, now: now, cpu: processCPU, last: read().allocs, churn: releaseChurn}
+}
+
+// processCPU is the CPU time of every thread of the process (user and
+// system). Over a release it also counts what the broker's own threads
+// did meanwhile: an upper bound of the release's CPU, never less.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func (r *heapRelease) loop(tick <-chan time.Time) {
@@ -131,8 +149,8 @@ func (r *heapRelease) safeStep() {
 	defer func() { _ = recover() }()
 	if r.step() {
 		// Debug only (log_type debug or all): it follows the load.
-		enqueueLog(plugin.LevelDebug, fmt.Sprintf("mosquitto-guard: heap released after a burst in %v (live %.1f MB); the next not before %s",
-			r.took.Round(time.Microsecond), float64(r.liveAfter)/(1<<20), r.next.Format(time.TimeOnly)))
+		enqueueLog(plugin.LevelDebug, fmt.Sprintf("mosquitto-guard: heap released after a burst in %v (cost %v with its CPU; live %.1f MB); the next not before %s",
+			r.wall.Round(time.Microsecond), r.took.Round(time.Microsecond), float64(r.liveAfter)/(1<<20), r.next.Format(time.TimeOnly)))
 	}
 }
 
@@ -148,10 +166,11 @@ func (r *heapRelease) step() bool {
 	if s.free+s.unused+s.inUse-min(s.inUse, s.live) < max(releaseMin, s.live/releaseLiveShare) {
 		return false
 	}
-	start := r.now()
+	start, cpu0 := r.now(), r.cpu()
 	r.free()
 	end := r.now()
-	r.took = end.Sub(start)
+	r.wall = end.Sub(start)
+	r.took = max(r.wall, r.cpu()-cpu0)
 	r.next = end.Add(min(max(releaseEvery, releaseBackoff*r.took), releaseBackoffMax))
 	r.churn = 0
 	after := r.read()

@@ -21,7 +21,9 @@ type fakeHeap struct {
 }
 
 func (f *fakeHeap) release() *heapRelease {
-	return newHeapRelease(func() heapSample { return f.s }, func() { f.frees++; f.at = f.at.Add(f.took) }, func() time.Time { return f.at })
+	r := newHeapRelease(func() heapSample { return f.s }, func() { f.frees++; f.at = f.at.Add(f.took) }, func() time.Time { return f.at })
+	r.cpu = func() time.Duration { return time.Duration(f.at.UnixNano()) } // CPU as long as the release: one P
+	return r
 }
 
 // tick moves the clock by a tick with alloc bytes allocated in it.
