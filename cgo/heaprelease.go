@@ -26,9 +26,9 @@ import (
 //
 // The rule, checked every releaseTick by a goroutine of its own (never on
 // the broker thread): the plugin's process allocated less than releaseQuiet
-// in the last tick (a burst is over: a cache-miss CONNECT allocates ~6 KB,
-// so under ~170 a second; cache hits allocate nothing, 88 bytes with
-// client-ID tracking), at least releaseChurn since the last release
+// in the last tick (a burst is over: a cache-miss CONNECT allocates 1 to
+// 6 KB, more with a long password (a client's choice, up to 64 KiB), so
+// under 40 to 250 a second; cache hits allocate nearly nothing), at least releaseChurn since the last release
 // (there was a burst), and the heap holds at least max(releaseMin, live /
 // releaseLiveShare) that a collection would free, has freed but not given
 // back, or holds in spans no object uses (a large live heap: a release's
