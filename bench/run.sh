@@ -14,7 +14,7 @@
 # measurement), BENCH_NOISE_RETRIES (2: repeats of a measurement above it),
 # BENCH_STORM_N (10000: devices of the reconnect storm), BENCH_STORM_ROUNDS
 # (BENCH_ROUNDS), BENCH_CONNS (8000: live connections of the memory row),
-# BENCH_PAIRS (10: paired slices of a0, b, b-off, b-noyield; 0: none), BENCH_PAIR_DURATION (2s),
+# BENCH_PAIRS (10: paired slices of a0, a0-cred, noop, b, b-off, b-noyield; 0: none), BENCH_PAIR_DURATION (2s),
 # BENCH_ALLOC (1: the allocation benchmark of cgo/, 0: skipped), BENCH_ONLY
 # ("": everything; "storm": only the reconnect storm, as make bench-storm;
 # "memory": only the memory row, e.g. with BENCH_GUARD_ENV="GOGC=50";
@@ -88,6 +88,9 @@ out="$root/build/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 loadgen="$root/build/bench/loadgen"
 "$GO" build -trimpath -o "$loadgen" ./bench/loadgen
+# The paired slices' floor: a plugin that accepts everything (bench/noop).
+noop_plugin="$root/build/bench/noop_plugin.so"
+gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$noop_plugin" bench/noop/noop_plugin.c
 results="$out/results.jsonl"
 discarded="$out/results-discarded.jsonl"
 retried=0
@@ -239,6 +242,7 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 		echo "log_dest file $BROKER_LOG"
 		case $kind in
 		anon) echo "allow_anonymous true" ;;
+		noop) echo "allow_anonymous false"; echo "auth_plugin $noop_plugin" ;;
 		passwd) echo "allow_anonymous false"; echo "password_file $file" ;;
 		guard | guard-off | guard-q100)
 			echo "allow_anonymous false"
@@ -263,7 +267,7 @@ start_broker() { # name kind [file] [redis] -> BROKER_PID BROKER_ADDR BROKER_LOG
 	pids+=("$BROKER_PID")
 	BROKER_ADDR=127.0.0.1:$port
 	wait_port "$port" "$BROKER_PID" || die "mosquitto $name did not start: $(tail -5 "$BROKER_LOG" "$BROKER_LOG.stderr" 2>/dev/null)"
-	if [ "$kind" != anon ] && [ "$kind" != passwd ]; then
+	if [ "$kind" != anon ] && [ "$kind" != passwd ] && [ "$kind" != noop ]; then
 		local w
 		w=$("$loadgen" waitlog -file "$BROKER_LOG" -regex 'mosquitto-guard: ready' -timeout "${READY_WAIT:-10s}" -pid "$BROKER_PID")
 		case $w in *'"found":true'*) ;; *) die "mosquitto-guard did not report ready: $(tail -5 "$BROKER_LOG")" ;; esac
@@ -446,14 +450,22 @@ run_memory() {
 # guards on R1), measured in turn for PAIR_DURATION each after a 0.5 s
 # warm-up, the order reversed every other pair: a ratio of two slices a few
 # seconds apart cancels the drift of a shared machine's speed (loadgen
-# report_pairs.go).
+# report_pairs.go). Two references go beside them, not judged: a0-cred,
+# anonymous Mosquitto whose clients send b's username and password (what
+# Mosquitto spends on them itself), and noop, Mosquitto with a plugin that
+# accepts them at once (bench/noop: what calling any plugin costs).
 run_pairs() {
 	[ "$PAIRS" -gt 0 ] || return 0
-	say "bench: cache hits in $PAIRS paired slices: a0, b, b-off, b-noyield kept running, $PAIR_DURATION each in turn"
+	local labels="a0 a0-cred noop b b-off b-noyield"
+	say "bench: cache hits in $PAIRS paired slices: $labels kept running, $PAIR_DURATION each in turn"
 	local -A addr=() pid=() log=()
 	local l i order
 	start_broker pair-a0 anon
 	addr[a0]=$BROKER_ADDR pid[a0]=$BROKER_PID log[a0]=$BROKER_LOG
+	start_broker pair-a0-cred anon
+	addr[a0-cred]=$BROKER_ADDR pid[a0-cred]=$BROKER_PID log[a0-cred]=$BROKER_LOG
+	start_broker pair-noop noop
+	addr[noop]=$BROKER_ADDR pid[noop]=$BROKER_PID log[noop]=$BROKER_LOG
 	start_broker pair-b guard "$pw1" "$R1"
 	addr[b]=$BROKER_ADDR pid[b]=$BROKER_PID log[b]=$BROKER_LOG
 	start_broker pair-b-off guard-off "$pw1" "$R1"
@@ -463,21 +475,20 @@ run_pairs() {
 	BROKER_EXTRA_ENV=""
 	addr[b-noyield]=$BROKER_ADDR pid[b-noyield]=$BROKER_PID log[b-noyield]=$BROKER_LOG
 	for i in $(seq "$PAIRS"); do
-		order="a0 b b-off b-noyield"
-		[ $((i % 2)) = 0 ] && order="b-noyield b-off b a0"
+		order=$labels
+		[ $((i % 2)) = 0 ] && order=$(printf '%s\n' $labels | tac | tr '\n' ' ')
 		for l in $order; do
-			local pidsflag="broker=${pid[$l]}" extra=(-user bench -pass bench-pw -redis "$R1")
-			if [ "$l" = a0 ]; then
-				extra=()
-			else
-				pidsflag="$pidsflag,redis=$R1_PID"
-			fi
+			local pidsflag="broker=${pid[$l]}" extra=(-user bench -pass bench-pw)
+			case $l in
+			a0) extra=() ;;
+			b*) pidsflag="$pidsflag,redis=$R1_PID" extra+=(-redis "$R1") ;;
+			esac
 			LG_APPEND=no lg connect "pair-$l" 60 -addr "${addr[$l]}" -label "pair-$l" -round "$i" -workers "$WORKERS" \
 				-warmup 0.5s -duration "$PAIR_DURATION" -pids "$pidsflag" -src 127.1.0.0/16 -id-prefix "pair-$l-" "${extra[@]}" >/dev/null &&
 				printf '%s\n' "$LG_LINE" >>"$results"
 		done
 	done
-	for l in a0 b b-off b-noyield; do
+	for l in $labels; do
 		BROKER_PID=${pid[$l]} BROKER_LOG=${log[$l]} stop_broker
 	done
 }
@@ -561,7 +572,7 @@ Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs w
 command="make bench   (= bench/run.sh; results in ${out#"$root/"})"
 [ "$ONLY" = memory ] && setup="The memory row alone (BENCH_ONLY=memory): $CONNS connections held. mosquitto-guard runs with its default options."
 [ "$ONLY" = memory ] && command="BENCH_ONLY=memory bench/run.sh   (results in ${out#"$root/"})"
-[ "$ONLY" = pairs ] && setup="The paired slices alone (BENCH_ONLY=pairs): $PAIRS pairs of a0, b, b-off, b-noyield, $WORKERS workers, $PAIR_DURATION each. \
+[ "$ONLY" = pairs ] && setup="The paired slices alone (BENCH_ONLY=pairs): $PAIRS pairs of a0, a0-cred, noop, b, b-off, b-noyield, $WORKERS workers, $PAIR_DURATION each. \
 Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
 [ "$ONLY" = pairs ] && [ -n "${BENCH_GUARD_ENV:-}" ] && setup="$setup The guard's brokers ran with the environment $BENCH_GUARD_ENV."
 [ "$ONLY" = pairs ] && command="BENCH_ONLY=pairs BENCH_PAIRS=$PAIRS bench/run.sh   (results in ${out#"$root/"})"

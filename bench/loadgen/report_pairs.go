@@ -40,6 +40,26 @@ type pairSummary struct {
 	nyN                           int // pairs with a b-noyield slice
 	nyTput, nyProc, nyThread      []float64
 	nyTputMed, nyProcMed, nyThMed float64
+
+	// The references, per pair (NaN in a pair without the reference's
+	// slice): a0-cred, anonymous Mosquitto whose clients send b's username
+	// and password, and noop, Mosquitto with a plugin that accepts them at
+	// once (bench/noop). Not judged: they split b's broker thread over a0's
+	// into what Mosquitto spends on the credentials, on calling a plugin at
+	// all, and what the guard's own code adds.
+	refs map[string]*pairRef
+}
+
+// pairRefLabels are the references' labels, in the order the section
+// subtracts them: a0 → a0-cred → noop → b.
+var pairRefLabels = []string{"a0-cred", "noop"}
+
+// pairRef is one reference's slices against the same pairs' a0 and b.
+type pairRef struct {
+	n      int       // pairs with its slice
+	tput   []float64 // its connects/s ÷ a0's
+	thread []float64 // its broker thread − a0's, µs per CONNECT
+	fromB  []float64 // b's broker thread − its, µs per CONNECT
 }
 
 func (p pairSummary) ok() bool { return p.n > 0 }
@@ -55,6 +75,10 @@ func summarizePairs(conns map[string][]ConnectResult) pairSummary {
 		return m
 	}
 	a0, b, boff, noyield := byRound("a0"), byRound("b"), byRound("b-off"), byRound("b-noyield")
+	refSlices := map[string]map[int]ConnectResult{}
+	for _, l := range pairRefLabels {
+		refSlices[l] = byRound(l)
+	}
 	var rounds []int
 	for r := range b {
 		if _, ok := a0[r]; !ok {
@@ -66,7 +90,10 @@ func summarizePairs(conns map[string][]ConnectResult) pairSummary {
 		rounds = append(rounds, r)
 	}
 	slices.Sort(rounds)
-	p := pairSummary{threadErr: math.NaN()}
+	p := pairSummary{threadErr: math.NaN(), refs: map[string]*pairRef{}}
+	for _, l := range pairRefLabels {
+		p.refs[l] = &pairRef{}
+	}
 	for _, r := range rounds {
 		x, y, z := a0[r], b[r], boff[r]
 		xb, yb, zb := x.Cost["broker"], y.Cost["broker"], z.Cost["broker"]
@@ -91,6 +118,15 @@ func summarizePairs(conns map[string][]ConnectResult) pairSummary {
 			p.other = append(p.other, cpuOf(n.CPU, "other"))
 		}
 		p.nyTput, p.nyProc, p.nyThread = append(p.nyTput, tp), append(p.nyProc, pr), append(p.nyThread, th)
+		for _, l := range pairRefLabels {
+			ref, tp, th, fb := p.refs[l], math.NaN(), math.NaN(), math.NaN()
+			if s, ok := refSlices[l][r]; ok && s.Rate > 0 && s.Cost["broker"].ThreadUS > 0 {
+				ref.n++
+				tp, th, fb = s.Rate/x.Rate, s.Cost["broker"].ThreadUS-xb.ThreadUS, yb.ThreadUS-s.Cost["broker"].ThreadUS
+				p.other = append(p.other, cpuOf(s.CPU, "other"))
+			}
+			ref.tput, ref.thread, ref.fromB = append(ref.tput, tp), append(ref.thread, th), append(ref.fromB, fb)
+		}
 	}
 	p.tputMed, p.threadMed, p.trackMed = median(p.tput), median(p.thread), median(p.track)
 	p.nyTputMed, p.nyProcMed, p.nyThMed = median(known(p.nyTput)), median(known(p.nyProc)), median(known(p.nyThread))
@@ -150,9 +186,13 @@ func pairsSection(w func(string, ...any), p pairSummary) {
 			"less CPU per CONNECT with it; above 1: more connects/s); not judged, the medians of the %d pairs with a "+
 			"b-noyield slice.\n", p.nyN)
 	}
+	refsSection(w, p)
 	brokers, order := "Three brokers (a0, b, b-off", "a0, b, b-off"
 	if ny {
 		brokers, order = "Four brokers (a0, b, b-off, b-noyield", "a0, b, b-off, b-noyield"
+	}
+	if p.refs["a0-cred"].n > 0 && p.refs["noop"].n > 0 {
+		brokers, order = "Six brokers (a0, a0-cred, noop, b, b-off, b-noyield", "a0, a0-cred, noop, b, b-off, b-noyield"
 	}
 	w("\n%s; the guards on the same Redis) started once and kept running, pinned as above; "+
 		"in each pair the load generator measures each in turn for %s s after its own warm-up, in the order %s "+
@@ -180,4 +220,37 @@ func pairedMeasured(med float64, per []float64, prec int, signed bool, rounds st
 		hi = fmt.Sprintf("median of %d paired slices, %s; no interleaved rounds", len(per), lo)
 	}
 	return strings.TrimSpace(m + " (" + hi + ")")
+}
+
+// refsSection writes the references' table, when the pairs have their
+// slices: where b's broker thread over a0's goes.
+func refsSection(w func(string, ...any), p pairSummary) {
+	cred, noop := p.refs["a0-cred"], p.refs["noop"]
+	if cred == nil || noop == nil || cred.n == 0 || noop.n == 0 {
+		return
+	}
+	// Per pair, each step of a0 → a0-cred → noop → b.
+	var credStep, pluginStep []float64
+	for i := range p.n {
+		credStep = append(credStep, cred.thread[i])
+		pluginStep = append(pluginStep, noop.thread[i]-cred.thread[i])
+	}
+	med := func(v []float64) float64 { return median(known(v)) }
+	signed := func(v []float64) string {
+		k := known(v)
+		if len(k) == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%+.1f (%+.1f to %+.1f)", median(k), slices.Min(k), slices.Max(k))
+	}
+	w("\n#### Where b's broker thread over a0's goes (references, not judged)\n\n")
+	w("| step | broker thread, µs per CONNECT: median of the pairs (spread) | connects/s ÷ a0 |\n|---|---:|---:|\n")
+	w("| a0 → a0-cred: anonymous Mosquitto, its clients sending b's username and password | %s | %s |\n", signed(credStep), fmtF(med(cred.tput), 3))
+	w("| a0-cred → noop: a plugin that accepts them at once (bench/noop), BASIC_AUTH and DISCONNECT | %s | %s |\n", signed(pluginStep), fmtF(med(noop.tput), 3))
+	w("| noop → b: the guard's own work on a cache hit | %s | %s |\n", signed(noop.fromB), fmtF(p.tputMed, 3))
+	w("| a0 → b, all of it (the target: ≤ +2 µs) | %s | |\n", signed(p.thread))
+	w("\nEach step is the difference of two slices of the same pair; the steps' medians need not add up to the "+
+		"whole's. a0-cred and noop ran beside the others in every pair (%d and %d of %d): what Mosquitto spends on a "+
+		"username and password and on calling a plugin is paid by any authenticating broker, so the guard's own share is "+
+		"the last step.\n", cred.n, noop.n, p.n)
 }

@@ -138,3 +138,59 @@ func TestPairsShowWhatTheYieldSaves(t *testing.T) {
 		t.Errorf("section without b-noyield:\n%s", out.String())
 	}
 }
+
+// The references a0-cred and noop split b's broker thread over a0's into
+// steps, each a difference within one pair; a pair without a reference's
+// slice is left out of that reference's figures; without them the section
+// is as before.
+func TestPairsReferencesSplitTheBrokerThread(t *testing.T) {
+	conns := map[string][]ConnectResult{}
+	add := func(r ConnectResult) { conns[r.Label] = append(conns[r.Label], r) }
+	// a0 thread 50, 60, 40; a0-cred +2, +3, +1 over it; noop +2, +2, +4
+	// over a0-cred; b +3, +1, +2 over noop (all: +7, +6, +7).
+	for i, v := range [][4]float64{{50, 52, 54, 57}, {60, 63, 65, 66}, {40, 41, 45, 47}} {
+		r := i + 1
+		add(pairSlice("a0", r, 1000, v[0], v[0]))
+		add(pairSlice("a0-cred", r, 980, v[1], v[1]))
+		add(pairSlice("noop", r, 960, v[2], v[2]))
+		add(pairSlice("b", r, 900, v[3], v[3]))
+		add(pairSlice("b-off", r, 910, v[3], v[3]))
+	}
+	// A fourth pair whose noop slice is missing: a pair, but not noop's.
+	add(pairSlice("a0", 4, 1000, 50, 50))
+	add(pairSlice("a0-cred", 4, 990, 70, 70))
+	add(pairSlice("b", 4, 900, 90, 90))
+	add(pairSlice("b-off", 4, 910, 90, 90))
+	p := summarizePairs(conns)
+	cred, noop := p.refs["a0-cred"], p.refs["noop"]
+	if p.n != 4 || cred.n != 4 || noop.n != 3 {
+		t.Fatalf("pairs %d, a0-cred %d, noop %d; want 4, 4, 3", p.n, cred.n, noop.n)
+	}
+	if got := median(known(noop.fromB)); got != 2 {
+		t.Errorf("noop → b median %v, want 2", got)
+	}
+	if got := median(known(cred.thread)); got != 2.5 { // 2, 3, 1, 20
+		t.Errorf("a0 → a0-cred median %v, want 2.5", got)
+	}
+	var out strings.Builder
+	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, p)
+	for _, want := range []string{
+		"| a0 → a0-cred: anonymous Mosquitto, its clients sending b's username and password | +2.5 (+1.0 to +20.0) | 0.980 |",
+		"| a0-cred → noop: a plugin that accepts them at once (bench/noop), BASIC_AUTH and DISCONNECT | +2.0 (+2.0 to +4.0) | 0.960 |",
+		"| noop → b: the guard's own work on a cache hit | +2.0 (+1.0 to +3.0) | 0.900 |",
+		"(4 and 3 of 4)",
+		"Six brokers (a0, a0-cred, noop, b, b-off, b-noyield",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("section lacks %q:\n%s", want, out.String())
+		}
+	}
+	// Without the references: no such table.
+	delete(conns, pairPrefix+"a0-cred")
+	delete(conns, pairPrefix+"noop")
+	out.Reset()
+	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, summarizePairs(conns))
+	if strings.Contains(out.String(), "Where b's broker thread") {
+		t.Errorf("section without references:\n%s", out.String())
+	}
+}
