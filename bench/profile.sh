@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench-profile: where the broker thread's work goes per CONNECT, in
 # instructions (valgrind --tool=callgrind), which do not move with whatever
-# else the machine runs: a0 (anonymous), b and b-off (the guard, one user
+# else the machine runs: a0 (anonymous), noop (a plugin that accepts at
+# once, bench/noop), b and b-off (the guard, one user
 # reconnecting: verification cached), a' (password_file) and b', b'-off (the
 # guard), PROFILE_USERS (2000) users each connecting once; b-metrics is b with
 # metrics_addr set (what counting costs). PROFILE_ONLY="b b-metrics" runs those rows only. Kernel time (system
@@ -23,6 +24,10 @@ out="$root/build/profile/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 loadgen="$root/build/bench/loadgen"
 "$GO" build -trimpath -o "$loadgen" ./bench/loadgen
+# noop: a plugin that accepts every username and password at once
+# (bench/noop): what calling any plugin costs the broker thread.
+noop_plugin="$root/build/bench/noop_plugin.so"
+gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$noop_plugin" bench/noop/noop_plugin.c
 pin0=() pin1=()
 if command -v taskset >/dev/null && [ "$(nproc --all)" -ge 2 ]; then pin0=(taskset -c 0) pin1=(taskset -c 1); fi
 
@@ -69,6 +74,7 @@ run() {
 		echo "log_dest file $out/$label.log"
 		case $kind in
 		anon) echo "allow_anonymous true" ;;
+		noop) echo "allow_anonymous false"; echo "auth_plugin $noop_plugin" ;;
 		passwd) echo "allow_anonymous false"; echo "password_file $pw" ;;
 		guard | guard-off | guard-metrics)
 			echo "allow_anonymous false"
@@ -90,7 +96,7 @@ run() {
 	mp=$!
 	pids+=("$mp")
 	for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-	if [ "$kind" != anon ] && [ "$kind" != passwd ]; then
+	if [ "$kind" != anon ] && [ "$kind" != passwd ] && [ "$kind" != noop ]; then
 		"$loadgen" waitlog -file "$out/$label.log" -regex 'mosquitto-guard: replica loaded' -timeout 60s -pid "$mp" >/dev/null
 	fi
 	sleep 1
@@ -111,6 +117,7 @@ run() {
 hit=(-user bench -pass bench-pw -duration "$HIT" -id-prefix hit-)
 once=(-users "$out/users-n.txt" -max-duration 900s -id-prefix once-)
 run a0 a0 anon "" -duration "$HIT" -id-prefix anon-
+run noop noop noop "" "${hit[@]}"
 run b b guard "$out/passwd-1" "${hit[@]}"
 run b-off b-off guard-off "$out/passwd-1" "${hit[@]}"
 run b-metrics b-metrics guard-metrics "$out/passwd-1" "${hit[@]}"
@@ -121,7 +128,7 @@ run b10k-off "b'-off" guard-off "$out/passwd-n" "${once[@]}"
 {
 	echo "## Instructions per CONNECT (callgrind), $(date -u +%Y-%m-%d), $(mosquitto -h 2>/dev/null | head -1)"
 	echo
-	echo "a0: anonymous; b, b-off: the guard, one user reconnecting ($HIT each; verification cached); a', b', b'-off: $USERS users each connecting once (\$7\$, a miss each). 8 workers; user space only."
+	echo "a0: anonymous; noop: a plugin that accepts the username and password at once (bench/noop); b, b-off: the guard, one user reconnecting ($HIT each; verification cached); a', b', b'-off: $USERS users each connecting once (\$7\$, a miss each). 8 workers; user space only."
 	echo
 	"$loadgen" callgrind -top 25 "${args[@]}"
 } | tee "$out/results.md"
