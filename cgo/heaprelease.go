@@ -116,7 +116,14 @@ type heapRelease struct {
 	wall  time.Duration        // the last release's length
 	// liveAfter is the live heap the release's collection found.
 	liveAfter uint64
+	// panicLogged is when a panic of step was last logged (safeStep).
+	panicLogged time.Time
 }
+
+// releasePanicLogEvery: a panic of the release's step, recovered, is
+// logged at most this often (a tick is releaseTick: a step that panics at
+// every tick must not flood the broker's log).
+const releasePanicLogEvery = time.Minute
 
 // newHeapRelease starts with a burst behind it: the plugin's start (the
 // password file parsed, the replica loaded) is given back like any other
@@ -144,9 +151,17 @@ func (r *heapRelease) loop(tick <-chan time.Time) {
 	}
 }
 
-// safeStep is step, a panic recovered: never the broker's end.
+// safeStep is step, a panic recovered: never the broker's end, and logged
+// as an internal error (at most once per releasePanicLogEvery).
 func (r *heapRelease) safeStep() {
-	defer func() { _ = recover() }()
+	defer func() {
+		if p := recover(); p != nil {
+			if now := r.now(); r.panicLogged.IsZero() || now.Sub(r.panicLogged) >= releasePanicLogEvery {
+				r.panicLogged = now
+				enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: internal error in the heap release: %v", p))
+			}
+		}
+	}()
 	if r.step() {
 		// Debug only (log_type debug or all): it follows the load.
 		enqueueLog(plugin.LevelDebug, fmt.Sprintf("mosquitto-guard: heap released after a burst in %v (cost %v with its CPU; live %.1f MB); the next not before %s",

@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,4 +132,39 @@ func TestHeapReleaseGivesPagesBack(t *testing.T) {
 	t.Logf("released %.1f MB in %v; live %.1f MB", float64(got)/(1<<20), r.took, float64(r.liveAfter)/(1<<20))
 	assert.Greater(t, got, uint64(32<<20), "the release gave back %d bytes", got)
 	runtime.KeepAlive(keep)
+}
+
+// A panic in the release's step is the broker's end neither in its
+// goroutine nor silently: it is logged as an internal error, at most once
+// per releasePanicLogEvery however often it recurs (a tick is 250 ms).
+func TestHeapReleasePanicIsLoggedOnce(t *testing.T) {
+	logs.mu.Lock()
+	logs.lines, logs.dropped = nil, 0
+	logs.mu.Unlock()
+	t.Cleanup(func() {
+		logs.mu.Lock()
+		logs.lines, logs.dropped = nil, 0
+		logs.mu.Unlock()
+	})
+	f := &fakeHeap{at: time.Unix(1_700_000_000, 0)}
+	r := f.release()
+	r.read = func() heapSample { panic("a broken runtime/metrics read") }
+	internalErrors := func() (n int) {
+		logs.mu.Lock()
+		defer logs.mu.Unlock()
+		for _, l := range logs.lines {
+			if strings.Contains(l.msg, "internal error in the heap release: a broken runtime/metrics read") {
+				n++
+			}
+		}
+		return n
+	}
+	for range 40 { // 10 s of ticks
+		f.at = f.at.Add(releaseTick)
+		require.NotPanics(t, r.safeStep)
+	}
+	assert.Equal(t, 1, internalErrors(), "one line for 40 panics within releasePanicLogEvery")
+	f.at = f.at.Add(releasePanicLogEvery)
+	require.NotPanics(t, r.safeStep)
+	assert.Equal(t, 2, internalErrors(), "a line again once releasePanicLogEvery has passed")
 }
