@@ -15,7 +15,8 @@
 # BENCH_STORM_N (10000: devices of the reconnect storm), BENCH_STORM_ROUNDS
 # (BENCH_ROUNDS), BENCH_CONNS (8000: live connections of the memory row),
 # BENCH_PAIRS (10: paired slices of a0, a0-cred, noop, b, b-off, b-noyield; 0: none), BENCH_PAIR_DURATION (2s),
-# BENCH_ALLOC (1: the allocation benchmark of cgo/, 0: skipped), BENCH_ONLY
+# BENCH_MISS_PAIRS (6: paired slices of a', b', b'-off; 0: none), BENCH_MISS_PAIR_USERS (5000: users
+# each connecting once per slice), BENCH_ALLOC (1: the allocation benchmark of cgo/, 0: skipped), BENCH_ONLY
 # ("": everything; "storm": only the reconnect storm, as make bench-storm;
 # "memory": only the memory row, e.g. with BENCH_GUARD_ENV="GOGC=50";
 # "pairs": only the paired slices, e.g. BENCH_PAIRS=4).
@@ -47,6 +48,8 @@ ALLOC=${BENCH_ALLOC:-1}
 ONLY=${BENCH_ONLY:-}
 PAIRS=${BENCH_PAIRS:-10}
 PAIR_DURATION=${BENCH_PAIR_DURATION:-2s}
+MISS_PAIRS=${BENCH_MISS_PAIRS:-6}
+MISS_PAIR_USERS=${BENCH_MISS_PAIR_USERS:-5000}
 case $ONLY in "" | storm | memory | pairs) ;; *) echo "BENCH_ONLY: \"\", storm, memory or pairs, not $ONLY" >&2; exit 2 ;; esac
 GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 
@@ -493,6 +496,47 @@ run_pairs() {
 	done
 }
 
+# --- cache misses in paired slices -----------------------------------------
+# a', b' and b'-off (as the rounds below: password_file, the guard, the
+# guard without tracking) on three brokers started once and kept running,
+# each measured in turn on the same MISS_PAIR_USERS users connecting once
+# (a slice of its own for each pair, so that every CONNECT is a miss on each
+# broker), the order reversed every other pair: as for the cache hits, a
+# ratio of two slices a few seconds apart cancels the drift of a shared
+# machine's speed, which b' / b'-off measured on fresh brokers tens of
+# seconds apart does not (0.91 to 1.39 over the runs of 2026-12-02 and -03).
+run_miss_pairs() {
+	[ "$MISS_PAIRS" -gt 0 ] || return 0
+	local labels="a10k b10k b10k-off" n=$((MISS_PAIRS * MISS_PAIR_USERS))
+	users_for "$n"
+	local pw=$USERS_PW plain=$USERS_PLAIN
+	say "bench: cache misses in $MISS_PAIRS paired slices: a', b', b'-off kept running, $MISS_PAIR_USERS users each connecting once per slice"
+	local -A addr=() pid=() log=()
+	local l i order slice
+	start_broker pair-a10k passwd "$pw"
+	addr[a10k]=$BROKER_ADDR pid[a10k]=$BROKER_PID log[a10k]=$BROKER_LOG
+	start_broker pair-b10k guard "$pw" "$R1"
+	addr[b10k]=$BROKER_ADDR pid[b10k]=$BROKER_PID log[b10k]=$BROKER_LOG
+	start_broker pair-b10k-off guard-off "$pw" "$R1"
+	addr[b10k-off]=$BROKER_ADDR pid[b10k-off]=$BROKER_PID log[b10k-off]=$BROKER_LOG
+	for i in $(seq "$MISS_PAIRS"); do
+		slice="$out/users-miss-pair-$i.txt"
+		sed -n "$(((i - 1) * MISS_PAIR_USERS + 1)),$((i * MISS_PAIR_USERS))p" "$plain" >"$slice"
+		order=$labels
+		[ $((i % 2)) = 0 ] && order=$(printf '%s\n' $labels | tac | tr '\n' ' ')
+		for l in $order; do
+			local pidsflag="broker=${pid[$l]}" extra=()
+			case $l in b*) pidsflag="$pidsflag,redis=$R1_PID" extra=(-redis "$R1") ;; esac
+			LG_APPEND=no lg connect "pair-$l" 120 -addr "${addr[$l]}" -label "pair-$l" -round "$i" -workers "$WORKERS" \
+				-warmup 0.5s -pids "$pidsflag" -src 127.1.0.0/16 -id-prefix "pair-$l-$i-" -users "$slice" -max-duration 60s "${extra[@]}" >/dev/null &&
+				printf '%s\n' "$LG_LINE" >>"$results"
+		done
+	done
+	for l in $labels; do
+		BROKER_PID=${pid[$l]} BROKER_LOG=${log[$l]} stop_broker
+	done
+}
+
 if [ -z "$ONLY" ]; then
 # --- connection rates, interleaved ----------------------------------------
 say "bench: $ROUNDS rounds of a0, a, b, b-off, c, flood-a, flood-b; $WORKERS workers, $WARMUP warm-up + $DURATION each; a fresh broker for each"
@@ -504,6 +548,7 @@ say "bench: $ROUNDS rounds of a', b': $USERS users connecting once each"
 for r in $(seq "$ROUNDS"); do
 	for s in a10k b10k b10k-off; do scenario "$s" "$r"; done
 done
+run_miss_pairs
 [ "$REPLICA" = yes ] && say "bench: the plugin logs 'replica loaded': brokers were measured after it"
 
 run_memory
@@ -543,6 +588,7 @@ elif [ "$ONLY" = storm ]; then
 	run_storms
 elif [ "$ONLY" = pairs ]; then
 	run_pairs
+	run_miss_pairs
 	stop_pid "$R1_PID"
 else
 	run_memory
@@ -572,7 +618,7 @@ Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs w
 command="make bench   (= bench/run.sh; results in ${out#"$root/"})"
 [ "$ONLY" = memory ] && setup="The memory row alone (BENCH_ONLY=memory): $CONNS connections held. mosquitto-guard runs with its default options."
 [ "$ONLY" = memory ] && command="BENCH_ONLY=memory bench/run.sh   (results in ${out#"$root/"})"
-[ "$ONLY" = pairs ] && setup="The paired slices alone (BENCH_ONLY=pairs): $PAIRS pairs of a0, a0-cred, noop, b, b-off, b-noyield, $WORKERS workers, $PAIR_DURATION each. \
+[ "$ONLY" = pairs ] && setup="The paired slices alone (BENCH_ONLY=pairs): $PAIRS pairs of a0, a0-cred, noop, b, b-off, b-noyield, $WORKERS workers, $PAIR_DURATION each; $MISS_PAIRS pairs of a', b', b'-off, $MISS_PAIR_USERS users each connecting once per slice. \
 Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
 [ "$ONLY" = pairs ] && [ -n "${BENCH_GUARD_ENV:-}" ] && setup="$setup The guard's brokers ran with the environment $BENCH_GUARD_ENV."
 [ "$ONLY" = pairs ] && command="BENCH_ONLY=pairs BENCH_PAIRS=$PAIRS bench/run.sh   (results in ${out#"$root/"})"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 )
@@ -192,5 +193,57 @@ func TestPairsReferencesSplitTheBrokerThread(t *testing.T) {
 	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, summarizePairs(conns))
 	if strings.Contains(out.String(), "Where b's broker thread") {
 		t.Errorf("section without references:\n%s", out.String())
+	}
+}
+
+// The cache-miss slices (a', b', b'-off) are paired by round; a round
+// without all three is left out; the two cache-miss ratios are judged on
+// the pairs' medians, the interleaved rounds' figures beside them.
+func TestMissPairsJudgeTheCacheMissRatios(t *testing.T) {
+	conns := map[string][]ConnectResult{}
+	add := func(r ConnectResult) { conns[r.Label] = append(conns[r.Label], r) }
+	// b' / a' thread: 1.00, 1.10, 0.98; b' / b'-off process: 1.04, 1.20, 1.02.
+	for i, v := range [][5]float64{{100, 100, 104, 100}, {100, 110, 120, 100}, {100, 98, 102, 100}} {
+		r := i + 1
+		add(pairSlice("a10k", r, 5000, v[0], v[0]))
+		add(pairSlice("b10k", r, 4800, v[1], v[2]))
+		add(pairSlice("b10k-off", r, 5100, 95, v[3]))
+	}
+	add(pairSlice("a10k", 4, 5000, 100, 100)) // no b', no b'-off: not a pair
+	p := summarizePairs(conns)
+	if p.ok() {
+		t.Fatalf("cache-hit pairs from cache-miss slices: %d", p.n)
+	}
+	m := p.miss
+	if m.n != 3 || m.threadMed != 1.0 || math.Abs(m.trackMed-1.04) > 1e-9 {
+		t.Fatalf("miss pairs %d, thread median %v, tracking median %v; want 3, 1, 1.04", m.n, m.threadMed, m.trackMed)
+	}
+	// The rounds say otherwise (b' / a' 1.2, b' / b'-off 1.3): the pairs decide.
+	costs := map[string]connCost{"a10k": {thread: 100, proc: 100}, "b10k": {thread: 120, proc: 130}, "b10k-off": {thread: 95, proc: 100}}
+	got := map[string][2]string{}
+	for _, r := range issue12Targets(map[string]float64{}, costs, p, map[string]stormSummary{}, memSummary{}, nil, false, false) {
+		got[r[0]] = [2]string{r[1], r[2]}
+	}
+	for target, want := range map[string]string{
+		"broker-thread CPU per CONNECT, cache misses: b' / a' ≤ 1.05":                  "**PASS**",
+		"client-ID tracking, whole broker process CPU per CONNECT: b' / b'-off ≤ 1.05": "**PASS**",
+	} {
+		g := got[target]
+		if g[1] != want || !strings.Contains(g[0], "median of 3 paired slices") || !strings.Contains(g[0], "interleaved rounds: 1.") {
+			t.Errorf("%s: %q %s, want %s on the pairs with the rounds beside", target, g[0], g[1], want)
+		}
+	}
+	// Without the slices the rounds decide, as before.
+	for _, r := range issue12Targets(map[string]float64{}, costs, pairSummary{}, map[string]stormSummary{}, memSummary{}, nil, false, false) {
+		if strings.Contains(r[0], "b' / ") && r[2] != "**MISS**" {
+			t.Errorf("%s without pairs: %s, want **MISS**", r[0], r[2])
+		}
+	}
+	var out strings.Builder
+	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, p)
+	s := out.String()
+	if !strings.Contains(s, "### Cache misses in paired slices") || strings.Contains(s, "### Cache hits in paired slices") ||
+		!strings.Contains(s, "| **median** | 5000 | 4800 | 5100 | 100.0 | 100.0 | **1.000** | 104.0 | 100.0 | **1.040** |") {
+		t.Errorf("section:\n%s", s)
 	}
 }
