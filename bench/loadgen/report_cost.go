@@ -445,6 +445,15 @@ func issue12Targets(med map[string]float64, costs map[string]connCost, pairs pai
 		}
 		t = append(t, [3]string{target, measured, r})
 	}
+	// addPaired adds a "≤ 1.05" ratio target judged on paired slices' median
+	// med (per pair: per) when paired, else on the rounds' ratio r (rText).
+	addPaired := func(target string, paired bool, med float64, per []float64, r float64, rText string) {
+		if paired {
+			add(target, pairedMeasured(med, per, 3, false, rText), med <= 1.05, true)
+			return
+		}
+		add(target, rText, r <= 1.05, !math.IsNaN(r))
+	}
 	ratio := func(a, b float64) float64 {
 		if math.IsNaN(a) || math.IsNaN(b) || b <= 0 {
 			return math.NaN()
@@ -456,12 +465,7 @@ func issue12Targets(med map[string]float64, costs map[string]connCost, pairs pai
 		// the interleaved rounds beside them.
 		r := ratio(costs["b10k"].thread, costs["a10k"].thread)
 		rText := fmt.Sprintf("%s (%s vs %s µs)", fmtF(r, 3), fmtF(costs["b10k"].thread, 1), fmtF(costs["a10k"].thread, 1))
-		if pairs.miss.ok() {
-			add("broker-thread CPU per CONNECT, cache misses: b' / a' ≤ 1.05", pairedMeasured(pairs.miss.threadMed, pairs.miss.thread, 3, false, rText),
-				pairs.miss.threadMed <= 1.05, true)
-		} else {
-			add("broker-thread CPU per CONNECT, cache misses: b' / a' ≤ 1.05", rText, r <= 1.05, !math.IsNaN(r))
-		}
+		addPaired("broker-thread CPU per CONNECT, cache misses: b' / a' ≤ 1.05", pairs.miss.ok(), pairs.miss.threadMed, pairs.miss.thread, r, rText)
 	}
 	// The memory row alone (BENCH_ONLY=memory): no storm to report.
 	memOnly := stormOnly && len(storms) == 0
@@ -493,12 +497,7 @@ func issue12Targets(med map[string]float64, costs map[string]connCost, pairs pai
 		}
 		r := ratio(costs["b10k"].proc, costs["b10k-off"].proc)
 		rText := fmt.Sprintf("%s (%s vs %s µs)", fmtF(r, 3), fmtF(costs["b10k"].proc, 1), fmtF(costs["b10k-off"].proc, 1))
-		if pairs.miss.ok() {
-			add("client-ID tracking, whole broker process CPU per CONNECT: b' / b'-off ≤ 1.05", pairedMeasured(pairs.miss.trackMed, pairs.miss.track, 3, false, rText),
-				pairs.miss.trackMed <= 1.05, true)
-		} else {
-			add("client-ID tracking, whole broker process CPU per CONNECT: b' / b'-off ≤ 1.05", rText, r <= 1.05, !math.IsNaN(r))
-		}
+		addPaired("client-ID tracking, whole broker process CPU per CONNECT: b' / b'-off ≤ 1.05", pairs.miss.ok(), pairs.miss.trackMed, pairs.miss.track, r, rText)
 		// Redis round trips that tracking adds per new client ID (b': every
 		// CONNECT is one): batched means well under one.
 		rt := costs["b10k"].redisReads - costs["b10k-off"].redisReads

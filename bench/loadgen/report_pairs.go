@@ -67,30 +67,39 @@ type missPairs struct {
 
 func (m missPairs) ok() bool { return m.n > 0 }
 
-// summarizeMissPairs pairs the cache-miss slices of each round that has all
-// three.
-func summarizeMissPairs(conns map[string][]ConnectResult) missPairs {
-	byRound := func(label string) map[int]ConnectResult {
-		m := map[int]ConnectResult{}
-		for _, r := range conns[pairPrefix+label] {
-			m[r.Round] = r
-		}
-		return m
+// slicesByRound is label's paired slices (pair-<label>) by their round.
+func slicesByRound(conns map[string][]ConnectResult, label string) map[int]ConnectResult {
+	m := map[int]ConnectResult{}
+	for _, r := range conns[pairPrefix+label] {
+		m[r.Round] = r
 	}
-	a, b, boff := byRound("a10k"), byRound("b10k"), byRound("b10k-off")
+	return m
+}
+
+// completeRounds is the rounds, in order, that every one of the labels'
+// slices has.
+func completeRounds(first map[int]ConnectResult, others ...map[int]ConnectResult) []int {
 	var rounds []int
-	for r := range b {
-		if _, ok := a[r]; !ok {
-			continue
-		}
-		if _, ok := boff[r]; !ok {
-			continue
+next:
+	for r := range first {
+		for _, o := range others {
+			if _, ok := o[r]; !ok {
+				continue next
+			}
 		}
 		rounds = append(rounds, r)
 	}
 	slices.Sort(rounds)
+	return rounds
+}
+
+// summarizeMissPairs pairs the cache-miss slices of each round that has all
+// three.
+func summarizeMissPairs(conns map[string][]ConnectResult) missPairs {
+	byRound := func(label string) map[int]ConnectResult { return slicesByRound(conns, label) }
+	a, b, boff := byRound("a10k"), byRound("b10k"), byRound("b10k-off")
 	var m missPairs
-	for _, r := range rounds {
+	for _, r := range completeRounds(b, a, boff) {
 		x, y, z := a[r], b[r], boff[r]
 		xb, yb, zb := x.Cost["broker"], y.Cost["broker"], z.Cost["broker"]
 		if xb.ThreadUS <= 0 || yb.ThreadUS <= 0 || zb.ProcessUS <= 0 {
@@ -149,29 +158,13 @@ func (p pairSummary) ok() bool { return p.n > 0 }
 // summarizePairs pairs the slices of each round that has all three of a0,
 // b and b-off; b-noyield's slice of the round, if any, goes beside them.
 func summarizePairs(conns map[string][]ConnectResult) pairSummary {
-	byRound := func(label string) map[int]ConnectResult {
-		m := map[int]ConnectResult{}
-		for _, r := range conns[pairPrefix+label] {
-			m[r.Round] = r
-		}
-		return m
-	}
+	byRound := func(label string) map[int]ConnectResult { return slicesByRound(conns, label) }
 	a0, b, boff, noyield := byRound("a0"), byRound("b"), byRound("b-off"), byRound("b-noyield")
 	refSlices := map[string]map[int]ConnectResult{}
 	for _, l := range pairRefLabels {
 		refSlices[l] = byRound(l)
 	}
-	var rounds []int
-	for r := range b {
-		if _, ok := a0[r]; !ok {
-			continue
-		}
-		if _, ok := boff[r]; !ok {
-			continue
-		}
-		rounds = append(rounds, r)
-	}
-	slices.Sort(rounds)
+	rounds := completeRounds(b, a0, boff)
 	p := pairSummary{threadErr: math.NaN(), refs: map[string]*pairRef{}}
 	for _, l := range pairRefLabels {
 		p.refs[l] = &pairRef{}

@@ -7,6 +7,18 @@ import (
 	"testing"
 )
 
+// renderPairs is pairsSection's text for p.
+func renderPairs(p pairSummary) string {
+	var out strings.Builder
+	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, p)
+	return out.String()
+}
+
+// sliceSet collects paired slices by label.
+type sliceSet map[string][]ConnectResult
+
+func (c sliceSet) add(r ConnectResult) { c[r.Label] = append(c[r.Label], r) }
+
 func pairSlice(label string, round int, rate, thread, proc float64) ConnectResult {
 	return ConnectResult{Cmd: "connect", Label: pairPrefix + label, Round: round, Rate: rate, Seconds: 1,
 		Cost: map[string]cpuCost{"broker": {ThreadUS: thread, ProcessUS: proc, ThreadErrUS: 0.4}}}
@@ -145,8 +157,8 @@ func TestPairsShowWhatTheYieldSaves(t *testing.T) {
 // slice is left out of that reference's figures; without them the section
 // is as before.
 func TestPairsReferencesSplitTheBrokerThread(t *testing.T) {
-	conns := map[string][]ConnectResult{}
-	add := func(r ConnectResult) { conns[r.Label] = append(conns[r.Label], r) }
+	conns := sliceSet{}
+	add := conns.add
 	// a0 thread 50, 60, 40; a0-cred +2, +3, +1 over it; noop +2, +2, +4
 	// over a0-cred; b +3, +1, +2 over noop (all: +7, +6, +7).
 	for i, v := range [][4]float64{{50, 52, 54, 57}, {60, 63, 65, 66}, {40, 41, 45, 47}} {
@@ -173,8 +185,7 @@ func TestPairsReferencesSplitTheBrokerThread(t *testing.T) {
 	if got := median(known(cred.thread)); got != 2.5 { // 2, 3, 1, 20
 		t.Errorf("a0 → a0-cred median %v, want 2.5", got)
 	}
-	var out strings.Builder
-	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, p)
+	out := renderPairs(p)
 	for _, want := range []string{
 		"| a0 → a0-cred: anonymous Mosquitto, its clients sending b's username and password | +2.5 (+1.0 to +20.0) | 0.980 |",
 		"| a0-cred → noop: a plugin that accepts them at once (bench/noop), BASIC_AUTH and DISCONNECT | +2.0 (+2.0 to +4.0) | 0.960 |",
@@ -182,17 +193,15 @@ func TestPairsReferencesSplitTheBrokerThread(t *testing.T) {
 		"(4 and 3 of 4)",
 		"Six brokers (a0, a0-cred, noop, b, b-off, b-noyield",
 	} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("section lacks %q:\n%s", want, out.String())
+		if !strings.Contains(out, want) {
+			t.Errorf("section lacks %q:\n%s", want, out)
 		}
 	}
 	// Without the references: no such table.
 	delete(conns, pairPrefix+"a0-cred")
 	delete(conns, pairPrefix+"noop")
-	out.Reset()
-	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, summarizePairs(conns))
-	if strings.Contains(out.String(), "Where b's broker thread") {
-		t.Errorf("section without references:\n%s", out.String())
+	if out := renderPairs(summarizePairs(conns)); strings.Contains(out, "Where b's broker thread") {
+		t.Errorf("section without references:\n%s", out)
 	}
 }
 
@@ -200,8 +209,8 @@ func TestPairsReferencesSplitTheBrokerThread(t *testing.T) {
 // without all three is left out; the two cache-miss ratios are judged on
 // the pairs' medians, the interleaved rounds' figures beside them.
 func TestMissPairsJudgeTheCacheMissRatios(t *testing.T) {
-	conns := map[string][]ConnectResult{}
-	add := func(r ConnectResult) { conns[r.Label] = append(conns[r.Label], r) }
+	conns := sliceSet{}
+	add := conns.add
 	// b' / a' thread: 1.00, 1.10, 0.98; b' / b'-off process: 1.04, 1.20, 1.02.
 	for i, v := range [][5]float64{{100, 100, 104, 100}, {100, 110, 120, 100}, {100, 98, 102, 100}} {
 		r := i + 1
@@ -239,9 +248,8 @@ func TestMissPairsJudgeTheCacheMissRatios(t *testing.T) {
 			t.Errorf("%s without pairs: %s, want **MISS**", r[0], r[2])
 		}
 	}
-	var out strings.Builder
-	pairsSection(func(f string, a ...any) { fmt.Fprintf(&out, f, a...) }, p)
-	s := out.String()
+	out := renderPairs(p)
+	s := out
 	if !strings.Contains(s, "### Cache misses in paired slices") || strings.Contains(s, "### Cache hits in paired slices") ||
 		!strings.Contains(s, "| **median** | 5000 | 4800 | 5100 | 100.0 | 100.0 | **1.000** | 104.0 | 100.0 | **1.040** |") {
 		t.Errorf("section:\n%s", s)
