@@ -43,6 +43,18 @@ import (
 // up to GOMAXPROCS times its length in CPU (1.2 to 2 times seen with
 // GOMAXPROCS 2: TestAtkReleaseBackoffCountsCPU).
 //
+// A burst's end also leaves the guard's background workers (the conflict
+// tracker, the known-sources writer) holding their queues' and scratch
+// buffers grown for it, which they give back after half a second without a
+// batch (Guard.TrimDue). A release before that keeps them: they were live at
+// its collection, and once dropped they are garbage that no release gives
+// back, the next one waiting for releaseChurn more allocation. At 8 000
+// devices that was up to 1 MB (0.12 KB a connection) in about half of the
+// memory row's runs, as the two half-second timers fell. So the release
+// waits while any instance's workers hold such buffers, at most
+// releaseWaitMax after its first quiet tick: a worker that never trims
+// delays it by that much, never forever.
+//
 // What it does not bound: the peak. During a burst the heap grows to the
 // collector's goal as before (GOGC; README, Installing); the release
 // brings the RSS back to what is live once the burst is over, for as long
@@ -58,6 +70,7 @@ const (
 	releaseEvery      = time.Second
 	releaseBackoff    = 100
 	releaseBackoffMax = 10 * time.Minute
+	releaseWaitMax    = time.Second // the longest a release waits for the workers' trims (busy)
 )
 
 // noRelease turns the release off (MOSQUITTO_GUARD_NO_RELEASE set to
@@ -74,8 +87,21 @@ func startHeapRelease() {
 	}
 	releaseOnce.Do(func() {
 		r := newHeapRelease(readHeap, debug.FreeOSMemory, time.Now)
+		r.busy = trimDue
 		go r.loop(time.NewTicker(releaseTick).C)
 	})
+}
+
+// trimDue reports whether any instance's guard holds a burst's buffers it
+// gives back shortly (Guard.TrimDue).
+func trimDue() bool {
+	due := false
+	instances.each(func(in *instance) {
+		if in.guard != nil && in.guard.TrimDue() {
+			due = true
+		}
+	})
+	return due
 }
 
 // heapSample is what a release decision reads of the Go heap.
@@ -108,6 +134,7 @@ type heapRelease struct {
 	free  func()
 	now   func() time.Time
 	cpu   func() time.Duration // the process's CPU time (processCPU)
+	busy  func() bool          // nil, or trimDue: wait, up to releaseWaitMax
 	last  uint64               // allocs at the last step
 	churn uint64               // bytes allocated since the last release
 	next  time.Time            // no release before
@@ -118,6 +145,9 @@ type heapRelease struct {
 	liveAfter uint64
 	// panicLogged is when a panic of step was last logged (safeStep).
 	panicLogged time.Time
+	// waitFrom is when a release, due but for busy, began to wait; zero
+	// when none waits.
+	waitFrom time.Time
 }
 
 // releasePanicLogEvery: a panic of the release's step, recovered, is
@@ -175,12 +205,24 @@ func (r *heapRelease) step() bool {
 	d := s.allocs - r.last
 	r.last = s.allocs
 	r.churn += d
+	if d >= releaseQuiet {
+		r.waitFrom = time.Time{} // the burst goes on: a wait starts again after it
+	}
 	if d >= releaseQuiet || r.churn < releaseChurn || r.now().Before(r.next) {
 		return false
 	}
 	if s.free+s.unused+s.inUse-min(s.inUse, s.live) < max(releaseMin, s.live/releaseLiveShare) {
 		return false
 	}
+	if r.busy != nil && r.busy() {
+		if r.waitFrom.IsZero() {
+			r.waitFrom = r.now()
+		}
+		if r.now().Sub(r.waitFrom) < releaseWaitMax {
+			return false
+		}
+	}
+	r.waitFrom = time.Time{}
 	start, cpu0 := r.now(), r.cpu()
 	r.free()
 	end := r.now()

@@ -136,10 +136,14 @@ func TestRunTrimsWhenIdle(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { _, h := c.events.Caps(); return h >= 3000 },
 		5*time.Second, 5*time.Millisecond, "the burst handled in one batch")
+	// TrimDue says so while they are held (the heap release waits for it),
+	// and no more once they are trimmed.
+	require.Eventually(t, c.TrimDue, time.Second, time.Millisecond, "the burst's buffers held, TrimDue false")
 	start := time.Now()
 	require.Eventually(t, func() bool { f, h := c.events.Caps(); return f <= 256 && h <= 256 },
 		idleTrim+time.Second, 10*time.Millisecond, "the buffers trimmed once idle")
 	t.Logf("trimmed %v after the burst was handled", time.Since(start).Round(time.Millisecond))
+	require.Eventually(t, func() bool { return !c.TrimDue() }, time.Second, time.Millisecond, "trimmed, TrimDue still true")
 	end() // the worker's own fields, read once it has stopped
 	assert.Zero(t, cap(c.sc.conns), "the batch's scratch arrays trimmed with them")
 	assert.Zero(t, cap(c.sc.ws))

@@ -146,6 +146,7 @@ type Tracker struct {
 	seq      atomic.Uint64
 	events   *batchq.Queue[event]
 	dropped  atomic.Int64
+	trimDue  atomic.Bool                     // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
 	live     atomic.Pointer[map[string]bool] // broker instances whose lease runs
 	// claimed is the connection the broker thread just claimed in Redis
 	// (Claim), for the NewConn that follows to take as its own, so that the
@@ -387,17 +388,20 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 				}
 			}
 			if f, h := t.events.Caps(); max(f, h, cap(t.sc.conns)) > trimAbove {
+				t.trimDue.Store(true)
 				idle.Reset(idleTrim) // a burst's buffers are held: trim them if it is over
 			}
 		case <-idle.C:
 			t.events.Trim() // no batch for idleTrim: a burst's buffers go
 			t.trimScratch()
+			t.trimDue.Store(false)
 		case <-lease.C:
 			t.renew()
 		case <-sweep.C:
 			t.sweepSafely(t.now().UnixMilli())
 			t.events.Trim() // idle here: a burst's buffers go
 			t.trimScratch()
+			t.trimDue.Store(false)
 		case <-report.C:
 			if n := t.dropped.Swap(0); n > 0 {
 				t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d connection events not tracked: the conflict queue was full", n))
@@ -405,6 +409,12 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 		}
 	}
 }
+
+// TrimDue reports whether the worker holds buffers grown for a burst that
+// it gives back once no batch has come for idleTrim (0.5 s): the plugin's
+// heap release waits for that (cgo/heaprelease.go), or it would keep them
+// in the heap it leaves behind. Any goroutine may call it.
+func (t *Tracker) TrimDue() bool { return t.trimDue.Load() }
 
 // sweepSafely is sweep, a panic in it logged: its shrink maps a new table,
 // and a mapping that fails (out of memory) panics; the table is as it was,

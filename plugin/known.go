@@ -49,6 +49,7 @@ type knownSources struct {
 	knownDeps
 	queue   *batchq.Queue[knownWrite]
 	refresh time.Duration // how often a (username, source) is written again
+	trimDue atomic.Bool   // run holds a burst's buffers, and trims them at its idle timer (Guard.TrimDue)
 
 	// writtenFrom (unix ms): a success in recent stamped before it is not
 	// known to be in Redis (a write failed, or Redis may have come back
@@ -521,9 +522,11 @@ func (k *knownSources) run() {
 		case <-tick.C:
 			k.forgetLoaded(time.Now())
 			k.queue.Trim() // idle here: a burst's buffers go
+			k.trimDue.Store(false)
 			continue
 		case <-idle.C:
 			k.queue.Trim() // no batch for knownIdleTrim: a burst's buffers go
+			k.trimDue.Store(false)
 			continue
 		case <-k.queue.Ready():
 		}
@@ -554,6 +557,7 @@ func (k *knownSources) run() {
 			}
 		}
 		if f, h := k.queue.Caps(); max(f, h) > knownTrimAbove {
+			k.trimDue.Store(true)
 			idle.Reset(knownIdleTrim) // a burst's buffers are held: trim them if it is over
 		}
 	}

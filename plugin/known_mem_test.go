@@ -117,8 +117,12 @@ func TestKnownSourcesIdleTrims(t *testing.T) {
 		c, err := rdb.ZCard(context.Background(), "guard:known:fleet").Result()
 		return err == nil && c == 2*n
 	}, 10*time.Second, 10*time.Millisecond, "every new source reaches Redis")
+	// trimDue (Guard.TrimDue: the heap release waits for it) while the
+	// buffers are held, no more once trimmed.
+	require.Eventually(t, k.trimDue.Load, time.Second, time.Millisecond, "the burst's buffers held, trimDue false")
 	start := time.Now()
 	require.Eventually(t, func() bool { f, h := k.queue.Caps(); return f <= 256 && h <= 256 },
 		knownIdleTrim+time.Second, 10*time.Millisecond, "the buffers trimmed once idle")
 	t.Logf("trimmed %v after the burst reached Redis", time.Since(start).Round(time.Millisecond))
+	require.Eventually(t, func() bool { return !k.trimDue.Load() }, time.Second, time.Millisecond, "trimmed, trimDue still true")
 }
