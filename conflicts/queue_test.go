@@ -148,3 +148,20 @@ func TestRunTrimsWhenIdle(t *testing.T) {
 	assert.Zero(t, cap(c.sc.conns), "the batch's scratch arrays trimmed with them")
 	assert.Zero(t, cap(c.sc.ws))
 }
+
+// A worker that stops holding a burst's buffers says no more that it will
+// trim them: the heap release (cgo/heaprelease.go) would wait for it, up to
+// its bound, at every burst.
+func TestRunStopClearsTrimDue(t *testing.T) {
+	c, clk, _ := tracker(t, newMemStore(), testOptions())
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { c.Run(stop); close(done) }()
+	for i := 0; i < 3000; i++ {
+		c.Connected(fmt.Sprintf("dev-%d", i), c.NewConn("alice", "192.0.2.1", clk.now()), nil)
+	}
+	require.Eventually(t, c.TrimDue, 5*time.Second, time.Millisecond, "the burst's buffers held, TrimDue false")
+	close(stop)
+	<-done
+	assert.False(t, c.TrimDue(), "a stopped worker still due to trim")
+}

@@ -345,6 +345,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 	// Only the worker maps the memos (putMemo): unmapped when it returns,
 	// at the plugin's cleanup (Guard.Close stops it).
 	defer t.ids.Free()
+	defer t.trimDue.Store(false) // a stopped worker delays no heap release
 	lease := time.NewTicker(t.opts.Lease / 3)
 	defer lease.Stop()
 	report := time.NewTicker(10 * time.Second)

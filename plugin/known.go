@@ -510,6 +510,7 @@ const (
 
 func (k *knownSources) run() {
 	defer k.freeRecent()
+	defer k.trimDue.Store(false) // a stopped writer delays no heap release
 	tick := time.NewTicker(knownTick)
 	defer tick.Stop()
 	idle := time.NewTimer(knownIdleTrim)
