@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -152,4 +153,27 @@ func TestLookupFailsFastWhenRedisIsDown(t *testing.T) {
 	_, err := s.Lookup(ctx, Query{ClientID: "x"})
 	assert.Error(t, err)
 	assert.Less(t, time.Since(start), time.Second)
+}
+
+// Issue 12: a pipeline's connection, which go-redis's pool keeps once
+// made, holds 32 KiB buffers each way, not 128 KiB: before, the first
+// pipeline of a store kept about 256 KiB more of the Go heap.
+func TestPipelineConnectionBuffers(t *testing.T) {
+	s, _ := newStore(t, "guard:")
+	ctx := context.Background()
+	require.NoError(t, s.Ping(ctx)) // the background client's first connection, outside the count
+	live := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := live()
+	pipe := s.Background().Client().Pipeline()
+	pipe.Ping(ctx)
+	_, err := pipe.Exec(ctx)
+	require.NoError(t, err)
+	kept := int64(live()) - int64(before)
+	t.Logf("a pipeline's connection keeps %d bytes of the Go heap", kept)
+	assert.Less(t, kept, int64(2*pipelineBuffer+32<<10), "a pipeline connection's buffers")
 }
