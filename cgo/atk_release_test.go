@@ -81,6 +81,7 @@ func TestAtkReleaseBackoffCountsCPU(t *testing.T) {
 	}
 	runtime.GC()
 	worst := 0.0
+	var counted, spent time.Duration
 	for round := 0; round < 10; round++ {
 		r := newHeapRelease(readHeap, debug.FreeOSMemory, time.Now)
 		var sink []byte
@@ -97,10 +98,16 @@ func TestAtkReleaseBackoffCountsCPU(t *testing.T) {
 		ratio := float64(r.took) / float64(cpu)
 		t.Logf("release of %v counted %v; the process spent %v of CPU in the step (counted/spent %.2f)", r.wall.Round(time.Microsecond), r.took.Round(time.Microsecond), cpu.Round(time.Microsecond), ratio)
 		worst = max(worst, 1/ratio)
+		counted, spent = counted+r.took, spent+cpu
 	}
-	// Slack: the step's reads and rusage's granularity.
-	if worst > 1.15 {
-		t.Errorf("a release spent %.2f times the cost its backoff counted: the bound of a hundredth of a core does not hold", worst)
+	// Over the ten releases together: one release's CPU reading can be a
+	// scheduler tick off (4 ms at HZ 250, against releases of 10 to 30 ms;
+	// seen 1.17 in one round of ten with other packages' tests beside it),
+	// where counting wall time alone spent 1.8 to 1.9 times what it counted
+	// in every round. Slack: the step's reads and rusage's granularity.
+	t.Logf("over the 10 releases: counted %v, spent %v; the worst single release spent %.2f times what it counted", counted, spent, worst)
+	if total := float64(spent) / float64(counted); total > 1.15 {
+		t.Errorf("the releases spent %.2f times the cost their backoff counted: the bound of a hundredth of a core does not hold", total)
 	}
 	runtime.KeepAlive(m)
 }
