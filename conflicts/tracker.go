@@ -374,6 +374,13 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			}
 			for {
 				b := t.events.Take()
+				if len(b) > trimAbove {
+					// A burst's buffers, held from here: said before the
+					// round trip to Redis, which a slow or stopped Redis
+					// makes long while the broker is quiet (the release
+					// would come at its first quiet tick, and keep them).
+					t.trimDue.Store(true)
+				}
 				if len(b) > 0 {
 					t.handleSafely(b)
 				}
@@ -391,6 +398,8 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			if f, h := t.events.Caps(); max(f, h, cap(t.sc.conns)) > trimAbove {
 				t.trimDue.Store(true)
 				idle.Reset(idleTrim) // a burst's buffers are held: trim them if it is over
+			} else {
+				t.trimDue.Store(false) // none held (Release dropped them): no trim to wait for
 			}
 		case <-idle.C:
 			t.events.Trim() // no batch for idleTrim: a burst's buffers go

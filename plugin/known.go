@@ -544,6 +544,11 @@ func (k *knownSources) run() {
 		}
 		for {
 			batch := k.queue.Take()
+			if len(batch) > knownTrimAbove {
+				// A burst's buffers, held from here: said before the
+				// round trip to Redis (Tracker.Run's reason).
+				k.trimDue.Store(true)
+			}
 			if len(batch) > 0 {
 				k.write(batch)
 			}
@@ -560,6 +565,8 @@ func (k *knownSources) run() {
 		if f, h := k.queue.Caps(); max(f, h) > knownTrimAbove {
 			k.trimDue.Store(true)
 			idle.Reset(knownIdleTrim) // a burst's buffers are held: trim them if it is over
+		} else {
+			k.trimDue.Store(false) // none held (Release dropped them): no trim to wait for
 		}
 	}
 }
