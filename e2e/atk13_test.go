@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// Attack on d228753 (the heap release waits for the workers' trims, at
+// most 1 s): Redis stopped (SIGSTOP) at the tail of a burst of CONNECTs and
+// for 6 s after, the workers' batches hang in their round trips. The
+// release still comes (logged) within a few seconds of the last CONNACK,
+// the broker keeps answering, and once Redis resumes it takes CONNECTs
+// again.
+func TestAtk13ReleaseWithRedisStopped(t *testing.T) {
+	const n = 3000
+	e := envWithoutBroker(t)
+	var sb strings.Builder
+	raw, err := os.ReadFile(e.passwd)
+	require.NoError(t, err)
+	sb.Write(raw)
+	hash := mosquittoHash("pw", 100)
+	for i := 0; i < n+1; i++ {
+		fmt.Fprintf(&sb, "dev%d:%s\n", i, hash)
+	}
+	require.NoError(t, os.WriteFile(e.passwd, []byte(sb.String()), 0o600))
+	os.Unsetenv("MOSQUITTO_GUARD_NO_RELEASE")
+	b := testenv.StartMosquitto(t, e.conf("log_type all"))
+	require.True(t, b.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+	time.Sleep(1500 * time.Millisecond) // the start's own release
+	const logged = "mosquitto-guard: heap released after a burst"
+	before := strings.Count(b.Output(), logged)
+
+	var cont sync.Once
+	resume := func() { cont.Do(func() { _ = e.redis.Signal(syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	var next, nAccepted atomic.Int64
+	var wg sync.WaitGroup
+	conns := make(chan *mqttc.Conn, n)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				if i == n*9/10 && os.Getenv("ATK13_NOSTOP") == "" {
+					assert.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: fmt.Sprintf("127.7.%d.%d", i/250, 1+i%250),
+					ClientID: fmt.Sprintf("rel-%d", i), Username: str(fmt.Sprintf("dev%d", i)), Password: str("pw")})
+				cancel()
+				if err == nil {
+					if code == accepted {
+						nAccepted.Add(1)
+					}
+					conns <- c
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(conns)
+	for c := range conns {
+		t.Cleanup(func() { c.Close() })
+	}
+	end := time.Now()
+	t.Logf("%d of %d accepted, the last tenth with Redis stopped", nAccepted.Load(), n)
+	var at time.Duration
+	for time.Since(end) < 6*time.Second {
+		if strings.Count(b.Output(), logged) > before && at == 0 {
+			at = time.Since(end)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	require.False(t, b.Exited(), "the broker ended")
+	if assert.NotZero(t, at, "no release within 6 s of the burst with Redis stopped") {
+		t.Logf("released %v after the last CONNACK, Redis stopped", at.Round(10*time.Millisecond))
+		assert.Less(t, at, 5*time.Second, "the release waits at most 1 s after its first quiet tick")
+	}
+	resume()
+	// Redis back: a CONNECT is answered and accepted again.
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, ClientID: "after", Username: str(fmt.Sprintf("dev%d", n)), Password: str("pw")})
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return code == accepted
+	}, 15*time.Second, 200*time.Millisecond, "no CONNECT accepted once Redis resumed")
+	for _, l := range strings.Split(b.Output(), "\n") {
+		if strings.Contains(l, "heap released") || strings.Contains(l, "internal error") {
+			t.Log(l)
+		}
+	}
+}
