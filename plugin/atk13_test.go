@@ -47,3 +47,23 @@ func TestAtk13KnownTrimDueWhileRedisHangs(t *testing.T) {
 	resume()
 	require.Eventually(t, func() bool { return !k.trimDue.Load() }, 10*time.Second, 5*time.Millisecond, "trimmed, trimDue still true")
 }
+
+// 464c8ed's deferred clear in the known-sources writer, which its test
+// (TestRunStopClearsTrimDue) checked in the conflict tracker only: a writer
+// stopped while it holds a burst's buffers says no more that it will trim
+// them (the heap release would wait its bound at every burst for it).
+func TestAtk13KnownStopClearsTrimDue(t *testing.T) {
+	k, _, halt := knownOnRedis(t, time.Hour)
+	now := time.Now()
+	const n = 400 // 800 writes, within one linger
+	for i := 0; i < n; i++ {
+		k.succeeded("fleet", netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), fmt.Sprintf("dev-%d", i), now)
+	}
+	require.Eventually(t, k.trimDue.Load, 5*time.Second, time.Millisecond, "the burst's buffers held, trimDue false")
+	select {
+	case <-halt():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer did not stop")
+	}
+	assert.False(t, k.trimDue.Load(), "a stopped writer still due to trim")
+}
