@@ -1,11 +1,17 @@
 package main
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"runtime/debug"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // Attack on d228753: whatever the workers' TrimDue does (flapping at every
@@ -62,4 +68,64 @@ func TestAtk13ReleaseWaitBoundUnderFlapping(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Attack on d228753's wiring, under -race: the release's goroutine reads
+// every instance's TrimDue (a real release stepping every few ms) while
+// instances are added, take a burst, and are closed and removed in the
+// middle of their workers' trims. Nothing races, nothing panics, and once
+// every instance is gone nothing is due.
+func TestAtk13TrimDueWhileInstancesComeAndGo(t *testing.T) {
+	testenv.Need(t, "redis-server", "mosquitto_passwd")
+	redis := testenv.StartRedis(t)
+	dir := t.TempDir()
+	hash := passwdHash(t, dir)
+	r := newHeapRelease(readHeap, debug.FreeOSMemory, time.Now)
+	r.busy = trimDue
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var polls, due, panics atomic.Int64
+	step := func() {
+		defer func() {
+			if recover() != nil {
+				panics.Add(1)
+			}
+		}()
+		r.step()
+	}
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			step()
+			polls.Add(1)
+			if trimDue() {
+				due.Add(1)
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for round := 0; round < 3; round++ {
+		var ab *authBench
+		t.Run(fmt.Sprint(round), func(t *testing.T) {
+			const n = 600
+			ab = newAuthBench(t, redis, dir, hash, n, "flag")
+			for i := 0; i < n; i++ {
+				c := ab.client(i, fmt.Sprintf("come-%d-%d", round, i))
+				ab.connect(t, c)
+				defer ab.disconnect(c)
+			}
+			// Closed as its workers hold the burst's buffers (or not yet).
+			time.Sleep(time.Duration(round) * 150 * time.Millisecond)
+		})
+		require.False(t, trimDue(), "round %d: due with the instance gone", round)
+		require.False(t, ab.in.guard.TrimDue(), "round %d: a closed guard still due to trim", round)
+	}
+	require.Eventually(t, func() bool { return polls.Load() > 10 }, 5*time.Second, time.Millisecond)
+	t.Logf("%d polls, %d due; %d releases", polls.Load(), due.Load(), r.count)
+	assert.Zero(t, panics.Load(), "a panic in the release's step")
 }
