@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
@@ -62,5 +63,38 @@ func BenchmarkAtk13PipelineBuffers(b *testing.B) {
 			}
 		})
 		_ = c.Close()
+	}
+}
+
+// 8036a2c: requests and replies many times a pipeline connection's 32 KiB
+// buffers, through the store's own clients (broker's and background):
+// 4 MB values written and read back in one pipeline, with many small
+// commands around them, within the store's timeouts.
+func TestAtk13PipelineLargerThanItsBuffers(t *testing.T) {
+	s, _ := newStore(t, "guard:")
+	ctx := context.Background()
+	big := strings.Repeat("r", 4<<20)
+	for _, c := range []redis.UniversalClient{s.Client(), s.Background().Client()} {
+		p := c.Pipeline()
+		for i := 0; i < 2000; i++ {
+			p.Set(ctx, fmt.Sprintf("small-%d", i), i, 0)
+		}
+		p.Set(ctx, "big", big, 0)
+		p.Set(ctx, "big2", big, 0)
+		_, err := p.Exec(ctx)
+		require.NoError(t, err)
+		p = c.Pipeline()
+		var smalls []*redis.StringCmd
+		for i := 0; i < 2000; i++ {
+			smalls = append(smalls, p.Get(ctx, fmt.Sprintf("small-%d", i)))
+		}
+		g1, g2 := p.Get(ctx, "big"), p.Get(ctx, "big2")
+		_, err = p.Exec(ctx)
+		require.NoError(t, err)
+		require.Equal(t, big, g1.Val())
+		require.Equal(t, big, g2.Val())
+		for i, c := range smalls {
+			require.Equal(t, fmt.Sprint(i), c.Val())
+		}
 	}
 }
