@@ -65,3 +65,34 @@ func TestAtk13TrimDueWhileBatchWaitsForRedis(t *testing.T) {
 	require.Eventually(t, c.TrimDue, time.Second, time.Millisecond, "the burst's buffers held after the batch, TrimDue false")
 	require.Eventually(t, func() bool { return !c.TrimDue() }, idleTrim+time.Second, time.Millisecond, "trimmed, TrimDue still true")
 }
+
+// A fleet's burst is followed by stragglers: a connection event every few
+// hundred ms. Each small batch re-armed the idle trim (the batch scratch,
+// grown for the burst, kept the caps over trimAbove), so the burst's
+// buffers were held, and TrimDue true, until the sweep (sweepEvery, 10 s):
+// the heap release waited its whole bound and then ran with them live.
+func TestAtk13TrimsDespiteATrickle(t *testing.T) {
+	require.Greater(t, sweepEvery, 5*time.Second)
+	c, clk, _ := tracker(t, newMemStore(), testOptions())
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { c.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	for i := 0; i < 3000; i++ {
+		c.Connected(fmt.Sprintf("dev-%d", i), c.NewConn("alice", "192.0.2.1", clk.now()), nil)
+	}
+	require.Eventually(t, c.TrimDue, 5*time.Second, time.Millisecond, "the burst's buffers held, TrimDue false")
+	start := time.Now()
+	trimmed := time.Duration(0)
+	for i := 0; time.Since(start) < 3*time.Second; i++ {
+		c.Connected(fmt.Sprintf("late-%d", i), c.NewConn("bob", "192.0.2.2", clk.now()), nil)
+		time.Sleep(200 * time.Millisecond)
+		if trimmed == 0 && !c.TrimDue() {
+			trimmed = time.Since(start)
+		}
+	}
+	if assert.NotZero(t, trimmed, "a straggler every 200 ms: the burst's buffers still held 3 s after it") {
+		t.Logf("trimmed %v after the burst, stragglers every 200 ms", trimmed.Round(time.Millisecond))
+		assert.Less(t, trimmed, idleTrim+time.Second)
+	}
+}

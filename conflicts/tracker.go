@@ -322,8 +322,10 @@ func (t *Tracker) drainSpill() {
 	}
 }
 
-// idleTrim: Run trims its queue's buffers once no batch has come for this
-// long (a burst is over; under load a batch comes every linger or so), so
+// idleTrim: Run trims its queue's buffers once no batch larger than
+// trimAbove has come for this long (a burst is over; under load a batch
+// comes every linger or so; a straggler's small batch does not put it
+// off), so
 // that a burst's buffers (up to two batches of 112-byte events: 920 KB) go
 // within idleTrim of its end, not at the next sweep (issue 12: they were
 // 43 of the 685 bytes of heap a held connection was measured to keep, make
@@ -355,6 +357,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 	idle := time.NewTimer(idleTrim)
 	idle.Stop() // armed after a batch
 	defer idle.Stop()
+	armed := false // idle runs
 	t.renew()
 	for {
 		select {
@@ -372,9 +375,11 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 				}
 				return
 			}
+			big := false // a batch over trimAbove in this round
 			for {
 				b := t.events.Take()
 				if len(b) > trimAbove {
+					big = true
 					// A burst's buffers, held from here: said before the
 					// round trip to Redis, which a slow or stopped Redis
 					// makes long while the broker is quiet (the release
@@ -397,12 +402,20 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			}
 			if f, h := t.events.Caps(); max(f, h, cap(t.sc.conns)) > trimAbove {
 				t.trimDue.Store(true)
-				idle.Reset(idleTrim) // a burst's buffers are held: trim them if it is over
+				// A burst's buffers are held: trim them idleTrim after the
+				// last batch that needed them. A straggler's small batch
+				// does not put it off (each one did: the scratch kept the
+				// caps up, and the buffers stayed until the sweep).
+				if big || !armed {
+					idle.Reset(idleTrim)
+					armed = true
+				}
 			} else {
 				t.trimDue.Store(false) // none held (Release dropped them): no trim to wait for
 			}
 		case <-idle.C:
-			t.events.Trim() // no batch for idleTrim: a burst's buffers go
+			armed = false
+			t.events.Trim() // no large batch for idleTrim: a burst's buffers go
 			t.trimScratch()
 			t.trimDue.Store(false)
 		case <-lease.C:
