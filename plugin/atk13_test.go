@@ -67,3 +67,29 @@ func TestAtk13KnownStopClearsTrimDue(t *testing.T) {
 	}
 	assert.False(t, k.trimDue.Load(), "a stopped writer still due to trim")
 }
+
+// The writer under stragglers after a burst (TestAtk13TrimsDespiteATrickle
+// for the conflict tracker): a new source every 200 ms does not keep the
+// burst's buffers, nor trimDue, for long.
+func TestAtk13KnownTrimsDespiteATrickle(t *testing.T) {
+	k, _, _ := knownOnRedis(t, time.Hour)
+	now := time.Now()
+	const n = 400 // 800 writes, within one linger
+	for i := 0; i < n; i++ {
+		k.succeeded("fleet", netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), fmt.Sprintf("dev-%d", i), now)
+	}
+	require.Eventually(t, k.trimDue.Load, 5*time.Second, time.Millisecond, "the burst's buffers held, trimDue false")
+	start := time.Now()
+	trimmed := time.Duration(0)
+	for i := 0; time.Since(start) < 3*time.Second; i++ {
+		k.succeeded("late", netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)}), fmt.Sprintf("late-%d", i), time.Now())
+		time.Sleep(200 * time.Millisecond)
+		if f, h := k.queue.Caps(); trimmed == 0 && !k.trimDue.Load() && max(f, h) <= knownTrimAbove {
+			trimmed = time.Since(start)
+		}
+	}
+	if assert.NotZero(t, trimmed, "a straggler every 200 ms: the burst's buffers still held 3 s after it") {
+		t.Logf("trimmed %v after the burst, stragglers every 200 ms", trimmed.Round(time.Millisecond))
+		assert.Less(t, trimmed, knownIdleTrim+time.Second)
+	}
+}
