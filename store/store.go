@@ -128,8 +128,10 @@ func (o Options) universal(timeout time.Duration) *redis.UniversalOptions {
 		DisableIdentity:  true, // no CLIENT SETINFO: some Redis-compatible servers refuse it
 		// A pipeline's connection gets the same 32 KiB buffers as any
 		// other, not go-redis's 128 KiB each way (issue 12: memory per
-		// connection). The plugin's pipelines run off the broker thread,
-		// and the pool keeps their connections: an idle broker held one
+		// connection). The plugin's large pipelines run off the broker
+		// thread (the one on it, store.Lookup while the replica is not in
+		// step, reads a few small replies), and the pool keeps their
+		// connections: an idle broker held one
 		// (256 KiB of buffers), one that had just taken 8 000 devices two
 		// (the conflict tracker's and the known-sources writer's batches
 		// at once), about 0.4 MB of its RSS for as long as they stay idle.
