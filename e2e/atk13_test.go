@@ -6,7 +6,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -34,15 +33,7 @@ import (
 func TestAtk13ReleaseWithRedisStopped(t *testing.T) {
 	const n = 3000
 	e := envWithoutBroker(t)
-	var sb strings.Builder
-	raw, err := os.ReadFile(e.passwd)
-	require.NoError(t, err)
-	sb.Write(raw)
-	hash := mosquittoHash("pw", 100)
-	for i := 0; i < n+40; i++ {
-		fmt.Fprintf(&sb, "dev%d:%s\n", i, hash)
-	}
-	require.NoError(t, os.WriteFile(e.passwd, []byte(sb.String()), 0o600))
+	addDevices(t, e, n+40)
 	os.Unsetenv("MOSQUITTO_GUARD_NO_RELEASE")
 	b := testenv.StartMosquitto(t, e.conf("log_type all"))
 	require.True(t, b.WaitOutput("mosquitto-guard: ready", 10*time.Second))
@@ -53,37 +44,13 @@ func TestAtk13ReleaseWithRedisStopped(t *testing.T) {
 	var cont sync.Once
 	resume := func() { cont.Do(func() { _ = e.redis.Signal(syscall.SIGCONT) }) }
 	t.Cleanup(resume)
-	var next, nAccepted atomic.Int64
-	var wg sync.WaitGroup
-	conns := make(chan *mqttc.Conn, n)
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				if i == n*9/10 && os.Getenv("ATK13_NOSTOP") == "" {
-					assert.NoError(t, e.redis.Signal(syscall.SIGSTOP))
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: fmt.Sprintf("127.7.%d.%d", i/250, 1+i%250),
-					ClientID: fmt.Sprintf("rel-%d", i), Username: str(fmt.Sprintf("dev%d", i)), Password: str("pw")})
-				cancel()
-				if err == nil {
-					if code == accepted {
-						nAccepted.Add(1)
-					}
-					conns <- c
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(conns)
-	for c := range conns {
-		t.Cleanup(func() { c.Close() })
-	}
+	nAccepted := holdDevices(t, b.Addr, n, func(i int) {
+		if i == n*9/10 && os.Getenv("ATK13_NOSTOP") == "" {
+			assert.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+		}
+	})
 	end := time.Now()
-	t.Logf("%d of %d accepted, the last tenth with Redis stopped", nAccepted.Load(), n)
+	t.Logf("%d of %d accepted, the last tenth with Redis stopped", nAccepted, n)
 	if d, err := time.ParseDuration(os.Getenv("ATK13_RESUME_AFTER")); err == nil {
 		time.AfterFunc(d, resume) // Redis slow, not gone: the workers' round trips end within the wait
 	}

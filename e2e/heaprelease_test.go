@@ -32,15 +32,7 @@ import (
 func TestHeapReleasedAfterABurst(t *testing.T) {
 	const n = 4000
 	e := envWithoutBroker(t)
-	var sb strings.Builder
-	raw, err := os.ReadFile(e.passwd)
-	require.NoError(t, err)
-	sb.Write(raw)
-	hash := mosquittoHash("pw", 100)
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&sb, "dev%d:%s\n", i, hash)
-	}
-	require.NoError(t, os.WriteFile(e.passwd, []byte(sb.String()), 0o600))
+	addDevices(t, e, n)
 	rss := func(pid int) int64 {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		require.NoError(t, err)
@@ -68,30 +60,7 @@ func TestHeapReleasedAfterABurst(t *testing.T) {
 		require.True(t, b.WaitOutput("mosquitto-guard: ready", 10*time.Second))
 		time.Sleep(time.Second)
 		r := result{idle: rss(b.PID())}
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		conns := make(chan *mqttc.Conn, n)
-		for w := 0; w < 8; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-					c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: fmt.Sprintf("127.7.%d.%d", i/250, 1+i%250),
-						ClientID: fmt.Sprintf("rel-%d", i), Username: str(fmt.Sprintf("dev%d", i)), Password: str("pw")})
-					cancel()
-					if !assert.NoError(t, err) || !assert.EqualValues(t, accepted, code) {
-						return
-					}
-					conns <- c
-				}
-			}()
-		}
-		wg.Wait()
-		close(conns)
-		for c := range conns {
-			t.Cleanup(func() { c.Close() })
-		}
+		require.EqualValues(t, n, holdDevices(t, b.Addr, n, nil), "devices accepted")
 		end := time.Now()
 		r.atEnd = rss(b.PID())
 		high := r.atEnd
@@ -124,4 +93,57 @@ func TestHeapReleasedAfterABurst(t *testing.T) {
 	assert.NotZero(t, dropAt)
 	assert.Less(t, dropAt, 2500*time.Millisecond)
 	assert.Less(t, res[true].after, res[false].after-(1<<19), "the RSS held with the release is not below the one without")
+}
+
+// addDevices appends users dev0 to dev<n-1>, password "pw", to e's
+// password file.
+func addDevices(t *testing.T, e *env, n int) {
+	t.Helper()
+	var sb strings.Builder
+	raw, err := os.ReadFile(e.passwd)
+	require.NoError(t, err)
+	sb.Write(raw)
+	hash := mosquittoHash("pw", 100)
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&sb, "dev%d:%s\n", i, hash)
+	}
+	require.NoError(t, os.WriteFile(e.passwd, []byte(sb.String()), 0o600))
+}
+
+// holdDevices connects devices 0 to n-1 (user dev<i>, client ID rel-<i>,
+// from 127.7.x.y) to addr from 8 workers, each CONNECT bounded by 10 s,
+// and leaves them connected until the test ends; before, if set, runs
+// ahead of device i's CONNECT. It returns how many were accepted.
+func holdDevices(t *testing.T, addr string, n int, before func(i int)) int64 {
+	t.Helper()
+	var next, nAccepted atomic.Int64
+	var wg sync.WaitGroup
+	conns := make(chan *mqttc.Conn, n)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				if before != nil {
+					before(i)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: addr, SourceIP: fmt.Sprintf("127.7.%d.%d", i/250, 1+i%250),
+					ClientID: fmt.Sprintf("rel-%d", i), Username: str(fmt.Sprintf("dev%d", i)), Password: str("pw")})
+				cancel()
+				if err == nil {
+					if code == accepted {
+						nAccepted.Add(1)
+					}
+					conns <- c
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(conns)
+	for c := range conns {
+		t.Cleanup(func() { c.Close() })
+	}
+	return nAccepted.Load()
 }
