@@ -58,17 +58,12 @@ func (c r12Client) dial(t *testing.T) (*mqttc.Conn, byte) {
 // r12KickedAndRefused connects every client in cs, sets key, and returns
 // the names of the clients the ban disconnected and of those a new CONNECT
 // is refused for; then it deletes key and waits until every client connects
-// again. A client that cannot connect before the ban fails t.
-func r12KickedAndRefused(t *testing.T, redis *testenv.Redis, key string, cs []r12Client) (kicked, refusedNow []string) {
+
+// r12Outcome names the clients of cs whose connection (conns, closed here)
+// was closed, and those refused when they dial again now (an accepted one
+// disconnects at once).
+func r12Outcome(t *testing.T, cs []r12Client, conns []*mqttc.Conn) (kicked, refusedNow []string) {
 	t.Helper()
-	conns := make([]*mqttc.Conn, len(cs))
-	for i, c := range cs {
-		conn, code := c.dial(t)
-		require.EqualValues(t, accepted, code, "%s before the ban of %q", c.name, key)
-		conns[i] = conn
-	}
-	redis.CLI("SET", key, "r12 test")
-	time.Sleep(500 * time.Millisecond) // a kick lands at the next tick: "within about 100 ms"
 	for i, c := range cs {
 		if conns[i].Closed(50 * time.Millisecond) {
 			kicked = append(kicked, c.name)
@@ -84,6 +79,21 @@ func r12KickedAndRefused(t *testing.T, redis *testenv.Redis, key string, cs []r1
 			conn.Disconnect()
 		}
 	}
+	return kicked, refusedNow
+}
+
+// again. A client that cannot connect before the ban fails t.
+func r12KickedAndRefused(t *testing.T, redis *testenv.Redis, key string, cs []r12Client) (kicked, refusedNow []string) {
+	t.Helper()
+	conns := make([]*mqttc.Conn, len(cs))
+	for i, c := range cs {
+		conn, code := c.dial(t)
+		require.EqualValues(t, accepted, code, "%s before the ban of %q", c.name, key)
+		conns[i] = conn
+	}
+	redis.CLI("SET", key, "r12 test")
+	time.Sleep(500 * time.Millisecond) // a kick lands at the next tick: "within about 100 ms"
+	kicked, refusedNow = r12Outcome(t, cs, conns)
 	redis.CLI("DEL", key)
 	for _, c := range cs {
 		eventually(t, 3*time.Second, func() bool {
@@ -370,32 +380,7 @@ func TestZZR12UserChangedKicksThroughSplits(t *testing.T) {
 	e.broker.Reload()
 	require.True(t, e.broker.WaitOutput("Reloading config", 5*time.Second))
 	time.Sleep(300 * time.Millisecond)
-	mk := func(name, ip, id, user string) r12Client {
-		return r12Client{name: name, addr: e.broker.Addr, ip: ip, id: id, user: str(user), pass: str(user + "-pw")}
-	}
-	cs := []r12Client{
-		mk("ob-user", "127.12.4.1", "x", "ob"),
-		mk("ob-tail", "127.12.4.2", "xob", "b"),
-		mk("bob-user", "127.12.4.3", "xo", "bob"),
-		mk("b-user", "127.12.4.4", "xbo", "b"),
-		mk("alice-ob", "127.12.4.5", "ob", "alice"),
-	}
-	conns := map[string]*mqttc.Conn{}
-	for _, c := range cs {
-		conn, code := c.dial(t)
-		require.EqualValues(t, accepted, code, c.name)
-		conns[c.name] = conn
-	}
-	closed := func() []string {
-		var out []string
-		for _, c := range cs {
-			if conns[c.name].Closed(50 * time.Millisecond) {
-				out = append(out, c.name)
-			}
-		}
-		sort.Strings(out)
-		return out
-	}
+	closed := r12DialSplits(t, e.broker.Addr, "127.12.4", false)
 	out, err := exec.Command("mosquitto_passwd", "-D", e.passwd, "ob").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	e.broker.Reload()
@@ -408,11 +393,7 @@ func TestZZR12UserChangedKicksThroughSplits(t *testing.T) {
 	r12GoneLine(t, e, "127.12.4.3", `client_id="xo" username="bob"`)
 	time.Sleep(500 * time.Millisecond)
 	require.Equal(t, []string{"bob-user", "ob-user"}, closed(), "kicked by rehashing bob")
-	for _, l := range strings.Split(e.broker.Output(), "\n") {
-		if strings.Contains(l, "event=kicked") || strings.Contains(l, "event=refused") {
-			require.True(t, strings.Contains(l, "ip=127.12.4.1 ") || strings.Contains(l, "ip=127.12.4.3 "), "an unexpected kick or refusal: %s", l)
-		}
-	}
+	r12OnlyGone(t, e.broker.Output(), "127.12.4.1", "127.12.4.3")
 }
 
 // r12GoneLine waits for the line that tells why the client from ip left
@@ -617,33 +598,7 @@ func TestZZR12UserChangedLateReadKicksThroughSplits(t *testing.T) {
 	e.zzWriteUsers(200_000, lines["alice"], lines["bob"], lines["ob"], lines["b"])
 	e.reloaded()
 	e.logLine("loaded 200004 users")
-	mk := func(name, ip, id, user string) r12Client {
-		return r12Client{name: name, addr: e.broker.Addr, ip: ip, id: id, user: str(user), pass: str(user + "-pw")}
-	}
-	cs := []r12Client{
-		mk("ob-user", "127.12.7.1", "x", "ob"),
-		mk("ob-tail", "127.12.7.2", "xob", "b"),
-		mk("bob-user", "127.12.7.3", "xo", "bob"),
-		mk("b-user", "127.12.7.4", "xbo", "b"),
-		mk("alice-ob", "127.12.7.5", "ob", "alice"),
-		mk("alice-bob", "127.12.7.6", "bob", "alice"),
-	}
-	conns := map[string]*mqttc.Conn{}
-	for _, c := range cs {
-		conn, code := c.dial(t)
-		require.EqualValues(t, accepted, code, c.name)
-		conns[c.name] = conn
-	}
-	closed := func() []string {
-		var out []string
-		for _, c := range cs {
-			if conns[c.name].Closed(50 * time.Millisecond) {
-				out = append(out, c.name)
-			}
-		}
-		sort.Strings(out)
-		return out
-	}
+	closed := r12DialSplits(t, e.broker.Addr, "127.12.7", true)
 	e.zzWriteUsers(200_000, lines["alice"], lines["bob"], lines["b"]) // ob removed
 	e.reloaded()
 	e.logLine("loaded 200003 users")
@@ -659,10 +614,60 @@ func TestZZR12UserChangedLateReadKicksThroughSplits(t *testing.T) {
 	require.Equal(t, []string{"bob-user", "ob-user"}, closed(), "kicked by rehashing bob")
 	out := e.broker.Output()
 	require.True(t, hasLine(out, "rule=user-changed"), "the read was never late: the plugin's kick path not exercised:\n%s", out)
-	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, "event=kicked") || strings.Contains(l, "event=refused") {
-			require.True(t, strings.Contains(l, "ip=127.12.7.1 ") || strings.Contains(l, "ip=127.12.7.3 "), "an unexpected kick or refusal: %s", l)
+	r12OnlyGone(t, out, "127.12.7.1", "127.12.7.3")
+}
+
+// r12DialSplits connects, each accepted, the clients whose client ID and
+// username split the same bytes differently (users "ob", "b", "bob",
+// "alice", passwords <user>-pw), from net.1 to net.5 (net.6 too with
+// aliceBob: client ID "bob" under alice), and returns what names those
+// whose connection has closed since, sorted.
+func r12DialSplits(t *testing.T, addr, net string, aliceBob bool) (closed func() []string) {
+	t.Helper()
+	mk := func(name string, host int, id, user string) r12Client {
+		return r12Client{name: name, addr: addr, ip: fmt.Sprintf("%s.%d", net, host), id: id, user: str(user), pass: str(user + "-pw")}
+	}
+	cs := []r12Client{
+		mk("ob-user", 1, "x", "ob"),
+		mk("ob-tail", 2, "xob", "b"),
+		mk("bob-user", 3, "xo", "bob"),
+		mk("b-user", 4, "xbo", "b"),
+		mk("alice-ob", 5, "ob", "alice"),
+	}
+	if aliceBob {
+		cs = append(cs, mk("alice-bob", 6, "bob", "alice"))
+	}
+	conns := map[string]*mqttc.Conn{}
+	for _, c := range cs {
+		conn, code := c.dial(t)
+		require.EqualValues(t, accepted, code, c.name)
+		conns[c.name] = conn
+	}
+	return func() []string {
+		var out []string
+		for _, c := range cs {
+			if conns[c.name].Closed(50 * time.Millisecond) {
+				out = append(out, c.name)
+			}
 		}
+		sort.Strings(out)
+		return out
+	}
+}
+
+// r12OnlyGone fails if out has a kick or refusal of a client from any IP
+// but ips.
+func r12OnlyGone(t *testing.T, out string, ips ...string) {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.Contains(l, "event=kicked") && !strings.Contains(l, "event=refused") {
+			continue
+		}
+		ok := false
+		for _, ip := range ips {
+			ok = ok || strings.Contains(l, "ip="+ip+" ")
+		}
+		require.True(t, ok, "an unexpected kick or refusal: %s", l)
 	}
 }
 
@@ -900,21 +905,7 @@ func r12AllowCase(t *testing.T, e *env, allow, ban []string, cs []r12Client, via
 		}
 	}
 	time.Sleep(wait)
-	for i, c := range cs {
-		if conns[i].Closed(50 * time.Millisecond) {
-			kicked = append(kicked, c.name)
-		}
-		conns[i].Close()
-	}
-	for _, c := range cs {
-		conn, code := c.dial(t)
-		if code != accepted {
-			refusedNow = append(refusedNow, c.name)
-		}
-		if conn != nil {
-			conn.Disconnect()
-		}
-	}
+	kicked, refusedNow = r12Outcome(t, cs, conns)
 	del := append(append([]string{"DEL"}, allow...), ban...)
 	if viaReload {
 		for i := 0; i < 1100; i++ {
