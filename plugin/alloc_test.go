@@ -202,30 +202,10 @@ func TestAdmitAllocs(t *testing.T) {
 	}
 	for _, conflict := range []string{"off", "flag"} {
 		t.Run(conflict, func(t *testing.T) {
-			cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "clientid_conflict": conflict})
-			require.NoError(t, err)
-			cs := &stuckConflicts{writing: make(chan struct{}), release: make(chan struct{})}
-			g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: cs})
-			require.NoError(t, err)
-			t.Cleanup(g.Close)
-			t.Cleanup(func() { close(cs.release) })
-			c := cl(1, "192.0.2.1", "device-1", "alice", "alice-pw")
-			require.Equal(t, Allow, g.Authenticate(c).Result) // the worker's first write
-			g.Disconnected(c.Handle)
-			if conflict == "flag" {
-				select {
-				case <-cs.writing: // the worker is stuck in its first write
-				case <-time.After(5 * time.Second):
-					t.Fatal("the conflict worker never wrote")
-				}
-				time.Sleep(200 * time.Millisecond) // past its batch's linger
-			}
+			g, c := stuckWorkerGuard(t, conflict, "192.0.2.1")
 			// The least of three runs: the counts are the process's, and a
 			// background goroutine (the health check) allocates now and then.
-			n := admitAllocs(g, c)
-			for range 2 {
-				n = min(n, admitAllocs(g, c))
-			}
+			n := leastOfThree(func() float64 { return admitAllocs(g, c) })
 			t.Logf("%.2f objects per admit", n)
 			// The tracker's queue growing (doubling) while its worker is
 			// stuck: amortized, a few hundredths of an object per event.
@@ -264,29 +244,9 @@ func TestDisconnectAllocs(t *testing.T) {
 	for _, conflict := range []string{"off", "flag"} {
 		for _, addr := range []string{"192.0.2.1", "2001:db8::7"} {
 			t.Run(conflict+"/"+addr, func(t *testing.T) {
-				cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "clientid_conflict": conflict})
-				require.NoError(t, err)
-				cs := &stuckConflicts{writing: make(chan struct{}), release: make(chan struct{})}
-				g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: cs})
-				require.NoError(t, err)
-				t.Cleanup(g.Close)
-				t.Cleanup(func() { close(cs.release) })
-				c := cl(1, addr, "device-1", "alice", "alice-pw")
-				require.Equal(t, Allow, g.Authenticate(c).Result) // the worker's first write
-				g.Disconnected(c.Handle)
-				if conflict == "flag" {
-					select {
-					case <-cs.writing: // the worker is stuck in its first write
-					case <-time.After(5 * time.Second):
-						t.Fatal("the conflict worker never wrote")
-					}
-					time.Sleep(200 * time.Millisecond) // past its batch's linger
-				}
+				g, c := stuckWorkerGuard(t, conflict, addr)
 				// The least of three runs (as TestAdmitAllocs).
-				n := disconnectAllocs(g, c)
-				for range 2 {
-					n = min(n, disconnectAllocs(g, c))
-				}
+				n := leastOfThree(func() float64 { return disconnectAllocs(g, c) })
 				t.Logf("%.2f objects per DISCONNECT", n)
 				// The tracker's queue growing (doubling) while its worker
 				// is stuck: amortized, a few hundredths of an object.
@@ -294,4 +254,41 @@ func TestDisconnectAllocs(t *testing.T) {
 			})
 		}
 	}
+}
+
+// stuckWorkerGuard is a guard with clientid_conflict conflict whose
+// tracking worker (with flag) is stuck in its first write, past its
+// batch's linger, so that what a CONNECT or DISCONNECT allocates is the
+// broker thread's alone; and a client from addr that has connected and
+// left once.
+func stuckWorkerGuard(t *testing.T, conflict, addr string) (*Guard, Client) {
+	t.Helper()
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "clientid_conflict": conflict})
+	require.NoError(t, err)
+	cs := &stuckConflicts{writing: make(chan struct{}), release: make(chan struct{})}
+	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: cs})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	t.Cleanup(func() { close(cs.release) })
+	c := cl(1, addr, "device-1", "alice", "alice-pw")
+	require.Equal(t, Allow, g.Authenticate(c).Result) // the worker's first write
+	g.Disconnected(c.Handle)
+	if conflict == "flag" {
+		select {
+		case <-cs.writing: // the worker is stuck in its first write
+		case <-time.After(5 * time.Second):
+			t.Fatal("the conflict worker never wrote")
+		}
+		time.Sleep(200 * time.Millisecond) // past its batch's linger
+	}
+	return g, c
+}
+
+// leastOfThree is the least of three measurements.
+func leastOfThree(measure func() float64) float64 {
+	n := measure()
+	for range 2 {
+		n = min(n, measure())
+	}
+	return n
 }
