@@ -285,3 +285,75 @@ func TestZZR13StrangerTrickleHoldsTheRelease(t *testing.T) {
 	require.False(t, b.Exited())
 	assert.NotZero(t, relAt, "no release in %v after the devices' burst while a stranger trickles refused CONNECTs at 20/s", window)
 }
+
+// TestZZR13HungRedisQueueOfHugeIDs: Redis stopped (SIGSTOP), one device's
+// credentials churn connect-and-close with distinct client IDs, short or
+// of 60 000 bytes: the tracker's queue (at most 65 536 events) and the
+// known-sources writer's hold them until Redis answers. What the broker
+// keeps must not scale with the IDs' length.
+//
+// Found (ATKR13=1): 2 000 closed connections with 60 000-byte IDs, Redis
+// stopped: RSS +255 MB (130.7 to 132.7 KB a CONNECT; short IDs 1.9 to 2.1
+// KB), the release's log "live 127.0 MB" (one whole copy of each ID held
+// while Redis does not answer); given back once Redis resumes (22.0 MB 4 s
+// after). At the queue's 65 536 events that is about 4 GB live.
+func TestZZR13HungRedisQueueOfHugeIDs(t *testing.T) {
+	r13Skip(t, "with Redis hung, every queued connection event holds its whole client ID (up to 64 KB): one credential churning 2 000 CONNECTs holds 127 MB of Go heap; the 65 536-event bound is about 4 GB")
+	const n = 2000
+	e := envWithoutBroker(t)
+	addDevices(t, e, 1)
+	res := map[string]int64{}
+	for _, kind := range []string{"short", "huge"} {
+		b := atkRelBroker(t, e.conf("log_type all"), true)
+		time.Sleep(1500 * time.Millisecond)
+		idle := r13Rss(t, b.PID())
+		require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		var ok atomic.Int64
+		s := time.Now()
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+					id := fmt.Sprintf("%s-%d-", kind, i)
+					if kind == "huge" {
+						id += strings.Repeat("y", 60000-len(id))
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: "127.15.0.1", ClientID: id, Username: str("dev0"), Password: str("pw")})
+					cancel()
+					if err == nil && c != nil {
+						if code == accepted {
+							ok.Add(1)
+						}
+						c.Close()
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		took := time.Since(s)
+		time.Sleep(3 * time.Second)
+		held := r13Rss(t, b.PID())
+		require.NoError(t, e.redis.Signal(syscall.SIGCONT))
+		res[kind] = held - idle
+		t.Logf("%s: %d/%d accepted in %v with Redis stopped; RSS idle %.1f MB, 3 s after %.1f MB (%.1f KB a CONNECT)", kind, ok.Load(), n, took.Round(time.Millisecond),
+			float64(idle)/(1<<20), float64(held)/(1<<20), float64(held-idle)/1024/n)
+		for _, l := range strings.Split(b.Output(), "\n") {
+			if strings.Contains(l, "heap released") || strings.Contains(l, "not tracked") || strings.Contains(l, "panic") {
+				t.Log(l)
+			}
+		}
+		require.False(t, b.Exited())
+		time.Sleep(4 * time.Second)
+		t.Logf("%s: 4 s after Redis resumed RSS %.1f MB", kind, float64(r13Rss(t, b.PID()))/(1<<20))
+		for _, l := range strings.Split(b.Output(), "\n") {
+			if strings.Contains(l, "heap released") {
+				t.Log("  ", l)
+			}
+		}
+	}
+	assert.Less(t, res["huge"], res["short"]+int64(n)*4096, "with Redis stopped, huge client IDs keep over 4 KB a CONNECT more than short ones")
+}
