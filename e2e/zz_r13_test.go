@@ -357,3 +357,34 @@ func TestZZR13HungRedisQueueOfHugeIDs(t *testing.T) {
 	}
 	assert.Less(t, res["huge"], res["short"]+int64(n)*4096, "with Redis stopped, huge client IDs keep over 4 KB a CONNECT more than short ones")
 }
+
+// TestZZR13DisconnectIPv6AndMapped: DISCONNECT now passes a client's IP to
+// the tracker as 16 bytes. Clients on listeners at ::1 and 127.0.0.1
+// connect and leave: neither
+// stays listed live in guard:conn:<id>.
+func TestZZR13DisconnectIPv6AndMapped(t *testing.T) {
+	e := envWithoutBroker(t)
+	b := testenv.StartMosquitto(t, e.conf("listener "+testenv.PortPlaceholder+" 127.0.0.1", "listener "+testenv.PortPlaceholder+" ::1", "log_type all"))
+	require.True(t, b.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+	port := b.Addr[strings.LastIndexByte(b.Addr, ':')+1:]
+	for _, c := range []struct{ id, addr string }{{"v6-one", "[::1]:" + port}, {"v4", "127.0.0.1:" + port}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: c.addr, ClientID: c.id, Username: str("alice"), Password: str("alice-pw")})
+		cancel()
+		require.NoError(t, err, c.addr)
+		require.EqualValues(t, accepted, code)
+		time.Sleep(500 * time.Millisecond)
+		live := e.redis.CLI("HLEN", "guard:conn:"+c.id)
+		conn.Disconnect()
+		time.Sleep(1 * time.Second)
+		after := e.redis.CLI("HLEN", "guard:conn:"+c.id)
+		t.Logf("%s via %s: guard:conn HLEN while live %s, 1 s after DISCONNECT %s", c.id, c.addr, strings.TrimSpace(live), strings.TrimSpace(after))
+		assert.Equal(t, "1", strings.TrimSpace(live))
+		assert.Equal(t, "0", strings.TrimSpace(after), "%s still listed live", c.id)
+	}
+	for _, l := range strings.Split(b.Output(), "\n") {
+		if strings.Contains(l, "v6-one") || strings.Contains(l, "v4") {
+			t.Log(l)
+		}
+	}
+}
