@@ -358,11 +358,11 @@ func TestZZR13HungRedisQueueOfHugeIDs(t *testing.T) {
 	assert.Less(t, res["huge"], res["short"]+int64(n)*4096, "with Redis stopped, huge client IDs keep over 4 KB a CONNECT more than short ones")
 }
 
-// TestZZR13DisconnectIPv6AndMapped: DISCONNECT now passes a client's IP to
+// TestZZR13DisconnectIPv6AndIPv4: DISCONNECT now passes a client's IP to
 // the tracker as 16 bytes. Clients on listeners at ::1 and 127.0.0.1
 // connect and leave: neither
 // stays listed live in guard:conn:<id>.
-func TestZZR13DisconnectIPv6AndMapped(t *testing.T) {
+func TestZZR13DisconnectIPv6AndIPv4(t *testing.T) {
 	e := envWithoutBroker(t)
 	b := testenv.StartMosquitto(t, e.conf("listener "+testenv.PortPlaceholder+" 127.0.0.1", "listener "+testenv.PortPlaceholder+" ::1", "log_type all"))
 	require.True(t, b.WaitOutput("mosquitto-guard: ready", 10*time.Second))
@@ -387,4 +387,31 @@ func TestZZR13DisconnectIPv6AndMapped(t *testing.T) {
 			t.Log(l)
 		}
 	}
+}
+
+// TestZZR13KnownSourcesOfHugeIDs: a device's credentials with 20 distinct
+// 60 000-byte client IDs: what guard:known:<username> keeps a pair must be
+// about the README's 100 bytes, not the ID's length.
+func TestZZR13KnownSourcesOfHugeIDs(t *testing.T) {
+	e := envWithoutBroker(t)
+	b := testenv.StartMosquitto(t, e.conf("log_type all"))
+	require.True(t, b.WaitOutput("mosquitto-guard: ready", 10*time.Second))
+	const n = 20
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("k-%d-", i)
+		id += strings.Repeat("q", 60000-len(id))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, ClientID: id, Username: str("alice"), Password: str("alice-pw")})
+		cancel()
+		require.NoError(t, err)
+		require.EqualValues(t, accepted, code)
+		c.Close()
+	}
+	time.Sleep(1500 * time.Millisecond)
+	card := strings.TrimSpace(e.redis.CLI("ZCARD", "guard:known:alice"))
+	mem := strings.TrimSpace(e.redis.CLI("MEMORY", "USAGE", "guard:known:alice"))
+	var bytes int
+	fmt.Sscan(mem, &bytes)
+	t.Logf("guard:known:alice: %s members, %d bytes (%d a member)", card, bytes, bytes/max(1, n))
+	assert.Less(t, bytes, n*1024, "known sources keep over 1 KB a (username, client ID) pair")
 }
