@@ -466,3 +466,46 @@ func TestZZR13TakeoverStormLog(t *testing.T) {
 	assert.Less(t, plugin, 20)
 	assert.Less(t, r13Pct(lat, 1), 300*time.Millisecond)
 }
+
+// TestZZR13RedisRestartedDuringBurst: Redis killed halfway through a burst
+// of 3 000 held devices and started again 1 s after it: the broker lives,
+// CONNECTs stay fast, the release comes, and a CONNECT after is accepted.
+func TestZZR13RedisRestartedDuringBurst(t *testing.T) {
+	const n = 3000
+	e := envWithoutBroker(t)
+	addDevices(t, e, n)
+	b := atkRelBroker(t, e.conf("log_type all"), true)
+	time.Sleep(1500 * time.Millisecond)
+	before := strings.Count(b.Output(), "heap released")
+	ok, lat := r13Hold(t, b, n, func(i int) string { return fmt.Sprintf("rr-%d", i) }, n/2, func() { e.redis.Kill() })
+	end := time.Now()
+	t.Logf("%d/%d accepted, Redis killed at the half; CONNECT p50 %v p99 %v max %v", ok, n, r13Pct(lat, .5), r13Pct(lat, .99), r13Pct(lat, 1))
+	time.Sleep(time.Second)
+	e.redis.Restart()
+	var relAt time.Duration
+	for time.Since(end) < 5*time.Second && relAt == 0 {
+		if strings.Count(b.Output(), "heap released") > before {
+			relAt = time.Since(end)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	require.False(t, b.Exited())
+	time.Sleep(2 * time.Second)
+	s := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, ClientID: "after-rr", Username: str("alice"), Password: str("alice-pw")})
+	cancel()
+	require.NoError(t, err)
+	c.Close()
+	live := strings.TrimSpace(e.redis.CLI("SCARD", "guard:brokerconns:vm"))
+	t.Logf("release %v after the burst; after Redis's restart a CONNECT %d in %v; keys in Redis %s", relAt, code, time.Since(s), strings.TrimSpace(e.redis.CLI("DBSIZE")))
+	_ = live
+	for _, l := range strings.Split(b.Output(), "\n") {
+		if strings.Contains(l, "mosquitto-guard:") && !strings.Contains(l, "rr-") {
+			t.Log(l)
+		}
+	}
+	assert.EqualValues(t, accepted, code)
+	assert.NotZero(t, relAt)
+	assert.Less(t, r13Pct(lat, .99), 300*time.Millisecond)
+}
