@@ -387,7 +387,6 @@ func TestZZR13DisconnectIPv6AndIPv4(t *testing.T) {
 			t.Log(l)
 		}
 	}
-	assert.LessOrEqual(t, float64(rel), el.Seconds()+1, "more than one release a second")
 }
 
 // TestZZR13KnownSourcesOfHugeIDs: a device's credentials with 20 distinct
