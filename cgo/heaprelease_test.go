@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,6 +226,12 @@ func TestHeapReleasePanicIsLoggedOnce(t *testing.T) {
 // The wiring: after a burst of CONNECTs, trimDue (every instance's
 // Guard.TrimDue) holds while the guard's workers keep the burst's buffers,
 // and clears once they trimmed them.
+//
+// Redis is stopped (SIGSTOP) for the burst: the workers' first round trip
+// hangs while the rest of the burst queues behind it, so their next batch
+// is over trimAbove however slowly the CONNECTs come. Unstopped, a burst
+// slower than 256 per linger (100 ms), as under -race on a loaded machine,
+// never made one (a fresh-clone CI failed so).
 func TestHeapReleaseTrimDueAfterBurst(t *testing.T) {
 	testenv.Need(t, "redis-server", "mosquitto_passwd")
 	redis := testenv.StartRedis(t)
@@ -232,11 +239,22 @@ func TestHeapReleaseTrimDueAfterBurst(t *testing.T) {
 	const n = 2000 // over a batch's keepMax (256) in the conflict tracker's queue
 	ab := newAuthBench(t, redis, dir, passwdHash(t, dir), n, "flag")
 	require.False(t, trimDue(), "due before any CONNECT")
+	require.NoError(t, redis.Signal(syscall.SIGSTOP))
+	stopped := true
+	resume := func() {
+		if stopped {
+			stopped = false
+			require.NoError(t, redis.Signal(syscall.SIGCONT))
+		}
+	}
+	defer resume()
 	for i := 0; i < n; i++ {
 		c := ab.client(i, fmt.Sprintf("burst-%d", i))
 		ab.connect(t, c)
 		defer ab.disconnect(c)
 	}
-	require.Eventually(t, trimDue, 5*time.Second, time.Millisecond, "the burst's buffers held, trimDue false")
-	require.Eventually(t, func() bool { return !trimDue() }, 5*time.Second, 10*time.Millisecond, "still due 5 s after the burst")
+	// Within a round trip's timeout (5 s) and a linger of the first batch.
+	require.Eventually(t, trimDue, 10*time.Second, time.Millisecond, "the burst's buffers held, trimDue false")
+	resume()
+	require.Eventually(t, func() bool { return !trimDue() }, 15*time.Second, 10*time.Millisecond, "still due 15 s after Redis came back")
 }
