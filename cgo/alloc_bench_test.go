@@ -150,7 +150,11 @@ type authBench struct {
 	redis   *testenv.Redis
 	logged  atomic.Int64 // the guard's log lines
 	lastLog atomic.Pointer[string]
+	user    func(i int) string // user i's name
 }
+
+// benchUser is newAuthBench's user i: u0000000...
+func benchUser(i int) string { return fmt.Sprintf("u%07d", i) }
 
 // authClient is one CONNECT's arguments, as C strings in Go memory (NUL
 // terminated, holding no Go pointer: what C.GoString and C.strlen accept).
@@ -185,9 +189,14 @@ func passwdHash(b testing.TB, dir string) string {
 // all: what a verification costs does not depend on the user), empties
 // Redis, and starts a guard on them.
 func newAuthBench(b testing.TB, redis *testenv.Redis, dir, hash string, users int, conflict string) *authBench {
+	return newAuthBenchOf(b, redis, dir, hash, users, conflict, benchUser)
+}
+
+// newAuthBenchOf is newAuthBench with user i named user(i).
+func newAuthBenchOf(b testing.TB, redis *testenv.Redis, dir, hash string, users int, conflict string, user func(i int) string) *authBench {
 	var sb strings.Builder
 	for i := 0; i < users; i++ {
-		fmt.Fprintf(&sb, "u%07d:%s\n", i, hash)
+		fmt.Fprintf(&sb, "%s:%s\n", user(i), hash)
 	}
 	pw := filepath.Join(dir, "passwd-"+strconv.Itoa(users))
 	if err := os.WriteFile(pw, []byte(sb.String()), 0o600); err != nil {
@@ -200,7 +209,7 @@ func newAuthBench(b testing.TB, redis *testenv.Redis, dir, hash string, users in
 	}
 	// Log lines are counted, not queued: draining the queue calls
 	// mosquitto_log_printf, which only a broker has.
-	ab := &authBench{redis: redis}
+	ab := &authBench{redis: redis, user: user}
 	g, err := plugin.New(cfg, plugin.Output{Log: func(_ plugin.Level, msg string) {
 		ab.logged.Add(1)
 		ab.lastLog.Store(&msg)
@@ -228,7 +237,7 @@ func (ab *authBench) client(i int, clientID string) authClient {
 		handle:   _Ctype_uintptr_t(0x7f0000001000 + 0x400*uintptr(i)), // a broker's client pointers: distinct, aligned
 		id:       cChars(clientID),
 		addr:     cChars(fmt.Sprintf("127.1.%d.%d", i/250%250, 1+i%250)),
-		username: cChars(fmt.Sprintf("u%07d", i)),
+		username: cChars(ab.user(i)),
 		password: cChars("bench-pw"),
 	}
 }

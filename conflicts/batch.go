@@ -45,6 +45,8 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 				other = &o
 			}
 			cross, dup := evaluate(ev.clientID, conns[i], other, st.Live, st.Seen, alive, now, t.opts.Window)
+			ev.long.show(cross)
+			ev.long.show(dup)
 			if cross != nil {
 				found = append(found, cross)
 			}
@@ -53,12 +55,13 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 			}
 		case evRefused:
 			f := newFinding(store.KindCrossPrincipal, ev.clientID, []store.Conn{conns[i], *ev.holder}, now)
+			ev.long.show(f)
 			f.Action = "refused"
 			found = append(found, f)
 		}
 	}
 	for _, d := range dups {
-		n, err := t.store.CountTakeover(ctx, d.ClientID, t.opts.TakeoverWindow)
+		n, err := t.store.CountTakeoverTracked(ctx, d.ClientID, t.opts.TakeoverWindow)
 		if err != nil {
 			return err
 		}
@@ -183,7 +186,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			e := t.memoOf(id)
 			// Sole under clientid_conflict flag: this worker alone writes this
 			// instance's live field, in event order (see store.ConnWrite.Sole).
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Live: conn, Read: !(e.who == who && e.quietLive(now)), Sole: !t.opts.Deny}
+			w := store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: conn, Read: !(e.who == who && e.quietLive(now)), Sole: !t.opts.Deny}
 			if !t.seenFresh(id, &e, who, seq, now) {
 				w.Seen = conn
 			}
@@ -236,11 +239,11 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			}
 			if listed, ok := folded[seq]; ok {
 				if unlist && listed {
-					ws = append(ws, store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Unlist: true})
+					ws = append(ws, store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Unlist: true})
 				}
 				continue
 			}
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: t.instance, Gone: left}
+			w := store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Gone: left}
 			if unlist {
 				w.Unlist = true
 				// Under clientid_conflict flag the field holds left, or an

@@ -47,7 +47,7 @@ func describeFinding(f *store.Finding) string {
 	return logline.Event("finding").Tok("reason", f.Reason).Tok("severity", f.Severity).Tok("kind", f.Kind).
 		Tok("action", f.Action).Int("count", f.Count).Tok("id", f.ID).Int("disconnected_ms", f.DisplacedDisconnectedMs).
 		Tok("ips", strings.Join(ips, ",")).Tok("principal_kinds", strings.Join(kinds, ",")).
-		Str("client_id", f.ClientID).StrN("principals", jsonList(f.Principals), findingListMax).
+		Cut("client_id", f.ClientIDShown, f.ClientIDBytes, f.ClientID).StrN("principals", jsonList(f.Principals), findingListMax).
 		StrN("brokers", jsonList(brokers), findingListMax).String()
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -43,7 +44,11 @@ func (m *memStore) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Du
 	out := make([]store.State, len(ws))
 	m.writes += len(ws)
 	for i, w := range ws {
-		st := m.state(w.ClientID)
+		id := w.ClientID
+		if !w.Tracked {
+			id = keys.Tracking(id)
+		}
+		st := m.state(id)
 		if w.Gone != nil {
 			st.Live = removeBy(st.Live, func(x store.Conn) bool { return x.ID == w.Gone.ID })
 		}
@@ -79,11 +84,11 @@ func (m *memStore) state(id string) *store.State {
 	return st
 }
 
-// live returns a copy of id's live connections.
+// live returns a copy of id's live connections (id the client ID itself).
 func (m *memStore) live(id string) []store.Conn {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if st := m.states[id]; st != nil {
+	if st := m.states[keys.Tracking(id)]; st != nil {
 		return append([]store.Conn(nil), st.Live...)
 	}
 	return nil
@@ -96,7 +101,7 @@ func (m *memStore) Claim(_ context.Context, id string, c store.Conn, alive []str
 	if m.down {
 		return nil, errDown
 	}
-	st := m.state(id)
+	st := m.state(keys.Tracking(id)) // keyed as Redis keys it (WriteConns)
 	for _, x := range st.Live {
 		for _, a := range alive {
 			if x.Instance == a && x.Instance != c.Instance && x.Principal != c.Principal {
@@ -109,7 +114,7 @@ func (m *memStore) Claim(_ context.Context, id string, c store.Conn, alive []str
 	return nil, nil
 }
 
-func (m *memStore) CountTakeover(_ context.Context, id string, _ time.Duration) (int64, error) {
+func (m *memStore) CountTakeoverTracked(_ context.Context, id string, _ time.Duration) (int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.takeover[id]++

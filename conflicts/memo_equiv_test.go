@@ -90,7 +90,7 @@ func (o *oldMemos) writes(batch []event, conns []store.Conn, now int64) ([]store
 			// Sole under clientid_conflict flag: this worker alone writes this
 			// instance's live field, in event order (see store.ConnWrite.Sole).
 			pair := o.t.memo(ev.clientID, ev.conn.Principal)
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: o.t.instance, Live: conn, Read: !o.isQuiet(ev.clientID, pair, now), Sole: !o.t.opts.Deny}
+			w := store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: o.t.instance, Live: conn, Read: !o.isQuiet(ev.clientID, pair, now), Sole: !o.t.opts.Deny}
 			if !o.seenFresh(pair, seq, now) {
 				w.Seen = conn
 			}
@@ -131,12 +131,12 @@ func (o *oldMemos) writes(batch []event, conns []store.Conn, now int64) ([]store
 				if o.current[ev.clientID] == seq {
 					delete(o.current, ev.clientID)
 					if listed {
-						ws = append(ws, store.ConnWrite{ClientID: ev.clientID, Instance: o.t.instance, Unlist: true})
+						ws = append(ws, store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: o.t.instance, Unlist: true})
 					}
 				}
 				continue
 			}
-			w := store.ConnWrite{ClientID: ev.clientID, Instance: o.t.instance, Gone: left}
+			w := store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: o.t.instance, Gone: left}
 			if o.current[ev.clientID] == seq { // not already replaced by a takeover
 				delete(o.current, ev.clientID)
 				w.Unlist = true

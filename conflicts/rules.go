@@ -86,7 +86,16 @@ func evaluate(clientID string, me store.Conn, other *store.Conn, live, seen []st
 	return cross, dup
 }
 
-// newFinding builds a finding over conns (the new connection first).
+// show gives f, a finding on l's client ID, what its log line quotes of
+// it; nil l or f: nothing to do.
+func (l *longID) show(f *store.Finding) {
+	if l != nil && f != nil {
+		f.ClientIDShown, f.ClientIDBytes = l.shown, l.bytes
+	}
+}
+
+// newFinding builds a finding over conns (the new connection first);
+// clientID is in its keys.Tracking form, as the queue's events hold it.
 func newFinding(kind, clientID string, conns []store.Conn, now int64) *store.Finding {
 	sorted := append([]store.Conn(nil), conns...)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].ConnectedMs > sorted[j].ConnectedMs })
@@ -101,7 +110,7 @@ func newFinding(kind, clientID string, conns []store.Conn, now int64) *store.Fin
 	sort.Strings(principals)
 	return &store.Finding{
 		Reason: store.ReasonDuplicateClientID, Severity: store.SeverityHigh,
-		Kind: kind, Action: "flagged", ClientID: clientID,
+		Kind: kind, Action: "flagged", ClientID: clientID, ClientIDTracked: true,
 		Principals: principals, Connections: sorted, TimeMs: now,
 	}
 }

@@ -156,9 +156,10 @@ func (b Builder) ThrottleCount(username string) string {
 
 // Known returns the sorted set of the sources (ip:<ip>, clientid:<id>) that
 // authenticated as username, scored by the time of the last success (unix ms).
-func (b Builder) Known(username string) string {
-	return b.Prefix + "known:" + Tracking(username)
-}
+func (b Builder) Known(username string) string { return b.KnownTracked(Tracking(username)) }
+
+// KnownTracked is Known for a username already in its Tracking form.
+func (b Builder) KnownTracked(tracked string) string { return b.Prefix + "known:" + tracked }
 
 // AutoBanMarker starts the value of every key the plugin writes itself: an
 // automatic ban ("auto: over 5 failed authentications ...") or a username
@@ -210,13 +211,17 @@ func (b Builder) ConnTracked(tracked string) string { return b.Prefix + "conn:" 
 // Seen returns the hash of the principals that used clientID within the
 // conflict window, one field per principal (in its Tracking form). The key
 // names the client ID in its Tracking form.
-func (b Builder) Seen(clientID string) string { return b.Prefix + "seen:" + Tracking(clientID) }
+func (b Builder) Seen(clientID string) string { return b.SeenTracked(Tracking(clientID)) }
+
+// SeenTracked is Seen for a client ID already in its Tracking form.
+func (b Builder) SeenTracked(tracked string) string { return b.Prefix + "seen:" + tracked }
 
 // Takeovers returns the counter of duplicate connections of clientID, named
 // by its Tracking form.
-func (b Builder) Takeovers(clientID string) string {
-	return b.Prefix + "takeovers:" + Tracking(clientID)
-}
+func (b Builder) Takeovers(clientID string) string { return b.TakeoversTracked(Tracking(clientID)) }
+
+// TakeoversTracked is Takeovers for a client ID already in its Tracking form.
+func (b Builder) TakeoversTracked(tracked string) string { return b.Prefix + "takeovers:" + tracked }
 
 // Fold returns the hash that folds repeats of one finding; id identifies the
 // finding (a hash of its client ID, principals and kind).

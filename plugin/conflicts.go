@@ -49,7 +49,7 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans store.Answer, redisOK
 	if !claimed {
 		attempt = g.tracker.NewConn(principal, addrString(c, ip), g.now())
 	}
-	g.tracker.Refused(c.ClientID, attempt, holder)
+	g.tracker.Refused(ownTracked(len(c.ClientID)+len(c.Username), c.ClientID), attempt, holder)
 	return Decision{Result: Deny, Rule: RuleClientIDConflict}, true
 }
 

@@ -103,7 +103,7 @@ func (failingClaims) Claim(context.Context, string, store.Conn, []string) (*stor
 func (failingClaims) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Duration) ([]store.State, error) {
 	return make([]store.State, len(ws)), nil
 }
-func (failingClaims) CountTakeover(context.Context, string, time.Duration) (int64, error) {
+func (failingClaims) CountTakeoverTracked(context.Context, string, time.Duration) (int64, error) {
 	return 0, nil
 }
 func (failingClaims) RenewLease(context.Context, string, time.Duration) (map[string]bool, []string, error) {

@@ -96,7 +96,8 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 		// Known sources (known.go): where the username succeeded from, to
 		// let its devices through a throttle of it.
 		if !reauth && g.known != nil {
-			g.known.succeededFrom(c.Username, ip, c.Address, c.ClientID, now)
+			idsLen := len(c.ClientID) + len(c.Username)
+			g.known.succeededFrom(ownTracked(idsLen, c.Username), ip, c.Address, ownTracked(idsLen, c.ClientID), now)
 		}
 	}
 	if reauth {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/mosquitto-guard/mosquitto-guard/conflicts"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -169,7 +170,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 	g.setDisplaced(lc, nil)
 	// What the tracker is told is read now: once g.mu is released, the
 	// record may be reused.
-	clientID, tracked := lc.clientID, recorded && g.tracker != nil
+	clientID, idsLen, tracked := lc.clientID, len(lc.clientID)+int(lc.userLen), recorded && g.tracker != nil
 	var conn conflicts.Conn
 	if tracked {
 		conn = g.connOf(lc)
@@ -188,7 +189,7 @@ func (g *Guard) disconnected(handle uintptr, keep bool) {
 		g.out.Flagged(-1)
 	}
 	if tracked {
-		g.tracker.Disconnected(clientID, conn)
+		g.tracker.Disconnected(ownTracked(idsLen, clientID), conn)
 	}
 }
 
@@ -291,7 +292,7 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 	}
 	g.mu.Unlock()
 	if !pending && g.tracker != nil {
-		g.tracker.Connected(c.ClientID, conn, other)
+		g.tracker.Connected(ownTracked(len(c.ClientID)+len(c.Username), c.ClientID), conn, other)
 	}
 }
 
@@ -316,7 +317,7 @@ func idsOf(c Client) string {
 // (addrString: the IP's canonical text): a DISCONNECT formatted it here,
 // an object on the broker thread (issue 12).
 func (g *Guard) connOf(lc *liveConn) conflicts.Conn {
-	c := conflicts.Conn{Seq: lc.seq, Principal: conflicts.Principal(lc.certID, lc.hasUsername, lc.username()),
+	c := conflicts.Conn{Seq: lc.seq, Principal: ownPart(len(lc.clientID)+int(lc.userLen), conflicts.Principal(lc.certID, lc.hasUsername, lc.username())),
 		Addr: lc.ipAddr(), ConnectedMs: lc.sinceMs}
 	if !c.Addr.IsValid() {
 		c.IP = lc.addr
@@ -354,7 +355,7 @@ func (g *Guard) confirmDue() {
 		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].lc.sinceMs < cutoff; i++ {
 			lc := g.pending[i].lc
 			if g.conns.get(lc.handle) == lc && !lc.offline {
-				ready = append(ready, confirmed{lc.clientID, g.connOf(lc), g.pending[i].other})
+				ready = append(ready, confirmed{ownTracked(len(lc.clientID)+int(lc.userLen), lc.clientID), g.connOf(lc), g.pending[i].other})
 			}
 			// Out of g.pending: an offline one may be reused once it is
 			// dropped; one that ended is the garbage collector's.
@@ -383,9 +384,42 @@ func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 }
 
 // principalOf returns c's principal for conflict detection: its
-// certificate when it has one, else its username (conflicts.Principal).
+// certificate when it has one, else its username (conflicts.Principal),
+// as ownPart keeps it: tracking's queue and memos keep it past the
+// connection.
 func principalOf(c Client) string {
-	return conflicts.Principal(c.CertID, c.HasUsername, c.Username)
+	return ownPart(len(c.ClientID)+len(c.Username), conflicts.Principal(c.CertID, c.HasUsername, c.Username))
+}
+
+// ownMax: a CONNECT's client ID and username longer together than this are
+// not kept alive by the parts of them kept past the connection (ownPart).
+const ownMax = 2 * keys.TrackingMax
+
+// ownPart returns s, a part of a client's client ID or username (or a value
+// made from them), to be kept past its connection (queued for Redis, a
+// principal): a copy when the client ID and username are longer together
+// (idsLen) than ownMax, else s itself (no allocation: a fleet's CONNECTs). The
+// broker side makes the two one object (cgo's connectStrings), so a short
+// username kept as it is kept a 64 KB client ID with it: with Redis
+// stopped, 2 000 closed connections with 60 000-byte client IDs, queued for
+// tracking and known sources by their principal and username, held 128 MB.
+func ownPart(idsLen int, s string) string {
+	if idsLen <= ownMax {
+		return s
+	}
+	return strings.Clone(s)
+}
+
+// ownTracked is ownPart for a client ID or username handed to what keeps
+// its keys.Tracking form (the tracker, known sources): one over
+// keys.TrackingMax is kept as its hash, never whole, so it is handed as it
+// is (not copied only to be hashed); a shorter one is copied as ownPart
+// says (a short client ID kept as it is kept a long username with it).
+func ownTracked(idsLen int, s string) string {
+	if len(s) > keys.TrackingMax {
+		return s
+	}
+	return ownPart(idsLen, s)
 }
 
 // subjectKept cuts a certificate subject to what a log line quotes of it

@@ -99,12 +99,14 @@ type knownDeps struct {
 // thread names its source without making its text (issue 12: the text
 // was an allocation on the broker thread at each new source, every CONNECT
 // of make bench's row b, whose addresses go in turn): an IP source by its
-// IP, a client-ID source by the client ID as the client gave it; the
-// writer makes the text (sourceText). Sources made off the broker thread
-// (rewriteKnown) come as their text.
+// IP, a client-ID source by the client ID's keys.Tracking form (the client
+// ID as the client gave it up to 256 bytes: no copy; its hash beyond, so
+// that a queued write, held while Redis does not answer, holds at most 256
+// bytes of it); the writer makes the text (sourceText). Sources made off
+// the broker thread (rewriteKnown) come as their text.
 type knownWrite struct {
-	username string
-	text     string     // the source's text (kind sourceText), or the client ID (kind sourceID)
+	username string     // its keys.Tracking form (a queued write keeps no longer username)
+	text     string     // the source's text (kind sourceText), or the client ID's keys.Tracking form (kind sourceID)
 	ip       netip.Addr // the IP (kind sourceIPAddr)
 	ms       int64
 	kind     sourceKind
@@ -116,7 +118,7 @@ type sourceKind uint8
 const (
 	sourceText   sourceKind = iota // text is the source (sourceIP, sourceClientID)
 	sourceIPAddr                   // ip: the source sourceIP(ip)
-	sourceID                       // text is a client ID: the source sourceClientID(text)
+	sourceID                       // text is a client ID's keys.Tracking form: the source sourceClientID of the client ID
 )
 
 // source is w's source as Redis records it (a member of guard:known:<username>).
@@ -125,7 +127,7 @@ func (w *knownWrite) source() string {
 	case sourceIPAddr:
 		return sourceIP(w.ip)
 	case sourceID:
-		return sourceClientID(w.text)
+		return sourceTracked(w.text)
 	}
 	return w.text
 }
@@ -165,7 +167,10 @@ func newKnownSources(d knownDeps) *knownSources {
 // sourceIP and sourceClientID name the two kinds of source.
 func sourceIP(ip netip.Addr) string { return "ip:" + ip.String() }
 
-func sourceClientID(id string) string { return "clientid:" + keys.Tracking(id) }
+func sourceClientID(id string) string { return sourceTracked(keys.Tracking(id)) }
+
+// sourceTracked is sourceClientID of a client ID whose keys.Tracking form is tracked.
+func sourceTracked(tracked string) string { return "clientid:" + tracked }
 
 // recentKey is the map key of (username, source): 64 bits of a hash keyed
 // by a seed drawn at start (8 bytes a key, where the strings took up to 80),
@@ -271,13 +276,14 @@ func (k *knownSources) succeededFrom(username string, ip netip.Addr, addr, clien
 	if ip.IsValid() {
 		ipKey = noteKey(username, appendIPText(append(src[:0], "ip:"...), ip, addr)) // sourceIP(ip)
 	}
-	idKey := noteKey(username, append(append(src[:0], "clientid:"...), keys.Tracking(clientID)...)) // sourceClientID
+	tracked, user := keys.Tracking(clientID), keys.Tracking(username)
+	idKey := noteKey(username, append(append(src[:0], "clientid:"...), tracked...)) // sourceClientID
 	byIP, byID := k.rememberBoth(ipKey, idKey, ms)
 	if byIP {
-		k.queueWrite(knownWrite{username: username, ip: ip, ms: ms, kind: sourceIPAddr})
+		k.queueWrite(knownWrite{username: user, ip: ip, ms: ms, kind: sourceIPAddr})
 	}
 	if byID {
-		k.queueWrite(knownWrite{username: username, text: clientID, ms: ms, kind: sourceID})
+		k.queueWrite(knownWrite{username: user, text: tracked, ms: ms, kind: sourceID})
 	}
 }
 
@@ -602,7 +608,7 @@ func (k *knownSources) exec(batch []knownWrite, gt bool) error {
 	}
 	pipe := k.rdb.Pipeline()
 	for u, zs := range byUser {
-		key := k.kb.Known(u)
+		key := k.kb.KnownTracked(u)
 		if gt {
 			pipe.ZAddGT(ctx, key, zs...)
 		} else {
@@ -708,9 +714,9 @@ func (g *Guard) rewriteKnown() error {
 		batch := make([]knownWrite, 0, 2*len(cands))
 		for _, lc := range cands { // identity fields, fixed at admit: read without g.mu
 			if ip := lc.ipAddr(); ip.IsValid() {
-				batch = append(batch, knownWrite{username: lc.username(), ip: ip, ms: lc.sinceMs, kind: sourceIPAddr})
+				batch = append(batch, knownWrite{username: keys.Tracking(lc.username()), ip: ip, ms: lc.sinceMs, kind: sourceIPAddr})
 			}
-			batch = append(batch, knownWrite{username: lc.username(), text: lc.clientID, ms: lc.sinceMs, kind: sourceID})
+			batch = append(batch, knownWrite{username: keys.Tracking(lc.username()), text: keys.Tracking(lc.clientID), ms: lc.sinceMs, kind: sourceID})
 		}
 		// An error reply on one username's key (WRONGTYPE) fails that
 		// command only: the pipeline's others were written, and the

@@ -247,11 +247,14 @@ type State struct {
 }
 
 // ConnWrite is one connection event of a broker instance for one client ID.
-// ClientID is the client ID itself: Redis gets its keys.Tracking form. A
-// batch of writes is applied in its order; each key sees its writes in that
-// order (also on a Redis Cluster, where one key is on one node).
+// ClientID is the client ID itself: Redis gets its keys.Tracking form; or,
+// with Tracked, that form already (conflict tracking's, whose queue holds no
+// client ID longer than keys.TrackingMax). A batch of writes is applied in
+// its order; each key sees its writes in that order (also on a Redis
+// Cluster, where one key is on one node).
 type ConnWrite struct {
 	ClientID string
+	Tracked  bool // ClientID is in its keys.Tracking form already
 	Instance string
 	// Live: a new connection of Instance, recorded as its live one (and the
 	// client ID added to Instance's brokerconns set), unless a newer one of
@@ -358,13 +361,16 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		if inst == nil || w.Instance != instance {
 			instance, inst, setKey = w.Instance, w.Instance, s.kb.BrokerConns(w.Instance)
 		}
-		tracked := keys.Tracking(w.ClientID)
+		tracked := w.ClientID
+		if !w.Tracked {
+			tracked = keys.Tracking(w.ClientID)
+		}
 		var conn, seenKey, member any
 		if w.Gone != nil || w.Live != nil {
 			conn = s.kb.ConnTracked(tracked)
 		}
 		if w.Seen != nil || w.Left != nil || (w.Read && w.Live != nil) {
-			seenKey = s.kb.Seen(w.ClientID)
+			seenKey = s.kb.SeenTracked(tracked)
 		}
 		if w.Unlist || (w.Live != nil && !w.Ended) {
 			member = tracked
@@ -550,7 +556,13 @@ return n`)
 // CountTakeover counts one duplicate connection of clientID and returns how
 // many there were within window (a fixed window from the first).
 func (s *Store) CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error) {
-	n, err := takeoverScript.Run(ctx, s.rdb, []string{s.kb.Takeovers(clientID)}, window.Milliseconds()).Int64()
+	return s.CountTakeoverTracked(ctx, keys.Tracking(clientID), window)
+}
+
+// CountTakeoverTracked is CountTakeover for a client ID already in its
+// keys.Tracking form (conflict tracking's).
+func (s *Store) CountTakeoverTracked(ctx context.Context, tracked string, window time.Duration) (int64, error) {
+	n, err := takeoverScript.Run(ctx, s.rdb, []string{s.kb.TakeoversTracked(tracked)}, window.Milliseconds()).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: count takeover: %w", err)
 	}

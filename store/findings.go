@@ -35,19 +35,28 @@ const (
 // client ID, kind and principals) are folded: one stream entry per fold
 // period, with the count and first/last time kept in the fold hash.
 //
-// ClientID is the client ID itself when the plugin makes a finding (its log
-// line shows it, cut); the stream stores its keys.Tracking form, so that is
-// what Findings returns. Principals, like Conn.Principal, are in their
+// ClientID is the client ID's keys.Tracking form when conflict tracking
+// makes a finding (ClientIDTracked; its log line shows it): the client ID
+// itself when at most keys.TrackingMax bytes. The stream stores that form,
+// so that is what Findings returns. Principals, like Conn.Principal, are in their
 // keys.Tracking form (longer ones are stored hashed).
 type Finding struct {
-	ID          string   `json:"id"` // stream entry ID
-	Reason      string   `json:"reason"`
-	Severity    string   `json:"severity"`
-	Kind        string   `json:"kind"`
-	Action      string   `json:"action"` // flagged, or refused (clientid_conflict deny)
-	ClientID    string   `json:"clientid"`
-	Principals  []string `json:"principals"`
-	Connections []Conn   `json:"connections"` // newest first
+	ID       string `json:"id"` // stream entry ID
+	Reason   string `json:"reason"`
+	Severity string `json:"severity"`
+	Kind     string `json:"kind"`
+	Action   string `json:"action"` // flagged, or refused (clientid_conflict deny)
+	ClientID string `json:"clientid"`
+	// ClientIDTracked: ClientID is in its keys.Tracking form already
+	// (conflict tracking's findings).
+	ClientIDTracked bool `json:"-"`
+	// ClientIDShown, when ClientID is the hash of a client ID, is what a log
+	// line quotes of that client ID (its first logval.Max bytes at most), of
+	// ClientIDBytes in all; "" otherwise.
+	ClientIDShown string   `json:"-"`
+	ClientIDBytes int      `json:"-"`
+	Principals    []string `json:"principals"`
+	Connections   []Conn   `json:"connections"` // newest first
 	// DisplacedDisconnectedMs is when the displaced connection was
 	// disconnected (unix ms); 0 when none was.
 	DisplacedDisconnectedMs int64  `json:"disconnected_ms"`
@@ -92,7 +101,7 @@ return {0, n}`)
 // it to the findings stream (trimmed to about max entries). It returns
 // whether f was reported, with its ID and Count set.
 func (s *Store) AddFinding(ctx context.Context, f *Finding, period, ttl time.Duration, max int64) (bool, error) {
-	f.Fold = FoldID(f.Kind, keys.Tracking(f.ClientID), boundAll(f.Principals))
+	f.Fold = FoldID(f.Kind, f.trackedID(), boundAll(f.Principals))
 	res, err := foldScript.Run(ctx, s.rdb, []string{s.kb.Fold(f.Fold)}, f.TimeMs, period.Milliseconds(), ttl.Milliseconds()).Int64Slice()
 	if err != nil || len(res) != 2 {
 		return false, fmt.Errorf("store: add finding: %v", err)
@@ -123,7 +132,7 @@ func (f *Finding) values() []any {
 	}
 	return []any{
 		"reason", f.Reason, "severity", f.Severity, "kind", f.Kind, "action", f.Action,
-		"clientid", keys.Tracking(f.ClientID), "principals", jsonString(boundAll(f.Principals)),
+		"clientid", f.trackedID(), "principals", jsonString(boundAll(f.Principals)),
 		"ips", jsonString(ips), "brokers", jsonString(brokers), "connected_ms", jsonString(connected),
 		"disconnected_ms", f.DisplacedDisconnectedMs, "connections", jsonString(conns),
 		"time_ms", f.TimeMs, "count", f.Count, "fold", f.Fold,
@@ -131,6 +140,14 @@ func (f *Finding) values() []any {
 }
 
 // boundAll returns values with each longer than keys.TrackingMax hashed (bound).
+// trackedID is f's client ID in its keys.Tracking form.
+func (f *Finding) trackedID() string {
+	if f.ClientIDTracked {
+		return f.ClientID
+	}
+	return keys.Tracking(f.ClientID)
+}
+
 func boundAll(values []string) []string {
 	out := make([]string, len(values))
 	for i, v := range values {

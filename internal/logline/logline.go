@@ -52,6 +52,23 @@ func (l *Line) StrN(key, v string, n int) *Line {
 	return l.Int(key+"_bytes", int64(len(v)))
 }
 
+// Cut is Str for a value of which only shown, its first bytes (at most
+// logval.Max, cut at a character boundary), is at hand, n bytes in all:
+// shown quoted, then KEY_bytes=N when it is cut. With shown "", Cut is
+// Str(key, v).
+func (l *Line) Cut(key, shown string, n int, v string) *Line {
+	if shown == "" {
+		return l.Str(key, v)
+	}
+	shown = shown[:min(len(shown), logval.Max)]
+	l.key(key)
+	l.b.WriteString(strconv.Quote(shown))
+	if n > len(shown) {
+		return l.Int(key+"_bytes", int64(n))
+	}
+	return l
+}
+
 // Int adds a whole number.
 func (l *Line) Int(key string, v int64) *Line {
 	l.key(key)

@@ -38,6 +38,18 @@ func TestStrCutWithFullLength(t *testing.T) {
 	assert.Equal(t, "r", f.Get("rule"))
 }
 
+// Cut writes what Str would have of a value of which only its start is at
+// hand (a client ID kept as its hash and its first bytes).
+func TestCutAsStr(t *testing.T) {
+	long := strings.Repeat("é", 150) // 300 bytes
+	want := Event("x").Str("client_id", long).String()
+	assert.Equal(t, want, Event("x").Cut("client_id", long[:200], len(long), "sha256:…").String())
+	short := "sha256:0123"
+	assert.Equal(t, Event("x").Str("client_id", short).String(), Event("x").Cut("client_id", short, len(short), "sha256:other").String(),
+		"a whole value: no _bytes")
+	assert.Equal(t, Event("x").Str("client_id", "dev").String(), Event("x").Cut("client_id", "", 0, "dev").String(), "nothing shown: v")
+}
+
 func TestPairsCompose(t *testing.T) {
 	detail := Pairs().Tok("fail_scope", "ip").Str("fail_value", "1.2.3.4").Body()
 	f := mustParse(t, Event("refused").Tok("ip", "1.2.3.4").Raw(detail).String())
