@@ -55,6 +55,18 @@ import (
 // releaseWaitMax after its first quiet tick: a worker that never trims
 // delays it by that much, never forever.
 //
+// A slow, steady allocation is not a burst going on: a stranger sending
+// refused CONNECTs with long strings (a 60 000-byte password, client ID or
+// username) every 50 to 100 ms allocated over releaseQuiet a tick for as
+// long as it went on, even from a banned address, and kept the release
+// after the devices' burst away for as long (a README-only attack:
+// TestZZR13StrangerTrickleHoldsTheRelease). So a release due but for the
+// quiet tick comes once releaseSlowFor has passed with every tick under
+// releaseSlow (4 MB a second: a fleet's burst allocates more); releaseWaitMax
+// and the backoff still bound it. A trickle delays it by releaseSlowFor at
+// most. (A refused CONNECT's password no longer allocates at all: the spare
+// password buffer keeps up to 64 KiB, cstrings.go.)
+//
 // What it does not bound: the peak. During a burst the heap grows to the
 // collector's goal as before (GOGC; README, Installing); the release
 // brings the RSS back to what is live once the burst is over, for as long
@@ -70,7 +82,9 @@ const (
 	releaseEvery      = time.Second
 	releaseBackoff    = 100
 	releaseBackoffMax = 10 * time.Minute
-	releaseWaitMax    = time.Second // the longest a release waits for the workers' trims (busy)
+	releaseWaitMax    = time.Second      // the longest a release waits for the workers' trims (busy)
+	releaseSlow       = 1 << 20          // bytes allocated in a tick under which a slow allocation ...
+	releaseSlowFor    = 10 * time.Second // ... lets a due release come after this long without a quiet tick
 )
 
 // noRelease turns the release off (MOSQUITTO_GUARD_NO_RELEASE set to
@@ -148,6 +162,9 @@ type heapRelease struct {
 	// waitFrom is when a release, due but for busy, began to wait; zero
 	// when none waits.
 	waitFrom time.Time
+	// slowFrom is when a release, due but for a quiet tick, began to wait
+	// through ticks under releaseSlow; zero when none waits.
+	slowFrom time.Time
 }
 
 // releasePanicLogEvery: a panic of the release's step, recovered, is
@@ -205,10 +222,22 @@ func (r *heapRelease) step() bool {
 	d := s.allocs - r.last
 	r.last = s.allocs
 	r.churn += d
-	if d >= releaseQuiet {
-		r.waitFrom = time.Time{} // the burst goes on: a wait starts again after it
+	if r.churn < releaseChurn || r.now().Before(r.next) {
+		r.slowFrom = time.Time{}
+		return false
 	}
-	if d >= releaseQuiet || r.churn < releaseChurn || r.now().Before(r.next) {
+	switch {
+	case d < releaseQuiet:
+		r.slowFrom = time.Time{}
+	case d < releaseSlow && !r.slowFrom.IsZero() && r.now().Sub(r.slowFrom) >= releaseSlowFor:
+		// A slow allocation for releaseSlowFor: not a burst going on.
+	default:
+		if d >= releaseSlow {
+			r.slowFrom = time.Time{} // a burst: a slow wait starts again after it
+		} else if r.slowFrom.IsZero() {
+			r.slowFrom = r.now()
+		}
+		r.waitFrom = time.Time{} // the burst goes on: a wait starts again after it
 		return false
 	}
 	if s.free+s.unused+s.inUse-min(s.inUse, s.live) < max(releaseMin, s.live/releaseLiveShare) {
@@ -222,7 +251,7 @@ func (r *heapRelease) step() bool {
 			return false
 		}
 	}
-	r.waitFrom = time.Time{}
+	r.waitFrom, r.slowFrom = time.Time{}, time.Time{}
 	start, cpu0 := r.now(), r.cpu()
 	r.free()
 	end := r.now()

@@ -108,6 +108,49 @@ func TestHeapReleaseRule(t *testing.T) {
 	assert.True(t, f.tick(r, 0))
 }
 
+// A slow, steady allocation after a burst (a stranger's refused CONNECTs
+// with long strings, 300 KB a tick: over releaseQuiet) kept the release
+// away for as long as it went on (TestZZR13StrangerTrickleHoldsTheRelease).
+// Now the release comes once releaseSlowFor has passed with every tick
+// under releaseSlow; a faster allocation (a burst) still holds it, and
+// starts the slow wait again.
+func TestHeapReleaseAfterASlowTrickle(t *testing.T) {
+	f := &fakeHeap{at: time.Unix(1e9, 0), took: 2 * time.Millisecond}
+	f.s = heapSample{allocs: 100 << 20, free: 1 << 20, inUse: 30 << 20, live: 10 << 20}
+	r := f.release()
+	burst := func() {
+		f.at = f.at.Add(releaseBackoffMax)
+		for i := 0; i < 4; i++ {
+			require.False(t, f.tick(r, 4<<20), "a release during the burst")
+		}
+	}
+	const trickle = 300 << 10 // over releaseQuiet, under releaseSlow
+	burst()
+	start := f.at
+	for !f.tick(r, trickle) {
+		require.Less(t, f.at.Sub(start), releaseSlowFor+2*releaseTick, "no release through a slow trickle")
+	}
+	assert.GreaterOrEqual(t, f.at.Sub(start), releaseSlowFor, "released within releaseSlowFor of a trickle")
+
+	// A faster allocation is a burst: no release for a minute of it.
+	burst()
+	for i := 0; i < int(time.Minute/releaseTick); i++ {
+		require.False(t, f.tick(r, releaseSlow), "released during a burst of releaseSlow a tick")
+	}
+	// A burst tick in a slow wait starts it again.
+	start = f.at
+	for f.at.Sub(start) < releaseSlowFor-releaseTick {
+		require.False(t, f.tick(r, trickle))
+	}
+	require.False(t, f.tick(r, 2<<20))
+	start = f.at
+	for !f.tick(r, trickle) {
+		require.Less(t, f.at.Sub(start), releaseSlowFor+2*releaseTick)
+	}
+	assert.GreaterOrEqual(t, f.at.Sub(start), releaseSlowFor, "a burst tick did not start the slow wait again")
+	assert.Equal(t, 2, f.frees)
+}
+
 // Issue 12: a burst's end leaves the guard's background workers holding
 // buffers grown for it, which they trim after half a second without a
 // batch (Guard.TrimDue). A release before that kept them in the heap it

@@ -56,6 +56,17 @@ type pbkdf2Form struct {
 }
 
 func (c pbkdf2Checker) check(password []byte) (bool, error) {
+	// A password longer than the hash's block is hashed first, as HMAC
+	// does with any key longer than its block (RFC 2104, 2): PBKDF2's
+	// result is the same. Passed whole, crypto/pbkdf2 took it as a string
+	// and hmac.New copied it again: a stranger's refused CONNECTs with
+	// 60 000-byte passwords allocated 120 KB each, and at 10 a second kept
+	// the heap's release after a burst away (cgo/heaprelease.go).
+	var sum [sha512.Size]byte
+	if h := c.newHash(); len(password) > h.BlockSize() {
+		h.Write(password)
+		password = h.Sum(sum[:0])
+	}
 	got, err := pbkdf2.Key(c.newHash, string(password), c.salt, c.iterations, len(c.want))
 	if err != nil {
 		// Only FIPS 140-only mode refuses the parameters of a well-formed hash.
