@@ -201,8 +201,9 @@ type Tracker struct {
 	// broker; a hostile tester's flood). They are handled once the queue
 	// is drained (drainSpill), after every connect queued before them.
 	// dropped remembers the connects the queue dropped: their disconnects
-	// need nothing. Each at most spillMax (about 7.3 MB and 1.5 MB at most);
-	// dropped is forgotten all at once when full (a disconnect of one of
+	// need nothing. Each at most spillMax (about 7.9 MB and 1.5 MB at most,
+	// and the spilled events' strings as the queue's, below); dropped is
+	// forgotten all at once when full (a disconnect of one of
 	// those is then spilled for nothing, and handled harmlessly); a
 	// disconnect past a full spill is dropped and counted, as before.
 	spill struct {
@@ -218,8 +219,12 @@ type Tracker struct {
 }
 
 // The queue between the broker thread and the worker holds at most
-// queueSize events (112 bytes each, 88 before Conn.Addr; their strings the
-// broker side's: 7.3 MB at most, and only while that many wait); the
+// queueSize events (120 bytes each since the longID, 112 before: 7.9 MB
+// at most, and only while that many wait, as while Redis does not answer).
+// Their strings are at most about 1 KB an event: the client ID's tracking
+// form (at most 256 bytes, or with a longID its 71-byte hash and 200 bytes
+// of it), the principal's (at most 256), and, as the plugin hands them
+// (ownPart), no larger object kept alive by them: at most 64 MB more. The
 // worker takes them in batches of at most batchMax, linger after the first
 // of a batch arrives.
 const (
