@@ -62,10 +62,14 @@ func (c pbkdf2Checker) check(password []byte) (bool, error) {
 	// and hmac.New copied it again: a stranger's refused CONNECTs with
 	// 60 000-byte passwords allocated 120 KB each, and at 10 a second kept
 	// the heap's release after a burst away (cgo/heaprelease.go).
+	// (No block is under sha256's 64 bytes: a shorter password, the
+	// common one, costs no hash state more.)
 	var sum [sha512.Size]byte
-	if h := c.newHash(); len(password) > h.BlockSize() {
-		h.Write(password)
-		password = h.Sum(sum[:0])
+	if len(password) > sha256.BlockSize {
+		if h := c.newHash(); len(password) > h.BlockSize() {
+			h.Write(password)
+			password = h.Sum(sum[:0])
+		}
 	}
 	got, err := pbkdf2.Key(c.newHash, string(password), c.salt, c.iterations, len(c.want))
 	if err != nil {
