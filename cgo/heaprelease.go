@@ -241,6 +241,9 @@ func (r *heapRelease) step() bool {
 		return false
 	}
 	if s.free+s.unused+s.inUse-min(s.inUse, s.live) < max(releaseMin, s.live/releaseLiveShare) {
+		// Not due: a wait for the workers' trims starts again when it is
+		// (a stale one let the release come at once, the buffers held).
+		r.waitFrom = time.Time{}
 		return false
 	}
 	if r.busy != nil && r.busy() {

@@ -194,11 +194,27 @@ func TestHeapReleaseWaitsForTrims(t *testing.T) {
 	assert.False(t, f.tick(r, 1<<20), "released in a burst's tick")
 	assert.False(t, f.tick(r, 0), "released at once after a burst, the workers' buffers held")
 
+	// A wait cut short by too little to give back starts again once
+	// there is enough: it is for the trims of the release that comes.
+	burst()
+	assert.False(t, f.tick(r, 0), "released while the workers held a burst's buffers") // the wait starts
+	free := f.s.free
+	f.s.free, f.s.inUse = 0, f.s.live // nothing to give back
+	assert.False(t, f.tick(r, 0))
+	f.at = f.at.Add(releaseWaitMax)
+	assert.False(t, f.tick(r, 0), "released with nothing to give back")
+	f.s.free, f.s.inUse = free, 30<<20
+	require.False(t, f.tick(r, 0), "released at once, the workers' buffers held: a stale wait")
+	quiet = f.at
+	for !f.tick(r, 0) {
+		require.Less(t, f.at.Sub(quiet), releaseWaitMax+releaseTick, "the release waited past releaseWaitMax")
+	}
+
 	// Nothing held: the first quiet tick, as before.
 	busy = false
 	burst()
 	assert.True(t, f.tick(r, 0))
-	assert.Equal(t, 3, f.frees)
+	assert.Equal(t, 4, f.frees)
 }
 
 // The real thing: after a burst of garbage over a live heap, the loop's
