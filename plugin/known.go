@@ -60,7 +60,7 @@ type knownSources struct {
 
 	mu          sync.Mutex
 	recent      *offheap.Table[recentID, knownStamp] // recentKey(username, source) -> its last success, as written (or tried); off the Go heap
-	loaded      map[string]*knownSet
+	loaded      map[string]*knownSet                 // by the username's keys.Tracking form, a copy (startLoad)
 	loadedTotal int
 	// episodes records the usernames met throttled here lately, made-up
 	// ones included, apart from the loaded sets (which only existing
@@ -370,10 +370,11 @@ func (k *knownSources) known(username string, ip netip.Addr, clientID string, no
 		return s != "" && ok && st.ms() >= cutoff
 	}
 	byIP, byClientID = recent(ipSrc), recent(idSrc)
-	set := k.loaded[username]
+	user := keys.Tracking(username)
+	set := k.loaded[user]
 	if set == nil || (!set.loading && now.Sub(set.at) > knownReloadAfter) {
-		k.startLoad(username, set, now)
-		set = k.loaded[username]
+		k.startLoad(user, set, now)
+		set = k.loaded[user]
 	}
 	if set != nil { // nil: knownLoadedMax reached, only this broker's own knowledge counts
 		_, inIP := set.members[ipSrc]
@@ -436,21 +437,28 @@ func (k *knownSources) episode(username string, now time.Time) bool {
 
 // prefetch loads username's known sources as its throttle begins.
 func (k *knownSources) prefetch(username string, now time.Time) {
+	user := keys.Tracking(username)
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if set := k.loaded[username]; set == nil || (!set.loading && now.Sub(set.at) > knownReloadAfter) {
-		k.startLoad(username, set, now)
+	if set := k.loaded[user]; set == nil || (!set.loading && now.Sub(set.at) > knownReloadAfter) {
+		k.startLoad(user, set, now)
 	}
 }
 
-// startLoad fetches username's known sources from Redis (k.mu held).
-func (k *knownSources) startLoad(username string, old *knownSet, now time.Time) {
+// startLoad fetches the known sources of the username whose keys.Tracking
+// form is user from Redis (k.mu held). k.loaded is keyed by that form, a
+// copy: a throttled username is whatever a stranger claims (up to 65 535
+// bytes), and a key that was a part of its CONNECT's strings (one
+// allocation with the client ID, cgo's connectStrings) kept them all:
+// up to 128 KB an entry, at knownLoadedUsersMax entries about 1.3 GB. Now
+// at most 256 bytes an entry: 2.6 MB.
+func (k *knownSources) startLoad(user string, old *knownSet, now time.Time) {
 	if old == nil {
 		if k.loadedTotal >= knownLoadedMax || len(k.loaded) >= knownLoadedUsersMax {
 			return
 		}
 		old = &knownSet{}
-		k.loaded[username] = old
+		k.loaded[strings.Clone(user)] = old
 	}
 	old.loading = true
 	old.at = now
@@ -459,7 +467,7 @@ func (k *knownSources) startLoad(username string, old *knownSet, now time.Time) 
 		defer cancel()
 		min := strconv.FormatInt(time.Now().Add(-k.window-k.refresh).UnixMilli(), 10)
 		members, err := k.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
-			Key: k.kb.Known(username), Start: min, Stop: "+inf", ByScore: true, Count: int64(k.max),
+			Key: k.kb.KnownTracked(user), Start: min, Stop: "+inf", ByScore: true, Count: int64(k.max),
 		}).Result()
 		k.mu.Lock()
 		defer k.mu.Unlock()

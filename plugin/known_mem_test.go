@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // Issue 12: a (username, source) this broker wrote costs no Go heap (at
@@ -125,4 +128,51 @@ func TestKnownSourcesIdleTrims(t *testing.T) {
 		knownIdleTrim+time.Second, 10*time.Millisecond, "the buffers trimmed once idle")
 	t.Logf("trimmed %v after the burst reached Redis", time.Since(start).Round(time.Millisecond))
 	require.Eventually(t, func() bool { return !k.trimDue.Load() }, time.Second, time.Millisecond, "trimmed, trimDue still true")
+}
+
+// A throttled username's loaded known sources are keyed by its tracking
+// form, a copy: the username is whatever a stranger claims, and cgo makes
+// it one allocation with the client ID, so a key that was the username
+// itself kept both (up to 128 KB an entry, knownLoadedUsersMax entries:
+// about 1.3 GB). 2 000 usernames, each a part of a 60 000-byte string,
+// kept 117 MB; now at most 256 bytes of key an entry.
+func TestKnownLoadedKeepsNoConnectStrings(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector changes what the heap holds")
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	k := newKnownSources(knownDeps{max: 100, window: time.Hour, failWindow: time.Minute,
+		spawn: func(string, func()) {}, stop: stop}) // the loads never run: the entries stay
+	const n = 2000
+	now := time.Now()
+	before := liveHeap()
+	for i := 0; i < n; i++ {
+		// A CONNECT's strings as cgo makes them: the client ID, then the
+		// username, in one allocation.
+		ids := strings.Repeat("c", 60000) + fmt.Sprintf("nobody-%d", i)
+		username := ids[60000:]
+		if i%2 == 0 {
+			k.prefetch(username, now)
+		} else {
+			k.known(username, netip.MustParseAddr("192.0.2.7"), ids[:60000], now)
+		}
+	}
+	held := liveHeap() - before
+	k.mu.Lock()
+	loaded := len(k.loaded)
+	k.mu.Unlock()
+	require.Equal(t, n, loaded)
+	t.Logf("%d loaded usernames: %.0f bytes of heap each", n, float64(held)/n)
+	assert.Less(t, held, int64(n*1024), "a loaded username keeps its CONNECT's strings")
+	// A long username: its hash, the same entry for each of its CONNECTs.
+	long := strings.Repeat("u", 70000)
+	k.prefetch(long, now)
+	k.known(long, netip.Addr{}, "d", now)
+	k.mu.Lock()
+	_, ok := k.loaded[keys.Tracking(long)]
+	loaded = len(k.loaded)
+	k.mu.Unlock()
+	assert.True(t, ok)
+	assert.Equal(t, n+1, loaded)
 }
