@@ -2,12 +2,14 @@ package plugin
 
 import (
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logflood"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -122,10 +124,14 @@ func (r *refusals) run(stop <-chan struct{}) {
 
 // throttleLog keeps the refusals of a throttled username to one line per
 // episode (a throttle key's lifetime) on each broker, whatever the number
-// of attempts and sources: at most throttleLogMax usernames remembered.
+// of attempts and sources: at most throttleLogMax usernames remembered, by
+// a copy of their tracking form (at most 256 bytes: 2.6 MB in all). A
+// username is whatever a stranger claims, one allocation with its client
+// ID (cgo's connectStrings): kept as it was, an entry kept both, up to 128
+// KB (1.3 GB at throttleLogMax).
 type throttleLog struct {
 	mu     sync.Mutex
-	logged map[string]int64 // username -> unix ms when its logged episode ends
+	logged map[string]int64 // username's tracking form -> unix ms when its logged episode ends
 }
 
 const throttleLogMax = 10000
@@ -133,19 +139,24 @@ const throttleLogMax = 10000
 // first reports whether this refusal is the first of its episode here.
 func (t *throttleLog) first(username string, now time.Time, ttl time.Duration) bool {
 	ms := now.UnixMilli()
+	user := keys.Tracking(username)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if end, ok := t.logged[username]; ok && ms < end {
+	end, ok := t.logged[user]
+	if ok && ms < end {
 		return false
 	}
 	if t.logged == nil || len(t.logged) >= throttleLogMax {
-		t.logged = map[string]int64{}
+		t.logged, ok = map[string]int64{}, false
 	}
-	end := ms + 1000
+	if !ok {
+		user = strings.Clone(user) // a new key (an update keeps the map's own)
+	}
+	end = ms + 1000
 	if ttl > 0 {
 		end = ms + ttl.Milliseconds()
 	}
-	t.logged[username] = end
+	t.logged[user] = end
 	return true
 }
 

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"crypto/sha256"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,7 +23,8 @@ import (
 // in a span of k windows).
 //
 // Memory is bounded: at most maxKeys keys (values longer than 64 bytes are
-// kept as their SHA-256), about 150 bytes each. When full, a few entries
+// kept as their SHA-256; shorter ones as a copy of their own), about 150
+// bytes each. When full, a few entries
 // chosen at random are examined and the emptiest is forgotten: an attacker
 // who fills the table from maxKeys sources at once only weakens the local
 // bound for the others back to what Redis gives.
@@ -82,8 +84,17 @@ func (l *Local) Fail(key string, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	tat, ok := l.m[k]
-	if !ok && len(l.m) >= l.max {
-		l.evict(n)
+	if !ok {
+		if len(l.m) >= l.max {
+			l.evict(n)
+		}
+		if len(k) == len(key) {
+			// Kept as it is: a copy. The plugin's keys are parts of a
+			// CONNECT's strings (one allocation with the client ID and
+			// the username, up to 128 KB), which a key kept whole: at
+			// maxKeys (65 536) about 8 GB of a stranger's strings.
+			k = strings.Clone(k)
+		}
 	}
 	l.m[k] = max(tat, n) + l.period
 	l.n.Store(int64(len(l.m)))
