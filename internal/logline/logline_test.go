@@ -38,6 +38,17 @@ func TestStrCutWithFullLength(t *testing.T) {
 	assert.Equal(t, "r", f.Get("rule"))
 }
 
+// StrKept writes what Str does from the value's first bytes and its
+// length alone, wherever a character straddles the cut.
+func TestStrKeptIsStr(t *testing.T) {
+	for _, v := range []string{"", "a", strings.Repeat("a", 200), strings.Repeat("a", 201), strings.Repeat("é", 150),
+		"x" + strings.Repeat("é", 150), strings.Repeat("€", 5000), strings.Repeat("\xff", 300), "ab\x00" + strings.Repeat("\"", 400)} {
+		k := Kept(v)
+		assert.LessOrEqual(t, len(k), 201)
+		assert.Equal(t, Event("x").Str("v", v).Tok("n", "1").String(), Event("x").StrKept("v", k, len(v)).Tok("n", "1").String(), "%q", v)
+	}
+}
+
 func TestPairsCompose(t *testing.T) {
 	detail := Pairs().Tok("fail_scope", "ip").Str("fail_value", "1.2.3.4").Body()
 	f := mustParse(t, Event("refused").Tok("ip", "1.2.3.4").Raw(detail).String())
