@@ -161,8 +161,7 @@ func (g *Guard) failed(c Client, ip netip.Addr, redisOK, claimed bool) {
 	if !redisOK {
 		return
 	}
-	g.failures.add(failure{clientID: c.ClientID, ip: ip, username: c.Username, hasUsername: c.HasUsername,
-		keys: fk, throttle: g.known != nil})
+	g.failures.add(newFailure(c, ip, fk, g.known != nil))
 }
 
 // failKey is one key a failure is counted under: a scope of fail_scopes and
