@@ -90,3 +90,49 @@ func TestFailureQueueHugeRefusedCONNECTs(t *testing.T) {
 	// refused CONNECT, over 36 MB.
 	assert.Less(t, held-idle, 2<<20+n*8192, "a refused CONNECT queued for counting holds under 8 KB of the broker's memory")
 }
+
+// Refused CONNECTs with 60 000-byte client IDs, each with a new short
+// username and from its own 127.x address, Redis well: the username
+// throttle's local count kept each username (up to 64 bytes: as it is) by
+// the CONNECT's own slice of it, which kept its whole client ID: ~63 KB of
+// the broker's RSS a refused CONNECT (2000: +123 MB), for up to 65 536
+// usernames (~8 GB). The count now keeps a copy. About 5 s.
+func TestLocalUsernameCountHugeClientIDs(t *testing.T) {
+	e := envWithoutBroker(t)
+	b := atkRelBroker(t, e.conf("log_type all"), true)
+	time.Sleep(1500 * time.Millisecond)
+	idle := r13Rss(t, b.PID())
+	const n = 2000
+	var next, refused atomic.Int64
+	var wg sync.WaitGroup
+	s := time.Now()
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
+				tag := fmt.Sprintf("lu-%d-", i)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: fmt.Sprintf("127.42.%d.%d", i/250, i%250+1),
+					ClientID: tag + strings.Repeat("i", 60000-len(tag)), Username: str(tag), Password: str("wrong")})
+				cancel()
+				if err == nil && code != accepted {
+					refused.Add(1)
+				}
+				if c != nil {
+					c.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(s)
+	time.Sleep(time.Second)
+	held := r13Rss(t, b.PID())
+	m := refused.Load()
+	t.Logf("%d refused in %v; RSS idle %.1f MB, after %.1f MB: %.1f KB a refused CONNECT",
+		m, took.Round(time.Millisecond), float64(idle)/(1<<20), float64(held)/(1<<20), float64(held-idle)/1024/float64(max(m, 1)))
+	require.False(t, b.Exited())
+	require.Greater(t, m, int64(n/2), "refused")
+	assert.Less(t, held-idle, 2<<20+m*8192, "a refused CONNECT's username counted here holds under 8 KB of the broker's memory")
+}

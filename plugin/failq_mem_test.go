@@ -10,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -23,12 +24,23 @@ import (
 // until the test ends: every later failure waits in the queue, as while
 // Redis hangs before the health probe marks it down. Its lines are
 // dropped (a sink keeping them would grow with the failures).
-func failqGuard(t *testing.T, scopes string) *Guard {
+// With rdb, the username throttle is on (knownSources): its local count
+// (Guard.localUser) counts every failure; Redis is down (nothing queued).
+func failqGuard(t *testing.T, scopes string, rdb *redis.Client) *Guard {
 	t.Helper()
 	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_scopes": scopes})
 	require.NoError(t, err)
 	ct := &fakeCounter{gate: make(chan struct{})}
-	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: newFakeStore(), Counter: ct})
+	st := newFakeStore()
+	d := Deps{Store: st, Counter: ct}
+	if rdb != nil {
+		d.Redis = rdb // not a nil *redis.Client in the interface
+		// Redis down (the start does not wait 10 s for the replica to
+		// load from rdb, which does not answer): failures are counted on
+		// this broker only, the username's included.
+		st.down = true
+	}
+	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, d)
 	require.NoError(t, err)
 	t.Cleanup(g.Close)
 	t.Cleanup(func() { close(ct.gate) }) // first: Close waits for the worker
@@ -54,7 +66,7 @@ func TestFailureQueueHoldsNoClientStrings(t *testing.T) {
 		{"short id, long username", "ip,clientid,username", 100},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			g := failqGuard(t, c.scopes)
+			g := failqGuard(t, c.scopes, nil)
 			userLen := 120000 - c.idLen
 			id0, user0 := strings.Repeat("i", c.idLen), strings.Repeat("u", userLen)
 			before := liveHeap()
@@ -69,6 +81,31 @@ func TestFailureQueueHoldsNoClientStrings(t *testing.T) {
 			assert.Less(t, grown, int64(n*2048), "a queued failure holds a few hundred bytes, not the client's strings")
 		})
 	}
+}
+
+// The username throttle's local count (Guard.localUser) keyed a username
+// of up to 64 bytes by the CONNECT's own slice of it (ratelimit.Local keeps
+// a short key as it is), which kept the whole CONNECT's strings: a stranger
+// refused with a 120 KB client ID and a new short username each time kept
+// ~120 KB a CONNECT, with Redis well, for up to DefaultLocalKeys (65 536)
+// usernames: ~8 GB. Before: ~120 KB of live heap a failure.
+func TestLocalUsernameCountHoldsNoClientStrings(t *testing.T) {
+	const n = 2000
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}) // never dialled here
+	t.Cleanup(func() { rdb.Close() })
+	g := failqGuard(t, "ip", rdb)
+	require.NotNil(t, g.known, "the username throttle is on")
+	id0 := strings.Repeat("i", 120000)
+	before := liveHeap()
+	for i := range n {
+		tag := fmt.Sprintf("%06d", i)
+		cli := cl(uintptr(i+1), fmt.Sprintf("10.2.%d.%d", i/250, i%250+1), tag+id0[6:], "user-"+tag, "wrong")
+		require.Equal(t, Deny, g.Authenticate(cli).Result)
+	}
+	grown := liveHeap() - before
+	require.Equal(t, n, g.localUser.Len(), "every username counted here")
+	t.Logf("%d usernames counted: heap grew %d bytes, %d a failure", n, grown, grown/n)
+	assert.Less(t, grown, int64(n*2048), "a local count holds its key, not the client's strings")
 }
 
 // banningCounter bans at every failure and throttles at every throttle count.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
@@ -153,9 +154,16 @@ func (g *Guard) failed(c Client, ip netip.Addr, redisOK, claimed bool) {
 		g.local.Fail(k.local(), now)
 	}
 	if g.known != nil {
-		g.localUser.Fail(c.Username, now)
+		// ratelimit.Local keeps a key of up to 64 bytes as it is: a copy,
+		// not a slice of the CONNECT's strings, which a count would keep
+		// whole (up to 128 KB for each of DefaultLocalKeys usernames).
+		user := c.Username
+		if len(user) <= 64 {
+			user = strings.Clone(user)
+		}
+		g.localUser.Fail(user, now)
 		if claimed {
-			g.localClaimed.Fail(c.Username, now)
+			g.localClaimed.Fail(user, now)
 		}
 	}
 	if !redisOK {
