@@ -44,10 +44,17 @@ func describeFinding(f *store.Finding) string {
 	for i, p := range f.Principals {
 		kinds[i] = principalKind(p)
 	}
-	return logline.Event("finding").Tok("reason", f.Reason).Tok("severity", f.Severity).Tok("kind", f.Kind).
+	l := logline.Event("finding").Tok("reason", f.Reason).Tok("severity", f.Severity).Tok("kind", f.Kind).
 		Tok("action", f.Action).Int("count", f.Count).Tok("id", f.ID).Int("disconnected_ms", f.DisplacedDisconnectedMs).
-		Tok("ips", strings.Join(ips, ",")).Tok("principal_kinds", strings.Join(kinds, ",")).
-		Cut("client_id", f.ClientIDShown, f.ClientIDBytes, f.ClientID).StrN("principals", jsonList(f.Principals), findingListMax).
+		Tok("ips", strings.Join(ips, ",")).Tok("principal_kinds", strings.Join(kinds, ","))
+	if f.ClientIDShown != "" {
+		// ClientID is its hash: the client ID as Str writes it, from
+		// what the event kept of it.
+		l.StrKept("client_id", f.ClientIDShown, f.ClientIDBytes)
+	} else {
+		l.Str("client_id", f.ClientID)
+	}
+	return l.StrN("principals", jsonList(f.Principals), findingListMax).
 		StrN("brokers", jsonList(brokers), findingListMax).String()
 }
 

@@ -56,7 +56,7 @@ func TestQueuedEventsHoldNoLongClientID(t *testing.T) {
 		require.Equal(t, want, ev.clientID, "event %d", i)
 		if ev.kind == evConnect {
 			require.NotNil(t, ev.long)
-			assert.Equal(t, longIDOf(i/2, size)[:logval.Max], ev.long.shown)
+			assert.Equal(t, longIDOf(i/2, size)[:logval.Max+1], ev.long.shown)
 			assert.Equal(t, size, ev.long.bytes)
 		} else {
 			assert.Nil(t, ev.long, "a disconnect makes no finding")

@@ -12,10 +12,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/batchq"
-	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/offheap"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
@@ -135,8 +134,8 @@ type event struct {
 type eventKind int
 
 // longID is what an event keeps of a client ID whose keys.Tracking form is
-// its hash, besides that form: what a finding's log line quotes of it
-// (logval.Max bytes, as for any client ID) and its length.
+// its hash, besides that form: what a finding's log line needs to quote it
+// as it quotes any client ID (logline.Kept: 201 bytes) and its length.
 type longID struct {
 	shown string
 	bytes int
@@ -149,12 +148,8 @@ func tracked(clientID string) (string, *longID) {
 	if len(t) == len(clientID) && t == clientID {
 		return clientID, nil
 	}
-	cut := min(len(clientID), logval.Max)
-	for cut > 0 && cut < len(clientID) && !utf8.RuneStart(clientID[cut]) {
-		cut--
-	}
-	// A copy: the cut must not keep the whole client ID alive.
-	return t, &longID{shown: strings.Clone(clientID[:cut]), bytes: len(clientID)}
+	// A copy: the start must not keep the whole client ID alive.
+	return t, &longID{shown: strings.Clone(logline.Kept(clientID)), bytes: len(clientID)}
 }
 
 const (

@@ -144,14 +144,23 @@ func (b Builder) Fail(scope Scope, value string) string {
 // username's attempts from sources it never authenticated from are refused
 // unchecked. It is not a ban; it expires by itself.
 // The username is in its Tracking form: unknown usernames are throttled too.
-func (b Builder) Throttle(username string) string {
-	return b.Prefix + "throttle:username:" + Tracking(username)
+func (b Builder) Throttle(username string) string { return b.ThrottleTracked(Tracking(username)) }
+
+// ThrottleTracked is Throttle for a username already in its Tracking form.
+func (b Builder) ThrottleTracked(tracked string) string {
+	return b.Prefix + "throttle:username:" + tracked
 }
 
 // ThrottleCount returns the rate-limit key counting a username's failures
 // from every source (redis_rate stores it under its own "rate:" prefix).
 func (b Builder) ThrottleCount(username string) string {
-	return b.Prefix + "fail:anysource:username:" + Tracking(username)
+	return b.ThrottleCountTracked(Tracking(username))
+}
+
+// ThrottleCountTracked is ThrottleCount for a username already in its
+// Tracking form.
+func (b Builder) ThrottleCountTracked(tracked string) string {
+	return b.Prefix + "fail:anysource:username:" + tracked
 }
 
 // Known returns the sorted set of the sources (ip:<ip>, clientid:<id>) that

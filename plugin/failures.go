@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -13,22 +14,94 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
-// failure is one failed authentication, waiting to be counted.
+// failure is one failed authentication, waiting to be counted. It holds
+// no string of the client's: a CONNECT's client ID and username are slices
+// of one allocation of up to 128 KB (cgo's connectStrings.get), which any
+// slice of either, kept, would keep whole. A failure keeps copies of what
+// its count and its lines need, at most failureHeld bytes (newFailure).
 type failure struct {
-	clientID    string
-	ip          netip.Addr
-	username    string
-	hasUsername bool
-	keys        []failKey // the keys it counts under, one per fail scope
-	throttle    bool      // count it toward the username's throttle
+	ip netip.Addr
+	// clientID and username are what the ban and throttle lines show of
+	// them (logline.Kept: at most logval.Max+1 bytes), and their lengths.
+	clientID, username           string
+	clientIDBytes, usernameBytes int
+	hasUsername                  bool
+	userTracked                  string    // keys.Tracking(username), counted toward its throttle
+	keys                         []failKey // the keys it counts under, one per fail scope
+	throttle                     bool      // count it toward the username's throttle
 	// reset, when set, is not a failure: an automatic ban of this key was
 	// lifted early, and its count is reset here, in order with the failures
 	// queued before and after it (see Guard.liftedEarly).
 	reset *failKey
 }
+
+// newFailure is the failure of c, from ip, counted under fk (failKeys,
+// whose client ID and username values are replaced by copies) and toward
+// the username's throttle when throttle is set. Its strings are its own,
+// in one allocation: the client ID and the username each as its Tracking
+// form when that is the value itself (at most keys.TrackingMax bytes), or
+// else its first logval.Max+1 bytes beside the hashed form (keys.Tracking's
+// own allocation, 71 bytes). So a queued failure holds at most
+// failureHeld bytes beyond its slot in the queue, however long c's strings.
+func newFailure(c Client, ip netip.Addr, fk []failKey, throttle bool) failure {
+	f := failure{ip: ip, clientIDBytes: len(c.ClientID), usernameBytes: len(c.Username), hasUsername: c.HasUsername,
+		keys: fk, throttle: throttle}
+	idK, userK := -1, -1
+	var idT, userT string // the Tracking forms, from fk when it has them
+	for i, k := range fk {
+		switch k.scope {
+		case keys.ClientID:
+			idK, idT = i, k.value
+		case keys.Username:
+			userK, userT = i, k.value
+		}
+	}
+	if throttle && c.HasUsername && userK < 0 {
+		userT = keys.Tracking(c.Username)
+	}
+	// What to copy of each: the whole value when a Tracking form is the
+	// value itself (the line's part is its start), else the line's part.
+	idPart, userPart := logline.Kept(c.ClientID), logline.Kept(c.Username)
+	idWhole := idT == c.ClientID // "" too: an empty slice of c's strings points into them
+	if idWhole {
+		idPart = c.ClientID
+	}
+	userWhole := userT == c.Username
+	if userWhole {
+		userPart = c.Username
+	}
+	var b strings.Builder // one allocation; never a slice of c's strings, as idPart+userPart may be
+	b.Grow(len(idPart) + len(userPart))
+	b.WriteString(idPart)
+	b.WriteString(userPart)
+	own := b.String()
+	idOwn, userOwn := own[:len(idPart)], own[len(idPart):]
+	f.clientID, f.username = logline.Kept(idOwn), logline.Kept(userOwn)
+	if idWhole {
+		idT = idOwn
+	}
+	if userWhole {
+		userT = userOwn
+	}
+	if idK >= 0 {
+		fk[idK].value = idT
+	}
+	if userK >= 0 {
+		fk[userK].value = userT
+	}
+	f.userTracked = userT
+	return f
+}
+
+// failureHeld bounds the bytes a queued failure holds beyond its slot in
+// the queue (newFailure): its strings (2 × (keys.TrackingMax bytes, or
+// logval.Max+1 and a 71-byte hashed form, each in a size class)), its keys
+// (3 of them, and an IP's or a network's text), rounded up.
+const failureHeld = 1024
 
 // failureQueue counts failed authentications off the broker thread: the
 // failing client is refused whatever the count says, so nothing on the
@@ -58,6 +131,10 @@ type failureDeps struct {
 	m      *guardMetrics                // nil: no metrics
 }
 
+// failureQueueSize bounds the failures queued: 4096 of them, each its
+// slot in the queue (~140 bytes, allocated with it) and at most
+// failureHeld (1 KB) of its own (newFailure), however long the client's
+// strings: under 5 MB in all while Redis hangs.
 const failureQueueSize = 4096
 
 // newFailureQueue starts the failure worker.
@@ -161,7 +238,7 @@ func (q *failureQueue) count(f failure) {
 	if f.throttle && f.hasUsername {
 		var th *ratelimit.Throttle
 		err := q.retry(func(ctx context.Context) (err error) {
-			th, err = q.counter.ThrottleFail(ctx, f.username, q.userLimit)
+			th, err = q.counter.ThrottleFailTracked(ctx, f.userTracked, q.userLimit)
 			return err
 		})
 		if err != nil {
@@ -169,7 +246,7 @@ func (q *failureQueue) count(f failure) {
 			return
 		}
 		if th != nil {
-			q.throttled(th)
+			q.throttled(th, f)
 		}
 	}
 }
@@ -231,24 +308,30 @@ func (q *failureQueue) lost(err error) {
 func (q *failureQueue) banned(ban *ratelimit.Ban, f failure, k failKey) {
 	q.listed(ban.Key, ban.Reason, ban.Expires)
 	q.m.banned(k.scope)
-	c := Client{ClientID: f.clientID, Username: f.username, HasUsername: f.hasUsername}
 	// ip is the last failing client's; scope and value name the key banned
 	// (an IPv6 network, a client ID, a username: not always that ip).
-	l := clientLine("banned", c, f.ip).Tok("scope", string(k.scope)).Str("rule", ban.Key).Tok("origin", "auto").
+	// As clientLine and clientFields write them, from what f keeps.
+	l := clientLine("banned", Client{}, f.ip).Tok("scope", string(k.scope)).Str("rule", ban.Key).Tok("origin", "auto").
 		Expires(q.now(), ban.Duration).Int("offence", int64(ban.Offence))
-	clientFields(l, c).Str("value", k.value).Str("reason", q.policy.Rule())
+	l.StrKept("client_id", f.clientID, f.clientIDBytes)
+	if f.hasUsername {
+		l.StrKept("username", f.username, f.usernameBytes)
+	} else {
+		l.Tok("username", "<none>")
+	}
+	l.Str("value", k.value).Str("reason", q.policy.Rule())
 	q.log(LevelWarning, l.String())
 }
 
 // throttled spreads a new username throttle, and logs the start of the
 // episode (once, on the broker that wrote it).
-func (q *failureQueue) throttled(th *ratelimit.Throttle) {
+func (q *failureQueue) throttled(th *ratelimit.Throttle, f failure) {
 	q.listed(th.Key, th.Reason, q.now().Add(th.Duration))
 	q.m.throttled()
 	// Until it ends, the username's attempts from sources it never
 	// authenticated from are refused unchecked.
 	q.log(LevelWarning, logline.Event("throttled").Tok("rule", RuleUsernameThrottled).Expires(q.now(), th.Duration).
-		Int("limit", int64(q.userLimit)).Dur("window", q.policy.Window).Str("username", th.Username).
+		Int("limit", int64(q.userLimit)).Dur("window", q.policy.Window).StrKept("username", f.username, f.usernameBytes).
 		Str("reason", fmt.Sprintf("over %d failed authentications of it from any source (%d allowed, refilling 1 per %s)", q.userLimit, q.userLimit, q.policy.Window)).String())
 }
 

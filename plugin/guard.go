@@ -37,7 +37,9 @@ type Store interface {
 // FailCounter counts failed authentications and bans; *ratelimit.Limiter implements it.
 type FailCounter interface {
 	Fail(ctx context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error)
-	ThrottleFail(ctx context.Context, username string, limit int) (*ratelimit.Throttle, error)
+	// ThrottleFailTracked counts a failure of a username given in its
+	// keys.Tracking form (a queued failure keeps no longer form).
+	ThrottleFailTracked(ctx context.Context, tracked string, limit int) (*ratelimit.Throttle, error)
 	Reset(ctx context.Context, scope keys.Scope, value string) error
 }
 

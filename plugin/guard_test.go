@@ -127,7 +127,7 @@ type fakeCounter struct {
 	mu     sync.Mutex
 	fails  []string
 	resets []string
-	// throttles lists the usernames whose failures were counted toward a throttle.
+	// throttles lists the usernames (keys.Tracking) whose failures were counted toward a throttle.
 	throttles []string
 	events    []string      // fails and resets, in order
 	gate      chan struct{} // when set, Fail waits for it
@@ -144,7 +144,7 @@ func (f *fakeCounter) Fail(_ context.Context, scope keys.Scope, value string) (*
 	return nil, nil
 }
 
-func (f *fakeCounter) ThrottleFail(_ context.Context, username string, _ int) (*ratelimit.Throttle, error) {
+func (f *fakeCounter) ThrottleFailTracked(_ context.Context, username string, _ int) (*ratelimit.Throttle, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.throttles = append(f.throttles, username)

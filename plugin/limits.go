@@ -153,6 +153,8 @@ func (g *Guard) failed(c Client, ip netip.Addr, redisOK, claimed bool) {
 		g.local.Fail(k.local(), now)
 	}
 	if g.known != nil {
+		// ratelimit.Local keeps a copy of the username (or its hash), not
+		// the CONNECT's strings it is a part of.
 		g.localUser.Fail(c.Username, now)
 		if claimed {
 			g.localClaimed.Fail(c.Username, now)
@@ -161,8 +163,7 @@ func (g *Guard) failed(c Client, ip netip.Addr, redisOK, claimed bool) {
 	if !redisOK {
 		return
 	}
-	g.failures.add(failure{clientID: c.ClientID, ip: ip, username: c.Username, hasUsername: c.HasUsername,
-		keys: fk, throttle: g.known != nil})
+	g.failures.add(newFailure(c, ip, fk, g.known != nil))
 }
 
 // failKey is one key a failure is counted under: a scope of fail_scopes and

@@ -186,7 +186,7 @@ func TestMetricsBansKicksFindings(t *testing.T) {
 	g.failures.banned(&ratelimit.Ban{Key: "guard:block:ip:192.0.2.1", Reason: "auto", Duration: time.Minute}, failure{}, failKey{keys.IP, "192.0.2.1"})
 	g.failures.banned(&ratelimit.Ban{Key: "guard:block:cidr:2001:db8::/64"}, failure{}, failKey{keys.CIDR, "2001:db8::/64"})
 	g.failures.banned(&ratelimit.Ban{Key: "guard:block:ip:192.0.2.2"}, failure{}, failKey{keys.IP, "192.0.2.2"})
-	g.failures.throttled(&ratelimit.Throttle{Username: "alice", Duration: time.Minute})
+	g.failures.throttled(&ratelimit.Throttle{Username: "alice", Duration: time.Minute}, failure{username: "alice", usernameBytes: 5, hasUsername: true})
 	assert.Equal(t, 2.0, sample(t, reg, "mosquitto_guard_bans_total", "origin", "auto", "scope", "ip"))
 	assert.Equal(t, 1.0, sample(t, reg, "mosquitto_guard_bans_total", "origin", "auto", "scope", "cidr"))
 	assert.Equal(t, 0.0, sample(t, reg, "mosquitto_guard_bans_total", "origin", "auto", "scope", "username"))

@@ -239,7 +239,7 @@ func (l *Limiter) Reset(ctx context.Context, scope keys.Scope, value string) err
 // block key), a key that refuses the username's attempts from sources it
 // never authenticated from, until it expires by itself.
 type Throttle struct {
-	Username string
+	Username string // as ThrottleFail was given it: in its Tracking form from ThrottleFailTracked
 	Key      string // the throttle key written, e.g. guard:throttle:username:bob
 	Reason   string
 	Duration time.Duration
@@ -252,8 +252,19 @@ type Throttle struct {
 // long as the allowance needs to admit one more failure. It returns the
 // throttle written, or nil.
 func (l *Limiter) ThrottleFail(ctx context.Context, username string, limit int) (*Throttle, error) {
+	t, err := l.ThrottleFailTracked(ctx, keys.Tracking(username), limit)
+	if t != nil {
+		t.Username = username
+	}
+	return t, err
+}
+
+// ThrottleFailTracked is ThrottleFail for a username already in its
+// Tracking form (keys.Tracking): the same keys, and a caller that queues
+// failures need not keep a username of up to 64 KB to count it.
+func (l *Limiter) ThrottleFailTracked(ctx context.Context, tracked string, limit int) (*Throttle, error) {
 	lim := redis_rate.Limit{Rate: 1, Burst: limit, Period: l.policy.Window}
-	res, err := l.rate.Allow(ctx, l.kb.ThrottleCount(username), lim)
+	res, err := l.rate.Allow(ctx, l.kb.ThrottleCountTracked(tracked), lim)
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: count username failure: %w", err)
 	}
@@ -262,8 +273,8 @@ func (l *Limiter) ThrottleFail(ctx context.Context, username string, limit int) 
 	}
 	d := max(res.RetryAfter.Truncate(time.Millisecond), time.Second)
 	t := &Throttle{
-		Username: username,
-		Key:      l.kb.Throttle(username),
+		Username: tracked,
+		Key:      l.kb.ThrottleTracked(tracked),
 		Duration: d,
 		Reason: fmt.Sprintf("%s over %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) at %s",
 			keys.AutoBanMarker, limit, limit, l.policy.Window, time.Now().UTC().Format(time.RFC3339)),

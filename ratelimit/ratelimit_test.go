@@ -508,3 +508,25 @@ func TestThrottleFail(t *testing.T) {
 	require.Eventually(t, func() bool { return rdb.Exists(ctx, "guard:throttle:username:bob").Val() == 0 },
 		3*time.Second, 50*time.Millisecond, "the throttle lifts by itself")
 }
+
+// ThrottleFailTracked counts a username given in its Tracking form under
+// the keys ThrottleFail counts the username under, long or short.
+func TestThrottleFailTrackedSameKeys(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	l := New(rdb, kb, Policy{Limit: 5, Window: 2 * time.Second, BanTime: time.Minute, BanMax: time.Hour})
+	for _, user := range []string{"carol", strings.Repeat("u", 60000), "sha256:short"} {
+		for i := 0; i < 3; i++ {
+			th, err := l.ThrottleFail(ctx, user, 3)
+			require.NoError(t, err)
+			require.Nil(t, th)
+		}
+		th, err := l.ThrottleFailTracked(ctx, keys.Tracking(user), 3)
+		require.NoError(t, err)
+		require.NotNil(t, th, "the 4th failure, given tracked, counts with the first three")
+		assert.Equal(t, kb.Throttle(user), th.Key)
+		assert.Equal(t, keys.Tracking(user), th.Username)
+		assert.Equal(t, int64(1), rdb.Exists(ctx, kb.Throttle(user)).Val())
+	}
+}

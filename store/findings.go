@@ -51,7 +51,7 @@ type Finding struct {
 	// (conflict tracking's findings).
 	ClientIDTracked bool `json:"-"`
 	// ClientIDShown, when ClientID is the hash of a client ID, is what a log
-	// line quotes of that client ID (its first logval.Max bytes at most), of
+	// line needs to quote that client ID (logline.Kept of it), of
 	// ClientIDBytes in all; "" otherwise.
 	ClientIDShown string   `json:"-"`
 	ClientIDBytes int      `json:"-"`

@@ -38,35 +38,34 @@ func (l *Line) Tok(key, v string) *Line {
 func (l *Line) Str(key, v string) *Line { return l.StrN(key, v, logval.Max) }
 
 // StrN is Str cut at n bytes.
-func (l *Line) StrN(key, v string, n int) *Line {
+func (l *Line) StrN(key, v string, n int) *Line { return l.strOf(key, v, len(v), n) }
+
+// Kept is what Str needs of v to write it as it writes v: its first
+// logval.Max+1 bytes (the byte past the cut tells where a character
+// starts). Str(key, v) and StrKept(key, Kept(v), len(v)) write the same.
+// A value kept for a line written later need not be kept whole.
+func Kept(v string) string { return v[:min(len(v), logval.Max+1)] }
+
+// StrKept is Str of a value of size bytes of which only kept, its start
+// (Kept), is at hand.
+func (l *Line) StrKept(key, kept string, size int) *Line {
+	return l.strOf(key, kept, size, logval.Max)
+}
+
+// strOf writes a value of size bytes cut at n bytes; v is the value, or
+// its start when that is at least n+1 bytes.
+func (l *Line) strOf(key, v string, size, n int) *Line {
 	l.key(key)
-	if len(v) <= n {
+	if size <= n {
 		l.b.WriteString(strconv.Quote(v))
 		return l
 	}
-	cut := max(n, 0)
-	for cut > 0 && !utf8.RuneStart(v[cut]) {
+	cut := min(max(n, 0), len(v))
+	for cut > 0 && cut < len(v) && !utf8.RuneStart(v[cut]) {
 		cut--
 	}
 	l.b.WriteString(strconv.Quote(v[:cut]))
-	return l.Int(key+"_bytes", int64(len(v)))
-}
-
-// Cut is Str for a value of which only shown, its first bytes (at most
-// logval.Max, cut at a character boundary), is at hand, n bytes in all:
-// shown quoted, then KEY_bytes=N when it is cut. With shown "", Cut is
-// Str(key, v).
-func (l *Line) Cut(key, shown string, n int, v string) *Line {
-	if shown == "" {
-		return l.Str(key, v)
-	}
-	shown = shown[:min(len(shown), logval.Max)]
-	l.key(key)
-	l.b.WriteString(strconv.Quote(shown))
-	if n > len(shown) {
-		return l.Int(key+"_bytes", int64(n))
-	}
-	return l
+	return l.Int(key+"_bytes", int64(size))
 }
 
 // Int adds a whole number.

@@ -38,16 +38,15 @@ func TestStrCutWithFullLength(t *testing.T) {
 	assert.Equal(t, "r", f.Get("rule"))
 }
 
-// Cut writes what Str would have of a value of which only its start is at
-// hand (a client ID kept as its hash and its first bytes).
-func TestCutAsStr(t *testing.T) {
-	long := strings.Repeat("é", 150) // 300 bytes
-	want := Event("x").Str("client_id", long).String()
-	assert.Equal(t, want, Event("x").Cut("client_id", long[:200], len(long), "sha256:…").String())
-	short := "sha256:0123"
-	assert.Equal(t, Event("x").Str("client_id", short).String(), Event("x").Cut("client_id", short, len(short), "sha256:other").String(),
-		"a whole value: no _bytes")
-	assert.Equal(t, Event("x").Str("client_id", "dev").String(), Event("x").Cut("client_id", "", 0, "dev").String(), "nothing shown: v")
+// StrKept writes what Str does from the value's first bytes and its
+// length alone, wherever a character straddles the cut.
+func TestStrKeptIsStr(t *testing.T) {
+	for _, v := range []string{"", "a", strings.Repeat("a", 200), strings.Repeat("a", 201), strings.Repeat("é", 150),
+		"x" + strings.Repeat("é", 150), strings.Repeat("€", 5000), strings.Repeat("\xff", 300), "ab\x00" + strings.Repeat("\"", 400)} {
+		k := Kept(v)
+		assert.LessOrEqual(t, len(k), 201)
+		assert.Equal(t, Event("x").Str("v", v).Tok("n", "1").String(), Event("x").StrKept("v", k, len(v)).Tok("n", "1").String(), "%q", v)
+	}
 }
 
 func TestPairsCompose(t *testing.T) {
