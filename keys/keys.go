@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unsafe"
 )
 
 // Scope says what a list entry matches.
@@ -205,8 +206,15 @@ func Tracking(s string) string {
 	if len(s) <= TrackingMax && !strings.HasPrefix(s, trackingHashed) {
 		return s
 	}
-	sum := sha256.Sum256([]byte(s))
-	return trackingHashed + hex.EncodeToString(sum[:])
+	// Hashed in place: []byte(s) copied it first, up to 64 KB of garbage
+	// a call, and a stranger's refused CONNECT with a long client ID and
+	// username makes several (the limits, the failure's keys). Sum256
+	// only reads its argument.
+	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(s), len(s)))
+	var b [len(trackingHashed) + 2*sha256.Size]byte
+	copy(b[:], trackingHashed)
+	hex.Encode(b[len(trackingHashed):], sum[:])
+	return string(b[:])
 }
 
 // Conn returns the hash of the live connections using clientID, one field
