@@ -52,7 +52,9 @@ type Finding struct {
 	ClientIDTracked bool `json:"-"`
 	// ClientIDShown, when ClientID is the hash of a client ID, is what a log
 	// line quotes of that client ID (its first logval.Max bytes at most), of
-	// ClientIDBytes in all; "" otherwise.
+	// ClientIDBytes in all (0 otherwise; an empty ClientIDShown of a
+	// ClientIDBytes over 0 is an ID whose first bytes hold no character's
+	// start).
 	ClientIDShown string   `json:"-"`
 	ClientIDBytes int      `json:"-"`
 	Principals    []string `json:"principals"`

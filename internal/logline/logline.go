@@ -54,10 +54,13 @@ func (l *Line) StrN(key, v string, n int) *Line {
 
 // Cut is Str for a value of which only shown, its first bytes (at most
 // logval.Max, cut at a character boundary), is at hand, n bytes in all:
-// shown quoted, then KEY_bytes=N when it is cut. With shown "", Cut is
-// Str(key, v).
+// shown quoted, then KEY_bytes=N when it is cut. With n 0 (nothing at
+// hand), Cut is Str(key, v). An empty shown of n bytes is quoted as it is
+// ("" and KEY_bytes=N, as Str has a value whose first logval.Max bytes hold
+// no character's start): taken for nothing at hand, it quoted v, a long
+// client ID's hash, as a client whose ID is that very string reads.
 func (l *Line) Cut(key, shown string, n int, v string) *Line {
-	if shown == "" {
+	if n <= 0 {
 		return l.Str(key, v)
 	}
 	shown = shown[:min(len(shown), logval.Max)]

@@ -48,6 +48,9 @@ func TestCutAsStr(t *testing.T) {
 	assert.Equal(t, Event("x").Str("client_id", short).String(), Event("x").Cut("client_id", short, len(short), "sha256:other").String(),
 		"a whole value: no _bytes")
 	assert.Equal(t, Event("x").Str("client_id", "dev").String(), Event("x").Cut("client_id", "", 0, "dev").String(), "nothing shown: v")
+	nothing := strings.Repeat("\x80", 300) // no character starts in its first 200 bytes
+	assert.Equal(t, Event("x").Str("client_id", nothing).String(), Event("x").Cut("client_id", "", len(nothing), "sha256:…").String(),
+		"an empty start of a long value: quoted, not v")
 }
 
 func TestPairsCompose(t *testing.T) {
