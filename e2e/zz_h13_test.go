@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// h13IDs are client IDs whose tracking form is not themselves: over 256
+// bytes (300 and 60 000), and a short one that reads like a hash.
+func h13IDs() map[string]string {
+	return map[string]string{
+		"300":    "door-" + strings.Repeat("L", 295),
+		"60000":  "door-" + strings.Repeat("H", 59995),
+		"sha256": "sha256:door-short",
+	}
+}
+
+// Hostile test of c714a05 (tracking forms in the queue): under
+// clientid_conflict deny across two brokers sharing Redis, the broker
+// thread's claim takes the client ID itself and the worker's writes its
+// tracking form; both must name one key, so a long (or "sha256:") client ID
+// held on broker-a is refused to another principal on broker-b, the
+// refusal's finding names the tracking form, a takeover is counted under
+// guard:takeovers:<form>, a clean disconnect clears the live entry, and a
+// killed broker's entry is reaped after its lease.
+func TestZZH13DenyLongIDsAcrossBrokers(t *testing.T) {
+	a, b := twoBrokers(t, "auth_opt_clientid_conflict deny", "auth_opt_broker_lease 2s")
+	ips := 0
+	ip := func() string { ips++; return "127.0.113." + strconv.Itoa(ips) }
+	for name, id := range h13IDs() {
+		tr := tracked(id)
+		holder, code := a.dial(as(ip(), id, "alice", "alice-pw"))
+		require.EqualValues(t, accepted, code, name)
+		a.waitLive(tr, 1)
+		assert.EqualValues(t, refused, b.connect(as(ip(), id, "bob", "bob-pw")), "%s: live on broker-a under alice", name)
+		var f map[string]string
+		eventually(t, 5*time.Second, func() bool {
+			for _, x := range a.findings() {
+				if x["clientid"] == tr && x["action"] == "refused" {
+					f = x
+					return true
+				}
+			}
+			return false
+		}, "%s: no refusal finding under the tracking form", name)
+		assert.JSONEq(t, `["alice","bob"]`, f["principals"], name)
+		b.logLine("event=finding", "action=refused", `client_id="`+id[:min(len(id), 40)])
+
+		// alice again on broker-a: a takeover, counted under the form's key.
+		again, code := a.dial(as(ip(), id, "alice", "alice-pw"))
+		require.EqualValues(t, accepted, code, name)
+		assert.True(t, holder.Closed(3*time.Second), name)
+		eventually(t, 5*time.Second, func() bool { return a.redis.CLI("EXISTS", "guard:takeovers:"+tr) == "1" },
+			"%s: takeover not counted under guard:takeovers:<form>", name)
+		assert.Equal(t, "0", a.redis.CLI("EXISTS", "guard:takeovers:"+tracked(tr)), "%s: hashed twice", name)
+		assert.Equal(t, "0", a.redis.CLI("EXISTS", "guard:conn:"+tracked(tr)), "%s: hashed twice", name)
+		assert.Equal(t, "0", a.redis.CLI("EXISTS", "guard:seen:"+tracked(tr)), "%s: hashed twice", name)
+		a.waitLive(tr, 1)
+
+		// A clean disconnect clears the live entry: bob may use it then.
+		again.Disconnect()
+		a.waitLive(tr, 0)
+		c, code := b.dial(as(ip(), id, "bob", "bob-pw"))
+		require.EqualValues(t, accepted, code, "%s: alice gone", name)
+		a.waitLive(tr, 1)
+		c.Disconnect()
+		a.waitLive(tr, 0)
+	}
+
+	// A long ID left live on broker-a, which dies: reaped after its lease.
+	id := h13IDs()["60000"]
+	_, code := a.dial(as(ip(), id, "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	a.waitLive(tracked(id), 1)
+	assert.EqualValues(t, refused, b.connect(as(ip(), id, "bob", "bob-pw")))
+	a.broker.Kill()
+	a.waitLive(tracked(id), 0)
+	assert.EqualValues(t, accepted, b.connect(as(ip(), id, "bob", "bob-pw")), "no ghost after the lease")
+}
+
+// A short client ID equal to a long one's tracking form is another client
+// ID: no finding between them, their live entries apart; and a
+// findings_topic subscriber of a long one's finding gets its tracking form.
+func TestZZH13ShortIDAsLongIDsForm(t *testing.T) {
+	e := newEnv(t, "auth_opt_findings_topic guard/findings")
+	sub, code := e.dial(as("127.0.114.9", "watcher", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, sub.Subscribe(ctx, "guard/findings", 0))
+
+	long := "pose-" + strings.Repeat("P", 400)
+	form := tracked(long)
+	la, code := e.dial(as("127.0.114.1", long, "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	e.waitLive(form, 1)
+	lb, code := e.dial(as("127.0.114.2", form, "bob", "bob-pw"))
+	require.EqualValues(t, accepted, code)
+	e.waitLive(tracked(form), 1)
+	e.waitLive(form, 1)
+	time.Sleep(500 * time.Millisecond)
+	assert.Empty(t, e.findings(), "a short ID equal to a long one's form confused with it")
+	la.Disconnect()
+	lb.Disconnect()
+
+	// A real conflict on the long ID: the topic's message names its form.
+	e.waitLive(form, 0)
+	require.EqualValues(t, accepted, e.connect(as("127.0.114.3", long, "bob", "bob-pw")))
+	_, payload, err := sub.Next(ctx)
+	require.NoError(t, err)
+	var f map[string]any
+	require.NoError(t, json.Unmarshal(payload, &f))
+	assert.Equal(t, form, f["clientid"])
+	assert.Equal(t, []any{"alice", "bob"}, f["principals"])
+	fs := e.findings()
+	require.Len(t, fs, 1)
+	assert.Equal(t, form, fs[0]["clientid"])
+
+	// A conflict on the short ID that poses as that form: its message must
+	// not read as the long one's (the ID itself would: it is the form), so
+	// it carries its own tracking form, as a short ID starting with
+	// "sha256:" always is in Redis.
+	require.EqualValues(t, accepted, e.connect(as("127.0.114.4", form, "alice", "alice-pw")))
+	e.waitLive(tracked(form), 0)
+	require.EqualValues(t, accepted, e.connect(as("127.0.114.5", form, "bob", "bob-pw")))
+	_, payload, err = sub.Next(ctx)
+	require.NoError(t, err)
+	f = nil
+	require.NoError(t, json.Unmarshal(payload, &f))
+	assert.Equal(t, tracked(form), f["clientid"], "the poser's finding reads as the long ID's")
+	e.logLine("event=finding", `client_id="`+form+`"`)
+}
