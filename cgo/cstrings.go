@@ -118,7 +118,16 @@ func copyPassword(p *C.char) *passwordBuf {
 	if pb == nil {
 		pb = new(passwordBuf)
 	}
-	pb.b = append(pb.b[:0], cBytes(p)...)
+	b := cBytes(p)
+	if len(b) > cap(pb.b) {
+		// Grown here, not by append: append's growth took a 40 960-byte
+		// buffer to 81 920 bytes for a 65 535-byte password, over
+		// passwordMaxKept, and release dropped it (a stranger alternating
+		// 40 000- and 65 535-byte passwords allocated both at every pair).
+		// Doubling up to passwordMaxKept, an MQTT password's most, keeps it.
+		pb.b = make([]byte, 0, max(len(b), min(2*cap(pb.b), passwordMaxKept)))
+	}
+	pb.b = append(pb.b[:0], b...)
 	return pb
 }
 

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// Hostile test of 155da76's slow release: a steady allocation between
+// releaseQuiet and releaseSlow a tick (a trickle, or a burst slowed by its
+// hashes' cost) now releases while it goes on. How often, and at what
+// cost: the backoff must still keep the releases under a hundredth of a
+// core whatever the rate and a release's cost.
+func TestH13SlowReleaseSteadyLoadCost(t *testing.T) {
+	const span = 30 * time.Minute
+	for _, took := range []time.Duration{2 * time.Millisecond, 50 * time.Millisecond, 400 * time.Millisecond} {
+		for _, rate := range []uint64{releaseQuiet, 600 << 10, releaseSlow - 1} {
+			f := &fakeHeap{at: time.Unix(1e9, 0), took: took}
+			f.s = heapSample{allocs: 100 << 20, free: 1 << 20, inUse: 30 << 20, live: 10 << 20}
+			r := f.release()
+			start := f.at
+			var first time.Duration
+			for f.at.Sub(start) < span {
+				if f.tick(r, rate) && first == 0 {
+					first = f.at.Sub(start)
+				}
+			}
+			cost := time.Duration(f.frees) * took
+			share := float64(cost) / float64(f.at.Sub(start))
+			t.Logf("%s a tick (%.1f MB/s), a release costing %v: %d releases in %v (first after %v), %.3f%% of a core",
+				fmt.Sprintf("%d KB", rate>>10), float64(rate)*4/(1<<20), took, f.frees, span, first.Round(time.Second), 100*share)
+			assert.LessOrEqual(t, share, 0.0101, "over a hundredth of a core")
+		}
+	}
+}
+
+// Hostile test of 155da76's 64 KiB spare password buffer: a buffer grown
+// by append from one long password to a longer one grows past 64 KiB
+// (append's growth: 40 960 to 81 920 bytes for 65 535) and is dropped, so
+// a stranger alternating 40 000- and 65 535-byte passwords allocated both
+// at every pair of CONNECTs, as before the spare kept 64 KiB.
+func TestH13PasswordBufAlternatingLengths(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts")
+	}
+	a, b := cChars(strings.Repeat("a", 40000)), cChars(strings.Repeat("b", 65535))
+	for _, p := range []*_Ctype_char{a, b, a, b} { // the spare grown
+		copyPassword(p).release()
+	}
+	allocs := testing.AllocsPerRun(50, func() {
+		copyPassword(a).release()
+		copyPassword(b).release()
+	})
+	assert.Zero(t, allocs, "a new buffer at each pair of long passwords")
+	pb := copyPassword(b)
+	assert.LessOrEqual(t, cap(pb.b), passwordMaxKept)
+	pb.release()
+}
