@@ -450,6 +450,10 @@ func (k *knownSources) startLoad(username string, old *knownSet, now time.Time) 
 			return
 		}
 		old = &knownSet{}
+		// A copy: the username kept as it is kept its CONNECT's client ID
+		// with it (one allocation, see ownPart), 65 KB a throttled
+		// username with a 60 000-byte client ID.
+		username = strings.Clone(username)
 		k.loaded[username] = old
 	}
 	old.loading = true

@@ -2,12 +2,14 @@ package plugin
 
 import (
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logflood"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -131,12 +133,22 @@ type throttleLog struct {
 const throttleLogMax = 10000
 
 // first reports whether this refusal is the first of its episode here.
+//
+// A username is remembered by its keys.Tracking form, copied: a username
+// kept as it is kept its CONNECT's client ID with it (cgo makes the two one
+// allocation, see ownPart), so a stranger's CONNECTs with 60 000-byte client
+// IDs and throttled made-up usernames pinned 65 KB each, up to
+// throttleLogMax of them (and a 65 535-byte username itself as much).
 func (t *throttleLog) first(username string, now time.Time, ttl time.Duration) bool {
 	ms := now.UnixMilli()
+	username = keys.Tracking(username) // the username itself up to 256 bytes: no allocation
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if end, ok := t.logged[username]; ok && ms < end {
 		return false
+	}
+	if _, ok := t.logged[username]; !ok {
+		username = strings.Clone(username)
 	}
 	if t.logged == nil || len(t.logged) >= throttleLogMax {
 		t.logged = map[string]int64{}
