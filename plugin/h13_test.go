@@ -3,6 +3,8 @@ package plugin
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -52,4 +54,31 @@ func TestH13ThrottledUsernameKeysKeepNoLongClientID(t *testing.T) {
 		t.Logf("%s: %.0f bytes kept a CONNECT with a 60 000-byte client ID", tc.name, held)
 		assert.Less(t, held, 2048.0, "%s: the CONNECT's client ID kept by its username", tc.name)
 	}
+}
+
+// The failure queue (failures.go, not changed here: another change is on
+// it) keeps each queued failure's client ID and username as they are: with
+// Redis hung, a queued failure of a CONNECT with a 60 000-byte client ID
+// holds 65 KB, up to failureQueueSize (4 096) of them: about 270 MB, 520 MB
+// with 65 535-byte usernames too. Skipped unless H13=1 (a defect left to
+// that change).
+func TestH13FailureQueueKeepsNoLongClientID(t *testing.T) {
+	if os.Getenv("H13") == "" {
+		t.Skip("a known defect of failures.go, left to the change on it: H13=1 to run")
+	}
+	if raceEnabled {
+		t.Skip("the race detector changes what the heap holds")
+	}
+	q := &failureQueue{ch: make(chan failure, failureQueueSize)} // no worker: Redis hung
+	const n = 300
+	ip := netip.MustParseAddr("192.0.2.7")
+	before := liveHeap()
+	for i := 0; i < n; i++ {
+		id, user := h13Connect(i)
+		q.add(failure{clientID: id, ip: ip, username: user, hasUsername: true, throttle: true})
+	}
+	held := float64(liveHeap()-before) / n
+	t.Logf("%.0f bytes kept a queued failure of a CONNECT with a 60 000-byte client ID", held)
+	assert.Less(t, held, 2048.0, "the queued failure keeps the CONNECT's client ID")
+	runtime.KeepAlive(q)
 }
