@@ -137,3 +137,32 @@ func TestZZH13ShortIDAsLongIDsForm(t *testing.T) {
 	assert.Equal(t, tracked(form), f["clientid"], "the poser's finding reads as the long ID's")
 	e.logLine("event=finding", `client_id="`+form+`"`)
 }
+
+// Known sources by a long (or "sha256:") client ID under the username
+// throttle: the writer keeps the ID's tracking form (c714a05) and the
+// throttle's check forms it from the ID itself; the known device roaming
+// to a new IP is let in, a stranger's CONNECT with a long ID and the
+// password is refused, and the refusals are logged once per episode
+// (throttleLog keyed by the username's tracking form now).
+func TestZZH13ThrottleKnownByLongID(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 50", "auth_opt_fail_window 3s", "auth_opt_username_fail_limit 5")
+	ids := h13IDs()
+	for _, id := range ids {
+		require.EqualValues(t, accepted, e.connect(as("127.3.13.1", id, "bob", "bob-pw")))
+	}
+	for _, id := range ids {
+		eventually(t, 3*time.Second, func() bool { return e.redis.CLI("ZSCORE", "guard:known:bob", "clientid:"+tracked(id)) != "" },
+			"known source by client ID %.20q... not recorded under its tracking form", id)
+	}
+	for i := 0; i < 40; i++ {
+		e.connect(as("127.3.14."+strconv.Itoa(1+i), "x"+strconv.Itoa(i), "bob", "guess"+strconv.Itoa(i)))
+	}
+	e.waitKey("guard:throttle:username:bob", true, 2*time.Second)
+	for name, id := range ids {
+		assert.EqualValues(t, accepted, e.connect(as("127.3.15.1", id, "bob", "bob-pw")), "%s: a known client ID from a new IP", name)
+		assert.EqualValues(t, refused, e.connect(as("127.3.15.2", id+"x", "bob", "bob-pw")), "%s: another client ID", name)
+	}
+	assert.EqualValues(t, refused, e.connect(as("127.3.15.3", tracked(ids["60000"]), "bob", "bob-pw")),
+		"the long ID's tracking form as a client ID is another client ID")
+	assert.Equal(t, 1, e.countLines("event=refused", "rule=username-throttled"), "refusals logged once per episode")
+}
