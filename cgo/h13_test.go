@@ -2,11 +2,15 @@ package main
 
 import (
 	"fmt"
+	"math"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // Hostile test of 155da76's slow release: a steady allocation between
@@ -58,4 +62,43 @@ func TestH13PasswordBufAlternatingLengths(t *testing.T) {
 	pb := copyPassword(b)
 	assert.LessOrEqual(t, cap(pb.b), passwordMaxKept)
 	pb.release()
+}
+
+// Figures for c714a05's hit path: objects and bytes a cached CONNECT and its
+// DISCONNECT allocate, tracking on, by client ID: the tracker hashes one
+// over 256 bytes or starting with "sha256:" on the broker thread (its
+// tracking form, the 200 bytes a finding would quote), and copies the
+// principal when client ID and username are over 512 bytes together. Logs
+// only; a bound for a fleet's short IDs is TestBasicAuthHitAllocs's.
+func TestH13HitAllocsByClientID(t *testing.T) {
+	testenv.Need(t, "redis-server", "mosquitto_passwd")
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	redis := testenv.StartRedis(t)
+	dir := t.TempDir()
+	hash := passwdHash(t, dir)
+	ab := newAuthBench(t, redis, dir, hash, 1, "flag")
+	for _, id := range []string{"bench-w00", strings.Repeat("s", 256), strings.Repeat("l", 257), strings.Repeat("m", 600), strings.Repeat("h", 60000), "sha256:bench"} {
+		c := ab.client(0, id)
+		ab.connect(t, c)
+		ab.disconnect(c)
+		time.Sleep(300 * time.Millisecond)
+		n, bytes := math.MaxFloat64, math.MaxFloat64
+		for range 3 {
+			const runs = 200
+			var m0, m1 runtime.MemStats
+			var total, alloc uint64
+			for i := 0; i < runs; i++ {
+				runtime.ReadMemStats(&m0)
+				ab.connect(t, c)
+				ab.disconnect(c)
+				runtime.ReadMemStats(&m1)
+				total += m1.Mallocs - m0.Mallocs
+				alloc += m1.TotalAlloc - m0.TotalAlloc
+			}
+			n, bytes = min(n, float64(total)/runs), min(bytes, float64(alloc)/runs)
+		}
+		t.Logf("client ID of %d bytes (%.12q): %.2f objects, %.0f bytes per cached CONNECT and DISCONNECT", len(id), id, n, bytes)
+	}
 }
