@@ -3,13 +3,18 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
 )
 
 // h13IDs are client IDs whose tracking form is not themselves: over 256
@@ -165,4 +170,63 @@ func TestZZH13ThrottleKnownByLongID(t *testing.T) {
 	assert.EqualValues(t, refused, e.connect(as("127.3.15.3", tracked(ids["60000"]), "bob", "bob-pw")),
 		"the long ID's tracking form as a client ID is another client ID")
 	assert.Equal(t, 1, e.countLines("event=refused", "rule=username-throttled"), "refusals logged once per episode")
+}
+
+// TestZZH13LongIDStrangerHoldsTheRelease: 155da76's slow rule lets a
+// release through a stranger's trickle of refused CONNECTs when it
+// allocates under releaseSlow (1 MB) every quarter second. A stranger
+// sending a 60 000-byte client ID and username with each refused CONNECT,
+// every 50 ms, allocated 320 KB a CONNECT in cgo's strings alone (a
+// buffer grown by append, then the strings, then the buffer dropped): 6 MB
+// a second, a burst, and the release after the devices' burst did not come
+// while it went on. Made in one copy (123 KB), the trickle is slow and the
+// release comes. About 40 s: H13=1 or ATK_LOAD=1.
+func TestZZH13LongIDStrangerHoldsTheRelease(t *testing.T) {
+	if os.Getenv("H13") == "" && os.Getenv("ATK_LOAD") == "" {
+		t.Skip("about 40 s: H13=1 or ATK_LOAD=1")
+	}
+	const n = 3000
+	e := envWithoutBroker(t)
+	addDevices(t, e, n)
+	b := atkRelBroker(t, e.conf("log_type all"), true)
+	time.Sleep(1500 * time.Millisecond)
+	ok, _ := r13Hold(t, b, n, func(i int) string { return fmt.Sprintf("t-%d", i) }, -1, nil)
+	before := strings.Count(b.Output(), "heap released")
+	end := time.Now()
+	long := strings.Repeat("q", 59990)
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			c, _, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: "127.15.0.1",
+				ClientID: fmt.Sprintf("s%08d", i) + long, Username: str(fmt.Sprintf("n%08d", i) + long), Password: str("pw")})
+			cancel()
+			sent.Add(1)
+			if err == nil && c != nil {
+				c.Close()
+			}
+		}
+	}()
+	const window = 18 * time.Second
+	var relAt time.Duration
+	for time.Since(end) < window && relAt == 0 {
+		if strings.Count(b.Output(), "heap released") > before {
+			relAt = time.Since(end)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	<-done
+	t.Logf("%d/%d devices; stranger: %d CONNECTs with a 60 000-byte client ID and username; release %v after the burst (0: none in %v)",
+		ok, n, sent.Load(), relAt, window)
+	require.False(t, b.Exited())
+	assert.NotZero(t, relAt, "no release in %v after the devices' burst while a stranger sends long client IDs and usernames at 20/s", window)
 }
