@@ -69,22 +69,30 @@ var connStrings = &connectStrings{seed: maphash.MakeSeed()}
 // strings, and ids: the client ID and username end to end, of which
 // clientID and user are slices (plugin.Client's IDs).
 func (t *connectStrings) get(id, addr, username []byte, hasUsername bool) (clientID, address, user, ids string) {
+	idLen, n := uint32(len(id)), len(id)+len(username)
+	if n+len(addr) > internMax {
+		// Not kept: made in one copy, straight from C's bytes. Through the
+		// buffer (grown by append, its bytes then copied into the strings,
+		// and dropped), a 60 000-byte client ID and username allocated
+		// 320 KB a CONNECT, where the strings are 120 KB: a stranger's
+		// refused CONNECTs, at 5 a second, were a burst to the heap's
+		// release (heaprelease.go, releaseSlow).
+		var s string
+		if n > 0 {
+			b := make([]byte, n)
+			copy(b[copy(b, id):], username)
+			s = unsafe.String(unsafe.SliceData(b), n) // b is never written again
+		}
+		return s[:idLen], string(addr), s[idLen:], s
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.buf = append(append(append(t.buf[:0], id...), username...), addr...)
-	idLen, n := uint32(len(id)), len(id)+len(username)
-	var s, a string
-	if len(t.buf) > internMax {
-		s, a = string(t.buf[:n]), string(t.buf[n:])
-		t.buf = t.buf[:0:0] // a long CONNECT's bytes are not kept either
-	} else {
-		slot := &t.slots[maphash.Bytes(t.seed, t.buf)%internSlots]
-		if slot.s != string(t.buf[:n]) || slot.addr != string(t.buf[n:]) || slot.idLen != idLen || slot.hasUsername != hasUsername {
-			*slot = internSlot{s: string(t.buf[:n]), addr: string(t.buf[n:]), idLen: idLen, hasUsername: hasUsername}
-		}
-		s, a = slot.s, slot.addr
+	slot := &t.slots[maphash.Bytes(t.seed, t.buf)%internSlots]
+	if slot.s != string(t.buf[:n]) || slot.addr != string(t.buf[n:]) || slot.idLen != idLen || slot.hasUsername != hasUsername {
+		*slot = internSlot{s: string(t.buf[:n]), addr: string(t.buf[n:]), idLen: idLen, hasUsername: hasUsername}
 	}
-	return s[:idLen], a, s[idLen:], s
+	return slot.s[:idLen], slot.addr, slot.s[idLen:], slot.s
 }
 
 // passwordBuf holds a CONNECT's password while it is checked; cleared
@@ -118,7 +126,16 @@ func copyPassword(p *C.char) *passwordBuf {
 	if pb == nil {
 		pb = new(passwordBuf)
 	}
-	pb.b = append(pb.b[:0], cBytes(p)...)
+	b := cBytes(p)
+	if len(b) > cap(pb.b) {
+		// Grown here, not by append: append's growth took a 40 960-byte
+		// buffer to 81 920 bytes for a 65 535-byte password, over
+		// passwordMaxKept, and release dropped it (a stranger alternating
+		// 40 000- and 65 535-byte passwords allocated both at every pair).
+		// Doubling up to passwordMaxKept, an MQTT password's most, keeps it.
+		pb.b = make([]byte, 0, max(len(b), min(2*cap(pb.b), passwordMaxKept)))
+	}
+	pb.b = append(pb.b[:0], b...)
 	return pb
 }
 
