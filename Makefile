@@ -56,7 +56,7 @@ unit:
 # the timing tests of the replica reload and the password file's read (the
 # detector slows them): a few seconds.
 test: build vet fmt-check
-	GUARD_PLUGIN=$(CURDIR)/$(PLUGIN) $(GO) test -race -count=1 -timeout 20m ./...
+	GUARD_PLUGIN=$(CURDIR)/$(PLUGIN) $(GO) test -race -count=1 -timeout 30m ./...
 	$(GO) test -count=1 -run 'AllocatesNothing|Allocs|Bytes|ConnectStrings|StoreConnsIDs|LeavesTheBrokerThread' ./plugin ./store/replica ./cgo ./conflicts ./store ./backends/files
 
 # The .deb from make build's binaries, stripped; see packaging/build-deb.sh.

@@ -306,7 +306,7 @@ func TestZZR13StrangerTrickleHoldsTheRelease(t *testing.T) {
 // while Redis does not answer); given back once Redis resumes (22.0 MB 4 s
 // after). At the queue's 65 536 events that is about 4 GB live.
 func TestZZR13HungRedisQueueOfHugeIDs(t *testing.T) {
-	const n = 2000
+	const n = 1000
 	e := envWithoutBroker(t)
 	addDevices(t, e, 1)
 	res := map[string]int64{}
@@ -354,13 +354,6 @@ func TestZZR13HungRedisQueueOfHugeIDs(t *testing.T) {
 			}
 		}
 		require.False(t, b.Exited())
-		time.Sleep(4 * time.Second)
-		t.Logf("%s: 4 s after Redis resumed RSS %.1f MB", kind, float64(r13Rss(t, b.PID()))/(1<<20))
-		for _, l := range strings.Split(b.Output(), "\n") {
-			if strings.Contains(l, "heap released") {
-				t.Log("  ", l)
-			}
-		}
 	}
 	assert.Less(t, res["huge"], res["short"]+int64(n)*4096, "with Redis stopped, huge client IDs keep over 4 KB a CONNECT more than short ones")
 }
