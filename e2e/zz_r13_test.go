@@ -80,6 +80,19 @@ func r13Hold(t *testing.T, b *testenv.Mosquitto, n int, id func(i int) string, a
 	return ok.Load(), lat
 }
 
+// r13ReleaseAfter waits until window after end for a heap release line
+// beyond the first before in b's output, and returns how long after end
+// it was seen (0: none within window).
+func r13ReleaseAfter(b *testenv.Mosquitto, before int, end time.Time, window time.Duration) time.Duration {
+	for time.Since(end) < window {
+		if strings.Count(b.Output(), "heap released") > before {
+			return time.Since(end)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return 0
+}
+
 func r13Pct(lat []time.Duration, p float64) time.Duration {
 	if len(lat) == 0 {
 		return 0
@@ -262,13 +275,7 @@ func TestZZR13StrangerTrickleHoldsTheRelease(t *testing.T) {
 		}
 	}()
 	const window = 8 * time.Second
-	var relAt time.Duration
-	for time.Since(end) < window && relAt == 0 {
-		if strings.Count(b.Output(), "heap released") > before {
-			relAt = time.Since(end)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	relAt := r13ReleaseAfter(b, before, end, window)
 	during := r13Rss(t, b.PID())
 	close(stop)
 	<-done
