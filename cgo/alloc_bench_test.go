@@ -54,6 +54,9 @@ import (
 // client without a certificate.
 //
 // Run: go test -run XXX -bench BasicAuth -benchmem ./cgo (make bench-alloc).
+// fleetHitDevices: the fleethit rows' devices, four times internSlots.
+const fleetHitDevices = 4 * internSlots
+
 func BenchmarkBasicAuth(b *testing.B) {
 	redis, dir, hash := benchSetup(b)
 	for _, conflict := range []string{"flag", "off"} {
@@ -63,6 +66,21 @@ func BenchmarkBasicAuth(b *testing.B) {
 			ab.connect(b, c) // verified once: cached from now on
 			ab.disconnect(c)
 			ab.measure(b, func(int) authClient { return c })
+		})
+		b.Run("fleethit/clientid_conflict="+conflict, func(b *testing.B) {
+			// A fleet of fleetHitDevices devices sharing one user, each with
+			// its own handle, client ID and address, reconnecting in turn:
+			// every verification cached, more devices than cgo's interned
+			// strings hold (internSlots).
+			ab := newAuthBench(b, redis, dir, hash, 1, conflict)
+			clients := make([]authClient, fleetHitDevices)
+			for i := range clients {
+				clients[i] = ab.client(i, fmt.Sprintf("fleet-hit-%05d", i))
+				clients[i].username = cChars(ab.user(0))
+				ab.connect(b, clients[i])
+				ab.disconnect(clients[i])
+			}
+			ab.measure(b, func(i int) authClient { return clients[i%len(clients)] })
 		})
 		b.Run("miss/clientid_conflict="+conflict, func(b *testing.B) {
 			ab := newAuthBench(b, redis, dir, hash, b.N+1, conflict)

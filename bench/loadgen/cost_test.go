@@ -264,3 +264,20 @@ func TestMemoryOnlyTargetsAndPeak(t *testing.T) {
 		t.Errorf("no reference row for the release: %v", got)
 	}
 }
+
+// The hit-allocation row shows the fleet's figure beside the one device's
+// (fleethit: more devices than cgo's interned strings), and is judged on
+// the one device's, as the issue's target names.
+func TestHitAllocRowShowsTheFleet(t *testing.T) {
+	allocs := []allocBench{{name: "hit/clientid_conflict=flag"}, {name: "fleethit/clientid_conflict=flag", allocsOp: 1, bOp: 42}}
+	for _, r := range issue12Targets(map[string]float64{}, map[string]connCost{}, pairSummary{}, nil, memSummary{}, allocs, true, false) {
+		if !strings.HasPrefix(r[0], "the cache-hit path allocates nothing") {
+			continue
+		}
+		if want := "0.0 allocs, 0 B per CONNECT; a fleet of 4 096 devices: 1.0 allocs, 42 B (its strings)"; r[1] != want || r[2] != "**PASS**" {
+			t.Fatalf("row %q: %q %q, want %q **PASS**", r[0], r[1], r[2], want)
+		}
+		return
+	}
+	t.Fatal("no hit-allocation row")
+}
