@@ -168,7 +168,9 @@ type authBench struct {
 	redis   *testenv.Redis
 	logged  atomic.Int64 // the guard's log lines
 	lastLog atomic.Pointer[string]
-	user    func(i int) string // user i's name
+	// conflicts counts the refusal lines of a client-ID conflict.
+	conflicts atomic.Int64
+	user      func(i int) string // user i's name
 }
 
 // benchUser is newAuthBench's user i: u0000000...
@@ -220,8 +222,15 @@ func newAuthBenchOf(b testing.TB, redis *testenv.Redis, dir, hash string, users 
 	if err := os.WriteFile(pw, []byte(sb.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
+	return newAuthBenchWith(b, redis, map[string]string{"password_file": pw, "clientid_conflict": conflict}, user)
+}
+
+// newAuthBenchWith empties Redis and starts a guard on it with the options
+// opts (redis_addr added), its users named user(i).
+func newAuthBenchWith(b testing.TB, redis *testenv.Redis, opts map[string]string, user func(i int) string) *authBench {
 	redis.CLI("FLUSHALL")
-	cfg, err := config.Parse(map[string]string{"redis_addr": redis.Addr, "password_file": pw, "clientid_conflict": conflict})
+	opts["redis_addr"] = redis.Addr
+	cfg, err := config.Parse(opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -231,6 +240,9 @@ func newAuthBenchOf(b testing.TB, redis *testenv.Redis, dir, hash string, users 
 	g, err := plugin.New(cfg, plugin.Output{Log: func(_ plugin.Level, msg string) {
 		ab.logged.Add(1)
 		ab.lastLog.Store(&msg)
+		if strings.Contains(msg, "event=refused ") && strings.Contains(msg, " rule=clientid-conflict ") {
+			ab.conflicts.Add(1)
+		}
 	}})
 	if err != nil {
 		b.Fatal(err)

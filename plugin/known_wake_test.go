@@ -56,7 +56,12 @@ func TestKnownSourcesWakeWriterOncePerBatch(t *testing.T) {
 // halts them and waits.
 func knownOnRedis(t *testing.T, window time.Duration) (k *knownSources, rdb *redis.Client, halt func() <-chan struct{}) {
 	t.Helper()
-	r := testenv.StartRedis(t)
+	return knownOn(t, testenv.StartRedis(t), window)
+}
+
+// knownOn is knownOnRedis on r.
+func knownOn(t *testing.T, r *testenv.Redis, window time.Duration) (k *knownSources, rdb *redis.Client, halt func() <-chan struct{}) {
+	t.Helper()
 	rdb = redis.NewClient(&redis.Options{Addr: r.Addr})
 	stop := make(chan struct{})
 	var once sync.Once
