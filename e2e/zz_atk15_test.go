@@ -472,3 +472,96 @@ func TestZZAtk15SighupWithHugeIDsHeld(t *testing.T) {
 	assert.GreaterOrEqual(t, rels, 3, "a release after each SIGHUP's walk")
 	assert.Less(t, rss1-rss0, int64(20*atk15MB), "RSS kept after the SIGHUPs")
 }
+
+// Attack 2b: a FLUSHALL storm (every 300 ms for 6 s) with 1 500 devices
+// holding 60 000-byte client IDs: after each loss the plugin writes again
+// the known sources of every connection it holds (README, Automatic bans:
+// one pipelined round trip per 256 connections, off the broker thread),
+// by their client IDs' tracking forms (at most 256 bytes). Measured: the
+// RSS kept, the broker thread (a cache-hit probe every 100 ms), every
+// device's source back in Redis after the storm.
+func TestZZAtk15FlushStormWithHugeIDsHeld(t *testing.T) {
+	atk15Skip(t)
+	const n = 1500
+	e := envWithoutBroker(t)
+	addDevices(t, e, n)
+	b := atkRelBroker(t, e.conf("log_type all"), true)
+	time.Sleep(1500 * time.Millisecond)
+	id := func(i int) string { s := fmt.Sprintf("fh-%d-", i); return s + strings.Repeat("x", 60000-len(s)) }
+	ok, _ := r13Hold(t, b, n, id, -1, nil)
+	time.Sleep(2 * time.Second)
+	rss0 := r13Rss(t, b.PID())
+	l := atk15Start(b, 0)
+	var peak int64
+	flushes := 0
+	for s := time.Now(); time.Since(s) < 6*time.Second; flushes++ {
+		e.redis.CLI("FLUSHALL")
+		time.Sleep(300 * time.Millisecond)
+		peak = max(peak, r13Rss(t, b.PID()))
+	}
+	var known int
+	eventually(t, 10*time.Second, func() bool {
+		known = 0
+		for _, i := range []int{0, n / 2, n - 1} {
+			if e.redis.CLI("ZSCORE", fmt.Sprintf("guard:known:dev%d", i), "clientid:"+tracked(id(i))) != "" {
+				known++
+			}
+		}
+		return known == 3
+	}, "a held device's source not written again after the storm")
+	time.Sleep(2 * time.Second)
+	rss1 := r13Rss(t, b.PID())
+	probeMax, probeBad := l.end(t)
+	t.Logf("%d/%d devices with 60 000-byte IDs; %d FLUSHALLs in 6 s: RSS %.1f MB before, peak %.1f, after %.1f MB; Redis keys after %s",
+		ok, n, flushes, float64(rss0)/atk15MB, float64(peak)/atk15MB, float64(rss1)/atk15MB, strings.TrimSpace(e.redis.CLI("DBSIZE")))
+	atk15Log(t, b, "heap released", "panic", "internal error")
+	require.False(t, b.Exited(), "broker ended")
+	assert.Zero(t, probeBad, "alice refused or unanswered")
+	assert.Less(t, probeMax, 500*time.Millisecond, "a cache-hit CONNECT waited long")
+	assert.Less(t, rss1-rss0, int64(20*atk15MB), "RSS kept after the storm")
+	assert.Less(t, peak-rss0, int64(40*atk15MB), "RSS during the storm")
+}
+
+// Attack 4b: GOGC=off and GOMEMLIMIT=64MiB, and 1 500 devices holding
+// 60 000-byte client IDs: the plugin's live heap (about 95 MB, README,
+// Known limits) above the limit, where Go collects without pause while
+// anything allocates (its limiter caps that at half the CPU). Measured:
+// the devices' burst's CONNECT times, the broker's CPU while idle after,
+// a cache-hit probe every 100 ms, the release. Held (2026-12-03): burst
+// 2.74 s (CPU 2.48 s), CONNECT p99 33 ms, no release (nothing above the
+// limit to give back), then 8.1% of a core with the probe; with Go's
+// defaults (ATK15_DEFAULT_GC=1) 1.27 s (CPU 1.19 s), p99 20 ms, 3.8%.
+func TestZZAtk15MemLimitUnderTheLiveHeap(t *testing.T) {
+	atk15Skip(t)
+	const n = 1500
+	e := envWithoutBroker(t)
+	addDevices(t, e, n)
+	if os.Getenv("ATK15_DEFAULT_GC") == "" {
+		t.Setenv("GOGC", "off")
+		t.Setenv("GOMEMLIMIT", strconv.Itoa(64<<20))
+	}
+	b := atkRelBroker(t, e.conf("log_type all"), true)
+	time.Sleep(1500 * time.Millisecond)
+	before := strings.Count(b.Output(), "heap released")
+	cpu0, _ := atkProcStat(t, b.PID())
+	s := time.Now()
+	ok, lat := r13Hold(t, b, n, func(i int) string { s := fmt.Sprintf("ml-%d-", i); return s + strings.Repeat("x", 60000-len(s)) }, -1, nil)
+	burst := time.Since(s)
+	cpu1, _ := atkProcStat(t, b.PID())
+	end := time.Now()
+	relAt := r13ReleaseAfter(b, before, end, 4*time.Second)
+	l := atk15Start(b, 0)
+	time.Sleep(5 * time.Second)
+	cpu2, rss := atkProcStat(t, b.PID())
+	idle := time.Since(end)
+	probeMax, probeBad := l.end(t)
+	t.Logf("GOGC=off GOMEMLIMIT=64MiB (not with ATK15_DEFAULT_GC=1): %d/%d devices with 60 000-byte IDs in %v (CPU %v); CONNECT p50 %v p99 %v max %v; release %v after; then %v with a probe every 100 ms: CPU %v (%.1f%% of a core); RSS %.1f MB",
+		ok, n, burst.Round(time.Millisecond), cpu1-cpu0, r13Pct(lat, .5), r13Pct(lat, .99), r13Pct(lat, 1), relAt.Round(time.Millisecond),
+		idle.Round(time.Millisecond), cpu2-cpu1, 100*(cpu2-cpu1).Seconds()/idle.Seconds(), float64(rss)/atk15MB)
+	atk15Log(t, b, "heap released", "panic", "internal error")
+	require.False(t, b.Exited(), "broker ended")
+	assert.EqualValues(t, n, ok)
+	assert.Zero(t, probeBad, "alice refused or unanswered")
+	assert.Less(t, probeMax, 500*time.Millisecond, "a cache-hit CONNECT waited long")
+	assert.Less(t, (cpu2-cpu1).Seconds(), idle.Seconds()/10, "the broker over a tenth of a core with a probe every 100 ms")
+}
