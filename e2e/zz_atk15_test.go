@@ -565,3 +565,61 @@ func TestZZAtk15MemLimitUnderTheLiveHeap(t *testing.T) {
 	assert.Less(t, probeMax, 500*time.Millisecond, "a cache-hit CONNECT waited long")
 	assert.Less(t, (cpu2-cpu1).Seconds(), idle.Seconds()/10, "the broker over a tenth of a core with a probe every 100 ms")
 }
+
+// Attack 3b: SIGHUP the moment Redis stops (SIGSTOP), 1 000 devices held,
+// clientid_conflict deny (a Redis round trip on the broker thread per
+// CONNECT, bounded by redis_timeout) and the stranger's trickle. Mosquitto
+// re-checks every client after the reload; README: the plugin never makes
+// the broker wait on a dead Redis (any timeout marks it down at once), a
+// reload's re-check is not a CONNECT. Measured: the probe's and a held
+// client's PING's longest wait.
+func TestZZAtk15SighupAsRedisStopsUnderDeny(t *testing.T) {
+	atk15Skip(t)
+	const n = 1000
+	e := envWithoutBroker(t)
+	addDevices(t, e, n)
+	b := atkRelBroker(t, e.conf("log_type all", "auth_opt_clientid_conflict deny"), true)
+	time.Sleep(1500 * time.Millisecond)
+	ok, _ := r13Hold(t, b, n, func(i int) string { return fmt.Sprintf("sd-%d", i) }, -1, nil)
+	pinger, code := atk15Dial(t, b, "pinger")
+	require.EqualValues(t, accepted, code)
+	time.Sleep(time.Second)
+	l := atk15Start(b, 12)
+	time.Sleep(500 * time.Millisecond)
+	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
+	defer func() { _ = e.redis.Signal(syscall.SIGCONT) }()
+	require.NoError(t, syscall.Kill(b.PID(), syscall.SIGHUP))
+	var pings []time.Duration
+	for k := 0; k < 20; k++ {
+		s := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := pinger.Ping(ctx)
+		cancel()
+		require.NoError(t, err, "no PINGRESP within 10 s")
+		pings = append(pings, time.Since(s))
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.NoError(t, syscall.Kill(b.PID(), syscall.SIGHUP)) // again, Redis marked down by now
+	time.Sleep(time.Second)
+	require.NoError(t, e.redis.Signal(syscall.SIGCONT))
+	time.Sleep(time.Second)
+	probeMax, probeBad := l.end(t)
+	sort.Slice(pings, func(i, j int) bool { return pings[i] < pings[j] })
+	t.Logf("%d/%d devices; Redis stopped and SIGHUP at once: held client's PING p50 %v max %v", ok, n, r13Pct(pings, .5), r13Pct(pings, 1))
+	atk15Log(t, b, "panic", "internal error", "Reloading", "redis", "Redis")
+	require.False(t, b.Exited(), "broker ended")
+	assert.Less(t, probeMax, time.Second, "a CONNECT waited over a second")
+	assert.Less(t, r13Pct(pings, 1), time.Second, "a held client's PING waited over a second")
+	t.Logf("probe not accepted: %d", probeBad)
+}
+
+// atk15Dial connects alice with client ID id from 127.15.252.1, held until
+// the test ends.
+func atk15Dial(t *testing.T, b *testenv.Mosquitto, id string) (*mqttc.Conn, byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: "127.15.252.1", ClientID: id, Username: str("alice"), Password: str("alice-pw")})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c, code
+}
