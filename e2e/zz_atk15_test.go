@@ -623,3 +623,44 @@ func atk15Dial(t *testing.T, b *testenv.Mosquitto, id string) (*mqttc.Conn, byte
 	t.Cleanup(func() { c.Close() })
 	return c, code
 }
+
+// Attack 2c: the username throttle through a FLUSHALL storm: guesses of
+// alice's password, each from another address (under fail_limit each)
+// with a 60 000-byte client ID, while Redis is flushed every 400 ms.
+// README: a broker's own count of the username decides when Redis lost
+// it; no more than username_fail_limit + 1 checked per fail_window here.
+func TestZZAtk15UsernameThrottleThroughFlushStorm(t *testing.T) {
+	atk15Skip(t)
+	maddr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	e := envWithoutBroker(t)
+	b := atkRelBroker(t, e.conf("log_type all", "auth_opt_metrics_addr "+maddr, "auth_opt_fail_window 5m", "auth_opt_username_fail_limit 5"), true)
+	stop := make(chan struct{})
+	flushed := make(chan int)
+	go func() {
+		k := 0
+		defer func() { flushed <- k }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(400 * time.Millisecond):
+			}
+			if _, err := e.redis.TryCLI("FLUSHALL"); err == nil {
+				k++
+			}
+		}
+	}()
+	codes := map[byte]int{}
+	for i := 0; i < 100; i++ {
+		code, _ := atk15Huge(b, fmt.Sprintf("127.15.253.%d", 1+i), int64(3e6+i), "alice", "guess"+strconv.Itoa(i))
+		codes[code]++
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	k := <-flushed
+	checked := value(scrape(t, maddr), "mosquitto_guard_connects_total", "result", "refused", "rule", "bad-password")
+	t.Logf("100 guesses of alice from 100 addresses, %d FLUSHALLs: codes %v; password checks refused %v", k, codes, checked)
+	atk15Log(t, b, "panic", "internal error", "throttle")
+	require.False(t, b.Exited(), "broker ended")
+	assert.LessOrEqual(t, checked, 7.0, "README: username_fail_limit + 1 checks per fail_window on one broker")
+}
