@@ -64,7 +64,8 @@ import (
 // quiet tick comes once releaseSlowFor has passed, its last releaseSlowFor
 // averaging under releaseSlow a tick (4 MB a second: a fleet's burst
 // allocates more; slowDone); releaseWaitMax and the backoff still bound it.
-// A trickle delays it by releaseSlowFor at most after the last burst in it. (A refused CONNECT's password no longer allocates at all: the spare
+// A trickle delays it by releaseSlowFor at most after the last burst in
+// it. (A refused CONNECT's password no longer allocates at all: the spare
 // password buffer keeps up to 64 KiB, cstrings.go.)
 //
 // What it does not bound: the peak. During a burst the heap grows to the
