@@ -562,7 +562,7 @@ func TestZZAtk15MemLimitUnderTheLiveHeap(t *testing.T) {
 	assert.EqualValues(t, n, ok)
 	assert.Zero(t, probeBad, "alice refused or unanswered")
 	assert.Less(t, probeMax, 500*time.Millisecond, "a cache-hit CONNECT waited long")
-	assert.Less(t, (cpu2-cpu1).Seconds(), idle.Seconds()/10, "the broker over a tenth of a core with a probe every 100 ms")
+	assert.Less(t, (cpu2 - cpu1).Seconds(), idle.Seconds()/10, "the broker over a tenth of a core with a probe every 100 ms")
 }
 
 // Attack 3b: SIGHUP the moment Redis stops (SIGSTOP), 1 000 devices held,
