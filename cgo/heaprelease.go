@@ -61,10 +61,11 @@ import (
 // long as it went on, even from a banned address, and kept the release
 // after the devices' burst away for as long (a README-only attack:
 // TestZZR13StrangerTrickleHoldsTheRelease). So a release due but for the
-// quiet tick comes once releaseSlowFor has passed with every tick under
-// releaseSlow (4 MB a second: a fleet's burst allocates more); releaseWaitMax
-// and the backoff still bound it. A trickle delays it by releaseSlowFor at
-// most. (A refused CONNECT's password no longer allocates at all: the spare
+// quiet tick comes once releaseSlowFor has passed, its last releaseSlowFor
+// averaging under releaseSlow a tick (4 MB a second: a fleet's burst
+// allocates more; slowDone); releaseWaitMax and the backoff still bound it.
+// A trickle delays it by releaseSlowFor at most after the last burst in
+// it. (A refused CONNECT's password no longer allocates at all: the spare
 // password buffer keeps up to 64 KiB, cstrings.go.)
 //
 // What it does not bound: the peak. During a burst the heap grows to the
@@ -82,9 +83,10 @@ const (
 	releaseEvery      = time.Second
 	releaseBackoff    = 100
 	releaseBackoffMax = 10 * time.Minute
-	releaseWaitMax    = time.Second      // the longest a release waits for the workers' trims (busy)
-	releaseSlow       = 1 << 20          // bytes allocated in a tick under which a slow allocation ...
-	releaseSlowFor    = 10 * time.Second // ... lets a due release come after this long without a quiet tick
+	releaseWaitMax    = time.Second                         // the longest a release waits for the workers' trims (busy)
+	releaseSlow       = 1 << 20                             // bytes allocated in a tick under which a slow allocation ...
+	releaseSlowFor    = 10 * time.Second                    // ... lets a due release come after this long without a quiet tick
+	releaseSlowTicks  = int(releaseSlowFor/releaseTick) + 1 // ... judged on this many last ticks
 )
 
 // noRelease turns the release off (MOSQUITTO_GUARD_NO_RELEASE set to
@@ -165,7 +167,9 @@ type heapRelease struct {
 	// slowFrom is when a release, due but for a quiet tick, began to wait
 	// through ticks under releaseSlow; zero when none waits.
 	slowFrom  time.Time
-	slowBytes uint64 // allocated since slowFrom, its first tick's included
+	slowWin   [releaseSlowTicks]uint64 // the last ticks' allocation in the slow wait, a ring
+	slowN     int                      // ticks counted since slowFrom
+	slowBytes uint64                   // the sum of slowWin
 }
 
 // releasePanicLogEvery: a panic of the release's step, recovered, is
@@ -219,30 +223,37 @@ func (r *heapRelease) safeStep() {
 
 // slowDone counts d, a tick's allocation over releaseQuiet, into the slow
 // wait, and reports whether the wait is over: releaseSlowFor since it began
-// with under releaseSlow a tick on average. Judged on the average, not
-// tick by tick: a stranger's pulse (one heavy tick every few seconds in a
-// steady trickle, 1.6 MB a second in all) started a tick-by-tick wait
-// again at each pulse and held the release for as long as it went on (a
-// README-only attacker). An average of releaseSlow a tick or more is a
-// burst: the wait starts again, at the next tick under releaseSlow.
+// with under releaseSlow a tick on average over the last releaseSlowFor.
+// Judged on the average, not tick by tick: a stranger's pulse (one heavy
+// tick every few seconds in a steady trickle, 1.6 MB a second in all)
+// started a tick-by-tick wait again at each pulse and held the release for
+// as long as it went on (a README-only attacker). And on a window that
+// slides tick by tick, not on the whole wait begun again from nothing when
+// over: a pulse of 40 MB half a second into the wait failed its first
+// 10 s, and the release came 19 s after the pulse, the stranger at 3 MB a
+// second on average (a hostile test, TestAtk15PulseEarlyInTheSlowWait); now
+// it comes once the pulse has left the window, releaseSlowFor after it. An
+// average of releaseSlow a tick or more over the window is a burst: no
+// release while it lasts.
 func (r *heapRelease) slowDone(d uint64) bool {
 	now := r.now()
 	if r.slowFrom.IsZero() {
 		if d >= releaseSlow {
 			return false // a burst's tick: no slow wait starts with it
 		}
-		r.slowFrom, r.slowBytes = now, 0
+		r.slowFrom, r.slowBytes, r.slowN = now, 0, 0
 	}
+	i := r.slowN % len(r.slowWin)
+	if r.slowN >= len(r.slowWin) {
+		r.slowBytes -= r.slowWin[i]
+	}
+	r.slowWin[i] = d
 	r.slowBytes += d
-	el := now.Sub(r.slowFrom)
-	if el < releaseSlowFor {
+	r.slowN++
+	if now.Sub(r.slowFrom) < releaseSlowFor {
 		return false
 	}
-	if ticks := uint64(el/releaseTick) + 1; r.slowBytes >= releaseSlow*ticks {
-		r.slowFrom = time.Time{} // a burst
-		return false
-	}
-	return true
+	return r.slowBytes < releaseSlow*uint64(min(r.slowN, len(r.slowWin)))
 }
 
 // step applies the rule once (a tick); it reports whether it released.
