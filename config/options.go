@@ -61,6 +61,12 @@ type Options struct {
 	// KnownSourcesMax is known_sources_max: how many sources (IPs, client
 	// IDs) are remembered per username as known to it.
 	KnownSourcesMax int
+	// ClientIDMaxBytes and UsernameMaxBytes are clientid_max_bytes and
+	// username_max_bytes: a CONNECT whose client ID or username is longer
+	// is refused before anything else is checked (0, Options' zero value:
+	// no bound; parsed options are 1 to 65 535, MQTT's most).
+	ClientIDMaxBytes int
+	UsernameMaxBytes int
 
 	Conflicts ConflictConfig // clientid_conflict and its companions
 
@@ -178,6 +184,8 @@ var options = map[string]option{
 	"fail_ipv6_prefix":     {"64", intOption("fail_ipv6_prefix", 16, 128, func(c *Options) *int { return &c.FailIPv6Prefix })},
 	"username_fail_limit":  {"20", intOption("username_fail_limit", 0, 1_000_000, func(c *Options) *int { return &c.UsernameFailLimit })},
 	"known_sources_max":    {"100000", intOption("known_sources_max", 1, 10_000_000, func(c *Options) *int { return &c.KnownSourcesMax })},
+	"clientid_max_bytes":   {"65535", intOption("clientid_max_bytes", 1, 65535, func(c *Options) *int { return &c.ClientIDMaxBytes })},
+	"username_max_bytes":   {"65535", intOption("username_max_bytes", 1, 65535, func(c *Options) *int { return &c.UsernameMaxBytes })},
 	"ban_time":             {ratelimit.DefaultBanTime.String(), durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanTime })},
 	"ban_max":              {ratelimit.DefaultBanMax.String(), durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanMax })},
 	"redis_unavailable":    {"allow", parseUnavailable},

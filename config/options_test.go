@@ -28,25 +28,31 @@ func TestParseDefaults(t *testing.T) {
 	assert.Equal(t, []keys.Scope{keys.IP}, c.FailScopes)
 	assert.False(t, c.DenyWhenRedisDown)
 	assert.Equal(t, "base64", c.SaltEncoding)
+	assert.Equal(t, 65535, c.ClientIDMaxBytes, "MQTT's most: no bound of its own")
+	assert.Equal(t, 65535, c.UsernameMaxBytes)
 }
 
 func TestParseValues(t *testing.T) {
 	pw := filepath.Join(t.TempDir(), "passwd")
 	require.NoError(t, os.WriteFile(pw, nil, 0o600))
 	c, err := Parse(map[string]string{
-		"redis_addr":        "10.0.0.1:7000, 10.0.0.2:7001",
-		"redis_db":          "3",
-		"redis_timeout":     "250ms",
-		"key_prefix":        "site1:",
-		"password_file":     pw,
-		"fail_limit":        "10",
-		"fail_window":       "5m",
-		"fail_scopes":       "ip, username clientid,ip",
-		"ban_time":          "1h",
-		"ban_max":           "168h",
-		"redis_unavailable": "deny",
+		"redis_addr":         "10.0.0.1:7000, 10.0.0.2:7001",
+		"redis_db":           "3",
+		"redis_timeout":      "250ms",
+		"key_prefix":         "site1:",
+		"password_file":      pw,
+		"fail_limit":         "10",
+		"fail_window":        "5m",
+		"fail_scopes":        "ip, username clientid,ip",
+		"ban_time":           "1h",
+		"ban_max":            "168h",
+		"redis_unavailable":  "deny",
+		"clientid_max_bytes": "128",
+		"username_max_bytes": "64",
 	})
 	require.NoError(t, err)
+	assert.Equal(t, 128, c.ClientIDMaxBytes)
+	assert.Equal(t, 64, c.UsernameMaxBytes)
 	assert.Equal(t, []string{"10.0.0.1:7000", "10.0.0.2:7001"}, c.RedisAddrs)
 	assert.Equal(t, 3, c.RedisDB)
 	assert.Equal(t, BackendFiles, c.Backend, "password_file implies backend files")
@@ -76,6 +82,8 @@ func TestParseErrorsNameOptionValueAndForm(t *testing.T) {
 		{map[string]string{"redis_addr": "h:99999"}, `option redis_addr: bad value "h:99999"`},
 		{map[string]string{"redis_db": "-1"}, `option redis_db: bad value "-1"`},
 		{map[string]string{"ban_time": "2h", "ban_max": "1h"}, `option ban_max: bad value "1h0m0s": expected a duration at least ban_time (2h0m0s)`},
+		{map[string]string{"clientid_max_bytes": "0"}, `option clientid_max_bytes: bad value "0": expected a whole number from 1 to 65535`},
+		{map[string]string{"username_max_bytes": "65536"}, `option username_max_bytes: bad value "65536": expected a whole number from 1 to 65535`},
 		{map[string]string{"hasher_salt_encoding": "hex"}, `option hasher_salt_encoding: bad value "hex": expected base64, or utf8`},
 		{map[string]string{"backend": "redis", "password_file": "/etc/passwd"}, `option password_file: bad value "/etc/passwd": expected no password_file unless backend is files`},
 	}

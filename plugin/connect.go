@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"strconv"
+
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
@@ -35,6 +37,12 @@ func (g *Guard) Reauthenticate(c Client) Decision { return g.authenticate(c, tru
 // admitted.
 func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	ip, _ := keys.NormalizeIP(c.Address)
+	// A client ID or username over its bound: refused before anything
+	// reads or hashes it (clientid_max_bytes, username_max_bytes). No
+	// password is checked, so nothing is learnt and no failure counted.
+	if d, refused := g.tooLong(c); refused {
+		return g.refusals.refuse(c, ip, d, reauth)
+	}
 	scans := g.scans.Load() // before the lists are read (banRaced)
 
 	// The clock is read once for the list and limit checks, and once after
@@ -129,4 +137,20 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 	g.admitAt(c, ip, result == Defer, false, now)
 	g.banRaced(c, ip, scans)
 	return Decision{Result: result}
+}
+
+// tooLong is the refusal of c when its client ID is longer than
+// clientid_max_bytes or its username than username_max_bytes (a bound of
+// 0: none, Options' zero value).
+func (g *Guard) tooLong(c Client) (Decision, bool) {
+	rule, most := "", 0
+	switch {
+	case g.cfg.ClientIDMaxBytes > 0 && len(c.ClientID) > g.cfg.ClientIDMaxBytes:
+		rule, most = RuleClientIDTooLong, g.cfg.ClientIDMaxBytes
+	case g.cfg.UsernameMaxBytes > 0 && len(c.Username) > g.cfg.UsernameMaxBytes:
+		rule, most = RuleUsernameTooLong, g.cfg.UsernameMaxBytes
+	default:
+		return Decision{}, false
+	}
+	return Decision{Result: Deny, Rule: rule, Detail: "max_bytes=" + strconv.Itoa(most)}, true
 }

@@ -67,7 +67,7 @@ func TestFailureQueueHoldsNoClientStrings(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			g := failqGuard(t, c.scopes, nil)
-			userLen := 120000 - c.idLen
+			userLen := min(120000-c.idLen, 65535) // MQTT's most: longer is refused (username_max_bytes)
 			id0, user0 := strings.Repeat("i", c.idLen), strings.Repeat("u", userLen)
 			before := liveHeap()
 			for i := range n {
@@ -95,7 +95,7 @@ func TestLocalUsernameCountHoldsNoClientStrings(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 	g := failqGuard(t, "ip", rdb)
 	require.NotNil(t, g.known, "the username throttle is on")
-	id0 := strings.Repeat("i", 120000)
+	id0 := strings.Repeat("i", 65535) // MQTT's most: longer is refused (clientid_max_bytes)
 	before := liveHeap()
 	for i := range n {
 		tag := fmt.Sprintf("%06d", i)

@@ -27,7 +27,10 @@ func (g *Guard) FirstSight(c Client) Decision {
 	ans, _ := g.lookup(c, ip, false)
 	redisOK := g.health.up()
 	d := Decision{Result: Allow}
+	long, tooLong := g.tooLong(c)
 	switch {
+	case tooLong:
+		d = long
 	case !redisOK && g.cfg.DenyWhenRedisDown:
 		d = Decision{Result: Deny, Rule: RuleRedisUnavailable}
 	case ans.Block != nil:
@@ -49,7 +52,10 @@ func (g *Guard) FirstSight(c Client) Decision {
 		return d
 	}
 	g.metrics.connect(refusedBy(d))
-	d.Detail = "seen=first-acl-check" // no BASIC_AUTH on this listener: kicked at the next safe point
+	if d.Detail != "" {
+		d.Detail += " "
+	}
+	d.Detail += "seen=first-acl-check" // no BASIC_AUTH on this listener: kicked at the next safe point
 	g.refusals.refuse(c, ip, d, false)
 	g.admitFlagged(c, ip)
 	return d

@@ -43,6 +43,8 @@ const (
 	ruleFailLimit
 	ruleUsernameThrottled
 	ruleClientIDConflict
+	ruleClientIDTooLong
+	ruleUsernameTooLong
 	nRules
 )
 
@@ -55,6 +57,7 @@ var ruleNames = [nRules]string{
 	ruleBadPassword: RuleBadPassword, ruleUnknownUser: RuleUnknownUser, ruleBadStoredHash: RuleBadStoredHash,
 	ruleRedisUnavailable: RuleRedisUnavailable, ruleFailLimit: RuleFailLimit,
 	ruleUsernameThrottled: RuleUsernameThrottled, ruleClientIDConflict: RuleClientIDConflict,
+	ruleClientIDTooLong: RuleClientIDTooLong, ruleUsernameTooLong: RuleUsernameTooLong,
 }
 
 // resultOf is the result each rule goes with.
@@ -104,6 +107,10 @@ func refusedBy(d Decision) ruleID {
 		return ruleUsernameThrottled
 	case RuleClientIDConflict:
 		return ruleClientIDConflict
+	case RuleClientIDTooLong:
+		return ruleClientIDTooLong
+	case RuleUsernameTooLong:
+		return ruleUsernameTooLong
 	}
 	return ruleOther
 }

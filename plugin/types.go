@@ -82,6 +82,12 @@ const (
 	// RuleClientIDConflict refuses a client ID live under another principal
 	// (clientid_conflict deny).
 	RuleClientIDConflict = "clientid-conflict"
+	// RuleClientIDTooLong and RuleUsernameTooLong refuse a CONNECT whose
+	// client ID or username is longer than clientid_max_bytes or
+	// username_max_bytes, before anything else is checked: no password
+	// checked, no failure counted.
+	RuleClientIDTooLong = "clientid-too-long"
+	RuleUsernameTooLong = "username-too-long"
 	// RuleUserChanged disconnects a client whose user a password file read
 	// after the broker's re-check removed or rehashed (a kick, not a
 	// refusal: userreload.go).
