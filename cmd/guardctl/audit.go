@@ -134,19 +134,8 @@ func parseAuditFlags(args []string) (*auditFlags, error) {
 // runAudit is guardctl audit.
 func runAudit(args []string, stdout, stderr io.Writer) int {
 	a, err := parseAuditFlags(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stdout, auditUsage+connUsage+auditFooter)
-		return exitOK
-	case err != nil:
-		fmt.Fprintf(stderr, "guardctl: audit: %v\nRun 'guardctl audit -h' for usage.\n", err)
-		return exitUsage
-	}
-	if err := a.run(context.Background(), os.Getenv, stdout, stderr); err != nil {
-		fmt.Fprintf(stderr, "guardctl: %v\n", err)
-		return exitError
-	}
-	return exitOK
+	return runSub("audit", auditUsage+connUsage+auditFooter, err, stdout, stderr,
+		func() error { return a.run(context.Background(), os.Getenv, stdout, stderr) })
 }
 
 // run connects, audits, writes the report and, for --since-last, records

@@ -369,19 +369,8 @@ func operator(getenv func(string) string) string {
 // runEdit is guardctl ban, unban, allow or unallow.
 func runEdit(e edit, args []string, stdout, stderr io.Writer) int {
 	a, err := parseEditFlags(e, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stdout, e.usage()+connUsage+e.footer())
-		return exitOK
-	case err != nil:
-		fmt.Fprintf(stderr, "guardctl: %s: %v\nRun 'guardctl %s -h' for usage.\n", e.name, err, e.name)
-		return exitUsage
-	}
-	if err := a.run(context.Background(), e, os.Getenv, stdout, stderr); err != nil {
-		fmt.Fprintf(stderr, "guardctl: %v\n", err)
-		return exitError
-	}
-	return exitOK
+	return runSub(e.name, e.usage()+connUsage+e.footer(), err, stdout, stderr,
+		func() error { return a.run(context.Background(), e, os.Getenv, stdout, stderr) })
 }
 
 // run connects, writes or deletes the key, publishes the change and says

@@ -165,19 +165,8 @@ func parseExplainFlags(args []string) (*explainFlags, error) {
 // runExplain is guardctl explain.
 func runExplain(args []string, stdout, stderr io.Writer) int {
 	e, err := parseExplainFlags(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stdout, explainUsage+connUsage+explainFooter)
-		return exitOK
-	case err != nil:
-		fmt.Fprintf(stderr, "guardctl: explain: %v\nRun 'guardctl explain -h' for usage.\n", err)
-		return exitUsage
-	}
-	if err := e.run(context.Background(), os.Getenv, stdout); err != nil {
-		fmt.Fprintf(stderr, "guardctl: %v\n", err)
-		return exitError
-	}
-	return exitOK
+	return runSub("explain", explainUsage+connUsage+explainFooter, err, stdout, stderr,
+		func() error { return e.run(context.Background(), os.Getenv, stdout) })
 }
 
 // run connects, collects and writes the explanation.

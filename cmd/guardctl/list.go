@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -108,19 +107,8 @@ func parseListFlags(args []string) (*listFlags, error) {
 // runList is guardctl list.
 func runList(args []string, stdout, stderr io.Writer) int {
 	l, err := parseListFlags(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stdout, listUsage+connUsage+listFooter)
-		return exitOK
-	case err != nil:
-		fmt.Fprintf(stderr, "guardctl: list: %v\nRun 'guardctl list -h' for usage.\n", err)
-		return exitUsage
-	}
-	if err := l.run(context.Background(), os.Getenv, stdout, stderr); err != nil {
-		fmt.Fprintf(stderr, "guardctl: %v\n", err)
-		return exitError
-	}
-	return exitOK
+	return runSub("list", listUsage+connUsage+listFooter, err, stdout, stderr,
+		func() error { return l.run(context.Background(), os.Getenv, stdout, stderr) })
 }
 
 // run connects, collects the entries and writes them.

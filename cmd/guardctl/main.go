@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -131,4 +133,23 @@ reads the Redis address and key prefix from the plugin's lines there.
 Run 'guardctl <command> -h' for a command's flags.
 Exit status: 0 ok, 1 runtime error (such as Redis unreachable), 2 usage error.
 `)
+}
+
+// runSub ends a subcommand whose flags parsed to parseErr: its help for -h
+// (exit 0), the error and a pointer to -h for bad flags (exit 2), else
+// run's error, if any (exit 1).
+func runSub(name, help string, parseErr error, stdout, stderr io.Writer, run func() error) int {
+	switch {
+	case errors.Is(parseErr, flag.ErrHelp):
+		fmt.Fprint(stdout, help)
+		return exitOK
+	case parseErr != nil:
+		fmt.Fprintf(stderr, "guardctl: %s: %v\nRun 'guardctl %s -h' for usage.\n", name, parseErr, name)
+		return exitUsage
+	}
+	if err := run(); err != nil {
+		fmt.Fprintf(stderr, "guardctl: %v\n", err)
+		return exitError
+	}
+	return exitOK
 }
