@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // Refused CONNECTs with a wrong password, 60 000-byte client IDs and
@@ -39,50 +40,13 @@ func TestFailureQueueHugeRefusedCONNECTs(t *testing.T) {
 			_ = e.redis.Signal(syscall.SIGCONT)
 		}
 	}()
-	const maxN = 4000 // under failureQueueSize
-	var next, sent, refused atomic.Int64
-	var down atomic.Bool
-	var wg sync.WaitGroup
-	s := time.Now()
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1) - 1; i < maxN && !down.Load() && time.Since(s) < 20*time.Second; i = next.Add(1) - 1 {
-				tag := fmt.Sprintf("fq-%d-", i)
-				id, user := tag+strings.Repeat("i", 60000-len(tag)), tag+strings.Repeat("u", 60000-len(tag))
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: fmt.Sprintf("127.41.%d.%d", i/250, i%250+1),
-					ClientID: id, Username: str(user), Password: str("wrong")})
-				cancel()
-				sent.Add(1)
-				if err == nil && code != accepted {
-					refused.Add(1)
-				}
-				if c != nil {
-					c.Close()
-				}
-			}
-		}()
-	}
-	go func() {
-		for !down.Load() && time.Since(s) < 20*time.Second {
-			if strings.Contains(b.Output(), "unreachable") {
-				down.Store(true)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
-	wg.Wait()
-	down.Store(true)
-	took := time.Since(s)
+	sent, n, took := hugeRefusedFlood(b, "fq-", "127.41", 60000)
 	time.Sleep(time.Second)
 	held := r13Rss(t, b.PID())
 	require.NoError(t, e.redis.Signal(syscall.SIGCONT))
 	resumed = true
-	n := refused.Load()
 	t.Logf("%d CONNECTs sent, %d refused in %v with Redis stopped; RSS idle %.1f MB, after %.1f MB: %.1f KB a refused CONNECT",
-		sent.Load(), n, took.Round(time.Millisecond), float64(idle)/(1<<20), float64(held)/(1<<20), float64(held-idle)/1024/float64(max(n, 1)))
+		sent, n, took.Round(time.Millisecond), float64(idle)/(1<<20), float64(held)/(1<<20), float64(held-idle)/1024/float64(max(n, 1)))
 	require.False(t, b.Exited())
 	require.Greater(t, n, int64(300), "enough refused CONNECTs to measure")
 	// 2 MB: the broker's own slack (Go's heap goal over the CONNECTs'
@@ -135,4 +99,50 @@ func TestLocalUsernameCountHugeClientIDs(t *testing.T) {
 	require.False(t, b.Exited())
 	require.Greater(t, m, int64(n/2), "refused")
 	assert.Less(t, held-idle, 2<<20+m*8192, "a refused CONNECT's username counted here holds under 8 KB of the broker's memory")
+}
+
+// hugeRefusedFlood sends b up to 4 000 CONNECTs (under failureQueueSize)
+// with a wrong password and a client ID and username of size bytes each
+// (tagged by tag and the CONNECT's number), each from its own address in
+// subnet (subnet.x.y), from 8 workers, until the broker logs Redis unreachable
+// or 20 s pass. It returns the CONNECTs sent, those refused, and how long
+// they took.
+func hugeRefusedFlood(b *testenv.Mosquitto, tag, subnet string, size int) (sent, refused int64, took time.Duration) {
+	const maxN = 4000
+	var next, nSent, nRefused atomic.Int64
+	var down atomic.Bool
+	var wg sync.WaitGroup
+	s := time.Now()
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < maxN && !down.Load() && time.Since(s) < 20*time.Second; i = next.Add(1) - 1 {
+				pre := fmt.Sprintf("%s%d-", tag, i)
+				id, user := pre+strings.Repeat("i", size-len(pre)), pre+strings.Repeat("u", size-len(pre))
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: fmt.Sprintf("%s.%d.%d", subnet, i/250, i%250+1),
+					ClientID: id, Username: str(user), Password: str("wrong")})
+				cancel()
+				nSent.Add(1)
+				if err == nil && code != accepted {
+					nRefused.Add(1)
+				}
+				if c != nil {
+					c.Close()
+				}
+			}
+		}()
+	}
+	go func() {
+		for !down.Load() && time.Since(s) < 20*time.Second {
+			if strings.Contains(b.Output(), "unreachable") {
+				down.Store(true)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	wg.Wait()
+	down.Store(true)
+	return nSent.Load(), nRefused.Load(), time.Since(s)
 }

@@ -155,48 +155,11 @@ func TestZZAtk14FailQueueAllScopesMaxStrings(t *testing.T) {
 	idle := r13Rss(t, b.PID())
 	require.NoError(t, e.redis.Signal(syscall.SIGSTOP))
 	defer func() { _ = e.redis.Signal(syscall.SIGCONT) }()
-	const maxN = 4000
-	var next, sent, refused atomic.Int64
-	var down atomic.Bool
-	var wg sync.WaitGroup
-	s := time.Now()
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1) - 1; i < maxN && !down.Load() && time.Since(s) < 20*time.Second; i = next.Add(1) - 1 {
-				tag := fmt.Sprintf("a14-%d-", i)
-				id, user := tag+strings.Repeat("i", 65535-len(tag)), tag+strings.Repeat("u", 65535-len(tag))
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				c, code, err := mqttc.Dial(ctx, mqttc.Options{Addr: b.Addr, SourceIP: fmt.Sprintf("127.42.%d.%d", i/250, i%250+1),
-					ClientID: id, Username: str(user), Password: str("wrong")})
-				cancel()
-				sent.Add(1)
-				if err == nil && code != accepted {
-					refused.Add(1)
-				}
-				if c != nil {
-					c.Close()
-				}
-			}
-		}()
-	}
-	go func() {
-		for !down.Load() && time.Since(s) < 20*time.Second {
-			if strings.Contains(b.Output(), "unreachable") {
-				down.Store(true)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
-	wg.Wait()
-	down.Store(true)
-	took := time.Since(s)
+	sent, n, took := hugeRefusedFlood(b, "a14-", "127.42", 65535)
 	time.Sleep(time.Second)
 	held := r13Rss(t, b.PID())
-	n := refused.Load()
 	t.Logf("%d CONNECTs sent, %d refused in %v with Redis stopped, fail_scopes ip,clientid,username, 65 535-byte ID and username; RSS idle %.1f MB, after %.1f MB: %.1f KB a refused CONNECT",
-		sent.Load(), n, took.Round(time.Millisecond), float64(idle)/(1<<20), float64(held)/(1<<20), float64(held-idle)/1024/float64(max(n, 1)))
+		sent, n, took.Round(time.Millisecond), float64(idle)/(1<<20), float64(held)/(1<<20), float64(held-idle)/1024/float64(max(n, 1)))
 	require.False(t, b.Exited())
 	require.Greater(t, n, int64(300), "enough refused CONNECTs to measure")
 	assert.Less(t, held-idle, 2<<20+n*8192, "a refused CONNECT queued for counting holds under 8 KB of the broker's memory")
