@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // A slot's hash only tells slots apart: a slot whose hash equals another
@@ -48,4 +50,39 @@ func TestAtk16InternSlotHashCollision(t *testing.T) {
 			}
 		}
 	}
+}
+
+// The slow wait is judged on ticks counted, the old one on time: when the
+// release's ticks come late (its goroutine starved: a CPU-throttled
+// container, a loaded machine; time.Ticker drops the ticks it could not
+// deliver), each tick carries more than releaseTick's allocation. A
+// stranger's 2.2 MB a second (0.3 and 1.9 MB a tick, alternately, ticks
+// every 500 ms), under the README's 4 MB a second, then holds the release
+// for as long as it went on (the wait before the window judged time: it
+// came 10.5 s after the trickle began); judged on the time the window
+// spans, it does again.
+func TestAtk16SlowWaitLateTicks(t *testing.T) {
+	f := &fakeHeap{at: time.Unix(1e9, 0), took: 2 * time.Millisecond}
+	f.s = heapSample{allocs: 100 << 20, free: 1 << 20, inUse: 30 << 20, live: 10 << 20}
+	r := f.release()
+	f.at = f.at.Add(releaseBackoffMax)
+	for i := 0; i < 4; i++ {
+		require.False(t, f.tick(r, 4<<20), "a release during the devices' burst")
+	}
+	start := f.at
+	for i := 0; ; i++ {
+		f.at = f.at.Add(releaseTick) // every other tick dropped: 500 ms apart
+		d := uint64(300 << 10)
+		if i%2 == 1 {
+			d = 1900 << 10
+		}
+		if f.tick(r, d) {
+			break
+		}
+		if f.at.Sub(start) > time.Minute {
+			t.Fatal("no release in a minute of 2.2 MB a second, under the README's 4 MB a second, with ticks 500 ms apart")
+		}
+	}
+	t.Logf("release %v after the trickle began", f.at.Sub(start))
+	assert.LessOrEqual(t, f.at.Sub(start), releaseSlowFor+time.Second)
 }
