@@ -169,3 +169,39 @@ func TestZZAtk16TooLongFlood(t *testing.T) {
 	assert.Equal(t, float64(perIP*ips), value(fams, "mosquitto_guard_connects_total", "result", "refused", "rule", "clientid-too-long"))
 	assert.Equal(t, 0.0, value(fams, "mosquitto_guard_connects_total", "rule", "other"))
 }
+
+// per_listener_settings true: each listener's plugin has its own bounds.
+func TestZZAtk16PerListenerBounds(t *testing.T) {
+	e := envWithoutBroker(t)
+	port2 := testenv.FreePort(t)
+	plugin := func(bound string) []string {
+		return []string{"allow_anonymous false", "auth_plugin " + pluginPath, "auth_opt_redis_addr " + e.redis.Addr,
+			"auth_opt_password_file " + e.passwd, "auth_opt_clientid_max_bytes " + bound}
+	}
+	lines := append([]string{"per_listener_settings true", "log_type all", "listener {{PORT}} 127.0.0.1"}, plugin("8")...)
+	lines = append(append(lines, "listener "+strconv.Itoa(port2)+" 127.0.0.1"), plugin("64")...)
+	e.broker = testenv.StartMosquitto(t, strings.Join(lines, "\n")+"\n")
+	require.True(t, e.broker.WaitOutput("mosquitto-guard: ready", 5*time.Second))
+	other := *e
+	other.broker = &testenv.Mosquitto{Process: e.broker.Process, Addr: "127.0.0.1:" + strconv.Itoa(port2)}
+	require.NoError(t, e.broker.WaitPort(other.broker.Addr, 5*time.Second))
+	assert.EqualValues(t, refused, e.connect(as("127.0.67.1", "dev-123456", "bob", "bob-pw")), "listener with bound 8")
+	assert.EqualValues(t, accepted, other.connect(as("127.0.67.1", "dev-123456", "bob", "bob-pw")), "listener with bound 64")
+	e.logLine("event=refused", "rule=clientid-too-long", "max_bytes=8")
+}
+
+// use_subject_as_username: the username is the certificate's whole
+// subject, so username_max_bytes applies to it: a device whose subject is
+// longer is refused at its first ACL check and kicked (the README says so).
+func TestZZAtk16SubjectUsernameBound(t *testing.T) {
+	ca := testenv.NewCA(t)
+	e := &tlsEnv{env: newEnv(t, append(tlsListener(t, ca), "use_subject_as_username true", "auth_opt_username_max_bytes 12", "log_type all")...), ca: ca}
+	dev := e.ca.Client(t, "atk16-subject-device")
+	conn, code := e.dialCert(client{ip: "127.0.68.1", id: "subj-dev"}, dev)
+	require.EqualValues(t, accepted, code)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	assert.Error(t, conn.Subscribe(ctx, "a/b", 0), "a subject over username_max_bytes subscribed")
+	assert.True(t, conn.Closed(2*time.Second), "not kicked")
+	t.Log(e.logLine("event=refused", "rule=username-too-long", "seen=first-acl-check"))
+}
