@@ -3,11 +3,17 @@ package main
 import (
 	"fmt"
 	"hash/maphash"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // A slot's hash only tells slots apart: a slot whose hash equals another
@@ -85,4 +91,42 @@ func TestAtk16SlowWaitLateTicks(t *testing.T) {
 	}
 	t.Logf("release %v after the trickle began", f.at.Sub(start))
 	assert.LessOrEqual(t, f.at.Sub(start), releaseSlowFor+time.Second)
+}
+
+// What a refused over-long CONNECT allocates on the Go heap: the bound is
+// checked after cgo copies the client ID and username (connectStrings), so
+// clientid_max_bytes 256 leaves a 65 535-byte client ID's CONNECT
+// allocating about its 64 KiB; a short client ID refused by the same
+// guard (a wrong password) for comparison. A figure (ATK16=1), not a
+// bound: the README's Known limits says so.
+func TestAtk16TooLongRefusalAllocates(t *testing.T) {
+	if os.Getenv("ATK16") != "1" {
+		t.Skip("ATK16=1: a figure")
+	}
+	testenv.Need(t, "redis-server", "mosquitto_passwd")
+	redis := testenv.StartRedis(t)
+	dir := t.TempDir()
+	hash := passwdHash(t, dir)
+	pw := filepath.Join(dir, "passwd")
+	require.NoError(t, os.WriteFile(pw, []byte(benchUser(0)+":"+hash+"\n"), 0o600))
+	ab := newAuthBenchWith(t, redis, map[string]string{"password_file": pw, "clientid_max_bytes": "256", "fail_limit": "1000000"}, benchUser)
+	perConnect := func(id string, n int) float64 {
+		var m0, m1 runtime.MemStats
+		cs := make([]authClient, n)
+		for i := range cs {
+			cs[i] = ab.client(0, id)
+			cs[i].handle += _Ctype_uintptr_t(i * 0x400)
+		}
+		runtime.ReadMemStats(&m0)
+		for _, c := range cs {
+			basicAuth(ab.h, c.handle, c.id, c.addr, c.username, c.password)
+		}
+		runtime.ReadMemStats(&m1)
+		for _, c := range cs {
+			ab.disconnect(c)
+		}
+		return float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)
+	}
+	long := perConnect(strings.Repeat("L", 65535), 200)
+	t.Logf("a refused 65 535-byte client ID under clientid_max_bytes 256: %.0f bytes allocated a CONNECT", long)
 }
