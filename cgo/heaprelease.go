@@ -167,9 +167,10 @@ type heapRelease struct {
 	// slowFrom is when a release, due but for a quiet tick, began to wait
 	// through ticks under releaseSlow; zero when none waits.
 	slowFrom  time.Time
-	slowWin   [releaseSlowTicks]uint64 // the last ticks' allocation in the slow wait, a ring
-	slowN     int                      // ticks counted since slowFrom
-	slowBytes uint64                   // the sum of slowWin
+	slowWin   [releaseSlowTicks]uint64    // the last ticks' allocation in the slow wait, a ring
+	slowAt    [releaseSlowTicks]time.Time // when each was counted
+	slowN     int                         // ticks counted since slowFrom
+	slowBytes uint64                      // the sum of slowWin
 }
 
 // releasePanicLogEvery: a panic of the release's step, recovered, is
@@ -247,13 +248,24 @@ func (r *heapRelease) slowDone(d uint64) bool {
 	if r.slowN >= len(r.slowWin) {
 		r.slowBytes -= r.slowWin[i]
 	}
-	r.slowWin[i] = d
+	r.slowWin[i], r.slowAt[i] = d, now
 	r.slowBytes += d
 	r.slowN++
 	if now.Sub(r.slowFrom) < releaseSlowFor {
 		return false
 	}
-	return r.slowBytes < releaseSlow*uint64(min(r.slowN, len(r.slowWin)))
+	// The window's allocation against releaseSlow for each releaseTick of
+	// the time it spans, not for each tick counted: ticks that come late
+	// (the goroutine starved; time.Ticker drops those it could not
+	// deliver) carry more than a tick's allocation each, and judged per
+	// tick counted, 2.2 MB a second in ticks 500 ms apart held the release
+	// for as long as it went on (a hostile test, TestAtk16SlowWaitLateTicks;
+	// the wait before the window judged time too).
+	oldest := r.slowFrom
+	if r.slowN > len(r.slowWin) {
+		oldest = r.slowAt[r.slowN%len(r.slowWin)]
+	}
+	return r.slowBytes < releaseSlow*(uint64(now.Sub(oldest)/releaseTick)+1)
 }
 
 // step applies the rule once (a tick); it reports whether it released.

@@ -75,11 +75,19 @@ func (g *Guard) admitFlagged(c Client, ip netip.Addr) {
 
 // LeftUnseen checks a client that ends before the plugin saw it (no
 // BASIC_AUTH on its listener, no ACL check yet) against the lists, at its
-// DISCONNECT: a client they ban is refused its will, the ACL check the
-// broker makes next, and the refusal is logged. It reports whether the
+// DISCONNECT: a client they ban, or whose client ID or username is over its
+// bound (tooLong), is refused its will, the ACL check the broker makes
+// next, and the refusal is logged. It reports whether the
 // client is banned. Nothing is recorded: the connection is over.
 func (g *Guard) LeftUnseen(c Client) bool {
 	ip, _ := keys.NormalizeIP(c.Address)
+	// Over clientid_max_bytes or username_max_bytes: refused as at its first
+	// sight, so its will too (a hostile test found it delivered: atk16).
+	if d, long := g.tooLong(c); long {
+		d.Detail += " seen=disconnect"
+		g.refusals.refuse(c, ip, d, false)
+		return true
+	}
 	ans, _ := g.lookup(c, ip, true) // no live connections asked: nothing is admitted
 	if ans.Block == nil {
 		return false

@@ -59,7 +59,7 @@ Limits (the plugin's options: from --config when given, else the defaults;
 a flag beats both; the output says which value came from where):
   --fail-limit N, --fail-window D, --ban-time D, --ban-max D,
   --fail-scopes LIST, --fail-ipv6-prefix N, --username-fail-limit N,
-  --conflict-window D
+  --conflict-window D, --clientid-max-bytes N, --username-max-bytes N
 
 JSON: {"identity": {"clientid", "ip", "username", "cert"} (those given;
 "clientid_base64"/"username_base64" too when not valid UTF-8;
@@ -67,7 +67,7 @@ JSON: {"identity": {"clientid", "ip", "username", "cert"} (those given;
 replaces, or refuses, before the plugin sees it),
 "limits": {"fail_limit", "fail_window_ms", "ban_time_ms", "ban_max_ms",
 "fail_scopes", "fail_ipv6_prefix", "username_fail_limit",
-"conflict_window_ms", "backend", "clientid_conflict" (null without
+"conflict_window_ms", "clientid_max_bytes", "username_max_bytes", "backend", "clientid_conflict" (null without
 --config), "from": {option: "default" | "--FLAG" | "file:line"}},
 "entries": [{"key", "list": "allow"|"block", "scope", "value", "origin":
 "auto"|"operator", "reason", "set_ms": unix ms or null (unknown), "ttl_ms":
@@ -76,7 +76,9 @@ ms or null (permanent), "role": "decides"|"outranked"|"lifted"|"counts"|
 "ignored": [{"key", "type", "line"}] (keys of another type than string
 where an entry would be: the plugin skips them),
 "verdict": {"result": "refused"|"accepted", "line", "block", "allow",
-"lifted": [key]},
+"lifted": [key], "rule": "clientid-too-long"|"username-too-long" when the
+client ID or username is over its bound (then refused whatever the
+entries)},
 "failures": {"exempt_by": key or null, "keys":
 [{"scope", "value", "counter", "counted", "allowed", "ban_at",
 "full_in_ms", "banned_by": key or null, "ban_lifted_by": the allow
@@ -367,6 +369,9 @@ func (x *explanation) bannedBy(fs ratelimit.State) *store.Match {
 // verdict is the one-line answer: "refused by KEY (ORIGIN, LEFT: REASON)",
 // "accepted: no entry", or "accepted: ALLOW lifts BLOCK, ...".
 func (x *explanation) verdict(show func(string) string) string {
+	if rule, line := x.tooLong(); rule != "" {
+		return line
+	}
 	if b := x.block; b != nil {
 		line := fmt.Sprintf("refused by %s (%s, %s: %s)", show(b.Key), b.Origin(), left(b.TTL), show(b.Reason))
 		if x.allow != nil {
@@ -386,6 +391,22 @@ func (x *explanation) verdict(show func(string) string) string {
 		names[i] = show(b.Key)
 	}
 	return fmt.Sprintf("accepted: %s lifts %s", show(x.allow.Key), strings.Join(names, ", "))
+}
+
+// tooLong is the plugin's refusal of a client ID or username over
+// clientid_max_bytes or username_max_bytes, which comes before every list
+// entry and password: its rule and verdict line, or "" when neither is.
+func (x *explanation) tooLong() (rule, line string) {
+	f, l := x.flags, x.limits
+	switch {
+	case f.seesClientID() && l.ClientIDMaxBytes > 0 && len(f.clientID) > l.ClientIDMaxBytes:
+		return "clientid-too-long", fmt.Sprintf("refused: clientid-too-long (%d bytes, over clientid_max_bytes %d): before any entry, its password unchecked and no failure counted",
+			len(f.clientID), l.ClientIDMaxBytes)
+	case f.hasUsername && l.UsernameMaxBytes > 0 && len(f.username) > l.UsernameMaxBytes:
+		return "username-too-long", fmt.Sprintf("refused: username-too-long (%d bytes, over username_max_bytes %d): before any entry, its password unchecked and no failure counted",
+			len(f.username), l.UsernameMaxBytes)
+	}
+	return "", ""
 }
 
 // left says how long an entry has left: "6d 3h left", or "permanent".

@@ -15,7 +15,7 @@ import (
 // limitOptions are the plugin options guardctl explain applies, in the
 // order it names them. Each has a flag of the same name with dashes.
 var limitOptions = []string{"fail_limit", "fail_window", "ban_time", "ban_max", "fail_scopes",
-	"fail_ipv6_prefix", "username_fail_limit", "conflict_window"}
+	"fail_ipv6_prefix", "username_fail_limit", "conflict_window", "clientid_max_bytes", "username_max_bytes"}
 
 // limitFlag returns the flag of a limit option: fail_limit -> fail-limit.
 func limitFlag(option string) string { return strings.ReplaceAll(option, "_", "-") }
@@ -27,6 +27,10 @@ type limits struct {
 	FailIPv6Prefix    int
 	UsernameFailLimit int
 	ConflictWindow    time.Duration
+	// ClientIDMaxBytes and UsernameMaxBytes: a client ID or username longer
+	// is refused before anything else is checked (clientid_max_bytes,
+	// username_max_bytes).
+	ClientIDMaxBytes, UsernameMaxBytes int
 	// Backend and Conflicts are the plugin's, read from --config (the
 	// defaults without it): backend defer counts no failure, clientid_conflict
 	// off tracks no connection.
@@ -139,6 +143,7 @@ func limitsOf(opts map[string]string, given limitValues, p *config.Plugin) (limi
 	l := limits{
 		Policy: o.Policy, FailScopes: o.FailScopes, FailIPv6Prefix: o.FailIPv6Prefix,
 		UsernameFailLimit: o.UsernameFailLimit, ConflictWindow: o.Conflicts.Window,
+		ClientIDMaxBytes: o.ClientIDMaxBytes, UsernameMaxBytes: o.UsernameMaxBytes,
 		Backend: o.Backend, Conflicts: o.Conflicts.Mode, From: map[string]string{},
 	}
 	for _, name := range limitOptions {
@@ -178,6 +183,10 @@ func (l limits) show(name string) string {
 		return fmt.Sprint(l.UsernameFailLimit)
 	case "conflict_window":
 		return confDur(l.ConflictWindow)
+	case "clientid_max_bytes":
+		return fmt.Sprint(l.ClientIDMaxBytes)
+	case "username_max_bytes":
+		return fmt.Sprint(l.UsernameMaxBytes)
 	}
 	return ""
 }

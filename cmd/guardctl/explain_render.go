@@ -100,7 +100,7 @@ func renderExplainText(w io.Writer, x *explanation) error {
 		}
 	}
 	fmt.Fprintf(w, "\nVerdict: %s\n", x.verdict(showText))
-	if x.block == nil && x.throttle != nil {
+	if rule, _ := x.tooLong(); rule == "" && x.block == nil && x.throttle != nil {
 		if why := x.throttleIgnored(showText); why != "" {
 			fmt.Fprintf(w, "  the username is throttled, but not for this client: %s (see Username)\n", why)
 		} else {
@@ -316,6 +316,8 @@ type (
 		FailIPv6Prefix    int               `json:"fail_ipv6_prefix"`
 		UsernameFailLimit int               `json:"username_fail_limit"`
 		ConflictWindowMs  int64             `json:"conflict_window_ms"`
+		ClientIDMaxBytes  int               `json:"clientid_max_bytes"`
+		UsernameMaxBytes  int               `json:"username_max_bytes"`
 		Backend           *string           `json:"backend"`
 		ClientIDConflict  *string           `json:"clientid_conflict"`
 		From              map[string]string `json:"from"`
@@ -344,6 +346,7 @@ type (
 		Block  *string  `json:"block"`
 		Allow  *string  `json:"allow"`
 		Lifted []string `json:"lifted"`
+		Rule   string   `json:"rule,omitempty"`
 	}
 	jsonFailures struct {
 		ExemptBy *string          `json:"exempt_by"`
@@ -450,6 +453,7 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 			FailLimit: l.Policy.Limit, FailWindowMs: l.Policy.Window.Milliseconds(), BanTimeMs: l.Policy.BanTime.Milliseconds(),
 			BanMaxMs: l.Policy.BanMax.Milliseconds(), FailScopes: l.FailScopes, FailIPv6Prefix: l.FailIPv6Prefix,
 			UsernameFailLimit: l.UsernameFailLimit, ConflictWindowMs: l.ConflictWindow.Milliseconds(),
+			ClientIDMaxBytes: l.ClientIDMaxBytes, UsernameMaxBytes: l.UsernameMaxBytes,
 			From: l.From,
 		},
 		Entries:  []jsonMatch{},
@@ -487,6 +491,9 @@ func renderExplainJSON(w io.Writer, x *explanation) error {
 	doc.Verdict = jsonVerdict{Result: "accepted", Line: x.verdict(raw), Lifted: []string{}}
 	if x.block != nil {
 		doc.Verdict.Result, doc.Verdict.Block = "refused", strPtr(x.block.Key)
+	}
+	if rule, _ := x.tooLong(); rule != "" {
+		doc.Verdict.Result, doc.Verdict.Rule = "refused", rule
 	}
 	if x.allow != nil {
 		doc.Verdict.Allow = strPtr(x.allow.Key)

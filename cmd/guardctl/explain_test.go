@@ -130,6 +130,7 @@ auth_opt_clientid_conflict deny
 	assert.Equal(t, map[string]string{
 		"fail_limit": conf + ":4", "ban_time": "--ban-time", "fail_scopes": conf + ":6", "conflict_window": "--conflict-window",
 		"fail_window": "default", "ban_max": "default", "fail_ipv6_prefix": "default", "username_fail_limit": "default",
+		"clientid_max_bytes": "default", "username_max_bytes": "default",
 	}, l.From)
 
 	bad := writeConf(t, "auth_plugin /usr/lib/mosquitto_guard.so\nauth_opt_fail_window 5x\nauth_opt_ban_time 2d\n")
