@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
 )
 
@@ -161,7 +162,16 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char,
 		return C.MOSQ_ERR_PLUGIN_DEFER
 	}
 	c := plugin.Client{Handle: uintptr(client), HasUsername: username != nil}
-	c.ClientID, c.Address, c.Username, c.IDs = connStrings.get(cBytes(id), cBytes(addr), cBytes(username), c.HasUsername)
+	idb, ub := cBytes(id), cBytes(username)
+	if maxID, maxUser := in.guard.Bounds(); (maxID > 0 && len(idb) > maxID) || (maxUser > 0 && len(ub) > maxUser) {
+		// Over clientid_max_bytes or username_max_bytes: refused before
+		// anything reads the strings (Guard.tooLong), so only what the
+		// refusal line quotes of them is copied, not up to 128 KB a
+		// stranger's CONNECT (TestTooLongRefusalCopiesLittle).
+		c.ClientIDBytes, c.UsernameBytes = len(idb), len(ub)
+		idb, ub = idb[:min(len(idb), logval.Max+1)], ub[:min(len(ub), logval.Max+1)] // logline.Kept
+	}
+	c.ClientID, c.Address, c.Username, c.IDs = connStrings.get(idb, cBytes(addr), ub, c.HasUsername)
 	if password != nil {
 		pb := copyPassword(password)
 		defer pb.release() // cleared, even after a panic

@@ -145,12 +145,19 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 func (g *Guard) tooLong(c Client) (Decision, bool) {
 	rule, most := "", 0
 	switch {
-	case g.cfg.ClientIDMaxBytes > 0 && len(c.ClientID) > g.cfg.ClientIDMaxBytes:
+	case g.cfg.ClientIDMaxBytes > 0 && c.idBytes() > g.cfg.ClientIDMaxBytes:
 		rule, most = RuleClientIDTooLong, g.cfg.ClientIDMaxBytes
-	case g.cfg.UsernameMaxBytes > 0 && len(c.Username) > g.cfg.UsernameMaxBytes:
+	case g.cfg.UsernameMaxBytes > 0 && c.userBytes() > g.cfg.UsernameMaxBytes:
 		rule, most = RuleUsernameTooLong, g.cfg.UsernameMaxBytes
 	default:
 		return Decision{}, false
 	}
 	return Decision{Result: Deny, Rule: rule, Detail: "max_bytes=" + strconv.Itoa(most)}, true
+}
+
+// Bounds are clientid_max_bytes and username_max_bytes (0: none), for the
+// cgo layer to cut what it copies of a CONNECT over them (Client's
+// ClientIDBytes).
+func (g *Guard) Bounds() (clientID, username int) {
+	return g.cfg.ClientIDMaxBytes, g.cfg.UsernameMaxBytes
 }

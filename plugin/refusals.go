@@ -178,9 +178,9 @@ func clientFields(l *logline.Line, c Client) *logline.Line {
 	if c.CertID != "" {
 		l.Str("cert_id", c.CertID) // 64 hex digits from the cgo layer; quoted should a caller pass anything else
 	}
-	l.Str("client_id", c.ClientID)
+	l.StrKept("client_id", c.ClientID, c.idBytes()) // Str when the client ID is whole
 	if c.HasUsername {
-		l.Str("username", c.Username)
+		l.StrKept("username", c.Username, c.userBytes())
 	} else {
 		l.Tok("username", "<none>")
 	}

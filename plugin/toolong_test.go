@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store/replica"
 )
@@ -83,4 +84,34 @@ func TestTooLongAtFirstSight(t *testing.T) {
 	ok := certCl(2, "192.0.2.2", "device-1", "CN=dev1", "", "c2", "CN=dev1")
 	ok.Password = nil
 	assert.Equal(t, Allow, g.FirstSight(ok).Result)
+}
+
+// A CONNECT the cgo layer cut (only logline.Kept of its client ID and
+// username, with their sizes in ClientIDBytes and UsernameBytes) is
+// refused and logged exactly as the whole one: the same rule, the same
+// line, a character cut across the 200-byte mark included.
+func TestTooLongCutClientLogsAsWhole(t *testing.T) {
+	g, _, _, ls := newGuard(t, map[string]string{"clientid_max_bytes": "16", "username_max_bytes": "16"})
+	id := "x" + strings.Repeat("é", 150) // 301 bytes: the 200-byte mark falls inside a character
+	user := strings.Repeat("ü", 120)
+	for _, c := range []Client{
+		cl(1, "192.0.2.1", id, "alice", "alice-pw"),
+		{Handle: 2, Address: "192.0.2.1", ClientID: logline.Kept(id), ClientIDBytes: len(id), Username: "alice", HasUsername: true},
+		cl(3, "192.0.2.1", "dev", user, "x"),
+		{Handle: 4, Address: "192.0.2.1", ClientID: "dev", Username: logline.Kept(user), UsernameBytes: len(user), HasUsername: true},
+	} {
+		g.Authenticate(c)
+	}
+	var lines []string
+	for _, l := range strings.Split(ls.all(), "\n") {
+		if strings.Contains(l, "event=refused") {
+			lines = append(lines, l)
+		}
+	}
+	require.Len(t, lines, 4)
+	assert.Equal(t, lines[0], lines[1], "a cut client ID's line")
+	assert.Equal(t, lines[2], lines[3], "a cut username's line")
+	assert.Contains(t, lines[1], "rule=clientid-too-long")
+	assert.Contains(t, lines[1], "client_id_bytes=301")
+	assert.Contains(t, lines[3], "rule=username-too-long")
 }

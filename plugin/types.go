@@ -64,7 +64,20 @@ type Client struct {
 	Password    []byte
 	CertID      string // the client certificate's ID (keys.CertID of its DER); "" without one
 	CertSubject string // its subject, as text; hostile like every string here
+	// ClientIDBytes and UsernameBytes, when over len(ClientID) and
+	// len(Username), are the sizes of a client ID and username of which
+	// only the start is at hand (logline.Kept: what a refusal line quotes):
+	// the caller (cgo) cut a CONNECT over clientid_max_bytes or
+	// username_max_bytes (Guard.Bounds), which tooLong refuses before
+	// anything else reads them, rather than copy all of it. 0: len.
+	ClientIDBytes, UsernameBytes int
 }
+
+// idBytes is the client ID's size (ClientIDBytes).
+func (c *Client) idBytes() int { return max(len(c.ClientID), c.ClientIDBytes) }
+
+// userBytes is the username's size (UsernameBytes).
+func (c *Client) userBytes() int { return max(len(c.Username), c.UsernameBytes) }
 
 // Rules that are not list entries.
 const (
