@@ -19,6 +19,7 @@ import (
 type credentials struct {
 	backend      config.Backend
 	passwordFile string
+	usernameMax  int // username_max_bytes (0: none): a longer user can never connect
 	verifier     hashes.Verifier
 	cache        *verifyCache
 	log          Logger
@@ -342,6 +343,11 @@ func (cr *credentials) read() (*files.Store, error) {
 func (cr *credentials) apply(users *files.Store) {
 	cr.users.Store(users)
 	cr.log(LevelInfo, fmt.Sprintf("mosquitto-guard: loaded %d users from %s", users.Len(), cr.passwordFile))
+	if m := cr.usernameMax; m > 0 && m < 65535 {
+		if n := users.LongerThan(m); n > 0 {
+			cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s: %d users have a username longer than username_max_bytes (%d bytes): they can never connect", cr.passwordFile, n, m))
+		}
+	}
 	if n := users.CheapHashes(); n > 0 {
 		cr.log(LevelWarning, fmt.Sprintf("mosquitto-guard: password_file %s mixes hash costs: %d users have a hash cheaper than the most expensive one by more than a tenth, or of another format, and timing can tell them from unknown users; rehash them with one format and cost", cr.passwordFile, n))
 	}

@@ -199,7 +199,7 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	if srv != nil {
 		g.metrics = newGuardMetrics(cfg.Backend)
 	}
-	g.creds = &credentials{backend: cfg.Backend, passwordFile: cfg.PasswordFile, log: g.log,
+	g.creds = &credentials{backend: cfg.Backend, passwordFile: cfg.PasswordFile, usernameMax: cfg.UsernameMaxBytes, log: g.log,
 		verifier: hashes.Verifier{SaltEncoding: hashes.SaltEncoding(cfg.SaltEncoding)},
 		cache:    newVerifyCache(cfg.AuthCache)}
 	if cfg.Backend == config.BackendFiles {

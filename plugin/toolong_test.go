@@ -115,3 +115,13 @@ func TestTooLongCutClientLogsAsWhole(t *testing.T) {
 	assert.Contains(t, lines[1], "client_id_bytes=301")
 	assert.Contains(t, lines[3], "rule=username-too-long")
 }
+
+// A password file whose usernames are longer than username_max_bytes is
+// said so at its load: those users can never connect. Without a bound of
+// its own (the default), nothing is said.
+func TestTooLongUsersInPasswordFileWarned(t *testing.T) {
+	_, _, _, ls := newGuard(t, map[string]string{"username_max_bytes": "4"})
+	assert.Contains(t, ls.all(), "1 users have a username longer than username_max_bytes (4 bytes): they can never connect")
+	_, _, _, ls = newGuard(t, nil)
+	assert.NotContains(t, ls.all(), "username_max_bytes")
+}

@@ -110,6 +110,17 @@ func (s *Store) Len() int {
 	return len(s.users)
 }
 
+// LongerThan returns how many users have a username of more than n bytes.
+func (s *Store) LongerThan(n int) int {
+	c := 0
+	for u := range s.users {
+		if len(u) > n {
+			c++
+		}
+	}
+	return c
+}
+
 // Verify looks username up and verifies password against its hash. An
 // unknown user is false with no error, after verifying password against the
 // dummy hash (see Load), which costs what the most common class of the file
