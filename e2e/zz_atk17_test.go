@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -157,4 +159,67 @@ func TestAtk17TooLongMetrics(t *testing.T) {
 	fams := scrape(t, addr)
 	assert.EqualValues(t, 2, value(fams, "mosquitto_guard_connects_total", "result", "refused", "rule", "clientid-too-long"))
 	assert.EqualValues(t, 1, value(fams, "mosquitto_guard_connects_total", "result", "refused", "rule", "username-too-long"))
+}
+
+// findings_topic's messages name other principals, their IPs and client
+// IDs: without an ACL, any client that subscribes reads them; the broker's
+// acl_file limits who does (README, Client-ID conflicts).
+func TestAtk17FindingsTopicReaders(t *testing.T) {
+	acl := filepath.Join(t.TempDir(), "acl")
+	require.NoError(t, os.WriteFile(acl, []byte("user alice\ntopic read guard/findings\n\nuser bob\ntopic readwrite fleet/#\n"), 0o600))
+	for _, withACL := range []bool{false, true} {
+		extra := []string{"auth_opt_findings_topic guard/findings"}
+		if withACL {
+			extra = append(extra, "acl_file "+acl)
+		}
+		e := newEnv(t, extra...)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		subs := map[string]*mqttc.Conn{}
+		for i, u := range []string{"alice", "bob"} {
+			c, code := e.dial(as(fmt.Sprintf("127.0.69.%d", 10+i), "reader-"+u, u, users[u]))
+			require.EqualValues(t, accepted, code)
+			_ = c.Subscribe(ctx, "guard/findings", 0)
+			subs[u] = c
+		}
+		require.EqualValues(t, accepted, e.connect(as("127.0.69.1", "shared-17", "alice", "alice-pw")))
+		require.EqualValues(t, accepted, e.connect(as("127.0.69.2", "shared-17", "bob", "bob-pw")))
+		for u, c := range subs {
+			short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+			_, payload, err := c.Next(short)
+			cancelShort()
+			t.Logf("acl_file %v: %s reads the finding: %v %.120s", withACL, u, err == nil, payload)
+			if withACL && u == "bob" {
+				assert.Error(t, err, "the acl_file did not keep bob from the findings")
+			} else {
+				assert.NoError(t, err, "%s did not get the finding (acl_file %v)", u, withACL)
+			}
+		}
+		cancel()
+	}
+}
+
+// Who can write a finding: any client may publish on an ordinary
+// findings_topic, so its subscribers cannot tell a forged finding from the
+// plugin's; on $SYS/... (mosquitto.conf.example's) clients cannot publish.
+func TestAtk17FindingsTopicForged(t *testing.T) {
+	for _, topic := range []string{"guard/findings", "$SYS/guard/findings"} {
+		e := newEnv(t, "auth_opt_findings_topic "+topic)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ops, code := e.dial(as("127.0.70.1", "ops", "alice", "alice-pw"))
+		require.EqualValues(t, accepted, code)
+		require.NoError(t, ops.Subscribe(ctx, topic, 0))
+		dev, code := e.dial(as("127.0.70.2", "dev", "bob", "bob-pw"))
+		require.EqualValues(t, accepted, code)
+		_ = dev.Publish(ctx, topic, []byte(`{"reason":"DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS","kind":"forged"}`))
+		short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+		_, payload, err := ops.Next(short)
+		cancelShort()
+		t.Logf("%s: a client's forged finding delivered: %v %s", topic, err == nil, payload)
+		if strings.HasPrefix(topic, "$SYS/") {
+			assert.Error(t, err, "a client published on %s", topic)
+		} else {
+			assert.NoError(t, err, "the premise: any client may publish on %s without an acl_file", topic)
+		}
+		cancel()
+	}
 }
