@@ -166,9 +166,9 @@ func TestAtk17TooLongMetrics(t *testing.T) {
 // acl_file limits who does (README, Client-ID conflicts).
 func TestAtk17FindingsTopicReaders(t *testing.T) {
 	acl := filepath.Join(t.TempDir(), "acl")
-	require.NoError(t, os.WriteFile(acl, []byte("user alice\ntopic read guard/findings\n\nuser bob\ntopic readwrite fleet/#\n"), 0o600))
+	require.NoError(t, os.WriteFile(acl, []byte("user alice\ntopic read "+atk17Topic+"\n\nuser bob\ntopic readwrite fleet/#\n"), 0o600))
 	for _, withACL := range []bool{false, true} {
-		extra := []string{"auth_opt_findings_topic guard/findings"}
+		extra := []string{"auth_opt_findings_topic " + atk17Topic}
 		if withACL {
 			extra = append(extra, "acl_file "+acl)
 		}
@@ -178,7 +178,7 @@ func TestAtk17FindingsTopicReaders(t *testing.T) {
 		for i, u := range []string{"alice", "bob"} {
 			c, code := e.dial(as(fmt.Sprintf("127.0.69.%d", 10+i), "reader-"+u, u, users[u]))
 			require.EqualValues(t, accepted, code)
-			_ = c.Subscribe(ctx, "guard/findings", 0)
+			_ = c.Subscribe(ctx, atk17Topic, 0)
 			subs[u] = c
 		}
 		require.EqualValues(t, accepted, e.connect(as("127.0.69.1", "shared-17", "alice", "alice-pw")))
@@ -223,3 +223,7 @@ func TestAtk17FindingsTopicForged(t *testing.T) {
 		cancel()
 	}
 }
+
+// atk17Topic is the findings topic TestAtk17FindingsTopicReaders uses:
+// mosquitto.conf.example's.
+const atk17Topic = "$SYS/guard/findings"
