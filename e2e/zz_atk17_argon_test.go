@@ -111,3 +111,22 @@ func TestZZAtk17LiveCostAtTheBound(t *testing.T) {
 	t.Logf("%d/%d devices, %d-byte client IDs; release %v after; RSS %.1f MB; lines %q", ok, n, idLen, relAt,
 		float64(r13Rss(t, b.PID()))/(1<<20), atk14Lines(b.Output(), "heap released"))
 }
+
+// The stated bound at its edge: a stranger's steady trickle of over-long
+// CONNECTs (60 000-byte client ID and username, default bounds) at
+// ATK17_PERQ a quarter second (default 7: 28 a second, about 3.4 MB/s at
+// 123 KB each), under 4 MB a second: README, the release is put off by
+// 10 s at most.
+func TestZZAtk17TrickleNearTheBound(t *testing.T) {
+	if os.Getenv("ATK17") == "" {
+		t.Skip("ATK17=1: README-only attack on Known limits (about 40 s)")
+	}
+	perQ := 7
+	if s := os.Getenv("ATK17_PERQ"); s != "" {
+		fmt.Sscan(s, &perQ)
+	}
+	relAt, rate := atk14Trickle(t, perQ, 0, 0, 25*time.Second)
+	t.Logf("%.1f CONNECTs/s: release %v after the burst", rate, relAt)
+	require.NotZero(t, relAt, "no release in 25 s under a steady trickle below 4 MB/s")
+	require.Less(t, relAt, 12*time.Second, "README: the release is put off by 10 s at most below 4 MB a second")
+}
