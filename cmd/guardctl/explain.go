@@ -77,8 +77,9 @@ ms or null (permanent), "role": "decides"|"outranked"|"lifted"|"counts"|
 where an entry would be: the plugin skips them),
 "verdict": {"result": "refused"|"accepted", "line", "block", "allow",
 "lifted": [key], "rule": "clientid-too-long"|"username-too-long" when the
-client ID or username is over its bound (then refused whatever the
-entries)},
+client ID or username is over its bound, or the client ID is empty and
+the broker's own (41 bytes with the default auto_id_prefix) would be (then
+refused whatever the entries)},
 "failures": {"exempt_by": key or null, "keys":
 [{"scope", "value", "counter", "counted", "allowed", "ban_at",
 "full_in_ms", "banned_by": key or null, "ban_lifted_by": the allow
