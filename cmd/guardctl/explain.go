@@ -77,8 +77,9 @@ ms or null (permanent), "role": "decides"|"outranked"|"lifted"|"counts"|
 where an entry would be: the plugin skips them),
 "verdict": {"result": "refused"|"accepted", "line", "block", "allow",
 "lifted": [key], "rule": "clientid-too-long"|"username-too-long" when the
-client ID or username is over its bound (then refused whatever the
-entries)},
+client ID or username is over its bound, or the client ID is empty and
+the broker's own (41 bytes with the default auto_id_prefix) would be (then
+refused whatever the entries)},
 "failures": {"exempt_by": key or null, "keys":
 [{"scope", "value", "counter", "counted", "allowed", "ban_at",
 "full_in_ms", "banned_by": key or null, "ban_lifted_by": the allow
@@ -291,6 +292,10 @@ func (e *explainFlags) collect(ctx context.Context, st *store.Store, lim limits)
 // entry or count on a client ID applies to it.
 func (e *explainFlags) seesClientID() bool { return e.hasClientID && e.clientID != "" }
 
+// assignedIDBytes is the length of the ID the broker gives a client that
+// sends an empty one: auto_id_prefix's default "auto-" and a 36-byte UUID.
+const assignedIDBytes = len("auto-") + 36
+
 // assignedIDNote says what the broker does with an empty client ID.
 const assignedIDNote = `the client ID is empty, and the plugin never sees an empty one: the broker gives the client an ID of its own ` +
 	`(auto_id_prefix, "auto-" by default, then a random UUID) under MQTT 3.1.1 with clean session or MQTT 5 ` +
@@ -402,6 +407,12 @@ func (x *explanation) tooLong() (rule, line string) {
 	case f.seesClientID() && l.ClientIDMaxBytes > 0 && len(f.clientID) > l.ClientIDMaxBytes:
 		return "clientid-too-long", fmt.Sprintf("refused: clientid-too-long (%d bytes, over clientid_max_bytes %d): before any entry, its password unchecked and no failure counted",
 			len(f.clientID), l.ClientIDMaxBytes)
+	case f.hasClientID && f.clientID == "" && l.ClientIDMaxBytes > 0 && l.ClientIDMaxBytes < assignedIDBytes:
+		// The plugin sees the broker's own ID, over the bound, or no
+		// CONNECT at all (the broker refuses it): refused either way.
+		return "clientid-too-long", fmt.Sprintf("refused: clientid-too-long (the client ID is empty: the broker's own, auto-<UUID>, is %d bytes with the default auto_id_prefix, over clientid_max_bytes %d; "+
+			"a broker that assigns none refuses the CONNECT itself): before any entry, its password unchecked and no failure counted",
+			assignedIDBytes, l.ClientIDMaxBytes)
 	case f.hasUsername && l.UsernameMaxBytes > 0 && len(f.username) > l.UsernameMaxBytes:
 		return "username-too-long", fmt.Sprintf("refused: username-too-long (%d bytes, over username_max_bytes %d): before any entry, its password unchecked and no failure counted",
 			len(f.username), l.UsernameMaxBytes)

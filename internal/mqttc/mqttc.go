@@ -38,6 +38,9 @@ type Options struct {
 	Version int
 	// Will is the optional will message, QoS 0, not retained.
 	Will *Will
+	// SessionExpiry is MQTT 5's Session Expiry Interval in seconds (0: none
+	// sent); ignored under 3.1.1.
+	SessionExpiry uint32
 	// Timeout bounds dial + TLS handshake + CONNACK; default 5s.
 	Timeout time.Duration
 	// TLS, when not nil, runs MQTT over TLS with this configuration, on the
@@ -52,6 +55,8 @@ type Options struct {
 type Will struct {
 	Topic   string
 	Payload []byte
+	// Delay is MQTT 5's Will Delay Interval in seconds (0: none sent).
+	Delay uint32
 }
 
 // Conn is an MQTT connection that got CONNACK code 0.

@@ -134,7 +134,12 @@ func encodeConnect(o *Options) ([]byte, error) {
 	b = append(b, byte(o.Version), flags)
 	b = binary.BigEndian.AppendUint16(b, o.KeepAlive)
 	if o.Version == 5 {
-		b = append(b, 0) // no properties
+		if o.SessionExpiry > 0 {
+			b = append(b, 5, 0x11) // Session Expiry Interval
+			b = binary.BigEndian.AppendUint32(b, o.SessionExpiry)
+		} else {
+			b = append(b, 0) // no properties
+		}
 	}
 	var err error
 	add := func(s string) {
@@ -145,7 +150,12 @@ func encodeConnect(o *Options) ([]byte, error) {
 	add(o.ClientID)
 	if o.Will != nil {
 		if o.Version == 5 {
-			b = append(b, 0) // no will properties
+			if o.Will.Delay > 0 {
+				b = append(b, 5, 0x18) // Will Delay Interval
+				b = binary.BigEndian.AppendUint32(b, o.Will.Delay)
+			} else {
+				b = append(b, 0) // no will properties
+			}
 		}
 		add(o.Will.Topic)
 		add(string(o.Will.Payload))
