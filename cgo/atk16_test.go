@@ -98,7 +98,9 @@ func TestAtk16SlowWaitLateTicks(t *testing.T) {
 // clientid_max_bytes 256 left a 65 535-byte client ID's CONNECT allocating
 // about 74 KB, and 57 such CONNECTs a second were a burst to the heap's
 // release (atk16). guardBasicAuth now copies only what the refusal line
-// quotes (logline.Kept) of a CONNECT over a bound: under 4 KB.
+// quotes (logline.Kept) of a CONNECT over a bound: under 4 KB, with its
+// other strings long too (a 65 535-byte username and password beside an
+// over-long client ID, a password beside an over-long username: atk17).
 func TestTooLongRefusalCopiesLittle(t *testing.T) {
 	testenv.Need(t, "redis-server", "mosquitto_passwd")
 	redis := testenv.StartRedis(t)
@@ -106,12 +108,14 @@ func TestTooLongRefusalCopiesLittle(t *testing.T) {
 	hash := passwdHash(t, dir)
 	pw := filepath.Join(dir, "passwd")
 	require.NoError(t, os.WriteFile(pw, []byte(benchUser(0)+":"+hash+"\n"), 0o600))
-	ab := newAuthBenchWith(t, redis, map[string]string{"password_file": pw, "clientid_max_bytes": "256", "fail_limit": "1000000"}, benchUser)
-	perConnect := func(id string, n int) float64 {
+	ab := newAuthBenchWith(t, redis, map[string]string{"password_file": pw, "clientid_max_bytes": "256",
+		"username_max_bytes": "256", "fail_limit": "1000000"}, benchUser)
+	perConnect := func(id, user, pass string, n int) float64 {
 		var m0, m1 runtime.MemStats
 		cs := make([]authClient, n)
 		for i := range cs {
 			cs[i] = ab.client(0, id)
+			cs[i].username, cs[i].password = cChars(user), cChars(pass)
 			cs[i].handle += _Ctype_uintptr_t(i * 0x400)
 		}
 		runtime.ReadMemStats(&m0)
@@ -124,7 +128,14 @@ func TestTooLongRefusalCopiesLittle(t *testing.T) {
 		}
 		return float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)
 	}
-	long := perConnect(strings.Repeat("L", 65535), 200)
-	t.Logf("a refused 65 535-byte client ID under clientid_max_bytes 256: %.0f bytes allocated a CONNECT", long)
-	assert.Less(t, long, 4096.0, "an over-long CONNECT's strings copied whole")
+	big := strings.Repeat("B", 65535)
+	for _, c := range []struct{ name, id, user, pass string }{
+		{"a 65 535-byte client ID", big, benchUser(0), "bench-pw"},
+		{"client ID, username and password of 65 535 bytes", big, big, big},
+		{"username and password of 65 535 bytes", "dev", big, big},
+	} {
+		a := perConnect(c.id, c.user, c.pass, 100)
+		t.Logf("%s, refused: %.0f bytes allocated a CONNECT", c.name, a)
+		assert.Less(t, a, 4096.0, "%s: an over-long CONNECT's strings copied whole", c.name)
+	}
 }
