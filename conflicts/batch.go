@@ -20,9 +20,10 @@ import (
 // read shows the events of the batch before it.
 func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	now := t.now().UnixMilli()
-	conns := t.storeConns(batch)
+	conns := t.bareConns(batch)
 	ws, at := t.writes(batch, conns, now)
 	defer t.releaseScratch(conns, ws, at)
+	t.nameConns(batch, conns, t.sc.named)
 	t.flushRetry(ctx)
 	states, err := t.store.WriteConns(ctx, ws, t.opts.Window)
 	if err != nil {
@@ -34,6 +35,9 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
+			if at[i] < 0 && ev.other == nil {
+				continue // folded away, and took nothing over: nothing to evaluate (nor named)
+			}
 			var st store.State // a quiet client ID is not read: only a local takeover counts
 			if at[i] >= 0 && at[i] < len(states) && ws[at[i]].Read {
 				st = states[at[i]]
@@ -82,8 +86,9 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 // ID strings are the batch's own, never reused.
 type scratch struct {
 	conns  []store.Conn
-	text   []byte // the batch's IDs and formatted IPs, before their one string (storeConns)
+	text   []byte // the batch's IDs and formatted IPs, before their one string (nameConns)
 	ipEnd  []int  // where each connection's text ends in it
+	named  []bool // the connections a write or a finding may show: named (nameConns)
 	ws     []store.ConnWrite
 	at     []int
 	ends   map[uint64]end
@@ -94,7 +99,7 @@ type scratch struct {
 // trimScratch gives back a burst's arrays and maps: those of more than
 // trimAbove entries. Worker goroutine only, between batches.
 func (t *Tracker) trimScratch() {
-	if cap(t.sc.conns) > trimAbove || cap(t.sc.ipEnd) > trimAbove || cap(t.sc.ws) > trimAbove || len(t.sc.ends) > trimAbove || len(t.sc.open) > trimAbove || len(t.sc.folded) > trimAbove {
+	if cap(t.sc.conns) > trimAbove || cap(t.sc.ipEnd) > trimAbove || cap(t.sc.named) > trimAbove || cap(t.sc.ws) > trimAbove || len(t.sc.ends) > trimAbove || len(t.sc.open) > trimAbove || len(t.sc.folded) > trimAbove {
 		t.sc = scratch{}
 	}
 }
@@ -110,16 +115,46 @@ func (t *Tracker) releaseScratch(conns []store.Conn, ws []store.ConnWrite, at []
 	clear(t.sc.folded)
 }
 
-// storeConns is the batch's connections as Redis records them. Their IDs,
-// and the IP texts of those described by their 16 bytes (Conn.Addr: a
-// DISCONNECT's, formatted here, off the broker thread), are cut from one
-// string built for the batch, of their exact length (written first in the
-// worker's scratch buffer): one allocation for all.
+// storeConns is the batch's connections as Redis records them, every one
+// named (bareConns, then nameConns).
 func (t *Tracker) storeConns(batch []event) []store.Conn {
+	conns := t.bareConns(batch)
+	t.nameConns(batch, conns, nil)
+	return conns
+}
+
+// bareConns is the batch's connections as Redis records them, but for the
+// strings the worker formats: their IDs, and the IP texts of those
+// described by their 16 bytes (Conn.Addr: a DISCONNECT's). writes decides
+// which of them a write or a finding may show; nameConns formats those
+// alone. A device reconnecting in a loop, its pair folded away (writes),
+// needs neither: formatting them was a third of the worker's time per
+// reconnect (issue 12, BenchmarkWorkerReconnects).
+func (t *Tracker) bareConns(batch []event) []store.Conn {
 	conns := slices.Grow(t.sc.conns[:0], len(batch))[:len(batch)]
+	for i := range batch {
+		c := &batch[i].conn
+		ip := c.IP
+		if c.ipFormatted() {
+			ip = ""
+		}
+		conns[i] = t.storeConn(*c, "", ip)
+	}
+	return conns
+}
+
+// nameConns gives the batch's connections named[i] (all, with nil named)
+// their IDs and formatted IP texts. These are cut from one string built
+// for the batch, of their exact length (written first in the worker's
+// scratch buffer): one allocation for all, none when none is named.
+func (t *Tracker) nameConns(batch []event, conns []store.Conn, named []bool) {
 	b := t.sc.text[:0]
 	ipEnd := slices.Grow(t.sc.ipEnd[:0], len(batch))[:len(batch)]
 	for i := range batch {
+		if named != nil && !named[i] {
+			ipEnd[i] = len(b)
+			continue
+		}
 		c := &batch[i].conn
 		b = strconv.AppendUint(append(append(b, t.instance...), '-'), c.Seq, 10)
 		if c.ipFormatted() {
@@ -127,20 +162,24 @@ func (t *Tracker) storeConns(batch []event) []store.Conn {
 		}
 		ipEnd[i] = len(b)
 	}
-	s := string(b)
 	t.sc.text, t.sc.ipEnd = b[:0], ipEnd[:0]
+	if len(b) == 0 {
+		return
+	}
+	s := string(b)
 	start := 0
 	for i := range batch {
+		if named != nil && !named[i] {
+			continue
+		}
 		c := &batch[i].conn
 		n := start + len(t.instance) + 1 + digits(c.Seq)
-		id, ip := s[start:n], c.IP
+		conns[i].ID = s[start:n]
 		if c.ipFormatted() {
-			ip = s[n:ipEnd[i]]
+			conns[i].IP = s[n:ipEnd[i]]
 		}
-		conns[i] = t.storeConn(*c, id, ip)
 		start = ipEnd[i]
 	}
-	return conns
 }
 
 // digits is the length of n in decimal.
@@ -154,7 +193,10 @@ func digits(n uint64) int {
 
 // writes turns a batch into its writes, and the index of each connect's
 // write in them (-1: folded away); conns are the batch's connections
-// (storeConns), which the writes point to.
+// (bareConns), which the writes point to. It marks in the scratch's named
+// those a write points to or a finding may show (nameConns names them
+// before the writes go): not the connections of a pair folded away, unless
+// its connect took one over here (a duplicate finding shows it).
 //
 // A connection that starts and ends within this batch, of a client ID read
 // quiet less than quietFor ago (its principal alone on it, here) and whose
@@ -175,6 +217,9 @@ func digits(n uint64) int {
 func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.ConnWrite, []int) {
 	ws := slices.Grow(t.sc.ws[:0], len(batch))
 	at := slices.Grow(t.sc.at[:0], len(batch))[:len(batch)]
+	named := slices.Grow(t.sc.named[:0], len(batch))[:len(batch)] // what nameConns names
+	clear(named)
+	t.sc.named = named
 	endsDone := false // t.endsOnce
 	folded := t.sc.folded
 	for i, ev := range batch {
@@ -205,6 +250,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 					}
 					folded[seq] = listed
 					at[i] = -1
+					named[i] = ev.other != nil // a local takeover is still evaluated
 					continue
 				case ending && e.alone && !listed: // foldEnded's conditions 2 and 3
 					t.foldEnded(&w, &conns[e.at], now)
@@ -214,11 +260,13 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 					}
 					folded[seq] = false // not listed: its end has nothing to unlist
 					at[i] = len(ws)
+					named[i], named[e.at] = true, true // the write records its end's record
 					ws = append(ws, w)
 					continue
 				}
 			}
 			at[i] = len(ws)
+			named[i] = true
 			ws = append(ws, w)
 		case evDisconnect:
 			left := &conns[i]
@@ -264,7 +312,10 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			if ownsSeen || now-ev.conn.ConnectedMs >= seenRefresh.Milliseconds() {
 				w.Left = left
 			}
+			named[i] = true
 			ws = append(ws, w)
+		default: // refused: its finding shows it
+			named[i] = true
 		}
 	}
 	return ws, at

@@ -48,14 +48,26 @@ import (
 // the same 16 bytes of slot.
 type memoKey struct{ a, b uint64 }
 
-// memo is the memoKey of clientID and principal; idKey, the client ID's
-// own (its principal "").
+// memo is the memoKey of clientID and principal; with principal "", the
+// client ID's own, idKey's.
 func (t *Tracker) memo(clientID, principal string) memoKey {
+	if principal == "" {
+		return t.idKey(clientID)
+	}
 	// a's low bit set: no key is one of ids's marks (a 0: empty, tombstone).
 	return memoKey{memoSum(t.seeds[0], clientID, principal) | 1, memoSum(t.seeds[1], clientID, principal)}
 }
 
-func (t *Tracker) idKey(clientID string) memoKey { return t.memo(clientID, "") }
+// idKey is the client ID's memoKey: the worker's key for each event. One
+// call of maphash.String per seed: a Hash written three times (memoSum)
+// copies each part into its 128-byte buffer first, and that was about 580
+// of the 8 000 instructions per CONNECT the worker spent on make
+// bench-profile's reconnecting devices (issue 12). The client ID alone
+// needs no length before it: nothing follows it.
+func (t *Tracker) idKey(clientID string) memoKey {
+	// a's low bit set: no key is one of ids's marks (a 0: empty, tombstone).
+	return memoKey{maphash.String(t.seeds[0], clientID) | 1, maphash.String(t.seeds[1], clientID)}
+}
 
 // whoTag names a principal within one client ID's entry: 62 bits of a
 // keyed hash of the principal alone (packedMemo keeps its mode in the other
