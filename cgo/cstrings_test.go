@@ -1,11 +1,14 @@
 package main
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"unsafe"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // A CONNECT's three strings come back as sent, whatever their split; the
@@ -59,4 +62,33 @@ func TestPasswordBufCleared(t *testing.T) {
 	b := pb.b
 	pb.release()
 	assert.Equal(t, make([]byte, 7), b)
+}
+
+// Issue 12: the address comes back parsed as the plugin reads it
+// (keys.NormalizeIP: IPv4-mapped as IPv4, no zone; the zero Addr when it
+// is not an IP), kept in the slot with the strings: a device reconnecting
+// from the same address is not parsed again, one from another address is,
+// and over internMax every CONNECT is.
+func TestConnectStringsIPParsedOnce(t *testing.T) {
+	cs := &connectStrings{seed: connStrings.seed}
+	parses := 0
+	defer func(f func(string) (netip.Addr, error)) { normalizeIP = f }(normalizeIP)
+	normalizeIP = func(s string) (netip.Addr, error) { parses++; return keys.NormalizeIP(s) }
+	for _, addr := range []string{"192.0.2.1", "::ffff:192.0.2.1", "2001:DB8::1", "fe80::1%eth0", "/run/mosquitto.sock", "", "not-an-ip", "300.1.1.1"} {
+		for _, id := range []string{"dev-1", strings.Repeat("x", internMax)} {
+			want, _ := keys.NormalizeIP(addr)
+			before := parses
+			_, a, _, _, ip := cs.getIP([]byte(id), []byte(addr), []byte("alice"), true)
+			assert.Equal(t, addr, a)
+			assert.Equal(t, want, ip, "%q", addr)
+			assert.Equal(t, before+1, parses, "%q: parsed once", addr)
+			_, _, _, _, ip = cs.getIP([]byte(id), []byte(addr), []byte("alice"), true)
+			assert.Equal(t, want, ip, "%q, again", addr)
+			if len(id) < internMax {
+				assert.Equal(t, before+1, parses, "%q: the same client again is not parsed again", addr)
+			} else {
+				assert.Equal(t, before+2, parses, "%q: over internMax, not kept", addr)
+			}
+		}
+	}
 }

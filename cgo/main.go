@@ -171,7 +171,8 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char,
 		c.ClientIDBytes, c.UsernameBytes = len(idb), len(ub)
 		idb, ub = idb[:min(len(idb), logval.Max+1)], ub[:min(len(ub), logval.Max+1)] // logline.Kept
 	}
-	c.ClientID, c.Address, c.Username, c.IDs = connStrings.get(idb, cBytes(addr), ub, c.HasUsername)
+	c.ClientID, c.Address, c.Username, c.IDs, c.IP = connStrings.getIP(idb, cBytes(addr), ub, c.HasUsername)
+	c.IPParsed = true
 	if password != nil {
 		pb := copyPassword(password)
 		defer pb.release() // cleared, even after a panic

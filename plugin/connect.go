@@ -4,7 +4,6 @@ import (
 	"strconv"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -36,7 +35,7 @@ func (g *Guard) Reauthenticate(c Client) Decision { return g.authenticate(c, tru
 // a client it holds after a reload (see Reauthenticate), never counted nor
 // admitted.
 func (g *Guard) authenticate(c Client, reauth bool) Decision {
-	ip, _ := keys.NormalizeIP(c.Address)
+	ip := c.ip()
 	// A client ID or username over its bound: refused before anything
 	// reads or hashes it (clientid_max_bytes, username_max_bytes). No
 	// password is checked, so nothing is learnt and no failure counted.

@@ -1,8 +1,10 @@
 package plugin
 
 import (
+	"net/netip"
 	"strconv"
 
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -71,6 +73,22 @@ type Client struct {
 	// username_max_bytes (Guard.Bounds), which tooLong refuses before
 	// anything else reads them, rather than copy all of it. 0: len.
 	ClientIDBytes, UsernameBytes int
+	// IP is Address parsed as keys.NormalizeIP parses it (the zero Addr
+	// when it is not an IP), when IPParsed: the caller (cgo) keeps it
+	// with the strings of a client that reconnects. Else the plugin parses
+	// Address itself.
+	IP       netip.Addr
+	IPParsed bool
+}
+
+// ip is the client's address parsed (keys.NormalizeIP), invalid when it is
+// not an IP.
+func (c *Client) ip() netip.Addr {
+	if c.IPParsed {
+		return c.IP
+	}
+	ip, _ := keys.NormalizeIP(c.Address)
+	return ip
 }
 
 // idBytes is the client ID's size (ClientIDBytes).
