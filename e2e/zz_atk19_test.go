@@ -116,3 +116,23 @@ func TestAtk19SameStringsV4V6(t *testing.T) {
 	e.logLine("refused", "ip=::1", `rule="guard:block:ip:::1"`, `client_id="atk19-v"`)
 	assert.False(t, hasLine(e.broker.Output(), "refused", "ip=127.0.19.9"), "IPv4 refused:\n%s", e.broker.Output())
 }
+
+// atk19: failures are counted per the address each CONNECT came from, for
+// the same client ID and username in turn: one bad password from .6, then
+// four from .7 interleaved with good ones from .6 (fail_limit 3): .7 is
+// banned, .6 is not and still gets in.
+func TestAtk19FailCountPerAddress(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 3", "auth_opt_username_fail_limit 0")
+	bad := func(ip string) client { return as(ip, "atk19-f", "alice", "nope") }
+	good := as("127.0.19.6", "atk19-f", "alice", "alice-pw")
+	require.EqualValues(t, refused, e.connect(bad("127.0.19.6")))
+	for i := 0; i < 4; i++ {
+		e.connect(bad("127.0.19.7"))
+		assert.EqualValues(t, accepted, e.connect(good), "round %d: .6 with the password", i)
+	}
+	e.waitKey("guard:block:ip:127.0.19.7", true, 5*time.Second)
+	assert.Equal(t, "0", e.redis.CLI("EXISTS", "guard:block:ip:127.0.19.6"))
+	assert.EqualValues(t, accepted, e.connect(good))
+	e.logLine("event=banned", "scope=ip", `value="127.0.19.7"`)
+	assert.False(t, hasLine(e.broker.Output(), "event=banned", `value="127.0.19.6"`))
+}
