@@ -17,10 +17,12 @@ USERS=${PROFILE_USERS:-2000}
 HIT=${PROFILE_HIT_DURATION:-15s}
 # HIT_SRC: the reconnecting rows' source addresses (4 094), fewer than the
 # first pass connects (about 1 000 a second under callgrind): see run.
-# PROFILE_HIT_SRC sets another range: 127.1.0.0/29 (6 addresses) plays
-# devices that reconnect from the address they had, whose strings cgo
-# finds interned (cstrings.go); the default makes most CONNECTs a new
-# (client ID, address) pair to it.
+# PROFILE_HIT_SRC sets another range: 127.1.0.0/29 (6 addresses). The
+# workers still take the addresses in turn from one counter (a client ID
+# does not keep its address), but 8 client IDs by 6 addresses are 48
+# pairs, nearly all of which cgo's 1 024 slots keep interned with their
+# parsed address (cstrings.go); the default's 8 by 4 094 make most
+# CONNECTs a new (client ID, address) pair to them.
 HIT_SRC=${PROFILE_HIT_SRC:-127.1.0.0/20}
 ONLY=${PROFILE_ONLY:-} # rows to run, by name: "b b-metrics"; empty: all
 # PROFILE_GUARD_ENV: environment of the guard's brokers only, e.g. "GOGC=50".
