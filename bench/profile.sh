@@ -24,6 +24,14 @@ HIT=${PROFILE_HIT_DURATION:-15s}
 # parsed address (cstrings.go); the default's 8 by 4 094 make most
 # CONNECTs a new (client ID, address) pair to them.
 HIT_SRC=${PROFILE_HIT_SRC:-127.1.0.0/20}
+# The range's host addresses, as loadgen hands them out (the all-zeros and
+# all-ones hosts skipped, /30 or wider): the first pass must make at least
+# as many CONNECTs, so that each measured one comes from a source seen.
+if [[ ! $HIT_SRC =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+/([0-9]+)$ ]] || ((BASH_REMATCH[1] < 8 || BASH_REMATCH[1] > 30)); then
+	echo "profile: PROFILE_HIT_SRC=$HIT_SRC: expected a 127.x.y.z/N range with N from 8 to 30" >&2
+	exit 2
+fi
+HIT_HOSTS=$(((1 << (32 - BASH_REMATCH[1])) - 2))
 ONLY=${PROFILE_ONLY:-} # rows to run, by name: "b b-metrics"; empty: all
 # PROFILE_GUARD_ENV: environment of the guard's brokers only, e.g. "GOGC=50".
 scripts/deps.sh
@@ -125,8 +133,8 @@ run() {
 			-timeout 30s -src "$src" -redis "127.0.0.1:$rport" "$@" >"$out/$label.warm.json"
 		local warm
 		warm=$(grep -o '"accepted":[0-9]*' "$out/$label.warm.json" | cut -d: -f2)
-		if [ "${warm:-0}" -lt 4094 ]; then
-			echo "profile: $display: the first pass made ${warm:-0} CONNECTs, fewer than HIT_SRC's 4094 addresses: raise PROFILE_HIT_DURATION" >&2
+		if [ "${warm:-0}" -lt "$HIT_HOSTS" ]; then
+			echo "profile: $display: the first pass made ${warm:-0} CONNECTs, fewer than HIT_SRC's $HIT_HOSTS addresses ($HIT_SRC): raise PROFILE_HIT_DURATION" >&2
 			exit 1
 		fi
 		sleep 1
