@@ -1,7 +1,6 @@
 package conflicts
 
 import (
-	"encoding/binary"
 	"hash/maphash"
 	"math"
 	"time"
@@ -48,18 +47,9 @@ import (
 // the same 16 bytes of slot.
 type memoKey struct{ a, b uint64 }
 
-// memo is the memoKey of clientID and principal; with principal "", the
-// client ID's own, idKey's.
-func (t *Tracker) memo(clientID, principal string) memoKey {
-	if principal == "" {
-		return t.idKey(clientID)
-	}
-	// a's low bit set: no key is one of ids's marks (a 0: empty, tombstone).
-	return memoKey{memoSum(t.seeds[0], clientID, principal) | 1, memoSum(t.seeds[1], clientID, principal)}
-}
-
 // idKey is the client ID's memoKey: the worker's key for each event. One
-// call of maphash.String per seed: a Hash written three times (memoSum)
+// call of maphash.String per seed: a Hash written three times (as the
+// tests' pair keys still are, memokey_test.go)
 // copies each part into its 128-byte buffer first, and that was about 580
 // of the 8 000 instructions per CONNECT the worker spent on make
 // bench-profile's reconnecting devices (issue 12). The client ID alone
@@ -84,19 +74,6 @@ func (t *Tracker) idKey(clientID string) memoKey {
 // records themselves.
 func (t *Tracker) whoTag(principal string) uint64 {
 	return maphash.String(t.seeds[1], principal) &^ modeMask
-}
-
-// memoSum hashes the pair, the client ID with its length so that no pair
-// runs into another.
-func memoSum(seed maphash.Seed, clientID, principal string) uint64 {
-	var h maphash.Hash
-	h.SetSeed(seed)
-	var n [8]byte
-	binary.LittleEndian.PutUint64(n[:], uint64(len(clientID)))
-	_, _ = h.Write(n[:])
-	_, _ = h.WriteString(clientID)
-	_, _ = h.WriteString(principal)
-	return h.Sum64()
 }
 
 // stamp is a time in the memos: unix seconds, 0 none (the marks are 4
