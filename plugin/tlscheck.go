@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"time"
 
@@ -14,15 +15,29 @@ import (
 // a Redis across a region takes a few hundred milliseconds.
 const tlsCheckTimeout = 1500 * time.Millisecond
 
+// systemRootsWait bounds how long checkTLS waits, before its own bound
+// starts, for Go to load the system's CA pool (redis_tls_ca unset). Go loads
+// it once, at the first verification that needs it: some 300 files on
+// Debian, a few tens of milliseconds on an idle machine, seconds on a
+// loaded one. Inside tlsCheckTimeout that load could use up the bound, and
+// the check then took a certificate the system's CAs do not sign for a
+// Redis that does not answer, and let the broker start (CI saw it once).
+const systemRootsWait = 10 * time.Second
+
 // checkTLS makes one connection to Redis at start, when redis_tls is on,
-// bounded by tlsCheckTimeout. A TLS fault (a certificate that does not
-// verify, a client certificate refused, a port without TLS) is a
-// configuration error that no retry mends: it stops the broker with one line
-// naming the option to fix. A Redis that does not answer is no such error:
-// the broker starts, and redis_unavailable applies until Redis answers.
+// bounded by tlsCheckTimeout (after the system's CAs are loaded, bounded by
+// systemRootsWait, when no redis_tls_ca is given). A TLS fault (a
+// certificate that does not verify, a client certificate refused, a port
+// without TLS) is a configuration error that no retry mends: it stops the
+// broker with one line naming the option to fix. A Redis that does not
+// answer is no such error: the broker starts, and redis_unavailable applies
+// until Redis answers.
 func checkTLS(st *store.Store, cfg config.Options) error {
 	if !cfg.RedisTLS.On {
 		return nil
+	}
+	if c := cfg.RedisTLS.Config; c == nil || c.RootCAs == nil {
+		loadSystemRoots(systemRootsWait)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), tlsCheckTimeout)
 	defer cancel()
@@ -31,4 +46,24 @@ func checkTLS(st *store.Store, cfg config.Options) error {
 		return nil
 	}
 	return config.TLSOptionError(cfg, te)
+}
+
+// loadSystemRoots has Go load the system's CA pool, which every later
+// verification without RootCAs shares, and waits for it at most wait. It
+// reports whether the load ended in time; a load that did not goes on in
+// the background, and the check it delays is bounded as before.
+func loadSystemRoots(wait time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = x509.SystemCertPool() // an error here is the verification's error later
+	}()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
