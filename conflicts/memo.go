@@ -240,25 +240,33 @@ const (
 	memoShrinkMin = 1024
 )
 
-// memoOf is id's entry, or a new one (the zero idMemo: no marks).
-func (t *Tracker) memoOf(id memoKey) idMemo {
-	e, _ := t.lookMemo(id)
-	return e
-}
-
 // lookMemo is id's entry, if there is one.
 func (t *Tracker) lookMemo(id memoKey) (idMemo, bool) {
-	p, ok := t.ids.Get(id)
+	e, _, ok := t.findMemo(id)
+	return e, ok
+}
+
+// findMemo is id's entry, if there is one (the zero idMemo if not), with
+// what the table holds (was): storeMemo takes both back, and so stores it
+// with one probe of the table, not two (writes, per event).
+func (t *Tracker) findMemo(id memoKey) (e idMemo, was packedMemo, ok bool) {
+	was, ok = t.ids.Get(id)
 	if !ok {
-		return idMemo{}, false
+		return idMemo{}, was, false
 	}
-	return t.unpack(id, p), true
+	return t.unpack(id, was), was, true
 }
 
 // putMemo stores e as id's entry. A new entry beyond seenMemoMax entries
 // of unlisted client IDs first drops those (pruneUnlisted).
 func (t *Tracker) putMemo(id memoKey, e idMemo) {
 	was, ok := t.ids.Get(id)
+	t.storeMemo(id, e, was, ok)
+}
+
+// storeMemo is putMemo with id's entry as findMemo found it (was, ok),
+// the table unchanged since.
+func (t *Tracker) storeMemo(id memoKey, e idMemo, was packedMemo, ok bool) {
 	if !ok {
 		if t.ids.Len()-t.listed >= seenMemoMax {
 			t.pruneUnlisted()

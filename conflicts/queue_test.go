@@ -90,15 +90,15 @@ func TestRunTicksSweepAndTrim(t *testing.T) {
 	was := sweepEvery
 	sweepEvery = 50 * time.Millisecond
 	defer func() { sweepEvery = was }()
-	c, clk, _ := tracker(t, newMemStore(), testOptions())
+	st := newGatedStore()
+	c, clk, _ := tracker(t, st, testOptions())
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { c.Run(stop); close(done) }()
-	for i := 0; i < 3000; i++ { // one linger's worth: a batch of 3000
+	for i := 0; i < 3000; i++ { // one linger's worth: a batch of 3000, or a few
 		c.Connected(fmt.Sprintf("dev-%d", i), c.NewConn("alice", "192.0.2.1", clk.now()), nil)
 	}
-	require.Eventually(t, func() bool { _, h := c.events.Caps(); return h >= 3000 },
-		5*time.Second, 5*time.Millisecond, "the burst handled in one batch")
+	burstHandled(t, c, st, 3000)
 	clk.advance(2 * quietFor) // the quiet marks are old now
 	require.Eventually(t, func() bool { f, h := c.events.Caps(); return f <= 256 && h <= 256 },
 		5*time.Second, 10*time.Millisecond, "the tick trims the buffers")
@@ -124,18 +124,18 @@ func TestRunTicksSweepAndTrim(t *testing.T) {
 // connections holds no queue buffers past them for long.
 func TestRunTrimsWhenIdle(t *testing.T) {
 	require.Greater(t, sweepEvery, 5*time.Second)
-	c, clk, _ := tracker(t, newMemStore(), testOptions())
+	st := newGatedStore()
+	c, clk, _ := tracker(t, st, testOptions())
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { c.Run(stop); close(done) }()
 	var once sync.Once
 	end := func() { once.Do(func() { close(stop); <-done }) }
 	defer end()
-	for i := 0; i < 3000; i++ { // one linger's worth: a batch of 3000
+	for i := 0; i < 3000; i++ { // one linger's worth: a batch of 3000, or a few
 		c.Connected(fmt.Sprintf("dev-%d", i), c.NewConn("alice", "192.0.2.1", clk.now()), nil)
 	}
-	require.Eventually(t, func() bool { _, h := c.events.Caps(); return h >= 3000 },
-		5*time.Second, 5*time.Millisecond, "the burst handled in one batch")
+	burstHandled(t, c, st, 3000)
 	// TrimDue says so while they are held (the heap release waits for it),
 	// and no more once they are trimmed.
 	require.Eventually(t, c.TrimDue, time.Second, time.Millisecond, "the burst's buffers held, TrimDue false")
@@ -164,4 +164,53 @@ func TestRunStopClearsTrimDue(t *testing.T) {
 	close(stop)
 	<-done
 	assert.False(t, c.TrimDue(), "a stopped worker still due to trim")
+}
+
+// gatedStore holds the worker's first batch of more than trimAbove
+// writes in WriteConns, after telling its size on big, until the test
+// closes gate: the test reads the burst's buffers while the worker holds
+// them. It polled for them (the handed-out buffer's cap at least 3000),
+// and Run's tick, shortened to 50 ms in TestRunTicksSweepAndTrim, trimmed
+// them first in a quarter to half of -count=20's runs, the worker of
+// before pairBatch and after alike.
+type gatedStore struct {
+	*memStore
+	big  chan int
+	gate chan struct{}
+	once sync.Once
+}
+
+func newGatedStore() *gatedStore {
+	return &gatedStore{memStore: newMemStore(), big: make(chan int, 1), gate: make(chan struct{})}
+}
+
+func (g *gatedStore) WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error) {
+	if len(ws) > trimAbove {
+		g.once.Do(func() {
+			g.big <- len(ws)
+			select {
+			case <-g.gate:
+			case <-time.After(10 * time.Second): // a test that failed first
+			}
+		})
+	}
+	return g.memStore.WriteConns(ctx, ws, window)
+}
+
+// burstHandled requires that the worker handles a batch of more than
+// trimAbove of a burst of n connects (one linger's worth: one batch, or a
+// few), in a buffer of at least that batch, and waits until all n are
+// written.
+func burstHandled(t *testing.T, c *Tracker, g *gatedStore, n int) {
+	t.Helper()
+	select {
+	case k := <-g.big:
+		_, h := c.events.Caps()
+		assert.GreaterOrEqual(t, h, k, "the batch in hand")
+	case <-time.After(5 * time.Second):
+		t.Fatal("no batch of the burst over trimAbove within 5 s")
+	}
+	close(g.gate)
+	require.Eventually(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.writes >= n },
+		5*time.Second, 5*time.Millisecond, "the burst written")
 }
