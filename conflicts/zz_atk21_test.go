@@ -3,6 +3,7 @@ package conflicts
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -106,6 +107,10 @@ type atk21Gen struct {
 	dupDisc    bool // a connection's disconnect queued twice
 	discFirst  bool // a connection's disconnect queued before its connect, in one batch (the deferred confirmation's race)
 	bigBatches bool // now and then a batch of batchMax, and trimScratch between
+	refused    bool // refused events among them
+	wrap       bool // the tables' generation wraps mid-run
+	seq0       bool // now and then a connection numbered 0 (NewConn makes none; one at a time)
+	prefill    int  // unlisted entries in both memos first: seenMemoMax-prefill new client IDs prune them (storeMemo)
 }
 
 // memoDump is a tracker's memos, comparable between twins of one seed.
@@ -139,6 +144,15 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 			a := New(opts, Deps{Store: memA, Now: clk.now})
 			b := New(opts, Deps{Store: memB, Now: clk.now})
 			b.instance, b.seeds = a.instance, a.seeds
+			if g.prefill > 0 {
+				for k := 0; k < seenMemoMax-g.prefill; k++ {
+					id := memoKey{rng.Uint64() | 1, rng.Uint64()}
+					p := packedMemo{s: uint64(k + 1), tag: a.whoTag("zed") | modeSeen, seenAt: stampOf(clk.now().UnixMilli())}
+					a.ids.Put(id, p)
+					b.ids.Put(id, p)
+				}
+				a.peak, b.peak = a.ids.Len(), b.ids.Len()
+			}
 			alive := map[string]bool{a.instance: true}
 			a.live.Store(&alive)
 			b.live.Store(&alive)
@@ -147,7 +161,9 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 				c  Conn
 			}
 			var live, ended []open
+			pruned := false // prefill: the memos were pruned
 			latest := map[string]*Conn{}
+			defer func() { require.True(t, g.prefill == 0 || pruned, "no prune") }()
 			for round := 0; round < 30; round++ {
 				clk.advance(steps[rng.IntN(len(steps))])
 				now := clk.now().UnixMilli()
@@ -158,6 +174,10 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 				if g.bigBatches && rng.IntN(4) == 0 {
 					a.trimScratch()
 				}
+				if g.wrap && round%10 == 5 {
+					a.sc.bySeq.gen, a.sc.byID.gen = math.MaxUint32-uint32(rng.IntN(2)), math.MaxUint32-uint32(rng.IntN(2))
+				}
+				seq0 := false // a connection numbered 0 live or in this batch
 				n := 1 + rng.IntN(g.maxBatch)
 				if g.bigBatches && rng.IntN(6) == 0 {
 					n = batchMax
@@ -166,6 +186,10 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 				for len(batch) < n {
 					r := rng.IntN(10)
 					switch {
+					case g.refused && r == 9:
+						id := fmt.Sprintf("d%d", rng.IntN(g.ids))
+						h := store.Conn{ID: "other-1", Instance: "other", Principal: "mallory", IP: "203.0.113.9", ConnectedMs: now}
+						batch = append(batch, event{kind: evRefused, clientID: id, conn: a.NewConn("eve", "192.0.2.9", clk.now()), holder: &h})
 					case g.dupDisc && len(ended) > 0 && r == 0:
 						o := ended[rng.IntN(len(ended))]
 						batch = append(batch, event{kind: evDisconnect, clientID: o.id, conn: o.c})
@@ -178,6 +202,9 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 					default:
 						id := fmt.Sprintf("d%d", rng.IntN(g.ids))
 						c := a.NewConn(principals[min(rng.IntN(len(principals)+2), len(principals)-1)], "192.0.2.1", clk.now())
+						if g.seq0 && !seq0 && rng.IntN(4) == 0 && !slices.ContainsFunc(live, func(o open) bool { return o.c.Seq == 0 }) {
+							c.Seq, seq0 = 0, true
+						}
 						ev := event{kind: evConnect, clientID: id, conn: c, other: latest[id]}
 						latest[id] = &c
 						if g.discFirst && rng.IntN(4) == 0 && len(batch)+2 <= n {
@@ -228,12 +255,20 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 				}
 				require.Equal(t, atB, gotAt, msg)
 				require.Equal(t, wantWs, gotWs, msg)
-				ma, oa, la := memoDump(a)
-				mb, ob, lb := memoDump(b)
-				require.Equal(t, mb, ma, msg)
-				require.Equal(t, ob, oa, msg)
-				require.Equal(t, lb, la, msg)
-				checkMemos(t, a)
+				require.Equal(t, b.ids.Len(), a.ids.Len(), msg)
+				if a.ids.Len() < 10_000 {
+					ma, oa, la := memoDump(a)
+					mb, ob, lb := memoDump(b)
+					require.Equal(t, mb, ma, msg)
+					require.Equal(t, ob, oa, msg)
+					require.Equal(t, lb, la, msg)
+				}
+				if g.prefill > 0 && a.ids.Len() < seenMemoMax/2 {
+					pruned = true
+				}
+				if !g.seq0 { // a connection numbered 0 lists nothing but counts in listed (list), on 4d0f9dd too
+					checkMemos(t, a)
+				}
 			}
 		}
 	}
@@ -252,6 +287,19 @@ func TestAtk21WritesAsParent(t *testing.T) {
 	} {
 		runAtk21(t, c.g, c.seeds)
 	}
+}
+
+// Refused events among them, the tables' generation wrapping mid-run, and
+// now and then a connection numbered 0.
+func TestAtk21RefusedWrapSeq0(t *testing.T) {
+	runAtk21(t, atk21Gen{ids: 4, maxBatch: 12, refused: true, wrap: true, seq0: true, dupDisc: true, discFirst: true}, 150)
+}
+
+// The memos at seenMemoMax unlisted entries: a new client ID's connect
+// (storeMemo with nothing found) prunes them mid-batch, with split
+// entries (owed) listed among the batch's, kept.
+func TestAtk21PruneMidBatch(t *testing.T) {
+	runAtk21(t, atk21Gen{ids: 200, maxBatch: 40, prefill: 30}, 3)
 }
 
 // A disconnect queued twice for one connection.
