@@ -399,6 +399,17 @@ const (
 // which can only take markAlone from a connection that has it (a connect of
 // the other between its two ends), never give it: the pair is then written
 // as a pair, which is always right.
+//
+// The pairs are those the three maps found, in any order the queue holds:
+// a connection's disconnect queued before its connect (plugin's
+// confirmDue tells the tracker of a deferred connection after releasing
+// g.mu, so the connection's end may be queued first) pairs with it, never
+// alone: the connect is folded away (nothing written for a connection that
+// ended) if its client ID is quiet and its use fresh, else written as any
+// connect, after its disconnect's writes; of a connection's disconnects
+// queued twice, the last is its mate, and not alone (TestAtk21...). Two
+// connects of one number would pair otherwise than in the maps: NewConn
+// makes none.
 func (t *Tracker) pairBatch(batch []event) (ids []memoKey, mate []int32, mark []uint8) {
 	n := len(batch)
 	ids = slices.Grow(t.sc.ids[:0], n)[:n]
@@ -423,18 +434,29 @@ func (t *Tracker) pairBatch(batch []event) (ids []memoKey, mate []int32, mark []
 		if !pair {
 			continue
 		}
+		s := t.sc.bySeq.slot(ev.conn.Seq)
+		live := s.gen == t.sc.bySeq.gen
 		if ev.kind == evConnect {
-			t.sc.bySeq.put(ev.conn.Seq, int32(i))
+			if live && s.val < 0 { // its disconnect came first: paired, never alone
+				d := ^s.val
+				mate[i], mate[d] = d, int32(i)
+			}
+			*s = batchSlot{key: ev.conn.Seq, val: int32(i), gen: t.sc.bySeq.gen}
 			t.sc.byID.put(ids[i].a, int32(i))
 			continue
 		}
-		c, ok := t.sc.bySeq.get(ev.conn.Seq)
-		if !ok {
-			continue // it started before this batch
+		if !live || s.val < 0 {
+			// Its connect is in an earlier batch, or later in this one
+			// (^i: the connect pairs with it).
+			*s = batchSlot{key: ev.conn.Seq, val: ^int32(i), gen: t.sc.bySeq.gen}
+			continue
 		}
-		mate[c], mate[i] = int32(i), c
-		if o, ok := t.sc.byID.get(ids[i].a); ok && o == c { // no connect of its client ID since
+		c := s.val
+		mate[c], mate[i] = int32(i), c // a second disconnect of c: the last one
+		mark[c] &^= markAlone
+		if o := t.sc.byID.slot(ids[i].a); o.gen == t.sc.byID.gen && o.val == c { // no connect of its client ID since
 			mark[c] |= markAlone
+			o.val = -1 // a second disconnect of c is not alone
 		}
 	}
 	return ids, mate, mark
