@@ -341,21 +341,25 @@ const confirmBatch = 256
 func (g *Guard) confirmLoop() { every(g.stop, confirmDelay/5, g.confirmDue) }
 
 // confirmDue confirms the deferred connections older than confirmDelay.
+// Each is queued to the tracker under g.mu, in the same hold that clears
+// its pending mark: disconnected, which reads that mark under g.mu and
+// queues the connection's end only if it is clear, then always queues the
+// end after the connect. Queued after the release, as it was, the end of a
+// connection that ended in between went first, and the worker wrote the
+// connection live after it had ended (unless its pair was folded away): a
+// live entry in Redis of a device that was gone, for every broker to see
+// (found by a hostile tester; TestConfirmQueuedBeforeItsEnd). Connected
+// never waits (a full queue drops the event), and a hold queues at most
+// confirmBatch.
 func (g *Guard) confirmDue() {
 	cutoff := g.now().Add(-confirmDelay).UnixMilli()
-	type confirmed struct {
-		clientID string
-		conn     conflicts.Conn
-		other    *conflicts.Conn
-	}
 	for more := true; more; {
-		var ready []confirmed
 		g.mu.Lock()
 		i := 0
 		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].lc.sinceMs < cutoff; i++ {
 			lc := g.pending[i].lc
 			if g.conns.get(lc.handle) == lc && !lc.offline {
-				ready = append(ready, confirmed{ownTracked(len(lc.clientID)+int(lc.userLen), lc.clientID), g.connOf(lc), g.pending[i].other})
+				g.tracker.Connected(ownTracked(len(lc.clientID)+int(lc.userLen), lc.clientID), g.connOf(lc), g.pending[i].other)
 			}
 			// Out of g.pending: an offline one may be reused once it is
 			// dropped; one that ended is the garbage collector's.
@@ -365,8 +369,8 @@ func (g *Guard) confirmDue() {
 		clear(g.pending[:i])
 		g.pending = g.pending[i:] // no copy under the lock; append reallocates
 		g.mu.Unlock()
-		for _, r := range ready {
-			g.tracker.Connected(r.clientID, r.conn, r.other)
+		if f := g.confirmHook.Load(); f != nil {
+			(*f)()
 		}
 	}
 }

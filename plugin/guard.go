@@ -45,6 +45,10 @@ type FailCounter interface {
 
 // Guard is one plugin instance.
 type Guard struct {
+	// confirmHook, set by a test, runs after each of confirmDue's holds of
+	// g.mu: a DISCONNECT the broker thread handles there.
+	confirmHook atomic.Pointer[func()]
+
 	cfg     config.Options
 	log     Logger
 	store   Store // the broker thread's calls, bounded by redis_timeout
