@@ -359,6 +359,18 @@ func (g *Guard) confirmDue() {
 		for ; i < len(g.pending) && i < confirmBatch && g.pending[i].lc.sinceMs < cutoff; i++ {
 			lc := g.pending[i].lc
 			if g.conns.get(lc.handle) == lc && !lc.offline {
+				if h := g.byID.get(lc.clientID); h != nil && h != lc && !h.pending {
+					// Taken over by a connection admitted at once, whose
+					// connect (other: lc) admitAt has queued or queues now;
+					// lc's DISCONNECT follows (the takeover). Queued after
+					// the taker's, lc's connect overwrote the taker's live
+					// field, and lc's end then cleared it: the taker,
+					// connected, was live nowhere in Redis (a hostile
+					// tester, TestAtk22ConfirmAfterTakeoverLeavesTakerLive).
+					// lc stays unrecorded (pending): its end queues nothing,
+					// and, out of g.pending, the garbage collector takes it.
+					continue
+				}
 				g.tracker.Connected(ownTracked(len(lc.clientID)+int(lc.userLen), lc.clientID), g.connOf(lc), g.pending[i].other)
 			}
 			// Out of g.pending: an offline one may be reused once it is
