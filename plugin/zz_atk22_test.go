@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -172,4 +173,61 @@ func TestAtk22HungSystemRootsChild(t *testing.T) {
 	t.Logf("checkTLS took %s: %v", time.Since(start).Round(time.Millisecond), err)
 	assert.NoError(t, err, "no fault found (without redis_tls_ca: the handshake never verified)")
 	assert.Less(t, time.Since(start), bound+time.Second, "bounded: the roots' wait if any, then the check's")
+}
+
+// stuckWrites is a conflicts store whose WriteConns waits until release
+// is closed: the tracker's worker stuck on a Redis that does not answer,
+// its queue filling.
+type stuckWrites struct {
+	failingClaims
+	release chan struct{}
+}
+
+func (s *stuckWrites) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Duration) ([]store.State, error) {
+	<-s.release // deaf to its context: the queue stays full
+	return make([]store.State, len(ws)), nil
+}
+
+// confirmDue queues under g.mu: with the tracker's queue full (its worker
+// stuck), each Connected drops its event and returns, so confirmDue ends
+// and the broker thread's DISCONNECTs take g.mu meanwhile. 70 000 deferred
+// connections against a queue of 65 536.
+func TestAtk22ConfirmIntoFullQueueNeverWaits(t *testing.T) {
+	cfg, err := config.Parse(map[string]string{"backend": "defer", "clientid_conflict": "flag"})
+	require.NoError(t, err)
+	sw := &stuckWrites{release: make(chan struct{})}
+	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: sw})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	t.Cleanup(func() { close(sw.release) }) // before Close
+	var mu sync.Mutex
+	now := time.Now().Add(time.Hour) // ahead of confirmLoop's clock: only the test confirms
+	g.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	const n = 70000
+	for i := range n {
+		admitRC(g, rc(uintptr(i+1), fmt.Sprintf("dev-%d", i), "u"), true)
+	}
+	mu.Lock()
+	now = now.Add(2 * confirmDelay)
+	mu.Unlock()
+	done := make(chan struct{})
+	go func() { defer close(done); g.confirmDue() }()
+	broker := make(chan struct{})
+	go func() { // the broker thread meanwhile
+		defer close(broker)
+		for i := range 100 {
+			g.Disconnected(uintptr(n - i))
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for _, c := range []chan struct{}{done, broker} {
+		select {
+		case <-c:
+		case <-time.After(10 * time.Second):
+			t.Fatal("confirmDue, or the DISCONNECTs meanwhile, did not end within 10 s: a wait on a full queue")
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	assert.Empty(t, g.pending, "all passed")
 }
