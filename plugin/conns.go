@@ -358,7 +358,8 @@ func (g *Guard) confirmLoop() { every(g.stop, confirmDelay/5, g.confirmDue) }
 // live entry in Redis of a device that was gone, for every broker to see
 // (found by a hostile tester; TestConfirmQueuedBeforeItsEnd). Connected
 // never waits (a full queue drops the event), and a hold queues at most
-// confirmBatch, and hashes at most about confirmHashMax bytes of client IDs.
+// confirmBatch, and hashes at most about confirmHashMax bytes of client IDs
+// (byID's probe and Connected's hash alike).
 func (g *Guard) confirmDue() {
 	cutoff := g.now().Add(-confirmDelay).UnixMilli()
 	for more := true; more; {
@@ -367,6 +368,12 @@ func (g *Guard) confirmDue() {
 		for ; i < len(g.pending) && i < confirmBatch && hashed < confirmHashMax && g.pending[i].lc.sinceMs < cutoff; i++ {
 			lc := g.pending[i].lc
 			if g.conns.get(lc.handle) == lc && !lc.offline {
+				// A long client ID is counted before anything hashes it:
+				// byID's probe hashes and compares it whole too, and a
+				// connection taken over (below) is hashed that way alone.
+				if len(lc.clientID) > keys.TrackingMax {
+					hashed += len(lc.clientID)
+				}
 				if h := g.byID.get(lc.clientID); h != nil && h != lc && !h.pending {
 					// Taken over by a connection admitted at once, whose
 					// connect (other: lc) admitAt has queued or queues now;
@@ -378,9 +385,6 @@ func (g *Guard) confirmDue() {
 					// lc stays unrecorded (pending): its end queues nothing,
 					// and, out of g.pending, the garbage collector takes it.
 					continue
-				}
-				if len(lc.clientID) > keys.TrackingMax {
-					hashed += len(lc.clientID)
 				}
 				g.tracker.Connected(ownTracked(len(lc.clientID)+int(lc.userLen), lc.clientID), g.connOf(lc), g.pending[i].other)
 			}
