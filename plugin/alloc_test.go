@@ -181,7 +181,7 @@ func admitAllocs(g *Guard, c Client) float64 {
 	var total uint64
 	for i := 0; i < runs; i++ {
 		runtime.ReadMemStats(&m0)
-		g.admit(c, ip, false, false)
+		g.admit(&c, ip, false, false)
 		runtime.ReadMemStats(&m1)
 		total += m1.Mallocs - m0.Mallocs
 		g.Disconnected(c.Handle)
@@ -222,7 +222,7 @@ func disconnectAllocs(g *Guard, c Client) float64 {
 	var m0, m1 runtime.MemStats
 	var total uint64
 	for i := 0; i < runs; i++ {
-		g.admit(c, ip, false, false)
+		g.admit(&c, ip, false, false)
 		runtime.ReadMemStats(&m0)
 		g.Disconnected(c.Handle)
 		runtime.ReadMemStats(&m1)

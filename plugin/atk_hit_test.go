@@ -144,7 +144,7 @@ func TestAtkHitIPFormsOneSource(t *testing.T) {
 	for i, a := range forms {
 		c := cl(uintptr(0x1000+i), a, fmt.Sprintf("dev-%d", i), "alice", "alice-pw")
 		require.Equal(t, Allow, g.Authenticate(c).Result, a)
-		require.Equal(t, "192.0.2.7", addrString(c, mustIP(t, a)), a)
+		require.Equal(t, "192.0.2.7", addrString(&c, mustIP(t, a)), a)
 	}
 	for _, a := range forms { // the known-source key (succeededFrom's)
 		require.Equal(t, "ip:192.0.2.7", string(appendIPText([]byte("ip:"), mustIP(t, a), a)), a)

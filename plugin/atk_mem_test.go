@@ -192,7 +192,7 @@ func TestAtkMemConcurrentBanScans(t *testing.T) {
 	h := func(i int) uintptr { return uintptr(0x7f0000001000 + 0x400*i) }
 	admit := func(i int, id, user string) {
 		a := netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)})
-		g.admit(Client{Handle: h(i), ClientID: id, Username: user, HasUsername: true, Address: a.String()}, a, false, false)
+		g.admit(&Client{Handle: h(i), ClientID: id, Username: user, HasUsername: true, Address: a.String()}, a, false, false)
 	}
 	for i := range held {
 		admit(i, fmt.Sprint("dev-", i), fmt.Sprint("u", i%2))
@@ -287,7 +287,7 @@ func TestAtkMemIDsHostile(t *testing.T) {
 				// as cgo makes them: slices of IDs
 				cli.ClientID, cli.Username = c.ids[:len(c.id)], c.ids[len(c.id):]
 			}
-			g.admit(cli, ip, false, false)
+			g.admit(&cli, ip, false, false)
 		}
 		runtime.GC()
 		check(round)
@@ -311,14 +311,14 @@ func TestAtkMemIDsHostile(t *testing.T) {
 func TestAtkMemReusedRecordUsername(t *testing.T) {
 	g, _, _, _ := newGuard(t, map[string]string{"backend": "defer"})
 	ip := netip.MustParseAddr("192.0.2.8")
-	g.admit(cl(1, "192.0.2.8", "d", strings.Repeat("x", 4096), ""), ip, false, false)
+	g.admit(new(cl(1, "192.0.2.8", "d", strings.Repeat("x", 4096), "")), ip, false, false)
 	g.Disconnected(1)
 	for i, c := range []Client{
 		{Handle: 2, ClientID: "d2"},
 		{Handle: 3, ClientID: "d3", HasUsername: true},
 		{Handle: 4, ClientID: "d4", IDs: "d4"},
 	} {
-		g.admit(c, ip, false, false)
+		g.admit(&c, ip, false, false)
 		g.mu.Lock()
 		lc := g.conns.get(c.Handle)
 		require.Equal(t, c.ClientID, lc.clientID, "%d", i)
@@ -360,7 +360,7 @@ func TestAtkMemDisplacedBounded(t *testing.T) {
 			offline[k] = offline[len(offline)-1]
 			offline = offline[:len(offline)-1]
 		}
-		g.admit(cl(h, "192.0.2.9", id, "u", ""), ip, false, false)
+		g.admit(new(cl(h, "192.0.2.9", id, "u", "")), ip, false, false)
 		alive = append(alive, h)
 		for len(alive) > 0 && rng.IntN(3) > 0 {
 			k := rng.IntN(len(alive))
@@ -392,7 +392,7 @@ func TestAtkMemIPFormsMatch(t *testing.T) {
 	for i, f := range forms {
 		ip := netip.MustParseAddr(f)
 		hd := uintptr(7000 + i)
-		g.admit(Client{Handle: hd, ClientID: f, Address: f}, ip, false, false)
+		g.admit(&Client{Handle: hd, ClientID: f, Address: f}, ip, false, false)
 		g.mu.Lock()
 		lc := g.conns.get(hd)
 		g.mu.Unlock()
@@ -405,7 +405,7 @@ func TestAtkMemIPFormsMatch(t *testing.T) {
 			assert.Equal(t, pp.Contains(ip), matches(lc, keys.CIDR, p, pp), "%s in %s", f, p)
 		}
 	}
-	g.admit(Client{Handle: 7999, ClientID: "unix", Address: "/run/mosquitto.sock"}, netip.Addr{}, false, false)
+	g.admit(&Client{Handle: 7999, ClientID: "unix", Address: "/run/mosquitto.sock"}, netip.Addr{}, false, false)
 	g.mu.Lock()
 	lc := g.conns.get(7999)
 	g.mu.Unlock()
@@ -466,7 +466,7 @@ func atkBanScanBehindCursor(t *testing.T) bool {
 	g := kickGuard(t, map[string]string{"backend": "defer"}, Output{Log: func(Level, string) {}, Kick: kr.kick})
 	ip := netip.MustParseAddr("10.3.0.1")
 	admit := func(h uintptr, id string) {
-		g.admit(Client{Handle: h, ClientID: id, Username: "fleet", HasUsername: true, Address: ip.String()}, ip, false, false)
+		g.admit(&Client{Handle: h, ClientID: id, Username: "fleet", HasUsername: true, Address: ip.String()}, ip, false, false)
 	}
 	for i := range 600 {
 		admit(uintptr(0x7f0000001000+0x400*i), fmt.Sprint("dev-", i))

@@ -84,9 +84,9 @@ func TestKickCertHolder(t *testing.T) {
 	ls := &logSink{}
 	g := kickGuard(t, map[string]string{"backend": "defer"}, Output{Log: ls.log, Kick: kr.kick})
 	dev := certCl(1, "192.0.2.1", "dev-1", "alice", "", "device", "CN=dev-1,O=Fleet")
-	g.admit(dev, netip.MustParseAddr("192.0.2.1"), false, false)
-	g.admit(certCl(2, "192.0.2.2", "dev-2", "alice", "", "another", "CN=dev-2"), netip.MustParseAddr("192.0.2.2"), false, false)
-	g.admit(cl(3, "192.0.2.3", "dev-3", "alice", ""), netip.MustParseAddr("192.0.2.3"), false, false)
+	g.admit(&dev, netip.MustParseAddr("192.0.2.1"), false, false)
+	g.admit(new(certCl(2, "192.0.2.2", "dev-2", "alice", "", "another", "CN=dev-2")), netip.MustParseAddr("192.0.2.2"), false, false)
+	g.admit(new(cl(3, "192.0.2.3", "dev-3", "alice", "")), netip.MustParseAddr("192.0.2.3"), false, false)
 
 	ban(t, g, keys.Cert, dev.CertID)
 	assert.Equal(t, []string{"dev-1"}, kr.all(), "the holder of the banned certificate only")
@@ -95,7 +95,7 @@ func TestKickCertHolder(t *testing.T) {
 	assert.Contains(t, ls.all(), fmt.Sprintf(`event=kicked ip=192.0.2.1 rule="guard:block:cert:%s" origin=operator cert_id=%q client_id="dev-1" username="alice" cert_subject="CN=dev-1,O=Fleet"`, dev.CertID, dev.CertID))
 
 	// An allow entry on a certificate exempts its holder from a new ip ban.
-	g.admit(certCl(4, "192.0.2.9", "gw", "", "", "gateway", "CN=gw"), netip.MustParseAddr("192.0.2.9"), false, false)
+	g.admit(new(certCl(4, "192.0.2.9", "gw", "", "", "gateway", "CN=gw")), netip.MustParseAddr("192.0.2.9"), false, false)
 	require.NoError(t, g.replica.Put("guard:allow:cert:"+keys.CertID([]byte("gateway")), "", time.Time{}))
 	ban(t, g, keys.IP, "192.0.2.9")
 	assert.Equal(t, []string{"dev-1"}, kr.all(), "the allowed certificate is not kicked")
@@ -128,6 +128,6 @@ func TestCertPrincipal(t *testing.T) {
 	// The same certificate reconnecting is the same principal.
 	assert.Equal(t, Allow, g.Authenticate(certCl(3, "192.0.2.3", "door", "alice", "alice-pw", "first", "CN=first")).Result)
 	// A username that spells a certificate principal is still a username.
-	assert.Equal(t, "username:cert:"+first.CertID, principalOf(Client{HasUsername: true, Username: "cert:" + first.CertID}))
-	assert.Equal(t, "alice", principalOf(cl(4, "", "", "alice", "")))
+	assert.Equal(t, "username:cert:"+first.CertID, principalOf(&Client{HasUsername: true, Username: "cert:" + first.CertID}))
+	assert.Equal(t, "alice", principalOf(new(cl(4, "", "", "alice", ""))))
 }

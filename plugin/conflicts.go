@@ -22,7 +22,7 @@ import (
 // still be refused after this, so it only looks (ans.Live) and is recorded
 // once confirmed. When Redis fails to answer, the client is let in (and
 // flagged later if it conflicts), as when Redis is down.
-func (g *Guard) checkConflict(c Client, ip netip.Addr, ans store.Answer, redisOK bool) (Decision, bool) {
+func (g *Guard) checkConflict(c *Client, ip netip.Addr, ans store.Answer, redisOK bool) (Decision, bool) {
 	if g.cfg.Conflicts.Mode != config.ConflictDeny || g.tracker == nil {
 		return Decision{}, false
 	}
@@ -57,7 +57,7 @@ func (g *Guard) checkConflict(c Client, ip netip.Addr, ans store.Answer, redisOK
 // under clientid_conflict deny: c is a client this plugin admits itself (a
 // username, checked by the files or redis backend). The others may still be
 // refused by a later check: they only look for a holder.
-func claims(c Client, backend config.Backend) bool {
+func claims(c *Client, backend config.Backend) bool {
 	return backend.Checks(c.HasUsername)
 }
 

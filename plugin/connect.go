@@ -17,7 +17,7 @@ import (
 func (g *Guard) Authenticate(c Client) Decision {
 	g.applyUsers(false) // a password file read since the last CONNECT or TICK
 	reauth := g.reauth(c.Handle)
-	d := g.authenticate(c, reauth)
+	d := g.authenticate(&c, reauth)
 	if !reauth {
 		g.metrics.decided(d)
 	}
@@ -29,12 +29,12 @@ func (g *Guard) Authenticate(c Client) Decision {
 // follows a reload (the cgo layer tells the walk from new CONNECTs): the
 // lists and the password are checked as for a CONNECT, but a refusal is not
 // counted, a success is not recorded, and nothing is admitted.
-func (g *Guard) Reauthenticate(c Client) Decision { return g.authenticate(c, true) }
+func (g *Guard) Reauthenticate(c Client) Decision { return g.authenticate(&c, true) }
 
 // authenticate is Authenticate, step by step; reauth: the broker re-checking
 // a client it holds after a reload (see Reauthenticate), never counted nor
 // admitted.
-func (g *Guard) authenticate(c Client, reauth bool) Decision {
+func (g *Guard) authenticate(c *Client, reauth bool) Decision {
 	ip := c.ip()
 	// A client ID or username over its bound: refused before anything
 	// reads or hashes it (clientid_max_bytes, username_max_bytes). No
@@ -141,7 +141,7 @@ func (g *Guard) authenticate(c Client, reauth bool) Decision {
 // tooLong is the refusal of c when its client ID is longer than
 // clientid_max_bytes or its username than username_max_bytes (a bound of
 // 0: none, Options' zero value).
-func (g *Guard) tooLong(c Client) (Decision, bool) {
+func (g *Guard) tooLong(c *Client) (Decision, bool) {
 	rule, most := "", 0
 	switch {
 	case g.cfg.ClientIDMaxBytes > 0 && c.idBytes() > g.cfg.ClientIDMaxBytes:

@@ -242,12 +242,12 @@ func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool
 // decides; sighted when it is admitted at its first sight (FirstSight), with
 // no password checked. Conflict tracking hears of it now, or of a pending
 // one once confirmLoop finds it still there.
-func (g *Guard) admit(c Client, ip netip.Addr, pending, sighted bool) {
+func (g *Guard) admit(c *Client, ip netip.Addr, pending, sighted bool) {
 	g.admitAt(c, ip, pending, sighted, g.now())
 }
 
 // admitAt is admit with the time now read.
-func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time.Time) {
+func (g *Guard) admitAt(c *Client, ip netip.Addr, pending, sighted bool, now time.Time) {
 	ip16, packed := packIP(ip)
 	rec := liveConn{handle: c.Handle, hasUsername: c.HasUsername,
 		connRare: noRare, ip16: ip16, pending: pending, sinceMs: now.UnixMilli()}
@@ -299,7 +299,7 @@ func (g *Guard) admitAt(c Client, ip netip.Addr, pending, sighted bool, now time
 // idsOf is c's client ID and username end to end: c.IDs when it is that
 // (cgo makes it so: a connection then copies nothing), else a copy made
 // now.
-func idsOf(c Client) string {
+func idsOf(c *Client) string {
 	n := len(c.ClientID)
 	if len(c.IDs) == n+len(c.Username) && c.IDs[:n] == c.ClientID && c.IDs[n:] == c.Username {
 		return c.IDs
@@ -418,7 +418,7 @@ func (g *Guard) localHolder(clientID, principal string) *store.Conn {
 // certificate when it has one, else its username (conflicts.Principal),
 // as ownPart keeps it: tracking's queue and memos keep it past the
 // connection.
-func principalOf(c Client) string {
+func principalOf(c *Client) string {
 	return ownPart(len(c.ClientID)+len(c.Username), conflicts.Principal(c.CertID, c.HasUsername, c.Username))
 }
 
@@ -470,7 +470,7 @@ func subjectKept(s string) string {
 // addrString is the address conflict tracking records: the IP's text, or
 // the broker's address when it is not an IP. The broker's text is reused
 // when it is the IP's text already (no allocation).
-func addrString(c Client, ip netip.Addr) string {
+func addrString(c *Client, ip netip.Addr) string {
 	if !ip.IsValid() || isIPText(ip, c.Address) {
 		return c.Address
 	}

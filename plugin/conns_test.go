@@ -42,7 +42,7 @@ func TestLiveConnIDs(t *testing.T) {
 		{},
 	} {
 		c.Handle = uintptr(100 + i)
-		g.admit(c, ip, false, false)
+		g.admit(&c, ip, false, false)
 		g.mu.Lock()
 		lc := g.conns.get(c.Handle)
 		g.mu.Unlock()
@@ -66,7 +66,7 @@ func TestLiveConnIP(t *testing.T) {
 		netip.MustParseAddr("0.0.0.0"), netip.MustParseAddr("::ffff:192.0.2.1"), netip.MustParseAddr("fe80::1%eth0"), {},
 	} {
 		g, _, _, _ := newGuard(t, nil)
-		g.admit(Client{Handle: 1, ClientID: "dev", Address: "somewhere"}, ip, false, false)
+		g.admit(&Client{Handle: 1, ClientID: "dev", Address: "somewhere"}, ip, false, false)
 		lc := g.conns.get(1)
 		require.NotNil(t, lc)
 		assert.Equal(t, ip, lc.ipAddr(), "%v", ip)
@@ -132,11 +132,11 @@ func TestIPTextIsCanonical(t *testing.T) {
 		ip, err := keys.NormalizeIP(addr)
 		require.NoError(t, err, addr)
 		want := ip.String()
-		assert.Equal(t, want, addrString(Client{Address: addr}, ip), addr)
+		assert.Equal(t, want, addrString(&Client{Address: addr}, ip), addr)
 		assert.Equal(t, want, string(appendIPText(nil, ip, addr)), addr)
 		assert.Equal(t, "ip:"+want, string(appendIPText([]byte("ip:"), ip, addr)), addr)
 	}
-	assert.Equal(t, "host.example", addrString(Client{Address: "host.example"}, netip.Addr{}), "not an IP: the broker's text")
+	assert.Equal(t, "host.example", addrString(&Client{Address: "host.example"}, netip.Addr{}), "not an IP: the broker's text")
 	ip := netip.MustParseAddr("192.0.2.1")
 	assert.Equal(t, "ip:192.0.2.1", string(appendIPText([]byte("ip:"), ip, "")), "no text given: formatted")
 }

@@ -142,7 +142,7 @@ func TestBanScanVisitsEveryConnectionThroughGrowth(t *testing.T) {
 	ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}) }
 	admit := func(i int, id string) {
 		a := ip(i)
-		g.admit(Client{Handle: uintptr(0x7f0000001000 + 0x400*i), ClientID: id, Username: "fleet", HasUsername: true, Address: a.String()}, a, false, false)
+		g.admit(&Client{Handle: uintptr(0x7f0000001000 + 0x400*i), ClientID: id, Username: "fleet", HasUsername: true, Address: a.String()}, a, false, false)
 	}
 	for i := 0; i < held; i++ {
 		admit(i, fmt.Sprint("dev-", i))

@@ -105,7 +105,7 @@ func (b *badHashLines) due(username string, now time.Time) bool {
 // for a known user answered in 6.0 to 7.0 ms, an unknown user in 3.8 to
 // 5.1 (e2e TestZZUnknownUserTiming). One call site gives both one cost,
 // whichever it is.
-func (cr *credentials) check(c Client, ans store.Answer, known, reauth bool) string {
+func (cr *credentials) check(c *Client, ans store.Answer, known, reauth bool) string {
 	var hash string
 	unknown := false
 	switch cr.backend {
@@ -289,7 +289,7 @@ func (cr *credentials) cheaperThanModel(hash string) bool {
 }
 
 // exists reports whether c's username is a known user of the backend.
-func (cr *credentials) exists(c Client, ans store.Answer) bool {
+func (cr *credentials) exists(c *Client, ans store.Answer) bool {
 	switch cr.backend {
 	case config.BackendFiles:
 		_, ok := cr.users.Load().Hash(c.Username)

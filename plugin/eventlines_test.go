@@ -70,7 +70,7 @@ func TestEventLinesKeepClientValuesLast(t *testing.T) {
 	ip := netip.MustParseAddr("192.0.2.1")
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	m := &store.Match{Key: "guard:block:username:" + hostile, Reason: hostile, TTL: time.Minute}
-	line := clientFields(matchFields(clientLine("refused", c, ip), m, now), c).Str("reason", m.Reason).String()
+	line := clientFields(matchFields(clientLine("refused", &c, ip), m, now), &c).Str("reason", m.Reason).String()
 	require.NotContains(t, line, "\n")
 	f, err := logline.Parse(line)
 	require.NoError(t, err, line)
@@ -81,7 +81,7 @@ func TestEventLinesKeepClientValuesLast(t *testing.T) {
 	}
 	assert.Equal(t, "2026-12-01T00:01:00Z", f.Get("expires"))
 	// An address that is not an IP is quoted, still second.
-	f, err = logline.Parse(clientLine("refused", Client{Address: "a b"}, netip.Addr{}).String())
+	f, err = logline.Parse(clientLine("refused", &Client{Address: "a b"}, netip.Addr{}).String())
 	require.NoError(t, err)
 	assert.Equal(t, "a b", f.Get("ip"))
 }

@@ -153,13 +153,13 @@ func TestFailureLinesFromKeptParts(t *testing.T) {
 				fk = append(fk, failKey{s, v})
 			}
 			want := append([]failKey(nil), fk...)
-			q.count(newFailure(cli, ip, fk, true))
+			q.count(newFailure(&cli, ip, fk, true))
 
 			var lines []string
 			for _, k := range want {
-				l := clientLine("banned", cli, ip).Tok("scope", string(k.scope)).Str("rule", ct.kb.List(keys.Block, k.scope, k.value)).
+				l := clientLine("banned", &cli, ip).Tok("scope", string(k.scope)).Str("rule", ct.kb.List(keys.Block, k.scope, k.value)).
 					Tok("origin", "auto").Expires(now, time.Minute).Int("offence", 1)
-				lines = append(lines, clientFields(l, cli).Str("value", k.value).Str("reason", policy.Rule()).String())
+				lines = append(lines, clientFields(l, &cli).Str("value", k.value).Str("reason", policy.Rule()).String())
 			}
 			lines = append(lines, logline.Event("throttled").Tok("rule", RuleUsernameThrottled).Expires(now, time.Minute).
 				Int("limit", 3).Dur("window", time.Minute).Str("username", cli.Username).
@@ -195,7 +195,7 @@ func TestNewFailureOwnsItsStrings(t *testing.T) {
 				fk = append(fk, failKey{s, v})
 			}
 			want := append([]failKey(nil), fk...)
-			f := newFailure(cli, ip, fk, true)
+			f := newFailure(&cli, ip, fk, true)
 			lo := uintptr(unsafe.Pointer(unsafe.StringData(cli.IDs)))
 			hi := lo + uintptr(len(cli.IDs))
 			held := []string{f.clientID, f.username, f.userTracked}
@@ -234,7 +234,7 @@ func TestFailureHeldBound(t *testing.T) {
 				s, v, _ := keys.FailKey(s, ip, 64, cli.ClientID, cli.Username)
 				fk = append(fk, failKey{s, v})
 			}
-			fs[i] = newFailure(cli, ip, fk, true)
+			fs[i] = newFailure(&cli, ip, fk, true)
 		}
 		per := (liveHeap() - before) / n
 		runtime.KeepAlive(fs)

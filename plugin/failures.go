@@ -47,7 +47,7 @@ type failure struct {
 // else its first logval.Max+1 bytes beside the hashed form (keys.Tracking's
 // own allocation, 71 bytes). So a queued failure holds at most
 // failureHeld bytes beyond its slot in the queue, however long c's strings.
-func newFailure(c Client, ip netip.Addr, fk []failKey, throttle bool) failure {
+func newFailure(c *Client, ip netip.Addr, fk []failKey, throttle bool) failure {
 	f := failure{ip: ip, clientIDBytes: len(c.ClientID), usernameBytes: len(c.Username), hasUsername: c.HasUsername,
 		keys: fk, throttle: throttle}
 	idK, userK := -1, -1
@@ -311,7 +311,7 @@ func (q *failureQueue) banned(ban *ratelimit.Ban, f failure, k failKey) {
 	// ip is the last failing client's; scope and value name the key banned
 	// (an IPv6 network, a client ID, a username: not always that ip).
 	// As clientLine and clientFields write them, from what f keeps.
-	l := clientLine("banned", Client{}, f.ip).Tok("scope", string(k.scope)).Str("rule", ban.Key).Tok("origin", "auto").
+	l := clientLine("banned", &Client{}, f.ip).Tok("scope", string(k.scope)).Str("rule", ban.Key).Tok("origin", "auto").
 		Expires(q.now(), ban.Duration).Int("offence", int64(ban.Offence))
 	l.StrKept("client_id", f.clientID, f.clientIDBytes)
 	if f.hasUsername {

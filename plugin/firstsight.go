@@ -24,10 +24,10 @@ import (
 func (g *Guard) FirstSight(c Client) Decision {
 	ip, _ := keys.NormalizeIP(c.Address)
 	scans := g.scans.Load() // before the lists are read (banRaced)
-	ans, _ := g.lookup(c, ip, false)
+	ans, _ := g.lookup(&c, ip, false)
 	redisOK := g.health.up()
 	d := Decision{Result: Allow}
-	long, tooLong := g.tooLong(c)
+	long, tooLong := g.tooLong(&c)
 	switch {
 	case tooLong:
 		d = long
@@ -36,17 +36,17 @@ func (g *Guard) FirstSight(c Client) Decision {
 	case ans.Block != nil:
 		d = Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block}
 	default:
-		if cd, refused := g.checkConflict(c, ip, ans, redisOK); refused {
+		if cd, refused := g.checkConflict(&c, ip, ans, redisOK); refused {
 			// checkConflict logged it; only the kick is left.
 			g.metrics.connect(ruleClientIDConflict)
-			g.admitFlagged(c, ip)
+			g.admitFlagged(&c, ip)
 			return cd
 		}
 	}
 	if d.Result != Deny {
 		g.metrics.connect(ruleCertificate)
-		g.admit(c, ip, false, true)
-		if b := g.banRaced(c, ip, scans); b != nil { // flagged and kicked: this ACL check too is refused
+		g.admit(&c, ip, false, true)
+		if b := g.banRaced(&c, ip, scans); b != nil { // flagged and kicked: this ACL check too is refused
 			return Decision{Result: Deny, Rule: b.Key, Match: b}
 		}
 		return d
@@ -56,8 +56,8 @@ func (g *Guard) FirstSight(c Client) Decision {
 		d.Detail += " "
 	}
 	d.Detail += "seen=first-acl-check" // no BASIC_AUTH on this listener: kicked at the next safe point
-	g.refusals.refuse(c, ip, d, false)
-	g.admitFlagged(c, ip)
+	g.refusals.refuse(&c, ip, d, false)
+	g.admitFlagged(&c, ip)
 	return d
 }
 
@@ -66,7 +66,7 @@ func (g *Guard) FirstSight(c Client) Decision {
 // tracking hears of it like any connection: it is one (the broker let it in
 // and it may have taken over a client ID), so a banned certificate taking
 // another's client ID is a finding too.
-func (g *Guard) admitFlagged(c Client, ip netip.Addr) {
+func (g *Guard) admitFlagged(c *Client, ip netip.Addr) {
 	g.admit(c, ip, false, true)
 	if g.flagOne(c.Handle) {
 		g.out.Kick(c.Handle, c.ClientID)
@@ -83,16 +83,16 @@ func (g *Guard) LeftUnseen(c Client) bool {
 	ip, _ := keys.NormalizeIP(c.Address)
 	// Over clientid_max_bytes or username_max_bytes: refused as at its first
 	// sight, so its will too (a hostile test found it delivered: atk16).
-	if d, long := g.tooLong(c); long {
+	if d, long := g.tooLong(&c); long {
 		d.Detail += " seen=disconnect"
-		g.refusals.refuse(c, ip, d, false)
+		g.refusals.refuse(&c, ip, d, false)
 		return true
 	}
-	ans, _ := g.lookup(c, ip, true) // no live connections asked: nothing is admitted
+	ans, _ := g.lookup(&c, ip, true) // no live connections asked: nothing is admitted
 	if ans.Block == nil {
 		return false
 	}
 	// Its will is refused.
-	g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block, Detail: "seen=disconnect"}, false)
+	g.refusals.refuse(&c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block, Detail: "seen=disconnect"}, false)
 	return true
 }

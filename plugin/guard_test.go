@@ -470,7 +470,7 @@ func TestLimitsFreeWhileNothingFailed(t *testing.T) {
 	c := cl(1, "192.0.2.1", "dev", "alice", "alice-pw")
 	ip := netip.MustParseAddr("192.0.2.1")
 	allocs := testing.AllocsPerRun(100, func() {
-		if _, refused := g.checkLimits(c, ip, store.Answer{}); refused {
+		if _, refused := g.checkLimits(&c, ip, store.Answer{}); refused {
 			t.Fatal("refused")
 		}
 	})

@@ -37,7 +37,7 @@ func TestHostileReloadKicksNoClientCheckedAgainstTheNewFile(t *testing.T) {
 	const old = 3000 // alice's connections checked against her old hash
 	for i := 0; i < old; i++ {
 		ip := fmt.Sprintf("10.0.%d.%d", i/250, i%250+1)
-		g.admit(cl(uintptr(1000+i), ip, fmt.Sprintf("old-%d", i), "alice", "alice-pw"), netip.MustParseAddr(ip), false, false)
+		g.admit(new(cl(uintptr(1000+i), ip, fmt.Sprintf("old-%d", i), "alice", "alice-pw")), netip.MustParseAddr(ip), false, false)
 	}
 	var mu sync.Mutex
 	var fresh []string

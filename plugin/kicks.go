@@ -139,14 +139,14 @@ func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
 		// named by the broker's address for it, as its refused lines do.
 		c := Client{ClientID: lc.clientID, Username: lc.username(), HasUsername: lc.hasUsername,
 			CertID: lc.certID, CertSubject: lc.certSubject, Address: lc.addr}
-		l := clientLine("kicked", c, lc.ipAddr())
+		l := clientLine("kicked", &c, lc.ipAddr())
 		if isKey {
 			l.Str("rule", rule)
 		} else {
 			l.Tok("rule", rule)
 		}
 		l.Tok("origin", "operator")
-		g.log(LevelNotice, clientFields(l, c).String())
+		g.log(LevelNotice, clientFields(l, &c).String())
 		g.out.Kick(lc.handle, lc.clientID)
 	}
 }
@@ -163,7 +163,7 @@ func (g *Guard) kick(rule string, isKey bool, hit []*liveConn) {
 // with it by g.mu), and this costs one atomic load. Changed, c is looked up
 // again and, when an operator's ban blocks it, flagged and kicked as
 // kickCandidates does; the ban is returned (nil otherwise).
-func (g *Guard) banRaced(c Client, ip netip.Addr, scans uint64) *store.Match {
+func (g *Guard) banRaced(c *Client, ip netip.Addr, scans uint64) *store.Match {
 	if g.scans.Load() == scans {
 		return nil
 	}
@@ -200,7 +200,7 @@ func (g *Guard) flagOne(handle uintptr) bool {
 // blockNow is the block entry the replica now holds against c, after the
 // allow entries' exemptions; nil without one (or without a replica: kick
 // scans, which make a CONNECT look again, come from its changes).
-func (g *Guard) blockNow(c Client, ip netip.Addr) *store.Match {
+func (g *Guard) blockNow(c *Client, ip netip.Addr) *store.Match {
 	if g.replica == nil {
 		return nil
 	}

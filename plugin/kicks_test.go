@@ -59,7 +59,7 @@ func ban(t testing.TB, g *Guard, scope keys.Scope, value string) {
 func TestKickDueNamesTheConnection(t *testing.T) {
 	var kr kickRecorder
 	g := kickGuard(t, map[string]string{"backend": "defer"}, Output{Log: func(Level, string) {}, Kick: kr.kick})
-	g.admit(Client{Handle: 1, ClientID: "dev", Username: "alice", HasUsername: true, Address: "192.0.2.1"}, netip.MustParseAddr("192.0.2.1"), false, false)
+	g.admit(&Client{Handle: 1, ClientID: "dev", Username: "alice", HasUsername: true, Address: "192.0.2.1"}, netip.MustParseAddr("192.0.2.1"), false, false)
 	ban(t, g, keys.Username, "alice")
 	require.Equal(t, []string{"dev"}, kr.all())
 	due, wait := g.KickDue(1, "dev")
@@ -72,7 +72,7 @@ func TestKickDueNamesTheConnection(t *testing.T) {
 	assert.False(t, due || wait, "the connection ended: its offline session is not to be kicked")
 	assert.False(t, g.Flagged(1))
 
-	g.admit(Client{Handle: 2, ClientID: "dev", Username: "bob", HasUsername: true}, netip.MustParseAddr("192.0.2.2"), false, false)
+	g.admit(&Client{Handle: 2, ClientID: "dev", Username: "bob", HasUsername: true}, netip.MustParseAddr("192.0.2.2"), false, false)
 	due, wait = g.KickDue(1, "dev")
 	assert.False(t, due || wait, "a newer, unbanned connection with the same client ID is not to be kicked")
 	due, wait = g.KickDue(2, "dev")
@@ -86,11 +86,11 @@ func TestKickDueNamesTheConnection(t *testing.T) {
 func TestKickSurvivesRefusedNewerConnection(t *testing.T) {
 	var kr kickRecorder
 	g := kickGuard(t, map[string]string{"backend": "defer"}, Output{Log: func(Level, string) {}, Kick: kr.kick})
-	g.admit(Client{Handle: 1, ClientID: "dev", Username: "alice", HasUsername: true}, netip.MustParseAddr("192.0.2.1"), false, false)
+	g.admit(&Client{Handle: 1, ClientID: "dev", Username: "alice", HasUsername: true}, netip.MustParseAddr("192.0.2.1"), false, false)
 	ban(t, g, keys.Username, "alice")
 	require.Equal(t, []string{"dev"}, kr.all())
 	// An anonymous CONNECT with the same client ID, deferred to allow_anonymous.
-	g.admit(Client{Handle: 2, ClientID: "dev"}, netip.MustParseAddr("192.0.2.9"), true, false)
+	g.admit(&Client{Handle: 2, ClientID: "dev"}, netip.MustParseAddr("192.0.2.9"), true, false)
 	due, wait := g.KickDue(1, "dev")
 	assert.False(t, due)
 	assert.True(t, wait, "the newer connection may still be refused: the kick waits")
@@ -183,7 +183,7 @@ func BenchmarkBrokerWaitDuringKickMatching(b *testing.B) {
 	g := kickGuard(b, map[string]string{"backend": "defer"}, Output{Log: func(Level, string) {}})
 	for i := range conns {
 		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		g.admit(Client{Handle: uintptr(i + 1), ClientID: fmt.Sprint("dev-", i), Username: "fleet", HasUsername: true, Address: ip.String()}, ip, false, false)
+		g.admit(&Client{Handle: uintptr(i + 1), ClientID: fmt.Sprint("dev-", i), Username: "fleet", HasUsername: true, Address: ip.String()}, ip, false, false)
 	}
 	key := "guard:block:cidr:10.0.0.0/8"
 	require.NoError(b, g.replica.Put(key, "bench", time.Time{}))

@@ -15,12 +15,12 @@ import (
 // checkLimits refuses, without checking the password, a client that one of
 // the failure limits stops: the local count of a key whose ban would apply
 // to it, or a throttle on its username when it is not a known source.
-func (g *Guard) checkLimits(c Client, ip netip.Addr, ans store.Answer) (Decision, bool) {
+func (g *Guard) checkLimits(c *Client, ip netip.Addr, ans store.Answer) (Decision, bool) {
 	return g.checkLimitsAt(c, ip, ans, g.now())
 }
 
 // checkLimitsAt is checkLimits with the time now read.
-func (g *Guard) checkLimitsAt(c Client, ip netip.Addr, ans store.Answer, now time.Time) (Decision, bool) {
+func (g *Guard) checkLimitsAt(c *Client, ip netip.Addr, ans store.Answer, now time.Time) (Decision, bool) {
 	var fk []failKey
 	if !g.local.Empty() { // no failure counted here lately: nothing to build
 		fk = g.failKeys(c, ip)
@@ -77,7 +77,7 @@ func (g *Guard) checkLimitsAt(c Client, ip netip.Addr, ans store.Answer, now tim
 // sources go on as usual. Redis not answering: this broker's own count
 // decides, as before. Whether the username exists changes nothing here but
 // which sources are known.
-func (g *Guard) lapsedThrottle(c Client, ip netip.Addr, ans store.Answer, now time.Time) (Decision, bool) {
+func (g *Guard) lapsedThrottle(c *Client, ip netip.Addr, ans store.Answer, now time.Time) (Decision, bool) {
 	if !g.health.up() || !g.known.episode(c.Username, now) {
 		return Decision{}, false
 	}
@@ -127,13 +127,14 @@ func (g *Guard) lapsedThrottle(c Client, ip netip.Addr, ans store.Answer, now ti
 // after an attack must not get in one per fail_window. Here at once (the
 // replica, unless a change came meanwhile); in Redis and on the other
 // brokers in the background, unless a failure's throttle replaced it.
-func (g *Guard) releaseClaim(c Client, reason string) {
-	key := g.replica.Keys().Throttle(c.Username)
+func (g *Guard) releaseClaim(c *Client, reason string) {
+	username := c.Username // not c: the goroutine must not keep the CONNECT's Client alive (on the heap)
+	key := g.replica.Keys().Throttle(username)
 	g.replica.DeleteIf(key, reason)
 	g.spawn("throttle claim release", func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		if ok, err := g.bgStore.ReleaseThrottle(ctx, c.Username, reason); err == nil && ok {
+		if ok, err := g.bgStore.ReleaseThrottle(ctx, username, reason); err == nil && ok {
 			_ = g.bgStore.PublishChange(ctx, key)
 		}
 	})
@@ -146,7 +147,7 @@ func (g *Guard) releaseClaim(c Client, reason string) {
 // username's count toward its throttle includes unknown usernames: a
 // throttled username must not tell an attacker that it exists. claimed: the
 // client passed a throttle as a source known only by its client ID.
-func (g *Guard) failed(c Client, ip netip.Addr, redisOK, claimed bool) {
+func (g *Guard) failed(c *Client, ip netip.Addr, redisOK, claimed bool) {
 	fk := g.failKeys(c, ip)
 	now := g.now()
 	for _, k := range fk {
@@ -177,7 +178,7 @@ func (k failKey) local() string { return string(k.scope) + ":" + k.value }
 
 // failKeys lists the keys c's failures count under, one per fail scope
 // (keys.FailKey, which guardctl explain reads by too).
-func (g *Guard) failKeys(c Client, ip netip.Addr) []failKey {
+func (g *Guard) failKeys(c *Client, ip netip.Addr) []failKey {
 	out := make([]failKey, 0, len(g.cfg.FailScopes))
 	for _, scope := range g.cfg.FailScopes {
 		if s, v, ok := keys.FailKey(scope, ip, g.cfg.FailIPv6Prefix, c.ClientID, c.Username); ok {

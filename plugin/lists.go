@@ -33,7 +33,7 @@ import (
 // since, for the redis backend a user added since) asks Redis: a client let
 // in by Redis is not disconnected by a stale replica, and the common pass
 // costs no round trip.
-func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, known bool) {
+func (g *Guard) lookup(c *Client, ip netip.Addr, reauth bool) (ans store.Answer, known bool) {
 	ans, known, _ = g.lookupAt(c, ip, reauth, g.now())
 	return ans, known
 }
@@ -41,7 +41,7 @@ func (g *Guard) lookup(c Client, ip netip.Addr, reauth bool) (ans store.Answer, 
 // lookupAt is lookup with the time now read (a CONNECT reads the clock once
 // for its checks, issue 12); local: answered from the replica, without a
 // round trip to Redis (after which now is stale by up to redis_timeout).
-func (g *Guard) lookupAt(c Client, ip netip.Addr, reauth bool, now time.Time) (ans store.Answer, known, local bool) {
+func (g *Guard) lookupAt(c *Client, ip netip.Addr, reauth bool, now time.Time) (ans store.Answer, known, local bool) {
 	q := store.Query{
 		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername, Cert: c.CertID,
 		WantUser:  g.cfg.Backend == config.BackendRedis,

@@ -236,9 +236,9 @@ func TestAttackRecordsModel(t *testing.T) {
 			g.mu.Unlock()
 			c := attackClient(h, id)
 			if strings.HasPrefix(id, "bad-") && r.IntN(4) == 0 {
-				g.admitFlagged(c, netip.MustParseAddr(c.Address)) // first sight of a banned certificate
+				g.admitFlagged(&c, netip.MustParseAddr(c.Address)) // first sight of a banned certificate
 			} else {
-				g.admit(c, netip.MustParseAddr(c.Address), r.IntN(3) == 0, false)
+				g.admit(&c, netip.MustParseAddr(c.Address), r.IntN(3) == 0, false)
 			}
 			model[h] = &attackModel{id: id}
 		case op < 70 && m != nil && !m.offline: // DISCONNECT, keeping the session or not
@@ -336,7 +336,7 @@ func TestAttackRecordsModel(t *testing.T) {
 				pfx = netip.MustParsePrefix(b.value)
 			}
 			probe := liveConn{hasUsername: true, connRare: noRare}
-			probe.setIDs(idsOf(c), len(c.ClientID))
+			probe.setIDs(idsOf(&c), len(c.ClientID))
 			probe.ip16, _ = packIP(ip)
 			if matches(&probe, b.scope, b.value, pfx) && !lc.flagged {
 				t.Errorf("%q at %d matches standing ban %s and is not flagged", lc.clientID, h, attackBanKey(i))

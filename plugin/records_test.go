@@ -26,7 +26,7 @@ func rc(h uintptr, id, user string) Client {
 }
 
 func admitRC(g *Guard, c Client, pending bool) *liveConn {
-	g.admit(c, netip.MustParseAddr(c.Address), pending, false)
+	g.admit(&c, netip.MustParseAddr(c.Address), pending, false)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.conns.get(c.Handle)
@@ -51,7 +51,7 @@ func TestAdmitDisconnectAllocsNothing(t *testing.T) {
 	g.Disconnected(c.Handle)
 	ip := netip.MustParseAddr(c.Address)
 	n := testing.AllocsPerRun(1000, func() {
-		g.admit(c, ip, false, false)
+		g.admit(&c, ip, false, false)
 		g.Disconnected(c.Handle)
 	})
 	assert.Zero(t, n, "objects per admit and Disconnected")

@@ -33,7 +33,7 @@ func newRefusals(log Logger, now func() time.Time, ipv6Prefix int, window time.D
 }
 
 // refuse logs a refusal and returns d.
-func (r *refusals) refuse(c Client, ip netip.Addr, d Decision, reauth bool) Decision {
+func (r *refusals) refuse(c *Client, ip netip.Addr, d Decision, reauth bool) Decision {
 	if !r.floods.Allow(r.source(c, ip), floodRule(d), r.now()) {
 		r.suppressed.Add(1)
 		return d
@@ -58,7 +58,7 @@ func (r *refusals) refuse(c Client, ip netip.Addr, d Decision, reauth bool) Deci
 // throttled refuses an attempt for a throttled username from a source it
 // never authenticated from, unchecked and uncounted: m is the throttle
 // entry, nil while only this broker's count knows it.
-func (r *refusals) throttled(c Client, ip netip.Addr, m *store.Match) Decision {
+func (r *refusals) throttled(c *Client, ip netip.Addr, m *store.Match) Decision {
 	d := Decision{Result: Deny, Rule: RuleUsernameThrottled}
 	ttl := r.window // only this broker's count knows yet: about a window
 	if m != nil {
@@ -76,7 +76,7 @@ func (r *refusals) throttled(c Client, ip netip.Addr, m *store.Match) Decision {
 
 // conflict logs the refusal of a client whose client ID holder holds under
 // another principal (clientid_conflict deny).
-func (r *refusals) conflict(c Client, ip netip.Addr, holder *store.Conn) {
+func (r *refusals) conflict(c *Client, ip netip.Addr, holder *store.Conn) {
 	d := Decision{Result: Deny, Rule: RuleClientIDConflict}
 	if r.floods.Allow(r.source(c, ip), floodRule(d), r.now()) { // as every refusal line: bounded per source
 		l := clientLine("refused", c, ip).Tok("rule", RuleClientIDConflict).Tok("holder_ip", holder.IP)
@@ -90,7 +90,7 @@ func (r *refusals) conflict(c Client, ip netip.Addr, holder *store.Conn) {
 // source names a refusal's source for the log-flood limiter: the IP, an
 // IPv6 address by its fail_ipv6_prefix network (rotating addresses inside it
 // is one source).
-func (r *refusals) source(c Client, ip netip.Addr) string {
+func (r *refusals) source(c *Client, ip netip.Addr) string {
 	if !ip.IsValid() {
 		return logline.Pairs().Str("ip", c.Address).Body()
 	}
@@ -163,7 +163,7 @@ func (t *throttleLog) first(username string, now time.Time, ttl time.Duration) b
 // clientLine starts an event line about a client: the event, then its IP
 // (the address the broker gave when it is not an IP), before any value the
 // client chose. Fields the plugin decides follow; clientFields ends them.
-func clientLine(event string, c Client, ip netip.Addr) *logline.Line {
+func clientLine(event string, c *Client, ip netip.Addr) *logline.Line {
 	l := logline.Event(event)
 	if ip.IsValid() {
 		return l.Tok("ip", ip.String())
@@ -174,7 +174,7 @@ func clientLine(event string, c Client, ip netip.Addr) *logline.Line {
 // clientFields adds who a client says it is, every value quoted and cut; a
 // client with a certificate is named by it too (its ID and subject), so
 // that a line says which device a refusal or kick was.
-func clientFields(l *logline.Line, c Client) *logline.Line {
+func clientFields(l *logline.Line, c *Client) *logline.Line {
 	if c.CertID != "" {
 		l.Str("cert_id", c.CertID) // 64 hex digits from the cgo layer; quoted should a caller pass anything else
 	}

@@ -66,7 +66,7 @@ func TestReloadOfALargePasswordFileHoldsNoBrokerThread(t *testing.T) {
 
 	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "dev-alice", "alice", "alice-pw")).Result)
 	require.Equal(t, Allow, g.Authenticate(cl(2, "192.0.2.2", "dev-bob", "bob", "alice-pw")).Result)
-	g.admit(cl(3, "192.0.2.3", "dev-cert", "alice", ""), netip.MustParseAddr("192.0.2.3"), false, true) // first sight
+	g.admit(new(cl(3, "192.0.2.3", "dev-cert", "alice", "")), netip.MustParseAddr("192.0.2.3"), false, true) // first sight
 
 	// alice removed, bob kept, 200 000 users more.
 	writeUsers(t, path, 200_000, bobPasswd)
