@@ -84,7 +84,8 @@ func (g *Guard) authenticate(c *Client, reauth bool) Decision {
 			limits = d
 		}
 		// Credentials (credentials.go): the password against the backend.
-		if rule := g.creds.check(c, ans, known, reauth); rule != "" {
+		rule, cached := g.creds.check(c, ans, known, reauth)
+		if rule != "" {
 			d := g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: rule}, reauth)
 			// Failure counting (limits.go, failures.go): only the client's
 			// own failures count: not an exempt client, not the broker
@@ -95,7 +96,9 @@ func (g *Guard) authenticate(c *Client, reauth bool) Decision {
 			}
 			return d
 		}
-		now = g.now() // the check may have hashed the password: milliseconds
+		if !cached {
+			now = g.now() // the check hashed the password: milliseconds
+		}
 		result = Allow
 		if limits.throttleClaim != "" {
 			g.releaseClaim(c, limits.throttleClaim)

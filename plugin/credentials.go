@@ -105,7 +105,9 @@ func (b *badHashLines) due(username string, now time.Time) bool {
 // for a known user answered in 6.0 to 7.0 ms, an unknown user in 3.8 to
 // 5.1 (e2e TestZZUnknownUserTiming). One call site gives both one cost,
 // whichever it is.
-func (cr *credentials) check(c *Client, ans store.Answer, known, reauth bool) string {
+//
+// cached: the password matched the verification cache, nothing was hashed.
+func (cr *credentials) check(c *Client, ans store.Answer, known, reauth bool) (rule string, cached bool) {
 	var hash string
 	unknown := false
 	switch cr.backend {
@@ -128,10 +130,10 @@ func (cr *credentials) check(c *Client, ans store.Answer, known, reauth bool) st
 			if !cr.unseededLogged.Swap(true) {
 				cr.log(LevelWarning, "mosquitto-guard: backend redis: passwords are checked once the replica has loaded the users; until then clients are refused with rule=redis-unavailable")
 			}
-			return RuleRedisUnavailable
+			return RuleRedisUnavailable, false
 		}
 		if !known {
-			return RuleRedisUnavailable
+			return RuleRedisUnavailable, false
 		}
 		if !ans.HasUser {
 			// Spend what a known user costs: a hash of the class of the most
@@ -146,7 +148,7 @@ func (cr *credentials) check(c *Client, ans store.Answer, known, reauth bool) st
 	// An unknown user looks in the cache as a known one does (its dummy
 	// is never in it: only successes are added).
 	if cr.cache.hit(c.Username, c.Password, hash) && !unknown {
-		return ""
+		return "", true
 	}
 	if cr.backend == config.BackendRedis && !unknown {
 		cr.noteHash(hash)
@@ -154,18 +156,18 @@ func (cr *credentials) check(c *Client, ans store.Answer, known, reauth bool) st
 	ok, err := verifyPassword(cr.verifier, hash, c.Password)
 	switch {
 	case unknown:
-		return RuleUnknownUser // the dummy's result is thrown away
+		return RuleUnknownUser, false // the dummy's result is thrown away
 	case err != nil:
 		if cr.badHashes.due(c.Username, time.Now()) {
 			cr.log(LevelError, fmt.Sprintf("mosquitto-guard: the stored hash of username=%s cannot be used: %v (said at most once per %v for a user)",
 				logval.Quote(c.Username), err, badHashEvery))
 		}
-		return RuleBadStoredHash
+		return RuleBadStoredHash, false
 	case !ok:
-		return RuleBadPassword
+		return RuleBadPassword, false
 	}
 	cr.cache.add(c.Username, c.Password, hash)
-	return ""
+	return "", false
 }
 
 // verifyPassword is the one verification of a password in check (a

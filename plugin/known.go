@@ -183,26 +183,32 @@ func sourceTracked(tracked string) string { return "clientid:" + tracked }
 // and per process, so a collision is chance, about n²/2⁶⁴ for n keys of 63
 // bits (recentID; one in 5·10⁸ at knownRecentMax).
 func recentKey(username, source string) recentID {
-	return recentKeyOf(username, source)
+	var buf [recentKeyBuf]byte
+	return recentKeyIn(buf[:0], username, "", source)
 }
 
-// recentKeyOf is recentKey for a source in a string or a byte slice. The
-// bytes hashed are username's length (8 bytes), username and source, end
-// to end: in one call of maphash.Bytes when they fit a buffer on the stack
-// (recentKeyBuf; a fleet's pairs do), else through a maphash.Hash, which
-// hashes the same bytes to the same sum (maphash.Bytes is documented so).
-// A maphash.Hash took four calls to buffer them, about 300 instructions of
-// the broker thread a key, two keys a CONNECT (issue 12).
-func recentKeyOf[S string | []byte](username string, source S) recentID {
-	if n := 8 + len(username) + len(source); n <= recentKeyBuf {
-		var buf [recentKeyBuf]byte
+// recentKeyIn is recentKey(username, kind+source), for a source in a
+// string or a byte slice, of which kind is the start ("ip:", "clientid:").
+// The bytes hashed are username's length (8 bytes), username, kind and
+// source, end to end: in buf (its capacity, on the caller's stack) and one
+// call of maphash.Bytes when they fit, else streamed through a
+// maphash.Hash, which hashes the same bytes to the same sum (maphash.Bytes
+// is documented so). Neither allocates. A maphash.Hash took four calls to
+// buffer the bytes, about 300 instructions of the broker thread a key, two
+// keys a CONNECT (issue 12); and the source, built first in a 64-byte
+// array, went to the heap for a client ID over 55 bytes: an allocation
+// every CONNECT of a fleet whose client IDs are SHA-256 hex
+// (TestKnownSourcesLongIDsAllocateNothing).
+func recentKeyIn[S string | []byte](buf []byte, username, kind string, source S) recentID {
+	if 8+len(username)+len(kind)+len(source) <= cap(buf) {
 		b := binary.LittleEndian.AppendUint64(buf[:0], uint64(len(username)))
-		b = append(append(b, username...), source...)
+		b = append(append(append(b, username...), kind...), source...)
 		return recentIDOf(maphash.Bytes(recentSeed, b))
 	}
 	var h maphash.Hash
 	h.SetSeed(recentSeed)
 	writeRecentUser(&h, username)
+	h.WriteString(kind)
 	switch s := any(source).(type) {
 	case string:
 		h.WriteString(s)
@@ -212,10 +218,11 @@ func recentKeyOf[S string | []byte](username string, source S) recentID {
 	return recentIDOf(h.Sum64())
 }
 
-// recentKeyBuf is the most bytes recentKeyOf hashes in one call: a
-// username, and a source up to an IPv6 address's text or a client ID of
-// some 60 bytes with a username of 50 (the stack buffer is zeroed at each
-// call: larger costs more than it saves).
+// recentKeyBuf is the most bytes recentKeyIn hashes in one call: a
+// username and a client ID of some 50 bytes each, or a username of 70
+// with an IP. More are streamed: no allocation, some 200 instructions
+// more. The buffer is zeroed at each CONNECT, so larger would cost every
+// CONNECT more than it saves the few with longer ones.
 const recentKeyBuf = 128
 
 // recentID is a recentKey: its 64 bits, 4-byte aligned, bit 1 set (63
@@ -299,13 +306,15 @@ func (k *knownSources) succeeded(username string, ip netip.Addr, clientID string
 // broker thread in perf under make bench's row b).
 func (k *knownSources) succeededFrom(username string, ip netip.Addr, addr, clientID string, now time.Time) {
 	ms := now.UnixMilli()
-	var src [64]byte
+	var buf [recentKeyBuf]byte // the two keys' bytes, in turn
 	var ipKey recentID
 	if ip.IsValid() {
-		ipKey = noteKey(username, appendIPText(append(src[:0], "ip:"...), ip, addr)) // sourceIP(ip)
+		var text [64]byte // at most 45 bytes: an IP's text
+		// sourceIP(ip)
+		ipKey = recentKeyIn(buf[:0], username, "ip:", appendIPText(text[:0], ip, addr))
 	}
 	tracked, user := keys.Tracking(clientID), keys.Tracking(username)
-	idKey := noteKey(username, append(append(src[:0], "clientid:"...), tracked...)) // sourceClientID
+	idKey := recentKeyIn(buf[:0], username, "clientid:", tracked) // sourceClientID
 	byIP, byID := k.rememberBoth(ipKey, idKey, ms)
 	if byIP {
 		k.queueWrite(knownWrite{username: user, ip: ip, ms: ms, kind: sourceIPAddr})
@@ -313,11 +322,6 @@ func (k *knownSources) succeededFrom(username string, ip netip.Addr, addr, clien
 	if byID {
 		k.queueWrite(knownWrite{username: user, text: tracked, ms: ms, kind: sourceID})
 	}
-}
-
-// noteKey is recentKey(username, string(source)).
-func noteKey(username string, source []byte) recentID {
-	return recentKeyOf(username, source)
 }
 
 // queueWrite queues w, a success remembered as to be written.
