@@ -336,8 +336,9 @@ type pendingConn struct {
 // confirmBatch bounds the deferred connections confirmed per lock hold.
 const confirmBatch = 256
 
-// confirmHashMax bounds the bytes of client IDs over keys.TrackingMax that
-// one hold of g.mu hands the tracker: Connected hashes each (SHA-256, about
+// confirmHashMax bounds the bytes of client IDs (and usernames, the
+// principal connOf names) over keys.TrackingMax that one hold of g.mu
+// hands the tracker: Connected hashes each (SHA-256, about
 // 45 µs for 64 KB here), under g.mu since 08cbca5. 256 deferred 64 KB
 // client IDs held the broker thread off g.mu for 11 ms a hold, 22 ms
 // waited (a hostile tester: TestAtk22ConfirmHoldHashesLittle); this bound
@@ -359,7 +360,8 @@ func (g *Guard) confirmLoop() { every(g.stop, confirmDelay/5, g.confirmDue) }
 // (found by a hostile tester; TestConfirmQueuedBeforeItsEnd). Connected
 // never waits (a full queue drops the event), and a hold queues at most
 // confirmBatch, and hashes at most about confirmHashMax bytes of client IDs
-// (byID's probe and Connected's hash alike).
+// and usernames (byID's probe, Connected's hash and connOf's principal
+// alike): the last connection counted may pass it by its two, 128 KB.
 func (g *Guard) confirmDue() {
 	cutoff := g.now().Add(-confirmDelay).UnixMilli()
 	for more := true; more; {
@@ -385,6 +387,15 @@ func (g *Guard) confirmDue() {
 					// lc stays unrecorded (pending): its end queues nothing,
 					// and, out of g.pending, the garbage collector takes it.
 					continue
+				}
+				// connOf names its principal: a username over
+				// keys.TrackingMax (without a certificate) is hashed
+				// whole there, under g.mu too, and counted as a long
+				// client ID is (a hostile tester: 256 deferred 64 KB
+				// usernames took one hold of 11 ms;
+				// TestAtk23ConfirmHoldCountsLongUsernames).
+				if lc.certID == "" && lc.hasUsername && int(lc.userLen) > keys.TrackingMax {
+					hashed += int(lc.userLen)
 				}
 				g.tracker.Connected(ownTracked(len(lc.clientID)+int(lc.userLen), lc.clientID), g.connOf(lc), g.pending[i].other)
 			}
