@@ -83,7 +83,7 @@ func TestAtk23CMACEdgesAndCleared(t *testing.T) {
 	}
 }
 
-// b027e3b's recentKeyOf, one call or the stream, on bytes of every value
+// recentKeyIn (b027e3b's recentKeyOf, 648cb9a's kind apart), one call or the stream, on bytes of every value
 // (the existing test repeats one letter): every pair of lengths to 140
 // (both sides of recentKeyBuf), and longer ones at random.
 func TestAtk23RecentKeyAnyBytes(t *testing.T) {
@@ -108,7 +108,12 @@ func TestAtk23RecentKeyAnyBytes(t *testing.T) {
 	check := func(u, s string) {
 		w := stream(u, s)
 		require.Equal(t, w, recentKey(u, s), "username %d bytes, source %d", len(u), len(s))
-		require.Equal(t, w, noteKey(u, []byte(s)), "username %d bytes, source %d as bytes", len(u), len(s))
+		var buf [recentKeyBuf]byte
+		require.Equal(t, w, recentKeyIn(buf[:0], u, "", []byte(s)), "username %d bytes, source %d as bytes", len(u), len(s))
+		if len(s) > 0 { // the source's start apart, as succeededFrom passes it
+			k := len(s) / 3
+			require.Equal(t, w, recentKeyIn(buf[:0], u, s[:k], s[k:]), "username %d bytes, source %d split at %d", len(u), len(s), k)
+		}
 	}
 	for ul := 0; ul <= 140; ul++ {
 		for sl := 0; sl <= 140; sl++ {
