@@ -341,7 +341,7 @@ const confirmBatch = 256
 // hands the tracker: Connected hashes each (SHA-256, about
 // 45 µs for 64 KB here), under g.mu since 08cbca5. 256 deferred 64 KB
 // client IDs held the broker thread off g.mu for 11 ms a hold, 22 ms
-// waited (a hostile tester: TestAtk22ConfirmHoldHashesLittle); this bound
+// waited (a hostile tester: TestConfirmHoldHashesBounded); this bound
 // makes a hold hash at most about five of them (0.3 ms).
 const confirmHashMax = 256 << 10
 
@@ -393,7 +393,7 @@ func (g *Guard) confirmDue() {
 				// whole there, under g.mu too, and counted as a long
 				// client ID is (a hostile tester: 256 deferred 64 KB
 				// usernames took one hold of 11 ms;
-				// TestAtk23ConfirmHoldCountsLongUsernames).
+				// TestConfirmHoldHashesBounded).
 				if lc.certID == "" && lc.hasUsername && int(lc.userLen) > keys.TrackingMax {
 					hashed += int(lc.userLen)
 				}

@@ -14,22 +14,26 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
+// streamRecentKey is recentKey as the stream computes it, piece by piece:
+// the reference the one-call path must match.
+func streamRecentKey(username, source string) recentID {
+	var h maphash.Hash
+	h.SetSeed(recentSeed)
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(username)))
+	h.Write(n[:])
+	h.WriteString(username)
+	h.WriteString(source)
+	return recentIDOf(h.Sum64())
+}
+
 // recentKeyIn hashes a pair in one call when it fits its buffer and
 // through a maphash.Hash otherwise: both must give the key the stream
 // gives (what succeeded stores, what lookups and tests ask with), at every
 // length around the buffer's end, with the source's start (kind) apart or
 // in the source, as string and as bytes.
 func TestRecentKeyOneCallMatchesStream(t *testing.T) {
-	stream := func(username, source string) recentID {
-		var h maphash.Hash
-		h.SetSeed(recentSeed)
-		var n [8]byte
-		binary.LittleEndian.PutUint64(n[:], uint64(len(username)))
-		h.Write(n[:])
-		h.WriteString(username)
-		h.WriteString(source)
-		return recentIDOf(h.Sum64())
-	}
+	stream := streamRecentKey
 	var buf [recentKeyBuf]byte
 	for _, ulen := range []int{0, 1, 10, 64, recentKeyBuf - 17, recentKeyBuf - 8, recentKeyBuf, 400} {
 		for slen := 0; slen <= recentKeyBuf+8; slen++ {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -58,39 +57,6 @@ func TestAtk22ConfirmAfterTakeoverLeavesTakerLive(t *testing.T) {
 	lw.mu.Lock()
 	defer lw.mu.Unlock()
 	assert.Equal(t, map[string]string{"dev-x": cID}, lw.live, "C, still connected, is what Redis holds live for dev-x")
-}
-
-// Connected hashes a client ID over keys.TrackingMax, and confirmDue calls
-// it under g.mu (08cbca5): a hold that confirmed 256 deferred 64 KB client
-// IDs kept the broker thread off g.mu for about 11 ms (22 ms waited, with
-// the next hold barging in; 0.2 ms before 08cbca5). A hold now hashes at
-// most about confirmHashMax bytes: 16 such client IDs take several holds.
-func TestAtk22ConfirmHoldHashesLittle(t *testing.T) {
-	cfg, err := config.Parse(map[string]string{"backend": "defer", "clientid_conflict": "flag"})
-	require.NoError(t, err)
-	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: &liveWrites{live: map[string]string{}}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
-	var mu sync.Mutex
-	now := time.Now().Add(time.Hour) // ahead of confirmLoop's clock: only the test confirms
-	g.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	const n, idLen = 16, 65535
-	for i := range n {
-		admitRC(g, rc(uintptr(i+1), fmt.Sprintf("%04d", i)+strings.Repeat("x", idLen-4), "u"), true)
-	}
-	mu.Lock()
-	now = now.Add(2 * confirmDelay)
-	mu.Unlock()
-	holds := 0
-	count := func() { holds++ }
-	g.confirmHook.Store(&count)
-	g.confirmDue()
-	g.confirmHook.Store(nil)
-	perHold := confirmHashMax/idLen + 1
-	assert.GreaterOrEqual(t, holds, (n+perHold-1)/perHold, "holds of g.mu for %d deferred %d-byte client IDs", n, idLen)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	assert.Empty(t, g.pending, "all confirmed")
 }
 
 // hungRootsChildAddr, set, makes TestAtk22HungSystemRoots's child run the
@@ -230,42 +196,4 @@ func TestAtk22ConfirmIntoFullQueueNeverWaits(t *testing.T) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	assert.Empty(t, g.pending, "all passed")
-}
-
-// The same bound for deferred connections taken over before their
-// confirmation (9c7cc3d skips them): byID's probe hashes and compares each
-// long client ID whole, and those bytes were not counted, so one hold
-// probed all confirmBatch of them (256 64 KB client IDs: 32 MB read under
-// g.mu). Before the fix, the 16 below took one hold.
-func TestConfirmHoldCountsTakenOverIDs(t *testing.T) {
-	cfg, err := config.Parse(map[string]string{"backend": "defer", "clientid_conflict": "flag"})
-	require.NoError(t, err)
-	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: newFakeStore(), Counter: &fakeCounter{}, Conflicts: &liveWrites{live: map[string]string{}}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
-	var mu sync.Mutex
-	now := time.Now().Add(time.Hour) // ahead of confirmLoop's clock: only the test confirms
-	g.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	const n, idLen = 16, 65535
-	ids := make([]string, n)
-	for i := range n {
-		ids[i] = fmt.Sprintf("%04d", i) + strings.Repeat("x", idLen-4)
-		admitRC(g, rc(uintptr(i+1), ids[i], "u"), true) // deferred
-	}
-	mu.Lock()
-	now = now.Add(2 * confirmDelay)
-	mu.Unlock()
-	for i := range n {
-		admitRC(g, rc(uintptr(1000+i), ids[i], "u"), false) // its takeover, admitted at once
-	}
-	holds := 0
-	count := func() { holds++ }
-	g.confirmHook.Store(&count)
-	g.confirmDue()
-	g.confirmHook.Store(nil)
-	perHold := confirmHashMax/idLen + 1
-	assert.GreaterOrEqual(t, holds, (n+perHold-1)/perHold, "holds of g.mu for %d taken-over deferred %d-byte client IDs", n, idLen)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	assert.Empty(t, g.pending, "all out of pending")
 }
