@@ -1,0 +1,91 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// A hostile tester's attacks on 648cb9a (the cache hit's one clock read,
+// recentKeyIn) and b6cbe47 (branch atk24).
+
+// slowClaimStore is a guard's broker-thread store whose throttle claim is
+// a round trip that takes wait of the guard's clock (advance moves it),
+// answered by the real store, or failed (fail: a Redis that timed out).
+type slowClaimStore struct {
+	Store
+	advance func(time.Duration)
+	wait    time.Duration
+	fail    bool
+}
+
+func (s *slowClaimStore) ClaimThrottle(ctx context.Context, username, reason string, ttl time.Duration) (bool, error) {
+	s.advance(s.wait)
+	if s.fail {
+		return false, errors.New("i/o timeout")
+	}
+	return s.Store.ClaimThrottle(ctx, username, reason, ttl)
+}
+
+// A cache hit keeps the clock read before the limit checks (648cb9a), but
+// those checks may wait for Redis: a source that is not known claims a
+// lapsed throttle's guess there (lapsedThrottle), a round trip of up to
+// redis_timeout (10 s at most), or all of it when Redis does not answer.
+// What the hit then records, its connection's admission (conflict
+// tracking's ConnectedMs, sinceMs) and its known sources' stamps, must be
+// the time after that wait, as a miss records it, not the time before.
+// A new device of a fleet (its password in the cache from the fleet's
+// other devices) after a throttle of the fleet's username lapsed.
+func TestAtk24CacheHitAfterALapseClaimRecordsItsTime(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail bool
+	}{
+		{"claimed", false},
+		{"Redis timed out", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, _, _, _ := revGuard(t, 1, map[string]string{"redis_timeout": "10s"})
+			require.NotNil(t, g.known)
+			base := time.Now()
+			var off atomic.Int64
+			g.now = func() time.Time { return base.Add(time.Duration(off.Load())) }
+			const wait = 5 * time.Second
+			g.store = &slowClaimStore{Store: g.store, advance: func(d time.Duration) { off.Add(int64(d)) }, wait: wait, fail: tc.fail}
+
+			// The fleet's first device: a miss, its password cached.
+			require.Equal(t, Allow, g.Authenticate(Client{Handle: 0x100, ClientID: "dev-a", Address: "127.7.0.1",
+				Username: "u0", HasUsername: true, Password: []byte("pw")}).Result)
+			// A throttle of u0 met here, lapsed since.
+			g.known.noteEpisode(keys.Tracking("u0"), g.now())
+
+			// A new device: not a known source, so its guess is claimed in
+			// Redis first, then its password hits the cache.
+			dev := Client{Handle: 0x200, ClientID: "dev-b", Address: "127.7.0.2", Username: "u0", HasUsername: true, Password: []byte("pw")}
+			d := g.Authenticate(dev)
+			require.Equal(t, Allow, d.Result, d.Rule)
+			require.Equal(t, int64(wait), off.Load(), "the claim's round trip was made")
+			admitted := g.now().UnixMilli()
+
+			g.mu.Lock()
+			lc := g.conns.get(dev.Handle)
+			require.NotNil(t, lc)
+			since := lc.sinceMs
+			g.mu.Unlock()
+			require.Equal(t, admitted, since, "admitted %v after the clock read before the claim, recorded as at that read", time.Duration(admitted-since)*time.Millisecond)
+
+			g.known.mu.Lock()
+			st, ok := g.known.recent.Get(recentKey("u0", sourceIP(netip.MustParseAddr(dev.Address))))
+			g.known.mu.Unlock()
+			require.True(t, ok)
+			require.Equal(t, knownStampOf(admitted), st, "the known source stamped before the claim")
+		})
+	}
+}
