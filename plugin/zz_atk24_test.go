@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -10,7 +11,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // A hostile tester's attacks on 648cb9a (the cache hit's one clock read,
@@ -87,5 +90,40 @@ func TestAtk24CacheHitAfterALapseClaimRecordsItsTime(t *testing.T) {
 			require.True(t, ok)
 			require.Equal(t, knownStampOf(admitted), st, "the known source stamped before the claim")
 		})
+	}
+}
+
+// addrString is the address text conflict tracking records for c
+// (connAddr's, as the tracker's worker formats it).
+func addrString(c *Client, ip netip.Addr) string {
+	text, addr := connAddr(c, ip)
+	if text == "" && addr.IsValid() {
+		return addr.String()
+	}
+	return text
+}
+
+// Deny mode's claim and admit describe a connection by the same address
+// whatever form the broker gives it in (connAddr: the IP, its text made by
+// the worker, when the broker's is not canonical): the connection claimed
+// is the one admitted, recorded with the IP's canonical text.
+func TestAtk24DenyClaimsMappedAddresses(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := store.New(store.Options{Addrs: []string{r.Addr}, Timeout: time.Second}, keys.Builder{Prefix: "guard:"})
+	t.Cleanup(func() { st.Close() })
+	a, _ := denyBroker(t, st, "broker-a")
+	tracking(t, a, st, 100, "warm-up-a")
+	for i, addr := range []string{"::ffff:192.0.2.9", "2001:DB8:0:0:0:0:0:9", "fe80::9%eth0", "192.0.2.9"} {
+		h := uintptr(1 + i)
+		id := fmt.Sprintf("door-%d", i)
+		require.Equal(t, Allow, a.Authenticate(cl(h, addr, id, "alice", "alice-pw")).Result, addr)
+		live, err := st.LiveConns(context.Background(), id)
+		require.NoError(t, err)
+		require.Len(t, live, 1, addr)
+		a.mu.Lock()
+		admitted := a.tracker.StoreConn(a.connOf(a.conns.get(h)))
+		a.mu.Unlock()
+		require.Equal(t, admitted, live[0], "%s: admit records the claimed connection", addr)
+		require.Equal(t, netip.MustParseAddr(addr).Unmap().WithZone("").String(), live[0].IP, addr)
 	}
 }
