@@ -127,3 +127,72 @@ func TestAtk24DenyClaimsMappedAddresses(t *testing.T) {
 		require.Equal(t, netip.MustParseAddr(addr).Unmap().WithZone("").String(), live[0].IP, addr)
 	}
 }
+
+// The known sources' keys as succeededFrom stores them (recentKeyIn: the
+// source's kind apart, the IP's text taken from the broker's address when
+// it is canonical, the client ID's Tracking form) against those known()
+// looks up (recentKey of sourceIP(ip) and sourceClientID(id)), for what
+// authenticate hands over (ownTracked): every address form the broker may
+// give (IPv4, IPv4-mapped in both cases and in hex, IPv6 compressed or not,
+// upper case, zones, not an IP), usernames and client IDs empty, around
+// recentKeyBuf, at and over keys.TrackingMax (hashed forms), not UTF-8.
+// A mismatch would make a known device unknown under a throttle, and
+// write its source to Redis at every CONNECT. Each pair is also written
+// once: its second success queues nothing.
+func TestAtk24KnownKeysStoredAsLookedUp(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	k := newKnownSources(knownDeps{max: 100, window: time.Hour, failWindow: time.Minute,
+		spawn: func(string, func()) {}, stop: stop})
+	now := time.Now()
+	str := func(n int, b byte) string {
+		s := make([]byte, n)
+		for i := range s {
+			s[i] = b + byte(i%7)
+		}
+		return string(s)
+	}
+	lens := []int{0, 1, 50, 55, 56, 64, 100, 111, 119, 120, 121, keys.TrackingMax, keys.TrackingMax + 1, 3000}
+	addrs := []string{"192.0.2.1", "0.0.0.0", "::ffff:192.0.2.1", "::FFFF:192.0.2.1", "::ffff:c000:201",
+		"::1", "2001:db8::1", "2001:DB8:0:0:0:0:0:1", "2001:0db8:0000:0000:0000:0000:0000:0001",
+		"fe80::1%eth0", "fe80::1%25", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "64:ff9b::192.0.2.1", "::",
+		"", "host.example", "/tmp/mosquitto.sock"}
+	pairs := 0
+	for _, ul := range lens {
+		for _, il := range lens {
+			for _, addr := range addrs {
+				u, id := str(ul, 'a'), str(il, 0xf0)
+				ids := id + u // one object, as cgo makes them
+				c := Client{Address: addr, ClientID: ids[:len(id)], Username: ids[len(id):], IDs: ids, HasUsername: true}
+				ip := c.ip()
+				k.mu.Lock()
+				k.recent.Clear() // each form on its own: no earlier form's key answers for it
+				k.mu.Unlock()
+				// With the username throttled, after a success.
+				idsLen := len(c.ClientID) + len(c.Username)
+				k.succeededFrom(ownTracked(idsLen, c.Username), ip, c.Address, ownTracked(idsLen, c.ClientID), now)
+				// What is queued for Redis names the sources as known()
+				// looks them up in a loaded set.
+				ws := k.queue.Take()
+				require.Len(t, ws, map[bool]int{true: 2, false: 1}[ip.IsValid()], "address %q", addr)
+				for _, w := range ws {
+					require.Equal(t, keys.Tracking(c.Username), w.username)
+					if w.kind == sourceIPAddr {
+						require.Equal(t, sourceIP(ip), w.source(), "address %q", addr)
+					} else {
+						require.Equal(t, sourceClientID(c.ClientID), w.source(), "client ID %d bytes", il)
+					}
+				}
+				k.queue.Release()
+				queued := k.queue.Len()
+				byIP, byID := k.known(c.Username, ip, c.ClientID, now)
+				require.Equal(t, ip.IsValid(), byIP, "username %d bytes, client ID %d, address %q: IP source", ul, il, addr)
+				require.True(t, byID, "username %d bytes, client ID %d, address %q: client-ID source", ul, il, addr)
+				k.succeededFrom(ownTracked(idsLen, c.Username), ip, c.Address, ownTracked(idsLen, c.ClientID), now.Add(time.Second))
+				require.Equal(t, queued, k.queue.Len(), "username %d bytes, client ID %d, address %q: written again", ul, il, addr)
+				pairs++
+			}
+		}
+	}
+	t.Logf("%d (username, client ID, address) tried", pairs)
+}
