@@ -2,6 +2,7 @@ package conflicts
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -72,7 +73,14 @@ func principalKind(principal string) string {
 // The claim allocates (the connection's ID, what Redis answers): it is
 // clientid_conflict deny's round trip on the broker thread anyway.
 func (t *Tracker) Claim(clientID, principal, ip string, now time.Time) (conn Conn, holder *store.Conn, err error) {
-	conn = t.NewConn(principal, ip, now)
+	return t.ClaimAddr(clientID, principal, ip, netip.Addr{}, now)
+}
+
+// ClaimAddr is Claim for a connection whose address is ip's text or, when
+// ip is "", addr (NewConnAddr); the connection claimed is the one the next
+// NewConnAddr for principal, ip and addr returns.
+func (t *Tracker) ClaimAddr(clientID, principal, ip string, addr netip.Addr, now time.Time) (conn Conn, holder *store.Conn, err error) {
+	conn = t.NewConnAddr(principal, ip, addr, now)
 	alive := *t.live.Load()
 	instances := make([]string, 0, len(alive))
 	for in, ok := range alive {

@@ -259,10 +259,21 @@ func New(opts Options, d Deps) *Tracker {
 // connections may keep its Seq and ConnectedMs and rebuild it when it
 // tells the tracker.
 func (t *Tracker) NewConn(principal string, ip string, now time.Time) Conn {
-	if p := t.claimed.Swap(nil); p != nil && p.Principal == principal && p.IP == ip {
+	return t.NewConnAddr(principal, ip, netip.Addr{}, now)
+}
+
+// NewConnAddr is NewConn for a connection whose address is ip's text or,
+// when ip is "", addr (Conn.Addr), whose text the worker formats: a caller
+// whose address text is not the IP's canonical text (an IPv4-mapped IPv6
+// address from a dual-stack socket, a zone) formats nothing on its thread.
+func (t *Tracker) NewConnAddr(principal, ip string, addr netip.Addr, now time.Time) Conn {
+	if ip != "" {
+		addr = netip.Addr{}
+	}
+	if p := t.claimed.Swap(nil); p != nil && p.Principal == principal && p.IP == ip && p.Addr == addr {
 		return *p
 	}
-	return Conn{Seq: t.seq.Add(1), Principal: principal, IP: ip, ConnectedMs: now.UnixMilli()}
+	return Conn{Seq: t.seq.Add(1), Principal: principal, IP: ip, Addr: addr, ConnectedMs: now.UnixMilli()}
 }
 
 // StoreConn is c as Redis records it: its ID is instance-Seq, its IP its

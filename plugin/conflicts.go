@@ -34,7 +34,8 @@ func (g *Guard) checkConflict(c *Client, ip netip.Addr, ans store.Answer, redisO
 	case holder != nil || !redisOK || !g.health.up():
 	case claims(c, g.cfg.Backend):
 		var err error
-		attempt, holder, err = g.tracker.Claim(c.ClientID, principal, addrString(c, ip), g.now())
+		text, addr := connAddr(c, ip)
+		attempt, holder, err = g.tracker.ClaimAddr(c.ClientID, principal, text, addr, g.now())
 		if err != nil {
 			g.health.down(err)
 		}
@@ -47,7 +48,8 @@ func (g *Guard) checkConflict(c *Client, ip netip.Addr, ans store.Answer, redisO
 	}
 	g.refusals.conflict(c, ip, holder)
 	if !claimed {
-		attempt = g.tracker.NewConn(principal, addrString(c, ip), g.now())
+		text, addr := connAddr(c, ip)
+		attempt = g.tracker.NewConnAddr(principal, text, addr, g.now())
 	}
 	g.tracker.Refused(ownTracked(len(c.ClientID)+len(c.Username), c.ClientID), attempt, holder)
 	return Decision{Result: Deny, Rule: RuleClientIDConflict}, true

@@ -96,8 +96,11 @@ func (g *Guard) authenticate(c *Client, reauth bool) Decision {
 			}
 			return d
 		}
-		if !cached {
-			now = g.now() // the check hashed the password: milliseconds
+		if !cached || limits.waitedRedis {
+			// The check hashed the password (milliseconds), or the limits
+			// waited for Redis (a lapsed throttle's claim, up to
+			// redis_timeout): what is recorded is stamped after.
+			now = g.now()
 		}
 		result = Allow
 		if limits.throttleClaim != "" {

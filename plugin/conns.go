@@ -263,7 +263,8 @@ func (g *Guard) admitAt(c *Client, ip netip.Addr, pending, sighted bool, now tim
 	}
 	var conn conflicts.Conn
 	if g.tracker != nil {
-		conn = g.tracker.NewConn(principalOf(c), addrString(c, ip), now)
+		text, addr := connAddr(c, ip)
+		conn = g.tracker.NewConnAddr(principalOf(c), text, addr, now)
 		rec.seq, rec.sinceMs = conn.Seq, conn.ConnectedMs
 	}
 	var other *conflicts.Conn
@@ -314,7 +315,7 @@ func idsOf(c *Client) string {
 // admit (g.tracker set): its identity fields never change, so it is read
 // with or without g.mu. Its IP goes as its 16 bytes (conflicts.Conn.Addr),
 // whose text the tracker's worker writes, the same text admit gave
-// (addrString: the IP's canonical text): a DISCONNECT formatted it here,
+// (connAddr: the IP's canonical text): a DISCONNECT formatted it here,
 // an object on the broker thread (issue 12).
 func (g *Guard) connOf(lc *liveConn) conflicts.Conn {
 	c := conflicts.Conn{Seq: lc.seq, Principal: ownPart(len(lc.clientID)+int(lc.userLen), conflicts.Principal(lc.certID, lc.hasUsername, lc.username())),
@@ -478,18 +479,19 @@ func subjectKept(s string) string {
 	return s[:cut]
 }
 
-// addrString is the address conflict tracking records: the IP's text, or
-// the broker's address when it is not an IP. The broker's text is reused
-// when it is the IP's text already (no allocation).
-func addrString(c *Client, ip netip.Addr) string {
+// connAddr is c's address as conflict tracking takes it
+// (Tracker.NewConnAddr): the broker's text when it is not an IP or is the
+// IP's canonical text already, else ip, whose text the tracker's worker
+// formats, as it does a DISCONNECT's (connOf). The IP's text made here
+// (ip.String()) was an allocation on the broker thread at every CONNECT
+// whose address is not in canonical form: every IPv4 client of a
+// dual-stack listener (libwebsockets': "::ffff:192.0.2.7"), cache hits
+// included (cgo TestAtk24HitAllocsAnyInput).
+func connAddr(c *Client, ip netip.Addr) (string, netip.Addr) {
 	if !ip.IsValid() || isIPText(ip, c.Address) {
-		return c.Address
+		return c.Address, netip.Addr{}
 	}
-	var buf [64]byte
-	if string(ip.AppendTo(buf[:0])) == c.Address {
-		return c.Address
-	}
-	return ip.String()
+	return "", ip
 }
 
 // isIPText reports, without formatting ip, that addr, the broker's address

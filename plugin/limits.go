@@ -102,7 +102,7 @@ func (g *Guard) lapsedThrottle(c *Client, ip netip.Addr, ans store.Answer, now t
 	claimed, err := g.store.ClaimThrottle(ctx, c.Username, reason, ttl)
 	if err != nil {
 		g.health.down(err)
-		return Decision{}, false
+		return Decision{waitedRedis: true}, false
 	}
 	if claimed {
 		// This broker's lookups see it at once; the others by its
@@ -115,7 +115,7 @@ func (g *Guard) lapsedThrottle(c *Client, ip netip.Addr, ans store.Answer, now t
 			defer cancel()
 			_ = g.bgStore.PublishChange(ctx, key)
 		})
-		return Decision{throttleClaim: reason}, false
+		return Decision{throttleClaim: reason, waitedRedis: true}, false
 	}
 	return g.refusals.throttled(c, ip, nil), true
 }

@@ -133,5 +133,6 @@ type Decision struct {
 	Detail string       // more for the log line: key=value pairs rendered by logline (Pairs), last on the line
 
 	claimedSource bool   // checkLimits: let through a throttle as a source known by client ID only
+	waitedRedis   bool   // checkLimits: a round trip to Redis was made (lapsedThrottle's claim), after the clock was read
 	throttleClaim string // checkLimits: the throttle key's value this CONNECT claimed (lapsedThrottle)
 }
