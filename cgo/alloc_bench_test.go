@@ -396,31 +396,36 @@ func TestBasicAuthHitAllocs(t *testing.T) {
 				// not during the runs (it lingers 100ms after a first event:
 				// the runs take less).
 				time.Sleep(300 * time.Millisecond)
-				run := func() float64 {
-					const runs = 200
-					var m0, m1 runtime.MemStats
-					var total uint64
-					for i := 0; i < runs; i++ {
-						runtime.ReadMemStats(&m0)
-						ab.connect(t, c)
-						runtime.ReadMemStats(&m1)
-						total += m1.Mallocs - m0.Mallocs
-						ab.disconnect(c)
-					}
-					return float64(total) / runs
-				}
-				// The least of three runs: the counts are the process's, and
-				// the guard's background goroutines (the health check)
-				// allocate now and then within the window.
-				n := run()
-				for range 2 {
-					n = min(n, run())
-				}
+				n := hitAllocs(t, ab, c, 200)
 				t.Logf("%.2f objects per CONNECT", n)
 				assert.Less(t, n, 0.5)
 			})
 		}
 	}
+}
+
+// hitAllocs is the objects allocated per CONNECT of c (its DISCONNECT
+// left out), the least over three runs of runs CONNECTs: the counts are
+// the process's, and the guard's background goroutines (the health check)
+// allocate now and then within a run.
+func hitAllocs(t *testing.T, ab *authBench, c authClient, runs int) float64 {
+	run := func() float64 {
+		var m0, m1 runtime.MemStats
+		var total uint64
+		for range runs {
+			runtime.ReadMemStats(&m0)
+			ab.connect(t, c)
+			runtime.ReadMemStats(&m1)
+			total += m1.Mallocs - m0.Mallocs
+			ab.disconnect(c)
+		}
+		return float64(total) / float64(runs)
+	}
+	n := run()
+	for range 2 {
+		n = min(n, run())
+	}
+	return n
 }
 
 // Issue 12: the cache-miss path allocates a bounded, stated amount. A new

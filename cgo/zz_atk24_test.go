@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -80,23 +79,7 @@ func TestAtk24HitAllocsAnyInput(t *testing.T) {
 			for _, in := range ins {
 				c := in.c
 				time.Sleep(settle)
-				run := func() float64 {
-					const runs = 40
-					var m0, m1 runtime.MemStats
-					var total uint64
-					for range runs {
-						runtime.ReadMemStats(&m0)
-						ab.connect(t, c)
-						runtime.ReadMemStats(&m1)
-						total += m1.Mallocs - m0.Mallocs
-						ab.disconnect(c)
-					}
-					return float64(total) / runs
-				}
-				got := run()
-				for range 2 {
-					got = min(got, run())
-				}
+				got := hitAllocs(t, ab, c, 40)
 				if got >= 0.5 {
 					bad = append(bad, fmt.Sprintf("%s: %.2f objects", in.what, got))
 				}
