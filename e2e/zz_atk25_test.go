@@ -144,3 +144,58 @@ func TestZZAtk25KnownIPv6SourceAndBan(t *testing.T) {
 	eventually(t, 3*time.Second, func() bool { return connect6("v6dev", "alice", "alice-pw") == refused }, "ban of ip:::1")
 	e.logLine("event=refused", "ip=::1", "rule=")
 }
+
+// TestZZAtk25CacheSplitsDoNotHit: a verified password's cache entry is for
+// that username and password each whole: a client that just verified its own
+// account ("alicex"/"yz", "ali"/"cex", ...) and then claims another username
+// with the password that runs into the same bytes end to end ("alice"/"xyz")
+// or a byte shifted, from the same address, is refused.
+func TestZZAtk25CacheSplitsDoNotHit(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 100", "auth_opt_username_fail_limit 100")
+	e.addUser("alicex", "yz")
+	e.addUser("ali", "cex")
+	e.addUser("alicexy", "z")
+	e.broker.Reload()
+	e.logLine("Reloading config.")
+	eventually(t, 5*time.Second, func() bool { return e.connect(as("127.0.25.40", "c0", "alicexy", "z")) == accepted }, "users reloaded")
+	// Each row: an account the client proves, then a claim whose username and
+	// password run end to end into the same bytes (or one shifted), wrong.
+	for i, c := range [][4]string{
+		{"alicex", "yz", "alice", "xyz"},
+		{"alicex", "yz", "alicexy", "y"},
+		{"ali", "cex", "alice", "x"},
+		{"ali", "cex", "alic", "ecex"},
+		{"alicexy", "z", "alice", "xyz"},
+		{"alicexy", "z", "alicex", "yz "},
+		{"alice", "alice-pw", "alicea", "lice-pw"},
+		{"alice", "alice-pw", "alic", "ealice-pw"},
+		{"bob", "bob-pw", "bo", "bbob-pw"},
+	} {
+		ip := fmt.Sprintf("127.0.25.%d", 41+i)
+		own := e.connect(as(ip, fmt.Sprintf("own%d", i), c[0], c[1]))
+		require.Equal(t, byte(accepted), own, "own account %q", c[0])
+		got := e.connect(as(ip, fmt.Sprintf("claim%d", i), c[2], c[3]))
+		require.Equal(t, byte(refused), got, "after %q/%q verified, %q/%q", c[0], c[1], c[2], c[3])
+	}
+}
+
+// TestZZAtk25CacheCMACPadding: CMAC pads a last partial block with 0x80 and
+// zeros under one subkey and takes a whole last block under the other. The
+// zeros cannot come from a client (a password ends at its first NUL, README
+// Limitations; an MQTT username holds no U+0000), so what a client can send
+// is the 0x80 and what follows it: a verified password so extended, filling
+// the MAC's last block or not, is not a cache hit.
+func TestZZAtk25CacheCMACPadding(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 100", "auth_opt_username_fail_limit 100")
+	const pw = "alice-pw" // MAC input: 8 + 5 + 8 = 21 bytes, 5 in the last block
+	for i, extra := range []string{
+		"\x80",
+		"\x80" + strings.Repeat("\x01", 10), // 32 bytes: two whole blocks
+		"\x80" + strings.Repeat("\x01", 9),
+		"\x80\x00", // checked as pw+"\x80"
+	} {
+		ip := fmt.Sprintf("127.0.25.%d", 60+i)
+		require.Equal(t, byte(accepted), e.connect(as(ip, "own", "alice", pw)))
+		require.Equal(t, byte(refused), e.connect(as(ip, "pad", "alice", pw+extra)), "padding %q", extra)
+	}
+}
