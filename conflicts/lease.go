@@ -8,7 +8,8 @@ import (
 )
 
 // renew extends this broker's lease, learns which brokers are alive, and
-// clears the live connections of brokers whose lease ran out. The
+// ends the live connections of brokers whose lease ran out (store.Reap,
+// at now). The
 // disconnects kept for retry are written first.
 func (t *Tracker) renew() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -20,18 +21,20 @@ func (t *Tracker) renew() {
 	}
 	t.live.Store(&live)
 	for _, d := range dead {
-		if err := t.store.Reap(ctx, d); err == nil {
+		if err := t.store.Reap(ctx, d, t.now().UnixMilli(), t.opts.Window); err == nil {
 			t.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+logval.Quote(d)+": its lease ran out")
 		}
 	}
 }
 
-// Close removes this broker's live connections from Redis: clients still
-// connected at shutdown get no DISCONNECT. Call it once Run has returned.
-// ctx bounds it: past it, the broker's lease running out clears them on
-// the other brokers (within broker_lease).
+// Close ends this broker's live connections in Redis (store.Reap: each
+// one's end written to its principal's seen record, its live entry
+// removed): clients still connected at shutdown get no DISCONNECT. Call it
+// once Run has returned. ctx bounds it, and 2 s: past it, the broker's
+// lease running out ends the rest on the other brokers, or on this one's
+// next start (within broker_lease).
 func (t *Tracker) Close(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_ = t.store.Reap(ctx, t.instance)
+	_ = t.store.Reap(ctx, t.instance, t.now().UnixMilli(), t.opts.Window)
 }

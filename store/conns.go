@@ -588,10 +588,25 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 	return live, gone.Val(), nil
 }
 
-// Reap removes every live-connection entry of instance and its lease: for a
-// broker that died without cleaning up, or one shutting down (clients still
-// connected at shutdown get no DISCONNECT). Safe to run on several brokers at once.
-func (s *Store) Reap(ctx context.Context, instance string) error {
+// Reap ends every connection instance holds live: for a broker that died
+// without cleaning up, or one shutting down (clients still connected at
+// shutdown get no DISCONNECT). Each one's live entry is read, recorded as
+// its principal's latest use ended at endMs (unix ms; leftScript, whose
+// hash keeps window), and then deleted if it is still that connection;
+// then instance's set and lease go. Safe to run on several brokers at
+// once.
+//
+// The end is what a disconnect would have written: a device connected for
+// longer than window was in use until its broker stopped, and without it
+// the principal's record (written at the connect, with no end) counted
+// from the connect, so it was forgotten the moment the broker stopped, and
+// another principal taking the client ID then was not flagged. For a dead
+// broker, endMs is the reap's time: up to broker_lease (and one renewal)
+// after its last sign of life, never before its clients' real end.
+//
+// Cost: per 500 client IDs, two round trips (HGET each, then leftScript
+// and a compare-and-delete each), where the delete alone was one.
+func (s *Store) Reap(ctx context.Context, instance string, endMs int64, window time.Duration) error {
 	set := s.kb.BrokerConns(instance)
 	var cursor uint64
 	for {
@@ -600,11 +615,7 @@ func (s *Store) Reap(ctx context.Context, instance string) error {
 			return fmt.Errorf("store: reap: %w", err)
 		}
 		if len(ids) > 0 {
-			pipe := s.rdb.Pipeline()
-			for _, id := range ids {
-				pipe.HDel(ctx, s.kb.ConnTracked(id), instance)
-			}
-			if _, err := pipe.Exec(ctx); err != nil {
+			if err := s.reapIDs(ctx, instance, ids, endMs, window); err != nil {
 				return fmt.Errorf("store: reap: %w", err)
 			}
 		}
@@ -619,4 +630,55 @@ func (s *Store) Reap(ctx context.Context, instance string) error {
 		return fmt.Errorf("store: reap: %w", err)
 	}
 	return nil
+}
+
+// reapHook, when set (tests), runs between reapIDs' read and its writes.
+var reapHook func()
+
+// reapIDs ends instance's live connections of ids, client IDs in their
+// keys.Tracking form (Reap).
+func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endMs int64, window time.Duration) error {
+	pipe := s.rdb.Pipeline()
+	gets := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		gets[i] = pipe.HGet(ctx, s.kb.ConnTracked(id), instance)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	if reapHook != nil {
+		reapHook()
+	}
+	ttl, end := strconv.FormatInt(window.Milliseconds(), 10), strconv.FormatInt(endMs, 10)
+	run := func(full bool) error {
+		pipe := s.rdb.Pipeline()
+		for i, id := range ids {
+			v, err := gets[i].Result()
+			if err != nil {
+				continue // no entry of instance: nothing to end
+			}
+			conn := s.kb.ConnTracked(id)
+			var c Conn
+			if decodeConn(v, &c) != nil || c.ID == "" {
+				// Not a record of ours: nothing to end; deleted if unchanged.
+				eval(ctx, pipe, casArgs, full, conn, instance, v, "")
+				continue
+			}
+			c.DisconnectedMs = endMs
+			var a [256]byte
+			rec := string(c.appendBounded(a[:0]))
+			eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl, end)
+			// Deleted only if it is still this connection: a broker whose
+			// lease ran out while it lived on (cut off from Redis) may
+			// have recorded a newer one meanwhile.
+			eval(ctx, pipe, casArgs, full, conn, instance, c.prefixOf(v), "")
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	err := run(false)
+	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+		err = run(true) // the script cache was flushed: every step is idempotent
+	}
+	return err
 }

@@ -1,0 +1,185 @@
+package store
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// Reap ends each connection the instance held live as its principal's
+// latest use (what its disconnect would have written), unless the
+// principal's record is a newer one: live elsewhere, or ended later. What
+// is not one of its records is deleted unread. It holds after SCRIPT
+// FLUSH, for every client ID form, and twice.
+func TestReapEndsEachHeldConnection(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	kb := keys.Builder{Prefix: "guard:"}
+	const end = 5_000
+	long := strings.Repeat("q", 20000)
+	held := func(id, principal string) Conn {
+		return Conn{ID: "dead-" + id[:1], Instance: "dead", Broker: "b1", Principal: principal, IP: "192.0.2.1", ConnectedMs: 1_000}
+	}
+	for _, id := range []string{"plain", "b*\"", long} {
+		c := held(id, "alice")
+		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: id, Instance: "dead", Live: &c, Seen: &c}}, time.Hour))
+	}
+	// bob is live on another broker with "other": his record stays as it is.
+	bobDead, bobLive := held("other", "bob"), Conn{ID: "alive-1", Instance: "alive", Principal: "bob", ConnectedMs: 2_000}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{
+		{ClientID: "other", Instance: "dead", Live: &bobDead, Seen: &bobDead},
+		{ClientID: "other", Instance: "alive", Live: &bobLive, Seen: &bobLive},
+	}, time.Hour))
+	// carol's record of "later" ended after the reap's end: kept.
+	carol, carolLater := held("later", "carol"), Conn{ID: "alive-2", Instance: "alive", Principal: "carol", ConnectedMs: 2_000, DisconnectedMs: end + 1}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "later", Instance: "dead", Live: &carol}, {ClientID: "later", Instance: "alive", Seen: &carolLater}}, time.Hour))
+	// Not a record: deleted, nothing written to seen.
+	r.CLI("HSET", kb.Conn("junk"), "dead", "not json")
+	r.CLI("SADD", kb.BrokerConns("dead"), keys.Tracking("junk"))
+
+	r.CLI("SCRIPT", "FLUSH")
+	require.NoError(t, s.Reap(ctx, "dead", end, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", end+10, time.Hour), "reaping twice is harmless")
+
+	for _, id := range []string{"plain", "b*\"", long} {
+		live, seen, err := state(s, id)
+		require.NoError(t, err)
+		assert.Empty(t, live, "%.10s", id)
+		if assert.Len(t, seen, 1, "%.10s", id) {
+			want := held(id, "alice")
+			want.DisconnectedMs = end
+			assert.Equal(t, want, seen[0], "%.10s: alice's use ended at the reap", id)
+		}
+		ttl := r.CLI("PTTL", kb.Seen(id))
+		assert.NotEqual(t, "-1", ttl, "%.10s: the seen hash keeps its window", id)
+	}
+	live, seen, err := state(s, "other")
+	require.NoError(t, err)
+	assert.Equal(t, []Conn{bobLive}, live)
+	assert.Equal(t, []Conn{bobLive}, seen, "bob's live record on another broker is newer")
+	live, seen, err = state(s, "later")
+	require.NoError(t, err)
+	assert.Empty(t, live)
+	assert.Equal(t, []Conn{carolLater}, seen, "carol's later end is kept")
+	assert.Equal(t, "0", r.CLI("EXISTS", kb.Conn("junk")))
+	assert.Equal(t, "0", r.CLI("EXISTS", kb.Seen("junk")))
+	assert.Equal(t, "0", r.CLI("EXISTS", "guard:brokerconns:dead"))
+}
+
+// The live entry is deleted only while it is the connection read: one the
+// instance recorded after the read (a broker cut off from Redis, its lease
+// run out, that lives on) stays, and so does its seen record.
+func TestReapKeepsANewerLiveEntry(t *testing.T) {
+	s, _ := newStore(t, "guard:")
+	ctx := context.Background()
+	old := Conn{ID: "dead-1", Instance: "dead", Principal: "alice", ConnectedMs: 1_000}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "x", Instance: "dead", Live: &old, Seen: &old}}, time.Hour))
+	newer := Conn{ID: "dead-2", Instance: "dead", Principal: "alice", ConnectedMs: 3_000}
+	reapHook = func() {
+		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "x", Instance: "dead", Live: &newer, Seen: &newer}}, time.Hour))
+	}
+	t.Cleanup(func() { reapHook = nil })
+	require.NoError(t, s.Reap(ctx, "dead", 5_000, time.Hour))
+	live, seen, err := state(s, "x")
+	require.NoError(t, err)
+	assert.Equal(t, []Conn{newer}, live)
+	assert.Equal(t, []Conn{newer}, seen, "a live record is not overwritten by an end")
+}
+
+// The time a broker's stop spends ending the connections it holds, against
+// what the reap did before (delete each live entry, nothing written to
+// seen), side by side on one Redis: go test -run XXX -bench Reap ./store.
+// The plugin's cleanup gives the reap 2 s; what it does not reach, another
+// broker's reap ends once this one's lease runs out (broker_lease), or this
+// broker's own next start does.
+func BenchmarkReap(b *testing.B) {
+	const held = 20_000
+	for _, how := range []string{"ends", "deleteonly"} {
+		b.Run(how, func(b *testing.B) {
+			r := testenv.StartRedis(b)
+			s := New(Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})
+			defer s.Close()
+			ctx := context.Background()
+			ws := make([]ConnWrite, held)
+			for i := range ws {
+				c := Conn{ID: "i-" + strconv.Itoa(i+1), Instance: "i", Broker: "b", Principal: "device-" + strconv.Itoa(i), IP: "10.1.2.3", ConnectedMs: 1}
+				ws[i] = ConnWrite{ClientID: "device-" + strconv.Itoa(i), Instance: "i", Live: &c, Seen: &c}
+			}
+			b.ResetTimer()
+			for n := 0; n < b.N; n++ {
+				b.StopTimer()
+				for i := 0; i < held; i += 1000 {
+					require.NoError(b, writeConns(ctx, s, ws[i:i+1000], time.Hour))
+				}
+				b.StartTimer()
+				if how == "ends" {
+					require.NoError(b, s.Reap(ctx, "i", 2, time.Hour))
+				} else {
+					require.NoError(b, deleteOnlyReap(ctx, s, "i"))
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*held), "µs/conn")
+		})
+	}
+}
+
+// deleteOnlyReap is Reap as it was before it wrote the connections' ends:
+// the baseline of BenchmarkReap.
+func deleteOnlyReap(ctx context.Context, s *Store, instance string) error {
+	set := s.kb.BrokerConns(instance)
+	var cursor uint64
+	for {
+		ids, next, err := s.rdb.SScan(ctx, set, cursor, "", 500).Result()
+		if err != nil {
+			return err
+		}
+		pipe := s.rdb.Pipeline()
+		for _, id := range ids {
+			pipe.HDel(ctx, s.kb.ConnTracked(id), instance)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	if err := s.rdb.Del(ctx, set).Err(); err != nil {
+		return err
+	}
+	return s.rdb.ZRem(ctx, s.kb.Brokers(), instance).Err()
+}
+
+// On a Redis Cluster, where a client ID's live and seen hashes and the
+// instance's set are on different nodes, the reap ends each connection.
+func TestReapOnCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("forms a Redis Cluster")
+	}
+	testenv.Need(t, "redis-server", "redis-cli")
+	cl := testenv.StartRedisCluster(t, 3)
+	s := New(Options{Addrs: []string{cl.Nodes[0].Addr, cl.Nodes[1].Addr, cl.Nodes[2].Addr}, Timeout: time.Second}, keys.Builder{Prefix: "guard:"})
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	const n = 600 // more than one SSCAN batch
+	for i := 0; i < n; i++ {
+		c := Conn{ID: "dead-" + strconv.Itoa(i+1), Instance: "dead", Principal: "p" + strconv.Itoa(i), ConnectedMs: 1}
+		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "cl-" + strconv.Itoa(i), Instance: "dead", Live: &c, Seen: &c}}, time.Hour))
+	}
+	require.NoError(t, s.Reap(ctx, "dead", 7, time.Hour))
+	for i := 0; i < n; i++ {
+		live, seen, err := state(s, "cl-"+strconv.Itoa(i))
+		require.NoError(t, err)
+		require.Empty(t, live, i)
+		require.Len(t, seen, 1, i)
+		require.EqualValues(t, 7, seen[0].DisconnectedMs, i)
+	}
+}
