@@ -13,7 +13,7 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// DEFECT (atk26): a false finding made by the reap of a dead broker.
+// Was a DEFECT (atk26), fixed (the reap keeps the newer record; the end is the lease's): a false finding made by the reap of a dead broker.
 // Broker ia dies holding alice's connection to "dev"; alice reconnects on
 // ib at once and leaves 2 s later: her last use of "dev" ended then. ib
 // reaps ia when its lease has run out (35 s later) and writes ia's old
@@ -106,7 +106,7 @@ func TestAtk26CloseBoundedWhileRedisStalls(t *testing.T) {
 	assert.Equal(t, "1", r.CLI("EXISTS", "guard:brokerconns:ia"))
 }
 
-// DEFECT (atk26): a false finding after a crash and a late restart. The
+// Was a DEFECT (atk26), fixed (the end is the dead lease's, not the reap's time): a false finding after a crash and a late restart. The
 // README says a dead broker's connections get the reap's time as their end
 // "up to broker_lease and one renewal after the death". With no other
 // broker running, the reap is the restarted broker's first renewal, however

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -144,7 +145,11 @@ return 1`
 // principal's latest use. It keeps a record of a connection still live (it
 // writes its own end) and one that ended later. The ended time is read from
 // the record's own field: an encoded string escapes every quote, so a
-// client's bytes inside one cannot look like the field.
+// client's bytes inside one cannot look like the field. With ARGV[6], the
+// connected time of the connection written (Reap, whose end is a bound,
+// not a time seen), it also keeps the ended record of a connection that
+// connected after it: a device whose broker died reconnects elsewhere, and
+// that newer connection, with its real end, is its latest use.
 var leftScript = redis.NewScript(leftSrc)
 
 const leftSrc = `
@@ -152,6 +157,10 @@ local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v and string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then
   local d = string.match(v, '"disconnected_ms":(%-?%d+)')
   if not d or tonumber(d) >= tonumber(ARGV[5]) then return 0 end
+  if ARGV[6] then
+    local c = string.match(v, '"connected_ms":(%-?%d+)')
+    if c and tonumber(c) > tonumber(ARGV[6]) then return 0 end
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -591,22 +600,39 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 // Reap ends every connection instance holds live: for a broker that died
 // without cleaning up, or one shutting down (clients still connected at
 // shutdown get no DISCONNECT). Each one's live entry is read, recorded as
-// its principal's latest use ended at endMs (unix ms; leftScript, whose
-// hash keeps window), and then deleted if it is still that connection;
-// then instance's set and lease go. Safe to run on several brokers at
-// once.
+// its principal's latest use (leftScript, whose hash keeps window), and
+// then deleted if it is still that connection; then instance's set and
+// lease go. Safe to run on several brokers at once.
 //
 // The end is what a disconnect would have written: a device connected for
 // longer than window was in use until its broker stopped, and without it
 // the principal's record (written at the connect, with no end) counted
 // from the connect, so it was forgotten the moment the broker stopped, and
-// another principal taking the client ID then was not flagged. For a dead
-// broker, endMs is the reap's time: up to broker_lease (and one renewal)
-// after its last sign of life, never before its clients' real end.
+// another principal taking the client ID then was not flagged. It is endMs
+// (unix ms; the stop's time), or, when instance's lease ran out before it,
+// the lease's end: a dead broker renewed its lease last at most
+// broker_lease before that, so its connections' ends are written at most
+// broker_lease late, whenever the reap runs (the restarted broker's own
+// first renewal, hours later), and the same by every broker reaping it.
+// Never before the connection's own connect. Written over the principal's
+// record only if that is this connection, nothing, or an older connection
+// (connected before this one) that ended earlier: a newer connection's
+// record, live or ended, is kept (leftScript's ARGV[6]).
+//
+// A principal whose JSON has U+FFFD (not UTF-8: Mosquitto refuses such a
+// username, certificate IDs are hex) gets no end: its record's field is
+// its raw bytes, which the live entry's JSON no longer holds.
 //
 // Cost: per 500 client IDs, two round trips (HGET each, then leftScript
 // and a compare-and-delete each), where the delete alone was one.
 func (s *Store) Reap(ctx context.Context, instance string, endMs int64, window time.Duration) error {
+	lease, err := s.rdb.ZScore(ctx, s.kb.Brokers(), instance).Result()
+	switch {
+	case err == nil && int64(lease) < endMs:
+		endMs = int64(lease)
+	case err != nil && !errors.Is(err, redis.Nil):
+		return fmt.Errorf("store: reap: %w", err)
+	}
 	set := s.kb.BrokerConns(instance)
 	var cursor uint64
 	for {
@@ -649,7 +675,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 	if reapHook != nil {
 		reapHook()
 	}
-	ttl, end := strconv.FormatInt(window.Milliseconds(), 10), strconv.FormatInt(endMs, 10)
+	ttl := strconv.FormatInt(window.Milliseconds(), 10)
 	run := func(full bool) error {
 		pipe := s.rdb.Pipeline()
 		for i, id := range ids {
@@ -664,10 +690,13 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 				eval(ctx, pipe, casArgs, full, conn, instance, v, "")
 				continue
 			}
-			c.DisconnectedMs = endMs
-			var a [256]byte
-			rec := string(c.appendBounded(a[:0]))
-			eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl, end)
+			if !strings.ContainsRune(c.Principal, utf8.RuneError) {
+				c.DisconnectedMs = max(endMs, c.ConnectedMs)
+				var a [256]byte
+				rec := string(c.appendBounded(a[:0]))
+				eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
+					strconv.FormatInt(c.DisconnectedMs, 10), strconv.FormatInt(c.ConnectedMs, 10))
+			}
 			// Deleted only if it is still this connection: a broker whose
 			// lease ran out while it lived on (cut off from Redis) may
 			// have recorded a newer one meanwhile.
