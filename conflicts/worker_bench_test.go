@@ -180,3 +180,48 @@ func BenchmarkWorkerReconnects(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkWorkerRestartStorm is the worker's cost per reconnect of a
+// fleet after its broker's restart: one op is one device, each its own
+// client ID and user, connecting to a new instance after the old one's
+// stop ended its connection (Tracker.Close, store.Reap), in batches of the
+// given number of connects (the devices stay connected): make bench's
+// storm rows, for the worker and Redis alone.
+func BenchmarkWorkerRestartStorm(b *testing.B) {
+	for _, size := range []int{256} {
+		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
+			r := testenv.StartRedis(b)
+			s := store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})
+			b.Cleanup(func() { s.Close() })
+			ctx := context.Background()
+			now := time.Now()
+			mk := func(tr *Tracker, from, to int, now time.Time) []event {
+				batch := make([]event, 0, to-from)
+				for i := from; i < to; i++ {
+					batch = append(batch, event{kind: evConnect, clientID: "device-" + strconv.Itoa(i), conn: tr.NewConn("user-"+strconv.Itoa(i), "192.0.2.7", now)})
+				}
+				return batch
+			}
+			// Before the restart: every device connected on the old
+			// instance, then its stop.
+			old := New(testOptions(), Deps{Store: s})
+			for i := 0; i < b.N; i += size {
+				if err := old.handle(ctx, mk(old, i, min(i+size, b.N), now)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			old.Close(ctx)
+			now = now.Add(2 * time.Second)
+			tr := New(testOptions(), Deps{Store: s})
+			warm := tr.NewConn("warm", "192.0.2.7", now)
+			if err := tr.handle(ctx, []event{{kind: evConnect, clientID: "warm", conn: warm}}); err != nil {
+				b.Fatal(err)
+			}
+			var batches [][]event
+			for i := 0; i < b.N; i += size {
+				batches = append(batches, mk(tr, i, min(i+size, b.N), now))
+			}
+			handleMeasured(b, r, tr, batches)
+		})
+	}
+}
