@@ -135,7 +135,7 @@ func (m *memStore) RenewLease(_ context.Context, instance string, _ time.Duratio
 	return live, nil, nil
 }
 
-func (m *memStore) Reap(_ context.Context, instance string, _ int64, _ time.Duration) error {
+func (m *memStore) Reap(_ context.Context, instance string, _ int64, _, _ time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.reaped = append(m.reaped, instance)

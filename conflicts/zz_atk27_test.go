@@ -14,7 +14,8 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// DEFECT (cc99c8b's ARGV[6]): alice left out of a finding, or a missed one. The reap keeps
+// Was a DEFECT (atk27; cc99c8b's ARGV[6]), fixed: the reap now keeps only a record that ended
+// at or after the earliest its connection may have ended. alice left out of a finding, or a missed one. The reap kept
 // a NEWER connection's ended record even when that connection ended long
 // BEFORE the one being reaped. Alice holds "dev" on ia (a device, for
 // hours); she also connects on ib a minute later with the same client ID
@@ -77,7 +78,7 @@ func TestAtk27ReapKeepsAnEarlierEndedNewerRecord(t *testing.T) {
 			default:
 				end += opts.Lease.Milliseconds()
 				r.CLI("ZADD", "guard:brokers", strconv.FormatInt(end, 10), "ia")
-				bclk.advance(opts.Lease)
+				bclk.advance(opts.Lease + time.Second) // past the lease's end: a lease that still runs is not reaped
 				b.renew()
 			}
 			var seen store.Conn
@@ -143,7 +144,7 @@ func TestAtk27ThreeBrokersCrashMoveNoFalseFinding(t *testing.T) {
 	assert.Equal(t, []string{"alice,bob", "bob,carol"}, cs.findings["dev"])
 }
 
-// DEFECT (minor): a broker's own stop ends its connections at its LAPSED
+// Was a DEFECT (atk27, minor), fixed: a broker's own stop reads no lease. A broker's own stop ended its connections at its LAPSED
 // lease's end, not at the stop. ia could not renew for a while (Redis cut
 // off from it, or its renewals timing out behind a retry flush) and its
 // lease ran out 20 min ago; nobody reaped it (no other broker, or the

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// DEFECT (cc99c8b's keep rule, real brokers; about 65 s): after a broker's
+// Was a DEFECT (atk27; cc99c8b's keep rule, real brokers; about 65 s), fixed: after a broker's
 // ordinary shutdown, a principal that held the client ID until the stop is
 // left out of the next finding. conflict_window 1m. Alice holds "held-27"
 // on broker-a; she also connects on broker-b with the same client ID and

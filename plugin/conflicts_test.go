@@ -109,7 +109,9 @@ func (failingClaims) CountTakeoverTracked(context.Context, string, time.Duration
 func (failingClaims) RenewLease(context.Context, string, time.Duration) (map[string]bool, []string, error) {
 	return map[string]bool{}, nil, nil
 }
-func (failingClaims) Reap(context.Context, string, int64, time.Duration) error { return nil }
+func (failingClaims) Reap(context.Context, string, int64, time.Duration, time.Duration) error {
+	return nil
+}
 func (failingClaims) AddFinding(context.Context, *store.Finding, time.Duration, time.Duration, int64) (bool, error) {
 	return false, nil
 }

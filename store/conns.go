@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -145,21 +146,23 @@ return 1`
 // principal's latest use. It keeps a record of a connection still live (it
 // writes its own end) and one that ended later. The ended time is read from
 // the record's own field: an encoded string escapes every quote, so a
-// client's bytes inside one cannot look like the field. With ARGV[6], the
-// connected time of the connection written (Reap, whose end is a bound,
-// not a time seen), it also keeps the ended record of a connection that
-// connected after it: a device whose broker died reconnects elsewhere, and
-// that newer connection, with its real end, is its latest use.
+// client's bytes inside one cannot look like the field. With ARGV[6]
+// (Reap, whose end ARGV[5] is a bound, not a time seen: the earliest the
+// connection may have ended), it keeps another connection's record that
+// ended at ARGV[6] or later (a device whose broker died and that
+// reconnected elsewhere: that connection's real end is as late as the
+// written one may be), and this connection's own record once it has an
+// end (its DISCONNECT's, real, written while the reap ran).
 var leftScript = redis.NewScript(leftSrc)
 
 const leftSrc = `
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then
+if v then
   local d = string.match(v, '"disconnected_ms":(%-?%d+)')
-  if not d or tonumber(d) >= tonumber(ARGV[5]) then return 0 end
-  if ARGV[6] then
-    local c = string.match(v, '"connected_ms":(%-?%d+)')
-    if c and tonumber(c) > tonumber(ARGV[6]) then return 0 end
+  if string.sub(v, 1, #ARGV[2]) == ARGV[2] then
+    if ARGV[6] and d then return 0 end
+  elseif not d or tonumber(d) >= tonumber(ARGV[6] or ARGV[5]) then
+    return 0
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -597,10 +600,10 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 	return live, gone.Val(), nil
 }
 
-// Reap ends every connection instance holds live: for a broker that died
-// without cleaning up, or one shutting down (clients still connected at
-// shutdown get no DISCONNECT). Each one's live entry is read, recorded as
-// its principal's latest use (leftScript, whose hash keeps window), and
+// Reap ends every connection instance holds live: for a broker shutting
+// down (clients still connected at shutdown get no DISCONNECT), or one
+// that died without cleaning up. Each one's live entry is read, recorded
+// as its principal's latest use (leftScript, whose hash keeps window), and
 // then deleted if it is still that connection; then instance's set and
 // lease go. Safe to run on several brokers at once.
 //
@@ -608,16 +611,23 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 // longer than window was in use until its broker stopped, and without it
 // the principal's record (written at the connect, with no end) counted
 // from the connect, so it was forgotten the moment the broker stopped, and
-// another principal taking the client ID then was not flagged. It is endMs
-// (unix ms; the stop's time), or, when instance's lease ran out before it,
-// the lease's end: a dead broker renewed its lease last at most
-// broker_lease before that, so its connections' ends are written at most
-// broker_lease late, whenever the reap runs (the restarted broker's own
-// first renewal, hours later), and the same by every broker reaping it.
-// Never before the connection's own connect. Written over the principal's
-// record only if that is this connection, nothing, or an older connection
-// (connected before this one) that ended earlier: a newer connection's
-// record, live or ended, is kept (leftScript's ARGV[6]).
+// another principal taking the client ID then was not flagged.
+//
+// lease 0: instance is this broker, stopping at endMs (unix ms): that is
+// each connection's end. Otherwise instance died, and lease is its
+// broker_lease (this broker's, the same on every broker): its connections
+// ended after its last renewal and by its lease's end (its score in
+// guard:brokers), whenever the reap runs (the restarted broker's own first
+// renewal, hours later); the end written is the lease's end (or endMs,
+// now, if that came first), the same for every broker reaping it, and the
+// earliest it may have been is lease before that. A lease that runs at
+// endMs (the broker came back, paused or cut off, since the caller saw it
+// lapse) is not reaped at all. No end is before the connection's connect.
+//
+// The end goes over the principal's record unless that record is live,
+// ended at or after the earliest end (another connection's, such as the
+// device's newer one elsewhere after its broker died; or this one's own,
+// written by its DISCONNECT while the reap ran), or ended later.
 //
 // A principal whose JSON has U+FFFD (not UTF-8: Mosquitto refuses such a
 // username, certificate IDs are hex) gets no end: its record's field is
@@ -625,13 +635,21 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 //
 // Cost: per 500 client IDs, two round trips (HGET each, then leftScript
 // and a compare-and-delete each), where the delete alone was one.
-func (s *Store) Reap(ctx context.Context, instance string, endMs int64, window time.Duration) error {
-	lease, err := s.rdb.ZScore(ctx, s.kb.Brokers(), instance).Result()
-	switch {
-	case err == nil && int64(lease) < endMs:
-		endMs = int64(lease)
-	case err != nil && !errors.Is(err, redis.Nil):
-		return fmt.Errorf("store: reap: %w", err)
+func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, window time.Duration) error {
+	earliest := endMs
+	if lease > 0 {
+		score, err := s.rdb.ZScore(ctx, s.kb.Brokers(), instance).Result()
+		switch {
+		case err == nil && score >= float64(endMs):
+			return nil // its lease runs again: alive
+		case err == nil:
+			endMs = int64(max(score, math.MinInt64/2)) // -inf: before any connect
+			earliest = endMs - lease.Milliseconds()
+		case errors.Is(err, redis.Nil): // no lease (reaped already): now is the bound
+			earliest = endMs - lease.Milliseconds()
+		default:
+			return fmt.Errorf("store: reap: %w", err)
+		}
 	}
 	set := s.kb.BrokerConns(instance)
 	var cursor uint64
@@ -641,7 +659,7 @@ func (s *Store) Reap(ctx context.Context, instance string, endMs int64, window t
 			return fmt.Errorf("store: reap: %w", err)
 		}
 		if len(ids) > 0 {
-			if err := s.reapIDs(ctx, instance, ids, endMs, window); err != nil {
+			if err := s.reapIDs(ctx, instance, ids, endMs, earliest, window); err != nil {
 				return fmt.Errorf("store: reap: %w", err)
 			}
 		}
@@ -663,7 +681,7 @@ var reapHook func()
 
 // reapIDs ends instance's live connections of ids, client IDs in their
 // keys.Tracking form (Reap).
-func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endMs int64, window time.Duration) error {
+func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endMs, earliest int64, window time.Duration) error {
 	pipe := s.rdb.Pipeline()
 	gets := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
@@ -695,7 +713,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 				var a [256]byte
 				rec := string(c.appendBounded(a[:0]))
 				eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
-					strconv.FormatInt(c.DisconnectedMs, 10), strconv.FormatInt(c.ConnectedMs, 10))
+					strconv.FormatInt(c.DisconnectedMs, 10), strconv.FormatInt(max(earliest, c.ConnectedMs), 10))
 			}
 			// Deleted only if it is still this connection: a broker whose
 			// lease ran out while it lived on (cut off from Redis) may

@@ -69,8 +69,8 @@ func TestLeaseAndReap(t *testing.T) {
 	assert.False(t, live["dead"])
 	assert.True(t, live["alive"])
 	assert.Equal(t, []string{"dead"}, dead)
-	require.NoError(t, s.Reap(ctx, "dead", 2, time.Hour))
-	require.NoError(t, s.Reap(ctx, "dead", 2, time.Hour), "reaping twice is harmless")
+	require.NoError(t, s.Reap(ctx, "dead", 2, 0, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 2, 0, time.Hour), "reaping twice is harmless")
 	for _, id := range []string{"a", "b*", long} {
 		l, _, err := state(s, id)
 		require.NoError(t, err)
@@ -183,7 +183,7 @@ func TestWriteConnsBoundsClientChosenValues(t *testing.T) {
 	assert.Equal(t, "1", r.CLI("GET", "guard:takeovers:"+h))
 
 	// Reaping a broker clears its long client IDs by their stored form.
-	require.NoError(t, s.Reap(ctx, "i1", 2, time.Hour))
+	require.NoError(t, s.Reap(ctx, "i1", 2, 0, time.Hour))
 	live, _, err = state(s, id)
 	require.NoError(t, err)
 	assert.Empty(t, live)

@@ -46,8 +46,8 @@ func TestReapEndsEachHeldConnection(t *testing.T) {
 	r.CLI("SADD", kb.BrokerConns("dead"), keys.Tracking("junk"))
 
 	r.CLI("SCRIPT", "FLUSH")
-	require.NoError(t, s.Reap(ctx, "dead", end, time.Hour))
-	require.NoError(t, s.Reap(ctx, "dead", end+10, time.Hour), "reaping twice is harmless")
+	require.NoError(t, s.Reap(ctx, "dead", end, 0, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", end+10, 0, time.Hour), "reaping twice is harmless")
 
 	for _, id := range []string{"plain", "b*\"", long} {
 		live, seen, err := state(s, id)
@@ -87,7 +87,7 @@ func TestReapKeepsANewerLiveEntry(t *testing.T) {
 		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "x", Instance: "dead", Live: &newer, Seen: &newer}}, time.Hour))
 	}
 	t.Cleanup(func() { reapHook = nil })
-	require.NoError(t, s.Reap(ctx, "dead", 5_000, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 5_000, 0, time.Hour))
 	live, seen, err := state(s, "x")
 	require.NoError(t, err)
 	assert.Equal(t, []Conn{newer}, live)
@@ -121,7 +121,7 @@ func BenchmarkReap(b *testing.B) {
 				}
 				b.StartTimer()
 				if how == "ends" {
-					require.NoError(b, s.Reap(ctx, "i", 2, time.Hour))
+					require.NoError(b, s.Reap(ctx, "i", 2, 0, time.Hour))
 				} else {
 					require.NoError(b, deleteOnlyReap(ctx, s, "i"))
 				}
@@ -174,7 +174,7 @@ func TestReapOnCluster(t *testing.T) {
 		c := Conn{ID: "dead-" + strconv.Itoa(i+1), Instance: "dead", Principal: "p" + strconv.Itoa(i), ConnectedMs: 1}
 		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "cl-" + strconv.Itoa(i), Instance: "dead", Live: &c, Seen: &c}}, time.Hour))
 	}
-	require.NoError(t, s.Reap(ctx, "dead", 7, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 7, 0, time.Hour))
 	for i := 0; i < n; i++ {
 		live, seen, err := state(s, "cl-"+strconv.Itoa(i))
 		require.NoError(t, err)

@@ -37,7 +37,7 @@ func TestAtk26DeadReapOverwritesANewerConnectionsRecord(t *testing.T) {
 	left.DisconnectedMs = 4_000
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "alive", Gone: &moved, Unlist: true, Left: &left}}, time.Hour))
 
-	require.NoError(t, s.Reap(ctx, "dead", 5_000, time.Hour)) // "alive" sees the lease run out
+	require.NoError(t, s.Reap(ctx, "dead", 5_000, 30*time.Second, time.Hour)) // "alive" sees the lease run out
 
 	_, seen, err := state(s, "dev")
 	require.NoError(t, err)
@@ -57,7 +57,7 @@ func TestAtk26ReapInvalidUTF8PrincipalWritesAnotherField(t *testing.T) {
 	kb := keys.Builder{Prefix: "guard:"}
 	c := Conn{ID: "dead-1", Instance: "dead", Principal: "al\xffice", ConnectedMs: 1_000}
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "dead", Live: &c, Seen: &c}}, time.Hour))
-	require.NoError(t, s.Reap(ctx, "dead", 5_000, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 5_000, 0, time.Hour))
 	assert.Equal(t, "1", r.CLI("HLEN", kb.Seen("dev")), "one principal, one record: %q", r.CLI("HKEYS", kb.Seen("dev")))
 }
 
@@ -87,7 +87,7 @@ func TestAtk26ReapHostileValuesStayInTheirField(t *testing.T) {
 		c := Conn{ID: "dead-" + string(rune('1'+i)), Instance: "dead", Broker: "b", Principal: bound(p), IP: "192.0.2.1", ConnectedMs: 1_000}
 		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: id, Instance: "dead", Live: &c, Seen: &c}}, time.Hour))
 	}
-	require.NoError(t, s.Reap(ctx, "dead", 5_000, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 5_000, 0, time.Hour))
 	for i, p := range hostile {
 		id := p + "#id"
 		if i == 5 {
@@ -118,7 +118,7 @@ func TestAtk26ReapForgedEndInPrincipalKeepsLiveRecord(t *testing.T) {
 		{ClientID: "dev", Instance: "dead", Live: &dead, Seen: &dead},
 		{ClientID: "dev", Instance: "alive", Live: &other, Seen: &other},
 	}, time.Hour))
-	require.NoError(t, s.Reap(ctx, "dead", 5_000, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 5_000, 0, time.Hour))
 	live, seen, err := state(s, "dev")
 	require.NoError(t, err)
 	assert.Equal(t, []Conn{other}, live)
@@ -147,7 +147,7 @@ func TestAtk26ReapEndsAClaimedEntry(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, h, "bob holds it")
 
-	require.NoError(t, s.Reap(ctx, "dead", 5_000, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 5_000, 0, time.Hour))
 	live, seen, err := state(s, "claimed id")
 	require.NoError(t, err)
 	assert.Empty(t, live)
@@ -174,13 +174,13 @@ func TestAtk26ReapBoundedWhileRedisStalls(t *testing.T) {
 	cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := s.Reap(cctx, "dead", 5_000, time.Hour)
+	err := s.Reap(cctx, "dead", 5_000, 30*time.Second, time.Hour)
 	took := time.Since(start)
 	assert.Error(t, err)
 	assert.Less(t, took, 900*time.Millisecond, "Reap overran its context")
 	time.Sleep(3 * time.Second) // the pause ends
 	assert.Equal(t, "1", r.CLI("EXISTS", kb.BrokerConns("dead")), "the set stays for the next reap")
-	require.NoError(t, s.Reap(ctx, "dead", 6_000, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 6_000, 30*time.Second, time.Hour))
 	_, seen, err := state(s, "dev")
 	require.NoError(t, err)
 	require.Len(t, seen, 1)
@@ -207,7 +207,7 @@ func TestAtk26ReapClusterAfterScriptFlush(t *testing.T) {
 	for _, n := range cl.Nodes {
 		n.CLI("SCRIPT", "FLUSH")
 	}
-	require.NoError(t, s.Reap(ctx, "dead", 9, time.Hour))
+	require.NoError(t, s.Reap(ctx, "dead", 9, 0, time.Hour))
 	for _, id := range ids {
 		live, seen, err := state(s, id)
 		require.NoError(t, err)

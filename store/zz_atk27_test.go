@@ -65,11 +65,12 @@ func TestAtk27DisconnectLeftUnchanged(t *testing.T) {
 
 func ptr(c Conn) *Conn { return &c }
 
-// HOLDS: leftScript's ARGV[6] edge cases on the reap path. An ended
-// record of another connection with the SAME connected_ms as the reaped
-// one is overwritten (only a strictly later connect is kept); so is an
-// ended record with no connected_ms field at all (a foreign or hand-made
-// record). An ended record of a later-connected connection is kept.
+// HOLDS (rewritten with the fix for TestAtk27ReapKeepsAnEarlierEndedNewerRecord:
+// the reap now compares ends, not connects): leftScript's ARGV[6] on the
+// reap path is the earliest the reaped connection may have ended (its dead
+// broker's lease end less broker_lease, here 9 000 - 5 000). Another
+// connection's record that ended before it is overwritten, whatever its
+// connect (the same, none, later); one that ended at it or after is kept.
 func TestAtk27ReapArgv6EdgeCases(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
@@ -85,19 +86,27 @@ func TestAtk27ReapArgv6EdgeCases(t *testing.T) {
 	// no connected_ms
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "noc", Instance: "dead", Live: &dead}}, time.Hour))
 	r.CLI("HSET", kb.Seen("noc"), "alice", `{"id":"old-7","instance":"old","principal":"alice","disconnected_ms":2000}`)
-	// later connect, ended earlier than the reap's end
+	// later connect, ended before the earliest end
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "later", Instance: "dead", Live: &dead}}, time.Hour))
 	later := Conn{ID: "other-2", Instance: "other", Principal: "alice", ConnectedMs: 1_001, DisconnectedMs: 2_000}
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "later", Instance: "other", Seen: &later}}, time.Hour))
+	// later connect, ended at the earliest end: kept
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "moved", Instance: "dead", Live: &dead}}, time.Hour))
+	moved := Conn{ID: "other-3", Instance: "other", Principal: "alice", ConnectedMs: 3_000, DisconnectedMs: 4_000}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "moved", Instance: "other", Seen: &moved}}, time.Hour))
 
-	require.NoError(t, s.Reap(ctx, "dead", 9_000, time.Hour))
-	assert.Equal(t, reaped, atk27SeenOf(t, s, "eq", "alice"), "equal connect: overwritten")
-	assert.Equal(t, reaped, atk27SeenOf(t, s, "noc", "alice"), "no connected_ms: overwritten")
-	assert.Equal(t, later, atk27SeenOf(t, s, "later", "alice"), "later connect: kept")
+	r.CLI("ZADD", "guard:brokers", "9000", "dead")
+	require.NoError(t, s.Reap(ctx, "dead", 20_000, 5*time.Second, time.Hour))
+	assert.Equal(t, reaped, atk27SeenOf(t, s, "eq", "alice"), "equal connect, ended before: overwritten")
+	assert.Equal(t, reaped, atk27SeenOf(t, s, "noc", "alice"), "no connected_ms, ended before: overwritten")
+	assert.Equal(t, reaped, atk27SeenOf(t, s, "later", "alice"), "later connect, ended before: overwritten")
+	assert.Equal(t, moved, atk27SeenOf(t, s, "moved", "alice"), "ended at the earliest end: kept")
 }
 
-// HOLDS: the lease-end choice for ordinary scores. Missing lease entry:
-// endMs. A lease in the future (the stop of a live broker): endMs. A lease
+// HOLDS: the lease-end choice for ordinary scores (a dead broker's reap,
+// broker_lease 30 s). Missing lease entry: endMs. A lease in the future
+// (the broker is back): nothing reaped (changed with the fix for
+// TestAtk27ReapIgnoresARenewedLease; it read endMs). A lease
 // before endMs: the lease, as a float score truncated to whole ms. A lease
 // before the connect (garbage: 0, negative): the connect itself, so the
 // principal's use counts from its connect, as before 73e75bd.
@@ -108,7 +117,7 @@ func TestAtk27ReapLeaseEndChoice(t *testing.T) {
 		want  int64
 	}{
 		{"missing", "", 50_000},
-		{"future", "99000000000000", 50_000},
+		{"future", "99000000000000", 0}, // a lease that runs: not reaped (TestAtk27ReapIgnoresARenewedLease)
 		{"past", "20000", 20_000},
 		{"float", "20000.9", 20_000},
 		{"before connect", "500", 1_000},
@@ -124,14 +133,18 @@ func TestAtk27ReapLeaseEndChoice(t *testing.T) {
 			if tc.score != "" {
 				r.CLI("ZADD", "guard:brokers", tc.score, "dead")
 			}
-			require.NoError(t, s.Reap(ctx, "dead", 50_000, time.Hour))
+			require.NoError(t, s.Reap(ctx, "dead", 50_000, 30*time.Second, time.Hour))
 			assert.Equal(t, tc.want, atk27SeenOf(t, s, "dev", "alice").DisconnectedMs)
+			if tc.want == 0 {
+				assert.Equal(t, "1", r.CLI("EXISTS", "guard:brokers"))
+				return
+			}
 			assert.Equal(t, "0", r.CLI("EXISTS", "guard:brokers"))
 		})
 	}
 }
 
-// DEFECT (garbage score; minor): a lease score of +inf (or any score past
+// Was a DEFECT (atk27), fixed: this broker's own stop reads no lease. A lease score of +inf (or any score past
 // 2^63) makes the stop's end the connection's CONNECT, not endMs: Reap
 // compares int64(lease) < endMs, and Go's float-to-int64 conversion of an
 // out-of-range value is implementation-defined (amd64: math.MinInt64), so
@@ -144,11 +157,11 @@ func TestAtk27ReapInfiniteLeaseEndsAtConnect(t *testing.T) {
 	c := Conn{ID: "ia-1", Instance: "ia", Principal: "alice", ConnectedMs: 1_000}
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "ia", Live: &c, Seen: &c}}, time.Hour))
 	r.CLI("ZADD", "guard:brokers", "+inf", "ia")
-	require.NoError(t, s.Reap(ctx, "ia", 50_000, time.Hour)) // ia's own stop
+	require.NoError(t, s.Reap(ctx, "ia", 50_000, 0, time.Hour)) // ia's own stop
 	assert.Equal(t, int64(50_000), atk27SeenOf(t, s, "dev", "alice").DisconnectedMs, "a lease that still runs: the stop's time is the end")
 }
 
-// DEFECT: the reap replaces a connection's REAL end, written by its own
+// Was a DEFECT (atk27), fixed: a reaped connection's own ended record is kept. The reap replaced a connection's REAL end, written by its own
 // DISCONNECT, with an earlier bound. A broker reaped by mistake (paused
 // past its lease, e.g. a VM freeze; or a reap racing its return) has its
 // client disconnect while the reap runs: the reap reads the live entry,
@@ -171,11 +184,11 @@ func TestAtk27ReapOverwritesItsConnectionsRealEnd(t *testing.T) {
 		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "ia", Gone: &c, Unlist: true, Left: &gone}}, time.Hour))
 	}
 	t.Cleanup(func() { reapHook = nil })
-	require.NoError(t, s.Reap(ctx, "ia", 75_000, time.Hour))
+	require.NoError(t, s.Reap(ctx, "ia", 75_000, 30*time.Second, time.Hour))
 	assert.Equal(t, int64(70_000), atk27SeenOf(t, s, "dev", "alice").DisconnectedMs, "alice's disconnect at 70 000 was her real end")
 }
 
-// DEFECT (a live broker reaped by mistake; the race predates 73e75bd, but
+// Was a DEFECT (atk27), fixed: a lease that runs at the reap is not reaped (a live broker reaped by mistake; the race predates 73e75bd, but
 // Reap now reads the lease and ignores what it says): a reaper's
 // RenewLease lists "ia" as dead, ia then renews (it was paused, or cut off
 // from Redis, and came back), and the reap that follows reads ia's lease
@@ -192,7 +205,7 @@ func TestAtk27ReapIgnoresARenewedLease(t *testing.T) {
 	now := time.Now().UnixMilli()
 	_, _, err := s.RenewLease(ctx, "ia", 30*time.Second) // ia is back
 	require.NoError(t, err)
-	require.NoError(t, s.Reap(ctx, "ia", now, time.Hour)) // the reaper's decision was taken before
+	require.NoError(t, s.Reap(ctx, "ia", now, 30*time.Second, time.Hour)) // the reaper's decision was taken before
 	live, _, err := state(s, "dev")
 	require.NoError(t, err)
 	assert.Len(t, live, 1, "ia's lease runs: its connection is live")
