@@ -21,6 +21,7 @@ func (t *Tracker) renew() {
 	}
 	t.live.Store(&live)
 	for _, d := range dead {
+		// An error (ErrLeaseRuns: the broker is back) clears nothing to report.
 		if err := t.store.Reap(ctx, d, t.now().UnixMilli(), t.opts.Lease, t.opts.Window); err == nil {
 			t.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+logval.Quote(d)+": its lease ran out")
 		}

@@ -14,7 +14,7 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// DEFECT (atk28, minor: a false log line): when Reap leaves a broker alone
+// Was a DEFECT (atk28), fixed: Reap answers ErrLeaseRuns, and renew logs nothing (minor: a false log line): when Reap leaves a broker alone
 // because its lease runs again (1adb217: "A lease that runs at the reap is
 // not reaped", store.Reap returns nil), renew still logs "cleared the live
 // connections of broker instance ia: its lease ran out". Reap's nil does

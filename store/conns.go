@@ -152,7 +152,8 @@ return 1`
 // ended at ARGV[6] or later (a device whose broker died and that
 // reconnected elsewhere: that connection's real end is as late as the
 // written one may be), and this connection's own record once it has an
-// end (its DISCONNECT's, real, written while the reap ran).
+// end at ARGV[6] or later (its DISCONNECT's, real, written while the reap
+// ran; not an earlier reap's, made by mistake while its broker paused).
 var leftScript = redis.NewScript(leftSrc)
 
 const leftSrc = `
@@ -160,7 +161,7 @@ local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then
   local d = string.match(v, '"disconnected_ms":(%-?%d+)')
   if string.sub(v, 1, #ARGV[2]) == ARGV[2] then
-    if ARGV[6] and d then return 0 end
+    if ARGV[6] and d and tonumber(d) >= tonumber(ARGV[6]) then return 0 end
   elseif not d or tonumber(d) >= tonumber(ARGV[6] or ARGV[5]) then
     return 0
   end
@@ -622,12 +623,15 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 // now, if that came first), the same for every broker reaping it, and the
 // earliest it may have been is lease before that. A lease that runs at
 // endMs (the broker came back, paused or cut off, since the caller saw it
-// lapse) is not reaped at all. No end is before the connection's connect.
+// lapse) is not reaped: ErrLeaseRuns, also when it comes back while the
+// reap runs (read again before each batch's writes and before the set and
+// lease go; what is reaped by then stays reaped). No end is before the
+// connection's connect.
 //
 // The end goes over the principal's record unless that record is live,
 // ended at or after the earliest end (another connection's, such as the
 // device's newer one elsewhere after its broker died; or this one's own,
-// written by its DISCONNECT while the reap ran), or ended later.
+// written by its DISCONNECT while the reap ran).
 //
 // A principal whose JSON has U+FFFD (not UTF-8: Mosquitto refuses such a
 // username, certificate IDs are hex) gets no end: its record's field is
@@ -636,20 +640,30 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 // Cost: per 500 client IDs, two round trips (HGET each, then leftScript
 // and a compare-and-delete each), where the delete alone was one.
 func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, window time.Duration) error {
-	earliest := endMs
+	now, earliest := endMs, endMs
 	if lease > 0 {
-		score, err := s.rdb.ZScore(ctx, s.kb.Brokers(), instance).Result()
+		score, err := s.leaseEnd(ctx, instance, now)
 		switch {
-		case err == nil && score >= float64(endMs):
-			return nil // its lease runs again: alive
 		case err == nil:
 			endMs = int64(max(score, math.MinInt64/2)) // -inf: before any connect
 			earliest = endMs - lease.Milliseconds()
 		case errors.Is(err, redis.Nil): // no lease (reaped already): now is the bound
 			earliest = endMs - lease.Milliseconds()
 		default:
-			return fmt.Errorf("store: reap: %w", err)
+			return err
 		}
+	}
+	// Before each batch's writes, and before the set and lease go, a dead
+	// broker's lease is read again: one back from a pause meanwhile keeps
+	// what is not yet reaped (ErrLeaseRuns).
+	recheck := func() error {
+		if lease <= 0 {
+			return nil
+		}
+		if _, err := s.leaseEnd(ctx, instance, now); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		return nil
 	}
 	set := s.kb.BrokerConns(instance)
 	var cursor uint64
@@ -659,13 +673,16 @@ func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, w
 			return fmt.Errorf("store: reap: %w", err)
 		}
 		if len(ids) > 0 {
-			if err := s.reapIDs(ctx, instance, ids, endMs, earliest, window); err != nil {
-				return fmt.Errorf("store: reap: %w", err)
+			if err := s.reapIDs(ctx, instance, ids, endMs, earliest, window, recheck); err != nil {
+				return err
 			}
 		}
 		if cursor = next; cursor == 0 {
 			break
 		}
+	}
+	if err := recheck(); err != nil {
+		return err
 	}
 	if err := s.rdb.Del(ctx, set).Err(); err != nil {
 		return fmt.Errorf("store: reap: %w", err)
@@ -676,22 +693,43 @@ func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, w
 	return nil
 }
 
+// ErrLeaseRuns is Reap's answer for a broker whose lease runs again (back
+// from a pause, or cut off from Redis and back): what is not reaped yet is
+// left to it.
+var ErrLeaseRuns = errors.New("store: reap: the broker's lease runs again")
+
+// leaseEnd is instance's lease end (its score in guard:brokers; redis.Nil:
+// none), or ErrLeaseRuns when it is now or later.
+func (s *Store) leaseEnd(ctx context.Context, instance string, now int64) (float64, error) {
+	score, err := s.rdb.ZScore(ctx, s.kb.Brokers(), instance).Result()
+	switch {
+	case err == nil && score >= float64(now):
+		return 0, ErrLeaseRuns
+	case err != nil && !errors.Is(err, redis.Nil):
+		return 0, fmt.Errorf("store: reap: %w", err)
+	}
+	return score, err
+}
+
 // reapHook, when set (tests), runs between reapIDs' read and its writes.
 var reapHook func()
 
 // reapIDs ends instance's live connections of ids, client IDs in their
 // keys.Tracking form (Reap).
-func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endMs, earliest int64, window time.Duration) error {
+func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endMs, earliest int64, window time.Duration, recheck func() error) error {
 	pipe := s.rdb.Pipeline()
 	gets := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
 		gets[i] = pipe.HGet(ctx, s.kb.ConnTracked(id), instance)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return err
+		return fmt.Errorf("store: reap: %w", err)
 	}
 	if reapHook != nil {
 		reapHook()
+	}
+	if err := recheck(); err != nil {
+		return err
 	}
 	ttl := strconv.FormatInt(window.Milliseconds(), 10)
 	run := func(full bool) error {
@@ -727,5 +765,8 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
 		err = run(true) // the script cache was flushed: every step is idempotent
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("store: reap: %w", err)
+	}
+	return nil
 }

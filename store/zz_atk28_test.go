@@ -10,7 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// DEFECT (atk28): a lease renewed WHILE the reap runs is reaped anyway, and
+// Was a DEFECT (atk28), fixed: the lease is read again before each batch's writes and before the
+// set and lease go (ErrLeaseRuns). A lease renewed WHILE the reap ran was reaped anyway, and
 // its fresh lease is deleted. 1adb217 reads the lease once (ZSCORE) before
 // the scan; ia comes back from a pause right after that read (its
 // RenewLease lands between Reap's ZSCORE and its writes: reapHook). The
@@ -37,7 +38,7 @@ func TestAtk28ReapLeaseRenewedMidReap(t *testing.T) {
 		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev2", Instance: "ia", Live: &c2, Seen: &c2}}, time.Hour))
 	}
 	t.Cleanup(func() { reapHook = nil })
-	require.NoError(t, s.Reap(ctx, "ia", 75_000, 30*time.Second, time.Hour))
+	require.ErrorIs(t, s.Reap(ctx, "ia", 75_000, 30*time.Second, time.Hour), ErrLeaseRuns)
 
 	assert.NotEqual(t, "", r.CLI("ZSCORE", "guard:brokers", "ia"), "ia's renewed lease was deleted by the reap")
 	assert.Equal(t, "1", r.CLI("SISMEMBER", "guard:brokerconns:ia", "dev2"), "ia's newer connection dropped from its set: its own stop will not end it")
@@ -46,7 +47,8 @@ func TestAtk28ReapLeaseRenewedMidReap(t *testing.T) {
 	assert.Len(t, live, 1, "alice is still connected on ia, whose lease runs again")
 }
 
-// DEFECT (atk28, a regression of 1adb217; cc99c8b overwrote its own record
+// Was a DEFECT (atk28), fixed: the own record is kept only if it ended at or after the earliest end
+// (a regression of 1adb217; cc99c8b overwrote its own record
 // at the stop): a broker's OWN stop (lease 0, an exact end) keeps its
 // connection's own record when that record already has an EARLIER end.
 // At its own stop no DISCONNECT runs concurrently (Close runs after Run
@@ -113,7 +115,11 @@ func TestAtk28ReapFractionalScoreBoundary(t *testing.T) {
 			c := Conn{ID: "ia-1", Instance: "ia", Principal: "alice", ConnectedMs: 1_000}
 			require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "ia", Live: &c, Seen: &c}}, time.Hour))
 			r.CLI("ZADD", "guard:brokers", tc.score, "ia")
-			require.NoError(t, s.Reap(ctx, "ia", 10_000, 30*time.Second, time.Hour))
+			if err := s.Reap(ctx, "ia", 10_000, 30*time.Second, time.Hour); tc.reaped {
+				require.NoError(t, err)
+			} else {
+				require.ErrorIs(t, err, ErrLeaseRuns)
+			}
 			live, _, err := state(s, "dev")
 			require.NoError(t, err)
 			if !tc.reaped {
