@@ -8,9 +8,8 @@ import (
 )
 
 // renew extends this broker's lease, learns which brokers are alive, and
-// ends the live connections of brokers whose lease ran out (store.Reap,
-// at now). The
-// disconnects kept for retry are written first.
+// ends the live connections of brokers whose lease ran out (store.Reap).
+// The disconnects kept for retry are written first.
 func (t *Tracker) renew() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -638,7 +638,8 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 // its raw bytes, which the live entry's JSON no longer holds.
 //
 // Cost: per 500 client IDs, two round trips (HGET each, then leftScript
-// and a compare-and-delete each), where the delete alone was one.
+// and a compare-and-delete each), where the delete alone was one; for a
+// dead broker, one more (its lease read again).
 func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, window time.Duration) error {
 	now, earliest := endMs, endMs
 	if lease > 0 {
