@@ -682,6 +682,9 @@ func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, w
 			break
 		}
 	}
+	if reapScanned != nil {
+		reapScanned()
+	}
 	if err := recheck(); err != nil {
 		return err
 	}
@@ -712,8 +715,10 @@ func (s *Store) leaseEnd(ctx context.Context, instance string, now int64) (float
 	return score, err
 }
 
-// reapHook, when set (tests), runs between reapIDs' read and its writes.
-var reapHook func()
+// reapHook and reapScanned, when set (tests), run between reapIDs' read
+// and its writes, and between Reap's scan and its removal of the set and
+// lease.
+var reapHook, reapScanned func()
 
 // reapIDs ends instance's live connections of ids, client IDs in their
 // keys.Tracking form (Reap).

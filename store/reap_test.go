@@ -183,3 +183,49 @@ func TestReapOnCluster(t *testing.T) {
 		require.EqualValues(t, 7, seen[0].DisconnectedMs, i)
 	}
 }
+
+// A dead broker whose lease runs again after the reap's last batch (back
+// from a pause) keeps its set and its lease: the reap reads the lease once
+// more before it removes them, and what it reaped stays reaped. Without
+// that read the set's DEL dropped the connection the broker recorded since,
+// and its own stop never ended it.
+func TestReapLeaseRenewedAfterTheScan(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	kb := keys.Builder{Prefix: "guard:"}
+	c := Conn{ID: "ia-1", Instance: "ia", Principal: "alice", ConnectedMs: 1_000}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "ia", Live: &c, Seen: &c}}, time.Hour))
+	r.CLI("ZADD", kb.Brokers(), "40000", "ia") // lapsed when the reaper looked
+	c2 := Conn{ID: "ia-2", Instance: "ia", Principal: "carol", ConnectedMs: 74_000}
+	reapScanned = func() {
+		r.CLI("ZADD", kb.Brokers(), strconv.FormatInt(time.Now().UnixMilli()+30_000, 10), "ia")
+		require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev2", Instance: "ia", Live: &c2, Seen: &c2}}, time.Hour))
+	}
+	t.Cleanup(func() { reapScanned = nil })
+	require.ErrorIs(t, s.Reap(ctx, "ia", 75_000, 30*time.Second, time.Hour), ErrLeaseRuns)
+	assert.NotEqual(t, "", r.CLI("ZSCORE", kb.Brokers(), "ia"), "the renewed lease stays")
+	assert.Equal(t, "1", r.CLI("SISMEMBER", kb.BrokerConns("ia"), keys.Tracking("dev2")), "the connection recorded since stays in the set")
+	_, seen, err := state(s, "dev")
+	require.NoError(t, err)
+	assert.EqualValues(t, 40_000, seen[0].DisconnectedMs, "what was reaped stays reaped")
+}
+
+// A lease score of -inf (garbage) ends each connection at its connect, and
+// the earliest end is then that connect too: another connection's record
+// that ended after it is kept. Without the clamp, int64(-Inf) is the least
+// int64, and the earliest end (that less broker_lease) wrapped round to
+// the greatest, so every record was overwritten.
+func TestReapMinusInfiniteLease(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	c := Conn{ID: "ia-1", Instance: "ia", Principal: "alice", ConnectedMs: 1_000}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "ia", Live: &c}}, time.Hour))
+	moved := Conn{ID: "ib-1", Instance: "ib", Principal: "alice", ConnectedMs: 1_500, DisconnectedMs: 2_000}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "ib", Seen: &moved}}, time.Hour))
+	r.CLI("ZADD", "guard:brokers", "-inf", "ia")
+	require.NoError(t, s.Reap(ctx, "ia", 50_000, 30*time.Second, time.Hour))
+	live, seen, err := state(s, "dev")
+	require.NoError(t, err)
+	assert.Empty(t, live)
+	assert.Equal(t, []Conn{moved}, seen)
+}
