@@ -33,10 +33,16 @@ func BenchmarkWorkerNewClientIDs(b *testing.B) {
 	}
 }
 
-func benchWorker(b *testing.B, size int, short bool) {
+// benchStore is a redis-server of the benchmark's own and a store on it.
+func benchStore(b *testing.B) (*testenv.Redis, *store.Store) {
 	r := testenv.StartRedis(b)
 	s := store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})
 	b.Cleanup(func() { s.Close() })
+	return r, s
+}
+
+func benchWorker(b *testing.B, size int, short bool) {
+	r, s := benchStore(b)
 	tr := New(testOptions(), Deps{Store: s})
 	now := time.Now()
 
@@ -146,9 +152,7 @@ func selfCPU(b *testing.B) float64 {
 func BenchmarkWorkerReconnects(b *testing.B) {
 	for _, size := range []int{64, 800} {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
-			r := testenv.StartRedis(b)
-			s := store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})
-			b.Cleanup(func() { s.Close() })
+			r, s := benchStore(b)
 			tr := New(testOptions(), Deps{Store: s})
 			ctx := context.Background()
 			const devices = 32
@@ -190,9 +194,7 @@ func BenchmarkWorkerReconnects(b *testing.B) {
 func BenchmarkWorkerRestartStorm(b *testing.B) {
 	for _, size := range []int{256} {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
-			r := testenv.StartRedis(b)
-			s := store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})
-			b.Cleanup(func() { s.Close() })
+			r, s := benchStore(b)
 			ctx := context.Background()
 			now := time.Now()
 			mk := func(tr *Tracker, from, to int, now time.Time) []event {
