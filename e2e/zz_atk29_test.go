@@ -431,3 +431,38 @@ func TestAtk29SnapshotGhostAcrossBrokers(t *testing.T) {
 	assert.EqualValues(t, accepted, b.connect(as("127.0.99.72", "snap2-29", "bob", "bob-pw")),
 		"DEFECT: nobody holds snap2-29 and broker-a has stopped, yet bob is refused")
 }
+
+// DEFECT (atk29; about 45 s; needs Redis restarted from a snapshot older
+// than the last disconnect, which the README neither promises nor rules
+// out): the snapshot's ghost of TestAtk29SnapshotGhostAcrossBrokers, while
+// broker-a keeps running. Alice left broker-a before Redis restarted from
+// the older snapshot; her live entry came back under broker-a's live lease
+// (the flush mark is in the snapshot too, so no loss is noticed). README
+// (Bounds): "no ended connection stays live in guard:conn:<id>"; deny
+// refuses a client ID "live under another principal". Yet bob, the client
+// ID's next legitimate holder, is refused on broker-b for 40 s and more
+// (for as long as broker-a runs and alice does not come back to it),
+// while broker-a itself lets him in (TestAtk29SnapshotGhostOutlivesStop):
+// nothing checks a broker's listed entries against what it holds.
+func TestAtk29SnapshotGhostWhileBrokerRuns(t *testing.T) {
+	a, b := twoBrokers(t, "auth_opt_clientid_conflict deny", "auth_opt_broker_lease 2s")
+	alice, code := a.dial(as("127.0.99.81", "snap3-29", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	a.waitLive("snap3-29", 1)
+	time.Sleep(500 * time.Millisecond)
+	a.redis.CLI("SAVE")
+	alice.Disconnect()
+	a.waitLive("snap3-29", 0)
+
+	a.redis.Kill()
+	a.redis.Restart()
+	eventually(t, 5*time.Second, func() bool { return a.redis.CLI("HLEN", "guard:conn:snap3-29") == "1" }, "the snapshot's entry is back")
+	start := time.Now()
+	var got byte = refused
+	for time.Since(start) < 40*time.Second && got != accepted {
+		time.Sleep(2 * time.Second)
+		got = b.connect(as("127.0.99.82", "snap3-29", "bob", "bob-pw"))
+	}
+	t.Logf("bob: %d after %v; conn %q", got, time.Since(start).Round(time.Second), a.redis.CLI("HGETALL", "guard:conn:snap3-29"))
+	assert.EqualValues(t, accepted, got, "DEFECT: nobody has held snap3-29 for 40 s, yet bob is refused")
+}
