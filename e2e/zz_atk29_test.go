@@ -466,3 +466,31 @@ func TestAtk29SnapshotGhostWhileBrokerRuns(t *testing.T) {
 	t.Logf("bob: %d after %v; conn %q", got, time.Since(start).Round(time.Second), a.redis.CLI("HGETALL", "guard:conn:snap3-29"))
 	assert.EqualValues(t, accepted, got, "DEFECT: nobody has held snap3-29 for 40 s, yet bob is refused")
 }
+
+// HOLDS (README: a dead broker's connections end "with the time its lease
+// ran out as the end: at most broker_lease after its last renewal, however
+// late the reap runs"): broker-a is killed holding alice's connection and
+// Redis takes no writes for 5 s right after (CLIENT PAUSE WRITE), so
+// broker-b's reap runs seconds after the lease ran out. Alice's end is
+// still within broker_lease (plus a renewal period) of the kill.
+func TestAtk29LateReapAfterRedisPause(t *testing.T) {
+	a, b := twoBrokers(t, "auth_opt_broker_lease 2s")
+	_, code := a.dial(as("127.0.99.91", "late-29", "alice", "alice-pw"))
+	require.EqualValues(t, accepted, code)
+	a.waitLive("late-29", 1)
+	time.Sleep(500 * time.Millisecond)
+	require.NoError(t, a.broker.Signal(syscall.SIGKILL))
+	_, done := a.broker.Wait(5 * time.Second)
+	require.True(t, done)
+	killed := time.Now().UnixMilli()
+	a.redis.CLI("CLIENT", "PAUSE", "5000", "WRITE")
+	eventually(t, 15*time.Second, func() bool { return b.redis.CLI("HLEN", "guard:conn:late-29") == "0" }, "broker-b reaps broker-a")
+	reaped := time.Now().UnixMilli()
+	rec := b.seenRecord("late-29", "alice")
+	require.NotNil(t, rec)
+	end, ok := rec["disconnected_ms"].(float64)
+	require.True(t, ok, "ended: %v", rec)
+	t.Logf("end %d ms after the kill; reaped %d ms after it", int64(end)-killed, reaped-killed)
+	assert.LessOrEqual(t, int64(end), killed+2000, "the lease's end, not the reap's time")
+	assert.GreaterOrEqual(t, int64(end), killed-2000)
+}
