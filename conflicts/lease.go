@@ -5,21 +5,34 @@ import (
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // renew extends this broker's lease, learns which brokers are alive, and
 // ends the live connections of brokers whose lease ran out (store.Reap).
-// The disconnects kept for retry are written first.
+// The disconnects kept for retry are written first. A lease found gone
+// (added again, after the first renewal that succeeded) asks for the
+// connections this broker holds to be recorded again (Deps.Relist): a
+// broker reaped by another while it was paused past its lease came back
+// with its clients and no live entry of them (clientid_conflict deny then
+// let another principal take their client IDs; atk28), as did every
+// broker after Redis was flushed or restarted empty (atk29).
 func (t *Tracker) renew() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	t.flushRetry(ctx)
-	live, dead, err := t.store.RenewLease(ctx, t.instance, t.opts.Lease)
+	l, err := t.store.RenewLease(ctx, t.instance, t.opts.Lease)
 	if err != nil {
 		return // Redis down: the plugin's health check reports it; live brokers are kept as they were
 	}
-	t.live.Store(&live)
-	for _, d := range dead {
+	t.live.Store(&l.Live)
+	if l.Added && t.renewed && t.relist != nil {
+		// The lease was gone, and with it this broker's live entries as a
+		// rule: the caller hands its connections to Relisted.
+		t.relist()
+	}
+	t.renewed = true
+	for _, d := range l.Dead {
 		// An error (ErrLeaseRuns: the broker is back) clears nothing to report.
 		if err := t.store.Reap(ctx, d, t.now().UnixMilli(), t.opts.Lease, t.opts.Window); err == nil {
 			t.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+logval.Quote(d)+": its lease ran out")
@@ -38,4 +51,68 @@ func (t *Tracker) Close(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_ = t.store.Reap(ctx, t.instance, t.now().UnixMilli(), 0, t.opts.Window)
+}
+
+// relistConns writes part, a run of Relisted connections, in one round
+// trip: each as its connect writes it (store.ConnWrite Live, not Sole: the
+// live script keeps a newer connection of this instance; Seen), with no
+// read and nothing evaluated. The memo lists each whose client ID lists
+// none (a connect the queue dropped): its disconnect then unlists it.
+func (t *Tracker) relistConns(ctx context.Context, part []event) error {
+	conns := t.storeConns(part)
+	ws := make([]store.ConnWrite, len(part))
+	for i, ev := range part {
+		ws[i] = store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: &conns[i], Seen: &conns[i]}
+		id := t.idKey(ev.clientID)
+		if e, was, found := t.findMemo(id); e.cur == 0 {
+			t.list(&e, ev.conn.Seq)
+			t.storeMemo(id, e, was, found)
+		}
+	}
+	_, err := t.store.WriteConns(ctx, ws, t.opts.Window)
+	return err
+}
+
+// GhostStore is what dropGhosts asks of Redis; *store.Store implements it.
+// A Store without it (a test's) removes nothing.
+type GhostStore interface {
+	Listed(ctx context.Context, instance string, cursor uint64) ([]string, uint64, error)
+	DropGhosts(ctx context.Context, instance string, ids []string, maxSeq uint64) (int, error)
+}
+
+// dropGhosts removes this broker's live entries that are no connection it
+// holds (RelistDone): the client IDs in its brokerconns set whose memo
+// lists no connection, their entries numbered maxSeq or lower. Every held
+// connection was relisted before, and so is listed in the memo (a connect
+// the queue dropped included); a connection admitted since has a higher
+// number, or its connect, queued after, writes its entry again. Bounded by
+// ctx (one part's 5 s, some 500 client IDs a page): a larger set is done
+// in part, and in whole by a later relist. It returns how many went.
+func (t *Tracker) dropGhosts(ctx context.Context, maxSeq uint64) (int, error) {
+	gs, ok := t.store.(GhostStore)
+	if !ok {
+		return 0, nil
+	}
+	var (
+		cursor  uint64
+		dropped int
+	)
+	for {
+		ids, next, err := gs.Listed(ctx, t.instance, cursor)
+		if err != nil {
+			return dropped, err
+		}
+		cands := ids[:0]
+		for _, id := range ids {
+			if e, ok := t.lookMemo(t.idKey(id)); !ok || e.cur == 0 {
+				cands = append(cands, id)
+			}
+		}
+		n, err := gs.DropGhosts(ctx, t.instance, cands, maxSeq)
+		dropped += n
+		if err != nil || next == 0 {
+			return dropped, err
+		}
+		cursor = next
+	}
 }

@@ -121,18 +121,18 @@ func (m *memStore) CountTakeoverTracked(_ context.Context, id string, _ time.Dur
 	return m.takeover[id], nil
 }
 
-func (m *memStore) RenewLease(_ context.Context, instance string, _ time.Duration) (map[string]bool, []string, error) {
+func (m *memStore) RenewLease(_ context.Context, instance string, _ time.Duration) (store.Lease, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.down {
-		return nil, nil, errDown
+		return store.Lease{}, errDown
 	}
+	l := store.Lease{Live: map[string]bool{}, Added: !m.leases[instance]}
 	m.leases[instance] = true
-	live := map[string]bool{}
 	for in := range m.leases {
-		live[in] = true
+		l.Live[in] = true
 	}
-	return live, nil, nil
+	return l, nil
 }
 
 func (m *memStore) Reap(_ context.Context, instance string, _ int64, _, _ time.Duration) error {

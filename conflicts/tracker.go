@@ -45,7 +45,7 @@ type Store interface {
 	Claimer
 	WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error)
 	CountTakeoverTracked(ctx context.Context, tracked string, window time.Duration) (int64, error)
-	RenewLease(ctx context.Context, instance string, ttl time.Duration) (map[string]bool, []string, error)
+	RenewLease(ctx context.Context, instance string, ttl time.Duration) (store.Lease, error)
 	Reap(ctx context.Context, instance string, endMs int64, lease, window time.Duration) error
 	AddFinding(ctx context.Context, f *store.Finding, period, ttl time.Duration, max int64) (bool, error)
 }
@@ -86,6 +86,13 @@ type Deps struct {
 	// logged, and published; not one folded into an earlier report. Called
 	// from the worker; nil: nobody is told.
 	Reported func(kind string)
+	// Relist is told, from the worker, that this broker's lease was gone
+	// at a renewal (store.Lease.Added; not at the first): its live entries
+	// went with it, as a rule (another broker reaped this one while it was
+	// paused or cut off; Redis was flushed or restarted empty), and the
+	// caller must hand every connection it holds to Relisted. It must not
+	// block. Nil: nobody is told.
+	Relist func()
 }
 
 // Conn is a connection of this broker as the broker thread describes it
@@ -156,6 +163,8 @@ const (
 	evConnect eventKind = iota
 	evDisconnect
 	evRefused
+	evRelist     // a held connection to record live again (Relisted)
+	evRelistDone // every held connection relisted: the rest of the listed are ghosts (RelistDone)
 )
 
 // Tracker detects client-ID conflicts off the broker thread: the broker
@@ -168,6 +177,8 @@ type Tracker struct {
 	now      func() time.Time
 	publish  func(topic string, payload []byte)
 	reported func(kind string)
+	relist   func()
+	renewed  bool // the worker's: a renewal of the lease succeeded (renew)
 	instance string
 	seq      atomic.Uint64
 	events   *batchq.Queue[event]
@@ -233,7 +244,7 @@ func New(opts Options, d Deps) *Tracker {
 	var id [6]byte
 	_, _ = rand.Read(id[:])
 	t := &Tracker{
-		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported,
+		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported, relist: d.Relist,
 		instance: hex.EncodeToString(id[:]),
 		events:   batchq.New[event](queueSize, batchMax),
 		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
@@ -327,6 +338,39 @@ func (t *Tracker) Refused(clientID string, attempt Conn, holder *store.Conn) {
 	id, long := tracked(clientID)
 	t.enqueue(event{kind: evRefused, clientID: id, long: long, conn: attempt, holder: holder})
 }
+
+// Relisted queues conn, a connection this broker holds whose Connected
+// was queued, to be recorded live in Redis again: its live entry, its
+// client ID in this broker's brokerconns set, its principal's use (no
+// end). The caller hands every connection it holds once Relist told it
+// to, each before the connection's Disconnected (under the lock its
+// disconnect takes): the worker writes them in queue order, so a
+// connection that ends is never written live after its end. A full queue
+// drops it and Relisted reports false (the caller waits for Room).
+// Nothing is evaluated: a relisted connection made its findings at its
+// connect.
+func (t *Tracker) Relisted(clientID string, conn Conn) bool {
+	return t.events.Put(event{kind: evRelist, clientID: keys.Tracking(clientID), conn: conn})
+}
+
+// LastSeq is the number of the latest connection described (NewConn,
+// Claim): one described later has a higher one.
+func (t *Tracker) LastSeq() uint64 { return t.seq.Load() }
+
+// RelistDone queues the end of a relist: every connection this broker
+// held was handed to Relisted, every one numbered maxSeq or lower
+// (LastSeq, read before the relist began) among them unless it ended.
+// The worker then removes the live entries of this broker that it lists
+// (its brokerconns set) and that are no connection it holds, numbered
+// maxSeq or lower (store's DropGhosts): a Redis restarted from an older
+// snapshot brought them back. False: the queue was full (nothing is
+// removed; the next relist does it).
+func (t *Tracker) RelistDone(maxSeq uint64) bool {
+	return t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq}})
+}
+
+// Room is how many more events the queue takes now.
+func (t *Tracker) Room() int { return queueSize - t.events.Len() }
 
 // enqueue never waits: a full queue drops the event, and the drop is
 // logged; a disconnect of a connection whose connect it took goes to the
@@ -507,9 +551,52 @@ func (t *Tracker) handleSafely(batch []event) {
 			t.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error tracking client IDs: %v", r))
 		}
 	}()
+	// The relisted connections are written apart from the events around
+	// them, in queue order: a run of connects and disconnects, then a run
+	// of relists, and so on (a relist only comes in numbers after a lost
+	// lease, so the round trips it adds come then).
+	for len(batch) > 0 {
+		k := partOf(batch[0].kind)
+		n := 1
+		for n < len(batch) && partOf(batch[n].kind) == k && k != evRelistDone {
+			n++
+		}
+		t.handlePart(batch[:n], k)
+		batch = batch[n:]
+	}
+}
+
+// partOf is the kind of part of a batch an event of kind k is handled in
+// (handleSafely): evRelist, evRelistDone (each alone), or evConnect for
+// the others (handle).
+func partOf(k eventKind) eventKind {
+	if k == evRelist || k == evRelistDone {
+		return k
+	}
+	return evConnect
+}
+
+// handlePart handles a part of a batch of kind k (partOf), with its own
+// bound.
+func (t *Tracker) handlePart(part []event, k eventKind) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := t.handle(ctx, batch); err != nil {
-		t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d events not recorded: %v", len(batch), err))
+	switch k {
+	case evRelist:
+		if err := t.relistConns(ctx, part); err != nil {
+			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d live connections not recorded again: %v", len(part), err))
+		}
+	case evRelistDone:
+		n, err := t.dropGhosts(ctx, part[0].conn.Seq)
+		if n > 0 {
+			t.log(LevelNotice, fmt.Sprintf("mosquitto-guard: removed %d live entries of this broker from redis: it holds none of their connections (redis restarted from an older snapshot?)", n))
+		}
+		if err != nil {
+			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: removing the live entries of connections this broker does not hold: %v", err))
+		}
+	default:
+		if err := t.handle(ctx, part); err != nil {
+			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d events not recorded: %v", len(part), err))
+		}
 	}
 }

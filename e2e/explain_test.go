@@ -176,7 +176,7 @@ func TestExplainEntriesEndToEnd(t *testing.T) {
 	c := store.Conn{ID: "i-1", Instance: "i", Broker: "eu-1", Principal: "carol", IP: "192.0.2.55", ConnectedMs: time.Now().UnixMilli()}
 	_, err = st.WriteConns(ctx, []store.ConnWrite{{ClientID: "nobody", Instance: "i", Live: &c, Seen: &c}}, time.Hour)
 	require.NoError(t, err)
-	_, _, err = st.RenewLease(ctx, "i", time.Hour)
+	_, err = st.RenewLease(ctx, "i", time.Hour)
 	require.NoError(t, err)
 
 	// A key of another type than string: read with TYPE, under the same user.

@@ -31,7 +31,7 @@ import (
 // it writes the live entry again by chance: the 1 s wait lets it land
 // before the pause.)
 func TestAtk28PausedPastReapLosesLiveEntries(t *testing.T) {
-	t.Skip("known limit (README, Known limits): a broker reaped while paused does not record its live connections again when it comes back")
+	// Was a KNOWN LIMIT (skipped); fixed: the lease found gone, the broker records its live connections again (relist).
 	a, b := twoBrokers(t, "auth_opt_clientid_conflict deny", "auth_opt_broker_lease 2s", "auth_opt_redis_timeout 2s")
 	eventually(t, 5*time.Second, func() bool { return a.redis.CLI("ZCARD", "guard:brokers") == "2" }, "both brokers hold a lease")
 	alice, code := a.dial(as("127.0.94.1", "paused-28", "alice", "alice-pw"))

@@ -194,7 +194,7 @@ func TestAtk29PartialStopKeepsLease(t *testing.T) {
 // names only a broker reaped while paused, not a flush or an empty Redis
 // restart, which the README says the plugin recovers from.
 func TestAtk29FlushWhileHeld(t *testing.T) {
-	t.Skip("known limit (README, Known limits): a running broker does not write its live connections again after Redis is flushed or restarted empty")
+	// Was a KNOWN LIMIT (skipped); fixed: the flush found, the broker records its live connections again (relist).
 	a, b := twoBrokers(t, "auth_opt_clientid_conflict deny", "auth_opt_broker_lease 3s")
 	_, code := a.dial(as("127.0.98.1", "flush-29", "alice", "alice-pw"))
 	require.EqualValues(t, accepted, code)
@@ -446,7 +446,7 @@ func TestAtk29SnapshotGhostAcrossBrokers(t *testing.T) {
 // while broker-a itself lets him in (TestAtk29SnapshotGhostOutlivesStop):
 // nothing checks a broker's listed entries against what it holds.
 func TestAtk29SnapshotGhostWhileBrokerRuns(t *testing.T) {
-	t.Skip("known limit (README, Known limits): nothing checks a running broker's live entries in Redis against the connections it holds (a stale snapshot brings an ended one back)")
+	// Was a KNOWN LIMIT (skipped); fixed: the broker records its connections again once Redis is back, and removes its other entries (relist, RelistDone).
 	a, b := twoBrokers(t, "auth_opt_clientid_conflict deny", "auth_opt_broker_lease 2s")
 	alice, code := a.dial(as("127.0.99.81", "snap3-29", "alice", "alice-pw"))
 	require.EqualValues(t, accepted, code)

@@ -79,9 +79,10 @@ func (g *Guard) liveConns(clientID string) []store.Conn {
 // newTracker builds the conflict tracker of cfg's clientid_conflict
 // options on st; claims go through claimer (the broker thread's client,
 // bounded by redis_timeout, without retries) when it can claim; reported
-// hears the kind of each finding reported.
-func newTracker(cfg config.Options, st conflicts.Store, claimer Store, log Logger, publish Publisher, now func() time.Time, reported func(kind string)) *conflicts.Tracker {
-	d := conflicts.Deps{Store: st, Now: now, Publish: publish, Reported: reported,
+// hears the kind of each finding reported; relist is told when this
+// broker's lease was found gone (conflicts.Deps.Relist).
+func newTracker(cfg config.Options, st conflicts.Store, claimer Store, log Logger, publish Publisher, now func() time.Time, reported func(kind string), relist func()) *conflicts.Tracker {
+	d := conflicts.Deps{Store: st, Now: now, Publish: publish, Reported: reported, Relist: relist,
 		Log: func(l conflicts.Level, msg string) { log(levelOf(l), msg) }}
 	if cl, ok := claimer.(conflicts.Claimer); ok {
 		d.Claimer = cl

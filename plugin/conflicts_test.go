@@ -106,8 +106,8 @@ func (failingClaims) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.
 func (failingClaims) CountTakeoverTracked(context.Context, string, time.Duration) (int64, error) {
 	return 0, nil
 }
-func (failingClaims) RenewLease(context.Context, string, time.Duration) (map[string]bool, []string, error) {
-	return map[string]bool{}, nil, nil
+func (failingClaims) RenewLease(context.Context, string, time.Duration) (store.Lease, error) {
+	return store.Lease{Live: map[string]bool{}}, nil
 }
 func (failingClaims) Reap(context.Context, string, int64, time.Duration, time.Duration) error {
 	return nil

@@ -67,6 +67,7 @@ type Guard struct {
 	known        *knownSources      // nil without Redis or with username_fail_limit 0
 	knownLost    chan struct{}      // Redis lost its keys: the live connections' known sources are written again (rewriteKnownLoop)
 	knownRetry   atomic.Bool        // a rewrite failed: again once Redis answers
+	relistReq    chan struct{}      // the live connections may have gone from Redis: recorded again (relistLoop); nil without conflict tracking
 	cheapAt      atomic.Int64       // unix ms of the last warnCheapUser line
 	cheapMore    atomic.Int64       // the keys warnCheapUser met since, unlogged
 	tracker      *conflicts.Tracker // nil when clientid_conflict is off
@@ -231,24 +232,32 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
 			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window, userLimit: cfg.UsernameFailLimit,
 			down: g.health.down, log: g.log, spawn: g.spawn, stop: g.stop})
-		// Redis back: it may have come back empty (a restart), so the
-		// successes written before are written again at their next one,
-		// and a rewrite of the live connections' sources that failed is
-		// tried again.
-		g.health.back = func() {
+		g.knownLost = make(chan struct{}, 1)
+		g.spawn("known sources rewrite", g.rewriteKnownLoop)
+	}
+	tracking := d.Conflicts != nil && cfg.Conflicts.Mode != config.ConflictOff
+	if tracking {
+		g.relistReq = make(chan struct{}, 1) // before anything may call relistNow
+	}
+	// Redis back: it may have come back empty (a restart), so the known
+	// sources written before are written again at their next success, a
+	// rewrite of the live connections' sources that failed is tried again,
+	// and the live connections are recorded again (relistNow).
+	g.health.back = func() {
+		if g.known != nil {
 			g.known.forgetWritten(g.now())
 			if g.knownRetry.Swap(false) {
 				g.knownLostNow()
 			}
 		}
-		g.knownLost = make(chan struct{}, 1)
-		g.spawn("known sources rewrite", g.rewriteKnownLoop)
+		g.relistNow()
 	}
 	g.spawn("redis health", func() { g.health.run(g.stop) })
-	if d.Conflicts != nil && cfg.Conflicts.Mode != config.ConflictOff {
-		g.tracker = newTracker(cfg, d.Conflicts, d.Store, g.log, out.Publish, clock, g.metrics.found)
+	if tracking {
+		g.tracker = newTracker(cfg, d.Conflicts, d.Store, g.log, out.Publish, clock, g.metrics.found, g.relistNow)
 		g.spawn("client ID tracking", func() { g.tracker.Run(g.stop) })
 		g.spawn("deferred confirmation", g.confirmLoop)
+		g.spawn("live connections relist", g.relistLoop)
 	}
 	if d.Redis != nil {
 		g.startReplica(d.Redis)

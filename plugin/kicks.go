@@ -57,11 +57,29 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 func (g *Guard) scanConns(ban bool, pred func(*liveConn) bool, each func([]*liveConn)) {
 	cands := make([]*liveConn, 0, kickScan)
 	n := 0
+	g.walkConns(func() { g.scanStartLocked(ban) }, func(lc *liveConn) bool {
+		if !lc.flagged && !lc.offline && pred(lc) {
+			cands = append(cands, lc)
+		}
+		n++
+		return n%kickScan == 0
+	}, func() bool {
+		each(cands)
+		cands = cands[:0]
+		return true
+	})
+	each(cands)
+}
+
+// walkConns walks g.conns (every record there throughout is visited:
+// connTable), g.mu held while start (nil: none) and visit run; after a
+// visit that asks to pause, g.mu is released while paused runs, and the
+// walk stops if it answers false. A panic in any of them leaves neither
+// g.mu held (the broker thread takes it) nor the walk open.
+func (g *Guard) walkConns(start func(), visit func(*liveConn) (pause bool), paused func() (more bool)) {
 	g.mu.Lock()
 	locked := true
-	w := g.conns.walk() // every record there throughout is visited (connTable)
-	// A panic in pred or each must not leave g.mu held (the broker thread
-	// takes it), nor the walk open.
+	w := g.conns.walk()
 	defer func() {
 		if w.open() {
 			if !locked {
@@ -74,24 +92,24 @@ func (g *Guard) scanConns(ban bool, pred func(*liveConn) bool, each func([]*live
 			g.mu.Unlock()
 		}
 	}()
-	g.scanStartLocked(ban)
+	if start != nil {
+		start()
+	}
 	for lc := w.next(); lc != nil; lc = w.next() {
-		if !lc.flagged && !lc.offline && pred(lc) {
-			cands = append(cands, lc)
+		if !visit(lc) {
+			continue
 		}
-		if n++; n%kickScan == 0 {
-			g.mu.Unlock()
-			locked = false
-			each(cands)
-			cands = cands[:0]
-			g.mu.Lock()
-			locked = true
+		g.mu.Unlock()
+		locked = false
+		if !paused() {
+			return
 		}
+		g.mu.Lock()
+		locked = true
 	}
 	w.done()
 	g.mu.Unlock()
 	locked = false
-	each(cands)
 }
 
 // kickCandidates flags and kicks the candidates no allow entry exempts and

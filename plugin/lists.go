@@ -215,6 +215,9 @@ func (g *Guard) replicaLost(err error) {
 	if perr := g.health.ping(); perr != nil {
 		g.health.down(err)
 	}
+	// Redis may have restarted, from a snapshot older than this broker's
+	// live entries: they are recorded again once it answers.
+	g.relistNow()
 }
 
 // replicaFlushed is called when the replica finds Redis's keys flushed or
@@ -224,6 +227,7 @@ func (g *Guard) replicaFlushed() {
 		g.known.forgetWritten(g.now())
 		g.knownLostNow() // and the live connections' sources are written again now
 	}
+	g.relistNow() // and the live connections themselves
 }
 
 // userExists reports whether username is a user of the backend, from what

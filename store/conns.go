@@ -582,23 +582,37 @@ func (s *Store) CountTakeoverTracked(ctx context.Context, tracked string, window
 	return n, nil
 }
 
+// Lease is what a renewal of a broker's lease (RenewLease) learnt.
+type Lease struct {
+	Live map[string]bool // the instances whose lease runs, this one's included
+	Dead []string        // instances whose lease ran out (at most 100 a renewal)
+	// Added: the renewal added this instance to guard:brokers, where a
+	// renewal before had put it: its lease was gone (reaped by another
+	// broker while this one was paused or cut off, Redis flushed or
+	// restarted without it), and with it, as a rule, its live entries,
+	// which the broker must then record again (conflicts.Deps.Relist). The
+	// first renewal of an instance adds it too.
+	Added bool
+}
+
 // RenewLease extends instance's lease to now+ttl and returns the instances
-// whose lease still runs and those whose lease ran out (dead brokers).
-func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Duration) (live map[string]bool, dead []string, err error) {
+// whose lease still runs and those whose lease ran out (dead brokers), and
+// whether instance's lease had to be added. One round trip.
+func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Duration) (Lease, error) {
 	now := time.Now().UnixMilli()
 	key := s.kb.Brokers()
 	pipe := s.rdb.Pipeline()
-	pipe.ZAdd(ctx, key, redis.Z{Score: float64(now + ttl.Milliseconds()), Member: instance})
+	added := pipe.ZAdd(ctx, key, redis.Z{Score: float64(now + ttl.Milliseconds()), Member: instance})
 	alive := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: strconv.FormatInt(now, 10), Max: "+inf"})
 	gone := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + strconv.FormatInt(now, 10), Count: 100})
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, nil, fmt.Errorf("store: renew lease: %w", err)
+		return Lease{}, fmt.Errorf("store: renew lease: %w", err)
 	}
-	live = map[string]bool{}
+	l := Lease{Live: map[string]bool{}, Dead: gone.Val(), Added: added.Val() > 0}
 	for _, m := range alive.Val() {
-		live[m] = true
+		l.Live[m] = true
 	}
-	return live, gone.Val(), nil
+	return l, nil
 }
 
 // Reap ends every connection instance holds live: for a broker shutting

@@ -60,15 +60,16 @@ func TestLeaseAndReap(t *testing.T) {
 			{ClientID: id, Instance: "dead", Live: &dead}, {ClientID: id, Instance: "alive", Live: &alive},
 		}, time.Hour))
 	}
-	live, _, err := s.RenewLease(ctx, "dead", 50*time.Millisecond)
+	l, err := s.RenewLease(ctx, "dead", 50*time.Millisecond)
 	require.NoError(t, err)
-	assert.True(t, live["dead"])
+	assert.True(t, l.Live["dead"])
+	assert.True(t, l.Added, "a first renewal adds the instance")
 	time.Sleep(80 * time.Millisecond)
-	live, dead, err := s.RenewLease(ctx, "alive", time.Minute)
+	l, err = s.RenewLease(ctx, "alive", time.Minute)
 	require.NoError(t, err)
-	assert.False(t, live["dead"])
-	assert.True(t, live["alive"])
-	assert.Equal(t, []string{"dead"}, dead)
+	assert.False(t, l.Live["dead"])
+	assert.True(t, l.Live["alive"])
+	assert.Equal(t, []string{"dead"}, l.Dead)
 	require.NoError(t, s.Reap(ctx, "dead", 2, 0, time.Hour))
 	require.NoError(t, s.Reap(ctx, "dead", 2, 0, time.Hour), "reaping twice is harmless")
 	for _, id := range []string{"a", "b*", long} {
@@ -541,4 +542,26 @@ func TestWriteConnsLeftIsTheLatestUse(t *testing.T) {
 	require.NoError(t, err)
 	left(ended("i3-0", sly, 10000, 15000))
 	assert.Equal(t, "i3-1", seen(sly).ID, "kept: live, whatever its bytes say")
+}
+
+// RenewLease says when its ZADD added the instance (its lease was gone: a
+// reap, a flush), and not when it updated a lease that ran.
+func TestRenewLeaseTellsAnAddedLease(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	l, err := s.RenewLease(ctx, "i", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, l.Added, "the first renewal")
+	l, err = s.RenewLease(ctx, "i", time.Minute)
+	require.NoError(t, err)
+	assert.False(t, l.Added, "a lease that runs is updated")
+	require.NoError(t, s.Reap(ctx, "i", time.Now().UnixMilli(), 0, time.Hour)) // its lease goes
+	l, err = s.RenewLease(ctx, "i", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, l.Added, "after a reap")
+	r.CLI("FLUSHALL")
+	l, err = s.RenewLease(ctx, "i", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, l.Added, "after a flush")
+	assert.True(t, l.Live["i"])
 }

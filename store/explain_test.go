@@ -92,7 +92,7 @@ func TestClientIDState(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	ms := func(d time.Duration) int64 { return now.Add(d).UnixMilli() }
-	_, _, err := s.RenewLease(ctx, "up", time.Minute)
+	_, err := s.RenewLease(ctx, "up", time.Minute)
 	require.NoError(t, err)
 	require.NoError(t, s.Client().ZAdd(ctx, "g:brokers", redis.Z{Score: float64(ms(-time.Minute)), Member: "crashed"}).Err())
 

@@ -206,7 +206,7 @@ func TestAtk27ReapIgnoresARenewedLease(t *testing.T) {
 	c := Conn{ID: "ia-1", Instance: "ia", Principal: "alice", ConnectedMs: 1_000}
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "ia", Live: &c, Seen: &c}}, time.Hour))
 	now := time.Now().UnixMilli()
-	_, _, err := s.RenewLease(ctx, "ia", 30*time.Second) // ia is back
+	_, err := s.RenewLease(ctx, "ia", 30*time.Second) // ia is back
 	require.NoError(t, err)
 	require.ErrorIs(t, s.Reap(ctx, "ia", now, 30*time.Second, time.Hour), ErrLeaseRuns) // the reaper's decision was taken before
 	live, _, err := state(s, "dev")

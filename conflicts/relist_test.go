@@ -1,0 +1,136 @@
+package conflicts
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// A renewal that finds this broker's lease gone asks for its connections
+// (Deps.Relist); its first renewal, and one that finds the lease running,
+// do not. Before, nothing asked: a broker reaped while paused came back
+// with its clients and no live entry of them (atk28), as after a FLUSHALL
+// (atk29).
+func TestRenewAsksForARelistWhenTheLeaseWasGone(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, _, _ := redisTracker(t, r, "ia", testOptions())
+	var asked atomic.Int32
+	a.relist = func() { asked.Add(1) }
+	a.renew()
+	assert.Zero(t, asked.Load(), "the first renewal adds the lease: nothing was held before it")
+	a.renew()
+	assert.Zero(t, asked.Load(), "a lease that runs")
+	r.CLI("ZREM", "guard:brokers", "ia") // another broker reaped it
+	a.renew()
+	assert.EqualValues(t, 1, asked.Load(), "the lease was reaped")
+	a.renew()
+	assert.EqualValues(t, 1, asked.Load())
+	r.CLI("FLUSHALL")
+	a.renew()
+	assert.EqualValues(t, 2, asked.Load(), "Redis flushed")
+}
+
+// A relisted connection is written as its connect wrote it: live, listed in
+// the brokerconns set, its principal's use without an end; relists are
+// written in queue order with the events around them, so one whose
+// disconnect follows in the same batch is not left live; a newer
+// connection of this instance is not overwritten by an older one's
+// relist; and the disconnect of a connection whose connect the memo never
+// saw (dropped) unlists what its relist listed. Under both modes.
+func TestRelistedWritesInQueueOrder(t *testing.T) {
+	r := testenv.StartRedis(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	for _, deny := range []bool{false, true} {
+		name := "flag"
+		if deny {
+			name = "deny"
+		}
+		t.Run(name, func(t *testing.T) {
+			r.CLI("FLUSHALL")
+			opts := testOptions()
+			opts.Deny = deny
+			a, _, clk := redisTracker(t, r, "ia", opts)
+			x := a.NewConn("alice", "192.0.2.1", clk.now())
+			y := a.NewConn("bob", "192.0.2.2", clk.now())
+			z := a.NewConn("carol", "192.0.2.3", clk.now())
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}, {kind: evConnect, clientID: "y", conn: y}})
+			r.CLI("FLUSHALL") // the live entries are gone
+
+			// x relisted; y relisted then ended in the same batch; z, whose
+			// connect the queue dropped, relisted.
+			clk.advance(time.Second)
+			a.handleSafely([]event{
+				{kind: evRelist, clientID: "x", conn: x},
+				{kind: evRelist, clientID: "y", conn: y},
+				{kind: evDisconnect, clientID: "y", conn: y},
+				{kind: evRelist, clientID: "z", conn: z},
+			})
+			assert.Equal(t, "1", r.CLI("HLEN", kb.Conn("x")), "x is live again")
+			assert.Contains(t, r.CLI("HGET", kb.Conn("x"), "ia"), a.StoreConn(x).ID)
+			assert.Equal(t, "1", r.CLI("SISMEMBER", kb.BrokerConns("ia"), "x"))
+			seen := r.CLI("HGET", kb.Seen("x"), "alice")
+			assert.Contains(t, seen, a.StoreConn(x).ID, "alice's use of x")
+			assert.NotContains(t, seen, "disconnected_ms", "x is held: its use has no end")
+			assert.Equal(t, "0", r.CLI("HLEN", kb.Conn("y")), "y ended after its relist: not live")
+			assert.Equal(t, "0", r.CLI("SISMEMBER", kb.BrokerConns("ia"), "y"))
+			assert.Contains(t, r.CLI("HGET", kb.Seen("y"), "bob"), "disconnected_ms", "bob's use of y ended")
+			assert.Equal(t, "1", r.CLI("HLEN", kb.Conn("z")))
+
+			// A newer connection of x on this instance, then an old relist of
+			// x (cannot come from the plugin, which holds one connection a
+			// client ID): the newer stays.
+			x2 := a.NewConn("alice", "192.0.2.1", clk.now())
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x2, other: &x}, {kind: evRelist, clientID: "x", conn: x}})
+			assert.Contains(t, r.CLI("HGET", kb.Conn("x"), "ia"), a.StoreConn(x2).ID, "the newer connection stays")
+
+			// z's end unlists it: its relist put it in the memo.
+			a.handleSafely([]event{{kind: evDisconnect, clientID: "z", conn: z}})
+			assert.Equal(t, "0", r.CLI("HLEN", kb.Conn("z")))
+			assert.Equal(t, "0", r.CLI("SISMEMBER", kb.BrokerConns("ia"), "z"), "z left the brokerconns set")
+		})
+	}
+}
+
+// A relist's end (RelistDone) removes this broker's entries of connections
+// it does not hold (a Redis restarted from an older snapshot brought one
+// back: its connection had ended), and keeps those it holds and any
+// numbered after the relist began.
+func TestRelistDoneDropsGhosts(t *testing.T) {
+	r := testenv.StartRedis(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	for _, deny := range []bool{false, true} {
+		t.Run(map[bool]string{false: "flag", true: "deny"}[deny], func(t *testing.T) {
+			r.CLI("FLUSHALL")
+			opts := testOptions()
+			opts.Deny = deny
+			a, _, clk := redisTracker(t, r, "ia", opts)
+			x := a.NewConn("alice", "192.0.2.1", clk.now())
+			y := a.NewConn("bob", "192.0.2.2", clk.now())
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}, {kind: evConnect, clientID: "y", conn: y}})
+			ghost := r.CLI("HGET", kb.Conn("y"), "ia")
+			clk.advance(time.Second)
+			a.handleSafely([]event{{kind: evDisconnect, clientID: "y", conn: y}})
+			require.Equal(t, "0", r.CLI("HLEN", kb.Conn("y")))
+			// The snapshot brings y's entry back.
+			r.CLI("HSET", kb.Conn("y"), "ia", ghost)
+			r.CLI("SADD", kb.BrokerConns("ia"), "y")
+			maxSeq := a.LastSeq()
+			z := a.NewConn("carol", "192.0.2.3", clk.now()) // admitted as the relist ends
+			r.CLI("HSET", kb.Conn("z"), "ia", `{"id":"`+a.StoreConn(z).ID+`","instance":"ia","principal":"carol","connected_ms":1}`)
+			r.CLI("SADD", kb.BrokerConns("ia"), "z")
+
+			a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: maxSeq}}})
+			assert.Equal(t, "0", r.CLI("HLEN", kb.Conn("y")), "y's ghost is gone")
+			assert.Equal(t, "0", r.CLI("SISMEMBER", kb.BrokerConns("ia"), "y"))
+			assert.Equal(t, "1", r.CLI("HLEN", kb.Conn("x")), "x is held")
+			assert.Equal(t, "1", r.CLI("SISMEMBER", kb.BrokerConns("ia"), "x"))
+			assert.Equal(t, "1", r.CLI("HLEN", kb.Conn("z")), "z is newer than the relist")
+		})
+	}
+}

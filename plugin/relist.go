@@ -1,0 +1,143 @@
+package plugin
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// relistRoomWait bounds how long a relist waits for the tracker's queue to
+// take its next connections (Redis slow or hung): past it the relist stops,
+// and the next loss of the keys, or Redis back after being down, starts
+// another.
+var relistRoomWait = 10 * time.Second // a test shortens it
+
+// relistNow asks relistLoop to record this broker's connections live in
+// Redis again (never blocks; nothing without conflict tracking). Called
+// when they may have gone from Redis: the tracker found this broker's
+// lease gone (conflicts.Deps.Relist: another broker reaped it while it
+// was paused past broker_lease, or Redis lost its keys), the replica found
+// Redis flushed or lost its session (Redis restarted, perhaps from an
+// older snapshot), or Redis answers again after being down.
+func (g *Guard) relistNow() {
+	if g.relistReq == nil {
+		return
+	}
+	select {
+	case g.relistReq <- struct{}{}:
+	default:
+	}
+}
+
+// relistLoop runs relistConns at each relistNow, once Redis answers (a
+// relist Redis does not take is lost: Redis back asks for another). Asks
+// that come while one runs make one more after it.
+func (g *Guard) relistLoop() {
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-g.relistReq:
+		}
+		for !g.health.up() {
+			select {
+			case <-g.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		g.relistSafely()
+	}
+}
+
+// relistSafely is relistConns, a panic in it logged.
+func (g *Guard) relistSafely() {
+	defer func() {
+		if p := recover(); p != nil {
+			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error recording the live connections again: %v", p))
+		}
+	}()
+	n, complete := g.relistConns()
+	switch {
+	case !complete:
+		g.log(LevelWarning, "mosquitto-guard: recording this broker's live connections in redis again stopped after "+strconv.Itoa(n)+
+			": the client ID tracking queue stayed full (redis slow or not answering); the next time redis answers again it starts over")
+	case n > 0:
+		g.log(LevelNotice, "mosquitto-guard: recording this broker's "+strconv.Itoa(n)+
+			" live connections in redis again: its lease or redis's keys may have been lost")
+	}
+}
+
+// relistConns hands every connection this broker holds and the tracker
+// recorded (admitted, not deferred, not an offline session) to
+// conflicts.Tracker.Relisted, then tells the tracker it is done
+// (RelistDone: the worker removes this broker's other live entries), and
+// reports how many, and whether all were taken. Each is handed under g.mu, while it is still in g.conns: its
+// DISCONNECT removes it under g.mu before queuing its end, so the relist
+// is queued before the end, and the worker never writes live a connection
+// that ended. g.mu is held for at most kickScan entries of the table, and
+// hashes (keys.Tracking) at most about confirmHashMax bytes of client IDs
+// and usernames (as confirmDue: the last one counted may pass it by its
+// two, 128 KB); released between, while the tracker's queue makes room for
+// the next (at most relistRoomWait).
+func (g *Guard) relistConns() (n int, complete bool) {
+	if g.tracker == nil {
+		return 0, true
+	}
+	if !g.waitRelistRoom() {
+		return 0, false
+	}
+	// Every connection numbered up to maxSeq is in g.conns by the walk,
+	// or ended, or (admitted this very moment) has its connect queued,
+	// which writes its entry again.
+	maxSeq := g.tracker.LastSeq()
+	visited, hashed, taken := 0, 0, true
+	g.walkConns(nil, func(lc *liveConn) bool {
+		// A record the walk still holds may have left the table since
+		// (ended): only one that is there is a connection held.
+		if taken && !lc.offline && !lc.pending && lc.seq != 0 && g.conns.get(lc.handle) == lc {
+			if len(lc.clientID) > keys.TrackingMax {
+				hashed += len(lc.clientID)
+			}
+			if lc.certID == "" && lc.hasUsername && int(lc.userLen) > keys.TrackingMax {
+				hashed += int(lc.userLen)
+			}
+			if taken = g.tracker.Relisted(ownTracked(len(lc.clientID)+int(lc.userLen), lc.clientID), g.connOf(lc)); !taken {
+				return true // the queue is full: stop at once
+			}
+			n++
+		}
+		visited++
+		return visited%kickScan == 0 || hashed >= confirmHashMax
+	}, func() bool {
+		hashed = 0
+		taken = taken && g.waitRelistRoom()
+		return taken
+	})
+	if !taken {
+		return n, false
+	}
+	// The rest of this broker's entries in Redis, numbered up to maxSeq,
+	// are ghosts (conflicts.Tracker.RelistDone).
+	return n, g.tracker.RelistDone(maxSeq)
+}
+
+// waitRelistRoom waits until the tracker's queue takes a hold's worth of
+// relists and the events of the broker thread besides (at most
+// relistRoomWait; false past it, or when the guard stops); g.mu not held.
+func (g *Guard) waitRelistRoom() bool {
+	deadline := time.Now().Add(relistRoomWait)
+	for g.tracker.Room() < 4*kickScan {
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-g.stop:
+			return false
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return true
+}

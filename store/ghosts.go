@@ -1,0 +1,122 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Listed returns a page (about 500) of the client IDs (their
+// keys.Tracking form) in instance's brokerconns set, from cursor (0: the
+// start), and the cursor of the next page (0: the last). SSCAN: a member
+// there throughout is returned at least once.
+func (s *Store) Listed(ctx context.Context, instance string, cursor uint64) ([]string, uint64, error) {
+	ids, next, err := s.rdb.SScan(ctx, s.kb.BrokerConns(instance), cursor, "", 500).Result()
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: listed connections: %w", err)
+	}
+	return ids, next, nil
+}
+
+// dropGhostsHook, when set (tests), runs between DropGhosts' reads and its
+// writes.
+var dropGhostsHook func()
+
+// DropGhosts removes the live entries of instance under ids (client IDs in
+// their keys.Tracking form) that instance, running, does not hold: the
+// caller (its conflict worker) knows it holds no connection of them. Only
+// an entry of a connection numbered maxSeq or lower goes: a higher one
+// was made since the caller looked (a claim on the broker thread, ahead of
+// the worker). Each goes as its DISCONNECT's compare-and-delete would,
+// if it is still what was read, and the client ID leaves instance's
+// brokerconns set first; a claim that replaced the entry meanwhile is kept
+// and listed again. The principal's seen record is left as it is: the
+// connection's end is not known. Three round trips at most; it returns how
+// many went.
+//
+// Such an entry is a ghost: Redis restarted from a snapshot older than the
+// connection's DISCONNECT, and brought the entry back under the running
+// broker's lease (atk29), where clientid_conflict deny refused its client
+// ID to every other principal for as long as the broker ran.
+func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, maxSeq uint64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	pipe := s.rdb.Pipeline()
+	gets := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		gets[i] = pipe.HGet(ctx, s.kb.ConnTracked(id), instance)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, fmt.Errorf("store: drop ghosts: %w", err)
+	}
+	if dropGhostsHook != nil {
+		dropGhostsHook()
+	}
+	type ghost struct{ id, v string }
+	var gs []ghost
+	for i, id := range ids {
+		v, err := gets[i].Result()
+		if err != nil {
+			continue // no entry of instance's
+		}
+		var c Conn
+		if decodeConn(v, &c) != nil {
+			continue
+		}
+		n, err := strconv.ParseUint(seq(c.ID), 10, 64)
+		if err != nil || n > maxSeq || !strings.HasPrefix(c.ID, instance+"-") {
+			continue // newer than the caller's look, or not instance's numbering
+		}
+		gs = append(gs, ghost{id, v})
+	}
+	if len(gs) == 0 {
+		return 0, nil
+	}
+	set := s.kb.BrokerConns(instance)
+	members := make([]any, len(gs))
+	for i, g := range gs {
+		members[i] = g.id
+	}
+	// Unlisted first: a claim that lands after the SREM lists itself again
+	// (its SADD), and one that landed before it replaced the entry, which
+	// the compare-and-delete then keeps, and which is listed again below.
+	if err := s.rdb.SRem(ctx, set, members...).Err(); err != nil {
+		return 0, fmt.Errorf("store: drop ghosts: %w", err)
+	}
+	run := func(full bool) ([]*redis.Cmd, error) {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(gs))
+		for i, g := range gs {
+			cmds[i] = eval(ctx, pipe, casArgs, full, s.kb.ConnTracked(g.id), instance, g.v, "")
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run(false)
+	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+		cmds, err = run(true)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: drop ghosts: %w", err)
+	}
+	var kept []any
+	dropped := 0
+	for i, c := range cmds {
+		if n, _ := c.Int64(); n == 1 {
+			dropped++
+		} else {
+			kept = append(kept, gs[i].id)
+		}
+	}
+	if len(kept) > 0 {
+		if err := s.rdb.SAdd(ctx, set, kept...).Err(); err != nil {
+			return dropped, fmt.Errorf("store: drop ghosts: %w", err)
+		}
+	}
+	return dropped, nil
+}
