@@ -33,7 +33,8 @@ func (g *Guard) relistNow() {
 
 // relistLoop runs relistConns at each relistNow, once Redis answers (a
 // relist Redis does not take is lost: Redis back asks for another). Asks
-// that come while one runs make one more after it.
+// that come while one runs, or within relistGap after it, make one more
+// after that.
 func (g *Guard) relistLoop() {
 	for {
 		select {
@@ -49,8 +50,19 @@ func (g *Guard) relistLoop() {
 			}
 		}
 		g.relistSafely()
+		// At most one relist per relistGap: a Redis whose sessions break
+		// over and over (each break asks for one) costs it at most the
+		// held connections' writes once a second.
+		select {
+		case <-g.stop:
+			return
+		case <-time.After(relistGap):
+		}
 	}
 }
+
+// relistGap is the least time between two relists (relistLoop).
+const relistGap = time.Second
 
 // relistSafely is relistConns, a panic in it logged.
 func (g *Guard) relistSafely() {
