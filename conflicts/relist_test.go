@@ -1,6 +1,7 @@
 package conflicts
 
 import (
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // A renewal that finds this broker's lease gone asks for its connections
@@ -131,6 +133,61 @@ func TestRelistDoneDropsGhosts(t *testing.T) {
 			assert.Equal(t, "1", r.CLI("HLEN", kb.Conn("x")), "x is held")
 			assert.Equal(t, "1", r.CLI("SISMEMBER", kb.BrokerConns("ia"), "x"))
 			assert.Equal(t, "1", r.CLI("HLEN", kb.Conn("z")), "z is newer than the relist")
+		})
+	}
+}
+
+// BenchmarkRelist is what a relist costs the worker and Redis per held
+// connection (20 000, written in the worker's batches of batchMax, then
+// the relist's end: its brokerconns set paged through, nothing to drop),
+// beside the baseline of the same connections' connects (handle, the
+// first write of a fleet of new client IDs). Redis on this machine.
+//
+//	go test -count=3 -run XXX -bench Relist ./conflicts
+func BenchmarkRelist(b *testing.B) {
+	const held = 20_000
+	for _, how := range []string{"relist", "connects"} {
+		b.Run(how, func(b *testing.B) {
+			r := testenv.StartRedis(b)
+			s := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
+			defer s.Close()
+			clk := newClock()
+			a := New(testOptions(), Deps{Store: s, Now: clk.now})
+			evs := make([]event, held)
+			for i := range evs {
+				evs[i] = event{kind: evConnect, clientID: "device-" + strconv.Itoa(i), conn: a.NewConn("principal-"+strconv.Itoa(i), "10.1.2.3", clk.now())}
+			}
+			relists := make([]event, held)
+			for i, ev := range evs {
+				relists[i] = ev
+				relists[i].kind = evRelist
+			}
+			var elapsed time.Duration
+			for n := 0; n < b.N; n++ {
+				r.CLI("FLUSHALL")
+				a.ids.Clear()
+				a.listed = 0
+				if how == "relist" {
+					for i := 0; i < held; i += batchMax {
+						a.handleSafely(evs[i:min(i+batchMax, held)])
+					}
+					r.CLI("FLUSHALL")
+				}
+				start := time.Now()
+				for i := 0; i < held; i += batchMax {
+					if how == "relist" {
+						a.handleSafely(relists[i:min(i+batchMax, held)])
+					} else {
+						a.handleSafely(evs[i:min(i+batchMax, held)])
+					}
+				}
+				if how == "relist" {
+					a.handleSafely([]event{{kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+				}
+				elapsed += time.Since(start)
+			}
+			require.Equal(b, strconv.Itoa(held), r.CLI("SCARD", "guard:brokerconns:"+a.instance))
+			b.ReportMetric(float64(elapsed.Microseconds())/float64(b.N*held), "µs/conn")
 		})
 	}
 }
