@@ -2,6 +2,7 @@ package conflicts
 
 import (
 	"context"
+	"maps"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
@@ -10,8 +11,8 @@ import (
 
 // renew extends this broker's lease, learns which brokers are alive, and
 // ends the live connections of brokers whose lease ran out (store.Reap).
-// The disconnects kept for retry are written first. A lease found gone
-// (added again, after the first renewal that succeeded) asks for the
+// The disconnects kept for retry are written first. A lease found lapsed
+// (run out or gone, after the first renewal that succeeded) asks for the
 // connections this broker holds to be recorded again (Deps.Relist): a
 // broker reaped by another while it was paused past its lease came back
 // with its clients and no live entry of them (clientid_conflict deny then
@@ -25,10 +26,11 @@ func (t *Tracker) renew() {
 	if err != nil {
 		return // Redis down: the plugin's health check reports it; live brokers are kept as they were
 	}
-	t.live.Store(&l.Live)
-	if l.Added && t.renewed && t.relist != nil {
-		// The lease was gone, and with it this broker's live entries as a
-		// rule: the caller hands its connections to Relisted.
+	t.aliveBefore = *t.live.Swap(&l.Live)
+	if l.Lapsed && t.renewed && t.relist != nil {
+		// The lease had lapsed: other brokers may have reaped this one's
+		// live entries (a reap under way stops at this renewal), or Redis
+		// lost them: the caller hands its connections to Relisted.
 		t.relist()
 	}
 	t.renewed = true
@@ -55,22 +57,50 @@ func (t *Tracker) Close(ctx context.Context) {
 
 // relistConns writes part, a run of Relisted connections, in one round
 // trip: each as its connect writes it (store.ConnWrite Live, not Sole: the
-// live script keeps a newer connection of this instance; Seen), with no
-// read and nothing evaluated. The memo lists each whose client ID lists
-// none (a connect the queue dropped): its disconnect then unlists it.
+// live script keeps a newer connection of this instance; Seen), and
+// lists it in the memo when its client ID lists none (a connect the queue
+// dropped: its disconnect then unlists it). Each is read back and
+// evaluated against the client ID's live connections alone: another
+// principal that took the client ID while this one was unlisted (after a
+// flush, before the relist; a connect then found nothing) is flagged now
+// (atk30). The past users are not evaluated again: the connection's
+// connect did that, and a relist is no new use.
 func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	conns := t.storeConns(part)
 	ws := make([]store.ConnWrite, len(part))
 	for i, ev := range part {
-		ws[i] = store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: &conns[i], Seen: &conns[i]}
+		ws[i] = store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: &conns[i], Seen: &conns[i], Read: true}
 		id := t.idKey(ev.clientID)
 		if e, was, found := t.findMemo(id); e.cur == 0 {
 			t.list(&e, ev.conn.Seq)
 			t.storeMemo(id, e, was, found)
 		}
 	}
-	_, err := t.store.WriteConns(ctx, ws, t.opts.Window)
-	return err
+	states, err := t.store.WriteConns(ctx, ws, t.opts.Window)
+	if err != nil {
+		return err
+	}
+	// The brokers alive at this renewal or the one before: a relist comes
+	// at the renewal that found this broker's lease lapsed, which may be
+	// before the others' renewals after a flush, and a live entry of a
+	// broker not alive does not count (evaluate).
+	alive := *t.live.Load()
+	if len(t.aliveBefore) > 0 {
+		alive = maps.Clone(alive)
+		maps.Copy(alive, t.aliveBefore)
+	}
+	now := t.now().UnixMilli()
+	for i, ev := range part {
+		if i >= len(states) {
+			break
+		}
+		cross, _ := evaluate(ev.clientID, conns[i], nil, states[i].Live, nil, alive, now, t.opts.Window)
+		if cross != nil {
+			ev.long.show(cross)
+			t.report(ctx, cross)
+		}
+	}
+	return nil
 }
 
 // GhostStore is what dropGhosts asks of Redis; *store.Store implements it.

@@ -127,7 +127,7 @@ func (m *memStore) RenewLease(_ context.Context, instance string, _ time.Duratio
 	if m.down {
 		return store.Lease{}, errDown
 	}
-	l := store.Lease{Live: map[string]bool{}, Added: !m.leases[instance]}
+	l := store.Lease{Live: map[string]bool{}, Lapsed: !m.leases[instance]}
 	m.leases[instance] = true
 	for in := range m.leases {
 		l.Live[in] = true

@@ -179,12 +179,16 @@ type Tracker struct {
 	reported func(kind string)
 	relist   func()
 	renewed  bool // the worker's: a renewal of the lease succeeded (renew)
-	instance string
-	seq      atomic.Uint64
-	events   *batchq.Queue[event]
-	dropped  atomic.Int64
-	trimDue  atomic.Bool                     // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
-	live     atomic.Pointer[map[string]bool] // broker instances whose lease runs
+	// relistFailing is the worker's: the last relist part was not
+	// written (handlePart logs the first of a series).
+	relistFailing bool
+	aliveBefore   map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
+	instance      string
+	seq           atomic.Uint64
+	events        *batchq.Queue[event]
+	dropped       atomic.Int64
+	trimDue       atomic.Bool                     // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
+	live          atomic.Pointer[map[string]bool] // broker instances whose lease runs
 	// claimed is the connection the broker thread just claimed in Redis
 	// (Claim), for the NewConn that follows to take as its own, so that the
 	// live entry recorded is the one its disconnect removes.
@@ -350,7 +354,18 @@ func (t *Tracker) Refused(clientID string, attempt Conn, holder *store.Conn) {
 // Nothing is evaluated: a relisted connection made its findings at its
 // connect.
 func (t *Tracker) Relisted(clientID string, conn Conn) bool {
-	return t.events.Put(event{kind: evRelist, clientID: keys.Tracking(clientID), conn: conn})
+	id, long := tracked(clientID)
+	if !t.events.Put(event{kind: evRelist, clientID: id, long: long, conn: conn}) {
+		return false
+	}
+	// Its connect, if the queue dropped it, is written now: its end must
+	// be written too, spilled if the queue is full then (atk30: it was
+	// dropped as the end of a connection never written, and the relisted
+	// entry stayed live).
+	t.spill.Lock()
+	delete(t.spill.dropped, conn.Seq)
+	t.spill.Unlock()
+	return true
 }
 
 // LastSeq is the number of the latest connection described (NewConn,
@@ -583,8 +598,15 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 	defer cancel()
 	switch k {
 	case evRelist:
-		if err := t.relistConns(ctx, part); err != nil {
+		err := t.relistConns(ctx, part)
+		if err != nil && !t.relistFailing {
+			// Once a series: a relist is many parts, and is asked for
+			// again at each failure (at most once a second).
 			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d live connections not recorded again: %v", len(part), err))
+		}
+		t.relistFailing = err != nil
+		if err != nil && t.relist != nil {
+			t.relist()
 		}
 	case evRelistDone:
 		n, err := t.dropGhosts(ctx, part[0].conn.Seq)
@@ -597,6 +619,12 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 	default:
 		if err := t.handle(ctx, part); err != nil {
 			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d events not recorded: %v", len(part), err))
+			// Connects Redis did not take leave connections held and not
+			// live there: they are recorded again once Redis takes writes
+			// (the caller waits for that).
+			if t.relist != nil {
+				t.relist()
+			}
 		}
 	}
 }

@@ -29,7 +29,7 @@ func atk30Drain(a *Tracker) {
 	a.events.Release()
 }
 
-// DEFECT: a relisted connection whose connect the queue had dropped is
+// Was a DEFECT (fixed: Relisted forgets the dropped connect, so its end is spilled): a relisted connection whose connect the queue had dropped is
 // never unlisted when its disconnect also meets a full queue: it stays
 // live in Redis after it ended, for as long as the broker runs.
 //
@@ -91,7 +91,7 @@ func TestAtk30RelistedThenSpilledDisconnectStaysLive(t *testing.T) {
 	}
 }
 
-// DEFECT: a renewal that finds its lease lapsed but still in guard:brokers
+// Was a DEFECT (fixed: RenewLease reads the score first and reports Lapsed): a renewal that finds its lease lapsed but still in guard:brokers
 // (another broker's reap of it under way, its live entries deleted
 // already) does not ask for a relist: ZADD updates the score, Added is
 // false. The reaper then sees the lease run again (ErrLeaseRuns) and
@@ -126,7 +126,7 @@ func TestAtk30LapsedLeaseRenewedMidReapAsksNoRelist(t *testing.T) {
 	assert.EqualValues(t, 1, asked.Load(), "ia's lease had lapsed and its live entries were reaped: a relist is needed")
 }
 
-// DEFECT (missed finding): after Redis lost its keys, another principal
+// Was a DEFECT (fixed: relistConns reads the live hash back and evaluates it; the test now renews ia after ib first, as its worker does): after Redis lost its keys, another principal
 // connected with a client ID this broker holds (nothing in Redis told it
 // of the holder); the relist then writes the holder live beside it, and
 // nobody reports that two principals hold the client ID at once. Relisted
@@ -148,6 +148,7 @@ func TestAtk30RelistFindsNoConcurrentHolder(t *testing.T) {
 			b, bs, _ := redisTracker(t, r, "ib", testOptions())
 			a.renew()
 			b.renew()
+			a.renew() // ia learns ib alive, as its worker does every broker_lease/3 (added by the fix's author)
 			x := a.NewConn("alice", "192.0.2.1", clk.now())
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
 			if flush {

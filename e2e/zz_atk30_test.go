@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// DEFECT (missed finding), with real brokers and Redis: Redis restarts
+// Was a DEFECT (missed finding; fixed: a relist evaluates the live connections), with real brokers and Redis: Redis restarts
 // empty (FLUSHALL) while alice holds flag-30 on broker-a, and bob takes
 // flag-30 on broker-b before broker-a records its connections again (here
 // broker-a is held with SIGSTOP for that second, as a slow or busy broker

@@ -16,11 +16,12 @@ var relistRoomWait = 10 * time.Second // a test shortens it
 
 // relistNow asks relistLoop to record this broker's connections live in
 // Redis again (never blocks; nothing without conflict tracking). Called
-// when they may have gone from Redis: the tracker found this broker's
-// lease gone (conflicts.Deps.Relist: another broker reaped it while it
-// was paused past broker_lease, or Redis lost its keys), the replica found
-// Redis flushed or lost its session (Redis restarted, perhaps from an
-// older snapshot), or Redis answers again after being down.
+// when they may have gone from Redis, or some were never written there:
+// the tracker found this broker's lease lapsed (another broker may have
+// reaped it while it was paused past broker_lease, or Redis lost its
+// keys) or Redis did not take a batch of connects (conflicts.Deps.Relist),
+// or the replica found Redis flushed or lost its session (Redis
+// restarted, perhaps from an older snapshot).
 func (g *Guard) relistNow() {
 	if g.relistReq == nil {
 		return
@@ -32,10 +33,11 @@ func (g *Guard) relistNow() {
 }
 
 // relistLoop runs relistConns at each relistNow, once Redis answers (a
-// relist Redis does not take is lost: Redis back asks for another). Asks
-// that come while one runs, or within relistGap after it, make one more
-// after that.
+// relist Redis does not take asks for another, as do other writes of the
+// worker's that fail). Asks that come while one runs, or within relistGap after it,
+// make one more after that; so does an incomplete relist.
 func (g *Guard) relistLoop() {
+	failing := false // the last relist was not complete
 	for {
 		select {
 		case <-g.stop:
@@ -49,7 +51,12 @@ func (g *Guard) relistLoop() {
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
-		g.relistSafely()
+		if !g.relistSafely(failing) {
+			failing = true
+			g.relistNow() // again after the gap
+		} else {
+			failing = false
+		}
 		// At most one relist per relistGap: a Redis whose sessions break
 		// over and over (each break asks for one) costs it at most the
 		// held connections' writes once a second.
@@ -64,22 +71,26 @@ func (g *Guard) relistLoop() {
 // relistGap is the least time between two relists (relistLoop).
 const relistGap = time.Second
 
-// relistSafely is relistConns, a panic in it logged.
-func (g *Guard) relistSafely() {
+// relistSafely is relistConns, a panic in it logged; it reports whether
+// the relist was complete. Only the first of a series of incomplete ones
+// is logged (failing: the one before was incomplete).
+func (g *Guard) relistSafely(failing bool) (complete bool) {
 	defer func() {
 		if p := recover(); p != nil {
 			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error recording the live connections again: %v", p))
+			complete = false
 		}
 	}()
 	n, complete := g.relistConns()
 	switch {
-	case !complete:
+	case !complete && !failing:
 		g.log(LevelWarning, "mosquitto-guard: recording this broker's live connections in redis again stopped after "+strconv.Itoa(n)+
-			": the client ID tracking queue stayed full (redis slow or not answering); the next time redis answers again it starts over")
-	case n > 0:
+			": the client ID tracking queue stayed full (redis slow or not answering); it starts over every second or more until it is done")
+	case complete && n > 0:
 		g.log(LevelNotice, "mosquitto-guard: recording this broker's "+strconv.Itoa(n)+
-			" live connections in redis again: its lease or redis's keys may have been lost")
+			" live connections in redis again: its lease had lapsed, or redis lost them or did not take them")
 	}
+	return complete
 }
 
 // relistConns hands every connection this broker holds and the tracker

@@ -56,7 +56,7 @@ func (s *atk30Gate) WriteConns(ctx context.Context, ws []store.ConnWrite, w time
 	return s.Store.WriteConns(ctx, ws, w)
 }
 
-// DEFECT (through the plugin, real Redis, clientid_conflict flag): Redis
+// Was a DEFECT (fixed: Relisted forgets the dropped connect; the last check waits, bounded, for the spilled end) (through the plugin, real Redis, clientid_conflict flag): Redis
 // hangs and the tracker's queue fills, so the connect of device T is
 // dropped; Redis answers and the relist records T live (as it should: T
 // is held); Redis hangs again and T disconnects while the queue is full:
@@ -131,8 +131,10 @@ func TestAtk30RelistedDroppedConnectLeftLiveAfterEnd(t *testing.T) {
 	g.Disconnected(uintptr(target))
 	gate.release()
 	require.Eventually(t, func() bool { return g.tracker.Room() == 65536 }, 60*time.Second, 50*time.Millisecond, "the worker drains")
-	time.Sleep(time.Second)
-	assert.Zero(t, live(tid), "T ended: it must not stay live in Redis")
+	// The spilled end is written once the queue is drained, after the
+	// batch in hand (a fixed second was short on a loaded machine; a
+	// ghost would stay).
+	assert.Eventually(t, func() bool { return live(tid) == 0 }, 15*time.Second, 50*time.Millisecond, "T ended: it must not stay live in Redis")
 }
 
 // HOLDS: a relist of connections with 64 KB client IDs and 64 KB
@@ -191,7 +193,7 @@ func (s atk30Count) WriteConns(ctx context.Context, ws []store.ConnWrite, w time
 	return s.failingClaims.WriteConns(ctx, ws, w)
 }
 
-// DEFECT (load amplification; "Redis flapping (repeated relists)"): one
+// Was a DEFECT (fixed: Redis back no longer asks for a relist; a failed worker write does) (load amplification; "Redis flapping (repeated relists)"): one
 // transient error on any Redis call (a deny claim on the broker thread
 // past redis_timeout, a lookup timing out: plugin/conflicts.go
 // checkConflict and liveConns call g.health.down) marks Redis down; the

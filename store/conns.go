@@ -586,29 +586,37 @@ func (s *Store) CountTakeoverTracked(ctx context.Context, tracked string, window
 type Lease struct {
 	Live map[string]bool // the instances whose lease runs, this one's included
 	Dead []string        // instances whose lease ran out (at most 100 a renewal)
-	// Added: the renewal added this instance to guard:brokers, where a
-	// renewal before had put it: its lease was gone (reaped by another
-	// broker while this one was paused or cut off, Redis flushed or
-	// restarted without it), and with it, as a rule, its live entries,
-	// which the broker must then record again (conflicts.Deps.Relist). The
-	// first renewal of an instance adds it too.
-	Added bool
+	// Lapsed: this instance's lease had run out before the renewal, or
+	// was gone from guard:brokers. Other brokers may then have reaped its
+	// live entries (while it was paused or cut off; one reap may still be
+	// under way, and stops at this renewal: ErrLeaseRuns), or Redis lost
+	// them (flushed, restarted empty), and the broker must record them
+	// again (conflicts.Deps.Relist). The first renewal of an instance is
+	// Lapsed too.
+	Lapsed bool
 }
 
 // RenewLease extends instance's lease to now+ttl and returns the instances
-// whose lease still runs and those whose lease ran out (dead brokers), and
-// whether instance's lease had to be added. One round trip.
+// whose lease still runs and those whose lease ran out (dead brokers),
+// and whether instance's own had lapsed. One round trip: the lease's
+// score is read before the ZADD, in the same pipeline on the same key.
 func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Duration) (Lease, error) {
 	now := time.Now().UnixMilli()
 	key := s.kb.Brokers()
 	pipe := s.rdb.Pipeline()
-	added := pipe.ZAdd(ctx, key, redis.Z{Score: float64(now + ttl.Milliseconds()), Member: instance})
+	was := pipe.ZScore(ctx, key, instance) // redis.Nil: gone
+	add := pipe.ZAdd(ctx, key, redis.Z{Score: float64(now + ttl.Milliseconds()), Member: instance})
 	alive := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: strconv.FormatInt(now, 10), Max: "+inf"})
 	gone := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + strconv.FormatInt(now, 10), Count: 100})
-	if _, err := pipe.Exec(ctx); err != nil {
+	_, _ = pipe.Exec(ctx) // each command's error is read below
+	if err := errors.Join(add.Err(), alive.Err(), gone.Err()); err != nil {
 		return Lease{}, fmt.Errorf("store: renew lease: %w", err)
 	}
-	l := Lease{Live: map[string]bool{}, Dead: gone.Val(), Added: added.Val() > 0}
+	if err := was.Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return Lease{}, fmt.Errorf("store: renew lease: %w", err)
+	}
+	score, err := was.Result()
+	l := Lease{Live: map[string]bool{}, Dead: gone.Val(), Lapsed: err != nil || !(score >= float64(now))}
 	for _, m := range alive.Val() {
 		l.Live[m] = true
 	}

@@ -63,7 +63,7 @@ func TestLeaseAndReap(t *testing.T) {
 	l, err := s.RenewLease(ctx, "dead", 50*time.Millisecond)
 	require.NoError(t, err)
 	assert.True(t, l.Live["dead"])
-	assert.True(t, l.Added, "a first renewal adds the instance")
+	assert.True(t, l.Lapsed, "a first renewal adds the instance")
 	time.Sleep(80 * time.Millisecond)
 	l, err = s.RenewLease(ctx, "alive", time.Minute)
 	require.NoError(t, err)
@@ -544,24 +544,29 @@ func TestWriteConnsLeftIsTheLatestUse(t *testing.T) {
 	assert.Equal(t, "i3-1", seen(sly).ID, "kept: live, whatever its bytes say")
 }
 
-// RenewLease says when its ZADD added the instance (its lease was gone: a
-// reap, a flush), and not when it updated a lease that ran.
-func TestRenewLeaseTellsAnAddedLease(t *testing.T) {
+// RenewLease says when the instance's lease had lapsed: gone (a reap's
+// end, a flush) or run out (a reap may be under way), and not when it
+// updated a lease that ran.
+func TestRenewLeaseTellsALapsedLease(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
 	l, err := s.RenewLease(ctx, "i", time.Minute)
 	require.NoError(t, err)
-	assert.True(t, l.Added, "the first renewal")
+	assert.True(t, l.Lapsed, "the first renewal")
 	l, err = s.RenewLease(ctx, "i", time.Minute)
 	require.NoError(t, err)
-	assert.False(t, l.Added, "a lease that runs is updated")
+	assert.False(t, l.Lapsed, "a lease that runs is updated")
 	require.NoError(t, s.Reap(ctx, "i", time.Now().UnixMilli(), 0, time.Hour)) // its lease goes
 	l, err = s.RenewLease(ctx, "i", time.Minute)
 	require.NoError(t, err)
-	assert.True(t, l.Added, "after a reap")
+	assert.True(t, l.Lapsed, "after a reap")
+	r.CLI("ZADD", "guard:brokers", strconv.FormatInt(time.Now().UnixMilli()-1000, 10), "i")
+	l, err = s.RenewLease(ctx, "i", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, l.Lapsed, "run out, still there (a reap under way stops at this renewal)")
 	r.CLI("FLUSHALL")
 	l, err = s.RenewLease(ctx, "i", time.Minute)
 	require.NoError(t, err)
-	assert.True(t, l.Added, "after a flush")
+	assert.True(t, l.Lapsed, "after a flush")
 	assert.True(t, l.Live["i"])
 }

@@ -32,11 +32,11 @@ var dropGhostsHook func()
 // an entry of a connection numbered maxSeq or lower goes: a higher one
 // was made since the caller looked (a claim on the broker thread, ahead of
 // the worker). Each goes as its DISCONNECT's compare-and-delete would,
-// if it is still what was read, and the client ID leaves instance's
-// brokerconns set first; a claim that replaced the entry meanwhile is kept
-// and listed again. The principal's seen record is left as it is: the
-// connection's end is not known. Three round trips at most; it returns how
-// many went.
+// if it is still what was read (a claim that replaced it meanwhile is
+// kept), and then the client ID leaves instance's brokerconns set, unless
+// a claim listed it again meanwhile. The principal's seen record is left
+// as it is: the connection's end is not known. Five round trips at most;
+// it returns how many went.
 //
 // Such an entry is a ghost: Redis restarted from a snapshot older than the
 // connection's DISCONNECT, and brought the entry back under the running
@@ -77,17 +77,6 @@ func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, m
 	if len(gs) == 0 {
 		return 0, nil
 	}
-	set := s.kb.BrokerConns(instance)
-	members := make([]any, len(gs))
-	for i, g := range gs {
-		members[i] = g.id
-	}
-	// Unlisted first: a claim that lands after the SREM lists itself again
-	// (its SADD), and one that landed before it replaced the entry, which
-	// the compare-and-delete then keeps, and which is listed again below.
-	if err := s.rdb.SRem(ctx, set, members...).Err(); err != nil {
-		return 0, fmt.Errorf("store: drop ghosts: %w", err)
-	}
 	run := func(full bool) ([]*redis.Cmd, error) {
 		pipe := s.rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(gs))
@@ -104,17 +93,41 @@ func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, m
 	if err != nil {
 		return 0, fmt.Errorf("store: drop ghosts: %w", err)
 	}
-	var kept []any
-	dropped := 0
+	var gone []any
 	for i, c := range cmds {
 		if n, _ := c.Int64(); n == 1 {
-			dropped++
-		} else {
-			kept = append(kept, gs[i].id)
+			gone = append(gone, gs[i].id)
 		}
 	}
-	if len(kept) > 0 {
-		if err := s.rdb.SAdd(ctx, set, kept...).Err(); err != nil {
+	dropped := len(gone)
+	if dropped == 0 {
+		return 0, nil
+	}
+	// Unlisted after: a failure here leaves a member with no entry, which
+	// the next relist or reap passes over (unlisted first, a failure of
+	// the delete left an entry no relist nor reap could find: atk30). A
+	// claim of the client ID that lands between the delete and the SREM
+	// is listed again: each is looked for after the SREM.
+	set := s.kb.BrokerConns(instance)
+	if err := s.rdb.SRem(ctx, set, gone...).Err(); err != nil {
+		return dropped, fmt.Errorf("store: drop ghosts: %w", err)
+	}
+	pipe = s.rdb.Pipeline()
+	back := make([]*redis.BoolCmd, len(gone))
+	for i, id := range gone {
+		back[i] = pipe.HExists(ctx, s.kb.ConnTracked(id.(string)), instance)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return dropped, fmt.Errorf("store: drop ghosts: %w", err)
+	}
+	var relist []any
+	for i, b := range back {
+		if b.Val() {
+			relist = append(relist, gone[i])
+		}
+	}
+	if len(relist) > 0 {
+		if err := s.rdb.SAdd(ctx, set, relist...).Err(); err != nil {
 			return dropped, fmt.Errorf("store: drop ghosts: %w", err)
 		}
 	}
