@@ -239,3 +239,58 @@ func TestAtk31RelistFlagsAnotherBrokersGhost(t *testing.T) {
 	assert.Len(t, after, before, "no new finding: bob has held nothing for an hour")
 	assert.Equal(t, linesBefore, strings.Count(alog.all(), "event=finding"), "no finding logged at the relist")
 }
+
+// atk31FlakyListed is a Redis store whose first Listed fails (one
+// timeout).
+type atk31FlakyListed struct {
+	*recStore
+	failed atomic.Bool
+}
+
+func (s *atk31FlakyListed) Listed(ctx context.Context, instance string, cursor uint64) ([]string, uint64, error) {
+	if s.failed.CompareAndSwap(false, true) {
+		return nil, 0, context.DeadlineExceeded
+	}
+	return s.recStore.Listed(ctx, instance, cursor)
+}
+
+// DEFECT (same line as TestAtk31LargeSetGhostNeverRemoved): one transient
+// error in a relist's removal of ghosts leaves them for as long as the
+// broker runs, unless something else asks for a relist: conflicts/tracker.go
+// handlePart, case evRelistDone, logs the error and asks for nothing,
+// while a failed relist part (case evRelist) and a failed batch (default)
+// do ask (t.relist()). Under clientid_conflict deny a ghost refuses its
+// client ID to every other principal (README: "under clientid_conflict
+// deny the other brokers refused its client ID to every other principal
+// for as long as the broker ran").
+//
+// Observed: the ghost stays, no relist asked for. Expected: removed, or a
+// relist asked for (as a failed relist part does).
+func TestAtk31FailedGhostRemovalNotRetried(t *testing.T) {
+	r := testenv.StartRedis(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	opts := testOptions()
+	opts.Deny = true
+	fs := &atk31FlakyListed{recStore: &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, kb)}}
+	t.Cleanup(func() { fs.Close() })
+	a, clk, alog := tracker(t, fs, opts)
+	a.instance = "ia"
+	var asked atomic.Int32
+	a.relist = func() { asked.Add(1) }
+	a.renew()
+	y := a.NewConn("bob", "192.0.2.2", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "y", conn: y}})
+	ghost := r.CLI("HGET", kb.Conn("y"), "ia")
+	a.handleSafely([]event{{kind: evDisconnect, clientID: "y", conn: y}})
+	// Redis restarted from a snapshot that holds y.
+	r.CLI("HSET", kb.Conn("y"), "ia", ghost)
+	r.CLI("SADD", kb.BrokerConns("ia"), "y")
+
+	a.handleSafely([]event{{kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	t.Logf("log: %s", alog.all())
+	for i := 0; i < 3; i++ {
+		clk.advance(opts.Lease / 3)
+		a.renew() // the lease runs: no relist from there
+	}
+	assert.True(t, asked.Load() > 0 || r.CLI("HLEN", kb.Conn("y")) == "0", "y's ghost is removed, or a relist asked for")
+}
