@@ -294,3 +294,36 @@ func TestAtk31FailedGhostRemovalNotRetried(t *testing.T) {
 	}
 	assert.True(t, asked.Load() > 0 || r.CLI("HLEN", kb.Conn("y")) == "0", "y's ghost is removed, or a relist asked for")
 }
+
+// HOLDS: a held connection with a 64 KB client ID (kept in Redis under its
+// keys.Tracking form) is found in the memo by the relist's removal
+// (conflicts/lease.go dropGhosts: t.idKey of the brokerconns member), both
+// after its connect and after its relist, so its live entry stays; a
+// ghost with a 64 KB client ID goes.
+func TestAtk31LongClientIDRelistKeepsHeld(t *testing.T) {
+	r := testenv.StartRedis(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	a, _, clk := redisTracker(t, r, "ia", testOptions())
+	a.renew()
+	long := strings.Repeat("x", 64<<10)
+	gone := strings.Repeat("y", 64<<10)
+	held, lid := tracked(long)
+	ghostID, gid := tracked(gone)
+	require.NotEqual(t, long, held, "kept under its tracking form")
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	y := a.NewConn("bob", "192.0.2.2", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: held, long: lid, conn: x}, {kind: evConnect, clientID: ghostID, long: gid, conn: y}})
+	ghost := r.CLI("HGET", kb.ConnTracked(ghostID), "ia")
+	require.NotEmpty(t, ghost)
+	a.handleSafely([]event{{kind: evDisconnect, clientID: ghostID, conn: y}})
+	r.CLI("HSET", kb.ConnTracked(ghostID), "ia", ghost)
+	r.CLI("SADD", kb.BrokerConns("ia"), ghostID)
+
+	a.handleSafely([]event{{kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	assert.Equal(t, "1", r.CLI("HLEN", kb.ConnTracked(held)), "held: kept after its connect")
+	assert.Equal(t, "0", r.CLI("HLEN", kb.ConnTracked(ghostID)), "the ghost goes")
+	r.CLI("FLUSHALL")
+	a.handleSafely([]event{{kind: evRelist, clientID: held, long: lid, conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	assert.Equal(t, "1", r.CLI("HLEN", kb.ConnTracked(held)), "held: relisted and kept")
+	assert.Equal(t, "1", r.CLI("SISMEMBER", kb.BrokerConns("ia"), held))
+}
