@@ -9,6 +9,9 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
+// renewBound bounds a renewal, the reaps it runs included.
+const renewBound = 5 * time.Second
+
 // renew extends this broker's lease, learns which brokers are alive, and
 // ends the live connections of brokers whose lease ran out (store.Reap).
 // The disconnects kept for retry are written first. A lease found lapsed
@@ -19,7 +22,7 @@ import (
 // let another principal take their client IDs; atk28), as did every
 // broker after Redis was flushed or restarted empty (atk29).
 func (t *Tracker) renew() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), renewBound)
 	defer cancel()
 	t.flushRetry(ctx)
 	l, err := t.store.RenewLease(ctx, t.instance, t.opts.Lease)
@@ -27,10 +30,21 @@ func (t *Tracker) renew() {
 		return // Redis down: the plugin's health check reports it; live brokers are kept as they were
 	}
 	t.aliveBefore = *t.live.Swap(&l.Live)
-	if l.Lapsed && t.renewed && t.relist != nil {
+	// The clock is read only when needed: a test sets the plugin's clock
+	// after the worker's first renewal.
+	switch {
+	case t.relist == nil:
+	case l.Lapsed && t.renewed:
 		// The lease had lapsed: other brokers may have reaped this one's
-		// live entries (a reap under way stops at this renewal), or Redis
-		// lost them: the caller hands its connections to Relisted.
+		// live entries, or Redis lost them: the caller hands its
+		// connections to Relisted. A reap under way stops at this
+		// renewal, but a batch of it past its last look at the lease
+		// still writes, within its renewal's renewBound, and may delete
+		// what the relist wrote (atk31): once more after that.
+		t.relist()
+		t.relistAgainAt = t.now().UnixMilli() + (renewBound + time.Second).Milliseconds()
+	case t.relistAgainAt != 0 && t.now().UnixMilli() >= t.relistAgainAt:
+		t.relistAgainAt = 0
 		t.relist()
 	}
 	t.renewed = true
@@ -60,11 +74,11 @@ func (t *Tracker) Close(ctx context.Context) {
 // live script keeps a newer connection of this instance; Seen), and
 // lists it in the memo when its client ID lists none (a connect the queue
 // dropped: its disconnect then unlists it). Each is read back and
-// evaluated against the client ID's live connections alone: another
-// principal that took the client ID while this one was unlisted (after a
-// flush, before the relist; a connect then found nothing) is flagged now
-// (atk30). The past users are not evaluated again: the connection's
-// connect did that, and a relist is no new use.
+// evaluated against the client ID's live connections made since it was:
+// another principal that took the client ID while this one was unlisted
+// (after a flush, before the relist; a connect then found nothing) is
+// flagged now (atk30). The past users are not evaluated again: the
+// connection's connect did that, and a relist is no new use.
 func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	conns := t.storeConns(part)
 	ws := make([]store.ConnWrite, len(part))
@@ -94,7 +108,17 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		if i >= len(states) {
 			break
 		}
-		cross, _ := evaluate(ev.clientID, conns[i], nil, states[i].Live, nil, alive, now, t.opts.Window)
+		// Only the live connections made since this one: an older one was
+		// there at its connect, which evaluated it, or is a ghost a
+		// snapshot brought back, which its own broker removes (atk31: a
+		// connection an hour over was flagged).
+		live := states[i].Live[:0:0]
+		for _, c := range states[i].Live {
+			if c.ConnectedMs >= conns[i].ConnectedMs {
+				live = append(live, c)
+			}
+		}
+		cross, _ := evaluate(ev.clientID, conns[i], nil, live, nil, alive, now, t.opts.Window)
 		if cross != nil {
 			ev.long.show(cross)
 			t.report(ctx, cross)
@@ -112,25 +136,23 @@ type GhostStore interface {
 
 // dropGhosts removes this broker's live entries that are no connection it
 // holds (RelistDone): the client IDs in its brokerconns set whose memo
-// lists no connection, their entries numbered maxSeq or lower. Every held
-// connection was relisted before, and so is listed in the memo (a connect
-// the queue dropped included); a connection admitted since has a higher
-// number, or its connect, queued after, writes its entry again. Bounded by
-// ctx (one part's 5 s, some 500 client IDs a page): a larger set is done
-// in part, and in whole by a later relist. It returns how many went.
-func (t *Tracker) dropGhosts(ctx context.Context, maxSeq uint64) (int, error) {
+// lists no connection, their entries numbered maxSeq or lower, from the
+// set's cursor (0: its start). Every held connection was relisted before,
+// and so is listed in the memo (a connect the queue dropped included); a
+// connection admitted since has a higher number, or its connect, queued
+// after, writes its entry again. Bounded by ctx (one part's 5 s, some 500
+// client IDs a page); it returns how many went, and, with an error, the
+// cursor of the page not done (handlePart goes on from it later).
+func (t *Tracker) dropGhosts(ctx context.Context, maxSeq, cursor uint64) (int, uint64, error) {
 	gs, ok := t.store.(GhostStore)
 	if !ok {
-		return 0, nil
+		return 0, 0, nil
 	}
-	var (
-		cursor  uint64
-		dropped int
-	)
+	dropped := 0
 	for {
 		ids, next, err := gs.Listed(ctx, t.instance, cursor)
 		if err != nil {
-			return dropped, err
+			return dropped, cursor, err
 		}
 		cands := ids[:0]
 		for _, id := range ids {
@@ -140,8 +162,11 @@ func (t *Tracker) dropGhosts(ctx context.Context, maxSeq uint64) (int, error) {
 		}
 		n, err := gs.DropGhosts(ctx, t.instance, cands, maxSeq)
 		dropped += n
-		if err != nil || next == 0 {
-			return dropped, err
+		if err != nil {
+			return dropped, cursor, err
+		}
+		if next == 0 {
+			return dropped, 0, nil
 		}
 		cursor = next
 	}

@@ -182,6 +182,7 @@ type Tracker struct {
 	// relistFailing is the worker's: the last relist part was not
 	// written (handlePart logs the first of a series).
 	relistFailing bool
+	relistAgainAt int64           // the worker's: unix ms after which a renewal asks for a relist again (renew); 0 none
 	aliveBefore   map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
 	instance      string
 	seq           atomic.Uint64
@@ -403,6 +404,12 @@ func (t *Tracker) enqueue(ev event) {
 			t.spill.dropped = make(map[uint64]struct{})
 		}
 		t.spill.dropped[ev.conn.Seq] = struct{}{}
+		// A connection held and never written: the held connections are
+		// written again once the queue has room (atk31: 4 220 of 70 000
+		// were live nowhere). Never blocks.
+		if t.relist != nil {
+			t.relist()
+		}
 	case evDisconnect:
 		if _, ok := t.spill.dropped[ev.conn.Seq]; ok {
 			delete(t.spill.dropped, ev.conn.Seq) // its connect was dropped: nothing to undo
@@ -609,12 +616,25 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 			t.relist()
 		}
 	case evRelistDone:
-		n, err := t.dropGhosts(ctx, part[0].conn.Seq)
+		// The event holds the relist's maxSeq (conn.Seq) and the cursor
+		// of its brokerconns set to go on from (conn.ConnectedMs).
+		maxSeq := part[0].conn.Seq
+		n, cursor, err := t.dropGhosts(ctx, maxSeq, uint64(part[0].conn.ConnectedMs))
 		if n > 0 {
 			t.log(LevelNotice, fmt.Sprintf("mosquitto-guard: removed %d live entries of this broker from redis: it holds none of their connections (redis restarted from an older snapshot?)", n))
 		}
-		if err != nil {
+		switch {
+		case err == nil:
+		case ctx.Err() != nil && t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq, ConnectedMs: int64(cursor)}}):
+			// Its bound is spent (a large set, a slow Redis): it goes on
+			// from where it stopped, after the events queued meanwhile
+			// (atk31: it started over each time, and never reached the
+			// end of a set larger than one bound's reach).
+		default:
 			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: removing the live entries of connections this broker does not hold: %v", err))
+			if t.relist != nil {
+				t.relist() // all over again, a second or more later
+			}
 		}
 	default:
 		if err := t.handle(ctx, part); err != nil {

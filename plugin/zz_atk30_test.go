@@ -111,7 +111,9 @@ func TestAtk30RelistedDroppedConnectLeftLiveAfterEnd(t *testing.T) {
 	require.Eventually(t, func() bool { return g.tracker.Room() == 65536 }, 60*time.Second, 50*time.Millisecond, "the worker drains")
 	time.Sleep(500 * time.Millisecond)
 	tid := fmt.Sprintf("dev-%d", target)
-	require.Zero(t, live(tid), "T's connect was dropped")
+	// (Since atk31's fix, a connect the full queue dropped asks for a
+	// relist itself, which may have written T already: the relist below
+	// makes sure of it.)
 
 	// Redis answers: the relist records every held connection, T included.
 	held, complete := g.relistConns()

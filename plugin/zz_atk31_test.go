@@ -30,7 +30,7 @@ func (s atk31Gated) WriteConns(ctx context.Context, ws []store.ConnWrite, w time
 	return s.liveWrites.WriteConns(ctx, ws, w)
 }
 
-// DEFECT: connections whose connect the tracker's queue dropped (a burst
+// Was a DEFECT (fixed: a connect the full queue drops asks for a relist): connections whose connect the tracker's queue dropped (a burst
 // while Redis was slow, but answering) are never recorded live, and no
 // relist is asked for. README: "A running broker records its connections
 // in Redis again whenever they may have gone from there, or were never
