@@ -86,12 +86,16 @@ type Deps struct {
 	// logged, and published; not one folded into an earlier report. Called
 	// from the worker; nil: nobody is told.
 	Reported func(kind string)
-	// Relist is told, from the worker, that this broker's lease was gone
-	// at a renewal (store.Lease.Added; not at the first): its live entries
-	// went with it, as a rule (another broker reaped this one while it was
-	// paused or cut off; Redis was flushed or restarted empty), and the
-	// caller must hand every connection it holds to Relisted. It must not
-	// block. Nil: nobody is told.
+	// Relist is told that this broker's connections may be missing from
+	// Redis, and the caller must hand every connection it holds to
+	// Relisted, then call RelistDone: its lease was found lapsed at a
+	// renewal (store.Lease.Lapsed; not at the first: another broker may
+	// have reaped this one while it was paused or cut off; Redis was
+	// flushed or restarted empty), and once more a little later (a reap
+	// already under way); or Redis did not take a batch of the worker's
+	// writes, or a relist's, or its removal of ghosts; or the full queue
+	// dropped a connect. Called from the worker and from the broker thread
+	// (enqueue): it must not block. Nil: nobody is told.
 	Relist func()
 }
 
@@ -351,9 +355,9 @@ func (t *Tracker) Refused(clientID string, attempt Conn, holder *store.Conn) {
 // to, each before the connection's Disconnected (under the lock its
 // disconnect takes): the worker writes them in queue order, so a
 // connection that ends is never written live after its end. A full queue
-// drops it and Relisted reports false (the caller waits for Room).
-// Nothing is evaluated: a relisted connection made its findings at its
-// connect.
+// drops it and Relisted reports false (the caller waits for Room). Only
+// the live connections made since it are evaluated (relistConns): its
+// connect evaluated the rest.
 func (t *Tracker) Relisted(clientID string, conn Conn) bool {
 	id, long := tracked(clientID)
 	if !t.events.Put(event{kind: evRelist, clientID: id, long: long, conn: conn}) {

@@ -10,8 +10,7 @@ import (
 
 // relistRoomWait bounds how long a relist waits for the tracker's queue to
 // take its next connections (Redis slow or hung): past it the relist stops,
-// and the next loss of the keys, or Redis back after being down, starts
-// another.
+// and starts over after relistGap (relistLoop).
 var relistRoomWait = 10 * time.Second // a test shortens it
 
 // relistNow asks relistLoop to record this broker's connections live in
@@ -19,9 +18,10 @@ var relistRoomWait = 10 * time.Second // a test shortens it
 // when they may have gone from Redis, or some were never written there:
 // the tracker found this broker's lease lapsed (another broker may have
 // reaped it while it was paused past broker_lease, or Redis lost its
-// keys) or Redis did not take a batch of connects (conflicts.Deps.Relist),
-// or the replica found Redis flushed or lost its session (Redis
-// restarted, perhaps from an older snapshot).
+// keys), Redis did not take a batch of its writes, or its full queue
+// dropped a connect (conflicts.Deps.Relist); or the replica found Redis
+// flushed or lost its session (Redis restarted, perhaps from an older
+// snapshot).
 func (g *Guard) relistNow() {
 	if g.relistReq == nil {
 		return
@@ -34,8 +34,8 @@ func (g *Guard) relistNow() {
 
 // relistLoop runs relistConns at each relistNow, once Redis answers (a
 // relist Redis does not take asks for another, as do other writes of the
-// worker's that fail). Asks that come while one runs, or within relistGap after it,
-// make one more after that; so does an incomplete relist.
+// worker's that fail). Asks that come while one runs, or within relistGap
+// after it, make one more after that; so does an incomplete relist.
 func (g *Guard) relistLoop() {
 	failing := false // the last relist was not complete
 	for {
@@ -97,10 +97,10 @@ func (g *Guard) relistSafely(failing bool) (complete bool) {
 // recorded (admitted, not deferred, not an offline session) to
 // conflicts.Tracker.Relisted, then tells the tracker it is done
 // (RelistDone: the worker removes this broker's other live entries), and
-// reports how many, and whether all were taken. Each is handed under g.mu, while it is still in g.conns: its
-// DISCONNECT removes it under g.mu before queuing its end, so the relist
-// is queued before the end, and the worker never writes live a connection
-// that ended. g.mu is held for at most kickScan entries of the table, and
+// reports how many, and whether all were taken. Each is handed under
+// g.mu, while it is still in g.conns: its DISCONNECT removes it under g.mu
+// before queuing its end, so the relist is queued before the end, and the
+// worker never writes live a connection that ended. g.mu is held for at most kickScan entries of the table, and
 // hashes (keys.Tracking) at most about confirmHashMax bytes of client IDs
 // and usernames (as confirmDue: the last one counted may pass it by its
 // two, 128 KB); released between, while the tracker's queue makes room for
