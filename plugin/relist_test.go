@@ -112,12 +112,7 @@ func (s gatedWrites) WriteConns(ctx context.Context, ws []store.ConnWrite, w tim
 // 3 × kickScan), and gives up after relistRoomWait: 70 000 held
 // connections, more than the queue holds.
 func TestRelistBoundedWhileTheWorkerIsStuck(t *testing.T) {
-	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "flag"})
-	require.NoError(t, err)
-	st := newFakeStore()
-	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
-	require.NoError(t, err)
-	st.set("guard:user:alice", string(h))
+	cfg, st := aliceFlagStore(t)
 	var shut atomic.Bool
 	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: st, Counter: &fakeCounter{}, Conflicts: gatedWrites{shut: &shut}})
 	require.NoError(t, err)
@@ -142,4 +137,18 @@ func TestRelistBoundedWhileTheWorkerIsStuck(t *testing.T) {
 	// The broker thread's events still go in.
 	g.Disconnected(1)
 	assert.Equal(t, Allow, g.Authenticate(cl(n+1, "192.0.2.1", "dev-new", "alice", "alice-pw")).Result)
+}
+
+// aliceFlagStore is the options of a broker under clientid_conflict flag
+// with the redis backend, and a fake store holding alice (alice-pw), for
+// the relist tests' guards.
+func aliceFlagStore(t *testing.T) (config.Options, *fakeStore) {
+	t.Helper()
+	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "flag"})
+	require.NoError(t, err)
+	st := newFakeStore()
+	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
+	require.NoError(t, err)
+	st.set("guard:user:alice", string(h))
+	return cfg, st
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
@@ -73,12 +72,7 @@ func TestAtk30RelistedDroppedConnectLeftLiveAfterEnd(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	gate := &atk30Gate{Store: st}
 	t.Cleanup(gate.release) // before g.Close (cleanups run last first)
-	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "flag"})
-	require.NoError(t, err)
-	fs := newFakeStore()
-	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
-	require.NoError(t, err)
-	fs.set("guard:user:alice", string(h))
+	cfg, fs := aliceFlagStore(t)
 	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: fs, Counter: &fakeCounter{}, Conflicts: gate})
 	require.NoError(t, err)
 	t.Cleanup(g.Close)
@@ -212,12 +206,7 @@ func (s atk30Count) WriteConns(ctx context.Context, ws []store.ConnWrite, w time
 // connections" notices. Expected: no full relist for a timeout while
 // Redis kept its keys (a handful of writes).
 func TestAtk30OneTimeoutRelistsEverything(t *testing.T) {
-	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "flag"})
-	require.NoError(t, err)
-	fs := newFakeStore()
-	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
-	require.NoError(t, err)
-	fs.set("guard:user:alice", string(h))
+	cfg, fs := aliceFlagStore(t)
 	var writes atomic.Int64
 	var notices atomic.Int64
 	logf := func(_ Level, msg string) {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
@@ -47,12 +46,7 @@ func (s atk31Gated) WriteConns(ctx context.Context, ws []store.ConnWrite, w time
 // after the worker has written all it was given. Expected: each held
 // connection recorded (a relist asked for after the drops).
 func TestAtk31DroppedConnectsNeverRelisted(t *testing.T) {
-	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "flag"})
-	require.NoError(t, err)
-	st := newFakeStore()
-	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
-	require.NoError(t, err)
-	st.set("guard:user:alice", string(h))
+	cfg, st := aliceFlagStore(t)
 	lw := atk31Gated{liveWrites: &liveWrites{live: map[string]string{}}, open: make(chan struct{})}
 	var logs sync.Map
 	var opened sync.Once
@@ -170,12 +164,7 @@ func (s atk31FailOnce) WriteConns(ctx context.Context, ws []store.ConnWrite, w t
 // Checked: the relist comes (every held connection written again), within
 // a few seconds, and only one.
 func TestAtk31OneFailedBatchRelistsEverything(t *testing.T) {
-	cfg, err := config.Parse(map[string]string{"backend": "redis", "clientid_conflict": "flag"})
-	require.NoError(t, err)
-	fs := newFakeStore()
-	h, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
-	require.NoError(t, err)
-	fs.set("guard:user:alice", string(h))
+	cfg, fs := aliceFlagStore(t)
 	var writes, notices atomic.Int64
 	var fail atomic.Bool
 	logf := func(_ Level, msg string) {
