@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"net/netip"
@@ -629,11 +630,11 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 		}
 		switch {
 		case err == nil:
-		case ctx.Err() != nil && t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq, ConnectedMs: int64(cursor)}}):
-			// Its bound is spent (a large set, a slow Redis): it goes on
-			// from where it stopped, after the events queued meanwhile
-			// (atk31: it started over each time, and never reached the
-			// end of a set larger than one bound's reach).
+		case (errors.Is(err, errGhostBudget) || ctx.Err() != nil) && t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq, ConnectedMs: int64(cursor)}}):
+			// Its budget or bound is spent (a large set, a slow Redis):
+			// it goes on from where it stopped, after the events queued
+			// meanwhile (atk31: it started over each time, and never
+			// reached the end of a set larger than one bound's reach).
 		default:
 			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: removing the live entries of connections this broker does not hold: %v", err))
 			if t.relist != nil {
