@@ -75,10 +75,11 @@ func (t *Tracker) Close(ctx context.Context) {
 // live script keeps a newer connection of this instance; Seen), and
 // lists it in the memo when its client ID lists none (a connect the queue
 // dropped: its disconnect then unlists it). Each is read back and
-// evaluated against the client ID's live connections made since it was:
-// another principal that took the client ID while this one was unlisted
-// (after a flush, before the relist; a connect then found nothing) is
-// flagged now (atk30). The past users are not evaluated again: the
+// evaluated against the client ID's connections made since it was, live
+// or ended within conflict_window: another principal that took the client
+// ID while this one was unlisted (after a flush, before the relist; a
+// connect then found nothing) is flagged now (atk30), also if it has let
+// go again (atk32). The past users are not evaluated again: the
 // connection's connect did that, and a relist is no new use.
 func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	conns := t.storeConns(part)
@@ -109,23 +110,34 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		if i >= len(states) {
 			break
 		}
-		// Only the live connections made since this one: an older one was
-		// there at its connect, which evaluated it, or is a ghost a
-		// snapshot brought back, which its own broker removes (atk31: a
-		// connection an hour over was flagged).
-		live := states[i].Live[:0:0]
-		for _, c := range states[i].Live {
-			if c.ConnectedMs >= conns[i].ConnectedMs {
-				live = append(live, c)
-			}
-		}
-		cross, _ := evaluate(ev.clientID, conns[i], nil, live, nil, alive, now, t.opts.Window)
+		// Only the connections made since this one, live or ended (the
+		// principals' seen records, within conflict_window): each used the
+		// client ID while this one held it. An older one was there at its
+		// connect, which evaluated it, or is a ghost a snapshot brought
+		// back, which its own broker removes (atk31: a connection an hour
+		// over was flagged). An ended one is a principal that took the
+		// client ID after a flush and let go before this relist (atk32:
+		// a hit-and-run on another broker escaped).
+		live := since(states[i].Live, conns[i].ConnectedMs)
+		seen := since(states[i].Seen, conns[i].ConnectedMs)
+		cross, _ := evaluate(ev.clientID, conns[i], nil, live, seen, alive, now, t.opts.Window)
 		if cross != nil {
 			ev.long.show(cross)
 			t.report(ctx, cross)
 		}
 	}
 	return nil
+}
+
+// since is the connections of cs made at ms or later, in a new slice.
+func since(cs []store.Conn, ms int64) []store.Conn {
+	out := cs[:0:0]
+	for _, c := range cs {
+		if c.ConnectedMs >= ms {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // ghostBudget is how long one removal of ghosts (dropGhosts) runs before

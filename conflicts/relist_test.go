@@ -242,3 +242,63 @@ func TestGhostRemovalOutOfTimeGoesOn(t *testing.T) {
 	assert.Equal(t, uint64(7), evs[0].conn.Seq, "the same relist's")
 	assert.Equal(t, int64(g.pages.Load()), evs[0].conn.ConnectedMs, "from the cursor of the page not done")
 }
+
+// A relist flags another principal that took the client ID while it was
+// not listed and let go of it again before the relist: its use, ended
+// within conflict_window and made since the relisted connection, is in its
+// seen record. Before, the relist evaluated live connections only, and
+// such a hit-and-run after a flush was never flagged (atk32's e2e
+// TestAtk32HitAndRunAfterFlush). A use that ended before the relisted
+// connection was made was evaluated at that connection's connect, and is
+// not flagged again.
+func TestRelistFlagsAHitAndRunAfterAFlush(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, deny := range []bool{false, true} {
+		t.Run(map[bool]string{false: "flag", true: "deny"}[deny], func(t *testing.T) {
+			r.CLI("FLUSHALL")
+			opts := testOptions()
+			opts.Deny = deny
+			a, as, clk := redisTracker(t, r, "ia", opts)
+			b, bs, _ := redisTracker(t, r, "ib", opts)
+			b.now = clk.now // one clock for both brokers
+			a.renew()
+			b.renew()
+			a.renew()
+			// carol used x and let go before alice came: no conflict.
+			w := b.NewConn("carol", "192.0.2.3", clk.now())
+			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: w}})
+			clk.advance(time.Second)
+			b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: w}})
+			clk.advance(time.Second)
+			x := a.NewConn("alice", "192.0.2.1", clk.now())
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+			carolSeen := r.CLI("HGET", "guard:seen:x", "carol")
+			require.Contains(t, carolSeen, `"disconnected_ms"`)
+			r.CLI("FLUSHALL") // Redis restarted empty
+			a.renew()
+			b.renew()
+			clk.advance(time.Second)
+			y := b.NewConn("bob", "192.0.2.2", clk.now())
+			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+			clk.advance(50 * time.Millisecond)
+			b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}})
+			as.mu.Lock()
+			bs.mu.Lock()
+			before := append(append([]string(nil), as.findings["x"]...), bs.findings["x"]...)
+			bs.mu.Unlock()
+			as.mu.Unlock()
+			// alice's connect flagged carol's use within the window.
+			require.Len(t, before, 1, "bob's connect found nothing live: the flush took alice's entry")
+			require.Equal(t, "alice,carol", before[0])
+			// carol's use brought back, as a snapshot would.
+			r.CLI("HSET", "guard:seen:x", "carol", carolSeen)
+
+			a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+			as.mu.Lock()
+			got := append([]string(nil), as.findings["x"][1:]...)
+			as.mu.Unlock()
+			require.Len(t, got, 1, "bob used x while alice held it: one finding")
+			assert.Equal(t, "alice,bob", got[0], "carol let go before alice came")
+		})
+	}
+}
