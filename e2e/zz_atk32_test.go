@@ -127,7 +127,8 @@ func atk32HitAndRun(t *testing.T, id string, hold, stop time.Duration, extra ...
 	return a, b
 }
 
-// DEFECT: README, Client-ID conflicts, "A running broker records its
+// Was a DEFECT (fixed: a relist also evaluates the uses, ended within
+// conflict_window, made since the relisted connection; 34b3245): README, Client-ID conflicts, "A running broker records its
 // connections in Redis again ...": "Each is read back and checked against
 // the client ID's live connections made since it was: another principal
 // that took the client ID while it was not listed (after a flush, before
@@ -146,7 +147,7 @@ func TestAtk32HitAndRunAfterFlush(t *testing.T) {
 	assert.NotZero(t, atk32Findings(a, id), "bob used alice's live client ID after the flush: a finding is due")
 }
 
-// DEFECT: the same claim, with broker-a slow (SIGSTOP 1 s, as in
+// Was a DEFECT (fixed as above): the same claim, with broker-a slow (SIGSTOP 1 s, as in
 // TestAtk30RelistBesideAnotherPrincipalNotFlagged) and bob connected for
 // 300 ms. Observed: no finding. Expected: a cross-principal finding.
 func TestAtk32HitAndRunSlowBroker(t *testing.T) {
@@ -155,7 +156,7 @@ func TestAtk32HitAndRunSlowBroker(t *testing.T) {
 	assert.NotZero(t, atk32Findings(a, id), "bob used alice's live client ID after the flush: a finding is due")
 }
 
-// DEFECT: the same claim under clientid_conflict deny on both brokers:
+// Was a DEFECT (fixed as above): the same claim under clientid_conflict deny on both brokers:
 // bob's claim after the flush is let in (acknowledged: "let in, and
 // flagged"), but leaving before the relist he is never flagged.
 func TestAtk32HitAndRunAfterFlushDeny(t *testing.T) {
