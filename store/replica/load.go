@@ -393,6 +393,7 @@ func (s *Sync) enableNotifications(ctx context.Context) {
 			refused("read notify-keyspace-events", err)
 			return nil
 		}
+		s.checkEviction(ctx, c)
 		flags := cur["notify-keyspace-events"]
 		want := missingFlags(flags)
 		if want == flags {
@@ -405,4 +406,35 @@ func (s *Sync) enableNotifications(ctx context.Context) {
 		s.o.Log(false, fmt.Sprintf("replica: turned on keyspace notifications (notify-keyspace-events %q, was %q)", want, flags))
 		return nil
 	})
+}
+
+// checkEviction warns, once for each node until its setting changes, when
+// Redis may evict keys: a maxmemory limit with a policy other than
+// noeviction. Auto-bans, throttles and failure counts carry TTLs, so a
+// volatile-* policy evicts them first (a ban lifted before its time), and
+// client-ID tracking's records go unnoticed (README, Known limits). A
+// refusal is said by enableNotifications' own CONFIG GET.
+func (s *Sync) checkEviction(ctx context.Context, c *redis.Client) {
+	cur, err := c.ConfigGet(ctx, "maxmemory*").Result()
+	if err != nil {
+		return
+	}
+	limit, policy := cur["maxmemory"], cur["maxmemory-policy"]
+	setting := ""
+	if limit != "" && limit != "0" && policy != "" && policy != "noeviction" {
+		setting = "maxmemory " + limit + ", maxmemory-policy " + policy
+	}
+	node := store.NodeName(c)
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	if s.evictionSaid == nil {
+		s.evictionSaid = map[string]string{}
+	}
+	if s.evictionSaid[node] == setting {
+		return
+	}
+	s.evictionSaid[node] = setting
+	if setting != "" {
+		s.o.Log(true, fmt.Sprintf("replica: redis at %s may evict the guard's keys (%s): a ban, throttle or failure count with a TTL can go before its time, and client-ID tracking's records unnoticed; set maxmemory-policy noeviction", node, setting))
+	}
 }

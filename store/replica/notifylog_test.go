@@ -98,3 +98,39 @@ func flushedSync(t *testing.T, onLost func(error)) (*testenv.Redis, *Sync, *atom
 	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
 	return r, s, flushed
 }
+
+// A Redis that may evict keys (a maxmemory limit with a policy other than
+// noeviction) is warned of once, and again when its setting changes to
+// another that evicts; one without a limit, or with noeviction, is not.
+// An eviction policy takes bans with a TTL before their time.
+func TestEvictionPolicyWarnedOnce(t *testing.T) {
+	r := testenv.StartRedis(t, "--maxmemory", "100mb", "--maxmemory-policy", "volatile-lru")
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	var l logs
+	var lost atomic.Int32
+	s := NewSync(New(kb), rdb, Options{ResyncEvery: time.Hour, Log: l.add, OnLost: func(error) { lost.Add(1) }})
+	run(t, s)
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	const warning = "may evict the guard's keys"
+	require.Equal(t, 1, l.count(warning), "%q", l.lines)
+	assert.Equal(t, 1, l.count("maxmemory-policy volatile-lru"), "%q", l.lines)
+	session := func(i int32) { // a new session: its subscription cut
+		r.CLI("CLIENT", "KILL", "TYPE", "pubsub")
+		require.Eventually(t, func() bool { return lost.Load() > i }, 5*time.Second, 10*time.Millisecond)
+		require.Eventually(t, func() bool { return r.CLI("PUBSUB", "NUMPAT") != "0" }, 5*time.Second, 10*time.Millisecond)
+	}
+	session(0)
+	session(1)
+	assert.Equal(t, 1, l.count(warning), "once while the setting stays: %q", l.lines)
+	r.CLI("CONFIG", "SET", "maxmemory-policy", "noeviction")
+	session(2)
+	assert.Equal(t, 1, l.count(warning), "noeviction is safe: %q", l.lines)
+	r.CLI("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+	session(3)
+	assert.Equal(t, 2, l.count(warning), "%q", l.lines)
+	assert.Equal(t, 1, l.count("maxmemory-policy allkeys-lru"), "%q", l.lines)
+	r.CLI("CONFIG", "SET", "maxmemory", "0")
+	session(4)
+	assert.Equal(t, 2, l.count(warning), "no limit, nothing evicted: %q", l.lines)
+}

@@ -81,8 +81,9 @@ type Sync struct {
 	subRefused  bool              // the subscription was refused (logged once); session goroutine only
 	infoRefused bool              // INFO was refused: no failover check (logged once); session goroutine only
 
-	notifyMu      sync.Mutex // a cluster's masters are asked concurrently
-	notifyRefused string     // the last CONFIG refusal logged by enableNotifications
+	notifyMu      sync.Mutex        // a cluster's masters are asked concurrently
+	notifyRefused string            // the last CONFIG refusal logged by enableNotifications
+	evictionSaid  map[string]string // by node: the evicting setting last warned of ("" none; checkEviction)
 
 	wrongMu     sync.Mutex
 	wrongLogged map[string]struct{} // keys of another type already logged
