@@ -74,18 +74,19 @@ func (t *Tracker) Close(ctx context.Context) {
 // trip: each as its connect writes it (store.ConnWrite Live, not Sole: the
 // live script keeps a newer connection of this instance; Seen), and
 // lists it in the memo when its client ID lists none (a connect the queue
-// dropped: its disconnect then unlists it). Each is read back and
-// evaluated against the client ID's connections made since it was, live
-// or ended within conflict_window: another principal that took the client
-// ID while this one was unlisted (after a flush, before the relist; a
-// connect then found nothing) is flagged now (atk30), also if it has let
-// go again (atk32). The past users are not evaluated again: the
+// dropped: its disconnect then unlists it). Each one Redis did not list
+// before is read back and evaluated against the client ID's connections
+// made since it was (or since a reap ended it), live or ended within
+// conflict_window: another principal that took the client ID while this
+// one was unlisted (after a flush or a reap, before the relist; a connect
+// then found nothing) is flagged now (atk30), also if it has let go
+// again (atk32). The past users are not evaluated again: the
 // connection's connect did that, and a relist is no new use.
 func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	conns := t.storeConns(part)
 	ws := make([]store.ConnWrite, len(part))
 	for i, ev := range part {
-		ws[i] = store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: &conns[i], Seen: &conns[i], Read: true}
+		ws[i] = store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: &conns[i], Seen: &conns[i], Read: true, Prior: true}
 		id := t.idKey(ev.clientID)
 		if e, was, found := t.findMemo(id); e.cur == 0 {
 			t.list(&e, ev.conn.Seq)
@@ -110,16 +111,28 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		if i >= len(states) {
 			break
 		}
-		// Only the connections made since this one, live or ended (the
-		// principals' seen records, within conflict_window): each used the
-		// client ID while this one held it. An older one was there at its
-		// connect, which evaluated it, or is a ghost a snapshot brought
+		// Only what a connect may have missed: the uses made while this
+		// connection was not listed. Listed before this write, it was
+		// there for every connect since (a second relist, a lapsed lease
+		// no broker reaped, a snapshot that held it and the ghosts of its
+		// time): nothing to evaluate (atk33: an overlap reported at its
+		// connect was reported again at each relist, and a snapshot's
+		// ghost made since shown live). Else the connections made since
+		// it, or since the end a reap gave it, live or ended (the
+		// principals' seen records, within conflict_window): an older
+		// one was there at a connect that evaluated it (this one's, or,
+		// while it was listed, its own), or is a ghost a snapshot brought
 		// back, which its own broker removes (atk31: a connection an hour
-		// over was flagged). An ended one is a principal that took the
-		// client ID after a flush and let go before this relist (atk32:
-		// a hit-and-run on another broker escaped).
-		live := since(states[i].Live, conns[i].ConnectedMs)
-		seen := since(states[i].Seen, conns[i].ConnectedMs)
+		// over was flagged). An ended one took the client ID after a
+		// flush or reap and let go before this relist (atk32: a
+		// hit-and-run on another broker escaped).
+		p := states[i].Prior
+		if p.Listed {
+			continue
+		}
+		from := max(conns[i].ConnectedMs, p.EndedMs)
+		live := since(states[i].Live, from)
+		seen := since(states[i].Seen, from)
 		cross, _ := evaluate(ev.clientID, conns[i], nil, live, seen, alive, now, t.opts.Window)
 		if cross != nil {
 			ev.long.show(cross)
@@ -167,8 +180,8 @@ type GhostStore interface {
 // and so is listed in the memo (a connect the queue dropped included); a
 // connection admitted since has a higher number, or its connect, queued
 // after, writes its entry again. It stops itself once ghostBudget is
-// spent (errGhostBudget), between two pages of some 500 client IDs, and
-// ctx (one part's 5 s) bounds a page Redis is slow to answer; it returns
+// spent (errGhostBudget), after a page of some 500 client IDs, and ctx
+// (one part's 5 s) bounds a page Redis is slow to answer; it returns
 // how many went, and, with an error, the cursor of the page not done
 // (handlePart goes on from it later).
 func (t *Tracker) dropGhosts(ctx context.Context, maxSeq, cursor uint64) (int, uint64, error) {
@@ -179,9 +192,6 @@ func (t *Tracker) dropGhosts(ctx context.Context, maxSeq, cursor uint64) (int, u
 	stopAt := time.Now().Add(ghostBudget)
 	dropped := 0
 	for {
-		if cursor != 0 && !time.Now().Before(stopAt) {
-			return dropped, cursor, errGhostBudget
-		}
 		ids, next, err := gs.Listed(ctx, t.instance, cursor)
 		if err != nil {
 			return dropped, cursor, err
@@ -201,5 +211,23 @@ func (t *Tracker) dropGhosts(ctx context.Context, maxSeq, cursor uint64) (int, u
 			return dropped, 0, nil
 		}
 		cursor = next
+		// After a page, never before the first: each part goes on
+		// (atk33: a budget spent before its first page queued the same
+		// cursor again, for ever).
+		if !time.Now().Before(stopAt) {
+			return dropped, cursor, errGhostBudget
+		}
 	}
+}
+
+// spent says whether ctx's deadline has passed: also in the moment after
+// it when a connection's i/o timeout (go-redis sets ctx's deadline on the
+// connection) has failed a command and ctx's own timer has not yet set
+// ctx.Err().
+func spent(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }

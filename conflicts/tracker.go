@@ -188,6 +188,7 @@ type Tracker struct {
 	// written (handlePart logs the first of a series).
 	relistFailing bool
 	relistAgainAt int64           // the worker's: unix ms after which a renewal asks for a relist again (renew); 0 none
+	ghostsUpTo    atomic.Uint64   // the maxSeq of the latest RelistDone queued: an older removal yields to it
 	aliveBefore   map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
 	instance      string
 	seq           atomic.Uint64
@@ -387,7 +388,14 @@ func (t *Tracker) LastSeq() uint64 { return t.seq.Load() }
 // snapshot brought them back. False: the queue was full (nothing is
 // removed; the next relist does it).
 func (t *Tracker) RelistDone(maxSeq uint64) bool {
-	return t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq}})
+	if !t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq}}) {
+		return false
+	}
+	for {
+		if cur := t.ghostsUpTo.Load(); cur >= maxSeq || t.ghostsUpTo.CompareAndSwap(cur, maxSeq) {
+			return true
+		}
+	}
 }
 
 // Room is how many more events the queue takes now.
@@ -624,13 +632,19 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 		// The event holds the relist's maxSeq (conn.Seq) and the cursor
 		// of its brokerconns set to go on from (conn.ConnectedMs).
 		maxSeq := part[0].conn.Seq
+		if maxSeq < t.ghostsUpTo.Load() {
+			// A later relist's removal is queued, and removes what this
+			// one would: one removal's budget per round, not one per
+			// relist queued (atk33: three relists, three budgets).
+			break
+		}
 		n, cursor, err := t.dropGhosts(ctx, maxSeq, uint64(part[0].conn.ConnectedMs))
 		if n > 0 {
 			t.log(LevelNotice, fmt.Sprintf("mosquitto-guard: removed %d live entries of this broker from redis: it holds none of their connections (redis restarted from an older snapshot?)", n))
 		}
 		switch {
 		case err == nil:
-		case (errors.Is(err, errGhostBudget) || ctx.Err() != nil) && t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq, ConnectedMs: int64(cursor)}}):
+		case (errors.Is(err, errGhostBudget) || spent(ctx)) && t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq, ConnectedMs: int64(cursor)}}):
 			// Its budget or bound is spent (a large set, a slow Redis):
 			// it goes on from where it stopped, after the events queued
 			// meanwhile (atk31: it started over each time, and never

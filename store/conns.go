@@ -255,8 +255,18 @@ func seq(id string) string {
 
 // State is what Redis knows of one client ID.
 type State struct {
-	Live []Conn // live connections on every broker, newest first
-	Seen []Conn // the latest connection of each principal within the window, newest first
+	Live  []Conn // live connections on every broker, newest first
+	Seen  []Conn // the latest connection of each principal within the window, newest first
+	Prior Prior  // with ConnWrite.Prior: what Redis held of Live before this write
+}
+
+// Prior is what Redis held of a connection before a write recorded it
+// again (ConnWrite.Prior: a relist): whether its live entry was there
+// (Listed), and the end its principal's use recorded for it (EndedMs,
+// unix ms; 0: none, no use of it recorded, or another connection's).
+type Prior struct {
+	Listed  bool
+	EndedMs int64
 }
 
 // ConnWrite is one connection event of a broker instance for one client ID.
@@ -313,6 +323,10 @@ type ConnWrite struct {
 	// (DisconnectedMs set), is recorded and read back as for any connect.
 	// No Gone, Unlist or Left is needed after it: nothing of it is live.
 	Ended bool
+	// Prior (with Live and Read, not Ended): State.Prior tells what Redis
+	// held of Live before this write, read in the same round trip, each
+	// key's read before its write.
+	Prior bool
 }
 
 // WriteConns applies a batch of writes in one round trip. It returns one
@@ -325,8 +339,20 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
 		// The script cache was flushed (or this is a new node): send the
 		// scripts themselves. Every write is idempotent, so replaying is safe,
-		// and what is read is read after the replayed writes.
+		// and what is read is read after the replayed writes. What was
+		// there before is what the first attempt read, where it read it:
+		// on a Cluster, the nodes that knew the scripts ran the writes it
+		// replays.
+		first := out
 		out, err = s.writeConns(ctx, ws, window, true)
+		for i := range first {
+			if i < len(out) && ws[i].Prior {
+				out[i].Prior.Listed = out[i].Prior.Listed && first[i].Prior.Listed
+				if first[i].Prior.EndedMs != 0 {
+					out[i].Prior.EndedMs = first[i].Prior.EndedMs
+				}
+			}
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: record connections: %w", err)
@@ -360,7 +386,7 @@ func eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, k
 }
 
 func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) ([]State, error) {
-	type reads struct{ live, seen *redis.Cmd }
+	type reads struct{ live, seen, priorLive, priorSeen *redis.Cmd }
 	rs := make([]reads, len(ws))
 	ttl := any(strconv.FormatInt(window.Milliseconds(), 10))
 	var (
@@ -408,6 +434,12 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		}
 		if w.Unlist {
 			pipe.Do(ctx, "srem", setKey, member)
+		}
+		if w.Prior && w.Read && w.Live != nil && !w.Ended {
+			// HMGET: a field not there is a nil element, not an error
+			// that would fail the pipeline.
+			rs[i].priorLive = pipe.Do(ctx, "hmget", conn, inst)
+			rs[i].priorSeen = pipe.Do(ctx, "hmget", seenKey, bound(w.Live.Principal))
 		}
 		var live string // w.Live as stored
 		if w.Live != nil && w.Ended {
@@ -471,16 +503,54 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, err
+		// What was there before, read where it could be (WriteConns
+		// keeps it for a replay).
+		out := make([]State, len(ws))
+		for i := range ws {
+			out[i].Prior = priorOf(rs[i].priorLive, rs[i].priorSeen, ws[i].Live)
+		}
+		return out, err
 	}
 	out := make([]State, len(ws))
 	for i, w := range ws {
 		if !w.Read || w.Live == nil {
 			continue
 		}
-		out[i] = State{Live: connsOf(rs[i].live), Seen: connsOf(rs[i].seen)}
+		out[i] = State{Live: connsOf(rs[i].live), Seen: connsOf(rs[i].seen), Prior: priorOf(rs[i].priorLive, rs[i].priorSeen, w.Live)}
 	}
 	return out, nil
+}
+
+// priorOf is what the HMGETs live and seen (nil: none queued) read of c.
+// A read that failed tells nothing: not listed, no end.
+func priorOf(live, seen *redis.Cmd, c *Conn) Prior {
+	var p Prior
+	if live == nil || c == nil {
+		return p
+	}
+	var got Conn
+	if v := firstString(live); v != "" && decodeConn(v, &got) == nil {
+		p.Listed = got.ID == c.ID
+	}
+	got = Conn{}
+	if v := firstString(seen); v != "" && decodeConn(v, &got) == nil && got.ID == c.ID {
+		p.EndedMs = got.DisconnectedMs
+	}
+	return p
+}
+
+// firstString is the first element of an HMGET's reply as a string ("":
+// nil, an error, or no reply).
+func firstString(cmd *redis.Cmd) string {
+	if cmd == nil || cmd.Err() != nil {
+		return ""
+	}
+	list, _ := cmd.Val().([]any)
+	if len(list) == 0 {
+		return ""
+	}
+	v, _ := list[0].(string)
+	return v
 }
 
 // connsOf decodes the hash a script returned as a flat list of fields and
