@@ -302,3 +302,53 @@ func TestRelistFlagsAHitAndRunAfterAFlush(t *testing.T) {
 		})
 	}
 }
+
+// A removal goes on by a page at least at each part, however little of
+// its budget is left: with none at all, a set of 3 000 client IDs (six
+// pages or so) is done within a part a page and its ghost removed.
+// Before, the budget was checked before the first page of a continuation:
+// one spent before it queued the same cursor again, for ever (atk33).
+func TestGhostRemovalGoesOnWithNoBudget(t *testing.T) {
+	defer func(d time.Duration) { ghostBudget = d }(ghostBudget)
+	ghostBudget = 0
+	r := testenv.StartRedis(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	a, as, _ := redisTracker(t, r, "ia", testOptions())
+	a.renew()
+	ms := make([]any, 0, 3000)
+	for i := 0; i < 3000; i++ {
+		ms = append(ms, "m-"+strconv.Itoa(i))
+	}
+	require.NoError(t, as.Client().SAdd(t.Context(), kb.BrokerConns("ia"), ms...).Err())
+	r.CLI("HSET", kb.Conn("m-2999"), "ia", `{"id":"ia-1","instance":"ia","principal":"bob","ip":"192.0.2.2","connected_ms":1}`)
+	evs := []event{{kind: evRelistDone, conn: Conn{Seq: 1}}}
+	parts := 0
+	for ; parts < 40 && len(evs) > 0; parts++ {
+		a.handleSafely(evs)
+		evs = a.events.Take()
+	}
+	assert.Empty(t, evs, "the removal ended")
+	assert.LessOrEqual(t, parts, 20, "a page at least a part")
+	assert.Equal(t, "0", r.CLI("HLEN", kb.Conn("m-2999")), "the ghost is removed")
+}
+
+// pastDeadline is a context whose deadline has passed while its Err is
+// still nil: the moment after a connection's i/o timeout (set to ctx's
+// deadline by go-redis) failed a command and before ctx's own timer ran.
+type pastDeadline struct{ context.Context }
+
+func (pastDeadline) Deadline() (time.Time, bool) { return time.Now().Add(-time.Millisecond), true }
+func (pastDeadline) Err() error                  { return nil }
+
+// A removal whose one slow page met its part's bound is told from a
+// failing Redis by the deadline, not by ctx.Err() alone (atk33 saw one
+// paused-Redis run in three ask for a full relist instead of going on).
+func TestSpentByTheDeadline(t *testing.T) {
+	assert.True(t, spent(pastDeadline{context.Background()}), "deadline passed, Err not yet set")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	assert.False(t, spent(ctx), "an hour left")
+	assert.False(t, spent(context.Background()), "no deadline")
+	cancel()
+	assert.True(t, spent(ctx))
+}

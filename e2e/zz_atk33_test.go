@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// DEFECT (real brokers, about 15 s; the unit form is conflicts'
+// Was a DEFECT (fixed: a relist evaluates nothing of a connection Redis listed before its write) (real brokers, about 15 s; the unit form is conflicts'
 // TestAtk33RelistAfterLapseReReportsOldOverlap): a broker back from a
 // pause past its lease re-reports, at its relist, an overlap that the
 // other principal's own connect reported already, with nothing flushed.

@@ -1,0 +1,59 @@
+package store
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A write with Prior tells what Redis held of its connection just before
+// it (a relist's question: was it listed all along, or did a reap end
+// it?), in the same round trip, also when Redis lost its scripts and the
+// write is replayed.
+func TestWriteConnsTellsThePrior(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := t.Context()
+	c := Conn{ID: "i1-7", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1000}
+	write := func() Prior {
+		t.Helper()
+		st, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "x", Instance: "i1", Live: &c, Seen: &c, Read: true, Prior: true}}, time.Hour)
+		require.NoError(t, err)
+		require.Len(t, st, 1)
+		return st[0].Prior
+	}
+	assert.Equal(t, Prior{}, write(), "nothing there: not listed, no end")
+	assert.Equal(t, Prior{Listed: true}, write(), "written before: listed")
+
+	// Another connection of the instance listed: not this one.
+	other := c
+	other.ID = "i1-5"
+	r.CLI("HSET", "guard:conn:x", "i1", other.encode())
+	assert.Equal(t, Prior{}, write(), "another connection's entry")
+
+	// A reap: the entry gone, the principal's use ended at the lease's end.
+	require.NoError(t, s.Reap(ctx, "i1", 5000, 0, time.Hour))
+	require.Equal(t, "0", r.CLI("HEXISTS", "guard:conn:x", "i1"))
+	assert.Equal(t, Prior{EndedMs: 5000}, write(), "reaped: not listed, ended at the reap's bound")
+	assert.Equal(t, Prior{Listed: true}, write(), "relisted: listed, its use open again")
+
+	// Another connection's end in the principal's use is not this one's.
+	ended := c
+	ended.ID, ended.DisconnectedMs = "i1-3", 4000
+	r.CLI("HSET", "guard:seen:x", "alice", ended.encode())
+	r.CLI("HDEL", "guard:conn:x", "i1")
+	assert.Equal(t, Prior{}, write(), "the use is another connection's")
+
+	// Scripts lost: the write is replayed with them, and tells what was
+	// there before the first attempt.
+	r.CLI("HDEL", "guard:conn:x", "i1")
+	r.CLI("SCRIPT", "FLUSH")
+	assert.Equal(t, Prior{}, write(), "replayed after NOSCRIPT: not listed before")
+	assert.Equal(t, Prior{Listed: true}, write())
+
+	// Without Prior, nothing is read.
+	st, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "x", Instance: "i1", Live: &c, Seen: &c, Read: true}}, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, Prior{}, st[0].Prior)
+}
