@@ -265,6 +265,9 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			left := &conns[i]
 			left.DisconnectedMs = now
 			seq := ev.conn.Seq
+			if t.unchecked != nil {
+				delete(t.unchecked, seq)
+			}
 			id := ids[i]
 			e, was, ok := t.findMemo(id)
 			unlist := e.cur == seq // not already replaced by a takeover

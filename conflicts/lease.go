@@ -95,6 +95,18 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	}
 	states, err := t.store.WriteConns(ctx, ws, t.opts.Window)
 	if err != nil {
+		// Redis may have taken the writes and not answered in time: the
+		// next relist finds these listed, and must check them all the
+		// same (unchecked).
+		for _, ev := range part {
+			if len(t.unchecked) >= uncheckedMax {
+				break
+			}
+			if t.unchecked == nil {
+				t.unchecked = map[uint64]struct{}{}
+			}
+			t.unchecked[ev.conn.Seq] = struct{}{}
+		}
 		return err
 	}
 	// The brokers alive at this renewal or the one before: a relist comes
@@ -127,6 +139,10 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		// flush or reap and let go before this relist (atk32: a
 		// hit-and-run on another broker escaped).
 		p := states[i].Prior
+		if _, ok := t.unchecked[ev.conn.Seq]; ok {
+			delete(t.unchecked, ev.conn.Seq)
+			p.Listed = false // listed, perhaps, by the write that failed
+		}
 		if p.Listed {
 			continue
 		}
@@ -139,8 +155,16 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 			t.report(ctx, cross)
 		}
 	}
+	if len(t.unchecked) == 0 {
+		t.unchecked = nil // a map does not shrink
+	}
 	return nil
 }
+
+// uncheckedMax bounds Tracker.unchecked: 65 536 connections (about 1 MB);
+// past it, a relisted connection whose write failed is checked at the
+// next relist only if Redis does not list it then.
+const uncheckedMax = 1 << 16
 
 // since is the connections of cs made at ms or later, in a new slice.
 func since(cs []store.Conn, ms int64) []store.Conn {

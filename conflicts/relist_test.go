@@ -352,3 +352,62 @@ func TestSpentByTheDeadline(t *testing.T) {
 	cancel()
 	assert.True(t, spent(ctx))
 }
+
+// failAfterWrite is a recStore whose WriteConns, once fail is set,
+// writes and then fails: Redis took the writes, and the answer came too
+// late.
+type failAfterWrite struct {
+	*recStore
+	fail atomic.Bool
+}
+
+func (f *failAfterWrite) WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error) {
+	st, err := f.recStore.WriteConns(ctx, ws, window)
+	if f.fail.Load() {
+		return nil, fmt.Errorf("store: record connections: read tcp: %w", os.ErrDeadlineExceeded)
+	}
+	return st, err
+}
+
+// A relist whose write Redis took but did not answer in time checks its
+// connections at the next relist, though Redis lists them then: a
+// principal that took the client ID while it was not listed is flagged.
+// Before, the next relist found the entry listed and checked nothing.
+func TestRelistAfterAFailedWriteStillChecks(t *testing.T) {
+	r := testenv.StartRedis(t)
+	as := &failAfterWrite{recStore: &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}}
+	t.Cleanup(func() { as.Close() })
+	a, clk, _ := tracker(t, as, testOptions())
+	a.instance = "ia"
+	var asked atomic.Int32
+	a.relist = func() { asked.Add(1) }
+	b, bs, _ := redisTracker(t, r, "ib", testOptions())
+	b.now = clk.now
+	a.renew()
+	b.renew()
+	a.renew()
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	r.CLI("FLUSHALL")
+	a.renew()
+	b.renew()
+	clk.advance(time.Second)
+	y := b.NewConn("bob", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	clk.advance(50 * time.Millisecond)
+	b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}})
+
+	as.fail.Store(true)
+	a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}})
+	require.NotZero(t, asked.Load(), "a failed part asks for a relist")
+	require.Equal(t, "1", r.CLI("HEXISTS", "guard:conn:x", "ia"), "Redis took the write")
+	as.fail.Store(false)
+	a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	as.mu.Lock()
+	bs.mu.Lock()
+	got := append(append([]string(nil), as.findings["x"]...), bs.findings["x"]...)
+	bs.mu.Unlock()
+	as.mu.Unlock()
+	assert.Equal(t, []string{"alice,bob"}, got, "bob used x while alice held it")
+	assert.Nil(t, a.unchecked, "checked: nothing owed")
+}

@@ -187,15 +187,20 @@ type Tracker struct {
 	// relistFailing is the worker's: the last relist part was not
 	// written (handlePart logs the first of a series).
 	relistFailing bool
-	relistAgainAt int64           // the worker's: unix ms after which a renewal asks for a relist again (renew); 0 none
-	ghostsUpTo    atomic.Uint64   // the maxSeq of the latest RelistDone queued: an older removal yields to it
-	aliveBefore   map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
-	instance      string
-	seq           atomic.Uint64
-	events        *batchq.Queue[event]
-	dropped       atomic.Int64
-	trimDue       atomic.Bool                     // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
-	live          atomic.Pointer[map[string]bool] // broker instances whose lease runs
+	relistAgainAt int64         // the worker's: unix ms after which a renewal asks for a relist again (renew); 0 none
+	ghostsUpTo    atomic.Uint64 // the maxSeq of the latest RelistDone queued: an older removal yields to it
+	// unchecked is the worker's: the Seq of relisted connections whose
+	// write failed (relistConns), checked at their next relist whatever
+	// Redis lists; each leaves at that relist or its disconnect; at most
+	// uncheckedMax.
+	unchecked   map[uint64]struct{}
+	aliveBefore map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
+	instance    string
+	seq         atomic.Uint64
+	events      *batchq.Queue[event]
+	dropped     atomic.Int64
+	trimDue     atomic.Bool                     // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
+	live        atomic.Pointer[map[string]bool] // broker instances whose lease runs
 	// claimed is the connection the broker thread just claimed in Redis
 	// (Claim), for the NewConn that follows to take as its own, so that the
 	// live entry recorded is the one its disconnect removes.
