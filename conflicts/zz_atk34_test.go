@@ -145,7 +145,9 @@ func TestAtk34RelistAfterReapReReportsOverlap(t *testing.T) {
 
 			x := a.NewConn("alice", "192.0.2.1", clk.now())
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
-			clk.advance(time.Minute) // ia paused past its lease: ib reaps it
+			// ia paused past its lease: ib reaps it (the unconditional form of
+			// the reap renew runs, its end stamped on the shared fake clock).
+			clk.advance(time.Minute)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			require.NoError(t, bs.Store.Reap(ctx, "ia", clk.now().UnixMilli(), 0, opts.Window))
@@ -257,4 +259,40 @@ func TestAtk34ClusterOOMHidesHitAndRun(t *testing.T) {
 	got := atk33Findings(as, id)
 	t.Logf("findings after the second relist: %v", got)
 	assert.Equal(t, []string{"alice,bob"}, got, "bob took the client ID while alice was not listed")
+}
+
+// HOLDS: a relist whose first attempt meets NOSCRIPT (Redis restarted
+// empty: its script cache too) keeps the first attempt's Prior: alice was
+// not listed, so bob's hit-and-run made meanwhile is flagged once; the
+// second relist (Listed now) adds nothing, also after another SCRIPT
+// FLUSH (its first attempt reads Listed, the replay reads Listed).
+func TestAtk34NoscriptReplayKeepsPrior(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("FLUSHALL")
+	opts := testOptions()
+	a, as, clk := redisTracker(t, r, "ia", opts)
+	b, bs, _ := redisTracker(t, r, "ib", opts)
+	b.now = clk.now
+	a.renew()
+	b.renew()
+	a.renew()
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	clk.advance(time.Second)
+	r.CLI("FLUSHALL")
+	r.CLI("SCRIPT", "FLUSH")
+	y := b.NewConn("bob", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	clk.advance(50 * time.Millisecond)
+	b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}})
+	require.Empty(t, atk33Findings(bs, "x"))
+	r.CLI("SCRIPT", "FLUSH")
+	r.CLI("CONFIG", "RESETSTAT")
+	a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	require.Contains(t, r.CLI("INFO", "errorstats"), "NOSCRIPT", "the relist's first attempt met NOSCRIPT")
+	assert.Equal(t, []string{"alice,bob"}, atk33Findings(as, "x"), "flagged at the relist that replayed")
+	clk.advance(10 * time.Second)
+	r.CLI("SCRIPT", "FLUSH")
+	a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	assert.Equal(t, []string{"alice,bob"}, atk33Findings(as, "x"), "the second relist adds nothing")
 }
