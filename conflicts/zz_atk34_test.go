@@ -26,7 +26,8 @@ import (
 // others applied their share).
 type lostReplyStore struct {
 	*recStore
-	lose atomic.Bool
+	lose    atomic.Bool
+	loseAny atomic.Bool // the next write of any kind (a connect batch)
 }
 
 func (s *lostReplyStore) WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error) {
@@ -35,7 +36,7 @@ func (s *lostReplyStore) WriteConns(ctx context.Context, ws []store.ConnWrite, w
 	for _, w := range ws {
 		prior = prior || w.Prior
 	}
-	if err == nil && prior && s.lose.CompareAndSwap(true, false) {
+	if err == nil && (prior && s.lose.CompareAndSwap(true, false) || s.loseAny.CompareAndSwap(true, false)) {
 		return nil, errors.New("read tcp 127.0.0.1:1->127.0.0.1:6379: i/o timeout")
 	}
 	return states, err
@@ -295,4 +296,50 @@ func TestAtk34NoscriptReplayKeepsPrior(t *testing.T) {
 	r.CLI("SCRIPT", "FLUSH")
 	a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
 	assert.Equal(t, []string{"alice,bob"}, atk33Findings(as, "x"), "the second relist adds nothing")
+}
+
+// DEFECT (older than the Prior read, which makes it total): a connect
+// batch whose write Redis applied but whose reply was lost never has its
+// overlap flagged. handlePart asks for a relist ("Connects Redis did not
+// take ... are recorded again"); the relist reads Prior.Listed = true
+// (the connect's own write is there) and evaluates nothing. (Before
+// 9e03fdc it evaluated only the connections made since alice, and bob's
+// is older: missed too.)
+//
+// bob holds x on ib; alice connects x on ia; ia's batch reaches Redis,
+// its reply is lost (a timeout past the part's bound; a Cluster node
+// failing its share).
+//
+// Observed: no finding, at the connect or at the relist. Expected:
+// alice,bob (two principals hold x at once: the case clientid_conflict is
+// for).
+func TestAtk34ConnectReplyLostNeverFlagged(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("FLUSHALL")
+	opts := testOptions()
+	rs := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
+	t.Cleanup(func() { rs.Close() })
+	ls := &lostReplyStore{recStore: rs}
+	a, clk, alog := tracker(t, ls, opts)
+	a.instance = "ia"
+	var asked atomic.Int32
+	a.relist = func() { asked.Add(1) }
+	b, bs, _ := redisTracker(t, r, "ib", opts)
+	b.now = clk.now
+	a.renew()
+	b.renew()
+	a.renew()
+
+	y := b.NewConn("bob", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	clk.advance(time.Second)
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	ls.loseAny.Store(true)
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	require.EqualValues(t, 1, asked.Load(), "the failed batch asked for a relist")
+	require.Contains(t, r.CLI("HGET", "guard:conn:x", "ia"), "alice", "Redis applied the connect")
+	a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	got := append(atk33Findings(rs, "x"), atk33Findings(bs, "x")...)
+	t.Logf("findings: %v; log: %s", got, alog.all())
+	assert.Equal(t, []string{"alice,bob"}, got, "alice and bob hold x at once")
 }
