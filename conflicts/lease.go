@@ -99,13 +99,7 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		// next relist finds these listed, and must check them all the
 		// same (unchecked).
 		for _, ev := range part {
-			if len(t.unchecked) >= uncheckedMax {
-				break
-			}
-			if t.unchecked == nil {
-				t.unchecked = map[uint64]struct{}{}
-			}
-			t.unchecked[ev.conn.Seq] = struct{}{}
+			t.owe(ev.conn.Seq, false)
 		}
 		return err
 	}
@@ -139,14 +133,21 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		// flush or reap and let go before this relist (atk32: a
 		// hit-and-run on another broker escaped).
 		p := states[i].Prior
-		if _, ok := t.unchecked[ev.conn.Seq]; ok {
+		from := conns[i].ConnectedMs
+		connect, owed := t.unchecked[ev.conn.Seq]
+		switch {
+		case owed:
+			// Listed, perhaps, by a write that failed: its check is owed.
 			delete(t.unchecked, ev.conn.Seq)
-			p.Listed = false // listed, perhaps, by the write that failed
-		}
-		if p.Listed {
+			if connect {
+				from = 0 // its connect's own check: everything, as a connect
+			}
+		case p.Listed || p.Seen:
+			// Its live entry, or its principal's use of it (a reap's end
+			// included), was there: every connect since saw it and
+			// flagged a conflict with it (atk34: a reap's end re-reported).
 			continue
 		}
-		from := max(conns[i].ConnectedMs, p.EndedMs)
 		live := since(states[i].Live, from)
 		seen := since(states[i].Seen, from)
 		cross, _ := evaluate(ev.clientID, conns[i], nil, live, seen, alive, now, t.opts.Window)
@@ -162,9 +163,22 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 }
 
 // uncheckedMax bounds Tracker.unchecked: 65 536 connections (about 1 MB);
-// past it, a relisted connection whose write failed is checked at the
-// next relist only if Redis does not list it then.
+// past it, a connection whose write failed is checked at the next relist
+// only if Redis holds nothing of it then.
 const uncheckedMax = 1 << 16
+
+// owe records that the check of connection seq is owed to its next relist
+// (Tracker.unchecked): connect, a connect's (everything Redis holds), else
+// a relist's (what was made since it).
+func (t *Tracker) owe(seq uint64, connect bool) {
+	if len(t.unchecked) >= uncheckedMax {
+		return
+	}
+	if t.unchecked == nil {
+		t.unchecked = map[uint64]bool{}
+	}
+	t.unchecked[seq] = t.unchecked[seq] || connect
+}
 
 // since is the connections of cs made at ms or later, in a new slice.
 func since(cs []store.Conn, ms int64) []store.Conn {

@@ -189,11 +189,11 @@ type Tracker struct {
 	relistFailing bool
 	relistAgainAt int64         // the worker's: unix ms after which a renewal asks for a relist again (renew); 0 none
 	ghostsUpTo    atomic.Uint64 // the maxSeq of the latest RelistDone queued: an older removal yields to it
-	// unchecked is the worker's: the Seq of relisted connections whose
-	// write failed (relistConns), checked at their next relist whatever
-	// Redis lists; each leaves at that relist or its disconnect; at most
-	// uncheckedMax.
-	unchecked   map[uint64]struct{}
+	// unchecked is the worker's: the Seq of connections whose connect
+	// (true) or relist write failed, checked at their next relist
+	// whatever Redis holds of them (the write may have been taken); each
+	// leaves at that relist or its disconnect; at most uncheckedMax.
+	unchecked   map[uint64]bool
 	aliveBefore map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
 	instance    string
 	seq         atomic.Uint64
@@ -663,6 +663,13 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 	default:
 		if err := t.handle(ctx, part); err != nil {
 			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d events not recorded: %v", len(part), err))
+			// Redis may have taken the connects and not answered: their
+			// relist checks them as their connects would have (atk34).
+			for _, ev := range part {
+				if ev.kind == evConnect {
+					t.owe(ev.conn.Seq, true)
+				}
+			}
 			// Connects Redis did not take leave connections held and not
 			// live there: they are recorded again once Redis takes writes
 			// (the caller waits for that).

@@ -42,7 +42,7 @@ func (s *lostReplyStore) WriteConns(ctx context.Context, ws []store.ConnWrite, w
 	return states, err
 }
 
-// DEFECT: a relist whose write Redis applied but whose reply was lost
+// Was a DEFECT (fixed in d50f8ce: a relist whose write failed is owed its check, Tracker.unchecked): a relist whose write Redis applied but whose reply was lost
 // hides, for good, a use made while the connection was not listed.
 //
 // README ("Client-ID conflicts", "A running broker records its
@@ -105,7 +105,7 @@ func TestAtk34RelistReplyLostHidesHitAndRun(t *testing.T) {
 	}
 }
 
-// DEFECT: a relist after a reap re-reports an overlap that the other
+// Was a DEFECT (fixed: a relist checks nothing of a connection whose principal's use Redis held, Prior.Seen): a relist after a reap re-reports an overlap that the other
 // principal's own connect reported already (nothing flushed).
 //
 // A reap (store.Reap) ends alice's connection: her live entry goes, her
@@ -172,7 +172,7 @@ func TestAtk34RelistAfterReapReReportsOverlap(t *testing.T) {
 	}
 }
 
-// DEFECT: the same as TestAtk34RelistReplyLostHidesHitAndRun, with a
+// Was a DEFECT (fixed in d50f8ce, as above): the same as TestAtk34RelistReplyLostHidesHitAndRun, with a
 // real Redis Cluster and no fake: one node is full (maxmemory with
 // noeviction, which README's Known limits ask for: "a write it refuses for
 // memory fails, and the plugin records the connections again once writes
@@ -298,7 +298,7 @@ func TestAtk34NoscriptReplayKeepsPrior(t *testing.T) {
 	assert.Equal(t, []string{"alice,bob"}, atk33Findings(as, "x"), "the second relist adds nothing")
 }
 
-// DEFECT (older than the Prior read, which makes it total): a connect
+// Was a DEFECT (fixed: a failed connect batch owes its connects their check at the relist, as a connect; older than the Prior read): a connect
 // batch whose write Redis applied but whose reply was lost never has its
 // overlap flagged. handlePart asks for a relist ("Connects Redis did not
 // take ... are recorded again"); the relist reads Prior.Listed = true

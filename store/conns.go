@@ -262,10 +262,12 @@ type State struct {
 
 // Prior is what Redis held of a connection before a write recorded it
 // again (ConnWrite.Prior: a relist): whether its live entry was there
-// (Listed), and the end its principal's use recorded for it (EndedMs,
-// unix ms; 0: none, no use of it recorded, or another connection's).
+// (Listed), whether its principal's use was this connection's (Seen),
+// and the end that use recorded for it (EndedMs, unix ms; 0: none, or
+// Seen false).
 type Prior struct {
 	Listed  bool
+	Seen    bool
 	EndedMs int64
 }
 
@@ -324,8 +326,9 @@ type ConnWrite struct {
 	// No Gone, Unlist or Left is needed after it: nothing of it is live.
 	Ended bool
 	// Prior (with Live and Read, not Ended): State.Prior tells what Redis
-	// held of Live before this write, read in the same round trip, each
-	// key's read before its write.
+	// held of Live before this write, read in the same pipeline, each
+	// key's read just before its write (on a Cluster the live and seen
+	// keys may be on two nodes).
 	Prior bool
 }
 
@@ -348,6 +351,7 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		for i := range first {
 			if i < len(out) && ws[i].Prior {
 				out[i].Prior.Listed = out[i].Prior.Listed && first[i].Prior.Listed
+				out[i].Prior.Seen = out[i].Prior.Seen && first[i].Prior.Seen
 				if first[i].Prior.EndedMs != 0 {
 					out[i].Prior.EndedMs = first[i].Prior.EndedMs
 				}
@@ -534,7 +538,7 @@ func priorOf(live, seen *redis.Cmd, c *Conn) Prior {
 	}
 	got = Conn{}
 	if v := firstString(seen); v != "" && decodeConn(v, &got) == nil && got.ID == c.ID {
-		p.EndedMs = got.DisconnectedMs
+		p.Seen, p.EndedMs = true, got.DisconnectedMs
 	}
 	return p
 }

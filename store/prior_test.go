@@ -24,19 +24,19 @@ func TestWriteConnsTellsThePrior(t *testing.T) {
 		return st[0].Prior
 	}
 	assert.Equal(t, Prior{}, write(), "nothing there: not listed, no end")
-	assert.Equal(t, Prior{Listed: true}, write(), "written before: listed")
+	assert.Equal(t, Prior{Listed: true, Seen: true}, write(), "written before: listed, its use recorded")
 
 	// Another connection of the instance listed: not this one.
 	other := c
 	other.ID = "i1-5"
 	r.CLI("HSET", "guard:conn:x", "i1", other.encode())
-	assert.Equal(t, Prior{}, write(), "another connection's entry")
+	assert.Equal(t, Prior{Seen: true}, write(), "another connection's entry: not listed")
 
 	// A reap: the entry gone, the principal's use ended at the lease's end.
 	require.NoError(t, s.Reap(ctx, "i1", 5000, 0, time.Hour))
 	require.Equal(t, "0", r.CLI("HEXISTS", "guard:conn:x", "i1"))
-	assert.Equal(t, Prior{EndedMs: 5000}, write(), "reaped: not listed, ended at the reap's bound")
-	assert.Equal(t, Prior{Listed: true}, write(), "relisted: listed, its use open again")
+	assert.Equal(t, Prior{Seen: true, EndedMs: 5000}, write(), "reaped: not listed, ended at the reap's bound")
+	assert.Equal(t, Prior{Listed: true, Seen: true}, write(), "relisted: listed, its use open again")
 
 	// Another connection's end in the principal's use is not this one's.
 	ended := c
@@ -48,9 +48,10 @@ func TestWriteConnsTellsThePrior(t *testing.T) {
 	// Scripts lost: the write is replayed with them, and tells what was
 	// there before the first attempt.
 	r.CLI("HDEL", "guard:conn:x", "i1")
+	r.CLI("HDEL", "guard:seen:x", "alice")
 	r.CLI("SCRIPT", "FLUSH")
-	assert.Equal(t, Prior{}, write(), "replayed after NOSCRIPT: not listed before")
-	assert.Equal(t, Prior{Listed: true}, write())
+	assert.Equal(t, Prior{}, write(), "replayed after NOSCRIPT: nothing there before")
+	assert.Equal(t, Prior{Listed: true, Seen: true}, write())
 
 	// Without Prior, nothing is read.
 	st, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "x", Instance: "i1", Live: &c, Seen: &c, Read: true}}, time.Hour)

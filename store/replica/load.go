@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -388,12 +389,12 @@ func (s *Sync) enableNotifications(ctx context.Context) {
 		s.o.Log(true, "replica: cannot "+what+" ("+err.Error()+"); relying on the change channel and a reload every "+s.o.ResyncEvery.String())
 	}
 	_ = store.EachMaster(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
+		s.checkEviction(ctx, c)
 		cur, err := c.ConfigGet(ctx, "notify-keyspace-events").Result()
 		if err != nil {
 			refused("read notify-keyspace-events", err)
 			return nil
 		}
-		s.checkEviction(ctx, c)
 		flags := cur["notify-keyspace-events"]
 		want := missingFlags(flags)
 		if want == flags {
@@ -412,14 +413,26 @@ func (s *Sync) enableNotifications(ctx context.Context) {
 // Redis may evict keys: a maxmemory limit with a policy other than
 // noeviction. Auto-bans, throttles and failure counts carry TTLs, so a
 // volatile-* policy evicts them first (a ban lifted before its time), and
-// client-ID tracking's records go unnoticed (README, Known limits). A
-// refusal is said by enableNotifications' own CONFIG GET.
+// client-ID tracking's records go unnoticed (README, Known limits). It
+// reads INFO memory, which a managed Redis that refuses CONFIG still
+// answers (atk34: the warning was silent there); a refusal of INFO says
+// nothing here (the failover check says it once).
 func (s *Sync) checkEviction(ctx context.Context, c *redis.Client) {
-	cur, err := c.ConfigGet(ctx, "maxmemory*").Result()
+	info, err := c.Info(ctx, "memory").Result()
 	if err != nil {
 		return
 	}
-	limit, policy := cur["maxmemory"], cur["maxmemory-policy"]
+	var limit, policy string
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		switch {
+		case !ok:
+		case k == "maxmemory":
+			limit = v
+		case k == "maxmemory_policy":
+			policy = v
+		}
+	}
 	setting := ""
 	if limit != "" && limit != "0" && policy != "" && policy != "noeviction" {
 		setting = "maxmemory " + limit + ", maxmemory-policy " + policy

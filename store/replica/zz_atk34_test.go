@@ -13,7 +13,7 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
-// DEFECT: a Redis that may evict goes unwarned when CONFIG is refused.
+// Was a DEFECT (fixed: checkEviction reads INFO memory, before and apart from CONFIG): a Redis that may evict goes unwarned when CONFIG is refused.
 //
 // README (the "local replica" bullets): "A Redis that may evict (a
 // `maxmemory` limit with a policy other than `noeviction`) is warned of at
