@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"math"
 	"time"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
@@ -133,23 +134,35 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		// flush or reap and let go before this relist (atk32: a
 		// hit-and-run on another broker escaped).
 		p := states[i].Prior
-		from := conns[i].ConnectedMs
-		connect, owed := t.unchecked[ev.conn.Seq]
+		from, upTo := conns[i].ConnectedMs, int64(math.MaxInt64)
+		o, owed := t.unchecked[ev.conn.Seq]
+		last := p.EndedMs // the use Redis held: its end, or its start
+		if last == 0 {
+			last = from
+		}
 		switch {
 		case owed:
-			// Listed, perhaps, by a write that failed: its check is owed.
+			// Held, perhaps, by a write that failed: its check is owed.
 			delete(t.unchecked, ev.conn.Seq)
-			if connect {
+			if o.connect {
 				from = 0 // its connect's own check: everything, as a connect
 			}
-		case p.Listed || p.Seen:
-			// Its live entry, or its principal's use of it (a reap's end
-			// included), was there: every connect since saw it and
-			// flagged a conflict with it (atk34: a reap's end re-reported).
+			if p.Seen {
+				// The write was taken: a use made after it failed saw
+				// this one, and its connect flagged it (atk35: reported
+				// twice).
+				upTo = o.at
+			}
+		case p.Seen && last >= now-t.opts.Window.Milliseconds():
+			// Its principal's use of it (a reap's end included) was there
+			// and within conflict_window: every connect since flagged a
+			// conflict with it (atk33, atk34: re-reported). Not its live
+			// entry alone: a connect ignores that of a broker whose
+			// lease lapsed (atk35), and a use past the window (atk35).
 			continue
 		}
-		live := since(states[i].Live, from)
-		seen := since(states[i].Seen, from)
+		live := between(states[i].Live, from, upTo)
+		seen := between(states[i].Seen, from, upTo)
 		cross, _ := evaluate(ev.clientID, conns[i], nil, live, seen, alive, now, t.opts.Window)
 		if cross != nil {
 			ev.long.show(cross)
@@ -167,24 +180,49 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 // only if Redis holds nothing of it then.
 const uncheckedMax = 1 << 16
 
+// owed is an entry of Tracker.unchecked.
+type owed struct {
+	connect bool   // a connect's check (everything Redis holds), else a relist's (what was made since it)
+	round   uint32 // Tracker.relistRound when it was owed
+	at      int64  // unix ms of the latest failed write that owed it
+}
+
 // owe records that the check of connection seq is owed to its next relist
-// (Tracker.unchecked): connect, a connect's (everything Redis holds), else
-// a relist's (what was made since it).
+// (Tracker.unchecked): connect, a connect's, else a relist's.
 func (t *Tracker) owe(seq uint64, connect bool) {
 	if len(t.unchecked) >= uncheckedMax {
 		return
 	}
 	if t.unchecked == nil {
-		t.unchecked = map[uint64]bool{}
+		t.unchecked = map[uint64]owed{}
 	}
-	t.unchecked[seq] = t.unchecked[seq] || connect
+	t.unchecked[seq] = owed{connect: t.unchecked[seq].connect || connect, round: t.relistRound, at: t.now().UnixMilli()}
 }
 
-// since is the connections of cs made at ms or later, in a new slice.
-func since(cs []store.Conn, ms int64) []store.Conn {
+// relistEnded forgets the checks owed to connections a complete relist
+// (its RelistDone, maxSeq) did not hand over: it hands over every
+// connection held, so those, owed before it began and numbered maxSeq or
+// lower, are held no more (their disconnect was dropped, or came in the
+// failed batch that owed their check; atk35: a leak that filled the map).
+// A check owed during the relist (its write failed) stays for the next.
+func (t *Tracker) relistEnded(maxSeq uint64) {
+	for seq, o := range t.unchecked {
+		if seq <= maxSeq && o.round != t.relistRound {
+			delete(t.unchecked, seq)
+		}
+	}
+	if len(t.unchecked) == 0 {
+		t.unchecked = nil
+	}
+	t.relistRound++
+}
+
+// between is the connections of cs made at from or later and at upTo or
+// earlier, in a new slice.
+func between(cs []store.Conn, from, upTo int64) []store.Conn {
 	out := cs[:0:0]
 	for _, c := range cs {
-		if c.ConnectedMs >= ms {
+		if c.ConnectedMs >= from && c.ConnectedMs <= upTo {
 			out = append(out, c)
 		}
 	}

@@ -193,7 +193,8 @@ type Tracker struct {
 	// (true) or relist write failed, checked at their next relist
 	// whatever Redis holds of them (the write may have been taken); each
 	// leaves at that relist or its disconnect; at most uncheckedMax.
-	unchecked   map[uint64]bool
+	unchecked   map[uint64]owed
+	relistRound uint32          // the worker's: complete relists ended (relistEnded)
 	aliveBefore map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
 	instance    string
 	seq         atomic.Uint64
@@ -606,6 +607,16 @@ func (t *Tracker) handleSafely(batch []event) {
 	}
 }
 
+// endsIn says whether evs hold the disconnect of connection seq.
+func endsIn(evs []event, seq uint64) bool {
+	for i := range evs {
+		if evs[i].kind == evDisconnect && evs[i].conn.Seq == seq {
+			return true
+		}
+	}
+	return false
+}
+
 // partOf is the kind of part of a batch an event of kind k is handled in
 // (handleSafely): evRelist, evRelistDone (each alone), or evConnect for
 // the others (handle).
@@ -637,6 +648,9 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 		// The event holds the relist's maxSeq (conn.Seq) and the cursor
 		// of its brokerconns set to go on from (conn.ConnectedMs).
 		maxSeq := part[0].conn.Seq
+		if part[0].conn.ConnectedMs == 0 {
+			t.relistEnded(maxSeq) // the relist's end, not a removal's continuation
+		}
 		if maxSeq < t.ghostsUpTo.Load() {
 			// A later relist's removal is queued, and removes what this
 			// one would: one removal's budget per round, not one per
@@ -664,9 +678,11 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 		if err := t.handle(ctx, part); err != nil {
 			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d events not recorded: %v", len(part), err))
 			// Redis may have taken the connects and not answered: their
-			// relist checks them as their connects would have (atk34).
-			for _, ev := range part {
-				if ev.kind == evConnect {
+			// relist checks them as their connects would have (atk34);
+			// not one whose disconnect came in the same part (atk35: it
+			// was owed for ever).
+			for j, ev := range part {
+				if ev.kind == evConnect && !endsIn(part[j+1:], ev.conn.Seq) {
 					t.owe(ev.conn.Seq, true)
 				}
 			}
