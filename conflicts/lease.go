@@ -75,14 +75,15 @@ func (t *Tracker) Close(ctx context.Context) {
 // trip: each as its connect writes it (store.ConnWrite Live, not Sole: the
 // live script keeps a newer connection of this instance; Seen), and
 // lists it in the memo when its client ID lists none (a connect the queue
-// dropped: its disconnect then unlists it). Each one Redis did not list
-// before is read back and evaluated against the client ID's connections
-// made since it was (or since a reap ended it), live or ended within
-// conflict_window: another principal that took the client ID while this
-// one was unlisted (after a flush or a reap, before the relist; a connect
-// then found nothing) is flagged now (atk30), also if it has let go
-// again (atk32). The past users are not evaluated again: the
-// connection's connect did that, and a relist is no new use.
+// dropped: its disconnect then unlists it). Each whose principal's use of
+// it Redis did not hold within conflict_window just before the write
+// (store.Prior), or whose check is owed (Tracker.unchecked), is read back
+// and evaluated against the client ID's connections made since it was,
+// live or ended within conflict_window: another principal that took the
+// client ID while no connect could see this one (after a flush, before
+// the relist; a connect then found nothing) is flagged now (atk30), also
+// if it has let go again (atk32). The past users are not evaluated again:
+// the connection's connect did that, and a relist is no new use.
 func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	conns := t.storeConns(part)
 	ws := make([]store.ConnWrite, len(part))
@@ -118,21 +119,15 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		if i >= len(states) {
 			break
 		}
-		// Only what a connect may have missed: the uses made while this
-		// connection was not listed. Listed before this write, it was
-		// there for every connect since (a second relist, a lapsed lease
-		// no broker reaped, a snapshot that held it and the ghosts of its
-		// time): nothing to evaluate (atk33: an overlap reported at its
-		// connect was reported again at each relist, and a snapshot's
-		// ghost made since shown live). Else the connections made since
-		// it, or since the end a reap gave it, live or ended (the
-		// principals' seen records, within conflict_window): an older
-		// one was there at a connect that evaluated it (this one's, or,
-		// while it was listed, its own), or is a ghost a snapshot brought
-		// back, which its own broker removes (atk31: a connection an hour
-		// over was flagged). An ended one took the client ID after a
-		// flush or reap and let go before this relist (atk32: a
-		// hit-and-run on another broker escaped).
+		// Only what a connect may have missed: the uses made while no
+		// connect could see this connection. The connections made since
+		// it, live or ended (the principals' seen records, within
+		// conflict_window): an older one was there at its connect, which
+		// evaluated it, or is a ghost a snapshot brought back, which its
+		// own broker removes (atk31: a connection an hour over was
+		// flagged). An ended one took the client ID after a flush and let
+		// go before this relist (atk32: a hit-and-run on another broker
+		// escaped).
 		p := states[i].Prior
 		from, upTo := conns[i].ConnectedMs, int64(math.MaxInt64)
 		o, owed := t.unchecked[ev.conn.Seq]
@@ -230,7 +225,7 @@ func between(cs []store.Conn, from, upTo int64) []store.Conn {
 }
 
 // ghostBudget is how long one removal of ghosts (dropGhosts) runs before
-// it stops between two pages and queues its continuation: short of its
+// it stops after a page and queues its continuation: short of its
 // part's 5 s bound. Without it, a removal stopped by that bound could be
 // told from a failing Redis only by ctx.Err(), and go-redis's connection
 // deadline (the same instant) can fail a page a moment before ctx's own

@@ -190,9 +190,11 @@ type Tracker struct {
 	relistAgainAt int64         // the worker's: unix ms after which a renewal asks for a relist again (renew); 0 none
 	ghostsUpTo    atomic.Uint64 // the maxSeq of the latest RelistDone queued: an older removal yields to it
 	// unchecked is the worker's: the Seq of connections whose connect
-	// (true) or relist write failed, checked at their next relist
-	// whatever Redis holds of them (the write may have been taken); each
-	// leaves at that relist or its disconnect; at most uncheckedMax.
+	// (owed.connect) or relist write failed, checked at their next
+	// relist whatever Redis holds of them (the write may have been
+	// taken); each leaves at that relist, its disconnect, or the end of a
+	// complete relist that did not hand it over (relistEnded); at most
+	// uncheckedMax.
 	unchecked   map[uint64]owed
 	relistRound uint32          // the worker's: complete relists ended (relistEnded)
 	aliveBefore map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
