@@ -135,19 +135,26 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		if last == 0 {
 			last = from
 		}
-		switch {
-		case owed:
-			// Held, perhaps, by a write that failed: its check is owed.
+		// What the failed write would have left: the live entry and the
+		// use, without an end. A reap's end is not it (atk36: taken for
+		// it, a later takeover went unflagged).
+		taken := p.Listed && p.Seen && p.EndedMs == 0
+		if owed {
 			delete(t.unchecked, ev.conn.Seq)
-			if o.connect {
-				from = 0 // its connect's own check: everything, as a connect
-			}
-			if p.Seen {
-				// The write was taken: a use made after it failed saw
-				// this one, and its connect flagged it (atk35: reported
-				// twice).
+		}
+		switch {
+		case owed && o.connect:
+			// Its connect's own check: everything, as a connect. If the
+			// write was taken, a use made after it failed saw this one,
+			// and its connect flagged it (atk35: reported twice).
+			from = 0
+			if taken {
 				upTo = o.at
 			}
+		case owed && taken:
+			// A relist's write that failed was taken, perhaps after a
+			// gap: what Redis holds tells nothing of before it.
+			upTo = o.at
 		case p.Seen && last >= now-t.opts.Window.Milliseconds():
 			// Its principal's use of it (a reap's end included) was there
 			// and within conflict_window: every connect since flagged a

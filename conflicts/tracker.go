@@ -647,11 +647,17 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 			t.relist()
 		}
 	case evRelistDone:
-		// The event holds the relist's maxSeq (conn.Seq) and the cursor
-		// of its brokerconns set to go on from (conn.ConnectedMs).
+		// The event holds the relist's maxSeq (conn.Seq) and, in
+		// conn.ConnectedMs, 0 for the relist's end, else 1 + the cursor
+		// of its brokerconns set a removal goes on from (its first page
+		// not done is cursor 0 too: atk36, a continuation taken for the
+		// relist's end forgot the checks owed meanwhile).
 		maxSeq := part[0].conn.Seq
+		var cursor uint64
 		if part[0].conn.ConnectedMs == 0 {
-			t.relistEnded(maxSeq) // the relist's end, not a removal's continuation
+			t.relistEnded(maxSeq)
+		} else {
+			cursor = uint64(part[0].conn.ConnectedMs - 1)
 		}
 		if maxSeq < t.ghostsUpTo.Load() {
 			// A later relist's removal is queued, and removes what this
@@ -659,13 +665,13 @@ func (t *Tracker) handlePart(part []event, k eventKind) {
 			// relist queued (atk33: three relists, three budgets).
 			break
 		}
-		n, cursor, err := t.dropGhosts(ctx, maxSeq, uint64(part[0].conn.ConnectedMs))
+		n, cursor, err := t.dropGhosts(ctx, maxSeq, cursor)
 		if n > 0 {
 			t.log(LevelNotice, fmt.Sprintf("mosquitto-guard: removed %d live entries of this broker from redis: it holds none of their connections (redis restarted from an older snapshot?)", n))
 		}
 		switch {
 		case err == nil:
-		case (errors.Is(err, errGhostBudget) || spent(ctx)) && t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq, ConnectedMs: int64(cursor)}}):
+		case (errors.Is(err, errGhostBudget) || spent(ctx)) && t.events.Put(event{kind: evRelistDone, conn: Conn{Seq: maxSeq, ConnectedMs: int64(cursor) + 1}}):
 			// Its budget or bound is spent (a large set, a slow Redis):
 			// it goes on from where it stopped, after the events queued
 			// meanwhile (atk31: it started over each time, and never
