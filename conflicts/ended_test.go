@@ -57,10 +57,17 @@ func (s *recStore) ended() int {
 	return n
 }
 
-func redisTracker(t *testing.T, r *testenv.Redis, instance string, opts Options) (*Tracker, *recStore, *clock) {
-	t.Helper()
+// newRecStore is a recStore on r (prefix guard:, a 5 s timeout), closed
+// at the test's end.
+func newRecStore(t testing.TB, r *testenv.Redis) *recStore {
 	s := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
 	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func redisTracker(t *testing.T, r *testenv.Redis, instance string, opts Options) (*Tracker, *recStore, *clock) {
+	t.Helper()
+	s := newRecStore(t, r)
 	c, clk, _ := tracker(t, s, opts)
 	c.instance = instance
 	return c, s, clk

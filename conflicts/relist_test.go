@@ -375,8 +375,7 @@ func (f *failAfterWrite) WriteConns(ctx context.Context, ws []store.ConnWrite, w
 // Before, the next relist found the entry listed and checked nothing.
 func TestRelistAfterAFailedWriteStillChecks(t *testing.T) {
 	r := testenv.StartRedis(t)
-	as := &failAfterWrite{recStore: &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}}
-	t.Cleanup(func() { as.Close() })
+	as := &failAfterWrite{recStore: newRecStore(t, r)}
 	a, clk, _ := tracker(t, as, testOptions())
 	a.instance = "ia"
 	var asked atomic.Int32

@@ -10,8 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
-	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // Was a DEFECT (atk28), fixed: Reap answers ErrLeaseRuns, and renew logs nothing (minor: a false log line): when Reap leaves a broker alone
@@ -27,8 +25,7 @@ import (
 func TestAtk28RenewLogsClearedForARenewedLease(t *testing.T) {
 	r := testenv.StartRedis(t)
 	ctx := context.Background()
-	st := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
-	t.Cleanup(func() { st.Close() })
+	st := newRecStore(t, r)
 	a, aclk, _ := tracker(t, st, testOptions())
 	a.instance = "ia"
 	b, _, logs := tracker(t, st, testOptions())

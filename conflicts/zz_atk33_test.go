@@ -12,14 +12,12 @@ import (
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
-	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // atk33Tracker is redisTracker with its log sink kept.
 func atk33Tracker(t *testing.T, r *testenv.Redis, instance string, opts Options) (*Tracker, *recStore, *clock, *logSink) {
 	t.Helper()
-	s := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
-	t.Cleanup(func() { s.Close() })
+	s := newRecStore(t, r)
 	c, clk, ls := tracker(t, s, opts)
 	c.instance = instance
 	return c, s, clk, ls

@@ -67,8 +67,7 @@ func TestAtk34RelistReplyLostHidesHitAndRun(t *testing.T) {
 		t.Run(map[bool]string{false: "reply_arrives", true: "reply_lost"}[lose], func(t *testing.T) {
 			r.CLI("FLUSHALL")
 			opts := testOptions()
-			rs := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
-			t.Cleanup(func() { rs.Close() })
+			rs := newRecStore(t, r)
 			ls := &lostReplyStore{recStore: rs}
 			a, clk, alog := tracker(t, ls, opts)
 			a.instance = "ia"
@@ -317,8 +316,7 @@ func TestAtk34ConnectReplyLostNeverFlagged(t *testing.T) {
 	r := testenv.StartRedis(t)
 	r.CLI("FLUSHALL")
 	opts := testOptions()
-	rs := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
-	t.Cleanup(func() { rs.Close() })
+	rs := newRecStore(t, r)
 	ls := &lostReplyStore{recStore: rs}
 	a, clk, alog := tracker(t, ls, opts)
 	a.instance = "ia"

@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -40,8 +39,7 @@ func (s *atk35Store) Reap(ctx context.Context, instance string, endMs int64, lea
 }
 
 func newAtk35Store(t *testing.T, r *testenv.Redis) *atk35Store {
-	s := &atk35Store{recStore: &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}}
-	t.Cleanup(func() { s.Close() })
+	s := &atk35Store{recStore: newRecStore(t, r)}
 	return s
 }
 
@@ -308,8 +306,7 @@ func TestAtk35OwedConnectReReportsOverlap(t *testing.T) {
 	r := testenv.StartRedis(t)
 	r.CLI("FLUSHALL")
 	opts := testOptions()
-	rs := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
-	t.Cleanup(func() { rs.Close() })
+	rs := newRecStore(t, r)
 	ls := &lostReplyStore{recStore: rs}
 	a, clk, _ := tracker(t, ls, opts)
 	a.instance = "ia"
@@ -344,8 +341,7 @@ func TestAtk35OwedRelistReReportsOverlap(t *testing.T) {
 	r := testenv.StartRedis(t)
 	r.CLI("FLUSHALL")
 	opts := testOptions()
-	rs := &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}
-	t.Cleanup(func() { rs.Close() })
+	rs := newRecStore(t, r)
 	ls := &lostReplyStore{recStore: rs}
 	a, clk, _ := tracker(t, ls, opts)
 	a.instance = "ia"

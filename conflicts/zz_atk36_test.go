@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
@@ -59,8 +58,7 @@ func (s *atk36Store) Listed(ctx context.Context, instance string, cursor uint64)
 }
 
 func newAtk36Store(t *testing.T, r *testenv.Redis) *atk36Store {
-	s := &atk36Store{recStore: &recStore{Store: store.New(store.Options{Addrs: []string{r.Addr}, Timeout: 5 * time.Second}, keys.Builder{Prefix: "guard:"})}}
-	t.Cleanup(func() { s.Close() })
+	s := &atk36Store{recStore: newRecStore(t, r)}
 	return s
 }
 
