@@ -58,3 +58,19 @@ func TestWriteConnsTellsThePrior(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Prior{}, st[0].Prior)
 }
+
+// A write replayed after NOSCRIPT tells what the first attempt read, where
+// that attempt ran some of its writes: here the node knew the live script
+// and not the seen one (on a Cluster, nodes that knew the scripts beside
+// one that lost them), so the first attempt wrote the live entry, and the
+// replay reads it back. Prior must say it was not listed before.
+func TestWriteConnsPriorAfterAPartialReplay(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	c := Conn{ID: "i1-7", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1000}
+	r.CLI("SCRIPT", "FLUSH")
+	require.Equal(t, liveScript.Hash(), r.CLI("SCRIPT", "LOAD", liveSrc))
+	st, err := s.WriteConns(t.Context(), []ConnWrite{{ClientID: "x", Instance: "i1", Live: &c, Seen: &c, Read: true, Prior: true}}, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, Prior{}, st[0].Prior, "nothing was there before the first attempt")
+	assert.Equal(t, "1", r.CLI("HEXISTS", "guard:conn:x", "i1"), "written")
+}
