@@ -73,4 +73,13 @@ func TestWriteConnsPriorAfterAPartialReplay(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Prior{}, st[0].Prior, "nothing was there before the first attempt")
 	assert.Equal(t, "1", r.CLI("HEXISTS", "guard:conn:x", "i1"), "written")
+
+	// The same with the seen script alone known: the first attempt
+	// records the use, and the replay reads it back.
+	r.CLI("FLUSHALL")
+	r.CLI("SCRIPT", "FLUSH")
+	require.Equal(t, seenScript.Hash(), r.CLI("SCRIPT", "LOAD", seenSrc))
+	st, err = s.WriteConns(t.Context(), []ConnWrite{{ClientID: "x", Instance: "i1", Live: &c, Seen: &c, Read: true, Prior: true}}, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, Prior{}, st[0].Prior, "no use was there before the first attempt")
 }
