@@ -2,6 +2,7 @@ package conflicts
 
 import (
 	"context"
+	"fmt"
 	"math/bits"
 	"slices"
 	"strconv"
@@ -65,6 +66,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 			found = append(found, f)
 		}
 	}
+	t.checkEnds(ctx, batch, conns, states, now)
 	for _, d := range dups {
 		n, err := t.store.CountTakeoverTracked(ctx, d.ClientID, t.opts.TakeoverWindow)
 		if err != nil {
@@ -97,12 +99,13 @@ type scratch struct {
 	mark  []uint8   // a connect's marks: markAlone, markFolded, markListed
 	bySeq batchTable
 	byID  batchTable
+	ends  []endCheck // the disconnects whose write tells whether their end is checked (checkEnds)
 }
 
 // trimScratch gives back a burst's arrays and maps: those of more than
 // trimAbove entries. Worker goroutine only, between batches.
 func (t *Tracker) trimScratch() {
-	if cap(t.sc.conns) > trimAbove || cap(t.sc.ipEnd) > trimAbove || cap(t.sc.named) > trimAbove || cap(t.sc.ws) > trimAbove || cap(t.sc.ids) > trimAbove || t.sc.bySeq.big() || t.sc.byID.big() {
+	if cap(t.sc.conns) > trimAbove || cap(t.sc.ends) > trimAbove || cap(t.sc.ipEnd) > trimAbove || cap(t.sc.named) > trimAbove || cap(t.sc.ws) > trimAbove || cap(t.sc.ids) > trimAbove || t.sc.bySeq.big() || t.sc.byID.big() {
 		t.sc = scratch{}
 	}
 }
@@ -220,6 +223,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 	named := slices.Grow(t.sc.named[:0], len(batch))[:len(batch)] // what nameConns names
 	clear(named)
 	t.sc.named = named
+	t.sc.ends = t.sc.ends[:0]
 	ids, mate, mark := t.pairBatch(batch)
 	for i, ev := range batch {
 		switch ev.kind {
@@ -265,7 +269,8 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			left := &conns[i]
 			left.DisconnectedMs = now
 			seq := ev.conn.Seq
-			if t.unchecked != nil {
+			o, owed := t.unchecked[seq]
+			if owed {
 				delete(t.unchecked, seq)
 			}
 			id := ids[i]
@@ -307,6 +312,12 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			// than its end.
 			if ownsSeen || now-ev.conn.ConnectedMs >= seenRefresh.Milliseconds() {
 				w.Left = left
+			}
+			// Whether its end is checked (checkEnds): its write's replies
+			// tell, when the field was its own or its check is owed.
+			if unlist || owed {
+				w.Check = true
+				t.sc.ends = append(t.sc.ends, endCheck{ev: i, w: len(ws), o: o, owed: owed})
 			}
 			named[i] = true
 			ws = append(ws, w)
@@ -565,5 +576,73 @@ func (t *Tracker) flushRetry(ctx context.Context) {
 	}
 	if _, err := t.store.WriteConns(ctx, t.retry, t.opts.Window); err == nil {
 		t.retry = t.retry[:0]
+	}
+}
+
+// endCheck is a disconnect of a batch whose end may need checking
+// (checkEnds): its event's index, its write's, and the check its
+// connection was owed (Tracker.unchecked), if any.
+type endCheck struct {
+	ev, w int
+	o     owed
+	owed  bool
+}
+
+// checkEnds checks, as a relist would (span), the connections of a
+// batch's disconnects that no connect may have seen: those whose live
+// entry Redis no longer held at their end (a flush, or a Redis restarted
+// empty, before their broker's relist; a reap while their broker paused),
+// unless their principal's use of them was there within conflict_window,
+// and those whose own check was owed (a connect or relist write that
+// failed, never checked since). Another principal's use made since such a
+// connection began and up to its end is a conflict that no connect
+// evaluated: before, a holder that left before its broker noticed a flush
+// was checked by nobody, and another principal that took its client ID
+// meanwhile was never flagged (atk37). The writes' own replies tell which
+// (store.ConnWrite.Check: no command more); those found are read in a
+// second round trip (store.ConnWrite.Peek), within the part's bound. A
+// read that fails leaves them unchecked, logged.
+func (t *Tracker) checkEnds(ctx context.Context, batch []event, conns []store.Conn, states []store.State, now int64) {
+	type span struct {
+		ev         int
+		from, upTo int64
+	}
+	var spans []span
+	var peek []store.ConnWrite
+	for _, c := range t.sc.ends {
+		if c.w >= len(states) {
+			continue
+		}
+		p := states[c.w].Prior
+		if !p.Missing && !c.owed {
+			continue // live in Redis all along: every connect since saw it
+		}
+		from, upTo, skip := t.span(p, conns[c.ev].ConnectedMs, c.o, c.owed, now)
+		if skip {
+			continue
+		}
+		spans = append(spans, span{c.ev, from, min(upTo, conns[c.ev].DisconnectedMs)})
+		peek = append(peek, store.ConnWrite{ClientID: batch[c.ev].clientID, Tracked: true, Instance: t.instance, Peek: true})
+	}
+	if len(peek) == 0 {
+		return
+	}
+	states, err := t.store.WriteConns(ctx, peek, t.opts.Window)
+	if err != nil {
+		t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d ended connections that redis had lost not checked: %v", len(peek), err))
+		return
+	}
+	alive := *t.live.Load()
+	for k, sp := range spans {
+		if k >= len(states) {
+			break
+		}
+		ev := batch[sp.ev]
+		live := between(states[k].Live, sp.from, sp.upTo)
+		seen := between(states[k].Seen, sp.from, sp.upTo)
+		if cross, _ := evaluate(ev.clientID, conns[sp.ev], nil, live, seen, alive, now, t.opts.Window); cross != nil {
+			ev.long.show(cross)
+			t.report(ctx, cross)
+		}
 	}
 }

@@ -119,48 +119,12 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		if i >= len(states) {
 			break
 		}
-		// Only what a connect may have missed: the uses made while no
-		// connect could see this connection. The connections made since
-		// it, live or ended (the principals' seen records, within
-		// conflict_window): an older one was there at its connect, which
-		// evaluated it, or is a ghost a snapshot brought back, which its
-		// own broker removes (atk31: a connection an hour over was
-		// flagged). An ended one took the client ID after a flush and let
-		// go before this relist (atk32: a hit-and-run on another broker
-		// escaped).
-		p := states[i].Prior
-		from, upTo := conns[i].ConnectedMs, int64(math.MaxInt64)
 		o, owed := t.unchecked[ev.conn.Seq]
-		last := p.EndedMs // the use Redis held: its end, or its start
-		if last == 0 {
-			last = from
-		}
-		// What the failed write would have left: the live entry and the
-		// use, without an end. A reap's end is not it (atk36: taken for
-		// it, a later takeover went unflagged).
-		taken := p.Listed && p.Seen && p.EndedMs == 0
 		if owed {
 			delete(t.unchecked, ev.conn.Seq)
 		}
-		switch {
-		case owed && o.connect:
-			// Its connect's own check: everything, as a connect. If the
-			// write was taken, a use made after it failed saw this one,
-			// and its connect flagged it (atk35: reported twice).
-			from = 0
-			if taken {
-				upTo = o.at
-			}
-		case owed && taken:
-			// A relist's write that failed was taken, perhaps after a
-			// gap: what Redis holds tells nothing of before it.
-			upTo = o.at
-		case p.Seen && last >= now-t.opts.Window.Milliseconds():
-			// Its principal's use of it (a reap's end included) was there
-			// and within conflict_window: every connect since flagged a
-			// conflict with it (atk33, atk34: re-reported). Not its live
-			// entry alone: a connect ignores that of a broker whose
-			// lease lapsed (atk35), and a use past the window (atk35).
+		from, upTo, skip := t.span(states[i].Prior, conns[i].ConnectedMs, o, owed, now)
+		if skip {
 			continue
 		}
 		live := between(states[i].Live, from, upTo)
@@ -175,6 +139,51 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		t.unchecked = nil // a map does not shrink
 	}
 	return nil
+}
+
+// span is which uses of other principals a relist (or an end: checkEnds)
+// checks against a connection that began at from, given what Redis held
+// of it before the write (p: store.Prior) and the check it was owed (o,
+// if owed): those made from its first to its second result, unless skip.
+// Only what a connect may have missed: the uses made while no connect
+// could see this connection. The connections made since it, live or ended
+// (the principals' seen records, within conflict_window): an older one was
+// there at its connect, which evaluated it, or is a ghost a snapshot
+// brought back, which its own broker removes (atk31: a connection an hour
+// over was flagged). An ended one took the client ID after a flush and let
+// go before this relist (atk32: a hit-and-run on another broker escaped).
+func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) (int64, int64, bool) {
+	upTo := int64(math.MaxInt64)
+	last := p.EndedMs // the use Redis held: its end, or its start
+	if last == 0 {
+		last = from
+	}
+	// What the failed write would have left: the live entry and the
+	// use, without an end. A reap's end is not it (atk36: taken for
+	// it, a later takeover went unflagged).
+	taken := p.Listed && p.Seen && p.EndedMs == 0
+	switch {
+	case owed && o.connect:
+		// Its connect's own check: everything, as a connect. If the
+		// write was taken, a use made after it failed saw this one,
+		// and its connect flagged it (atk35: reported twice).
+		from = 0
+		if taken {
+			upTo = o.at
+		}
+	case owed && taken:
+		// A relist's write that failed was taken, perhaps after a
+		// gap: what Redis holds tells nothing of before it.
+		upTo = o.at
+	case p.Seen && last >= now-t.opts.Window.Milliseconds():
+		// Its principal's use of it (a reap's end included) was there
+		// and within conflict_window: every connect since flagged a
+		// conflict with it (atk33, atk34: re-reported). Not its live
+		// entry alone: a connect ignores that of a broker whose
+		// lease lapsed (atk35), and a use past the window (atk35).
+		return 0, 0, true
+	}
+	return from, upTo, false
 }
 
 // uncheckedMax bounds Tracker.unchecked: 65 536 connections (about 1 MB);

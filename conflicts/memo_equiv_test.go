@@ -213,6 +213,9 @@ func deepWrites(ws []store.ConnWrite) []store.ConnWrite {
 	}
 	for i := range out {
 		out[i].Live, out[i].Gone, out[i].Seen, out[i].Left = cp(out[i].Live), cp(out[i].Gone), cp(out[i].Seen), cp(out[i].Left)
+		// Check asks the store for what it read (checkEnds), and writes
+		// nothing: the references predate it.
+		out[i].Check = false
 	}
 	return out
 }

@@ -258,12 +258,7 @@ func TestRelistFlagsAHitAndRunAfterAFlush(t *testing.T) {
 			r.CLI("FLUSHALL")
 			opts := testOptions()
 			opts.Deny = deny
-			a, as, clk := redisTracker(t, r, "ia", opts)
-			b, bs, _ := redisTracker(t, r, "ib", opts)
-			b.now = clk.now // one clock for both brokers
-			a.renew()
-			b.renew()
-			a.renew()
+			a, as, b, bs, clk := twoTrackers(t, r, opts)
 			// carol used x and let go before alice came: no conflict.
 			w := b.NewConn("carol", "192.0.2.3", clk.now())
 			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: w}})

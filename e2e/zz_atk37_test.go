@@ -75,12 +75,13 @@ func TestAtk37HitAndRunWhileRedisHung(t *testing.T) {
 	assert.NotZero(t, atk32Findings(a, id), "bob used alice's live client ID while Redis hung: a finding is due")
 }
 
-// TestAtk37HolderLeavesBeforeRelist: was marked HOLDS; a DEFECT under load,
-// left as a Known limit (skipped; its author): it passed 4 times here and
-// failed in a CI run (no finding): broker-a noticed the flush after alice
-// had left, so alice was not relisted, and broker-b's relist skips bob,
-// whose own use Redis holds; alice's use, ended after bob's connect, is
-// checked by nobody.
+// TestAtk37HolderLeavesBeforeRelist: was marked HOLDS; a DEFECT under load.
+// Was a DEFECT (fixed: conflicts' checkEnds: an end whose live entry Redis
+// no longer held is checked as a relist would check it): it passed 4 times
+// here and failed in a CI run (no finding): broker-a noticed the flush
+// after alice had left, so alice was not relisted, and broker-b's relist
+// skips bob, whose own use Redis holds; alice's use, ended after bob's
+// connect, was checked by nobody.
 // Original: HOLDS (broker-b's relist of bob flags it). alice holds the client ID on broker-a;
 // Redis is flushed; bob takes the client ID on broker-b and stays; alice
 // leaves 30 ms later, before broker-a's relist (so she is not relisted).
@@ -89,7 +90,6 @@ func TestAtk37HitAndRunWhileRedisHung(t *testing.T) {
 // paragraph covers a principal that took the client ID "after a flush ...
 // before the relist". Expected: a cross-principal finding alice,bob.
 func TestAtk37HolderLeavesBeforeRelist(t *testing.T) {
-	t.Skip("Known limit, not fixed (README, Known limits: two Redis flushes or a holder that leaves before a relist): a holder that leaves before its broker notices the flush is not relisted, and its ended use is checked by nobody")
 	const id = "atk37-leave"
 	a, b := twoBrokers(t)
 	alice, code := a.dial(as("127.0.137.3", id, "alice", "alice-pw"))

@@ -127,11 +127,16 @@ func sortNewestFirst(cs []Conn) {
 // hash KEYS[1] only if its value starts with ARGV[2]: a connection's
 // disconnect must not overwrite the record of a newer connection of the same
 // principal (possibly on another broker), nor remove a newer live entry.
+// It returns 1 when it did, 0 when the field was not there, -1 when it
+// held another value (ConnWrite.Check tells the two apart: under
+// clientid_conflict deny a reconnect's claim replaces the field before the
+// old connection's end is written).
 var casScript = redis.NewScript(casSrc)
 
 const casSrc = `
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v or string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
+if not v then return 0 end
+if string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return -1 end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1`
 
@@ -154,13 +159,19 @@ return 1`
 // written one may be), and this connection's own record once it has an
 // end at ARGV[6] or later (its DISCONNECT's, real, written while the reap
 // ran; not an earlier reap's, made by mistake while its broker paused).
+// It returns 0 when it wrote nothing; when it wrote over this connection's
+// own record, 2 + the end that record held (unix ms; 2: none), else 1
+// (ConnWrite.Check reads it). An integer: a disconnect's reply allocates
+// nothing more (an array cost three allocations a disconnect).
 var leftScript = redis.NewScript(leftSrc)
 
 const leftSrc = `
 local v = redis.call('HGET', KEYS[1], ARGV[1])
+local own, d = false, nil
 if v then
-  local d = string.match(v, '"disconnected_ms":(%-?%d+)')
-  if string.sub(v, 1, #ARGV[2]) == ARGV[2] then
+  d = string.match(v, '"disconnected_ms":(%-?%d+)')
+  own = string.sub(v, 1, #ARGV[2]) == ARGV[2]
+  if own then
     if ARGV[6] and d and tonumber(d) >= tonumber(ARGV[6]) then return 0 end
   elseif not d or tonumber(d) >= tonumber(ARGV[6] or ARGV[5]) then
     return 0
@@ -168,6 +179,7 @@ if v then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if own then return 2 + (tonumber(d) or 0) end
 return 1`
 
 // liveScript records and reads a client ID's live connections in one atomic
@@ -258,7 +270,15 @@ type State struct {
 	Live  []Conn // live connections on every broker, newest first
 	Seen  []Conn // the latest connection of each principal within the window, newest first
 	Prior Prior  // with ConnWrite.Prior: what Redis held of Live before this write
+	// ran: which of a Check write's commands ran (ranGone, ranLeft), for
+	// WriteConns' replay: what a command that ran read is what was there.
+	ran uint8
 }
+
+const (
+	ranGone uint8 = 1 << iota
+	ranLeft
+)
 
 // Prior is what Redis held of a connection before a write recorded it
 // again (ConnWrite.Prior: a relist): whether its live entry was there
@@ -269,6 +289,10 @@ type Prior struct {
 	Listed  bool
 	Seen    bool
 	EndedMs int64
+	// Missing (ConnWrite.Check only): the removal ran and found no live
+	// entry of the connection (Listed false tells that only with Missing:
+	// a store that does not read it leaves both false).
+	Missing bool
 }
 
 // ConnWrite is one connection event of a broker instance for one client ID.
@@ -330,6 +354,16 @@ type ConnWrite struct {
 	// key's read just before its write (on a Cluster the live and seen
 	// keys may be on two nodes).
 	Prior bool
+	// Check (with Gone): State.Prior tells what Redis held of Gone before
+	// this write, from the replies of the write's own commands (no command
+	// more): Listed, its live entry (or, with Sole, this instance's field)
+	// was there and is removed now, Missing, it was not; Seen and EndedMs,
+	// its principal's use was Gone's own record (with Left only: without
+	// it, Seen is false).
+	Check bool
+	// Peek: nothing is written; the State is the client ID's live and seen
+	// hashes as they are (ClientID and Tracked alone matter).
+	Peek bool
 }
 
 // WriteConns applies a batch of writes in one round trip. It returns one
@@ -349,6 +383,18 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		first := out
 		out, err = s.writeConns(ctx, ws, window, true)
 		for i := range first {
+			if i < len(out) && ws[i].Check {
+				// A command that ran in the first attempt (a plain HDEL;
+				// a script the node knew) read what was there; the
+				// replay's ran after it, and reads what it left.
+				if first[i].ran&ranGone != 0 {
+					out[i].Prior.Listed, out[i].Prior.Missing = first[i].Prior.Listed, first[i].Prior.Missing
+				}
+				if first[i].ran&ranLeft != 0 {
+					out[i].Prior.Seen, out[i].Prior.EndedMs = first[i].Prior.Seen, first[i].Prior.EndedMs
+				}
+				continue
+			}
 			if i < len(out) && ws[i].Prior {
 				out[i].Prior.Listed = out[i].Prior.Listed && first[i].Prior.Listed
 				out[i].Prior.Seen = out[i].Prior.Seen && first[i].Prior.Seen
@@ -390,7 +436,7 @@ func eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, k
 }
 
 func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) ([]State, error) {
-	type reads struct{ live, seen, priorLive, priorSeen *redis.Cmd }
+	type reads struct{ live, seen, priorLive, priorSeen, gone, left *redis.Cmd }
 	rs := make([]reads, len(ws))
 	ttl := any(strconv.FormatInt(window.Milliseconds(), 10))
 	var (
@@ -407,6 +453,11 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		tracked := w.ClientID
 		if !w.Tracked {
 			tracked = keys.Tracking(w.ClientID)
+		}
+		if w.Peek {
+			rs[i].live = pipe.Do(ctx, "hgetall", s.kb.ConnTracked(tracked))
+			rs[i].seen = pipe.Do(ctx, "hgetall", s.kb.SeenTracked(tracked))
+			continue
 		}
 		var conn, seenKey, member any
 		if w.Gone != nil || w.Live != nil {
@@ -430,10 +481,14 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			} else {
 				prefix = w.Gone.prefix()
 			}
+			var gone *redis.Cmd
 			if w.Sole {
-				pipe.Do(ctx, "hdel", conn, inst)
+				gone = pipe.Do(ctx, "hdel", conn, inst)
 			} else {
-				eval(ctx, pipe, casArgs, full, conn, inst, prefix, "")
+				gone = eval(ctx, pipe, casArgs, full, conn, inst, prefix, "")
+			}
+			if w.Check {
+				rs[i].gone = gone
 			}
 		}
 		if w.Unlist {
@@ -503,7 +558,10 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			}
 		}
 		if w.Left != nil {
-			eval(ctx, pipe, leftArgs, full, seenKey, bound(w.Left.Principal), w.Left.prefixOf(left), left, ttl, strconv.FormatInt(w.Left.DisconnectedMs, 10))
+			cmd := eval(ctx, pipe, leftArgs, full, seenKey, bound(w.Left.Principal), w.Left.prefixOf(left), left, ttl, strconv.FormatInt(w.Left.DisconnectedMs, 10))
+			if w.Check {
+				rs[i].left = cmd
+			}
 		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
@@ -511,18 +569,48 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		// keeps it for a replay).
 		out := make([]State, len(ws))
 		for i := range ws {
+			if ws[i].Check {
+				out[i].Prior, out[i].ran = goneOf(rs[i].gone, rs[i].left)
+				continue
+			}
 			out[i].Prior = priorOf(rs[i].priorLive, rs[i].priorSeen, ws[i].Live)
 		}
 		return out, err
 	}
 	out := make([]State, len(ws))
 	for i, w := range ws {
-		if !w.Read || w.Live == nil {
-			continue
+		switch {
+		case w.Peek:
+			out[i] = State{Live: connsOf(rs[i].live), Seen: connsOf(rs[i].seen)}
+		case w.Check:
+			out[i].Prior, out[i].ran = goneOf(rs[i].gone, rs[i].left)
+		case w.Read && w.Live != nil:
+			out[i] = State{Live: connsOf(rs[i].live), Seen: connsOf(rs[i].seen), Prior: priorOf(rs[i].priorLive, rs[i].priorSeen, w.Live)}
 		}
-		out[i] = State{Live: connsOf(rs[i].live), Seen: connsOf(rs[i].seen), Prior: priorOf(rs[i].priorLive, rs[i].priorSeen, w.Live)}
 	}
 	return out, nil
+}
+
+// goneOf is what a Check write's removal (HDEL or casScript: 1, removed)
+// and leftScript (nil: none queued) tell of the connection before it, and
+// which of them ran. A command that failed tells nothing: not listed, not
+// seen.
+func goneOf(gone, left *redis.Cmd) (Prior, uint8) {
+	var p Prior
+	var ran uint8
+	if gone != nil && gone.Err() == nil {
+		n, _ := gone.Int64()
+		p.Listed, p.Missing = n == 1, n == 0
+		ran |= ranGone
+	}
+	if left == nil || left.Err() != nil {
+		return p, ran
+	}
+	ran |= ranLeft
+	if n, _ := left.Int64(); n >= 2 {
+		p.Seen, p.EndedMs = true, n-2
+	}
+	return p, ran
 }
 
 // priorOf is what the HMGETs live and seen (nil: none queued) read of c.

@@ -1,0 +1,264 @@
+package conflicts
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
+)
+
+// findingsOf is every finding of client ID id the stores added, in order,
+// as their principals.
+func findingsOf(id string, ss ...*recStore) []string {
+	var out []string
+	for _, s := range ss {
+		s.mu.Lock()
+		out = append(out, s.findings[id]...)
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// twoTrackers is two brokers' Trackers on r (instances ia and ib, one
+// clock), each alive to the other.
+func twoTrackers(t *testing.T, r *testenv.Redis, opts Options) (a *Tracker, as *recStore, b *Tracker, bs *recStore, clk *clock) {
+	a, as, clk = redisTracker(t, r, "ia", opts)
+	b, bs, _ = redisTracker(t, r, "ib", opts)
+	b.now = clk.now
+	a.renew()
+	b.renew()
+	a.renew()
+	return a, as, b, bs, clk
+}
+
+// peeks counts the stores' Peek reads.
+func peeks(ss ...*recStore) int {
+	n := 0
+	for _, s := range ss {
+		s.mu.Lock()
+		for _, w := range s.writes {
+			if w.Peek {
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// A holder that leaves after a flush, before its broker's relist, is
+// checked at its end: another principal that took its client ID while
+// Redis had lost it is flagged (atk37's TestAtk37HolderLeavesBeforeRelist).
+// Before, its end removed nothing, and nobody compared the two: bob's
+// connect found nothing, and his relist was skipped (his use was held).
+func TestEndCheckedAfterAFlush(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, deny := range []bool{false, true} {
+		t.Run(map[bool]string{false: "flag", true: "deny"}[deny], func(t *testing.T) {
+			r.CLI("FLUSHALL")
+			opts := testOptions()
+			opts.Deny = deny
+			a, as, b, bs, clk := twoTrackers(t, r, opts)
+			x := a.NewConn("alice", "192.0.2.1", clk.now())
+			if deny { // the broker thread's claim wrote the live entry
+				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+				require.NoError(t, err)
+			}
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+			clk.advance(time.Second)
+			r.CLI("FLUSHALL")
+			a.renew()
+			b.renew()
+			clk.advance(100 * time.Millisecond)
+			y := b.NewConn("bob", "192.0.2.2", clk.now())
+			if deny {
+				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), nil)
+				require.NoError(t, err)
+			}
+			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+			require.Empty(t, findingsOf("x", as, bs), "bob's connect found nothing: the flush took alice's entry")
+			clk.advance(30 * time.Millisecond)
+			a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x}})
+			assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "bob took x while alice held it")
+			assert.Equal(t, 1, peeks(as), "one read, for alice's end")
+		})
+	}
+}
+
+// With nothing lost, an end is not checked again: its connect or the
+// other's flagged what there was, and the end costs no command more.
+func TestEndNotCheckedWhenListed(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, as, b, bs, clk := twoTrackers(t, r, testOptions())
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	clk.advance(time.Second)
+	y := b.NewConn("bob", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	require.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "bob's connect saw alice live")
+	clk.advance(time.Second)
+	b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}}) // Redis learns leftScript
+	before := commandsSoFar(t, r)
+	a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x}})
+	after := commandsSoFar(t, r)
+	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "no repeat")
+	assert.Zero(t, peeks(as, bs))
+	// HDEL, SREM, leftScript (EVALSHA, and its HGET, HSET, PEXPIRE): as
+	// before the check.
+	assert.EqualValues(t, 6, after-before, "alice's end's commands")
+}
+
+// A connection whose broker paused past its lease, reaped meanwhile (its
+// live entry removed, its use kept with an end), is not checked at its
+// end while that use is within conflict_window: every connect since saw it.
+func TestEndNotCheckedAfterAReapWithinTheWindow(t *testing.T) {
+	r := testenv.StartRedis(t)
+	opts := testOptions()
+	a, as, clk := redisTracker(t, r, "ia", opts)
+	b, bs, _ := redisTracker(t, r, "ib", opts)
+	b.now = clk.now
+	a.renew()
+	b.renew()
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	// a's lease lapses: b reaps its connections.
+	r.CLI("ZADD", "guard:brokers", "1", "ia")
+	clk.advance(2 * opts.Lease)
+	b.renew()
+	require.Equal(t, "0", r.CLI("HEXISTS", "guard:conn:x", "ia"), "reaped")
+	require.Contains(t, r.CLI("HGET", "guard:seen:x", "alice"), `"disconnected_ms"`, "her use kept, with an end")
+	clk.advance(time.Second)
+	y := b.NewConn("bob", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	require.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "bob's connect saw alice's use")
+	clk.advance(time.Second)
+	a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x}})
+	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "no repeat")
+	assert.Zero(t, peeks(as))
+}
+
+// A connection whose connect write Redis took but did not answer owed its
+// check to its relist; one that ends first is checked at its end. Before,
+// its end forgot the check, and a principal that held the client ID at
+// the same time was never flagged.
+func TestEndDoesTheOwedCheck(t *testing.T) {
+	r := testenv.StartRedis(t)
+	as := newRecStore(t, r)
+	bs := &failAfterWrite{recStore: newRecStore(t, r)}
+	a, clk, _ := tracker(t, as, testOptions())
+	a.instance = "ia"
+	b, _, _ := tracker(t, bs, testOptions())
+	b.instance = "ib"
+	b.now = clk.now
+	a.renew()
+	b.renew()
+	a.renew()
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	clk.advance(time.Second)
+	// bob's connect: taken by Redis, answered too late; meanwhile a flush
+	// had taken alice's entry, so nothing would have been found anyway
+	// had it been answered. Here nothing is flushed: the answer is lost.
+	bs.fail.Store(true)
+	y := b.NewConn("bob", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	bs.fail.Store(false)
+	require.Contains(t, b.unchecked, y.Seq, "its check is owed")
+	require.Empty(t, findingsOf("x", as, bs.recStore))
+	clk.advance(time.Second)
+	b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}})
+	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs.recStore), "bob used x while alice held it")
+	assert.NotContains(t, b.unchecked, y.Seq)
+}
+
+// goneOf reads what a Check write's replies tell (store side, through
+// the worker's writes): a removal that removed, a left record that was
+// the connection's own, with the end a reap gave it.
+func TestEndPriorFromTheReplies(t *testing.T) {
+	r := testenv.StartRedis(t)
+	s := newRecStore(t, r)
+	a, _ := trackerOn(t, s, "ia")
+	x := a.NewConn("alice", "192.0.2.1", time.Now())
+	c := a.StoreConn(x)
+	_, err := s.WriteConns(t.Context(), []store.ConnWrite{{ClientID: "x", Instance: "ia", Live: &c, Seen: &c}}, time.Hour)
+	require.NoError(t, err)
+	left := c
+	left.DisconnectedMs = c.ConnectedMs + 10
+	w := store.ConnWrite{ClientID: "x", Instance: "ia", Gone: &left, Unlist: true, Sole: true, Left: &left, Check: true}
+	st, err := s.WriteConns(t.Context(), []store.ConnWrite{w}, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, store.Prior{Listed: true, Seen: true}, st[0].Prior)
+	st, err = s.WriteConns(t.Context(), []store.ConnWrite{w}, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, store.Prior{Seen: true, EndedMs: left.DisconnectedMs, Missing: true}, st[0].Prior, "removed already; its own record ended")
+	r.CLI("FLUSHALL")
+	st, err = s.WriteConns(t.Context(), []store.ConnWrite{w}, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, store.Prior{Missing: true}, st[0].Prior, "nothing held")
+	// A NOSCRIPT replay: the HDEL's removal in the first attempt counts.
+	_, err = s.WriteConns(t.Context(), []store.ConnWrite{{ClientID: "x", Instance: "ia", Live: &c, Seen: &c}}, time.Hour)
+	require.NoError(t, err)
+	r.CLI("SCRIPT", "FLUSH")
+	st, err = s.WriteConns(t.Context(), []store.ConnWrite{w}, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, store.Prior{Listed: true, Seen: true}, st[0].Prior, "after NOSCRIPT")
+	// A replay where leftScript ran in the first attempt and casScript
+	// did not (Redis knew one of the two): each reading is the one of the
+	// attempt that ran it. Before, the replay's left reading (the record
+	// the first attempt had just ended) was taken: a use read as ended.
+	r.CLI("SCRIPT", "FLUSH")
+	_, err = s.WriteConns(t.Context(), []store.ConnWrite{{ClientID: "x", Instance: "ia", Live: &c, Seen: &c, Sole: true}}, time.Hour)
+	require.NoError(t, err)
+	_, err = s.WriteConns(t.Context(), []store.ConnWrite{w}, time.Hour) // Redis learns leftScript alone
+	require.NoError(t, err)
+	_, err = s.WriteConns(t.Context(), []store.ConnWrite{{ClientID: "x", Instance: "ia", Live: &c, Seen: &c, Sole: true}}, time.Hour)
+	require.NoError(t, err)
+	cas := w
+	cas.Sole = false
+	st, err = s.WriteConns(t.Context(), []store.ConnWrite{cas}, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, store.Prior{Listed: true, Seen: true}, st[0].Prior, "casScript unknown, leftScript known")
+	peek, err := s.WriteConns(t.Context(), []store.ConnWrite{{ClientID: "x", Peek: true}}, time.Hour)
+	require.NoError(t, err)
+	require.Len(t, peek[0].Seen, 1)
+	assert.Equal(t, left.DisconnectedMs, peek[0].Seen[0].DisconnectedMs)
+	assert.Empty(t, peek[0].Live)
+}
+
+// trackerOn is a Tracker on s, instance inst, with a fake clock.
+func trackerOn(t *testing.T, s Store, inst string) (*Tracker, *clock) {
+	c, clk, _ := tracker(t, s, testOptions())
+	c.instance = inst
+	return c, clk
+}
+
+// Under clientid_conflict deny a device reconnecting to its broker has its
+// new connection claimed (the live field replaced) before its old one's
+// end is written: that end found another connection there, not nothing,
+// and is not checked (no read more per reconnect). Before casScript told
+// the two apart, every such end was read again.
+func TestEndNotCheckedWhenReplacedUnderDeny(t *testing.T) {
+	r := testenv.StartRedis(t)
+	opts := testOptions()
+	opts.Deny = true
+	a, as, clk := redisTracker(t, r, "ia", opts)
+	a.renew()
+	x1 := a.NewConn("alice", "192.0.2.1", clk.now())
+	_, err := as.Claim(t.Context(), "x", a.StoreConn(x1), nil)
+	require.NoError(t, err)
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x1}})
+	for range 5 {
+		clk.advance(time.Second)
+		x2 := a.NewConn("alice", "192.0.2.1", clk.now())
+		_, err := as.Claim(t.Context(), "x", a.StoreConn(x2), nil)
+		require.NoError(t, err)
+		a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x1}, {kind: evConnect, clientID: "x", conn: x2}})
+		x1 = x2
+	}
+	assert.Zero(t, peeks(as))
+	assert.Empty(t, findingsOf("x", as))
+}
