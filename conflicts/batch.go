@@ -29,7 +29,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	t.flushRetry(ctx)
 	states, err := t.store.WriteConns(ctx, ws, t.opts.Window)
 	if err != nil {
-		t.keepForRetry(ws)
+		t.keepForRetry(batch, ws)
 		return err
 	}
 	alive := *t.live.Load()
@@ -66,7 +66,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 			found = append(found, f)
 		}
 	}
-	t.checkEnds(ctx, batch, conns, states, now)
+	t.checkEnds(ctx, t.endItems(batch, conns, states, now))
 	for _, d := range dups {
 		n, err := t.store.CountTakeoverTracked(ctx, d.ClientID, t.opts.TakeoverWindow)
 		if err != nil {
@@ -317,7 +317,12 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			// tell, when the field was its own or its check is owed.
 			if unlist || owed {
 				w.Check = true
-				t.sc.ends = append(t.sc.ends, endCheck{ev: i, w: len(ws), o: o, owed: owed})
+				if owed {
+					// Compare-and-delete: its removal then tells its own
+					// entry (span: a connect's write that was taken).
+					w.Sole = false
+				}
+				t.sc.ends = append(t.sc.ends, endCheck{ev: i, w: len(ws), o: o, owed: owed, long: ev.long})
 			}
 			named[i] = true
 			ws = append(ws, w)
@@ -540,8 +545,18 @@ func (b *batchTable) put(key uint64, v int32) {
 // every other broker). They are final-state and compare-and-delete (not
 // Sole any more), so writing them late is safe. At most queueSize are kept; the oldest go
 // first.
-func (t *Tracker) keepForRetry(ws []store.ConnWrite) {
-	for _, w := range ws {
+func (t *Tracker) keepForRetry(batch []event, ws []store.ConnWrite) {
+	ends := t.sc.ends
+	for i, w := range ws {
+		// The end check this write carries (writes lists them in ws's order).
+		var ec endCheck
+		for len(ends) > 0 && ends[0].w < i {
+			ends = ends[1:]
+		}
+		if len(ends) > 0 && ends[0].w == i {
+			ec = ends[0]
+			ec.clientID = strings.Clone(batch[ec.ev].clientID)
+		}
 		if w.Gone != nil {
 			// Copies of their own: w points into its batch's array, and
 			// its ID (and its IP, when formatted from Conn.Addr) into the
@@ -560,88 +575,164 @@ func (t *Tracker) keepForRetry(ws []store.ConnWrite) {
 			// client ID may be recorded by then.
 			w.Sole = false
 			t.retry = append(t.retry, w)
+			t.retryEnds = append(t.retryEnds, ec)
 		}
 	}
 	if over := len(t.retry) - queueSize; over > 0 {
 		t.retry = append(t.retry[:0], t.retry[over:]...)
+		t.retryEnds = append(t.retryEnds[:0], t.retryEnds[over:]...)
 		t.dropped.Add(int64(over))
 	}
 }
 
 // flushRetry writes the kept disconnects, before a batch and at each lease
-// renewal, until Redis takes them.
+// renewal, until Redis takes them, and checks the ends they carry
+// (checkEnds), with the end checks whose read failed before.
+//
+// A kept end's write may have been taken by Redis already (its answer
+// came too late), so what its retry reads is partly its own doing: its
+// removal finds nothing (Missing), and its principal's use may be its own
+// record, ended by that first write. So its use is not taken for one that
+// other connects saw (Seen is ignored): an end whose entry is found
+// missing, or whose check was owed, is checked from its connect (atk38:
+// before, a failed end's write carried no check, and the check it owed,
+// or the loss its removal would have found, went unchecked).
 func (t *Tracker) flushRetry(ctx context.Context) {
 	if len(t.retry) == 0 {
+		if len(t.pendingEnds) > 0 {
+			t.checkEnds(ctx, nil)
+		}
 		return
 	}
-	if _, err := t.store.WriteConns(ctx, t.retry, t.opts.Window); err == nil {
-		t.retry = t.retry[:0]
+	states, err := t.store.WriteConns(ctx, t.retry, t.opts.Window)
+	if err != nil {
+		return
 	}
+	now := t.now().UnixMilli()
+	var items []endItem
+	for i, w := range t.retry {
+		ec := t.retryEnds[i]
+		if !w.Check || i >= len(states) || ec.clientID == "" {
+			continue
+		}
+		p := states[i].Prior
+		p.Seen, p.EndedMs, p.Newer = false, 0, false
+		if it, ok := t.endItem(ec, p, ec.clientID, *w.Gone, now); ok {
+			items = append(items, it)
+		}
+	}
+	clear(t.retry)
+	clear(t.retryEnds)
+	t.retry, t.retryEnds = t.retry[:0], t.retryEnds[:0]
+	t.checkEnds(ctx, items)
 }
 
 // endCheck is a disconnect of a batch whose end may need checking
-// (checkEnds): its event's index, its write's, and the check its
-// connection was owed (Tracker.unchecked), if any.
+// (checkEnds): its event's index, its write's, the check its connection
+// was owed (Tracker.unchecked), if any, and its client ID's long form; and,
+// once kept for a retry (keepForRetry), its client ID, a copy.
 type endCheck struct {
-	ev, w int
-	o     owed
-	owed  bool
+	ev, w    int
+	o        owed
+	owed     bool
+	long     *longID
+	clientID string
 }
 
-// checkEnds checks, as a relist would (span), the connections of a
-// batch's disconnects that no connect may have seen: those whose live
-// entry Redis no longer held at their end (a flush, or a Redis restarted
-// empty, before their broker's relist; a reap while their broker paused),
-// unless their principal's use of them was there within conflict_window,
-// and those whose own check was owed (a connect or relist write that
-// failed, never checked since). Another principal's use made since such a
+// endItem is an ended connection's check, decided (span) and not yet made:
+// the uses of other principals made from from to upTo.
+type endItem struct {
+	clientID   string
+	long       *longID
+	conn       store.Conn
+	from, upTo int64
+}
+
+// endsPendingMax bounds Tracker.pendingEnds: 4 096 end checks (about
+// 1 MB) whose read failed, made again before the next batch; past it, the
+// oldest are dropped, logged.
+const endsPendingMax = 4096
+
+// endItems is the checks of a batch's disconnects that no connect may
+// have seen (span), from their writes' states: those whose live entry Redis
+// no longer held at their end (a flush, or a Redis restarted empty, before
+// their broker's relist; a reap while their broker paused), unless their
+// principal's use of them was there within conflict_window or a newer use
+// of the principal is (whose connect evaluated everything before it), and
+// those whose own check was owed (a connect or relist write that failed,
+// never checked since). Another principal's use made since such a
 // connection began and up to its end is a conflict that no connect
 // evaluated: before, a holder that left before its broker noticed a flush
 // was checked by nobody, and another principal that took its client ID
 // meanwhile was never flagged (atk37). The writes' own replies tell which
-// (store.ConnWrite.Check: no command more); those found are read in a
-// second round trip (store.ConnWrite.Peek), within the part's bound. A
-// read that fails leaves them unchecked, logged.
-func (t *Tracker) checkEnds(ctx context.Context, batch []event, conns []store.Conn, states []store.State, now int64) {
-	type span struct {
-		ev         int
-		from, upTo int64
-	}
-	var spans []span
-	var peek []store.ConnWrite
+// (store.ConnWrite.Check: no command more).
+func (t *Tracker) endItems(batch []event, conns []store.Conn, states []store.State, now int64) []endItem {
+	var items []endItem
 	for _, c := range t.sc.ends {
 		if c.w >= len(states) {
 			continue
 		}
-		p := states[c.w].Prior
-		if !p.Missing && !c.owed {
-			continue // live in Redis all along: every connect since saw it
+		if it, ok := t.endItem(c, states[c.w].Prior, batch[c.ev].clientID, conns[c.ev], now); ok {
+			items = append(items, it)
 		}
-		from, upTo, skip := t.span(p, conns[c.ev].ConnectedMs, c.o, c.owed, now)
-		if skip {
-			continue
-		}
-		spans = append(spans, span{c.ev, from, min(upTo, conns[c.ev].DisconnectedMs)})
-		peek = append(peek, store.ConnWrite{ClientID: batch[c.ev].clientID, Tracked: true, Instance: t.instance, Peek: true})
 	}
-	if len(peek) == 0 {
+	return items
+}
+
+// endItem is the check of ended connection conn (endItems), if it needs one.
+func (t *Tracker) endItem(c endCheck, p store.Prior, clientID string, conn store.Conn, now int64) (endItem, bool) {
+	if !p.Missing && !c.owed {
+		return endItem{}, false // live in Redis all along: every connect since saw it
+	}
+	from, upTo, skip := t.span(p, conn.ConnectedMs, c.o, c.owed, now)
+	if skip {
+		return endItem{}, false
+	}
+	return endItem{clientID: clientID, long: c.long, conn: conn, from: from, upTo: min(upTo, conn.DisconnectedMs)}, true
+}
+
+// checkEnds makes the end checks items, and those whose read failed
+// before (Tracker.pendingEnds): the client IDs' live and seen hashes read
+// in one round trip (store.ConnWrite.Peek), within the part's bound, and
+// evaluated as a relist would evaluate them. A read that fails keeps them
+// for the next batch or renewal (at most endsPendingMax; their strings
+// copied: a batch's are its own).
+func (t *Tracker) checkEnds(ctx context.Context, items []endItem) {
+	if len(t.pendingEnds) > 0 {
+		items = append(t.pendingEnds, items...)
+		t.pendingEnds = nil
+	}
+	if len(items) == 0 {
 		return
+	}
+	peek := make([]store.ConnWrite, len(items))
+	for k, it := range items {
+		peek[k] = store.ConnWrite{ClientID: it.clientID, Tracked: true, Instance: t.instance, Peek: true}
 	}
 	states, err := t.store.WriteConns(ctx, peek, t.opts.Window)
 	if err != nil {
-		t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d ended connections that redis had lost not checked: %v", len(peek), err))
+		if over := len(items) - endsPendingMax; over > 0 {
+			items = items[over:]
+			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d ended connections that redis had lost not checked (more than %d waiting)", over, endsPendingMax))
+		}
+		for k := range items {
+			it := &items[k]
+			it.clientID = strings.Clone(it.clientID)
+			it.conn.ID, it.conn.IP = strings.Clone(it.conn.ID), strings.Clone(it.conn.IP)
+		}
+		t.pendingEnds = items
 		return
 	}
 	alive := *t.live.Load()
-	for k, sp := range spans {
+	now := t.now().UnixMilli()
+	for k, it := range items {
 		if k >= len(states) {
 			break
 		}
-		ev := batch[sp.ev]
-		live := between(states[k].Live, sp.from, sp.upTo)
-		seen := between(states[k].Seen, sp.from, sp.upTo)
-		if cross, _ := evaluate(ev.clientID, conns[sp.ev], nil, live, seen, alive, now, t.opts.Window); cross != nil {
-			ev.long.show(cross)
+		live := between(states[k].Live, it.from, it.upTo)
+		seen := between(states[k].Seen, it.from, it.upTo)
+		if cross, _ := evaluate(it.clientID, it.conn, nil, live, seen, alive, now, t.opts.Window); cross != nil {
+			it.long.show(cross)
 			t.report(ctx, cross)
 		}
 	}

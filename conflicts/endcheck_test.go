@@ -1,6 +1,10 @@
 package conflicts
 
 import (
+	"context"
+	"fmt"
+	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,13 +30,21 @@ func findingsOf(id string, ss ...*recStore) []string {
 // twoTrackers is two brokers' Trackers on r (instances ia and ib, one
 // clock), each alive to the other.
 func twoTrackers(t *testing.T, r *testenv.Redis, opts Options) (a *Tracker, as *recStore, b *Tracker, bs *recStore, clk *clock) {
-	a, as, clk = redisTracker(t, r, "ia", opts)
+	as = newRecStore(t, r)
+	a, b, bs, clk = twoTrackersOn(t, r, as, opts)
+	return a, as, b, bs, clk
+}
+
+// twoTrackersOn is twoTrackers with broker ia's store as.
+func twoTrackersOn(t *testing.T, r *testenv.Redis, as Store, opts Options) (a, b *Tracker, bs *recStore, clk *clock) {
+	a, clk, _ = tracker(t, as, opts)
+	a.instance = "ia"
 	b, bs, _ = redisTracker(t, r, "ib", opts)
 	b.now = clk.now
 	a.renew()
 	b.renew()
 	a.renew()
-	return a, as, b, bs, clk
+	return a, b, bs, clk
 }
 
 // peeks counts the stores' Peek reads.
@@ -261,4 +273,40 @@ func TestEndNotCheckedWhenReplacedUnderDeny(t *testing.T) {
 	}
 	assert.Zero(t, peeks(as))
 	assert.Empty(t, findingsOf("x", as))
+}
+
+// failPeeks is a recStore whose Peek reads fail while fail is set.
+type failPeeks struct {
+	*recStore
+	fail atomic.Bool
+}
+
+func (f *failPeeks) WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error) {
+	if f.fail.Load() && len(ws) > 0 && ws[0].Peek {
+		return nil, fmt.Errorf("store: record connections: read tcp: %w", os.ErrDeadlineExceeded)
+	}
+	return f.recStore.WriteConns(ctx, ws, window)
+}
+
+// An end check whose read fails is made again before the next batch and
+// at the next lease renewal: before, it was dropped (atk38's suspicion).
+func TestEndCheckReadAgainAfterAFailure(t *testing.T) {
+	r := testenv.StartRedis(t)
+	as := &failPeeks{recStore: newRecStore(t, r)}
+	a, b, bs, clk := twoTrackersOn(t, r, as, testOptions())
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	clk.advance(time.Second)
+	r.CLI("FLUSHALL")
+	y := b.NewConn("bob", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	as.fail.Store(true)
+	clk.advance(30 * time.Millisecond)
+	a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x}})
+	require.Empty(t, findingsOf("x", as.recStore, bs))
+	require.Len(t, a.pendingEnds, 1, "kept")
+	as.fail.Store(false)
+	a.renew() // as before a batch
+	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as.recStore, bs))
+	assert.Empty(t, a.pendingEnds)
 }

@@ -163,25 +163,37 @@ func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) 
 	// it, a later takeover went unflagged).
 	taken := p.Listed && p.Seen && p.EndedMs == 0
 	switch {
+	case p.Newer:
+		// A newer use of its principal holds the record (an end's
+		// leftScript wrote nothing): that connect evaluated every use
+		// before it, and every use since saw it (atk38: re-reported).
+		return 0, 0, true
 	case owed && o.connect:
-		// Its connect's own check: everything, as a connect. If the
-		// write was taken, a use made after it failed saw this one,
-		// and its connect flagged it (atk35: reported twice).
+		// Its connect's own check: everything, as a connect. If a write
+		// of it was taken (its live entry is there: a connect's write
+		// need not record the use), a use made after the failure saw
+		// this one, and its connect flagged it (atk35, atk38: reported
+		// twice).
 		from = 0
-		if taken {
+		if p.Listed {
 			upTo = o.at
 		}
 	case owed && taken:
 		// A relist's write that failed was taken, perhaps after a
 		// gap: what Redis holds tells nothing of before it.
 		upTo = o.at
-	case p.Seen && last >= now-t.opts.Window.Milliseconds():
-		// Its principal's use of it (a reap's end included) was there
-		// and within conflict_window: every connect since flagged a
-		// conflict with it (atk33, atk34: re-reported). Not its live
-		// entry alone: a connect ignores that of a broker whose
-		// lease lapsed (atk35), and a use past the window (atk35).
-		return 0, 0, true
+	case p.Seen:
+		// Its principal's use of it (a reap's end included) was there:
+		// every connect within conflict_window of that use flagged a
+		// conflict with it (atk33, atk34: re-reported); those later did
+		// not (atk35: a reap's end past the window). Judged at each
+		// connect, not now (atk38: a connect a moment before the use
+		// left the window was reported again). Not its live entry alone:
+		// a connect ignores that of a broker whose lease lapsed (atk35).
+		from = max(from, last+t.opts.Window.Milliseconds())
+		if from > now {
+			return 0, 0, true
+		}
 	}
 	return from, upTo, false
 }

@@ -217,8 +217,13 @@ type Tracker struct {
 	listed int                                 // entries of ids with a connection listed (cur != 0)
 	peak   int                                 // the most entries ids held since it was built
 	seeds  [2]maphash.Seed                     // memoKey's
-	// retry holds disconnect writes Redis did not take.
-	retry []store.ConnWrite
+	// retry holds disconnect writes Redis did not take; retryEnds, beside
+	// each, the end check it carries (its write's Check: checkEnds).
+	retry     []store.ConnWrite
+	retryEnds []endCheck
+	// pendingEnds holds the end checks whose read failed, made again
+	// before the next batch (checkEnds; at most endsPendingMax).
+	pendingEnds []endItem
 	// spill holds the disconnects a full queue could not take, of
 	// connections whose connects it did take: lost, each would leave its
 	// connection live in Redis for the broker's life (clientid_conflict

@@ -12,7 +12,8 @@ import (
 
 // atk38 attacks the end check of 7cd94a4 (checkEnds, span, Prior.Missing).
 
-// DEFECT: a connection owed its check (its connect's write taken by Redis,
+// Was a DEFECT (fixed: kept retries carry their end check, made once Redis
+// takes them: flushRetry). A connection owed its check (its connect's write taken by Redis,
 // answer lost) whose disconnect's write fails too: writes() deletes the
 // owed entry before the write is known to succeed; handle returns the
 // error before checkEnds, the kept retry carries no check, and the
@@ -52,7 +53,7 @@ func TestAtk38OwedCheckLostWhenEndWriteFails(t *testing.T) {
 	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs.recStore), "bob used x while alice held it; nobody checked it")
 }
 
-// DEFECT: the flush case of the same: alice's end after a flush finds no
+// Was a DEFECT (fixed as the one above). The flush case of the same: alice's end after a flush finds no
 // live entry, but its write is answered too late (taken): the retry
 // compare-and-deletes nothing, and no check is made. Observed: no
 // finding; expected alice,bob.
@@ -212,7 +213,7 @@ func TestAtk38DenyOrdinaryEndCommands(t *testing.T) {
 	assert.Equal(t, 1, peeks(as), "alice's lost end is read once")
 }
 
-// DEFECT (repeat): alice on broker A is reaped while A pauses (her use
+// Was a DEFECT (fixed: Prior.Newer, leftScript's 0: span skips). A repeat: alice on broker A is reaped while A pauses (her use
 // kept with the reap's end), then alice connects the same client ID on a
 // third broker C (same principal: no finding; her seen field now holds
 // C's open record), then bob connects on B and is flagged (alice,bob).
@@ -277,7 +278,8 @@ func TestAtk38EndCheckBeforeOtherBrokerRenews(t *testing.T) {
 	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs))
 }
 
-// DEFECT (repeat): an owed connect check whose write Redis took,
+// Was a DEFECT (fixed: an owed connect check is taken by its live entry
+// alone, its end's removal a compare-and-delete). A repeat: an owed connect check whose write Redis took,
 // on a connection that did not record its principal's use (bob2: a
 // reconnect within seenRefresh of bob1's recorded use) and ends within
 // seenRefresh (no Left write): its end's replies cannot show the write
@@ -526,7 +528,8 @@ func TestAtk38PartialLossRecentOpenUse(t *testing.T) {
 	}
 }
 
-// DEFECT (minor: a repeat at the window's edge; the default window is 31 d) Cluster-like partial loss
+// Was a DEFECT (fixed: span checks only the uses made a window after the
+// use it held). A minor repeat at the window's edge (the default window is 31 d): Cluster-like partial loss
 // (guard:conn:x lost, guard:seen:x kept), short conflict_window (2 s):
 // alice's open use is 1.9 s old at bob's connect, which flags it; alice
 // ends at 2.1 s. span's "held within conflict_window" is judged at the

@@ -293,6 +293,9 @@ type Prior struct {
 	// entry of the connection (Listed false tells that only with Missing:
 	// a store that does not read it leaves both false).
 	Missing bool
+	// Newer (ConnWrite.Check with Left only): the principal's use was
+	// another connection's, live or ended later, and was kept.
+	Newer bool
 }
 
 // ConnWrite is one connection event of a broker instance for one client ID.
@@ -391,7 +394,7 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 					out[i].Prior.Listed, out[i].Prior.Missing = first[i].Prior.Listed, first[i].Prior.Missing
 				}
 				if first[i].ran&ranLeft != 0 {
-					out[i].Prior.Seen, out[i].Prior.EndedMs = first[i].Prior.Seen, first[i].Prior.EndedMs
+					out[i].Prior.Seen, out[i].Prior.EndedMs, out[i].Prior.Newer = first[i].Prior.Seen, first[i].Prior.EndedMs, first[i].Prior.Newer
 				}
 				continue
 			}
@@ -607,8 +610,11 @@ func goneOf(gone, left *redis.Cmd) (Prior, uint8) {
 		return p, ran
 	}
 	ran |= ranLeft
-	if n, _ := left.Int64(); n >= 2 {
+	switch n, _ := left.Int64(); {
+	case n >= 2:
 		p.Seen, p.EndedMs = true, n-2
+	case n == 0:
+		p.Newer = true
 	}
 	return p, ran
 }
