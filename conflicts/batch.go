@@ -646,6 +646,7 @@ type endItem struct {
 	long       *longID
 	conn       store.Conn
 	from, upTo int64
+	at         int64 // when it was decided (unix ms): the window is judged from then
 }
 
 // endsPendingMax bounds Tracker.pendingEnds: 4 096 end checks (about
@@ -688,7 +689,7 @@ func (t *Tracker) endItem(c endCheck, p store.Prior, clientID string, conn store
 	if skip {
 		return endItem{}, false
 	}
-	return endItem{clientID: clientID, long: c.long, conn: conn, from: from, upTo: min(upTo, conn.DisconnectedMs)}, true
+	return endItem{clientID: clientID, long: c.long, conn: conn, from: from, upTo: min(upTo, conn.DisconnectedMs), at: now}, true
 }
 
 // checkEnds makes the end checks items, and those whose read failed
@@ -724,14 +725,15 @@ func (t *Tracker) checkEnds(ctx context.Context, items []endItem) {
 		return
 	}
 	alive := *t.live.Load()
-	now := t.now().UnixMilli()
 	for k, it := range items {
 		if k >= len(states) {
 			break
 		}
+		// Judged as at its decision: one kept while Redis stayed down
+		// still flags a use that was within the window then (atk39).
 		live := between(states[k].Live, it.from, it.upTo)
 		seen := between(states[k].Seen, it.from, it.upTo)
-		if cross, _ := evaluate(it.clientID, it.conn, nil, live, seen, alive, now, t.opts.Window); cross != nil {
+		if cross, _ := evaluate(it.clientID, it.conn, nil, live, seen, alive, it.at, t.opts.Window); cross != nil {
 			it.long.show(cross)
 			t.report(ctx, cross)
 		}

@@ -310,3 +310,33 @@ func TestEndCheckReadAgainAfterAFailure(t *testing.T) {
 	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as.recStore, bs))
 	assert.Empty(t, a.pendingEnds)
 }
+
+// A kept end check is judged as at its decision: with Redis down for
+// longer than conflict_window, another principal that had let go within
+// the window then is still flagged. Before, it was judged when finally
+// made, and his use had left the window (atk39's suspicion).
+func TestEndCheckKeptJudgedAtItsDecision(t *testing.T) {
+	r := testenv.StartRedis(t)
+	opts := testOptions()
+	opts.Window = 5 * time.Second
+	as := &failPeeks{recStore: newRecStore(t, r)}
+	a, b, bs, clk := twoTrackersOn(t, r, as, opts)
+	x := a.NewConn("alice", "192.0.2.1", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	clk.advance(time.Second)
+	r.CLI("FLUSHALL")
+	a.renew()
+	b.renew()
+	y := b.NewConn("bob", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	clk.advance(100 * time.Millisecond)
+	b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}})
+	as.fail.Store(true)
+	clk.advance(100 * time.Millisecond)
+	a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x}})
+	require.Len(t, a.pendingEnds, 1, "kept")
+	clk.advance(opts.Window + time.Second) // bob's use is past the window now
+	as.fail.Store(false)
+	a.renew()
+	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as.recStore, bs))
+}

@@ -165,8 +165,9 @@ func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) 
 	switch {
 	case p.Newer:
 		// A newer use of its principal holds the record (an end's
-		// leftScript wrote nothing): that connect evaluated every use
-		// before it, and every use since saw it (atk38: re-reported).
+		// leftScript kept one begun at or after this connection): that
+		// connect evaluated every use before it, and every use since saw
+		// it (atk38: re-reported).
 		return 0, 0, true
 	case owed && o.connect:
 		// Its connect's own check: everything, as a connect. If a write
@@ -190,7 +191,10 @@ func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) 
 		// connect, not now (atk38: a connect a moment before the use
 		// left the window was reported again). Not its live entry alone:
 		// a connect ignores that of a broker whose lease lapsed (atk35).
-		from = max(from, last+t.opts.Window.Milliseconds())
+		// (A connect flags a use whose last moment is its own less the
+		// window or later: made a window and a millisecond after it, it
+		// did not; atk39.)
+		from = max(from, last+t.opts.Window.Milliseconds()+1)
 		if from > now {
 			return 0, 0, true
 		}

@@ -159,10 +159,13 @@ return 1`
 // written one may be), and this connection's own record once it has an
 // end at ARGV[6] or later (its DISCONNECT's, real, written while the reap
 // ran; not an earlier reap's, made by mistake while its broker paused).
-// It returns 0 when it wrote nothing; when it wrote over this connection's
-// own record, 2 + the end that record held (unix ms; 2: none), else 1
-// (ConnWrite.Check reads it). An integer: a disconnect's reply allocates
-// nothing more (an array cost three allocations a disconnect).
+// It returns 0 when it wrote nothing, -1 when what it kept is a use of the
+// principal begun at or after this connection (its connected_ms; not an
+// older one without an end, which a snapshot may have brought back: atk39);
+// when it wrote over this connection's own record, 2 + the end that record
+// held (unix ms; 2: none), else 1 (ConnWrite.Check reads it). An integer:
+// a disconnect's reply allocates nothing more (an array cost three
+// allocations a disconnect).
 var leftScript = redis.NewScript(leftSrc)
 
 const leftSrc = `
@@ -174,6 +177,9 @@ if v then
   if own then
     if ARGV[6] and d and tonumber(d) >= tonumber(ARGV[6]) then return 0 end
   elseif not d or tonumber(d) >= tonumber(ARGV[6] or ARGV[5]) then
+    local c = tonumber(string.match(v, '"connected_ms":(%-?%d+)'))
+    local mine = tonumber(string.match(ARGV[3], '"connected_ms":(%-?%d+)'))
+    if c and mine and c >= mine then return -1 end
     return 0
   end
 end
@@ -294,7 +300,8 @@ type Prior struct {
 	// a store that does not read it leaves both false).
 	Missing bool
 	// Newer (ConnWrite.Check with Left only): the principal's use was
-	// another connection's, live or ended later, and was kept.
+	// another connection's, begun at or after this one, live or ended
+	// later, and was kept.
 	Newer bool
 }
 
@@ -613,7 +620,7 @@ func goneOf(gone, left *redis.Cmd) (Prior, uint8) {
 	switch n, _ := left.Int64(); {
 	case n >= 2:
 		p.Seen, p.EndedMs = true, n-2
-	case n == 0:
+	case n == -1:
 		p.Newer = true
 	}
 	return p, ran
