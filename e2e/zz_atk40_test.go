@@ -159,3 +159,74 @@ func TestAtk40ScriptFlushOrdinaryEndsNoPeek(t *testing.T) {
 		})
 	}
 }
+
+// TestAtk40SameBrokerTakeoverNoPeek: HOLDS. README: "an end that finds
+// its live entry costs no command more"; under deny "a reconnect's claim
+// replaces the field before the old connection's end is written"
+// (casScript's -1: not Missing). alice reconnects with the same client ID
+// on broker-a four times while connected (Mosquitto takes the session
+// over and closes the old connection), then once on broker-b. MONITOR
+// records each takeover's commands. Expected: no end check (a Peek: a
+// plain HGETALL of the live and seen hashes beyond the connect's own:
+// flag mode's connect reads both with plain HGETALLs, deny's in its
+// scripts), no cross-principal finding.
+func TestAtk40SameBrokerTakeoverNoPeek(t *testing.T) {
+	for _, mode := range []string{"flag", "deny"} {
+		t.Run(mode, func(t *testing.T) {
+			id := "atk40-to-" + mode
+			a, b := twoBrokers(t, "auth_opt_clientid_conflict "+mode)
+			mon := atk40Monitor(t, a)
+			var held []interface{ Close() error }
+			t.Cleanup(func() {
+				for _, c := range held {
+					_ = c.Close()
+				}
+			})
+			c, code := a.dial(as("127.0.140.5", id, "alice", "alice-pw"))
+			require.EqualValues(t, accepted, code)
+			held = append(held, c)
+			a.waitLive(id, 1)
+			time.Sleep(300 * time.Millisecond)
+			for k := 1; k <= 5; k++ {
+				e := a
+				if k == 5 {
+					e = b
+				}
+				a.redis.CLI("ECHO", "atk40-from-"+strconv.Itoa(k))
+				c, code := atk29Dial(e, as("127.0.140.5", id, "alice", "alice-pw"))
+				require.EqualValues(t, accepted, code)
+				held = append(held, c)
+				time.Sleep(700 * time.Millisecond)
+				a.redis.CLI("ECHO", "atk40-to-"+strconv.Itoa(k))
+			}
+			out := mon()
+			want := map[string]int{"flag": 2, "deny": 0}[mode]
+			extra, ends := 0, 0
+			for k := 1; k <= 5; k++ {
+				n := 0
+				for _, l := range atk40Between(out, "atk40-from-"+strconv.Itoa(k), "atk40-to-"+strconv.Itoa(k)) {
+					if strings.Contains(l, `"guard:conn:`+id+`"`) && (strings.Contains(l, `"evalsha"`) || strings.Contains(l, `"hdel"`)) {
+						ends++
+					}
+					if strings.Contains(l, `"hgetall" "guard:`) && !strings.Contains(l, "lua]") {
+						n++
+					}
+				}
+				if n > want {
+					extra += n - want
+					t.Logf("takeover %d: %d plain HGETALLs", k, n)
+				}
+			}
+			var cross []string
+			for _, k := range atk37Kinds(a, id) {
+				if strings.HasPrefix(k, "cross") {
+					cross = append(cross, k)
+				}
+			}
+			t.Logf("kinds=%v ends=%d", atk37Kinds(a, id), ends)
+			require.GreaterOrEqual(t, ends, 4, "the old connections' ends were written within the intervals")
+			assert.Empty(t, cross, "one principal: no cross-principal finding")
+			assert.Zero(t, extra, "no end check for a takeover's end")
+		})
+	}
+}
