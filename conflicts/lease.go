@@ -154,10 +154,14 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 // go before this relist (atk32: a hit-and-run on another broker escaped).
 func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) (int64, int64, bool) {
 	upTo := int64(math.MaxInt64)
-	last := p.EndedMs // the use Redis held: its end, or its start
-	if last == 0 {
-		last = from
-	}
+	// The use Redis held, as every connect since its write saw it: its
+	// start. An end there is a reap's (the connection was still held, or
+	// its own end is being written now), written when the reap ran, which
+	// may be long after the end it stamps (a reap that failed and ran at a
+	// later renewal): a connect before that write saw the use open, and
+	// flagged it only within conflict_window of its start (atk40: a
+	// takeover between a failed reap and the next went unflagged).
+	last := from
 	// What the failed write would have left: the live entry and the
 	// use, without an end. A reap's end is not it (atk36: taken for
 	// it, a later takeover went unflagged).
