@@ -658,8 +658,9 @@ const endsPendingMax = 4096
 // have seen (span), from their writes' states: those whose live entry Redis
 // no longer held at their end (a flush, or a Redis restarted empty, before
 // their broker's relist; a reap while their broker paused), unless their
-// principal's use of them was there within conflict_window or a newer use
-// of the principal is (whose connect evaluated everything before it), and
+// principal's use of them was there and began less than conflict_window
+// ago, or a newer use of the principal is (whose connect evaluated
+// everything before it), and
 // those whose own check was owed (a connect or relist write that failed,
 // never checked since). Another principal's use made since such a
 // connection began and up to its end is a conflict that no connect

@@ -154,14 +154,6 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 // go before this relist (atk32: a hit-and-run on another broker escaped).
 func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) (int64, int64, bool) {
 	upTo := int64(math.MaxInt64)
-	// The use Redis held, as every connect since its write saw it: its
-	// start. An end there is a reap's (the connection was still held, or
-	// its own end is being written now), written when the reap ran, which
-	// may be long after the end it stamps (a reap that failed and ran at a
-	// later renewal): a connect before that write saw the use open, and
-	// flagged it only within conflict_window of its start (atk40: a
-	// takeover between a failed reap and the next went unflagged).
-	last := from
 	// What the failed write would have left: the live entry and the
 	// use, without an end. A reap's end is not it (atk36: taken for
 	// it, a later takeover went unflagged).
@@ -188,17 +180,21 @@ func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) 
 		// gap: what Redis holds tells nothing of before it.
 		upTo = o.at
 	case p.Seen:
-		// Its principal's use of it (a reap's end included) was there:
-		// every connect within conflict_window of that use flagged a
-		// conflict with it (atk33, atk34: re-reported); those later did
-		// not (atk35: a reap's end past the window). Judged at each
-		// connect, not now (atk38: a connect a moment before the use
-		// left the window was reported again). Not its live entry alone:
-		// a connect ignores that of a broker whose lease lapsed (atk35).
-		// (A connect flags a use whose last moment is its own less the
-		// window or later: made a window and a millisecond after it, it
-		// did not; atk39.)
-		from = max(from, last+t.opts.Window.Milliseconds()+1)
+		// Its principal's use of it was there: every connect within
+		// conflict_window of that use's start flagged a conflict with it
+		// (atk33, atk34: re-reported); those later did not (atk35).
+		// Judged at each connect, not now (atk38: a connect a moment
+		// before the use left the window was reported again), and by its
+		// start: an end there is a reap's (the connection was still held,
+		// or its own end is being written now), written when the reap
+		// ran, perhaps long after the end it stamps, and a connect before
+		// that write saw the use open (atk40: a takeover between a failed
+		// reap and the next went unflagged). A connect flags a use whose
+		// last moment is its own less the window or later: made a window
+		// and a millisecond after it, it did not (atk39). Not its live
+		// entry alone: a connect ignores that of a broker whose lease
+		// lapsed (atk35).
+		from += t.opts.Window.Milliseconds() + 1
 		if from > now {
 			return 0, 0, true
 		}

@@ -351,7 +351,9 @@ func (t *Tracker) Connected(clientID string, conn Conn, other *Conn) {
 }
 
 // Disconnected queues the end of a connection queued by Connected. A
-// disconnect needs no longID: it makes no finding.
+// disconnect carries no longID (none allocated at each end on the broker
+// thread): the rare finding of its end check (checkEnds) names a client
+// ID over keys.TrackingMax bytes by its tracking form (sha256:...) alone.
 func (t *Tracker) Disconnected(clientID string, conn Conn) {
 	t.enqueue(event{kind: evDisconnect, clientID: keys.Tracking(clientID), conn: conn})
 }
