@@ -343,3 +343,36 @@ func TestAtk41NoFlushControlOwnReconnectAfterHitAndRun(t *testing.T) {
 	t.Logf("kinds=%v", atk37Kinds(a, id))
 	assert.NotZero(t, atk41LoggedCross(id, a, b))
 }
+
+// TestAtk41FlushHitAndRunThenReconnectElsewhere: HOLDS (4 of 4 runs). As
+// TestAtk41FlushHitAndRunThenOwnReconnect (150 ms), but alice's second
+// connection is on broker-b, so her first one on broker-a stays open (no
+// takeover, no end). Expected and observed: a finding alice,bob.
+func TestAtk41FlushHitAndRunThenReconnectElsewhere(t *testing.T) {
+	for _, mode := range []string{"flag", "deny"} {
+		t.Run(mode, func(t *testing.T) {
+			id := "atk41-pb-" + mode
+			a, b := twoBrokers(t, "auth_opt_clientid_conflict "+mode)
+			alice, code := a.dial(as("127.0.141.20", id, "alice", "alice-pw"))
+			require.EqualValues(t, accepted, code)
+			t.Cleanup(func() { alice.Close() })
+			a.waitLive(id, 1)
+			time.Sleep(300 * time.Millisecond)
+			a.redis.CLI("FLUSHALL")
+			bob, code := atk29Dial(b, as("127.0.141.21", id, "bob", "bob-pw"))
+			require.EqualValues(t, accepted, code)
+			time.Sleep(50 * time.Millisecond)
+			_ = bob.Disconnect()
+			bob.Close()
+			time.Sleep(150 * time.Millisecond)
+			alice2, code := atk29Dial(b, as("127.0.141.20", id, "alice", "alice-pw"))
+			t.Logf("alice2 code %d", code)
+			if alice2 != nil {
+				t.Cleanup(func() { alice2.Close() })
+			}
+			time.Sleep(5 * time.Second)
+			t.Logf("kinds=%v", atk37Kinds(a, id))
+			assert.NotZero(t, atk41LoggedCross(id, a, b))
+		})
+	}
+}
