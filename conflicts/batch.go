@@ -275,6 +275,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			}
 			id := ids[i]
 			e, was, ok := t.findMemo(id)
+			readAt := t.readAt(e, ev.conn)
 			unlist := e.cur == seq // not already replaced by a takeover
 			if unlist && seq != 0 {
 				e.cur = 0
@@ -322,7 +323,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 					// entry (span: a connect's write that was taken).
 					w.Sole = false
 				}
-				t.sc.ends = append(t.sc.ends, endCheck{ev: i, w: len(ws), o: o, owed: owed, long: ev.long})
+				t.sc.ends = append(t.sc.ends, endCheck{ev: i, w: len(ws), o: o, owed: owed, long: ev.long, readAt: readAt})
 			}
 			named[i] = true
 			ws = append(ws, w)
@@ -616,7 +617,7 @@ func (t *Tracker) flushRetry(ctx context.Context) {
 			continue
 		}
 		p := states[i].Prior
-		p.Seen, p.EndedMs, p.Newer = false, 0, false
+		p.Seen, p.EndedMs = false, 0
 		if it, ok := t.endItem(ec, p, ec.clientID, *w.Gone, now); ok {
 			items = append(items, it)
 		}
@@ -637,6 +638,7 @@ type endCheck struct {
 	owed     bool
 	long     *longID
 	clientID string
+	readAt   int64 // span's
 }
 
 // endItem is an ended connection's check, decided (span) and not yet made:
@@ -659,8 +661,7 @@ const endsPendingMax = 4096
 // no longer held at their end (a flush, or a Redis restarted empty, before
 // their broker's relist; a reap while their broker paused), unless their
 // principal's use of them was there and began less than conflict_window
-// ago, or a newer use of the principal is (whose connect evaluated
-// everything before it), and
+// ago (and their connect read what Redis held: span), and
 // those whose own check was owed (a connect or relist write that failed,
 // never checked since). Another principal's use made since such a
 // connection began and up to its end is a conflict that no connect
@@ -686,7 +687,7 @@ func (t *Tracker) endItem(c endCheck, p store.Prior, clientID string, conn store
 	if !p.Missing && !c.owed {
 		return endItem{}, false // live in Redis all along: every connect since saw it
 	}
-	from, upTo, skip := t.span(p, conn.ConnectedMs, c.o, c.owed, now)
+	from, upTo, skip := t.span(p, conn.ConnectedMs, c.readAt, c.o, c.owed, now)
 	if skip {
 		return endItem{}, false
 	}

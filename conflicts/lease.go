@@ -87,10 +87,13 @@ func (t *Tracker) Close(ctx context.Context) {
 func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	conns := t.storeConns(part)
 	ws := make([]store.ConnWrite, len(part))
+	readAt := make([]int64, len(part))
 	for i, ev := range part {
 		ws[i] = store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: &conns[i], Seen: &conns[i], Read: true, Prior: true}
 		id := t.idKey(ev.clientID)
-		if e, was, found := t.findMemo(id); e.cur == 0 {
+		e, was, found := t.findMemo(id)
+		readAt[i] = t.readAt(e, ev.conn)
+		if e.cur == 0 {
 			t.list(&e, ev.conn.Seq)
 			t.storeMemo(id, e, was, found)
 		}
@@ -123,7 +126,7 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 		if owed {
 			delete(t.unchecked, ev.conn.Seq)
 		}
-		from, upTo, skip := t.span(states[i].Prior, conns[i].ConnectedMs, o, owed, now)
+		from, upTo, skip := t.span(states[i].Prior, conns[i].ConnectedMs, readAt[i], o, owed, now)
 		if skip {
 			continue
 		}
@@ -152,19 +155,23 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 // brought back, which its own broker removes (atk31: a connection an hour
 // over was flagged). An ended one took the client ID after a flush and let
 // go before this relist (atk32: a hit-and-run on another broker escaped).
-func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) (int64, int64, bool) {
+//
+// readAt is when the client ID's state was last read for this connection:
+// its connect, or, when that connect skipped its read (the client ID read
+// quiet for its principal less than quietFor before: readAt), that read.
+// Then the uses made since readAt are checked, its own use held or not: a
+// flush between that read and the connect let another principal's connect
+// find nothing, and this one looked at nothing (atk41: a device
+// reconnecting to its broker after a flush and a hit-and-run, before the
+// relist, hid the hit-and-run).
+func (t *Tracker) span(p store.Prior, from, readAt int64, o owed, owed bool, now int64) (int64, int64, bool) {
 	upTo := int64(math.MaxInt64)
+	skipped := readAt < from
 	// What the failed write would have left: the live entry and the
 	// use, without an end. A reap's end is not it (atk36: taken for
 	// it, a later takeover went unflagged).
 	taken := p.Listed && p.Seen && p.EndedMs == 0
 	switch {
-	case p.Newer:
-		// A newer use of its principal holds the record (an end's
-		// leftScript kept one begun at or after this connection): that
-		// connect evaluated every use before it, and every use since saw
-		// it (atk38: re-reported).
-		return 0, 0, true
 	case owed && o.connect:
 		// Its connect's own check: everything, as a connect. If a write
 		// of it was taken (its live entry is there: a connect's write
@@ -179,6 +186,8 @@ func (t *Tracker) span(p store.Prior, from int64, o owed, owed bool, now int64) 
 		// A relist's write that failed was taken, perhaps after a
 		// gap: what Redis holds tells nothing of before it.
 		upTo = o.at
+	case skipped:
+		from = readAt
 	case p.Seen:
 		// Its principal's use of it was there: every connect within
 		// conflict_window of that use's start flagged a conflict with it
@@ -333,4 +342,16 @@ func spent(ctx context.Context) bool {
 	}
 	d, ok := ctx.Deadline()
 	return ok && !time.Now().Before(d)
+}
+
+// readAt is when the client ID's state was last read for conn (span): its
+// connect, or the earlier read whose quiet mark let its connect skip its
+// own (memo e, as it stands before conn's end or relist changes it). A
+// mark of another principal, or one older than quietFor at its connect,
+// let it skip nothing. Stamps are whole seconds: the start of the mark's.
+func (t *Tracker) readAt(e idMemo, conn Conn) int64 {
+	if e.quietAt != 0 && e.who == t.whoTag(conn.Principal) && young(e.quietAt, conn.ConnectedMs, quietFor) {
+		return min(conn.ConnectedMs, int64(e.quietAt)*1000)
+	}
+	return conn.ConnectedMs
 }

@@ -213,7 +213,7 @@ func TestAtk38DenyOrdinaryEndCommands(t *testing.T) {
 	assert.Equal(t, 1, peeks(as), "alice's lost end is read once")
 }
 
-// Was a DEFECT (fixed: Prior.Newer, leftScript's 0: span skips). A repeat: alice on broker A is reaped while A pauses (her use
+// Was a DEFECT (fixed by Prior.Newer, which atk41 showed hides a miss: now a stated repeat, asserted). A repeat: alice on broker A is reaped while A pauses (her use
 // kept with the reap's end), then alice connects the same client ID on a
 // third broker C (same principal: no finding; her seen field now holds
 // C's open record), then bob connects on B and is flagged (alice,bob).
@@ -254,7 +254,9 @@ func TestAtk38RepeatAfterReapWhenSamePrincipalElsewhere(t *testing.T) {
 	require.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs, cs), "bob's connect flagged alice")
 	clk.advance(time.Second)
 	a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x}})
-	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs, cs), "alice@A's end re-reports bob's use")
+	// Since atk41 the repeat is stated (README): a newer use of the
+	// principal vouches for nothing, its connect may have skipped its read.
+	assert.Equal(t, []string{"alice,bob", "alice,bob"}, findingsOf("x", as, bs, cs), "alice@A's end re-reports bob's use")
 	t.Logf("peeks by a: %d", peeks(as))
 }
 

@@ -17,17 +17,6 @@ import (
 // connection that ends before its relist") and the Known limits about
 // flushes, with real brokers and a real Redis.
 
-// atk41Cross lists the cross-principal findings for id in the stream.
-func atk41Cross(e *env, id string) []string {
-	var c []string
-	for _, k := range atk37Kinds(e, id) {
-		if strings.HasPrefix(k, "cross-principal") {
-			c = append(c, k)
-		}
-	}
-	return c
-}
-
 // atk41LoggedCross counts the cross-principal finding log lines for id.
 func atk41LoggedCross(id string, es ...*env) int {
 	n := 0
@@ -115,7 +104,7 @@ func TestAtk41RedisHungAfterFlushHolderLeaves(t *testing.T) {
 	assert.NotZero(t, atk41LoggedCross(id, a, b), "bob took alice's client ID after a flush: a finding is due")
 }
 
-// TestAtk41FlushHitAndRunThenOwnReconnect: DEFECT. README, the relist
+// TestAtk41FlushHitAndRunThenOwnReconnect: was a DEFECT (fixed: span starts the relist's and the end's check at the quiet read that a reconnect skipped its own for; Prior.Newer no longer skips). README, the relist
 // paragraph: "another principal that took the client ID while it was not
 // there (after a flush ... before the relist) is flagged then ... also if
 // it has let go again"; and of an end that finds no live entry: it is

@@ -159,11 +159,11 @@ return 1`
 // written one may be), and this connection's own record once it has an
 // end at ARGV[6] or later (its DISCONNECT's, real, written while the reap
 // ran; not an earlier reap's, made by mistake while its broker paused).
-// It returns 0 when it wrote nothing, -1 when what it kept is a use of the
-// principal begun at or after this connection (its connected_ms; not an
-// older one without an end, which a snapshot may have brought back: atk39);
-// when it wrote over this connection's own record, 2 + the end that record
-// held (unix ms; 2: none), else 1 (ConnWrite.Check reads it). An integer:
+// It returns 0 when it wrote nothing; when it wrote over this connection's
+// own record, 2 + the end that record held (unix ms; 2: none), else 1
+// (ConnWrite.Check reads it). (What it kept when it wrote nothing, another
+// use of the principal, is not told: that use's connect may have skipped
+// its read, atk41, so it vouches for nothing.) An integer:
 // a disconnect's reply allocates nothing more (an array cost three
 // allocations a disconnect).
 var leftScript = redis.NewScript(leftSrc)
@@ -177,9 +177,6 @@ if v then
   if own then
     if ARGV[6] and d and tonumber(d) >= tonumber(ARGV[6]) then return 0 end
   elseif not d or tonumber(d) >= tonumber(ARGV[6] or ARGV[5]) then
-    local c = tonumber(string.match(v, '"connected_ms":(%-?%d+)'))
-    local mine = tonumber(string.match(ARGV[3], '"connected_ms":(%-?%d+)'))
-    if c and mine and c >= mine then return -1 end
     return 0
   end
 end
@@ -299,10 +296,6 @@ type Prior struct {
 	// entry of the connection (Listed false tells that only with Missing:
 	// a store that does not read it leaves both false).
 	Missing bool
-	// Newer (ConnWrite.Check with Left only): the principal's use was
-	// another connection's, begun at or after this one, live or ended
-	// later, and was kept.
-	Newer bool
 }
 
 // ConnWrite is one connection event of a broker instance for one client ID.
@@ -401,7 +394,7 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 					out[i].Prior.Listed, out[i].Prior.Missing = first[i].Prior.Listed, first[i].Prior.Missing
 				}
 				if first[i].ran&ranLeft != 0 {
-					out[i].Prior.Seen, out[i].Prior.EndedMs, out[i].Prior.Newer = first[i].Prior.Seen, first[i].Prior.EndedMs, first[i].Prior.Newer
+					out[i].Prior.Seen, out[i].Prior.EndedMs = first[i].Prior.Seen, first[i].Prior.EndedMs
 				}
 				continue
 			}
@@ -617,11 +610,8 @@ func goneOf(gone, left *redis.Cmd) (Prior, uint8) {
 		return p, ran
 	}
 	ran |= ranLeft
-	switch n, _ := left.Int64(); {
-	case n >= 2:
+	if n, _ := left.Int64(); n >= 2 {
 		p.Seen, p.EndedMs = true, n-2
-	case n == -1:
-		p.Newer = true
 	}
 	return p, ran
 }
