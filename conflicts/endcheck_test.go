@@ -340,3 +340,47 @@ func TestEndCheckKeptJudgedAtItsDecision(t *testing.T) {
 	a.renew()
 	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as.recStore, bs))
 }
+
+// A device that reconnects to its broker after a flush and another
+// principal's hit-and-run, before its broker's relist, skips its connect's
+// read (the client ID read quiet for it a moment before) and takes its
+// old connection over: the relist checks it from that earlier read, and
+// flags the hit-and-run (atk41). Before, its old connection's end was not
+// checked (replaced), its connect read nothing, and its relist started at
+// its connect.
+func TestRelistFromTheReadAQuietReconnectSkipped(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, deny := range []bool{false, true} {
+		t.Run(map[bool]string{false: "flag", true: "deny"}[deny], func(t *testing.T) {
+			r.CLI("FLUSHALL")
+			opts := testOptions()
+			opts.Deny = deny
+			a, as, b, bs, clk := twoTrackers(t, r, opts)
+			claim := func(tr *Tracker, s *recStore, c Conn) {
+				if deny {
+					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), nil)
+					require.NoError(t, err)
+				}
+			}
+			x1 := a.NewConn("alice", "192.0.2.1", clk.now())
+			claim(a, as, x1)
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x1}})
+			clk.advance(time.Second)
+			r.CLI("FLUSHALL")
+			a.renew()
+			b.renew()
+			y := b.NewConn("bob", "192.0.2.2", clk.now())
+			claim(b, bs, y)
+			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+			clk.advance(50 * time.Millisecond)
+			b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}})
+			clk.advance(100 * time.Millisecond)
+			x2 := a.NewConn("alice", "192.0.2.1", clk.now())
+			claim(a, as, x2)
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x2, other: &x1}, {kind: evDisconnect, clientID: "x", conn: x1}})
+			require.Empty(t, findingsOf("x", as, bs), "nothing read: x was quiet for alice")
+			a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x2}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+			assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "bob took x while alice held it")
+		})
+	}
+}
