@@ -698,10 +698,11 @@ func (t *Tracker) endItem(c endCheck, p store.Prior, clientID string, conn store
 // before (Tracker.pendingEnds): the client IDs' live and seen hashes read
 // in one round trip (store.ConnWrite.Peek), within the part's bound, and
 // evaluated as a relist would evaluate them. A read that fails keeps them
-// for the next batch or renewal (at most endsPendingMax; their strings
-// copied: a batch's are its own).
+// for the next batch or renewal (at most endsPendingMax, the oldest dropped
+// past it, logged; their strings copied once: a batch's are its own).
 func (t *Tracker) checkEnds(ctx context.Context, items []endItem) {
-	if len(t.pendingEnds) > 0 {
+	kept := len(t.pendingEnds) // their strings are copies already
+	if kept > 0 {
 		items = append(t.pendingEnds, items...)
 		t.pendingEnds = nil
 	}
@@ -716,9 +717,10 @@ func (t *Tracker) checkEnds(ctx context.Context, items []endItem) {
 	if err != nil {
 		if over := len(items) - endsPendingMax; over > 0 {
 			items = items[over:]
+			kept = max(kept-over, 0)
 			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d ended connections that redis had lost not checked (more than %d waiting)", over, endsPendingMax))
 		}
-		for k := range items {
+		for k := kept; k < len(items); k++ {
 			it := &items[k]
 			it.clientID = strings.Clone(it.clientID)
 			it.conn.ID, it.conn.IP = strings.Clone(it.conn.ID), strings.Clone(it.conn.IP)

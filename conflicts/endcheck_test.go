@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -383,4 +385,46 @@ func TestRelistFromTheReadAQuietReconnectSkipped(t *testing.T) {
 			assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "bob took x while alice held it")
 		})
 	}
+}
+
+// The end checks kept after failed reads are bounded: past endsPendingMax
+// the oldest are dropped, with one warning line that counts them; each
+// kept check's strings are copied once, not at every failed read; and
+// once Redis answers, every kept check is made and none left.
+func TestEndChecksKeptAtMostTheirBound(t *testing.T) {
+	r := testenv.StartRedis(t)
+	fs := &failPeeks{recStore: newRecStore(t, r)}
+	a, clk, logs := tracker(t, fs, testOptions())
+	a.instance = "ia"
+	a.renew()
+	item := func(id string) endItem {
+		c := a.NewConn("alice", "192.0.2.1", clk.now())
+		return endItem{clientID: id, conn: a.StoreConn(c), upTo: clk.now().UnixMilli(), at: clk.now().UnixMilli()}
+	}
+	batch := func(prefix string, n int) []endItem {
+		items := make([]endItem, n)
+		for k := range items {
+			items[k] = item(fmt.Sprintf("%s%d", prefix, k))
+		}
+		return items
+	}
+	fs.fail.Store(true)
+	a.checkEnds(t.Context(), batch("old", endsPendingMax-2))
+	require.Len(t, a.pendingEnds, endsPendingMax-2)
+	assert.NotContains(t, logs.all(), "not checked", "within the bound, nothing dropped")
+	oldID := a.pendingEnds[10].clientID
+
+	a.checkEnds(t.Context(), batch("new", 5))
+	require.Len(t, a.pendingEnds, endsPendingMax, "at most endsPendingMax kept")
+	assert.Equal(t, "old3", a.pendingEnds[0].clientID, "the oldest three dropped")
+	assert.Equal(t, "new4", a.pendingEnds[endsPendingMax-1].clientID, "the newest kept")
+	assert.Equal(t, 1, strings.Count(logs.all(), "not checked"))
+	assert.Contains(t, logs.all(), "client ID tracking: 3 ended connections that redis had lost not checked (more than 4096 waiting)")
+	assert.Same(t, unsafe.StringData(oldID), unsafe.StringData(a.pendingEnds[10-3].clientID),
+		"a kept check's strings are not copied again at the next failed read")
+
+	fs.fail.Store(false)
+	a.checkEnds(t.Context(), nil)
+	assert.Empty(t, a.pendingEnds, "made once Redis answers")
+	assert.Equal(t, endsPendingMax, peeks(fs.recStore), "each kept check read")
 }
