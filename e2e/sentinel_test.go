@@ -140,7 +140,7 @@ func TestSentinelFailover(t *testing.T) {
 	assert.Equal(t, "set with guardctl", old.CLI("GET", "guard:block:clientid:before-ctl"), "guardctl wrote to the master")
 	e.expect(as("127.0.70.1", "before-cli", "alice", "alice-pw"), refused)
 	e.expect(as("127.0.70.1", "before-ctl", "alice", "alice-pw"), refused)
-	require.Equal(t, "1", old.CLI("WAIT", "1", "2000"), "the replica has the bans before the failover")
+	require.True(t, old.WaitReplicas(1, 2*time.Second), "the replica has the bans before the failover")
 	victim := e.dialWill(as("127.0.70.2", "after-kick", "bob", "bob-pw"))
 
 	stop := e.connectLoop("127.0.70.3")
@@ -192,7 +192,7 @@ func TestSentinelMasterKilled(t *testing.T) {
 	conn := []string{"--redis-addr", s.Addrs, "--redis-sentinel-master", s.Name}
 	old := s.Master()
 	old.CLI("SET", "guard:block:username:mallory", "set before the kill")
-	require.Equal(t, "1", old.CLI("WAIT", "1", "2000"))
+	require.True(t, old.WaitReplicas(1, 2*time.Second))
 	e.expect(as("127.0.71.1", "m", "mallory", "x"), refused)
 
 	stop := e.connectLoop("127.0.71.2")

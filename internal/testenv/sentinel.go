@@ -145,8 +145,17 @@ func (s *Sentinels) waitKnown(o SentinelOptions, d time.Duration) {
 				ok, last = false, r.Addr+" not synced"
 			}
 		}
-		if ok {
+		// A replica says master_link_status:up once it has loaded the
+		// RDB; after a diskless sync the master streams it commands only
+		// from a REPLCONF ACK received once the RDB child is reaped, and
+		// its first ACK often comes before: then the next, up to a second
+		// later. A failover ordered meanwhile would promote a replica
+		// without the writes made since StartSentinel returned.
+		if ok && s.Nodes[0].WaitReplicas(o.Replicas, 2*time.Second) {
 			return
+		}
+		if ok {
+			last = "a replica has not acknowledged a write"
 		}
 		if time.Now().After(deadline) {
 			s.t.Fatalf("testenv: the sentinels did not settle within %s: want %q, got %q", d, want, last)

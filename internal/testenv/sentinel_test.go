@@ -1,7 +1,9 @@
 package testenv
 
 import (
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -17,8 +19,8 @@ func TestSentinelFailover(t *testing.T) {
 		t.Fatalf("master at start is %s, want %s", old.Addr, s.Nodes[0].Addr)
 	}
 	old.CLI("SET", "k", "v")
-	if got := old.CLI("WAIT", "1", "2000"); got != "1" {
-		t.Fatalf("WAIT 1: %s", got)
+	if !old.WaitReplicas(1, 2*time.Second) {
+		t.Fatal("the replica has not acknowledged k")
 	}
 	start = time.Now()
 	next := s.Failover(15 * time.Second)
@@ -43,5 +45,39 @@ func TestSentinelFailover(t *testing.T) {
 			t.Fatalf("the old master is not a replica: %s %v", role, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// WaitReplicas waits for the replicas to have every write made on the
+// master so far: with the replica frozen (SIGSTOP) after a write, it says
+// false once its bound is spent; thawed, true. A WAIT from CLI's new
+// redis-cli, which wrote nothing, said 1 at once with the replica frozen,
+// and TestSyncFollowsSentinelFailover (store/replica) failed when a
+// failover promoted a replica that had not yet received its write.
+func TestWaitReplicasWaitsForTheWrites(t *testing.T) {
+	m := StartRedis(t)
+	rep := StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(m.Port))
+	if !m.WaitReplicas(1, 15*time.Second) {
+		t.Fatal("the replica never acknowledged")
+	}
+	if err := rep.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	m.CLI("SET", "k", "v")
+	start := time.Now()
+	if m.WaitReplicas(1, 500*time.Millisecond) {
+		t.Fatal("WaitReplicas said the frozen replica has k")
+	}
+	if took := time.Since(start); took < 450*time.Millisecond {
+		t.Fatalf("WaitReplicas gave up after %s, before its 500ms", took)
+	}
+	if err := rep.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if !m.WaitReplicas(1, 5*time.Second) {
+		t.Fatal("the thawed replica never acknowledged k")
+	}
+	if got := rep.CLI("GET", "k"); got != "v" {
+		t.Fatalf("replica's k = %q", got)
 	}
 }

@@ -396,6 +396,30 @@ func (r *Redis) TryCLI(args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
+// WaitReplicas waits up to d until n replicas of r have every write made
+// on r so far, and says whether they do. WAIT counts the replicas that
+// acknowledged the calling connection's own last write: from CLI's new
+// redis-cli, which wrote nothing, it returns at once, whatever the replicas
+// have. So this writes first (PUBLISH: replicated, no key) and waits on the
+// same connection.
+func (r *Redis) WaitReplicas(n int, d time.Duration) bool {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d+10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "redis-cli", append([]string{"-h", "127.0.0.1", "-p", fmt.Sprint(r.Port)}, r.cli...)...)
+	cmd.Stdin = strings.NewReader(fmt.Sprintf("PUBLISH testenv:wait x\nWAIT %d %d\n", n, d.Milliseconds()))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		r.t.Fatalf("testenv: redis-cli WAIT: %v: %s", err, out)
+	}
+	f := strings.Fields(string(out))
+	if len(f) == 0 {
+		return false
+	}
+	got, err := strconv.Atoi(f[len(f)-1])
+	return err == nil && got >= n
+}
+
 // WriteFile writes content to name inside dir and returns the path.
 func WriteFile(t testing.TB, dir, name, content string) string {
 	t.Helper()

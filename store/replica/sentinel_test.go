@@ -43,7 +43,7 @@ func TestSyncFollowsSentinelFailover(t *testing.T) {
 	assert.Equal(t, 1, l.count("replica: cannot read the Sentinel master's run_id"), "%q", l.lines)
 
 	r, _, l := open("", "")
-	require.Equal(t, "1", old.CLI("WAIT", "1", "2000"))
+	require.True(t, old.WaitReplicas(1, 2*time.Second), "the replica has a before the failover")
 	next := sn.Failover(15 * time.Second)
 	failedOver := time.Now()
 	next.CLI("SET", "guard:block:clientid:after", "x")
@@ -55,7 +55,11 @@ func TestSyncFollowsSentinelFailover(t *testing.T) {
 	// gave to one of these nodes, and that test's sentinels made the node
 	// their replica (its keys flushed). testenv now holds a killed server's
 	// port (TestStoppedRedisPortStaysHeld); the roles below say if a node
-	// ever follows a master not of this test again.
+	// ever follows a master not of this test again. A later failure here
+	// had another cause: the wait above was a WAIT from a new redis-cli,
+	// which waits for nothing, and a failover within a second of the
+	// sentinels settling promoted a replica that had not been sent a yet
+	// (now WaitReplicas, and StartSentinel waits for an acknowledged write).
 	if !assert.NotNil(t, r.Lookup(q("a", "", ""), time.Now()).Block, "what was replicated before stays") {
 		for _, n := range sn.Nodes {
 			role, _ := n.TryCLI("ROLE")
