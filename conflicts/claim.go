@@ -64,8 +64,9 @@ func principalKind(principal string) string {
 // Claim claims clientID in Redis for a new connection of principal from ip
 // (clientid_conflict deny, on the broker thread, bounded by
 // Options.ClaimTimeout): it records the connection live unless another
-// principal holds the ID live on another broker whose lease runs, and
-// returns that holder. The record and the look are one atomic step on the
+// principal holds the ID live on another broker whose lease had not run
+// out at the last renewal (a broker started since counts), and returns
+// that holder. The record and the look are one atomic step on the
 // client ID's live hash, so of two brokers admitting one client ID for two
 // principals at the same moment, exactly one refuses. The connection
 // claimed is the one the next NewConn for principal and ip returns.
@@ -81,16 +82,17 @@ func (t *Tracker) Claim(clientID, principal, ip string, now time.Time) (conn Con
 // NewConnAddr for principal, ip and addr returns.
 func (t *Tracker) ClaimAddr(clientID, principal, ip string, addr netip.Addr, now time.Time) (conn Conn, holder *store.Conn, err error) {
 	conn = t.NewConnAddr(principal, ip, addr, now)
-	alive := *t.live.Load()
-	instances := make([]string, 0, len(alive))
-	for in, ok := range alive {
-		if ok && in != t.instance {
-			instances = append(instances, in)
+	// The instances whose lease had run out at the last renewal: every
+	// other's live entry counts, a broker started since included (counts).
+	var dead []string
+	for in, ok := range *t.live.Load() {
+		if !ok && in != t.instance {
+			dead = append(dead, in)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), t.opts.ClaimTimeout)
 	defer cancel()
-	holder, err = t.claimer.Claim(ctx, clientID, t.StoreConn(conn), instances)
+	holder, err = t.claimer.Claim(ctx, clientID, t.StoreConn(conn), dead)
 	if err == nil && holder == nil {
 		cc := conn
 		t.claimed.Store(&cc)
@@ -104,7 +106,7 @@ func (t *Tracker) RemoteHolder(live []store.Conn, principal string) *store.Conn 
 	alive := *t.live.Load()
 	for i := range live {
 		r := live[i]
-		if r.Instance != t.instance && alive[r.Instance] && r.Principal != principal {
+		if r.Instance != t.instance && counts(alive, r.Instance) && r.Principal != principal {
 			return &r
 		}
 	}

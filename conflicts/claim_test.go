@@ -48,10 +48,24 @@ func TestClaim(t *testing.T) {
 	require.NoError(t, err)
 	assert.Nil(t, holder, "the same principal on another broker is a reconnect")
 
+	// a has not seen b's lease (b renewed after a): b's live entry counts
+	// all the same. Before, a broker started since the others' last
+	// renewal held nothing for them, up to a third of broker_lease, and
+	// under deny another principal was let in beside its clients (atk42).
+	bobs, holder, err := b.Claim("gate", "bob", "192.0.2.2", clk.now())
+	require.NoError(t, err)
+	require.Nil(t, holder)
+	require.NotContains(t, *a.live.Load(), b.instance, "a has not seen b's lease yet")
+	_, holder, err = a.Claim("gate", "alice", "192.0.2.1", clk.now())
+	require.NoError(t, err)
+	require.NotNil(t, holder, "bob holds gate live on b")
+	assert.Equal(t, b.StoreConn(bobs), *holder)
+	assert.Equal(t, b.StoreConn(bobs), *a.RemoteHolder(mem.live("gate"), "alice"))
+
 	// a's lease runs out: only b's connection holds the client ID now.
 	c, _, _ := tracker(t, mem, opts)
 	mem.mu.Lock()
-	delete(mem.leases, a.instance)
+	mem.leases[a.instance] = false // ran out
 	mem.mu.Unlock()
 	c.renew()
 	_, holder, err = c.Claim("door", "carol", "192.0.2.4", clk.now())
@@ -59,7 +73,7 @@ func TestClaim(t *testing.T) {
 	require.NotNil(t, holder)
 	assert.Equal(t, b.StoreConn(onB), *holder, "a broker whose lease ran out holds nothing")
 	mem.mu.Lock()
-	delete(mem.leases, b.instance)
+	mem.leases[b.instance] = false
 	mem.mu.Unlock()
 	c.renew()
 	_, holder, err = c.Claim("door", "carol", "192.0.2.4", clk.now())

@@ -31,7 +31,12 @@ func (t *Tracker) renew() {
 	if err != nil {
 		return // Redis down: the plugin's health check reports it; live brokers are kept as they were
 	}
-	t.aliveBefore = *t.live.Swap(&l.Live)
+	view := make(map[string]bool, len(l.Live)+len(l.Dead))
+	for _, d := range l.Dead {
+		view[d] = false
+	}
+	maps.Copy(view, l.Live)
+	t.aliveBefore = *t.live.Swap(&view)
 	// The clock is read only when needed: a test sets the plugin's clock
 	// after the worker's first renewal.
 	switch {
@@ -111,11 +116,15 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	// The brokers alive at this renewal or the one before: a relist comes
 	// at the renewal that found this broker's lease lapsed, which may be
 	// before the others' renewals after a flush, and a live entry of a
-	// broker not alive does not count (evaluate).
+	// broker dead at both does not count (evaluate, counts).
 	alive := *t.live.Load()
 	if len(t.aliveBefore) > 0 {
 		alive = maps.Clone(alive)
-		maps.Copy(alive, t.aliveBefore)
+		for in, ok := range t.aliveBefore {
+			if ok {
+				alive[in] = true
+			}
+		}
 	}
 	now := t.now().UnixMilli()
 	for i, ev := range part {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -95,7 +96,7 @@ func (m *memStore) live(id string) []store.Conn {
 }
 
 // Claim records c unless another principal holds id live on an instance in alive.
-func (m *memStore) Claim(_ context.Context, id string, c store.Conn, alive []string) (*store.Conn, error) {
+func (m *memStore) Claim(_ context.Context, id string, c store.Conn, dead []string) (*store.Conn, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.down {
@@ -103,11 +104,9 @@ func (m *memStore) Claim(_ context.Context, id string, c store.Conn, alive []str
 	}
 	st := m.state(keys.Tracking(id)) // keyed as Redis keys it (WriteConns)
 	for _, x := range st.Live {
-		for _, a := range alive {
-			if x.Instance == a && x.Instance != c.Instance && x.Principal != c.Principal {
-				h := x
-				return &h, nil
-			}
+		if x.Instance != c.Instance && x.Principal != c.Principal && !slices.Contains(dead, x.Instance) {
+			h := x
+			return &h, nil
 		}
 	}
 	st.Live = replaceBy(st.Live, c, func(x store.Conn) bool { return x.Instance == c.Instance })
@@ -129,8 +128,12 @@ func (m *memStore) RenewLease(_ context.Context, instance string, _ time.Duratio
 	}
 	l := store.Lease{Live: map[string]bool{}, Lapsed: !m.leases[instance]}
 	m.leases[instance] = true
-	for in := range m.leases {
-		l.Live[in] = true
+	for in, runs := range m.leases {
+		if runs {
+			l.Live[in] = true
+		} else {
+			l.Dead = append(l.Dead, in) // a lease that ran out (false), not reaped
+		}
 	}
 	return l, nil
 }

@@ -386,7 +386,7 @@ func (t *Tracker) noteQuiet(ev event, st *store.State, alive map[string]bool, no
 		if !quiet {
 			break
 		}
-		if x.Instance != t.instance && alive[x.Instance] {
+		if x.Instance != t.instance && counts(alive, x.Instance) {
 			quiet = false
 		}
 	}

@@ -7,10 +7,21 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
+// counts reports whether a live entry of broker instance in counts, by
+// the lease view alive (Tracker.live): unless its lease had run out at the
+// last renewal (false). An instance the view does not name counts: a
+// broker started since that renewal, up to a third of broker_lease ago
+// (atk42: under clientid_conflict deny, its clients' live entries were
+// ignored until then, and another principal let in beside them).
+func counts(alive map[string]bool, in string) bool {
+	v, ok := alive[in]
+	return v || !ok
+}
+
 // evaluate applies the conflict rules to a new connection me of clientID
 // (other: the connection of this broker it took over, if any), given the
-// live connections and past users Redis knows of, the broker instances
-// alive, and now (unix ms). It returns:
+// live connections and past users Redis knows of, the lease view alive
+// (counts), and now (unix ms). It returns:
 //   - cross: a cross-principal finding, when another principal used the
 //     client ID within window (or holds it live);
 //   - dup: a duplicate-connection finding candidate, when the same
@@ -46,10 +57,11 @@ func evaluate(clientID string, me store.Conn, other *store.Conn, live, seen []st
 			others[c.Principal] = c
 		}
 	}
-	// Remote live connections count when their broker's lease runs; this
-	// broker's own entries are superseded by the local table (other).
+	// Remote live connections count unless their broker's lease ran out
+	// (counts); this broker's own entries are superseded by the local
+	// table (other).
 	for _, c := range live {
-		if c.Instance != me.Instance && alive[c.Instance] && c.ID != me.ID {
+		if c.Instance != me.Instance && counts(alive, c.Instance) && c.ID != me.ID {
 			consider(c, true)
 		}
 	}

@@ -22,7 +22,7 @@ func TestEvaluateRules(t *testing.T) {
 	window := 31 * 24 * time.Hour
 	day := int64(24 * time.Hour / time.Millisecond)
 	me := conn("A-9", "A", "bob", now, 0)
-	alive := map[string]bool{"A": true, "B": true}
+	alive := map[string]bool{"A": true, "B": true, "C": false} // C: its lease ran out
 
 	cases := []struct {
 		name            string
@@ -61,6 +61,9 @@ func TestEvaluateRules(t *testing.T) {
 			wantDup: true},
 		{name: "same principal on a dead broker: no duplicate",
 			live: []store.Conn{conn("C-1", "C", "bob", now-1000, 0)}},
+		{name: "a broker started since the last renewal (D, not in the view) counts: live there is live",
+			live:      []store.Conn{conn("D-1", "D", "alice", now-day*40, 0)},
+			wantCross: []string{"alice", "bob"}},
 		{name: "three principals",
 			seen:      []store.Conn{conn("A-1", "A", "alice", now-3*day, now-3*day+1), conn("B-7", "B", "carol", now-day, now-day+1)},
 			wantCross: []string{"alice", "bob", "carol"}, wantDisplacedMs: now - day + 1},

@@ -53,10 +53,10 @@ type Store interface {
 
 // Claimer claims a client ID for a new connection in one atomic step
 // (clientid_conflict deny): it records the connection as live unless
-// another principal holds the ID live on a broker in alive, and returns that
-// holder. *store.Store implements it.
+// another principal holds the ID live on a broker not in dead (the brokers
+// whose lease ran out), and returns that holder. *store.Store implements it.
 type Claimer interface {
-	Claim(ctx context.Context, clientID string, c store.Conn, alive []string) (*store.Conn, error)
+	Claim(ctx context.Context, clientID string, c store.Conn, dead []string) (*store.Conn, error)
 }
 
 // Level is how much a log line matters; the plugin maps it to its own.
@@ -202,8 +202,11 @@ type Tracker struct {
 	seq         atomic.Uint64
 	events      *batchq.Queue[event]
 	dropped     atomic.Int64
-	trimDue     atomic.Bool                     // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
-	live        atomic.Pointer[map[string]bool] // broker instances whose lease runs
+	trimDue     atomic.Bool // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
+	// live is the lease view of the last renewal: broker instances whose
+	// lease runs (true) or had run out (false); one it does not name
+	// started since, and counts as alive (counts).
+	live atomic.Pointer[map[string]bool]
 	// claimed is the connection the broker thread just claimed in Redis
 	// (Claim), for the NewConn that follows to take as its own, so that the
 	// live entry recorded is the one its disconnect removes.

@@ -96,13 +96,13 @@ func atk40ReapThenTakeover(t *testing.T, how string, reapFails bool) {
 	clk.advance(time.Second)
 	y := b.NewConn("bob", "192.0.2.2", clk.now())
 	if opts.Deny {
-		alive := []string{}
+		dead := []string{} // as ClaimAddr passes them (since atk42)
 		for k, ok := range *b.live.Load() {
-			if ok && k != "ib" {
-				alive = append(alive, k)
+			if !ok && k != "ib" {
+				dead = append(dead, k)
 			}
 		}
-		h, err := bst.Claim(t.Context(), "x", b.StoreConn(y), alive)
+		h, err := bst.Claim(t.Context(), "x", b.StoreConn(y), dead)
 		require.NoError(t, err)
 		require.Nil(t, h, "ia's lease ran out: bob's claim is granted")
 	}

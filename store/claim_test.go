@@ -61,7 +61,7 @@ func TestClaimExactlyOneOfTwo(t *testing.T) {
 			go func(side int, p string) {
 				defer wg.Done()
 				c := Conn{ID: fmt.Sprintf("i%d-%d", side, i+1), Instance: fmt.Sprintf("i%d", side), Principal: p, ConnectedMs: 1000}
-				h, err := s.Claim(ctx, id, c, []string{"i0", "i1"})
+				h, err := s.Claim(ctx, id, c, nil)
 				assert.NoError(t, err)
 				holders[side] = h
 			}(side, p)
@@ -81,18 +81,19 @@ func TestClaimRules(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
 	alice := Conn{ID: "a-1", Instance: "a", Broker: "eu-1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1}
-	h, err := s.Claim(ctx, "dev", alice, []string{"b"})
+	h, err := s.Claim(ctx, "dev", alice, nil)
 	require.NoError(t, err)
 	require.Nil(t, h)
 
-	// Another principal on a broker whose lease runs is refused, with the holder.
+	// Another principal on a broker whose lease runs is refused, with the
+	// holder; so on one the caller has not seen yet (not in dead).
 	bob := Conn{ID: "b-1", Instance: "b", Principal: "bob", ConnectedMs: 2}
-	h, err = s.Claim(ctx, "dev", bob, []string{"a"})
+	h, err = s.Claim(ctx, "dev", bob, []string{"c"})
 	require.NoError(t, err)
 	require.NotNil(t, h)
 	assert.Equal(t, alice, *h)
-	// Not when the holder's broker is dead (not among the live ones).
-	h, err = s.Claim(ctx, "dev", bob, []string{"c"})
+	// Not when the holder's broker is dead (its lease ran out).
+	h, err = s.Claim(ctx, "dev", bob, []string{"a"})
 	require.NoError(t, err)
 	assert.Nil(t, h)
 	assert.Equal(t, "2", r.CLI("HLEN", "guard:conn:dev"))
@@ -100,7 +101,7 @@ func TestClaimRules(t *testing.T) {
 	// The same principal on another broker is a reconnect, not a conflict.
 	alice2 := Conn{ID: "c-1", Instance: "c", Principal: "alice", ConnectedMs: 3}
 	r.CLI("HDEL", "guard:conn:dev", "b")
-	h, err = s.Claim(ctx, "dev", alice2, []string{"a"})
+	h, err = s.Claim(ctx, "dev", alice2, nil)
 	require.NoError(t, err)
 	assert.Nil(t, h)
 
@@ -111,13 +112,13 @@ func TestClaimRules(t *testing.T) {
 	require.NoError(t, err)
 	require.Nil(t, h)
 	carol2 := Conn{ID: "e-1", Instance: "e", Principal: long, ConnectedMs: 5}
-	h, err = s.Claim(ctx, "dev2", carol2, []string{"d"})
+	h, err = s.Claim(ctx, "dev2", carol2, nil)
 	require.NoError(t, err)
 	assert.Nil(t, h)
 
 	// After SCRIPT FLUSH (a restarted or new node) a claim still runs.
 	r.CLI("SCRIPT", "FLUSH")
-	h, err = s.Claim(ctx, "dev", bob, []string{"a"})
+	h, err = s.Claim(ctx, "dev", bob, nil)
 	require.NoError(t, err)
 	require.NotNil(t, h)
 }
@@ -189,11 +190,11 @@ func TestClaimAndRecordOnCluster(t *testing.T) {
 			apart++
 		}
 		alice := Conn{ID: "a-" + strconv.Itoa(i+1), Instance: "a", Principal: "alice", ConnectedMs: 1}
-		h, err := s.Claim(ctx, id, alice, []string{"b"})
+		h, err := s.Claim(ctx, id, alice, nil)
 		require.NoError(t, err)
 		require.Nil(t, h)
 		bob := Conn{ID: "b-" + strconv.Itoa(i+1), Instance: "b", Principal: "bob", ConnectedMs: 2}
-		h, err = s.Claim(ctx, id, bob, []string{"a"})
+		h, err = s.Claim(ctx, id, bob, nil)
 		require.NoError(t, err)
 		require.NotNil(t, h, id)
 		st, err := s.WriteConns(ctx, []ConnWrite{

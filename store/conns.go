@@ -195,9 +195,9 @@ return 1`
 //   - empty: nothing more; returns 0;
 //   - 'read': returns the whole hash after recording;
 //   - 'claim': first looks for a connection of another principal than
-//     ARGV[5] held by another instance among ARGV[6...] (those whose lease
-//     runs); if there is one, records nothing and returns it, else records
-//     and returns an empty string.
+//     ARGV[5] held by another instance not among ARGV[6...] (those whose
+//     lease ran out); if there is one, records nothing and returns it, else
+//     records and returns an empty string.
 //
 // Two brokers recording at the same moment are thus ordered by Redis:
 // whichever comes second sees the first. With 'read' or 'claim' the hash is
@@ -210,15 +210,15 @@ var liveScript = redis.NewScript(liveSrc)
 const liveSrc = `
 local all, cur
 if ARGV[4] == 'claim' or ARGV[4] == 'read' then
-  local alive = {}
-  if ARGV[4] == 'claim' then
-    for i = 6, #ARGV do alive[ARGV[i]] = true end
+  local claim, dead = ARGV[4] == 'claim', {}
+  if claim then
+    for i = 6, #ARGV do dead[ARGV[i]] = true end
   end
   all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
     if all[i] == ARGV[1] then
       cur = i
-    elseif alive[all[i]] then
+    elseif claim and not dead[all[i]] then
       local ok, c = pcall(cjson.decode, all[i + 1])
       if ok and type(c) == 'table' and c.principal ~= ARGV[5] then return all[i + 1] end
     end
@@ -668,16 +668,18 @@ func connsOf(cmd *redis.Cmd) []Conn {
 }
 
 // Claim records c as its instance's live connection of clientID, unless
-// another principal holds the client ID live on an instance in alive (other
-// than c's): then it records nothing and returns that holder. Both happen in
+// another principal holds the client ID live on an instance other than c's
+// and not in dead (the instances whose lease ran out: any other counts, a
+// broker the caller has not yet seen renew its lease included): then it
+// records nothing and returns that holder. Both happen in
 // one atomic step on the client ID's live hash, so of two brokers claiming
 // one client ID for two principals at the same moment, exactly one gets it.
 // c.Principal must be in its keys.Tracking form. One round trip (two when
 // Redis lost its script cache), bounded by ctx.
-func (s *Store) Claim(ctx context.Context, clientID string, c Conn, alive []string) (*Conn, error) {
-	args := make([]any, 0, 5+len(alive))
+func (s *Store) Claim(ctx context.Context, clientID string, c Conn, dead []string) (*Conn, error) {
+	args := make([]any, 0, 5+len(dead))
 	args = append(args, c.Instance, c.encode(), seq(c.ID), "claim", bound(c.Principal))
-	for _, a := range alive {
+	for _, a := range dead {
 		args = append(args, a)
 	}
 	// The client ID joins this instance's brokerconns set in the same round

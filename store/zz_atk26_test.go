@@ -143,7 +143,7 @@ func TestAtk26ReapEndsAClaimedEntry(t *testing.T) {
 	require.NoError(t, err)
 	require.Nil(t, h)
 	refused := Conn{ID: "dead-8", Instance: "dead", Principal: "alice", ConnectedMs: 1_100}
-	h, err = s.Claim(ctx, "held", refused, []string{"alive"})
+	h, err = s.Claim(ctx, "held", refused, nil)
 	require.NoError(t, err)
 	require.NotNil(t, h, "bob holds it")
 
