@@ -32,7 +32,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 		t.keepForRetry(batch, ws)
 		return err
 	}
-	alive := *t.live.Load()
+	alive := t.view(now)
 	var found, dups []*store.Finding
 	for i, ev := range batch {
 		switch ev.kind {
@@ -728,7 +728,7 @@ func (t *Tracker) checkEnds(ctx context.Context, items []endItem) {
 		t.pendingEnds = items
 		return
 	}
-	alive := *t.live.Load()
+	alive := t.view(t.now().UnixMilli())
 	for k, it := range items {
 		if k >= len(states) {
 			break

@@ -82,17 +82,22 @@ func (t *Tracker) Claim(clientID, principal, ip string, now time.Time) (conn Con
 // NewConnAddr for principal, ip and addr returns.
 func (t *Tracker) ClaimAddr(clientID, principal, ip string, addr netip.Addr, now time.Time) (conn Conn, holder *store.Conn, err error) {
 	conn = t.NewConnAddr(principal, ip, addr, now)
-	// The instances whose lease had run out at the last renewal: every
-	// other's live entry counts, a broker started since included (counts).
-	var dead []string
-	for in, ok := range *t.live.Load() {
-		if !ok && in != t.instance {
-			dead = append(dead, in)
+	// The lease view (leaseView.counts): a broker started since the last
+	// renewal counts too.
+	v := t.view(now.UnixMilli())
+	b := store.Brokers{Since: v.since}
+	for in, ok := range v.alive {
+		switch {
+		case in == t.instance:
+		case ok:
+			b.Alive = append(b.Alive, in)
+		default:
+			b.Dead = append(b.Dead, in)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), t.opts.ClaimTimeout)
 	defer cancel()
-	holder, err = t.claimer.Claim(ctx, clientID, t.StoreConn(conn), dead)
+	holder, err = t.claimer.Claim(ctx, clientID, t.StoreConn(conn), b)
 	if err == nil && holder == nil {
 		cc := conn
 		t.claimed.Store(&cc)
@@ -103,10 +108,10 @@ func (t *Tracker) ClaimAddr(clientID, principal, ip string, addr netip.Addr, now
 // RemoteHolder returns a live connection of clientID on another broker
 // under another principal, from the live connections a lookup read.
 func (t *Tracker) RemoteHolder(live []store.Conn, principal string) *store.Conn {
-	alive := *t.live.Load()
+	alive := t.view(t.now().UnixMilli())
 	for i := range live {
 		r := live[i]
-		if r.Instance != t.instance && counts(alive, r.Instance) && r.Principal != principal {
+		if r.Instance != t.instance && alive.counts(&r) && r.Principal != principal {
 			return &r
 		}
 	}

@@ -79,7 +79,7 @@ func TestEndCheckedAfterAFlush(t *testing.T) {
 			a, as, b, bs, clk := twoTrackers(t, r, opts)
 			x := a.NewConn("alice", "192.0.2.1", clk.now())
 			if deny { // the broker thread's claim wrote the live entry
-				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 				require.NoError(t, err)
 			}
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
@@ -90,7 +90,7 @@ func TestEndCheckedAfterAFlush(t *testing.T) {
 			clk.advance(100 * time.Millisecond)
 			y := b.NewConn("bob", "192.0.2.2", clk.now())
 			if deny {
-				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), nil)
+				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), claimAll)
 				require.NoError(t, err)
 			}
 			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
@@ -262,13 +262,13 @@ func TestEndNotCheckedWhenReplacedUnderDeny(t *testing.T) {
 	a, as, clk := redisTracker(t, r, "ia", opts)
 	a.renew()
 	x1 := a.NewConn("alice", "192.0.2.1", clk.now())
-	_, err := as.Claim(t.Context(), "x", a.StoreConn(x1), nil)
+	_, err := as.Claim(t.Context(), "x", a.StoreConn(x1), claimAll)
 	require.NoError(t, err)
 	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x1}})
 	for range 5 {
 		clk.advance(time.Second)
 		x2 := a.NewConn("alice", "192.0.2.1", clk.now())
-		_, err := as.Claim(t.Context(), "x", a.StoreConn(x2), nil)
+		_, err := as.Claim(t.Context(), "x", a.StoreConn(x2), claimAll)
 		require.NoError(t, err)
 		a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x1}, {kind: evConnect, clientID: "x", conn: x2}})
 		x1 = x2
@@ -360,7 +360,7 @@ func TestRelistFromTheReadAQuietReconnectSkipped(t *testing.T) {
 			a, as, b, bs, clk := twoTrackers(t, r, opts)
 			claim := func(tr *Tracker, s *recStore, c Conn) {
 				if deny {
-					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), nil)
+					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
 					require.NoError(t, err)
 				}
 			}

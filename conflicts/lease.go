@@ -117,16 +117,16 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 	// at the renewal that found this broker's lease lapsed, which may be
 	// before the others' renewals after a flush, and a live entry of a
 	// broker dead at both does not count (evaluate, counts).
-	alive := *t.live.Load()
+	now := t.now().UnixMilli()
+	alive := t.view(now)
 	if len(t.aliveBefore) > 0 {
-		alive = maps.Clone(alive)
+		alive.alive = maps.Clone(alive.alive)
 		for in, ok := range t.aliveBefore {
 			if ok {
-				alive[in] = true
+				alive.alive[in] = true
 			}
 		}
 	}
-	now := t.now().UnixMilli()
 	for i, ev := range part {
 		if i >= len(states) {
 			break

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -96,7 +97,7 @@ func (m *memStore) live(id string) []store.Conn {
 }
 
 // Claim records c unless another principal holds id live on an instance in alive.
-func (m *memStore) Claim(_ context.Context, id string, c store.Conn, dead []string) (*store.Conn, error) {
+func (m *memStore) Claim(_ context.Context, id string, c store.Conn, b store.Brokers) (*store.Conn, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.down {
@@ -104,7 +105,8 @@ func (m *memStore) Claim(_ context.Context, id string, c store.Conn, dead []stri
 	}
 	st := m.state(keys.Tracking(id)) // keyed as Redis keys it (WriteConns)
 	for _, x := range st.Live {
-		if x.Instance != c.Instance && x.Principal != c.Principal && !slices.Contains(dead, x.Instance) {
+		counts := slices.Contains(b.Alive, x.Instance) || !slices.Contains(b.Dead, x.Instance) && x.ConnectedMs >= b.Since
+		if x.Instance != c.Instance && x.Principal != c.Principal && counts {
 			h := x
 			return &h, nil
 		}
@@ -223,3 +225,8 @@ func tracker(t *testing.T, st Store, opts Options) (*Tracker, *clock, *logSink) 
 	clk, ls := newClock(), &logSink{}
 	return New(opts, Deps{Store: st, Log: ls.log, Now: clk.now}), clk, ls
 }
+
+// claimAll is a claim's Brokers under which no other broker's live entry
+// counts: the claim always records (tests that claim to write the live
+// field as the broker thread does, not to be refused).
+var claimAll = store.Brokers{Since: math.MaxInt64}

@@ -372,7 +372,7 @@ func (t *Tracker) setWho(id memoKey, e *idMemo, who uint64) {
 
 // noteQuiet records whether a read of ev's client ID showed only its
 // principal, with no live connection on another broker.
-func (t *Tracker) noteQuiet(ev event, st *store.State, alive map[string]bool, now int64) {
+func (t *Tracker) noteQuiet(ev event, st *store.State, alive leaseView, now int64) {
 	id := t.idKey(ev.clientID)
 	e, ok := t.lookMemo(id)
 	quiet := true
@@ -386,7 +386,7 @@ func (t *Tracker) noteQuiet(ev event, st *store.State, alive map[string]bool, no
 		if !quiet {
 			break
 		}
-		if x.Instance != t.instance && counts(alive, x.Instance) {
+		if x.Instance != t.instance && alive.counts(&x) {
 			quiet = false
 		}
 	}

@@ -43,7 +43,7 @@ func (o *oldMemos) isQuiet(clientID string, pair memoKey, now int64) bool {
 	return ok && m.who == pair && now-m.at < quietFor.Milliseconds()
 }
 
-func (o *oldMemos) noteQuiet(ev event, st *store.State, alive map[string]bool, now int64) {
+func (o *oldMemos) noteQuiet(ev event, st *store.State, alive leaseView, now int64) {
 	id := o.t.memo(ev.clientID, "")
 	for _, x := range st.Seen {
 		if x.Principal != ev.conn.Principal {
@@ -52,7 +52,7 @@ func (o *oldMemos) noteQuiet(ev event, st *store.State, alive map[string]bool, n
 		}
 	}
 	for _, x := range st.Live {
-		if x.Instance != o.t.instance && alive[x.Instance] {
+		if x.Instance != o.t.instance && alive.counts(&x) {
 			delete(o.quiet, id)
 			return
 		}
@@ -300,7 +300,7 @@ func TestMemosAsBefore(t *testing.T) {
 				require.Equal(t, want, cs.ws, "seed %d deny %v round %d: %s", seed, deny, round, fmt.Sprint(batch))
 				for i, ev := range batch {
 					if ev.kind == evConnect && at[i] >= 0 && want[at[i]].Read {
-						ref.noteQuiet(ev, &cs.states[at[i]], *tr.live.Load(), now)
+						ref.noteQuiet(ev, &cs.states[at[i]], tr.view(now), now)
 					}
 				}
 				checkMemos(t, tr)

@@ -7,28 +7,44 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// counts reports whether a live entry of broker instance in counts, by
-// the lease view alive (Tracker.live): unless its lease had run out at the
-// last renewal (false). An instance the view does not name counts: a
-// broker started since that renewal, up to a third of broker_lease ago
-// (atk42: under clientid_conflict deny, its clients' live entries were
-// ignored until then, and another principal let in beside them).
-func counts(alive map[string]bool, in string) bool {
-	v, ok := alive[in]
-	return v || !ok
+// leaseView is which brokers' live entries count (Tracker.view): alive
+// maps an instance to true when its lease ran at the last renewal, false
+// when it had run out. An entry of an instance it does not name (a broker
+// started since that renewal, up to a third of broker_lease ago) counts
+// when it connected at or after since (broker_lease before now): before,
+// every such entry was ignored until the next renewal, and under
+// clientid_conflict deny another principal was let in beside its clients
+// (atk42). One never named, of a broker that died before its first
+// renewal (it is never reaped), stops counting after broker_lease.
+type leaseView struct {
+	alive map[string]bool
+	since int64 // unix ms
+}
+
+// counts reports whether live entry c counts.
+func (v leaseView) counts(c *store.Conn) bool {
+	if ok, named := v.alive[c.Instance]; named {
+		return ok
+	}
+	return c.ConnectedMs >= v.since
+}
+
+// view is the lease view of the last renewal at now (unix ms).
+func (t *Tracker) view(now int64) leaseView {
+	return leaseView{alive: *t.live.Load(), since: now - t.opts.Lease.Milliseconds()}
 }
 
 // evaluate applies the conflict rules to a new connection me of clientID
 // (other: the connection of this broker it took over, if any), given the
 // live connections and past users Redis knows of, the lease view alive
-// (counts), and now (unix ms). It returns:
+// (leaseView.counts), and now (unix ms). It returns:
 //   - cross: a cross-principal finding, when another principal used the
 //     client ID within window (or holds it live);
 //   - dup: a duplicate-connection finding candidate, when the same
 //     principal's connection with this ID was live (taken over on this
 //     broker, or live on another one). It is reported only once it repeats
 //     takeover_limit times in takeover_window.
-func evaluate(clientID string, me store.Conn, other *store.Conn, live, seen []store.Conn, alive map[string]bool, now int64, window time.Duration) (cross, dup *store.Finding) {
+func evaluate(clientID string, me store.Conn, other *store.Conn, live, seen []store.Conn, alive leaseView, now int64, window time.Duration) (cross, dup *store.Finding) {
 	isLive := map[string]bool{}       // connection IDs live now
 	others := map[string]store.Conn{} // principal -> its latest connection
 	var sameLive *store.Conn
@@ -58,10 +74,10 @@ func evaluate(clientID string, me store.Conn, other *store.Conn, live, seen []st
 		}
 	}
 	// Remote live connections count unless their broker's lease ran out
-	// (counts); this broker's own entries are superseded by the local
-	// table (other).
+	// (leaseView.counts); this broker's own entries are superseded by the
+	// local table (other).
 	for _, c := range live {
-		if c.Instance != me.Instance && counts(alive, c.Instance) && c.ID != me.ID {
+		if c.Instance != me.Instance && alive.counts(&c) && c.ID != me.ID {
 			consider(c, true)
 		}
 	}

@@ -62,15 +62,17 @@ func TestEvaluateRules(t *testing.T) {
 		{name: "same principal on a dead broker: no duplicate",
 			live: []store.Conn{conn("C-1", "C", "bob", now-1000, 0)}},
 		{name: "a broker started since the last renewal (D, not in the view) counts: live there is live",
-			live:      []store.Conn{conn("D-1", "D", "alice", now-day*40, 0)},
+			live:      []store.Conn{conn("D-1", "D", "alice", now-1000, 0)},
 			wantCross: []string{"alice", "bob"}},
+		{name: "an entry of a broker never seen, older than broker_lease, is a ghost",
+			live: []store.Conn{conn("E-1", "E", "alice", now-31_000, 0)}},
 		{name: "three principals",
 			seen:      []store.Conn{conn("A-1", "A", "alice", now-3*day, now-3*day+1), conn("B-7", "B", "carol", now-day, now-day+1)},
 			wantCross: []string{"alice", "bob", "carol"}, wantDisplacedMs: now - day + 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cross, dup := evaluate("dev-1", me, c.other, c.live, c.seen, alive, now, window)
+			cross, dup := evaluate("dev-1", me, c.other, c.live, c.seen, leaseView{alive: alive, since: now - 30_000}, now, window)
 			if c.wantCross == nil {
 				assert.Nil(t, cross)
 			} else {

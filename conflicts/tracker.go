@@ -53,10 +53,11 @@ type Store interface {
 
 // Claimer claims a client ID for a new connection in one atomic step
 // (clientid_conflict deny): it records the connection as live unless
-// another principal holds the ID live on a broker not in dead (the brokers
-// whose lease ran out), and returns that holder. *store.Store implements it.
+// another principal holds the ID live on a broker whose entries count
+// (store.Brokers: as leaseView.counts), and returns that holder.
+// *store.Store implements it.
 type Claimer interface {
-	Claim(ctx context.Context, clientID string, c store.Conn, dead []string) (*store.Conn, error)
+	Claim(ctx context.Context, clientID string, c store.Conn, b store.Brokers) (*store.Conn, error)
 }
 
 // Level is how much a log line matters; the plugin maps it to its own.

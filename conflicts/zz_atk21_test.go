@@ -227,7 +227,7 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 				require.NoError(t, err)
 				for i, ev := range batch {
 					if ev.kind == evConnect && atB[i] >= 0 && wsB[atB[i]].Read {
-						b.noteQuiet(ev, &stB[atB[i]], alive, now)
+						b.noteQuiet(ev, &stB[atB[i]], b.view(now), now)
 					}
 				}
 				// the change: handle's own steps but its evaluation
@@ -245,7 +245,7 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 				require.NoError(t, err)
 				for i, ev := range batch {
 					if ev.kind == evConnect && atA[i] >= 0 && wsA[atA[i]].Read {
-						a.noteQuiet(ev, &stA[atA[i]], alive, now)
+						a.noteQuiet(ev, &stA[atA[i]], a.view(now), now)
 					}
 				}
 				a.releaseScratch(connsA, wsA, atA)

@@ -101,7 +101,7 @@ func TestAtk38ShortWindowLongLivedHolder(t *testing.T) {
 			a, as, b, bs, clk := twoTrackers(t, r, opts)
 			x := a.NewConn("alice", "192.0.2.1", clk.now())
 			if deny {
-				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 				require.NoError(t, err)
 			}
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
@@ -116,7 +116,7 @@ func TestAtk38ShortWindowLongLivedHolder(t *testing.T) {
 			clk.advance(100 * time.Millisecond)
 			y := b.NewConn("bob", "192.0.2.2", clk.now())
 			if deny {
-				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), nil)
+				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), claimAll)
 				require.NoError(t, err)
 			}
 			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
@@ -140,7 +140,7 @@ func TestAtk38HitAndRunBeforeHolderEnd(t *testing.T) {
 			a, as, b, bs, clk := twoTrackers(t, r, opts)
 			x := a.NewConn("alice", "192.0.2.1", clk.now())
 			if deny {
-				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 				require.NoError(t, err)
 			}
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
@@ -149,7 +149,7 @@ func TestAtk38HitAndRunBeforeHolderEnd(t *testing.T) {
 			clk.advance(100 * time.Millisecond)
 			y := b.NewConn("bob", "192.0.2.2", clk.now())
 			if deny {
-				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), nil)
+				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), claimAll)
 				require.NoError(t, err)
 			}
 			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
@@ -181,13 +181,13 @@ func TestAtk38DenyOrdinaryEndCommands(t *testing.T) {
 	opts.Deny = true
 	a, as, b, bs, clk := twoTrackers(t, r, opts)
 	x := a.NewConn("alice", "192.0.2.1", clk.now())
-	_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+	_, err := as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 	require.NoError(t, err)
 	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
 	clk.advance(time.Second)
 	a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x}}) // scripts learnt
 	x = a.NewConn("alice", "192.0.2.1", clk.now())
-	_, err = as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+	_, err = as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 	require.NoError(t, err)
 	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
 	clk.advance(time.Second)
@@ -198,13 +198,13 @@ func TestAtk38DenyOrdinaryEndCommands(t *testing.T) {
 	t.Logf("deny end: %d commands", after-before)
 	// Same principal moves to another broker after a flush.
 	x = a.NewConn("alice", "192.0.2.1", clk.now())
-	_, err = as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+	_, err = as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 	require.NoError(t, err)
 	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
 	clk.advance(time.Second)
 	r.CLI("FLUSHALL")
 	y := b.NewConn("alice", "192.0.2.3", clk.now())
-	_, err = bs.Claim(t.Context(), "x", b.StoreConn(y), nil)
+	_, err = bs.Claim(t.Context(), "x", b.StoreConn(y), claimAll)
 	require.NoError(t, err)
 	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
 	clk.advance(10 * time.Millisecond)
@@ -339,7 +339,7 @@ func TestAtk38NoscriptReplayEnds(t *testing.T) {
 			connect := func(tr *Tracker, s *recStore, who, ip string) Conn {
 				c := tr.NewConn(who, ip, clk.now())
 				if deny {
-					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), nil)
+					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
 					require.NoError(t, err)
 				}
 				tr.handleSafely([]event{{kind: evConnect, clientID: "x", conn: c}})
@@ -411,7 +411,7 @@ func TestAtk38OrdinaryWorkloadNoPeeks(t *testing.T) {
 			a, as, b, bs, clk := twoTrackers(t, r, opts)
 			claim := func(tr *Tracker, s *recStore, id string, c Conn) {
 				if deny {
-					_, err := s.Claim(t.Context(), id, tr.StoreConn(c), nil)
+					_, err := s.Claim(t.Context(), id, tr.StoreConn(c), claimAll)
 					require.NoError(t, err)
 				}
 			}
@@ -439,7 +439,7 @@ func TestAtk38OrdinaryWorkloadNoPeeks(t *testing.T) {
 				if i%3 == 2 { // bob takes it on the other broker
 					y := b.NewConn("bob", "192.0.2.2", clk.now())
 					if deny {
-						if _, err := bs.Claim(t.Context(), id, b.StoreConn(y), nil); err != nil {
+						if _, err := bs.Claim(t.Context(), id, b.StoreConn(y), claimAll); err != nil {
 							t.Logf("claim refused: %v", err)
 						}
 					}
@@ -473,7 +473,7 @@ func TestAtk38PartialLossOldOpenUse(t *testing.T) {
 			a, as, b, bs, clk := twoTrackers(t, r, opts)
 			x := a.NewConn("alice", "192.0.2.1", clk.now())
 			if deny {
-				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 				require.NoError(t, err)
 			}
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
@@ -483,7 +483,7 @@ func TestAtk38PartialLossOldOpenUse(t *testing.T) {
 			r.CLI("DEL", "guard:conn:x")
 			y := b.NewConn("bob", "192.0.2.2", clk.now())
 			if deny {
-				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), nil)
+				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), claimAll)
 				require.NoError(t, err)
 			}
 			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
@@ -508,7 +508,7 @@ func TestAtk38PartialLossRecentOpenUse(t *testing.T) {
 			a, as, b, bs, clk := twoTrackers(t, r, opts)
 			x := a.NewConn("alice", "192.0.2.1", clk.now())
 			if deny {
-				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 				require.NoError(t, err)
 			}
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
@@ -518,7 +518,7 @@ func TestAtk38PartialLossRecentOpenUse(t *testing.T) {
 			r.CLI("DEL", "guard:conn:x")
 			y := b.NewConn("bob", "192.0.2.2", clk.now())
 			if deny {
-				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), nil)
+				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), claimAll)
 				require.NoError(t, err)
 			}
 			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})

@@ -55,7 +55,7 @@ func TestAtk39GhostOpenUseTakenForNewer(t *testing.T) {
 			b.renew()
 			x := a.NewConn("alice", "192.0.2.1", clk.now())
 			if deny {
-				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+				_, err := as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 				require.NoError(t, err)
 			}
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
@@ -70,7 +70,7 @@ func TestAtk39GhostOpenUseTakenForNewer(t *testing.T) {
 			clk.advance(100 * time.Millisecond)
 			y := b.NewConn("bob", "192.0.2.2", clk.now())
 			if deny {
-				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), nil)
+				_, err := bs.Claim(t.Context(), "x", b.StoreConn(y), claimAll)
 				require.NoError(t, err)
 			}
 			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
@@ -137,7 +137,7 @@ func TestAtk39LateAnsweredEndRetryRepeats(t *testing.T) {
 			connect := func(tr *Tracker, s *recStore, who, ip string) Conn {
 				c := tr.NewConn(who, ip, clk.now())
 				if deny {
-					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), nil)
+					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
 					require.NoError(t, err)
 				}
 				tr.handleSafely([]event{{kind: evConnect, clientID: "x", conn: c}})
@@ -213,7 +213,7 @@ func TestAtk39OrdinaryEndsNoExtraCommands(t *testing.T) {
 			connect := func(tr *Tracker, s *recStore, id, who, ip string) Conn {
 				c := tr.NewConn(who, ip, clk.now())
 				if deny {
-					_, err := s.Claim(t.Context(), id, tr.StoreConn(c), nil)
+					_, err := s.Claim(t.Context(), id, tr.StoreConn(c), claimAll)
 					require.NoError(t, err)
 				}
 				tr.handleSafely([]event{{kind: evConnect, clientID: id, conn: c}})
@@ -243,7 +243,7 @@ func TestAtk39OrdinaryEndsNoExtraCommands(t *testing.T) {
 			b.renew()
 			q := a.NewConn("alice", "192.0.2.1", clk.now())
 			if deny {
-				_, err := as.Claim(t.Context(), "q", a.StoreConn(q), nil)
+				_, err := as.Claim(t.Context(), "q", a.StoreConn(q), claimAll)
 				require.NoError(t, err)
 			}
 			clk.advance(10 * time.Millisecond)

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // atk40 attacks the end check and the relist check after 2bf0e84.
@@ -72,7 +73,7 @@ func atk40ReapThenTakeover(t *testing.T, how string, reapFails bool) {
 
 	x := a.NewConn("alice", "192.0.2.1", clk.now())
 	if opts.Deny {
-		_, err := as.Claim(t.Context(), "x", a.StoreConn(x), nil)
+		_, err := as.Claim(t.Context(), "x", a.StoreConn(x), claimAll)
 		require.NoError(t, err)
 	}
 	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
@@ -96,13 +97,17 @@ func atk40ReapThenTakeover(t *testing.T, how string, reapFails bool) {
 	clk.advance(time.Second)
 	y := b.NewConn("bob", "192.0.2.2", clk.now())
 	if opts.Deny {
-		dead := []string{} // as ClaimAddr passes them (since atk42)
+		bs := store.Brokers{} // as ClaimAddr passes them (since atk42)
 		for k, ok := range *b.live.Load() {
-			if !ok && k != "ib" {
-				dead = append(dead, k)
+			switch {
+			case k == "ib":
+			case ok:
+				bs.Alive = append(bs.Alive, k)
+			default:
+				bs.Dead = append(bs.Dead, k)
 			}
 		}
-		h, err := bst.Claim(t.Context(), "x", b.StoreConn(y), dead)
+		h, err := bst.Claim(t.Context(), "x", b.StoreConn(y), bs)
 		require.NoError(t, err)
 		require.Nil(t, h, "ia's lease ran out: bob's claim is granted")
 	}

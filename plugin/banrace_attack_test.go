@@ -22,7 +22,7 @@ type claimHookStore struct {
 	hook func()
 }
 
-func (s *claimHookStore) Claim(context.Context, string, store.Conn, []string) (*store.Conn, error) {
+func (s *claimHookStore) Claim(context.Context, string, store.Conn, store.Brokers) (*store.Conn, error) {
 	if s.hook != nil {
 		s.hook()
 	}

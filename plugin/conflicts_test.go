@@ -97,7 +97,7 @@ func TestDenyClaimsTheClientID(t *testing.T) {
 // not answer within redis_timeout; the worker's calls find nothing.
 type failingClaims struct{}
 
-func (failingClaims) Claim(context.Context, string, store.Conn, []string) (*store.Conn, error) {
+func (failingClaims) Claim(context.Context, string, store.Conn, store.Brokers) (*store.Conn, error) {
 	return nil, errors.New("i/o timeout")
 }
 func (failingClaims) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Duration) ([]store.State, error) {

@@ -82,7 +82,7 @@ type claimRecorder struct {
 	claims []store.Conn
 }
 
-func (r *claimRecorder) Claim(_ context.Context, _ string, c store.Conn, _ []string) (*store.Conn, error) {
+func (r *claimRecorder) Claim(_ context.Context, _ string, c store.Conn, _ store.Brokers) (*store.Conn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.claims = append(r.claims, c)

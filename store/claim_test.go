@@ -61,7 +61,7 @@ func TestClaimExactlyOneOfTwo(t *testing.T) {
 			go func(side int, p string) {
 				defer wg.Done()
 				c := Conn{ID: fmt.Sprintf("i%d-%d", side, i+1), Instance: fmt.Sprintf("i%d", side), Principal: p, ConnectedMs: 1000}
-				h, err := s.Claim(ctx, id, c, nil)
+				h, err := s.Claim(ctx, id, c, Brokers{})
 				assert.NoError(t, err)
 				holders[side] = h
 			}(side, p)
@@ -81,19 +81,32 @@ func TestClaimRules(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
 	alice := Conn{ID: "a-1", Instance: "a", Broker: "eu-1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1}
-	h, err := s.Claim(ctx, "dev", alice, nil)
+	h, err := s.Claim(ctx, "dev", alice, Brokers{})
 	require.NoError(t, err)
 	require.Nil(t, h)
 
 	// Another principal on a broker whose lease runs is refused, with the
 	// holder; so on one the caller has not seen yet (not in dead).
 	bob := Conn{ID: "b-1", Instance: "b", Principal: "bob", ConnectedMs: 2}
-	h, err = s.Claim(ctx, "dev", bob, []string{"c"})
+	h, err = s.Claim(ctx, "dev", bob, Brokers{Dead: []string{"c"}})
 	require.NoError(t, err)
 	require.NotNil(t, h)
 	assert.Equal(t, alice, *h)
+	// An instance the caller knows alive counts whenever its entry
+	// connected; one it does not name only from Since on (a broker that
+	// died before its first renewal is never reaped).
+	h, err = s.Claim(ctx, "dev", bob, Brokers{Alive: []string{"a"}, Since: 1_000})
+	require.NoError(t, err)
+	require.NotNil(t, h, "a is alive")
+	h, err = s.Claim(ctx, "dev", bob, Brokers{Alive: []string{"c"}, Since: 1})
+	require.NoError(t, err)
+	require.NotNil(t, h, "a is not named: connected at Since")
+	h, err = s.Claim(ctx, "dev", bob, Brokers{Alive: []string{"c"}, Since: 2})
+	require.NoError(t, err)
+	require.Nil(t, h, "a is not named: connected before Since")
+	r.CLI("HDEL", "guard:conn:dev", "b")
 	// Not when the holder's broker is dead (its lease ran out).
-	h, err = s.Claim(ctx, "dev", bob, []string{"a"})
+	h, err = s.Claim(ctx, "dev", bob, Brokers{Dead: []string{"a"}})
 	require.NoError(t, err)
 	assert.Nil(t, h)
 	assert.Equal(t, "2", r.CLI("HLEN", "guard:conn:dev"))
@@ -101,24 +114,24 @@ func TestClaimRules(t *testing.T) {
 	// The same principal on another broker is a reconnect, not a conflict.
 	alice2 := Conn{ID: "c-1", Instance: "c", Principal: "alice", ConnectedMs: 3}
 	r.CLI("HDEL", "guard:conn:dev", "b")
-	h, err = s.Claim(ctx, "dev", alice2, nil)
+	h, err = s.Claim(ctx, "dev", alice2, Brokers{})
 	require.NoError(t, err)
 	assert.Nil(t, h)
 
 	// A long principal is compared in its stored form.
 	long := keys.Tracking(string(make([]byte, 70000)))
 	carol := Conn{ID: "d-1", Instance: "d", Principal: long, ConnectedMs: 4}
-	h, err = s.Claim(ctx, "dev2", carol, nil)
+	h, err = s.Claim(ctx, "dev2", carol, Brokers{})
 	require.NoError(t, err)
 	require.Nil(t, h)
 	carol2 := Conn{ID: "e-1", Instance: "e", Principal: long, ConnectedMs: 5}
-	h, err = s.Claim(ctx, "dev2", carol2, nil)
+	h, err = s.Claim(ctx, "dev2", carol2, Brokers{})
 	require.NoError(t, err)
 	assert.Nil(t, h)
 
 	// After SCRIPT FLUSH (a restarted or new node) a claim still runs.
 	r.CLI("SCRIPT", "FLUSH")
-	h, err = s.Claim(ctx, "dev", bob, nil)
+	h, err = s.Claim(ctx, "dev", bob, Brokers{})
 	require.NoError(t, err)
 	require.NotNil(t, h)
 }
@@ -131,7 +144,7 @@ func TestLiveEntryNewestOfInstanceWins(t *testing.T) {
 	ctx := context.Background()
 	x1 := Conn{ID: "a-9", Instance: "a", Principal: "alice", ConnectedMs: 1}
 	x2 := Conn{ID: "a-10", Instance: "a", Principal: "alice", ConnectedMs: 2}
-	h, err := s.Claim(ctx, "dev", x2, nil)
+	h, err := s.Claim(ctx, "dev", x2, Brokers{})
 	require.NoError(t, err)
 	require.Nil(t, h)
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "a", Live: &x1}}, time.Hour))
@@ -190,11 +203,11 @@ func TestClaimAndRecordOnCluster(t *testing.T) {
 			apart++
 		}
 		alice := Conn{ID: "a-" + strconv.Itoa(i+1), Instance: "a", Principal: "alice", ConnectedMs: 1}
-		h, err := s.Claim(ctx, id, alice, nil)
+		h, err := s.Claim(ctx, id, alice, Brokers{})
 		require.NoError(t, err)
 		require.Nil(t, h)
 		bob := Conn{ID: "b-" + strconv.Itoa(i+1), Instance: "b", Principal: "bob", ConnectedMs: 2}
-		h, err = s.Claim(ctx, id, bob, nil)
+		h, err = s.Claim(ctx, id, bob, Brokers{})
 		require.NoError(t, err)
 		require.NotNil(t, h, id)
 		st, err := s.WriteConns(ctx, []ConnWrite{

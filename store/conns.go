@@ -195,9 +195,10 @@ return 1`
 //   - empty: nothing more; returns 0;
 //   - 'read': returns the whole hash after recording;
 //   - 'claim': first looks for a connection of another principal than
-//     ARGV[5] held by another instance not among ARGV[6...] (those whose
-//     lease ran out); if there is one, records nothing and returns it, else
-//     records and returns an empty string.
+//     ARGV[5] held by another instance that counts (Brokers: ARGV[6] its
+//     Since, ARGV[7] how many Dead follow, then Alive); if there is one,
+//     records nothing and returns it, else records and returns an empty
+//     string.
 //
 // Two brokers recording at the same moment are thus ordered by Redis:
 // whichever comes second sees the first. With 'read' or 'claim' the hash is
@@ -210,9 +211,12 @@ var liveScript = redis.NewScript(liveSrc)
 const liveSrc = `
 local all, cur
 if ARGV[4] == 'claim' or ARGV[4] == 'read' then
-  local claim, dead = ARGV[4] == 'claim', {}
+  local claim, dead, alive, since = ARGV[4] == 'claim', {}, {}, 0
   if claim then
-    for i = 6, #ARGV do dead[ARGV[i]] = true end
+    since = tonumber(ARGV[6]) or 0
+    local nd = tonumber(ARGV[7]) or 0
+    for i = 8, 7 + nd do dead[ARGV[i]] = true end
+    for i = 8 + nd, #ARGV do alive[ARGV[i]] = true end
   end
   all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
@@ -220,7 +224,7 @@ if ARGV[4] == 'claim' or ARGV[4] == 'read' then
       cur = i
     elseif claim and not dead[all[i]] then
       local ok, c = pcall(cjson.decode, all[i + 1])
-      if ok and type(c) == 'table' and c.principal ~= ARGV[5] then return all[i + 1] end
+      if ok and type(c) == 'table' and c.principal ~= ARGV[5] and (alive[all[i]] or (tonumber(c.connected_ms) or 0) >= since) then return all[i + 1] end
     end
   end
 else
@@ -667,19 +671,30 @@ func connsOf(cmd *redis.Cmd) []Conn {
 	return decodeConnList(list)
 }
 
+// Brokers is which instances' live entries count for a claim: those in
+// Alive (their lease ran at the caller's last renewal), not those in Dead
+// (it had run out), and those of an instance in neither (a broker started
+// since; or one that died before it ever renewed, never reaped) when they
+// connected at or after Since (unix ms).
+type Brokers struct {
+	Alive, Dead []string
+	Since       int64
+}
+
 // Claim records c as its instance's live connection of clientID, unless
 // another principal holds the client ID live on an instance other than c's
-// and not in dead (the instances whose lease ran out: any other counts, a
-// broker the caller has not yet seen renew its lease included): then it
-// records nothing and returns that holder. Both happen in
+// whose entries count (b): then it records nothing and returns that holder. Both happen in
 // one atomic step on the client ID's live hash, so of two brokers claiming
 // one client ID for two principals at the same moment, exactly one gets it.
 // c.Principal must be in its keys.Tracking form. One round trip (two when
 // Redis lost its script cache), bounded by ctx.
-func (s *Store) Claim(ctx context.Context, clientID string, c Conn, dead []string) (*Conn, error) {
-	args := make([]any, 0, 5+len(dead))
-	args = append(args, c.Instance, c.encode(), seq(c.ID), "claim", bound(c.Principal))
-	for _, a := range dead {
+func (s *Store) Claim(ctx context.Context, clientID string, c Conn, b Brokers) (*Conn, error) {
+	args := make([]any, 0, 7+len(b.Dead)+len(b.Alive))
+	args = append(args, c.Instance, c.encode(), seq(c.ID), "claim", bound(c.Principal), b.Since, len(b.Dead))
+	for _, a := range b.Dead {
+		args = append(args, a)
+	}
+	for _, a := range b.Alive {
 		args = append(args, a)
 	}
 	// The client ID joins this instance's brokerconns set in the same round

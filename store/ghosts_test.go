@@ -45,7 +45,7 @@ func TestDropGhosts(t *testing.T) {
 	// A claim replaces raced's entry after DropGhosts read it.
 	hook := func() {
 		claimed := conn("ia-5", "dave")
-		_, err := s.Claim(ctx, "raced", claimed, nil)
+		_, err := s.Claim(ctx, "raced", claimed, Brokers{})
 		require.NoError(t, err)
 	}
 	dropGhostsHook = hook

@@ -135,15 +135,15 @@ func TestAtk26ReapEndsAClaimedEntry(t *testing.T) {
 	ctx := context.Background()
 	kb := keys.Builder{Prefix: "guard:"}
 	c := Conn{ID: "dead-7", Instance: "dead", Broker: "b", Principal: "alice", IP: "192.0.2.1", ConnectedMs: 1_000}
-	h, err := s.Claim(ctx, "claimed id", c, nil)
+	h, err := s.Claim(ctx, "claimed id", c, Brokers{})
 	require.NoError(t, err)
 	require.Nil(t, h)
 	bob := Conn{ID: "alive-1", Instance: "alive", Principal: "bob", ConnectedMs: 500}
-	h, err = s.Claim(ctx, "held", bob, nil)
+	h, err = s.Claim(ctx, "held", bob, Brokers{})
 	require.NoError(t, err)
 	require.Nil(t, h)
 	refused := Conn{ID: "dead-8", Instance: "dead", Principal: "alice", ConnectedMs: 1_100}
-	h, err = s.Claim(ctx, "held", refused, nil)
+	h, err = s.Claim(ctx, "held", refused, Brokers{})
 	require.NoError(t, err)
 	require.NotNil(t, h, "bob holds it")
 
