@@ -369,8 +369,7 @@ func TestRelistFromTheReadAQuietReconnectSkipped(t *testing.T) {
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x1}})
 			clk.advance(time.Second)
 			r.CLI("FLUSHALL")
-			a.renew()
-			b.renew()
+			b.renew() // a has not noticed the flush yet (its renewal would: TestRedisLostForgetsTheMarks)
 			y := b.NewConn("bob", "192.0.2.2", clk.now())
 			claim(b, bs, y)
 			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
@@ -458,4 +457,58 @@ func TestLimitQuickReconnectAndLeaveAfterAFlush(t *testing.T) {
 	a.handleSafely([]event{{kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
 	assert.Empty(t, findingsOf("x", as, bs), "the Known limit: bob's hit-and-run is not flagged")
 	assert.Zero(t, peeks(as), "alice's last end found its own live entry: not read again")
+}
+
+// Once told that Redis may have lost its keys (RedisLost: a flush the
+// replica noticed, a broken session), the worker forgets its marks: a
+// device that reconnects within 10 s of a read that showed its client ID
+// quiet, and within 30 s of recording its use, reads again and records its
+// use again. Before, after a flush and another principal's hit-and-run,
+// its reconnect read nothing (no finding), and recorded nothing, so a
+// principal taking the client ID after it was not flagged either (atk42).
+// So does a renewal that finds this broker's lease lapsed (lapse).
+func TestRedisLostForgetsTheMarks(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, tc := range []struct {
+		name        string
+		deny, lapse bool
+	}{{"flag", false, false}, {"deny", true, false}, {"lapse", false, true}} {
+		deny := tc.deny
+		t.Run(tc.name, func(t *testing.T) {
+			r.CLI("FLUSHALL")
+			opts := testOptions()
+			opts.Deny = deny
+			a, as, b, bs, clk := twoTrackers(t, r, opts)
+			claim := func(tr *Tracker, s *recStore, c Conn) {
+				if deny {
+					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
+					require.NoError(t, err)
+				}
+			}
+			x1 := a.NewConn("alice", "192.0.2.1", clk.now())
+			claim(a, as, x1)
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x1}})
+			clk.advance(300 * time.Millisecond)
+			a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: x1}})
+			clk.advance(time.Second)
+			r.CLI("FLUSHALL")
+			if tc.lapse {
+				a.renew() // its lease gone with the flush
+			} else {
+				a.RedisLost() // the replica noticed, before any renewal
+			}
+			y := b.NewConn("bob", "192.0.2.2", clk.now())
+			claim(b, bs, y)
+			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+			clk.advance(50 * time.Millisecond)
+			b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}})
+			require.Empty(t, findingsOf("x", as, bs), "bob's connect found nothing: the flush took alice's use")
+			clk.advance(time.Second)
+			x2 := a.NewConn("alice", "192.0.2.1", clk.now())
+			claim(a, as, x2)
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x2}})
+			assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "alice's reconnect read again: bob used x within the window")
+			assert.Contains(t, r.CLI("HKEYS", "guard:seen:x"), "alice", "alice's use recorded again")
+		})
+	}
 }

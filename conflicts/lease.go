@@ -37,6 +37,11 @@ func (t *Tracker) renew() {
 	}
 	maps.Copy(view, l.Live)
 	t.aliveBefore = *t.live.Swap(&view)
+	if l.Lapsed && t.renewed {
+		// Redis may have lost what the marks say it holds (a flush, a
+		// restart; or a reap of this broker's connections while it paused).
+		t.forgetMarks()
+	}
 	// The clock is read only when needed: a test sets the plugin's clock
 	// after the worker's first renewal.
 	switch {

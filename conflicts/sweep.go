@@ -40,6 +40,30 @@ func (t *Tracker) sweep(now int64) {
 	t.shrink()
 }
 
+// forgetMarks makes every quiet and seen mark stale (RedisLost; a renewal
+// that found this broker's lease lapsed): what they say Redis holds, a
+// client ID read quiet, a principal's use recorded, it may hold no more.
+// A quiet mark goes; a seen mark is kept as stale (stamp 1, as old as a
+// stamp gets), with the connection it names, whose end still records its
+// end (Left). One pass over the entries, as sweep; worker goroutine only.
+func (t *Tracker) forgetMarks() {
+	for id, p := range t.ids.All() {
+		if p.quietAt != 0 || p.seenAt > 1 {
+			p.quietAt = 0
+			if p.seenAt > 1 {
+				p.seenAt = 1
+			}
+			t.ids.Put(id, p) // there already: no rebuild under the loop
+		}
+	}
+	for pk, m := range t.others {
+		if m.at > 1 {
+			m.at = 1
+			t.others[pk] = m
+		}
+	}
+}
+
 // pruneUnlisted drops the entries of client IDs with nothing listed here
 // (seenMemoMax of them reached: a flood of new client IDs). Before, the
 // seen and the quiet memos were each dropped whole at seenMemoMax,

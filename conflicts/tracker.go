@@ -204,6 +204,7 @@ type Tracker struct {
 	events      *batchq.Queue[event]
 	dropped     atomic.Int64
 	trimDue     atomic.Bool // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
+	lostDue     atomic.Bool // Redis may have lost what the memo's marks say it holds (RedisLost)
 	// live is the lease view of the last renewal: broker instances whose
 	// lease runs (true) or had run out (false); one it does not name
 	// started since, and counts as alive (counts).
@@ -368,6 +369,18 @@ func (t *Tracker) Refused(clientID string, attempt Conn, holder *store.Conn) {
 	id, long := tracked(clientID)
 	t.enqueue(event{kind: evRefused, clientID: id, long: long, conn: attempt, holder: holder})
 }
+
+// RedisLost tells the tracker that Redis may have lost its keys (the
+// replica found them flushed, or its session broke: Redis may have
+// restarted empty): the worker forgets its marks (forgetMarks) before its
+// next batch, so that the connects after it read their client IDs and
+// record their principals' uses again. Before, a device reconnecting within
+// 10 s of a read that showed its client ID quiet skipped its read after a
+// flush, and one whose use was recorded less than 30 s before did not
+// record it again: another principal's hit-and-run in between went
+// unflagged, and a later one was not flagged against it either (atk42).
+// Safe from any goroutine.
+func (t *Tracker) RedisLost() { t.lostDue.Store(true) }
 
 // Relisted queues conn, a connection this broker holds whose Connected
 // was queued, to be recorded live in Redis again: its live entry, its

@@ -212,6 +212,9 @@ func (g *Guard) replicaLost(err error) {
 		// the health probe looks (a kill and restart within 200 ms).
 		g.known.forgetWritten(g.now())
 	}
+	if g.tracker != nil {
+		g.tracker.RedisLost() // and so may tracking's marks
+	}
 	if perr := g.health.ping(); perr != nil {
 		g.health.down(err)
 	}
@@ -226,6 +229,9 @@ func (g *Guard) replicaFlushed() {
 	if g.known != nil {
 		g.known.forgetWritten(g.now())
 		g.knownLostNow() // and the live connections' sources are written again now
+	}
+	if g.tracker != nil {
+		g.tracker.RedisLost() // tracking's quiet and seen marks
 	}
 	g.relistNow() // and the live connections themselves
 }
