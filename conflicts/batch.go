@@ -243,6 +243,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			}
 			listed := e.cur != 0
 			t.list(&e, seq)
+			e.curSkipped = !w.Read
 			t.storeMemo(id, e, was, found)
 			// Not under clientid_conflict deny: there the broker thread
 			// wrote the live entry already (the claim), and its end must clear it.

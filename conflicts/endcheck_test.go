@@ -512,3 +512,49 @@ func TestRedisLostForgetsTheMarks(t *testing.T) {
 		})
 	}
 }
+
+// The same as TestRelistFromTheReadAQuietReconnectSkipped with the read,
+// the flush, the hit-and-run and the reconnect all within one second: the
+// memo says that the reconnect skipped its read (idMemo.curSkipped), and
+// its relist checks from the start of that read's second. Before, a quiet
+// mark of the connect's own second was taken for its own read, and the
+// relist checked from the reconnect, after bob had gone (atk42: 5 of 6
+// runs unflagged with real brokers).
+func TestRelistFromAReadOfTheSameSecond(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, deny := range []bool{false, true} {
+		t.Run(map[bool]string{false: "flag", true: "deny"}[deny], func(t *testing.T) {
+			r.CLI("FLUSHALL")
+			opts := testOptions()
+			opts.Deny = deny
+			a, as, b, bs, clk := twoTrackers(t, r, opts)
+			claim := func(tr *Tracker, s *recStore, c Conn) {
+				if deny {
+					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
+					require.NoError(t, err)
+				}
+			}
+			clk.advance(time.Duration(1000-clk.now().UnixMilli()%1000) * time.Millisecond) // the start of a second
+			clk.advance(50 * time.Millisecond)
+			x1 := a.NewConn("alice", "192.0.2.1", clk.now())
+			claim(a, as, x1)
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x1}})
+			clk.advance(200 * time.Millisecond)
+			r.CLI("FLUSHALL") // a does not notice before the reconnect
+			clk.advance(10 * time.Millisecond)
+			y := b.NewConn("bob", "192.0.2.2", clk.now())
+			claim(b, bs, y)
+			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+			clk.advance(60 * time.Millisecond)
+			b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: y}})
+			clk.advance(80 * time.Millisecond) // .400: the second of alice's read
+			x2 := a.NewConn("alice", "192.0.2.1", clk.now())
+			require.Equal(t, secondOf(x1.ConnectedMs), secondOf(x2.ConnectedMs))
+			claim(a, as, x2)
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x2, other: &x1}, {kind: evDisconnect, clientID: "x", conn: x1}})
+			require.Empty(t, findingsOf("x", as, bs), "nothing read: x was quiet for alice")
+			a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x2}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+			assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "bob took x while alice held it")
+		})
+	}
+}

@@ -362,15 +362,28 @@ func spent(ctx context.Context) bool {
 // connect, or the earlier read whose quiet mark let its connect skip its
 // own (memo e, as it stands before conn's end or relist changes it). A
 // mark of another principal, or one older than quietFor at its connect,
-// let it skip nothing. Stamps are whole seconds: a mark of the connect's
-// own second is taken for its own read (the worker reads after the
-// connect; a CI run of TestAtk33PausedBrokerReReportsAtRelist saw its own
-// read's mark, the start of its second, taken for an earlier one, and a
-// relist after a reap report again), so a read skipped for one made less
-// than a second before is not told; else the start of the mark's second.
+// let it skip nothing. Stamps are whole seconds, so the mark alone does not
+// tell a read of the connect's own second from the connect's own read; the
+// listed connection's memo says whether its connect skipped its read
+// (idMemo.curSkipped): then the start of the mark's second, also within the
+// connect's own (atk42: a flush and a hit-and-run between a read and a
+// reconnect in the same second went unflagged), else its connect. For a
+// connection no longer listed (taken over), a mark of the connect's own
+// second is taken for its own read (a CI run of
+// TestAtk33PausedBrokerReReportsAtRelist saw its own read's mark taken for
+// an earlier one, and a relist after a reap report again).
 func (t *Tracker) readAt(e idMemo, conn Conn) int64 {
-	if e.quietAt != 0 && e.who == t.whoTag(conn.Principal) && young(e.quietAt, conn.ConnectedMs, quietFor) && int64(e.quietAt) < secondOf(conn.ConnectedMs) {
-		return int64(e.quietAt) * 1000
+	if e.quietAt == 0 || e.who != t.whoTag(conn.Principal) || !young(e.quietAt, conn.ConnectedMs, quietFor) {
+		return conn.ConnectedMs
 	}
-	return conn.ConnectedMs
+	switch {
+	case e.cur == conn.Seq && e.cur != 0:
+		// The listed connection: its connect said whether it read.
+		if !e.curSkipped {
+			return conn.ConnectedMs
+		}
+	case int64(e.quietAt) >= secondOf(conn.ConnectedMs):
+		return conn.ConnectedMs
+	}
+	return min(int64(e.quietAt)*1000, conn.ConnectedMs)
 }

@@ -73,7 +73,7 @@ func (t *Tracker) idKey(clientID string) memoKey {
 // changes nothing wrong: Redis's leftScript keeps the latest use by the
 // records themselves.
 func (t *Tracker) whoTag(principal string) uint64 {
-	return maphash.String(t.seeds[1], principal) &^ modeMask
+	return maphash.String(t.seeds[1], principal) &^ tagMask
 }
 
 // stamp is a time in the memos: unix seconds, 0 none (the marks are 4
@@ -128,6 +128,10 @@ type idMemo struct {
 	// cur mirrors this instance's field of the client ID's live hash: the
 	// connection last written there, until its disconnect (0: none).
 	cur uint64
+	// curSkipped: cur's connect skipped its read, for the quiet mark
+	// (readAt: its relist and its end's check start at that mark's read,
+	// also one made within the connect's own second; atk42).
+	curSkipped bool
 	// who is the principal (whoTag) whose seen and quiet marks these are.
 	who uint64
 	// The seen mark: seenSeq is the connection that last recorded who's use
@@ -157,7 +161,7 @@ type idMemo struct {
 // entry there per listed client ID.
 type packedMemo struct {
 	s       uint64
-	tag     uint64 // who | mode
+	tag     uint64 // who | mode | skipBit
 	seenAt  stamp
 	quietAt stamp
 }
@@ -169,11 +173,16 @@ const (
 	modeSeen  = 2 // seenSeq; cur 0
 	modeSplit = 3 // cur; seenSeq is owed[id]
 	modeMask  = 3
+	skipBit   = 4 // idMemo.curSkipped
+	tagMask   = modeMask | skipBit
 )
 
 // pack is e packed, for id's entry, which was; it keeps owed in step.
 func (t *Tracker) pack(id memoKey, e idMemo, was packedMemo) packedMemo {
 	p := packedMemo{s: e.cur, tag: e.who, seenAt: e.seenAt, quietAt: e.quietAt}
+	if e.curSkipped && e.cur != 0 {
+		p.tag |= skipBit
+	}
 	switch {
 	case e.cur == e.seenSeq:
 	case e.seenSeq == 0:
@@ -199,7 +208,7 @@ func (t *Tracker) pack(id memoKey, e idMemo, was packedMemo) packedMemo {
 
 // unpack is id's entry p as the worker works on it.
 func (t *Tracker) unpack(id memoKey, p packedMemo) idMemo {
-	e := idMemo{who: p.tag &^ modeMask, seenAt: p.seenAt, quietAt: p.quietAt}
+	e := idMemo{who: p.tag &^ tagMask, seenAt: p.seenAt, quietAt: p.quietAt}
 	switch p.tag & modeMask {
 	case modeBoth:
 		e.cur, e.seenSeq = p.s, p.s
@@ -210,6 +219,7 @@ func (t *Tracker) unpack(id memoKey, p packedMemo) idMemo {
 	case modeSplit:
 		e.cur, e.seenSeq = p.s, t.owed[id]
 	}
+	e.curSkipped = e.cur != 0 && p.tag&skipBit != 0
 	return e
 }
 
@@ -283,7 +293,7 @@ func (t *Tracker) list(e *idMemo, seq uint64) {
 	if e.cur == 0 {
 		t.listed++
 	}
-	e.cur = seq
+	e.cur, e.curSkipped = seq, false
 }
 
 // quietLive reports whether e's quiet mark is younger than quietFor.

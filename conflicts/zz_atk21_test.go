@@ -117,7 +117,9 @@ type atk21Gen struct {
 func memoDump(tr *Tracker) (map[memoKey]idMemo, map[pairKey]seenMark, int) {
 	m := map[memoKey]idMemo{}
 	for id, p := range tr.ids.All() {
-		m[id] = tr.unpack(id, p)
+		e := tr.unpack(id, p)
+		e.curSkipped = false // not kept by the parent (since atk42); readAt's alone
+		m[id] = e
 	}
 	o := map[pairKey]seenMark{}
 	for k, v := range tr.others {
