@@ -17,7 +17,10 @@ import (
 // reconnect of a principal to a client ID that a read showed quiet ... less
 // than 10 s before skips its own read"), its whole-second marks, and
 // SIGHUP/SIGSTOP around a relist after a flush, with real brokers and a
-// real Redis.
+// real Redis. Each DEFECT below failed on 273c1b3 and is fixed: the deny
+// let-in beside a broker not yet seen renewing (f05c243, 2a96c50), the
+// marks kept across a noticed flush (cf7c631), the same-second read
+// (f93925c); the "Observed" lines are 273c1b3's.
 
 // atk42Lines logs the relist and finding lines of both brokers.
 func atk42Lines(t *testing.T, es ...*env) {
