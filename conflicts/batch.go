@@ -22,7 +22,7 @@ import (
 // read shows the events of the batch before it.
 func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	if t.lostDue.Swap(false) {
-		t.forgetMarks()
+		t.forgetMarks(t.now().UnixMilli())
 	}
 	now := t.now().UnixMilli()
 	conns := t.bareConns(batch)
@@ -237,7 +237,7 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			e, was, found := t.findMemo(id)
 			// Sole under clientid_conflict flag: this worker alone writes this
 			// instance's live field, in event order (see store.ConnWrite.Sole).
-			w := store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: conn, Read: !(e.who == who && e.quietLive(now)), Sole: !t.opts.Deny}
+			w := store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: conn, Read: !(e.who == who && t.fresh(e.quietAt, now, quietFor)), Sole: !t.opts.Deny}
 			if !t.seenFresh(id, &e, who, seq, now) {
 				w.Seen = conn
 			}

@@ -36,11 +36,20 @@ func (t *Tracker) renew() {
 		view[d] = false
 	}
 	maps.Copy(view, l.Live)
+	// unseenAll is set before the view and cleared after it: a claim on
+	// the broker thread in between counts more, never less.
+	lapsedAgain := l.Lapsed && t.renewed
+	if lapsedAgain {
+		t.unseenAll.Store(true)
+	}
 	t.aliveBefore = *t.live.Swap(&view)
-	if l.Lapsed && t.renewed {
+	if !lapsedAgain {
+		t.unseenAll.Store(false)
+	}
+	if lapsedAgain {
 		// Redis may have lost what the marks say it holds (a flush, a
 		// restart; or a reap of this broker's connections while it paused).
-		t.forgetMarks()
+		t.forgetMarks(t.now().UnixMilli())
 	}
 	// The clock is read only when needed: a test sets the plugin's clock
 	// after the worker's first renewal.

@@ -310,7 +310,7 @@ func (e *idMemo) quietLive(now int64) bool {
 func (t *Tracker) seenFresh(id memoKey, e *idMemo, who, seq uint64, now int64) bool {
 	at := stampOf(now)
 	if e.who == who && e.seenAt != 0 {
-		if young(e.seenAt, now, seenRefresh) {
+		if t.fresh(e.seenAt, now, seenRefresh) {
 			return true
 		}
 		e.seenSeq, e.seenAt = seq, at
@@ -318,7 +318,7 @@ func (t *Tracker) seenFresh(id memoKey, e *idMemo, who, seq uint64, now int64) b
 	}
 	pk := pairKey{id, who}
 	m, ok := t.others[pk]
-	if ok && young(m.at, now, seenRefresh) {
+	if ok && t.fresh(m.at, now, seenRefresh) {
 		return true
 	}
 	if e.seenAt == 0 && (e.who == who || !e.quietLive(now)) {

@@ -1,6 +1,7 @@
 package conflicts
 
 import (
+	"math"
 	"sort"
 	"time"
 
@@ -29,8 +30,17 @@ func (v leaseView) counts(c *store.Conn) bool {
 	return c.ConnectedMs >= v.since
 }
 
-// view is the lease view of the last renewal at now (unix ms).
+// view is the lease view of the last renewal at now (unix ms). After a
+// renewal that found this broker's lease lapsed, until the next, every
+// entry of a broker it does not name counts (Tracker.unseenAll): a flush
+// took every lease, and a broker alive all along has not renewed its own
+// yet (atk43: under deny, for up to a third of broker_lease after a flush,
+// a client held longer than broker_lease on another broker, its entry
+// relisted with its connect's time, had its client ID taken).
 func (t *Tracker) view(now int64) leaseView {
+	if t.unseenAll.Load() {
+		return leaseView{alive: *t.live.Load(), since: math.MinInt64}
+	}
 	return leaseView{alive: *t.live.Load(), since: now - t.opts.Lease.Milliseconds()}
 }
 

@@ -1,5 +1,7 @@
 package conflicts
 
+import "time"
+
 // forgettable reports whether e is as good as no entry at now: nothing
 // listed, no connection owed its end, its marks older than they count.
 func (e *idMemo) forgettable(now int64) bool {
@@ -40,28 +42,24 @@ func (t *Tracker) sweep(now int64) {
 	t.shrink()
 }
 
-// forgetMarks makes every quiet and seen mark stale (RedisLost; a renewal
-// that found this broker's lease lapsed): what they say Redis holds, a
-// client ID read quiet, a principal's use recorded, it may hold no more.
-// A quiet mark goes; a seen mark is kept as stale (stamp 1, as old as a
-// stamp gets), with the connection it names, whose end still records its
-// end (Left). One pass over the entries, as sweep; worker goroutine only.
-func (t *Tracker) forgetMarks() {
-	for id, p := range t.ids.All() {
-		if p.quietAt != 0 || p.seenAt > 1 {
-			p.quietAt = 0
-			if p.seenAt > 1 {
-				p.seenAt = 1
-			}
-			t.ids.Put(id, p) // there already: no rebuild under the loop
-		}
-	}
-	for pk, m := range t.others {
-		if m.at > 1 {
-			m.at = 1
-			t.others[pk] = m
-		}
-	}
+// forgetMarks makes every quiet and seen mark made up to now (unix ms)
+// count for nothing (RedisLost; a renewal that found this broker's lease
+// lapsed): what they say Redis holds, a client ID read quiet, a
+// principal's use recorded, it may hold no more. The marks themselves are
+// kept: a quiet mark also tells readAt where a relist's or an end's check
+// starts (atk43: dropping them made the relist that follows a notice
+// start at a quiet reconnect, and miss a hit-and-run made before it). A
+// mark counts only when made in a second after lostAt's (fresh): one of
+// the notice's own second is taken as lost, one read more. No pass over
+// the memo.
+func (t *Tracker) forgetMarks(now int64) {
+	t.lostAt = max(t.lostAt, stampOf(now))
+}
+
+// fresh reports whether mark at (a quiet or seen mark) is younger than d
+// at now and was made after the last forgetMarks.
+func (t *Tracker) fresh(at stamp, now int64, d time.Duration) bool {
+	return at > t.lostAt && young(at, now, d)
 }
 
 // pruneUnlisted drops the entries of client IDs with nothing listed here

@@ -205,10 +205,16 @@ type Tracker struct {
 	dropped     atomic.Int64
 	trimDue     atomic.Bool // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
 	lostDue     atomic.Bool // Redis may have lost what the memo's marks say it holds (RedisLost)
+	lostAt      stamp       // the worker's: marks made up to this second count for nothing (forgetMarks)
 	// live is the lease view of the last renewal: broker instances whose
 	// lease runs (true) or had run out (false); one it does not name
 	// started since, and counts as alive (counts).
 	live atomic.Pointer[map[string]bool]
+	// unseenAll: the last renewal found this broker's lease lapsed (Redis
+	// flushed or restarted empty, or a reap while it paused), so the
+	// brokers it does not name may be alive ones whose lease went too, not
+	// yet renewed: their entries count whatever their age (leaseView).
+	unseenAll atomic.Bool
 	// claimed is the connection the broker thread just claimed in Redis
 	// (Claim), for the NewConn that follows to take as its own, so that the
 	// live entry recorded is the one its disconnect removes.
