@@ -37,6 +37,24 @@ func twoTrackers(t *testing.T, r *testenv.Redis, opts Options) (a *Tracker, as *
 	return a, as, b, bs, clk
 }
 
+// claimingTrackers is twoTrackers on r flushed, under clientid_conflict
+// deny or flag, and claim, which under deny claims client ID x for a
+// connection as the broker thread does (its live field written), and
+// under flag does nothing.
+func claimingTrackers(t *testing.T, r *testenv.Redis, deny bool) (a *Tracker, as *recStore, b *Tracker, bs *recStore, clk *clock, claim func(*Tracker, *recStore, Conn)) {
+	r.CLI("FLUSHALL")
+	opts := testOptions()
+	opts.Deny = deny
+	a, as, b, bs, clk = twoTrackers(t, r, opts)
+	claim = func(tr *Tracker, s *recStore, c Conn) {
+		if deny {
+			_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
+			require.NoError(t, err)
+		}
+	}
+	return a, as, b, bs, clk, claim
+}
+
 // twoTrackersOn is twoTrackers with broker ia's store as.
 func twoTrackersOn(t *testing.T, r *testenv.Redis, as Store, opts Options) (a, b *Tracker, bs *recStore, clk *clock) {
 	a, clk, _ = tracker(t, as, opts)
@@ -354,16 +372,7 @@ func TestRelistFromTheReadAQuietReconnectSkipped(t *testing.T) {
 	r := testenv.StartRedis(t)
 	for _, deny := range []bool{false, true} {
 		t.Run(map[bool]string{false: "flag", true: "deny"}[deny], func(t *testing.T) {
-			r.CLI("FLUSHALL")
-			opts := testOptions()
-			opts.Deny = deny
-			a, as, b, bs, clk := twoTrackers(t, r, opts)
-			claim := func(tr *Tracker, s *recStore, c Conn) {
-				if deny {
-					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
-					require.NoError(t, err)
-				}
-			}
+			a, as, b, bs, clk, claim := claimingTrackers(t, r, deny)
 			x1 := a.NewConn("alice", "192.0.2.1", clk.now())
 			claim(a, as, x1)
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x1}})
@@ -475,16 +484,7 @@ func TestRedisLostForgetsTheMarks(t *testing.T) {
 	}{{"flag", false, false}, {"deny", true, false}, {"lapse", false, true}} {
 		deny := tc.deny
 		t.Run(tc.name, func(t *testing.T) {
-			r.CLI("FLUSHALL")
-			opts := testOptions()
-			opts.Deny = deny
-			a, as, b, bs, clk := twoTrackers(t, r, opts)
-			claim := func(tr *Tracker, s *recStore, c Conn) {
-				if deny {
-					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
-					require.NoError(t, err)
-				}
-			}
+			a, as, b, bs, clk, claim := claimingTrackers(t, r, deny)
 			x1 := a.NewConn("alice", "192.0.2.1", clk.now())
 			claim(a, as, x1)
 			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x1}})
@@ -524,16 +524,7 @@ func TestRelistFromAReadOfTheSameSecond(t *testing.T) {
 	r := testenv.StartRedis(t)
 	for _, deny := range []bool{false, true} {
 		t.Run(map[bool]string{false: "flag", true: "deny"}[deny], func(t *testing.T) {
-			r.CLI("FLUSHALL")
-			opts := testOptions()
-			opts.Deny = deny
-			a, as, b, bs, clk := twoTrackers(t, r, opts)
-			claim := func(tr *Tracker, s *recStore, c Conn) {
-				if deny {
-					_, err := s.Claim(t.Context(), "x", tr.StoreConn(c), claimAll)
-					require.NoError(t, err)
-				}
-			}
+			a, as, b, bs, clk, claim := claimingTrackers(t, r, deny)
 			clk.advance(time.Duration(1000-clk.now().UnixMilli()%1000) * time.Millisecond) // the start of a second
 			clk.advance(50 * time.Millisecond)
 			x1 := a.NewConn("alice", "192.0.2.1", clk.now())
