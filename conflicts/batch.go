@@ -21,10 +21,11 @@ import (
 // applies a batch's writes to each key in batch order, so each connect's
 // read shows the events of the batch before it.
 func (t *Tracker) handle(ctx context.Context, batch []event) error {
-	if t.lostDue.Swap(false) {
-		t.forgetMarks(t.now().UnixMilli())
-	}
 	now := t.now().UnixMilli()
+	if t.lostDue.Swap(false) {
+		t.forgetMarks(now)
+	}
+	t.clockBack(now)
 	conns := t.bareConns(batch)
 	ws, at := t.writes(batch, conns, now)
 	defer t.releaseScratch(conns, ws, at)

@@ -29,7 +29,11 @@ func (t *Tracker) renew() {
 	t.flushRetry(ctx)
 	l, err := t.store.RenewLease(ctx, t.instance, t.opts.Lease)
 	if err != nil {
-		return // Redis down: the plugin's health check reports it; live brokers are kept as they were
+		// Redis down: the plugin's health check reports it; live brokers
+		// are kept as they were, and brokers not among them count whatever
+		// the age of their entries (unseenAll): one may have started since.
+		t.unseenAll.Store(true)
+		return
 	}
 	view := make(map[string]bool, len(l.Live)+len(l.Dead))
 	for _, d := range l.Dead {
@@ -126,6 +130,14 @@ func (t *Tracker) relistConns(ctx context.Context, part []event) error {
 			t.owe(ev.conn.Seq, false)
 		}
 		return err
+	}
+	// The relist read each client ID: a connection whose connect skipped
+	// its read is checked from that earlier read once, here, and not at
+	// every relist after (atk44: three relists, three reports).
+	for i, ev := range part {
+		if readAt[i] < conns[i].ConnectedMs {
+			t.readDone(ev)
+		}
 	}
 	// The brokers alive at this renewal or the one before: a relist comes
 	// at the renewal that found this broker's lease lapsed, which may be
@@ -365,6 +377,17 @@ func spent(ctx context.Context) bool {
 	}
 	d, ok := ctx.Deadline()
 	return ok && !time.Now().Before(d)
+}
+
+// readDone is told that ev's client ID was read for its connection (a
+// relist's write): if the memo lists it as a connection whose connect
+// skipped its read, it no longer is (readAt: its connect from now on).
+func (t *Tracker) readDone(ev event) {
+	id := t.idKey(ev.clientID)
+	if e, ok := t.lookMemo(id); ok && e.cur == ev.conn.Seq && e.curSkipped {
+		e.curSkipped = false
+		t.putMemo(id, e)
+	}
 }
 
 // readAt is when the client ID's state was last read for conn (span): its

@@ -57,9 +57,21 @@ func (t *Tracker) forgetMarks(now int64) {
 }
 
 // fresh reports whether mark at (a quiet or seen mark) is younger than d
-// at now and was made after the last forgetMarks.
+// at now and was made after the last forgetMarks. A mark ahead of now
+// (made before the clock went back) is not: lostAt may be ahead too, and
+// is brought back to now (clockBack), so that the marks made since count
+// (atk44: after a clock an hour ahead at a loss notice was set right, no
+// mark counted for an hour, 5 Redis commands at every reconnect).
 func (t *Tracker) fresh(at stamp, now int64, d time.Duration) bool {
-	return at > t.lostAt && young(at, now, d)
+	return at > t.lostAt && int64(at) <= secondOf(now) && young(at, now, d)
+}
+
+// clockBack brings lostAt back to now (unix ms) when the clock went back
+// past it (fresh). Worker goroutine, before a batch.
+func (t *Tracker) clockBack(now int64) {
+	if s := stampOf(now); s < t.lostAt {
+		t.lostAt = s
+	}
 }
 
 // pruneUnlisted drops the entries of client IDs with nothing listed here

@@ -210,10 +210,13 @@ type Tracker struct {
 	// lease runs (true) or had run out (false); one it does not name
 	// started since, and counts as alive (counts).
 	live atomic.Pointer[map[string]bool]
-	// unseenAll: the last renewal found this broker's lease lapsed (Redis
-	// flushed or restarted empty, or a reap while it paused), so the
-	// brokers it does not name may be alive ones whose lease went too, not
-	// yet renewed: their entries count whatever their age (leaseView).
+	// unseenAll: no renewal has succeeded yet, the last one failed, or it
+	// found this broker's lease lapsed (Redis flushed or restarted empty,
+	// or a reap while it paused): the brokers the view does not name may be
+	// alive ones it has not seen, or whose lease went too and is not yet
+	// renewed: their entries count whatever their age (leaseView). atk44:
+	// a broker whose first renewal failed let another principal in under
+	// deny beside a client held longer than broker_lease elsewhere.
 	unseenAll atomic.Bool
 	// claimed is the connection the broker thread just claimed in Redis
 	// (Claim), for the NewConn that follows to take as its own, so that the
@@ -296,6 +299,7 @@ func New(opts Options, d Deps) *Tracker {
 		t.now = time.Now
 	}
 	t.live.Store(&map[string]bool{})
+	t.unseenAll.Store(true) // until a renewal succeeds
 	return t
 }
 
