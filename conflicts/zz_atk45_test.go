@@ -213,3 +213,62 @@ func TestAtk45RelistAnswerLostSkipBitIgnored(t *testing.T) {
 		})
 	}
 }
+
+// TestAtk45FreshStartAfterFlushDenyLetsIn: DEFECT (511acd0's unseenAll
+// rule; atk43's defect on a broker whose first renewal follows the flush).
+// README: "Until its first renewal succeeds ... and after a renewal that
+// found its own lease lapsed (a flush takes every broker's lease), it
+// counts them whatever their age, until a renewal succeeds with its lease
+// running". alice has held x on broker b for two minutes. Redis restarts
+// empty and, at the same time, broker a (re)starts (a host reboot with
+// Redis and a on it; a's new instance). a's first renewal succeeds: its
+// lease was absent, as every first renewal finds it, so unseenAll is
+// cleared (lapsedAgain needs an earlier success), and its view names only
+// itself. b renews and relists alice (her entry back, its connect two
+// minutes old). bob claims x on a before a's next renewal. Expected:
+// refused, as in the control (no flush: a's first renewal names b).
+// Observed (flushAtStart): let in, 4 of 4 runs (-count=2, twice): b is
+// unnamed and alice's entry older than broker_lease. A first renewal
+// cannot tell a flush from a first start: after a flush the view it gives
+// is as incomplete as after a lapse, and for up to broker_lease/3 every
+// client ID held longer than broker_lease on another broker is open to
+// another principal on a.
+func TestAtk45FreshStartAfterFlushDenyLetsIn(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, flush := range []bool{false, true} {
+		t.Run(map[bool]string{false: "control", true: "flushAtStart"}[flush], func(t *testing.T) {
+			r.CLI("FLUSHALL")
+			opts := testOptions()
+			opts.Deny = true
+			b, _, clk := redisTracker(t, r, "ib", opts)
+			b.renew()
+			x, holder, err := b.Claim("x", "alice", "192.0.2.1", clk.now())
+			require.NoError(t, err)
+			require.Nil(t, holder)
+			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+			for range 12 { // two minutes, b renewing every 10 s
+				clk.advance(10 * time.Second)
+				b.renew()
+			}
+			if flush {
+				r.CLI("FLUSHALL") // Redis restarted empty
+			}
+			clk.advance(time.Second)
+			a, _, _ := redisTracker(t, r, "ia", opts) // a (re)started
+			a.now = clk.now
+			a.renew() // its first
+			if flush {
+				b.renew() // lapsed: b relists
+				b.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: b.LastSeq()}}})
+				require.Contains(t, r.CLI("HKEYS", "guard:conn:x"), "ib", "alice's live entry relisted")
+			}
+			clk.advance(2 * time.Second) // a's next renewal is up to 10 s away
+			_, holder, err = a.Claim("x", "bob", "192.0.2.2", clk.now())
+			require.NoError(t, err)
+			if holder == nil {
+				t.Logf("bob let in; a's view %v, unseenAll %v", *a.live.Load(), a.unseenAll.Load())
+			}
+			assert.NotNil(t, holder, "alice holds x live on b, whose lease runs: bob must be refused")
+		})
+	}
+}
