@@ -30,9 +30,20 @@ func (t *Tracker) renew() {
 	l, err := t.store.RenewLease(ctx, t.instance, t.opts.Lease)
 	if err != nil {
 		// Redis down: the plugin's health check reports it; live brokers
-		// are kept as they were, and brokers not among them count whatever
-		// the age of their entries (unseenAll): one may have started since.
+		// are kept as they were, and the others count whatever the age
+		// of their entries (unseenAll): one may have started since, and
+		// one seen dead may be back (atk45: named dead, its client's
+		// entry was ignored for as long as the renewals failed).
 		t.unseenAll.Store(true)
+		view := *t.live.Load()
+		for _, ok := range view {
+			if !ok {
+				alive := maps.Clone(view)
+				maps.DeleteFunc(alive, func(_ string, ok bool) bool { return !ok })
+				t.live.Store(&alive)
+				break
+			}
+		}
 		return
 	}
 	view := make(map[string]bool, len(l.Live)+len(l.Dead))
@@ -41,16 +52,18 @@ func (t *Tracker) renew() {
 	}
 	maps.Copy(view, l.Live)
 	// unseenAll is set before the view and cleared after it: a claim on
-	// the broker thread in between counts more, never less.
-	lapsedAgain := l.Lapsed && t.renewed
-	if lapsedAgain {
+	// the broker thread in between counts more, never less. A first
+	// renewal is lapsed too (its lease was never there): then Redis may
+	// also have restarted empty just before this broker started, and the
+	// others not renewed since (atk45).
+	if l.Lapsed {
 		t.unseenAll.Store(true)
 	}
 	t.aliveBefore = *t.live.Swap(&view)
-	if !lapsedAgain {
+	if !l.Lapsed {
 		t.unseenAll.Store(false)
 	}
-	if lapsedAgain {
+	if l.Lapsed && t.renewed {
 		// Redis may have lost what the marks say it holds (a flush, a
 		// restart; or a reap of this broker's connections while it paused).
 		t.forgetMarks(t.now().UnixMilli())
@@ -219,8 +232,13 @@ func (t *Tracker) span(p store.Prior, from, readAt int64, o owed, owed bool, now
 		}
 	case owed && taken:
 		// A relist's write that failed was taken, perhaps after a
-		// gap: what Redis holds tells nothing of before it.
+		// gap: what Redis holds tells nothing of before it. From the
+		// read its connect skipped its own for, if it did (atk45: from
+		// the connect, a hit-and-run before it went unflagged).
 		upTo = o.at
+		if skipped {
+			from = readAt
+		}
 	case skipped:
 		from = readAt
 	case p.Seen:

@@ -67,10 +67,30 @@ func (t *Tracker) fresh(at stamp, now int64, d time.Duration) bool {
 }
 
 // clockBack brings lostAt back to now (unix ms) when the clock went back
-// past it (fresh). Worker goroutine, before a batch.
+// past it (fresh), and every mark made after that second back to it: the
+// marks made before the loss stay spent when the clock passes them again
+// (atk45: lowering lostAt alone revived them, and a reconnect after the
+// loss skipped its read and its record). A quiet mark moved earlier only
+// widens the check readAt starts (a repeat, never a miss). One pass over
+// the memo, only when the clock went back past a loss notice. Worker
+// goroutine, before a batch.
 func (t *Tracker) clockBack(now int64) {
-	if s := stampOf(now); s < t.lostAt {
-		t.lostAt = s
+	s := stampOf(now)
+	if s >= t.lostAt {
+		return
+	}
+	t.lostAt = s
+	for id, p := range t.ids.All() {
+		if p.quietAt > s || p.seenAt > s {
+			p.quietAt, p.seenAt = min(p.quietAt, s), min(p.seenAt, s)
+			t.ids.Put(id, p) // there already: no rebuild under the loop
+		}
+	}
+	for pk, m := range t.others {
+		if m.at > s {
+			m.at = s
+			t.others[pk] = m
+		}
 	}
 }
 

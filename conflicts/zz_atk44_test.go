@@ -255,6 +255,12 @@ func TestAtk44LapseCountsNeverRegisteredGhost(t *testing.T) {
 	opts.Lease = 2 * time.Second // the real clock runs the leases
 	a, as, clk := redisTracker(t, r, "ia", opts)
 	a.renew()
+	// A first renewal is lapsed (its lease was never there): since atk45
+	// it sets unseenAll too, until the next (Redis may have restarted
+	// empty just before this broker started).
+	require.True(t, a.unseenAll.Load())
+	a.renew()
+	require.False(t, a.unseenAll.Load())
 	// the ghost: an entry of instance "ig", never in guard:brokers, made
 	// two minutes ago
 	g := store.Conn{ID: "ig-1", Instance: "ig", Broker: "gone", Principal: "alice", IP: "192.0.2.1", ConnectedMs: clk.now().Add(-2 * time.Minute).UnixMilli()}
