@@ -30,13 +30,15 @@ func (v leaseView) counts(c *store.Conn) bool {
 	return c.ConnectedMs >= v.since
 }
 
-// view is the lease view of the last renewal at now (unix ms). After a
-// renewal that found this broker's lease lapsed, until the next, every
-// entry of a broker it does not name counts (Tracker.unseenAll): a flush
-// took every lease, and a broker alive all along has not renewed its own
-// yet (atk43: under deny, for up to a third of broker_lease after a flush,
-// a client held longer than broker_lease on another broker, its entry
-// relisted with its connect's time, had its client ID taken).
+// view is the lease view of the last renewal at now (unix ms). While the
+// view may miss alive brokers (Tracker.unseenAll: before a renewal with
+// the lease running, while renewals fail, after one that found the lease
+// lapsed), every entry of a broker it does not name counts: a flush took
+// every lease, and a broker alive all along has not renewed its own yet
+// (atk43: under deny, for up to a third of broker_lease after a flush, a
+// client held longer than broker_lease on another broker, its entry
+// relisted with its connect's time, had its client ID taken; atk44,
+// atk45).
 func (t *Tracker) view(now int64) leaseView {
 	if t.unseenAll.Load() {
 		return leaseView{alive: *t.live.Load(), since: math.MinInt64}
