@@ -745,3 +745,24 @@ func TestAtk48TrackingFormBanKicksAsItRefuses(t *testing.T) {
 		assert.Equal(t, refusedNow, kicked, "%s: kicked %v, refused %v", c.scope, kicked, refusedNow)
 	}
 }
+
+// TestAtk48AllowMatchesExactly (DEFECT, 3 runs of 3 failed). README, Redis keys: "Client IDs and
+// usernames are arbitrary bytes: the value is everything after the scope's
+// `:` and is matched exactly". An allow entry on the client ID
+// "sha256:<hex>" names that client ID, not the 300-byte client ID whose
+// SHA-256 the hex is: an operator's ban of the long client ID must still
+// refuse it. Observed: accepted (CONNACK 0) once the allow entry is set:
+// the lookup tries a claim's tracking form too (store/replica tryClaim,
+// store.candidates), for allow entries as for block entries. Expected:
+// refused.
+func TestAtk48AllowMatchesExactly(t *testing.T) {
+	e := newEnv(t)
+	long := strings.Repeat("A", 299) + "x"
+	c := as("127.0.48.98", long, "alice", "alice-pw")
+	out, err := atk48Guardctl(t, e, "ban", "clientid", long)
+	require.NoError(t, err, out)
+	e.expect(c, refused, "the long client ID's ban")
+	e.redis.CLI("SET", "guard:allow:clientid:"+keys.Tracking(long), "another device")
+	time.Sleep(500 * time.Millisecond)
+	assert.EqualValues(t, refused, e.connect(c), "an allow entry on \"sha256:<hex>\" lifted the ban of another client ID")
+}
