@@ -14,9 +14,10 @@ import (
 // handle applies the rules to a batch of events, in order, in one round
 // trip. Each connect records its connection (live, and its principal's use)
 // and reads the client ID's state right after, per key (a script under
-// deny, plain commands in order under flag; unless the client ID is known
-// quiet), so that of two brokers recording one client ID at the same moment
-// the second always sees the first; each disconnect
+// deny, plain commands in order under flag; only its live connections if
+// the client ID is known quiet), so that of two brokers recording one
+// client ID at the same moment the second always sees the first; each
+// disconnect
 // removes its live entry and records its end, if still its own. Redis
 // applies a batch's writes to each key in batch order, so each connect's
 // read shows the events of the batch before it.
@@ -44,10 +45,19 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 			if at[i] < 0 && ev.other == nil {
 				continue // folded away, and took nothing over: nothing to evaluate (nor named)
 			}
-			var st store.State // a quiet client ID is not read: only a local takeover counts
-			if at[i] >= 0 && at[i] < len(states) && ws[at[i]].Read {
-				st = states[at[i]]
-				t.noteQuiet(ev, &st, alive, now)
+			// A quiet client ID is not read: only its live connections
+			// (ReadLive), for a takeover by the principal's own device on
+			// another broker; its past users are not (another principal's
+			// connect since read this one's).
+			var st store.State
+			if at[i] >= 0 && at[i] < len(states) {
+				switch w := &ws[at[i]]; {
+				case w.Read:
+					st = states[at[i]]
+					t.noteQuiet(ev, &st, alive, now)
+				case w.ReadLive:
+					st.Live = states[at[i]].Live
+				}
 			}
 			var other *store.Conn
 			if ev.other != nil {
@@ -239,6 +249,9 @@ func (t *Tracker) writes(batch []event, conns []store.Conn, now int64) ([]store.
 			// Sole under clientid_conflict flag: this worker alone writes this
 			// instance's live field, in event order (see store.ConnWrite.Sole).
 			w := store.ConnWrite{ClientID: ev.clientID, Tracked: true, Instance: t.instance, Live: conn, Read: !(e.who == who && t.fresh(e.quietAt, now, quietFor)), Sole: !t.opts.Deny}
+			// A skipped read still reads the live hash: its own principal's
+			// device live on another broker is a takeover (atk47).
+			w.ReadLive = !w.Read
 			if !t.seenFresh(id, &e, who, seq, now) {
 				w.Seen = conn
 			}
@@ -395,6 +408,7 @@ func (t *Tracker) foldEnded(w *store.ConnWrite, left *store.Conn, now int64) {
 		w.Seen = left
 	}
 	w.Ended = true
+	w.ReadLive = false // nothing of it is live to be displaced
 }
 
 // A connect's marks (scratch.mark): markAlone, its disconnect follows in

@@ -549,3 +549,90 @@ func TestRelistFromAReadOfTheSameSecond(t *testing.T) {
 		})
 	}
 }
+
+// Two devices of one principal on one client ID on two brokers, each
+// reconnecting while the other is live on the other broker, each within
+// 10 s of a read that showed the client ID quiet: each reconnect skips its
+// read, and reads the live hash alone (store.ConnWrite ReadLive), where it
+// finds the other device: a takeover, counted. Before, neither read, no
+// takeover was counted, and the duplicate was never reported (atk47's
+// TestAtk47TwinsAcrossBrokersQuietSkip: 4 of 4 runs with real brokers).
+func TestTwinsAcrossBrokersCountedWhenQuiet(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, deny := range []bool{false, true} {
+		t.Run(map[bool]string{false: "flag", true: "deny"}[deny], func(t *testing.T) {
+			a, as, b, bs, clk, claim := claimingTrackers(t, r, deny)
+			d1 := a.NewConn("alice", "192.0.2.1", clk.now())
+			claim(a, as, d1)
+			a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: d1}})
+			clk.advance(300 * time.Millisecond)
+			a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: d1}})
+			clk.advance(300 * time.Millisecond)
+			d2 := b.NewConn("alice", "192.0.2.2", clk.now())
+			claim(b, bs, d2)
+			b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: d2}})
+			reads := func() int { // full reads of x since the start
+				n := 0
+				for _, s := range []*recStore{as, bs} {
+					s.mu.Lock()
+					for _, w := range s.writes {
+						if w.Read {
+							n++
+						}
+					}
+					s.mu.Unlock()
+				}
+				return n
+			}
+			require.Equal(t, 2, reads(), "each device's first connect read x, and found it quiet")
+			for range 5 {
+				clk.advance(300 * time.Millisecond)
+				d1 = a.NewConn("alice", "192.0.2.1", clk.now())
+				claim(a, as, d1)
+				a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: d1}})
+				clk.advance(300 * time.Millisecond)
+				b.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: d2}})
+				d2 = b.NewConn("alice", "192.0.2.2", clk.now())
+				claim(b, bs, d2)
+				b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: d2}})
+				clk.advance(300 * time.Millisecond)
+				a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: d1}})
+			}
+			assert.Equal(t, 2, reads(), "the reconnects skipped their reads (quiet)")
+			assert.Equal(t, "10", r.CLI("GET", "guard:takeovers:x"), "each reconnect found the other device live")
+			assert.Contains(t, findingsOf("x", as, bs), "alice", "the duplicate reported")
+		})
+	}
+}
+
+// RedisLost makes the running worker renew its lease at once, not at its
+// next tick (broker_lease/3): the lease counts for the other brokers' views
+// as the live entries the notice's relist writes again, and the renewal,
+// finding the lease lapsed, asks for that relist itself. Before, after a
+// flush just after a renewal the lease stayed gone until the next tick;
+// another broker renewing twice meanwhile no longer named this one and
+// ignored its relisted entries older than broker_lease, and under deny let
+// another principal in while this broker paused for less than its lease
+// (atk47's TestAtk47FlushThenShortPauseDenyLetsIn: 4 of 4 runs).
+func TestRedisLostRenewsAtOnce(t *testing.T) {
+	r := testenv.StartRedis(t)
+	s := newRecStore(t, r)
+	opts := testOptions() // Lease 30 s: a tick every 10 s
+	var relists atomic.Int32
+	tr := New(opts, Deps{Store: s, Log: (&logSink{}).log, Relist: func() { relists.Add(1) }})
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { tr.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	leased := func() bool { return r.CLI("ZSCORE", "guard:brokers", tr.instance) != "" }
+	require.Eventually(t, leased, 2*time.Second, 10*time.Millisecond, "the first renewal")
+	r.CLI("FLUSHALL")
+	require.False(t, leased())
+	start := time.Now()
+	tr.RedisLost()
+	require.Eventually(t, leased, 2*time.Second, 5*time.Millisecond, "renewed at once after the notice")
+	t.Logf("lease back %v after RedisLost", time.Since(start))
+	assert.Eventually(t, func() bool { return relists.Load() == 1 }, time.Second, 5*time.Millisecond, "the lapsed renewal asked for a relist")
+	tr.RedisLost() // a broken session, Redis still there: a renewal, no relist
+	time.Sleep(100 * time.Millisecond)
+	assert.Equal(t, int32(1), relists.Load())
+}

@@ -62,6 +62,8 @@ func (m *memStore) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Du
 		}
 		if w.Read && w.Live != nil {
 			out[i] = store.State{Live: append([]store.Conn(nil), st.Live...), Seen: append([]store.Conn(nil), st.Seen...)}
+		} else if w.ReadLive && w.Live != nil && !w.Ended {
+			out[i] = store.State{Live: append([]store.Conn(nil), st.Live...)}
 		}
 		if w.Left != nil { // store's leftScript
 			i := indexBy(st.Seen, func(x store.Conn) bool { return x.Principal == w.Left.Principal })

@@ -203,9 +203,10 @@ type Tracker struct {
 	seq         atomic.Uint64
 	events      *batchq.Queue[event]
 	dropped     atomic.Int64
-	trimDue     atomic.Bool // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
-	lostDue     atomic.Bool // Redis may have lost what the memo's marks say it holds (RedisLost)
-	lostAt      stamp       // the worker's: marks made up to this second count for nothing (forgetMarks)
+	trimDue     atomic.Bool   // the worker holds a burst's buffers, and trims them at its idle timer (TrimDue)
+	lostDue     atomic.Bool   // Redis may have lost what the memo's marks say it holds (RedisLost)
+	renewDue    chan struct{} // RedisLost asks the worker for a renewal now (cap 1)
+	lostAt      stamp         // the worker's: marks made up to this second count for nothing (forgetMarks)
 	// live is the lease view of the last renewal: broker instances whose
 	// lease runs (true) or had run out (false); one it does not name
 	// started since, and counts as alive (counts).
@@ -285,6 +286,7 @@ func New(opts Options, d Deps) *Tracker {
 		opts: opts, store: d.Store, claimer: d.Claimer, log: d.Log, now: d.Now, publish: d.Publish, reported: d.Reported, relist: d.Relist,
 		instance: hex.EncodeToString(id[:]),
 		events:   batchq.New[event](queueSize, batchMax),
+		renewDue: make(chan struct{}, 1),
 		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 		// b is a keyed hash of its own; {0, 1} no key (Tracker.memo)
 		ids: offheap.NewTable[memoKey, packedMemo](func(k memoKey) uint64 { return k.b }, memoKey{0, 1}),
@@ -389,8 +391,23 @@ func (t *Tracker) Refused(clientID string, attempt Conn, holder *store.Conn) {
 // flush, and one whose use was recorded less than 30 s before did not
 // record it again: another principal's hit-and-run in between went
 // unflagged, and a later one was not flagged against it either (atk42).
-// Safe from any goroutine.
-func (t *Tracker) RedisLost() { t.lostDue.Store(true) }
+//
+// And the worker renews this broker's lease at once, not at its next
+// tick: the relist that the same notice starts writes this broker's live
+// entries again, and they count for the other brokers as its lease does.
+// Before, a flush just after a renewal left the lease gone for up to
+// broker_lease/3; another broker that renewed twice in that time no longer
+// named this one, and ignored its relisted entries of clients held longer
+// than broker_lease: under clientid_conflict deny, with this broker paused
+// for less than its lease, another principal took their client IDs (atk47).
+// Safe from any goroutine; never blocks.
+func (t *Tracker) RedisLost() {
+	t.lostDue.Store(true)
+	select {
+	case t.renewDue <- struct{}{}:
+	default: // one is asked already
+	}
+}
 
 // Relisted queues conn, a connection this broker holds whose Connected
 // was queued, to be recorded live in Redis again: its live entry, its
@@ -591,6 +608,9 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 			t.trimDue.Store(false)
 		case <-lease.C:
 			t.renew()
+		case <-t.renewDue:
+			t.renew()
+			lease.Reset(t.opts.Lease / 3)
 		case <-sweep.C:
 			t.sweepSafely(t.now().UnixMilli())
 			t.events.Trim() // idle here: a burst's buffers go

@@ -224,7 +224,7 @@ func runAtk21(t *testing.T, g atk21Gen, seeds int) {
 				// the twin: the parent's writes
 				connsB := b.storeConns(batch)
 				wsB, atB := parentWrites(b, batch, connsB, now)
-				wantWs := deepWrites(wsB)
+				wantWs := withReadLive(deepWrites(wsB))
 				stB, err := memB.WriteConns(ctx, wsB, opts.Window)
 				require.NoError(t, err)
 				for i, ev := range batch {

@@ -329,6 +329,15 @@ type ConnWrite struct {
 	// script) or, with Sole, right after the write in this connection's
 	// order.
 	Read bool
+	// ReadLive (with Live, without Read or Ended): return the client ID's
+	// live connections alone (State.Live), read after recording Live as
+	// Read reads them: one HGETALL more with Sole, none without (the live
+	// script returns the hash). A reconnect that skips its read (its client
+	// ID read quiet a moment before) still sees a connection of its own
+	// principal live on another broker: two devices sharing one principal
+	// and client ID across brokers, each reconnecting while the other is
+	// live, each skipping its read, displaced each other unseen (atk47).
+	ReadLive bool
 	// Sole: Instance's field of ClientID's live hash is written by this
 	// writer alone, in batch order (clientid_conflict flag: no Claim from
 	// the broker thread; a reap by any broker only deletes it). Then no
@@ -374,7 +383,8 @@ type ConnWrite struct {
 }
 
 // WriteConns applies a batch of writes in one round trip. It returns one
-// State per write: the state read for those with Read, zero for the others.
+// State per write: the state read for those with Read (or ReadLive), zero
+// for the others.
 func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Duration) ([]State, error) {
 	if len(ws) == 0 {
 		return nil, nil
@@ -514,14 +524,14 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			}
 		} else if w.Live != nil {
 			mode := ""
-			if w.Read {
+			if w.Read || w.ReadLive {
 				mode = "read"
 			}
 			buf = w.Live.appendBounded(buf[:0])
 			live = string(buf)
 			if w.Sole {
 				pipe.Do(ctx, "hset", conn, inst, live)
-				if w.Read {
+				if w.Read || w.ReadLive {
 					rs[i].live = pipe.Do(ctx, "hgetall", conn)
 				}
 			} else {
@@ -593,6 +603,8 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			out[i].Prior, out[i].ran = goneOf(rs[i].gone, rs[i].left)
 		case w.Read && w.Live != nil:
 			out[i] = State{Live: connsOf(rs[i].live), Seen: connsOf(rs[i].seen), Prior: priorOf(rs[i].priorLive, rs[i].priorSeen, w.Live)}
+		case w.ReadLive && w.Live != nil && !w.Ended:
+			out[i] = State{Live: connsOf(rs[i].live)}
 		}
 	}
 	return out, nil
