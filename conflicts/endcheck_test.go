@@ -636,3 +636,48 @@ func TestRedisLostRenewsAtOnce(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	assert.Equal(t, int32(1), relists.Load())
 }
+
+// An early renewal (RedisLost) never clears unseenAll: after a flush, b's
+// tick renewal finds its lease lapsed (every unseen broker counts), a
+// relists alice, who has held x for two minutes, and before a renews, b's
+// replica notices the flush and b renews early, its lease running: a is
+// still unnamed in b's view, and alice's relisted entry is older than
+// broker_lease. bob's claim of x on b must be refused. With the early
+// renewal clearing unseenAll (e27b97f), bob was let in until b's next
+// tick (atk47's e2e TestAtk47FlushThenShortPauseDenyLetsIn: 6 of 16
+// tries). A tick then clears it as before.
+func TestEarlyRenewalKeepsUnseenAll(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("FLUSHALL")
+	opts := testOptions()
+	opts.Deny = true
+	a, _, b, _, clk := twoTrackers(t, r, opts)
+	x, holder, err := a.Claim("x", "alice", "192.0.2.1", clk.now())
+	require.NoError(t, err)
+	require.Nil(t, holder)
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	for range 12 {
+		clk.advance(10 * time.Second)
+		a.renew()
+		b.renew()
+	}
+	r.CLI("FLUSHALL")
+	clk.advance(time.Second)
+	b.renew() // its tick: lapsed
+	a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	require.Contains(t, r.CLI("HKEYS", "guard:conn:x"), "ia", "alice's live entry relisted")
+	clk.advance(300 * time.Millisecond)
+	b.renewLease(true) // the replica's notice, before a renews
+	require.NotContains(t, *b.live.Load(), "ia", "a not named: it has not renewed since the flush")
+	_, holder, err = b.Claim("x", "bob", "192.0.2.2", clk.now())
+	require.NoError(t, err)
+	assert.NotNil(t, holder, "alice holds x live on a: bob refused")
+
+	a.renew()
+	clk.advance(10 * time.Second)
+	b.renew() // a tick: a named alive, unseenAll cleared
+	assert.False(t, b.unseenAll.Load())
+	_, holder, err = b.Claim("x", "bob", "192.0.2.2", clk.now())
+	require.NoError(t, err)
+	assert.NotNil(t, holder, "and by a's lease")
+}
