@@ -91,6 +91,13 @@ func IsCertID(v string) bool {
 	return true
 }
 
+// IsTrackingHash reports whether v is a hashed Tracking form: "sha256:"
+// and 64 lower-case hex digits. Only a value that is one can be the
+// Tracking form of another value than itself.
+func IsTrackingHash(v string) bool {
+	return len(v) == len(trackingHashed)+CertIDLen && strings.HasPrefix(v, trackingHashed) && IsCertID(v[len(trackingHashed):])
+}
+
 // Kind says which list a key belongs to.
 type Kind string
 
@@ -201,7 +208,11 @@ const trackingHashed = "sha256:"
 // unaffected; and no two values share one: hashing whatever starts with
 // "sha256:" keeps a short client ID from posing as the hash of a long one.
 // So Tracking is not idempotent: the form of a hashed form is another hash.
-// The allow and block keys never use it: they name values exactly.
+// Allow keys and operators' block keys name values exactly; an automatic
+// ban of a clientid or username (FailKey) names its value by this form, so
+// that a stranger's 65 535-byte claims do not size the keys its failures
+// write: a block key is looked up, and kicks, by the value and by its
+// form (IsTrackingHash), an allow key by the value alone.
 func Tracking(s string) string {
 	if len(s) <= TrackingMax && !strings.HasPrefix(s, trackingHashed) {
 		return s

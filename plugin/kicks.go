@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"net/netip"
+	"strings"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
@@ -34,7 +35,12 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 	// The candidates are read outside g.mu: no record is reused until
 	// scanDone (records.go).
 	defer g.scanDone()
-	if scope == keys.ClientID { // one lookup, no scan
+	// A value that is a hashed tracking form also names the claims it is
+	// the form of: an automatic ban of a long (or "sha256:") client ID or
+	// username is written so (keys.FailKey), and refuses them at CONNECT
+	// (atk48: such a key refused the claim but kicked nobody). Then the
+	// connections are scanned, each long claim hashed.
+	if scope == keys.ClientID && !keys.IsTrackingHash(value) { // one lookup, no scan
 		g.mu.Lock()
 		g.scanStartLocked(true)
 		lc := g.byID.get(value)
@@ -229,9 +235,9 @@ func (g *Guard) blockNow(c *Client, ip netip.Addr) *store.Match {
 func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) bool {
 	switch scope {
 	case keys.ClientID:
-		return lc.clientID == value
+		return lc.clientID == value || trackedAs(lc.clientID, value)
 	case keys.Username:
-		return lc.hasUsername && lc.username() == value
+		return lc.hasUsername && (lc.username() == value || trackedAs(lc.username(), value))
 	case keys.IP:
 		ip := lc.ipAddr()
 		return ip.IsValid() && ip.String() == value
@@ -242,6 +248,15 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 		return lc.certID != "" && lc.certID == value
 	}
 	return false
+}
+
+// trackedAs reports whether claim's tracking form is the hashed form
+// value, which a key names when it is an automatic ban of the claim
+// (keys.FailKey). Only a claim that has a hashed form is hashed: one over
+// keys.TrackingMax bytes or starting with "sha256:".
+func trackedAs(claim, value string) bool {
+	return (len(claim) > keys.TrackingMax || strings.HasPrefix(claim, "sha256:")) &&
+		keys.IsTrackingHash(value) && keys.Tracking(claim) == value
 }
 
 func queryOf(lc *liveConn) store.Query {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -231,4 +232,21 @@ func BenchmarkBrokerWaitDuringKickMatching(b *testing.B) {
 	}
 	report(locks, "lock")
 	report(calls, "call")
+}
+
+// A block key whose value is a hashed tracking form names, besides the
+// claim that is literally it, every claim of which it is the form: an
+// automatic ban of a long or "sha256:" client ID or username is written so
+// (keys.FailKey), and a kick matches as the CONNECT's lookup refuses
+// (atk48's TestAtk48TrackingFormBanKicksAsItRefuses: refused, not kicked,
+// 4 of 4). Only claims that have such a form are hashed.
+func TestTrackedAs(t *testing.T) {
+	long := strings.Repeat("K", 299) + "x"
+	assert.True(t, trackedAs(long, keys.Tracking(long)))
+	assert.True(t, trackedAs("sha256:dev", keys.Tracking("sha256:dev")))
+	assert.False(t, trackedAs(long, keys.Tracking(long+"y")))
+	assert.False(t, trackedAs(strings.Repeat("K", 256), "sha256:"+strings.Repeat("0", 64)), "256 bytes: the value itself is its form")
+	assert.False(t, trackedAs(long, long), "not a hashed form")
+	h := keys.Tracking(long)
+	assert.False(t, trackedAs(h, h), "a claim that is literally a hashed form has another form (matches compares it as it is)")
 }

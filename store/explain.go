@@ -39,7 +39,7 @@ type Ignored struct {
 // Matching reads the entries q matches, each with its remaining lifetime,
 // in one pipelined round trip of GET and PTTL. The candidates are those
 // Lookup asks for a CONNECT (a long client ID or username also under its
-// tracking form, where its automatic bans are); withClientID false leaves
+// tracking form, where its automatic bans are: block keys only); withClientID false leaves
 // out the client ID, which a CONNECT always has.
 func (s *Store) Matching(ctx context.Context, q Query, withClientID bool) (Matching, error) {
 	var cands []candidate
@@ -60,7 +60,9 @@ func (s *Store) Matching(ctx context.Context, q Query, withClientID bool) (Match
 	var throttle read
 	pipe := s.rdb.Pipeline()
 	for i, c := range cands {
-		allow[i] = get(pipe, s.kb.List(keys.Allow, c.scope, c.value))
+		if !c.blockOnly {
+			allow[i] = get(pipe, s.kb.List(keys.Allow, c.scope, c.value))
+		}
 		block[i] = get(pipe, s.kb.List(keys.Block, c.scope, c.value))
 	}
 	if q.HasUsername {
@@ -69,6 +71,9 @@ func (s *Store) Matching(ctx context.Context, q Query, withClientID bool) (Match
 	_, _ = pipe.Exec(ctx) // each GET's own error is looked at below (a WRONGTYPE is no entry)
 	var m Matching
 	match := func(kind keys.Kind, scope keys.Scope, value string, r read) (*Match, error) {
+		if r.get == nil {
+			return nil, nil // blockOnly: no allow key by a tracking form
+		}
 		key := r.get.Args()[1].(string)
 		v, err := r.get.Result()
 		switch {

@@ -259,29 +259,34 @@ func Exempt(allow *Match) bool { return allow != nil && allow.Scope.Proof() }
 type candidate struct {
 	scope keys.Scope
 	value string
+	// blockOnly: a claim's Tracking form, the form its automatic bans are
+	// written in (keys.FailKey); no allow key is looked up by it: allow
+	// keys match the value exactly (atk48: an allow on "sha256:<hex>" lifted
+	// the ban of the long client ID it hashes).
+	blockOnly bool
 }
 
 // candidates lists the entries a client can match, most specific first:
 // client ID, username, certificate, IP, then every range containing the IP.
 func candidates(q Query) []candidate {
 	out := make([]candidate, 0, 4+129)
-	out = append(out, candidate{keys.ClientID, q.ClientID})
+	out = append(out, candidate{scope: keys.ClientID, value: q.ClientID})
 	if t := keys.Tracking(q.ClientID); t != q.ClientID {
-		out = append(out, candidate{keys.ClientID, t}) // automatic bans of a long client ID
+		out = append(out, candidate{keys.ClientID, t, true}) // automatic bans of a long client ID
 	}
 	if q.HasUsername {
-		out = append(out, candidate{keys.Username, q.Username})
+		out = append(out, candidate{scope: keys.Username, value: q.Username})
 		if t := keys.Tracking(q.Username); t != q.Username {
-			out = append(out, candidate{keys.Username, t})
+			out = append(out, candidate{keys.Username, t, true})
 		}
 	}
 	if keys.IsCertID(q.Cert) {
-		out = append(out, candidate{keys.Cert, q.Cert})
+		out = append(out, candidate{scope: keys.Cert, value: q.Cert})
 	}
 	if q.IP.IsValid() {
-		out = append(out, candidate{keys.IP, q.IP.String()})
+		out = append(out, candidate{scope: keys.IP, value: q.IP.String()})
 		for _, p := range keys.Prefixes(q.IP) {
-			out = append(out, candidate{keys.CIDR, p.String()})
+			out = append(out, candidate{scope: keys.CIDR, value: p.String()})
 		}
 	}
 	return out
@@ -299,7 +304,9 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	var conns *redis.MapStringStringCmd
 	pipe := s.rdb.Pipeline()
 	for i, c := range cands {
-		allow[i] = pipe.Get(ctx, s.kb.List(keys.Allow, c.scope, c.value))
+		if !c.blockOnly {
+			allow[i] = pipe.Get(ctx, s.kb.List(keys.Allow, c.scope, c.value))
+		}
 		bk := s.kb.List(keys.Block, c.scope, c.value)
 		block[i] = pipe.Get(ctx, bk)
 		ttl[i] = pipe.PTTL(ctx, bk)
@@ -322,10 +329,12 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	var a Answer
 	var allows, blocks []*Match
 	for i, c := range cands {
-		if v, ok, err := value(allow[i]); err != nil {
-			return Answer{}, err
-		} else if ok {
-			allows = append(allows, &Match{Kind: keys.Allow, Scope: c.scope, Value: c.value, Key: allow[i].Args()[1].(string), Reason: v, TTL: -1})
+		if allow[i] != nil { // nil: blockOnly, no allow key by a tracking form
+			if v, ok, err := value(allow[i]); err != nil {
+				return Answer{}, err
+			} else if ok {
+				allows = append(allows, &Match{Kind: keys.Allow, Scope: c.scope, Value: c.value, Key: allow[i].Args()[1].(string), Reason: v, TTL: -1})
+			}
 		}
 		if v, ok, err := value(block[i]); err != nil {
 			return Answer{}, err

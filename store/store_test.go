@@ -177,3 +177,40 @@ func TestPipelineConnectionBuffers(t *testing.T) {
 	t.Logf("a pipeline's connection keeps %d bytes of the Go heap", kept)
 	assert.Less(t, kept, int64(2*pipelineBuffer+32<<10), "a pipeline connection's buffers")
 }
+
+// A claim with a tracking form (over 256 bytes, or starting with
+// "sha256:") is looked up by that form in the block list, where its
+// automatic bans are written (keys.FailKey), and not in the allow list:
+// allow keys match the value exactly. Before, an allow on "sha256:<hex>"
+// lifted the ban of the long client ID it hashes (atk48's
+// TestAtk48AllowMatchesExactly, 3 of 3 runs). Matching (guardctl explain)
+// reads the same keys.
+func TestLookupTrackingFormBlocksOnly(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	long := strings.Repeat("A", 299) + "x"
+	for _, q := range []Query{{ClientID: long}, {ClientID: "dev", Username: long, HasUsername: true}} {
+		scope, claim := "clientid", q.ClientID
+		if q.HasUsername {
+			scope, claim = "username", q.Username
+		}
+		r.CLI("FLUSHALL")
+		r.CLI("SET", "guard:block:"+scope+":"+keys.Tracking(claim), "auto: failed authentication")
+		a := lookup(t, s, q)
+		require.NotNil(t, a.Block, scope+": the automatic ban by the tracking form")
+		assert.Equal(t, "guard:block:"+scope+":"+keys.Tracking(claim), a.Block.Key)
+
+		r.CLI("SET", "guard:allow:"+scope+":"+keys.Tracking(claim), "another device")
+		a = lookup(t, s, q)
+		assert.Nil(t, a.Allow, scope+": no allow by the tracking form")
+		assert.NotNil(t, a.Block, scope+": still banned")
+		m, err := s.Matching(context.Background(), q, true)
+		require.NoError(t, err)
+		assert.Empty(t, m.Allows, scope+": explain reads no allow by the tracking form")
+		assert.Len(t, m.Blocks, 1)
+
+		r.CLI("SET", "guard:allow:"+scope+":"+claim, "the device itself")
+		a = lookup(t, s, q)
+		require.NotNil(t, a.Allow, scope+": an allow by the value")
+		assert.Nil(t, a.Block, scope+": lifts the claim's ban")
+	}
+}

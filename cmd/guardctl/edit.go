@@ -391,9 +391,32 @@ func (a *editFlags) run(ctx context.Context, e edit, getenv func(string) string,
 		if err != nil {
 			return redisError(addrs, err)
 		}
-		if existed {
-			_, err = fmt.Fprintf(stdout, "%s %s\n", e.done, showKey(key))
-		} else {
+		// An automatic ban of a client ID or username over 256 bytes, or
+		// starting with "sha256:", names it by its tracking form
+		// (keys.FailKey): unban lifts that one too (atk48: it said "did not
+		// exist" and the client stayed banned).
+		var tkey string
+		var texisted bool
+		if t := keys.Tracking(a.value); e.kind == keys.Block && (a.scope == keys.ClientID || a.scope == keys.Username) && t != a.value {
+			if tkey, texisted, err = st.DeleteEntry(ctx, e.kind, a.scope, t); err != nil {
+				return redisError(addrs, err)
+			}
+		}
+		switch {
+		case existed || texisted:
+			for _, k := range []struct {
+				key string
+				ok  bool
+			}{{key, existed}, {tkey, texisted}} {
+				if k.ok {
+					if _, err := fmt.Fprintf(stdout, "%s %s\n", e.done, showKey(k.key)); err != nil {
+						return err
+					}
+				}
+			}
+		case tkey != "":
+			_, err = fmt.Fprintf(stdout, "%s did not exist, nor %s (its automatic bans' form); nothing to %s\n", showKey(key), showKey(tkey), e.name)
+		default:
 			_, err = fmt.Fprintf(stdout, "%s did not exist; nothing to %s\n", showKey(key), e.name)
 		}
 		return err

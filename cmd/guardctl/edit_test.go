@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // ctl runs guardctl with args (command first) against addr, under prefix
@@ -426,4 +427,39 @@ Examples:
 		assert.Equal(t, exitOK, run([]string{n, "--help"}, &o, &e), n)
 		assert.Contains(t, o.String(), "Usage: guardctl "+n, n)
 	}
+}
+
+// guardctl unban of a client ID or username that has a tracking form (over
+// 256 bytes, or starting with "sha256:") also deletes the key by that form,
+// where its automatic bans are (keys.FailKey), and says which it deleted.
+// Before, it answered "did not exist; nothing to unban" and the client
+// stayed banned (atk48's TestAtk48TrackingFormAutoBanKeyAndUnban, 4 of 4).
+// guardctl list shows such a form whole, to be copied.
+func TestUnbanLiftsTheTrackingForm(t *testing.T) {
+	t.Setenv(passwordEnv, "")
+	r := testenv.StartRedis(t)
+	c := client(t, r.Addr)
+	ctx := context.Background()
+	long := strings.Repeat("L", 299) + "x"
+	for _, v := range []struct{ scope, value string }{{"username", long}, {"clientid", long}, {"clientid", "sha256:dev"}} {
+		tkey := "u:block:" + v.scope + ":" + keys.Tracking(v.value)
+		require.NoError(t, c.Set(ctx, tkey, "auto: failed authentication", time.Hour).Err())
+		code, out, _ := ctl(t, r.Addr, "u:", "list")
+		require.Equal(t, exitOK, code)
+		assert.Contains(t, out, keys.Tracking(v.value)+" ", "shown whole")
+
+		code, out, errOut := ctl(t, r.Addr, "u:", "unban", v.scope, v.value)
+		require.Equal(t, exitOK, code, errOut)
+		assert.Equal(t, "unbanned "+tkey+"\n", out)
+		assert.Empty(t, allKeys(t, c))
+
+		code, out, _ = ctl(t, r.Addr, "u:", "unban", v.scope, v.value)
+		require.Equal(t, exitOK, code)
+		assert.Contains(t, out, "did not exist, nor "+tkey+" (its automatic bans' form); nothing to unban")
+	}
+	// An allow key names the value alone: unallow deletes nothing else.
+	require.NoError(t, c.Set(ctx, "u:allow:clientid:"+keys.Tracking(long), "x", 0).Err())
+	code, _, _ := ctl(t, r.Addr, "u:", "unallow", "clientid", long)
+	require.Equal(t, exitOK, code)
+	assert.Equal(t, []string{"u:allow:clientid:" + keys.Tracking(long)}, allKeys(t, c))
 }

@@ -31,7 +31,9 @@ then value (addresses and ranges in address order). ORIGIN is auto for the
 plugin's automatic bans (reason starting with "auto:"), else operator.
 Values and reasons are untrusted: the table shows a value quoted (Go syntax)
 when it holds odd bytes, every reason quoted, both cut to 60 bytes ("..."
-after), but a certificate ID is shown whole. Keys that hold no string are
+after), but a certificate ID, and a clientid or username value that is a
+tracking form (sha256: and 64 hex digits: the automatic bans of a value over
+256 bytes or starting with sha256:), are shown whole. Keys that hold no string are
 left out; keys the plugin can never match (an ip or cidr value not in
 canonical form, a cert value not 64 lower-case hex digits) are named on
 stderr.
@@ -210,8 +212,8 @@ func renderListTable(w io.Writer, ls store.Listing) error {
 			expires = e.Expires.UTC().Round(time.Second).Format(time.RFC3339)
 		}
 		value := cell(e.Value)
-		if e.Scope == keys.Cert && keys.IsCertID(e.Value) {
-			value = e.Value // 64 hex digits: shown whole, to be copied into unban
+		if (e.Scope == keys.Cert && keys.IsCertID(e.Value)) || ((e.Scope == keys.ClientID || e.Scope == keys.Username) && keys.IsTrackingHash(e.Value)) {
+			value = e.Value // 64 hex digits, or sha256: and 64: shown whole, to be copied into unban
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Scope, value, e.Origin(), expires, logval.Fit(e.Reason, maxCell))
 	}

@@ -52,8 +52,10 @@ func (m model) oracle(q store.Query, now int64) store.Answer {
 			}
 			return false
 		}
+		// A claim's tracking form: block keys only (automatic bans are
+		// written so); allow keys match the value exactly (atk48).
 		claim := func(scope keys.Scope, value string) {
-			if !try(scope, value) {
+			if !try(scope, value) && kind == keys.Block {
 				if t := keys.Tracking(value); t != value {
 					try(scope, t)
 				}

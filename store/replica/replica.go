@@ -558,10 +558,13 @@ func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, buf *[256]by
 		}
 		return nil
 	}
-	// A claim over 256 bytes is also looked up by its tracking form: the
-	// form automatic bans of it are written in (see plugin failKeys).
+	// A claim over 256 bytes (or starting with "sha256:") is also looked
+	// up by its tracking form in the block list: the form automatic bans of
+	// it are written in (keys.FailKey). Allow keys match the value alone
+	// (atk48: an allow on "sha256:<hex>" lifted the ban of the long client
+	// ID it hashes).
 	tryClaim := func(scope keys.Scope, value string) *store.Match {
-		if m := try(scope, value); m != nil {
+		if m := try(scope, value); m != nil || kind != keys.Block {
 			return m
 		}
 		if t := keys.Tracking(value); t != value {
