@@ -681,3 +681,45 @@ func TestEarlyRenewalKeepsUnseenAll(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotNil(t, holder, "and by a's lease")
 }
+
+// renewCounter is a recStore that counts lease renewals.
+type renewCounter struct {
+	*recStore
+	n atomic.Int32
+}
+
+func (s *renewCounter) RenewLease(ctx context.Context, instance string, ttl time.Duration) (store.Lease, error) {
+	s.n.Add(1)
+	return s.recStore.RenewLease(ctx, instance, ttl)
+}
+
+// Early renewals that set nothing (a replica session breaking every
+// 200 ms, Redis keeping its keys) leave the ticks regular: the worker
+// still renews at each tick, and the tick ends the count of unseen brokers
+// that its first renewal began. Resetting the ticker at every early
+// renewal put every tick off for as long as the session flapped, and with
+// it the end of unseenAll.
+func TestEarlyRenewalsLeaveTicksRegular(t *testing.T) {
+	r := testenv.StartRedis(t)
+	s := &renewCounter{recStore: newRecStore(t, r)}
+	opts := testOptions()
+	opts.Lease = 3 * time.Second // a tick every second
+	tr := New(opts, Deps{Store: s, Log: (&logSink{}).log})
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { tr.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	require.Eventually(t, func() bool { return s.n.Load() == 1 }, 2*time.Second, 5*time.Millisecond, "the first renewal")
+	require.True(t, tr.unseenAll.Load(), "a first renewal is lapsed")
+	early := int32(0)
+	for range 16 { // 3.2 s
+		before := s.n.Load()
+		tr.RedisLost()
+		require.Eventually(t, func() bool { return s.n.Load() > before }, time.Second, 2*time.Millisecond)
+		early++
+		time.Sleep(200 * time.Millisecond)
+	}
+	ticks := s.n.Load() - 1 - early
+	t.Logf("%d early renewals, %d ticks in 3.2 s", early, ticks)
+	assert.GreaterOrEqual(t, ticks, int32(2), "ticks every second")
+	assert.False(t, tr.unseenAll.Load(), "a tick ended the count begun at the first renewal")
+}

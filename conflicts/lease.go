@@ -28,14 +28,17 @@ func (t *Tracker) renew() { t.renewLease(false) }
 // renewLease is renew; early: asked by RedisLost between two ticks. An
 // early renewal may set unseenAll (lapsed, failed) but never clears it:
 // the brokers it does not name may not have renewed since the loss yet,
-// and only a tick, broker_lease/3 after the renewal before it (Run resets
-// its ticker after an early one), leaves them that time. Before, an early
-// renewal right after a lapsed tick cleared it at once: a broker paused
-// before its first renewal after the flush was named by nobody, and its
-// client held longer than broker_lease lost its client ID under deny
-// (atk47's TestAtk47FlushThenShortPauseDenyLetsIn on e27b97f, which
-// brought the early renewal: bob let in 6 of 16 tries).
-func (t *Tracker) renewLease(early bool) {
+// and only a tick broker_lease/3 after the renewal that set it leaves them
+// that time. It reports whether it set it: Run then resets its ticker, so
+// that the next tick comes broker_lease/3 later. Only then: early renewals
+// that set nothing (a replica session flapping every second) leave the
+// ticks regular, and a tick still ends the count. Before, an early renewal
+// right after a lapsed tick cleared it at once, before the other broker
+// had renewed since the flush: unnamed in the view, its client held
+// longer than broker_lease lost its client ID under deny (atk47's
+// TestAtk47FlushThenShortPauseDenyLetsIn on e27b97f, which brought the
+// early renewal: bob let in 6 of 16 tries).
+func (t *Tracker) renewLease(early bool) (suspect bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), renewBound)
 	defer cancel()
 	t.flushRetry(ctx)
@@ -56,7 +59,7 @@ func (t *Tracker) renewLease(early bool) {
 				break
 			}
 		}
-		return
+		return true
 	}
 	view := make(map[string]bool, len(l.Live)+len(l.Dead))
 	for _, d := range l.Dead {
@@ -104,6 +107,7 @@ func (t *Tracker) renewLease(early bool) {
 			t.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+logval.Quote(d)+": its lease ran out")
 		}
 	}
+	return l.Lapsed
 }
 
 // Close ends this broker's live connections in Redis (store.Reap: each

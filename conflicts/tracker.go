@@ -609,8 +609,9 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 		case <-lease.C:
 			t.renew()
 		case <-t.renewDue:
-			t.renewLease(true)
-			lease.Reset(t.opts.Lease / 3) // the next tick broker_lease/3 after it (renewLease)
+			if t.renewLease(true) {
+				lease.Reset(t.opts.Lease / 3) // the tick that ends unseenAll broker_lease/3 after it (renewLease)
+			}
 		case <-sweep.C:
 			t.sweepSafely(t.now().UnixMilli())
 			t.events.Trim() // idle here: a burst's buffers go
