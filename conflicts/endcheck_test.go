@@ -723,3 +723,50 @@ func TestEarlyRenewalsLeaveTicksRegular(t *testing.T) {
 	assert.GreaterOrEqual(t, ticks, int32(2), "ticks every second")
 	assert.False(t, tr.unseenAll.Load(), "a tick ended the count begun at the first renewal")
 }
+
+// A Known limit (README, "A late relist counts for the others at their
+// next renewal"), pinned as stated: after a flush, a broker paused before
+// it noticed (its clients' entries gone, no lease) resumes after the
+// others' renewals ended their count of unseen brokers; its early renewal
+// and relist put alice's entry and its lease back, but b names it only at
+// its own next tick (up to broker_lease/3 later): until then alice's
+// entry, older than broker_lease, does not count for b's claims, and bob
+// is let in under deny. He is flagged: his connect reads alice's relisted
+// use. atk49's TestAtk49ResumeAfterOthersClearingTickDenyLetsIn found it.
+// When this fails, the limit is gone: assert the refusal, and take the
+// limit out of the README.
+func TestLimitLateRelistNotYetNamed(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("FLUSHALL")
+	opts := testOptions()
+	opts.Deny = true
+	a, as, b, bs, clk := twoTrackers(t, r, opts)
+	x, holder, err := a.Claim("x", "alice", "192.0.2.1", clk.now())
+	require.NoError(t, err)
+	require.Nil(t, holder)
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	for range 12 {
+		clk.advance(10 * time.Second)
+		a.renew()
+		b.renew()
+	}
+	r.CLI("FLUSHALL") // a pauses now, for 12 s
+	clk.advance(time.Second)
+	b.renew() // lapsed: unseenAll
+	clk.advance(10 * time.Second)
+	b.renew() // its lease running: unseenAll ends, a named by nobody
+	clk.advance(time.Second)
+	a.renewLease(true) // a resumes: its replica's notice
+	a.handleSafely([]event{{kind: evRelist, clientID: "x", conn: x}, {kind: evRelistDone, conn: Conn{Seq: a.LastSeq()}}})
+	clk.advance(300 * time.Millisecond)
+	y, holder, err := b.Claim("x", "bob", "192.0.2.2", clk.now())
+	require.NoError(t, err)
+	assert.Nil(t, holder, "the Known limit: bob let in before b's next tick names a")
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: y}})
+	assert.Equal(t, []string{"alice,bob"}, findingsOf("x", as, bs), "and flagged: his connect read alice's relisted use")
+	clk.advance(8 * time.Second)
+	b.renew() // names a
+	_, holder, err = b.Claim("x", "carol", "192.0.2.3", clk.now())
+	require.NoError(t, err)
+	assert.NotNil(t, holder, "refused from b's next tick")
+}

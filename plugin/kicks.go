@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
@@ -50,8 +51,29 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 		}
 		return
 	}
+	if (scope == keys.ClientID || scope == keys.Username) && keys.IsTrackingHash(value) {
+		// A claim is hashed outside g.mu: up to 64 KB each, 256 of them
+		// per hold took the broker thread's lock for 20 ms (atk49). Under
+		// it, only which claims may have that form (maybeTracked).
+		g.scanConns(true, func(lc *liveConn) bool { return maybeMatches(lc, scope, value) },
+			func(cands []*liveConn) {
+				cands = slices.DeleteFunc(cands, func(lc *liveConn) bool { return !matches(lc, scope, value, prefix) })
+				g.kickCandidates(key, cands)
+			})
+		return
+	}
 	g.scanConns(true, func(lc *liveConn) bool { return matches(lc, scope, value, prefix) },
 		func(cands []*liveConn) { g.kickCandidates(key, cands) })
+}
+
+// maybeMatches is matches for a clientid or username value that is a
+// hashed tracking form, without hashing: the claim is the value, or may
+// have it as its form (maybeTracked). Cheap enough for g.mu.
+func maybeMatches(lc *liveConn, scope keys.Scope, value string) bool {
+	if scope == keys.ClientID {
+		return lc.clientID == value || maybeTracked(lc.clientID)
+	}
+	return lc.hasUsername && (lc.username() == value || maybeTracked(lc.username()))
 }
 
 // scanConns calls each with the live connections pred picks (not flagged,
@@ -255,8 +277,13 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 // (keys.FailKey). Only a claim that has a hashed form is hashed: one over
 // keys.TrackingMax bytes or starting with "sha256:".
 func trackedAs(claim, value string) bool {
-	return (len(claim) > keys.TrackingMax || strings.HasPrefix(claim, "sha256:")) &&
-		keys.IsTrackingHash(value) && keys.Tracking(claim) == value
+	return maybeTracked(claim) && keys.IsTrackingHash(value) && keys.Tracking(claim) == value
+}
+
+// maybeTracked reports whether claim has a hashed tracking form: over
+// keys.TrackingMax bytes, or starting with "sha256:".
+func maybeTracked(claim string) bool {
+	return len(claim) > keys.TrackingMax || strings.HasPrefix(claim, "sha256:")
 }
 
 func queryOf(lc *liveConn) store.Query {
