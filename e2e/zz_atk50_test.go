@@ -19,7 +19,9 @@ import (
 // (e27b97f: "a device of the same principal live on another broker is a
 // takeover, counted"), a duplicate-connection finding. Observed: the
 // count printed; a connect whose end reaches the worker in the same
-// batch is folded away with it (no command, not evaluated).
+// batch is folded away with it (no command, not evaluated):
+// guard:takeovers "" (none of 10) and no finding, where the held control
+// counts 10 and reports. Runs: failed 3 of 3 (control passed 1 of 1).
 func TestAtk50TwinFlashesUncounted(t *testing.T) {
 	atk50TwinFlashes(t, "atk50-twin-flash", 0)
 }
