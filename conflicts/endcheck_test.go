@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -769,4 +770,44 @@ func TestLimitLateRelistNotYetNamed(t *testing.T) {
 	_, holder, err = b.Claim("x", "carol", "192.0.2.3", clk.now())
 	require.NoError(t, err)
 	assert.NotNil(t, holder, "refused from b's next tick")
+}
+
+// The bound of the quiet skip for a device's connections that end within
+// their connect's batch (folded, no command): one of the principal's
+// devices flashing on broker a beside its other device live on broker b is
+// counted from the first connect at least quietFor (10 s) after a's quiet
+// read, which reads again (a folded pair then writes as ended and reads,
+// foldEnded), finds d2 live, and ends the quiet mark: each flash after it
+// is read and counted. Before that, none is (atk50's
+// TestAtk50TwinsQuietFoldedNotCounted, a stated limit: README, "A device
+// reconnecting in a loop is checked against its twins every 10 s").
+func TestFoldedTwinsCountedWithinQuietFor(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, as, b, bs, clk, _ := claimingTrackers(t, r, false)
+	d1 := a.NewConn("alice", "192.0.2.1", clk.now())
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: d1}}) // a's read: quiet
+	quietRead := clk.now()
+	clk.advance(300 * time.Millisecond)
+	a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: d1}})
+	d2 := b.NewConn("alice", "192.0.2.2", clk.now())
+	b.handleSafely([]event{{kind: evConnect, clientID: "x", conn: d2}})
+	var first time.Duration
+	counted := 0
+	for range 15 {
+		clk.advance(time.Second)
+		d1 = a.NewConn("alice", "192.0.2.1", clk.now())
+		a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: d1}, {kind: evDisconnect, clientID: "x", conn: d1}})
+		n, _ := strconv.Atoi(r.CLI("GET", "guard:takeovers:x"))
+		if n > 0 && first == 0 {
+			first = clk.now().Sub(quietRead)
+		}
+		if n > counted {
+			counted = n
+		}
+	}
+	t.Logf("first counted %v after the quiet read; %d of 15 flashes counted", first, counted)
+	require.NotZero(t, first, "counted within 15 s")
+	assert.LessOrEqual(t, first, quietFor+time.Second, "within quietFor (and a flash's interval) of the quiet read")
+	assert.GreaterOrEqual(t, counted, 15-int((quietFor+time.Second)/time.Second), "each flash from then on")
+	assert.Contains(t, findingsOf("x", as, bs), "alice", "the duplicate reported")
 }
