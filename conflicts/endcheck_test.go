@@ -638,6 +638,26 @@ func TestRedisLostRenewsAtOnce(t *testing.T) {
 	assert.Equal(t, int32(1), relists.Load())
 }
 
+// heldTwoMinutes is twoTrackers on r flushed, under clientid_conflict
+// deny, with alice holding x on a (claimed, connected) for two minutes,
+// both brokers renewing every 10 s: x, her connection.
+func heldTwoMinutes(t *testing.T, r *testenv.Redis) (a *Tracker, as *recStore, b *Tracker, bs *recStore, clk *clock, x Conn) {
+	r.CLI("FLUSHALL")
+	opts := testOptions()
+	opts.Deny = true
+	a, as, b, bs, clk = twoTrackers(t, r, opts)
+	x, holder, err := a.Claim("x", "alice", "192.0.2.1", clk.now())
+	require.NoError(t, err)
+	require.Nil(t, holder)
+	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
+	for range 12 {
+		clk.advance(10 * time.Second)
+		a.renew()
+		b.renew()
+	}
+	return a, as, b, bs, clk, x
+}
+
 // An early renewal (RedisLost) never clears unseenAll: after a flush, b's
 // tick renewal finds its lease lapsed (every unseen broker counts), a
 // relists alice, who has held x for two minutes, and before a renews, b's
@@ -649,19 +669,7 @@ func TestRedisLostRenewsAtOnce(t *testing.T) {
 // tries). A tick then clears it as before.
 func TestEarlyRenewalKeepsUnseenAll(t *testing.T) {
 	r := testenv.StartRedis(t)
-	r.CLI("FLUSHALL")
-	opts := testOptions()
-	opts.Deny = true
-	a, _, b, _, clk := twoTrackers(t, r, opts)
-	x, holder, err := a.Claim("x", "alice", "192.0.2.1", clk.now())
-	require.NoError(t, err)
-	require.Nil(t, holder)
-	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
-	for range 12 {
-		clk.advance(10 * time.Second)
-		a.renew()
-		b.renew()
-	}
+	a, _, b, _, clk, x := heldTwoMinutes(t, r)
 	r.CLI("FLUSHALL")
 	clk.advance(time.Second)
 	b.renew() // its tick: lapsed
@@ -670,7 +678,7 @@ func TestEarlyRenewalKeepsUnseenAll(t *testing.T) {
 	clk.advance(300 * time.Millisecond)
 	b.renewLease(true) // the replica's notice, before a renews
 	require.NotContains(t, *b.live.Load(), "ia", "a not named: it has not renewed since the flush")
-	_, holder, err = b.Claim("x", "bob", "192.0.2.2", clk.now())
+	_, holder, err := b.Claim("x", "bob", "192.0.2.2", clk.now())
 	require.NoError(t, err)
 	assert.NotNil(t, holder, "alice holds x live on a: bob refused")
 
@@ -738,19 +746,7 @@ func TestEarlyRenewalsLeaveTicksRegular(t *testing.T) {
 // limit out of the README.
 func TestLimitLateRelistNotYetNamed(t *testing.T) {
 	r := testenv.StartRedis(t)
-	r.CLI("FLUSHALL")
-	opts := testOptions()
-	opts.Deny = true
-	a, as, b, bs, clk := twoTrackers(t, r, opts)
-	x, holder, err := a.Claim("x", "alice", "192.0.2.1", clk.now())
-	require.NoError(t, err)
-	require.Nil(t, holder)
-	a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: x}})
-	for range 12 {
-		clk.advance(10 * time.Second)
-		a.renew()
-		b.renew()
-	}
+	a, as, b, bs, clk, x := heldTwoMinutes(t, r)
 	r.CLI("FLUSHALL") // a pauses now, for 12 s
 	clk.advance(time.Second)
 	b.renew() // lapsed: unseenAll
