@@ -5,8 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/stretchr/testify/assert"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // atk50: hostile tests of e27b97f (ReadLive on skipped reads), 15c3ba0 and
