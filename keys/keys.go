@@ -98,6 +98,12 @@ func IsTrackingHash(v string) bool {
 	return len(v) == len(trackingHashed)+CertIDLen && strings.HasPrefix(v, trackingHashed) && IsCertID(v[len(trackingHashed):])
 }
 
+// Hashed reports whether s's Tracking form is a hash (IsTrackingHash),
+// not s itself: s is over TrackingMax bytes or starts with "sha256:".
+func Hashed(s string) bool {
+	return len(s) > TrackingMax || strings.HasPrefix(s, trackingHashed)
+}
+
 // Kind says which list a key belongs to.
 type Kind string
 
@@ -214,7 +220,7 @@ const trackingHashed = "sha256:"
 // write: a block key is looked up, and kicks, by the value and by its
 // form (IsTrackingHash), an allow key by the value alone.
 func Tracking(s string) string {
-	if len(s) <= TrackingMax && !strings.HasPrefix(s, trackingHashed) {
+	if !Hashed(s) {
 		return s
 	}
 	// Hashed in place: []byte(s) copied it first, up to 64 KB of garbage

@@ -275,3 +275,14 @@ func TestFailKey(t *testing.T) {
 		assert.Equal(t, c.wantValue, v, "%s %s", c.scope, c.ip)
 	}
 }
+
+// Hashed says exactly when Tracking hashes: over TrackingMax bytes, or
+// starting with "sha256:" (kicks use it to hash only such claims).
+func TestHashedIsWhenTrackingHashes(t *testing.T) {
+	for _, s := range []string{"", "dev", strings.Repeat("x", TrackingMax), strings.Repeat("x", TrackingMax+1), "sha256:", "sha256:dev", "SHA256:dev", "xsha256:"} {
+		assert.Equal(t, Tracking(s) != s, Hashed(s), "%.20q", s)
+		if Hashed(s) {
+			assert.True(t, IsTrackingHash(Tracking(s)))
+		}
+	}
+}

@@ -3,7 +3,6 @@ package plugin
 import (
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
@@ -40,8 +39,11 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 	// the form of: an automatic ban of a long (or "sha256:") client ID or
 	// username is written so (keys.FailKey), and refuses them at CONNECT
 	// (atk48: such a key refused the claim but kicked nobody). Then the
-	// connections are scanned, each long claim hashed.
-	if scope == keys.ClientID && !keys.IsTrackingHash(value) { // one lookup, no scan
+	// connections are scanned, and the claims that may have that form
+	// (keys.Hashed) hashed outside g.mu: up to 64 KB each, 256 of them per
+	// hold took the broker thread's lock for 20 ms (atk49).
+	hashed := (scope == keys.ClientID || scope == keys.Username) && keys.IsTrackingHash(value)
+	if scope == keys.ClientID && !hashed { // one lookup, no scan
 		g.mu.Lock()
 		g.scanStartLocked(true)
 		lc := g.byID.get(value)
@@ -51,29 +53,25 @@ func (g *Guard) kickMatching(key string, scope keys.Scope, value string) {
 		}
 		return
 	}
-	if (scope == keys.ClientID || scope == keys.Username) && keys.IsTrackingHash(value) {
-		// A claim is hashed outside g.mu: up to 64 KB each, 256 of them
-		// per hold took the broker thread's lock for 20 ms (atk49). Under
-		// it, only which claims may have that form (maybeTracked).
-		g.scanConns(true, func(lc *liveConn) bool { return maybeMatches(lc, scope, value) },
-			func(cands []*liveConn) {
-				cands = slices.DeleteFunc(cands, func(lc *liveConn) bool { return !matches(lc, scope, value, prefix) })
-				g.kickCandidates(key, cands)
-			})
-		return
+	pred := func(lc *liveConn) bool { return matches(lc, scope, value, prefix) }
+	each := func(cands []*liveConn) { g.kickCandidates(key, cands) }
+	if hashed {
+		pred = func(lc *liveConn) bool { return maybeMatches(lc, scope, value) }
+		each = func(cands []*liveConn) {
+			g.kickCandidates(key, slices.DeleteFunc(cands, func(lc *liveConn) bool { return !matches(lc, scope, value, prefix) }))
+		}
 	}
-	g.scanConns(true, func(lc *liveConn) bool { return matches(lc, scope, value, prefix) },
-		func(cands []*liveConn) { g.kickCandidates(key, cands) })
+	g.scanConns(true, pred, each)
 }
 
 // maybeMatches is matches for a clientid or username value that is a
 // hashed tracking form, without hashing: the claim is the value, or may
-// have it as its form (maybeTracked). Cheap enough for g.mu.
+// have it as its form (keys.Hashed). Cheap enough for g.mu.
 func maybeMatches(lc *liveConn, scope keys.Scope, value string) bool {
 	if scope == keys.ClientID {
-		return lc.clientID == value || maybeTracked(lc.clientID)
+		return lc.clientID == value || keys.Hashed(lc.clientID)
 	}
-	return lc.hasUsername && (lc.username() == value || maybeTracked(lc.username()))
+	return lc.hasUsername && (lc.username() == value || keys.Hashed(lc.username()))
 }
 
 // scanConns calls each with the live connections pred picks (not flagged,
@@ -274,16 +272,9 @@ func matches(lc *liveConn, scope keys.Scope, value string, prefix netip.Prefix) 
 
 // trackedAs reports whether claim's tracking form is the hashed form
 // value, which a key names when it is an automatic ban of the claim
-// (keys.FailKey). Only a claim that has a hashed form is hashed: one over
-// keys.TrackingMax bytes or starting with "sha256:".
+// (keys.FailKey). Only a claim that has a hashed form is hashed.
 func trackedAs(claim, value string) bool {
-	return maybeTracked(claim) && keys.IsTrackingHash(value) && keys.Tracking(claim) == value
-}
-
-// maybeTracked reports whether claim has a hashed tracking form: over
-// keys.TrackingMax bytes, or starting with "sha256:".
-func maybeTracked(claim string) bool {
-	return len(claim) > keys.TrackingMax || strings.HasPrefix(claim, "sha256:")
+	return keys.Hashed(claim) && keys.IsTrackingHash(value) && keys.Tracking(claim) == value
 }
 
 func queryOf(lc *liveConn) store.Query {
