@@ -63,7 +63,7 @@ func (g *Guard) authenticate(c *Client, reauth bool) Decision {
 	// an allow on where the client comes from (ip, cidr) lifts every ban, one
 	// on what it claims (clientid, username) only bans on claims.
 	if ans.Block != nil {
-		return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block}, false)
+		return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: ans.Block.Key, Match: ans.Block}, reauth)
 	}
 	// exempt: the connection comes from an allowlisted address; its
 	// failures are neither limited nor counted.

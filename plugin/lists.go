@@ -46,6 +46,10 @@ func (g *Guard) lookupAt(c *Client, ip netip.Addr, reauth bool, now time.Time) (
 		ClientID: c.ClientID, IP: ip, Username: c.Username, HasUsername: c.HasUsername, Cert: c.CertID,
 		WantUser:  g.cfg.Backend == config.BackendRedis,
 		WantConns: g.tracker != nil && g.cfg.Conflicts.Mode == config.ConflictDeny && !reauth,
+		// The re-check after a reload refuses by operators' bans only:
+		// automatic bans do not kick (atk51: a stranger's wrong passwords
+		// from a NAT address dropped every device behind it at SIGHUP).
+		OperatorsOnly: reauth,
 	}
 	if g.sync != nil && g.sync.Ready() {
 		inStep := !g.sync.Unsubscribed() || !g.health.up()

@@ -192,6 +192,11 @@ type Query struct {
 	Cert      string
 	WantUser  bool // also fetch the user's password hash (the redis backend)
 	WantConns bool // also fetch the live connections of the client ID (clientid_conflict deny)
+	// OperatorsOnly: block entries of automatic bans (keys.IsAutoBan) are
+	// left out: the broker's re-check of the clients it holds after a
+	// reload, which automatic bans do not kick (they proved their
+	// password: think NAT).
+	OperatorsOnly bool
 }
 
 // Match is a list entry that matched.
@@ -339,7 +344,9 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 		if v, ok, err := value(block[i]); err != nil {
 			return Answer{}, err
 		} else if ok {
-			blocks = append(blocks, &Match{Kind: keys.Block, Scope: c.scope, Value: c.value, Key: block[i].Args()[1].(string), Reason: v, TTL: remaining(ttl[i])})
+			if !q.OperatorsOnly || !keys.IsAutoBan(v) {
+				blocks = append(blocks, &Match{Kind: keys.Block, Scope: c.scope, Value: c.value, Key: block[i].Args()[1].(string), Reason: v, TTL: remaining(ttl[i])})
+			}
 		}
 	}
 	a.Allow, a.Block = Resolve(allows, blocks)

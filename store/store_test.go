@@ -214,3 +214,19 @@ func TestLookupTrackingFormBlocksOnly(t *testing.T) {
 		assert.Nil(t, a.Block, scope+": lifts the claim's ban")
 	}
 }
+
+// Lookup with OperatorsOnly (the re-check after a reload) leaves automatic
+// bans out and keeps operators' (atk51), as the replica does.
+func TestLookupOperatorsOnly(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	r.CLI("SET", "guard:block:ip:192.0.2.7", "auto: failed authentication")
+	q := Query{ClientID: "dev", IP: netip.MustParseAddr("192.0.2.7"), OperatorsOnly: true}
+	assert.Nil(t, lookup(t, s, q).Block)
+	q.OperatorsOnly = false
+	assert.NotNil(t, lookup(t, s, q).Block)
+	r.CLI("SET", "guard:block:clientid:dev", "operator")
+	q.OperatorsOnly = true
+	b := lookup(t, s, q).Block
+	require.NotNil(t, b)
+	assert.Equal(t, "guard:block:clientid:dev", b.Key)
+}

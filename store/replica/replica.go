@@ -522,6 +522,13 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 		}
 		if r.lists[listIndex(keys.Block)] > 0 {
 			r.matches(keys.Block, q, ip, &buf, now, &blocks)
+			if q.OperatorsOnly {
+				for i, m := range blocks {
+					if m != nil && keys.IsAutoBan(m.Reason) {
+						blocks[i] = nil
+					}
+				}
+			}
 		}
 		a.Allow, a.Block = store.Resolve(allows[:], blocks[:])
 	}
