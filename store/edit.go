@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -55,6 +57,46 @@ func (s *Store) DeleteEntry(ctx context.Context, kind keys.Kind, scope keys.Scop
 		return "", false, &RedisError{Op: "delete entry", Err: err}
 	}
 	return key, n > 0, s.PublishChange(ctx, key)
+}
+
+// delAutoScript deletes KEYS[1] when its value starts with ARGV[1]
+// (keys.AutoBanMarker): in one step, so that an operator's entry written
+// meanwhile is left. A key of another type than a string is left too.
+var delAutoScript = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1])
+if type(t) == 'table' then t = t['ok'] end
+if t ~= 'string' then return 0 end
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
+	return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// DeleteAutoEntry deletes the entry of value in the list kind and scope only
+// if it is the plugin's own (its value starts with keys.AutoBanMarker), and
+// publishes the change when it did. It returns the key, whether it was
+// deleted and, when it was not, whether an entry of another origin (an
+// operator's) is there. guardctl unban uses it for the hashed form of a
+// long value (keys.Tracking), which may also be a client ID or username of
+// its own that an operator banned. A Redis error is a *RedisError.
+func (s *Store) DeleteAutoEntry(ctx context.Context, kind keys.Kind, scope keys.Scope, value string) (key string, deleted, other bool, err error) {
+	if err := checkList(kind, scope); err != nil {
+		return "", false, false, fmt.Errorf("store: delete automatic entry: %w", err)
+	}
+	key = s.kb.List(kind, scope, value)
+	n, err := delAutoScript.Run(ctx, s.rdb, []string{key}, keys.AutoBanMarker).Int()
+	if err != nil {
+		return "", false, false, &RedisError{Op: "delete automatic entry", Err: err}
+	}
+	if n > 0 {
+		return key, true, false, s.PublishChange(ctx, key)
+	}
+	left, err := s.rdb.Exists(ctx, key).Result()
+	if err != nil {
+		return "", false, false, &RedisError{Op: "delete automatic entry", Err: err}
+	}
+	return key, false, left > 0, nil
 }
 
 // PublishChange tells every replica that key changed: the one way the

@@ -161,6 +161,37 @@ func TestDeleteEntry(t *testing.T) {
 	assert.Equal(t, []string{allow}, sortedKeys(t, rdb))
 }
 
+func TestDeleteAutoEntry(t *testing.T) {
+	s, r := newStore(t, "u:")
+	ps := changes(t, r.Addr, "u:")
+	ctx := context.Background()
+	rdb := s.Client()
+	auto, op, odd := "u:block:clientid:a", "u:block:clientid:b", "u:block:clientid:c"
+	require.NoError(t, rdb.Set(ctx, auto, keys.AutoBanMarker+" over 5 failed authentications", time.Hour).Err())
+	require.NoError(t, rdb.Set(ctx, op, "operator: auto: not", 0).Err())
+	require.NoError(t, rdb.SAdd(ctx, odd, keys.AutoBanMarker).Err())
+
+	key, deleted, other, err := s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, "a")
+	require.NoError(t, err)
+	assert.Equal(t, auto, key)
+	assert.True(t, deleted)
+	assert.False(t, other)
+	assert.Equal(t, auto, nextChange(t, ps))
+
+	for _, v := range []string{"b", "c"} {
+		key, deleted, other, err = s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, v)
+		require.NoError(t, err)
+		assert.Equal(t, "u:block:clientid:"+v, key)
+		assert.False(t, deleted, v)
+		assert.True(t, other, v)
+	}
+	_, deleted, other, err = s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, "a")
+	require.NoError(t, err)
+	assert.False(t, deleted || other, "gone: neither")
+	noChange(t, ps)
+	assert.Equal(t, []string{op, odd}, sortedKeys(t, rdb))
+}
+
 func TestEntriesRedisDown(t *testing.T) {
 	s := New(Options{Addrs: []string{fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}, Timeout: time.Second}, keys.Builder{Prefix: "d:"})
 	t.Cleanup(func() { s.Close() })

@@ -394,12 +394,19 @@ func (a *editFlags) run(ctx context.Context, e edit, getenv func(string) string,
 		// An automatic ban of a client ID or username over 256 bytes, or
 		// starting with "sha256:", names it by its tracking form
 		// (keys.FailKey): unban lifts that one too (atk48: it said "did not
-		// exist" and the client stayed banned).
+		// exist" and the client stayed banned), but only if it is an
+		// automatic ban: that form is also a client ID or username of its
+		// own, which an operator may have banned (left, and said so).
 		var tkey string
-		var texisted bool
+		var texisted, tother bool
 		if t := keys.Tracking(a.value); e.kind == keys.Block && (a.scope == keys.ClientID || a.scope == keys.Username) && t != a.value {
-			if tkey, texisted, err = st.DeleteEntry(ctx, e.kind, a.scope, t); err != nil {
+			if tkey, texisted, tother, err = st.DeleteAutoEntry(ctx, e.kind, a.scope, t); err != nil {
 				return redisError(addrs, err)
+			}
+		}
+		if tother {
+			if _, err := fmt.Fprintf(stdout, "left %s: not an automatic ban (an operator's ban of that value itself)\n", showKey(tkey)); err != nil {
+				return err
 			}
 		}
 		switch {
@@ -414,6 +421,8 @@ func (a *editFlags) run(ctx context.Context, e edit, getenv func(string) string,
 					}
 				}
 			}
+		case tother:
+			_, err = fmt.Fprintf(stdout, "%s did not exist; nothing to %s\n", showKey(key), e.name)
 		case tkey != "":
 			_, err = fmt.Fprintf(stdout, "%s did not exist, nor %s (its automatic bans' form); nothing to %s\n", showKey(key), showKey(tkey), e.name)
 		default:

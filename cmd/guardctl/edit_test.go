@@ -463,3 +463,33 @@ func TestUnbanLiftsTheTrackingForm(t *testing.T) {
 	require.Equal(t, exitOK, code)
 	assert.Equal(t, []string{"u:allow:clientid:" + keys.Tracking(long)}, allKeys(t, c))
 }
+
+// The hashed form of a long value is also a client ID (or username) of its
+// own: an operator's ban of that literal value is not the long value's
+// automatic ban, and unbanning the long value leaves it, saying so.
+func TestUnbanLeavesAnOperatorsBanOfTheForm(t *testing.T) {
+	t.Setenv(passwordEnv, "")
+	r := testenv.StartRedis(t)
+	c := client(t, r.Addr)
+	ctx := context.Background()
+	long := strings.Repeat("L", 299) + "x"
+	for _, scope := range []string{"clientid", "username"} {
+		tkey := "u:block:" + scope + ":" + keys.Tracking(long)
+		code, _, errOut := ctl(t, r.Addr, "u:", "ban", scope, keys.Tracking(long), "--reason", "that device")
+		require.Equal(t, exitOK, code, errOut)
+
+		code, out, errOut := ctl(t, r.Addr, "u:", "unban", scope, long)
+		require.Equal(t, exitOK, code, errOut)
+		assert.Equal(t, "left "+tkey+": not an automatic ban (an operator's ban of that value itself)\n"+
+			showKey("u:block:"+scope+":"+long)+" did not exist; nothing to unban\n", out)
+		v, err := c.Get(ctx, tkey).Result()
+		require.NoError(t, err, "the operator's ban is left")
+		assert.Equal(t, "that device", v)
+
+		// Its own unban lifts it.
+		code, out, errOut = ctl(t, r.Addr, "u:", "unban", scope, keys.Tracking(long))
+		require.Equal(t, exitOK, code, errOut)
+		assert.Equal(t, "unbanned "+tkey+"\n", out)
+		assert.Empty(t, allKeys(t, c))
+	}
+}
