@@ -36,3 +36,22 @@ func TestAtk53HashedFailureKeyNamesAre71Bytes(t *testing.T) {
 		assert.LessOrEqual(t, len(k), 71, "README: 65 535-byte claims write 71-byte key names (%s)", what)
 	}
 }
+
+// DEFECT. README line 222: "guard:known:<username> | sorted set of the
+// sources (`ip:<ip>`, `clientid:<id>`) that authenticated as the
+// username", and line 226: "rate:guard:fail:anysource:username:<username>";
+// neither row (unlike guard:throttle:username:, line 221: "a username over
+// 256 bytes by its tracking form"), nor "What a client can make Redis keep"
+// (line 235-236), says these keys and the `clientid:` members
+// (plugin/known.go:173, sourceTracked) take the tracking form: a username
+// over 256 bytes, or one starting with "sha256:", is not in its key's name
+// (keys.go:170-185); `redis-cli ZRANGE guard:known:<username>` finds
+// nothing for such a user.
+func TestAtk53KnownAndAnySourceKeysNameTheUsername(t *testing.T) {
+	b := Builder{Prefix: "guard:"}
+	for _, u := range []string{strings.Repeat("u", 300), "sha256:plant-7"} {
+		assert.Equal(t, "guard:known:"+u, b.Known(u), "README: guard:known:<username>")
+		assert.Equal(t, "guard:fail:anysource:username:"+u, b.ThrottleCount(u),
+			"README: rate:guard:fail:anysource:username:<username>")
+	}
+}
