@@ -132,3 +132,33 @@ func TestAtk53InternalErrorLineShape(t *testing.T) {
 	assert.True(t, strings.HasPrefix(line, "mosquitto-guard: internal error in "),
 		"README: a background task's panic is logged as `mosquitto-guard: internal error in <where>: <the panic's value>`")
 }
+
+// DEFECT. README, Reloads (line 1286-1291): "mosquitto-guard recognises
+// these re-checks: a refusal then is logged but never counted toward bans,
+// and a pass admits nothing. ... The re-check refuses by operators' bans
+// only: automatic bans do not kick (below) ... its refusals are logged with
+// `reauth=true`." Under redis_unavailable deny with Redis down, the
+// re-check of a connected client is refused with rule=redis-unavailable
+// (so Mosquitto drops every connected client at a SIGHUP while Redis is
+// down), and that refusal is logged without reauth=true
+// (plugin/connect.go:59-60 passes false, not reauth).
+func TestAtk53ReCheckRefusalWhileRedisDownIsLoggedAsReauth(t *testing.T) {
+	g, st, _, ls := newGuard(t, map[string]string{"redis_unavailable": "deny"})
+	require.Equal(t, Allow, g.Authenticate(cl(1, "192.0.2.1", "dev-1", "alice", "alice-pw")).Result)
+	st.mu.Lock()
+	st.down = true
+	st.mu.Unlock()
+	require.Eventually(t, func() bool { return !g.health.up() }, 3*time.Second, 5*time.Millisecond)
+	d := g.Reauthenticate(cl(1, "192.0.2.1", "dev-1", "alice", "alice-pw"))
+	var line string
+	for _, l := range strings.Split(ls.all(), "\n") {
+		if strings.Contains(l, "event=refused") {
+			line = l
+		}
+	}
+	t.Logf("re-check: %v %q; line: %s", d.Result, d.Rule, line)
+	assert.NotEqual(t, Deny, d.Result, "README: the re-check refuses by operators' bans only")
+	if d.Result == Deny {
+		assert.Contains(t, line, "reauth=true", "README: the re-check's refusals are logged with reauth=true")
+	}
+}
