@@ -162,3 +162,27 @@ func TestAtk53ReCheckRefusalWhileRedisDownIsLoggedAsReauth(t *testing.T) {
 		assert.Contains(t, line, "reauth=true", "README: the re-check's refusals are logged with reauth=true")
 	}
 }
+
+// DEFECT. README, Redis down, "Redis stalls and timeouts" (line
+// 1265-1268): "Background work (failure counting, client-ID tracking, the
+// replica, known sources, the health probe) runs on a second Redis client
+// with its own connection pool, each call bounded by its own deadline". The
+// health probe asks the broker thread's client (plugin/guard.go:227,
+// probe: g.store.Ping; health.go:40 "asks Redis (the broker thread's
+// client)"), with redis_timeout as its deadline (health.go:65-69). Here the
+// broker thread's store does not answer and the background store does:
+// the probe calls Redis down.
+func TestAtk53HealthProbeRunsOnTheBackgroundClient(t *testing.T) {
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t)})
+	require.NoError(t, err)
+	fg, bg := newFakeStore(), newFakeStore()
+	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: fg, Background: bg, Counter: &fakeCounter{}})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	require.True(t, g.health.up())
+	fg.mu.Lock()
+	fg.down = true
+	fg.mu.Unlock()
+	time.Sleep(600 * time.Millisecond) // three probes
+	assert.True(t, g.health.up(), "README: the health probe runs on the second (background) Redis client, which answers")
+}
