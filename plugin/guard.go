@@ -139,10 +139,10 @@ const initialLoadWait = 10 * time.Second
 // proves wrong at once (checkTLS); an unreachable Redis is not: it is
 // logged and retried in the background.
 //
-// Only the broker thread's lookups use the client bounded by redis_timeout;
-// failure counting, conflict tracking, the replica and the health probe use
-// the background client, so a Redis stall longer than redis_timeout fails
-// none of them. go-redis's own log lines go to the broker's log.
+// Only the broker thread's lookups and the health probe (which judges the
+// waits of those lookups) use the client bounded by redis_timeout; failure
+// counting, conflict tracking and the replica use the background client, so
+// a Redis stall longer than redis_timeout fails none of them. go-redis's own log lines go to the broker's log.
 func New(cfg config.Options, out Output) (*Guard, error) {
 	o := cfg.StoreOptions()
 	o.Log = func(msg string) {
@@ -306,8 +306,15 @@ func (g *Guard) Close() {
 	if !waitGroup(ctx, &g.wg) {
 		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: stopping without waiting more than %s for background work on redis", closeBound))
 	}
-	if g.tracker != nil && g.health.up() {
-		g.tracker.Close(ctx) // Redis down: the lease running out clears this broker's connections
+	// The reap is tried whatever the health probe last saw: a Redis that
+	// was down may answer now (atk52: Redis back 1 s into the cleanup, the
+	// probe's flag still down, the reap skipped, and another broker under
+	// deny refused this one's devices for up to broker_lease after it
+	// stopped). A Redis still down fails it at once, or at ctx's end when
+	// hung: bounded by closeBound like the rest; then the lease running out
+	// clears this broker's connections.
+	if g.tracker != nil && ctx.Err() == nil {
+		g.tracker.Close(ctx)
 	}
 	// go-redis's Close of a Sentinel client waits for a dial to the
 	// sentinels in progress (about 1 s seen with them down): bounded too.

@@ -89,6 +89,24 @@ func (r *rangeSet) match(ip netip.Addr, nowMs int64) (slot, netip.Prefix, bool) 
 	return slot{}, netip.Prefix{}, false
 }
 
+// matchOperators is match leaving out automatic bans (keys.IsAutoBan): the
+// narrowest live range that is an operator's, for a lookup with
+// store.Query.OperatorsOnly (atk52: an automatic /64 hid an operator's
+// wider range from the re-check after a reload, where store.Lookup, which
+// reads every range, found it).
+func (r *rangeSet) matchOperators(ip netip.Addr, nowMs int64) (slot, netip.Prefix, bool) {
+	for _, l := range r.lens {
+		p, err := ip.Prefix(l)
+		if err != nil {
+			continue
+		}
+		if e, ok := r.byLen[l][p]; ok && e.live(nowMs) && !keys.IsAutoBan(e.value) {
+			return e, p, true
+		}
+	}
+	return slot{}, netip.Prefix{}, false
+}
+
 // Replica is the local copy. It is safe for concurrent use: the broker
 // thread reads, the sync goroutine writes.
 type Replica struct {
@@ -522,13 +540,6 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 		}
 		if r.lists[listIndex(keys.Block)] > 0 {
 			r.matches(keys.Block, q, ip, &buf, now, &blocks)
-			if q.OperatorsOnly {
-				for i, m := range blocks {
-					if m != nil && keys.IsAutoBan(m.Reason) {
-						blocks[i] = nil
-					}
-				}
-			}
 		}
 		a.Allow, a.Block = store.Resolve(allows[:], blocks[:])
 	}
@@ -558,9 +569,16 @@ func (r *Replica) Lookup(q store.Query, t time.Time) store.Answer {
 // and value strings once.
 func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, buf *[256]byte, now int64, out *[5]*store.Match) {
 	held := &r.exactN[listIndex(kind)]
+	// operators: automatic bans are left out in the search itself, as
+	// store.Lookup leaves them out of its candidates, so that a wider
+	// range or a claim's other form behind one is still found.
+	operators := kind == keys.Block && q.OperatorsOnly
+	found := func(e slot, ok bool) bool {
+		return ok && e.live(now) && (!operators || !keys.IsAutoBan(e.value))
+	}
 	try := func(scope keys.Scope, value string) *store.Match {
 		b := r.kb.AppendList(buf[:0], kind, scope, value)
-		if e, ok := r.exact[string(b)]; ok && e.live(now) {
+		if e, ok := r.exact[string(b)]; found(e, ok) {
 			return match(kind, scope, value, string(b), e, now)
 		}
 		return nil
@@ -593,11 +611,16 @@ func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, buf *[256]by
 	}
 	if held[exactIP] > 0 {
 		b := append(r.kb.AppendList(buf[:0], kind, keys.IP, ""), ip...)
-		if e, ok := r.exact[string(b)]; ok && e.live(now) {
+		if e, ok := r.exact[string(b)]; found(e, ok) {
 			out[3] = match(kind, keys.IP, q.IP.String(), string(b), e, now)
 		}
 	}
-	if e, p, ok := r.ranges[listIndex(kind)][family(q.IP)].match(q.IP, now); ok {
+	rs := &r.ranges[listIndex(kind)][family(q.IP)]
+	e, p, ok := rs.match(q.IP, now)
+	if ok && operators && keys.IsAutoBan(e.value) {
+		e, p, ok = rs.matchOperators(q.IP, now)
+	}
+	if ok {
 		v := p.String()
 		out[4] = match(kind, keys.CIDR, v, r.kb.List(kind, keys.CIDR, v), e, now)
 	}
