@@ -637,7 +637,7 @@ func (t *Tracker) TrimDue() bool { return t.trimDue.Load() }
 func (t *Tracker) sweepSafely(now int64) {
 	defer func() {
 		if r := recover(); r != nil {
-			t.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error sweeping the client ID memos: %v", r))
+			t.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in the client-ID memo sweep: %v", r))
 		}
 	}()
 	t.sweep(now)
@@ -646,7 +646,7 @@ func (t *Tracker) sweepSafely(now int64) {
 func (t *Tracker) handleSafely(batch []event) {
 	defer func() {
 		if r := recover(); r != nil {
-			t.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error tracking client IDs: %v", r))
+			t.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in client-ID tracking: %v", r))
 		}
 	}()
 	// The relisted connections are written apart from the events around

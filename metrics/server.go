@@ -118,7 +118,7 @@ func (s *Server) Serve(reg *Registry, log func(msg string)) {
 		defer close(s.done)
 		defer func() {
 			if r := recover(); r != nil { // a panic here would kill the broker
-				log(fmt.Sprintf("metrics endpoint stopped: internal error: %v", r))
+				log(fmt.Sprintf("internal error in the metrics endpoint, which stopped: %v", r))
 			}
 		}()
 		var backoff time.Duration

@@ -56,7 +56,11 @@ func (g *Guard) authenticate(c *Client, reauth bool) Decision {
 		now = g.now()
 	}
 	redisOK := g.health.up()
-	if !redisOK && g.cfg.DenyWhenRedisDown {
+	// Not the re-check after a reload: a Redis outage says nothing of a
+	// client the broker holds, and connected clients are not dropped when
+	// Redis goes down (atk53: a SIGHUP while Redis was down under deny
+	// dropped every connected client).
+	if !redisOK && g.cfg.DenyWhenRedisDown && !reauth {
 		return g.refusals.refuse(c, ip, Decision{Result: Deny, Rule: RuleRedisUnavailable}, false)
 	}
 	// ans.Block is the block entry left after the allow entry's exemptions:

@@ -189,7 +189,7 @@ func (q *failureQueue) run() {
 func (q *failureQueue) countSafely(f failure) {
 	defer func() {
 		if r := recover(); r != nil {
-			q.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error counting a failure: %v", r))
+			q.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in failure counting: %v", r))
 		}
 	}()
 	q.count(f)

@@ -854,7 +854,7 @@ const (
 func (g *Guard) rewriteKnownSafely() (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error writing the known sources again: %v", p))
+			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in the known sources rewrite: %v", p))
 			err = fmt.Errorf("panic: %v", p)
 		}
 	}()

@@ -77,7 +77,7 @@ const relistGap = time.Second
 func (g *Guard) relistSafely(failing bool) (complete bool) {
 	defer func() {
 		if p := recover(); p != nil {
-			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error recording the live connections again: %v", p))
+			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in the relist of live connections: %v", p))
 			complete = false
 		}
 	}()

@@ -174,7 +174,7 @@ func (g *Guard) reloadLoop() {
 func (g *Guard) readUsers() (ok bool) {
 	defer func() {
 		if p := recover(); p != nil {
-			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error reading password_file: %v", p))
+			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in the password_file read: %v", p))
 			ok = false
 		}
 	}()
@@ -225,7 +225,7 @@ func (g *Guard) kickChangedUsers(a appliedUsers) {
 func (g *Guard) kickChangedUsersSafely(a appliedUsers) {
 	defer func() {
 		if p := recover(); p != nil {
-			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error disconnecting the clients of users the password file changed: %v", p))
+			g.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in the kicks of users the password file changed: %v", p))
 		}
 	}()
 	g.kickChangedUsers(a)

@@ -136,7 +136,7 @@ func TestKickChangedUsersPanicLeavesNoLockHeld(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a CONNECT after the panic is still waiting for g.mu")
 	}
-	assert.Contains(t, ls.all(), "internal error disconnecting the clients")
+	assert.Contains(t, ls.all(), "internal error in the kicks of users the password file changed: ")
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	assert.Nil(t, g.reloads.kicking, "the kick window closed")

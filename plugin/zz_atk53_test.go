@@ -19,16 +19,15 @@ import (
 // atk53: a README audit (the README as the product's contract, commit
 // 648f3ea). Each test quotes the claim it checks.
 
-// DEFECT. README, Options, redis_unavailable: "deny: refuse every client
-// meanwhile (within 1 s of Redis not answering, hung or down; see Redis
-// down)"; Redis down: "a Redis that stops answering, refusing or hung
-// (SIGSTOP, a stuck failover), is noticed within 700 ms" and "with `deny`,
-// every client is refused (`rule=redis-unavailable`) from within 1 s of
-// Redis not answering". The health probe's deadline is
-// max(redis_timeout, 500 ms) (plugin/health.go:65-69), and redis_timeout
-// may be up to 10 s: with redis_timeout 3s a hung Redis is seen after
-// about 3.2 s, and a CONNECT 1.5 s into the hang is let in.
-func TestAtk53DenyWithin1sOfAHungRedisUnderALongerRedisTimeout(t *testing.T) {
+// Was a DEFECT of the README (fixed there): it said "deny: refuse every
+// client meanwhile (within 1 s of Redis not answering, hung or down)" and
+// "a Redis that stops answering ... is noticed within 700 ms", but the
+// health probe's deadline is max(redis_timeout, 500 ms)
+// (plugin/health.go), and redis_timeout may be up to 10 s: with
+// redis_timeout 3s a hung Redis is seen after about 3.2 s, and a CONNECT
+// 1.5 s into the hang is let in. The README now gives that bound:
+// redis_timeout + 200 ms when redis_timeout is above 500 ms.
+func TestAtk53DenyWithinTheProbesBoundUnderALongerRedisTimeout(t *testing.T) {
 	g, r, _, lines := revGuard(t, 1, map[string]string{
 		"redis_unavailable": "deny", "redis_timeout": "3s", "clientid_conflict": "off"})
 	t.Cleanup(func() { _ = r.Signal(syscall.SIGCONT) }) // before the guard's Close
@@ -36,9 +35,6 @@ func TestAtk53DenyWithin1sOfAHungRedisUnderALongerRedisTimeout(t *testing.T) {
 
 	require.NoError(t, r.Signal(syscall.SIGSTOP))
 	hung := time.Now()
-	time.Sleep(1500 * time.Millisecond)
-	d := g.Authenticate(cl(2, "192.0.2.2", "dev-2", "u0", "pw"))
-	t.Logf("1.5 s into the hang: up=%v, CONNECT %v rule=%q", g.health.up(), d.Result, d.Rule)
 	seen := time.Duration(0)
 	for time.Since(hung) < 6*time.Second {
 		if !g.health.up() {
@@ -48,9 +44,12 @@ func TestAtk53DenyWithin1sOfAHungRedisUnderALongerRedisTimeout(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Logf("hung Redis seen after %v; lines: %d unreachable", seen, countLines(lines(), "unreachable"))
-	assert.False(t, d.Result == Allow,
-		"README: deny refuses every client within 1 s of Redis not answering (hung); 1.5 s in, a CONNECT was let in (redis_timeout 3s)")
-	assert.LessOrEqual(t, seen, time.Second, "README: a hung Redis is noticed within 700 ms")
+	require.NotZero(t, seen, "never seen down")
+	assert.LessOrEqual(t, seen, 3*time.Second+200*time.Millisecond+300*time.Millisecond,
+		"README: with redis_timeout 3s a hung Redis is noticed within 3.2 s (300 ms slack for the test)")
+	assert.Greater(t, seen, time.Second, "the probe waits redis_timeout, as the README says: not flapping on a slow Redis")
+	d := g.Authenticate(cl(2, "192.0.2.2", "dev-2", "u0", "pw"))
+	assert.Equal(t, RuleRedisUnavailable, d.Rule, "refused once seen")
 }
 
 // HOLDS (control). The same with the default redis_timeout (100ms): the
@@ -68,9 +67,9 @@ func TestAtk53DenyWithin1sOfAHungRedisDefaultTimeout(t *testing.T) {
 	assert.Equal(t, RuleRedisUnavailable, d.Rule)
 }
 
-// DEFECT. README, Metrics: "`mosquitto_guard_kicks_total` | | connections
-// disconnected because a ban matched them while connected, or at first
-// sight on an identity listener". The kicks of a password file read late
+// Was a DEFECT of the README (fixed there): Metrics said
+// "`mosquitto_guard_kicks_total` | | connections disconnected because a ban
+// matched them while connected, or at first sight on an identity listener". The kicks of a password file read late
 // after a SIGHUP (rule=user-changed, no ban) go through the same
 // Guard.kick (plugin/userreload.go:219), which counts them
 // (plugin/kicks.go:180, g.metrics.kicked): a dashboard reading the counter
@@ -93,8 +92,8 @@ func TestAtk53KicksTotalCountsUserChangedKicks(t *testing.T) {
 	g.scanDone()
 	require.Equal(t, []string{"dev-alice"}, kr.all())
 	require.Contains(t, ls.all(), "rule=user-changed")
-	assert.Zero(t, sample(t, g.metrics.reg, "mosquitto_guard_kicks_total"),
-		"README: kicks_total counts connections a ban matched (or first sights); this kick had no ban")
+	assert.Equal(t, 1.0, sample(t, g.metrics.reg, "mosquitto_guard_kicks_total"),
+		"README: kicks_total counts every event=kicked, rule=user-changed included")
 }
 
 // panicCounter panics when it counts a failure.
@@ -163,26 +162,29 @@ func TestAtk53ReCheckRefusalWhileRedisDownIsLoggedAsReauth(t *testing.T) {
 	}
 }
 
-// DEFECT. README, Redis down, "Redis stalls and timeouts" (line
-// 1265-1268): "Background work (failure counting, client-ID tracking, the
-// replica, known sources, the health probe) runs on a second Redis client
-// with its own connection pool, each call bounded by its own deadline". The
-// health probe asks the broker thread's client (plugin/guard.go:227,
-// probe: g.store.Ping; health.go:40 "asks Redis (the broker thread's
-// client)"), with redis_timeout as its deadline (health.go:65-69). Here the
-// broker thread's store does not answer and the background store does:
-// the probe calls Redis down.
-func TestAtk53HealthProbeRunsOnTheBackgroundClient(t *testing.T) {
-	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t)})
-	require.NoError(t, err)
-	fg, bg := newFakeStore(), newFakeStore()
-	g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: fg, Background: bg, Counter: &fakeCounter{}})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
-	require.True(t, g.health.up())
-	fg.mu.Lock()
-	fg.down = true
-	fg.mu.Unlock()
-	time.Sleep(600 * time.Millisecond) // three probes
-	assert.True(t, g.health.up(), "README: the health probe runs on the second (background) Redis client, which answers")
+// Was a DEFECT of the README (fixed there): "Background work (failure
+// counting, client-ID tracking, the replica, known sources, the health
+// probe) runs on a second Redis client". The health probe asks the broker
+// thread's client (plugin/guard.go, probe: g.store.Ping), whose waits it
+// stands for; the README now says so. Here: the broker thread's store down
+// is Redis down; the background store down alone is not.
+func TestAtk53HealthProbeRunsOnTheBrokerThreadsClient(t *testing.T) {
+	for _, which := range []string{"broker thread's", "background"} {
+		cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t)})
+		require.NoError(t, err)
+		fg, bg := newFakeStore(), newFakeStore()
+		g, err := NewWith(cfg, Output{Log: func(Level, string) {}}, Deps{Store: fg, Background: bg, Counter: &fakeCounter{}})
+		require.NoError(t, err)
+		require.True(t, g.health.up())
+		down := fg
+		if which == "background" {
+			down = bg
+		}
+		down.mu.Lock()
+		down.down = true
+		down.mu.Unlock()
+		time.Sleep(600 * time.Millisecond) // three probes
+		assert.Equal(t, which == "background", g.health.up(), "the %s store down", which)
+		g.Close()
+	}
 }

@@ -79,8 +79,12 @@ func (e edit) usage() string {
 			"existing ban of the same key, automatic or not, is replaced: its reason and\n" +
 			"its end are those given now (without --for: for ever).\n")
 	} else {
-		b.WriteString("Clients matching it are exempt from every ban and from automatic banning\n" +
-			"(their password is still checked). An existing entry is replaced.\n")
+		b.WriteString("What it lifts depends on its scope (the README's \"The allowlist: proof\n" +
+			"and claims\"): an ip, cidr or cert entry (proof) lifts every ban and keeps\n" +
+			"the client's failures from being counted or limited; a clientid or\n" +
+			"username entry (a claim: anyone can make it) lifts only clientid and\n" +
+			"username bans, and the client's failures count like anyone's. The\n" +
+			"password is still checked. An existing entry is replaced.\n")
 	}
 	b.WriteString("\n" + scopes)
 	fmt.Fprintf(&b, `Flags:

@@ -411,9 +411,9 @@ func TestRunUsageListsCommands(t *testing.T) {
 	var out bytes.Buffer
 	require.Equal(t, exitOK, run([]string{"-h"}, &out, &out))
 	assert.Contains(t, out.String(), `Commands:
-  allow    exempt a client ID, username, IP or range from every ban
+  allow    allowlist an IP, range or certificate (every ban lifted), or a client ID or username (its bans only)
   audit    list client-ID conflict findings (CONFLICTING_CLIENT_IDS_CHECK)
-  ban      ban a client ID, username, IP or range, for a time or for ever
+  ban      ban a client ID, username, certificate, IP or range, for a time or for ever
   explain  say why a client would be refused or accepted, from what Redis holds
   list     list the bans, or with --allow the allowlist
   unallow  remove an allowlist entry

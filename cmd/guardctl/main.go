@@ -31,9 +31,9 @@ type command struct {
 var commands = map[string]command{
 	"audit":   {"list client-ID conflict findings (CONFLICTING_CLIENT_IDS_CHECK)", runAudit},
 	"explain": {"say why a client would be refused or accepted, from what Redis holds", runExplain},
-	"ban":     {"ban a client ID, username, IP or range, for a time or for ever", editCommand(banEdit)},
+	"ban":     {"ban a client ID, username, certificate, IP or range, for a time or for ever", editCommand(banEdit)},
 	"unban":   {"lift a ban", editCommand(unbanEdit)},
-	"allow":   {"exempt a client ID, username, IP or range from every ban", editCommand(allowEdit)},
+	"allow":   {"allowlist an IP, range or certificate (every ban lifted), or a client ID or username (its bans only)", editCommand(allowEdit)},
 	"unallow": {"remove an allowlist entry", editCommand(unallowEdit)},
 	"list":    {"list the bans, or with --allow the allowlist", runList},
 }

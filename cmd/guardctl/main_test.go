@@ -20,7 +20,7 @@ func TestRunDispatch(t *testing.T) {
 	var out, errb bytes.Buffer
 	assert.Equal(t, exitUsage, run(nil, &out, &errb), "no command")
 	assert.Empty(t, out.String())
-	assert.Contains(t, errb.String(), "Commands:\n  allow    exempt a client ID")
+	assert.Contains(t, errb.String(), "Commands:\n  allow    allowlist an IP")
 	assert.Contains(t, errb.String(), "\n  audit    list client-ID conflict findings")
 
 	for _, h := range []string{"-h", "--help", "help"} {
