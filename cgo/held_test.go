@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/plugin"
 )
 
 // A DISCONNECT is held in C (no callback into Go of its own) and handled
@@ -19,7 +20,8 @@ func TestHeldDisconnects(t *testing.T) {
 	dir := t.TempDir()
 	ab := newAuthBench(t, redis, dir, passwdHash(t, dir), 2, "off")
 	live := func(c authClient, walk uint64) bool { // ReloadVisit: a live connection not visited by walk n
-		return ab.in.guard.ReloadVisit(uintptr(c.handle), goString(c.id), walk)
+		pc := plugin.Client{Handle: uintptr(c.handle), ClientID: goString(c.id)}
+		return ab.in.guard.ReloadVisit(&pc, walk)
 	}
 	a, b := ab.client(0, "dev-a"), ab.client(1, "dev-b")
 	ab.connect(t, a)

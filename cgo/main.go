@@ -123,9 +123,23 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 	if in.guard.Timed() {
 		timed.Add(-1)
 	}
-	in.guard.Close() // closes its metrics endpoint: the port is free again
+	in.guard.CloseBy(cleanupDeadline()) // closes its metrics endpoint: the port is free again
 	return C.MOSQ_ERR_SUCCESS
 }
+
+// cleanupDeadline is the one deadline of every instance's cleanup: the
+// first cleanup's time plus plugin.CloseBound. The broker cleans up its
+// instances (one per listener with per_listener_settings) one after the
+// other, only at exit (a reload does not): the stop is bounded by
+// CloseBound, not by that many times it (atk54). Broker thread only.
+func cleanupDeadline() time.Time {
+	if cleanupBy.IsZero() {
+		cleanupBy = time.Now().Add(plugin.CloseBound)
+	}
+	return cleanupBy
+}
+
+var cleanupBy time.Time
 
 // der and derLen are the client's certificate as guard_client_cert read it
 // (plugin.c's guard_basic_auth frees it after); fresh is set for a new
@@ -179,7 +193,7 @@ func guardBasicAuth(h, client C.uintptr_t, id, addr, username, password *C.char,
 		c.Password = pb.b
 	}
 	walk := reload.InWalk(
-		func(n uint64) bool { return in.guard.ReloadVisit(c.Handle, c.ClientID, n) },
+		func(n uint64) bool { return in.guard.ReloadVisit(&c, n) },
 		func() int { return int(C.guard_client_subs(client)) },
 		c.Address == "")
 	// The certificate the TLS handshake verified (require_certificate

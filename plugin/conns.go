@@ -222,16 +222,33 @@ func (g *Guard) reauth(handle uintptr) bool {
 	return lc != nil
 }
 
-// ReloadVisit reports whether a BASIC_AUTH, during the reload whose number is
-// reload, is the broker re-checking a client this guard knows: a live
-// connection, or an offline session with the same client ID, not visited yet
-// by this reload's walk (the walk visits each client once). False means it
-// cannot be part of that walk as far as this guard knows.
-func (g *Guard) ReloadVisit(handle uintptr, clientID string, reload uint64) bool {
+// ReloadVisit reports whether c's BASIC_AUTH, during the reload whose number
+// is reload, is the broker re-checking a client this guard knows: a live
+// connection, or an offline session with the same client ID, address and
+// username, not visited yet by this reload's walk (the walk visits each
+// client once). False means it cannot be part of that walk as far as this
+// guard knows.
+//
+// An offline entry may be stale: the broker frees a session without a
+// DISCONNECT (its expiry; an MQTT 5 client with clean start 0 and session
+// expiry 0, which the plugin cannot tell from a kept session), and a new
+// client may get its memory. Such a client, its CONNECT read while a walk
+// is open (per_listener_settings on 2.0.11 to 2.0.14, which send no TICK),
+// was taken for a re-check with a matching client ID alone: let in while
+// Redis was down under deny, past automatic bans, and never admitted, so no
+// later ban kicked it (atk54). The broker keeps an offline session's
+// address and username, so the walk's call carries the ones the entry
+// recorded; a new client's address is where it connects from, which it
+// cannot choose: from elsewhere it is not the session.
+func (g *Guard) ReloadVisit(c *Client, reload uint64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	lc := g.conns.get(handle)
-	if lc == nil || lc.visited == uint32(reload) || (lc.offline && lc.clientID != clientID) {
+	lc := g.conns.get(c.Handle)
+	if lc == nil || lc.visited == uint32(reload) {
+		return false
+	}
+	if lc.offline && (lc.clientID != c.ClientID || lc.ipAddr() != c.ip().Unmap() ||
+		lc.hasUsername != c.HasUsername || lc.username() != c.Username) {
 		return false
 	}
 	lc.visited = uint32(reload)

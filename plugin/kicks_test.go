@@ -108,9 +108,18 @@ func TestOfflineSessionReauth(t *testing.T) {
 	g, _, ct, ls := newGuard(t, nil)
 	require.Equal(t, Allow, g.Authenticate(cl(7, "192.0.2.7", "s", "alice", "alice-pw")).Result)
 	g.DisconnectedKeepSession(7)
-	assert.False(t, g.ReloadVisit(7, "other-id", 1), "another client ID at that pointer is not the session")
-	assert.True(t, g.ReloadVisit(7, "s", 1))
-	assert.False(t, g.ReloadVisit(7, "s", 1), "the walk visits a client once")
+	other := cl(7, "192.0.2.7", "other-id", "alice", "")
+	assert.False(t, g.ReloadVisit(&other, 1), "another client ID at that pointer is not the session")
+	elsewhere := cl(7, "192.0.2.8", "s", "alice", "")
+	assert.False(t, g.ReloadVisit(&elsewhere, 1), "another address at that pointer is not the session (atk54)")
+	otherUser := cl(7, "192.0.2.7", "s", "bob", "")
+	assert.False(t, g.ReloadVisit(&otherUser, 1), "another username at that pointer is not the session")
+	noUser := cl(7, "192.0.2.7", "s", "", "")
+	noUser.HasUsername = false
+	assert.False(t, g.ReloadVisit(&noUser, 1), "no username where the session had one is not the session")
+	same := cl(7, "::ffff:192.0.2.7", "s", "alice", "")
+	assert.True(t, g.ReloadVisit(&same, 1), "the session (its address in the IPv4-mapped form too)")
+	assert.False(t, g.ReloadVisit(&same, 1), "the walk visits a client once")
 	for range 10 {
 		assert.Equal(t, Deny, g.Reauthenticate(cl(7, "192.0.2.7", "s", "alice", "rotated")).Result)
 	}

@@ -262,10 +262,11 @@ func TestAttackRecordsModel(t *testing.T) {
 		case op < 85: // a reload's walk visits every client once
 			reload++
 			for hh, mm := range model {
-				if !g.ReloadVisit(hh, mm.id, reload) {
+				vc := attackClient(hh, mm.id)
+				if !g.ReloadVisit(&vc, reload) {
 					t.Fatalf("step %d: reload %d did not know %q at %d", step, reload, mm.id, hh)
 				}
-				if g.ReloadVisit(hh, mm.id, reload) {
+				if g.ReloadVisit(&vc, reload) {
 					t.Fatalf("step %d: reload %d visited %q at %d twice", step, reload, mm.id, hh)
 				}
 			}
