@@ -298,3 +298,40 @@ func TLSOptionError(cfg Options, te *store.TLSError) error {
 	return &OptionError{Option: "redis_tls", Value: "on",
 		Expected: "off for the Redis at " + where + ", which speaks no TLS there (or a redis_addr naming its TLS port)" + why}
 }
+
+// SettingsOptionError names the option to fix for the fault se that Redis's
+// first answer showed with the settings of cfg, its value (a password's
+// never: ShownValue) and what it should be, with Redis's own words (which
+// never hold the password).
+func SettingsOptionError(cfg Options, se *store.SettingsError) error {
+	where := cfg.RedisWhere()
+	why := " (Redis said: " + store.OneLine(se.Err) + ")"
+	switch se.Fault {
+	case store.SettingsWrongPass:
+		want := "the password that the Redis at " + where + " accepts"
+		if cfg.RedisUsername != "" {
+			want += " for redis_username " + ShownValue("redis_username", cfg.RedisUsername) + " (or fix redis_username)"
+		}
+		if cfg.Sentinel.Master != "" {
+			want += "; or redis_sentinel_password, if the sentinels refused theirs"
+		}
+		return &OptionError{Option: "redis_password", Value: cfg.RedisPassword, Expected: want + why}
+	case store.SettingsNoAuth:
+		return &OptionError{Option: "redis_password", Value: cfg.RedisPassword,
+			Expected: "a password: the Redis at " + where + " requires one" + why}
+	case store.SettingsDB:
+		return &OptionError{Option: "redis_db", Value: fmt.Sprint(cfg.RedisDB),
+			Expected: "a database number that the Redis at " + where + " has (0 to its databases setting - 1)" + why}
+	case store.SettingsNotCluster:
+		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
+			Expected: "one address: several name a Redis Cluster's nodes, and this Redis has cluster support disabled" + why}
+	case store.SettingsUnknownMaster:
+		return &OptionError{Option: "redis_sentinel_master", Value: cfg.Sentinel.Master,
+			Expected: "a master name that the sentinels at " + strings.Join(cfg.RedisAddrs, ",") + " monitor" + why}
+	case store.SettingsNotSentinel:
+		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
+			Expected: "the sentinels' addresses, with redis_sentinel_master: a server there is no sentinel" + why}
+	}
+	return &OptionError{Option: "redis_sentinel_master", Value: "",
+		Expected: "the name of the master that the sentinel at " + where + " monitors: redis_addr names a sentinel, not a Redis" + why}
+}

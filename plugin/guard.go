@@ -155,6 +155,10 @@ func New(cfg config.Options, out Output) (*Guard, error) {
 		store.Close()
 		return nil, err
 	}
+	if err := checkSettings(store, cfg); err != nil {
+		store.Close()
+		return nil, err
+	}
 	bg := store.Background()
 	counter := ratelimit.New(bg.Client(), bg.Keys(), cfg.Policy)
 	g, err := NewWith(cfg, out, Deps{Store: store, Background: bg, Conflicts: bg, Counter: counter, Redis: bg.Client()})
@@ -285,8 +289,15 @@ func (g *Guard) TrimDue() bool {
 	return (g.tracker != nil && g.tracker.TrimDue()) || (g.known != nil && g.known.trimDue.Load())
 }
 
-// Close stops the guard's goroutines and closes Redis.
-func (g *Guard) Close() {
+// Close stops the guard's goroutines and closes Redis, within CloseBound.
+func (g *Guard) Close() { g.CloseBy(time.Now().Add(CloseBound)) }
+
+// CloseBy is Close ending by deadline, however Redis behaves. The cgo layer
+// gives every instance of the process one deadline: with
+// per_listener_settings the broker cleans its instances up one after the
+// other, and each waiting its own CloseBound made the stop last that many
+// times as long (atk54: three listeners, Redis hung, 4.5 s).
+func (g *Guard) CloseBy(deadline time.Time) {
 	select {
 	case <-g.stop:
 		return
@@ -300,18 +311,18 @@ func (g *Guard) Close() {
 		g.stopSync()
 	}
 	// The broker waits for this at exit (plugin cleanup), after it has
-	// stopped serving: bounded by closeBound in all, however Redis behaves.
-	ctx, cancel := context.WithTimeout(context.Background(), closeBound)
+	// stopped serving: bounded by deadline in all, however Redis behaves.
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if !waitGroup(ctx, &g.wg) {
-		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: stopping without waiting more than %s for background work on redis", closeBound))
+		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: stopping without waiting more than %s for background work on redis", CloseBound))
 	}
 	// The reap is tried whatever the health probe last saw: a Redis that
 	// was down may answer now (atk52: Redis back 1 s into the cleanup, the
 	// probe's flag still down, the reap skipped, and another broker under
 	// deny refused this one's devices for up to broker_lease after it
 	// stopped). A Redis still down fails it at once, or at ctx's end when
-	// hung: bounded by closeBound like the rest; then the lease running out
+	// hung: bounded by the deadline like the rest; then the lease running out
 	// clears this broker's connections.
 	if g.tracker != nil && ctx.Err() == nil {
 		g.tracker.Close(ctx)
@@ -330,11 +341,12 @@ func (g *Guard) Close() {
 	g.creds.cache.free() // its mapping (vcache.go): no CONNECT comes after the cleanup
 }
 
-// closeBound bounds Close: background work still waiting on a Redis that
-// does not answer (a dial, a retry) is not waited for past it. The process
-// is exiting; a Go shared library is never unloaded, so the goroutines left
-// behind end with it.
-const closeBound = 1500 * time.Millisecond
+// CloseBound bounds Close, and the process's cleanup of all its instances
+// (CloseBy): background work still waiting on a Redis that does not answer
+// (a dial, a retry) is not waited for past it. The process is exiting; a Go
+// shared library is never unloaded, so the goroutines left behind end with
+// it.
+const CloseBound = 1500 * time.Millisecond
 
 // waitGroup waits for wg until ctx is done, and reports whether it ended.
 func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {

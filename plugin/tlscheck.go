@@ -69,3 +69,26 @@ func loadSystemRoots(wait time.Duration) bool {
 		return false
 	}
 }
+
+// settingsCheckTimeout bounds the settings check at start (checkSettings):
+// a Redis that has not answered by then is taken as down, not wrong.
+const settingsCheckTimeout = 1500 * time.Millisecond
+
+// checkSettings asks Redis once at start, bounded by settingsCheckTimeout:
+// an answer that says the settings are wrong (a refused password, no
+// password where one is required, a database Redis lacks, cluster seeds
+// for a Redis without cluster support, a master name the sentinels do not
+// monitor, a sentinel that is none or a sentinel given as the Redis) is a
+// configuration error that no retry mends: it stops the broker with one
+// line naming the option to fix (atk55: the broker started, Redis down
+// for good, no option named). A Redis that does not answer is no such
+// error: the broker starts, and redis_unavailable applies until it does.
+func checkSettings(st *store.Store, cfg config.Options) error {
+	ctx, cancel := context.WithTimeout(context.Background(), settingsCheckTimeout)
+	defer cancel()
+	var se *store.SettingsError
+	if err := st.CheckSettings(ctx); !errors.As(err, &se) {
+		return nil
+	}
+	return config.SettingsOptionError(cfg, se)
+}

@@ -139,7 +139,7 @@ func (g *Guard) reloadLoop() {
 			}
 		}
 		// The read is not waited for by Close (spawn): the broker's exit
-		// would wait up to closeBound for a file that takes seconds to
+		// would wait up to CloseBound for a file that takes seconds to
 		// parse, and nothing needs it once the guard stops.
 		read := make(chan bool, 1)
 		r.reading.Store(true)

@@ -60,43 +60,57 @@ func (s *Store) DeleteEntry(ctx context.Context, kind keys.Kind, scope keys.Scop
 }
 
 // delAutoScript deletes KEYS[1] when its value starts with ARGV[1]
-// (keys.AutoBanMarker): in one step, so that an operator's entry written
-// meanwhile is left. A key of another type than a string is left too.
+// (keys.AutoBanMarker), and says in the same step what it found: 1
+// deleted, 0 no such key, -1 a string of another origin (an operator's),
+// -2 a key of another type. One step, so that an automatic ban written
+// between a delete and a second look is not called an operator's (atk54).
 var delAutoScript = redis.NewScript(`
 local t = redis.call('TYPE', KEYS[1])
 if type(t) == 'table' then t = t['ok'] end
-if t ~= 'string' then return 0 end
+if t == 'none' then return 0 end
+if t ~= 'string' then return -2 end
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
+if string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
 	return redis.call('DEL', KEYS[1])
 end
-return 0
+return -1
 `)
+
+// Kept is what DeleteAutoEntry found and left.
+type Kept int
+
+// What DeleteAutoEntry left.
+const (
+	KeptNothing     Kept = iota // deleted, or no such key
+	KeptOperators               // an entry of another origin (an operator's)
+	KeptAnotherType             // a key that is no list entry (another type than a string)
+)
 
 // DeleteAutoEntry deletes the entry of value in the list kind and scope only
 // if it is the plugin's own (its value starts with keys.AutoBanMarker), and
 // publishes the change when it did. It returns the key, whether it was
-// deleted and, when it was not, whether an entry of another origin (an
-// operator's) is there. guardctl unban uses it for the hashed form of a
-// long value (keys.Tracking), which may also be a client ID or username of
-// its own that an operator banned. A Redis error is a *RedisError.
-func (s *Store) DeleteAutoEntry(ctx context.Context, kind keys.Kind, scope keys.Scope, value string) (key string, deleted, other bool, err error) {
+// deleted and what it left there, judged in the same step as the delete.
+// guardctl unban uses it for the hashed form of a long value
+// (keys.Tracking), which may also be a client ID or username of its own
+// that an operator banned. A Redis error is a *RedisError.
+func (s *Store) DeleteAutoEntry(ctx context.Context, kind keys.Kind, scope keys.Scope, value string) (key string, deleted bool, kept Kept, err error) {
 	if err := checkList(kind, scope); err != nil {
-		return "", false, false, fmt.Errorf("store: delete automatic entry: %w", err)
+		return "", false, KeptNothing, fmt.Errorf("store: delete automatic entry: %w", err)
 	}
 	key = s.kb.List(kind, scope, value)
 	n, err := delAutoScript.Run(ctx, s.rdb, []string{key}, keys.AutoBanMarker).Int()
 	if err != nil {
-		return "", false, false, &RedisError{Op: "delete automatic entry", Err: err}
+		return "", false, KeptNothing, &RedisError{Op: "delete automatic entry", Err: err}
 	}
-	if n > 0 {
-		return key, true, false, s.PublishChange(ctx, key)
+	switch {
+	case n > 0:
+		return key, true, KeptNothing, s.PublishChange(ctx, key)
+	case n == -1:
+		return key, false, KeptOperators, nil
+	case n == -2:
+		return key, false, KeptAnotherType, nil
 	}
-	left, err := s.rdb.Exists(ctx, key).Result()
-	if err != nil {
-		return "", false, false, &RedisError{Op: "delete automatic entry", Err: err}
-	}
-	return key, false, left > 0, nil
+	return key, false, KeptNothing, nil
 }
 
 // PublishChange tells every replica that key changed: the one way the

@@ -171,23 +171,24 @@ func TestDeleteAutoEntry(t *testing.T) {
 	require.NoError(t, rdb.Set(ctx, op, "operator: auto: not", 0).Err())
 	require.NoError(t, rdb.SAdd(ctx, odd, keys.AutoBanMarker).Err())
 
-	key, deleted, other, err := s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, "a")
+	key, deleted, kept, err := s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, "a")
 	require.NoError(t, err)
 	assert.Equal(t, auto, key)
 	assert.True(t, deleted)
-	assert.False(t, other)
+	assert.Equal(t, KeptNothing, kept)
 	assert.Equal(t, auto, nextChange(t, ps))
 
-	for _, v := range []string{"b", "c"} {
-		key, deleted, other, err = s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, v)
+	for v, want := range map[string]Kept{"b": KeptOperators, "c": KeptAnotherType} {
+		key, deleted, kept, err = s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, v)
 		require.NoError(t, err)
 		assert.Equal(t, "u:block:clientid:"+v, key)
 		assert.False(t, deleted, v)
-		assert.True(t, other, v)
+		assert.Equal(t, want, kept, v)
 	}
-	_, deleted, other, err = s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, "a")
+	_, deleted, kept, err = s.DeleteAutoEntry(ctx, keys.Block, keys.ClientID, "a")
 	require.NoError(t, err)
-	assert.False(t, deleted || other, "gone: neither")
+	assert.False(t, deleted)
+	assert.Equal(t, KeptNothing, kept, "gone: nothing kept")
 	noChange(t, ps)
 	assert.Equal(t, []string{op, odd}, sortedKeys(t, rdb))
 }

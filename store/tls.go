@@ -73,14 +73,7 @@ func (e *TLSError) Unwrap() error { return e.Err }
 // without an alert stays no fault. So CheckTLS takes at most ctx's time
 // plus plainProbeTimeout.
 func (s *Store) CheckTLS(ctx context.Context) error {
-	timeout := plainProbeTimeout
-	if d, ok := ctx.Deadline(); ok {
-		timeout = max(time.Until(d), time.Millisecond)
-	}
-	o := s.clients.o.universal(timeout)
-	o.ContextTimeoutEnabled = true
-	o.MaxRetries = -1
-	o.DialerRetries = 1
+	o, timeout := s.probeOptions(ctx)
 	// Every address dialled, for the probes: through sentinels the PING
 	// goes to the master they name, in a cluster to the nodes CLUSTER
 	// SLOTS names, none of them in Addrs.
@@ -138,6 +131,21 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// probeOptions are the options of a one-off client for a check at start:
+// bounded by ctx (plainProbeTimeout without a deadline), never retrying a
+// command, dialling once. timeout is that bound.
+func (s *Store) probeOptions(ctx context.Context) (o *redis.UniversalOptions, timeout time.Duration) {
+	timeout = plainProbeTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), time.Millisecond)
+	}
+	o = s.clients.o.universal(timeout)
+	o.ContextTimeoutEnabled = true
+	o.MaxRetries = -1
+	o.DialerRetries = 1
+	return o, timeout
 }
 
 // closedByPeer says whether err is the connection's end at the other side:

@@ -402,14 +402,23 @@ func (a *editFlags) run(ctx context.Context, e edit, getenv func(string) string,
 		// automatic ban: that form is also a client ID or username of its
 		// own, which an operator may have banned (left, and said so).
 		var tkey string
-		var texisted, tother bool
+		var texisted bool
+		var kept store.Kept
 		if t := keys.Tracking(a.value); e.kind == keys.Block && (a.scope == keys.ClientID || a.scope == keys.Username) && t != a.value {
-			if tkey, texisted, tother, err = st.DeleteAutoEntry(ctx, e.kind, a.scope, t); err != nil {
+			if tkey, texisted, kept, err = st.DeleteAutoEntry(ctx, e.kind, a.scope, t); err != nil {
 				return redisError(addrs, err)
 			}
 		}
+		tother := kept != store.KeptNothing
+		var why string
+		switch kept {
+		case store.KeptOperators:
+			why = "not an automatic ban (an operator's ban of that value itself)"
+		case store.KeptAnotherType:
+			why = "not a ban (a key of another type than a string)"
+		}
 		if tother {
-			if _, err := fmt.Fprintf(stdout, "left %s: not an automatic ban (an operator's ban of that value itself)\n", showKey(tkey)); err != nil {
+			if _, err := fmt.Fprintf(stdout, "left %s: %s\n", showKey(tkey), why); err != nil {
 				return err
 			}
 		}

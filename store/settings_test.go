@@ -1,0 +1,56 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// CheckSettings tells settings Redis refuses from a Redis that is down: the
+// first stop the broker at start, the second do not (atk55).
+func TestCheckSettings(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("CONFIG", "SET", "requirepass", "right-secret")
+	check := func(o Options) error {
+		o.Timeout = time.Second
+		s := New(o, keys.Builder{Prefix: "s:"})
+		defer s.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		defer cancel()
+		return s.CheckSettings(ctx)
+	}
+	fault := func(err error) SettingsFault {
+		var se *SettingsError
+		if errors.As(err, &se) {
+			return se.Fault
+		}
+		return 0
+	}
+	for _, c := range []struct {
+		name string
+		o    Options
+		want SettingsFault
+	}{
+		{"right password", Options{Addrs: []string{r.Addr}, Password: "right-secret"}, 0},
+		{"wrong password", Options{Addrs: []string{r.Addr}, Password: "wrong-secret"}, SettingsWrongPass},
+		{"unknown user", Options{Addrs: []string{r.Addr}, Username: "nobody", Password: "right-secret"}, SettingsWrongPass},
+		{"no password", Options{Addrs: []string{r.Addr}}, SettingsNoAuth},
+		{"db out of range", Options{Addrs: []string{r.Addr}, Password: "right-secret", DB: 16}, SettingsDB},
+		{"two addresses, no cluster", Options{Addrs: []string{r.Addr, r.Addr}, Password: "right-secret"}, SettingsNotCluster},
+		{"a Redis as the sentinels", Options{Addrs: []string{r.Addr}, Password: "right-secret", SentinelMaster: "m"}, SettingsNotSentinel},
+		{"down", Options{Addrs: []string{fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}}, 0},
+	} {
+		err := check(c.o)
+		assert.Equal(t, c.want, fault(err), "%s: %v", c.name, err)
+		if err != nil {
+			assert.NotContains(t, err.Error(), "secret", "%s: a password in the error", c.name)
+		}
+	}
+}
