@@ -573,12 +573,9 @@ func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, buf *[256]by
 	// store.Lookup leaves them out of its candidates, so that a wider
 	// range or a claim's other form behind one is still found.
 	operators := kind == keys.Block && q.OperatorsOnly
-	found := func(e slot, ok bool) bool {
-		return ok && e.live(now) && (!operators || !keys.IsAutoBan(e.value))
-	}
 	try := func(scope keys.Scope, value string) *store.Match {
 		b := r.kb.AppendList(buf[:0], kind, scope, value)
-		if e, ok := r.exact[string(b)]; found(e, ok) {
+		if e, ok := r.exact[string(b)]; ok && e.live(now) && (!operators || !keys.IsAutoBan(e.value)) {
 			return match(kind, scope, value, string(b), e, now)
 		}
 		return nil
@@ -611,14 +608,13 @@ func (r *Replica) matches(kind keys.Kind, q store.Query, ip []byte, buf *[256]by
 	}
 	if held[exactIP] > 0 {
 		b := append(r.kb.AppendList(buf[:0], kind, keys.IP, ""), ip...)
-		if e, ok := r.exact[string(b)]; found(e, ok) {
+		if e, ok := r.exact[string(b)]; ok && e.live(now) && (!operators || !keys.IsAutoBan(e.value)) {
 			out[3] = match(kind, keys.IP, q.IP.String(), string(b), e, now)
 		}
 	}
-	rs := &r.ranges[listIndex(kind)][family(q.IP)]
-	e, p, ok := rs.match(q.IP, now)
+	e, p, ok := r.ranges[listIndex(kind)][family(q.IP)].match(q.IP, now)
 	if ok && operators && keys.IsAutoBan(e.value) {
-		e, p, ok = rs.matchOperators(q.IP, now)
+		e, p, ok = r.ranges[listIndex(kind)][family(q.IP)].matchOperators(q.IP, now)
 	}
 	if ok {
 		v := p.String()
