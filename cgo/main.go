@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -115,6 +116,7 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "plugin_cleanup")
 	handleHeld() // the DISCONNECTs held since the last callback come first
+	closeAll()   // every instance's background work stopped at once, on the first cleanup
 	in := instances.remove(uintptr(h))
 	if in == nil {
 		return C.MOSQ_ERR_SUCCESS
@@ -123,23 +125,41 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 	if in.guard.Timed() {
 		timed.Add(-1)
 	}
-	in.guard.CloseBy(cleanupDeadline()) // closes its metrics endpoint: the port is free again
+	in.guard.Close() // done by closeAll: its metrics endpoint closed, the port free again
 	return C.MOSQ_ERR_SUCCESS
 }
 
-// cleanupDeadline is the one deadline of every instance's cleanup: the
-// first cleanup's time plus plugin.CloseBound. The broker cleans up its
-// instances (one per listener with per_listener_settings) one after the
-// other, only at exit (a reload does not): the stop is bounded by
-// CloseBound, not by that many times it (atk54). Broker thread only.
-func cleanupDeadline() time.Time {
-	if cleanupBy.IsZero() {
-		cleanupBy = time.Now().Add(plugin.CloseBound)
+// closeAll closes every instance's guard at once, on the first cleanup:
+// the broker cleans its instances up (one per listener with
+// per_listener_settings) one after the other, only at exit, and each
+// waiting its own plugin.CloseBound in turn made the stop last that many
+// times as long (atk54: three listeners, Redis hung, 4.5 s), while one
+// deadline for all let one instance whose Redis was down use it up, and the
+// others, their Redis up, skipped removing their live entries (atk56). So
+// each gets its whole bound, side by side: the stop takes CloseBound at
+// most. Broker thread only (the goroutines only run Close).
+func closeAll() {
+	if closedAll {
+		return
 	}
-	return cleanupBy
+	closedAll = true
+	var wg sync.WaitGroup
+	instances.each(func(in *instance) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil { // a panic here would kill the broker
+					enqueueLog(plugin.LevelError, fmt.Sprintf("mosquitto-guard: internal error in plugin_cleanup: %v", r))
+				}
+			}()
+			in.guard.Close()
+		}()
+	})
+	wg.Wait()
 }
 
-var cleanupBy time.Time
+var closedAll bool
 
 // der and derLen are the client's certificate as guard_client_cert read it
 // (plugin.c's guard_basic_auth frees it after); fresh is set for a new

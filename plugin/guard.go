@@ -289,15 +289,10 @@ func (g *Guard) TrimDue() bool {
 	return (g.tracker != nil && g.tracker.TrimDue()) || (g.known != nil && g.known.trimDue.Load())
 }
 
-// Close stops the guard's goroutines and closes Redis, within CloseBound.
-func (g *Guard) Close() { g.CloseBy(time.Now().Add(CloseBound)) }
-
-// CloseBy is Close ending by deadline, however Redis behaves. The cgo layer
-// gives every instance of the process one deadline: with
-// per_listener_settings the broker cleans its instances up one after the
-// other, and each waiting its own CloseBound made the stop last that many
-// times as long (atk54: three listeners, Redis hung, 4.5 s).
-func (g *Guard) CloseBy(deadline time.Time) {
+// Close stops the guard's goroutines and closes Redis, within CloseBound
+// however Redis behaves. Safe to call more than once (and, at exit, from
+// goroutines of the cgo layer's closeAll, one per instance).
+func (g *Guard) Close() {
 	select {
 	case <-g.stop:
 		return
@@ -311,8 +306,8 @@ func (g *Guard) CloseBy(deadline time.Time) {
 		g.stopSync()
 	}
 	// The broker waits for this at exit (plugin cleanup), after it has
-	// stopped serving: bounded by deadline in all, however Redis behaves.
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	// stopped serving: bounded by CloseBound in all, however Redis behaves.
+	ctx, cancel := context.WithTimeout(context.Background(), CloseBound)
 	defer cancel()
 	if !waitGroup(ctx, &g.wg) {
 		g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: stopping without waiting more than %s for background work on redis", CloseBound))
@@ -322,7 +317,7 @@ func (g *Guard) CloseBy(deadline time.Time) {
 	// probe's flag still down, the reap skipped, and another broker under
 	// deny refused this one's devices for up to broker_lease after it
 	// stopped). A Redis still down fails it at once, or at ctx's end when
-	// hung: bounded by the deadline like the rest; then the lease running out
+	// hung: bounded by CloseBound like the rest; then the lease running out
 	// clears this broker's connections.
 	if g.tracker != nil && ctx.Err() == nil {
 		g.tracker.Close(ctx)
@@ -342,7 +337,7 @@ func (g *Guard) CloseBy(deadline time.Time) {
 }
 
 // CloseBound bounds Close, and the process's cleanup of all its instances
-// (CloseBy): background work still waiting on a Redis that does not answer
+// (closed side by side by the cgo layer): background work still waiting on a Redis that does not answer
 // (a dial, a retry) is not waited for past it. The process is exiting; a Go
 // shared library is never unloaded, so the goroutines left behind end with
 // it.
