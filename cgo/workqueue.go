@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/mosquitto-guard/mosquitto-guard/plugin"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // logQueue is the broker-thread work queue: log lines, MQTT publishes and
@@ -50,6 +51,7 @@ func tickWork() { atomic.StoreInt32((*int32)(unsafe.Pointer(&C.guard_tick_work))
 
 // enqueueLog is the plugin.Logger handed to the core; safe from any goroutine.
 func enqueueLog(level plugin.Level, msg string) {
+	msg = store.RedactArgs(msg) // no line carries Redis's echo of a password
 	logs.mu.Lock()
 	defer logs.mu.Unlock()
 	tickWork()

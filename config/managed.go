@@ -317,8 +317,29 @@ func SettingsOptionError(cfg Options, se *store.SettingsError) error {
 		}
 		return &OptionError{Option: "redis_password", Value: cfg.RedisPassword, Expected: want + why}
 	case store.SettingsNoAuth:
+		want := "a password: the Redis at " + where + " requires one"
+		if cfg.Sentinel.Master != "" {
+			want += "; or redis_sentinel_password, if the sentinels require theirs"
+		}
+		return &OptionError{Option: "redis_password", Value: cfg.RedisPassword, Expected: want + why}
+	case store.SettingsNoAuthCommand:
 		return &OptionError{Option: "redis_password", Value: cfg.RedisPassword,
-			Expected: "a password: the Redis at " + where + " requires one" + why}
+			Expected: "none: the Redis at " + where + " has no AUTH command (renamed or disabled), so a password cannot be given" + why}
+	case store.SettingsProtected:
+		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
+			Expected: "a Redis that accepts this host: the one at " + where + " is in protected mode (give it a password, or bind it to this host's interface)" + why}
+	case store.SettingsNoSelect:
+		return &OptionError{Option: "redis_db", Value: fmt.Sprint(cfg.RedisDB),
+			Expected: "a database that redis_username may SELECT on the Redis at " + where + " (or 0, or a user with +select)" + why}
+	case store.SettingsSentinelsAsCluster:
+		return &OptionError{Option: "redis_sentinel_master", Value: "",
+			Expected: "the name of the master that the sentinels at " + where + " monitor: these addresses know no CLUSTER command, so they are no Redis Cluster" + why}
+	case store.SettingsReplica:
+		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
+			Expected: "the master's address, or sentinels with redis_sentinel_master: the plugin writes" + why}
+	case store.SettingsClusterNode:
+		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
+			Expected: "two or more of the Redis Cluster's nodes, comma-separated: one address is taken for a single Redis" + why}
 	case store.SettingsDB:
 		return &OptionError{Option: "redis_db", Value: fmt.Sprint(cfg.RedisDB),
 			Expected: "a database number that the Redis at " + where + " has (0 to its databases setting - 1)" + why}

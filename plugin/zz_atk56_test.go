@@ -22,8 +22,8 @@ import (
 
 // atk56Check runs the start's settings check (checkSettings, as plugin.New
 // does) for the options opts, and returns its error (nil: the broker
-// starts) and how long it took.
-func atk56Check(t *testing.T, opts map[string]string) (error, time.Duration) {
+// starts) and how long it took (first).
+func atk56Check(t *testing.T, opts map[string]string) (time.Duration, error) {
 	t.Helper()
 	cfg, err := config.ParseRedis(opts)
 	require.NoError(t, err)
@@ -31,7 +31,7 @@ func atk56Check(t *testing.T, opts map[string]string) (error, time.Duration) {
 	defer st.Close()
 	start := time.Now()
 	err = checkSettings(st, cfg)
-	return err, time.Since(start)
+	return time.Since(start), err
 }
 
 // atk56Option is the option an error names ("" for none).
@@ -51,7 +51,7 @@ func TestAtk56ACLUserWithoutPingOrInfoStarts(t *testing.T) {
 	r := testenv.StartRedis(t)
 	r.CLI("ACL", "SETUSER", "noping", "on", ">p-secret", "~*", "&*", "+@all", "-ping", "-info")
 	for _, db := range []string{"0", "3"} {
-		err, took := atk56Check(t, map[string]string{"redis_addr": r.Addr, "redis_username": "noping",
+		took, err := atk56Check(t, map[string]string{"redis_addr": r.Addr, "redis_username": "noping",
 			"redis_password": "p-secret", "redis_db": db})
 		t.Logf("db %s: %v (%v)", db, err, took)
 		assert.NoError(t, err, "db %s: an ACL user without PING/INFO rights is no wrong setting", db)
@@ -66,7 +66,7 @@ func TestAtk56HungRedisOrSentinelBounded(t *testing.T) {
 	r := testenv.StartRedis(t)
 	require.NoError(t, r.Process.Signal(syscall.SIGSTOP))
 	t.Cleanup(func() { _ = r.Process.Signal(syscall.SIGCONT) })
-	err, took := atk56Check(t, map[string]string{"redis_addr": r.Addr})
+	took, err := atk56Check(t, map[string]string{"redis_addr": r.Addr})
 	t.Logf("hung Redis: %v (%v)", err, took)
 	assert.NoError(t, err)
 	assert.Less(t, took, 1700*time.Millisecond)
@@ -76,7 +76,7 @@ func TestAtk56HungRedisOrSentinelBounded(t *testing.T) {
 		require.NoError(t, sn.Process.Signal(syscall.SIGSTOP))
 		t.Cleanup(func() { _ = sn.Process.Signal(syscall.SIGCONT) })
 	}
-	err, took = atk56Check(t, map[string]string{"redis_addr": s.Addrs, "redis_sentinel_master": s.Name})
+	took, err = atk56Check(t, map[string]string{"redis_addr": s.Addrs, "redis_sentinel_master": s.Name})
 	t.Logf("hung sentinels: %v (%v)", err, took)
 	assert.NoError(t, err)
 	assert.Less(t, took, 1700*time.Millisecond)
@@ -99,7 +99,7 @@ func TestAtk56SentinelNoAuthNamesRedisPassword(t *testing.T) {
 	s := testenv.StartSentinel(t, testenv.SentinelOptions{Replicas: 0, Sentinels: 1, Quorum: 1})
 	s.Master().CLI("CONFIG", "SET", "requirepass", "master-secret")
 	s.Sentinels[0].CLI("ACL", "SETUSER", "default", "resetpass", ">sentinel-secret")
-	err, _ := atk56Check(t, map[string]string{"redis_addr": s.Addrs, "redis_sentinel_master": s.Name,
+	_, err := atk56Check(t, map[string]string{"redis_addr": s.Addrs, "redis_sentinel_master": s.Name,
 		"redis_password": "master-secret"})
 	t.Logf("check: %v", err)
 	require.Error(t, err, "the sentinels refuse the plugin: a fault no retry mends")
@@ -125,7 +125,7 @@ func TestAtk56ReplicaAsRedisAddrStartsSilently(t *testing.T) {
 	m := testenv.StartRedis(t)
 	rep := testenv.StartRedis(t)
 	rep.CLI("REPLICAOF", "127.0.0.1", fmt.Sprint(m.Port))
-	err, _ := atk56Check(t, map[string]string{"redis_addr": rep.Addr})
+	_, err := atk56Check(t, map[string]string{"redis_addr": rep.Addr})
 	t.Logf("check: %v; role: %s", err, strings.SplitN(rep.CLI("ROLE"), "\n", 2)[0])
 	assert.Equal(t, "redis_addr", atk56Option(err), "a read-only replica as redis_addr: %v", err)
 }
@@ -139,7 +139,7 @@ func TestAtk56ReplicaAsRedisAddrStartsSilently(t *testing.T) {
 // Expected: a line naming redis_addr.
 func TestAtk56OneClusterNodeAsRedisAddrStartsSilently(t *testing.T) {
 	c := testenv.StartRedisCluster(t, 2)
-	err, _ := atk56Check(t, map[string]string{"redis_addr": c.Nodes[0].Addr})
+	_, err := atk56Check(t, map[string]string{"redis_addr": c.Nodes[0].Addr})
 	t.Logf("check: %v", err)
 	assert.Equal(t, "redis_addr", atk56Option(err), "one node of a cluster as redis_addr: %v", err)
 }
@@ -152,7 +152,7 @@ func TestAtk56OneClusterNodeAsRedisAddrStartsSilently(t *testing.T) {
 // does not happen on Redis 7 (it would only with a plain AUTH).
 func TestAtk56PasswordWhereNoneStarts(t *testing.T) {
 	r := testenv.StartRedis(t)
-	err, _ := atk56Check(t, map[string]string{"redis_addr": r.Addr, "redis_password": "x-secret"})
+	_, err := atk56Check(t, map[string]string{"redis_addr": r.Addr, "redis_password": "x-secret"})
 	t.Logf("check: %v", err)
 	assert.NoError(t, err)
 }
@@ -173,13 +173,13 @@ func TestAtk56PasswordWhereNoneStarts(t *testing.T) {
 func TestAtk56OneSentinelNilOthersDownStops(t *testing.T) {
 	s := testenv.StartSentinel(t, testenv.SentinelOptions{Replicas: 0, Sentinels: 2, Quorum: 1})
 	opts := map[string]string{"redis_addr": s.Addrs, "redis_sentinel_master": s.Name}
-	err, _ := atk56Check(t, opts)
+	_, err := atk56Check(t, opts)
 	require.NoError(t, err, "control: both sentinels monitor the master")
 	s.Sentinels[1].CLI("SENTINEL", "REMOVE", s.Name)
-	err, _ = atk56Check(t, opts)
+	_, err = atk56Check(t, opts)
 	require.NoError(t, err, "control: one sentinel monitors the master and answers")
 	s.Sentinels[0].Stop()
-	err, _ = atk56Check(t, opts)
+	_, err = atk56Check(t, opts)
 	t.Logf("check: %v", err)
 	assert.NoError(t, err, "the sentinel that monitors the master is down: no configuration error")
 }
@@ -200,7 +200,7 @@ func TestAtk56OneSentinelNilOthersDownStops(t *testing.T) {
 // Expected: a line naming redis_sentinel_master (or redis_addr).
 func TestAtk56SeveralSentinelsWithoutMasterStartSilently(t *testing.T) {
 	s := testenv.StartSentinel(t, testenv.SentinelOptions{Replicas: 0, Sentinels: 2, Quorum: 1})
-	err, _ := atk56Check(t, map[string]string{"redis_addr": s.Addrs})
+	_, err := atk56Check(t, map[string]string{"redis_addr": s.Addrs})
 	t.Logf("check: %v", err)
 	assert.Contains(t, []string{"redis_sentinel_master", "redis_addr"}, atk56Option(err),
 		"two sentinels as redis_addr, no redis_sentinel_master: %v", err)
@@ -211,13 +211,13 @@ func TestAtk56SeveralSentinelsWithoutMasterStartSilently(t *testing.T) {
 func TestAtk56ClusterNodeDownStarts(t *testing.T) {
 	c := testenv.StartRedisCluster(t, 2)
 	c.Nodes[1].Stop()
-	err, took := atk56Check(t, map[string]string{"redis_addr": c.Addrs})
+	took, err := atk56Check(t, map[string]string{"redis_addr": c.Addrs})
 	t.Logf("node refusing: %v (%v)", err, took)
 	assert.NoError(t, err)
 	c2 := testenv.StartRedisCluster(t, 2)
 	require.NoError(t, c2.Nodes[0].Process.Signal(syscall.SIGSTOP))
 	t.Cleanup(func() { _ = c2.Nodes[0].Process.Signal(syscall.SIGCONT) })
-	err, took = atk56Check(t, map[string]string{"redis_addr": c2.Addrs})
+	took, err = atk56Check(t, map[string]string{"redis_addr": c2.Addrs})
 	t.Logf("node hung: %v (%v)", err, took)
 	assert.NoError(t, err)
 	assert.Less(t, took, 1700*time.Millisecond)

@@ -69,7 +69,7 @@ func (r *logRouter) add(log func(string)) (stop func()) {
 
 // Printf implements go-redis's logger interface.
 func (r *logRouter) Printf(_ context.Context, format string, v ...any) {
-	msg := strings.TrimSpace(strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
+	msg := strings.TrimSpace(strings.TrimPrefix(RedactArgs(fmt.Sprintf(format, v...)), "redis: "))
 	r.mu.Lock()
 	if len(r.sinks) == 0 {
 		r.mu.Unlock()

@@ -31,6 +31,22 @@ const (
 	// SettingsIsSentinel: the address given as Redis is a sentinel (no
 	// master name set).
 	SettingsIsSentinel
+	// SettingsSentinelsAsCluster: several addresses, taken as a Redis
+	// Cluster's seeds, that know no CLUSTER command: sentinels, without a
+	// master name set.
+	SettingsSentinelsAsCluster
+	// SettingsReplica: the one address is a read-only replica.
+	SettingsReplica
+	// SettingsClusterNode: the one address is a node of a Redis Cluster,
+	// which needs two or more seeds to be used as one.
+	SettingsClusterNode
+	// SettingsNoAuthCommand: a password is set and Redis knows no AUTH
+	// command (renamed or disabled).
+	SettingsNoAuthCommand
+	// SettingsProtected: Redis refuses this host (protected mode).
+	SettingsProtected
+	// SettingsNoSelect: the user may not SELECT the database.
+	SettingsNoSelect
 )
 
 // SettingsError is a first answer of Redis that says its settings are wrong.
@@ -62,43 +78,116 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 		if s.clients.o.SentinelMaster != "" || len(s.clients.o.Addrs) > 1 {
 			return nil
 		}
-		// A sentinel answers PING too: its INFO says what it is.
-		info, ierr := rdb.Info(ctx, "server").Result()
-		if ierr == nil && strings.Contains(info, "redis_mode:sentinel") {
-			return &SettingsError{Fault: SettingsIsSentinel, Err: errors.New(s.clients.o.Addrs[0] + " is a Redis Sentinel (INFO: redis_mode:sentinel)")}
+		// A sentinel, a replica and a cluster's node answer PING too: the
+		// default INFO (server, replication, cluster, ...) says which. A
+		// user without INFO rights is not checked further.
+		info, ierr := rdb.Info(ctx).Result()
+		if ierr != nil {
+			return nil
+		}
+		addr := s.clients.o.Addrs[0]
+		switch {
+		case strings.Contains(info, "redis_mode:sentinel"):
+			return &SettingsError{Fault: SettingsIsSentinel, Err: errors.New(addr + " is a Redis Sentinel (INFO: redis_mode:sentinel)")}
+		case strings.Contains(info, "\nrole:slave"):
+			return &SettingsError{Fault: SettingsReplica, Err: errors.New(addr + " is a read-only replica (INFO: role:slave)")}
+		case strings.Contains(info, "cluster_enabled:1"):
+			// A cluster of one shard (a managed Redis's "cluster mode" with
+			// one shard) serves every key at this one address: it works.
+			ci, cerr := rdb.ClusterInfo(ctx).Result()
+			if cerr != nil || strings.Contains(ci, "cluster_size:1\r") || strings.Contains(ci, "cluster_size:1\n") {
+				return nil
+			}
+			return &SettingsError{Fault: SettingsClusterNode, Err: errors.New(addr + " is a node of a Redis Cluster of several shards (INFO: cluster_enabled:1; CLUSTER INFO: " + clusterSize(ci) + ")")}
 		}
 		return nil
 	}
-	if f := settingsFault(err, s.clients.o.SentinelMaster != ""); f != 0 {
+	if f := settingsFault(err, s.clients.o.SentinelMaster != "", len(s.clients.o.Addrs) > 1); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
 	}
 	return nil
 }
 
+// leaves are err's errors, unwrapped through errors.Join (go-redis joins
+// the sentinels' answers) and single wrapping.
+func leaves(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, leaves(e)...)
+		}
+		return out
+	}
+	if u := errors.Unwrap(err); u != nil {
+		if _, ok := u.(interface{ Unwrap() []error }); ok {
+			return leaves(u)
+		}
+	}
+	return []error{err}
+}
+
+// allNil says whether every sentinel answered nil to the master's name:
+// one that did not answer, or was just started and monitors nothing yet,
+// beside one that names no such master, is no configuration error (atk56).
+func allNil(err error) bool {
+	for _, e := range leaves(err) {
+		if !errors.Is(e, redis.Nil) {
+			return false
+		}
+	}
+	return true
+}
+
 // settingsFault is the fault err, the first PING's error, names; 0 for
 // none (Redis down, a timeout, anything else). sentinel: through sentinels.
-func settingsFault(err error, sentinel bool) SettingsFault {
+func settingsFault(err error, sentinel, cluster bool) SettingsFault {
 	if sentinel && errors.Is(err, redis.Nil) {
 		// go-redis's failover client: SENTINEL get-master-addr-by-name
 		// answered nil on every sentinel it asked.
-		return SettingsUnknownMaster
+		if allNil(err) {
+			return SettingsUnknownMaster
+		}
+		return 0
 	}
 	var re redis.Error
 	if !errors.As(err, &re) {
 		return 0
 	}
 	msg := re.Error()
+	low := strings.ToLower(msg)
+	unknown := func(cmd string) bool {
+		return strings.Contains(low, "unknown command") && strings.Contains(low, "'"+cmd+"'")
+	}
 	switch {
-	case strings.HasPrefix(msg, "WRONGPASS"), strings.Contains(msg, "without any password configured"):
+	case strings.HasPrefix(msg, "WRONGPASS"), strings.Contains(msg, "without any password configured"),
+		strings.Contains(msg, "invalid password"): // Redis 5 and before
 		return SettingsWrongPass
 	case strings.HasPrefix(msg, "NOAUTH"):
 		return SettingsNoAuth
+	case strings.HasPrefix(msg, "DENIED"):
+		return SettingsProtected
+	case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, "select"):
+		return SettingsNoSelect
 	case strings.Contains(msg, "DB index is out of range"):
 		return SettingsDB
 	case strings.Contains(msg, "cluster support disabled"):
 		return SettingsNotCluster
-	case sentinel && strings.Contains(strings.ToLower(msg), "unknown command") && strings.Contains(strings.ToLower(msg), "sentinel"):
+	case unknown("auth"):
+		return SettingsNoAuthCommand
+	case sentinel && unknown("sentinel"):
 		return SettingsNotSentinel
+	case cluster && unknown("cluster"):
+		return SettingsSentinelsAsCluster
 	}
 	return 0
+}
+
+// clusterSize is the cluster_size line of a CLUSTER INFO reply.
+func clusterSize(ci string) string {
+	for _, l := range strings.Split(ci, "\n") {
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "cluster_size:") {
+			return l
+		}
+	}
+	return "cluster_size unknown"
 }

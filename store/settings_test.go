@@ -54,3 +54,14 @@ func TestCheckSettings(t *testing.T) {
 		}
 	}
 }
+
+// Redis echoes a refused command's arguments, a renamed AUTH's password
+// among them (atk56): OneLine and every log line cut the echo.
+func TestRedactArgs(t *testing.T) {
+	msg := "ERR unknown command 'auth', with args beginning with: 'odd-Secret-42' "
+	assert.Equal(t, "ERR unknown command 'auth' (arguments not shown)", RedactArgs(msg))
+	assert.Equal(t, "a: ERR unknown command 'auth' (arguments not shown); b", OneLine(errors.New("a: "+msg+"\nb")))
+	two := "x, with args beginning with: 'p1'\ny, with args beginning with: 'p2' \nz"
+	assert.Equal(t, "x (arguments not shown)\ny (arguments not shown)\nz", RedactArgs(two))
+	assert.Equal(t, "nothing to cut", RedactArgs("nothing to cut"))
+}

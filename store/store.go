@@ -408,12 +408,37 @@ func remaining(cmd *redis.DurationCmd) time.Duration {
 // one before) is dropped, and the rest joined with "; ".
 func OneLine(err error) string {
 	var out []string
-	for _, l := range strings.Split(err.Error(), "\n") {
+	for _, l := range strings.Split(RedactArgs(err.Error()), "\n") {
 		if l = strings.TrimSpace(l); l != "" && !slices.ContainsFunc(out, func(o string) bool { return o == l || strings.HasSuffix(o, ": "+l) }) {
 			out = append(out, l)
 		}
 	}
 	return strings.Join(out, "; ")
+}
+
+// argsEcho starts Redis's echo of a refused command's arguments: "ERR
+// unknown command 'auth', with args beginning with: '<password>' ". An AUTH
+// or HELLO that a Redis renamed away is answered so, with the password
+// (atk56: it reached the broker's log).
+const argsEcho = ", with args beginning with:"
+
+// RedactArgs cuts Redis's echo of a command's arguments out of msg, each to
+// the end of its line: "ERR unknown command 'auth' (arguments not shown)".
+// Every line the plugin logs passes through it (the cgo layer's log queue),
+// as does every error OneLine words.
+func RedactArgs(msg string) string {
+	for {
+		i := strings.Index(msg, argsEcho)
+		if i < 0 {
+			return msg
+		}
+		end := strings.IndexByte(msg[i:], '\n')
+		rest := ""
+		if end >= 0 {
+			rest = msg[i+end:]
+		}
+		msg = msg[:i] + " (arguments not shown)" + rest
+	}
 }
 
 // ClaimThrottle writes username's throttle key (keys.Builder.Throttle) with
