@@ -331,6 +331,12 @@ func SettingsOptionError(cfg Options, se *store.SettingsError) error {
 	case store.SettingsNoSelect:
 		return &OptionError{Option: "redis_db", Value: fmt.Sprint(cfg.RedisDB),
 			Expected: "a database that redis_username may SELECT on the Redis at " + where + " (or 0, or a user with +select)" + why}
+	case store.SettingsSelectRefused:
+		return &OptionError{Option: "redis_db", Value: fmt.Sprint(cfg.RedisDB),
+			Expected: "0: the Redis at " + where + " selects no other database (cluster mode, or SELECT renamed)" + why}
+	case store.SettingsKeyPerm:
+		return &OptionError{Option: "redis_username", Value: cfg.RedisUsername,
+			Expected: "a user that the Redis at " + where + " lets read and write the keys under key_prefix " + ShownValue("key_prefix", cfg.KeyPrefix) + " (its ACL key patterns)" + why}
 	case store.SettingsSentinelsAsCluster:
 		return &OptionError{Option: "redis_sentinel_master", Value: "",
 			Expected: "the name of the master that the sentinels at " + where + " monitor: these addresses know no CLUSTER command, so they are no Redis Cluster" + why}

@@ -326,7 +326,26 @@ func (c *Options) combine(opts map[string]string, failed map[string]bool, openFi
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, c.checkUsernames(failed)...)
 	return append(errs, c.redisChecks(opts, failed)...)
+}
+
+// checkUsernames refuses a Redis username without a password: go-redis
+// authenticates only with a password, so the username would not be sent,
+// and the plugin would work as Redis's default user (atk57). A user with
+// nopass takes any password. Not among redisChecks: guardctl may take the
+// password from GUARD_REDIS_PASSWORD after reading the configuration.
+func (c *Options) checkUsernames(failed map[string]bool) Errors {
+	var errs Errors
+	if c.RedisUsername != "" && c.RedisPassword == "" && !failed["redis_username"] && !failed["redis_password"] {
+		errs = append(errs, &OptionError{"redis_username", c.RedisUsername,
+			"redis_password set too: a username is sent to Redis only with a password (any one for a user with nopass)"})
+	}
+	if c.Sentinel.Username != "" && c.Sentinel.Password == "" && !failed["redis_sentinel_username"] && !failed["redis_sentinel_password"] {
+		errs = append(errs, &OptionError{"redis_sentinel_username", c.Sentinel.Username,
+			"redis_sentinel_password set too: a username is sent to the sentinels only with a password"})
+	}
+	return errs
 }
 
 // redisChecks are the checks across the options that say how to reach

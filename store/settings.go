@@ -47,6 +47,11 @@ const (
 	SettingsProtected
 	// SettingsNoSelect: the user may not SELECT the database.
 	SettingsNoSelect
+	// SettingsSelectRefused: Redis selects no database but 0 (cluster
+	// mode, or SELECT renamed away).
+	SettingsSelectRefused
+	// SettingsKeyPerm: the user may not read the keys under the prefix.
+	SettingsKeyPerm
 )
 
 // SettingsError is a first answer of Redis that says its settings are wrong.
@@ -75,6 +80,18 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 	defer rdb.Close()
 	err := rdb.Ping(ctx).Err()
 	if err == nil {
+		// A user whose ACL key patterns leave out the prefix reads nothing
+		// (atk57: ~other:* waited the first load's 10 s, then let a banned
+		// IP in): one key under it, read.
+		// GET, which the lookups use; only a refusal of the key counts
+		// (not of the command: Redis 7.0 "... to access one of the keys
+		// ...", 7.2 "... to access a key").
+		if eerr := rdb.Get(ctx, s.kb.Prefix+"settings-check").Err(); eerr != nil && !errors.Is(eerr, redis.Nil) {
+			var re redis.Error
+			if errors.As(eerr, &re) && strings.HasPrefix(re.Error(), "NOPERM") && strings.Contains(strings.ToLower(re.Error()), " key") {
+				return &SettingsError{Fault: SettingsKeyPerm, Err: eerr}
+			}
+		}
 		if s.clients.o.SentinelMaster != "" || len(s.clients.o.Addrs) > 1 {
 			return nil
 		}
@@ -166,8 +183,10 @@ func settingsFault(err error, sentinel, cluster bool) SettingsFault {
 		return SettingsNoAuth
 	case strings.HasPrefix(msg, "DENIED"):
 		return SettingsProtected
-	case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, "select"):
+	case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, "'select' command"):
 		return SettingsNoSelect
+	case strings.Contains(low, "select is not allowed in cluster mode"), unknown("select"):
+		return SettingsSelectRefused
 	case strings.Contains(msg, "DB index is out of range"):
 		return SettingsDB
 	case strings.Contains(msg, "cluster support disabled"):

@@ -17,6 +17,7 @@ import (
 // first stop the broker at start, the second do not (atk55).
 func TestCheckSettings(t *testing.T) {
 	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "narrow", "on", ">narrow-secret", "~other:*", "+@all")
 	r.CLI("CONFIG", "SET", "requirepass", "right-secret")
 	check := func(o Options) error {
 		o.Timeout = time.Second
@@ -45,6 +46,7 @@ func TestCheckSettings(t *testing.T) {
 		{"db out of range", Options{Addrs: []string{r.Addr}, Password: "right-secret", DB: 16}, SettingsDB},
 		{"two addresses, no cluster", Options{Addrs: []string{r.Addr, r.Addr}, Password: "right-secret"}, SettingsNotCluster},
 		{"a Redis as the sentinels", Options{Addrs: []string{r.Addr}, Password: "right-secret", SentinelMaster: "m"}, SettingsNotSentinel},
+		{"keys under the prefix refused", Options{Addrs: []string{r.Addr}, Username: "narrow", Password: "narrow-secret"}, SettingsKeyPerm},
 		{"down", Options{Addrs: []string{fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}}, 0},
 	} {
 		err := check(c.o)
