@@ -154,6 +154,8 @@ func TestAtk57RedisLoadingAtStartStarts(t *testing.T) {
 	loading := r.CLI("INFO", "persistence")
 	took, err := atk56Check(t, map[string]string{"redis_addr": r.Addr, "redis_db": "1"})
 	t.Logf("while loading (INFO says loading:1: %v): %v (%v)", strings.Contains(loading, "loading:1"), err, took.Round(time.Millisecond))
-	require.True(t, strings.Contains(loading, "loading:1"), "inconclusive: Redis had loaded already")
+	if !strings.Contains(loading, "loading:1") {
+		t.Skip("inconclusive: Redis had loaded its dataset already (a fast machine)")
+	}
 	assert.NoError(t, err, "a Redis loading its dataset is no wrong setting")
 }
