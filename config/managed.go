@@ -334,6 +334,9 @@ func SettingsOptionError(cfg Options, se *store.SettingsError) error {
 	case store.SettingsSelectRefused:
 		return &OptionError{Option: "redis_db", Value: fmt.Sprint(cfg.RedisDB),
 			Expected: "0: the Redis at " + where + " selects no other database (cluster mode, or SELECT renamed)" + why}
+	case store.SettingsNoPing:
+		return &OptionError{Option: "redis_username", Value: cfg.RedisUsername,
+			Expected: "a user that the Redis at " + where + " lets run PING (+ping): the plugin's health probe asks it every 200 ms, and a refusal reads as Redis down" + why}
 	case store.SettingsKeyPerm:
 		return &OptionError{Option: "redis_username", Value: cfg.RedisUsername,
 			Expected: "a user that the Redis at " + where + " lets read and write the keys under key_prefix " + ShownValue("key_prefix", cfg.KeyPrefix) + " (its ACL key patterns)" + why}

@@ -45,17 +45,40 @@ func atk56Option(err error) string {
 
 // HOLDS. README, Managed Redis: the start check stops the broker only "when
 // Redis's answer says the other settings are wrong". A correct
-// configuration whose ACL user may not run PING or INFO is no such answer
+// configuration whose ACL user may not run INFO is no such answer
 // (NOPERM): the broker starts, with redis_db 0 or another.
+//
+// A user that may not run PING was let start too (atk56's HOLDS), but the
+// health probe asks PING every 200 ms and took the refusal for Redis down,
+// for good (under redis_unavailable deny every client refused): that user
+// now stops the broker, naming redis_username.
 func TestAtk56ACLUserWithoutPingOrInfoStarts(t *testing.T) {
 	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "noinfo", "on", ">p-secret", "~*", "&*", "+@all", "-info")
 	r.CLI("ACL", "SETUSER", "noping", "on", ">p-secret", "~*", "&*", "+@all", "-ping", "-info")
 	for _, db := range []string{"0", "3"} {
-		took, err := atk56Check(t, map[string]string{"redis_addr": r.Addr, "redis_username": "noping",
+		took, err := atk56Check(t, map[string]string{"redis_addr": r.Addr, "redis_username": "noinfo",
 			"redis_password": "p-secret", "redis_db": db})
 		t.Logf("db %s: %v (%v)", db, err, took)
-		assert.NoError(t, err, "db %s: an ACL user without PING/INFO rights is no wrong setting", db)
+		assert.NoError(t, err, "db %s: an ACL user without INFO rights is no wrong setting", db)
+		_, err = atk56Check(t, map[string]string{"redis_addr": r.Addr, "redis_username": "noping",
+			"redis_password": "p-secret", "redis_db": db})
+		t.Logf("db %s, no PING: %v", db, err)
+		assert.Equal(t, "redis_username", atk56Option(err), "db %s: a user without PING: the health probe would read Redis as down for good", db)
 	}
+}
+
+// Why a user without PING is a wrong setting: the health probe takes the
+// refusal for Redis down, and keeps it.
+func TestNoPingUserReadsAsRedisDown(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "noping", "on", ">p-secret", "~*", "&*", "+@all", "-ping")
+	cfg, err := config.ParseRedis(map[string]string{"redis_addr": r.Addr, "redis_username": "noping", "redis_password": "p-secret"})
+	require.NoError(t, err)
+	st := store.New(cfg.StoreOptions(), keys.Builder{Prefix: cfg.KeyPrefix})
+	defer st.Close()
+	h := newHealth(healthDeps{probe: st.Ping, timeout: cfg.RedisTimeout, log: func(Level, string) {}, where: r.Addr})
+	assert.False(t, h.up(), "PING refused (NOPERM): Redis reads as down")
 }
 
 // HOLDS. README, Redis down: "An unreachable Redis at start does not stop

@@ -52,6 +52,9 @@ const (
 	SettingsSelectRefused
 	// SettingsKeyPerm: the user may not read the keys under the prefix.
 	SettingsKeyPerm
+	// SettingsNoPing: the user may not run PING, which the health probe
+	// asks every 200 ms: Redis would read as down for good.
+	SettingsNoPing
 )
 
 // SettingsError is a first answer of Redis that says its settings are wrong.
@@ -185,6 +188,8 @@ func settingsFault(err error, sentinel, cluster bool) SettingsFault {
 		return SettingsProtected
 	case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, "'select' command"):
 		return SettingsNoSelect
+	case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, "'ping' command"):
+		return SettingsNoPing
 	case strings.Contains(low, "select is not allowed in cluster mode"), unknown("select"):
 		return SettingsSelectRefused
 	case strings.Contains(msg, "DB index is out of range"):
