@@ -51,7 +51,7 @@ func tickWork() { atomic.StoreInt32((*int32)(unsafe.Pointer(&C.guard_tick_work))
 
 // enqueueLog is the plugin.Logger handed to the core; safe from any goroutine.
 func enqueueLog(level plugin.Level, msg string) {
-	msg = store.RedactArgs(msg) // no line carries Redis's echo of a password
+	msg = store.RedactArgsInLine(msg) // no line carries Redis's echo of a password
 	logs.mu.Lock()
 	defer logs.mu.Unlock()
 	tickWork()

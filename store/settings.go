@@ -15,7 +15,7 @@ type SettingsFault int
 // The faults CheckSettings tells apart.
 const (
 	// SettingsWrongPass: Redis refused the username and password
-	// (WRONGPASS), or a password where it has none.
+	// (WRONGPASS; Redis 5: invalid password).
 	SettingsWrongPass SettingsFault = iota + 1
 	// SettingsNoAuth: Redis requires a password and none was given (NOAUTH).
 	SettingsNoAuth
@@ -131,16 +131,16 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 // leaves are err's errors, unwrapped through errors.Join (go-redis joins
 // the sentinels' answers) and single wrapping.
 func leaves(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
+	switch u := err.(type) {
+	case interface{ Unwrap() []error }:
 		var out []error
-		for _, e := range j.Unwrap() {
+		for _, e := range u.Unwrap() {
 			out = append(out, leaves(e)...)
 		}
 		return out
-	}
-	if u := errors.Unwrap(err); u != nil {
-		if _, ok := u.(interface{ Unwrap() []error }); ok {
-			return leaves(u)
+	case interface{ Unwrap() error }:
+		if inner := u.Unwrap(); inner != nil {
+			return leaves(inner)
 		}
 	}
 	return []error{err}

@@ -67,3 +67,14 @@ func TestRedactArgs(t *testing.T) {
 	assert.Equal(t, "x (arguments not shown)\ny (arguments not shown)\nz", RedactArgs(two))
 	assert.Equal(t, "nothing to cut", RedactArgs("nothing to cut"))
 }
+
+// A client's own value holding the echo's words is not cut (it would cut
+// the fields after it from the client's line); Redis's unquoted echo is.
+func TestRedactArgsInLine(t *testing.T) {
+	client := `mosquitto-guard: event=refused ip=192.0.2.1 rule=bad-password client_id="x, with args beginning with: \"y" username="alice"`
+	assert.Equal(t, client, RedactArgsInLine(client))
+	redis := "mosquitto-guard: client ID tracking: 3 events not recorded: ERR unknown command 'auth', with args beginning with: 'pw' "
+	assert.Equal(t, "mosquitto-guard: client ID tracking: 3 events not recorded: ERR unknown command 'auth' (arguments not shown)", RedactArgsInLine(redis))
+	both := `a client_id=", with args beginning with: " b, with args beginning with: 'pw'` + "\nnext, with args beginning with: 'p2'"
+	assert.Equal(t, `a client_id=", with args beginning with: " b (arguments not shown)`+"\nnext (arguments not shown)", RedactArgsInLine(both))
+}

@@ -424,8 +424,9 @@ const argsEcho = ", with args beginning with:"
 
 // RedactArgs cuts Redis's echo of a command's arguments out of msg, each to
 // the end of its line: "ERR unknown command 'auth' (arguments not shown)".
-// Every line the plugin logs passes through it (the cgo layer's log queue),
-// as does every error OneLine words.
+// Every error OneLine words passes through it, and go-redis's own lines;
+// every line the plugin logs passes through RedactArgsInLine (the cgo
+// layer's log queue).
 func RedactArgs(msg string) string {
 	for {
 		i := strings.Index(msg, argsEcho)
@@ -439,6 +440,40 @@ func RedactArgs(msg string) string {
 		}
 		msg = msg[:i] + " (arguments not shown)" + rest
 	}
+}
+
+// RedactArgsInLine is RedactArgs for a log line, which may quote values a
+// client chose (Go syntax, in double quotes, every '"' in them escaped): an
+// echo inside such a value is the client's own text, and cutting the line
+// there would let a client cut the fields after it from its own line (a
+// client ID holding ", with args beginning with:"). Redis's errors are
+// never quoted in the plugin's lines.
+func RedactArgsInLine(line string) string {
+	if !strings.Contains(line, argsEcho) {
+		return line
+	}
+	inQuote, escaped := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case escaped:
+			escaped = false
+		case inQuote && c == '\\':
+			escaped = true
+		case c == '"':
+			inQuote = !inQuote
+		case c == '\n':
+			inQuote = false
+		case !inQuote && strings.HasPrefix(line[i:], argsEcho):
+			end := strings.IndexByte(line[i:], '\n')
+			rest := ""
+			if end >= 0 {
+				rest = RedactArgsInLine(line[i+end:])
+			}
+			return line[:i] + " (arguments not shown)" + rest
+		}
+	}
+	return line
 }
 
 // ClaimThrottle writes username's throttle key (keys.Builder.Throttle) with
