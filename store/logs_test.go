@@ -51,3 +51,13 @@ func TestLogRouter(t *testing.T) {
 	assert.Len(t, a.get(), 2)
 	assert.Equal(t, []string{"after the first closed"}, b.get())
 }
+
+// go-redis's own lines never carry Redis's echo of a command's arguments
+// (a renamed AUTH's password: atk56).
+func TestLogRouterRedactsArgs(t *testing.T) {
+	r := &logRouter{every: 200 * time.Millisecond}
+	var a lines
+	defer r.add(a.log)()
+	r.Printf(context.Background(), "redis: %v", "ERR unknown command 'auth', with args beginning with: 'odd-Secret-42' ")
+	assert.Equal(t, []string{"ERR unknown command 'auth' (arguments not shown)"}, a.get())
+}
