@@ -349,6 +349,9 @@ func SettingsOptionError(cfg Options, se *store.SettingsError) error {
 	case store.SettingsClusterNode:
 		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
 			Expected: "two or more of the Redis Cluster's nodes, comma-separated: one address is taken for a single Redis" + why}
+	case store.SettingsWantsTLS:
+		return &OptionError{Option: "redis_tls", Value: "off",
+			Expected: "on: the Redis at " + where + " speaks only TLS there (" + store.OneLine(se.Err) + ")"}
 	case store.SettingsDB:
 		return &OptionError{Option: "redis_db", Value: fmt.Sprint(cfg.RedisDB),
 			Expected: "a database number that the Redis at " + where + " has (0 to its databases setting - 1)" + why}

@@ -112,6 +112,20 @@ func TestRedisTLSWrongSettingsStopTheBroker(t *testing.T) {
 		})
 	}
 
+	// The other way round: TLS off, a port that speaks only TLS closes the
+	// plain-text connection without a word (atk57: the broker started,
+	// Redis down for good).
+	t.Run("TLS off, a port that speaks only TLS", func(t *testing.T) {
+		start := time.Now()
+		out := startExpectFail(t, e.conf())
+		took := time.Since(start)
+		t.Logf("stopped in %s: %s", took.Round(time.Millisecond), lastLine(out, "mosquitto-guard: option"))
+		assert.Contains(t, out, `mosquitto-guard: option redis_tls: bad value "off": expected on: the Redis at `+e.redis.Addr+` speaks only TLS there`)
+		assert.Equal(t, 1, strings.Count(out, "mosquitto-guard: option"), "one line")
+		assert.NotContains(t, out, "mosquitto-guard: ready")
+		assert.Less(t, took, 5*time.Second)
+	})
+
 	// The name the certificate holds: accepted, and bans apply.
 	e.broker = startBroker(t, e.conf("auth_opt_redis_tls on", "auth_opt_redis_tls_ca "+ca.CertPath, "auth_opt_redis_tls_server_name redis.test"))
 	e.logLine("replica loaded")

@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
+	"net"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -55,6 +58,9 @@ const (
 	// SettingsNoPing: the user may not run PING, which the health probe
 	// asks every 200 ms: Redis would read as down for good.
 	SettingsNoPing
+	// SettingsWantsTLS: redis_tls is off and the address speaks only TLS:
+	// it closed the plain-text connection and answers a TLS handshake.
+	SettingsWantsTLS
 )
 
 // SettingsError is a first answer of Redis that says its settings are wrong.
@@ -71,29 +77,28 @@ func (e *SettingsError) Unwrap() error { return e.Err }
 // neither retries nor redials, and returns a *SettingsError when its answer
 // says the settings are wrong: a refused password, a database it does not
 // have, a cluster seed list for a Redis without cluster support, a master
-// name the sentinels do not monitor, a sentinel that is none, or a
-// sentinel given as the Redis. Any other failure (Redis down, a timeout,
-// a TLS fault, which CheckTLS tells) returns nil: the plugin's health
+// name the sentinels do not monitor, a sentinel that is none, a sentinel,
+// a replica or one node of a cluster of several shards given as the Redis,
+// a user that may not PING or read the keys, or a Redis that speaks only
+// TLS asked without it. Any other failure (Redis down, a timeout, a TLS
+// fault, which CheckTLS tells) returns nil: the plugin's health
 // probe reports it, and redis_unavailable applies until Redis answers
 // (atk55: each of these let the broker start, Redis down for good, its
 // lists never applied, no option named).
 func (s *Store) CheckSettings(ctx context.Context) error {
-	o, _ := s.probeOptions(ctx)
+	o, timeout := s.probeOptions(ctx)
+	// Every address dialled, for the TLS probe below.
+	var dialled dialLog
+	if o.TLSConfig == nil {
+		o.Dialer = dialled.wrap((&net.Dialer{Timeout: timeout}).DialContext)
+	}
 	rdb := redis.NewUniversalClient(o)
 	defer rdb.Close()
 	err := rdb.Ping(ctx).Err()
 	if err == nil {
-		// A user whose ACL key patterns leave out the prefix reads nothing
-		// (atk57: ~other:* waited the first load's 10 s, then let a banned
-		// IP in): one key under it, read.
-		// GET, which the lookups use; only a refusal of the key counts
-		// (not of the command: Redis 7.0 "... to access one of the keys
-		// ...", 7.2 "... to access a key").
-		if eerr := rdb.Get(ctx, s.kb.Prefix+"settings-check").Err(); eerr != nil && !errors.Is(eerr, redis.Nil) {
-			var re redis.Error
-			if errors.As(eerr, &re) && strings.HasPrefix(re.Error(), "NOPERM") && strings.Contains(strings.ToLower(re.Error()), " key") {
-				return &SettingsError{Fault: SettingsKeyPerm, Err: eerr}
-			}
+		single := s.clients.o.SentinelMaster == "" && len(s.clients.o.Addrs) == 1
+		if f, ferr := s.checkKeys(ctx, rdb, single); f != 0 {
+			return &SettingsError{Fault: f, Err: ferr}
 		}
 		if s.clients.o.SentinelMaster != "" || len(s.clients.o.Addrs) > 1 {
 			return nil
@@ -125,7 +130,84 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 	if f := settingsFault(err, s.clients.o.SentinelMaster != "", len(s.clients.o.Addrs) > 1); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
 	}
+	if o.TLSConfig == nil && closedByPeer(err) {
+		// A Redis that speaks only TLS closes a plain-text connection
+		// without a word (atk57: the broker started, Redis down for good).
+		// A closed connection says nothing more (a proxy, a restart): only
+		// an address that then answers a TLS handshake is a fault.
+		if a, herr := speaksTLS(ctx, dialled.list()); a != "" {
+			return &SettingsError{Fault: SettingsWantsTLS,
+				Err: fmt.Errorf("%s closed a plain-text connection (%v) and answered a TLS handshake (%v)", a, err, herr)}
+		}
+	}
 	return nil
+}
+
+// checkKeys reads keys under the prefix: a user whose ACL key patterns
+// leave it out reads nothing (atk57: ~other:* waited the first load's
+// 10 s, then let a banned IP in); and with single (one address, no
+// sentinels), a node of a Redis Cluster of several shards answers MOVED
+// for the keys of the other shards' slots, which the plugin's client does
+// not follow (atk57: a user without CLUSTER rights, which the INFO check
+// below needs, started the broker silently). The keys are slotKeys's, one
+// in each sixteenth of the slots, in one pipelined round trip. Only a
+// refusal of a key counts, not of the command (Redis 7.0 "... to access
+// one of the keys ...", 7.2 "... to access a key"); 0 for no fault.
+func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single bool) (SettingsFault, error) {
+	pipe := rdb.Pipeline()
+	for _, k := range slotKeys(s.kb.Prefix) {
+		pipe.Get(ctx, k)
+	}
+	cmds, _ := pipe.Exec(ctx)
+	for _, c := range cmds {
+		var re redis.Error
+		if !errors.As(c.Err(), &re) {
+			continue
+		}
+		msg := re.Error()
+		switch {
+		case strings.HasPrefix(msg, "NOPERM") && strings.Contains(strings.ToLower(msg), " key"):
+			return SettingsKeyPerm, c.Err()
+		case single && strings.HasPrefix(msg, "MOVED "):
+			return SettingsClusterNode, fmt.Errorf("%s is a node of a Redis Cluster of several shards (GET %s: %w)", s.clients.o.Addrs[0], c.Args()[1], c.Err())
+		}
+	}
+	return 0, nil
+}
+
+// speaksTLS tries a TLS handshake with each address at once, within ctx,
+// trusting any certificate (it only asks what the port speaks): the first
+// address whose server completes it, or answers with a TLS alert (it
+// wants a client certificate), and that answer; "" when none does.
+func speaksTLS(ctx context.Context, addrs []string) (string, error) {
+	type answer struct {
+		addr string
+		err  error
+	}
+	found := make(chan answer, len(addrs))
+	for _, a := range addrs {
+		go func() {
+			d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}} //nolint:gosec // only asks whether the port speaks TLS; nothing is sent
+			c, err := d.DialContext(ctx, "tcp", a)
+			if err == nil {
+				c.Close()
+				found <- answer{a, errors.New("handshake completed")}
+				return
+			}
+			var alert tls.AlertError
+			if errors.As(err, &alert) {
+				found <- answer{a, err}
+				return
+			}
+			found <- answer{}
+		}()
+	}
+	for range addrs {
+		if an := <-found; an.addr != "" {
+			return an.addr, an.err
+		}
+	}
+	return "", nil
 }
 
 // leaves are err's errors, unwrapped through errors.Join (go-redis joins

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
@@ -77,4 +80,87 @@ func TestRedactArgsInLine(t *testing.T) {
 	assert.Equal(t, "mosquitto-guard: client ID tracking: 3 events not recorded: ERR unknown command 'auth' (arguments not shown)", RedactArgsInLine(redis))
 	both := `a client_id=", with args beginning with: " b, with args beginning with: 'pw'` + "\nnext, with args beginning with: 'p2'"
 	assert.Equal(t, `a client_id=", with args beginning with: " b (arguments not shown)`+"\nnext (arguments not shown)", RedactArgsInLine(both))
+}
+
+// One node of a Redis Cluster of several shards as the one address, read
+// by a user that may not run CLUSTER (nor INFO): the check's GETs, one in
+// each sixteenth of the slots, meet a MOVED (atk57: such a user started
+// the broker silently, every key of the other shard's slots answered
+// MOVED for good). A cluster of one shard serves every key: no fault.
+func TestCheckSettingsClusterNodeWithoutClusterRights(t *testing.T) {
+	c := testenv.StartRedisCluster(t, 2)
+	one := testenv.StartRedisCluster(t, 1)
+	for _, r := range []*testenv.Redis{c.Nodes[0], one.Nodes[0]} {
+		r.CLI("ACL", "SETUSER", "nocluster", "on", ">nc-secret", "~*", "+@all", "-cluster")
+		r.CLI("ACL", "SETUSER", "noinfo", "on", ">ni-secret", "~*", "+@all", "-cluster", "-info")
+	}
+	check := func(addr, user, pw string) error {
+		s := New(Options{Addrs: []string{addr}, Username: user, Password: pw, Timeout: time.Second}, keys.Builder{Prefix: "s:"})
+		defer s.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		defer cancel()
+		return s.CheckSettings(ctx)
+	}
+	for _, u := range [][2]string{{"default", ""}, {"nocluster", "nc-secret"}, {"noinfo", "ni-secret"}} {
+		err := check(c.Nodes[0].Addr, u[0], u[1])
+		var se *SettingsError
+		if assert.ErrorAs(t, err, &se, "user %s, one node of two shards", u[0]) {
+			assert.Equal(t, SettingsClusterNode, se.Fault, "user %s: %v", u[0], err)
+		}
+		assert.NoError(t, check(one.Nodes[0].Addr, u[0], u[1]), "user %s, a cluster of one shard", u[0])
+	}
+}
+
+// slotKeys spreads its keys one in each sixteenth of the slot space, the
+// slot as Redis computes it (CLUSTER KEYSLOT).
+func TestSlotKeys(t *testing.T) {
+	r := testenv.StartRedisCluster(t, 1).Nodes[0]
+	seen := map[int]bool{}
+	for _, k := range slotKeys("guard:") {
+		assert.True(t, strings.HasPrefix(k, "guard:settings-check"), k)
+		slot := keySlot(k)
+		assert.Equal(t, fmt.Sprint(slot), strings.TrimSpace(r.CLI("CLUSTER", "KEYSLOT", k)), k)
+		seen[slot*16/16384] = true
+	}
+	assert.Len(t, seen, 16)
+}
+
+// A Redis that speaks only TLS, asked in plain text, closes the connection
+// without a word; with redis_tls off that says nothing of the settings
+// unless the address answers a TLS handshake, which names redis_tls
+// (atk57: the broker started silently, Redis down for good). A Redis that
+// closes a plain connection and does not speak TLS either is no fault.
+func TestCheckSettingsPlainTextToTLSPort(t *testing.T) {
+	ca := testenv.NewCA(t)
+	for _, auth := range []bool{false, true} {
+		r := testenv.StartRedisTLS(t, &testenv.RedisTLS{CA: ca, AuthClients: auth})
+		s := New(Options{Addrs: []string{r.Addr}, Timeout: time.Second}, keys.Builder{Prefix: "s:"})
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		err := s.CheckSettings(ctx)
+		cancel()
+		s.Close()
+		var se *SettingsError
+		if assert.ErrorAs(t, err, &se, "client certificates asked: %v", auth) {
+			assert.Equal(t, SettingsWantsTLS, se.Fault, "%v", err)
+			assert.Contains(t, err.Error(), r.Addr)
+		}
+	}
+	// A listener that closes every connection at once, speaking nothing.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	s := New(Options{Addrs: []string{ln.Addr().String()}, Timeout: time.Second}, keys.Builder{Prefix: "s:"})
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	assert.NoError(t, s.CheckSettings(ctx), "a server that closes and speaks no TLS")
 }

@@ -77,20 +77,10 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 	// Every address dialled, for the probes: through sentinels the PING
 	// goes to the master they name, in a cluster to the nodes CLUSTER
 	// SLOTS names, none of them in Addrs.
-	var (
-		mu      sync.Mutex
-		dialled []string
-	)
+	var dialled dialLog
 	if o.TLSConfig != nil {
 		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: o.TLSConfig}
-		o.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			mu.Lock()
-			if !slices.Contains(dialled, addr) {
-				dialled = append(dialled, addr)
-			}
-			mu.Unlock()
-			return d.DialContext(ctx, network, addr)
-		}
+		o.Dialer = dialled.wrap(d.DialContext)
 	}
 	rdb := redis.NewUniversalClient(o)
 	err := rdb.Ping(ctx).Err()
@@ -101,14 +91,12 @@ func (s *Store) CheckTLS(ctx context.Context) error {
 	if err == nil {
 		return nil
 	}
-	mu.Lock()
 	addrs := slices.Clone(s.clients.o.Addrs)
-	for _, a := range dialled {
+	for _, a := range dialled.list() {
 		if !slices.Contains(addrs, a) {
 			addrs = append(addrs, a)
 		}
 	}
-	mu.Unlock()
 	if closedByPeer(err) && s.clients.o.TLS != nil {
 		return probeRefused(addrs, s.clients.o.TLS, err)
 	}
@@ -146,6 +134,33 @@ func (s *Store) probeOptions(ctx context.Context) (o *redis.UniversalOptions, ti
 	o.MaxRetries = -1
 	o.DialerRetries = 1
 	return o, timeout
+}
+
+// dialLog records the addresses a probe's client dialled: through
+// sentinels the PING goes to the master they name, in a cluster to the
+// nodes CLUSTER SLOTS names, none of them in Options.Addrs.
+type dialLog struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+// wrap is dial, recording each address it is asked for.
+func (l *dialLog) wrap(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		l.mu.Lock()
+		if !slices.Contains(l.addrs, addr) {
+			l.addrs = append(l.addrs, addr)
+		}
+		l.mu.Unlock()
+		return dial(ctx, network, addr)
+	}
+}
+
+// list is the addresses dialled so far.
+func (l *dialLog) list() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.addrs)
 }
 
 // closedByPeer says whether err is the connection's end at the other side:
