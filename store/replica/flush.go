@@ -170,7 +170,12 @@ func (s *Sync) lost(ctx context.Context, marks []mark) (why string, flushed bool
 		case err == nil && got != m.val:
 			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, store.NodeName(m.c)), true
 		case isReply(err):
-			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, store.NodeName(m.c)), false
+			// Not a flush: a slot moved, or Redis refused the read (an ACL
+			// change; a rotated password fails the next connection's AUTH).
+			if _, moved := redis.IsMovedError(err); moved {
+				return fmt.Sprintf("the flush mark %s on %s moved (%s)", m.key, store.NodeName(m.c), store.OneLine(err)), false
+			}
+			return fmt.Sprintf("reading the flush mark %s on %s was refused (%s)", m.key, store.NodeName(m.c), store.OneLine(err)), false
 		case errors.Is(err, redis.ErrClosed):
 			return "the cluster's masters changed", false // the node's client was replaced
 		}
