@@ -123,6 +123,12 @@ func TestSlotKeys(t *testing.T) {
 		seen[slot*16/16384] = true
 	}
 	assert.Len(t, seen, 16)
+	// A prefix with a hash tag of its own: its keys share one slot.
+	tagged := slotKeys("g{fleet}:")
+	if assert.Len(t, tagged, 1) {
+		assert.Equal(t, keySlot("fleet"), keySlot(tagged[0]))
+	}
+	assert.Len(t, slotKeys("g{:"), 16, "an open brace alone is no tag")
 }
 
 // A Redis that speaks only TLS, asked in plain text, closes the connection

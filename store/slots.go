@@ -35,18 +35,24 @@ func keySlot(key string) int {
 	return int(crc) % clusterSlots
 }
 
-// slotKeys are slotKeyCount keys under prefix whose slots fall one in each
-// sixteenth of the slot space: a node that does not serve all 16384 slots
-// answers at least one of them MOVED unless the other shards hold only
-// slots between them (the start check's one-node test).
+// slotKeyTries bounds slotKeys's search: some 55 tries fill the sixteen
+// sixteenths; a prefix with a hash tag of its own fills one, at the first.
+const slotKeyTries = 4096
+
+// slotKeys are at most slotKeyCount keys under prefix whose slots fall one
+// in each sixteenth of the slot space: a node that does not serve all 16384
+// slots answers at least one of them MOVED unless the other shards hold
+// only slots between them (the start check's one-node test). A prefix that
+// holds a hash tag ("{...}") puts every key in its slot, as it does the
+// plugin's own keys: then one key.
 func slotKeys(prefix string) []string {
-	out := make([]string, slotKeyCount)
-	left := slotKeyCount
-	for n := 0; left > 0; n++ {
+	var in [slotKeyCount]string
+	var out []string
+	for n := 0; n < slotKeyTries && len(out) < slotKeyCount; n++ {
 		k := prefix + "settings-check:{" + strconv.Itoa(n) + "}"
-		if b := keySlot(k) * slotKeyCount / clusterSlots; out[b] == "" {
-			out[b] = k
-			left--
+		if b := keySlot(k) * slotKeyCount / clusterSlots; in[b] == "" {
+			in[b] = k
+			out = append(out, k)
 		}
 	}
 	return out
