@@ -295,7 +295,12 @@ func (r *confReader) option(f *fileState, n int, word, rest string) {
 	case value == "":
 		// Mosquitto names the option without its prefix; the value may hide
 		// behind a tab, which does not separate words.
-		r.errorf(f, n, "empty %s value (a tab does not separate an option from its value)", strings.ReplaceAll(name, "\t", `\t`))
+		// What follows a tab may be the value, a password: not shown.
+		if head, cut := NameHead(name); cut {
+			r.errorf(f, n, "empty %s... value (a tab does not separate an option from its value; the rest of the line is not shown)", quoteOdd(head))
+		} else {
+			r.errorf(f, n, "empty %s value (a tab does not separate an option from its value)", quoteOdd(name))
+		}
 	default:
 		f.plugin.Options[name], f.plugin.OptionLines[name] = value, n
 	}

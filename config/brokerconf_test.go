@@ -145,7 +145,7 @@ func TestReadBrokerConfigOptions(t *testing.T) {
 	want := []string{
 		inc + ":1: auth_opt_orphan: no auth_plugin or plugin line before it in this file",
 		main + ":10: empty six value (a tab does not separate an option from its value)",
-		main + `:11: empty seven\tseven value (a tab does not separate an option from its value)`,
+		main + ":11: empty seven... value (a tab does not separate an option from its value; the rest of the line is not shown)",
 		main + ":12: auth_opt_ab: invalid option name",
 		main + ":13: empty auth_plugin value",
 	}

@@ -127,11 +127,28 @@ func TestParseCombinationsWithOtherErrors(t *testing.T) {
 	require.Len(t, errs, 2, "no combination of a bad ban_time or backend: %v", err)
 }
 
-// An option name holding control characters is quoted: one log line.
+// An option name holding control characters is shown up to the first: one
+// log line. What follows may be a value.
 func TestUnknownOptionNameQuoted(t *testing.T) {
 	_, err := Parse(map[string]string{"a\rb\x1b[31m": "v"})
 	require.Error(t, err)
-	assert.True(t, strings.HasPrefix(err.Error(), `option "a\rb\x1b[31m": unknown option`), err.Error())
+	assert.True(t, strings.HasPrefix(err.Error(), `option a...: unknown option`), err.Error())
+	_, err = Parse(map[string]string{"\x1b[31m": "v"})
+	require.Error(t, err)
+	assert.True(t, strings.HasPrefix(err.Error(), `option ...: unknown option`), err.Error())
+}
+
+// Mosquitto separates an option from its value at a space only: after a tab
+// the value is part of the name (atk59: "auth_opt_redis_password<TAB>S3cret
+// x" put the password in the broker's log and guardctl's output).
+func TestUnknownOptionHidesWhatFollowsATab(t *testing.T) {
+	_, err := Parse(map[string]string{"redis_password\tS3cret": "x"})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "S3cret")
+	assert.Contains(t, err.Error(), "option redis_password...: unknown option (a tab does not separate redis_password from its value: write a space")
+	_, err = Parse(map[string]string{"redis_pasword S3cret": "x"})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "S3cret")
 }
 
 func TestRedisPasswordNeverShown(t *testing.T) {

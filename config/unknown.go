@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // errUnknownOption is wrapped by the error for an option this plugin does not know.
@@ -32,7 +33,26 @@ func unknownOptions(opts map[string]string) Errors {
 // know, with what to write instead when that can be told. It never echoes
 // a value.
 func UnknownOption(name string) error {
+	if head, cut := NameHead(name); cut {
+		// Mosquitto splits an option from its value at a space only: a tab
+		// makes the value part of the name (atk59: the password showed).
+		hint := " (a tab does not separate an option from its value; the rest of the name is not shown)"
+		if _, ok := options[head]; ok {
+			hint = " (a tab does not separate " + head + " from its value: write a space; the rest of the name is not shown)"
+		}
+		return fmt.Errorf("option %s...: %w%s", quoteOdd(head), errUnknownOption, hint)
+	}
 	return fmt.Errorf("option %s: %w%s", quoteOdd(name), errUnknownOption, unknownHint(name))
+}
+
+// NameHead is an option's name up to its first tab, space or control
+// character, and whether one was there: what follows it may be a value
+// (a password), which no line may show.
+func NameHead(name string) (head string, cut bool) {
+	if i := strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }); i >= 0 {
+		return name[:i], true
+	}
+	return name, false
 }
 
 // unknownHint says what to write instead of an unknown option.

@@ -104,8 +104,15 @@ func (h *health) down(err error) {
 	if h.deny {
 		mode = "deny: refusing every client"
 	}
-	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s unreachable (%v); redis_unavailable %s until it is reachable again",
-		h.where, store.OneLine(err), mode))
+	// An error reply is an answer: Redis is there and refuses (a rotated
+	// password, an ACL change, OOM); the line says so. It keeps the word
+	// "unreachable", which operators' alerts match.
+	what := "unreachable"
+	if isRedisReply(err) {
+		what = "unreachable: it refuses the plugin's commands"
+	}
+	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s %s (%v); redis_unavailable %s until it answers again",
+		h.where, what, store.OneLine(err), mode))
 }
 
 func (h *health) upAgain() {

@@ -37,3 +37,27 @@ func TestWrongTypeIsNoOutage(t *testing.T) {
 	h.down(context.DeadlineExceeded)
 	assert.False(t, h.up(), "no answer is an outage")
 }
+
+// A Redis that answers with a refusal (a rotated password: WRONGPASS at the
+// next connection; an ACL change: NOPERM) is down for the plugin, and the
+// line says it refuses, with its answer (it said only "unreachable": an
+// operator looked for a network fault). The word stays, for alerts.
+func TestHealthSaysRefusedNotUnreachable(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("CONFIG", "SET", "requirepass", "new-secret")
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Password: "old-secret"})
+	t.Cleanup(func() { _ = rdb.Close() })
+	refused := rdb.Ping(context.Background()).Err()
+	require.Error(t, refused)
+	var lines []string
+	h := newHealth(healthDeps{probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		log: func(_ Level, s string) { lines = append(lines, s) }, where: r.Addr})
+	assert.False(t, h.up())
+	require.Len(t, lines, 1, "%q", lines)
+	assert.Contains(t, lines[0], "redis at "+r.Addr+" unreachable: it refuses the plugin's commands (")
+	assert.Contains(t, lines[0], "WRONGPASS", "Redis's answer is named")
+	assert.NotContains(t, lines[0], "old-secret")
+	h.upAgain()
+	h.down(context.DeadlineExceeded)
+	assert.Contains(t, lines[len(lines)-1], "redis at "+r.Addr+" unreachable (", "no answer")
+}

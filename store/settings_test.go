@@ -12,6 +12,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
@@ -72,14 +74,27 @@ func TestRedactArgs(t *testing.T) {
 }
 
 // A client's own value holding the echo's words is not cut (it would cut
-// the fields after it from the client's line); Redis's unquoted echo is.
+// the fields after it from the client's line): logline and logval quote it
+// with the comma escaped. Redis's echo is cut wherever it is, whatever
+// quotes come before it (atk59: a key_prefix holding '"' hid the echo
+// inside what looked like a quoted value, and the password showed).
 func TestRedactArgsInLine(t *testing.T) {
-	client := `mosquitto-guard: event=refused ip=192.0.2.1 rule=bad-password client_id="x, with args beginning with: \"y" username="alice"`
+	client := logline.Event("refused").Tok("ip", "192.0.2.1").Tok("rule", "bad-password").
+		Str("client_id", `x, with args beginning with: "y`).Str("username", "alice").String()
 	assert.Equal(t, client, RedactArgsInLine(client))
+	assert.Contains(t, client, `username="alice"`)
+	f, err := logline.Parse(client)
+	if assert.NoError(t, err) {
+		assert.Equal(t, `x, with args beginning with: "y`, f.Get("client_id"), "the value reads back whole")
+	}
+	assert.Equal(t, `"a\x2c with args beginning with: b"`, logval.Quote("a, with args beginning with: b"))
 	redis := "mosquitto-guard: client ID tracking: 3 events not recorded: ERR unknown command 'auth', with args beginning with: 'pw' "
 	assert.Equal(t, "mosquitto-guard: client ID tracking: 3 events not recorded: ERR unknown command 'auth' (arguments not shown)", RedactArgsInLine(redis))
+	prefix := `mosquitto-guard: replica: cannot keep the flush mark g"59:epoch (ERR unknown command 'auth', with args beginning with: 'Pw59-Secret' )`
+	assert.NotContains(t, RedactArgsInLine(prefix), "Pw59-Secret")
 	both := `a client_id=", with args beginning with: " b, with args beginning with: 'pw'` + "\nnext, with args beginning with: 'p2'"
-	assert.Equal(t, `a client_id=", with args beginning with: " b (arguments not shown)`+"\nnext (arguments not shown)", RedactArgsInLine(both))
+	assert.NotContains(t, RedactArgsInLine(both), "pw")
+	assert.NotContains(t, RedactArgsInLine(both), "p2")
 }
 
 // One node of a Redis Cluster of several shards as the one address, read

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -416,11 +417,9 @@ func OneLine(err error) string {
 	return strings.Join(out, "; ")
 }
 
-// argsEcho starts Redis's echo of a refused command's arguments: "ERR
-// unknown command 'auth', with args beginning with: '<password>' ". An AUTH
-// or HELLO that a Redis renamed away is answered so, with the password
-// (atk56: it reached the broker's log).
-const argsEcho = ", with args beginning with:"
+// argsEcho starts Redis's echo of a refused command's arguments
+// (logval.ArgsEcho).
+const argsEcho = logval.ArgsEcho
 
 // RedactArgs cuts Redis's echo of a command's arguments out of msg, each to
 // the end of its line: "ERR unknown command 'auth' (arguments not shown)".
@@ -442,39 +441,14 @@ func RedactArgs(msg string) string {
 	}
 }
 
-// RedactArgsInLine is RedactArgs for a log line, which may quote values a
-// client chose (Go syntax, in double quotes, every '"' in them escaped): an
-// echo inside such a value is the client's own text, and cutting the line
-// there would let a client cut the fields after it from its own line (a
-// client ID holding ", with args beginning with:"). Redis's errors are
-// never quoted in the plugin's lines.
-func RedactArgsInLine(line string) string {
-	if !strings.Contains(line, argsEcho) {
-		return line
-	}
-	inQuote, escaped := false, false
-	for i := 0; i < len(line); i++ {
-		c := line[i]
-		switch {
-		case escaped:
-			escaped = false
-		case inQuote && c == '\\':
-			escaped = true
-		case c == '"':
-			inQuote = !inQuote
-		case c == '\n':
-			inQuote = false
-		case !inQuote && strings.HasPrefix(line[i:], argsEcho):
-			end := strings.IndexByte(line[i:], '\n')
-			rest := ""
-			if end >= 0 {
-				rest = RedactArgsInLine(line[i+end:])
-			}
-			return line[:i] + " (arguments not shown)" + rest
-		}
-	}
-	return line
-}
+// RedactArgsInLine is RedactArgs for a log line. A value a client chose is
+// quoted there by logval.Go, which escapes the echo's comma: the echo
+// never appears in it, and so the cut, wherever it finds the echo, never
+// shortens a client's own line (a client ID holding ", with args beginning
+// with:"), and needs no tracking of quotes, which an operator's unquoted
+// text holding '"' (a key_prefix) turned inside out (atk59: the password
+// showed).
+func RedactArgsInLine(line string) string { return RedactArgs(line) }
 
 // ClaimThrottle writes username's throttle key (keys.Builder.Throttle) with
 // reason for ttl, unless it exists: the one guess a throttled username's

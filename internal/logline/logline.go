@@ -57,14 +57,14 @@ func (l *Line) StrKept(key, kept string, size int) *Line {
 func (l *Line) strOf(key, v string, size, n int) *Line {
 	l.key(key)
 	if size <= n {
-		l.b.WriteString(strconv.Quote(v))
+		l.b.WriteString(logval.Go(v))
 		return l
 	}
 	cut := min(max(n, 0), len(v))
 	for cut > 0 && cut < len(v) && !utf8.RuneStart(v[cut]) {
 		cut--
 	}
-	l.b.WriteString(strconv.Quote(v[:cut]))
+	l.b.WriteString(logval.Go(v[:cut]))
 	return l.Int(key+"_bytes", int64(size))
 }
 
@@ -122,7 +122,7 @@ func token(v string) string {
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		if c <= ' ' || c >= 0x7f || c == '"' || c == '=' || c == '\\' {
-			return strconv.Quote(v)
+			return logval.Go(v)
 		}
 	}
 	return v
