@@ -1,0 +1,197 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// atk59: a hostile pass on 482b37e and 57d545c (the start check's key and
+// PING refusals; a Redis username needs a password) and 50b92ff (log
+// redaction outside double quotes).
+
+// atk59ACLUserBans starts a broker (fail_limit 3) as the Redis ACL user
+// guard59 with rules, makes four wrong guesses from 127.0.59.1 and then one
+// right one; it returns whether the broker started, whether the IP's
+// automatic ban reached Redis, the right guess's CONNACK and the broker's
+// output.
+func atk59ACLUserBans(t *testing.T, rules ...string) (started, banned bool, code byte, out string) {
+	t.Helper()
+	e := envWithoutBroker(t)
+	e.redis.CLI(append([]string{"ACL", "SETUSER", "guard59", "on", ">k59-secret"}, rules...)...)
+	conf := e.conf("auth_opt_redis_username guard59", "auth_opt_redis_password k59-secret", "auth_opt_fail_limit 3")
+	exited, startOut := atk55Run(t, conf, 2500*time.Millisecond)
+	if exited {
+		return false, false, 255, startOut
+	}
+	e.broker = startBroker(t, conf)
+	for i := range 4 {
+		e.connect(as("127.0.59.1", fmt.Sprintf("atk59-guess-%d", i), "alice", "wrong"))
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && !banned {
+		banned = e.redis.CLI("EXISTS", "guard:block:ip:127.0.59.1") == "1"
+		time.Sleep(50 * time.Millisecond)
+	}
+	code = e.connect(as("127.0.59.1", "atk59-right", "alice", "alice-pw"))
+	return true, banned, code, e.broker.Output()
+}
+
+// DEFECT (false negative of the start check; failed 3 of 3 runs, every
+// case). README, Managed Redis: "the plugin then asks Redis once more at
+// start ..., and stops the broker the same way when Redis's answer says
+// the other settings are wrong" (before, such settings "let the broker
+// start with Redis down for good, its bans never applied and no option
+// named"); 482b37e: an ACL user that may not read the keys under
+// key_prefix stops the broker naming redis_username, whose line asks for
+// "a user that ... lets read and write the keys under key_prefix".
+// Three Redis 7 users that PING and GET guard:settings-check pass, but that
+// may not count a failure, no retry mending it:
+//   - ~guard:* alone, the natural reading of "the keys under key_prefix":
+//     the failure counters are rate:guard:... (redis_rate's own "rate:"
+//     prefix; README's explain user lists ~rate:guard:* too);
+//   - read-only key patterns (%R~guard:* %R~rate:guard:*): GET passes,
+//     every write is refused;
+//   - README's own guardctl-explain user (-@all +@read +time +ping, &*
+//     added), reused for the plugin: EVALSHA and SET refused.
+//
+// Observed: the broker starts, no option named; each failure logs "redis at
+// ... unreachable (ratelimit: count failure: NOPERM ...)" then "is back"
+// (PING answers), and no automatic ban is ever written to Redis: the
+// failures are counted on this broker only (its right guess is refused
+// here), so no other broker, no restart and no guardctl list sees the ban,
+// while the log calls an answering Redis unreachable.
+// Expected: the broker stops naming redis_username (as for a GET refused),
+// or else the IP's ban reaches Redis. Cause: store/settings.go
+// CheckSettings tries one GET under key_prefix only, no write and no rate:
+// key, and lets a refused command pass.
+func TestAtk59ACLUserThatCannotCountFailuresStarts(t *testing.T) {
+	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
+	for _, c := range []struct {
+		name  string
+		rules []string
+	}{
+		{"no rate keys", []string{"~guard:*", "&*", "+@all"}},
+		{"read-only keys", []string{"%R~guard:*", "%R~rate:guard:*", "&*", "+@all"}},
+		{"explain user", []string{"resetchannels", "~guard:*", "~rate:guard:*", "&*", "-@all", "+@read", "+time", "+ping"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			started, banned, code, out := atk59ACLUserBans(t, c.rules...)
+			t.Logf("started=%v banned=%v CONNACK of the right guess=%d; %s; %s", started, banned, code,
+				atk57OptionLine(out), findLine(out, "unreachable"))
+			if !started {
+				assert.Contains(t, atk57OptionLine(out), "option redis_username", "stopped, naming:\n%s", out)
+				return
+			}
+			assert.True(t, banned, "the broker started with a Redis user that may not count failures, and 4 wrong guesses (fail_limit 3) banned nothing")
+		})
+	}
+}
+
+// HOLDS (control). The same with ~guard:* ~rate:guard:* +@all: the IP is
+// banned and its right guess refused.
+func TestAtk59ACLUserControlBans(t *testing.T) {
+	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
+	started, banned, code, out := atk59ACLUserBans(t, "~guard:*", "~rate:guard:*", "&*", "+@all")
+	assert.True(t, started && banned, "control: started=%v banned=%v\n%s", started, banned, out)
+	assert.EqualValues(t, refused, code, "control: the banned IP's right guess")
+}
+
+// HOLDS. 482b37e and 57d545c must not stop a broker whose Redis user has
+// the rights the plugin needs: Redis 7 users without INFO or CONFIG
+// (-@dangerous), with only the categories the plugin uses, with a
+// redis_db other than 0 and +select, with the rate: keys in a selector,
+// and with the key patterns read-write spelled %RW~. Each starts (no exit
+// within 2.5 s, no option line).
+func TestAtk59MinimalRedisUsersStart(t *testing.T) {
+	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
+	e := envWithoutBroker(t)
+	for i, c := range []struct {
+		name  string
+		rules []string
+		extra []string
+	}{
+		{"no dangerous", []string{"~guard:*", "~rate:guard:*", "&*", "+@all", "-@dangerous"}, nil},
+		{"categories", []string{"~guard:*", "~rate:guard:*", "&*", "-@all", "+@read", "+@write", "+@scripting", "+@pubsub", "+@connection", "+@keyspace", "+@transaction"}, nil},
+		{"db 3", []string{"~guard:*", "~rate:guard:*", "&*", "+@all"}, []string{"auth_opt_redis_db 3"}},
+		{"selector", []string{"~guard:*", "&*", "+@all", "(~rate:guard:* +@all)"}, nil},
+		{"RW patterns", []string{"%RW~guard:*", "%RW~rate:guard:*", "&*", "+@all"}, nil},
+		{"other prefix", []string{"~t59:*", "~rate:t59:*", "&*", "+@all"}, []string{"auth_opt_key_prefix t59:"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			user := fmt.Sprintf("min59-%d", i)
+			e.redis.CLI(append([]string{"ACL", "SETUSER", user, "on", ">m59-secret"}, c.rules...)...)
+			conf := e.conf(append([]string{"auth_opt_redis_username " + user, "auth_opt_redis_password m59-secret"}, c.extra...)...)
+			exited, out := atk55Run(t, conf, 2500*time.Millisecond)
+			assert.False(t, exited, "a Redis user with the rights needed: the broker should start; %s\n%s", atk57OptionLine(out), out)
+			assert.Contains(t, out, "mosquitto-guard: ready")
+			_ = strings.Contains
+		})
+	}
+}
+
+// atk59EchoAfterStart starts a broker with password pw and extra options
+// while its Redis (AUTH and HELLO renamed away: Redis echoes both
+// commands' arguments, the password among them) is down, so that the start
+// check finds nothing to say, then starts that Redis, and returns the
+// broker's output after 4 s.
+func atk59EchoAfterStart(t *testing.T, pw string, extra ...string) string {
+	t.Helper()
+	e := envWithoutBroker(t)
+	e.redis.Stop()
+	e.redis = testenv.StartRedis(t, "--rename-command", "AUTH", "", "--rename-command", "HELLO", "")
+	e.redis.Stop()
+	conf := e.conf(append([]string{"auth_opt_redis_password " + pw}, extra...)...)
+	e.broker = startBroker(t, conf)
+	e.redis.Restart()
+	time.Sleep(4 * time.Second)
+	return e.broker.Output()
+}
+
+// DEFECT (a password in the broker's log; failed 3 of 3 runs). README,
+// Managed Redis: "Redis echoes a refused command's arguments ...: no log
+// line of the plugin carries that echo" (atk56; ac8eb06); 50b92ff:
+// store.RedactArgsInLine cuts the echo only outside double quotes, on the
+// ground that "Redis's errors are never quoted in the plugin's lines".
+// But some lines put an operator's value unquoted before Redis's error:
+// the replica's "cannot keep the flush mark "+key_prefix+"epoch (<error>)".
+// A key_prefix holding one '"' (any byte is a valid key; README sets no
+// rule on it) opens a "quote" the line never closes, and the echo after it
+// is kept whole. Set-up: the broker starts while Redis is down (the start
+// check, which would stop it for the missing AUTH, finds Redis unreachable
+// and lets it start, as README says), then Redis comes up with AUTH and
+// HELLO renamed away (a Redis restarted with another configuration).
+// Observed, in the broker's log: "replica: cannot keep the flush mark
+// g"59:epoch (ERR unknown command 'auth', with args beginning with:
+// 'Pw59-Secret-Zq' ); ..." and "replica: Redis refused the subscription to
+// keyspace notifications and g"59:changes (subscribe: failed to
+// authenticate: ERR unknown command 'auth', with args beginning with:
+// 'Pw59-Secret-Zq' ): ...". With key_prefix guard: (control) the same line shows
+// "(arguments not shown)".
+// Cause: store/store.go RedactArgsInLine (quote state carried in from a
+// value the plugin does not quote), store/replica/flush.go (the flush
+// mark's line) and store/replica/sync.go (the subscription's line): the
+// prefix unquoted before the error.
+func TestAtk59QuoteInKeyPrefixRevealsEchoedPassword(t *testing.T) {
+	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
+	const pw = "Pw59-Secret-Zq"
+	out := atk59EchoAfterStart(t, pw, `auth_opt_key_prefix g"59:`)
+	t.Logf("lines with the echo's command:\n%s", grepLines(out, "unknown command"))
+	assert.NotContains(t, out, pw, "the password in the broker's log")
+}
+
+// HOLDS (control of the above). With the default key_prefix the same
+// Redis's echo is cut from every line.
+func TestAtk59EchoAfterStartRedacted(t *testing.T) {
+	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
+	const pw = "Pw59-Secret-Zq"
+	out := atk59EchoAfterStart(t, pw)
+	t.Logf("lines with the echo's command:\n%s", grepLines(out, "unknown command"))
+	assert.NotContains(t, out, pw, "the password in the broker's log")
+	assert.Contains(t, out, "unknown command 'auth'", "the set-up: Redis refused AUTH after the start")
+}
