@@ -27,7 +27,13 @@ func atk59ACLUserBans(t *testing.T, rules ...string) (started, banned bool, code
 	t.Helper()
 	e := envWithoutBroker(t)
 	e.redis.CLI(append([]string{"ACL", "SETUSER", "guard59", "on", ">k59-secret"}, rules...)...)
-	conf := e.conf("auth_opt_redis_username guard59", "auth_opt_redis_password k59-secret", "auth_opt_fail_limit 3")
+	return atk59Bans(t, e, "auth_opt_redis_username guard59", "auth_opt_redis_password k59-secret")
+}
+
+// atk59Bans is atk59ACLUserBans's run on e's Redis with extra options.
+func atk59Bans(t *testing.T, e *env, extra ...string) (started, banned bool, code byte, out string) {
+	t.Helper()
+	conf := e.conf(append([]string{"auth_opt_fail_limit 3"}, extra...)...)
 	exited, startOut := atk55Run(t, conf, 2500*time.Millisecond)
 	if exited {
 		return false, false, 255, startOut
@@ -297,4 +303,48 @@ func TestAtk59TabSeparatedPasswordOptionShown(t *testing.T) {
 		t.Logf("guardctl: %.160q", b)
 		assert.NotContains(t, string(b), "S3cretTab59", "the password in guardctl's output")
 	}
+}
+
+// DEFECT (false negative of the start check; failed 3 of 3 runs, both
+// cases). 57d545c stops the broker for a user that may not run PING, "a
+// refusal no retry mends" (the health probe asks PING every 200 ms); README,
+// Managed Redis: the start stops the broker "when Redis's answer says the
+// other settings are wrong" (no AUTH command is such an answer). Managed
+// and hardened Redis servers rename or disable commands:
+//   - PING renamed away: "ERR unknown command 'ping'" at every probe, for
+//     good; the broker starts, logs "redis at ... unreachable (store: ping:
+//     ERR unknown command 'ping' (arguments not shown))" and runs with Redis
+//     down for ever (redis_unavailable deny: every client refused), no
+//     option named;
+//   - EVAL and EVALSHA renamed away (Lua scripting disabled): the broker
+//     starts silently ("connected to redis"), and no failure is counted in
+//     Redis: 4 wrong guesses with fail_limit 3 write no ban (the broker
+//     counts them alone, as while Redis is down).
+//
+// Expected: the broker stops with one line naming an option (redis_addr:
+// this Redis cannot serve the plugin), as for a Redis without AUTH.
+// Cause: store/settings.go settingsFault knows unknown 'select' and 'auth'
+// only; CheckSettings runs no script.
+func TestAtk59RenamedCommandsStart(t *testing.T) {
+	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
+	t.Run("PING renamed", func(t *testing.T) {
+		r := testenv.StartRedis(t, "--rename-command", "PING", "")
+		conf := "allow_anonymous false\nauth_plugin " + pluginPath + "\nauth_opt_redis_addr " + r.Addr + "\nauth_opt_redis_unavailable deny\n"
+		exited, out := atk55Run(t, conf, 3*time.Second)
+		t.Logf("exited=%v; option line %q; health line %q", exited, atk57OptionLine(out), findLine(out, "mosquitto-guard: redis at"))
+		assert.True(t, exited && atk57OptionLine(out) != "", "PING renamed away: the broker should stop naming an option; exited=%v:\n%s", exited, out)
+	})
+	t.Run("scripting disabled", func(t *testing.T) {
+		e := envWithoutBroker(t)
+		e.redis.Stop()
+		e.redis = testenv.StartRedis(t, "--rename-command", "EVALSHA", "", "--rename-command", "EVAL", "")
+		started, banned, code, out := atk59Bans(t, e)
+		t.Logf("started=%v banned=%v CONNACK of the right guess=%d; %s; %s", started, banned, code,
+			atk57OptionLine(out), findLine(out, "unreachable"))
+		if !started {
+			assert.NotEmpty(t, atk57OptionLine(out), "stopped, naming:\n%s", out)
+			return
+		}
+		assert.True(t, banned, "the broker started on a Redis without scripting, and 4 wrong guesses (fail_limit 3) banned nothing in Redis")
+	})
 }
