@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -347,4 +348,76 @@ func TestAtk59RenamedCommandsStart(t *testing.T) {
 		}
 		assert.True(t, banned, "the broker started on a Redis without scripting, and 4 wrong guesses (fail_limit 3) banned nothing in Redis")
 	})
+}
+
+// HOLDS (passed 3 of 3). ac8eb06/50b92ff: no guardctl output carries
+// Redis's echo of the password. atk57 ran list; here every other command
+// (explain, ban, unban, allow, unallow, audit, with --json where it has
+// it) against a Redis with AUTH and HELLO renamed away, a username set and
+// the password from GUARD_REDIS_PASSWORD and from --config (a
+// mosquitto.conf whose redis_password holds a '"', which
+// RedactArgsInLine would take for a quote). Exit status 1, no part of the
+// password on stdout or stderr.
+func TestAtk59GuardctlCommandsNeverEchoPassword(t *testing.T) {
+	testenv.Need(t, "redis-server", "redis-cli")
+	gc := guardctlPath(t)
+	r := testenv.StartRedis(t, "--rename-command", "AUTH", "", "--rename-command", "HELLO", "")
+	const pw = `Gc59"Sec ret`
+	confPath := t.TempDir() + "/m.conf"
+	require.NoError(t, os.WriteFile(confPath, []byte("auth_plugin /x/mosquitto_guard.so\nauth_opt_redis_addr "+r.Addr+
+		"\nauth_opt_redis_username gc59\nauth_opt_redis_password "+pw+"\nauth_opt_key_prefix g\"59:\n"), 0o600))
+	cmds := [][]string{
+		{"explain", "--ip", "192.0.2.9", "--clientid", "d1", "--username", "alice"},
+		{"ban", "ip", "192.0.2.9", "--for", "1h"},
+		{"unban", "ip", "192.0.2.9"},
+		{"allow", "clientid", "d1"},
+		{"unallow", "clientid", "d1"},
+		{"audit"},
+		{"audit", "--json"},
+		{"list", "--json"},
+	}
+	for _, c := range cmds {
+		for _, how := range []string{"env", "config"} {
+			args := append([]string{}, c...)
+			cmd := exec.Command(gc)
+			cmd.Env = os.Environ()
+			if how == "env" {
+				args = append(args, "--redis-addr", r.Addr, "--redis-username", "gc59")
+				cmd.Env = append(cmd.Env, "GUARD_REDIS_PASSWORD="+pw)
+			} else {
+				args = append(args, "--config", confPath)
+			}
+			cmd.Args = append([]string{gc}, args...)
+			b, _ := cmd.CombinedOutput()
+			t.Logf("%s %v: rc %d: %.200q", how, c, cmd.ProcessState.ExitCode(), b)
+			assert.Equal(t, 1, cmd.ProcessState.ExitCode(), "%s %v: a runtime error", how, c)
+			for _, part := range []string{"Gc59", "Sec ret"} {
+				assert.NotContains(t, string(b), part, "%s %v: a part of the password in guardctl's output", how, c)
+			}
+		}
+	}
+}
+
+// HOLDS (passed 3 of 3). 50b92ff: a client's own quoted values are kept
+// whole, so that a client cannot trim its refusal line. Clients whose IDs
+// and usernames hold Redis's marker text, lone and escaped quotes and
+// backslashes, one over 200 bytes (cut by the line), refused for a wrong
+// password (an unknown user): each refusal line in the broker's log keeps its ip=, rule=,
+// client_id= and username= fields, the username after the crafted ID.
+func TestAtk59CraftedClientValuesKeepRefusalLine(t *testing.T) {
+	e := newEnv(t)
+	m := ", with args beginning with:"
+	ids := []string{"a" + m + " 'x'", `q"` + m, `b\` + m + `"`, strings.Repeat(`"`, 210) + m, m}
+	for i, id := range ids {
+		user := fmt.Sprintf(`u59-%d"%s`, i, m)
+		code := e.connect(client{ip: "127.0.59.7", id: id, user: str(user), pass: str("wrong")})
+		require.EqualValues(t, refused, code)
+		wantUser := "username=" + strconv.Quote(user)
+		l := e.logLine(wantUser)
+		t.Logf("%.300s", l)
+		assert.Contains(t, l, "ip=127.0.59.7", "the IP hidden")
+		assert.Contains(t, l, "rule=unknown-user", "the rule hidden")
+		assert.Contains(t, l, "client_id=", "the client ID hidden")
+		assert.NotContains(t, l, "(arguments not shown)", "a client's value cut as Redis's echo")
+	}
 }
