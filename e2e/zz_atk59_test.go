@@ -450,3 +450,20 @@ func TestAtk59ReplicaUserWithoutInfoStarts(t *testing.T) {
 	assert.True(t, exited && strings.Contains(atk57OptionLine(out), "option redis_addr"),
 		"a read-only replica, as a user without INFO: the broker should stop naming redis_addr; exited=%v:\n%s", exited, out)
 }
+
+// HOLDS (passed 3 of 3). 57d545c through sentinels: the master's user
+// (redis_username) may not run PING; the sentinels answer, the master
+// refuses PING: the broker stops naming redis_username, the password not
+// shown.
+func TestAtk59NoPingUserThroughSentinelsStops(t *testing.T) {
+	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
+	e := envWithoutBroker(t)
+	s := testenv.StartSentinel(t, testenv.SentinelOptions{Sentinels: 1, Quorum: 1})
+	s.Master().CLI("ACL", "SETUSER", "np59", "on", ">np59-Secret", "~*", "&*", "+@all", "-ping")
+	conf := "allow_anonymous false\nauth_plugin " + pluginPath + "\nauth_opt_redis_addr " + s.Addrs + "\nauth_opt_password_file " + e.passwd +
+		"\nauth_opt_redis_sentinel_master " + s.Name + "\nauth_opt_redis_username np59\nauth_opt_redis_password np59-Secret\n"
+	exited, out := atk55Run(t, conf, 4*time.Second)
+	t.Logf("exited=%v; option line %q", exited, atk57OptionLine(out))
+	assert.True(t, exited && strings.Contains(atk57OptionLine(out), "option redis_username"), "exited=%v:\n%s", exited, out)
+	assert.NotContains(t, out, "np59-Secret")
+}
