@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
@@ -412,7 +413,7 @@ func TestAtk59CraftedClientValuesKeepRefusalLine(t *testing.T) {
 		user := fmt.Sprintf(`u59-%d"%s`, i, m)
 		code := e.connect(client{ip: "127.0.59.7", id: id, user: str(user), pass: str("wrong")})
 		require.EqualValues(t, refused, code)
-		wantUser := "username=" + strconv.Quote(user)
+		wantUser := "username=" + logval.Go(user) // Go syntax, the echo's comma escaped (83fef8b)
 		l := e.logLine(wantUser)
 		t.Logf("%.300s", l)
 		assert.Contains(t, l, "ip=127.0.59.7", "the IP hidden")
