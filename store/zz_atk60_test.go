@@ -399,3 +399,25 @@ func TestAtk60PlainTextToTLSCluster(t *testing.T) {
 	assert.Less(t, took, 1700*time.Millisecond)
 	assert.Equal(t, SettingsWantsTLS, atk60Fault(err), "%v", err)
 }
+
+// DEFECT (inconsistency, new with f37295c). A key_prefix with a hash tag
+// ("g{fleetN}:") whose slot node 0 of a two-shard cluster serves: every
+// key of the plugin (redis_rate's "rate:g{fleetN}:..." too) is served by
+// node 0. The 16-GET check lets node 0 be (one key, in the tag's slot) for
+// a user without INFO rights, but the same settings with a user that may
+// run INFO and CLUSTER are refused by CLUSTER INFO's cluster_size:2
+// (CheckSettings): the broker's start depends on the Redis user's rights,
+// not on the setup. One answer or the other, not both.
+func TestAtk60TaggedPrefixSameAnswerForEveryUser(t *testing.T) {
+	nodes := atk60Cluster(t, []string{"0-8191"}, []string{"8192-16383"})
+	atk60Users(nodes...)
+	prefix := ""
+	for i := 0; prefix == ""; i++ {
+		if tag := fmt.Sprint("fleet", i); keySlot(tag) < 8192 {
+			prefix = "g{" + tag + "}:"
+		}
+	}
+	noinfo, _ := atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: "noinfo", Password: "ni-secret"}, prefix)
+	def, _ := atk60Check(Options{Addrs: []string{nodes[0].Addr}}, prefix)
+	assert.Equal(t, atk60Fault(noinfo), atk60Fault(def), "prefix %q on the node serving its slot: user noinfo: %v; default user: %v", prefix, noinfo, def)
+}
