@@ -421,3 +421,19 @@ func TestAtk60TaggedPrefixSameAnswerForEveryUser(t *testing.T) {
 	def, _ := atk60Check(Options{Addrs: []string{nodes[0].Addr}}, prefix)
 	assert.Equal(t, atk60Fault(noinfo), atk60Fault(def), "prefix %q on the node serving its slot: user noinfo: %v; default user: %v", prefix, noinfo, def)
 }
+
+// HOLDS. A cluster node while its one-shard cluster is still forming (half
+// the slots assigned, cluster_state:fail): every GET answers CLUSTERDOWN,
+// no MOVED, and CLUSTER INFO says cluster_size:1; a Redis not ready yet is
+// no wrong setting, for a user with and without INFO rights.
+func TestAtk60ClusterDownIsNoFault(t *testing.T) {
+	r := testenv.StartRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "200")
+	r.CLI("CLUSTER", "ADDSLOTSRANGE", "0", "8191")
+	atk60Users(r)
+	out, _ := r.TryCLI("GET", "s:x")
+	require.Contains(t, out, "CLUSTERDOWN", "control")
+	for _, u := range [][2]string{{"", ""}, {"noinfo", "ni-secret"}} {
+		err, _ := atk60Check(Options{Addrs: []string{r.Addr}, Username: u[0], Password: u[1]}, "s:")
+		assert.NoError(t, err, "user %q", u[0])
+	}
+}
