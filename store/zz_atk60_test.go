@@ -400,7 +400,7 @@ func TestAtk60PlainTextToTLSCluster(t *testing.T) {
 	assert.Equal(t, SettingsWantsTLS, atk60Fault(err), "%v", err)
 }
 
-// DEFECT (inconsistency, new with f37295c). A key_prefix with a hash tag
+// DEFECT (inconsistency f37295c left for tagged prefixes). A key_prefix with a hash tag
 // ("g{fleetN}:") whose slot node 0 of a two-shard cluster serves: every
 // key of the plugin (redis_rate's "rate:g{fleetN}:..." too) is served by
 // node 0. The 16-GET check lets node 0 be (one key, in the tag's slot) for
