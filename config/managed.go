@@ -348,7 +348,20 @@ func SettingsOptionError(cfg Options, se *store.SettingsError) error {
 			Expected: "the master's address, or sentinels with redis_sentinel_master: the plugin writes" + why}
 	case store.SettingsClusterNode:
 		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
-			Expected: "two or more of the Redis Cluster's nodes, comma-separated: one address is taken for a single Redis" + why}
+			Expected: "two or more of the Redis Cluster's masters, comma-separated: one address is taken for a single Redis, which must serve every key" + why}
+	case store.SettingsNoPerm:
+		opt, user := "redis_username", cfg.RedisUsername
+		if cfg.Sentinel.Master != "" && strings.Contains(strings.ToLower(se.Err.Error()), "'sentinel") {
+			opt, user = "redis_sentinel_username", cfg.Sentinel.Username
+		}
+		return &OptionError{Option: opt, Value: user,
+			Expected: "a user that the Redis at " + where + " lets run the commands the plugin needs (its first connection, scripts, writes)" + why}
+	case store.SettingsNoScripting:
+		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
+			Expected: "a Redis with Lua scripting (EVAL, EVALSHA), which the failure counts and automatic bans run: the one at " + where + " has it renamed or disabled" + why}
+	case store.SettingsNoPingCommand:
+		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
+			Expected: "a Redis that knows PING, which the health probe asks every 200 ms: the one at " + where + " has it renamed or disabled" + why}
 	case store.SettingsWantsTLS:
 		return &OptionError{Option: "redis_tls", Value: "off",
 			Expected: "on: the Redis at " + where + " speaks only TLS there (" + store.OneLine(se.Err) + ")"}

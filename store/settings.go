@@ -61,6 +61,13 @@ const (
 	// SettingsWantsTLS: redis_tls is off and the address speaks only TLS:
 	// it closed the plain-text connection and answers a TLS handshake.
 	SettingsWantsTLS
+	// SettingsNoPerm: the user may not run a command the plugin needs
+	// (CLUSTER SLOTS, SENTINEL get-master-addr-by-name, EVAL, ...).
+	SettingsNoPerm
+	// SettingsNoScripting: Redis knows no EVAL or EVALSHA (renamed away).
+	SettingsNoScripting
+	// SettingsNoPingCommand: Redis knows no PING (renamed away).
+	SettingsNoPingCommand
 )
 
 // SettingsError is a first answer of Redis that says its settings are wrong.
@@ -79,8 +86,9 @@ func (e *SettingsError) Unwrap() error { return e.Err }
 // have, a cluster seed list for a Redis without cluster support, a master
 // name the sentinels do not monitor, a sentinel that is none, a sentinel,
 // a replica or one node of a cluster of several shards given as the Redis,
-// a user that may not PING or read the keys, or a Redis that speaks only
-// TLS asked without it. Any other failure (Redis down, a timeout, a TLS
+// a user that may not run the commands the plugin needs or read and write
+// its keys, a Redis without PING or scripting, or a Redis that speaks only
+// TLS asked without it (checkAnswering). Any other failure (Redis down, a timeout, a TLS
 // fault, which CheckTLS tells) returns nil: the plugin's health
 // probe reports it, and redis_unavailable applies until Redis answers
 // (atk55: each of these let the broker start, Redis down for good, its
@@ -96,36 +104,7 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 	defer rdb.Close()
 	err := rdb.Ping(ctx).Err()
 	if err == nil {
-		single := s.clients.o.SentinelMaster == "" && len(s.clients.o.Addrs) == 1
-		if f, ferr := s.checkKeys(ctx, rdb, single); f != 0 {
-			return &SettingsError{Fault: f, Err: ferr}
-		}
-		if s.clients.o.SentinelMaster != "" || len(s.clients.o.Addrs) > 1 {
-			return nil
-		}
-		// A sentinel, a replica and a cluster's node answer PING too: the
-		// default INFO (server, replication, cluster, ...) says which. A
-		// user without INFO rights is not checked further.
-		info, ierr := rdb.Info(ctx).Result()
-		if ierr != nil {
-			return nil
-		}
-		addr := s.clients.o.Addrs[0]
-		switch {
-		case strings.Contains(info, "redis_mode:sentinel"):
-			return &SettingsError{Fault: SettingsIsSentinel, Err: errors.New(addr + " is a Redis Sentinel (INFO: redis_mode:sentinel)")}
-		case strings.Contains(info, "\nrole:slave"):
-			return &SettingsError{Fault: SettingsReplica, Err: errors.New(addr + " is a read-only replica (INFO: role:slave)")}
-		case strings.Contains(info, "cluster_enabled:1"):
-			// A cluster of one shard (a managed Redis's "cluster mode" with
-			// one shard) serves every key at this one address: it works.
-			ci, cerr := rdb.ClusterInfo(ctx).Result()
-			if cerr != nil || strings.Contains(ci, "cluster_size:1\r") || strings.Contains(ci, "cluster_size:1\n") {
-				return nil
-			}
-			return &SettingsError{Fault: SettingsClusterNode, Err: errors.New(addr + " is a node of a Redis Cluster of several shards (INFO: cluster_enabled:1; CLUSTER INFO: " + clusterSize(ci) + ")")}
-		}
-		return nil
+		return s.checkAnswering(ctx, rdb)
 	}
 	if f := settingsFault(err, s.clients.o.SentinelMaster != "", len(s.clients.o.Addrs) > 1); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
@@ -143,33 +122,131 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 	return nil
 }
 
-// checkKeys reads keys under the prefix: a user whose ACL key patterns
-// leave it out reads nothing (atk57: ~other:* waited the first load's
-// 10 s, then let a banned IP in); and with single (one address, no
-// sentinels), a node of a Redis Cluster of several shards answers MOVED
-// for the keys of the other shards' slots, which the plugin's client does
-// not follow (atk57: a user without CLUSTER rights, which the INFO check
-// below needs, started the broker silently). The keys are slotKeys's, one
-// in each sixteenth of the slots, in one pipelined round trip. Only a
-// refusal of a key counts, not of the command (Redis 7.0 "... to access
-// one of the keys ...", 7.2 "... to access a key"); 0 for no fault.
-func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single bool) (SettingsFault, error) {
-	pipe := rdb.Pipeline()
-	for _, k := range slotKeys(s.kb.Prefix) {
-		pipe.Get(ctx, k)
+// checkAnswering goes on with a Redis that answered PING: what it is (a
+// sentinel, a replica, one node of a cluster of several shards, given as
+// the one Redis), and whether this user may read and write the plugin's
+// keys and run its scripts. 0 faults: nil.
+func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient) error {
+	single := s.clients.o.SentinelMaster == "" && len(s.clients.o.Addrs) == 1
+	sweep := false // one GET in every slot the plugin's keys can take
+	if single {
+		// The default INFO (server, replication, cluster, ...) says what
+		// answered, first: a cluster's replica answers MOVED too (atk60).
+		// A user without INFO (or CLUSTER) rights is asked its keys in
+		// every slot instead (atk57, atk60).
+		addr := s.clients.o.Addrs[0]
+		info, ierr := rdb.Info(ctx).Result()
+		switch {
+		case ierr != nil:
+			sweep = true
+		case strings.Contains(info, "redis_mode:sentinel"):
+			return &SettingsError{Fault: SettingsIsSentinel, Err: errors.New(addr + " is a Redis Sentinel (INFO: redis_mode:sentinel)")}
+		case strings.Contains(info, "\nrole:slave"):
+			return &SettingsError{Fault: SettingsReplica, Err: errors.New(addr + " is a read-only replica (INFO: role:slave)")}
+		case strings.Contains(info, "cluster_enabled:1") && len(slotKeys(s.kb.Prefix, slotKeyCount)) == 1:
+			// A key_prefix with a hash tag puts every key of the plugin in
+			// one slot: a node that serves it serves them all, whatever the
+			// cluster's size (atk60: the answer depended on the user's
+			// rights). The GETs below ask that slot.
+		case strings.Contains(info, "cluster_enabled:1"):
+			// A cluster of one shard (a managed Redis's "cluster mode" with
+			// one shard) serves every key at this one address: it works, if
+			// this node holds the slots (the GETs below).
+			ci, cerr := rdb.ClusterInfo(ctx).Result()
+			if cerr != nil {
+				sweep = true
+			} else if !strings.Contains(ci, "cluster_size:1\r") && !strings.Contains(ci, "cluster_size:1\n") {
+				return &SettingsError{Fault: SettingsClusterNode, Err: errors.New(addr + " is a node of a Redis Cluster of several shards (INFO: cluster_enabled:1; CLUSTER INFO: " + clusterSize(ci) + ")")}
+			}
+		}
 	}
-	cmds, _ := pipe.Exec(ctx)
-	for _, c := range cmds {
+	if f, err := s.checkKeys(ctx, rdb, single, slotKeys(s.kb.Prefix, slotKeyCount)); f != 0 {
+		return &SettingsError{Fault: f, Err: err}
+	}
+	if f, err := s.checkWrite(ctx, rdb, single); f != 0 {
+		return &SettingsError{Fault: f, Err: err}
+	}
+	if sweep {
+		if f, err := s.checkKeys(ctx, rdb, single, slotKeys(s.kb.Prefix, clusterSlots)); f != 0 {
+			return &SettingsError{Fault: f, Err: err}
+		}
+	}
+	return nil
+}
+
+// sweepBatch is how many GETs of the sweep go in one pipeline.
+const sweepBatch = 2048
+
+// checkKeys reads keys under the prefix (slotKeys's), sweepBatch to a
+// pipelined round trip: a user whose ACL key patterns leave the prefix out
+// reads nothing (atk57: ~other:* waited the first load's 10 s, then let a
+// banned IP in); and with single (one address, no sentinels), a node that
+// does not serve every slot (one of a Redis Cluster of several shards, a
+// cluster's replica) answers MOVED for the keys of the others, which the
+// plugin's client does not follow. Only a refusal of a key counts, not of
+// the command (Redis 7.0 "... to access one of the keys ...", 7.2 "... to
+// access a key"); 0 for no fault.
+func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single bool, keys []string) (SettingsFault, error) {
+	for len(keys) > 0 {
+		n := min(len(keys), sweepBatch)
+		pipe := rdb.Pipeline()
+		for _, k := range keys[:n] {
+			pipe.Get(ctx, k)
+		}
+		keys = keys[n:]
+		cmds, _ := pipe.Exec(ctx)
+		for _, c := range cmds {
+			var re redis.Error
+			if !errors.As(c.Err(), &re) {
+				continue
+			}
+			msg := re.Error()
+			switch {
+			case strings.HasPrefix(msg, "NOPERM") && strings.Contains(strings.ToLower(msg), " key"):
+				return SettingsKeyPerm, c.Err()
+			case single && (strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")):
+				return SettingsClusterNode, fmt.Errorf("%s does not serve every key: a node of a Redis Cluster of several shards, or a cluster's replica (GET %s: %w)", s.clients.o.Addrs[0], c.Args()[1], c.Err())
+			}
+		}
+		if ctx.Err() != nil {
+			return 0, nil // Redis too slow to tell: taken as down, not wrong
+		}
+	}
+	return 0, nil
+}
+
+// writeProbe is what the plugin's scripts do, once: a write under a
+// prefix, from Lua (EVALSHA, then EVAL when Redis has not the script).
+var writeProbe = redis.NewScript(`return redis.call('SET', KEYS[1], '1', 'PX', 10000)`)
+
+// checkWrite writes, from a script, one key under key_prefix and one under
+// redis_rate's "rate:" + key_prefix (10 s each), as the failure counts and
+// automatic bans do: a read-only replica (READONLY), a user whose key
+// patterns leave either out or give only read access (NOPERM), a user that
+// may not run EVAL or EVALSHA, a Redis with scripting renamed away, and
+// with single a MOVED, stop the start (atk59: each started the broker, its
+// failures counted on this broker only, no ban written). Other replies
+// (OOM, BUSY, LOADING) pass by themselves: 0.
+func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single bool) (SettingsFault, error) {
+	for _, k := range []string{s.kb.Prefix + "settings-check", "rate:" + s.kb.Prefix + "settings-check"} {
+		err := writeProbe.Run(ctx, rdb, []string{k}).Err()
 		var re redis.Error
-		if !errors.As(c.Err(), &re) {
+		if err == nil || !errors.As(err, &re) {
 			continue
 		}
 		msg := re.Error()
+		low := strings.ToLower(msg)
 		switch {
-		case strings.HasPrefix(msg, "NOPERM") && strings.Contains(strings.ToLower(msg), " key"):
-			return SettingsKeyPerm, c.Err()
-		case single && strings.HasPrefix(msg, "MOVED "):
-			return SettingsClusterNode, fmt.Errorf("%s is a node of a Redis Cluster of several shards (GET %s: %w)", s.clients.o.Addrs[0], c.Args()[1], c.Err())
+		case strings.HasPrefix(msg, "READONLY"):
+			return SettingsReplica, fmt.Errorf("a write under %s answered %w", k, err)
+		case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, " key"):
+			return SettingsKeyPerm, fmt.Errorf("a write of %s from a script: %w", k, err)
+		case strings.HasPrefix(msg, "NOPERM"):
+			return SettingsNoPerm, fmt.Errorf("a script writing %s: %w", k, err)
+		case strings.Contains(low, "unknown command") && (strings.Contains(low, "'eval'") || strings.Contains(low, "'evalsha'")):
+			return SettingsNoScripting, err
+		case single && (strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")):
+			return SettingsClusterNode, fmt.Errorf("%s does not serve every key: a node of a Redis Cluster of several shards, or a cluster's replica (a write of %s: %w)", s.clients.o.Addrs[0], k, err)
 		}
 	}
 	return 0, nil
@@ -194,8 +271,10 @@ func speaksTLS(ctx context.Context, addrs []string) (string, error) {
 				found <- answer{a, errors.New("handshake completed")}
 				return
 			}
-			var alert tls.AlertError
-			if errors.As(err, &alert) {
+			// A received alert: crypto/tls returns a *net.OpError "remote
+			// error" over TCP (tls.AlertError only for QUIC; atk60).
+			var oe *net.OpError
+			if errors.As(err, &oe) && oe.Op == "remote error" {
 				found <- answer{a, err}
 				return
 			}
@@ -272,6 +351,12 @@ func settingsFault(err error, sentinel, cluster bool) SettingsFault {
 		return SettingsNoSelect
 	case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, "'ping' command"):
 		return SettingsNoPing
+	case strings.HasPrefix(msg, "NOPERM"):
+		// Another command the first connection needs: CLUSTER SLOTS for
+		// seeds, SENTINEL get-master-addr-by-name for sentinels (atk59).
+		return SettingsNoPerm
+	case unknown("ping"):
+		return SettingsNoPingCommand
 	case strings.Contains(low, "select is not allowed in cluster mode"), unknown("select"):
 		return SettingsSelectRefused
 	case strings.Contains(msg, "DB index is out of range"):

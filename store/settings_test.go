@@ -131,7 +131,7 @@ func TestCheckSettingsClusterNodeWithoutClusterRights(t *testing.T) {
 func TestSlotKeys(t *testing.T) {
 	r := testenv.StartRedisCluster(t, 1).Nodes[0]
 	seen := map[int]bool{}
-	for _, k := range slotKeys("guard:") {
+	for _, k := range slotKeys("guard:", 16) {
 		assert.True(t, strings.HasPrefix(k, "guard:settings-check"), k)
 		slot := keySlot(k)
 		assert.Equal(t, fmt.Sprint(slot), strings.TrimSpace(r.CLI("CLUSTER", "KEYSLOT", k)), k)
@@ -139,11 +139,11 @@ func TestSlotKeys(t *testing.T) {
 	}
 	assert.Len(t, seen, 16)
 	// A prefix with a hash tag of its own: its keys share one slot.
-	tagged := slotKeys("g{fleet}:")
+	tagged := slotKeys("g{fleet}:", 16)
 	if assert.Len(t, tagged, 1) {
 		assert.Equal(t, keySlot("fleet"), keySlot(tagged[0]))
 	}
-	assert.Len(t, slotKeys("g{:"), 16, "an open brace alone is no tag")
+	assert.Len(t, slotKeys("g{:", 16), 16, "an open brace alone is no tag")
 }
 
 // A Redis that speaks only TLS, asked in plain text, closes the connection

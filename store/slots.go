@@ -12,6 +12,22 @@ const clusterSlots = 16384
 // the slots.
 const slotKeyCount = 16
 
+// crcTable is CRC16 (XMODEM, polynomial 0x1021) one byte at a time.
+var crcTable = func() (t [256]uint16) {
+	for i := range t {
+		crc := uint16(i) << 8
+		for b := 0; b < 8; b++ {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+		t[i] = crc
+	}
+	return t
+}()
+
 // keySlot is key's hash slot as a Redis Cluster computes it: CRC16
 // (XMODEM) of the key, or of its hash tag (the bytes between the first
 // '{' and the '}' after it, when there are any), modulo 16384.
@@ -23,35 +39,27 @@ func keySlot(key string) int {
 	}
 	var crc uint16
 	for k := 0; k < len(key); k++ {
-		crc ^= uint16(key[k]) << 8
-		for b := 0; b < 8; b++ {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
+		crc = crc<<8 ^ crcTable[byte(crc>>8)^key[k]]
 	}
 	return int(crc) % clusterSlots
 }
 
-// slotKeyTries bounds slotKeys's search: some 55 tries fill the sixteen
-// sixteenths; a prefix with a hash tag of its own fills one, at the first.
-const slotKeyTries = 4096
-
-// slotKeys are at most slotKeyCount keys under prefix whose slots fall one
-// in each sixteenth of the slot space: a node that does not serve all 16384
-// slots answers at least one of them MOVED unless the other shards hold
-// only slots between them (the start check's one-node test). A prefix that
-// holds a hash tag ("{...}") puts every key in its slot, as it does the
-// plugin's own keys: then one key.
-func slotKeys(prefix string) []string {
-	var in [slotKeyCount]string
+// slotKeys are at most parts keys under prefix whose slots fall one in each
+// parts-th of the slot space (parts divides 16384): with 16, a node that
+// does not serve all 16384 slots answers at least one of them MOVED unless
+// the other shards hold only slots between them (the start check's quick
+// test); with 16384, one key in every slot the plugin's keys can take (the
+// whole test). A prefix that holds a hash tag ("{...}") puts every key in
+// its slot, as it does the plugin's own keys: then one key. The search is
+// bounded: some 3.4 tries per part fill 16 parts, 10.3 fill 16384 (the
+// coupon collector's n·H(n)); 24 per part are allowed.
+func slotKeys(prefix string, parts int) []string {
+	in := make([]bool, parts)
 	var out []string
-	for n := 0; n < slotKeyTries && len(out) < slotKeyCount; n++ {
+	for n := 0; n < 24*parts && len(out) < parts; n++ {
 		k := prefix + "settings-check:{" + strconv.Itoa(n) + "}"
-		if b := keySlot(k) * slotKeyCount / clusterSlots; in[b] == "" {
-			in[b] = k
+		if b := keySlot(k) * parts / clusterSlots; !in[b] {
+			in[b] = true
 			out = append(out, k)
 		}
 	}

@@ -20,7 +20,7 @@ import (
 
 // atk60Check runs CheckSettings as the plugin does at start (1.5 s) and
 // returns its error and how long it took.
-func atk60Check(o Options, prefix string) (error, time.Duration) {
+func atk60Check(o Options, prefix string) (time.Duration, error) {
 	o.Timeout = time.Second
 	s := New(o, keys.Builder{Prefix: prefix})
 	defer s.Close()
@@ -28,7 +28,7 @@ func atk60Check(o Options, prefix string) (error, time.Duration) {
 	defer cancel()
 	start := time.Now()
 	err := s.CheckSettings(ctx)
-	return err, time.Since(start)
+	return time.Since(start), err
 }
 
 func atk60Fault(err error) SettingsFault {
@@ -116,7 +116,7 @@ func TestAtk60PlainTextToTLS12ClientCertRedis(t *testing.T) {
 		}
 		return ""
 	}(), op != nil)
-	err, took := atk60Check(Options{Addrs: []string{r.Addr}}, "s:")
+	took, err := atk60Check(Options{Addrs: []string{r.Addr}}, "s:")
 	assert.Less(t, took, 2*time.Second)
 	assert.Equal(t, SettingsWantsTLS, atk60Fault(err), "TLS 1.2 Redis asking client certificates, redis_tls off: %v", err)
 }
@@ -150,7 +150,7 @@ func TestAtk60TLSAlertNamesRedisTLS(t *testing.T) {
 			}()
 		}
 	}()
-	err, took := atk60Check(Options{Addrs: []string{ln.Addr().String()}}, "s:")
+	took, err := atk60Check(Options{Addrs: []string{ln.Addr().String()}}, "s:")
 	assert.Less(t, took, 2*time.Second)
 	assert.Equal(t, SettingsWantsTLS, atk60Fault(err), "%v", err)
 }
@@ -193,7 +193,7 @@ func TestAtk60TLSProbeBoundedNoLeak(t *testing.T) {
 	}()
 	before := runtime.NumGoroutine()
 	for i := 0; i < 2; i++ {
-		err, took := atk60Check(Options{Addrs: []string{ln.Addr().String()}}, "s:")
+		took, err := atk60Check(Options{Addrs: []string{ln.Addr().String()}}, "s:")
 		assert.NoError(t, err)
 		assert.Less(t, took, 1700*time.Millisecond, "the check's bound is 1.5 s")
 	}
@@ -221,7 +221,7 @@ func TestAtk60PlainRedisClosingIsNoTLSFault(t *testing.T) {
 	var b [7]byte
 	_, _ = c.Read(b[:])
 	for i := 0; i < 2; i++ {
-		err, took := atk60Check(Options{Addrs: []string{r.Addr}}, "s:")
+		took, err := atk60Check(Options{Addrs: []string{r.Addr}}, "s:")
 		t.Logf("maxclients reached: %v (%v)", err, took)
 		assert.NotEqual(t, SettingsWantsTLS, atk60Fault(err), "maxclients reached: %v", err)
 		assert.Less(t, took, 1700*time.Millisecond)
@@ -236,7 +236,7 @@ func TestAtk60OneShardMasterWithReplica(t *testing.T) {
 	rep := atk60AddReplica(t, nodes[0])
 	atk60Users(nodes[0], rep)
 	for _, u := range [][2]string{{"", ""}, {"noinfo", "ni-secret"}} {
-		err, _ := atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: u[0], Password: u[1]}, "s:")
+		_, err := atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: u[0], Password: u[1]}, "s:")
 		assert.NoError(t, err, "user %q, master of a one-shard cluster with a replica", u[0])
 	}
 }
@@ -279,7 +279,7 @@ func atk60AddReplica(t *testing.T, master *testenv.Redis) *testenv.Redis {
 func TestAtk60OneShardReplicaNamedReplica(t *testing.T) {
 	nodes := atk60Cluster(t, []string{"0-16383"})
 	rep := atk60AddReplica(t, nodes[0])
-	err, _ := atk60Check(Options{Addrs: []string{rep.Addr}}, "s:")
+	_, err := atk60Check(Options{Addrs: []string{rep.Addr}}, "s:")
 	assert.Equal(t, SettingsReplica, atk60Fault(err), "%v", err)
 	if err != nil {
 		assert.NotContains(t, err.Error(), "several shards", "the cluster has one shard")
@@ -296,7 +296,7 @@ func TestAtk60EmptyMasterRefused(t *testing.T) {
 	atk60Users(nodes...)
 	require.Contains(t, nodes[1].CLI("CLUSTER", "INFO"), "cluster_size:1")
 	for _, u := range [][2]string{{"", ""}, {"noinfo", "ni-secret"}} {
-		err, _ := atk60Check(Options{Addrs: []string{nodes[1].Addr}, Username: u[0], Password: u[1]}, "s:")
+		_, err := atk60Check(Options{Addrs: []string{nodes[1].Addr}, Username: u[0], Password: u[1]}, "s:")
 		assert.Equal(t, SettingsClusterNode, atk60Fault(err), "user %q: %v", u[0], err)
 	}
 }
@@ -311,7 +311,7 @@ func TestAtk60EmptyMasterRefused(t *testing.T) {
 // cover are not.
 func TestAtk60UnevenSplitOneSlotShard(t *testing.T) {
 	used := map[int]bool{}
-	for _, k := range slotKeys("s:") {
+	for _, k := range slotKeys("s:", 16) {
 		used[keySlot(k)] = true
 	}
 	slot := 8000
@@ -329,9 +329,9 @@ func TestAtk60UnevenSplitOneSlotShard(t *testing.T) {
 	}
 	out, _ := nodes[0].TryCLI("GET", key)
 	require.Contains(t, out, "MOVED", "control: %s is in the other shard's slot", key)
-	err, _ := atk60Check(Options{Addrs: []string{nodes[0].Addr}}, "s:")
+	_, err := atk60Check(Options{Addrs: []string{nodes[0].Addr}}, "s:")
 	require.Equal(t, SettingsClusterNode, atk60Fault(err), "control, default user: %v", err)
-	err, _ = atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: "noinfo", Password: "ni-secret"}, "s:")
+	_, err = atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: "noinfo", Password: "ni-secret"}, "s:")
 	assert.Equal(t, SettingsClusterNode, atk60Fault(err), "user without INFO rights, one slot elsewhere: %v", err)
 }
 
@@ -354,14 +354,14 @@ func TestAtk60PrefixHashTags(t *testing.T) {
 	for n, node := range nodes {
 		own := "g{" + tags[n] + "}:"
 		other := "g{" + tags[1-n] + "}:"
-		err, _ := atk60Check(Options{Addrs: []string{node.Addr}, Username: "noinfo", Password: "ni-secret"}, own)
+		_, err := atk60Check(Options{Addrs: []string{node.Addr}, Username: "noinfo", Password: "ni-secret"}, own)
 		assert.NoError(t, err, "node %d, prefix %q in its slot", n, own)
-		err, _ = atk60Check(Options{Addrs: []string{node.Addr}, Username: "noinfo", Password: "ni-secret"}, other)
+		_, err = atk60Check(Options{Addrs: []string{node.Addr}, Username: "noinfo", Password: "ni-secret"}, other)
 		assert.Equal(t, SettingsClusterNode, atk60Fault(err), "node %d, prefix %q in the other's slot: %v", n, other, err)
 	}
 	for _, p := range []string{"g}{", "g{}", "g{", "}", strings.Repeat("p", 4096) + ":"} {
-		assert.Len(t, slotKeys(p), 16, "prefix %.10q", p)
-		err, took := atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: "noinfo", Password: "ni-secret"}, p)
+		assert.Len(t, slotKeys(p, 16), 16, "prefix %.10q", p)
+		took, err := atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: "noinfo", Password: "ni-secret"}, p)
 		assert.Equal(t, SettingsClusterNode, atk60Fault(err), "prefix %.10q: %v", p, err)
 		assert.Less(t, took, time.Second)
 	}
@@ -373,7 +373,7 @@ func TestAtk60PrefixHashTags(t *testing.T) {
 func TestAtk60PlainTextToTLSSentinels(t *testing.T) {
 	ca := testenv.NewCA(t)
 	sn := testenv.StartSentinel(t, testenv.SentinelOptions{TLS: &testenv.RedisTLS{CA: ca}, Replicas: 1, Sentinels: 2, Quorum: 1})
-	err, took := atk60Check(Options{Addrs: strings.Split(sn.Addrs, ","), SentinelMaster: sn.Name}, "s:")
+	took, err := atk60Check(Options{Addrs: strings.Split(sn.Addrs, ","), SentinelMaster: sn.Name}, "s:")
 	t.Logf("%v (%v)", err, took)
 	assert.Less(t, took, 1700*time.Millisecond)
 	assert.Equal(t, SettingsWantsTLS, atk60Fault(err), "%v", err)
@@ -394,7 +394,7 @@ func TestAtk60PlainTextToTLSCluster(t *testing.T) {
 	}
 	nodes[0].CLI("CLUSTER", "MEET", "127.0.0.1", fmt.Sprint(nodes[1].Port))
 	atk60WaitClusterOK(t, nodes)
-	err, took := atk60Check(Options{Addrs: []string{nodes[0].Addr, nodes[1].Addr}}, "s:")
+	took, err := atk60Check(Options{Addrs: []string{nodes[0].Addr, nodes[1].Addr}}, "s:")
 	t.Logf("%v (%v)", err, took)
 	assert.Less(t, took, 1700*time.Millisecond)
 	assert.Equal(t, SettingsWantsTLS, atk60Fault(err), "%v", err)
@@ -417,8 +417,8 @@ func TestAtk60TaggedPrefixSameAnswerForEveryUser(t *testing.T) {
 			prefix = "g{" + tag + "}:"
 		}
 	}
-	noinfo, _ := atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: "noinfo", Password: "ni-secret"}, prefix)
-	def, _ := atk60Check(Options{Addrs: []string{nodes[0].Addr}}, prefix)
+	_, noinfo := atk60Check(Options{Addrs: []string{nodes[0].Addr}, Username: "noinfo", Password: "ni-secret"}, prefix)
+	_, def := atk60Check(Options{Addrs: []string{nodes[0].Addr}}, prefix)
 	assert.Equal(t, atk60Fault(noinfo), atk60Fault(def), "prefix %q on the node serving its slot: user noinfo: %v; default user: %v", prefix, noinfo, def)
 }
 
@@ -433,7 +433,7 @@ func TestAtk60ClusterDownIsNoFault(t *testing.T) {
 	out, _ := r.TryCLI("GET", "s:x")
 	require.Contains(t, out, "CLUSTERDOWN", "control")
 	for _, u := range [][2]string{{"", ""}, {"noinfo", "ni-secret"}} {
-		err, _ := atk60Check(Options{Addrs: []string{r.Addr}, Username: u[0], Password: u[1]}, "s:")
+		_, err := atk60Check(Options{Addrs: []string{r.Addr}, Username: u[0], Password: u[1]}, "s:")
 		assert.NoError(t, err, "user %q", u[0])
 	}
 }

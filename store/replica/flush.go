@@ -172,10 +172,11 @@ func (s *Sync) lost(ctx context.Context, marks []mark) (why string, flushed bool
 		case isReply(err):
 			// Not a flush: a slot moved, or Redis refused the read (an ACL
 			// change; a rotated password fails the next connection's AUTH).
-			if _, moved := redis.IsMovedError(err); moved {
+			_, moved := redis.IsMovedError(err)
+			if _, ask := redis.IsAskError(err); moved || ask {
 				return fmt.Sprintf("the flush mark %s on %s moved (%s)", m.key, store.NodeName(m.c), store.OneLine(err)), false
 			}
-			return fmt.Sprintf("reading the flush mark %s on %s was refused (%s)", m.key, store.NodeName(m.c), store.OneLine(err)), false
+			return fmt.Sprintf("the flush mark %s on %s could not be read (%s)", m.key, store.NodeName(m.c), store.OneLine(err)), false
 		case errors.Is(err, redis.ErrClosed):
 			return "the cluster's masters changed", false // the node's client was replaced
 		}
