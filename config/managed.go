@@ -261,6 +261,12 @@ func (c *Options) checkSentinel(opts map[string]string, failed map[string]bool) 
 		return nil
 	}
 	var errs Errors
+	if len(c.RedisAddrs) > 1 && c.RedisDB != 0 && !failed["redis_db"] && !failed["redis_addr"] {
+		// go-redis's cluster client has no database: it was ignored
+		// (atk59), while one cluster node as redis_addr stops the start.
+		errs = append(errs, &OptionError{"redis_db", strings.TrimSpace(opts["redis_db"]),
+			"0: several redis_addr name a Redis Cluster's nodes, and a cluster has database 0 only"})
+	}
 	for _, name := range []string{"redis_sentinel_username", "redis_sentinel_password"} {
 		if v := strings.TrimSpace(opts[name]); v != "" {
 			errs = append(errs, &OptionError{name, v, "nothing unless redis_sentinel_master is set (the sentinels' own credentials)"})

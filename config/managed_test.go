@@ -261,3 +261,19 @@ func TestReadPEMNeverWaitsOnAPseudoFile(t *testing.T) {
 		t.Fatal("readPEM of a symlink to /proc/kmsg still waiting after 3 s")
 	}
 }
+
+// Several redis_addr are a Redis Cluster's seeds: a cluster has database 0
+// only, and go-redis's cluster client has none to select, so redis_db was
+// silently ignored (atk59's suspicion). With sentinels it is the master's.
+func TestRedisDBWithClusterSeedsRefused(t *testing.T) {
+	_, err := Parse(map[string]string{"redis_addr": "10.0.0.1:6379,10.0.0.2:6379", "redis_db": "3"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `option redis_db: bad value "3": expected 0: several redis_addr name a Redis Cluster's nodes`)
+	_, err = Parse(map[string]string{"redis_addr": "10.0.0.1:6379,10.0.0.2:6379", "redis_db": "0"})
+	assert.NoError(t, err)
+	_, err = Parse(map[string]string{"redis_addr": "10.0.0.1:26379,10.0.0.2:26379", "redis_sentinel_master": "m", "redis_db": "3"})
+	assert.NoError(t, err)
+	c, err := Parse(map[string]string{"redis_addr": "10.0.0.1:6379", "redis_db": "3"})
+	assert.NoError(t, err)
+	assert.Equal(t, 3, c.RedisDB)
+}

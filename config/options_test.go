@@ -37,7 +37,6 @@ func TestParseValues(t *testing.T) {
 	require.NoError(t, os.WriteFile(pw, nil, 0o600))
 	c, err := Parse(map[string]string{
 		"redis_addr":         "10.0.0.1:7000, 10.0.0.2:7001",
-		"redis_db":           "3",
 		"redis_timeout":      "250ms",
 		"key_prefix":         "site1:",
 		"password_file":      pw,
@@ -54,7 +53,6 @@ func TestParseValues(t *testing.T) {
 	assert.Equal(t, 128, c.ClientIDMaxBytes)
 	assert.Equal(t, 64, c.UsernameMaxBytes)
 	assert.Equal(t, []string{"10.0.0.1:7000", "10.0.0.2:7001"}, c.RedisAddrs)
-	assert.Equal(t, 3, c.RedisDB)
 	assert.Equal(t, BackendFiles, c.Backend, "password_file implies backend files")
 	assert.Equal(t, []keys.Scope{keys.IP, keys.Username, keys.ClientID}, c.FailScopes)
 	assert.Equal(t, 10, c.Policy.Limit)

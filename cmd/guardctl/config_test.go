@@ -111,10 +111,15 @@ func TestResolvePrecedence(t *testing.T) {
 }
 
 func TestStoreOptions(t *testing.T) {
-	vals := map[string]string{"redis_addr": "a:1, b:2", "redis_username": "u", "redis_password": "p", "redis_db": "4", "key_prefix": "x:"}
+	vals := map[string]string{"redis_addr": "a:1, b:2", "redis_username": "u", "redis_password": "p", "key_prefix": "x:"}
 	o, kb, err := storeOptions(vals)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"a:1", "b:2"}, o.Addrs)
+	_, _, err = storeOptions(map[string]string{"redis_addr": "a:1, b:2", "redis_db": "4"})
+	assert.ErrorContains(t, err, "a cluster has database 0 only")
+	vals = map[string]string{"redis_addr": "a:1", "redis_username": "u", "redis_password": "p", "redis_db": "4", "key_prefix": "x:"}
+	o, kb, err = storeOptions(vals)
+	require.NoError(t, err)
 	assert.Equal(t, "u", o.Username)
 	assert.Equal(t, "p", o.Password)
 	assert.Equal(t, 4, o.DB)
