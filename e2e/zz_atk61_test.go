@@ -88,3 +88,67 @@ func TestAtk61DeferBackendNeedsNoRateKeys(t *testing.T) {
 	m := testenv.StartMosquitto(t, conf) // fails the test when the broker stops at start
 	assert.True(t, m.WaitOutput("mosquitto-guard: ready", 5*time.Second), "the broker with user narrow did not start:\n%s", m.Output())
 }
+
+// DEFECT. A Redis user that may read, write, run scripts and subscribe
+// (&*, SUBSCRIBE, PSUBSCRIBE) but not PUBLISH, keyspace notifications off
+// (the user may not CONFIG SET them): the start check lets the brokers
+// start, and broker A says "relying on the change channel". A's automatic
+// ban is written, but its PUBLISH on guard:changes is refused and the
+// error dropped (plugin/limits.go: _ = g.bgStore.PublishChange): broker B,
+// its replica in step, lets the banned IP in for up to replica_resync
+// (5 min), and no line on either broker says why. Either B refuses the IP
+// within 3 s, or A's log names the refused publish: neither happens.
+func TestAtk61NoPublishRightsAutoBanStaysLocal(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("ACL", "SETUSER", "nopub", "on", ">np-pw", "resetchannels", "&*", "~guard:*", "~rate:guard:*",
+		"-@all", "+@read", "+@write", "+@scripting", "+@connection", "+@keyspace", "+@transaction",
+		"+subscribe", "+psubscribe", "+unsubscribe", "+punsubscribe", "+ping", "+time")
+	lines := []string{"auth_opt_redis_username nopub", "auth_opt_redis_password np-pw", "auth_opt_fail_limit 2"}
+	a := startBroker(t, e.conf(lines...))
+	b := startBroker(t, e.conf(lines...))
+	ea, eb := *e, *e
+	ea.broker, eb.broker = a, b
+	ea.t, eb.t = t, t
+	require.Eventually(t, func() bool { return strings.Contains(b.Output(), "replica loaded") }, 5*time.Second, 20*time.Millisecond)
+	require.Equal(t, byte(accepted), eb.connect(as("127.0.0.61", "b61", "alice", "alice-pw")), "control")
+	for i := 0; i < 4; i++ {
+		ea.connect(as("127.0.0.61", fmt.Sprint("a61-", i), "alice", "wrong"))
+	}
+	banned := assert.Eventually(t, func() bool { return e.redis.CLI("EXISTS", "guard:block:ip:127.0.0.61") == "1" }, 3*time.Second, 20*time.Millisecond, "A wrote its automatic ban")
+	if !banned {
+		return
+	}
+	refusedOnB := false
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && !refusedOnB {
+		refusedOnB = eb.connect(as("127.0.0.61", "b61", "alice", "alice-pw")) == refused
+		time.Sleep(100 * time.Millisecond)
+	}
+	said := false
+	for _, l := range strings.Split(a.Output(), "\n") {
+		low := strings.ToLower(l)
+		said = said || (strings.Contains(l, "mosquitto-guard") && strings.Contains(low, "publish") && (strings.Contains(low, "noperm") || strings.Contains(low, "refus")))
+	}
+	assert.True(t, refusedOnB || said, "A's automatic ban never reached B (no publish), and no line says why")
+}
+
+// DEFECT. The start check's scripted write runs SET only, where the
+// failure counts' script (redis_rate's GCRA) also calls TIME: a user with
+// every category a write needs (-@all +@read +@write +@scripting
+// +@connection +@keyspace +ping) but not +time (TIME is @fast only) is let
+// start, and its first counted failure is refused inside the script ("ERR
+// The user executing the script can't run this command or subcommand
+// ... @user_script:23"): Redis reads as unreachable, failures are counted
+// on each broker only, and no automatic ban is shared (the broker's line:
+// "unreachable: it refuses the plugin's commands (ratelimit: count
+// failure: ERR The user executing the script can't run ...)"; ACL LOG:
+// object time, context lua). The start check is to name redis_username for a
+// user that may not run the scripts' commands (store/settings.go
+// writeProbe: SET only, not the commands of the scripts it stands for).
+func TestAtk61UserWithoutTimeLetStart(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("ACL", "SETUSER", "notime", "on", ">nt-pw", "resetchannels", "&*", "~guard:*", "~rate:guard:*",
+		"-@all", "+@read", "+@write", "+@scripting", "+@connection", "+@keyspace", "+@pubsub", "+ping")
+	out := testenv.StartMosquittoExpectFail(t, e.conf("auth_opt_redis_username notime", "auth_opt_redis_password nt-pw"), 3*time.Second)
+	assert.Contains(t, out, "option redis_username")
+}
