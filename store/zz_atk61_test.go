@@ -289,3 +289,25 @@ func TestAtk61BoundWhenHungBeforeTheSweep(t *testing.T) {
 		assert.Less(t, best, 1500*time.Millisecond+5*time.Millisecond, "user %q hung at %q: the start check outlasts its bound (best of 3)", c.user, c.trigger)
 	}
 }
+
+// DEFECT. Through sentinels, a master that answers writes READONLY is the
+// window of a failover (the sentinels still name a master that was just
+// demoted, or has come back as a replica), which passes by itself: the
+// redis_addr given are sentinels, right, and go-redis follows the new
+// master once the sentinels name it. checkWrite takes READONLY as
+// SettingsReplica whatever the mode, so the start stops with "option
+// redis_addr: ... expected the master's address, or sentinels with
+// redis_sentinel_master", which the setup already is (store/settings.go
+// checkWrite: the READONLY case does not look at SentinelMaster). Here the
+// master is made a replica of another Redis behind the sentinels' back,
+// and the check runs at once.
+func TestAtk61SentinelFailoverWindowReadonlyNoFault(t *testing.T) {
+	s := testenv.StartSentinel(t, testenv.SentinelOptions{Sentinels: 1, Replicas: 1})
+	other := testenv.StartRedis(t)
+	s.Nodes[0].CLI("REPLICAOF", "127.0.0.1", fmt.Sprint(other.Port))
+	out, _ := s.Nodes[0].TryCLI("SET", "x", "y")
+	require.Contains(t, out, "READONLY", "control")
+	_, err := atk60Check(Options{Addrs: strings.Split(s.Addrs, ","), SentinelMaster: s.Name}, "guard:")
+	assert.NoError(t, err, "the sentinels' master answered READONLY: a failover's window")
+	assert.NotEqual(t, SettingsReplica, atk60Fault(err))
+}
