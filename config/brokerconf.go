@@ -280,6 +280,16 @@ func (r *confReader) plugin(f *fileState, n int, rest string) {
 	f.plugin = p
 }
 
+// shownWord is an option line's first word as an error may show it: up to
+// its first tab or control character, after which a value (a password) may
+// sit (atk61).
+func shownWord(word string) string {
+	if head, cut := NameHead(word); cut {
+		return quoteOdd(head) + "..."
+	}
+	return quoteOdd(word)
+}
+
 func (r *confReader) option(f *fileState, n int, word, rest string) {
 	prefix := "auth_opt_"
 	if strings.HasPrefix(word, "plugin_opt_") {
@@ -289,9 +299,9 @@ func (r *confReader) option(f *fileState, n int, word, rest string) {
 	value := strings.TrimLeft(rest, " \t")
 	switch {
 	case f.plugin == nil:
-		r.errorf(f, n, "%s: no auth_plugin or plugin line before it in this file", word)
+		r.errorf(f, n, "%s: no auth_plugin or plugin line before it in this file", shownWord(word))
 	case len(name) < 3:
-		r.errorf(f, n, "%s: invalid option name", word)
+		r.errorf(f, n, "%s: invalid option name", shownWord(word))
 	case value == "":
 		// Mosquitto names the option without its prefix; the value may hide
 		// behind a tab, which does not separate words.

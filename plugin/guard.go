@@ -49,12 +49,13 @@ type Guard struct {
 	// g.mu: a DISCONNECT the broker thread handles there.
 	confirmHook atomic.Pointer[func()]
 
-	cfg     config.Options
-	log     Logger
-	store   Store // the broker thread's calls, bounded by redis_timeout
-	bgStore Store // background work's calls: longer deadlines (store.Options.BackgroundTimeout)
-	now     func() time.Time
-	out     Output
+	cfg       config.Options
+	log       Logger
+	published publishLog // publishChange's refusals logged
+	store     Store      // the broker thread's calls, bounded by redis_timeout
+	bgStore   Store      // background work's calls: longer deadlines (store.Options.BackgroundTimeout)
+	now       func() time.Time
+	out       Output
 
 	creds        *credentials       // the backend's users, the password checks and their cache
 	reloads      *userReloads       // files backend: password files read off the broker thread (userreload.go); nil otherwise

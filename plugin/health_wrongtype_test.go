@@ -3,12 +3,16 @@ package plugin
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // A WRONGTYPE reply (a key of another type where the plugin expects its
@@ -60,4 +64,22 @@ func TestHealthSaysRefusedNotUnreachable(t *testing.T) {
 	h.upAgain()
 	h.down(context.DeadlineExceeded)
 	assert.Contains(t, lines[len(lines)-1], "redis at "+r.Addr+" unreachable (", "no answer")
+}
+
+// A publish Redis refuses (a user without PUBLISH rights) is logged once
+// per publishRefusedLogEvery, naming the channel and the consequence: it
+// was dropped without a word, and brokers without keyspace notifications
+// missed this broker's automatic bans until their next reload (atk61).
+func TestPublishRefusedIsLogged(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "nopub", "on", ">np-secret", "~*", "resetchannels", "+@all")
+	var lines []string
+	g := &Guard{cfg: config.Options{KeyPrefix: "guard:"}, bgStore: store.New(store.Options{Addrs: []string{r.Addr}, Username: "nopub", Password: "np-secret", Timeout: time.Second}, keys.Builder{Prefix: "guard:"}),
+		log: func(_ Level, s string) { lines = append(lines, s) }}
+	for i := 0; i < 3; i++ {
+		g.publishChange(context.Background(), "guard:block:ip:192.0.2.1")
+	}
+	require.Len(t, lines, 1, "%q", lines)
+	assert.Contains(t, lines[0], "redis refused to publish a change on guard:changes (")
+	assert.Contains(t, lines[0], "NOPERM")
 }

@@ -113,7 +113,7 @@ func (g *Guard) lapsedThrottle(c *Client, ip netip.Addr, ans store.Answer, now t
 		g.spawn("throttle claim publish", func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			_ = g.bgStore.PublishChange(ctx, key)
+			g.publishChange(ctx, key)
 		})
 		return Decision{throttleClaim: reason, waitedRedis: true}, false
 	}
@@ -135,7 +135,7 @@ func (g *Guard) releaseClaim(c *Client, reason string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if ok, err := g.bgStore.ReleaseThrottle(ctx, username, reason); err == nil && ok {
-			_ = g.bgStore.PublishChange(ctx, key)
+			g.publishChange(ctx, key)
 		}
 	})
 }

@@ -87,7 +87,7 @@ func (g *Guard) listed(key, reason string, expires time.Time) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_ = g.bgStore.PublishChange(ctx, key)
+	g.publishChange(ctx, key)
 }
 
 // startReplica starts keeping the local list replica in step with Redis,

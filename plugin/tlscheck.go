@@ -87,7 +87,7 @@ func checkSettings(st *store.Store, cfg config.Options) error {
 	ctx, cancel := context.WithTimeout(context.Background(), settingsCheckTimeout)
 	defer cancel()
 	var se *store.SettingsError
-	if err := st.CheckSettings(ctx); !errors.As(err, &se) {
+	if err := st.CheckSettingsFor(ctx, cfg.Backend != config.BackendDefer); !errors.As(err, &se) {
 		return nil
 	}
 	return config.SettingsOptionError(cfg, se)

@@ -93,7 +93,13 @@ func (e *SettingsError) Unwrap() error { return e.Err }
 // probe reports it, and redis_unavailable applies until Redis answers
 // (atk55: each of these let the broker start, Redis down for good, its
 // lists never applied, no option named).
-func (s *Store) CheckSettings(ctx context.Context) error {
+func (s *Store) CheckSettings(ctx context.Context) error { return s.CheckSettingsFor(ctx, true) }
+
+// CheckSettingsFor is CheckSettings; counts says whether the plugin counts
+// failures (redis_rate's keys under "rate:" + key_prefix, its script's
+// TIME): without (backend defer), those are not asked for (atk61: a user
+// with ~guard:* only was refused for a key the plugin never writes).
+func (s *Store) CheckSettingsFor(ctx context.Context, counts bool) error {
 	o, timeout := s.probeOptions(ctx)
 	// Every address dialled, for the TLS probe below.
 	var dialled dialLog
@@ -104,7 +110,7 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 	defer rdb.Close()
 	err := rdb.Ping(ctx).Err()
 	if err == nil {
-		return s.checkAnswering(ctx, rdb)
+		return s.checkAnswering(ctx, rdb, counts)
 	}
 	if f := settingsFault(err, s.clients.o.SentinelMaster != "", len(s.clients.o.Addrs) > 1); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
@@ -126,7 +132,7 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 // sentinel, a replica, one node of a cluster of several shards, given as
 // the one Redis), and whether this user may read and write the plugin's
 // keys and run its scripts. 0 faults: nil.
-func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient) error {
+func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient, counts bool) error {
 	single := s.clients.o.SentinelMaster == "" && len(s.clients.o.Addrs) == 1
 	sweep := false // one GET in every slot the plugin's keys can take
 	if single {
@@ -137,6 +143,8 @@ func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient) e
 		addr := s.clients.o.Addrs[0]
 		info, ierr := rdb.Info(ctx).Result()
 		switch {
+		case ierr != nil && !isReplyErr(ierr):
+			return nil // no answer in time: taken as down, not wrong (atk61: the sweep overran the bound)
 		case ierr != nil:
 			sweep = true
 		case strings.Contains(info, "redis_mode:sentinel"):
@@ -163,11 +171,11 @@ func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient) e
 	if f, err := s.checkKeys(ctx, rdb, single, slotKeys(s.kb.Prefix, slotKeyCount)); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
 	}
-	if f, err := s.checkWrite(ctx, rdb, single); f != 0 {
+	if f, err := s.checkWrite(ctx, rdb, single, counts); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
 	}
-	if sweep {
-		if f, err := s.checkKeys(ctx, rdb, single, slotKeys(s.kb.Prefix, clusterSlots)); f != 0 {
+	if sweep && ctx.Err() == nil {
+		if f, err := s.checkKeys(ctx, rdb, single, slotKeysWithin(ctx, s.kb.Prefix, clusterSlots)); f != 0 {
 			return &SettingsError{Fault: f, Err: err}
 		}
 	}
@@ -187,7 +195,7 @@ const sweepBatch = 2048
 // the command (Redis 7.0 "... to access one of the keys ...", 7.2 "... to
 // access a key"); 0 for no fault.
 func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single bool, keys []string) (SettingsFault, error) {
-	for len(keys) > 0 {
+	for len(keys) > 0 && ctx.Err() == nil {
 		n := min(len(keys), sweepBatch)
 		pipe := rdb.Pipeline()
 		for _, k := range keys[:n] {
@@ -208,28 +216,43 @@ func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single
 				return SettingsClusterNode, fmt.Errorf("%s does not serve every key: a node of a Redis Cluster of several shards, or a cluster's replica (GET %s: %w)", s.clients.o.Addrs[0], c.Args()[1], c.Err())
 			}
 		}
-		if ctx.Err() != nil {
-			return 0, nil // Redis too slow to tell: taken as down, not wrong
-		}
 	}
-	return 0, nil
+	return 0, nil // done, or Redis too slow to tell: taken as down, not wrong
 }
 
 // writeProbe is what the plugin's scripts do, once: a write under a
 // prefix, from Lua (EVALSHA, then EVAL when Redis has not the script).
 var writeProbe = redis.NewScript(`return redis.call('SET', KEYS[1], '1', 'PX', 10000)`)
 
-// checkWrite writes, from a script, one key under key_prefix and one under
-// redis_rate's "rate:" + key_prefix (10 s each), as the failure counts and
-// automatic bans do: a read-only replica (READONLY), a user whose key
-// patterns leave either out or give only read access (NOPERM), a user that
-// may not run EVAL or EVALSHA, a Redis with scripting renamed away, and
-// with single a MOVED, stop the start (atk59: each started the broker, its
-// failures counted on this broker only, no ban written). Other replies
-// (OOM, BUSY, LOADING) pass by themselves: 0.
-func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single bool) (SettingsFault, error) {
-	for _, k := range []string{s.kb.Prefix + "settings-check", "rate:" + s.kb.Prefix + "settings-check"} {
-		err := writeProbe.Run(ctx, rdb, []string{k}).Err()
+// rateProbe is what redis_rate's script does: TIME, then a write under
+// "rate:" + key_prefix (atk61: a user without +time passed a SET alone,
+// and its first counted failure was refused inside the script).
+var rateProbe = redis.NewScript(`local now = redis.call('TIME') return redis.call('SET', KEYS[1], now[1], 'PX', 10000)`)
+
+// checkWrite writes, from a script, one key under key_prefix and, with
+// counts, one under redis_rate's "rate:" + key_prefix (10 s each), as the
+// automatic bans and the failure counts do: with single a read-only replica
+// (READONLY; through sentinels it is a failover's moment, which passes by
+// itself: atk61), a user whose key patterns leave either out or give only
+// read access (NOPERM), a user that may not run EVAL, EVALSHA or the
+// scripts' commands, a Redis with scripting renamed away, and with single
+// a MOVED, stop the start (atk59: each started the broker, its failures
+// counted on this broker only, no ban written). Other replies (OOM, BUSY,
+// LOADING, NOREPLICAS) pass by themselves: 0.
+func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single, counts bool) (SettingsFault, error) {
+	probes := []struct {
+		script *redis.Script
+		key    string
+	}{{writeProbe, s.kb.Prefix + "settings-check"}}
+	if counts {
+		probes = append(probes, struct {
+			script *redis.Script
+			key    string
+		}{rateProbe, "rate:" + s.kb.Prefix + "settings-check"})
+	}
+	for _, p := range probes {
+		k := p.key
+		err := p.script.Run(ctx, rdb, []string{k}).Err()
 		var re redis.Error
 		if err == nil || !errors.As(err, &re) {
 			continue
@@ -237,11 +260,14 @@ func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, singl
 		msg := re.Error()
 		low := strings.ToLower(msg)
 		switch {
-		case strings.HasPrefix(msg, "READONLY"):
+		case single && strings.HasPrefix(msg, "READONLY"):
 			return SettingsReplica, fmt.Errorf("a write under %s answered %w", k, err)
 		case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, " key"):
 			return SettingsKeyPerm, fmt.Errorf("a write of %s from a script: %w", k, err)
-		case strings.HasPrefix(msg, "NOPERM"):
+		case strings.HasPrefix(msg, "NOPERM"), strings.Contains(low, "can't run this command"):
+			// The second: a command the script calls (Redis 7: "ERR The
+			// user executing the script can't run this command or
+			// subcommand").
 			return SettingsNoPerm, fmt.Errorf("a script writing %s: %w", k, err)
 		case strings.Contains(low, "unknown command") && (strings.Contains(low, "'eval'") || strings.Contains(low, "'evalsha'")):
 			return SettingsNoScripting, err
@@ -250,6 +276,13 @@ func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, singl
 		}
 	}
 	return 0, nil
+}
+
+// isReplyErr says whether err is an error reply from Redis, not a lost
+// connection or a timeout.
+func isReplyErr(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
 }
 
 // speaksTLS tries a TLS handshake with each address at once, within ctx,

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"strconv"
 	"strings"
 )
@@ -54,9 +55,19 @@ func keySlot(key string) int {
 // bounded: some 3.4 tries per part fill 16 parts, 10.3 fill 16384 (the
 // coupon collector's n·H(n)); 24 per part are allowed.
 func slotKeys(prefix string, parts int) []string {
+	return slotKeysWithin(context.Background(), prefix, parts)
+}
+
+// slotKeysWithin is slotKeys, cut short (nil) when ctx ends: the 16 384
+// keys take some 17 ms to find, which must not run past the start check's
+// bound (atk61).
+func slotKeysWithin(ctx context.Context, prefix string, parts int) []string {
 	in := make([]bool, parts)
 	var out []string
 	for n := 0; n < 24*parts && len(out) < parts; n++ {
+		if n%1024 == 1023 && ctx.Err() != nil {
+			return nil
+		}
 		k := prefix + "settings-check:{" + strconv.Itoa(n) + "}"
 		if b := keySlot(k) * parts / clusterSlots; !in[b] {
 			in[b] = true

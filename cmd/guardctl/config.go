@@ -324,6 +324,8 @@ func lonePlugin(p *config.Plugin) error {
 	for name := range p.Options {
 		if config.IsOption(name) {
 			known = append(known, name)
+		} else if head, cut := config.NameHead(name); cut {
+			unknown = append(unknown, head+"...") // what follows a tab may be a password (atk61)
 		} else {
 			unknown = append(unknown, name)
 		}
