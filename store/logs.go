@@ -69,7 +69,9 @@ func (r *logRouter) add(log func(string)) (stop func()) {
 
 // Printf implements go-redis's logger interface.
 func (r *logRouter) Printf(_ context.Context, format string, v ...any) {
-	msg := strings.TrimSpace(strings.TrimPrefix(RedactArgs(fmt.Sprintf(format, v...)), "redis: "))
+	// One line of printable text: go-redis names keys and channels, which
+	// may hold a client's bytes (atk61).
+	msg := controlEscaped(strings.TrimPrefix(oneLineText(fmt.Sprintf(format, v...)), "redis: "))
 	r.mu.Lock()
 	if len(r.sinks) == 0 {
 		r.mu.Unlock()
@@ -109,4 +111,20 @@ func (r *logRouter) flush() {
 		line = fmt.Sprintf("%s (and %d more such lines in the last %s)", latest, n-1, r.every)
 	}
 	log(line)
+}
+
+// controlEscaped writes s's control bytes (and DEL) as \xNN escapes.
+func controlEscaped(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			fmt.Fprintf(&b, "\\x%02x", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }

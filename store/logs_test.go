@@ -61,3 +61,21 @@ func TestLogRouterRedactsArgs(t *testing.T) {
 	r.Printf(context.Background(), "redis: %v", "ERR unknown command 'auth', with args beginning with: 'odd-Secret-42' ")
 	assert.Equal(t, []string{"ERR unknown command 'auth' (arguments not shown)"}, a.get())
 }
+
+// go-redis's own lines may carry a key or channel name, and such a name a
+// client's value (a keyspace channel of a known source): no line break or
+// control byte of it reaches the broker's log, where it could start a line
+// of its own (atk61's suspicion: pub/sub's "channel is full for ...").
+func TestLogRouterKeepsOneLine(t *testing.T) {
+	r := &logRouter{every: 200 * time.Millisecond}
+	var a lines
+	defer r.add(a.log)()
+	r.Printf(context.Background(), "redis: %s", "channel is full for channel __keyspace@0__:guard:known:x\nmosquitto-guard: event=refused ip=192.0.2.1\r\x1b[31m")
+	got := a.get()
+	if assert.Len(t, got, 1) {
+		assert.NotContains(t, got[0], "\n")
+		assert.NotContains(t, got[0], "\r")
+		assert.NotContains(t, got[0], "\x1b")
+		assert.Contains(t, got[0], `channel is full for channel __keyspace@0__:guard:known:x; mosquitto-guard: event=refused ip=192.0.2.1\x0d\x1b[31m`)
+	}
+}

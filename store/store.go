@@ -407,9 +407,12 @@ func remaining(cmd *redis.DurationCmd) time.Duration {
 // joins one error per sentinel when none answers, one per line, the first
 // behind its own prefix. A line that repeats one before (or the end of
 // one before) is dropped, and the rest joined with "; ".
-func OneLine(err error) string {
+func OneLine(err error) string { return oneLineText(err.Error()) }
+
+// oneLineText is OneLine of a text.
+func oneLineText(text string) string {
 	var out []string
-	for _, l := range strings.Split(RedactArgs(err.Error()), "\n") {
+	for _, l := range strings.Split(RedactArgs(text), "\n") {
 		if l = strings.TrimSpace(l); l != "" && !slices.ContainsFunc(out, func(o string) bool { return o == l || strings.HasSuffix(o, ": "+l) }) {
 			out = append(out, l)
 		}
