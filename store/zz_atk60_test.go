@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,10 +164,18 @@ func TestAtk60TLSProbeBoundedNoLeak(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	held := make(chan net.Conn, 64)
+	// The held connections, closed at the end; a connection's goroutine
+	// may still be reading then (closing a channel it sends on raced).
+	var (
+		mu     sync.Mutex
+		held   []net.Conn
+		closed bool
+	)
 	defer func() {
-		close(held)
-		for c := range held {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = true
+		for _, c := range held {
 			c.Close()
 		}
 	}()
@@ -183,11 +192,13 @@ func TestAtk60TLSProbeBoundedNoLeak(t *testing.T) {
 					c.Close()
 					return
 				}
-				select {
-				case held <- c:
-				default:
+				mu.Lock()
+				defer mu.Unlock()
+				if closed {
 					c.Close()
+					return
 				}
+				held = append(held, c)
 			}()
 		}
 	}()
