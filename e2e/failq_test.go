@@ -48,7 +48,9 @@ func TestFailureQueueHugeRefusedCONNECTs(t *testing.T) {
 	t.Logf("%d CONNECTs sent, %d refused in %v with Redis stopped; RSS idle %.1f MB, after %.1f MB: %.1f KB a refused CONNECT",
 		sent, n, took.Round(time.Millisecond), float64(idle)/(1<<20), float64(held)/(1<<20), float64(held-idle)/1024/float64(max(n, 1)))
 	require.False(t, b.Exited())
-	require.Greater(t, n, int64(300), "enough refused CONNECTs to measure")
+	// 100 are enough: the defect held ~120 KB each, 12 MB against the bound's
+	// 2.8 MB (a loaded CI machine sent 269 in the window, where 300 were asked).
+	require.Greater(t, n, int64(100), "enough refused CONNECTs to measure")
 	// 2 MB: the broker's own slack (Go's heap goal over the CONNECTs'
 	// garbage, Mosquitto's buffers), whatever the count. Before: ~120 KB a
 	// refused CONNECT, over 36 MB.

@@ -135,7 +135,12 @@ func TestAtk31Relist100kBrokerThreadWaits(t *testing.T) {
 	t.Logf("relisted %d in %v; the longest wait for g.mu %v; %d of %d waits over 5 ms", held, took, worst, slow, waits)
 	require.True(t, complete)
 	assert.Equal(t, n, held)
-	assert.Less(t, worst, 100*time.Millisecond)
+	// A hold of the whole relist makes the longest wait about the relist's
+	// time; holds of 256 leave the scheduler's and the collector's pauses,
+	// which under -race on some machines reach 100 to 190 ms (a local CI
+	// run here, and eb7f60a alike): the bound is the larger of 100 ms and a
+	// third of the relist.
+	assert.Less(t, worst, max(100*time.Millisecond, took/3))
 }
 
 // atk31FailOnce is a conflict store that counts the connection writes and
