@@ -108,7 +108,7 @@ func (h *health) down(err error) {
 	// password, an ACL change, OOM); the line says so. It keeps the word
 	// "unreachable", which operators' alerts match.
 	what := "unreachable"
-	if isRedisReply(err) {
+	if store.IsReply(err) {
 		what = "unreachable: it refuses the plugin's commands"
 	}
 	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s %s (%v); redis_unavailable %s until it answers again",
@@ -134,7 +134,7 @@ const wrongTypeLogEvery = 10 * time.Minute
 
 // isWrongType says whether err is Redis's WRONGTYPE reply.
 func isWrongType(err error) bool {
-	return isRedisReply(err) && strings.HasPrefix(err.Error(), "WRONGTYPE")
+	return store.IsReply(err) && strings.HasPrefix(err.Error(), "WRONGTYPE")
 }
 
 // wrongType logs a WRONGTYPE reply, at most once per wrongTypeLogEvery.

@@ -3,7 +3,6 @@ package plugin
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"math"
@@ -618,7 +617,7 @@ func (k *knownSources) run() {
 // (the least recently successful go first) and the expiry.
 func (k *knownSources) write(batch []knownWrite) {
 	if err := k.exec(batch, false); err != nil {
-		if isRedisReply(err) {
+		if store.IsReply(err) {
 			k.refusedBy(err)
 		}
 		// What was not written is written again at its next success; it
@@ -654,7 +653,7 @@ func (k *knownSources) exec(batch []knownWrite, gt bool) error {
 		pipe.PExpire(ctx, key, k.window)
 	}
 	_, err := pipe.Exec(ctx)
-	if err != nil && !isRedisReply(err) {
+	if err != nil && !store.IsReply(err) {
 		// An error reply (a key of another type; OOM; ZADD GT on a Redis
 		// before 6.2) is an answer: Redis is not down. Marked down, each
 		// success of a user whose key had another type took Redis down
@@ -682,21 +681,13 @@ func (k *knownSources) refusedBy(err error) {
 	k.log(LevelWarning, "mosquitto-guard: redis refused writing known sources ("+store.OneLine(err)+"); each is written again at its next success (said at most once per "+refusedLogEvery.String()+")")
 }
 
-// isRedisReply says whether err is an error reply from Redis: it answered
-// (not a lost connection, not a timeout, not a missing key).
-func isRedisReply(err error) bool {
-	var re redis.Error
-	return err != nil && !errors.Is(err, redis.Nil) && errors.As(err, &re) &&
-		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
-}
-
 // rewriteRetryable says whether a rewrite that failed with err is worth
 // trying again as is: a lost connection or a timeout, or a reply that
 // passes by itself (OOM, LOADING, BUSY, a cluster in motion, a failover:
 // READONLY from the old master, NOREPLICAS). Another reply
 // (WRONGTYPE, a syntax error) would fail the same way.
 func rewriteRetryable(err error) bool {
-	if !isRedisReply(err) {
+	if !store.IsReply(err) {
 		return true
 	}
 	msg := err.Error()
@@ -763,7 +754,7 @@ func (g *Guard) rewriteKnown() error {
 		if e != nil && (err == nil || !rewriteRetryable(err)) {
 			err = e
 		}
-		unanswered = unanswered || (e != nil && !isRedisReply(e))
+		unanswered = unanswered || (e != nil && !store.IsReply(e))
 	}
 	// The scan hands over the candidates of each kickScan entries of the
 	// table, which holds connections that are not candidates too (no

@@ -25,7 +25,7 @@ type publishLog struct{ at atomic.Int64 }
 // report.
 func (g *Guard) publishChange(ctx context.Context, key string) {
 	err := g.bgStore.PublishChange(ctx, key)
-	if err == nil || !isRedisReply(err) {
+	if err == nil || !store.IsReply(err) {
 		return
 	}
 	now := time.Now().UnixMilli()

@@ -143,7 +143,7 @@ func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient, c
 		addr := s.clients.o.Addrs[0]
 		info, ierr := rdb.Info(ctx).Result()
 		switch {
-		case ierr != nil && !isReplyErr(ierr):
+		case ierr != nil && !IsReply(ierr):
 			return nil // no answer in time: taken as down, not wrong (atk61: the sweep overran the bound)
 		case ierr != nil:
 			sweep = true
@@ -240,19 +240,12 @@ var rateProbe = redis.NewScript(`local now = redis.call('TIME') return redis.cal
 // counted on this broker only, no ban written). Other replies (OOM, BUSY,
 // LOADING, NOREPLICAS) pass by themselves: 0.
 func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single, counts bool) (SettingsFault, error) {
-	probes := []struct {
-		script *redis.Script
-		key    string
-	}{{writeProbe, s.kb.Prefix + "settings-check"}}
+	scripts, keys := []*redis.Script{writeProbe}, []string{s.kb.Prefix + "settings-check"}
 	if counts {
-		probes = append(probes, struct {
-			script *redis.Script
-			key    string
-		}{rateProbe, "rate:" + s.kb.Prefix + "settings-check"})
+		scripts, keys = append(scripts, rateProbe), append(keys, "rate:"+s.kb.Prefix+"settings-check")
 	}
-	for _, p := range probes {
-		k := p.key
-		err := p.script.Run(ctx, rdb, []string{k}).Err()
+	for i, k := range keys {
+		err := scripts[i].Run(ctx, rdb, []string{k}).Err()
 		var re redis.Error
 		if err == nil || !errors.As(err, &re) {
 			continue
@@ -278,11 +271,13 @@ func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, singl
 	return 0, nil
 }
 
-// isReplyErr says whether err is an error reply from Redis, not a lost
-// connection or a timeout.
-func isReplyErr(err error) bool {
+// IsReply says whether err is an error reply from Redis: it answered (not a
+// lost connection, not a timeout, not a missing key). The plugin and the
+// replica ask it too.
+func IsReply(err error) bool {
 	var re redis.Error
-	return errors.As(err, &re) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
+	return err != nil && !errors.Is(err, redis.Nil) && errors.As(err, &re) &&
+		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
 }
 
 // speaksTLS tries a TLS handshake with each address at once, within ctx,

@@ -78,7 +78,7 @@ func (s *Sync) mark(ctx context.Context) ([]mark, error) {
 			if _, ask := redis.IsAskError(err); ask {
 				continue
 			}
-			if isReply(err) && !transient(err) {
+			if store.IsReply(err) && !transient(err) {
 				mu.Lock()
 				refused = err
 				mu.Unlock()
@@ -145,14 +145,6 @@ func transient(err error) bool {
 	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) || redis.IsMasterDownError(err)
 }
 
-// isReply says whether err is an error reply from Redis (not a lost
-// connection, not a timeout, not a missing key).
-func isReply(err error) bool {
-	var re redis.Error
-	return err != nil && !errors.Is(err, redis.Nil) && errors.As(err, &re) &&
-		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
-}
-
 // lost says why the keys of some master are gone ("" when they are not):
 // its mark is missing or changed. A master that does not answer in time
 // says nothing: the subscription notices a lost connection. flushed: the
@@ -169,7 +161,7 @@ func (s *Sync) lost(ctx context.Context, marks []mark) (why string, flushed bool
 			return fmt.Sprintf("the flush mark %s on %s is gone: the keys were flushed (FLUSHALL, FLUSHDB) or lost (Redis restarted empty)", m.key, store.NodeName(m.c)), true
 		case err == nil && got != m.val:
 			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, store.NodeName(m.c)), true
-		case isReply(err):
+		case store.IsReply(err):
 			// Not a flush: a slot moved, or Redis refused the read (an ACL
 			// change; a rotated password fails the next connection's AUTH).
 			_, moved := redis.IsMovedError(err)

@@ -377,7 +377,7 @@ func (s *Sync) enableNotifications(ctx context.Context) {
 	// seconds (a README-only attacker counted this line once a second
 	// while Redis was down).
 	refused := func(what string, err error) {
-		if !isReply(err) {
+		if !store.IsReply(err) {
 			return
 		}
 		s.notifyMu.Lock()

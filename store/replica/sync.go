@@ -141,7 +141,7 @@ func (s *Sync) Run(ctx context.Context) {
 		// Redis refusing a command (an ACL's NOPERM, a proxy without SCAN)
 		// is no outage that ends by itself: until the first load the redis
 		// backend checks no password, so say why the load does not happen.
-		if isReply(err) && !transient(err) && err.Error() != refused {
+		if store.IsReply(err) && !transient(err) && err.Error() != refused {
 			refused = err.Error()
 			s.o.Log(true, fmt.Sprintf("replica: Redis refused a command the replica needs (%v); retrying until it is allowed", err))
 		}
@@ -167,7 +167,7 @@ func (s *Sync) session(ctx context.Context) error {
 	s.enableNotifications(ctx)
 	subs, err := s.subscribe(ctx)
 	switch {
-	case isReply(err) && !transient(err):
+	case store.IsReply(err) && !transient(err):
 		// Refused, not lost: a Redis 7 ACL user gets no channel unless
 		// given one (acl-pubsub-default resetchannels). Returning would
 		// retry forever and never load: the lists stay unknown and the
@@ -500,7 +500,7 @@ func (s *Sync) masterID(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, flushCheckEvery)
 	defer cancel()
 	info, err := s.rdb.Info(ctx, "server").Result()
-	if isReply(err) && !transient(err) {
+	if store.IsReply(err) && !transient(err) {
 		if !s.infoRefused {
 			s.o.Log(true, "replica: cannot read the Sentinel master's run_id ("+err.Error()+"); after a failover, changes reach the replica once the sentinels demote the old master")
 		}
