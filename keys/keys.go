@@ -3,10 +3,14 @@ package keys
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"unsafe"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 )
 
 // Scope says what a list entry matches.
@@ -46,7 +50,7 @@ func ParseScope(s string) (Scope, error) {
 			return sc, nil
 		}
 	}
-	return "", fmt.Errorf("keys: unknown scope %q (expected clientid, ip, cidr, username or cert)", s)
+	return "", fmt.Errorf("keys: unknown scope %s (expected clientid, ip, cidr, username or cert)", logval.Quote(s))
 }
 
 // CertIDLen is the length of a certificate ID: 64 hex digits.
@@ -69,10 +73,10 @@ func ParseCertID(s string) (string, error) {
 	}
 	v = strings.ToLower(strings.ReplaceAll(v, ":", ""))
 	if len(v) != CertIDLen {
-		return "", fmt.Errorf("keys: certificate ID %q: expected 64 hex digits (the SHA-256 of the certificate's DER)", s)
+		return "", fmt.Errorf("keys: certificate ID %s: expected 64 hex digits (the SHA-256 of the certificate's DER)", logval.Quote(s))
 	}
 	if _, err := hex.DecodeString(v); err != nil {
-		return "", fmt.Errorf("keys: certificate ID %q: expected 64 hex digits (the SHA-256 of the certificate's DER)", s)
+		return "", fmt.Errorf("keys: certificate ID %s: expected 64 hex digits (the SHA-256 of the certificate's DER)", logval.Quote(s))
 	}
 	return v, nil
 }
@@ -320,9 +324,24 @@ func GlobEscape(s string) string {
 func NormalizeIP(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("keys: bad IP address %q: %w", s, err)
+		return netip.Addr{}, fmt.Errorf("keys: bad IP address %s: %w", logval.Quote(s), errors.New(parseAddrWhy(s, err)))
 	}
 	return a.Unmap().WithZone(""), nil
+}
+
+// parseAddrWhy is netip's reason for refusing s, without s, which it
+// quotes whole (and a part again, at any length): the caller quotes s cut
+// (logval.Quote). netip's form: ParseAddr("<s>"): <reason> (at "<rest>").
+func parseAddrWhy(s string, err error) string {
+	msg, ok := strings.CutPrefix(err.Error(), "ParseAddr("+strconv.Quote(s)+"): ")
+	if !ok {
+		return "not an IP address" // another form: it may hold s whole
+	}
+	// The quoted rest escapes its quotes: the first ` (at "` is netip's.
+	if i := strings.Index(msg, ` (at "`); i >= 0 {
+		msg = msg[:i]
+	}
+	return msg
 }
 
 // ParseIPKey parses the value of an ip key. It must be an address in the
@@ -334,10 +353,10 @@ func NormalizeIP(s string) (netip.Addr, error) {
 func ParseIPKey(s string) (netip.Addr, error) {
 	a, err := NormalizeIP(s)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("keys: bad IP address %q: expected an address such as 192.0.2.1 or 2001:db8::1", s)
+		return netip.Addr{}, fmt.Errorf("keys: bad IP address %s: expected an address such as 192.0.2.1 or 2001:db8::1", logval.Quote(s))
 	}
 	if c := a.String(); c != s {
-		return netip.Addr{}, fmt.Errorf("keys: bad IP address %q: expected the canonical address %s", s, c)
+		return netip.Addr{}, fmt.Errorf("keys: bad IP address %s: expected the canonical address %s", logval.Quote(s), c)
 	}
 	return a, nil
 }
@@ -360,17 +379,17 @@ func Prefixes(ip netip.Addr) []netip.Prefix {
 func ParseCIDR(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("keys: bad range %q: expected a network such as 203.0.113.0/24 or 2001:db8::/32", s)
+		return netip.Prefix{}, fmt.Errorf("keys: bad range %s: expected a network such as 203.0.113.0/24 or 2001:db8::/32", logval.Quote(s))
 	}
 	if p.Addr().Is4In6() {
 		m := p.Bits() - 96
 		if m < 0 {
-			return netip.Prefix{}, fmt.Errorf("keys: bad range %q: an IPv4-mapped range must be at least /96", s)
+			return netip.Prefix{}, fmt.Errorf("keys: bad range %s: an IPv4-mapped range must be at least /96", logval.Quote(s))
 		}
 		p = netip.PrefixFrom(p.Addr().Unmap(), m)
 	}
 	if c := p.Masked(); c != p || c.String() != s {
-		return netip.Prefix{}, fmt.Errorf("keys: bad range %q: expected the canonical network %s", s, c)
+		return netip.Prefix{}, fmt.Errorf("keys: bad range %s: expected the canonical network %s", logval.Quote(s), c)
 	}
 	return p, nil
 }

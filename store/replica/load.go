@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -201,7 +202,7 @@ func (s *Sync) wrongTypes(keys []string, all bool) {
 			continue
 		}
 		logged++
-		s.o.Log(true, fmt.Sprintf("replica: skipping key %q: it holds another type than a string (WRONGTYPE), so it bans or allows nothing", k))
+		s.o.Log(true, fmt.Sprintf("replica: skipping key %s: it holds another type than a string (WRONGTYPE), so it bans or allows nothing", logval.Quote(k)))
 	}
 	if more > 0 {
 		s.o.Log(true, fmt.Sprintf("replica: skipping %d more keys of another type than string", more))

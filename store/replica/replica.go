@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -272,13 +273,13 @@ func (r *Replica) classify(key string) (keyClass, keys.Kind, keys.Scope, netip.P
 	case keys.CIDR:
 		p, err := keys.ParseCIDR(value)
 		if err != nil {
-			return classNone, kind, scope, netip.Prefix{}, value, fmt.Errorf("range key %q can never match: %w", key, err)
+			return classNone, kind, scope, netip.Prefix{}, value, fmt.Errorf("range key %s can never match: %w", logval.Quote(key), err)
 		}
 		return classRange, kind, scope, p, value, nil
 	case keys.Cert:
 		// Clients are looked up by keys.CertID only: 64 lower-case hex digits.
 		if !keys.IsCertID(value) {
-			return classNone, kind, scope, netip.Prefix{}, value, fmt.Errorf("cert key %q can never match: expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)", key)
+			return classNone, kind, scope, netip.Prefix{}, value, fmt.Errorf("cert key %s can never match: expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)", logval.Quote(key))
 		}
 	}
 	return classList, kind, scope, netip.Prefix{}, value, nil
@@ -289,9 +290,9 @@ func (r *Replica) classify(key string) (keyClass, keys.Kind, keys.Scope, netip.P
 // when value is an address written in another form.
 func (r *Replica) ipKeyError(key string, kind keys.Kind, value string, err error) error {
 	if a, nerr := keys.NormalizeIP(value); nerr == nil {
-		return fmt.Errorf("ip key %q can never match: expected %s", key, r.kb.List(kind, keys.IP, a.String()))
+		return fmt.Errorf("ip key %s can never match: expected %s", logval.Quote(key), r.kb.List(kind, keys.IP, a.String()))
 	}
-	return fmt.Errorf("ip key %q can never match: %w", key, err)
+	return fmt.Errorf("ip key %s can never match: %w", logval.Quote(key), err)
 }
 
 // Put stores key with value and expiry (zero: never). A list key that can
