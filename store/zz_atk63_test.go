@@ -69,14 +69,16 @@ func TestAtk63NoPexpireUserPassesCheck(t *testing.T) {
 	assert.Error(t, checkErr, "the start check let a user start whose every automatic ban fails (%v)", runErr)
 }
 
-// DEFECT. go-redis's own lines are kept to "one line of printable text"
-// (137928a) by escaping bytes below 0x20 and DEL only: a channel name or a
-// message go-redis names (pub/sub's "channel is full for ..."; a
-// keyspace channel holds a client's username) keeps U+2028 and U+2029
-// (line and paragraph separators), U+0085 (NEL), the C1 CSI U+009B that
-// starts an ANSI sequence without ESC, and invalid UTF-8, raw in the
-// broker's log line. The project's own rendering of hostile bytes
-// (internal/logval.Go, strconv.Quote) escapes every one of them. Cause:
+// DEFECT (low: no client-controlled path found). go-redis's own lines are
+// kept to "one line of printable text" (137928a) by escaping bytes below
+// 0x20 and DEL only: text go-redis names (pub/sub's "channel is full for
+// PubSub(<channels>)", a sentinel's or Redis's error words) keeps U+2028
+// and U+2029 (line and paragraph separators), U+0085 (NEL), the C1 CSI
+// U+009B that starts an ANSI sequence without ESC, and invalid UTF-8, raw
+// in the broker's log line. The project's own rendering of hostile bytes
+// (internal/logval.Go, strconv.Quote) escapes every one of them. (The
+// channels go-redis names are the plugin's own, from key_prefix: the
+// commit's premise that they hold a client's bytes did not hold.) Cause:
 // store/logs.go controlEscaped.
 func TestAtk63LogRouterKeepsUnicodeBreaksRaw(t *testing.T) {
 	r := &logRouter{every: time.Hour}
