@@ -51,9 +51,9 @@ type Guard struct {
 
 	cfg       config.Options
 	log       Logger
-	published publishLog // publishChange's refusals logged
-	store     Store      // the broker thread's calls, bounded by redis_timeout
-	bgStore   Store      // background work's calls: longer deadlines (store.Options.BackgroundTimeout)
+	published logGate // publishChange's refusals logged
+	store     Store   // the broker thread's calls, bounded by redis_timeout
+	bgStore   Store   // background work's calls: longer deadlines (store.Options.BackgroundTimeout)
 	now       func() time.Time
 	out       Output
 

@@ -29,7 +29,7 @@ type health struct {
 	mu     sync.Mutex // orders the log lines of state changes
 	logged bool       // the state last logged: true up
 
-	wrongAt atomic.Int64 // unix ms of the last WRONGTYPE logged (wrongType)
+	wrongAt logGate // the WRONGTYPE lines (wrongType)
 
 	// back, if set (before run starts), is called when Redis answers
 	// again after it was seen down, under mu: it must not block.
@@ -139,9 +139,7 @@ func isWrongType(err error) bool {
 
 // wrongType logs a WRONGTYPE reply, at most once per wrongTypeLogEvery.
 func (h *health) wrongType(err error) {
-	now := time.Now().UnixMilli()
-	last := h.wrongAt.Load()
-	if (last != 0 && now-last < wrongTypeLogEvery.Milliseconds()) || !h.wrongAt.CompareAndSwap(last, now) {
+	if !h.wrongAt.allow(wrongTypeLogEvery) {
 		return
 	}
 	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s holds a key of another type where the plugin expects its own (%v): delete or rename it (said at most once per %v)",

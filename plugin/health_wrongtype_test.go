@@ -82,4 +82,14 @@ func TestPublishRefusedIsLogged(t *testing.T) {
 	require.Len(t, lines, 1, "%q", lines)
 	assert.Contains(t, lines[0], "redis refused to publish a change on guard:changes (")
 	assert.Contains(t, lines[0], "NOPERM")
+	assert.Contains(t, lines[0], "the channel (ACL: &guard:changes or allchannels)")
+
+	// A user refused the command itself is told the command (atk63).
+	r.CLI("ACL", "SETUSER", "nocmd", "on", ">nc-secret", "~*", "&*", "+@all", "-publish")
+	lines = nil
+	g = &Guard{cfg: config.Options{KeyPrefix: "guard:"}, bgStore: store.New(store.Options{Addrs: []string{r.Addr}, Username: "nocmd", Password: "nc-secret", Timeout: time.Second}, keys.Builder{Prefix: "guard:"}),
+		log: func(_ Level, s string) { lines = append(lines, s) }}
+	g.publishChange(context.Background(), "guard:block:ip:192.0.2.1")
+	require.Len(t, lines, 1, "%q", lines)
+	assert.Contains(t, lines[0], "the PUBLISH command (ACL: +publish)")
 }

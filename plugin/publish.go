@@ -2,9 +2,13 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
@@ -13,27 +17,44 @@ import (
 // publishRefusedLogEvery: a refused publish is logged at most once per this.
 const publishRefusedLogEvery = 10 * time.Minute
 
-// publishLog is when a refused publish was last logged (unix ms).
-type publishLog struct{ at atomic.Int64 }
+// logGate lets a line through at most once per interval: for lines a
+// fault can repeat at every event. It reads the monotonic clock, so a wall
+// clock set back does not silence it.
+type logGate struct{ at atomic.Int64 } // ns since gateBase of the last line let through; 0 none
+
+var gateBase = time.Now()
+
+// allow reports whether a line may be logged now, and if so takes the
+// interval's turn.
+func (l *logGate) allow(every time.Duration) bool {
+	now := int64(time.Since(gateBase)) + 1 // never 0
+	last := l.at.Load()
+	if last != 0 && now-last < int64(every) {
+		return false
+	}
+	return l.at.CompareAndSwap(last, now)
+}
 
 // publishChange tells the other brokers' replicas that key changed (an
-// automatic ban, a throttle), bounded by ctx. Redis's refusal (an ACL user
-// without PUBLISH rights) is logged, at most once per
-// publishRefusedLogEvery: brokers whose Redis sends no keyspace
-// notifications see the change only at their next reload, and no line said
-// why (atk61). A timeout or a lost connection is the health probe's to
-// report.
+// automatic ban, a throttle), bounded by ctx. Redis's refusal of rights
+// (NOPERM: an ACL user without PUBLISH, or without the channel) is logged,
+// at most once per publishRefusedLogEvery: brokers whose Redis sends no
+// keyspace notifications see the change only at their next reload, and no
+// line said why (atk61). Any other reply (BUSY, LOADING: Redis refusing
+// every command for a moment, which the health probe reports) is not
+// taken for missing rights, nor does it use the interval's line up (atk63).
+// A timeout or a lost connection is the health probe's to report too.
 func (g *Guard) publishChange(ctx context.Context, key string) {
 	err := g.bgStore.PublishChange(ctx, key)
-	if err == nil || !store.IsReply(err) {
-		return
-	}
-	now := time.Now().UnixMilli()
-	last := g.published.at.Load()
-	if (last != 0 && now-last < publishRefusedLogEvery.Milliseconds()) || !g.published.at.CompareAndSwap(last, now) {
+	var re redis.Error
+	if !store.IsReply(err) || !errors.As(err, &re) || !strings.HasPrefix(re.Error(), "NOPERM") || !g.published.allow(publishRefusedLogEvery) {
 		return
 	}
 	ch := keys.Builder{Prefix: g.cfg.KeyPrefix}.Changes()
-	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis refused to publish a change on %s (%s): brokers whose Redis sends no keyspace notifications see this broker's automatic bans and throttles only at their next reload (replica_resync); give the plugin's Redis user the channel (ACL: &%s or allchannels) (said at most once per %v)",
-		ch, store.OneLine(err), ch, publishRefusedLogEvery))
+	give := "the channel (ACL: &" + ch + " or allchannels)"
+	if strings.Contains(strings.ToLower(re.Error()), "command") {
+		give = "the PUBLISH command (ACL: +publish)"
+	}
+	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis refused to publish a change on %s (%s): brokers whose Redis sends no keyspace notifications see this broker's automatic bans and throttles only at their next reload (replica_resync); give the plugin's Redis user %s (said at most once per %v)",
+		ch, store.OneLine(err), give, publishRefusedLogEvery))
 }

@@ -87,7 +87,9 @@ func checkSettings(st *store.Store, cfg config.Options) error {
 	ctx, cancel := context.WithTimeout(context.Background(), settingsCheckTimeout)
 	defer cancel()
 	var se *store.SettingsError
-	if err := st.CheckSettingsFor(ctx, cfg.Backend != config.BackendDefer); !errors.As(err, &se) {
+	counts := cfg.Backend != config.BackendDefer
+	needs := store.SettingsNeeds{Counts: counts, Known: counts && cfg.UsernameFailLimit > 0, Tracking: cfg.Conflicts.Mode != config.ConflictOff}
+	if err := st.CheckSettingsNeeds(ctx, needs); !errors.As(err, &se) {
 		return nil
 	}
 	return config.SettingsOptionError(cfg, se)

@@ -3,9 +3,12 @@ package store
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -113,18 +116,33 @@ func (r *logRouter) flush() {
 	log(line)
 }
 
-// controlEscaped writes s's control bytes (and DEL) as \xNN escapes.
+// controlEscaped writes what is not printable text in s as Go escapes,
+// as logval.Go does within its quotes: control bytes and DEL (\xNN), the
+// line and paragraph separators, NEL and the other C1 controls (\uNNNN),
+// invalid UTF-8 (\xNN), and a backslash doubled, so that an escape in the
+// line is always the plugin's (atk63: U+2028, U+0085 and the C1 CSI
+// U+009B were kept raw).
 func controlEscaped(s string) string {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if !strings.ContainsFunc(s, func(r rune) bool { return r == '\\' || r == utf8.RuneError || (r != ' ' && !unicode.IsPrint(r)) }) {
 		return s
 	}
 	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
-			fmt.Fprintf(&b, "\\x%02x", c)
-		} else {
-			b.WriteByte(c)
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r < utf8.RuneSelf && (r < 0x20 || r == 0x7f):
+			fmt.Fprintf(&b, "\\x%02x", r)
+		case r != ' ' && !unicode.IsPrint(r):
+			q := strconv.QuoteRune(r) // '\u2028'
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[i : i+n])
 		}
+		i += n
 	}
 	return b.String()
 }

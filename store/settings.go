@@ -93,13 +93,20 @@ func (e *SettingsError) Unwrap() error { return e.Err }
 // probe reports it, and redis_unavailable applies until Redis answers
 // (atk55: each of these let the broker start, Redis down for good, its
 // lists never applied, no option named).
-func (s *Store) CheckSettings(ctx context.Context) error { return s.CheckSettingsFor(ctx, true) }
+func (s *Store) CheckSettings(ctx context.Context) error {
+	return s.CheckSettingsNeeds(ctx, SettingsNeeds{Counts: true, Known: true, Tracking: true})
+}
 
 // CheckSettingsFor is CheckSettings; counts says whether the plugin counts
 // failures (redis_rate's keys under "rate:" + key_prefix, its script's
 // TIME): without (backend defer), those are not asked for (atk61: a user
 // with ~guard:* only was refused for a key the plugin never writes).
 func (s *Store) CheckSettingsFor(ctx context.Context, counts bool) error {
+	return s.CheckSettingsNeeds(ctx, SettingsNeeds{Counts: counts, Known: counts, Tracking: true})
+}
+
+// CheckSettingsNeeds is CheckSettings, asking rights for needs only.
+func (s *Store) CheckSettingsNeeds(ctx context.Context, needs SettingsNeeds) error {
 	o, timeout := s.probeOptions(ctx)
 	// Every address dialled, for the TLS probe below.
 	var dialled dialLog
@@ -110,7 +117,7 @@ func (s *Store) CheckSettingsFor(ctx context.Context, counts bool) error {
 	defer rdb.Close()
 	err := rdb.Ping(ctx).Err()
 	if err == nil {
-		return s.checkAnswering(ctx, rdb, counts)
+		return s.checkAnswering(ctx, rdb, needs)
 	}
 	if f := settingsFault(err, s.clients.o.SentinelMaster != "", len(s.clients.o.Addrs) > 1); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
@@ -132,7 +139,7 @@ func (s *Store) CheckSettingsFor(ctx context.Context, counts bool) error {
 // sentinel, a replica, one node of a cluster of several shards, given as
 // the one Redis), and whether this user may read and write the plugin's
 // keys and run its scripts. 0 faults: nil.
-func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient, counts bool) error {
+func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient, needs SettingsNeeds) error {
 	single := s.clients.o.SentinelMaster == "" && len(s.clients.o.Addrs) == 1
 	sweep := false // one GET in every slot the plugin's keys can take
 	if single {
@@ -143,9 +150,12 @@ func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient, c
 		addr := s.clients.o.Addrs[0]
 		info, ierr := rdb.Info(ctx).Result()
 		switch {
-		case ierr != nil && !IsReply(ierr):
+		case ierr != nil && timedOut(ctx, ierr):
 			return nil // no answer in time: taken as down, not wrong (atk61: the sweep overran the bound)
 		case ierr != nil:
+			// Refused, or the connection closed (a proxy that knows no
+			// INFO, as twemproxy closes it: atk63, a user with ~other:*
+			// started the broker): the keys in every slot decide.
 			sweep = true
 		case strings.Contains(info, "redis_mode:sentinel"):
 			return &SettingsError{Fault: SettingsIsSentinel, Err: errors.New(addr + " is a Redis Sentinel (INFO: redis_mode:sentinel)")}
@@ -171,7 +181,7 @@ func (s *Store) checkAnswering(ctx context.Context, rdb redis.UniversalClient, c
 	if f, err := s.checkKeys(ctx, rdb, single, slotKeys(s.kb.Prefix, slotKeyCount)); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
 	}
-	if f, err := s.checkWrite(ctx, rdb, single, counts); f != 0 {
+	if f, err := s.checkWrite(ctx, rdb, single, needs); f != 0 {
 		return &SettingsError{Fault: f, Err: err}
 	}
 	if sweep && ctx.Err() == nil {
@@ -222,30 +232,106 @@ func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single
 
 // writeProbe is what the plugin's scripts do, once: a write under a
 // prefix, from Lua (EVALSHA, then EVAL when Redis has not the script).
-var writeProbe = redis.NewScript(`return redis.call('SET', KEYS[1], '1', 'PX', 10000)`)
+// SettingsNeeds says which of the plugin's uses of Redis its
+// configuration makes, for the start check to ask rights for those only
+// (atk61: a user with ~guard:* only was refused, under backend defer, for a
+// key the plugin never writes).
+type SettingsNeeds struct {
+	// Counts: failures counted (every backend but defer): redis_rate's
+	// keys under "rate:" + key_prefix and its script's TIME, the offence
+	// counts (INCR, PEXPIRE) and the throttles.
+	Counts bool
+	// Known: known sources (username_fail_limit above 0): sorted sets.
+	Known bool
+	// Tracking: client-ID conflict tracking (clientid_conflict not off):
+	// hashes, sets, sorted sets, streams.
+	Tracking bool
+}
 
-// rateProbe is what redis_rate's script does: TIME, then a write under
-// "rate:" + key_prefix (atk61: a user without +time passed a SET alone,
-// and its first counted failure was refused inside the script).
-var rateProbe = redis.NewScript(`local now = redis.call('TIME') return redis.call('SET', KEYS[1], now[1], 'PX', 10000)`)
+// writeProbe runs, on KEYS[1] (under key_prefix) and from a script as the
+// plugin's own scripts run, every key command the plugin uses there, of the
+// kinds ARGV asks for (1 counts, 2 known sources, 3 tracking; "1" or "0"),
+// and leaves the key set for 10 s. Redis checks a user's rights command by
+// command: a user without one of them refuses it here, not at the first
+// automatic ban, known source or finding (atk63: a user without PEXPIRE,
+// ZADD, HSET, XADD or INCR passed a probe of SET alone, and its automatic
+// bans never lengthened, its findings were never written).
+var writeProbe = redis.NewScript(`
+local k = KEYS[1]
+redis.call('SET', k, '1', 'PX', 10000)
+redis.call('GET', k)
+redis.call('PTTL', k)
+redis.call('TYPE', k)
+redis.call('DEL', k)
+redis.call('SETNX', k, '1')
+redis.call('PEXPIRE', k, 10000)
+if ARGV[1] == '1' then
+  redis.call('INCR', k)
+end
+if ARGV[2] == '1' or ARGV[3] == '1' then
+  redis.call('DEL', k)
+  redis.call('ZADD', k, 1, 'm')
+  redis.call('ZSCORE', k, 'm')
+  redis.call('ZRANGEBYSCORE', k, '-inf', '+inf')
+  redis.call('ZREMRANGEBYRANK', k, 0, -2)
+  redis.call('PEXPIRE', k, 10000)
+  redis.call('ZREM', k, 'm')
+end
+if ARGV[3] == '1' then
+  redis.call('DEL', k)
+  redis.call('HSET', k, 'f', '1')
+  redis.call('HINCRBY', k, 'f', 1)
+  redis.call('HGET', k, 'f')
+  redis.call('HMGET', k, 'f')
+  redis.call('HGETALL', k)
+  redis.call('HEXISTS', k, 'f')
+  redis.call('HLEN', k)
+  redis.call('HDEL', k, 'f')
+  redis.call('SADD', k, 'm')
+  redis.call('SISMEMBER', k, 'm')
+  redis.call('SREM', k, 'm')
+  redis.call('XADD', k, 'MAXLEN', '~', 1, '*', 'f', '1')
+  redis.call('XLEN', k)
+  redis.call('DEL', k)
+end
+return redis.call('SET', k, '1', 'PX', 10000)`)
 
-// checkWrite writes, from a script, one key under key_prefix and, with
-// counts, one under redis_rate's "rate:" + key_prefix (10 s each), as the
-// automatic bans and the failure counts do: with single a read-only replica
-// (READONLY; through sentinels it is a failover's moment, which passes by
-// itself: atk61), a user whose key patterns leave either out or give only
-// read access (NOPERM), a user that may not run EVAL, EVALSHA or the
-// scripts' commands, a Redis with scripting renamed away, and with single
-// a MOVED, stop the start (atk59: each started the broker, its failures
-// counted on this broker only, no ban written). Other replies (OOM, BUSY,
+// rateProbe is what redis_rate's script does: TIME, a read and a write
+// under "rate:" + key_prefix (atk61: a user without +time passed a SET
+// alone, and its first counted failure was refused inside the script).
+var rateProbe = redis.NewScript(`local now = redis.call('TIME') redis.call('GET', KEYS[1]) return redis.call('SET', KEYS[1], now[1], 'PX', 10000)`)
+
+// checkWrite runs, from scripts, the key commands the plugin's
+// configuration uses (needs) on one key under key_prefix and, with counts,
+// redis_rate's on one under "rate:" + key_prefix (each left 10 s), as the
+// automatic bans, failure counts, known sources and conflict tracking do:
+// with single a read-only replica (READONLY; through sentinels it is a
+// failover's moment, which passes by itself: atk61), a user whose key
+// patterns leave either out or give only read access (NOPERM), a user that
+// may not run EVAL, EVALSHA or one of the commands, a Redis with scripting
+// renamed away, and with single a MOVED, stop the start (atk59, atk63:
+// each started the broker, its failures counted on this broker only, no
+// ban written or lengthened, no finding written). Other replies (OOM, BUSY,
 // LOADING, NOREPLICAS) pass by themselves: 0.
-func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single, counts bool) (SettingsFault, error) {
-	scripts, keys := []*redis.Script{writeProbe}, []string{s.kb.Prefix + "settings-check"}
-	if counts {
-		scripts, keys = append(scripts, rateProbe), append(keys, "rate:"+s.kb.Prefix+"settings-check")
+func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single bool, needs SettingsNeeds) (SettingsFault, error) {
+	flag := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return "0"
 	}
-	for i, k := range keys {
-		err := scripts[i].Run(ctx, rdb, []string{k}).Err()
+	type probe struct {
+		script *redis.Script
+		key    string
+		args   []any
+	}
+	probes := []probe{{writeProbe, s.kb.Prefix + "settings-check", []any{flag(needs.Counts), flag(needs.Known), flag(needs.Tracking)}}}
+	if needs.Counts {
+		probes = append(probes, probe{rateProbe, "rate:" + s.kb.Prefix + "settings-check", nil})
+	}
+	for _, p := range probes {
+		k := p.key
+		err := p.script.Run(ctx, rdb, []string{k}, p.args...).Err()
 		var re redis.Error
 		if err == nil || !errors.As(err, &re) {
 			continue
@@ -269,6 +355,13 @@ func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, singl
 		}
 	}
 	return 0, nil
+}
+
+// timedOut says whether err is a wait that ran out: ctx's, or a network
+// deadline (the client's read timeout).
+func timedOut(ctx context.Context, err error) bool {
+	var ne net.Error
+	return ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // IsReply says whether err is an error reply from Redis: it answered (not a
