@@ -127,6 +127,14 @@ func (o Options) universal(timeout time.Duration) *redis.UniversalOptions {
 		WriteTimeout:     timeout,
 		PoolTimeout:      timeout,
 		DisableIdentity:  true, // no CLIENT SETINFO: some Redis-compatible servers refuse it
+		// RESP2, not go-redis's default RESP3: the plugin uses none of
+		// RESP3's push notifications, and go-redis looks for them before
+		// every reply it reads (a handler context built per command): the
+		// conflict tracker's writes took 8 to 11 % more of Go's CPU with
+		// it (go test -run XXX -bench 'WorkerRestartStorm|WorkerNewClientIDs'
+		// ./conflicts, the two alternated). Every reply the plugin reads
+		// raw is decoded in either form (connsOf).
+		Protocol: 2,
 		// A pipeline's connection gets the same 32 KiB buffers as any
 		// other, not go-redis's 128 KiB each way (issue 12: memory per
 		// connection). The plugin's large pipelines run off the broker
