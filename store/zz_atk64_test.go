@@ -1,0 +1,151 @@
+package store
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// atk64Check is atk60Check with the needs the plugin's configuration asks
+// (plugin/tlscheck.go checkSettings).
+func atk64Check(o Options, prefix string, needs SettingsNeeds) (time.Duration, error) {
+	o.Timeout = time.Second
+	s := New(o, keys.Builder{Prefix: prefix})
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := s.CheckSettingsNeeds(ctx, needs)
+	return time.Since(start), err
+}
+
+// DEFECT. Known sources (username_fail_limit above 0) load a username's
+// set with ZRANGE ... BYSCORE LIMIT (plugin/known.go startLoad), not
+// ZRANGEBYSCORE: a user that may run every command but ZRANGE (~* +@all
+// -zrange) passes the start check, whose probe asks ZRANGEBYSCORE, ZSCORE
+// and ZREM instead; every load of known sources is then refused, and the
+// plugin takes the refusal for Redis down (health.down: redis_unavailable
+// applies, with deny every client is refused until the next PING). Cause:
+// store/settings.go writeProbe (ZRANGE not asked under Known).
+func TestAtk64NoZrangeUserPassesKnownCheck(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "nozr", "on", ">pw", "~*", "&*", "+@all", "-zrange")
+	needs := SettingsNeeds{Counts: true, Known: true}
+	_, checkErr := atk64Check(Options{Addrs: []string{r.Addr}, Username: "nozr", Password: "pw"}, "guard:", needs)
+
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Username: "nozr", Password: "pw"})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// What knownSources.startLoad asks.
+	min := strconv.FormatInt(time.Now().Add(-time.Hour).UnixMilli(), 10)
+	runErr := rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+		Key: keys.Builder{Prefix: "guard:"}.KnownTracked("alice"), Start: min, Stop: "+inf", ByScore: true, Count: 100,
+	}).Err()
+	require.Error(t, runErr, "control: the known sources' load is refused")
+	require.Contains(t, runErr.Error(), "NOPERM", "control")
+	assert.Error(t, checkErr, "the start check let a user start whose every known sources load Redis refuses (%v)", runErr)
+}
+
+// DEFECT. Conflict tracking's ghost sweep and its end (Reap) list a
+// broker's connections with SSCAN (store.Listed, conflicts/lease.go): a
+// user that may run every command but SSCAN passes the start check, whose
+// probe asks SADD, SISMEMBER, SREM only; every ghost sweep then fails.
+// Cause: store/settings.go writeProbe (SSCAN not asked under Tracking).
+func TestAtk64NoSscanUserPassesTrackingCheck(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "noss", "on", ">pw", "~*", "&*", "+@all", "-sscan")
+	needs := SettingsNeeds{Counts: true, Known: true, Tracking: true}
+	_, checkErr := atk64Check(Options{Addrs: []string{r.Addr}, Username: "noss", Password: "pw"}, "guard:", needs)
+
+	o := Options{Addrs: []string{r.Addr}, Username: "noss", Password: "pw", Timeout: time.Second}
+	st := New(o, keys.Builder{Prefix: "guard:"})
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _, runErr := st.Listed(ctx, "broker-1", 0)
+	require.Error(t, runErr, "control: the ghost sweep's SSCAN is refused")
+	require.Contains(t, runErr.Error(), "NOPERM", "control")
+	assert.Error(t, checkErr, "the start check let a user start whose every ghost sweep Redis refuses (%v)", runErr)
+}
+
+// DEFECT. The probe asks commands the configuration never uses, and so
+// refuses right setups: TYPE is run by guardctl only (explain, delAuto),
+// never by the plugin, yet a user without it is refused whatever the
+// configuration; with known sources but no conflict tracking
+// (clientid_conflict off) the plugin's sorted-set commands are ZADD,
+// ZREMRANGEBYRANK, PEXPIRE and ZRANGE (plugin/known.go), yet a user
+// without ZSCORE, ZRANGEBYSCORE or ZREM (used by tracking's lease only) is
+// refused. README ("every key command the configuration uses there")
+// promises otherwise. Cause: store/settings.go writeProbe.
+func TestAtk64UnusedCommandsRefuseStart(t *testing.T) {
+	r := testenv.StartRedis(t)
+	cases := []struct {
+		without string
+		needs   SettingsNeeds
+	}{
+		{"type", SettingsNeeds{}},
+		{"type", SettingsNeeds{Counts: true}},
+		{"zscore", SettingsNeeds{Counts: true, Known: true}},
+		{"zrangebyscore", SettingsNeeds{Counts: true, Known: true}},
+		{"zrem", SettingsNeeds{Counts: true, Known: true}},
+	}
+	for _, c := range cases {
+		u := "no" + c.without
+		r.CLI("ACL", "SETUSER", u, "on", ">pw", "~*", "&*", "+@all", "-"+c.without)
+		_, err := atk64Check(Options{Addrs: []string{r.Addr}, Username: u, Password: "pw"}, "guard:", c.needs)
+		assert.NoError(t, err, "a user without %s (never used with %+v) was refused", strings.ToUpper(c.without), c.needs)
+	}
+}
+
+// DEFECT (low). writeProbe promises to leave <prefix>settings-check "set
+// for 10 s", but a script that Redis stops at a refused command keeps
+// what it did before: a user without HINCRBY leaves a hash without any
+// expiry (HSET ran after a DEL), a user without ZSCORE a sorted set, for
+// ever, under the plugin's prefix. Cause: store/settings.go writeProbe
+// (writes without a TTL before commands that may be refused).
+func TestAtk64RefusedProbeLeavesKeyForever(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, without := range []string{"hincrby", "zscore"} {
+		u := "no" + without
+		r.CLI("ACL", "SETUSER", u, "on", ">pw", "~*", "&*", "+@all", "-"+without)
+		_, err := atk64Check(Options{Addrs: []string{r.Addr}, Username: u, Password: "pw"}, "guard:", SettingsNeeds{Counts: true, Known: true, Tracking: true})
+		require.Error(t, err, "control: a user without %s is refused", without)
+		ttl := strings.TrimSpace(r.CLI("PTTL", "guard:settings-check"))
+		typ := strings.TrimSpace(r.CLI("TYPE", "guard:settings-check"))
+		assert.NotEqual(t, "-1", ttl, "without %s: guard:settings-check (%s) left without expiry", without, typ)
+		r.CLI("DEL", "guard:settings-check")
+	}
+}
+
+// HOLDS. A Redis at maxmemory with noeviction refuses every write (OOM):
+// the start check passes (OOM is no settings fault), for every need.
+func TestAtk64OOMRedisPassesCheck(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("SET", "filler", strings.Repeat("x", 1<<16))
+	r.CLI("CONFIG", "SET", "maxmemory-policy", "noeviction")
+	r.CLI("CONFIG", "SET", "maxmemory", "1")
+	defer r.CLI("CONFIG", "SET", "maxmemory", "0")
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	werr := rdb.Set(context.Background(), "guard:x", "1", 0).Err()
+	require.Error(t, werr, "control: writes refused")
+	require.Contains(t, werr.Error(), "OOM", "control")
+	r.CLI("ACL", "SETUSER", "min", "on", ">pw", "~guard:*", "~rate:guard:*", "&*", "+@all")
+	for _, u := range [][2]string{{"", ""}, {"min", "pw"}} {
+		for _, needs := range []SettingsNeeds{{}, {Counts: true, Known: true, Tracking: true}} {
+			d, err := atk64Check(Options{Addrs: []string{r.Addr}, Username: u[0], Password: u[1]}, "guard:", needs)
+			assert.NoError(t, err, "user %q needs %+v", u[0], needs)
+			assert.Less(t, d, 1515*time.Millisecond)
+		}
+	}
+}
