@@ -302,3 +302,24 @@ func TestAtk64LogRouterRedactsAndEscapes(t *testing.T) {
 	require.Len(t, got, 1)
 	assert.Contains(t, got[0], `\\x0a`, "a backslash in the text doubled")
 }
+
+// HOLDS. The write probe on a Redis Cluster of three shards given as
+// seeds: every need, key_prefix with and without a hash tag, the default
+// user and one restricted to the plugin's keys with every command: the
+// check passes within the bound (each probe script touches one key, in
+// its own slot).
+func TestAtk64ClusterProbePasses(t *testing.T) {
+	nodes := atk60Cluster(t, []string{"0-5460"}, []string{"5461-10922"}, []string{"10923-16383"})
+	var addrs []string
+	for _, n := range nodes {
+		n.CLI("ACL", "SETUSER", "min", "on", ">pw", "~guard:*", "~rate:guard:*", "~{guard}:*", "~rate:{guard}:*", "&*", "+@all")
+		addrs = append(addrs, n.Addr)
+	}
+	for _, prefix := range []string{"guard:", "{guard}:"} {
+		for _, u := range [][2]string{{"", ""}, {"min", "pw"}} {
+			d, err := atk64Check(Options{Addrs: addrs, Username: u[0], Password: u[1]}, prefix, SettingsNeeds{Counts: true, Known: true, Tracking: true})
+			assert.NoError(t, err, "prefix %q user %q", prefix, u[0])
+			assert.Less(t, d, 1515*time.Millisecond, "prefix %q user %q", prefix, u[0])
+		}
+	}
+}
