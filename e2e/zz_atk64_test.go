@@ -58,3 +58,17 @@ func TestAtk64RedisBackendUserWithoutScanLetStart(t *testing.T) {
 		"auth_opt_redis_username nosc", "auth_opt_redis_password sc-pw"), 14*time.Second)
 	assert.Contains(t, out, "option redis_username")
 }
+
+// DEFECT. The same for a user without scripting (~* &* +@all
+// -@scripting), common where Lua is banned: under backend defer with
+// clientid_conflict off the plugin runs no script at all (its scripts
+// count failures, bans, known sources and conflicts), yet the start check
+// runs one and stops the start naming redis_username. Cause:
+// store/settings.go checkWrite (writeProbe run whatever SettingsNeeds).
+func TestAtk64DeferUserWithoutScriptingStarts(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("ACL", "SETUSER", "nolua", "on", ">nl-pw", "~*", "&*", "+@all", "-@scripting")
+	m := testenv.StartMosquitto(t, e.conf("auth_opt_backend defer", "auth_opt_clientid_conflict off",
+		"auth_opt_redis_username nolua", "auth_opt_redis_password nl-pw"))
+	assert.True(t, m.WaitOutput("mosquitto-guard: ready", 5*time.Second), "not ready:\n%s", m.Output())
+}

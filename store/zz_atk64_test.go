@@ -323,3 +323,36 @@ func TestAtk64ClusterProbePasses(t *testing.T) {
 		}
 	}
 }
+
+// DEFECT. Under backend defer with clientid_conflict off (SettingsNeeds{})
+// the plugin runs no script and writes no key but the replica's epoch mark
+// (SETNX <prefix>epoch): it reads lists (GET, PTTL, SCAN). The probe still
+// runs a script that SETs, DELs and PEXPIREs <prefix>settings-check, so
+// users a hardened read-mostly setup gives are refused: without scripting
+// (-@scripting), without SET, DEL or PEXPIRE, or with read-only key access
+// but for the epoch mark (%R~guard:* ~guard:epoch). Cause:
+// store/settings.go checkWrite (writeProbe run whatever the needs).
+func TestAtk64DeferReadOnlyUsersRefused(t *testing.T) {
+	r := testenv.StartRedis(t)
+	users := map[string][]string{
+		"noscript": {"~*", "&*", "+@all", "-@scripting"},
+		"noset":    {"~*", "&*", "+@all", "-set"},
+		"nodel":    {"~*", "&*", "+@all", "-del"},
+		"nopx":     {"~*", "&*", "+@all", "-pexpire"},
+		"readonly": {"%R~guard:*", "~guard:epoch", "&*", "+@all"},
+	}
+	for u, rules := range users {
+		r.CLI(append([]string{"ACL", "SETUSER", u, "on", ">pw"}, rules...)...)
+		_, err := atk64Check(Options{Addrs: []string{r.Addr}, Username: u, Password: "pw"}, "guard:", SettingsNeeds{})
+		assert.NoError(t, err, "user %s (%v) refused for backend defer, clientid_conflict off", u, rules)
+	}
+	// Control: what the plugin does there works for the read-only user.
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Username: "readonly", Password: "pw"})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, rdb.SetNX(ctx, "guard:epoch", "x", 0).Err(), "control: the epoch mark")
+	err := rdb.Get(ctx, "guard:block:ip:192.0.2.1").Err()
+	require.ErrorIs(t, err, redis.Nil, "control: a list lookup")
+	require.NoError(t, rdb.Scan(ctx, 0, "guard:block:*", 100).Err(), "control: the replica's SCAN")
+}
