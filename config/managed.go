@@ -361,10 +361,13 @@ func SettingsOptionError(cfg Options, se *store.SettingsError) error {
 			opt, user = "redis_sentinel_username", cfg.Sentinel.Username
 		}
 		return &OptionError{Option: opt, Value: user,
-			Expected: "a user that the Redis at " + where + " lets run the commands the plugin needs (its first connection, scripts, writes)" + why}
+			Expected: "a user that the Redis at " + where + " lets run the commands the plugin needs with this configuration (its first connection, its reads, writes and scripts: the README's Managed Redis section)" + why}
 	case store.SettingsNoScripting:
 		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
 			Expected: "a Redis with Lua scripting (EVAL, EVALSHA), which the failure counts and automatic bans run: the one at " + where + " has it renamed or disabled" + why}
+	case store.SettingsNoCommand:
+		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
+			Expected: "a Redis with the commands the plugin runs: the one at " + where + " has one renamed or disabled" + why}
 	case store.SettingsNoPingCommand:
 		return &OptionError{Option: "redis_addr", Value: strings.Join(cfg.RedisAddrs, ","),
 			Expected: "a Redis that knows PING, which the health probe asks every 200 ms: the one at " + where + " has it renamed or disabled" + why}

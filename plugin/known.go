@@ -74,7 +74,7 @@ type knownSources struct {
 	nEpisodes atomic.Int32 // len(episodes): a CONNECT reads this, no lock, while none is
 	epSeed    maphash.Seed
 
-	refusedAt atomic.Int64 // unix ms of the last refusal logged (refusedBy)
+	refusedAt logGate // the refusals logged (refusedBy)
 }
 
 // episodesMax bounds knownSources.episodes.
@@ -500,7 +500,15 @@ func (k *knownSources) startLoad(user string, old *knownSet, now time.Time) {
 		defer k.mu.Unlock()
 		old.loading = false
 		if err != nil {
-			k.down(err)
+			// A reply (a user refused ZRANGE, a Redis before 6.2 without
+			// BYSCORE, a key of another type) is an answer, not Redis
+			// down: marked down, each load refused every client under
+			// redis_unavailable deny (atk64). Logged as the writer's are.
+			if store.IsReply(err) {
+				k.refusedBy("reading", err)
+			} else {
+				k.down(err)
+			}
 			return
 		}
 		set := make(map[string]struct{}, len(members))
@@ -618,7 +626,7 @@ func (k *knownSources) run() {
 func (k *knownSources) write(batch []knownWrite) {
 	if err := k.exec(batch, false); err != nil {
 		if store.IsReply(err) {
-			k.refusedBy(err)
+			k.refusedBy("writing", err)
 		}
 		// What was not written is written again at its next success; it
 		// stays this broker's own knowledge meanwhile (a README-only
@@ -668,17 +676,15 @@ func (k *knownSources) exec(batch []knownWrite, gt bool) error {
 // logged at most once per this.
 const refusedLogEvery = 10 * time.Minute
 
-// refusedBy logs that Redis refused a batch of known sources (at most once
-// per refusedLogEvery): it answered, so it is not down, but the operator
-// must hear of it (a guard:known:<user> key of another type, a Redis out of
-// memory).
-func (k *knownSources) refusedBy(err error) {
-	now := time.Now().UnixMilli()
-	last := k.refusedAt.Load()
-	if k.log == nil || (last != 0 && now-last < refusedLogEvery.Milliseconds()) || !k.refusedAt.CompareAndSwap(last, now) {
+// refusedBy logs that Redis refused reading or writing known sources (at
+// most once per refusedLogEvery): it answered, so it is not down, but the
+// operator must hear of it (a guard:known:<user> key of another type, a
+// Redis out of memory, a user refused a command).
+func (k *knownSources) refusedBy(what string, err error) {
+	if k.log == nil || !k.refusedAt.allow(refusedLogEvery) {
 		return
 	}
-	k.log(LevelWarning, "mosquitto-guard: redis refused writing known sources ("+store.OneLine(err)+"); each is written again at its next success (said at most once per "+refusedLogEvery.String()+")")
+	k.log(LevelWarning, "mosquitto-guard: redis refused "+what+" known sources ("+store.OneLine(err)+"); each is written again at its next success, and read again at the next throttle (said at most once per "+refusedLogEvery.String()+")")
 }
 
 // rewriteRetryable says whether a rewrite that failed with err is worth

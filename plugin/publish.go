@@ -52,7 +52,11 @@ func (g *Guard) publishChange(ctx context.Context, key string) {
 	}
 	ch := keys.Builder{Prefix: g.cfg.KeyPrefix}.Changes()
 	give := "the channel (ACL: &" + ch + " or allchannels)"
-	if strings.Contains(strings.ToLower(re.Error()), "command") {
+	// Redis 6 and 7 say "no permissions to run the 'publish' command" for
+	// the command; for the channel, "access one of the channels" (7.0) or
+	// "access the '<channel>' channel" (7.2), where a user or prefix may
+	// hold the word "command" (atk64).
+	if strings.Contains(strings.ToLower(re.Error()), "run the 'publish' command") {
 		give = "the PUBLISH command (ACL: +publish)"
 	}
 	g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis refused to publish a change on %s (%s): brokers whose Redis sends no keyspace notifications see this broker's automatic bans and throttles only at their next reload (replica_resync); give the plugin's Redis user %s (said at most once per %v)",

@@ -7,6 +7,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -138,7 +139,7 @@ func checkList(kind keys.Kind, scope keys.Scope) error {
 // checkKind checks that kind is keys.Allow or keys.Block.
 func checkKind(kind keys.Kind) error {
 	if kind != keys.Allow && kind != keys.Block {
-		return fmt.Errorf("%q is no list (expected allow or block)", kind)
+		return fmt.Errorf("%s is no list (expected allow or block)", logval.Quote(string(kind)))
 	}
 	return nil
 }

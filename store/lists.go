@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -94,7 +95,7 @@ func certKeyError(value string) error {
 	if keys.IsCertID(value) {
 		return nil
 	}
-	return fmt.Errorf("keys: certificate ID %q: expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)", value)
+	return fmt.Errorf("keys: certificate ID %s: expected 64 lower-case hex digits (the SHA-256 of the certificate's DER)", logval.Quote(value))
 }
 
 // Listing is what List found.

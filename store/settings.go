@@ -68,6 +68,9 @@ const (
 	SettingsNoScripting
 	// SettingsNoPingCommand: Redis knows no PING (renamed away).
 	SettingsNoPingCommand
+	// SettingsNoCommand: Redis knows no command the plugin runs (renamed
+	// or disabled).
+	SettingsNoCommand
 )
 
 // SettingsError is a first answer of Redis that says its settings are wrong.
@@ -234,125 +237,144 @@ func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single
 // prefix, from Lua (EVALSHA, then EVAL when Redis has not the script).
 // SettingsNeeds says which of the plugin's uses of Redis its
 // configuration makes, for the start check to ask rights for those only
-// (atk61: a user with ~guard:* only was refused, under backend defer, for a
-// key the plugin never writes).
+// (atk61, atk64: users refused for keys or commands the plugin would never
+// use with their configuration).
 type SettingsNeeds struct {
 	// Counts: failures counted (every backend but defer): redis_rate's
-	// keys under "rate:" + key_prefix and its script's TIME, the offence
-	// counts (INCR, PEXPIRE) and the throttles.
+	// keys under "rate:" + key_prefix and its script, the offence counts,
+	// the automatic bans and the throttles.
 	Counts bool
-	// Known: known sources (username_fail_limit above 0): sorted sets.
+	// Known: known sources (failures counted, username_fail_limit above
+	// 0): a sorted set per username.
 	Known bool
 	// Tracking: client-ID conflict tracking (clientid_conflict not off):
-	// hashes, sets, sorted sets, streams.
+	// hashes, sets, sorted sets, a stream, scripts.
 	Tracking bool
 }
 
-// writeProbe runs, on KEYS[1] (under key_prefix) and from a script as the
-// plugin's own scripts run, every key command the plugin uses there, of the
-// kinds ARGV asks for (1 counts, 2 known sources, 3 tracking; "1" or "0"),
-// and leaves the key set for 10 s. Redis checks a user's rights command by
-// command: a user without one of them refuses it here, not at the first
-// automatic ban, known source or finding (atk63: a user without PEXPIRE,
-// ZADD, HSET, XADD or INCR passed a probe of SET alone, and its automatic
-// bans never lengthened, its findings were never written).
-var writeProbe = redis.NewScript(`
-local k = KEYS[1]
-redis.call('SET', k, '1', 'PX', 10000)
-redis.call('GET', k)
-redis.call('PTTL', k)
-redis.call('TYPE', k)
-redis.call('DEL', k)
-redis.call('SETNX', k, '1')
-redis.call('PEXPIRE', k, 10000)
-if ARGV[1] == '1' then
-  redis.call('INCR', k)
-end
-if ARGV[2] == '1' or ARGV[3] == '1' then
-  redis.call('DEL', k)
-  redis.call('ZADD', k, 1, 'm')
-  redis.call('ZSCORE', k, 'm')
-  redis.call('ZRANGEBYSCORE', k, '-inf', '+inf')
-  redis.call('ZREMRANGEBYRANK', k, 0, -2)
-  redis.call('PEXPIRE', k, 10000)
-  redis.call('ZREM', k, 'm')
-end
-if ARGV[3] == '1' then
-  redis.call('DEL', k)
-  redis.call('HSET', k, 'f', '1')
-  redis.call('HINCRBY', k, 'f', 1)
-  redis.call('HGET', k, 'f')
-  redis.call('HMGET', k, 'f')
-  redis.call('HGETALL', k)
-  redis.call('HEXISTS', k, 'f')
-  redis.call('HLEN', k)
-  redis.call('HDEL', k, 'f')
-  redis.call('SADD', k, 'm')
-  redis.call('SISMEMBER', k, 'm')
-  redis.call('SREM', k, 'm')
-  redis.call('XADD', k, 'MAXLEN', '~', 1, '*', 'f', '1')
-  redis.call('XLEN', k)
-  redis.call('DEL', k)
-end
-return redis.call('SET', k, '1', 'PX', 10000)`)
+// writes says whether the plugin writes under key_prefix (beyond the
+// replica's flush mark, whose refusal it logs and lives with) and runs
+// scripts: without (backend defer, clientid_conflict off) it only reads,
+// and a read-only user is enough (atk64).
+func (n SettingsNeeds) writes() bool { return n.Counts || n.Tracking }
 
-// rateProbe is what redis_rate's script does: TIME, a read and a write
-// under "rate:" + key_prefix (atk61: a user without +time passed a SET
-// alone, and its first counted failure was refused inside the script).
-var rateProbe = redis.NewScript(`local now = redis.call('TIME') redis.call('GET', KEYS[1]) return redis.call('SET', KEYS[1], now[1], 'PX', 10000)`)
-
-// checkWrite runs, from scripts, the key commands the plugin's
-// configuration uses (needs) on one key under key_prefix and, with counts,
-// redis_rate's on one under "rate:" + key_prefix (each left 10 s), as the
-// automatic bans, failure counts, known sources and conflict tracking do:
-// with single a read-only replica (READONLY; through sentinels it is a
-// failover's moment, which passes by itself: atk61), a user whose key
-// patterns leave either out or give only read access (NOPERM), a user that
-// may not run EVAL, EVALSHA or one of the commands, a Redis with scripting
-// renamed away, and with single a MOVED, stop the start (atk59, atk63:
-// each started the broker, its failures counted on this broker only, no
-// ban written or lengthened, no finding written). Other replies (OOM, BUSY,
-// LOADING, NOREPLICAS) pass by themselves: 0.
-func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single bool, needs SettingsNeeds) (SettingsFault, error) {
-	flag := func(b bool) string {
-		if b {
-			return "1"
-		}
-		return "0"
+// probeCommands are the commands the plugin runs, for needs, on keys under
+// key_prefix, written for k (a key under key_prefix) and rk (redis_rate's
+// key for it): each is asked on its own, so that Redis's ACL, which checks a
+// user's rights command by command, refuses exactly those this user may
+// not run, naming the command (atk63: a user without PEXPIRE, ZADD, HSET,
+// XADD or INCR started, its automatic bans never lengthened, its findings
+// never written; atk64: ZRANGE BYSCORE, SSCAN, SCAN). A refused command
+// leaves nothing: the commands are sent in one pipeline, which Redis runs
+// to its end whatever fails, and its last two put back a string kept 10 s
+// (atk64: a script stopped at a refused command left a hash for ever).
+// The lists' reads run for every configuration: SCAN (the replica's load,
+// the redis backend's users), GET and PTTL.
+func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
+	cmds := [][]any{{"scan", "0", "match", k, "count", "10"}, {"get", k}, {"pttl", k}}
+	if !needs.writes() {
+		return cmds
 	}
-	type probe struct {
-		script *redis.Script
-		key    string
-		args   []any
-	}
-	probes := []probe{{writeProbe, s.kb.Prefix + "settings-check", []any{flag(needs.Counts), flag(needs.Known), flag(needs.Tracking)}}}
+	cmds = append(cmds,
+		[]any{"set", k, "1", "px", "10000"}, []any{"pexpire", k, "10000"}, []any{"get", k}, []any{"pttl", k})
 	if needs.Counts {
-		probes = append(probes, probe{rateProbe, "rate:" + s.kb.Prefix + "settings-check", nil})
+		// The offence counts (INCR, PEXPIRE from a script); redis_rate's
+		// script: TIME, then a read and a write of its key (atk61: a user
+		// without +time passed a SET alone).
+		cmds = append(cmds, []any{"incr", k}, []any{"time"}, []any{"get", rk}, []any{"set", rk, "1", "px", "10000"})
 	}
-	for _, p := range probes {
-		k := p.key
-		err := p.script.Run(ctx, rdb, []string{k}, p.args...).Err()
-		var re redis.Error
-		if err == nil || !errors.As(err, &re) {
-			continue
+	if needs.Known {
+		cmds = append(cmds, []any{"del", k},
+			[]any{"zadd", k, "1", "m"}, []any{"pexpire", k, "10000"}, []any{"zremrangebyrank", k, "0", "-2"},
+			[]any{"zrange", k, "-inf", "+inf", "byscore", "limit", "0", "1"})
+	}
+	if needs.Tracking {
+		cmds = append(cmds, []any{"del", k},
+			[]any{"hset", k, "f", "1"}, []any{"pexpire", k, "10000"}, []any{"hincrby", k, "f", "1"}, []any{"hget", k, "f"},
+			[]any{"hmget", k, "f"}, []any{"hgetall", k}, []any{"hexists", k, "f"}, []any{"hdel", k, "f"},
+			[]any{"sadd", k, "m"}, []any{"pexpire", k, "10000"}, []any{"sscan", k, "0"}, []any{"srem", k, "m"},
+			[]any{"zadd", k, "1", "m"}, []any{"pexpire", k, "10000"}, []any{"zscore", k, "m"},
+			[]any{"zrangebyscore", k, "-inf", "+inf"}, []any{"zrem", k, "m"},
+			[]any{"xadd", k, "maxlen", "~", "1", "*", "f", "1"}, []any{"pexpire", k, "10000"},
+			[]any{"del", k}, []any{"incr", k})
+	}
+	return append(cmds, []any{"del", k}, []any{"set", k, "1", "px", "10000"})
+}
+
+// scriptProbe is run as the plugin's scripts are (EVALSHA, then EVAL),
+// reading its key: a user that may not run either, or a Redis with
+// scripting renamed away.
+var scriptProbe = redis.NewScript(`return redis.call('PTTL', KEYS[1])`)
+
+// checkWrite asks, for needs, the commands of probeCommands in one
+// pipeline and, where the plugin writes, one script, on one key under
+// key_prefix (left 10 s) and redis_rate's under "rate:" + key_prefix: with
+// single a read-only replica (READONLY; through sentinels it is a
+// failover's moment, which passes by itself: atk61), a user whose key
+// patterns leave either key out or give only read access (NOPERM for a
+// key), a user refused a command, EVAL or EVALSHA (NOPERM), a Redis with
+// one of them renamed away, and with single a MOVED, stop the start
+// (atk59, atk63: each started the broker, its failures counted on this
+// broker only, no ban written or lengthened, no finding written). Other
+// replies (OOM, BUSY, LOADING, NOREPLICAS, a syntax error of an older
+// Redis) pass by themselves: 0.
+func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single bool, needs SettingsNeeds) (SettingsFault, error) {
+	k, rk := s.kb.Prefix+"settings-check", "rate:"+s.kb.Prefix+"settings-check"
+	pipe := rdb.Pipeline()
+	cmds := probeCommands(needs, k, rk)
+	replies := make([]*redis.Cmd, len(cmds))
+	for i, c := range cmds {
+		replies[i] = pipe.Do(ctx, c...)
+	}
+	_, _ = pipe.Exec(ctx) // each reply is read below
+	for i, r := range replies {
+		if f, err := s.probeFault(r.Err(), single, strings.ToUpper(cmds[i][0].(string)), cmdKey(cmds[i])); f != 0 {
+			return f, err
 		}
-		msg := re.Error()
-		low := strings.ToLower(msg)
-		switch {
-		case single && strings.HasPrefix(msg, "READONLY"):
-			return SettingsReplica, fmt.Errorf("a write under %s answered %w", k, err)
-		case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, " key"):
-			return SettingsKeyPerm, fmt.Errorf("a write of %s from a script: %w", k, err)
-		case strings.HasPrefix(msg, "NOPERM"), strings.Contains(low, "can't run this command"):
-			// The second: a command the script calls (Redis 7: "ERR The
-			// user executing the script can't run this command or
-			// subcommand").
-			return SettingsNoPerm, fmt.Errorf("a script writing %s: %w", k, err)
-		case strings.Contains(low, "unknown command") && (strings.Contains(low, "'eval'") || strings.Contains(low, "'evalsha'")):
-			return SettingsNoScripting, err
-		case single && (strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")):
-			return SettingsClusterNode, fmt.Errorf("%s does not serve every key: a node of a Redis Cluster of several shards, or a cluster's replica (a write of %s: %w)", s.clients.o.Addrs[0], k, err)
-		}
+	}
+	if !needs.writes() {
+		return 0, nil
+	}
+	return s.probeFault(scriptProbe.Run(ctx, rdb, []string{k}).Err(), single, "EVALSHA/EVAL", k)
+}
+
+// cmdKey is the key a probe command names ("" for SCAN and TIME).
+func cmdKey(c []any) string {
+	switch c[0] {
+	case "scan", "time":
+		return ""
+	}
+	return c[1].(string)
+}
+
+// probeFault is the fault Redis's reply err to the probe command cmd (on
+// key) shows, 0 for none.
+func (s *Store) probeFault(err error, single bool, cmd, key string) (SettingsFault, error) {
+	var re redis.Error
+	if err == nil || !errors.As(err, &re) {
+		return 0, nil
+	}
+	msg := re.Error()
+	low := strings.ToLower(msg)
+	on := cmd
+	if key != "" {
+		on += " " + key
+	}
+	switch {
+	case single && strings.HasPrefix(msg, "READONLY"):
+		return SettingsReplica, fmt.Errorf("%s answered %w", on, err)
+	case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, " key"):
+		return SettingsKeyPerm, fmt.Errorf("%s: %w", on, err)
+	case strings.HasPrefix(msg, "NOPERM"), strings.Contains(low, "can't run this command"):
+		// The second: a command a script calls (Redis 7.0: "ERR The user
+		// executing the script can't run this command or subcommand").
+		return SettingsNoPerm, fmt.Errorf("%s: %w", on, err)
+	case strings.Contains(low, "unknown command") && (strings.Contains(low, "'eval'") || strings.Contains(low, "'evalsha'")):
+		return SettingsNoScripting, err
+	case strings.Contains(low, "unknown command"):
+		return SettingsNoCommand, fmt.Errorf("%s: %w", on, err)
+	case single && (strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")):
+		return SettingsClusterNode, fmt.Errorf("%s does not serve every key: a node of a Redis Cluster of several shards, or a cluster's replica (%s: %w)", s.clients.o.Addrs[0], on, err)
 	}
 	return 0, nil
 }
