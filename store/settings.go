@@ -266,8 +266,8 @@ func (n SettingsNeeds) writes() bool { return n.Counts || n.Tracking }
 // XADD or INCR started, its automatic bans never lengthened, its findings
 // never written; atk64: ZRANGE BYSCORE, SSCAN, SCAN). A refused command
 // leaves nothing: the commands are sent in one pipeline, which Redis runs
-// to its end whatever fails, and its last two put back a string kept 10 s
-// (atk64: a script stopped at a refused command left a hash for ever).
+// to its end whatever fails, and they end with the keys' DEL (atk64: a
+// script stopped at a refused command left a hash for ever).
 // The lists' reads run for every configuration: SCAN (the replica's load,
 // the redis backend's users), GET and PTTL.
 func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
@@ -275,13 +275,14 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 	if !needs.writes() {
 		return cmds
 	}
-	cmds = append(cmds,
-		[]any{"set", k, "1", "px", "10000"}, []any{"pexpire", k, "10000"}, []any{"get", k}, []any{"pttl", k})
+	cmds = append(cmds, []any{"pexpire", k, "10000"}, []any{"del", k})
 	if needs.Counts {
-		// The offence counts (INCR, PEXPIRE from a script); redis_rate's
-		// script: TIME, then a read and a write of its key (atk61: a user
-		// without +time passed a SET alone).
-		cmds = append(cmds, []any{"incr", k}, []any{"time"}, []any{"get", rk}, []any{"set", rk, "1", "px", "10000"})
+		// The automatic bans and throttles (SET ... NX PX), the offence
+		// counts (INCR, PEXPIRE from a script); redis_rate's script: TIME,
+		// then a read and a write of its key (atk61: a user without +time
+		// passed a SET alone).
+		cmds = append(cmds, []any{"set", k, "1", "px", "10000"}, []any{"incr", k}, []any{"pexpire", k, "10000"},
+			[]any{"time"}, []any{"get", rk}, []any{"set", rk, "1", "px", "10000"}, []any{"del", rk})
 	}
 	if needs.Known {
 		cmds = append(cmds, []any{"del", k},
@@ -298,7 +299,7 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 			[]any{"xadd", k, "maxlen", "~", "1", "*", "f", "1"}, []any{"pexpire", k, "10000"},
 			[]any{"del", k}, []any{"incr", k})
 	}
-	return append(cmds, []any{"del", k}, []any{"set", k, "1", "px", "10000"})
+	return append(cmds, []any{"del", k})
 }
 
 // scriptProbe is run as the plugin's scripts are (EVALSHA, then EVAL),
@@ -308,7 +309,7 @@ var scriptProbe = redis.NewScript(`return redis.call('PTTL', KEYS[1])`)
 
 // checkWrite asks, for needs, the commands of probeCommands in one
 // pipeline and, where the plugin writes, one script, on one key under
-// key_prefix (left 10 s) and redis_rate's under "rate:" + key_prefix: with
+// key_prefix and redis_rate's under "rate:" + key_prefix (deleted after): with
 // single a read-only replica (READONLY; through sentinels it is a
 // failover's moment, which passes by itself: atk61), a user whose key
 // patterns leave either key out or give only read access (NOPERM for a
