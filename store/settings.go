@@ -526,3 +526,13 @@ func clusterSize(ci string) string {
 	}
 	return "cluster_size unknown"
 }
+
+// ProbedCommands are the names (lower case) of the commands the start
+// check asks for needs: a test compares them with those a broker runs.
+func ProbedCommands(needs SettingsNeeds) map[string]bool {
+	names := map[string]bool{}
+	for _, c := range probeCommands(needs, "k", "rk") {
+		names[c[0].(string)] = true
+	}
+	return names
+}
