@@ -166,3 +166,36 @@ func TestAtk65KeyRefusalsClassified(t *testing.T) {
 		fmt.Println("atk65:", c.user, se.Error())
 	}
 }
+
+// HOLDS (no false positive found). A user refused a command that the
+// configuration never runs (read from plugin/, store/, store/replica/,
+// conflicts/, ratelimit/ and redis_rate's script) passes the start check:
+// under backend defer with clientid_conflict off any write or script;
+// failures counted without conflict tracking, tracking's hash, set and
+// stream commands; conflict tracking alone, SET, TIME and the known
+// sources' ZRANGE and ZREMRANGEBYRANK; TYPE everywhere. And with conflict
+// tracking alone, a user without rate:<prefix>* keys passes.
+func TestAtk65UnrunCommandsPass(t *testing.T) {
+	r := testenv.StartRedis(t)
+	cases := []struct {
+		needs   SettingsNeeds
+		without []string
+	}{
+		{SettingsNeeds{}, []string{"set", "del", "pexpire", "eval", "evalsha", "zadd", "hset", "xadd", "time", "incr", "type"}},
+		{SettingsNeeds{Counts: true}, []string{"hset", "hget", "zadd", "xadd", "zrange", "sscan", "hincrby", "type", "zscore", "hgetall"}},
+		{SettingsNeeds{Counts: true, Known: true}, []string{"hset", "xadd", "sscan", "zscore", "zrangebyscore", "zrem", "type", "hmget"}},
+		{SettingsNeeds{Tracking: true}, []string{"set", "time", "zrange", "zremrangebyrank", "type"}},
+	}
+	for _, c := range cases {
+		for _, w := range c.without {
+			u := "x" + w
+			r.CLI("ACL", "SETUSER", u, "reset", "on", ">pw", "~*", "&*", "+@all", "-"+w)
+			_, err := atk64Check(Options{Addrs: []string{r.Addr}, Username: u, Password: "pw"}, "guard:", c.needs)
+			assert.NoError(t, err, "%+v: a user without %s (never run) refused", c.needs, w)
+		}
+	}
+	r.CLI("ACL", "SETUSER", "norate", "on", ">pw", "~guard:*", "&*", "+@all")
+	_, err := atk64Check(Options{Addrs: []string{r.Addr}, Username: "norate", Password: "pw"}, "guard:", SettingsNeeds{Tracking: true})
+	assert.NoError(t, err, "tracking alone: a user without rate: keys refused")
+	assert.Empty(t, atk65Leftovers(r))
+}
