@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,4 +40,33 @@ func TestAtk65NoEvalUserStartsWhenProbeCached(t *testing.T) {
 	banned := assert.Eventually(t, func() bool { return e.redis.CLI("EXISTS", "guard:block:ip:127.0.0.65") == "1" }, 3*time.Second, 20*time.Millisecond,
 		"the broker started with a user refused EVAL, and 6 failures over fail_limit 2 wrote no ban; log:\n%s", b.Output())
 	require.True(t, banned)
+}
+
+// HOLDS. No false positive found for conflict tracking alone (backend
+// defer, clientid_conflict flag): a Redis user refused every command that
+// configuration never runs but the others ask (SET, TIME, ZRANGE,
+// ZREMRANGEBYRANK, TYPE), and given no rate: keys, starts the broker, and
+// at runtime its tracking writes the client's live connection
+// (guard:conn:...) with no refusal logged but the replica's flush mark's
+// (SET NX, README: logged, lived with: a FLUSHALL is noticed at the next
+// reload).
+func TestAtk65TrackingOnlyUserWithoutUnrunCommandsWorks(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("ACL", "SETUSER", "track", "on", ">tr-pw", "~guard:*", "&*", "+@all", "-set", "-time", "-zrange", "-zremrangebyrank", "-type")
+	b := testenv.StartMosquitto(t, e.conf("auth_opt_backend defer", "auth_opt_clientid_conflict flag", "password_file "+e.passwd,
+		"auth_opt_redis_username track", "auth_opt_redis_password tr-pw"))
+	require.True(t, b.WaitOutput("mosquitto-guard: ready", 5*time.Second), "not ready:\n%s", b.Output())
+	e.broker = b
+	conn, code := e.dial(as("127.0.0.66", "dev-65", "alice", "alice-pw"))
+	require.Equal(t, byte(accepted), code)
+	require.NotNil(t, conn)
+	assert.Eventually(t, func() bool { return strings.TrimSpace(e.redis.CLI("--scan", "--pattern", "guard:conn:*")) != "" },
+		5*time.Second, 50*time.Millisecond, "no live connection written; log:\n%s", b.Output())
+	time.Sleep(500 * time.Millisecond)
+	assert.NotContains(t, b.Output(), "refuses the plugin's commands")
+	for _, l := range strings.Split(b.Output(), "\n") {
+		if strings.Contains(l, "NOPERM") && !strings.Contains(l, "cannot keep the flush mark") { // the flush mark's refusal is logged and lived with (README)
+			assert.Fail(t, "a refusal at runtime", l)
+		}
+	}
 }
