@@ -70,3 +70,28 @@ func TestAtk65TrackingOnlyUserWithoutUnrunCommandsWorks(t *testing.T) {
 		}
 	}
 }
+
+// HOLDS. The start's one line names the refused command and the option:
+// a user refused HINCRBY (conflict tracking's findings) stops the start
+// naming redis_username and HINCRBY; a Redis with XADD renamed away
+// (rename-command) naming redis_addr and XADD; and, with the probe's
+// script not cached, a user refused EVAL naming redis_username and EVAL.
+func TestAtk65StartLineNamesCommandAndOption(t *testing.T) {
+	e := envWithoutBroker(t)
+	e.redis.CLI("ACL", "SETUSER", "nohincr", "on", ">nh-pw", "~*", "&*", "+@all", "-hincrby")
+	e.redis.CLI("ACL", "SETUSER", "noeval", "on", ">ne-pw", "~*", "&*", "+@all", "-eval")
+	out := testenv.StartMosquittoExpectFail(t, e.conf("auth_opt_redis_username nohincr", "auth_opt_redis_password nh-pw"), 4*time.Second)
+	l := findLine(out, "mosquitto-guard:", "option redis_username")
+	t.Log(l)
+	assert.Contains(t, l, "HINCRBY", "the line names the command:\n%s", out)
+	out = testenv.StartMosquittoExpectFail(t, e.conf("auth_opt_redis_username noeval", "auth_opt_redis_password ne-pw"), 4*time.Second)
+	l = findLine(out, "mosquitto-guard:", "option redis_username")
+	t.Log(l)
+	assert.Contains(t, l, "'eval' command", "the line names the command:\n%s", out)
+
+	e.redis = testenv.StartRedis(t, "--rename-command", "XADD", "")
+	out = testenv.StartMosquittoExpectFail(t, e.conf(), 4*time.Second)
+	l = findLine(out, "mosquitto-guard:", "option redis_addr")
+	t.Log(l)
+	assert.Contains(t, l, "XADD", "the line names the command:\n%s", out)
+}
