@@ -199,3 +199,42 @@ func TestAtk65UnrunCommandsPass(t *testing.T) {
 	assert.NoError(t, err, "tracking alone: a user without rate: keys refused")
 	assert.Empty(t, atk65Leftovers(r))
 }
+
+// HOLDS. Redis hung at the probe's script (EVALSHA) or at its pipeline
+// (a proxy forwarding nothing more from there on): the check ends within
+// its 1.5 s bound, taken as down (nil), and leaves nothing.
+func TestAtk65HungProbeBounded(t *testing.T) {
+	for _, trigger := range []string{"evalsha", "pexpire"} {
+		r := testenv.StartRedis(t)
+		addr := atk61Proxy(t, r.Addr, trigger, 1, 0)
+		took, err := atk64Check(Options{Addrs: []string{addr}}, "guard:", SettingsNeeds{Counts: true, Known: true, Tracking: true})
+		t.Logf("hung at %s: %v", trigger, took)
+		assert.NoError(t, err, trigger)
+		assert.Less(t, took, 1600*time.Millisecond, "hung at %s: the check overran its bound", trigger)
+		assert.Empty(t, atk65Leftovers(r), trigger)
+	}
+}
+
+// HOLDS. On a Redis Cluster of two masters the probe's keys
+// (<prefix>settings-check, rate:<prefix>settings-check: two slots) are
+// left on neither node, with every need, and with a user refused DEL the
+// keys it leaves expire.
+func TestAtk65ClusterProbeLeavesNothing(t *testing.T) {
+	nodes := atk60Cluster(t, []string{"0-8191"}, []string{"8192-16383"})
+	addrs := []string{nodes[0].Addr, nodes[1].Addr}
+	_, err := atk64Check(Options{Addrs: addrs}, "guard:", SettingsNeeds{Counts: true, Known: true, Tracking: true})
+	require.NoError(t, err)
+	for _, n := range nodes {
+		assert.Empty(t, atk65Leftovers(n))
+	}
+	for _, n := range nodes {
+		n.CLI("ACL", "SETUSER", "nodel", "on", ">pw", "~*", "&*", "+@all", "-del")
+	}
+	_, err = atk64Check(Options{Addrs: addrs, Username: "nodel", Password: "pw"}, "guard:", SettingsNeeds{Counts: true, Known: true, Tracking: true})
+	require.Error(t, err, "control")
+	for _, n := range nodes {
+		for _, l := range atk65Leftovers(n) {
+			assert.NotContains(t, l, "pttl=-1 ", "left for ever")
+		}
+	}
+}
