@@ -1,9 +1,13 @@
 package store
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -237,4 +241,83 @@ func TestAtk65ClusterProbeLeavesNothing(t *testing.T) {
 			assert.NotContains(t, l, "pttl=-1 ", "left for ever")
 		}
 	}
+}
+
+// atk65Fake answers RESP2: HELLO unknown, PING PONG, INFO a standalone master, GET nil,
+// SCAN nothing, errCmd the error reply, anything else 0.
+func atk65Fake(t *testing.T, errCmd, reply string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil || !strings.HasPrefix(line, "*") {
+						return
+					}
+					n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+					var args []string
+					for i := 0; i < n; i++ {
+						hdr, err := r.ReadString('\n')
+						if err != nil {
+							return
+						}
+						m, _ := strconv.Atoi(strings.TrimSpace(hdr[1:]))
+						buf := make([]byte, m+2)
+						if _, err := io.ReadFull(r, buf); err != nil {
+							return
+						}
+						args = append(args, string(buf[:m]))
+					}
+					out := ":0\r\n"
+					switch strings.ToLower(args[0]) {
+					case errCmd:
+						out = "-" + reply + "\r\n"
+					case "hello":
+						out = "-ERR unknown command 'HELLO'\r\n"
+					case "scan":
+						out = "*2\r\n$1\r\n0\r\n*0\r\n"
+					case "ping":
+						out = "+PONG\r\n"
+					case "info":
+						info := "# Server\r\nredis_mode:standalone\r\n# Replication\r\nrole:master\r\n"
+						out = "$" + strconv.Itoa(len(info)) + "\r\n" + info + "\r\n"
+					case "get":
+						out = "$-1\r\n"
+					}
+					if _, err := c.Write([]byte(out)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// DEFECT (low; Redis 7.2 and later). Redis 7.2 names the user in a
+// command refusal ("NOPERM User <name> has no permissions to run the
+// 'pexpire' command"); probeFault tells a key refusal by " key" anywhere
+// in the reply, so a user whose name starts with "key" (keyring,
+// keydb-guard) refused a command is told SettingsKeyPerm: the start's line
+// asks for key patterns ("lets read and write the keys under key_prefix")
+// where a command is missing. Cause: store/settings.go probeFault (and
+// checkKeys) matching " key" instead of Redis's key wording.
+func TestAtk65UserNamedKeyRefusedCommandToldAsKey(t *testing.T) {
+	addr := atk65Fake(t, "pexpire", "NOPERM User keyring has no permissions to run the 'pexpire' command")
+	_, err := atk64Check(Options{Addrs: []string{addr}}, "guard:", SettingsNeeds{Counts: true})
+	var se *SettingsError
+	require.True(t, errors.As(err, &se), "%v", err)
+	assert.Contains(t, se.Error(), "PEXPIRE", "control")
+	assert.Equal(t, SettingsNoPerm, se.Fault, "a command refusal told as a key refusal: %v", err)
 }
