@@ -16,6 +16,7 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logline"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
+	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // failure is one failed authentication, waiting to be counted. It holds
@@ -286,12 +287,7 @@ func notRun(err error) bool {
 	if errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, syscall.ECONNREFUSED) {
 		return true
 	}
-	for _, prefix := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "max number of clients"} {
-		if redis.HasErrorPrefix(err, prefix) {
-			return true
-		}
-	}
-	return false
+	return store.Unavailable(err)
 }
 
 // lost gives up on a failure that could not be counted: Redis is marked

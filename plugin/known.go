@@ -504,10 +504,10 @@ func (k *knownSources) startLoad(user string, old *knownSet, now time.Time) {
 			// BYSCORE, a key of another type) is an answer, not Redis
 			// down: marked down, each load refused every client under
 			// redis_unavailable deny (atk64). Logged as the writer's are.
-			if store.IsReply(err) {
+			if store.IsReply(err) && !store.Unavailable(err) {
 				k.refusedBy("reading", err)
 			} else {
-				k.down(err)
+				k.down(err) // no answer, or one that says Redis cannot serve now (atk65)
 			}
 			return
 		}

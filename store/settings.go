@@ -223,7 +223,7 @@ func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single
 			}
 			msg := re.Error()
 			switch {
-			case strings.HasPrefix(msg, "NOPERM") && strings.Contains(strings.ToLower(msg), " key"):
+			case keyRefusal(msg):
 				return SettingsKeyPerm, c.Err()
 			case single && (strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")):
 				return SettingsClusterNode, fmt.Errorf("%s does not serve every key: a node of a Redis Cluster of several shards, or a cluster's replica (GET %s: %w)", s.clients.o.Addrs[0], c.Args()[1], c.Err())
@@ -299,13 +299,32 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 			[]any{"xadd", k, "maxlen", "~", "1", "*", "f", "1"}, []any{"pexpire", k, "10000"},
 			[]any{"del", k}, []any{"incr", k})
 	}
+	// The plugin's scripts run by EVALSHA, and by EVAL when Redis's cache
+	// lost them (a restart, a failover): a user needs both, asked each on
+	// its own (atk65: with the probe's script cached, a user without EVAL
+	// passed, then after a restart every failure count was refused).
+	cmds = append(cmds, []any{"eval", scriptProbeSrc, "1", k}, []any{"evalsha", scriptProbe.Hash(), "1", k})
 	return append(cmds, []any{"del", k})
 }
 
-// scriptProbe is run as the plugin's scripts are (EVALSHA, then EVAL),
+// probeCleanup puts back what a refused DEL or PEXPIRE of the probe may
+// have left (atk65: a user without both left a stream for ever): SET
+// replaces a key of any type, and the key then lives 1 ms. Their replies
+// are not asked: a user may lack SET (conflict tracking alone runs none).
+func probeCleanup(needs SettingsNeeds, k, rk string) [][]any {
+	cmds := [][]any{{"del", k}, {"set", k, "1", "px", "1"}}
+	if needs.Counts {
+		cmds = append(cmds, []any{"del", rk}, []any{"set", rk, "1", "px", "1"})
+	}
+	return cmds
+}
+
+// scriptProbe is run by EVAL and by EVALSHA, as the plugin's scripts are,
 // reading its key: a user that may not run either, or a Redis with
 // scripting renamed away.
-var scriptProbe = redis.NewScript(`return redis.call('PTTL', KEYS[1])`)
+const scriptProbeSrc = `return redis.call('PTTL', KEYS[1])`
+
+var scriptProbe = redis.NewScript(scriptProbeSrc)
 
 // checkWrite asks, for needs, the commands of probeCommands in one
 // pipeline and, where the plugin writes, one script, on one key under
@@ -327,16 +346,18 @@ func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, singl
 	for i, c := range cmds {
 		replies[i] = pipe.Do(ctx, c...)
 	}
+	if needs.writes() {
+		for _, c := range probeCleanup(needs, k, rk) {
+			pipe.Do(ctx, c...)
+		}
+	}
 	_, _ = pipe.Exec(ctx) // each reply is read below
 	for i, r := range replies {
 		if f, err := s.probeFault(r.Err(), single, strings.ToUpper(cmds[i][0].(string)), cmdKey(cmds[i])); f != 0 {
 			return f, err
 		}
 	}
-	if !needs.writes() {
-		return 0, nil
-	}
-	return s.probeFault(scriptProbe.Run(ctx, rdb, []string{k}).Err(), single, "EVALSHA/EVAL", k)
+	return 0, nil
 }
 
 // cmdKey is the key a probe command names ("" for SCAN and TIME).
@@ -344,6 +365,8 @@ func cmdKey(c []any) string {
 	switch c[0] {
 	case "scan", "time":
 		return ""
+	case "eval", "evalsha":
+		return c[3].(string)
 	}
 	return c[1].(string)
 }
@@ -364,7 +387,7 @@ func (s *Store) probeFault(err error, single bool, cmd, key string) (SettingsFau
 	switch {
 	case single && strings.HasPrefix(msg, "READONLY"):
 		return SettingsReplica, fmt.Errorf("%s answered %w", on, err)
-	case strings.HasPrefix(msg, "NOPERM") && strings.Contains(low, " key"):
+	case keyRefusal(msg):
 		return SettingsKeyPerm, fmt.Errorf("%s: %w", on, err)
 	case strings.HasPrefix(msg, "NOPERM"), strings.Contains(low, "can't run this command"):
 		// The second: a command a script calls (Redis 7.0: "ERR The user
@@ -380,11 +403,42 @@ func (s *Store) probeFault(err error, single bool, cmd, key string) (SettingsFau
 	return 0, nil
 }
 
+// keyRefusal says whether msg, Redis's reply, refuses a key (its ACL key
+// patterns), not a command. Redis 7.0: "NOPERM this user has no
+// permissions to access one of the keys used as arguments", against "...
+// to run the 'hset' command"; Redis 7.2 names the user, and a key ("...
+// access the 'k' key"): a user named "keyring" refused a command is no
+// key refusal (atk65), so a command refusal is told first.
+func keyRefusal(msg string) bool {
+	if !strings.HasPrefix(msg, "NOPERM") {
+		return false
+	}
+	low := strings.ToLower(msg)
+	if strings.Contains(low, "to run the '") {
+		return false
+	}
+	return strings.Contains(low, "one of the keys") || strings.Contains(low, "access a key") || strings.HasSuffix(strings.TrimSpace(low), "' key") || strings.Contains(low, " key")
+}
+
 // timedOut says whether err is a wait that ran out: ctx's, or a network
 // deadline (the client's read timeout).
 func timedOut(ctx context.Context, err error) bool {
 	var ne net.Error
 	return ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// Unavailable says whether err is a reply by which Redis says it cannot
+// serve now, not that it refuses this command: loading its data, its
+// master or cluster down, a slot moving, a replica written during a
+// failover, its client limit reached. The plugin takes these for Redis
+// down, as it does no answer at all.
+func Unavailable(err error) bool {
+	for _, prefix := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "max number of clients"} {
+		if redis.HasErrorPrefix(err, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // IsReply says whether err is an error reply from Redis: it answered (not a
