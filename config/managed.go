@@ -345,7 +345,7 @@ func SettingsOptionError(cfg Options, se *store.SettingsError) error {
 			Expected: "a user that the Redis at " + where + " lets run PING (+ping): the plugin's health probe asks it every 200 ms, and a refusal reads as Redis down" + why}
 	case store.SettingsKeyPerm:
 		return &OptionError{Option: "redis_username", Value: cfg.RedisUsername,
-			Expected: "a user that the Redis at " + where + " lets read and write the keys under key_prefix " + ShownValue("key_prefix", cfg.KeyPrefix) + " (its ACL key patterns)" + why}
+			Expected: "a user that the Redis at " + where + " lets " + keyRights(cfg) + " (its ACL key patterns)" + why}
 	case store.SettingsSentinelsAsCluster:
 		return &OptionError{Option: "redis_sentinel_master", Value: "",
 			Expected: "the name of the master that the sentinels at " + where + " monitor: these addresses know no CLUSTER command, so they are no Redis Cluster" + why}
@@ -389,4 +389,18 @@ func SettingsOptionError(cfg Options, se *store.SettingsError) error {
 	}
 	return &OptionError{Option: "redis_sentinel_master", Value: "",
 		Expected: "the name of the master that the sentinel at " + where + " monitors: redis_addr names a sentinel, not a Redis" + why}
+}
+
+// keyRights is what the plugin, with cfg, needs of the keys: read only
+// (backend defer, clientid_conflict off), or read and write, and with
+// failures counted redis_rate's keys too (atk66).
+func keyRights(cfg Options) string {
+	prefix := ShownValue("key_prefix", cfg.KeyPrefix)
+	switch {
+	case cfg.Backend != BackendDefer:
+		return "read and write the keys under key_prefix " + prefix + " and under " + ShownValue("key_prefix", "rate:"+cfg.KeyPrefix) + " (redis_rate's)"
+	case cfg.Conflicts.Mode != ConflictOff:
+		return "read and write the keys under key_prefix " + prefix
+	}
+	return "read the keys under key_prefix " + prefix
 }

@@ -74,7 +74,8 @@ type knownSources struct {
 	nEpisodes atomic.Int32 // len(episodes): a CONNECT reads this, no lock, while none is
 	epSeed    maphash.Seed
 
-	refusedAt logGate // the refusals logged (refusedBy)
+	refusedAt  logGate // the write refusals logged (refusedBy)
+	readRefuse logGate // the read refusals logged, apart: one does not silence the other (atk66)
 }
 
 // episodesMax bounds knownSources.episodes.
@@ -681,7 +682,11 @@ const refusedLogEvery = 10 * time.Minute
 // operator must hear of it (a guard:known:<user> key of another type, a
 // Redis out of memory, a user refused a command).
 func (k *knownSources) refusedBy(what string, err error) {
-	if k.log == nil || !k.refusedAt.allow(refusedLogEvery) {
+	gate := &k.refusedAt
+	if what == "reading" {
+		gate = &k.readRefuse
+	}
+	if k.log == nil || !gate.allow(refusedLogEvery) {
 		return
 	}
 	k.log(LevelWarning, "mosquitto-guard: redis refused "+what+" known sources ("+store.OneLine(err)+"); each is written again at its next success, and read again at the next throttle (said at most once per "+refusedLogEvery.String()+")")

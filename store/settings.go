@@ -53,7 +53,9 @@ const (
 	// SettingsSelectRefused: Redis selects no database but 0 (cluster
 	// mode, or SELECT renamed away).
 	SettingsSelectRefused
-	// SettingsKeyPerm: the user may not read the keys under the prefix.
+	// SettingsKeyPerm: the user may not read (or, where the plugin writes,
+	// write) the keys under the prefix, or redis_rate's under "rate:" and
+	// the prefix.
 	SettingsKeyPerm
 	// SettingsNoPing: the user may not run PING, which the health probe
 	// asks every 200 ms: Redis would read as down for good.
@@ -100,10 +102,12 @@ func (s *Store) CheckSettings(ctx context.Context) error {
 	return s.CheckSettingsNeeds(ctx, SettingsNeeds{Counts: true, Known: true, Tracking: true})
 }
 
-// CheckSettingsFor is CheckSettings; counts says whether the plugin counts
-// failures (redis_rate's keys under "rate:" + key_prefix, its script's
-// TIME): without (backend defer), those are not asked for (atk61: a user
-// with ~guard:* only was refused for a key the plugin never writes).
+// CheckSettingsFor is CheckSettings for a configuration with conflict
+// tracking on and the default username_fail_limit; counts says whether the
+// plugin counts failures (redis_rate's keys under "rate:" + key_prefix,
+// its script's TIME, known sources): without (backend defer), those are
+// not asked for (atk61: a user with ~guard:* only was refused for a key the
+// plugin never writes). The plugin asks CheckSettingsNeeds.
 func (s *Store) CheckSettingsFor(ctx context.Context, counts bool) error {
 	return s.CheckSettingsNeeds(ctx, SettingsNeeds{Counts: counts, Known: counts, Tracking: true})
 }
@@ -297,7 +301,7 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 			[]any{"zadd", k, "1", "m"}, []any{"pexpire", k, "10000"}, []any{"zscore", k, "m"},
 			[]any{"zrangebyscore", k, "-inf", "+inf"}, []any{"zrem", k, "m"},
 			[]any{"xadd", k, "maxlen", "~", "1", "*", "f", "1"}, []any{"pexpire", k, "10000"},
-			[]any{"del", k}, []any{"incr", k})
+			[]any{"del", k}, []any{"incr", k}, []any{"pexpire", k, "10000"})
 	}
 	// The plugin's scripts run by EVALSHA, and by EVAL when Redis's cache
 	// lost them (a restart, a failover): a user needs both, asked each on
@@ -307,10 +311,22 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 	return append(cmds, []any{"del", k})
 }
 
+// cleanupNeeded says whether a DEL or PEXPIRE of the probe failed, which
+// may have left a key behind.
+func cleanupNeeded(cmds [][]any, replies []*redis.Cmd) bool {
+	for i, r := range replies {
+		if name := cmds[i][0]; (name == "del" || name == "pexpire") && r.Err() != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // probeCleanup puts back what a refused DEL or PEXPIRE of the probe may
 // have left (atk65: a user without both left a stream for ever): SET
 // replaces a key of any type, and the key then lives 1 ms. Their replies
 // are not asked: a user may lack SET (conflict tracking alone runs none).
+// A user refused DEL, PEXPIRE and SET too keeps what it wrote.
 func probeCleanup(needs SettingsNeeds, k, rk string) [][]any {
 	cmds := [][]any{{"del", k}, {"set", k, "1", "px", "1"}}
 	if needs.Counts {
@@ -346,12 +362,17 @@ func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, singl
 	for i, c := range cmds {
 		replies[i] = pipe.Do(ctx, c...)
 	}
-	if needs.writes() {
-		for _, c := range probeCleanup(needs, k, rk) {
-			pipe.Do(ctx, c...)
-		}
-	}
 	_, _ = pipe.Exec(ctx) // each reply is read below
+	if cleanupNeeded(cmds, replies) {
+		// A second round trip, only then: a user without SET (conflict
+		// tracking alone runs none) would have every start logged as a
+		// refusal in Redis's ACL LOG (atk66).
+		clean := rdb.Pipeline()
+		for _, c := range probeCleanup(needs, k, rk) {
+			clean.Do(ctx, c...)
+		}
+		_, _ = clean.Exec(ctx) // its replies are not asked
+	}
 	for i, r := range replies {
 		if f, err := s.probeFault(r.Err(), single, strings.ToUpper(cmds[i][0].(string)), cmdKey(cmds[i])); f != 0 {
 			return f, err
@@ -393,7 +414,7 @@ func (s *Store) probeFault(err error, single bool, cmd, key string) (SettingsFau
 		// The second: a command a script calls (Redis 7.0: "ERR The user
 		// executing the script can't run this command or subcommand").
 		return SettingsNoPerm, fmt.Errorf("%s: %w", on, err)
-	case strings.Contains(low, "unknown command") && (strings.Contains(low, "'eval'") || strings.Contains(low, "'evalsha'")):
+	case unknownCommand(low, "eval") || unknownCommand(low, "evalsha"):
 		return SettingsNoScripting, err
 	case strings.Contains(low, "unknown command"):
 		return SettingsNoCommand, fmt.Errorf("%s: %w", on, err)
@@ -404,20 +425,24 @@ func (s *Store) probeFault(err error, single bool, cmd, key string) (SettingsFau
 }
 
 // keyRefusal says whether msg, Redis's reply, refuses a key (its ACL key
-// patterns), not a command. Redis 7.0: "NOPERM this user has no
-// permissions to access one of the keys used as arguments", against "...
-// to run the 'hset' command"; Redis 7.2 names the user, and a key ("...
-// access the 'k' key"): a user named "keyring" refused a command is no
-// key refusal (atk65), so a command refusal is told first.
+// patterns), not a command: "NOPERM this user has no permissions to access
+// one of the keys used as arguments" (Redis 6.0 to 7.0), "NOPERM No
+// permissions to access a key" (7.2 and later), against "... to run the
+// 'hset' command", where 7.2 names the user: a user named "keyring"
+// refused a command is no key refusal (atk65).
 func keyRefusal(msg string) bool {
 	if !strings.HasPrefix(msg, "NOPERM") {
 		return false
 	}
 	low := strings.ToLower(msg)
-	if strings.Contains(low, "to run the '") {
-		return false
-	}
-	return strings.Contains(low, "one of the keys") || strings.Contains(low, "access a key") || strings.HasSuffix(strings.TrimSpace(low), "' key") || strings.Contains(low, " key")
+	return !strings.Contains(low, "to run the '") && (strings.Contains(low, "one of the keys") || strings.Contains(low, "access a key"))
+}
+
+// unknownCommand says whether low, Redis's reply in lower case, says it
+// knows no command cmd: "unknown command 'eval'", or with backquotes
+// (Redis 6.0 and before, KeyDB: "unknown command `eval`").
+func unknownCommand(low, cmd string) bool {
+	return strings.Contains(low, "unknown command") && (strings.Contains(low, "'"+cmd+"'") || strings.Contains(low, "`"+cmd+"`"))
 }
 
 // timedOut says whether err is a wait that ran out: ctx's, or a network
@@ -534,9 +559,7 @@ func settingsFault(err error, sentinel, cluster bool) SettingsFault {
 	}
 	msg := re.Error()
 	low := strings.ToLower(msg)
-	unknown := func(cmd string) bool {
-		return strings.Contains(low, "unknown command") && strings.Contains(low, "'"+cmd+"'")
-	}
+	unknown := func(cmd string) bool { return unknownCommand(low, cmd) }
 	switch {
 	case strings.HasPrefix(msg, "WRONGPASS"), strings.Contains(msg, "without any password configured"),
 		strings.Contains(msg, "invalid password"): // Redis 5 and before
