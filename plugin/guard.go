@@ -69,7 +69,7 @@ type Guard struct {
 	knownLost    chan struct{}      // Redis lost its keys: the live connections' known sources are written again (rewriteKnownLoop)
 	knownRetry   atomic.Bool        // a rewrite failed: again once Redis answers
 	relistReq    chan struct{}      // the live connections may have gone from Redis: recorded again (relistLoop); nil without conflict tracking
-	cheapAt      atomic.Int64       // unix ms of the last warnCheapUser line
+	cheapAt      logGate            // the warnCheapUser lines
 	cheapMore    atomic.Int64       // the keys warnCheapUser met since, unlogged
 	tracker      *conflicts.Tracker // nil when clientid_conflict is off
 	replica      *replica.Replica   // nil without a Redis client (unit tests)

@@ -364,9 +364,7 @@ const cheapUserLogEvery = time.Minute
 // warnCheapUser says that key was set with a hash timing tells from unknown
 // users', at most once per cheapUserLogEvery.
 func (g *Guard) warnCheapUser(key string) {
-	now := g.now().UnixMilli()
-	last := g.cheapAt.Load()
-	if (last != 0 && now-last < cheapUserLogEvery.Milliseconds()) || !g.cheapAt.CompareAndSwap(last, now) {
+	if !g.cheapAt.allowAt(g.now(), cheapUserLogEvery) {
 		g.cheapMore.Add(1)
 		return
 	}

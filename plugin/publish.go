@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,24 +15,6 @@ import (
 
 // publishRefusedLogEvery: a refused publish is logged at most once per this.
 const publishRefusedLogEvery = 10 * time.Minute
-
-// logGate lets a line through at most once per interval: for lines a
-// fault can repeat at every event. It reads the monotonic clock, so a wall
-// clock set back does not silence it.
-type logGate struct{ at atomic.Int64 } // ns since gateBase of the last line let through; 0 none
-
-var gateBase = time.Now()
-
-// allow reports whether a line may be logged now, and if so takes the
-// interval's turn.
-func (l *logGate) allow(every time.Duration) bool {
-	now := int64(time.Since(gateBase)) + 1 // never 0
-	last := l.at.Load()
-	if last != 0 && now-last < int64(every) {
-		return false
-	}
-	return l.at.CompareAndSwap(last, now)
-}
 
 // publishChange tells the other brokers' replicas that key changed (an
 // automatic ban, a throttle), bounded by ctx. Redis's refusal of rights
