@@ -324,13 +324,15 @@ func cleanupNeeded(cmds [][]any, replies []*redis.Cmd) bool {
 
 // probeCleanup puts back what a refused DEL or PEXPIRE of the probe may
 // have left (atk65: a user without both left a stream for ever): SET
-// replaces a key of any type, and the key then lives 1 ms. Their replies
-// are not asked: a user may lack SET (conflict tracking alone runs none).
-// A user refused DEL, PEXPIRE and SET too keeps what it wrote.
+// replaces a key of any type, and the key then lives 1 ms; where SET is
+// refused too, PEXPIRE gives what is there 1 ms (atk67: a user refused DEL
+// and SET kept the probe's key its 10 s). Their replies are not asked: a
+// user may lack SET (conflict tracking alone runs none). A user refused
+// DEL, PEXPIRE and SET alike keeps what it wrote.
 func probeCleanup(needs SettingsNeeds, k, rk string) [][]any {
-	cmds := [][]any{{"del", k}, {"set", k, "1", "px", "1"}}
+	cmds := [][]any{{"del", k}, {"set", k, "1", "px", "1"}, {"pexpire", k, "1"}}
 	if needs.Counts {
-		cmds = append(cmds, []any{"del", rk}, []any{"set", rk, "1", "px", "1"})
+		cmds = append(cmds, []any{"del", rk}, []any{"set", rk, "1", "px", "1"}, []any{"pexpire", rk, "1"})
 	}
 	return cmds
 }
