@@ -26,30 +26,41 @@ import (
 // thread wakes a few hundred times a second. Two brokers on one Redis,
 // under the same load in turn (a devices' reconnect loop, one user, each
 // CONNECT a verification-cache hit): one with MOSQUITTO_GUARD_NO_YIELD
-// (the baseline), one without; twice each. The load is bounded (1.5 s a
-// broker, 8 clients).
+// (the baseline), one without; twice each, after a warm-up. The load is
+// bounded (1.5 s a broker and a try, at most 9 tries, 8 clients).
 func TestYieldKeepsSysmonAsleep(t *testing.T) {
 	e := envWithoutBroker(t)
 	brokers := map[bool]*testenv.Mosquitto{}
 	for _, yield := range []bool{false, true} {
 		brokers[yield] = atkYieldBroker(t, e.conf(), yield, 0)
 	}
+	// The first load a broker sees is not a steady one: every source
+	// address is new to known sources, written to Redis by the broker's
+	// workers (whose threads wake for it) and by Redis (another process,
+	// counted below). Each broker is warmed with the same addresses first,
+	// unjudged.
+	for _, yield := range []bool{false, true} {
+		connects, b, o := yieldLoad(t, brokers[yield], -1)
+		t.Logf("warm-up, yield %v: %d CONNECTs; the busiest thread but the main one woke %.0f times a second; other processes took %.2f of a core", yield, connects, b, o)
+	}
 	// Under a CPU load from other processes the yields take longer and
 	// back off (yieldBackoff), and sysmon polls again: a round is measured
-	// again (at most three times) while others took more than half a core,
-	// and judged on its quietest try; a round never quiet is not judged.
+	// again (at most four times) while others took more than a quarter of
+	// a core (CI once saw 1 053 wakes a second with the yield while others
+	// took 0.41 of a core, 349 in the next, quiet, round), and judged on
+	// its quiet try; a round never quiet is not judged.
 	judged := 0
 	for round := 0; round < 2; round++ {
 		busiest := map[bool]float64{}
 		quiet := false
-		for try := 0; try < 3 && !quiet; try++ {
+		for try := 0; try < 4 && !quiet; try++ {
 			others := 0.0
 			for _, yield := range []bool{false, true} {
 				connects, b, o := yieldLoad(t, brokers[yield], round)
 				t.Logf("round %d, try %d, yield %v: %d CONNECTs (%.0f a second); the busiest thread but the main one woke %.0f times a second; other processes took %.2f of a core", round, try, yield, connects, float64(connects)/1.5, b, o)
 				busiest[yield], others = b, max(others, o)
 			}
-			quiet = others <= 0.5
+			quiet = others <= 0.25
 		}
 		if !quiet {
 			t.Logf("round %d: the machine was busy with other work at every try: not judged", round)
