@@ -308,7 +308,19 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 	// its own (atk65: with the probe's script cached, a user without EVAL
 	// passed, then after a restart every failure count was refused).
 	cmds = append(cmds, []any{"eval", scriptProbeSrc, "1", k}, []any{"evalsha", scriptProbe.Hash(), "1", k})
-	return append(cmds, []any{"del", k})
+	// After the DEL, in the same pipeline, a 1 ms expiry by commands this
+	// configuration needs anyway (no refusal in Redis's ACL LOG of a user
+	// that passes), SET only where the key is there (XX: after a DEL that
+	// worked, nothing is made). For a user refused DEL it puts back what
+	// was left even where the pipeline's answer came after the check's
+	// bound, which passes the start as Redis down, and no second round
+	// trip could be sent (atk68: a user refused DEL and PEXPIRE, Redis slow
+	// to answer, kept the probe's keys their 10 s).
+	cmds = append(cmds, []any{"del", k}, []any{"pexpire", k, "1"})
+	if needs.Counts {
+		cmds = append(cmds, []any{"set", k, "1", "px", "1", "xx"}, []any{"pexpire", rk, "1"}, []any{"set", rk, "1", "px", "1", "xx"})
+	}
+	return cmds
 }
 
 // cleanupNeeded says whether a DEL or PEXPIRE of the probe failed, which
