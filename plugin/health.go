@@ -3,7 +3,6 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +28,9 @@ type health struct {
 	mu     sync.Mutex // orders the log lines of state changes
 	logged bool       // the state last logged: true up
 
-	wrongAt logGate // the WRONGTYPE lines (wrongType)
+	wrongMu sync.Mutex
+	wrongBy map[string]*logGate // the WRONGTYPE lines by their text (it names the key), at most wrongTypeKeys
+	wrongAt logGate             // the WRONGTYPE lines past wrongTypeKeys texts
 
 	// back, if set (before run starts), is called when Redis answers
 	// again after it was seen down, under mu: it must not block.
@@ -129,19 +130,40 @@ func (h *health) upAgain() {
 	}
 }
 
-// wrongTypeLogEvery: WRONGTYPE replies are logged at most once per this.
-const wrongTypeLogEvery = 10 * time.Minute
+// wrongTypeLogEvery: a WRONGTYPE reply about one key is logged at most
+// once per this; replies about up to wrongTypeKeys keys are gated apart (one
+// key mended, the next is told: atk68), the rest share one gate. At most
+// wrongTypeKeys + 1 lines per wrongTypeLogEvery.
+const (
+	wrongTypeLogEvery = 10 * time.Minute
+	wrongTypeKeys     = 32
+)
 
-// isWrongType says whether err is Redis's WRONGTYPE reply.
-func isWrongType(err error) bool {
-	return store.IsReply(err) && strings.HasPrefix(err.Error(), "WRONGTYPE")
-}
+// isWrongType says whether err is, or wraps, Redis's WRONGTYPE reply (the
+// store's errors wrap it: "store: lookup ...: WRONGTYPE ...", atk68: taken
+// for Redis down, every client was refused under redis_unavailable deny
+// after each CONNECT whose lists named the key).
+func isWrongType(err error) bool { return store.IsWrongType(err) }
 
 // wrongType logs a WRONGTYPE reply, at most once per wrongTypeLogEvery.
 func (h *health) wrongType(err error) {
-	if !h.wrongAt.allow(wrongTypeLogEvery) {
+	text := store.OneLine(err)
+	h.wrongMu.Lock()
+	g := h.wrongBy[text]
+	if g == nil && len(h.wrongBy) < wrongTypeKeys {
+		if h.wrongBy == nil {
+			h.wrongBy = make(map[string]*logGate, wrongTypeKeys)
+		}
+		g = new(logGate)
+		h.wrongBy[text] = g
+	}
+	h.wrongMu.Unlock()
+	if g == nil {
+		g = &h.wrongAt
+	}
+	if !g.allow(wrongTypeLogEvery) {
 		return
 	}
-	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s holds a key of another type where the plugin expects its own (%v): delete or rename it (said at most once per %v)",
-		h.where, store.OneLine(err), wrongTypeLogEvery))
+	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s holds a key of another type where the plugin expects its own (%s): delete or rename it (said at most once per %v for this key)",
+		h.where, text, wrongTypeLogEvery))
 }

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -41,6 +42,36 @@ func TestWrongTypeIsNoOutage(t *testing.T) {
 	h.down(context.DeadlineExceeded)
 	assert.False(t, h.up(), "no answer is an outage")
 }
+
+// WRONGTYPE replies about different keys are told apart (atk68: one gate
+// for all, a second wrong key went untold for 10 minutes after the first
+// was mended), each once per interval; past wrongTypeKeys keys the rest
+// share one line. A wrapped reply is still a WRONGTYPE, not an outage.
+func TestWrongTypeToldPerKey(t *testing.T) {
+	var lines []string
+	h := newHealth(healthDeps{probe: func(context.Context) error { return nil },
+		log: func(_ Level, s string) { lines = append(lines, s) }, where: "r", deny: true})
+	wrong := func(key string) error {
+		return fmt.Errorf("store: lookup %q: %w", key, reply("WRONGTYPE Operation against a key holding the wrong kind of value"))
+	}
+	for i := 0; i < 3; i++ {
+		h.down(wrong("guard:block:username:bob"))
+		h.down(wrong("guard:conn:dev-1"))
+		assert.True(t, h.up(), "WRONGTYPE, wrapped, is an answer")
+	}
+	assert.Equal(t, 1, countLines(lines, `"guard:block:username:bob"`), "%q", lines)
+	assert.Equal(t, 1, countLines(lines, `"guard:conn:dev-1"`), "%q", lines)
+	for i := 0; i < 100; i++ {
+		h.down(wrong(fmt.Sprintf("guard:block:clientid:c%d", i)))
+	}
+	assert.Equal(t, wrongTypeKeys+1, countLines(lines, "a key of another type"), "bounded")
+}
+
+// reply is a Redis error reply with the given text.
+type reply string
+
+func (r reply) Error() string { return string(r) }
+func (reply) RedisError()     {}
 
 // A Redis that answers with a refusal (a rotated password: WRONGPASS at the
 // next connection; an ACL change: NOPERM) is down for the plugin, and the

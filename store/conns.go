@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -747,7 +748,7 @@ func (s *Store) Claim(ctx context.Context, clientID string, c Conn, b Brokers) (
 func (s *Store) LiveConns(ctx context.Context, clientID string) ([]Conn, error) {
 	m, err := s.rdb.HGetAll(ctx, s.kb.Conn(clientID)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("store: live conns: %w", err)
+		return nil, fmt.Errorf("store: live conns %s: %w", logval.Quote(s.kb.Conn(clientID)), err)
 	}
 	return decodeConns(m), nil
 }

@@ -489,6 +489,14 @@ func IsReply(err error) bool {
 		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
 }
 
+// IsWrongType says whether err is, or wraps, Redis's WRONGTYPE reply: a key
+// of another type where a command expects its own (an operator's key under
+// the plugin's prefix), an answer about that key, not Redis down.
+func IsWrongType(err error) bool {
+	var re redis.Error
+	return IsReply(err) && errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE")
+}
+
 // speaksTLS tries a TLS handshake with each address at once, within ctx,
 // trusting any certificate (it only asks what the port speaks): the first
 // address whose server completes it, or answers with a TLS alert (it

@@ -337,8 +337,8 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	if q.WantConns {
 		conns = pipe.HGetAll(ctx, s.kb.Conn(q.ClientID))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return Answer{}, fmt.Errorf("store: lookup: %w", err)
+	if cmds, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return Answer{}, keyedErr("store: lookup", cmds, err)
 	}
 	var a Answer
 	var allows, blocks []*Match
@@ -377,7 +377,7 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	}
 	if conns != nil {
 		if err := conns.Err(); err != nil {
-			return Answer{}, fmt.Errorf("store: lookup: %w", err)
+			return Answer{}, keyedErr("store: lookup", []redis.Cmder{conns}, err)
 		}
 		a.Live = decodeConns(conns.Val())
 	}
@@ -390,7 +390,7 @@ func value(cmd *redis.StringCmd) (string, bool, error) {
 	case errors.Is(err, redis.Nil):
 		return "", false, nil
 	case err != nil:
-		return "", false, fmt.Errorf("store: lookup: %w", err)
+		return "", false, keyedErr("store: lookup", []redis.Cmder{cmd}, err)
 	}
 	return v, true, nil
 }
@@ -472,7 +472,7 @@ func (s *Store) ClaimThrottle(ctx context.Context, username, reason string, ttl 
 	case errors.Is(err, redis.Nil):
 		return false, nil
 	case err != nil:
-		return false, fmt.Errorf("store: claim throttle: %w", err)
+		return false, fmt.Errorf("store: claim throttle %s: %w", logval.Quote(s.kb.Throttle(username)), err)
 	}
 	return true, nil
 }
@@ -490,4 +490,22 @@ func (s *Store) ReleaseThrottle(ctx context.Context, username, reason string) (b
 		return false, fmt.Errorf("store: release throttle: %w", err)
 	}
 	return n == 1, nil
+}
+
+// keyedErr is err, the error of a pipeline's Exec, with what and the key
+// of the first of cmds that Redis answered with an error: a WRONGTYPE
+// names no key, and the line that tells it must (atk68).
+func keyedErr(what string, cmds []redis.Cmder, err error) error {
+	for _, c := range cmds {
+		ce := c.Err()
+		if !IsReply(ce) {
+			continue
+		}
+		if a := c.Args(); len(a) > 1 {
+			if k, ok := a[1].(string); ok {
+				return fmt.Errorf("%s %s: %w", what, logval.Quote(k), ce)
+			}
+		}
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
