@@ -233,6 +233,12 @@ func (q *failureQueue) count(f failure) {
 		}
 		if err != nil {
 			q.lost(err)
+			if store.IsKeyReply(err) {
+				// About this key alone (an operator's stray value under
+				// it): the failure's other keys and its username's
+				// throttle still count (atk69).
+				continue
+			}
 			return
 		}
 	}

@@ -139,11 +139,12 @@ const (
 	wrongTypeKeys     = 32
 )
 
-// isWrongType says whether err is, or wraps, Redis's WRONGTYPE reply (the
-// store's errors wrap it: "store: lookup ...: WRONGTYPE ...", atk68: taken
-// for Redis down, every client was refused under redis_unavailable deny
-// after each CONNECT whose lists named the key).
-func isWrongType(err error) bool { return store.IsWrongType(err) }
+// isWrongType says whether err is, or wraps, a reply about what one key
+// holds (store.IsKeyReply: WRONGTYPE, a value no command can use). The
+// store's errors wrap it ("store: lookup ...: WRONGTYPE ..."); atk68 and
+// atk69: taken for Redis down, every client was refused under
+// redis_unavailable deny after each CONNECT that named the key.
+func isWrongType(err error) bool { return store.IsKeyReply(err) }
 
 // wrongType logs a WRONGTYPE reply, at most once per wrongTypeLogEvery.
 func (h *health) wrongType(err error) {
@@ -164,6 +165,6 @@ func (h *health) wrongType(err error) {
 	if !g.allow(wrongTypeLogEvery) {
 		return
 	}
-	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s holds a key of another type where the plugin expects its own (%s): delete or rename it (said at most once per %v for this key)",
+	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s holds a key of another type or value than the plugin expects (%s): delete or rename it (said at most once per %v for this key)",
 		h.where, text, wrongTypeLogEvery))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -154,9 +155,10 @@ func (l *Limiter) Fail(ctx context.Context, scope keys.Scope, value string) (*Ba
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
-	res, err := l.rate.Allow(ctx, l.kb.Fail(scope, value), l.limit)
+	fk := l.kb.Fail(scope, value)
+	res, err := l.rate.Allow(ctx, fk, l.limit)
 	if err != nil {
-		return nil, fmt.Errorf("ratelimit: count failure: %w", err)
+		return nil, fmt.Errorf("ratelimit: count failure %s: %w", logval.Quote(rateKey(fk)), err)
 	}
 	if res.Allowed > 0 {
 		return nil, nil
@@ -179,12 +181,20 @@ func (l *Limiter) Fail(ctx context.Context, scope keys.Scope, value string) (*Ba
 // one step too short, never too long.
 func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban, error) {
 	offKey := l.kb.Offences(scope, value)
-	n, err := l.rdb.Get(ctx, offKey).Int()
+	raw, err := l.rdb.Get(ctx, offKey).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
-		n = 0
+		raw = "0"
 	case err != nil:
-		return nil, fmt.Errorf("ratelimit: read offences: %w", err)
+		return nil, fmt.Errorf("ratelimit: read offences %s: %w", logval.Quote(offKey), err)
+	}
+	// A value that is no count (an operator's stray string) is taken as
+	// none: the ban is still written, the first step long (atk69: its
+	// parse error was taken for Redis down). Its INCR below then fails
+	// with a reply that names the key.
+	n, perr := strconv.Atoi(raw)
+	if perr != nil {
+		n = 0
 	}
 	offence := max(n, 0) + 1
 	d := l.policy.banTTL(offence)
@@ -206,7 +216,7 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	case errors.Is(err, redis.Nil):
 		return nil, nil // already blocked: by an operator, or by another broker just now
 	case err != nil:
-		return nil, fmt.Errorf("ratelimit: write ban: %w", err)
+		return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
 	}
 	keep := d + l.policy.BanMax
 	if keep < d {
@@ -214,7 +224,7 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	}
 	// INCR and PEXPIRE in one MULTI on the one key: never a count without a TTL.
 	if err := incrExpire.Run(ctx, l.rdb, []string{offKey}, keep.Milliseconds()).Err(); err != nil {
-		return b, fmt.Errorf("ratelimit: ban written, count offence: %w", err)
+		return b, fmt.Errorf("ratelimit: ban written, count offence %s: %w", logval.Quote(offKey), err)
 	}
 	return b, nil
 }
@@ -230,7 +240,7 @@ return n`)
 // again, and the next ban still escalates.
 func (l *Limiter) Reset(ctx context.Context, scope keys.Scope, value string) error {
 	if err := l.rate.Reset(ctx, l.kb.Fail(scope, value)); err != nil {
-		return fmt.Errorf("ratelimit: reset: %w", err)
+		return fmt.Errorf("ratelimit: reset %s: %w", logval.Quote(rateKey(l.kb.Fail(scope, value))), err)
 	}
 	return nil
 }
@@ -264,9 +274,10 @@ func (l *Limiter) ThrottleFail(ctx context.Context, username string, limit int) 
 // failures need not keep a username of up to 64 KB to count it.
 func (l *Limiter) ThrottleFailTracked(ctx context.Context, tracked string, limit int) (*Throttle, error) {
 	lim := redis_rate.Limit{Rate: 1, Burst: limit, Period: l.policy.Window}
-	res, err := l.rate.Allow(ctx, l.kb.ThrottleCountTracked(tracked), lim)
+	ck := l.kb.ThrottleCountTracked(tracked)
+	res, err := l.rate.Allow(ctx, ck, lim)
 	if err != nil {
-		return nil, fmt.Errorf("ratelimit: count username failure: %w", err)
+		return nil, fmt.Errorf("ratelimit: count username failure %s: %w", logval.Quote(rateKey(ck)), err)
 	}
 	if res.Allowed > 0 {
 		return nil, nil
@@ -284,7 +295,7 @@ func (l *Limiter) ThrottleFailTracked(ctx context.Context, tracked string, limit
 	case errors.Is(err, redis.Nil):
 		return nil, nil // another broker started this episode
 	case err != nil:
-		return nil, fmt.Errorf("ratelimit: write throttle: %w", err)
+		return nil, fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)
 	}
 	return t, nil
 }
@@ -308,3 +319,7 @@ func (b Ban) String() string {
 		b.Scope, logval.Quote(b.Value), b.Duration,
 		b.Expires.UTC().Format(time.RFC3339), b.Offence)
 }
+
+// rateKey is the key redis_rate keeps a count under: its own prefix
+// (unexported in redis_rate v10: "rate:") before the name it is given.
+func rateKey(name string) string { return "rate:" + name }

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -41,4 +43,27 @@ func TestWrongTypeErrorsNameTheKey(t *testing.T) {
 
 	assert.False(t, IsWrongType(context.DeadlineExceeded))
 	assert.False(t, IsWrongType(nil))
+}
+
+// What a reply about one key's content looks like, and what it does not:
+// an ACL refusal, even from inside a script, or a Redis that cannot serve
+// (atk69: redis_rate's script on a stray string was taken for Redis down).
+func TestIsKeyReplyForms(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"WRONGTYPE Operation against a key holding the wrong kind of value":                                                        true,
+		"ERR value is not an integer or out of range":                                                                              true,
+		"ERR user_script:34: bad argument #1 to 'max' script: 3c5a, on @user_script:34.":                                           true,
+		"ERR Error running script (call to f_3c5a): @user_script:34: user_script:34: attempt to compare number with nil":           true,
+		"ERR increment or decrement would overflow":                                                                                true,
+		"ERR The user executing the script can't run this command or subcommand script: 3c5a, on @user_script:1.":                  false,
+		"NOPERM this user has no permissions to run the 'incr' command":                                                            false,
+		"OOM command not allowed when used memory > 'maxmemory'.":                                                                  false,
+		"LOADING Redis is loading the dataset in memory":                                                                           false,
+		"ERR unknown command 'evalsha', with args beginning with: ":                                                                false,
+		"ERR Error running script: @user_script:1: NOPERM this user has no permissions to access one of the keys (not an integer)": false,
+	} {
+		assert.Equal(t, want, IsKeyReply(fmt.Errorf("ratelimit: count failure %q: %w", "k", reply(msg))), msg)
+	}
+	assert.False(t, IsKeyReply(context.DeadlineExceeded))
+	assert.False(t, IsKeyReply(errors.New("ERR value is not an integer")), "not a reply")
 }
