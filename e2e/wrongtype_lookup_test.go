@@ -26,10 +26,16 @@ func TestWrongTypeKeyOnLookupIsNoOutage(t *testing.T) {
 	e.broker = startBroker(t, e.conf("auth_opt_redis_username guard", "auth_opt_redis_password guard-pw", "auth_opt_redis_unavailable deny"))
 	require.True(t, e.broker.WaitOutput("replica loaded", 10*time.Second))
 	require.EqualValues(t, accepted, e.connect(as("127.0.76.1", "alice-0", "alice", "alice-pw")), "control")
+	// bob's address is banned: the reply about his username's key must
+	// not lose the rest of the lookup's answer (atk70: the whole answer
+	// was dropped, and with Redis no longer taken for down bob got past
+	// every ban).
+	e.redis.CLI("SET", "guard:block:ip:127.0.76.2", "an operator's ban")
 	for i := 0; i < 5; i++ {
-		e.connect(as("127.0.76.2", fmt.Sprintf("bob-%d", i), "bob", "bob-pw"))
+		assert.EqualValues(t, refused, e.connect(as("127.0.76.2", fmt.Sprintf("bob-%d", i), "bob", "bob-pw")), "bob's address is banned")
 		assert.EqualValues(t, accepted, e.connect(as("127.0.76.3", fmt.Sprintf("alice-%d", i+1), "alice", "alice-pw")), "alice after bob's CONNECT %d", i)
 	}
+	assert.EqualValues(t, accepted, e.connect(as("127.0.76.4", "bob-ok", "bob", "bob-pw")), "bob from elsewhere: his username's hash bans nothing")
 	out := e.broker.Output()
 	assert.NotContains(t, out, "unreachable")
 	assert.Equal(t, 1, strings.Count(out, "a key of another type"), "once per interval:\n%s", out)

@@ -180,7 +180,7 @@ func (q *failureQueue) run() {
 				q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted: the counting queue was full", n))
 			}
 			if n := q.uncounted.Swap(0); n > 0 {
-				q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted in redis: it did not answer (counted on this broker only)", n))
+				q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted in redis, or under one of their keys: it did not answer, or answered about that key (counted on this broker)", n))
 			}
 		}
 	}

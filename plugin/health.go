@@ -132,8 +132,9 @@ func (h *health) upAgain() {
 
 // wrongTypeLogEvery: a WRONGTYPE reply about one key is logged at most
 // once per this; replies about up to wrongTypeKeys keys are gated apart (one
-// key mended, the next is told: atk68), the rest share one gate. At most
-// wrongTypeKeys + 1 lines per wrongTypeLogEvery.
+// key mended, the next is told: atk68), the rest share one gate; a key's
+// gate is dropped once it has been quiet for the interval and the table is
+// full. At most wrongTypeKeys + 1 lines per wrongTypeLogEvery.
 const (
 	wrongTypeLogEvery = 10 * time.Minute
 	wrongTypeKeys     = 32
@@ -151,6 +152,17 @@ func (h *health) wrongType(err error) {
 	text := store.OneLine(err)
 	h.wrongMu.Lock()
 	g := h.wrongBy[text]
+	if g == nil && len(h.wrongBy) >= wrongTypeKeys {
+		// Full: the gates whose key has been quiet for an interval go
+		// (atk70: kept for ever, a 33rd key over a broker's life was told
+		// only through the shared gate).
+		now := time.Now()
+		for t, old := range h.wrongBy {
+			if old.idle(now, wrongTypeLogEvery) {
+				delete(h.wrongBy, t)
+			}
+		}
+	}
 	if g == nil && len(h.wrongBy) < wrongTypeKeys {
 		if h.wrongBy == nil {
 			h.wrongBy = make(map[string]*logGate, wrongTypeKeys)

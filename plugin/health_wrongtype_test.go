@@ -65,6 +65,17 @@ func TestWrongTypeToldPerKey(t *testing.T) {
 		h.down(wrong(fmt.Sprintf("guard:block:clientid:c%d", i)))
 	}
 	assert.Equal(t, wrongTypeKeys+1, countLines(lines, "a key of another type"), "bounded")
+
+	// The keys' gates quiet for an interval make room for a new key's
+	// (atk70: kept for ever, a new key was told only through the shared
+	// gate, already spent).
+	h.wrongMu.Lock()
+	for _, g := range h.wrongBy {
+		g.at.Store(-int64(2 * wrongTypeLogEvery)) // its last line two intervals ago
+	}
+	h.wrongMu.Unlock()
+	h.down(wrong("guard:block:clientid:new"))
+	assert.Equal(t, 1, countLines(lines, `"guard:block:clientid:new"`), "a new key told once the old ones are quiet")
 }
 
 // reply is a Redis error reply with the given text.

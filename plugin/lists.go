@@ -75,6 +75,9 @@ func (g *Guard) lookupAt(c *Client, ip netip.Addr, reauth bool, now time.Time) (
 		g.health.down(err)
 		return store.Answer{}, false, false
 	}
+	if ans.KeyErr != nil {
+		g.health.down(ans.KeyErr) // told, once per key and interval; not an outage
+	}
 	return ans, true, false
 }
 
@@ -220,7 +223,7 @@ func (g *Guard) replicaLost(err error) {
 		g.tracker.RedisLost() // and so may tracking's marks
 	}
 	if perr := g.health.ping(); perr != nil {
-		g.health.down(err)
+		g.health.down(perr) // the ping's failure: the replica's err may be a reply about one key (atk70)
 	}
 	// Redis may have restarted, from a snapshot older than this broker's
 	// live entries: they are recorded again once it answers.

@@ -27,3 +27,10 @@ func (l *logGate) allowAt(now time.Time, every time.Duration) bool {
 	}
 	return l.at.CompareAndSwap(last, at)
 }
+
+// idle says whether no line went through l within every before now: its
+// turn is free again, and a table of gates may drop it.
+func (l *logGate) idle(now time.Time, every time.Duration) bool {
+	last := l.at.Load()
+	return last == 0 || int64(now.Sub(gateBase))-last >= int64(every)
+}

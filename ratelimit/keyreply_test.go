@@ -8,8 +8,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
-	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
 // An operator's stray value under a key of the limits (atk69): the ban is
@@ -33,19 +33,29 @@ func TestStrayValuesUnderLimitKeys(t *testing.T) {
 	require.NotNil(t, ban, "the ban is written: %v", err)
 	assert.Equal(t, 1, ban.Offence, "a stray count is taken as none")
 	require.Error(t, err, "its INCR fails")
-	assert.True(t, store.IsKeyReply(err), "%v", err)
+	assert.True(t, rediserr.IsKeyReply(err), "%v", err)
 	assert.Contains(t, err.Error(), `"guard:offences:ip:192.0.2.1"`)
+
+	// A key of another type there (atk70: no ban was ever written).
+	require.NoError(t, rdb.HSet(ctx, "guard:offences:ip:192.0.2.3", "f", "v").Err())
+	ban = nil
+	for i := 0; i < 3 && ban == nil; i++ {
+		ban, err = l.Fail(ctx, keys.IP, "192.0.2.3")
+	}
+	require.NotNil(t, ban, "the ban is written: %v", err)
+	assert.True(t, rediserr.IsKeyReply(err), "%v", err)
+	assert.Contains(t, err.Error(), `"guard:offences:ip:192.0.2.3"`)
 
 	require.NoError(t, rdb.Set(ctx, "rate:guard:fail:ip:192.0.2.2", "junk", 0).Err())
 	_, err = l.Fail(ctx, keys.IP, "192.0.2.2")
 	require.Error(t, err)
-	assert.True(t, store.IsKeyReply(err), "%v", err)
+	assert.True(t, rediserr.IsKeyReply(err), "%v", err)
 	assert.Contains(t, err.Error(), `"rate:guard:fail:ip:192.0.2.2"`)
 
 	require.NoError(t, rdb.HSet(ctx, "rate:guard:fail:anysource:username:bob", "f", "v").Err())
 	_, err = l.ThrottleFail(ctx, "bob", 3)
 	if assert.Error(t, err) {
-		assert.True(t, store.IsKeyReply(err), "%v", err)
+		assert.True(t, rediserr.IsKeyReply(err), "%v", err)
 		assert.Contains(t, err.Error(), `"rate:guard:fail:anysource:username:bob"`)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -185,13 +186,15 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	switch {
 	case errors.Is(err, redis.Nil):
 		raw = "0"
+	case rediserr.IsKeyReply(err):
+		raw = "0" // a key of another type (atk70: no ban was ever written for that value)
 	case err != nil:
 		return nil, fmt.Errorf("ratelimit: read offences %s: %w", logval.Quote(offKey), err)
 	}
-	// A value that is no count (an operator's stray string) is taken as
-	// none: the ban is still written, the first step long (atk69: its
-	// parse error was taken for Redis down). Its INCR below then fails
-	// with a reply that names the key.
+	// A value that is no count (an operator's stray string, or a key of
+	// another type) is taken as none: the ban is still written, the first
+	// step long (atk69: its parse error was taken for Redis down). Its
+	// INCR below then fails with a reply that names the key.
 	n, perr := strconv.Atoi(raw)
 	if perr != nil {
 		n = 0
@@ -222,7 +225,7 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	if keep < d {
 		keep = math.MaxInt64 // absurd BanMax: forget offences never, rather than at once
 	}
-	// INCR and PEXPIRE in one MULTI on the one key: never a count without a TTL.
+	// INCR and PEXPIRE in one script on the one key: never a count without a TTL.
 	if err := incrExpire.Run(ctx, l.rdb, []string{offKey}, keep.Milliseconds()).Err(); err != nil {
 		return b, fmt.Errorf("ratelimit: ban written, count offence %s: %w", logval.Quote(offKey), err)
 	}

@@ -732,7 +732,7 @@ func (s *Store) Claim(ctx context.Context, clientID string, c Conn, b Brokers) (
 		v, err = claim(true)
 	}
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("store: claim client id: %w", err)
+		return nil, fmt.Errorf("store: claim client id %s: %w", logval.Quote(s.kb.Conn(clientID)), err)
 	}
 	if v == "" {
 		return nil, nil

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 )
 
 // SettingsFault is what a first answer of Redis says of the settings that
@@ -484,50 +486,16 @@ func Unavailable(err error) bool {
 }
 
 // IsReply says whether err is an error reply from Redis: it answered (not a
-// lost connection, not a timeout, not a missing key). The plugin and the
-// replica ask it too.
-func IsReply(err error) bool {
-	var re redis.Error
-	return err != nil && !errors.Is(err, redis.Nil) && errors.As(err, &re) &&
-		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
-}
+// lost connection, not a timeout, not a missing key). See rediserr.
+func IsReply(err error) bool { return rediserr.IsReply(err) }
 
-// IsWrongType says whether err is, or wraps, Redis's WRONGTYPE reply: a key
-// of another type where a command expects its own (an operator's key under
-// the plugin's prefix), an answer about that key, not Redis down.
-func IsWrongType(err error) bool {
-	var re redis.Error
-	return IsReply(err) && errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE")
-}
+// IsWrongType says whether err is, or wraps, Redis's WRONGTYPE reply. See
+// rediserr.
+func IsWrongType(err error) bool { return rediserr.IsWrongType(err) }
 
 // IsKeyReply says whether err is, or wraps, a reply about what one key
-// holds: WRONGTYPE, or a value a command or a script cannot use (a count
-// that is no number, Lua's error on it: an operator's stray string under
-// rate:guard:, atk69). Redis answered, and it serves every other key: not
-// an outage. A refusal by its ACL is not one of them.
-func IsKeyReply(err error) bool {
-	if IsWrongType(err) {
-		return true
-	}
-	var re redis.Error
-	if !IsReply(err) || !errors.As(err, &re) {
-		return false
-	}
-	msg := re.Error()
-	if !strings.HasPrefix(msg, "ERR ") || strings.Contains(msg, "can't run this command") || strings.Contains(msg, "no permissions") {
-		return false
-	}
-	for _, s := range keyValueErrors {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
-}
-
-// keyValueErrors are the texts of Redis's (and its Lua's) errors on a
-// value it cannot use.
-var keyValueErrors = []string{"not an integer", "not a valid float", "would overflow", "bad argument", "attempt to compare", "attempt to perform arithmetic", "attempt to concatenate"}
+// holds, not an outage. See rediserr.
+func IsKeyReply(err error) bool { return rediserr.IsKeyReply(err) }
 
 // speaksTLS tries a TLS handshake with each address at once, within ctx,
 // trusting any certificate (it only asks what the port speaks): the first

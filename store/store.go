@@ -238,6 +238,13 @@ type Answer struct {
 	UserHash string // the password hash at the user key, when asked for
 	HasUser  bool   // the user key exists
 	Live     []Conn // live connections of the client ID on every broker, when asked
+	// KeyErr, when not nil, is Redis's reply about what one of the keys
+	// asked holds (IsKeyReply: an operator's key of another type or
+	// value): that key was taken as absent, as the replica takes it, and
+	// the rest of the answer stands (atk70: the whole answer was dropped,
+	// and a client whose username named such a key got past its
+	// address's ban). For the caller to tell the operator.
+	KeyErr error
 }
 
 // Resolve picks, from the allow and block entries that matched a client
@@ -337,10 +344,28 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	if q.WantConns {
 		conns = pipe.HGetAll(ctx, s.kb.Conn(q.ClientID))
 	}
-	if cmds, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return Answer{}, keyedErr("store: lookup", cmds, err)
-	}
 	var a Answer
+	if cmds, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		// Replies about one key's content leave the rest standing; any
+		// other failure fails the lookup.
+		for _, c := range cmds {
+			if ce := c.Err(); ce != nil && !errors.Is(ce, redis.Nil) && !IsKeyReply(ce) {
+				return Answer{}, keyedErr("store: lookup", []redis.Cmder{c}, ce)
+			}
+		}
+	}
+	// value is the string of cmd, ok false when absent; a reply about the
+	// key's content (another type) is absent, kept in a.KeyErr.
+	value := func(cmd *redis.StringCmd) (string, bool, error) {
+		v, ok, err := value(cmd)
+		if err != nil && IsKeyReply(err) {
+			if a.KeyErr == nil {
+				a.KeyErr = err
+			}
+			return "", false, nil
+		}
+		return v, ok, err
+	}
 	var allows, blocks []*Match
 	for i, c := range cands {
 		if allow[i] != nil { // nil: blockOnly, no allow key by a tracking form
@@ -376,10 +401,16 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 		a.UserHash, a.HasUser = v, ok
 	}
 	if conns != nil {
-		if err := conns.Err(); err != nil {
+		switch err := conns.Err(); {
+		case err != nil && IsKeyReply(err):
+			if a.KeyErr == nil {
+				a.KeyErr = keyedErr("store: lookup", []redis.Cmder{conns}, err)
+			}
+		case err != nil:
 			return Answer{}, keyedErr("store: lookup", []redis.Cmder{conns}, err)
+		default:
+			a.Live = decodeConns(conns.Val())
 		}
-		a.Live = decodeConns(conns.Val())
 	}
 	return a, nil
 }
