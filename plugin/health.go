@@ -170,11 +170,14 @@ func (h *health) wrongType(err error) {
 		g = new(logGate)
 		h.wrongBy[text] = g
 	}
-	h.wrongMu.Unlock()
 	if g == nil {
 		g = &h.wrongAt
 	}
-	if !g.allow(wrongTypeLogEvery) {
+	// Under wrongMu: a gate just made (no line yet, so idle) is not dropped
+	// by another caller before it lets its line through (atk71).
+	ok := g.allow(wrongTypeLogEvery)
+	h.wrongMu.Unlock()
+	if !ok {
 		return
 	}
 	h.log(LevelWarning, fmt.Sprintf("mosquitto-guard: redis at %s holds a key of another type or value than the plugin expects (%s): delete or rename it (said at most once per %v for this key)",

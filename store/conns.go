@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -724,7 +725,10 @@ func (s *Store) Claim(ctx context.Context, clientID string, c Conn, b Brokers) (
 		} else {
 			cmd = liveScript.EvalSha(ctx, pipe, []string{s.kb.Conn(clientID)}, args...)
 		}
-		_, _ = pipe.Exec(ctx)
+		cmds, err := pipe.Exec(ctx)
+		if perr := rediserr.PipelineErr(cmds, err); perr != nil {
+			return "", perr
+		}
 		return cmd.Text()
 	}
 	v, err := claim(false)
@@ -803,7 +807,10 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 	add := pipe.ZAdd(ctx, key, redis.Z{Score: float64(now + ttl.Milliseconds()), Member: instance})
 	alive := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: strconv.FormatInt(now, 10), Max: "+inf"})
 	gone := pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + strconv.FormatInt(now, 10), Count: 100})
-	_, _ = pipe.Exec(ctx) // each command's error is read below
+	cmds, err := pipe.Exec(ctx) // each command's error is read below
+	if perr := rediserr.PipelineErr(cmds, err); perr != nil {
+		return Lease{}, fmt.Errorf("store: renew lease: %w", perr)
+	}
 	if err := errors.Join(add.Err(), alive.Err(), gone.Err()); err != nil {
 		return Lease{}, fmt.Errorf("store: renew lease: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -68,7 +69,10 @@ func (s *Store) Matching(ctx context.Context, q Query, withClientID bool) (Match
 	if q.HasUsername {
 		throttle = get(pipe, s.kb.Throttle(q.Username))
 	}
-	_, _ = pipe.Exec(ctx) // each GET's own error is looked at below (a WRONGTYPE is no entry)
+	cmds, err := pipe.Exec(ctx) // each GET's own error is looked at below (a WRONGTYPE is no entry)
+	if perr := rediserr.PipelineErr(cmds, err); perr != nil {
+		return Matching{}, fmt.Errorf("store: matching: %w", perr)
+	}
 	var m Matching
 	match := func(kind keys.Kind, scope keys.Scope, value string, r read) (*Match, error) {
 		if r.get == nil {

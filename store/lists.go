@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -272,7 +273,10 @@ func fetchEntries(ctx context.Context, rdb redis.UniversalClient, entries []Entr
 			gets[i] = pipe.Get(ctx, e.Key)
 			ttls[i] = pipe.PTTL(ctx, e.Key)
 		}
-		_, _ = pipe.Exec(ctx) // each command's error is looked at below
+		cmds, err := pipe.Exec(ctx) // each command's error is looked at below
+		if perr := rediserr.PipelineErr(cmds, err); perr != nil {
+			return nil, nil, perr
+		}
 		now := time.Now()
 		for i, e := range batch {
 			reason, err := gets[i].Result()

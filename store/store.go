@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/logval"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
@@ -346,6 +347,9 @@ func (s *Store) Lookup(ctx context.Context, q Query) (Answer, error) {
 	}
 	var a Answer
 	if cmds, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		if perr := rediserr.PipelineErr(cmds, err); perr != nil {
+			return Answer{}, fmt.Errorf("store: lookup: %w", perr) // the connection's set-up failed: no command ran
+		}
 		// Replies about one key's content leave the rest standing; any
 		// other failure fails the lookup.
 		for _, c := range cmds {

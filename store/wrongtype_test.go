@@ -77,3 +77,24 @@ func TestIsKeyReplyForms(t *testing.T) {
 	assert.False(t, IsKeyReply(context.DeadlineExceeded))
 	assert.False(t, IsKeyReply(errors.New("ERR value is not an integer")), "not a reply")
 }
+
+// A pipeline whose connection's set-up Redis refuses (WRONGPASS: the
+// plugin's password rotated before its pool made a new connection) fails
+// as a whole: go-redis leaves each command without an error, and the
+// lookup read every GET's empty value as an entry (atk71: an allow entry
+// on the client's address, which lifts every ban). It is an error now, as
+// are the other pipelines that read their commands' own errors.
+func TestPipelineRefusedAtSetUpIsAnError(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "guard", "on", ">old-pw", "~*", "&*", "+@all")
+	r.CLI("SET", "guard:block:ip:127.0.0.1", "an operator's ban")
+	s := New(Options{Addrs: []string{r.Addr}, Username: "guard", Password: "old-pw", Timeout: time.Second}, keys.Builder{Prefix: "guard:"})
+	defer s.Close()
+	r.CLI("ACL", "SETUSER", "guard", "resetpass", ">new-pw") // before the pool's first connection
+	ctx := context.Background()
+	a, err := s.Lookup(ctx, Query{ClientID: "x", IP: netip.MustParseAddr("127.0.0.1"), Username: "bob", HasUsername: true})
+	require.Error(t, err, "allow %+v, block %+v", a.Allow, a.Block)
+	assert.True(t, IsReply(err), "%v", err)
+	_, err = s.LiveConns(ctx, "x")
+	assert.Error(t, err)
+}

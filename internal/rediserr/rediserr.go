@@ -58,3 +58,23 @@ func IsKeyReply(err error) bool {
 // script ("ERR Error running script (call to f_...): @user_script:1:
 // WRONGTYPE ...", atk70).
 var keyValueErrors = []string{"not an integer", "not a valid float", "would overflow", "bad argument", "attempt to compare", "attempt to perform arithmetic", "attempt to concatenate", ": WRONGTYPE "}
+
+// PipelineErr is err, a pipeline's Exec error, when the pipeline failed as
+// a whole: go-redis stamps a lost connection or a timeout onto every
+// command, but leaves the commands untouched when a Redis reply failed the
+// connection's set-up (WRONGPASS after a password rotation, NOPERM on
+// SELECT or CLIENT SETNAME), so a caller that reads each command's own
+// error reads a GET's empty value as an answer (atk71: every allow key
+// present, every ban lifted). nil when some command carries its own error,
+// or when Exec succeeded.
+func PipelineErr(cmds []redis.Cmder, err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, c := range cmds {
+		if c.Err() != nil {
+			return nil
+		}
+	}
+	return err
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
@@ -465,7 +466,10 @@ func (s *Sync) fetch(ctx context.Context, batch []string) (out []*Entry, wrong [
 		gets[i] = pipe.Get(ctx, k)
 		ttls[i] = pipe.PTTL(ctx, k)
 	}
-	_, _ = pipe.Exec(ctx) // each command's own error is looked at below
+	cmds, err := pipe.Exec(ctx) // each command's own error is looked at below
+	if perr := rediserr.PipelineErr(cmds, err); perr != nil {
+		return nil, nil, fmt.Errorf("fetch: %w", perr)
+	}
 	out = make([]*Entry, len(batch))
 	for i, k := range batch {
 		v, err := gets[i].Result()
