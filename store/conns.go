@@ -955,6 +955,17 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("store: reap: %w", err)
 	}
+	// Exec's error is the first in command order: on a cluster a
+	// redis.Nil from one node hides another node's failure (atk72: its
+	// entries were taken as none, left live for ever, and the set and
+	// lease that name them deleted). Any other error but a reply about
+	// one key (an operator's key of another type, left as it is) fails
+	// the reap.
+	for _, g := range gets {
+		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && !rediserr.IsKeyReply(err) {
+			return fmt.Errorf("store: reap: %w", err)
+		}
+	}
 	if reapHook != nil {
 		reapHook()
 	}

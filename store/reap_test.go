@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -228,4 +229,52 @@ func TestReapMinusInfiniteLease(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, live)
 	assert.Equal(t, []Conn{moved}, seen)
+}
+
+// On a cluster, Exec's error is the first in command order: a missing
+// entry (redis.Nil) on a healthy node hid a hung node's timeouts, their
+// client IDs were taken as having no entry, and Reap went on to delete the
+// instance's set, leaving their live entries for ever (atk72). reapIDs
+// fails now, and Reap keeps its set for the next try.
+func TestReapOnClusterNodeHungFails(t *testing.T) {
+	if testing.Short() {
+		t.Skip("forms a Redis Cluster")
+	}
+	testenv.Need(t, "redis-server", "redis-cli")
+	cl := testenv.StartRedisCluster(t, 3)
+	s := New(Options{Addrs: []string{cl.Nodes[0].Addr, cl.Nodes[1].Addr, cl.Nodes[2].Addr}, Timeout: 300 * time.Millisecond}, keys.Builder{Prefix: "guard:"})
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	kb := keys.Builder{Prefix: "guard:"}
+	owner := func(key string) int { // the node that serves key
+		for i, n := range cl.Nodes {
+			if out, _ := n.TryCLI("GET", key); !strings.Contains(out, "MOVED") {
+				return i
+			}
+		}
+		return -1
+	}
+	const hang = 2
+	// First in the read's order: a client ID with no entry, on a healthy
+	// node (its HGET answers redis.Nil); then one live on the hung node.
+	var none, held string
+	for i := 0; none == "" || held == ""; i++ {
+		id := "cl-" + strconv.Itoa(i)
+		switch o := owner(kb.ConnTracked(id)); {
+		case o != hang && none == "":
+			none = id
+		case o == hang && held == "":
+			held = id
+			c := Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}
+			require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: id, Instance: "dead", Live: &c, Seen: &c}}, time.Hour))
+		}
+	}
+	require.NoError(t, cl.Nodes[hang].Signal(syscall.SIGSTOP))
+	t.Cleanup(func() { _ = cl.Nodes[hang].Signal(syscall.SIGCONT) })
+	// The node answers again once the read is done: the writes go through.
+	reapHook = func() { _ = cl.Nodes[hang].Signal(syscall.SIGCONT) }
+	t.Cleanup(func() { reapHook = nil })
+	err := s.reapIDs(ctx, "dead", []string{none, held}, 7, 0, time.Hour, func() error { return nil })
+	require.NoError(t, cl.Nodes[hang].Signal(syscall.SIGCONT))
+	assert.Error(t, err, "a node did not answer the read")
 }

@@ -66,7 +66,10 @@ var keyValueErrors = []string{"not an integer", "not a valid float", "would over
 // SELECT or CLIENT SETNAME), so a caller that reads each command's own
 // error reads a GET's empty value as an answer (atk71: every allow key
 // present, every ban lifted). nil when some command carries its own error,
-// or when Exec succeeded.
+// or when Exec succeeded. Right for the clients the plugin makes (one
+// server, sentinels, a cluster, whose pipeline stamps a node's set-up
+// failure onto that node's commands); not for a go-redis Ring, which does
+// not, and which the plugin never builds.
 func PipelineErr(cmds []redis.Cmder, err error) error {
 	if err == nil {
 		return nil

@@ -483,7 +483,13 @@ func (s *Sync) fetch(ctx context.Context, batch []string) (out []*Entry, wrong [
 			return nil, nil, fmt.Errorf("fetch: %w", err) // connection lost, LOADING, ...
 		}
 		e := &Entry{Key: k, Value: v}
-		if d, err := ttls[i].Result(); err == nil && d > 0 {
+		d, err := ttls[i].Result()
+		switch {
+		case err != nil && !errors.Is(err, redis.Nil):
+			// Its expiry unknown (a cluster's node lost between the GET
+			// and the PTTL): not an entry that never expires (atk72).
+			return nil, nil, fmt.Errorf("fetch: %w", err)
+		case d > 0:
 			e.Expires = now.Add(d)
 		}
 		out[i] = e
