@@ -90,7 +90,7 @@ func (h *health) up() bool { return h.isUp.Load() }
 // that key took Redis down until the probe saw it up again, refusing every
 // client meanwhile under redis_unavailable deny (TestWrongTypeIsNoOutage).
 func (h *health) down(err error) {
-	if isWrongType(err) {
+	if store.IsKeyReply(err) { // WRONGTYPE, a value no command can use: the store's errors wrap it (atk68, atk69)
 		h.wrongType(err)
 		return
 	}
@@ -139,13 +139,6 @@ const (
 	wrongTypeLogEvery = 10 * time.Minute
 	wrongTypeKeys     = 32
 )
-
-// isWrongType says whether err is, or wraps, a reply about what one key
-// holds (store.IsKeyReply: WRONGTYPE, a value no command can use). The
-// store's errors wrap it ("store: lookup ...: WRONGTYPE ..."); atk68 and
-// atk69: taken for Redis down, every client was refused under
-// redis_unavailable deny after each CONNECT that named the key.
-func isWrongType(err error) bool { return store.IsKeyReply(err) }
 
 // wrongType logs a WRONGTYPE reply, at most once per wrongTypeLogEvery.
 func (h *health) wrongType(err error) {
