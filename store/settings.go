@@ -212,7 +212,8 @@ const sweepBatch = 2048
 // cluster's replica) answers MOVED for the keys of the others, which the
 // plugin's client does not follow. Only a refusal of a key counts, not of
 // the command (Redis 7.0 "... to access one of the keys ...", 7.2 "... to
-// access a key"); 0 for no fault.
+// access a key"), and a node's refusal of the connection itself (a
+// cluster's node that takes another password); 0 for no fault.
 func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single bool, keys []string) (SettingsFault, error) {
 	for len(keys) > 0 && ctx.Err() == nil {
 		n := min(len(keys), sweepBatch)
@@ -233,6 +234,14 @@ func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single
 				return SettingsKeyPerm, c.Err()
 			case single && (strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")):
 				return SettingsClusterNode, fmt.Errorf("%s does not serve every key: a node of a Redis Cluster of several shards, or a cluster's replica (GET %s: %w)", s.clients.o.Addrs[0], c.Args()[1], c.Err())
+			}
+			// A node that refused the connection's set-up (WRONGPASS after
+			// a password changed on some nodes of a cluster, NOAUTH): a
+			// cluster's pipeline carries it on that node's commands only,
+			// and the PING before met another node. A refused command is
+			// checkWrite's to name.
+			if f := settingsFault(c.Err(), false, !single); f != 0 && f != SettingsNoPerm {
+				return f, fmt.Errorf("the node that serves GET %s: %w", c.Args()[1], c.Err())
 			}
 		}
 	}
