@@ -54,6 +54,15 @@ func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, m
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return 0, fmt.Errorf("store: drop ghosts: %w", err)
 	}
+	// As in reapIDs: on a cluster a redis.Nil from one node, first in
+	// command order, hid another node's failure; its ghosts were passed
+	// over as having no entry and the caller went on to the next page,
+	// where an error keeps this one for a later try.
+	for _, g := range gets {
+		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && !IsKeyReply(err) {
+			return 0, fmt.Errorf("store: drop ghosts: %w", err)
+		}
+	}
 	if dropGhostsHook != nil {
 		dropGhostsHook()
 	}
