@@ -135,7 +135,8 @@ func missPairsSection(w func(string, ...any), m missPairs) {
 		"the file's of their own, connect once each on each broker in turn (so that every CONNECT is a cache miss on each), in " +
 		"the order a', b', b'-off and then reversed in the next pair; so a ratio compares slices a few seconds apart, where the " +
 		"rounds above compare fresh brokers tens of seconds apart. Issue 12's two cache-miss ratios below are judged on these " +
-		"medians; the rounds' figures are given beside them.\n")
+		"medians' confidence intervals (met: the whole interval meets the target; undecided: it holds the bound); " +
+		"the rounds' figures are given beside them.\n")
 	if o := known(m.other); len(o) > 0 {
 		w("\nOther processes took %s %% of a core during a slice (median %s %%).\n", spread(o, 0), fmtF(median(o), 0))
 	}
@@ -280,7 +281,8 @@ func hitPairsSection(w func(string, ...any), p pairSummary) {
 		"in each pair the load generator measures each in turn for %s s after its own warm-up, in the order %s "+
 		"and then reversed in the next pair, so that a ratio compares slices a few seconds apart. A shared machine's speed "+
 		"drifts over tens of seconds: the interleaved rounds above (a fresh broker each) compare measurements that far "+
-		"apart, and their ratios move with it. Issue 12's cache-hit targets below are judged on these medians; the "+
+		"apart, and their ratios move with it. Issue 12's cache-hit targets below are judged on these medians' "+
+		"confidence intervals (met: the whole interval meets the target; undecided: it holds the bound); the "+
 		"rounds' figures are given beside them.\n", brokers, p.sliceSeconds, order)
 	if o := known(p.other); len(o) > 0 {
 		w("\nOther processes (the machine is shared) took %s %% of a core during a slice (median %s %%): "+
@@ -288,20 +290,76 @@ func hitPairsSection(w func(string, ...any), p pairSummary) {
 	}
 }
 
-// pairedMeasured formats a paired median with its spread and the
-// interleaved rounds' figure beside it.
+// pairedMeasured formats a paired median with its spread, the median's
+// confidence interval (medianInterval) and the interleaved rounds' figure
+// beside it.
 func pairedMeasured(med float64, per []float64, prec int, signed bool, rounds string) string {
 	m := fmtF(med, prec)
 	lo, hi := spread(per, prec), ""
+	cl, ch, cover := medianInterval(per)
+	ci := fmt.Sprintf("%s to %s", fmtF(cl, prec), fmtF(ch, prec))
 	if signed {
 		m = fmt.Sprintf("%+.*f µs", prec, med)
 		lo = fmt.Sprintf("%+.*f to %+.*f", prec, slices.Min(per), prec, slices.Max(per))
+		ci = fmt.Sprintf("%+.*f to %+.*f", prec, cl, prec, ch)
 	}
-	hi = fmt.Sprintf("median of %d paired slices, %s; interleaved rounds: %s", len(per), lo, rounds)
+	ci = fmt.Sprintf("the median's %.0f %% interval %s", 100*cover, ci)
+	hi = fmt.Sprintf("median of %d paired slices, %s; %s; interleaved rounds: %s", len(per), lo, ci, rounds)
 	if strings.HasPrefix(rounds, "n/a") { // BENCH_ONLY=pairs
-		hi = fmt.Sprintf("median of %d paired slices, %s; no interleaved rounds", len(per), lo)
+		hi = fmt.Sprintf("median of %d paired slices, %s; %s; no interleaved rounds", len(per), lo, ci)
 	}
 	return strings.TrimSpace(m + " (" + hi + ")")
+}
+
+// medianInterval is a confidence interval for the median of what per
+// samples (pairs' ratios or differences), free of any assumption about
+// their distribution: the k-th smallest and k-th largest of per, with k
+// the largest for which a median outside them is 5 % likely or less
+// (each side binomial(n, 1/2): the count of samples below the median),
+// and how likely it is to hold the median (cover). Below 6 samples no k
+// reaches 95 %: the whole range, with its lower cover. 10 pairs: the 2nd
+// and 9th (97.9 %); 30: the 10th and 21st (95.7 %).
+func medianInterval(per []float64) (lo, hi, cover float64) {
+	s := known(per)
+	n := len(s)
+	if n == 0 {
+		return math.NaN(), math.NaN(), 0
+	}
+	slices.Sort(s)
+	// tail(k): P(binomial(n, 1/2) <= k-1), the chance that fewer than k
+	// samples fall below the median.
+	tail := func(k int) float64 {
+		t, c := 0.0, 1.0 // c: C(n, i)
+		for i := 0; i < k; i++ {
+			t += c
+			c = c * float64(n-i) / float64(i+1)
+		}
+		return t / math.Pow(2, float64(n))
+	}
+	k := 1
+	for k+1 <= (n+1)/2 && 2*tail(k+1) <= 0.05 {
+		k++
+	}
+	return s[k-1], s[n-k], 1 - 2*tail(k)
+}
+
+// pairedVerdict judges a paired target on its median's interval
+// (medianInterval): met where the whole interval meets it, missed where
+// none of it does, and undecided where the interval holds the target's
+// bound: that run's pairs cannot tell (a shared machine's noise wider than
+// the margin), and more pairs (BENCH_PAIRS) narrow it. meets must be
+// monotone (a bound, ≤ or ≥).
+func pairedVerdict(per []float64, meets func(float64) bool) string {
+	lo, hi, _ := medianInterval(per)
+	switch a, b := meets(lo), meets(hi); {
+	case math.IsNaN(lo):
+		return "**MISS** (not measured)"
+	case a && b:
+		return "**PASS**"
+	case !a && !b:
+		return "**MISS**"
+	}
+	return "**UNDECIDED** (the median's interval holds the bound)"
 }
 
 // refsSection writes the references' table, when the pairs have their

@@ -25,8 +25,8 @@ func pairSlice(label string, round int, rate, thread, proc float64) ConnectResul
 }
 
 // The paired slices are paired by round; a round without all three is left
-// out; the cache-hit targets are judged on the pairs' medians, with the
-// interleaved rounds' figures beside them.
+// out; the cache-hit targets are judged on the pairs' medians'
+// intervals, with the interleaved rounds' figures beside them.
 func TestPairsJudgeTheCacheHitTargets(t *testing.T) {
 	conns := map[string][]ConnectResult{}
 	add := func(r ConnectResult) { conns[r.Label] = append(conns[r.Label], r) }
@@ -57,10 +57,12 @@ func TestPairsJudgeTheCacheHitTargets(t *testing.T) {
 	for _, r := range issue12Targets(med, costs, p, map[string]stormSummary{}, memSummary{}, nil, false, false) {
 		got[r[0]] = [2]string{r[1], r[2]}
 	}
+	// Each median meets its target, but three pairs' interval is their
+	// whole range, which holds each bound: undecided, not met.
 	for target, want := range map[string]string{
-		"cache hits, throughput: b / a0 ≥ 0.95":                                      "**PASS**",
-		"cache hits, broker-thread CPU per CONNECT: b ≤ a0 + 2 µs":                   "**PASS**",
-		"client-ID tracking, whole broker process CPU per CONNECT: b / b-off ≤ 1.05": "**PASS**",
+		"cache hits, throughput: b / a0 ≥ 0.95":                                      "**UNDECIDED** (the median's interval holds the bound)",
+		"cache hits, broker-thread CPU per CONNECT: b ≤ a0 + 2 µs":                   "**UNDECIDED** (the median's interval holds the bound)",
+		"client-ID tracking, whole broker process CPU per CONNECT: b / b-off ≤ 1.05": "**UNDECIDED** (the median's interval holds the bound)",
 	} {
 		g := got[target]
 		if g[1] != want {
@@ -233,9 +235,11 @@ func TestMissPairsJudgeTheCacheMissRatios(t *testing.T) {
 	for _, r := range issue12Targets(map[string]float64{}, costs, p, map[string]stormSummary{}, memSummary{}, nil, false, false) {
 		got[r[0]] = [2]string{r[1], r[2]}
 	}
+	// The medians meet the targets; three pairs' interval (their range)
+	// holds the bound: undecided.
 	for target, want := range map[string]string{
-		"broker-thread CPU per CONNECT, cache misses: b' / a' ≤ 1.05":                  "**PASS**",
-		"client-ID tracking, whole broker process CPU per CONNECT: b' / b'-off ≤ 1.05": "**PASS**",
+		"broker-thread CPU per CONNECT, cache misses: b' / a' ≤ 1.05":                  "**UNDECIDED** (the median's interval holds the bound)",
+		"client-ID tracking, whole broker process CPU per CONNECT: b' / b'-off ≤ 1.05": "**UNDECIDED** (the median's interval holds the bound)",
 	} {
 		g := got[target]
 		if g[1] != want || !strings.Contains(g[0], "median of 3 paired slices") || !strings.Contains(g[0], "interleaved rounds: 1.") {
@@ -253,5 +257,47 @@ func TestMissPairsJudgeTheCacheMissRatios(t *testing.T) {
 	if !strings.Contains(s, "### Cache misses in paired slices") || strings.Contains(s, "### Cache hits in paired slices") ||
 		!strings.Contains(s, "| **median** | 5000 | 4800 | 5100 | 100.0 | 100.0 | **1.000** | 104.0 | 100.0 | **1.040** |") {
 		t.Errorf("section:\n%s", s)
+	}
+}
+
+// The median's interval: order statistics by the binomial tails, the
+// whole range below 6 samples.
+func TestMedianInterval(t *testing.T) {
+	ten := []float64{10, 1, 9, 2, 8, 3, 7, 4, 6, 5}
+	lo, hi, cover := medianInterval(ten)
+	if lo != 2 || hi != 9 || math.Abs(cover-(1-2*11.0/1024)) > 1e-12 {
+		t.Errorf("10 samples: %v to %v (%v); want the 2nd and 9th, 2 to 9, 97.9 %%", lo, hi, cover)
+	}
+	var thirty []float64
+	for i := 30; i >= 1; i-- {
+		thirty = append(thirty, float64(i))
+	}
+	if lo, hi, cover = medianInterval(thirty); lo != 10 || hi != 21 || cover < 0.95 || cover > 0.96 {
+		t.Errorf("30 samples: %v to %v (%v); want the 10th and 21st, 95.7 %%", lo, hi, cover)
+	}
+	if lo, hi, cover = medianInterval([]float64{3, 1, math.NaN(), 2}); lo != 1 || hi != 3 || cover != 0.75 {
+		t.Errorf("3 known samples: %v to %v (%v); want the range, 75 %%", lo, hi, cover)
+	}
+	if lo, _, _ = medianInterval(nil); !math.IsNaN(lo) {
+		t.Errorf("no samples: %v", lo)
+	}
+}
+
+// A paired target is met only where its median's whole interval meets it:
+// cae8301's run read the cache hit's broker thread +0.7 µs by the median
+// of 10 pairs that spread from −16.6 to +13.9, and was reported met.
+func TestPairedVerdict(t *testing.T) {
+	atMost2 := func(x float64) bool { return x <= 2 }
+	if v := pairedVerdict([]float64{-16.6, -3, -1, 0, 0.5, 0.9, 2.5, 4, 6, 13.9}, atMost2); !strings.HasPrefix(v, "**UNDECIDED**") {
+		t.Errorf("an interval across the bound: %s", v)
+	}
+	if v := pairedVerdict([]float64{1, 1.2, 1.5, 0.8, 1.1, 1.9, 1.3, 1.4, 1.0, 9}, atMost2); v != "**PASS**" {
+		t.Errorf("an interval within the bound: %s", v)
+	}
+	if v := pairedVerdict([]float64{3, 4, 5, 4.5, 3.5, 6, 7, 4.2, 3.9, -20}, atMost2); v != "**MISS**" {
+		t.Errorf("an interval past the bound: %s", v)
+	}
+	if v := pairedVerdict(nil, atMost2); v != "**MISS** (not measured)" {
+		t.Errorf("no pairs: %s", v)
 	}
 }
