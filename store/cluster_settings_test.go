@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,6 +45,9 @@ func TestClusterNodeRefusingThePasswordIsAFault(t *testing.T) {
 		err := s.CheckSettings(ctx)
 		if err != nil {
 			assert.NotContains(t, err.Error(), "secret", "a password in the error")
+			if o.Password != "" && strings.Contains(err.Error(), "(GET ") { // not the PING's refusal
+				assert.Contains(t, err.Error(), cl.Nodes[2].Addr, "the line names the node that refused")
+			}
 		}
 		var se *SettingsError
 		if errors.As(err, &se) {

@@ -51,7 +51,11 @@ func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, m
 	for i, id := range ids {
 		gets[i] = pipe.HGet(ctx, s.kb.ConnTracked(id), instance)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	// Exec's error is the first command's: a reply about one key (an
+	// operator's key of another type) there failed every removal of the
+	// page, for ever (atk74); not an error (redis.Nil, or a key reply)
+	// unless a command below says so.
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !IsKeyReply(err) {
 		return 0, fmt.Errorf("store: drop ghosts: %w", err)
 	}
 	// As in reapIDs: on a cluster a redis.Nil from one node, first in

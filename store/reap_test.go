@@ -331,3 +331,36 @@ func TestDropGhostsOnClusterNodeHungFails(t *testing.T) {
 		return err == nil && n == 1
 	}, 5*time.Second, 100*time.Millisecond, "the ghost goes once its node answers")
 }
+
+// An operator's key of another type under a client ID's conn key, first in
+// a page's reads (atk74): Exec's error is the first command's, and the
+// removal of ghosts and the reap failed on it, the others not looked at.
+// The tracker asked for a relist, which met the same page: a removal that
+// never ended, and a warning a second. A reply about one key is left as it
+// is; the rest of the page goes on.
+func TestStrayKeyFirstInAPageFailsNoRemoval(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	kb := keys.Builder{Prefix: "guard:"}
+	r.CLI("SET", kb.ConnTracked("stray"), "an operator's string")
+	r.CLI("SADD", kb.BrokerConns("ia"), "stray")
+	c := Conn{ID: "ia-1", Instance: "ia", Principal: "p", ConnectedMs: 1}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "ghost", Instance: "ia", Live: &c}}, time.Hour))
+	n, err := s.DropGhosts(ctx, "ia", []string{"stray", "ghost"}, 7)
+	require.NoError(t, err, "a stray key first in the page")
+	assert.Equal(t, 1, n, "the ghost after it goes")
+	live, _, err := state(s, "ghost")
+	require.NoError(t, err)
+	assert.Empty(t, live)
+
+	d := Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "held", Instance: "dead", Live: &d, Seen: &d}}, time.Hour))
+	require.NoError(t, s.reapIDs(ctx, "dead", []string{"stray", "held"}, 7, 0, time.Hour, func() error { return nil }), "a stray key first in the reap's page")
+	live, seen, err := state(s, "held")
+	require.NoError(t, err)
+	assert.Empty(t, live, "the held connection after it is ended")
+	if assert.Len(t, seen, 1) {
+		assert.Equal(t, int64(7), seen[0].DisconnectedMs)
+	}
+	assert.Equal(t, "string", r.CLI("TYPE", kb.ConnTracked("stray")), "the operator's key is left as it is")
+}

@@ -240,12 +240,26 @@ func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single
 			// cluster's pipeline carries it on that node's commands only,
 			// and the PING before met another node. A refused command is
 			// checkWrite's to name.
-			if f := settingsFault(c.Err(), false, !single); f != 0 && f != SettingsNoPerm {
-				return f, fmt.Errorf("the node that serves GET %s: %w", c.Args()[1], c.Err())
+			if f := settingsFault(c.Err(), s.clients.o.SentinelMaster != "", len(s.clients.o.Addrs) > 1); f != 0 && f != SettingsNoPerm {
+				return f, fmt.Errorf("%s (GET %s): %w", nodeFor(ctx, rdb, c.Args()[1]), c.Args()[1], c.Err())
 			}
 		}
 	}
 	return 0, nil // done, or Redis too slow to tell: taken as down, not wrong
+}
+
+// nodeFor names the Redis that serves key, for a line: a cluster's node
+// by its address (atk74: the option's value lists them all).
+func nodeFor(ctx context.Context, rdb redis.UniversalClient, key any) string {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		if k, ok := key.(string); ok {
+			if n, err := cc.MasterForKey(ctx, k); err == nil {
+				return "the node at " + n.Options().Addr
+			}
+		}
+		return "a node of the cluster"
+	}
+	return "Redis"
 }
 
 // writeProbe is what the plugin's scripts do, once: a write under a

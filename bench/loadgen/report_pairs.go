@@ -173,7 +173,9 @@ func summarizePairs(conns map[string][]ConnectResult) pairSummary {
 	for _, r := range rounds {
 		x, y, z := a0[r], b[r], boff[r]
 		xb, yb, zb := x.Cost["broker"], y.Cost["broker"], z.Cost["broker"]
-		if x.Rate <= 0 || zb.ProcessUS <= 0 {
+		// A slice whose thread CPU was not read (0) is no pair: 0 − 0
+		// would read as the target met (atk74).
+		if x.Rate <= 0 || zb.ProcessUS <= 0 || xb.ThreadUS <= 0 || yb.ThreadUS <= 0 || yb.ProcessUS <= 0 {
 			continue
 		}
 		p.n++
@@ -304,9 +306,10 @@ func pairedMeasured(med float64, per []float64, prec int, signed bool, rounds st
 		ci = fmt.Sprintf("%+.*f to %+.*f", prec, cl, prec, ch)
 	}
 	ci = fmt.Sprintf("the median's %.0f %% interval %s", 100*cover, ci)
-	hi = fmt.Sprintf("median of %d paired slices, %s; %s; interleaved rounds: %s", len(per), lo, ci, rounds)
+	n := len(known(per))
+	hi = fmt.Sprintf("median of %d paired slices, %s; %s; interleaved rounds: %s", n, lo, ci, rounds)
 	if strings.HasPrefix(rounds, "n/a") { // BENCH_ONLY=pairs
-		hi = fmt.Sprintf("median of %d paired slices, %s; %s; no interleaved rounds", len(per), lo, ci)
+		hi = fmt.Sprintf("median of %d paired slices, %s; %s; no interleaved rounds", n, lo, ci)
 	}
 	return strings.TrimSpace(m + " (" + hi + ")")
 }
@@ -350,10 +353,14 @@ func medianInterval(per []float64) (lo, hi, cover float64) {
 // the margin), and more pairs (BENCH_PAIRS) narrow it. meets must be
 // monotone (a bound, ≤ or ≥).
 func pairedVerdict(per []float64, meets func(float64) bool) string {
-	lo, hi, _ := medianInterval(per)
+	lo, hi, cover := medianInterval(per)
 	switch a, b := meets(lo), meets(hi); {
 	case math.IsNaN(lo):
-		return "**MISS** (not measured)"
+		return "**MISS** (no pairs)"
+	case cover < 0.95:
+		// Fewer than 6 pairs: even their whole range holds the median
+		// less often than that (4 pairs: 87.5 %).
+		return fmt.Sprintf("**UNDECIDED** (%d pairs: too few for a 95 %% interval)", len(known(per)))
 	case a && b:
 		return "**PASS**"
 	case !a && !b:

@@ -57,12 +57,13 @@ func TestPairsJudgeTheCacheHitTargets(t *testing.T) {
 	for _, r := range issue12Targets(med, costs, p, map[string]stormSummary{}, memSummary{}, nil, false, false) {
 		got[r[0]] = [2]string{r[1], r[2]}
 	}
-	// Each median meets its target, but three pairs' interval is their
-	// whole range, which holds each bound: undecided, not met.
+	// Each median meets its target, but three pairs are too few for a
+	// 95 % interval (their whole range holds the median 75 % of the
+	// time): undecided, not met.
 	for target, want := range map[string]string{
-		"cache hits, throughput: b / a0 ≥ 0.95":                                      "**UNDECIDED** (the median's interval holds the bound)",
-		"cache hits, broker-thread CPU per CONNECT: b ≤ a0 + 2 µs":                   "**UNDECIDED** (the median's interval holds the bound)",
-		"client-ID tracking, whole broker process CPU per CONNECT: b / b-off ≤ 1.05": "**UNDECIDED** (the median's interval holds the bound)",
+		"cache hits, throughput: b / a0 ≥ 0.95":                                      "**UNDECIDED** (3 pairs: too few for a 95 % interval)",
+		"cache hits, broker-thread CPU per CONNECT: b ≤ a0 + 2 µs":                   "**UNDECIDED** (3 pairs: too few for a 95 % interval)",
+		"client-ID tracking, whole broker process CPU per CONNECT: b / b-off ≤ 1.05": "**UNDECIDED** (3 pairs: too few for a 95 % interval)",
 	} {
 		g := got[target]
 		if g[1] != want {
@@ -235,11 +236,11 @@ func TestMissPairsJudgeTheCacheMissRatios(t *testing.T) {
 	for _, r := range issue12Targets(map[string]float64{}, costs, p, map[string]stormSummary{}, memSummary{}, nil, false, false) {
 		got[r[0]] = [2]string{r[1], r[2]}
 	}
-	// The medians meet the targets; three pairs' interval (their range)
-	// holds the bound: undecided.
+	// The medians meet the targets; three pairs are too few to tell:
+	// undecided.
 	for target, want := range map[string]string{
-		"broker-thread CPU per CONNECT, cache misses: b' / a' ≤ 1.05":                  "**UNDECIDED** (the median's interval holds the bound)",
-		"client-ID tracking, whole broker process CPU per CONNECT: b' / b'-off ≤ 1.05": "**UNDECIDED** (the median's interval holds the bound)",
+		"broker-thread CPU per CONNECT, cache misses: b' / a' ≤ 1.05":                  "**UNDECIDED** (3 pairs: too few for a 95 % interval)",
+		"client-ID tracking, whole broker process CPU per CONNECT: b' / b'-off ≤ 1.05": "**UNDECIDED** (3 pairs: too few for a 95 % interval)",
 	} {
 		g := got[target]
 		if g[1] != want || !strings.Contains(g[0], "median of 3 paired slices") || !strings.Contains(g[0], "interleaved rounds: 1.") {
@@ -297,7 +298,10 @@ func TestPairedVerdict(t *testing.T) {
 	if v := pairedVerdict([]float64{3, 4, 5, 4.5, 3.5, 6, 7, 4.2, 3.9, -20}, atMost2); v != "**MISS**" {
 		t.Errorf("an interval past the bound: %s", v)
 	}
-	if v := pairedVerdict(nil, atMost2); v != "**MISS** (not measured)" {
+	if v := pairedVerdict([]float64{1, 1.1, 1.2, 0.9}, atMost2); !strings.HasPrefix(v, "**UNDECIDED** (4 pairs") {
+		t.Errorf("4 pairs within the bound, too few to tell: %s", v)
+	}
+	if v := pairedVerdict(nil, atMost2); v != "**MISS** (no pairs)" {
 		t.Errorf("no pairs: %s", v)
 	}
 }
