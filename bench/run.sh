@@ -621,7 +621,7 @@ command="make bench   (= bench/run.sh; results in ${out#"$root/"})"
 [ "$ONLY" = pairs ] && setup="The paired slices alone (BENCH_ONLY=pairs): $PAIRS pairs of a0, a0-cred, noop, b, b-off, b-noyield, $WORKERS workers, $PAIR_DURATION each; $MISS_PAIRS pairs of a', b', b'-off, $MISS_PAIR_USERS users each connecting once per slice. \
 Brokers log with mosquitto's default log_type, to a file. mosquitto-guard runs with its default options; its Redis is on core 0 with the broker."
 [ "$ONLY" = pairs ] && [ -n "${BENCH_GUARD_ENV:-}" ] && setup="$setup The guard's brokers ran with the environment $BENCH_GUARD_ENV."
-[ "$ONLY" = pairs ] && command="BENCH_ONLY=pairs BENCH_PAIRS=$PAIRS bench/run.sh   (results in ${out#"$root/"})"
+[ "$ONLY" = pairs ] && command="BENCH_ONLY=pairs BENCH_PAIRS=$PAIRS BENCH_MISS_PAIRS=$MISS_PAIRS bench/run.sh   (results in ${out#"$root/"})"
 [ "$ONLY" = storm ] && command="make bench-storm   (= BENCH_ONLY=storm BENCH_STORM_N=$STORM_N bench/run.sh; results in ${out#"$root/"})"
 "$loadgen" report -results "$results" -command "$command" \
 	-runtime "$SECONDS" -loadavg-start "$loadavg_start" -setup "$setup" -retried "$retried" -noise-max "$NOISE_MAX" \
