@@ -276,7 +276,9 @@ func TestAttackConnectFloodLeavesNothing(t *testing.T) {
 		3*time.Second, 10*time.Millisecond, "in flight %d, slots %d, the server's goroutines:\n%s",
 		inFlightNow(s), len(s.ln.sem), serverStacks())
 	got := raw(t, addr, "GET /metrics HTTP/1.1\r\n\r\n", 0)
-	assert.True(t, strings.HasPrefix(got, "HTTP/1.1 200 OK\r\n"))
+	// What came back, said: a local CI run (2026-12-05) failed here once
+	// (0.44 s, so no timeout) and passed 10 of 10 runs alone after.
+	assert.True(t, strings.HasPrefix(got, "HTTP/1.1 200 OK\r\n"), "the scrape after the flood got %q", got[:min(len(got), 200)])
 }
 
 // Scrapes concurrent with the counting (as CONNECTs count while Prometheus
