@@ -246,14 +246,7 @@ func TestReapOnClusterNodeHungFails(t *testing.T) {
 	t.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	kb := keys.Builder{Prefix: "guard:"}
-	owner := func(key string) int { // the node that serves key
-		for i, n := range cl.Nodes {
-			if out, _ := n.TryCLI("GET", key); !strings.Contains(out, "MOVED") {
-				return i
-			}
-		}
-		return -1
-	}
+	owner := func(key string) int { return keyOwner(cl, key) }
 	const hang = 2
 	// First in the read's order: a client ID with no entry, on a healthy
 	// node (its HGET answers redis.Nil); then one live on the hung node.
@@ -295,14 +288,7 @@ func TestDropGhostsOnClusterNodeHungFails(t *testing.T) {
 	t.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	kb := keys.Builder{Prefix: "guard:"}
-	owner := func(key string) int {
-		for i, n := range cl.Nodes {
-			if out, _ := n.TryCLI("GET", key); !strings.Contains(out, "MOVED") {
-				return i
-			}
-		}
-		return -1
-	}
+	owner := func(key string) int { return keyOwner(cl, key) }
 	const hang = 2
 	var none, ghost string
 	for i := 0; none == "" || ghost == ""; i++ {
@@ -363,4 +349,14 @@ func TestStrayKeyFirstInAPageFailsNoRemoval(t *testing.T) {
 		assert.Equal(t, int64(7), seen[0].DisconnectedMs)
 	}
 	assert.Equal(t, "string", r.CLI("TYPE", kb.ConnTracked("stray")), "the operator's key is left as it is")
+}
+
+// keyOwner is the index of the node of cl that serves key (-1: none).
+func keyOwner(cl *testenv.Cluster, key string) int {
+	for i, n := range cl.Nodes {
+		if out, _ := n.TryCLI("GET", key); !strings.Contains(out, "MOVED") {
+			return i
+		}
+	}
+	return -1
 }
