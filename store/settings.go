@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -403,8 +404,65 @@ var scriptProbe = redis.NewScript(scriptProbeSrc)
 // broker only, no ban written or lengthened, no finding written). Other
 // replies (OOM, BUSY, LOADING, NOREPLICAS, a syntax error of an older
 // Redis) pass by themselves: 0.
+//
+// On a Redis Cluster each master is asked too, on a key in its own slots
+// (masterProbeKeys): the two keys above fall on two nodes at most, and a
+// third node whose ACL refused the user HSET or gave it read-only keys
+// started the broker, its share of the plugin's keys unwritable for good
+// (atk75).
 func (s *Store) checkWrite(ctx context.Context, rdb redis.UniversalClient, single bool, needs SettingsNeeds) (SettingsFault, error) {
 	k, rk := s.kb.Prefix+"settings-check", "rate:"+s.kb.Prefix+"settings-check"
+	if f, err := s.checkWriteOn(ctx, rdb, single, needs, k, rk); f != 0 {
+		return f, err
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		for _, k := range s.masterProbeKeys(ctx, cc) {
+			if f, err := s.checkWriteOn(ctx, rdb, single, needs, k, "rate:"+k); f != 0 {
+				return f, err
+			}
+		}
+	}
+	return 0, nil
+}
+
+// masterProbeKeys are keys under the prefix, one in the slots of each
+// master of cc that holds none of the default probe's keys (slotKeys'
+// form, settings-check:{n}, whose "rate:" twin shares its slot). None
+// where the cluster's slots cannot be read (taken as no fault: the
+// cluster client needs CLUSTER SLOTS itself, and its refusal is named
+// before), and none for a master the prefix's hash tag never reaches.
+func (s *Store) masterProbeKeys(ctx context.Context, cc *redis.ClusterClient) []string {
+	slots, err := cc.ClusterSlots(ctx).Result()
+	if err != nil {
+		return nil
+	}
+	asked := map[string]bool{}
+	for _, k := range []string{s.kb.Prefix + "settings-check", "rate:" + s.kb.Prefix + "settings-check"} {
+		for _, r := range slots {
+			if sl := keySlot(k); sl >= r.Start && sl <= r.End && len(r.Nodes) > 0 {
+				asked[r.Nodes[0].Addr] = true
+			}
+		}
+	}
+	var out []string
+	for _, r := range slots {
+		if len(r.Nodes) == 0 || asked[r.Nodes[0].Addr] {
+			continue
+		}
+		for n := 0; n < 24*slotKeyCount; n++ {
+			k := s.kb.Prefix + "settings-check:{" + strconv.Itoa(n) + "}"
+			if sl := keySlot(k); sl >= r.Start && sl <= r.End {
+				asked[r.Nodes[0].Addr] = true
+				out = append(out, k)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// checkWriteOn is checkWrite's probe on the keys k and rk.
+func (s *Store) checkWriteOn(ctx context.Context, rdb redis.UniversalClient, single bool, needs SettingsNeeds, k, rk string) (SettingsFault, error) {
 	pipe := rdb.Pipeline()
 	cmds := probeCommands(needs, k, rk)
 	replies := make([]*redis.Cmd, len(cmds))
