@@ -240,11 +240,10 @@ func (s *Store) checkKeys(ctx context.Context, rdb redis.UniversalClient, single
 			// a password changed on some nodes of a cluster, NOAUTH): a
 			// cluster's pipeline carries it on that node's commands only,
 			// and the PING before met another node. A refused command is
-			// checkWrite's to name.
-			// Never as sentinels' answers: settingsFault reads a redis.Nil
-			// from a sentinel as a master it does not monitor, where a
-			// GET's is a key not there (afb0dbb stopped every broker
-			// behind sentinels so).
+			// checkWrite's to name. Never read as sentinels' answers:
+			// settingsFault takes a redis.Nil from sentinels for a master
+			// they do not monitor, where a GET's is a key not there
+			// (afb0dbb stopped every broker behind sentinels so).
 			if errors.Is(c.Err(), redis.Nil) {
 				continue
 			}
