@@ -947,28 +947,9 @@ var reapHook, reapScanned func()
 // reapIDs ends instance's live connections of ids, client IDs in their
 // keys.Tracking form (Reap).
 func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endMs, earliest int64, window time.Duration, recheck func() error) error {
-	pipe := s.rdb.Pipeline()
-	gets := make([]*redis.StringCmd, len(ids))
-	for i, id := range ids {
-		gets[i] = pipe.HGet(ctx, s.kb.ConnTracked(id), instance)
-	}
-	// Not redis.Nil nor a reply about one key, which Exec returns when its
-	// command is the first (atk74: an operator's key of another type
-	// first in the page failed the reap for ever); the commands' own
-	// errors decide below.
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !rediserr.IsKeyReply(err) {
+	gets, err := s.readEntries(ctx, instance, ids)
+	if err != nil {
 		return fmt.Errorf("store: reap: %w", err)
-	}
-	// Exec's error is the first in command order: on a cluster a
-	// redis.Nil from one node hides another node's failure (atk72: its
-	// entries were taken as none, left live for ever, and the set and
-	// lease that name them deleted). Any other error but a reply about
-	// one key (an operator's key of another type, left as it is) fails
-	// the reap.
-	for _, g := range gets {
-		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && !rediserr.IsKeyReply(err) {
-			return fmt.Errorf("store: reap: %w", err)
-		}
 	}
 	if reapHook != nil {
 		reapHook()
@@ -1006,7 +987,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 		_, err := pipe.Exec(ctx)
 		return err
 	}
-	err := run(false)
+	err = run(false)
 	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
 		err = run(true) // the script cache was flushed: every step is idempotent
 	}

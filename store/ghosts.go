@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 )
 
 // Listed returns a page (about 500) of the client IDs (their
@@ -20,6 +22,33 @@ func (s *Store) Listed(ctx context.Context, instance string, cursor uint64) ([]s
 		return nil, 0, fmt.Errorf("store: listed connections: %w", err)
 	}
 	return ids, next, nil
+}
+
+// readEntries reads instance's field of each of ids' conn keys (client IDs
+// in their keys.Tracking form) in one round trip, for the reap and the
+// removal of ghosts. redis.Nil (no entry) and a reply about one key (an
+// operator's key of another type: atk74, first in a page it failed every
+// removal of the page for ever) are each command's own answer; any other
+// failure of any command fails the read (atk72: on a cluster a redis.Nil
+// first in command order hid a hung node's timeouts, whose entries were
+// taken as none), and so does a refused connection set-up, which go-redis
+// stamps on no command (rediserr.PipelineErr).
+func (s *Store) readEntries(ctx context.Context, instance string, ids []string) ([]*redis.StringCmd, error) {
+	pipe := s.rdb.Pipeline()
+	gets := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		gets[i] = pipe.HGet(ctx, s.kb.ConnTracked(id), instance)
+	}
+	cmds, err := pipe.Exec(ctx)
+	if perr := rediserr.PipelineErr(cmds, err); perr != nil {
+		return nil, perr
+	}
+	for _, g := range gets {
+		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && !rediserr.IsKeyReply(err) {
+			return nil, err
+		}
+	}
+	return gets, nil
 }
 
 // dropGhostsHook, when set (tests), runs between DropGhosts' reads and its
@@ -46,26 +75,9 @@ func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, m
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	pipe := s.rdb.Pipeline()
-	gets := make([]*redis.StringCmd, len(ids))
-	for i, id := range ids {
-		gets[i] = pipe.HGet(ctx, s.kb.ConnTracked(id), instance)
-	}
-	// Exec's error is the first command's: a reply about one key (an
-	// operator's key of another type) there failed every removal of the
-	// page, for ever (atk74); not an error (redis.Nil, or a key reply)
-	// unless a command below says so.
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !IsKeyReply(err) {
+	gets, err := s.readEntries(ctx, instance, ids)
+	if err != nil {
 		return 0, fmt.Errorf("store: drop ghosts: %w", err)
-	}
-	// As in reapIDs: on a cluster a redis.Nil from one node, first in
-	// command order, hid another node's failure; its ghosts were passed
-	// over as having no entry and the caller went on to the next page,
-	// where an error keeps this one for a later try.
-	for _, g := range gets {
-		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && !IsKeyReply(err) {
-			return 0, fmt.Errorf("store: drop ghosts: %w", err)
-		}
 	}
 	if dropGhostsHook != nil {
 		dropGhostsHook()
@@ -125,7 +137,7 @@ func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, m
 	if err := s.rdb.SRem(ctx, set, gone...).Err(); err != nil {
 		return dropped, fmt.Errorf("store: drop ghosts: %w", err)
 	}
-	pipe = s.rdb.Pipeline()
+	pipe := s.rdb.Pipeline()
 	back := make([]*redis.BoolCmd, len(gone))
 	for i, id := range gone {
 		back[i] = pipe.HExists(ctx, s.kb.ConnTracked(id.(string)), instance)
