@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -378,6 +379,35 @@ func snapshotEntryBack(t *testing.T, e *env, cid string) {
 	}, "the snapshot's entry of %s is back", cid)
 }
 
+// ghostEntry is a live entry of client ID cid as Redis holds it: its field,
+// its value and its broker instance.
+type ghostEntry struct{ field, value, instance string }
+
+// liveEntry reads cid's one live entry.
+func liveEntry(t *testing.T, e *env, cid string) ghostEntry {
+	t.Helper()
+	fv := strings.Split(e.redis.CLI("HGETALL", "guard:conn:"+cid), "\n")
+	require.Len(t, fv, 2, "one live entry of %s", cid)
+	var v struct{ Instance string }
+	require.NoError(t, json.Unmarshal([]byte(fv[1]), &v))
+	require.NotEmpty(t, v.Instance)
+	return ghostEntry{fv[0], fv[1], v.Instance}
+}
+
+// putBack makes g cid's live entry again, where the running broker has
+// removed the snapshot's ghost (it relists its connections when Redis comes
+// back, within about 200 ms): what follows tests a ghost that outlived the
+// broker's run, as before the relist, not an empty key.
+func putBack(t *testing.T, e *env, cid string, g ghostEntry) {
+	t.Helper()
+	if e.redis.CLI("HLEN", "guard:conn:"+cid) == "1" {
+		return
+	}
+	t.Logf("the broker removed the snapshot's ghost of %s: put back", cid)
+	e.redis.CLI("HSET", "guard:conn:"+cid, g.field, g.value)
+	e.redis.CLI("SADD", "guard:brokerconns:"+g.instance, cid)
+}
+
 // Redis restarted from an older snapshot (a SAVE taken while alice was
 // connected; she left after it): her live entry comes back, although
 // nobody holds the client ID, and the flush mark in the snapshot is the
@@ -394,6 +424,7 @@ func TestAtk29SnapshotGhostOutlivesStop(t *testing.T) {
 	e.waitLive("snap-29", 1)
 	time.Sleep(500 * time.Millisecond)
 	e.redis.CLI("SAVE")
+	ghost := liveEntry(t, e, "snap-29")
 	alice.Disconnect()
 	e.waitLive("snap-29", 0)
 
@@ -401,6 +432,7 @@ func TestAtk29SnapshotGhostOutlivesStop(t *testing.T) {
 	e.redis.Restart()
 	snapshotEntryBack(t, e, "snap-29")
 	time.Sleep(3 * time.Second) // the broker sees Redis again, renews its lease
+	putBack(t, e, "snap-29", ghost)
 	t.Logf("ttl of guard:conn:snap-29: %s", e.redis.CLI("TTL", "guard:conn:snap-29"))
 	first := e.connect(as("127.0.99.62", "snap-29", "bob", "bob-pw"))
 	t.Logf("bob while the broker runs: %d (5: refused by the snapshot's ghost)", first)
@@ -429,6 +461,7 @@ func TestAtk29SnapshotGhostAcrossBrokers(t *testing.T) {
 	a.waitLive("snap2-29", 1)
 	time.Sleep(500 * time.Millisecond)
 	a.redis.CLI("SAVE")
+	ghost := liveEntry(t, a, "snap2-29")
 	alice.Disconnect()
 	a.waitLive("snap2-29", 0)
 
@@ -436,6 +469,7 @@ func TestAtk29SnapshotGhostAcrossBrokers(t *testing.T) {
 	a.redis.Restart()
 	snapshotEntryBack(t, a, "snap2-29")
 	time.Sleep(3 * time.Second)
+	putBack(t, a, "snap2-29", ghost)
 	t.Logf("bob on broker-b while broker-a runs: %d", b.connect(as("127.0.99.72", "snap2-29", "bob", "bob-pw")))
 
 	require.NoError(t, a.broker.Signal(syscall.SIGTERM))
