@@ -1086,7 +1086,17 @@ func TestZZR12BanDuringTakeoverChains(t *testing.T) {
 		}
 		return true
 	}, "live entries left in guard:conn")
-	require.False(t, hasLine(e.broker.Output(), "event=refused", "reauth=true", `username="alice"`), "a re-check refused alice")
+	// Alice on tk-1 is refused by a re-check that comes after the client
+	// ID's ban and before its kick closes her: that is the ban, and a
+	// re-check that refused her for anything else is not. (Local CI failed
+	// here once, 2026-12-05, on any refusal of alice; the output kept did
+	// not reach the line, so whether it was this one is not known: the
+	// line is printed now.)
+	for _, l := range strings.Split(e.broker.Output(), "\n") {
+		if hasLine(l, "event=refused", "reauth=true", `username="alice"`) && !hasLine(l, `rule="guard:block:clientid:tk-1"`, `client_id="tk-1"`) {
+			t.Errorf("a re-check refused alice: %s", l)
+		}
+	}
 }
 
 // r12UnixConn is an MQTT 3.1.1 client on a unix socket listener (mqttc
