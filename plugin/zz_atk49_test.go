@@ -71,16 +71,25 @@ func atk49LockWaits(t *testing.T, n, idLen int, value string) (time.Duration, ti
 // Runs: failed 4 of 4 (-count=2 once, then -count=1 twice).
 func TestAtk49HashedFormKickScanHoldsLockWhileHashing(t *testing.T) {
 	form := "sha256:" + strings.Repeat("0", 64)
-	// The least of up to three tries: a wall-clock wait also holds the
+	// The least of up to five tries: a wall-clock wait also holds the
 	// scan's goroutine descheduled with the lock held, or a GC pause (4 ms
-	// seen once on a 2-CPU machine beside other tests); hashing under the
+	// seen once on a 2-CPU machine beside other tests; three tries over
+	// 2 ms in a local CI run under -race, 2026-12-05); hashing under the
 	// lock took 18 to 21 ms at every try.
+	// Under -race the bounded hold itself is slower: 1.7 ms seen where the
+	// same test without it read 0.2 ms (2026-12-05); the defect held the
+	// lock 18 to 21 ms without -race.
+	bound := 2 * time.Millisecond
+	if raceEnabled {
+		bound = 5 * time.Millisecond
+	}
 	long, scanL := time.Hour, time.Duration(0)
-	for try := 0; try < 3 && long >= 2*time.Millisecond; try++ {
-		l, s := atk49LockWaits(t, 512, 65535, form)
-		long, scanL = min(long, l), s
+	for try := 0; try < 5 && long >= bound; try++ {
+		if l, s := atk49LockWaits(t, 512, 65535, form); l < long {
+			long, scanL = l, s
+		}
 	}
 	short, scanS := atk49LockWaits(t, 512, 40, form)
 	t.Logf("longest broker-thread wait for g.mu: %v with 512 client IDs of 65 535 bytes (scan %v); %v with 40-byte IDs (scan %v)", long, scanL, short, scanS)
-	assert.Less(t, long, 2*time.Millisecond, "one hold of g.mu hashes 256 client IDs of 64 KB")
+	assert.Less(t, long, bound, "one hold of g.mu hashes 256 client IDs of 64 KB")
 }

@@ -351,6 +351,36 @@ func TestStrayKeyFirstInAPageFailsNoRemoval(t *testing.T) {
 	assert.Equal(t, "string", r.CLI("TYPE", kb.ConnTracked("stray")), "the operator's key is left as it is")
 }
 
+// A read of the conn entries whose connection's set-up Redis refuses (the
+// plugin's password rotated before its pool made a new connection: go-redis
+// leaves each HGET without an error of its own) fails the removal of ghosts
+// and the reap, which remove nothing: read as empty, every entry would have
+// been passed over as not there (readEntries, through rediserr.PipelineErr).
+func TestRefusedSetUpFailsReapAndRemoval(t *testing.T) {
+	admin, r := newStore(t, "guard:")
+	ctx := context.Background()
+	g := Conn{ID: "ia-1", Instance: "ia", Principal: "p", ConnectedMs: 1}
+	d := Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}
+	require.NoError(t, writeConns(ctx, admin, []ConnWrite{{ClientID: "ghost", Instance: "ia", Live: &g}, {ClientID: "held", Instance: "dead", Live: &d, Seen: &d}}, time.Hour))
+	r.CLI("ACL", "SETUSER", "guard", "on", ">old-pw", "~*", "&*", "+@all")
+	s := New(Options{Addrs: []string{r.Addr}, Username: "guard", Password: "old-pw", Timeout: time.Second}, keys.Builder{Prefix: "guard:"})
+	defer s.Close()
+	r.CLI("ACL", "SETUSER", "guard", "resetpass", ">new-pw") // before the pool's first connection
+
+	n, err := s.DropGhosts(ctx, "ia", []string{"ghost"}, 7)
+	require.Error(t, err, "the removal read nothing")
+	assert.True(t, IsReply(err), "%v", err)
+	assert.Zero(t, n)
+	err = s.reapIDs(ctx, "dead", []string{"held"}, 7, 0, time.Hour, func() error { return nil })
+	require.Error(t, err, "the reap read nothing")
+	assert.True(t, IsReply(err), "%v", err)
+	for _, id := range []string{"ghost", "held"} {
+		live, _, err := state(admin, id)
+		require.NoError(t, err)
+		assert.Len(t, live, 1, "%s's entry left as it was", id)
+	}
+}
+
 // keyOwner is the index of the node of cl that serves key (-1: none).
 func keyOwner(cl *testenv.Cluster, key string) int {
 	for i, n := range cl.Nodes {
