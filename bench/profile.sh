@@ -9,10 +9,7 @@
 # calls, context switches) is not counted: the cost columns of make bench
 # have it. Files in build/profile/<time>/. See bench/README.md.
 set -euo pipefail
-
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
+. "$(dirname "$0")/lib.sh"
 USERS=${PROFILE_USERS:-2000}
 HIT=${PROFILE_HIT_DURATION:-15s}
 # HIT_SRC: the reconnecting rows' source addresses (4 094), fewer than the
@@ -34,47 +31,12 @@ fi
 HIT_HOSTS=$(((1 << (32 - BASH_REMATCH[1])) - 2))
 ONLY=${PROFILE_ONLY:-} # rows to run, by name: "b b-metrics"; empty: all
 # PROFILE_GUARD_ENV: environment of the guard's brokers only, e.g. "GOGC=50".
-scripts/deps.sh
 command -v valgrind >/dev/null || { echo "profile: valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
-make --no-print-directory build GO="$GO" >&2
-out="$root/build/profile/$(date +%Y%m%d-%H%M%S)"
-mkdir -p "$out"
-loadgen="$root/build/bench/loadgen"
-"$GO" build -trimpath -o "$loadgen" ./bench/loadgen
-# noop: a plugin that accepts every username and password at once
-# (bench/noop): what calling any plugin costs the broker thread.
-noop_plugin="$root/build/bench/noop_plugin.so"
-gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$noop_plugin" bench/noop/noop_plugin.c
-pin0=() pin1=()
-if command -v taskset >/dev/null && [ "$(nproc --all)" -ge 2 ]; then pin0=(taskset -c 0) pin1=(taskset -c 1); fi
-
-pids=()
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do
-		for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$p" 2>/dev/null || true
-	done
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-stop() { # pid
-	kill -TERM "$1" 2>/dev/null || true
-	for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-	kill -KILL "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
+bench_setup profile
 
 mosquitto_passwd -c -b "$out/passwd-1" bench bench-pw >/dev/null
 "$loadgen" genpasswd -n "$USERS" -out "$out/passwd-n" -plain "$out/users-n.txt" >/dev/null
-rport=$("$loadgen" freeport)
-"${pin0[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$out" \
-	--logfile "$out/redis.log" --daemonize no &
-pids+=($!)
-for _ in $(seq 100); do redis-cli -p "$rport" PING >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis
 
 # run label display kind passwd-file loadgen-args...: one broker under
 # callgrind, counters zeroed once it is ready, dumped after the load.

@@ -14,50 +14,14 @@
 # SYSCALLS_ONLY="b" runs those rows; SYSCALLS_DURATION (8s) each row's load.
 # Files in build/syscalls/<time>/.
 set -euo pipefail
-
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
+. "$(dirname "$0")/lib.sh"
 DUR=${SYSCALLS_DURATION:-8s}
 ONLY=${SYSCALLS_ONLY:-}
 command -v perf >/dev/null || { echo "syscalls: perf is needed (apt-get install linux-perf)" >&2; exit 1; }
-scripts/deps.sh
-make --no-print-directory build GO="$GO" >&2
-out="$root/build/syscalls/$(date +%Y%m%d-%H%M%S)"
-mkdir -p "$out"
-loadgen="$root/build/bench/loadgen"
-"$GO" build -trimpath -o "$loadgen" ./bench/loadgen
-noop_plugin="$root/build/bench/noop_plugin.so"
-gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$noop_plugin" bench/noop/noop_plugin.c
-pin0=() pin1=()
-if command -v taskset >/dev/null && [ "$(nproc --all)" -ge 2 ]; then pin0=(taskset -c 0) pin1=(taskset -c 1); fi
-
-pids=()
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do
-		for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$p" 2>/dev/null || true
-	done
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-stop() { # pid
-	kill -TERM "$1" 2>/dev/null || true
-	for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-	kill -KILL "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
+bench_setup syscalls
 
 mosquitto_passwd -c -b "$out/passwd-1" bench bench-pw >/dev/null
-rport=$("$loadgen" freeport)
-"${pin0[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$out" \
-	--logfile "$out/redis.log" --daemonize no &
-pids+=($!)
-for _ in $(seq 100); do redis-cli -p "$rport" PING >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis
 
 events=raw_syscalls:sys_enter,syscalls:sys_enter_futex,syscalls:sys_enter_rt_sigprocmask,syscalls:sys_enter_epoll_wait,sched:sched_switch
 # 62 addresses, all seen in the first pass: 8 client IDs by 62 addresses are
