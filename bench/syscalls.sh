@@ -62,25 +62,31 @@ run() { # label kind
 	fi
 	local lg=("${pin1[@]}" env GOMAXPROCS=1 "$loadgen" connect -addr "127.0.0.1:$port" -warmup 0s -workers 8 -timeout 30s
 		-src "$src" -redis "127.0.0.1:$rport" -user bench -pass bench-pw -id-prefix hit-)
-	"${lg[@]}" -label "$label-warm" -duration 3s >"$out/$label.warm.json" # every source seen
+	timeout 300 "${lg[@]}" -label "$label-warm" -duration 3s >"$out/$label.warm.json" # every source seen
 	sleep 1
 	local u0 s0 u1 s1 tps
 	tps=$(getconf CLK_TCK)
-	read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$mp/task/$mp/stat")
 	perf stat -x, -t "$mp" -e "$events" -o "$out/$label.perf.csv" &
 	local pp=$!
-	sleep 0.2
-	"${lg[@]}" -label "$label" -duration "$DUR" >"$out/$label.json"
-	kill -INT "$pp"
+	pids+=("$pp")
+	sleep 1 # perf attached before the load (its few idle calls meanwhile are in the counts)
+	read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$mp/task/$mp/stat")
+	timeout 300 "${lg[@]}" -label "$label" -duration "$DUR" >"$out/$label.json"
+	kill -INT "$pp" 2>/dev/null || { echo "syscalls: $label: perf stat ended before the load did (see $out/$label.perf.csv)" >&2; exit 1; }
 	wait "$pp" || true
 	read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$mp/task/$mp/stat")
 	stop "$mp"
 	local n
 	n=$(grep -o '"accepted":[0-9]*' "$out/$label.json" | cut -d: -f2)
+	# Every event counted, as a number: perf writes "<not counted>" or
+	# "<not supported>" where it could not, which awk would read as 0.
 	awk -F, -v n="$n" -v label="$label" -v du="$((u1 - u0))" -v ds="$((s1 - s0))" -v tps="$tps" '
-		$3 ~ /sys_enter$/ { all = $1 } $3 ~ /futex/ { fx = $1 } $3 ~ /sigprocmask/ { sm = $1 }
-		$3 ~ /epoll_wait/ { ew = $1 } $3 ~ /sched_switch/ { cs = $1 }
-		END { printf "| %s | %d | %.2f | %.3f | %.2f | %.2f | %.3f | %.1f | %.1f |\n", label, n, all/n, fx/n, sm/n, ew/n, cs/n, du*1e6/tps/n, ds*1e6/tps/n }' \
+		$3 ~ /:/ && $1 !~ /^[0-9]+$/ { print "syscalls: " label ": perf did not count " $3 ": " $1 > "/dev/stderr"; bad = 1 }
+		$3 ~ /sys_enter$/ { all = $1; k++ } $3 ~ /futex/ { fx = $1; k++ } $3 ~ /sigprocmask/ { sm = $1; k++ }
+		$3 ~ /epoll_wait/ { ew = $1; k++ } $3 ~ /sched_switch/ { cs = $1; k++ }
+		END {
+			if (bad || k != 5 || n < 1) { if (k != 5) print "syscalls: " label ": " k " of 5 events in perf stat'"'"'s output" > "/dev/stderr"; exit 1 }
+			printf "| %s | %d | %.2f | %.3f | %.2f | %.2f | %.3f | %.1f | %.1f |\n", label, n, all/n, fx/n, sm/n, ew/n, cs/n, du*1e6/tps/n, ds*1e6/tps/n }' \
 		"$out/$label.perf.csv" >>"$out/results.md"
 	echo "syscalls: $label: $n CONNECTs" >&2
 }
