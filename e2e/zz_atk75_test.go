@@ -1,26 +1,12 @@
 package e2e
 
 import (
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
-
-// atk75OptionLines are out's lines naming option name.
-func atk75OptionLines(out, name string) []string {
-	var lines []string
-	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, "mosquitto-guard: option "+name) {
-			lines = append(lines, l)
-		}
-	}
-	return lines
-}
 
 // TestAtk75ClusterNodeRefusedHSETStopsTheBroker (was a DEFECT, 2 of 2 runs;
 // fixed: checkWrite asks every master on a key in its own slots): README, start
@@ -32,16 +18,12 @@ func atk75OptionLines(out, name string) []string {
 // refused HSET should stop the broker naming redis_username, as it would on
 // node 2. A third of the client IDs would have their tracking refused.
 func TestAtk75ClusterNodeRefusedHSETStopsTheBroker(t *testing.T) {
-	if testing.Short() {
-		t.Skip("forms a Redis Cluster")
-	}
-	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
-	cl := testenv.StartRedisCluster(t, 3)
+	cl := startCheckCluster(t)
 	cl.Nodes[1].CLI("ACL", "SETUSER", "default", "-hset")
-	conf := "allow_anonymous false\nauth_plugin " + pluginPath + "\nauth_opt_redis_addr " + cl.Addrs + "\n"
+	conf := clusterConf(cl)
 	exited, out := atk55Run(t, conf, 4*time.Second)
 	assert.True(t, exited, "the broker should stop (node 1 refuses HSET):\n%s", out)
-	assert.Len(t, atk75OptionLines(out, "redis_username"), 1, "one line naming redis_username:\n%s", out)
+	assert.Len(t, optionLines(out, "redis_username"), 1, "one line naming redis_username:\n%s", out)
 
 	cl.Nodes[1].CLI("ACL", "SETUSER", "default", "+hset")
 	exited, out = atk55Run(t, conf, 3*time.Second)
@@ -55,11 +37,7 @@ func TestAtk75ClusterNodeRefusedHSETStopsTheBroker(t *testing.T) {
 // names redis_username. redis_username guard, per-node ACLs: on node 1
 // only, the user's key pattern is %R~guard:* (GETs pass, writes refused).
 func TestAtk75ClusterNodeReadOnlyKeysStopsTheBroker(t *testing.T) {
-	if testing.Short() {
-		t.Skip("forms a Redis Cluster")
-	}
-	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
-	cl := testenv.StartRedisCluster(t, 3)
+	cl := startCheckCluster(t)
 	for i, n := range cl.Nodes {
 		keys := "~guard:*"
 		if i == 1 {
@@ -67,11 +45,10 @@ func TestAtk75ClusterNodeReadOnlyKeysStopsTheBroker(t *testing.T) {
 		}
 		n.CLI("ACL", "SETUSER", "guard", "on", ">atk75-secret", "resetkeys", keys, "~rate:guard:*", "+@all")
 	}
-	conf := "allow_anonymous false\nauth_plugin " + pluginPath + "\nauth_opt_redis_addr " + cl.Addrs +
-		"\nauth_opt_redis_username guard\nauth_opt_redis_password atk75-secret\n"
+	conf := clusterConf(cl, "auth_opt_redis_username guard", "auth_opt_redis_password atk75-secret")
 	exited, out := atk55Run(t, conf, 4*time.Second)
 	assert.True(t, exited, "the broker should stop (node 1 gives read-only keys):\n%s", out)
-	assert.Len(t, atk75OptionLines(out, "redis_username"), 1, "one line naming redis_username:\n%s", out)
+	assert.Len(t, optionLines(out, "redis_username"), 1, "one line naming redis_username:\n%s", out)
 	assert.NotContains(t, out, "atk75-secret", "a password shown")
 
 	cl.Nodes[1].CLI("ACL", "SETUSER", "guard", "resetkeys", "~guard:*", "~rate:guard:*")
@@ -85,11 +62,7 @@ func TestAtk75ClusterNodeReadOnlyKeysStopsTheBroker(t *testing.T) {
 // in maxmemory/policy, protected-mode and an extra ACL user, all right for
 // the plugin's user, must start.
 func TestAtk75ClusterHarmlessNodeDifferencesStart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("forms a Redis Cluster")
-	}
-	testenv.Need(t, "mosquitto", "redis-server", "redis-cli", "stdbuf")
-	cl := testenv.StartRedisCluster(t, 3)
+	cl := startCheckCluster(t)
 	for i, n := range cl.Nodes {
 		n.CLI("ACL", "SETUSER", "guard", "on", ">atk75-secret", "resetkeys", "~guard:*", "~rate:guard:*", "+@all")
 		switch i {
@@ -103,8 +76,7 @@ func TestAtk75ClusterHarmlessNodeDifferencesStart(t *testing.T) {
 			n.CLI("CONFIG", "SET", "hz", "50")
 		}
 	}
-	conf := "allow_anonymous false\nauth_plugin " + pluginPath + "\nauth_opt_redis_addr " + cl.Addrs +
-		"\nauth_opt_redis_username guard\nauth_opt_redis_password atk75-secret\n"
+	conf := clusterConf(cl, "auth_opt_redis_username guard", "auth_opt_redis_password atk75-secret")
 	exited, out := atk55Run(t, conf, 3*time.Second)
 	require.False(t, exited, "harmless differences stopped the broker:\n%s", out)
 	require.Contains(t, out, "mosquitto-guard: ready")
