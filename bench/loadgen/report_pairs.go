@@ -400,4 +400,31 @@ func refsSection(w func(string, ...any), p pairSummary) {
 		"whole's. a0-cred and noop ran beside the others in every pair (%d and %d of %d): what Mosquitto spends on a "+
 		"username and password and on calling a plugin is paid by any authenticating broker, so the guard's own share is "+
 		"the last step.\n", cred.n, noop.n, p.n)
+	controlSection(w, noop)
+}
+
+// controlSection judges the cache-hit bound (≤ a0 + 2 µs) the same way on
+// a0 → noop, a plugin that does nothing: where that control passes, the
+// run's pairs could tell a plugin within the bound, and b's verdict is the
+// guard's; where it does not, no plugin could pass in that run, and b's
+// verdict says as little. Beside it, the interval of the guard's own
+// step, noop → b.
+func controlSection(w func(string, ...any), noop *pairRef) {
+	ctl, own := known(noop.thread), known(noop.fromB)
+	if len(ctl) == 0 {
+		return
+	}
+	interval := func(v []float64) string {
+		lo, hi, cover := medianInterval(v)
+		return fmt.Sprintf("%+.1f to %+.1f µs (%.0f %%)", lo, hi, 100*cover)
+	}
+	verdict := pairedVerdict(ctl, func(v float64) bool { return v <= 2 })
+	w("\nThe control: the bound (≤ +2 µs) judged the same way on a0 → noop, a plugin that does nothing: its median's "+
+		"interval %s, %s. ", interval(ctl), verdict)
+	if strings.HasPrefix(verdict, "**PASS**") {
+		w("These pairs could tell a plugin within the bound from one past it. ")
+	} else {
+		w("These pairs could not tell even a plugin that does nothing within the bound: b's verdict says as little. ")
+	}
+	w("The guard's own step, noop → b: its median's interval %s.\n", interval(own))
 }

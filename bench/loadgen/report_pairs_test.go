@@ -208,6 +208,43 @@ func TestPairsReferencesSplitTheBrokerThread(t *testing.T) {
 	}
 }
 
+// The control: the bound judged on a0 → noop the same way as on a0 → b.
+// Ten pairs whose noop is within ±1 µs of a0 pass it: the pairs could
+// tell; ten whose noop is spread over ±20 µs do not, and the section says
+// that b's verdict then says as little. The guard's own step (noop → b)
+// is given with its interval in both.
+func TestPairsControlJudgesTheNoopPlugin(t *testing.T) {
+	for _, tc := range []struct {
+		spread float64
+		want   []string
+	}{
+		{1, []string{"a plugin that does nothing: its median's interval -0.8 to +0.6 µs (98 %), **PASS**.",
+			"These pairs could tell a plugin within the bound",
+			"The guard's own step, noop → b: its median's interval +2.4 to +3.8 µs (98 %)."}},
+		{20, []string{"a plugin that does nothing: its median's interval -16.0 to +12.0 µs (98 %), **UNDECIDED**",
+			"could not tell even a plugin that does nothing within the bound: b's verdict says as little.",
+			"The guard's own step, noop → b: its median's interval +2.4 to +3.8 µs (98 %)."}},
+	} {
+		conns := sliceSet{}
+		for r := 1; r <= 10; r++ {
+			// noop − a0: -1, -0.8, ..., +0.8 times spread; b − noop: 2 to 4.
+			d := tc.spread * (float64(r) - 6) / 5
+			conns.add(pairSlice("a0", r, 1000, 100, 100))
+			conns.add(pairSlice("a0-cred", r, 1000, 100, 100))
+			conns.add(pairSlice("noop", r, 1000, 100+d, 100+d))
+			b := 100 + d + 2 + 0.2*float64(r)
+			conns.add(pairSlice("b", r, 950, b, b))
+			conns.add(pairSlice("b-off", r, 960, b, b))
+		}
+		out := renderPairs(summarizePairs(conns))
+		for _, want := range tc.want {
+			if !strings.Contains(out, want) {
+				t.Errorf("spread %v: section lacks %q:\n%s", tc.spread, want, out)
+			}
+		}
+	}
+}
+
 // The cache-miss slices (a', b', b'-off) are paired by round; a round
 // without all three is left out; the two cache-miss ratios are judged on
 // the pairs' medians, the interleaved rounds' figures beside them.
