@@ -14,6 +14,10 @@ void guard_flagged_add(int delta);
 /* TICK enters Go only while this is set (plugin.c; set from workqueue.go). */
 extern int guard_tick_work;
 int guard_on_tick(int event, void *event_data, void *userdata);
+/* Set by the first TICK (plugin.c): TICKs are delivered. */
+extern int guard_tick_seen;
+/* Whether SIGURG has a handler that is not SIG_DFL or SIG_IGN (signals.c). */
+int guard_sigurg_handled(void);
 int guard_on_reload(int event, void *event_data, void *userdata);
 /* DISCONNECTs held for Go (plugin.c). */
 #define GUARD_PENDING_MAX 1024

@@ -44,6 +44,7 @@ func guardInit(id *C.mosquitto_plugin_id_t, opts *C.struct_mosquitto_opt, n C.in
 	setYield()
 	startHeapRelease()
 	watchSignals()
+	wakeInit()
 	options := map[string]string{}
 	for i := 0; i < int(n); i++ {
 		key := goString(C.guard_opt_key(opts, C.int(i)))
@@ -273,6 +274,7 @@ func guardReload(h C.uintptr_t) (rc C.int) {
 func guardTick(h C.uintptr_t) (rc C.int) {
 	defer drainAll(0)
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
+	wakeDone()   // a kick queued from now on wakes the broker again (wake.go)
 	handleHeld() // the DISCONNECTs held since the last callback come first
 	reload.Tick()
 	// A password_file read since the last CONNECT, of any instance: the

@@ -97,8 +97,10 @@ int guard_tick_work = 1;
  * per_listener_settings true Mosquitto 2.0.11-2.0.14 never sends TICK, and a
  * held DISCONNECT would wait for the next CONNECT, which may never come: the
  * connection would stay live in Go (its conflict-tracking entry in Redis,
- * its metrics) after it left. Broker thread only. */
-static int tick_seen = 0;
+ * its metrics) after it left; and a kick is not worth waking the broker
+ * for (wake.go): only a TICK runs it. Written on the broker thread, read
+ * by the goroutines that queue kicks. */
+int guard_tick_seen = 0;
 
 int guard_on_reload(int event, void *event_data, void *userdata)
 {
@@ -112,7 +114,8 @@ int guard_on_tick(int event, void *event_data, void *userdata)
 {
 	(void)event;
 	(void)event_data;
-	tick_seen = 1;
+	if (!guard_tick_seen)
+		__atomic_store_n(&guard_tick_seen, 1, __ATOMIC_RELEASE); /* read by wake.go's goroutines */
 	guard_signals_onstack();
 	if (!__atomic_exchange_n(&guard_tick_work, 0, __ATOMIC_SEQ_CST))
 		return MOSQ_ERR_SUCCESS;
@@ -136,7 +139,7 @@ void guard_flagged_add(int delta)
  * the held ones first, in order, before anything else (handleHeld, pending.go): no
  * decision in Go ever sees a connection whose DISCONNECT came before it. A
  * TICK enters Go while any is held, so one waits at most until the end of
- * the broker's loop iteration. Until a TICK has come (tick_seen: with
+ * the broker's loop iteration. Until a TICK has come (guard_tick_seen: with
  * per_listener_settings, 2.0.11-2.0.14 deliver none), none is held. At
  * most GUARD_PENDING_MAX are held (24 KiB); past that, for a client leaving
  * unseen with a certificate (its will may need refusing now), and for any
@@ -181,7 +184,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	 * check that follows. */
 	int flagged = __atomic_load_n(&flagged_total, __ATOMIC_RELAXED) > 0;
 	int rc = MOSQ_ERR_SUCCESS;
-	if (unseen || flagged || !tick_seen || !guard_disconnect_hold((uintptr_t)userdata, c, guard_client_persistent(c)))
+	if (unseen || flagged || !guard_tick_seen || !guard_disconnect_hold((uintptr_t)userdata, c, guard_client_persistent(c)))
 		rc = guardDisconnect((uintptr_t)userdata, c, unseen);
 	guard_seen_del(c); /* the pointer may be freed and reused now */
 	return rc;

@@ -56,6 +56,21 @@ int guard_signals_onstack(void)
 	return ready == n;
 }
 
+/* guard_sigurg_handled reports whether SIGURG has a handler (Go's runtime
+ * installs one, for its preemption, in a c-shared library too): only then
+ * does a SIGURG sent to the broker thread interrupt its wait (wake.go). A
+ * signal whose disposition is to be ignored is discarded by the kernel and
+ * interrupts nothing. */
+int guard_sigurg_handled(void)
+{
+	struct sigaction sa;
+	if (sigaction(SIGURG, NULL, &sa) != 0)
+		return 0;
+	if (sa.sa_flags & SA_SIGINFO)
+		return sa.sa_sigaction != NULL;
+	return sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN;
+}
+
 /* guard_signal_flags is sa_flags of sig's handler, -1 if unreadable (tests). */
 int guard_signal_flags(int sig)
 {

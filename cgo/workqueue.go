@@ -82,6 +82,7 @@ func enqueueKick(inst, handle uintptr, clientID string) {
 	// Kicks enforce bans: they are never dropped for want of room.
 	tickWork()
 	logs.lines = append(logs.lines, logLine{kick: true, inst: inst, handle: handle, msg: clientID})
+	wakeBroker() // the TICK that runs it now, not after the broker's idle wait (wake.go)
 }
 
 // drainLogs writes queued log lines, and only them; call only on the broker

@@ -14,7 +14,7 @@ import (
 // client ID, username, IP, range; allow entries as there); a client they
 // ban, or that clientid_conflict deny refuses, is refused now: this ACL
 // check and every later one until its kick, which runs at the next safe
-// point (a TICK, within about 100 ms). Either way the connection is
+// point (the TICK the broker is woken for, cgo/wake.go). Either way the connection is
 // recorded, for kicks by later bans and for conflict detection. No
 // password is checked and no failure counted: there is none.
 //
