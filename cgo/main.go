@@ -274,7 +274,6 @@ func guardReload(h C.uintptr_t) (rc C.int) {
 func guardTick(h C.uintptr_t) (rc C.int) {
 	defer drainAll(0)
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "tick")
-	wakeDone()   // a kick queued from now on wakes the broker again (wake.go)
 	handleHeld() // the DISCONNECTs held since the last callback come first
 	reload.Tick()
 	// A password_file read since the last CONNECT, of any instance: the

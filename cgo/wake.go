@@ -14,6 +14,7 @@ import "C"
 import (
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -23,29 +24,45 @@ import (
 // that TICK: a PUBREL among them releases a QoS 2 message the client sent
 // before its ban, which Mosquitto delivers with no ACL check (atk78;
 // TestAtk78QoS2ReleasedAfterTheBan: 8 of 8 released 40 ms after the ban's
-// SET, the kick 90 ms after it). So the goroutine that
-// queues a kick wakes the broker thread at once: a SIGURG sent to it ends
-// its epoll_wait with EINTR, which Mosquitto takes as an empty wait (its
-// mux_epoll.c and mux_poll.c alike), and the iteration's TICK runs the
-// kick. SIGURG is Go's own preemption signal: the runtime has a handler for
-// it in a c-shared library too, sends it to this thread already when it
-// preempts a callback, and ignores it on a thread running C
-// (runtime.sigtrampgo). Handlers are installed with SA_RESTART, so the
-// broker's reads and writes go on; epoll_wait and poll are never restarted.
+// SET, the kick 90 ms after it). So while kicks are queued the broker
+// thread is woken: a SIGURG sent to it ends its epoll_wait with EINTR,
+// which Mosquitto's mux_epoll.c (every Linux build) takes as an empty wait,
+// and the iteration's TICK runs the kicks. SIGURG is Go's own preemption
+// signal: the runtime has a handler for it in a c-shared library too, sends
+// it to this thread already when it preempts a callback, and drops it on a
+// thread running C (runtime.sigtrampgo; through badsignal, a few system
+// calls more, under GODEBUG=asyncpreemptoff=1). Handlers are installed with
+// SA_RESTART, so the broker's reads and writes on its sockets and files go
+// on; epoll_wait is never restarted. (A build without epoll, mux_poll.c,
+// logs each such EINTR as an error line.)
 //
-// One signal per TICK at most: pending is set by the signal and cleared
-// when the TICK comes into Go. Without a TICK (per_listener_settings true
-// on 2.0.11-2.0.14) a kick waits for the next CONNECT, and no signal is
-// sent.
+// A signal ends a wait only if it comes during one: one sent while the
+// thread runs the TICK, or between the TICK and the next wait, is lost, and
+// a TICK runs at most drainMax lines (a kick and its log line are two).
+// So the signal is level-triggered: a waker goroutine signals while kicks
+// are queued, every wakeFirst (a TICK that runs 500 kicks takes some 30 ms,
+// and the signals meanwhile are lost: the next after it counts), every
+// wakeMax once no TICK has taken one for wakeStall (kicks that wait for a
+// pending connection, KickDue), and stops when none is queued: at most
+// 1 000 signals a second for 200 ms, then 10 a second. Without a TICK
+// (per_listener_settings true on 2.0.11-2.0.14) nothing would run them: a
+// kick waits for the next CONNECT, and no signal is sent.
 var wake struct {
 	pid, tid atomic.Int32 // the broker thread, recorded by wakeInit
 	on       atomic.Bool  // SIGURG has a handler: a signal interrupts the wait
-	pending  atomic.Bool  // signalled, its TICK not yet come into Go
+	running  atomic.Bool  // the waker goroutine runs
 	sent     atomic.Uint64
 }
 
+const (
+	wakeFirst = time.Millisecond       // between signals while TICKs take kicks
+	wakeStall = 200 * time.Millisecond // none taken for this long: ...
+	wakeMax   = 100 * time.Millisecond // ... then between signals
+)
+
 // wakeInit records the calling thread, plugin_init's (the broker's main
-// thread), as the one to wake; the first instance's call counts.
+// thread, after Mosquitto daemonised), as the one to wake; the first
+// instance's call counts.
 func wakeInit() {
 	if wake.tid.Load() != 0 {
 		return
@@ -60,20 +77,41 @@ func tickSeen() bool {
 	return atomic.LoadInt32((*int32)(unsafe.Pointer(&C.guard_tick_seen))) != 0
 }
 
-// wakeBroker interrupts the broker thread's wait, unless a signal is
-// already on its way or TICK never comes; safe from any goroutine.
+// wakeBroker starts the waker, unless it runs; call it after queuing a
+// kick (the waker, once it stops, looks at the queue again). Safe from any
+// goroutine.
 func wakeBroker() {
-	tid := wake.tid.Load()
-	if tid == 0 || !wake.on.Load() || !tickSeen() || wake.pending.Swap(true) {
+	if wake.tid.Load() == 0 || !wake.on.Load() || !tickSeen() {
 		return
 	}
-	wake.sent.Add(1)
-	_ = syscall.Tgkill(int(wake.pid.Load()), int(tid), syscall.SIGURG) // ESRCH: no thread to wake
+	if wake.running.CompareAndSwap(false, true) {
+		go waker()
+	}
 }
 
-// wakeDone is called by each TICK that comes into Go: a kick queued from
-// now on signals again.
-func wakeDone() { wake.pending.Store(false) }
+// waker signals the broker thread while kicks are queued (see wake).
+func waker() {
+	for {
+		taken, since := kicksTaken(), time.Now()
+		for kicksQueued() > 0 && tickSeen() {
+			every := wakeFirst
+			if t := kicksTaken(); t != taken {
+				taken, since = t, time.Now() // a TICK took some: the rest soon
+			} else if time.Since(since) >= wakeStall {
+				every = wakeMax // none taken for long: kicks that wait (KickDue)
+			}
+			wake.sent.Add(1)
+			_ = syscall.Tgkill(int(wake.pid.Load()), int(wake.tid.Load()), syscall.SIGURG) // ESRCH: no thread to wake
+			time.Sleep(every)
+		}
+		wake.running.Store(false)
+		// A kick queued after the last look, whose wakeBroker found the
+		// waker still running.
+		if kicksQueued() == 0 || !tickSeen() || !wake.running.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
 
 // Test helpers (cgo is not allowed in _test.go files).
 func sigurgHandled() bool { return C.guard_sigurg_handled() != 0 }

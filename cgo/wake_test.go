@@ -2,7 +2,6 @@ package main
 
 import (
 	"runtime"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,19 +26,19 @@ func wakeAsThisThread(t *testing.T) {
 	})
 }
 
-// A kick's wake ends the broker thread's wait in C (Mosquitto's epoll_wait
-// or poll) with EINTR at once, not at its timeout: Go's runtime has a
+// A queued kick's wake ends the broker thread's wait in C (Mosquitto's
+// epoll_wait) with EINTR at once, not at its timeout: Go's runtime has a
 // SIGURG handler in this process, as in the broker's.
 func TestWakeEndsTheWaitInC(t *testing.T) {
 	require.True(t, sigurgHandled(), "Go's runtime handles SIGURG")
 	wakeAsThisThread(t)
-	tickWork()
-	tickFromBroker(0) // TICK is delivered; its entry into Go clears pending
+	withTickSeen(t, true)
+	t.Cleanup(func() { drainAll(0) })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		time.Sleep(20 * time.Millisecond)
-		wakeBroker()
+		enqueueKick(0, 1, "wake-test") // no such instance: dropped when drained
 	}()
 	start := time.Now()
 	err := waitInC(2000)
@@ -50,36 +49,44 @@ func TestWakeEndsTheWaitInC(t *testing.T) {
 	t.Logf("a 2 s wait in C ended after %v", took)
 }
 
-// One signal per TICK however many kicks are queued meanwhile (a ban of a
-// whole range queues one per connection), and none before a TICK was ever
-// seen.
-func TestWakeOncePerTick(t *testing.T) {
+// The wake is level-triggered: while a kick stays queued (its TICK lost the
+// signal, or the kick waits) the waker signals again every millisecond,
+// every 100 ms once no TICK has taken a kick for 200 ms; it stops once the
+// queue holds no kick, and never signals where no TICK would run one.
+func TestWakeWhileKicksQueued(t *testing.T) {
 	wakeAsThisThread(t)
-	tickWork()
-	tickFromBroker(0)
+	withTickSeen(t, true)
+	t.Cleanup(func() { drainAll(0) })
 	n := wake.sent.Load()
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range 100 {
-				wakeBroker()
-			}
-		}()
+	for i := range 100 {
+		enqueueKick(0, uintptr(i+1), "wake-test") // one waker, however many kicks
 	}
-	wg.Wait()
-	require.Equal(t, n+1, wake.sent.Load(), "800 kicks before the TICK: one signal")
-	tickWork()
-	tickFromBroker(0) // the TICK comes into Go: the next kick signals again
-	wakeBroker()
-	require.Equal(t, n+2, wake.sent.Load())
+	require.Eventually(t, func() bool { return wake.sent.Load()-n >= 20 }, time.Second, time.Millisecond,
+		"a kick left queued is signalled again")
+	time.Sleep(300 * time.Millisecond) // no TICK took one for 200 ms: every 100 ms
+	m := wake.sent.Load()
+	time.Sleep(250 * time.Millisecond)
+	require.LessOrEqual(t, wake.sent.Load()-m, uint64(3), "the waker backs off once no TICK takes a kick")
+	t.Logf("%d signals in the first 300 ms with a kick left queued, %d in the next 250", m-n, wake.sent.Load()-m)
+	drainAll(0)
+	require.Zero(t, kicksQueued())
+	require.Eventually(t, func() bool { return !wake.running.Load() }, time.Second, time.Millisecond, "the waker stops")
+	n = wake.sent.Load()
+	time.Sleep(20 * time.Millisecond)
+	require.Equal(t, n, wake.sent.Load(), "no signal once no kick is queued")
+
 	// Without a TICK ever seen (per_listener_settings true on 2.0.11 to
 	// 2.0.14) nothing would run the kick: no signal.
-	seen := tickSeen()
 	setTickSeen(false)
-	t.Cleanup(func() { setTickSeen(seen) })
-	wakeDone()
-	wakeBroker()
-	require.Equal(t, n+2, wake.sent.Load(), "a signal though no TICK would run the kick")
+	enqueueKick(0, 1, "wake-test")
+	time.Sleep(10 * time.Millisecond)
+	require.Equal(t, n, wake.sent.Load(), "a signal though no TICK would run the kick")
+	require.False(t, wake.running.Load())
+}
+
+// withTickSeen sets whether TICK is delivered, for the test.
+func withTickSeen(t *testing.T, seen bool) {
+	was := tickSeen()
+	setTickSeen(seen)
+	t.Cleanup(func() { setTickSeen(was) })
 }

@@ -26,6 +26,8 @@ type logQueue struct {
 	mu      sync.Mutex
 	lines   []logLine
 	dropped int
+	kicks   atomic.Int64  // kicks among lines, written under mu (wake.go reads it without)
+	taken   atomic.Uint64 // kicks taken by drains so far, the same way
 }
 
 type logLine struct {
@@ -82,8 +84,15 @@ func enqueueKick(inst, handle uintptr, clientID string) {
 	// Kicks enforce bans: they are never dropped for want of room.
 	tickWork()
 	logs.lines = append(logs.lines, logLine{kick: true, inst: inst, handle: handle, msg: clientID})
+	logs.kicks.Add(1)
 	wakeBroker() // the TICK that runs it now, not after the broker's idle wait (wake.go)
 }
+
+// kicksQueued is the number of kicks waiting in the queue.
+func kicksQueued() int64 { return logs.kicks.Load() }
+
+// kicksTaken is the number of kicks drains have taken so far.
+func kicksTaken() uint64 { return logs.taken.Load() }
 
 // drainLogs writes queued log lines, and only them; call only on the broker
 // thread. Every callback may: mosquitto_log_printf touches no client, and the
@@ -111,6 +120,10 @@ func drain(all bool, current uintptr) {
 	for _, l := range logs.lines {
 		if len(batch) < drainMax && (all || (!l.kick && !l.publish)) {
 			batch = append(batch, l)
+			if l.kick {
+				logs.kicks.Add(-1)
+				logs.taken.Add(1)
+			}
 		} else {
 			kept = append(kept, l)
 		}
@@ -143,8 +156,10 @@ func drain(all bool, current uintptr) {
 	if len(later) > 0 {
 		logs.mu.Lock()
 		logs.lines = append(logs.lines, later...)
+		logs.kicks.Add(int64(len(later)))
 		tickWork()
 		logs.mu.Unlock()
+		wakeBroker()
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -409,4 +410,54 @@ func TestKickWakesTheIdleBroker(t *testing.T) {
 	slices.Sort(took)
 	t.Logf("ban's SET to the connection closed, 15 kicks: min %v, median %v, max %v", took[0], took[7], took[14])
 	assert.LessOrEqual(t, took[7], 20*time.Millisecond, "median kick %v: the broker waited for its idle TICK", took[7])
+}
+
+// TestMassBanKicksEveryConnectionAtOnce: one ban matching more connections
+// than a TICK runs kicks (workqueue.go's drainMax: 1 000 lines, a kick and
+// its log line two of them) kicks them all in the TICKs that follow at
+// once, not one TICK per idle wait of 100 ms (atk80: the wake was sent once,
+// and the kicks left after the first TICK waited for the next idle one).
+// 520 connections of one IP, banned by it. Bound: no gap of more than 30
+// ms between one connection closed and the next (the kicks' own work, some
+// 30 to 50 ms for the 520 here, is not the bound: a slower machine takes
+// longer; a wait for an idle TICK is a gap of up to 100 ms).
+func TestMassBanKicksEveryConnectionAtOnce(t *testing.T) {
+	e := newEnv(t)
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
+	defer rdb.Close()
+	const n = 520
+	conns := make([]*mqttc.Conn, n)
+	for i := range conns {
+		c, code := e.dial(as("127.0.80.1", fmt.Sprintf("mass-%d", i), "alice", "alice-pw"))
+		require.EqualValues(t, accepted, code)
+		conns[i] = c
+	}
+	time.Sleep(110 * time.Millisecond) // the broker idle: its next wake-up some 90 ms away
+	start := time.Now()
+	require.NoError(t, rdb.Set(context.Background(), "guard:block:ip:127.0.80.1", "mass ban", time.Minute).Err())
+	took := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if c.Closed(2 * time.Second) {
+				took[i] = time.Since(start)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, d := range took {
+		require.NotZero(t, d, "mass-%d not kicked within 2 s", i)
+	}
+	slices.Sort(took)
+	gap, at := time.Duration(0), 0
+	for i := 1; i < n; i++ {
+		if d := took[i] - took[i-1]; d > gap {
+			gap, at = d, i
+		}
+	}
+	t.Logf("%d connections banned by one SET: closed after %v (first) to %v (last), median %v; the longest gap %v, before the %dth",
+		n, took[0], took[n-1], took[n/2], gap, at+1)
+	assert.LessOrEqual(t, gap, 30*time.Millisecond, "kicks left after a TICK waited for an idle one")
 }
