@@ -255,9 +255,7 @@ func newAuthBenchWith(b testing.TB, redis *testenv.Redis, opts map[string]string
 	})
 	// clientCert's one-off "no libcrypto" line, queued now and dropped.
 	clientCert(0)
-	logs.mu.Lock()
-	logs.lines, logs.dropped = nil, 0
-	logs.mu.Unlock()
+	resetQueue()
 	ab.h, ab.in = _Ctype_uintptr_t(h), in
 	return ab
 }

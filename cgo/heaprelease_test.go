@@ -253,13 +253,9 @@ func TestHeapReleaseGivesPagesBack(t *testing.T) {
 // goroutine nor silently: it is logged as an internal error, at most once
 // per releasePanicLogEvery however often it recurs (a tick is 250 ms).
 func TestHeapReleasePanicIsLoggedOnce(t *testing.T) {
-	logs.mu.Lock()
-	logs.lines, logs.dropped = nil, 0
-	logs.mu.Unlock()
+	resetQueue()
 	t.Cleanup(func() {
-		logs.mu.Lock()
-		logs.lines, logs.dropped = nil, 0
-		logs.mu.Unlock()
+		resetQueue()
 	})
 	f := &fakeHeap{at: time.Unix(1_700_000_000, 0)}
 	r := f.release()

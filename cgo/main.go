@@ -117,6 +117,7 @@ func guardCleanup(h C.uintptr_t) (rc C.int) {
 	defer drainLogs()
 	defer recoverTo(&rc, C.MOSQ_ERR_SUCCESS, "plugin_cleanup")
 	handleHeld() // the DISCONNECTs held since the last callback come first
+	wakeStop()   // no TICK will run a queued kick: no signal into the broker's exit
 	closeAll()   // every instance's background work stopped at once, on the first cleanup
 	in := instances.remove(uintptr(h))
 	if in == nil {

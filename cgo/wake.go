@@ -42,17 +42,24 @@ import (
 // So the signal is level-triggered: a waker goroutine signals while kicks
 // are queued, every wakeFirst (a TICK that runs 500 kicks takes some 30 ms,
 // and the signals meanwhile are lost: the next after it counts), every
-// wakeMax once no TICK has taken one for wakeStall (kicks that wait for a
-// pending connection, KickDue), and stops when none is queued: at most
-// 1 000 signals a second for 200 ms, then 10 a second. Without a TICK
+// wakeMax once no TICK has run one for wakeStall (kicks that wait for a
+// pending connection, KickDue, are put back and do not count), at once
+// and at the fast rate again for a new kick, and stops when none is
+// queued: 1 000 signals a second while TICKs run kicks and for 200 ms after
+// the last one run or queued, then 10 a second. Without a TICK
 // (per_listener_settings true on 2.0.11-2.0.14) nothing would run them: a
-// kick waits for the next CONNECT, and no signal is sent.
+// kick waits for the next CONNECT, and no signal is sent; nor after the
+// plugin's cleanup (wakeStop).
 var wake struct {
 	pid, tid atomic.Int32 // the broker thread, recorded by wakeInit
-	on       atomic.Bool  // SIGURG has a handler: a signal interrupts the wait
+	on       atomic.Bool  // SIGURG has a handler, and the plugin is not cleaned up
 	running  atomic.Bool  // the waker goroutine runs
 	sent     atomic.Uint64
 }
+
+// wakeNudge tells a running waker of a new kick: it signals at once, and
+// at its fast rate again.
+var wakeNudge = make(chan struct{}, 1)
 
 const (
 	wakeFirst = time.Millisecond       // between signals while TICKs take kicks
@@ -72,20 +79,31 @@ func wakeInit() {
 	wake.tid.Store(int32(syscall.Gettid()))
 }
 
+// wakeStop ends the wake at the plugin's cleanup (the broker is stopping:
+// no TICK will run the kicks still queued): the waker exits and no signal
+// reaches the broker's exit.
+func wakeStop() { wake.on.Store(false) }
+
 // tickSeen reports whether the broker delivers TICK (plugin.c).
 func tickSeen() bool {
 	return atomic.LoadInt32((*int32)(unsafe.Pointer(&C.guard_tick_seen))) != 0
 }
 
 // wakeBroker starts the waker, unless it runs; call it after queuing a
-// kick (the waker, once it stops, looks at the queue again). Safe from any
-// goroutine.
-func wakeBroker() {
+// kick (the waker, once it stops, looks at the queue again). With fresh (a
+// new kick, not one put back), a running waker signals at once and goes
+// back to its fast rate. Safe from any goroutine.
+func wakeBroker(fresh bool) {
 	if wake.tid.Load() == 0 || !wake.on.Load() || !tickSeen() {
 		return
 	}
 	if wake.running.CompareAndSwap(false, true) {
 		go waker()
+	} else if fresh {
+		select {
+		case wakeNudge <- struct{}{}:
+		default: // one is pending already
+		}
 	}
 }
 
@@ -93,21 +111,28 @@ func wakeBroker() {
 func waker() {
 	for {
 		taken, since := kicksTaken(), time.Now()
-		for kicksQueued() > 0 && tickSeen() {
+		timer := time.NewTimer(0)
+		for kicksQueued() > 0 && tickSeen() && wake.on.Load() {
 			every := wakeFirst
 			if t := kicksTaken(); t != taken {
-				taken, since = t, time.Now() // a TICK took some: the rest soon
+				taken, since = t, time.Now() // a TICK ran some: the rest soon
 			} else if time.Since(since) >= wakeStall {
-				every = wakeMax // none taken for long: kicks that wait (KickDue)
+				every = wakeMax // none run for long: kicks that wait (KickDue)
 			}
 			wake.sent.Add(1)
 			_ = syscall.Tgkill(int(wake.pid.Load()), int(wake.tid.Load()), syscall.SIGURG) // ESRCH: no thread to wake
-			time.Sleep(every)
+			timer.Reset(every)
+			select {
+			case <-timer.C:
+			case <-wakeNudge:
+				since = time.Now() // a new kick: at once, and the fast rate again
+			}
 		}
+		timer.Stop()
 		wake.running.Store(false)
 		// A kick queued after the last look, whose wakeBroker found the
 		// waker still running.
-		if kicksQueued() == 0 || !tickSeen() || !wake.running.CompareAndSwap(false, true) {
+		if kicksQueued() == 0 || !tickSeen() || !wake.on.Load() || !wake.running.CompareAndSwap(false, true) {
 			return
 		}
 	}

@@ -68,12 +68,29 @@ func TestWakeWhileKicksQueued(t *testing.T) {
 	time.Sleep(250 * time.Millisecond)
 	require.LessOrEqual(t, wake.sent.Load()-m, uint64(3), "the waker backs off once no TICK takes a kick")
 	t.Logf("%d signals in the first 300 ms with a kick left queued, %d in the next 250", m-n, wake.sent.Load()-m)
+	// A new kick meanwhile is signalled at once, not at the slow rate.
+	m = wake.sent.Load()
+	enqueueKick(0, 1000, "wake-test")
+	require.Eventually(t, func() bool { return wake.sent.Load() > m }, 20*time.Millisecond, 100*time.Microsecond,
+		"a new kick waited for the slow rate")
 	drainAll(0)
 	require.Zero(t, kicksQueued())
 	require.Eventually(t, func() bool { return !wake.running.Load() }, time.Second, time.Millisecond, "the waker stops")
 	n = wake.sent.Load()
 	time.Sleep(20 * time.Millisecond)
 	require.Equal(t, n, wake.sent.Load(), "no signal once no kick is queued")
+
+	// After the plugin's cleanup (the broker stopping, no TICK to come) the
+	// waker exits and sends nothing.
+	enqueueKick(0, 1, "wake-test")
+	wakeStop()
+	require.Eventually(t, func() bool { return !wake.running.Load() }, time.Second, time.Millisecond, "the waker stops at cleanup")
+	n = wake.sent.Load()
+	enqueueKick(0, 2, "wake-test")
+	time.Sleep(10 * time.Millisecond)
+	require.Equal(t, n, wake.sent.Load(), "a signal after the cleanup")
+	drainAll(0)
+	wake.on.Store(sigurgHandled())
 
 	// Without a TICK ever seen (per_listener_settings true on 2.0.11 to
 	// 2.0.14) nothing would run the kick: no signal.

@@ -27,7 +27,15 @@ type logQueue struct {
 	lines   []logLine
 	dropped int
 	kicks   atomic.Int64  // kicks among lines, written under mu (wake.go reads it without)
-	taken   atomic.Uint64 // kicks taken by drains so far, the same way
+	taken   atomic.Uint64 // kicks run (or dropped) by drains so far, not those put back
+}
+
+// resetQueue empties the queue (tests).
+func resetQueue() {
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	logs.lines, logs.dropped = nil, 0
+	logs.kicks.Store(0)
 }
 
 type logLine struct {
@@ -85,13 +93,13 @@ func enqueueKick(inst, handle uintptr, clientID string) {
 	tickWork()
 	logs.lines = append(logs.lines, logLine{kick: true, inst: inst, handle: handle, msg: clientID})
 	logs.kicks.Add(1)
-	wakeBroker() // the TICK that runs it now, not after the broker's idle wait (wake.go)
+	wakeBroker(true) // the TICK that runs it now, not after the broker's idle wait (wake.go)
 }
 
 // kicksQueued is the number of kicks waiting in the queue.
 func kicksQueued() int64 { return logs.kicks.Load() }
 
-// kicksTaken is the number of kicks drains have taken so far.
+// kicksTaken is the number of kicks drains have run or dropped so far.
 func kicksTaken() uint64 { return logs.taken.Load() }
 
 // drainLogs writes queued log lines, and only them; call only on the broker
@@ -122,7 +130,6 @@ func drain(all bool, current uintptr) {
 			batch = append(batch, l)
 			if l.kick {
 				logs.kicks.Add(-1)
-				logs.taken.Add(1)
 			}
 		} else {
 			kept = append(kept, l)
@@ -144,7 +151,9 @@ func drain(all bool, current uintptr) {
 		case l.publish:
 			publish(l.topic, l.msg)
 		case l.kick:
-			if !kick(l.inst, l.handle, l.msg, current) {
+			if kick(l.inst, l.handle, l.msg, current) {
+				logs.taken.Add(1) // run or dropped; not one put back below
+			} else {
 				later = append(later, l)
 			}
 		default:
@@ -159,7 +168,7 @@ func drain(all bool, current uintptr) {
 		logs.kicks.Add(int64(len(later)))
 		tickWork()
 		logs.mu.Unlock()
-		wakeBroker()
+		wakeBroker(false) // the waker runs, but these are not new: its back-off holds
 	}
 }
 
