@@ -275,3 +275,37 @@ func (e *env) expect(c client, want byte, msgAndArgs ...any) {
 	}
 	require.Equal(e.t, want, got, msgAndArgs...)
 }
+
+// mqttString is an MQTT string: its length in two bytes, then its bytes.
+func mqttString(s string) []byte {
+	return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...)
+}
+
+// mqttPacket is an MQTT packet: its first byte, its remaining length
+// (variable length, 7 bits a byte), then body.
+func mqttPacket(first byte, body []byte) []byte {
+	out := []byte{first}
+	for n := len(body); ; {
+		d := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			d |= 0x80
+		}
+		out = append(out, d)
+		if n == 0 {
+			break
+		}
+	}
+	return append(out, body...)
+}
+
+// mqttConnect is an MQTT 3.1.1 CONNECT with username and password, keep
+// alive 60 s, and flags (0x02: clean session; 0x80|0x40: username,
+// password).
+func mqttConnect(flags byte, id, user, pass string) []byte {
+	body := append(mqttString("MQTT"), 4, flags, 0, 60)
+	body = append(body, mqttString(id)...)
+	body = append(body, mqttString(user)...)
+	body = append(body, mqttString(pass)...)
+	return mqttPacket(0x10, body)
+}

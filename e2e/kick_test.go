@@ -147,13 +147,7 @@ func TestACLCheckKeepsBrokerACLs(t *testing.T) {
 // per_listener_settings true Mosquitto 2.0.11 sends no TICK, so the kick
 // waits for the next CONNECT: the window is visible.
 func TestBannedConnectionRefusedUntilKicked(t *testing.T) {
-	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
-	e := &env{t: t, dir: t.TempDir()}
-	e.passwd = e.dir + "/passwd"
-	e.addUser("alice", "alice-pw")
-	e.addUser("bob", "bob-pw")
-	e.redis = startRedis(t)
-	e.broker = startBroker(t, "per_listener_settings true\nlistener {{PORT}} 127.0.0.1\n"+e.conf())
+	e := perListenerEnv(t)
 	w := e.subscribe("127.0.47.9", "news/#")
 	p, _ := e.dial(as("127.0.47.1", "rogue", "alice", "alice-pw"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -289,32 +289,8 @@ func atk48Tail(s string) string {
 	return strings.Join(keep, "\n")
 }
 
-// atk48MQTTString is an MQTT length-prefixed string.
-func atk48MQTTString(s string) []byte {
-	return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...)
-}
-
 // atk48Connect is an MQTT 3.1.1 CONNECT with username and password.
-func atk48Connect(id, user, pass string) []byte {
-	body := append(atk48MQTTString("MQTT"), 4, 0xC2, 0, 60)
-	body = append(body, atk48MQTTString(id)...)
-	body = append(body, atk48MQTTString(user)...)
-	body = append(body, atk48MQTTString(pass)...)
-	pkt := []byte{0x10}
-	n := len(body)
-	for {
-		b := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			b |= 0x80
-		}
-		pkt = append(pkt, b)
-		if n == 0 {
-			break
-		}
-	}
-	return append(pkt, body...)
-}
+func atk48Connect(id, user, pass string) []byte { return mqttConnect(0xC2, id, user, pass) }
 
 // atk48WS is an MQTT-over-websockets client from ip: it returns the
 // CONNACK code (0xff for none) and the open connection.

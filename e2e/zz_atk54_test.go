@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -127,28 +126,7 @@ func atk54Raw(t *testing.T, e *env, ip string) *atk54RawConn {
 // (0xff: none).
 func (r *atk54RawConn) connect(t *testing.T, id, user, pass string) byte {
 	t.Helper()
-	str16 := func(s string) []byte {
-		b := make([]byte, 2, 2+len(s))
-		binary.BigEndian.PutUint16(b, uint16(len(s)))
-		return append(b, s...)
-	}
-	body := append(str16("MQTT"), 4, 0x02|0x80|0x40, 0, 60)
-	body = append(body, str16(id)...)
-	body = append(body, str16(user)...)
-	body = append(body, str16(pass)...)
-	pkt := []byte{0x10}
-	for n := len(body); ; {
-		b := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			b |= 0x80
-		}
-		pkt = append(pkt, b)
-		if n == 0 {
-			break
-		}
-	}
-	pkt = append(pkt, body...)
+	pkt := mqttConnect(0x02|0x80|0x40, id, user, pass)
 	_ = r.c.SetDeadline(time.Now().Add(5 * time.Second))
 	_, err := r.c.Write(pkt)
 	require.NoError(t, err)

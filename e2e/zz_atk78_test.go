@@ -16,7 +16,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
-	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 )
 
 // atk78: a README-only hostile test of mosquitto-guard: messages of banned
@@ -86,21 +85,6 @@ func atk78KickedWillNeverSent(t *testing.T) {
 	}
 }
 
-// atk78PerListenerEnv is TestBannedConnectionRefusedUntilKicked's broker:
-// per_listener_settings true, where Mosquitto 2.0.11 sends no TICK, so a
-// kick waits for the next CONNECT and the window between a ban reaching
-// the replica and its kick can be held open.
-func atk78PerListenerEnv(t *testing.T) *env {
-	testenv.Need(t, "mosquitto", "mosquitto_passwd", "redis-server")
-	e := &env{t: t, dir: t.TempDir()}
-	e.passwd = e.dir + "/passwd"
-	e.addUser("alice", "alice-pw")
-	e.addUser("bob", "bob-pw")
-	e.redis = startRedis(t)
-	e.broker = startBroker(t, "per_listener_settings true\nlistener {{PORT}} 127.0.0.1\n"+e.conf())
-	return e
-}
-
 // TestAtk78BannedDropWithDelayedWill: HOLDS. "kicked" is
 // atk78KickedWillNeverSent (above); "dropped-before-kick" checks README (Kicks): "a client that
 // drops its connection in the few milliseconds before the ban reaches the
@@ -116,7 +100,7 @@ func TestAtk78BannedDropWithDelayedWill(t *testing.T) {
 }
 
 func atk78DroppedWillNeverSent(t *testing.T) {
-	e := atk78PerListenerEnv(t)
+	e := perListenerEnv(t)
 	w := e.subscribe("127.0.78.199", "wills/#")
 	// control: unbanned, the delayed will is published
 	{
@@ -210,7 +194,7 @@ func TestAtk78KickNeverReachesTheTakeover(t *testing.T) {
 		}
 	})
 	t.Run("per-listener", func(t *testing.T) {
-		e := atk78PerListenerEnv(t)
+		e := perListenerEnv(t)
 		run(t, e, 179, 300*time.Millisecond, 4)
 		for _, l := range strings.Split(e.broker.Output(), "\n") {
 			if strings.Contains(l, "atk78-dev-179-0") {
@@ -227,7 +211,7 @@ func TestAtk78KickNeverReachesTheTakeover(t *testing.T) {
 // kick waits for the next CONNECT: a banned subscriber's existing
 // subscription must deliver nothing meanwhile (QoS 0 and QoS 1).
 func TestAtk78BannedSubscriberReadsNothing(t *testing.T) {
-	e := atk78PerListenerEnv(t)
+	e := perListenerEnv(t)
 	sub, code := e.dial(as("127.0.78.150", "atk78-sub", "alice", "alice-pw"))
 	require.EqualValues(t, accepted, code)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -263,40 +247,13 @@ type atk78Raw struct {
 	nc net.Conn
 }
 
-func atk78Str(b []byte, s string) []byte {
-	b = append(b, byte(len(s)>>8), byte(len(s)))
-	return append(b, s...)
-}
-
-func atk78Pkt(first byte, body []byte) []byte {
-	out := []byte{first}
-	n := len(body)
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			break
-		}
-	}
-	return append(out, body...)
-}
-
 func atk78DialRaw(t *testing.T, addr, ip, id, user, pass string) *atk78Raw {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
 	nc, err := d.Dial("tcp", addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { nc.Close() })
-	body := atk78Str(nil, "MQTT")
-	body = append(body, 4, 0xC2, 0, 60)
-	body = atk78Str(body, id)
-	body = atk78Str(body, user)
-	body = atk78Str(body, pass)
 	r := &atk78Raw{t: t, nc: nc}
-	r.write(atk78Pkt(0x10, body))
+	r.write(mqttConnect(0xC2, id, user, pass))
 	first, b := r.read()
 	require.EqualValues(t, 0x20, first)
 	require.Equal(t, []byte{0, 0}, b, "CONNACK accepted")
@@ -355,9 +312,9 @@ func TestAtk78QoS2ReleasedAfterTheBan(t *testing.T) {
 	for i := range 8 {
 		ip, id := fmt.Sprintf("127.0.78.%d", 170+i), fmt.Sprintf("atk78-q2-%d", i)
 		r := atk78DialRaw(t, e.broker.Addr, ip, id, "alice", "alice-pw")
-		pub := atk78Str(nil, "cmd/q2-"+id)
+		pub := mqttString("cmd/q2-" + id)
 		pub = append(pub, 0, 7)
-		r.write(atk78Pkt(0x34, append(pub, "staged before the ban"...))) // QoS 2, message ID 7
+		r.write(mqttPacket(0x34, append(pub, "staged before the ban"...))) // QoS 2, message ID 7
 		f, b := r.read()
 		require.EqualValues(t, 0x50, f, "PUBREC")
 		require.Equal(t, []byte{0, 7}, b)
@@ -369,7 +326,7 @@ func TestAtk78QoS2ReleasedAfterTheBan(t *testing.T) {
 		require.NoError(t, rdb.Set(ctx, "guard:block:ip:"+ip, "stolen device", time.Minute).Err())
 		time.Sleep(40*time.Millisecond - time.Since(start))
 		r.nc.SetWriteDeadline(time.Now().Add(time.Second))
-		_, err := r.nc.Write(atk78Pkt(0x62, []byte{0, 7})) // PUBREL; an error: kicked already
+		_, err := r.nc.Write(mqttPacket(0x62, []byte{0, 7})) // PUBREL; an error: kicked already
 		if !quiet(w, 300*time.Millisecond) {
 			leaked++
 			t.Errorf("round %d: a banned connection's held QoS 2 message was released 40 ms after the ban's SET (write error: %v)", i, err)
@@ -417,10 +374,13 @@ func TestKickWakesTheIdleBroker(t *testing.T) {
 // its log line two of them) kicks them all in the TICKs that follow at
 // once, not one TICK per idle wait of 100 ms (atk80: the wake was sent once,
 // and the kicks left after the first TICK waited for the next idle one).
-// 520 connections of one IP, banned by it. Bound: no gap of more than 30
-// ms between one connection closed and the next (the kicks' own work, some
-// 30 to 50 ms for the 520 here, is not the bound: a slower machine takes
-// longer; a wait for an idle TICK is a gap of up to 100 ms).
+// 520 connections of one IP, banned by it. Bound: no gap of more than 70
+// ms between one connection closed and the next. A wait for an idle TICK
+// is a gap of 100 ms (c324b2b: 100.4 ms, before the 501st); the kicks'
+// own work (some 30 to 50 ms for the 520 here) is not the bound, and a
+// loaded machine can stall the broker or this test for tens of ms (local
+// CI, the race-enabled packages alongside: a gap of 33.8 ms, before the
+// 434th, not at a TICK's end; 2.6 to 4.6 ms on a quiet machine).
 func TestMassBanKicksEveryConnectionAtOnce(t *testing.T) {
 	e := newEnv(t)
 	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
@@ -459,5 +419,5 @@ func TestMassBanKicksEveryConnectionAtOnce(t *testing.T) {
 	}
 	t.Logf("%d connections banned by one SET: closed after %v (first) to %v (last), median %v; the longest gap %v, before the %dth",
 		n, took[0], took[n-1], took[n/2], gap, at+1)
-	assert.LessOrEqual(t, gap, 30*time.Millisecond, "kicks left after a TICK waited for an idle one")
+	assert.LessOrEqual(t, gap, 70*time.Millisecond, "kicks left after a TICK waited for an idle one")
 }
