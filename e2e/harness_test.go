@@ -284,17 +284,9 @@ func mqttString(s string) []byte {
 // mqttPacket is an MQTT packet: its first byte, its remaining length
 // (variable length, 7 bits a byte), then body.
 func mqttPacket(first byte, body []byte) []byte {
-	out := []byte{first}
-	for n := len(body); ; {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			break
-		}
+	out, err := mqttc.AppendVarint([]byte{first}, len(body))
+	if err != nil {
+		panic(err) // a test's own packet, never 256 MiB
 	}
 	return append(out, body...)
 }

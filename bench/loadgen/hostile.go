@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/mqttc"
 )
 
 const hostileMaxPerWorker = 200_000
@@ -50,19 +52,14 @@ func mqttString(b []byte, s []byte) []byte {
 	return append(b, s...)
 }
 
+// remainingLength is n as a packet's remaining length; a hostile packet's
+// body is never near MQTT's 256 MiB.
 func remainingLength(n int) []byte {
-	var out []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			return out
-		}
+	out, err := mqttc.AppendVarint(nil, n)
+	if err != nil {
+		panic(err)
 	}
+	return out
 }
 
 // rawConnect builds a CONNECT from parts, any of them odd.

@@ -27,8 +27,10 @@ const maxRemaining = 268435455
 
 var errMalformed = errors.New("mqttc: malformed packet")
 
-// appendVarint appends n as an MQTT variable byte integer (1 to 4 bytes).
-func appendVarint(b []byte, n int) ([]byte, error) {
+// AppendVarint appends n as an MQTT variable byte integer (1 to 4 bytes):
+// a packet's remaining length. Tests and the load generator that build raw
+// packets of their own use it too.
+func AppendVarint(b []byte, n int) ([]byte, error) {
 	if n < 0 || n > maxRemaining {
 		return b, fmt.Errorf("mqttc: length %d out of range 0..%d", n, maxRemaining)
 	}
@@ -95,7 +97,7 @@ func skipProps(b []byte) ([]byte, error) {
 
 // packet frames a packet: first byte, remaining length, body.
 func packet(first byte, body []byte) ([]byte, error) {
-	b, err := appendVarint([]byte{first}, len(body))
+	b, err := AppendVarint([]byte{first}, len(body))
 	if err != nil {
 		return nil, err
 	}

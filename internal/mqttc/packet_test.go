@@ -21,9 +21,9 @@ func TestVarint(t *testing.T) {
 		{268435455, []byte{0xff, 0xff, 0xff, 0x7f}},
 	}
 	for _, c := range cases {
-		got, err := appendVarint(nil, c.n)
+		got, err := AppendVarint(nil, c.n)
 		if err != nil || !bytes.Equal(got, c.want) {
-			t.Errorf("appendVarint(%d) = %x, %v; want %x", c.n, got, err, c.want)
+			t.Errorf("AppendVarint(%d) = %x, %v; want %x", c.n, got, err, c.want)
 		}
 		n, used, err := decodeVarint(append(c.want, 0xaa))
 		if err != nil || n != c.n || used != len(c.want) {
@@ -34,8 +34,8 @@ func TestVarint(t *testing.T) {
 		}
 	}
 	for _, n := range []int{-1, 268435456} {
-		if _, err := appendVarint(nil, n); err == nil {
-			t.Errorf("appendVarint(%d): no error", n)
+		if _, err := AppendVarint(nil, n); err == nil {
+			t.Errorf("AppendVarint(%d): no error", n)
 		}
 	}
 	if _, _, err := decodeVarint([]byte{0xff, 0xff, 0xff, 0xff, 0x01}); err == nil {
