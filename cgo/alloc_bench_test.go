@@ -236,19 +236,24 @@ func newAuthBenchWith(b testing.TB, redis *testenv.Redis, opts map[string]string
 	}
 	// Log lines are counted, not queued: draining the queue calls
 	// mosquitto_log_printf, which only a broker has.
+	// Kicks are queued as the plugin's are (a ban of a connected client):
+	// a test drains them where kick runs none (KickDue says wait, or the
+	// connection is gone), since guard_kick calls the broker.
 	ab := &authBench{redis: redis, user: user}
+	var self atomic.Uintptr
 	g, err := plugin.New(cfg, plugin.Output{Log: func(_ plugin.Level, msg string) {
 		ab.logged.Add(1)
 		ab.lastLog.Store(&msg)
 		if strings.Contains(msg, "event=refused ") && strings.Contains(msg, " rule=clientid-conflict ") {
 			ab.conflicts.Add(1)
 		}
-	}})
+	}, Kick: func(handle uintptr, clientID string) { enqueueKick(self.Load(), handle, clientID) }})
 	if err != nil {
 		b.Fatal(err)
 	}
 	in := &instance{guard: g}
 	h := instances.add(in)
+	self.Store(h)
 	b.Cleanup(func() {
 		instances.remove(h)
 		g.Close()
