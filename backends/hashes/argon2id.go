@@ -70,7 +70,7 @@ func parseArgon2id(encoded string, lim limits) (checker, error) {
 	if err != nil {
 		return nil, err
 	}
-	want, err := decodeField(base64.RawStdEncoding, f[5], format, "hash")
+	want, err := decodeDigest(base64.RawStdEncoding, f[5], format)
 	if err != nil {
 		return nil, err
 	}

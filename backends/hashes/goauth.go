@@ -45,7 +45,7 @@ func (v Verifier) parseGoAuthPBKDF2(encoded string, lim limits) (checker, error)
 	if err != nil {
 		return nil, err
 	}
-	want, err := decodeField(base64.StdEncoding, f[4], format, "hash")
+	want, err := decodeDigest(base64.StdEncoding, f[4], format)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func (v Verifier) parseGoAuthPHC(encoded string, lim limits) (checker, error) {
 	if err != nil {
 		return nil, err
 	}
-	want, err := decodeField(base64.RawStdEncoding, f[3], format, "hash")
+	want, err := decodeDigest(base64.RawStdEncoding, f[3], format)
 	if err != nil {
 		return nil, err
 	}

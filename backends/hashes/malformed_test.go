@@ -2,6 +2,7 @@ package hashes
 
 import (
 	"encoding/base64"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -162,6 +163,39 @@ func assertQuiet(t *testing.T, err error, stored string) {
 	for _, field := range strings.Split(stored, "$") {
 		if len(field) >= 16 { // salts and hashes; format names may be quoted
 			assert.NotContains(t, msg, field)
+		}
+	}
+}
+
+// A digest shorter than 16 bytes is malformed where the format takes its
+// length from the stored hash (argon2id, go-auth's PBKDF2 and PHC forms):
+// atk82's argon2id line with a 1-byte digest was loaded, and about one
+// password in 256 opened it ("p1491" among them). 16 bytes still load.
+func TestShortDigestMalformed(t *testing.T) {
+	raw := func(n int) string { return base64.RawStdEncoding.EncodeToString(make([]byte, n)) }
+	std := func(n int) string { return base64.StdEncoding.EncodeToString(make([]byte, n)) }
+	v := Verifier{}
+	// atk82's line: its 1-byte digest "AA"; p1491 matched it before.
+	atk82 := "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$AA"
+	require.ErrorIs(t, v.Validate(atk82), ErrMalformed)
+	ok, err := v.Verify(atk82, []byte("p1491"))
+	require.False(t, ok, "a 1-byte digest opened to p1491")
+	require.ErrorIs(t, err, ErrMalformed)
+	assertQuiet(t, err, atk82)
+	for _, n := range []int{1, 8, 15, 16} {
+		for _, h := range []string{
+			"$argon2id$v=19$m=64,t=1,p=1$" + arSalt + "$" + raw(n),
+			"PBKDF2$sha512$1000$" + pbSalt + "$" + std(n),
+			"PBKDF2$sha256$1000$" + pbSalt + "$" + std(n),
+			"$pbkdf2-sha512$i=1000,l=" + strconv.Itoa(n) + "$" + phSalt + "$" + raw(n),
+		} {
+			err := v.Validate(h)
+			if n < 16 {
+				require.ErrorIs(t, err, ErrMalformed, "a %d-byte digest: %q", n, h)
+				assert.Contains(t, err.Error(), "shorter than 16 bytes")
+			} else {
+				require.NoError(t, err, "a 16-byte digest: %q", h)
+			}
 		}
 	}
 }
