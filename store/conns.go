@@ -162,8 +162,9 @@ return 1`
 // end at ARGV[6] or later (its DISCONNECT's, real, written while the reap
 // ran; not an earlier reap's, made by mistake while its broker paused).
 // It returns 0 when it wrote nothing; when it wrote over this connection's
-// own record, 2 + the end that record held (unix ms; 2: none), else 1
-// (ConnWrite.Check reads it). (What it kept when it wrote nothing, another
+// own record, 2 + the end that record held (unix ms; 2: none); -1 when the
+// field was not there (the principal's use is then indexed after, see
+// idsScript), else 1 (ConnWrite.Check reads it). (What it kept when it wrote nothing, another
 // use of the principal, is not told: that use's connect may have skipped
 // its read, atk41, so it vouches for nothing.) An integer:
 // a disconnect's reply allocates nothing more (an array cost three
@@ -185,6 +186,7 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if own then return 2 + (tonumber(d) or 0) end
+if not v then return -1 end
 return 1`
 
 // liveScript records and reads a client ID's live connections in one atomic
@@ -259,6 +261,118 @@ if ARGV[1] ~= '' then
 end
 if ARGV[4] == '1' then return redis.call('HGETALL', KEYS[1]) end
 return 0`
+
+// idsScript keeps principal's index of client IDs, KEYS[1]
+// (keys.Builder.ClientIDs), to at most ARGV[3] members: it records client ID
+// ARGV[1] (its Tracking form) with score ARGV[2] (its use's time, unix ms),
+// keeps the index ARGV[4] ms, and pops the lowest-scored members past the
+// bound, returning them (ZPOPMIN's member, score pairs; 0: none). The
+// caller then removes the principal's field from each popped client ID's
+// seen hash (evictUses): a principal's recorded uses stay within the bound
+// however many client IDs it connects with (atk82: one account connecting
+// with new client IDs grew Redis by 610 bytes an ID for conflict_window,
+// until Redis refused the writes that ban). One key: it holds on a Cluster.
+var idsScript = redis.NewScript(idsSrc)
+
+const idsSrc = `
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then return redis.call('ZPOPMIN', KEYS[1], over) end
+return 0`
+
+// use is a principal's use of a client ID written to its seen hash: the
+// principal's field, the client ID's Tracking form, and the use's time.
+type use struct {
+	field, tracked string
+	atMs           int64
+}
+
+// leftWrite is a queued leftScript call and the use it writes.
+type leftWrite struct {
+	cmd *redis.Cmd
+	use use
+}
+
+// indexMade indexes the uses that leftScript calls wrote where the field
+// was not there (-1): a use that its connect's write had indexed was
+// popped since (or that write never landed, or Redis was emptied), and a
+// disconnect must not make it again unindexed, or a principal holding
+// connections while it connects with new client IDs would keep uses past
+// its bound. A second round trip (a third where it pops), only then.
+func (s *Store) indexMade(ctx context.Context, lefts []leftWrite, ttl any) {
+	var made []use
+	for _, l := range lefts {
+		if n, err := l.cmd.Int64(); err == nil && n == -1 {
+			made = append(made, l.use)
+		}
+	}
+	if len(made) == 0 {
+		return
+	}
+	run := func(full bool) ([]indexed, error) {
+		pipe := s.rdb.Pipeline()
+		idx := make([]indexed, 0, len(made))
+		for _, u := range made {
+			idx = append(idx, s.indexUse(ctx, pipe, full, u.field, u.tracked, u.atMs, ttl))
+		}
+		_, err := pipe.Exec(ctx)
+		return idx, err
+	}
+	idx, err := run(false)
+	s.evictUses(ctx, idx)
+	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+		idx, _ = run(true)
+		s.evictUses(ctx, idx)
+	}
+}
+
+// indexUse queues idsScript for principal field's use of client ID
+// tracked at atMs (unix ms), beside the seen hash's write of that use.
+func (s *Store) indexUse(ctx context.Context, pipe redis.Pipeliner, full bool, field, tracked string, atMs int64, ttl any) indexed {
+	if field == "" {
+		return indexed{}
+	}
+	return indexed{field: field, cmd: eval(ctx, pipe, idsArgs, full, s.kb.ClientIDs(field), tracked, strconv.FormatInt(atMs, 10), s.clientIDsMax(), ttl)}
+}
+
+// indexed is one queued idsScript call and the principal it indexes.
+type indexed struct {
+	field string
+	cmd   *redis.Cmd
+}
+
+// clientIDsMax is Options.ClientIDsMax as idsScript takes it, boxed once.
+func (s *Store) clientIDsMax() any { return s.clients.idsMax }
+
+// evictUses removes, from the seen hash of each client ID an idsScript
+// call popped, the use of the principal it popped it for: one round trip,
+// sent only when one popped any. A call that failed popped nothing it told;
+// a removal that fails leaves that use to its hash's TTL (conflict_window).
+// A use recorded again on another broker between the pop and the removal
+// is removed with it: that principal's, and only past its bound.
+func (s *Store) evictUses(ctx context.Context, idx []indexed) {
+	var pipe redis.Pipeliner
+	for _, x := range idx {
+		if x.cmd == nil || x.cmd.Err() != nil {
+			continue
+		}
+		popped, _ := x.cmd.Val().([]any)
+		for i := 0; i < len(popped); i += 2 {
+			id, _ := popped[i].(string)
+			if id == "" {
+				continue
+			}
+			if pipe == nil {
+				pipe = s.rdb.Pipeline()
+			}
+			pipe.Do(ctx, "hdel", s.kb.SeenTracked(id), x.field)
+		}
+	}
+	if pipe != nil {
+		_, _ = pipe.Exec(ctx)
+	}
+}
 
 // seq returns the sequence number that ends connection ID id
 // (instance-sequence), or "" when it has none: such an entry is always
@@ -436,6 +550,7 @@ var (
 	liveArgs = scriptArgs{src: liveSrc, sha: liveScript.Hash()}
 	seenArgs = scriptArgs{src: seenSrc, sha: seenScript.Hash()}
 	leftArgs = scriptArgs{src: leftSrc, sha: leftScript.Hash()}
+	idsArgs  = scriptArgs{src: idsSrc, sha: idsScript.Hash()}
 )
 
 type scriptArgs struct{ src, sha any }
@@ -458,6 +573,10 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 	type reads struct{ live, seen, priorLive, priorSeen, gone, left *redis.Cmd }
 	rs := make([]reads, len(ws))
 	ttl := any(strconv.FormatInt(window.Milliseconds(), 10))
+	var (
+		idx   []indexed   // every principal's use written to a seen hash by Seen, indexed
+		lefts []leftWrite // and by Left, indexed after where it made the field
+	)
 	var (
 		instance     string
 		inst, setKey any // instance and its brokerconns set, boxed once per instance
@@ -553,6 +672,9 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			if w.Read && w.Live != nil {
 				read = "1"
 			}
+			if field != "" {
+				idx = append(idx, s.indexUse(ctx, pipe, full, field, tracked, w.Seen.ConnectedMs, ttl))
+			}
 			switch {
 			case !w.Sole:
 				rs[i].seen = eval(ctx, pipe, seenArgs, full, seenKey, field, value, ttl, read)
@@ -581,9 +703,13 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			if w.Check {
 				rs[i].left = cmd
 			}
+			lefts = append(lefts, leftWrite{cmd: cmd, use: use{field: bound(w.Left.Principal), tracked: tracked, atMs: w.Left.DisconnectedMs}})
 		}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	_, err := pipe.Exec(ctx)
+	s.evictUses(ctx, idx) // what the calls that ran popped, whatever else failed
+	s.indexMade(ctx, lefts, ttl)
+	if err != nil {
 		// What was there before, read where it could be (WriteConns
 		// keeps it for a replay).
 		out := make([]State, len(ws))
@@ -960,6 +1086,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 	ttl := strconv.FormatInt(window.Milliseconds(), 10)
 	run := func(full bool) error {
 		pipe := s.rdb.Pipeline()
+		var lefts []leftWrite
 		for i, id := range ids {
 			v, err := gets[i].Result()
 			if err != nil {
@@ -976,8 +1103,9 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 				c.DisconnectedMs = max(endMs, c.ConnectedMs)
 				var a [256]byte
 				rec := string(c.appendBounded(a[:0]))
-				eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
+				cmd := eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
 					strconv.FormatInt(c.DisconnectedMs, 10), strconv.FormatInt(max(earliest, c.ConnectedMs), 10))
+				lefts = append(lefts, leftWrite{cmd: cmd, use: use{field: bound(c.Principal), tracked: id, atMs: c.DisconnectedMs}})
 			}
 			// Deleted only if it is still this connection: a broker whose
 			// lease ran out while it lived on (cut off from Redis) may
@@ -985,6 +1113,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 			eval(ctx, pipe, casArgs, full, conn, instance, c.prefixOf(v), "")
 		}
 		_, err := pipe.Exec(ctx)
+		s.indexMade(ctx, lefts, ttl)
 		return err
 	}
 	err = run(false)

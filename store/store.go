@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -48,7 +49,14 @@ type Options struct {
 	// Log, when set, receives go-redis's own log lines, which would
 	// otherwise go to stderr, at most one per LogEvery (see routeLogs).
 	Log func(msg string)
+	// ClientIDsMax is conflict_clientids_max: how many client IDs' seen
+	// hashes may hold one principal's use (keys.Builder.ClientIDs); zero:
+	// DefaultClientIDsMax.
+	ClientIDsMax int
 }
+
+// DefaultClientIDsMax is conflict_clientids_max's default.
+const DefaultClientIDsMax = 1000
 
 // DefaultBackgroundTimeout is the default Options.BackgroundTimeout: longer
 // than any stall Redis has in normal operation (a BGSAVE fork of a large
@@ -76,6 +84,7 @@ type clients struct {
 	fast, bg redis.UniversalClient
 	o        Options
 	unroute  func() // stops routing go-redis's lines to Options.Log
+	idsMax   any    // Options.ClientIDsMax (or its default) as idsScript takes it
 	once     sync.Once
 }
 
@@ -87,7 +96,11 @@ func New(o Options, kb keys.Builder) *Store {
 		bgTimeout = DefaultBackgroundTimeout
 	}
 	bgTimeout = max(bgTimeout, o.Timeout)
-	c := &clients{o: o, unroute: func() {}}
+	idsMax := o.ClientIDsMax
+	if idsMax <= 0 {
+		idsMax = DefaultClientIDsMax
+	}
+	c := &clients{o: o, unroute: func() {}, idsMax: strconv.Itoa(idsMax)}
 	if o.Log != nil {
 		c.unroute = routeLogs(o.Log)
 	}
