@@ -193,7 +193,7 @@ var options = map[string]option{
 	"ban_max":                {ratelimit.DefaultBanMax.String(), durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanMax })},
 	"redis_unavailable":      {"allow", parseUnavailable},
 	"clientid_conflict":      {"flag", parseConflictMode},
-	"conflict_clientids_max": {"1000", intOption("conflict_clientids_max", 1, 1_000_000, func(c *Options) *int { return &c.ClientIDsMax })},
+	"conflict_clientids_max": {"10000", intOption("conflict_clientids_max", 1, 1_000_000, func(c *Options) *int { return &c.ClientIDsMax })},
 	"conflict_window":        {"31d", durationOption("conflict_window", time.Minute, 366*24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Window })},
 	"takeover_limit":         {"3", intOption("takeover_limit", 1, 1_000_000, func(c *Options) *int { return &c.Conflicts.TakeoverLimit })},
 	"takeover_window":        {"1m", durationOption("takeover_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.TakeoverWindow })},

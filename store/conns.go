@@ -263,29 +263,43 @@ if ARGV[4] == '1' then return redis.call('HGETALL', KEYS[1]) end
 return 0`
 
 // idsScript keeps principal's index of client IDs, KEYS[1]
-// (keys.Builder.ClientIDs), to at most ARGV[3] members: it records client ID
-// ARGV[1] (its Tracking form) with score ARGV[2] (its use's time, unix ms),
-// keeps the index ARGV[4] ms, and pops the lowest-scored members past the
-// bound, returning them (ZPOPMIN's member, score pairs; 0: none). The
-// caller then removes the principal's field from each popped client ID's
-// seen hash (evictUses): a principal's recorded uses stay within the bound
-// however many client IDs it connects with (atk82: one account connecting
-// with new client IDs grew Redis by 610 bytes an ID for conflict_window,
-// until Redis refused the writes that ban). One key: it holds on a Cluster.
+// (keys.Builder.ClientIDs): the client IDs whose seen hash holds a use of
+// the principal, scored by that use's time, at most ARGV[3] of them. It
+// admits client ID ARGV[1] (its Tracking form) at score ARGV[2] (unix ms)
+// when it is a member already or there is room, once full after dropping
+// the members scored before ARGV[5] (older than the window: their uses are
+// forgotten), keeping the index ARGV[4] ms, and returns 1; else it changes
+// nothing and returns 0 (ZCARD, ZADD and PEXPIRE where there is room; ZSCORE
+// and ZREMRANGEBYSCORE only once full): the caller then
+// removes the use it wrote from that client ID's seen hash, if it is still
+// the value written (refuseUses). So a principal's recorded uses stay within
+// the bound however many client IDs it connects with (atk82: one account
+// connecting with new client IDs grew Redis by 610 bytes an ID for
+// conflict_window, until Redis refused the writes that ban), and nothing a
+// client does removes a use already recorded: a full index refuses the new
+// client ID, it evicts no old one (atk83: with eviction, one member of a
+// principal shared by many devices, such as every anonymous client, erased
+// the others' uses by connecting with new client IDs, and another principal
+// then took a device's client ID unseen). One key: it holds on a Cluster.
 var idsScript = redis.NewScript(idsSrc)
 
 const idsSrc = `
+local max = tonumber(ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= max and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
+  if redis.call('ZCARD', KEYS[1]) >= max then return 0 end
+end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
-if over > 0 then return redis.call('ZPOPMIN', KEYS[1], over) end
-return 0`
+return 1`
 
 // use is a principal's use of a client ID written to its seen hash: the
-// principal's field, the client ID's Tracking form, and the use's time.
+// principal's field, the client ID's Tracking form, the use's time, and the
+// value written.
 type use struct {
 	field, tracked string
 	atMs           int64
+	value          string
 }
 
 // leftWrite is a queued leftScript call and the use it writes.
@@ -295,12 +309,12 @@ type leftWrite struct {
 }
 
 // indexMade indexes the uses that leftScript calls wrote where the field
-// was not there (-1): a use that its connect's write had indexed was
-// popped since (or that write never landed, or Redis was emptied), and a
+// was not there (-1): a use whose connect the index refused (its record
+// then removed), or whose write never landed, or Redis was emptied; a
 // disconnect must not make it again unindexed, or a principal holding
 // connections while it connects with new client IDs would keep uses past
-// its bound. A second round trip (a third where it pops), only then.
-func (s *Store) indexMade(ctx context.Context, lefts []leftWrite, ttl any) {
+// its bound. A second round trip (a third where it refuses), only then.
+func (s *Store) indexMade(ctx context.Context, lefts []leftWrite, window time.Duration) {
 	var made []use
 	for _, l := range lefts {
 		if n, err := l.cmd.Int64(); err == nil && n == -1 {
@@ -310,69 +324,88 @@ func (s *Store) indexMade(ctx context.Context, lefts []leftWrite, ttl any) {
 	if len(made) == 0 {
 		return
 	}
+	w := windowOf(window)
 	run := func(full bool) ([]indexed, error) {
 		pipe := s.rdb.Pipeline()
 		idx := make([]indexed, 0, len(made))
 		for _, u := range made {
-			idx = append(idx, s.indexUse(ctx, pipe, full, u.field, u.tracked, u.atMs, ttl))
+			idx = append(idx, s.indexUse(ctx, pipe, full, u, w))
 		}
 		_, err := pipe.Exec(ctx)
 		return idx, err
 	}
 	idx, err := run(false)
-	s.evictUses(ctx, idx)
 	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
 		idx, _ = run(true)
-		s.evictUses(ctx, idx)
 	}
+	s.refuseUses(ctx, idx)
 }
 
-// indexUse queues idsScript for principal field's use of client ID
-// tracked at atMs (unix ms), beside the seen hash's write of that use.
-func (s *Store) indexUse(ctx context.Context, pipe redis.Pipeliner, full bool, field, tracked string, atMs int64, ttl any) indexed {
-	if field == "" {
+// indexUse queues idsScript for u, written beside it to its seen hash; w
+// is the batch's window arguments (windowArgs).
+func (s *Store) indexUse(ctx context.Context, pipe redis.Pipeliner, full bool, u use, w windowArgs) indexed {
+	if u.field == "" {
 		return indexed{}
 	}
-	return indexed{field: field, cmd: eval(ctx, pipe, idsArgs, full, s.kb.ClientIDs(field), tracked, strconv.FormatInt(atMs, 10), s.clientIDsMax(), ttl)}
+	return indexed{use: u, cmd: eval(ctx, pipe, idsArgs, full, s.kb.ClientIDs(u.field), u.tracked, strconv.FormatInt(u.atMs, 10),
+		s.clientIDsMax(), w.ttl, w.cutoff)}
 }
 
-// indexed is one queued idsScript call and the principal it indexes.
+// windowArgs is the window as idsScript takes it, boxed once a batch: its
+// length (the index's TTL) and its start (unix ms), both in milliseconds.
+type windowArgs struct{ ttl, cutoff any }
+
+func windowOf(window time.Duration) windowArgs {
+	ms := window.Milliseconds()
+	return windowArgs{ttl: strconv.FormatInt(ms, 10), cutoff: strconv.FormatInt(time.Now().UnixMilli()-ms, 10)}
+}
+
+// indexed is one queued idsScript call and the use it indexes.
 type indexed struct {
-	field string
-	cmd   *redis.Cmd
+	use use
+	cmd *redis.Cmd
 }
 
 // clientIDsMax is Options.ClientIDsMax as idsScript takes it, boxed once.
 func (s *Store) clientIDsMax() any { return s.clients.idsMax }
 
-// evictUses removes, from the seen hash of each client ID an idsScript
-// call popped, the use of the principal it popped it for: one round trip,
-// sent only when one popped any. A call that failed popped nothing it told;
-// a removal that fails leaves that use to its hash's TTL (conflict_window).
-// A use recorded again on another broker between the pop and the removal
-// is removed with it: that principal's, and only past its bound.
-func (s *Store) evictUses(ctx context.Context, idx []indexed) {
-	var pipe redis.Pipeliner
+// refuseUses removes each use whose index call refused it (0) from its seen
+// hash, where the field still holds the value written (casScript: a newer
+// write of the field, in this batch or by another broker, is kept): one
+// round trip, sent only when a call refused one. A call whose reply was lost
+// (a timeout, Redis gone) leaves its use to the hash's TTL (conflict_window),
+// as does a removal that fails: a use more than the bound per such failure.
+func (s *Store) refuseUses(ctx context.Context, idx []indexed) {
+	var refused []use
 	for _, x := range idx {
-		if x.cmd == nil || x.cmd.Err() != nil {
+		if x.cmd == nil {
 			continue
 		}
-		popped, _ := x.cmd.Val().([]any)
-		for i := 0; i < len(popped); i += 2 {
-			id, _ := popped[i].(string)
-			if id == "" {
-				continue
-			}
-			if pipe == nil {
-				pipe = s.rdb.Pipeline()
-			}
-			pipe.Do(ctx, "hdel", s.kb.SeenTracked(id), x.field)
+		if n, err := x.cmd.Int64(); err == nil && n == 0 {
+			refused = append(refused, x.use)
 		}
 	}
-	if pipe != nil {
-		_, _ = pipe.Exec(ctx)
+	if len(refused) == 0 {
+		return
+	}
+	s.clients.refusedUses.Add(uint64(len(refused)))
+	run := func(full bool) error {
+		pipe := s.rdb.Pipeline()
+		for _, u := range refused {
+			eval(ctx, pipe, casArgs, full, s.kb.SeenTracked(u.tracked), u.field, u.value, "")
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	if err := run(false); err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+		_ = run(true)
 	}
 }
+
+// RefusedUses is how many uses this Store's writes recorded and then
+// removed because their principal's index was full
+// (conflict_clientids_max): the plugin logs its growth.
+func (s *Store) RefusedUses() uint64 { return s.clients.refusedUses.Load() }
 
 // seq returns the sequence number that ends connection ID id
 // (instance-sequence), or "" when it has none: such an entry is always
@@ -572,7 +605,8 @@ func eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, k
 func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) ([]State, error) {
 	type reads struct{ live, seen, priorLive, priorSeen, gone, left *redis.Cmd }
 	rs := make([]reads, len(ws))
-	ttl := any(strconv.FormatInt(window.Milliseconds(), 10))
+	win := windowOf(window)
+	ttl := win.ttl
 	var (
 		idx   []indexed   // every principal's use written to a seen hash by Seen, indexed
 		lefts []leftWrite // and by Left, indexed after where it made the field
@@ -673,7 +707,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 				read = "1"
 			}
 			if field != "" {
-				idx = append(idx, s.indexUse(ctx, pipe, full, field, tracked, w.Seen.ConnectedMs, ttl))
+				idx = append(idx, s.indexUse(ctx, pipe, full, use{field: field, tracked: tracked, atMs: w.Seen.ConnectedMs, value: value}, win))
 			}
 			switch {
 			case !w.Sole:
@@ -703,12 +737,12 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			if w.Check {
 				rs[i].left = cmd
 			}
-			lefts = append(lefts, leftWrite{cmd: cmd, use: use{field: bound(w.Left.Principal), tracked: tracked, atMs: w.Left.DisconnectedMs}})
+			lefts = append(lefts, leftWrite{cmd: cmd, use: use{field: bound(w.Left.Principal), tracked: tracked, atMs: w.Left.DisconnectedMs, value: left}})
 		}
 	}
 	_, err := pipe.Exec(ctx)
-	s.evictUses(ctx, idx) // what the calls that ran popped, whatever else failed
-	s.indexMade(ctx, lefts, ttl)
+	s.refuseUses(ctx, idx) // what the calls that ran refused, whatever else failed
+	s.indexMade(ctx, lefts, window)
 	if err != nil {
 		// What was there before, read where it could be (WriteConns
 		// keeps it for a replay).
@@ -1105,7 +1139,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 				rec := string(c.appendBounded(a[:0]))
 				cmd := eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
 					strconv.FormatInt(c.DisconnectedMs, 10), strconv.FormatInt(max(earliest, c.ConnectedMs), 10))
-				lefts = append(lefts, leftWrite{cmd: cmd, use: use{field: bound(c.Principal), tracked: id, atMs: c.DisconnectedMs}})
+				lefts = append(lefts, leftWrite{cmd: cmd, use: use{field: bound(c.Principal), tracked: id, atMs: c.DisconnectedMs, value: rec}})
 			}
 			// Deleted only if it is still this connection: a broker whose
 			// lease ran out while it lived on (cut off from Redis) may
@@ -1113,7 +1147,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 			eval(ctx, pipe, casArgs, full, conn, instance, c.prefixOf(v), "")
 		}
 		_, err := pipe.Exec(ctx)
-		s.indexMade(ctx, lefts, ttl)
+		s.indexMade(ctx, lefts, window)
 		return err
 	}
 	err = run(false)

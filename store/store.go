@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -56,7 +57,7 @@ type Options struct {
 }
 
 // DefaultClientIDsMax is conflict_clientids_max's default.
-const DefaultClientIDsMax = 1000
+const DefaultClientIDsMax = 10000
 
 // DefaultBackgroundTimeout is the default Options.BackgroundTimeout: longer
 // than any stall Redis has in normal operation (a BGSAVE fork of a large
@@ -85,7 +86,9 @@ type clients struct {
 	o        Options
 	unroute  func() // stops routing go-redis's lines to Options.Log
 	idsMax   any    // Options.ClientIDsMax (or its default) as idsScript takes it
-	once     sync.Once
+	// refusedUses counts the uses removed for a full index (RefusedUses).
+	refusedUses atomic.Uint64
+	once        sync.Once
 }
 
 // New returns a Store; it does not connect until first used, and reconnects
