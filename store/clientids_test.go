@@ -11,16 +11,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
-	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // storeWithIDsMax is newStore with Options.ClientIDsMax n.
 func storeWithIDsMax(t *testing.T, n int) (*Store, *testenv.Redis) {
 	t.Helper()
-	r := testenv.StartRedis(t)
-	s := New(Options{Addrs: []string{r.Addr}, Timeout: time.Second, ClientIDsMax: n}, keys.Builder{Prefix: "guard:"})
-	t.Cleanup(func() { s.Close() })
-	return s, r
+	return newStoreWith(t, "guard:", Options{ClientIDsMax: n})
 }
 
 // seenOf is how many seen hashes hold a use of principal, of client IDs
