@@ -162,9 +162,8 @@ return 1`
 // end at ARGV[6] or later (its DISCONNECT's, real, written while the reap
 // ran; not an earlier reap's, made by mistake while its broker paused).
 // It returns 0 when it wrote nothing; when it wrote over this connection's
-// own record, 2 + the end that record held (unix ms; 2: none); -1 when the
-// field was not there (the principal's use is then indexed after, see
-// idsScript), else 1 (ConnWrite.Check reads it). (What it kept when it wrote nothing, another
+// own record, 2 + the end that record held (unix ms; 2: none), else 1
+// (ConnWrite.Check reads it). (What it kept when it wrote nothing, another
 // use of the principal, is not told: that use's connect may have skipped
 // its read, atk41, so it vouches for nothing.) An integer:
 // a disconnect's reply allocates nothing more (an array cost three
@@ -186,7 +185,6 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if own then return 2 + (tonumber(d) or 0) end
-if not v then return -1 end
 return 1`
 
 // liveScript records and reads a client ID's live connections in one atomic
@@ -271,8 +269,9 @@ return 0`
 // forgotten), keeping the index ARGV[4] ms, and returns 1; else it changes
 // nothing and returns 0 (ZCARD, ZADD and PEXPIRE where there is room; ZSCORE
 // and ZREMRANGEBYSCORE only once full): the caller then
-// removes the use it wrote from that client ID's seen hash, if it is still
-// the value written (refuseUses). So a principal's recorded uses stay within
+// removes the use it wrote from that client ID's seen hash, where it still
+// holds a record of that connection (refuseUses). Every write of a use, a
+// connect's or an end's, is indexed, scored by its time. So a principal's recorded uses stay within
 // the bound however many client IDs it connects with (atk82: one account
 // connecting with new client IDs grew Redis by 610 bytes an ID for
 // conflict_window, until Redis refused the writes that ban), and nothing a
@@ -295,50 +294,11 @@ return 1`
 
 // use is a principal's use of a client ID written to its seen hash: the
 // principal's field, the client ID's Tracking form, the use's time, and the
-// value written.
+// prefix of the connection's record written (Conn.prefix).
 type use struct {
 	field, tracked string
 	atMs           int64
-	value          string
-}
-
-// leftWrite is a queued leftScript call and the use it writes.
-type leftWrite struct {
-	cmd *redis.Cmd
-	use use
-}
-
-// indexMade indexes the uses that leftScript calls wrote where the field
-// was not there (-1): a use whose connect the index refused (its record
-// then removed), or whose write never landed, or Redis was emptied; a
-// disconnect must not make it again unindexed, or a principal holding
-// connections while it connects with new client IDs would keep uses past
-// its bound. A second round trip (a third where it refuses), only then.
-func (s *Store) indexMade(ctx context.Context, lefts []leftWrite, window time.Duration) {
-	var made []use
-	for _, l := range lefts {
-		if n, err := l.cmd.Int64(); err == nil && n == -1 {
-			made = append(made, l.use)
-		}
-	}
-	if len(made) == 0 {
-		return
-	}
-	w := windowOf(window)
-	run := func(full bool) ([]indexed, error) {
-		pipe := s.rdb.Pipeline()
-		idx := make([]indexed, 0, len(made))
-		for _, u := range made {
-			idx = append(idx, s.indexUse(ctx, pipe, full, u, w))
-		}
-		_, err := pipe.Exec(ctx)
-		return idx, err
-	}
-	idx, err := run(false)
-	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
-		idx, _ = run(true)
-	}
-	s.refuseUses(ctx, idx)
+	prefix         string
 }
 
 // indexUse queues idsScript for u, written beside it to its seen hash; w
@@ -370,9 +330,10 @@ type indexed struct {
 func (s *Store) clientIDsMax() any { return s.clients.idsMax }
 
 // refuseUses removes each use whose index call refused it (0) from its seen
-// hash, where the field still holds the value written (casScript: a newer
-// write of the field, in this batch or by another broker, is kept): one
-// round trip, sent only when a call refused one. A call whose reply was lost
+// hash, where the field still holds a record of that connection (casScript
+// on its prefix: its connect's or its end's, both refused; another
+// connection's newer write, in this batch or by another broker, is kept):
+// one round trip, sent only when a call refused one. A call whose reply was lost
 // (a timeout, Redis gone) leaves its use to the hash's TTL (conflict_window),
 // as does a removal that fails: a use more than the bound per such failure.
 func (s *Store) refuseUses(ctx context.Context, idx []indexed) {
@@ -392,7 +353,7 @@ func (s *Store) refuseUses(ctx context.Context, idx []indexed) {
 	run := func(full bool) error {
 		pipe := s.rdb.Pipeline()
 		for _, u := range refused {
-			eval(ctx, pipe, casArgs, full, s.kb.SeenTracked(u.tracked), u.field, u.value, "")
+			eval(ctx, pipe, casArgs, full, s.kb.SeenTracked(u.tracked), u.field, u.prefix, "")
 		}
 		_, err := pipe.Exec(ctx)
 		return err
@@ -608,8 +569,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 	win := windowOf(window)
 	ttl := win.ttl
 	var (
-		idx   []indexed   // every principal's use written to a seen hash by Seen, indexed
-		lefts []leftWrite // and by Left, indexed after where it made the field
+		idx []indexed // every principal's use written to a seen hash (Seen, Left), indexed
 	)
 	var (
 		instance     string
@@ -707,7 +667,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 				read = "1"
 			}
 			if field != "" {
-				idx = append(idx, s.indexUse(ctx, pipe, full, use{field: field, tracked: tracked, atMs: w.Seen.ConnectedMs, value: value}, win))
+				idx = append(idx, s.indexUse(ctx, pipe, full, use{field: field, tracked: tracked, atMs: w.Seen.ConnectedMs, prefix: w.Seen.prefixOf(value)}, win))
 			}
 			switch {
 			case !w.Sole:
@@ -737,12 +697,16 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			if w.Check {
 				rs[i].left = cmd
 			}
-			lefts = append(lefts, leftWrite{cmd: cmd, use: use{field: bound(w.Left.Principal), tracked: tracked, atMs: w.Left.DisconnectedMs, value: left}})
+			// Every end is indexed too, scored by its time: the index then
+			// ages a use out only a window after the principal's last write
+			// of it (atk84: scored by the connect alone, connections held
+			// near a window and then ended kept their uses a window more,
+			// past the index, and the bound doubled).
+			idx = append(idx, s.indexUse(ctx, pipe, full, use{field: bound(w.Left.Principal), tracked: tracked, atMs: w.Left.DisconnectedMs, prefix: w.Left.prefixOf(left)}, win))
 		}
 	}
 	_, err := pipe.Exec(ctx)
 	s.refuseUses(ctx, idx) // what the calls that ran refused, whatever else failed
-	s.indexMade(ctx, lefts, window)
 	if err != nil {
 		// What was there before, read where it could be (WriteConns
 		// keeps it for a replay).
@@ -1117,10 +1081,11 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 	if err := recheck(); err != nil {
 		return err
 	}
-	ttl := strconv.FormatInt(window.Milliseconds(), 10)
+	win := windowOf(window)
+	ttl := win.ttl
 	run := func(full bool) error {
 		pipe := s.rdb.Pipeline()
-		var lefts []leftWrite
+		var idx []indexed
 		for i, id := range ids {
 			v, err := gets[i].Result()
 			if err != nil {
@@ -1137,9 +1102,9 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 				c.DisconnectedMs = max(endMs, c.ConnectedMs)
 				var a [256]byte
 				rec := string(c.appendBounded(a[:0]))
-				cmd := eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
+				eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
 					strconv.FormatInt(c.DisconnectedMs, 10), strconv.FormatInt(max(earliest, c.ConnectedMs), 10))
-				lefts = append(lefts, leftWrite{cmd: cmd, use: use{field: bound(c.Principal), tracked: id, atMs: c.DisconnectedMs, value: rec}})
+				idx = append(idx, s.indexUse(ctx, pipe, full, use{field: bound(c.Principal), tracked: id, atMs: c.DisconnectedMs, prefix: c.prefixOf(rec)}, win))
 			}
 			// Deleted only if it is still this connection: a broker whose
 			// lease ran out while it lived on (cut off from Redis) may
@@ -1147,7 +1112,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 			eval(ctx, pipe, casArgs, full, conn, instance, c.prefixOf(v), "")
 		}
 		_, err := pipe.Exec(ctx)
-		s.indexMade(ctx, lefts, window)
+		s.refuseUses(ctx, idx)
 		return err
 	}
 	err = run(false)

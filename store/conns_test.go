@@ -418,7 +418,8 @@ func TestWriteConnsSoleStoresTheSame(t *testing.T) {
 // instance and no brokerconns member; it reads the live hash as the pair's
 // connect read it but for its own field, and the seen hash as it is after
 // its record (the pair read its record before its end). It costs 9 Redis
-// commands instead of 17 (each with the principal's client-ID index's 4);
+// commands instead of 21 (each with the principal's client-ID index's 4 a
+// use written);
 // without Sole the seen record is the script's.
 func TestWriteConnsEnded(t *testing.T) {
 	ctx := context.Background()
@@ -483,9 +484,10 @@ func TestWriteConnsEnded(t *testing.T) {
 		assert.Equal(t, pairLive, fold.state.Live, "the live hash but for its own field")
 		assert.Equal(t, []Conn{end.bounded(), other}, fold.state.Seen, "sole=%v", sole)
 		if sole {
-			// +4 each since atk82: the connect's index of its principal's
-			// client IDs (EVALSHA, ZADD, PEXPIRE, ZCARD).
-			assert.EqualValues(t, 17, pair.cmds, "12, the end's PEXPIRE, and the index")
+			// +4 for each use written since atk82: the index of its
+			// principal's client IDs (EVALSHA, ZCARD, ZADD, PEXPIRE), at the
+			// connect and at the end.
+			assert.EqualValues(t, 21, pair.cmds, "12, the end's PEXPIRE, and the index twice")
 			assert.EqualValues(t, 9, fold.cmds)
 		}
 	}
