@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,14 +48,7 @@ type Options struct {
 	// Log, when set, receives go-redis's own log lines, which would
 	// otherwise go to stderr, at most one per LogEvery (see routeLogs).
 	Log func(msg string)
-	// ClientIDsMax is conflict_clientids_max: how many client IDs' seen
-	// hashes may hold one principal's use (keys.Builder.ClientIDs); zero:
-	// DefaultClientIDsMax.
-	ClientIDsMax int
 }
-
-// DefaultClientIDsMax is conflict_clientids_max's default.
-const DefaultClientIDsMax = 10000
 
 // DefaultBackgroundTimeout is the default Options.BackgroundTimeout: longer
 // than any stall Redis has in normal operation (a BGSAVE fork of a large
@@ -85,10 +76,7 @@ type clients struct {
 	fast, bg redis.UniversalClient
 	o        Options
 	unroute  func() // stops routing go-redis's lines to Options.Log
-	idsMax   any    // Options.ClientIDsMax (or its default) as idsScript takes it
-	// refusedUses counts the uses removed for a full index (RefusedUses).
-	refusedUses atomic.Uint64
-	once        sync.Once
+	once     sync.Once
 }
 
 // New returns a Store; it does not connect until first used, and reconnects
@@ -99,11 +87,7 @@ func New(o Options, kb keys.Builder) *Store {
 		bgTimeout = DefaultBackgroundTimeout
 	}
 	bgTimeout = max(bgTimeout, o.Timeout)
-	idsMax := o.ClientIDsMax
-	if idsMax <= 0 {
-		idsMax = DefaultClientIDsMax
-	}
-	c := &clients{o: o, unroute: func() {}, idsMax: strconv.Itoa(idsMax)}
+	c := &clients{o: o, unroute: func() {}}
 	if o.Log != nil {
 		c.unroute = routeLogs(o.Log)
 	}
