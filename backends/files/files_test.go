@@ -222,3 +222,34 @@ func TestStoreHashOrDummy(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, want, got, "the dummy is of alice's class")
 }
+
+// A password file's line with a digest too short to bind a password
+// (atk82: argon2id with a 1-byte digest, which "p1491" opened) is skipped
+// with a line naming the file and line number, never the hash; the lines
+// around it load. Load is what the start and every SIGHUP read.
+func TestLoadSkipsShortDigest(t *testing.T) {
+	testenv.Need(t, "mosquitto_passwd")
+	path := filepath.Join(t.TempDir(), "passwd")
+	mosquittoPasswd(t, "-c", "-b", path, "alice", "alice-pw")
+	const short = "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$AA"
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteString("u21:" + short + "\n")
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	mosquittoPasswd(t, "-b", path, "bob", "bob-pw")
+
+	s, skipped, err := Load(path, hashes.Verifier{})
+	require.NoError(t, err)
+	require.Len(t, skipped, 1)
+	assert.Equal(t, 2, skipped[0].Line)
+	assert.Contains(t, skipped[0].Error(), "shorter than 16 bytes")
+	assert.NotContains(t, skipped[0].Error(), "c2FsdA")
+	assert.Equal(t, 2, s.Len(), "alice and bob")
+	ok, err := s.Verify("u21", []byte("p1491"))
+	require.NoError(t, err)
+	assert.False(t, ok, "p1491 opened the 1-byte digest")
+	ok, err = s.Verify("bob", []byte("bob-pw"))
+	require.NoError(t, err)
+	assert.True(t, ok)
+}

@@ -37,21 +37,22 @@ type Verifier struct {
 
 // Limits that keep one verification from tying up the broker's thread.
 const (
-	maxIterations  = 10_000_000 // PBKDF2 iterations (times 64-byte blocks for long keys)
-	maxArgonMemory = 1 << 20    // argon2 memory in KiB: 1 GiB
-	maxArgonTime   = 100        // argon2 passes
-	maxArgonWork   = 2 << 20    // argon2 memory in KiB times passes: 2 GiB-passes, about a bcrypt-16 (some 5 s)
-	maxBcryptCost  = 16         // about as slow as 10 000 000 PBKDF2-SHA512 iterations
-	maxFieldBytes  = 1024       // decoded salt or hash
-	// minDigestBytes: the shortest digest of the formats whose digest length
-	// is the stored hash's own (go-auth's PBKDF2 and argon2id). A digest of
-	// n bytes is matched by about one password in 2^(8n): a 1-byte one by
-	// one in 256, found offline in a moment (atk82). 16 bytes (128 bits) is
-	// half of what go-auth writes by default (32 for argon2id, the hash's
-	// size for PBKDF2).
-	minDigestBytes  = 16
-	maxEncodedField = 2048 // encoded salt or hash, checked before decoding
+	maxIterations   = 10_000_000 // PBKDF2 iterations (times 64-byte blocks for long keys)
+	maxArgonMemory  = 1 << 20    // argon2 memory in KiB: 1 GiB
+	maxArgonTime    = 100        // argon2 passes
+	maxArgonWork    = 2 << 20    // argon2 memory in KiB times passes: 2 GiB-passes, about a bcrypt-16 (some 5 s)
+	maxBcryptCost   = 16         // about as slow as 10 000 000 PBKDF2-SHA512 iterations
+	maxFieldBytes   = 1024       // decoded salt or hash
+	maxEncodedField = 2048       // encoded salt or hash, checked before decoding
 )
+
+// minDigestBytes is the shortest digest of the formats whose digest length
+// is the stored hash's own (go-auth's PBKDF2 and argon2id). A digest of n
+// bytes is matched by about one password in 2^(8n): a 1-byte one by one in
+// 256, found offline in a moment (atk82). 16 bytes (128 bits) is half of
+// what go-auth writes by default (32 for argon2id, the hash's size for
+// PBKDF2).
+const minDigestBytes = 16
 
 // limits are the cost bounds a Verifier enforces; tests use tighter ones.
 type limits struct {
