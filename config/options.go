@@ -61,6 +61,9 @@ type Options struct {
 	// KnownSourcesMax is known_sources_max: how many sources (IPs, client
 	// IDs) are remembered per username as known to it.
 	KnownSourcesMax int
+	// ClientIDsMax is conflict_clientids_max: how many client IDs' uses of
+	// one principal client-ID tracking remembers (store.Options.ClientIDsMax).
+	ClientIDsMax int
 	// ClientIDMaxBytes and UsernameMaxBytes are clientid_max_bytes and
 	// username_max_bytes: a CONNECT whose client ID or username is longer
 	// is refused before anything else is checked (0, Options' zero value:
@@ -169,30 +172,31 @@ type option struct {
 // options lists every option. The failure policy's defaults are ratelimit's,
 // which its Policy also falls back to: one source for both.
 var options = map[string]option{
-	"redis_addr":           {"127.0.0.1:6379", parseRedisAddr},
-	"redis_username":       {"", func(c *Options, v string) error { c.RedisUsername = v; return nil }},
-	"redis_password":       {"", func(c *Options, v string) error { c.RedisPassword = v; return nil }},
-	"redis_db":             {"0", intOption("redis_db", 0, 1<<16, func(c *Options) *int { return &c.RedisDB })},
-	"redis_timeout":        {"100ms", durationOption("redis_timeout", time.Millisecond, 10*time.Second, func(c *Options) *time.Duration { return &c.RedisTimeout })},
-	"key_prefix":           {"guard:", func(c *Options, v string) error { c.KeyPrefix = v; return nil }},
-	"backend":              {"", parseBackend},
-	"password_file":        {"", func(c *Options, v string) error { c.PasswordFile = v; return nil }},
-	"hasher_salt_encoding": {"base64", parseSaltEncoding},
-	"fail_limit":           {strconv.Itoa(ratelimit.DefaultLimit), intOption("fail_limit", 1, 1_000_000, func(c *Options) *int { return &c.Policy.Limit })},
-	"fail_window":          {ratelimit.DefaultWindow.String(), durationOption("fail_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.Window })},
-	"fail_scopes":          {"ip", parseFailScopes},
-	"fail_ipv6_prefix":     {"64", intOption("fail_ipv6_prefix", 16, 128, func(c *Options) *int { return &c.FailIPv6Prefix })},
-	"username_fail_limit":  {"20", intOption("username_fail_limit", 0, 1_000_000, func(c *Options) *int { return &c.UsernameFailLimit })},
-	"known_sources_max":    {"100000", intOption("known_sources_max", 1, 10_000_000, func(c *Options) *int { return &c.KnownSourcesMax })},
-	"clientid_max_bytes":   {"65535", intOption("clientid_max_bytes", 1, 65535, func(c *Options) *int { return &c.ClientIDMaxBytes })},
-	"username_max_bytes":   {"65535", intOption("username_max_bytes", 1, 65535, func(c *Options) *int { return &c.UsernameMaxBytes })},
-	"ban_time":             {ratelimit.DefaultBanTime.String(), durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanTime })},
-	"ban_max":              {ratelimit.DefaultBanMax.String(), durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanMax })},
-	"redis_unavailable":    {"allow", parseUnavailable},
-	"clientid_conflict":    {"flag", parseConflictMode},
-	"conflict_window":      {"31d", durationOption("conflict_window", time.Minute, 366*24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Window })},
-	"takeover_limit":       {"3", intOption("takeover_limit", 1, 1_000_000, func(c *Options) *int { return &c.Conflicts.TakeoverLimit })},
-	"takeover_window":      {"1m", durationOption("takeover_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.TakeoverWindow })},
+	"redis_addr":             {"127.0.0.1:6379", parseRedisAddr},
+	"redis_username":         {"", func(c *Options, v string) error { c.RedisUsername = v; return nil }},
+	"redis_password":         {"", func(c *Options, v string) error { c.RedisPassword = v; return nil }},
+	"redis_db":               {"0", intOption("redis_db", 0, 1<<16, func(c *Options) *int { return &c.RedisDB })},
+	"redis_timeout":          {"100ms", durationOption("redis_timeout", time.Millisecond, 10*time.Second, func(c *Options) *time.Duration { return &c.RedisTimeout })},
+	"key_prefix":             {"guard:", func(c *Options, v string) error { c.KeyPrefix = v; return nil }},
+	"backend":                {"", parseBackend},
+	"password_file":          {"", func(c *Options, v string) error { c.PasswordFile = v; return nil }},
+	"hasher_salt_encoding":   {"base64", parseSaltEncoding},
+	"fail_limit":             {strconv.Itoa(ratelimit.DefaultLimit), intOption("fail_limit", 1, 1_000_000, func(c *Options) *int { return &c.Policy.Limit })},
+	"fail_window":            {ratelimit.DefaultWindow.String(), durationOption("fail_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.Window })},
+	"fail_scopes":            {"ip", parseFailScopes},
+	"fail_ipv6_prefix":       {"64", intOption("fail_ipv6_prefix", 16, 128, func(c *Options) *int { return &c.FailIPv6Prefix })},
+	"username_fail_limit":    {"20", intOption("username_fail_limit", 0, 1_000_000, func(c *Options) *int { return &c.UsernameFailLimit })},
+	"known_sources_max":      {"100000", intOption("known_sources_max", 1, 10_000_000, func(c *Options) *int { return &c.KnownSourcesMax })},
+	"clientid_max_bytes":     {"65535", intOption("clientid_max_bytes", 1, 65535, func(c *Options) *int { return &c.ClientIDMaxBytes })},
+	"username_max_bytes":     {"65535", intOption("username_max_bytes", 1, 65535, func(c *Options) *int { return &c.UsernameMaxBytes })},
+	"ban_time":               {ratelimit.DefaultBanTime.String(), durationOption("ban_time", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanTime })},
+	"ban_max":                {ratelimit.DefaultBanMax.String(), durationOption("ban_max", time.Second, 365*24*time.Hour, func(c *Options) *time.Duration { return &c.Policy.BanMax })},
+	"redis_unavailable":      {"allow", parseUnavailable},
+	"clientid_conflict":      {"flag", parseConflictMode},
+	"conflict_clientids_max": {"10000", intOption("conflict_clientids_max", 1, 1_000_000, func(c *Options) *int { return &c.ClientIDsMax })},
+	"conflict_window":        {"31d", durationOption("conflict_window", time.Minute, 366*24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.Window })},
+	"takeover_limit":         {"3", intOption("takeover_limit", 1, 1_000_000, func(c *Options) *int { return &c.Conflicts.TakeoverLimit })},
+	"takeover_window":        {"1m", durationOption("takeover_window", time.Second, 24*time.Hour, func(c *Options) *time.Duration { return &c.Conflicts.TakeoverWindow })},
 	"findings_max": {"10000", func(c *Options, v string) error {
 		var n int
 		err := intOption("findings_max", 10, 100_000_000, func(*Options) *int { return &n })(c, v)

@@ -254,6 +254,12 @@ func (b Builder) Seen(clientID string) string { return b.SeenTracked(Tracking(cl
 // SeenTracked is Seen for a client ID already in its Tracking form.
 func (b Builder) SeenTracked(tracked string) string { return b.Prefix + "seen:" + tracked }
 
+// ClientIDs returns the index of the client IDs (Tracking forms) whose seen
+// hash holds a use of principal (conflicts.Principal's form, as the seen
+// hash's field names it), scored by that use's time: at most
+// conflict_clientids_max of them, the oldest use forgotten first.
+func (b Builder) ClientIDs(principal string) string { return b.Prefix + "clientids:" + principal }
+
 // Takeovers returns the counter of duplicate connections of clientID, named
 // by its Tracking form.
 func (b Builder) Takeovers(clientID string) string { return b.TakeoversTracked(Tracking(clientID)) }

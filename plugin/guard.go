@@ -265,6 +265,9 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 		g.spawn("client ID tracking", func() { g.tracker.Run(g.stop) })
 		g.spawn("deferred confirmation", g.confirmLoop)
 		g.spawn("live connections relist", g.relistLoop)
+		if r, ok := d.Conflicts.(interface{ RefusedUses() uint64 }); ok {
+			g.spawn("client ID index report", func() { g.reportRefusedUses(r.RefusedUses, cfg.ClientIDsMax) })
+		}
 	}
 	if d.Redis != nil {
 		g.startReplica(d.Redis)
@@ -393,6 +396,21 @@ func every(stop <-chan struct{}, d time.Duration, fn func()) {
 			fn()
 		}
 	}
+}
+
+// reportRefusedUses logs, every 10 s, how many uses of client IDs tracking
+// did not remember because their principal's index was full
+// (conflict_clientids_max): a fleet sharing one username or certificate,
+// or every anonymous client, past it is no longer watched on its new
+// client IDs, and the operator must know.
+func (g *Guard) reportRefusedUses(refused func() uint64, max int) {
+	var last uint64
+	every(g.stop, 10*time.Second, func() {
+		if n := refused(); n > last {
+			g.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d uses of client IDs not remembered for client-ID conflicts: their principal has %d client IDs recorded already (conflict_clientids_max; a fleet sharing one username or certificate, or every anonymous client, needs it above its number of devices)", n-last, max))
+			last = n
+		}
+	})
 }
 
 func (g *Guard) spawn(name string, fn func()) {

@@ -260,6 +260,114 @@ end
 if ARGV[4] == '1' then return redis.call('HGETALL', KEYS[1]) end
 return 0`
 
+// idsScript keeps principal's index of client IDs, KEYS[1]
+// (keys.Builder.ClientIDs): the client IDs whose seen hash holds a use of
+// the principal, scored by that use's time, at most ARGV[3] of them. It
+// admits client ID ARGV[1] (its Tracking form) at score ARGV[2] (unix ms)
+// when it is a member already or there is room, once full after dropping
+// the members scored before ARGV[5] (older than the window: their uses are
+// forgotten), keeping the index ARGV[4] ms, and returns 1; else it changes
+// nothing and returns 0 (ZCARD, ZADD and PEXPIRE where there is room; ZSCORE
+// and ZREMRANGEBYSCORE only once full): the caller then
+// removes the use it wrote from that client ID's seen hash, where it still
+// holds a record of that connection (refuseUses). Every write of a use, a
+// connect's or an end's, is indexed, scored by its time. So a principal's recorded uses stay within
+// the bound however many client IDs it connects with (atk82: one account
+// connecting with new client IDs grew Redis by 610 bytes an ID for
+// conflict_window, until Redis refused the writes that ban), and nothing a
+// client does removes a use already recorded: a full index refuses the new
+// client ID, it evicts no old one (atk83: with eviction, one member of a
+// principal shared by many devices, such as every anonymous client, erased
+// the others' uses by connecting with new client IDs, and another principal
+// then took a device's client ID unseen). One key: it holds on a Cluster.
+var idsScript = redis.NewScript(idsSrc)
+
+const idsSrc = `
+local max = tonumber(ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= max and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
+  if redis.call('ZCARD', KEYS[1]) >= max then return 0 end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1`
+
+// use is a principal's use of a client ID written to its seen hash: the
+// principal's field, the client ID's Tracking form, the use's time, and the
+// prefix of the connection's record written (Conn.prefix).
+type use struct {
+	field, tracked string
+	atMs           int64
+	prefix         string
+}
+
+// indexUse queues idsScript for u, written beside it to its seen hash; w
+// is the batch's window arguments (windowArgs).
+func (s *Store) indexUse(ctx context.Context, pipe redis.Pipeliner, full bool, u use, w windowArgs) indexed {
+	if u.field == "" {
+		return indexed{}
+	}
+	return indexed{use: u, cmd: eval(ctx, pipe, idsArgs, full, s.kb.ClientIDs(u.field), u.tracked, strconv.FormatInt(u.atMs, 10),
+		s.clientIDsMax(), w.ttl, w.cutoff)}
+}
+
+// windowArgs is the window as idsScript takes it, boxed once a batch: its
+// length (the index's TTL) and its start (unix ms), both in milliseconds.
+type windowArgs struct{ ttl, cutoff any }
+
+func windowOf(window time.Duration) windowArgs {
+	ms := window.Milliseconds()
+	return windowArgs{ttl: strconv.FormatInt(ms, 10), cutoff: strconv.FormatInt(time.Now().UnixMilli()-ms, 10)}
+}
+
+// indexed is one queued idsScript call and the use it indexes.
+type indexed struct {
+	use use
+	cmd *redis.Cmd
+}
+
+// clientIDsMax is Options.ClientIDsMax as idsScript takes it, boxed once.
+func (s *Store) clientIDsMax() any { return s.clients.idsMax }
+
+// refuseUses removes each use whose index call refused it (0) from its seen
+// hash, where the field still holds a record of that connection (casScript
+// on its prefix: its connect's or its end's, both refused; another
+// connection's newer write, in this batch or by another broker, is kept):
+// one round trip, sent only when a call refused one. A call whose reply was lost
+// (a timeout, Redis gone) leaves its use to the hash's TTL (conflict_window),
+// as does a removal that fails: a use more than the bound per such failure.
+func (s *Store) refuseUses(ctx context.Context, idx []indexed) {
+	var refused []use
+	for _, x := range idx {
+		if x.cmd == nil {
+			continue
+		}
+		if n, err := x.cmd.Int64(); err == nil && n == 0 {
+			refused = append(refused, x.use)
+		}
+	}
+	if len(refused) == 0 {
+		return
+	}
+	s.clients.refusedUses.Add(uint64(len(refused)))
+	run := func(full bool) error {
+		pipe := s.rdb.Pipeline()
+		for _, u := range refused {
+			eval(ctx, pipe, casArgs, full, s.kb.SeenTracked(u.tracked), u.field, u.prefix, "")
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	if err := run(false); err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+		_ = run(true)
+	}
+}
+
+// RefusedUses is how many uses this Store's writes recorded and then
+// removed because their principal's index was full
+// (conflict_clientids_max): the plugin logs its growth.
+func (s *Store) RefusedUses() uint64 { return s.clients.refusedUses.Load() }
+
 // seq returns the sequence number that ends connection ID id
 // (instance-sequence), or "" when it has none: such an entry is always
 // overwritten.
@@ -436,6 +544,7 @@ var (
 	liveArgs = scriptArgs{src: liveSrc, sha: liveScript.Hash()}
 	seenArgs = scriptArgs{src: seenSrc, sha: seenScript.Hash()}
 	leftArgs = scriptArgs{src: leftSrc, sha: leftScript.Hash()}
+	idsArgs  = scriptArgs{src: idsSrc, sha: idsScript.Hash()}
 )
 
 type scriptArgs struct{ src, sha any }
@@ -457,7 +566,11 @@ func eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, k
 func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Duration, full bool) ([]State, error) {
 	type reads struct{ live, seen, priorLive, priorSeen, gone, left *redis.Cmd }
 	rs := make([]reads, len(ws))
-	ttl := any(strconv.FormatInt(window.Milliseconds(), 10))
+	win := windowOf(window)
+	ttl := win.ttl
+	var (
+		idx []indexed // every principal's use written to a seen hash (Seen, Left), indexed
+	)
 	var (
 		instance     string
 		inst, setKey any // instance and its brokerconns set, boxed once per instance
@@ -553,6 +666,9 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			if w.Read && w.Live != nil {
 				read = "1"
 			}
+			if field != "" {
+				idx = append(idx, s.indexUse(ctx, pipe, full, use{field: field, tracked: tracked, atMs: w.Seen.ConnectedMs, prefix: w.Seen.prefixOf(value)}, win))
+			}
 			switch {
 			case !w.Sole:
 				rs[i].seen = eval(ctx, pipe, seenArgs, full, seenKey, field, value, ttl, read)
@@ -581,9 +697,17 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			if w.Check {
 				rs[i].left = cmd
 			}
+			// Every end is indexed too, scored by its time: the index then
+			// ages a use out only a window after the principal's last write
+			// of it (atk84: scored by the connect alone, connections held
+			// near a window and then ended kept their uses a window more,
+			// past the index, and the bound doubled).
+			idx = append(idx, s.indexUse(ctx, pipe, full, use{field: bound(w.Left.Principal), tracked: tracked, atMs: w.Left.DisconnectedMs, prefix: w.Left.prefixOf(left)}, win))
 		}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	_, err := pipe.Exec(ctx)
+	s.refuseUses(ctx, idx) // what the calls that ran refused, whatever else failed
+	if err != nil {
 		// What was there before, read where it could be (WriteConns
 		// keeps it for a replay).
 		out := make([]State, len(ws))
@@ -957,9 +1081,11 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 	if err := recheck(); err != nil {
 		return err
 	}
-	ttl := strconv.FormatInt(window.Milliseconds(), 10)
+	win := windowOf(window)
+	ttl := win.ttl
 	run := func(full bool) error {
 		pipe := s.rdb.Pipeline()
+		var idx []indexed
 		for i, id := range ids {
 			v, err := gets[i].Result()
 			if err != nil {
@@ -978,6 +1104,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 				rec := string(c.appendBounded(a[:0]))
 				eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
 					strconv.FormatInt(c.DisconnectedMs, 10), strconv.FormatInt(max(earliest, c.ConnectedMs), 10))
+				idx = append(idx, s.indexUse(ctx, pipe, full, use{field: bound(c.Principal), tracked: id, atMs: c.DisconnectedMs, prefix: c.prefixOf(rec)}, win))
 			}
 			// Deleted only if it is still this connection: a broker whose
 			// lease ran out while it lived on (cut off from Redis) may
@@ -985,6 +1112,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 			eval(ctx, pipe, casArgs, full, conn, instance, c.prefixOf(v), "")
 		}
 		_, err := pipe.Exec(ctx)
+		s.refuseUses(ctx, idx)
 		return err
 	}
 	err = run(false)

@@ -331,7 +331,7 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 			[]any{"hmget", k, "f"}, []any{"hgetall", k}, []any{"hexists", k, "f"}, []any{"hdel", k, "f"},
 			[]any{"sadd", k, "m"}, []any{"pexpire", k, "10000"}, []any{"sscan", k, "0"}, []any{"srem", k, "m"},
 			[]any{"zadd", k, "1", "m"}, []any{"pexpire", k, "10000"}, []any{"zscore", k, "m"},
-			[]any{"zrangebyscore", k, "-inf", "+inf"}, []any{"zrem", k, "m"},
+			[]any{"zrangebyscore", k, "-inf", "+inf"}, []any{"zcard", k}, []any{"zremrangebyscore", k, "-inf", "(0"}, []any{"zrem", k, "m"},
 			[]any{"xadd", k, "maxlen", "~", "1", "*", "f", "1"}, []any{"pexpire", k, "10000"},
 			[]any{"del", k}, []any{"incr", k}, []any{"pexpire", k, "10000"})
 	}

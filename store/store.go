@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -48,7 +50,14 @@ type Options struct {
 	// Log, when set, receives go-redis's own log lines, which would
 	// otherwise go to stderr, at most one per LogEvery (see routeLogs).
 	Log func(msg string)
+	// ClientIDsMax is conflict_clientids_max: how many client IDs' seen
+	// hashes may hold one principal's use (keys.Builder.ClientIDs); zero:
+	// DefaultClientIDsMax.
+	ClientIDsMax int
 }
+
+// DefaultClientIDsMax is conflict_clientids_max's default.
+const DefaultClientIDsMax = 10000
 
 // DefaultBackgroundTimeout is the default Options.BackgroundTimeout: longer
 // than any stall Redis has in normal operation (a BGSAVE fork of a large
@@ -76,7 +85,10 @@ type clients struct {
 	fast, bg redis.UniversalClient
 	o        Options
 	unroute  func() // stops routing go-redis's lines to Options.Log
-	once     sync.Once
+	idsMax   any    // Options.ClientIDsMax (or its default) as idsScript takes it
+	// refusedUses counts the uses removed for a full index (RefusedUses).
+	refusedUses atomic.Uint64
+	once        sync.Once
 }
 
 // New returns a Store; it does not connect until first used, and reconnects
@@ -87,7 +99,11 @@ func New(o Options, kb keys.Builder) *Store {
 		bgTimeout = DefaultBackgroundTimeout
 	}
 	bgTimeout = max(bgTimeout, o.Timeout)
-	c := &clients{o: o, unroute: func() {}}
+	idsMax := o.ClientIDsMax
+	if idsMax <= 0 {
+		idsMax = DefaultClientIDsMax
+	}
+	c := &clients{o: o, unroute: func() {}, idsMax: strconv.Itoa(idsMax)}
 	if o.Log != nil {
 		c.unroute = routeLogs(o.Log)
 	}

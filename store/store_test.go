@@ -17,8 +17,15 @@ import (
 
 func newStore(t *testing.T, prefix string) (*Store, *testenv.Redis) {
 	t.Helper()
+	return newStoreWith(t, prefix, Options{})
+}
+
+// newStoreWith is newStore with options o (their Addrs and Timeout set).
+func newStoreWith(t *testing.T, prefix string, o Options) (*Store, *testenv.Redis) {
+	t.Helper()
 	r := testenv.StartRedis(t)
-	s := New(Options{Addrs: []string{r.Addr}, Timeout: time.Second}, keys.Builder{Prefix: prefix})
+	o.Addrs, o.Timeout = []string{r.Addr}, time.Second
+	s := New(o, keys.Builder{Prefix: prefix})
 	t.Cleanup(func() { s.Close() })
 	return s, r
 }

@@ -1,0 +1,263 @@
+package store
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+)
+
+// storeWithIDsMax is newStore with Options.ClientIDsMax n.
+func storeWithIDsMax(t *testing.T, n int) (*Store, *testenv.Redis) {
+	t.Helper()
+	return newStoreWith(t, "guard:", Options{ClientIDsMax: n})
+}
+
+// seenOf is how many seen hashes hold a use of principal, of client IDs
+// "<prefix>0" to "<prefix>n-1".
+func seenOf(t *testing.T, s *Store, prefix string, n int, principal string) (held []int) {
+	t.Helper()
+	for i := range n {
+		ok, err := s.rdb.HExists(context.Background(), s.kb.Seen(prefix+strconv.Itoa(i)), principal).Result()
+		require.NoError(t, err)
+		if ok {
+			held = append(held, i)
+		}
+	}
+	return held
+}
+
+// One principal connecting with ever new client IDs keeps at most
+// ClientIDsMax uses in Redis: those it made first; past the bound its new
+// client IDs are not remembered, and nothing is removed from another
+// principal's uses of the same client IDs (atk82: one account grew Redis by
+// 610 bytes a new client ID, kept conflict_window, until Redis refused the
+// writes that ban). Under flag (Sole) and deny alike, connects and their
+// disconnects.
+func TestClientIDsBoundPerPrincipal(t *testing.T) {
+	for _, sole := range []bool{true, false} {
+		t.Run("sole="+strconv.FormatBool(sole), func(t *testing.T) {
+			s, _ := storeWithIDsMax(t, 5)
+			ctx := context.Background()
+			now := time.Now().UnixMilli()
+			// carol used every client ID first, each ended.
+			var ws []ConnWrite
+			for i := range 12 {
+				c := Conn{ID: "i2-" + strconv.Itoa(i+1), Instance: "i2", Principal: "carol", IP: "192.0.2.9", ConnectedMs: now + int64(i)}
+				c.DisconnectedMs = c.ConnectedMs + 1
+				ws = append(ws, ConnWrite{ClientID: "dev" + strconv.Itoa(i), Instance: "i2", Live: &c, Seen: &c, Ended: true, Sole: sole})
+			}
+			_, err := s.WriteConns(ctx, ws, time.Hour)
+			require.NoError(t, err)
+			carol := seenOf(t, s, "dev", 12, "carol")
+			require.Equal(t, []int{0, 1, 2, 3, 4}, carol, "carol's first 5 uses kept, the 7 after not")
+			// mallory: 12 client IDs, each connected, then ended.
+			for i := range 12 {
+				c := Conn{ID: "i1-" + strconv.Itoa(i+1), Instance: "i1", Principal: "mallory", IP: "192.0.2.1", ConnectedMs: now + 100 + int64(i)}
+				_, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "dev" + strconv.Itoa(i), Instance: "i1", Live: &c, Seen: &c, Read: true, Sole: sole}}, time.Hour)
+				require.NoError(t, err)
+				end := c
+				end.DisconnectedMs = c.ConnectedMs + 1
+				_, err = s.WriteConns(ctx, []ConnWrite{{ClientID: "dev" + strconv.Itoa(i), Instance: "i1", Gone: &c, Unlist: true, Left: &end, Sole: sole}}, time.Hour)
+				require.NoError(t, err)
+			}
+			assert.Equal(t, []int{0, 1, 2, 3, 4}, seenOf(t, s, "dev", 12, "mallory"), "mallory's first 5 uses kept")
+			assert.Equal(t, carol, seenOf(t, s, "dev", 12, "carol"), "carol's uses untouched by mallory's")
+			n, err := s.rdb.ZCard(ctx, s.kb.ClientIDs("mallory")).Result()
+			require.NoError(t, err)
+			assert.EqualValues(t, 5, n)
+			assert.EqualValues(t, 21, s.RefusedUses(), "carol's 7; mallory's 7 connects and their 7 ends")
+			ttl := s.rdb.PTTL(ctx, s.kb.ClientIDs("mallory")).Val()
+			assert.Greater(t, ttl, 59*time.Minute, "the index is kept the window")
+			// A known client ID is still recorded at the bound: mallory's
+			// reconnect with dev2 rewrites her use there.
+			c := Conn{ID: "i1-99", Instance: "i1", Principal: "mallory", IP: "192.0.2.1", ConnectedMs: now + 500}
+			_, err = s.WriteConns(ctx, []ConnWrite{{ClientID: "dev2", Instance: "i1", Live: &c, Seen: &c, Read: true, Sole: sole}}, time.Hour)
+			require.NoError(t, err)
+			_, seen, err := state(s, "dev2")
+			require.NoError(t, err)
+			var mine []string
+			for _, u := range seen {
+				if u.Principal == "mallory" {
+					mine = append(mine, u.ID)
+				}
+			}
+			assert.Equal(t, []string{"i1-99"}, mine, "a known client ID's use recorded at the bound")
+		})
+	}
+}
+
+// atk83 (a hostile review of the first bound, which evicted a principal's
+// oldest use): every anonymous client is one principal, as is a fleet
+// sharing a username, so one member connecting with new client IDs erased
+// the others' uses, and another principal then took a device's client ID
+// with no finding. Now a full index refuses the new client IDs: the
+// device's use stays, and the taker's connect reads it.
+func TestClientIDsSharedPrincipalKeepsDevicesUse(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 10)
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	dev := Conn{ID: "i1-1", Instance: "i1", Principal: "<anonymous>", IP: "192.0.2.7", ConnectedMs: now, DisconnectedMs: now + 1}
+	_, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "device-7", Instance: "i1", Live: &dev, Seen: &dev, Ended: true, Sole: true}}, time.Hour)
+	require.NoError(t, err)
+	var ws []ConnWrite
+	for i := range 40 { // the flood, in one batch
+		c := Conn{ID: "i1-" + strconv.Itoa(i+2), Instance: "i1", Principal: "<anonymous>", IP: "192.0.2.66", ConnectedMs: now + 10 + int64(i)}
+		c.DisconnectedMs = c.ConnectedMs + 1
+		ws = append(ws, ConnWrite{ClientID: "junk-" + strconv.Itoa(i), Instance: "i1", Live: &c, Seen: &c, Ended: true, Sole: true})
+	}
+	_, err = s.WriteConns(ctx, ws, time.Hour)
+	require.NoError(t, err)
+	m := Conn{ID: "i2-1", Instance: "i2", Principal: "mallory", IP: "192.0.2.9", ConnectedMs: now + 100}
+	st, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "device-7", Instance: "i2", Live: &m, Seen: &m, Read: true, Sole: true}}, time.Hour)
+	require.NoError(t, err)
+	var principals []string
+	for _, u := range st[0].Seen {
+		principals = append(principals, u.Principal)
+	}
+	assert.ElementsMatch(t, []string{"<anonymous>", "mallory"}, principals, "mallory's connect does not see the device's use")
+	assert.Len(t, seenOf(t, s, "junk-", 40, "<anonymous>"), 9, "the flood's uses: the bound's room")
+}
+
+// atk83 (of the first bound): a use written again in the batch that had
+// its field removed was erased. Now a refused use's removal deletes only
+// the value it wrote: a known client ID's rewrite in the same batch as
+// refused ones keeps its latest use, and a refused client ID written twice
+// in one batch keeps neither.
+func TestClientIDsRefusalRemovesOnlyItsOwnWrite(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 2)
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	mk := func(id string, n int) ConnWrite {
+		c := Conn{ID: "i1-" + strconv.Itoa(n), Instance: "i1", Principal: "p", IP: "192.0.2.1", ConnectedMs: now + int64(n)}
+		c.DisconnectedMs = c.ConnectedMs + 1
+		return ConnWrite{ClientID: id, Instance: "i1", Live: &c, Seen: &c, Ended: true, Sole: true}
+	}
+	_, err := s.WriteConns(ctx, []ConnWrite{mk("a", 1), mk("b", 2), mk("c", 3)}, time.Hour)
+	require.NoError(t, err)
+	assert.Empty(t, seenOf(t, s, "c", 1, "p"), "c refused")
+	_, err = s.WriteConns(ctx, []ConnWrite{mk("c", 4), mk("b", 5), mk("c", 6), mk("b", 7)}, time.Hour)
+	require.NoError(t, err)
+	assert.Empty(t, seenOf(t, s, "c", 1, "p"), "c refused twice")
+	_, seen, err := state(s, "b")
+	require.NoError(t, err)
+	require.Len(t, seen, 1)
+	assert.Equal(t, "i1-7", seen[0].ID, "b's latest use, written beside the refused ones")
+}
+
+// A disconnect that writes its use where the field is gone (its connect was
+// refused) is indexed then, and refused too: a principal holding
+// connections while it connects with new client IDs does not keep uses
+// past its bound through their ends. The broker's stop (Reap) writes ends
+// the same way.
+func TestClientIDsBoundThroughEnds(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 3)
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	var held []Conn
+	for i := range 6 {
+		c := Conn{ID: "i1-" + strconv.Itoa(i+1), Instance: "i1", Principal: "mallory", IP: "192.0.2.1", ConnectedMs: now + int64(i)}
+		held = append(held, c)
+		_, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "held" + strconv.Itoa(i), Instance: "i1", Live: &c, Seen: &c, Read: true, Sole: true}}, time.Hour)
+		require.NoError(t, err)
+	}
+	require.Equal(t, []int{0, 1, 2}, seenOf(t, s, "held", 6, "mallory"))
+	// held3..5 end now: their fields were refused; each end writes one, is
+	// indexed, refused, and removed.
+	for i := 3; i < 6; i++ {
+		end := held[i]
+		end.DisconnectedMs = now + 5000 + int64(i)
+		_, err := s.WriteConns(ctx, []ConnWrite{{ClientID: "held" + strconv.Itoa(i), Instance: "i1", Gone: &held[i], Unlist: true, Left: &end, Sole: true}}, time.Hour)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, []int{0, 1, 2}, seenOf(t, s, "held", 6, "mallory"), "3 uses at most, ends included")
+	// The broker's stop ends the rest.
+	require.NoError(t, s.Reap(ctx, "i1", now+9000, 0, time.Hour))
+	assert.Equal(t, []int{0, 1, 2}, seenOf(t, s, "held", 6, "mallory"), "after the stop's ends")
+	n, err := s.rdb.ZCard(ctx, s.kb.ClientIDs("mallory")).Result()
+	require.NoError(t, err)
+	assert.EqualValues(t, 3, n)
+}
+
+// Uses older than the window leave the index: a principal that stopped
+// using its client IDs may record new ones a window later.
+func TestClientIDsIndexForgetsPastTheWindow(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 2)
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	write := func(id string, at int64) {
+		c := Conn{ID: "i1-" + id, Instance: "i1", Principal: "p", IP: "192.0.2.1", ConnectedMs: at, DisconnectedMs: at + 1}
+		_, err := s.WriteConns(ctx, []ConnWrite{{ClientID: id, Instance: "i1", Live: &c, Seen: &c, Ended: true, Sole: true}}, time.Minute)
+		require.NoError(t, err)
+	}
+	write("old1", now-2*time.Minute.Milliseconds())
+	write("old2", now-2*time.Minute.Milliseconds())
+	write("new1", now)
+	assert.Equal(t, []int{1}, seenOf(t, s, "new", 2, "p"), "the window's old uses made room")
+}
+
+// What one principal can make Redis keep is bounded by ClientIDsMax uses,
+// whatever the number of client IDs: 2 000 new client IDs of 254 bytes with
+// the bound at 100 leave at most 100 seen hashes and an index of 100; the
+// bytes Redis reports for them stated per use (README: about 2 KB a use at
+// most).
+func TestClientIDsBoundMemory(t *testing.T) {
+	s, r := storeWithIDsMax(t, 100)
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	long := strings.Repeat("x", 250)
+	for b := 0; b < 2000; b += 100 {
+		var ws []ConnWrite
+		conns := make([]Conn, 100)
+		for i := range conns {
+			conns[i] = Conn{ID: "0123456789ab-" + strconv.Itoa(b+i+1), Instance: "0123456789ab", Broker: "edge-1", Principal: strings.Repeat("p", 256), IP: "2001:db8::1", ConnectedMs: now + int64(b+i)}
+			conns[i].DisconnectedMs = conns[i].ConnectedMs + 1
+			ws = append(ws, ConnWrite{ClientID: long + strconv.Itoa(b+i), Instance: conns[i].Instance, Live: &conns[i], Seen: &conns[i], Ended: true, Sole: true})
+		}
+		_, err := s.WriteConns(ctx, ws, time.Hour)
+		require.NoError(t, err)
+	}
+	keysOf := func(pattern string) []string {
+		var out []string
+		iter := s.rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			out = append(out, iter.Val())
+		}
+		require.NoError(t, iter.Err())
+		return out
+	}
+	seen := keysOf("guard:seen:*")
+	assert.LessOrEqual(t, len(seen), 100, "seen hashes of one principal")
+	var bytes int64
+	for _, k := range append(seen, keysOf("guard:clientids:*")...) {
+		n, err := s.rdb.MemoryUsage(ctx, k).Result()
+		require.NoError(t, err)
+		bytes += n
+	}
+	per := float64(bytes) / 100
+	t.Logf("%d seen hashes; %.0f bytes a use, index included (256-byte principal, 254-byte client IDs); redis %s", len(seen), per, r.Addr)
+	assert.Less(t, per, 2048.0, "bytes a use")
+}
+
+// The index's commands are asked at start where client-ID tracking runs: a
+// user without ZCARD or ZREMRANGEBYSCORE (run by the index's script) is refused,
+// naming the command; without tracking they are not asked.
+func TestClientIDsIndexCommandsChecked(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, without := range []string{"zcard", "zremrangebyscore"} {
+		u := "no" + without
+		r.CLI("ACL", "SETUSER", u, "on", ">pw", "~*", "&*", "+@all", "-"+without)
+		o := Options{Addrs: []string{r.Addr}, Username: u, Password: "pw"}
+		_, err := atk64Check(o, "guard:", SettingsNeeds{Counts: true, Known: true, Tracking: true})
+		require.Error(t, err, "a user without %s started with tracking", without)
+		assert.Contains(t, strings.ToLower(err.Error()), without)
+		_, err = atk64Check(o, "guard:", SettingsNeeds{Counts: true, Known: true})
+		assert.NoError(t, err, "a user without %s refused though tracking is off", without)
+	}
+}
