@@ -261,3 +261,65 @@ func TestClientIDsIndexCommandsChecked(t *testing.T) {
 		assert.NoError(t, err, "a user without %s refused though tracking is off", without)
 	}
 }
+
+// The first batch a Redis sees (or the first after SCRIPT FLUSH) meets
+// NOSCRIPT at its index calls. Under flag (Sole) such a batch holds no other
+// script, and it used to be replayed whole: a connect's read then saw a use
+// written after it in the same batch by the first attempt, and a conflict
+// was reported twice (e2e TestGuardctlAuditsPluginFindings, count 2). Now
+// only the index calls are run again: each read sees what was written before
+// it, and a use refused is counted once.
+func TestClientIDsIndexNoScriptKeepsReadsInOrder(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 1)
+	ctx := context.Background()
+	require.NoError(t, s.rdb.ScriptFlush(ctx).Err())
+	now := time.Now().UnixMilli()
+	alice := Conn{ID: "i1-1", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now}
+	alice.DisconnectedMs = now + 1
+	bob := Conn{ID: "i1-2", Instance: "i1", Principal: "bob", IP: "192.0.2.2", ConnectedMs: now + 2}
+	bob.DisconnectedMs = now + 3
+	// alice already holds her one slot: her use of dev-b is refused.
+	other := Conn{ID: "i1-3", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now + 4}
+	other.DisconnectedMs = now + 5
+	out, err := s.WriteConns(ctx, []ConnWrite{
+		{ClientID: "dev-a", Instance: "i1", Live: &alice, Seen: &alice, Read: true, Ended: true, Sole: true},
+		{ClientID: "dev-a", Instance: "i1", Live: &bob, Seen: &bob, Read: true, Ended: true, Sole: true},
+		{ClientID: "dev-b", Instance: "i1", Live: &other, Seen: &other, Read: true, Ended: true, Sole: true},
+	}, time.Hour)
+	require.NoError(t, err)
+	require.Len(t, out, 3)
+	var first []string
+	for _, c := range out[0].Seen {
+		first = append(first, c.Principal)
+	}
+	assert.Equal(t, []string{"alice"}, first, "alice's connect read bob's use, written after it")
+	assert.Len(t, out[1].Seen, 2, "bob's connect sees alice's use")
+	assert.EqualValues(t, 1, s.RefusedUses(), "alice's use of dev-b refused once")
+	ok, err := s.rdb.HExists(ctx, s.kb.Seen("dev-b"), "alice").Result()
+	require.NoError(t, err)
+	assert.False(t, ok, "alice's refused use of dev-b is removed")
+	ok, err = s.rdb.HExists(ctx, s.kb.Seen("dev-a"), "alice").Result()
+	require.NoError(t, err)
+	assert.True(t, ok, "alice's use of dev-a is kept")
+}
+
+// Under deny (no Sole) a batch's own scripts meet NOSCRIPT too, and the
+// batch is replayed whole with the index calls in it: a use refused is
+// counted once, by the replay.
+func TestClientIDsIndexNoScriptReplayCountsOnce(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 1)
+	ctx := context.Background()
+	require.NoError(t, s.rdb.ScriptFlush(ctx).Err())
+	now := time.Now().UnixMilli()
+	a := Conn{ID: "i1-1", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now}
+	b := Conn{ID: "i1-2", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now + 1}
+	_, err := s.WriteConns(ctx, []ConnWrite{
+		{ClientID: "dev-a", Instance: "i1", Live: &a, Seen: &a, Read: true},
+		{ClientID: "dev-b", Instance: "i1", Live: &b, Seen: &b, Read: true},
+	}, time.Hour)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, s.RefusedUses())
+	ok, err := s.rdb.HExists(ctx, s.kb.Seen("dev-b"), "alice").Result()
+	require.NoError(t, err)
+	assert.False(t, ok, "alice's refused use of dev-b is removed")
+}

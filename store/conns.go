@@ -705,8 +705,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			idx = append(idx, s.indexUse(ctx, pipe, full, use{field: bound(w.Left.Principal), tracked: tracked, atMs: w.Left.DisconnectedMs, prefix: w.Left.prefixOf(left)}, win))
 		}
 	}
-	_, err := pipe.Exec(ctx)
-	s.refuseUses(ctx, idx) // what the calls that ran refused, whatever else failed
+	err := s.execIndexed(ctx, pipe, idx, full)
 	if err != nil {
 		// What was there before, read where it could be (WriteConns
 		// keeps it for a replay).
@@ -734,6 +733,74 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		}
 	}
 	return out, nil
+}
+
+// execIndexed sends pipe, whose index calls are idx, and removes the uses
+// they refused (refuseUses). Its error is the batch's (indexAfter).
+func (s *Store) execIndexed(ctx context.Context, pipe redis.Pipeliner, idx []indexed, full bool) error {
+	cmds, err := pipe.Exec(ctx)
+	if err != nil && len(idx) > 0 {
+		return s.indexAfter(ctx, cmds, idx, full)
+	}
+	s.refuseUses(ctx, idx)
+	return err
+}
+
+// indexAfter judges a batch that failed with index calls in it (idx): its
+// error is the first among its other commands, so that an index call alone
+// never makes WriteConns replay the batch. A replay re-runs every write and
+// every read; a read then sees what a later write of the same batch wrote
+// in the first attempt (a fresh Redis, or one whose scripts were flushed,
+// answers the first batch's EVALSHA with NOSCRIPT: under clientid_conflict
+// flag a batch of plain commands and index calls was replayed, and a
+// connect then read the other principal's use written after it, so one
+// conflict was reported twice). Index calls that met NOSCRIPT are run again
+// with the script's source, in their order, by themselves: each is
+// idempotent (ZADD of the same member and score) and touches only its
+// principal's index. When the other commands failed with NOSCRIPT too,
+// WriteConns replays the batch, index calls included, and the refusals are
+// left to it (else a use refused would be counted twice).
+func (s *Store) indexAfter(ctx context.Context, cmds []redis.Cmder, idx []indexed, full bool) error {
+	ids := make(map[redis.Cmder]struct{}, len(idx))
+	for _, x := range idx {
+		if x.cmd != nil {
+			ids[x.cmd] = struct{}{}
+		}
+	}
+	var err error
+	for _, c := range cmds {
+		if _, ok := ids[c]; ok {
+			continue
+		}
+		if err = c.Err(); err != nil {
+			break
+		}
+	}
+	if err != nil && !full && isNoScript(err) {
+		return err
+	}
+	if !full {
+		var again []int
+		for i, x := range idx {
+			if x.cmd != nil && isNoScript(x.cmd.Err()) {
+				again = append(again, i)
+			}
+		}
+		if len(again) > 0 {
+			pipe := s.rdb.Pipeline()
+			for _, i := range again {
+				a := idx[i].cmd.Args() // evalsha, sha, 1, key, argv...
+				idx[i].cmd = eval(ctx, pipe, idsArgs, true, a[3], a[4:]...)
+			}
+			_, _ = pipe.Exec(ctx) // each call's error is its own: a lost one leaks its use (see refuseUses)
+		}
+	}
+	s.refuseUses(ctx, idx)
+	return err
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "NOSCRIPT")
 }
 
 // goneOf is what a Check write's removal (HDEL or casScript: 1, removed)
@@ -1111,9 +1178,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 			// have recorded a newer one meanwhile.
 			eval(ctx, pipe, casArgs, full, conn, instance, c.prefixOf(v), "")
 		}
-		_, err := pipe.Exec(ctx)
-		s.refuseUses(ctx, idx)
-		return err
+		return s.execIndexed(ctx, pipe, idx, full)
 	}
 	err = run(false)
 	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
