@@ -272,7 +272,7 @@ func TestClientIDsIndexCommandsChecked(t *testing.T) {
 func TestClientIDsIndexNoScriptKeepsReadsInOrder(t *testing.T) {
 	s, _ := storeWithIDsMax(t, 1)
 	ctx := context.Background()
-	require.NoError(t, s.rdb.ScriptFlush(ctx).Err())
+	flushUnseen(t, s)
 	now := time.Now().UnixMilli()
 	alice := Conn{ID: "i1-1", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now}
 	alice.DisconnectedMs = now + 1
@@ -309,7 +309,7 @@ func TestClientIDsIndexNoScriptKeepsReadsInOrder(t *testing.T) {
 func TestClientIDsIndexNoScriptReplayCountsOnce(t *testing.T) {
 	s, _ := storeWithIDsMax(t, 1)
 	ctx := context.Background()
-	require.NoError(t, s.rdb.ScriptFlush(ctx).Err())
+	flushUnseen(t, s)
 	now := time.Now().UnixMilli()
 	a := Conn{ID: "i1-1", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now}
 	b := Conn{ID: "i1-2", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now + 1}
@@ -322,4 +322,85 @@ func TestClientIDsIndexNoScriptReplayCountsOnce(t *testing.T) {
 	ok, err := s.rdb.HExists(ctx, s.kb.Seen("dev-b"), "alice").Result()
 	require.NoError(t, err)
 	assert.False(t, ok, "alice's refused use of dev-b is removed")
+}
+
+// An index call's own error other than NOSCRIPT fails the batch, as any
+// write's does (atk85: f5127af skipped every index call when judging a
+// failed batch, so with the index key unusable, WRONGTYPE here, every use
+// was kept past the bound and WriteConns reported success: nothing was
+// retried or told).
+func TestClientIDsIndexErrorFailsTheBatch(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 1)
+	ctx := context.Background()
+	require.NoError(t, s.rdb.Set(ctx, s.kb.ClientIDs("alice"), "x", 0).Err())
+	now := time.Now().UnixMilli()
+	var ws []ConnWrite
+	for i := range 3 {
+		c := Conn{ID: "i1-" + strconv.Itoa(i+1), Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now + int64(i), DisconnectedMs: now + int64(i) + 1}
+		ws = append(ws, ConnWrite{ClientID: "dev" + strconv.Itoa(i), Instance: "i1", Live: &c, Seen: &c, Ended: true, Sole: true})
+	}
+	for _, flush := range []bool{false, true} {
+		if flush {
+			flushUnseen(t, s)
+		}
+		_, err := s.WriteConns(ctx, ws, time.Hour)
+		require.Error(t, err, "flush=%v: every index call failed, WriteConns reported success", flush)
+		assert.Contains(t, err.Error(), "WRONGTYPE", "flush=%v", flush)
+	}
+}
+
+// A batch under flag with a disconnect in it (leftScript) and two connects
+// of one client ID, the first to reach a fresh Redis, or the first after
+// ForgetScripts (Redis back, perhaps empty): no NOSCRIPT, so no replay,
+// and each connect reads only what was written before it (atk85: with the
+// index's NOSCRIPT kept out of the replay, leftScript's still replayed the
+// batch, and alice's connect read bob's use written after it).
+func TestScriptsSentBySourceFirst(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 10)
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	carol := Conn{ID: "i1-1", Instance: "i1", Principal: "carol", IP: "192.0.2.3", ConnectedMs: now}
+	batch := func(at int64) []ConnWrite {
+		c := carol
+		c.ConnectedMs = at
+		end := c
+		end.DisconnectedMs = at + 10
+		alice := Conn{ID: "i1-2", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: at + 1, DisconnectedMs: at + 2}
+		bob := Conn{ID: "i1-3", Instance: "i1", Principal: "bob", IP: "192.0.2.2", ConnectedMs: at + 3, DisconnectedMs: at + 4}
+		return []ConnWrite{
+			{ClientID: "dev-c", Instance: "i1", Gone: &c, Unlist: true, Left: &end, Sole: true, Check: true},
+			{ClientID: "dev-a" + strconv.FormatInt(at, 10), Instance: "i1", Live: &alice, Seen: &alice, Read: true, Ended: true, Sole: true},
+			{ClientID: "dev-a" + strconv.FormatInt(at, 10), Instance: "i1", Live: &bob, Seen: &bob, Read: true, Ended: true, Sole: true},
+		}
+	}
+	check := func(what string, at int64) {
+		t.Helper()
+		out, err := s.WriteConns(ctx, batch(at), time.Hour)
+		require.NoError(t, err, what)
+		var first []string
+		for _, c := range out[1].Seen {
+			first = append(first, c.Principal)
+		}
+		assert.Equal(t, []string{"alice"}, first, "%s: alice's connect read bob's use, written after it (the batch was replayed)", what)
+		assert.Len(t, out[2].Seen, 2, what)
+	}
+	check("a fresh Redis", now)
+	require.NoError(t, s.rdb.ScriptFlush(ctx).Err())
+	s.ForgetScripts()
+	check("after SCRIPT FLUSH and ForgetScripts", now+100)
+	// Loaded by source once, the scripts are sent by their hash after.
+	n, err := s.rdb.ScriptExists(ctx, leftScript.Hash(), idsScript.Hash()).Result()
+	require.NoError(t, err)
+	assert.Equal(t, []bool{true, true}, n)
+}
+
+// flushUnseen empties Redis's script cache while s believes every script
+// loaded (a SCRIPT FLUSH, or a restart, that s did not see): its next
+// batch meets NOSCRIPT.
+func flushUnseen(t *testing.T, s *Store) {
+	t.Helper()
+	require.NoError(t, s.rdb.ScriptFlush(context.Background()).Err())
+	for i := range s.clients.sent {
+		s.clients.sent[i].Store(true)
+	}
 }

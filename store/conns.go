@@ -307,7 +307,7 @@ func (s *Store) indexUse(ctx context.Context, pipe redis.Pipeliner, full bool, u
 	if u.field == "" {
 		return indexed{}
 	}
-	return indexed{use: u, cmd: eval(ctx, pipe, idsArgs, full, s.kb.ClientIDs(u.field), u.tracked, strconv.FormatInt(u.atMs, 10),
+	return indexed{use: u, cmd: s.eval(ctx, pipe, idsArgs, full, s.kb.ClientIDs(u.field), u.tracked, strconv.FormatInt(u.atMs, 10),
 		s.clientIDsMax(), w.ttl, w.cutoff)}
 }
 
@@ -353,9 +353,10 @@ func (s *Store) refuseUses(ctx context.Context, idx []indexed) {
 	run := func(full bool) error {
 		pipe := s.rdb.Pipeline()
 		for _, u := range refused {
-			eval(ctx, pipe, casArgs, full, s.kb.SeenTracked(u.tracked), u.field, u.prefix, "")
+			s.eval(ctx, pipe, casArgs, full, s.kb.SeenTracked(u.tracked), u.field, u.prefix, "")
 		}
-		_, err := pipe.Exec(ctx)
+		cmds, err := pipe.Exec(ctx)
+		s.markSent(cmds)
 		return err
 	}
 	if err := run(false); err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
@@ -540,19 +541,38 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 // The scripts' sources and hashes, boxed once: a batch passes them with
 // every call.
 var (
-	casArgs  = scriptArgs{src: casSrc, sha: casScript.Hash()}
-	liveArgs = scriptArgs{src: liveSrc, sha: liveScript.Hash()}
-	seenArgs = scriptArgs{src: seenSrc, sha: seenScript.Hash()}
-	leftArgs = scriptArgs{src: leftSrc, sha: leftScript.Hash()}
-	idsArgs  = scriptArgs{src: idsSrc, sha: idsScript.Hash()}
+	casArgs  = scriptArgs{id: 0, src: casSrc, sha: casScript.Hash()}
+	liveArgs = scriptArgs{id: 1, src: liveSrc, sha: liveScript.Hash()}
+	seenArgs = scriptArgs{id: 2, src: seenSrc, sha: seenScript.Hash()}
+	leftArgs = scriptArgs{id: 3, src: leftSrc, sha: leftScript.Hash()}
+	idsArgs  = scriptArgs{id: 4, src: idsSrc, sha: idsScript.Hash()}
 )
 
-type scriptArgs struct{ src, sha any }
+// evalScripts is how many scripts eval sends (scriptArgs.id below it).
+const evalScripts = 5
+
+type scriptArgs struct {
+	id       int
+	src, sha any
+}
 
 // eval queues script sc on one key: EVALSHA, or with full EVAL and the
 // source. The arguments are Redis's own, so that one allocation (Do's)
 // holds them all, and so that a ClusterClient routes on the key.
-func eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, key any, argv ...any) *redis.Cmd {
+//
+// A script not yet known to be in Redis's script cache (since this Store
+// started, or since ForgetScripts: Redis came back, perhaps empty) is sent
+// by its source, every call of it, until a batch's call by its source was
+// answered (markSent): so the first batches after a start or a restart do
+// not meet NOSCRIPT, and are not replayed (WriteConns: a replay's reads
+// see the batch's later writes of its first attempt; a conflict was
+// reported twice). A SCRIPT FLUSH unseen, or on a Cluster a node that has
+// not had the script yet, still answers NOSCRIPT: the callers' replays
+// stay for those.
+func (s *Store) eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, key any, argv ...any) *redis.Cmd {
+	if !full && !s.clients.sent[sc.id].Load() {
+		full = true
+	}
 	args := make([]any, 0, 4+len(argv))
 	if full {
 		args = append(args, "eval", sc.src)
@@ -617,7 +637,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			if w.Sole {
 				gone = pipe.Do(ctx, "hdel", conn, inst)
 			} else {
-				gone = eval(ctx, pipe, casArgs, full, conn, inst, prefix, "")
+				gone = s.eval(ctx, pipe, casArgs, full, conn, inst, prefix, "")
 			}
 			if w.Check {
 				rs[i].gone = gone
@@ -650,7 +670,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 					rs[i].live = pipe.Do(ctx, "hgetall", conn)
 				}
 			} else {
-				rs[i].live = eval(ctx, pipe, liveArgs, full, conn, inst, live, seq(w.Live.ID), mode)
+				rs[i].live = s.eval(ctx, pipe, liveArgs, full, conn, inst, live, seq(w.Live.ID), mode)
 			}
 			pipe.Do(ctx, "sadd", setKey, member)
 		}
@@ -671,7 +691,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			}
 			switch {
 			case !w.Sole:
-				rs[i].seen = eval(ctx, pipe, seenArgs, full, seenKey, field, value, ttl, read)
+				rs[i].seen = s.eval(ctx, pipe, seenArgs, full, seenKey, field, value, ttl, read)
 			case field != "":
 				// seenScript's HSET and PEXPIRE, plain. A PEXPIRE first: of a
 				// hash whose last record is a window old, the TTL may end
@@ -693,7 +713,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			}
 		}
 		if w.Left != nil {
-			cmd := eval(ctx, pipe, leftArgs, full, seenKey, bound(w.Left.Principal), w.Left.prefixOf(left), left, ttl, strconv.FormatInt(w.Left.DisconnectedMs, 10))
+			cmd := s.eval(ctx, pipe, leftArgs, full, seenKey, bound(w.Left.Principal), w.Left.prefixOf(left), left, ttl, strconv.FormatInt(w.Left.DisconnectedMs, 10))
 			if w.Check {
 				rs[i].left = cmd
 			}
@@ -739,6 +759,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 // they refused (refuseUses). Its error is the batch's (indexAfter).
 func (s *Store) execIndexed(ctx context.Context, pipe redis.Pipeliner, idx []indexed, full bool) error {
 	cmds, err := pipe.Exec(ctx)
+	s.markSent(cmds)
 	if err != nil && len(idx) > 0 {
 		return s.indexAfter(ctx, cmds, idx, full)
 	}
@@ -746,20 +767,24 @@ func (s *Store) execIndexed(ctx context.Context, pipe redis.Pipeliner, idx []ind
 	return err
 }
 
-// indexAfter judges a batch that failed with index calls in it (idx): its
-// error is the first among its other commands, so that an index call alone
-// never makes WriteConns replay the batch. A replay re-runs every write and
-// every read; a read then sees what a later write of the same batch wrote
-// in the first attempt (a fresh Redis, or one whose scripts were flushed,
-// answers the first batch's EVALSHA with NOSCRIPT: under clientid_conflict
-// flag a batch of plain commands and index calls was replayed, and a
-// connect then read the other principal's use written after it, so one
-// conflict was reported twice). Index calls that met NOSCRIPT are run again
-// with the script's source, in their order, by themselves: each is
-// idempotent (ZADD of the same member and score) and touches only its
-// principal's index. When the other commands failed with NOSCRIPT too,
-// WriteConns replays the batch, index calls included, and the refusals are
-// left to it (else a use refused would be counted twice).
+// indexAfter judges a batch that failed with index calls in it (idx): an
+// index call that met NOSCRIPT does not fail it, so that it alone never
+// makes WriteConns replay the batch; any other error, an index call's
+// included (WRONGTYPE, a node down on a Cluster), does, as before. A replay
+// re-runs every write and every read; a read then sees what a later write
+// of the same batch wrote in the first attempt (a fresh Redis, or one
+// whose scripts were flushed, answers the first batch's EVALSHA with
+// NOSCRIPT: under clientid_conflict flag a batch of plain commands and
+// index calls was replayed, and a connect then read the other principal's
+// use written after it, so one conflict was reported twice). Index calls
+// that met NOSCRIPT in a batch that did not fail otherwise are sent again
+// with the script's source, in their order, in one pipeline after the
+// batch: each touches only its principal's index, which nothing but index
+// calls writes, so each admits or refuses as it would have in place; an
+// error of theirs is the batch's. When the batch failed otherwise, the
+// caller runs it again (WriteConns' replay on NOSCRIPT; the conflict
+// worker's retry), index calls included, and only what the calls that ran
+// refused is removed now (else a use refused would be counted twice).
 func (s *Store) indexAfter(ctx context.Context, cmds []redis.Cmder, idx []indexed, full bool) error {
 	ids := make(map[redis.Cmder]struct{}, len(idx))
 	for _, x := range idx {
@@ -769,32 +794,28 @@ func (s *Store) indexAfter(ctx context.Context, cmds []redis.Cmder, idx []indexe
 	}
 	var err error
 	for _, c := range cmds {
-		if _, ok := ids[c]; ok {
+		if _, ok := ids[c]; ok && isNoScript(c.Err()) {
 			continue
 		}
 		if err = c.Err(); err != nil {
 			break
 		}
 	}
-	if err != nil && !full && isNoScript(err) {
+	if err != nil {
+		if full || !isNoScript(err) {
+			s.refuseUses(ctx, idx)
+		}
 		return err
 	}
-	if !full {
-		var again []int
-		for i, x := range idx {
-			if x.cmd != nil && isNoScript(x.cmd.Err()) {
-				again = append(again, i)
-			}
-		}
-		if len(again) > 0 {
-			pipe := s.rdb.Pipeline()
-			for _, i := range again {
-				a := idx[i].cmd.Args() // evalsha, sha, 1, key, argv...
-				idx[i].cmd = eval(ctx, pipe, idsArgs, true, a[3], a[4:]...)
-			}
-			_, _ = pipe.Exec(ctx) // each call's error is its own: a lost one leaks its use (see refuseUses)
+	pipe := s.rdb.Pipeline()
+	for i, x := range idx {
+		if x.cmd != nil && isNoScript(x.cmd.Err()) {
+			a := x.cmd.Args() // evalsha, sha, 1, key, argv...
+			idx[i].cmd = s.eval(ctx, pipe, idsArgs, true, a[3], a[4:]...)
 		}
 	}
+	cmds, err = pipe.Exec(ctx)
+	s.markSent(cmds)
 	s.refuseUses(ctx, idx)
 	return err
 }
@@ -1162,21 +1183,21 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 			var c Conn
 			if decodeConn(v, &c) != nil || c.ID == "" {
 				// Not a record of ours: nothing to end; deleted if unchanged.
-				eval(ctx, pipe, casArgs, full, conn, instance, v, "")
+				s.eval(ctx, pipe, casArgs, full, conn, instance, v, "")
 				continue
 			}
 			if !strings.ContainsRune(c.Principal, utf8.RuneError) {
 				c.DisconnectedMs = max(endMs, c.ConnectedMs)
 				var a [256]byte
 				rec := string(c.appendBounded(a[:0]))
-				eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
+				s.eval(ctx, pipe, leftArgs, full, s.kb.SeenTracked(id), bound(c.Principal), c.prefixOf(rec), rec, ttl,
 					strconv.FormatInt(c.DisconnectedMs, 10), strconv.FormatInt(max(earliest, c.ConnectedMs), 10))
 				idx = append(idx, s.indexUse(ctx, pipe, full, use{field: bound(c.Principal), tracked: id, atMs: c.DisconnectedMs, prefix: c.prefixOf(rec)}, win))
 			}
 			// Deleted only if it is still this connection: a broker whose
 			// lease ran out while it lived on (cut off from Redis) may
 			// have recorded a newer one meanwhile.
-			eval(ctx, pipe, casArgs, full, conn, instance, c.prefixOf(v), "")
+			s.eval(ctx, pipe, casArgs, full, conn, instance, c.prefixOf(v), "")
 		}
 		return s.execIndexed(ctx, pipe, idx, full)
 	}
@@ -1188,4 +1209,44 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 		return fmt.Errorf("store: reap: %w", err)
 	}
 	return nil
+}
+
+// evalArgs are the scripts eval sends, by scriptArgs.id.
+var evalArgs = [evalScripts]scriptArgs{casArgs, liveArgs, seenArgs, leftArgs, idsArgs}
+
+// markSent records the scripts that cmds (a batch eval queued calls in)
+// sent by their source and Redis answered without error: they are in its
+// script cache now, and eval sends them by their hash. Nothing to do once
+// every script is.
+func (s *Store) markSent(cmds []redis.Cmder) {
+	unsent := false
+	for i := range s.clients.sent {
+		if !s.clients.sent[i].Load() {
+			unsent = true
+			break
+		}
+	}
+	if !unsent {
+		return
+	}
+	for _, c := range cmds {
+		a := c.Args()
+		if len(a) < 2 || a[0] != "eval" || c.Err() != nil {
+			continue
+		}
+		for i := range evalArgs {
+			if a[1] == evalArgs[i].src {
+				s.clients.sent[i].Store(true)
+			}
+		}
+	}
+}
+
+// ForgetScripts makes eval send each script by its source once more: Redis
+// came back after it was seen down, perhaps restarted empty, or failed over
+// to a replica whose script cache was never filled.
+func (s *Store) ForgetScripts() {
+	for i := range s.clients.sent {
+		s.clients.sent[i].Store(false)
+	}
 }

@@ -106,9 +106,10 @@ func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, m
 		pipe := s.rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(gs))
 		for i, g := range gs {
-			cmds[i] = eval(ctx, pipe, casArgs, full, s.kb.ConnTracked(g.id), instance, g.v, "")
+			cmds[i] = s.eval(ctx, pipe, casArgs, full, s.kb.ConnTracked(g.id), instance, g.v, "")
 		}
-		_, err := pipe.Exec(ctx)
+		done, err := pipe.Exec(ctx)
+		s.markSent(done)
 		return cmds, err
 	}
 	cmds, err := run(false)

@@ -88,7 +88,10 @@ type clients struct {
 	idsMax   any    // Options.ClientIDsMax (or its default) as idsScript takes it
 	// refusedUses counts the uses removed for a full index (RefusedUses).
 	refusedUses atomic.Uint64
-	once        sync.Once
+	// sent: the scripts eval sent by their source since the start or
+	// ForgetScripts (by scriptArgs.id).
+	sent [evalScripts]atomic.Bool
+	once sync.Once
 }
 
 // New returns a Store; it does not connect until first used, and reconnects
