@@ -41,7 +41,7 @@ func (o Options) StoreOptions() store.Options {
 		Addrs: o.RedisAddrs, Username: o.RedisUsername, Password: o.RedisPassword,
 		DB: o.RedisDB, Timeout: o.RedisTimeout, TLS: o.RedisTLS.Config,
 		SentinelMaster: o.Sentinel.Master, SentinelUsername: o.Sentinel.Username, SentinelPassword: o.Sentinel.Password,
-		ClientIDsMax: o.ClientIDsMax,
+		ClientIDsMax: o.ClientIDsMax, Tracking: o.Conflicts.Mode != ConflictOff,
 	}
 }
 

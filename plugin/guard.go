@@ -251,21 +251,8 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	// to think they went: relistNow. Redis marked down by one slow answer,
 	// and up 200 ms later, lost nothing: a relist at each was 2 000 writes
 	// for 2 000 held connections, atk30.)
-	// Its script cache too may be empty: tracking's store sends each script
-	// by its source once more, so the batches kept while it was down are
-	// not replayed whole on NOSCRIPT (store.Store.ForgetScripts).
-	var forgetScripts func()
-	if f, ok := d.Conflicts.(interface{ ForgetScripts() }); ok && tracking {
-		forgetScripts = f.ForgetScripts
-	}
-	if g.known != nil || forgetScripts != nil {
+	if g.known != nil {
 		g.health.back = func() {
-			if forgetScripts != nil {
-				forgetScripts()
-			}
-			if g.known == nil {
-				return
-			}
 			g.known.forgetWritten(g.now())
 			if g.knownRetry.Swap(false) {
 				g.knownLostNow()

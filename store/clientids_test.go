@@ -11,12 +11,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
 
 // storeWithIDsMax is newStore with Options.ClientIDsMax n.
 func storeWithIDsMax(t *testing.T, n int) (*Store, *testenv.Redis) {
 	t.Helper()
-	return newStoreWith(t, "guard:", Options{ClientIDsMax: n})
+	return newStoreWith(t, "guard:", Options{ClientIDsMax: n, Tracking: true})
 }
 
 // seenOf is how many seen hashes hold a use of principal, of client IDs
@@ -349,49 +350,129 @@ func TestClientIDsIndexErrorFailsTheBatch(t *testing.T) {
 	}
 }
 
-// A batch under flag with a disconnect in it (leftScript) and two connects
-// of one client ID, the first to reach a fresh Redis, or the first after
-// ForgetScripts (Redis back, perhaps empty): no NOSCRIPT, so no replay,
-// and each connect reads only what was written before it (atk85: with the
-// index's NOSCRIPT kept out of the replay, leftScript's still replayed the
-// batch, and alice's connect read bob's use written after it).
+// atk86Batch is a batch under flag: carol's disconnect (leftScript), then
+// alice's and bob's connects of one client ID (client ID "dev-a<at>").
+func atk86Batch(at int64) []ConnWrite {
+	carol := Conn{ID: "i1-1", Instance: "i1", Principal: "carol", IP: "192.0.2.3", ConnectedMs: at}
+	end := carol
+	end.DisconnectedMs = at + 10
+	alice := Conn{ID: "i1-2", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: at + 1, DisconnectedMs: at + 2}
+	bob := Conn{ID: "i1-3", Instance: "i1", Principal: "bob", IP: "192.0.2.2", ConnectedMs: at + 3, DisconnectedMs: at + 4}
+	id := "dev-a" + strconv.FormatInt(at, 10)
+	return []ConnWrite{
+		{ClientID: "dev-c", Instance: "i1", Gone: &carol, Unlist: true, Left: &end, Sole: true, Check: true},
+		{ClientID: id, Instance: "i1", Live: &alice, Seen: &alice, Read: true, Ended: true, Sole: true},
+		{ClientID: id, Instance: "i1", Live: &bob, Seen: &bob, Read: true, Ended: true, Sole: true},
+	}
+}
+
+// checkInOrder writes atk86Batch(at) and checks that alice's connect read
+// only what was written before it: no replay of the batch (a replay's
+// reads see its later writes of the first attempt, and one conflict was
+// reported twice).
+func checkInOrder(t *testing.T, s *Store, what string, at int64) {
+	t.Helper()
+	out, err := s.WriteConns(context.Background(), atk86Batch(at), time.Hour)
+	require.NoError(t, err, what)
+	var first []string
+	for _, c := range out[1].Seen {
+		first = append(first, c.Principal)
+	}
+	assert.Equal(t, []string{"alice"}, first, "%s: alice's connect read bob's use, written after it (the batch was replayed)", what)
+	assert.Len(t, out[2].Seen, 2, what)
+}
+
+// The first batch a fresh Redis sees, under flag, with a disconnect in it
+// (leftScript) and two connects of one client ID: eval sends each script by
+// its source until Redis answered one such call, so no NOSCRIPT and no
+// replay (atk85: with only the index's NOSCRIPT kept out of the replay,
+// leftScript's still replayed it). Then by hash.
 func TestScriptsSentBySourceFirst(t *testing.T) {
 	s, _ := storeWithIDsMax(t, 10)
-	ctx := context.Background()
+	checkInOrder(t, s, "a fresh Redis", time.Now().UnixMilli())
+	for _, sc := range []scriptArgs{leftArgs, idsArgs} {
+		assert.True(t, s.clients.sent[sc.id].Load(), "script %d not marked sent", sc.id)
+	}
+	assert.Zero(t, s.clients.bySource.Load(), "calls by source left to look for")
+}
+
+// A Redis restart that go-redis's retries ride through (no error to the
+// caller, none to the health probe: atk86) leaves the background client's
+// new connection to an empty script cache. Its new connections load the
+// scripts before their first command (loadScripts), so the tracker's next
+// batch, its EVALSHAs queued before the restart was found, meets no
+// NOSCRIPT and is not replayed.
+func TestRestartUnseenLoadsScripts(t *testing.T) {
+	s0, r := storeWithIDsMax(t, 10)
+	s := s0.Background()
 	now := time.Now().UnixMilli()
-	carol := Conn{ID: "i1-1", Instance: "i1", Principal: "carol", IP: "192.0.2.3", ConnectedMs: now}
-	batch := func(at int64) []ConnWrite {
-		c := carol
-		c.ConnectedMs = at
-		end := c
-		end.DisconnectedMs = at + 10
-		alice := Conn{ID: "i1-2", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: at + 1, DisconnectedMs: at + 2}
-		bob := Conn{ID: "i1-3", Instance: "i1", Principal: "bob", IP: "192.0.2.2", ConnectedMs: at + 3, DisconnectedMs: at + 4}
-		return []ConnWrite{
-			{ClientID: "dev-c", Instance: "i1", Gone: &c, Unlist: true, Left: &end, Sole: true, Check: true},
-			{ClientID: "dev-a" + strconv.FormatInt(at, 10), Instance: "i1", Live: &alice, Seen: &alice, Read: true, Ended: true, Sole: true},
-			{ClientID: "dev-a" + strconv.FormatInt(at, 10), Instance: "i1", Live: &bob, Seen: &bob, Read: true, Ended: true, Sole: true},
-		}
+	checkInOrder(t, s, "before the restart", now)
+	r.Restart()
+	checkInOrder(t, s, "after a restart", now+100)
+}
+
+// loadScripts (a new connection's) sends each script with no keys: Redis
+// caches it, and no key is read or written, and a user whose ACL allows the
+// plugin's keys alone is refused nothing (its ACL LOG stays empty).
+func TestLoadScriptsTouchesNothing(t *testing.T) {
+	r := testenv.StartRedis(t)
+	r.CLI("ACL", "SETUSER", "g", "on", ">pw", "~guard:*", "~rate:guard:*", "&*", "-@all", "+eval", "+evalsha", "+@read", "+@write", "+ping", "+time")
+	s := New(Options{Addrs: []string{r.Addr}, Username: "g", Password: "pw", Timeout: time.Second, Tracking: true}, keys.Builder{Prefix: "guard:"}).Background()
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	r.CLI("ACL", "LOG", "RESET")
+	require.NoError(t, s.Ping(ctx))
+	for _, sc := range evalArgs {
+		assert.Equal(t, "1", strings.TrimSpace(r.CLI("SCRIPT", "EXISTS", sc.sha.(string))), "script %d not loaded", sc.id)
 	}
-	check := func(what string, at int64) {
-		t.Helper()
-		out, err := s.WriteConns(ctx, batch(at), time.Hour)
-		require.NoError(t, err, what)
-		var first []string
-		for _, c := range out[1].Seen {
-			first = append(first, c.Principal)
-		}
-		assert.Equal(t, []string{"alice"}, first, "%s: alice's connect read bob's use, written after it (the batch was replayed)", what)
-		assert.Len(t, out[2].Seen, 2, what)
-	}
-	check("a fresh Redis", now)
-	require.NoError(t, s.rdb.ScriptFlush(ctx).Err())
-	s.ForgetScripts()
-	check("after SCRIPT FLUSH and ForgetScripts", now+100)
-	// Loaded by source once, the scripts are sent by their hash after.
-	n, err := s.rdb.ScriptExists(ctx, leftScript.Hash(), idsScript.Hash()).Result()
+	assert.Equal(t, "0", strings.TrimSpace(r.CLI("DBSIZE")), "a key was written")
+	assert.Empty(t, strings.TrimSpace(r.CLI("ACL", "LOG")), "the user was refused something")
+}
+
+// An index call that met NOSCRIPT in a batch that failed for another
+// reason (another client ID's key WRONGTYPE) is sent again all the same:
+// the conflict worker retries only a failed batch's disconnects, so the
+// connect's use, written, was left unindexed past the bound (atk86).
+func TestClientIDsIndexSentAgainWhenTheBatchFailed(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 1)
+	ctx := context.Background()
+	require.NoError(t, s.rdb.Set(ctx, s.kb.Seen("dev-x"), "x", 0).Err())
+	flushUnseen(t, s)
+	now := time.Now().UnixMilli()
+	a := Conn{ID: "i1-1", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now, DisconnectedMs: now + 1}
+	x := Conn{ID: "i1-2", Instance: "i1", Principal: "bob", IP: "192.0.2.2", ConnectedMs: now + 2, DisconnectedMs: now + 3}
+	_, err := s.WriteConns(ctx, []ConnWrite{
+		{ClientID: "dev-a", Instance: "i1", Live: &a, Seen: &a, Ended: true, Sole: true},
+		{ClientID: "dev-x", Instance: "i1", Live: &x, Seen: &x, Ended: true, Sole: true},
+	}, time.Hour)
+	require.Error(t, err)
+	b := Conn{ID: "i1-3", Instance: "i1", Principal: "alice", IP: "192.0.2.1", ConnectedMs: now + 4, DisconnectedMs: now + 5}
+	_, err = s.WriteConns(ctx, []ConnWrite{{ClientID: "dev-b", Instance: "i1", Live: &b, Seen: &b, Ended: true, Sole: true}}, time.Hour)
 	require.NoError(t, err)
-	assert.Equal(t, []bool{true, true}, n)
+	var held []string
+	for _, id := range []string{"dev-a", "dev-b"} {
+		ok, err := s.rdb.HExists(ctx, s.kb.Seen(id), "alice").Result()
+		require.NoError(t, err)
+		if ok {
+			held = append(held, id)
+		}
+	}
+	assert.Equal(t, []string{"dev-a"}, held, "alice's uses with conflict_clientids_max 1")
+}
+
+// Once the calls by source were answered, markSent looks at no batch
+// again: under flag, where liveScript and seenScript are never called, it
+// walked every batch's commands for ever (atk86).
+func TestMarkSentSettles(t *testing.T) {
+	s, _ := storeWithIDsMax(t, 10)
+	now := time.Now().UnixMilli()
+	for i := range 3 {
+		checkInOrder(t, s, "batch "+strconv.Itoa(i), now+int64(i)*100)
+	}
+	assert.Zero(t, s.clients.bySource.Load())
+	assert.False(t, s.clients.sent[liveArgs.id].Load(), "liveScript is not called under flag")
+	allocs := testing.AllocsPerRun(100, func() { s.markSent(nil) })
+	assert.Zero(t, allocs)
 }
 
 // flushUnseen empties Redis's script cache while s believes every script

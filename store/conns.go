@@ -572,6 +572,7 @@ type scriptArgs struct {
 func (s *Store) eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, key any, argv ...any) *redis.Cmd {
 	if !full && !s.clients.sent[sc.id].Load() {
 		full = true
+		s.clients.bySource.Add(1)
 	}
 	args := make([]any, 0, 4+len(argv))
 	if full {
@@ -777,14 +778,16 @@ func (s *Store) execIndexed(ctx context.Context, pipe redis.Pipeliner, idx []ind
 // NOSCRIPT: under clientid_conflict flag a batch of plain commands and
 // index calls was replayed, and a connect then read the other principal's
 // use written after it, so one conflict was reported twice). Index calls
-// that met NOSCRIPT in a batch that did not fail otherwise are sent again
-// with the script's source, in their order, in one pipeline after the
-// batch: each touches only its principal's index, which nothing but index
-// calls writes, so each admits or refuses as it would have in place; an
-// error of theirs is the batch's. When the batch failed otherwise, the
-// caller runs it again (WriteConns' replay on NOSCRIPT; the conflict
-// worker's retry), index calls included, and only what the calls that ran
-// refused is removed now (else a use refused would be counted twice).
+// that met NOSCRIPT are sent again with the script's source, in their
+// order, in one pipeline after the batch: each touches only its
+// principal's index, which nothing but index calls writes, so each admits
+// or refuses as it would have in place; an error of theirs is the
+// batch's. That holds when the batch failed otherwise too (atk86: the
+// conflict worker keeps only a failed batch's disconnects for its retry,
+// so a connect's use already written was left unindexed). Only when the
+// other commands met NOSCRIPT is the batch replayed whole (WriteConns),
+// index calls included, and the refusals are left to the replay (else a
+// use refused would be counted twice).
 func (s *Store) indexAfter(ctx context.Context, cmds []redis.Cmder, idx []indexed, full bool) error {
 	ids := make(map[redis.Cmder]struct{}, len(idx))
 	for _, x := range idx {
@@ -801,11 +804,8 @@ func (s *Store) indexAfter(ctx context.Context, cmds []redis.Cmder, idx []indexe
 			break
 		}
 	}
-	if err != nil {
-		if full || !isNoScript(err) {
-			s.refuseUses(ctx, idx)
-		}
-		return err
+	if err != nil && !full && isNoScript(err) {
+		return err // replayed whole, index calls included
 	}
 	pipe := s.rdb.Pipeline()
 	for i, x := range idx {
@@ -814,9 +814,12 @@ func (s *Store) indexAfter(ctx context.Context, cmds []redis.Cmder, idx []indexe
 			idx[i].cmd = s.eval(ctx, pipe, idsArgs, true, a[3], a[4:]...)
 		}
 	}
-	cmds, err = pipe.Exec(ctx)
-	s.markSent(cmds)
+	again, err2 := pipe.Exec(ctx)
+	s.markSent(again)
 	s.refuseUses(ctx, idx)
+	if err == nil {
+		err = err2
+	}
 	return err
 }
 
@@ -1219,19 +1222,17 @@ var evalArgs = [evalScripts]scriptArgs{casArgs, liveArgs, seenArgs, leftArgs, id
 // script cache now, and eval sends them by their hash. Nothing to do once
 // every script is.
 func (s *Store) markSent(cmds []redis.Cmder) {
-	unsent := false
-	for i := range s.clients.sent {
-		if !s.clients.sent[i].Load() {
-			unsent = true
-			break
-		}
-	}
-	if !unsent {
+	if s.clients.bySource.Load() <= 0 {
 		return
 	}
+	var n int64
 	for _, c := range cmds {
 		a := c.Args()
-		if len(a) < 2 || a[0] != "eval" || c.Err() != nil {
+		if len(a) < 2 || a[0] != "eval" {
+			continue
+		}
+		n++
+		if err := c.Err(); err != nil && !ranInRedis(err) {
 			continue
 		}
 		for i := range evalArgs {
@@ -1240,13 +1241,41 @@ func (s *Store) markSent(cmds []redis.Cmder) {
 			}
 		}
 	}
+	// A replay's calls by source are counted too: the count may reach 0
+	// before every call by source was answered, and such a script is sent
+	// by its source again at its next call (counted again).
+	if s.clients.bySource.Add(-n) < 0 {
+		s.clients.bySource.Store(0)
+	}
 }
 
-// ForgetScripts makes eval send each script by its source once more: Redis
-// came back after it was seen down, perhaps restarted empty, or failed over
-// to a replica whose script cache was never filled.
-func (s *Store) ForgetScripts() {
-	for i := range s.clients.sent {
-		s.clients.sent[i].Store(false)
-	}
+// ranInRedis says whether err is Redis's reply to a script it compiled
+// (and so keeps in its cache): an error the script raised, or one of a
+// command it called. Not NOSCRIPT, nor a connection's error.
+func ranInRedis(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && !isNoScript(err) && !strings.HasPrefix(err.Error(), "NOPERM")
+}
+
+// loadScripts puts eval's scripts into the script cache of the Redis that
+// cn, a new connection of the background client (the conflict tracker's,
+// the reaper's), is to, before its first command: so a batch sent on it
+// meets no NOSCRIPT after a restart or a failover (which go-redis's
+// retries ride through unseen by the health probe: atk86), nor on a
+// Cluster node the plugin had not sent a script to yet, and is not replayed
+// whole (WriteConns). Each script is sent with no keys and no arguments:
+// Redis compiles and caches it, and its first redis.call fails on a nil
+// argument before it runs any command (no key is read or written, nothing
+// is checked against the user's ACL: TestLoadScriptsTouchesNothing), where
+// SCRIPT LOAD would need a right the start check does not ask. One round
+// trip per new connection, its replies not read: a refusal leaves eval's
+// own rule (send by source until answered) and the replays.
+func loadScripts(ctx context.Context, cn *redis.Conn) error {
+	_, _ = cn.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range evalArgs {
+			p.Do(ctx, "eval", evalArgs[i].src, "0")
+		}
+		return nil
+	})
+	return nil
 }

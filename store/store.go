@@ -54,6 +54,11 @@ type Options struct {
 	// hashes may hold one principal's use (keys.Builder.ClientIDs); zero:
 	// DefaultClientIDsMax.
 	ClientIDsMax int
+	// Tracking: client-ID conflict tracking runs (clientid_conflict not
+	// off): each new connection of the background client loads its
+	// scripts first (loadScripts). Without it the plugin may run no script
+	// at all, and a user without EVAL would see a refusal at each.
+	Tracking bool
 }
 
 // DefaultClientIDsMax is conflict_clientids_max's default.
@@ -88,10 +93,13 @@ type clients struct {
 	idsMax   any    // Options.ClientIDsMax (or its default) as idsScript takes it
 	// refusedUses counts the uses removed for a full index (RefusedUses).
 	refusedUses atomic.Uint64
-	// sent: the scripts eval sent by their source since the start or
-	// ForgetScripts (by scriptArgs.id).
-	sent [evalScripts]atomic.Bool
-	once sync.Once
+	// sent: the scripts Redis answered a call by source of since the start
+	// or ForgetScripts (by scriptArgs.id); bySource: the calls eval sent by
+	// source for want of it and markSent has not seen answered yet (0: it
+	// has nothing to look for).
+	sent     [evalScripts]atomic.Bool
+	bySource atomic.Int64
+	once     sync.Once
 }
 
 // New returns a Store; it does not connect until first used, and reconnects
@@ -124,6 +132,9 @@ func New(o Options, kb keys.Builder) *Store {
 	// surely did not run: a refused dial, a pool timeout, LOADING.
 	bg.ContextTimeoutEnabled = true
 	bg.MaxRetries = 3
+	if o.Tracking {
+		bg.OnConnect = loadScripts
+	}
 	c.bg = redis.NewUniversalClient(bg)
 	return &Store{rdb: c.fast, clients: c, kb: kb}
 }
