@@ -485,3 +485,34 @@ func flushUnseen(t *testing.T, s *Store) {
 		s.clients.sent[i].Store(true)
 	}
 }
+
+// A Redis busy in a script (or loading its data after a restart) refuses
+// the new connection's loading calls and the batch's calls by source
+// before compiling them: neither counts as loaded. Before (atk87): the
+// new connection's refusals were ignored, the scripts kept for sent from
+// before the restart, and a refusal of a call by source marked its script
+// sent; once Redis ran scripts again, the next batch met NOSCRIPT and was
+// replayed whole.
+func TestScriptsNotCountedLoadedWhenRefused(t *testing.T) {
+	r := testenv.StartRedis(t, "--busy-reply-threshold", "50")
+	s := New(Options{Addrs: []string{r.Addr}, Timeout: time.Second, BackgroundTimeout: 2 * time.Second, ClientIDsMax: 10, Tracking: true}, keys.Builder{Prefix: "guard:"}).Background()
+	t.Cleanup(func() { s.Close() })
+	now := time.Now().UnixMilli()
+	checkInOrder(t, s, "before the restart", now)
+	r.Restart()
+	busy := make(chan struct{})
+	go func() {
+		defer close(busy)
+		_, _ = r.TryCLI("EVAL", "while true do end", "0")
+	}()
+	require.Eventually(t, func() bool {
+		out, _ := r.TryCLI("PING")
+		return strings.Contains(out, "BUSY")
+	}, 5*time.Second, 20*time.Millisecond, "Redis not busy")
+	_, err := s.WriteConns(context.Background(), atk86Batch(now+50), time.Hour)
+	require.Error(t, err, "a batch while Redis is busy")
+	t.Logf("while busy: %v", err)
+	_, _ = r.TryCLI("SCRIPT", "KILL")
+	<-busy
+	checkInOrder(t, s, "after the busy script", now+100)
+}

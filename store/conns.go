@@ -1232,7 +1232,7 @@ func (s *Store) markSent(cmds []redis.Cmder) {
 			continue
 		}
 		n++
-		if err := c.Err(); err != nil && !ranInRedis(err) {
+		if !compiled(c.Err()) {
 			continue
 		}
 		for i := range evalArgs {
@@ -1249,12 +1249,18 @@ func (s *Store) markSent(cmds []redis.Cmder) {
 	}
 }
 
-// ranInRedis says whether err is Redis's reply to a script it compiled
-// (and so keeps in its cache): an error the script raised, or one of a
-// command it called. Not NOSCRIPT, nor a connection's error.
-func ranInRedis(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re) && !isNoScript(err) && !strings.HasPrefix(err.Error(), "NOPERM")
+// compiled says whether a call by source with reply err was compiled by
+// Redis, and so is in its script cache: answered, or an error raised while
+// the script ran (its own, or of a command it called: Redis 7 and Valkey
+// name "user_script", Redis 6 "Error running script"). Not one refused
+// before the script ran (NOSCRIPT, NOPERM, LOADING, BUSY, MASTERDOWN,
+// CLUSTERDOWN, a connection's error: atk87).
+func compiled(err error) bool {
+	if err == nil {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "user_script") || strings.Contains(msg, "Error running script")
 }
 
 // loadScripts puts eval's scripts into the script cache of the Redis that
@@ -1268,14 +1274,30 @@ func ranInRedis(err error) bool {
 // argument before it runs any command (no key is read or written, nothing
 // is checked against the user's ACL: TestLoadScriptsTouchesNothing), where
 // SCRIPT LOAD would need a right the start check does not ask. One round
-// trip per new connection, its replies not read: a refusal leaves eval's
-// own rule (send by source until answered) and the replays.
-func loadScripts(ctx context.Context, cn *redis.Conn) error {
-	_, _ = cn.Pipelined(ctx, func(p redis.Pipeliner) error {
+// trip per new connection, bounded by the connection's timeouts (so a new
+// connection's first command may wait twice BackgroundTimeout).
+//
+// A script Redis did not compile (LOADING after a restart, BUSY, a
+// Sentinel's "unknown command": atk87) is sent by its source again until a
+// call by source is answered (eval, markSent). A reply not read (a
+// timeout, a broken connection) fails the connection, which go-redis then
+// closes: kept, its later commands would read these replies (atk87).
+func (c *clients) loadScripts(ctx context.Context, cn *redis.Conn) error {
+	cmds, _ := cn.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range evalArgs {
 			p.Do(ctx, "eval", evalArgs[i].src, "0")
 		}
 		return nil
 	})
+	for i, cmd := range cmds {
+		err := cmd.Err()
+		var reply redis.Error
+		if err != nil && !errors.As(err, &reply) {
+			return fmt.Errorf("store: load scripts: %w", err)
+		}
+		if i < len(c.sent) && !compiled(err) {
+			c.sent[i].Store(false)
+		}
+	}
 	return nil
 }

@@ -133,7 +133,7 @@ func New(o Options, kb keys.Builder) *Store {
 	bg.ContextTimeoutEnabled = true
 	bg.MaxRetries = 3
 	if o.Tracking {
-		bg.OnConnect = loadScripts
+		bg.OnConnect = c.loadScripts
 	}
 	c.bg = redis.NewUniversalClient(bg)
 	return &Store{rdb: c.fast, clients: c, kb: kb}
