@@ -561,14 +561,15 @@ type scriptArgs struct {
 // holds them all, and so that a ClusterClient routes on the key.
 //
 // A script not yet known to be in Redis's script cache (since this Store
-// started, or since ForgetScripts: Redis came back, perhaps empty) is sent
-// by its source, every call of it, until a batch's call by its source was
-// answered (markSent): so the first batches after a start or a restart do
-// not meet NOSCRIPT, and are not replayed (WriteConns: a replay's reads
+// started, or since a new connection's loading call was refused:
+// loadScripts) is sent by its source, every call of it, until a call by
+// its source was compiled (markSent): so the first batches after a start
+// do not meet NOSCRIPT, and are not replayed (WriteConns: a replay's reads
 // see the batch's later writes of its first attempt; a conflict was
-// reported twice). A SCRIPT FLUSH unseen, or on a Cluster a node that has
-// not had the script yet, still answers NOSCRIPT: the callers' replays
-// stay for those.
+// reported twice). After a restart or a failover, each new connection
+// loads the scripts first (loadScripts). A SCRIPT FLUSH on a connection
+// already open, or a script Redis evicted, still answers NOSCRIPT: the
+// callers' replays stay for those.
 func (s *Store) eval(ctx context.Context, pipe redis.Pipeliner, sc scriptArgs, full bool, key any, argv ...any) *redis.Cmd {
 	if !full && !s.clients.sent[sc.id].Load() {
 		full = true
@@ -1218,9 +1219,9 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 var evalArgs = [evalScripts]scriptArgs{casArgs, liveArgs, seenArgs, leftArgs, idsArgs}
 
 // markSent records the scripts that cmds (a batch eval queued calls in)
-// sent by their source and Redis answered without error: they are in its
-// script cache now, and eval sends them by their hash. Nothing to do once
-// every script is.
+// sent by their source and Redis compiled (compiled): they are in its
+// script cache now, and eval sends them by their hash. Nothing to do while
+// no call was sent by source for want of it (bySource).
 func (s *Store) markSent(cmds []redis.Cmder) {
 	if s.clients.bySource.Load() <= 0 {
 		return

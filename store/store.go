@@ -93,10 +93,11 @@ type clients struct {
 	idsMax   any    // Options.ClientIDsMax (or its default) as idsScript takes it
 	// refusedUses counts the uses removed for a full index (RefusedUses).
 	refusedUses atomic.Uint64
-	// sent: the scripts Redis answered a call by source of since the start
-	// or ForgetScripts (by scriptArgs.id); bySource: the calls eval sent by
-	// source for want of it and markSent has not seen answered yet (0: it
-	// has nothing to look for).
+	// sent: the scripts Redis compiled a call by source of, since the start
+	// or since a new connection's loading call of it was refused (by
+	// scriptArgs.id); bySource: the calls eval sent by source for want of
+	// it and markSent has not seen answered yet (0: it has nothing to look
+	// for).
 	sent     [evalScripts]atomic.Bool
 	bySource atomic.Int64
 	once     sync.Once
