@@ -359,7 +359,7 @@ func (s *Store) refuseUses(ctx context.Context, idx []indexed) {
 		s.markSent(cmds)
 		return err
 	}
-	if err := run(false); err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+	if err := run(false); isNoScript(err) {
 		_ = run(true)
 	}
 }
@@ -501,7 +501,7 @@ func (s *Store) WriteConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		return nil, nil
 	}
 	out, err := s.writeConns(ctx, ws, window, false)
-	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+	if isNoScript(err) {
 		// The script cache was flushed (or this is a new node): send the
 		// scripts themselves. Every write is idempotent, so replaying is safe,
 		// and what is read is read after the replayed writes. What was
@@ -824,6 +824,9 @@ func (s *Store) indexAfter(ctx context.Context, cmds []redis.Cmder, idx []indexe
 	return err
 }
 
+// isNoScript says whether err is Redis's NOSCRIPT (a script not in its
+// cache): every caller that sends scripts by their hash sends them again
+// by their source on it.
 func isNoScript(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "NOSCRIPT")
 }
@@ -948,7 +951,7 @@ func (s *Store) Claim(ctx context.Context, clientID string, c Conn, b Brokers) (
 		return cmd.Text()
 	}
 	v, err := claim(false)
-	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+	if isNoScript(err) {
 		v, err = claim(true)
 	}
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -1206,7 +1209,7 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 		return s.execIndexed(ctx, pipe, idx, full)
 	}
 	err = run(false)
-	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+	if isNoScript(err) {
 		err = run(true) // the script cache was flushed: every step is idempotent
 	}
 	if err != nil {

@@ -114,7 +114,7 @@ func (s *Store) DropGhosts(ctx context.Context, instance string, ids []string, m
 	}
 	cmds, err := run(false)
 	var first []*redis.Cmd
-	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
+	if isNoScript(err) {
 		// On a Cluster, a node that knew the script removed its entries in
 		// the first attempt: the replay finds them gone (0), and they are
 		// counted and unlisted from the first attempt's reply (atk86: one
