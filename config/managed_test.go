@@ -277,3 +277,14 @@ func TestRedisDBWithClusterSeedsRefused(t *testing.T) {
 	assert.NoError(t, err)
 	assert.Equal(t, 3, c.RedisDB)
 }
+
+// The store loads tracking's scripts at each new connection only where
+// tracking runs: with clientid_conflict off the plugin may run no script,
+// and a read-only Redis user would see a refused EVAL at each connection.
+func TestStoreOptionsTracking(t *testing.T) {
+	for mode, want := range map[string]bool{"off": false, "flag": true, "deny": true} {
+		c, err := Parse(map[string]string{"clientid_conflict": mode})
+		require.NoError(t, err, mode)
+		assert.Equal(t, want, c.StoreOptions().Tracking, mode)
+	}
+}
