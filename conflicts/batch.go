@@ -81,13 +81,21 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 		}
 	}
 	t.checkEnds(ctx, t.endItems(batch, conns, states, now))
-	for _, d := range dups {
-		n, err := t.store.CountTakeoverTracked(ctx, d.ClientID, t.opts.TakeoverWindow)
+	if len(dups) > 0 {
+		// One round trip for the batch's duplicates (a fleet's takeovers
+		// at once), not one each.
+		ids := make([]string, len(dups))
+		for i, d := range dups {
+			ids[i] = d.ClientID
+		}
+		ns, err := t.store.CountTakeoversTracked(ctx, ids, t.opts.TakeoverWindow)
 		if err != nil {
 			return err
 		}
-		if n >= int64(t.opts.TakeoverLimit) {
-			found = append(found, d)
+		for i, d := range dups {
+			if ns[i] >= int64(t.opts.TakeoverLimit) {
+				found = append(found, d)
+			}
 		}
 	}
 	for _, f := range found {

@@ -114,9 +114,10 @@ func (t *Tracker) renewLease(early bool) (suspect bool) {
 // one's end written to its principal's seen record, its live entry
 // removed): clients still connected at shutdown get no DISCONNECT. Call it
 // once Run has returned. ctx bounds it (the plugin's cleanup gives it what
-// is left of its 1.5 s), and 2 s: past it, the broker's lease running out
-// ends the rest on the other brokers, or on this one's next start (within
-// broker_lease). Its own lease is not read: this broker knows it stops now.
+// is left of its 1.5 s), and 2 s. Its lease is ended first: past the
+// bound, the rest no longer count at any broker's next renewal, which
+// ends them as a dead broker's (this one's next start included). Its own
+// lease is not read: this broker knows it stops now.
 func (t *Tracker) Close(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

@@ -117,11 +117,15 @@ func (m *memStore) Claim(_ context.Context, id string, c store.Conn, b store.Bro
 	return nil, nil
 }
 
-func (m *memStore) CountTakeoverTracked(_ context.Context, id string, _ time.Duration) (int64, error) {
+func (m *memStore) CountTakeoversTracked(_ context.Context, ids []string, _ time.Duration) ([]int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.takeover[id]++
-	return m.takeover[id], nil
+	out := make([]int64, len(ids))
+	for i, id := range ids {
+		m.takeover[id]++
+		out[i] = m.takeover[id]
+	}
+	return out, nil
 }
 
 func (m *memStore) RenewLease(_ context.Context, instance string, _ time.Duration) (store.Lease, error) {

@@ -45,7 +45,7 @@ type Options struct {
 type Store interface {
 	Claimer
 	WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error)
-	CountTakeoverTracked(ctx context.Context, tracked string, window time.Duration) (int64, error)
+	CountTakeoversTracked(ctx context.Context, tracked []string, window time.Duration) ([]int64, error)
 	RenewLease(ctx context.Context, instance string, ttl time.Duration) (store.Lease, error)
 	Reap(ctx context.Context, instance string, endMs int64, lease, window time.Duration) error
 	AddFinding(ctx context.Context, f *store.Finding, period, ttl time.Duration, max int64) (bool, error)

@@ -207,6 +207,7 @@ func BenchmarkWorkerRestartStorm(b *testing.B) {
 			// Before the restart: every device connected on the old
 			// instance, then its stop.
 			old := New(testOptions(), Deps{Store: s})
+			old.renew() // its lease, as its worker's first step wrote it
 			for i := 0; i < b.N; i += size {
 				if err := old.handle(ctx, mk(old, i, min(i+size, b.N), now)); err != nil {
 					b.Fatal(err)
@@ -215,6 +216,10 @@ func BenchmarkWorkerRestartStorm(b *testing.B) {
 			old.Close(ctx)
 			now = now.Add(2 * time.Second)
 			tr := New(testOptions(), Deps{Store: s})
+			// Run's first step: the lease view, and the reap of what the
+			// old instance's stop did not reach (past about 80 000
+			// devices here).
+			tr.renew()
 			warm := tr.NewConn("warm", "192.0.2.7", now)
 			if err := tr.handle(ctx, []event{{kind: evConnect, clientID: "warm", conn: warm}}); err != nil {
 				b.Fatal(err)
@@ -222,6 +227,50 @@ func BenchmarkWorkerRestartStorm(b *testing.B) {
 			var batches [][]event
 			for i := 0; i < b.N; i += size {
 				batches = append(batches, mk(tr, i, min(i+size, b.N), now))
+			}
+			handleMeasured(b, r, tr, batches)
+		})
+	}
+}
+
+// BenchmarkWorkerTakeoverStorm is the worker's cost per takeover of a
+// fleet's own connections on one broker: one op is one device, each its
+// own client ID and user, reconnecting while the broker still holds its
+// connection (a NAT or load balancer that dropped every flow: each
+// CONNECT takes over a half-open connection), the takeover's connect and
+// the old connection's disconnect, in batches of the given number of
+// devices. Each is a duplicate connection whose takeover is counted in
+// Redis (takeover_limit).
+func BenchmarkWorkerTakeoverStorm(b *testing.B) {
+	for _, size := range []int{256} {
+		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
+			r, s := benchStore(b)
+			ctx := context.Background()
+			tr := New(testOptions(), Deps{Store: s})
+			tr.renew()
+			now := time.Now()
+			held := make([]Conn, b.N)
+			for i := 0; i < b.N; i += size {
+				batch := make([]event, 0, size)
+				for j := i; j < min(i+size, b.N); j++ {
+					held[j] = tr.NewConn("user-"+strconv.Itoa(j), "192.0.2.7", now)
+					batch = append(batch, event{kind: evConnect, clientID: "device-" + strconv.Itoa(j), conn: held[j]})
+				}
+				if err := tr.handle(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			now = now.Add(2 * time.Second)
+			var batches [][]event
+			for i := 0; i < b.N; i += size {
+				batch := make([]event, 0, 2*size)
+				for j := i; j < min(i+size, b.N); j++ {
+					id := "device-" + strconv.Itoa(j)
+					batch = append(batch,
+						event{kind: evConnect, clientID: id, conn: tr.NewConn("user-"+strconv.Itoa(j), "192.0.2.7", now), other: &held[j]},
+						event{kind: evDisconnect, clientID: id, conn: held[j]})
+				}
+				batches = append(batches, batch)
 			}
 			handleMeasured(b, r, tr, batches)
 		})

@@ -31,17 +31,19 @@ type atk18Store struct {
 	mu       sync.Mutex
 	down     bool
 	findings []store.Finding
-	dups     map[string]int // client ID: duplicate candidates counted (CountTakeoverTracked)
+	dups     map[string]int // client ID: duplicate candidates counted (CountTakeoversTracked)
 }
 
-func (s *atk18Store) CountTakeoverTracked(ctx context.Context, tracked string, window time.Duration) (int64, error) {
+func (s *atk18Store) CountTakeoversTracked(ctx context.Context, tracked []string, window time.Duration) ([]int64, error) {
 	s.mu.Lock()
 	if s.dups == nil {
 		s.dups = map[string]int{}
 	}
-	s.dups[tracked]++
+	for _, id := range tracked {
+		s.dups[id]++
+	}
 	s.mu.Unlock()
-	return s.Store.CountTakeoverTracked(ctx, tracked, window)
+	return s.Store.CountTakeoversTracked(ctx, tracked, window)
 }
 
 func (s *atk18Store) WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error) {

@@ -103,8 +103,8 @@ func (failingClaims) Claim(context.Context, string, store.Conn, store.Brokers) (
 func (failingClaims) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Duration) ([]store.State, error) {
 	return make([]store.State, len(ws)), nil
 }
-func (failingClaims) CountTakeoverTracked(context.Context, string, time.Duration) (int64, error) {
-	return 0, nil
+func (failingClaims) CountTakeoversTracked(_ context.Context, ids []string, _ time.Duration) ([]int64, error) {
+	return make([]int64, len(ids)), nil
 }
 func (failingClaims) RenewLease(context.Context, string, time.Duration) (store.Lease, error) {
 	return store.Lease{Live: map[string]bool{}}, nil

@@ -98,9 +98,9 @@ func TestReapKeepsANewerLiveEntry(t *testing.T) {
 // The time a broker's stop spends ending the connections it holds, against
 // what the reap did before (delete each live entry, nothing written to
 // seen), side by side on one Redis: go test -run XXX -bench Reap ./store.
-// The plugin's cleanup gives the reap 2 s; what it does not reach, another
-// broker's reap ends once this one's lease runs out (broker_lease), or this
-// broker's own next start does.
+// The plugin's cleanup gives the reap what is left of its 1.5 s; what it
+// does not reach, any broker's next renewal ends as a dead broker's (the
+// stop ended its lease first), this broker's own next start included.
 func BenchmarkReap(b *testing.B) {
 	const held = 20_000
 	for _, how := range []string{"ends", "deleteonly"} {
