@@ -39,6 +39,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	}
 	alive := t.view(now)
 	var found, dups []*store.Finding
+	var takeovers []store.Takeover // each of dups' client ID and connection
 	for i, ev := range batch {
 		switch ev.kind {
 		case evConnect:
@@ -72,6 +73,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 			}
 			if dup != nil {
 				dups = append(dups, dup)
+				takeovers = append(takeovers, store.Takeover{Tracked: dup.ClientID, ConnID: conns[i].ID})
 			}
 		case evRefused:
 			f := newFinding(store.KindCrossPrincipal, ev.clientID, []store.Conn{conns[i], *ev.holder}, now)
@@ -84,11 +86,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	if len(dups) > 0 {
 		// One round trip for the batch's duplicates (a fleet's takeovers
 		// at once), not one each.
-		ids := make([]string, len(dups))
-		for i, d := range dups {
-			ids[i] = d.ClientID
-		}
-		ns, err := t.store.CountTakeoversTracked(ctx, ids, t.opts.TakeoverWindow)
+		ns, err := t.store.CountTakeovers(ctx, takeovers, t.opts.TakeoverWindow, t.opts.TakeoverLimit)
 		if err != nil {
 			return err
 		}

@@ -18,13 +18,38 @@ import (
 	"github.com/mosquitto-guard/mosquitto-guard/store"
 )
 
-// recStore is a real store that also keeps the writes the worker sends and
-// the client IDs of the findings it adds.
+// recStore is a real store that also keeps the writes the worker sends,
+// the client IDs of the findings it adds, and the takeovers it counts.
 type recStore struct {
 	*store.Store
-	mu       sync.Mutex
-	writes   []store.ConnWrite
-	findings map[string][]string // client ID: the principals of each finding
+	mu        sync.Mutex
+	writes    []store.ConnWrite
+	findings  map[string][]string // client ID: the principals of each finding
+	takeovers map[string]int      // client ID (tracking form): takeovers counted
+}
+
+func (s *recStore) CountTakeovers(ctx context.Context, ts []store.Takeover, window time.Duration, limit int) ([]int64, error) {
+	s.mu.Lock()
+	if s.takeovers == nil {
+		s.takeovers = map[string]int{}
+	}
+	for _, tk := range ts {
+		s.takeovers[tk.Tracked]++
+	}
+	s.mu.Unlock()
+	return s.Store.CountTakeovers(ctx, ts, window, limit)
+}
+
+// takeoversOf is how many takeovers of client ID id the stores counted
+// (Redis keeps at most takeover_limit of them).
+func takeoversOf(id string, ss ...*recStore) int {
+	n := 0
+	for _, s := range ss {
+		s.mu.Lock()
+		n += s.takeovers[id]
+		s.mu.Unlock()
+	}
+	return n
 }
 
 func (s *recStore) WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error) {
@@ -319,6 +344,6 @@ func TestEndedFoldKeepsTakeovers(t *testing.T) {
 	assert.Contains(t, dump[kb.Seen("dev")], c.StoreConn(x1).ID, "x1 recorded the use; x2's came within seenRefresh")
 	assert.Contains(t, dump[kb.Seen("dev")], `"disconnected_ms":`, "and x1's end")
 	assert.Contains(t, dump[kb.Seen("dev2")], c.StoreConn(y2).ID, "y2 recorded bob's use")
-	assert.Equal(t, "1", strings.TrimSpace(r.CLI("GET", kb.Takeovers("dev"))), "the takeover is counted")
+	assert.Equal(t, "1", strings.TrimSpace(r.CLI("HLEN", kb.TakeoverConns("dev"))), "the takeover is counted")
 	assert.Equal(t, []string{"alice,bob"}, s.findings["dev2"], "bob took over alice's live connection")
 }

@@ -117,13 +117,13 @@ func (m *memStore) Claim(_ context.Context, id string, c store.Conn, b store.Bro
 	return nil, nil
 }
 
-func (m *memStore) CountTakeoversTracked(_ context.Context, ids []string, _ time.Duration) ([]int64, error) {
+func (m *memStore) CountTakeovers(_ context.Context, ts []store.Takeover, _ time.Duration, _ int) ([]int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]int64, len(ids))
-	for i, id := range ids {
-		m.takeover[id]++
-		out[i] = m.takeover[id]
+	out := make([]int64, len(ts))
+	for i, tk := range ts {
+		m.takeover[tk.Tracked]++
+		out[i] = m.takeover[tk.Tracked]
 	}
 	return out, nil
 }
@@ -146,11 +146,11 @@ func (m *memStore) RenewLease(_ context.Context, instance string, _ time.Duratio
 	return l, nil
 }
 
-func (m *memStore) Reap(_ context.Context, instance string, _ int64, _, _ time.Duration) error {
+func (m *memStore) ReapCount(_ context.Context, instance string, _ int64, _, _ time.Duration) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.reaped = append(m.reaped, instance)
-	return nil
+	return 0, nil
 }
 
 func (m *memStore) AddFinding(_ context.Context, f *store.Finding, _, _ time.Duration, _ int64) (bool, error) {

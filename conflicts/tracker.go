@@ -45,9 +45,9 @@ type Options struct {
 type Store interface {
 	Claimer
 	WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error)
-	CountTakeoversTracked(ctx context.Context, tracked []string, window time.Duration) ([]int64, error)
+	CountTakeovers(ctx context.Context, ts []store.Takeover, window time.Duration, limit int) ([]int64, error)
 	RenewLease(ctx context.Context, instance string, ttl time.Duration) (store.Lease, error)
-	Reap(ctx context.Context, instance string, endMs int64, lease, window time.Duration) error
+	ReapCount(ctx context.Context, instance string, endMs int64, lease, window time.Duration) (int, error)
 	AddFinding(ctx context.Context, f *store.Finding, period, ttl time.Duration, max int64) (bool, error)
 }
 
@@ -199,6 +199,7 @@ type Tracker struct {
 	unchecked   map[uint64]owed
 	relistRound uint32          // the worker's: complete relists ended (relistEnded)
 	aliveBefore map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
+	stopped     context.Context // the worker's: done once Run's stop is closed (nil: no Run, tests)
 	instance    string
 	seq         atomic.Uint64
 	events      *batchq.Queue[event]
@@ -546,6 +547,18 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 	idle.Stop() // armed after a batch
 	defer idle.Stop()
 	armed := false // idle runs
+	// stopped ends with stop: the dead brokers' reaps a renewal runs stop
+	// there (renewLease).
+	stopped, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-stopped.Done():
+		}
+	}()
+	t.stopped = stopped
 	t.renew()
 	for {
 		select {

@@ -31,19 +31,19 @@ type atk18Store struct {
 	mu       sync.Mutex
 	down     bool
 	findings []store.Finding
-	dups     map[string]int // client ID: duplicate candidates counted (CountTakeoversTracked)
+	dups     map[string]int // client ID: duplicate candidates counted (CountTakeovers)
 }
 
-func (s *atk18Store) CountTakeoversTracked(ctx context.Context, tracked []string, window time.Duration) ([]int64, error) {
+func (s *atk18Store) CountTakeovers(ctx context.Context, ts []store.Takeover, window time.Duration, limit int) ([]int64, error) {
 	s.mu.Lock()
 	if s.dups == nil {
 		s.dups = map[string]int{}
 	}
-	for _, id := range tracked {
-		s.dups[id]++
+	for _, tk := range ts {
+		s.dups[tk.Tracked]++
 	}
 	s.mu.Unlock()
-	return s.Store.CountTakeoversTracked(ctx, tracked, window)
+	return s.Store.CountTakeovers(ctx, ts, window, limit)
 }
 
 func (s *atk18Store) WriteConns(ctx context.Context, ws []store.ConnWrite, window time.Duration) ([]store.State, error) {

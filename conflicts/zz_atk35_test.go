@@ -31,11 +31,11 @@ func (s *atk35Store) WriteConns(ctx context.Context, ws []store.ConnWrite, windo
 	return s.recStore.WriteConns(ctx, ws, window)
 }
 
-func (s *atk35Store) Reap(ctx context.Context, instance string, endMs int64, lease, window time.Duration) error {
+func (s *atk35Store) ReapCount(ctx context.Context, instance string, endMs int64, lease, window time.Duration) (int, error) {
 	if s.reapFail.Load() {
-		return errors.New("store: reap: i/o timeout")
+		return 0, errors.New("store: reap: i/o timeout")
 	}
-	return s.recStore.Reap(ctx, instance, endMs, lease, window)
+	return s.recStore.ReapCount(ctx, instance, endMs, lease, window)
 }
 
 func newAtk35Store(t *testing.T, r *testenv.Redis) *atk35Store {

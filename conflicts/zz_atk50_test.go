@@ -1,6 +1,7 @@
 package conflicts
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,8 +39,9 @@ func twinsFolded(t *testing.T, r *testenv.Redis, folded bool) string {
 		a.handleSafely([]event{{kind: evConnect, clientID: "x", conn: d1}})
 		a.handleSafely([]event{{kind: evDisconnect, clientID: "x", conn: d1}})
 	}
-	t.Logf("folded=%v: takeovers %q, findings %v", folded, r.CLI("GET", "guard:takeovers:x"), findingsOf("x", as, bs))
-	return r.CLI("GET", "guard:takeovers:x")
+	n := takeoversOf("x", as, bs)
+	t.Logf("folded=%v: takeovers %d, findings %v", folded, n, findingsOf("x", as, bs))
+	return strconv.Itoa(n)
 }
 
 // HOLDS (control): a's quiet reconnects, each connect and end in its own

@@ -58,6 +58,6 @@ func atk50TwinFlashes(t *testing.T, id string, hold time.Duration) {
 	loop := time.Since(start)
 	time.Sleep(2 * time.Second)
 	n := atk47LoggedKind(id, "duplicate-connection", a, b)
-	t.Logf("hold %v: 10 flashes in %.1f s beside device 2; guard:takeovers=%q; duplicate findings %d", hold, loop.Seconds(), a.redis.CLI("GET", "guard:takeovers:"+id), n)
+	t.Logf("hold %v: 10 flashes in %.1f s beside device 2; guard:takeoverconns=%q; duplicate findings %d", hold, loop.Seconds(), a.redis.CLI("HLEN", "guard:takeoverconns:"+id), n)
 	assert.NotZero(t, n, "device 1's ten connections were each live beside device 2 on broker-b (takeover_limit 3): a duplicate-connection finding is due")
 }

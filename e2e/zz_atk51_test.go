@@ -362,7 +362,7 @@ func TestAtk51LongIDTakeoversCounted(t *testing.T) {
 		}
 		return false
 	}, "no duplicate-connection finding for the long client ID; takeovers %q; findings %v",
-		e.redis.CLI("GET", "guard:takeovers:"+atk51Form(id)), atk37Kinds(e, atk51Form(id)))
+		e.redis.CLI("HLEN", "guard:takeoverconns:"+atk51Form(id)), atk37Kinds(e, atk51Form(id)))
 }
 
 // TestAtk51HugeClaimsKeepSmallBanKeys: HOLDS. README, Redis keys: "a stranger's

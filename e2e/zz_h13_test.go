@@ -33,7 +33,7 @@ func h13IDs() map[string]string {
 // tracking form; both must name one key, so a long (or "sha256:") client ID
 // held on broker-a is refused to another principal on broker-b, the
 // refusal's finding names the tracking form, a takeover is counted under
-// guard:takeovers:<form>, a clean disconnect clears the live entry, and a
+// guard:takeoverconns:<form>, a clean disconnect clears the live entry, and a
 // killed broker's entry is reaped after its lease.
 func TestZZH13DenyLongIDsAcrossBrokers(t *testing.T) {
 	a, b := twoBrokers(t, "auth_opt_clientid_conflict deny", "auth_opt_broker_lease 2s")
@@ -62,9 +62,9 @@ func TestZZH13DenyLongIDsAcrossBrokers(t *testing.T) {
 		again, code := a.dial(as(ip(), id, "alice", "alice-pw"))
 		require.EqualValues(t, accepted, code, name)
 		assert.True(t, holder.Closed(3*time.Second), name)
-		eventually(t, 5*time.Second, func() bool { return a.redis.CLI("EXISTS", "guard:takeovers:"+tr) == "1" },
-			"%s: takeover not counted under guard:takeovers:<form>", name)
-		assert.Equal(t, "0", a.redis.CLI("EXISTS", "guard:takeovers:"+tracked(tr)), "%s: hashed twice", name)
+		eventually(t, 5*time.Second, func() bool { return a.redis.CLI("EXISTS", "guard:takeoverconns:"+tr) == "1" },
+			"%s: takeover not counted under guard:takeoverconns:<form>", name)
+		assert.Equal(t, "0", a.redis.CLI("EXISTS", "guard:takeoverconns:"+tracked(tr)), "%s: hashed twice", name)
 		assert.Equal(t, "0", a.redis.CLI("EXISTS", "guard:conn:"+tracked(tr)), "%s: hashed twice", name)
 		assert.Equal(t, "0", a.redis.CLI("EXISTS", "guard:seen:"+tracked(tr)), "%s: hashed twice", name)
 		a.waitLive(tr, 1)

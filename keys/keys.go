@@ -260,12 +260,20 @@ func (b Builder) SeenTracked(tracked string) string { return b.Prefix + "seen:" 
 // conflict_clientids_max of them, the oldest use forgotten first.
 func (b Builder) ClientIDs(principal string) string { return b.Prefix + "clientids:" + principal }
 
-// Takeovers returns the counter of duplicate connections of clientID, named
-// by its Tracking form.
-func (b Builder) Takeovers(clientID string) string { return b.TakeoversTracked(Tracking(clientID)) }
+// TakeoverConns returns the hash of the connections that took clientID
+// over from their own principal (duplicate connections), one field per
+// connection ID, at most takeover_limit, kept takeover_window from the
+// first; named by clientID's Tracking form. It replaced guard:takeovers:,
+// a counter, whose increments a retried pipeline could repeat.
+func (b Builder) TakeoverConns(clientID string) string {
+	return b.TakeoverConnsTracked(Tracking(clientID))
+}
 
-// TakeoversTracked is Takeovers for a client ID already in its Tracking form.
-func (b Builder) TakeoversTracked(tracked string) string { return b.Prefix + "takeovers:" + tracked }
+// TakeoverConnsTracked is TakeoverConns for a client ID already in its
+// Tracking form.
+func (b Builder) TakeoverConnsTracked(tracked string) string {
+	return b.Prefix + "takeoverconns:" + tracked
+}
 
 // Fold returns the hash that folds repeats of one finding; id identifies the
 // finding (a hash of its client ID, principals and kind).

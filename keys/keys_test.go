@@ -201,15 +201,15 @@ func TestTrackingKeys(t *testing.T) {
 	h := Tracking(long)
 	assert.Equal(t, "guard:conn:"+h, b.Conn(long))
 	assert.Equal(t, "guard:seen:"+h, b.Seen(long))
-	assert.Equal(t, "guard:takeovers:"+h, b.Takeovers(long))
+	assert.Equal(t, "guard:takeoverconns:"+h, b.TakeoverConns(long))
 	assert.Equal(t, b.Conn(long), b.ConnTracked(h), "a brokerconns member names its conn key")
-	for _, k := range []string{b.Conn(long), b.Seen(long), b.Takeovers(long)} {
-		assert.LessOrEqual(t, len(k), len("guard:takeovers:")+TrackingMax)
+	for _, k := range []string{b.Conn(long), b.Seen(long), b.TakeoverConns(long)} {
+		assert.LessOrEqual(t, len(k), len("guard:takeoverconns:")+TrackingMax)
 	}
 	// Short client IDs keep their readable keys.
 	assert.Equal(t, "guard:conn:dev-1", b.Conn("dev-1"))
 	assert.Equal(t, "guard:seen:a:b", b.Seen("a:b"))
-	assert.Equal(t, "guard:takeovers:dev-1", b.Takeovers("dev-1"))
+	assert.Equal(t, "guard:takeoverconns:dev-1", b.TakeoverConns("dev-1"))
 	// The operator-facing keys name every value exactly.
 	assert.Equal(t, "guard:block:clientid:"+long, b.List(Block, ClientID, long))
 	assert.Equal(t, "guard:allow:username:"+long, b.List(Allow, Username, long))

@@ -103,14 +103,14 @@ func (failingClaims) Claim(context.Context, string, store.Conn, store.Brokers) (
 func (failingClaims) WriteConns(_ context.Context, ws []store.ConnWrite, _ time.Duration) ([]store.State, error) {
 	return make([]store.State, len(ws)), nil
 }
-func (failingClaims) CountTakeoversTracked(_ context.Context, ids []string, _ time.Duration) ([]int64, error) {
-	return make([]int64, len(ids)), nil
+func (failingClaims) CountTakeovers(_ context.Context, ts []store.Takeover, _ time.Duration, _ int) ([]int64, error) {
+	return make([]int64, len(ts)), nil
 }
 func (failingClaims) RenewLease(context.Context, string, time.Duration) (store.Lease, error) {
 	return store.Lease{Live: map[string]bool{}}, nil
 }
-func (failingClaims) Reap(context.Context, string, int64, time.Duration, time.Duration) error {
-	return nil
+func (failingClaims) ReapCount(context.Context, string, int64, time.Duration, time.Duration) (int, error) {
+	return 0, nil
 }
 func (failingClaims) AddFinding(context.Context, *store.Finding, time.Duration, time.Duration, int64) (bool, error) {
 	return false, nil

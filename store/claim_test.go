@@ -163,25 +163,25 @@ func TestLiveEntryNewestOfInstanceWins(t *testing.T) {
 	assert.Empty(t, live)
 }
 
-// A takeover count once left without its expiry (INCR done, PEXPIRE lost,
-// as the two separate commands could) gets one: the count and its expiry
-// are now one step, and a count found without an expiry is given one.
+// A takeover count once left without its expiry (as two separate commands
+// could leave it) gets one: the count and its expiry are one step, and a
+// count found without an expiry is given one.
 func TestCountTakeoverNeverWithoutExpiry(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
-	r.CLI("SET", "guard:takeovers:dev", "5")
-	n, err := s.CountTakeover(ctx, "dev", time.Minute)
+	r.CLI("HSET", "guard:takeoverconns:dev", "c1", "1", "c2", "1", "c3", "1", "c4", "1", "c5", "1")
+	n, err := s.CountTakeover(ctx, "dev", "c6", time.Minute, 10)
 	require.NoError(t, err)
 	assert.EqualValues(t, 6, n)
-	pttl, _ := strconv.Atoi(r.CLI("PTTL", "guard:takeovers:dev"))
+	pttl, _ := strconv.Atoi(r.CLI("PTTL", "guard:takeoverconns:dev"))
 	assert.Greater(t, pttl, 0, "the count expires")
 	assert.LessOrEqual(t, pttl, 60000)
 
 	// Within a window the expiry is not pushed back.
 	time.Sleep(20 * time.Millisecond)
-	_, err = s.CountTakeover(ctx, "dev", time.Minute)
+	_, err = s.CountTakeover(ctx, "dev", "c7", time.Minute, 10)
 	require.NoError(t, err)
-	later, _ := strconv.Atoi(r.CLI("PTTL", "guard:takeovers:dev"))
+	later, _ := strconv.Atoi(r.CLI("PTTL", "guard:takeoverconns:dev"))
 	assert.Less(t, later, pttl)
 }
 
@@ -219,7 +219,7 @@ func TestClaimAndRecordOnCluster(t *testing.T) {
 		require.Len(t, st, 3)
 		assert.Len(t, st[1].Live, 2, id)
 		assert.Len(t, st[1].Seen, 2, id)
-		n, err := s.CountTakeover(ctx, id, time.Minute)
+		n, err := s.CountTakeover(ctx, id, bob.ID, time.Minute, 3)
 		require.NoError(t, err)
 		assert.EqualValues(t, 1, n)
 	}

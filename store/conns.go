@@ -976,61 +976,69 @@ func (s *Store) LiveConns(ctx context.Context, clientID string) ([]Conn, error) 
 	return decodeConns(m), nil
 }
 
-// takeoverScript counts one takeover in KEYS[1] and returns the count; the
-// first of a window (or a count found without an expiry) sets the window,
-// ARGV[1] ms. One step: a count can never be left without its expiry.
+// takeoverScript records one takeover in KEYS[1], the client ID's hash of
+// the connections that took it over (TakeoverConns): ARGV[3], the
+// connection's ID, a field, unless the hash holds ARGV[2] (takeover_limit)
+// already; and returns how many it holds. The first field sets the window,
+// ARGV[1] ms, as does a hash found without an expiry: one step, so the
+// hash is never left without one. The same connection recorded again (a
+// pipeline go-redis sent again after a connection error, when Redis had run
+// it) is not counted twice, where the counter it replaced (INCR) was.
 var takeoverScript = redis.NewScript(`
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local n = redis.call('HLEN', KEYS[1])
+if n < tonumber(ARGV[2]) then n = n + redis.call('HSETNX', KEYS[1], ARGV[3], '1') end
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n`)
 
-// CountTakeover counts one duplicate connection of clientID and returns how
-// many there were within window (a fixed window from the first).
-func (s *Store) CountTakeover(ctx context.Context, clientID string, window time.Duration) (int64, error) {
-	return s.CountTakeoverTracked(ctx, keys.Tracking(clientID), window)
+// Takeover is one duplicate connection to count (CountTakeovers): its
+// client ID in its keys.Tracking form, and the connection's ID.
+type Takeover struct {
+	Tracked string
+	ConnID  string
 }
 
-// CountTakeoverTracked is CountTakeover for a client ID already in its
-// keys.Tracking form (conflict tracking's).
-func (s *Store) CountTakeoverTracked(ctx context.Context, tracked string, window time.Duration) (int64, error) {
-	n, err := s.CountTakeoversTracked(ctx, []string{tracked}, window)
+// CountTakeover counts connID's takeover of clientID and returns how many
+// connections took it over within window (a fixed window from the first),
+// at most limit (takeover_limit).
+func (s *Store) CountTakeover(ctx context.Context, clientID, connID string, window time.Duration, limit int) (int64, error) {
+	n, err := s.CountTakeovers(ctx, []Takeover{{Tracked: keys.Tracking(clientID), ConnID: connID}}, window, limit)
 	if err != nil {
 		return 0, err
 	}
 	return n[0], nil
 }
 
-// CountTakeoversTracked counts one duplicate connection of each client ID
-// in tracked (keys.Tracking forms; one may come more than once, each
-// counted), in one round trip, and returns each count, as
-// CountTakeoverTracked one after the other would. Before, a batch's
-// duplicates were counted one round trip each, in turn: a fleet whose
-// connections were all taken over at once (a NAT that dropped every
-// flow) cost the worker 52 µs of CPU a device (BenchmarkWorkerTakeoverStorm).
-// Calls that met NOSCRIPT (a flushed script cache) did not run: only
-// they are sent again, by their source, in a second round trip. Any other
-// error fails the whole count, as the first error of the calls did.
-func (s *Store) CountTakeoversTracked(ctx context.Context, tracked []string, window time.Duration) ([]int64, error) {
+// CountTakeovers counts each of ts (a client ID may come more than once,
+// each connection counted once) in one round trip, and returns each
+// count, as CountTakeover one after the other would; a count stops at
+// limit. Before, a batch's duplicates were counted one round trip each, in
+// turn: a fleet whose connections were all taken over at once (a NAT that
+// dropped every flow) cost the worker 62 to 64 µs of CPU a device
+// (BenchmarkWorkerTakeoverStorm). Calls that met NOSCRIPT (a flushed script
+// cache) did not run: only they are sent again, by their source, in a
+// second round trip. Any other error fails the count; the calls after it
+// in the pipeline have run, and count.
+func (s *Store) CountTakeovers(ctx context.Context, ts []Takeover, window time.Duration, limit int) ([]int64, error) {
 	ms := window.Milliseconds()
 	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(tracked))
-	for i, id := range tracked {
-		cmds[i] = takeoverScript.EvalSha(ctx, pipe, []string{s.kb.TakeoversTracked(id)}, ms)
+	cmds := make([]*redis.Cmd, len(ts))
+	for i, tk := range ts {
+		cmds[i] = takeoverScript.EvalSha(ctx, pipe, []string{s.kb.TakeoverConnsTracked(tk.Tracked)}, ms, limit, tk.ConnID)
 	}
 	_, _ = pipe.Exec(ctx) // each call's error is read below
 	var again redis.Pipeliner
-	for i, id := range tracked {
+	for i, tk := range ts {
 		if isNoScript(cmds[i].Err()) {
 			if again == nil {
 				again = s.rdb.Pipeline()
 			}
-			cmds[i] = takeoverScript.Eval(ctx, again, []string{s.kb.TakeoversTracked(id)}, ms)
+			cmds[i] = takeoverScript.Eval(ctx, again, []string{s.kb.TakeoverConnsTracked(tk.Tracked)}, ms, limit, tk.ConnID)
 		}
 	}
 	if again != nil {
 		_, _ = again.Exec(ctx)
 	}
-	out := make([]int64, len(tracked))
+	out := make([]int64, len(ts))
 	for i, cmd := range cmds {
 		n, err := cmd.Int64()
 		if err != nil {
@@ -1126,6 +1134,18 @@ func (s *Store) RenewLease(ctx context.Context, instance string, ttl time.Durati
 // and a compare-and-delete each), where the delete alone was one; for a
 // dead broker, one more (its lease read again).
 func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, window time.Duration) error {
+	_, err := s.ReapCount(ctx, instance, endMs, lease, window)
+	return err
+}
+
+// ReapCount is Reap, and how many live entries of instance it found to
+// end (so many ended, unless another broker's reap of the same instance
+// or the connection's own end came first): 0 when another reap had
+// already ended them all, as a broker's own stop may just have, its
+// lease ended at the stop and its reap under way (the caller then has
+// nothing to tell).
+func (s *Store) ReapCount(ctx context.Context, instance string, endMs int64, lease, window time.Duration) (int, error) {
+	found := 0
 	now, earliest := endMs, endMs
 	if lease <= 0 {
 		// This broker stopping: its lease ends now, before the first
@@ -1144,7 +1164,7 @@ func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, w
 		// made again.
 		err := s.rdb.ZAddXX(ctx, s.kb.Brokers(), redis.Z{Score: float64(endMs), Member: instance}).Err()
 		if err != nil {
-			return fmt.Errorf("store: reap: %w", err)
+			return found, fmt.Errorf("store: reap: %w", err)
 		}
 	}
 	if lease > 0 {
@@ -1156,7 +1176,7 @@ func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, w
 		case errors.Is(err, redis.Nil): // no lease (reaped already): now is the bound
 			earliest = endMs - lease.Milliseconds()
 		default:
-			return err
+			return found, err
 		}
 	}
 	// Before each batch's writes, and before the set and lease go, a dead
@@ -1176,11 +1196,13 @@ func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, w
 	for {
 		ids, next, err := s.rdb.SScan(ctx, set, cursor, "", 500).Result()
 		if err != nil {
-			return fmt.Errorf("store: reap: %w", err)
+			return found, fmt.Errorf("store: reap: %w", err)
 		}
 		if len(ids) > 0 {
-			if err := s.reapIDs(ctx, instance, ids, endMs, earliest, window, recheck); err != nil {
-				return err
+			n, err := s.reapIDs(ctx, instance, ids, endMs, earliest, window, recheck)
+			found += n
+			if err != nil {
+				return found, err
 			}
 		}
 		if cursor = next; cursor == 0 {
@@ -1191,15 +1213,15 @@ func (s *Store) Reap(ctx context.Context, instance string, endMs int64, lease, w
 		reapScanned()
 	}
 	if err := recheck(); err != nil {
-		return err
+		return found, err
 	}
 	if err := s.rdb.Del(ctx, set).Err(); err != nil {
-		return fmt.Errorf("store: reap: %w", err)
+		return found, fmt.Errorf("store: reap: %w", err)
 	}
 	if err := s.rdb.ZRem(ctx, s.kb.Brokers(), instance).Err(); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("store: reap: %w", err)
+		return found, fmt.Errorf("store: reap: %w", err)
 	}
-	return nil
+	return found, nil
 }
 
 // ErrLeaseRuns is Reap's answer for a broker whose lease runs again (back
@@ -1227,16 +1249,22 @@ var reapHook, reapScanned func()
 
 // reapIDs ends instance's live connections of ids, client IDs in their
 // keys.Tracking form (Reap).
-func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endMs, earliest int64, window time.Duration, recheck func() error) error {
+func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endMs, earliest int64, window time.Duration, recheck func() error) (int, error) {
 	gets, err := s.readEntries(ctx, instance, ids)
 	if err != nil {
-		return fmt.Errorf("store: reap: %w", err)
+		return 0, fmt.Errorf("store: reap: %w", err)
+	}
+	found := 0
+	for _, g := range gets {
+		if g.Err() == nil {
+			found++
+		}
 	}
 	if reapHook != nil {
 		reapHook()
 	}
 	if err := recheck(); err != nil {
-		return err
+		return 0, err
 	}
 	win := windowOf(window)
 	ttl := win.ttl
@@ -1275,9 +1303,9 @@ func (s *Store) reapIDs(ctx context.Context, instance string, ids []string, endM
 		err = run(true) // the script cache was flushed: every step is idempotent
 	}
 	if err != nil {
-		return fmt.Errorf("store: reap: %w", err)
+		return 0, fmt.Errorf("store: reap: %w", err)
 	}
-	return nil
+	return found, nil
 }
 
 // evalArgs are the scripts eval sends, by scriptArgs.id.

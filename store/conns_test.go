@@ -82,17 +82,29 @@ func TestLeaseAndReap(t *testing.T) {
 	assert.Equal(t, "", r.CLI("ZSCORE", "guard:brokers", "dead"))
 }
 
+// Each connection that takes a client ID over counts once, up to the
+// limit (takeover_limit): the hash keeps at most that many connections.
+// The window runs from the first.
 func TestCountTakeover(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
 	for want := int64(1); want <= 3; want++ {
-		n, err := s.CountTakeover(ctx, "dev", 200*time.Millisecond)
+		n, err := s.CountTakeover(ctx, "dev", "c"+strconv.FormatInt(want, 10), 200*time.Millisecond, 3)
 		require.NoError(t, err)
 		assert.Equal(t, want, n)
 	}
-	assert.NotEqual(t, "-1", r.CLI("PTTL", "guard:takeovers:dev"))
+	n, err := s.CountTakeover(ctx, "dev", "c3", 200*time.Millisecond, 3)
+	require.NoError(t, err)
+	assert.EqualValues(t, 3, n, "the same connection again: not counted twice")
+	for range 5 {
+		n, err = s.CountTakeover(ctx, "dev", "c"+strconv.Itoa(10+int(n)), 200*time.Millisecond, 3)
+		require.NoError(t, err)
+		assert.EqualValues(t, 3, n, "at the limit")
+	}
+	assert.Equal(t, "3", r.CLI("HLEN", "guard:takeoverconns:dev"), "no more than the limit kept")
+	assert.NotEqual(t, "-1", r.CLI("PTTL", "guard:takeoverconns:dev"))
 	time.Sleep(250 * time.Millisecond)
-	n, err := s.CountTakeover(ctx, "dev", 200*time.Millisecond)
+	n, err = s.CountTakeover(ctx, "dev", "c4", 200*time.Millisecond, 3)
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, n, "a new window")
 }
@@ -178,10 +190,10 @@ func TestWriteConnsBoundsClientChosenValues(t *testing.T) {
 	require.Len(t, live, 1)
 	assert.Equal(t, "i1-1", live[0].ID)
 
-	n, err := s.CountTakeover(ctx, id, time.Minute)
+	n, err := s.CountTakeover(ctx, id, "i1-2", time.Minute, 3)
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, n)
-	assert.Equal(t, "1", r.CLI("GET", "guard:takeovers:"+h))
+	assert.Equal(t, "1", r.CLI("HLEN", "guard:takeoverconns:"+h))
 
 	// Reaping a broker clears its long client IDs by their stored form.
 	require.NoError(t, s.Reap(ctx, "i1", 2, 0, time.Hour))

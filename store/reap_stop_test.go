@@ -13,7 +13,7 @@ import (
 )
 
 // A broker's stop that runs out of time part-way through its reap (the
-// plugin's cleanup: 1.5 s, about 100 000 held connections) has ended its
+// plugin's cleanup: 1.5 s, about 65 000 held connections) has ended its
 // lease already: the next renewal of any broker (the restarted one's
 // first) names it dead, so the live entries it did not reach no longer
 // count, and that renewal reaps them with the stop's time as their end.

@@ -267,7 +267,7 @@ func TestReapOnClusterNodeHungFails(t *testing.T) {
 	// The node answers again once the read is done: the writes go through.
 	reapHook = func() { _ = cl.Nodes[hang].Signal(syscall.SIGCONT) }
 	t.Cleanup(func() { reapHook = nil })
-	err := s.reapIDs(ctx, "dead", []string{none, held}, 7, 0, time.Hour, func() error { return nil })
+	_, err := s.reapIDs(ctx, "dead", []string{none, held}, 7, 0, time.Hour, func() error { return nil })
 	require.NoError(t, cl.Nodes[hang].Signal(syscall.SIGCONT))
 	assert.Error(t, err, "a node did not answer the read")
 }
@@ -341,7 +341,9 @@ func TestStrayKeyFirstInAPageFailsNoRemoval(t *testing.T) {
 
 	d := Conn{ID: "dead-1", Instance: "dead", Principal: "p", ConnectedMs: 1}
 	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "held", Instance: "dead", Live: &d, Seen: &d}}, time.Hour))
-	require.NoError(t, s.reapIDs(ctx, "dead", []string{"stray", "held"}, 7, 0, time.Hour, func() error { return nil }), "a stray key first in the reap's page")
+	n, err = s.reapIDs(ctx, "dead", []string{"stray", "held"}, 7, 0, time.Hour, func() error { return nil })
+	require.NoError(t, err, "a stray key first in the reap's page")
+	assert.Equal(t, 1, n, "one entry of the instance found")
 	live, seen, err := state(s, "held")
 	require.NoError(t, err)
 	assert.Empty(t, live, "the held connection after it is ended")
@@ -371,7 +373,7 @@ func TestRefusedSetUpFailsReapAndRemoval(t *testing.T) {
 	require.Error(t, err, "the removal read nothing")
 	assert.True(t, IsReply(err), "%v", err)
 	assert.Zero(t, n)
-	err = s.reapIDs(ctx, "dead", []string{"held"}, 7, 0, time.Hour, func() error { return nil })
+	_, err = s.reapIDs(ctx, "dead", []string{"held"}, 7, 0, time.Hour, func() error { return nil })
 	require.Error(t, err, "the reap read nothing")
 	assert.True(t, IsReply(err), "%v", err)
 	for _, id := range []string{"ghost", "held"} {

@@ -333,7 +333,7 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 			[]any{"zadd", k, "1", "m"}, []any{"pexpire", k, "10000"}, []any{"zscore", k, "m"},
 			[]any{"zrangebyscore", k, "-inf", "+inf"}, []any{"zcard", k}, []any{"zremrangebyscore", k, "-inf", "(0"}, []any{"zrem", k, "m"},
 			[]any{"xadd", k, "maxlen", "~", "1", "*", "f", "1"}, []any{"pexpire", k, "10000"},
-			[]any{"del", k}, []any{"incr", k}, []any{"pexpire", k, "10000"})
+			[]any{"del", k}, []any{"hsetnx", k, "f", "1"}, []any{"hlen", k}, []any{"pexpire", k, "10000"})
 	}
 	// The plugin's scripts run by EVALSHA, and by EVAL when Redis's cache
 	// lost them (a restart, a failover): a user needs both, asked each on

@@ -2,8 +2,10 @@ package store
 
 import (
 	"context"
+	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,14 +32,23 @@ func readsProcessed(t *testing.T, r *testenv.Redis) int {
 	return 0
 }
 
-// A batch's takeovers are counted in one round trip, each as
-// CountTakeoverTracked one after the other would count it (a client ID
-// twice: 1 then 2); after SCRIPT FLUSH, the calls that met NOSCRIPT are
-// sent again, by their source, each counted once.
+func takeovers(ids ...string) []Takeover {
+	ts := make([]Takeover, len(ids))
+	for i, id := range ids {
+		ts[i] = Takeover{Tracked: id, ConnID: "i-" + strconv.Itoa(i+1)}
+	}
+	return ts
+}
+
+// A batch's takeovers are counted in one round trip, each as CountTakeover
+// one after the other would count it (a client ID twice: 1 then 2); after
+// SCRIPT FLUSH, the calls that met NOSCRIPT are sent again, by their
+// source, each counted once.
 func TestCountTakeoversOneRoundTrip(t *testing.T) {
 	s, r := newStore(t, "guard:")
 	ctx := context.Background()
-	_, err := s.CountTakeoversTracked(ctx, []string{"warm"}, time.Minute) // the script cached, the connection made
+	kb := keys.Builder{Prefix: "guard:"}
+	_, err := s.CountTakeovers(ctx, takeovers("warm"), time.Minute, 3) // the script cached, the connection made
 	require.NoError(t, err)
 	var ids []string
 	var want []int64
@@ -48,22 +59,104 @@ func TestCountTakeoversOneRoundTrip(t *testing.T) {
 	ids, want = append(ids, "dev-0", "dev-7", "dev-0"), append(want, 2, 2, 3)
 
 	before := readsProcessed(t, r)
-	n, err := s.CountTakeoversTracked(ctx, ids, time.Minute)
+	n, err := s.CountTakeovers(ctx, takeovers(ids...), time.Minute, 3)
 	require.NoError(t, err)
 	assert.Equal(t, want, n)
 	reads := readsProcessed(t, r) - before - 1 // the INFO's own read
 	assert.LessOrEqual(t, reads, 3, "53 counts in one round trip, not 53")
 
 	r.CLI("SCRIPT", "FLUSH")
-	n, err = s.CountTakeoversTracked(ctx, []string{"dev-1", "new", "dev-1"}, time.Minute)
+	n, err = s.CountTakeovers(ctx, []Takeover{{"dev-1", "x-1"}, {"new", "x-2"}, {"dev-1", "x-3"}}, time.Minute, 5)
 	require.NoError(t, err)
 	assert.Equal(t, []int64{2, 1, 3}, n, "each counted once after NOSCRIPT")
-	assert.Equal(t, "3", r.CLI("GET", keys.Builder{Prefix: "guard:"}.TakeoversTracked("dev-1")))
-	assert.NotEqual(t, "-1", r.CLI("PTTL", keys.Builder{Prefix: "guard:"}.TakeoversTracked("new")), "a count has its window")
+	assert.Equal(t, "3", r.CLI("HLEN", kb.TakeoverConnsTracked("dev-1")))
+	assert.NotEqual(t, "-1", r.CLI("PTTL", kb.TakeoverConnsTracked("new")), "a count has its window")
 
 	// Any other error fails the count.
-	r.CLI("HSET", keys.Builder{Prefix: "guard:"}.TakeoversTracked("bad"), "f", "v")
-	_, err = s.CountTakeoversTracked(ctx, []string{"dev-2", "bad"}, time.Minute)
+	r.CLI("SET", kb.TakeoverConnsTracked("bad"), "v")
+	_, err = s.CountTakeovers(ctx, takeovers("dev-2", "bad"), time.Minute, 3)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "WRONGTYPE")
+}
+
+// cutAfterRequestProxy forwards loopback connections to addr; the first
+// request holding trigger is passed on, and its connection closed 200 ms
+// later, before any reply reaches the client: Redis ran the request, and
+// the client saw the connection end (EOF), as when a proxy or a failover
+// (CLIENT KILL) drops it.
+func cutAfterRequestProxy(t *testing.T, addr, trigger string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	var cut atomic.Bool
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			var cutting atomic.Bool
+			go func() {
+				defer c.Close()
+				defer s.Close()
+				buf := make([]byte, 1<<16)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if strings.Contains(string(buf[:n]), trigger) && cut.CompareAndSwap(false, true) {
+						cutting.Store(true)
+						_, _ = s.Write(buf[:n])
+						time.Sleep(200 * time.Millisecond)
+						return
+					}
+					if _, err := s.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 1<<16)
+				for {
+					n, err := s.Read(buf)
+					if err != nil || cutting.Load() {
+						return
+					}
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// A batch of takeover counts that Redis ran and whose replies were lost
+// with the connection (go-redis's background client sends the whole
+// pipeline again on a new one) counts each connection once: before, each
+// was a counter's INCR, and the batch counted twice (a device's first
+// takeover read as its second, and takeover_limit reached early).
+func TestCountTakeoversSentAgainCountOnce(t *testing.T) {
+	r := testenv.StartRedis(t)
+	s := New(Options{Addrs: []string{cutAfterRequestProxy(t, r.Addr, "takeoverconns:cut-")}, Timeout: time.Second}, keys.Builder{Prefix: "guard:"})
+	t.Cleanup(func() { s.Close() })
+	bg := s.Background()
+	ctx := context.Background()
+	_, err := bg.CountTakeovers(ctx, takeovers("warm"), time.Minute, 3) // the script cached
+	require.NoError(t, err)
+	n, err := bg.CountTakeovers(ctx, takeovers("cut-a", "cut-b", "cut-c"), time.Minute, 3)
+	require.NoError(t, err, "sent again on a new connection")
+	assert.Equal(t, []int64{1, 1, 1}, n)
+	for _, id := range []string{"cut-a", "cut-b", "cut-c"} {
+		assert.Equal(t, "1", r.CLI("HLEN", keys.Builder{Prefix: "guard:"}.TakeoverConnsTracked(id)), id)
+	}
 }

@@ -26,7 +26,7 @@ func TestSubscribedToListKeysOnly(t *testing.T) {
 		"guard:throttle:username:alice", "guard:user:alice", "guard:block:clientid:*odd[:]"} {
 		assert.EqualValues(t, 1, receivers(key), key)
 	}
-	for _, key := range []string{"guard:conn:dev-1", "guard:seen:dev-1", "guard:known:alice", "guard:takeovers:dev-1",
+	for _, key := range []string{"guard:conn:dev-1", "guard:seen:dev-1", "guard:known:alice", "guard:takeoverconns:dev-1",
 		"guard:offences:ip:192.0.2.1", "guard:brokerconns:b1", "guard:epoch", "guard:findings", "guard:blockx", "other:block:ip:1"} {
 		assert.EqualValues(t, 0, receivers(key), key)
 	}
