@@ -231,7 +231,7 @@ func TestTrackingBoundedLongClientIDs(t *testing.T) {
 	// same principal is a takeover, counted under the bounded key.
 	id0 := longID(0)
 	require.EqualValues(t, accepted, e.connect(as("127.0.42.1", id0, longUser, "pw")))
-	eventually(t, 5*time.Second, func() bool { return e.redis.CLI("EXISTS", "guard:takeovers:"+tracked(id0)) == "1" },
+	eventually(t, 5*time.Second, func() bool { return e.redis.CLI("EXISTS", "guard:takeoverconns:"+tracked(id0)) == "1" },
 		"takeover of the long client ID not counted under its hashed key")
 	e.logLine("event=finding reason=DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS", "kind=duplicate-connection", `client_id="00000CCCC`, "client_id_bytes=65535")
 

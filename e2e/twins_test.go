@@ -46,7 +46,7 @@ func TestFoldedTwinFlashesCountedWithin10s(t *testing.T) {
 	if found == 0 && atk47LoggedKind(id, "duplicate-connection", a, b) > 0 {
 		found = time.Since(quietRead)
 	}
-	t.Logf("duplicate-connection finding %v after broker-a's quiet read; guard:takeovers=%q", found, a.redis.CLI("GET", "guard:takeovers:"+id))
+	t.Logf("duplicate-connection finding %v after broker-a's quiet read; guard:takeoverconns=%q", found, a.redis.CLI("HLEN", "guard:takeoverconns:"+id))
 	require.NotZero(t, found, "device 1 flashing beside device 2 for 13 s: a duplicate-connection finding is due")
 	assert.Less(t, found, 13*time.Second)
 }

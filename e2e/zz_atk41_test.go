@@ -296,7 +296,7 @@ func TestAtk41ChurnBadLuckBounded(t *testing.T) {
 		assert.Equal(t, "0", a.redis.CLI("SCARD", k), "%s empty", k)
 	}
 	n := 0
-	for _, pat := range []string{"guard:seen:*", "guard:fold:*", "guard:takeovers:*"} {
+	for _, pat := range []string{"guard:seen:*", "guard:fold:*", "guard:takeoverconns:*"} {
 		for _, k := range strings.Fields(a.redis.CLI("--scan", "--pattern", pat)) {
 			n++
 			ttl, _ := strconv.Atoi(a.redis.CLI("PTTL", k))

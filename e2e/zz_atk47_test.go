@@ -73,7 +73,7 @@ func atk47Twins(t *testing.T, mode string, wait time.Duration, rounds, limit int
 	t.Cleanup(func() { d2.Close() })
 	loop := time.Since(start)
 	time.Sleep(3 * time.Second)
-	t.Logf("%d cross-broker connects in %.1f s; guard:takeovers=%q; kinds=%v", 2*rounds, loop.Seconds(), a.redis.CLI("GET", "guard:takeovers:"+id), atk37Kinds(a, id))
+	t.Logf("%d cross-broker connects in %.1f s; guard:takeoverconns=%q; kinds=%v", 2*rounds, loop.Seconds(), a.redis.CLI("HLEN", "guard:takeoverconns:"+id), atk37Kinds(a, id))
 	atk42Lines(t, a, b)
 	assert.NotZero(t, atk47LoggedKind(id, "duplicate-connection", a, b),
 		"alice's two devices found each other live on the other broker %d times in %.1f s (takeover_limit %d in 1m): a duplicate-connection finding is due", 2*rounds, loop.Seconds(), limit)

@@ -206,7 +206,7 @@ const TrackingMax = 256
 const trackingHashed = "sha256:"
 
 // Tracking returns the form in which conflict tracking stores a client ID or
-// a principal (username): in the names of its keys (conn, seen, takeovers),
+// a principal (username): in the names of its keys (conn, seen, takeoverconns),
 // the members of the brokerconns sets, the fields and JSON values of its
 // hashes and the findings stream. That is s itself when it is at most
 // TrackingMax bytes long and does not start with "sha256:"; otherwise

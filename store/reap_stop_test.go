@@ -73,3 +73,25 @@ func TestReapOwnStopEndsTheLeaseFirst(t *testing.T) {
 	require.NoError(t, s.Reap(ctx, "old", time.Now().UnixMilli(), 0, time.Hour))
 	assert.Equal(t, "", r.CLI("ZSCORE", kb.Brokers(), "old"))
 }
+
+// A stop whose lease cannot be ended (on a Redis Cluster, the shard of
+// guard:brokers down) still ends the connections it holds, and reports
+// the lease's error. Before, the reap returned at the lease's error and
+// left every connection live until the lease ran out.
+func TestReapOwnStopGoesOnWithoutTheLease(t *testing.T) {
+	s, r := newStore(t, "guard:")
+	ctx := context.Background()
+	c := Conn{ID: "old-1", Instance: "old", Principal: "alice", ConnectedMs: 1_000}
+	require.NoError(t, writeConns(ctx, s, []ConnWrite{{ClientID: "dev", Instance: "old", Live: &c, Seen: &c}}, time.Hour))
+	r.CLI("SET", "guard:brokers", "not a sorted set") // ZADD meets WRONGTYPE
+	n, err := s.ReapCount(ctx, "old", 5_000, 0, time.Hour)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "WRONGTYPE")
+	assert.Equal(t, 1, n)
+	live, seen, err := state(s, "dev")
+	require.NoError(t, err)
+	assert.Empty(t, live, "ended though the lease was not")
+	if assert.Len(t, seen, 1) {
+		assert.EqualValues(t, 5_000, seen[0].DisconnectedMs)
+	}
+}
