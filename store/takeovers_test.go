@@ -2,10 +2,8 @@ package store
 
 import (
 	"context"
-	"net"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,67 +77,6 @@ func TestCountTakeoversOneRoundTrip(t *testing.T) {
 	assert.Contains(t, err.Error(), "WRONGTYPE")
 }
 
-// cutAfterRequestProxy forwards loopback connections to addr; the first
-// request holding trigger is passed on, and its connection closed 200 ms
-// later, before any reply reaches the client: Redis ran the request, and
-// the client saw the connection end (EOF), as when a proxy or a failover
-// (CLIENT KILL) drops it.
-func cutAfterRequestProxy(t *testing.T, addr, trigger string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	var cut atomic.Bool
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			var cutting atomic.Bool
-			go func() {
-				defer c.Close()
-				defer s.Close()
-				buf := make([]byte, 1<<16)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if strings.Contains(string(buf[:n]), trigger) && cut.CompareAndSwap(false, true) {
-						cutting.Store(true)
-						_, _ = s.Write(buf[:n])
-						time.Sleep(200 * time.Millisecond)
-						return
-					}
-					if _, err := s.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 1<<16)
-				for {
-					n, err := s.Read(buf)
-					if err != nil || cutting.Load() {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return l.Addr().String()
-}
-
 // A batch of takeover counts that Redis ran and whose replies were lost
 // with the connection (go-redis's background client sends the whole
 // pipeline again on a new one) counts each connection once: before, each
@@ -147,7 +84,7 @@ func cutAfterRequestProxy(t *testing.T, addr, trigger string) string {
 // takeover read as its second, and takeover_limit reached early).
 func TestCountTakeoversSentAgainCountOnce(t *testing.T) {
 	r := testenv.StartRedis(t)
-	s := New(Options{Addrs: []string{cutAfterRequestProxy(t, r.Addr, "takeoverconns:cut-")}, Timeout: time.Second}, keys.Builder{Prefix: "guard:"})
+	s := New(Options{Addrs: []string{closingProxy(t, r.Addr, "takeoverconns:cut-", true)}, Timeout: time.Second}, keys.Builder{Prefix: "guard:"})
 	t.Cleanup(func() { s.Close() })
 	bg := s.Background()
 	ctx := context.Background()

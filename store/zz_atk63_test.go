@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode"
@@ -240,10 +241,20 @@ func TestAtk63UsersMissingOneWriteCommandStart(t *testing.T) {
 // (case-insensitive): a proxy or Redis-compatible server that drops the
 // connection on a command it does not serve (twemproxy closes on INFO).
 func atk63ClosingProxy(t *testing.T, addr, trigger string) string {
+	return closingProxy(t, addr, trigger, false)
+}
+
+// closingProxy is atk63ClosingProxy; with passOnce, only the first request
+// holding trigger (on any connection) closes its connection, and only
+// after it was passed on to Redis and given 200 ms to run, before its reply
+// reaches the client: Redis ran it, and the client saw the connection end
+// (EOF), as when a failover's CLIENT KILL drops it.
+func closingProxy(t *testing.T, addr, trigger string, passOnce bool) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
+	var cut atomic.Bool // passOnce: the one cut is made
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -255,13 +266,22 @@ func atk63ClosingProxy(t *testing.T, addr, trigger string) string {
 				c.Close()
 				continue
 			}
+			var cutting atomic.Bool // this connection's replies are held back
 			go func() {
 				defer c.Close()
 				defer s.Close()
 				buf := make([]byte, 1<<16)
 				for {
 					n, err := c.Read(buf)
-					if err != nil || strings.Contains(strings.ToLower(string(buf[:n])), trigger) {
+					if err != nil {
+						return
+					}
+					if strings.Contains(strings.ToLower(string(buf[:n])), trigger) && (!passOnce || cut.CompareAndSwap(false, true)) {
+						if passOnce {
+							cutting.Store(true)
+							_, _ = s.Write(buf[:n])
+							time.Sleep(200 * time.Millisecond)
+						}
 						return
 					}
 					if _, err := s.Write(buf[:n]); err != nil {
@@ -274,7 +294,7 @@ func atk63ClosingProxy(t *testing.T, addr, trigger string) string {
 				buf := make([]byte, 1<<16)
 				for {
 					n, err := s.Read(buf)
-					if err != nil {
+					if err != nil || cutting.Load() {
 						return
 					}
 					if _, err := c.Write(buf[:n]); err != nil {
