@@ -107,9 +107,10 @@ func (t *Tracker) renewLease(early bool) (suspect bool) {
 	}
 	// The dead brokers' reaps stop at this broker's stop: they may take
 	// the renewal's whole bound (118 000 connections a stopped broker
-	// left, 3.6 s: BenchmarkWorkerRestartStorm at 200 000), and the plugin's cleanup waits 1.5 s for the
-	// worker, then skips this broker's own reap (its lease and its live
-	// entries then kept broker_lease: a fleet of brokers stopped at once).
+	// left, 3.6 s: BenchmarkWorkerRestartStorm at 200 000), and the
+	// plugin's cleanup waits 1.5 s for the worker, then skips this
+	// broker's own reap (its lease and its live entries then kept
+	// broker_lease: a fleet of brokers stopped at once).
 	reapCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if t.stopped != nil {
