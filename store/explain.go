@@ -247,6 +247,7 @@ func (s *Store) findingsOf(ctx context.Context, tracked string, scanMax int) ([]
 		}
 		end = "(" + msgs[len(msgs)-1].ID
 	}
+	out = withoutResent(out)
 	if err := s.addFolds(ctx, out); err != nil {
 		return nil, 0, err
 	}

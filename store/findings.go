@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -65,6 +66,11 @@ type Finding struct {
 	FirstSeenMs             int64  `json:"first_seen_ms"`
 	LastSeenMs              int64  `json:"last_seen_ms"`
 	Fold                    string `json:"fold"`
+	// token names this occurrence (AddFinding's call): the same in a
+	// request go-redis sends again after its connection lost the reply,
+	// so the fold counts it once and a stream entry written twice reads
+	// as one (Findings).
+	token string
 }
 
 // FoldID identifies the repeats of one finding. AddFinding passes the client
@@ -82,27 +88,41 @@ func FoldID(kind, clientID string, principals []string) string {
 }
 
 // foldScript counts one occurrence in fold hash KEYS[1] (ARGV: now ms, fold
-// period ms, ttl ms) and returns {1, count} when it must be reported (first
-// time, or the last report is older than the fold period), else {0, count}.
+// period ms, ttl ms, the occurrence's token) and returns {1, count} when it
+// must be reported (first time, or the last report is older than the fold
+// period), else {0, count}. The same token as the last call's is that call
+// sent again (go-redis sends a command again on a new connection when its
+// connection ended before the reply, though Redis ran it): its answer is
+// given again, and nothing counted. Before, the call sent again found its
+// own alerted_ms and answered {0, 2}: the finding was neither logged nor
+// stored (atk91: 14 of 300 devices past takeover_limit while Redis's
+// connections were reset).
 var foldScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'token') == ARGV[4] then
+  local was = redis.call('HMGET', KEYS[1], 'token_reported', 'count')
+  return {tonumber(was[1]), tonumber(was[2])}
+end
 local now = tonumber(ARGV[1])
 local alerted = tonumber(redis.call('HGET', KEYS[1], 'alerted_ms') or '0')
 local n = redis.call('HINCRBY', KEYS[1], 'count', 1)
 if n == 1 then redis.call('HSET', KEYS[1], 'first_ms', ARGV[1]) end
 redis.call('HSET', KEYS[1], 'last_ms', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local reported = 0
 if now - alerted >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'alerted_ms', ARGV[1])
-  return {1, n}
+  reported = 1
 end
-return {0, n}`)
+redis.call('HSET', KEYS[1], 'token', ARGV[4], 'token_reported', reported)
+return {reported, n}`)
 
 // AddFinding folds f into its repeats and, when it is to be reported, appends
 // it to the findings stream (trimmed to about max entries). It returns
 // whether f was reported, with its ID and Count set.
 func (s *Store) AddFinding(ctx context.Context, f *Finding, period, ttl time.Duration, max int64) (bool, error) {
 	f.Fold = FoldID(f.Kind, f.trackedID(), boundAll(f.Principals))
-	res, err := foldScript.Run(ctx, s.rdb, []string{s.kb.Fold(f.Fold)}, f.TimeMs, period.Milliseconds(), ttl.Milliseconds()).Int64Slice()
+	f.token = strconv.FormatUint(rand.Uint64(), 36)
+	res, err := foldScript.Run(ctx, s.rdb, []string{s.kb.Fold(f.Fold)}, f.TimeMs, period.Milliseconds(), ttl.Milliseconds(), f.token).Int64Slice()
 	if err != nil || len(res) != 2 {
 		return false, fmt.Errorf("store: add finding: %v", err)
 	}
@@ -135,7 +155,7 @@ func (f *Finding) values() []any {
 		"clientid", f.trackedID(), "principals", jsonString(boundAll(f.Principals)),
 		"ips", jsonString(ips), "brokers", jsonString(brokers), "connected_ms", jsonString(connected),
 		"disconnected_ms", f.DisplacedDisconnectedMs, "connections", jsonString(conns),
-		"time_ms", f.TimeMs, "count", f.Count, "fold", f.Fold,
+		"time_ms", f.TimeMs, "count", f.Count, "fold", f.Fold, "token", f.token,
 	}
 }
 
@@ -180,6 +200,7 @@ func (s *Store) Findings(ctx context.Context, since time.Time) ([]Finding, error
 	for _, m := range msgs {
 		out = append(out, parseFinding(m))
 	}
+	out = withoutResent(out)
 	if err := s.addFolds(ctx, out); err != nil {
 		return nil, fmt.Errorf("store: findings: %w", err)
 	}
@@ -222,12 +243,36 @@ func parseFinding(m redis.XMessage) Finding {
 	f := Finding{
 		ID: m.ID, Reason: str("reason"), Severity: str("severity"), Kind: str("kind"), Action: str("action"),
 		ClientID: str("clientid"), DisplacedDisconnectedMs: num("disconnected_ms"), TimeMs: num("time_ms"),
-		Count: num("count"), Fold: str("fold"),
+		Count: num("count"), Fold: str("fold"), token: str("token"),
 	}
 	_ = json.Unmarshal([]byte(str("principals")), &f.Principals)
 	_ = json.Unmarshal([]byte(str("connections")), &f.Connections)
 	f.FirstSeenMs, f.LastSeenMs = f.TimeMs, f.TimeMs
 	return f
+}
+
+// withoutResent drops from fs the stream entries that are another's
+// XADD sent again by go-redis (its connection lost the reply, though Redis
+// ran it): the same occurrence's token and fold. The first of each is
+// kept. Entries without a token (written before it) are all kept.
+func withoutResent(fs []Finding) []Finding {
+	type occurrence struct{ fold, token string }
+	var seen map[occurrence]bool
+	out := fs[:0]
+	for _, f := range fs {
+		if f.token != "" {
+			o := occurrence{f.Fold, f.token}
+			if seen[o] {
+				continue
+			}
+			if seen == nil {
+				seen = map[occurrence]bool{}
+			}
+			seen[o] = true
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // LastAudit returns the time of the previous audit recorded by MarkAudit.
