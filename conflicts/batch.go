@@ -83,6 +83,7 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 		}
 	}
 	t.checkEnds(ctx, t.endItems(batch, conns, states, now))
+	dups, takeovers = t.heldLive(ctx, dups, takeovers, now)
 	if len(dups) > 0 {
 		// One round trip for the batch's duplicates (a fleet's takeovers
 		// at once), not one each.
@@ -100,6 +101,46 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 		t.report(ctx, f)
 	}
 	return nil
+}
+
+// heldLive keeps of dups (and of ts, beside them) those whose displaced
+// connection is this broker's, or on a broker whose lease Redis holds as
+// running now: one more round trip, for a batch with a duplicate on
+// another broker. The lease view is the last renewal's, up to
+// broker_lease/3 old: a broker that stopped since ended its lease at its
+// stop, and its connections that its stop did not reach stay listed until
+// some renewal reaps them. Each device of its fleet reconnecting to
+// another broker meanwhile took over its own connection on a broker the
+// view still held live, and that counted towards takeover_limit (atk91:
+// 10 159 of 19 000 devices, a stop cut short by Redis hung for 2.5 s).
+// When the leases cannot be read, every duplicate counts, as before.
+func (t *Tracker) heldLive(ctx context.Context, dups []*store.Finding, ts []store.Takeover, now int64) ([]*store.Finding, []store.Takeover) {
+	var remote []string
+	seen := map[string]bool{}
+	for _, d := range dups {
+		if in := d.Connections[1].Instance; in != t.instance && !seen[in] {
+			seen[in] = true
+			remote = append(remote, in)
+		}
+	}
+	if len(remote) == 0 {
+		return dups, ts
+	}
+	ends, err := t.store.LeaseEnds(ctx, remote)
+	if err != nil {
+		return dups, ts
+	}
+	n := 0
+	for i, d := range dups {
+		if in := d.Connections[1].Instance; in != t.instance {
+			if end, ok := ends[in]; !ok || end < now {
+				continue // its broker stopped, or its lease ran out
+			}
+		}
+		dups[n], ts[n] = d, ts[i]
+		n++
+	}
+	return dups[:n], ts[:n]
 }
 
 // scratch is a batch's working arrays and maps, kept by the worker for

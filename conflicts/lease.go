@@ -3,6 +3,7 @@ package conflicts
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"math"
 	"strconv"
@@ -105,31 +106,79 @@ func (t *Tracker) renewLease(early bool) (suspect bool) {
 	if len(l.Dead) == 0 {
 		return l.Lapsed
 	}
-	// The dead brokers' reaps stop at this broker's stop: they may take
-	// the renewal's whole bound (118 000 connections a stopped broker
-	// left, 3.6 s: BenchmarkWorkerRestartStorm at 200 000), and the
-	// plugin's cleanup waits 1.5 s for the worker, then skips this
-	// broker's own reap (its lease and its live entries then kept
-	// broker_lease: a fleet of brokers stopped at once).
-	reapCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if t.stopped != nil {
-		defer context.AfterFunc(t.stopped, cancel)()
+	// The dead brokers' reaps run beside the worker once they take longer
+	// than reapInline: a restarted broker's first renewal reaps what its
+	// stopped instance left (118 000 connections a stop cut short at its
+	// 1.5 s left, 3.6 s: BenchmarkWorkerRestartStorm at 200 000), and
+	// that is when its whole fleet reconnects. Run inline, it held the
+	// worker for up to renewBound, the fleet's CONNECTs queueing behind
+	// it: past the queue's 65 536 they were not tracked at all, and
+	// under clientid_conflict deny another principal could take their
+	// client IDs for as long as they stayed connected. The reaps write
+	// only the dead brokers' entries and their principals' records, as
+	// another broker's reap of them would at the same moment (Store.Reap
+	// is safe on several brokers at once), and the view already counts
+	// none of the dead brokers' entries. One run of them at a time: a
+	// renewal that finds the last one still going leaves its dead to it,
+	// or to the next renewal, which lists them again.
+	if !t.reaping.CompareAndSwap(false, true) {
+		return l.Lapsed
 	}
-	for _, d := range l.Dead {
+	// They stop at this broker's stop (Run waits for them): they may take
+	// the renewal's whole bound, and the plugin's cleanup waits 1.5 s for
+	// the worker, then skips this broker's own reap (its lease and its
+	// live entries then kept broker_lease: a fleet of brokers stopped at
+	// once).
+	deadline, _ := ctx.Deadline()
+	reapCtx, cancelReap := context.WithDeadline(context.Background(), deadline)
+	stopAfter := func() bool { return false }
+	if t.stopped != nil {
+		stopAfter = context.AfterFunc(t.stopped, cancelReap)
+	}
+	done := make(chan struct{})
+	t.reaps.Add(1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.log(LevelError, fmt.Sprintf("mosquitto-guard: internal error in the reap of a dead broker: %v", r))
+			}
+			stopAfter()
+			cancelReap()
+			t.reaping.Store(false)
+			close(done)
+			t.reaps.Done()
+		}()
+		t.reapDead(reapCtx, l.Dead)
+	}()
+	inline := time.NewTimer(reapInline)
+	defer inline.Stop()
+	select {
+	case <-done:
+	case <-inline.C:
+	}
+	return l.Lapsed
+}
+
+// reapInline is how long a renewal waits for its dead brokers' reaps
+// before the worker goes back to its events, the reaps going on beside it
+// (renewLease). A test lengthens it.
+var reapInline = 250 * time.Millisecond
+
+// reapDead ends the live connections of the dead brokers, until ctx ends.
+func (t *Tracker) reapDead(ctx context.Context, dead []string) {
+	for _, d := range dead {
 		// An error (ErrLeaseRuns: the broker is back) clears nothing to
 		// report, nor does a reap that found nothing left: a broker's own
 		// stop ends its lease before its reap, which may end every
 		// connection before this one reads them.
-		n, err := t.store.ReapCount(reapCtx, d, t.now().UnixMilli(), t.opts.Lease, t.opts.Window)
+		n, err := t.store.ReapCount(ctx, d, t.now().UnixMilli(), t.opts.Lease, t.opts.Window)
 		if err == nil && n > 0 {
 			t.log(LevelNotice, "mosquitto-guard: cleared the live connections of broker instance "+logval.Quote(d)+": its lease ran out ("+strconv.Itoa(n)+" connections)")
 		}
-		if reapCtx.Err() != nil {
-			break
+		if ctx.Err() != nil {
+			return
 		}
 	}
-	return l.Lapsed
 }
 
 // Close ends this broker's live connections in Redis (store.Reap: each

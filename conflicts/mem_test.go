@@ -146,6 +146,21 @@ func (m *memStore) RenewLease(_ context.Context, instance string, _ time.Duratio
 	return l, nil
 }
 
+func (m *memStore) LeaseEnds(_ context.Context, instances []string) (map[string]int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]int64{}
+	for _, in := range instances {
+		if runs, ok := m.leases[in]; ok {
+			out[in] = math.MinInt64
+			if runs {
+				out[in] = math.MaxInt64
+			}
+		}
+	}
+	return out, nil
+}
+
 func (m *memStore) ReapCount(_ context.Context, instance string, _ int64, _, _ time.Duration) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

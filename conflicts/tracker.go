@@ -48,6 +48,7 @@ type Store interface {
 	CountTakeovers(ctx context.Context, ts []store.Takeover, window time.Duration, limit int) ([]int64, error)
 	RenewLease(ctx context.Context, instance string, ttl time.Duration) (store.Lease, error)
 	ReapCount(ctx context.Context, instance string, endMs int64, lease, window time.Duration) (int, error)
+	LeaseEnds(ctx context.Context, instances []string) (map[string]int64, error)
 	AddFinding(ctx context.Context, f *store.Finding, period, ttl time.Duration, max int64) (bool, error)
 }
 
@@ -200,6 +201,8 @@ type Tracker struct {
 	relistRound uint32          // the worker's: complete relists ended (relistEnded)
 	aliveBefore map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
 	stopped     context.Context // the worker's: done once Run's stop is closed (nil: no Run, tests)
+	reaping     atomic.Bool     // a renewal's reaps of dead brokers run (renewLease)
+	reaps       sync.WaitGroup  // those reaps: Run waits for them
 	instance    string
 	seq         atomic.Uint64
 	events      *batchq.Queue[event]
@@ -549,6 +552,7 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 	armed := false // idle runs
 	// stopped ends with stop: the dead brokers' reaps a renewal runs stop
 	// there (renewLease).
+	defer t.reaps.Wait() // the dead brokers' reaps, ended by the cancel below
 	stopped, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {

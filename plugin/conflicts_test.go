@@ -112,6 +112,9 @@ func (failingClaims) RenewLease(context.Context, string, time.Duration) (store.L
 func (failingClaims) ReapCount(context.Context, string, int64, time.Duration, time.Duration) (int, error) {
 	return 0, nil
 }
+func (failingClaims) LeaseEnds(context.Context, []string) (map[string]int64, error) {
+	return map[string]int64{}, nil
+}
 func (failingClaims) AddFinding(context.Context, *store.Finding, time.Duration, time.Duration, int64) (bool, error) {
 	return false, nil
 }

@@ -1049,6 +1049,32 @@ func (s *Store) CountTakeovers(ctx context.Context, ts []Takeover, window time.D
 	return out, nil
 }
 
+// LeaseEnds returns when each of instances' leases ends (its score in
+// guard:brokers, unix ms), in one round trip; an instance with no lease
+// (reaped, or never renewed) is not in the map.
+func (s *Store) LeaseEnds(ctx context.Context, instances []string) (map[string]int64, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.FloatCmd, len(instances))
+	for i, in := range instances {
+		cmds[i] = pipe.ZScore(ctx, s.kb.Brokers(), in)
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("store: lease ends: %w", err)
+	}
+	out := make(map[string]int64, len(instances))
+	for i, c := range cmds {
+		v, err := c.Result()
+		switch {
+		case err == nil:
+			out[instances[i]] = int64(max(min(v, math.MaxInt64/2), math.MinInt64/2))
+		case !errors.Is(err, redis.Nil):
+			return nil, fmt.Errorf("store: lease ends: %w", err)
+		}
+	}
+	return out, nil
+}
+
 // Lease is what a renewal of a broker's lease (RenewLease) learnt.
 type Lease struct {
 	Live map[string]bool // the instances whose lease runs, this one's included
