@@ -104,9 +104,12 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 }
 
 // heldLive keeps of dups (and of ts, beside them) those whose displaced
-// connection is this broker's, or on a broker whose lease Redis holds as
-// running now: one more round trip, for a batch with a duplicate on
-// another broker. The lease view is the last renewal's, up to
+// connection is this broker's, or on a broker whose lease Redis does not
+// hold as ended before now: one more round trip, for a batch with a
+// duplicate on another broker. A lease Redis does not hold counts as
+// running: after a flush every broker's lease is gone until its next
+// renewal, and their connects meanwhile are live ones (unseenAll); a
+// reap removes the lease only after the live entries. The lease view is the last renewal's, up to
 // broker_lease/3 old: a broker that stopped since ended its lease at its
 // stop, and its connections that its stop did not reach stay listed until
 // some renewal reaps them. Each device of its fleet reconnecting to
@@ -117,8 +120,8 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 func (t *Tracker) heldLive(ctx context.Context, dups []*store.Finding, ts []store.Takeover, now int64) ([]*store.Finding, []store.Takeover) {
 	var remote []string
 	seen := map[string]bool{}
-	for _, d := range dups {
-		if in := d.Connections[1].Instance; in != t.instance && !seen[in] {
+	for i, d := range dups {
+		if in := displaced(d, ts[i]).Instance; in != t.instance && !seen[in] {
 			seen[in] = true
 			remote = append(remote, in)
 		}
@@ -132,8 +135,8 @@ func (t *Tracker) heldLive(ctx context.Context, dups []*store.Finding, ts []stor
 	}
 	n := 0
 	for i, d := range dups {
-		if in := d.Connections[1].Instance; in != t.instance {
-			if end, ok := ends[in]; !ok || end < now {
+		if in := displaced(d, ts[i]).Instance; in != t.instance {
+			if end, ok := ends[in]; ok && end < now {
 				continue // its broker stopped, or its lease ran out
 			}
 		}
@@ -141,6 +144,19 @@ func (t *Tracker) heldLive(ctx context.Context, dups []*store.Finding, ts []stor
 		n++
 	}
 	return dups[:n], ts[:n]
+}
+
+// displaced is the connection a duplicate-connection finding d says was
+// taken over: the one that is not t's (the new connection's). Its
+// connections are newest first, and a remote broker's clock ahead of
+// this one's puts the displaced one first.
+func displaced(d *store.Finding, t store.Takeover) store.Conn {
+	for _, c := range d.Connections {
+		if c.ID != t.ConnID {
+			return c
+		}
+	}
+	return store.Conn{}
 }
 
 // scratch is a batch's working arrays and maps, kept by the worker for

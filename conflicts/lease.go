@@ -124,11 +124,13 @@ func (t *Tracker) renewLease(early bool) (suspect bool) {
 	if !t.reaping.CompareAndSwap(false, true) {
 		return l.Lapsed
 	}
-	// They stop at this broker's stop (Run waits for them): they may take
-	// the renewal's whole bound, and the plugin's cleanup waits 1.5 s for
-	// the worker, then skips this broker's own reap (its lease and its
-	// live entries then kept broker_lease: a fleet of brokers stopped at
-	// once).
+	// They stop at this broker's stop, and Run does not wait for them:
+	// they may take the renewal's whole bound (a read in flight at a hung
+	// Redis ends at its deadline, not at a cancel), and the plugin's
+	// cleanup waits 1.5 s for the worker, then skips this broker's own
+	// reap (its lease and its live entries then kept broker_lease: a fleet
+	// of brokers stopped at once). A reap still running then is another
+	// broker's reap of a dead one, safe beside this broker's own.
 	deadline, _ := ctx.Deadline()
 	reapCtx, cancelReap := context.WithDeadline(context.Background(), deadline)
 	stopAfter := func() bool { return false }
@@ -161,8 +163,12 @@ func (t *Tracker) renewLease(early bool) (suspect bool) {
 
 // reapInline is how long a renewal waits for its dead brokers' reaps
 // before the worker goes back to its events, the reaps going on beside it
-// (renewLease). A test lengthens it.
-var reapInline = 250 * time.Millisecond
+// (renewLease). The package's tests lengthen it to renewBound (TestMain),
+// so that a test that renews sees the reap done on a busy machine too;
+// TestDeadBrokersReapLeavesTheWorkerFree sets reapInlineDefault.
+var reapInline = reapInlineDefault
+
+const reapInlineDefault = 250 * time.Millisecond
 
 // reapDead ends the live connections of the dead brokers, until ctx ends.
 func (t *Tracker) reapDead(ctx context.Context, dead []string) {

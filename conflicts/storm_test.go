@@ -215,6 +215,9 @@ func TestStopEndsADeadBrokersReap(t *testing.T) {
 // worker waited for it up to renewBound (5 s), the CONNECTs queueing
 // behind it, and past the queue's 65 536 not tracked at all.
 func TestDeadBrokersReapLeavesTheWorkerFree(t *testing.T) {
+	was := reapInline
+	reapInline = reapInlineDefault
+	t.Cleanup(func() { reapInline = was })
 	r := testenv.StartRedis(t)
 	st := &blockingReap{recStore: newRecStore(t, r), started: make(chan struct{}, 1)}
 	tr, clk, _ := tracker(t, st, testOptions())
@@ -285,4 +288,45 @@ func TestStoppedBrokersLeftoversNoTakeoverBeforeRenewal(t *testing.T) {
 	require.Equal(t, strconv.Itoa(devices), r.CLI("SCARD", "guard:brokerconns:a"), "the stop reaped nothing")
 	move(devices/2, devices)
 	assert.EqualValues(t, devices/2, st.takeovers.Load(), "a stopped: no takeover of its leftovers")
+}
+
+// A lease Redis does not hold counts as running: after a flush every
+// broker's lease is gone until its next renewal, and what it records
+// meanwhile is live. Before, a missing lease read as a stopped broker's
+// and the device's takeover there was not counted (atk92). And the
+// displaced connection is the one that is not the new one's, whichever
+// of the two is newer: a stopped broker whose clock ran ahead of this
+// one's had its leftovers counted as takeovers again (atk92).
+func TestLeaseReadBeforeTakeoverCount(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := &stopStore{recStore: newRecStore(t, r), r: r}
+	opts := testOptions()
+	a, clk, _ := tracker(t, st, opts)
+	a.instance = "a"
+	a.renew()
+	b, _, _ := tracker(t, st, opts)
+	b.now = clk.now
+	b.instance = "b"
+	b.renew()
+	connect := func(tr *Tracker, id, user string, at time.Time) {
+		t.Helper()
+		require.NoError(t, tr.handle(t.Context(), []event{{kind: evConnect, clientID: id, conn: tr.NewConn(user, "192.0.2.7", at)}}))
+	}
+
+	// a's lease gone from Redis (flushed, a's connect written again
+	// before its renewal): a's connection counts.
+	connect(a, "dev-1", "u1", clk.now())
+	r.CLI("ZREM", "guard:brokers", "a")
+	clk.advance(time.Second)
+	connect(b, "dev-1", "u1", clk.now())
+	assert.EqualValues(t, 1, st.takeovers.Load(), "a lease Redis does not hold runs")
+
+	// a, its clock 10 s ahead of b's, stopped: its leftover is no takeover.
+	a.renew()
+	connect(a, "dev-2", "u2", clk.now().Add(10*time.Second))
+	clk.advance(time.Second)
+	a.Close(t.Context()) // cut short: reaps none, ends its lease
+	clk.advance(time.Second)
+	connect(b, "dev-2", "u2", clk.now())
+	assert.EqualValues(t, 1, st.takeovers.Load(), "a stopped broker's leftover, its connect newer than this one's")
 }

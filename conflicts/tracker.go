@@ -202,7 +202,7 @@ type Tracker struct {
 	aliveBefore map[string]bool // the worker's: the brokers alive at the renewal before the last (relistConns)
 	stopped     context.Context // the worker's: done once Run's stop is closed (nil: no Run, tests)
 	reaping     atomic.Bool     // a renewal's reaps of dead brokers run (renewLease)
-	reaps       sync.WaitGroup  // those reaps: Run waits for them
+	reaps       sync.WaitGroup  // those reaps (tests and benchmarks wait for them)
 	instance    string
 	seq         atomic.Uint64
 	events      *batchq.Queue[event]
@@ -552,7 +552,6 @@ func (t *Tracker) Run(stop <-chan struct{}) {
 	armed := false // idle runs
 	// stopped ends with stop: the dead brokers' reaps a renewal runs stop
 	// there (renewLease).
-	defer t.reaps.Wait() // the dead brokers' reaps, ended by the cancel below
 	stopped, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {

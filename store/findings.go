@@ -90,17 +90,23 @@ func FoldID(kind, clientID string, principals []string) string {
 // foldScript counts one occurrence in fold hash KEYS[1] (ARGV: now ms, fold
 // period ms, ttl ms, the occurrence's token) and returns {1, count} when it
 // must be reported (first time, or the last report is older than the fold
-// period), else {0, count}. The same token as the last call's is that call
+// period), else {0, count}. A token among the last 8 calls' (the
+// hash's tokens field: "token:reported" words, newest first) is that call
 // sent again (go-redis sends a command again on a new connection when its
 // connection ended before the reply, though Redis ran it): its answer is
 // given again, and nothing counted. Before, the call sent again found its
 // own alerted_ms and answered {0, 2}: the finding was neither logged nor
 // stored (atk91: 14 of 300 devices past takeover_limit while Redis's
-// connections were reset).
+// connections were reset). Kept for the last 8, not the last one: another
+// broker's fold of the same finding between a call and its resend would
+// have pushed the token out, and the occurrence gone unreported again
+// (atk92).
 var foldScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'token') == ARGV[4] then
-  local was = redis.call('HMGET', KEYS[1], 'token_reported', 'count')
-  return {tonumber(was[1]), tonumber(was[2])}
+local toks = redis.call('HGET', KEYS[1], 'tokens') or ''
+for tok, was in string.gmatch(toks, '(%w+):(%d)') do
+  if tok == ARGV[4] then
+    return {tonumber(was), tonumber(redis.call('HGET', KEYS[1], 'count') or '0')}
+  end
 end
 local now = tonumber(ARGV[1])
 local alerted = tonumber(redis.call('HGET', KEYS[1], 'alerted_ms') or '0')
@@ -113,7 +119,12 @@ if now - alerted >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'alerted_ms', ARGV[1])
   reported = 1
 end
-redis.call('HSET', KEYS[1], 'token', ARGV[4], 'token_reported', reported)
+local kept, k = ARGV[4] .. ':' .. reported, 1
+for word in string.gmatch(toks, '%S+') do
+  if k >= 8 then break end
+  kept, k = kept .. ' ' .. word, k + 1
+end
+redis.call('HSET', KEYS[1], 'tokens', kept)
 return {reported, n}`)
 
 // AddFinding folds f into its repeats and, when it is to be reported, appends

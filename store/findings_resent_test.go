@@ -67,3 +67,44 @@ func TestFindingsXAddSentAgainReadsOnce(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, ex, 2, "guardctl explain's view too")
 }
+
+// A fold sent again after another broker folded the same finding in
+// between still gets its first answer: the last 8 calls' tokens are kept,
+// not the last one's. With the last one's alone, the other call's token
+// had replaced it, the call sent again counted once more and answered "a
+// repeat", and the other call had answered "a repeat" too: nobody
+// reported the finding (atk92).
+func TestAddFindingFoldSentAgainAfterAnotherBroker(t *testing.T) {
+	const at = t0 + 777
+	s, r := resentStore(t, strconv.FormatInt(at, 10))
+	other := New(Options{Addrs: []string{r.Addr}, Timeout: time.Second}, keys.Builder{Prefix: "fg:"})
+	t.Cleanup(func() { other.Close() })
+	require.True(t, add(t, s, finding("dev-0", t0, "alice", "bob"), 1000), "the script cached")
+
+	f := finding("dev-1", at, "alice", "bob")
+	type result struct {
+		reported bool
+		err      error
+	}
+	done := make(chan result, 1)
+	go func() {
+		reported, err := s.AddFinding(context.Background(), f, period, ttl, 1000)
+		done <- result{reported, err}
+	}()
+	fold := "fg:fold:" + FoldID(KindCrossPrincipal, "dev-1", []string{"alice", "bob"})
+	deadline := time.Now().Add(2 * time.Second)
+	for r.CLI("HGET", fold, "count") != "1" {
+		require.True(t, time.Now().Before(deadline), "the first call did not run")
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The other broker's call, while the first one's reply is held back.
+	g := finding("dev-1", at+1, "alice", "bob")
+	reported, err := other.AddFinding(context.Background(), g, period, ttl, 1000)
+	require.NoError(t, err)
+	assert.False(t, reported, "a repeat within the fold period")
+
+	res := <-done
+	require.NoError(t, res.err)
+	assert.True(t, res.reported, "the first call's answer, given again")
+	assert.Equal(t, "2", r.CLI("HGET", fold, "count"), "each counted once")
+}
