@@ -129,8 +129,12 @@ func New(o Options, kb keys.Builder) *Store {
 	// earlier of it and bgTimeout. So a read timeout means the context
 	// has expired, and go-redis does not retry it (a command that timed
 	// out may still run: retrying it could count a failure twice).
-	// What it does retry, with backoff inside the context, is what
-	// surely did not run: a refused dial, a pool timeout, LOADING.
+	// What it does retry, with backoff inside the context: what surely
+	// did not run (a refused dial, a pool timeout, LOADING), and a
+	// command whose connection ended before its reply (EOF, a reset),
+	// which Redis may have run. Writes that must count once say which
+	// call they are: the takeovers' connection IDs (CountTakeovers), the
+	// findings' tokens (AddFinding).
 	bg.ContextTimeoutEnabled = true
 	bg.MaxRetries = 3
 	if o.Tracking {
