@@ -85,6 +85,14 @@ func evaluate(clientID string, me store.Conn, other *store.Conn, live, seen []st
 			others[c.Principal] = c
 		}
 	}
+	// The connection this one takes over here (other) first: of the
+	// principal's own live connections it is the one surely displaced, and
+	// the duplicate names it. A remote one named instead may be a stopped
+	// broker's leftover, not counted (Tracker.heldLive), and the local
+	// takeover went uncounted with it (atk93).
+	if other != nil {
+		consider(*other, true)
+	}
 	// Remote live connections count unless their broker's lease ran out
 	// (leaseView.counts); this broker's own entries are superseded by the
 	// local table (other).
@@ -92,9 +100,6 @@ func evaluate(clientID string, me store.Conn, other *store.Conn, live, seen []st
 		if c.Instance != me.Instance && alive.counts(&c) && c.ID != me.ID {
 			consider(c, true)
 		}
-	}
-	if other != nil {
-		consider(*other, true)
 	}
 	for _, c := range seen {
 		if c.ID != me.ID && !isLive[c.ID] {

@@ -330,3 +330,33 @@ func TestLeaseReadBeforeTakeoverCount(t *testing.T) {
 	connect(b, "dev-2", "u2", clk.now())
 	assert.EqualValues(t, 1, st.takeovers.Load(), "a stopped broker's leftover, its connect newer than this one's")
 }
+
+// A local takeover is counted though the client ID also has a stopped
+// broker's leftover: the duplicate names the connection taken over here.
+// Before, it named the leftover, which heldLive rightly skipped, and the
+// takeover here went uncounted with it (atk93).
+func TestLocalTakeoverCountedBesideStoppedLeftover(t *testing.T) {
+	r := testenv.StartRedis(t)
+	st := &stopStore{recStore: newRecStore(t, r), r: r}
+	opts := testOptions()
+	a, clk, _ := tracker(t, st, opts)
+	a.instance = "a"
+	a.renew()
+	b, _, _ := tracker(t, st, opts)
+	b.now = clk.now
+	b.instance = "b"
+	b.renew() // its view: a alive
+	require.NoError(t, a.handle(t.Context(), []event{{kind: evConnect, clientID: "dev-0", conn: a.NewConn("u0", "192.0.2.7", clk.now())}}))
+	clk.advance(time.Second)
+	a.Close(t.Context()) // cut short: reaps none, ends its lease
+	clk.advance(time.Second)
+	x := b.NewConn("u0", "192.0.2.8", clk.now())
+	require.NoError(t, b.handle(t.Context(), []event{{kind: evConnect, clientID: "dev-0", conn: x}}))
+	require.Zero(t, st.takeovers.Load(), "a's leftover: no takeover")
+	clk.advance(time.Second)
+	require.NoError(t, b.handle(t.Context(), []event{
+		{kind: evConnect, clientID: "dev-0", conn: b.NewConn("u0", "192.0.2.8", clk.now()), other: &x},
+		{kind: evDisconnect, clientID: "dev-0", conn: x},
+	}))
+	assert.EqualValues(t, 1, st.takeovers.Load(), "the takeover here counts")
+}

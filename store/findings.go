@@ -91,7 +91,7 @@ func FoldID(kind, clientID string, principals []string) string {
 // period ms, ttl ms, the occurrence's token) and returns {1, count} when it
 // must be reported (first time, or the last report is older than the fold
 // period), else {0, count}. A token among the last 8 calls' (the
-// hash's tokens field: "token:reported" words, newest first) is that call
+// hash's tokens field: "token:reported:count" words, newest first) is that call
 // sent again (go-redis sends a command again on a new connection when its
 // connection ended before the reply, though Redis ran it): its answer is
 // given again, and nothing counted. Before, the call sent again found its
@@ -103,10 +103,8 @@ func FoldID(kind, clientID string, principals []string) string {
 // (atk92).
 var foldScript = redis.NewScript(`
 local toks = redis.call('HGET', KEYS[1], 'tokens') or ''
-for tok, was in string.gmatch(toks, '(%w+):(%d)') do
-  if tok == ARGV[4] then
-    return {tonumber(was), tonumber(redis.call('HGET', KEYS[1], 'count') or '0')}
-  end
+for tok, was, n in string.gmatch(toks, '(%w+):(%d):(%d+)') do
+  if tok == ARGV[4] then return {tonumber(was), tonumber(n)} end
 end
 local now = tonumber(ARGV[1])
 local alerted = tonumber(redis.call('HGET', KEYS[1], 'alerted_ms') or '0')
@@ -119,7 +117,7 @@ if now - alerted >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'alerted_ms', ARGV[1])
   reported = 1
 end
-local kept, k = ARGV[4] .. ':' .. reported, 1
+local kept, k = ARGV[4] .. ':' .. reported .. ':' .. n, 1
 for word in string.gmatch(toks, '%S+') do
   if k >= 8 then break end
   kept, k = kept .. ' ' .. word, k + 1

@@ -106,5 +106,6 @@ func TestAddFindingFoldSentAgainAfterAnotherBroker(t *testing.T) {
 	res := <-done
 	require.NoError(t, res.err)
 	assert.True(t, res.reported, "the first call's answer, given again")
+	assert.Equal(t, int64(1), f.Count, "its own count, not the other call's")
 	assert.Equal(t, "2", r.CLI("HGET", fold, "count"), "each counted once")
 }
