@@ -255,16 +255,7 @@ func TestDeadBrokersReapLeavesTheWorkerFree(t *testing.T) {
 // device counted one towards takeover_limit (atk91: 10 159 of 19 000, a
 // stop cut short by Redis hung for 2.5 s).
 func TestStoppedBrokersLeftoversNoTakeoverBeforeRenewal(t *testing.T) {
-	r := testenv.StartRedis(t)
-	st := &stopStore{recStore: newRecStore(t, r), r: r}
-	opts := testOptions()
-	a, clk, _ := tracker(t, st, opts)
-	a.instance = "a"
-	a.renew()
-	b, _, _ := tracker(t, st, opts)
-	b.now = clk.now
-	b.instance = "b"
-	b.renew() // its view: a alive
+	r, st, a, b, clk := twoBrokers(t)
 	const devices = 40
 	var batch []event
 	for i := range devices {
@@ -298,16 +289,7 @@ func TestStoppedBrokersLeftoversNoTakeoverBeforeRenewal(t *testing.T) {
 // of the two is newer: a stopped broker whose clock ran ahead of this
 // one's had its leftovers counted as takeovers again (atk92).
 func TestLeaseReadBeforeTakeoverCount(t *testing.T) {
-	r := testenv.StartRedis(t)
-	st := &stopStore{recStore: newRecStore(t, r), r: r}
-	opts := testOptions()
-	a, clk, _ := tracker(t, st, opts)
-	a.instance = "a"
-	a.renew()
-	b, _, _ := tracker(t, st, opts)
-	b.now = clk.now
-	b.instance = "b"
-	b.renew()
+	r, st, a, b, clk := twoBrokers(t)
 	connect := func(tr *Tracker, id, user string, at time.Time) {
 		t.Helper()
 		require.NoError(t, tr.handle(t.Context(), []event{{kind: evConnect, clientID: id, conn: tr.NewConn(user, "192.0.2.7", at)}}))
@@ -336,16 +318,7 @@ func TestLeaseReadBeforeTakeoverCount(t *testing.T) {
 // Before, it named the leftover, which heldLive rightly skipped, and the
 // takeover here went uncounted with it (atk93).
 func TestLocalTakeoverCountedBesideStoppedLeftover(t *testing.T) {
-	r := testenv.StartRedis(t)
-	st := &stopStore{recStore: newRecStore(t, r), r: r}
-	opts := testOptions()
-	a, clk, _ := tracker(t, st, opts)
-	a.instance = "a"
-	a.renew()
-	b, _, _ := tracker(t, st, opts)
-	b.now = clk.now
-	b.instance = "b"
-	b.renew() // its view: a alive
+	_, st, a, b, clk := twoBrokers(t)
 	require.NoError(t, a.handle(t.Context(), []event{{kind: evConnect, clientID: "dev-0", conn: a.NewConn("u0", "192.0.2.7", clk.now())}}))
 	clk.advance(time.Second)
 	a.Close(t.Context()) // cut short: reaps none, ends its lease
@@ -359,4 +332,23 @@ func TestLocalTakeoverCountedBesideStoppedLeftover(t *testing.T) {
 		{kind: evDisconnect, clientID: "dev-0", conn: x},
 	}))
 	assert.EqualValues(t, 1, st.takeovers.Load(), "the takeover here counts")
+}
+
+// twoBrokers is two trackers, "a" and "b", on one real Redis, on one
+// clock, each renewed once in that order: b's view holds a alive. Their
+// store counts the takeovers asked of it, and its own-stop reap reaches
+// none (stopStore).
+func twoBrokers(t *testing.T) (*testenv.Redis, *stopStore, *Tracker, *Tracker, *clock) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	st := &stopStore{recStore: newRecStore(t, r), r: r}
+	opts := testOptions()
+	a, clk, _ := tracker(t, st, opts)
+	a.instance = "a"
+	a.renew()
+	b, _, _ := tracker(t, st, opts)
+	b.now = clk.now
+	b.instance = "b"
+	b.renew()
+	return r, st, a, b, clk
 }
