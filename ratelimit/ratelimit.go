@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -202,7 +203,7 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	offence := max(n, 0) + 1
 	d := l.policy.banTTL(offence)
 
-	now := time.Now()
+	now := banClock()
 	b := &Ban{
 		Scope:    scope,
 		Value:    value,
@@ -211,13 +212,23 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 		Duration: d,
 		Expires:  now.Add(d),
 	}
+	// The time to the nanosecond, and never the same twice in this process
+	// (banClock): the value names this call's write, so that a SET that
+	// go-redis sent again is told from another broker's.
 	b.Reason = fmt.Sprintf("%s %s (offence %d, %s) at %s",
-		keys.AutoBanMarker, l.policy.Rule(), offence, d, now.UTC().Format(time.RFC3339))
+		keys.AutoBanMarker, l.policy.Rule(), offence, d, now.UTC().Format(time.RFC3339Nano))
 
 	err = l.rdb.SetArgs(ctx, b.Key, b.Reason, redis.SetArgs{Mode: "NX", TTL: d}).Err()
 	switch {
 	case errors.Is(err, redis.Nil):
-		return nil, nil // already blocked: by an operator, or by another broker just now
+		// Already blocked: by an operator, or by another broker just now;
+		// or by this very call, whose reply was lost and which go-redis
+		// sent again (it does after EOF or a reset, Redis having run it):
+		// then the key holds this call's value, and the ban is this
+		// broker's to report and count.
+		if v, gerr := l.rdb.Get(ctx, b.Key).Result(); gerr != nil || v != b.Reason {
+			return nil, nil
+		}
 	case err != nil:
 		return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
 	}
@@ -225,18 +236,50 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	if keep < d {
 		keep = math.MaxInt64 // absurd BanMax: forget offences never, rather than at once
 	}
-	// INCR and PEXPIRE in one script on the one key: never a count without a TTL.
-	if err := incrExpire.Run(ctx, l.rdb, []string{offKey}, keep.Milliseconds()).Err(); err != nil {
+	// INCR and PEXPIRE in one script on the one key: never a count without
+	// a TTL. Given the count read before (n), so that a run sent again
+	// after a lost reply finds it counted and counts nothing.
+	if err := incrExpire.Run(ctx, l.rdb, []string{offKey}, keep.Milliseconds(), n).Err(); err != nil {
 		return b, fmt.Errorf("ratelimit: ban written, count offence %s: %w", logval.Quote(offKey), err)
 	}
 	return b, nil
 }
 
-// incrExpire counts one offence and sets its expiry in one atomic step.
+// incrExpire counts one offence and sets its expiry in one atomic step,
+// unless the count is already past ARGV[2], the count read before the ban
+// was written: then this call ran before and its reply was lost (go-redis
+// sends a script again after EOF or a reset), and counting again would
+// double the next ban. Only the broker whose SET NX wrote the ban counts
+// its offence, so no other broker's count can have come in between, but
+// for one whose ban was written after this one's was deleted: that offence
+// is then left uncounted, the next ban one step shorter, never longer. A
+// value that is no count is left to INCR, which fails naming the key.
 var incrExpire = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v and tonumber(v) and tonumber(v) > tonumber(ARGV[2]) then
+  return tonumber(v)
+end
 local n = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return n`)
+
+// lastBan is the nanosecond banClock gave last.
+var lastBan atomic.Int64
+
+// banClock returns the time now, later than any it returned before: no
+// two of this process's ban values carry the same time.
+func banClock() time.Time {
+	for {
+		last, now := lastBan.Load(), time.Now()
+		n := max(now.UnixNano(), last+1)
+		if lastBan.CompareAndSwap(last, n) {
+			if n == now.UnixNano() {
+				return now
+			}
+			return time.Unix(0, n)
+		}
+	}
+}
 
 // Reset forgets the failures counted for value in scope (not its offences):
 // an operator who lifts an automatic ban early gives the key a full allowance

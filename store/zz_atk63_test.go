@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 	"unicode"
@@ -241,70 +240,11 @@ func TestAtk63UsersMissingOneWriteCommandStart(t *testing.T) {
 // (case-insensitive): a proxy or Redis-compatible server that drops the
 // connection on a command it does not serve (twemproxy closes on INFO).
 func atk63ClosingProxy(t *testing.T, addr, trigger string) string {
-	return closingProxy(t, addr, trigger, false)
+	return testenv.ClosingProxy(t, addr, trigger, false)
 }
 
-// closingProxy is atk63ClosingProxy; with passOnce, only the first request
-// holding trigger (on any connection) closes its connection, and only
-// after it was passed on to Redis and given 200 ms to run, before its reply
-// reaches the client: Redis ran it, and the client saw the connection end
-// (EOF), as when a failover's CLIENT KILL drops it.
 func closingProxy(t *testing.T, addr, trigger string, passOnce bool) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	var cut atomic.Bool // passOnce: the one cut is made
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			var cutting atomic.Bool // this connection's replies are held back
-			go func() {
-				defer c.Close()
-				defer s.Close()
-				buf := make([]byte, 1<<16)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if strings.Contains(strings.ToLower(string(buf[:n])), trigger) && (!passOnce || cut.CompareAndSwap(false, true)) {
-						if passOnce {
-							cutting.Store(true)
-							_, _ = s.Write(buf[:n])
-							time.Sleep(200 * time.Millisecond)
-						}
-						return
-					}
-					if _, err := s.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 1<<16)
-				for {
-					n, err := s.Read(buf)
-					if err != nil || cutting.Load() {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return l.Addr().String()
+	return testenv.ClosingProxy(t, addr, trigger, passOnce)
 }
 
 // DEFECT. 4b34709 ends the start check at any INFO error that is not a
