@@ -87,12 +87,19 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	if len(dups) > 0 {
 		// One round trip for the batch's duplicates (a fleet's takeovers
 		// at once), not one each.
+		// A count that fails loses these counts alone: the batch's
+		// connections are written, and its other findings are still
+		// reported. (Before, the batch ended here: a takeover by another
+		// principal in it went unreported, and the whole batch was logged
+		// as not recorded and written again.) Each takeover left uncounted
+		// is one less towards takeover_limit in its client ID's
+		// takeover_window; the next are counted as before.
 		ns, err := t.store.CountTakeovers(ctx, takeovers, t.opts.TakeoverWindow, t.opts.TakeoverLimit)
 		if err != nil {
-			return err
+			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d takeovers not counted: %v", len(takeovers), err))
 		}
 		for i, d := range dups {
-			if ns[i] >= int64(t.opts.TakeoverLimit) {
+			if err == nil && ns[i] >= int64(t.opts.TakeoverLimit) {
 				found = append(found, d)
 			}
 		}
