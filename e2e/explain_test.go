@@ -302,7 +302,7 @@ func TestExplainFailuresEndToEnd(t *testing.T) {
 		return x.Verdict.Result == "refused"
 	}, "the %s failure from the first explain did not ban", "3rd")
 	assert.Regexp(t, `^refused by guard:block:ip:127\.0\.40\.1 \(auto, (30|29)s left: auto: over 3 failed authentications `+
-		`\(3 allowed, refilling 1 per 1m0s\) \(offence 1, 30s\) at \S+Z\)$`, x.Verdict.Line)
+		`\(3 allowed, refilling 1 per 1m0s\) \(offence 1, 30s\) \(ban [0-9a-f]{16}\) at \S+Z\)$`, x.Verdict.Line)
 	require.Len(t, x.Entries, 1)
 	require.NotNil(t, x.Entries[0].SetMs)
 	assert.InDelta(t, time.Now().UnixMilli(), *x.Entries[0].SetMs, 3000)

@@ -88,11 +88,13 @@ func consoleSteps(section string) []step {
 	return steps
 }
 
-// volatile are what may differ between the README and a run: times, and
-// the seconds a ban has left (a TTL of 2 or more). A count of 0 or 1 (DEL's
-// answer: was there a ban to lift) and TTL's -1 and -2 are compared exactly.
+// volatile are what may differ between the README and a run: times, the
+// random number that names a ban's write, and the seconds a ban has left (a
+// TTL of 2 or more). A count of 0 or 1 (DEL's answer: was there a ban to
+// lift) and TTL's -1 and -2 are compared exactly.
 var volatile = []*regexp.Regexp{
 	regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`),
+	regexp.MustCompile(`\(ban [0-9a-f]{16}\)`),
 	regexp.MustCompile(`\(integer\) ([2-9]|[1-9]\d+)$`),
 }
 

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -203,7 +203,7 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	offence := max(n, 0) + 1
 	d := l.policy.banTTL(offence)
 
-	now := banClock()
+	now := time.Now()
 	b := &Ban{
 		Scope:    scope,
 		Value:    value,
@@ -212,25 +212,16 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 		Duration: d,
 		Expires:  now.Add(d),
 	}
-	// The time to the nanosecond, and never the same twice in this process
-	// (banClock): the value names this call's write, so that a SET that
-	// go-redis sent again is told from another broker's.
-	b.Reason = fmt.Sprintf("%s %s (offence %d, %s) at %s",
-		keys.AutoBanMarker, l.policy.Rule(), offence, d, now.UTC().Format(time.RFC3339Nano))
+	// A random number beside the time names this call's write (setOwn).
+	b.Reason = fmt.Sprintf("%s %s (offence %d, %s) (ban %016x) at %s",
+		keys.AutoBanMarker, l.policy.Rule(), offence, d, rand.Uint64(), now.UTC().Format(time.RFC3339))
 
-	err = l.rdb.SetArgs(ctx, b.Key, b.Reason, redis.SetArgs{Mode: "NX", TTL: d}).Err()
-	switch {
-	case errors.Is(err, redis.Nil):
-		// Already blocked: by an operator, or by another broker just now;
-		// or by this very call, whose reply was lost and which go-redis
-		// sent again (it does after EOF or a reset, Redis having run it):
-		// then the key holds this call's value, and the ban is this
-		// broker's to report and count.
-		if v, gerr := l.rdb.Get(ctx, b.Key).Result(); gerr != nil || v != b.Reason {
-			return nil, nil
+	if own, err := l.setOwn(ctx, b.Key, b.Reason, d); !own {
+		// Already blocked: by an operator, or by another broker just now.
+		if err != nil {
+			err = fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
 		}
-	case err != nil:
-		return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
+		return nil, err
 	}
 	keep := d + l.policy.BanMax
 	if keep < d {
@@ -256,29 +247,32 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 // value that is no count is left to INCR, which fails naming the key.
 var incrExpire = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
-if v and tonumber(v) and tonumber(v) > tonumber(ARGV[2]) then
+if v and string.match(v, '^%-?%d+$') and tonumber(v) > tonumber(ARGV[2]) then
   return tonumber(v)
 end
 local n = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return n`)
 
-// lastBan is the nanosecond banClock gave last.
-var lastBan atomic.Int64
-
-// banClock returns the time now, later than any it returned before: no
-// two of this process's ban values carry the same time.
-func banClock() time.Time {
-	for {
-		last, now := lastBan.Load(), time.Now()
-		n := max(now.UnixNano(), last+1)
-		if lastBan.CompareAndSwap(last, n) {
-			if n == now.UnixNano() {
-				return now
-			}
-			return time.Unix(0, n)
-		}
+// setOwn writes value at key for ttl unless the key exists (SET NX), and
+// reports whether this call wrote it: also when the SET's reply was lost
+// and go-redis sent it again (it does after EOF or a reset, though Redis
+// ran it), and the second found the first's value there. So value must
+// name this call's write: its caller puts a random number in it. An error
+// reading the key back after an "exists" says the write may be this call's.
+func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Duration) (bool, error) {
+	err := l.rdb.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
+	if !errors.Is(err, redis.Nil) {
+		return err == nil, err
 	}
+	v, err := l.rdb.Get(ctx, key).Result()
+	switch {
+	case err == nil:
+		return v == value, nil
+	case errors.Is(err, redis.Nil), rediserr.IsKeyReply(err):
+		return false, nil // gone since, or not a string: not this call's
+	}
+	return false, fmt.Errorf("found it written, reading it back: %w", err)
 }
 
 // Reset forgets the failures counted for value in scope (not its offences):
@@ -333,15 +327,16 @@ func (l *Limiter) ThrottleFailTracked(ctx context.Context, tracked string, limit
 		Username: tracked,
 		Key:      l.kb.ThrottleTracked(tracked),
 		Duration: d,
-		Reason: fmt.Sprintf("%s over %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) at %s",
-			keys.AutoBanMarker, limit, limit, l.policy.Window, time.Now().UTC().Format(time.RFC3339)),
+		// A random number beside the time names this call's write (setOwn).
+		Reason: fmt.Sprintf("%s over %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) (throttle %016x) at %s",
+			keys.AutoBanMarker, limit, limit, l.policy.Window, rand.Uint64(), time.Now().UTC().Format(time.RFC3339)),
 	}
-	err = l.rdb.SetArgs(ctx, t.Key, t.Reason, redis.SetArgs{Mode: "NX", TTL: d}).Err()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return nil, nil // another broker started this episode
-	case err != nil:
-		return nil, fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)
+	if own, err := l.setOwn(ctx, t.Key, t.Reason, d); !own {
+		// Another broker started this episode.
+		if err != nil {
+			err = fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)
+		}
+		return nil, err
 	}
 	return t, nil
 }

@@ -163,7 +163,7 @@ func TestFirstBan(t *testing.T) {
 	assert.Equal(t, 1, b.Offence)
 	assert.Equal(t, 10*time.Second, b.Duration)
 	assert.WithinDuration(t, before.Add(10*time.Second), b.Expires, tolerance)
-	assert.True(t, strings.HasPrefix(b.Reason, "auto: over 3 failed authentications (3 allowed, refilling 1 per 1m0s) (offence 1, 10s) at "), b.Reason)
+	assert.Regexp(t, `^auto: over 3 failed authentications \(3 allowed, refilling 1 per 1m0s\) \(offence 1, 10s\) \(ban [0-9a-f]{16}\) at \S+Z$`, b.Reason)
 	_, err = time.Parse(time.RFC3339, b.Reason[strings.LastIndex(b.Reason, " ")+1:])
 	assert.NoError(t, err, "reason ends with an RFC 3339 time: %s", b.Reason)
 

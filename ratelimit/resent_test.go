@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -81,16 +82,72 @@ func TestOffenceCountSentAgainCountsOnce(t *testing.T) {
 	assert.Equal(t, "2", rdb.Get(ctx, "guard:offences:ip:192.0.2.8").Val())
 }
 
-// No two bans of one process carry the same time, however close their
-// calls: the value a SET wrote tells this call's write from another's.
-func TestBanClockNeverRepeats(t *testing.T) {
-	seen := make(map[int64]bool, 100000)
-	last := int64(0)
-	for range 100000 {
-		n := banClock().UnixNano()
-		require.False(t, seen[n], "repeated")
-		require.Greater(t, n, last)
-		seen[n], last = true, n
+// A throttle whose SET go-redis sent again is still this broker's: it is
+// returned (so logged, listed in this broker's replica and published).
+// Before, it read "another broker started this episode": no
+// event=throttled line anywhere (found by a review).
+func TestThrottleSetSentAgainIsStillOurs(t *testing.T) {
+	ctx := context.Background()
+	p := Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second, BanMax: time.Minute}
+	l, rdb := resentLimiter(t, "throttle:username:bob", p)
+
+	var th *Throttle
+	for i := 0; i < 3 && th == nil; i++ {
+		var err error
+		th, err = l.ThrottleFail(ctx, "bob", 1)
+		require.NoError(t, err)
 	}
-	assert.WithinDuration(t, time.Now(), time.Unix(0, last), time.Second, "still the time")
+	require.NotNil(t, th, "the throttle written is reported")
+	assert.Equal(t, th.Reason, rdb.Get(ctx, "guard:throttle:username:bob").Val())
+
+	// Control: one another broker wrote is not.
+	require.NoError(t, rdb.Set(ctx, "guard:throttle:username:carol", "auto: another broker's", time.Minute).Err())
+	for i := 0; i < 3; i++ {
+		th, err := l.ThrottleFail(ctx, "carol", 1)
+		require.NoError(t, err)
+		assert.Nil(t, th)
+	}
+}
+
+// Two bans' values differ however close their calls: the value names its
+// write (setOwn). An operator's value, or another ban's, is never this
+// call's.
+func TestBanValuesNameTheirWrite(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second})
+	seen := map[string]bool{}
+	for i := range 200 {
+		require.NoError(t, rdb.Del(ctx, "guard:block:ip:192.0.2.9", "guard:offences:ip:192.0.2.9").Err())
+		b, err := l.ban(ctx, keys.IP, "192.0.2.9")
+		require.NoError(t, err)
+		require.NotNil(t, b, "ban %d", i)
+		require.False(t, seen[b.Reason], "a value repeated: %s", b.Reason)
+		seen[b.Reason] = true
+		at, ok := BannedAt(b.Reason)
+		require.True(t, ok, b.Reason)
+		assert.WithinDuration(t, time.Now(), at, 2*time.Second, "the time is the time")
+	}
+	own, err := l.setOwn(ctx, "guard:block:ip:192.0.2.9", "auto: something else", time.Minute)
+	assert.NoError(t, err)
+	assert.False(t, own, "another value there")
+}
+
+// A value that is no count stays no count: the offence's script leaves
+// it to INCR, which fails naming the key, whatever Lua's tonumber makes
+// of it (found by a review: "2.5" and "1e3" read as counts past the one
+// read before, and were skipped without an error).
+func TestOffenceCountOfAStrayValueStillFails(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second})
+	for i, stray := range []string{"2.5", "1e3", " 3", "0x10", "abc"} {
+		ip := fmt.Sprintf("192.0.2.%d", 20+i)
+		require.NoError(t, rdb.Set(ctx, "guard:offences:ip:"+ip, stray, 0).Err())
+		b, err := l.ban(ctx, keys.IP, ip)
+		require.NotNil(t, b, "%q: the ban is still written, the first step long", stray)
+		assert.Equal(t, 1, b.Offence, "%q", stray)
+		assert.Error(t, err, "%q: its count fails naming the key", stray)
+		assert.Equal(t, stray, rdb.Get(ctx, "guard:offences:ip:"+ip).Val())
+	}
 }
