@@ -134,7 +134,10 @@ func New(o Options, kb keys.Builder) *Store {
 	// command whose connection ended before its reply (EOF, a reset),
 	// which Redis may have run. Writes that must count once say which
 	// call they are: the takeovers' connection IDs (CountTakeovers), the
-	// findings' tokens (AddFinding).
+	// findings' tokens (AddFinding), the automatic bans' and throttles'
+	// values (ratelimit's setOwn); an offence's count is given the count
+	// read before it. Not redis_rate's count of a failure: sent again, it
+	// counts that failure twice.
 	bg.ContextTimeoutEnabled = true
 	bg.MaxRetries = 3
 	if o.Tracking {
