@@ -17,8 +17,10 @@ import (
 // nopCounter counts nothing, keeps nothing.
 type nopCounter struct{}
 
-func (nopCounter) Fail(context.Context, keys.Scope, string) (*ratelimit.Ban, error) { return nil, nil }
-func (nopCounter) ThrottleFailTracked(context.Context, string, int) (*ratelimit.Throttle, error) {
+func (nopCounter) FailAttempt(context.Context, keys.Scope, string, *ratelimit.Attempt) (*ratelimit.Ban, error) {
+	return nil, nil
+}
+func (nopCounter) ThrottleFailAttempt(context.Context, string, int, *ratelimit.Attempt) (*ratelimit.Throttle, error) {
 	return nil, nil
 }
 func (nopCounter) Reset(context.Context, keys.Scope, string) error { return nil }

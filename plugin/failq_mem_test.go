@@ -114,11 +114,11 @@ type banningCounter struct {
 	kb keys.Builder
 }
 
-func (b *banningCounter) Fail(_ context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error) {
+func (b *banningCounter) FailAttempt(_ context.Context, scope keys.Scope, value string, _ *ratelimit.Attempt) (*ratelimit.Ban, error) {
 	return &ratelimit.Ban{Scope: scope, Value: value, Key: b.kb.List(keys.Block, scope, value), Offence: 1, Duration: time.Minute}, nil
 }
 
-func (b *banningCounter) ThrottleFailTracked(_ context.Context, tracked string, _ int) (*ratelimit.Throttle, error) {
+func (b *banningCounter) ThrottleFailAttempt(_ context.Context, tracked string, _ int, _ *ratelimit.Attempt) (*ratelimit.Throttle, error) {
 	b.mu.Lock()
 	b.throttles = append(b.throttles, tracked)
 	b.mu.Unlock()

@@ -211,9 +211,14 @@ const countRetryFor = 30 * time.Second
 // username's throttle, and logs any ban or throttle. An attempt that surely
 // did not run in Redis is retried (see retry); one that may have run is
 // not: counting it twice could ban on fewer failures than fail_limit allows.
-// A retry after a count that ran but whose ban write did not is harmless:
-// a key over its limit is not counted again (redis_rate changes nothing when
-// it refuses), and the ban is written by the retry.
+// An error does not always say which: go-redis sends a command again
+// after a lost reply, and its last error may then be a refused dial though
+// Redis ran the first send. So one failure's tries share a
+// ratelimit.Attempt: a try goes on from where the last stopped, a count
+// that answered is not counted again, and a ban or throttle is written with
+// the value decided first, which the try knows for its own when it finds it
+// there (atk95b: a new value each try took the first try's ban for another
+// broker's; it held unlogged, its offence uncounted).
 func (q *failureQueue) count(f failure) {
 	if f.reset != nil {
 		q.resetCount(*f.reset)
@@ -221,8 +226,9 @@ func (q *failureQueue) count(f failure) {
 	}
 	for _, k := range f.keys {
 		var ban *ratelimit.Ban
+		var at ratelimit.Attempt // one failure's tries go on from each other
 		err := q.retry(func(ctx context.Context) (err error) {
-			ban, err = q.counter.Fail(ctx, k.scope, k.value)
+			ban, err = q.counter.FailAttempt(ctx, k.scope, k.value, &at)
 			if ban != nil {
 				return nil // written; an offence left uncounted only shortens the next ban
 			}
@@ -244,8 +250,9 @@ func (q *failureQueue) count(f failure) {
 	}
 	if f.throttle && f.hasUsername {
 		var th *ratelimit.Throttle
+		var at ratelimit.Attempt
 		err := q.retry(func(ctx context.Context) (err error) {
-			th, err = q.counter.ThrottleFailTracked(ctx, f.userTracked, q.userLimit)
+			th, err = q.counter.ThrottleFailAttempt(ctx, f.userTracked, q.userLimit, &at)
 			return err
 		})
 		if err != nil {

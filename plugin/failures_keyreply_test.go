@@ -20,11 +20,11 @@ type strayKeyCounter struct {
 	stray keys.Scope
 }
 
-func (s *strayKeyCounter) Fail(ctx context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error) {
+func (s *strayKeyCounter) FailAttempt(ctx context.Context, scope keys.Scope, value string, a *ratelimit.Attempt) (*ratelimit.Ban, error) {
 	if scope == s.stray {
 		return nil, fmt.Errorf("ratelimit: count failure %q: %w", "rate:guard:fail:"+string(scope)+":"+value, reply("ERR user_script:34: bad argument #1 to 'max'"))
 	}
-	return s.fakeCounter.Fail(ctx, scope, value)
+	return s.fakeCounter.FailAttempt(ctx, scope, value, a)
 }
 
 // A failure whose first key's count meets a reply about that key alone

@@ -32,7 +32,7 @@ type flakyCounter struct {
 	calls int
 }
 
-func (f *flakyCounter) Fail(ctx context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error) {
+func (f *flakyCounter) FailAttempt(ctx context.Context, scope keys.Scope, value string, a *ratelimit.Attempt) (*ratelimit.Ban, error) {
 	f.mu.Lock()
 	f.calls++
 	if len(f.errs) > 0 {
@@ -42,7 +42,7 @@ func (f *flakyCounter) Fail(ctx context.Context, scope keys.Scope, value string)
 		return nil, err
 	}
 	f.mu.Unlock()
-	return f.fakeCounter.Fail(ctx, scope, value)
+	return f.fakeCounter.FailAttempt(ctx, scope, value, a)
 }
 
 func (f *flakyCounter) tries() int { f.mu.Lock(); defer f.mu.Unlock(); return f.calls }

@@ -36,10 +36,14 @@ type Store interface {
 
 // FailCounter counts failed authentications and bans; *ratelimit.Limiter implements it.
 type FailCounter interface {
-	Fail(ctx context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error)
-	// ThrottleFailTracked counts a failure of a username given in its
-	// keys.Tracking form (a queued failure keeps no longer form).
-	ThrottleFailTracked(ctx context.Context, tracked string, limit int) (*ratelimit.Throttle, error)
+	// FailAttempt counts a failure and bans past the limit; a, kept
+	// across the caller's tries of one failure, makes a try after an
+	// error go on from where the last stopped (ratelimit.Attempt).
+	FailAttempt(ctx context.Context, scope keys.Scope, value string, a *ratelimit.Attempt) (*ratelimit.Ban, error)
+	// ThrottleFailAttempt counts a failure of a username given in its
+	// keys.Tracking form (a queued failure keeps no longer form), a as
+	// FailAttempt's.
+	ThrottleFailAttempt(ctx context.Context, tracked string, limit int, a *ratelimit.Attempt) (*ratelimit.Throttle, error)
 	Reset(ctx context.Context, scope keys.Scope, value string) error
 }
 

@@ -133,7 +133,7 @@ type fakeCounter struct {
 	gate      chan struct{} // when set, Fail waits for it
 }
 
-func (f *fakeCounter) Fail(_ context.Context, scope keys.Scope, value string) (*ratelimit.Ban, error) {
+func (f *fakeCounter) FailAttempt(_ context.Context, scope keys.Scope, value string, _ *ratelimit.Attempt) (*ratelimit.Ban, error) {
 	if f.gate != nil {
 		<-f.gate
 	}
@@ -144,7 +144,7 @@ func (f *fakeCounter) Fail(_ context.Context, scope keys.Scope, value string) (*
 	return nil, nil
 }
 
-func (f *fakeCounter) ThrottleFailTracked(_ context.Context, username string, _ int) (*ratelimit.Throttle, error) {
+func (f *fakeCounter) ThrottleFailAttempt(_ context.Context, username string, _ int, _ *ratelimit.Attempt) (*ratelimit.Throttle, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.throttles = append(f.throttles, username)

@@ -99,7 +99,7 @@ func TestAtk53KicksTotalCountsUserChangedKicks(t *testing.T) {
 // panicCounter panics when it counts a failure.
 type panicCounter struct{ fakeCounter }
 
-func (p *panicCounter) Fail(context.Context, keys.Scope, string) (*ratelimit.Ban, error) {
+func (p *panicCounter) FailAttempt(context.Context, keys.Scope, string, *ratelimit.Attempt) (*ratelimit.Ban, error) {
 	panic(errors.New("atk53 boom"))
 }
 

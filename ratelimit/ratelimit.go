@@ -151,21 +151,48 @@ func (l *Limiter) Policy() Policy { return l.policy }
 // or by another broker. If the ban was written but recording the offence
 // failed, Fail returns the ban and an error. Every command runs under ctx.
 func (l *Limiter) Fail(ctx context.Context, scope keys.Scope, value string) (*Ban, error) {
+	return l.FailAttempt(ctx, scope, value, new(Attempt))
+}
+
+// Attempt is one failure's way through FailAttempt, kept by a caller that
+// tries it again after an error: what it has done is not done again. An
+// error does not say that nothing ran: go-redis sends a command again
+// after a lost reply (EOF, a reset), and then its last error may be a
+// refused dial though Redis ran the first send. A retry with a new ban's
+// value found the first value there and took it for another broker's: the
+// ban held unlogged, its offence uncounted, the next one no longer
+// (atk95b, a README-only attack: a reset after the SET, then dials refused
+// for 1.5 s). With the Attempt the retry writes the same value, which it
+// knows for its own, and counts the offence against the same count read
+// before. The zero Attempt is a new failure.
+type Attempt struct {
+	over    bool      // the failure counted, and over the limit: the ban is left
+	ban     *Ban      // the ban decided: its value, offence and length
+	thr     *Throttle // the throttle decided (ThrottleFailAttempt)
+	n       int       // the offences counted before it
+	written bool      // the ban is in Redis, this attempt's
+}
+
+// FailAttempt is Fail, resuming a where an earlier call with it stopped.
+func (l *Limiter) FailAttempt(ctx context.Context, scope keys.Scope, value string, a *Attempt) (*Ban, error) {
 	if _, err := keys.ParseScope(string(scope)); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
-	fk := l.kb.Fail(scope, value)
-	res, err := l.rate.Allow(ctx, fk, l.limit)
-	if err != nil {
-		return nil, fmt.Errorf("ratelimit: count failure %s: %w", logval.Quote(rateKey(fk)), err)
+	if !a.over {
+		fk := l.kb.Fail(scope, value)
+		res, err := l.rate.Allow(ctx, fk, l.limit)
+		if err != nil {
+			return nil, fmt.Errorf("ratelimit: count failure %s: %w", logval.Quote(rateKey(fk)), err)
+		}
+		if res.Allowed > 0 {
+			return nil, nil
+		}
+		a.over = true
 	}
-	if res.Allowed > 0 {
-		return nil, nil
-	}
-	return l.ban(ctx, scope, value)
+	return l.banAs(ctx, scope, value, a)
 }
 
 // ban writes an automatic ban of value unless its block key exists.
@@ -182,7 +209,51 @@ func (l *Limiter) Fail(ctx context.Context, scope keys.Scope, value string) (*Ba
 // only be stale if a whole ban began and ended in between, and then the ban is
 // one step too short, never too long.
 func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban, error) {
+	return l.banAs(ctx, scope, value, new(Attempt))
+}
+
+// banAs is ban, resuming a (see Attempt): the ban decided once, its value
+// and the count read before kept for every try.
+func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *Attempt) (*Ban, error) {
 	offKey := l.kb.Offences(scope, value)
+	if a.ban == nil {
+		b, n, err := l.decide(ctx, scope, value, offKey)
+		if err != nil {
+			return nil, err
+		}
+		a.ban, a.n = b, n
+	}
+	b, d := a.ban, a.ban.Duration
+	if !a.written {
+		own, now, err := l.setOwn(ctx, b.Key, b.Reason, d)
+		if !own {
+			// Already blocked: by an operator, or by another broker just now.
+			if err != nil {
+				err = fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
+			}
+			return nil, err
+		}
+		if now {
+			b.Expires = time.Now().Add(d) // written now, not when decided (a later try)
+		}
+		a.written = true
+	}
+	keep := d + l.policy.BanMax
+	if keep < d {
+		keep = math.MaxInt64 // absurd BanMax: forget offences never, rather than at once
+	}
+	// INCR and PEXPIRE in one script on the one key: never a count without
+	// a TTL. Given the count read before (n), so that a run sent again
+	// after a lost reply finds it counted and counts nothing.
+	if err := incrExpire.Run(ctx, l.rdb, []string{offKey}, keep.Milliseconds(), a.n).Err(); err != nil {
+		return b, fmt.Errorf("ratelimit: ban written, count offence %s: %w", logval.Quote(offKey), err)
+	}
+	return b, nil
+}
+
+// decide reads value's offences and makes its next ban, not yet written,
+// and the count read.
+func (l *Limiter) decide(ctx context.Context, scope keys.Scope, value, offKey string) (*Ban, int, error) {
 	raw, err := l.rdb.Get(ctx, offKey).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -190,7 +261,7 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	case rediserr.IsKeyReply(err):
 		raw = "0" // a key of another type (atk70: no ban was ever written for that value)
 	case err != nil:
-		return nil, fmt.Errorf("ratelimit: read offences %s: %w", logval.Quote(offKey), err)
+		return nil, 0, fmt.Errorf("ratelimit: read offences %s: %w", logval.Quote(offKey), err)
 	}
 	// A value that is no count (an operator's stray string, or a key of
 	// another type) is taken as none: the ban is still written, the first
@@ -215,25 +286,7 @@ func (l *Limiter) ban(ctx context.Context, scope keys.Scope, value string) (*Ban
 	// A random number beside the time names this call's write (setOwn).
 	b.Reason = fmt.Sprintf("%s %s (offence %d, %s) (ban %016x) at %s",
 		keys.AutoBanMarker, l.policy.Rule(), offence, d, rand.Uint64(), now.UTC().Format(time.RFC3339))
-
-	if own, err := l.setOwn(ctx, b.Key, b.Reason, d); !own {
-		// Already blocked: by an operator, or by another broker just now.
-		if err != nil {
-			err = fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
-		}
-		return nil, err
-	}
-	keep := d + l.policy.BanMax
-	if keep < d {
-		keep = math.MaxInt64 // absurd BanMax: forget offences never, rather than at once
-	}
-	// INCR and PEXPIRE in one script on the one key: never a count without
-	// a TTL. Given the count read before (n), so that a run sent again
-	// after a lost reply finds it counted and counts nothing.
-	if err := incrExpire.Run(ctx, l.rdb, []string{offKey}, keep.Milliseconds(), n).Err(); err != nil {
-		return b, fmt.Errorf("ratelimit: ban written, count offence %s: %w", logval.Quote(offKey), err)
-	}
-	return b, nil
+	return b, n, nil
 }
 
 // incrExpire counts one offence and sets its expiry in one atomic step,
@@ -258,21 +311,22 @@ return n`)
 // reports whether this call wrote it: also when the SET's reply was lost
 // and go-redis sent it again (it does after EOF or a reset, though Redis
 // ran it), and the second found the first's value there. So value must
-// name this call's write: its caller puts a random number in it. An error
-// reading the key back after an "exists" says the write may be this call's.
-func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Duration) (bool, error) {
-	err := l.rdb.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
+// name this call's write: its caller puts a random number in it. now: the
+// SET itself wrote it (not a send before it). An error reading the key back
+// after an "exists" says the write may be this call's.
+func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Duration) (own, now bool, err error) {
+	err = l.rdb.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
 	if !errors.Is(err, redis.Nil) {
-		return err == nil, err
+		return err == nil, err == nil, err
 	}
 	v, err := l.rdb.Get(ctx, key).Result()
 	switch {
 	case err == nil:
-		return v == value, nil
+		return v == value, false, nil
 	case errors.Is(err, redis.Nil), rediserr.IsKeyReply(err):
-		return false, nil // gone since, or not a string: not this call's
+		return false, false, nil // gone since, or not a string: not this call's
 	}
-	return false, fmt.Errorf("found it written, reading it back: %w", err)
+	return false, false, fmt.Errorf("found it written, reading it back: %w", err)
 }
 
 // Reset forgets the failures counted for value in scope (not its offences):
@@ -313,25 +367,35 @@ func (l *Limiter) ThrottleFail(ctx context.Context, username string, limit int) 
 // Tracking form (keys.Tracking): the same keys, and a caller that queues
 // failures need not keep a username of up to 64 KB to count it.
 func (l *Limiter) ThrottleFailTracked(ctx context.Context, tracked string, limit int) (*Throttle, error) {
-	lim := redis_rate.Limit{Rate: 1, Burst: limit, Period: l.policy.Window}
-	ck := l.kb.ThrottleCountTracked(tracked)
-	res, err := l.rate.Allow(ctx, ck, lim)
-	if err != nil {
-		return nil, fmt.Errorf("ratelimit: count username failure %s: %w", logval.Quote(rateKey(ck)), err)
+	return l.ThrottleFailAttempt(ctx, tracked, limit, new(Attempt))
+}
+
+// ThrottleFailAttempt is ThrottleFailTracked, resuming a where an earlier
+// call with it stopped (see Attempt): a try after an error writes the
+// throttle value decided first.
+func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit int, a *Attempt) (*Throttle, error) {
+	if a.thr == nil {
+		lim := redis_rate.Limit{Rate: 1, Burst: limit, Period: l.policy.Window}
+		ck := l.kb.ThrottleCountTracked(tracked)
+		res, err := l.rate.Allow(ctx, ck, lim)
+		if err != nil {
+			return nil, fmt.Errorf("ratelimit: count username failure %s: %w", logval.Quote(rateKey(ck)), err)
+		}
+		if res.Allowed > 0 {
+			return nil, nil
+		}
+		d := max(res.RetryAfter.Truncate(time.Millisecond), time.Second)
+		a.thr = &Throttle{
+			Username: tracked,
+			Key:      l.kb.ThrottleTracked(tracked),
+			Duration: d,
+			// A random number beside the time names this call's write (setOwn).
+			Reason: fmt.Sprintf("%s over %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) (throttle %016x) at %s",
+				keys.AutoBanMarker, limit, limit, l.policy.Window, rand.Uint64(), time.Now().UTC().Format(time.RFC3339)),
+		}
 	}
-	if res.Allowed > 0 {
-		return nil, nil
-	}
-	d := max(res.RetryAfter.Truncate(time.Millisecond), time.Second)
-	t := &Throttle{
-		Username: tracked,
-		Key:      l.kb.ThrottleTracked(tracked),
-		Duration: d,
-		// A random number beside the time names this call's write (setOwn).
-		Reason: fmt.Sprintf("%s over %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) (throttle %016x) at %s",
-			keys.AutoBanMarker, limit, limit, l.policy.Window, rand.Uint64(), time.Now().UTC().Format(time.RFC3339)),
-	}
-	if own, err := l.setOwn(ctx, t.Key, t.Reason, d); !own {
+	t, d := a.thr, a.thr.Duration
+	if own, _, err := l.setOwn(ctx, t.Key, t.Reason, d); !own {
 		// Another broker started this episode.
 		if err != nil {
 			err = fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)

@@ -128,7 +128,7 @@ func TestBanValuesNameTheirWrite(t *testing.T) {
 		require.True(t, ok, b.Reason)
 		assert.WithinDuration(t, time.Now(), at, 2*time.Second, "the time is the time")
 	}
-	own, err := l.setOwn(ctx, "guard:block:ip:192.0.2.9", "auto: something else", time.Minute)
+	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.9", "auto: something else", time.Minute)
 	assert.NoError(t, err)
 	assert.False(t, own, "another value there")
 }
@@ -150,4 +150,74 @@ func TestOffenceCountOfAStrayValueStillFails(t *testing.T) {
 		assert.Error(t, err, "%q: its count fails naming the key", stray)
 		assert.Equal(t, stray, rdb.Get(ctx, "guard:offences:ip:"+ip).Val())
 	}
+}
+
+// A failure tried again after an error, with its Attempt, still takes the
+// ban its first try wrote for its own: logged, its offence counted once.
+// The error need not say that nothing ran: go-redis sends a command again
+// after a lost reply, and its last error may then be a refused dial
+// though Redis ran the first send; the plugin's failure queue takes such
+// an error for "never ran" and tries again. Before, each try was a new
+// Fail with a new value: it found the first try's ban, took it for
+// another broker's, and returned none (atk95b: a reset after the SET,
+// then dials refused for 1.5 s; the ban held, unlogged, its offence
+// uncounted, the next ban no longer). Here the first try's client sends
+// nothing again, so its error surfaces the lost reply itself.
+func TestBanTriedAgainAfterAnErrorIsStillOurs(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	p := Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second, BanMax: time.Hour}
+	direct := New(rdb, kb, p)
+	_, err := direct.Fail(ctx, keys.IP, "192.0.2.30") // the allowance spent
+	require.NoError(t, err)
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.30", true), MaxRetries: -1})
+	t.Cleanup(func() { cut.Close() })
+
+	var a Attempt
+	b, err := New(cut, kb, p).FailAttempt(ctx, keys.IP, "192.0.2.30", &a)
+	require.Error(t, err, "the reply lost")
+	require.Nil(t, b)
+	written := rdb.Get(ctx, "guard:block:ip:192.0.2.30").Val()
+	require.NotEmpty(t, written, "control: Redis ran the SET")
+
+	// Control: a new try of its own, as the queue's retry was, finds the
+	// ban and takes it for another broker's.
+	fresh, err := direct.FailAttempt(ctx, keys.IP, "192.0.2.30", new(Attempt))
+	require.NoError(t, err)
+	require.Nil(t, fresh, "control: a new try reads 'already blocked'")
+
+	b, err = direct.FailAttempt(ctx, keys.IP, "192.0.2.30", &a)
+	require.NoError(t, err)
+	require.NotNil(t, b, "the try again reports the ban")
+	assert.Equal(t, written, b.Reason)
+	assert.Equal(t, 1, b.Offence)
+	assert.Equal(t, "1", rdb.Get(ctx, "guard:offences:ip:192.0.2.30").Val(), "counted once")
+	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.31"), "nothing else written")
+}
+
+// The same for a username throttle: tried again with its Attempt after an
+// error, it takes the throttle its first try wrote for its own.
+func TestThrottleTriedAgainAfterAnErrorIsStillOurs(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	p := Policy{Limit: 1, Window: time.Minute}
+	direct := New(rdb, kb, p)
+	_, err := direct.ThrottleFailTracked(ctx, "bob", 1) // the allowance spent
+	require.NoError(t, err)
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "throttle:username:bob", true), MaxRetries: -1})
+	t.Cleanup(func() { cut.Close() })
+
+	var a Attempt
+	th, err := New(cut, kb, p).ThrottleFailAttempt(ctx, "bob", 1, &a)
+	require.Error(t, err, "the reply lost")
+	require.Nil(t, th)
+	written := rdb.Get(ctx, "guard:throttle:username:bob").Val()
+	require.NotEmpty(t, written, "control: Redis ran the SET")
+
+	th, err = direct.ThrottleFailAttempt(ctx, "bob", 1, &a)
+	require.NoError(t, err)
+	require.NotNil(t, th, "the try again reports the throttle")
+	assert.Equal(t, written, th.Reason)
 }
