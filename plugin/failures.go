@@ -227,7 +227,7 @@ func (q *failureQueue) count(f failure) {
 	for _, k := range f.keys {
 		var ban *ratelimit.Ban
 		var at ratelimit.Attempt // one failure's tries go on from each other
-		err := q.retry(func(ctx context.Context) (err error) {
+		err := q.retry(&at, func(ctx context.Context) (err error) {
 			ban, err = q.counter.FailAttempt(ctx, k.scope, k.value, &at)
 			if ban != nil {
 				return nil // written; an offence left uncounted only shortens the next ban
@@ -251,7 +251,7 @@ func (q *failureQueue) count(f failure) {
 	if f.throttle && f.hasUsername {
 		var th *ratelimit.Throttle
 		var at ratelimit.Attempt
-		err := q.retry(func(ctx context.Context) (err error) {
+		err := q.retry(&at, func(ctx context.Context) (err error) {
 			th, err = q.counter.ThrottleFailAttempt(ctx, f.userTracked, q.userLimit, &at)
 			return err
 		})
@@ -267,15 +267,19 @@ func (q *failureQueue) count(f failure) {
 
 // retry runs attempt, each try bounded by countTimeout, until it succeeds,
 // fails in a way that may have reached Redis, countRetryFor has passed, or
-// the guard stops. While Redis refuses, the health probe reports it.
-func (q *failureQueue) retry(attempt func(ctx context.Context) error) error {
+// the guard stops. While Redis refuses, the health probe reports it. Past
+// its count (at.Resumable, at: the tries' Attempt, or nil), a try is made
+// again after any error but a reply of Redis's own that says it ran or
+// will fail again: what is left cannot count twice.
+func (q *failureQueue) retry(at *ratelimit.Attempt, attempt func(ctx context.Context) error) error {
 	deadline := time.Now().Add(countRetryFor)
 	wait := 100 * time.Millisecond
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), countTimeout)
 		err := attempt(ctx)
 		cancel()
-		if err == nil || !notRun(err) || time.Now().Add(wait).After(deadline) {
+		again := notRun(err) || (at != nil && at.Resumable() && !store.IsReply(err))
+		if err == nil || !again || time.Now().Add(wait).After(deadline) {
 			return err
 		}
 		select {

@@ -27,14 +27,19 @@ func (redisErr) RedisError()     {}
 // flakyCounter fails its first calls with errs, in order, then counts.
 type flakyCounter struct {
 	fakeCounter
-	mu    sync.Mutex
-	errs  []error
-	calls int
+	mu       sync.Mutex
+	errs     []error
+	calls    int
+	attempts map[*ratelimit.Attempt]bool // the Attempts the tries were given
 }
 
 func (f *flakyCounter) FailAttempt(ctx context.Context, scope keys.Scope, value string, a *ratelimit.Attempt) (*ratelimit.Ban, error) {
 	f.mu.Lock()
 	f.calls++
+	if f.attempts == nil {
+		f.attempts = map[*ratelimit.Attempt]bool{}
+	}
+	f.attempts[a] = true
 	if len(f.errs) > 0 {
 		err := f.errs[0]
 		f.errs = f.errs[1:]
@@ -87,6 +92,9 @@ func TestFailureCountRetries(t *testing.T) {
 	assert.Equal(t, Deny, g.Authenticate(cl(1, "192.0.2.1", "a", "alice", "bad")).Result)
 	assert.Equal(t, []string{"ip=192.0.2.1"}, waitCounted(t, &ct.fakeCounter, 1), "counted once Redis took it")
 	assert.Equal(t, 3, ct.tries())
+	ct.mu.Lock()
+	assert.Len(t, ct.attempts, 1, "one failure's tries share its Attempt")
+	ct.mu.Unlock()
 
 	ct = &flakyCounter{errs: []error{&net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}}}
 	g, ls := newGuardWith(ct)

@@ -169,9 +169,17 @@ type Attempt struct {
 	over    bool      // the failure counted, and over the limit: the ban is left
 	ban     *Ban      // the ban decided: its value, offence and length
 	thr     *Throttle // the throttle decided (ThrottleFailAttempt)
+	thrAt   time.Time // when: the allowance's wait it lasts runs from then
 	n       int       // the offences counted before it
 	written bool      // the ban is in Redis, this attempt's
 }
+
+// Resumable reports whether a try may be made again after any error but
+// Redis's own refusal: the failure's count answered, and what is left (a
+// read, the ban's SET NX of the value decided, the offence's count against
+// the count read first) cannot count anything twice. So a ban whose SET's
+// reply timed out is not left unlogged and uncounted.
+func (a *Attempt) Resumable() bool { return a.over || a.thr != nil }
 
 // FailAttempt is Fail, resuming a where an earlier call with it stopped.
 func (l *Limiter) FailAttempt(ctx context.Context, scope keys.Scope, value string, a *Attempt) (*Ban, error) {
@@ -225,7 +233,7 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 	}
 	b, d := a.ban, a.ban.Duration
 	if !a.written {
-		own, now, err := l.setOwn(ctx, b.Key, b.Reason, d)
+		own, left, err := l.setOwn(ctx, b.Key, b.Reason, d)
 		if !own {
 			// Already blocked: by an operator, or by another broker just now.
 			if err != nil {
@@ -233,9 +241,10 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 			}
 			return nil, err
 		}
-		if now {
-			b.Expires = time.Now().Add(d) // written now, not when decided (a later try)
-		}
+		// Its end in Redis, not the end decided: a later try wrote it
+		// later, and the replica entry this ban makes on this broker
+		// (Guard.listed) must not end before Redis's key.
+		b.Expires = time.Now().Add(left)
 		a.written = true
 	}
 	keep := d + l.policy.BanMax
@@ -310,23 +319,33 @@ return n`)
 // setOwn writes value at key for ttl unless the key exists (SET NX), and
 // reports whether this call wrote it: also when the SET's reply was lost
 // and go-redis sent it again (it does after EOF or a reset, though Redis
-// ran it), and the second found the first's value there. So value must
-// name this call's write: its caller puts a random number in it. now: the
-// SET itself wrote it (not a send before it). An error reading the key back
+// ran it), or an earlier try of the same Attempt wrote it, and the SET found
+// that value there. So value must name this call's write: its caller puts a
+// random number in it. left is how long the key has left: ttl when this SET
+// wrote it, its PTTL when an earlier send did. An error reading the key back
 // after an "exists" says the write may be this call's.
-func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Duration) (own, now bool, err error) {
+func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Duration) (own bool, left time.Duration, err error) {
 	err = l.rdb.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
 	if !errors.Is(err, redis.Nil) {
-		return err == nil, err == nil, err
+		return err == nil, ttl, err
 	}
-	v, err := l.rdb.Get(ctx, key).Result()
+	pipe := l.rdb.Pipeline()
+	get, pttl := pipe.Get(ctx, key), pipe.PTTL(ctx, key)
+	_, _ = pipe.Exec(ctx)
+	v, err := get.Result()
 	switch {
-	case err == nil:
-		return v == value, false, nil
 	case errors.Is(err, redis.Nil), rediserr.IsKeyReply(err):
-		return false, false, nil // gone since, or not a string: not this call's
+		return false, 0, nil // gone since, or not a string: not this call's
+	case err != nil:
+		return false, 0, fmt.Errorf("found it written, reading it back: %w", err)
+	case v != value:
+		return false, 0, nil
 	}
-	return false, false, fmt.Errorf("found it written, reading it back: %w", err)
+	left, err = pttl.Result()
+	if err != nil {
+		return false, 0, fmt.Errorf("found it written, reading its TTL: %w", err)
+	}
+	return true, max(left, 0), nil
 }
 
 // Reset forgets the failures counted for value in scope (not its offences):
@@ -393,15 +412,25 @@ func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit
 			Reason: fmt.Sprintf("%s over %d failed authentications of this username from any source (%d allowed, refilling 1 per %s) (throttle %016x) at %s",
 				keys.AutoBanMarker, limit, limit, l.policy.Window, rand.Uint64(), time.Now().UTC().Format(time.RFC3339)),
 		}
+		a.thrAt = time.Now()
 	}
-	t, d := a.thr, a.thr.Duration
-	if own, _, err := l.setOwn(ctx, t.Key, t.Reason, d); !own {
+	// As long as the allowance's wait has left: a later try writes it
+	// shorter by the time since, and none once the wait is over (the
+	// allowance admits a failure again).
+	t := a.thr
+	if t.Duration -= time.Since(a.thrAt).Truncate(time.Millisecond); t.Duration <= 0 {
+		return nil, nil
+	}
+	a.thrAt = time.Now()
+	own, left, err := l.setOwn(ctx, t.Key, t.Reason, t.Duration)
+	if !own {
 		// Another broker started this episode.
 		if err != nil {
 			err = fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)
 		}
 		return nil, err
 	}
+	t.Duration = left
 	return t, nil
 }
 

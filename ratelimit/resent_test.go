@@ -193,7 +193,44 @@ func TestBanTriedAgainAfterAnErrorIsStillOurs(t *testing.T) {
 	assert.Equal(t, written, b.Reason)
 	assert.Equal(t, 1, b.Offence)
 	assert.Equal(t, "1", rdb.Get(ctx, "guard:offences:ip:192.0.2.30").Val(), "counted once")
-	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.31"), "nothing else written")
+}
+
+// A ban a later try wrote ends, in the replica entry it makes, when its
+// key ends in Redis: a try whose SET never ran (the connection dropped
+// before Redis read it), then one whose SET ran and lost its reply, then
+// one that finds the value. Before, the ban kept the end decided at the
+// first try, 1.5 s early here and up to the queue's 30 s of retries in
+// production: this broker's replica dropped the ban before Redis did (a
+// review of b50b18d).
+func TestBanWrittenByALaterTryEndsWithItsKey(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	p := Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second, BanMax: time.Hour}
+	direct := New(rdb, kb, p)
+	_, err := direct.Fail(ctx, keys.IP, "192.0.2.32") // the allowance spent
+	require.NoError(t, err)
+	via := func(passOnce bool) *Limiter {
+		c := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.32", passOnce), MaxRetries: -1})
+		t.Cleanup(func() { c.Close() })
+		return New(c, kb, p)
+	}
+
+	var a Attempt
+	decided := time.Now()
+	_, err = via(false).FailAttempt(ctx, keys.IP, "192.0.2.32", &a)
+	require.Error(t, err)
+	require.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.32"), "control: the first SET never ran")
+	time.Sleep(1500 * time.Millisecond)
+	_, err = via(true).FailAttempt(ctx, keys.IP, "192.0.2.32", &a)
+	require.Error(t, err)
+	require.Equal(t, "1", r.CLI("EXISTS", "guard:block:ip:192.0.2.32"), "control: the second ran")
+	b, err := direct.FailAttempt(ctx, keys.IP, "192.0.2.32", &a)
+	require.NoError(t, err)
+	require.NotNil(t, b)
+	pttl := rdb.PTTL(ctx, "guard:block:ip:192.0.2.32").Val()
+	assert.WithinDuration(t, time.Now().Add(pttl), b.Expires, 300*time.Millisecond, "ends with its key")
+	assert.True(t, b.Expires.After(decided.Add(b.Duration).Add(time.Second)), "not when decided")
 }
 
 // The same for a username throttle: tried again with its Attempt after an
@@ -215,6 +252,12 @@ func TestThrottleTriedAgainAfterAnErrorIsStillOurs(t *testing.T) {
 	require.Nil(t, th)
 	written := rdb.Get(ctx, "guard:throttle:username:bob").Val()
 	require.NotEmpty(t, written, "control: Redis ran the SET")
+
+	// Control: a new try of its own, as the queue's retry was, finds the
+	// throttle and takes it for another broker's.
+	fresh, err := direct.ThrottleFailAttempt(ctx, "bob", 1, new(Attempt))
+	require.NoError(t, err)
+	require.Nil(t, fresh, "control: a new try reads 'another broker started it'")
 
 	th, err = direct.ThrottleFailAttempt(ctx, "bob", 1, &a)
 	require.NoError(t, err)

@@ -1,0 +1,46 @@
+package plugin
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/config"
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
+)
+
+// A ban whose SET ran but whose reply was lost, with an error that does
+// not say "never ran" (here the lost connection itself; a reply timed out
+// at countTimeout is another), is tried again with its Attempt: the try
+// finds its own value, and the ban is logged and its offence counted.
+// Before, the queue gave up at such an error: the ban held in Redis, no
+// event=banned line, the offence uncounted, and Redis marked down (a
+// review of b50b18d).
+func TestBanWhoseReplyWasLostIsTriedAgain(t *testing.T) {
+	r := testenv.StartRedis(t)
+	// No resend of go-redis's own: the lost reply is the try's error.
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.77", true), MaxRetries: -1})
+	t.Cleanup(func() { cut.Close() })
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_limit": "1", "fail_scopes": "ip"})
+	require.NoError(t, err)
+	ls := &logSink{}
+	lim := ratelimit.New(cut, keys.Builder{Prefix: "guard:"}, cfg.Policy)
+	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: newFakeStore(), Counter: lim})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+
+	for i := range 2 {
+		assert.Equal(t, Deny, g.Authenticate(cl(uintptr(1+i), "192.0.2.77", "a", "alice", "bad")).Result)
+	}
+	require.Eventually(t, func() bool { return strings.Contains(ls.all(), "event=banned") }, 5*time.Second, 10*time.Millisecond,
+		"the ban logged: %s", ls.all())
+	assert.Equal(t, "1", r.CLI("GET", "guard:offences:ip:192.0.2.77"), "its offence counted once")
+	assert.Equal(t, 1, strings.Count(ls.all(), "event=banned"))
+	assert.NotContains(t, ls.all(), "not counted")
+}
