@@ -96,10 +96,19 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 		// takeover_window; the next are counted as before.
 		ns, err := t.store.CountTakeovers(ctx, takeovers, t.opts.TakeoverWindow, t.opts.TakeoverLimit)
 		if err != nil {
-			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d takeovers not counted: %v", len(takeovers), err))
+			lost := len(takeovers)
+			if len(ns) == len(takeovers) {
+				lost = 0
+				for _, n := range ns {
+					if n < 0 {
+						lost++
+					}
+				}
+			}
+			t.log(LevelWarning, fmt.Sprintf("mosquitto-guard: client ID tracking: %d takeovers not counted: %v", lost, err))
 		}
 		for i, d := range dups {
-			if err == nil && ns[i] >= int64(t.opts.TakeoverLimit) {
+			if i < len(ns) && ns[i] >= int64(t.opts.TakeoverLimit) {
 				found = append(found, d)
 			}
 		}

@@ -70,11 +70,14 @@ func TestCountTakeoversOneRoundTrip(t *testing.T) {
 	assert.Equal(t, "3", r.CLI("HLEN", kb.TakeoverConnsTracked("dev-1")))
 	assert.NotEqual(t, "-1", r.CLI("PTTL", kb.TakeoverConnsTracked("new")), "a count has its window")
 
-	// Any other error fails the count.
+	// Any other error fails that call alone: -1, and the error returned
+	// with the counts that ran. Before, every count of the batch was
+	// dropped.
 	r.CLI("SET", kb.TakeoverConnsTracked("bad"), "v")
-	_, err = s.CountTakeovers(ctx, takeovers("dev-2", "bad"), time.Minute, 3)
+	n, err = s.CountTakeovers(ctx, takeovers("dev-2", "bad", "dev-4"), time.Minute, 3)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "WRONGTYPE")
+	assert.Equal(t, []int64{2, -1, 2}, n, "the others counted")
 }
 
 // A batch of takeover counts that Redis ran and whose replies were lost
