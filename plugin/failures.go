@@ -324,8 +324,13 @@ func (q *failureQueue) banned(ban *ratelimit.Ban, f failure, k failKey) {
 	// ip is the last failing client's; scope and value name the key banned
 	// (an IPv6 network, a client ID, a username: not always that ip).
 	// As clientLine and clientFields write them, from what f keeps.
+	// Its end in Redis: a later try writes less than its length.
+	left := ban.Duration
+	if !ban.Expires.IsZero() {
+		left = max(min(left, time.Until(ban.Expires)), time.Millisecond)
+	}
 	l := clientLine("banned", &Client{}, f.ip).Tok("scope", string(k.scope)).Str("rule", ban.Key).Tok("origin", "auto").
-		Expires(q.now(), ban.Duration).Int("offence", int64(ban.Offence))
+		Expires(q.now(), left).Int("offence", int64(ban.Offence))
 	l.StrKept("client_id", f.clientID, f.clientIDBytes)
 	if f.hasUsername {
 		l.StrKept("username", f.username, f.usernameBytes)

@@ -171,6 +171,7 @@ type Attempt struct {
 	thr     *Throttle // the throttle decided (ThrottleFailAttempt)
 	thrAt   time.Time // when: the allowance's wait it lasts runs from then
 	n       int       // the offences counted before it
+	sentAt  time.Time // when a try first sent the ban's SET
 	written bool      // the ban is in Redis, this attempt's
 }
 
@@ -233,7 +234,20 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 	}
 	b, d := a.ban, a.ban.Duration
 	if !a.written {
-		own, left, err := l.setOwn(ctx, b.Key, b.Reason, d)
+		ttl := d
+		if a.sentAt.IsZero() {
+			a.sentAt = time.Now()
+		} else if ttl -= time.Since(a.sentAt).Truncate(time.Millisecond); ttl <= 0 {
+			// An earlier try sent this SET, and Redis may have run it: a
+			// key not there now may have ended since, by its TTL or an
+			// operator's DEL. So a later try writes what is left of the
+			// ban from that first send, and nothing once it is over: a
+			// retry put an ended ban back for its whole length (atk96, a
+			// README-only attack: a 1 s ban held three times, and an
+			// operator's DEL undone for 20 s).
+			return nil, nil
+		}
+		own, left, err := l.setOwn(ctx, b.Key, b.Reason, ttl)
 		if !own {
 			// Already blocked: by an operator, or by another broker just now.
 			if err != nil {
