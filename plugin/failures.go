@@ -224,10 +224,11 @@ func (q *failureQueue) count(f failure) {
 		q.resetCount(*f.reset)
 		return
 	}
+	deadline := time.Now().Add(countRetryFor) // one failure's, all its keys' and its throttle's tries
 	for _, k := range f.keys {
 		var ban *ratelimit.Ban
 		var at ratelimit.Attempt // one failure's tries go on from each other
-		err := q.retry(&at, func(ctx context.Context) (err error) {
+		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
 			ban, err = q.counter.FailAttempt(ctx, k.scope, k.value, &at)
 			if ban != nil {
 				return nil // written; an offence left uncounted only shortens the next ban
@@ -236,6 +237,10 @@ func (q *failureQueue) count(f failure) {
 		})
 		if ban != nil {
 			q.banned(ban, f, k)
+		}
+		if errors.Is(err, ratelimit.ErrLapsed) {
+			q.lapsed(err, f)
+			continue
 		}
 		if err != nil {
 			q.lost(err)
@@ -251,10 +256,14 @@ func (q *failureQueue) count(f failure) {
 	if f.throttle && f.hasUsername {
 		var th *ratelimit.Throttle
 		var at ratelimit.Attempt
-		err := q.retry(&at, func(ctx context.Context) (err error) {
+		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
 			th, err = q.counter.ThrottleFailAttempt(ctx, f.userTracked, q.userLimit, &at)
 			return err
 		})
+		if errors.Is(err, ratelimit.ErrLapsed) {
+			q.lapsed(err, f)
+			return
+		}
 		if err != nil {
 			q.lost(err)
 			return
@@ -271,11 +280,19 @@ func (q *failureQueue) count(f failure) {
 // its count (at.Resumable, at: the tries' Attempt, or nil), a try is made
 // again after any error but a reply of Redis's own that says it ran or
 // will fail again: what is left cannot count twice.
-func (q *failureQueue) retry(at *ratelimit.Attempt, attempt func(ctx context.Context) error) error {
-	deadline := time.Now().Add(countRetryFor)
+func (q *failureQueue) retry(deadline time.Time, at *ratelimit.Attempt, attempt func(ctx context.Context) error) error {
 	wait := 100 * time.Millisecond
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), countTimeout)
+		// Each try within countTimeout, and within the failure's deadline
+		// but for one short try past it (a key after a slow one is tried).
+		end, least := time.Now().Add(countTimeout), time.Now().Add(wait)
+		if deadline.Before(end) {
+			end = deadline
+		}
+		if end.Before(least) {
+			end = least
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), end)
 		err := attempt(ctx)
 		cancel()
 		again := notRun(err) || (at != nil && at.Resumable() && !store.IsReply(err))
@@ -310,6 +327,15 @@ func notRun(err error) bool {
 // lost gives up on a failure that could not be counted: Redis is marked
 // down (the health probe says when it is back), and the loss is logged with
 // the next report of the queue.
+// lapsed says that a ban or throttle a failure went over was not written:
+// its time was over before Redis answered. Redis answers now (this try did
+// not ask it), so it is not marked down; the failure counts as not counted.
+func (q *failureQueue) lapsed(err error, f failure) {
+	q.uncounted.Add(1)
+	q.lostTotal.Add(1)
+	q.log(LevelWarning, clientLine("ban_lapsed", &Client{}, f.ip).Str("error", err.Error()).String())
+}
+
 func (q *failureQueue) lost(err error) {
 	q.down(err)
 	q.uncounted.Add(1)

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -43,4 +44,24 @@ func TestBanWhoseReplyWasLostIsTriedAgain(t *testing.T) {
 	assert.Equal(t, "1", r.CLI("GET", "guard:offences:ip:192.0.2.77"), "its offence counted once")
 	assert.Equal(t, 1, strings.Count(ls.all(), "event=banned"))
 	assert.NotContains(t, ls.all(), "not counted")
+}
+
+// A ban whose time was over before Redis answered is logged as such, and
+// Redis, which answers, is not marked down. Before, the try returned no
+// ban and no error: nothing said that the failure over its limit had no
+// ban (a review of 210e1f4).
+func TestLapsedBanIsLogged(t *testing.T) {
+	lapsed := fmt.Errorf("ratelimit: write ban %q: %w", "guard:block:ip:192.0.2.78", ratelimit.ErrLapsed)
+	ct := &flakyCounter{errs: []error{lapsed}}
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_scopes": "ip"})
+	require.NoError(t, err)
+	ls := &logSink{}
+	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: newFakeStore(), Counter: ct})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	assert.Equal(t, Deny, g.Authenticate(cl(1, "192.0.2.78", "a", "alice", "bad")).Result)
+	require.Eventually(t, func() bool { return strings.Contains(ls.all(), "event=ban_lapsed") }, 2*time.Second, 5*time.Millisecond)
+	assert.Contains(t, ls.all(), `guard:block:ip:192.0.2.78`)
+	assert.NotContains(t, ls.all(), "unreachable", "Redis not marked down")
+	assert.Equal(t, 1, ct.tries(), "not tried again")
 }

@@ -175,6 +175,12 @@ type Attempt struct {
 	written bool      // the ban is in Redis, this attempt's
 }
 
+// ErrLapsed: a later try of a ban or throttle found its time over before
+// it could write it (Redis did not answer for that long). An earlier try's
+// write may have held meanwhile, or none: it was not logged, and the
+// failure's ban was not counted.
+var ErrLapsed = errors.New("its time was over before Redis answered")
+
 // Resumable reports whether a try may be made again after any error but
 // Redis's own refusal: the failure's count answered, and what is left (a
 // read, the ban's SET NX of the value decided, the offence's count against
@@ -245,8 +251,9 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 			// retry put an ended ban back for its whole length (atk96, a
 			// README-only attack: a 1 s ban held three times, and an
 			// operator's DEL undone for 20 s).
-			return nil, nil
+			return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), ErrLapsed)
 		}
+		sent := time.Now()
 		own, left, err := l.setOwn(ctx, b.Key, b.Reason, ttl)
 		if !own {
 			// Already blocked: by an operator, or by another broker just now.
@@ -257,8 +264,13 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 		}
 		// Its end in Redis, not the end decided: a later try wrote it
 		// later, and the replica entry this ban makes on this broker
-		// (Guard.listed) must not end before Redis's key.
-		b.Expires = time.Now().Add(left)
+		// (Guard.listed) must not end after Redis's key, which its
+		// expiry would take for an operator's lift: from before the send,
+		// so never after. No end: an operator's PERSIST of it (PTTL -1).
+		b.Expires = time.Time{}
+		if left >= 0 {
+			b.Expires = sent.Add(left)
+		}
 		a.written = true
 	}
 	keep := d + l.policy.BanMax
@@ -336,8 +348,8 @@ return n`)
 // ran it), or an earlier try of the same Attempt wrote it, and the SET found
 // that value there. So value must name this call's write: its caller puts a
 // random number in it. left is how long the key has left: ttl when this SET
-// wrote it, its PTTL when an earlier send did. An error reading the key back
-// after an "exists" says the write may be this call's.
+// wrote it, its PTTL when an earlier send did, -1 for no end. An error
+// reading the key back after an "exists" says the write may be this call's.
 func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Duration) (own bool, left time.Duration, err error) {
 	err = l.rdb.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
 	if !errors.Is(err, redis.Nil) {
@@ -356,10 +368,15 @@ func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Durati
 		return false, 0, nil
 	}
 	left, err = pttl.Result()
-	if err != nil {
+	switch {
+	case err != nil:
 		return false, 0, fmt.Errorf("found it written, reading its TTL: %w", err)
+	case left == -2: // go-redis gives PTTL's -2 and -1 as they are, in ns
+		return false, 0, nil // gone between the GET and the PTTL
+	case left < 0:
+		return true, -1, nil // ours, with no end (an operator's PERSIST)
 	}
-	return true, max(left, 0), nil
+	return true, left, nil
 }
 
 // Reset forgets the failures counted for value in scope (not its offences):
@@ -433,7 +450,7 @@ func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit
 	// allowance admits a failure again).
 	t := a.thr
 	if t.Duration -= time.Since(a.thrAt).Truncate(time.Millisecond); t.Duration <= 0 {
-		return nil, nil
+		return nil, fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), ErrLapsed)
 	}
 	a.thrAt = time.Now()
 	own, left, err := l.setOwn(ctx, t.Key, t.Reason, t.Duration)
@@ -444,7 +461,10 @@ func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit
 		}
 		return nil, err
 	}
-	t.Duration = left
+	if left > 0 {
+		t.Duration = left - time.Since(a.thrAt) // from before the send: never past Redis's end
+	}
+	t.Duration = max(t.Duration, time.Millisecond)
 	return t, nil
 }
 

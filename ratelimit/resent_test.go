@@ -295,7 +295,7 @@ func TestBanTriedAgainDoesNotOutliveItsTime(t *testing.T) {
 	time.Sleep(2200 * time.Millisecond)
 	require.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.40"), "control: expired")
 	b, err := direct.FailAttempt(ctx, keys.IP, "192.0.2.40", a)
-	require.NoError(t, err)
+	assert.ErrorIs(t, err, ErrLapsed)
 	assert.Nil(t, b)
 	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.40"), "not put back")
 
@@ -309,4 +309,51 @@ func TestBanTriedAgainDoesNotOutliveItsTime(t *testing.T) {
 	pttl := rdb.PTTL(ctx, "guard:block:ip:192.0.2.41").Val()
 	assert.Less(t, pttl, 1200*time.Millisecond, "what was left of it")
 	assert.WithinDuration(t, time.Now().Add(pttl), b.Expires, 300*time.Millisecond)
+}
+
+// A later try that finds the ban's time over says so (ErrLapsed), where it
+// returned no ban and no error, and the failure went on as if under its
+// limit, unlogged (a review of 210e1f4); the same for a throttle.
+func TestLapsedTryIsAnError(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	p := Policy{Limit: 1, Window: time.Second, BanTime: time.Second, BanMax: time.Hour}
+	direct := New(rdb, kb, p)
+	_, err := direct.Fail(ctx, keys.IP, "192.0.2.50")
+	require.NoError(t, err)
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.50", false), MaxRetries: -1})
+	t.Cleanup(func() { cut.Close() })
+	var a Attempt
+	_, err = New(cut, kb, p).FailAttempt(ctx, keys.IP, "192.0.2.50", &a)
+	require.Error(t, err)
+	time.Sleep(1100 * time.Millisecond)
+	b, err := direct.FailAttempt(ctx, keys.IP, "192.0.2.50", &a)
+	assert.Nil(t, b)
+	assert.ErrorIs(t, err, ErrLapsed)
+
+	_, err = direct.ThrottleFailTracked(ctx, "bob", 1)
+	require.NoError(t, err)
+	cutT := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "throttle:username:bob", false), MaxRetries: -1})
+	t.Cleanup(func() { cutT.Close() })
+	var at Attempt
+	_, err = New(cutT, kb, p).ThrottleFailAttempt(ctx, "bob", 1, &at)
+	require.Error(t, err)
+	time.Sleep(1100 * time.Millisecond)
+	th, err := direct.ThrottleFailAttempt(ctx, "bob", 1, &at)
+	assert.Nil(t, th)
+	assert.ErrorIs(t, err, ErrLapsed)
+}
+
+// A ban of ours that an operator made lasting (PERSIST) reads back with
+// no end, not as one ending now (a review of 210e1f4).
+func TestBanReadBackWithNoEnd(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute})
+	require.NoError(t, rdb.Set(ctx, "guard:block:ip:192.0.2.51", "auto: ours", 0).Err())
+	own, left, err := l.setOwn(ctx, "guard:block:ip:192.0.2.51", "auto: ours", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, own)
+	assert.Equal(t, time.Duration(-1), left)
 }
