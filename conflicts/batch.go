@@ -86,8 +86,8 @@ func (t *Tracker) handle(ctx context.Context, batch []event) error {
 	dups, takeovers = t.heldLive(ctx, dups, takeovers, now)
 	if len(dups) > 0 {
 		// One round trip for the batch's duplicates (a fleet's takeovers
-		// at once), not one each.
-		// A count that fails loses these counts alone: the batch's
+		// at once), not one each. A count that fails loses those counts
+		// alone (CountTakeovers gives -1 for each): the batch's
 		// connections are written, and its other findings are still
 		// reported. (Before, the batch ended here: a takeover by another
 		// principal in it went unreported, and the whole batch was logged

@@ -277,9 +277,10 @@ func (q *failureQueue) count(f failure) {
 // retry runs attempt, each try bounded by countTimeout, until it succeeds,
 // fails in a way that may have reached Redis, countRetryFor has passed, or
 // the guard stops. While Redis refuses, the health probe reports it. Past
-// its count (at.Resumable, at: the tries' Attempt, or nil), a try is made
+// its count (at.Resumable), a try is made
 // again after any error but a reply of Redis's own that says it ran or
-// will fail again: what is left cannot count twice.
+// will fail again: what is left cannot count twice. at is the tries'
+// Attempt.
 func (q *failureQueue) retry(deadline time.Time, at *ratelimit.Attempt, attempt func(ctx context.Context) error) error {
 	wait := 100 * time.Millisecond
 	for {
@@ -295,7 +296,7 @@ func (q *failureQueue) retry(deadline time.Time, at *ratelimit.Attempt, attempt 
 		ctx, cancel := context.WithDeadline(context.Background(), end)
 		err := attempt(ctx)
 		cancel()
-		again := notRun(err) || (at != nil && at.Resumable() && !store.IsReply(err))
+		again := notRun(err) || (at.Resumable() && !store.IsReply(err))
 		if err == nil || !again || time.Now().Add(wait).After(deadline) {
 			return err
 		}
@@ -324,9 +325,6 @@ func notRun(err error) bool {
 	return store.Unavailable(err)
 }
 
-// lost gives up on a failure that could not be counted: Redis is marked
-// down (the health probe says when it is back), and the loss is logged with
-// the next report of the queue.
 // lapsed says that a ban or throttle a failure went over was not written:
 // its time was over before Redis answered. Redis answers now (this try did
 // not ask it), so it is not marked down; the failure counts as not counted.
@@ -336,6 +334,9 @@ func (q *failureQueue) lapsed(err error, f failure) {
 	q.log(LevelWarning, clientLine("ban_lapsed", &Client{}, f.ip).Str("error", err.Error()).String())
 }
 
+// lost gives up on a failure that could not be counted: Redis is marked
+// down (the health probe says when it is back), and the loss is logged with
+// the next report of the queue.
 func (q *failureQueue) lost(err error) {
 	q.down(err)
 	q.uncounted.Add(1)
