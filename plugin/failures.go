@@ -114,6 +114,7 @@ type failureQueue struct {
 	dropped   atomic.Int64  // not queued: the queue was full
 	uncounted atomic.Int64  // queued, but Redis did not count them
 	lostTotal atomic.Uint64 // both, since start, for the metrics
+	retryFor  time.Duration // 0: countRetryFor (tests make it shorter)
 }
 
 // failureDeps are what the failure worker needs of the guard.
@@ -224,7 +225,11 @@ func (q *failureQueue) count(f failure) {
 		q.resetCount(*f.reset)
 		return
 	}
-	deadline := time.Now().Add(countRetryFor) // one failure's, all its keys' and its throttle's tries
+	retryFor := countRetryFor
+	if q.retryFor > 0 {
+		retryFor = q.retryFor
+	}
+	deadline := time.Now().Add(retryFor) // one failure's, all its keys' and its throttle's tries
 	for _, k := range f.keys {
 		var ban *ratelimit.Ban
 		var at ratelimit.Attempt // one failure's tries go on from each other

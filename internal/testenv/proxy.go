@@ -75,3 +75,66 @@ func ClosingProxy(t testing.TB, addr, trigger string, passOnce bool) string {
 	}()
 	return l.Addr().String()
 }
+
+// DelayingProxy forwards connections to addr, and holds back by delay the
+// reply to each request holding trigger (lower case): Redis ran the
+// request at once, and the client reads its reply delay later, as over a
+// slow or congested link. It serves clients that wait for each reply
+// before they send again (a request's reply is the next one read).
+func DelayingProxy(t testing.TB, addr, trigger string, delay time.Duration) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			var held atomic.Int32 // replies to hold back
+			go func() {
+				defer c.Close()
+				defer s.Close()
+				buf := make([]byte, 1<<16)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if strings.Contains(strings.ToLower(string(buf[:n])), trigger) {
+						held.Add(1)
+					}
+					if _, err := s.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 1<<16)
+				for {
+					n, err := s.Read(buf)
+					if err != nil {
+						return
+					}
+					if held.Load() > 0 {
+						held.Add(-1)
+						time.Sleep(delay)
+					}
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
