@@ -34,6 +34,9 @@ type failure struct {
 	userTracked                  string    // keys.Tracking(username), counted toward its throttle
 	keys                         []failKey // the keys it counts under, one per fail scope
 	throttle                     bool      // count it toward the username's throttle
+	// times is how many failures it is (0: one): more for the failures
+	// counted on this broker while Redis did not answer (owedFailures).
+	times int
 	// reset, when set, is not a failure: an automatic ban of this key was
 	// lifted early, and its count is reset here, in order with the failures
 	// queued before and after it (see Guard.liftedEarly).
@@ -230,35 +233,43 @@ func (q *failureQueue) count(f failure) {
 		retryFor = q.retryFor
 	}
 	deadline := time.Now().Add(retryFor) // one failure's, all its keys' and its throttle's tries
+	times := max(f.times, 1)
+keys:
 	for _, k := range f.keys {
-		var ban *ratelimit.Ban
-		var at ratelimit.Attempt // one failure's tries go on from each other
-		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
-			ban, err = q.counter.FailAttempt(ctx, k.scope, k.value, &at)
+		for range times {
+			var ban *ratelimit.Ban
+			var at ratelimit.Attempt // one failure's tries go on from each other
+			err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
+				ban, err = q.counter.FailAttempt(ctx, k.scope, k.value, &at)
+				if ban != nil {
+					return nil // written; an offence left uncounted only shortens the next ban
+				}
+				return err
+			})
 			if ban != nil {
-				return nil // written; an offence left uncounted only shortens the next ban
+				q.banned(ban, f, k)
+				continue keys // banned: the failures left count for nothing more
 			}
-			return err
-		})
-		if ban != nil {
-			q.banned(ban, f, k)
-		}
-		if errors.Is(err, ratelimit.ErrLapsed) {
-			q.lapsed(err, f)
-			continue
-		}
-		if err != nil {
-			q.lost(err)
-			if store.IsKeyReply(err) {
-				// About this key alone (an operator's stray value under
-				// it): the failure's other keys and its username's
-				// throttle still count (atk69).
-				continue
+			if errors.Is(err, ratelimit.ErrLapsed) {
+				q.lapsed(err, f)
+				continue keys
 			}
-			return
+			if err != nil {
+				q.lost(err)
+				if store.IsKeyReply(err) {
+					// About this key alone (an operator's stray value under
+					// it): the failure's other keys and its username's
+					// throttle still count (atk69).
+					continue keys
+				}
+				return
+			}
 		}
 	}
-	if f.throttle && f.hasUsername {
+	if !f.throttle || !f.hasUsername {
+		return
+	}
+	for range times {
 		var th *ratelimit.Throttle
 		var at ratelimit.Attempt
 		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
@@ -275,6 +286,7 @@ func (q *failureQueue) count(f failure) {
 		}
 		if th != nil {
 			q.throttled(th, f)
+			return
 		}
 	}
 }
@@ -301,7 +313,9 @@ func (q *failureQueue) retry(deadline time.Time, at *ratelimit.Attempt, attempt 
 		ctx, cancel := context.WithDeadline(context.Background(), end)
 		err := attempt(ctx)
 		cancel()
-		again := notRun(err) || (at.Resumable() && !store.IsReply(err))
+		// A lapsed ban or throttle is over: trying again lapses again
+		// (atk97: the worker held for the whole deadline).
+		again := notRun(err) || (at.Resumable() && !store.IsReply(err) && !errors.Is(err, ratelimit.ErrLapsed))
 		if err == nil || !again || time.Now().Add(wait).After(deadline) {
 			return err
 		}

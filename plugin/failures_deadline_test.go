@@ -10,9 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
@@ -90,4 +92,38 @@ func TestFailureRetriedWithinOneDeadline(t *testing.T) {
 	assert.Equal(t, 1, downs, "given up once: Redis marked down")
 	mu.Unlock()
 	assert.EqualValues(t, 1, q.uncounted.Load(), "one failure not counted")
+}
+
+// A ban found lapsed (ratelimit.ErrLapsed: its time was over before a try
+// could write it) ends the failure's tries at once. Before, it was taken
+// for any error past the count and tried again until the failure's
+// deadline: each try lapsed again at once, the queue's single worker held
+// for the whole countRetryFor (30 s) with the failures behind it waiting,
+// and the ban_lapsed line came that late (atk97: 23 s after Redis answered
+// again).
+func TestLapsedBanEndsItsTries(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	kb := keys.Builder{Prefix: "guard:"}
+	p := ratelimit.Policy{Limit: 1, Window: time.Minute, BanTime: 300 * time.Millisecond, BanMax: time.Hour}
+	direct := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { direct.Close() })
+	_, err := ratelimit.New(direct, kb, p).Fail(ctx, keys.IP, "192.0.2.79") // the allowance spent
+	require.NoError(t, err)
+	// Every SET of the ban cut before Redis reads it; no resend of go-redis's own.
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.79", false), MaxRetries: -1})
+	t.Cleanup(func() { cut.Close() })
+	ls := &logSink{}
+	q := &failureQueue{failureDeps: failureDeps{counter: ratelimit.New(cut, kb, p), policy: p, userLimit: 3,
+		log: ls.log, now: time.Now, down: func(error) {}, listed: func(string, string, time.Time) {}}, retryFor: 5 * time.Second}
+	ip := netip.MustParseAddr("192.0.2.79")
+	cli := cl(1, ip.String(), "dev", "bob", "wrong")
+
+	start := time.Now()
+	q.count(newFailure(&cli, ip, []failKey{{keys.IP, ip.String()}}, false))
+	took := time.Since(start)
+
+	assert.Contains(t, ls.all(), "event=ban_lapsed")
+	assert.Less(t, took, 1500*time.Millisecond, "ended at the lapse, not at the failure's deadline (5 s)")
+	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.79"), "control: no SET ran")
 }

@@ -69,6 +69,7 @@ type Guard struct {
 	local        *ratelimit.Local   // this broker's own failure count, on the broker thread
 	localUser    *ratelimit.Local   // the same for each username's failures from every source (the throttle)
 	localClaimed *ratelimit.Local   // throttled usernames: failures of sources known by client ID only
+	owed         *owedFailures      // failures counted here alone while Redis did not answer
 	known        *knownSources      // nil without Redis or with username_fail_limit 0
 	knownLost    chan struct{}      // Redis lost its keys: the live connections' known sources are written again (rewriteKnownLoop)
 	knownRetry   atomic.Bool        // a rewrite failed: again once Redis answers
@@ -233,6 +234,7 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	userPolicy.Limit = max(cfg.UsernameFailLimit, 1)
 	g.localUser = ratelimit.NewLocal(userPolicy, ratelimit.DefaultLocalKeys)
 	g.localClaimed = ratelimit.NewLocal(ratelimit.Policy{Limit: 1, Window: cfg.Policy.Window}, ratelimit.DefaultLocalKeys)
+	g.owed = newOwedFailures(cfg.Policy.Window)
 	g.health = newHealth(healthDeps{probe: g.store.Ping, timeout: cfg.RedisTimeout, log: g.log,
 		where: cfg.RedisWhere(), deny: cfg.DenyWhenRedisDown})
 	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
@@ -255,13 +257,15 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	// to think they went: relistNow. Redis marked down by one slow answer,
 	// and up 200 ms later, lost nothing: a relist at each was 2 000 writes
 	// for 2 000 held connections, atk30.)
-	if g.known != nil {
-		g.health.back = func() {
+	// And the failures counted here alone meanwhile are counted in it.
+	g.health.back = func() {
+		if g.known != nil {
 			g.known.forgetWritten(g.now())
 			if g.knownRetry.Swap(false) {
 				g.knownLostNow()
 			}
 		}
+		g.replayOwed()
 	}
 	g.spawn("redis health", func() { g.health.run(g.stop) })
 	if tracking {

@@ -162,6 +162,8 @@ func (g *Guard) failed(c *Client, ip netip.Addr, redisOK, claimed bool) {
 		}
 	}
 	if !redisOK {
+		// Counted in Redis when it answers again (owedFailures).
+		g.owed.add(newFailure(c, ip, fk, g.known != nil), now)
 		return
 	}
 	g.failures.add(newFailure(c, ip, fk, g.known != nil))

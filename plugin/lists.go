@@ -353,6 +353,7 @@ const liftSlack = 250 * time.Millisecond
 func (g *Guard) liftedEarly(scope keys.Scope, value string) {
 	k := failKey{scope, value}
 	g.local.Reset(k.local())
+	g.owed.forget(k)
 	// Through the failure queue: a failure counted before the lift must not
 	// land after the reset and ban the key again at once.
 	g.failures.addReset(k)
