@@ -134,6 +134,12 @@ type failureDeps struct {
 	spawn  func(name string, fn func()) // a goroutine the guard's Close waits for
 	stop   <-chan struct{}              // closed when the guard closes
 	m      *guardMetrics                // nil: no metrics
+	// owe holds a failure Redis was not told of (the queue full, or given
+	// up on), to be counted in it later (owedFailures); false: not held
+	// (its bound reached). nil: none held.
+	owe func(f failure) bool
+	// replay counts the failures held, when Redis answers (every report).
+	replay func()
 }
 
 // failureQueueSize bounds the failures queued: 4096 of them, each its
@@ -153,6 +159,13 @@ func (q *failureQueue) add(f failure) {
 	select {
 	case q.ch <- f:
 	default:
+		// Counted later (the next report's replay) rather than never: a
+		// flood's failures dropped here, counted on this broker alone,
+		// would let its count gate each source to the rate Redis's
+		// allowance refills at, and Redis would never ban it (owedFailures).
+		if q.owe != nil && q.owe(f) {
+			return
+		}
 		q.dropped.Add(1)
 		q.lostTotal.Add(1)
 	}
@@ -180,6 +193,9 @@ func (q *failureQueue) run() {
 		case f := <-q.ch:
 			q.countSafely(f)
 		case <-report.C:
+			if q.replay != nil {
+				q.replay()
+			}
 			if n := q.dropped.Swap(0); n > 0 {
 				q.log(LevelWarning, fmt.Sprintf("mosquitto-guard: %d failed authentications not counted: the counting queue was full", n))
 			}
@@ -235,7 +251,7 @@ func (q *failureQueue) count(f failure) {
 	deadline := time.Now().Add(retryFor) // one failure's, all its keys' and its throttle's tries
 	times := max(f.times, 1)
 keys:
-	for _, k := range f.keys {
+	for i, k := range f.keys {
 		for range times {
 			var ban *ratelimit.Ban
 			var at ratelimit.Attempt // one failure's tries go on from each other
@@ -255,13 +271,21 @@ keys:
 				continue keys
 			}
 			if err != nil {
-				q.lost(err)
 				if store.IsKeyReply(err) {
 					// About this key alone (an operator's stray value under
 					// it): the failure's other keys and its username's
 					// throttle still count (atk69).
+					q.lost(err)
 					continue keys
 				}
+				// The keys left, and the throttle, are counted when Redis
+				// answers again (owedFailures); this one too, though its
+				// count may have run: once more is a ban a failure early,
+				// where never is no ban while this broker's own count gates
+				// the source.
+				left := f
+				left.keys = f.keys[i:]
+				q.giveUp(err, left)
 				return
 			}
 		}
@@ -281,7 +305,9 @@ keys:
 			return
 		}
 		if err != nil {
-			q.lost(err)
+			left := f
+			left.keys = nil
+			q.giveUp(err, left)
 			return
 		}
 		if th != nil {
@@ -360,6 +386,19 @@ func (q *failureQueue) lost(err error) {
 	q.down(err)
 	q.uncounted.Add(1)
 	q.lostTotal.Add(1)
+}
+
+// giveUp is lost, for a failure whose keys (and throttle) left are held to
+// be counted when Redis answers again, as far as its bound allows. Not when
+// Redis answered and refused (NOPERM, OOM, a script error): it would refuse
+// again, and each replay would mark it down and back, a loop at the
+// health probe's pace.
+func (q *failureQueue) giveUp(err error, left failure) {
+	if q.owe != nil && !store.IsReply(err) && q.owe(left) {
+		q.down(err)
+		return
+	}
+	q.lost(err)
 }
 
 // banned spreads an automatic ban this broker wrote, and logs it with the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -74,7 +75,13 @@ func TestNotRun(t *testing.T) {
 }
 
 // A failure whose count Redis refused unrun (down, loading) is retried
-// until counted; one whose count may have run is not counted again.
+// until counted; one whose count may have run is not sent again among its
+// tries: it is given up on, Redis marked down, and held, to be counted once
+// when Redis answers again (owedFailures). Until 86ebc24 it was never
+// counted again: a source one failure short in Redis, gated by this
+// broker's own count to the rate Redis's allowance refills at, was never
+// banned (atk97). Counted twice, it is banned a failure early.
+
 func TestFailureCountRetries(t *testing.T) {
 	newGuardWith := func(ct FailCounter) (*Guard, *logSink) {
 		cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t)})
@@ -100,8 +107,11 @@ func TestFailureCountRetries(t *testing.T) {
 	g, ls := newGuardWith(ct)
 	assert.Equal(t, Deny, g.Authenticate(cl(1, "192.0.2.2", "a", "alice", "bad")).Result)
 	require.Eventually(t, func() bool { return ct.tries() == 1 }, time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return strings.Contains(ls.all(), "unreachable") }, time.Second, 5*time.Millisecond, "Redis is marked down")
+	assert.Empty(t, ct.counted(), "not sent again among its tries")
+	assert.Equal(t, []string{"ip=192.0.2.2"}, waitCounted(t, &ct.fakeCounter, 1), "counted once Redis answered again")
+	all := ls.all()
+	assert.Less(t, strings.Index(all, "unreachable"), strings.Index(all, "is back"), "after Redis was back: %s", all)
 	time.Sleep(400 * time.Millisecond)
-	assert.Equal(t, 1, ct.tries(), "a count that may have run is not sent again")
-	assert.Empty(t, ct.counted())
-	assert.Contains(t, ls.all(), "unreachable", "Redis is marked down")
+	assert.Equal(t, 2, ct.tries(), "and once only")
 }

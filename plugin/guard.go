@@ -70,6 +70,7 @@ type Guard struct {
 	localUser    *ratelimit.Local   // the same for each username's failures from every source (the throttle)
 	localClaimed *ratelimit.Local   // throttled usernames: failures of sources known by client ID only
 	owed         *owedFailures      // failures counted here alone while Redis did not answer
+	replaying    atomic.Bool        // replayOwed's goroutine is queueing
 	known        *knownSources      // nil without Redis or with username_fail_limit 0
 	knownLost    chan struct{}      // Redis lost its keys: the live connections' known sources are written again (rewriteKnownLoop)
 	knownRetry   atomic.Bool        // a rewrite failed: again once Redis answers
@@ -238,7 +239,8 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	g.health = newHealth(healthDeps{probe: g.store.Ping, timeout: cfg.RedisTimeout, log: g.log,
 		where: cfg.RedisWhere(), deny: cfg.DenyWhenRedisDown})
 	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
-		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop, m: g.metrics})
+		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop, m: g.metrics,
+		owe: func(f failure) bool { return g.owed.add(f, g.now()) }, replay: g.replayOwed})
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
 		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
 			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window, userLimit: cfg.UsernameFailLimit,

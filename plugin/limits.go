@@ -163,7 +163,10 @@ func (g *Guard) failed(c *Client, ip netip.Addr, redisOK, claimed bool) {
 	}
 	if !redisOK {
 		// Counted in Redis when it answers again (owedFailures).
-		g.owed.add(newFailure(c, ip, fk, g.known != nil), now)
+		if !g.owed.add(newFailure(c, ip, fk, g.known != nil), now) {
+			g.failures.uncounted.Add(1) // past the holding's bound: reported as not counted
+			g.failures.lostTotal.Add(1)
+		}
 		return
 	}
 	g.failures.add(newFailure(c, ip, fk, g.known != nil))

@@ -31,14 +31,21 @@ import (
 // the last failure under it: at most failureHeld (1 KB) of its own strings
 // and about 200 bytes more, under 10 MB in all however long the outage and
 // however many sources fail in it. Past them a failure under a new key is
-// not held, and counted as not counted (the queue's report) when Redis is
-// back. A broker that stops before Redis answers forgets them.
+// not held, and reported as not counted (the queue's report). A broker
+// that stops first forgets them.
+//
+// The failure queue holds here too the failures it dropped (full: a flood
+// outran Redis) or gave up on (Redis did not answer for 30 s): counted on
+// this broker alone, they would part the counts the same way. They are
+// counted at the queue's next report (10 s) or when Redis answers again. A
+// failure given up on may have been counted already (a lost reply): then
+// it counts twice, a ban one failure early, where not held it could keep
+// its source from ever being banned.
 type owedFailures struct {
 	mu     sync.Mutex
 	keys   map[failKey]*owedOne
 	users  map[string]*owedOne // by the tracked username (failure.userTracked)
 	period int64               // fail_window, in ns
-	full   int                 // failures not held since the last replay: the maps were full
 }
 
 // owedOne is one key's (or one username's) failures held: the last of
@@ -56,16 +63,21 @@ func newOwedFailures(window time.Duration) *owedFailures {
 	return &owedFailures{keys: map[failKey]*owedOne{}, users: map[string]*owedOne{}, period: int64(window)}
 }
 
-// add holds f, a failure Redis could not be told of, at now.
-func (o *owedFailures) add(f failure, now time.Time) {
+// add holds f, a failure (f.times of them) Redis could not be told of, at
+// now. It reports whether it held all of it: not when a key or username
+// new to it finds its bound reached (that part is counted as not counted
+// at the next replay).
+func (o *owedFailures) add(f failure, now time.Time) bool {
 	n := now.UnixNano()
+	d := int64(max(f.times, 1)) * o.period
+	all := true
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, k := range f.keys {
 		e := o.keys[k]
 		if e == nil {
 			if len(o.keys) >= owedMax {
-				o.full++
+				all = false
 				continue
 			}
 			e = &owedOne{}
@@ -74,22 +86,29 @@ func (o *owedFailures) add(f failure, now time.Time) {
 		e.f = f
 		e.f.keys = []failKey{k}
 		e.f.throttle = false
-		e.tat = max(e.tat, n) + o.period
+		e.tat = max(e.tat, n) + d
 	}
 	if f.throttle && f.hasUsername {
 		e := o.users[f.userTracked]
 		if e == nil {
 			if len(o.users) >= owedMax {
-				o.full++
-				return
+				return false
 			}
 			e = &owedOne{}
 			o.users[f.userTracked] = e
 		}
 		e.f = f
 		e.f.keys = nil
-		e.tat = max(e.tat, n) + o.period
+		e.tat = max(e.tat, n) + d
 	}
+	return all
+}
+
+// empty reports whether nothing is held.
+func (o *owedFailures) empty() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.keys) == 0 && len(o.users) == 0
 }
 
 // forget drops k's failures held: an operator lifted its ban (Guard.liftedEarly).
@@ -101,13 +120,12 @@ func (o *owedFailures) forget(k failKey) {
 
 // take empties the holding, and returns the failures to count in Redis at
 // now, each with its times: what its count has not refilled, at most
-// keyMax for a key and userMax for a username; and how many were not held.
-func (o *owedFailures) take(now time.Time, keyMax, userMax int) (out []failure, full int) {
+// keyMax for a key and userMax for a username.
+func (o *owedFailures) take(now time.Time, keyMax, userMax int) (out []failure) {
 	n := now.UnixNano()
 	o.mu.Lock()
 	keys, users := o.keys, o.users
-	full = o.full
-	o.keys, o.users, o.full = map[failKey]*owedOne{}, map[string]*owedOne{}, 0
+	o.keys, o.users = map[failKey]*owedOne{}, map[string]*owedOne{}
 	o.mu.Unlock()
 	due := func(e *owedOne, most int) int {
 		if e.tat <= n || o.period <= 0 {
@@ -129,23 +147,27 @@ func (o *owedFailures) take(now time.Time, keyMax, userMax int) (out []failure, 
 			out = append(out, f)
 		}
 	}
-	return out, full
+	return out
 }
 
 // replayOwed counts in Redis, through the failure queue, the failures held
-// while it did not answer (owedFailures). It waits for room in the queue
-// (the guard's stop ends the wait), on a goroutine of its own: health calls
-// it when Redis answers again, and must not block.
+// while it did not answer, or dropped or given up on by the queue
+// (owedFailures). It waits for room in the queue (the guard's stop ends the
+// wait), on a goroutine of its own: health calls it when Redis answers
+// again, and must not block; the queue's worker at each report (10 s),
+// for failures held while Redis answered. Nothing while Redis does not
+// answer, nor while the last replay is still queueing.
 func (g *Guard) replayOwed() {
-	fs, full := g.owed.take(g.now(), g.cfg.Policy.Limit+1, g.cfg.UsernameFailLimit+1)
-	if full > 0 {
-		g.failures.uncounted.Add(int64(full))
-		g.failures.lostTotal.Add(uint64(full))
+	if !g.health.up() || g.owed.empty() || !g.replaying.CompareAndSwap(false, true) {
+		return
 	}
+	fs := g.owed.take(g.now(), g.cfg.Policy.Limit+1, g.cfg.UsernameFailLimit+1)
 	if len(fs) == 0 {
+		g.replaying.Store(false)
 		return
 	}
 	g.spawn("failures held while redis was down", func() {
+		defer g.replaying.Store(false)
 		n := 0
 		for _, f := range fs {
 			select {
@@ -155,6 +177,6 @@ func (g *Guard) replayOwed() {
 				return
 			}
 		}
-		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: redis is back: counting in it the %d failed authentications (%d keys and usernames) this broker counted alone meanwhile and has not refilled yet", n, len(fs)))
+		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: counting in redis the %d failed authentications (%d keys and usernames) this broker counted alone (redis down, or the counting queue full) and has not refilled yet", n, len(fs)))
 	})
 }

@@ -89,7 +89,7 @@ func TestOwedFailuresOnlyWhatIsNotRefilled(t *testing.T) {
 	assert.Eventually(t, func() bool { return r.CLI("EXISTS", "rate:guard:fail:ip:192.0.2.82") == "1" }, time.Second, 5*time.Millisecond,
 		"the failure not refilled is counted: %s", ls.all())
 	assert.Equal(t, "0", r.CLI("EXISTS", "rate:guard:fail:ip:192.0.2.81"), "the refilled ones not")
-	assert.Contains(t, ls.all(), "counting in it the 1 failed authentications (1 keys and usernames)")
+	assert.Contains(t, ls.all(), "counting in redis the 1 failed authentications (1 keys and usernames)")
 	time.Sleep(time.Second)
 	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.81"), "refilled before Redis was back: %s", ls.all())
 	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.82"), "under its limit")
@@ -110,4 +110,61 @@ func TestOwedFailuresCountTowardTheThrottle(t *testing.T) {
 		"throttled once counted: %s", ls.all())
 	require.Eventually(t, func() bool { return strings.Contains(ls.all(), "event=throttled") }, 2*time.Second, 10*time.Millisecond)
 	assert.NotContains(t, ls.all(), "event=banned", "no source over its own limit")
+}
+
+// Failures the counting queue dropped (a flood outran Redis) are held and
+// counted later (the queue's next report, here called at once), as those
+// of an outage. Before, they were reported as not counted and never were:
+// each source's count in Redis short of this broker's own, which gates it
+// to the rate Redis's allowance refills at, so that Redis never banned it.
+func TestDroppedFailuresAreCountedLater(t *testing.T) {
+	ct := &fakeCounter{gate: make(chan struct{})}
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_scopes": "ip", "username_fail_limit": "0"})
+	require.NoError(t, err)
+	ls := &logSink{}
+	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: newFakeStore(), Counter: ct})
+	require.NoError(t, err)
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(ct.gate)
+		}
+		g.Close()
+	})
+
+	// The worker held at its first failure, the queue filled, and 50 more.
+	n := failureQueueSize + 1 + 50
+	for i := range n {
+		ip := fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255)
+		require.Equal(t, Deny, g.Authenticate(cl(uintptr(1+i), ip, "a", "alice", "bad")).Result)
+	}
+	require.EqualValues(t, 0, g.failures.dropped.Load(), "none reported lost: held")
+	require.False(t, g.owed.empty(), "control: the queue was full, and the rest held")
+	close(ct.gate)
+	released = true
+	g.replayOwed()
+	require.Eventually(t, func() bool { return len(ct.counted()) == n }, 10*time.Second, 10*time.Millisecond,
+		"every failure counted: %d of %d", len(ct.counted()), n)
+	assert.Contains(t, ct.counted(), fmt.Sprintf("ip=10.%d.%d.%d", (n-1)>>16, ((n-1)>>8)&255, (n-1)&255), "the last dropped one too")
+	assert.Contains(t, ls.all(), "counting in redis the 50 failed authentications (50 keys and usernames)")
+}
+
+// A count Redis refused with a reply (NOPERM, OOM, a script's error) is not
+// held: it would be refused again, and each replay would mark Redis down
+// and back, a loop at the health probe's pace.
+func TestRefusedCountIsNotHeld(t *testing.T) {
+	ct := &flakyCounter{errs: []error{redisErr("NOPERM this user has no permissions to run the 'evalsha' command")}}
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_scopes": "ip", "username_fail_limit": "0"})
+	require.NoError(t, err)
+	ls := &logSink{}
+	g, err := NewWith(cfg, Output{Log: ls.log}, Deps{Store: newFakeStore(), Counter: ct})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	assert.Equal(t, Deny, g.Authenticate(cl(1, "192.0.2.85", "a", "alice", "bad")).Result)
+	require.Eventually(t, func() bool { return strings.Contains(ls.all(), "is back") }, 2*time.Second, 5*time.Millisecond,
+		"control: marked down by the refusal, and back: %s", ls.all())
+	g.replayOwed()
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, 1, ct.tries(), "not tried again")
+	assert.True(t, g.owed.empty())
 }
