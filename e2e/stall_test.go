@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"regexp"
 	"syscall"
 	"testing"
@@ -106,4 +107,34 @@ func TestRedisDownLogsThroughTheBroker(t *testing.T) {
 	n := e.countLines("mosquitto-guard: redis client:")
 	t.Logf("%d redis client lines in 3 s: %s", n, e.logLine("mosquitto-guard: redis client:"))
 	assert.LessOrEqual(t, n, 1, "at most one line per 10 s")
+}
+
+// A guesser whose first burst falls in a Redis stall is still banned, and
+// soon after Redis answers again: the failures this broker counted alone
+// meanwhile are counted in Redis then (README, Redis down). Before
+// (atk97), this broker's own count, exhausted by the stall's failures, let
+// the guesser check one password per fail_window from then on, the very
+// rate at which Redis's allowance refills: Redis's count never went over,
+// and no ban was ever written (13 passwords checked in 30 s).
+func TestGuesserWhoseBurstFellInAStallIsBanned(t *testing.T) {
+	e := newEnv(t, "auth_opt_fail_limit 2", "auth_opt_fail_window 3s", "auth_opt_ban_time 10s", "auth_opt_fail_scopes ip")
+	e.stallRedis(2*time.Second, func() {
+		e.logLine("unreachable") // the stall seen: failures now counted on this broker alone
+		for i := range 3 {
+			assert.EqualValues(t, refused, e.connect(as("127.8.2.1", "guess", "alice", fmt.Sprintf("bad%d", i))))
+		}
+	})
+	back := time.Now()
+	e.logLine("is back")
+	// Then one guess every 0.2 s, as atk97's guesser: banned.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && e.redis.CLI("EXISTS", "guard:block:ip:127.8.2.1") != "1" {
+		e.connect(as("127.8.2.1", "guess", "alice", "bad-again"))
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.waitKey("guard:block:ip:127.8.2.1", true, time.Second)
+	t.Logf("banned %s after Redis was back", time.Since(back).Round(10*time.Millisecond))
+	e.logLine("event=banned", "127.8.2.1")
+	assert.EqualValues(t, refused, e.connect(as("127.8.2.1", "guess", "alice", "alice-pw")), "its right guess refused")
+	assert.EqualValues(t, accepted, e.connect(as("127.8.2.2", "other", "alice", "alice-pw")), "control: another source let in")
 }
