@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"strings"
@@ -34,9 +35,13 @@ type failure struct {
 	userTracked                  string    // keys.Tracking(username), counted toward its throttle
 	keys                         []failKey // the keys it counts under, one per fail scope
 	throttle                     bool      // count it toward the username's throttle
-	// times is how many failures it is (0: one): more for the failures
-	// counted on this broker while Redis did not answer (owedFailures).
-	times int
+	// reconcile: not one failure, but the keys (and username) of failures
+	// Redis was not told of (owedFailures): count there what its counts
+	// lack of this broker's own (owedOf).
+	reconcile bool
+	// userLocal is the username as this broker's own count keeps it
+	// (ratelimit.LocalKey), for a reconcile of its throttle's count.
+	userLocal string
 	// reset, when set, is not a failure: an automatic ban of this key was
 	// lifted early, and its count is reset here, in order with the failures
 	// queued before and after it (see Guard.liftedEarly).
@@ -98,6 +103,13 @@ func newFailure(c *Client, ip netip.Addr, fk []failKey, throttle bool) failure {
 		fk[userK].value = userT
 	}
 	f.userTracked = userT
+	if throttle && c.HasUsername {
+		// As this broker's own count keeps it: the username itself (then
+		// its copy here) or its hash.
+		if f.userLocal = ratelimit.LocalKey(c.Username); f.userLocal == c.Username {
+			f.userLocal = userOwn
+		}
+	}
 	return f
 }
 
@@ -140,6 +152,11 @@ type failureDeps struct {
 	owe func(f failure) bool
 	// replay counts the failures held, when Redis answers (every report).
 	replay func()
+	// localDebt and userDebt read this broker's own counts (of a key, of a
+	// username by its ratelimit.LocalKey): what a reconcile brings Redis's
+	// up to.
+	localDebt func(k failKey) float64
+	userDebt  func(userLocal string) float64
 }
 
 // failureQueueSize bounds the failures queued: 4096 of them, each its
@@ -249,9 +266,20 @@ func (q *failureQueue) count(f failure) {
 		retryFor = q.retryFor
 	}
 	deadline := time.Now().Add(retryFor) // one failure's, all its keys' and its throttle's tries
-	times := max(f.times, 1)
 keys:
 	for i, k := range f.keys {
+		times := 1
+		if f.reconcile {
+			var err error
+			if times, err = q.owedOf(deadline, k); err != nil {
+				if store.IsKeyReply(err) {
+					q.lost(err)
+					continue keys
+				}
+				q.giveUp(err, f, i)
+				return
+			}
+		}
 		for range times {
 			var ban *ratelimit.Ban
 			var at ratelimit.Attempt // one failure's tries go on from each other
@@ -264,7 +292,7 @@ keys:
 			})
 			if ban != nil {
 				q.banned(ban, f, k)
-				continue keys // banned: the failures left count for nothing more
+				continue keys // banned: what is left of its count changes nothing
 			}
 			if errors.Is(err, ratelimit.ErrLapsed) {
 				q.lapsed(err, f)
@@ -278,20 +306,21 @@ keys:
 					q.lost(err)
 					continue keys
 				}
-				// The keys left, and the throttle, are counted when Redis
-				// answers again (owedFailures); this one too, though its
-				// count may have run: once more is a ban a failure early,
-				// where never is no ban while this broker's own count gates
-				// the source.
-				left := f
-				left.keys = f.keys[i:]
-				q.giveUp(err, left)
+				q.giveUp(err, f, i)
 				return
 			}
 		}
 	}
 	if !f.throttle || !f.hasUsername {
 		return
+	}
+	times := 1
+	if f.reconcile {
+		var err error
+		if times, err = q.owedOfUser(deadline, f); err != nil {
+			q.giveUp(err, f, len(f.keys))
+			return
+		}
 	}
 	for range times {
 		var th *ratelimit.Throttle
@@ -305,9 +334,7 @@ keys:
 			return
 		}
 		if err != nil {
-			left := f
-			left.keys = nil
-			q.giveUp(err, left)
+			q.giveUp(err, f, len(f.keys))
 			return
 		}
 		if th != nil {
@@ -315,6 +342,70 @@ keys:
 			return
 		}
 	}
+}
+
+// debtReader reads how many failures a count in Redis holds
+// (ratelimit.Limiter); a FailCounter without it is taken to hold none.
+type debtReader interface {
+	Debt(ctx context.Context, scope keys.Scope, value string) (float64, error)
+	ThrottleDebt(ctx context.Context, tracked string) (float64, error)
+}
+
+// owedOf is how many failures to count in Redis under k, held since Redis
+// was not told of some (owedFailures): as many as bring its count there up
+// to this broker's own (localDebt), rounded to the nearest. Read, not
+// remembered, so counting again what Redis already has never happens: a
+// failure whose count timed out, that a hung Redis then ran when it
+// resumed, is in both already; and a key whose ban an operator lifted
+// here has no count left of its own (Guard.liftedEarly resets it).
+func (q *failureQueue) owedOf(deadline time.Time, k failKey) (int, error) {
+	var inRedis float64
+	if dr, ok := q.counter.(debtReader); ok {
+		var at ratelimit.Attempt
+		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
+			inRedis, err = dr.Debt(ctx, k.scope, k.value)
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	var local float64
+	if q.localDebt != nil {
+		local = q.localDebt(k)
+	}
+	return owedCount(local, inRedis), nil
+}
+
+// owedOfUser is owedOf for f's username's count toward its throttle.
+func (q *failureQueue) owedOfUser(deadline time.Time, f failure) (int, error) {
+	var inRedis float64
+	if dr, ok := q.counter.(debtReader); ok {
+		var at ratelimit.Attempt
+		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
+			inRedis, err = dr.ThrottleDebt(ctx, f.userTracked)
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	var local float64
+	if q.userDebt != nil {
+		local = q.userDebt(f.userLocal)
+	}
+	return owedCount(local, inRedis), nil
+}
+
+// owedCount is how many failures bring a count holding inRedis up to one
+// holding local, rounded to the nearest: the two follow the same failures
+// at the same refill, so a difference under half a failure is timing (the
+// queue counts in Redis after this broker's own count), and half a failure
+// short is enough for Redis to ban where this broker's own count refuses:
+// the check this broker lets through once its count refills to the limit
+// finds Redis's over it.
+func owedCount(local, inRedis float64) int {
+	return max(int(math.Floor(local-inRedis+0.5)), 0)
 }
 
 // retry runs attempt, each try bounded by countTimeout, until it succeeds,
@@ -388,13 +479,16 @@ func (q *failureQueue) lost(err error) {
 	q.lostTotal.Add(1)
 }
 
-// giveUp is lost, for a failure whose keys (and throttle) left are held to
-// be counted when Redis answers again, as far as its bound allows. Not when
-// Redis answered and refused (NOPERM, OOM, a script error): it would refuse
-// again, and each replay would mark it down and back, a loop at the
-// health probe's pace.
-func (q *failureQueue) giveUp(err error, left failure) {
-	if q.owe != nil && !store.IsReply(err) && q.owe(left) {
+// giveUp is lost, for a failure whose keys from the i-th on (and its
+// throttle) are held to be reconciled with Redis when it answers again, as
+// far as the holding's bound allows. Not when Redis answered and refused
+// (NOPERM, OOM, a script error) but for a refusal unrun (LOADING, READONLY,
+// MASTERDOWN): it would refuse again, and each replay would mark it down
+// and back, a loop at the health probe's pace.
+func (q *failureQueue) giveUp(err error, f failure, i int) {
+	left := f
+	left.keys = f.keys[min(i, len(f.keys)):]
+	if q.owe != nil && (!store.IsReply(err) || store.Unavailable(err)) && q.owe(left) {
 		q.down(err)
 		return
 	}

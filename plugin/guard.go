@@ -235,12 +235,14 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 	userPolicy.Limit = max(cfg.UsernameFailLimit, 1)
 	g.localUser = ratelimit.NewLocal(userPolicy, ratelimit.DefaultLocalKeys)
 	g.localClaimed = ratelimit.NewLocal(ratelimit.Policy{Limit: 1, Window: cfg.Policy.Window}, ratelimit.DefaultLocalKeys)
-	g.owed = newOwedFailures(cfg.Policy.Window)
+	g.owed = newOwedFailures()
 	g.health = newHealth(healthDeps{probe: g.store.Ping, timeout: cfg.RedisTimeout, log: g.log,
 		where: cfg.RedisWhere(), deny: cfg.DenyWhenRedisDown})
 	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
 		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop, m: g.metrics,
-		owe: func(f failure) bool { return g.owed.add(f, g.now()) }, replay: g.replayOwed})
+		owe: g.owed.add, replay: g.replayOwed,
+		localDebt: func(k failKey) float64 { return g.local.Debt(k.local(), g.now()) },
+		userDebt:  func(u string) float64 { return g.localUser.Debt(u, g.now()) }})
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {
 		g.known = newKnownSources(knownDeps{rdb: d.Redis, kb: keys.Builder{Prefix: cfg.KeyPrefix},
 			max: cfg.KnownSourcesMax, window: cfg.Conflicts.Window, failWindow: cfg.Policy.Window, userLimit: cfg.UsernameFailLimit,

@@ -163,7 +163,7 @@ func (g *Guard) failed(c *Client, ip netip.Addr, redisOK, claimed bool) {
 	}
 	if !redisOK {
 		// Counted in Redis when it answers again (owedFailures).
-		if !g.owed.add(newFailure(c, ip, fk, g.known != nil), now) {
+		if !g.owed.add(newFailure(c, ip, fk, g.known != nil)) {
 			g.failures.uncounted.Add(1) // past the holding's bound: reported as not counted
 			g.failures.lostTotal.Add(1)
 		}

@@ -352,8 +352,7 @@ const liftSlack = 250 * time.Millisecond
 // operator lifted: otherwise its next failure would ban it again at once.
 func (g *Guard) liftedEarly(scope keys.Scope, value string) {
 	k := failKey{scope, value}
-	g.local.Reset(k.local())
-	g.owed.forget(k)
+	g.local.Reset(k.local()) // and with it what a reconcile would count (owedFailures)
 	// Through the failure queue: a failure counted before the lift must not
 	// land after the reset and ban the key again at once.
 	g.failures.addReset(k)

@@ -1,17 +1,22 @@
 package plugin
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mosquitto-guard/mosquitto-guard/config"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
 // owedGuard is a Guard on a real redis-server, whose failures of one
@@ -89,7 +94,7 @@ func TestOwedFailuresOnlyWhatIsNotRefilled(t *testing.T) {
 	assert.Eventually(t, func() bool { return r.CLI("EXISTS", "rate:guard:fail:ip:192.0.2.82") == "1" }, time.Second, 5*time.Millisecond,
 		"the failure not refilled is counted: %s", ls.all())
 	assert.Equal(t, "0", r.CLI("EXISTS", "rate:guard:fail:ip:192.0.2.81"), "the refilled ones not")
-	assert.Contains(t, ls.all(), "counting in redis the 1 failed authentications (1 keys and usernames)")
+	assert.Contains(t, ls.all(), "of 2 keys and usernames")
 	time.Sleep(time.Second)
 	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.81"), "refilled before Redis was back: %s", ls.all())
 	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.82"), "under its limit")
@@ -146,7 +151,7 @@ func TestDroppedFailuresAreCountedLater(t *testing.T) {
 	require.Eventually(t, func() bool { return len(ct.counted()) == n }, 10*time.Second, 10*time.Millisecond,
 		"every failure counted: %d of %d", len(ct.counted()), n)
 	assert.Contains(t, ct.counted(), fmt.Sprintf("ip=10.%d.%d.%d", (n-1)>>16, ((n-1)>>8)&255, (n-1)&255), "the last dropped one too")
-	assert.Contains(t, ls.all(), "counting in redis the 50 failed authentications (50 keys and usernames)")
+	assert.Contains(t, ls.all(), "counting in redis the failed authentications of 50 keys and usernames")
 }
 
 // A count Redis refused with a reply (NOPERM, OOM, a script's error) is not
@@ -167,4 +172,100 @@ func TestRefusedCountIsNotHeld(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	assert.Equal(t, 1, ct.tries(), "not tried again")
 	assert.True(t, g.owed.empty())
+}
+
+// A failure whose count timed out, though Redis ran it (its reply came
+// 2.5 s late, past countTimeout), is given up on and held, and its
+// reconcile counts nothing more: Redis's count already has it. Counting
+// the held failures again instead (ad038b5) counted it twice: a ban one
+// failure early, and in a hang one more for each countTimeout of it (a
+// review of ad038b5).
+func TestHeldFailureRedisRanIsNotCountedTwice(t *testing.T) {
+	r := testenv.StartRedis(t)
+	proxy := testenv.DelayingProxyN(t, r.Addr, "rate:guard:fail:ip:192.0.2.86", 2500*time.Millisecond, 1)
+	cfg, err := config.Parse(map[string]string{"redis_addr": proxy, "password_file": passwdFile(t), "fail_limit": "3",
+		"fail_window": "1m", "fail_scopes": "ip", "username_fail_limit": "0"})
+	require.NoError(t, err)
+	ls := &logSink{}
+	g, err := New(cfg, Output{Log: ls.log})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	direct := ratelimit.New(redis.NewClient(&redis.Options{Addr: r.Addr}), keys.Builder{Prefix: "guard:"}, cfg.Policy)
+	// redis_rate's script in Redis's cache: the delayed request is the
+	// EVALSHA that runs it, not one answered NOSCRIPT.
+	_, err = direct.Fail(context.Background(), keys.IP, "198.51.100.1")
+	require.NoError(t, err)
+
+	assert.Equal(t, Deny, g.Authenticate(cl(1, "192.0.2.86", "a", "alice", "bad")).Result)
+	require.Eventually(t, func() bool { return strings.Contains(ls.all(), "counting in redis") }, 6*time.Second, 10*time.Millisecond,
+		"control: given up on (timed out), held, and reconciled: %s", ls.all())
+	time.Sleep(300 * time.Millisecond)
+	d, err := direct.Debt(context.Background(), keys.IP, "192.0.2.86")
+	require.NoError(t, err)
+	assert.InDelta(t, 1, d, 0.2, "counted once")
+}
+
+// A count refused unrun (LOADING: a restart, READONLY: a failover) until
+// the failure's deadline is held, as one that got no answer: it did not
+// run. Before, any reply was taken for a refusal that would come again
+// (NOPERM), and not held (a review of ad038b5).
+func TestUnrunRefusalIsHeld(t *testing.T) {
+	ct := &flakyCounter{}
+	for range 50 {
+		ct.errs = append(ct.errs, redisErr("LOADING Redis is loading the dataset in memory"))
+	}
+	var held []failure
+	q := &failureQueue{failureDeps: failureDeps{counter: ct, policy: ratelimit.Policy{Limit: 5, Window: time.Minute}, userLimit: 3,
+		log: (&logSink{}).log, now: time.Now, down: func(error) {}, listed: func(string, string, time.Time) {},
+		owe: func(f failure) bool { held = append(held, f); return true }}, retryFor: 400 * time.Millisecond}
+	ip := netip.MustParseAddr("192.0.2.87")
+	cli := cl(1, ip.String(), "dev", "bob", "wrong")
+	q.count(newFailure(&cli, ip, []failKey{{keys.IP, ip.String()}}, false))
+	require.Len(t, held, 1)
+	assert.Equal(t, []failKey{{keys.IP, "192.0.2.87"}}, held[0].keys)
+	assert.Zero(t, q.uncounted.Load())
+}
+
+// An operator's lift of a key's ban leaves nothing of it to reconcile:
+// the lift resets this broker's own count, which the reconcile brings
+// Redis's up to, so failures held before the lift cannot ban the key again,
+// even those a replay has already taken (a review of ad038b5: a replay
+// waiting for room in the queue landed after the lift's reset).
+func TestLiftLeavesNothingToReconcile(t *testing.T) {
+	ct := &fakeCounter{}
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_scopes": "ip", "username_fail_limit": "0"})
+	require.NoError(t, err)
+	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: ct})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	hold := func(ip string) {
+		a := netip.MustParseAddr(ip)
+		c := cl(1, ip, "a", "alice", "bad")
+		for range 3 {
+			g.local.Fail("ip:"+ip, g.now())
+		}
+		require.True(t, g.owed.add(newFailure(&c, a, []failKey{{keys.IP, ip}}, false)))
+	}
+	hold("192.0.2.88")
+	hold("192.0.2.89") // control
+	fs := g.owed.take()
+	require.Len(t, fs, 2)
+	g.liftedEarly(keys.IP, "192.0.2.88")
+	for _, f := range fs {
+		g.failures.ch <- f
+	}
+	require.Eventually(t, func() bool { return len(ct.counted()) >= 3 }, 2*time.Second, 5*time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	assert.Equal(t, []string{"ip=192.0.2.89", "ip=192.0.2.89", "ip=192.0.2.89"}, ct.counted(), "the control's three, none of the lifted key's")
+}
+
+func TestOwedCount(t *testing.T) {
+	for _, c := range []struct {
+		local, inRedis float64
+		want           int
+	}{
+		{0, 0, 0}, {3, 0, 3}, {3, 3.2, 0}, {2.6, 0, 3}, {2.4, 0, 2}, {3, 1, 2}, {0.3, 0, 0}, {1, 5, 0},
+	} {
+		assert.Equal(t, c.want, owedCount(c.local, c.inRedis), "%v", c)
+	}
 }

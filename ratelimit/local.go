@@ -77,6 +77,23 @@ func (l *Local) Exhausted(key string, now time.Time) bool {
 	return ok && tat-n > l.burst*l.period
 }
 
+// Debt is how many of key's failures have not refilled at now, in
+// failures (a fraction: part of one refilled); 0 for a key with none.
+func (l *Local) Debt(key string, now time.Time) float64 {
+	l.mu.Lock()
+	tat, ok := l.m[localKey(key)]
+	l.mu.Unlock()
+	if !ok || l.period <= 0 {
+		return 0
+	}
+	return max(float64(tat-now.UnixNano())/float64(l.period), 0)
+}
+
+// LocalKey is the form Local keeps s under: s itself, or past 64 bytes
+// its SHA-256. Local's methods given it find s's entry (localKey of it is
+// itself), so a caller can keep it in place of a long s.
+func LocalKey(s string) string { return localKey(s) }
+
 // Fail records one failed authentication of key.
 func (l *Local) Fail(key string, now time.Time) {
 	n := now.UnixNano()

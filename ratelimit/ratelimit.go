@@ -379,6 +379,44 @@ func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Durati
 	return true, left, nil
 }
 
+// Debt is how many failures value's count in scope holds in Redis now, in
+// failures not refilled yet (a fraction: part of one refilled), read with
+// Redis's own clock on the key's own node: redis_rate's GCRA keeps the
+// count as a theoretical arrival time (rate: key, seconds from 2017-01-01
+// by Redis's TIME), one failure a fail_window. 0 for none, or for a value
+// that is no count (an operator's stray string: counting it fails naming
+// the key).
+func (l *Limiter) Debt(ctx context.Context, scope keys.Scope, value string) (float64, error) {
+	return l.debt(ctx, rateKey(l.kb.Fail(scope, value)))
+}
+
+// ThrottleDebt is Debt for a username's count toward its throttle, given
+// in its keys.Tracking form.
+func (l *Limiter) ThrottleDebt(ctx context.Context, tracked string) (float64, error) {
+	return l.debt(ctx, rateKey(l.kb.ThrottleCountTracked(tracked)))
+}
+
+func (l *Limiter) debt(ctx context.Context, key string) (float64, error) {
+	s, err := debtScript.Run(ctx, l.rdb, []string{key}).Text()
+	if err != nil {
+		return 0, fmt.Errorf("ratelimit: read count %s: %w", logval.Quote(key), err)
+	}
+	secs, err := strconv.ParseFloat(s, 64)
+	if err != nil || l.policy.Window <= 0 {
+		return 0, nil
+	}
+	return max(secs/l.policy.Window.Seconds(), 0), nil
+}
+
+// debtScript gives how far a redis_rate count's theoretical arrival time
+// lies ahead of Redis's clock, in seconds (redis_rate's own epoch and
+// units), on the key's node: "0" for no count, or a value that is none.
+var debtScript = redis.NewScript(`
+local v = tonumber(redis.call('GET', KEYS[1]))
+if not v then return '0' end
+local t = redis.call('TIME')
+return tostring(v - ((tonumber(t[1]) - 1483228800) + tonumber(t[2]) / 1000000))`)
+
 // Reset forgets the failures counted for value in scope (not its offences):
 // an operator who lifts an automatic ban early gives the key a full allowance
 // again, and the next ban still escalates.

@@ -104,3 +104,39 @@ func TestThrottleTriedAgainIsShorterByTheTimeSince(t *testing.T) {
 	assert.WithinDuration(t, counted.Add(10*time.Second), keyEnds, 400*time.Millisecond, "its wait from the count, not from the try (PTTL %s)", pttl)
 	assert.WithinDuration(t, keyEnds, time.Now().Add(th.Duration), 300*time.Millisecond, "reported as written")
 }
+
+// Debt reads a count's failures not refilled, by Redis's clock, as Local's
+// Debt reads this broker's: the two agree on the same failures.
+func TestDebtReadsTheCount(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	p := Policy{Limit: 5, Window: 10 * time.Second, BanTime: time.Minute}
+	l := New(rdb, keys.Builder{Prefix: "guard:"}, p)
+	loc := NewLocal(p, 0)
+	d, err := l.Debt(ctx, keys.IP, "192.0.2.70")
+	require.NoError(t, err)
+	assert.Zero(t, d, "no count")
+	for range 3 {
+		_, err := l.Fail(ctx, keys.IP, "192.0.2.70")
+		require.NoError(t, err)
+		loc.Fail("ip:192.0.2.70", time.Now())
+	}
+	d, err = l.Debt(ctx, keys.IP, "192.0.2.70")
+	require.NoError(t, err)
+	assert.InDelta(t, 3, d, 0.05)
+	assert.InDelta(t, d, loc.Debt("ip:192.0.2.70", time.Now()), 0.05)
+	assert.InDelta(t, 2, loc.Debt("ip:192.0.2.70", time.Now().Add(10*time.Second)), 0.05, "one refilled a window later")
+
+	for range 2 {
+		_, err := l.ThrottleFailTracked(ctx, "bob", 5)
+		require.NoError(t, err)
+	}
+	d, err = l.ThrottleDebt(ctx, "bob")
+	require.NoError(t, err)
+	assert.InDelta(t, 2, d, 0.05)
+
+	require.NoError(t, rdb.Set(ctx, "rate:guard:fail:ip:192.0.2.71", "stray", 0).Err())
+	d, err = l.Debt(ctx, keys.IP, "192.0.2.71")
+	require.NoError(t, err)
+	assert.Zero(t, d, "a value that is no count")
+}

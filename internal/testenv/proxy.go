@@ -83,6 +83,15 @@ func ClosingProxy(t testing.TB, addr, trigger string, passOnce bool) string {
 // before they send again (a request's reply is the next one read).
 func DelayingProxy(t testing.TB, addr, trigger string, delay time.Duration) string {
 	t.Helper()
+	return DelayingProxyN(t, addr, trigger, delay, 0)
+}
+
+// DelayingProxyN is DelayingProxy holding back only the replies to the
+// first limit requests holding trigger (on any connection); limit <= 0:
+// every one.
+func DelayingProxyN(t testing.TB, addr, trigger string, delay time.Duration, limit int) string {
+	t.Helper()
+	var seen atomic.Int64
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +118,7 @@ func DelayingProxy(t testing.TB, addr, trigger string, delay time.Duration) stri
 					if err != nil {
 						return
 					}
-					if strings.Contains(strings.ToLower(string(buf[:n])), trigger) {
+					if strings.Contains(strings.ToLower(string(buf[:n])), trigger) && (limit <= 0 || seen.Add(1) <= int64(limit)) {
 						held.Add(1)
 					}
 					if _, err := s.Write(buf[:n]); err != nil {
