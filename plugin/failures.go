@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -130,6 +131,7 @@ type failureQueue struct {
 	uncounted atomic.Int64  // queued, but Redis did not count them
 	lostTotal atomic.Uint64 // both, since start, for the metrics
 	retryFor  time.Duration // 0: countRetryFor (tests make it shorter)
+	pending   pendingCounts // the failures waiting in ch, by key and username
 }
 
 // failureDeps are what the failure worker needs of the guard.
@@ -173,9 +175,11 @@ func newFailureQueue(d failureDeps) *failureQueue {
 }
 
 func (q *failureQueue) add(f failure) {
+	q.pending.change(f, 1)
 	select {
 	case q.ch <- f:
 	default:
+		q.pending.change(f, -1)
 		// Counted later (the next report's replay) rather than never: a
 		// flood's failures dropped here, counted on this broker alone,
 		// would let its count gate each source to the rate Redis's
@@ -266,6 +270,9 @@ func (q *failureQueue) count(f failure) {
 		retryFor = q.retryFor
 	}
 	deadline := time.Now().Add(retryFor) // one failure's, all its keys' and its throttle's tries
+	if !f.reconcile {
+		q.pending.change(f, -1) // counted in Redis from here on (owedOf)
+	}
 keys:
 	for i, k := range f.keys {
 		times := 1
@@ -293,6 +300,9 @@ keys:
 			if ban != nil {
 				q.banned(ban, f, k)
 				continue keys // banned: what is left of its count changes nothing
+			}
+			if err == nil && at.Resumable() {
+				continue keys // over, and banned already (another broker, an operator): the same
 			}
 			if errors.Is(err, ratelimit.ErrLapsed) {
 				q.lapsed(err, f)
@@ -341,6 +351,9 @@ keys:
 			q.throttled(th, f)
 			return
 		}
+		if at.Resumable() {
+			return // over, and throttled already
+		}
 	}
 }
 
@@ -358,11 +371,27 @@ type debtReader interface {
 // failure whose count timed out, that a hung Redis then ran when it
 // resumed, is in both already; and a key whose ban an operator lifted
 // here has no count left of its own (Guard.liftedEarly resets it).
+//
+// This broker's count is taken without the failures still waiting in the
+// queue (pending), which their own entries count in Redis (a review of
+// 88b62c2: a failure queued behind a reconcile was counted by both, and a
+// source at its limit banned), and as the mean of its reads before and
+// after Redis's answer, Redis's count being read in between (both refill
+// alike meanwhile). At most the limit and one: what bans, and a bound on
+// the round trips a reconcile makes whatever this broker's count says.
 func (q *failureQueue) owedOf(deadline time.Time, k failKey) (int, error) {
+	local := func() float64 {
+		if q.localDebt == nil {
+			return 0
+		}
+		return q.localDebt(k) - float64(q.pending.of(k))
+	}
+	before := local()
 	var inRedis float64
 	if dr, ok := q.counter.(debtReader); ok {
 		var at ratelimit.Attempt
 		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
+			before = local()
 			inRedis, err = dr.Debt(ctx, k.scope, k.value)
 			return err
 		})
@@ -370,19 +399,23 @@ func (q *failureQueue) owedOf(deadline time.Time, k failKey) (int, error) {
 			return 0, err
 		}
 	}
-	var local float64
-	if q.localDebt != nil {
-		local = q.localDebt(k)
-	}
-	return owedCount(local, inRedis), nil
+	return min(owedCount((before+local())/2, inRedis), q.policy.Limit+1), nil
 }
 
 // owedOfUser is owedOf for f's username's count toward its throttle.
 func (q *failureQueue) owedOfUser(deadline time.Time, f failure) (int, error) {
+	local := func() float64 {
+		if q.userDebt == nil {
+			return 0
+		}
+		return q.userDebt(f.userLocal) - float64(q.pending.ofUser(f.userTracked))
+	}
+	before := local()
 	var inRedis float64
 	if dr, ok := q.counter.(debtReader); ok {
 		var at ratelimit.Attempt
 		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
+			before = local()
 			inRedis, err = dr.ThrottleDebt(ctx, f.userTracked)
 			return err
 		})
@@ -390,11 +423,55 @@ func (q *failureQueue) owedOfUser(deadline time.Time, f failure) (int, error) {
 			return 0, err
 		}
 	}
-	var local float64
-	if q.userDebt != nil {
-		local = q.userDebt(f.userLocal)
+	return min(owedCount((before+local())/2, inRedis), q.userLimit+1), nil
+}
+
+// pendingCounts counts the failures waiting in the queue, by key and by
+// username (tracked), so that a reconcile does not count them too
+// (owedOf). At most one entry per key of a failure queued: failureQueueSize
+// failures of up to 3 keys and a username.
+type pendingCounts struct {
+	mu    sync.Mutex
+	keys  map[failKey]int
+	users map[string]int
+}
+
+// change adds d of f (a failure, not a reconcile or reset) to the counts.
+func (p *pendingCounts) change(f failure, d int) {
+	if f.reconcile || f.reset != nil {
+		return
 	}
-	return owedCount(local, inRedis), nil
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.keys == nil {
+		p.keys, p.users = map[failKey]int{}, map[string]int{}
+	}
+	for _, k := range f.keys {
+		if n := p.keys[k] + d; n > 0 {
+			p.keys[k] = n
+		} else {
+			delete(p.keys, k)
+		}
+	}
+	if f.throttle && f.hasUsername {
+		if n := p.users[f.userTracked] + d; n > 0 {
+			p.users[f.userTracked] = n
+		} else {
+			delete(p.users, f.userTracked)
+		}
+	}
+}
+
+func (p *pendingCounts) of(k failKey) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.keys[k]
+}
+
+func (p *pendingCounts) ofUser(u string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.users[u]
 }
 
 // owedCount is how many failures bring a count holding inRedis up to one

@@ -269,3 +269,91 @@ func TestOwedCount(t *testing.T) {
 		assert.Equal(t, c.want, owedCount(c.local, c.inRedis), "%v", c)
 	}
 }
+
+// reconcileQueue is a failure queue on a real limiter whose own count is
+// loc, as the guard builds it, without its worker: the test runs count.
+func reconcileQueue(t *testing.T, p ratelimit.Policy) (*failureQueue, *ratelimit.Local, *ratelimit.Limiter, *testenv.Redis) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	lim := ratelimit.New(rdb, keys.Builder{Prefix: "guard:"}, p)
+	loc := ratelimit.NewLocal(p, 0)
+	q := &failureQueue{failureDeps: failureDeps{counter: lim, policy: p, userLimit: 3, log: (&logSink{}).log, now: time.Now,
+		down: func(error) {}, listed: func(string, string, time.Time) {},
+		localDebt: func(k failKey) float64 { return loc.Debt(k.local(), time.Now()) }}}
+	return q, loc, lim, r
+}
+
+// A failure waiting in the queue behind a reconcile of its key is counted
+// once: the reconcile leaves it to its own entry. Before, the reconcile
+// read this broker's count, which has it, and counted it, and its own
+// entry counted it again: a source at its limit (3 failures, fail_limit 3)
+// was banned (a review of 88b62c2).
+func TestFailureQueuedBehindAReconcileCountsOnce(t *testing.T) {
+	p := ratelimit.Policy{Limit: 3, Window: time.Minute, BanTime: time.Minute}
+	q, loc, lim, r := reconcileQueue(t, p)
+	ip := netip.MustParseAddr("192.0.2.95")
+	k := failKey{keys.IP, ip.String()}
+	c := cl(1, ip.String(), "a", "alice", "bad")
+	for range 3 { // two while Redis was down, one since
+		loc.Fail(k.local(), time.Now())
+	}
+	third := newFailure(&c, ip, []failKey{k}, false)
+	q.pending.change(third, 1) // queued (failureQueue.add), behind the reconcile
+	q.count(failure{keys: []failKey{k}, reconcile: true, ip: ip})
+	q.count(third)
+	d, err := lim.Debt(context.Background(), keys.IP, ip.String())
+	require.NoError(t, err)
+	assert.InDelta(t, 3, d, 0.1, "three failures, three counted")
+	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.95"), "at its limit, not over it")
+}
+
+// A reconcile counts at most the limit and one, and stops at a count over
+// the limit that finds the key banned already: its round trips are
+// bounded whatever this broker's count says (a review of 88b62c2: a
+// username with 5 000 failures of its known sources made 4 997 calls).
+func TestReconcileIsBounded(t *testing.T) {
+	p := ratelimit.Policy{Limit: 3, Window: time.Minute, BanTime: time.Minute}
+	q, loc, lim, r := reconcileQueue(t, p)
+	ip := netip.MustParseAddr("192.0.2.96")
+	k := failKey{keys.IP, ip.String()}
+	for range 50 {
+		loc.Fail(k.local(), time.Now())
+	}
+	r.CLI("SET", "guard:block:ip:192.0.2.96", "operator's", "EX", "60")
+	for range 3 { // Redis's count at the limit
+		_, err := lim.Fail(context.Background(), keys.IP, ip.String())
+		require.NoError(t, err)
+	}
+	ct := &callCounter{FailCounter: q.counter}
+	q.counter = ct
+	q.count(failure{keys: []failKey{k}, reconcile: true, ip: ip})
+	assert.Equal(t, 1, ct.calls, "over at once, and banned already: stop")
+
+	// A counter that never says over: the cap alone.
+	fc := &fakeCounter{}
+	q.counter = fc
+	q.count(failure{keys: []failKey{k}, reconcile: true, ip: ip})
+	assert.Len(t, fc.counted(), 4, "at most the limit and one")
+}
+
+// callCounter counts FailAttempt calls, and reads Redis's counts as the
+// limiter it wraps does.
+type callCounter struct {
+	FailCounter
+	calls int
+}
+
+func (c *callCounter) FailAttempt(ctx context.Context, scope keys.Scope, value string, a *ratelimit.Attempt) (*ratelimit.Ban, error) {
+	c.calls++
+	return c.FailCounter.FailAttempt(ctx, scope, value, a)
+}
+
+func (c *callCounter) Debt(ctx context.Context, scope keys.Scope, value string) (float64, error) {
+	return c.FailCounter.(debtReader).Debt(ctx, scope, value)
+}
+
+func (c *callCounter) ThrottleDebt(ctx context.Context, tracked string) (float64, error) {
+	return c.FailCounter.(debtReader).ThrottleDebt(ctx, tracked)
+}
