@@ -2,7 +2,10 @@ package plugin
 
 import (
 	"fmt"
+	"net/netip"
 	"sync"
+
+	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
 )
 
 // owedFailures holds the keys and usernames of failed authentications that
@@ -30,24 +33,33 @@ import (
 // own (Guard.liftedEarly resets it), and a count that has refilled since
 // owes nothing.
 //
-// Bounds: at most owedMax keys and owedMax usernames, each the last failure
-// under it: at most failureHeld (1 KB) of the client's strings and about
-// 250 bytes more, under 10 MB in all however long the outage and however
-// many sources fail in it, and as much again in a replay on its way into
-// the queue. Past them a failure under a new key is not held, and reported
-// as not counted (the queue's report). A broker that stops first forgets
-// them.
+// Bounds: the first owedMax keys and owedMax usernames keep the last
+// failure under each (for the ban's line: its client's strings, at most
+// failureHeld, 1 KB), under 10 MB; past them, up to owedKeysMax keys in
+// all (ratelimit.DefaultLocalKeys: as many as this broker's own count
+// keeps, so that no source its count gates is left out) keep only the
+// failing address, about 150 bytes a network address's key and up to
+// 450 a long client ID's or username's: under 28 MB more, 9 MB for 61 440
+// addresses (TestOwedSpillBytesPerKey). A failure under a key or username past them is not held,
+// and reported as not counted (the queue's report). The replay builds each
+// reconcile as it queues it: nothing more meanwhile but the maps taken.
+// A broker that stops first forgets them.
 type owedFailures struct {
 	mu    sync.Mutex
-	keys  map[failKey]failure // the last failure under each, its keys that one
-	users map[string]failure  // by the tracked username (failure.userTracked), no keys
+	keys  map[failKey]failure    // the last failure under each, its keys that one
+	spill map[failKey]netip.Addr // past owedMax keys: the last failing address alone
+	users map[string]failure     // by the tracked username (failure.userTracked), no keys
 }
 
-// owedMax bounds the keys, and the usernames, held.
-const owedMax = 4096
+// owedMax bounds the keys, and the usernames, held with their last
+// failure; owedKeysMax the keys held in all.
+const (
+	owedMax     = 4096
+	owedKeysMax = ratelimit.DefaultLocalKeys
+)
 
 func newOwedFailures() *owedFailures {
-	return &owedFailures{keys: map[failKey]failure{}, users: map[string]failure{}}
+	return &owedFailures{keys: map[failKey]failure{}, spill: map[failKey]netip.Addr{}, users: map[string]failure{}}
 }
 
 // add holds f's keys and, counted toward its throttle, its username. It
@@ -59,7 +71,11 @@ func (o *owedFailures) add(f failure) bool {
 	defer o.mu.Unlock()
 	for _, k := range f.keys {
 		if _, ok := o.keys[k]; !ok && len(o.keys) >= owedMax {
-			all = false
+			if _, ok := o.spill[k]; ok || len(o.keys)+len(o.spill) < owedKeysMax {
+				o.spill[k] = f.ip
+			} else {
+				all = false
+			}
 			continue
 		}
 		one := f
@@ -84,23 +100,47 @@ func (o *owedFailures) add(f failure) bool {
 func (o *owedFailures) empty() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return len(o.keys) == 0 && len(o.users) == 0
+	return len(o.keys) == 0 && len(o.spill) == 0 && len(o.users) == 0
 }
 
-// take empties the holding, and returns its reconciles.
-func (o *owedFailures) take() []failure {
+// owedTaken is what take took: each held key's and username's reconcile,
+// built as each is queued (each).
+type owedTaken struct {
+	keys  map[failKey]failure
+	spill map[failKey]netip.Addr
+	users map[string]failure
+}
+
+func (t owedTaken) len() int { return len(t.keys) + len(t.spill) + len(t.users) }
+
+// each calls fn with each reconcile until it returns false.
+func (t owedTaken) each(fn func(f failure) bool) {
+	for _, f := range t.keys {
+		if !fn(f) {
+			return
+		}
+	}
+	for k, ip := range t.spill {
+		// Its line names the last failing address alone: no client
+		// strings were kept (client_id "", username <none>).
+		if !fn(failure{ip: ip, keys: []failKey{k}, reconcile: true}) {
+			return
+		}
+	}
+	for _, f := range t.users {
+		if !fn(f) {
+			return
+		}
+	}
+}
+
+// take empties the holding, and returns what it held.
+func (o *owedFailures) take() owedTaken {
 	o.mu.Lock()
-	keys, users := o.keys, o.users
-	o.keys, o.users = map[failKey]failure{}, map[string]failure{}
-	o.mu.Unlock()
-	out := make([]failure, 0, len(keys)+len(users))
-	for _, f := range keys {
-		out = append(out, f)
-	}
-	for _, f := range users {
-		out = append(out, f)
-	}
-	return out
+	defer o.mu.Unlock()
+	t := owedTaken{keys: o.keys, spill: o.spill, users: o.users}
+	o.keys, o.spill, o.users = map[failKey]failure{}, map[failKey]netip.Addr{}, map[string]failure{}
+	return t
 }
 
 // replayOwed queues the reconciles of what is held (owedFailures). It
@@ -112,20 +152,27 @@ func (g *Guard) replayOwed() {
 	if !g.health.up() || g.owed.empty() || !g.replaying.CompareAndSwap(false, true) {
 		return
 	}
-	fs := g.owed.take()
-	if len(fs) == 0 {
+	taken := g.owed.take()
+	n := taken.len()
+	if n == 0 {
 		g.replaying.Store(false)
 		return
 	}
 	g.spawn("failures held while redis was down", func() {
 		defer g.replaying.Store(false)
-		for _, f := range fs {
+		stopped := false
+		taken.each(func(f failure) bool {
 			select {
 			case g.failures.ch <- f:
+				return true
 			case <-g.stop:
-				return
+				stopped = true
+				return false
 			}
+		})
+		if stopped {
+			return
 		}
-		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: counting in redis the failed authentications of %d keys and usernames that this broker counted alone (redis down, or the counting queue full), as far as redis's counts lack them", len(fs)))
+		g.log(LevelNotice, fmt.Sprintf("mosquitto-guard: counting in redis the failed authentications of %d keys and usernames that this broker counted alone (redis down, or the counting queue full), as far as redis's counts lack them", n))
 	})
 }
