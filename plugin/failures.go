@@ -40,6 +40,9 @@ type failure struct {
 	// Redis was not told of (owedFailures): count there what its counts
 	// lack of this broker's own (owedOf).
 	reconcile bool
+	// bare: a reconcile of a key held past owedMax, with no client strings
+	// kept: its ban's line names the address alone.
+	bare bool
 	// userLocal is the username as this broker's own count keeps it
 	// (ratelimit.LocalKey), for a reconcile of its throttle's count.
 	userLocal string
@@ -154,6 +157,8 @@ type failureDeps struct {
 	owe func(f failure) bool
 	// replay counts the failures held, when Redis answers (every report).
 	replay func()
+	// up reports whether Redis answers (health); nil: taken as up.
+	up func() bool
 	// localDebt and userDebt read this broker's own counts (of a key, of a
 	// username by its ratelimit.LocalKey): what a reconcile brings Redis's
 	// up to.
@@ -272,6 +277,13 @@ func (q *failureQueue) count(f failure) {
 	deadline := time.Now().Add(retryFor) // one failure's, all its keys' and its throttle's tries
 	if !f.reconcile {
 		q.pending.change(f, -1) // counted in Redis from here on (owedOf)
+	}
+	if q.up != nil && !q.up() && q.owe != nil && q.owe(f) {
+		// Redis down: held to be reconciled when it answers, at once,
+		// where tries of 30 s each would hold the single worker (a replay
+		// of 65 536 keys meeting Redis down again: days) and drop the
+		// failures behind it into the holding anyway (a review).
+		return
 	}
 keys:
 	for i, k := range f.keys {
@@ -587,11 +599,16 @@ func (q *failureQueue) banned(ban *ratelimit.Ban, f failure, k failKey) {
 	}
 	l := clientLine("banned", &Client{}, f.ip).Tok("scope", string(k.scope)).Str("rule", ban.Key).Tok("origin", "auto").
 		Expires(q.now(), left).Int("offence", int64(ban.Offence))
-	l.StrKept("client_id", f.clientID, f.clientIDBytes)
-	if f.hasUsername {
-		l.StrKept("username", f.username, f.usernameBytes)
-	} else {
-		l.Tok("username", "<none>")
+	switch {
+	case f.bare:
+		l.Tok("client", "not_kept") // a reconcile past the first owedMax keys held (owedFailures)
+	default:
+		l.StrKept("client_id", f.clientID, f.clientIDBytes)
+		if f.hasUsername {
+			l.StrKept("username", f.username, f.usernameBytes)
+		} else {
+			l.Tok("username", "<none>")
+		}
 	}
 	l.Str("value", k.value).Str("reason", q.policy.Rule())
 	q.log(LevelWarning, l.String())

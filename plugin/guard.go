@@ -240,7 +240,7 @@ func NewWith(cfg config.Options, out Output, d Deps) (_ *Guard, err error) {
 		where: cfg.RedisWhere(), deny: cfg.DenyWhenRedisDown})
 	g.failures = newFailureQueue(failureDeps{counter: d.Counter, policy: cfg.Policy, userLimit: cfg.UsernameFailLimit,
 		log: g.log, now: clock, down: g.health.down, listed: g.listed, spawn: g.spawn, stop: g.stop, m: g.metrics,
-		owe: g.owed.add, replay: g.replayOwed,
+		owe: g.owed.add, replay: g.replayOwed, up: g.health.up,
 		localDebt: func(k failKey) float64 { return g.local.Debt(k.local(), g.now()) },
 		userDebt:  func(u string) float64 { return g.localUser.Debt(u, g.now()) }})
 	if d.Redis != nil && cfg.UsernameFailLimit > 0 {

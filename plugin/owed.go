@@ -3,6 +3,7 @@ package plugin
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/mosquitto-guard/mosquitto-guard/ratelimit"
@@ -38,9 +39,10 @@ import (
 // failureHeld, 1 KB), under 10 MB; past them, up to owedKeysMax keys in
 // all (ratelimit.DefaultLocalKeys: as many as this broker's own count
 // keeps, so that no source its count gates is left out) keep only the
-// failing address, about 150 bytes a network address's key and up to
-// 450 a long client ID's or username's: under 28 MB more, 9 MB for 61 440
-// addresses (TestOwedSpillBytesPerKey). A failure under a key or username past them is not held,
+// failing address and its own copy of the key, about 150 bytes a network
+// address's key and up to 450 a long client ID's or username's: under
+// 28 MB more, 9 MB for 61 440 addresses (TestOwedSpillBytesPerKey); and
+// as much again while a replay waits to queue what it took. A failure under a key or username past them is not held,
 // and reported as not counted (the queue's report). The replay builds each
 // reconcile as it queues it: nothing more meanwhile but the maps taken.
 // A broker that stops first forgets them.
@@ -71,8 +73,12 @@ func (o *owedFailures) add(f failure) bool {
 	defer o.mu.Unlock()
 	for _, k := range f.keys {
 		if _, ok := o.keys[k]; !ok && len(o.keys) >= owedMax {
-			if _, ok := o.spill[k]; ok || len(o.keys)+len(o.spill) < owedKeysMax {
+			if _, ok := o.spill[k]; ok {
 				o.spill[k] = f.ip
+			} else if len(o.keys)+len(o.spill) < owedKeysMax {
+				// Its own copy of the value: not the failure's block of
+				// client ID and username it is a part of.
+				o.spill[failKey{k.scope, strings.Clone(k.value)}] = f.ip
 			} else {
 				all = false
 			}
@@ -122,8 +128,8 @@ func (t owedTaken) each(fn func(f failure) bool) {
 	}
 	for k, ip := range t.spill {
 		// Its line names the last failing address alone: no client
-		// strings were kept (client_id "", username <none>).
-		if !fn(failure{ip: ip, keys: []failKey{k}, reconcile: true}) {
+		// strings were kept (bare).
+		if !fn(failure{ip: ip, keys: []failKey{k}, reconcile: true, bare: true}) {
 			return
 		}
 	}

@@ -414,3 +414,42 @@ func TestOwedSpillBytesPerKey(t *testing.T) {
 	assert.False(t, o.add(failure{ip: ip, keys: []failKey{{keys.IP, "10.99.0.1"}}}), "past owedKeysMax: not held")
 	runtime.KeepAlive(ks)
 }
+
+// A ban a reconcile of a spilled key wrote names the address and says that
+// no client strings were kept; it does not claim the client had no
+// username (a review of ee3a01c).
+func TestBareReconcileBanLine(t *testing.T) {
+	p := ratelimit.Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute}
+	q, loc, _, _ := reconcileQueue(t, p)
+	ls := &logSink{}
+	q.log = ls.log
+	ip := netip.MustParseAddr("192.0.2.97")
+	k := failKey{keys.IP, ip.String()}
+	for range 2 {
+		loc.Fail(k.local(), time.Now())
+	}
+	q.count(failure{ip: ip, keys: []failKey{k}, reconcile: true, bare: true})
+	assert.Contains(t, ls.all(), "event=banned ip=192.0.2.97")
+	assert.Contains(t, ls.all(), "client=not_kept")
+	assert.NotContains(t, ls.all(), "username=<none>")
+}
+
+// While Redis is down, a failure the worker takes is held at once, to be
+// reconciled when Redis answers, not tried for 30 s: a replay of tens of
+// thousands of keys meeting Redis down again held the single worker for
+// days of tries (a review of ee3a01c).
+func TestFailureHeldAtOnceWhileRedisIsDown(t *testing.T) {
+	ct := &refusedCounter{}
+	var held []failure
+	q := &failureQueue{failureDeps: failureDeps{counter: ct, policy: ratelimit.Policy{Limit: 5, Window: time.Minute}, userLimit: 3,
+		log: (&logSink{}).log, now: time.Now, down: func(error) {}, listed: func(string, string, time.Time) {},
+		up: func() bool { return false }, owe: func(f failure) bool { held = append(held, f); return true }}}
+	ip := netip.MustParseAddr("192.0.2.98")
+	cli := cl(1, ip.String(), "dev", "bob", "wrong")
+	start := time.Now()
+	q.count(newFailure(&cli, ip, []failKey{{keys.IP, ip.String()}}, true))
+	q.count(failure{ip: ip, keys: []failKey{{keys.IP, ip.String()}}, reconcile: true})
+	assert.Less(t, time.Since(start), 50*time.Millisecond)
+	assert.Empty(t, ct.tries, "not tried")
+	assert.Len(t, held, 2)
+}

@@ -113,7 +113,15 @@ func (l *Local) Fail(key string, now time.Time) {
 			k = strings.Clone(k)
 		}
 	}
-	l.m[k] = max(tat, n) + l.period
+	// No further ahead than Limit+1 failures at once: a key that goes on
+	// failing past its bound (a username's known sources, which its
+	// throttle lets through) counts no more than Redis's count does (a
+	// failure it refuses adds nothing there), so that the two agree again
+	// within a window of the failures ending, and a reconcile of the two
+	// (plugin's owedFailures) finds nothing owed then (a review: a
+	// username's count 5 000 failures ahead throttled it again thousands
+	// of windows later). Exhausted's answer is the same: over the limit.
+	l.m[k] = min(max(tat, n)+l.period, n+(l.burst+1)*l.period)
 	l.n.Store(int64(len(l.m)))
 }
 

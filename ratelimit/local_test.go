@@ -122,3 +122,18 @@ func TestLocalKeepsNoLargerString(t *testing.T) {
 	}
 	assert.True(t, l.Exhausted("user-7", now))
 }
+
+// A key that goes on failing past its bound counts no further ahead than
+// Limit+1 failures, as Redis's count, which a refused failure does not
+// move: the two agree again within a window of the failures ending.
+func TestLocalCountsNoFurtherThanOverTheLimit(t *testing.T) {
+	p := Policy{Limit: 3, Window: time.Minute}
+	l := NewLocal(p, 0)
+	now := time.Now()
+	for range 50 {
+		l.Fail("username:bob", now)
+	}
+	assert.InDelta(t, 4, l.Debt("username:bob", now), 0.01)
+	assert.True(t, l.Exhausted("username:bob", now))
+	assert.False(t, l.Exhausted("username:bob", now.Add(p.Window+time.Second)), "a window after the failures end")
+}
