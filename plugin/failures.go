@@ -392,50 +392,42 @@ type debtReader interface {
 // alike meanwhile). At most the limit and one: what bans, and a bound on
 // the round trips a reconcile makes whatever this broker's count says.
 func (q *failureQueue) owedOf(deadline time.Time, k failKey) (int, error) {
-	local := func() float64 {
+	return q.owedAgainst(deadline, q.policy.Limit+1, func() float64 {
 		if q.localDebt == nil {
 			return 0
 		}
 		return q.localDebt(k) - float64(q.pending.of(k))
-	}
-	before := local()
-	var inRedis float64
-	if dr, ok := q.counter.(debtReader); ok {
-		var at ratelimit.Attempt
-		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
-			before = local()
-			inRedis, err = dr.Debt(ctx, k.scope, k.value)
-			return err
-		})
-		if err != nil {
-			return 0, err
-		}
-	}
-	return min(owedCount((before+local())/2, inRedis), q.policy.Limit+1), nil
+	}, func(ctx context.Context, dr debtReader) (float64, error) { return dr.Debt(ctx, k.scope, k.value) })
 }
 
 // owedOfUser is owedOf for f's username's count toward its throttle.
 func (q *failureQueue) owedOfUser(deadline time.Time, f failure) (int, error) {
-	local := func() float64 {
+	return q.owedAgainst(deadline, q.userLimit+1, func() float64 {
 		if q.userDebt == nil {
 			return 0
 		}
 		return q.userDebt(f.userLocal) - float64(q.pending.ofUser(f.userTracked))
-	}
+	}, func(ctx context.Context, dr debtReader) (float64, error) { return dr.ThrottleDebt(ctx, f.userTracked) })
+}
+
+// owedAgainst is owedOf's reading: local (this broker's count, less the
+// queue's) before and after read (Redis's), their mean against it, at
+// most most.
+func (q *failureQueue) owedAgainst(deadline time.Time, most int, local func() float64, read func(context.Context, debtReader) (float64, error)) (int, error) {
 	before := local()
 	var inRedis float64
 	if dr, ok := q.counter.(debtReader); ok {
 		var at ratelimit.Attempt
 		err := q.retry(deadline, &at, func(ctx context.Context) (err error) {
 			before = local()
-			inRedis, err = dr.ThrottleDebt(ctx, f.userTracked)
+			inRedis, err = read(ctx, dr)
 			return err
 		})
 		if err != nil {
 			return 0, err
 		}
 	}
-	return min(owedCount((before+local())/2, inRedis), q.userLimit+1), nil
+	return min(owedCount((before+local())/2, inRedis), most), nil
 }
 
 // pendingCounts counts the failures waiting in the queue, by key and by

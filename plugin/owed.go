@@ -42,10 +42,11 @@ import (
 // failing address and its own copy of the key, about 150 bytes a network
 // address's key and up to 450 a long client ID's or username's: under
 // 28 MB more, 9 MB for 61 440 addresses (TestOwedSpillBytesPerKey); and
-// as much again while a replay waits to queue what it took. A failure under a key or username past them is not held,
-// and reported as not counted (the queue's report). The replay builds each
-// reconcile as it queues it: nothing more meanwhile but the maps taken.
-// A broker that stops first forgets them.
+// as much again while a replay waits to queue what it took. A failure
+// under a key or username past them is not held, and reported as not
+// counted (the queue's report). The replay builds each reconcile as it
+// queues it: nothing more meanwhile but the maps taken. A broker that
+// stops first forgets them.
 type owedFailures struct {
 	mu    sync.Mutex
 	keys  map[failKey]failure    // the last failure under each, its keys that one

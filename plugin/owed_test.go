@@ -149,8 +149,8 @@ func TestDroppedFailuresAreCountedLater(t *testing.T) {
 	close(ct.gate)
 	released = true
 	g.replayOwed()
-	require.Eventually(t, func() bool { return len(ct.counted()) == n }, 10*time.Second, 10*time.Millisecond,
-		"every failure counted: %d of %d", len(ct.counted()), n)
+	assert.Eventually(t, func() bool { return len(ct.counted()) == n }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, n, len(ct.counted()), "every failure counted")
 	assert.Contains(t, ct.counted(), fmt.Sprintf("ip=10.%d.%d.%d", (n-1)>>16, ((n-1)>>8)&255, (n-1)&255), "the last dropped one too")
 	assert.Contains(t, ls.all(), "counting in redis the failed authentications of 50 keys and usernames")
 }
@@ -452,4 +452,29 @@ func TestFailureHeldAtOnceWhileRedisIsDown(t *testing.T) {
 	assert.Less(t, time.Since(start), 50*time.Millisecond)
 	assert.Empty(t, ct.tries, "not tried")
 	assert.Len(t, held, 2)
+}
+
+// While Redis answers, what the queue dropped is reconciled at its next
+// report (every 10 s) with nothing else to prompt it: no health change
+// comes. Without the report's replay the dropped failures waited for the
+// next outage's end, and never came while Redis stayed up.
+func TestDroppedFailuresReconciledAtTheReport(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the queue's 10 s report")
+	}
+	ct := &fakeCounter{gate: make(chan struct{})}
+	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_scopes": "ip", "username_fail_limit": "0"})
+	require.NoError(t, err)
+	g, err := NewWith(cfg, Output{Log: (&logSink{}).log}, Deps{Store: newFakeStore(), Counter: ct})
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	n := failureQueueSize + 1 + 5
+	for i := range n {
+		ip := fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255)
+		require.Equal(t, Deny, g.Authenticate(cl(uintptr(1+i), ip, "a", "alice", "bad")).Result)
+	}
+	require.False(t, g.owed.empty(), "control: some held")
+	close(ct.gate)
+	assert.Eventually(t, func() bool { return len(ct.counted()) == n }, 13*time.Second, 20*time.Millisecond)
+	require.Equal(t, n, len(ct.counted()), "every failure counted by the report's replay")
 }
