@@ -3,8 +3,6 @@ package conflicts
 import (
 	"context"
 	"fmt"
-	"runtime"
-	"runtime/debug"
 	"sync"
 	"testing"
 	"time"
@@ -64,16 +62,14 @@ func TestEventsWakeWorkerOncePerBatch(t *testing.T) {
 	}
 	// The collector's own goroutines are made runnable too when it runs
 	// (a fresh-clone CI run under -race counted 9 against a bound of 3):
-	// none runs while the events are queued.
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	runtime.GC()
-	before := testenv.SchedEvents()
-	for i := range conns {
-		c.Connected(ids[i], conns[i], nil)
-		for t0 := time.Now(); time.Since(t0) < gap; {
+	// WakesDuring turns it off, and subtracts the process's background.
+	woken := testenv.WakesDuring(n*gap, func() {
+		for i := range conns {
+			c.Connected(ids[i], conns[i], nil)
+			for t0 := time.Now(); time.Since(t0) < gap; {
+			}
 		}
-	}
-	woken := testenv.SchedEvents() - before
+	})
 	require.Eventually(t, func() bool { ev, _ := st.total(); return ev == n },
 		5*time.Second, 10*time.Millisecond, "every event reaches Redis")
 	// A wake per event: n/8 sampled (37); once per batch (and the linger's

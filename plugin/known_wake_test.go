@@ -35,13 +35,13 @@ func TestKnownSourcesWakeWriterOncePerBatch(t *testing.T) {
 		ids[i] = fmt.Sprintf("dev-%d", i)
 	}
 	now := time.Now()
-	before := testenv.SchedEvents()
-	for i := range ips {
-		k.succeeded("fleet", ips[i], ids[i], now) // a new IP and client ID each: two writes
-		for t0 := time.Now(); time.Since(t0) < gap; {
+	woken := testenv.WakesDuring(n*gap, func() {
+		for i := range ips {
+			k.succeeded("fleet", ips[i], ids[i], now) // a new IP and client ID each: two writes
+			for t0 := time.Now(); time.Since(t0) < gap; {
+			}
 		}
-	}
-	woken := testenv.SchedEvents() - before
+	})
 	// A wake per success: 2n/8 sampled (75); once per batch: a handful.
 	assert.Less(t, woken, uint64(2*n/8/4), "goroutines made runnable (1 in 8 sampled) while %d successes were noted", n)
 	require.Eventually(t, func() bool {
