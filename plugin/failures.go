@@ -179,8 +179,13 @@ func newFailureQueue(d failureDeps) *failureQueue {
 	return q
 }
 
-func (q *failureQueue) add(f failure) {
-	q.pending.change(f, 1)
+// add queues f, counted on this broker by own (its local counts) and as
+// waiting in the queue in one step under the pending counts' lock, which a
+// reconcile reads both under (ownOf): a reconcile falling between the two
+// read this broker's count with f and the queue's without, and counted f,
+// which its own entry then counted again (a review of ee3a01c).
+func (q *failureQueue) add(f failure, own func()) {
+	q.pending.raise(f, own)
 	select {
 	case q.ch <- f:
 	default:
@@ -393,21 +398,36 @@ type debtReader interface {
 // the round trips a reconcile makes whatever this broker's count says.
 func (q *failureQueue) owedOf(deadline time.Time, k failKey) (int, error) {
 	return q.owedAgainst(deadline, q.policy.Limit+1, func() float64 {
-		if q.localDebt == nil {
-			return 0
-		}
-		return q.localDebt(k) - float64(q.pending.of(k))
+		return q.ownOf(k)
 	}, func(ctx context.Context, dr debtReader) (float64, error) { return dr.Debt(ctx, k.scope, k.value) })
 }
 
 // owedOfUser is owedOf for f's username's count toward its throttle.
 func (q *failureQueue) owedOfUser(deadline time.Time, f failure) (int, error) {
 	return q.owedAgainst(deadline, q.userLimit+1, func() float64 {
-		if q.userDebt == nil {
-			return 0
-		}
-		return q.userDebt(f.userLocal) - float64(q.pending.ofUser(f.userTracked))
+		return q.ownOfUser(f)
 	}, func(ctx context.Context, dr debtReader) (float64, error) { return dr.ThrottleDebt(ctx, f.userTracked) })
+}
+
+// ownOf is this broker's own count of k less the failures of k waiting in
+// the queue, read under the lock add counts a failure in both under.
+func (q *failureQueue) ownOf(k failKey) float64 {
+	if q.localDebt == nil {
+		return 0
+	}
+	q.pending.mu.Lock()
+	defer q.pending.mu.Unlock()
+	return q.localDebt(k) - float64(q.pending.keys[k])
+}
+
+// ownOfUser is ownOf for f's username's count toward its throttle.
+func (q *failureQueue) ownOfUser(f failure) float64 {
+	if q.userDebt == nil {
+		return 0
+	}
+	q.pending.mu.Lock()
+	defer q.pending.mu.Unlock()
+	return q.userDebt(f.userLocal) - float64(q.pending.users[f.userTracked])
 }
 
 // owedAgainst is owedOf's reading: local (this broker's count, less the
@@ -440,13 +460,28 @@ type pendingCounts struct {
 	users map[string]int
 }
 
+// raise runs own (nil: nothing) and adds f to the counts, under one lock
+// (failureQueue.add).
+func (p *pendingCounts) raise(f failure, own func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if own != nil {
+		own()
+	}
+	p.changeLocked(f, 1)
+}
+
 // change adds d of f (a failure, not a reconcile or reset) to the counts.
 func (p *pendingCounts) change(f failure, d int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.changeLocked(f, d)
+}
+
+func (p *pendingCounts) changeLocked(f failure, d int) {
 	if f.reconcile || f.reset != nil {
 		return
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.keys == nil {
 		p.keys, p.users = map[failKey]int{}, map[string]int{}
 	}
@@ -464,18 +499,6 @@ func (p *pendingCounts) change(f failure, d int) {
 			delete(p.users, f.userTracked)
 		}
 	}
-}
-
-func (p *pendingCounts) of(k failKey) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.keys[k]
-}
-
-func (p *pendingCounts) ofUser(u string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.users[u]
 }
 
 // owedCount is how many failures bring a count holding inRedis up to one

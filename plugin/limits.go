@@ -150,26 +150,30 @@ func (g *Guard) releaseClaim(c *Client, reason string) {
 func (g *Guard) failed(c *Client, ip netip.Addr, redisOK, claimed bool) {
 	fk := g.failKeys(c, ip)
 	now := g.now()
-	for _, k := range fk {
-		g.local.Fail(k.local(), now)
-	}
-	if g.known != nil {
-		// ratelimit.Local keeps a copy of the username (or its hash), not
-		// the CONNECT's strings it is a part of.
-		g.localUser.Fail(c.Username, now)
-		if claimed {
-			g.localClaimed.Fail(c.Username, now)
+	own := func() {
+		for _, k := range fk {
+			g.local.Fail(k.local(), now)
+		}
+		if g.known != nil {
+			// ratelimit.Local keeps a copy of the username (or its hash),
+			// not the CONNECT's strings it is a part of.
+			g.localUser.Fail(c.Username, now)
+			if claimed {
+				g.localClaimed.Fail(c.Username, now)
+			}
 		}
 	}
+	f := newFailure(c, ip, fk, g.known != nil)
 	if !redisOK {
+		own()
 		// Counted in Redis when it answers again (owedFailures).
-		if !g.owed.add(newFailure(c, ip, fk, g.known != nil)) {
+		if !g.owed.add(f) {
 			g.failures.uncounted.Add(1) // past the holding's bound: reported as not counted
 			g.failures.lostTotal.Add(1)
 		}
 		return
 	}
-	g.failures.add(newFailure(c, ip, fk, g.known != nil))
+	g.failures.add(f, own) // counted here and queued as one step (failureQueue.add)
 }
 
 // failKey is one key a failure is counted under: a scope of fail_scopes and

@@ -478,3 +478,30 @@ func TestDroppedFailuresReconciledAtTheReport(t *testing.T) {
 	assert.Eventually(t, func() bool { return len(ct.counted()) == n }, 13*time.Second, 20*time.Millisecond)
 	require.Equal(t, n, len(ct.counted()), "every failure counted by the report's replay")
 }
+
+// A failure is counted on this broker and in the queue's pending counts as
+// one step for a reconcile's reading of them (ownOf): before, a reading
+// falling between the two saw this broker's count with the failure and the
+// queue's without, and the reconcile counted in Redis a failure its own
+// entry counts too (a review of ee3a01c). Here the reading is made from
+// inside the broker's counting: it waits for the step to end.
+func TestReconcileReadsAFailureCountedAndQueuedAsOne(t *testing.T) {
+	p := ratelimit.Policy{Limit: 3, Window: time.Minute, BanTime: time.Minute}
+	q, loc, _, _ := reconcileQueue(t, p)
+	q.ch = make(chan failure, 1)
+	ip := netip.MustParseAddr("192.0.2.97")
+	k := failKey{keys.IP, ip.String()}
+	c := cl(1, ip.String(), "a", "alice", "bad")
+	read := make(chan float64, 1)
+	q.add(newFailure(&c, ip, []failKey{k}, false), func() {
+		loc.Fail(k.local(), time.Now())
+		go func() { read <- q.ownOf(k) }()
+		select {
+		case v := <-read: // read inside the step
+			read <- v
+		case <-time.After(200 * time.Millisecond): // waiting for it to end
+		}
+	})
+	assert.InDelta(t, 0, <-read, 0.01, "the failure is this broker's and the queue's: nothing owed")
+	assert.InDelta(t, 0, q.ownOf(k), 0.01)
+}
