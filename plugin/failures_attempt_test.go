@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -25,8 +26,17 @@ import (
 // review of b50b18d).
 func TestBanWhoseReplyWasLostIsTriedAgain(t *testing.T) {
 	r := testenv.StartRedis(t)
+	direct := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { direct.Close() })
+	// The ban's scripts loaded (a ban of another address): the request
+	// cut is the ban's write, not an EVALSHA meeting NOSCRIPT.
+	loader := ratelimit.New(direct, keys.Builder{Prefix: "guard:"}, ratelimit.Policy{Limit: 1, Window: time.Minute, BanTime: time.Second})
+	for range 2 {
+		_, err := loader.Fail(context.Background(), keys.IP, "198.51.100.1")
+		require.NoError(t, err)
+	}
 	// No resend of go-redis's own: the lost reply is the try's error.
-	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.77", true), MaxRetries: -1})
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(ban ", true), MaxRetries: -1})
 	t.Cleanup(func() { cut.Close() })
 	cfg, err := config.Parse(map[string]string{"password_file": passwdFile(t), "fail_limit": "1", "fail_scopes": "ip"})
 	require.NoError(t, err)

@@ -111,7 +111,7 @@ func TestLapsedBanEndsItsTries(t *testing.T) {
 	_, err := ratelimit.New(direct, kb, p).Fail(ctx, keys.IP, "192.0.2.79") // the allowance spent
 	require.NoError(t, err)
 	// Every SET of the ban cut before Redis reads it; no resend of go-redis's own.
-	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.79", false), MaxRetries: -1})
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(ban ", false), MaxRetries: -1})
 	t.Cleanup(func() { cut.Close() })
 	ls := &logSink{}
 	q := &failureQueue{failureDeps: failureDeps{counter: ratelimit.New(cut, kb, p), policy: p, userLimit: 3,

@@ -39,7 +39,6 @@ type rediser interface {
 
 	Get(ctx context.Context, key string) *redis.StringCmd
 	Pipeline() redis.Pipeliner // Peek's reads, in one round trip
-	SetArgs(ctx context.Context, key string, value interface{}, a redis.SetArgs) *redis.StatusCmd
 }
 
 // Policy is the failed-auth policy.
@@ -171,7 +170,8 @@ type Attempt struct {
 	thr     *Throttle // the throttle decided (ThrottleFailAttempt)
 	thrAt   time.Time // when: the allowance's wait it lasts runs from then
 	n       int       // the offences counted before it
-	sentAt  time.Time // when a try first sent the ban's SET
+	endUs   int64     // when the ban's or throttle's write ends, by Redis's clock on its key's node (µs of TIME); 0: not read yet
+	endBy   time.Time // by this broker's clock, when it has surely ended there
 	written bool      // the ban is in Redis, this attempt's
 }
 
@@ -240,21 +240,19 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 	}
 	b, d := a.ban, a.ban.Duration
 	if !a.written {
-		ttl := d
-		if a.sentAt.IsZero() {
-			a.sentAt = time.Now()
-		} else if ttl -= time.Since(a.sentAt).Truncate(time.Millisecond); ttl <= 0 {
-			// An earlier try sent this SET, and Redis may have run it: a
-			// key not there now may have ended since, by its TTL or an
-			// operator's DEL. So a later try writes what is left of the
-			// ban from that first send, and nothing once it is over: a
-			// retry put an ended ban back for its whole length (atk96, a
-			// README-only attack: a 1 s ban held three times, and an
-			// operator's DEL undone for 20 s).
-			return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), ErrLapsed)
+		// The ban ends d after Redis's clock on its key's node was read,
+		// however late Redis runs its write: a try sent again writes what
+		// is left of it, and none once it is over (a key not there now
+		// may have ended since, by its TTL or an operator's DEL: a retry
+		// put an ended ban back for its whole length, atk96); and so does
+		// a write that waited in the socket of a Redis stopped meanwhile
+		// (atk97's H: a 1 s ban sent before a 6 s SIGSTOP held for 1 s
+		// from the SIGCONT, unlogged, its try having lapsed).
+		if err := l.anchor(ctx, b.Key, d, a); err != nil {
+			return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
 		}
 		sent := time.Now()
-		own, left, err := l.setOwn(ctx, b.Key, b.Reason, ttl)
+		own, left, err := l.setOwn(ctx, b.Key, b.Reason, a.endUs)
 		if !own {
 			// Already blocked: by an operator, or by another broker just now.
 			if err != nil {
@@ -342,42 +340,86 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return n`)
 
-// setOwn writes value at key for ttl unless the key exists (SET NX), and
-// reports whether this call wrote it: also when the SET's reply was lost
-// and go-redis sent it again (it does after EOF or a reset, though Redis
-// ran it), or an earlier try of the same Attempt wrote it, and the SET found
-// that value there. So value must name this call's write: its caller puts a
-// random number in it. left is how long the key has left: ttl when this SET
-// wrote it, its PTTL when an earlier send did, -1 for no end. An error
-// reading the key back after an "exists" says the write may be this call's.
-func (l *Limiter) setOwn(ctx context.Context, key, value string, ttl time.Duration) (own bool, left time.Duration, err error) {
-	err = l.rdb.SetArgs(ctx, key, value, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
-	if !errors.Is(err, redis.Nil) {
-		return err == nil, ttl, err
+// anchor reads, once per Attempt, Redis's clock on key's node and sets
+// a's end ttl after it there (endUs), and by this broker's clock (endBy:
+// the reading's reply came after Redis's clock was read). A try after the
+// end, by this broker's clock, returns ErrLapsed without a round trip;
+// ttl <= 0 (a throttle's wait over before it) too.
+func (l *Limiter) anchor(ctx context.Context, key string, ttl time.Duration, a *Attempt) error {
+	if a.endUs != 0 {
+		if !time.Now().Before(a.endBy) {
+			return ErrLapsed
+		}
+		return nil
 	}
-	pipe := l.rdb.Pipeline()
-	get, pttl := pipe.Get(ctx, key), pipe.PTTL(ctx, key)
-	_, _ = pipe.Exec(ctx)
-	v, err := get.Result()
-	switch {
-	case errors.Is(err, redis.Nil), rediserr.IsKeyReply(err):
-		return false, 0, nil // gone since, or not a string: not this call's
-	case err != nil:
-		return false, 0, fmt.Errorf("found it written, reading it back: %w", err)
-	case v != value:
-		return false, 0, nil
+	if ttl <= 0 {
+		return ErrLapsed
 	}
-	left, err = pttl.Result()
-	switch {
-	case err != nil:
-		return false, 0, fmt.Errorf("found it written, reading its TTL: %w", err)
-	case left == -2: // go-redis gives PTTL's -2 and -1 as they are, in ns
-		return false, 0, nil // gone between the GET and the PTTL
-	case left < 0:
-		return true, -1, nil // ours, with no end (an operator's PERSIST)
+	now, err := clockScript.Run(ctx, l.rdb, []string{key}).Int64()
+	if err != nil {
+		return fmt.Errorf("read redis's clock: %w", err)
 	}
-	return true, left, nil
+	a.endUs, a.endBy = now+ttl.Microseconds(), time.Now().Add(ttl)
+	return nil
 }
+
+// clockScript reads Redis's clock (µs of TIME) on KEYS[1]'s node: a
+// Cluster runs a script where its key lives (TIME alone goes to any node).
+var clockScript = redis.NewScript(`
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000000 + tonumber(t[2])`)
+
+// setOwn writes value at key until endUs (Redis's clock, µs of TIME)
+// unless the key exists, and reports whether this call wrote it: also
+// when the write's reply was lost and go-redis sent it again (it does
+// after EOF or a reset, though Redis ran it), or an earlier try of the
+// same Attempt wrote it, and the write found that value there. So value
+// must name this call's write: its caller puts a random number in it.
+// left is how long the key has left when Redis ran the write (-1: no end,
+// an operator's PERSIST). ErrLapsed: Redis ran it at or after endUs, and
+// wrote nothing. One script on the key, so nothing comes between the
+// check, the write and the read-back (a PTTL read apart from its GET
+// could find the key gone between them).
+func (l *Limiter) setOwn(ctx context.Context, key, value string, endUs int64) (own bool, left time.Duration, err error) {
+	n, err := setUntil.Run(ctx, l.rdb, []string{key}, value, endUs).Int64()
+	switch {
+	case err != nil:
+		return false, 0, err
+	case n == setLapsed:
+		return false, 0, ErrLapsed
+	case n == setNotOurs:
+		return false, 0, nil // another value, or not a string
+	case n < 0:
+		return true, -1, nil // ours, with no end
+	}
+	return true, time.Duration(n) * time.Millisecond, nil
+}
+
+const (
+	setLapsed  = -3
+	setNotOurs = -4
+)
+
+// setUntil writes ARGV[1] at KEYS[1] until ARGV[2] (µs of Redis's TIME)
+// unless the key exists: the milliseconds it has left then, or -3 with
+// nothing written if that time has come. A key there holding ARGV[1] is
+// this write's, sent before: the milliseconds it has left (-1: no end).
+// Another value, or a key of another type: -4. Effects replication (the
+// default since Redis 5, asked for before it) carries the SET's PX, not
+// the TIME read.
+var setUntil = redis.NewScript(`
+if redis.replicate_commands then redis.replicate_commands() end
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then return -4 end
+if v then
+  if v ~= ARGV[1] then return -4 end
+  return redis.call('PTTL', KEYS[1])
+end
+local t = redis.call('TIME')
+local left = math.floor((tonumber(ARGV[2]) - (tonumber(t[1]) * 1000000 + tonumber(t[2]))) / 1000)
+if left <= 0 then return -3 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', left)
+return left`)
 
 // Debt is how many failures value's count in scope holds in Redis now, in
 // failures not refilled yet (a fraction: part of one refilled), read with
@@ -483,15 +525,17 @@ func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit
 		}
 		a.thrAt = time.Now()
 	}
-	// As long as the allowance's wait has left: a later try writes it
-	// shorter by the time since, and none once the wait is over (the
-	// allowance admits a failure again).
+	// As long as the allowance's wait has left from when Redis's clock
+	// was read on the throttle key's node (the wait less the time since
+	// the count): a later try writes it shorter, and so does Redis if it
+	// runs the write late, and none once the wait is over (the allowance
+	// admits a failure again).
 	t := a.thr
-	if t.Duration -= time.Since(a.thrAt).Truncate(time.Millisecond); t.Duration <= 0 {
-		return nil, fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), ErrLapsed)
+	if err := l.anchor(ctx, t.Key, t.Duration-time.Since(a.thrAt).Truncate(time.Millisecond), a); err != nil {
+		return nil, fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)
 	}
-	a.thrAt = time.Now()
-	own, left, err := l.setOwn(ctx, t.Key, t.Reason, t.Duration)
+	sent := time.Now()
+	own, left, err := l.setOwn(ctx, t.Key, t.Reason, a.endUs)
 	if !own {
 		// Another broker started this episode.
 		if err != nil {
@@ -499,8 +543,8 @@ func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit
 		}
 		return nil, err
 	}
-	if left > 0 {
-		t.Duration = left - time.Since(a.thrAt) // from before the send: never past Redis's end
+	if left >= 0 {
+		t.Duration = left - time.Since(sent) // from before the send: never past Redis's end
 	}
 	t.Duration = max(t.Duration, time.Millisecond)
 	return t, nil

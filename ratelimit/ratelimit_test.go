@@ -99,6 +99,12 @@ func setup(t *testing.T) (*testenv.Redis, *redis.Client) {
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	t.Cleanup(func() { rdb.Close() })
+	// The writes' scripts loaded: a proxy cutting the first request that
+	// carries a ban's value cuts the write, not an EVALSHA that meets
+	// NOSCRIPT before go-redis sends the script whole.
+	for _, s := range []*redis.Script{clockScript, setUntil, incrExpire} {
+		require.NoError(t, s.Load(context.Background(), rdb).Err())
+	}
 	return r, rdb
 }
 

@@ -41,7 +41,7 @@ func resentLimiter(t *testing.T, trigger string, p Policy) (*Limiter, *redis.Cli
 func TestBanSetSentAgainIsStillOurs(t *testing.T) {
 	ctx := context.Background()
 	p := Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second, BanMax: time.Minute}
-	l, rdb := resentLimiter(t, "block:ip:192.0.2.7", p)
+	l, rdb := resentLimiter(t, "(ban ", p)
 
 	b, err := l.ban(ctx, keys.IP, "192.0.2.7")
 	require.NoError(t, err)
@@ -65,7 +65,7 @@ func TestBanSetSentAgainIsStillOurs(t *testing.T) {
 func TestOffenceCountSentAgainCountsOnce(t *testing.T) {
 	ctx := context.Background()
 	p := Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second, BanMax: time.Hour}
-	l, rdb := resentLimiter(t, "evalsha", p)
+	l, rdb := resentLimiter(t, incrExpire.Hash(), p) // the offence's count
 
 	b, err := l.ban(ctx, keys.IP, "192.0.2.8")
 	require.NoError(t, err)
@@ -89,7 +89,7 @@ func TestOffenceCountSentAgainCountsOnce(t *testing.T) {
 func TestThrottleSetSentAgainIsStillOurs(t *testing.T) {
 	ctx := context.Background()
 	p := Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second, BanMax: time.Minute}
-	l, rdb := resentLimiter(t, "throttle:username:bob", p)
+	l, rdb := resentLimiter(t, "(throttle ", p)
 
 	var th *Throttle
 	for i := 0; i < 3 && th == nil; i++ {
@@ -128,7 +128,7 @@ func TestBanValuesNameTheirWrite(t *testing.T) {
 		require.True(t, ok, b.Reason)
 		assert.WithinDuration(t, time.Now(), at, 2*time.Second, "the time is the time")
 	}
-	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.9", "auto: something else", time.Minute)
+	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.9", "auto: something else", time.Now().Add(time.Minute).UnixMicro())
 	assert.NoError(t, err)
 	assert.False(t, own, "another value there")
 }
@@ -171,7 +171,7 @@ func TestBanTriedAgainAfterAnErrorIsStillOurs(t *testing.T) {
 	direct := New(rdb, kb, p)
 	_, err := direct.Fail(ctx, keys.IP, "192.0.2.30") // the allowance spent
 	require.NoError(t, err)
-	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.30", true), MaxRetries: -1})
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(ban ", true), MaxRetries: -1})
 	t.Cleanup(func() { cut.Close() })
 
 	var a Attempt
@@ -211,7 +211,7 @@ func TestBanWrittenByALaterTryEndsWithItsKey(t *testing.T) {
 	_, err := direct.Fail(ctx, keys.IP, "192.0.2.32") // the allowance spent
 	require.NoError(t, err)
 	via := func(passOnce bool) *Limiter {
-		c := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.32", passOnce), MaxRetries: -1})
+		c := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(ban ", passOnce), MaxRetries: -1})
 		t.Cleanup(func() { c.Close() })
 		return New(c, kb, p)
 	}
@@ -245,7 +245,7 @@ func TestThrottleTriedAgainAfterAnErrorIsStillOurs(t *testing.T) {
 	direct := New(rdb, kb, p)
 	_, err := direct.ThrottleFailTracked(ctx, "bob", 1) // the allowance spent
 	require.NoError(t, err)
-	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "throttle:username:bob", true), MaxRetries: -1})
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(throttle ", true), MaxRetries: -1})
 	t.Cleanup(func() { cut.Close() })
 
 	var a Attempt
@@ -281,7 +281,7 @@ func TestBanTriedAgainDoesNotOutliveItsTime(t *testing.T) {
 	cutFirst := func(ip string) *Attempt {
 		_, err := direct.Fail(ctx, keys.IP, ip) // the allowance spent
 		require.NoError(t, err)
-		c := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:"+ip, true), MaxRetries: -1})
+		c := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(ban ", true), MaxRetries: -1})
 		t.Cleanup(func() { c.Close() })
 		var a Attempt
 		_, err = New(c, kb, p).FailAttempt(ctx, keys.IP, ip, &a)
@@ -322,7 +322,7 @@ func TestLapsedTryIsAnError(t *testing.T) {
 	direct := New(rdb, kb, p)
 	_, err := direct.Fail(ctx, keys.IP, "192.0.2.50")
 	require.NoError(t, err)
-	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "block:ip:192.0.2.50", false), MaxRetries: -1})
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(ban ", false), MaxRetries: -1})
 	t.Cleanup(func() { cut.Close() })
 	var a Attempt
 	_, err = New(cut, kb, p).FailAttempt(ctx, keys.IP, "192.0.2.50", &a)
@@ -334,7 +334,7 @@ func TestLapsedTryIsAnError(t *testing.T) {
 
 	_, err = direct.ThrottleFailTracked(ctx, "bob", 1)
 	require.NoError(t, err)
-	cutT := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "throttle:username:bob", false), MaxRetries: -1})
+	cutT := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(throttle ", false), MaxRetries: -1})
 	t.Cleanup(func() { cutT.Close() })
 	var at Attempt
 	_, err = New(cutT, kb, p).ThrottleFailAttempt(ctx, "bob", 1, &at)
@@ -352,7 +352,7 @@ func TestBanReadBackWithNoEnd(t *testing.T) {
 	_, rdb := setup(t)
 	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute})
 	require.NoError(t, rdb.Set(ctx, "guard:block:ip:192.0.2.51", "auto: ours", 0).Err())
-	own, left, err := l.setOwn(ctx, "guard:block:ip:192.0.2.51", "auto: ours", time.Minute)
+	own, left, err := l.setOwn(ctx, "guard:block:ip:192.0.2.51", "auto: ours", time.Now().Add(time.Minute).UnixMicro())
 	require.NoError(t, err)
 	assert.True(t, own)
 	assert.Equal(t, time.Duration(-1), left)

@@ -35,7 +35,7 @@ func TestBanEndCountedFromBeforeTheSend(t *testing.T) {
 	p := Policy{Limit: 1, Window: time.Minute, BanTime: 10 * time.Second, BanMax: time.Hour}
 	_, err := New(rdb, kb, p).Fail(ctx, keys.IP, "192.0.2.60") // the allowance spent
 	require.NoError(t, err)
-	slow := New(slowSetClient(t, r.Addr, "block:ip:192.0.2.60", 800*time.Millisecond), kb, p)
+	slow := New(slowSetClient(t, r.Addr, "(ban ", 800*time.Millisecond), kb, p)
 
 	sent := time.Now()
 	b, err := slow.Fail(ctx, keys.IP, "192.0.2.60")
@@ -57,7 +57,7 @@ func TestThrottleEndCountedFromBeforeTheSend(t *testing.T) {
 	p := Policy{Limit: 1, Window: time.Minute}
 	_, err := New(rdb, kb, p).ThrottleFailTracked(ctx, "bob", 1) // the allowance spent
 	require.NoError(t, err)
-	slow := New(slowSetClient(t, r.Addr, "throttle:username:bob", 800*time.Millisecond), kb, p)
+	slow := New(slowSetClient(t, r.Addr, "(throttle ", 800*time.Millisecond), kb, p)
 
 	sent := time.Now()
 	th, err := slow.ThrottleFailTracked(ctx, "bob", 1)
@@ -84,7 +84,7 @@ func TestThrottleTriedAgainIsShorterByTheTimeSince(t *testing.T) {
 	direct := New(rdb, kb, p)
 	_, err := direct.ThrottleFailTracked(ctx, "bob", 1) // the allowance spent
 	require.NoError(t, err)
-	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "throttle:username:bob", false), MaxRetries: -1})
+	cut := redis.NewClient(&redis.Options{Addr: testenv.ClosingProxy(t, r.Addr, "(throttle ", false), MaxRetries: -1})
 	t.Cleanup(func() { cut.Close() })
 
 	var a Attempt

@@ -8,22 +8,35 @@ import (
 	"time"
 )
 
-// ClosingProxy forwards connections to addr, and closes a client's
-// connection (and its upstream) at the first request holding trigger
-// (case-insensitive): a proxy or Redis-compatible server that drops the
-// connection on a command it does not serve (twemproxy closes on INFO).
-// With passOnce, only the first request holding trigger (on any
-// connection) closes its connection, and only after it was passed on to
-// Redis and given 200 ms to run, before its reply reaches the client: Redis ran it, and the client saw the connection end
-// (EOF), as when a failover's CLIENT KILL drops it.
-func ClosingProxy(t testing.TB, addr, trigger string, passOnce bool) string {
+// pumps are one proxied connection's two directions: up is given each read
+// from the client and down each read from Redis, and each writes it on (to)
+// or not, and reports whether its direction goes on (false: both ends of
+// the connection are closed).
+type pumps struct {
+	up, down func(b []byte, to net.Conn) bool
+}
+
+// proxy forwards connections to addr, each through the pumps conn makes
+// for it, until the test ends; it returns the address to dial.
+func proxy(t testing.TB, addr string, conn func() pumps) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	var cut atomic.Bool // passOnce: the one cut is made
+	pump := func(from, to, other net.Conn, fn func([]byte, net.Conn) bool) {
+		defer from.Close()
+		defer to.Close()
+		defer other.Close()
+		buf := make([]byte, 1<<16)
+		for {
+			n, err := from.Read(buf)
+			if err != nil || !fn(buf[:n], to) {
+				return
+			}
+		}
+	}
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -35,45 +48,52 @@ func ClosingProxy(t testing.TB, addr, trigger string, passOnce bool) string {
 				c.Close()
 				continue
 			}
-			var cutting atomic.Bool // this connection's replies are held back
-			go func() {
-				defer c.Close()
-				defer s.Close()
-				buf := make([]byte, 1<<16)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if strings.Contains(strings.ToLower(string(buf[:n])), trigger) && (!passOnce || cut.CompareAndSwap(false, true)) {
-						if passOnce {
-							cutting.Store(true)
-							_, _ = s.Write(buf[:n])
-							time.Sleep(200 * time.Millisecond)
-						}
-						return
-					}
-					if _, err := s.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 1<<16)
-				for {
-					n, err := s.Read(buf)
-					if err != nil || cutting.Load() {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
+			p := conn()
+			go pump(c, s, s, p.up)
+			go pump(s, c, c, p.down)
 		}
 	}()
 	return l.Addr().String()
+}
+
+// forward writes b to to, and reports whether it went.
+func forward(b []byte, to net.Conn) bool {
+	_, err := to.Write(b)
+	return err == nil
+}
+
+func holds(b []byte, trigger string) bool {
+	return strings.Contains(strings.ToLower(string(b)), trigger)
+}
+
+// ClosingProxy forwards connections to addr, and closes a client's
+// connection (and its upstream) at the first request holding trigger
+// (case-insensitive): a proxy or Redis-compatible server that drops the
+// connection on a command it does not serve (twemproxy closes on INFO).
+// With passOnce, only the first request holding trigger (on any
+// connection) closes its connection, and only after it was passed on to
+// Redis and given 200 ms to run, before its reply reaches the client: Redis ran it, and the client saw the connection end
+// (EOF), as when a failover's CLIENT KILL drops it.
+func ClosingProxy(t testing.TB, addr, trigger string, passOnce bool) string {
+	t.Helper()
+	var cut atomic.Bool // passOnce: the one cut is made
+	return proxy(t, addr, func() pumps {
+		var cutting atomic.Bool // this connection's replies are held back
+		return pumps{
+			up: func(b []byte, s net.Conn) bool {
+				if holds(b, trigger) && (!passOnce || cut.CompareAndSwap(false, true)) {
+					if passOnce {
+						cutting.Store(true)
+						_, _ = s.Write(b)
+						time.Sleep(200 * time.Millisecond)
+					}
+					return false
+				}
+				return forward(b, s)
+			},
+			down: func(b []byte, c net.Conn) bool { return !cutting.Load() && forward(b, c) },
+		}
+	})
 }
 
 // DelayingProxy forwards connections to addr, and holds back by delay the
@@ -92,58 +112,50 @@ func DelayingProxy(t testing.TB, addr, trigger string, delay time.Duration) stri
 func DelayingProxyN(t testing.TB, addr, trigger string, delay time.Duration, limit int) string {
 	t.Helper()
 	var seen atomic.Int64
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			var held atomic.Int32 // replies to hold back
-			go func() {
-				defer c.Close()
-				defer s.Close()
-				buf := make([]byte, 1<<16)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if strings.Contains(strings.ToLower(string(buf[:n])), trigger) && (limit <= 0 || seen.Add(1) <= int64(limit)) {
-						held.Add(1)
-					}
-					if _, err := s.Write(buf[:n]); err != nil {
-						return
-					}
+	return proxy(t, addr, func() pumps {
+		var held atomic.Int32 // replies to hold back
+		return pumps{
+			up: func(b []byte, s net.Conn) bool {
+				if holds(b, trigger) && (limit <= 0 || seen.Add(1) <= int64(limit)) {
+					held.Add(1)
 				}
-			}()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 1<<16)
-				for {
-					n, err := s.Read(buf)
-					if err != nil {
-						return
-					}
-					if held.Load() > 0 {
-						held.Add(-1)
-						time.Sleep(delay)
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
+				return forward(b, s)
+			},
+			down: func(b []byte, c net.Conn) bool {
+				if held.Load() > 0 {
+					held.Add(-1)
+					time.Sleep(delay)
 				}
-			}()
+				return forward(b, c)
+			},
 		}
-	}()
-	return l.Addr().String()
+	})
+}
+
+// HoldingProxy forwards connections to addr, and holds the first request
+// holding trigger (lower case; on any connection) for hold before Redis
+// gets it, and what its client sends after it: Redis runs it hold late,
+// as a Redis stopped (SIGSTOP, a stalled fork, a hung disk) runs the
+// commands waiting in its sockets when it resumes. It is passed on even
+// if its client has given up waiting and closed meanwhile, and given
+// 200 ms to run. ran is closed once it was passed on.
+func HoldingProxy(t testing.TB, addr, trigger string, hold time.Duration) (proxyAddr string, ran <-chan struct{}) {
+	t.Helper()
+	var taken atomic.Bool
+	done := make(chan struct{})
+	return proxy(t, addr, func() pumps {
+		return pumps{
+			up: func(b []byte, s net.Conn) bool {
+				if holds(b, trigger) && taken.CompareAndSwap(false, true) {
+					time.Sleep(hold)
+					ok := forward(b, s)
+					time.Sleep(200 * time.Millisecond)
+					close(done)
+					return ok
+				}
+				return forward(b, s)
+			},
+			down: forward,
+		}
+	}), done
 }

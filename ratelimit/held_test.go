@@ -1,0 +1,106 @@
+package ratelimit
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
+	"github.com/mosquitto-guard/mosquitto-guard/keys"
+)
+
+// heldWriteLimiter is a Limiter whose first request carrying trigger
+// reaches Redis hold late (testenv.HoldingProxy), its try having given up
+// after 300 ms: as a write waits in the socket of a Redis stopped
+// meanwhile, which runs it when it resumes.
+func heldWriteLimiter(t *testing.T, r *testenv.Redis, p Policy, trigger string, hold time.Duration) (*Limiter, <-chan struct{}) {
+	t.Helper()
+	addr, ran := testenv.HoldingProxy(t, r.Addr, trigger, hold)
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: 300 * time.Millisecond})
+	t.Cleanup(func() { c.Close() })
+	return New(c, keys.Builder{Prefix: "guard:"}, p), ran
+}
+
+// neverThere asserts key is not in Redis at any of a few readings over d.
+func neverThere(t *testing.T, r *testenv.Redis, key string, d time.Duration) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if !assert.Equal(t, "0", r.CLI("EXISTS", key), "written after its time") {
+			return
+		}
+	}
+}
+
+// A ban whose write Redis runs after the ban's time is over writes
+// nothing, and one it runs late writes what is left of it: the ban ends
+// its length after Redis's clock was read on its key's node, however late
+// its write runs. Before, the write's expiry was relative: a 1 s ban sent
+// before a 6 s SIGSTOP held for 1 s from the SIGCONT, unlogged (its try
+// had lapsed: event=ban_lapsed), against an operator's view of it as over
+// (atk97's H).
+func TestBanWrittenLateHoldsOnlyWhatIsLeft(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	p := Policy{Limit: 1, Window: time.Minute, BanTime: time.Second, BanMax: time.Hour}
+	direct := New(rdb, kb, p)
+
+	// Held past its end: never written.
+	_, err := direct.Fail(ctx, keys.IP, "192.0.2.70") // the allowance spent
+	require.NoError(t, err)
+	l, ran := heldWriteLimiter(t, r, p, "(ban ", 1500*time.Millisecond)
+	var a Attempt
+	b, err := l.FailAttempt(ctx, keys.IP, "192.0.2.70", &a)
+	require.Error(t, err, "the try gave up")
+	require.Nil(t, b)
+	<-ran
+	neverThere(t, r, "guard:block:ip:192.0.2.70", 300*time.Millisecond)
+	b, err = direct.FailAttempt(ctx, keys.IP, "192.0.2.70", &a)
+	assert.ErrorIs(t, err, ErrLapsed)
+	assert.Nil(t, b)
+	assert.Equal(t, "0", r.CLI("EXISTS", "guard:offences:ip:192.0.2.70"), "no offence counted")
+
+	// Held for part of it: what is left.
+	p.BanTime = 3 * time.Second
+	direct = New(rdb, kb, p)
+	_, err = direct.Fail(ctx, keys.IP, "192.0.2.71")
+	require.NoError(t, err)
+	l, ran = heldWriteLimiter(t, r, p, "(ban ", time.Second)
+	a = Attempt{}
+	read := time.Now()
+	_, err = l.FailAttempt(ctx, keys.IP, "192.0.2.71", &a)
+	require.Error(t, err, "the try gave up")
+	<-ran
+	pttl := rdb.PTTL(ctx, "guard:block:ip:192.0.2.71").Val()
+	require.Positive(t, pttl, "control: the late write wrote it")
+	// Its length from when Redis's clock was read, a round trip or two
+	// after the try began (written whole when it ran: 1 s later).
+	ends := time.Now().Add(pttl)
+	assert.WithinDuration(t, read.Add(p.BanTime), ends, 100*time.Millisecond, "ends %s after its length from the try", ends.Sub(read.Add(p.BanTime)))
+	b, err = direct.FailAttempt(ctx, keys.IP, "192.0.2.71", &a)
+	require.NoError(t, err)
+	require.NotNil(t, b, "the try again finds its write")
+	assert.False(t, b.Expires.After(ends.Add(20*time.Millisecond)), "reported to end %s after its key", b.Expires.Sub(ends))
+}
+
+// The same for a username throttle: its write run after the allowance's
+// wait is over writes nothing.
+func TestThrottleWrittenLateHoldsOnlyWhatIsLeft(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	p := Policy{Limit: 1, Window: time.Second}
+	_, err := New(rdb, kb, p).ThrottleFailTracked(ctx, "bob", 1) // the allowance spent
+	require.NoError(t, err)
+	l, ran := heldWriteLimiter(t, r, p, "(throttle ", 1500*time.Millisecond)
+	var a Attempt
+	th, err := l.ThrottleFailAttempt(ctx, "bob", 1, &a)
+	require.Error(t, err, "the try gave up")
+	require.Nil(t, th)
+	<-ran
+	neverThere(t, r, "guard:throttle:username:bob", 300*time.Millisecond)
+}
