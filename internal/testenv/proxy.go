@@ -3,6 +3,7 @@ package testenv
 import (
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -158,4 +159,39 @@ func HoldingProxy(t testing.TB, addr, trigger string, hold time.Duration) (proxy
 			down: forward,
 		}
 	}), done
+}
+
+// SilencingProxy forwards connections to addr until silence is called:
+// from then on, each connection open that had carried a request holding
+// trigger (lower case) forwards nothing either way, and stays open, as a
+// connection whose NAT or firewall state expired, or a proxy that stopped
+// forwarding it: no FIN, no reset, no error, no reply. Other connections,
+// and those made since, pass.
+func SilencingProxy(t testing.TB, addr, trigger string) (proxyAddr string, silence func()) {
+	t.Helper()
+	var mu sync.Mutex
+	var marked []*atomic.Bool // the quiet flags of the connections that carried trigger
+	return proxy(t, addr, func() pumps {
+			quiet := new(atomic.Bool)
+			var registered bool // up's own
+			return pumps{
+				up: func(b []byte, s net.Conn) bool {
+					if !registered && holds(b, trigger) {
+						registered = true
+						mu.Lock()
+						marked = append(marked, quiet)
+						mu.Unlock()
+					}
+					return quiet.Load() || forward(b, s)
+				},
+				down: func(b []byte, c net.Conn) bool { return quiet.Load() || forward(b, c) },
+			}
+		}), func() {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, q := range marked {
+				q.Store(true)
+			}
+			marked = nil
+		}
 }

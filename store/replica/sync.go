@@ -341,12 +341,44 @@ func (s *Sync) subscribe(ctx context.Context) ([]*redis.PubSub, error) {
 	return subs, nil
 }
 
+// subPingEvery is how often a subscription is pinged, and subSilentMax
+// how long it may stay silent (no change, no pong) before it is taken as
+// lost, and the session starts over (subscribes, reloads). A connection
+// dropped without a FIN or a reset (a NAT's or firewall's state expired, a
+// proxy that stopped forwarding) blocks a read forever, and TCP's
+// keepalive (go-redis dials with 5 min) takes tens of minutes to end it:
+// meanwhile changes reached the replica at its reloads only, and InStep
+// said it was in step (atk98: an operator's DEL of a ban unseen until the
+// ban ran out). Tests shorten both.
+var (
+	subPingEvery = 5 * time.Second
+	subSilentMax = 15 * time.Second
+)
+
 func (s *Sync) receive(ctx context.Context, ps *redis.PubSub, broken chan<- error) {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		t := time.NewTicker(subPingEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+				_ = ps.Ping(pctx) // its pong, or the silence, shows in the reads
+			}
+		}
+	}()
 	for {
-		msg, err := ps.ReceiveMessage(ctx)
+		m, err := ps.ReceiveTimeout(ctx, subSilentMax)
 		if err != nil {
 			broken <- fmt.Errorf("subscription lost: %w", err)
 			return
+		}
+		msg, ok := m.(*redis.Message)
+		if !ok {
+			continue // a pong, or a subscription's confirmation
 		}
 		key := msg.Payload // the change channel carries the key name
 		if msg.Pattern != "" {
