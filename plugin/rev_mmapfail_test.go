@@ -44,12 +44,16 @@ func TestRevKnownNoteMmapFailureReleasesLock(t *testing.T) {
 		k := newKnownSources(knownDeps{max: 100, window: time.Hour, failWindow: time.Minute,
 			spawn: func(string, func()) {}, stop: stop})
 		// Fill recent to the entry before its next growth, which maps
-		// twice its slots (12 bytes each): a mapping of megabytes.
+		// twice its slots (12 bytes each): past 190 000 entries (under
+		// knownRecentMax, which clears it), a mapping of 6 MB, well past
+		// the cap's 1 MB of slack (at 50 000 entries it was 1.5 MB, and a
+		// full local run of the plugin package once found it mapped: "the
+		// mapping did not fail").
 		k.mu.Lock()
 		for i := uint32(0); ; i++ {
 			k.recent.Put(recentID{i<<2 | 2, i*2654435761 + 1}, knownStampOf(time.Now().UnixMilli()))
 			slots := k.recent.Mapped() / 12
-			if k.recent.Len() >= 50_000 && (k.recent.Len()+1)*4 > slots*3 {
+			if k.recent.Len() >= 190_000 && (k.recent.Len()+1)*4 > slots*3 {
 				break
 			}
 		}
