@@ -505,3 +505,55 @@ func TestReconcileReadsAFailureCountedAndQueuedAsOne(t *testing.T) {
 	assert.InDelta(t, 0, <-read, 0.01, "the failure is this broker's and the queue's: nothing owed")
 	assert.InDelta(t, 0, q.ownOf(k), 0.01)
 }
+
+// A reconcile compares Redis's count with the mean of this broker's count
+// read before and after Redis's answer: both refill meanwhile, and Redis
+// reads its count at some moment in between, near the start when the
+// reply is what is slow and near the end when the request is. Each half
+// alone is wrong by the slow part over fail_window: before alone, a
+// request held 0.7 of fail_window counts a failure Redis has (a false
+// ban at the limit); after alone, a reply held as long misses one owed (a
+// guesser's half failure, enough to evade Redis's ban: owedCount).
+func TestReconcileReadsThisBrokersCountAroundRedis(t *testing.T) {
+	p := ratelimit.Policy{Limit: 5, Window: 2 * time.Second, BanTime: time.Minute}
+	const slow = 1400 * time.Millisecond // 0.7 of fail_window, under countTimeout
+	kb := keys.Builder{Prefix: "guard:"}
+	for _, c := range []struct {
+		name        string
+		ip          string
+		owed        int
+		slowRequest bool
+	}{
+		{"request held, nothing owed", "192.0.2.98", 0, true},
+		{"reply held, one owed", "192.0.2.99", 1, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			q, loc, lim, r := reconcileQueue(t, p)
+			k := failKey{keys.IP, c.ip}
+			trigger := "rate:guard:fail:ip:" + c.ip
+			for range 3 + c.owed {
+				loc.Fail(k.local(), time.Now())
+			}
+			for range 3 {
+				_, err := lim.Fail(context.Background(), keys.IP, c.ip)
+				require.NoError(t, err)
+			}
+			addr := testenv.DelayingProxyN(t, r.Addr, trigger, slow, 1)
+			if c.slowRequest {
+				addr, _ = testenv.HoldingProxy(t, r.Addr, trigger, slow)
+			}
+			rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: 5 * time.Second})
+			t.Cleanup(func() { rdb.Close() })
+			q.counter = ratelimit.New(rdb, kb, p)
+			_, err := ratelimit.New(rdb, kb, p).Debt(context.Background(), keys.IP, "198.51.100.1") // its script loaded
+			require.NoError(t, err)
+
+			start := time.Now()
+			q.count(failure{keys: []failKey{k}, reconcile: true, ip: netip.MustParseAddr(c.ip)})
+			require.GreaterOrEqual(t, time.Since(start), slow, "control: the read was slow")
+			inRedis, err := lim.Debt(context.Background(), keys.IP, c.ip)
+			require.NoError(t, err)
+			assert.InDelta(t, loc.Debt(k.local(), time.Now()), inRedis, 0.5, "Redis's count, reconciled, is this broker's")
+		})
+	}
+}
