@@ -104,3 +104,39 @@ func TestThrottleWrittenLateHoldsOnlyWhatIsLeft(t *testing.T) {
 	<-ran
 	neverThere(t, r, "guard:throttle:username:bob", 300*time.Millisecond)
 }
+
+// A write never holds longer than its length, whatever Redis's clock did
+// since the end was set (here an end an hour ahead, as after a step back
+// of Redis's clock or a failover to a node whose clock is behind): a
+// review of ebd7f99.
+func TestBanWriteNeverOutlastsItsLength(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := setup(t)
+	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute})
+	own, left, err := l.setOwn(ctx, "guard:block:ip:192.0.2.72", "auto: ours", time.Now().Add(time.Hour).UnixMicro(), time.Second)
+	require.NoError(t, err)
+	assert.True(t, own)
+	assert.Equal(t, time.Second, left)
+	assert.LessOrEqual(t, rdb.PTTL(ctx, "guard:block:ip:192.0.2.72").Val(), time.Second)
+}
+
+// A write whose read of the key Redis refuses (an ACL that lets the
+// user write the block keys and not read them; here GET refused) is an error, not "banned
+// already": taken for another's ban, no ban was written and nothing
+// said so (a review of ebd7f99). A key of another type is still someone
+// else's.
+func TestBanWriteRefusedReadIsAnError(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute})
+	require.NoError(t, rdb.HSet(ctx, "guard:block:ip:192.0.2.74", "f", "v").Err())
+	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.74", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute)
+	require.NoError(t, err, "control: a hash there")
+	assert.False(t, own)
+
+	r.CLI("ACL", "SETUSER", "default", "-get")
+	t.Cleanup(func() { r.CLI("ACL", "SETUSER", "default", "+get") })
+	own, _, err = l.setOwn(ctx, "guard:block:ip:192.0.2.73", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute)
+	assert.False(t, own)
+	assert.Error(t, err, "Redis's refusal") // Redis 7.0: "ERR The user executing the script can't run this command"
+}

@@ -183,7 +183,8 @@ var ErrLapsed = errors.New("its time was over before Redis answered")
 
 // Resumable reports whether a try may be made again after any error but
 // Redis's own refusal: the failure's count answered, and what is left (a
-// read, the ban's SET NX of the value decided, the offence's count against
+// read, the ban's write of the value decided unless the key exists
+// (setOwn), the offence's count against
 // the count read first) cannot count anything twice. So a ban whose SET's
 // reply timed out is not left unlogged and uncounted.
 func (a *Attempt) Resumable() bool { return a.over || a.thr != nil }
@@ -213,8 +214,9 @@ func (l *Limiter) FailAttempt(ctx context.Context, scope keys.Scope, value strin
 // ban writes an automatic ban of value unless its block key exists.
 //
 // The block key and the offences key hash to different cluster slots, so the
-// two cannot be changed in one script or transaction. Instead SET NX on the
-// block key decides: of any number of brokers banning the same key at once,
+// two cannot be changed in one script or transaction. Instead a write
+// unless the key exists (setOwn's script, SET NX's rule) on the block key
+// decides: of any number of brokers banning the same key at once,
 // exactly one creates it, and only that one goes on to INCR the offences key.
 // The others find the key taken and do nothing, so one offence is counted
 // once and never escalates the next ban twice; an operator's key is never
@@ -252,7 +254,7 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 			return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
 		}
 		sent := time.Now()
-		own, left, err := l.setOwn(ctx, b.Key, b.Reason, a.endUs)
+		own, left, err := l.setOwn(ctx, b.Key, b.Reason, a.endUs, d)
 		if !own {
 			// Already blocked: by an operator, or by another broker just now.
 			if err != nil {
@@ -326,7 +328,7 @@ func (l *Limiter) decide(ctx context.Context, scope keys.Scope, value, offKey st
 // unless the count is already past ARGV[2], the count read before the ban
 // was written: then this call ran before and its reply was lost (go-redis
 // sends a script again after EOF or a reset), and counting again would
-// double the next ban. Only the broker whose SET NX wrote the ban counts
+// double the next ban. Only the broker whose write (setOwn) made the ban counts
 // its offence, so no other broker's count can have come in between, but
 // for one whose ban was written after this one's was deleted: that offence
 // is then left uncounted, the next ban one step shorter, never longer. A
@@ -376,12 +378,14 @@ return tonumber(t[1]) * 1000000 + tonumber(t[2])`)
 // same Attempt wrote it, and the write found that value there. So value
 // must name this call's write: its caller puts a random number in it.
 // left is how long the key has left when Redis ran the write (-1: no end,
-// an operator's PERSIST). ErrLapsed: Redis ran it at or after endUs, and
-// wrote nothing. One script on the key, so nothing comes between the
+// an operator's PERSIST), never more than length, whatever Redis's clock
+// did since endUs was set (an NTP step back, a failover to a node whose
+// clock is behind). ErrLapsed: Redis ran it at or after endUs, and wrote
+// nothing. One script on the key, so nothing comes between the
 // check, the write and the read-back (a PTTL read apart from its GET
 // could find the key gone between them).
-func (l *Limiter) setOwn(ctx context.Context, key, value string, endUs int64) (own bool, left time.Duration, err error) {
-	n, err := setUntil.Run(ctx, l.rdb, []string{key}, value, endUs).Int64()
+func (l *Limiter) setOwn(ctx context.Context, key, value string, endUs int64, length time.Duration) (own bool, left time.Duration, err error) {
+	n, err := setUntil.Run(ctx, l.rdb, []string{key}, value, endUs, length.Milliseconds()).Int64()
 	switch {
 	case err != nil:
 		return false, 0, err
@@ -400,25 +404,32 @@ const (
 	setNotOurs = -4
 )
 
-// setUntil writes ARGV[1] at KEYS[1] until ARGV[2] (µs of Redis's TIME)
-// unless the key exists: the milliseconds it has left then, or -3 with
-// nothing written if that time has come. A key there holding ARGV[1] is
-// this write's, sent before: the milliseconds it has left (-1: no end).
-// Another value, or a key of another type: -4. Effects replication (the
-// default since Redis 5, asked for before it) carries the SET's PX, not
-// the TIME read.
+// setUntil writes ARGV[1] at KEYS[1] until ARGV[2] (µs of Redis's TIME),
+// for at most ARGV[3] ms, unless the key exists: the milliseconds it has
+// left then, or -3 with nothing written if that time has come. A key there
+// holding ARGV[1] is this write's, sent before: the milliseconds it has
+// left (-1: no end). Another value, or a key of another type
+// (WRONGTYPE): -4; any other refusal of the GET (an ACL's NOPERM) is
+// Redis's error, not "banned already". Effects replication (the default
+// since Redis 5, asked for before it) carries the SET's PX, not the TIME
+// read. PX is given as a string ('%d'): Redis 7.2.0 to 7.2.4 wrote some
+// whole Lua numbers in exponent form (redis/redis#13113).
 var setUntil = redis.NewScript(`
 if redis.replicate_commands then redis.replicate_commands() end
 local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' then return -4 end
+if type(v) == 'table' then
+  if v.err and string.sub(v.err, 1, 9) == 'WRONGTYPE' then return -4 end
+  return redis.error_reply(v.err or 'ERR GET failed')
+end
 if v then
   if v ~= ARGV[1] then return -4 end
   return redis.call('PTTL', KEYS[1])
 end
 local t = redis.call('TIME')
 local left = math.floor((tonumber(ARGV[2]) - (tonumber(t[1]) * 1000000 + tonumber(t[2]))) / 1000)
+left = math.min(left, tonumber(ARGV[3]))
 if left <= 0 then return -3 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', left)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', string.format('%d', left))
 return left`)
 
 // Debt is how many failures value's count in scope holds in Redis now, in
@@ -535,7 +546,7 @@ func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit
 		return nil, fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)
 	}
 	sent := time.Now()
-	own, left, err := l.setOwn(ctx, t.Key, t.Reason, a.endUs)
+	own, left, err := l.setOwn(ctx, t.Key, t.Reason, a.endUs, t.Duration)
 	if !own {
 		// Another broker started this episode.
 		if err != nil {

@@ -313,7 +313,8 @@ func probeCommands(needs SettingsNeeds, k, rk string) [][]any {
 	}
 	cmds = append(cmds, []any{"pexpire", k, "10000"}, []any{"del", k})
 	if needs.Counts {
-		// The automatic bans and throttles (SET ... NX PX), the offence
+		// The automatic bans and throttles (a script: GET, TIME, SET ... PX,
+		// PTTL; the throttle's claim a SET ... NX PX), the offence
 		// counts (INCR, PEXPIRE from a script); redis_rate's script: TIME,
 		// then a read and a write of its key (atk61: a user without +time
 		// passed a SET alone).

@@ -142,7 +142,8 @@ func (s *Sync) noteMarks(marks []mark) {
 // starts again. Other replies (NOPERM, READONLY, OOM, an unknown command)
 // stop the flush mark until the next periodic reload.
 func transient(err error) bool {
-	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) || redis.IsMasterDownError(err)
+	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) || redis.IsMasterDownError(err) ||
+		(err != nil && strings.HasPrefix(err.Error(), "BUSY ")) // a script past busy-reply-threshold: over when it ends
 }
 
 // lost says why the keys of some master are gone ("" when they are not):
@@ -161,6 +162,12 @@ func (s *Sync) lost(ctx context.Context, marks []mark) (why string, flushed bool
 			return fmt.Sprintf("the flush mark %s on %s is gone: the keys were flushed (FLUSHALL, FLUSHDB) or lost (Redis restarted empty)", m.key, store.NodeName(m.c)), true
 		case err == nil && got != m.val:
 			return fmt.Sprintf("the flush mark %s on %s changed: the keys were flushed or lost, or moved", m.key, store.NodeName(m.c)), true
+		case transient(err):
+			// Busy (a script past busy-reply-threshold) or loading: as a
+			// master that does not answer in time, it says nothing (a
+			// review of 2392d1c: a BUSY reloaded, and its mark's BUSY then
+			// ended the session).
+			continue
 		case store.IsReply(err):
 			// Not a flush: a slot moved, or Redis refused the read (an ACL
 			// change; a rotated password fails the next connection's AUTH).

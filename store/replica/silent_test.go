@@ -21,29 +21,11 @@ import (
 // operator's DEL (here a SET) reached the replica at its next reload only
 // (replica_resync, an hour here), while InStep said true (atk98).
 func TestSilentSubscriptionIsTakenAsLost(t *testing.T) {
-	wasPing, wasSilent := subPingEvery, subSilentMax
-	subPingEvery, subSilentMax = 100*time.Millisecond, 500*time.Millisecond
-	defer func() { subPingEvery, subSilentMax = wasPing, wasSilent }()
-
 	srv := testenv.StartRedis(t)
 	addr, silence := testenv.SilencingProxy(t, srv.Addr, "psubscribe")
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	t.Cleanup(func() { rdb.Close() })
+	r, s, lost := silentSync(t, addr)
 	direct := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { direct.Close() })
-	r := New(kb)
-	var mu sync.Mutex
-	var logged []string
-	s := NewSync(r, rdb, Options{ResyncEvery: time.Hour, OnLost: func(err error) {
-		mu.Lock()
-		logged = append(logged, err.Error())
-		mu.Unlock()
-	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	require.Eventually(t, s.InStep, 5*time.Second, 5*time.Millisecond)
 	client := q("dev", "198.51.100.9", "bob")
 	require.NoError(t, direct.Set(context.Background(), "guard:block:ip:198.51.100.9", "operator", 0).Err())
 	eventuallyBlocked(t, r, client, true) // control: the subscription carries changes
@@ -56,14 +38,58 @@ func TestSilentSubscriptionIsTakenAsLost(t *testing.T) {
 		"the DEL reaches the replica")
 	t.Logf("the DEL reached the replica %s after it was made", time.Since(start))
 	require.Eventually(t, s.InStep, 5*time.Second, 5*time.Millisecond, "in step again")
-	mu.Lock()
-	defer mu.Unlock()
-	assert.True(t, func() bool {
-		for _, l := range logged {
-			if strings.Contains(l, "subscription lost") {
-				return true
-			}
-		}
-		return false
-	}(), "the loss is reported: %q", logged)
+	assert.Contains(t, lost(), "subscription lost", "the loss is reported")
+}
+
+// silentSync runs a Sync on addr with subPingEvery 100 ms and subSilentMax
+// 500 ms (restored once it has stopped), until the test ends; lost returns
+// what OnLost was given, joined.
+func silentSync(t *testing.T, addr string) (r *Replica, s *Sync, lost func() string) {
+	t.Helper()
+	wasPing, wasSilent := subPingEvery, subSilentMax
+	subPingEvery, subSilentMax = 100*time.Millisecond, 500*time.Millisecond
+	t.Cleanup(func() { subPingEvery, subSilentMax = wasPing, wasSilent }) // after the Sync's, which stops it
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	r = New(kb)
+	var mu sync.Mutex
+	var reported []string
+	s = NewSync(r, rdb, Options{ResyncEvery: time.Hour, OnLost: func(err error) {
+		mu.Lock()
+		reported = append(reported, err.Error())
+		mu.Unlock()
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	require.Eventually(t, s.InStep, 5*time.Second, 5*time.Millisecond)
+	return r, s, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(reported, "; ")
+	}
+}
+
+// An idle subscription is kept by its pings: no change for three times
+// subSilentMax is no loss, and a ping refused (BUSY, while a script runs
+// past busy-reply-threshold) is an answer, not silence (a review of
+// 2392d1c: the read's deadline alone would start an idle subscription
+// over every 15 s, and a BUSY ended it).
+func TestIdleSubscriptionIsKept(t *testing.T) {
+	srv := testenv.StartRedis(t, "--busy-reply-threshold", "100")
+	_, s, lost := silentSync(t, srv.Addr)
+	time.Sleep(1500 * time.Millisecond)
+	assert.Empty(t, lost(), "an idle subscription kept")
+	assert.True(t, s.InStep())
+
+	// A script busy for 1.2 s: the pings meanwhile are refused with BUSY.
+	direct := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: 5 * time.Second})
+	t.Cleanup(func() { direct.Close() })
+	busy := `local t = redis.call('TIME') local e = tonumber(t[1]) + tonumber(t[2]) / 1e6 + 1.2
+while true do t = redis.call('TIME') if tonumber(t[1]) + tonumber(t[2]) / 1e6 > e then break end end return 1`
+	require.NoError(t, direct.Eval(context.Background(), busy, nil).Err())
+	time.Sleep(300 * time.Millisecond)
+	assert.Empty(t, lost(), "pings refused with BUSY are answers")
+	assert.True(t, s.InStep())
 }

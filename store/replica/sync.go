@@ -372,6 +372,14 @@ func (s *Sync) receive(ctx context.Context, ps *redis.PubSub, broken chan<- erro
 	}()
 	for {
 		m, err := ps.ReceiveTimeout(ctx, subSilentMax)
+		if store.IsReply(err) {
+			// Redis answered (a ping refused while a script runs past
+			// busy-reply-threshold: BUSY): the link is alive, and the
+			// subscription with it (a review of 2392d1c: a BUSY ended the
+			// session, whose next PSUBSCRIBE, refused alike, was taken for
+			// an ACL's refusal of the channels).
+			continue
+		}
 		if err != nil {
 			broken <- fmt.Errorf("subscription lost: %w", err)
 			return
