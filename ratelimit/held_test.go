@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mosquitto-guard/mosquitto-guard/internal/rediserr"
 	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
@@ -138,5 +139,7 @@ func TestBanWriteRefusedReadIsAnError(t *testing.T) {
 	t.Cleanup(func() { r.CLI("ACL", "SETUSER", "default", "+get") })
 	own, _, err = l.setOwn(ctx, "guard:block:ip:192.0.2.73", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute)
 	assert.False(t, own)
-	assert.Error(t, err, "Redis's refusal") // Redis 7.0: "ERR The user executing the script can't run this command"
+	require.Error(t, err)
+	assert.True(t, rediserr.IsReply(err), "Redis's refusal, not %v", err) // Redis 7.0: "ERR The user executing the script can't run this command"
+	assert.NotErrorIs(t, err, ErrLapsed)
 }

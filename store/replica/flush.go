@@ -143,7 +143,13 @@ func (s *Sync) noteMarks(marks []mark) {
 // stop the flush mark until the next periodic reload.
 func transient(err error) bool {
 	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) || redis.IsMasterDownError(err) ||
-		(err != nil && strings.HasPrefix(err.Error(), "BUSY ")) // a script past busy-reply-threshold: over when it ends
+		isBusy(err) // a script past busy-reply-threshold: over when it ends
+}
+
+// isBusy says whether err is, or wraps, Redis's BUSY reply.
+func isBusy(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "BUSY ")
 }
 
 // lost says why the keys of some master are gone ("" when they are not):

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -77,7 +78,7 @@ func silentSync(t *testing.T, addr string) (r *Replica, s *Sync, lost func() str
 // 2392d1c: the read's deadline alone would start an idle subscription
 // over every 15 s, and a BUSY ended it).
 func TestIdleSubscriptionIsKept(t *testing.T) {
-	srv := testenv.StartRedis(t, "--busy-reply-threshold", "100")
+	srv := testenv.StartRedis(t, "--lua-time-limit", "100") // busy-reply-threshold since Redis 7
 	_, s, lost := silentSync(t, srv.Addr)
 	time.Sleep(1500 * time.Millisecond)
 	assert.Empty(t, lost(), "an idle subscription kept")
@@ -88,8 +89,34 @@ func TestIdleSubscriptionIsKept(t *testing.T) {
 	t.Cleanup(func() { direct.Close() })
 	busy := `local t = redis.call('TIME') local e = tonumber(t[1]) + tonumber(t[2]) / 1e6 + 1.2
 while true do t = redis.call('TIME') if tonumber(t[1]) + tonumber(t[2]) / 1e6 > e then break end end return 1`
-	require.NoError(t, direct.Eval(context.Background(), busy, nil).Err())
+	ran := make(chan error, 1)
+	go func() { ran <- direct.Eval(context.Background(), busy, nil).Err() }()
+	time.Sleep(300 * time.Millisecond)
+	other := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { other.Close() })
+	err := other.Get(context.Background(), "guard:epoch").Err()
+	require.ErrorContains(t, err, "BUSY", "control: Redis busy")
+	// Wrapped as subscribe and mark wrap it: still transient, not taken
+	// for an ACL's refusal of the channels (a review of 4a934c4).
+	assert.True(t, transient(fmt.Errorf("subscribe: %w", err)), "a wrapped BUSY is transient")
+	require.NoError(t, <-ran)
 	time.Sleep(300 * time.Millisecond)
 	assert.Empty(t, lost(), "pings refused with BUSY are answers")
 	assert.True(t, s.InStep())
+}
+
+// A reply to the ping that is a refusal (here an ACL changed to refuse
+// PING) ends the subscription, as would a refusal of the PSUBSCRIBE
+// go-redis sends again after its own reconnect: only a busy Redis's
+// reply is an answer that keeps it (a review of 4a934c4: every reply was
+// skipped, and a refusal met at each read kept a subscription that was
+// gone).
+func TestRefusedPingEndsTheSubscription(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	_, _, lost := silentSync(t, srv.Addr)
+	srv.CLI("ACL", "SETUSER", "default", "-ping")
+	t.Cleanup(func() { srv.CLI("ACL", "SETUSER", "default", "+ping") })
+	require.Eventually(t, func() bool { return strings.Contains(lost(), "subscription lost") }, 3*time.Second, 10*time.Millisecond,
+		"the refusal ends the subscription")
+	assert.Contains(t, lost(), "NOPERM")
 }

@@ -184,14 +184,17 @@ func (s *Sync) session(ctx context.Context) error {
 	default:
 		s.subRefused = false // unsub is cleared once the load below is in
 	}
+	var readers sync.WaitGroup
 	defer func() {
 		for _, ps := range subs {
 			ps.Close()
 		}
+		readers.Wait() // closed, their reads return: nothing of this session runs on
 	}()
-	broken := make(chan error, len(subs))
+	broken := make(chan error, len(subs)) // one send at most from each reader: never blocks
 	for _, ps := range subs {
-		go s.receive(ctx, ps, broken)
+		readers.Add(1)
+		go func() { defer readers.Done(); s.receive(ctx, ps, broken) }()
 	}
 	marks, err := s.mark(ctx)
 	if err != nil {
@@ -357,8 +360,10 @@ var (
 
 func (s *Sync) receive(ctx context.Context, ps *redis.PubSub, broken chan<- error) {
 	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	pinged := make(chan struct{})
+	defer func() { cancel(); <-pinged }()
 	go func() {
+		defer close(pinged)
 		t := time.NewTicker(subPingEvery)
 		defer t.Stop()
 		for {
@@ -372,12 +377,18 @@ func (s *Sync) receive(ctx context.Context, ps *redis.PubSub, broken chan<- erro
 	}()
 	for {
 		m, err := ps.ReceiveTimeout(ctx, subSilentMax)
-		if store.IsReply(err) {
-			// Redis answered (a ping refused while a script runs past
-			// busy-reply-threshold: BUSY): the link is alive, and the
-			// subscription with it (a review of 2392d1c: a BUSY ended the
-			// session, whose next PSUBSCRIBE, refused alike, was taken for
-			// an ACL's refusal of the channels).
+		// A reply read off the subscription comes unwrapped; go-redis's
+		// own dial's refusals come wrapped (below): a type assertion.
+		if re, ok := err.(redis.Error); ok && transient(re) {
+			// Redis answered, busy (a ping refused while a script runs
+			// past busy-reply-threshold: BUSY): the link is alive, and
+			// the subscription with it (a review of 2392d1c: a BUSY ended
+			// the session). Any other reply ends it: a refusal of the
+			// ping or of a PSUBSCRIBE go-redis sent again after its own
+			// reconnect (an ACL changed), and, wrapped, a refusal of the
+			// AUTH of a connection go-redis dialled anew (a rotated
+			// password), which a skip would meet at every read, the
+			// subscription gone (a review of 4a934c4).
 			continue
 		}
 		if err != nil {
