@@ -114,7 +114,7 @@ func TestBanWriteNeverOutlastsItsLength(t *testing.T) {
 	ctx := context.Background()
 	_, rdb := setup(t)
 	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute})
-	own, left, err := l.setOwn(ctx, "guard:block:ip:192.0.2.72", "auto: ours", time.Now().Add(time.Hour).UnixMicro(), time.Second)
+	own, left, err := l.setOwn(ctx, "guard:block:ip:192.0.2.72", "auto: ours", time.Now().Add(time.Hour).UnixMicro(), time.Second, 0)
 	require.NoError(t, err)
 	assert.True(t, own)
 	assert.Equal(t, time.Second, left)
@@ -131,15 +131,69 @@ func TestBanWriteRefusedReadIsAnError(t *testing.T) {
 	r, rdb := setup(t)
 	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute})
 	require.NoError(t, rdb.HSet(ctx, "guard:block:ip:192.0.2.74", "f", "v").Err())
-	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.74", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute)
+	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.74", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute, 0)
 	require.NoError(t, err, "control: a hash there")
 	assert.False(t, own)
 
 	r.CLI("ACL", "SETUSER", "default", "-get")
 	t.Cleanup(func() { r.CLI("ACL", "SETUSER", "default", "+get") })
-	own, _, err = l.setOwn(ctx, "guard:block:ip:192.0.2.73", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute)
+	own, _, err = l.setOwn(ctx, "guard:block:ip:192.0.2.73", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute, 0)
 	assert.False(t, own)
 	require.Error(t, err)
 	assert.True(t, rediserr.IsReply(err), "Redis's refusal, not %v", err) // Redis 7.0: "ERR The user executing the script can't run this command"
 	assert.NotErrorIs(t, err, ErrLapsed)
+}
+
+// A copy of a try's write that Redis runs after the try gave up writes
+// nothing: here the first try's write is held on its way 1.5 s, its try
+// gives up at 400 ms, a second try writes the ban (logged: event=banned),
+// and an operator deletes it; the held copy then reaches Redis. Before,
+// it found the key gone and time left, and put the ban back (atk100: a
+// DEL 1.7 s after event=banned undone, the ban held 26 s more).
+func TestLateCopyOfAWriteDoesNotUndoADel(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	p := Policy{Limit: 1, Window: time.Minute, BanTime: 30 * time.Second, BanMax: time.Hour}
+	direct := New(rdb, kb, p)
+	_, err := direct.Fail(ctx, keys.IP, "192.0.2.75") // the allowance spent
+	require.NoError(t, err)
+	l, ran := heldWriteLimiter(t, r, p, "(ban ", 1500*time.Millisecond)
+
+	var a Attempt
+	try, cancel := context.WithTimeout(ctx, 400*time.Millisecond)
+	_, err = l.FailAttempt(try, keys.IP, "192.0.2.75", &a)
+	cancel()
+	require.Error(t, err, "the first try gave up")
+	try, cancel = context.WithTimeout(ctx, 2*time.Second)
+	b, err := direct.FailAttempt(try, keys.IP, "192.0.2.75", &a)
+	cancel()
+	require.NoError(t, err)
+	require.NotNil(t, b, "the second try wrote it")
+	require.Equal(t, "1", r.CLI("DEL", "guard:block:ip:192.0.2.75"), "an operator's DEL")
+	<-ran
+	neverThere(t, r, "guard:block:ip:192.0.2.75", 300*time.Millisecond)
+}
+
+// A write Redis runs after its try's deadline (by Redis's clock as read
+// before) writes nothing and says so, and the try after it reads the clock
+// again (errLate: Redis's clock ran ahead of this broker's meanwhile).
+func TestWriteAfterItsTryIsLate(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute})
+	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.76", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute,
+		time.Now().Add(-time.Second).UnixMicro())
+	assert.False(t, own)
+	assert.ErrorIs(t, err, errLate)
+	assert.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.76"))
+
+	a := Attempt{clockUs: 1, clockAt: time.Now(), endUs: time.Now().Add(time.Minute).UnixMicro(), endBy: time.Now().Add(time.Minute)}
+	require.NoError(t, l.anchor(ctx, "guard:block:ip:192.0.2.76", time.Minute, &a))
+	assert.EqualValues(t, 1, a.clockUs, "control: read once")
+	a.clockUs = 0 // as banAs does after errLate
+	end := a.endUs
+	require.NoError(t, l.anchor(ctx, "guard:block:ip:192.0.2.76", time.Minute, &a))
+	assert.InDelta(t, time.Now().UnixMicro(), a.clockUs, float64(time.Second.Microseconds()), "read again")
+	assert.Equal(t, end, a.endUs, "the end stays")
 }

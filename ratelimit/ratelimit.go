@@ -172,6 +172,8 @@ type Attempt struct {
 	n       int       // the offences counted before it
 	endUs   int64     // when the ban's or throttle's write ends, by Redis's clock on its key's node (µs of TIME); 0: not read yet
 	endBy   time.Time // by this broker's clock, when it has surely ended there
+	clockUs int64     // Redis's clock as last read there (0: to read), and
+	clockAt time.Time // this broker's before that read was sent: a try's deadline onto Redis's clock (tryEnd)
 	written bool      // the ban is in Redis, this attempt's
 }
 
@@ -254,7 +256,10 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 			return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
 		}
 		sent := time.Now()
-		own, left, err := l.setOwn(ctx, b.Key, b.Reason, a.endUs, d)
+		own, left, err := l.setOwn(ctx, b.Key, b.Reason, a.endUs, d, tryEnd(ctx, a))
+		if errors.Is(err, errLate) {
+			a.clockUs = 0 // read again by the next try
+		}
 		if !own {
 			// Already blocked: by an operator, or by another broker just now.
 			if err != nil {
@@ -347,23 +352,50 @@ return n`)
 // the reading's reply came after Redis's clock was read). A try after the
 // end, by this broker's clock, returns ErrLapsed without a round trip;
 // ttl <= 0 (a throttle's wait over before it) too.
+//
+// The reading also moves each try's deadline onto Redis's clock (tryEnd):
+// read again after a write came back late (errLate), the end staying.
 func (l *Limiter) anchor(ctx context.Context, key string, ttl time.Duration, a *Attempt) error {
-	if a.endUs != 0 {
-		if !time.Now().Before(a.endBy) {
-			return ErrLapsed
-		}
+	switch {
+	case a.endUs != 0 && !time.Now().Before(a.endBy):
+		return ErrLapsed
+	case a.endUs == 0 && ttl <= 0:
+		return ErrLapsed
+	case a.clockUs != 0:
 		return nil
 	}
-	if ttl <= 0 {
-		return ErrLapsed
-	}
+	sent := time.Now()
 	now, err := clockScript.Run(ctx, l.rdb, []string{key}).Int64()
 	if err != nil {
 		return fmt.Errorf("read redis's clock: %w", err)
 	}
-	a.endUs, a.endBy = now+ttl.Microseconds(), time.Now().Add(ttl)
+	a.clockUs, a.clockAt = now, sent
+	if a.endUs == 0 {
+		a.endUs, a.endBy = now+ttl.Microseconds(), time.Now().Add(ttl)
+	}
 	return nil
 }
+
+// tryEnd is when, by Redis's clock, a try under ctx has given up: ctx's
+// deadline moved onto it by a's clock reading (later than the deadline by
+// at most that reading's round trip); 0 with no deadline. A copy of the
+// try's write that Redis runs after it writes nothing: a copy held on its
+// way (a stalled path, a retransmission) after a later try's write had
+// landed and been logged, and an operator's DEL of it made, put the ban
+// back (atk100: a DEL 1.7 s after event=banned undone, the ban held 26 s
+// more).
+func tryEnd(ctx context.Context, a *Attempt) int64 {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	return a.clockUs + dl.Sub(a.clockAt).Microseconds()
+}
+
+// errLate: Redis ran a try's write after the try's deadline (tryEnd) and
+// wrote nothing: its clock ran ahead of this broker's since it was read,
+// which the next try reads again.
+var errLate = errors.New("redis ran it after its try's deadline, by its clock as read before")
 
 // clockScript reads Redis's clock (µs of TIME) on KEYS[1]'s node: a
 // Cluster runs a script where its key lives (TIME alone goes to any node).
@@ -384,13 +416,15 @@ return tonumber(t[1]) * 1000000 + tonumber(t[2])`)
 // nothing. One script on the key, so nothing comes between the
 // check, the write and the read-back (a PTTL read apart from its GET
 // could find the key gone between them).
-func (l *Limiter) setOwn(ctx context.Context, key, value string, endUs int64, length time.Duration) (own bool, left time.Duration, err error) {
-	n, err := setUntil.Run(ctx, l.rdb, []string{key}, value, endUs, length.Milliseconds()).Int64()
+func (l *Limiter) setOwn(ctx context.Context, key, value string, endUs int64, length time.Duration, tryEndUs int64) (own bool, left time.Duration, err error) {
+	n, err := setUntil.Run(ctx, l.rdb, []string{key}, value, endUs, length.Milliseconds(), tryEndUs).Int64()
 	switch {
 	case err != nil:
 		return false, 0, err
 	case n == setLapsed:
 		return false, 0, ErrLapsed
+	case n == setLate:
+		return false, 0, errLate
 	case n == setNotOurs:
 		return false, 0, nil // another value, or not a string
 	case n < 0:
@@ -402,11 +436,13 @@ func (l *Limiter) setOwn(ctx context.Context, key, value string, endUs int64, le
 const (
 	setLapsed  = -3
 	setNotOurs = -4
+	setLate    = -5
 )
 
 // setUntil writes ARGV[1] at KEYS[1] until ARGV[2] (µs of Redis's TIME),
 // for at most ARGV[3] ms, unless the key exists: the milliseconds it has
-// left then, or -3 with nothing written if that time has come. A key there
+// left then, or -3 with nothing written if that time has come, or -5 if
+// ARGV[4] (µs; 0: none), its try's deadline, has. A key there
 // holding ARGV[1] is this write's, sent before: the milliseconds it has
 // left (-1: no end). Another value, or a key of another type
 // (WRONGTYPE): -4; any other refusal of the GET (an ACL's NOPERM) is
@@ -426,7 +462,10 @@ if v then
   return redis.call('PTTL', KEYS[1])
 end
 local t = redis.call('TIME')
-local left = math.floor((tonumber(ARGV[2]) - (tonumber(t[1]) * 1000000 + tonumber(t[2]))) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local try = tonumber(ARGV[4])
+if try and try > 0 and now > try then return -5 end
+local left = math.floor((tonumber(ARGV[2]) - now) / 1000)
 left = math.min(left, tonumber(ARGV[3]))
 if left <= 0 then return -3 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', string.format('%d', left))
@@ -546,7 +585,10 @@ func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit
 		return nil, fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)
 	}
 	sent := time.Now()
-	own, left, err := l.setOwn(ctx, t.Key, t.Reason, a.endUs, t.Duration)
+	own, left, err := l.setOwn(ctx, t.Key, t.Reason, a.endUs, t.Duration, tryEnd(ctx, a))
+	if errors.Is(err, errLate) {
+		a.clockUs = 0 // read again by the next try
+	}
 	if !own {
 		// Another broker started this episode.
 		if err != nil {

@@ -128,7 +128,7 @@ func TestBanValuesNameTheirWrite(t *testing.T) {
 		require.True(t, ok, b.Reason)
 		assert.WithinDuration(t, time.Now(), at, 2*time.Second, "the time is the time")
 	}
-	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.9", "auto: something else", time.Now().Add(time.Minute).UnixMicro(), time.Minute)
+	own, _, err := l.setOwn(ctx, "guard:block:ip:192.0.2.9", "auto: something else", time.Now().Add(time.Minute).UnixMicro(), time.Minute, 0)
 	assert.NoError(t, err)
 	assert.False(t, own, "another value there")
 }
@@ -352,7 +352,7 @@ func TestBanReadBackWithNoEnd(t *testing.T) {
 	_, rdb := setup(t)
 	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute})
 	require.NoError(t, rdb.Set(ctx, "guard:block:ip:192.0.2.51", "auto: ours", 0).Err())
-	own, left, err := l.setOwn(ctx, "guard:block:ip:192.0.2.51", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute)
+	own, left, err := l.setOwn(ctx, "guard:block:ip:192.0.2.51", "auto: ours", time.Now().Add(time.Minute).UnixMicro(), time.Minute, 0)
 	require.NoError(t, err)
 	assert.True(t, own)
 	assert.Equal(t, time.Duration(-1), left)
