@@ -197,3 +197,29 @@ func TestWriteAfterItsTryIsLate(t *testing.T) {
 	assert.InDelta(t, time.Now().UnixMicro(), a.clockUs, float64(time.Second.Microseconds()), "read again")
 	assert.Equal(t, end, a.endUs, "the end stays")
 }
+
+// A try whose write comes back late (errLate: Redis's clock ahead of the
+// deadline moved onto it, here by a reading made to look 10 s old) reads
+// the clock again, and the next try writes the ban; without the new
+// reading every try would come back late alike until the failure's tries
+// ran out.
+func TestTryAfterALateWriteReadsTheClockAgain(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute, BanMax: time.Hour})
+	now := time.Now()
+	a := Attempt{over: true, endUs: now.Add(time.Minute).UnixMicro(), endBy: now.Add(time.Minute),
+		clockUs: now.Add(-10 * time.Second).UnixMicro(), clockAt: now}
+	try, cancel := context.WithTimeout(ctx, 2*time.Second)
+	b, err := l.FailAttempt(try, keys.IP, "192.0.2.77", &a)
+	cancel()
+	require.ErrorIs(t, err, errLate, "control: the write came back late")
+	require.Nil(t, b)
+	require.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.77"))
+	try, cancel = context.WithTimeout(ctx, 2*time.Second)
+	b, err = l.FailAttempt(try, keys.IP, "192.0.2.77", &a)
+	cancel()
+	require.NoError(t, err)
+	require.NotNil(t, b, "written by the next try")
+	assert.Equal(t, "1", r.CLI("EXISTS", "guard:block:ip:192.0.2.77"))
+}
