@@ -155,7 +155,7 @@ func (errTimeout63) Temporary() bool { return true }
 func TestAtk63BoundedAtNewSteps(t *testing.T) {
 	r := testenv.StartRedis(t)
 	r.CLI("ACL", "SETUSER", "noinfo", "on", ">pw", "~*", "+@all", "-info", "-cluster")
-	bound := 1500*time.Millisecond + 15*time.Millisecond
+	bound := checkBound
 	type hang struct {
 		s string
 		n int
