@@ -223,3 +223,32 @@ func TestTryAfterALateWriteReadsTheClockAgain(t *testing.T) {
 	require.NotNil(t, b, "written by the next try")
 	assert.Equal(t, "1", r.CLI("EXISTS", "guard:block:ip:192.0.2.77"))
 }
+
+// The throttle's twin: a throttle try whose write comes back late reads
+// the clock again, and the next try writes the throttle.
+func TestThrottleTryAfterALateWriteReadsTheClockAgain(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := setup(t)
+	kb := keys.Builder{Prefix: "guard:"}
+	l := New(rdb, kb, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute, BanMax: time.Hour})
+	tracked := keys.Tracking("bob")
+	now := time.Now()
+	a := Attempt{
+		thr: &Throttle{Username: tracked, Key: kb.ThrottleTracked(tracked), Duration: time.Minute,
+			Reason: keys.AutoBanMarker + " test (throttle 1)"},
+		thrAt: now,
+		endUs: now.Add(time.Minute).UnixMicro(), endBy: now.Add(time.Minute),
+		clockUs: now.Add(-10 * time.Second).UnixMicro(), clockAt: now}
+	try, cancel := context.WithTimeout(ctx, 2*time.Second)
+	th, err := l.ThrottleFailAttempt(try, tracked, 1, &a)
+	cancel()
+	require.ErrorIs(t, err, errLate, "control: the write came back late")
+	require.Nil(t, th)
+	require.Equal(t, "0", r.CLI("EXISTS", kb.ThrottleTracked(tracked)))
+	try, cancel = context.WithTimeout(ctx, 2*time.Second)
+	th, err = l.ThrottleFailAttempt(try, tracked, 1, &a)
+	cancel()
+	require.NoError(t, err)
+	require.NotNil(t, th, "written by the next try")
+	assert.Equal(t, "1", r.CLI("EXISTS", kb.ThrottleTracked(tracked)))
+}
