@@ -139,8 +139,16 @@ func TestAtk30RelistedDroppedConnectLeftLiveAfterEnd(t *testing.T) {
 // stays far below a millisecond-scale bound (plugin/relist.go walk:
 // confirmHashMax bytes a hold). README: "the broker thread's lock is held
 // for at most 256 connections of its table at a time".
+//
+// 256 connections, 32 MB hashed: held through all of it (confirmHashMax
+// unbounded) the longest wait is most of the relist (0.73 to 0.99 of
+// it, 18 to 34 ms, with and without -race on a 2-core machine; 64
+// connections, as this test had, waited 4.4 ms, under the 20 ms bound it
+// had then); with the bound, 0.06 to 0.23 of it, a pause of the scheduler
+// or the collector included. One of up to three relists must wait less
+// than half of its own length, whatever the machine's speed.
 func TestAtk30RelistLongIDsHoldsLockBriefly(t *testing.T) {
-	const n, long = 64, 65535
+	const n, long = 256, 65535
 	big := func(i int, c string) string { return fmt.Sprintf("%04d", i) + strings.Repeat(c, long-4) }
 	cfg, err := config.Parse(map[string]string{"backend": "defer", "clientid_conflict": "flag"})
 	require.NoError(t, err)
@@ -151,31 +159,35 @@ func TestAtk30RelistLongIDsHoldsLockBriefly(t *testing.T) {
 		admitRC(g, rc(uintptr(i+1), big(i, "x"), big(i, "u")), false)
 	}
 	require.Eventually(t, func() bool { return g.tracker.Room() == 65536 }, 5*time.Second, 10*time.Millisecond)
-	var stop atomic.Bool
-	var worst atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for !stop.Load() {
-			t0 := time.Now()
-			g.mu.Lock()
-			w := time.Since(t0)
-			g.mu.Unlock()
-			if int64(w) > worst.Load() {
-				worst.Store(int64(w))
+	least := 1.0 // the least of the tries' longest wait, as a share of the relist
+	for try := 0; try < 3 && least >= 0.5; try++ {
+		var stop atomic.Bool
+		var worst atomic.Int64
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for !stop.Load() {
+				t0 := time.Now()
+				g.mu.Lock()
+				w := time.Since(t0)
+				g.mu.Unlock()
+				if int64(w) > worst.Load() {
+					worst.Store(int64(w))
+				}
+				time.Sleep(20 * time.Microsecond)
 			}
-			time.Sleep(20 * time.Microsecond)
-		}
-	}()
-	start := time.Now()
-	held, complete := g.relistConns()
-	took := time.Since(start)
-	stop.Store(true)
-	<-done
-	require.True(t, complete)
-	assert.Equal(t, n, held)
-	t.Logf("relisted %d in %v; the broker thread's longest wait for g.mu %v", held, took, time.Duration(worst.Load()))
-	assert.Less(t, time.Duration(worst.Load()), 20*time.Millisecond) // coarse: a 2-CPU host; measured 1.3 to 2.3 ms
+		}()
+		start := time.Now()
+		held, complete := g.relistConns()
+		took := time.Since(start)
+		stop.Store(true)
+		<-done
+		require.True(t, complete)
+		assert.Equal(t, n, held)
+		t.Logf("relisted %d in %v; the broker thread's longest wait for g.mu %v", held, took, time.Duration(worst.Load()))
+		least = min(least, float64(worst.Load())/float64(took))
+	}
+	assert.Less(t, least, 0.5, "the broker thread's longest wait for g.mu, as a share of the relist")
 }
 
 // atk30Count is a conflict store that counts the connection writes.
