@@ -120,7 +120,7 @@ func TestHostileReloadSIGHUPDuringAReadDoesNotWaitForNothing(t *testing.T) {
 	g.Reload() // the first read is still under way
 	took := time.Since(start)
 	t.Logf("a SIGHUP during a read held the broker thread %v", took)
-	assert.Less(t, took, 50*time.Millisecond)
+	assert.Less(t, took, 90*time.Millisecond) // the defect waited reloadWait, 100 ms: a timer never fires early
 
 	deadline := time.Now().Add(20 * time.Second)
 	for g.creds.users.Load().Len() != 11 && time.Now().Before(deadline) {
