@@ -82,7 +82,8 @@ func TestRedisBackendChecksNoPasswordUntilTheUsersLoad(t *testing.T) {
 		d := g.Authenticate(c)
 		assert.Equal(t, Deny, d.Result, "CONNECT %d", i)
 		assert.Equal(t, RuleRedisUnavailable, d.Rule, "CONNECT %d", i)
-		assert.Less(t, time.Since(start), 500*time.Millisecond, "CONNECT %d: not held for the replica's load", i)
+		// Under the replica client's 200 ms timeouts: not held for them.
+		assert.Less(t, time.Since(start), 150*time.Millisecond, "CONNECT %d: not held for the replica's load", i)
 	}
 	assert.Empty(t, waitCounted(t, ct, 1), "refusals for want of the users' load are not failures")
 	assert.Equal(t, 1, strings.Count(ls.all(), "passwords are checked once the replica has loaded"), "one line says why")

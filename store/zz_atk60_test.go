@@ -33,13 +33,29 @@ func atk60Check(o Options, prefix string) (time.Duration, error) {
 }
 
 // checkBound is what a test of the start check allows it: its context's
-// 1.5 s, and 100 ms for the deadline's timer to fire and the check's
+// 1.5 s, and 40 ms for the deadline's timer to fire and the check's
 // goroutine to run on a loaded machine (CI, the store package under way
 // beside others, measured 1.527 s where 1.515 s was allowed, and 1.517 s
-// once before). A step that does not end at the context's deadline runs
-// on to its own timeout when hung (1 s here), and by a whole slowed request
-// when slowed (300 ms or more in each of these tests): past it either way.
-const checkBound = 1500*time.Millisecond + 100*time.Millisecond
+// once before). A request ends at the context's deadline (go-redis's
+// ContextTimeoutEnabled); what runs past it is work done without looking
+// at the context, such as atk61's sweep (10 to 100 ms of CPU: its own test
+// measures it beside a control, TestAtk61BoundWhenHungBeforeTheSweep).
+const checkBound = 1500*time.Millisecond + 40*time.Millisecond
+
+// checkWithin runs check up to three times while it overruns checkBound,
+// and returns its best time: a loaded machine's pause lands in one run,
+// work that runs on past the deadline in each. An error ends it at once.
+func checkWithin(check func() (time.Duration, error)) (time.Duration, error) {
+	best := time.Duration(1<<63 - 1)
+	for i := 0; i < 3 && best >= checkBound; i++ {
+		d, err := check()
+		if err != nil {
+			return d, err
+		}
+		best = min(best, d)
+	}
+	return best, nil
+}
 
 func atk60Fault(err error) SettingsFault {
 	var se *SettingsError
