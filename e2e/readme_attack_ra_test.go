@@ -166,12 +166,16 @@ func unknownAndKnown(t *testing.T, e *env, net string) (unknown, known time.Dura
 		require.Equal(t, byte(refused), code)
 		return took
 	}
-	var u []time.Duration
+	// The median of three of each, in turns: one slow sample (a loaded
+	// machine) moves neither.
+	var u, k []time.Duration
 	for i := 1; i <= 3; i++ {
 		u = append(u, timed(fmt.Sprintf("nosuch-%d", i), i))
+		k = append(k, timed("alice", 10+i))
 	}
 	slices.Sort(u)
-	return u[1], timed("alice", 10)
+	slices.Sort(k)
+	return u[1], k[1]
 }
 
 // README, Timing: the redis backend's unknown users cost the most expensive
@@ -186,15 +190,18 @@ func TestHostileRedisBackendDummyStaysAtARemovedUsersCost(t *testing.T) {
 	startRedisBackend(t, e, "alice-secret")
 	unknown, known := unknownAndKnown(t, e, "127.0.73")
 	t.Logf("bcrypt-11 alice: unknown users %v, alice %v", unknown, known)
+	bcrypt11 := known // the defect's size on this machine
 
 	setUser(t, e, "alice", "alice-secret", 4)
 	setUser(t, e, "heavy", "heavy-secret", 11)
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	e.redis.CLI("DEL", "guard:user:heavy")
-	time.Sleep(200 * time.Millisecond) // the notifications land within milliseconds
+	time.Sleep(500 * time.Millisecond) // the notifications land within milliseconds
 	unknown, known = unknownAndKnown(t, e, "127.0.74")
 	t.Logf("alice rehashed to bcrypt-4, the only bcrypt-11 user deleted: unknown users %v, alice %v", unknown, known)
-	assert.Less(t, unknown, known+50*time.Millisecond,
+	// The defect: unknown users at bcrypt-11 (116 to 167 ms on the machines
+	// the README quotes), alice at bcrypt-4: half of it allowed.
+	assert.Less(t, unknown, known+bcrypt11/2,
 		"an unknown user answered in %v, the only user held (bcrypt-4) in %v: the dummy kept a removed user's cost", unknown, known)
 }
 

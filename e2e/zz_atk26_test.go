@@ -15,23 +15,26 @@ import (
 // broker's stop that "the cleanup gives it 2 s" to end the connections it
 // holds. The plugin's cleanup (Guard.Close) bounds all it does by
 // closeBound, 1.5 s, its wait for background work included. Pinned: with
-// Redis taking no writes for 1.7 s from just before SIGTERM (CLIENT PAUSE
-// WRITE), mosquitto still stops within that bound, alice's record keeps
-// no end, and her live entry stays for the lease's reap.
+// Redis taking no writes for 3 s from just before SIGTERM (CLIENT PAUSE
+// WRITE), mosquitto still stops within that bound (and 400 ms for the
+// signal and the process's exit on a loaded machine, where 200 ms were
+// allowed before: a wait for Redis would take the pause's 3 s, a cleanup
+// of 2 s would pass 1.9 s), alice's record keeps no end, and her live
+// entry stays for the lease's reap.
 func TestAtk26ShutdownReapGetsTheREADMEs2s(t *testing.T) {
 	e := newEnv(t)
 	_, code := e.dial(as("127.0.92.1", "held-26", "alice", "alice-pw"))
 	require.EqualValues(t, accepted, code)
 	e.waitLive("held-26", 1)
 
-	e.redis.CLI("CLIENT", "PAUSE", "1700", "WRITE")
+	e.redis.CLI("CLIENT", "PAUSE", "3000", "WRITE")
 	start := time.Now()
 	require.NoError(t, e.broker.Signal(syscall.SIGTERM))
 	_, done := e.broker.Wait(5 * time.Second)
 	require.True(t, done, "mosquitto did not stop")
 	took := time.Since(start)
-	assert.Less(t, took, 1700*time.Millisecond, "the cleanup's 1.5 s")
-	time.Sleep(time.Until(start.Add(2 * time.Second))) // the pause has ended
+	assert.Less(t, took, 1900*time.Millisecond, "the cleanup's 1.5 s")
+	time.Sleep(time.Until(start.Add(3200 * time.Millisecond))) // the pause has ended
 
 	rec := e.seenRecord("held-26", "alice")
 	require.NotNil(t, rec)

@@ -141,16 +141,22 @@ func TestAtk48NoPasswordFlagTiming(t *testing.T) {
 	e.redis.CLI("SET", "guard:allow:ip:127.0.48.4", "tester")
 	atk48Start(t, e)
 	for _, pw := range []*string{nil, str(""), str("wrong")} {
-		known := atk48Median(t, e, client{ip: "127.0.48.4", id: "atk48-t1", user: str("carol"), pass: pw}, 9)
-		unknown := atk48Median(t, e, client{ip: "127.0.48.4", id: "atk48-t2", user: str("nosuchcarol"), pass: pw}, 9)
 		label := "no password flag"
 		if pw != nil {
 			label = fmt.Sprintf("password %q", *pw)
 		}
-		t.Logf("%s: known %v, unknown %v", label, known, unknown)
-		diff := known - unknown
-		if diff < 0 {
-			diff = -diff
+		// Up to three measurements, each the two medians of 9 taken one
+		// after the other: a burst of load during one of them moves it by
+		// more than 15 ms, where a check made for one and not the other (a
+		// bcrypt-10, some 50 ms) shows in every measurement.
+		var known, unknown, diff time.Duration
+		for try := 0; try < 3; try++ {
+			known = atk48Median(t, e, client{ip: "127.0.48.4", id: "atk48-t1", user: str("carol"), pass: pw}, 9)
+			unknown = atk48Median(t, e, client{ip: "127.0.48.4", id: "atk48-t2", user: str("nosuchcarol"), pass: pw}, 9)
+			t.Logf("%s: known %v, unknown %v", label, known, unknown)
+			if diff = max(known-unknown, unknown-known); diff < 15*time.Millisecond {
+				break
+			}
 		}
 		assert.Less(t, diff, 15*time.Millisecond, "%s: known %v, unknown %v", label, known, unknown)
 	}

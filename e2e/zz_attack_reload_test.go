@@ -757,18 +757,36 @@ func TestZZUnknownUserTiming(t *testing.T) {
 		t.Logf("%s: median CONNACK known user, wrong password %v; unknown user %v", tag, known, unknown)
 		return known, unknown
 	}
+	// alike measures up to three times, as zzCompare's callers do: a burst
+	// of load during one measurement moves a median of about a millisecond
+	// by more than the 0.2 ms allowed, where the defect (a known user's
+	// median 1.4 to 1.9 times the unknown's) is there in every one.
+	alike := func(e *env, tag string, prep func()) {
+		t.Helper()
+		var k, u time.Duration
+		for try := 0; try < 3; try++ {
+			if prep != nil {
+				prep() // the state measured, made again for each try
+			}
+			k, u = measure(e, tag)
+			if d := k - u; max(d, -d) <= k/10+100*time.Microsecond {
+				return
+			}
+		}
+		assert.InDelta(t, float64(k), float64(u), float64(k)/10+float64(100*time.Microsecond), tag)
+	}
 	limits := []string{"auth_opt_fail_limit 1000000", "auth_opt_username_fail_limit 0"}
 	e := newEnv(t, limits...)
-	k, u := measure(e, "files")
-	assert.InDelta(t, float64(k), float64(u), float64(k)/10+float64(100*time.Microsecond), "files")
+	alike(e, "files", nil)
 
-	e.writeFiller(200_000, "alice", "bob")
-	e.reloaded()
-	e.logLine("loaded 200002 users")
-	e.writeFiller(200_000, "alice")
-	e.reloaded()
-	k, u = measure(e, "files, a late read under way")
-	assert.InDelta(t, float64(k), float64(u), float64(k)/10+float64(100*time.Microsecond), "files during a read")
+	alike(e, "files, a late read under way", func() {
+		loaded := strings.Count(e.broker.Output(), "loaded 200002 users")
+		e.writeFiller(200_000, "alice", "bob")
+		e.reloaded()
+		eventually(t, 10*time.Second, func() bool { return strings.Count(e.broker.Output(), "loaded 200002 users") > loaded }, "200 002 users not loaded")
+		e.writeFiller(200_000, "alice")
+		e.reloaded()
+	})
 
 	// Costlier hashes, the same class for every user, on a broker of its own.
 	// Before: in the broker an unknown user cost 3.8 to 5.1 ms at the median
@@ -787,19 +805,16 @@ func TestZZUnknownUserTiming(t *testing.T) {
 	c.zzWriteUsers(0, "alice:"+mosquittoHash("alice-pw", rounds), "bob:"+mosquittoHash("bob-pw", rounds))
 	c.reloaded()
 	eventually(t, 5*time.Second, func() bool { return strings.Count(c.broker.Output(), "loaded 2 users") == 2 }, "not loaded")
-	k, u = measure(c, "files, $7$ 5000 rounds")
-	assert.InDelta(t, float64(k), float64(u), float64(k)/10+float64(100*time.Microsecond), "files 5000 rounds")
+	alike(c, "files, $7$ 5000 rounds", nil)
 
 	r := envWithoutBroker(t)
 	r.redis.CLI("SET", "guard:user:alice", zzHash(t, "alice-pw"))
 	r.broker = startBroker(t, r.conf(append(limits, "auth_opt_backend redis")...))
 	require.True(t, r.broker.WaitOutput("replica loaded", 10*time.Second))
-	k, u = measure(r, "redis")
-	assert.InDelta(t, float64(k), float64(u), float64(k)/10+float64(100*time.Microsecond), "redis")
+	alike(r, "redis", nil)
 	r.redis.CLI("SET", "guard:user:alice", mosquittoHash("alice-pw", 5000))
 	eventually(t, 2*time.Second, func() bool { return r.connect(as("127.0.82.1", "a", "alice", "alice-pw")) == accepted }, "alice")
-	k, u = measure(r, "redis, $7$ 5000 rounds")
-	assert.InDelta(t, float64(k), float64(u), float64(k)/10+float64(100*time.Microsecond), "redis 5000 rounds")
+	alike(r, "redis, $7$ 5000 rounds", nil)
 }
 
 // TestZZRehashReadInTimeDisconnectsAndRefusesTheOldPassword: a small file
