@@ -155,8 +155,8 @@ func connectWithin(e *env, d time.Duration) (byte, error) {
 }
 
 // unknownAndKnown times refused CONNECTs with a wrong password, each from its
-// own address under net (a /24's first three bytes): the median of three
-// unknown users, then the known user alice.
+// own address under net (a /24's first three bytes): the medians of three
+// unknown users and of three tries of the known user alice, in turns.
 func unknownAndKnown(t *testing.T, e *env, net string) (unknown, known time.Duration) {
 	t.Helper()
 	timed := func(user string, i int) time.Duration {

@@ -215,7 +215,7 @@ func TestAtk51DenyOneShotIntruderThenDevice(t *testing.T) {
 		if a.connect(as("127.0.51.80", id, "alice", "alice-pw")) != accepted {
 			refusedN++
 		}
-		time.Sleep(300 * time.Millisecond)
+		a.waitLive(atk51Form(id), 0) // alice's end too, before bob's next claim
 	}
 	assert.Zero(t, refusedN, "alice's device refused %d of 5 times after bob's one-shot connection ended", refusedN)
 }

@@ -219,18 +219,25 @@ func atk56ReadyAfter(t *testing.T, e *env, extra ...string) time.Duration {
 // the broker (a hung one delays its start by the start checks' bounds:
 // 1.5 s, 2 s more with redis_tls)". The broker is ready within about 1.5 s
 // more with Redis hung (SIGSTOP) than with Redis refusing.
+//
+// A start's own time spreads from run to run (300 ms allowed for it), both
+// ways: the least difference of up to three pairs of starts is taken, so a
+// slow start of the broker with Redis refusing cannot hide a longer check
+// (a check of 2 s, or a second check, exceeds 1.8 s in every pair).
 func TestAtk56HungRedisStartDelay(t *testing.T) {
 	e := envWithoutBroker(t)
 	e.redis.Stop()
-	refusing := atk56ReadyAfter(t, e)
 	e2 := envWithoutBroker(t)
 	require.NoError(t, e2.redis.Process.Signal(syscall.SIGSTOP))
 	t.Cleanup(func() { _ = e2.redis.Process.Signal(syscall.SIGCONT) })
-	hung := atk56ReadyAfter(t, e2)
-	t.Logf("ready after: Redis refusing %v, hung %v", refusing.Round(10*time.Millisecond), hung.Round(10*time.Millisecond))
-	// 450 ms for two starts' spread (300 ms before); a check of 2 s, or a
-	// second check, would pass it.
-	assert.Less(t, hung-refusing, 1950*time.Millisecond, "a hung Redis delays the start by the check's 1.5 s")
+	least := time.Duration(1<<63 - 1)
+	for try := 0; try < 3 && least >= 1800*time.Millisecond; try++ {
+		refusing := atk56ReadyAfter(t, e)
+		hung := atk56ReadyAfter(t, e2)
+		t.Logf("ready after: Redis refusing %v, hung %v", refusing.Round(10*time.Millisecond), hung.Round(10*time.Millisecond))
+		least = min(least, hung-refusing)
+	}
+	assert.Less(t, least, 1800*time.Millisecond, "a hung Redis delays the start by the check's 1.5 s")
 }
 
 // DEFECT (failed 3 of 3 runs; older than 7abe520: fails with 3199c44's

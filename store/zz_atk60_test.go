@@ -38,8 +38,9 @@ func atk60Check(o Options, prefix string) (time.Duration, error) {
 // beside others, measured 1.527 s where 1.515 s was allowed, and 1.517 s
 // once before). A request ends at the context's deadline (go-redis's
 // ContextTimeoutEnabled); what runs past it is work done without looking
-// at the context, such as atk61's sweep (10 to 100 ms of CPU: its own test
-// measures it beside a control, TestAtk61BoundWhenHungBeforeTheSweep).
+// at the context, such as atk61's sweep (10 to 100 ms of CPU). Such work
+// under 40 ms passes this bound: the sweep's own test measures it beside a
+// control instead (TestAtk61BoundWhenHungBeforeTheSweep, 8 ms allowed).
 const checkBound = 1500*time.Millisecond + 40*time.Millisecond
 
 // checkWithin runs check up to three times while it overruns checkBound,

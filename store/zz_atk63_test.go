@@ -162,8 +162,8 @@ func TestAtk63BoundedAtNewSteps(t *testing.T) {
 	}
 	for _, u := range [][2]string{{"", ""}, {"noinfo", "pw"}} {
 		for _, tr := range []hang{{"$4\r\neval\r\n", 1}, {"$4\r\neval\r\n", 2}, {"evalsha", 2}} {
-			r.CLI("SCRIPT", "FLUSH")
 			d, err := checkWithin(func() (time.Duration, error) {
+				r.CLI("SCRIPT", "FLUSH")
 				return atk60Check(Options{Addrs: []string{atk61Proxy(t, r.Addr, tr.s, tr.n, 0)}, Username: u[0], Password: u[1]}, "guard:")
 			})
 			assert.NoError(t, err, "user %q, hung at %q #%d", u[0], tr.s, tr.n)
@@ -171,8 +171,8 @@ func TestAtk63BoundedAtNewSteps(t *testing.T) {
 		}
 	}
 	for _, delay := range []time.Duration{150 * time.Millisecond, 300 * time.Millisecond, 600 * time.Millisecond} {
-		r.CLI("SCRIPT", "FLUSH")
 		d, err := checkWithin(func() (time.Duration, error) {
+			r.CLI("SCRIPT", "FLUSH")
 			return atk60Check(Options{Addrs: []string{atk61Proxy(t, r.Addr, "", 0, delay)}, Username: "noinfo", Password: "pw"}, "guard:")
 		})
 		assert.NoError(t, err, "delay %v", delay)
