@@ -200,55 +200,55 @@ func TestWriteAfterItsTryIsLate(t *testing.T) {
 
 // A try whose write comes back late (errLate: Redis's clock ahead of the
 // deadline moved onto it, here by a reading made to look 10 s old) reads
-// the clock again, and the next try writes the ban; without the new
-// reading every try would come back late alike until the failure's tries
-// ran out.
+// the clock again, and the next try writes the ban or the throttle;
+// without the new reading every try would come back late alike until the
+// failure's tries ran out.
 func TestTryAfterALateWriteReadsTheClockAgain(t *testing.T) {
 	ctx := context.Background()
-	r, rdb := setup(t)
-	l := New(rdb, keys.Builder{Prefix: "guard:"}, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute, BanMax: time.Hour})
-	now := time.Now()
-	a := Attempt{over: true, endUs: now.Add(time.Minute).UnixMicro(), endBy: now.Add(time.Minute),
-		clockUs: now.Add(-10 * time.Second).UnixMicro(), clockAt: now}
-	try, cancel := context.WithTimeout(ctx, 2*time.Second)
-	b, err := l.FailAttempt(try, keys.IP, "192.0.2.77", &a)
-	cancel()
-	require.ErrorIs(t, err, errLate, "control: the write came back late")
-	require.Nil(t, b)
-	require.Equal(t, "0", r.CLI("EXISTS", "guard:block:ip:192.0.2.77"))
-	try, cancel = context.WithTimeout(ctx, 2*time.Second)
-	b, err = l.FailAttempt(try, keys.IP, "192.0.2.77", &a)
-	cancel()
-	require.NoError(t, err)
-	require.NotNil(t, b, "written by the next try")
-	assert.Equal(t, "1", r.CLI("EXISTS", "guard:block:ip:192.0.2.77"))
-}
-
-// The throttle's twin: a throttle try whose write comes back late reads
-// the clock again, and the next try writes the throttle.
-func TestThrottleTryAfterALateWriteReadsTheClockAgain(t *testing.T) {
-	ctx := context.Background()
-	r, rdb := setup(t)
 	kb := keys.Builder{Prefix: "guard:"}
-	l := New(rdb, kb, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute, BanMax: time.Hour})
 	tracked := keys.Tracking("bob")
-	now := time.Now()
-	a := Attempt{
-		thr: &Throttle{Username: tracked, Key: kb.ThrottleTracked(tracked), Duration: time.Minute,
-			Reason: keys.AutoBanMarker + " test (throttle 1)"},
-		thrAt: now,
-		endUs: now.Add(time.Minute).UnixMicro(), endBy: now.Add(time.Minute),
-		clockUs: now.Add(-10 * time.Second).UnixMicro(), clockAt: now}
-	try, cancel := context.WithTimeout(ctx, 2*time.Second)
-	th, err := l.ThrottleFailAttempt(try, tracked, 1, &a)
-	cancel()
-	require.ErrorIs(t, err, errLate, "control: the write came back late")
-	require.Nil(t, th)
-	require.Equal(t, "0", r.CLI("EXISTS", kb.ThrottleTracked(tracked)))
-	try, cancel = context.WithTimeout(ctx, 2*time.Second)
-	th, err = l.ThrottleFailAttempt(try, tracked, 1, &a)
-	cancel()
-	require.NoError(t, err)
-	require.NotNil(t, th, "written by the next try")
-	assert.Equal(t, "1", r.CLI("EXISTS", kb.ThrottleTracked(tracked)))
+	cases := []struct {
+		name, key string
+		decided   func(a *Attempt) // the ban or throttle decided by an earlier step
+		try       func(l *Limiter, ctx context.Context, a *Attempt) (written bool, err error)
+	}{
+		{"ban", "guard:block:ip:192.0.2.77",
+			func(a *Attempt) { a.over = true },
+			func(l *Limiter, ctx context.Context, a *Attempt) (bool, error) {
+				b, err := l.FailAttempt(ctx, keys.IP, "192.0.2.77", a)
+				return b != nil, err
+			}},
+		{"throttle", kb.ThrottleTracked(tracked),
+			func(a *Attempt) {
+				a.thr = &Throttle{Username: tracked, Key: kb.ThrottleTracked(tracked), Duration: time.Minute,
+					Reason: keys.AutoBanMarker + " test (throttle 1)"}
+				a.thrAt = time.Now()
+			},
+			func(l *Limiter, ctx context.Context, a *Attempt) (bool, error) {
+				th, err := l.ThrottleFailAttempt(ctx, tracked, 1, a)
+				return th != nil, err
+			}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r, rdb := setup(t)
+			l := New(rdb, kb, Policy{Limit: 1, Window: time.Minute, BanTime: time.Minute, BanMax: time.Hour})
+			now := time.Now()
+			a := Attempt{endUs: now.Add(time.Minute).UnixMicro(), endBy: now.Add(time.Minute),
+				clockUs: now.Add(-10 * time.Second).UnixMicro(), clockAt: now}
+			c.decided(&a)
+			try, cancel := context.WithTimeout(ctx, 2*time.Second)
+			written, err := c.try(l, try, &a)
+			cancel()
+			require.ErrorIs(t, err, errLate, "control: the write came back late")
+			require.False(t, written)
+			require.Equal(t, "0", r.CLI("EXISTS", c.key))
+			try, cancel = context.WithTimeout(ctx, 2*time.Second)
+			written, err = c.try(l, try, &a)
+			cancel()
+			require.NoError(t, err)
+			require.True(t, written, "written by the next try")
+			assert.Equal(t, "1", r.CLI("EXISTS", c.key))
+		})
+	}
 }

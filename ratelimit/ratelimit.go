@@ -256,10 +256,7 @@ func (l *Limiter) banAs(ctx context.Context, scope keys.Scope, value string, a *
 			return nil, fmt.Errorf("ratelimit: write ban %s: %w", logval.Quote(b.Key), err)
 		}
 		sent := time.Now()
-		own, left, err := l.setOwn(ctx, b.Key, b.Reason, a.endUs, d, tryEnd(ctx, a))
-		if errors.Is(err, errLate) {
-			a.clockUs = 0 // read again by the next try
-		}
+		own, left, err := l.setOwnAs(ctx, b.Key, b.Reason, d, a)
 		if !own {
 			// Already blocked: by an operator, or by another broker just now.
 			if err != nil {
@@ -433,6 +430,18 @@ func (l *Limiter) setOwn(ctx context.Context, key, value string, endUs int64, le
 	return true, time.Duration(n) * time.Millisecond, nil
 }
 
+// setOwnAs is setOwn for a's try under ctx: until a's end, refused once
+// the try's deadline has passed by Redis's clock (tryEnd); after such a
+// refusal (errLate) a's clock reading is dropped, for the next try to read
+// it again.
+func (l *Limiter) setOwnAs(ctx context.Context, key, value string, length time.Duration, a *Attempt) (own bool, left time.Duration, err error) {
+	own, left, err = l.setOwn(ctx, key, value, a.endUs, length, tryEnd(ctx, a))
+	if errors.Is(err, errLate) {
+		a.clockUs = 0
+	}
+	return own, left, err
+}
+
 const (
 	setLapsed  = -3
 	setNotOurs = -4
@@ -585,10 +594,7 @@ func (l *Limiter) ThrottleFailAttempt(ctx context.Context, tracked string, limit
 		return nil, fmt.Errorf("ratelimit: write throttle %s: %w", logval.Quote(t.Key), err)
 	}
 	sent := time.Now()
-	own, left, err := l.setOwn(ctx, t.Key, t.Reason, a.endUs, t.Duration, tryEnd(ctx, a))
-	if errors.Is(err, errLate) {
-		a.clockUs = 0 // read again by the next try
-	}
+	own, left, err := l.setOwnAs(ctx, t.Key, t.Reason, t.Duration, a)
 	if !own {
 		// Another broker started this episode.
 		if err != nil {
