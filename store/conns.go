@@ -598,6 +598,7 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		inst, setKey any // instance and its brokerconns set, boxed once per instance
 		buf          []byte
 	)
+	runs := s.listRuns(ws)
 	pipe := s.rdb.Pipeline()
 	for i := range ws {
 		w := &ws[i]
@@ -648,6 +649,10 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		if w.Unlist {
 			pipe.Do(ctx, "srem", setKey, member)
 		}
+		if len(runs) > 0 && runs[0].at == i {
+			pipe.Do(ctx, runs[0].args...)
+			runs = runs[1:]
+		}
 		if w.Prior && w.Read && w.Live != nil && !w.Ended {
 			// HMGET: a field not there is a nil element, not an error
 			// that would fail the pipeline.
@@ -674,7 +679,6 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			} else {
 				rs[i].live = s.eval(ctx, pipe, liveArgs, full, conn, inst, live, seq(w.Live.ID), mode)
 			}
-			pipe.Do(ctx, "sadd", setKey, member)
 		}
 		if w.Seen != nil || (w.Read && w.Live != nil) {
 			field, value, read := "", "", "0"
@@ -755,6 +759,53 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		}
 	}
 	return out, nil
+}
+
+// listRun is one SADD of writeConns: its place (the write it is sent
+// with) and its arguments, the command's own.
+type listRun struct {
+	at   int
+	args []any
+}
+
+// listRuns is ws's listings (Live, not Ended: the client ID into
+// Instance's brokerconns set) as few SADDs as their order allows: one per
+// run of writes of one instance that no Unlist cuts, each sent with the
+// run's first write, right after that write's SREM if it has one and
+// before any live entry of the run is written. So every SREM of a member
+// still comes between the listings before it and those after it, as when
+// each write sent its own SADD after its entry; and each entry is listed
+// before it is written, never after: a pipeline that Redis runs only in
+// part (a connection lost midway) leaves members listed without an entry,
+// which a reap removes (Reap, DropGhosts), never an entry no reap can
+// find. A reconnect storm's batch of connects is one SADD, where it was one
+// per connect (make bench's storm rows: 11 commands a device, now 10).
+func (s *Store) listRuns(ws []ConnWrite) []listRun {
+	var runs []listRun
+	open := false
+	for i := range ws {
+		w := &ws[i]
+		if w.Peek {
+			continue
+		}
+		if w.Unlist || (open && w.Instance != ws[runs[len(runs)-1].at].Instance) {
+			open = false
+		}
+		if w.Live == nil || w.Ended {
+			continue
+		}
+		tracked := w.ClientID
+		if !w.Tracked {
+			tracked = keys.Tracking(w.ClientID)
+		}
+		if !open {
+			runs = append(runs, listRun{at: i, args: []any{"sadd", s.kb.BrokerConns(w.Instance)}})
+			open = true
+		}
+		r := &runs[len(runs)-1]
+		r.args = append(r.args, tracked)
+	}
+	return runs
 }
 
 // execIndexed sends pipe, whose index calls are idx, and removes the uses
