@@ -598,17 +598,27 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		inst, setKey any // instance and its brokerconns set, boxed once per instance
 		buf          []byte
 	)
-	runs := s.listRuns(ws)
+	ids := make([]string, len(ws)) // each write's client ID in its keys.Tracking form
+	for i := range ws {
+		if ids[i] = ws[i].ClientID; !ws[i].Tracked {
+			ids[i] = keys.Tracking(ws[i].ClientID)
+		}
+	}
+	runs := s.listRuns(ws, ids)
+	starts, ends := runs, runs
 	pipe := s.rdb.Pipeline()
 	for i := range ws {
 		w := &ws[i]
+		for len(ends) > 0 && ends[0].end <= i { // a run of one (end -1) was sent with its entry
+			if ends[0].end == i {
+				pipe.Do(ctx, ends[0].args...) // the run's second SADD, after its entries (listRuns)
+			}
+			ends = ends[1:]
+		}
 		if inst == nil || w.Instance != instance {
 			instance, inst, setKey = w.Instance, w.Instance, s.kb.BrokerConns(w.Instance)
 		}
-		tracked := w.ClientID
-		if !w.Tracked {
-			tracked = keys.Tracking(w.ClientID)
-		}
+		tracked := ids[i]
 		if w.Peek {
 			rs[i].live = pipe.Do(ctx, "hgetall", s.kb.ConnTracked(tracked))
 			rs[i].seen = pipe.Do(ctx, "hgetall", s.kb.SeenTracked(tracked))
@@ -649,9 +659,14 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 		if w.Unlist {
 			pipe.Do(ctx, "srem", setKey, member)
 		}
-		if len(runs) > 0 && runs[0].at == i {
-			pipe.Do(ctx, runs[0].args...)
-			runs = runs[1:]
+		var single []any // w's listing, a run of one: sent right after its entry
+		if len(starts) > 0 && starts[0].at == i {
+			if starts[0].end < 0 {
+				single = starts[0].args
+			} else {
+				pipe.Do(ctx, starts[0].args...) // the run's first SADD, before its entries
+			}
+			starts = starts[1:]
 		}
 		if w.Prior && w.Read && w.Live != nil && !w.Ended {
 			// HMGET: a field not there is a nil element, not an error
@@ -678,6 +693,9 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 				}
 			} else {
 				rs[i].live = s.eval(ctx, pipe, liveArgs, full, conn, inst, live, seq(w.Live.ID), mode)
+			}
+			if single != nil {
+				pipe.Do(ctx, single...)
 			}
 		}
 		if w.Seen != nil || (w.Read && w.Live != nil) {
@@ -731,6 +749,11 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 			idx = append(idx, s.indexUse(ctx, pipe, full, use{field: bound(w.Left.Principal), tracked: tracked, atMs: w.Left.DisconnectedMs, prefix: w.Left.prefixOf(left)}, win))
 		}
 	}
+	for _, r := range ends { // the last run's second SADD (end: len(ws))
+		if r.end == len(ws) {
+			pipe.Do(ctx, r.args...)
+		}
+	}
 	err := s.execIndexed(ctx, pipe, idx, full)
 	if err != nil {
 		// What was there before, read where it could be (WriteConns
@@ -761,49 +784,83 @@ func (s *Store) writeConns(ctx context.Context, ws []ConnWrite, window time.Dura
 	return out, nil
 }
 
-// listRun is one SADD of writeConns: its place (the write it is sent
-// with) and its arguments, the command's own.
+// listRunMax is the most listings in one run of writeConns (listRuns): the
+// second SADD of each comes within that many listing writes of each entry.
+const listRunMax = 16
+
+// listRun is a run of writeConns' listings: the writes it sends its two
+// SADDs with (at, end; end -1: a run of one, one SADD right after its
+// entry) and their arguments, the command's own.
 type listRun struct {
-	at   int
-	args []any
+	at, end int
+	args    []any
 }
 
-// listRuns is ws's listings (Live, not Ended: the client ID into
-// Instance's brokerconns set) as few SADDs as their order allows: one per
-// run of writes of one instance that no Unlist cuts, each sent with the
-// run's first write, right after that write's SREM if it has one and
-// before any live entry of the run is written. So every SREM of a member
-// still comes between the listings before it and those after it, as when
-// each write sent its own SADD after its entry; and each entry is listed
-// before it is written, never after: a pipeline that Redis runs only in
-// part (a connection lost midway) leaves members listed without an entry,
-// which a reap removes (Reap, DropGhosts), never an entry no reap can
-// find. A reconnect storm's batch of connects is one SADD, where it was one
-// per connect (make bench's storm rows: 11 commands a device, now 10).
-func (s *Store) listRuns(ws []ConnWrite) []listRun {
+// listRuns is ws's listings (Live, not Ended: the client ID, ids[i], into
+// Instance's brokerconns set) in fewer SADDs than one a listing, each
+// write's own right after its live entry as it was, where their order
+// allows: one run per stretch of writes of one instance that no Unlist
+// cuts, of at most listRunMax listings. A run of two or more is listed
+// twice: with its first write (at: after that write's SREM, before any
+// entry of the run) and at the write that cuts it (end: before that
+// write's commands; len(ws): after the pipeline's last write). A run of
+// one (connects and disconnects in turn) is one SADD right after its
+// entry, as before (end -1). So:
+//   - each SREM of a member still comes between the listings before it and
+//     those after it;
+//   - a pipeline that Redis runs only in part (a connection lost midway)
+//     leaves members listed without an entry, which the member's next
+//     disconnect (its SREM) or the broker's stop removes, not entries
+//     unlisted;
+//   - the second SADD comes no earlier than each write's own came, so
+//     whatever runs between the first and an entry (another broker's reap
+//     of the set; a batch sent after this one timed out, unlisting a
+//     member before this batch writes its entry) leaves the member listed
+//     wherever the write's own SADD left it listed, if the pipeline runs to
+//     the end. One cut short after an entry and before its run's second
+//     SADD, with a later batch's SREM of the member run between, leaves the
+//     entry unlisted: the write's own SADD left one command for that, a run
+//     the commands of up to listRunMax writes.
+//
+// On a Redis Cluster each node's part of a pipeline is sent on its own, and
+// no order holds between the set's node and an entry's, as before. A
+// reconnect storm's batch of connects is two SADDs for every listRunMax,
+// where it was one a connect (the worker's BenchmarkWorkerRestartStorm: 11
+// commands a device, now 10.125). Never more SADDs than listings.
+func (s *Store) listRuns(ws []ConnWrite, ids []string) []listRun {
 	var runs []listRun
 	open := false
+	finish := func(end int) {
+		if r := &runs[len(runs)-1]; len(r.args) == 3 {
+			r.end = -1
+		} else {
+			r.end = end
+		}
+		open = false
+	}
 	for i := range ws {
 		w := &ws[i]
 		if w.Peek {
 			continue
 		}
-		if w.Unlist || (open && w.Instance != ws[runs[len(runs)-1].at].Instance) {
-			open = false
+		if open && (w.Unlist || w.Instance != ws[runs[len(runs)-1].at].Instance) {
+			finish(i)
 		}
 		if w.Live == nil || w.Ended {
 			continue
 		}
-		tracked := w.ClientID
-		if !w.Tracked {
-			tracked = keys.Tracking(w.ClientID)
+		if open && len(runs[len(runs)-1].args) == 2+listRunMax {
+			finish(i)
 		}
 		if !open {
 			runs = append(runs, listRun{at: i, args: []any{"sadd", s.kb.BrokerConns(w.Instance)}})
 			open = true
 		}
 		r := &runs[len(runs)-1]
-		r.args = append(r.args, tracked)
+		r.args = append(r.args, ids[i])
+	}
+	if open {
+		finish(len(ws))
 	}
 	return runs
 }
