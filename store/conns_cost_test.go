@@ -89,20 +89,35 @@ func testWriteConnsCost(t *testing.T, sole bool, maxScripts, maxCommands float64
 // by scripts included), INFO's own left out, and of them the script calls
 // (EVALSHA and EVAL).
 func commandsRun(t *testing.T, r *testenv.Redis) (n, scripts int64) {
-	for _, line := range strings.Split(r.CLI("INFO", "commandstats"), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || !strings.HasPrefix(k, "cmdstat_") || k == "cmdstat_info" {
+	for name, c := range commandCalls(t, r) {
+		if name == "info" {
 			continue
 		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
-		c, err := strconv.ParseInt(calls, 10, 64)
-		if err != nil {
-			t.Fatalf("INFO commandstats: %q", line)
-		}
 		n += c
-		if k == "cmdstat_evalsha" || k == "cmdstat_eval" {
+		if name == "evalsha" || name == "eval" {
 			scripts += c
 		}
 	}
 	return n, scripts
+}
+
+// commandCalls returns how many times Redis ran each command (INFO
+// commandstats' calls, by the command's lower-case name).
+func commandCalls(t *testing.T, r *testenv.Redis) map[string]int64 {
+	t.Helper()
+	calls := map[string]int64{}
+	for _, line := range strings.Split(r.CLI("INFO", "commandstats"), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, cmd := strings.CutPrefix(k, "cmdstat_")
+		if !ok || !cmd {
+			continue
+		}
+		n, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
+		c, err := strconv.ParseInt(n, 10, 64)
+		if err != nil {
+			t.Fatalf("INFO commandstats: %q", line)
+		}
+		calls[name] = c
+	}
+	return calls
 }

@@ -16,25 +16,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mosquitto-guard/mosquitto-guard/internal/testenv"
 	"github.com/mosquitto-guard/mosquitto-guard/keys"
 )
-
-// saddCalls is how many SADDs Redis has run (INFO commandstats).
-func saddCalls(t *testing.T, r *testenv.Redis) int {
-	t.Helper()
-	for _, line := range strings.Split(r.CLI("INFO", "commandstats"), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || k != "cmdstat_sadd" {
-			continue
-		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
-		n, err := strconv.Atoi(calls)
-		require.NoError(t, err, line)
-		return n
-	}
-	return 0
-}
 
 // A batch of connects lists its client IDs in Instance's brokerconns set
 // with two SADDs for every listRunMax (listRuns), not one per connect (a
@@ -51,10 +34,10 @@ func TestWriteConnsListsABatchInTwoSADDsARun(t *testing.T) {
 				conns[i] = Conn{ID: "i1-" + strconv.Itoa(i+1), Instance: "i1", Broker: "b", Principal: "user-" + strconv.Itoa(i), IP: "192.0.2.1", ConnectedMs: 1000}
 				ws[i] = ConnWrite{ClientID: "device-" + strconv.Itoa(i), Instance: "i1", Live: &conns[i], Seen: &conns[i], Read: true, Sole: sole}
 			}
-			before := saddCalls(t, r)
+			before := commandCalls(t, r)["sadd"]
 			states, err := s.WriteConns(context.Background(), ws, time.Hour)
 			require.NoError(t, err)
-			assert.Equal(t, 2*batch/listRunMax, saddCalls(t, r)-before, "SADDs for a batch of %d connects", batch)
+			assert.EqualValues(t, 2*batch/listRunMax, commandCalls(t, r)["sadd"]-before, "SADDs for a batch of %d connects", batch)
 			assert.Equal(t, strconv.Itoa(batch), r.CLI("SCARD", "guard:brokerconns:i1"))
 			for i, st := range states {
 				require.Len(t, st.Live, 1, "device-%d's live entry read back", i)
@@ -68,10 +51,10 @@ func TestWriteConnsListsABatchInTwoSADDsARun(t *testing.T) {
 				ws = append(ws, ConnWrite{ClientID: "other-" + strconv.Itoa(i), Instance: "i1", Live: &c, Seen: &c, Read: true, Sole: sole},
 					ConnWrite{ClientID: "device-" + strconv.Itoa(i), Instance: "i1", Gone: &conns[i], Unlist: true})
 			}
-			before = saddCalls(t, r)
+			before = commandCalls(t, r)["sadd"]
 			_, err = s.WriteConns(context.Background(), ws, time.Hour)
 			require.NoError(t, err)
-			assert.Equal(t, batch, saddCalls(t, r)-before, "SADDs for %d connects between disconnects", batch)
+			assert.EqualValues(t, batch, commandCalls(t, r)["sadd"]-before, "SADDs for %d connects between disconnects", batch)
 			assert.Equal(t, strconv.Itoa(batch), r.CLI("SCARD", "guard:brokerconns:i1"))
 		})
 	}
@@ -100,7 +83,8 @@ func listModel(ws []ConnWrite, sets map[string]map[string]bool) {
 // Batches of connects, disconnects, connects that end in the same batch,
 // writes that unlist and list one client ID at once, peeks, over three
 // client IDs (one longer than keys.TrackingMax: listed hashed) and two
-// instances, in random order: the brokerconns sets
+// instances, in random order, every tenth after SCRIPT FLUSH (the batch
+// sent again): the brokerconns sets
 // after each batch are what each write's own SREM and SADD in turn made of
 // them (listModel), under flag and deny alike.
 func TestWriteConnsListingsKeepTheirOrder(t *testing.T) {
@@ -111,6 +95,7 @@ func TestWriteConnsListingsKeepTheirOrder(t *testing.T) {
 			ids, insts := []string{"a", "b", strings.Repeat("c", keys.TrackingMax+1)}, []string{"i1", "i2"}
 			want := map[string]map[string]bool{}
 			seq := 0
+			var replays int64 // EVALs sent after a flush
 			conn := func(inst string) *Conn {
 				seq++
 				return &Conn{ID: inst + "-" + strconv.Itoa(seq), Instance: inst, Broker: "b", Principal: "p", IP: "192.0.2.1", ConnectedMs: int64(seq)}
@@ -138,8 +123,20 @@ func TestWriteConnsListingsKeepTheirOrder(t *testing.T) {
 					}
 					ws = append(ws, w)
 				}
+				flushed := round%10 == 9
+				var evals int64
+				if flushed {
+					// A flushed script cache: EVALSHA meets NOSCRIPT and
+					// WriteConns sends the batch again (its runs again),
+					// its scripts by their source (EVAL).
+					r.CLI("SCRIPT", "FLUSH")
+					evals = commandCalls(t, r)["eval"]
+				}
 				_, err := s.WriteConns(context.Background(), ws, time.Hour)
 				require.NoError(t, err)
+				if flushed {
+					replays += commandCalls(t, r)["eval"] - evals
+				}
 				listModel(ws, want)
 				for _, inst := range insts {
 					var exp []string
@@ -154,6 +151,7 @@ func TestWriteConnsListingsKeepTheirOrder(t *testing.T) {
 					require.Equal(t, strings.Join(exp, " "), strings.Join(got, " "), "round %d, %s's set after %+v", round, inst, ws)
 				}
 			}
+			assert.Positive(t, replays, "no batch sent again after SCRIPT FLUSH")
 		})
 	}
 }
